@@ -1,0 +1,1 @@
+//! Placeholder root; the journal helper replaces this file.

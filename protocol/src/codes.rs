@@ -1,0 +1,307 @@
+//! Result codes: the stable numeric outcome of every event and frame. Numbers never change and are
+//! never reused; PROTOCOL.md lists them with their meaning. Business outcomes are values of this
+//! enum, never Rust errors, so the engine, the wire and the journal all speak the same language.
+
+/// The outcome of one event (or, for 900 and above, of a whole frame).
+///
+/// Ranges: 0 approved; 1..=99 successful variants (the operation is settled, read the code for
+/// how); 100..=899 declines and refusals (nothing changed except what the code says, e.g. a
+/// password try was counted); 900..=999 frame and operating errors (the event was not executed).
+#[repr(u16)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ResultCode {
+    Approved = 0,
+    /// REVERSE: the original never arrived; a tombstone now declines it if it comes late.
+    OriginalNotFoundRecorded = 1,
+    /// REVERSE: the original was declined, so there was nothing to undo.
+    OriginalDeclinedNoop = 2,
+    /// REVERSE: the original was already reversed by another reversal.
+    AlreadyReversed = 3,
+    /// VOID: the hold was already voided (with another op id); nothing changed.
+    HoldAlreadyVoided = 4,
+
+    CardNotFound = 101,
+    /// The card exists but has not been activated with a password yet.
+    CardNotActive = 102,
+    CardBlocked = 103,
+    CardExpired = 104,
+    CardClosed = 105,
+    CardAlreadyActive = 106,
+    InsufficientFunds = 110,
+    BalanceCapExceeded = 111,
+    RechargeUnitInvalid = 112,
+    AmountInvalid = 113,
+    AmountOverflow = 114,
+    ProductNotFound = 115,
+    CategoryInvalid = 116,
+    PasswordInvalid = 120,
+    /// The wrong-password limit is reached; the card is locked for payments.
+    PasswordTriesExceeded = 121,
+    PasswordFormatInvalid = 122,
+    /// The PIN is not 16 digits or its check digit is wrong (a typo, not a guess).
+    PinFormatInvalid = 123,
+    HoldNotFound = 130,
+    HoldAlreadyCaptured = 131,
+    HoldExpired = 133,
+    ExceedsHoldAmount = 134,
+    HoldLimitReached = 135,
+    HoldTtlInvalid = 136,
+    CaptureLimitReached = 137,
+    HoldReversed = 138,
+    /// The original operation was reversed before it arrived (a tombstone was found).
+    ReversedBeforeArrival = 141,
+    OriginalNotFound = 142,
+    ExceedsRefundable = 143,
+    /// REVERSE names an original that is not a payment (only AUTHORIZE and SALE reverse).
+    ReversalNotSupported = 144,
+    /// REVERSE or REFUND names an original that belongs to another card.
+    OriginalCardMismatch = 145,
+    /// The op id was used before with a different body; `field` names the first difference.
+    OpIdReused = 150,
+    /// The op id is older than the idempotency window; it is never silently re-executed.
+    OpTooOld = 151,
+    /// The op id's embedded time is ahead of the server clock by more than the allowed skew.
+    OpIdFromFuture = 152,
+    /// The request was dequeued after its deadline and was not executed.
+    DeadlineExceededNotExecuted = 153,
+    /// The op id is zero or otherwise unusable.
+    OpIdInvalid = 154,
+
+    FormatError = 900,
+    UnknownMessageType = 901,
+    BatchTooLarge = 902,
+    FrameTooLarge = 903,
+    ChecksumMismatch = 904,
+    UnsupportedVersion = 905,
+    /// Overload: a bounded queue or limit was hit; the event was not executed, retry later.
+    RetryLater = 906,
+    ShuttingDown = 907,
+    /// A server-side fault (e.g. an internal limit); the event was not executed.
+    InternalError = 908,
+}
+
+impl ResultCode {
+    /// Every code, in numeric order (tests use it to prove each one is reachable).
+    pub const ALL: &'static [ResultCode] = &[
+        Self::Approved,
+        Self::OriginalNotFoundRecorded,
+        Self::OriginalDeclinedNoop,
+        Self::AlreadyReversed,
+        Self::HoldAlreadyVoided,
+        Self::CardNotFound,
+        Self::CardNotActive,
+        Self::CardBlocked,
+        Self::CardExpired,
+        Self::CardClosed,
+        Self::CardAlreadyActive,
+        Self::InsufficientFunds,
+        Self::BalanceCapExceeded,
+        Self::RechargeUnitInvalid,
+        Self::AmountInvalid,
+        Self::AmountOverflow,
+        Self::ProductNotFound,
+        Self::CategoryInvalid,
+        Self::PasswordInvalid,
+        Self::PasswordTriesExceeded,
+        Self::PasswordFormatInvalid,
+        Self::PinFormatInvalid,
+        Self::HoldNotFound,
+        Self::HoldAlreadyCaptured,
+        Self::HoldExpired,
+        Self::ExceedsHoldAmount,
+        Self::HoldLimitReached,
+        Self::HoldTtlInvalid,
+        Self::CaptureLimitReached,
+        Self::HoldReversed,
+        Self::ReversedBeforeArrival,
+        Self::OriginalNotFound,
+        Self::ExceedsRefundable,
+        Self::ReversalNotSupported,
+        Self::OriginalCardMismatch,
+        Self::OpIdReused,
+        Self::OpTooOld,
+        Self::OpIdFromFuture,
+        Self::DeadlineExceededNotExecuted,
+        Self::OpIdInvalid,
+        Self::FormatError,
+        Self::UnknownMessageType,
+        Self::BatchTooLarge,
+        Self::FrameTooLarge,
+        Self::ChecksumMismatch,
+        Self::UnsupportedVersion,
+        Self::RetryLater,
+        Self::ShuttingDown,
+        Self::InternalError,
+    ];
+
+    pub fn as_u16(self) -> u16 {
+        self as u16
+    }
+
+    /// The code for a number, or `None` for a number this version does not know.
+    pub fn from_u16(value: u16) -> Option<ResultCode> {
+        Self::ALL.iter().copied().find(|code| code.as_u16() == value)
+    }
+
+    /// True for 0..=99: the operation is settled in the client's favour (or is a no-op that
+    /// leaves it so), i.e. not a decline.
+    pub fn is_success(self) -> bool {
+        self.as_u16() < 100
+    }
+
+    /// The SCREAMING_SNAKE name used in PROTOCOL.md and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Approved => "APPROVED",
+            Self::OriginalNotFoundRecorded => "ORIGINAL_NOT_FOUND_RECORDED",
+            Self::OriginalDeclinedNoop => "ORIGINAL_DECLINED_NOOP",
+            Self::AlreadyReversed => "ALREADY_REVERSED",
+            Self::HoldAlreadyVoided => "HOLD_ALREADY_VOIDED",
+            Self::CardNotFound => "CARD_NOT_FOUND",
+            Self::CardNotActive => "CARD_NOT_ACTIVE",
+            Self::CardBlocked => "CARD_BLOCKED",
+            Self::CardExpired => "CARD_EXPIRED",
+            Self::CardClosed => "CARD_CLOSED",
+            Self::CardAlreadyActive => "CARD_ALREADY_ACTIVE",
+            Self::InsufficientFunds => "INSUFFICIENT_FUNDS",
+            Self::BalanceCapExceeded => "BALANCE_CAP_EXCEEDED",
+            Self::RechargeUnitInvalid => "RECHARGE_UNIT_INVALID",
+            Self::AmountInvalid => "AMOUNT_INVALID",
+            Self::AmountOverflow => "AMOUNT_OVERFLOW",
+            Self::ProductNotFound => "PRODUCT_NOT_FOUND",
+            Self::CategoryInvalid => "CATEGORY_INVALID",
+            Self::PasswordInvalid => "PASSWORD_INVALID",
+            Self::PasswordTriesExceeded => "PASSWORD_TRIES_EXCEEDED",
+            Self::PasswordFormatInvalid => "PASSWORD_FORMAT_INVALID",
+            Self::PinFormatInvalid => "PIN_FORMAT_INVALID",
+            Self::HoldNotFound => "HOLD_NOT_FOUND",
+            Self::HoldAlreadyCaptured => "HOLD_ALREADY_CAPTURED",
+            Self::HoldExpired => "HOLD_EXPIRED",
+            Self::ExceedsHoldAmount => "EXCEEDS_HOLD_AMOUNT",
+            Self::HoldLimitReached => "HOLD_LIMIT_REACHED",
+            Self::HoldTtlInvalid => "HOLD_TTL_INVALID",
+            Self::CaptureLimitReached => "CAPTURE_LIMIT_REACHED",
+            Self::HoldReversed => "HOLD_REVERSED",
+            Self::ReversedBeforeArrival => "REVERSED_BEFORE_ARRIVAL",
+            Self::OriginalNotFound => "ORIGINAL_NOT_FOUND",
+            Self::ExceedsRefundable => "EXCEEDS_REFUNDABLE",
+            Self::ReversalNotSupported => "REVERSAL_NOT_SUPPORTED",
+            Self::OriginalCardMismatch => "ORIGINAL_CARD_MISMATCH",
+            Self::OpIdReused => "OP_ID_REUSED",
+            Self::OpTooOld => "OP_TOO_OLD",
+            Self::OpIdFromFuture => "OP_ID_FROM_FUTURE",
+            Self::DeadlineExceededNotExecuted => "DEADLINE_EXCEEDED_NOT_EXECUTED",
+            Self::OpIdInvalid => "OP_ID_INVALID",
+            Self::FormatError => "FORMAT_ERROR",
+            Self::UnknownMessageType => "UNKNOWN_MESSAGE_TYPE",
+            Self::BatchTooLarge => "BATCH_TOO_LARGE",
+            Self::FrameTooLarge => "FRAME_TOO_LARGE",
+            Self::ChecksumMismatch => "CHECKSUM_MISMATCH",
+            Self::UnsupportedVersion => "UNSUPPORTED_VERSION",
+            Self::RetryLater => "RETRY_LATER",
+            Self::ShuttingDown => "SHUTTING_DOWN",
+            Self::InternalError => "INTERNAL_ERROR",
+        }
+    }
+}
+
+/// Field ids named by `OP_ID_REUSED`, in the fixed order fields are compared.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Field {
+    None = 0,
+    Kind = 1,
+    Card = 2,
+    Reference = 3,
+    Amount = 4,
+    Password = 5,
+    Merchant = 6,
+    Category = 7,
+    HoldTtl = 8,
+    FinalCapture = 9,
+    FaceValue = 10,
+    Funding = 11,
+}
+
+impl Field {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Kind => "kind",
+            Self::Card => "card",
+            Self::Reference => "reference",
+            Self::Amount => "amount",
+            Self::Password => "password",
+            Self::Merchant => "merchant",
+            Self::Category => "category",
+            Self::HoldTtl => "hold_ttl",
+            Self::FinalCapture => "final_capture",
+            Self::FaceValue => "face_value",
+            Self::Funding => "funding",
+        }
+    }
+
+    pub fn from_u8(value: u8) -> Option<Field> {
+        [
+            Self::None,
+            Self::Kind,
+            Self::Card,
+            Self::Reference,
+            Self::Amount,
+            Self::Password,
+            Self::Merchant,
+            Self::Category,
+            Self::HoldTtl,
+            Self::FinalCapture,
+            Self::FaceValue,
+            Self::Funding,
+        ]
+        .into_iter()
+        .find(|field| *field as u8 == value)
+    }
+}
+
+/// The service category every debit carries, so statements and settlement can sum by it.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Category {
+    InternetPayment = 1,
+    TelephoneCall = 2,
+    PhoneInformation = 3,
+    PrepaidMobile = 4,
+    PcCommunication = 5,
+    Voicemail = 6,
+}
+
+impl Category {
+    pub const ALL: [Category; 6] = [
+        Self::InternetPayment,
+        Self::TelephoneCall,
+        Self::PhoneInformation,
+        Self::PrepaidMobile,
+        Self::PcCommunication,
+        Self::Voicemail,
+    ];
+
+    pub fn from_u8(value: u8) -> Option<Category> {
+        Self::ALL.into_iter().find(|category| *category as u8 == value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_round_trip_and_are_sorted_and_unique() {
+        let mut previous = None;
+        for code in ResultCode::ALL {
+            assert_eq!(ResultCode::from_u16(code.as_u16()), Some(*code));
+            if let Some(previous) = previous {
+                assert!(code.as_u16() > previous, "ALL must be in strictly increasing order");
+            }
+            previous = Some(code.as_u16());
+        }
+        assert_eq!(ResultCode::from_u16(7), None);
+    }
+}

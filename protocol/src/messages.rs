@@ -1,0 +1,343 @@
+//! The message bodies of protocol v1. A request body is an rkyv archive of a `Vec` of events of
+//! one type (a batch); the response body is an rkyv archive of a `Vec` of results, one per event,
+//! in event order. Amounts are integer won (`u64`), ids are client-chosen `u128`, and PINs travel
+//! as 16-digit numbers (`u64`, shown zero-padded) that the server hashes on arrival.
+
+use rkyv::{Archive, Deserialize, Serialize};
+
+/// Message types (the frame header's `msg_type`). A response carries the request's type.
+#[repr(u16)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MsgType {
+    Hello = 1,
+    Ping = 2,
+    CardIssue = 10,
+    CardActivate = 11,
+    CardLoad = 12,
+    Authorize = 20,
+    Capture = 21,
+    Void = 22,
+    Reverse = 23,
+    Sale = 24,
+    Refund = 25,
+    Inquiry = 30,
+    BalanceInquiry = 31,
+}
+
+impl MsgType {
+    pub const ALL: [MsgType; 13] = [
+        Self::Hello,
+        Self::Ping,
+        Self::CardIssue,
+        Self::CardActivate,
+        Self::CardLoad,
+        Self::Authorize,
+        Self::Capture,
+        Self::Void,
+        Self::Reverse,
+        Self::Sale,
+        Self::Refund,
+        Self::Inquiry,
+        Self::BalanceInquiry,
+    ];
+
+    pub fn from_u16(value: u16) -> Option<MsgType> {
+        Self::ALL.into_iter().find(|msg_type| *msg_type as u16 == value)
+    }
+
+    /// Mutating messages carry op ids, are journaled and are idempotent.
+    pub fn is_mutating(self) -> bool {
+        !matches!(self, Self::Hello | Self::Ping | Self::Inquiry | Self::BalanceInquiry)
+    }
+}
+
+/// HELLO request: who is calling. Optional; answered with the server's limits.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Hello {
+    pub client_name: String,
+    pub protocol_version: u8,
+}
+
+/// HELLO response: the limits a client must respect to avoid `BATCH_TOO_LARGE` and friends.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct HelloReply {
+    pub server_name: String,
+    pub protocol_version: u8,
+    pub shard_count: u16,
+    pub frame_bytes_max: u32,
+    pub batch_events_max: u32,
+    pub in_flight_per_connection_max: u32,
+    pub hold_ttl_max_s: u32,
+    pub idempotency_window_s: u64,
+    pub server_time_ms: u64,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Ping {
+    pub nonce: u64,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Pong {
+    pub nonce: u64,
+    pub server_time_ms: u64,
+}
+
+/// CARD_ISSUE: issue one card of the product with this face value. The server draws the PIN.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CardIssue {
+    pub op_id: u128,
+    pub face_value_won: u64,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CardIssueResult {
+    pub code: u16,
+    pub flags: u8,
+    pub field: u8,
+    /// The new card's PIN, shown once: 0 when the result is a replay or a decline.
+    pub pin: u64,
+    pub balance_won: u64,
+}
+
+/// CARD_ACTIVATE: register the holder's password ("for user"); the card becomes active.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct CardActivate {
+    pub op_id: u128,
+    pub pin: u64,
+    pub password: Vec<u8>,
+}
+
+/// CARD_LOAD: recharge. `funding` says how the money came in (see PROTOCOL.md).
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CardLoad {
+    pub op_id: u128,
+    pub pin: u64,
+    pub amount_won: u64,
+    pub funding: u8,
+}
+
+/// AUTHORIZE: place a hold of `amount_won` for `hold_ttl_s` seconds (0 = server default).
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Authorize {
+    pub op_id: u128,
+    pub pin: u64,
+    pub password: Vec<u8>,
+    pub amount_won: u64,
+    pub merchant_id: u64,
+    pub category: u8,
+    pub hold_ttl_s: u32,
+}
+
+/// CAPTURE: debit `amount_won` of a hold (`u64::MAX` = all that remains). `final_capture`
+/// releases the remainder; otherwise it stays held for a later capture.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capture {
+    pub op_id: u128,
+    pub pin: u64,
+    pub hold_id: u128,
+    pub amount_won: u64,
+    pub final_capture: bool,
+}
+
+/// VOID: release a hold.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Void {
+    pub op_id: u128,
+    pub pin: u64,
+    pub hold_id: u128,
+}
+
+/// REVERSE: undo an AUTHORIZE or SALE named by its op id; never refused for business reasons.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reverse {
+    pub op_id: u128,
+    pub pin: u64,
+    pub original_op_id: u128,
+}
+
+/// SALE: single-phase debit.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Sale {
+    pub op_id: u128,
+    pub pin: u64,
+    pub password: Vec<u8>,
+    pub amount_won: u64,
+    pub merchant_id: u64,
+    pub category: u8,
+}
+
+/// REFUND: credit back part or all of an earlier SALE or captured AUTHORIZE.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Refund {
+    pub op_id: u128,
+    pub pin: u64,
+    pub original_op_id: u128,
+    pub amount_won: u64,
+}
+
+/// The result of every mutating event except CARD_ISSUE.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct OpResult {
+    /// A `ResultCode` number.
+    pub code: u16,
+    /// Bit 0 (`FLAG_REPLAYED`): this is the stored result of an earlier identical request.
+    pub flags: u8,
+    /// With `OP_ID_REUSED`: the first differing `Field`.
+    pub field: u8,
+    /// Six-digit approval code of an approved AUTHORIZE or SALE, else 0.
+    pub approval_code: u32,
+    /// The amount this event moved: held, captured, released, reversed, refunded or loaded.
+    pub amount_won: u64,
+    /// The card's balance after the event (posted money, including held funds).
+    pub balance_won: u64,
+    /// The card's available balance after the event (balance minus live holds).
+    pub available_won: u64,
+    /// For AUTHORIZE: when the hold expires (server ms since the Unix epoch).
+    pub hold_expires_at_ms: u64,
+}
+
+/// Set in `flags` when a result is the stored result of an earlier request with the same op id.
+pub const FLAG_REPLAYED: u8 = 1;
+
+/// INQUIRY: what happened to the operation with this op id on this card? Read-only.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Inquiry {
+    pub pin: u64,
+    pub op_id: u128,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InquiryResult {
+    /// `APPROVED` when the card was found (read `status`), otherwise why not.
+    pub code: u16,
+    /// An `OpStatus` number.
+    pub status: u8,
+    /// The `MsgType` of the operation found (0 when unknown or a tombstone).
+    pub msg_type: u16,
+    /// The stored result of the operation (all zero when unknown or a tombstone).
+    pub result: OpResult,
+}
+
+/// What INQUIRY knows of an op id.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpStatus {
+    /// Never seen (or older than the idempotency window).
+    Unknown = 0,
+    /// Executed; `result` holds its outcome (approved or declined).
+    Completed = 1,
+    /// A REVERSE arrived for it before it did: it will be declined if it arrives.
+    Tombstone = 2,
+    /// An AUTHORIZE whose hold is still pending.
+    HoldPending = 3,
+    HoldCaptured = 4,
+    HoldVoided = 5,
+    HoldExpired = 6,
+    /// An AUTHORIZE or SALE that was reversed.
+    Reversed = 7,
+}
+
+impl OpStatus {
+    pub fn from_u8(value: u8) -> Option<OpStatus> {
+        [
+            Self::Unknown,
+            Self::Completed,
+            Self::Tombstone,
+            Self::HoldPending,
+            Self::HoldCaptured,
+            Self::HoldVoided,
+            Self::HoldExpired,
+            Self::Reversed,
+        ]
+        .into_iter()
+        .find(|status| *status as u8 == value)
+    }
+}
+
+/// BALANCE_INQUIRY: the card's state, balances and live holds. Read-only.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BalanceInquiry {
+    pub pin: u64,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct BalanceResult {
+    pub code: u16,
+    /// A `CardState` number.
+    pub state: u8,
+    pub face_value_won: u64,
+    pub balance_won: u64,
+    pub available_won: u64,
+    pub held_won: u64,
+    pub password_tries_left: u8,
+    pub holds: Vec<HoldInfo>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HoldInfo {
+    pub hold_id: u128,
+    pub amount_won: u64,
+    pub captured_won: u64,
+    pub expires_at_ms: u64,
+}
+
+/// The life of a card.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CardState {
+    /// In stock: value assigned, not spendable.
+    Issued = 1,
+    /// Sold to a channel or buyer, not yet activated.
+    Sold = 2,
+    /// Password registered: spendable.
+    Active = 3,
+    Blocked = 4,
+    Expired = 5,
+    /// Refunded or otherwise terminated; terminal.
+    Closed = 6,
+}
+
+impl CardState {
+    pub fn from_u8(value: u8) -> Option<CardState> {
+        [Self::Issued, Self::Sold, Self::Active, Self::Blocked, Self::Expired, Self::Closed]
+            .into_iter()
+            .find(|state| *state as u8 == value)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Issued => "issued",
+            Self::Sold => "sold",
+            Self::Active => "active",
+            Self::Blocked => "blocked",
+            Self::Expired => "expired",
+            Self::Closed => "closed",
+        }
+    }
+}
+
+/// How the money of a CARD_LOAD came in. A card's value is never a funding source.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Funding {
+    CreditCard = 1,
+    BankTransfer = 2,
+    DepositWithoutBankbook = 3,
+    Cash = 4,
+    MobileBill = 5,
+}
+
+impl Funding {
+    pub fn from_u8(value: u8) -> Option<Funding> {
+        [
+            Self::CreditCard,
+            Self::BankTransfer,
+            Self::DepositWithoutBankbook,
+            Self::Cash,
+            Self::MobileBill,
+        ]
+        .into_iter()
+        .find(|funding| *funding as u8 == value)
+    }
+}

@@ -1,0 +1,100 @@
+//! The engine's rules and limits. They are part of the replicated state: the server journals a
+//! `Configure` command whenever they change, so replay always applies each command under the
+//! rules it first ran with.
+
+use rkyv::{Archive, Deserialize, Serialize};
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct EngineConfig {
+    /// Face values (won) of the products that may be issued.
+    pub face_values_won: Vec<u64>,
+    /// A card's balance may never exceed this (500,000 won: the legal cap for a card not
+    /// issued under a verified real name).
+    pub balance_cap_won: u64,
+    /// Recharges must be whole multiples of this.
+    pub recharge_unit_won: u64,
+    /// Live (pending) holds one card may have at once.
+    pub holds_per_card_max: u16,
+    /// Partial captures one hold may take.
+    pub captures_per_hold_max: u16,
+    /// Longest hold an AUTHORIZE may ask for.
+    pub hold_ttl_max_s: u32,
+    /// The hold TTL used when an AUTHORIZE asks for 0.
+    pub hold_ttl_default_s: u32,
+    /// How long an op id's result is remembered, measured from the time inside the op id.
+    pub idempotency_window_ms: u64,
+    /// Most op-id records a shard keeps; past it the oldest are evicted and the too-old floor
+    /// rises, so an evicted id answers OP_TOO_OLD instead of executing twice.
+    pub idempotency_entries_max: u32,
+    /// How far ahead of the server clock an op id's time may be.
+    pub op_clock_skew_max_ms: u64,
+    /// Wrong passwords in a row that lock a card.
+    pub password_tries_max: u8,
+}
+
+impl EngineConfig {
+    /// The rules a production switch starts with.
+    pub fn production() -> EngineConfig {
+        EngineConfig {
+            face_values_won: vec![5_000, 10_000, 20_000, 30_000, 50_000, 100_000],
+            balance_cap_won: 500_000,
+            recharge_unit_won: 10_000,
+            holds_per_card_max: 16,
+            captures_per_hold_max: 50,
+            hold_ttl_max_s: 7 * 24 * 3600,
+            hold_ttl_default_s: 15 * 60,
+            idempotency_window_ms: 8 * 24 * 3600 * 1000,
+            idempotency_entries_max: 4_000_000,
+            op_clock_skew_max_ms: 5 * 60 * 1000,
+            password_tries_max: 5,
+        }
+    }
+
+    /// Small limits so that tests and the simulator reach every limit quickly.
+    pub fn test_min() -> EngineConfig {
+        EngineConfig {
+            holds_per_card_max: 3,
+            captures_per_hold_max: 3,
+            hold_ttl_max_s: 3600,
+            hold_ttl_default_s: 60,
+            idempotency_window_ms: 2 * 3600 * 1000,
+            idempotency_entries_max: 64,
+            op_clock_skew_max_ms: 60 * 1000,
+            password_tries_max: 3,
+            ..EngineConfig::production()
+        }
+    }
+
+    /// Checks the relations between limits; the server refuses to start on a violation.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.face_values_won.is_empty() {
+            return Err("face_values_won must name at least one product".into());
+        }
+        if self.face_values_won.iter().any(|face| *face == 0 || *face > self.balance_cap_won) {
+            return Err("every face value must be positive and at most balance_cap_won".into());
+        }
+        if self.recharge_unit_won == 0 {
+            return Err("recharge_unit_won must be positive".into());
+        }
+        if self.holds_per_card_max == 0 || self.captures_per_hold_max == 0 {
+            return Err("holds_per_card_max and captures_per_hold_max must be positive".into());
+        }
+        if self.hold_ttl_default_s == 0 || self.hold_ttl_default_s > self.hold_ttl_max_s {
+            return Err("hold_ttl_default_s must be in 1..=hold_ttl_max_s".into());
+        }
+        // A pending hold's authorization must still be remembered when the hold can still be
+        // captured, so captures and reversals of it stay exactly-once.
+        if u64::from(self.hold_ttl_max_s) * 1000 + self.op_clock_skew_max_ms
+            > self.idempotency_window_ms
+        {
+            return Err("hold_ttl_max_s plus the clock skew must fit in the idempotency window".into());
+        }
+        if self.idempotency_entries_max < 16 {
+            return Err("idempotency_entries_max must be at least 16".into());
+        }
+        if self.password_tries_max == 0 {
+            return Err("password_tries_max must be positive".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,18 @@
+//! The pure shard state machine. A `Shard` owns the cards that route to it and answers
+//! `apply(now_ms, &Command) -> Applied` deterministically: no I/O, no clock, no randomness, no
+//! async. Time and ids come in as arguments, so the server, recovery (journal replay), the
+//! simulator, the model tests and the benches all drive the very same code and get the very same
+//! replies. Commands and shard images derive rkyv so the server can journal and snapshot them
+//! without this crate knowing about files.
+
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod routing;
+pub mod shard;
+pub mod types;
+
+pub use config::EngineConfig;
+pub use routing::{shard_of_card, shard_of_op};
+pub use shard::Shard;
+pub use types::*;

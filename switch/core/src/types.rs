@@ -1,0 +1,170 @@
+//! The engine's inputs and outputs. A `Command` is what the server journals (never a clear PIN:
+//! cards are named by the keyed hash of their PIN, passwords by a keyed MAC); a `Reply` is the
+//! outcome the server turns into a wire result. Reads (`CardView`, `OpView`) are not journaled.
+
+use pinswitch_protocol::{CardState, Category, Field, OpStatus, ResultCode};
+use rkyv::{Archive, Deserialize, Serialize};
+
+use crate::config::EngineConfig;
+
+/// Milliseconds since the Unix epoch, as the server's clock reported them.
+pub type Ms = u64;
+/// Keyed hash of a PIN (128 bits); the only name a card has inside the switch.
+pub type PinHash = u128;
+/// Client-chosen operation id; the top 48 bits are the client's time in ms (UUIDv7 layout).
+pub type OpId = u128;
+/// Keyed MAC of (PIN hash, password); compared, never reversed.
+pub type PasswordMac = u64;
+
+/// One mutating request, as journaled.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Command {
+    /// Client-chosen, unique per operation; 0 only for `Tick` and `Configure`.
+    pub op_id: OpId,
+    /// Server time after which the command must not execute (0 = no deadline).
+    pub deadline_at_ms: Ms,
+    pub body: Body,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum Body {
+    /// Issue one card with this face value into stock (state issued).
+    Issue { pin_hash: PinHash, face_value_won: u64 },
+    /// Register the holder's password; the card becomes active.
+    Activate { pin_hash: PinHash, password_mac: PasswordMac },
+    /// Recharge.
+    Load { pin_hash: PinHash, amount_won: u64, funding: u8 },
+    /// Place a hold (`hold_ttl_s` 0 = the configured default).
+    Authorize {
+        pin_hash: PinHash,
+        password_mac: PasswordMac,
+        amount_won: u64,
+        merchant_id: u64,
+        category: u8,
+        hold_ttl_s: u32,
+    },
+    /// Debit from a hold (`amount_won == u64::MAX`: all that remains).
+    Capture { pin_hash: PinHash, hold_id: OpId, amount_won: u64, final_capture: bool },
+    Void { pin_hash: PinHash, hold_id: OpId },
+    Reverse { pin_hash: PinHash, original_op_id: OpId },
+    /// Single-phase debit.
+    Sale {
+        pin_hash: PinHash,
+        password_mac: PasswordMac,
+        amount_won: u64,
+        merchant_id: u64,
+        category: u8,
+    },
+    Refund { pin_hash: PinHash, original_op_id: OpId, amount_won: u64 },
+    /// Let time pass: expire due holds. Journaled only when it changed something.
+    Tick,
+    /// Replace the engine's rules from this point of the journal on.
+    Configure(EngineConfig),
+}
+
+impl Body {
+    /// The card a command is about (`None` for `Tick` and `Configure`).
+    pub fn pin_hash(&self) -> Option<PinHash> {
+        match self {
+            Body::Issue { pin_hash, .. }
+            | Body::Activate { pin_hash, .. }
+            | Body::Load { pin_hash, .. }
+            | Body::Authorize { pin_hash, .. }
+            | Body::Capture { pin_hash, .. }
+            | Body::Void { pin_hash, .. }
+            | Body::Reverse { pin_hash, .. }
+            | Body::Sale { pin_hash, .. }
+            | Body::Refund { pin_hash, .. } => Some(*pin_hash),
+            Body::Tick | Body::Configure(_) => None,
+        }
+    }
+}
+
+/// The outcome of one command. Mirrors the wire `OpResult` field for field.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reply {
+    pub code: u16,
+    /// True when this is the stored reply of an earlier identical command.
+    pub replayed: bool,
+    /// With OP_ID_REUSED: the first differing `Field` as a number.
+    pub field: u8,
+    pub approval_code: u32,
+    pub amount_won: u64,
+    pub balance_won: u64,
+    pub available_won: u64,
+    pub hold_expires_at_ms: Ms,
+}
+
+impl Reply {
+    /// A reply with only a code (all amounts zero).
+    pub fn code(code: ResultCode) -> Reply {
+        Reply {
+            code: code.as_u16(),
+            replayed: false,
+            field: Field::None as u8,
+            approval_code: 0,
+            amount_won: 0,
+            balance_won: 0,
+            available_won: 0,
+            hold_expires_at_ms: 0,
+        }
+    }
+
+    pub fn result_code(&self) -> ResultCode {
+        ResultCode::from_u16(self.code).expect("the engine only produces known codes")
+    }
+}
+
+/// What `Shard::apply` returns: the reply, and whether the state changed (the server journals
+/// the command exactly when it did; recovery replays exactly those commands).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Applied {
+    pub reply: Reply,
+    pub changed: bool,
+}
+
+/// A card as BALANCE_INQUIRY shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CardView {
+    pub state: CardState,
+    pub face_value_won: u64,
+    pub balance_won: u64,
+    pub available_won: u64,
+    pub held_won: u64,
+    pub password_tries_left: u8,
+    pub holds: Vec<HoldView>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HoldView {
+    pub hold_id: OpId,
+    pub amount_won: u64,
+    pub captured_won: u64,
+    pub expires_at_ms: Ms,
+}
+
+/// What INQUIRY knows about an op id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OpView {
+    pub status: OpStatus,
+    /// The wire message type of the operation (0 when unknown or a tombstone).
+    pub msg_type: u16,
+    pub reply: Option<Reply>,
+}
+
+/// Money totals a shard keeps so conservation can be asserted after every command:
+/// `issued + loaded + refunded + reversed == balances + debited`.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub issued_won: u128,
+    pub loaded_won: u128,
+    pub refunded_won: u128,
+    pub reversed_won: u128,
+    pub debited_won: u128,
+    pub balances_won: u128,
+    pub held_won: u128,
+}
+
+/// Re-exported so users of the core need not name the protocol crate for these.
+pub use pinswitch_protocol::{CardState as State, Category as ServiceCategory};
+
