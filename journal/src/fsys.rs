@@ -1,0 +1,146 @@
+//! File-system plumbing shared by the writer, recovery and the reader: directory listings of
+//! segments and snapshots, directory fsync, the single-writer lock, preallocation, and the two
+//! `unsafe` memory mappings (each with its soundness argument).
+
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use memmap2::{Mmap, MmapMut, MmapOptions};
+
+use crate::error::JournalError;
+use crate::format::{self, SegmentHeader};
+
+/// Name of the lock file every writer holds (with `flock`) for as long as it has the directory.
+pub(crate) const LOCK_FILE_NAME: &str = "journal.lock";
+
+/// A segment or snapshot file found in the directory, with the sequence number from its name.
+#[derive(Clone, Debug)]
+pub(crate) struct NumberedFile {
+    pub seq: u64,
+    pub path: PathBuf,
+}
+
+/// Segment files in `dir`, ordered by first sequence number. Other files are ignored.
+pub(crate) fn list_segments(dir: &Path) -> Result<Vec<NumberedFile>, JournalError> {
+    list_numbered(dir, format::parse_segment_file_name)
+}
+
+/// Snapshot files in `dir`, ordered by sequence number. Other files are ignored.
+pub(crate) fn list_snapshots(dir: &Path) -> Result<Vec<NumberedFile>, JournalError> {
+    list_numbered(dir, format::parse_snapshot_file_name)
+}
+
+fn list_numbered(dir: &Path, parse: fn(&str) -> Option<u64>) -> Result<Vec<NumberedFile>, JournalError> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(JournalError::io(dir, "list journal directory"))? {
+        let entry = entry.map_err(JournalError::io(dir, "list journal directory"))?;
+        let name = entry.file_name();
+        if let Some(seq) = name.to_str().and_then(parse) {
+            found.push(NumberedFile { seq, path: entry.path() });
+        }
+    }
+    found.sort_by_key(|file| file.seq);
+    Ok(found)
+}
+
+/// Makes the directory's entries (created, renamed, removed files) durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), JournalError> {
+    let handle = File::open(dir).map_err(JournalError::io(dir, "open journal directory"))?;
+    handle.sync_all().map_err(JournalError::io(dir, "fsync journal directory"))
+}
+
+/// An exclusive `flock` on `journal.lock`, released when dropped (the kernel drops the lock
+/// with the last descriptor). It is what makes "this process is the only writer" true, which
+/// the mappings below rely on.
+#[derive(Debug)]
+pub(crate) struct DirLock {
+    _file: File,
+}
+
+impl DirLock {
+    pub(crate) fn acquire(dir: &Path) -> Result<DirLock, JournalError> {
+        let path = dir.join(LOCK_FILE_NAME);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(JournalError::io(&path, "open lock file"))?;
+        // SAFETY: `flock` only reads its two integer arguments; the descriptor is valid because
+        // `file` owns it and outlives the call.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            let error = std::io::Error::last_os_error();
+            if error.kind() == std::io::ErrorKind::WouldBlock {
+                return Err(JournalError::Locked { path });
+            }
+            return Err(JournalError::Io { path, action: "lock journal directory", source: error });
+        }
+        Ok(DirLock { _file: file })
+    }
+}
+
+/// Creates `journal-{first_seq}.seg`: preallocated to `segment_bytes` with `posix_fallocate`
+/// (so later page write-backs never need to allocate blocks, and the unused tail reads as
+/// zeros), header written, file and directory made durable, then mapped for writing.
+///
+/// The header is durable before any record is written into the segment, which is what lets
+/// recovery call a last segment with an invalid header and nothing after it a torn roll.
+pub(crate) fn create_segment(dir: &Path, first_seq: u64, segment_bytes: u64) -> Result<(PathBuf, File, MmapMut), JournalError> {
+    let path = dir.join(format::segment_file_name(first_seq));
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(JournalError::io(&path, "create segment"))?;
+    let length = libc::off_t::try_from(segment_bytes).map_err(|_| JournalError::InvalidOptions {
+        reason: format!("segment_bytes {segment_bytes} does not fit off_t"),
+    })?;
+    // SAFETY: `posix_fallocate` only reads its integer arguments; the descriptor is valid
+    // because `file` owns it and outlives the call.
+    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, length) };
+    if rc != 0 {
+        // posix_fallocate returns the error number instead of setting errno.
+        return Err(JournalError::Io { path, action: "preallocate segment", source: std::io::Error::from_raw_os_error(rc) });
+    }
+    let header = SegmentHeader { first_seq, segment_bytes }.encode();
+    file.write_all_at(&header, 0).map_err(JournalError::io(&path, "write segment header"))?;
+    // fdatasync covers the new size and the allocation as well as the header bytes.
+    file.sync_data().map_err(JournalError::io(&path, "fdatasync new segment"))?;
+    sync_dir(dir)?;
+    let map = map_segment_mut(&path, &file)?;
+    Ok((path, file, map))
+}
+
+/// Maps a whole segment file for reading and writing.
+pub(crate) fn map_segment_mut(path: &Path, file: &File) -> Result<MmapMut, JournalError> {
+    let length = segment_length(path, file)?;
+    // SAFETY: the mapping is sound as long as nobody truncates the file or writes it through
+    // another path while it is mapped (a shrink would turn accesses into SIGBUS, and foreign
+    // writes would race with our `&mut [u8]`). Only a `Journal` or `Recovery` maps segments
+    // writable, and it holds the directory's exclusive `flock` (`DirLock`) for as long as the
+    // mapping lives, so no other writer in any process has the directory. This crate never
+    // truncates a segment (torn tails are zeroed in place; torn rolls are unlinked, and only
+    // before being mapped), and the `Reader` of other processes only reads. The directory is
+    // documented as private to the journal: operators copy it, they do not edit it in place.
+    unsafe { MmapOptions::new().len(length).map_mut(file) }.map_err(JournalError::io(path, "map segment"))
+}
+
+/// Maps a whole segment file read-only (recovery's scan of segments before the last one).
+pub(crate) fn map_segment(path: &Path, file: &File) -> Result<Mmap, JournalError> {
+    let length = segment_length(path, file)?;
+    // SAFETY: as for `map_segment_mut`: the caller holds the directory's `DirLock`, so no
+    // writer exists in any process, and nothing in this crate truncates a segment. A read-only
+    // mapping additionally never writes, so the only requirement is that the file keeps its
+    // length while mapped, which the lock and the no-truncation rule guarantee.
+    unsafe { MmapOptions::new().len(length).map(file) }.map_err(JournalError::io(path, "map segment"))
+}
+
+fn segment_length(path: &Path, file: &File) -> Result<usize, JournalError> {
+    let length = file.metadata().map_err(JournalError::io(path, "stat segment"))?.len();
+    usize::try_from(length).map_err(|_| JournalError::corrupt(path, 0, format!("segment of {length} bytes does not fit in memory")))
+}

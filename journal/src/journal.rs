@@ -1,0 +1,253 @@
+//! The writer: [`Journal`] appends records into the mapped active segment, commits them with
+//! `msync`, rolls to a new preallocated segment when the active one is full, and writes
+//! snapshots. [`JournalOptions`] sizes segments and bounds a group commit.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use memmap2::MmapMut;
+
+use crate::error::JournalError;
+use crate::format::{self, RECORD_ALIGN_BYTES, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES};
+use crate::fsys::{self, DirLock};
+use crate::recovery::Recovery;
+use crate::snapshot::{self, Snapshot};
+
+/// Sizes of a journal's files and commits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct JournalOptions {
+    /// Length of every new segment file, preallocated up front. A multiple of 8, at least 4096.
+    /// Existing segments keep the length they were created with.
+    pub segment_bytes: u64,
+    /// The most bytes one group commit may write. [`Journal::append`] commits early rather than
+    /// let the uncommitted range grow past this, and recovery uses the same figure to tell a torn
+    /// tail from corruption, so it must not shrink between a crash and the recovery after it.
+    pub commit_bytes_max: u64,
+}
+
+impl JournalOptions {
+    /// 64 MiB segments, group commits of at most 16 MiB.
+    pub fn production() -> Self {
+        JournalOptions { segment_bytes: 64 << 20, commit_bytes_max: 16 << 20 }
+    }
+
+    /// 64 KiB segments and a 16 KiB commit window, so tests roll segments and reach the
+    /// window's edge with a few hundred records.
+    pub fn test_min() -> Self {
+        JournalOptions { segment_bytes: 64 << 10, commit_bytes_max: 16 << 10 }
+    }
+
+    /// The largest payload [`Journal::append`] accepts: what fits in one segment after its
+    /// header and one record header, and in one group commit (a record must never be bigger
+    /// than the window recovery allows a torn write to span), rounded down to the 8-byte record
+    /// alignment. Assumes valid options.
+    pub fn max_payload_bytes(&self) -> usize {
+        let segment_room = usize::try_from(self.segment_bytes).unwrap_or(usize::MAX).saturating_sub(SEGMENT_HEADER_BYTES);
+        let commit_room = usize::try_from(self.commit_bytes_max).unwrap_or(usize::MAX);
+        // The `len` field is a u32 and counts the record header too.
+        let len_room = u32::MAX as usize;
+        let room = segment_room.min(commit_room).min(len_room);
+        (room - room % RECORD_ALIGN_BYTES).saturating_sub(RECORD_HEADER_BYTES)
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), JournalError> {
+        let invalid = |reason: String| Err(JournalError::InvalidOptions { reason });
+        if self.segment_bytes < 4096 {
+            return invalid(format!("segment_bytes {} is below the minimum of 4096", self.segment_bytes));
+        }
+        if self.segment_bytes % RECORD_ALIGN_BYTES as u64 != 0 {
+            return invalid(format!("segment_bytes {} is not a multiple of {RECORD_ALIGN_BYTES}", self.segment_bytes));
+        }
+        if usize::try_from(self.segment_bytes).is_err() || i64::try_from(self.segment_bytes).is_err() {
+            return invalid(format!("segment_bytes {} does not fit this platform's address space", self.segment_bytes));
+        }
+        let smallest_record = format::record_span_bytes(RECORD_ALIGN_BYTES) as u64;
+        if self.commit_bytes_max < smallest_record {
+            return invalid(format!("commit_bytes_max {} is below the minimum of {smallest_record}", self.commit_bytes_max));
+        }
+        Ok(())
+    }
+}
+
+/// The segment records are appended to, mapped read-write.
+#[derive(Debug)]
+pub(crate) struct ActiveSegment {
+    pub path: PathBuf,
+    /// Kept open for the mapping's lifetime; the mapping itself does not need it, but closing
+    /// and reopening to fdatasync later would be wasted work.
+    pub _file: File,
+    pub map: MmapMut,
+    /// Where the next record starts.
+    pub write_offset: usize,
+    /// Everything before this offset is durable.
+    pub durable_offset: usize,
+}
+
+/// One shard's write-ahead journal, open for appending. Built by [`Journal::recover`] followed
+/// by [`Recovery::into_journal`]; holds the directory's lock until dropped.
+#[derive(Debug)]
+pub struct Journal {
+    dir: PathBuf,
+    options: JournalOptions,
+    segment: ActiveSegment,
+    last_seq: u64,
+    durable_seq: u64,
+    /// Set by the first failed commit or roll: after a failed `msync` the kernel may have
+    /// dropped the dirty pages, so nothing this handle does afterwards could be trusted.
+    poisoned: Option<String>,
+    _lock: DirLock,
+}
+
+impl Journal {
+    /// Opens (creating the directory if absent) the journal in `dir`. Returns the newest valid
+    /// snapshot (if any) and a [`Recovery`] to replay the records after it.
+    ///
+    /// Takes the directory's exclusive lock (`journal.lock`, `flock`), so a second writer on
+    /// the same directory gets [`JournalError::Locked`]. Snapshot temp files left by a crash are
+    /// removed. A snapshot that fails its checks is skipped in favour of the previous one (see
+    /// [`Recovery::skipped_snapshots`]).
+    pub fn recover(dir: &Path, options: JournalOptions) -> Result<(Option<Snapshot>, Recovery), JournalError> {
+        options.validate()?;
+        std::fs::create_dir_all(dir).map_err(JournalError::io(dir, "create journal directory"))?;
+        let lock = DirLock::acquire(dir)?;
+        snapshot::remove_temp_files(dir)?;
+        let (newest, skipped) = snapshot::load_newest(dir)?;
+        let snapshot_seq = newest.as_ref().map_or(0, |snapshot| snapshot.seq);
+        Ok((newest, Recovery::new(dir.to_path_buf(), options, lock, snapshot_seq, skipped)))
+    }
+
+    pub(crate) fn from_parts(dir: PathBuf, options: JournalOptions, lock: DirLock, segment: ActiveSegment, last_seq: u64) -> Journal {
+        // Recovery made every record it found durable, so the two sequence numbers start equal.
+        Journal { dir, options, segment, last_seq, durable_seq: last_seq, poisoned: None, _lock: lock }
+    }
+
+    /// Copies one record into the mapped segment (not durable yet) and returns its sequence
+    /// number (the first record ever is 1; each next one is +1).
+    ///
+    /// Rolls to a new preallocated segment when the record does not fit in the current one,
+    /// committing the old one first. Commits early when the uncommitted bytes would otherwise
+    /// exceed [`JournalOptions::commit_bytes_max`]; recovery's torn-tail rule depends on it.
+    /// Payloads larger than [`JournalOptions::max_payload_bytes`] get
+    /// [`JournalError::RecordTooLarge`] and change nothing.
+    pub fn append(&mut self, payload: &[u8]) -> Result<u64, JournalError> {
+        self.check_poisoned()?;
+        let max = self.options.max_payload_bytes();
+        if payload.len() > max {
+            return Err(JournalError::RecordTooLarge { bytes: payload.len(), max });
+        }
+        let span_bytes = format::record_span_bytes(payload.len());
+        if self.segment.write_offset + span_bytes > self.segment.map.len() {
+            if self.segment.write_offset == SEGMENT_HEADER_BYTES {
+                // Only possible for an empty segment recovered from a run with smaller segments:
+                // a new segment would need the same first_seq, i.e. the same file name.
+                let room = self.segment.map.len() - SEGMENT_HEADER_BYTES;
+                let max = (room - room % RECORD_ALIGN_BYTES).saturating_sub(RECORD_HEADER_BYTES);
+                return Err(JournalError::RecordTooLarge { bytes: payload.len(), max });
+            }
+            self.roll()?;
+        }
+        let uncommitted_bytes = self.segment.write_offset + span_bytes - self.segment.durable_offset;
+        if uncommitted_bytes as u64 > self.options.commit_bytes_max {
+            self.commit()?;
+        }
+        let seq = self.last_seq + 1;
+        let start = self.segment.write_offset;
+        format::encode_record(&mut self.segment.map[start..start + span_bytes], seq, payload);
+        self.segment.write_offset += span_bytes;
+        self.last_seq = seq;
+        Ok(seq)
+    }
+
+    /// Makes every appended record durable: `msync(MS_SYNC)` of the dirty byte range through
+    /// memmap2's `flush_range`. On Linux that is `fdatasync` restricted to the range, which also
+    /// persists the extent conversion of the preallocated blocks, so no separate `fdatasync` is
+    /// needed here (new segments get theirs when created).
+    ///
+    /// An `Err` is final: the journal is poisoned and every later call fails with
+    /// [`JournalError::Poisoned`]; reopen through [`Journal::recover`].
+    pub fn commit(&mut self) -> Result<(), JournalError> {
+        self.check_poisoned()?;
+        let segment = &mut self.segment;
+        if segment.write_offset > segment.durable_offset {
+            let length = segment.write_offset - segment.durable_offset;
+            if let Err(source) = segment.map.flush_range(segment.durable_offset, length) {
+                let error = JournalError::Io { path: segment.path.clone(), action: "msync segment", source };
+                self.poisoned = Some(error.to_string());
+                return Err(error);
+            }
+            segment.durable_offset = segment.write_offset;
+        }
+        self.durable_seq = self.last_seq;
+        Ok(())
+    }
+
+    /// The sequence number of the last appended record (0 if there is none).
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    /// The sequence number of the last durable record (0 if there is none).
+    pub fn durable_seq(&self) -> u64 {
+        self.durable_seq
+    }
+
+    /// The journal's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The options this journal was opened with.
+    pub fn options(&self) -> JournalOptions {
+        self.options
+    }
+
+    /// Writes a snapshot image taken at `seq` (every record up to and including `seq` is in
+    /// `bytes`): header and CRC-32C, written to a temp file, fsynced, renamed, directory
+    /// fsynced. Keeps the newest two snapshots (by seq) and deletes older ones. Segments are
+    /// never deleted: the settlement exporter reads them later.
+    ///
+    /// If `seq` is not durable yet the journal commits first, so a snapshot never describes
+    /// records a crash could take out of the journal. `seq` beyond [`Journal::last_seq`] is
+    /// [`JournalError::SnapshotAhead`]. A failed snapshot does not poison the journal.
+    pub fn write_snapshot(&mut self, seq: u64, bytes: &[u8]) -> Result<(), JournalError> {
+        self.check_poisoned()?;
+        if seq > self.last_seq {
+            return Err(JournalError::SnapshotAhead { seq, last_seq: self.last_seq });
+        }
+        if seq > self.durable_seq {
+            self.commit()?;
+        }
+        snapshot::write(&self.dir, seq, bytes)
+    }
+
+    /// Commits the full segment and switches to a new one starting at the next sequence number.
+    fn roll(&mut self) -> Result<(), JournalError> {
+        // The old segment must be entirely durable before the new one exists: recovery only
+        // allows a torn tail in the last segment.
+        self.commit()?;
+        match fsys::create_segment(&self.dir, self.last_seq + 1, self.options.segment_bytes) {
+            Ok((path, file, map)) => {
+                self.segment = ActiveSegment {
+                    path,
+                    _file: file,
+                    map,
+                    write_offset: SEGMENT_HEADER_BYTES,
+                    durable_offset: SEGMENT_HEADER_BYTES,
+                };
+                Ok(())
+            }
+            Err(error) => {
+                // A half-created segment is left for recovery to remove as a torn roll.
+                self.poisoned = Some(error.to_string());
+                Err(error)
+            }
+        }
+    }
+
+    fn check_poisoned(&self) -> Result<(), JournalError> {
+        match &self.poisoned {
+            Some(first_error) => Err(JournalError::Poisoned { first_error: first_error.clone() }),
+            None => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! Snapshot files: writing one atomically (temp file, fsync, rename, directory fsync), pruning
+//! to the newest two, and finding the newest valid one at recovery (falling back past damaged
+//! ones).
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use crate::error::JournalError;
+use crate::format;
+use crate::fsys;
+
+/// How many snapshots are kept: the newest, plus one to fall back to if the newest is damaged.
+pub(crate) const SNAPSHOTS_KEPT: usize = 2;
+
+/// Suffix of a snapshot being written; a crash can leave one behind, recovery removes it.
+const TEMP_SUFFIX: &str = ".tmp";
+
+/// A snapshot image found at recovery.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Every record with a sequence number up to and including `seq` is reflected in `bytes`.
+    pub seq: u64,
+    /// The image, exactly as given to [`crate::Journal::write_snapshot`].
+    pub bytes: Vec<u8>,
+}
+
+/// Writes `snapshot-{seq}.snap` so that after a crash either the old set of snapshots or the
+/// complete new file exists, then deletes all but the newest [`SNAPSHOTS_KEPT`].
+pub(crate) fn write(dir: &Path, seq: u64, bytes: &[u8]) -> Result<(), JournalError> {
+    let final_path = dir.join(format::snapshot_file_name(seq));
+    let temp_path = dir.join(format!("{}{TEMP_SUFFIX}", format::snapshot_file_name(seq)));
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&temp_path)
+        .map_err(JournalError::io(&temp_path, "create snapshot"))?;
+    let header = format::encode_snapshot_header(seq, bytes);
+    file.write_all(&header).map_err(JournalError::io(&temp_path, "write snapshot"))?;
+    file.write_all(bytes).map_err(JournalError::io(&temp_path, "write snapshot"))?;
+    file.sync_all().map_err(JournalError::io(&temp_path, "fsync snapshot"))?;
+    drop(file);
+    std::fs::rename(&temp_path, &final_path).map_err(JournalError::io(&final_path, "rename snapshot into place"))?;
+    // The rename is only durable once the directory is.
+    fsys::sync_dir(dir)?;
+    prune(dir)
+}
+
+/// Deletes every snapshot except the [`SNAPSHOTS_KEPT`] with the highest sequence numbers.
+fn prune(dir: &Path) -> Result<(), JournalError> {
+    let snapshots = fsys::list_snapshots(dir)?;
+    let excess = snapshots.len().saturating_sub(SNAPSHOTS_KEPT);
+    if excess == 0 {
+        return Ok(());
+    }
+    for old in &snapshots[..excess] {
+        std::fs::remove_file(&old.path).map_err(JournalError::io(&old.path, "remove old snapshot"))?;
+    }
+    fsys::sync_dir(dir)
+}
+
+/// Removes snapshot temp files a crash left behind (they were never renamed, so never used).
+pub(crate) fn remove_temp_files(dir: &Path) -> Result<(), JournalError> {
+    let mut removed = false;
+    for entry in std::fs::read_dir(dir).map_err(JournalError::io(dir, "list journal directory"))? {
+        let entry = entry.map_err(JournalError::io(dir, "list journal directory"))?;
+        let name = entry.file_name();
+        let is_temp = name
+            .to_str()
+            .and_then(|name| name.strip_suffix(TEMP_SUFFIX))
+            .and_then(format::parse_snapshot_file_name)
+            .is_some();
+        if is_temp {
+            let path = entry.path();
+            std::fs::remove_file(&path).map_err(JournalError::io(&path, "remove snapshot temp file"))?;
+            removed = true;
+        }
+    }
+    if removed {
+        fsys::sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+/// The newest snapshot that passes its checks, plus the newer ones that did not (path and
+/// reason), so the caller can log why it fell back.
+pub(crate) fn load_newest(dir: &Path) -> Result<(Option<Snapshot>, Vec<(PathBuf, String)>), JournalError> {
+    let mut skipped = Vec::new();
+    for candidate in fsys::list_snapshots(dir)?.into_iter().rev() {
+        let mut contents = Vec::new();
+        File::open(&candidate.path)
+            .and_then(|mut file| file.read_to_end(&mut contents))
+            .map_err(JournalError::io(&candidate.path, "read snapshot"))?;
+        match format::decode_snapshot(&contents) {
+            Ok((header, _)) if header.seq != candidate.seq => {
+                skipped.push((candidate.path, format!("header says seq {}, file name says {}", header.seq, candidate.seq)));
+            }
+            Ok((header, _)) => {
+                // Reuse the buffer: drop the header in place instead of copying the image.
+                contents.drain(..format::SNAPSHOT_HEADER_BYTES);
+                return Ok((Some(Snapshot { seq: header.seq, bytes: contents }), skipped));
+            }
+            Err(reason) => skipped.push((candidate.path, reason)),
+        }
+    }
+    Ok((None, skipped))
+}
