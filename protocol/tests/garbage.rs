@@ -1,0 +1,469 @@
+//! Deterministic robustness test of the decoders: seeded random byte strings and random
+//! mutations (bit flips, truncations, length-field edits, re-sealed body edits, appended junk) of
+//! valid frames of every message type all go through `fuzz_decode` and `decode_frame`. Nothing
+//! may panic, a corrupted frame may never pass its checksum, and valid frames still decode.
+//! The cargo-fuzz target in `fuzz/` explores the same entry point without a time limit.
+
+use pinswitch_protocol::*;
+
+/// Seeded so a failure reproduces; change to explore other inputs.
+const SEED: u64 = 0x5EED_0F_C0DE_u64;
+const RANDOM_STRINGS: usize = 200_000;
+const MUTATIONS_PER_FRAME: usize = 600;
+const BODY_MAX: u32 = 1 << 20;
+
+/// splitmix64: tiny, good enough to spread test inputs, no dependency.
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, bound: usize) -> usize {
+        (self.next() % bound.max(1) as u64) as usize
+    }
+
+    fn bytes(&mut self, len: usize) -> Vec<u8> {
+        (0..len).map(|_| self.next() as u8).collect()
+    }
+}
+
+/// A valid frame and how to tell it still decodes to what was encoded.
+struct ValidFrame {
+    name: String,
+    bytes: Vec<u8>,
+    body_matches: Box<dyn Fn(&[u8]) -> bool>,
+}
+
+fn push<T>(frames: &mut Vec<ValidFrame>, msg_type: MsgType, response: bool, value: T)
+where
+    T: BodyEncode + BodyDecode + PartialEq + std::fmt::Debug + 'static,
+{
+    let request = FrameHeader::request(msg_type, frames.len() as u64 + 1, 500);
+    let header = if response {
+        FrameHeader::response_to(&request, ResultCode::Approved)
+    } else {
+        request
+    };
+    let mut bytes = Vec::new();
+    encode_frame_body(&mut bytes, &header, &value);
+    let name = format!(
+        "{msg_type:?} {}",
+        if response { "response" } else { "request" }
+    );
+    frames.push(ValidFrame {
+        name,
+        bytes,
+        body_matches: Box::new(move |body| decode_body::<T>(body).as_ref() == Ok(&value)),
+    });
+}
+
+fn op_result(rng: &mut SplitMix64) -> OpResult {
+    OpResult {
+        code: ResultCode::ALL[rng.below(ResultCode::ALL.len())].as_u16(),
+        flags: rng.next() as u8 & FLAG_REPLAYED,
+        field: rng.below(12) as u8,
+        approval_code: rng.below(1_000_000) as u32,
+        amount_won: rng.next(),
+        balance_won: rng.next(),
+        available_won: rng.next(),
+        hold_expires_at_ms: rng.next(),
+    }
+}
+
+fn password(rng: &mut SplitMix64) -> Vec<u8> {
+    let len = rng.below(20);
+    rng.bytes(len)
+}
+
+/// One request and one response frame of every message type, batches of 0 to 4 events.
+fn valid_frames(rng: &mut SplitMix64) -> Vec<ValidFrame> {
+    let mut frames = Vec::new();
+    let op_id = |rng: &mut SplitMix64| u128::from(rng.next()) << 64 | u128::from(rng.next());
+    let pin = |rng: &mut SplitMix64| pin::with_check_digit(rng.next() % 1_000_000_000_000_000);
+    for round in 0..5usize {
+        let count = round; // batch sizes 0..=4
+        let name_len = rng.below(24);
+        let client_name: String = (0..name_len)
+            .map(|_| (b'a' + rng.below(26) as u8) as char)
+            .collect();
+        push(
+            &mut frames,
+            MsgType::Hello,
+            false,
+            Hello {
+                client_name: client_name.clone(),
+                protocol_version: 1,
+            },
+        );
+        push(
+            &mut frames,
+            MsgType::Hello,
+            true,
+            HelloReply {
+                server_name: client_name,
+                protocol_version: 1,
+                shard_count: rng.next() as u16,
+                frame_bytes_max: rng.next() as u32,
+                batch_events_max: rng.next() as u32,
+                in_flight_per_connection_max: rng.next() as u32,
+                hold_ttl_max_s: rng.next() as u32,
+                idempotency_window_s: rng.next(),
+                server_time_ms: rng.next(),
+            },
+        );
+        push(
+            &mut frames,
+            MsgType::Ping,
+            false,
+            Ping { nonce: rng.next() },
+        );
+        push(
+            &mut frames,
+            MsgType::Ping,
+            true,
+            Pong {
+                nonce: rng.next(),
+                server_time_ms: rng.next(),
+            },
+        );
+        let events: Vec<_> = (0..count)
+            .map(|_| CardIssue {
+                op_id: op_id(rng),
+                face_value_won: rng.next(),
+            })
+            .collect();
+        push(&mut frames, MsgType::CardIssue, false, events);
+        let results: Vec<_> = (0..count)
+            .map(|_| CardIssueResult {
+                code: 0,
+                flags: 0,
+                field: 0,
+                pin: pin(rng),
+                balance_won: rng.next(),
+            })
+            .collect();
+        push(&mut frames, MsgType::CardIssue, true, results);
+        let events: Vec<_> = (0..count)
+            .map(|_| CardActivate {
+                op_id: op_id(rng),
+                pin: pin(rng),
+                password: password(rng),
+            })
+            .collect();
+        push(&mut frames, MsgType::CardActivate, false, events);
+        let events: Vec<_> = (0..count)
+            .map(|_| CardLoad {
+                op_id: op_id(rng),
+                pin: pin(rng),
+                amount_won: rng.next(),
+                funding: rng.below(6) as u8,
+            })
+            .collect();
+        push(&mut frames, MsgType::CardLoad, false, events);
+        let events: Vec<_> = (0..count)
+            .map(|_| Authorize {
+                op_id: op_id(rng),
+                pin: pin(rng),
+                password: password(rng),
+                amount_won: rng.next(),
+                merchant_id: rng.next(),
+                category: rng.below(7) as u8,
+                hold_ttl_s: rng.next() as u32,
+            })
+            .collect();
+        push(&mut frames, MsgType::Authorize, false, events);
+        let events: Vec<_> = (0..count)
+            .map(|_| Capture {
+                op_id: op_id(rng),
+                pin: pin(rng),
+                hold_id: op_id(rng),
+                amount_won: rng.next(),
+                final_capture: rng.next() & 1 == 1,
+            })
+            .collect();
+        push(&mut frames, MsgType::Capture, false, events);
+        let events: Vec<_> = (0..count)
+            .map(|_| Void {
+                op_id: op_id(rng),
+                pin: pin(rng),
+                hold_id: op_id(rng),
+            })
+            .collect();
+        push(&mut frames, MsgType::Void, false, events);
+        let events: Vec<_> = (0..count)
+            .map(|_| Reverse {
+                op_id: op_id(rng),
+                pin: pin(rng),
+                original_op_id: op_id(rng),
+            })
+            .collect();
+        push(&mut frames, MsgType::Reverse, false, events);
+        let events: Vec<_> = (0..count)
+            .map(|_| Sale {
+                op_id: op_id(rng),
+                pin: pin(rng),
+                password: password(rng),
+                amount_won: rng.next(),
+                merchant_id: rng.next(),
+                category: rng.below(7) as u8,
+            })
+            .collect();
+        push(&mut frames, MsgType::Sale, false, events);
+        let events: Vec<_> = (0..count)
+            .map(|_| Refund {
+                op_id: op_id(rng),
+                pin: pin(rng),
+                original_op_id: op_id(rng),
+                amount_won: rng.next(),
+            })
+            .collect();
+        push(&mut frames, MsgType::Refund, false, events);
+        // Every mutating message but CARD_ISSUE answers with OpResult.
+        for msg_type in [
+            MsgType::CardActivate,
+            MsgType::CardLoad,
+            MsgType::Authorize,
+            MsgType::Capture,
+            MsgType::Void,
+            MsgType::Reverse,
+            MsgType::Sale,
+            MsgType::Refund,
+        ] {
+            let results: Vec<_> = (0..count).map(|_| op_result(rng)).collect();
+            push(&mut frames, msg_type, true, results);
+        }
+        let events: Vec<_> = (0..count)
+            .map(|_| Inquiry {
+                pin: pin(rng),
+                op_id: op_id(rng),
+            })
+            .collect();
+        push(&mut frames, MsgType::Inquiry, false, events);
+        let results: Vec<_> = (0..count)
+            .map(|_| InquiryResult {
+                code: 0,
+                status: rng.below(8) as u8,
+                msg_type: MsgType::ALL[rng.below(13)] as u16,
+                result: op_result(rng),
+            })
+            .collect();
+        push(&mut frames, MsgType::Inquiry, true, results);
+        let events: Vec<_> = (0..count)
+            .map(|_| BalanceInquiry { pin: pin(rng) })
+            .collect();
+        push(&mut frames, MsgType::BalanceInquiry, false, events);
+        let results: Vec<_> = (0..count)
+            .map(|_| BalanceResult {
+                code: 0,
+                state: rng.below(7) as u8,
+                face_value_won: rng.next(),
+                balance_won: rng.next(),
+                available_won: rng.next(),
+                held_won: rng.next(),
+                password_tries_left: rng.below(6) as u8,
+                holds: (0..rng.below(4))
+                    .map(|_| HoldInfo {
+                        hold_id: op_id(rng),
+                        amount_won: rng.next(),
+                        captured_won: rng.next(),
+                        expires_at_ms: rng.next(),
+                    })
+                    .collect(),
+            })
+            .collect();
+        push(&mut frames, MsgType::BalanceInquiry, true, results);
+    }
+    frames
+}
+
+fn assert_still_decodes(frame: &ValidFrame) {
+    let decoded = decode_frame(&frame.bytes, BODY_MAX)
+        .unwrap_or_else(|error| panic!("{}: {error}", frame.name))
+        .unwrap_or_else(|| panic!("{}: incomplete", frame.name));
+    assert_eq!(decoded.total_len, frame.bytes.len(), "{}", frame.name);
+    assert!(
+        (frame.body_matches)(decoded.body),
+        "{}: body changed",
+        frame.name
+    );
+}
+
+/// Replaces the frame's body and recomputes length and checksum, so the corruption reaches the
+/// body validators instead of stopping at the checksum.
+fn reseal(original: &[u8], body: &[u8]) -> Vec<u8> {
+    let frame = decode_frame(original, BODY_MAX)
+        .expect("valid")
+        .expect("whole");
+    let mut out = Vec::new();
+    encode_frame(&mut out, &frame.header, body);
+    out
+}
+
+/// Flips `flips` distinct bits of `bytes`.
+fn flip_bits(rng: &mut SplitMix64, bytes: &mut [u8], flips: usize) {
+    let mut flipped: Vec<usize> = Vec::new();
+    while flipped.len() < flips.min(bytes.len() * 8) {
+        let bit = rng.below(bytes.len() * 8);
+        if !flipped.contains(&bit) {
+            flipped.push(bit);
+            bytes[bit / 8] ^= 1 << (bit % 8);
+        }
+    }
+}
+
+#[test]
+fn random_bytes_never_panic() {
+    let mut rng = SplitMix64(SEED);
+    for index in 0..RANDOM_STRINGS {
+        let len = match index % 8 {
+            0 => rng.below(4096),
+            _ => rng.below(96),
+        };
+        let mut bytes = rng.bytes(len);
+        // Half get a plausible header start so they reach the later header checks, and some of
+        // those a correct checksum so they reach the body validators through the frame path.
+        if index % 2 == 0 && bytes.len() >= HEADER_BYTES {
+            bytes[0..2].copy_from_slice(&MAGIC.to_le_bytes());
+            bytes[2] = VERSION;
+            bytes[28..32].fill(0);
+            let body_len = (bytes.len() - HEADER_BYTES) as u32;
+            if index % 4 == 0 {
+                let mut header = decode_frame_header_fields(&bytes);
+                header.body_len = body_len;
+                let body = bytes[HEADER_BYTES..].to_vec();
+                bytes.clear();
+                encode_frame(&mut bytes, &header, &body);
+                assert!(
+                    matches!(decode_frame(&bytes, BODY_MAX), Ok(Some(_))),
+                    "resealed random frame"
+                );
+            }
+        }
+        let _ = decode_frame(&bytes, BODY_MAX);
+        let _ = decode_frame(&bytes, 16);
+        fuzz_decode(&bytes);
+    }
+}
+
+/// The header fields of a frame-shaped byte string, read without any validation.
+fn decode_frame_header_fields(bytes: &[u8]) -> FrameHeader {
+    let u16_at = |at: usize| u16::from_le_bytes([bytes[at], bytes[at + 1]]);
+    let u32_at =
+        |at: usize| u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+    FrameHeader {
+        version: bytes[2],
+        flags: bytes[3],
+        msg_type: u16_at(4),
+        status: u16_at(6),
+        request_id: u64::from(u32_at(8)) | u64::from(u32_at(12)) << 32,
+        deadline_ms: u32_at(16),
+        body_len: u32_at(20),
+    }
+}
+
+#[test]
+fn mutated_valid_frames_never_panic_and_never_pass_the_checksum() {
+    let mut rng = SplitMix64(SEED ^ 1);
+    let frames = valid_frames(&mut rng);
+    assert!(frames.len() >= MsgType::ALL.len() * 2 * 5);
+    for frame in &frames {
+        assert_still_decodes(frame);
+        fuzz_decode(&frame.bytes);
+        for _ in 0..MUTATIONS_PER_FRAME {
+            let mut bytes = frame.bytes.clone();
+            let kind = rng.below(6);
+            match kind {
+                // 1 to 3 bit flips anywhere: CRC-32C detects every such error at these sizes.
+                0 => {
+                    let flips = 1 + rng.below(3);
+                    flip_bits(&mut rng, &mut bytes, flips);
+                }
+                // Truncation: never a whole frame.
+                1 => bytes.truncate(rng.below(bytes.len())),
+                // Length-field edit: near the truth or anywhere.
+                2 => {
+                    let body_len = (bytes.len() - HEADER_BYTES) as u32;
+                    let new_len = if rng.next() & 1 == 0 {
+                        body_len.wrapping_add(rng.below(17) as u32).wrapping_sub(8)
+                    } else {
+                        rng.next() as u32
+                    };
+                    if new_len == body_len {
+                        continue;
+                    }
+                    bytes[20..24].copy_from_slice(&new_len.to_le_bytes());
+                }
+                // Body edit with a fresh checksum: the body validators must catch or accept it.
+                3 => {
+                    let mut body = bytes[HEADER_BYTES..].to_vec();
+                    if body.is_empty() {
+                        continue;
+                    }
+                    let flips = 1 + rng.below(8);
+                    flip_bits(&mut rng, &mut body, flips);
+                    bytes = reseal(&frame.bytes, &body);
+                }
+                // Body truncated or extended, re-sealed: archives are read from their end.
+                4 => {
+                    let mut body = bytes[HEADER_BYTES..].to_vec();
+                    if rng.next() & 1 == 0 {
+                        body.truncate(rng.below(body.len() + 1));
+                    } else {
+                        let extra = rng.below(16);
+                        body.extend(rng.bytes(extra));
+                    }
+                    bytes = reseal(&frame.bytes, &body);
+                }
+                // Junk after the frame: the frame itself still decodes, the junk is left over.
+                _ => {
+                    let extra = 1 + rng.below(64);
+                    bytes.extend(rng.bytes(extra));
+                    let decoded = decode_frame(&bytes, BODY_MAX)
+                        .expect("valid prefix")
+                        .expect("whole");
+                    assert_eq!(decoded.total_len, frame.bytes.len());
+                    assert!((frame.body_matches)(decoded.body), "{}", frame.name);
+                }
+            }
+            let result = decode_frame(&bytes, BODY_MAX);
+            if kind <= 2 {
+                assert!(
+                    !matches!(result, Ok(Some(_))),
+                    "{}: corrupted frame passed (kind {kind})",
+                    frame.name
+                );
+            }
+            let _ = decode_frame(&bytes, 64);
+            fuzz_decode(&bytes);
+            if let Ok(Some(decoded)) = result {
+                fuzz_decode(decoded.body);
+            }
+        }
+        assert_still_decodes(frame);
+    }
+
+    // All the valid frames back to back, as a stream, decode one after another.
+    let stream: Vec<u8> = frames
+        .iter()
+        .flat_map(|frame| frame.bytes.iter().copied())
+        .collect();
+    let mut offset = 0;
+    for frame in &frames {
+        let decoded = decode_frame(&stream[offset..], BODY_MAX)
+            .expect("valid")
+            .expect("whole");
+        assert!(
+            (frame.body_matches)(decoded.body),
+            "{} in stream",
+            frame.name
+        );
+        offset += decoded.total_len;
+    }
+    assert_eq!(offset, stream.len());
+}
