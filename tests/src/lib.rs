@@ -1,1 +1,115 @@
-//! Shared helpers for the end-to-end tests: start the real binary on a fresh data directory, wait for it, kill it.
+//! Shared helpers for the end-to-end tests: start the real `pinswitch` binary on a fresh data
+//! directory, learn its address from its "listening on" line, and stop it gracefully or with
+//! SIGKILL. Tests wait on the process's own output, never on sleeps.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// How long a switch may take to recover and listen before a test gives up.
+const START_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A running switch process.
+pub struct Switch {
+    child: Option<Child>,
+    pub address: String,
+    pub data_dir: PathBuf,
+}
+
+impl Switch {
+    /// Starts `binary serve` on `data_dir` (created if absent) on a free loopback port.
+    pub fn start(binary: &Path, data_dir: &Path, extra: &[&str]) -> Switch {
+        let mut command = Command::new(binary);
+        command
+            .arg("serve")
+            .arg("--data")
+            .arg(data_dir)
+            .args(["--listen", "127.0.0.1:0", "--shards", "2"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = command.spawn().expect("spawning pinswitch");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (lines, address) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut announced = false;
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if !announced {
+                    if let Some(rest) = line.split("listening on ").nth(1) {
+                        let address = rest.split_whitespace().next().unwrap_or_default().to_string();
+                        let _ = lines.send(address);
+                        announced = true;
+                    }
+                }
+            }
+        });
+        let address = address.recv_timeout(START_TIMEOUT).expect("pinswitch did not start listening");
+        Switch { child: Some(child), address, data_dir: data_dir.to_path_buf() }
+    }
+
+    /// SIGKILL: no chance to flush anything, exactly like a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("killing pinswitch");
+            child.wait().expect("reaping pinswitch");
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let status = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status()
+                .expect("sending SIGTERM");
+            assert!(status.success());
+            let exit = child.wait().expect("reaping pinswitch");
+            assert!(exit.success(), "pinswitch exited with {exit}");
+        }
+    }
+
+    /// True while the process has not exited.
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(child) => child.try_wait().expect("polling pinswitch").is_none(),
+            None => false,
+        }
+    }
+}
+
+impl Drop for Switch {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A fresh, empty directory for one test's data.
+pub fn fresh_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("pinswitch-e2e-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("creating a test directory");
+    dir
+}
+
+/// Deterministic PRNG for tests (splitmix64).
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    pub fn below(&mut self, bound: u64) -> u64 {
+        self.next_u64() % bound
+    }
+}

@@ -8,11 +8,13 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod journal_entry;
 pub mod routing;
 pub mod shard;
 pub mod types;
 
 pub use config::EngineConfig;
+pub use journal_entry::{JournalEntry, decode_entry, encode_entry};
 pub use routing::{shard_of_card, shard_of_op};
 pub use shard::Shard;
 pub use types::*;

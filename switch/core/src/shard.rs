@@ -1,2 +1,966 @@
-//! Placeholder; the engine helper replaces this file.
-pub struct Shard;
+//! The pure shard state machine: the cards one shard owns, their pending holds, and the op-id
+//! records that make every mutating operation exactly-once. `apply(now_ms, &Command)` is the
+//! only way state changes; it does no I/O, reads no clock, draws no randomness and never
+//! blocks, so the server, recovery (journal replay), the model tests and the benches all run the
+//! same code and get the same replies.
+//!
+//! Order of checks for every command with an op id: the op id gate (zero, too old, from the
+//! future), then the op-id record (replay of the stored reply, OP_ID_REUSED on a different body,
+//! REVERSED_BEFORE_ARRIVAL on a tombstone), then the deadline, then the business rules. Every
+//! answer from the record step on is stored under the op id, declines included, so a retry can
+//! never execute twice and never gets a different answer.
+
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::hash::{BuildHasher, Hasher};
+
+use pinswitch_protocol::{
+    CardState, Category, Field, Funding, MsgType, OpStatus, ResultCode, op_id_time_ms,
+};
+use rkyv::rancor::Error as RkyvError;
+use rkyv::{Archive, Deserialize, Serialize};
+
+use crate::config::EngineConfig;
+use crate::types::{
+    Applied, Body, CardView, Command, HoldView, Ms, OpId, OpView, PasswordMac, PinHash, Reply,
+    Totals,
+};
+
+/// One card. Kept small: a shard holds millions of them.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+struct Card {
+    /// Posted money, held funds included.
+    balance_won: u64,
+    /// Sum of the remaining amounts of this card's pending holds.
+    held_won: u64,
+    password_mac: PasswordMac,
+    face_value_won: u64,
+    /// `CardState` as a number.
+    state: u8,
+    /// Wrong passwords in a row.
+    password_failures: u8,
+    /// Pending holds.
+    holds: u16,
+}
+
+impl Card {
+    fn available_won(&self) -> u64 {
+        self.balance_won - self.held_won
+    }
+
+    fn state(&self) -> CardState {
+        CardState::from_u8(self.state).expect("card states are written by the engine only")
+    }
+}
+
+/// A pending hold, keyed by its hold id (the op id of the AUTHORIZE that placed it).
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+struct Hold {
+    pin_hash: PinHash,
+    amount_won: u64,
+    captured_won: u64,
+    captures: u16,
+    expires_at_ms: Ms,
+}
+
+impl Hold {
+    fn remaining_won(&self) -> u64 {
+        self.amount_won - self.captured_won
+    }
+}
+
+/// What a shard remembers about one op id.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+struct OpRecord {
+    /// The body as first received: a retry must match it field for field.
+    body: Body,
+    reply: Reply,
+    /// `OpStatus` as a number.
+    status: u8,
+    /// For a payment (approved AUTHORIZE or SALE): money debited by it so far.
+    debited_won: u64,
+    /// For a payment: money given back by REFUNDs naming it or one of its captures.
+    refunded_won: u64,
+    /// For a CAPTURE: the hold id (= the AUTHORIZE op id) its money belongs to.
+    payment_op_id: OpId,
+}
+
+/// The serialized form of a shard (snapshots).
+#[derive(Archive, Serialize, Deserialize)]
+struct ShardImage {
+    shard_id: u16,
+    shard_count: u16,
+    config: EngineConfig,
+    now_ms: Ms,
+    evicted_floor_ms: Ms,
+    approvals: u32,
+    totals: Totals,
+    cards: Vec<(PinHash, Card)>,
+    holds: Vec<(OpId, Hold)>,
+    /// In insertion order (the eviction order).
+    ops: Vec<(OpId, OpRecord)>,
+}
+
+/// A fast hasher for 128-bit keys. PIN hashes are keyed PRF outputs already; op ids are mixed
+/// with a folded multiply so their timestamp-heavy high bits still spread over the table.
+#[derive(Clone, Copy, Default)]
+pub struct KeyHasherBuilder;
+
+#[derive(Default)]
+pub struct KeyHasher {
+    state: u64,
+}
+
+impl BuildHasher for KeyHasherBuilder {
+    type Hasher = KeyHasher;
+    fn build_hasher(&self) -> KeyHasher {
+        KeyHasher::default()
+    }
+}
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.state
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        let product = u128::from(self.state ^ value) * 0x9E37_79B9_7F4A_7C15_u128;
+        self.state = (product as u64) ^ ((product >> 64) as u64);
+    }
+
+    fn write_u128(&mut self, value: u128) {
+        let folded = (value as u64) ^ ((value >> 64) as u64).rotate_left(29);
+        let product = u128::from(self.state ^ folded) * 0xA076_1D64_78BD_642F_u128;
+        self.state = (product as u64) ^ ((product >> 64) as u64);
+    }
+}
+
+type KeyMap<V> = HashMap<u128, V, KeyHasherBuilder>;
+
+/// One shard's state.
+pub struct Shard {
+    shard_id: u16,
+    shard_count: u16,
+    config: EngineConfig,
+    /// The engine's clock: the largest `now_ms` it was given (it never runs backwards).
+    now_ms: Ms,
+    /// Op ids at or before this time answer OP_TOO_OLD: records up to it may have been evicted.
+    evicted_floor_ms: Ms,
+    /// Counter behind approval codes (deterministic; codes are six digits, 100000..=999999).
+    approvals: u32,
+    totals: Totals,
+    cards: KeyMap<Card>,
+    holds: KeyMap<Hold>,
+    /// Pending hold ids per card, only for cards that have some.
+    card_holds: KeyMap<Vec<OpId>>,
+    /// Pending holds by expiry time.
+    expiries: BTreeSet<(Ms, OpId)>,
+    ops: KeyMap<OpRecord>,
+    /// Op ids in insertion order, with the time inside each id.
+    op_order: VecDeque<(OpId, Ms)>,
+}
+
+/// The result of the common op-id gate.
+enum Gate {
+    /// Answer now; `record` says whether the answer is stored under the op id.
+    Answer { reply: Reply, record: bool },
+    /// New op: execute the business rules.
+    Execute,
+}
+
+impl Shard {
+    pub fn new(shard_id: u16, shard_count: u16, config: EngineConfig) -> Shard {
+        assert!(shard_count > 0 && shard_id < shard_count, "shard {shard_id} of {shard_count}");
+        Shard {
+            shard_id,
+            shard_count,
+            config,
+            now_ms: 0,
+            evicted_floor_ms: 0,
+            approvals: 0,
+            totals: Totals::default(),
+            cards: KeyMap::default(),
+            holds: KeyMap::default(),
+            card_holds: KeyMap::default(),
+            expiries: BTreeSet::new(),
+            ops: KeyMap::default(),
+            op_order: VecDeque::new(),
+        }
+    }
+
+    pub fn shard_id(&self) -> u16 {
+        self.shard_id
+    }
+
+    pub fn shard_count(&self) -> u16 {
+        self.shard_count
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    pub fn totals(&self) -> Totals {
+        self.totals
+    }
+
+    pub fn card_count(&self) -> usize {
+        self.cards.len()
+    }
+
+    /// Op-id records currently kept.
+    pub fn op_count(&self) -> usize {
+        self.ops.len()
+    }
+
+    pub fn now_ms(&self) -> Ms {
+        self.now_ms
+    }
+
+    /// When the earliest pending hold expires (the server ticks the engine then).
+    pub fn next_expiry_ms(&self) -> Option<Ms> {
+        self.expiries.first().map(|(expires_at_ms, _)| *expires_at_ms)
+    }
+
+    /// Applies one command at server time `now_ms`. `changed` is true exactly when the state
+    /// changed (the server journals the command then; replay must see the same reply).
+    pub fn apply(&mut self, now_ms: Ms, command: &Command) -> Applied {
+        self.now_ms = self.now_ms.max(now_ms);
+        let now_ms = self.now_ms;
+        let expired = self.expire_holds(now_ms);
+        let applied = match &command.body {
+            Body::Tick => Applied { reply: Reply::code(ResultCode::Approved), changed: expired > 0 },
+            Body::Configure(config) => match config.validate() {
+                Ok(()) => {
+                    self.config = config.clone();
+                    Applied { reply: Reply::code(ResultCode::Approved), changed: true }
+                }
+                Err(_) => Applied { reply: Reply::code(ResultCode::FormatError), changed: expired > 0 },
+            },
+            body => {
+                let applied = self.apply_op(now_ms, command.op_id, command.deadline_at_ms, body);
+                Applied { reply: applied.reply, changed: applied.changed || expired > 0 }
+            }
+        };
+        self.assert_conservation();
+        applied
+    }
+
+    fn apply_op(&mut self, now_ms: Ms, op_id: OpId, deadline_at_ms: Ms, body: &Body) -> Applied {
+        match self.gate(now_ms, op_id, deadline_at_ms, body) {
+            Gate::Answer { reply, record } => {
+                if record {
+                    self.record(op_id, body.clone(), reply, OpStatus::Completed);
+                }
+                Applied { reply, changed: record }
+            }
+            Gate::Execute => {
+                let pin_hash = body.pin_hash().expect("operations name a card");
+                let outcome = match body {
+                    Body::Issue { face_value_won, .. } => {
+                        if self.cards.contains_key(&pin_hash) {
+                            // The drawn PIN exists: not recorded, so the server draws another
+                            // PIN under the same op id.
+                            return Applied { reply: Reply::code(ResultCode::RetryLater), changed: false };
+                        }
+                        self.issue(pin_hash, *face_value_won)
+                    }
+                    Body::Activate { password_mac, .. } => self.activate(pin_hash, *password_mac),
+                    Body::Load { amount_won, funding, .. } => self.load(pin_hash, *amount_won, *funding),
+                    Body::Authorize { password_mac, amount_won, category, hold_ttl_s, .. } => {
+                        self.authorize(now_ms, op_id, pin_hash, *password_mac, *amount_won, *category, *hold_ttl_s)
+                    }
+                    Body::Sale { password_mac, amount_won, category, .. } => {
+                        self.sale(pin_hash, *password_mac, *amount_won, *category)
+                    }
+                    Body::Capture { hold_id, amount_won, final_capture, .. } => {
+                        self.capture(pin_hash, *hold_id, *amount_won, *final_capture)
+                    }
+                    Body::Void { hold_id, .. } => self.void(pin_hash, *hold_id),
+                    Body::Reverse { original_op_id, .. } => self.reverse(op_id, pin_hash, *original_op_id),
+                    Body::Refund { original_op_id, amount_won, .. } => {
+                        self.refund(pin_hash, *original_op_id, *amount_won)
+                    }
+                    Body::Tick | Body::Configure(_) => unreachable!("handled by apply"),
+                };
+                self.record(op_id, body.clone(), outcome.reply, outcome.status);
+                if let Some(record) = self.ops.get_mut(&op_id) {
+                    record.debited_won = outcome.debited_won;
+                    record.payment_op_id = outcome.payment_op_id;
+                }
+                Applied { reply: outcome.reply, changed: true }
+            }
+        }
+    }
+
+    /// The op-id gate: validity, window, the stored record, the deadline.
+    fn gate(&self, now_ms: Ms, op_id: OpId, deadline_at_ms: Ms, body: &Body) -> Gate {
+        if op_id == 0 {
+            return Gate::Answer { reply: Reply::code(ResultCode::OpIdInvalid), record: false };
+        }
+        let op_time_ms = op_id_time_ms(op_id);
+        if self.too_old(now_ms, op_time_ms) {
+            return Gate::Answer { reply: Reply::code(ResultCode::OpTooOld), record: false };
+        }
+        if op_time_ms > now_ms.saturating_add(self.config.op_clock_skew_max_ms) {
+            return Gate::Answer { reply: Reply::code(ResultCode::OpIdFromFuture), record: false };
+        }
+        if let Some(record) = self.ops.get(&op_id) {
+            if record.status == OpStatus::Tombstone as u8 {
+                return Gate::Answer { reply: Reply::code(ResultCode::ReversedBeforeArrival), record: false };
+            }
+            let reply = match first_difference(&record.body, body) {
+                None => Reply { replayed: true, ..record.reply },
+                Some(field) => Reply { field: field as u8, ..Reply::code(ResultCode::OpIdReused) },
+            };
+            return Gate::Answer { reply, record: false };
+        }
+        if deadline_at_ms != 0 && now_ms > deadline_at_ms {
+            return Gate::Answer { reply: Reply::code(ResultCode::DeadlineExceededNotExecuted), record: true };
+        }
+        Gate::Execute
+    }
+
+    fn too_old(&self, now_ms: Ms, op_time_ms: Ms) -> bool {
+        let window_floor_ms = now_ms.saturating_sub(self.config.idempotency_window_ms);
+        op_time_ms <= window_floor_ms.max(self.evicted_floor_ms) && (window_floor_ms > 0 || self.evicted_floor_ms > 0)
+    }
+
+    /// Stores an op's answer; drops records past the window and, at the capacity limit, the
+    /// oldest records (raising the too-old floor so they can never execute again).
+    fn record(&mut self, op_id: OpId, body: Body, reply: Reply, status: OpStatus) {
+        let record = OpRecord { body, reply, status: status as u8, debited_won: 0, refunded_won: 0, payment_op_id: 0 };
+        let previous = self.ops.insert(op_id, record);
+        assert!(previous.is_none(), "an op id is recorded once");
+        self.op_order.push_back((op_id, op_id_time_ms(op_id)));
+        self.prune_ops();
+    }
+
+    fn prune_ops(&mut self) {
+        let window_floor_ms = self.now_ms.saturating_sub(self.config.idempotency_window_ms);
+        while let Some(&(op_id, op_time_ms)) = self.op_order.front() {
+            let over_capacity = self.ops.len() > self.config.idempotency_entries_max as usize;
+            let past_window = window_floor_ms > 0 && op_time_ms <= window_floor_ms;
+            if !over_capacity && !past_window {
+                break;
+            }
+            self.op_order.pop_front();
+            self.ops.remove(&op_id);
+            if over_capacity && !past_window {
+                self.evicted_floor_ms = self.evicted_floor_ms.max(op_time_ms);
+            }
+        }
+    }
+
+    fn next_approval_code(&mut self) -> u32 {
+        // Six digits, like an ISO 8583 authorization id response (field 38).
+        self.approvals = (self.approvals + 1) % 900_000;
+        100_000 + self.approvals
+    }
+
+    /// A reply carrying the card's balances.
+    fn card_reply(&self, code: ResultCode, pin_hash: PinHash) -> Reply {
+        let mut reply = Reply::code(code);
+        if let Some(card) = self.cards.get(&pin_hash) {
+            reply.balance_won = card.balance_won;
+            reply.available_won = card.available_won();
+        }
+        reply
+    }
+
+    fn approved(&mut self, pin_hash: PinHash, amount_won: u64) -> Reply {
+        let mut reply = self.card_reply(ResultCode::Approved, pin_hash);
+        reply.approval_code = self.next_approval_code();
+        reply.amount_won = amount_won;
+        reply
+    }
+
+    fn declined(&self, code: ResultCode, pin_hash: PinHash) -> Outcome {
+        Outcome::completed(self.card_reply(code, pin_hash))
+    }
+
+    /// Checks that a card exists and is in one of `allowed` states.
+    fn card_in(&self, pin_hash: PinHash, allowed: &[CardState]) -> Result<Card, ResultCode> {
+        let card = self.cards.get(&pin_hash).ok_or(ResultCode::CardNotFound)?;
+        let state = card.state();
+        if allowed.contains(&state) {
+            return Ok(*card);
+        }
+        Err(match state {
+            CardState::Issued | CardState::Sold => ResultCode::CardNotActive,
+            CardState::Active => ResultCode::CardAlreadyActive,
+            CardState::Blocked => ResultCode::CardBlocked,
+            CardState::Expired => ResultCode::CardExpired,
+            CardState::Closed => ResultCode::CardClosed,
+        })
+    }
+
+    fn issue(&mut self, pin_hash: PinHash, face_value_won: u64) -> Outcome {
+        if !self.config.face_values_won.contains(&face_value_won) {
+            return Outcome::completed(Reply::code(ResultCode::ProductNotFound));
+        }
+        let card = Card {
+            balance_won: face_value_won,
+            held_won: 0,
+            password_mac: 0,
+            face_value_won,
+            state: CardState::Issued as u8,
+            password_failures: 0,
+            holds: 0,
+        };
+        self.cards.insert(pin_hash, card);
+        self.totals.issued_won += u128::from(face_value_won);
+        self.totals.balances_won += u128::from(face_value_won);
+        Outcome::completed(self.approved(pin_hash, face_value_won))
+    }
+
+    fn activate(&mut self, pin_hash: PinHash, password_mac: PasswordMac) -> Outcome {
+        if let Err(code) = self.card_in(pin_hash, &[CardState::Issued, CardState::Sold]) {
+            return self.declined(code, pin_hash);
+        }
+        let card = self.cards.get_mut(&pin_hash).expect("checked above");
+        card.state = CardState::Active as u8;
+        card.password_mac = password_mac;
+        card.password_failures = 0;
+        Outcome::completed(self.approved(pin_hash, 0))
+    }
+
+    fn load(&mut self, pin_hash: PinHash, amount_won: u64, funding: u8) -> Outcome {
+        if Funding::from_u8(funding).is_none() {
+            return Outcome::completed(Reply::code(ResultCode::FormatError));
+        }
+        if amount_won == 0 {
+            return self.declined(ResultCode::AmountInvalid, pin_hash);
+        }
+        let card = match self.card_in(pin_hash, &[CardState::Active]) {
+            Ok(card) => card,
+            Err(code) => return self.declined(code, pin_hash),
+        };
+        if amount_won % self.config.recharge_unit_won != 0 {
+            return self.declined(ResultCode::RechargeUnitInvalid, pin_hash);
+        }
+        let Some(balance_won) = card.balance_won.checked_add(amount_won) else {
+            return self.declined(ResultCode::AmountOverflow, pin_hash);
+        };
+        if balance_won > self.config.balance_cap_won {
+            return self.declined(ResultCode::BalanceCapExceeded, pin_hash);
+        }
+        self.cards.get_mut(&pin_hash).expect("checked above").balance_won = balance_won;
+        self.totals.loaded_won += u128::from(amount_won);
+        self.totals.balances_won += u128::from(amount_won);
+        Outcome::completed(self.approved(pin_hash, amount_won))
+    }
+
+    /// The checks a payment (AUTHORIZE, SALE) passes before money moves. A wrong password is
+    /// counted (a state change, so it is journaled with the decline).
+    fn payment_checks(&mut self, pin_hash: PinHash, password_mac: PasswordMac, amount_won: u64, category: u8) -> Result<Card, ResultCode> {
+        if amount_won == 0 {
+            return Err(ResultCode::AmountInvalid);
+        }
+        if Category::from_u8(category).is_none() {
+            return Err(ResultCode::CategoryInvalid);
+        }
+        let card = self.card_in(pin_hash, &[CardState::Active])?;
+        let tries_max = self.config.password_tries_max;
+        if card.password_failures >= tries_max {
+            return Err(ResultCode::PasswordTriesExceeded);
+        }
+        let card = self.cards.get_mut(&pin_hash).expect("checked above");
+        if card.password_mac != password_mac {
+            card.password_failures += 1;
+            return Err(if card.password_failures >= tries_max {
+                ResultCode::PasswordTriesExceeded
+            } else {
+                ResultCode::PasswordInvalid
+            });
+        }
+        card.password_failures = 0;
+        Ok(*card)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn authorize(
+        &mut self,
+        now_ms: Ms,
+        op_id: OpId,
+        pin_hash: PinHash,
+        password_mac: PasswordMac,
+        amount_won: u64,
+        category: u8,
+        hold_ttl_s: u32,
+    ) -> Outcome {
+        if hold_ttl_s > self.config.hold_ttl_max_s {
+            return self.declined(ResultCode::HoldTtlInvalid, pin_hash);
+        }
+        let card = match self.payment_checks(pin_hash, password_mac, amount_won, category) {
+            Ok(card) => card,
+            Err(code) => return self.declined(code, pin_hash),
+        };
+        if card.holds >= self.config.holds_per_card_max {
+            return self.declined(ResultCode::HoldLimitReached, pin_hash);
+        }
+        if card.available_won() < amount_won {
+            return self.declined(ResultCode::InsufficientFunds, pin_hash);
+        }
+        let ttl_s = if hold_ttl_s == 0 { self.config.hold_ttl_default_s } else { hold_ttl_s };
+        let expires_at_ms = now_ms + u64::from(ttl_s) * 1000;
+        let card = self.cards.get_mut(&pin_hash).expect("checked above");
+        card.held_won += amount_won;
+        card.holds += 1;
+        let hold = Hold { pin_hash, amount_won, captured_won: 0, captures: 0, expires_at_ms };
+        self.holds.insert(op_id, hold);
+        self.card_holds.entry(pin_hash).or_default().push(op_id);
+        self.expiries.insert((expires_at_ms, op_id));
+        self.totals.held_won += u128::from(amount_won);
+        let mut reply = self.approved(pin_hash, amount_won);
+        reply.hold_expires_at_ms = expires_at_ms;
+        Outcome { reply, status: OpStatus::HoldPending, debited_won: 0, payment_op_id: 0 }
+    }
+
+    fn sale(&mut self, pin_hash: PinHash, password_mac: PasswordMac, amount_won: u64, category: u8) -> Outcome {
+        let card = match self.payment_checks(pin_hash, password_mac, amount_won, category) {
+            Ok(card) => card,
+            Err(code) => return self.declined(code, pin_hash),
+        };
+        if card.available_won() < amount_won {
+            return self.declined(ResultCode::InsufficientFunds, pin_hash);
+        }
+        self.cards.get_mut(&pin_hash).expect("checked above").balance_won -= amount_won;
+        self.totals.debited_won += u128::from(amount_won);
+        self.totals.balances_won -= u128::from(amount_won);
+        let reply = self.approved(pin_hash, amount_won);
+        Outcome { reply, status: OpStatus::Completed, debited_won: amount_won, payment_op_id: 0 }
+    }
+
+    /// Why a hold id names no pending hold of this card, from what its AUTHORIZE record says.
+    fn closed_hold_code(&self, pin_hash: PinHash, hold_id: OpId, voided: ResultCode) -> ResultCode {
+        match self.ops.get(&hold_id) {
+            Some(record) if record.body.pin_hash() == Some(pin_hash) && matches!(record.body, Body::Authorize { .. }) => {
+                match OpStatus::from_u8(record.status) {
+                    Some(OpStatus::HoldCaptured) => ResultCode::HoldAlreadyCaptured,
+                    Some(OpStatus::HoldVoided) => voided,
+                    Some(OpStatus::HoldExpired) => ResultCode::HoldExpired,
+                    Some(OpStatus::Reversed) => ResultCode::HoldReversed,
+                    _ => ResultCode::HoldNotFound,
+                }
+            }
+            _ => ResultCode::HoldNotFound,
+        }
+    }
+
+    fn capture(&mut self, pin_hash: PinHash, hold_id: OpId, amount_won: u64, final_capture: bool) -> Outcome {
+        if amount_won == 0 {
+            return self.declined(ResultCode::AmountInvalid, pin_hash);
+        }
+        if let Err(code) = self.card_in(pin_hash, &[CardState::Active, CardState::Blocked, CardState::Expired]) {
+            return self.declined(code, pin_hash);
+        }
+        let hold = match self.holds.get(&hold_id) {
+            Some(hold) if hold.pin_hash == pin_hash => *hold,
+            _ => return self.declined(self.closed_hold_code(pin_hash, hold_id, ResultCode::HoldNotFound), pin_hash),
+        };
+        let remaining_won = hold.remaining_won();
+        let capture_won = if amount_won == u64::MAX { remaining_won } else { amount_won };
+        if capture_won > remaining_won {
+            return self.declined(ResultCode::ExceedsHoldAmount, pin_hash);
+        }
+        if hold.captures >= self.config.captures_per_hold_max {
+            return self.declined(ResultCode::CaptureLimitReached, pin_hash);
+        }
+        let card = self.cards.get_mut(&pin_hash).expect("checked above");
+        card.balance_won -= capture_won;
+        card.held_won -= capture_won;
+        self.totals.debited_won += u128::from(capture_won);
+        self.totals.balances_won -= u128::from(capture_won);
+        self.totals.held_won -= u128::from(capture_won);
+        let hold_entry = self.holds.get_mut(&hold_id).expect("checked above");
+        hold_entry.captured_won += capture_won;
+        hold_entry.captures += 1;
+        if let Some(record) = self.ops.get_mut(&hold_id) {
+            record.debited_won += capture_won;
+        }
+        if final_capture || hold_entry.remaining_won() == 0 {
+            self.close_hold(hold_id, OpStatus::HoldCaptured);
+        }
+        let reply = self.approved(pin_hash, capture_won);
+        Outcome { reply, status: OpStatus::Completed, debited_won: capture_won, payment_op_id: hold_id }
+    }
+
+    fn void(&mut self, pin_hash: PinHash, hold_id: OpId) -> Outcome {
+        let released_won = match self.holds.get(&hold_id) {
+            Some(hold) if hold.pin_hash == pin_hash => self.close_hold(hold_id, OpStatus::HoldVoided),
+            _ => {
+                let code = self.closed_hold_code(pin_hash, hold_id, ResultCode::HoldAlreadyVoided);
+                return self.declined(code, pin_hash);
+            }
+        };
+        Outcome::completed(self.approved(pin_hash, released_won))
+    }
+
+    /// Removes a pending hold, releasing what was not captured; returns the released amount.
+    fn close_hold(&mut self, hold_id: OpId, status: OpStatus) -> u64 {
+        let hold = self.holds.remove(&hold_id).expect("closing a pending hold");
+        let released_won = hold.remaining_won();
+        let card = self.cards.get_mut(&hold.pin_hash).expect("a hold's card exists");
+        card.held_won -= released_won;
+        card.holds -= 1;
+        self.totals.held_won -= u128::from(released_won);
+        self.expiries.remove(&(hold.expires_at_ms, hold_id));
+        if let Entry::Occupied(mut ids) = self.card_holds.entry(hold.pin_hash) {
+            ids.get_mut().retain(|id| *id != hold_id);
+            if ids.get().is_empty() {
+                ids.remove();
+            }
+        }
+        if let Some(record) = self.ops.get_mut(&hold_id) {
+            record.status = status as u8;
+        }
+        released_won
+    }
+
+    /// Expires every hold due at `now_ms`; returns how many.
+    fn expire_holds(&mut self, now_ms: Ms) -> usize {
+        let mut expired = 0;
+        while let Some(&(expires_at_ms, hold_id)) = self.expiries.first() {
+            if expires_at_ms > now_ms {
+                break;
+            }
+            self.close_hold(hold_id, OpStatus::HoldExpired);
+            expired += 1;
+        }
+        expired
+    }
+
+    /// Undoes an AUTHORIZE or SALE whatever state it is in. Never refused for business reasons:
+    /// it credits even a blocked or closed card, and past the balance cap.
+    fn reverse(&mut self, op_id: OpId, pin_hash: PinHash, original_op_id: OpId) -> Outcome {
+        if original_op_id == 0 || original_op_id == op_id {
+            return self.declined(ResultCode::OpIdInvalid, pin_hash);
+        }
+        let Some(original) = self.ops.get(&original_op_id) else {
+            if self.holds.get(&original_op_id).is_some_and(|hold| hold.pin_hash == pin_hash) {
+                // The AUTHORIZE record was evicted but its hold is pending: release it.
+                return self.reverse_payment(pin_hash, original_op_id);
+            }
+            // Not arrived yet: leave a tombstone (unless it could only ever arrive too old).
+            let original_time_ms = op_id_time_ms(original_op_id);
+            if !self.too_old(self.now_ms, original_time_ms) {
+                let body = Body::Reverse { pin_hash, original_op_id: op_id };
+                self.record(original_op_id, body, Reply::code(ResultCode::ReversedBeforeArrival), OpStatus::Tombstone);
+            }
+            return Outcome::completed(self.card_reply(ResultCode::OriginalNotFoundRecorded, pin_hash));
+        };
+        if original.status == OpStatus::Tombstone as u8 {
+            return self.declined(ResultCode::AlreadyReversed, pin_hash);
+        }
+        if original.body.pin_hash() != Some(pin_hash) {
+            return self.declined(ResultCode::OriginalCardMismatch, pin_hash);
+        }
+        if !matches!(original.body, Body::Authorize { .. } | Body::Sale { .. }) {
+            return self.declined(ResultCode::ReversalNotSupported, pin_hash);
+        }
+        if original.reply.code != ResultCode::Approved.as_u16() {
+            return self.declined(ResultCode::OriginalDeclinedNoop, pin_hash);
+        }
+        if original.status == OpStatus::Reversed as u8 {
+            return self.declined(ResultCode::AlreadyReversed, pin_hash);
+        }
+        self.reverse_payment(pin_hash, original_op_id)
+    }
+
+    /// Releases a payment's pending hold and credits back what it debited and was not refunded.
+    fn reverse_payment(&mut self, pin_hash: PinHash, original_op_id: OpId) -> Outcome {
+        let released_won = if self.holds.contains_key(&original_op_id) {
+            self.close_hold(original_op_id, OpStatus::Reversed)
+        } else {
+            0
+        };
+        let credit_won = match self.ops.get_mut(&original_op_id) {
+            Some(record) => {
+                record.status = OpStatus::Reversed as u8;
+                let credit_won = record.debited_won - record.refunded_won;
+                record.refunded_won = record.debited_won;
+                credit_won
+            }
+            None => 0,
+        };
+        let card = self.cards.get_mut(&pin_hash).expect("a payment's card exists");
+        card.balance_won = card.balance_won.checked_add(credit_won).expect("a credit back fits: it was on the card");
+        self.totals.reversed_won += u128::from(credit_won);
+        self.totals.balances_won += u128::from(credit_won);
+        let reply = self.approved(pin_hash, credit_won + released_won);
+        Outcome::completed(reply)
+    }
+
+    /// Gives back part of a debit. The original is a SALE, or a CAPTURE (then the refundable
+    /// money is that of its AUTHORIZE, captures together).
+    fn refund(&mut self, pin_hash: PinHash, original_op_id: OpId, amount_won: u64) -> Outcome {
+        if amount_won == 0 {
+            return self.declined(ResultCode::AmountInvalid, pin_hash);
+        }
+        let card = match self.cards.get(&pin_hash) {
+            Some(card) => *card,
+            None => return self.declined(ResultCode::CardNotFound, pin_hash),
+        };
+        if card.state() == CardState::Closed {
+            return self.declined(ResultCode::CardClosed, pin_hash);
+        }
+        let Some(original) = self.ops.get(&original_op_id) else {
+            return self.declined(ResultCode::OriginalNotFound, pin_hash);
+        };
+        if original.status == OpStatus::Tombstone as u8 {
+            return self.declined(ResultCode::OriginalNotFound, pin_hash);
+        }
+        if original.body.pin_hash() != Some(pin_hash) {
+            return self.declined(ResultCode::OriginalCardMismatch, pin_hash);
+        }
+        if original.reply.code != ResultCode::Approved.as_u16() {
+            return self.declined(ResultCode::OriginalNotFound, pin_hash);
+        }
+        let payment_op_id = match original.body {
+            Body::Sale { .. } => original_op_id,
+            Body::Capture { .. } => original.payment_op_id,
+            _ => return self.declined(ResultCode::ReversalNotSupported, pin_hash),
+        };
+        let Some(payment) = self.ops.get(&payment_op_id) else {
+            return self.declined(ResultCode::OriginalNotFound, pin_hash);
+        };
+        if amount_won > payment.debited_won - payment.refunded_won {
+            return self.declined(ResultCode::ExceedsRefundable, pin_hash);
+        }
+        let Some(balance_won) = card.balance_won.checked_add(amount_won) else {
+            return self.declined(ResultCode::AmountOverflow, pin_hash);
+        };
+        if balance_won > self.config.balance_cap_won {
+            return self.declined(ResultCode::BalanceCapExceeded, pin_hash);
+        }
+        self.ops.get_mut(&payment_op_id).expect("checked above").refunded_won += amount_won;
+        self.cards.get_mut(&pin_hash).expect("checked above").balance_won = balance_won;
+        self.totals.refunded_won += u128::from(amount_won);
+        self.totals.balances_won += u128::from(amount_won);
+        Outcome::completed(self.approved(pin_hash, amount_won))
+    }
+
+    fn assert_conservation(&self) {
+        let totals = &self.totals;
+        assert_eq!(
+            totals.issued_won + totals.loaded_won + totals.refunded_won + totals.reversed_won,
+            totals.balances_won + totals.debited_won,
+            "money is conserved on shard {}",
+            self.shard_id
+        );
+        assert!(totals.held_won <= totals.balances_won, "holds never exceed balances");
+    }
+
+    /// Full scan: the totals equal the sum over cards and holds. O(cards); tests and recovery.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let mut balances_won = 0u128;
+        let mut held_won = 0u128;
+        for (pin_hash, card) in &self.cards {
+            if card.held_won > card.balance_won {
+                return Err(format!("card {pin_hash:x}: held {} > balance {}", card.held_won, card.balance_won));
+            }
+            let holds_won: u64 = self
+                .card_holds
+                .get(pin_hash)
+                .map(|ids| ids.iter().map(|id| self.holds[id].remaining_won()).sum())
+                .unwrap_or(0);
+            if holds_won != card.held_won || self.card_holds.get(pin_hash).map_or(0, Vec::len) != usize::from(card.holds) {
+                return Err(format!("card {pin_hash:x}: holds disagree with held {}", card.held_won));
+            }
+            balances_won += u128::from(card.balance_won);
+            held_won += u128::from(card.held_won);
+        }
+        if balances_won != self.totals.balances_won || held_won != self.totals.held_won {
+            return Err(format!("totals {:?} disagree with cards: balances {balances_won}, held {held_won}", self.totals));
+        }
+        if self.expiries.len() != self.holds.len() || self.ops.len() != self.op_order.len() {
+            return Err("index sizes disagree".into());
+        }
+        Ok(())
+    }
+
+    /// BALANCE_INQUIRY: the card as of `now_ms` (holds due by then show as released).
+    pub fn card(&self, now_ms: Ms, pin_hash: PinHash) -> Option<CardView> {
+        let card = self.cards.get(&pin_hash)?;
+        let now_ms = now_ms.max(self.now_ms);
+        let mut holds: Vec<HoldView> = self
+            .card_holds
+            .get(&pin_hash)
+            .into_iter()
+            .flatten()
+            .map(|id| (id, &self.holds[id]))
+            .filter(|(_, hold)| hold.expires_at_ms > now_ms)
+            .map(|(id, hold)| HoldView {
+                hold_id: *id,
+                amount_won: hold.amount_won,
+                captured_won: hold.captured_won,
+                expires_at_ms: hold.expires_at_ms,
+            })
+            .collect();
+        holds.sort_by_key(|hold| (hold.expires_at_ms, hold.hold_id));
+        let held_won: u64 = holds.iter().map(|hold| hold.amount_won - hold.captured_won).sum();
+        Some(CardView {
+            state: card.state(),
+            face_value_won: card.face_value_won,
+            balance_won: card.balance_won,
+            available_won: card.balance_won - held_won,
+            held_won,
+            password_tries_left: self.config.password_tries_max.saturating_sub(card.password_failures),
+            holds,
+        })
+    }
+
+    /// INQUIRY: what is known of an op id on this card. Ops of other cards read as unknown.
+    pub fn op(&self, pin_hash: PinHash, op_id: OpId) -> OpView {
+        let unknown = OpView { status: OpStatus::Unknown, msg_type: 0, reply: None };
+        let Some(record) = self.ops.get(&op_id) else { return unknown };
+        if record.body.pin_hash() != Some(pin_hash) {
+            return unknown;
+        }
+        let status = OpStatus::from_u8(record.status).expect("statuses are written by the engine only");
+        if status == OpStatus::Tombstone {
+            return OpView { status, msg_type: 0, reply: None };
+        }
+        OpView { status, msg_type: msg_type_of(&record.body) as u16, reply: Some(record.reply) }
+    }
+
+    /// A snapshot image of the whole shard.
+    pub fn to_snapshot_bytes(&self) -> Vec<u8> {
+        let image = ShardImage {
+            shard_id: self.shard_id,
+            shard_count: self.shard_count,
+            config: self.config.clone(),
+            now_ms: self.now_ms,
+            evicted_floor_ms: self.evicted_floor_ms,
+            approvals: self.approvals,
+            totals: self.totals,
+            cards: self.cards.iter().map(|(key, card)| (*key, *card)).collect(),
+            holds: self.holds.iter().map(|(key, hold)| (*key, *hold)).collect(),
+            ops: self.op_order.iter().map(|(op_id, _)| (*op_id, self.ops[op_id].clone())).collect(),
+        };
+        rkyv::to_bytes::<RkyvError>(&image).expect("serializing a shard into memory cannot fail").into_vec()
+    }
+
+    /// Rebuilds a shard from `to_snapshot_bytes` output (validated; bad bytes are an error).
+    pub fn from_snapshot_bytes(bytes: &[u8]) -> Result<Shard, String> {
+        let image = rkyv::from_bytes::<ShardImage, RkyvError>(bytes).map_err(|error| error.to_string())?;
+        if image.shard_count == 0 || image.shard_id >= image.shard_count {
+            return Err(format!("shard {} of {}", image.shard_id, image.shard_count));
+        }
+        let mut shard = Shard::new(image.shard_id, image.shard_count, image.config);
+        shard.now_ms = image.now_ms;
+        shard.evicted_floor_ms = image.evicted_floor_ms;
+        shard.approvals = image.approvals;
+        shard.totals = image.totals;
+        shard.cards.reserve(image.cards.len());
+        shard.cards.extend(image.cards);
+        for (hold_id, hold) in image.holds {
+            shard.card_holds.entry(hold.pin_hash).or_default().push(hold_id);
+            shard.expiries.insert((hold.expires_at_ms, hold_id));
+            shard.holds.insert(hold_id, hold);
+        }
+        for ids in shard.card_holds.values_mut() {
+            ids.sort_unstable();
+        }
+        shard.ops.reserve(image.ops.len());
+        for (op_id, record) in image.ops {
+            shard.op_order.push_back((op_id, op_id_time_ms(op_id)));
+            shard.ops.insert(op_id, record);
+        }
+        shard.check_invariants()?;
+        Ok(shard)
+    }
+}
+
+/// What a business rule decided.
+struct Outcome {
+    reply: Reply,
+    status: OpStatus,
+    debited_won: u64,
+    payment_op_id: OpId,
+}
+
+impl Outcome {
+    fn completed(reply: Reply) -> Outcome {
+        Outcome { reply, status: OpStatus::Completed, debited_won: 0, payment_op_id: 0 }
+    }
+}
+
+/// The wire message type of an operation.
+pub fn msg_type_of(body: &Body) -> MsgType {
+    match body {
+        Body::Issue { .. } => MsgType::CardIssue,
+        Body::Activate { .. } => MsgType::CardActivate,
+        Body::Load { .. } => MsgType::CardLoad,
+        Body::Authorize { .. } => MsgType::Authorize,
+        Body::Capture { .. } => MsgType::Capture,
+        Body::Void { .. } => MsgType::Void,
+        Body::Reverse { .. } => MsgType::Reverse,
+        Body::Sale { .. } => MsgType::Sale,
+        Body::Refund { .. } => MsgType::Refund,
+        Body::Tick | Body::Configure(_) => MsgType::Ping,
+    }
+}
+
+/// The first field in which a retry differs from the recorded body (`None`: identical).
+fn first_difference(recorded: &Body, retry: &Body) -> Option<Field> {
+    use Body::*;
+    let differs = |checks: &[(bool, Field)]| checks.iter().find(|(same, _)| !same).map(|(_, field)| *field);
+    match (recorded, retry) {
+        (Issue { pin_hash: _, face_value_won: a }, Issue { pin_hash: _, face_value_won: b }) => {
+            // The server draws the PIN; a retry carries a fresh draw, so only the product counts.
+            differs(&[(a == b, Field::FaceValue)])
+        }
+        (Activate { pin_hash: p1, password_mac: m1 }, Activate { pin_hash: p2, password_mac: m2 }) => {
+            differs(&[(p1 == p2, Field::Card), (m1 == m2, Field::Password)])
+        }
+        (Load { pin_hash: p1, amount_won: a1, funding: f1 }, Load { pin_hash: p2, amount_won: a2, funding: f2 }) => {
+            differs(&[(p1 == p2, Field::Card), (a1 == a2, Field::Amount), (f1 == f2, Field::Funding)])
+        }
+        (
+            Authorize { pin_hash: p1, password_mac: m1, amount_won: a1, merchant_id: r1, category: c1, hold_ttl_s: t1 },
+            Authorize { pin_hash: p2, password_mac: m2, amount_won: a2, merchant_id: r2, category: c2, hold_ttl_s: t2 },
+        ) => differs(&[
+            (p1 == p2, Field::Card),
+            (a1 == a2, Field::Amount),
+            (m1 == m2, Field::Password),
+            (r1 == r2, Field::Merchant),
+            (c1 == c2, Field::Category),
+            (t1 == t2, Field::HoldTtl),
+        ]),
+        (
+            Capture { pin_hash: p1, hold_id: h1, amount_won: a1, final_capture: f1 },
+            Capture { pin_hash: p2, hold_id: h2, amount_won: a2, final_capture: f2 },
+        ) => differs(&[(p1 == p2, Field::Card), (h1 == h2, Field::Reference), (a1 == a2, Field::Amount), (f1 == f2, Field::FinalCapture)]),
+        (Void { pin_hash: p1, hold_id: h1 }, Void { pin_hash: p2, hold_id: h2 }) => {
+            differs(&[(p1 == p2, Field::Card), (h1 == h2, Field::Reference)])
+        }
+        (Reverse { pin_hash: p1, original_op_id: o1 }, Reverse { pin_hash: p2, original_op_id: o2 }) => {
+            differs(&[(p1 == p2, Field::Card), (o1 == o2, Field::Reference)])
+        }
+        (
+            Sale { pin_hash: p1, password_mac: m1, amount_won: a1, merchant_id: r1, category: c1 },
+            Sale { pin_hash: p2, password_mac: m2, amount_won: a2, merchant_id: r2, category: c2 },
+        ) => differs(&[
+            (p1 == p2, Field::Card),
+            (a1 == a2, Field::Amount),
+            (m1 == m2, Field::Password),
+            (r1 == r2, Field::Merchant),
+            (c1 == c2, Field::Category),
+        ]),
+        (
+            Refund { pin_hash: p1, original_op_id: o1, amount_won: a1 },
+            Refund { pin_hash: p2, original_op_id: o2, amount_won: a2 },
+        ) => differs(&[(p1 == p2, Field::Card), (o1 == o2, Field::Reference), (a1 == a2, Field::Amount)]),
+        _ => Some(Field::Kind),
+    }
+}

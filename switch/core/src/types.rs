@@ -2,7 +2,7 @@
 //! cards are named by the keyed hash of their PIN, passwords by a keyed MAC); a `Reply` is the
 //! outcome the server turns into a wire result. Reads (`CardView`, `OpView`) are not journaled.
 
-use pinswitch_protocol::{CardState, Category, Field, OpStatus, ResultCode};
+use pinswitch_protocol::{CardState, Field, OpStatus, ResultCode};
 use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::config::EngineConfig;

@@ -1,2 +1,22 @@
-//! Placeholder.
-fn main() {}
+//! `pinswitch`: the switch binary and its operator CLI. `pinswitch serve` recovers the data
+//! directory and serves the binary protocol over TCP; `pinswitch card …` talks to a running
+//! switch through the same protocol (via the client library) as any gateway would.
+
+#![forbid(unsafe_code)]
+
+mod cli;
+mod config;
+mod keys;
+mod net;
+mod runtime;
+mod shard_loop;
+
+fn main() -> std::process::ExitCode {
+    match cli::main() {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("pinswitch: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,229 @@
+//! Command-line parsing and the operator commands. Card commands speak the protocol through the
+//! client library, so what the CLI can do, any client can do, and the other way round.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use pinswitch_protocol::client::Client;
+use pinswitch_protocol::{
+    self as protocol, BalanceInquiry, CardActivate, CardIssue, CardLoad, CardState, Funding,
+    ResultCode, Sale, pin,
+};
+
+use crate::config::Config;
+
+#[derive(Parser)]
+#[command(name = "pinswitch", version, about = "In-memory authorization switch for prepaid PIN cards")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Recover the data directory and serve the protocol.
+    Serve {
+        /// Data directory (default ./data; created when absent).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Listen address (default 127.0.0.1:7420; port 0 picks a free one).
+        #[arg(long)]
+        listen: Option<String>,
+        /// Shard count (default: one per core; fixed for the life of a data directory).
+        #[arg(long)]
+        shards: Option<u16>,
+        /// TOML file naming limits and rules (see ops/config/).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Card operations against a running switch.
+    Card {
+        #[command(subcommand)]
+        command: CardCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CardCommand {
+    /// Issue cards of one product; prints each new PIN once.
+    Issue {
+        #[arg(long, default_value = "127.0.0.1:7420")]
+        connect: String,
+        /// Face value in won (5000, 10000, 20000, 30000, 50000, 100000 by default).
+        #[arg(long)]
+        product: u64,
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+    },
+    /// Show a card's state, balance and live holds.
+    Show {
+        #[arg(long, default_value = "127.0.0.1:7420")]
+        connect: String,
+        pin: String,
+    },
+    /// Register the holder's password; the card becomes active.
+    Activate {
+        #[arg(long, default_value = "127.0.0.1:7420")]
+        connect: String,
+        pin: String,
+        #[arg(long)]
+        password: String,
+    },
+    /// Recharge a card.
+    Load {
+        #[arg(long, default_value = "127.0.0.1:7420")]
+        connect: String,
+        pin: String,
+        #[arg(long)]
+        amount: u64,
+    },
+    /// Debit a card (single-phase sale), as a gateway would.
+    Sale {
+        #[arg(long, default_value = "127.0.0.1:7420")]
+        connect: String,
+        pin: String,
+        #[arg(long)]
+        password: String,
+        #[arg(long)]
+        amount: u64,
+        #[arg(long, default_value_t = 0)]
+        merchant: u64,
+    },
+}
+
+pub fn main() -> anyhow::Result<ExitCode> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { data, listen, shards, config } => {
+            let mut config = Config::load(config.as_deref())?;
+            if let Some(data) = data {
+                config.server.data_dir = data;
+            }
+            if let Some(listen) = listen {
+                config.server.listen = listen;
+            }
+            if let Some(shards) = shards {
+                config.server.shards = shards;
+            }
+            config.validate()?;
+            crate::runtime::run(config)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Card { command } => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("building the client runtime")?;
+            runtime.block_on(card(command))
+        }
+    }
+}
+
+/// Prints a result line and turns declines into a failing exit code.
+fn outcome(code: u16, detail: String) -> ExitCode {
+    let name = ResultCode::from_u16(code).map_or("UNKNOWN", ResultCode::name);
+    println!("{name} ({code}){detail}");
+    if ResultCode::from_u16(code).is_some_and(ResultCode::is_success) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn parse_pin(text: &str) -> anyhow::Result<u64> {
+    match pin::parse(text) {
+        Some(value) if pin::is_valid(value) => Ok(value),
+        _ => bail!("{text:?} is not a valid 16-digit PIN"),
+    }
+}
+
+async fn connect(address: &str) -> anyhow::Result<Client> {
+    Client::connect(address).await.with_context(|| format!("connecting to {address}"))
+}
+
+async fn card(command: CardCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        CardCommand::Issue { connect: address, product, count } => {
+            let client = connect(&address).await?;
+            let hello = client.hello("pinswitch-cli").await.context("greeting the switch")?;
+            let batch_max = hello.batch_events_max.max(1) as usize;
+            let mut failed = 0u32;
+            let mut remaining = count as usize;
+            while remaining > 0 {
+                let take = remaining.min(batch_max);
+                remaining -= take;
+                let events: Vec<CardIssue> = (0..take)
+                    .map(|_| CardIssue { op_id: protocol::new_op_id(), face_value_won: product })
+                    .collect();
+                for result in client.card_issue(&events).await.context("issuing cards")? {
+                    if result.code == ResultCode::Approved.as_u16() {
+                        println!("{}  {} won", pin::format(result.pin), result.balance_won);
+                    } else {
+                        failed += 1;
+                        let name = ResultCode::from_u16(result.code).map_or("UNKNOWN", ResultCode::name);
+                        eprintln!("not issued: {name} ({})", result.code);
+                    }
+                }
+            }
+            Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        CardCommand::Show { connect: address, pin } => {
+            let pin = parse_pin(&pin)?;
+            let client = connect(&address).await?;
+            let results = client.balance_inquiry(&[BalanceInquiry { pin }]).await.context("reading the card")?;
+            let Some(card) = results.into_iter().next() else { bail!("the switch sent no result") };
+            if card.code != ResultCode::Approved.as_u16() {
+                return Ok(outcome(card.code, String::new()));
+            }
+            let state = CardState::from_u8(card.state).map_or("unknown", CardState::name);
+            println!("card      {}", pin::format(pin));
+            println!("state     {state}");
+            println!("face      {} won", card.face_value_won);
+            println!("balance   {} won", card.balance_won);
+            println!("available {} won", card.available_won);
+            println!("held      {} won", card.held_won);
+            println!("password  {} tries left", card.password_tries_left);
+            for hold in &card.holds {
+                println!(
+                    "hold      {:032x}  {} won, {} captured, expires at {} ms",
+                    hold.hold_id, hold.amount_won, hold.captured_won, hold.expires_at_ms
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        CardCommand::Activate { connect: address, pin, password } => {
+            let pin = parse_pin(&pin)?;
+            let client = connect(&address).await?;
+            let event = CardActivate { op_id: protocol::new_op_id(), pin, password: password.into_bytes() };
+            let result = single(client.card_activate(&[event]).await.context("activating")?)?;
+            Ok(outcome(result.code, format!(", balance {} won", result.balance_won)))
+        }
+        CardCommand::Load { connect: address, pin, amount } => {
+            let pin = parse_pin(&pin)?;
+            let client = connect(&address).await?;
+            let event = CardLoad { op_id: protocol::new_op_id(), pin, amount_won: amount, funding: Funding::Cash as u8 };
+            let result = single(client.card_load(&[event]).await.context("recharging")?)?;
+            Ok(outcome(result.code, format!(", balance {} won", result.balance_won)))
+        }
+        CardCommand::Sale { connect: address, pin, password, amount, merchant } => {
+            let pin = parse_pin(&pin)?;
+            let client = connect(&address).await?;
+            let event = Sale {
+                op_id: protocol::new_op_id(),
+                pin,
+                password: password.into_bytes(),
+                amount_won: amount,
+                merchant_id: merchant,
+                category: protocol::Category::InternetPayment as u8,
+            };
+            let result = single(client.sale(&[event]).await.context("debiting")?)?;
+            Ok(outcome(result.code, format!(", approval {:06}, balance {} won", result.approval_code, result.balance_won)))
+        }
+    }
+}
+
+fn single<T>(results: Vec<T>) -> anyhow::Result<T> {
+    results.into_iter().next().context("the switch sent no result")
+}

@@ -1,0 +1,206 @@
+//! The server's configuration: every limit has a name and a value here, with production defaults,
+//! and an optional TOML file (`--config FILE`) overrides any of them. `ops/config/` holds presets
+//! that mirror these defaults. The engine's rules (`[engine]`) become a journaled `Configure`
+//! command, so replay always uses the rules each command first ran under.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use pinswitch_core::EngineConfig;
+use serde::Deserialize;
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerSection,
+    pub limits: Limits,
+    pub journal: JournalSection,
+    pub engine: EngineSection,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSection {
+    /// Where journals, snapshots and the key file live. Created when absent, recovered when not.
+    pub data_dir: PathBuf,
+    /// TCP listen address (loopback by default: the switch sits behind gateways, not on the web).
+    pub listen: String,
+    /// Shards (one thread each, one journal each); 0 = one per core.
+    pub shards: u16,
+}
+
+/// Limits of the front end and the shard queues. Hitting one gives a result code, never an
+/// unbounded queue.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest frame body accepted; larger frames get FRAME_TOO_LARGE and the connection closes.
+    pub frame_bytes_max: u32,
+    /// Most events in one frame; more get BATCH_TOO_LARGE.
+    pub batch_events_max: u32,
+    /// Open connections; one more is answered RETRY_LATER and closed.
+    pub connections_max: u32,
+    /// Frames a connection may have in flight; one more is answered RETRY_LATER.
+    pub in_flight_per_connection_max: u32,
+    /// Batches waiting in one shard's queue; when full, events for that shard get RETRY_LATER.
+    pub shard_queue_max: u32,
+    /// Most events one shard applies before one durable commit (the group-commit size).
+    pub commit_events_max: u32,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JournalSection {
+    pub segment_bytes: u64,
+    /// Most bytes one group commit writes; bounds what recovery may treat as a torn tail.
+    pub commit_bytes_max: u64,
+    /// A shard writes a snapshot after this many journal records.
+    pub snapshot_every_records: u64,
+}
+
+/// `[engine]` mirrors `EngineConfig`; see its field docs.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineSection {
+    pub face_values_won: Vec<u64>,
+    pub balance_cap_won: u64,
+    pub recharge_unit_won: u64,
+    pub holds_per_card_max: u16,
+    pub captures_per_hold_max: u16,
+    pub hold_ttl_max_s: u32,
+    pub hold_ttl_default_s: u32,
+    pub idempotency_window_s: u64,
+    pub idempotency_entries_max: u32,
+    pub op_clock_skew_max_ms: u64,
+    pub password_tries_max: u8,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        ServerSection { data_dir: PathBuf::from("data"), listen: "127.0.0.1:7420".into(), shards: 0 }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            frame_bytes_max: 8 << 20,
+            batch_events_max: 8_192,
+            connections_max: 1_024,
+            in_flight_per_connection_max: 256,
+            shard_queue_max: 4_096,
+            commit_events_max: 16_384,
+        }
+    }
+}
+
+impl Default for JournalSection {
+    fn default() -> Self {
+        JournalSection {
+            segment_bytes: 64 << 20,
+            commit_bytes_max: 16 << 20,
+            snapshot_every_records: 2_000_000,
+        }
+    }
+}
+
+impl Default for EngineSection {
+    fn default() -> Self {
+        let engine = EngineConfig::production();
+        EngineSection {
+            face_values_won: engine.face_values_won,
+            balance_cap_won: engine.balance_cap_won,
+            recharge_unit_won: engine.recharge_unit_won,
+            holds_per_card_max: engine.holds_per_card_max,
+            captures_per_hold_max: engine.captures_per_hold_max,
+            hold_ttl_max_s: engine.hold_ttl_max_s,
+            hold_ttl_default_s: engine.hold_ttl_default_s,
+            idempotency_window_s: engine.idempotency_window_ms / 1000,
+            idempotency_entries_max: engine.idempotency_entries_max,
+            op_clock_skew_max_ms: engine.op_clock_skew_max_ms,
+            password_tries_max: engine.password_tries_max,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            server: ServerSection::default(),
+            limits: Limits::default(),
+            journal: JournalSection::default(),
+            engine: EngineSection::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Defaults, overridden by the TOML file when one is given.
+    pub fn load(path: Option<&Path>) -> anyhow::Result<Config> {
+        let config = match path {
+            None => Config::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading config {}", path.display()))?;
+                toml::from_str(&text).with_context(|| format!("parsing config {}", path.display()))?
+            }
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn engine(&self) -> EngineConfig {
+        let engine = &self.engine;
+        EngineConfig {
+            face_values_won: engine.face_values_won.clone(),
+            balance_cap_won: engine.balance_cap_won,
+            recharge_unit_won: engine.recharge_unit_won,
+            holds_per_card_max: engine.holds_per_card_max,
+            captures_per_hold_max: engine.captures_per_hold_max,
+            hold_ttl_max_s: engine.hold_ttl_max_s,
+            hold_ttl_default_s: engine.hold_ttl_default_s,
+            idempotency_window_ms: engine.idempotency_window_s.saturating_mul(1000),
+            idempotency_entries_max: engine.idempotency_entries_max,
+            op_clock_skew_max_ms: engine.op_clock_skew_max_ms,
+            password_tries_max: engine.password_tries_max,
+        }
+    }
+
+    /// The shard count in force: configured, or one per core.
+    pub fn shard_count(&self) -> u16 {
+        if self.server.shards > 0 {
+            return self.server.shards;
+        }
+        std::thread::available_parallelism()
+            .map(|cores| u16::try_from(cores.get()).unwrap_or(u16::MAX))
+            .unwrap_or(1)
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if let Err(why) = self.engine().validate() {
+            bail!("invalid [engine] section: {why}");
+        }
+        let limits = &self.limits;
+        for (name, value) in [
+            ("frame_bytes_max", limits.frame_bytes_max),
+            ("batch_events_max", limits.batch_events_max),
+            ("connections_max", limits.connections_max),
+            ("in_flight_per_connection_max", limits.in_flight_per_connection_max),
+            ("shard_queue_max", limits.shard_queue_max),
+            ("commit_events_max", limits.commit_events_max),
+        ] {
+            if value == 0 {
+                bail!("limits.{name} must be positive");
+            }
+        }
+        if self.journal.commit_bytes_max == 0
+            || self.journal.commit_bytes_max > self.journal.segment_bytes
+        {
+            bail!("journal.commit_bytes_max must be in 1..=journal.segment_bytes");
+        }
+        if self.journal.snapshot_every_records == 0 {
+            bail!("journal.snapshot_every_records must be positive");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,671 @@
+//! The TCP front end. A connection task reads frames, checks them (magic, version, size,
+//! checksum, message type, batch size, in-flight limit), converts each event into an engine
+//! item (hashing the PIN, MACing the password, validating formats), routes it to its card's
+//! shard and submits the per-shard groups at once, in arrival order. A spawned task per frame
+//! then awaits the shards' durable answers and writes one response frame holding one result per
+//! event, in event order. Responses of different frames may overtake each other; clients match
+//! them by request id. Framing errors close the connection after answering; every other bad
+//! input is answered on a connection that stays open.
+
+use std::sync::Arc;
+
+use pinswitch_core::{Body, Command, PinHash, Reply, shard_of_card, shard_of_op};
+use pinswitch_protocol::{
+    self as protocol, BalanceResult, CardIssueResult, FLAG_REPLAYED,
+    FLAG_RESPONSE, FrameHeader, HelloReply, HoldInfo, InquiryResult, MsgType, OpResult, OpStatus,
+    Pong, ResultCode, VERSION, access_body, decode_body, decode_frame, encode_body, encode_frame,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+
+use crate::config::Limits;
+use crate::keys::{Keys, random_pin};
+use crate::shard_loop::{ShardBatch, ShardHandle, ShardItem, ShardOutput, wall_clock_ms};
+
+/// Shortest and longest password a card holder may register (bytes).
+pub const PASSWORD_BYTES_MIN: usize = 4;
+pub const PASSWORD_BYTES_MAX: usize = 16;
+/// Times CARD_ISSUE draws a new PIN when the drawn one already exists.
+const PIN_DRAWS_MAX: usize = 4;
+
+/// Everything a connection needs, shared by all of them.
+pub struct Context {
+    pub shards: Vec<ShardHandle>,
+    pub shard_count: u16,
+    pub keys: Keys,
+    pub limits: Limits,
+    pub hello: HelloReply,
+}
+
+/// Accepts connections until the listener fails; each runs on its own task.
+pub async fn serve(listener: TcpListener, context: Arc<Context>) -> std::io::Result<()> {
+    let connections = Arc::new(Semaphore::new(context.limits.connections_max as usize));
+    loop {
+        let (stream, _) = listener.accept().await?;
+        match connections.clone().try_acquire_owned() {
+            Ok(permit) => {
+                tokio::spawn(connection(stream, context.clone(), permit));
+            }
+            Err(_) => {
+                tokio::spawn(refuse(stream));
+            }
+        }
+    }
+}
+
+/// Over `connections_max`: say RETRY_LATER and close.
+async fn refuse(mut stream: TcpStream) {
+    let frame = error_frame(MsgType::Ping as u16, 0, ResultCode::RetryLater);
+    let _ = stream.write_all(&frame).await;
+    let _ = stream.shutdown().await;
+}
+
+async fn connection(stream: TcpStream, context: Arc<Context>, _permit: OwnedSemaphorePermit) {
+    let _ = stream.set_nodelay(true);
+    let (mut reader, mut writer) = stream.into_split();
+    let in_flight_max = context.limits.in_flight_per_connection_max as usize;
+    // Bounded by the in-flight limit: every frame holds a permit until its response is queued.
+    let (responses, mut outgoing) = mpsc::channel::<Vec<u8>>(in_flight_max + 2);
+    let writer_task = tokio::spawn(async move {
+        while let Some(mut out) = outgoing.recv().await {
+            // Coalesce what is ready into one write.
+            while out.len() < 256 * 1024 {
+                match outgoing.try_recv() {
+                    Ok(more) => out.extend_from_slice(&more),
+                    Err(_) => break,
+                }
+            }
+            if writer.write_all(&out).await.is_err() {
+                return;
+            }
+        }
+        let _ = writer.shutdown().await;
+    });
+    let in_flight = Arc::new(Semaphore::new(in_flight_max));
+    let mut buffer: Vec<u8> = Vec::with_capacity(64 * 1024);
+    let mut start = 0usize;
+    'read: loop {
+        loop {
+            match decode_frame(&buffer[start..], context.limits.frame_bytes_max) {
+                Ok(Some(frame)) => {
+                    let received_ms = wall_clock_ms();
+                    let permit = in_flight.clone().try_acquire_owned().ok();
+                    handle_frame(&context, &frame.header, frame.body, received_ms, permit, &responses);
+                    start += frame.total_len;
+                }
+                Ok(None) => break,
+                Err(error) => {
+                    // The byte stream can no longer be trusted to be framed: answer and close.
+                    let frame = error_frame(0, error.request_id(), error.code());
+                    let _ = responses.send(frame).await;
+                    break 'read;
+                }
+            }
+        }
+        if start > 0 {
+            buffer.drain(..start);
+            start = 0;
+        }
+        if buffer.capacity() - buffer.len() < 16 * 1024 {
+            buffer.reserve(64 * 1024);
+        }
+        match reader.read_buf(&mut buffer).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    // In-flight frames keep their own senders; the writer ends when the last one is done.
+    drop(responses);
+    let _ = writer_task.await;
+}
+
+/// Answers one frame: at once for errors, HELLO and PING; after the shards reply otherwise.
+fn handle_frame(
+    context: &Arc<Context>,
+    header: &FrameHeader,
+    body: &[u8],
+    received_ms: u64,
+    permit: Option<OwnedSemaphorePermit>,
+    responses: &mpsc::Sender<Vec<u8>>,
+) {
+    let request_id = header.request_id;
+    let reply_now = |frame: Vec<u8>| {
+        // The channel holds in_flight_max + 2 frames; an immediate answer never blocks the reader
+        // for long, and a closed channel means the peer is gone.
+        let responses = responses.clone();
+        tokio::spawn(async move {
+            let _ = responses.send(frame).await;
+        });
+    };
+    let Some(msg_type) = MsgType::from_u16(header.msg_type) else {
+        return reply_now(error_frame(header.msg_type, request_id, ResultCode::UnknownMessageType));
+    };
+    let Some(permit) = permit else {
+        return reply_now(error_frame(header.msg_type, request_id, ResultCode::RetryLater));
+    };
+    let deadline_at_ms = if header.deadline_ms == 0 { 0 } else { received_ms + u64::from(header.deadline_ms) };
+    let planned = match plan(context, msg_type, body, deadline_at_ms) {
+        Ok(planned) => planned,
+        Err(code) => return reply_now(error_frame(header.msg_type, request_id, code)),
+    };
+    let context = context.clone();
+    let responses = responses.clone();
+    tokio::spawn(async move {
+        let body = planned.finish(&context).await;
+        let frame = response_frame(msg_type, request_id, &body);
+        let _ = responses.send(frame).await;
+        drop(permit);
+    });
+}
+
+/// A frame whose events have been submitted to the shards (or answered without them).
+enum Planned {
+    Ready(Vec<u8>),
+    Ops(Pending<OpResult>),
+    Issue(Pending<CardIssueResult>, Vec<Option<IssueSlot>>),
+    Inquiry(Pending<InquiryResult>),
+    Balance(Pending<BalanceResult>),
+}
+
+/// A CARD_ISSUE event in flight: what is needed to draw again under the same op id.
+#[derive(Clone, Copy)]
+struct IssueSlot {
+    op_id: u128,
+    pin: u64,
+    face_value_won: u64,
+    deadline_at_ms: u64,
+}
+
+/// Results known so far, and the shard groups still to answer.
+struct Pending<R> {
+    results: Vec<Option<R>>,
+    groups: Vec<Group>,
+}
+
+struct Group {
+    indexes: Vec<usize>,
+    answer: Option<oneshot::Receiver<Vec<ShardOutput>>>,
+}
+
+impl Planned {
+    async fn finish(self, context: &Context) -> Vec<u8> {
+        match self {
+            Planned::Ready(body) => body,
+            Planned::Ops(pending) => {
+                encode_body(&pending.collect(|output| match output {
+                    ShardOutput::Applied(applied) => op_result(&applied.reply),
+                    _ => op_code(ResultCode::InternalError),
+                }, || op_code(ResultCode::RetryLater)).await)
+            }
+            Planned::Issue(pending, pins) => encode_body(&finish_issue(context, pending, pins).await),
+            Planned::Inquiry(pending) => encode_body(&pending.collect(inquiry_result, || inquiry_code(ResultCode::RetryLater)).await),
+            Planned::Balance(pending) => encode_body(&pending.collect(balance_result, || balance_code(ResultCode::RetryLater)).await),
+        }
+    }
+}
+
+impl<R> Pending<R> {
+    fn new(events: usize) -> Pending<R> {
+        Pending { results: (0..events).map(|_| None).collect(), groups: Vec::new() }
+    }
+
+    /// Awaits every shard group and fills the remaining results.
+    async fn collect(
+        mut self,
+        convert: impl Fn(ShardOutput) -> R,
+        busy: impl Fn() -> R,
+    ) -> Vec<R> {
+        for group in std::mem::take(&mut self.groups) {
+            let outputs = match group.answer {
+                Some(answer) => answer.await.ok(),
+                None => None,
+            };
+            match outputs {
+                Some(outputs) => {
+                    for (index, output) in group.indexes.into_iter().zip(outputs) {
+                        self.results[index] = Some(convert(output));
+                    }
+                }
+                None => {
+                    for index in group.indexes {
+                        self.results[index] = Some(busy());
+                    }
+                }
+            }
+        }
+        self.results.into_iter().map(|result| result.unwrap_or_else(&busy)).collect()
+    }
+}
+
+/// Groups items by shard and queues each group; a full shard queue leaves its group unanswered
+/// (`answer: None`), which becomes RETRY_LATER for those events.
+fn submit(context: &Context, routed: Vec<(usize, u16, ShardItem)>) -> Vec<Group> {
+    let mut per_shard: Vec<(Vec<usize>, Vec<ShardItem>)> =
+        (0..context.shard_count).map(|_| (Vec::new(), Vec::new())).collect();
+    for (index, shard, item) in routed {
+        let (indexes, items) = &mut per_shard[usize::from(shard)];
+        indexes.push(index);
+        items.push(item);
+    }
+    let mut groups = Vec::new();
+    for (shard, (indexes, items)) in per_shard.into_iter().enumerate() {
+        if items.is_empty() {
+            continue;
+        }
+        let (reply, answer) = oneshot::channel();
+        let answer = match context.shards[shard].try_submit(ShardBatch { items, reply }) {
+            Ok(()) => Some(answer),
+            Err(_) => None,
+        };
+        groups.push(Group { indexes, answer });
+    }
+    groups
+}
+
+/// Validates the body, converts its events and submits them. `Err` is a frame-level status.
+fn plan(context: &Context, msg_type: MsgType, body: &[u8], deadline_at_ms: u64) -> Result<Planned, ResultCode> {
+    let batch_max = context.limits.batch_events_max as usize;
+    macro_rules! events {
+        ($ty:ty) => {{
+            let events = access_body::<Vec<$ty>>(body).map_err(|_| ResultCode::FormatError)?;
+            if events.len() > batch_max {
+                return Err(ResultCode::BatchTooLarge);
+            }
+            events
+        }};
+    }
+    let keys = &context.keys;
+    let count = context.shard_count;
+    let command = |op_id: u128, body: Body| ShardItem::Command(Command { op_id, deadline_at_ms, body });
+    match msg_type {
+        MsgType::Hello => {
+            let _hello: protocol::Hello = decode_body(body).map_err(|_| ResultCode::FormatError)?;
+            let mut reply = context.hello.clone();
+            reply.server_time_ms = wall_clock_ms();
+            Ok(Planned::Ready(encode_body(&reply)))
+        }
+        MsgType::Ping => {
+            let ping: protocol::Ping = decode_body(body).map_err(|_| ResultCode::FormatError)?;
+            Ok(Planned::Ready(encode_body(&Pong { nonce: ping.nonce, server_time_ms: wall_clock_ms() })))
+        }
+        MsgType::CardIssue => {
+            let events = events!(protocol::CardIssue);
+            let mut pending = Pending::new(events.len());
+            let mut routed = Vec::with_capacity(events.len());
+            let mut pins = vec![None; events.len()];
+            for (index, event) in events.iter().enumerate() {
+                let op_id = event.op_id.to_native();
+                let shard = shard_of_op(op_id, count);
+                let Some((pin, pin_hash)) = draw_pin(keys, shard, count) else {
+                    pending.results[index] = Some(issue_code(ResultCode::InternalError));
+                    continue;
+                };
+                let face_value_won = event.face_value_won.to_native();
+                routed.push((index, shard, command(op_id, Body::Issue { pin_hash, face_value_won })));
+                pins[index] = Some(IssueSlot { op_id, pin, face_value_won, deadline_at_ms });
+            }
+            pending.groups = submit(context, routed);
+            Ok(Planned::Issue(pending, pins))
+        }
+        MsgType::CardActivate => {
+            let events = events!(protocol::CardActivate);
+            let mut pending = Pending::new(events.len());
+            let mut routed = Vec::with_capacity(events.len());
+            for (index, event) in events.iter().enumerate() {
+                let Some(pin_hash) = card(keys, event.pin.to_native(), &mut pending.results[index]) else { continue };
+                let Some(password_mac) = password(keys, pin_hash, event.password.as_slice(), &mut pending.results[index]) else { continue };
+                let item = command(event.op_id.to_native(), Body::Activate { pin_hash, password_mac });
+                routed.push((index, shard_of_card(pin_hash, count), item));
+            }
+            pending.groups = submit(context, routed);
+            Ok(Planned::Ops(pending))
+        }
+        MsgType::CardLoad => {
+            let events = events!(protocol::CardLoad);
+            let mut pending = Pending::new(events.len());
+            let mut routed = Vec::with_capacity(events.len());
+            for (index, event) in events.iter().enumerate() {
+                let Some(pin_hash) = card(keys, event.pin.to_native(), &mut pending.results[index]) else { continue };
+                let body = Body::Load { pin_hash, amount_won: event.amount_won.to_native(), funding: event.funding };
+                routed.push((index, shard_of_card(pin_hash, count), command(event.op_id.to_native(), body)));
+            }
+            pending.groups = submit(context, routed);
+            Ok(Planned::Ops(pending))
+        }
+        MsgType::Authorize => {
+            let events = events!(protocol::Authorize);
+            let mut pending = Pending::new(events.len());
+            let mut routed = Vec::with_capacity(events.len());
+            for (index, event) in events.iter().enumerate() {
+                let Some(pin_hash) = card(keys, event.pin.to_native(), &mut pending.results[index]) else { continue };
+                let Some(password_mac) = password(keys, pin_hash, event.password.as_slice(), &mut pending.results[index]) else { continue };
+                let body = Body::Authorize {
+                    pin_hash,
+                    password_mac,
+                    amount_won: event.amount_won.to_native(),
+                    merchant_id: event.merchant_id.to_native(),
+                    category: event.category,
+                    hold_ttl_s: event.hold_ttl_s.to_native(),
+                };
+                routed.push((index, shard_of_card(pin_hash, count), command(event.op_id.to_native(), body)));
+            }
+            pending.groups = submit(context, routed);
+            Ok(Planned::Ops(pending))
+        }
+        MsgType::Capture => {
+            let events = events!(protocol::Capture);
+            let mut pending = Pending::new(events.len());
+            let mut routed = Vec::with_capacity(events.len());
+            for (index, event) in events.iter().enumerate() {
+                let Some(pin_hash) = card(keys, event.pin.to_native(), &mut pending.results[index]) else { continue };
+                let body = Body::Capture {
+                    pin_hash,
+                    hold_id: event.hold_id.to_native(),
+                    amount_won: event.amount_won.to_native(),
+                    final_capture: event.final_capture,
+                };
+                routed.push((index, shard_of_card(pin_hash, count), command(event.op_id.to_native(), body)));
+            }
+            pending.groups = submit(context, routed);
+            Ok(Planned::Ops(pending))
+        }
+        MsgType::Void => {
+            let events = events!(protocol::Void);
+            let mut pending = Pending::new(events.len());
+            let mut routed = Vec::with_capacity(events.len());
+            for (index, event) in events.iter().enumerate() {
+                let Some(pin_hash) = card(keys, event.pin.to_native(), &mut pending.results[index]) else { continue };
+                let body = Body::Void { pin_hash, hold_id: event.hold_id.to_native() };
+                routed.push((index, shard_of_card(pin_hash, count), command(event.op_id.to_native(), body)));
+            }
+            pending.groups = submit(context, routed);
+            Ok(Planned::Ops(pending))
+        }
+        MsgType::Reverse => {
+            let events = events!(protocol::Reverse);
+            let mut pending = Pending::new(events.len());
+            let mut routed = Vec::with_capacity(events.len());
+            for (index, event) in events.iter().enumerate() {
+                let Some(pin_hash) = card(keys, event.pin.to_native(), &mut pending.results[index]) else { continue };
+                let body = Body::Reverse { pin_hash, original_op_id: event.original_op_id.to_native() };
+                routed.push((index, shard_of_card(pin_hash, count), command(event.op_id.to_native(), body)));
+            }
+            pending.groups = submit(context, routed);
+            Ok(Planned::Ops(pending))
+        }
+        MsgType::Sale => {
+            let events = events!(protocol::Sale);
+            let mut pending = Pending::new(events.len());
+            let mut routed = Vec::with_capacity(events.len());
+            for (index, event) in events.iter().enumerate() {
+                let Some(pin_hash) = card(keys, event.pin.to_native(), &mut pending.results[index]) else { continue };
+                let Some(password_mac) = password(keys, pin_hash, event.password.as_slice(), &mut pending.results[index]) else { continue };
+                let body = Body::Sale {
+                    pin_hash,
+                    password_mac,
+                    amount_won: event.amount_won.to_native(),
+                    merchant_id: event.merchant_id.to_native(),
+                    category: event.category,
+                };
+                routed.push((index, shard_of_card(pin_hash, count), command(event.op_id.to_native(), body)));
+            }
+            pending.groups = submit(context, routed);
+            Ok(Planned::Ops(pending))
+        }
+        MsgType::Refund => {
+            let events = events!(protocol::Refund);
+            let mut pending = Pending::new(events.len());
+            let mut routed = Vec::with_capacity(events.len());
+            for (index, event) in events.iter().enumerate() {
+                let Some(pin_hash) = card(keys, event.pin.to_native(), &mut pending.results[index]) else { continue };
+                let body = Body::Refund {
+                    pin_hash,
+                    original_op_id: event.original_op_id.to_native(),
+                    amount_won: event.amount_won.to_native(),
+                };
+                routed.push((index, shard_of_card(pin_hash, count), command(event.op_id.to_native(), body)));
+            }
+            pending.groups = submit(context, routed);
+            Ok(Planned::Ops(pending))
+        }
+        MsgType::Inquiry => {
+            let events = events!(protocol::Inquiry);
+            let mut pending = Pending::new(events.len());
+            let mut routed = Vec::with_capacity(events.len());
+            for (index, event) in events.iter().enumerate() {
+                let pin = event.pin.to_native();
+                if !protocol::pin::is_valid(pin) {
+                    pending.results[index] = Some(inquiry_code(ResultCode::PinFormatInvalid));
+                    continue;
+                }
+                let pin_hash = keys.pin_hash(pin);
+                let item = ShardItem::Op { pin_hash, op_id: event.op_id.to_native() };
+                routed.push((index, shard_of_card(pin_hash, count), item));
+            }
+            pending.groups = submit(context, routed);
+            Ok(Planned::Inquiry(pending))
+        }
+        MsgType::BalanceInquiry => {
+            let events = events!(protocol::BalanceInquiry);
+            let mut pending = Pending::new(events.len());
+            let mut routed = Vec::with_capacity(events.len());
+            for (index, event) in events.iter().enumerate() {
+                let pin = event.pin.to_native();
+                if !protocol::pin::is_valid(pin) {
+                    pending.results[index] = Some(balance_code(ResultCode::PinFormatInvalid));
+                    continue;
+                }
+                let pin_hash = keys.pin_hash(pin);
+                routed.push((index, shard_of_card(pin_hash, count), ShardItem::Card(pin_hash)));
+            }
+            pending.groups = submit(context, routed);
+            Ok(Planned::Balance(pending))
+        }
+    }
+}
+
+/// Hashes a well-formed PIN, or records PIN_FORMAT_INVALID for the event.
+fn card(keys: &Keys, pin: u64, result: &mut Option<OpResult>) -> Option<PinHash> {
+    if protocol::pin::is_valid(pin) {
+        Some(keys.pin_hash(pin))
+    } else {
+        *result = Some(op_code(ResultCode::PinFormatInvalid));
+        None
+    }
+}
+
+/// MACs a well-formed password, or records PASSWORD_FORMAT_INVALID for the event.
+fn password(keys: &Keys, pin_hash: PinHash, password: &[u8], result: &mut Option<OpResult>) -> Option<u64> {
+    if (PASSWORD_BYTES_MIN..=PASSWORD_BYTES_MAX).contains(&password.len()) {
+        Some(keys.password_mac(pin_hash, password))
+    } else {
+        *result = Some(op_code(ResultCode::PasswordFormatInvalid));
+        None
+    }
+}
+
+/// Draws a PIN whose card lands on `shard`, so that the issue and its retries meet one shard.
+fn draw_pin(keys: &Keys, shard: u16, shard_count: u16) -> Option<(u64, PinHash)> {
+    // Each draw lands on the wanted shard with probability 1/shard_count.
+    for _ in 0..64 * usize::from(shard_count) {
+        let pin = random_pin().ok()?;
+        let pin_hash = keys.pin_hash(pin);
+        if shard_of_card(pin_hash, shard_count) == shard {
+            return Some((pin, pin_hash));
+        }
+    }
+    None
+}
+
+/// Finishes CARD_ISSUE: a drawn PIN that already exists is answered RETRY_LATER by the engine
+/// without being recorded, so we draw again (a handful of times) under the same op id.
+async fn finish_issue(
+    context: &Context,
+    mut pending: Pending<CardIssueResult>,
+    mut pins: Vec<Option<IssueSlot>>,
+) -> Vec<CardIssueResult> {
+    let events = pending.results.len();
+    for draw in 0..PIN_DRAWS_MAX {
+        let groups = std::mem::take(&mut pending.groups);
+        let mut redraw = Vec::new();
+        for group in groups {
+            let outputs = match group.answer {
+                Some(answer) => answer.await.ok(),
+                None => None,
+            };
+            let Some(outputs) = outputs else {
+                for index in group.indexes {
+                    pending.results[index] = Some(issue_code(ResultCode::RetryLater));
+                }
+                continue;
+            };
+            for (index, output) in group.indexes.into_iter().zip(outputs) {
+                let ShardOutput::Applied(applied) = output else {
+                    pending.results[index] = Some(issue_code(ResultCode::InternalError));
+                    continue;
+                };
+                let reply = applied.reply;
+                let collided = reply.code == ResultCode::RetryLater.as_u16() && !applied.changed;
+                if collided && draw + 1 < PIN_DRAWS_MAX {
+                    redraw.push(index);
+                    continue;
+                }
+                let pin = pins[index].map(|slot| slot.pin);
+                let shown = reply.code == ResultCode::Approved.as_u16() && !reply.replayed;
+                pending.results[index] = Some(CardIssueResult {
+                    code: reply.code,
+                    flags: if reply.replayed { FLAG_REPLAYED } else { 0 },
+                    field: reply.field,
+                    // The PIN is shown once: only to the request that created the card.
+                    pin: if shown { pin.unwrap_or(0) } else { 0 },
+                    balance_won: reply.balance_won,
+                });
+            }
+        }
+        if redraw.is_empty() {
+            break;
+        }
+        let mut routed = Vec::new();
+        for index in redraw {
+            let Some(slot) = pins[index].as_mut() else { continue };
+            let shard = shard_of_op(slot.op_id, context.shard_count);
+            let Some((pin, pin_hash)) = draw_pin(&context.keys, shard, context.shard_count) else {
+                pending.results[index] = Some(issue_code(ResultCode::InternalError));
+                continue;
+            };
+            slot.pin = pin;
+            let body = Body::Issue { pin_hash, face_value_won: slot.face_value_won };
+            let command = Command { op_id: slot.op_id, deadline_at_ms: slot.deadline_at_ms, body };
+            routed.push((index, shard, ShardItem::Command(command)));
+        }
+        pending.groups = submit(context, routed);
+    }
+    (0..events).map(|index| pending.results[index].take().unwrap_or_else(|| issue_code(ResultCode::RetryLater))).collect()
+}
+
+fn op_result(reply: &Reply) -> OpResult {
+    OpResult {
+        code: reply.code,
+        flags: if reply.replayed { FLAG_REPLAYED } else { 0 },
+        field: reply.field,
+        approval_code: reply.approval_code,
+        amount_won: reply.amount_won,
+        balance_won: reply.balance_won,
+        available_won: reply.available_won,
+        hold_expires_at_ms: reply.hold_expires_at_ms,
+    }
+}
+
+fn op_code(code: ResultCode) -> OpResult {
+    OpResult { code: code.as_u16(), ..OpResult::default() }
+}
+
+fn issue_code(code: ResultCode) -> CardIssueResult {
+    CardIssueResult { code: code.as_u16(), flags: 0, field: 0, pin: 0, balance_won: 0 }
+}
+
+fn inquiry_code(code: ResultCode) -> InquiryResult {
+    InquiryResult { code: code.as_u16(), status: OpStatus::Unknown as u8, msg_type: 0, result: OpResult::default() }
+}
+
+fn inquiry_result(output: ShardOutput) -> InquiryResult {
+    match output {
+        ShardOutput::Op(view) => InquiryResult {
+            code: ResultCode::Approved.as_u16(),
+            status: view.status as u8,
+            msg_type: view.msg_type,
+            result: view.reply.as_ref().map(op_result).unwrap_or_default(),
+        },
+        _ => inquiry_code(ResultCode::InternalError),
+    }
+}
+
+fn balance_code(code: ResultCode) -> BalanceResult {
+    BalanceResult {
+        code: code.as_u16(),
+        state: 0,
+        face_value_won: 0,
+        balance_won: 0,
+        available_won: 0,
+        held_won: 0,
+        password_tries_left: 0,
+        holds: Vec::new(),
+    }
+}
+
+fn balance_result(output: ShardOutput) -> BalanceResult {
+    match output {
+        ShardOutput::Card(Some(view)) => BalanceResult {
+            code: ResultCode::Approved.as_u16(),
+            state: view.state as u8,
+            face_value_won: view.face_value_won,
+            balance_won: view.balance_won,
+            available_won: view.available_won,
+            held_won: view.held_won,
+            password_tries_left: view.password_tries_left,
+            holds: view
+                .holds
+                .iter()
+                .map(|hold| HoldInfo {
+                    hold_id: hold.hold_id,
+                    amount_won: hold.amount_won,
+                    captured_won: hold.captured_won,
+                    expires_at_ms: hold.expires_at_ms,
+                })
+                .collect(),
+        },
+        ShardOutput::Card(None) => balance_code(ResultCode::CardNotFound),
+        _ => balance_code(ResultCode::InternalError),
+    }
+}
+
+fn response_frame(msg_type: MsgType, request_id: u64, body: &[u8]) -> Vec<u8> {
+    let header = FrameHeader {
+        version: VERSION,
+        flags: FLAG_RESPONSE,
+        msg_type: msg_type as u16,
+        status: ResultCode::Approved.as_u16(),
+        request_id,
+        deadline_ms: 0,
+        body_len: 0,
+    };
+    let mut out = Vec::with_capacity(protocol::HEADER_BYTES + body.len());
+    encode_frame(&mut out, &header, body);
+    out
+}
+
+fn error_frame(msg_type: u16, request_id: u64, code: ResultCode) -> Vec<u8> {
+    let header = FrameHeader {
+        version: VERSION,
+        flags: FLAG_RESPONSE,
+        msg_type,
+        status: code.as_u16(),
+        request_id,
+        deadline_ms: 0,
+        body_len: 0,
+    };
+    let mut out = Vec::with_capacity(protocol::HEADER_BYTES);
+    encode_frame(&mut out, &header, &[]);
+    out
+}

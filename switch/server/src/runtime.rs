@@ -1,0 +1,107 @@
+//! The runtime seam: the only module that decides how threads and the async runtime are laid
+//! out. Shards are plain OS threads (one per core by default), each running the synchronous
+//! shard loop; the network side is a tokio multi-thread runtime. Swapping in glommio or a
+//! thread-per-core tokio layout means changing this file, never the engine or the shard loop.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context as _, bail};
+use pinswitch_journal::JournalOptions;
+use pinswitch_protocol::{HelloReply, VERSION};
+
+use crate::config::Config;
+use crate::keys::Keys;
+use crate::net::{self, Context};
+use crate::shard_loop::{self, ShardSettings, shard_dir};
+
+/// Records the shard count a data directory was created with; routing depends on it.
+const LAYOUT_FILE: &str = "shards.count";
+
+/// Recovers every shard, then serves until SIGINT or SIGTERM.
+pub fn run(config: Config) -> anyhow::Result<()> {
+    let data_dir = config.server.data_dir.clone();
+    std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    let shard_count = config.shard_count();
+    check_layout(&data_dir, shard_count)?;
+    let keys = Keys::load_or_create(&data_dir)?;
+    let engine = config.engine();
+    let mut shards = Vec::with_capacity(usize::from(shard_count));
+    for shard_id in 0..shard_count {
+        let settings = ShardSettings {
+            shard_id,
+            shard_count,
+            dir: shard_dir(&data_dir, shard_id),
+            engine: engine.clone(),
+            journal: JournalOptions {
+                segment_bytes: config.journal.segment_bytes,
+                commit_bytes_max: config.journal.commit_bytes_max,
+            },
+            queue_max: config.limits.shard_queue_max as usize,
+            commit_events_max: config.limits.commit_events_max as usize,
+            snapshot_every_records: config.journal.snapshot_every_records,
+        };
+        let (handle, report, _thread) = shard_loop::start(settings)
+            .with_context(|| format!("starting shard {shard_id}"))?;
+        println!(
+            "pinswitch: shard {shard_id} recovered: snapshot at record {}, {} records replayed, {} cards",
+            report.snapshot_seq, report.replayed_records, report.cards
+        );
+        shards.push(handle);
+    }
+    let hello = HelloReply {
+        server_name: format!("pinswitch {}", env!("CARGO_PKG_VERSION")),
+        protocol_version: VERSION,
+        shard_count,
+        frame_bytes_max: config.limits.frame_bytes_max,
+        batch_events_max: config.limits.batch_events_max,
+        in_flight_per_connection_max: config.limits.in_flight_per_connection_max,
+        hold_ttl_max_s: engine.hold_ttl_max_s,
+        idempotency_window_s: engine.idempotency_window_ms / 1000,
+        server_time_ms: 0,
+    };
+    let context = Arc::new(Context { shards, shard_count, keys, limits: config.limits.clone(), hello });
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("pinswitch-net")
+        .build()
+        .context("building the network runtime")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&config.server.listen)
+            .await
+            .with_context(|| format!("listening on {}", config.server.listen))?;
+        let address = listener.local_addr().context("reading the listen address")?;
+        println!("pinswitch: listening on {address} ({shard_count} shards, data in {})", data_dir.display());
+        std::io::stdout().flush().context("writing to stdout")?;
+        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("installing the SIGTERM handler")?;
+        tokio::select! {
+            result = net::serve(listener, context) => result.context("accepting connections"),
+            _ = tokio::signal::ctrl_c() => Ok(()),
+            _ = terminate.recv() => Ok(()),
+        }
+    })?;
+    println!("pinswitch: stopped");
+    Ok(())
+}
+
+fn check_layout(data_dir: &Path, shard_count: u16) -> anyhow::Result<()> {
+    let path = data_dir.join(LAYOUT_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let recorded: u16 = text.trim().parse().with_context(|| format!("reading {}", path.display()))?;
+            if recorded != shard_count {
+                bail!(
+                    "{} was created with {recorded} shards; start with --shards {recorded} (resharding is not supported)",
+                    data_dir.display()
+                );
+            }
+            Ok(())
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::write(&path, format!("{shard_count}\n")).with_context(|| format!("writing {}", path.display()))
+        }
+        Err(error) => Err(error).with_context(|| format!("reading {}", path.display())),
+    }
+}

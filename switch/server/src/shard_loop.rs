@@ -1,0 +1,270 @@
+//! One shard thread: it owns one pure engine (`pinswitch_core::Shard`) and one journal, and
+//! runs group commit. It drains whatever batches connections have queued (up to
+//! `commit_events_max` events), applies them in arrival order, appends a journal record for each
+//! command that changed state, makes the records durable with one commit, and only then releases
+//! the replies, reads included, so no client ever sees state that a crash could take back.
+//! A failed commit is fatal: the process aborts and recovery replays the journal.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use pinswitch_core::{
+    Applied, Body, CardView, Command, EngineConfig, JournalEntry, Ms, OpId, OpView, PinHash,
+    Shard, decode_entry, encode_entry,
+};
+use pinswitch_journal::{Journal, JournalOptions};
+use tokio::sync::oneshot;
+
+/// What a connection asks of a shard, one item per event.
+#[derive(Debug)]
+pub enum ShardItem {
+    Command(Command),
+    Card(PinHash),
+    Op { pin_hash: PinHash, op_id: OpId },
+}
+
+/// The shard's answer to one item, in the same position.
+#[derive(Debug)]
+pub enum ShardOutput {
+    Applied(Applied),
+    Card(Option<CardView>),
+    Op(OpView),
+}
+
+/// A group of items from one frame for one shard, answered together.
+pub struct ShardBatch {
+    pub items: Vec<ShardItem>,
+    pub reply: oneshot::Sender<Vec<ShardOutput>>,
+}
+
+/// The closed set of inputs a shard thread consumes.
+pub enum ShardInput {
+    Batch(ShardBatch),
+}
+
+/// How connections reach one shard: a bounded queue (a full queue is RETRY_LATER, never waiting).
+#[derive(Clone)]
+pub struct ShardHandle {
+    sender: Sender<ShardInput>,
+}
+
+impl ShardHandle {
+    /// Queues a batch; gives it back when the shard's queue is full or the shard has stopped.
+    pub fn try_submit(&self, batch: ShardBatch) -> Result<(), ShardBatch> {
+        match self.sender.try_send(ShardInput::Batch(batch)) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(ShardInput::Batch(batch)))
+            | Err(TrySendError::Disconnected(ShardInput::Batch(batch))) => Err(batch),
+        }
+    }
+}
+
+/// Settings one shard thread needs.
+#[derive(Clone, Debug)]
+pub struct ShardSettings {
+    pub shard_id: u16,
+    pub shard_count: u16,
+    pub dir: PathBuf,
+    pub engine: EngineConfig,
+    pub journal: JournalOptions,
+    pub queue_max: usize,
+    pub commit_events_max: usize,
+    pub snapshot_every_records: u64,
+}
+
+/// What recovery found, for the start-up log line.
+#[derive(Clone, Copy, Debug)]
+pub struct RecoveryReport {
+    pub snapshot_seq: u64,
+    pub replayed_records: u64,
+    pub cards: usize,
+}
+
+/// Server wall clock in ms since the Unix epoch. The engine keeps its own clock monotonic.
+pub fn wall_clock_ms() -> Ms {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Recovers the shard from its directory and starts its thread.
+pub fn start(settings: ShardSettings) -> anyhow::Result<(ShardHandle, RecoveryReport, std::thread::JoinHandle<()>)> {
+    let (engine, journal, report) = recover(&settings)?;
+    let (sender, receiver) = crossbeam_channel::bounded(settings.queue_max);
+    let name = format!("shard-{}", settings.shard_id);
+    let thread = std::thread::Builder::new()
+        .name(name)
+        .spawn(move || {
+            let mut runner = Runner { settings, engine, journal, since_snapshot: 0 };
+            runner.run(receiver);
+        })
+        .context("spawning a shard thread")?;
+    Ok((ShardHandle { sender }, report, thread))
+}
+
+/// Newest snapshot + journal replay; every replayed reply must equal the recorded one.
+pub fn recover(settings: &ShardSettings) -> anyhow::Result<(Shard, Journal, RecoveryReport)> {
+    std::fs::create_dir_all(&settings.dir)
+        .with_context(|| format!("creating {}", settings.dir.display()))?;
+    let (snapshot, mut recovery) = Journal::recover(&settings.dir, settings.journal.clone())
+        .with_context(|| format!("recovering journal in {}", settings.dir.display()))?;
+    let (mut engine, snapshot_seq) = match snapshot {
+        Some(snapshot) => {
+            let engine = Shard::from_snapshot_bytes(&snapshot.bytes).map_err(|why| {
+                anyhow!("snapshot {} in {} does not decode: {why}", snapshot.seq, settings.dir.display())
+            })?;
+            (engine, snapshot.seq)
+        }
+        None => (Shard::new(settings.shard_id, settings.shard_count, settings.engine.clone()), 0),
+    };
+    let mut replayed_records = 0u64;
+    recovery
+        .replay(snapshot_seq, |seq, payload| {
+            let entry = decode_entry(payload).map_err(|why| format!("record {seq} does not decode: {why}"))?;
+            let applied = engine.apply(entry.now_ms, &entry.command);
+            if applied.reply != entry.reply || !applied.changed {
+                return Err(format!(
+                    "replay diverged at record {seq}: journaled {:?}, replayed {:?}",
+                    entry.reply, applied
+                ));
+            }
+            replayed_records += 1;
+            Ok(())
+        })
+        .with_context(|| format!("replaying journal in {}", settings.dir.display()))?;
+    let mut journal = recovery.into_journal().context("reopening the journal for appends")?;
+    // Rules changed since the last run: journal the change so replay applies it at this point.
+    if engine.config() != &settings.engine {
+        let command = Command { op_id: 0, deadline_at_ms: 0, body: Body::Configure(settings.engine.clone()) };
+        let now_ms = wall_clock_ms().max(engine.now_ms());
+        let applied = engine.apply(now_ms, &command);
+        if !applied.changed {
+            bail!("the engine did not accept the configured rules");
+        }
+        let entry = JournalEntry { now_ms, command, reply: applied.reply };
+        journal.append(&encode_entry(&entry)).context("journaling the configuration")?;
+        journal.commit().context("committing the configuration")?;
+    }
+    let report = RecoveryReport { snapshot_seq, replayed_records, cards: engine.card_count() };
+    Ok((engine, journal, report))
+}
+
+struct Runner {
+    settings: ShardSettings,
+    engine: Shard,
+    journal: Journal,
+    since_snapshot: u64,
+}
+
+/// How long an idle shard sleeps before checking for due hold expiries.
+const IDLE_TICK: Duration = Duration::from_millis(100);
+
+impl Runner {
+    fn run(&mut self, receiver: Receiver<ShardInput>) {
+        let mut batches: Vec<ShardBatch> = Vec::new();
+        let mut outputs: Vec<Vec<ShardOutput>> = Vec::new();
+        loop {
+            let first = match receiver.recv_timeout(IDLE_TICK) {
+                Ok(input) => Some(input),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => return,
+            };
+            let mut events = 0usize;
+            if let Some(ShardInput::Batch(batch)) = first {
+                events += batch.items.len();
+                batches.push(batch);
+                // Group commit: take whatever else is already queued, up to the commit size.
+                while events < self.settings.commit_events_max {
+                    match receiver.try_recv() {
+                        Ok(ShardInput::Batch(batch)) => {
+                            events += batch.items.len();
+                            batches.push(batch);
+                        }
+                        Err(_) => break,
+                    }
+                }
+            }
+            let now_ms = wall_clock_ms();
+            let mut appended = 0u64;
+            appended += self.tick(now_ms);
+            for batch in &batches {
+                let mut answers = Vec::with_capacity(batch.items.len());
+                for item in &batch.items {
+                    answers.push(match item {
+                        ShardItem::Command(command) => {
+                            let applied = self.engine.apply(now_ms, command);
+                            if applied.changed {
+                                self.append(now_ms, command.clone(), applied);
+                                appended += 1;
+                            }
+                            ShardOutput::Applied(applied)
+                        }
+                        ShardItem::Card(pin_hash) => ShardOutput::Card(self.engine.card(now_ms, *pin_hash)),
+                        ShardItem::Op { pin_hash, op_id } => ShardOutput::Op(self.engine.op(*pin_hash, *op_id)),
+                    });
+                }
+                outputs.push(answers);
+            }
+            if appended > 0 {
+                if let Err(error) = self.journal.commit() {
+                    // Never retried: after a failed fsync the page cache can no longer be trusted.
+                    fatal(&format!("shard {} journal commit failed: {error}", self.settings.shard_id));
+                }
+                self.since_snapshot += appended;
+            }
+            // Durable: release every reply of the group.
+            for (batch, answers) in batches.drain(..).zip(outputs.drain(..)) {
+                // A connection that went away no longer wants its answer; that is fine.
+                let _ = batch.reply.send(answers);
+            }
+            if self.since_snapshot >= self.settings.snapshot_every_records {
+                self.snapshot();
+            }
+        }
+    }
+
+    /// Expires due holds; returns how many records it appended.
+    fn tick(&mut self, now_ms: Ms) -> u64 {
+        match self.engine.next_expiry_ms() {
+            Some(due_ms) if due_ms <= now_ms => {}
+            _ => return 0,
+        }
+        let command = Command { op_id: 0, deadline_at_ms: 0, body: Body::Tick };
+        let applied = self.engine.apply(now_ms, &command);
+        if !applied.changed {
+            return 0;
+        }
+        self.append(now_ms, command, applied);
+        1
+    }
+
+    fn append(&mut self, now_ms: Ms, command: Command, applied: Applied) {
+        let entry = JournalEntry { now_ms, command, reply: applied.reply };
+        if let Err(error) = self.journal.append(&encode_entry(&entry)) {
+            fatal(&format!("shard {} journal append failed: {error}", self.settings.shard_id));
+        }
+    }
+
+    fn snapshot(&mut self) {
+        let seq = self.journal.durable_seq();
+        let bytes = self.engine.to_snapshot_bytes();
+        if let Err(error) = self.journal.write_snapshot(seq, &bytes) {
+            fatal(&format!("shard {} snapshot failed: {error}", self.settings.shard_id));
+        }
+        self.since_snapshot = 0;
+    }
+}
+
+/// Stops the process at once: durability can no longer be promised.
+fn fatal(message: &str) -> ! {
+    eprintln!("pinswitch: fatal: {message}");
+    std::process::abort();
+}
+
+/// The directory of one shard under the data directory.
+pub fn shard_dir(data_dir: &Path, shard_id: u16) -> PathBuf {
+    data_dir.join(format!("shard-{shard_id:03}"))
+}
