@@ -51,7 +51,8 @@ pub struct ClientOptions {
 impl Default for ClientOptions {
     fn default() -> Self {
         ClientOptions {
-            in_flight_max: 1024,
+            // The server's default `in_flight_per_connection_max`: more would be refused RETRY_LATER.
+            in_flight_max: 256,
             response_body_bytes_max: 64 << 20,
         }
     }

@@ -167,7 +167,8 @@ pub struct Sale {
     pub category: u8,
 }
 
-/// REFUND: credit back part or all of an earlier SALE or captured AUTHORIZE.
+/// REFUND: credit back part or all of an earlier debit: `original_op_id` names a SALE or a
+/// CAPTURE (the refundable money of a CAPTURE is that of its AUTHORIZE, captures together).
 #[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Refund {
     pub op_id: u128,
@@ -185,7 +186,7 @@ pub struct OpResult {
     pub flags: u8,
     /// With `OP_ID_REUSED`: the first differing `Field`.
     pub field: u8,
-    /// Six-digit approval code of an approved AUTHORIZE or SALE, else 0.
+    /// Six-digit approval code of every approved event (0 on declines).
     pub approval_code: u32,
     /// The amount this event moved: held, captured, released, reversed, refunded or loaded.
     pub amount_won: u64,
@@ -209,7 +210,8 @@ pub struct Inquiry {
 
 #[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub struct InquiryResult {
-    /// `APPROVED` when the card was found (read `status`), otherwise why not.
+    /// `APPROVED` when the owning shard answered (read `status`: an unknown card or op id reads
+    /// as `Unknown`), otherwise why not (e.g. PIN_FORMAT_INVALID).
     pub code: u16,
     /// An `OpStatus` number.
     pub status: u8,
