@@ -59,6 +59,10 @@ struct Hold {
     pin_hash: PinHash,
     amount_won: u64,
     captured_won: u64,
+    /// Refunds of this hold's captures. The hold keeps the payment's accounting while it is
+    /// pending, so a REVERSE still credits the captures back after the AUTHORIZE's op-id record
+    /// was evicted.
+    refunded_won: u64,
     captures: u16,
     expires_at_ms: Ms,
 }
@@ -233,6 +237,7 @@ impl Shard {
     /// Applies one command at server time `now_ms`. `changed` is true exactly when the state
     /// changed (the server journals the command then; replay must see the same reply).
     pub fn apply(&mut self, now_ms: Ms, command: &Command) -> Applied {
+        let clock_before_ms = self.now_ms;
         self.now_ms = self.now_ms.max(now_ms);
         let now_ms = self.now_ms;
         let expired = self.expire_holds(now_ms);
@@ -250,6 +255,11 @@ impl Shard {
                 Applied { reply: applied.reply, changed: applied.changed || expired > 0 }
             }
         };
+        if !applied.changed {
+            // Only journaled commands may move the clock: replay sees only those, and a later
+            // command journaled with an earlier wall-clock time must compute the same expiry.
+            self.now_ms = clock_before_ms;
+        }
         self.assert_conservation();
         applied
     }
@@ -346,11 +356,23 @@ impl Shard {
 
     fn prune_ops(&mut self) {
         let window_floor_ms = self.now_ms.saturating_sub(self.config.idempotency_window_ms);
+        // A record whose id is ahead of the clock (within the skew) is never evicted for room:
+        // raising the too-old floor past now would refuse every new id for a while. It goes to
+        // the back instead; at most one pass over the records per call.
+        let mut rotations_left = self.op_order.len();
         while let Some(&(op_id, op_time_ms)) = self.op_order.front() {
             let over_capacity = self.ops.len() > self.config.idempotency_entries_max as usize;
             let past_window = window_floor_ms > 0 && op_time_ms <= window_floor_ms;
             if !over_capacity && !past_window {
                 break;
+            }
+            if !past_window && op_time_ms > self.now_ms {
+                if rotations_left == 0 {
+                    break;
+                }
+                rotations_left -= 1;
+                self.op_order.rotate_left(1);
+                continue;
             }
             self.op_order.pop_front();
             self.ops.remove(&op_id);
@@ -515,7 +537,7 @@ impl Shard {
         let card = self.cards.get_mut(&pin_hash).expect("checked above");
         card.held_won += amount_won;
         card.holds += 1;
-        let hold = Hold { pin_hash, amount_won, captured_won: 0, captures: 0, expires_at_ms };
+        let hold = Hold { pin_hash, amount_won, captured_won: 0, refunded_won: 0, captures: 0, expires_at_ms };
         self.holds.insert(op_id, hold);
         self.card_holds.entry(pin_hash).or_default().push(op_id);
         self.expiries.insert((expires_at_ms, op_id));
@@ -652,6 +674,11 @@ impl Shard {
             }
             // Not arrived yet: leave a tombstone (unless it could only ever arrive too old).
             let original_time_ms = op_id_time_ms(original_op_id);
+            if original_time_ms > self.now_ms.saturating_add(self.config.op_clock_skew_max_ms) {
+                // No such original can have been accepted yet; a tombstone far in the future
+                // would pin a record (and the too-old floor) for as long.
+                return self.declined(ResultCode::OpIdFromFuture, pin_hash);
+            }
             if !self.too_old(self.now_ms, original_time_ms) {
                 let body = Body::Reverse { pin_hash, original_op_id: op_id };
                 self.record(original_op_id, body, Reply::code(ResultCode::ReversedBeforeArrival), OpStatus::Tombstone);
@@ -678,19 +705,18 @@ impl Shard {
 
     /// Releases a payment's pending hold and credits back what it debited and was not refunded.
     fn reverse_payment(&mut self, pin_hash: PinHash, original_op_id: OpId) -> Outcome {
-        let released_won = if self.holds.contains_key(&original_op_id) {
-            self.close_hold(original_op_id, OpStatus::Reversed)
-        } else {
-            0
-        };
+        // A pending hold carries the payment's accounting itself (its record may be evicted).
+        let pending = self.holds.get(&original_op_id).map(|hold| hold.captured_won - hold.refunded_won);
+        let released_won = if pending.is_some() { self.close_hold(original_op_id, OpStatus::Reversed) } else { 0 };
         let credit_won = match self.ops.get_mut(&original_op_id) {
             Some(record) => {
                 record.status = OpStatus::Reversed as u8;
                 let credit_won = record.debited_won - record.refunded_won;
                 record.refunded_won = record.debited_won;
+                assert!(pending.is_none_or(|pending_won| pending_won == credit_won), "hold and record agree");
                 credit_won
             }
-            None => 0,
+            None => pending.unwrap_or(0),
         };
         let card = self.cards.get_mut(&pin_hash).expect("a payment's card exists");
         card.balance_won = card.balance_won.checked_add(credit_won).expect("a credit back fits: it was on the card");
@@ -743,6 +769,9 @@ impl Shard {
             return self.declined(ResultCode::BalanceCapExceeded, pin_hash);
         }
         self.ops.get_mut(&payment_op_id).expect("checked above").refunded_won += amount_won;
+        if let Some(hold) = self.holds.get_mut(&payment_op_id) {
+            hold.refunded_won += amount_won;
+        }
         self.cards.get_mut(&pin_hash).expect("checked above").balance_won = balance_won;
         self.totals.refunded_won += u128::from(amount_won);
         self.totals.balances_won += u128::from(amount_won);

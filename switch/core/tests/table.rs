@@ -310,6 +310,25 @@ fn evicted_records_answer_too_old_never_a_second_execution() {
 }
 
 #[test]
+fn reversals_naming_future_originals_never_raise_the_floor_past_the_clock() {
+    let mut s = Script::new();
+    s.active_card(CARD, 100_000);
+    // An original from beyond the allowed skew cannot have been accepted: no tombstone for it.
+    let far = op_id_at(s.now_ms + 10 * 365 * 24 * 3600 * 1000, 1);
+    s.expect(Body::Reverse { pin_hash: CARD, original_op_id: far }, ResultCode::OpIdFromFuture);
+    assert_eq!(s.shard.op(CARD, far).status, OpStatus::Unknown);
+    // A tombstone within the skew survives eviction for room, and fresh ids keep working.
+    let soon = op_id_at(s.now_ms + 30_000, 1);
+    s.expect(Body::Reverse { pin_hash: CARD, original_op_id: soon }, ResultCode::OriginalNotFoundRecorded);
+    for _ in 0..100 {
+        s.now_ms += 10;
+        s.expect(sale(CARD, PASSWORD, 1), ResultCode::Approved);
+    }
+    assert_eq!(s.shard.op(CARD, soon).status, OpStatus::Tombstone);
+    assert_eq!(s.run_at(soon, 0, sale(CARD, PASSWORD, 5)).result_code(), ResultCode::ReversedBeforeArrival);
+}
+
+#[test]
 fn refund_respects_the_cap_and_closed_state_rules() {
     let mut s = Script::new();
     s.active_card(CARD, 100_000);
@@ -351,6 +370,7 @@ fn every_engine_result_code_is_reached() {
         collect(exactly_once_replay_reuse_window_deadline),
         collect(evicted_records_answer_too_old_never_a_second_execution),
         collect(refund_respects_the_cap_and_closed_state_rules),
+        collect(reversals_naming_future_originals_never_raise_the_floor_past_the_clock),
     ] {
         seen.extend(script);
     }

@@ -1,0 +1,1751 @@
+//! Seeded model test of the pure engine. For many seeds it drives a random but reproducible
+//! sequence of commands (issues, activations, loads with good and bad units, authorizations,
+//! partial/final/"all remaining" captures, voids, sales, refunds of sales and captures, reversals
+//! sent before and after their originals, wrong passwords, retries with identical bodies, op-id
+//! reuse with different bodies, op id 0, ids too old or from the future, passed deadlines, hold
+//! expiry and jumps past the idempotency window) through `pinswitch_core::Shard` and through a
+//! naive reference ledger written here from the engine's rules alone (plain `Vec`s and linear
+//! scans, no code shared with shard.rs). It proves that, for every step, the engine's reply
+//! (code, replayed flag, reused field, amounts, balances, hold expiry; approval codes are six
+//! digits exactly on approvals and replay unchanged) and its `changed` flag equal the
+//! reference's; that every card (state, face value, balance, available, held, password tries,
+//! pending holds), the money totals, the op-id records as INQUIRY shows them, the clock and the
+//! next expiry equal the reference's; that money is conserved and `check_invariants` holds; that
+//! the engine survives a snapshot round trip every few steps with nothing lost; and that
+//! replaying the journal (the commands whose `changed` was true) into a fresh shard gives the very
+//! same replies and the very same final state (recovery equivalence). A failure names the seed
+//! and step and prints the command, both replies and the steps before it, so it replays from its
+//! seed alone. A second walk hands the engine server times that sometimes step back (the engine
+//! must keep the maximum), and two fixed scripts replay the smallest sequences behind the
+//! disagreements the walks found (see their comments), so each one fails on its own, readably.
+
+use std::collections::VecDeque;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use pinswitch_core::{
+    Applied, Body, CardView, Command, EngineConfig, HoldView, Ms, OpId, OpView, PinHash, Reply,
+    Shard, Totals,
+};
+use pinswitch_protocol::{CardState, Field, MsgType, OpStatus, ResultCode, op_id_at};
+
+const T0: Ms = 1_800_000_000_000;
+const SEEDS: u64 = 300;
+const STEPS: usize = 600;
+/// The engine is rebuilt from its own snapshot every this many steps.
+const SNAPSHOT_EVERY: usize = 37;
+/// The cards the commands talk about; only the first `ISSUABLE` are ever issued.
+const PINS: [PinHash; 6] = [
+    0x5EED_0000_0000_0000_0000_0000_0000_0A01,
+    0x5EED_0000_0000_0000_0000_0000_0000_0B02,
+    0x0000_0000_0000_0000_0000_0000_0000_0C03,
+    0xFFFF_FFFF_FFFF_FFFF_FFFF_FFFF_FFFF_FD04,
+    0x1234_5678_9ABC_DEF0_0FED_CBA9_8765_4321,
+    0x0000_0000_0000_0000_0000_0000_0000_0006,
+];
+const ISSUABLE: usize = 4;
+/// Placeholder in a reference reply for "an approval code the engine chooses".
+const APPROVAL_PENDING: u32 = u32::MAX;
+/// Diagnostic context kept for a failure message.
+const TRAIL: usize = 12;
+
+// ---------------------------------------------------------------------------------------------
+// Deterministic randomness.
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        // splitmix64
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (0 when n is 0).
+    fn below(&mut self, n: u64) -> u64 {
+        if n == 0 { 0 } else { self.next() % n }
+    }
+
+    /// Uniform in `lo..=hi` (`hi - lo` must be below u64::MAX).
+    fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.below(hi - lo + 1)
+    }
+
+    fn percent(&mut self, p: u64) -> bool {
+        self.below(100) < p
+    }
+
+    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+        items[self.below(items.len() as u64) as usize]
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The reference ledger: the rules, written as plainly as possible.
+
+#[derive(Clone, Debug)]
+struct RefCard {
+    pin: PinHash,
+    state: CardState,
+    face: u64,
+    balance: u64,
+    mac: u64,
+    failures: u8,
+}
+
+#[derive(Clone, Debug)]
+struct RefHold {
+    id: OpId,
+    pin: PinHash,
+    amount: u64,
+    captured: u64,
+    captures: u16,
+    expires: Ms,
+}
+
+#[derive(Clone, Debug)]
+struct RefRecord {
+    id: OpId,
+    time: Ms,
+    /// The card of the body (for a tombstone: the card the REVERSE named).
+    pin: PinHash,
+    /// `None`: a tombstone left by a REVERSE that came first.
+    body: Option<Body>,
+    reply: Reply,
+    status: OpStatus,
+    /// For an approved CAPTURE: the hold (AUTHORIZE) it took money from.
+    capture_of: OpId,
+}
+
+/// Money of one approved AUTHORIZE or SALE. Kept forever (the ledger never forgets a payment,
+/// whatever happens to its op-id record).
+#[derive(Clone, Debug)]
+struct RefPayment {
+    id: OpId,
+    debited: u64,
+    refunded: u64,
+}
+
+struct Reference {
+    cfg: EngineConfig,
+    clock: Ms,
+    evicted_floor: Ms,
+    cards: Vec<RefCard>,
+    holds: Vec<RefHold>,
+    /// In insertion order.
+    records: Vec<RefRecord>,
+    payments: Vec<RefPayment>,
+    issued: u128,
+    loaded: u128,
+    refunded: u128,
+    reversed: u128,
+    debited: u128,
+}
+
+fn time_of(op_id: OpId) -> Ms {
+    (op_id >> 80) as u64
+}
+
+fn bare(code: ResultCode) -> Reply {
+    Reply {
+        code: code as u16,
+        replayed: false,
+        field: 0,
+        approval_code: 0,
+        amount_won: 0,
+        balance_won: 0,
+        available_won: 0,
+        hold_expires_at_ms: 0,
+    }
+}
+
+fn pin_of(body: &Body) -> PinHash {
+    match body {
+        Body::Issue { pin_hash, .. }
+        | Body::Activate { pin_hash, .. }
+        | Body::Load { pin_hash, .. }
+        | Body::Authorize { pin_hash, .. }
+        | Body::Capture { pin_hash, .. }
+        | Body::Void { pin_hash, .. }
+        | Body::Reverse { pin_hash, .. }
+        | Body::Sale { pin_hash, .. }
+        | Body::Refund { pin_hash, .. } => *pin_hash,
+        Body::Tick | Body::Configure(_) => panic!("no card"),
+    }
+}
+
+fn msg_type(body: &Body) -> MsgType {
+    match body {
+        Body::Issue { .. } => MsgType::CardIssue,
+        Body::Activate { .. } => MsgType::CardActivate,
+        Body::Load { .. } => MsgType::CardLoad,
+        Body::Authorize { .. } => MsgType::Authorize,
+        Body::Capture { .. } => MsgType::Capture,
+        Body::Void { .. } => MsgType::Void,
+        Body::Reverse { .. } => MsgType::Reverse,
+        Body::Sale { .. } => MsgType::Sale,
+        Body::Refund { .. } => MsgType::Refund,
+        Body::Tick | Body::Configure(_) => MsgType::Ping,
+    }
+}
+
+/// The first field (in the documented order) in which `retry` differs from `first`.
+fn first_differing_field(first: &Body, retry: &Body) -> Option<Field> {
+    fn first_of(fields: &[(bool, Field)]) -> Option<Field> {
+        for (differs, field) in fields {
+            if *differs {
+                return Some(*field);
+            }
+        }
+        None
+    }
+    match (first, retry) {
+        (Body::Issue { face_value_won: f1, .. }, Body::Issue { face_value_won: f2, .. }) => {
+            first_of(&[(f1 != f2, Field::FaceValue)])
+        }
+        (
+            Body::Activate { pin_hash: p1, password_mac: m1 },
+            Body::Activate { pin_hash: p2, password_mac: m2 },
+        ) => first_of(&[(p1 != p2, Field::Card), (m1 != m2, Field::Password)]),
+        (
+            Body::Load { pin_hash: p1, amount_won: a1, funding: f1 },
+            Body::Load { pin_hash: p2, amount_won: a2, funding: f2 },
+        ) => first_of(&[(p1 != p2, Field::Card), (a1 != a2, Field::Amount), (f1 != f2, Field::Funding)]),
+        (
+            Body::Authorize { pin_hash: p1, password_mac: m1, amount_won: a1, merchant_id: r1, category: c1, hold_ttl_s: t1 },
+            Body::Authorize { pin_hash: p2, password_mac: m2, amount_won: a2, merchant_id: r2, category: c2, hold_ttl_s: t2 },
+        ) => first_of(&[
+            (p1 != p2, Field::Card),
+            (a1 != a2, Field::Amount),
+            (m1 != m2, Field::Password),
+            (r1 != r2, Field::Merchant),
+            (c1 != c2, Field::Category),
+            (t1 != t2, Field::HoldTtl),
+        ]),
+        (
+            Body::Capture { pin_hash: p1, hold_id: h1, amount_won: a1, final_capture: f1 },
+            Body::Capture { pin_hash: p2, hold_id: h2, amount_won: a2, final_capture: f2 },
+        ) => first_of(&[
+            (p1 != p2, Field::Card),
+            (h1 != h2, Field::Reference),
+            (a1 != a2, Field::Amount),
+            (f1 != f2, Field::FinalCapture),
+        ]),
+        (Body::Void { pin_hash: p1, hold_id: h1 }, Body::Void { pin_hash: p2, hold_id: h2 }) => {
+            first_of(&[(p1 != p2, Field::Card), (h1 != h2, Field::Reference)])
+        }
+        (
+            Body::Reverse { pin_hash: p1, original_op_id: o1 },
+            Body::Reverse { pin_hash: p2, original_op_id: o2 },
+        ) => first_of(&[(p1 != p2, Field::Card), (o1 != o2, Field::Reference)]),
+        (
+            Body::Sale { pin_hash: p1, password_mac: m1, amount_won: a1, merchant_id: r1, category: c1 },
+            Body::Sale { pin_hash: p2, password_mac: m2, amount_won: a2, merchant_id: r2, category: c2 },
+        ) => first_of(&[
+            (p1 != p2, Field::Card),
+            (a1 != a2, Field::Amount),
+            (m1 != m2, Field::Password),
+            (r1 != r2, Field::Merchant),
+            (c1 != c2, Field::Category),
+        ]),
+        (
+            Body::Refund { pin_hash: p1, original_op_id: o1, amount_won: a1 },
+            Body::Refund { pin_hash: p2, original_op_id: o2, amount_won: a2 },
+        ) => first_of(&[(p1 != p2, Field::Card), (o1 != o2, Field::Reference), (a1 != a2, Field::Amount)]),
+        _ => Some(Field::Kind),
+    }
+}
+
+/// The decline a card in `state` gets from an operation that needs another state.
+fn wrong_state(state: CardState) -> ResultCode {
+    match state {
+        CardState::Issued | CardState::Sold => ResultCode::CardNotActive,
+        CardState::Active => ResultCode::CardAlreadyActive,
+        CardState::Blocked => ResultCode::CardBlocked,
+        CardState::Expired => ResultCode::CardExpired,
+        CardState::Closed => ResultCode::CardClosed,
+    }
+}
+
+/// What executing a command produced (before it is recorded).
+struct Outcome {
+    reply: Reply,
+    status: OpStatus,
+    capture_of: OpId,
+}
+
+fn done(reply: Reply) -> Outcome {
+    Outcome { reply, status: OpStatus::Completed, capture_of: 0 }
+}
+
+impl Reference {
+    fn new(cfg: EngineConfig) -> Reference {
+        Reference {
+            cfg,
+            clock: 0,
+            evicted_floor: 0,
+            cards: Vec::new(),
+            holds: Vec::new(),
+            records: Vec::new(),
+            payments: Vec::new(),
+            issued: 0,
+            loaded: 0,
+            refunded: 0,
+            reversed: 0,
+            debited: 0,
+        }
+    }
+
+    fn card(&self, pin: PinHash) -> Option<&RefCard> {
+        self.cards.iter().find(|card| card.pin == pin)
+    }
+
+    fn card_mut(&mut self, pin: PinHash) -> Option<&mut RefCard> {
+        self.cards.iter_mut().find(|card| card.pin == pin)
+    }
+
+    fn held(&self, pin: PinHash) -> u64 {
+        self.holds.iter().filter(|hold| hold.pin == pin).map(|hold| hold.amount - hold.captured).sum()
+    }
+
+    fn available(&self, pin: PinHash) -> u64 {
+        self.card(pin).map_or(0, |card| card.balance - self.held(pin))
+    }
+
+    fn hold(&self, id: OpId) -> Option<&RefHold> {
+        self.holds.iter().find(|hold| hold.id == id)
+    }
+
+    fn record(&self, id: OpId) -> Option<&RefRecord> {
+        self.records.iter().find(|record| record.id == id)
+    }
+
+    fn record_mut(&mut self, id: OpId) -> Option<&mut RefRecord> {
+        self.records.iter_mut().find(|record| record.id == id)
+    }
+
+    fn payment_mut(&mut self, id: OpId) -> Option<&mut RefPayment> {
+        self.payments.iter_mut().find(|payment| payment.id == id)
+    }
+
+    /// How much of the payment behind `original` (a SALE or a CAPTURE) may still be refunded.
+    fn refundable(&self, original: OpId) -> Option<u64> {
+        let record = self.record(original)?;
+        let payment_id = match &record.body {
+            Some(Body::Sale { .. }) => original,
+            Some(Body::Capture { .. }) => record.capture_of,
+            _ => return None,
+        };
+        self.payments.iter().find(|p| p.id == payment_id).map(|p| p.debited - p.refunded)
+    }
+
+    /// A reply with `code` and the card's balances if the card exists.
+    fn about_card(&self, code: ResultCode, pin: PinHash) -> Reply {
+        let mut reply = bare(code);
+        if let Some(card) = self.card(pin) {
+            reply.balance_won = card.balance;
+            reply.available_won = card.balance - self.held(pin);
+        }
+        reply
+    }
+
+    fn approve(&self, pin: PinHash, amount: u64) -> Reply {
+        let mut reply = self.about_card(ResultCode::Approved, pin);
+        reply.approval_code = APPROVAL_PENDING;
+        reply.amount_won = amount;
+        reply
+    }
+
+    fn decline(&self, code: ResultCode, pin: PinHash) -> Outcome {
+        done(self.about_card(code, pin))
+    }
+
+    fn window_floor(&self) -> Ms {
+        self.clock.saturating_sub(self.cfg.idempotency_window_ms)
+    }
+
+    fn too_old(&self, time: Ms) -> bool {
+        let window_floor = self.window_floor();
+        (window_floor > 0 || self.evicted_floor > 0) && time <= window_floor.max(self.evicted_floor)
+    }
+
+    /// Removes a pending hold, releasing its remaining amount; returns that amount.
+    fn close_hold(&mut self, id: OpId, status: OpStatus) -> u64 {
+        let index = self.holds.iter().position(|hold| hold.id == id).expect("pending hold");
+        let hold = self.holds.remove(index);
+        if let Some(record) = self.record_mut(id) {
+            if matches!(record.body, Some(Body::Authorize { .. })) {
+                record.status = status;
+            }
+        }
+        hold.amount - hold.captured
+    }
+
+    fn insert_record(&mut self, record: RefRecord) {
+        assert!(self.record(record.id).is_none(), "reference: an op id is recorded once");
+        self.records.push(record);
+        // The oldest record goes while it is past the window or while there are too many; only a
+        // record dropped for room (not already past the window) raises the too-old floor. (Read
+        // as two separate loops, window first, the rule would keep a past-window record that a
+        // capacity drop brings to the front until the next insertion; the engine drops it at once.
+        // Both readings answer every gate the same way, since such an id is too old anyway.)
+        // A record whose time is ahead of the clock is not dropped for room: it moves to the
+        // back (one pass at most), so the floor never passes the clock.
+        let window_floor = self.window_floor();
+        let mut moves_left = self.records.len();
+        loop {
+            let Some(oldest) = self.records.first() else { break };
+            let past_window = window_floor > 0 && oldest.time <= window_floor;
+            let over_capacity = self.records.len() > self.cfg.idempotency_entries_max as usize;
+            if !past_window && !over_capacity {
+                break;
+            }
+            if !past_window && oldest.time > self.clock {
+                if moves_left == 0 {
+                    break;
+                }
+                moves_left -= 1;
+                let ahead = self.records.remove(0);
+                self.records.push(ahead);
+                continue;
+            }
+            let oldest = self.records.remove(0);
+            if !past_window {
+                self.evicted_floor = self.evicted_floor.max(oldest.time);
+            }
+        }
+    }
+
+    fn apply(&mut self, now: Ms, command: &Command) -> (Reply, bool) {
+        // The clock moves only with a command that changed something (only those are journaled).
+        let clock_before = self.clock;
+        let (reply, changed) = self.apply_moving_clock(now, command);
+        if !changed {
+            self.clock = clock_before;
+        }
+        (reply, changed)
+    }
+
+    fn apply_moving_clock(&mut self, now: Ms, command: &Command) -> (Reply, bool) {
+        self.clock = self.clock.max(now);
+        let due: Vec<OpId> = self.holds.iter().filter(|hold| hold.expires <= self.clock).map(|hold| hold.id).collect();
+        for id in &due {
+            self.close_hold(*id, OpStatus::HoldExpired);
+        }
+        let expired = !due.is_empty();
+        let (reply, changed) = match &command.body {
+            Body::Tick => (bare(ResultCode::Approved), false),
+            Body::Configure(_) => panic!("the model does not reconfigure"),
+            body => self.operation(command.op_id, command.deadline_at_ms, body),
+        };
+        (reply, changed || expired)
+    }
+
+    fn operation(&mut self, op_id: OpId, deadline: Ms, body: &Body) -> (Reply, bool) {
+        let now = self.clock;
+        if op_id == 0 {
+            return (bare(ResultCode::OpIdInvalid), false);
+        }
+        let time = time_of(op_id);
+        if self.too_old(time) {
+            return (bare(ResultCode::OpTooOld), false);
+        }
+        if time > now + self.cfg.op_clock_skew_max_ms {
+            return (bare(ResultCode::OpIdFromFuture), false);
+        }
+        if let Some(record) = self.record(op_id) {
+            let Some(first) = &record.body else {
+                return (bare(ResultCode::ReversedBeforeArrival), false);
+            };
+            return match first_differing_field(first, body) {
+                None => (Reply { replayed: true, ..record.reply }, false),
+                Some(field) => (Reply { field: field as u8, ..bare(ResultCode::OpIdReused) }, false),
+            };
+        }
+        let pin = pin_of(body);
+        let outcome = if deadline != 0 && now > deadline {
+            done(bare(ResultCode::DeadlineExceededNotExecuted))
+        } else {
+            if matches!(body, Body::Issue { .. }) && self.card(pin).is_some() {
+                return (bare(ResultCode::RetryLater), false);
+            }
+            self.execute(now, op_id, body)
+        };
+        let reply = outcome.reply;
+        self.insert_record(RefRecord {
+            id: op_id,
+            time,
+            pin,
+            body: Some(body.clone()),
+            reply,
+            status: outcome.status,
+            capture_of: outcome.capture_of,
+        });
+        (reply, true)
+    }
+
+    fn execute(&mut self, now: Ms, op_id: OpId, body: &Body) -> Outcome {
+        match *body {
+            Body::Issue { pin_hash, face_value_won } => self.issue(pin_hash, face_value_won),
+            Body::Activate { pin_hash, password_mac } => self.activate(pin_hash, password_mac),
+            Body::Load { pin_hash, amount_won, funding } => self.load(pin_hash, amount_won, funding),
+            Body::Authorize { pin_hash, password_mac, amount_won, category, hold_ttl_s, .. } => {
+                self.authorize(now, op_id, pin_hash, password_mac, amount_won, category, hold_ttl_s)
+            }
+            Body::Sale { pin_hash, password_mac, amount_won, category, .. } => {
+                self.sale(op_id, pin_hash, password_mac, amount_won, category)
+            }
+            Body::Capture { pin_hash, hold_id, amount_won, final_capture } => {
+                self.capture(pin_hash, hold_id, amount_won, final_capture)
+            }
+            Body::Void { pin_hash, hold_id } => self.void(pin_hash, hold_id),
+            Body::Reverse { pin_hash, original_op_id } => self.reverse(op_id, pin_hash, original_op_id),
+            Body::Refund { pin_hash, original_op_id, amount_won } => self.refund(pin_hash, original_op_id, amount_won),
+            Body::Tick | Body::Configure(_) => unreachable!(),
+        }
+    }
+
+    fn issue(&mut self, pin: PinHash, face: u64) -> Outcome {
+        if !self.cfg.face_values_won.contains(&face) {
+            return done(bare(ResultCode::ProductNotFound));
+        }
+        self.cards.push(RefCard { pin, state: CardState::Issued, face, balance: face, mac: 0, failures: 0 });
+        self.issued += u128::from(face);
+        done(self.approve(pin, face))
+    }
+
+    fn activate(&mut self, pin: PinHash, mac: u64) -> Outcome {
+        let Some(card) = self.card_mut(pin) else {
+            return self.decline(ResultCode::CardNotFound, pin);
+        };
+        match card.state {
+            CardState::Issued | CardState::Sold => {
+                card.state = CardState::Active;
+                card.mac = mac;
+                card.failures = 0;
+                done(self.approve(pin, 0))
+            }
+            other => self.decline(wrong_state(other), pin),
+        }
+    }
+
+    /// Missing card or not active: the decline code.
+    fn must_be_active(&self, pin: PinHash) -> Result<(), ResultCode> {
+        match self.card(pin) {
+            None => Err(ResultCode::CardNotFound),
+            Some(card) if card.state == CardState::Active => Ok(()),
+            Some(card) => Err(wrong_state(card.state)),
+        }
+    }
+
+    fn load(&mut self, pin: PinHash, amount: u64, funding: u8) -> Outcome {
+        if !(1..=5).contains(&funding) {
+            return done(bare(ResultCode::FormatError));
+        }
+        if amount == 0 {
+            return self.decline(ResultCode::AmountInvalid, pin);
+        }
+        if let Err(code) = self.must_be_active(pin) {
+            return self.decline(code, pin);
+        }
+        if amount % self.cfg.recharge_unit_won != 0 {
+            return self.decline(ResultCode::RechargeUnitInvalid, pin);
+        }
+        let balance = self.card(pin).unwrap().balance;
+        let Some(new_balance) = balance.checked_add(amount) else {
+            return self.decline(ResultCode::AmountOverflow, pin);
+        };
+        if new_balance > self.cfg.balance_cap_won {
+            return self.decline(ResultCode::BalanceCapExceeded, pin);
+        }
+        self.card_mut(pin).unwrap().balance = new_balance;
+        self.loaded += u128::from(amount);
+        done(self.approve(pin, amount))
+    }
+
+    /// Amount, category, card and password checks shared by AUTHORIZE and SALE; counts a wrong
+    /// password even though the payment is declined.
+    fn payment_checks(&mut self, pin: PinHash, mac: u64, amount: u64, category: u8) -> Result<(), ResultCode> {
+        if amount == 0 {
+            return Err(ResultCode::AmountInvalid);
+        }
+        if !(1..=6).contains(&category) {
+            return Err(ResultCode::CategoryInvalid);
+        }
+        self.must_be_active(pin)?;
+        let tries = self.cfg.password_tries_max;
+        let card = self.card_mut(pin).unwrap();
+        if card.failures >= tries {
+            return Err(ResultCode::PasswordTriesExceeded);
+        }
+        if card.mac != mac {
+            card.failures += 1;
+            return Err(if card.failures >= tries {
+                ResultCode::PasswordTriesExceeded
+            } else {
+                ResultCode::PasswordInvalid
+            });
+        }
+        card.failures = 0;
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn authorize(&mut self, now: Ms, op_id: OpId, pin: PinHash, mac: u64, amount: u64, category: u8, ttl: u32) -> Outcome {
+        if ttl > self.cfg.hold_ttl_max_s {
+            return self.decline(ResultCode::HoldTtlInvalid, pin);
+        }
+        if let Err(code) = self.payment_checks(pin, mac, amount, category) {
+            return self.decline(code, pin);
+        }
+        let pending = self.holds.iter().filter(|hold| hold.pin == pin).count();
+        if pending >= usize::from(self.cfg.holds_per_card_max) {
+            return self.decline(ResultCode::HoldLimitReached, pin);
+        }
+        if self.available(pin) < amount {
+            return self.decline(ResultCode::InsufficientFunds, pin);
+        }
+        let ttl_s = if ttl == 0 { self.cfg.hold_ttl_default_s } else { ttl };
+        let expires = now + u64::from(ttl_s) * 1000;
+        self.holds.push(RefHold { id: op_id, pin, amount, captured: 0, captures: 0, expires });
+        self.payments.push(RefPayment { id: op_id, debited: 0, refunded: 0 });
+        let mut reply = self.approve(pin, amount);
+        reply.hold_expires_at_ms = expires;
+        Outcome { reply, status: OpStatus::HoldPending, capture_of: 0 }
+    }
+
+    fn sale(&mut self, op_id: OpId, pin: PinHash, mac: u64, amount: u64, category: u8) -> Outcome {
+        if let Err(code) = self.payment_checks(pin, mac, amount, category) {
+            return self.decline(code, pin);
+        }
+        if self.available(pin) < amount {
+            return self.decline(ResultCode::InsufficientFunds, pin);
+        }
+        self.card_mut(pin).unwrap().balance -= amount;
+        self.debited += u128::from(amount);
+        self.payments.push(RefPayment { id: op_id, debited: amount, refunded: 0 });
+        done(self.approve(pin, amount))
+    }
+
+    /// Why `hold_id` names no pending hold of this card, judged from its AUTHORIZE record.
+    fn closed_hold(&self, pin: PinHash, hold_id: OpId, when_voided: ResultCode) -> ResultCode {
+        match self.record(hold_id) {
+            Some(record) if record.pin == pin && matches!(record.body, Some(Body::Authorize { .. })) => {
+                match record.status {
+                    OpStatus::HoldCaptured => ResultCode::HoldAlreadyCaptured,
+                    OpStatus::HoldVoided => when_voided,
+                    OpStatus::HoldExpired => ResultCode::HoldExpired,
+                    OpStatus::Reversed => ResultCode::HoldReversed,
+                    _ => ResultCode::HoldNotFound,
+                }
+            }
+            _ => ResultCode::HoldNotFound,
+        }
+    }
+
+    fn capture(&mut self, pin: PinHash, hold_id: OpId, amount: u64, final_capture: bool) -> Outcome {
+        if amount == 0 {
+            return self.decline(ResultCode::AmountInvalid, pin);
+        }
+        match self.card(pin).map(|card| card.state) {
+            None => return self.decline(ResultCode::CardNotFound, pin),
+            Some(CardState::Issued | CardState::Sold) => return self.decline(ResultCode::CardNotActive, pin),
+            Some(CardState::Closed) => return self.decline(ResultCode::CardClosed, pin),
+            Some(CardState::Active | CardState::Blocked | CardState::Expired) => {}
+        }
+        let Some(hold) = self.hold(hold_id).filter(|hold| hold.pin == pin).cloned() else {
+            let code = self.closed_hold(pin, hold_id, ResultCode::HoldNotFound);
+            return self.decline(code, pin);
+        };
+        let remaining = hold.amount - hold.captured;
+        let take = if amount == u64::MAX { remaining } else { amount };
+        if take > remaining {
+            return self.decline(ResultCode::ExceedsHoldAmount, pin);
+        }
+        if hold.captures >= self.cfg.captures_per_hold_max {
+            return self.decline(ResultCode::CaptureLimitReached, pin);
+        }
+        self.card_mut(pin).unwrap().balance -= take;
+        self.debited += u128::from(take);
+        let hold = self.holds.iter_mut().find(|hold| hold.id == hold_id).unwrap();
+        hold.captured += take;
+        hold.captures += 1;
+        let nothing_left = hold.captured == hold.amount;
+        self.payment_mut(hold_id).expect("an approved AUTHORIZE has a payment").debited += take;
+        if final_capture || nothing_left {
+            self.close_hold(hold_id, OpStatus::HoldCaptured);
+        }
+        Outcome { reply: self.approve(pin, take), status: OpStatus::Completed, capture_of: hold_id }
+    }
+
+    fn void(&mut self, pin: PinHash, hold_id: OpId) -> Outcome {
+        if self.hold(hold_id).is_some_and(|hold| hold.pin == pin) {
+            let released = self.close_hold(hold_id, OpStatus::HoldVoided);
+            return done(self.approve(pin, released));
+        }
+        let code = self.closed_hold(pin, hold_id, ResultCode::HoldAlreadyVoided);
+        self.decline(code, pin)
+    }
+
+    fn reverse(&mut self, op_id: OpId, pin: PinHash, original: OpId) -> Outcome {
+        if original == 0 || original == op_id {
+            return self.decline(ResultCode::OpIdInvalid, pin);
+        }
+        let Some(record) = self.record(original).cloned() else {
+            if self.hold(original).is_some_and(|hold| hold.pin == pin) {
+                return self.undo_payment(pin, original);
+            }
+            let time = time_of(original);
+            if time > self.clock + self.cfg.op_clock_skew_max_ms {
+                return self.decline(ResultCode::OpIdFromFuture, pin);
+            }
+            if !self.too_old(time) {
+                self.insert_record(RefRecord {
+                    id: original,
+                    time,
+                    pin,
+                    body: None,
+                    reply: bare(ResultCode::ReversedBeforeArrival),
+                    status: OpStatus::Tombstone,
+                    capture_of: 0,
+                });
+            }
+            return self.decline(ResultCode::OriginalNotFoundRecorded, pin);
+        };
+        let Some(original_body) = &record.body else {
+            return self.decline(ResultCode::AlreadyReversed, pin);
+        };
+        if record.pin != pin {
+            return self.decline(ResultCode::OriginalCardMismatch, pin);
+        }
+        if !matches!(original_body, Body::Authorize { .. } | Body::Sale { .. }) {
+            return self.decline(ResultCode::ReversalNotSupported, pin);
+        }
+        if record.reply.code != ResultCode::Approved as u16 {
+            return self.decline(ResultCode::OriginalDeclinedNoop, pin);
+        }
+        if record.status == OpStatus::Reversed {
+            return self.decline(ResultCode::AlreadyReversed, pin);
+        }
+        self.undo_payment(pin, original)
+    }
+
+    /// Releases the payment's pending hold and credits back what it debited and was not
+    /// refunded (no cap, any card state).
+    fn undo_payment(&mut self, pin: PinHash, original: OpId) -> Outcome {
+        let released = if self.hold(original).is_some() { self.close_hold(original, OpStatus::Reversed) } else { 0 };
+        let credit = match self.payment_mut(original) {
+            Some(payment) => {
+                let credit = payment.debited - payment.refunded;
+                payment.refunded = payment.debited;
+                credit
+            }
+            None => 0,
+        };
+        if let Some(record) = self.record_mut(original) {
+            record.status = OpStatus::Reversed;
+        }
+        self.card_mut(pin).expect("a payment's card exists").balance += credit;
+        self.reversed += u128::from(credit);
+        done(self.approve(pin, credit + released))
+    }
+
+    fn refund(&mut self, pin: PinHash, original: OpId, amount: u64) -> Outcome {
+        if amount == 0 {
+            return self.decline(ResultCode::AmountInvalid, pin);
+        }
+        let Some(card) = self.card(pin) else {
+            return self.decline(ResultCode::CardNotFound, pin);
+        };
+        if card.state == CardState::Closed {
+            return self.decline(ResultCode::CardClosed, pin);
+        }
+        let balance = card.balance;
+        let Some(record) = self.record(original) else {
+            return self.decline(ResultCode::OriginalNotFound, pin);
+        };
+        let Some(original_body) = &record.body else {
+            return self.decline(ResultCode::OriginalNotFound, pin);
+        };
+        if record.pin != pin {
+            return self.decline(ResultCode::OriginalCardMismatch, pin);
+        }
+        if record.reply.code != ResultCode::Approved as u16 {
+            return self.decline(ResultCode::OriginalNotFound, pin);
+        }
+        let payment_id = match original_body {
+            Body::Sale { .. } => original,
+            Body::Capture { .. } => {
+                if self.record(record.capture_of).is_none() {
+                    return self.decline(ResultCode::OriginalNotFound, pin);
+                }
+                record.capture_of
+            }
+            _ => return self.decline(ResultCode::ReversalNotSupported, pin),
+        };
+        let payment = self.payments.iter().find(|p| p.id == payment_id).expect("payment");
+        if amount > payment.debited - payment.refunded {
+            return self.decline(ResultCode::ExceedsRefundable, pin);
+        }
+        let Some(new_balance) = balance.checked_add(amount) else {
+            return self.decline(ResultCode::AmountOverflow, pin);
+        };
+        if new_balance > self.cfg.balance_cap_won {
+            return self.decline(ResultCode::BalanceCapExceeded, pin);
+        }
+        self.payment_mut(payment_id).unwrap().refunded += amount;
+        self.card_mut(pin).unwrap().balance = new_balance;
+        self.refunded += u128::from(amount);
+        done(self.approve(pin, amount))
+    }
+
+    /// Stores the approval code the engine chose for the op just recorded.
+    fn adopt_approval_code(&mut self, op_id: OpId, code: u32) {
+        if let Some(record) = self.record_mut(op_id) {
+            if record.reply.approval_code == APPROVAL_PENDING {
+                record.reply.approval_code = code;
+            }
+        }
+    }
+
+    // --- what the reads must show ---
+
+    /// BALANCE_INQUIRY at `at` (never before the clock): holds due by then show as released.
+    fn view(&self, pin: PinHash, at: Ms) -> Option<CardView> {
+        let at = at.max(self.clock);
+        let card = self.card(pin)?;
+        let mut holds: Vec<HoldView> = self
+            .holds
+            .iter()
+            .filter(|hold| hold.pin == pin && hold.expires > at)
+            .map(|hold| HoldView { hold_id: hold.id, amount_won: hold.amount, captured_won: hold.captured, expires_at_ms: hold.expires })
+            .collect();
+        holds.sort_by_key(|hold| (hold.expires_at_ms, hold.hold_id));
+        let held: u64 = holds.iter().map(|hold| hold.amount_won - hold.captured_won).sum();
+        Some(CardView {
+            state: card.state,
+            face_value_won: card.face,
+            balance_won: card.balance,
+            available_won: card.balance - held,
+            held_won: held,
+            password_tries_left: self.cfg.password_tries_max.saturating_sub(card.failures),
+            holds,
+        })
+    }
+
+    fn op_view(&self, record: &RefRecord) -> OpView {
+        match &record.body {
+            None => OpView { status: OpStatus::Tombstone, msg_type: 0, reply: None },
+            Some(body) => OpView { status: record.status, msg_type: msg_type(body) as u16, reply: Some(record.reply) },
+        }
+    }
+
+    fn totals(&self) -> Totals {
+        Totals {
+            issued_won: self.issued,
+            loaded_won: self.loaded,
+            refunded_won: self.refunded,
+            reversed_won: self.reversed,
+            debited_won: self.debited,
+            balances_won: self.cards.iter().map(|card| u128::from(card.balance)).sum(),
+            held_won: self.holds.iter().map(|hold| u128::from(hold.amount - hold.captured)).sum(),
+        }
+    }
+
+    fn next_expiry(&self) -> Option<Ms> {
+        self.holds.iter().map(|hold| hold.expires).min()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The random walk.
+
+/// What the last steps were, for failure messages.
+struct TrailEntry {
+    step: usize,
+    now: Ms,
+    command: Command,
+    reply: Reply,
+    changed: bool,
+}
+
+struct Walk {
+    seed: u64,
+    rng: Rng,
+    shard: Shard,
+    reference: Reference,
+    now: Ms,
+    /// Time-step divisor for this seed: large means many ops per window (capacity eviction).
+    tempo: u64,
+    /// Let some commands carry a clock a little behind the last one (the engine keeps the max).
+    clock_jitter: bool,
+    next_low: u64,
+    /// Every command sent with a non-zero op id, in order.
+    sent: Vec<Command>,
+    /// AUTHORIZE/SALE commands whose REVERSE was sent first; sent later (or never).
+    unsent_originals: Vec<Command>,
+    journal: Vec<(Ms, Command, Reply)>,
+    trail: VecDeque<TrailEntry>,
+    step: usize,
+    coverage: Coverage,
+    /// Set for a fixed script instead of a random walk.
+    script: Option<&'static str>,
+}
+
+fn good_mac(pin: PinHash) -> u64 {
+    (pin as u64).wrapping_mul(0x2545_F491_4F6C_DD1D) | 1
+}
+
+impl Walk {
+    fn new(seed: u64, clock_jitter: bool) -> Walk {
+        let mut rng = Rng(seed.wrapping_mul(0xA24B_AED4_963E_E407) ^ 0x5EED);
+        let tempo = rng.pick(&[1, 3, 30]);
+        Walk {
+            seed,
+            rng,
+            shard: Shard::new(0, 1, EngineConfig::test_min()),
+            reference: Reference::new(EngineConfig::test_min()),
+            now: T0,
+            tempo,
+            clock_jitter,
+            next_low: 0,
+            sent: Vec::new(),
+            unsent_originals: Vec::new(),
+            journal: Vec::new(),
+            trail: VecDeque::new(),
+            step: 0,
+            coverage: Coverage::default(),
+            script: None,
+        }
+    }
+
+    fn cfg(&self) -> &EngineConfig {
+        &self.reference.cfg
+    }
+
+    fn advance_time(&mut self) {
+        let r = self.rng.below(1000);
+        let dt = if r < 450 {
+            self.rng.range(0, 1_000)
+        } else if r < 750 {
+            self.rng.range(0, 30_000)
+        } else if r < 900 {
+            self.rng.range(30_000, 180_000)
+        } else if r < 970 {
+            self.rng.range(180_000, 1_200_000)
+        } else if r < 995 {
+            self.rng.range(1_200_000, 4_200_000)
+        } else {
+            self.rng.range(7_200_000, 9_000_000)
+        };
+        self.now += dt / self.tempo;
+    }
+
+    /// Mostly a card that exists; sometimes one that may not yet, or never will.
+    fn pick_pin(&mut self) -> PinHash {
+        let r = self.rng.below(100);
+        if r < 75 && !self.reference.cards.is_empty() {
+            let index = self.rng.below(self.reference.cards.len() as u64) as usize;
+            self.reference.cards[index].pin
+        } else if r < 93 {
+            PINS[self.rng.below(ISSUABLE as u64) as usize]
+        } else {
+            self.rng.pick(&PINS[ISSUABLE..])
+        }
+    }
+
+    fn other_pin(&mut self, pin: PinHash) -> PinHash {
+        loop {
+            let other = self.rng.pick(&PINS);
+            if other != pin {
+                return other;
+            }
+        }
+    }
+
+    /// A fresh op id, usually stamped near now; sometimes at the edges of the window and skew.
+    fn fresh_op_id(&mut self) -> OpId {
+        self.next_low += 1;
+        let window = self.cfg().idempotency_window_ms;
+        let skew = self.cfg().op_clock_skew_max_ms;
+        let now = self.now;
+        let time = match self.rng.below(100) {
+            0..=74 => now - self.rng.below(3_000),
+            75..=81 => now + self.rng.below(90_000),
+            82..=87 => now - self.rng.below(window + window / 10),
+            88..=89 => now - window - 1 + self.rng.below(3),
+            90..=91 => now + skew - 1 + self.rng.below(3),
+            _ => now,
+        };
+        let noise = u128::from(self.rng.next() & 0xFFFF) << 64;
+        op_id_at(time, noise | u128::from(self.next_low))
+    }
+
+    fn deadline(&mut self) -> Ms {
+        match self.rng.below(100) {
+            0..=81 => 0,
+            82..=87 => self.now - self.rng.range(1, 10_000),
+            88..=94 => self.now + self.rng.below(10_000),
+            _ => self.now,
+        }
+    }
+
+    fn password_for(&mut self, pin: PinHash) -> u64 {
+        if self.rng.percent(85) {
+            self.reference.card(pin).map_or(good_mac(pin), |card| card.mac)
+        } else {
+            self.rng.next()
+        }
+    }
+
+    fn category(&mut self) -> u8 {
+        match self.rng.below(100) {
+            0..=89 => self.rng.range(1, 6) as u8,
+            90..=94 => 0,
+            _ => self.rng.range(7, 255) as u8,
+        }
+    }
+
+    fn payment_amount(&mut self, pin: PinHash) -> u64 {
+        let available = self.reference.available(pin);
+        match self.rng.below(100) {
+            0..=39 => self.rng.range(1, (available / 8).max(1)),
+            40..=59 => self.rng.range(1, available.max(1)),
+            60..=69 => available.max(1),
+            70..=79 => available + self.rng.range(1, 1_000),
+            80..=84 => 0,
+            _ => self.rng.range(100, 5_000),
+        }
+    }
+
+    fn authorize_body(&mut self, pin: PinHash) -> Body {
+        let hold_ttl_s = match self.rng.below(100) {
+            0..=19 => 0,
+            20..=44 => self.rng.range(1, 120) as u32,
+            45..=89 => self.rng.range(121, 3_600) as u32,
+            90..=94 => 3_600,
+            _ => self.rng.range(3_601, 100_000) as u32,
+        };
+        Body::Authorize {
+            pin_hash: pin,
+            password_mac: self.password_for(pin),
+            amount_won: self.payment_amount(pin),
+            merchant_id: self.rng.below(5),
+            category: self.category(),
+            hold_ttl_s,
+        }
+    }
+
+    fn sale_body(&mut self, pin: PinHash) -> Body {
+        Body::Sale {
+            pin_hash: pin,
+            password_mac: self.password_for(pin),
+            amount_won: self.payment_amount(pin),
+            merchant_id: self.rng.below(5),
+            category: self.category(),
+        }
+    }
+
+    /// A previously sent command matching `wanted`, preferring recent ones.
+    fn sent_where(&mut self, wanted: impl Fn(&Body) -> bool) -> Option<Command> {
+        let candidates: Vec<usize> = (0..self.sent.len()).filter(|&i| wanted(&self.sent[i].body)).collect();
+        if candidates.is_empty() {
+            return None;
+        }
+        let index = if self.rng.percent(70) {
+            let recent = candidates.len().min(20);
+            candidates[candidates.len() - 1 - self.rng.below(recent as u64) as usize]
+        } else {
+            self.rng.pick(&candidates)
+        };
+        Some(self.sent[index].clone())
+    }
+
+    /// A hold id (and its card) to capture or void.
+    /// An op the reference still remembers, executed and matching `wanted` (its card and id).
+    fn recorded_where(&mut self, wanted: impl Fn(&RefRecord, &Body) -> bool) -> Option<(PinHash, OpId)> {
+        let candidates: Vec<(PinHash, OpId)> = self
+            .reference
+            .records
+            .iter()
+            .filter(|record| record.body.as_ref().is_some_and(|body| wanted(record, body)))
+            .map(|record| (record.pin, record.id))
+            .collect();
+        if candidates.is_empty() { None } else { Some(self.rng.pick(&candidates)) }
+    }
+
+    /// A hold id (and its card) to capture or void.
+    fn pick_hold(&mut self) -> (PinHash, OpId, u64) {
+        let r = self.rng.below(100);
+        if r < 75 && !self.reference.holds.is_empty() {
+            let index = self.rng.below(self.reference.holds.len() as u64) as usize;
+            let hold = &self.reference.holds[index];
+            return (hold.pin, hold.id, hold.amount - hold.captured);
+        }
+        let found = if r < 88 {
+            // A hold that was captured, voided, expired or reversed (or never placed).
+            self.recorded_where(|_, body| matches!(body, Body::Authorize { .. }))
+        } else if r < 95 {
+            self.sent_where(|body| matches!(body, Body::Authorize { .. })).map(|command| (pin_of(&command.body), command.op_id))
+        } else {
+            None
+        };
+        match found {
+            Some((pin, id)) => (pin, id, self.reference.hold(id).map_or(1_000, |hold| hold.amount - hold.captured)),
+            None => {
+                let id = self.sent_where(|_| true).map_or_else(|| self.fresh_op_id(), |command| command.op_id);
+                (self.pick_pin(), id, 1_000)
+            }
+        }
+    }
+
+    fn fresh_body(&mut self, op_id: OpId) -> Body {
+        // Get the cards into play quickly: issue the missing ones and activate issued ones.
+        if self.reference.cards.len() < ISSUABLE && self.rng.percent(25) {
+            let faces = self.cfg().face_values_won.clone();
+            let missing: Vec<PinHash> = PINS[..ISSUABLE].iter().copied().filter(|pin| self.reference.card(*pin).is_none()).collect();
+            let pin = self.rng.pick(&missing);
+            return Body::Issue { pin_hash: pin, face_value_won: self.rng.pick(&faces) };
+        }
+        let issued: Vec<PinHash> =
+            self.reference.cards.iter().filter(|card| card.state == CardState::Issued).map(|card| card.pin).collect();
+        if !issued.is_empty() && self.rng.percent(15) {
+            let pin = self.rng.pick(&issued);
+            return Body::Activate { pin_hash: pin, password_mac: good_mac(pin) };
+        }
+        let r = self.rng.below(100);
+        match r {
+            0..=4 => {
+                let faces = self.cfg().face_values_won.clone();
+                let face_value_won = if self.rng.percent(85) { self.rng.pick(&faces) } else { self.rng.pick(&[0, 7_000, 1_000_000]) };
+                Body::Issue { pin_hash: PINS[self.rng.below(ISSUABLE as u64) as usize], face_value_won }
+            }
+            5..=9 => {
+                let issued: Vec<PinHash> =
+                    self.reference.cards.iter().filter(|card| card.state == CardState::Issued).map(|card| card.pin).collect();
+                let pin = if !issued.is_empty() && self.rng.percent(70) { self.rng.pick(&issued) } else { self.pick_pin() };
+                let password_mac = if self.rng.percent(85) { good_mac(pin) } else { self.rng.next() };
+                Body::Activate { pin_hash: pin, password_mac }
+            }
+            10..=19 => {
+                let pin = self.pick_pin();
+                let amount_won = match self.rng.below(100) {
+                    0..=49 => self.rng.range(1, 10) * 10_000,
+                    50..=59 => 500_000,
+                    60..=69 => self.rng.range(1, 49) * 10_000,
+                    70..=79 => self.rng.range(1, 99_999),
+                    80..=84 => 0,
+                    85..=89 => u64::MAX - u64::MAX % 10_000,
+                    _ => self.rng.range(1, 600_000),
+                };
+                let funding = if self.rng.percent(90) { self.rng.range(1, 5) as u8 } else { self.rng.pick(&[0, 6, 255]) };
+                Body::Load { pin_hash: pin, amount_won, funding }
+            }
+            20..=39 => {
+                // Often pile holds onto a card that already has some, to reach the hold limit.
+                let pin = if !self.reference.holds.is_empty() && self.rng.percent(40) {
+                    let index = self.rng.below(self.reference.holds.len() as u64) as usize;
+                    self.reference.holds[index].pin
+                } else {
+                    self.pick_pin()
+                };
+                self.authorize_body(pin)
+            }
+            40..=49 => {
+                let pin = self.pick_pin();
+                self.sale_body(pin)
+            }
+            50..=64 => {
+                let (mut pin, hold_id, remaining) = self.pick_hold();
+                if self.rng.percent(6) {
+                    pin = self.other_pin(pin);
+                }
+                let amount_won = match self.rng.below(100) {
+                    0..=24 => u64::MAX,
+                    25..=64 => self.rng.range(1, (remaining / 4).max(1)),
+                    65..=74 => remaining.max(1),
+                    75..=84 => remaining + self.rng.range(1, 500),
+                    85..=89 => 0,
+                    _ => self.rng.range(1, 5_000),
+                };
+                Body::Capture { pin_hash: pin, hold_id, amount_won, final_capture: self.rng.percent(20) }
+            }
+            65..=69 => {
+                let (mut pin, hold_id, _) = self.pick_hold();
+                if self.rng.percent(6) {
+                    pin = self.other_pin(pin);
+                }
+                Body::Void { pin_hash: pin, hold_id }
+            }
+            70..=78 => {
+                let r = self.rng.below(100);
+                let approved_payment = |record: &RefRecord, body: &Body| {
+                    record.reply.code == 0 && matches!(body, Body::Authorize { .. } | Body::Sale { .. })
+                };
+                let (pin, original_op_id) = if r < 45 {
+                    match self.recorded_where(approved_payment) {
+                        Some(found) => found,
+                        None => (self.pick_pin(), self.fresh_op_id()),
+                    }
+                } else if r < 60 {
+                    match self.sent_where(|body| matches!(body, Body::Authorize { .. } | Body::Sale { .. })) {
+                        Some(command) => (pin_of(&command.body), command.op_id),
+                        None => (self.pick_pin(), self.fresh_op_id()),
+                    }
+                } else if r < 70 {
+                    match self.sent_where(|_| true) {
+                        Some(command) => (pin_of(&command.body), command.op_id),
+                        None => (self.pick_pin(), 0),
+                    }
+                } else if r < 75 {
+                    (self.pick_pin(), 0)
+                } else if r < 80 {
+                    (self.pick_pin(), op_id)
+                } else if r < 90 {
+                    // Names an op that will never be sent: leaves a tombstone.
+                    (self.pick_pin(), self.fresh_op_id())
+                } else if !self.reference.holds.is_empty() {
+                    let index = self.rng.below(self.reference.holds.len() as u64) as usize;
+                    let hold = &self.reference.holds[index];
+                    (hold.pin, hold.id)
+                } else {
+                    (self.pick_pin(), self.fresh_op_id())
+                };
+                let pin = if self.rng.percent(8) { self.other_pin(pin) } else { pin };
+                Body::Reverse { pin_hash: pin, original_op_id }
+            }
+            79..=82 => {
+                // A reversal overtakes its original: the original is sent later (maybe).
+                let pin = self.pick_pin();
+                let original_body = if self.rng.percent(60) { self.authorize_body(pin) } else { self.sale_body(pin) };
+                let original_op_id = self.fresh_op_id();
+                self.unsent_originals.push(Command { op_id: original_op_id, deadline_at_ms: 0, body: original_body });
+                let pin = if self.rng.percent(10) { self.other_pin(pin) } else { pin };
+                Body::Reverse { pin_hash: pin, original_op_id }
+            }
+            83..=96 => {
+                let r = self.rng.below(100);
+                let (pin, original_op_id) = if r < 40 {
+                    self.recorded_where(|record, body| record.reply.code == 0 && matches!(body, Body::Sale { .. }))
+                } else if r < 75 {
+                    self.recorded_where(|record, body| record.reply.code == 0 && matches!(body, Body::Capture { .. }))
+                } else if r < 85 {
+                    self.sent_where(|body| matches!(body, Body::Sale { .. } | Body::Capture { .. })).map(|c| (pin_of(&c.body), c.op_id))
+                } else if r < 92 {
+                    self.sent_where(|_| true).map(|c| (pin_of(&c.body), c.op_id))
+                } else {
+                    None
+                }
+                .unwrap_or_else(|| (self.pick_pin(), self.fresh_op_id()));
+                let pin = if self.rng.percent(8) { self.other_pin(pin) } else { pin };
+                let refundable = self.reference.refundable(original_op_id).unwrap_or(1_000);
+                let amount_won = match self.rng.below(100) {
+                    0..=29 => refundable.max(1),
+                    30..=64 => self.rng.range(1, refundable.max(1)),
+                    65..=74 => refundable + 1,
+                    75..=79 => 0,
+                    _ => self.rng.range(1, 20_000),
+                };
+                Body::Refund { pin_hash: pin, original_op_id, amount_won }
+            }
+            _ => Body::Tick,
+        }
+    }
+
+    /// The same kind of body with one or more fields changed, or another kind altogether.
+    fn altered(&mut self, body: &Body, op_id: OpId) -> Body {
+        if self.rng.percent(20) {
+            return self.fresh_body(op_id);
+        }
+        let mut flip = [false; 6];
+        for slot in &mut flip {
+            *slot = self.rng.percent(40);
+        }
+        if !flip.iter().any(|f| *f) {
+            flip[self.rng.below(6) as usize] = true;
+        }
+        let bump = |value: u64, on: bool| if on { value.wrapping_add(1) } else { value };
+        let mut body = body.clone();
+        match &mut body {
+            Body::Issue { pin_hash, face_value_won } => {
+                if flip[0] || flip[2] || flip[4] {
+                    *pin_hash = self.other_pin(*pin_hash);
+                }
+                if flip[1] || flip[3] || flip[5] {
+                    *face_value_won = if *face_value_won == 10_000 { 20_000 } else { 10_000 };
+                }
+            }
+            Body::Activate { pin_hash, password_mac } => {
+                if flip[0] || flip[2] {
+                    *pin_hash = self.other_pin(*pin_hash);
+                }
+                *password_mac = bump(*password_mac, flip[1] || flip[3] || flip[4] || flip[5]);
+            }
+            Body::Load { pin_hash, amount_won, funding } => {
+                if flip[0] {
+                    *pin_hash = self.other_pin(*pin_hash);
+                }
+                *amount_won = bump(*amount_won, flip[1] || flip[3]);
+                if flip[2] || flip[4] || flip[5] {
+                    *funding = funding.wrapping_add(1);
+                }
+            }
+            Body::Authorize { pin_hash, password_mac, amount_won, merchant_id, category, hold_ttl_s } => {
+                if flip[0] {
+                    *pin_hash = self.other_pin(*pin_hash);
+                }
+                *amount_won = bump(*amount_won, flip[1]);
+                *password_mac = bump(*password_mac, flip[2]);
+                *merchant_id = bump(*merchant_id, flip[3]);
+                if flip[4] {
+                    *category = category.wrapping_add(1);
+                }
+                if flip[5] {
+                    *hold_ttl_s = hold_ttl_s.wrapping_add(1);
+                }
+            }
+            Body::Capture { pin_hash, hold_id, amount_won, final_capture } => {
+                if flip[0] {
+                    *pin_hash = self.other_pin(*pin_hash);
+                }
+                if flip[1] || flip[4] {
+                    *hold_id = hold_id.wrapping_add(1);
+                }
+                *amount_won = bump(*amount_won, flip[2]);
+                if flip[3] || flip[5] {
+                    *final_capture = !*final_capture;
+                }
+            }
+            Body::Void { pin_hash, hold_id } | Body::Reverse { pin_hash, original_op_id: hold_id } => {
+                if flip[0] || flip[2] || flip[4] {
+                    *pin_hash = self.other_pin(*pin_hash);
+                }
+                if flip[1] || flip[3] || flip[5] {
+                    *hold_id = hold_id.wrapping_add(1);
+                }
+            }
+            Body::Sale { pin_hash, password_mac, amount_won, merchant_id, category } => {
+                if flip[0] {
+                    *pin_hash = self.other_pin(*pin_hash);
+                }
+                *amount_won = bump(*amount_won, flip[1]);
+                *password_mac = bump(*password_mac, flip[2]);
+                *merchant_id = bump(*merchant_id, flip[3] || flip[5]);
+                if flip[4] {
+                    *category = category.wrapping_add(1);
+                }
+            }
+            Body::Refund { pin_hash, original_op_id, amount_won } => {
+                if flip[0] || flip[3] {
+                    *pin_hash = self.other_pin(*pin_hash);
+                }
+                if flip[1] || flip[4] {
+                    *original_op_id = original_op_id.wrapping_add(1);
+                }
+                *amount_won = bump(*amount_won, flip[2] || flip[5]);
+            }
+            Body::Tick | Body::Configure(_) => {}
+        }
+        body
+    }
+
+    fn next_command(&mut self) -> Command {
+        let r = self.rng.below(100);
+        if r < 15 && !self.sent.is_empty() {
+            // A retry: same op id, same body (the deadline may differ; it is not part of the body).
+            let command = self.sent_where(|_| true).unwrap();
+            let deadline_at_ms = if self.rng.percent(80) { command.deadline_at_ms } else { self.deadline() };
+            return Command { deadline_at_ms, ..command };
+        }
+        if r < 20 && !self.sent.is_empty() {
+            let command = self.sent_where(|_| true).unwrap();
+            let body = self.altered(&command.body, command.op_id);
+            if matches!(body, Body::Tick) {
+                return Command { op_id: 0, deadline_at_ms: 0, body };
+            }
+            return Command { op_id: command.op_id, deadline_at_ms: self.deadline(), body };
+        }
+        if r < 25 && !self.unsent_originals.is_empty() {
+            let index = self.rng.below(self.unsent_originals.len() as u64) as usize;
+            return self.unsent_originals.swap_remove(index);
+        }
+        let op_id = if self.rng.percent(3) { 0 } else { self.fresh_op_id() };
+        let body = self.fresh_body(op_id);
+        if matches!(body, Body::Tick) {
+            return Command { op_id: 0, deadline_at_ms: 0, body };
+        }
+        Command { op_id, deadline_at_ms: self.deadline(), body }
+    }
+
+    // --- running and comparing ---
+
+    fn fail(&self, what: &str, command: &Command, engine: Option<&Applied>, reference: Option<(Reply, bool)>) -> ! {
+        let mut message = format!(
+            "\nMODEL MISMATCH: {what}\n  {}, step {}, now {}\n  command   {:?}\n",
+            self.label(),
+            self.step,
+            self.now,
+            command
+        );
+        if let Some(applied) = engine {
+            message += &format!("  engine    {:?}\n", applied);
+        }
+        if let Some((reply, changed)) = reference {
+            message += &format!("  reference {:?} changed: {changed}\n", reply);
+            if reply.approval_code == APPROVAL_PENDING {
+                message += "  (reference approval_code u32::MAX = any six-digit code)\n";
+            }
+        }
+        message += "  previous steps (oldest first):\n";
+        for entry in &self.trail {
+            message += &format!(
+                "    #{} now {} {:?}\n        -> {:?} changed {}\n",
+                entry.step, entry.now, entry.command, entry.reply, entry.changed
+            );
+        }
+        panic!("{message}");
+    }
+
+    fn same_reply(engine: &Reply, reference: &Reply) -> bool {
+        if reference.approval_code == APPROVAL_PENDING {
+            (100_000..=999_999).contains(&engine.approval_code)
+                && Reply { approval_code: 0, ..*engine } == Reply { approval_code: 0, ..*reference }
+        } else {
+            engine == reference
+        }
+    }
+
+    /// Which run this is, for failure messages ("seed N ..." reproduces it).
+    fn label(&self) -> String {
+        match &self.script {
+            Some(name) => format!("script {name}"),
+            None => format!("seed {} (tempo {}, clock jitter {})", self.seed, self.tempo, self.clock_jitter),
+        }
+    }
+
+    fn step_once(&mut self) {
+        self.advance_time();
+        let command = self.next_command();
+        // Sometimes hand the engine a clock a little behind its own: it must keep the max.
+        let given_now = if self.clock_jitter && self.rng.percent(3) { self.now - self.rng.range(1, 20_000) } else { self.now };
+        self.apply_and_compare(given_now, command);
+    }
+
+    /// Runs one command on the engine and on the reference and compares everything.
+    fn apply_and_compare(&mut self, given_now: Ms, command: Command) {
+        self.now = self.now.max(given_now);
+        let applied = match catch_unwind(AssertUnwindSafe(|| self.shard.apply(given_now, &command))) {
+            Ok(applied) => applied,
+            Err(_) => self.fail("the engine panicked (see the panic above)", &command, None, None),
+        };
+        let (reference_reply, reference_changed) = self.reference.apply(given_now, &command);
+        if !Self::same_reply(&applied.reply, &reference_reply) || applied.changed != reference_changed {
+            self.fail("reply or changed differ", &command, Some(&applied), Some((reference_reply, reference_changed)));
+        }
+        if reference_reply.approval_code == APPROVAL_PENDING {
+            self.reference.adopt_approval_code(command.op_id, applied.reply.approval_code);
+        }
+        self.coverage.steps += 1;
+        self.coverage.codes[usize::from(applied.reply.code)] += 1;
+        self.coverage.replays += u64::from(applied.reply.replayed);
+        self.coverage.journaled += u64::from(applied.changed);
+        if command.op_id != 0 {
+            self.sent.push(command.clone());
+        }
+        if applied.changed {
+            self.journal.push((given_now, command.clone(), applied.reply));
+        }
+        self.compare_state(&command, &applied);
+        if self.trail.len() == TRAIL {
+            self.trail.pop_front();
+        }
+        self.trail.push_back(TrailEntry { step: self.step, now: given_now, command, reply: applied.reply, changed: applied.changed });
+    }
+
+    fn compare_state(&self, command: &Command, applied: &Applied) {
+        let shard = &self.shard;
+        let reference = &self.reference;
+        let now = self.now;
+        for pin in PINS {
+            let engine_view = shard.card(now, pin);
+            let reference_view = reference.view(pin, now);
+            if engine_view != reference_view {
+                self.fail(
+                    &format!("card {pin:#x}:\n  engine    {engine_view:?}\n  reference {reference_view:?}"),
+                    command,
+                    Some(applied),
+                    None,
+                );
+            }
+        }
+        let totals = shard.totals();
+        if totals != reference.totals() {
+            self.fail(&format!("totals: engine {totals:?}, reference {:?}", reference.totals()), command, Some(applied), None);
+        }
+        if totals.issued_won + totals.loaded_won + totals.refunded_won + totals.reversed_won
+            != totals.balances_won + totals.debited_won
+        {
+            self.fail(&format!("money not conserved: {totals:?}"), command, Some(applied), None);
+        }
+        if let Err(why) = shard.check_invariants() {
+            self.fail(&format!("check_invariants: {why}"), command, Some(applied), None);
+        }
+        if shard.now_ms() != reference.clock {
+            self.fail(&format!("clock: engine {}, reference {}", shard.now_ms(), reference.clock), command, Some(applied), None);
+        }
+        if shard.next_expiry_ms() != reference.next_expiry() {
+            self.fail(
+                &format!("next expiry: engine {:?}, reference {:?}", shard.next_expiry_ms(), reference.next_expiry()),
+                command,
+                Some(applied),
+                None,
+            );
+        }
+        for record in &reference.records {
+            let engine_op = shard.op(record.pin, record.id);
+            let reference_op = reference.op_view(record);
+            if engine_op != reference_op {
+                self.fail(
+                    &format!(
+                        "op {:#x} (time {}, window floor {}, evicted floor {}):\n  engine    {engine_op:?}\n  reference {reference_op:?}",
+                        record.id,
+                        record.time,
+                        reference.window_floor(),
+                        reference.evicted_floor
+                    ),
+                    command,
+                    Some(applied),
+                    None,
+                );
+            }
+        }
+        if shard.op_count() != reference.records.len() {
+            self.fail(
+                &format!("op-id records kept: engine {}, reference {}", shard.op_count(), reference.records.len()),
+                command,
+                Some(applied),
+                None,
+            );
+        }
+    }
+
+    fn snapshot_round_trip(&mut self) {
+        let bytes = self.shard.to_snapshot_bytes();
+        let restored = Shard::from_snapshot_bytes(&bytes)
+            .unwrap_or_else(|why| panic!("{} step {}: snapshot does not restore: {why}", self.label(), self.step));
+        assert_eq!(restored.to_snapshot_bytes().len(), bytes.len(), "{} step {}: re-snapshot size", self.label(), self.step);
+        self.shard = restored;
+        let tick = Command { op_id: 0, deadline_at_ms: 0, body: Body::Tick };
+        let applied = Applied { reply: bare(ResultCode::Approved), changed: false };
+        self.compare_state(&tick, &applied);
+    }
+
+    /// Replays the journal into a fresh shard: same replies, same final state.
+    fn check_recovery(&self) {
+        let mut recovered = Shard::new(0, 1, EngineConfig::test_min());
+        for (index, (now, command, reply)) in self.journal.iter().enumerate() {
+            let applied = recovered.apply(*now, command);
+            if applied.reply != *reply || !applied.changed {
+                panic!(
+                    "\nRECOVERY MISMATCH: {}, journal entry {index} of {}\n  now {now}\n  command  {command:?}\n  journaled {reply:?}\n  replayed  {applied:?}",
+                    self.label(),
+                    self.journal.len()
+                );
+            }
+        }
+        let context = |what: &str| format!("{} ({} journal entries): recovered {what} differs", self.label(), self.journal.len());
+        for pin in PINS {
+            assert_eq!(recovered.card(self.now, pin), self.shard.card(self.now, pin), "{}", context(&format!("card {pin:#x}")));
+        }
+        assert_eq!(recovered.totals(), self.shard.totals(), "{}", context("totals"));
+        assert_eq!(recovered.op_count(), self.shard.op_count(), "{}", context("op count"));
+        assert_eq!(recovered.next_expiry_ms(), self.shard.next_expiry_ms(), "{}", context("next expiry"));
+        for record in &self.reference.records {
+            assert_eq!(recovered.op(record.pin, record.id), self.shard.op(record.pin, record.id), "{}", context(&format!("op {:#x}", record.id)));
+        }
+        recovered.check_invariants().unwrap_or_else(|why| panic!("{}: {why}", context("invariants")));
+    }
+
+    fn run(mut self, steps: usize) -> Coverage {
+        for step in 0..steps {
+            self.step = step;
+            self.step_once();
+            if step % SNAPSHOT_EVERY == SNAPSHOT_EVERY - 1 {
+                self.snapshot_round_trip();
+            }
+        }
+        self.check_recovery();
+        self.coverage
+    }
+}
+
+/// How often each outcome was seen, so the walk is known to reach what it claims to test.
+struct Coverage {
+    codes: Vec<u64>,
+    replays: u64,
+    journaled: u64,
+    steps: u64,
+}
+
+impl Default for Coverage {
+    fn default() -> Coverage {
+        Coverage { codes: vec![0; 1000], replays: 0, journaled: 0, steps: 0 }
+    }
+}
+
+fn run_seeds(seeds: std::ops::Range<u64>, steps: usize, clock_jitter: bool) -> Coverage {
+    let mut total = Coverage::default();
+    for seed in seeds {
+        let coverage = Walk::new(seed, clock_jitter).run(steps);
+        for (code, count) in coverage.codes.iter().enumerate() {
+            total.codes[code] += count;
+        }
+        total.replays += coverage.replays;
+        total.journaled += coverage.journaled;
+        total.steps += coverage.steps;
+    }
+    total
+}
+
+/// The main walk: the engine and the reference agree at every step for every seed.
+#[test]
+fn engine_matches_the_reference_ledger() {
+    let coverage = run_seeds(0..SEEDS, STEPS, false);
+    let counts = &coverage.codes;
+    println!(
+        "{} steps, {} journaled, {} replays; codes seen: {:?}",
+        coverage.steps,
+        coverage.journaled,
+        coverage.replays,
+        counts.iter().enumerate().filter(|(_, n)| **n > 0).map(|(code, n)| (code, *n)).collect::<Vec<_>>()
+    );
+    // The walk must actually reach the interesting outcomes, or it proves little.
+    let must_reach = [
+        ResultCode::Approved,
+        ResultCode::OriginalNotFoundRecorded,
+        ResultCode::OriginalDeclinedNoop,
+        ResultCode::AlreadyReversed,
+        ResultCode::HoldAlreadyVoided,
+        ResultCode::CardNotFound,
+        ResultCode::CardNotActive,
+        ResultCode::CardAlreadyActive,
+        ResultCode::InsufficientFunds,
+        ResultCode::BalanceCapExceeded,
+        ResultCode::RechargeUnitInvalid,
+        ResultCode::AmountInvalid,
+        ResultCode::AmountOverflow,
+        ResultCode::ProductNotFound,
+        ResultCode::CategoryInvalid,
+        ResultCode::PasswordInvalid,
+        ResultCode::PasswordTriesExceeded,
+        ResultCode::HoldNotFound,
+        ResultCode::HoldAlreadyCaptured,
+        ResultCode::HoldExpired,
+        ResultCode::ExceedsHoldAmount,
+        ResultCode::HoldLimitReached,
+        ResultCode::HoldTtlInvalid,
+        ResultCode::CaptureLimitReached,
+        ResultCode::HoldReversed,
+        ResultCode::OriginalNotFound,
+        ResultCode::ExceedsRefundable,
+        ResultCode::ReversalNotSupported,
+        ResultCode::OriginalCardMismatch,
+        ResultCode::ReversedBeforeArrival,
+        ResultCode::OpIdReused,
+        ResultCode::OpTooOld,
+        ResultCode::OpIdFromFuture,
+        ResultCode::DeadlineExceededNotExecuted,
+        ResultCode::OpIdInvalid,
+        ResultCode::FormatError,
+        ResultCode::RetryLater,
+    ];
+    let missing: Vec<&str> = must_reach.iter().filter(|code| counts[code.as_u16() as usize] == 0).map(|code| code.name()).collect();
+    assert!(missing.is_empty(), "outcomes never reached: {missing:?}");
+    assert!(coverage.replays > coverage.steps / 50, "too few replays: {}", coverage.replays);
+}
+
+/// The same walk, but some commands carry a server time a little behind the previous one (a
+/// wall clock stepped back): the engine must keep its own clock at the maximum, and the journal
+/// (which records the time each command was given, as the server's does) must still replay.
+#[test]
+fn engine_matches_the_reference_ledger_when_the_clock_steps_back() {
+    let coverage = run_seeds(10_000..10_000 + SEEDS / 2, STEPS, true);
+    assert!(coverage.codes[0] > 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The smallest command sequences behind the disagreements the walks found, run through the same
+// step-by-step comparison and recovery check (so they fail with the same messages).
+
+/// Runs a fixed list of (server time, command) through the engine and the reference, comparing
+/// after every step, then replays the journal into a fresh shard.
+fn run_script(name: &'static str, steps: &[(Ms, Command)]) {
+    let mut walk = Walk::new(0, false);
+    walk.script = Some(name);
+    for (step, (now, command)) in steps.iter().enumerate() {
+        walk.step = step;
+        walk.apply_and_compare(*now, command.clone());
+    }
+    walk.check_recovery();
+}
+
+fn command(op_id: OpId, body: Body) -> Command {
+    Command { op_id, deadline_at_ms: 0, body }
+}
+
+/// REVERSE of an AUTHORIZE whose op-id record was evicted (capacity) while its hold was pending
+/// and partly captured. The rule: release the hold and credit back what the payment debited and
+/// was not refunded (here the 1,000 captured), amount = 1,000 + 4,000 released. The engine only
+/// releases the hold (amount 4,000) and keeps the captured 1,000, because the payment's
+/// `debited_won` lives in the evicted record.
+#[test]
+fn reversal_of_a_partly_captured_hold_whose_record_was_evicted_credits_the_captures() {
+    let pin = PINS[0];
+    let mac = good_mac(pin);
+    let hold = op_id_at(T0, 3);
+    let mut steps = vec![
+        (T0, command(op_id_at(T0, 1), Body::Issue { pin_hash: pin, face_value_won: 10_000 })),
+        (T0, command(op_id_at(T0, 2), Body::Activate { pin_hash: pin, password_mac: mac })),
+        (
+            T0,
+            command(
+                hold,
+                Body::Authorize { pin_hash: pin, password_mac: mac, amount_won: 5_000, merchant_id: 1, category: 1, hold_ttl_s: 3_600 },
+            ),
+        ),
+        (T0, command(op_id_at(T0, 4), Body::Capture { pin_hash: pin, hold_id: hold, amount_won: 1_000, final_capture: false })),
+    ];
+    // 63 more recorded ops (declined loads): 67 records > 64, so the three oldest (ISSUE,
+    // ACTIVATE, AUTHORIZE) are evicted; the hold stays pending (TTL 3,600 s).
+    for i in 1..=63u64 {
+        steps.push((T0 + i, command(op_id_at(T0 + i, 100 + u128::from(i)), Body::Load { pin_hash: pin, amount_won: 1, funding: 1 })));
+    }
+    steps.push((T0 + 100, command(op_id_at(T0 + 100, 999), Body::Reverse { pin_hash: pin, original_op_id: hold })));
+    run_script("reversal after the AUTHORIZE record was evicted", &steps);
+}
+
+/// A command that changes nothing (here a TICK with no hold due) still moves the engine clock
+/// forward, but is not journaled (`changed` false). A later command given an earlier server time
+/// (a wall clock stepped back) runs on the engine's clock, yet is journaled with the time it was
+/// given; replay then runs it on the older clock and answers differently (hold expiry 500 ms
+/// earlier), so recovery diverges (the server's `recover` refuses to start).
+#[test]
+fn journal_replay_matches_when_an_unjournaled_command_moved_the_clock() {
+    let pin = PINS[0];
+    let mac = good_mac(pin);
+    let steps = [
+        (T0, command(op_id_at(T0, 1), Body::Issue { pin_hash: pin, face_value_won: 10_000 })),
+        (T0, command(op_id_at(T0, 2), Body::Activate { pin_hash: pin, password_mac: mac })),
+        (T0 + 1_000, command(0, Body::Tick)),
+        (
+            T0 + 500,
+            command(
+                op_id_at(T0 + 500, 3),
+                Body::Authorize { pin_hash: pin, password_mac: mac, amount_won: 100, merchant_id: 1, category: 1, hold_ttl_s: 0 },
+            ),
+        ),
+    ];
+    run_script("unjournaled clock advance", &steps);
+}
