@@ -85,8 +85,6 @@ struct OpRecord {
     debited_won: u64,
     /// For a payment: money given back by REFUNDs naming it or one of its captures.
     refunded_won: u64,
-    /// For a CAPTURE: the hold id (= the AUTHORIZE op id) its money belongs to.
-    payment_op_id: OpId,
 }
 
 /// The serialized form of a shard (snapshots).
@@ -245,7 +243,7 @@ impl Shard {
             Body::Tick => Applied { reply: Reply::code(ResultCode::Approved), changed: expired > 0 },
             Body::Configure(config) => match config.validate() {
                 Ok(()) => {
-                    self.config = config.clone();
+                    self.config = EngineConfig::clone(config);
                     Applied { reply: Reply::code(ResultCode::Approved), changed: true }
                 }
                 Err(_) => Applied { reply: Reply::code(ResultCode::FormatError), changed: expired > 0 },
@@ -304,7 +302,6 @@ impl Shard {
                 self.record(op_id, body.clone(), outcome.reply, outcome.status);
                 if let Some(record) = self.ops.get_mut(&op_id) {
                     record.debited_won = outcome.debited_won;
-                    record.payment_op_id = outcome.payment_op_id;
                 }
                 Applied { reply: outcome.reply, changed: true }
             }
@@ -347,7 +344,7 @@ impl Shard {
     /// Stores an op's answer; drops records past the window and, at the capacity limit, the
     /// oldest records (raising the too-old floor so they can never execute again).
     fn record(&mut self, op_id: OpId, body: Body, reply: Reply, status: OpStatus) {
-        let record = OpRecord { body, reply, status: status as u8, debited_won: 0, refunded_won: 0, payment_op_id: 0 };
+        let record = OpRecord { body, reply, status: status as u8, debited_won: 0, refunded_won: 0 };
         let previous = self.ops.insert(op_id, record);
         assert!(previous.is_none(), "an op id is recorded once");
         self.op_order.push_back((op_id, op_id_time_ms(op_id)));
@@ -544,7 +541,7 @@ impl Shard {
         self.totals.held_won += u128::from(amount_won);
         let mut reply = self.approved(pin_hash, amount_won);
         reply.hold_expires_at_ms = expires_at_ms;
-        Outcome { reply, status: OpStatus::HoldPending, debited_won: 0, payment_op_id: 0 }
+        Outcome { reply, status: OpStatus::HoldPending, debited_won: 0 }
     }
 
     fn sale(&mut self, pin_hash: PinHash, password_mac: PasswordMac, amount_won: u64, category: u8) -> Outcome {
@@ -559,7 +556,7 @@ impl Shard {
         self.totals.debited_won += u128::from(amount_won);
         self.totals.balances_won -= u128::from(amount_won);
         let reply = self.approved(pin_hash, amount_won);
-        Outcome { reply, status: OpStatus::Completed, debited_won: amount_won, payment_op_id: 0 }
+        Outcome { reply, status: OpStatus::Completed, debited_won: amount_won }
     }
 
     /// Why a hold id names no pending hold of this card, from what its AUTHORIZE record says.
@@ -613,7 +610,7 @@ impl Shard {
             self.close_hold(hold_id, OpStatus::HoldCaptured);
         }
         let reply = self.approved(pin_hash, capture_won);
-        Outcome { reply, status: OpStatus::Completed, debited_won: capture_won, payment_op_id: hold_id }
+        Outcome { reply, status: OpStatus::Completed, debited_won: capture_won }
     }
 
     fn void(&mut self, pin_hash: PinHash, hold_id: OpId) -> Outcome {
@@ -753,7 +750,8 @@ impl Shard {
         }
         let payment_op_id = match original.body {
             Body::Sale { .. } => original_op_id,
-            Body::Capture { .. } => original.payment_op_id,
+            // A capture's money belongs to its AUTHORIZE (the hold id).
+            Body::Capture { hold_id, .. } => hold_id,
             _ => return self.declined(ResultCode::ReversalNotSupported, pin_hash),
         };
         let Some(payment) = self.ops.get(&payment_op_id) else {
@@ -915,12 +913,11 @@ struct Outcome {
     reply: Reply,
     status: OpStatus,
     debited_won: u64,
-    payment_op_id: OpId,
 }
 
 impl Outcome {
     fn completed(reply: Reply) -> Outcome {
-        Outcome { reply, status: OpStatus::Completed, debited_won: 0, payment_op_id: 0 }
+        Outcome { reply, status: OpStatus::Completed, debited_won: 0 }
     }
 }
 
@@ -991,5 +988,16 @@ fn first_difference(recorded: &Body, retry: &Body) -> Option<Field> {
             Refund { pin_hash: p2, original_op_id: o2, amount_won: a2 },
         ) => differs(&[(p1 == p2, Field::Card), (o1 == o2, Field::Reference), (a1 == a2, Field::Amount)]),
         _ => Some(Field::Kind),
+    }
+}
+#[cfg(test)]
+mod tests {
+    /// Memory per card and per op-id record is a product figure (millions of each per shard):
+    /// growing these structs must be a decision, not an accident.
+    #[test]
+    fn stored_structs_stay_small() {
+        assert!(std::mem::size_of::<super::Card>() <= 40);
+        assert!(std::mem::size_of::<super::OpRecord>() <= 112);
+        assert!(std::mem::size_of::<crate::Body>() <= 48);
     }
 }

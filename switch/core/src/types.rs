@@ -59,7 +59,8 @@ pub enum Body {
     /// Let time pass: expire due holds. Journaled only when it changed something.
     Tick,
     /// Replace the engine's rules from this point of the journal on.
-    Configure(EngineConfig),
+    /// Boxed: rare, and it would otherwise double the size of every stored body.
+    Configure(Box<EngineConfig>),
 }
 
 impl Body {

@@ -138,7 +138,7 @@ pub fn recover(settings: &ShardSettings) -> anyhow::Result<(Shard, Journal, Reco
     let mut journal = recovery.into_journal().context("reopening the journal for appends")?;
     // Rules changed since the last run: journal the change so replay applies it at this point.
     if engine.config() != &settings.engine {
-        let command = Command { op_id: 0, deadline_at_ms: 0, body: Body::Configure(settings.engine.clone()) };
+        let command = Command { op_id: 0, deadline_at_ms: 0, body: Body::Configure(Box::new(settings.engine.clone())) };
         let now_ms = wall_clock_ms().max(engine.now_ms());
         let applied = engine.apply(now_ms, &command);
         if !applied.changed {
