@@ -1,0 +1,207 @@
+//! Command-line arguments of `pinswitch-loadgen`: `prepare` (issue and activate cards, write the
+//! cards file), `run` (drive a workload, measure, optionally validate) and `validate` (check a
+//! cards file against the switch). Every quantity names its unit.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::dist::DistSpec;
+use crate::workload::WorkloadSpec;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "pinswitch-loadgen",
+    version,
+    about = "Load generator and validator for the Pinswitch prepaid-card switch",
+    long_about = "Prepares cards, drives open-loop (or unthrottled) workloads over the Pinswitch \
+                  protocol with latency measured from each frame's scheduled send time, and \
+                  validates every card balance against the replies afterwards."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Issue and activate cards (optionally recharge them) and write the cards file.
+    Prepare(PrepareArgs),
+    /// Drive a workload against the switch and report throughput and latency.
+    Run(RunArgs),
+    /// Check the balances a cards file expects against the switch.
+    Validate(ValidateArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct PrepareArgs {
+    /// Switch address.
+    #[arg(long, default_value = "127.0.0.1:7420")]
+    pub connect: String,
+    /// How many cards to issue.
+    #[arg(long, default_value_t = 10_000)]
+    pub cards: u32,
+    /// Face value (won) of the product to issue: 5000, 10000, 20000, 30000, 50000 or 100000.
+    #[arg(long = "face-value", default_value_t = 10_000)]
+    pub face_value_won: u64,
+    /// Recharge each card by this much (won, a multiple of 10,000) after activation; 0 = none.
+    #[arg(long = "load-won", default_value_t = 0)]
+    pub load_won: u64,
+    /// Where to write the cards (`*.txt` = text, otherwise compact binary).
+    #[arg(long = "cards-file")]
+    pub cards_file: PathBuf,
+    /// Connections used for issuing.
+    #[arg(long, default_value_t = 4)]
+    pub connections: usize,
+    /// Frames in flight per connection.
+    #[arg(long = "in-flight", default_value_t = 4)]
+    pub in_flight: usize,
+    /// Events per frame (at most 8,000 and the server's limit).
+    #[arg(long, default_value_t = 8_000)]
+    pub batch: usize,
+    /// Tokio worker threads of the generator.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Switch address.
+    #[arg(long, default_value = "127.0.0.1:7420")]
+    pub connect: String,
+    /// The cards file; prepared first (with --cards, --face-value, --load-won) when absent.
+    #[arg(long = "cards-file")]
+    pub cards_file: PathBuf,
+    /// Cards to prepare when the cards file does not exist.
+    #[arg(long, default_value_t = 10_000)]
+    pub cards: u32,
+    /// Face value (won) of cards prepared implicitly.
+    #[arg(long = "face-value", default_value_t = 10_000)]
+    pub face_value_won: u64,
+    /// Recharge of cards prepared implicitly (won, multiple of 10,000).
+    #[arg(long = "load-won", default_value_t = 0)]
+    pub load_won: u64,
+    /// sale | gateway | recharge | mix:sale=8,gateway=1,recharge=1
+    #[arg(long, default_value = "sale")]
+    pub workload: WorkloadSpec,
+    /// Card choice: uniform | zipf:0.99 | hot:0.01,0.9 (1% of cards get 90% of operations).
+    #[arg(long, default_value = "uniform")]
+    pub dist: DistSpec,
+    /// Connections (each with its own pipeline and schedule).
+    #[arg(long, default_value_t = 4)]
+    pub connections: usize,
+    /// Frames in flight per connection.
+    #[arg(long = "in-flight", default_value_t = 8)]
+    pub in_flight: usize,
+    /// Events per frame.
+    #[arg(long, default_value_t = 64)]
+    pub batch: usize,
+    /// Target operations per second over all connections (open loop, latency measured from
+    /// each frame's scheduled send); 0 = unthrottled (closed loop).
+    #[arg(long = "rate", default_value_t = 0)]
+    pub rate_ops_per_s: u64,
+    /// Measured run length in seconds (after the warmup).
+    #[arg(long = "duration", default_value_t = 10)]
+    pub duration_s: u64,
+    /// Seconds run before measuring starts.
+    #[arg(long = "warmup", default_value_t = 0)]
+    pub warmup_s: u64,
+    /// Seed of card choice, amounts and operation kinds.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Track every card's expected balance, check every reply and all balances at the end.
+    #[arg(long)]
+    pub validate: bool,
+    /// Write the report as JSON to this file.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// Write per-second latency histograms as an HdrHistogram V2 interval log.
+    #[arg(long)]
+    pub hdr: Option<PathBuf>,
+    /// Write a self-contained SVG with latency and throughput charts.
+    #[arg(long)]
+    pub svg: Option<PathBuf>,
+    /// Tokio worker threads of the generator.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Smallest SALE/AUTHORIZE amount (won).
+    #[arg(long = "sale-min-won", default_value_t = 10)]
+    pub sale_min_won: u64,
+    /// Largest SALE/AUTHORIZE amount (won).
+    #[arg(long = "sale-max-won", default_value_t = 500)]
+    pub sale_max_won: u64,
+    /// Amount of each CARD_LOAD (won, a multiple of the recharge unit).
+    #[arg(long = "load-amount-won", default_value_t = 10_000)]
+    pub load_amount_won: u64,
+    /// The switch's balance cap (won); loads that would pass it are steered to other cards.
+    #[arg(long = "balance-cap-won", default_value_t = 500_000)]
+    pub balance_cap_won: u64,
+    /// Do not write the expected balances back to the cards file at the end.
+    #[arg(long = "no-write-back")]
+    pub no_write_back: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ValidateArgs {
+    /// Switch address.
+    #[arg(long, default_value = "127.0.0.1:7420")]
+    pub connect: String,
+    /// The cards file to check.
+    #[arg(long = "cards-file")]
+    pub cards_file: PathBuf,
+    /// Connections used for reading.
+    #[arg(long, default_value_t = 4)]
+    pub connections: usize,
+    /// Frames in flight per connection.
+    #[arg(long = "in-flight", default_value_t = 4)]
+    pub in_flight: usize,
+    /// Tokio worker threads of the generator.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_cli_is_consistent_and_parses_a_full_run() {
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from([
+            "pinswitch-loadgen",
+            "run",
+            "--connect",
+            "127.0.0.1:7499",
+            "--cards-file",
+            "/tmp/cards.bin",
+            "--workload",
+            "mix:sale=8,gateway=1,recharge=1",
+            "--dist",
+            "hot:0.01,0.9",
+            "--rate",
+            "50000",
+            "--validate",
+            "--report",
+            "r.json",
+        ])
+        .expect("parses");
+        let Command::Run(run) = cli.command else {
+            panic!("not a run")
+        };
+        assert_eq!(run.rate_ops_per_s, 50_000);
+        assert_eq!(run.workload.parts.len(), 3);
+        assert!(run.validate);
+        assert!(
+            Cli::try_parse_from([
+                "pinswitch-loadgen",
+                "run",
+                "--cards-file",
+                "x",
+                "--dist",
+                "pareto"
+            ])
+            .is_err()
+        );
+    }
+}

@@ -1,0 +1,1026 @@
+//! The run: one task per connection, each with its own generator, schedule and pipeline of up to
+//! `in_flight` frames (a tokio `JoinSet`), plus a pacer thread and a once-a-second collector.
+//!
+//! Open loop (`--rate` > 0): connection c sends its k-th frame at `start + offset_c + k * interval`
+//! whatever happened to earlier frames, and latency is measured from that scheduled time, so a
+//! stalled switch shows up as latency instead of being hidden by a generator that waits
+//! (no coordinated omission). Tokio timers tick in milliseconds, too coarse for frames a few
+//! hundred microseconds apart, so a dedicated pacer thread sleeps to each due time and wakes the
+//! connection; the remaining generator delay is measured and reported as send lag. A connection
+//! that is behind (all its slots busy, or reconnecting) sends its overdue frames as soon as it
+//! can, still timed from their schedule. Unthrottled (`--rate 0`): each connection keeps
+//! `in_flight` frames outstanding and latency runs from the actual send.
+//!
+//! After the measured window, in-flight frames finish, queued gateway follow-ups are sent
+//! (unmeasured) so no hold is left pending, lost replies are resolved by INQUIRY, and with
+//! `--validate` every card is read back and compared with the model.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context, bail};
+use hdrhistogram::Histogram;
+use hdrhistogram::serialization::interval_log::IntervalLogWriterBuilder;
+use hdrhistogram::serialization::{Deserializer, Serializer, V2DeflateSerializer};
+use pinswitch_protocol::{Client, ClientError, ClientOptions, OpResult};
+use tokio::sync::Notify;
+use tokio::task::{Id, JoinError, JoinSet};
+
+use crate::cards::{self, CardRecord, CardsFile};
+use crate::dist::{CardPicker, DistSpec};
+use crate::model::{Model, Op, not_executed};
+use crate::pool::Pool;
+use crate::report::{Report, RunConfig, TimelinePoint, latency_figures, thousands};
+use crate::stats::{CODE_BAD_REPLY, CODE_NETWORK_ERROR, Interval, record};
+use crate::validate::{self, MISMATCHES_SHOWN_MAX, Resolution};
+use crate::workload::{Events, Frame, Generator, WorkloadParams, WorkloadSpec};
+
+/// Everything a run needs besides the cards.
+#[derive(Clone, Debug)]
+pub struct RunSpec {
+    pub address: String,
+    pub workload: WorkloadSpec,
+    pub dist: DistSpec,
+    pub connections: usize,
+    pub in_flight: usize,
+    pub batch: usize,
+    pub rate_ops_per_s: u64,
+    pub duration_s: u64,
+    pub warmup_s: u64,
+    pub seed: u64,
+    pub validate: bool,
+    pub threads: usize,
+    pub sale_min_won: u64,
+    pub sale_max_won: u64,
+    pub load_amount_won: u64,
+    pub balance_cap_won: u64,
+    pub write_back: bool,
+}
+
+/// Where the optional outputs go.
+#[derive(Clone, Debug, Default)]
+pub struct RunOutputs {
+    pub report_json: Option<std::path::PathBuf>,
+    pub hdr_log: Option<std::path::PathBuf>,
+    pub svg: Option<std::path::PathBuf>,
+}
+
+/// How long unmeasured follow-ups may take after the run.
+const DRAIN_TIME_MAX: Duration = Duration::from_secs(5);
+/// How long in-flight frames may take to answer after the run before they are given up.
+const FINAL_WAIT_MAX: Duration = Duration::from_secs(30);
+/// The pacer never sleeps less than this; shorter gaps are covered by sending due frames together.
+const PACER_SLEEP_MIN: Duration = Duration::from_micros(20);
+
+fn lock(interval: &Mutex<Interval>) -> MutexGuard<'_, Interval> {
+    interval
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A connection's frame times: frame k is due `offset_ns + k * interval_ns` after the start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Schedule {
+    pub offset_ns: u64,
+    pub interval_ns: u64,
+}
+
+impl Schedule {
+    /// Schedules for `connections` connections sharing `rate_ops_per_s` in frames of `batch`,
+    /// staggered so the connections' frames interleave evenly.
+    pub fn for_rate(rate_ops_per_s: u64, batch: usize, connections: usize) -> Vec<Schedule> {
+        let connections = connections.max(1) as u64;
+        let frames_per_s = rate_ops_per_s as f64 / batch.max(1) as f64;
+        let global_interval_ns = (1e9 / frames_per_s.max(1e-9)).max(1.0);
+        let interval_ns = (global_interval_ns * connections as f64).round().max(1.0) as u64;
+        (0..connections)
+            .map(|index| Schedule {
+                offset_ns: (global_interval_ns * index as f64).round() as u64,
+                interval_ns,
+            })
+            .collect()
+    }
+
+    pub fn due_ns(&self, frame: u64) -> u64 {
+        self.offset_ns
+            .saturating_add(frame.saturating_mul(self.interval_ns))
+    }
+
+    /// How many frames are due at or before `elapsed_ns`.
+    pub fn frames_due_by(&self, elapsed_ns: u64) -> u64 {
+        if elapsed_ns < self.offset_ns {
+            0
+        } else {
+            (elapsed_ns - self.offset_ns) / self.interval_ns.max(1) + 1
+        }
+    }
+}
+
+/// Sleeps to each connection's next due time and wakes it; ends at `run_ns` or on stop.
+fn pace(
+    start: Instant,
+    run_ns: u64,
+    schedules: Vec<Schedule>,
+    wakes: Vec<Arc<Notify>>,
+    stop: Arc<AtomicBool>,
+) {
+    let mut next: Vec<u64> = vec![0; schedules.len()];
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let elapsed_ns = start.elapsed().as_nanos() as u64;
+        if elapsed_ns >= run_ns {
+            break;
+        }
+        let mut soonest_ns = run_ns;
+        for (index, schedule) in schedules.iter().enumerate() {
+            if schedule.due_ns(next[index]) <= elapsed_ns {
+                wakes[index].notify_one();
+                next[index] = schedule.frames_due_by(elapsed_ns);
+            }
+            soonest_ns = soonest_ns.min(schedule.due_ns(next[index]));
+        }
+        let sleep =
+            Duration::from_nanos(soonest_ns.saturating_sub(elapsed_ns)).max(PACER_SLEEP_MIN);
+        std::thread::sleep(sleep);
+    }
+    for wake in &wakes {
+        wake.notify_one();
+    }
+}
+
+/// What a frame task returns.
+struct FrameOutput {
+    sent_at: Instant,
+    completed_at: Instant,
+    outcome: Result<Vec<OpResult>, ClientError>,
+}
+
+/// What the connection keeps about a frame in flight.
+struct InFlight {
+    ops: Vec<Op>,
+    scheduled_at: Instant,
+    measured: bool,
+    generation: u64,
+}
+
+async fn send_events(client: Client, events: Events) -> Result<Vec<OpResult>, ClientError> {
+    match events {
+        Events::Load(events) => client.card_load(&events).await,
+        Events::Sale(events) => client.sale(&events).await,
+        Events::Authorize(events) => client.authorize(&events).await,
+        Events::Capture(events) => client.capture(&events).await,
+        Events::Void(events) => client.void(&events).await,
+        Events::Reverse(events) => client.reverse(&events).await,
+        Events::Refund(events) => client.refund(&events).await,
+    }
+}
+
+/// What a connection reports when it is done.
+#[derive(Debug, Default)]
+struct ConnSummary {
+    backlog_frames: u64,
+    reconnects: u64,
+    drained_ops: u64,
+    /// Holds whose settling follow-up could not be sent: to be voided.
+    leftover_holds: Vec<Op>,
+}
+
+struct Connection {
+    address: String,
+    options: ClientOptions,
+    client: Option<Client>,
+    /// Bumped on every reconnect, so a late failure of an old client does not drop a new one.
+    generation: u64,
+    generator: Generator,
+    cards: Arc<Vec<CardRecord>>,
+    model: Arc<Model>,
+    stats: Arc<Mutex<Interval>>,
+    schedule: Option<Schedule>,
+    start: Instant,
+    end: Instant,
+    wake: Arc<Notify>,
+    stop: Arc<AtomicBool>,
+    /// Connections currently without a working client (shown on the progress line).
+    down: Arc<AtomicUsize>,
+    in_flight_max: usize,
+    tasks: JoinSet<FrameOutput>,
+    in_flight: HashMap<Id, InFlight>,
+    summary: ConnSummary,
+}
+
+impl Connection {
+    async fn run(mut self) -> ConnSummary {
+        let run_ns = self.end.duration_since(self.start).as_nanos() as u64;
+        let mut next_frame: u64 = 0;
+        loop {
+            if self.stop.load(Ordering::Relaxed) {
+                break;
+            }
+            while let Some(joined) = self.tasks.try_join_next_with_id() {
+                self.on_joined(joined);
+            }
+            if self.client.is_none() {
+                if !self.reconnect(self.end).await {
+                    break;
+                }
+                continue;
+            }
+            let now = Instant::now();
+            let scheduled_at = match self.schedule {
+                Some(schedule) => {
+                    let due_ns = schedule.due_ns(next_frame);
+                    if due_ns >= run_ns {
+                        break;
+                    }
+                    let due = self.start + Duration::from_nanos(due_ns);
+                    if due > now {
+                        self.wait(due).await;
+                        continue;
+                    }
+                    due
+                }
+                None => {
+                    if now >= self.end {
+                        break;
+                    }
+                    now
+                }
+            };
+            if self.tasks.len() >= self.in_flight_max {
+                if let Some(joined) = self.tasks.join_next_with_id().await {
+                    self.on_joined(joined);
+                }
+                continue;
+            }
+            let frame = self.generator.next_frame(now, &self.cards, &self.model);
+            self.spawn(frame, scheduled_at, true);
+            next_frame += 1;
+        }
+        if let Some(schedule) = self.schedule {
+            let elapsed_ns = (self.start.elapsed().as_nanos() as u64).min(run_ns);
+            self.summary.backlog_frames = schedule
+                .frames_due_by(elapsed_ns.saturating_sub(1))
+                .saturating_sub(next_frame);
+        }
+        self.finish_in_flight(Instant::now().max(self.end) + FINAL_WAIT_MAX)
+            .await;
+        self.drain().await;
+        self.summary
+    }
+
+    /// Waits for the pacer's wake-up (or a reply, or a fallback timer).
+    async fn wait(&mut self, due: Instant) {
+        let wake = self.wake.clone();
+        let fallback = tokio::time::sleep_until((due + Duration::from_millis(2)).into());
+        tokio::select! {
+            _ = wake.notified() => {}
+            Some(joined) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => self.on_joined(joined),
+            _ = fallback => {}
+        }
+    }
+
+    fn spawn(&mut self, frame: Frame, scheduled_at: Instant, measured: bool) {
+        let Some(client) = self.client.clone() else {
+            // No connection: the frame is not sent; follow-ups stay queued.
+            for op in &frame.ops {
+                self.generator.on_not_executed(op, Instant::now());
+            }
+            return;
+        };
+        let Frame { events, ops } = frame;
+        let handle = self.tasks.spawn(async move {
+            let sent_at = Instant::now();
+            let outcome = send_events(client, events).await;
+            FrameOutput {
+                sent_at,
+                completed_at: Instant::now(),
+                outcome,
+            }
+        });
+        self.in_flight.insert(
+            handle.id(),
+            InFlight {
+                ops,
+                scheduled_at,
+                measured,
+                generation: self.generation,
+            },
+        );
+    }
+
+    fn on_joined(&mut self, joined: Result<(Id, FrameOutput), JoinError>) {
+        let (id, output) = match joined {
+            Ok((id, output)) => (id, Some(output)),
+            Err(error) => (error.id(), None),
+        };
+        let Some(frame) = self.in_flight.remove(&id) else {
+            return;
+        };
+        self.complete(frame, output);
+    }
+
+    /// Applies a frame's outcome to the model, the generator and the statistics.
+    fn complete(&mut self, frame: InFlight, output: Option<FrameOutput>) {
+        let now = Instant::now();
+        let count = frame.ops.len() as u64;
+        let mut codes: Vec<(u16, u64)> = Vec::new();
+        match output.as_ref().map(|output| &output.outcome) {
+            Some(Ok(results)) => {
+                for (op, result) in frame.ops.iter().zip(results) {
+                    self.model.apply_reply(op, result);
+                    if not_executed(result.code) {
+                        self.generator.on_not_executed(op, now);
+                    } else {
+                        self.generator.on_result(op, result.code, now);
+                    }
+                    codes.push((result.code, 1));
+                }
+            }
+            Some(Err(ClientError::Rejected(code))) => {
+                for op in &frame.ops {
+                    self.generator.on_not_executed(op, now);
+                }
+                codes.push((code.as_u16(), count));
+            }
+            Some(Err(error @ (ClientError::Decode(_) | ClientError::ResultCount { .. }))) => {
+                self.model.record_anomaly(format!(
+                    "bad reply to a frame of {count} operations: {error}"
+                ));
+                self.model.add_unknown(&frame.ops);
+                codes.push((CODE_BAD_REPLY, count));
+            }
+            Some(Err(_)) | None => {
+                // The connection failed (or the task was abandoned) with the frame in flight.
+                self.model.add_unknown(&frame.ops);
+                codes.push((CODE_NETWORK_ERROR, count));
+                if frame.generation == self.generation && self.client.take().is_some() {
+                    self.down.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        if !frame.measured {
+            return;
+        }
+        let mut stats = lock(&self.stats);
+        let completed_at = output.as_ref().map_or(now, |output| output.completed_at);
+        let sent_at = output
+            .as_ref()
+            .map_or(frame.scheduled_at, |output| output.sent_at);
+        let latency_us = completed_at
+            .saturating_duration_since(frame.scheduled_at)
+            .as_micros() as u64;
+        let lag_us = sent_at
+            .saturating_duration_since(frame.scheduled_at)
+            .as_micros() as u64;
+        record(&mut stats.latency_us, latency_us, count);
+        record(&mut stats.send_lag_us, lag_us, 1);
+        stats.ops += count;
+        stats.frames += 1;
+        for (code, count) in codes {
+            stats.count_code(code, count);
+        }
+        stats.last_completion = Some(
+            stats
+                .last_completion
+                .map_or(completed_at, |last| last.max(completed_at)),
+        );
+    }
+
+    /// Collects every in-flight frame; past `deadline` the rest are abandoned (outcome unknown).
+    async fn finish_in_flight(&mut self, deadline: Instant) {
+        while !self.tasks.is_empty() {
+            match tokio::time::timeout_at(deadline.into(), self.tasks.join_next_with_id()).await {
+                Ok(Some(joined)) => self.on_joined(joined),
+                Ok(None) => break,
+                Err(_) => {
+                    self.tasks.abort_all();
+                    while let Some(joined) = self.tasks.join_next_with_id().await {
+                        self.on_joined(joined);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends the queued follow-ups (unmeasured) so no hold is left pending.
+    async fn drain(&mut self) {
+        let deadline = Instant::now() + DRAIN_TIME_MAX;
+        loop {
+            if self.client.is_none() && !self.reconnect(deadline).await {
+                break;
+            }
+            while self.tasks.len() < self.in_flight_max && self.client.is_some() {
+                let Some(frame) = self.generator.drain_frame(Instant::now(), &self.cards) else {
+                    break;
+                };
+                self.summary.drained_ops += frame.ops.len() as u64;
+                self.spawn(frame, Instant::now(), false);
+            }
+            if self.tasks.is_empty() {
+                if self.generator.follow_ups_pending() == 0 || Instant::now() >= deadline {
+                    break;
+                }
+                continue;
+            }
+            match tokio::time::timeout_at(deadline.into(), self.tasks.join_next_with_id()).await {
+                Ok(Some(joined)) => self.on_joined(joined),
+                Ok(None) => {}
+                Err(_) => {
+                    self.finish_in_flight(Instant::now()).await;
+                    break;
+                }
+            }
+        }
+        let now = Instant::now();
+        while let Some(frame) = self.generator.drain_frame(now, &self.cards) {
+            self.summary.leftover_holds.extend(
+                frame
+                    .ops
+                    .iter()
+                    .filter(|op| op.kind.settles_hold())
+                    .map(|op| Op {
+                        kind: crate::model::OpKind::Void,
+                        captured_won: 0,
+                        op_id: 0,
+                        ..*op
+                    }),
+            );
+        }
+    }
+
+    /// Reconnects with backoff until `deadline` or stop; false when it gave up.
+    async fn reconnect(&mut self, deadline: Instant) -> bool {
+        // Frames of the dead connection fail by themselves; account for them first.
+        self.finish_in_flight(deadline.max(Instant::now()) + Duration::from_secs(1))
+            .await;
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let now = Instant::now();
+            if self.stop.load(Ordering::Relaxed) || now >= deadline {
+                return false;
+            }
+            match Client::connect_with_options(&self.address, self.options).await {
+                Ok(client) => {
+                    self.client = Some(client);
+                    self.down.fetch_sub(1, Ordering::Relaxed);
+                    self.generation += 1;
+                    self.summary.reconnects += 1;
+                    return true;
+                }
+                Err(_) => {
+                    tokio::time::sleep(backoff.min(deadline.saturating_duration_since(now))).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+}
+
+/// Gathers the connections' intervals once a second: progress line, timeline, totals, HDR log.
+struct Collector {
+    start: Instant,
+    end: Instant,
+    measure_from: Instant,
+    last_at: Instant,
+    totals: Interval,
+    timeline: Vec<TimelinePoint>,
+    /// (offset from start, length, V2+deflate histogram) of each measured interval.
+    hdr_intervals: Option<Vec<(Duration, Duration, Vec<u8>)>>,
+    serializer: V2DeflateSerializer,
+    down: Arc<AtomicUsize>,
+    connections: usize,
+}
+
+impl Collector {
+    fn collect(&mut self, stats: &[Arc<Mutex<Interval>>], now: Instant) {
+        let mut merged = Interval::default();
+        for interval in stats {
+            let taken = std::mem::take(&mut *lock(interval));
+            merged.merge(&taken);
+        }
+        let length = now.saturating_duration_since(self.last_at);
+        let length_s = length.as_secs_f64().max(1e-6);
+        let figures = latency_figures(&merged.latency_us);
+        let point = TimelinePoint {
+            second: now.saturating_duration_since(self.start).as_secs_f64(),
+            interval_s: length_s,
+            ops: merged.ops,
+            ops_per_s: merged.ops as f64 / length_s,
+            p50_us: figures.p50_us,
+            p99_us: figures.p99_us,
+            max_us: figures.max_us,
+            errors: merged.errors,
+        };
+        let measured = self.last_at + Duration::from_millis(100) >= self.measure_from;
+        // The last, partial interval counts in the totals but is too short for a rate.
+        let shown = length >= Duration::from_millis(250);
+        let down = self.down.load(Ordering::Relaxed);
+        let down = if down > 0 {
+            format!(
+                "  [{down} of {} connections down, reconnecting]",
+                self.connections
+            )
+        } else {
+            String::new()
+        };
+        let phase = if now > self.end + Duration::from_millis(100) {
+            " (finishing)"
+        } else if !measured {
+            " (warmup)"
+        } else {
+            ""
+        };
+        if shown {
+            eprintln!(
+                "[{:6.1} s] {:>10} ops/s  p50 {:>7} us  p99 {:>7} us  max {:>7} us  errors {}{phase}{down}",
+                point.second,
+                thousands(point.ops_per_s.round() as u64),
+                thousands(point.p50_us),
+                thousands(point.p99_us),
+                thousands(point.max_us),
+                thousands(point.errors)
+            );
+        }
+        if measured && (merged.ops > 0 || now <= self.end) {
+            if let Some(intervals) = &mut self.hdr_intervals {
+                let mut bytes = Vec::new();
+                if self
+                    .serializer
+                    .serialize(&merged.latency_us, &mut bytes)
+                    .is_ok()
+                {
+                    intervals.push((
+                        self.last_at.saturating_duration_since(self.start),
+                        length,
+                        bytes,
+                    ));
+                }
+            }
+            self.totals.merge(&merged);
+            if shown {
+                self.timeline.push(point);
+            }
+        }
+        self.last_at = now;
+    }
+}
+
+/// Writes an HdrHistogram interval log (V2, deflate-compressed, base64) of the intervals.
+fn write_hdr_log(
+    path: &Path,
+    start_time: SystemTime,
+    intervals: &[(Duration, Duration, Vec<u8>)],
+) -> anyhow::Result<()> {
+    let mut out = Vec::new();
+    let mut serializer = V2DeflateSerializer::new();
+    {
+        let mut writer = IntervalLogWriterBuilder::new()
+            .add_comment("pinswitch-loadgen latency log: one histogram per second, values in microseconds per operation")
+            .with_start_time(start_time)
+            .with_base_time(start_time)
+            .begin_log_with(&mut out, &mut serializer)
+            .context("starting the HdrHistogram log")?;
+        let mut deserializer = Deserializer::new();
+        for (offset, length, bytes) in intervals {
+            let histogram: Histogram<u64> = deserializer
+                .deserialize(&mut bytes.as_slice())
+                .map_err(|error| anyhow::anyhow!("re-reading an interval histogram: {error:?}"))?;
+            writer
+                .write_histogram(&histogram, *offset, *length, None)
+                .map_err(|error| anyhow::anyhow!("writing the HdrHistogram log: {error:?}"))?;
+        }
+    }
+    std::fs::write(path, out).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Runs the workload against the cards in `cards_path`. Returns whether the run passed (always
+/// true without `--validate`).
+pub async fn run(spec: &RunSpec, cards_path: &Path, outputs: &RunOutputs) -> anyhow::Result<bool> {
+    if spec.sale_min_won == 0 || spec.sale_max_won < spec.sale_min_won {
+        bail!("--sale-min-won must be positive and at most --sale-max-won");
+    }
+    if spec.duration_s == 0 {
+        bail!("--duration must be at least 1 second");
+    }
+    let mut file: CardsFile = cards::read(cards_path)?;
+    if file.cards.is_empty() {
+        bail!("{} holds no cards", cards_path.display());
+    }
+    let cards = Arc::new(std::mem::take(&mut file.cards));
+    let model = Arc::new(Model::new(
+        cards.iter().map(|card| card.expected_balance_won),
+    ));
+
+    // Settle what the file left open and, when validating, check the starting point.
+    let control = Pool::connect(&spec.address, 2, 4).await?;
+    let hello = control.hello.clone();
+    let pending = std::mem::take(&mut file.pending);
+    let mut uncertain_ops: Vec<Op> = Vec::new();
+    if !pending.is_empty() {
+        let resolution = validate::resolve(&control, &cards, &model, pending).await?;
+        eprintln!(
+            "run: the cards file listed operations with unknown outcomes: {} executed, {} not executed, {} unresolved",
+            resolution.executed,
+            resolution.not_executed,
+            resolution.unresolved.len()
+        );
+        uncertain_ops = resolution.unresolved;
+    }
+    if spec.validate {
+        let skip = validate::uncertain_cards(cards.len(), &uncertain_ops);
+        let observed = validate::read_balances(&control, &cards).await?;
+        let mismatches = validate::compare(&cards, &observed, &skip, |card| {
+            (model.balance_won(card), None)
+        });
+        if !mismatches.is_empty() {
+            validate::print_mismatches(&mismatches, MISMATCHES_SHOWN_MAX);
+            bail!(
+                "{} cards already differ from {} before the run; prepare a fresh cards file",
+                mismatches.len(),
+                cards_path.display()
+            );
+        }
+        for (index, seen) in observed.iter().enumerate() {
+            model.set_held_won(
+                index as u32,
+                i64::try_from(seen.held_won).unwrap_or(i64::MAX),
+            );
+        }
+    }
+    drop(control);
+
+    let batch = spec
+        .batch
+        .clamp(1, (hello.batch_events_max as usize).max(1));
+    let in_flight = spec
+        .in_flight
+        .clamp(1, (hello.in_flight_per_connection_max as usize).max(1));
+    let connections = spec.connections.max(1);
+    let hold_ttl_s = (spec.warmup_s + spec.duration_s + 300)
+        .clamp(60, u64::from(hello.hold_ttl_max_s.max(1))) as u32;
+    let params = WorkloadParams {
+        batch,
+        sale_min_won: spec.sale_min_won,
+        sale_max_won: spec.sale_max_won,
+        load_amount_won: spec.load_amount_won,
+        balance_cap_won: spec.balance_cap_won,
+        hold_ttl_s,
+    };
+    let picker = CardPicker::new(spec.dist, cards.len() as u32);
+    let options = ClientOptions {
+        in_flight_max: in_flight,
+        ..ClientOptions::default()
+    };
+    let mut clients = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        clients.push(
+            Client::connect_with_options(&spec.address, options)
+                .await
+                .with_context(|| format!("connecting to {}", spec.address))?,
+        );
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let down = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now() + Duration::from_millis(20);
+    let start_time = SystemTime::now() + Duration::from_millis(20);
+    let measure_from = start + Duration::from_secs(spec.warmup_s);
+    let end = measure_from + Duration::from_secs(spec.duration_s);
+    let schedules: Option<Vec<Schedule>> = (spec.rate_ops_per_s > 0)
+        .then(|| Schedule::for_rate(spec.rate_ops_per_s, batch, connections));
+    let wakes: Vec<Arc<Notify>> = (0..connections).map(|_| Arc::new(Notify::new())).collect();
+    let stats: Vec<Arc<Mutex<Interval>>> = (0..connections)
+        .map(|_| Arc::new(Mutex::new(Interval::default())))
+        .collect();
+
+    let mut tasks = JoinSet::new();
+    for (index, client) in clients.into_iter().enumerate() {
+        let connection = Connection {
+            address: spec.address.clone(),
+            options,
+            client: Some(client),
+            generation: 0,
+            generator: Generator::new(
+                &spec.workload,
+                params,
+                picker.clone(),
+                spec.seed,
+                index as u64,
+            ),
+            cards: cards.clone(),
+            model: model.clone(),
+            stats: stats[index].clone(),
+            schedule: schedules.as_ref().map(|schedules| schedules[index]),
+            start,
+            end,
+            wake: wakes[index].clone(),
+            stop: stop.clone(),
+            down: down.clone(),
+            in_flight_max: in_flight,
+            tasks: JoinSet::new(),
+            in_flight: HashMap::new(),
+            summary: ConnSummary::default(),
+        };
+        tasks.spawn(async move {
+            tokio::time::sleep_until(start.into()).await;
+            connection.run().await
+        });
+    }
+    let pacer = schedules.clone().map(|schedules| {
+        let wakes = wakes.clone();
+        let stop = stop.clone();
+        let run_ns = end.duration_since(start).as_nanos() as u64;
+        std::thread::Builder::new()
+            .name("loadgen-pacer".into())
+            .spawn(move || pace(start, run_ns, schedules, wakes, stop))
+    });
+    let pacer = match pacer {
+        Some(spawned) => Some(spawned.context("starting the pacer thread")?),
+        None => None,
+    };
+
+    let mut collector = Collector {
+        start,
+        end,
+        measure_from,
+        last_at: start,
+        totals: Interval::default(),
+        timeline: Vec::new(),
+        hdr_intervals: outputs.hdr_log.as_ref().map(|_| Vec::new()),
+        serializer: V2DeflateSerializer::new(),
+        down: down.clone(),
+        connections,
+    };
+    let mut ticker = tokio::time::interval_at(
+        (start + Duration::from_secs(1)).into(),
+        Duration::from_secs(1),
+    );
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    let mut stopping = false;
+    let mut stopped_at: Option<Instant> = None;
+    let mut summaries: Vec<ConnSummary> = Vec::new();
+    while !tasks.is_empty() {
+        tokio::select! {
+            _ = ticker.tick() => collector.collect(&stats, Instant::now()),
+            joined = tasks.join_next() => match joined {
+                Some(Ok(summary)) => summaries.push(summary),
+                Some(Err(error)) => bail!("a connection task failed: {error}"),
+                None => {}
+            },
+            _ = &mut ctrl_c, if !stopping => {
+                stopping = true;
+                stopped_at = Some(Instant::now());
+                stop.store(true, Ordering::Relaxed);
+                for wake in &wakes {
+                    wake.notify_one();
+                }
+                eprintln!("run: interrupted; finishing frames in flight and reporting (Ctrl-C again quits at once)");
+                tokio::spawn(async {
+                    if tokio::signal::ctrl_c().await.is_ok() {
+                        eprintln!("run: interrupted again; quitting without a report or cards file update");
+                        std::process::exit(130);
+                    }
+                });
+            }
+        }
+    }
+    collector.collect(&stats, Instant::now());
+    stop.store(true, Ordering::Relaxed);
+    if let Some(pacer) = pacer {
+        let _ = pacer.join();
+    }
+
+    // Settle lost replies and leftover holds, then validate.
+    let unknown = model.take_unknown();
+    let unknown_count = unknown.len() as u64;
+    let mut leftover_holds: Vec<Op> = summaries
+        .iter_mut()
+        .flat_map(|summary| std::mem::take(&mut summary.leftover_holds))
+        .collect();
+    let after = Pool::connect(&spec.address, 2, 4).await;
+    let (resolution, after) = match after {
+        Ok(pool) => match validate::resolve(&pool, &cards, &model, unknown.clone()).await {
+            Ok(resolution) => (resolution, Some(pool)),
+            Err(error) => {
+                eprintln!("run: could not resolve lost replies: {error:#}");
+                (
+                    Resolution {
+                        unresolved: unknown,
+                        ..Resolution::default()
+                    },
+                    None,
+                )
+            }
+        },
+        Err(error) => {
+            eprintln!("run: could not reconnect after the run: {error:#}");
+            (
+                Resolution {
+                    unresolved: unknown,
+                    ..Resolution::default()
+                },
+                None,
+            )
+        }
+    };
+    if unknown_count > 0 {
+        eprintln!(
+            "run: {unknown_count} operations lost their reply: {} executed, {} not executed, {} unresolved",
+            resolution.executed,
+            resolution.not_executed,
+            resolution.unresolved.len()
+        );
+    }
+    leftover_holds.extend(resolution.holds_pending.iter().copied());
+    if let Some(pool) = &after {
+        if !leftover_holds.is_empty() {
+            match validate::void_holds(pool, &cards, &model, leftover_holds).await {
+                Ok(voided) => eprintln!("run: voided {voided} holds left pending"),
+                Err(error) => eprintln!("run: could not void holds left pending: {error:#}"),
+            }
+        }
+    }
+    uncertain_ops.extend(resolution.unresolved.iter().copied());
+
+    let mut validated = None;
+    let mut mismatched_cards = None;
+    if spec.validate {
+        let outcome = match &after {
+            Some(pool) => validate::read_balances(pool, &cards).await,
+            None => Err(anyhow::anyhow!("the switch is unreachable")),
+        };
+        match outcome {
+            Ok(observed) => {
+                let skip = validate::uncertain_cards(cards.len(), &uncertain_ops);
+                let mismatches = validate::compare(&cards, &observed, &skip, |card| {
+                    (model.balance_won(card), Some(model.held_won(card)))
+                });
+                validate::print_mismatches(&mismatches, MISMATCHES_SHOWN_MAX);
+                for anomaly in model.anomaly_examples() {
+                    eprintln!("ANOMALY {anomaly}");
+                }
+                mismatched_cards = Some(mismatches.len() as u64);
+                validated = Some(
+                    mismatches.is_empty() && uncertain_ops.is_empty() && model.anomalies() == 0,
+                );
+            }
+            Err(error) => {
+                eprintln!("run: could not read balances back: {error:#}");
+                validated = Some(false);
+            }
+        }
+    }
+
+    if spec.write_back {
+        file.cards = cards
+            .iter()
+            .enumerate()
+            .map(|(index, card)| CardRecord {
+                expected_balance_won: model.balance_won(index as u32),
+                ..*card
+            })
+            .collect();
+        file.pending = uncertain_ops.clone();
+        cards::write(cards_path, &file)?;
+    }
+
+    let totals = &collector.totals;
+    // The measured window runs to the end of the schedule (or the interrupt), or to the last
+    // measured reply if that came later; a switch that stopped answering does not shorten it.
+    let window_end = stopped_at.unwrap_or(end).min(end);
+    let window_end = totals
+        .last_completion
+        .map_or(window_end, |last| last.max(window_end));
+    let seconds = window_end
+        .saturating_duration_since(measure_from)
+        .as_secs_f64();
+    let figures = latency_figures(&totals.latency_us);
+    let lag = latency_figures(&totals.send_lag_us);
+    let report = Report {
+        config: RunConfig {
+            address: spec.address.clone(),
+            workload: spec.workload.to_string(),
+            dist: spec.dist.to_string(),
+            cards: cards.len() as u64,
+            connections: connections as u64,
+            in_flight: in_flight as u64,
+            batch: batch as u64,
+            rate_target_ops_per_s: spec.rate_ops_per_s,
+            duration_s: spec.duration_s,
+            warmup_s: spec.warmup_s,
+            seed: spec.seed,
+            threads: spec.threads as u64,
+        },
+        ops: totals.ops,
+        frames: totals.frames,
+        seconds,
+        ops_per_s: if seconds > 0.0 {
+            totals.ops as f64 / seconds
+        } else {
+            0.0
+        },
+        mean_us: figures.mean_us,
+        p50_us: figures.p50_us,
+        p90_us: figures.p90_us,
+        p99_us: figures.p99_us,
+        p999_us: figures.p999_us,
+        p9999_us: figures.p9999_us,
+        max_us: figures.max_us,
+        send_lag_p99_us: lag.p99_us,
+        send_lag_max_us: lag.max_us,
+        errors: totals.errors,
+        errors_by_code: totals.counts_by_name(true),
+        results_by_code: totals.counts_by_name(false),
+        backlog_frames_at_end: summaries.iter().map(|summary| summary.backlog_frames).sum(),
+        reconnects: summaries.iter().map(|summary| summary.reconnects).sum(),
+        unknown_ops: unknown_count,
+        unresolved_ops: resolution.unresolved.len() as u64,
+        reply_anomalies: model.anomalies(),
+        validated,
+        mismatched_cards,
+        percentiles: figures.percentiles,
+        timeline: collector.timeline.clone(),
+    };
+    print!("{}", report.to_text());
+    if let Some(path) = &outputs.report_json {
+        std::fs::write(path, report.to_json())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let (Some(path), Some(intervals)) = (&outputs.hdr_log, &collector.hdr_intervals) {
+        write_hdr_log(path, start_time, intervals)?;
+    }
+    if let Some(path) = &outputs.svg {
+        std::fs::write(path, crate::svg::render(&report))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(validated.unwrap_or(true))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedules_share_the_rate_and_interleave() {
+        // 100,000 ops/s in frames of 100 = 1,000 frames/s; 4 connections = 250 frames/s each.
+        let schedules = Schedule::for_rate(100_000, 100, 4);
+        assert_eq!(schedules.len(), 4);
+        assert!(
+            schedules
+                .iter()
+                .all(|schedule| schedule.interval_ns == 4_000_000)
+        );
+        let offsets: Vec<u64> = schedules
+            .iter()
+            .map(|schedule| schedule.offset_ns)
+            .collect();
+        assert_eq!(offsets, vec![0, 1_000_000, 2_000_000, 3_000_000]);
+        // Over one second, all together schedule 1,000 frames.
+        let frames: u64 = schedules
+            .iter()
+            .map(|schedule| schedule.frames_due_by(999_999_999))
+            .sum();
+        assert_eq!(frames, 1_000);
+        let schedule = schedules[1];
+        assert_eq!(schedule.frames_due_by(999_999), 0);
+        assert_eq!(schedule.frames_due_by(1_000_000), 1);
+        assert_eq!(schedule.due_ns(2), 9_000_000);
+        // Absurd rates still give a positive interval.
+        assert!(Schedule::for_rate(u64::MAX, 1, 1)[0].interval_ns >= 1);
+        assert!(Schedule::for_rate(1, 8000, 1)[0].interval_ns > 0);
+    }
+
+    #[test]
+    fn hdr_logs_are_written_and_read_back() {
+        use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("run.hlog");
+        let mut serializer = V2DeflateSerializer::new();
+        let mut intervals = Vec::new();
+        for second in 0..3u64 {
+            let mut histogram = crate::stats::new_histogram();
+            record(&mut histogram, 100 * (second + 1), 10);
+            let mut bytes = Vec::new();
+            serializer
+                .serialize(&histogram, &mut bytes)
+                .expect("serializes");
+            intervals.push((Duration::from_secs(second), Duration::from_secs(1), bytes));
+        }
+        write_hdr_log(&path, SystemTime::now(), &intervals).expect("writes");
+        let bytes = std::fs::read(&path).expect("reads");
+        let histograms = IntervalLogIterator::new(&bytes)
+            .filter_map(|entry| match entry {
+                Ok(LogEntry::Interval(interval)) => Some(interval),
+                _ => None,
+            })
+            .count();
+        assert_eq!(histograms, 3);
+    }
+}

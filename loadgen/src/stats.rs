@@ -1,0 +1,136 @@
+//! Measurement: latency histograms (microseconds), per-code result counts, and the per-second
+//! intervals a connection fills and the reporter collects. Codes are the protocol's result codes
+//! plus two client-side pseudo codes for operations whose reply never came.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Instant;
+
+use hdrhistogram::Histogram;
+use pinswitch_protocol::ResultCode;
+
+/// Pseudo code: the connection failed with the frame in flight (outcome unknown).
+pub const CODE_NETWORK_ERROR: u16 = 60_000;
+/// Pseudo code: the reply could not be decoded or had the wrong number of results.
+pub const CODE_BAD_REPLY: u16 = 60_001;
+
+/// Largest latency a histogram records (one hour); larger samples saturate.
+const LATENCY_US_MAX: u64 = 3_600_000_000;
+
+/// A latency histogram in microseconds with 3 significant digits.
+pub fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, LATENCY_US_MAX, 3).expect("constant histogram bounds are valid")
+}
+
+/// Records `count` samples of `value_us`, clamped into the histogram's range.
+pub fn record(histogram: &mut Histogram<u64>, value_us: u64, count: u64) {
+    let value_us = value_us.clamp(1, LATENCY_US_MAX);
+    let _ = histogram.record_n(value_us, count);
+}
+
+/// The name reports use for a code.
+pub fn code_name(code: u16) -> String {
+    match code {
+        CODE_NETWORK_ERROR => "NETWORK_ERROR".to_owned(),
+        CODE_BAD_REPLY => "BAD_REPLY".to_owned(),
+        _ => match ResultCode::from_u16(code) {
+            Some(known) => known.name().to_owned(),
+            None => format!("CODE_{code}"),
+        },
+    }
+}
+
+/// True for codes counted as errors: everything but the success codes 0..=99.
+pub fn is_error(code: u16) -> bool {
+    code >= 100
+}
+
+/// What one connection measured since the reporter last collected.
+#[derive(Debug)]
+pub struct Interval {
+    /// Per operation: from the frame's scheduled send to its reply.
+    pub latency_us: Histogram<u64>,
+    /// Per frame: from its scheduled send to the moment it was handed to the client.
+    pub send_lag_us: Histogram<u64>,
+    pub ops: u64,
+    pub frames: u64,
+    pub errors: u64,
+    pub by_code: HashMap<u16, u64>,
+    pub last_completion: Option<Instant>,
+}
+
+impl Default for Interval {
+    fn default() -> Self {
+        Interval {
+            latency_us: new_histogram(),
+            send_lag_us: new_histogram(),
+            ops: 0,
+            frames: 0,
+            errors: 0,
+            by_code: HashMap::new(),
+            last_completion: None,
+        }
+    }
+}
+
+impl Interval {
+    pub fn count_code(&mut self, code: u16, count: u64) {
+        *self.by_code.entry(code).or_insert(0) += count;
+        if is_error(code) {
+            self.errors += count;
+        }
+    }
+
+    /// Adds another interval's measurements to this one.
+    pub fn merge(&mut self, other: &Interval) {
+        let _ = self.latency_us.add(&other.latency_us);
+        let _ = self.send_lag_us.add(&other.send_lag_us);
+        self.ops += other.ops;
+        self.frames += other.frames;
+        self.errors += other.errors;
+        for (code, count) in &other.by_code {
+            *self.by_code.entry(*code).or_insert(0) += count;
+        }
+        self.last_completion = match (self.last_completion, other.last_completion) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+    }
+
+    /// Counts by code name, errors only or all.
+    pub fn counts_by_name(&self, errors_only: bool) -> BTreeMap<String, u64> {
+        self.by_code
+            .iter()
+            .filter(|(code, _)| !errors_only || is_error(**code))
+            .map(|(code, count)| (code_name(*code), *count))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn intervals_count_and_merge() {
+        let mut a = Interval::default();
+        record(&mut a.latency_us, 100, 3);
+        a.ops = 3;
+        a.count_code(0, 2);
+        a.count_code(110, 1);
+        let mut b = Interval::default();
+        record(&mut b.latency_us, 0, 1); // clamped to 1
+        record(&mut b.latency_us, u64::MAX, 1); // clamped to the maximum
+        b.ops = 2;
+        b.count_code(CODE_NETWORK_ERROR, 2);
+        a.merge(&b);
+        assert_eq!(a.ops, 5);
+        assert_eq!(a.latency_us.len(), 5);
+        assert_eq!(a.errors, 3);
+        let errors = a.counts_by_name(true);
+        assert_eq!(errors.get("INSUFFICIENT_FUNDS"), Some(&1));
+        assert_eq!(errors.get("NETWORK_ERROR"), Some(&2));
+        assert_eq!(errors.get("APPROVED"), None);
+        assert_eq!(a.counts_by_name(false).get("APPROVED"), Some(&2));
+        assert_eq!(code_name(7), "CODE_7");
+    }
+}
