@@ -11,7 +11,7 @@
 //! never execute twice and never gets a different answer.
 
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap};
 use std::hash::{BuildHasher, Hasher};
 
 use pinswitch_protocol::{
@@ -99,8 +99,10 @@ struct ShardImage {
     totals: Totals,
     cards: Vec<(PinHash, Card)>,
     holds: Vec<(OpId, Hold)>,
-    /// In insertion order (the eviction order).
-    ops: Vec<(OpId, OpRecord)>,
+    ops_current: Vec<(OpId, OpRecord)>,
+    ops_previous: Vec<(OpId, OpRecord)>,
+    ops_current_max_time_ms: Ms,
+    ops_previous_max_time_ms: Ms,
 }
 
 /// A fast hasher for 128-bit keys. PIN hashes are keyed PRF outputs already; op ids are mixed
@@ -165,9 +167,45 @@ pub struct Shard {
     card_holds: KeyMap<Vec<OpId>>,
     /// Pending holds by expiry time.
     expiries: BTreeSet<(Ms, OpId)>,
-    ops: KeyMap<OpRecord>,
-    /// Op ids in insertion order, with the time inside each id.
-    op_order: VecDeque<(OpId, Ms)>,
+    ops: OpTable,
+}
+
+/// Op-id records in two generations. New records go into `current`; when it holds half of
+/// `idempotency_entries_max`, `previous` is dropped whole (raising the too-old floor to the
+/// newest op time it held) and `current` becomes `previous`. Eviction is thus one table clear
+/// per generation instead of a random-access removal per operation, and the tables are reused,
+/// never reallocated. A generation holding op times still ahead of the clock is not dropped
+/// (the floor never passes the clock); `current` may then grow to twice its size, past which
+/// new operations get RETRY_LATER.
+#[derive(Default)]
+struct OpTable {
+    current: KeyMap<OpRecord>,
+    previous: KeyMap<OpRecord>,
+    current_max_time_ms: Ms,
+    previous_max_time_ms: Ms,
+}
+
+impl OpTable {
+    fn len(&self) -> usize {
+        self.current.len() + self.previous.len()
+    }
+
+    fn get(&self, op_id: &OpId) -> Option<&OpRecord> {
+        self.current.get(op_id).or_else(|| self.previous.get(op_id))
+    }
+
+    fn get_mut(&mut self, op_id: &OpId) -> Option<&mut OpRecord> {
+        match self.current.get_mut(op_id) {
+            Some(record) => Some(record),
+            None => self.previous.get_mut(op_id),
+        }
+    }
+
+    fn insert(&mut self, op_id: OpId, record: OpRecord) {
+        assert!(self.get(&op_id).is_none(), "an op id is recorded once");
+        self.current.insert(op_id, record);
+        self.current_max_time_ms = self.current_max_time_ms.max(op_id_time_ms(op_id));
+    }
 }
 
 /// The result of the common op-id gate.
@@ -193,8 +231,7 @@ impl Shard {
             holds: KeyMap::default(),
             card_holds: KeyMap::default(),
             expiries: BTreeSet::new(),
-            ops: KeyMap::default(),
-            op_order: VecDeque::new(),
+            ops: OpTable::default(),
         }
     }
 
@@ -263,12 +300,14 @@ impl Shard {
     }
 
     fn apply_op(&mut self, now_ms: Ms, op_id: OpId, deadline_at_ms: Ms, body: &Body) -> Applied {
+        // Time alone may have made a generation droppable (e.g. while the table was full).
+        let pruned = self.prune_ops();
         match self.gate(now_ms, op_id, deadline_at_ms, body) {
             Gate::Answer { reply, record } => {
                 if record {
                     self.record(op_id, body.clone(), reply, OpStatus::Completed);
                 }
-                Applied { reply, changed: record }
+                Applied { reply, changed: record || pruned }
             }
             Gate::Execute => {
                 let pin_hash = body.pin_hash().expect("operations name a card");
@@ -277,7 +316,7 @@ impl Shard {
                         if self.cards.contains_key(&pin_hash) {
                             // The drawn PIN exists: not recorded, so the server draws another
                             // PIN under the same op id.
-                            return Applied { reply: Reply::code(ResultCode::RetryLater), changed: false };
+                            return Applied { reply: Reply::code(ResultCode::RetryLater), changed: pruned };
                         }
                         self.issue(pin_hash, *face_value_won)
                     }
@@ -330,6 +369,10 @@ impl Shard {
             };
             return Gate::Answer { reply, record: false };
         }
+        if self.ops.current.len() >= 2 * self.generation_max() {
+            // The previous generation holds op times ahead of the clock and cannot go yet.
+            return Gate::Answer { reply: Reply::code(ResultCode::RetryLater), record: false };
+        }
         if deadline_at_ms != 0 && now_ms > deadline_at_ms {
             return Gate::Answer { reply: Reply::code(ResultCode::DeadlineExceededNotExecuted), record: true };
         }
@@ -345,38 +388,38 @@ impl Shard {
     /// oldest records (raising the too-old floor so they can never execute again).
     fn record(&mut self, op_id: OpId, body: Body, reply: Reply, status: OpStatus) {
         let record = OpRecord { body, reply, status: status as u8, debited_won: 0, refunded_won: 0 };
-        let previous = self.ops.insert(op_id, record);
-        assert!(previous.is_none(), "an op id is recorded once");
-        self.op_order.push_back((op_id, op_id_time_ms(op_id)));
+        self.ops.insert(op_id, record);
         self.prune_ops();
     }
 
-    fn prune_ops(&mut self) {
+    /// Records one generation may hold.
+    fn generation_max(&self) -> usize {
+        (self.config.idempotency_entries_max / 2) as usize
+    }
+
+    /// Drops generations that are due; returns whether anything changed.
+    fn prune_ops(&mut self) -> bool {
+        let mut changed = false;
+        let ops = &mut self.ops;
         let window_floor_ms = self.now_ms.saturating_sub(self.config.idempotency_window_ms);
-        // A record whose id is ahead of the clock (within the skew) is never evicted for room:
-        // raising the too-old floor past now would refuse every new id for a while. It goes to
-        // the back instead; at most one pass over the records per call.
-        let mut rotations_left = self.op_order.len();
-        while let Some(&(op_id, op_time_ms)) = self.op_order.front() {
-            let over_capacity = self.ops.len() > self.config.idempotency_entries_max as usize;
-            let past_window = window_floor_ms > 0 && op_time_ms <= window_floor_ms;
-            if !over_capacity && !past_window {
-                break;
-            }
-            if !past_window && op_time_ms > self.now_ms {
-                if rotations_left == 0 {
-                    break;
-                }
-                rotations_left -= 1;
-                self.op_order.rotate_left(1);
-                continue;
-            }
-            self.op_order.pop_front();
-            self.ops.remove(&op_id);
-            if over_capacity && !past_window {
-                self.evicted_floor_ms = self.evicted_floor_ms.max(op_time_ms);
-            }
+        // A previous generation wholly past the window goes without raising the floor.
+        if !ops.previous.is_empty() && window_floor_ms > 0 && ops.previous_max_time_ms <= window_floor_ms {
+            ops.previous.clear();
+            ops.previous_max_time_ms = 0;
+            changed = true;
         }
+        let generation_max = (self.config.idempotency_entries_max / 2) as usize;
+        if ops.current.len() >= generation_max && ops.previous_max_time_ms <= self.now_ms {
+            if !ops.previous.is_empty() {
+                self.evicted_floor_ms = self.evicted_floor_ms.max(ops.previous_max_time_ms);
+            }
+            std::mem::swap(&mut ops.current, &mut ops.previous);
+            ops.current.clear();
+            ops.previous_max_time_ms = ops.current_max_time_ms;
+            ops.current_max_time_ms = 0;
+            changed = true;
+        }
+        changed
     }
 
     fn next_approval_code(&mut self) -> u32 {
@@ -809,7 +852,7 @@ impl Shard {
         if balances_won != self.totals.balances_won || held_won != self.totals.held_won {
             return Err(format!("totals {:?} disagree with cards: balances {balances_won}, held {held_won}", self.totals));
         }
-        if self.expiries.len() != self.holds.len() || self.ops.len() != self.op_order.len() {
+        if self.expiries.len() != self.holds.len() {
             return Err("index sizes disagree".into());
         }
         Ok(())
@@ -872,7 +915,10 @@ impl Shard {
             totals: self.totals,
             cards: self.cards.iter().map(|(key, card)| (*key, *card)).collect(),
             holds: self.holds.iter().map(|(key, hold)| (*key, *hold)).collect(),
-            ops: self.op_order.iter().map(|(op_id, _)| (*op_id, self.ops[op_id].clone())).collect(),
+            ops_current: self.ops.current.iter().map(|(op_id, record)| (*op_id, record.clone())).collect(),
+            ops_previous: self.ops.previous.iter().map(|(op_id, record)| (*op_id, record.clone())).collect(),
+            ops_current_max_time_ms: self.ops.current_max_time_ms,
+            ops_previous_max_time_ms: self.ops.previous_max_time_ms,
         };
         rkyv::to_bytes::<RkyvError>(&image).expect("serializing a shard into memory cannot fail").into_vec()
     }
@@ -898,11 +944,12 @@ impl Shard {
         for ids in shard.card_holds.values_mut() {
             ids.sort_unstable();
         }
-        shard.ops.reserve(image.ops.len());
-        for (op_id, record) in image.ops {
-            shard.op_order.push_back((op_id, op_id_time_ms(op_id)));
-            shard.ops.insert(op_id, record);
-        }
+        shard.ops.current.reserve(image.ops_current.len());
+        shard.ops.current.extend(image.ops_current);
+        shard.ops.previous.reserve(image.ops_previous.len());
+        shard.ops.previous.extend(image.ops_previous);
+        shard.ops.current_max_time_ms = image.ops_current_max_time_ms;
+        shard.ops.previous_max_time_ms = image.ops_previous_max_time_ms;
         shard.check_invariants()?;
         Ok(shard)
     }

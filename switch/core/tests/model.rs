@@ -108,6 +108,8 @@ struct RefHold {
 #[derive(Clone, Debug)]
 struct RefRecord {
     id: OpId,
+    /// The generation it was recorded in (see `Reference::prune`).
+    generation: u64,
     time: Ms,
     /// The card of the body (for a tombstone: the card the REVERSE named).
     pin: PinHash,
@@ -132,6 +134,8 @@ struct Reference {
     cfg: EngineConfig,
     clock: Ms,
     evicted_floor: Ms,
+    /// The generation new records go into.
+    generation: u64,
     cards: Vec<RefCard>,
     holds: Vec<RefHold>,
     /// In insertion order.
@@ -286,6 +290,7 @@ impl Reference {
             cfg,
             clock: 0,
             evicted_floor: 0,
+            generation: 1,
             cards: Vec::new(),
             holds: Vec::new(),
             records: Vec::new(),
@@ -383,39 +388,50 @@ impl Reference {
         hold.amount - hold.captured
     }
 
-    fn insert_record(&mut self, record: RefRecord) {
+    fn insert_record(&mut self, mut record: RefRecord) {
         assert!(self.record(record.id).is_none(), "reference: an op id is recorded once");
+        record.generation = self.generation;
         self.records.push(record);
-        // The oldest record goes while it is past the window or while there are too many; only a
-        // record dropped for room (not already past the window) raises the too-old floor. (Read
-        // as two separate loops, window first, the rule would keep a past-window record that a
-        // capacity drop brings to the front until the next insertion; the engine drops it at once.
-        // Both readings answer every gate the same way, since such an id is too old anyway.)
-        // A record whose time is ahead of the clock is not dropped for room: it moves to the
-        // back (one pass at most), so the floor never passes the clock.
+        self.prune();
+    }
+
+    /// Records one generation holds before the older one is dropped.
+    fn generation_max(&self) -> usize {
+        (self.cfg.idempotency_entries_max / 2) as usize
+    }
+
+    fn count_in(&self, generation: u64) -> usize {
+        self.records.iter().filter(|record| record.generation == generation).count()
+    }
+
+    /// Records are kept in two generations: the current one, and the one before it. The older
+    /// one goes whole when all of it is past the window (no floor change), or when the current
+    /// one holds `generation_max` records and the clock has reached every op time in the older
+    /// one (the too-old floor rises to the newest of them); the current one then becomes the
+    /// older one. Returns whether anything changed.
+    fn prune(&mut self) -> bool {
+        let older = self.generation - 1;
+        let older_max = |records: &[RefRecord]| {
+            records.iter().filter(|record| record.generation == older).map(|record| record.time).max()
+        };
         let window_floor = self.window_floor();
-        let mut moves_left = self.records.len();
-        loop {
-            let Some(oldest) = self.records.first() else { break };
-            let past_window = window_floor > 0 && oldest.time <= window_floor;
-            let over_capacity = self.records.len() > self.cfg.idempotency_entries_max as usize;
-            if !past_window && !over_capacity {
-                break;
-            }
-            if !past_window && oldest.time > self.clock {
-                if moves_left == 0 {
-                    break;
-                }
-                moves_left -= 1;
-                let ahead = self.records.remove(0);
-                self.records.push(ahead);
-                continue;
-            }
-            let oldest = self.records.remove(0);
-            if !past_window {
-                self.evicted_floor = self.evicted_floor.max(oldest.time);
+        let mut changed = false;
+        if let Some(newest) = older_max(&self.records) {
+            if window_floor > 0 && newest <= window_floor {
+                self.records.retain(|record| record.generation != older);
+                changed = true;
             }
         }
+        let newest_older = older_max(&self.records).unwrap_or(0);
+        if self.count_in(self.generation) >= self.generation_max() && newest_older <= self.clock {
+            if older_max(&self.records).is_some() {
+                self.evicted_floor = self.evicted_floor.max(newest_older);
+                self.records.retain(|record| record.generation != older);
+            }
+            self.generation += 1;
+            changed = true;
+        }
+        changed
     }
 
     fn apply(&mut self, now: Ms, command: &Command) -> (Reply, bool) {
@@ -444,6 +460,13 @@ impl Reference {
     }
 
     fn operation(&mut self, op_id: OpId, deadline: Ms, body: &Body) -> (Reply, bool) {
+        // Time alone may have made the older generation droppable.
+        let pruned = self.prune();
+        let (reply, changed) = self.operation_after_prune(op_id, deadline, body);
+        (reply, changed || pruned)
+    }
+
+    fn operation_after_prune(&mut self, op_id: OpId, deadline: Ms, body: &Body) -> (Reply, bool) {
         let now = self.clock;
         if op_id == 0 {
             return (bare(ResultCode::OpIdInvalid), false);
@@ -465,6 +488,10 @@ impl Reference {
             };
         }
         let pin = pin_of(body);
+        if self.count_in(self.generation) >= 2 * self.generation_max() {
+            // The older generation holds op times ahead of the clock and cannot go yet.
+            return (bare(ResultCode::RetryLater), false);
+        }
         let outcome = if deadline != 0 && now > deadline {
             done(bare(ResultCode::DeadlineExceededNotExecuted))
         } else {
@@ -475,6 +502,7 @@ impl Reference {
         };
         let reply = outcome.reply;
         self.insert_record(RefRecord {
+            generation: 0,
             id: op_id,
             time,
             pin,
@@ -703,6 +731,7 @@ impl Reference {
             }
             if !self.too_old(time) {
                 self.insert_record(RefRecord {
+                    generation: 0,
                     id: original,
                     time,
                     pin,

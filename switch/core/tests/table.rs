@@ -297,10 +297,12 @@ fn exactly_once_replay_reuse_window_deadline() {
 fn evicted_records_answer_too_old_never_a_second_execution() {
     let mut s = Script::new();
     s.active_card(CARD, 100_000);
+    s.now_ms += 1;
     let first = s.op_id();
     assert_eq!(s.run_at(first, 0, sale(CARD, PASSWORD, 10)).result_code(), ResultCode::Approved);
-    s.now_ms += 1;
+    // Two generations of 32 records (test_min keeps 64): the first generation is dropped whole.
     for _ in 0..64 {
+        s.now_ms += 1;
         s.expect(sale(CARD, PASSWORD, 10), ResultCode::Approved);
     }
     assert!(s.shard.op_count() <= 64);
@@ -317,15 +319,34 @@ fn reversals_naming_future_originals_never_raise_the_floor_past_the_clock() {
     let far = op_id_at(s.now_ms + 10 * 365 * 24 * 3600 * 1000, 1);
     s.expect(Body::Reverse { pin_hash: CARD, original_op_id: far }, ResultCode::OpIdFromFuture);
     assert_eq!(s.shard.op(CARD, far).status, OpStatus::Unknown);
-    // A tombstone within the skew survives eviction for room, and fresh ids keep working.
+    // A tombstone within the skew is not dropped while the clock is behind it: its generation
+    // stays, the newer one grows to twice its size, and past that new operations must wait.
     let soon = op_id_at(s.now_ms + 30_000, 1);
     s.expect(Body::Reverse { pin_hash: CARD, original_op_id: soon }, ResultCode::OriginalNotFoundRecorded);
-    for _ in 0..100 {
+    let mut approved = 0;
+    loop {
+        s.now_ms += 10;
+        let (_, reply) = s.run(sale(CARD, PASSWORD, 1));
+        match reply.result_code() {
+            ResultCode::Approved => approved += 1,
+            ResultCode::RetryLater => break,
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(approved < 200, "the op-id table must refuse before growing without bound");
+    }
+    assert!(s.shard.op_count() <= 2 * 64);
+    assert_eq!(s.shard.op(CARD, soon).status, OpStatus::Tombstone);
+    assert_eq!(s.run_at(soon, 0, sale(CARD, PASSWORD, 5)).result_code(), ResultCode::ReversedBeforeArrival);
+    // Once the clock passes the tombstone's time its generation may go; new ids work again,
+    // and the late original is too old: declined either way, never executed.
+    s.now_ms += 31_000;
+    for _ in 0..40 {
         s.now_ms += 10;
         s.expect(sale(CARD, PASSWORD, 1), ResultCode::Approved);
     }
-    assert_eq!(s.shard.op(CARD, soon).status, OpStatus::Tombstone);
-    assert_eq!(s.run_at(soon, 0, sale(CARD, PASSWORD, 5)).result_code(), ResultCode::ReversedBeforeArrival);
+    let late = s.run_at(soon, 0, sale(CARD, PASSWORD, 5)).result_code();
+    assert!(matches!(late, ResultCode::ReversedBeforeArrival | ResultCode::OpTooOld), "{late:?}");
+    assert_eq!(s.balance(CARD).0, 100_000 - approved - 40);
 }
 
 #[test]
