@@ -81,6 +81,13 @@ fn engine(c: &mut Criterion) {
     };
     group.bench_function("encode_journal_entry", |b| b.iter(|| black_box(encode_entry(black_box(&entry)))));
     group.finish();
+
+    // A snapshot image of the shard as the SALE run left it (1M cards, millions of op records).
+    let mut group = c.benchmark_group("engine_snapshot");
+    group.sample_size(10).measurement_time(Duration::from_secs(10)).warm_up_time(Duration::from_secs(1));
+    group.throughput(Throughput::Elements(shard.card_count() as u64 + shard.op_count() as u64));
+    group.bench_function("to_snapshot_bytes", |b| b.iter(|| black_box(shard.to_snapshot_bytes().len())));
+    group.finish();
 }
 
 criterion_group!(benches, engine);

@@ -210,6 +210,13 @@ impl Journal {
     /// records a crash could take out of the journal. `seq` beyond [`Journal::last_seq`] is
     /// [`JournalError::SnapshotAhead`]. A failed snapshot does not poison the journal.
     pub fn write_snapshot(&mut self, seq: u64, bytes: &[u8]) -> Result<(), JournalError> {
+        self.prepare_snapshot(seq)?.write(bytes)
+    }
+
+    /// The first half of [`Journal::write_snapshot`]: checks `seq` and makes it durable, then
+    /// returns a writer that may write the image on another thread while appends go on (a
+    /// snapshot of millions of cards takes seconds to write and fsync; the shard must not wait).
+    pub fn prepare_snapshot(&mut self, seq: u64) -> Result<SnapshotWriter, JournalError> {
         self.check_poisoned()?;
         if seq > self.last_seq {
             return Err(JournalError::SnapshotAhead { seq, last_seq: self.last_seq });
@@ -217,7 +224,7 @@ impl Journal {
         if seq > self.durable_seq {
             self.commit()?;
         }
-        snapshot::write(&self.dir, seq, bytes)
+        Ok(SnapshotWriter { dir: self.dir.clone(), seq })
     }
 
     /// Commits the full segment and switches to a new one starting at the next sequence number.
@@ -249,5 +256,26 @@ impl Journal {
             Some(first_error) => Err(JournalError::Poisoned { first_error: first_error.clone() }),
             None => Ok(()),
         }
+    }
+}
+
+/// Writes one snapshot image, covering records `1..=seq` (all durable), into a journal
+/// directory: temp file, fsync, rename, directory fsync, then prunes to the newest two. Only one
+/// should run per directory at a time; the journal's appends may go on meanwhile.
+#[derive(Debug)]
+pub struct SnapshotWriter {
+    dir: PathBuf,
+    seq: u64,
+}
+
+impl SnapshotWriter {
+    /// The last record the image covers.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// Writes the image durably (see the type's documentation).
+    pub fn write(self, bytes: &[u8]) -> Result<(), JournalError> {
+        snapshot::write(&self.dir, self.seq, bytes)
     }
 }

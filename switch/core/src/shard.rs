@@ -920,7 +920,13 @@ impl Shard {
             ops_current_max_time_ms: self.ops.current_max_time_ms,
             ops_previous_max_time_ms: self.ops.previous_max_time_ms,
         };
-        rkyv::to_bytes::<RkyvError>(&image).expect("serializing a shard into memory cannot fail").into_vec()
+        // Sized up front: growing a buffer of hundreds of megabytes by doubling copies it again
+        // and again (measured: a third of the time).
+        let estimate_bytes = 4096 + image.cards.len() * 72 + (image.holds.len() + image.ops_current.len() + image.ops_previous.len()) * 144;
+        let buffer = rkyv::util::AlignedVec::<16>::with_capacity(estimate_bytes);
+        rkyv::api::high::to_bytes_in::<_, RkyvError>(&image, buffer)
+            .expect("serializing a shard into memory cannot fail")
+            .into_vec()
     }
 
     /// Rebuilds a shard from `to_snapshot_bytes` output (validated; bad bytes are an error).

@@ -97,6 +97,7 @@ pub fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { data, listen, shards, config } => {
+            crate::runtime::use_huge_pages();
             let mut config = Config::load(config.as_deref())?;
             if let Some(data) = data {
                 config.server.data_dir = data;

@@ -14,7 +14,10 @@ use pinswitch_core::{
     Applied, Body, CardView, Command, EngineConfig, JournalEntry, Ms, OpId, OpView, PinHash,
     Shard, decode_entry, encode_entry,
 };
-use pinswitch_journal::{Journal, JournalOptions};
+use pinswitch_journal::{Journal, JournalOptions, SnapshotWriter};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
 use tokio::sync::oneshot;
 
 /// What a connection asks of a shard, one item per event.
@@ -95,10 +98,11 @@ pub fn start(settings: ShardSettings) -> anyhow::Result<(ShardHandle, RecoveryRe
     let (engine, journal, report) = recover(&settings)?;
     let (sender, receiver) = crossbeam_channel::bounded(settings.queue_max);
     let name = format!("shard-{}", settings.shard_id);
+    let snapshots = SnapshotThread::start(settings.shard_id)?;
     let thread = std::thread::Builder::new()
         .name(name)
         .spawn(move || {
-            let mut runner = Runner { settings, engine, journal, since_snapshot: 0 };
+            let mut runner = Runner { settings, engine, journal, since_snapshot: 0, snapshots };
             runner.run(receiver);
         })
         .context("spawning a shard thread")?;
@@ -157,6 +161,43 @@ struct Runner {
     engine: Shard,
     journal: Journal,
     since_snapshot: u64,
+    snapshots: SnapshotThread,
+}
+
+/// Writes a shard's snapshot images on their own thread: writing and fsyncing hundreds of
+/// megabytes takes seconds, and the shard goes on serving meanwhile (its journal still holds
+/// everything, so a snapshot is never needed for durability, only to bound recovery time).
+/// One image at a time; a snapshot due while one is being written waits for the next batch.
+struct SnapshotThread {
+    sender: Sender<(SnapshotWriter, Vec<u8>)>,
+    busy: Arc<AtomicBool>,
+}
+
+impl SnapshotThread {
+    fn start(shard_id: u16) -> anyhow::Result<SnapshotThread> {
+        let (sender, receiver) = crossbeam_channel::bounded::<(SnapshotWriter, Vec<u8>)>(1);
+        let busy = Arc::new(AtomicBool::new(false));
+        let done = busy.clone();
+        std::thread::Builder::new()
+            .name(format!("snapshot-{shard_id}"))
+            .spawn(move || {
+                for (writer, bytes) in receiver {
+                    let started = Instant::now();
+                    let seq = writer.seq();
+                    if let Err(error) = writer.write(&bytes) {
+                        fatal(&format!("shard {shard_id} snapshot {seq} failed: {error}"));
+                    }
+                    eprintln!(
+                        "pinswitch: shard {shard_id} snapshot at record {seq}: {} MiB written in {} ms",
+                        bytes.len() >> 20,
+                        started.elapsed().as_millis()
+                    );
+                    done.store(false, Ordering::Release);
+                }
+            })
+            .context("spawning a snapshot thread")?;
+        Ok(SnapshotThread { sender, busy })
+    }
 }
 
 /// How long an idle shard sleeps before checking for due hold expiries.
@@ -249,10 +290,25 @@ impl Runner {
     }
 
     fn snapshot(&mut self) {
+        if self.snapshots.busy.load(Ordering::Acquire) {
+            return;
+        }
+        let started = Instant::now();
         let seq = self.journal.durable_seq();
         let bytes = self.engine.to_snapshot_bytes();
-        if let Err(error) = self.journal.write_snapshot(seq, &bytes) {
-            fatal(&format!("shard {} snapshot failed: {error}", self.settings.shard_id));
+        let writer = match self.journal.prepare_snapshot(seq) {
+            Ok(writer) => writer,
+            Err(error) => fatal(&format!("shard {} snapshot failed: {error}", self.settings.shard_id)),
+        };
+        eprintln!(
+            "pinswitch: shard {} snapshot at record {seq}: {} cards serialized in {} ms",
+            self.settings.shard_id,
+            self.engine.card_count(),
+            started.elapsed().as_millis()
+        );
+        self.snapshots.busy.store(true, Ordering::Release);
+        if self.snapshots.sender.send((writer, bytes)).is_err() {
+            fatal(&format!("shard {} snapshot thread is gone", self.settings.shard_id));
         }
         self.since_snapshot = 0;
     }
