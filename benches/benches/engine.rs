@@ -87,6 +87,7 @@ fn engine(c: &mut Criterion) {
     group.sample_size(10).measurement_time(Duration::from_secs(10)).warm_up_time(Duration::from_secs(1));
     group.throughput(Throughput::Elements(shard.card_count() as u64 + shard.op_count() as u64));
     group.bench_function("to_snapshot_bytes", |b| b.iter(|| black_box(shard.to_snapshot_bytes().len())));
+    group.bench_function("clone", |b| b.iter(|| black_box(shard.clone().card_count())));
     group.finish();
 }
 

@@ -149,7 +149,9 @@ impl Hasher for KeyHasher {
 
 type KeyMap<V> = HashMap<u128, V, KeyHasherBuilder>;
 
-/// One shard's state.
+/// One shard's state. `Clone` is a consistent copy for a snapshot taken off the shard thread
+/// (the tables hold plain data, so a clone is close to a memory copy).
+#[derive(Clone)]
 pub struct Shard {
     shard_id: u16,
     shard_count: u16,
@@ -177,7 +179,7 @@ pub struct Shard {
 /// never reallocated. A generation holding op times still ahead of the clock is not dropped
 /// (the floor never passes the clock); `current` may then grow to twice its size, past which
 /// new operations get RETRY_LATER.
-#[derive(Default)]
+#[derive(Clone, Default)]
 struct OpTable {
     current: KeyMap<OpRecord>,
     previous: KeyMap<OpRecord>,
