@@ -36,7 +36,16 @@ fn sale(op_id: u128, pin: u64) -> Sale {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_minus_nine_loses_no_acknowledged_debit() {
     let dir = fresh_dir("crash");
-    let mut switch = Switch::start(Path::new(BIN), &dir, &[]);
+    // Small segments and frequent snapshots, so the kill lands among segment rolls and
+    // background snapshots, and recovery goes through snapshot + replay.
+    let config = dir.with_extension("toml");
+    std::fs::write(
+        &config,
+        "[journal]\nsegment_bytes = 262144\ncommit_bytes_max = 65536\nsnapshot_every_records = 400\n",
+    )
+    .expect("config");
+    let config = config.to_str().expect("utf-8 path").to_string();
+    let mut switch = Switch::start(Path::new(BIN), &dir, &["--config", &config]);
     let client = Client::connect(&switch.address).await.expect("connect");
     let issue: Vec<CardIssue> = (0..CARDS).map(|_| CardIssue { op_id: new_op_id(), face_value_won: FACE_WON }).collect();
     let pins: Vec<u64> = client.card_issue(&issue).await.expect("issue").iter().map(|result| {
@@ -84,7 +93,15 @@ async fn kill_minus_nine_loses_no_acknowledged_debit() {
     }
     drop(client);
 
-    let switch = Switch::start(Path::new(BIN), &dir, &[]);
+    let snapshots = std::fs::read_dir(&dir)
+        .expect("data dir")
+        .flatten()
+        .filter(|entry| entry.file_name().to_string_lossy().starts_with("shard-"))
+        .flat_map(|shard| std::fs::read_dir(shard.path()).expect("shard dir").flatten())
+        .filter(|file| file.file_name().to_string_lossy().ends_with(".snap"))
+        .count();
+    assert!(snapshots > 0, "the run should have written snapshots");
+    let switch = Switch::start(Path::new(BIN), &dir, &["--config", &config]);
     let client = Client::connect(&switch.address).await.expect("reconnect");
     let sent = sent.lock().expect("lock").clone();
     let acked: std::collections::HashSet<u128> = acked.lock().expect("lock").iter().copied().collect();
