@@ -304,6 +304,22 @@ impl Client {
         self.call(MsgType::CardLoad, events).await
     }
 
+    pub async fn card_sell(&self, events: &[CardSell]) -> Result<Vec<OpResult>, ClientError> {
+        self.call(MsgType::CardSell, events).await
+    }
+
+    pub async fn card_block(&self, events: &[CardBlock]) -> Result<Vec<OpResult>, ClientError> {
+        self.call(MsgType::CardBlock, events).await
+    }
+
+    pub async fn card_unblock(&self, events: &[CardUnblock]) -> Result<Vec<OpResult>, ClientError> {
+        self.call(MsgType::CardUnblock, events).await
+    }
+
+    pub async fn card_refund(&self, events: &[CardRefund]) -> Result<Vec<OpResult>, ClientError> {
+        self.call(MsgType::CardRefund, events).await
+    }
+
     pub async fn authorize(&self, events: &[Authorize]) -> Result<Vec<OpResult>, ClientError> {
         self.call(MsgType::Authorize, events).await
     }

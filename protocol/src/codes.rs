@@ -27,6 +27,10 @@ pub enum ResultCode {
     CardExpired = 104,
     CardClosed = 105,
     CardAlreadyActive = 106,
+    /// CARD_SELL: the card was already sold (or is already in use).
+    CardAlreadySold = 107,
+    /// CARD_UNBLOCK: the card is neither blocked nor locked by wrong passwords.
+    CardNotBlocked = 108,
     InsufficientFunds = 110,
     BalanceCapExceeded = 111,
     RechargeUnitInvalid = 112,
@@ -34,6 +38,12 @@ pub enum ResultCode {
     AmountOverflow = 114,
     ProductNotFound = 115,
     CategoryInvalid = 116,
+    /// CARD_REFUND: less of the card's value has been used than the product's refund ratio.
+    RefundRuleNotMet = 117,
+    /// CARD_SELL: channel 0, or a payment means that is not a `Funding` value.
+    ChannelInvalid = 118,
+    /// CARD_BLOCK: the reason is not a `BlockReason` value.
+    BlockReasonInvalid = 119,
     PasswordInvalid = 120,
     /// The wrong-password limit is reached; the card is locked for payments.
     PasswordTriesExceeded = 121,
@@ -48,6 +58,8 @@ pub enum ResultCode {
     HoldTtlInvalid = 136,
     CaptureLimitReached = 137,
     HoldReversed = 138,
+    /// CARD_REFUND: the card still has pending holds; capture or void them first.
+    HoldsOutstanding = 139,
     /// The original operation was reversed before it arrived (a tombstone was found).
     ReversedBeforeArrival = 141,
     OriginalNotFound = 142,
@@ -94,6 +106,8 @@ impl ResultCode {
         Self::CardExpired,
         Self::CardClosed,
         Self::CardAlreadyActive,
+        Self::CardAlreadySold,
+        Self::CardNotBlocked,
         Self::InsufficientFunds,
         Self::BalanceCapExceeded,
         Self::RechargeUnitInvalid,
@@ -101,6 +115,9 @@ impl ResultCode {
         Self::AmountOverflow,
         Self::ProductNotFound,
         Self::CategoryInvalid,
+        Self::RefundRuleNotMet,
+        Self::ChannelInvalid,
+        Self::BlockReasonInvalid,
         Self::PasswordInvalid,
         Self::PasswordTriesExceeded,
         Self::PasswordFormatInvalid,
@@ -113,6 +130,7 @@ impl ResultCode {
         Self::HoldTtlInvalid,
         Self::CaptureLimitReached,
         Self::HoldReversed,
+        Self::HoldsOutstanding,
         Self::ReversedBeforeArrival,
         Self::OriginalNotFound,
         Self::ExceedsRefundable,
@@ -163,6 +181,8 @@ impl ResultCode {
             Self::CardExpired => "CARD_EXPIRED",
             Self::CardClosed => "CARD_CLOSED",
             Self::CardAlreadyActive => "CARD_ALREADY_ACTIVE",
+            Self::CardAlreadySold => "CARD_ALREADY_SOLD",
+            Self::CardNotBlocked => "CARD_NOT_BLOCKED",
             Self::InsufficientFunds => "INSUFFICIENT_FUNDS",
             Self::BalanceCapExceeded => "BALANCE_CAP_EXCEEDED",
             Self::RechargeUnitInvalid => "RECHARGE_UNIT_INVALID",
@@ -170,6 +190,9 @@ impl ResultCode {
             Self::AmountOverflow => "AMOUNT_OVERFLOW",
             Self::ProductNotFound => "PRODUCT_NOT_FOUND",
             Self::CategoryInvalid => "CATEGORY_INVALID",
+            Self::RefundRuleNotMet => "REFUND_RULE_NOT_MET",
+            Self::ChannelInvalid => "CHANNEL_INVALID",
+            Self::BlockReasonInvalid => "BLOCK_REASON_INVALID",
             Self::PasswordInvalid => "PASSWORD_INVALID",
             Self::PasswordTriesExceeded => "PASSWORD_TRIES_EXCEEDED",
             Self::PasswordFormatInvalid => "PASSWORD_FORMAT_INVALID",
@@ -182,6 +205,7 @@ impl ResultCode {
             Self::HoldTtlInvalid => "HOLD_TTL_INVALID",
             Self::CaptureLimitReached => "CAPTURE_LIMIT_REACHED",
             Self::HoldReversed => "HOLD_REVERSED",
+            Self::HoldsOutstanding => "HOLDS_OUTSTANDING",
             Self::ReversedBeforeArrival => "REVERSED_BEFORE_ARRIVAL",
             Self::OriginalNotFound => "ORIGINAL_NOT_FOUND",
             Self::ExceedsRefundable => "EXCEEDS_REFUNDABLE",
@@ -221,6 +245,11 @@ pub enum Field {
     FinalCapture = 9,
     FaceValue = 10,
     Funding = 11,
+    Channel = 12,
+    Price = 13,
+    Reason = 14,
+    PayoutAccount = 15,
+    GiftRecipient = 16,
 }
 
 impl Field {
@@ -238,6 +267,11 @@ impl Field {
             Self::FinalCapture => "final_capture",
             Self::FaceValue => "face_value",
             Self::Funding => "funding",
+            Self::Channel => "channel",
+            Self::Price => "price",
+            Self::Reason => "reason",
+            Self::PayoutAccount => "payout_account",
+            Self::GiftRecipient => "gift_recipient",
         }
     }
 
@@ -255,6 +289,11 @@ impl Field {
             Self::FinalCapture,
             Self::FaceValue,
             Self::Funding,
+            Self::Channel,
+            Self::Price,
+            Self::Reason,
+            Self::PayoutAccount,
+            Self::GiftRecipient,
         ]
         .into_iter()
         .find(|field| *field as u8 == value)

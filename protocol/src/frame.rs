@@ -379,6 +379,22 @@ fn exercise_message(msg_type: MsgType, body: &[u8]) {
             exercise_body::<Vec<CardLoad>>(body);
             exercise_body::<Vec<OpResult>>(body);
         }
+        MsgType::CardSell => {
+            exercise_body::<Vec<CardSell>>(body);
+            exercise_body::<Vec<OpResult>>(body);
+        }
+        MsgType::CardBlock => {
+            exercise_body::<Vec<CardBlock>>(body);
+            exercise_body::<Vec<OpResult>>(body);
+        }
+        MsgType::CardUnblock => {
+            exercise_body::<Vec<CardUnblock>>(body);
+            exercise_body::<Vec<OpResult>>(body);
+        }
+        MsgType::CardRefund => {
+            exercise_body::<Vec<CardRefund>>(body);
+            exercise_body::<Vec<OpResult>>(body);
+        }
         MsgType::Authorize => {
             exercise_body::<Vec<Authorize>>(body);
             exercise_body::<Vec<OpResult>>(body);

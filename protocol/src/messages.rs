@@ -14,6 +14,10 @@ pub enum MsgType {
     CardIssue = 10,
     CardActivate = 11,
     CardLoad = 12,
+    CardSell = 13,
+    CardBlock = 14,
+    CardUnblock = 15,
+    CardRefund = 16,
     Authorize = 20,
     Capture = 21,
     Void = 22,
@@ -25,12 +29,16 @@ pub enum MsgType {
 }
 
 impl MsgType {
-    pub const ALL: [MsgType; 13] = [
+    pub const ALL: [MsgType; 17] = [
         Self::Hello,
         Self::Ping,
         Self::CardIssue,
         Self::CardActivate,
         Self::CardLoad,
+        Self::CardSell,
+        Self::CardBlock,
+        Self::CardUnblock,
+        Self::CardRefund,
         Self::Authorize,
         Self::Capture,
         Self::Void,
@@ -106,6 +114,68 @@ pub struct CardActivate {
     pub op_id: u128,
     pub pin: u64,
     pub password: Vec<u8>,
+}
+
+/// CARD_SELL: a channel (card site, agent, mobile operator) sells an issued card from its stock.
+/// The card becomes `Sold` and its validity period starts; its value is spendable once the buyer
+/// (or, for a gift, the recipient) registers a password with CARD_ACTIVATE.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CardSell {
+    pub op_id: u128,
+    pub pin: u64,
+    /// The selling channel (non-zero; the operator's channel registry names it).
+    pub channel_id: u32,
+    /// What the buyer paid (won; may differ from the face value, e.g. a discount).
+    pub price_won: u64,
+    /// How the buyer paid: a `Funding` value.
+    pub payment_means: u8,
+    /// Non-zero: the card is a gift to this recipient reference (the site's id of the
+    /// recipient); the recipient claims it by registering their own password.
+    pub gift_recipient_ref: u64,
+}
+
+/// CARD_BLOCK: stop an active card from paying (lost, stolen, operator or holder request). The
+/// balance is kept; pending holds may still be captured or voided.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CardBlock {
+    pub op_id: u128,
+    pub pin: u64,
+    /// A `BlockReason` value.
+    pub reason: u8,
+}
+
+/// Why a card was blocked.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlockReason {
+    Lost = 1,
+    Stolen = 2,
+    Operator = 3,
+    HolderRequest = 4,
+}
+
+impl BlockReason {
+    pub fn from_u8(value: u8) -> Option<BlockReason> {
+        [Self::Lost, Self::Stolen, Self::Operator, Self::HolderRequest].into_iter().find(|reason| *reason as u8 == value)
+    }
+}
+
+/// CARD_UNBLOCK: return a blocked card to active, or clear a password lockout of an active card.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CardUnblock {
+    pub op_id: u128,
+    pub pin: u64,
+}
+
+/// CARD_REFUND: pay the whole remaining balance out and close the card, allowed once the used
+/// share of the value charged onto the card reaches the product's ratio (60 %, or 80 % for face
+/// values up to 10,000 won). The payout goes to the bank account reference given (the settlement
+/// exporter turns it into a payout instruction).
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CardRefund {
+    pub op_id: u128,
+    pub pin: u64,
+    pub payout_account_ref: u64,
 }
 
 /// CARD_LOAD: recharge. `funding` says how the money came in (see PROTOCOL.md).

@@ -167,6 +167,24 @@ fn valid_frames(rng: &mut SplitMix64) -> Vec<ValidFrame> {
             .collect();
         push(&mut frames, MsgType::CardLoad, false, events);
         let events: Vec<_> = (0..count)
+            .map(|_| CardSell {
+                op_id: op_id(rng),
+                pin: pin(rng),
+                channel_id: rng.next() as u32,
+                price_won: rng.next(),
+                payment_means: rng.below(7) as u8,
+                gift_recipient_ref: rng.next(),
+            })
+            .collect();
+        push(&mut frames, MsgType::CardSell, false, events);
+        let events: Vec<_> = (0..count).map(|_| CardBlock { op_id: op_id(rng), pin: pin(rng), reason: rng.below(6) as u8 }).collect();
+        push(&mut frames, MsgType::CardBlock, false, events);
+        let events: Vec<_> = (0..count).map(|_| CardUnblock { op_id: op_id(rng), pin: pin(rng) }).collect();
+        push(&mut frames, MsgType::CardUnblock, false, events);
+        let events: Vec<_> =
+            (0..count).map(|_| CardRefund { op_id: op_id(rng), pin: pin(rng), payout_account_ref: rng.next() }).collect();
+        push(&mut frames, MsgType::CardRefund, false, events);
+        let events: Vec<_> = (0..count)
             .map(|_| Authorize {
                 op_id: op_id(rng),
                 pin: pin(rng),
@@ -228,6 +246,10 @@ fn valid_frames(rng: &mut SplitMix64) -> Vec<ValidFrame> {
         for msg_type in [
             MsgType::CardActivate,
             MsgType::CardLoad,
+            MsgType::CardSell,
+            MsgType::CardBlock,
+            MsgType::CardUnblock,
+            MsgType::CardRefund,
             MsgType::Authorize,
             MsgType::Capture,
             MsgType::Void,

@@ -30,6 +30,14 @@ pub struct EngineConfig {
     pub op_clock_skew_max_ms: u64,
     /// Wrong passwords in a row that lock a card.
     pub password_tries_max: u8,
+    /// How long a card is valid from its sale (or activation, if never sold through a channel).
+    pub validity_days: u32,
+    /// CARD_REFUND pays the balance out once at least this share (percent) of the value charged
+    /// onto the card was used...
+    pub refund_used_percent: u8,
+    /// ...or this share, for cards whose face value is at most `small_face_value_max_won`.
+    pub refund_used_percent_small: u8,
+    pub small_face_value_max_won: u64,
 }
 
 impl EngineConfig {
@@ -47,6 +55,12 @@ impl EngineConfig {
             idempotency_entries_max: 4_000_000,
             op_clock_skew_max_ms: 5 * 60 * 1000,
             password_tries_max: 5,
+            // Korean practice for prepaid cards: 5 years; refunds of the whole balance once 60 %
+            // (80 % for cards of 10,000 won or less) is used (see reference/domain-anchors.md).
+            validity_days: 5 * 365,
+            refund_used_percent: 60,
+            refund_used_percent_small: 80,
+            small_face_value_max_won: 10_000,
         }
     }
 
@@ -61,6 +75,7 @@ impl EngineConfig {
             idempotency_entries_max: 64,
             op_clock_skew_max_ms: 60 * 1000,
             password_tries_max: 3,
+            validity_days: 1,
             ..EngineConfig::production()
         }
     }
@@ -94,6 +109,12 @@ impl EngineConfig {
         }
         if self.password_tries_max == 0 {
             return Err("password_tries_max must be positive".into());
+        }
+        if self.validity_days == 0 {
+            return Err("validity_days must be positive".into());
+        }
+        if self.refund_used_percent > 100 || self.refund_used_percent_small > 100 {
+            return Err("refund shares are percentages (0..=100)".into());
         }
         Ok(())
     }

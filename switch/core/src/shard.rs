@@ -15,7 +15,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::hash::{BuildHasher, Hasher};
 
 use pinswitch_protocol::{
-    CardState, Category, Field, Funding, MsgType, OpStatus, ResultCode, op_id_time_ms,
+    BlockReason, CardState, Category, Field, Funding, MsgType, OpStatus, ResultCode, op_id_time_ms,
 };
 use rkyv::rancor::Error as RkyvError;
 use rkyv::{Archive, Deserialize, Serialize};
@@ -35,6 +35,12 @@ struct Card {
     held_won: u64,
     password_mac: PasswordMac,
     face_value_won: u64,
+    /// Value charged onto the card: face value plus recharges (the refund rule's base).
+    charged_won: u64,
+    /// End of validity, seconds since the Unix epoch (0: not started: issued, not yet sold).
+    expires_at_s: u32,
+    /// `CARD_FLAG_*` bits.
+    flags: u8,
     /// `CardState` as a number.
     state: u8,
     /// Wrong passwords in a row.
@@ -43,9 +49,20 @@ struct Card {
     holds: u16,
 }
 
+/// The card was sold as a gift; its activation is the recipient's claim.
+const CARD_FLAG_GIFT: u8 = 1;
+
 impl Card {
     fn available_won(&self) -> u64 {
         self.balance_won - self.held_won
+    }
+
+    /// Past its validity with nothing pending: the next touch expires it (breakage).
+    fn expiry_due(&self, now_ms: Ms) -> bool {
+        self.expires_at_s != 0
+            && now_ms / 1000 >= u64::from(self.expires_at_s)
+            && self.holds == 0
+            && matches!(self.state(), CardState::Sold | CardState::Active | CardState::Blocked)
     }
 
     fn state(&self) -> CardState {
@@ -313,6 +330,11 @@ impl Shard {
             }
             Gate::Execute => {
                 let pin_hash = body.pin_hash().expect("operations name a card");
+                // Validity is enforced lazily, by the first operation that touches the card after
+                // its end (time is an argument; this is the same in replay).
+                if !matches!(body, Body::Issue { .. }) {
+                    self.settle_expiry(now_ms, pin_hash);
+                }
                 let outcome = match body {
                     Body::Issue { face_value_won, .. } => {
                         if self.cards.contains_key(&pin_hash) {
@@ -324,6 +346,12 @@ impl Shard {
                     }
                     Body::Activate { password_mac, .. } => self.activate(pin_hash, *password_mac),
                     Body::Load { amount_won, funding, .. } => self.load(pin_hash, *amount_won, *funding),
+                    Body::Sell { channel_id, price_won, payment_means, gift_recipient_ref, .. } => {
+                        self.sell(pin_hash, *channel_id, *price_won, *payment_means, *gift_recipient_ref)
+                    }
+                    Body::Block { reason, .. } => self.block(pin_hash, *reason),
+                    Body::Unblock { .. } => self.unblock(pin_hash),
+                    Body::BalanceRefund { payout_account_ref, .. } => self.balance_refund(pin_hash, *payout_account_ref),
                     Body::Authorize { password_mac, amount_won, category, hold_ttl_s, .. } => {
                         self.authorize(now_ms, op_id, pin_hash, *password_mac, *amount_won, *category, *hold_ttl_s)
                     }
@@ -476,6 +504,9 @@ impl Shard {
             held_won: 0,
             password_mac: 0,
             face_value_won,
+            charged_won: face_value_won,
+            expires_at_s: 0,
+            flags: 0,
             state: CardState::Issued as u8,
             password_failures: 0,
             holds: 0,
@@ -490,11 +521,122 @@ impl Shard {
         if let Err(code) = self.card_in(pin_hash, &[CardState::Issued, CardState::Sold]) {
             return self.declined(code, pin_hash);
         }
+        let expires_at_s = self.validity_end_s();
         let card = self.cards.get_mut(&pin_hash).expect("checked above");
         card.state = CardState::Active as u8;
         card.password_mac = password_mac;
         card.password_failures = 0;
+        if card.expires_at_s == 0 {
+            // Never sold through a channel (e.g. a virtual card): validity runs from activation.
+            card.expires_at_s = expires_at_s;
+        }
         Outcome::completed(self.approved(pin_hash, 0))
+    }
+
+    /// The end of a validity period that starts now, in seconds since the epoch.
+    fn validity_end_s(&self) -> u32 {
+        let end_s = self.now_ms / 1000 + u64::from(self.config.validity_days) * 86_400;
+        u32::try_from(end_s).unwrap_or(u32::MAX)
+    }
+
+    /// Expires the card if its validity has ended: what is left becomes breakage.
+    fn settle_expiry(&mut self, now_ms: Ms, pin_hash: PinHash) -> bool {
+        let Some(card) = self.cards.get_mut(&pin_hash) else { return false };
+        if !card.expiry_due(now_ms) {
+            return false;
+        }
+        let breakage_won = card.balance_won;
+        card.balance_won = 0;
+        card.state = CardState::Expired as u8;
+        self.totals.breakage_won += u128::from(breakage_won);
+        self.totals.balances_won -= u128::from(breakage_won);
+        true
+    }
+
+    fn sell(&mut self, pin_hash: PinHash, channel_id: u32, price_won: u64, payment_means: u8, gift_recipient_ref: u64) -> Outcome {
+        if channel_id == 0 || Funding::from_u8(payment_means).is_none() {
+            return self.declined(ResultCode::ChannelInvalid, pin_hash);
+        }
+        if price_won == 0 {
+            return self.declined(ResultCode::AmountInvalid, pin_hash);
+        }
+        match self.cards.get(&pin_hash).map(Card::state) {
+            None => return self.declined(ResultCode::CardNotFound, pin_hash),
+            Some(CardState::Issued) => {}
+            Some(CardState::Sold | CardState::Active) => return self.declined(ResultCode::CardAlreadySold, pin_hash),
+            Some(CardState::Blocked) => return self.declined(ResultCode::CardBlocked, pin_hash),
+            Some(CardState::Expired) => return self.declined(ResultCode::CardExpired, pin_hash),
+            Some(CardState::Closed) => return self.declined(ResultCode::CardClosed, pin_hash),
+        }
+        let expires_at_s = self.validity_end_s();
+        let card = self.cards.get_mut(&pin_hash).expect("checked above");
+        card.state = CardState::Sold as u8;
+        card.expires_at_s = expires_at_s;
+        if gift_recipient_ref != 0 {
+            card.flags |= CARD_FLAG_GIFT;
+        }
+        let face_value_won = card.face_value_won;
+        Outcome::completed(self.approved(pin_hash, face_value_won))
+    }
+
+    fn block(&mut self, pin_hash: PinHash, reason: u8) -> Outcome {
+        if BlockReason::from_u8(reason).is_none() {
+            return self.declined(ResultCode::BlockReasonInvalid, pin_hash);
+        }
+        if let Err(code) = self.card_in(pin_hash, &[CardState::Active]) {
+            return self.declined(code, pin_hash);
+        }
+        self.cards.get_mut(&pin_hash).expect("checked above").state = CardState::Blocked as u8;
+        Outcome::completed(self.approved(pin_hash, 0))
+    }
+
+    /// Blocked -> active; on an active card, clears a wrong-password lockout.
+    fn unblock(&mut self, pin_hash: PinHash) -> Outcome {
+        let tries_max = self.config.password_tries_max;
+        let Some(card) = self.cards.get_mut(&pin_hash) else {
+            return self.declined(ResultCode::CardNotFound, pin_hash);
+        };
+        match card.state() {
+            CardState::Blocked => card.state = CardState::Active as u8,
+            CardState::Active if card.password_failures >= tries_max => {}
+            CardState::Active => return self.declined(ResultCode::CardNotBlocked, pin_hash),
+            CardState::Issued | CardState::Sold => return self.declined(ResultCode::CardNotActive, pin_hash),
+            CardState::Expired => return self.declined(ResultCode::CardExpired, pin_hash),
+            CardState::Closed => return self.declined(ResultCode::CardClosed, pin_hash),
+        }
+        card.password_failures = 0;
+        Outcome::completed(self.approved(pin_hash, 0))
+    }
+
+    /// Pays the whole balance out and closes the card, once enough of it was used.
+    fn balance_refund(&mut self, pin_hash: PinHash, payout_account_ref: u64) -> Outcome {
+        if payout_account_ref == 0 {
+            // No account to pay into: a malformed request, like an unknown funding means.
+            return Outcome::completed(Reply::code(ResultCode::FormatError));
+        }
+        let card = match self.card_in(pin_hash, &[CardState::Active, CardState::Blocked]) {
+            Ok(card) => card,
+            Err(code) => return self.declined(code, pin_hash),
+        };
+        if card.holds > 0 {
+            return self.declined(ResultCode::HoldsOutstanding, pin_hash);
+        }
+        let percent = if card.face_value_won <= self.config.small_face_value_max_won {
+            self.config.refund_used_percent_small
+        } else {
+            self.config.refund_used_percent
+        };
+        let used_won = card.charged_won.saturating_sub(card.balance_won);
+        if u128::from(used_won) * 100 < u128::from(card.charged_won) * u128::from(percent) {
+            return self.declined(ResultCode::RefundRuleNotMet, pin_hash);
+        }
+        let payout_won = card.balance_won;
+        let card = self.cards.get_mut(&pin_hash).expect("checked above");
+        card.balance_won = 0;
+        card.state = CardState::Closed as u8;
+        self.totals.paid_out_won += u128::from(payout_won);
+        self.totals.balances_won -= u128::from(payout_won);
+        Outcome::completed(self.approved(pin_hash, payout_won))
     }
 
     fn load(&mut self, pin_hash: PinHash, amount_won: u64, funding: u8) -> Outcome {
@@ -517,7 +659,9 @@ impl Shard {
         if balance_won > self.config.balance_cap_won {
             return self.declined(ResultCode::BalanceCapExceeded, pin_hash);
         }
-        self.cards.get_mut(&pin_hash).expect("checked above").balance_won = balance_won;
+        let card = self.cards.get_mut(&pin_hash).expect("checked above");
+        card.balance_won = balance_won;
+        card.charged_won = card.charged_won.saturating_add(amount_won);
         self.totals.loaded_won += u128::from(amount_won);
         self.totals.balances_won += u128::from(amount_won);
         Outcome::completed(self.approved(pin_hash, amount_won))
@@ -825,7 +969,7 @@ impl Shard {
         let totals = &self.totals;
         assert_eq!(
             totals.issued_won + totals.loaded_won + totals.refunded_won + totals.reversed_won,
-            totals.balances_won + totals.debited_won,
+            totals.balances_won + totals.debited_won + totals.paid_out_won + totals.breakage_won,
             "money is conserved on shard {}",
             self.shard_id
         );
@@ -880,11 +1024,13 @@ impl Shard {
             .collect();
         holds.sort_by_key(|hold| (hold.expires_at_ms, hold.hold_id));
         let held_won: u64 = holds.iter().map(|hold| hold.amount_won - hold.captured_won).sum();
+        // What the next operation would find: a card past its validity reads as expired.
+        let (state, balance_won) = if card.expiry_due(now_ms) { (CardState::Expired, 0) } else { (card.state(), card.balance_won) };
         Some(CardView {
-            state: card.state(),
+            state,
             face_value_won: card.face_value_won,
-            balance_won: card.balance_won,
-            available_won: card.balance_won - held_won,
+            balance_won,
+            available_won: balance_won - held_won,
             held_won,
             password_tries_left: self.config.password_tries_max.saturating_sub(card.password_failures),
             holds,
@@ -982,6 +1128,10 @@ pub fn msg_type_of(body: &Body) -> MsgType {
         Body::Issue { .. } => MsgType::CardIssue,
         Body::Activate { .. } => MsgType::CardActivate,
         Body::Load { .. } => MsgType::CardLoad,
+        Body::Sell { .. } => MsgType::CardSell,
+        Body::Block { .. } => MsgType::CardBlock,
+        Body::Unblock { .. } => MsgType::CardUnblock,
+        Body::BalanceRefund { .. } => MsgType::CardRefund,
         Body::Authorize { .. } => MsgType::Authorize,
         Body::Capture { .. } => MsgType::Capture,
         Body::Void { .. } => MsgType::Void,
@@ -1022,6 +1172,24 @@ fn first_difference(recorded: &Body, retry: &Body) -> Option<Field> {
             Capture { pin_hash: p1, hold_id: h1, amount_won: a1, final_capture: f1 },
             Capture { pin_hash: p2, hold_id: h2, amount_won: a2, final_capture: f2 },
         ) => differs(&[(p1 == p2, Field::Card), (h1 == h2, Field::Reference), (a1 == a2, Field::Amount), (f1 == f2, Field::FinalCapture)]),
+        (
+            Sell { pin_hash: p1, channel_id: c1, price_won: a1, payment_means: m1, gift_recipient_ref: g1 },
+            Sell { pin_hash: p2, channel_id: c2, price_won: a2, payment_means: m2, gift_recipient_ref: g2 },
+        ) => differs(&[
+            (p1 == p2, Field::Card),
+            (c1 == c2, Field::Channel),
+            (a1 == a2, Field::Price),
+            (m1 == m2, Field::Funding),
+            (g1 == g2, Field::GiftRecipient),
+        ]),
+        (Block { pin_hash: p1, reason: r1 }, Block { pin_hash: p2, reason: r2 }) => {
+            differs(&[(p1 == p2, Field::Card), (r1 == r2, Field::Reason)])
+        }
+        (Unblock { pin_hash: p1 }, Unblock { pin_hash: p2 }) => differs(&[(p1 == p2, Field::Card)]),
+        (
+            BalanceRefund { pin_hash: p1, payout_account_ref: a1 },
+            BalanceRefund { pin_hash: p2, payout_account_ref: a2 },
+        ) => differs(&[(p1 == p2, Field::Card), (a1 == a2, Field::PayoutAccount)]),
         (Void { pin_hash: p1, hold_id: h1 }, Void { pin_hash: p2, hold_id: h2 }) => {
             differs(&[(p1 == p2, Field::Card), (h1 == h2, Field::Reference)])
         }
@@ -1051,7 +1219,7 @@ mod tests {
     /// growing these structs must be a decision, not an accident.
     #[test]
     fn stored_structs_stay_small() {
-        assert!(std::mem::size_of::<super::Card>() <= 40);
+        assert!(std::mem::size_of::<super::Card>() <= 56);
         assert!(std::mem::size_of::<super::OpRecord>() <= 112);
         assert!(std::mem::size_of::<crate::Body>() <= 48);
     }

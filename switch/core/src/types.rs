@@ -34,6 +34,14 @@ pub enum Body {
     Activate { pin_hash: PinHash, password_mac: PasswordMac },
     /// Recharge.
     Load { pin_hash: PinHash, amount_won: u64, funding: u8 },
+    /// A channel sells an issued card (state sold; the validity period starts).
+    Sell { pin_hash: PinHash, channel_id: u32, price_won: u64, payment_means: u8, gift_recipient_ref: u64 },
+    /// Stop an active card from paying; the balance is kept.
+    Block { pin_hash: PinHash, reason: u8 },
+    /// Back to active (or clear a wrong-password lockout).
+    Unblock { pin_hash: PinHash },
+    /// Pay the whole balance out and close the card (the used-share rule permitting).
+    BalanceRefund { pin_hash: PinHash, payout_account_ref: u64 },
     /// Place a hold (`hold_ttl_s` 0 = the configured default).
     Authorize {
         pin_hash: PinHash,
@@ -70,6 +78,10 @@ impl Body {
             Body::Issue { pin_hash, .. }
             | Body::Activate { pin_hash, .. }
             | Body::Load { pin_hash, .. }
+            | Body::Sell { pin_hash, .. }
+            | Body::Block { pin_hash, .. }
+            | Body::Unblock { pin_hash }
+            | Body::BalanceRefund { pin_hash, .. }
             | Body::Authorize { pin_hash, .. }
             | Body::Capture { pin_hash, .. }
             | Body::Void { pin_hash, .. }
@@ -154,7 +166,7 @@ pub struct OpView {
 }
 
 /// Money totals a shard keeps so conservation can be asserted after every command:
-/// `issued + loaded + refunded + reversed == balances + debited`.
+/// `issued + loaded + refunded + reversed == balances + debited + paid_out + breakage`.
 #[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Totals {
     pub issued_won: u128,
@@ -162,6 +174,10 @@ pub struct Totals {
     pub refunded_won: u128,
     pub reversed_won: u128,
     pub debited_won: u128,
+    /// Balances paid out by CARD_REFUND (the card closed).
+    pub paid_out_won: u128,
+    /// Balances left on cards that expired (the issuer's breakage).
+    pub breakage_won: u128,
     pub balances_won: u128,
     pub held_won: u128,
 }

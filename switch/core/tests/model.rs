@@ -93,6 +93,10 @@ struct RefCard {
     balance: u64,
     mac: u64,
     failures: u8,
+    /// Face value plus recharges (the refund rule's base).
+    charged: u64,
+    /// End of validity in seconds (0: not started).
+    expires_s: u32,
 }
 
 #[derive(Clone, Debug)]
@@ -146,6 +150,8 @@ struct Reference {
     refunded: u128,
     reversed: u128,
     debited: u128,
+    paid_out: u128,
+    breakage: u128,
 }
 
 fn time_of(op_id: OpId) -> Ms {
@@ -170,6 +176,10 @@ fn pin_of(body: &Body) -> PinHash {
         Body::Issue { pin_hash, .. }
         | Body::Activate { pin_hash, .. }
         | Body::Load { pin_hash, .. }
+        | Body::Sell { pin_hash, .. }
+        | Body::Block { pin_hash, .. }
+        | Body::Unblock { pin_hash }
+        | Body::BalanceRefund { pin_hash, .. }
         | Body::Authorize { pin_hash, .. }
         | Body::Capture { pin_hash, .. }
         | Body::Void { pin_hash, .. }
@@ -185,6 +195,10 @@ fn msg_type(body: &Body) -> MsgType {
         Body::Issue { .. } => MsgType::CardIssue,
         Body::Activate { .. } => MsgType::CardActivate,
         Body::Load { .. } => MsgType::CardLoad,
+        Body::Sell { .. } => MsgType::CardSell,
+        Body::Block { .. } => MsgType::CardBlock,
+        Body::Unblock { .. } => MsgType::CardUnblock,
+        Body::BalanceRefund { .. } => MsgType::CardRefund,
         Body::Authorize { .. } => MsgType::Authorize,
         Body::Capture { .. } => MsgType::Capture,
         Body::Void { .. } => MsgType::Void,
@@ -217,6 +231,24 @@ fn first_differing_field(first: &Body, retry: &Body) -> Option<Field> {
             Body::Load { pin_hash: p1, amount_won: a1, funding: f1 },
             Body::Load { pin_hash: p2, amount_won: a2, funding: f2 },
         ) => first_of(&[(p1 != p2, Field::Card), (a1 != a2, Field::Amount), (f1 != f2, Field::Funding)]),
+        (
+            Body::Sell { pin_hash: p1, channel_id: c1, price_won: a1, payment_means: m1, gift_recipient_ref: g1 },
+            Body::Sell { pin_hash: p2, channel_id: c2, price_won: a2, payment_means: m2, gift_recipient_ref: g2 },
+        ) => first_of(&[
+            (p1 != p2, Field::Card),
+            (c1 != c2, Field::Channel),
+            (a1 != a2, Field::Price),
+            (m1 != m2, Field::Funding),
+            (g1 != g2, Field::GiftRecipient),
+        ]),
+        (Body::Block { pin_hash: p1, reason: r1 }, Body::Block { pin_hash: p2, reason: r2 }) => {
+            first_of(&[(p1 != p2, Field::Card), (r1 != r2, Field::Reason)])
+        }
+        (Body::Unblock { pin_hash: p1 }, Body::Unblock { pin_hash: p2 }) => first_of(&[(p1 != p2, Field::Card)]),
+        (
+            Body::BalanceRefund { pin_hash: p1, payout_account_ref: a1 },
+            Body::BalanceRefund { pin_hash: p2, payout_account_ref: a2 },
+        ) => first_of(&[(p1 != p2, Field::Card), (a1 != a2, Field::PayoutAccount)]),
         (
             Body::Authorize { pin_hash: p1, password_mac: m1, amount_won: a1, merchant_id: r1, category: c1, hold_ttl_s: t1 },
             Body::Authorize { pin_hash: p2, password_mac: m2, amount_won: a2, merchant_id: r2, category: c2, hold_ttl_s: t2 },
@@ -300,6 +332,8 @@ impl Reference {
             refunded: 0,
             reversed: 0,
             debited: 0,
+            paid_out: 0,
+            breakage: 0,
         }
     }
 
@@ -498,6 +532,9 @@ impl Reference {
             if matches!(body, Body::Issue { .. }) && self.card(pin).is_some() {
                 return (bare(ResultCode::RetryLater), false);
             }
+            if !matches!(body, Body::Issue { .. }) {
+                self.settle_expiry(pin);
+            }
             self.execute(now, op_id, body)
         };
         let reply = outcome.reply;
@@ -519,6 +556,12 @@ impl Reference {
             Body::Issue { pin_hash, face_value_won } => self.issue(pin_hash, face_value_won),
             Body::Activate { pin_hash, password_mac } => self.activate(pin_hash, password_mac),
             Body::Load { pin_hash, amount_won, funding } => self.load(pin_hash, amount_won, funding),
+            Body::Sell { pin_hash, channel_id, price_won, payment_means, .. } => {
+                self.sell(pin_hash, channel_id, price_won, payment_means)
+            }
+            Body::Block { pin_hash, reason } => self.block(pin_hash, reason),
+            Body::Unblock { pin_hash } => self.unblock(pin_hash),
+            Body::BalanceRefund { pin_hash, payout_account_ref } => self.balance_refund(pin_hash, payout_account_ref),
             Body::Authorize { pin_hash, password_mac, amount_won, category, hold_ttl_s, .. } => {
                 self.authorize(now, op_id, pin_hash, password_mac, amount_won, category, hold_ttl_s)
             }
@@ -539,12 +582,121 @@ impl Reference {
         if !self.cfg.face_values_won.contains(&face) {
             return done(bare(ResultCode::ProductNotFound));
         }
-        self.cards.push(RefCard { pin, state: CardState::Issued, face, balance: face, mac: 0, failures: 0 });
+        self.cards.push(RefCard { pin, state: CardState::Issued, face, balance: face, mac: 0, failures: 0, charged: face, expires_s: 0 });
         self.issued += u128::from(face);
         done(self.approve(pin, face))
     }
 
+    /// Seconds since the epoch at which a validity period starting now ends.
+    fn validity_end(&self) -> u32 {
+        u32::try_from(self.clock / 1000 + u64::from(self.cfg.validity_days) * 86_400).unwrap_or(u32::MAX)
+    }
+
+    /// Past its validity, with no pending hold, and in a state that can expire.
+    fn expiry_due(&self, card: &RefCard, at: Ms) -> bool {
+        card.expires_s != 0
+            && at / 1000 >= u64::from(card.expires_s)
+            && !self.holds.iter().any(|hold| hold.pin == card.pin)
+            && matches!(card.state, CardState::Sold | CardState::Active | CardState::Blocked)
+    }
+
+    /// The first operation touching an expired card turns what is left into breakage.
+    fn settle_expiry(&mut self, pin: PinHash) {
+        let Some(card) = self.card(pin).cloned() else { return };
+        if self.expiry_due(&card, self.clock) {
+            let card = self.card_mut(pin).unwrap();
+            let left = card.balance;
+            card.balance = 0;
+            card.state = CardState::Expired;
+            self.breakage += u128::from(left);
+        }
+    }
+
+    fn sell(&mut self, pin: PinHash, channel: u32, price: u64, means: u8) -> Outcome {
+        if channel == 0 || !(1..=5).contains(&means) {
+            return self.decline(ResultCode::ChannelInvalid, pin);
+        }
+        if price == 0 {
+            return self.decline(ResultCode::AmountInvalid, pin);
+        }
+        let validity_end = self.validity_end();
+        let Some(card) = self.card_mut(pin) else {
+            return self.decline(ResultCode::CardNotFound, pin);
+        };
+        match card.state {
+            CardState::Issued => {
+                card.state = CardState::Sold;
+                card.expires_s = validity_end;
+                let face = card.face;
+                done(self.approve(pin, face))
+            }
+            CardState::Sold | CardState::Active => self.decline(ResultCode::CardAlreadySold, pin),
+            other => self.decline(wrong_state(other), pin),
+        }
+    }
+
+    fn block(&mut self, pin: PinHash, reason: u8) -> Outcome {
+        if !(1..=4).contains(&reason) {
+            return self.decline(ResultCode::BlockReasonInvalid, pin);
+        }
+        if let Err(code) = self.must_be_active(pin) {
+            return self.decline(code, pin);
+        }
+        self.card_mut(pin).unwrap().state = CardState::Blocked;
+        done(self.approve(pin, 0))
+    }
+
+    fn unblock(&mut self, pin: PinHash) -> Outcome {
+        let tries = self.cfg.password_tries_max;
+        let Some(card) = self.card_mut(pin) else {
+            return self.decline(ResultCode::CardNotFound, pin);
+        };
+        let code = match card.state {
+            CardState::Blocked => None,
+            CardState::Active if card.failures >= tries => None,
+            CardState::Active => Some(ResultCode::CardNotBlocked),
+            other => Some(wrong_state(other)),
+        };
+        if let Some(code) = code {
+            return self.decline(code, pin);
+        }
+        card.state = CardState::Active;
+        card.failures = 0;
+        done(self.approve(pin, 0))
+    }
+
+    fn balance_refund(&mut self, pin: PinHash, account: u64) -> Outcome {
+        if account == 0 {
+            return done(bare(ResultCode::FormatError));
+        }
+        let Some(card) = self.card(pin).cloned() else {
+            return self.decline(ResultCode::CardNotFound, pin);
+        };
+        if !matches!(card.state, CardState::Active | CardState::Blocked) {
+            return self.decline(wrong_state(card.state), pin);
+        }
+        if self.holds.iter().any(|hold| hold.pin == pin) {
+            return self.decline(ResultCode::HoldsOutstanding, pin);
+        }
+        let percent = if card.face <= self.cfg.small_face_value_max_won {
+            self.cfg.refund_used_percent_small
+        } else {
+            self.cfg.refund_used_percent
+        };
+        let used = card.charged.saturating_sub(card.balance);
+        if u128::from(used) * 100 < u128::from(card.charged) * u128::from(percent) {
+            return self.decline(ResultCode::RefundRuleNotMet, pin);
+        }
+        let card = self.card_mut(pin).unwrap();
+        let payout = card.balance;
+        card.balance = 0;
+        card.state = CardState::Closed;
+        self.paid_out += u128::from(payout);
+        done(self.approve(pin, payout))
+    }
+
     fn activate(&mut self, pin: PinHash, mac: u64) -> Outcome {
+        let validity_end = self.validity_end();
         let Some(card) = self.card_mut(pin) else {
             return self.decline(ResultCode::CardNotFound, pin);
         };
@@ -553,6 +705,9 @@ impl Reference {
                 card.state = CardState::Active;
                 card.mac = mac;
                 card.failures = 0;
+                if card.expires_s == 0 {
+                    card.expires_s = validity_end;
+                }
                 done(self.approve(pin, 0))
             }
             other => self.decline(wrong_state(other), pin),
@@ -588,7 +743,9 @@ impl Reference {
         if new_balance > self.cfg.balance_cap_won {
             return self.decline(ResultCode::BalanceCapExceeded, pin);
         }
-        self.card_mut(pin).unwrap().balance = new_balance;
+        let card = self.card_mut(pin).unwrap();
+        card.balance = new_balance;
+        card.charged = card.charged.saturating_add(amount);
         self.loaded += u128::from(amount);
         done(self.approve(pin, amount))
     }
@@ -853,11 +1010,12 @@ impl Reference {
             .collect();
         holds.sort_by_key(|hold| (hold.expires_at_ms, hold.hold_id));
         let held: u64 = holds.iter().map(|hold| hold.amount_won - hold.captured_won).sum();
+        let (state, balance) = if self.expiry_due(card, at) { (CardState::Expired, 0) } else { (card.state, card.balance) };
         Some(CardView {
-            state: card.state,
+            state,
             face_value_won: card.face,
-            balance_won: card.balance,
-            available_won: card.balance - held,
+            balance_won: balance,
+            available_won: balance - held,
             held_won: held,
             password_tries_left: self.cfg.password_tries_max.saturating_sub(card.failures),
             holds,
@@ -878,6 +1036,8 @@ impl Reference {
             refunded_won: self.refunded,
             reversed_won: self.reversed,
             debited_won: self.debited,
+            paid_out_won: self.paid_out,
+            breakage_won: self.breakage,
             balances_won: self.cards.iter().map(|card| u128::from(card.balance)).sum(),
             held_won: self.holds.iter().map(|hold| u128::from(hold.amount - hold.captured)).sum(),
         }
@@ -966,8 +1126,12 @@ impl Walk {
             self.rng.range(180_000, 1_200_000)
         } else if r < 995 {
             self.rng.range(1_200_000, 4_200_000)
-        } else {
+        } else if r < 998 {
             self.rng.range(7_200_000, 9_000_000)
+        } else {
+            // Rarely a day passes (test_min cards are valid for one day): cards expire.
+            self.now += self.rng.range(86_400_000, 90_000_000);
+            0
         };
         self.now += dt / self.tempo;
     }
@@ -1130,6 +1294,23 @@ impl Walk {
         }
     }
 
+    /// Sell, block, unblock, balance refund: mostly well formed, sometimes not.
+    fn card_life_body(&mut self) -> Body {
+        let pin = self.pick_pin();
+        match self.rng.below(4) {
+            0 => Body::Sell {
+                pin_hash: pin,
+                channel_id: if self.rng.percent(90) { self.rng.range(1, 40) as u32 } else { 0 },
+                price_won: if self.rng.percent(92) { self.rng.range(1, 100_000) } else { 0 },
+                payment_means: if self.rng.percent(90) { self.rng.range(1, 5) as u8 } else { self.rng.pick(&[0, 6]) },
+                gift_recipient_ref: if self.rng.percent(30) { self.rng.next() } else { 0 },
+            },
+            1 => Body::Block { pin_hash: pin, reason: if self.rng.percent(90) { self.rng.range(1, 4) as u8 } else { self.rng.pick(&[0, 5]) } },
+            2 => Body::Unblock { pin_hash: pin },
+            _ => Body::BalanceRefund { pin_hash: pin, payout_account_ref: if self.rng.percent(92) { self.rng.range(1, 1 << 40) } else { 0 } },
+        }
+    }
+
     fn fresh_body(&mut self, op_id: OpId) -> Body {
         // Get the cards into play quickly: issue the missing ones and activate issued ones.
         if self.reference.cards.len() < ISSUABLE && self.rng.percent(25) {
@@ -1138,11 +1319,19 @@ impl Walk {
             let pin = self.rng.pick(&missing);
             return Body::Issue { pin_hash: pin, face_value_won: self.rng.pick(&faces) };
         }
-        let issued: Vec<PinHash> =
-            self.reference.cards.iter().filter(|card| card.state == CardState::Issued).map(|card| card.pin).collect();
+        let issued: Vec<PinHash> = self
+            .reference
+            .cards
+            .iter()
+            .filter(|card| matches!(card.state, CardState::Issued | CardState::Sold))
+            .map(|card| card.pin)
+            .collect();
         if !issued.is_empty() && self.rng.percent(15) {
             let pin = self.rng.pick(&issued);
             return Body::Activate { pin_hash: pin, password_mac: good_mac(pin) };
+        }
+        if self.rng.percent(10) {
+            return self.card_life_body();
         }
         let r = self.rng.below(100);
         match r {
@@ -1366,6 +1555,34 @@ impl Walk {
                     *category = category.wrapping_add(1);
                 }
             }
+            Body::Sell { pin_hash, channel_id, price_won, payment_means, gift_recipient_ref } => {
+                if flip[0] {
+                    *pin_hash = self.other_pin(*pin_hash);
+                }
+                if flip[1] {
+                    *channel_id = channel_id.wrapping_add(1);
+                }
+                *price_won = bump(*price_won, flip[2]);
+                if flip[3] {
+                    *payment_means = payment_means.wrapping_add(1);
+                }
+                *gift_recipient_ref = bump(*gift_recipient_ref, flip[4] || flip[5]);
+            }
+            Body::Block { pin_hash, reason } => {
+                if flip[0] || flip[2] || flip[4] {
+                    *pin_hash = self.other_pin(*pin_hash);
+                }
+                if flip[1] || flip[3] || flip[5] {
+                    *reason = reason.wrapping_add(1);
+                }
+            }
+            Body::Unblock { pin_hash } => *pin_hash = self.other_pin(*pin_hash),
+            Body::BalanceRefund { pin_hash, payout_account_ref } => {
+                if flip[0] || flip[2] || flip[4] {
+                    *pin_hash = self.other_pin(*pin_hash);
+                }
+                *payout_account_ref = bump(*payout_account_ref, flip[1] || flip[3] || flip[5]);
+            }
             Body::Refund { pin_hash, original_op_id, amount_won } => {
                 if flip[0] || flip[3] {
                     *pin_hash = self.other_pin(*pin_hash);
@@ -1514,7 +1731,7 @@ impl Walk {
             self.fail(&format!("totals: engine {totals:?}, reference {:?}", reference.totals()), command, Some(applied), None);
         }
         if totals.issued_won + totals.loaded_won + totals.refunded_won + totals.reversed_won
-            != totals.balances_won + totals.debited_won
+            != totals.balances_won + totals.debited_won + totals.paid_out_won + totals.breakage_won
         {
             self.fail(&format!("money not conserved: {totals:?}"), command, Some(applied), None);
         }
@@ -1689,6 +1906,15 @@ fn engine_matches_the_reference_ledger() {
         ResultCode::OpIdInvalid,
         ResultCode::FormatError,
         ResultCode::RetryLater,
+        ResultCode::CardBlocked,
+        ResultCode::CardExpired,
+        ResultCode::CardClosed,
+        ResultCode::CardAlreadySold,
+        ResultCode::CardNotBlocked,
+        ResultCode::RefundRuleNotMet,
+        ResultCode::ChannelInvalid,
+        ResultCode::BlockReasonInvalid,
+        ResultCode::HoldsOutstanding,
     ];
     let missing: Vec<&str> = must_reach.iter().filter(|code| counts[code.as_u16() as usize] == 0).map(|code| code.name()).collect();
     assert!(missing.is_empty(), "outcomes never reached: {missing:?}");

@@ -5,11 +5,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use pinswitch_protocol::client::Client;
 use pinswitch_protocol::{
-    self as protocol, BalanceInquiry, CardActivate, CardIssue, CardLoad, CardState, Funding,
-    ResultCode, Sale, pin,
+    self as protocol, BalanceInquiry, BlockReason, CardActivate, CardBlock, CardIssue, CardLoad,
+    CardRefund, CardSell, CardState, CardUnblock, Funding, OpResult, ResultCode, Sale, pin,
 };
 
 use crate::config::Config;
@@ -91,6 +91,69 @@ enum CardCommand {
         #[arg(long, default_value_t = 0)]
         merchant: u64,
     },
+    /// Sell an issued card through a channel; its validity period starts.
+    Sell {
+        #[arg(long, default_value = "127.0.0.1:7420")]
+        connect: String,
+        pin: String,
+        /// The selling channel (non-zero).
+        #[arg(long)]
+        channel: u32,
+        /// What the buyer paid, in won.
+        #[arg(long)]
+        price: u64,
+        /// How the buyer paid: 1 credit card, 2 bank transfer, 3 deposit without bankbook,
+        /// 4 cash, 5 mobile bill.
+        #[arg(long, default_value_t = Funding::Cash as u8, value_parser = clap::value_parser!(u8).range(1..=5))]
+        means: u8,
+        /// Sell as a gift to this recipient reference (0: for the buyer).
+        #[arg(long = "gift-to", default_value_t = 0)]
+        gift_to: u64,
+    },
+    /// Stop an active card from paying; the balance is kept.
+    Block {
+        #[arg(long, default_value = "127.0.0.1:7420")]
+        connect: String,
+        pin: String,
+        #[arg(long, value_enum)]
+        reason: Reason,
+    },
+    /// Return a blocked card to active, or clear a wrong-password lockout.
+    Unblock {
+        #[arg(long, default_value = "127.0.0.1:7420")]
+        connect: String,
+        pin: String,
+    },
+    /// Pay the whole balance out to an account and close the card (refund rule permitting).
+    Refund {
+        #[arg(long, default_value = "127.0.0.1:7420")]
+        connect: String,
+        pin: String,
+        /// The payout account reference (non-zero).
+        #[arg(long)]
+        account: u64,
+    },
+}
+
+/// Why a card is blocked (`card block --reason`).
+#[derive(Clone, Copy, ValueEnum)]
+enum Reason {
+    Lost,
+    Stolen,
+    Operator,
+    Holder,
+}
+
+impl Reason {
+    fn code(self) -> u8 {
+        let reason = match self {
+            Reason::Lost => BlockReason::Lost,
+            Reason::Stolen => BlockReason::Stolen,
+            Reason::Operator => BlockReason::Operator,
+            Reason::Holder => BlockReason::HolderRequest,
+        };
+        reason as u8
+    }
 }
 
 pub fn main() -> anyhow::Result<ExitCode> {
@@ -198,15 +261,13 @@ async fn card(command: CardCommand) -> anyhow::Result<ExitCode> {
             let pin = parse_pin(&pin)?;
             let client = connect(&address).await?;
             let event = CardActivate { op_id: protocol::new_op_id(), pin, password: password.into_bytes() };
-            let result = single(client.card_activate(&[event]).await.context("activating")?)?;
-            Ok(outcome(result.code, format!(", balance {} won", result.balance_won)))
+            Ok(balance_outcome(single(client.card_activate(&[event]).await.context("activating")?)?))
         }
         CardCommand::Load { connect: address, pin, amount } => {
             let pin = parse_pin(&pin)?;
             let client = connect(&address).await?;
             let event = CardLoad { op_id: protocol::new_op_id(), pin, amount_won: amount, funding: Funding::Cash as u8 };
-            let result = single(client.card_load(&[event]).await.context("recharging")?)?;
-            Ok(outcome(result.code, format!(", balance {} won", result.balance_won)))
+            Ok(balance_outcome(single(client.card_load(&[event]).await.context("recharging")?)?))
         }
         CardCommand::Sale { connect: address, pin, password, amount, merchant } => {
             let pin = parse_pin(&pin)?;
@@ -222,7 +283,45 @@ async fn card(command: CardCommand) -> anyhow::Result<ExitCode> {
             let result = single(client.sale(&[event]).await.context("debiting")?)?;
             Ok(outcome(result.code, format!(", approval {:06}, balance {} won", result.approval_code, result.balance_won)))
         }
+        CardCommand::Sell { connect: address, pin, channel, price, means, gift_to } => {
+            let pin = parse_pin(&pin)?;
+            let client = connect(&address).await?;
+            let event = CardSell {
+                op_id: protocol::new_op_id(),
+                pin,
+                channel_id: channel,
+                price_won: price,
+                payment_means: means,
+                gift_recipient_ref: gift_to,
+            };
+            let result = single(client.card_sell(&[event]).await.context("selling")?)?;
+            Ok(outcome(result.code, format!(", face value {} won", result.amount_won)))
+        }
+        CardCommand::Block { connect: address, pin, reason } => {
+            let pin = parse_pin(&pin)?;
+            let client = connect(&address).await?;
+            let event = CardBlock { op_id: protocol::new_op_id(), pin, reason: reason.code() };
+            Ok(balance_outcome(single(client.card_block(&[event]).await.context("blocking")?)?))
+        }
+        CardCommand::Unblock { connect: address, pin } => {
+            let pin = parse_pin(&pin)?;
+            let client = connect(&address).await?;
+            let event = CardUnblock { op_id: protocol::new_op_id(), pin };
+            Ok(balance_outcome(single(client.card_unblock(&[event]).await.context("unblocking")?)?))
+        }
+        CardCommand::Refund { connect: address, pin, account } => {
+            let pin = parse_pin(&pin)?;
+            let client = connect(&address).await?;
+            let event = CardRefund { op_id: protocol::new_op_id(), pin, payout_account_ref: account };
+            let result = single(client.card_refund(&[event]).await.context("refunding the balance")?)?;
+            Ok(outcome(result.code, format!(", paid out {} won, balance {} won", result.amount_won, result.balance_won)))
+        }
     }
+}
+
+/// The result line of an operation whose interesting figure is the balance.
+fn balance_outcome(result: OpResult) -> ExitCode {
+    outcome(result.code, format!(", balance {} won", result.balance_won))
 }
 
 fn single<T>(results: Vec<T>) -> anyhow::Result<T> {

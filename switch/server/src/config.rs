@@ -73,6 +73,10 @@ pub struct EngineSection {
     pub idempotency_entries_max: u32,
     pub op_clock_skew_max_ms: u64,
     pub password_tries_max: u8,
+    pub validity_days: u32,
+    pub refund_used_percent: u8,
+    pub refund_used_percent_small: u8,
+    pub small_face_value_max_won: u64,
 }
 
 impl Default for ServerSection {
@@ -119,6 +123,10 @@ impl Default for EngineSection {
             idempotency_entries_max: engine.idempotency_entries_max,
             op_clock_skew_max_ms: engine.op_clock_skew_max_ms,
             password_tries_max: engine.password_tries_max,
+            validity_days: engine.validity_days,
+            refund_used_percent: engine.refund_used_percent,
+            refund_used_percent_small: engine.refund_used_percent_small,
+            small_face_value_max_won: engine.small_face_value_max_won,
         }
     }
 }
@@ -163,6 +171,10 @@ impl Config {
             idempotency_entries_max: engine.idempotency_entries_max,
             op_clock_skew_max_ms: engine.op_clock_skew_max_ms,
             password_tries_max: engine.password_tries_max,
+            validity_days: engine.validity_days,
+            refund_used_percent: engine.refund_used_percent,
+            refund_used_percent_small: engine.refund_used_percent_small,
+            small_face_value_max_won: engine.small_face_value_max_won,
         }
     }
 

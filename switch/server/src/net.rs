@@ -308,127 +308,93 @@ fn plan(context: &Context, msg_type: MsgType, body: &[u8], deadline_at_ms: u64) 
             pending.groups = submit(context, routed);
             Ok(Planned::Issue(pending, pins))
         }
-        MsgType::CardActivate => {
-            let events = events!(protocol::CardActivate);
-            let mut pending = Pending::new(events.len());
-            let mut routed = Vec::with_capacity(events.len());
-            for (index, event) in events.iter().enumerate() {
-                let Some(pin_hash) = card(keys, event.pin.to_native(), &mut pending.results[index]) else { continue };
-                let Some(password_mac) = password(keys, pin_hash, event.password.as_slice(), &mut pending.results[index]) else { continue };
-                let item = command(event.op_id.to_native(), Body::Activate { pin_hash, password_mac });
-                routed.push((index, shard_of_card(pin_hash, count), item));
-            }
-            pending.groups = submit(context, routed);
-            Ok(Planned::Ops(pending))
-        }
-        MsgType::CardLoad => {
-            let events = events!(protocol::CardLoad);
-            let mut pending = Pending::new(events.len());
-            let mut routed = Vec::with_capacity(events.len());
-            for (index, event) in events.iter().enumerate() {
-                let Some(pin_hash) = card(keys, event.pin.to_native(), &mut pending.results[index]) else { continue };
-                let body = Body::Load { pin_hash, amount_won: event.amount_won.to_native(), funding: event.funding };
-                routed.push((index, shard_of_card(pin_hash, count), command(event.op_id.to_native(), body)));
-            }
-            pending.groups = submit(context, routed);
-            Ok(Planned::Ops(pending))
-        }
-        MsgType::Authorize => {
-            let events = events!(protocol::Authorize);
-            let mut pending = Pending::new(events.len());
-            let mut routed = Vec::with_capacity(events.len());
-            for (index, event) in events.iter().enumerate() {
-                let Some(pin_hash) = card(keys, event.pin.to_native(), &mut pending.results[index]) else { continue };
-                let Some(password_mac) = password(keys, pin_hash, event.password.as_slice(), &mut pending.results[index]) else { continue };
-                let body = Body::Authorize {
-                    pin_hash,
-                    password_mac,
-                    amount_won: event.amount_won.to_native(),
-                    merchant_id: event.merchant_id.to_native(),
-                    category: event.category,
-                    hold_ttl_s: event.hold_ttl_s.to_native(),
-                };
-                routed.push((index, shard_of_card(pin_hash, count), command(event.op_id.to_native(), body)));
-            }
-            pending.groups = submit(context, routed);
-            Ok(Planned::Ops(pending))
-        }
-        MsgType::Capture => {
-            let events = events!(protocol::Capture);
-            let mut pending = Pending::new(events.len());
-            let mut routed = Vec::with_capacity(events.len());
-            for (index, event) in events.iter().enumerate() {
-                let Some(pin_hash) = card(keys, event.pin.to_native(), &mut pending.results[index]) else { continue };
-                let body = Body::Capture {
-                    pin_hash,
-                    hold_id: event.hold_id.to_native(),
-                    amount_won: event.amount_won.to_native(),
-                    final_capture: event.final_capture,
-                };
-                routed.push((index, shard_of_card(pin_hash, count), command(event.op_id.to_native(), body)));
-            }
-            pending.groups = submit(context, routed);
-            Ok(Planned::Ops(pending))
-        }
-        MsgType::Void => {
-            let events = events!(protocol::Void);
-            let mut pending = Pending::new(events.len());
-            let mut routed = Vec::with_capacity(events.len());
-            for (index, event) in events.iter().enumerate() {
-                let Some(pin_hash) = card(keys, event.pin.to_native(), &mut pending.results[index]) else { continue };
-                let body = Body::Void { pin_hash, hold_id: event.hold_id.to_native() };
-                routed.push((index, shard_of_card(pin_hash, count), command(event.op_id.to_native(), body)));
-            }
-            pending.groups = submit(context, routed);
-            Ok(Planned::Ops(pending))
-        }
-        MsgType::Reverse => {
-            let events = events!(protocol::Reverse);
-            let mut pending = Pending::new(events.len());
-            let mut routed = Vec::with_capacity(events.len());
-            for (index, event) in events.iter().enumerate() {
-                let Some(pin_hash) = card(keys, event.pin.to_native(), &mut pending.results[index]) else { continue };
-                let body = Body::Reverse { pin_hash, original_op_id: event.original_op_id.to_native() };
-                routed.push((index, shard_of_card(pin_hash, count), command(event.op_id.to_native(), body)));
-            }
-            pending.groups = submit(context, routed);
-            Ok(Planned::Ops(pending))
-        }
-        MsgType::Sale => {
-            let events = events!(protocol::Sale);
-            let mut pending = Pending::new(events.len());
-            let mut routed = Vec::with_capacity(events.len());
-            for (index, event) in events.iter().enumerate() {
-                let Some(pin_hash) = card(keys, event.pin.to_native(), &mut pending.results[index]) else { continue };
-                let Some(password_mac) = password(keys, pin_hash, event.password.as_slice(), &mut pending.results[index]) else { continue };
-                let body = Body::Sale {
-                    pin_hash,
-                    password_mac,
-                    amount_won: event.amount_won.to_native(),
-                    merchant_id: event.merchant_id.to_native(),
-                    category: event.category,
-                };
-                routed.push((index, shard_of_card(pin_hash, count), command(event.op_id.to_native(), body)));
-            }
-            pending.groups = submit(context, routed);
-            Ok(Planned::Ops(pending))
-        }
-        MsgType::Refund => {
-            let events = events!(protocol::Refund);
-            let mut pending = Pending::new(events.len());
-            let mut routed = Vec::with_capacity(events.len());
-            for (index, event) in events.iter().enumerate() {
-                let Some(pin_hash) = card(keys, event.pin.to_native(), &mut pending.results[index]) else { continue };
-                let body = Body::Refund {
-                    pin_hash,
-                    original_op_id: event.original_op_id.to_native(),
-                    amount_won: event.amount_won.to_native(),
-                };
-                routed.push((index, shard_of_card(pin_hash, count), command(event.op_id.to_native(), body)));
-            }
-            pending.groups = submit(context, routed);
-            Ok(Planned::Ops(pending))
-        }
+        MsgType::CardActivate => Ok(ops(context, events!(protocol::CardActivate), deadline_at_ms, |event, result| {
+            let pin_hash = card(keys, event.pin.to_native(), result)?;
+            let password_mac = password(keys, pin_hash, event.password.as_slice(), result)?;
+            Some((event.op_id.to_native(), Body::Activate { pin_hash, password_mac }))
+        })),
+        MsgType::CardLoad => Ok(ops(context, events!(protocol::CardLoad), deadline_at_ms, |event, result| {
+            let pin_hash = card(keys, event.pin.to_native(), result)?;
+            let body = Body::Load { pin_hash, amount_won: event.amount_won.to_native(), funding: event.funding };
+            Some((event.op_id.to_native(), body))
+        })),
+        MsgType::CardSell => Ok(ops(context, events!(protocol::CardSell), deadline_at_ms, |event, result| {
+            let pin_hash = card(keys, event.pin.to_native(), result)?;
+            let body = Body::Sell {
+                pin_hash,
+                channel_id: event.channel_id.to_native(),
+                price_won: event.price_won.to_native(),
+                payment_means: event.payment_means,
+                gift_recipient_ref: event.gift_recipient_ref.to_native(),
+            };
+            Some((event.op_id.to_native(), body))
+        })),
+        MsgType::CardBlock => Ok(ops(context, events!(protocol::CardBlock), deadline_at_ms, |event, result| {
+            let pin_hash = card(keys, event.pin.to_native(), result)?;
+            Some((event.op_id.to_native(), Body::Block { pin_hash, reason: event.reason }))
+        })),
+        MsgType::CardUnblock => Ok(ops(context, events!(protocol::CardUnblock), deadline_at_ms, |event, result| {
+            let pin_hash = card(keys, event.pin.to_native(), result)?;
+            Some((event.op_id.to_native(), Body::Unblock { pin_hash }))
+        })),
+        MsgType::CardRefund => Ok(ops(context, events!(protocol::CardRefund), deadline_at_ms, |event, result| {
+            let pin_hash = card(keys, event.pin.to_native(), result)?;
+            let body = Body::BalanceRefund { pin_hash, payout_account_ref: event.payout_account_ref.to_native() };
+            Some((event.op_id.to_native(), body))
+        })),
+        MsgType::Authorize => Ok(ops(context, events!(protocol::Authorize), deadline_at_ms, |event, result| {
+            let pin_hash = card(keys, event.pin.to_native(), result)?;
+            let password_mac = password(keys, pin_hash, event.password.as_slice(), result)?;
+            let body = Body::Authorize {
+                pin_hash,
+                password_mac,
+                amount_won: event.amount_won.to_native(),
+                merchant_id: event.merchant_id.to_native(),
+                category: event.category,
+                hold_ttl_s: event.hold_ttl_s.to_native(),
+            };
+            Some((event.op_id.to_native(), body))
+        })),
+        MsgType::Capture => Ok(ops(context, events!(protocol::Capture), deadline_at_ms, |event, result| {
+            let pin_hash = card(keys, event.pin.to_native(), result)?;
+            let body = Body::Capture {
+                pin_hash,
+                hold_id: event.hold_id.to_native(),
+                amount_won: event.amount_won.to_native(),
+                final_capture: event.final_capture,
+            };
+            Some((event.op_id.to_native(), body))
+        })),
+        MsgType::Void => Ok(ops(context, events!(protocol::Void), deadline_at_ms, |event, result| {
+            let pin_hash = card(keys, event.pin.to_native(), result)?;
+            Some((event.op_id.to_native(), Body::Void { pin_hash, hold_id: event.hold_id.to_native() }))
+        })),
+        MsgType::Reverse => Ok(ops(context, events!(protocol::Reverse), deadline_at_ms, |event, result| {
+            let pin_hash = card(keys, event.pin.to_native(), result)?;
+            let body = Body::Reverse { pin_hash, original_op_id: event.original_op_id.to_native() };
+            Some((event.op_id.to_native(), body))
+        })),
+        MsgType::Sale => Ok(ops(context, events!(protocol::Sale), deadline_at_ms, |event, result| {
+            let pin_hash = card(keys, event.pin.to_native(), result)?;
+            let password_mac = password(keys, pin_hash, event.password.as_slice(), result)?;
+            let body = Body::Sale {
+                pin_hash,
+                password_mac,
+                amount_won: event.amount_won.to_native(),
+                merchant_id: event.merchant_id.to_native(),
+                category: event.category,
+            };
+            Some((event.op_id.to_native(), body))
+        })),
+        MsgType::Refund => Ok(ops(context, events!(protocol::Refund), deadline_at_ms, |event, result| {
+            let pin_hash = card(keys, event.pin.to_native(), result)?;
+            let body = Body::Refund {
+                pin_hash,
+                original_op_id: event.original_op_id.to_native(),
+                amount_won: event.amount_won.to_native(),
+            };
+            Some((event.op_id.to_native(), body))
+        })),
         MsgType::Inquiry => {
             let events = events!(protocol::Inquiry);
             let mut pending = Pending::new(events.len());
@@ -463,6 +429,30 @@ fn plan(context: &Context, msg_type: MsgType, body: &[u8], deadline_at_ms: u64) 
             Ok(Planned::Balance(pending))
         }
     }
+}
+
+/// Plans a batch answered with one `OpResult` per event: `convert` turns an event into its op id
+/// and engine body, or sets the event's result itself (a malformed PIN or password) and returns
+/// `None`. Each command goes to the shard that owns its card.
+fn ops<E>(
+    context: &Context,
+    events: &[E],
+    deadline_at_ms: u64,
+    convert: impl Fn(&E, &mut Option<OpResult>) -> Option<(u128, Body)>,
+) -> Planned {
+    let mut pending = Pending::new(events.len());
+    let mut routed = Vec::with_capacity(events.len());
+    for (index, event) in events.iter().enumerate() {
+        let Some((op_id, body)) = convert(event, &mut pending.results[index]) else { continue };
+        let Some(pin_hash) = body.pin_hash() else {
+            pending.results[index] = Some(op_code(ResultCode::InternalError));
+            continue;
+        };
+        let command = Command { op_id, deadline_at_ms, body };
+        routed.push((index, shard_of_card(pin_hash, context.shard_count), ShardItem::Command(command)));
+    }
+    pending.groups = submit(context, routed);
+    Planned::Ops(pending)
 }
 
 /// Hashes a well-formed PIN, or records PIN_FORMAT_INVALID for the event.

@@ -1,0 +1,335 @@
+//! A card's life end to end over TCP against the real binary: issue, sale through a channel (as
+//! a gift), activation (the recipient's claim), payments, block and unblock, the balance refund
+//! and its used-share rule, and closing. Every refusal of the four card-life messages is reached
+//! through the wire, a SELL retry replays or names the differing field, and a graceful restart
+//! keeps every state. A second test drives the same operations through the operator CLI.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use pinswitch_protocol::client::{Client, ClientError};
+use pinswitch_protocol::{
+    Authorize, BalanceInquiry, BalanceResult, BlockReason, CardActivate, CardBlock, CardIssue,
+    CardLoad, CardRefund, CardSell, CardState, CardUnblock, Category, FLAG_REPLAYED, Field,
+    Funding, Inquiry, MsgType, OpResult, OpStatus, ResultCode, Sale, Void, new_op_id, pin,
+};
+use pinswitch_tests::{Switch, fresh_dir};
+
+const BIN: &str = env!("CARGO_BIN_EXE_pinswitch");
+const PASSWORD: &[u8] = b"4321";
+const CHANNEL: u32 = 7;
+const GIFT_RECIPIENT: u64 = 555;
+const ACCOUNT: u64 = 42;
+
+fn code(result: &OpResult) -> ResultCode {
+    ResultCode::from_u16(result.code).expect("known code")
+}
+
+async fn one<T>(results: Result<Vec<T>, ClientError>) -> T {
+    let mut results = results.expect("request succeeds");
+    assert_eq!(results.len(), 1);
+    results.remove(0)
+}
+
+fn sell(op_id: u128, pin: u64, price_won: u64) -> CardSell {
+    CardSell {
+        op_id,
+        pin,
+        channel_id: CHANNEL,
+        price_won,
+        payment_means: Funding::CreditCard as u8,
+        gift_recipient_ref: GIFT_RECIPIENT,
+    }
+}
+
+fn sale(pin: u64, amount_won: u64) -> Sale {
+    Sale {
+        op_id: new_op_id(),
+        pin,
+        password: PASSWORD.to_vec(),
+        amount_won,
+        merchant_id: 77,
+        category: Category::InternetPayment as u8,
+    }
+}
+
+fn block(pin: u64, reason: u8) -> CardBlock {
+    CardBlock { op_id: new_op_id(), pin, reason }
+}
+
+fn unblock(pin: u64) -> CardUnblock {
+    CardUnblock { op_id: new_op_id(), pin }
+}
+
+fn refund(pin: u64, payout_account_ref: u64) -> CardRefund {
+    CardRefund { op_id: new_op_id(), pin, payout_account_ref }
+}
+
+async fn issue(client: &Client, face_value_won: u64) -> u64 {
+    let result = one(client.card_issue(&[CardIssue { op_id: new_op_id(), face_value_won }]).await).await;
+    assert_eq!(result.code, ResultCode::Approved.as_u16());
+    result.pin
+}
+
+async fn activate(client: &Client, pin: u64) -> OpResult {
+    one(client.card_activate(&[CardActivate { op_id: new_op_id(), pin, password: PASSWORD.to_vec() }]).await).await
+}
+
+async fn view(client: &Client, pin: u64) -> BalanceResult {
+    let card = one(client.balance_inquiry(&[BalanceInquiry { pin }]).await).await;
+    assert_eq!(card.code, ResultCode::Approved.as_u16());
+    card
+}
+
+/// The card's state and balance, as BALANCE_INQUIRY shows them.
+async fn state(client: &Client, pin: u64) -> (CardState, u64) {
+    let card = view(client, pin).await;
+    (CardState::from_u8(card.state).expect("known state"), card.balance_won)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn card_sold_blocked_unblocked_refunded_and_closed_over_tcp() {
+    let dir = fresh_dir("card-life");
+    let mut switch = Switch::start(Path::new(BIN), &dir, &[]);
+    let client = Client::connect(&switch.address).await.expect("connect");
+
+    // `life` goes the whole way; `stock` stays sold; `small` checks the 80 % rule with a
+    // recharge; `locked` checks the wrong-password lockout and stays blocked over the restart.
+    let life = issue(&client, 20_000).await;
+    let stock = issue(&client, 10_000).await;
+    let small = issue(&client, 10_000).await;
+    let locked = issue(&client, 10_000).await;
+    assert_eq!(state(&client, life).await, (CardState::Issued, 20_000));
+
+    // SELL: channel, payment means and price are checked first.
+    let mut bad = sell(new_op_id(), life, 19_000);
+    bad.channel_id = 0;
+    assert_eq!(code(&one(client.card_sell(&[bad]).await).await), ResultCode::ChannelInvalid);
+    let mut bad = sell(new_op_id(), life, 19_000);
+    bad.payment_means = 9;
+    assert_eq!(code(&one(client.card_sell(&[bad]).await).await), ResultCode::ChannelInvalid);
+    let bad = sell(new_op_id(), life, 0);
+    assert_eq!(code(&one(client.card_sell(&[bad]).await).await), ResultCode::AmountInvalid);
+    assert_eq!(state(&client, life).await, (CardState::Issued, 20_000));
+
+    // A gift sale: the card is sold, its value is not spendable before the claim.
+    let sold_op = new_op_id();
+    let sold = one(client.card_sell(&[sell(sold_op, life, 19_000)]).await).await;
+    assert_eq!((code(&sold), sold.amount_won, sold.balance_won), (ResultCode::Approved, 20_000, 20_000));
+    assert!(sold.approval_code >= 100_000 && sold.approval_code < 1_000_000);
+    assert_eq!(sold.flags & FLAG_REPLAYED, 0);
+    assert_eq!(state(&client, life).await, (CardState::Sold, 20_000));
+
+    // Exactly once: the same SELL replays; the same op id with another price names the price.
+    let retry = one(client.card_sell(&[sell(sold_op, life, 19_000)]).await).await;
+    assert_eq!(retry.flags & FLAG_REPLAYED, FLAG_REPLAYED);
+    assert_eq!((retry.code, retry.approval_code, retry.amount_won), (sold.code, sold.approval_code, sold.amount_won));
+    let reused = one(client.card_sell(&[sell(sold_op, life, 18_000)]).await).await;
+    assert_eq!((code(&reused), reused.field), (ResultCode::OpIdReused, Field::Price as u8));
+    let found = one(client.inquiry(&[Inquiry { pin: life, op_id: sold_op }]).await).await;
+    assert_eq!((found.status, found.msg_type), (OpStatus::Completed as u8, MsgType::CardSell as u16));
+    assert_eq!(found.result.approval_code, sold.approval_code);
+
+    // Sold twice: refused, with a new op id.
+    let again = one(client.card_sell(&[sell(new_op_id(), life, 19_000)]).await).await;
+    assert_eq!((code(&again), again.balance_won), (ResultCode::CardAlreadySold, 20_000));
+
+    // A batch: results in event order; malformed and unknown PINs answered per event.
+    let typo = pin::with_check_digit(stock / 10) ^ 1;
+    let unknown = pin::with_check_digit(123_456_789_012_345);
+    let batch = [sell(new_op_id(), stock, 10_000), sell(new_op_id(), typo, 10_000), sell(new_op_id(), unknown, 10_000)];
+    let codes: Vec<ResultCode> = client.card_sell(&batch).await.expect("batch").iter().map(code).collect();
+    assert_eq!(codes, [ResultCode::Approved, ResultCode::PinFormatInvalid, ResultCode::CardNotFound]);
+
+    // Sold but not activated: neither spendable nor blockable.
+    assert_eq!(code(&one(client.sale(&[sale(life, 1000)]).await).await), ResultCode::CardNotActive);
+    let result = one(client.card_block(&[block(life, BlockReason::Lost as u8)]).await).await;
+    assert_eq!(code(&result), ResultCode::CardNotActive);
+
+    // The recipient's claim: activation. The card is in use; selling it again is refused.
+    assert_eq!(code(&activate(&client, life).await), ResultCode::Approved);
+    assert_eq!(state(&client, life).await, (CardState::Active, 20_000));
+    let again = one(client.card_sell(&[sell(new_op_id(), life, 19_000)]).await).await;
+    assert_eq!(code(&again), ResultCode::CardAlreadySold);
+    let result = one(client.sale(&[sale(life, 2_000)]).await).await;
+    assert_eq!((code(&result), result.balance_won), (ResultCode::Approved, 18_000));
+
+    // BLOCK: the reason must be a BlockReason; an active card cannot be unblocked.
+    for reason in [0, 5] {
+        let result = one(client.card_block(&[block(life, reason)]).await).await;
+        assert_eq!(code(&result), ResultCode::BlockReasonInvalid);
+    }
+    let result = one(client.card_unblock(&[unblock(life)]).await).await;
+    assert_eq!(code(&result), ResultCode::CardNotBlocked);
+
+    // A hold placed before the block can still be captured while blocked.
+    let hold_id = new_op_id();
+    let authorize = Authorize {
+        op_id: hold_id,
+        pin: life,
+        password: PASSWORD.to_vec(),
+        amount_won: 1_000,
+        merchant_id: 5,
+        category: Category::TelephoneCall as u8,
+        hold_ttl_s: 600,
+    };
+    assert_eq!(code(&one(client.authorize(std::slice::from_ref(&authorize)).await).await), ResultCode::Approved);
+    let result = one(client.card_block(&[block(life, BlockReason::Lost as u8)]).await).await;
+    assert_eq!((code(&result), result.balance_won, result.available_won), (ResultCode::Approved, 18_000, 17_000));
+    assert_eq!(state(&client, life).await, (CardState::Blocked, 18_000));
+    let result = one(client.sale(&[sale(life, 100)]).await).await;
+    assert_eq!((code(&result), result.balance_won), (ResultCode::CardBlocked, 18_000));
+    let result = one(client.card_block(&[block(life, BlockReason::Stolen as u8)]).await).await;
+    assert_eq!(code(&result), ResultCode::CardBlocked);
+    let capture = pinswitch_protocol::Capture { op_id: new_op_id(), pin: life, hold_id, amount_won: 1_000, final_capture: true };
+    let result = one(client.capture(&[capture]).await).await;
+    assert_eq!((code(&result), result.balance_won), (ResultCode::Approved, 17_000));
+
+    // UNBLOCK: back to active, once.
+    let result = one(client.card_unblock(&[unblock(life)]).await).await;
+    assert_eq!((code(&result), result.balance_won), (ResultCode::Approved, 17_000));
+    assert_eq!(state(&client, life).await, (CardState::Active, 17_000));
+    let result = one(client.card_unblock(&[unblock(life)]).await).await;
+    assert_eq!(code(&result), ResultCode::CardNotBlocked);
+
+    // REFUND: an account is required; 3,000 of 20,000 used is short of 60 %.
+    let result = one(client.card_refund(&[refund(life, 0)]).await).await;
+    assert_eq!(code(&result), ResultCode::FormatError);
+    let result = one(client.card_refund(&[refund(life, ACCOUNT)]).await).await;
+    assert_eq!((code(&result), result.balance_won), (ResultCode::RefundRuleNotMet, 17_000));
+    // 11,999 used is still short; 12,000 is exactly 60 %.
+    assert_eq!(one(client.sale(&[sale(life, 8_999)]).await).await.balance_won, 8_001);
+    let result = one(client.card_refund(&[refund(life, ACCOUNT)]).await).await;
+    assert_eq!(code(&result), ResultCode::RefundRuleNotMet);
+    assert_eq!(one(client.sale(&[sale(life, 1)]).await).await.balance_won, 8_000);
+    // A pending hold stands in the way until it is settled.
+    let pending = Authorize { op_id: new_op_id(), amount_won: 500, ..authorize.clone() };
+    let hold = one(client.authorize(std::slice::from_ref(&pending)).await).await;
+    assert_eq!(code(&hold), ResultCode::Approved);
+    let result = one(client.card_refund(&[refund(life, ACCOUNT)]).await).await;
+    assert_eq!((code(&result), result.balance_won, result.available_won), (ResultCode::HoldsOutstanding, 8_000, 7_500));
+    let void = Void { op_id: new_op_id(), pin: life, hold_id: pending.op_id };
+    assert_eq!(code(&one(client.void(&[void]).await).await), ResultCode::Approved);
+    let paid = one(client.card_refund(&[refund(life, ACCOUNT)]).await).await;
+    assert_eq!((code(&paid), paid.amount_won, paid.balance_won), (ResultCode::Approved, 8_000, 0));
+    assert_eq!(state(&client, life).await, (CardState::Closed, 0));
+    // Closed is terminal.
+    assert_eq!(code(&one(client.sale(&[sale(life, 1)]).await).await), ResultCode::CardClosed);
+    assert_eq!(code(&one(client.card_refund(&[refund(life, ACCOUNT)]).await).await), ResultCode::CardClosed);
+    assert_eq!(code(&one(client.card_unblock(&[unblock(life)]).await).await), ResultCode::CardClosed);
+
+    // Face value up to 10,000: 80 % of face plus recharges. 15,000 of 20,000 (75 %) is short.
+    assert_eq!(code(&one(client.card_sell(&[sell(new_op_id(), small, 10_000)]).await).await), ResultCode::Approved);
+    assert_eq!(code(&activate(&client, small).await), ResultCode::Approved);
+    let load = CardLoad { op_id: new_op_id(), pin: small, amount_won: 10_000, funding: Funding::Cash as u8 };
+    assert_eq!(one(client.card_load(&[load]).await).await.balance_won, 20_000);
+    assert_eq!(one(client.sale(&[sale(small, 15_000)]).await).await.balance_won, 5_000);
+    let result = one(client.card_refund(&[refund(small, ACCOUNT)]).await).await;
+    assert_eq!(code(&result), ResultCode::RefundRuleNotMet);
+    assert_eq!(one(client.sale(&[sale(small, 1_000)]).await).await.balance_won, 4_000);
+    let small_refund = refund(small, ACCOUNT);
+    let paid_small = one(client.card_refund(&[small_refund]).await).await;
+    assert_eq!((code(&paid_small), paid_small.amount_won), (ResultCode::Approved, 4_000));
+
+    // UNBLOCK also clears a wrong-password lockout of an active card.
+    assert_eq!(code(&activate(&client, locked).await), ResultCode::Approved);
+    for _ in 0..5 {
+        let mut wrong = sale(locked, 100);
+        wrong.password = b"0000".to_vec();
+        one(client.sale(&[wrong]).await).await;
+    }
+    assert_eq!(code(&one(client.sale(&[sale(locked, 100)]).await).await), ResultCode::PasswordTriesExceeded);
+    assert_eq!(view(&client, locked).await.password_tries_left, 0);
+    assert_eq!(code(&one(client.card_unblock(&[unblock(locked)]).await).await), ResultCode::Approved);
+    assert_eq!(view(&client, locked).await.password_tries_left, 5);
+    assert_eq!(one(client.sale(&[sale(locked, 100)]).await).await.balance_won, 9_900);
+    let result = one(client.card_block(&[block(locked, BlockReason::HolderRequest as u8)]).await).await;
+    assert_eq!(code(&result), ResultCode::Approved);
+
+    // Every state survives a graceful restart, and so do the idempotency records.
+    drop(client);
+    switch.stop();
+    let switch = Switch::start(Path::new(BIN), &dir, &[]);
+    let client = Client::connect(&switch.address).await.expect("reconnect");
+    assert_eq!(state(&client, life).await, (CardState::Closed, 0));
+    assert_eq!(state(&client, stock).await, (CardState::Sold, 10_000));
+    assert_eq!(state(&client, small).await, (CardState::Closed, 0));
+    assert_eq!(state(&client, locked).await, (CardState::Blocked, 9_900));
+    assert_eq!(code(&one(client.sale(&[sale(locked, 100)]).await).await), ResultCode::CardBlocked);
+    assert_eq!(code(&one(client.sale(&[sale(life, 1)]).await).await), ResultCode::CardClosed);
+    let retry = one(client.card_sell(&[sell(sold_op, life, 19_000)]).await).await;
+    assert_eq!(retry.flags & FLAG_REPLAYED, FLAG_REPLAYED);
+    assert_eq!((retry.code, retry.approval_code), (sold.code, sold.approval_code));
+    let reused = one(client.card_sell(&[sell(sold_op, life, 18_000)]).await).await;
+    assert_eq!((code(&reused), reused.field), (ResultCode::OpIdReused, Field::Price as u8));
+    let replayed = one(client.card_refund(&[small_refund]).await).await;
+    assert_eq!((replayed.flags & FLAG_REPLAYED, replayed.amount_won), (FLAG_REPLAYED, 4_000));
+    let moved = CardRefund { payout_account_ref: ACCOUNT + 1, ..small_refund };
+    let reused = one(client.card_refund(&[moved]).await).await;
+    assert_eq!((code(&reused), reused.field), (ResultCode::OpIdReused, Field::PayoutAccount as u8));
+}
+
+fn binary() -> &'static Path {
+    Path::new(BIN)
+}
+
+/// Runs `pinswitch card ARGS --connect ADDRESS`.
+fn card(address: &str, args: &[&str]) -> Output {
+    Command::new(binary())
+        .arg("card")
+        .args(args)
+        .args(["--connect", address])
+        .output()
+        .expect("running pinswitch card")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8(output.stdout.clone()).expect("utf-8 output")
+}
+
+/// Asserts the exit code and that the result line names `expected`.
+fn expect(output: &Output, exit: i32, expected: &str) {
+    let text = stdout(output);
+    assert_eq!(output.status.code(), Some(exit), "{output:?}");
+    assert!(text.contains(expected), "expected {expected:?} in {text:?}");
+}
+
+#[test]
+fn operator_sells_blocks_unblocks_and_refunds_a_card() {
+    let data_dir = fresh_dir("card-life-cli");
+    let mut switch = Switch::start(binary(), &data_dir, &[]);
+    let address = switch.address.clone();
+
+    let issued = card(&address, &["issue", "--product", "20000"]);
+    assert!(issued.status.success(), "{issued:?}");
+    let text = stdout(&issued);
+    let pin = text.split_whitespace().next().expect("a PIN").to_string();
+    let pin = pin.as_str();
+
+    // Arguments clap refuses never reach the switch (exit 2).
+    assert_eq!(card(&address, &["sell", pin, "--channel", "3", "--price", "20000", "--means", "6"]).status.code(), Some(2));
+    assert_eq!(card(&address, &["block", pin, "--reason", "bored"]).status.code(), Some(2));
+
+    expect(&card(&address, &["sell", pin, "--channel", "0", "--price", "20000"]), 1, "CHANNEL_INVALID (118)");
+    let sold = card(&address, &["sell", pin, "--channel", "3", "--price", "18000", "--means", "1", "--gift-to", "99"]);
+    expect(&sold, 0, "APPROVED (0), face value 20000 won");
+    expect(&card(&address, &["sell", pin, "--channel", "3", "--price", "18000"]), 1, "CARD_ALREADY_SOLD (107)");
+    expect(&card(&address, &["show", pin]), 0, "state     sold");
+    expect(&card(&address, &["block", pin, "--reason", "lost"]), 1, "CARD_NOT_ACTIVE (102)");
+
+    expect(&card(&address, &["activate", pin, "--password", "4321"]), 0, "APPROVED (0), balance 20000 won");
+    expect(&card(&address, &["unblock", pin]), 1, "CARD_NOT_BLOCKED (108)");
+    expect(&card(&address, &["block", pin, "--reason", "stolen"]), 0, "APPROVED (0), balance 20000 won");
+    expect(&card(&address, &["show", pin]), 0, "state     blocked");
+    expect(&card(&address, &["sale", pin, "--password", "4321", "--amount", "100"]), 1, "CARD_BLOCKED (103)");
+    expect(&card(&address, &["unblock", pin]), 0, "APPROVED (0), balance 20000 won");
+
+    expect(&card(&address, &["refund", pin, "--account", "0"]), 1, "FORMAT_ERROR (900)");
+    expect(&card(&address, &["refund", pin, "--account", "7"]), 1, "REFUND_RULE_NOT_MET (117)");
+    expect(&card(&address, &["sale", pin, "--password", "4321", "--amount", "12000"]), 0, "balance 8000 won");
+    expect(&card(&address, &["refund", pin, "--account", "7"]), 0, "APPROVED (0), paid out 8000 won, balance 0 won");
+    let shown = stdout(&card(&address, &["show", pin]));
+    assert!(shown.contains("state     closed") && shown.contains("balance   0 won"), "{shown}");
+    expect(&card(&address, &["refund", pin, "--account", "7"]), 1, "CARD_CLOSED (105)");
+    switch.stop();
+}
