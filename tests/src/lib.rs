@@ -113,3 +113,15 @@ impl Rng {
         self.next_u64() % bound
     }
 }
+
+/// The result code of an `OpResult`.
+pub fn code(result: &pinswitch_protocol::OpResult) -> pinswitch_protocol::ResultCode {
+    pinswitch_protocol::ResultCode::from_u16(result.code).expect("known code")
+}
+
+/// The single result of a one-event call.
+pub async fn one<T>(results: Result<Vec<T>, pinswitch_protocol::client::ClientError>) -> T {
+    let mut results = results.expect("request succeeds");
+    assert_eq!(results.len(), 1);
+    results.remove(0)
+}

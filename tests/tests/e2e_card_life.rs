@@ -7,13 +7,13 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use pinswitch_protocol::client::{Client, ClientError};
+use pinswitch_protocol::client::Client;
 use pinswitch_protocol::{
     Authorize, BalanceInquiry, BalanceResult, BlockReason, CardActivate, CardBlock, CardIssue,
     CardLoad, CardRefund, CardSell, CardState, CardUnblock, Category, FLAG_REPLAYED, Field,
     Funding, Inquiry, MsgType, OpResult, OpStatus, ResultCode, Sale, Void, new_op_id, pin,
 };
-use pinswitch_tests::{Switch, fresh_dir};
+use pinswitch_tests::{Switch, code, fresh_dir, one};
 
 const BIN: &str = env!("CARGO_BIN_EXE_pinswitch");
 const PASSWORD: &[u8] = b"4321";
@@ -21,15 +21,6 @@ const CHANNEL: u32 = 7;
 const GIFT_RECIPIENT: u64 = 555;
 const ACCOUNT: u64 = 42;
 
-fn code(result: &OpResult) -> ResultCode {
-    ResultCode::from_u16(result.code).expect("known code")
-}
-
-async fn one<T>(results: Result<Vec<T>, ClientError>) -> T {
-    let mut results = results.expect("request succeeds");
-    assert_eq!(results.len(), 1);
-    results.remove(0)
-}
 
 fn sell(op_id: u128, pin: u64, price_won: u64) -> CardSell {
     CardSell {

@@ -10,10 +10,10 @@ use std::process::Command;
 use pinswitch_protocol::client::Client;
 use pinswitch_protocol::{
     Authorize, BalanceInquiry, CardActivate, CardLoad, CardState, Capture, Category, FLAG_REPLAYED,
-    Field, Funding, Inquiry, MsgType, OpResult, OpStatus, Refund, ResultCode, Reverse, Sale, Void,
+    Field, Funding, Inquiry, MsgType, OpStatus, Refund, ResultCode, Reverse, Sale, Void,
     new_op_id, pin,
 };
-use pinswitch_tests::{Switch, fresh_dir};
+use pinswitch_tests::{Switch, code, fresh_dir, one};
 
 const BIN: &str = env!("CARGO_BIN_EXE_pinswitch");
 const PASSWORD: &[u8] = b"4321";
@@ -23,15 +23,6 @@ fn cli(args: &[&str]) -> (bool, String) {
     (output.status.success(), String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
-fn code(result: &OpResult) -> ResultCode {
-    ResultCode::from_u16(result.code).expect("known code")
-}
-
-async fn one<T>(results: Result<Vec<T>, pinswitch_protocol::client::ClientError>) -> T {
-    let mut results = results.expect("request succeeds");
-    assert_eq!(results.len(), 1);
-    results.remove(0)
-}
 
 fn sale(op_id: u128, pin: u64, amount_won: u64) -> Sale {
     Sale {
