@@ -107,6 +107,7 @@ struct OpRecord {
 /// The serialized form of a shard (snapshots).
 #[derive(Archive, Serialize, Deserialize)]
 struct ShardImage {
+    hash_key: [u64; 2],
     shard_id: u16,
     shard_count: u16,
     config: EngineConfig,
@@ -122,21 +123,31 @@ struct ShardImage {
     ops_previous_max_time_ms: Ms,
 }
 
-/// A fast hasher for 128-bit keys. PIN hashes are keyed PRF outputs already; op ids are mixed
-/// with a folded multiply so their timestamp-heavy high bits still spread over the table.
+/// A fast keyed hasher for 128-bit keys: two rounds of folded multiply seeded with a secret.
+/// PIN hashes are keyed PRF outputs already, but op ids are chosen by clients: without a secret
+/// seed a hostile client could pick ids that all land in one probe sequence and slow its shard
+/// to a crawl (hash flooding). The server seeds it from `keys.bin`; tests use zeros.
 #[derive(Clone, Copy, Default)]
-pub struct KeyHasherBuilder;
+pub struct KeyHasherBuilder {
+    key: [u64; 2],
+}
 
-#[derive(Default)]
 pub struct KeyHasher {
     state: u64,
+    key: u64,
 }
 
 impl BuildHasher for KeyHasherBuilder {
     type Hasher = KeyHasher;
     fn build_hasher(&self) -> KeyHasher {
-        KeyHasher::default()
+        KeyHasher { state: self.key[0], key: self.key[1] }
     }
+}
+
+/// The high and low halves of a 128-bit product, folded together.
+fn folded_multiply(a: u64, b: u64) -> u64 {
+    let product = u128::from(a) * u128::from(b);
+    (product as u64) ^ ((product >> 64) as u64)
 }
 
 impl Hasher for KeyHasher {
@@ -153,14 +164,12 @@ impl Hasher for KeyHasher {
     }
 
     fn write_u64(&mut self, value: u64) {
-        let product = u128::from(self.state ^ value) * 0x9E37_79B9_7F4A_7C15_u128;
-        self.state = (product as u64) ^ ((product >> 64) as u64);
+        self.state = folded_multiply(self.state ^ value, self.key ^ 0x9E37_79B9_7F4A_7C15);
     }
 
     fn write_u128(&mut self, value: u128) {
-        let folded = (value as u64) ^ ((value >> 64) as u64).rotate_left(29);
-        let product = u128::from(self.state ^ folded) * 0xA076_1D64_78BD_642F_u128;
-        self.state = (product as u64) ^ ((product >> 64) as u64);
+        let low = folded_multiply(self.state ^ value as u64, self.key ^ 0xA076_1D64_78BD_642F);
+        self.state = folded_multiply(low ^ (value >> 64) as u64, self.key ^ 0xE703_7ED1_A0B4_28DB);
     }
 }
 
@@ -170,6 +179,8 @@ type KeyMap<V> = HashMap<u128, V, KeyHasherBuilder>;
 /// (the tables hold plain data, so a clone is close to a memory copy).
 #[derive(Clone)]
 pub struct Shard {
+    /// The secret seed of the tables' hasher (kept in snapshots).
+    hash_key: [u64; 2],
     shard_id: u16,
     shard_count: u16,
     config: EngineConfig,
@@ -196,7 +207,7 @@ pub struct Shard {
 /// never reallocated. A generation holding op times still ahead of the clock is not dropped
 /// (the floor never passes the clock); `current` may then grow to twice its size, past which
 /// new operations get RETRY_LATER.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 struct OpTable {
     current: KeyMap<OpRecord>,
     previous: KeyMap<OpRecord>,
@@ -205,6 +216,15 @@ struct OpTable {
 }
 
 impl OpTable {
+    fn new(hasher: KeyHasherBuilder) -> OpTable {
+        OpTable {
+            current: KeyMap::with_hasher(hasher),
+            previous: KeyMap::with_hasher(hasher),
+            current_max_time_ms: 0,
+            previous_max_time_ms: 0,
+        }
+    }
+
     fn len(&self) -> usize {
         self.current.len() + self.previous.len()
     }
@@ -237,8 +257,15 @@ enum Gate {
 
 impl Shard {
     pub fn new(shard_id: u16, shard_count: u16, config: EngineConfig) -> Shard {
+        Shard::with_hash_key(shard_id, shard_count, config, [0, 0])
+    }
+
+    /// A shard whose tables are seeded with a secret (see `KeyHasherBuilder`).
+    pub fn with_hash_key(shard_id: u16, shard_count: u16, config: EngineConfig, hash_key: [u64; 2]) -> Shard {
         assert!(shard_count > 0 && shard_id < shard_count, "shard {shard_id} of {shard_count}");
+        let hasher = KeyHasherBuilder { key: hash_key };
         Shard {
+            hash_key,
             shard_id,
             shard_count,
             config,
@@ -246,11 +273,11 @@ impl Shard {
             evicted_floor_ms: 0,
             approvals: 0,
             totals: Totals::default(),
-            cards: KeyMap::default(),
-            holds: KeyMap::default(),
-            card_holds: KeyMap::default(),
+            cards: KeyMap::with_hasher(hasher),
+            holds: KeyMap::with_hasher(hasher),
+            card_holds: KeyMap::with_hasher(hasher),
             expiries: BTreeSet::new(),
-            ops: OpTable::default(),
+            ops: OpTable::new(hasher),
         }
     }
 
@@ -1054,6 +1081,7 @@ impl Shard {
     /// A snapshot image of the whole shard.
     pub fn to_snapshot_bytes(&self) -> Vec<u8> {
         let image = ShardImage {
+            hash_key: self.hash_key,
             shard_id: self.shard_id,
             shard_count: self.shard_count,
             config: self.config.clone(),
@@ -1083,7 +1111,7 @@ impl Shard {
         if image.shard_count == 0 || image.shard_id >= image.shard_count {
             return Err(format!("shard {} of {}", image.shard_id, image.shard_count));
         }
-        let mut shard = Shard::new(image.shard_id, image.shard_count, image.config);
+        let mut shard = Shard::with_hash_key(image.shard_id, image.shard_count, image.config, image.hash_key);
         shard.now_ms = image.now_ms;
         shard.evicted_floor_ms = image.evicted_floor_ms;
         shard.approvals = image.approvals;
@@ -1222,5 +1250,17 @@ mod tests {
         assert!(std::mem::size_of::<super::Card>() <= 56);
         assert!(std::mem::size_of::<super::OpRecord>() <= 112);
         assert!(std::mem::size_of::<crate::Body>() <= 48);
+    }
+
+    /// The table seed changes where op ids land, and a snapshot keeps the seed.
+    #[test]
+    fn the_table_hasher_is_seeded_and_the_seed_survives_a_snapshot() {
+        use std::hash::BuildHasher;
+        let (one, two) = (super::KeyHasherBuilder { key: [1, 2] }, super::KeyHasherBuilder { key: [3, 4] });
+        let differing = (0..64u128).filter(|op_id| one.hash_one(op_id << 80 | 7) != two.hash_one(op_id << 80 | 7)).count();
+        assert_eq!(differing, 64);
+        let shard = super::Shard::with_hash_key(0, 1, crate::EngineConfig::test_min(), [5, 6]);
+        let restored = super::Shard::from_snapshot_bytes(&shard.to_snapshot_bytes()).unwrap();
+        assert_eq!(restored.hash_key, [5, 6]);
     }
 }

@@ -57,6 +57,15 @@ impl Keys {
         hasher.finish128().as_u128()
     }
 
+    /// The secret seed of the shards' hash tables (op ids are client-chosen: without a secret
+    /// seed a client could flood one probe sequence). Derived, so `keys.bin` stays two keys.
+    pub fn table_key(&self) -> [u64; 2] {
+        let mut hasher = SipHasher128::new_with_key(&self.pin_key);
+        hasher.write(b"pinswitch shard table seed");
+        let seed = hasher.finish128().as_u128();
+        [seed as u64, (seed >> 64) as u64]
+    }
+
     /// The verification value of a password for one card.
     pub fn password_mac(&self, pin_hash: u128, password: &[u8]) -> u64 {
         let mut hasher = SipHasher24::new_with_key(&self.password_key);

@@ -69,6 +69,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             shard_count,
             dir: shard_dir(&data_dir, shard_id),
             engine: engine.clone(),
+            hash_key: keys.table_key(),
             journal: JournalOptions {
                 segment_bytes: config.journal.segment_bytes,
                 commit_bytes_max: config.journal.commit_bytes_max,

@@ -71,6 +71,8 @@ pub struct ShardSettings {
     pub shard_count: u16,
     pub dir: PathBuf,
     pub engine: EngineConfig,
+    /// Secret seed of the engine's hash tables (`Keys::table_key`).
+    pub hash_key: [u64; 2],
     pub journal: JournalOptions,
     pub queue_max: usize,
     pub commit_events_max: usize,
@@ -122,7 +124,10 @@ pub fn recover(settings: &ShardSettings) -> anyhow::Result<(Shard, Journal, Reco
             })?;
             (engine, snapshot.seq)
         }
-        None => (Shard::new(settings.shard_id, settings.shard_count, settings.engine.clone()), 0),
+        None => (
+            Shard::with_hash_key(settings.shard_id, settings.shard_count, settings.engine.clone(), settings.hash_key),
+            0,
+        ),
     };
     let mut replayed_records = 0u64;
     recovery
