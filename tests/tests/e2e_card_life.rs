@@ -132,10 +132,15 @@ async fn card_sold_blocked_unblocked_refunded_and_closed_over_tcp() {
     let codes: Vec<ResultCode> = client.card_sell(&batch).await.expect("batch").iter().map(code).collect();
     assert_eq!(codes, [ResultCode::Approved, ResultCode::PinFormatInvalid, ResultCode::CardNotFound]);
 
-    // Sold but not activated: neither spendable nor blockable.
+    // Sold but not activated: not spendable. Lost in transit, it can be blocked (nobody can
+    // claim it then); unblocking returns it to sold.
     assert_eq!(code(&one(client.sale(&[sale(life, 1000)]).await).await), ResultCode::CardNotActive);
     let result = one(client.card_block(&[block(life, BlockReason::Lost as u8)]).await).await;
-    assert_eq!(code(&result), ResultCode::CardNotActive);
+    assert_eq!(code(&result), ResultCode::Approved);
+    assert_eq!(code(&activate(&client, life).await), ResultCode::CardBlocked);
+    let result = one(client.card_unblock(&[CardUnblock { op_id: new_op_id(), pin: life }]).await).await;
+    assert_eq!(code(&result), ResultCode::Approved);
+    assert_eq!(state(&client, life).await.0, CardState::Sold);
 
     // The recipient's claim: activation. The card is in use; selling it again is refused.
     assert_eq!(code(&activate(&client, life).await), ResultCode::Approved);
@@ -306,7 +311,10 @@ fn operator_sells_blocks_unblocks_and_refunds_a_card() {
     expect(&sold, 0, "APPROVED (0), face value 20000 won");
     expect(&card(&address, &["sell", pin, "--channel", "3", "--price", "18000"]), 1, "CARD_ALREADY_SOLD (107)");
     expect(&card(&address, &["show", pin]), 0, "state     sold");
-    expect(&card(&address, &["block", pin, "--reason", "lost"]), 1, "CARD_NOT_ACTIVE (102)");
+    expect(&card(&address, &["block", pin, "--reason", "lost"]), 0, "APPROVED (0)");
+    expect(&card(&address, &["show", pin]), 0, "state     blocked");
+    expect(&card(&address, &["unblock", pin]), 0, "APPROVED (0)");
+    expect(&card(&address, &["show", pin]), 0, "state     sold");
 
     expect(&card(&address, &["activate", pin, "--password", "4321"]), 0, "APPROVED (0), balance 20000 won");
     expect(&card(&address, &["unblock", pin]), 1, "CARD_NOT_BLOCKED (108)");

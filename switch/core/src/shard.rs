@@ -51,6 +51,9 @@ struct Card {
 
 /// The card was sold as a gift; its activation is the recipient's claim.
 const CARD_FLAG_GIFT: u8 = 1;
+/// The card was blocked before activation (e.g. a gift card lost in transit): CARD_UNBLOCK
+/// returns it to sold, not active.
+const CARD_FLAG_BLOCKED_UNSOLD: u8 = 2;
 
 impl Card {
     fn available_won(&self) -> u64 {
@@ -610,10 +613,16 @@ impl Shard {
         if BlockReason::from_u8(reason).is_none() {
             return self.declined(ResultCode::BlockReasonInvalid, pin_hash);
         }
-        if let Err(code) = self.card_in(pin_hash, &[CardState::Active]) {
+        // A sold card not yet activated can be blocked too: a gift card lost in transit must
+        // not be claimable by whoever finds its PIN.
+        if let Err(code) = self.card_in(pin_hash, &[CardState::Active, CardState::Sold]) {
             return self.declined(code, pin_hash);
         }
-        self.cards.get_mut(&pin_hash).expect("checked above").state = CardState::Blocked as u8;
+        let card = self.cards.get_mut(&pin_hash).expect("checked above");
+        if card.state() == CardState::Sold {
+            card.flags |= CARD_FLAG_BLOCKED_UNSOLD;
+        }
+        card.state = CardState::Blocked as u8;
         Outcome::completed(self.approved(pin_hash, 0))
     }
 
@@ -624,6 +633,10 @@ impl Shard {
             return self.declined(ResultCode::CardNotFound, pin_hash);
         };
         match card.state() {
+            CardState::Blocked if card.flags & CARD_FLAG_BLOCKED_UNSOLD != 0 => {
+                card.state = CardState::Sold as u8;
+                card.flags &= !CARD_FLAG_BLOCKED_UNSOLD;
+            }
             CardState::Blocked => card.state = CardState::Active as u8,
             CardState::Active if card.password_failures >= tries_max => {}
             CardState::Active => return self.declined(ResultCode::CardNotBlocked, pin_hash),

@@ -97,6 +97,8 @@ struct RefCard {
     charged: u64,
     /// End of validity in seconds (0: not started).
     expires_s: u32,
+    /// Blocked while sold but not yet activated: unblocking returns it to sold.
+    blocked_unsold: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -582,7 +584,7 @@ impl Reference {
         if !self.cfg.face_values_won.contains(&face) {
             return done(bare(ResultCode::ProductNotFound));
         }
-        self.cards.push(RefCard { pin, state: CardState::Issued, face, balance: face, mac: 0, failures: 0, charged: face, expires_s: 0 });
+        self.cards.push(RefCard { pin, state: CardState::Issued, face, balance: face, mac: 0, failures: 0, charged: face, expires_s: 0, blocked_unsold: false });
         self.issued += u128::from(face);
         done(self.approve(pin, face))
     }
@@ -639,10 +641,15 @@ impl Reference {
         if !(1..=4).contains(&reason) {
             return self.decline(ResultCode::BlockReasonInvalid, pin);
         }
-        if let Err(code) = self.must_be_active(pin) {
-            return self.decline(code, pin);
+        let Some(card) = self.card_mut(pin) else {
+            return self.decline(ResultCode::CardNotFound, pin);
+        };
+        match card.state {
+            CardState::Active => {}
+            CardState::Sold => card.blocked_unsold = true,
+            other => return self.decline(wrong_state(other), pin),
         }
-        self.card_mut(pin).unwrap().state = CardState::Blocked;
+        card.state = CardState::Blocked;
         done(self.approve(pin, 0))
     }
 
@@ -660,7 +667,8 @@ impl Reference {
         if let Some(code) = code {
             return self.decline(code, pin);
         }
-        card.state = CardState::Active;
+        card.state = if card.state == CardState::Blocked && card.blocked_unsold { CardState::Sold } else { CardState::Active };
+        card.blocked_unsold = false;
         card.failures = 0;
         done(self.approve(pin, 0))
     }

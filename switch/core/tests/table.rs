@@ -367,7 +367,12 @@ fn channel_sale_gift_claim_block_unblock() {
     assert_eq!(s.shard.card(s.now_ms, CARD).unwrap().state, CardState::Sold);
     s.expect(sell(CARD, 7, 1), ResultCode::CardAlreadySold);
     s.expect(sale(CARD, PASSWORD, 100), ResultCode::CardNotActive);
-    s.expect(Body::Block { pin_hash: CARD, reason: 1 }, ResultCode::CardNotActive);
+    // Lost in transit: blocked before the claim, nobody can activate it; unblocking returns it
+    // to sold.
+    s.expect(Body::Block { pin_hash: CARD, reason: 1 }, ResultCode::Approved);
+    s.expect(Body::Activate { pin_hash: CARD, password_mac: PASSWORD }, ResultCode::CardBlocked);
+    s.expect(Body::Unblock { pin_hash: CARD }, ResultCode::Approved);
+    assert_eq!(s.shard.card(s.now_ms, CARD).unwrap().state, CardState::Sold);
     // The recipient claims the gift by registering a password.
     s.expect(Body::Activate { pin_hash: CARD, password_mac: PASSWORD }, ResultCode::Approved);
     s.expect(sell(CARD, 7, 1), ResultCode::CardAlreadySold);
