@@ -31,6 +31,8 @@ pub enum ResultCode {
     CardAlreadySold = 107,
     /// CARD_UNBLOCK: the card is neither blocked nor locked by wrong passwords.
     CardNotBlocked = 108,
+    /// AUTHORIZE / SALE: the card's product may not pay for this service category.
+    CategoryNotAllowed = 109,
     InsufficientFunds = 110,
     BalanceCapExceeded = 111,
     RechargeUnitInvalid = 112,
@@ -108,6 +110,7 @@ impl ResultCode {
         Self::CardAlreadyActive,
         Self::CardAlreadySold,
         Self::CardNotBlocked,
+        Self::CategoryNotAllowed,
         Self::InsufficientFunds,
         Self::BalanceCapExceeded,
         Self::RechargeUnitInvalid,
@@ -183,6 +186,7 @@ impl ResultCode {
             Self::CardAlreadyActive => "CARD_ALREADY_ACTIVE",
             Self::CardAlreadySold => "CARD_ALREADY_SOLD",
             Self::CardNotBlocked => "CARD_NOT_BLOCKED",
+            Self::CategoryNotAllowed => "CATEGORY_NOT_ALLOWED",
             Self::InsufficientFunds => "INSUFFICIENT_FUNDS",
             Self::BalanceCapExceeded => "BALANCE_CAP_EXCEEDED",
             Self::RechargeUnitInvalid => "RECHARGE_UNIT_INVALID",

@@ -332,3 +332,24 @@ fn operator_sells_blocks_unblocks_and_refunds_a_card() {
     expect(&card(&address, &["refund", pin, "--account", "7"]), 1, "CARD_CLOSED (105)");
     switch.stop();
 }
+
+/// The product mix from the configuration: a 5,000-won card that may pay only for internet
+/// payments is refused a telephone call with CATEGORY_NOT_ALLOWED, over the wire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_configured_product_mix_limits_categories() {
+    let dir = fresh_dir("product-mix");
+    let config = dir.with_extension("toml");
+    std::fs::write(&config, "[engine]\nproduct_category_masks = [1, 63, 63, 63, 63, 63]\n").expect("config");
+    let mut switch = Switch::start(Path::new(BIN), &dir, &["--config", config.to_str().expect("utf-8")]);
+    let client = Client::connect(&switch.address).await.expect("connect");
+    let small = issue(&client, 5_000).await;
+    assert_eq!(code(&activate(&client, small).await), ResultCode::Approved);
+    assert_eq!(code(&one(client.sale(&[sale(small, 100)]).await).await), ResultCode::Approved);
+    let call = Sale { category: Category::TelephoneCall as u8, ..sale(small, 100) };
+    assert_eq!(code(&one(client.sale(&[call]).await).await), ResultCode::CategoryNotAllowed);
+    let large = issue(&client, 10_000).await;
+    assert_eq!(code(&activate(&client, large).await), ResultCode::Approved);
+    let call = Sale { category: Category::TelephoneCall as u8, ..sale(large, 100) };
+    assert_eq!(code(&one(client.sale(&[call]).await).await), ResultCode::Approved);
+    switch.stop();
+}

@@ -8,6 +8,10 @@ use rkyv::{Archive, Deserialize, Serialize};
 pub struct EngineConfig {
     /// Face values (won) of the products that may be issued.
     pub face_values_won: Vec<u64>,
+    /// The product mix: for each entry of `face_values_won`, the service categories the product
+    /// may pay for, as bits (bit 0 = category 1, internet payment, ... bit 5 = category 6,
+    /// voicemail). Empty: every product pays for every category.
+    pub product_category_masks: Vec<u8>,
     /// A card's balance may never exceed this (500,000 won: the legal cap for a card not
     /// issued under a verified real name).
     pub balance_cap_won: u64,
@@ -45,6 +49,7 @@ impl EngineConfig {
     pub fn production() -> EngineConfig {
         EngineConfig {
             face_values_won: vec![5_000, 10_000, 20_000, 30_000, 50_000, 100_000],
+            product_category_masks: Vec::new(),
             balance_cap_won: 500_000,
             recharge_unit_won: 10_000,
             holds_per_card_max: 16,
@@ -76,7 +81,22 @@ impl EngineConfig {
             op_clock_skew_max_ms: 60 * 1000,
             password_tries_max: 3,
             validity_days: 1,
+            // A product mix with restrictions, so tests reach CATEGORY_NOT_ALLOWED: 5,000-won
+            // cards pay for internet payment and telephone calls only, 30,000-won cards for
+            // everything but internet payment.
+            product_category_masks: vec![0b00_0011, 0b11_1111, 0b11_1111, 0b11_1110, 0b11_1111, 0b11_1111],
             ..EngineConfig::production()
+        }
+    }
+
+    /// Whether a card of this face value may pay for this (valid) category.
+    pub fn category_allowed(&self, face_value_won: u64, category: u8) -> bool {
+        match self.face_values_won.iter().position(|face| *face == face_value_won) {
+            Some(index) if !self.product_category_masks.is_empty() => {
+                self.product_category_masks[index] & (1 << (category - 1)) != 0
+            }
+            // No mix configured, or a product since removed from the catalogue: unrestricted.
+            _ => true,
         }
     }
 
@@ -87,6 +107,12 @@ impl EngineConfig {
         }
         if self.face_values_won.iter().any(|face| *face == 0 || *face > self.balance_cap_won) {
             return Err("every face value must be positive and at most balance_cap_won".into());
+        }
+        if !self.product_category_masks.is_empty() && self.product_category_masks.len() != self.face_values_won.len() {
+            return Err("product_category_masks must be empty or have one mask per face value".into());
+        }
+        if self.product_category_masks.iter().any(|mask| *mask == 0 || *mask > 0b11_1111) {
+            return Err("each product category mask must allow some of categories 1..=6 and no others".into());
         }
         if self.recharge_unit_won == 0 {
             return Err("recharge_unit_won must be positive".into());

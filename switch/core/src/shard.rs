@@ -717,6 +717,9 @@ impl Shard {
             return Err(ResultCode::CategoryInvalid);
         }
         let card = self.card_in(pin_hash, &[CardState::Active])?;
+        if !self.config.category_allowed(card.face_value_won, category) {
+            return Err(ResultCode::CategoryNotAllowed);
+        }
         let tries_max = self.config.password_tries_max;
         if card.password_failures >= tries_max {
             return Err(ResultCode::PasswordTriesExceeded);

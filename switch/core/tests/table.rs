@@ -121,6 +121,21 @@ fn card_life_issue_activate_load_sale() {
 }
 
 #[test]
+fn the_product_mix_limits_what_a_card_pays_for() {
+    let mut s = Script::new();
+    // test_min: 5,000-won cards pay for internet payment (1) and telephone calls (2) only.
+    s.active_card(CARD, 5_000);
+    let pay = |category| Body::Sale { pin_hash: CARD, password_mac: PASSWORD, amount_won: 100, merchant_id: 1, category };
+    s.expect(pay(1), ResultCode::Approved);
+    s.expect(pay(2), ResultCode::Approved);
+    s.expect(pay(6), ResultCode::CategoryNotAllowed);
+    let hold = Body::Authorize { pin_hash: CARD, password_mac: WRONG, amount_won: 100, merchant_id: 1, category: 4, hold_ttl_s: 0 };
+    s.expect(hold, ResultCode::CategoryNotAllowed);
+    assert_eq!(s.shard.card(s.now_ms, CARD).unwrap().password_tries_left, 3, "no password try is counted");
+    assert_eq!(s.balance(CARD), (4_800, 4_800));
+}
+
+#[test]
 fn wrong_passwords_lock_the_card_and_a_right_one_resets_the_count() {
     let mut s = Script::new();
     s.active_card(CARD, 10_000);
@@ -479,6 +494,7 @@ fn every_engine_result_code_is_reached() {
     let mut seen = BTreeSet::new();
     for script in [
         collect(card_life_issue_activate_load_sale),
+        collect(the_product_mix_limits_what_a_card_pays_for),
         collect(wrong_passwords_lock_the_card_and_a_right_one_resets_the_count),
         collect(holds_capture_void_expire_and_limits),
         collect(reversals_in_both_orders_and_refunds),

@@ -63,6 +63,7 @@ pub struct JournalSection {
 #[serde(deny_unknown_fields, default)]
 pub struct EngineSection {
     pub face_values_won: Vec<u64>,
+    pub product_category_masks: Vec<u8>,
     pub balance_cap_won: u64,
     pub recharge_unit_won: u64,
     pub holds_per_card_max: u16,
@@ -113,6 +114,7 @@ impl Default for EngineSection {
         let engine = EngineConfig::production();
         EngineSection {
             face_values_won: engine.face_values_won,
+            product_category_masks: engine.product_category_masks,
             balance_cap_won: engine.balance_cap_won,
             recharge_unit_won: engine.recharge_unit_won,
             holds_per_card_max: engine.holds_per_card_max,
@@ -161,6 +163,7 @@ impl Config {
         let engine = &self.engine;
         EngineConfig {
             face_values_won: engine.face_values_won.clone(),
+            product_category_masks: engine.product_category_masks.clone(),
             balance_cap_won: engine.balance_cap_won,
             recharge_unit_won: engine.recharge_unit_won,
             holds_per_card_max: engine.holds_per_card_max,
