@@ -320,6 +320,10 @@ impl Client {
         self.call(MsgType::CardRefund, events).await
     }
 
+    pub async fn card_register(&self, events: &[CardRegister]) -> Result<Vec<OpResult>, ClientError> {
+        self.call(MsgType::CardRegister, events).await
+    }
+
     pub async fn authorize(&self, events: &[Authorize]) -> Result<Vec<OpResult>, ClientError> {
         self.call(MsgType::Authorize, events).await
     }

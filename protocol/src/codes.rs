@@ -254,6 +254,7 @@ pub enum Field {
     Reason = 14,
     PayoutAccount = 15,
     GiftRecipient = 16,
+    Holder = 17,
 }
 
 impl Field {
@@ -276,6 +277,7 @@ impl Field {
             Self::Reason => "reason",
             Self::PayoutAccount => "payout_account",
             Self::GiftRecipient => "gift_recipient",
+            Self::Holder => "holder",
         }
     }
 
@@ -298,6 +300,7 @@ impl Field {
             Self::Reason,
             Self::PayoutAccount,
             Self::GiftRecipient,
+            Self::Holder,
         ]
         .into_iter()
         .find(|field| *field as u8 == value)

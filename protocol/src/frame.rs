@@ -395,6 +395,10 @@ fn exercise_message(msg_type: MsgType, body: &[u8]) {
             exercise_body::<Vec<CardRefund>>(body);
             exercise_body::<Vec<OpResult>>(body);
         }
+        MsgType::CardRegister => {
+            exercise_body::<Vec<CardRegister>>(body);
+            exercise_body::<Vec<OpResult>>(body);
+        }
         MsgType::Authorize => {
             exercise_body::<Vec<Authorize>>(body);
             exercise_body::<Vec<OpResult>>(body);

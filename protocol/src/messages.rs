@@ -18,6 +18,7 @@ pub enum MsgType {
     CardBlock = 14,
     CardUnblock = 15,
     CardRefund = 16,
+    CardRegister = 17,
     Authorize = 20,
     Capture = 21,
     Void = 22,
@@ -29,7 +30,7 @@ pub enum MsgType {
 }
 
 impl MsgType {
-    pub const ALL: [MsgType; 17] = [
+    pub const ALL: [MsgType; 18] = [
         Self::Hello,
         Self::Ping,
         Self::CardIssue,
@@ -39,6 +40,7 @@ impl MsgType {
         Self::CardBlock,
         Self::CardUnblock,
         Self::CardRefund,
+        Self::CardRegister,
         Self::Authorize,
         Self::Capture,
         Self::Void,
@@ -176,6 +178,20 @@ pub struct CardRefund {
     pub op_id: u128,
     pub pin: u64,
     pub payout_account_ref: u64,
+}
+
+/// CARD_REGISTER: the holder registers with the card site ("user information"): the card becomes
+/// registered, and with a verified real name, named, which raises its balance cap (500,000 won
+/// unnamed, 2,000,000 named, by default). Personal data stays with the site; the switch keeps
+/// only the site's reference. Re-registering updates it (e.g. a later name verification).
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CardRegister {
+    pub op_id: u128,
+    pub pin: u64,
+    /// The card site's reference of the holder (non-zero).
+    pub holder_ref: u64,
+    /// The holder's real name was verified (the named-card cap applies).
+    pub verified_name: bool,
 }
 
 /// CARD_LOAD: recharge. `funding` says how the money came in (see PROTOCOL.md).

@@ -185,6 +185,10 @@ fn valid_frames(rng: &mut SplitMix64) -> Vec<ValidFrame> {
             (0..count).map(|_| CardRefund { op_id: op_id(rng), pin: pin(rng), payout_account_ref: rng.next() }).collect();
         push(&mut frames, MsgType::CardRefund, false, events);
         let events: Vec<_> = (0..count)
+            .map(|_| CardRegister { op_id: op_id(rng), pin: pin(rng), holder_ref: rng.next(), verified_name: rng.below(2) == 1 })
+            .collect();
+        push(&mut frames, MsgType::CardRegister, false, events);
+        let events: Vec<_> = (0..count)
             .map(|_| Authorize {
                 op_id: op_id(rng),
                 pin: pin(rng),
@@ -250,6 +254,7 @@ fn valid_frames(rng: &mut SplitMix64) -> Vec<ValidFrame> {
             MsgType::CardBlock,
             MsgType::CardUnblock,
             MsgType::CardRefund,
+            MsgType::CardRegister,
             MsgType::Authorize,
             MsgType::Capture,
             MsgType::Void,

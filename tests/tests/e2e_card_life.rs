@@ -10,7 +10,7 @@ use std::process::{Command, Output};
 use pinswitch_protocol::client::Client;
 use pinswitch_protocol::{
     Authorize, BalanceInquiry, BalanceResult, BlockReason, CardActivate, CardBlock, CardIssue,
-    CardLoad, CardRefund, CardSell, CardState, CardUnblock, Category, FLAG_REPLAYED, Field,
+    CardLoad, CardRefund, CardRegister, CardSell, CardState, CardUnblock, Category, FLAG_REPLAYED, Field,
     Funding, Inquiry, MsgType, OpResult, OpStatus, ResultCode, Sale, Void, new_op_id, pin,
 };
 use pinswitch_tests::{Switch, code, fresh_dir, one};
@@ -353,3 +353,31 @@ async fn the_configured_product_mix_limits_categories() {
     assert_eq!(code(&one(client.sale(&[call]).await).await), ResultCode::Approved);
     switch.stop();
 }
+
+/// CARD_REGISTER over the wire and through the CLI: a verified name raises the balance cap from
+/// 500,000 to 2,000,000 won, so a recharge refused before is approved after; it survives restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registering_a_verified_name_raises_the_cap() {
+    let dir = fresh_dir("register");
+    let mut switch = Switch::start(Path::new(BIN), &dir, &[]);
+    let client = Client::connect(&switch.address).await.expect("connect");
+    let pin = issue(&client, 100_000).await;
+    assert_eq!(code(&activate(&client, pin).await), ResultCode::Approved);
+    let load = |amount_won| CardLoad { op_id: new_op_id(), pin, amount_won, funding: Funding::BankTransfer as u8 };
+    assert_eq!(code(&one(client.card_load(&[load(500_000)]).await).await), ResultCode::BalanceCapExceeded);
+    let register = CardRegister { op_id: new_op_id(), pin, holder_ref: 0, verified_name: true };
+    assert_eq!(code(&one(client.card_register(&[register]).await).await), ResultCode::FormatError);
+    let registered = card(&switch.address, &["register", &pin::format(pin), "--holder", "77", "--verified-name"]);
+    assert_eq!(registered.status.code(), Some(0), "{registered:?}");
+    assert!(stdout(&registered).contains("APPROVED (0), balance cap 2000000 won"), "{}", stdout(&registered));
+    assert_eq!(code(&one(client.card_load(&[load(500_000)]).await).await), ResultCode::Approved);
+    drop(client);
+    switch.stop();
+
+    let mut switch = Switch::start(Path::new(BIN), &dir, &[]);
+    let client = Client::connect(&switch.address).await.expect("reconnect");
+    assert_eq!(code(&one(client.card_load(&[load(1_400_000)]).await).await), ResultCode::Approved);
+    assert_eq!(code(&one(client.card_load(&[load(10_000)]).await).await), ResultCode::BalanceCapExceeded);
+    switch.stop();
+}
+

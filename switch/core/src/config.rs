@@ -15,6 +15,8 @@ pub struct EngineConfig {
     /// A card's balance may never exceed this (500,000 won: the legal cap for a card not
     /// issued under a verified real name).
     pub balance_cap_won: u64,
+    /// The cap of a named card (registered with a verified real name): 2,000,000 won by law.
+    pub balance_cap_named_won: u64,
     /// Recharges must be whole multiples of this.
     pub recharge_unit_won: u64,
     /// Live (pending) holds one card may have at once.
@@ -51,6 +53,7 @@ impl EngineConfig {
             face_values_won: vec![5_000, 10_000, 20_000, 30_000, 50_000, 100_000],
             product_category_masks: Vec::new(),
             balance_cap_won: 500_000,
+            balance_cap_named_won: 2_000_000,
             recharge_unit_won: 10_000,
             holds_per_card_max: 16,
             captures_per_hold_max: 50,
@@ -113,6 +116,9 @@ impl EngineConfig {
         }
         if self.product_category_masks.iter().any(|mask| *mask == 0 || *mask > 0b11_1111) {
             return Err("each product category mask must allow some of categories 1..=6 and no others".into());
+        }
+        if self.balance_cap_named_won < self.balance_cap_won {
+            return Err("balance_cap_named_won must be at least balance_cap_won".into());
         }
         if self.recharge_unit_won == 0 {
             return Err("recharge_unit_won must be positive".into());

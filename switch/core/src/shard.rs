@@ -54,6 +54,10 @@ const CARD_FLAG_GIFT: u8 = 1;
 /// The card was blocked before activation (e.g. a gift card lost in transit): CARD_UNBLOCK
 /// returns it to sold, not active.
 const CARD_FLAG_BLOCKED_UNSOLD: u8 = 2;
+/// The holder registered user information with the card site.
+const CARD_FLAG_REGISTERED: u8 = 4;
+/// ... with a verified real name: the named-card balance cap applies.
+const CARD_FLAG_NAMED: u8 = 8;
 
 impl Card {
     fn available_won(&self) -> u64 {
@@ -381,6 +385,7 @@ impl Shard {
                     }
                     Body::Block { reason, .. } => self.block(pin_hash, *reason),
                     Body::Unblock { .. } => self.unblock(pin_hash),
+                    Body::Register { holder_ref, verified_name, .. } => self.register(pin_hash, *holder_ref, *verified_name),
                     Body::BalanceRefund { payout_account_ref, .. } => self.balance_refund(pin_hash, *payout_account_ref),
                     Body::Authorize { password_mac, amount_won, category, hold_ttl_s, .. } => {
                         self.authorize(now_ms, op_id, pin_hash, *password_mac, *amount_won, *category, *hold_ttl_s)
@@ -564,6 +569,31 @@ impl Shard {
     }
 
     /// The end of a validity period that starts now, in seconds since the epoch.
+    /// The balance cap of this card: named cards have the higher legal cap.
+    fn cap_won(&self, card: &Card) -> u64 {
+        if card.flags & CARD_FLAG_NAMED != 0 { self.config.balance_cap_named_won } else { self.config.balance_cap_won }
+    }
+
+    /// CARD_REGISTER: marks the card registered (and named, with a verified name); the reply's
+    /// amount is the balance cap now in force.
+    fn register(&mut self, pin_hash: PinHash, holder_ref: u64, verified_name: bool) -> Outcome {
+        if holder_ref == 0 {
+            // No holder to register: malformed, like an unknown funding means.
+            return Outcome::completed(Reply::code(ResultCode::FormatError));
+        }
+        if let Err(code) = self.card_in(pin_hash, &[CardState::Active, CardState::Blocked]) {
+            return self.declined(code, pin_hash);
+        }
+        let card = self.cards.get_mut(&pin_hash).expect("checked above");
+        card.flags |= CARD_FLAG_REGISTERED;
+        if verified_name {
+            card.flags |= CARD_FLAG_NAMED;
+        }
+        let card = *card;
+        let cap_won = self.cap_won(&card);
+        Outcome::completed(self.approved(pin_hash, cap_won))
+    }
+
     fn validity_end_s(&self) -> u32 {
         let end_s = self.now_ms / 1000 + u64::from(self.config.validity_days) * 86_400;
         u32::try_from(end_s).unwrap_or(u32::MAX)
@@ -696,7 +726,7 @@ impl Shard {
         let Some(balance_won) = card.balance_won.checked_add(amount_won) else {
             return self.declined(ResultCode::AmountOverflow, pin_hash);
         };
-        if balance_won > self.config.balance_cap_won {
+        if balance_won > self.cap_won(&card) {
             return self.declined(ResultCode::BalanceCapExceeded, pin_hash);
         }
         let card = self.cards.get_mut(&pin_hash).expect("checked above");
@@ -995,7 +1025,7 @@ impl Shard {
         let Some(balance_won) = card.balance_won.checked_add(amount_won) else {
             return self.declined(ResultCode::AmountOverflow, pin_hash);
         };
-        if balance_won > self.config.balance_cap_won {
+        if balance_won > self.cap_won(&card) {
             return self.declined(ResultCode::BalanceCapExceeded, pin_hash);
         }
         self.ops.get_mut(&payment_op_id).expect("checked above").refunded_won += amount_won;
@@ -1175,6 +1205,7 @@ pub fn msg_type_of(body: &Body) -> MsgType {
         Body::Sell { .. } => MsgType::CardSell,
         Body::Block { .. } => MsgType::CardBlock,
         Body::Unblock { .. } => MsgType::CardUnblock,
+        Body::Register { .. } => MsgType::CardRegister,
         Body::BalanceRefund { .. } => MsgType::CardRefund,
         Body::Authorize { .. } => MsgType::Authorize,
         Body::Capture { .. } => MsgType::Capture,
@@ -1230,6 +1261,10 @@ fn first_difference(recorded: &Body, retry: &Body) -> Option<Field> {
             differs(&[(p1 == p2, Field::Card), (r1 == r2, Field::Reason)])
         }
         (Unblock { pin_hash: p1 }, Unblock { pin_hash: p2 }) => differs(&[(p1 == p2, Field::Card)]),
+        (
+            Register { pin_hash: p1, holder_ref: h1, verified_name: v1 },
+            Register { pin_hash: p2, holder_ref: h2, verified_name: v2 },
+        ) => differs(&[(p1 == p2, Field::Card), (h1 == h2 && v1 == v2, Field::Holder)]),
         (
             BalanceRefund { pin_hash: p1, payout_account_ref: a1 },
             BalanceRefund { pin_hash: p2, payout_account_ref: a2 },

@@ -40,6 +40,8 @@ pub enum Body {
     Block { pin_hash: PinHash, reason: u8 },
     /// Back to active (or clear a wrong-password lockout).
     Unblock { pin_hash: PinHash },
+    /// The holder registered (with a verified real name: the named-card cap applies).
+    Register { pin_hash: PinHash, holder_ref: u64, verified_name: bool },
     /// Pay the whole balance out and close the card (the used-share rule permitting).
     BalanceRefund { pin_hash: PinHash, payout_account_ref: u64 },
     /// Place a hold (`hold_ttl_s` 0 = the configured default).
@@ -81,6 +83,7 @@ impl Body {
             | Body::Sell { pin_hash, .. }
             | Body::Block { pin_hash, .. }
             | Body::Unblock { pin_hash }
+            | Body::Register { pin_hash, .. }
             | Body::BalanceRefund { pin_hash, .. }
             | Body::Authorize { pin_hash, .. }
             | Body::Capture { pin_hash, .. }

@@ -99,6 +99,8 @@ struct RefCard {
     expires_s: u32,
     /// Blocked while sold but not yet activated: unblocking returns it to sold.
     blocked_unsold: bool,
+    /// Registered with a verified real name (the named-card cap applies).
+    named: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -181,6 +183,7 @@ fn pin_of(body: &Body) -> PinHash {
         | Body::Sell { pin_hash, .. }
         | Body::Block { pin_hash, .. }
         | Body::Unblock { pin_hash }
+        | Body::Register { pin_hash, .. }
         | Body::BalanceRefund { pin_hash, .. }
         | Body::Authorize { pin_hash, .. }
         | Body::Capture { pin_hash, .. }
@@ -200,6 +203,7 @@ fn msg_type(body: &Body) -> MsgType {
         Body::Sell { .. } => MsgType::CardSell,
         Body::Block { .. } => MsgType::CardBlock,
         Body::Unblock { .. } => MsgType::CardUnblock,
+        Body::Register { .. } => MsgType::CardRegister,
         Body::BalanceRefund { .. } => MsgType::CardRefund,
         Body::Authorize { .. } => MsgType::Authorize,
         Body::Capture { .. } => MsgType::Capture,
@@ -247,6 +251,10 @@ fn first_differing_field(first: &Body, retry: &Body) -> Option<Field> {
             first_of(&[(p1 != p2, Field::Card), (r1 != r2, Field::Reason)])
         }
         (Body::Unblock { pin_hash: p1 }, Body::Unblock { pin_hash: p2 }) => first_of(&[(p1 != p2, Field::Card)]),
+        (
+            Body::Register { pin_hash: p1, holder_ref: h1, verified_name: v1 },
+            Body::Register { pin_hash: p2, holder_ref: h2, verified_name: v2 },
+        ) => first_of(&[(p1 != p2, Field::Card), (h1 != h2 || v1 != v2, Field::Holder)]),
         (
             Body::BalanceRefund { pin_hash: p1, payout_account_ref: a1 },
             Body::BalanceRefund { pin_hash: p2, payout_account_ref: a2 },
@@ -563,6 +571,7 @@ impl Reference {
             }
             Body::Block { pin_hash, reason } => self.block(pin_hash, reason),
             Body::Unblock { pin_hash } => self.unblock(pin_hash),
+            Body::Register { pin_hash, holder_ref, verified_name } => self.register(pin_hash, holder_ref, verified_name),
             Body::BalanceRefund { pin_hash, payout_account_ref } => self.balance_refund(pin_hash, payout_account_ref),
             Body::Authorize { pin_hash, password_mac, amount_won, category, hold_ttl_s, .. } => {
                 self.authorize(now, op_id, pin_hash, password_mac, amount_won, category, hold_ttl_s)
@@ -584,7 +593,7 @@ impl Reference {
         if !self.cfg.face_values_won.contains(&face) {
             return done(bare(ResultCode::ProductNotFound));
         }
-        self.cards.push(RefCard { pin, state: CardState::Issued, face, balance: face, mac: 0, failures: 0, charged: face, expires_s: 0, blocked_unsold: false });
+        self.cards.push(RefCard { pin, state: CardState::Issued, face, balance: face, mac: 0, failures: 0, charged: face, expires_s: 0, blocked_unsold: false, named: false });
         self.issued += u128::from(face);
         done(self.approve(pin, face))
     }
@@ -612,6 +621,27 @@ impl Reference {
             card.state = CardState::Expired;
             self.breakage += u128::from(left);
         }
+    }
+
+    /// The balance cap of a card: higher for named cards.
+    fn cap(&self, pin: PinHash) -> u64 {
+        if self.card(pin).is_some_and(|card| card.named) { self.cfg.balance_cap_named_won } else { self.cfg.balance_cap_won }
+    }
+
+    fn register(&mut self, pin: PinHash, holder: u64, verified: bool) -> Outcome {
+        if holder == 0 {
+            return done(bare(ResultCode::FormatError));
+        }
+        let Some(card) = self.card_mut(pin) else {
+            return self.decline(ResultCode::CardNotFound, pin);
+        };
+        if !matches!(card.state, CardState::Active | CardState::Blocked) {
+            let code = wrong_state(card.state);
+            return self.decline(code, pin);
+        }
+        card.named |= verified;
+        let cap = self.cap(pin);
+        done(self.approve(pin, cap))
     }
 
     fn sell(&mut self, pin: PinHash, channel: u32, price: u64, means: u8) -> Outcome {
@@ -748,7 +778,7 @@ impl Reference {
         let Some(new_balance) = balance.checked_add(amount) else {
             return self.decline(ResultCode::AmountOverflow, pin);
         };
-        if new_balance > self.cfg.balance_cap_won {
+        if new_balance > self.cap(pin) {
             return self.decline(ResultCode::BalanceCapExceeded, pin);
         }
         let card = self.card_mut(pin).unwrap();
@@ -993,7 +1023,7 @@ impl Reference {
         let Some(new_balance) = balance.checked_add(amount) else {
             return self.decline(ResultCode::AmountOverflow, pin);
         };
-        if new_balance > self.cfg.balance_cap_won {
+        if new_balance > self.cap(pin) {
             return self.decline(ResultCode::BalanceCapExceeded, pin);
         }
         self.payment_mut(payment_id).unwrap().refunded += amount;
@@ -1312,7 +1342,12 @@ impl Walk {
     /// Sell, block, unblock, balance refund: mostly well formed, sometimes not.
     fn card_life_body(&mut self) -> Body {
         let pin = self.pick_pin();
-        match self.rng.below(4) {
+        match self.rng.below(5) {
+            4 => Body::Register {
+                pin_hash: pin,
+                holder_ref: if self.rng.percent(92) { self.rng.range(1, 1 << 30) } else { 0 },
+                verified_name: self.rng.percent(50),
+            },
             0 => Body::Sell {
                 pin_hash: pin,
                 channel_id: if self.rng.percent(90) { self.rng.range(1, 40) as u32 } else { 0 },
@@ -1592,6 +1627,15 @@ impl Walk {
                 }
             }
             Body::Unblock { pin_hash } => *pin_hash = self.other_pin(*pin_hash),
+            Body::Register { pin_hash, holder_ref, verified_name } => {
+                if flip[0] || flip[2] {
+                    *pin_hash = self.other_pin(*pin_hash);
+                }
+                *holder_ref = bump(*holder_ref, flip[1] || flip[4]);
+                if flip[3] || flip[5] {
+                    *verified_name = !*verified_name;
+                }
+            }
             Body::BalanceRefund { pin_hash, payout_account_ref } => {
                 if flip[0] || flip[2] || flip[4] {
                     *pin_hash = self.other_pin(*pin_hash);

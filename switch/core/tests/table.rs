@@ -136,6 +136,24 @@ fn the_product_mix_limits_what_a_card_pays_for() {
 }
 
 #[test]
+fn a_named_card_has_the_higher_cap() {
+    let mut s = Script::new();
+    s.active_card(CARD, 100_000);
+    s.expect(load(CARD, 410_000), ResultCode::BalanceCapExceeded);
+    let register = |verified_name| Body::Register { pin_hash: CARD, holder_ref: 31, verified_name };
+    s.expect(Body::Register { pin_hash: CARD, holder_ref: 0, verified_name: true }, ResultCode::FormatError);
+    s.expect(Body::Register { pin_hash: OTHER, holder_ref: 31, verified_name: true }, ResultCode::CardNotFound);
+    let (_, registered) = s.expect(register(false), ResultCode::Approved);
+    assert_eq!(registered.amount_won, 500_000, "registered without a verified name: still the unnamed cap");
+    s.expect(load(CARD, 410_000), ResultCode::BalanceCapExceeded);
+    let (_, named) = s.expect(register(true), ResultCode::Approved);
+    assert_eq!(named.amount_won, 2_000_000);
+    s.expect(load(CARD, 1_900_000), ResultCode::Approved);
+    s.expect(load(CARD, 10_000), ResultCode::BalanceCapExceeded);
+    assert_eq!(s.balance(CARD).0, 2_000_000);
+}
+
+#[test]
 fn wrong_passwords_lock_the_card_and_a_right_one_resets_the_count() {
     let mut s = Script::new();
     s.active_card(CARD, 10_000);

@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use pinswitch_protocol::client::Client;
 use pinswitch_protocol::{
     self as protocol, BalanceInquiry, BlockReason, CardActivate, CardBlock, CardIssue, CardLoad,
-    CardRefund, CardSell, CardState, CardUnblock, Funding, OpResult, ResultCode, Sale, pin,
+    CardRefund, CardRegister, CardSell, CardState, CardUnblock, Funding, OpResult, ResultCode, Sale, pin,
 };
 
 use crate::config::Config;
@@ -123,6 +123,19 @@ enum CardCommand {
         #[arg(long, default_value = "127.0.0.1:7420")]
         connect: String,
         pin: String,
+    },
+    /// Register the holder (user information stays with the card site); with --verified-name the
+    /// named-card balance cap applies.
+    Register {
+        #[arg(long, default_value = "127.0.0.1:7420")]
+        connect: String,
+        pin: String,
+        /// The card site's reference of the holder (non-zero).
+        #[arg(long)]
+        holder: u64,
+        /// The holder's real name was verified.
+        #[arg(long)]
+        verified_name: bool,
     },
     /// Pay the whole balance out to an account and close the card (refund rule permitting).
     Refund {
@@ -308,6 +321,13 @@ async fn card(command: CardCommand) -> anyhow::Result<ExitCode> {
             let client = connect(&address).await?;
             let event = CardUnblock { op_id: protocol::new_op_id(), pin };
             Ok(balance_outcome(single(client.card_unblock(&[event]).await.context("unblocking")?)?))
+        }
+        CardCommand::Register { connect: address, pin, holder, verified_name } => {
+            let pin = parse_pin(&pin)?;
+            let client = connect(&address).await?;
+            let event = CardRegister { op_id: protocol::new_op_id(), pin, holder_ref: holder, verified_name };
+            let result = single(client.card_register(&[event]).await.context("registering the holder")?)?;
+            Ok(outcome(result.code, format!(", balance cap {} won", result.amount_won)))
         }
         CardCommand::Refund { connect: address, pin, account } => {
             let pin = parse_pin(&pin)?;

@@ -337,6 +337,11 @@ fn plan(context: &Context, msg_type: MsgType, body: &[u8], deadline_at_ms: u64) 
             let pin_hash = card(keys, event.pin.to_native(), result)?;
             Some((event.op_id.to_native(), Body::Unblock { pin_hash }))
         })),
+        MsgType::CardRegister => Ok(ops(context, events!(protocol::CardRegister), deadline_at_ms, |event, result| {
+            let pin_hash = card(keys, event.pin.to_native(), result)?;
+            let body = Body::Register { pin_hash, holder_ref: event.holder_ref.to_native(), verified_name: event.verified_name };
+            Some((event.op_id.to_native(), body))
+        })),
         MsgType::CardRefund => Ok(ops(context, events!(protocol::CardRefund), deadline_at_ms, |event, result| {
             let pin_hash = card(keys, event.pin.to_native(), result)?;
             let body = Body::BalanceRefund { pin_hash, payout_account_ref: event.payout_account_ref.to_native() };
