@@ -747,6 +747,7 @@ mod tests {
             available_won: 3,
             held_won: 4,
             password_tries_left: 5,
+            points: 12,
             holds: vec![HoldInfo {
                 hold_id: 6,
                 amount_won: 7,

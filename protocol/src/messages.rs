@@ -359,6 +359,8 @@ pub struct BalanceResult {
     pub available_won: u64,
     pub held_won: u64,
     pub password_tries_left: u8,
+    /// Loyalty points (a balance separate from money), earned by payments of registered cards.
+    pub points: u32,
     pub holds: Vec<HoldInfo>,
 }
 

@@ -371,13 +371,22 @@ async fn registering_a_verified_name_raises_the_cap() {
     assert_eq!(registered.status.code(), Some(0), "{registered:?}");
     assert!(stdout(&registered).contains("APPROVED (0), balance cap 2000000 won"), "{}", stdout(&registered));
     assert_eq!(code(&one(client.card_load(&[load(500_000)]).await).await), ResultCode::Approved);
+    // A registered card earns points (1 % by default), shown by BALANCE_INQUIRY and the CLI.
+    assert_eq!(code(&one(client.sale(&[sale(pin, 12_345)]).await).await), ResultCode::Approved);
+    let points = one(client.balance_inquiry(&[BalanceInquiry { pin }]).await).await.points;
+    assert_eq!(points, 123);
+    let shown = stdout(&card(&switch.address, &["show", &pin::format(pin)]));
+    assert!(shown.contains("points    123"), "{shown}");
     drop(client);
     switch.stop();
 
     let mut switch = Switch::start(Path::new(BIN), &dir, &[]);
     let client = Client::connect(&switch.address).await.expect("reconnect");
     assert_eq!(code(&one(client.card_load(&[load(1_400_000)]).await).await), ResultCode::Approved);
-    assert_eq!(code(&one(client.card_load(&[load(10_000)]).await).await), ResultCode::BalanceCapExceeded);
+    // 1,987,655 won now: another 20,000 would pass the named cap.
+    assert_eq!(code(&one(client.card_load(&[load(20_000)]).await).await), ResultCode::BalanceCapExceeded);
+    let points = one(client.balance_inquiry(&[BalanceInquiry { pin }]).await).await.points;
+    assert_eq!(points, 123, "points survive a restart");
     switch.stop();
 }
 

@@ -44,6 +44,9 @@ pub struct EngineConfig {
     /// ...or this share, for cards whose face value is at most `small_face_value_max_won`.
     pub refund_used_percent_small: u8,
     pub small_face_value_max_won: u64,
+    /// Loyalty points per 1,000 won paid by a registered card (10: 1 %). A REFUND or REVERSE
+    /// takes back the points of the money it credits (rounded down, never below zero).
+    pub points_per_mille: u16,
 }
 
 impl EngineConfig {
@@ -69,6 +72,7 @@ impl EngineConfig {
             refund_used_percent: 60,
             refund_used_percent_small: 80,
             small_face_value_max_won: 10_000,
+            points_per_mille: 10,
         }
     }
 

@@ -39,6 +39,8 @@ struct Card {
     charged_won: u64,
     /// End of validity, seconds since the Unix epoch (0: not started: issued, not yet sold).
     expires_at_s: u32,
+    /// Loyalty points (not money).
+    points: u32,
     /// `CARD_FLAG_*` bits.
     flags: u8,
     /// `CardState` as a number.
@@ -541,6 +543,7 @@ impl Shard {
             face_value_won,
             charged_won: face_value_won,
             expires_at_s: 0,
+            points: 0,
             flags: 0,
             state: CardState::Issued as u8,
             password_failures: 0,
@@ -569,6 +572,27 @@ impl Shard {
     }
 
     /// The end of a validity period that starts now, in seconds since the epoch.
+    /// Points earned by paying `amount_won` (rounded down).
+    fn points_of(&self, amount_won: u64) -> u32 {
+        u32::try_from(u128::from(amount_won) * u128::from(self.config.points_per_mille) / 1000).unwrap_or(u32::MAX)
+    }
+
+    /// A payment of a registered card earns points.
+    fn earn_points(&mut self, pin_hash: PinHash, amount_won: u64) {
+        let points = self.points_of(amount_won);
+        let card = self.cards.get_mut(&pin_hash).expect("a paying card exists");
+        if card.flags & CARD_FLAG_REGISTERED != 0 {
+            card.points = card.points.saturating_add(points);
+        }
+    }
+
+    /// Money credited back takes its points back with it (never below zero).
+    fn return_points(&mut self, pin_hash: PinHash, amount_won: u64) {
+        let points = self.points_of(amount_won);
+        let card = self.cards.get_mut(&pin_hash).expect("a credited card exists");
+        card.points = card.points.saturating_sub(points);
+    }
+
     /// The balance cap of this card: named cards have the higher legal cap.
     fn cap_won(&self, card: &Card) -> u64 {
         if card.flags & CARD_FLAG_NAMED != 0 { self.config.balance_cap_named_won } else { self.config.balance_cap_won }
@@ -817,6 +841,7 @@ impl Shard {
         self.cards.get_mut(&pin_hash).expect("checked above").balance_won -= amount_won;
         self.totals.debited_won += u128::from(amount_won);
         self.totals.balances_won -= u128::from(amount_won);
+        self.earn_points(pin_hash, amount_won);
         let reply = self.approved(pin_hash, amount_won);
         Outcome { reply, status: OpStatus::Completed, debited_won: amount_won }
     }
@@ -871,6 +896,7 @@ impl Shard {
         if final_capture || hold_entry.remaining_won() == 0 {
             self.close_hold(hold_id, OpStatus::HoldCaptured);
         }
+        self.earn_points(pin_hash, capture_won);
         let reply = self.approved(pin_hash, capture_won);
         Outcome { reply, status: OpStatus::Completed, debited_won: capture_won }
     }
@@ -981,6 +1007,7 @@ impl Shard {
         card.balance_won = card.balance_won.checked_add(credit_won).expect("a credit back fits: it was on the card");
         self.totals.reversed_won += u128::from(credit_won);
         self.totals.balances_won += u128::from(credit_won);
+        self.return_points(pin_hash, credit_won);
         let reply = self.approved(pin_hash, credit_won + released_won);
         Outcome::completed(reply)
     }
@@ -1035,6 +1062,7 @@ impl Shard {
         self.cards.get_mut(&pin_hash).expect("checked above").balance_won = balance_won;
         self.totals.refunded_won += u128::from(amount_won);
         self.totals.balances_won += u128::from(amount_won);
+        self.return_points(pin_hash, amount_won);
         Outcome::completed(self.approved(pin_hash, amount_won))
     }
 
@@ -1106,6 +1134,7 @@ impl Shard {
             available_won: balance_won - held_won,
             held_won,
             password_tries_left: self.config.password_tries_max.saturating_sub(card.password_failures),
+            points: card.points,
             holds,
         })
     }

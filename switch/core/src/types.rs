@@ -148,6 +148,7 @@ pub struct CardView {
     pub available_won: u64,
     pub held_won: u64,
     pub password_tries_left: u8,
+    pub points: u32,
     pub holds: Vec<HoldView>,
 }
 

@@ -101,6 +101,9 @@ struct RefCard {
     blocked_unsold: bool,
     /// Registered with a verified real name (the named-card cap applies).
     named: bool,
+    /// Registered at all: payments earn points.
+    registered: bool,
+    points: u32,
 }
 
 #[derive(Clone, Debug)]
@@ -593,7 +596,7 @@ impl Reference {
         if !self.cfg.face_values_won.contains(&face) {
             return done(bare(ResultCode::ProductNotFound));
         }
-        self.cards.push(RefCard { pin, state: CardState::Issued, face, balance: face, mac: 0, failures: 0, charged: face, expires_s: 0, blocked_unsold: false, named: false });
+        self.cards.push(RefCard { pin, state: CardState::Issued, face, balance: face, mac: 0, failures: 0, charged: face, expires_s: 0, blocked_unsold: false, named: false, registered: false, points: 0 });
         self.issued += u128::from(face);
         done(self.approve(pin, face))
     }
@@ -623,6 +626,20 @@ impl Reference {
         }
     }
 
+    /// Payments of registered cards earn `points_per_mille` per 1,000 won (rounded down); money
+    /// credited back takes its points back (never below zero).
+    fn points(&mut self, pin: PinHash, amount: u64, earn: bool) {
+        let points = u32::try_from(u128::from(amount) * u128::from(self.cfg.points_per_mille) / 1000).unwrap_or(u32::MAX);
+        let card = self.card_mut(pin).unwrap();
+        if earn {
+            if card.registered {
+                card.points = card.points.saturating_add(points);
+            }
+        } else {
+            card.points = card.points.saturating_sub(points);
+        }
+    }
+
     /// The balance cap of a card: higher for named cards.
     fn cap(&self, pin: PinHash) -> u64 {
         if self.card(pin).is_some_and(|card| card.named) { self.cfg.balance_cap_named_won } else { self.cfg.balance_cap_won }
@@ -640,6 +657,7 @@ impl Reference {
             return self.decline(code, pin);
         }
         card.named |= verified;
+        card.registered = true;
         let cap = self.cap(pin);
         done(self.approve(pin, cap))
     }
@@ -855,6 +873,7 @@ impl Reference {
         }
         self.card_mut(pin).unwrap().balance -= amount;
         self.debited += u128::from(amount);
+        self.points(pin, amount, true);
         self.payments.push(RefPayment { id: op_id, debited: amount, refunded: 0 });
         done(self.approve(pin, amount))
     }
@@ -899,6 +918,7 @@ impl Reference {
         }
         self.card_mut(pin).unwrap().balance -= take;
         self.debited += u128::from(take);
+        self.points(pin, take, true);
         let hold = self.holds.iter_mut().find(|hold| hold.id == hold_id).unwrap();
         hold.captured += take;
         hold.captures += 1;
@@ -980,6 +1000,7 @@ impl Reference {
         }
         self.card_mut(pin).expect("a payment's card exists").balance += credit;
         self.reversed += u128::from(credit);
+        self.points(pin, credit, false);
         done(self.approve(pin, credit + released))
     }
 
@@ -1029,6 +1050,7 @@ impl Reference {
         self.payment_mut(payment_id).unwrap().refunded += amount;
         self.card_mut(pin).unwrap().balance = new_balance;
         self.refunded += u128::from(amount);
+        self.points(pin, amount, false);
         done(self.approve(pin, amount))
     }
 
@@ -1063,6 +1085,7 @@ impl Reference {
             available_won: balance - held,
             held_won: held,
             password_tries_left: self.cfg.password_tries_max.saturating_sub(card.failures),
+            points: card.points,
             holds,
         })
     }

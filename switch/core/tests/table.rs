@@ -154,6 +154,26 @@ fn a_named_card_has_the_higher_cap() {
 }
 
 #[test]
+fn registered_cards_earn_points_and_credits_take_them_back() {
+    let mut s = Script::new();
+    s.active_card(CARD, 100_000);
+    let points = |s: &Script| s.shard.card(s.now_ms, CARD).unwrap().points;
+    s.expect(sale(CARD, PASSWORD, 10_000), ResultCode::Approved);
+    assert_eq!(points(&s), 0, "an unregistered card earns nothing");
+    s.expect(Body::Register { pin_hash: CARD, holder_ref: 5, verified_name: false }, ResultCode::Approved);
+    let (paid, _) = s.expect(sale(CARD, PASSWORD, 20_000), ResultCode::Approved);
+    assert_eq!(points(&s), 200, "10 points per 1,000 won");
+    let (hold, _) = s.expect(authorize(CARD, 5_000, 0), ResultCode::Approved);
+    assert_eq!(points(&s), 200, "a hold earns nothing until captured");
+    s.expect(capture(hold, 3_050, true), ResultCode::Approved);
+    assert_eq!(points(&s), 230, "rounded down");
+    s.expect(Body::Refund { pin_hash: CARD, original_op_id: paid, amount_won: 5_000 }, ResultCode::Approved);
+    assert_eq!(points(&s), 180);
+    s.expect(Body::Reverse { pin_hash: CARD, original_op_id: paid }, ResultCode::Approved);
+    assert_eq!(points(&s), 30, "the reversal credits the other 15,000 won and takes their points");
+}
+
+#[test]
 fn wrong_passwords_lock_the_card_and_a_right_one_resets_the_count() {
     let mut s = Script::new();
     s.active_card(CARD, 10_000);

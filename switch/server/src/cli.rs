@@ -262,6 +262,7 @@ async fn card(command: CardCommand) -> anyhow::Result<ExitCode> {
             println!("available {} won", card.available_won);
             println!("held      {} won", card.held_won);
             println!("password  {} tries left", card.password_tries_left);
+            println!("points    {}", card.points);
             for hold in &card.holds {
                 println!(
                     "hold      {:032x}  {} won, {} captured, expires at {} ms",

@@ -79,6 +79,7 @@ pub struct EngineSection {
     pub refund_used_percent: u8,
     pub refund_used_percent_small: u8,
     pub small_face_value_max_won: u64,
+    pub points_per_mille: u16,
 }
 
 impl Default for ServerSection {
@@ -131,6 +132,7 @@ impl Default for EngineSection {
             refund_used_percent: engine.refund_used_percent,
             refund_used_percent_small: engine.refund_used_percent_small,
             small_face_value_max_won: engine.small_face_value_max_won,
+            points_per_mille: engine.points_per_mille,
         }
     }
 }
@@ -181,6 +183,7 @@ impl Config {
             refund_used_percent: engine.refund_used_percent,
             refund_used_percent_small: engine.refund_used_percent_small,
             small_face_value_max_won: engine.small_face_value_max_won,
+            points_per_mille: engine.points_per_mille,
         }
     }
 

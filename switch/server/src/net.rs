@@ -605,6 +605,7 @@ fn balance_code(code: ResultCode) -> BalanceResult {
         available_won: 0,
         held_won: 0,
         password_tries_left: 0,
+        points: 0,
         holds: Vec::new(),
     }
 }
@@ -619,6 +620,7 @@ fn balance_result(output: ShardOutput) -> BalanceResult {
             available_won: view.available_won,
             held_won: view.held_won,
             password_tries_left: view.password_tries_left,
+            points: view.points,
             holds: view
                 .holds
                 .iter()
