@@ -748,6 +748,7 @@ mod tests {
             held_won: 4,
             password_tries_left: 5,
             points: 12,
+            valid_until_s: 1_900_000_000,
             holds: vec![HoldInfo {
                 hold_id: 6,
                 amount_won: 7,

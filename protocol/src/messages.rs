@@ -361,6 +361,8 @@ pub struct BalanceResult {
     pub password_tries_left: u8,
     /// Loyalty points (a balance separate from money), earned by payments of registered cards.
     pub points: u32,
+    /// End of validity, seconds since the Unix epoch (0: not started, the card is in stock).
+    pub valid_until_s: u32,
     pub holds: Vec<HoldInfo>,
 }
 

@@ -295,6 +295,7 @@ fn valid_frames(rng: &mut SplitMix64) -> Vec<ValidFrame> {
                 held_won: rng.next(),
                 password_tries_left: rng.below(6) as u8,
                 points: rng.next() as u32,
+                valid_until_s: rng.next() as u32,
                 holds: (0..rng.below(4))
                     .map(|_| HoldInfo {
                         hold_id: op_id(rng),

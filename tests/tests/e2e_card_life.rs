@@ -390,3 +390,33 @@ async fn registering_a_verified_name_raises_the_cap() {
     switch.stop();
 }
 
+/// A promotional product (from the configuration): each recharge extends validity by a year,
+/// visible in BALANCE_INQUIRY's `valid_until_s`; an ordinary product's stays put.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recharging_a_promotional_card_extends_its_validity() {
+    let dir = fresh_dir("promotional");
+    let config = dir.with_extension("toml");
+    std::fs::write(&config, "[engine]\npromotional_face_values_won = [20000]\n").expect("config");
+    let mut switch = Switch::start(Path::new(BIN), &dir, &["--config", config.to_str().expect("utf-8")]);
+    let client = Client::connect(&switch.address).await.expect("connect");
+    let valid_until = |pin| {
+        let client = &client;
+        async move { one(client.balance_inquiry(&[BalanceInquiry { pin }]).await).await.valid_until_s }
+    };
+    let load = |pin| CardLoad { op_id: new_op_id(), pin, amount_won: 10_000, funding: Funding::Cash as u8 };
+    let promotional = issue(&client, 20_000).await;
+    let ordinary = issue(&client, 10_000).await;
+    assert_eq!(valid_until(promotional).await, 0, "in stock: validity has not started");
+    for pin in [promotional, ordinary] {
+        assert_eq!(code(&activate(&client, pin).await), ResultCode::Approved);
+    }
+    let (promotional_before, ordinary_before) = (valid_until(promotional).await, valid_until(ordinary).await);
+    assert!(promotional_before > 0 && ordinary_before > 0);
+    for pin in [promotional, ordinary] {
+        assert_eq!(code(&one(client.card_load(&[load(pin)]).await).await), ResultCode::Approved);
+    }
+    assert_eq!(valid_until(promotional).await, promotional_before + 365 * 86_400);
+    assert_eq!(valid_until(ordinary).await, ordinary_before);
+    switch.stop();
+}
+

@@ -47,6 +47,10 @@ pub struct EngineConfig {
     /// Loyalty points per 1,000 won paid by a registered card (10: 1 %). A REFUND or REVERSE
     /// takes back the points of the money it credits (rounded down, never below zero).
     pub points_per_mille: u16,
+    /// Promotional products: each recharge of a card of one of these face values extends its
+    /// validity by `promotional_extension_days`.
+    pub promotional_face_values_won: Vec<u64>,
+    pub promotional_extension_days: u32,
 }
 
 impl EngineConfig {
@@ -73,6 +77,8 @@ impl EngineConfig {
             refund_used_percent_small: 80,
             small_face_value_max_won: 10_000,
             points_per_mille: 10,
+            promotional_face_values_won: Vec::new(),
+            promotional_extension_days: 365,
         }
     }
 
@@ -88,6 +94,7 @@ impl EngineConfig {
             op_clock_skew_max_ms: 60 * 1000,
             password_tries_max: 3,
             validity_days: 1,
+            promotional_face_values_won: vec![20_000],
             // A product mix with restrictions, so tests reach CATEGORY_NOT_ALLOWED: 5,000-won
             // cards pay for internet payment and telephone calls only, 30,000-won cards for
             // everything but internet payment.

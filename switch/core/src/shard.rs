@@ -753,9 +753,16 @@ impl Shard {
         if balance_won > self.cap_won(&card) {
             return self.declined(ResultCode::BalanceCapExceeded, pin_hash);
         }
+        let extension_s = if self.config.promotional_face_values_won.contains(&card.face_value_won) {
+            u64::from(self.config.promotional_extension_days) * 86_400
+        } else {
+            0
+        };
         let card = self.cards.get_mut(&pin_hash).expect("checked above");
         card.balance_won = balance_won;
         card.charged_won = card.charged_won.saturating_add(amount_won);
+        // A promotional product's validity grows by a year (by default) with each recharge.
+        card.expires_at_s = u32::try_from(u64::from(card.expires_at_s) + extension_s).unwrap_or(u32::MAX);
         self.totals.loaded_won += u128::from(amount_won);
         self.totals.balances_won += u128::from(amount_won);
         Outcome::completed(self.approved(pin_hash, amount_won))
@@ -1135,6 +1142,7 @@ impl Shard {
             held_won,
             password_tries_left: self.config.password_tries_max.saturating_sub(card.password_failures),
             points: card.points,
+            valid_until_s: card.expires_at_s,
             holds,
         })
     }

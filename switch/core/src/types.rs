@@ -149,6 +149,8 @@ pub struct CardView {
     pub held_won: u64,
     pub password_tries_left: u8,
     pub points: u32,
+    /// End of validity, seconds since the Unix epoch (0: not started).
+    pub valid_until_s: u32,
     pub holds: Vec<HoldView>,
 }
 

@@ -799,9 +799,15 @@ impl Reference {
         if new_balance > self.cap(pin) {
             return self.decline(ResultCode::BalanceCapExceeded, pin);
         }
+        let extension = if self.cfg.promotional_face_values_won.contains(&self.card(pin).unwrap().face) {
+            u64::from(self.cfg.promotional_extension_days) * 86_400
+        } else {
+            0
+        };
         let card = self.card_mut(pin).unwrap();
         card.balance = new_balance;
         card.charged = card.charged.saturating_add(amount);
+        card.expires_s = u32::try_from(u64::from(card.expires_s) + extension).unwrap_or(u32::MAX);
         self.loaded += u128::from(amount);
         done(self.approve(pin, amount))
     }
@@ -1086,6 +1092,7 @@ impl Reference {
             held_won: held,
             password_tries_left: self.cfg.password_tries_max.saturating_sub(card.failures),
             points: card.points,
+            valid_until_s: card.expires_s,
             holds,
         })
     }

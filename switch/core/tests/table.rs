@@ -501,6 +501,21 @@ fn cards_expire_at_the_end_of_validity_and_the_rest_is_breakage() {
 }
 
 #[test]
+fn a_recharge_of_a_promotional_card_extends_its_validity() {
+    let mut s = Script::new();
+    // test_min: 20,000-won cards are promotional (+365 days per recharge); validity is one day.
+    s.active_card(CARD, 20_000);
+    s.active_card(OTHER, 10_000);
+    s.expect(load(CARD, 10_000), ResultCode::Approved);
+    s.expect(load(OTHER, 10_000), ResultCode::Approved);
+    s.now_ms += 2 * 24 * 3600 * 1000;
+    s.expect(sale(OTHER, PASSWORD, 1), ResultCode::CardExpired);
+    s.expect(sale(CARD, PASSWORD, 1), ResultCode::Approved);
+    s.now_ms += 365 * 24 * 3600 * 1000;
+    s.expect(sale(CARD, PASSWORD, 1), ResultCode::CardExpired);
+}
+
+#[test]
 fn refund_respects_the_cap_and_closed_state_rules() {
     let mut s = Script::new();
     s.active_card(CARD, 100_000);

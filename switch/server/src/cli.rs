@@ -263,6 +263,7 @@ async fn card(command: CardCommand) -> anyhow::Result<ExitCode> {
             println!("held      {} won", card.held_won);
             println!("password  {} tries left", card.password_tries_left);
             println!("points    {}", card.points);
+            println!("valid to  {} s since the epoch", card.valid_until_s);
             for hold in &card.holds {
                 println!(
                     "hold      {:032x}  {} won, {} captured, expires at {} ms",

@@ -80,6 +80,8 @@ pub struct EngineSection {
     pub refund_used_percent_small: u8,
     pub small_face_value_max_won: u64,
     pub points_per_mille: u16,
+    pub promotional_face_values_won: Vec<u64>,
+    pub promotional_extension_days: u32,
 }
 
 impl Default for ServerSection {
@@ -133,6 +135,8 @@ impl Default for EngineSection {
             refund_used_percent_small: engine.refund_used_percent_small,
             small_face_value_max_won: engine.small_face_value_max_won,
             points_per_mille: engine.points_per_mille,
+            promotional_face_values_won: engine.promotional_face_values_won.clone(),
+            promotional_extension_days: engine.promotional_extension_days,
         }
     }
 }
@@ -184,6 +188,8 @@ impl Config {
             refund_used_percent_small: engine.refund_used_percent_small,
             small_face_value_max_won: engine.small_face_value_max_won,
             points_per_mille: engine.points_per_mille,
+            promotional_face_values_won: engine.promotional_face_values_won.clone(),
+            promotional_extension_days: engine.promotional_extension_days,
         }
     }
 

@@ -606,6 +606,7 @@ fn balance_code(code: ResultCode) -> BalanceResult {
         held_won: 0,
         password_tries_left: 0,
         points: 0,
+        valid_until_s: 0,
         holds: Vec::new(),
     }
 }
@@ -621,6 +622,7 @@ fn balance_result(output: ShardOutput) -> BalanceResult {
             held_won: view.held_won,
             password_tries_left: view.password_tries_left,
             points: view.points,
+            valid_until_s: view.valid_until_s,
             holds: view
                 .holds
                 .iter()
