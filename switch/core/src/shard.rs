@@ -1011,9 +1011,18 @@ impl Shard {
             None => pending.unwrap_or(0),
         };
         let card = self.cards.get_mut(&pin_hash).expect("a payment's card exists");
-        card.balance_won = card.balance_won.checked_add(credit_won).expect("a credit back fits: it was on the card");
         self.totals.reversed_won += u128::from(credit_won);
-        self.totals.balances_won += u128::from(credit_won);
+        match card.state() {
+            // The card's balance was paid out: the credit joins the payout (the exporter pays
+            // it to the account of the CARD_REFUND), rather than sit on a card nobody can use.
+            CardState::Closed => self.totals.paid_out_won += u128::from(credit_won),
+            // Past validity: the credit is breakage like the rest of the card's value.
+            CardState::Expired => self.totals.breakage_won += u128::from(credit_won),
+            _ => {
+                card.balance_won = card.balance_won.checked_add(credit_won).expect("a credit back fits: it was on the card");
+                self.totals.balances_won += u128::from(credit_won);
+            }
+        }
         self.return_points(pin_hash, credit_won);
         let reply = self.approved(pin_hash, credit_won + released_won);
         Outcome::completed(reply)
@@ -1029,8 +1038,11 @@ impl Shard {
             Some(card) => *card,
             None => return self.declined(ResultCode::CardNotFound, pin_hash),
         };
-        if card.state() == CardState::Closed {
-            return self.declined(ResultCode::CardClosed, pin_hash);
+        match card.state() {
+            CardState::Closed => return self.declined(ResultCode::CardClosed, pin_hash),
+            // Nothing credited to an expired card could ever be used.
+            CardState::Expired => return self.declined(ResultCode::CardExpired, pin_hash),
+            _ => {}
         }
         let Some(original) = self.ops.get(&original_op_id) else {
             return self.declined(ResultCode::OriginalNotFound, pin_hash);

@@ -1004,8 +1004,13 @@ impl Reference {
         if let Some(record) = self.record_mut(original) {
             record.status = OpStatus::Reversed;
         }
-        self.card_mut(pin).expect("a payment's card exists").balance += credit;
         self.reversed += u128::from(credit);
+        let card = self.card_mut(pin).expect("a payment's card exists");
+        match card.state {
+            CardState::Closed => self.paid_out += u128::from(credit),
+            CardState::Expired => self.breakage += u128::from(credit),
+            _ => card.balance += credit,
+        }
         self.points(pin, credit, false);
         done(self.approve(pin, credit + released))
     }
@@ -1019,6 +1024,9 @@ impl Reference {
         };
         if card.state == CardState::Closed {
             return self.decline(ResultCode::CardClosed, pin);
+        }
+        if card.state == CardState::Expired {
+            return self.decline(ResultCode::CardExpired, pin);
         }
         let balance = card.balance;
         let Some(record) = self.record(original) else {

@@ -456,7 +456,7 @@ fn balance_refund_follows_the_used_share_rule_and_closes_the_card() {
     s.active_card(CARD, 10_000);
     let refund = |account| Body::BalanceRefund { pin_hash: CARD, payout_account_ref: account };
     s.expect(refund(0), ResultCode::FormatError);
-    s.expect(sale(CARD, PASSWORD, 7_999), ResultCode::Approved);
+    let (first_sale, _) = s.expect(sale(CARD, PASSWORD, 7_999), ResultCode::Approved);
     s.expect(refund(77), ResultCode::RefundRuleNotMet);
     s.expect(sale(CARD, PASSWORD, 1), ResultCode::Approved);
     let (hold, _) = s.expect(authorize(CARD, 500, 0), ResultCode::Approved);
@@ -468,6 +468,12 @@ fn balance_refund_follows_the_used_share_rule_and_closes_the_card() {
     s.expect(sale(CARD, PASSWORD, 1), ResultCode::CardClosed);
     s.expect(refund(77), ResultCode::CardClosed);
     assert_eq!(s.shard.totals().paid_out_won, 2_000);
+    // A merchant reverses a sale after the card closed: the money joins the payout instead of
+    // sitting on a card nobody can use; a merchant refund is refused.
+    s.expect(Body::Refund { pin_hash: CARD, original_op_id: first_sale, amount_won: 1 }, ResultCode::CardClosed);
+    let (_, reversed) = s.expect(Body::Reverse { pin_hash: CARD, original_op_id: first_sale }, ResultCode::Approved);
+    assert_eq!((reversed.amount_won, reversed.balance_won), (7_999, 0));
+    assert_eq!(s.shard.totals().paid_out_won, 2_000 + 7_999);
 
     // A larger card: 60 % of face value plus recharges.
     s.active_card(OTHER, 50_000);
