@@ -33,6 +33,9 @@ pub enum ResultCode {
     CardNotBlocked = 108,
     /// AUTHORIZE / SALE: the card's product may not pay for this service category.
     CategoryNotAllowed = 109,
+    /// CARD_SELL by a channel other than the partner the card is consigned to, or CARD_CONSIGN
+    /// of a card already consigned.
+    CardConsignedElsewhere = 126,
     InsufficientFunds = 110,
     BalanceCapExceeded = 111,
     RechargeUnitInvalid = 112,
@@ -125,6 +128,7 @@ impl ResultCode {
         Self::PasswordTriesExceeded,
         Self::PasswordFormatInvalid,
         Self::PinFormatInvalid,
+        Self::CardConsignedElsewhere,
         Self::HoldNotFound,
         Self::HoldAlreadyCaptured,
         Self::HoldExpired,
@@ -187,6 +191,7 @@ impl ResultCode {
             Self::CardAlreadySold => "CARD_ALREADY_SOLD",
             Self::CardNotBlocked => "CARD_NOT_BLOCKED",
             Self::CategoryNotAllowed => "CATEGORY_NOT_ALLOWED",
+            Self::CardConsignedElsewhere => "CARD_CONSIGNED_ELSEWHERE",
             Self::InsufficientFunds => "INSUFFICIENT_FUNDS",
             Self::BalanceCapExceeded => "BALANCE_CAP_EXCEEDED",
             Self::RechargeUnitInvalid => "RECHARGE_UNIT_INVALID",
@@ -255,6 +260,7 @@ pub enum Field {
     PayoutAccount = 15,
     GiftRecipient = 16,
     Holder = 17,
+    Partner = 18,
 }
 
 impl Field {
@@ -278,6 +284,7 @@ impl Field {
             Self::PayoutAccount => "payout_account",
             Self::GiftRecipient => "gift_recipient",
             Self::Holder => "holder",
+            Self::Partner => "partner",
         }
     }
 
@@ -301,6 +308,7 @@ impl Field {
             Self::PayoutAccount,
             Self::GiftRecipient,
             Self::Holder,
+            Self::Partner,
         ]
         .into_iter()
         .find(|field| *field as u8 == value)

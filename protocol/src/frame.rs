@@ -399,6 +399,10 @@ fn exercise_message(msg_type: MsgType, body: &[u8]) {
             exercise_body::<Vec<CardRegister>>(body);
             exercise_body::<Vec<OpResult>>(body);
         }
+        MsgType::CardConsign => {
+            exercise_body::<Vec<CardConsign>>(body);
+            exercise_body::<Vec<OpResult>>(body);
+        }
         MsgType::Authorize => {
             exercise_body::<Vec<Authorize>>(body);
             exercise_body::<Vec<OpResult>>(body);

@@ -19,6 +19,7 @@ pub enum MsgType {
     CardUnblock = 15,
     CardRefund = 16,
     CardRegister = 17,
+    CardConsign = 18,
     Authorize = 20,
     Capture = 21,
     Void = 22,
@@ -30,7 +31,7 @@ pub enum MsgType {
 }
 
 impl MsgType {
-    pub const ALL: [MsgType; 18] = [
+    pub const ALL: [MsgType; 19] = [
         Self::Hello,
         Self::Ping,
         Self::CardIssue,
@@ -41,6 +42,7 @@ impl MsgType {
         Self::CardUnblock,
         Self::CardRefund,
         Self::CardRegister,
+        Self::CardConsign,
         Self::Authorize,
         Self::Capture,
         Self::Void,
@@ -192,6 +194,19 @@ pub struct CardRegister {
     pub holder_ref: u64,
     /// The holder's real name was verified (the named-card cap applies).
     pub verified_name: bool,
+}
+
+/// CARD_CONSIGN: an issued card (one of a block of PINs) is handed to a partner (a mobile
+/// operator or agent) to sell through its own channel; only that partner may then sell it, and
+/// its commission rate is journaled for settlement.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CardConsign {
+    pub op_id: u128,
+    pub pin: u64,
+    /// The partner's channel id (non-zero): the only channel that may sell the card.
+    pub partner_id: u32,
+    /// The partner's commission on the sale, per mille of the price (0..=1000).
+    pub commission_per_mille: u16,
 }
 
 /// CARD_LOAD: recharge. `funding` says how the money came in (see PROTOCOL.md).

@@ -189,6 +189,10 @@ fn valid_frames(rng: &mut SplitMix64) -> Vec<ValidFrame> {
             .collect();
         push(&mut frames, MsgType::CardRegister, false, events);
         let events: Vec<_> = (0..count)
+            .map(|_| CardConsign { op_id: op_id(rng), pin: pin(rng), partner_id: rng.next() as u32, commission_per_mille: rng.next() as u16 })
+            .collect();
+        push(&mut frames, MsgType::CardConsign, false, events);
+        let events: Vec<_> = (0..count)
             .map(|_| Authorize {
                 op_id: op_id(rng),
                 pin: pin(rng),
@@ -255,6 +259,7 @@ fn valid_frames(rng: &mut SplitMix64) -> Vec<ValidFrame> {
             MsgType::CardUnblock,
             MsgType::CardRefund,
             MsgType::CardRegister,
+            MsgType::CardConsign,
             MsgType::Authorize,
             MsgType::Capture,
             MsgType::Void,

@@ -10,7 +10,7 @@ use std::process::{Command, Output};
 use pinswitch_protocol::client::Client;
 use pinswitch_protocol::{
     Authorize, BalanceInquiry, BalanceResult, BlockReason, CardActivate, CardBlock, CardIssue,
-    CardLoad, CardRefund, CardRegister, CardSell, CardState, CardUnblock, Category, FLAG_REPLAYED, Field,
+    CardConsign, CardLoad, CardRefund, CardRegister, CardSell, CardState, CardUnblock, Category, FLAG_REPLAYED, Field,
     Funding, Inquiry, MsgType, OpResult, OpStatus, ResultCode, Sale, Void, new_op_id, pin,
 };
 use pinswitch_tests::{Switch, code, fresh_dir, one};
@@ -417,6 +417,42 @@ async fn recharging_a_promotional_card_extends_its_validity() {
     }
     assert_eq!(valid_until(promotional).await, promotional_before + 365 * 86_400);
     assert_eq!(valid_until(ordinary).await, ordinary_before);
+    switch.stop();
+}
+
+/// Consignment: a block of issued cards goes to a partner (e.g. a mobile operator) that sells
+/// them one by one through its own channel; any other channel is refused, over the wire and by
+/// the CLI, and the consignment survives a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consigned_cards_are_sold_only_by_their_partner() {
+    const PARTNER: u32 = 21;
+    let dir = fresh_dir("consign");
+    let mut switch = Switch::start(Path::new(BIN), &dir, &[]);
+    let client = Client::connect(&switch.address).await.expect("connect");
+    let mut block = Vec::new();
+    for _ in 0..3 {
+        block.push(issue(&client, 10_000).await);
+    }
+    let consign: Vec<CardConsign> = block
+        .iter()
+        .map(|pin| CardConsign { op_id: new_op_id(), pin: *pin, partner_id: PARTNER, commission_per_mille: 35 })
+        .collect();
+    let results = client.card_consign(&consign).await.expect("consign");
+    assert!(results.iter().all(|result| code(result) == ResultCode::Approved));
+    let elsewhere = CardSell { channel_id: CHANNEL, ..sell(new_op_id(), block[0], 10_000) };
+    assert_eq!(code(&one(client.card_sell(&[elsewhere]).await).await), ResultCode::CardConsignedElsewhere);
+    drop(client);
+    switch.stop();
+
+    let mut switch = Switch::start(Path::new(BIN), &dir, &[]);
+    let client = Client::connect(&switch.address).await.expect("reconnect");
+    let by_partner = CardSell { channel_id: PARTNER, ..sell(new_op_id(), block[0], 10_000) };
+    assert_eq!(code(&one(client.card_sell(&[by_partner]).await).await), ResultCode::Approved);
+    let again = card(&switch.address, &["consign", &pin::format(block[1]), "--partner", "22", "--commission", "35"]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(stdout(&again).contains("CARD_CONSIGNED_ELSEWHERE (126)"), "{}", stdout(&again));
+    let wrong = card(&switch.address, &["sell", &pin::format(block[2]), "--channel", "3", "--price", "10000"]);
+    assert!(stdout(&wrong).contains("CARD_CONSIGNED_ELSEWHERE (126)"), "{}", stdout(&wrong));
     switch.stop();
 }
 

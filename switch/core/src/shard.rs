@@ -41,6 +41,8 @@ struct Card {
     expires_at_s: u32,
     /// Loyalty points (not money).
     points: u32,
+    /// The partner channel the card is consigned to (0: none): the only channel that may sell it.
+    consignee: u32,
     /// `CARD_FLAG_*` bits.
     flags: u8,
     /// `CardState` as a number.
@@ -388,6 +390,9 @@ impl Shard {
                     Body::Block { reason, .. } => self.block(pin_hash, *reason),
                     Body::Unblock { .. } => self.unblock(pin_hash),
                     Body::Register { holder_ref, verified_name, .. } => self.register(pin_hash, *holder_ref, *verified_name),
+                    Body::Consign { partner_id, commission_per_mille, .. } => {
+                        self.consign(pin_hash, *partner_id, *commission_per_mille)
+                    }
                     Body::BalanceRefund { payout_account_ref, .. } => self.balance_refund(pin_hash, *payout_account_ref),
                     Body::Authorize { password_mac, amount_won, category, hold_ttl_s, .. } => {
                         self.authorize(now_ms, op_id, pin_hash, *password_mac, *amount_won, *category, *hold_ttl_s)
@@ -544,6 +549,7 @@ impl Shard {
             charged_won: face_value_won,
             expires_at_s: 0,
             points: 0,
+            consignee: 0,
             flags: 0,
             state: CardState::Issued as u8,
             password_failures: 0,
@@ -644,13 +650,18 @@ impl Shard {
         if price_won == 0 {
             return self.declined(ResultCode::AmountInvalid, pin_hash);
         }
-        match self.cards.get(&pin_hash).map(Card::state) {
+        match self.cards.get(&pin_hash).map(|card| (card.state(), card.consignee)) {
             None => return self.declined(ResultCode::CardNotFound, pin_hash),
-            Some(CardState::Issued) => {}
-            Some(CardState::Sold | CardState::Active) => return self.declined(ResultCode::CardAlreadySold, pin_hash),
-            Some(CardState::Blocked) => return self.declined(ResultCode::CardBlocked, pin_hash),
-            Some(CardState::Expired) => return self.declined(ResultCode::CardExpired, pin_hash),
-            Some(CardState::Closed) => return self.declined(ResultCode::CardClosed, pin_hash),
+            Some((CardState::Issued, consignee)) if consignee != 0 && consignee != channel_id => {
+                return self.declined(ResultCode::CardConsignedElsewhere, pin_hash);
+            }
+            Some((state, _)) => match state {
+                CardState::Issued => {}
+                CardState::Sold | CardState::Active => return self.declined(ResultCode::CardAlreadySold, pin_hash),
+                CardState::Blocked => return self.declined(ResultCode::CardBlocked, pin_hash),
+                CardState::Expired => return self.declined(ResultCode::CardExpired, pin_hash),
+                CardState::Closed => return self.declined(ResultCode::CardClosed, pin_hash),
+            },
         }
         let expires_at_s = self.validity_end_s();
         let card = self.cards.get_mut(&pin_hash).expect("checked above");
@@ -661,6 +672,27 @@ impl Shard {
         }
         let face_value_won = card.face_value_won;
         Outcome::completed(self.approved(pin_hash, face_value_won))
+    }
+
+    /// Hands an issued, not yet consigned card to a partner channel; the commission is in the
+    /// journaled command for settlement.
+    fn consign(&mut self, pin_hash: PinHash, partner_id: u32, commission_per_mille: u16) -> Outcome {
+        if partner_id == 0 || commission_per_mille > 1000 {
+            return self.declined(ResultCode::ChannelInvalid, pin_hash);
+        }
+        let card = match self.card_in(pin_hash, &[CardState::Issued]) {
+            Ok(card) => card,
+            Err(ResultCode::CardNotActive) | Err(ResultCode::CardAlreadyActive) => {
+                // Sold or in use: too late to consign.
+                return self.declined(ResultCode::CardAlreadySold, pin_hash);
+            }
+            Err(code) => return self.declined(code, pin_hash),
+        };
+        if card.consignee != 0 {
+            return self.declined(ResultCode::CardConsignedElsewhere, pin_hash);
+        }
+        self.cards.get_mut(&pin_hash).expect("checked above").consignee = partner_id;
+        Outcome::completed(self.approved(pin_hash, card.face_value_won))
     }
 
     fn block(&mut self, pin_hash: PinHash, reason: u8) -> Outcome {
@@ -1255,6 +1287,7 @@ pub fn msg_type_of(body: &Body) -> MsgType {
         Body::Block { .. } => MsgType::CardBlock,
         Body::Unblock { .. } => MsgType::CardUnblock,
         Body::Register { .. } => MsgType::CardRegister,
+        Body::Consign { .. } => MsgType::CardConsign,
         Body::BalanceRefund { .. } => MsgType::CardRefund,
         Body::Authorize { .. } => MsgType::Authorize,
         Body::Capture { .. } => MsgType::Capture,
@@ -1315,6 +1348,10 @@ fn first_difference(recorded: &Body, retry: &Body) -> Option<Field> {
             Register { pin_hash: p2, holder_ref: h2, verified_name: v2 },
         ) => differs(&[(p1 == p2, Field::Card), (h1 == h2 && v1 == v2, Field::Holder)]),
         (
+            Consign { pin_hash: p1, partner_id: r1, commission_per_mille: c1 },
+            Consign { pin_hash: p2, partner_id: r2, commission_per_mille: c2 },
+        ) => differs(&[(p1 == p2, Field::Card), (r1 == r2 && c1 == c2, Field::Partner)]),
+        (
             BalanceRefund { pin_hash: p1, payout_account_ref: a1 },
             BalanceRefund { pin_hash: p2, payout_account_ref: a2 },
         ) => differs(&[(p1 == p2, Field::Card), (a1 == a2, Field::PayoutAccount)]),
@@ -1347,7 +1384,7 @@ mod tests {
     /// growing these structs must be a decision, not an accident.
     #[test]
     fn stored_structs_stay_small() {
-        assert!(std::mem::size_of::<super::Card>() <= 56);
+        assert!(std::mem::size_of::<super::Card>() <= 64);
         assert!(std::mem::size_of::<super::OpRecord>() <= 112);
         assert!(std::mem::size_of::<crate::Body>() <= 48);
     }

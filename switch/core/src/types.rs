@@ -40,6 +40,8 @@ pub enum Body {
     Block { pin_hash: PinHash, reason: u8 },
     /// Back to active (or clear a wrong-password lockout).
     Unblock { pin_hash: PinHash },
+    /// Hand an issued card to a partner channel to sell (only that channel may sell it).
+    Consign { pin_hash: PinHash, partner_id: u32, commission_per_mille: u16 },
     /// The holder registered (with a verified real name: the named-card cap applies).
     Register { pin_hash: PinHash, holder_ref: u64, verified_name: bool },
     /// Pay the whole balance out and close the card (the used-share rule permitting).
@@ -84,6 +86,7 @@ impl Body {
             | Body::Block { pin_hash, .. }
             | Body::Unblock { pin_hash }
             | Body::Register { pin_hash, .. }
+            | Body::Consign { pin_hash, .. }
             | Body::BalanceRefund { pin_hash, .. }
             | Body::Authorize { pin_hash, .. }
             | Body::Capture { pin_hash, .. }

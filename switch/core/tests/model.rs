@@ -104,6 +104,8 @@ struct RefCard {
     /// Registered at all: payments earn points.
     registered: bool,
     points: u32,
+    /// The partner channel it is consigned to (0: none).
+    consignee: u32,
 }
 
 #[derive(Clone, Debug)]
@@ -187,6 +189,7 @@ fn pin_of(body: &Body) -> PinHash {
         | Body::Block { pin_hash, .. }
         | Body::Unblock { pin_hash }
         | Body::Register { pin_hash, .. }
+        | Body::Consign { pin_hash, .. }
         | Body::BalanceRefund { pin_hash, .. }
         | Body::Authorize { pin_hash, .. }
         | Body::Capture { pin_hash, .. }
@@ -207,6 +210,7 @@ fn msg_type(body: &Body) -> MsgType {
         Body::Block { .. } => MsgType::CardBlock,
         Body::Unblock { .. } => MsgType::CardUnblock,
         Body::Register { .. } => MsgType::CardRegister,
+        Body::Consign { .. } => MsgType::CardConsign,
         Body::BalanceRefund { .. } => MsgType::CardRefund,
         Body::Authorize { .. } => MsgType::Authorize,
         Body::Capture { .. } => MsgType::Capture,
@@ -258,6 +262,10 @@ fn first_differing_field(first: &Body, retry: &Body) -> Option<Field> {
             Body::Register { pin_hash: p1, holder_ref: h1, verified_name: v1 },
             Body::Register { pin_hash: p2, holder_ref: h2, verified_name: v2 },
         ) => first_of(&[(p1 != p2, Field::Card), (h1 != h2 || v1 != v2, Field::Holder)]),
+        (
+            Body::Consign { pin_hash: p1, partner_id: r1, commission_per_mille: c1 },
+            Body::Consign { pin_hash: p2, partner_id: r2, commission_per_mille: c2 },
+        ) => first_of(&[(p1 != p2, Field::Card), (r1 != r2 || c1 != c2, Field::Partner)]),
         (
             Body::BalanceRefund { pin_hash: p1, payout_account_ref: a1 },
             Body::BalanceRefund { pin_hash: p2, payout_account_ref: a2 },
@@ -575,6 +583,7 @@ impl Reference {
             Body::Block { pin_hash, reason } => self.block(pin_hash, reason),
             Body::Unblock { pin_hash } => self.unblock(pin_hash),
             Body::Register { pin_hash, holder_ref, verified_name } => self.register(pin_hash, holder_ref, verified_name),
+            Body::Consign { pin_hash, partner_id, commission_per_mille } => self.consign(pin_hash, partner_id, commission_per_mille),
             Body::BalanceRefund { pin_hash, payout_account_ref } => self.balance_refund(pin_hash, payout_account_ref),
             Body::Authorize { pin_hash, password_mac, amount_won, category, hold_ttl_s, .. } => {
                 self.authorize(now, op_id, pin_hash, password_mac, amount_won, category, hold_ttl_s)
@@ -596,7 +605,7 @@ impl Reference {
         if !self.cfg.face_values_won.contains(&face) {
             return done(bare(ResultCode::ProductNotFound));
         }
-        self.cards.push(RefCard { pin, state: CardState::Issued, face, balance: face, mac: 0, failures: 0, charged: face, expires_s: 0, blocked_unsold: false, named: false, registered: false, points: 0 });
+        self.cards.push(RefCard { pin, state: CardState::Issued, face, balance: face, mac: 0, failures: 0, charged: face, expires_s: 0, blocked_unsold: false, named: false, registered: false, points: 0, consignee: 0 });
         self.issued += u128::from(face);
         done(self.approve(pin, face))
     }
@@ -662,6 +671,25 @@ impl Reference {
         done(self.approve(pin, cap))
     }
 
+    fn consign(&mut self, pin: PinHash, partner: u32, commission: u16) -> Outcome {
+        if partner == 0 || commission > 1000 {
+            return self.decline(ResultCode::ChannelInvalid, pin);
+        }
+        let Some(card) = self.card_mut(pin) else {
+            return self.decline(ResultCode::CardNotFound, pin);
+        };
+        match card.state {
+            CardState::Issued if card.consignee != 0 => self.decline(ResultCode::CardConsignedElsewhere, pin),
+            CardState::Issued => {
+                card.consignee = partner;
+                let face = card.face;
+                done(self.approve(pin, face))
+            }
+            CardState::Sold | CardState::Active => self.decline(ResultCode::CardAlreadySold, pin),
+            other => self.decline(wrong_state(other), pin),
+        }
+    }
+
     fn sell(&mut self, pin: PinHash, channel: u32, price: u64, means: u8) -> Outcome {
         if channel == 0 || !(1..=5).contains(&means) {
             return self.decline(ResultCode::ChannelInvalid, pin);
@@ -674,6 +702,9 @@ impl Reference {
             return self.decline(ResultCode::CardNotFound, pin);
         };
         match card.state {
+            CardState::Issued if card.consignee != 0 && card.consignee != channel => {
+                self.decline(ResultCode::CardConsignedElsewhere, pin)
+            }
             CardState::Issued => {
                 card.state = CardState::Sold;
                 card.expires_s = validity_end;
@@ -1380,7 +1411,12 @@ impl Walk {
     /// Sell, block, unblock, balance refund: mostly well formed, sometimes not.
     fn card_life_body(&mut self) -> Body {
         let pin = self.pick_pin();
-        match self.rng.below(5) {
+        match self.rng.below(6) {
+            5 => Body::Consign {
+                pin_hash: pin,
+                partner_id: if self.rng.percent(90) { self.rng.range(1, 40) as u32 } else { 0 },
+                commission_per_mille: if self.rng.percent(95) { self.rng.range(0, 200) as u16 } else { 1001 },
+            },
             4 => Body::Register {
                 pin_hash: pin,
                 holder_ref: if self.rng.percent(92) { self.rng.range(1, 1 << 30) } else { 0 },
@@ -1665,6 +1701,17 @@ impl Walk {
                 }
             }
             Body::Unblock { pin_hash } => *pin_hash = self.other_pin(*pin_hash),
+            Body::Consign { pin_hash, partner_id, commission_per_mille } => {
+                if flip[0] || flip[2] {
+                    *pin_hash = self.other_pin(*pin_hash);
+                }
+                if flip[1] || flip[4] {
+                    *partner_id = partner_id.wrapping_add(1);
+                }
+                if flip[3] || flip[5] {
+                    *commission_per_mille = commission_per_mille.wrapping_add(1);
+                }
+            }
             Body::Register { pin_hash, holder_ref, verified_name } => {
                 if flip[0] || flip[2] {
                     *pin_hash = self.other_pin(*pin_hash);
@@ -2013,6 +2060,7 @@ fn engine_matches_the_reference_ledger() {
         ResultCode::BlockReasonInvalid,
         ResultCode::HoldsOutstanding,
         ResultCode::CategoryNotAllowed,
+        ResultCode::CardConsignedElsewhere,
     ];
     let missing: Vec<&str> = must_reach.iter().filter(|code| counts[code.as_u16() as usize] == 0).map(|code| code.name()).collect();
     assert!(missing.is_empty(), "outcomes never reached: {missing:?}");

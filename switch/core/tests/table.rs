@@ -522,6 +522,22 @@ fn a_recharge_of_a_promotional_card_extends_its_validity() {
 }
 
 #[test]
+fn a_consigned_card_is_sold_only_by_its_partner() {
+    let mut s = Script::new();
+    s.issue(CARD, 10_000);
+    let consign = |partner_id, commission_per_mille| Body::Consign { pin_hash: CARD, partner_id, commission_per_mille };
+    s.expect(consign(0, 30), ResultCode::ChannelInvalid);
+    s.expect(consign(12, 1001), ResultCode::ChannelInvalid);
+    s.expect(Body::Consign { pin_hash: OTHER, partner_id: 12, commission_per_mille: 30 }, ResultCode::CardNotFound);
+    let (_, consigned) = s.expect(consign(12, 30), ResultCode::Approved);
+    assert_eq!(consigned.amount_won, 10_000);
+    s.expect(consign(13, 30), ResultCode::CardConsignedElsewhere);
+    s.expect(sell(CARD, 7, 1), ResultCode::CardConsignedElsewhere);
+    s.expect(sell(CARD, 12, 1), ResultCode::Approved);
+    s.expect(consign(12, 30), ResultCode::CardAlreadySold);
+}
+
+#[test]
 fn refund_respects_the_cap_and_closed_state_rules() {
     let mut s = Script::new();
     s.active_card(CARD, 100_000);
@@ -561,6 +577,7 @@ fn every_engine_result_code_is_reached() {
         collect(evicted_records_answer_too_old_never_a_second_execution),
         collect(refund_respects_the_cap_and_closed_state_rules),
         collect(channel_sale_gift_claim_block_unblock),
+        collect(a_consigned_card_is_sold_only_by_its_partner),
         collect(balance_refund_follows_the_used_share_rule_and_closes_the_card),
         collect(cards_expire_at_the_end_of_validity_and_the_rest_is_breakage),
         collect(reversals_naming_future_originals_never_raise_the_floor_past_the_clock),

@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use pinswitch_protocol::client::Client;
 use pinswitch_protocol::{
     self as protocol, BalanceInquiry, BlockReason, CardActivate, CardBlock, CardIssue, CardLoad,
-    CardRefund, CardRegister, CardSell, CardState, CardUnblock, Funding, OpResult, ResultCode, Sale, pin,
+    CardConsign, CardRefund, CardRegister, CardSell, CardState, CardUnblock, Funding, OpResult, ResultCode, Sale, pin,
 };
 
 use crate::config::Config;
@@ -123,6 +123,18 @@ enum CardCommand {
         #[arg(long, default_value = "127.0.0.1:7420")]
         connect: String,
         pin: String,
+    },
+    /// Consign an issued card to a partner channel (mobile operator, agent): only it may sell it.
+    Consign {
+        #[arg(long, default_value = "127.0.0.1:7420")]
+        connect: String,
+        pin: String,
+        /// The partner's channel id (non-zero).
+        #[arg(long)]
+        partner: u32,
+        /// The partner's commission, per mille of the sale price.
+        #[arg(long, default_value_t = 0)]
+        commission: u16,
     },
     /// Register the holder (user information stays with the card site); with --verified-name the
     /// named-card balance cap applies.
@@ -323,6 +335,13 @@ async fn card(command: CardCommand) -> anyhow::Result<ExitCode> {
             let client = connect(&address).await?;
             let event = CardUnblock { op_id: protocol::new_op_id(), pin };
             Ok(balance_outcome(single(client.card_unblock(&[event]).await.context("unblocking")?)?))
+        }
+        CardCommand::Consign { connect: address, pin, partner, commission } => {
+            let pin = parse_pin(&pin)?;
+            let client = connect(&address).await?;
+            let event = CardConsign { op_id: protocol::new_op_id(), pin, partner_id: partner, commission_per_mille: commission };
+            let result = single(client.card_consign(&[event]).await.context("consigning")?)?;
+            Ok(outcome(result.code, format!(", face value {} won", result.amount_won)))
         }
         CardCommand::Register { connect: address, pin, holder, verified_name } => {
             let pin = parse_pin(&pin)?;

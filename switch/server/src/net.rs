@@ -337,6 +337,15 @@ fn plan(context: &Context, msg_type: MsgType, body: &[u8], deadline_at_ms: u64) 
             let pin_hash = card(keys, event.pin.to_native(), result)?;
             Some((event.op_id.to_native(), Body::Unblock { pin_hash }))
         })),
+        MsgType::CardConsign => Ok(ops(context, events!(protocol::CardConsign), deadline_at_ms, |event, result| {
+            let pin_hash = card(keys, event.pin.to_native(), result)?;
+            let body = Body::Consign {
+                pin_hash,
+                partner_id: event.partner_id.to_native(),
+                commission_per_mille: event.commission_per_mille.to_native(),
+            };
+            Some((event.op_id.to_native(), body))
+        })),
         MsgType::CardRegister => Ok(ops(context, events!(protocol::CardRegister), deadline_at_ms, |event, result| {
             let pin_hash = card(keys, event.pin.to_native(), result)?;
             let body = Body::Register { pin_hash, holder_ref: event.holder_ref.to_native(), verified_name: event.verified_name };
