@@ -91,8 +91,16 @@ async fn connection(stream: TcpStream, context: Arc<Context>, _permit: OwnedSema
                 Ok(Some(frame)) => {
                     let received_ms = wall_clock_ms();
                     let permit = in_flight.clone().try_acquire_owned().ok();
-                    handle_frame(&context, &frame.header, frame.body, received_ms, permit, &responses);
+                    let immediate = handle_frame(&context, &frame.header, frame.body, received_ms, permit, &responses);
                     start += frame.total_len;
+                    // Immediate answers (errors, HELLO, PING) are sent from the reader itself:
+                    // a client that does not read its answers stalls its own reading, instead of
+                    // piling up answers (or tasks holding them) without bound.
+                    if let Some(answer) = immediate {
+                        if responses.send(answer).await.is_err() {
+                            break 'read;
+                        }
+                    }
                 }
                 Ok(None) => break,
                 Err(error) => {
@@ -120,7 +128,8 @@ async fn connection(stream: TcpStream, context: Arc<Context>, _permit: OwnedSema
     let _ = writer_task.await;
 }
 
-/// Answers one frame: at once for errors, HELLO and PING; after the shards reply otherwise.
+/// Handles one frame. Returns the answer to send at once (errors, HELLO, PING); the answers of
+/// events submitted to shards are sent by a spawned task when the shards reply.
 fn handle_frame(
     context: &Arc<Context>,
     header: &FrameHeader,
@@ -128,26 +137,19 @@ fn handle_frame(
     received_ms: u64,
     permit: Option<OwnedSemaphorePermit>,
     responses: &mpsc::Sender<Vec<u8>>,
-) {
+) -> Option<Vec<u8>> {
     let request_id = header.request_id;
-    let reply_now = |frame: Vec<u8>| {
-        // The channel holds in_flight_max + 2 frames; an immediate answer never blocks the reader
-        // for long, and a closed channel means the peer is gone.
-        let responses = responses.clone();
-        tokio::spawn(async move {
-            let _ = responses.send(frame).await;
-        });
-    };
     let Some(msg_type) = MsgType::from_u16(header.msg_type) else {
-        return reply_now(error_frame(header.msg_type, request_id, ResultCode::UnknownMessageType));
+        return Some(error_frame(header.msg_type, request_id, ResultCode::UnknownMessageType));
     };
     let Some(permit) = permit else {
-        return reply_now(error_frame(header.msg_type, request_id, ResultCode::RetryLater));
+        return Some(error_frame(header.msg_type, request_id, ResultCode::RetryLater));
     };
     let deadline_at_ms = if header.deadline_ms == 0 { 0 } else { received_ms + u64::from(header.deadline_ms) };
     let planned = match plan(context, msg_type, body, deadline_at_ms) {
+        Ok(Planned::Ready(answer)) => return Some(response_frame(msg_type, request_id, &answer)),
         Ok(planned) => planned,
-        Err(code) => return reply_now(error_frame(header.msg_type, request_id, code)),
+        Err(code) => return Some(error_frame(header.msg_type, request_id, code)),
     };
     let context = context.clone();
     let responses = responses.clone();
@@ -157,6 +159,7 @@ fn handle_frame(
         let _ = responses.send(frame).await;
         drop(permit);
     });
+    None
 }
 
 /// A frame whose events have been submitted to the shards (or answered without them).
