@@ -17,9 +17,18 @@ pub struct JournalEntry {
 
 /// Serializes an entry for `Journal::append`.
 pub fn encode_entry(entry: &JournalEntry) -> Vec<u8> {
-    rkyv::to_bytes::<RkyvError>(entry)
-        .expect("serializing a journal entry into memory cannot fail")
-        .into_vec()
+    let mut buffer = Vec::new();
+    encode_entry_into(entry, &mut buffer);
+    buffer
+}
+
+/// Serializes an entry into `buffer` (cleared first), reusing its allocation: the shard loop
+/// encodes one entry per changed command, so it keeps one buffer instead of allocating each time.
+pub fn encode_entry_into(entry: &JournalEntry, buffer: &mut Vec<u8>) {
+    let mut writer = std::mem::take(buffer);
+    writer.clear();
+    *buffer = rkyv::api::high::to_bytes_in::<_, RkyvError>(entry, writer)
+        .expect("serializing a journal entry into memory cannot fail");
 }
 
 /// Decodes a journal payload, validating the archive first (journal bytes are checksummed, but a
@@ -46,6 +55,9 @@ mod tests {
         };
         let bytes = encode_entry(&entry);
         assert_eq!(decode_entry(&bytes).unwrap(), entry);
+        let mut reused = vec![0xAB; 3];
+        encode_entry_into(&entry, &mut reused);
+        assert_eq!(reused, bytes, "a reused buffer holds exactly the encoding");
         assert!(decode_entry(&bytes[..bytes.len() / 2]).is_err());
         assert!(decode_entry(&[0xFF; 64]).is_err());
     }

@@ -362,7 +362,7 @@ impl Shard {
         match self.gate(now_ms, op_id, deadline_at_ms, body) {
             Gate::Answer { reply, record } => {
                 if record {
-                    self.record(op_id, body.clone(), reply, OpStatus::Completed);
+                    self.record(op_id, body.clone(), reply, OpStatus::Completed, 0);
                 }
                 Applied { reply, changed: record || pruned }
             }
@@ -410,10 +410,7 @@ impl Shard {
                     }
                     Body::Tick | Body::Configure(_) => unreachable!("handled by apply"),
                 };
-                self.record(op_id, body.clone(), outcome.reply, outcome.status);
-                if let Some(record) = self.ops.get_mut(&op_id) {
-                    record.debited_won = outcome.debited_won;
-                }
+                self.record(op_id, body.clone(), outcome.reply, outcome.status, outcome.debited_won);
                 Applied { reply: outcome.reply, changed: true }
             }
         }
@@ -458,8 +455,8 @@ impl Shard {
 
     /// Stores an op's answer; drops records past the window and, at the capacity limit, the
     /// oldest records (raising the too-old floor so they can never execute again).
-    fn record(&mut self, op_id: OpId, body: Body, reply: Reply, status: OpStatus) {
-        let record = OpRecord { body, reply, status: status as u8, debited_won: 0, refunded_won: 0 };
+    fn record(&mut self, op_id: OpId, body: Body, reply: Reply, status: OpStatus, debited_won: u64) {
+        let record = OpRecord { body, reply, status: status as u8, debited_won, refunded_won: 0 };
         self.ops.insert(op_id, record);
         self.prune_ops();
     }
@@ -1005,7 +1002,7 @@ impl Shard {
             }
             if !self.too_old(self.now_ms, original_time_ms) {
                 let body = Body::Reverse { pin_hash, original_op_id: op_id };
-                self.record(original_op_id, body, Reply::code(ResultCode::ReversedBeforeArrival), OpStatus::Tombstone);
+                self.record(original_op_id, body, Reply::code(ResultCode::ReversedBeforeArrival), OpStatus::Tombstone, 0);
             }
             return Outcome::completed(self.card_reply(ResultCode::OriginalNotFoundRecorded, pin_hash));
         };

@@ -12,7 +12,7 @@ use anyhow::{Context, anyhow, bail};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use pinswitch_core::{
     Applied, Body, CardView, Command, EngineConfig, JournalEntry, Ms, OpId, OpView, PinHash,
-    Shard, decode_entry, encode_entry,
+    Shard, decode_entry, encode_entry, encode_entry_into,
 };
 use pinswitch_journal::{Journal, JournalOptions, SnapshotWriter};
 use std::sync::Arc;
@@ -104,7 +104,7 @@ pub fn start(settings: ShardSettings) -> anyhow::Result<(ShardHandle, RecoveryRe
     let thread = std::thread::Builder::new()
         .name(name)
         .spawn(move || {
-            let mut runner = Runner { settings, engine, journal, since_snapshot: 0, snapshots };
+            let mut runner = Runner { settings, engine, journal, since_snapshot: 0, snapshots, encoded: Vec::new() };
             runner.run(receiver);
         })
         .context("spawning a shard thread")?;
@@ -167,6 +167,8 @@ struct Runner {
     journal: Journal,
     since_snapshot: u64,
     snapshots: SnapshotThread,
+    /// Scratch buffer for journal records (reused, not allocated per record).
+    encoded: Vec<u8>,
 }
 
 /// Writes a shard's snapshot images on their own thread: writing and fsyncing hundreds of
@@ -292,7 +294,8 @@ impl Runner {
 
     fn append(&mut self, now_ms: Ms, command: Command, applied: Applied) {
         let entry = JournalEntry { now_ms, command, reply: applied.reply };
-        if let Err(error) = self.journal.append(&encode_entry(&entry)) {
+        encode_entry_into(&entry, &mut self.encoded);
+        if let Err(error) = self.journal.append(&self.encoded) {
             fatal(&format!("shard {} journal append failed: {error}", self.settings.shard_id));
         }
     }
