@@ -26,7 +26,8 @@ use pinswitch_core::{
     Applied, Body, CardView, Command, EngineConfig, HoldView, Ms, OpId, OpView, PinHash, Reply,
     Shard, Totals,
 };
-use pinswitch_protocol::{CardState, Field, MsgType, OpStatus, ResultCode, op_id_at};
+use pinswitch_core::shard::msg_type_of;
+use pinswitch_protocol::{CardState, Field, OpStatus, ResultCode, op_id_at};
 
 const T0: Ms = 1_800_000_000_000;
 const SEEDS: u64 = 300;
@@ -177,48 +178,6 @@ fn bare(code: ResultCode) -> Reply {
         balance_won: 0,
         available_won: 0,
         hold_expires_at_ms: 0,
-    }
-}
-
-fn pin_of(body: &Body) -> PinHash {
-    match body {
-        Body::Issue { pin_hash, .. }
-        | Body::Activate { pin_hash, .. }
-        | Body::Load { pin_hash, .. }
-        | Body::Sell { pin_hash, .. }
-        | Body::Block { pin_hash, .. }
-        | Body::Unblock { pin_hash }
-        | Body::Register { pin_hash, .. }
-        | Body::Consign { pin_hash, .. }
-        | Body::BalanceRefund { pin_hash, .. }
-        | Body::Authorize { pin_hash, .. }
-        | Body::Capture { pin_hash, .. }
-        | Body::Void { pin_hash, .. }
-        | Body::Reverse { pin_hash, .. }
-        | Body::Sale { pin_hash, .. }
-        | Body::Refund { pin_hash, .. } => *pin_hash,
-        Body::Tick | Body::Configure(_) => panic!("no card"),
-    }
-}
-
-fn msg_type(body: &Body) -> MsgType {
-    match body {
-        Body::Issue { .. } => MsgType::CardIssue,
-        Body::Activate { .. } => MsgType::CardActivate,
-        Body::Load { .. } => MsgType::CardLoad,
-        Body::Sell { .. } => MsgType::CardSell,
-        Body::Block { .. } => MsgType::CardBlock,
-        Body::Unblock { .. } => MsgType::CardUnblock,
-        Body::Register { .. } => MsgType::CardRegister,
-        Body::Consign { .. } => MsgType::CardConsign,
-        Body::BalanceRefund { .. } => MsgType::CardRefund,
-        Body::Authorize { .. } => MsgType::Authorize,
-        Body::Capture { .. } => MsgType::Capture,
-        Body::Void { .. } => MsgType::Void,
-        Body::Reverse { .. } => MsgType::Reverse,
-        Body::Sale { .. } => MsgType::Sale,
-        Body::Refund { .. } => MsgType::Refund,
-        Body::Tick | Body::Configure(_) => MsgType::Ping,
     }
 }
 
@@ -542,7 +501,7 @@ impl Reference {
                 Some(field) => (Reply { field: field as u8, ..bare(ResultCode::OpIdReused) }, false),
             };
         }
-        let pin = pin_of(body);
+        let pin = body.pin_hash().expect("operations name a card");
         if self.count_in(self.generation) >= 2 * self.generation_max() {
             // The older generation holds op times ahead of the clock and cannot go yet.
             return (bare(ResultCode::RetryLater), false);
@@ -1139,7 +1098,7 @@ impl Reference {
     fn op_view(&self, record: &RefRecord) -> OpView {
         match &record.body {
             None => OpView { status: OpStatus::Tombstone, msg_type: 0, reply: None },
-            Some(body) => OpView { status: record.status, msg_type: msg_type(body) as u16, reply: Some(record.reply) },
+            Some(body) => OpView { status: record.status, msg_type: msg_type_of(body) as u16, reply: Some(record.reply) },
         }
     }
 
@@ -1395,7 +1354,7 @@ impl Walk {
             // A hold that was captured, voided, expired or reversed (or never placed).
             self.recorded_where(|_, body| matches!(body, Body::Authorize { .. }))
         } else if r < 95 {
-            self.sent_where(|body| matches!(body, Body::Authorize { .. })).map(|command| (pin_of(&command.body), command.op_id))
+            self.sent_where(|body| matches!(body, Body::Authorize { .. })).map(|command| (command.body.pin_hash().expect("operations name a card"), command.op_id))
         } else {
             None
         };
@@ -1533,12 +1492,12 @@ impl Walk {
                     }
                 } else if r < 60 {
                     match self.sent_where(|body| matches!(body, Body::Authorize { .. } | Body::Sale { .. })) {
-                        Some(command) => (pin_of(&command.body), command.op_id),
+                        Some(command) => (command.body.pin_hash().expect("operations name a card"), command.op_id),
                         None => (self.pick_pin(), self.fresh_op_id()),
                     }
                 } else if r < 70 {
                     match self.sent_where(|_| true) {
-                        Some(command) => (pin_of(&command.body), command.op_id),
+                        Some(command) => (command.body.pin_hash().expect("operations name a card"), command.op_id),
                         None => (self.pick_pin(), 0),
                     }
                 } else if r < 75 {
@@ -1574,9 +1533,9 @@ impl Walk {
                 } else if r < 75 {
                     self.recorded_where(|record, body| record.reply.code == 0 && matches!(body, Body::Capture { .. }))
                 } else if r < 85 {
-                    self.sent_where(|body| matches!(body, Body::Sale { .. } | Body::Capture { .. })).map(|c| (pin_of(&c.body), c.op_id))
+                    self.sent_where(|body| matches!(body, Body::Sale { .. } | Body::Capture { .. })).map(|c| (c.body.pin_hash().expect("operations name a card"), c.op_id))
                 } else if r < 92 {
-                    self.sent_where(|_| true).map(|c| (pin_of(&c.body), c.op_id))
+                    self.sent_where(|_| true).map(|c| (c.body.pin_hash().expect("operations name a card"), c.op_id))
                 } else {
                     None
                 }
