@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+mod dense_map;
 pub mod journal_entry;
 pub mod routing;
 pub mod shard;

@@ -20,6 +20,7 @@ use pinswitch_protocol::{
 use rkyv::rancor::Error as RkyvError;
 use rkyv::{Archive, Deserialize, Serialize};
 
+use crate::dense_map::DenseMap;
 use crate::config::EngineConfig;
 use crate::types::{
     Applied, Body, CardView, Command, HoldView, Ms, OpId, OpView, PasswordMac, PinHash, Reply,
@@ -186,8 +187,9 @@ impl Hasher for KeyHasher {
 
 type KeyMap<V> = HashMap<u128, V, KeyHasherBuilder>;
 
-/// One shard's state. `Clone` is a consistent copy for a snapshot taken off the shard thread
-/// (the tables hold plain data, so a clone is close to a memory copy).
+/// One shard's state. `Clone` is a consistent copy for a snapshot taken off the shard thread:
+/// the big tables (cards, op-id records) are `DenseMap`s whose chunks are shared copy-on-write,
+/// so the clone costs microseconds and the shard pays later, a chunk at a time, as it writes.
 #[derive(Clone)]
 pub struct Shard {
     /// The secret seed of the tables' hasher (kept in snapshots).
@@ -202,7 +204,7 @@ pub struct Shard {
     /// Counter behind approval codes (deterministic; codes are six digits, 100000..=999999).
     approvals: u32,
     totals: Totals,
-    cards: KeyMap<Card>,
+    cards: DenseMap<Card>,
     holds: KeyMap<Hold>,
     /// Pending hold ids per card, only for cards that have some.
     card_holds: KeyMap<Vec<OpId>>,
@@ -220,8 +222,8 @@ pub struct Shard {
 /// new operations get RETRY_LATER.
 #[derive(Clone)]
 struct OpTable {
-    current: KeyMap<OpRecord>,
-    previous: KeyMap<OpRecord>,
+    current: DenseMap<OpRecord>,
+    previous: DenseMap<OpRecord>,
     current_max_time_ms: Ms,
     previous_max_time_ms: Ms,
 }
@@ -229,8 +231,8 @@ struct OpTable {
 impl OpTable {
     fn new(hasher: KeyHasherBuilder) -> OpTable {
         OpTable {
-            current: KeyMap::with_hasher(hasher),
-            previous: KeyMap::with_hasher(hasher),
+            current: DenseMap::with_hasher(hasher),
+            previous: DenseMap::with_hasher(hasher),
             current_max_time_ms: 0,
             previous_max_time_ms: 0,
         }
@@ -253,7 +255,7 @@ impl OpTable {
 
     fn insert(&mut self, op_id: OpId, record: OpRecord) {
         assert!(self.get(&op_id).is_none(), "an op id is recorded once");
-        self.current.insert(op_id, record);
+        self.current.insert_new(op_id, record);
         self.current_max_time_ms = self.current_max_time_ms.max(op_id_time_ms(op_id));
     }
 }
@@ -284,7 +286,7 @@ impl Shard {
             evicted_floor_ms: 0,
             approvals: 0,
             totals: Totals::default(),
-            cards: KeyMap::with_hasher(hasher),
+            cards: DenseMap::with_hasher(hasher),
             holds: KeyMap::with_hasher(hasher),
             card_holds: KeyMap::with_hasher(hasher),
             expiries: BTreeSet::new(),
@@ -552,7 +554,7 @@ impl Shard {
             password_failures: 0,
             holds: 0,
         };
-        self.cards.insert(pin_hash, card);
+        self.cards.insert_new(pin_hash, card);
         self.totals.issued_won += u128::from(face_value_won);
         self.totals.balances_won += u128::from(face_value_won);
         Outcome::completed(self.approved(pin_hash, face_value_won))
@@ -1129,7 +1131,7 @@ impl Shard {
     pub fn check_invariants(&self) -> Result<(), String> {
         let mut balances_won = 0u128;
         let mut held_won = 0u128;
-        for (pin_hash, card) in &self.cards {
+        for (pin_hash, card) in self.cards.iter() {
             if card.held_won > card.balance_won {
                 return Err(format!("card {pin_hash:x}: held {} > balance {}", card.held_won, card.balance_won));
             }

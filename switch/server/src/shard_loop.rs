@@ -304,8 +304,9 @@ impl Runner {
         if self.snapshots.busy.load(Ordering::Acquire) {
             return;
         }
-        // A consistent copy is all the shard thread pays for (the tables are plain data);
-        // serializing and writing it happen on the snapshot thread.
+        // A consistent copy is all the shard thread pays for (copy-on-write chunks: microseconds,
+        // then one chunk copy per first write to it); serializing and writing it happen on the
+        // snapshot thread.
         let started = Instant::now();
         let seq = self.journal.durable_seq();
         let copy = Box::new(self.engine.clone());
@@ -314,10 +315,10 @@ impl Runner {
             Err(error) => fatal(&format!("shard {} snapshot failed: {error}", self.settings.shard_id)),
         };
         eprintln!(
-            "pinswitch: shard {} snapshot at record {seq}: {} cards copied in {} ms",
+            "pinswitch: shard {} snapshot at record {seq}: {} cards, copy taken in {} us",
             self.settings.shard_id,
             self.engine.card_count(),
-            started.elapsed().as_millis()
+            started.elapsed().as_micros()
         );
         self.snapshots.busy.store(true, Ordering::Release);
         if self.snapshots.sender.send((writer, copy)).is_err() {
