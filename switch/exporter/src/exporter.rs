@@ -1,0 +1,476 @@
+//! The exporter proper: its durable state, the tailing loop over every shard, period closing, and
+//! the status and reconciliation reports.
+//!
+//! State (`<state>/state.bin`) holds, per shard, the cursor (last journal seq applied), the shadow
+//! engine and the follower's maps, plus the open periods, the ledger through the last closed
+//! period and the merchants' carried balances. It is written whole to a temporary file, fsynced
+//! and renamed, then the directory is fsynced, so a crash leaves either the old or the new state:
+//! records after the saved cursor are applied again, and their effects were not saved, so nothing
+//! is lost or counted twice. A closed period's files are written (each atomically) before the
+//! state that says it is closed, so a crash in between writes the same bytes again on the next
+//! run.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use pinswitch_core::{EngineConfig, Totals};
+use pinswitch_journal::{JournalError, Reader};
+use rkyv::rancor::Error as RkyvError;
+use rkyv::{Archive, Deserialize, Serialize};
+
+use crate::calendar::{self, Day};
+use crate::config::ExportConfig;
+use crate::error::{ExportError, Result};
+use crate::facts::PeriodFacts;
+use crate::follower::{Effects, Follower, FollowerImage};
+use crate::ledger::{Account, Ledger};
+use crate::render::{self, ClosedPeriod};
+
+const STATE_FILE: &str = "state.bin";
+const STATE_MAGIC: &[u8; 8] = b"PSEXPST1";
+const FACTS_FILE: &str = "facts.bin";
+const FACTS_MAGIC: &[u8; 8] = b"PSEXPPD1";
+/// Returned by the journal visitor to stop at the record budget (not an error).
+const BUDGET_STOP: &str = "record budget reached";
+
+#[derive(Archive, Serialize, Deserialize)]
+struct StateImage {
+    shard_count: u16,
+    followers: Vec<FollowerImage>,
+    open: BTreeMap<Day, PeriodFacts>,
+    last_closed: Option<Day>,
+    closed_ledger: Ledger,
+    merchant_carry: BTreeMap<u64, i128>,
+}
+
+/// Where things are and which rules apply.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The switch's data directory (`shard-NNN/` journals and `shards.count`).
+    pub data_dir: PathBuf,
+    /// The exporter's own directory (state and period files).
+    pub state_dir: PathBuf,
+    /// The engine rules the switch started its journals with (its `--config`).
+    pub engine: EngineConfig,
+    pub config: ExportConfig,
+}
+
+pub struct Exporter {
+    options: Options,
+    followers: Vec<Follower>,
+    open: BTreeMap<Day, PeriodFacts>,
+    last_closed: Option<Day>,
+    closed_ledger: Ledger,
+    merchant_carry: BTreeMap<u64, i128>,
+}
+
+/// What one `run` did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RunReport {
+    /// Records applied per shard in this run.
+    pub applied: Vec<u64>,
+    /// Periods closed in this run.
+    pub closed: Vec<Day>,
+    /// True when the run stopped at its record budget before the journals' end.
+    pub stopped_early: bool,
+}
+
+/// One shard's position.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShardStatus {
+    pub shard: u16,
+    pub cursor_seq: u64,
+    pub head_seq: u64,
+    pub lag_records: u64,
+    pub clock_ms: u64,
+}
+
+/// One line of the safeguarding reconciliation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReconLine {
+    pub what: &'static str,
+    pub ledger_won: i128,
+    pub engine_won: i128,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Status {
+    pub shards: Vec<ShardStatus>,
+    pub open_periods: Vec<Day>,
+    pub last_closed: Option<Day>,
+    pub reconciliation: Vec<ReconLine>,
+    pub trial_debits_won: u128,
+    pub trial_credits_won: u128,
+    pub trial_problem: Option<String>,
+}
+
+impl Status {
+    /// True when the trial balance balances and every reconciliation line agrees.
+    pub fn reconciled(&self) -> bool {
+        self.trial_problem.is_none() && self.reconciliation.iter().all(|line| line.ledger_won == line.engine_won)
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "shard  cursor_seq  head_seq  lag_records  clock")?;
+        for shard in &self.shards {
+            writeln!(f, "{:>5}  {:>10}  {:>8}  {:>11}  {}", shard.shard, shard.cursor_seq, shard.head_seq, shard.lag_records, shard.clock_ms)?;
+        }
+        let days = |days: &[Day]| days.iter().map(|day| calendar::date_string(*day)).collect::<Vec<_>>().join(" ");
+        writeln!(f, "open periods: {}", if self.open_periods.is_empty() { "none".into() } else { days(&self.open_periods) })?;
+        writeln!(f, "last closed period: {}", self.last_closed.map_or_else(|| "none".into(), calendar::date_string))?;
+        writeln!(f, "trial balance: debits {} won, credits {} won: {}", self.trial_debits_won, self.trial_credits_won, self.trial_problem.as_deref().unwrap_or("balanced"))?;
+        writeln!(f, "safeguarding reconciliation (ledger vs shadow engines at the cursor):")?;
+        for line in &self.reconciliation {
+            let verdict = if line.ledger_won == line.engine_won { "ok".to_string() } else { format!("DIFFERENCE {} won", line.ledger_won - line.engine_won) };
+            writeln!(f, "  {:<44} ledger {:>14} won  engine {:>14} won  {verdict}", line.what, line.ledger_won, line.engine_won)?;
+        }
+        writeln!(f, "{}", if self.reconciled() { "reconciled" } else { "NOT RECONCILED" })
+    }
+}
+
+impl Exporter {
+    /// Opens the exporter's state, or starts fresh (cursors at 0) when there is none.
+    pub fn open(options: Options) -> Result<Exporter> {
+        options.config.validate()?;
+        options.engine.validate().map_err(|why| ExportError::Config(format!("engine rules: {why}")))?;
+        let shard_count = read_shard_count(&options.data_dir)?;
+        let path = options.state_dir.join(STATE_FILE);
+        let image = match std::fs::read(&path) {
+            Ok(bytes) => Some(decode::<StateImage>(&path, STATE_MAGIC, &bytes)?),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
+            Err(error) => return Err(ExportError::Io { path, action: "read exporter state", source: error }),
+        };
+        let Some(image) = image else {
+            let followers = (0..shard_count).map(|shard| Follower::new(shard, shard_count, options.engine.clone())).collect();
+            return Ok(Exporter { options, followers, open: BTreeMap::new(), last_closed: None, closed_ledger: Ledger::default(), merchant_carry: BTreeMap::new() });
+        };
+        if image.shard_count != shard_count || image.followers.len() != usize::from(shard_count) {
+            return Err(ExportError::State { path, reason: format!("made for {} shards, the switch has {shard_count}", image.shard_count) });
+        }
+        let followers = image
+            .followers
+            .into_iter()
+            .map(|follower| Follower::from_image(follower).map_err(|reason| ExportError::State { path: path.clone(), reason }))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Exporter { options, followers, open: image.open, last_closed: image.last_closed, closed_ledger: image.closed_ledger, merchant_carry: image.merchant_carry })
+    }
+
+    /// Applies journal records from every shard's cursor to its end (at most `max_records` in
+    /// all), then closes every period all shards have passed. `wall_clock_ms` decides when a
+    /// shard with nothing newer in its journal has passed a period end (see `close_grace_s`).
+    pub fn run(&mut self, max_records: Option<u64>, wall_clock_ms: u64) -> Result<RunReport> {
+        let mut report = RunReport { applied: vec![0; self.followers.len()], ..RunReport::default() };
+        let mut at_head = vec![false; self.followers.len()];
+        let mut budget = max_records.unwrap_or(u64::MAX);
+        let mut since_checkpoint = 0u64;
+        for index in 0..self.followers.len() {
+            if budget == 0 {
+                report.stopped_early = true;
+                break;
+            }
+            let shard = self.followers[index].shard_id();
+            let dir = shard_dir(&self.options.data_dir, shard);
+            let mut reader = Reader::open(&dir).map_err(|source| ExportError::Journal { shard, source })?;
+            let from_seq = self.followers[index].cursor_seq() + 1;
+            let mut failure: Option<ExportError> = None;
+            let mut applied = 0u64;
+            let outcome = reader.read_from(from_seq, |seq, payload| {
+                if budget == 0 {
+                    return Err(BUDGET_STOP.into());
+                }
+                let step = self.apply_record(index, seq, payload).and_then(|()| {
+                    since_checkpoint += 1;
+                    if since_checkpoint >= self.options.config.checkpoint_every_records {
+                        since_checkpoint = 0;
+                        self.checkpoint()?;
+                    }
+                    Ok(())
+                });
+                match step {
+                    Ok(()) => {
+                        budget -= 1;
+                        applied += 1;
+                        Ok(())
+                    }
+                    Err(error) => {
+                        let text = error.to_string();
+                        failure = Some(error);
+                        Err(text)
+                    }
+                }
+            });
+            report.applied[index] = applied;
+            if let Some(error) = failure {
+                // What was applied before the failure is consistent; keep it.
+                self.checkpoint()?;
+                return Err(error);
+            }
+            match outcome {
+                Ok(_) => at_head[index] = true,
+                Err(JournalError::Apply(reason)) if reason == BUDGET_STOP => report.stopped_early = true,
+                Err(source) => return Err(ExportError::Journal { shard, source }),
+            }
+        }
+        self.checkpoint()?;
+        report.closed = self.close_periods(&at_head, wall_clock_ms)?;
+        if !report.closed.is_empty() {
+            for follower in &mut self.followers {
+                follower.prune();
+            }
+            self.checkpoint()?;
+        }
+        Ok(report)
+    }
+
+    fn apply_record(&mut self, index: usize, seq: u64, payload: &[u8]) -> Result<()> {
+        let config = &self.options.config;
+        let rate_of = |merchant_id: u64| config.commission_per_mille(merchant_id);
+        let effects = self.followers[index].apply(seq, payload, &rate_of)?;
+        self.absorb(effects)
+    }
+
+    /// Files a record's effects under its period (a record later than a closed period's end,
+    /// but timed inside it, goes to the first open period: closed periods never change).
+    fn absorb(&mut self, effects: Effects) -> Result<()> {
+        let mut day = self.options.config.cutoff().period_of(effects.time_ms);
+        if let Some(last_closed) = self.last_closed {
+            day = day.max(last_closed + 1);
+        }
+        let period = self.open.entry(day).or_default();
+        period.records += 1;
+        for posting in &effects.postings {
+            period.movements.post(posting)?;
+        }
+        for fact in effects.facts {
+            period.add(fact)?;
+        }
+        Ok(())
+    }
+
+    /// Closes open periods in date order while every shard has passed the period's end.
+    fn close_periods(&mut self, at_head: &[bool], wall_clock_ms: u64) -> Result<Vec<Day>> {
+        let cutoff = self.options.config.cutoff();
+        let grace_ms = self.options.config.close_grace_s.saturating_mul(1000);
+        let mut closed = Vec::new();
+        while let Some(&day) = self.open.keys().next() {
+            let end_ms = u64::try_from(cutoff.end_ms(day)).unwrap_or(0);
+            let passed = self.followers.iter().zip(at_head).all(|(follower, at_head)| {
+                follower.clock_ms() >= end_ms || (*at_head && wall_clock_ms >= end_ms.saturating_add(grace_ms))
+            });
+            if !passed {
+                break;
+            }
+            let mut facts = self.open.remove(&day).unwrap_or_default();
+            facts.sort();
+            self.closed_ledger.absorb(&facts.movements)?;
+            if let Err(why) = self.closed_ledger.trial_balance().check() {
+                return Err(ExportError::Unbalanced { shard: 0, seq: 0, what: format!("period {}: {why}", calendar::date_string(day)) });
+            }
+            let period = ClosedPeriod { day, facts, carry_in: self.merchant_carry.clone(), ledger_after: self.closed_ledger.clone() };
+            let dir = self.period_dir(day);
+            write_period(&dir, &period, false, &self.options.config)?;
+            write_atomic(&dir.join(FACTS_FILE), &encode(FACTS_MAGIC, &period))?;
+            self.merchant_carry = period
+                .statements()
+                .into_iter()
+                .filter(|(_, statement)| statement.carry_out_won < 0)
+                .map(|(merchant_id, statement)| (merchant_id, statement.carry_out_won))
+                .collect();
+            self.last_closed = Some(day);
+            closed.push(day);
+        }
+        Ok(closed)
+    }
+
+    /// Writes the files of period `day` into `out_dir` (default: where closed periods live for a
+    /// closed period, `<state>/provisional/DATE` for an open one) and returns the directory and
+    /// whether the period is final. A closed period is rendered from its stored facts, so the
+    /// files are byte-identical to those written at closing.
+    pub fn render_period(&self, day: Day, out_dir: Option<&Path>) -> Result<(PathBuf, bool)> {
+        let date = calendar::date_string(day);
+        if self.last_closed.is_some_and(|last| day <= last) {
+            let path = self.period_dir(day).join(FACTS_FILE);
+            let bytes = match std::fs::read(&path) {
+                Ok(bytes) => bytes,
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Err(ExportError::NoPeriod(date)),
+                Err(error) => return Err(ExportError::Io { path, action: "read period facts", source: error }),
+            };
+            let period = decode::<ClosedPeriod>(&path, FACTS_MAGIC, &bytes)?;
+            let dir = out_dir.map_or_else(|| self.period_dir(day), Path::to_path_buf);
+            write_period(&dir, &period, false, &self.options.config)?;
+            return Ok((dir, true));
+        }
+        let Some(facts) = self.open.get(&day) else { return Err(ExportError::NoPeriod(date)) };
+        let mut facts = facts.clone();
+        facts.sort();
+        let mut ledger_after = self.closed_ledger.clone();
+        for (_, open) in self.open.range(..=day) {
+            ledger_after.absorb(&open.movements)?;
+        }
+        let period = ClosedPeriod { day, facts, carry_in: self.merchant_carry.clone(), ledger_after };
+        let dir = out_dir.map_or_else(|| self.options.state_dir.join("provisional").join(&date), Path::to_path_buf);
+        write_period(&dir, &period, true, &self.options.config)?;
+        Ok((dir, false))
+    }
+
+    fn period_dir(&self, day: Day) -> PathBuf {
+        self.options.state_dir.join("periods").join(calendar::date_string(day))
+    }
+
+    /// The ledger through every record applied so far.
+    pub fn ledger(&self) -> Result<Ledger> {
+        let mut ledger = self.closed_ledger.clone();
+        for facts in self.open.values() {
+            ledger.absorb(&facts.movements)?;
+        }
+        Ok(ledger)
+    }
+
+    /// Cursors, journal heads and lag per shard, periods, the trial balance and the
+    /// safeguarding reconciliation of the ledger against the shadow engines.
+    pub fn status(&self) -> Result<Status> {
+        let mut shards = Vec::new();
+        for follower in &self.followers {
+            let shard = follower.shard_id();
+            let mut reader = Reader::open(&shard_dir(&self.options.data_dir, shard)).map_err(|source| ExportError::Journal { shard, source })?;
+            let mut lag_records = 0u64;
+            let head_seq = reader
+                .read_from(follower.cursor_seq() + 1, |_, _| {
+                    lag_records += 1;
+                    Ok(())
+                })
+                .map_err(|source| ExportError::Journal { shard, source })?
+                .max(follower.cursor_seq());
+            shards.push(ShardStatus { shard, cursor_seq: follower.cursor_seq(), head_seq, lag_records, clock_ms: follower.clock_ms() });
+        }
+        let ledger = self.ledger()?;
+        let trial = ledger.trial_balance();
+        Ok(Status {
+            shards,
+            open_periods: self.open.keys().copied().collect(),
+            last_closed: self.last_closed,
+            reconciliation: reconcile(&ledger, &self.engine_totals()),
+            trial_debits_won: trial.debits_won,
+            trial_credits_won: trial.credits_won,
+            trial_problem: trial.check().err(),
+        })
+    }
+
+    /// The shadow engines' money totals, summed over shards.
+    pub fn engine_totals(&self) -> Totals {
+        let mut sum = Totals::default();
+        for totals in self.followers.iter().map(Follower::totals) {
+            sum.issued_won += totals.issued_won;
+            sum.loaded_won += totals.loaded_won;
+            sum.refunded_won += totals.refunded_won;
+            sum.reversed_won += totals.reversed_won;
+            sum.debited_won += totals.debited_won;
+            sum.paid_out_won += totals.paid_out_won;
+            sum.breakage_won += totals.breakage_won;
+            sum.balances_won += totals.balances_won;
+            sum.held_won += totals.held_won;
+        }
+        sum
+    }
+
+    pub fn followers(&self) -> &[Follower] {
+        &self.followers
+    }
+
+    /// Writes the whole state atomically.
+    pub fn checkpoint(&self) -> Result<()> {
+        let image = StateImage {
+            shard_count: u16::try_from(self.followers.len()).unwrap_or(u16::MAX),
+            followers: self.followers.iter().map(Follower::image).collect(),
+            open: self.open.clone(),
+            last_closed: self.last_closed,
+            closed_ledger: self.closed_ledger.clone(),
+            merchant_carry: self.merchant_carry.clone(),
+        };
+        std::fs::create_dir_all(&self.options.state_dir).map_err(ExportError::io(&self.options.state_dir, "create state directory"))?;
+        write_atomic(&self.options.state_dir.join(STATE_FILE), &encode(STATE_MAGIC, &image))
+    }
+}
+
+/// The ledger's control accounts against the engines' totals: the card-liability accounts
+/// (unsold, spendable, held) must equal the sum of all card balances, and so on.
+pub fn reconcile(ledger: &Ledger, totals: &Totals) -> Vec<ReconLine> {
+    let card_value = ledger.balance_where(|account| matches!(account, Account::CardUnsold { .. } | Account::CardLiability { .. } | Account::Holds));
+    vec![
+        ReconLine { what: "card balances (2000 + 2100 + 2200)", ledger_won: card_value, engine_won: totals.balances_won as i128 },
+        ReconLine { what: "held (2200)", ledger_won: ledger.balance_where(|account| *account == Account::Holds), engine_won: totals.held_won as i128 },
+        ReconLine {
+            what: "issued face value (1100 debits)",
+            ledger_won: ledger.sides(&Account::CardStockControl).debits_won as i128,
+            engine_won: totals.issued_won as i128,
+        },
+        ReconLine { what: "breakage (4200)", ledger_won: ledger.balance_where(|account| *account == Account::BreakageRevenue), engine_won: totals.breakage_won as i128 },
+        ReconLine { what: "paid out to holders (2400 credits)", ledger_won: ledger.sides(&Account::RefundsPayable).credits_won as i128, engine_won: totals.paid_out_won as i128 },
+    ]
+}
+
+/// Writes every file of a period into `dir`, each atomically.
+fn write_period(dir: &Path, period: &ClosedPeriod, provisional: bool, config: &ExportConfig) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(ExportError::io(dir, "create period directory"))?;
+    for (name, contents) in render::render(period, provisional, config.cutoff(), config) {
+        write_atomic(&dir.join(name), contents.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// Temporary file, fsync, rename, fsync of the directory.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&tmp).map_err(ExportError::io(&tmp, "create"))?;
+    file.write_all(bytes).map_err(ExportError::io(&tmp, "write"))?;
+    file.sync_all().map_err(ExportError::io(&tmp, "fsync"))?;
+    drop(file);
+    std::fs::rename(&tmp, path).map_err(ExportError::io(path, "rename into place"))?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::File::open(dir).and_then(|dir| dir.sync_all()).map_err(ExportError::io(dir, "fsync directory"))?;
+    Ok(())
+}
+
+fn encode<T>(magic: &[u8; 8], value: &T) -> Vec<u8>
+where
+    T: for<'a> rkyv::Serialize<rkyv::api::high::HighSerializer<rkyv::util::AlignedVec, rkyv::ser::allocator::ArenaHandle<'a>, RkyvError>>,
+{
+    let body = rkyv::to_bytes::<RkyvError>(value).expect("serializing into memory cannot fail");
+    let mut bytes = magic.to_vec();
+    bytes.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    bytes.extend_from_slice(&body);
+    bytes
+}
+
+fn decode<T>(path: &Path, magic: &[u8; 8], bytes: &[u8]) -> Result<T>
+where
+    T: Archive,
+    T::Archived: for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, RkyvError>> + rkyv::Deserialize<T, rkyv::api::high::HighDeserializer<RkyvError>>,
+{
+    let bad = |reason: String| ExportError::State { path: path.to_path_buf(), reason };
+    if bytes.len() < 16 || &bytes[..8] != magic {
+        return Err(bad("wrong magic or too short".into()));
+    }
+    let length = u64::from_le_bytes(bytes[8..16].try_into().map_err(|_| bad("short header".into()))?);
+    if length != (bytes.len() - 16) as u64 {
+        return Err(bad(format!("length {length} does not match the file")));
+    }
+    rkyv::from_bytes::<T, RkyvError>(&bytes[16..]).map_err(|error| bad(error.to_string()))
+}
+
+/// The directory of one shard's journal under the switch's data directory.
+pub fn shard_dir(data_dir: &Path, shard: u16) -> PathBuf {
+    data_dir.join(format!("shard-{shard:03}"))
+}
+
+fn read_shard_count(data_dir: &Path) -> Result<u16> {
+    let path = data_dir.join("shards.count");
+    let text = std::fs::read_to_string(&path).map_err(ExportError::io(&path, "read shard count"))?;
+    match text.trim().parse::<u16>() {
+        Ok(count) if count > 0 => Ok(count),
+        _ => Err(ExportError::Config(format!("{} does not hold a shard count", path.display()))),
+    }
+}

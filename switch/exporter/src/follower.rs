@@ -1,0 +1,563 @@
+//! One shard's follower: a shadow engine fed every journal record, and what the exporter must
+//! remember beyond the engine (which merchant a hold or payment belongs to, pending holds with
+//! their product, consignment commissions, the payout account of paid-out cards). For each record
+//! it re-applies the command at its journaled time, requires the journaled reply (as recovery
+//! does), and derives postings and facts from the command, the reply and the change of the
+//! engine's money totals. Effects the reply does not show (holds expiring, a card expiring
+//! lazily into breakage) come out of the totals; the postings of every record are checked against
+//! the totals' deltas before anything is kept.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use pinswitch_core::{Body, CardView, EngineConfig, JournalEntry, Ms, OpId, PinHash, Shard, State, Totals, decode_entry};
+use pinswitch_protocol::{OpStatus, ResultCode};
+use rkyv::{Archive, Deserialize, Serialize};
+
+use crate::error::{ExportError, Result};
+use crate::facts::{BreakageLine, ChannelSaleLine, Fact, MerchantKind, MerchantLine, Origin, PayoutLine, RetentionLine};
+use crate::ledger::{Account, Posting};
+
+/// Transactions of at most this many won are kept 1 year, larger ones 5 years.
+pub const SMALL_TRANSACTION_MAX_WON: u64 = 10_000;
+
+/// A pending hold as the exporter tracks it.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TrackedHold {
+    pub pin_hash: PinHash,
+    pub face_value_won: u64,
+    pub amount_won: u64,
+    pub captured_won: u64,
+    pub expires_at_ms: Ms,
+}
+
+/// An approved AUTHORIZE or SALE: whose money it is, and the commission charged on it so far.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Payment {
+    pub pin_hash: PinHash,
+    pub merchant_id: u64,
+    pub category: u8,
+    pub rate_per_mille: u16,
+    pub debited_won: u64,
+    pub credited_won: u64,
+    pub commission_won: u64,
+}
+
+impl Payment {
+    /// Commission on what the merchant keeps: floor(net × rate / 1000), never negative.
+    fn commission_due_won(&self) -> u64 {
+        let net_won = self.debited_won.saturating_sub(self.credited_won);
+        (u128::from(net_won) * u128::from(self.rate_per_mille) / 1000) as u64
+    }
+}
+
+/// The follower's durable image (inside the exporter state).
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct FollowerImage {
+    pub shard_id: u16,
+    /// The last journal seq applied (0: none).
+    pub cursor_seq: u64,
+    pub shadow: Vec<u8>,
+    pub holds: BTreeMap<OpId, TrackedHold>,
+    pub payments: BTreeMap<OpId, Payment>,
+    /// Approved CAPTURE op id -> (hold id, card): a REFUND may name a capture.
+    pub captures: BTreeMap<OpId, (OpId, PinHash)>,
+    /// Consigned, unsold cards -> (partner, commission per mille).
+    pub consignments: BTreeMap<PinHash, (u32, u16)>,
+    /// Paid-out (closed) cards -> the account of their CARD_REFUND.
+    pub payout_accounts: BTreeMap<PinHash, u64>,
+}
+
+pub struct Follower {
+    shard_id: u16,
+    cursor_seq: u64,
+    shadow: Shard,
+    holds: BTreeMap<OpId, TrackedHold>,
+    hold_expiries: BTreeSet<(Ms, OpId)>,
+    tracked_held_won: u128,
+    payments: BTreeMap<OpId, Payment>,
+    captures: BTreeMap<OpId, (OpId, PinHash)>,
+    consignments: BTreeMap<PinHash, (u32, u16)>,
+    payout_accounts: BTreeMap<PinHash, u64>,
+}
+
+/// What one record produced.
+#[derive(Debug, Default)]
+pub struct Effects {
+    /// The engine clock after the record (monotonic per shard): the record's time.
+    pub time_ms: Ms,
+    pub postings: Vec<Posting>,
+    pub facts: Vec<Fact>,
+}
+
+impl Follower {
+    /// A follower of a shard that starts from an empty journal under `config` (the rules the
+    /// switch started with; later changes come through journaled `Configure` records).
+    pub fn new(shard_id: u16, shard_count: u16, config: EngineConfig) -> Follower {
+        Follower {
+            shard_id,
+            cursor_seq: 0,
+            // The table seed only places entries in memory; replies do not depend on it.
+            shadow: Shard::new(shard_id, shard_count, config),
+            holds: BTreeMap::new(),
+            hold_expiries: BTreeSet::new(),
+            tracked_held_won: 0,
+            payments: BTreeMap::new(),
+            captures: BTreeMap::new(),
+            consignments: BTreeMap::new(),
+            payout_accounts: BTreeMap::new(),
+        }
+    }
+
+    pub fn from_image(image: FollowerImage) -> std::result::Result<Follower, String> {
+        let shadow = Shard::from_snapshot_bytes(&image.shadow)?;
+        if shadow.shard_id() != image.shard_id {
+            return Err(format!("shadow of shard {} stored for shard {}", shadow.shard_id(), image.shard_id));
+        }
+        let hold_expiries = image.holds.iter().map(|(id, hold)| (hold.expires_at_ms, *id)).collect();
+        let tracked_held_won = image.holds.values().map(|hold| u128::from(hold.amount_won - hold.captured_won)).sum();
+        if tracked_held_won != shadow.totals().held_won {
+            return Err("tracked holds disagree with the shadow's".into());
+        }
+        Ok(Follower {
+            shard_id: image.shard_id,
+            cursor_seq: image.cursor_seq,
+            shadow,
+            holds: image.holds,
+            hold_expiries,
+            tracked_held_won,
+            payments: image.payments,
+            captures: image.captures,
+            consignments: image.consignments,
+            payout_accounts: image.payout_accounts,
+        })
+    }
+
+    pub fn image(&self) -> FollowerImage {
+        FollowerImage {
+            shard_id: self.shard_id,
+            cursor_seq: self.cursor_seq,
+            shadow: self.shadow.to_snapshot_bytes(),
+            holds: self.holds.clone(),
+            payments: self.payments.clone(),
+            captures: self.captures.clone(),
+            consignments: self.consignments.clone(),
+            payout_accounts: self.payout_accounts.clone(),
+        }
+    }
+
+    pub fn shard_id(&self) -> u16 {
+        self.shard_id
+    }
+
+    pub fn cursor_seq(&self) -> u64 {
+        self.cursor_seq
+    }
+
+    /// The shadow engine's clock (ms): the time of the last record applied.
+    pub fn clock_ms(&self) -> Ms {
+        self.shadow.now_ms()
+    }
+
+    pub fn totals(&self) -> Totals {
+        self.shadow.totals()
+    }
+
+    pub fn shadow(&self) -> &Shard {
+        &self.shadow
+    }
+
+    /// Drops what the engine can no longer refer to: payments and captures whose op records it
+    /// forgot (a REFUND or REVERSE naming them is declined from now on) unless their hold is
+    /// still pending, and payout accounts of cards no remembered payment can credit again.
+    pub fn prune(&mut self) {
+        let shadow = &self.shadow;
+        let holds = &self.holds;
+        self.payments.retain(|op_id, payment| {
+            holds.contains_key(op_id) || shadow.op(payment.pin_hash, *op_id).status != OpStatus::Unknown
+        });
+        let payments = &self.payments;
+        self.captures.retain(|op_id, (hold_id, pin_hash)| {
+            payments.contains_key(hold_id) && shadow.op(*pin_hash, *op_id).status != OpStatus::Unknown
+        });
+        let live_cards: BTreeSet<PinHash> = self.payments.values().map(|payment| payment.pin_hash).collect();
+        self.payout_accounts.retain(|pin_hash, _| live_cards.contains(pin_hash));
+    }
+
+    /// Applies journal record `seq` and returns its postings and facts.
+    pub fn apply(&mut self, seq: u64, payload: &[u8], rate_of: &dyn Fn(u64) -> u16) -> Result<Effects> {
+        if seq != self.cursor_seq + 1 {
+            return Err(ExportError::Unbalanced {
+                shard: self.shard_id,
+                seq,
+                what: format!("records must come in order: expected seq {}", self.cursor_seq + 1),
+            });
+        }
+        let entry = decode_entry(payload).map_err(|reason| ExportError::Decode { shard: self.shard_id, seq, reason })?;
+        let effects = self.apply_entry(seq, &entry, rate_of)?;
+        self.cursor_seq = seq;
+        Ok(effects)
+    }
+
+    fn apply_entry(&mut self, seq: u64, entry: &JournalEntry, rate_of: &dyn Fn(u64) -> u16) -> Result<Effects> {
+        let shard = self.shard_id;
+        let unbalanced = |what: String| ExportError::Unbalanced { shard, seq, what };
+        let body = &entry.command.body;
+        let op_id = entry.command.op_id;
+        let pin_hash = body.pin_hash();
+        let clock_before_ms = self.shadow.now_ms();
+        let effective_now_ms = clock_before_ms.max(entry.now_ms);
+        let totals_before = self.shadow.totals();
+        let view_before = pin_hash.and_then(|pin| self.shadow.card(clock_before_ms, pin));
+
+        // Holds due at this record expire before its command runs (as in the engine).
+        let mut expired = Vec::new();
+        while let Some(&(expires_at_ms, hold_id)) = self.hold_expiries.first() {
+            if expires_at_ms > effective_now_ms {
+                break;
+            }
+            self.hold_expiries.pop_first();
+            if let Some(hold) = self.holds.remove(&hold_id) {
+                expired.push(hold);
+            }
+        }
+
+        let applied = self.shadow.apply(entry.now_ms, &entry.command);
+        if applied.reply != entry.reply || !applied.changed {
+            return Err(ExportError::Diverged {
+                shard,
+                seq,
+                journaled: format!("{:?}", entry.reply),
+                shadow: format!("{applied:?}"),
+            });
+        }
+        let time_ms = self.shadow.now_ms();
+        let totals_after = self.shadow.totals();
+        let view_after = pin_hash.and_then(|pin| self.shadow.card(time_ms, pin));
+        let origin = Origin { time_ms, shard, seq, op_id };
+        let reply = entry.reply;
+        let approved = reply.code == ResultCode::Approved.as_u16();
+        let face_value_won = match (body, &view_after) {
+            (Body::Issue { face_value_won, .. }, _) => *face_value_won,
+            (_, Some(view)) => view.face_value_won,
+            _ => 0,
+        };
+        let liability = Account::CardLiability { face_value_won };
+        let card = pin_hash.unwrap_or(0);
+        let mut out = Out::default();
+
+        for hold in &expired {
+            let released_won = hold.amount_won - hold.captured_won;
+            out.post(Account::Holds, Account::CardLiability { face_value_won: hold.face_value_won }, released_won);
+            self.tracked_held_won -= u128::from(released_won);
+        }
+
+        let reversed_won = delta(totals_before.reversed_won, totals_after.reversed_won, "reversed").map_err(unbalanced)?;
+        let mut reversal_breakage_won = 0u64;
+        match body {
+            Body::Issue { .. } if approved => {
+                out.post(Account::CardStockControl, Account::CardUnsold { face_value_won }, face_value_won);
+            }
+            Body::Activate { .. } if approved => {
+                if let Some(view) = view_before.as_ref().filter(|view| view.state == State::Issued) {
+                    // Activated without a channel sale: spendable value nobody has paid for yet.
+                    out.post(Account::CardUnsold { face_value_won }, liability, view.balance_won);
+                    out.post(Account::SuspenseActivatedUnsold, Account::CardStockControl, view.balance_won);
+                    out.facts.push(Fact::ActivatedUnsold { amount_won: view.balance_won });
+                }
+            }
+            Body::Consign { partner_id, commission_per_mille, .. } if approved => {
+                self.consignments.insert(card, (*partner_id, *commission_per_mille));
+            }
+            Body::Sell { channel_id, price_won, payment_means, gift_recipient_ref, .. } if approved => {
+                let consignment = self.consignments.remove(&card).filter(|(partner_id, _)| partner_id == channel_id);
+                let commission_per_mille = consignment.map_or(0, |(_, rate)| rate);
+                let commission_won = (u128::from(*price_won) * u128::from(commission_per_mille) / 1000) as u64;
+                out.post(Account::CardUnsold { face_value_won }, liability, face_value_won);
+                let mut debits = vec![(Account::ChannelReceivable { channel_id: *channel_id }, price_won - commission_won)];
+                let mut credits = vec![(Account::CardStockControl, face_value_won)];
+                debits.push((Account::DistributionCommission { partner_id: *channel_id }, commission_won));
+                if *price_won < face_value_won {
+                    debits.push((Account::SalesDiscount, face_value_won - price_won));
+                } else {
+                    credits.push((Account::SalesPremium, price_won - face_value_won));
+                }
+                out.entry(&debits, &credits).map_err(unbalanced)?;
+                out.facts.push(Fact::ChannelSale(ChannelSaleLine {
+                    origin,
+                    card,
+                    channel_id: *channel_id,
+                    face_value_won,
+                    price_won: *price_won,
+                    payment_means: *payment_means,
+                    consigned: consignment.is_some(),
+                    commission_per_mille,
+                    commission_won,
+                    gift: *gift_recipient_ref != 0,
+                }));
+            }
+            Body::Load { funding, .. } if approved => {
+                out.post(Account::FundingClearing { means: *funding }, liability, reply.amount_won);
+                out.facts.push(Fact::Load { means: *funding, amount_won: reply.amount_won });
+            }
+            Body::Authorize { merchant_id, category, .. } if approved => {
+                out.post(liability, Account::Holds, reply.amount_won);
+                let hold = TrackedHold {
+                    pin_hash: card,
+                    face_value_won,
+                    amount_won: reply.amount_won,
+                    captured_won: 0,
+                    expires_at_ms: reply.hold_expires_at_ms,
+                };
+                self.holds.insert(op_id, hold);
+                self.hold_expiries.insert((hold.expires_at_ms, op_id));
+                self.tracked_held_won += u128::from(reply.amount_won);
+                let rate_per_mille = rate_of(*merchant_id);
+                let payment = Payment { pin_hash: card, merchant_id: *merchant_id, category: *category, rate_per_mille, debited_won: 0, credited_won: 0, commission_won: 0 };
+                self.payments.insert(op_id, payment);
+            }
+            Body::Sale { merchant_id, category, .. } if approved => {
+                let rate_per_mille = rate_of(*merchant_id);
+                let payment = Payment { pin_hash: card, merchant_id: *merchant_id, category: *category, rate_per_mille, debited_won: 0, credited_won: 0, commission_won: 0 };
+                self.payments.insert(op_id, payment);
+                out.post(liability, Account::MerchantPayable { merchant_id: *merchant_id }, reply.amount_won);
+                self.merchant_line(&mut out, origin, op_id, MerchantKind::Sale, reply.amount_won).map_err(unbalanced)?;
+            }
+            Body::Capture { hold_id, .. } if approved => {
+                let captured_won = reply.amount_won;
+                let Some(hold) = self.holds.get_mut(hold_id) else {
+                    return Err(unbalanced(format!("capture of hold {hold_id:032x} the exporter does not track")));
+                };
+                hold.captured_won += captured_won;
+                self.tracked_held_won -= u128::from(captured_won);
+                let hold = *hold;
+                let merchant_id = self.payment(*hold_id).map_err(unbalanced)?.merchant_id;
+                out.post(Account::Holds, Account::MerchantPayable { merchant_id }, captured_won);
+                if !view_after.as_ref().is_some_and(|view| view.holds.iter().any(|live| live.hold_id == *hold_id)) {
+                    self.close_hold(*hold_id, &mut out);
+                }
+                self.captures.insert(op_id, (*hold_id, hold.pin_hash));
+                self.merchant_line(&mut out, origin, *hold_id, MerchantKind::Capture, captured_won).map_err(unbalanced)?;
+            }
+            Body::Void { hold_id, .. } if approved => {
+                let released_won = self.close_hold(*hold_id, &mut out);
+                if released_won != reply.amount_won {
+                    return Err(unbalanced(format!("void released {} won, tracked {released_won}", reply.amount_won)));
+                }
+            }
+            Body::Reverse { original_op_id, .. } if approved => {
+                let released_won = if self.holds.contains_key(original_op_id) { self.close_hold(*original_op_id, &mut out) } else { 0 };
+                if reversed_won + released_won != reply.amount_won {
+                    return Err(unbalanced(format!("reversal of {} won: {reversed_won} credited + {released_won} released", reply.amount_won)));
+                }
+                if reversed_won > 0 {
+                    let merchant_id = self.payment(*original_op_id).map_err(unbalanced)?.merchant_id;
+                    let payable = Account::MerchantPayable { merchant_id };
+                    match view_after.as_ref().map(|view| view.state) {
+                        Some(State::Closed) => {
+                            let Some(account_ref) = self.payout_accounts.get(&card).copied() else {
+                                return Err(unbalanced("reversal onto a closed card without a known payout account".into()));
+                            };
+                            out.post(payable, Account::RefundsPayable, reversed_won);
+                            out.facts.push(Fact::Payout(PayoutLine { origin, account_ref, card, amount_won: reversed_won, after_close: true }));
+                        }
+                        Some(State::Expired) => {
+                            out.post(payable, Account::BreakageRevenue, reversed_won);
+                            reversal_breakage_won = reversed_won;
+                            out.facts.push(Fact::Breakage(BreakageLine { origin, card, face_value_won, amount_won: reversed_won, after_expiry: true }));
+                        }
+                        _ => out.post(payable, liability, reversed_won),
+                    }
+                    self.merchant_line(&mut out, origin, *original_op_id, MerchantKind::Reversal, reversed_won).map_err(unbalanced)?;
+                }
+            }
+            Body::Refund { original_op_id, .. } if approved => {
+                let payment_op_id = self.captures.get(original_op_id).map_or(*original_op_id, |(hold_id, _)| *hold_id);
+                let merchant_id = self.payment(payment_op_id).map_err(unbalanced)?.merchant_id;
+                out.post(Account::MerchantPayable { merchant_id }, liability, reply.amount_won);
+                self.merchant_line(&mut out, origin, payment_op_id, MerchantKind::Refund, reply.amount_won).map_err(unbalanced)?;
+            }
+            Body::BalanceRefund { payout_account_ref, .. } if approved => {
+                out.post(liability, Account::RefundsPayable, reply.amount_won);
+                self.payout_accounts.insert(card, *payout_account_ref);
+                out.facts.push(Fact::Payout(PayoutLine { origin, account_ref: *payout_account_ref, card, amount_won: reply.amount_won, after_close: false }));
+            }
+            _ => {}
+        }
+
+        // A card past its validity expired when this command touched it: its balance is breakage.
+        let breakage_won = delta(totals_before.breakage_won, totals_after.breakage_won, "breakage").map_err(unbalanced)?;
+        let expiry_breakage_won = breakage_won.checked_sub(reversal_breakage_won).ok_or_else(|| unbalanced("breakage below the reversal's".into()))?;
+        if expiry_breakage_won > 0 {
+            out.post(liability, Account::BreakageRevenue, expiry_breakage_won);
+            out.facts.push(Fact::Breakage(BreakageLine { origin, card, face_value_won, amount_won: expiry_breakage_won, after_expiry: false }));
+        }
+
+        out.check(&totals_before, &totals_after, self.tracked_held_won).map_err(unbalanced)?;
+        let amount_won = if approved { money_of(body, reply.amount_won) } else { 0 };
+        let (kind, authorization) = record_kind(body);
+        let years = if authorization || (1..=SMALL_TRANSACTION_MAX_WON).contains(&amount_won) { 1 } else { 5 };
+        out.facts.push(Fact::Retention(RetentionLine { origin, kind, code: reply.code, amount_won, years }));
+        Ok(Effects { time_ms, postings: out.postings, facts: out.facts })
+    }
+
+    fn payment(&self, op_id: OpId) -> std::result::Result<Payment, String> {
+        self.payments.get(&op_id).copied().ok_or_else(|| format!("payment {op_id:032x} the exporter does not track"))
+    }
+
+    /// Removes a tracked hold, posting the release of what was not captured; returns it.
+    fn close_hold(&mut self, hold_id: OpId, out: &mut Out) -> u64 {
+        let Some(hold) = self.holds.remove(&hold_id) else { return 0 };
+        self.hold_expiries.remove(&(hold.expires_at_ms, hold_id));
+        let released_won = hold.amount_won - hold.captured_won;
+        self.tracked_held_won -= u128::from(released_won);
+        out.post(Account::Holds, Account::CardLiability { face_value_won: hold.face_value_won }, released_won);
+        released_won
+    }
+
+    /// Books a debit (sale, capture) or credit back (refund, reversal) against a payment, with
+    /// the change of its commission, and writes the statement line.
+    fn merchant_line(&mut self, out: &mut Out, origin: Origin, payment_op_id: OpId, kind: MerchantKind, amount_won: u64) -> std::result::Result<(), String> {
+        let payment = self.payments.get_mut(&payment_op_id).ok_or_else(|| format!("payment {payment_op_id:032x} the exporter does not track"))?;
+        if kind.is_debit() {
+            payment.debited_won = payment.debited_won.checked_add(amount_won).ok_or("debited overflow")?;
+        } else {
+            payment.credited_won = payment.credited_won.checked_add(amount_won).ok_or("credited overflow")?;
+        }
+        let due_won = payment.commission_due_won();
+        let payable = Account::MerchantPayable { merchant_id: payment.merchant_id };
+        let commission_won = if due_won >= payment.commission_won {
+            out.post(payable, Account::CommissionRevenue, due_won - payment.commission_won);
+            i64::try_from(due_won - payment.commission_won).map_err(|_| "commission overflow")?
+        } else {
+            out.post(Account::CommissionRevenue, payable, payment.commission_won - due_won);
+            -i64::try_from(payment.commission_won - due_won).map_err(|_| "commission overflow")?
+        };
+        payment.commission_won = due_won;
+        out.facts.push(Fact::Merchant(MerchantLine {
+            origin,
+            kind,
+            payment_op_id,
+            merchant_id: payment.merchant_id,
+            category: payment.category,
+            card: payment.pin_hash,
+            amount_won,
+            commission_won,
+            rate_per_mille: payment.rate_per_mille,
+        }));
+        Ok(())
+    }
+
+    /// The card view of a card on this shard at the shadow's clock.
+    pub fn card(&self, pin_hash: PinHash) -> Option<CardView> {
+        self.shadow.card(self.shadow.now_ms(), pin_hash)
+    }
+}
+
+/// Postings and facts being collected for one record.
+#[derive(Default)]
+struct Out {
+    postings: Vec<Posting>,
+    facts: Vec<Fact>,
+}
+
+impl Out {
+    fn post(&mut self, debit: Account, credit: Account, amount_won: u64) {
+        if amount_won > 0 {
+            self.postings.push(Posting { debit, credit, amount_won });
+        }
+    }
+
+    /// A compound entry: debits and credits with equal sums, split into pairs.
+    fn entry(&mut self, debits: &[(Account, u64)], credits: &[(Account, u64)]) -> std::result::Result<(), String> {
+        let debit_sum: u128 = debits.iter().map(|(_, amount)| u128::from(*amount)).sum();
+        let credit_sum: u128 = credits.iter().map(|(_, amount)| u128::from(*amount)).sum();
+        if debit_sum != credit_sum {
+            return Err(format!("compound entry with debits {debit_sum} and credits {credit_sum}"));
+        }
+        let mut credits: Vec<(Account, u64)> = credits.iter().copied().filter(|(_, amount)| *amount > 0).collect();
+        let mut next = 0;
+        for (debit, amount) in debits {
+            let mut left_won = *amount;
+            while left_won > 0 {
+                let (credit, credit_left_won) = &mut credits[next];
+                let take_won = left_won.min(*credit_left_won);
+                self.post(*debit, *credit, take_won);
+                left_won -= take_won;
+                *credit_left_won -= take_won;
+                if *credit_left_won == 0 {
+                    next += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Net credit (credits − debits) this record posted to accounts matching `filter`.
+    fn net_credit_won(&self, filter: impl Fn(&Account) -> bool) -> i128 {
+        self.postings
+            .iter()
+            .map(|posting| {
+                let amount = i128::from(posting.amount_won);
+                i128::from(filter(&posting.credit)) * amount - i128::from(filter(&posting.debit)) * amount
+            })
+            .sum()
+    }
+
+    /// The postings must move the control accounts exactly as the engine's totals moved.
+    fn check(&self, before: &Totals, after: &Totals, tracked_held_won: u128) -> std::result::Result<(), String> {
+        let change = |from: u128, to: u128| to as i128 - from as i128;
+        let card_value = self.net_credit_won(|account| matches!(account, Account::CardUnsold { .. } | Account::CardLiability { .. } | Account::Holds));
+        let checks = [
+            ("card balances", card_value, change(before.balances_won, after.balances_won)),
+            ("holds", self.net_credit_won(|account| *account == Account::Holds), change(before.held_won, after.held_won)),
+            ("breakage", self.net_credit_won(|account| *account == Account::BreakageRevenue), change(before.breakage_won, after.breakage_won)),
+            ("paid out", self.net_credit_won(|account| *account == Account::RefundsPayable), change(before.paid_out_won, after.paid_out_won)),
+        ];
+        for (what, posted, engine) in checks {
+            if posted != engine {
+                return Err(format!("{what}: posted {posted} won, engine moved {engine} won"));
+            }
+        }
+        if tracked_held_won != after.held_won {
+            return Err(format!("tracked holds {tracked_held_won} won, engine {} won", after.held_won));
+        }
+        Ok(())
+    }
+}
+
+fn delta(before: u128, after: u128, what: &str) -> std::result::Result<u64, String> {
+    after.checked_sub(before).and_then(|change| u64::try_from(change).ok()).ok_or_else(|| format!("{what} total moved from {before} to {after}"))
+}
+
+/// The money an approved record moved (for its retention class).
+fn money_of(body: &Body, reply_amount_won: u64) -> u64 {
+    match body {
+        Body::Sell { price_won, .. } => *price_won,
+        Body::Issue { .. } | Body::Consign { .. } | Body::Register { .. } => 0,
+        _ => reply_amount_won,
+    }
+}
+
+/// The record's kind (index into `RECORD_KINDS`) and whether it is an authorization record
+/// (kept 1 year whatever its amount).
+fn record_kind(body: &Body) -> (u8, bool) {
+    match body {
+        Body::Issue { .. } => (0, false),
+        Body::Activate { .. } => (1, false),
+        Body::Load { .. } => (2, false),
+        Body::Sell { .. } => (3, false),
+        Body::Block { .. } => (4, false),
+        Body::Unblock { .. } => (5, false),
+        Body::Consign { .. } => (6, false),
+        Body::Register { .. } => (7, false),
+        Body::BalanceRefund { .. } => (8, false),
+        Body::Authorize { .. } => (9, true),
+        Body::Capture { .. } => (10, false),
+        Body::Void { .. } => (11, true),
+        Body::Reverse { .. } => (12, false),
+        Body::Sale { .. } => (13, false),
+        Body::Refund { .. } => (14, false),
+        Body::Tick => (15, false),
+        Body::Configure(_) => (16, false),
+    }
+}

@@ -1,0 +1,373 @@
+//! Turns one period into its files, deterministically: the same period always gives the same
+//! bytes (lines sorted by origin, times taken from the period, never from the wall clock). Money
+//! is integer won throughout; KRW has no minor unit, so ISO 20022 amounts are whole numbers.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use rkyv::{Archive, Deserialize, Serialize};
+
+use crate::calendar::{self, Cutoff, Day};
+use crate::config::ExportConfig;
+use crate::facts::{PeriodFacts, RECORD_KINDS};
+use crate::ledger::Ledger;
+use crate::xml::XmlWriter;
+
+/// A period as it is kept once closed (and as a provisional render sees an open one).
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ClosedPeriod {
+    pub day: Day,
+    pub facts: PeriodFacts,
+    /// Negative merchant balances carried into this period (merchant id -> won, negative).
+    pub carry_in: BTreeMap<u64, i128>,
+    /// The ledger through the end of this period (cumulative).
+    pub ledger_after: Ledger,
+}
+
+/// One merchant's statement totals.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Statement {
+    pub sales_count: u64,
+    pub gross_won: u128,
+    pub refunds_count: u64,
+    pub refunds_won: u128,
+    pub commission_won: i128,
+    /// gross − refunds − commission.
+    pub net_won: i128,
+    pub carried_in_won: i128,
+    /// What is transferred: net + carried in, when positive.
+    pub payout_won: i128,
+    /// What is carried into the next period: net + carried in, when negative.
+    pub carry_out_won: i128,
+    /// The commission rate of the lines, or `None` when they differ.
+    pub rate_per_mille: Option<u16>,
+}
+
+impl ClosedPeriod {
+    /// Statements per merchant (merchants with lines or a carried balance).
+    pub fn statements(&self) -> BTreeMap<u64, Statement> {
+        let mut statements: BTreeMap<u64, Statement> = BTreeMap::new();
+        let mut rates: BTreeMap<u64, Option<u16>> = BTreeMap::new();
+        for line in &self.facts.merchant {
+            let statement = statements.entry(line.merchant_id).or_default();
+            if line.kind.is_debit() {
+                statement.sales_count += 1;
+                statement.gross_won += u128::from(line.amount_won);
+            } else {
+                statement.refunds_count += 1;
+                statement.refunds_won += u128::from(line.amount_won);
+            }
+            statement.commission_won += i128::from(line.commission_won);
+            let rate = rates.entry(line.merchant_id).or_insert(Some(line.rate_per_mille));
+            if *rate != Some(line.rate_per_mille) {
+                *rate = None;
+            }
+        }
+        for (merchant_id, carry_won) in &self.carry_in {
+            statements.entry(*merchant_id).or_default().carried_in_won = *carry_won;
+        }
+        for (merchant_id, statement) in statements.iter_mut() {
+            statement.net_won = statement.gross_won as i128 - statement.refunds_won as i128 - statement.commission_won;
+            let due_won = statement.net_won + statement.carried_in_won;
+            statement.payout_won = due_won.max(0);
+            statement.carry_out_won = due_won.min(0);
+            statement.rate_per_mille = rates.get(merchant_id).copied().flatten();
+        }
+        statements
+    }
+}
+
+/// A credit transfer of a payout file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transfer {
+    pub end_to_end_id: String,
+    pub amount_won: u128,
+    pub creditor_name: String,
+    pub creditor_account: String,
+    pub remittance: String,
+}
+
+/// Every file of a period: (file name, contents).
+pub fn render(period: &ClosedPeriod, provisional: bool, cutoff: Cutoff, config: &ExportConfig) -> Vec<(String, String)> {
+    let date = calendar::date_string(period.day);
+    let compact_date = date.replace('-', "");
+    let statements = period.statements();
+    let facts = &period.facts;
+    let mut files = Vec::new();
+
+    let mut statement_csv = String::from("statement_id,merchant_id,period_from,period_to,sales_count,gross_won,refunds_count,refunds_won,commission_rate_per_mille,commission_won,net_won,carried_in_won,payout_won,carried_forward_won,payout_account\n");
+    let from = cutoff.local_date_time(cutoff.start_ms(period.day));
+    let to = cutoff.local_date_time(cutoff.end_ms(period.day));
+    let mut merchant_transfers = Vec::new();
+    for (merchant_id, statement) in &statements {
+        let rate = statement.rate_per_mille.map_or_else(|| "mixed".to_string(), |rate| rate.to_string());
+        let account = config.merchant_account(*merchant_id);
+        let statement_id = format!("SET-{merchant_id}-{compact_date}");
+        let _ = writeln!(
+            statement_csv,
+            "{statement_id},{merchant_id},{from},{to},{},{},{},{},{rate},{},{},{},{},{},{}",
+            statement.sales_count,
+            statement.gross_won,
+            statement.refunds_count,
+            statement.refunds_won,
+            statement.commission_won,
+            statement.net_won,
+            statement.carried_in_won,
+            statement.payout_won,
+            statement.carry_out_won,
+            csv_field(&account)
+        );
+        if statement.payout_won > 0 {
+            merchant_transfers.push(Transfer {
+                end_to_end_id: statement_id.clone(),
+                amount_won: statement.payout_won as u128,
+                creditor_name: format!("Merchant {merchant_id}"),
+                creditor_account: account,
+                remittance: format!("Pinswitch settlement {statement_id}"),
+            });
+        }
+    }
+    let total = |pick: fn(&Statement) -> i128| statements.values().map(pick).sum::<i128>();
+    let _ = writeln!(
+        statement_csv,
+        "TRAILER,{},,,{},{},{},{},,{},{},{},{},{},",
+        statements.len(),
+        total(|s| s.sales_count as i128),
+        total(|s| s.gross_won as i128),
+        total(|s| s.refunds_count as i128),
+        total(|s| s.refunds_won as i128),
+        total(|s| s.commission_won),
+        total(|s| s.net_won),
+        total(|s| s.carried_in_won),
+        total(|s| s.payout_won),
+        total(|s| s.carry_out_won)
+    );
+    files.push(("statements.csv".to_string(), statement_csv));
+
+    let mut lines_csv = String::from("time,shard,seq,op_id,payment_op_id,merchant_id,kind,category,card,amount_won,commission_won,retain_years\n");
+    let retention: BTreeMap<(u16, u64), u8> = facts.retention.iter().map(|line| ((line.origin.shard, line.origin.seq), line.years)).collect();
+    for line in &facts.merchant {
+        let years = retention.get(&(line.origin.shard, line.origin.seq)).copied().unwrap_or(5);
+        let _ = writeln!(
+            lines_csv,
+            "{},{},{},{:032x},{:032x},{},{},{},{:032x},{},{},{years}",
+            cutoff.local_date_time(line.origin.time_ms as i64),
+            line.origin.shard,
+            line.origin.seq,
+            line.origin.op_id,
+            line.payment_op_id,
+            line.merchant_id,
+            line.kind.name(),
+            line.category,
+            line.card,
+            line.amount_won,
+            line.commission_won
+        );
+    }
+    let _ = writeln!(lines_csv, "TRAILER,{},,,,,,,,{},{},", facts.merchant.len(), facts.merchant.iter().map(|l| i128::from(l.amount_won) * if l.kind.is_debit() { 1 } else { -1 }).sum::<i128>(), facts.merchant.iter().map(|l| i128::from(l.commission_won)).sum::<i128>());
+    files.push(("statement-lines.csv".to_string(), lines_csv));
+
+    let execution_day = period.day + i64::from(config.payout_delay_days);
+    let created = cutoff.local_date_time(cutoff.end_ms(period.day));
+    files.extend(payout_files("payouts-merchants", &format!("PSW-M-{compact_date}"), &created, execution_day, config, &merchant_transfers));
+
+    let refund_transfers: Vec<Transfer> = facts
+        .payouts
+        .iter()
+        .map(|line| Transfer {
+            end_to_end_id: format!("PSW-R-{}-{}", line.origin.shard, line.origin.seq),
+            amount_won: u128::from(line.amount_won),
+            creditor_name: format!("Card holder {:032x}", line.card),
+            creditor_account: format!("ACCOUNT-REF-{}", line.account_ref),
+            remittance: if line.after_close { "Pinswitch reversal after balance refund".into() } else { "Pinswitch balance refund".into() },
+        })
+        .collect();
+    files.extend(payout_files("payouts-refunds", &format!("PSW-R-{compact_date}"), &created, execution_day, config, &refund_transfers));
+
+    let mut breakage_csv = String::from("time,shard,seq,op_id,card,face_value_won,amount_won,cause\n");
+    for line in &facts.breakage {
+        let cause = if line.after_expiry { "reversal-after-expiry" } else { "expiry" };
+        let _ = writeln!(breakage_csv, "{},{},{},{:032x},{:032x},{},{},{cause}", cutoff.local_date_time(line.origin.time_ms as i64), line.origin.shard, line.origin.seq, line.origin.op_id, line.card, line.face_value_won, line.amount_won);
+    }
+    let _ = writeln!(breakage_csv, "TRAILER,{},,,,,{},", facts.breakage.len(), facts.breakage.iter().map(|l| u128::from(l.amount_won)).sum::<u128>());
+    files.push(("breakage.csv".to_string(), breakage_csv));
+
+    let mut sales_csv = String::from("time,shard,seq,op_id,card,channel_id,face_value_won,price_won,payment_means,consigned,commission_per_mille,commission_won,net_receivable_won,gift\n");
+    let mut channels: BTreeMap<u32, (u64, u128, u128, u128)> = BTreeMap::new();
+    for line in &facts.channel_sales {
+        let _ = writeln!(
+            sales_csv,
+            "{},{},{},{:032x},{:032x},{},{},{},{},{},{},{},{},{}",
+            cutoff.local_date_time(line.origin.time_ms as i64),
+            line.origin.shard,
+            line.origin.seq,
+            line.origin.op_id,
+            line.card,
+            line.channel_id,
+            line.face_value_won,
+            line.price_won,
+            line.payment_means,
+            line.consigned,
+            line.commission_per_mille,
+            line.commission_won,
+            line.price_won - line.commission_won,
+            line.gift
+        );
+        let channel = channels.entry(line.channel_id).or_default();
+        channel.0 += 1;
+        channel.1 += u128::from(line.face_value_won);
+        channel.2 += u128::from(line.price_won);
+        channel.3 += u128::from(line.commission_won);
+    }
+    files.push(("channel-sales.csv".to_string(), sales_csv));
+    let mut channel_csv = String::from("channel_id,cards_sold,face_value_won,gross_won,commission_won,net_receivable_won\n");
+    for (channel_id, (count, face, gross, commission)) in &channels {
+        let _ = writeln!(channel_csv, "{channel_id},{count},{face},{gross},{commission},{}", gross - commission);
+    }
+    files.push(("channel-summary.csv".to_string(), channel_csv));
+
+    let mut retention_csv = String::from("shard,seq,op_id,time,kind,result_code,amount_won,retain_years,retain_until\n");
+    for line in &facts.retention {
+        let record_day = cutoff.period_of(line.origin.time_ms);
+        let until = calendar::date_string(calendar::add_years(record_day, i64::from(line.years)));
+        let kind = RECORD_KINDS.get(usize::from(line.kind)).copied().unwrap_or("unknown");
+        let _ = writeln!(retention_csv, "{},{},{:032x},{},{kind},{},{},{},{until}", line.origin.shard, line.origin.seq, line.origin.op_id, cutoff.local_date_time(line.origin.time_ms as i64), line.code, line.amount_won, line.years);
+    }
+    files.push(("retention.csv".to_string(), retention_csv));
+
+    let mut trial_csv = String::from("account,period_debits_won,period_credits_won,closing_debits_won,closing_credits_won,closing_balance_won,normal_side\n");
+    for (account, closing) in &period.ledger_after.accounts {
+        let moved = facts.movements.sides(account);
+        let side = match account.normal_side() {
+            crate::ledger::NormalSide::Debit => "debit",
+            crate::ledger::NormalSide::Credit => "credit",
+        };
+        let _ = writeln!(trial_csv, "{},{},{},{},{},{},{side}", account.name(), moved.debits_won, moved.credits_won, closing.debits_won, closing.credits_won, closing.balance_won(account.normal_side()));
+    }
+    let trial = period.ledger_after.trial_balance();
+    let period_trial = facts.movements.trial_balance();
+    let _ = writeln!(trial_csv, "TOTAL,{},{},{},{},,{}", period_trial.debits_won, period_trial.credits_won, trial.debits_won, trial.credits_won, if trial.balances() { "balanced" } else { "UNBALANCED" });
+    files.push(("trial-balance.csv".to_string(), trial_csv));
+
+    let mut summary = String::new();
+    let _ = writeln!(summary, "Pinswitch settlement period {date} ({})", if provisional { "PROVISIONAL: the period is still open" } else { "final" });
+    let _ = writeln!(summary, "from {from} to {to}");
+    let _ = writeln!(summary, "journal records          {}", facts.records);
+    let _ = writeln!(summary, "merchants                {}", statements.len());
+    let _ = writeln!(summary, "merchant gross           {} won in {} payments", total(|s| s.gross_won as i128), total(|s| s.sales_count as i128));
+    let _ = writeln!(summary, "merchant refunds         {} won in {} credits", total(|s| s.refunds_won as i128), total(|s| s.refunds_count as i128));
+    let _ = writeln!(summary, "merchant commission      {} won", total(|s| s.commission_won));
+    let _ = writeln!(summary, "merchant payouts         {} won to {} merchants", total(|s| s.payout_won), merchant_transfers.len());
+    let _ = writeln!(summary, "balance refund payouts   {} won in {} transfers", refund_transfers.iter().map(|t| t.amount_won).sum::<u128>(), refund_transfers.len());
+    let _ = writeln!(summary, "breakage                 {} won on {} lines", facts.breakage.iter().map(|l| u128::from(l.amount_won)).sum::<u128>(), facts.breakage.len());
+    let _ = writeln!(summary, "cards sold by channels   {} for {} won (commission {} won)", facts.channel_sales.len(), channels.values().map(|c| c.2).sum::<u128>(), channels.values().map(|c| c.3).sum::<u128>());
+    for (means, tally) in &facts.loads {
+        let _ = writeln!(summary, "recharges, means {means}      {} won in {}", tally.amount_won, tally.count);
+    }
+    let _ = writeln!(summary, "activated without sale   {} cards, {} won (suspense)", facts.activated_unsold.count, facts.activated_unsold.amount_won);
+    let _ = writeln!(summary, "trial balance            debits {} won, credits {} won: {}", trial.debits_won, trial.credits_won, match trial.check() {
+        Ok(()) => "balanced".to_string(),
+        Err(why) => format!("NOT BALANCED: {why}"),
+    });
+    files.push(("summary.txt".to_string(), summary));
+    files
+}
+
+/// The pain.001 file and the CSV of one payout batch. With no transfers, only the CSV (a
+/// pain.001 message must carry at least one transfer).
+fn payout_files(stem: &str, message_id: &str, created: &str, execution_day: Day, config: &ExportConfig, transfers: &[Transfer]) -> Vec<(String, String)> {
+    let mut csv = String::from("end_to_end_id,amount_won,creditor_name,creditor_account,requested_execution_date,remittance\n");
+    let execution_date = calendar::date_string(execution_day);
+    for transfer in transfers {
+        let _ = writeln!(csv, "{},{},{},{},{execution_date},{}", transfer.end_to_end_id, transfer.amount_won, csv_field(&transfer.creditor_name), csv_field(&transfer.creditor_account), csv_field(&transfer.remittance));
+    }
+    let control_sum: u128 = transfers.iter().map(|transfer| transfer.amount_won).sum();
+    let _ = writeln!(csv, "TRAILER,{control_sum},{},,,", transfers.len());
+    let mut files = vec![(format!("{stem}.csv"), csv)];
+    if !transfers.is_empty() {
+        files.push((format!("{stem}.pain.001.xml"), pain001(message_id, created, &execution_date, config, transfers)));
+    }
+    files
+}
+
+/// An ISO 20022 pain.001.001.09 CustomerCreditTransferInitiation with one payment information
+/// block (one debit of the payer's account) holding every transfer.
+pub fn pain001(message_id: &str, created: &str, execution_date: &str, config: &ExportConfig, transfers: &[Transfer]) -> String {
+    let count = transfers.len().to_string();
+    let control_sum = transfers.iter().map(|transfer| transfer.amount_won).sum::<u128>().to_string();
+    let mut xml = XmlWriter::new();
+    xml.open("Document", &[("xmlns", "urn:iso:std:iso:20022:tech:xsd:pain.001.001.09")]);
+    xml.open("CstmrCdtTrfInitn", &[]);
+    xml.open("GrpHdr", &[]);
+    xml.leaf("MsgId", &[], message_id);
+    xml.leaf("CreDtTm", &[], created);
+    xml.leaf("NbOfTxs", &[], &count);
+    xml.leaf("CtrlSum", &[], &control_sum);
+    xml.open("InitgPty", &[]);
+    xml.leaf("Nm", &[], &config.payer.name);
+    xml.close();
+    xml.close();
+    xml.open("PmtInf", &[]);
+    xml.leaf("PmtInfId", &[], message_id);
+    xml.leaf("PmtMtd", &[], "TRF");
+    xml.leaf("BtchBookg", &[], "true");
+    xml.leaf("NbOfTxs", &[], &count);
+    xml.leaf("CtrlSum", &[], &control_sum);
+    xml.open("ReqdExctnDt", &[]);
+    xml.leaf("Dt", &[], execution_date);
+    xml.close();
+    xml.open("Dbtr", &[]);
+    xml.leaf("Nm", &[], &config.payer.name);
+    xml.close();
+    account(&mut xml, "DbtrAcct", &config.payer.account);
+    xml.open("DbtrAgt", &[]);
+    xml.open("FinInstnId", &[]);
+    if config.payer.agent_bic == "NOTPROVIDED" {
+        xml.open("Othr", &[]);
+        xml.leaf("Id", &[], "NOTPROVIDED");
+        xml.close();
+    } else {
+        xml.leaf("BICFI", &[], &config.payer.agent_bic);
+    }
+    xml.close();
+    xml.close();
+    xml.leaf("ChrgBr", &[], "SLEV");
+    for transfer in transfers {
+        xml.open("CdtTrfTxInf", &[]);
+        xml.open("PmtId", &[]);
+        xml.leaf("EndToEndId", &[], &transfer.end_to_end_id);
+        xml.close();
+        xml.open("Amt", &[]);
+        xml.leaf("InstdAmt", &[("Ccy", "KRW")], &transfer.amount_won.to_string());
+        xml.close();
+        xml.open("Cdtr", &[]);
+        xml.leaf("Nm", &[], &transfer.creditor_name);
+        xml.close();
+        account(&mut xml, "CdtrAcct", &transfer.creditor_account);
+        xml.open("RmtInf", &[]);
+        xml.leaf("Ustrd", &[], &transfer.remittance);
+        xml.close();
+        xml.close();
+    }
+    xml.finish()
+}
+
+/// `<name><Id><Othr><Id>account</Id></Othr></Id></name>` (a domestic account number, not an IBAN).
+fn account(xml: &mut XmlWriter, name: &'static str, number: &str) {
+    xml.open(name, &[]);
+    xml.open("Id", &[]);
+    xml.open("Othr", &[]);
+    xml.leaf("Id", &[], number);
+    xml.close();
+    xml.close();
+    xml.close();
+}
+
+/// A CSV field, quoted when it holds a comma, quote or line break.
+fn csv_field(text: &str) -> String {
+    if text.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text.to_string()
+    }
+}

@@ -1,0 +1,297 @@
+//! The exporter against journals written here, record by record, by the same engine the switch
+//! runs, at chosen server times: a card's validity (1 day under the test rules) runs out, holds
+//! expire, and three days of periods close, none of which a test over TCP can do without waiting
+//! for the wall clock. Every statement total, payout, breakage line and channel sum is checked
+//! against figures worked out by hand below; the trial balance and the safeguarding
+//! reconciliation must hold; and an exporter stopped after every possible number of records and
+//! restarted from its saved state must write byte-identical files.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use pinswitch_core::{Body, Command, EngineConfig, JournalEntry, Reply, Shard, encode_entry, shard_of_card};
+use pinswitch_exporter::{Cutoff, ExportConfig, Exporter, Options, parse_date, xml};
+use pinswitch_journal::{Journal, JournalOptions};
+use pinswitch_protocol::ResultCode;
+
+const SHARDS: u16 = 2;
+const HOUR_MS: u64 = 3_600_000;
+const MAC: u64 = 7;
+
+/// Writes journals the way the server does: apply, and append + commit what changed.
+struct Switch {
+    shards: Vec<(Shard, Journal)>,
+    next_op: u128,
+}
+
+impl Switch {
+    fn new(data: &Path) -> Switch {
+        std::fs::write(data.join("shards.count"), format!("{SHARDS}\n")).unwrap();
+        let shards = (0..SHARDS)
+            .map(|shard| {
+                let dir = data.join(format!("shard-{shard:03}"));
+                std::fs::create_dir_all(&dir).unwrap();
+                let (_, recovery) = Journal::recover(&dir, JournalOptions::test_min()).unwrap();
+                (Shard::new(shard, SHARDS, EngineConfig::test_min()), recovery.into_journal().unwrap())
+            })
+            .collect();
+        Switch { shards, next_op: 0 }
+    }
+
+    /// Runs `body` at `now_ms` under a fresh op id (its time is `now_ms`); returns (op id, reply).
+    fn run(&mut self, now_ms: u64, body: Body) -> (u128, Reply) {
+        self.next_op += 1;
+        let op_id = (u128::from(now_ms) << 80) | self.next_op;
+        let shard = shard_of_card(body.pin_hash().unwrap(), SHARDS);
+        (op_id, self.apply(shard, now_ms, Command { op_id, deadline_at_ms: 0, body }))
+    }
+
+    fn apply(&mut self, shard: u16, now_ms: u64, command: Command) -> Reply {
+        let (engine, journal) = &mut self.shards[usize::from(shard)];
+        let applied = engine.apply(now_ms, &command);
+        if applied.changed {
+            journal.append(&encode_entry(&JournalEntry { now_ms, command, reply: applied.reply })).unwrap();
+            journal.commit().unwrap();
+        }
+        applied.reply
+    }
+
+    /// Moves every shard's clock: a Tick where holds are due, else a new card's issue.
+    fn touch_all(&mut self, now_ms: u64, pins: &[u128]) {
+        for pin in pins {
+            let reply = self.run(now_ms, Body::Issue { pin_hash: *pin, face_value_won: 5_000 }).1;
+            assert_eq!(reply.code, ResultCode::Approved.as_u16());
+        }
+    }
+}
+
+fn approved(reply: Reply) -> Reply {
+    assert_eq!(ResultCode::from_u16(reply.code), Some(ResultCode::Approved), "{reply:?}");
+    reply
+}
+
+/// A PIN hash owned by `shard`, distinct per `n`.
+fn pin_on(shard: u16, n: u64) -> u128 {
+    (1..).map(|i: u128| (i * 0x9E37_79B9_7F4A_7C15 + u128::from(n) * 0x1_0000) << 64 | u128::from(n)).find(|pin| shard_of_card(*pin, SHARDS) == shard).unwrap()
+}
+
+/// Three days of traffic; the figures in the assertions follow from it.
+fn write_journals(data: &Path, t0_ms: u64) {
+    let mut switch = Switch::new(data);
+    let (a, b, c, d) = (pin_on(0, 1), pin_on(1, 2), pin_on(0, 3), pin_on(1, 4));
+    for (pin, face) in [(a, 10_000), (b, 20_000), (c, 50_000), (d, 5_000)] {
+        approved(switch.run(t0_ms, Body::Issue { pin_hash: pin, face_value_won: face }).1);
+    }
+    approved(switch.run(t0_ms, Body::Consign { pin_hash: c, partner_id: 21, commission_per_mille: 35 }).1);
+    let sell = |pin, channel_id, price_won, payment_means| Body::Sell { pin_hash: pin, channel_id, price_won, payment_means, gift_recipient_ref: 0 };
+    approved(switch.run(t0_ms, sell(a, 3, 9_500, 4)).1);
+    approved(switch.run(t0_ms, sell(c, 21, 50_000, 5)).1);
+    approved(switch.run(t0_ms, sell(d, 3, 5_000, 1)).1);
+    for pin in [a, b, c, d] {
+        approved(switch.run(t0_ms, Body::Activate { pin_hash: pin, password_mac: MAC }).1);
+    }
+    let sale = |pin, amount_won, merchant_id| Body::Sale { pin_hash: pin, password_mac: MAC, amount_won, merchant_id, category: 1 };
+    let (sale_a77, _) = switch.run(t0_ms + 1000, sale(a, 1_500, 77));
+    approved(switch.run(t0_ms + 2000, Body::Refund { pin_hash: a, original_op_id: sale_a77, amount_won: 500 }).1);
+    let (sale_a78, reply) = switch.run(t0_ms + 3000, sale(a, 7_000, 78));
+    approved(reply);
+    let payout = approved(switch.run(t0_ms + 4000, Body::BalanceRefund { pin_hash: a, payout_account_ref: 42 }).1);
+    assert_eq!(payout.amount_won, 2_000);
+    let reversal = approved(switch.run(t0_ms + 5000, Body::Reverse { pin_hash: a, original_op_id: sale_a78 }).1);
+    assert_eq!(reversal.amount_won, 7_000);
+    let authorize = |pin, amount_won, merchant_id| Body::Authorize { pin_hash: pin, password_mac: MAC, amount_won, merchant_id, category: 1, hold_ttl_s: 0 };
+    let (hold_b, reply) = switch.run(t0_ms + HOUR_MS, authorize(b, 5_000, 88));
+    approved(reply);
+    let (capture_b, reply) = switch.run(t0_ms + HOUR_MS + 10_000, Body::Capture { pin_hash: b, hold_id: hold_b, amount_won: 3_000, final_capture: false });
+    approved(reply);
+    approved(switch.run(t0_ms + HOUR_MS + 20_000, Body::Refund { pin_hash: b, original_op_id: capture_b, amount_won: 1_000 }).1);
+    approved(switch.run(t0_ms + HOUR_MS, Body::Load { pin_hash: d, amount_won: 10_000, funding: 2 }).1);
+    let (sale_d77, reply) = switch.run(t0_ms + HOUR_MS, sale(d, 4_000, 77));
+    approved(reply);
+    approved(switch.run(t0_ms + 2 * HOUR_MS, authorize(d, 2_000, 77)).1);
+    let (hold_c, reply) = switch.run(t0_ms + 2 * HOUR_MS, authorize(c, 1_000, 88));
+    approved(reply);
+    approved(switch.run(t0_ms + 2 * HOUR_MS + 1000, Body::Void { pin_hash: c, hold_id: hold_c }).1);
+    // The due holds (B's remaining 2,000, D's 2,000) expire with the shards' next records.
+    switch.touch_all(t0_ms + 3 * HOUR_MS, &[pin_on(0, 10), pin_on(1, 11)]);
+
+    // Day 2: the cards sold at t0 are past their 1-day validity.
+    let day2_ms = t0_ms + 25 * HOUR_MS;
+    let declined = switch.run(day2_ms, sale(d, 100, 77)).1;
+    assert_eq!(ResultCode::from_u16(declined.code), Some(ResultCode::CardExpired));
+    approved(switch.run(day2_ms + 1000, Body::Reverse { pin_hash: d, original_op_id: sale_d77 }).1);
+    let closed = switch.run(day2_ms + 2000, Body::Load { pin_hash: a, amount_won: 10_000, funding: 4 }).1;
+    assert_eq!(ResultCode::from_u16(closed.code), Some(ResultCode::CardClosed));
+
+    // Day 3: every shard moves on, so day 2 closes too.
+    switch.touch_all(t0_ms + 49 * HOUR_MS, &[pin_on(0, 12), pin_on(1, 13)]);
+}
+
+fn options(data: &Path, state: &Path) -> Options {
+    Options { data_dir: data.to_path_buf(), state_dir: state.to_path_buf(), engine: EngineConfig::test_min(), config: ExportConfig::default() }
+}
+
+/// Every file under `dir`, by relative name.
+fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    for day in std::fs::read_dir(dir.join("periods")).unwrap() {
+        let day = day.unwrap().path();
+        for file in std::fs::read_dir(&day).unwrap() {
+            let file = file.unwrap().path();
+            let name = format!("{}/{}", day.file_name().unwrap().to_string_lossy(), file.file_name().unwrap().to_string_lossy());
+            out.insert(name, std::fs::read(&file).unwrap());
+        }
+    }
+    out
+}
+
+fn csv_rows(text: &str) -> Vec<BTreeMap<String, String>> {
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    lines
+        .filter(|line| !line.starts_with("TRAILER") && !line.starts_with("TOTAL"))
+        .map(|line| header.iter().zip(line.split(',')).map(|(key, value)| (key.to_string(), value.to_string())).collect())
+        .collect()
+}
+
+fn read(state: &Path, name: &str) -> String {
+    std::fs::read_to_string(state.join("periods").join(name)).unwrap()
+}
+
+#[test]
+fn three_days_settle_to_hand_computed_figures_and_resume_byte_identically() {
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let cutoff = Cutoff { utc_offset_hours: 9, cutoff_hour: 0 };
+    let day1 = parse_date("2026-05-01").unwrap();
+    let t0_ms = cutoff.start_ms(day1) as u64 + 10 * HOUR_MS;
+    write_journals(&data, t0_ms);
+
+    let state = root.path().join("state");
+    let mut exporter = Exporter::open(options(&data, &state)).unwrap();
+    let report = exporter.run(None, 0).unwrap();
+    assert!(!report.stopped_early);
+    // Day 3 stays open: nothing newer shows the shards passed its end, and the wall clock (0)
+    // does not either.
+    assert_eq!(report.closed, vec![day1, day1 + 1]);
+    let status = exporter.status().unwrap();
+    assert!(status.reconciled(), "{status}");
+    assert!(status.shards.iter().all(|shard| shard.lag_records == 0 && shard.cursor_seq == shard.head_seq && shard.head_seq > 0));
+    assert_eq!(status.open_periods, vec![day1 + 2]);
+
+    // Merchant statements, day 1 (default commission 25 per mille, floor of the net).
+    let statements = csv_rows(&read(&state, "2026-05-01/statements.csv"));
+    let by_merchant: BTreeMap<&str, &BTreeMap<String, String>> = statements.iter().map(|row| (row["merchant_id"].as_str(), row)).collect();
+    let expect = |merchant: &str, figures: [(&str, &str); 7]| {
+        for (column, value) in figures {
+            assert_eq!(by_merchant[merchant][column], value, "merchant {merchant} {column}");
+        }
+    };
+    // 77: sales 1,500 (A) and 4,000 (D), 500 refunded; commission 25 + 100 = 125.
+    expect("77", [("sales_count", "2"), ("gross_won", "5500"), ("refunds_count", "1"), ("refunds_won", "500"), ("commission_won", "125"), ("net_won", "4875"), ("payout_won", "4875")]);
+    // 78: a 7,000 sale reversed the same day: nothing due.
+    expect("78", [("sales_count", "1"), ("gross_won", "7000"), ("refunds_count", "1"), ("refunds_won", "7000"), ("commission_won", "0"), ("net_won", "0"), ("payout_won", "0")]);
+    // 88: 3,000 captured of a 5,000 hold, 1,000 refunded; the voided hold on C is no sale.
+    expect("88", [("sales_count", "1"), ("gross_won", "3000"), ("refunds_count", "1"), ("refunds_won", "1000"), ("commission_won", "50"), ("net_won", "1950"), ("payout_won", "1950")]);
+    // Day 2: D's sale reversed onto the expired card: 77 owes 3,900, carried forward.
+    let day2 = csv_rows(&read(&state, "2026-05-02/statements.csv"));
+    assert_eq!(day2.len(), 1);
+    assert_eq!((day2[0]["merchant_id"].as_str(), day2[0]["refunds_won"].as_str(), day2[0]["commission_won"].as_str()), ("77", "4000", "-100"));
+    assert_eq!((day2[0]["net_won"].as_str(), day2[0]["payout_won"].as_str(), day2[0]["carried_forward_won"].as_str()), ("-3900", "0", "-3900"));
+
+    // Payouts: merchants 77 and 88; A's balance refund and the reversal that joined it.
+    let merchants = xml::parse(&read(&state, "2026-05-01/payouts-merchants.pain.001.xml")).unwrap();
+    check_pain001(&merchants, &[4875, 1950]);
+    let refunds = xml::parse(&read(&state, "2026-05-01/payouts-refunds.pain.001.xml")).unwrap();
+    check_pain001(&refunds, &[2000, 7000]);
+    assert!(!state.join("periods/2026-05-02/payouts-merchants.pain.001.xml").exists(), "no transfer, no pain.001");
+
+    // Breakage, day 2: D's 11,000 left at expiry, then the 4,000 reversal onto it.
+    let breakage = csv_rows(&read(&state, "2026-05-02/breakage.csv"));
+    let amounts: Vec<(&str, &str)> = breakage.iter().map(|row| (row["amount_won"].as_str(), row["cause"].as_str())).collect();
+    assert_eq!(amounts, vec![("11000", "expiry"), ("4000", "reversal-after-expiry")]);
+
+    // Channel sales, day 1: channel 3 sold A (9,500) and D (5,000); partner 21 sold C with 35 per mille.
+    let channels = csv_rows(&read(&state, "2026-05-01/channel-summary.csv"));
+    let summary: Vec<Vec<&str>> = channels
+        .iter()
+        .map(|row| ["channel_id", "cards_sold", "face_value_won", "gross_won", "commission_won", "net_receivable_won"].iter().map(|key| row[*key].as_str()).collect())
+        .collect();
+    assert_eq!(summary, vec![vec!["3", "2", "15000", "14500", "0", "14500"], vec!["21", "1", "50000", "50000", "1750", "48250"]]);
+
+    // Retention: one tag per journal record; ≤10,000 won and authorizations 1 year, else 5.
+    let retention = csv_rows(&read(&state, "2026-05-01/retention.csv"));
+    let day1_records: u64 = read(&state, "2026-05-01/summary.txt").lines().find(|line| line.starts_with("journal records")).unwrap().split_whitespace().last().unwrap().parse().unwrap();
+    assert_eq!(retention.len() as u64, day1_records);
+    for row in &retention {
+        let amount: u64 = row["amount_won"].parse().unwrap();
+        let expected = if row["kind"] == "authorize" || row["kind"] == "void" || (1..=10_000).contains(&amount) { "1" } else { "5" };
+        assert_eq!(row["retain_years"], expected, "{row:?}");
+    }
+    let sold_c = retention.iter().find(|row| row["kind"] == "sell" && row["amount_won"] == "50000").unwrap();
+    assert_eq!(sold_c["retain_until"], "2031-05-01");
+
+    // Trial balances balance, and the ledger says what the engines say.
+    for day in ["2026-05-01", "2026-05-02"] {
+        let trial = read(&state, &format!("{day}/trial-balance.csv"));
+        assert!(trial.lines().last().unwrap().ends_with(",balanced"), "{trial}");
+    }
+    let ledger = exporter.ledger().unwrap();
+    assert_eq!(ledger.trial_balance().check(), Ok(()));
+    let totals = exporter.engine_totals();
+    assert_eq!(totals.breakage_won, 15_000);
+    assert_eq!(totals.paid_out_won, 9_000);
+
+    // Re-rendering a closed period rewrites the same bytes.
+    let expected_files = files(&state);
+    let again = root.path().join("again");
+    exporter.render_period(day1, Some(&again)).unwrap();
+    for (name, bytes) in &expected_files {
+        if let Some(file) = name.strip_prefix("2026-05-01/").filter(|file| *file != "facts.bin") {
+            assert_eq!(&std::fs::read(again.join(file)).unwrap(), bytes, "{name}");
+        }
+    }
+
+    // Stopped after any number of records and restarted from disk: the same files.
+    let total_records: u64 = status.shards.iter().map(|shard| shard.head_seq).sum();
+    for budget in 1..=total_records {
+        let resumed = root.path().join(format!("resumed-{budget}"));
+        let mut runs = 0;
+        loop {
+            let mut exporter = Exporter::open(options(&data, &resumed)).unwrap();
+            runs += 1;
+            if !exporter.run(Some(budget), 0).unwrap().stopped_early {
+                break;
+            }
+        }
+        assert!(runs >= (total_records / budget) as usize);
+        assert_eq!(files(&resumed), expected_files, "resumed with a budget of {budget} records");
+    }
+}
+
+/// GrpHdr and PmtInf counts and control sums equal the transfers', which are `amounts`.
+fn check_pain001(document: &xml::Element, amounts: &[u128]) {
+    assert_eq!(document.name, "Document");
+    assert_eq!(document.attribute("xmlns"), Some("urn:iso:std:iso:20022:tech:xsd:pain.001.001.09"));
+    let initiation = document.child("CstmrCdtTrfInitn").unwrap();
+    let header = initiation.child("GrpHdr").unwrap();
+    let payment = initiation.child("PmtInf").unwrap();
+    let transfers: Vec<u128> = payment
+        .children_named("CdtTrfTxInf")
+        .map(|transfer| {
+            let amount = transfer.path(&["Amt", "InstdAmt"]).unwrap();
+            assert_eq!(amount.attribute("Ccy"), Some("KRW"));
+            assert!(transfer.path(&["PmtId", "EndToEndId"]).is_some_and(|id| !id.text.is_empty() && id.text.len() <= 35));
+            amount.text.parse().unwrap()
+        })
+        .collect();
+    assert_eq!(transfers, amounts);
+    let sum: u128 = amounts.iter().sum();
+    for block in [header, payment] {
+        assert_eq!(block.child("NbOfTxs").unwrap().text, amounts.len().to_string());
+        assert_eq!(block.child("CtrlSum").unwrap().text, sum.to_string());
+    }
+    assert!(header.child("MsgId").is_some_and(|id| id.text.len() <= 35));
+    assert_eq!(payment.child("PmtMtd").unwrap().text, "TRF");
+}
