@@ -105,7 +105,7 @@ impl<V: Clone> DenseMap<V> {
             self.chunks.push(Arc::new(Vec::with_capacity(CHUNK_ENTRIES)));
         }
         let chunk = Arc::make_mut(self.chunks.last_mut().expect("pushed above"));
-        // A copied chunk has only its length as capacity; keep chunks allocated whole.
+        // A copied (or restored) chunk has only its length as capacity; keep chunks whole.
         if chunk.capacity() < CHUNK_ENTRIES {
             chunk.reserve_exact(CHUNK_ENTRIES - chunk.len());
         }
@@ -114,13 +114,44 @@ impl<V: Clone> DenseMap<V> {
         self.len += 1;
     }
 
-    /// Sizes the index for `additional` more entries (recovery loads millions at once).
-    pub(crate) fn reserve(&mut self, additional: usize) {
-        let wanted = (self.len + additional).saturating_mul(4).div_ceil(3).next_power_of_two().max(SLOTS_MIN);
-        if wanted > self.slots.len() {
-            self.rebuild_index(wanted);
+    /// What a snapshot stores: the chunks and the index, shared (no copy is made).
+    pub(crate) fn parts(&self) -> (Vec<Arc<Vec<(u128, V)>>>, Arc<Vec<Slot>>) {
+        (self.chunks.clone(), self.slots.clone())
+    }
+
+    /// Rebuilds a map from `parts` as restored from a snapshot, without rehashing a key: the
+    /// index is kept (the hasher's seed is in the snapshot too). Checks the shape (full chunks
+    /// but the last, a power-of-two index within the load bound, every entry indexed exactly
+    /// once); the image itself is checksummed, so this guards against code bugs, not the disk.
+    pub(crate) fn from_parts(hasher: KeyHasherBuilder, chunks: Vec<Arc<Vec<(u128, V)>>>, slots: Arc<Vec<Slot>>) -> Result<DenseMap<V>, String> {
+        let mut len = 0usize;
+        for (number, chunk) in chunks.iter().enumerate() {
+            let last = number + 1 == chunks.len();
+            if chunk.len() > CHUNK_ENTRIES || chunk.is_empty() || (!last && chunk.len() != CHUNK_ENTRIES) {
+                return Err(format!("dense map chunk {number} holds {} entries", chunk.len()));
+            }
+            len += chunk.len();
         }
-        self.chunks.reserve((self.len + additional).div_ceil(CHUNK_ENTRIES).saturating_sub(self.chunks.len()));
+        if !slots.len().is_power_of_two() || slots.len() < SLOTS_MIN || len * 4 > slots.len() * 3 || len >= u32::MAX as usize - 1 {
+            return Err(format!("dense map index of {} slots for {len} entries", slots.len()));
+        }
+        let mut seen = vec![0u64; len.div_ceil(64)];
+        let mut indexed = 0usize;
+        for &slot in slots.iter() {
+            if slot == 0 {
+                continue;
+            }
+            let index = (slot & 0xFFFF_FFFF) as usize;
+            if index == 0 || index > len || seen[(index - 1) / 64] & (1 << ((index - 1) % 64)) != 0 {
+                return Err(format!("dense map index slot names entry {index} of {len} wrongly"));
+            }
+            seen[(index - 1) / 64] |= 1 << ((index - 1) % 64);
+            indexed += 1;
+        }
+        if indexed != len {
+            return Err(format!("dense map index covers {indexed} of {len} entries"));
+        }
+        Ok(DenseMap { hasher, chunks, len, slots })
     }
 
     fn rebuild_index(&mut self, slot_count: usize) {
@@ -151,14 +182,6 @@ impl<V: Clone> DenseMap<V> {
     /// Entries in insertion order (deterministic, so snapshots of equal shards are equal).
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&u128, &V)> {
         self.chunks.iter().flat_map(|chunk| chunk.iter()).map(|(key, value)| (key, value))
-    }
-}
-
-impl<V: Clone> Extend<(u128, V)> for DenseMap<V> {
-    fn extend<I: IntoIterator<Item = (u128, V)>>(&mut self, entries: I) {
-        for (key, value) in entries {
-            self.insert_new(key, value);
-        }
     }
 }
 
@@ -209,11 +232,57 @@ mod tests {
             }
             assert_eq!(map.len(), reference.len());
             assert_eq!(map.get(&(u128::MAX - 1)), None);
+            let (chunks, slots) = map.parts();
+            let restored = DenseMap::from_parts(map.hasher, chunks.clone(), slots.clone()).unwrap();
+            assert!(reference.iter().all(|(key, value)| restored.get(key) == Some(value)));
+            let mut doubled = (*slots).clone();
+            let (first, second) = {
+                let mut used = doubled.iter().enumerate().filter(|(_, slot)| **slot != 0).map(|(at, _)| at);
+                (used.next().unwrap(), used.next().unwrap())
+            };
+            doubled[second] = doubled[first];
+            assert!(DenseMap::from_parts(map.hasher, chunks.clone(), Arc::new(doubled)).is_err(), "an entry indexed twice");
+            let mut dropped = (*slots).clone();
+            dropped[first] = 0;
+            assert!(DenseMap::from_parts(map.hasher, chunks, Arc::new(dropped)).is_err(), "an entry not indexed");
             if round == 1 {
                 map.clear();
                 reference.clear();
                 assert!(map.is_empty() && frozen.len() == frozen_reference.len());
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod probe_lengths {
+    use super::*;
+
+    /// Op ids are mostly time in the high bits and a counter in the low bits; the keyed hash
+    /// must still spread them (a bad mix shows up as long probe runs long before it shows up
+    /// as a slow benchmark).
+    #[test]
+    fn sequential_op_ids_spread_over_the_index() {
+        for key in [[0u64, 0], [0x1234_5678_9ABC_DEF0, 0x0FED_CBA9_8765_4321]] {
+            let mut map = DenseMap::<u64>::with_hasher(KeyHasherBuilder { key });
+            let t0_ms: u128 = 1_800_000_000_000;
+            for seq in 0..200_000u128 {
+                map.insert_new((t0_ms + seq / 1000) << 80 | (seq * 7 + 3), 0);
+            }
+            let mask = map.slots.len() - 1;
+            let (mut total, mut longest) = (0usize, 0usize);
+            for (index, (key, _)) in map.iter().enumerate() {
+                let mut slot = map.hasher.hash_one(key) as usize & mask;
+                let mut probes = 1;
+                while map.slots[slot] & 0xFFFF_FFFF != index as u64 + 1 {
+                    slot = (slot + 1) & mask;
+                    probes += 1;
+                }
+                total += probes;
+                longest = longest.max(probes);
+            }
+            let mean = total as f64 / map.len() as f64;
+            assert!(mean < 2.5 && longest < 100, "key {key:?}: mean probes {mean:.2}, longest {longest}");
         }
     }
 }

@@ -13,6 +13,7 @@
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, HashMap};
 use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
 
 use pinswitch_protocol::{
     BlockReason, CardState, Category, Field, Funding, MsgType, OpStatus, ResultCode, op_id_time_ms,
@@ -116,7 +117,9 @@ struct OpRecord {
     refunded_won: u64,
 }
 
-/// The serialized form of a shard (snapshots).
+/// The serialized form of a shard (snapshots). The big tables go in as their `DenseMap` parts:
+/// taking them shares the chunks (no copy), and restoring them keeps the index (no rehash of
+/// millions of keys); rkyv's shared-pointer support writes each chunk once.
 #[derive(Archive, Serialize, Deserialize)]
 struct ShardImage {
     hash_key: [u64; 2],
@@ -127,12 +130,30 @@ struct ShardImage {
     evicted_floor_ms: Ms,
     approvals: u32,
     totals: Totals,
-    cards: Vec<(PinHash, Card)>,
+    cards: TableImage<Card>,
     holds: Vec<(OpId, Hold)>,
-    ops_current: Vec<(OpId, OpRecord)>,
-    ops_previous: Vec<(OpId, OpRecord)>,
+    ops_current: TableImage<OpRecord>,
+    ops_previous: TableImage<OpRecord>,
     ops_current_max_time_ms: Ms,
     ops_previous_max_time_ms: Ms,
+}
+
+/// A `DenseMap`'s chunks and index.
+#[derive(Archive, Serialize, Deserialize)]
+struct TableImage<V: Clone> {
+    chunks: Vec<Arc<Vec<(u128, V)>>>,
+    slots: Arc<Vec<u64>>,
+}
+
+impl<V: Clone> TableImage<V> {
+    fn of(map: &DenseMap<V>) -> TableImage<V> {
+        let (chunks, slots) = map.parts();
+        TableImage { chunks, slots }
+    }
+
+    fn restore(self, hasher: KeyHasherBuilder, what: &str) -> Result<DenseMap<V>, String> {
+        DenseMap::from_parts(hasher, self.chunks, self.slots).map_err(|why| format!("{what}: {why}"))
+    }
 }
 
 /// A fast keyed hasher for 128-bit keys: two rounds of folded multiply seeded with a secret.
@@ -141,7 +162,7 @@ struct ShardImage {
 /// to a crawl (hash flooding). The server seeds it from `keys.bin`; tests use zeros.
 #[derive(Clone, Copy, Default)]
 pub struct KeyHasherBuilder {
-    key: [u64; 2],
+    pub(crate) key: [u64; 2],
 }
 
 pub struct KeyHasher {
@@ -1131,25 +1152,32 @@ impl Shard {
     pub fn check_invariants(&self) -> Result<(), String> {
         let mut balances_won = 0u128;
         let mut held_won = 0u128;
+        let mut held_cards = 0usize;
         for (pin_hash, card) in self.cards.iter() {
             if card.held_won > card.balance_won {
                 return Err(format!("card {pin_hash:x}: held {} > balance {}", card.held_won, card.balance_won));
             }
-            let holds_won: u64 = self
-                .card_holds
-                .get(pin_hash)
-                .map(|ids| ids.iter().map(|id| self.holds[id].remaining_won()).sum())
-                .unwrap_or(0);
-            if holds_won != card.held_won || self.card_holds.get(pin_hash).map_or(0, Vec::len) != usize::from(card.holds) {
-                return Err(format!("card {pin_hash:x}: holds disagree with held {}", card.held_won));
+            // Only cards with holds are looked up: this scan runs at every recovery, over
+            // millions of cards, and a lookup per card was most of its time.
+            if card.holds > 0 || card.held_won > 0 {
+                let holds_won: u64 = self
+                    .card_holds
+                    .get(pin_hash)
+                    .map(|ids| ids.iter().map(|id| self.holds[id].remaining_won()).sum())
+                    .unwrap_or(0);
+                if holds_won != card.held_won || self.card_holds.get(pin_hash).map_or(0, Vec::len) != usize::from(card.holds) {
+                    return Err(format!("card {pin_hash:x}: holds disagree with held {}", card.held_won));
+                }
             }
+            held_cards += usize::from(card.holds > 0);
             balances_won += u128::from(card.balance_won);
             held_won += u128::from(card.held_won);
         }
         if balances_won != self.totals.balances_won || held_won != self.totals.held_won {
             return Err(format!("totals {:?} disagree with cards: balances {balances_won}, held {held_won}", self.totals));
         }
-        if self.expiries.len() != self.holds.len() {
+        // Every card with hold ids is a card with holds (checked one way above).
+        if held_cards != self.card_holds.len() || self.expiries.len() != self.holds.len() {
             return Err("index sizes disagree".into());
         }
         Ok(())
@@ -1215,16 +1243,19 @@ impl Shard {
             evicted_floor_ms: self.evicted_floor_ms,
             approvals: self.approvals,
             totals: self.totals,
-            cards: self.cards.iter().map(|(key, card)| (*key, *card)).collect(),
+            cards: TableImage::of(&self.cards),
             holds: self.holds.iter().map(|(key, hold)| (*key, *hold)).collect(),
-            ops_current: self.ops.current.iter().map(|(op_id, record)| (*op_id, record.clone())).collect(),
-            ops_previous: self.ops.previous.iter().map(|(op_id, record)| (*op_id, record.clone())).collect(),
+            ops_current: TableImage::of(&self.ops.current),
+            ops_previous: TableImage::of(&self.ops.previous),
             ops_current_max_time_ms: self.ops.current_max_time_ms,
             ops_previous_max_time_ms: self.ops.previous_max_time_ms,
         };
         // Sized up front: growing a buffer of hundreds of megabytes by doubling copies it again
         // and again (measured: a third of the time).
-        let estimate_bytes = 4096 + image.cards.len() * 72 + (image.holds.len() + image.ops_current.len() + image.ops_previous.len()) * 144;
+        let estimate_bytes = 4096
+            + self.cards.len() * 88
+            + image.holds.len() * 72
+            + (self.ops.current.len() + self.ops.previous.len()) * 160;
         let buffer = rkyv::util::AlignedVec::<16>::with_capacity(estimate_bytes);
         rkyv::api::high::to_bytes_in::<_, RkyvError>(&image, buffer)
             .expect("serializing a shard into memory cannot fail")
@@ -1238,12 +1269,12 @@ impl Shard {
             return Err(format!("shard {} of {}", image.shard_id, image.shard_count));
         }
         let mut shard = Shard::with_hash_key(image.shard_id, image.shard_count, image.config, image.hash_key);
+        let hasher = KeyHasherBuilder { key: image.hash_key };
         shard.now_ms = image.now_ms;
         shard.evicted_floor_ms = image.evicted_floor_ms;
         shard.approvals = image.approvals;
         shard.totals = image.totals;
-        shard.cards.reserve(image.cards.len());
-        shard.cards.extend(image.cards);
+        shard.cards = image.cards.restore(hasher, "cards")?;
         for (hold_id, hold) in image.holds {
             shard.card_holds.entry(hold.pin_hash).or_default().push(hold_id);
             shard.expiries.insert((hold.expires_at_ms, hold_id));
@@ -1252,10 +1283,8 @@ impl Shard {
         for ids in shard.card_holds.values_mut() {
             ids.sort_unstable();
         }
-        shard.ops.current.reserve(image.ops_current.len());
-        shard.ops.current.extend(image.ops_current);
-        shard.ops.previous.reserve(image.ops_previous.len());
-        shard.ops.previous.extend(image.ops_previous);
+        shard.ops.current = image.ops_current.restore(hasher, "current op records")?;
+        shard.ops.previous = image.ops_previous.restore(hasher, "previous op records")?;
         shard.ops.current_max_time_ms = image.ops_current_max_time_ms;
         shard.ops.previous_max_time_ms = image.ops_previous_max_time_ms;
         shard.check_invariants()?;
