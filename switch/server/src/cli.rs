@@ -43,6 +43,48 @@ enum Command {
         #[command(subcommand)]
         command: CardCommand,
     },
+    /// The settlement exporter: reads the journals (never the hot path), see switch/exporter/EXPORT.md.
+    Export {
+        #[command(flatten)]
+        places: ExportPlaces,
+        #[command(subcommand)]
+        command: ExportCommand,
+    },
+}
+
+#[derive(clap::Args)]
+struct ExportPlaces {
+    /// The switch's data directory (default: the one in --config, else ./data).
+    #[arg(long, global = true)]
+    data: Option<PathBuf>,
+    /// The exporter's state and output directory (default: DATA/export).
+    #[arg(long, global = true)]
+    state: Option<PathBuf>,
+    /// The switch's configuration file: its engine rules are what the journals started with.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// The exporter's configuration file (cut-off, commission rates, payout accounts).
+    #[arg(long = "export-config", global = true)]
+    export_config: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum ExportCommand {
+    /// Apply the journals from the cursors to their end, then close every finished period.
+    Run {
+        /// Stop after this many journal records (resume with the next run).
+        #[arg(long)]
+        max_records: Option<u64>,
+    },
+    /// Cursors, journal heads and lag per shard, the trial balance and the safeguarding reconciliation.
+    Status,
+    /// Write the files of one period (YYYY-MM-DD): final when closed, else provisional.
+    Period {
+        date: String,
+        /// Write into this directory instead of the state directory.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -200,12 +242,52 @@ pub fn main() -> anyhow::Result<ExitCode> {
             crate::runtime::run(config)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Export { places, command } => export(places, command),
         Command::Card { command } => {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .context("building the client runtime")?;
             runtime.block_on(card(command))
+        }
+    }
+}
+
+/// `pinswitch export …`: the logic is in the pinswitch-exporter crate.
+fn export(places: ExportPlaces, command: ExportCommand) -> anyhow::Result<ExitCode> {
+    use pinswitch_exporter::{ExportConfig, Exporter, Options, date_string, parse_date};
+    let config = Config::load(places.config.as_deref())?;
+    let data_dir = places.data.unwrap_or(config.server.data_dir.clone());
+    let state_dir = places.state.unwrap_or_else(|| data_dir.join("export"));
+    let export_config = ExportConfig::load(places.export_config.as_deref())?;
+    let mut exporter = Exporter::open(Options { data_dir, state_dir, engine: config.engine(), config: export_config })?;
+    match command {
+        ExportCommand::Run { max_records } => {
+            let report = exporter.run(max_records, crate::shard_loop::wall_clock_ms())?;
+            let applied: Vec<String> = report.applied.iter().enumerate().map(|(shard, count)| format!("shard {shard}: {count}")).collect();
+            println!("applied {} records ({})", report.applied.iter().sum::<u64>(), applied.join(", "));
+            for day in &report.closed {
+                println!("closed period {}", date_string(*day));
+            }
+            if report.stopped_early {
+                println!("stopped at --max-records; run again to continue");
+            }
+            let status = exporter.status()?;
+            print!("{status}");
+            Ok(if status.reconciled() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        ExportCommand::Status => {
+            let status = exporter.status()?;
+            print!("{status}");
+            Ok(if status.reconciled() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        ExportCommand::Period { date, out } => {
+            let Some(day) = parse_date(&date) else { bail!("{date:?} is not a date (YYYY-MM-DD)") };
+            let (dir, is_final) = exporter.render_period(day, out.as_deref())?;
+            let summary = std::fs::read_to_string(dir.join("summary.txt")).context("reading the period summary")?;
+            print!("{summary}");
+            println!("{} files in {}", if is_final { "final" } else { "provisional" }, dir.display());
+            Ok(ExitCode::SUCCESS)
         }
     }
 }
