@@ -362,6 +362,15 @@ async fn a_day_of_traffic_settles_exactly_and_resumes_byte_identically() {
     assert_eq!(payouts, expected.payouts_won, "balance-refund payouts");
     assert_eq!(retention_rows, head_records, "one retention tag per journal record");
 
+    // The mobile operator's monthly remittance: partner 21 sold by mobile bill.
+    let month = first[0].file_name().unwrap().to_string_lossy()[..7].to_string();
+    let month_dir = dir.join("out-month");
+    export(&state, &data, &["month", &month, "--out", month_dir.to_str().expect("utf-8")]);
+    let remittance = rows(&month_dir.join("operator-remittance.csv"));
+    let operator: Vec<u64> = ["operator_channel", "cards_sold", "gross_won", "commission_won", "net_due_won"].iter().map(|key| remittance[0][*key].parse().unwrap()).collect();
+    let partner = expected.channels[&PARTNER];
+    assert_eq!((remittance.len(), operator), (1, vec![u64::from(PARTNER), partner.0, partner.1, partner.2, partner.1 - partner.2]));
+
     // A second exporter stopped after every 7 records, each run a new process.
     let resumed = dir.join("state-resumed");
     let mut runs = 0;

@@ -25,6 +25,9 @@ pub struct ExportConfig {
     pub payout_delay_days: u32,
     /// The durable state is written after this many records (and at the end of every run).
     pub checkpoint_every_records: u64,
+    /// Channels that are mobile operators (sales by mobile bill, means 5, count as operator
+    /// sales whatever the channel).
+    pub mobile_operator_channels: Vec<u32>,
     pub merchants: MerchantSection,
     pub payer: PayerSection,
 }
@@ -60,6 +63,7 @@ impl Default for ExportConfig {
             close_grace_s: 300,
             payout_delay_days: 1,
             checkpoint_every_records: 1_000_000,
+            mobile_operator_channels: Vec::new(),
             merchants: MerchantSection::default(),
             payer: PayerSection::default(),
         }
@@ -127,6 +131,11 @@ impl ExportConfig {
     /// The commission rate of a merchant, per mille.
     pub fn commission_per_mille(&self, merchant_id: u64) -> u16 {
         self.merchants.rates.get(&merchant_id.to_string()).copied().unwrap_or(self.merchants.default_commission_per_mille)
+    }
+
+    /// Whether a channel sale is a mobile operator's (a listed channel, or paid by mobile bill).
+    pub fn is_operator_sale(&self, channel_id: u32, payment_means: u8) -> bool {
+        payment_means == 5 || self.mobile_operator_channels.contains(&channel_id)
     }
 
     /// The payout account of a merchant.

@@ -291,29 +291,55 @@ impl Exporter {
     /// files are byte-identical to those written at closing.
     pub fn render_period(&self, day: Day, out_dir: Option<&Path>) -> Result<(PathBuf, bool)> {
         let date = calendar::date_string(day);
+        let Some((period, is_final)) = self.period(day)? else { return Err(ExportError::NoPeriod(date)) };
+        let default_dir = if is_final { self.period_dir(day) } else { self.options.state_dir.join("provisional").join(&date) };
+        let dir = out_dir.map_or(default_dir, Path::to_path_buf);
+        write_period(&dir, &period, !is_final, &self.options.config)?;
+        Ok((dir, is_final))
+    }
+
+    /// Period `day` and whether it is closed (final): a closed one from its stored facts, an
+    /// open one as it stands. `None` when nothing was exported for it.
+    pub fn period(&self, day: Day) -> Result<Option<(ClosedPeriod, bool)>> {
         if self.last_closed.is_some_and(|last| day <= last) {
             let path = self.period_dir(day).join(FACTS_FILE);
             let bytes = match std::fs::read(&path) {
                 Ok(bytes) => bytes,
-                Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Err(ExportError::NoPeriod(date)),
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
                 Err(error) => return Err(ExportError::Io { path, action: "read period facts", source: error }),
             };
-            let period = decode::<ClosedPeriod>(&path, FACTS_MAGIC, &bytes)?;
-            let dir = out_dir.map_or_else(|| self.period_dir(day), Path::to_path_buf);
-            write_period(&dir, &period, false, &self.options.config)?;
-            return Ok((dir, true));
+            return Ok(Some((decode::<ClosedPeriod>(&path, FACTS_MAGIC, &bytes)?, true)));
         }
-        let Some(facts) = self.open.get(&day) else { return Err(ExportError::NoPeriod(date)) };
+        let Some(facts) = self.open.get(&day) else { return Ok(None) };
         let mut facts = facts.clone();
         facts.sort();
         let mut ledger_after = self.closed_ledger.clone();
         for (_, open) in self.open.range(..=day) {
             ledger_after.absorb(&open.movements)?;
         }
-        let period = ClosedPeriod { day, facts, carry_in: self.merchant_carry.clone(), ledger_after };
-        let dir = out_dir.map_or_else(|| self.options.state_dir.join("provisional").join(&date), Path::to_path_buf);
-        write_period(&dir, &period, true, &self.options.config)?;
-        Ok((dir, false))
+        Ok(Some((ClosedPeriod { day, facts, carry_in: self.merchant_carry.clone(), ledger_after }, false)))
+    }
+
+    /// Writes the mobile-operator remittance of a month (`year`, `month` 1..=12) into `out_dir`
+    /// (default `<state>/months/YYYY-MM`): what each operator channel sold, gross, its commission
+    /// and the net it owes. Final when every period of the month is closed.
+    pub fn render_month(&self, year: i64, month: u32, out_dir: Option<&Path>) -> Result<(PathBuf, bool)> {
+        let first = calendar::days_from_civil(year, month, 1);
+        let next = if month == 12 { calendar::days_from_civil(year + 1, 1, 1) } else { calendar::days_from_civil(year, month + 1, 1) };
+        let mut periods = Vec::new();
+        for day in first..next {
+            if let Some((period, _)) = self.period(day)? {
+                periods.push(period);
+            }
+        }
+        let is_final = self.last_closed.is_some_and(|last| last >= next - 1);
+        let label = format!("{year:04}-{month:02}");
+        let dir = out_dir.map_or_else(|| self.options.state_dir.join("months").join(&label), Path::to_path_buf);
+        std::fs::create_dir_all(&dir).map_err(ExportError::io(&dir, "create month directory"))?;
+        for (name, contents) in render::operator_remittance(&label, &periods, is_final, &self.options.config) {
+            write_atomic(&dir.join(name), contents.as_bytes())?;
+        }
+        Ok((dir, is_final))
     }
 
     fn period_dir(&self, day: Day) -> PathBuf {

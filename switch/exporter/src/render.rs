@@ -273,6 +273,47 @@ pub fn render(period: &ClosedPeriod, provisional: bool, cutoff: Cutoff, config: 
     files
 }
 
+/// The mobile-operator remittance of a month: per operator channel the cards it sold, their face
+/// value, gross, its commission and the net it owes (`operator-remittance.csv`), and every sale
+/// (`operator-sales.csv`), from the month's periods.
+pub fn operator_remittance(label: &str, periods: &[ClosedPeriod], is_final: bool, config: &ExportConfig) -> Vec<(String, String)> {
+    let mut detail = String::from("period,time,shard,seq,op_id,card,channel_id,face_value_won,price_won,payment_means,commission_won,net_due_won\n");
+    let mut operators: BTreeMap<u32, (u64, u128, u128, u128)> = BTreeMap::new();
+    for period in periods {
+        let date = calendar::date_string(period.day);
+        for line in period.facts.channel_sales.iter().filter(|line| config.is_operator_sale(line.channel_id, line.payment_means)) {
+            let _ = writeln!(
+                detail,
+                "{date},{},{},{},{:032x},{:032x},{},{},{},{},{},{}",
+                config.cutoff().local_date_time(line.origin.time_ms as i64),
+                line.origin.shard,
+                line.origin.seq,
+                line.origin.op_id,
+                line.card,
+                line.channel_id,
+                line.face_value_won,
+                line.price_won,
+                line.payment_means,
+                line.commission_won,
+                line.price_won - line.commission_won
+            );
+            let operator = operators.entry(line.channel_id).or_default();
+            operator.0 += 1;
+            operator.1 += u128::from(line.face_value_won);
+            operator.2 += u128::from(line.price_won);
+            operator.3 += u128::from(line.commission_won);
+        }
+    }
+    let status = if is_final { "final" } else { "provisional" };
+    let mut summary = String::from("month,status,operator_channel,cards_sold,face_value_won,gross_won,commission_won,net_due_won\n");
+    for (channel_id, (count, face, gross, commission)) in &operators {
+        let _ = writeln!(summary, "{label},{status},{channel_id},{count},{face},{gross},{commission},{}", gross - commission);
+    }
+    let total = |pick: fn(&(u64, u128, u128, u128)) -> u128| operators.values().map(pick).sum::<u128>();
+    let _ = writeln!(summary, "TRAILER,{status},{},{},{},{},{},{}", operators.len(), total(|o| u128::from(o.0)), total(|o| o.1), total(|o| o.2), total(|o| o.3), total(|o| o.2) - total(|o| o.3));
+    vec![("operator-remittance.csv".to_string(), summary), ("operator-sales.csv".to_string(), detail)]
+}
+
 /// The pain.001 file and the CSV of one payout batch. With no transfers, only the CSV (a
 /// pain.001 message must carry at least one transfer).
 fn payout_files(stem: &str, message_id: &str, created: &str, execution_day: Day, config: &ExportConfig, transfers: &[Transfer]) -> Vec<(String, String)> {

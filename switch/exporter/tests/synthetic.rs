@@ -220,6 +220,13 @@ fn three_days_settle_to_hand_computed_figures_and_resume_byte_identically() {
         .collect();
     assert_eq!(summary, vec![vec!["3", "2", "15000", "14500", "0", "14500"], vec!["21", "1", "50000", "50000", "1750", "48250"]]);
 
+    // The month's mobile-operator remittance: C sold by partner 21 by mobile bill (May is open).
+    let (month_dir, is_final) = exporter.render_month(2026, 5, Some(&root.path().join("may"))).unwrap();
+    assert!(!is_final);
+    let operators = csv_rows(&std::fs::read_to_string(month_dir.join("operator-remittance.csv")).unwrap());
+    let operator: Vec<&str> = ["operator_channel", "cards_sold", "gross_won", "commission_won", "net_due_won"].iter().map(|key| operators[0][*key].as_str()).collect();
+    assert_eq!((operators.len(), operator), (1, vec!["21", "1", "50000", "1750", "48250"]));
+
     // Retention: one tag per journal record; ≤10,000 won and authorizations 1 year, else 5.
     let retention = csv_rows(&read(&state, "2026-05-01/retention.csv"));
     let day1_records: u64 = read(&state, "2026-05-01/summary.txt").lines().find(|line| line.starts_with("journal records")).unwrap().split_whitespace().last().unwrap().parse().unwrap();

@@ -85,6 +85,12 @@ enum ExportCommand {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Write the mobile-operator remittance of one month (YYYY-MM).
+    Month {
+        month: String,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -287,6 +293,14 @@ fn export(places: ExportPlaces, command: ExportCommand) -> anyhow::Result<ExitCo
             let summary = std::fs::read_to_string(dir.join("summary.txt")).context("reading the period summary")?;
             print!("{summary}");
             println!("{} files in {}", if is_final { "final" } else { "provisional" }, dir.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        ExportCommand::Month { month, out } => {
+            let Some(day) = parse_date(&format!("{month}-01")) else { bail!("{month:?} is not a month (YYYY-MM)") };
+            let (year, month_number, _) = pinswitch_exporter::calendar::civil_from_days(day);
+            let (dir, is_final) = exporter.render_month(year, month_number, out.as_deref())?;
+            print!("{}", std::fs::read_to_string(dir.join("operator-remittance.csv")).context("reading the remittance")?);
+            println!("{} remittance in {}", if is_final { "final" } else { "provisional" }, dir.display());
             Ok(ExitCode::SUCCESS)
         }
     }
