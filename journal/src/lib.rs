@@ -150,4 +150,5 @@ pub use error::JournalError;
 pub use journal::{Journal, JournalOptions, SnapshotWriter};
 pub use reader::Reader;
 pub use recovery::Recovery;
-pub use snapshot::Snapshot;
+pub use snapshot::{Snapshot, SnapshotBytes};
+pub use fsys::lower_thread_priority;

@@ -3,7 +3,9 @@
 //! ones).
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Write;
+
+use memmap2::Mmap;
 use std::path::{Path, PathBuf};
 
 use crate::error::JournalError;
@@ -17,12 +19,31 @@ pub(crate) const SNAPSHOTS_KEPT: usize = 2;
 const TEMP_SUFFIX: &str = ".tmp";
 
 /// A snapshot image found at recovery.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Snapshot {
     /// Every record with a sequence number up to and including `seq` is reflected in `bytes`.
     pub seq: u64,
-    /// The image, exactly as given to [`crate::Journal::write_snapshot`].
-    pub bytes: Vec<u8>,
+    /// The image, exactly as given to [`crate::Journal::write_snapshot`] (a read-only mapping
+    /// of the file; it derefs to `[u8]`).
+    pub bytes: SnapshotBytes,
+}
+
+/// A snapshot image mapped from its file, header skipped.
+pub struct SnapshotBytes {
+    map: Mmap,
+}
+
+impl std::ops::Deref for SnapshotBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.map[format::SNAPSHOT_HEADER_BYTES..]
+    }
+}
+
+impl std::fmt::Debug for SnapshotBytes {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(formatter, "SnapshotBytes({} bytes)", self.len())
+    }
 }
 
 /// Writes `snapshot-{seq}.snap` so that after a crash either the old set of snapshots or the
@@ -88,18 +109,15 @@ pub(crate) fn remove_temp_files(dir: &Path) -> Result<(), JournalError> {
 pub(crate) fn load_newest(dir: &Path) -> Result<(Option<Snapshot>, Vec<(PathBuf, String)>), JournalError> {
     let mut skipped = Vec::new();
     for candidate in fsys::list_snapshots(dir)?.into_iter().rev() {
-        let mut contents = Vec::new();
-        File::open(&candidate.path)
-            .and_then(|mut file| file.read_to_end(&mut contents))
-            .map_err(JournalError::io(&candidate.path, "read snapshot"))?;
-        match format::decode_snapshot(&contents) {
+        let file = File::open(&candidate.path).map_err(JournalError::io(&candidate.path, "open snapshot"))?;
+        let map = fsys::map_snapshot(&candidate.path, &file)?;
+        match format::decode_snapshot(&map) {
             Ok((header, _)) if header.seq != candidate.seq => {
                 skipped.push((candidate.path, format!("header says seq {}, file name says {}", header.seq, candidate.seq)));
             }
-            Ok((header, _)) => {
-                // Reuse the buffer: drop the header in place instead of copying the image.
-                contents.drain(..format::SNAPSHOT_HEADER_BYTES);
-                return Ok((Some(Snapshot { seq: header.seq, bytes: contents }), skipped));
+            Ok((header, image)) => {
+                debug_assert_eq!(image.len(), map.len() - format::SNAPSHOT_HEADER_BYTES);
+                return Ok((Some(Snapshot { seq: header.seq, bytes: SnapshotBytes { map } }), skipped));
             }
             Err(reason) => skipped.push((candidate.path, reason)),
         }

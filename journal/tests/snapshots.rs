@@ -38,7 +38,7 @@ fn recovery_returns_the_snapshot_and_replays_only_what_follows() -> TestResult {
 
     let (snapshot, mut recovery) = Journal::recover(temp.path(), options)?;
     let snapshot = snapshot.ok_or("no snapshot recovered")?;
-    assert_eq!((snapshot.seq, snapshot.bytes), (650, image(650)));
+    assert_eq!((snapshot.seq, &snapshot.bytes[..]), (650, &image(650)[..]));
     assert_eq!(recovery.snapshot_seq(), 650);
     let mut records = Vec::new();
     let last = recovery.replay(650, |seq, payload| {
@@ -104,7 +104,7 @@ fn a_damaged_newest_snapshot_falls_back_to_the_previous_one() -> TestResult {
         flip_bit(&newest, offset, bit)?;
         let (snapshot, mut recovery) = Journal::recover(temp.path(), options)?;
         let snapshot = snapshot.ok_or("no snapshot recovered")?;
-        assert_eq!((snapshot.seq, &snapshot.bytes), (200, &image(200)));
+        assert_eq!((snapshot.seq, &snapshot.bytes[..]), (200, &image(200)[..]));
         assert_eq!(recovery.skipped_snapshots().len(), 1);
         assert_eq!(recovery.skipped_snapshots()[0].0, newest);
         let mut records = Vec::new();

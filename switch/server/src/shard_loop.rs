@@ -188,6 +188,10 @@ impl SnapshotThread {
         std::thread::Builder::new()
             .name(format!("snapshot-{shard_id}"))
             .spawn(move || {
+                // Serializing an image is seconds of CPU that must not slow the shards down.
+                if let Err(error) = pinswitch_journal::lower_thread_priority() {
+                    eprintln!("pinswitch: shard {shard_id} snapshot thread keeps normal priority: {error}");
+                }
                 for (writer, copy) in receiver {
                     let started = Instant::now();
                     let seq = writer.seq();
