@@ -9,7 +9,7 @@ use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::calendar::{self, Cutoff, Day};
 use crate::config::ExportConfig;
-use crate::facts::{PeriodFacts, RECORD_KINDS};
+use crate::facts::{ChannelSaleLine, PeriodFacts, RECORD_KINDS};
 use crate::ledger::Ledger;
 use crate::xml::XmlWriter;
 
@@ -192,32 +192,11 @@ pub fn render(period: &ClosedPeriod, provisional: bool, cutoff: Cutoff, config: 
     let _ = writeln!(breakage_csv, "TRAILER,{},,,,,{},", facts.breakage.len(), facts.breakage.iter().map(|l| u128::from(l.amount_won)).sum::<u128>());
     files.push(("breakage.csv".to_string(), breakage_csv));
 
-    let mut sales_csv = String::from("time,shard,seq,op_id,card,channel_id,face_value_won,price_won,payment_means,consigned,commission_per_mille,commission_won,net_receivable_won,gift\n");
-    let mut channels: BTreeMap<u32, (u64, u128, u128, u128)> = BTreeMap::new();
+    let mut sales_csv = format!("{CHANNEL_SALE_COLUMNS}\n");
+    let mut channels: BTreeMap<u32, ChannelTally> = BTreeMap::new();
     for line in &facts.channel_sales {
-        let _ = writeln!(
-            sales_csv,
-            "{},{},{},{:032x},{:032x},{},{},{},{},{},{},{},{},{}",
-            cutoff.local_date_time(line.origin.time_ms as i64),
-            line.origin.shard,
-            line.origin.seq,
-            line.origin.op_id,
-            line.card,
-            line.channel_id,
-            line.face_value_won,
-            line.price_won,
-            line.payment_means,
-            line.consigned,
-            line.commission_per_mille,
-            line.commission_won,
-            line.price_won - line.commission_won,
-            line.gift
-        );
-        let channel = channels.entry(line.channel_id).or_default();
-        channel.0 += 1;
-        channel.1 += u128::from(line.face_value_won);
-        channel.2 += u128::from(line.price_won);
-        channel.3 += u128::from(line.commission_won);
+        let _ = writeln!(sales_csv, "{}", channel_sale_row(cutoff, line));
+        tally_sale(&mut channels, line);
     }
     files.push(("channel-sales.csv".to_string(), sales_csv));
     let mut channel_csv = String::from("channel_id,cards_sold,face_value_won,gross_won,commission_won,net_receivable_won\n");
@@ -277,31 +256,13 @@ pub fn render(period: &ClosedPeriod, provisional: bool, cutoff: Cutoff, config: 
 /// value, gross, its commission and the net it owes (`operator-remittance.csv`), and every sale
 /// (`operator-sales.csv`), from the month's periods.
 pub fn operator_remittance(label: &str, periods: &[ClosedPeriod], is_final: bool, config: &ExportConfig) -> Vec<(String, String)> {
-    let mut detail = String::from("period,time,shard,seq,op_id,card,channel_id,face_value_won,price_won,payment_means,commission_won,net_due_won\n");
-    let mut operators: BTreeMap<u32, (u64, u128, u128, u128)> = BTreeMap::new();
+    let mut detail = format!("period,{CHANNEL_SALE_COLUMNS}\n");
+    let mut operators: BTreeMap<u32, ChannelTally> = BTreeMap::new();
     for period in periods {
         let date = calendar::date_string(period.day);
         for line in period.facts.channel_sales.iter().filter(|line| config.is_operator_sale(line.channel_id, line.payment_means)) {
-            let _ = writeln!(
-                detail,
-                "{date},{},{},{},{:032x},{:032x},{},{},{},{},{},{}",
-                config.cutoff().local_date_time(line.origin.time_ms as i64),
-                line.origin.shard,
-                line.origin.seq,
-                line.origin.op_id,
-                line.card,
-                line.channel_id,
-                line.face_value_won,
-                line.price_won,
-                line.payment_means,
-                line.commission_won,
-                line.price_won - line.commission_won
-            );
-            let operator = operators.entry(line.channel_id).or_default();
-            operator.0 += 1;
-            operator.1 += u128::from(line.face_value_won);
-            operator.2 += u128::from(line.price_won);
-            operator.3 += u128::from(line.commission_won);
+            let _ = writeln!(detail, "{date},{}", channel_sale_row(config.cutoff(), line));
+            tally_sale(&mut operators, line);
         }
     }
     let status = if is_final { "final" } else { "provisional" };
@@ -309,9 +270,42 @@ pub fn operator_remittance(label: &str, periods: &[ClosedPeriod], is_final: bool
     for (channel_id, (count, face, gross, commission)) in &operators {
         let _ = writeln!(summary, "{label},{status},{channel_id},{count},{face},{gross},{commission},{}", gross - commission);
     }
-    let total = |pick: fn(&(u64, u128, u128, u128)) -> u128| operators.values().map(pick).sum::<u128>();
+    let total = |pick: fn(&ChannelTally) -> u128| operators.values().map(pick).sum::<u128>();
     let _ = writeln!(summary, "TRAILER,{status},{},{},{},{},{},{}", operators.len(), total(|o| u128::from(o.0)), total(|o| o.1), total(|o| o.2), total(|o| o.3), total(|o| o.2) - total(|o| o.3));
     vec![("operator-remittance.csv".to_string(), summary), ("operator-sales.csv".to_string(), detail)]
+}
+
+/// Cards sold, face value, gross, commission (won) of one channel.
+type ChannelTally = (u64, u128, u128, u128);
+
+const CHANNEL_SALE_COLUMNS: &str = "time,shard,seq,op_id,card,channel_id,face_value_won,price_won,payment_means,consigned,commission_per_mille,commission_won,net_receivable_won,gift";
+
+fn channel_sale_row(cutoff: Cutoff, line: &ChannelSaleLine) -> String {
+    format!(
+        "{},{},{},{:032x},{:032x},{},{},{},{},{},{},{},{},{}",
+        cutoff.local_date_time(line.origin.time_ms as i64),
+        line.origin.shard,
+        line.origin.seq,
+        line.origin.op_id,
+        line.card,
+        line.channel_id,
+        line.face_value_won,
+        line.price_won,
+        line.payment_means,
+        line.consigned,
+        line.commission_per_mille,
+        line.commission_won,
+        line.price_won - line.commission_won,
+        line.gift
+    )
+}
+
+fn tally_sale(tallies: &mut BTreeMap<u32, ChannelTally>, line: &ChannelSaleLine) {
+    let tally = tallies.entry(line.channel_id).or_default();
+    tally.0 += 1;
+    tally.1 += u128::from(line.face_value_won);
+    tally.2 += u128::from(line.price_won);
+    tally.3 += u128::from(line.commission_won);
 }
 
 /// The pain.001 file and the CSV of one payout batch. With no transfers, only the CSV (a
