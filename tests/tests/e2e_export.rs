@@ -9,7 +9,8 @@
 //! stops after every 7 records and is started again (a new process each time) must write
 //! byte-identical files, and so must a re-run of the period. Expiry cannot be reached over the
 //! protocol (validity is days of the server's wall clock); the exporter's own tests cover it with
-//! journals written at chosen times.
+//! journals written at chosen times. A second test sells paid orders from a camt.054 deposit
+//! notice through the protocol, once.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -233,7 +234,7 @@ fn render_all(state: &Path, data: &Path, out: &Path, closed: &[String]) -> Vec<P
 }
 
 fn closed_periods(output: &Output) -> Vec<String> {
-    stdout(output).lines().filter_map(|line| line.strip_prefix("closed period ").map(str::to_string)).collect()
+    closed_periods_text(&stdout(output))
 }
 
 fn all_files(dirs: &[PathBuf]) -> BTreeMap<String, Vec<u8>> {
@@ -407,4 +408,61 @@ fn check_pain001(text: &str, csv: &[BTreeMap<String, String>]) {
         assert_eq!(block.child("NbOfTxs").unwrap().text, amounts.len().to_string());
         assert_eq!(block.child("CtrlSum").unwrap().text, amounts.iter().sum::<u64>().to_string());
     }
+}
+
+/// A camt.054 deposit notice sells the paid orders through the protocol, once: a second run with
+/// the same notice sells nothing more, and the exporter then sees the sales (deposit without
+/// bankbook, means 3) in the period's channel files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deposit_notices_sell_paid_orders_once() {
+    let dir = fresh_dir("export-deposits");
+    let data = dir.join("data");
+    let state = dir.join("state");
+    let mut switch = Switch::start(Path::new(BIN), &data, &[]);
+    let orders = dir.join("orders.csv");
+    std::fs::write(&orders, "order_ref,face_value_won,price_won,channel_id,gift_recipient_ref\nORD-1,10000,10000,9,0\nORD-2,20000,20000,9,55\nORD-3,5000,5000,9,0\n").expect("orders");
+    let entry = |amount: u64, entry_ref: &str, refs: &str| {
+        format!("<Ntry><Amt Ccy=\"KRW\">{amount}</Amt><CdtDbtInd>CRDT</CdtDbtInd><Sts><Cd>BOOK</Cd></Sts><BookgDt><Dt>2026-05-01</Dt></BookgDt><AcctSvcrRef>{entry_ref}</AcctSvcrRef><NtryDtls><TxDtls>{refs}</TxDtls></NtryDtls></Ntry>")
+    };
+    let notice = format!(
+        "<?xml version=\"1.0\"?><Document xmlns=\"urn:iso:std:iso:20022:tech:xsd:camt.054.001.08\"><BkToCstmrDbtCdtNtfctn><GrpHdr><MsgId>N1</MsgId></GrpHdr><Ntfctn><Id>N1</Id>{}{}{}</Ntfctn></BkToCstmrDbtCdtNtfctn></Document>",
+        entry(10_000, "B-1", "<Refs><EndToEndId>ORD-1</EndToEndId></Refs>"),
+        entry(20_000, "B-2", "<RmtInf><Ustrd>ORD-2</Ustrd></RmtInf>"),
+        entry(3_000, "B-9", "<RmtInf><Ustrd>who?</Ustrd></RmtInf>"),
+    );
+    let camt = dir.join("notice.xml");
+    std::fs::write(&camt, notice).expect("notice");
+    let args = ["deposits", "--camt", camt.to_str().unwrap(), "--orders", orders.to_str().unwrap(), "--connect", &switch.address];
+    let first = stdout(&export(&state, &data, &args));
+    let sold: Vec<(String, u64)> = first
+        .lines()
+        .filter_map(|line| line.strip_prefix("sold "))
+        .map(|rest| {
+            let mut parts = rest.split_whitespace();
+            (parts.next().unwrap().to_string(), pinswitch_protocol::pin::parse(parts.next().unwrap()).expect("a PIN"))
+        })
+        .collect();
+    assert_eq!(sold.iter().map(|(order, _)| order.as_str()).collect::<Vec<_>>(), ["ORD-1", "ORD-2"], "{first}");
+    assert!(first.contains("pending: ORD-3") && first.contains("unmatched credit B-9 of 3000 won"), "{first}");
+    let client = Client::connect(&switch.address).await.expect("connect");
+    for (_, card_pin) in &sold {
+        let card = one(client.balance_inquiry(&[pinswitch_protocol::BalanceInquiry { pin: *card_pin }]).await).await;
+        assert_eq!(card.state, pinswitch_protocol::CardState::Sold as u8);
+    }
+    let again = stdout(&export(&state, &data, &args));
+    assert!(!again.contains("sold ") && again.contains("already done: 2"), "{again}");
+    switch.stop();
+
+    let run = stdout(&export(&state, &data, &["run"]));
+    assert!(run.contains("reconciled") && !run.contains("NOT RECONCILED"), "{run}");
+    let periods = render_all(&state, &data, &dir.join("out"), &closed_periods_text(&run));
+    let sales: Vec<BTreeMap<String, String>> = periods.iter().flat_map(|period| rows(&period.join("channel-sales.csv"))).collect();
+    let summary: Vec<(&str, &str, &str)> = sales.iter().map(|row| (row["channel_id"].as_str(), row["price_won"].as_str(), row["payment_means"].as_str())).collect();
+    assert_eq!(summary, [("9", "10000", "3"), ("9", "20000", "3")]);
+    assert_eq!(sales[1]["gift"], "true");
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+}
+
+fn closed_periods_text(text: &str) -> Vec<String> {
+    text.lines().filter_map(|line| line.strip_prefix("closed period ").map(str::to_string)).collect()
 }

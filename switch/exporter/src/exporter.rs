@@ -163,7 +163,7 @@ impl Exporter {
     /// shard with nothing newer in its journal has passed a period end (see `close_grace_s`).
     pub fn run(&mut self, max_records: Option<u64>, wall_clock_ms: u64) -> Result<RunReport> {
         let mut report = RunReport { applied: vec![0; self.followers.len()], ..RunReport::default() };
-        let mut at_head = vec![false; self.followers.len()];
+        let mut at_head = Vec::with_capacity(self.followers.len());
         let mut budget = max_records.unwrap_or(u64::MAX);
         let mut since_checkpoint = 0u64;
         for index in 0..self.followers.len() {
@@ -209,11 +209,15 @@ impl Exporter {
                 return Err(error);
             }
             match outcome {
-                Ok(_) => at_head[index] = true,
-                Err(JournalError::Apply(reason)) if reason == BUDGET_STOP => report.stopped_early = true,
+                Ok(_) => at_head.push(true),
+                Err(JournalError::Apply(reason)) if reason == BUDGET_STOP => {
+                    report.stopped_early = true;
+                    at_head.push(false);
+                }
                 Err(source) => return Err(ExportError::Journal { shard, source }),
             }
         }
+        at_head.resize(self.followers.len(), false);
         self.checkpoint()?;
         report.closed = self.close_periods(&at_head, wall_clock_ms)?;
         if !report.closed.is_empty() {
@@ -402,6 +406,10 @@ impl Exporter {
         sum
     }
 
+    pub fn state_dir(&self) -> &Path {
+        &self.options.state_dir
+    }
+
     pub fn followers(&self) -> &[Follower] {
         &self.followers
     }
@@ -460,7 +468,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-fn encode<T>(magic: &[u8; 8], value: &T) -> Vec<u8>
+/// `magic`, the length (u64 LE) and the rkyv archive of `value`.
+pub(crate) fn encode<T>(magic: &[u8; 8], value: &T) -> Vec<u8>
 where
     T: for<'a> rkyv::Serialize<rkyv::api::high::HighSerializer<rkyv::util::AlignedVec, rkyv::ser::allocator::ArenaHandle<'a>, RkyvError>>,
 {
@@ -471,7 +480,8 @@ where
     bytes
 }
 
-fn decode<T>(path: &Path, magic: &[u8; 8], bytes: &[u8]) -> Result<T>
+/// The inverse of `encode`, validating magic, length and archive (errors name `path`).
+pub(crate) fn decode<T>(path: &Path, magic: &[u8; 8], bytes: &[u8]) -> Result<T>
 where
     T: Archive,
     T::Archived: for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, RkyvError>> + rkyv::Deserialize<T, rkyv::api::high::HighDeserializer<RkyvError>>,

@@ -5,12 +5,14 @@
 //! accounts and into settlement facts, and writes per-period files at a daily cut-off: merchant
 //! statements, ISO 20022 pain.001 payout files with CSVs, breakage, channel sales, record
 //! retention tags and the trial balance; `status` shows cursors, lag and the safeguarding
-//! reconciliation. See EXPORT.md for the outputs, the chart of accounts and the cursor rules.
+//! reconciliation; `deposits` turns camt.054 deposit notices into cards sold through the
+//! protocol. See EXPORT.md for the outputs, the chart of accounts and the cursor rules.
 
 #![forbid(unsafe_code)]
 
 pub mod calendar;
 pub mod config;
+pub mod deposits;
 pub mod error;
 pub mod exporter;
 pub mod facts;

@@ -85,6 +85,18 @@ enum ExportCommand {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Match a camt.054 deposit notice to pending card orders and sell the paid ones (prints each
+    /// new PIN once).
+    Deposits {
+        /// The bank's ISO 20022 camt.054 notice.
+        #[arg(long)]
+        camt: PathBuf,
+        /// The shop's pending orders (CSV: order_ref,face_value_won,price_won,channel_id,gift_recipient_ref).
+        #[arg(long)]
+        orders: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:7420")]
+        connect: String,
+    },
     /// Write the mobile-operator remittance of one month (YYYY-MM).
     Month {
         month: String,
@@ -294,6 +306,31 @@ fn export(places: ExportPlaces, command: ExportCommand) -> anyhow::Result<ExitCo
             print!("{summary}");
             println!("{} files in {}", if is_final { "final" } else { "provisional" }, dir.display());
             Ok(ExitCode::SUCCESS)
+        }
+        ExportCommand::Deposits { camt, orders, connect: address } => {
+            use pinswitch_exporter::deposits;
+            let read = |path: &PathBuf| std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()));
+            let credits = deposits::parse_camt054(&read(&camt)?).map_err(|why| anyhow::anyhow!("{}: {why}", camt.display()))?;
+            let orders = deposits::parse_orders(&read(&orders)?).map_err(|why| anyhow::anyhow!("{}: {why}", orders.display()))?;
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("building the client runtime")?;
+            let report = runtime.block_on(async {
+                let client = connect(&address).await?;
+                anyhow::Ok(deposits::settle(exporter.state_dir(), &client, &orders, &credits).await?)
+            })?;
+            for (order, card_pin) in &report.sold {
+                println!("sold {order}  {}", pin::format(*card_pin));
+            }
+            for (order, code) in &report.declined {
+                println!("declined {order}: {} ({code})", ResultCode::from_u16(*code).map_or("UNKNOWN", ResultCode::name));
+            }
+            for order in &report.in_flight {
+                println!("in flight since an interrupted run, resolve by hand: {order}");
+            }
+            println!("already done: {}, pending: {}", report.already_done.len(), report.pending.join(" "));
+            for credit in &report.unmatched {
+                println!("unmatched credit {} of {} won ({} {})", credit.entry_ref, credit.amount_won, credit.end_to_end_id, credit.remittance);
+            }
+            Ok(if report.declined.is_empty() && report.in_flight.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         ExportCommand::Month { month, out } => {
             let Some(day) = parse_date(&format!("{month}-01")) else { bail!("{month:?} is not a month (YYYY-MM)") };
