@@ -204,8 +204,8 @@ impl Exporter {
             });
             report.applied[index] = applied;
             if let Some(error) = failure {
-                // What was applied before the failure is consistent; keep it.
-                self.checkpoint()?;
+                // The failing record may have reached the shadow engine without its effects
+                // being kept: this state is not saved; the last checkpoint stays consistent.
                 return Err(error);
             }
             match outcome {

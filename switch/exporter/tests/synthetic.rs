@@ -302,3 +302,30 @@ fn check_pain001(document: &xml::Element, amounts: &[u128]) {
     assert!(header.child("MsgId").is_some_and(|id| id.text.len() <= 35));
     assert_eq!(payment.child("PmtMtd").unwrap().text, "TRF");
 }
+
+/// Other engine rules than the switch's make the shadow answer differently: the run stops at
+/// that record, names it, and keeps nothing of it; a damaged state file is an error, not a panic.
+#[test]
+fn wrong_rules_and_damaged_state_are_errors() {
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let cutoff = Cutoff { utc_offset_hours: 9, cutoff_hour: 0 };
+    write_journals(&data, cutoff.start_ms(parse_date("2026-05-01").unwrap()) as u64 + 10 * HOUR_MS);
+    let state = root.path().join("state");
+    let production = Options { engine: EngineConfig::production(), ..options(&data, &state) };
+    let error = Exporter::open(production.clone()).unwrap().run(None, 0).err().expect("diverges");
+    // Under production rules the first hold gets another default lifetime (15 minutes, not 60 s).
+    assert!(matches!(error, pinswitch_exporter::ExportError::Diverged { shard: 0, seq: 13, .. }), "{error}");
+    assert!(!state.join("state.bin").exists(), "nothing of a failed run is kept");
+    let mut exporter = Exporter::open(options(&data, &state)).unwrap();
+    exporter.run(None, 0).unwrap();
+    assert!(exporter.status().unwrap().reconciled());
+    let path = state.join("state.bin");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xFF;
+    bytes.truncate(bytes.len() - 3);
+    std::fs::write(&path, &bytes).unwrap();
+    assert!(matches!(Exporter::open(options(&data, &state)), Err(pinswitch_exporter::ExportError::State { .. })));
+}
