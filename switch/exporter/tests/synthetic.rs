@@ -158,15 +158,21 @@ fn read(state: &Path, name: &str) -> String {
     std::fs::read_to_string(state.join("periods").join(name)).unwrap()
 }
 
-#[test]
-fn three_days_settle_to_hand_computed_figures_and_resume_byte_identically() {
+/// A temporary root with the three days' journals in `root/data`, from 10:00 KST on 1 May 2026;
+/// returns the root, the data directory and the first day.
+fn journals() -> (tempfile::TempDir, std::path::PathBuf, i64) {
     let root = tempfile::tempdir().unwrap();
     let data = root.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
     let cutoff = Cutoff { utc_offset_hours: 9, cutoff_hour: 0 };
     let day1 = parse_date("2026-05-01").unwrap();
-    let t0_ms = cutoff.start_ms(day1) as u64 + 10 * HOUR_MS;
-    write_journals(&data, t0_ms);
+    write_journals(&data, cutoff.start_ms(day1) as u64 + 10 * HOUR_MS);
+    (root, data, day1)
+}
+
+#[test]
+fn three_days_settle_to_hand_computed_figures_and_resume_byte_identically() {
+    let (root, data, day1) = journals();
 
     let state = root.path().join("state");
     let mut exporter = Exporter::open(options(&data, &state)).unwrap();
@@ -307,11 +313,7 @@ fn check_pain001(document: &xml::Element, amounts: &[u128]) {
 /// that record, names it, and keeps nothing of it; a damaged state file is an error, not a panic.
 #[test]
 fn wrong_rules_and_damaged_state_are_errors() {
-    let root = tempfile::tempdir().unwrap();
-    let data = root.path().join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    let cutoff = Cutoff { utc_offset_hours: 9, cutoff_hour: 0 };
-    write_journals(&data, cutoff.start_ms(parse_date("2026-05-01").unwrap()) as u64 + 10 * HOUR_MS);
+    let (root, data, _) = journals();
     let state = root.path().join("state");
     let production = Options { engine: EngineConfig::production(), ..options(&data, &state) };
     let error = Exporter::open(production.clone()).unwrap().run(None, 0).err().expect("diverges");
