@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# Reproduces the end-to-end figures of ops/benchmarking.md in one go: builds the release
+# binaries, starts a switch on a fresh data directory, prepares CARDS cards, runs the standard
+# load-generator shapes (batched, one event per frame with 1 and 16 in flight, one connection,
+# open loop at half the one-event peak), reads the switch's resident memory, kills it with
+# SIGKILL and times its recovery, then (if redis-server is installed) runs the Redis peer in
+# the same window. Writes every report under DIR and a summary table to DIR/summary.md.
+#
+#   bash ops/bench.sh                     # 1,000,000 cards
+#   CARDS=10000000 bash ops/bench.sh      # the memory and recovery figures
+#
+# Never run it beside a build or another benchmark: the machine has two cores.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CARDS=${CARDS:-1000000}
+DIR=${DIR:-/tmp/pinswitch-bench}
+DURATION_S=${DURATION_S:-10}
+PORT=${PORT:-7431}
+REDIS=${REDIS:-1}
+
+cargo build --release --bin pinswitch --bin pinswitch-loadgen
+SWITCH=target/release/pinswitch
+LOADGEN=target/release/pinswitch-loadgen
+ADDRESS=127.0.0.1:$PORT
+
+rm -rf "$DIR"
+mkdir -p "$DIR"
+SUMMARY=$DIR/summary.md
+
+start_switch() {
+    local log=$1
+    "$SWITCH" serve --data "$DIR/data" --listen "$ADDRESS" >"$log" 2>&1 &
+    echo $! >"$DIR/pid"
+    until grep -q "listening" "$log"; do
+        if ! kill -0 "$(cat "$DIR/pid")" 2>/dev/null; then
+            echo "bench: the switch did not start:" >&2
+            cat "$log" >&2
+            exit 1
+        fi
+        sleep 0.05
+    done
+}
+
+# One field of a loadgen JSON report.
+field() {
+    python3 -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$1" "$2"
+}
+
+run() {
+    local name=$1
+    shift
+    "$LOADGEN" run --connect "$ADDRESS" --cards-file "$DIR/cards.bin" --workload sale \
+        --duration "$DURATION_S" --report "$DIR/$name.json" --svg "$DIR/$name.svg" "$@" \
+        >"$DIR/$name.txt" 2>&1
+    printf '| %s | `%s` | %.0f | %s | %s | %s |\n' "$name" "$*" "$(field "$DIR/$name.json" ops_per_s)" \
+        "$(field "$DIR/$name.json" p50_us)" "$(field "$DIR/$name.json" p99_us)" \
+        "$(field "$DIR/$name.json" errors_by_code)" >>"$SUMMARY"
+}
+
+start_switch "$DIR/server.log"
+{
+    echo "# Pinswitch bench, $(date -u +%Y-%m-%dT%H:%MZ), $CARDS cards, $(nproc) cores, $(git rev-parse --short HEAD)"
+    echo
+    echo '```'
+} >"$SUMMARY"
+"$LOADGEN" prepare --connect "$ADDRESS" --cards "$CARDS" --face-value 100000 --load-won 400000 \
+    --cards-file "$DIR/cards.bin" 2>&1 | tee -a "$SUMMARY"
+{
+    echo '```'
+    echo
+    echo "| run | loadgen settings | ops/s | p50 µs | p99 µs | errors |"
+    echo "|---|---|---|---|---|---|"
+} >>"$SUMMARY"
+
+run batched --connections 2 --in-flight 4 --batch 8000 --seed 19
+run single_50x1 --connections 50 --in-flight 1 --batch 1 --seed 20
+run single_50x16 --connections 50 --in-flight 16 --batch 1 --seed 21
+run single_1x1 --connections 1 --in-flight 1 --batch 1 --seed 22
+HALF_RATE=$(python3 -c "import json; print(int(json.load(open('$DIR/single_50x1.json'))['ops_per_s'] / 2))")
+run half_peak_open_loop --connections 50 --in-flight 4 --batch 1 --rate "$HALF_RATE" --seed 23
+
+PID=$(cat "$DIR/pid")
+RSS_KB=$(awk '/VmRSS/ {print $2}' "/proc/$PID/status")
+HWM_KB=$(awk '/VmHWM/ {print $2}' "/proc/$PID/status")
+{
+    echo
+    echo "resident memory: $((RSS_KB / 1024)) MiB = $((RSS_KB * 1024 / CARDS)) bytes per card (peak $((HWM_KB / 1024)) MiB)"
+} >>"$SUMMARY"
+
+kill -9 "$PID"
+sleep 1
+STARTED_NS=$(date +%s%N)
+start_switch "$DIR/server-recovery.log"
+RECOVERY_MS=$(( ($(date +%s%N) - STARTED_NS) / 1000000 ))
+{
+    echo "recovery after SIGKILL: $RECOVERY_MS ms (process start to listening)"
+    grep "recovered" "$DIR/server-recovery.log"
+} >>"$SUMMARY"
+kill "$(cat "$DIR/pid")"
+wait 2>/dev/null || true
+
+if [ "$REDIS" = 1 ] && command -v redis-server >/dev/null && [ -f ../shared/peers/redis/run_redis.sh ]; then
+    echo >>"$SUMMARY"
+    echo "Redis peer, same window (appendfsync always, 50 connections, pipeline 1 and 16):" >>"$SUMMARY"
+    bash ../shared/peers/redis/run_redis.sh always 1000000 1 16 2>&1 | tee "$DIR/redis.txt" | tail -20 >>"$SUMMARY"
+fi
+cat "$SUMMARY"
