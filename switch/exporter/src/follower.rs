@@ -114,6 +114,9 @@ impl Follower {
             return Err(format!("shadow of shard {} stored for shard {}", shadow.shard_id(), image.shard_id));
         }
         let hold_expiries = image.holds.iter().map(|(id, hold)| (hold.expires_at_ms, *id)).collect();
+        if image.holds.values().any(|hold| hold.captured_won > hold.amount_won) {
+            return Err("a tracked hold captured more than its amount".into());
+        }
         let tracked_held_won = image.holds.values().map(|hold| u128::from(hold.amount_won - hold.captured_won)).sum();
         if tracked_held_won != shadow.totals().held_won {
             return Err("tracked holds disagree with the shadow's".into());
