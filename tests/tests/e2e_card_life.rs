@@ -334,12 +334,18 @@ fn operator_sells_blocks_unblocks_and_refunds_a_card() {
 }
 
 /// The product mix from the configuration: a 5,000-won card that may pay only for internet
-/// payments is refused a telephone call with CATEGORY_NOT_ALLOWED, over the wire.
+/// payments is refused a telephone call with CATEGORY_NOT_ALLOWED, over the wire; and each
+/// product earns points at its own configured rate (none for the 5,000-won card, 5 % for the
+/// 10,000-won card).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_configured_product_mix_limits_categories() {
     let dir = fresh_dir("product-mix");
     let config = dir.with_extension("toml");
-    std::fs::write(&config, "[engine]\nproduct_category_masks = [1, 63, 63, 63, 63, 63]\n").expect("config");
+    std::fs::write(
+        &config,
+        "[engine]\nproduct_category_masks = [1, 63, 63, 63, 63, 63]\nproduct_points_per_mille = [0, 50, 10, 10, 10, 10]\n",
+    )
+    .expect("config");
     let mut switch = Switch::start(Path::new(BIN), &dir, &["--config", config.to_str().expect("utf-8")]);
     let client = Client::connect(&switch.address).await.expect("connect");
     let small = issue(&client, 5_000).await;
@@ -351,6 +357,15 @@ async fn the_configured_product_mix_limits_categories() {
     assert_eq!(code(&activate(&client, large).await), ResultCode::Approved);
     let call = Sale { category: Category::TelephoneCall as u8, ..sale(large, 100) };
     assert_eq!(code(&one(client.sale(&[call]).await).await), ResultCode::Approved);
+    for pin in [small, large] {
+        let register = CardRegister { op_id: new_op_id(), pin, holder_ref: 8, verified_name: false };
+        assert_eq!(code(&one(client.card_register(&[register]).await).await), ResultCode::Approved);
+        assert_eq!(code(&one(client.sale(&[sale(pin, 1_000)]).await).await), ResultCode::Approved);
+    }
+    let small_points = one(client.balance_inquiry(&[BalanceInquiry { pin: small }]).await).await.points;
+    assert_eq!(small_points, 0, "the 5,000-won product earns no points");
+    let large_points = one(client.balance_inquiry(&[BalanceInquiry { pin: large }]).await).await.points;
+    assert_eq!(large_points, 50, "the 10,000-won product earns 50 per 1,000 won");
     switch.stop();
 }
 

@@ -47,6 +47,9 @@ pub struct EngineConfig {
     /// Loyalty points per 1,000 won paid by a registered card (10: 1 %). A REFUND or REVERSE
     /// takes back the points of the money it credits (rounded down, never below zero).
     pub points_per_mille: u16,
+    /// The product's own points rate: for each entry of `face_values_won`, points per 1,000 won
+    /// (0 = the product earns none). Empty: every product earns `points_per_mille`.
+    pub product_points_per_mille: Vec<u16>,
     /// Promotional products: each recharge of a card of one of these face values extends its
     /// validity by `promotional_extension_days`.
     pub promotional_face_values_won: Vec<u64>,
@@ -77,6 +80,7 @@ impl EngineConfig {
             refund_used_percent_small: 80,
             small_face_value_max_won: 10_000,
             points_per_mille: 10,
+            product_points_per_mille: Vec::new(),
             promotional_face_values_won: Vec::new(),
             promotional_extension_days: 365,
         }
@@ -99,6 +103,8 @@ impl EngineConfig {
             // cards pay for internet payment and telephone calls only, 30,000-won cards for
             // everything but internet payment.
             product_category_masks: vec![0b00_0011, 0b11_1111, 0b11_1111, 0b11_1110, 0b11_1111, 0b11_1111],
+            // Per-product points: the 5,000-won card earns none, the 100,000-won card 3 %.
+            product_points_per_mille: vec![0, 10, 10, 10, 20, 30],
             ..EngineConfig::production()
         }
     }
@@ -111,6 +117,15 @@ impl EngineConfig {
             }
             // No mix configured, or a product since removed from the catalogue: unrestricted.
             _ => true,
+        }
+    }
+
+    /// Points per 1,000 won paid by a card of this face value.
+    pub fn points_per_mille_of(&self, face_value_won: u64) -> u16 {
+        match self.face_values_won.iter().position(|face| *face == face_value_won) {
+            Some(index) if !self.product_points_per_mille.is_empty() => self.product_points_per_mille[index],
+            // No per-product rates, or a product since removed from the catalogue: the default.
+            _ => self.points_per_mille,
         }
     }
 
@@ -127,6 +142,12 @@ impl EngineConfig {
         }
         if self.product_category_masks.iter().any(|mask| *mask == 0 || *mask > 0b11_1111) {
             return Err("each product category mask must allow some of categories 1..=6 and no others".into());
+        }
+        if !self.product_points_per_mille.is_empty() && self.product_points_per_mille.len() != self.face_values_won.len() {
+            return Err("product_points_per_mille must be empty or have one rate per face value".into());
+        }
+        if self.points_per_mille > 1000 || self.product_points_per_mille.iter().any(|rate| *rate > 1000) {
+            return Err("points rates are per mille (0..=1000)".into());
         }
         if self.balance_cap_named_won < self.balance_cap_won {
             return Err("balance_cap_named_won must be at least balance_cap_won".into());

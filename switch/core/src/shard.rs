@@ -598,14 +598,16 @@ impl Shard {
     }
 
     /// The end of a validity period that starts now, in seconds since the epoch.
-    /// Points earned by paying `amount_won` (rounded down).
-    fn points_of(&self, amount_won: u64) -> u32 {
-        u32::try_from(u128::from(amount_won) * u128::from(self.config.points_per_mille) / 1000).unwrap_or(u32::MAX)
+    /// Points earned by paying `amount_won` with a card of this product (rounded down).
+    fn points_of(&self, face_value_won: u64, amount_won: u64) -> u32 {
+        let rate = self.config.points_per_mille_of(face_value_won);
+        u32::try_from(u128::from(amount_won) * u128::from(rate) / 1000).unwrap_or(u32::MAX)
     }
 
-    /// A payment of a registered card earns points.
+    /// A payment of a registered card earns points at its product's rate.
     fn earn_points(&mut self, pin_hash: PinHash, amount_won: u64) {
-        let points = self.points_of(amount_won);
+        let face_value_won = self.cards.get(&pin_hash).expect("a paying card exists").face_value_won;
+        let points = self.points_of(face_value_won, amount_won);
         let card = self.cards.get_mut(&pin_hash).expect("a paying card exists");
         if card.flags & CARD_FLAG_REGISTERED != 0 {
             card.points = card.points.saturating_add(points);
@@ -614,7 +616,8 @@ impl Shard {
 
     /// Money credited back takes its points back with it (never below zero).
     fn return_points(&mut self, pin_hash: PinHash, amount_won: u64) {
-        let points = self.points_of(amount_won);
+        let face_value_won = self.cards.get(&pin_hash).expect("a credited card exists").face_value_won;
+        let points = self.points_of(face_value_won, amount_won);
         let card = self.cards.get_mut(&pin_hash).expect("a credited card exists");
         card.points = card.points.saturating_sub(points);
     }

@@ -594,10 +594,16 @@ impl Reference {
         }
     }
 
-    /// Payments of registered cards earn `points_per_mille` per 1,000 won (rounded down); money
-    /// credited back takes its points back (never below zero).
+    /// Payments of registered cards earn their product's rate per 1,000 won (rounded down; the
+    /// default rate for products without one); money credited back takes its points back
+    /// (never below zero).
     fn points(&mut self, pin: PinHash, amount: u64, earn: bool) {
-        let points = u32::try_from(u128::from(amount) * u128::from(self.cfg.points_per_mille) / 1000).unwrap_or(u32::MAX);
+        let face = self.card(pin).unwrap().face;
+        let rate = match self.cfg.face_values_won.iter().position(|f| *f == face) {
+            Some(index) if !self.cfg.product_points_per_mille.is_empty() => self.cfg.product_points_per_mille[index],
+            _ => self.cfg.points_per_mille,
+        };
+        let points = u32::try_from(u128::from(amount) * u128::from(rate) / 1000).unwrap_or(u32::MAX);
         let card = self.card_mut(pin).unwrap();
         if earn {
             if card.registered {

@@ -161,16 +161,22 @@ fn registered_cards_earn_points_and_credits_take_them_back() {
     s.expect(sale(CARD, PASSWORD, 10_000), ResultCode::Approved);
     assert_eq!(points(&s), 0, "an unregistered card earns nothing");
     s.expect(Body::Register { pin_hash: CARD, holder_ref: 5, verified_name: false }, ResultCode::Approved);
+    // test_min gives the 100,000-won product 30 points per 1,000 won (3 %).
     let (paid, _) = s.expect(sale(CARD, PASSWORD, 20_000), ResultCode::Approved);
-    assert_eq!(points(&s), 200, "10 points per 1,000 won");
+    assert_eq!(points(&s), 600, "the product's 30 points per 1,000 won");
     let (hold, _) = s.expect(authorize(CARD, 5_000, 0), ResultCode::Approved);
-    assert_eq!(points(&s), 200, "a hold earns nothing until captured");
+    assert_eq!(points(&s), 600, "a hold earns nothing until captured");
     s.expect(capture(hold, 3_050, true), ResultCode::Approved);
-    assert_eq!(points(&s), 230, "rounded down");
+    assert_eq!(points(&s), 691, "rounded down");
     s.expect(Body::Refund { pin_hash: CARD, original_op_id: paid, amount_won: 5_000 }, ResultCode::Approved);
-    assert_eq!(points(&s), 180);
+    assert_eq!(points(&s), 541);
     s.expect(Body::Reverse { pin_hash: CARD, original_op_id: paid }, ResultCode::Approved);
-    assert_eq!(points(&s), 30, "the reversal credits the other 15,000 won and takes their points");
+    assert_eq!(points(&s), 91, "the reversal credits the other 15,000 won and takes their points");
+    // The 5,000-won product earns no points at all, registered or not.
+    s.active_card(OTHER, 5_000);
+    s.expect(Body::Register { pin_hash: OTHER, holder_ref: 6, verified_name: false }, ResultCode::Approved);
+    s.expect(sale(OTHER, PASSWORD, 4_000), ResultCode::Approved);
+    assert_eq!(s.shard.card(s.now_ms, OTHER).unwrap().points, 0);
 }
 
 #[test]

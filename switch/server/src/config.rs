@@ -80,6 +80,7 @@ pub struct EngineSection {
     pub refund_used_percent_small: u8,
     pub small_face_value_max_won: u64,
     pub points_per_mille: u16,
+    pub product_points_per_mille: Vec<u16>,
     pub promotional_face_values_won: Vec<u64>,
     pub promotional_extension_days: u32,
 }
@@ -135,6 +136,7 @@ impl Default for EngineSection {
             refund_used_percent_small: engine.refund_used_percent_small,
             small_face_value_max_won: engine.small_face_value_max_won,
             points_per_mille: engine.points_per_mille,
+            product_points_per_mille: engine.product_points_per_mille.clone(),
             promotional_face_values_won: engine.promotional_face_values_won.clone(),
             promotional_extension_days: engine.promotional_extension_days,
         }
@@ -188,6 +190,7 @@ impl Config {
             refund_used_percent_small: engine.refund_used_percent_small,
             small_face_value_max_won: engine.small_face_value_max_won,
             points_per_mille: engine.points_per_mille,
+            product_points_per_mille: engine.product_points_per_mille.clone(),
             promotional_face_values_won: engine.promotional_face_values_won.clone(),
             promotional_extension_days: engine.promotional_extension_days,
         }
