@@ -16,6 +16,8 @@ pub struct Switch {
     child: Option<Child>,
     pub address: String,
     pub data_dir: PathBuf,
+    /// Standard-output lines after the "listening on" one.
+    output: mpsc::Receiver<String>,
 }
 
 impl Switch {
@@ -33,6 +35,7 @@ impl Switch {
         let mut child = command.spawn().expect("spawning pinswitch");
         let stdout = child.stdout.take().expect("piped stdout");
         let (lines, address) = mpsc::channel();
+        let (later_lines, output) = mpsc::channel();
         std::thread::spawn(move || {
             let mut announced = false;
             for line in BufReader::new(stdout).lines() {
@@ -43,11 +46,31 @@ impl Switch {
                         let _ = lines.send(address);
                         announced = true;
                     }
+                } else {
+                    let _ = later_lines.send(line);
                 }
             }
         });
         let address = address.recv_timeout(START_TIMEOUT).expect("pinswitch did not start listening");
-        Switch { child: Some(child), address, data_dir: data_dir.to_path_buf() }
+        Switch { child: Some(child), address, data_dir: data_dir.to_path_buf(), output }
+    }
+
+    /// Sends a signal by name (e.g. "HUP") to the switch.
+    pub fn signal(&self, name: &str) {
+        let child = self.child.as_ref().expect("the switch is running");
+        let status = Command::new("kill").args([&format!("-{name}"), &child.id().to_string()]).status().expect("sending a signal");
+        assert!(status.success());
+    }
+
+    /// Waits for the next standard-output line containing `needle` (earlier ones are skipped)
+    /// and returns it.
+    pub fn wait_for_line(&self, needle: &str) -> String {
+        loop {
+            let line = self.output.recv_timeout(START_TIMEOUT).unwrap_or_else(|_| panic!("no line with {needle:?}"));
+            if line.contains(needle) {
+                return line;
+            }
+        }
     }
 
     /// SIGKILL: no chance to flush anything, exactly like a crash.

@@ -16,6 +16,9 @@ pub struct Config {
     pub limits: Limits,
     pub journal: JournalSection,
     pub engine: EngineSection,
+    /// The file this was read from (SIGHUP re-reads it); not a key of the file.
+    #[serde(skip)]
+    pub source: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -31,7 +34,7 @@ pub struct ServerSection {
 
 /// Limits of the front end and the shard queues. Hitting one gives a result code, never an
 /// unbounded queue.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Largest frame body accepted; larger frames get FRAME_TOO_LARGE and the connection closes.
@@ -150,6 +153,7 @@ impl Default for Config {
             limits: Limits::default(),
             journal: JournalSection::default(),
             engine: EngineSection::default(),
+            source: None,
         }
     }
 }
@@ -162,7 +166,10 @@ impl Config {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("reading config {}", path.display()))?;
-                toml::from_str(&text).with_context(|| format!("parsing config {}", path.display()))?
+                let mut config: Config =
+                    toml::from_str(&text).with_context(|| format!("parsing config {}", path.display()))?;
+                config.source = Some(path.to_path_buf());
+                config
             }
         };
         config.validate()?;

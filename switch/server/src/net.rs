@@ -35,7 +35,8 @@ pub struct Context {
     pub shard_count: u16,
     pub keys: Keys,
     pub limits: Limits,
-    pub hello: HelloReply,
+    /// The HELLO answer; its rule fields change when SIGHUP reloads the engine rules.
+    pub hello: std::sync::RwLock<HelloReply>,
 }
 
 /// Accepts connections until the listener fails; each runs on its own task.
@@ -284,7 +285,7 @@ fn plan(context: &Context, msg_type: MsgType, body: &[u8], deadline_at_ms: u64) 
     match msg_type {
         MsgType::Hello => {
             let _hello: protocol::Hello = decode_body(body).map_err(|_| ResultCode::FormatError)?;
-            let mut reply = context.hello.clone();
+            let mut reply = context.hello.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
             reply.server_time_ms = wall_clock_ms();
             Ok(Planned::Ready(encode_body(&reply)))
         }

@@ -97,7 +97,15 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         idempotency_window_s: engine.idempotency_window_ms / 1000,
         server_time_ms: 0,
     };
-    let context = Arc::new(Context { shards, shard_count, keys, limits: config.limits.clone(), hello });
+    let context = Arc::new(Context {
+        shards,
+        shard_count,
+        keys,
+        limits: config.limits.clone(),
+        hello: std::sync::RwLock::new(hello),
+    });
+    let reload_context = context.clone();
+    let source = config.source.clone();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("pinswitch-net")
@@ -112,14 +120,80 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         std::io::stdout().flush().context("writing to stdout")?;
         let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .context("installing the SIGTERM handler")?;
+        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("installing the SIGHUP handler")?;
+        let reloads = async move {
+            let mut engine = engine;
+            while hangup.recv().await.is_some() {
+                match reload(&reload_context, source.as_deref(), &engine).await {
+                    Ok(Some(reloaded)) => {
+                        engine = reloaded;
+                        println!("pinswitch: reloaded the engine rules on {} shards", reload_context.shard_count);
+                    }
+                    Ok(None) => println!("pinswitch: reload: the engine rules are unchanged"),
+                    Err(error) => println!("pinswitch: reload refused: {error:#}"),
+                }
+                let _ = std::io::stdout().flush();
+            }
+        };
         tokio::select! {
             result = net::serve(listener, context) => result.context("accepting connections"),
             _ = tokio::signal::ctrl_c() => Ok(()),
             _ = terminate.recv() => Ok(()),
+            _ = reloads => Ok(()),
         }
     })?;
     println!("pinswitch: stopped");
     Ok(())
+}
+
+/// SIGHUP: re-reads the configuration file and, when its `[engine]` rules (the catalogue,
+/// caps, points, validity, ...) differ from those in force, hands every shard a journaled
+/// CONFIGURE command through its ordinary queue, so the new rules apply from that point of each
+/// shard's journal on, replay included, without a restart. The other sections (addresses,
+/// limits, journal geometry) size things that exist already and still need a restart; a
+/// changed one is reported, not applied. Returns the new rules, or `None` when unchanged.
+async fn reload(
+    context: &Context,
+    source: Option<&Path>,
+    current: &pinswitch_core::EngineConfig,
+) -> anyhow::Result<Option<pinswitch_core::EngineConfig>> {
+    use pinswitch_core::{Body, Command};
+    use pinswitch_protocol::ResultCode;
+    use crate::shard_loop::{ShardBatch, ShardItem, ShardOutput};
+
+    let Some(path) = source else { bail!("the switch was started without --config: there is no file to re-read") };
+    let config = Config::load(Some(path))?;
+    if config.limits != context.limits {
+        eprintln!("pinswitch: reload: [limits] changed in {}; they apply at the next restart", path.display());
+    }
+    let engine = config.engine();
+    if &engine == current {
+        return Ok(None);
+    }
+    for (shard_id, shard) in context.shards.iter().enumerate() {
+        let command = Command { op_id: 0, deadline_at_ms: 0, body: Body::Configure(Box::new(engine.clone())) };
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let mut batch = ShardBatch { items: vec![ShardItem::Command(command)], reply };
+        // A full queue is momentary: wait for room rather than drop an operator's change.
+        let mut attempts = 0u32;
+        while let Err(returned) = shard.try_submit(batch) {
+            attempts += 1;
+            if attempts > 1000 {
+                bail!("shard {shard_id} stayed busy; the rules changed on shards before it only");
+            }
+            batch = returned;
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        match answer.await.context("the shard stopped")?.pop() {
+            Some(ShardOutput::Applied(applied)) if applied.reply.code == ResultCode::Approved.as_u16() => {}
+            other => bail!("shard {shard_id} refused the rules ({other:?}); the rules changed on shards before it only"),
+        }
+    }
+    let mut hello = context.hello.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+    hello.hold_ttl_max_s = engine.hold_ttl_max_s;
+    hello.idempotency_window_s = engine.idempotency_window_ms / 1000;
+    Ok(Some(engine))
 }
 
 fn check_layout(data_dir: &Path, shard_count: u16) -> anyhow::Result<()> {

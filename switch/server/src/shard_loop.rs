@@ -124,8 +124,13 @@ pub fn recover(settings: &ShardSettings) -> anyhow::Result<(Shard, Journal, Reco
             })?;
             (engine, snapshot.seq)
         }
+        // No snapshot: replay starts from the fixed baseline rules, never from today's file.
+        // The rules a shard first ran under are journaled as a CONFIGURE (below) whenever they
+        // differ from the baseline, so a restart under an edited file replays every command
+        // under the rules it first ran with (found by the SIGHUP reload test: starting from the
+        // file's rules made the replay of a fresh directory diverge).
         None => (
-            Shard::with_hash_key(settings.shard_id, settings.shard_count, settings.engine.clone(), settings.hash_key),
+            Shard::with_hash_key(settings.shard_id, settings.shard_count, EngineConfig::production(), settings.hash_key),
             0,
         ),
     };
