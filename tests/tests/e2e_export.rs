@@ -418,7 +418,10 @@ async fn deposit_notices_sell_paid_orders_once() {
     let dir = fresh_dir("export-deposits");
     let data = dir.join("data");
     let state = dir.join("state");
-    let mut switch = Switch::start(Path::new(BIN), &data, &[]);
+    // Rules other than the baseline: the switch journals them, the exporter needs no --config.
+    let config = dir.join("switch.toml");
+    std::fs::write(&config, "[engine]\nhold_ttl_default_s = 120\nrefund_used_percent = 50\n").expect("config");
+    let mut switch = Switch::start(Path::new(BIN), &data, &["--config", config.to_str().expect("utf-8")]);
     let orders = dir.join("orders.csv");
     std::fs::write(&orders, "order_ref,face_value_won,price_won,channel_id,gift_recipient_ref\nORD-1,10000,10000,9,0\nORD-2,20000,20000,9,55\nORD-3,5000,5000,9,0\n").expect("orders");
     let entry = |amount: u64, entry_ref: &str, refs: &str| {

@@ -19,10 +19,9 @@ pub enum ExportError {
     #[error("shard {shard} record {seq} does not decode: {reason}")]
     Decode { shard: u16, seq: u64, reason: String },
 
-    /// The shadow engine answered differently from the switch: the exporter was given other
-    /// engine rules than the switch started with (`--config`), or the journal is not this
-    /// switch's.
-    #[error("shard {shard} record {seq}: replay diverged: journaled {journaled}, shadow {shadow} (give the exporter the switch's --config)")]
+    /// The shadow engine answered differently from the switch: the shadow started under other
+    /// rules than the journal (see `Options::engine`), or the engine's code changed its answers.
+    #[error("shard {shard} record {seq}: replay diverged: journaled {journaled}, shadow {shadow}")]
     Diverged { shard: u16, seq: u64, journaled: String, shadow: String },
 
     /// The postings derived from a record disagree with the engine's own money totals: a bug in

@@ -51,7 +51,10 @@ pub struct Options {
     pub data_dir: PathBuf,
     /// The exporter's own directory (state and period files).
     pub state_dir: PathBuf,
-    /// The engine rules the switch started its journals with (its `--config`).
+    /// The rules the journals start under: the switch's fixed baseline,
+    /// `EngineConfig::production()` (the switch journals a CONFIGURE whenever its rules differ,
+    /// at start-up and on reload). Journals written before the switch did so started under the
+    /// rules of its first `--config`.
     pub engine: EngineConfig,
     pub config: ExportConfig,
 }

@@ -90,8 +90,8 @@ pub struct Effects {
 }
 
 impl Follower {
-    /// A follower of a shard that starts from an empty journal under `config` (the rules the
-    /// switch started with; later changes come through journaled `Configure` records).
+    /// A follower of a shard that starts from an empty journal under `config` (the switch's
+    /// baseline rules; every change comes through a journaled `Configure` record).
     pub fn new(shard_id: u16, shard_count: u16, config: EngineConfig) -> Follower {
         Follower {
             shard_id,

@@ -60,7 +60,8 @@ struct ExportPlaces {
     /// The exporter's state and output directory (default: DATA/export).
     #[arg(long, global = true)]
     state: Option<PathBuf>,
-    /// The switch's configuration file: its engine rules are what the journals started with.
+    /// The switch's configuration file (only for its data directory: journals start under the
+    /// switch's fixed baseline rules, and every change of rules is journaled).
     #[arg(long, global = true)]
     config: Option<PathBuf>,
     /// The exporter's configuration file (cut-off, commission rates, payout accounts).
@@ -278,7 +279,7 @@ fn export(places: ExportPlaces, command: ExportCommand) -> anyhow::Result<ExitCo
     let data_dir = places.data.unwrap_or(config.server.data_dir.clone());
     let state_dir = places.state.unwrap_or_else(|| data_dir.join("export"));
     let export_config = ExportConfig::load(places.export_config.as_deref())?;
-    let mut exporter = Exporter::open(Options { data_dir, state_dir, engine: config.engine(), config: export_config })?;
+    let mut exporter = Exporter::open(Options { data_dir, state_dir, engine: pinswitch_core::EngineConfig::production(), config: export_config })?;
     match command {
         ExportCommand::Run { max_records } => {
             let report = exporter.run(max_records, crate::shard_loop::wall_clock_ms())?;
