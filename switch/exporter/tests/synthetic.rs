@@ -316,7 +316,7 @@ fn wrong_rules_and_damaged_state_are_errors() {
     let (root, data, _) = journals();
     let state = root.path().join("state");
     let production = Options { engine: EngineConfig::production(), ..options(&data, &state) };
-    let error = Exporter::open(production.clone()).unwrap().run(None, 0).err().expect("diverges");
+    let error = Exporter::open(production.clone()).unwrap().run(None, 0).expect_err("diverges");
     // Under production rules the first hold gets another default lifetime (15 minutes, not 60 s).
     assert!(matches!(error, pinswitch_exporter::ExportError::Diverged { shard: 0, seq: 13, .. }), "{error}");
     assert!(!state.join("state.bin").exists(), "nothing of a failed run is kept");
