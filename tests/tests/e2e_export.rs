@@ -6,8 +6,9 @@
 //! live journals before and after. Every statement, channel and payout total is checked against
 //! sums worked out here from the replies, the pain.001 files against their structure, the trial
 //! balance and the safeguarding reconciliation through `export status`; a second exporter that
-//! stops after every 7 records and is started again (a new process each time) must write
-//! byte-identical files, and so must a re-run of the period. Expiry cannot be reached over the
+//! stops after every 7 records and is started again (a new process each time), and a third one
+//! killed with SIGKILL once it has checkpointed and then resumed, must write byte-identical files,
+//! and so must a re-run of the period. Expiry cannot be reached over the
 //! protocol (validity is days of the server's wall clock); the exporter's own tests cover it with
 //! journals written at chosen times. A second test sells paid orders from a camt.054 deposit
 //! notice through the protocol, once.
@@ -388,6 +389,24 @@ async fn a_day_of_traffic_settles_exactly_and_resumes_byte_identically() {
     let second = render_all(&resumed, &data, &dir.join("out-resumed"), &resumed_closed);
     let first_files = all_files(&first);
     assert_eq!(first_files, all_files(&second), "resumed exporter wrote other bytes");
+    // A third one killed with SIGKILL once it has checkpointed (every 5 records), then resumed.
+    let killed = dir.join("state-killed");
+    let export_config = dir.join("export.toml");
+    std::fs::write(&export_config, "checkpoint_every_records = 5\n").expect("export config");
+    let mut child = Command::new(BIN)
+        .args(["export", "run", "--export-config", export_config.to_str().unwrap(), "--data", data.to_str().unwrap(), "--state", killed.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("spawning the exporter");
+    while !killed.join("state.bin").exists() && child.try_wait().expect("polling").is_none() {
+        std::thread::yield_now();
+    }
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reaping");
+    let config_arg = ["--export-config", export_config.to_str().unwrap()];
+    let output = export(&killed, &data, &[&["run"][..], &config_arg[..]].concat());
+    let resumed_after_kill = render_all(&killed, &data, &dir.join("out-killed"), &closed_periods(&output));
+    assert_eq!(first_files, all_files(&resumed_after_kill), "the exporter resumed after SIGKILL wrote other bytes");
     // And a re-run of the period by the first exporter.
     let again = render_all(&state, &data, &dir.join("out-again"), &closed);
     assert_eq!(first_files, all_files(&again), "a re-run wrote other bytes");
