@@ -2,8 +2,9 @@
 //! the status and reconciliation reports.
 //!
 //! State (`<state>/state.bin`) holds, per shard, the cursor (last journal seq applied), the shadow
-//! engine and the follower's maps, plus the open periods, the ledger through the last closed
-//! period and the merchants' carried balances. It is written whole to a temporary file, fsynced
+//! engine and the follower's maps, plus the open periods' totals and the lengths of their fact
+//! files (`factlog.rs`), the ledger through the last closed period and the merchants' carried
+//! balances. It is written whole to a temporary file, fsynced
 //! and renamed, then the directory is fsynced, so a crash leaves either the old or the new state:
 //! records after the saved cursor are applied again, and their effects were not saved, so nothing
 //! is lost or counted twice. A closed period's files are written (each atomically) before the
@@ -22,7 +23,8 @@ use rkyv::{Archive, Deserialize, Serialize};
 use crate::calendar::{self, Day};
 use crate::config::ExportConfig;
 use crate::error::{ExportError, Result};
-use crate::facts::PeriodFacts;
+use crate::facts::{Fact, PeriodFacts};
+use crate::factlog::{FactLog, RecordFacts};
 use crate::follower::{Effects, Follower, FollowerImage};
 use crate::ledger::{Account, Ledger};
 use crate::render::{self, ClosedPeriod};
@@ -38,7 +40,10 @@ const BUDGET_STOP: &str = "record budget reached";
 struct StateImage {
     shard_count: u16,
     followers: Vec<FollowerImage>,
+    /// Open periods' totals and movements (their detail lines are in the fact log).
     open: BTreeMap<Day, PeriodFacts>,
+    /// (period, shard, bytes) of every open period's fact file.
+    fact_lengths: Vec<(Day, u16, u64)>,
     last_closed: Option<Day>,
     closed_ledger: Ledger,
     merchant_carry: BTreeMap<u64, i128>,
@@ -62,7 +67,9 @@ pub struct Options {
 pub struct Exporter {
     options: Options,
     followers: Vec<Follower>,
+    /// Open periods' totals and movements; their detail lines are in `log`.
     open: BTreeMap<Day, PeriodFacts>,
+    log: FactLog,
     last_closed: Option<Day>,
     closed_ledger: Ledger,
     merchant_carry: BTreeMap<u64, i128>,
@@ -148,7 +155,8 @@ impl Exporter {
         };
         let Some(image) = image else {
             let followers = (0..shard_count).map(|shard| Follower::new(shard, shard_count, options.engine.clone())).collect();
-            return Ok(Exporter { options, followers, open: BTreeMap::new(), last_closed: None, closed_ledger: Ledger::default(), merchant_carry: BTreeMap::new() });
+            let log = FactLog::open(&options.state_dir, &[])?;
+            return Ok(Exporter { options, followers, open: BTreeMap::new(), log, last_closed: None, closed_ledger: Ledger::default(), merchant_carry: BTreeMap::new() });
         };
         if image.shard_count != shard_count || image.followers.len() != usize::from(shard_count) {
             return Err(ExportError::State { path, reason: format!("made for {} shards, the switch has {shard_count}", image.shard_count) });
@@ -158,7 +166,8 @@ impl Exporter {
             .into_iter()
             .map(|follower| Follower::from_image(follower).map_err(|reason| ExportError::State { path: path.clone(), reason }))
             .collect::<Result<Vec<_>>>()?;
-        Ok(Exporter { options, followers, open: image.open, last_closed: image.last_closed, closed_ledger: image.closed_ledger, merchant_carry: image.merchant_carry })
+        let log = FactLog::open(&options.state_dir, &image.fact_lengths)?;
+        Ok(Exporter { options, followers, open: image.open, log, last_closed: image.last_closed, closed_ledger: image.closed_ledger, merchant_carry: image.merchant_carry })
     }
 
     /// Applies journal records from every shard's cursor to its end (at most `max_records` in
@@ -228,6 +237,10 @@ impl Exporter {
                 follower.prune();
             }
             self.checkpoint()?;
+            // The state no longer names them: their fact files can go.
+            for day in &report.closed {
+                self.log.remove(*day)?;
+            }
         }
         Ok(report)
     }
@@ -236,12 +249,13 @@ impl Exporter {
         let config = &self.options.config;
         let rate_of = |merchant_id: u64| config.commission_per_mille(merchant_id);
         let effects = self.followers[index].apply(seq, payload, &rate_of)?;
-        self.absorb(effects)
+        let shard = self.followers[index].shard_id();
+        self.absorb(shard, effects)
     }
 
     /// Files a record's effects under its period (a record later than a closed period's end,
     /// but timed inside it, goes to the first open period: closed periods never change).
-    fn absorb(&mut self, effects: Effects) -> Result<()> {
+    fn absorb(&mut self, shard: u16, effects: Effects) -> Result<()> {
         let mut day = self.options.config.cutoff().period_of(effects.time_ms);
         if let Some(last_closed) = self.last_closed {
             day = day.max(last_closed + 1);
@@ -251,10 +265,18 @@ impl Exporter {
         for posting in &effects.postings {
             period.movements.post(posting)?;
         }
+        let mut record = RecordFacts::default();
         for fact in effects.facts {
-            period.add(fact)?;
+            match fact {
+                Fact::Merchant(line) => record.merchant.push(line),
+                Fact::Payout(line) => record.payouts.push(line),
+                Fact::Breakage(line) => record.breakage.push(line),
+                Fact::ChannelSale(line) => record.channel_sales.push(line),
+                Fact::Retention(line) => record.retention.push(line),
+                summary => period.add(summary)?,
+            }
         }
-        Ok(())
+        self.log.append(day, shard, &record)
     }
 
     /// Closes open periods in date order while every shard has passed the period's end.
@@ -271,6 +293,7 @@ impl Exporter {
                 break;
             }
             let mut facts = self.open.remove(&day).unwrap_or_default();
+            self.log.read(day, self.shard_count(), &mut facts)?;
             facts.sort();
             self.closed_ledger.absorb(&facts.movements)?;
             if let Err(why) = self.closed_ledger.trial_balance().check() {
@@ -319,6 +342,7 @@ impl Exporter {
         }
         let Some(facts) = self.open.get(&day) else { return Ok(None) };
         let mut facts = facts.clone();
+        self.log.read(day, self.shard_count(), &mut facts)?;
         facts.sort();
         let mut ledger_after = self.closed_ledger.clone();
         for (_, open) in self.open.range(..=day) {
@@ -417,17 +441,24 @@ impl Exporter {
         &self.followers
     }
 
-    /// Writes the whole state atomically.
-    pub fn checkpoint(&self) -> Result<()> {
+    fn shard_count(&self) -> u16 {
+        u16::try_from(self.followers.len()).unwrap_or(u16::MAX)
+    }
+
+    /// Makes the fact files durable, then replaces the state atomically.
+    pub fn checkpoint(&mut self) -> Result<()> {
+        std::fs::create_dir_all(&self.options.state_dir).map_err(ExportError::io(&self.options.state_dir, "create state directory"))?;
+        let mut fact_lengths = self.log.sync()?;
+        fact_lengths.retain(|(day, _, _)| self.open.contains_key(day));
         let image = StateImage {
             shard_count: u16::try_from(self.followers.len()).unwrap_or(u16::MAX),
             followers: self.followers.iter().map(Follower::image).collect(),
             open: self.open.clone(),
+            fact_lengths,
             last_closed: self.last_closed,
             closed_ledger: self.closed_ledger.clone(),
             merchant_carry: self.merchant_carry.clone(),
         };
-        std::fs::create_dir_all(&self.options.state_dir).map_err(ExportError::io(&self.options.state_dir, "create state directory"))?;
         write_atomic(&self.options.state_dir.join(STATE_FILE), &encode(STATE_MAGIC, &image))
     }
 }

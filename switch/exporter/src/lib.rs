@@ -15,6 +15,7 @@ pub mod config;
 pub mod deposits;
 pub mod error;
 pub mod exporter;
+pub mod factlog;
 pub mod facts;
 pub mod follower;
 pub mod ledger;
