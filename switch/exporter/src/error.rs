@@ -41,6 +41,10 @@ pub enum ExportError {
     #[error("amount overflow: {0}")]
     Overflow(&'static str),
 
+    /// Another exporter holds the state directory.
+    #[error("another exporter is running on this state directory ({})", .0.display())]
+    Locked(PathBuf),
+
     /// `export period` was asked for a date it knows nothing about.
     #[error("no period {0}: nothing was exported for it yet")]
     NoPeriod(String),

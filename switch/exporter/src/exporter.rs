@@ -70,6 +70,8 @@ pub struct Exporter {
     /// Open periods' totals and movements; their detail lines are in `log`.
     open: BTreeMap<Day, PeriodFacts>,
     log: FactLog,
+    /// The exclusive lock of the state directory (`None` when opened read-only).
+    _lock: Option<std::fs::File>,
     last_closed: Option<Day>,
     closed_ledger: Ledger,
     merchant_carry: BTreeMap<u64, i128>,
@@ -142,11 +144,26 @@ impl std::fmt::Display for Status {
 }
 
 impl Exporter {
-    /// Opens the exporter's state, or starts fresh (cursors at 0) when there is none.
+    /// Opens the exporter's state to run (exclusively: a second one gets `Locked`), or starts
+    /// fresh (cursors at 0) when there is none.
     pub fn open(options: Options) -> Result<Exporter> {
+        Exporter::open_mode(options, true)
+    }
+
+    /// Opens the state to look at it (status, period files) while a run may be going on: takes no
+    /// lock and changes no fact file. Not for `run`.
+    pub fn open_read_only(options: Options) -> Result<Exporter> {
+        Exporter::open_mode(options, false)
+    }
+
+    fn open_mode(options: Options, writable: bool) -> Result<Exporter> {
         options.config.validate()?;
         options.engine.validate().map_err(|why| ExportError::Config(format!("engine rules: {why}")))?;
         let shard_count = read_shard_count(&options.data_dir)?;
+        let lock = if writable { Some(lock_state(&options.state_dir)?) } else { None };
+        let open_log = |lengths: &[(Day, u16, u64)]| {
+            if writable { FactLog::open(&options.state_dir, lengths) } else { FactLog::open_read_only(&options.state_dir, lengths) }
+        };
         let path = options.state_dir.join(STATE_FILE);
         let image = match std::fs::read(&path) {
             Ok(bytes) => Some(decode::<StateImage>(&path, STATE_MAGIC, &bytes)?),
@@ -155,8 +172,8 @@ impl Exporter {
         };
         let Some(image) = image else {
             let followers = (0..shard_count).map(|shard| Follower::new(shard, shard_count, options.engine.clone())).collect();
-            let log = FactLog::open(&options.state_dir, &[])?;
-            return Ok(Exporter { options, followers, open: BTreeMap::new(), log, last_closed: None, closed_ledger: Ledger::default(), merchant_carry: BTreeMap::new() });
+            let log = open_log(&[])?;
+            return Ok(Exporter { options, followers, open: BTreeMap::new(), log, _lock: lock, last_closed: None, closed_ledger: Ledger::default(), merchant_carry: BTreeMap::new() });
         };
         if image.shard_count != shard_count || image.followers.len() != usize::from(shard_count) {
             return Err(ExportError::State { path, reason: format!("made for {} shards, the switch has {shard_count}", image.shard_count) });
@@ -166,8 +183,8 @@ impl Exporter {
             .into_iter()
             .map(|follower| Follower::from_image(follower).map_err(|reason| ExportError::State { path: path.clone(), reason }))
             .collect::<Result<Vec<_>>>()?;
-        let log = FactLog::open(&options.state_dir, &image.fact_lengths)?;
-        Ok(Exporter { options, followers, open: image.open, log, last_closed: image.last_closed, closed_ledger: image.closed_ledger, merchant_carry: image.merchant_carry })
+        let log = open_log(&image.fact_lengths)?;
+        Ok(Exporter { options, followers, open: image.open, log, _lock: lock, last_closed: image.last_closed, closed_ledger: image.closed_ledger, merchant_carry: image.merchant_carry })
     }
 
     /// Applies journal records from every shard's cursor to its end (at most `max_records` in
@@ -529,6 +546,18 @@ where
         return Err(bad(format!("length {length} does not match the file")));
     }
     rkyv::from_bytes::<T, RkyvError>(&bytes[16..]).map_err(|error| bad(error.to_string()))
+}
+
+/// Takes the exclusive lock of the state directory (`exporter.lock`, held while the file is open).
+fn lock_state(state_dir: &Path) -> Result<std::fs::File> {
+    std::fs::create_dir_all(state_dir).map_err(ExportError::io(state_dir, "create state directory"))?;
+    let path = state_dir.join("exporter.lock");
+    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(ExportError::io(&path, "open lock file"))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(ExportError::Locked(path)),
+        Err(std::fs::TryLockError::Error(error)) => Err(ExportError::Io { path, action: "lock", source: error }),
+    }
 }
 
 /// The directory of one shard's journal under the switch's data directory.

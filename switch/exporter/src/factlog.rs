@@ -49,8 +49,20 @@ pub struct FactLog {
 }
 
 impl FactLog {
-    /// Opens the log under `state_dir`, cutting each file back to `lengths` and removing every
-    /// file and period directory not listed.
+    /// The log as the state describes it, for reading only: files are read up to the recorded
+    /// lengths and nothing is changed (a running exporter may be appending).
+    pub fn open_read_only(state_dir: &Path, lengths: &[(Day, u16, u64)]) -> Result<FactLog> {
+        let mut log = FactLog { dir: state_dir.join("open"), files: BTreeMap::new() };
+        for (day, shard, length_bytes) in lengths {
+            let path = log.path(*day, *shard);
+            let file = File::open(&path).map_err(ExportError::io(&path, "open fact file"))?;
+            log.files.insert((*day, *shard), LogFile { writer: BufWriter::new(file), length_bytes: *length_bytes });
+        }
+        Ok(log)
+    }
+
+    /// Opens the log under `state_dir` for appending, cutting each file back to `lengths` and
+    /// removing every file and period directory not listed.
     pub fn open(state_dir: &Path, lengths: &[(Day, u16, u64)]) -> Result<FactLog> {
         let dir = state_dir.join("open");
         std::fs::create_dir_all(&dir).map_err(ExportError::io(&dir, "create open-period directory"))?;

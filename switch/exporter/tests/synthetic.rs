@@ -323,6 +323,7 @@ fn wrong_rules_and_damaged_state_are_errors() {
     let mut exporter = Exporter::open(options(&data, &state)).unwrap();
     exporter.run(None, 0).unwrap();
     assert!(exporter.status().unwrap().reconciled());
+    drop(exporter);
     let path = state.join("state.bin");
     let mut bytes = std::fs::read(&path).unwrap();
     let middle = bytes.len() / 2;
@@ -330,4 +331,22 @@ fn wrong_rules_and_damaged_state_are_errors() {
     bytes.truncate(bytes.len() - 3);
     std::fs::write(&path, &bytes).unwrap();
     assert!(matches!(Exporter::open(options(&data, &state)), Err(pinswitch_exporter::ExportError::State { .. })));
+}
+
+/// One exporter at a time runs on a state directory; looking at it meanwhile changes nothing.
+#[test]
+fn a_second_runner_is_refused_and_readers_change_nothing() {
+    let (root, data, day1) = journals();
+    let state = root.path().join("state");
+    let mut exporter = Exporter::open(options(&data, &state)).unwrap();
+    exporter.run(Some(20), 0).unwrap();
+    assert!(matches!(Exporter::open(options(&data, &state)), Err(pinswitch_exporter::ExportError::Locked(_))));
+    let reader = Exporter::open_read_only(options(&data, &state)).unwrap();
+    let (dir, is_final) = reader.render_period(day1, Some(&root.path().join("peek"))).unwrap();
+    assert!(!is_final && dir.join("summary.txt").exists());
+    // The runner goes on undisturbed and ends where a single run ends.
+    exporter.run(None, 0).unwrap();
+    assert!(exporter.status().unwrap().reconciled());
+    drop(exporter);
+    assert!(Exporter::open(options(&data, &state)).is_ok(), "the lock goes with the runner");
 }

@@ -279,7 +279,12 @@ fn export(places: ExportPlaces, command: ExportCommand) -> anyhow::Result<ExitCo
     let data_dir = places.data.unwrap_or(config.server.data_dir.clone());
     let state_dir = places.state.unwrap_or_else(|| data_dir.join("export"));
     let export_config = ExportConfig::load(places.export_config.as_deref())?;
-    let mut exporter = Exporter::open(Options { data_dir, state_dir, engine: pinswitch_core::EngineConfig::production(), config: export_config })?;
+    let options = Options { data_dir, state_dir, engine: pinswitch_core::EngineConfig::production(), config: export_config };
+    // Runs (and deposit matching) hold the state exclusively; looking at it does not.
+    let mut exporter = match command {
+        ExportCommand::Run { .. } | ExportCommand::Deposits { .. } => Exporter::open(options)?,
+        _ => Exporter::open_read_only(options)?,
+    };
     match command {
         ExportCommand::Run { max_records } => {
             let report = exporter.run(max_records, crate::shard_loop::wall_clock_ms())?;
