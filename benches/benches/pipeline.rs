@@ -1,0 +1,148 @@
+//! End-to-end path benchmark, everything but the sockets: a SALE request frame is checked and
+//! accessed in place, each event's PIN is hashed and its password MACed (SipHash, as the
+//! server does), the engine applies it against 1,000,000 active cards, the journal record is
+//! encoded and appended, the group is made durable with one commit (msync), and the response
+//! frame of one result per event is encoded. Frames of 1 event (one group commit per event:
+//! what one connection with one request in flight pays) and of 8,000 events (the batched
+//! shape). The network and the thread hand-offs are measured by the load generator instead
+//! (ops/benchmarking.md). Run with `cargo bench -p pinswitch-benches --bench pipeline`.
+
+use std::hash::Hasher;
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use pinswitch_core::{Body, Command, EngineConfig, JournalEntry, Shard, encode_entry_into};
+use pinswitch_journal::{Journal, JournalOptions};
+use pinswitch_protocol::{
+    BatchSlice, FrameHeader, MsgType, OpResult, ResultCode, Sale, access_body, decode_frame,
+    encode_frame_body, op_id_at, pin,
+};
+use siphasher::sip::SipHasher24;
+use siphasher::sip128::{Hasher128, SipHasher24 as SipHasher128};
+
+const CARDS: u64 = 1_000_000;
+const T0_MS: u64 = 1_800_000_000_000;
+const PASSWORD: &[u8] = b"4321";
+const FRAME_BYTES_MAX: u32 = 16 << 20;
+const PIN_KEY: [u8; 16] = [7; 16];
+const PASSWORD_KEY: [u8; 16] = [9; 16];
+
+fn pin_of(index: u64) -> u64 {
+    pin::with_check_digit(100_000_000_000_000 + index)
+}
+
+fn pin_hash(pin: u64) -> u128 {
+    let mut hasher = SipHasher128::new_with_key(&PIN_KEY);
+    hasher.write_u64(pin);
+    hasher.finish128().as_u128()
+}
+
+fn password_mac(pin_hash: u128, password: &[u8]) -> u64 {
+    let mut hasher = SipHasher24::new_with_key(&PASSWORD_KEY);
+    hasher.write_u128(pin_hash);
+    hasher.write(password);
+    hasher.finish()
+}
+
+/// splitmix64: a seeded, deterministic card chooser.
+fn next(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+fn prepared_shard() -> Shard {
+    let mut shard = Shard::new(0, 1, EngineConfig::production());
+    let mut op = 0u128;
+    for index in 0..CARDS {
+        let hash = pin_hash(pin_of(index));
+        for body in [
+            Body::Issue { pin_hash: hash, face_value_won: 100_000 },
+            Body::Activate { pin_hash: hash, password_mac: password_mac(hash, PASSWORD) },
+        ] {
+            op += 1;
+            let applied = shard.apply(T0_MS, &Command { op_id: op_id_at(T0_MS, op), deadline_at_ms: 0, body });
+            assert!(applied.changed);
+        }
+    }
+    shard
+}
+
+fn pipeline(c: &mut Criterion) {
+    let mut shard = prepared_shard();
+    let dir = tempfile::tempdir_in(std::env::temp_dir()).expect("temporary directory");
+    let (_, recovery) = Journal::recover(dir.path(), JournalOptions::production()).expect("fresh journal");
+    let mut journal = recovery.into_journal().expect("journal opens");
+    let mut group = c.benchmark_group("pipeline_sale");
+    group.sample_size(10).measurement_time(Duration::from_secs(5)).warm_up_time(Duration::from_secs(1));
+    let (mut rng, mut op, mut now_ms) = (11u64, 1u128 << 40, T0_MS);
+    let (mut request, mut encoded, mut response) = (Vec::new(), Vec::new(), Vec::new());
+    let mut results: Vec<OpResult> = Vec::new();
+    for events in [1usize, 8000] {
+        group.throughput(Throughput::Elements(events as u64));
+        group.bench_function(BenchmarkId::from_parameter(events), |b| {
+            b.iter(|| {
+                // The client's frame (built outside the server's path, but cheap next to it).
+                now_ms += 1;
+                let sales: Vec<Sale> = (0..events)
+                    .map(|_| {
+                        op += 1;
+                        Sale {
+                            op_id: op_id_at(now_ms, op),
+                            pin: pin_of(next(&mut rng) % CARDS),
+                            password: PASSWORD.to_vec(),
+                            amount_won: 1,
+                            merchant_id: 9,
+                            category: 1,
+                        }
+                    })
+                    .collect();
+                request.clear();
+                encode_frame_body(&mut request, &FrameHeader::request(MsgType::Sale, 1, 0), &BatchSlice(&sales));
+
+                // The server's path.
+                let frame = decode_frame(&request, FRAME_BYTES_MAX).expect("valid").expect("whole");
+                let archived = access_body::<Vec<Sale>>(frame.body).expect("valid body");
+                results.clear();
+                for sale in archived.iter() {
+                    let hash = pin_hash(sale.pin.to_native());
+                    let body = Body::Sale {
+                        pin_hash: hash,
+                        password_mac: password_mac(hash, &sale.password),
+                        amount_won: sale.amount_won.to_native(),
+                        merchant_id: sale.merchant_id.to_native(),
+                        category: sale.category,
+                    };
+                    let command = Command { op_id: sale.op_id.to_native(), deadline_at_ms: 0, body };
+                    let applied = shard.apply(now_ms, &command);
+                    assert_eq!(applied.reply.code, ResultCode::Approved.as_u16());
+                    encode_entry_into(&JournalEntry { now_ms, command, reply: applied.reply }, &mut encoded);
+                    journal.append(&encoded).expect("append");
+                    let reply = applied.reply;
+                    results.push(OpResult {
+                        code: reply.code,
+                        flags: 0,
+                        field: reply.field,
+                        approval_code: reply.approval_code,
+                        amount_won: reply.amount_won,
+                        balance_won: reply.balance_won,
+                        available_won: reply.available_won,
+                        hold_expires_at_ms: reply.hold_expires_at_ms,
+                    });
+                }
+                journal.commit().expect("commit");
+                response.clear();
+                let header = FrameHeader::response_to(&frame.header, ResultCode::Approved);
+                encode_frame_body(&mut response, &header, &BatchSlice(&results));
+                black_box(response.len())
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, pipeline);
+criterion_main!(benches);
