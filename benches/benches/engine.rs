@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use pinswitch_core::{Body, Command, EngineConfig, JournalEntry, PinHash, Shard, encode_entry};
+use pinswitch_benches::{active_shard, next};
 use pinswitch_protocol::op_id_at;
 
 const CARDS: u64 = 1_000_000;
@@ -20,30 +21,9 @@ fn pin_hash(index: u64) -> PinHash {
     mixed ^ (mixed >> 61)
 }
 
-/// splitmix64: a seeded, deterministic card chooser.
-fn next(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
 fn prepared_shard() -> Shard {
     let config = EngineConfig { idempotency_entries_max: 4_000_000, ..EngineConfig::production() };
-    let mut shard = Shard::new(0, 1, config);
-    let mut op = 0u128;
-    for index in 0..CARDS {
-        for body in [
-            Body::Issue { pin_hash: pin_hash(index), face_value_won: 100_000 },
-            Body::Activate { pin_hash: pin_hash(index), password_mac: PASSWORD_MAC },
-        ] {
-            op += 1;
-            let applied = shard.apply(T0_MS, &Command { op_id: op_id_at(T0_MS, op), deadline_at_ms: 0, body });
-            assert!(applied.changed);
-        }
-    }
-    shard
+    active_shard(config, CARDS, T0_MS, |index| (pin_hash(index), PASSWORD_MAC))
 }
 
 fn engine(c: &mut Criterion) {

@@ -12,6 +12,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use pinswitch_benches::{active_shard, next};
 use pinswitch_core::{Body, Command, EngineConfig, JournalEntry, Shard, encode_entry_into};
 use pinswitch_journal::{Journal, JournalOptions};
 use pinswitch_protocol::{
@@ -45,30 +46,11 @@ fn password_mac(pin_hash: u128, password: &[u8]) -> u64 {
     hasher.finish()
 }
 
-/// splitmix64: a seeded, deterministic card chooser.
-fn next(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
 fn prepared_shard() -> Shard {
-    let mut shard = Shard::new(0, 1, EngineConfig::production());
-    let mut op = 0u128;
-    for index in 0..CARDS {
+    active_shard(EngineConfig::production(), CARDS, T0_MS, |index| {
         let hash = pin_hash(pin_of(index));
-        for body in [
-            Body::Issue { pin_hash: hash, face_value_won: 100_000 },
-            Body::Activate { pin_hash: hash, password_mac: password_mac(hash, PASSWORD) },
-        ] {
-            op += 1;
-            let applied = shard.apply(T0_MS, &Command { op_id: op_id_at(T0_MS, op), deadline_at_ms: 0, body });
-            assert!(applied.changed);
-        }
-    }
-    shard
+        (hash, password_mac(hash, PASSWORD))
+    })
 }
 
 fn pipeline(c: &mut Criterion) {
@@ -121,17 +103,7 @@ fn pipeline(c: &mut Criterion) {
                     assert_eq!(applied.reply.code, ResultCode::Approved.as_u16());
                     encode_entry_into(&JournalEntry { now_ms, command, reply: applied.reply }, &mut encoded);
                     journal.append(&encoded).expect("append");
-                    let reply = applied.reply;
-                    results.push(OpResult {
-                        code: reply.code,
-                        flags: 0,
-                        field: reply.field,
-                        approval_code: reply.approval_code,
-                        amount_won: reply.amount_won,
-                        balance_won: reply.balance_won,
-                        available_won: reply.available_won,
-                        hold_expires_at_ms: reply.hold_expires_at_ms,
-                    });
+                    results.push(OpResult::from(&applied.reply));
                 }
                 journal.commit().expect("commit");
                 response.clear();

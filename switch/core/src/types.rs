@@ -134,6 +134,22 @@ impl Reply {
     }
 }
 
+/// The wire result of an engine reply (the switch's answer to one event).
+impl From<&Reply> for pinswitch_protocol::OpResult {
+    fn from(reply: &Reply) -> pinswitch_protocol::OpResult {
+        pinswitch_protocol::OpResult {
+            code: reply.code,
+            flags: if reply.replayed { pinswitch_protocol::FLAG_REPLAYED } else { 0 },
+            field: reply.field,
+            approval_code: reply.approval_code,
+            amount_won: reply.amount_won,
+            balance_won: reply.balance_won,
+            available_won: reply.available_won,
+            hold_expires_at_ms: reply.hold_expires_at_ms,
+        }
+    }
+}
+
 /// What `Shard::apply` returns: the reply, and whether the state changed (the server journals
 /// the command exactly when it did; recovery replays exactly those commands).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -573,16 +573,7 @@ async fn finish_issue(
 }
 
 fn op_result(reply: &Reply) -> OpResult {
-    OpResult {
-        code: reply.code,
-        flags: if reply.replayed { FLAG_REPLAYED } else { 0 },
-        field: reply.field,
-        approval_code: reply.approval_code,
-        amount_won: reply.amount_won,
-        balance_won: reply.balance_won,
-        available_won: reply.available_won,
-        hold_expires_at_ms: reply.hold_expires_at_ms,
-    }
+    OpResult::from(reply)
 }
 
 fn op_code(code: ResultCode) -> OpResult {
