@@ -473,3 +473,34 @@ fn deliver(shared: &Shared, header: FrameHeader, body: &[u8]) {
         let _ = waiter.send(Ok((header, body.to_vec())));
     }
 }
+
+impl Client {
+    /// STATEMENT (`STATEMENT_MSG_TYPE`, 32): card usage statements, answered by the settlement
+    /// exporter's listener (`pinswitch export serve`), not by the switch. One result per query.
+    pub async fn statement(&self, queries: &[StatementQuery]) -> Result<Vec<StatementResult>, ClientError> {
+        // `MsgType` lists the switch's messages; the header is rebuilt with the exporter's number
+        // (the type passed here only seeds the request id and deadline).
+        let (header, body) = self
+            .request_frame(MsgType::Ping, |header| {
+                let header = FrameHeader { msg_type: STATEMENT_MSG_TYPE, ..*header };
+                let mut frame = Vec::new();
+                encode_frame_body(&mut frame, &header, &BatchSlice(queries));
+                frame
+            })
+            .await?;
+        if header.status != 0 {
+            return Err(match ResultCode::from_u16(header.status) {
+                Some(code) => ClientError::Rejected(code),
+                None => DecodeError::Invalid(format!("unknown frame status {}", header.status)).into(),
+            });
+        }
+        if header.msg_type != STATEMENT_MSG_TYPE {
+            return Err(DecodeError::Invalid(format!("response message type {} to a STATEMENT", header.msg_type)).into());
+        }
+        let results: Vec<StatementResult> = decode_body(&body)?;
+        if results.len() != queries.len() {
+            return Err(ClientError::ResultCount { expected: queries.len(), got: results.len() });
+        }
+        Ok(results)
+    }
+}

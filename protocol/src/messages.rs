@@ -448,3 +448,94 @@ impl Funding {
         .find(|funding| *funding as u8 == value)
     }
 }
+
+/// STATEMENT (message type `STATEMENT_MSG_TYPE`, 32): a card's usage statement, the seed's
+/// FIG. 10H summary and FIG. 10I detail list. Answered by the settlement exporter's listener
+/// (`pinswitch export serve`) from its statement index, never by the switch (which answers
+/// `UNKNOWN_MESSAGE_TYPE`), so statements never touch the shards. Read-only. A batch of
+/// `StatementQuery` gets one `StatementResult` each.
+pub const STATEMENT_MSG_TYPE: u16 = 32;
+
+/// STATEMENT request: the card, a time range and one page of the detail list.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StatementQuery {
+    pub pin: u64,
+    /// Start of the range, ms since the Unix epoch (inclusive; 0: from the card's first event).
+    pub from_ms: u64,
+    /// End of the range, ms (exclusive; 0: up to the exporter's position).
+    pub to_ms: u64,
+    /// Index of the first detail line wanted (0 on the first page; then `next_cursor`).
+    pub cursor: u32,
+    /// Most detail lines wanted; 0 or more than the listener's maximum means that maximum.
+    pub limit: u32,
+}
+
+/// One recharge of the card (FIG. 10H "Charge amount").
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StatementRecharge {
+    pub time_ms: u64,
+    pub amount_won: u64,
+    /// A `Funding` number.
+    pub funding: u8,
+}
+
+/// One line of the detail list of internet payments (FIG. 10I).
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct StatementLine {
+    pub time_ms: u64,
+    /// 1 payment (SALE or CAPTURE), 2 refund by the merchant, 3 reversal.
+    pub kind: u8,
+    pub merchant_id: u64,
+    /// The registered name of the merchant (associate), or `merchant {id}` when unregistered.
+    pub merchant_name: String,
+    pub amount_won: u64,
+}
+
+/// STATEMENT result. Money flows (recharges, payments, refunds, expiry) cover the range; the
+/// card's state, balance, points and validity are as of the end of the range; the initial
+/// value (issue and sale) is shown whatever the range.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct StatementResult {
+    /// `APPROVED`, `CARD_NOT_FOUND` (the index knows no such card), `PIN_FORMAT_INVALID`,
+    /// `FORMAT_ERROR` (`to_ms` before `from_ms`) or `INTERNAL_ERROR` (the index is unreadable).
+    pub code: u16,
+    /// A `CardState` number.
+    pub state: u8,
+    pub face_value_won: u64,
+    /// When the card was issued into stock (ms).
+    pub issued_at_ms: u64,
+    /// When a channel sold it (ms; 0: not sold through a channel).
+    pub sold_at_ms: u64,
+    pub price_won: u64,
+    pub channel_id: u32,
+    /// End of validity, seconds since the Unix epoch (0: not started).
+    pub valid_until_s: u32,
+    pub recharge_count: u32,
+    pub recharged_won: u64,
+    /// The first recharges of the range, at most the listener's `recharges_max`.
+    pub recharges: Vec<StatementRecharge>,
+    /// Money merchants refunded (REFUND).
+    pub merchant_refunds_won: u64,
+    /// Money credited back by reversals.
+    pub reversals_won: u64,
+    /// The balance paid out by CARD_REFUND.
+    pub balance_refund_won: u64,
+    /// `merchant_refunds_won + reversals_won + balance_refund_won`.
+    pub refunded_won: u64,
+    /// Value lost when the card expired.
+    pub breakage_won: u64,
+    /// Debits and credits of other kinds (payments in no known category, later message types).
+    pub other_debits_won: u64,
+    pub other_credits_won: u64,
+    /// Payments (SALE and CAPTURE, before refunds) per service category 1..=6.
+    pub paid_by_category_won: [u64; 6],
+    pub points: u32,
+    pub balance_won: u64,
+    /// Time of the card's last event within the range (ms).
+    pub as_of_ms: u64,
+    /// Detail lines in the range, all pages together.
+    pub lines_total: u32,
+    /// The `cursor` of the next page; 0 when this page is the last.
+    pub next_cursor: u32,
+    pub lines: Vec<StatementLine>,
+}

@@ -30,6 +30,24 @@ pub struct ExportConfig {
     pub mobile_operator_channels: Vec<u32>,
     pub merchants: MerchantSection,
     pub payer: PayerSection,
+    pub statements: StatementSection,
+}
+
+/// Bounds of a card statement answer (`export statement`, STATEMENT over `export serve`).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StatementSection {
+    /// Most detail lines in one answer; a larger or zero `limit` is cut to this.
+    pub lines_max: u32,
+    /// Most recharges listed in one answer (their count and sum always cover the range).
+    pub recharges_max: u32,
+    /// Most queries in one STATEMENT frame (more: `BATCH_TOO_LARGE`).
+    pub batch_max: u32,
+    /// Largest STATEMENT request body accepted by `export serve`, in bytes (more:
+    /// `FRAME_TOO_LARGE`, and the connection closes).
+    pub request_bytes_max: u32,
+    /// Most connections `export serve` holds at once (more are refused with `RETRY_LATER`).
+    pub connections_max: u32,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -66,7 +84,14 @@ impl Default for ExportConfig {
             mobile_operator_channels: Vec::new(),
             merchants: MerchantSection::default(),
             payer: PayerSection::default(),
+            statements: StatementSection::default(),
         }
+    }
+}
+
+impl Default for StatementSection {
+    fn default() -> Self {
+        StatementSection { lines_max: 1000, recharges_max: 100, batch_max: 16, request_bytes_max: 65_536, connections_max: 256 }
     }
 }
 
@@ -114,6 +139,10 @@ impl ExportConfig {
             if *rate > 1000 {
                 return Err(ExportError::Config(format!("merchants.rates.{key} must be at most 1000")));
             }
+        }
+        let statements = &self.statements;
+        if statements.lines_max == 0 || statements.recharges_max == 0 || statements.batch_max == 0 || statements.request_bytes_max == 0 || statements.connections_max == 0 {
+            return Err(ExportError::Config("every [statements] limit must be positive".into()));
         }
         for (key, account) in &self.merchants.accounts {
             parse_merchant(key)?;

@@ -28,6 +28,7 @@ use crate::factlog::{FactLog, RecordFacts};
 use crate::follower::{Effects, Follower, FollowerImage};
 use crate::ledger::{Account, Ledger};
 use crate::render::{self, ClosedPeriod};
+use crate::statement::StatementWriter;
 
 const STATE_FILE: &str = "state.bin";
 const STATE_MAGIC: &[u8; 8] = b"PSEXPST1";
@@ -70,6 +71,8 @@ pub struct Exporter {
     /// Open periods' totals and movements; their detail lines are in `log`.
     open: BTreeMap<Day, PeriodFacts>,
     log: FactLog,
+    /// The card statement index (`None` when opened read-only).
+    statements: Option<StatementWriter>,
     /// The exclusive lock of the state directory (`None` when opened read-only).
     _lock: Option<std::fs::File>,
     last_closed: Option<Day>,
@@ -173,7 +176,8 @@ impl Exporter {
         let Some(image) = image else {
             let followers = (0..shard_count).map(|shard| Follower::new(shard, shard_count, options.engine.clone())).collect();
             let log = open_log(&[])?;
-            return Ok(Exporter { options, followers, open: BTreeMap::new(), log, _lock: lock, last_closed: None, closed_ledger: Ledger::default(), merchant_carry: BTreeMap::new() });
+            let statements = if writable { Some(StatementWriter::open(&options.state_dir, &vec![0; usize::from(shard_count)])?) } else { None };
+            return Ok(Exporter { options, followers, open: BTreeMap::new(), log, statements, _lock: lock, last_closed: None, closed_ledger: Ledger::default(), merchant_carry: BTreeMap::new() });
         };
         if image.shard_count != shard_count || image.followers.len() != usize::from(shard_count) {
             return Err(ExportError::State { path, reason: format!("made for {} shards, the switch has {shard_count}", image.shard_count) });
@@ -184,7 +188,9 @@ impl Exporter {
             .map(|follower| Follower::from_image(follower).map_err(|reason| ExportError::State { path: path.clone(), reason }))
             .collect::<Result<Vec<_>>>()?;
         let log = open_log(&image.fact_lengths)?;
-        Ok(Exporter { options, followers, open: image.open, log, _lock: lock, last_closed: image.last_closed, closed_ledger: image.closed_ledger, merchant_carry: image.merchant_carry })
+        let cursors: Vec<u64> = followers.iter().map(Follower::cursor_seq).collect();
+        let statements = if writable { Some(StatementWriter::open(&options.state_dir, &cursors)?) } else { None };
+        Ok(Exporter { options, followers, open: image.open, log, statements, _lock: lock, last_closed: image.last_closed, closed_ledger: image.closed_ledger, merchant_carry: image.merchant_carry })
     }
 
     /// Applies journal records from every shard's cursor to its end (at most `max_records` in
@@ -267,6 +273,12 @@ impl Exporter {
         let rate_of = |merchant_id: u64| config.commission_per_mille(merchant_id);
         let effects = self.followers[index].apply(seq, payload, &rate_of)?;
         let shard = self.followers[index].shard_id();
+        if let Some(statements) = &mut self.statements {
+            // Decoded again (the follower keeps its copy to itself); it decoded once already.
+            let entry = pinswitch_core::decode_entry(payload).map_err(|reason| ExportError::Decode { shard, seq, reason })?;
+            let card_after = entry.command.body.pin_hash().and_then(|pin_hash| self.followers[index].card(pin_hash));
+            statements.record(shard, seq, &entry, &effects, card_after.as_ref())?;
+        }
         self.absorb(shard, effects)
     }
 
@@ -466,6 +478,9 @@ impl Exporter {
     pub fn checkpoint(&mut self) -> Result<()> {
         std::fs::create_dir_all(&self.options.state_dir).map_err(ExportError::io(&self.options.state_dir, "create state directory"))?;
         let mut fact_lengths = self.log.sync()?;
+        if let Some(statements) = &mut self.statements {
+            statements.checkpoint()?;
+        }
         fact_lengths.retain(|(day, _, _)| self.open.contains_key(day));
         let image = StateImage {
             shard_count: u16::try_from(self.followers.len()).unwrap_or(u16::MAX),

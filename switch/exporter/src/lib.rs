@@ -6,7 +6,8 @@
 //! statements, ISO 20022 pain.001 payout files with CSVs, breakage, channel sales, record
 //! retention tags and the trial balance; `status` shows cursors, lag and the safeguarding
 //! reconciliation; `deposits` turns camt.054 deposit notices into cards sold through the
-//! protocol. See EXPORT.md for the outputs, the chart of accounts and the cursor rules.
+//! protocol; a per-card statement index answers usage statements (`statement`, and STATEMENT
+//! frames through `serve`). See EXPORT.md for the outputs, the chart of accounts and the cursor rules.
 
 #![forbid(unsafe_code)]
 
@@ -19,7 +20,10 @@ pub mod factlog;
 pub mod facts;
 pub mod follower;
 pub mod ledger;
+pub mod merchants;
 pub mod render;
+pub mod serve;
+pub mod statement;
 pub mod xml;
 
 pub use calendar::{Cutoff, Day, date_string, parse_date};

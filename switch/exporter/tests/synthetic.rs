@@ -350,3 +350,44 @@ fn a_second_runner_is_refused_and_readers_change_nothing() {
     drop(exporter);
     assert!(Exporter::open(options(&data, &state)).is_ok(), "the lock goes with the runner");
 }
+
+/// The card statements the exporter's index gives for the three days, against the figures of
+/// `write_journals`, and identical after the exporter was stopped and restarted after every few
+/// records (the index is cut back to the cursor, nothing counted twice).
+#[test]
+fn card_statements_from_the_index_match_the_journals_and_survive_restarts() {
+    use pinswitch_exporter::statement::{StatementIndex, StatementLimits, StatementPage};
+    let (root, data, _) = journals();
+    let state = root.path().join("state");
+    Exporter::open(options(&data, &state)).unwrap().run(None, 0).unwrap();
+    let limits = StatementLimits { lines_max: 1000, recharges_max: 100 };
+    let name = |id: u64| format!("m{id}");
+    let statement = |state: &Path, pin| StatementIndex::open(state, SHARDS).unwrap().statement(pin, &StatementPage::default(), &limits, &name).unwrap().unwrap();
+    let (a, b, d) = (pin_on(0, 1), pin_on(1, 2), pin_on(1, 4));
+
+    // A: sold by channel 3 for 9,500; 1,500 and 7,000 paid, 500 refunded, 2,000 paid out, then
+    // the 7,000 sale reversed onto the closed card.
+    let card_a = statement(&state, a);
+    assert_eq!((card_a.face_value_won, card_a.price_won, card_a.channel_id, card_a.state), (10_000, 9_500, 3, 6));
+    assert_eq!((card_a.paid_by_category_won, card_a.merchant_refunds_won, card_a.reversals_won, card_a.balance_refund_won), ([8_500, 0, 0, 0, 0, 0], 500, 7_000, 2_000));
+    assert_eq!((card_a.refunded_won, card_a.balance_won, card_a.lines_total), (9_500, 0, 4));
+    let lines: Vec<(u8, &str, u64)> = card_a.lines.iter().map(|line| (line.kind, line.merchant_name.as_str(), line.amount_won)).collect();
+    assert_eq!(lines, [(1, "m77", 1_500), (2, "m77", 500), (1, "m78", 7_000), (3, "m78", 7_000)]);
+    // B: activated unsold; 3,000 captured of a hold, 1,000 refunded; the rest of the hold expired.
+    let card_b = statement(&state, b);
+    assert_eq!((card_b.sold_at_ms, card_b.paid_by_category_won[0], card_b.merchant_refunds_won, card_b.balance_won), (0, 3_000, 1_000, 18_000));
+    // D: recharged 10,000 by bank transfer, paid 4,000, expired with 11,000, then the sale reversed.
+    let card_d = statement(&state, d);
+    assert_eq!((card_d.recharge_count, card_d.recharged_won, card_d.recharges[0].funding), (1, 10_000, 2));
+    assert_eq!((card_d.paid_by_category_won[0], card_d.breakage_won, card_d.reversals_won, card_d.balance_won, card_d.state), (4_000, 11_000, 4_000, 0, 5));
+
+    let entries = |state: &Path| (0..SHARDS).map(|shard| std::fs::read(state.join(format!("statements/shard-{shard:03}.entries"))).unwrap()).collect::<Vec<_>>();
+    for budget in [1, 2, 3, 7, 13] {
+        let resumed = root.path().join(format!("statements-{budget}"));
+        while Exporter::open(options(&data, &resumed)).unwrap().run(Some(budget), 0).unwrap().stopped_early {}
+        assert_eq!(entries(&resumed), entries(&state), "budget {budget}");
+        for pin in [a, b, d] {
+            assert_eq!(statement(&resumed, pin), statement(&state, pin), "budget {budget}");
+        }
+    }
+}
