@@ -352,6 +352,14 @@ impl Client {
         self.call(MsgType::Refund, events).await
     }
 
+    pub async fn foreign_import(&self, events: &[ForeignImport]) -> Result<Vec<OpResult>, ClientError> {
+        self.call(MsgType::ForeignImport, events).await
+    }
+
+    pub async fn foreign_convert(&self, events: &[ForeignConvert]) -> Result<Vec<ForeignConvertResult>, ClientError> {
+        self.call(MsgType::ForeignConvert, events).await
+    }
+
     pub async fn inquiry(&self, events: &[Inquiry]) -> Result<Vec<InquiryResult>, ClientError> {
         self.call(MsgType::Inquiry, events).await
     }

@@ -83,6 +83,12 @@ pub enum ResultCode {
     DeadlineExceededNotExecuted = 153,
     /// The op id is zero or otherwise unusable.
     OpIdInvalid = 154,
+    /// FOREIGN_IMPORT / FOREIGN_CONVERT: no foreign product with this id in the catalogue.
+    ForeignProductUnknown = 160,
+    /// FOREIGN_IMPORT: this foreign PIN was imported before.
+    ForeignPinExists = 161,
+    /// FOREIGN_CONVERT: the card's shard has no PIN of this product left in its pool.
+    ForeignPinUnavailable = 162,
 
     FormatError = 900,
     UnknownMessageType = 901,
@@ -148,6 +154,9 @@ impl ResultCode {
         Self::OpIdFromFuture,
         Self::DeadlineExceededNotExecuted,
         Self::OpIdInvalid,
+        Self::ForeignProductUnknown,
+        Self::ForeignPinExists,
+        Self::ForeignPinUnavailable,
         Self::FormatError,
         Self::UnknownMessageType,
         Self::BatchTooLarge,
@@ -225,6 +234,9 @@ impl ResultCode {
             Self::OpIdFromFuture => "OP_ID_FROM_FUTURE",
             Self::DeadlineExceededNotExecuted => "DEADLINE_EXCEEDED_NOT_EXECUTED",
             Self::OpIdInvalid => "OP_ID_INVALID",
+            Self::ForeignProductUnknown => "FOREIGN_PRODUCT_UNKNOWN",
+            Self::ForeignPinExists => "FOREIGN_PIN_EXISTS",
+            Self::ForeignPinUnavailable => "FOREIGN_PIN_UNAVAILABLE",
             Self::FormatError => "FORMAT_ERROR",
             Self::UnknownMessageType => "UNKNOWN_MESSAGE_TYPE",
             Self::BatchTooLarge => "BATCH_TOO_LARGE",
@@ -261,6 +273,8 @@ pub enum Field {
     GiftRecipient = 16,
     Holder = 17,
     Partner = 18,
+    /// A foreign PIN product id.
+    Product = 19,
 }
 
 impl Field {
@@ -285,6 +299,7 @@ impl Field {
             Self::GiftRecipient => "gift_recipient",
             Self::Holder => "holder",
             Self::Partner => "partner",
+            Self::Product => "product",
         }
     }
 
@@ -309,6 +324,7 @@ impl Field {
             Self::GiftRecipient,
             Self::Holder,
             Self::Partner,
+            Self::Product,
         ]
         .into_iter()
         .find(|field| *field as u8 == value)

@@ -403,6 +403,14 @@ fn exercise_message(msg_type: MsgType, body: &[u8]) {
             exercise_body::<Vec<CardConsign>>(body);
             exercise_body::<Vec<OpResult>>(body);
         }
+        MsgType::ForeignImport => {
+            exercise_body::<Vec<ForeignImport>>(body);
+            exercise_body::<Vec<OpResult>>(body);
+        }
+        MsgType::ForeignConvert => {
+            exercise_body::<Vec<ForeignConvert>>(body);
+            exercise_body::<Vec<ForeignConvertResult>>(body);
+        }
         MsgType::Authorize => {
             exercise_body::<Vec<Authorize>>(body);
             exercise_body::<Vec<OpResult>>(body);

@@ -26,12 +26,14 @@ pub enum MsgType {
     Reverse = 23,
     Sale = 24,
     Refund = 25,
+    ForeignImport = 26,
+    ForeignConvert = 27,
     Inquiry = 30,
     BalanceInquiry = 31,
 }
 
 impl MsgType {
-    pub const ALL: [MsgType; 19] = [
+    pub const ALL: [MsgType; 21] = [
         Self::Hello,
         Self::Ping,
         Self::CardIssue,
@@ -49,6 +51,8 @@ impl MsgType {
         Self::Reverse,
         Self::Sale,
         Self::Refund,
+        Self::ForeignImport,
+        Self::ForeignConvert,
         Self::Inquiry,
         Self::BalanceInquiry,
     ];
@@ -266,6 +270,35 @@ pub struct Sale {
     pub amount_won: u64,
     pub merchant_id: u64,
     pub category: u8,
+}
+
+/// FOREIGN_IMPORT: add one foreign PIN bought from a foreign operator to the pool of a foreign
+/// product of the catalogue (`[[engine.foreign_products]]`). The code is 1 to 23 ASCII
+/// letters or digits; each code can be imported once. Answered with `OpResult` (`amount_won`:
+/// the pool's size on the PIN's shard after the import).
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ForeignImport {
+    pub op_id: u128,
+    pub product_id: u32,
+    pub foreign_pin: Vec<u8>,
+}
+
+/// FOREIGN_CONVERT: the holder converts part of the card's balance into one foreign PIN of the
+/// product; the card is debited the product's price in won.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ForeignConvert {
+    pub op_id: u128,
+    pub pin: u64,
+    pub password: Vec<u8>,
+    pub product_id: u32,
+}
+
+/// The result of one FOREIGN_CONVERT: the usual result, and the foreign PIN handed out (empty
+/// unless approved; a replay hands out the same PIN).
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct ForeignConvertResult {
+    pub result: OpResult,
+    pub foreign_pin: Vec<u8>,
 }
 
 /// REFUND: credit back part or all of an earlier debit: `original_op_id` names a SALE or a

@@ -250,6 +250,25 @@ fn valid_frames(rng: &mut SplitMix64) -> Vec<ValidFrame> {
             })
             .collect();
         push(&mut frames, MsgType::Refund, false, events);
+        let events: Vec<_> = (0..count)
+            .map(|_| ForeignImport {
+                op_id: op_id(rng),
+                product_id: rng.below(4) as u32,
+                foreign_pin: (0..rng.below(30)).map(|_| b'0' + rng.below(75) as u8).collect(),
+            })
+            .collect();
+        push(&mut frames, MsgType::ForeignImport, false, events);
+        let events: Vec<_> = (0..count)
+            .map(|_| ForeignConvert { op_id: op_id(rng), pin: pin(rng), password: password(rng), product_id: rng.below(4) as u32 })
+            .collect();
+        push(&mut frames, MsgType::ForeignConvert, false, events);
+        let results: Vec<_> = (0..count)
+            .map(|_| ForeignConvertResult {
+                result: op_result(rng),
+                foreign_pin: (0..rng.below(24)).map(|_| b'A' + rng.below(26) as u8).collect(),
+            })
+            .collect();
+        push(&mut frames, MsgType::ForeignConvert, true, results);
         // Every mutating message but CARD_ISSUE answers with OpResult.
         for msg_type in [
             MsgType::CardActivate,
@@ -266,6 +285,7 @@ fn valid_frames(rng: &mut SplitMix64) -> Vec<ValidFrame> {
             MsgType::Reverse,
             MsgType::Sale,
             MsgType::Refund,
+            MsgType::ForeignImport,
         ] {
             let results: Vec<_> = (0..count).map(|_| op_result(rng)).collect();
             push(&mut frames, msg_type, true, results);

@@ -11,7 +11,7 @@ use pinswitch_protocol::client::Client;
 use pinswitch_protocol::{
     Authorize, BalanceInquiry, BalanceResult, BlockReason, CardActivate, CardBlock, CardIssue,
     CardConsign, CardLoad, CardRefund, CardRegister, CardSell, CardState, CardUnblock, Category, FLAG_REPLAYED, Field,
-    Funding, Inquiry, MsgType, OpResult, OpStatus, ResultCode, Sale, Void, new_op_id, pin,
+    ForeignConvert, ForeignImport, Funding, Inquiry, MsgType, OpResult, OpStatus, ResultCode, Sale, Void, new_op_id, pin,
 };
 use pinswitch_tests::{Switch, code, fresh_dir, one};
 
@@ -519,5 +519,65 @@ async fn sighup_reloads_the_catalogue_without_a_restart() {
     let client = Client::connect(&switch.address).await.expect("reconnect");
     let card = one(client.balance_inquiry(&[BalanceInquiry { pin: issued.pin }]).await).await;
     assert_eq!((card.code, card.face_value_won), (ResultCode::Approved.as_u16(), 70_000));
+    switch.stop();
+}
+
+/// Foreign PINs over the wire and through the CLI: an operator imports a pool of foreign PINs
+/// (each code once), a holder converts part of the balance into one; a retry hands out the same
+/// PIN, also after a SIGKILL; an empty pool and an unknown product are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_pins_are_imported_and_converted() {
+    let dir = fresh_dir("foreign");
+    let config = dir.with_extension("toml");
+    std::fs::write(
+        &config,
+        "[[engine.foreign_products]]\nproduct_id = 1\npartner_id = 501\ncurrency = \"USD\"\nface_value_minor = 1000\nprice_won = 14000\n\n\
+         [[engine.foreign_products]]\nproduct_id = 2\npartner_id = 502\ncurrency = \"JPY\"\nface_value_minor = 1000\nprice_won = 9500\n",
+    )
+    .expect("config");
+    let config_arg = ["--config", config.to_str().expect("utf-8")];
+    let mut switch = Switch::start(Path::new(BIN), &dir, &config_arg);
+    // Forty codes: imports spread over both shards by the code's hash, and a conversion draws
+    // from the card's shard, so each shard must get a few.
+    let codes: Vec<String> = (0..40).map(|index| format!("US{index:06}")).collect();
+    let file = dir.with_extension("codes");
+    std::fs::write(&file, codes.join("\n") + "\n\n").expect("codes file");
+    let imported = card(&switch.address, &["foreign-import", "--product", "1", file.to_str().expect("utf-8")]);
+    assert_eq!(imported.status.code(), Some(0), "{imported:?}");
+    assert_eq!(stdout(&imported).matches("APPROVED (0)").count(), 40);
+
+    let client = Client::connect(&switch.address).await.expect("connect");
+    let again = ForeignImport { op_id: new_op_id(), product_id: 1, foreign_pin: codes[7].clone().into_bytes() };
+    assert_eq!(code(&one(client.foreign_import(&[again]).await).await), ResultCode::ForeignPinExists);
+    let bad = ForeignImport { op_id: new_op_id(), product_id: 1, foreign_pin: b"no spaces".to_vec() };
+    assert_eq!(code(&one(client.foreign_import(&[bad]).await).await), ResultCode::FormatError);
+
+    let pin = issue(&client, 50_000).await;
+    assert_eq!(code(&activate(&client, pin).await), ResultCode::Approved);
+    let convert = |op_id, product_id| ForeignConvert { op_id, pin, password: PASSWORD.to_vec(), product_id };
+    let first_op = new_op_id();
+    let first = one(client.foreign_convert(&[convert(first_op, 1)]).await).await;
+    assert_eq!(code(&first.result), ResultCode::Approved);
+    assert_eq!((first.result.amount_won, first.result.balance_won), (14_000, 36_000));
+    let first_pin = String::from_utf8(first.foreign_pin.clone()).expect("ascii");
+    assert!(codes.contains(&first_pin), "{first_pin}");
+    let retried = one(client.foreign_convert(&[convert(first_op, 1)]).await).await;
+    assert_eq!((retried.foreign_pin.clone(), retried.result.flags & FLAG_REPLAYED), (first.foreign_pin.clone(), FLAG_REPLAYED));
+
+    let shown = card(&switch.address, &["convert", &pin::format(pin), "--product", "1", "--password", "4321"]);
+    assert_eq!(shown.status.code(), Some(0), "{shown:?}");
+    let text = stdout(&shown);
+    assert!(text.contains("APPROVED (0), foreign PIN US") && text.contains("balance 22000 won"), "{text}");
+    assert!(!text.contains(&first_pin), "a second conversion gets another PIN: {text}");
+    assert_eq!(code(&one(client.foreign_convert(&[convert(new_op_id(), 2)]).await).await.result), ResultCode::ForeignPinUnavailable);
+    assert_eq!(code(&one(client.foreign_convert(&[convert(new_op_id(), 9)]).await).await.result), ResultCode::ForeignProductUnknown);
+    drop(client);
+
+    switch.kill();
+    let mut switch = Switch::start(Path::new(BIN), &dir, &config_arg);
+    let client = Client::connect(&switch.address).await.expect("reconnect");
+    let after = one(client.foreign_convert(&[convert(first_op, 1)]).await).await;
+    assert_eq!(after.foreign_pin, first.foreign_pin, "the same PIN after a crash");
+    assert_eq!(view(&client, pin).await.balance_won, 22_000);
     switch.stop();
 }

@@ -54,6 +54,25 @@ pub struct EngineConfig {
     /// validity by `promotional_extension_days`.
     pub promotional_face_values_won: Vec<u64>,
     pub promotional_extension_days: u32,
+    /// Foreign PIN products bought from foreign operators, convertible from a card's balance.
+    pub foreign_products: Vec<ForeignProduct>,
+}
+
+/// A foreign PIN product: whose, in what currency, worth what, and what a conversion costs.
+/// The price is configured in won (the operator applies its exchange rate and margin when it
+/// sets it), so a conversion is exact integer arithmetic, never a floating-point rate.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ForeignProduct {
+    /// Non-zero, unique in the catalogue.
+    pub product_id: u32,
+    /// The foreign operator the PINs were bought from (settled by the exporter).
+    pub partner_id: u32,
+    /// ISO 4217 alphabetic code, e.g. `*b"USD"`.
+    pub currency: [u8; 3],
+    /// The face value of one PIN, in the currency's minor units (cents for USD).
+    pub face_value_minor: u64,
+    /// What converting into one PIN debits from the card.
+    pub price_won: u64,
 }
 
 impl EngineConfig {
@@ -83,6 +102,7 @@ impl EngineConfig {
             product_points_per_mille: Vec::new(),
             promotional_face_values_won: Vec::new(),
             promotional_extension_days: 365,
+            foreign_products: Vec::new(),
         }
     }
 
@@ -105,6 +125,11 @@ impl EngineConfig {
             product_category_masks: vec![0b00_0011, 0b11_1111, 0b11_1111, 0b11_1110, 0b11_1111, 0b11_1111],
             // Per-product points: the 5,000-won card earns none, the 100,000-won card 3 %.
             product_points_per_mille: vec![0, 10, 10, 10, 20, 30],
+            // Two foreign products: a 10-dollar US PIN for 14,000 won, a 1,000-yen PIN for 9,500.
+            foreign_products: vec![
+                ForeignProduct { product_id: 1, partner_id: 501, currency: *b"USD", face_value_minor: 1_000, price_won: 14_000 },
+                ForeignProduct { product_id: 2, partner_id: 502, currency: *b"JPY", face_value_minor: 1_000, price_won: 9_500 },
+            ],
             ..EngineConfig::production()
         }
     }
@@ -129,6 +154,10 @@ impl EngineConfig {
         }
     }
 
+    pub fn foreign_product(&self, product_id: u32) -> Option<&ForeignProduct> {
+        self.foreign_products.iter().find(|product| product.product_id == product_id)
+    }
+
     /// Checks the relations between limits; the server refuses to start on a violation.
     pub fn validate(&self) -> Result<(), String> {
         if self.face_values_won.is_empty() {
@@ -148,6 +177,17 @@ impl EngineConfig {
         }
         if self.points_per_mille > 1000 || self.product_points_per_mille.iter().any(|rate| *rate > 1000) {
             return Err("points rates are per mille (0..=1000)".into());
+        }
+        for (at, product) in self.foreign_products.iter().enumerate() {
+            if product.product_id == 0 || self.foreign_products[..at].iter().any(|other| other.product_id == product.product_id) {
+                return Err(format!("foreign product ids must be non-zero and unique ({})", product.product_id));
+            }
+            if !product.currency.iter().all(u8::is_ascii_uppercase) {
+                return Err(format!("foreign product {}: currency must be three capital letters", product.product_id));
+            }
+            if product.face_value_minor == 0 || product.price_won == 0 || product.price_won > self.balance_cap_named_won {
+                return Err(format!("foreign product {}: face value and price must be positive, the price within a card's cap", product.product_id));
+            }
         }
         if self.balance_cap_named_won < self.balance_cap_won {
             return Err("balance_cap_named_won must be at least balance_cap_won".into());

@@ -11,7 +11,7 @@
 //! never execute twice and never gets a different answer.
 
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 
@@ -24,7 +24,7 @@ use rkyv::{Archive, Deserialize, Serialize};
 use crate::dense_map::DenseMap;
 use crate::config::EngineConfig;
 use crate::types::{
-    Applied, Body, CardView, Command, HoldView, Ms, OpId, OpView, PasswordMac, PinHash, Reply,
+    Applied, Body, CardView, Command, ForeignCode, HoldView, Ms, OpId, OpView, PasswordMac, PinHash, Reply,
     Totals,
 };
 
@@ -136,6 +136,9 @@ struct ShardImage {
     ops_previous: TableImage<OpRecord>,
     ops_current_max_time_ms: Ms,
     ops_previous_max_time_ms: Ms,
+    foreign_pools: Vec<(u32, Vec<ForeignCode>)>,
+    foreign_known: Vec<(u128, u32)>,
+    foreign_conversions: Vec<(OpId, ForeignCode)>,
 }
 
 /// A `DenseMap`'s chunks and index.
@@ -232,6 +235,16 @@ pub struct Shard {
     /// Pending holds by expiry time.
     expiries: BTreeSet<(Ms, OpId)>,
     ops: OpTable,
+    /// Foreign PINs not yet converted, per foreign product, in import order (a conversion takes
+    /// the oldest). Only the PINs routed to this shard: imports spread over shards by the hash
+    /// of the code, and a conversion draws from the card's shard.
+    foreign_pools: BTreeMap<u32, VecDeque<ForeignCode>>,
+    /// Every foreign PIN ever imported here, by the front end's hash of its code, with its
+    /// product: a code imported twice is refused.
+    foreign_known: KeyMap<u32>,
+    /// The PIN each approved conversion handed out, by the conversion's op id: a retry of the
+    /// conversion must hand out the same PIN, long after its op-id record may have gone.
+    foreign_conversions: KeyMap<ForeignCode>,
 }
 
 /// Op-id records in two generations. New records go into `current`; when it holds half of
@@ -312,6 +325,9 @@ impl Shard {
             card_holds: KeyMap::with_hasher(hasher),
             expiries: BTreeSet::new(),
             ops: OpTable::new(hasher),
+            foreign_pools: BTreeMap::new(),
+            foreign_known: KeyMap::with_hasher(hasher),
+            foreign_conversions: KeyMap::with_hasher(hasher),
         }
     }
 
@@ -390,6 +406,11 @@ impl Shard {
                 Applied { reply, changed: record || pruned }
             }
             Gate::Execute => {
+                if let Body::ForeignImport { foreign_hash, product_id, code } = body {
+                    let outcome = self.foreign_import(*foreign_hash, *product_id, *code);
+                    self.record(op_id, body.clone(), outcome.reply, outcome.status, outcome.debited_won);
+                    return Applied { reply: outcome.reply, changed: true };
+                }
                 let pin_hash = body.pin_hash().expect("operations name a card");
                 // Validity is enforced lazily, by the first operation that touches the card after
                 // its end (time is an argument; this is the same in replay).
@@ -431,6 +452,10 @@ impl Shard {
                     Body::Refund { original_op_id, amount_won, .. } => {
                         self.refund(pin_hash, *original_op_id, *amount_won)
                     }
+                    Body::ForeignConvert { password_mac, product_id, .. } => {
+                        self.foreign_convert(op_id, pin_hash, *password_mac, *product_id)
+                    }
+                    Body::ForeignImport { .. } => unreachable!("handled above"),
                     Body::Tick | Body::Configure(_) => unreachable!("handled by apply"),
                 };
                 self.record(op_id, body.clone(), outcome.reply, outcome.status, outcome.debited_won);
@@ -908,6 +933,59 @@ impl Shard {
         Outcome { reply, status: OpStatus::Completed, debited_won: amount_won }
     }
 
+    /// FOREIGN_IMPORT: one more PIN in this shard's pool of the product.
+    fn foreign_import(&mut self, foreign_hash: u128, product_id: u32, code: ForeignCode) -> Outcome {
+        if self.config.foreign_product(product_id).is_none() {
+            return Outcome::completed(Reply::code(ResultCode::ForeignProductUnknown));
+        }
+        if self.foreign_known.contains_key(&foreign_hash) {
+            return Outcome::completed(Reply::code(ResultCode::ForeignPinExists));
+        }
+        self.foreign_known.insert(foreign_hash, product_id);
+        let pool = self.foreign_pools.entry(product_id).or_default();
+        pool.push_back(code);
+        let mut reply = Reply::code(ResultCode::Approved);
+        // The pool's size after the import: the operator sees stock per shard grow.
+        reply.amount_won = pool.len() as u64;
+        Outcome::completed(reply)
+    }
+
+    /// FOREIGN_CONVERT: the card pays the product's price and gets the oldest PIN of the pool.
+    /// Checked like a payment for a telephone call (a foreign PIN is for calls abroad), so the
+    /// product mix and the password rules apply; it earns no points (it is a conversion of
+    /// value, not a purchase) and cannot be refunded or reversed (the PIN is handed out).
+    fn foreign_convert(&mut self, op_id: OpId, pin_hash: PinHash, password_mac: PasswordMac, product_id: u32) -> Outcome {
+        let Some(price_won) = self.config.foreign_product(product_id).map(|product| product.price_won) else {
+            return self.declined(ResultCode::ForeignProductUnknown, pin_hash);
+        };
+        let card = match self.payment_checks(pin_hash, password_mac, price_won, Category::TelephoneCall as u8) {
+            Ok(card) => card,
+            Err(code) => return self.declined(code, pin_hash),
+        };
+        if card.available_won() < price_won {
+            return self.declined(ResultCode::InsufficientFunds, pin_hash);
+        }
+        let Some(code) = self.foreign_pools.get_mut(&product_id).and_then(VecDeque::pop_front) else {
+            return self.declined(ResultCode::ForeignPinUnavailable, pin_hash);
+        };
+        self.foreign_conversions.insert(op_id, code);
+        self.cards.get_mut(&pin_hash).expect("checked above").balance_won -= price_won;
+        self.totals.debited_won += u128::from(price_won);
+        self.totals.balances_won -= u128::from(price_won);
+        let reply = self.approved(pin_hash, price_won);
+        Outcome { reply, status: OpStatus::Completed, debited_won: price_won }
+    }
+
+    /// The foreign PIN an approved FOREIGN_CONVERT handed out (also for its replays).
+    pub fn foreign_code(&self, op_id: OpId) -> Option<ForeignCode> {
+        self.foreign_conversions.get(&op_id).copied()
+    }
+
+    /// PINs of a foreign product left in this shard's pool.
+    pub fn foreign_stock(&self, product_id: u32) -> usize {
+        self.foreign_pools.get(&product_id).map_or(0, VecDeque::len)
+    }
+
     /// Why a hold id names no pending hold of this card, from what its AUTHORIZE record says.
     fn closed_hold_code(&self, pin_hash: PinHash, hold_id: OpId, voided: ResultCode) -> ResultCode {
         match self.ops.get(&hold_id) {
@@ -1035,7 +1113,7 @@ impl Shard {
         if original.status == OpStatus::Tombstone as u8 {
             return self.declined(ResultCode::AlreadyReversed, pin_hash);
         }
-        if original.body.pin_hash() != Some(pin_hash) {
+        if original.body.route_key() != Some(pin_hash) {
             return self.declined(ResultCode::OriginalCardMismatch, pin_hash);
         }
         if !matches!(original.body, Body::Authorize { .. } | Body::Sale { .. }) {
@@ -1105,7 +1183,7 @@ impl Shard {
         if original.status == OpStatus::Tombstone as u8 {
             return self.declined(ResultCode::OriginalNotFound, pin_hash);
         }
-        if original.body.pin_hash() != Some(pin_hash) {
+        if original.body.route_key() != Some(pin_hash) {
             return self.declined(ResultCode::OriginalCardMismatch, pin_hash);
         }
         if original.reply.code != ResultCode::Approved.as_u16() {
@@ -1225,7 +1303,7 @@ impl Shard {
     pub fn op(&self, pin_hash: PinHash, op_id: OpId) -> OpView {
         let unknown = OpView { status: OpStatus::Unknown, msg_type: 0, reply: None };
         let Some(record) = self.ops.get(&op_id) else { return unknown };
-        if record.body.pin_hash() != Some(pin_hash) {
+        if record.body.route_key() != Some(pin_hash) {
             return unknown;
         }
         let status = OpStatus::from_u8(record.status).expect("statuses are written by the engine only");
@@ -1252,6 +1330,9 @@ impl Shard {
             ops_previous: TableImage::of(&self.ops.previous),
             ops_current_max_time_ms: self.ops.current_max_time_ms,
             ops_previous_max_time_ms: self.ops.previous_max_time_ms,
+            foreign_pools: self.foreign_pools.iter().map(|(product, pool)| (*product, pool.iter().copied().collect())).collect(),
+            foreign_known: self.foreign_known.iter().map(|(hash, product)| (*hash, *product)).collect(),
+            foreign_conversions: self.foreign_conversions.iter().map(|(op_id, code)| (*op_id, *code)).collect(),
         };
         // Sized up front: growing a buffer of hundreds of megabytes by doubling copies it again
         // and again (measured: a third of the time).
@@ -1290,6 +1371,9 @@ impl Shard {
         shard.ops.previous = image.ops_previous.restore(hasher, "previous op records")?;
         shard.ops.current_max_time_ms = image.ops_current_max_time_ms;
         shard.ops.previous_max_time_ms = image.ops_previous_max_time_ms;
+        shard.foreign_pools = image.foreign_pools.into_iter().map(|(product, pool)| (product, pool.into())).collect();
+        shard.foreign_known.extend(image.foreign_known);
+        shard.foreign_conversions.extend(image.foreign_conversions);
         shard.check_invariants()?;
         Ok(shard)
     }
@@ -1326,6 +1410,8 @@ pub fn msg_type_of(body: &Body) -> MsgType {
         Body::Reverse { .. } => MsgType::Reverse,
         Body::Sale { .. } => MsgType::Sale,
         Body::Refund { .. } => MsgType::Refund,
+        Body::ForeignImport { .. } => MsgType::ForeignImport,
+        Body::ForeignConvert { .. } => MsgType::ForeignConvert,
         Body::Tick | Body::Configure(_) => MsgType::Ping,
     }
 }
@@ -1406,6 +1492,14 @@ fn first_difference(recorded: &Body, retry: &Body) -> Option<Field> {
             Refund { pin_hash: p1, original_op_id: o1, amount_won: a1 },
             Refund { pin_hash: p2, original_op_id: o2, amount_won: a2 },
         ) => differs(&[(p1 == p2, Field::Card), (o1 == o2, Field::Reference), (a1 == a2, Field::Amount)]),
+        (
+            ForeignImport { foreign_hash: h1, product_id: p1, code: c1 },
+            ForeignImport { foreign_hash: h2, product_id: p2, code: c2 },
+        ) => differs(&[(h1 == h2 && c1 == c2, Field::Reference), (p1 == p2, Field::Product)]),
+        (
+            ForeignConvert { pin_hash: p1, password_mac: m1, product_id: r1 },
+            ForeignConvert { pin_hash: p2, password_mac: m2, product_id: r2 },
+        ) => differs(&[(p1 == p2, Field::Card), (m1 == m2, Field::Password), (r1 == r2, Field::Product)]),
         _ => Some(Field::Kind),
     }
 }

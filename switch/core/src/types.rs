@@ -68,6 +68,13 @@ pub enum Body {
         category: u8,
     },
     Refund { pin_hash: PinHash, original_op_id: OpId, amount_won: u64 },
+    /// Add one foreign PIN bought from a foreign operator to this shard's pool of its product.
+    /// `foreign_hash` is the front end's keyed hash of the code: it routes the PIN to a shard
+    /// and lets the shard refuse a code imported twice.
+    ForeignImport { foreign_hash: u128, product_id: u32, code: ForeignCode },
+    /// The holder converts part of the balance into one foreign PIN of the product: the card
+    /// is debited the product's price in won and the first PIN of this shard's pool is theirs.
+    ForeignConvert { pin_hash: PinHash, password_mac: PasswordMac, product_id: u32 },
     /// Let time pass: expire due holds. Journaled only when it changed something.
     Tick,
     /// Replace the engine's rules from this point of the journal on.
@@ -94,8 +101,46 @@ impl Body {
             | Body::Reverse { pin_hash, .. }
             | Body::Sale { pin_hash, .. }
             | Body::Refund { pin_hash, .. } => Some(*pin_hash),
-            Body::Tick | Body::Configure(_) => None,
+            Body::ForeignConvert { pin_hash, .. } => Some(*pin_hash),
+            Body::ForeignImport { .. } | Body::Tick | Body::Configure(_) => None,
         }
+    }
+}
+
+impl Body {
+    /// The key a command routes by: its card, or for FOREIGN_IMPORT the foreign PIN's hash
+    /// (`None` for `Tick` and `Configure`, which go to every shard).
+    pub fn route_key(&self) -> Option<u128> {
+        match self {
+            Body::ForeignImport { foreign_hash, .. } => Some(*foreign_hash),
+            body => body.pin_hash(),
+        }
+    }
+}
+
+/// A foreign PIN as the foreign operator printed it: 1 to 23 ASCII letters or digits (the
+/// front end checks the alphabet), kept inline so a pool is one allocation.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ForeignCode {
+    pub len: u8,
+    pub bytes: [u8; ForeignCode::BYTES_MAX],
+}
+
+impl ForeignCode {
+    pub const BYTES_MAX: usize = 23;
+
+    /// `None` unless 1..=23 bytes.
+    pub fn new(code: &[u8]) -> Option<ForeignCode> {
+        if code.is_empty() || code.len() > Self::BYTES_MAX {
+            return None;
+        }
+        let mut bytes = [0u8; Self::BYTES_MAX];
+        bytes[..code.len()].copy_from_slice(code);
+        Some(ForeignCode { len: code.len() as u8, bytes })
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len).min(Self::BYTES_MAX)]
     }
 }
 

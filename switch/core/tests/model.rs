@@ -19,12 +19,12 @@
 //! must keep the maximum), and two fixed scripts replay the smallest sequences behind the
 //! disagreements the walks found (see their comments), so each one fails on its own, readably.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use pinswitch_core::{
-    Applied, Body, CardView, Command, EngineConfig, HoldView, Ms, OpId, OpView, PinHash, Reply,
-    Shard, Totals,
+    Applied, Body, CardView, Command, EngineConfig, ForeignCode, HoldView, Ms, OpId, OpView, PinHash,
+    Reply, Shard, Totals,
 };
 use pinswitch_core::shard::msg_type_of;
 use pinswitch_protocol::{CardState, Field, OpStatus, ResultCode, op_id_at};
@@ -162,6 +162,12 @@ struct Reference {
     debited: u128,
     paid_out: u128,
     breakage: u128,
+    /// Foreign PINs not yet converted, per product, oldest first.
+    foreign_pools: BTreeMap<u32, VecDeque<ForeignCode>>,
+    /// Every foreign PIN hash ever imported.
+    foreign_known: Vec<u128>,
+    /// The PIN each approved conversion handed out.
+    conversions: Vec<(OpId, ForeignCode)>,
 }
 
 fn time_of(op_id: OpId) -> Ms {
@@ -270,6 +276,14 @@ fn first_differing_field(first: &Body, retry: &Body) -> Option<Field> {
             Body::Refund { pin_hash: p1, original_op_id: o1, amount_won: a1 },
             Body::Refund { pin_hash: p2, original_op_id: o2, amount_won: a2 },
         ) => first_of(&[(p1 != p2, Field::Card), (o1 != o2, Field::Reference), (a1 != a2, Field::Amount)]),
+        (
+            Body::ForeignImport { foreign_hash: h1, product_id: p1, code: c1 },
+            Body::ForeignImport { foreign_hash: h2, product_id: p2, code: c2 },
+        ) => first_of(&[(h1 != h2 || c1 != c2, Field::Reference), (p1 != p2, Field::Product)]),
+        (
+            Body::ForeignConvert { pin_hash: p1, password_mac: m1, product_id: r1 },
+            Body::ForeignConvert { pin_hash: p2, password_mac: m2, product_id: r2 },
+        ) => first_of(&[(p1 != p2, Field::Card), (m1 != m2, Field::Password), (r1 != r2, Field::Product)]),
         _ => Some(Field::Kind),
     }
 }
@@ -314,6 +328,9 @@ impl Reference {
             debited: 0,
             paid_out: 0,
             breakage: 0,
+            foreign_pools: BTreeMap::new(),
+            foreign_known: Vec::new(),
+            conversions: Vec::new(),
         }
     }
 
@@ -501,7 +518,8 @@ impl Reference {
                 Some(field) => (Reply { field: field as u8, ..bare(ResultCode::OpIdReused) }, false),
             };
         }
-        let pin = body.pin_hash().expect("operations name a card");
+        // A card, or for FOREIGN_IMPORT the foreign PIN's hash (no card has it).
+        let pin = body.route_key().expect("operations name a card or a foreign PIN");
         if self.count_in(self.generation) >= 2 * self.generation_max() {
             // The older generation holds op times ahead of the clock and cannot go yet.
             return (bare(ResultCode::RetryLater), false);
@@ -556,8 +574,50 @@ impl Reference {
             Body::Void { pin_hash, hold_id } => self.void(pin_hash, hold_id),
             Body::Reverse { pin_hash, original_op_id } => self.reverse(op_id, pin_hash, original_op_id),
             Body::Refund { pin_hash, original_op_id, amount_won } => self.refund(pin_hash, original_op_id, amount_won),
+            Body::ForeignImport { foreign_hash, product_id, code } => self.foreign_import(foreign_hash, product_id, code),
+            Body::ForeignConvert { pin_hash, password_mac, product_id } => {
+                self.foreign_convert(op_id, pin_hash, password_mac, product_id)
+            }
             Body::Tick | Body::Configure(_) => unreachable!(),
         }
+    }
+
+    /// A known product's pool grows by the PIN unless it was imported before; the reply's
+    /// amount is the pool's new size.
+    fn foreign_import(&mut self, hash: u128, product: u32, code: ForeignCode) -> Outcome {
+        if !self.cfg.foreign_products.iter().any(|p| p.product_id == product) {
+            return done(bare(ResultCode::ForeignProductUnknown));
+        }
+        if self.foreign_known.contains(&hash) {
+            return done(bare(ResultCode::ForeignPinExists));
+        }
+        self.foreign_known.push(hash);
+        let pool = self.foreign_pools.entry(product).or_default();
+        pool.push_back(code);
+        let mut reply = bare(ResultCode::Approved);
+        reply.amount_won = pool.len() as u64;
+        done(reply)
+    }
+
+    /// Checked as a telephone-call payment of the product's price; takes the pool's oldest PIN;
+    /// no points.
+    fn foreign_convert(&mut self, op_id: OpId, pin: PinHash, mac: u64, product: u32) -> Outcome {
+        let Some(price) = self.cfg.foreign_products.iter().find(|p| p.product_id == product).map(|p| p.price_won) else {
+            return self.decline(ResultCode::ForeignProductUnknown, pin);
+        };
+        if let Err(code) = self.payment_checks(pin, mac, price, 2) {
+            return self.decline(code, pin);
+        }
+        if self.available(pin) < price {
+            return self.decline(ResultCode::InsufficientFunds, pin);
+        }
+        let Some(code) = self.foreign_pools.get_mut(&product).and_then(VecDeque::pop_front) else {
+            return self.decline(ResultCode::ForeignPinUnavailable, pin);
+        };
+        self.conversions.push((op_id, code));
+        self.card_mut(pin).unwrap().balance -= price;
+        self.debited += u128::from(price);
+        done(self.approve(pin, price))
     }
 
     fn issue(&mut self, pin: PinHash, face: u64) -> Outcome {
@@ -1360,7 +1420,7 @@ impl Walk {
             // A hold that was captured, voided, expired or reversed (or never placed).
             self.recorded_where(|_, body| matches!(body, Body::Authorize { .. }))
         } else if r < 95 {
-            self.sent_where(|body| matches!(body, Body::Authorize { .. })).map(|command| (command.body.pin_hash().expect("operations name a card"), command.op_id))
+            self.sent_where(|body| matches!(body, Body::Authorize { .. })).map(|command| (command.body.route_key().expect("operations name a card or a foreign PIN"), command.op_id))
         } else {
             None
         };
@@ -1376,7 +1436,20 @@ impl Walk {
     /// Sell, block, unblock, balance refund: mostly well formed, sometimes not.
     fn card_life_body(&mut self) -> Body {
         let pin = self.pick_pin();
-        match self.rng.below(6) {
+        match self.rng.below(8) {
+            6 => {
+                // A dozen codes, so imports repeat (FOREIGN_PIN_EXISTS) and pools stay small
+                // enough to run dry (FOREIGN_PIN_UNAVAILABLE); product 3 is not in the catalogue.
+                let index = self.rng.below(12);
+                let code = ForeignCode::new(format!("FX{index:02}").as_bytes()).unwrap();
+                let product_id = if self.rng.percent(90) { self.rng.range(1, 2) as u32 } else { 3 };
+                Body::ForeignImport { foreign_hash: 0xF0E1_0000_0000_0000_0000_0000_0000_0000 | u128::from(index), product_id, code }
+            }
+            7 => Body::ForeignConvert {
+                pin_hash: pin,
+                password_mac: if self.rng.percent(90) { good_mac(pin) } else { self.rng.next() },
+                product_id: if self.rng.percent(92) { self.rng.range(1, 2) as u32 } else { 3 },
+            },
             5 => Body::Consign {
                 pin_hash: pin,
                 partner_id: if self.rng.percent(90) { self.rng.range(1, 40) as u32 } else { 0 },
@@ -1498,12 +1571,12 @@ impl Walk {
                     }
                 } else if r < 60 {
                     match self.sent_where(|body| matches!(body, Body::Authorize { .. } | Body::Sale { .. })) {
-                        Some(command) => (command.body.pin_hash().expect("operations name a card"), command.op_id),
+                        Some(command) => (command.body.route_key().expect("operations name a card or a foreign PIN"), command.op_id),
                         None => (self.pick_pin(), self.fresh_op_id()),
                     }
                 } else if r < 70 {
                     match self.sent_where(|_| true) {
-                        Some(command) => (command.body.pin_hash().expect("operations name a card"), command.op_id),
+                        Some(command) => (command.body.route_key().expect("operations name a card or a foreign PIN"), command.op_id),
                         None => (self.pick_pin(), 0),
                     }
                 } else if r < 75 {
@@ -1539,9 +1612,9 @@ impl Walk {
                 } else if r < 75 {
                     self.recorded_where(|record, body| record.reply.code == 0 && matches!(body, Body::Capture { .. }))
                 } else if r < 85 {
-                    self.sent_where(|body| matches!(body, Body::Sale { .. } | Body::Capture { .. })).map(|c| (c.body.pin_hash().expect("operations name a card"), c.op_id))
+                    self.sent_where(|body| matches!(body, Body::Sale { .. } | Body::Capture { .. })).map(|c| (c.body.route_key().expect("operations name a card or a foreign PIN"), c.op_id))
                 } else if r < 92 {
-                    self.sent_where(|_| true).map(|c| (c.body.pin_hash().expect("operations name a card"), c.op_id))
+                    self.sent_where(|_| true).map(|c| (c.body.route_key().expect("operations name a card or a foreign PIN"), c.op_id))
                 } else {
                     None
                 }
@@ -1701,6 +1774,24 @@ impl Walk {
                 }
                 *amount_won = bump(*amount_won, flip[2] || flip[5]);
             }
+            Body::ForeignImport { foreign_hash, product_id, code } => {
+                if flip[0] || flip[2] || flip[4] {
+                    *foreign_hash ^= 0x40;
+                    code.bytes[0] ^= 0x20;
+                }
+                if flip[1] || flip[3] || flip[5] {
+                    *product_id = product_id.wrapping_add(1);
+                }
+            }
+            Body::ForeignConvert { pin_hash, password_mac, product_id } => {
+                if flip[0] || flip[3] {
+                    *pin_hash = self.other_pin(*pin_hash);
+                }
+                *password_mac = bump(*password_mac, flip[1] || flip[4]);
+                if flip[2] || flip[5] {
+                    *product_id = product_id.wrapping_add(1);
+                }
+            }
             Body::Tick | Body::Configure(_) => {}
         }
         body
@@ -1833,6 +1924,17 @@ impl Walk {
                     Some(applied),
                     None,
                 );
+            }
+        }
+        for (op_id, code) in &reference.conversions {
+            if shard.foreign_code(*op_id) != Some(*code) {
+                self.fail(&format!("conversion {op_id:#x}: engine {:?}, reference {code:?}", shard.foreign_code(*op_id)), command, Some(applied), None);
+            }
+        }
+        for product in 1..=3u32 {
+            let left = reference.foreign_pools.get(&product).map_or(0, VecDeque::len);
+            if shard.foreign_stock(product) != left {
+                self.fail(&format!("foreign stock of {product}: engine {}, reference {left}", shard.foreign_stock(product)), command, Some(applied), None);
             }
         }
         let totals = shard.totals();
@@ -2026,6 +2128,9 @@ fn engine_matches_the_reference_ledger() {
         ResultCode::HoldsOutstanding,
         ResultCode::CategoryNotAllowed,
         ResultCode::CardConsignedElsewhere,
+        ResultCode::ForeignProductUnknown,
+        ResultCode::ForeignPinExists,
+        ResultCode::ForeignPinUnavailable,
     ];
     let missing: Vec<&str> = must_reach.iter().filter(|code| counts[code.as_u16() as usize] == 0).map(|code| code.name()).collect();
     assert!(missing.is_empty(), "outcomes never reached: {missing:?}");

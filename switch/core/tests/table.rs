@@ -6,7 +6,7 @@
 
 use std::collections::BTreeSet;
 
-use pinswitch_core::{Body, Command, EngineConfig, Ms, OpId, PinHash, Reply, Shard};
+use pinswitch_core::{Body, Command, EngineConfig, ForeignCode, Ms, OpId, PinHash, Reply, Shard};
 use pinswitch_protocol::{CardState, Field, OpStatus, ResultCode, op_id_at};
 
 const T0: Ms = 1_800_000_000_000;
@@ -557,6 +557,48 @@ fn refund_respects_the_cap_and_closed_state_rules() {
 }
 
 /// Codes only the front end answers (framing, formats, overload); covered end to end.
+/// Foreign PINs: imports fill a product's pool once per code; a conversion debits the card
+/// the product's price (test_min: product 1, 10 dollars, 14,000 won) and hands out the oldest
+/// PIN, the same one again on a retry; an empty pool, an unknown product, a card too poor and
+/// a wrong password are refused; a conversion cannot be reversed or refunded.
+#[test]
+fn foreign_pins_are_imported_once_and_converted_from_the_balance() {
+    let mut s = Script::new();
+    let import = |code: &str, product_id| Body::ForeignImport {
+        foreign_hash: 0xF0 << 64 | u128::from(code.as_bytes()[code.len() - 1]),
+        product_id,
+        code: ForeignCode::new(code.as_bytes()).unwrap(),
+    };
+    let (_, first) = s.expect(import("US-1", 1), ResultCode::Approved);
+    assert_eq!(first.amount_won, 1, "the pool holds one PIN");
+    s.expect(import("US-2", 1), ResultCode::Approved);
+    s.expect(import("US-2", 1), ResultCode::ForeignPinExists);
+    s.expect(import("US-3", 9), ResultCode::ForeignProductUnknown);
+    assert_eq!(s.shard.foreign_stock(1), 2);
+
+    s.active_card(CARD, 50_000);
+    let convert = |product_id, password_mac| Body::ForeignConvert { pin_hash: CARD, password_mac, product_id };
+    s.expect(convert(9, PASSWORD), ResultCode::ForeignProductUnknown);
+    s.expect(convert(1, WRONG), ResultCode::PasswordInvalid);
+    s.expect(convert(2, PASSWORD), ResultCode::ForeignPinUnavailable);
+    let (converted, reply) = s.expect(convert(1, PASSWORD), ResultCode::Approved);
+    assert_eq!((reply.amount_won, reply.balance_won), (14_000, 36_000));
+    assert_eq!(s.shard.foreign_code(converted).unwrap().as_bytes(), b"US-1", "the oldest PIN first");
+    let retry = s.run_at(converted, 0, convert(1, PASSWORD));
+    assert!(retry.replayed && retry.balance_won == 36_000);
+    assert_eq!(s.shard.foreign_code(converted).unwrap().as_bytes(), b"US-1", "a retry gets the same PIN");
+    s.expect(sale(CARD, PASSWORD, 23_000), ResultCode::Approved);
+    s.expect(convert(1, PASSWORD), ResultCode::InsufficientFunds);
+    s.expect(Body::Reverse { pin_hash: CARD, original_op_id: converted }, ResultCode::ReversalNotSupported);
+    s.expect(Body::Refund { pin_hash: CARD, original_op_id: converted, amount_won: 1_000 }, ResultCode::ReversalNotSupported);
+    assert_eq!(s.shard.foreign_stock(1), 1);
+    assert_eq!(s.balance(CARD), (13_000, 13_000));
+
+    // The pool and the conversions survive a snapshot.
+    let restored = Shard::from_snapshot_bytes(&s.shard.to_snapshot_bytes()).unwrap();
+    assert_eq!((restored.foreign_stock(1), restored.foreign_code(converted)), (1, s.shard.foreign_code(converted)));
+}
+
 const FRONT_END_ONLY: &[ResultCode] = &[
     ResultCode::PasswordFormatInvalid,
     ResultCode::PinFormatInvalid,
@@ -587,6 +629,7 @@ fn every_engine_result_code_is_reached() {
         collect(balance_refund_follows_the_used_share_rule_and_closes_the_card),
         collect(cards_expire_at_the_end_of_validity_and_the_rest_is_breakage),
         collect(reversals_naming_future_originals_never_raise_the_floor_past_the_clock),
+        collect(foreign_pins_are_imported_once_and_converted_from_the_balance),
     ] {
         seen.extend(script);
     }

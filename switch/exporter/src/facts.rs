@@ -109,9 +109,10 @@ pub struct RetentionLine {
 }
 
 /// Names of journal record kinds (the command of the record), indexed by `RetentionLine::kind`.
-pub const RECORD_KINDS: [&str; 17] = [
+pub const RECORD_KINDS: [&str; 19] = [
     "issue", "activate", "load", "sell", "block", "unblock", "consign", "register", "balance-refund",
-    "authorize", "capture", "void", "reverse", "sale", "refund", "tick", "configure",
+    "authorize", "capture", "void", "reverse", "sale", "refund", "tick", "configure", "foreign-import",
+    "foreign-convert",
 ];
 
 /// Count and sum.

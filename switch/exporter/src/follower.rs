@@ -379,6 +379,11 @@ impl Follower {
                 out.post(Account::MerchantPayable { merchant_id }, liability, reply.amount_won);
                 self.merchant_line(&mut out, origin, payment_op_id, MerchantKind::Refund, reply.amount_won).map_err(unbalanced)?;
             }
+            Body::ForeignConvert { product_id, .. } if approved => {
+                // The price is what the foreign operator is owed for the PIN handed out.
+                let partner_id = self.shadow.config().foreign_product(*product_id).map_or(0, |product| product.partner_id);
+                out.post(liability, Account::ForeignPartnerPayable { partner_id }, reply.amount_won);
+            }
             Body::BalanceRefund { payout_account_ref, .. } if approved => {
                 out.post(liability, Account::RefundsPayable, reply.amount_won);
                 self.payout_accounts.insert(card, *payout_account_ref);
@@ -562,5 +567,7 @@ fn record_kind(body: &Body) -> (u8, bool) {
         Body::Refund { .. } => (14, false),
         Body::Tick => (15, false),
         Body::Configure(_) => (16, false),
+        Body::ForeignImport { .. } => (17, false),
+        Body::ForeignConvert { .. } => (18, false),
     }
 }

@@ -38,6 +38,9 @@ pub enum Account {
     /// 2400 (liability): card balances to pay out to holders' accounts (CARD_REFUND, and
     /// reversals onto a card already paid out).
     RefundsPayable,
+    /// 2500 (liability): what is owed to a foreign operator for the foreign PINs card holders
+    /// converted their balance into (FOREIGN_CONVERT), at the catalogue's won price.
+    ForeignPartnerPayable { partner_id: u32 },
     /// 4100 (income): merchant commission (merchant discount).
     CommissionRevenue,
     /// 4200 (income): value left on expired cards.
@@ -69,6 +72,7 @@ impl Account {
             Account::Holds => 2200,
             Account::MerchantPayable { .. } => 2300,
             Account::RefundsPayable => 2400,
+            Account::ForeignPartnerPayable { .. } => 2500,
             Account::CommissionRevenue => 4100,
             Account::BreakageRevenue => 4200,
             Account::SalesPremium => 4300,
@@ -94,6 +98,7 @@ impl Account {
             Account::Holds => format!("{code} holds"),
             Account::MerchantPayable { merchant_id } => format!("{code} merchant-payable/{merchant_id}"),
             Account::RefundsPayable => format!("{code} refunds-payable"),
+            Account::ForeignPartnerPayable { partner_id } => format!("{code} foreign-partner-payable/{partner_id}"),
             Account::CommissionRevenue => format!("{code} commission-revenue"),
             Account::BreakageRevenue => format!("{code} breakage-revenue"),
             Account::SalesPremium => format!("{code} sales-premium"),

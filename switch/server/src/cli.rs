@@ -9,7 +9,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use pinswitch_protocol::client::Client;
 use pinswitch_protocol::{
     self as protocol, BalanceInquiry, BlockReason, CardActivate, CardBlock, CardIssue, CardLoad,
-    CardConsign, CardRefund, CardRegister, CardSell, CardState, CardUnblock, Funding, OpResult, ResultCode, Sale, pin,
+    CardConsign, CardRefund, CardRegister, CardSell, CardState, CardUnblock, ForeignConvert, ForeignImport, Funding, OpResult,
+    ResultCode, Sale, pin,
 };
 
 use crate::config::Config;
@@ -67,6 +68,9 @@ struct ExportPlaces {
     /// The exporter's configuration file (cut-off, commission rates, payout accounts).
     #[arg(long = "export-config", global = true)]
     export_config: Option<PathBuf>,
+    /// The merchant (associate) registry, CSV `merchant_id,name,category`: names in statements.
+    #[arg(long, global = true)]
+    merchants: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -103,6 +107,24 @@ enum ExportCommand {
         month: String,
         #[arg(long)]
         out: Option<PathBuf>,
+    },
+    /// A card's usage statement from the exporter's index: summary and internet payments.
+    Statement {
+        pin: String,
+        /// First day (YYYY-MM-DD, local time of the export configuration's zone).
+        #[arg(long)]
+        from: Option<String>,
+        /// Last day, included.
+        #[arg(long)]
+        to: Option<String>,
+        /// Time this many queries of the statement's first page and print the latencies on stderr.
+        #[arg(long, default_value_t = 0)]
+        repeat: u32,
+    },
+    /// Answer STATEMENT frames (and HELLO, PING) from the exporter's index; never the switch's shards.
+    Serve {
+        #[arg(long, default_value = "127.0.0.1:7421")]
+        listen: String,
     },
 }
 
@@ -219,6 +241,26 @@ enum CardCommand {
         #[arg(long)]
         account: u64,
     },
+    /// Import foreign PINs bought from a foreign operator into a foreign product's pool: one
+    /// code per line of FILE (blank lines skipped); prints one result per code.
+    ForeignImport {
+        #[arg(long, default_value = "127.0.0.1:7420")]
+        connect: String,
+        /// The foreign product (`[[engine.foreign_products]]` in the configuration).
+        #[arg(long)]
+        product: u32,
+        file: PathBuf,
+    },
+    /// Convert part of a card's balance into one foreign PIN of a product; prints the PIN.
+    Convert {
+        #[arg(long, default_value = "127.0.0.1:7420")]
+        connect: String,
+        pin: String,
+        #[arg(long)]
+        product: u32,
+        #[arg(long)]
+        password: String,
+    },
 }
 
 /// Why a card is blocked (`card block --reason`).
@@ -280,6 +322,9 @@ fn export(places: ExportPlaces, command: ExportCommand) -> anyhow::Result<ExitCo
     let state_dir = places.state.unwrap_or_else(|| data_dir.join("export"));
     let export_config = ExportConfig::load(places.export_config.as_deref())?;
     let options = Options { data_dir, state_dir, engine: pinswitch_core::EngineConfig::production(), config: export_config };
+    if matches!(command, ExportCommand::Statement { .. } | ExportCommand::Serve { .. }) {
+        return statements(&options, places.merchants.as_deref(), command);
+    }
     // Runs (and deposit matching) hold the state exclusively; looking at it does not.
     let mut exporter = match command {
         ExportCommand::Run { .. } | ExportCommand::Deposits { .. } => Exporter::open(options)?,
@@ -338,6 +383,7 @@ fn export(places: ExportPlaces, command: ExportCommand) -> anyhow::Result<ExitCo
             }
             Ok(if report.declined.is_empty() && report.in_flight.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
+        ExportCommand::Statement { .. } | ExportCommand::Serve { .. } => unreachable!("answered by statements()"),
         ExportCommand::Month { month, out } => {
             let Some(day) = parse_date(&format!("{month}-01")) else { bail!("{month:?} is not a month (YYYY-MM)") };
             let (year, month_number, _) = pinswitch_exporter::calendar::civil_from_days(day);
@@ -346,6 +392,68 @@ fn export(places: ExportPlaces, command: ExportCommand) -> anyhow::Result<ExitCo
             println!("{} remittance in {}", if is_final { "final" } else { "provisional" }, dir.display());
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// `export statement` and `export serve`: card statements from the exporter's statement index
+/// (no exporter state is loaded); PINs are hashed with the data directory's keys, as the switch does.
+fn statements(options: &pinswitch_exporter::Options, merchants: Option<&std::path::Path>, command: ExportCommand) -> anyhow::Result<ExitCode> {
+    use pinswitch_exporter::merchants::MerchantRegistry;
+    use pinswitch_exporter::parse_date;
+    use pinswitch_exporter::serve::StatementService;
+    let key_path = options.data_dir.join(crate::keys::KEY_FILE);
+    if !key_path.exists() {
+        bail!("{} not found: statements need the switch's PIN key", key_path.display());
+    }
+    let keys = crate::keys::Keys::load_or_create(&options.data_dir)?;
+    let shard_count = pinswitch_exporter::exporter::read_shard_count(&options.data_dir)?;
+    let registry = MerchantRegistry::load(merchants)?;
+    let service = StatementService::open(&options.state_dir, shard_count, registry, options.config.statements.clone(), Box::new(move |pin| keys.pin_hash(pin)))?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("building the runtime")?;
+    match command {
+        ExportCommand::Serve { listen } => runtime.block_on(async {
+            let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("listening on {listen}"))?;
+            println!("statements on {}", listener.local_addr()?);
+            use std::io::Write as _;
+            std::io::stdout().flush()?;
+            pinswitch_exporter::serve::serve(listener, std::sync::Arc::new(service)).await?;
+            Ok(ExitCode::SUCCESS)
+        }),
+        ExportCommand::Statement { pin: text, from, to, repeat } => {
+            let card = parse_pin(&text)?;
+            let zone = pinswitch_exporter::Cutoff { utc_offset_hours: options.config.utc_offset_hours, cutoff_hour: 0 };
+            let day = |text: &str| parse_date(text).with_context(|| format!("{text:?} is not a date (YYYY-MM-DD)"));
+            let from_ms = from.as_deref().map(day).transpose()?.map_or(0, |day| u64::try_from(zone.start_ms(day)).unwrap_or(0));
+            let to_ms = to.as_deref().map(day).transpose()?.map_or(0, |day| u64::try_from(zone.end_ms(day)).unwrap_or(0));
+            let mut query = protocol::StatementQuery { pin: card, from_ms, to_ms, cursor: 0, limit: 0 };
+            if repeat > 0 {
+                let mut micros: Vec<u128> = (0..repeat)
+                    .map(|_| {
+                        let started = std::time::Instant::now();
+                        std::hint::black_box(service.answer(&query));
+                        started.elapsed().as_micros()
+                    })
+                    .collect();
+                micros.sort_unstable();
+                let at = |share: usize| micros[(micros.len() * share / 100).min(micros.len() - 1)];
+                eprintln!("{repeat} queries: p50 {} us, p99 {} us, max {} us", at(50), at(99), micros[micros.len() - 1]);
+            }
+            let first = service.answer(&query);
+            if first.code != ResultCode::Approved.as_u16() {
+                return Ok(outcome(first.code, String::new()));
+            }
+            let mut lines = first.lines.clone();
+            let mut next = first.next_cursor;
+            while next != 0 {
+                query.cursor = next;
+                let page = service.answer(&query);
+                lines.extend(page.lines.iter().cloned());
+                next = if page.code == ResultCode::Approved.as_u16() { page.next_cursor } else { 0 };
+            }
+            print!("{}", pinswitch_exporter::statement::render(&pin::format(card), &first, &lines, zone));
+            Ok(ExitCode::SUCCESS)
+        }
+        _ => unreachable!("only statement and serve come here"),
     }
 }
 
@@ -495,6 +603,40 @@ async fn card(command: CardCommand) -> anyhow::Result<ExitCode> {
             let event = CardRefund { op_id: protocol::new_op_id(), pin, payout_account_ref: account };
             let result = single(client.card_refund(&[event]).await.context("refunding the balance")?)?;
             Ok(outcome(result.code, format!(", paid out {} won, balance {} won", result.amount_won, result.balance_won)))
+        }
+        CardCommand::ForeignImport { connect: address, product, file } => {
+            let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+            let codes: Vec<&str> = text.lines().map(str::trim).filter(|line| !line.is_empty()).collect();
+            let client = connect(&address).await?;
+            let hello = client.hello("pinswitch-cli").await.context("greeting the switch")?;
+            let mut failed = false;
+            for chunk in codes.chunks(hello.batch_events_max.max(1) as usize) {
+                let events: Vec<ForeignImport> = chunk
+                    .iter()
+                    .map(|code| ForeignImport { op_id: protocol::new_op_id(), product_id: product, foreign_pin: code.as_bytes().to_vec() })
+                    .collect();
+                let results = client.foreign_import(&events).await.context("importing foreign PINs")?;
+                for (code, result) in chunk.iter().zip(results) {
+                    let name = ResultCode::from_u16(result.code).map_or("UNKNOWN", ResultCode::name);
+                    println!("{code} {name} ({})", result.code);
+                    failed |= result.code != ResultCode::Approved.as_u16();
+                }
+            }
+            Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+        }
+        CardCommand::Convert { connect: address, pin, product, password } => {
+            let pin = parse_pin(&pin)?;
+            let client = connect(&address).await?;
+            let event = ForeignConvert { op_id: protocol::new_op_id(), pin, password: password.into_bytes(), product_id: product };
+            let converted = single(client.foreign_convert(&[event]).await.context("converting")?)?;
+            let result = converted.result;
+            let foreign_pin = String::from_utf8_lossy(&converted.foreign_pin).into_owned();
+            let detail = if foreign_pin.is_empty() {
+                format!(", balance {} won", result.balance_won)
+            } else {
+                format!(", foreign PIN {foreign_pin}, debited {} won, balance {} won", result.amount_won, result.balance_won)
+            };
+            Ok(outcome(result.code, detail))
         }
     }
 }

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use pinswitch_core::EngineConfig;
+use pinswitch_core::{EngineConfig, ForeignProduct};
 use serde::Deserialize;
 
 #[derive(Clone, Debug, Deserialize)]
@@ -86,6 +86,44 @@ pub struct EngineSection {
     pub product_points_per_mille: Vec<u16>,
     pub promotional_face_values_won: Vec<u64>,
     pub promotional_extension_days: u32,
+    /// `[[engine.foreign_products]]` tables.
+    pub foreign_products: Vec<ForeignProductSection>,
+}
+
+/// One `[[engine.foreign_products]]` table; see `ForeignProduct`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForeignProductSection {
+    pub product_id: u32,
+    pub partner_id: u32,
+    /// ISO 4217 alphabetic code, e.g. "USD".
+    pub currency: String,
+    pub face_value_minor: u64,
+    pub price_won: u64,
+}
+
+impl ForeignProductSection {
+    fn of(product: &ForeignProduct) -> ForeignProductSection {
+        ForeignProductSection {
+            product_id: product.product_id,
+            partner_id: product.partner_id,
+            currency: String::from_utf8_lossy(&product.currency).into_owned(),
+            face_value_minor: product.face_value_minor,
+            price_won: product.price_won,
+        }
+    }
+
+    /// A currency that is not three bytes becomes `[0; 3]`, which the engine's validation
+    /// refuses with a message naming the product.
+    fn engine(&self) -> ForeignProduct {
+        ForeignProduct {
+            product_id: self.product_id,
+            partner_id: self.partner_id,
+            currency: <[u8; 3]>::try_from(self.currency.as_bytes()).unwrap_or([0; 3]),
+            face_value_minor: self.face_value_minor,
+            price_won: self.price_won,
+        }
+    }
 }
 
 impl Default for ServerSection {
@@ -142,6 +180,7 @@ impl Default for EngineSection {
             product_points_per_mille: engine.product_points_per_mille.clone(),
             promotional_face_values_won: engine.promotional_face_values_won.clone(),
             promotional_extension_days: engine.promotional_extension_days,
+            foreign_products: engine.foreign_products.iter().map(ForeignProductSection::of).collect(),
         }
     }
 }
@@ -200,6 +239,7 @@ impl Config {
             product_points_per_mille: engine.product_points_per_mille.clone(),
             promotional_face_values_won: engine.promotional_face_values_won.clone(),
             promotional_extension_days: engine.promotional_extension_days,
+            foreign_products: engine.foreign_products.iter().map(ForeignProductSection::engine).collect(),
         }
     }
 

@@ -57,6 +57,16 @@ impl Keys {
         hasher.finish128().as_u128()
     }
 
+    /// A foreign PIN's keyed hash: it routes the PIN to a shard and names it there (a code
+    /// imported twice is refused). Keyed like PINs, with its own domain, so codes cannot be
+    /// chosen to pile onto one shard and a foreign code never collides with a card's name.
+    pub fn foreign_hash(&self, code: &[u8]) -> u128 {
+        let mut hasher = SipHasher128::new_with_key(&self.pin_key);
+        hasher.write(b"pinswitch foreign pin\0");
+        hasher.write(code);
+        hasher.finish128().as_u128()
+    }
+
     /// The secret seed of the shards' hash tables (op ids are client-chosen: without a secret
     /// seed a client could flood one probe sequence). Derived, so `keys.bin` stays two keys.
     pub fn table_key(&self) -> [u64; 2] {

@@ -9,9 +9,9 @@
 
 use std::sync::Arc;
 
-use pinswitch_core::{Body, Command, PinHash, Reply, shard_of_card, shard_of_op};
+use pinswitch_core::{Body, Command, ForeignCode, PinHash, Reply, shard_of_card, shard_of_op};
 use pinswitch_protocol::{
-    self as protocol, BalanceResult, CardIssueResult, FLAG_REPLAYED,
+    self as protocol, BalanceResult, CardIssueResult, FLAG_REPLAYED, ForeignConvertResult,
     FLAG_RESPONSE, FrameHeader, HelloReply, HoldInfo, InquiryResult, MsgType, OpResult, OpStatus,
     Pong, ResultCode, VERSION, access_body, decode_body, decode_frame, encode_body, encode_frame,
 };
@@ -170,6 +170,7 @@ enum Planned {
     Issue(Pending<CardIssueResult>, Vec<Option<IssueSlot>>),
     Inquiry(Pending<InquiryResult>),
     Balance(Pending<BalanceResult>),
+    Foreign(Pending<ForeignConvertResult>),
 }
 
 /// A CARD_ISSUE event in flight: what is needed to draw again under the same op id.
@@ -205,6 +206,7 @@ impl Planned {
             Planned::Issue(pending, pins) => encode_body(&finish_issue(context, pending, pins).await),
             Planned::Inquiry(pending) => encode_body(&pending.collect(inquiry_result, || inquiry_code(ResultCode::RetryLater)).await),
             Planned::Balance(pending) => encode_body(&pending.collect(balance_result, || balance_code(ResultCode::RetryLater)).await),
+            Planned::Foreign(pending) => encode_body(&pending.collect(foreign_result, || foreign_code(ResultCode::RetryLater)).await),
         }
     }
 }
@@ -413,6 +415,38 @@ fn plan(context: &Context, msg_type: MsgType, body: &[u8], deadline_at_ms: u64) 
             };
             Some((event.op_id.to_native(), body))
         })),
+        MsgType::ForeignImport => Ok(ops(context, events!(protocol::ForeignImport), deadline_at_ms, |event, result| {
+            let code = event.foreign_pin.as_slice();
+            let Some(foreign_code) = ForeignCode::new(code).filter(|_| code.iter().all(u8::is_ascii_alphanumeric)) else {
+                *result = Some(op_code(ResultCode::FormatError));
+                return None;
+            };
+            let body = Body::ForeignImport {
+                foreign_hash: keys.foreign_hash(code),
+                product_id: event.product_id.to_native(),
+                code: foreign_code,
+            };
+            Some((event.op_id.to_native(), body))
+        })),
+        MsgType::ForeignConvert => {
+            let events = events!(protocol::ForeignConvert);
+            let mut pending = Pending::new(events.len());
+            let mut routed = Vec::with_capacity(events.len());
+            for (index, event) in events.iter().enumerate() {
+                let mut refused = None;
+                let credentials = card(keys, event.pin.to_native(), &mut refused).and_then(|pin_hash| {
+                    password(keys, pin_hash, event.password.as_slice(), &mut refused).map(|password_mac| (pin_hash, password_mac))
+                });
+                let Some((pin_hash, password_mac)) = credentials else {
+                    pending.results[index] = refused.map(|result| ForeignConvertResult { result, foreign_pin: Vec::new() });
+                    continue;
+                };
+                let body = Body::ForeignConvert { pin_hash, password_mac, product_id: event.product_id.to_native() };
+                routed.push((index, shard_of_card(pin_hash, count), command(event.op_id.to_native(), body)));
+            }
+            pending.groups = submit(context, routed);
+            Ok(Planned::Foreign(pending))
+        }
         MsgType::Inquiry => {
             let events = events!(protocol::Inquiry);
             let mut pending = Pending::new(events.len());
@@ -462,12 +496,12 @@ fn ops<E>(
     let mut routed = Vec::with_capacity(events.len());
     for (index, event) in events.iter().enumerate() {
         let Some((op_id, body)) = convert(event, &mut pending.results[index]) else { continue };
-        let Some(pin_hash) = body.pin_hash() else {
+        let Some(route_key) = body.route_key() else {
             pending.results[index] = Some(op_code(ResultCode::InternalError));
             continue;
         };
         let command = Command { op_id, deadline_at_ms, body };
-        routed.push((index, shard_of_card(pin_hash, context.shard_count), ShardItem::Command(command)));
+        routed.push((index, shard_of_card(route_key, context.shard_count), ShardItem::Command(command)));
     }
     pending.groups = submit(context, routed);
     Planned::Ops(pending)
@@ -597,6 +631,20 @@ fn inquiry_result(output: ShardOutput) -> InquiryResult {
             result: view.reply.as_ref().map(op_result).unwrap_or_default(),
         },
         _ => inquiry_code(ResultCode::InternalError),
+    }
+}
+
+fn foreign_code(code: ResultCode) -> ForeignConvertResult {
+    ForeignConvertResult { result: op_code(code), foreign_pin: Vec::new() }
+}
+
+fn foreign_result(output: ShardOutput) -> ForeignConvertResult {
+    match output {
+        ShardOutput::Converted(applied, code) => ForeignConvertResult {
+            result: op_result(&applied.reply),
+            foreign_pin: code.filter(|_| applied.reply.code == ResultCode::Approved.as_u16()).map(|code| code.as_bytes().to_vec()).unwrap_or_default(),
+        },
+        _ => foreign_code(ResultCode::InternalError),
     }
 }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, anyhow, bail};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use pinswitch_core::{
-    Applied, Body, CardView, Command, EngineConfig, JournalEntry, Ms, OpId, OpView, PinHash,
+    Applied, Body, CardView, Command, EngineConfig, ForeignCode, JournalEntry, Ms, OpId, OpView, PinHash,
     Shard, decode_entry, encode_entry, encode_entry_into,
 };
 use pinswitch_journal::{Journal, JournalOptions, SnapshotWriter};
@@ -32,6 +32,9 @@ pub enum ShardItem {
 #[derive(Debug)]
 pub enum ShardOutput {
     Applied(Applied),
+    /// A FOREIGN_CONVERT: its result and the foreign PIN it handed out (approved ones, replays
+    /// included).
+    Converted(Applied, Option<ForeignCode>),
     Card(Option<CardView>),
     Op(OpView),
 }
@@ -260,7 +263,12 @@ impl Runner {
                                 self.append(now_ms, command.clone(), applied);
                                 appended += 1;
                             }
-                            ShardOutput::Applied(applied)
+                            match command.body {
+                                Body::ForeignConvert { .. } => {
+                                    ShardOutput::Converted(applied, self.engine.foreign_code(command.op_id))
+                                }
+                                _ => ShardOutput::Applied(applied),
+                            }
                         }
                         ShardItem::Card(pin_hash) => ShardOutput::Card(self.engine.card(now_ms, *pin_hash)),
                         ShardItem::Op { pin_hash, op_id } => ShardOutput::Op(self.engine.op(*pin_hash, *op_id)),
