@@ -580,7 +580,8 @@ pub fn shard_dir(data_dir: &Path, shard: u16) -> PathBuf {
     data_dir.join(format!("shard-{shard:03}"))
 }
 
-fn read_shard_count(data_dir: &Path) -> Result<u16> {
+/// The shard count of the switch's data directory (`shards.count`).
+pub fn read_shard_count(data_dir: &Path) -> Result<u16> {
     let path = data_dir.join("shards.count");
     let text = std::fs::read_to_string(&path).map_err(ExportError::io(&path, "read shard count"))?;
     match text.trim().parse::<u16>() {

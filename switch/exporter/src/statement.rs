@@ -772,6 +772,76 @@ pub fn summarize(entries: &[Entry], query: &StatementPage, limits: &StatementLim
     Ok(result)
 }
 
+/// The names of the service categories (`Category` 1..=6), as the statement shows them.
+pub const CATEGORY_NAMES: [&str; CATEGORY_COUNT] = ["internet payment", "telephone call", "phone information", "prepaid mobile", "PC communication", "voicemail"];
+
+const FUNDING_NAMES: [&str; 5] = ["credit card", "bank transfer", "deposit without bankbook", "cash", "mobile bill"];
+
+/// The statement as text: the summary (FIG. 10H), then the detail list of internet payments
+/// (FIG. 10I) with every line of `lines` (all pages). Times in the zone of `cutoff`.
+pub fn render(card: &str, result: &StatementResult, lines: &[StatementLine], cutoff: crate::calendar::Cutoff) -> String {
+    use std::fmt::Write as _;
+    let time = |time_ms: u64| cutoff.local_date_time(i64::try_from(time_ms).unwrap_or(i64::MAX));
+    let state = pinswitch_protocol::CardState::from_u8(result.state).map_or("unknown", pinswitch_protocol::CardState::name);
+    let mut out = String::new();
+    let row = |out: &mut String, label: &str, value: String| {
+        let _ = writeln!(out, "{label:<34}{value}");
+    };
+    let _ = writeln!(out, "USAGE STATEMENT OF CARD {card}");
+    row(&mut out, "as of", time(result.as_of_ms));
+    row(&mut out, "state", state.to_string());
+    let issued = if result.issued_at_ms == 0 { "before the journal".into() } else { time(result.issued_at_ms) };
+    row(&mut out, "initial value", format!("{} won (issued {issued})", result.face_value_won));
+    if result.sold_at_ms != 0 {
+        row(&mut out, "sold", format!("{} by channel {} for {} won", time(result.sold_at_ms), result.channel_id, result.price_won));
+    }
+    let validity = if result.valid_until_s == 0 { "not started".to_string() } else { time(u64::from(result.valid_until_s) * 1000) };
+    row(&mut out, "valid until", validity);
+    for recharge in &result.recharges {
+        let means = FUNDING_NAMES.get(usize::from(recharge.funding).wrapping_sub(1)).copied().unwrap_or("unknown");
+        row(&mut out, "recharge", format!("{} +{} won ({means})", time(recharge.time_ms), recharge.amount_won));
+    }
+    if result.recharges.len() < result.recharge_count as usize {
+        row(&mut out, "recharges not listed", (result.recharge_count as usize - result.recharges.len()).to_string());
+    }
+    row(&mut out, "recharged", format!("{} won in {} recharges", result.recharged_won, result.recharge_count));
+    row(&mut out, "total refunded", format!("{} won", result.refunded_won));
+    row(&mut out, "  merchant refunds", format!("{} won", result.merchant_refunds_won));
+    row(&mut out, "  reversals", format!("{} won", result.reversals_won));
+    row(&mut out, "  balance refund", format!("{} won", result.balance_refund_won));
+    for (name, paid_won) in CATEGORY_NAMES.iter().zip(result.paid_by_category_won) {
+        row(&mut out, &format!("total {name}"), format!("{paid_won} won"));
+    }
+    if result.other_debits_won != 0 || result.other_credits_won != 0 {
+        row(&mut out, "other debits", format!("{} won", result.other_debits_won));
+        row(&mut out, "other credits", format!("{} won", result.other_credits_won));
+    }
+    if result.breakage_won != 0 {
+        row(&mut out, "expired (breakage)", format!("{} won", result.breakage_won));
+    }
+    row(&mut out, "points", result.points.to_string());
+    row(&mut out, "balance", format!("{} won", result.balance_won));
+    let _ = writeln!(out, "\nDETAILED USAGE: INTERNET PAYMENTS ({} lines)", result.lines_total);
+    let (mut paid_won, mut credited_won) = (0u128, 0u128);
+    for line in lines {
+        let kind = match line.kind {
+            LINE_PAYMENT => "payment",
+            LINE_REFUND => "refund",
+            LINE_REVERSAL => "reversal",
+            _ => "other",
+        };
+        if line.kind == LINE_PAYMENT {
+            paid_won += u128::from(line.amount_won);
+        } else {
+            credited_won += u128::from(line.amount_won);
+        }
+        let _ = writeln!(out, "{}  {kind:<8}  {:>12} won  {} ({})", time(line.time_ms), line.amount_won, line.merchant_name, line.merchant_id);
+    }
+    row(&mut out, "total internet payment", format!("{paid_won} won"));
+    row(&mut out, "total refunded on them", format!("{credited_won} won"));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
