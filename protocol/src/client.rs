@@ -324,6 +324,10 @@ impl Client {
         self.call(MsgType::CardRegister, events).await
     }
 
+    pub async fn card_claim(&self, events: &[CardClaim]) -> Result<Vec<OpResult>, ClientError> {
+        self.call(MsgType::CardClaim, events).await
+    }
+
     pub async fn card_consign(&self, events: &[CardConsign]) -> Result<Vec<OpResult>, ClientError> {
         self.call(MsgType::CardConsign, events).await
     }

@@ -36,6 +36,11 @@ pub enum ResultCode {
     /// CARD_SELL by a channel other than the partner the card is consigned to, or CARD_CONSIGN
     /// of a card already consigned.
     CardConsignedElsewhere = 126,
+    /// CARD_CLAIM: the recipient reference is not the one the gift sale named (or the card is
+    /// not a gift and the reference is not 0).
+    GiftRecipientMismatch = 127,
+    /// CARD_ACTIVATE of a gift card: its recipient claims it with CARD_CLAIM.
+    GiftClaimRequired = 128,
     InsufficientFunds = 110,
     BalanceCapExceeded = 111,
     RechargeUnitInvalid = 112,
@@ -135,6 +140,8 @@ impl ResultCode {
         Self::PasswordFormatInvalid,
         Self::PinFormatInvalid,
         Self::CardConsignedElsewhere,
+        Self::GiftRecipientMismatch,
+        Self::GiftClaimRequired,
         Self::HoldNotFound,
         Self::HoldAlreadyCaptured,
         Self::HoldExpired,
@@ -201,6 +208,8 @@ impl ResultCode {
             Self::CardNotBlocked => "CARD_NOT_BLOCKED",
             Self::CategoryNotAllowed => "CATEGORY_NOT_ALLOWED",
             Self::CardConsignedElsewhere => "CARD_CONSIGNED_ELSEWHERE",
+            Self::GiftRecipientMismatch => "GIFT_RECIPIENT_MISMATCH",
+            Self::GiftClaimRequired => "GIFT_CLAIM_REQUIRED",
             Self::InsufficientFunds => "INSUFFICIENT_FUNDS",
             Self::BalanceCapExceeded => "BALANCE_CAP_EXCEEDED",
             Self::RechargeUnitInvalid => "RECHARGE_UNIT_INVALID",

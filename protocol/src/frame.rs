@@ -403,6 +403,10 @@ fn exercise_message(msg_type: MsgType, body: &[u8]) {
             exercise_body::<Vec<CardConsign>>(body);
             exercise_body::<Vec<OpResult>>(body);
         }
+        MsgType::CardClaim => {
+            exercise_body::<Vec<CardClaim>>(body);
+            exercise_body::<Vec<OpResult>>(body);
+        }
         MsgType::ForeignImport => {
             exercise_body::<Vec<ForeignImport>>(body);
             exercise_body::<Vec<OpResult>>(body);
@@ -761,6 +765,7 @@ mod tests {
             password_tries_left: 5,
             points: 12,
             valid_until_s: 1_900_000_000,
+            password_hint: true,
             holds: vec![HoldInfo {
                 hold_id: 6,
                 amount_won: 7,

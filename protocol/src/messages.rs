@@ -20,6 +20,7 @@ pub enum MsgType {
     CardRefund = 16,
     CardRegister = 17,
     CardConsign = 18,
+    CardClaim = 19,
     Authorize = 20,
     Capture = 21,
     Void = 22,
@@ -33,7 +34,7 @@ pub enum MsgType {
 }
 
 impl MsgType {
-    pub const ALL: [MsgType; 21] = [
+    pub const ALL: [MsgType; 22] = [
         Self::Hello,
         Self::Ping,
         Self::CardIssue,
@@ -45,6 +46,7 @@ impl MsgType {
         Self::CardRefund,
         Self::CardRegister,
         Self::CardConsign,
+        Self::CardClaim,
         Self::Authorize,
         Self::Capture,
         Self::Void,
@@ -114,6 +116,20 @@ pub struct CardIssueResult {
     /// The new card's PIN, shown once: 0 when the result is a replay or a decline.
     pub pin: u64,
     pub balance_won: u64,
+}
+
+/// CARD_CLAIM: activation with the details of the seed's two paths: a gift's recipient claims
+/// the card with the recipient reference the sale named (`gift_recipient_ref`; 0 for a card
+/// that is not a gift) and their own password; `password_hint` records that the holder left a
+/// password hint with the card site (the hint itself stays there). A gift can only be claimed
+/// this way.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct CardClaim {
+    pub op_id: u128,
+    pub pin: u64,
+    pub password: Vec<u8>,
+    pub gift_recipient_ref: u64,
+    pub password_hint: bool,
 }
 
 /// CARD_ACTIVATE: register the holder's password ("for user"); the card becomes active.
@@ -411,6 +427,8 @@ pub struct BalanceResult {
     pub points: u32,
     /// End of validity, seconds since the Unix epoch (0: not started, the card is in stock).
     pub valid_until_s: u32,
+    /// The holder left a password hint with the card site (CARD_CLAIM).
+    pub password_hint: bool,
     pub holds: Vec<HoldInfo>,
 }
 

@@ -193,6 +193,16 @@ fn valid_frames(rng: &mut SplitMix64) -> Vec<ValidFrame> {
             .collect();
         push(&mut frames, MsgType::CardConsign, false, events);
         let events: Vec<_> = (0..count)
+            .map(|_| CardClaim {
+                op_id: op_id(rng),
+                pin: pin(rng),
+                password: password(rng),
+                gift_recipient_ref: rng.next(),
+                password_hint: rng.next() & 1 == 1,
+            })
+            .collect();
+        push(&mut frames, MsgType::CardClaim, false, events);
+        let events: Vec<_> = (0..count)
             .map(|_| Authorize {
                 op_id: op_id(rng),
                 pin: pin(rng),
@@ -279,6 +289,7 @@ fn valid_frames(rng: &mut SplitMix64) -> Vec<ValidFrame> {
             MsgType::CardRefund,
             MsgType::CardRegister,
             MsgType::CardConsign,
+            MsgType::CardClaim,
             MsgType::Authorize,
             MsgType::Capture,
             MsgType::Void,
@@ -321,6 +332,7 @@ fn valid_frames(rng: &mut SplitMix64) -> Vec<ValidFrame> {
                 password_tries_left: rng.below(6) as u8,
                 points: rng.next() as u32,
                 valid_until_s: rng.next() as u32,
+                password_hint: rng.next() & 1 == 1,
                 holds: (0..rng.below(4))
                     .map(|_| HoldInfo {
                         hold_id: op_id(rng),

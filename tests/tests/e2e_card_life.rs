@@ -9,7 +9,7 @@ use std::process::{Command, Output};
 
 use pinswitch_protocol::client::Client;
 use pinswitch_protocol::{
-    Authorize, BalanceInquiry, BalanceResult, BlockReason, CardActivate, CardBlock, CardIssue,
+    Authorize, BalanceInquiry, BalanceResult, BlockReason, CardActivate, CardBlock, CardClaim, CardIssue,
     CardConsign, CardLoad, CardRefund, CardRegister, CardSell, CardState, CardUnblock, Category, FLAG_REPLAYED, Field,
     ForeignConvert, ForeignImport, Funding, Inquiry, MsgType, OpResult, OpStatus, ResultCode, Sale, Void, new_op_id, pin,
 };
@@ -142,9 +142,15 @@ async fn card_sold_blocked_unblocked_refunded_and_closed_over_tcp() {
     assert_eq!(code(&result), ResultCode::Approved);
     assert_eq!(state(&client, life).await.0, CardState::Sold);
 
-    // The recipient's claim: activation. The card is in use; selling it again is refused.
-    assert_eq!(code(&activate(&client, life).await), ResultCode::Approved);
+    // The recipient's claim: a plain activation is refused, a claim naming another recipient
+    // too; the recipient the sale named claims it with their password (and a password hint
+    // left with the site). The card is in use; selling it again is refused.
+    assert_eq!(code(&activate(&client, life).await), ResultCode::GiftClaimRequired);
+    let claim = |gift_recipient_ref| CardClaim { op_id: new_op_id(), pin: life, password: PASSWORD.to_vec(), gift_recipient_ref, password_hint: true };
+    assert_eq!(code(&one(client.card_claim(&[claim(GIFT_RECIPIENT + 1)]).await).await), ResultCode::GiftRecipientMismatch);
+    assert_eq!(code(&one(client.card_claim(&[claim(GIFT_RECIPIENT)]).await).await), ResultCode::Approved);
     assert_eq!(state(&client, life).await, (CardState::Active, 20_000));
+    assert!(view(&client, life).await.password_hint);
     let again = one(client.card_sell(&[sell(new_op_id(), life, 19_000)]).await).await;
     assert_eq!(code(&again), ResultCode::CardAlreadySold);
     let result = one(client.sale(&[sale(life, 2_000)]).await).await;
@@ -216,7 +222,8 @@ async fn card_sold_blocked_unblocked_refunded_and_closed_over_tcp() {
 
     // Face value up to 10,000: 80 % of face plus recharges. 15,000 of 20,000 (75 %) is short.
     assert_eq!(code(&one(client.card_sell(&[sell(new_op_id(), small, 10_000)]).await).await), ResultCode::Approved);
-    assert_eq!(code(&activate(&client, small).await), ResultCode::Approved);
+    let claim = CardClaim { op_id: new_op_id(), pin: small, password: PASSWORD.to_vec(), gift_recipient_ref: GIFT_RECIPIENT, password_hint: false };
+    assert_eq!(code(&one(client.card_claim(&[claim]).await).await), ResultCode::Approved);
     let load = CardLoad { op_id: new_op_id(), pin: small, amount_won: 10_000, funding: Funding::Cash as u8 };
     assert_eq!(one(client.card_load(&[load]).await).await.balance_won, 20_000);
     assert_eq!(one(client.sale(&[sale(small, 15_000)]).await).await.balance_won, 5_000);
@@ -316,7 +323,10 @@ fn operator_sells_blocks_unblocks_and_refunds_a_card() {
     expect(&card(&address, &["unblock", pin]), 0, "APPROVED (0)");
     expect(&card(&address, &["show", pin]), 0, "state     sold");
 
-    expect(&card(&address, &["activate", pin, "--password", "4321"]), 0, "APPROVED (0), balance 20000 won");
+    expect(&card(&address, &["activate", pin, "--password", "4321"]), 1, "GIFT_CLAIM_REQUIRED (128)");
+    expect(&card(&address, &["claim", pin, "--password", "4321", "--gift-ref", "98"]), 1, "GIFT_RECIPIENT_MISMATCH (127)");
+    expect(&card(&address, &["claim", pin, "--password", "4321", "--gift-ref", "99", "--hint"]), 0, "APPROVED (0), balance 20000 won");
+    expect(&card(&address, &["show", pin]), 0, "hint      a password hint is kept by the card site");
     expect(&card(&address, &["unblock", pin]), 1, "CARD_NOT_BLOCKED (108)");
     expect(&card(&address, &["block", pin, "--reason", "stolen"]), 0, "APPROVED (0), balance 20000 won");
     expect(&card(&address, &["show", pin]), 0, "state     blocked");

@@ -64,6 +64,8 @@ const CARD_FLAG_BLOCKED_UNSOLD: u8 = 2;
 const CARD_FLAG_REGISTERED: u8 = 4;
 /// ... with a verified real name: the named-card balance cap applies.
 const CARD_FLAG_NAMED: u8 = 8;
+/// The holder left a password hint with the card site (the hint itself is not here).
+const CARD_FLAG_PASSWORD_HINT: u8 = 16;
 
 impl Card {
     fn available_won(&self) -> u64 {
@@ -139,6 +141,7 @@ struct ShardImage {
     foreign_pools: Vec<(u32, Vec<ForeignCode>)>,
     foreign_known: Vec<(u128, u32)>,
     foreign_conversions: Vec<(OpId, ForeignCode)>,
+    gift_recipients: Vec<(PinHash, u64)>,
 }
 
 /// A `DenseMap`'s chunks and index.
@@ -245,6 +248,9 @@ pub struct Shard {
     /// The PIN each approved conversion handed out, by the conversion's op id: a retry of the
     /// conversion must hand out the same PIN, long after its op-id record may have gone.
     foreign_conversions: KeyMap<ForeignCode>,
+    /// Gift cards sold and not yet claimed: the recipient reference the sale named (kept apart
+    /// from the 64-byte card: few cards are gifts, and the entry goes at the claim).
+    gift_recipients: KeyMap<u64>,
 }
 
 /// Op-id records in two generations. New records go into `current`; when it holds half of
@@ -328,6 +334,7 @@ impl Shard {
             foreign_pools: BTreeMap::new(),
             foreign_known: KeyMap::with_hasher(hasher),
             foreign_conversions: KeyMap::with_hasher(hasher),
+            gift_recipients: KeyMap::with_hasher(hasher),
         }
     }
 
@@ -427,6 +434,9 @@ impl Shard {
                         self.issue(pin_hash, *face_value_won)
                     }
                     Body::Activate { password_mac, .. } => self.activate(pin_hash, *password_mac),
+                    Body::Claim { password_mac, gift_recipient_ref, password_hint, .. } => {
+                        self.claim(pin_hash, *password_mac, *gift_recipient_ref, *password_hint)
+                    }
                     Body::Load { amount_won, funding, .. } => self.load(pin_hash, *amount_won, *funding),
                     Body::Sell { channel_id, price_won, payment_means, gift_recipient_ref, .. } => {
                         self.sell(pin_hash, *channel_id, *price_won, *payment_means, *gift_recipient_ref)
@@ -610,6 +620,9 @@ impl Shard {
         if let Err(code) = self.card_in(pin_hash, &[CardState::Issued, CardState::Sold]) {
             return self.declined(code, pin_hash);
         }
+        if self.gift_recipients.contains_key(&pin_hash) {
+            return self.declined(ResultCode::GiftClaimRequired, pin_hash);
+        }
         let expires_at_s = self.validity_end_s();
         let card = self.cards.get_mut(&pin_hash).expect("checked above");
         card.state = CardState::Active as u8;
@@ -620,6 +633,23 @@ impl Shard {
             card.expires_at_s = expires_at_s;
         }
         Outcome::completed(self.approved(pin_hash, 0))
+    }
+
+    /// CARD_CLAIM: activation by the gift's recipient (the reference must be the one the sale
+    /// named; 0 for a card that is not a gift), recording whether a password hint was left.
+    fn claim(&mut self, pin_hash: PinHash, password_mac: PasswordMac, gift_recipient_ref: u64, password_hint: bool) -> Outcome {
+        if let Err(code) = self.card_in(pin_hash, &[CardState::Issued, CardState::Sold]) {
+            return self.declined(code, pin_hash);
+        }
+        if self.gift_recipients.get(&pin_hash).copied().unwrap_or(0) != gift_recipient_ref {
+            return self.declined(ResultCode::GiftRecipientMismatch, pin_hash);
+        }
+        self.gift_recipients.remove(&pin_hash);
+        let outcome = self.activate(pin_hash, password_mac);
+        if password_hint {
+            self.cards.get_mut(&pin_hash).expect("activated above").flags |= CARD_FLAG_PASSWORD_HINT;
+        }
+        outcome
     }
 
     /// The end of a validity period that starts now, in seconds since the epoch.
@@ -719,6 +749,10 @@ impl Shard {
             card.flags |= CARD_FLAG_GIFT;
         }
         let face_value_won = card.face_value_won;
+        if gift_recipient_ref != 0 {
+            // Until the claim: only this recipient may activate the card.
+            self.gift_recipients.insert(pin_hash, gift_recipient_ref);
+        }
         Outcome::completed(self.approved(pin_hash, face_value_won))
     }
 
@@ -1295,6 +1329,7 @@ impl Shard {
             password_tries_left: self.config.password_tries_max.saturating_sub(card.password_failures),
             points: card.points,
             valid_until_s: card.expires_at_s,
+            password_hint: card.flags & CARD_FLAG_PASSWORD_HINT != 0,
             holds,
         })
     }
@@ -1333,6 +1368,7 @@ impl Shard {
             foreign_pools: self.foreign_pools.iter().map(|(product, pool)| (*product, pool.iter().copied().collect())).collect(),
             foreign_known: self.foreign_known.iter().map(|(hash, product)| (*hash, *product)).collect(),
             foreign_conversions: self.foreign_conversions.iter().map(|(op_id, code)| (*op_id, *code)).collect(),
+            gift_recipients: self.gift_recipients.iter().map(|(pin_hash, recipient)| (*pin_hash, *recipient)).collect(),
         };
         // Sized up front: growing a buffer of hundreds of megabytes by doubling copies it again
         // and again (measured: a third of the time).
@@ -1374,6 +1410,7 @@ impl Shard {
         shard.foreign_pools = image.foreign_pools.into_iter().map(|(product, pool)| (product, pool.into())).collect();
         shard.foreign_known.extend(image.foreign_known);
         shard.foreign_conversions.extend(image.foreign_conversions);
+        shard.gift_recipients.extend(image.gift_recipients);
         shard.check_invariants()?;
         Ok(shard)
     }
@@ -1397,6 +1434,7 @@ pub fn msg_type_of(body: &Body) -> MsgType {
     match body {
         Body::Issue { .. } => MsgType::CardIssue,
         Body::Activate { .. } => MsgType::CardActivate,
+        Body::Claim { .. } => MsgType::CardClaim,
         Body::Load { .. } => MsgType::CardLoad,
         Body::Sell { .. } => MsgType::CardSell,
         Body::Block { .. } => MsgType::CardBlock,
@@ -1428,6 +1466,10 @@ fn first_difference(recorded: &Body, retry: &Body) -> Option<Field> {
         (Activate { pin_hash: p1, password_mac: m1 }, Activate { pin_hash: p2, password_mac: m2 }) => {
             differs(&[(p1 == p2, Field::Card), (m1 == m2, Field::Password)])
         }
+        (
+            Claim { pin_hash: p1, password_mac: m1, gift_recipient_ref: g1, password_hint: h1 },
+            Claim { pin_hash: p2, password_mac: m2, gift_recipient_ref: g2, password_hint: h2 },
+        ) => differs(&[(p1 == p2, Field::Card), (m1 == m2 && h1 == h2, Field::Password), (g1 == g2, Field::GiftRecipient)]),
         (Load { pin_hash: p1, amount_won: a1, funding: f1 }, Load { pin_hash: p2, amount_won: a2, funding: f2 }) => {
             differs(&[(p1 == p2, Field::Card), (a1 == a2, Field::Amount), (f1 == f2, Field::Funding)])
         }

@@ -32,6 +32,8 @@ pub enum Body {
     Issue { pin_hash: PinHash, face_value_won: u64 },
     /// Register the holder's password; the card becomes active.
     Activate { pin_hash: PinHash, password_mac: PasswordMac },
+    /// Activation by a gift's recipient (or with a password hint): see `CardClaim` on the wire.
+    Claim { pin_hash: PinHash, password_mac: PasswordMac, gift_recipient_ref: u64, password_hint: bool },
     /// Recharge.
     Load { pin_hash: PinHash, amount_won: u64, funding: u8 },
     /// A channel sells an issued card (state sold; the validity period starts).
@@ -88,6 +90,7 @@ impl Body {
         match self {
             Body::Issue { pin_hash, .. }
             | Body::Activate { pin_hash, .. }
+            | Body::Claim { pin_hash, .. }
             | Body::Load { pin_hash, .. }
             | Body::Sell { pin_hash, .. }
             | Body::Block { pin_hash, .. }
@@ -215,6 +218,8 @@ pub struct CardView {
     pub points: u32,
     /// End of validity, seconds since the Unix epoch (0: not started).
     pub valid_until_s: u32,
+    /// The holder left a password hint with the card site.
+    pub password_hint: bool,
     pub holds: Vec<HoldView>,
 }
 

@@ -107,6 +107,10 @@ struct RefCard {
     points: u32,
     /// The partner channel it is consigned to (0: none).
     consignee: u32,
+    /// Sold as a gift and not yet claimed: the recipient reference (0: none).
+    gift_to: u64,
+    /// A password hint was left at the claim.
+    hint: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -205,6 +209,10 @@ fn first_differing_field(first: &Body, retry: &Body) -> Option<Field> {
             Body::Activate { pin_hash: p1, password_mac: m1 },
             Body::Activate { pin_hash: p2, password_mac: m2 },
         ) => first_of(&[(p1 != p2, Field::Card), (m1 != m2, Field::Password)]),
+        (
+            Body::Claim { pin_hash: p1, password_mac: m1, gift_recipient_ref: g1, password_hint: h1 },
+            Body::Claim { pin_hash: p2, password_mac: m2, gift_recipient_ref: g2, password_hint: h2 },
+        ) => first_of(&[(p1 != p2, Field::Card), (m1 != m2 || h1 != h2, Field::Password), (g1 != g2, Field::GiftRecipient)]),
         (
             Body::Load { pin_hash: p1, amount_won: a1, funding: f1 },
             Body::Load { pin_hash: p2, amount_won: a2, funding: f2 },
@@ -554,8 +562,11 @@ impl Reference {
             Body::Issue { pin_hash, face_value_won } => self.issue(pin_hash, face_value_won),
             Body::Activate { pin_hash, password_mac } => self.activate(pin_hash, password_mac),
             Body::Load { pin_hash, amount_won, funding } => self.load(pin_hash, amount_won, funding),
-            Body::Sell { pin_hash, channel_id, price_won, payment_means, .. } => {
-                self.sell(pin_hash, channel_id, price_won, payment_means)
+            Body::Sell { pin_hash, channel_id, price_won, payment_means, gift_recipient_ref } => {
+                self.sell(pin_hash, channel_id, price_won, payment_means, gift_recipient_ref)
+            }
+            Body::Claim { pin_hash, password_mac, gift_recipient_ref, password_hint } => {
+                self.claim(pin_hash, password_mac, gift_recipient_ref, password_hint)
             }
             Body::Block { pin_hash, reason } => self.block(pin_hash, reason),
             Body::Unblock { pin_hash } => self.unblock(pin_hash),
@@ -624,7 +635,7 @@ impl Reference {
         if !self.cfg.face_values_won.contains(&face) {
             return done(bare(ResultCode::ProductNotFound));
         }
-        self.cards.push(RefCard { pin, state: CardState::Issued, face, balance: face, mac: 0, failures: 0, charged: face, expires_s: 0, blocked_unsold: false, named: false, registered: false, points: 0, consignee: 0 });
+        self.cards.push(RefCard { pin, state: CardState::Issued, face, balance: face, mac: 0, failures: 0, charged: face, expires_s: 0, blocked_unsold: false, named: false, registered: false, points: 0, consignee: 0, gift_to: 0, hint: false });
         self.issued += u128::from(face);
         done(self.approve(pin, face))
     }
@@ -715,7 +726,7 @@ impl Reference {
         }
     }
 
-    fn sell(&mut self, pin: PinHash, channel: u32, price: u64, means: u8) -> Outcome {
+    fn sell(&mut self, pin: PinHash, channel: u32, price: u64, means: u8, gift_to: u64) -> Outcome {
         if channel == 0 || !(1..=5).contains(&means) {
             return self.decline(ResultCode::ChannelInvalid, pin);
         }
@@ -733,6 +744,7 @@ impl Reference {
             CardState::Issued => {
                 card.state = CardState::Sold;
                 card.expires_s = validity_end;
+                card.gift_to = gift_to;
                 let face = card.face;
                 done(self.approve(pin, face))
             }
@@ -813,6 +825,7 @@ impl Reference {
             return self.decline(ResultCode::CardNotFound, pin);
         };
         match card.state {
+            CardState::Issued | CardState::Sold if card.gift_to != 0 => self.decline(ResultCode::GiftClaimRequired, pin),
             CardState::Issued | CardState::Sold => {
                 card.state = CardState::Active;
                 card.mac = mac;
@@ -821,6 +834,23 @@ impl Reference {
                     card.expires_s = validity_end;
                 }
                 done(self.approve(pin, 0))
+            }
+            other => self.decline(wrong_state(other), pin),
+        }
+    }
+
+    /// A claim names the gift's recipient (0 for a card that is not a gift), then activates.
+    fn claim(&mut self, pin: PinHash, mac: u64, gift_to: u64, hint: bool) -> Outcome {
+        let Some(card) = self.card_mut(pin) else {
+            return self.decline(ResultCode::CardNotFound, pin);
+        };
+        match card.state {
+            CardState::Issued | CardState::Sold if card.gift_to != gift_to => self.decline(ResultCode::GiftRecipientMismatch, pin),
+            CardState::Issued | CardState::Sold => {
+                card.gift_to = 0;
+                let outcome = self.activate(pin, mac);
+                self.card_mut(pin).unwrap().hint |= hint;
+                outcome
             }
             other => self.decline(wrong_state(other), pin),
         }
@@ -1157,6 +1187,7 @@ impl Reference {
             password_tries_left: self.cfg.password_tries_max.saturating_sub(card.failures),
             points: card.points,
             valid_until_s: card.expires_s,
+            password_hint: card.hint,
             holds,
         })
     }
@@ -1490,7 +1521,17 @@ impl Walk {
             .collect();
         if !issued.is_empty() && self.rng.percent(15) {
             let pin = self.rng.pick(&issued);
-            return Body::Activate { pin_hash: pin, password_mac: good_mac(pin) };
+            // A gift is claimed by its recipient (mostly the right one), other cards activated
+            // (sometimes claimed with or without a hint, sometimes naming a recipient wrongly).
+            let gift_to = self.reference.card(pin).map_or(0, |card| card.gift_to);
+            return match (gift_to, self.rng.below(10)) {
+                (0, 0..=6) => Body::Activate { pin_hash: pin, password_mac: good_mac(pin) },
+                (0, 7..=8) => Body::Claim { pin_hash: pin, password_mac: good_mac(pin), gift_recipient_ref: 0, password_hint: self.rng.percent(50) },
+                (0, _) => Body::Claim { pin_hash: pin, password_mac: good_mac(pin), gift_recipient_ref: 7, password_hint: false },
+                (to, 0..=6) => Body::Claim { pin_hash: pin, password_mac: good_mac(pin), gift_recipient_ref: to, password_hint: self.rng.percent(50) },
+                (to, 7..=8) => Body::Activate { pin_hash: pin, password_mac: good_mac(pin) },
+                (to, _) => Body::Claim { pin_hash: pin, password_mac: good_mac(pin), gift_recipient_ref: to ^ 1, password_hint: true },
+            };
         }
         if self.rng.percent(10) {
             return self.card_life_body();
@@ -1662,6 +1703,16 @@ impl Walk {
                     *pin_hash = self.other_pin(*pin_hash);
                 }
                 *password_mac = bump(*password_mac, flip[1] || flip[3] || flip[4] || flip[5]);
+            }
+            Body::Claim { pin_hash, password_mac, gift_recipient_ref, password_hint } => {
+                if flip[0] {
+                    *pin_hash = self.other_pin(*pin_hash);
+                }
+                *password_mac = bump(*password_mac, flip[1] || flip[4]);
+                *gift_recipient_ref = bump(*gift_recipient_ref, flip[2] || flip[5]);
+                if flip[3] {
+                    *password_hint = !*password_hint;
+                }
             }
             Body::Load { pin_hash, amount_won, funding } => {
                 if flip[0] {
@@ -2131,6 +2182,8 @@ fn engine_matches_the_reference_ledger() {
         ResultCode::ForeignProductUnknown,
         ResultCode::ForeignPinExists,
         ResultCode::ForeignPinUnavailable,
+        ResultCode::GiftRecipientMismatch,
+        ResultCode::GiftClaimRequired,
     ];
     let missing: Vec<&str> = must_reach.iter().filter(|code| counts[code.as_u16() as usize] == 0).map(|code| code.name()).collect();
     assert!(missing.is_empty(), "outcomes never reached: {missing:?}");

@@ -432,8 +432,15 @@ fn channel_sale_gift_claim_block_unblock() {
     s.expect(Body::Activate { pin_hash: CARD, password_mac: PASSWORD }, ResultCode::CardBlocked);
     s.expect(Body::Unblock { pin_hash: CARD }, ResultCode::Approved);
     assert_eq!(s.shard.card(s.now_ms, CARD).unwrap().state, CardState::Sold);
-    // The recipient claims the gift by registering a password.
-    s.expect(Body::Activate { pin_hash: CARD, password_mac: PASSWORD }, ResultCode::Approved);
+    // Only the recipient the sale named claims the gift, with their own password (and the
+    // record that they left a password hint); a plain activation is refused.
+    s.expect(Body::Activate { pin_hash: CARD, password_mac: PASSWORD }, ResultCode::GiftClaimRequired);
+    let claim = |gift_recipient_ref| Body::Claim { pin_hash: CARD, password_mac: PASSWORD, gift_recipient_ref, password_hint: true };
+    s.expect(claim(4241), ResultCode::GiftRecipientMismatch);
+    s.expect(claim(0), ResultCode::GiftRecipientMismatch);
+    s.expect(claim(4242), ResultCode::Approved);
+    assert!(s.shard.card(s.now_ms, CARD).unwrap().password_hint);
+    s.expect(claim(4242), ResultCode::CardAlreadyActive);
     s.expect(sell(CARD, 7, 1), ResultCode::CardAlreadySold);
 
     s.expect(Body::Unblock { pin_hash: CARD }, ResultCode::CardNotBlocked);

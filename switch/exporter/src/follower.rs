@@ -260,7 +260,7 @@ impl Follower {
             Body::Issue { .. } if approved => {
                 out.post(Account::CardStockControl, Account::CardUnsold { face_value_won }, face_value_won);
             }
-            Body::Activate { .. } if approved => {
+            Body::Activate { .. } | Body::Claim { .. } if approved => {
                 if let Some(view) = view_before.as_ref().filter(|view| view.state == State::Issued) {
                     // Activated without a channel sale: spendable value nobody has paid for yet.
                     out.post(Account::CardUnsold { face_value_won }, liability, view.balance_won);
@@ -569,5 +569,6 @@ fn record_kind(body: &Body) -> (u8, bool) {
         Body::Configure(_) => (16, false),
         Body::ForeignImport { .. } => (17, false),
         Body::ForeignConvert { .. } => (18, false),
+        Body::Claim { .. } => (19, false),
     }
 }

@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use pinswitch_protocol::client::Client;
 use pinswitch_protocol::{
-    self as protocol, BalanceInquiry, BlockReason, CardActivate, CardBlock, CardIssue, CardLoad,
+    self as protocol, BalanceInquiry, BlockReason, CardActivate, CardBlock, CardClaim, CardIssue, CardLoad,
     CardConsign, CardRefund, CardRegister, CardSell, CardState, CardUnblock, ForeignConvert, ForeignImport, Funding, OpResult,
     ResultCode, Sale, pin,
 };
@@ -240,6 +240,20 @@ enum CardCommand {
         /// The payout account reference (non-zero).
         #[arg(long)]
         account: u64,
+    },
+    /// Activation with details: a gift's recipient claims it with the reference the sale named
+    /// (`--gift-ref`), and `--hint` records that the holder left a password hint with the site.
+    Claim {
+        #[arg(long, default_value = "127.0.0.1:7420")]
+        connect: String,
+        pin: String,
+        #[arg(long)]
+        password: String,
+        /// The recipient reference of the gift sale (0: the card is not a gift).
+        #[arg(long, default_value_t = 0)]
+        gift_ref: u64,
+        #[arg(long)]
+        hint: bool,
     },
     /// Import foreign PINs bought from a foreign operator into a foreign product's pool: one
     /// code per line of FILE (blank lines skipped); prints one result per code.
@@ -523,6 +537,9 @@ async fn card(command: CardCommand) -> anyhow::Result<ExitCode> {
             println!("password  {} tries left", card.password_tries_left);
             println!("points    {}", card.points);
             println!("valid to  {} s since the epoch", card.valid_until_s);
+            if card.password_hint {
+                println!("hint      a password hint is kept by the card site");
+            }
             for hold in &card.holds {
                 println!(
                     "hold      {:032x}  {} won, {} captured, expires at {} ms",
@@ -603,6 +620,12 @@ async fn card(command: CardCommand) -> anyhow::Result<ExitCode> {
             let event = CardRefund { op_id: protocol::new_op_id(), pin, payout_account_ref: account };
             let result = single(client.card_refund(&[event]).await.context("refunding the balance")?)?;
             Ok(outcome(result.code, format!(", paid out {} won, balance {} won", result.amount_won, result.balance_won)))
+        }
+        CardCommand::Claim { connect: address, pin, password, gift_ref, hint } => {
+            let pin = parse_pin(&pin)?;
+            let client = connect(&address).await?;
+            let event = CardClaim { op_id: protocol::new_op_id(), pin, password: password.into_bytes(), gift_recipient_ref: gift_ref, password_hint: hint };
+            Ok(balance_outcome(single(client.card_claim(&[event]).await.context("claiming")?)?))
         }
         CardCommand::ForeignImport { connect: address, product, file } => {
             let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;

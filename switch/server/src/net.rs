@@ -319,6 +319,17 @@ fn plan(context: &Context, msg_type: MsgType, body: &[u8], deadline_at_ms: u64) 
             let password_mac = password(keys, pin_hash, event.password.as_slice(), result)?;
             Some((event.op_id.to_native(), Body::Activate { pin_hash, password_mac }))
         })),
+        MsgType::CardClaim => Ok(ops(context, events!(protocol::CardClaim), deadline_at_ms, |event, result| {
+            let pin_hash = card(keys, event.pin.to_native(), result)?;
+            let password_mac = password(keys, pin_hash, event.password.as_slice(), result)?;
+            let body = Body::Claim {
+                pin_hash,
+                password_mac,
+                gift_recipient_ref: event.gift_recipient_ref.to_native(),
+                password_hint: event.password_hint,
+            };
+            Some((event.op_id.to_native(), body))
+        })),
         MsgType::CardLoad => Ok(ops(context, events!(protocol::CardLoad), deadline_at_ms, |event, result| {
             let pin_hash = card(keys, event.pin.to_native(), result)?;
             let body = Body::Load { pin_hash, amount_won: event.amount_won.to_native(), funding: event.funding };
@@ -659,6 +670,7 @@ fn balance_code(code: ResultCode) -> BalanceResult {
         password_tries_left: 0,
         points: 0,
         valid_until_s: 0,
+        password_hint: false,
         holds: Vec::new(),
     }
 }
@@ -675,6 +687,7 @@ fn balance_result(output: ShardOutput) -> BalanceResult {
             password_tries_left: view.password_tries_left,
             points: view.points,
             valid_until_s: view.valid_until_s,
+            password_hint: view.password_hint,
             holds: view
                 .holds
                 .iter()
