@@ -407,7 +407,8 @@ fn read_entry(file: &File, path: &Path, index: u64) -> Result<Entry> {
 
 impl ShardWriter {
     /// Opens (or creates) the shard's files and cuts them back to the journal cursor.
-    fn open(dir: &Path, shard: u16, cursor_seq: u64) -> Result<ShardWriter> {
+    /// `committed` entries were made durable by the last checkpoint: those must be intact.
+    fn open(dir: &Path, shard: u16, cursor_seq: u64, committed: u64) -> Result<ShardWriter> {
         let entries_path = entries_path(dir, shard);
         let heads_path = heads_path(dir, shard);
         let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&entries_path).map_err(ExportError::io(&entries_path, "open statement entries"))?;
@@ -416,10 +417,19 @@ impl ShardWriter {
         // A torn last entry (power loss) is past the cursor by construction: cut it too.
         let stored = length / ENTRY_BYTES as u64;
         // Entries are in seq order: the first one past the cursor, by binary search.
+        // An entry past the last checkpoint may be torn (power loss): it counts as past the
+        // cursor. One the checkpoint made durable must be intact.
+        if committed > stored {
+            return Err(ExportError::State { path: entries_path, reason: format!("{stored} entries, the last checkpoint made {committed} durable") });
+        }
         let (mut low, mut high) = (0u64, stored);
         while low < high {
             let middle = low + (high - low) / 2;
-            let seq = read_entry(&file, &entries_path, middle).map(|entry| entry.seq).unwrap_or(u64::MAX);
+            let seq = match read_entry(&file, &entries_path, middle) {
+                Ok(entry) => entry.seq,
+                Err(error) if middle < committed => return Err(error),
+                Err(_) => u64::MAX,
+            };
             if seq <= cursor_seq {
                 low = middle + 1;
             } else {
@@ -535,7 +545,13 @@ impl StatementWriter {
             )));
         }
         std::fs::create_dir_all(&dir).map_err(ExportError::io(&dir, "create statement directory"))?;
-        let shards = cursors.iter().enumerate().map(|(shard, cursor)| ShardWriter::open(&dir, shard as u16, *cursor)).collect::<Result<Vec<_>>>()?;
+        let committed = if committed.exists() { read_committed(&dir, cursors.len())? } else { vec![0; cursors.len()] };
+        let shards = cursors
+            .iter()
+            .zip(committed)
+            .enumerate()
+            .map(|(shard, (cursor, committed))| ShardWriter::open(&dir, shard as u16, *cursor, committed))
+            .collect::<Result<Vec<_>>>()?;
         let writer = StatementWriter { dir, shards };
         writer.write_committed()?;
         Ok(writer)
@@ -553,6 +569,12 @@ impl StatementWriter {
             writer.append(made)?;
         }
         Ok(())
+    }
+
+    /// Appends one entry to shard `shard`'s log, chained to the card's previous entry (what
+    /// `record` does for each entry of a record; benchmarks build indexes with it).
+    pub fn append(&mut self, shard: u16, entry: Entry) -> Result<()> {
+        self.shards.get_mut(usize::from(shard)).ok_or(ExportError::Config(format!("no statement log for shard {shard}")))?.append(entry)
     }
 
     /// Makes every entry durable, then the heads, then `committed.bin` (before the exporter's
@@ -575,6 +597,21 @@ impl StatementWriter {
         }
         crate::exporter::write_atomic(&self.dir.join(COMMITTED_FILE), &bytes)
     }
+}
+
+/// `committed.bin`: the entries per shard the last checkpoint made durable.
+fn read_committed(dir: &Path, shard_count: usize) -> Result<Vec<u64>> {
+    let path = dir.join(COMMITTED_FILE);
+    let bytes = std::fs::read(&path).map_err(ExportError::io(&path, "read committed statement entries"))?;
+    let bad = |reason: &str| ExportError::State { path: path.clone(), reason: reason.into() };
+    if bytes.len() < 16 || &bytes[..8] != COMMITTED_MAGIC || bytes.len() % 8 != 0 {
+        return Err(bad("wrong magic or length"));
+    }
+    let words: Vec<u64> = bytes[8..].chunks_exact(8).map(|word| u64::from_le_bytes(word.try_into().unwrap_or([0; 8]))).collect();
+    if words.first().copied() != Some(shard_count as u64) || words.len() != shard_count + 1 {
+        return Err(bad("made for another shard count"));
+    }
+    Ok(words[1..].to_vec())
 }
 
 /// Limits of a statement answer (the exporter configuration's `[statements]`).
@@ -613,17 +650,7 @@ impl StatementIndex {
 
     /// Durable entries per shard (read at every query: a running exporter moves it).
     fn committed(&self) -> Result<Vec<u64>> {
-        let path = self.dir.join(COMMITTED_FILE);
-        let bytes = std::fs::read(&path).map_err(ExportError::io(&path, "read committed statement entries"))?;
-        let bad = |reason: &str| ExportError::State { path: path.clone(), reason: reason.into() };
-        if bytes.len() < 16 || &bytes[..8] != COMMITTED_MAGIC {
-            return Err(bad("wrong magic or too short"));
-        }
-        let words: Vec<u64> = bytes[8..].chunks_exact(8).map(|word| u64::from_le_bytes(word.try_into().unwrap_or([0; 8]))).collect();
-        if words.first().copied() != Some(u64::from(self.shard_count)) || words.len() != usize::from(self.shard_count) + 1 || bytes.len() % 8 != 0 {
-            return Err(bad("made for another shard count"));
-        }
-        Ok(words[1..].to_vec())
+        read_committed(&self.dir, usize::from(self.shard_count))
     }
 
     /// Every durable entry of a card, oldest first (empty when the index knows no such card).
@@ -921,6 +948,28 @@ mod tests {
         // A state past seq 0 without an index is refused.
         let other = tempfile::tempdir().unwrap();
         assert!(matches!(StatementWriter::open(other.path(), &[5]), Err(ExportError::Config(_))));
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_and_a_damaged_durable_entry_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut writer = StatementWriter::open(dir.path(), &[0]).unwrap();
+        append(&mut writer, 1, &[(9, EntryKind::Issue, 5_000, 0), (9, EntryKind::Payment, 100, 1)]);
+        writer.checkpoint().unwrap();
+        drop(writer);
+        let path = dir.path().join("statements/shard-000.entries");
+        let mut bytes = std::fs::read(&path).unwrap();
+        let durable = bytes.clone();
+        // A power loss left garbage past the checkpoint: cut, whatever the cursor says.
+        bytes.extend_from_slice(&[0xEE; ENTRY_BYTES + 7]);
+        std::fs::write(&path, &bytes).unwrap();
+        drop(StatementWriter::open(dir.path(), &[9]).unwrap());
+        assert_eq!(std::fs::read(&path).unwrap(), durable);
+        // A checkpointed entry that no longer reads is an error, not a silent cut.
+        bytes = durable;
+        bytes[ENTRY_BYTES + 70] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(matches!(StatementWriter::open(dir.path(), &[2]), Err(ExportError::State { .. })));
     }
 
     #[test]
