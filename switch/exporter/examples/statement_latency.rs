@@ -13,27 +13,15 @@ use std::time::Instant;
 
 use pinswitch_core::shard_of_card;
 use pinswitch_exporter::statement::{Entry, EntryKind, StatementIndex, StatementLimits, StatementPage, StatementWriter};
+use pinswitch_tests::Rng;
 
 const SHARDS: u16 = 2;
 const CHECKPOINT_EVERY_ENTRIES: u64 = 1_000_000;
 const QUERIES: usize = 1_000;
 
-/// splitmix64, seeded: the same index every run.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-}
-
 fn pin_of(card: u64) -> u128 {
     let mut rng = Rng(card);
-    u128::from(rng.next()) << 64 | u128::from(rng.next())
+    u128::from(rng.next_u64()) << 64 | u128::from(rng.next_u64())
 }
 
 fn percentiles(mut micros: Vec<u128>) -> String {
@@ -57,18 +45,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut seqs = [0u64; SHARDS as usize];
     let started = Instant::now();
     for index in 0..entries {
-        let pin_hash = if index % every == every / 2 { target } else { pin_of(1 + rng.next() % cards.max(1)) };
+        let pin_hash = if index % every == every / 2 { target } else { pin_of(1 + rng.next_u64() % cards.max(1)) };
         let shard = shard_of_card(pin_hash, SHARDS);
         seqs[usize::from(shard)] += 1;
-        let category = 1 + (rng.next() % 6) as u8;
+        let category = 1 + (rng.next_u64() % 6) as u8;
         let entry = Entry {
             pin_hash,
             op_id: u128::from(index),
             time_ms: 1_790_000_000_000 + index,
             seq: seqs[usize::from(shard)],
             prev_plus_one: 0,
-            counterparty: 70 + rng.next() % 30,
-            amount_won: 100 + rng.next() % 5_000,
+            counterparty: 70 + rng.next_u64() % 30,
+            amount_won: 100 + rng.next_u64() % 5_000,
             balance_won: 100_000,
             face_value_won: 100_000,
             valid_until_s: 1_950_000_000,
