@@ -346,14 +346,16 @@ fn operator_sells_blocks_unblocks_and_refunds_a_card() {
 /// The product mix from the configuration: a 5,000-won card that may pay only for internet
 /// payments is refused a telephone call with CATEGORY_NOT_ALLOWED, over the wire; and each
 /// product earns points at its own configured rate (none for the 5,000-won card, 5 % for the
-/// 10,000-won card).
+/// 10,000-won card), its own balance cap and its own recharge unit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_configured_product_mix_limits_categories() {
     let dir = fresh_dir("product-mix");
     let config = dir.with_extension("toml");
     std::fs::write(
         &config,
-        "[engine]\nproduct_category_masks = [1, 63, 63, 63, 63, 63]\nproduct_points_per_mille = [0, 50, 10, 10, 10, 10]\n",
+        "[engine]\nproduct_category_masks = [1, 63, 63, 63, 63, 63]\nproduct_points_per_mille = [0, 50, 10, 10, 10, 10]\n\
+         product_balance_cap_won = [100000, 2000000, 2000000, 2000000, 2000000, 2000000]\n\
+         product_recharge_unit_won = [10000, 5000, 10000, 10000, 10000, 10000]\n",
     )
     .expect("config");
     let mut switch = Switch::start(Path::new(BIN), &dir, &["--config", config.to_str().expect("utf-8")]);
@@ -376,6 +378,12 @@ async fn the_configured_product_mix_limits_categories() {
     assert_eq!(small_points, 0, "the 5,000-won product earns no points");
     let large_points = one(client.balance_inquiry(&[BalanceInquiry { pin: large }]).await).await.points;
     assert_eq!(large_points, 50, "the 10,000-won product earns 50 per 1,000 won");
+    // The 5,000-won product's own cap (100,000 won) and the 10,000-won product's recharge unit.
+    let load = |pin, amount_won| CardLoad { op_id: new_op_id(), pin, amount_won, funding: Funding::Cash as u8 };
+    assert_eq!(code(&one(client.card_load(&[load(small, 100_000)]).await).await), ResultCode::BalanceCapExceeded);
+    assert_eq!(code(&one(client.card_load(&[load(small, 90_000)]).await).await), ResultCode::Approved);
+    assert_eq!(code(&one(client.card_load(&[load(large, 5_000)]).await).await), ResultCode::Approved);
+    assert_eq!(code(&one(client.card_load(&[load(small, 5_000)]).await).await), ResultCode::RechargeUnitInvalid);
     switch.stop();
 }
 

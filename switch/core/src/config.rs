@@ -50,6 +50,14 @@ pub struct EngineConfig {
     /// The product's own points rate: for each entry of `face_values_won`, points per 1,000 won
     /// (0 = the product earns none). Empty: every product earns `points_per_mille`.
     pub product_points_per_mille: Vec<u16>,
+    /// Per product (one entry per `face_values_won`; empty: the global rule for every product):
+    /// the validity period in days (else `validity_days`), ...
+    pub product_validity_days: Vec<u32>,
+    /// ... the recharge unit (else `recharge_unit_won`), ...
+    pub product_recharge_unit_won: Vec<u64>,
+    /// ... and the product's own balance cap: a card's cap is the lower of it and the legal cap
+    /// for its kind (`balance_cap_won` unnamed, `balance_cap_named_won` named).
+    pub product_balance_cap_won: Vec<u64>,
     /// Promotional products: each recharge of a card of one of these face values extends its
     /// validity by `promotional_extension_days`.
     pub promotional_face_values_won: Vec<u64>,
@@ -100,6 +108,9 @@ impl EngineConfig {
             small_face_value_max_won: 10_000,
             points_per_mille: 10,
             product_points_per_mille: Vec::new(),
+            product_validity_days: Vec::new(),
+            product_recharge_unit_won: Vec::new(),
+            product_balance_cap_won: Vec::new(),
             promotional_face_values_won: Vec::new(),
             promotional_extension_days: 365,
             foreign_products: Vec::new(),
@@ -125,6 +136,11 @@ impl EngineConfig {
             product_category_masks: vec![0b00_0011, 0b11_1111, 0b11_1111, 0b11_1110, 0b11_1111, 0b11_1111],
             // Per-product points: the 5,000-won card earns none, the 100,000-won card 3 %.
             product_points_per_mille: vec![0, 10, 10, 10, 20, 30],
+            // Per-product rules: the 50,000-won card is valid two days, the 100,000-won card
+            // recharges in units of 5,000 won, the 5,000-won card holds at most 300,000 won.
+            product_validity_days: vec![1, 1, 1, 1, 2, 1],
+            product_recharge_unit_won: vec![10_000, 10_000, 10_000, 10_000, 10_000, 5_000],
+            product_balance_cap_won: vec![300_000, 2_000_000, 2_000_000, 2_000_000, 2_000_000, 2_000_000],
             // Two foreign products: a 10-dollar US PIN for 14,000 won, a 1,000-yen PIN for 9,500.
             foreign_products: vec![
                 ForeignProduct { product_id: 1, partner_id: 501, currency: *b"USD", face_value_minor: 1_000, price_won: 14_000 },
@@ -154,6 +170,35 @@ impl EngineConfig {
         }
     }
 
+    fn product_index(&self, face_value_won: u64) -> Option<usize> {
+        self.face_values_won.iter().position(|face| *face == face_value_won)
+    }
+
+    /// Days a card of this product stays valid from its sale (or activation).
+    pub fn validity_days_of(&self, face_value_won: u64) -> u32 {
+        match self.product_index(face_value_won) {
+            Some(index) if !self.product_validity_days.is_empty() => self.product_validity_days[index],
+            _ => self.validity_days,
+        }
+    }
+
+    /// The recharge unit of this product.
+    pub fn recharge_unit_of(&self, face_value_won: u64) -> u64 {
+        match self.product_index(face_value_won) {
+            Some(index) if !self.product_recharge_unit_won.is_empty() => self.product_recharge_unit_won[index],
+            _ => self.recharge_unit_won,
+        }
+    }
+
+    /// The balance cap of a card of this product, named (verified real name) or not.
+    pub fn balance_cap_of(&self, face_value_won: u64, named: bool) -> u64 {
+        let legal_won = if named { self.balance_cap_named_won } else { self.balance_cap_won };
+        match self.product_index(face_value_won) {
+            Some(index) if !self.product_balance_cap_won.is_empty() => self.product_balance_cap_won[index].min(legal_won),
+            _ => legal_won,
+        }
+    }
+
     pub fn foreign_product(&self, product_id: u32) -> Option<&ForeignProduct> {
         self.foreign_products.iter().find(|product| product.product_id == product_id)
     }
@@ -174,6 +219,23 @@ impl EngineConfig {
         }
         if !self.product_points_per_mille.is_empty() && self.product_points_per_mille.len() != self.face_values_won.len() {
             return Err("product_points_per_mille must be empty or have one rate per face value".into());
+        }
+        for (name, len) in [
+            ("product_validity_days", self.product_validity_days.len()),
+            ("product_recharge_unit_won", self.product_recharge_unit_won.len()),
+            ("product_balance_cap_won", self.product_balance_cap_won.len()),
+        ] {
+            if len != 0 && len != self.face_values_won.len() {
+                return Err(format!("{name} must be empty or have one entry per face value"));
+            }
+        }
+        if self.product_validity_days.contains(&0) || self.product_recharge_unit_won.contains(&0) {
+            return Err("per-product validity days and recharge units must be positive".into());
+        }
+        if self.face_values_won.iter().enumerate().any(|(index, face)| {
+            self.product_balance_cap_won.get(index).is_some_and(|cap| cap < face)
+        }) {
+            return Err("a product's balance cap must be at least its face value".into());
         }
         if self.points_per_mille > 1000 || self.product_points_per_mille.iter().any(|rate| *rate > 1000) {
             return Err("points rates are per mille (0..=1000)".into());

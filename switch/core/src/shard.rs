@@ -623,7 +623,8 @@ impl Shard {
         if self.gift_recipients.contains_key(&pin_hash) {
             return self.declined(ResultCode::GiftClaimRequired, pin_hash);
         }
-        let expires_at_s = self.validity_end_s();
+        let face_value_won = self.cards.get(&pin_hash).expect("checked above").face_value_won;
+        let expires_at_s = self.validity_end_s(face_value_won);
         let card = self.cards.get_mut(&pin_hash).expect("checked above");
         card.state = CardState::Active as u8;
         card.password_mac = password_mac;
@@ -679,7 +680,7 @@ impl Shard {
 
     /// The balance cap of this card: named cards have the higher legal cap.
     fn cap_won(&self, card: &Card) -> u64 {
-        if card.flags & CARD_FLAG_NAMED != 0 { self.config.balance_cap_named_won } else { self.config.balance_cap_won }
+        self.config.balance_cap_of(card.face_value_won, card.flags & CARD_FLAG_NAMED != 0)
     }
 
     /// CARD_REGISTER: marks the card registered (and named, with a verified name); the reply's
@@ -702,8 +703,8 @@ impl Shard {
         Outcome::completed(self.approved(pin_hash, cap_won))
     }
 
-    fn validity_end_s(&self) -> u32 {
-        let end_s = self.now_ms / 1000 + u64::from(self.config.validity_days) * 86_400;
+    fn validity_end_s(&self, face_value_won: u64) -> u32 {
+        let end_s = self.now_ms / 1000 + u64::from(self.config.validity_days_of(face_value_won)) * 86_400;
         u32::try_from(end_s).unwrap_or(u32::MAX)
     }
 
@@ -741,7 +742,8 @@ impl Shard {
                 CardState::Closed => return self.declined(ResultCode::CardClosed, pin_hash),
             },
         }
-        let expires_at_s = self.validity_end_s();
+        let face_value_won = self.cards.get(&pin_hash).expect("checked above").face_value_won;
+        let expires_at_s = self.validity_end_s(face_value_won);
         let card = self.cards.get_mut(&pin_hash).expect("checked above");
         card.state = CardState::Sold as u8;
         card.expires_at_s = expires_at_s;
@@ -858,7 +860,7 @@ impl Shard {
             Ok(card) => card,
             Err(code) => return self.declined(code, pin_hash),
         };
-        if amount_won % self.config.recharge_unit_won != 0 {
+        if amount_won % self.config.recharge_unit_of(card.face_value_won) != 0 {
             return self.declined(ResultCode::RechargeUnitInvalid, pin_hash);
         }
         let Some(balance_won) = card.balance_won.checked_add(amount_won) else {

@@ -640,9 +640,27 @@ impl Reference {
         done(self.approve(pin, face))
     }
 
-    /// Seconds since the epoch at which a validity period starting now ends.
-    fn validity_end(&self) -> u32 {
-        u32::try_from(self.clock / 1000 + u64::from(self.cfg.validity_days) * 86_400).unwrap_or(u32::MAX)
+    /// The product's position in the catalogue, if it is one.
+    fn product(&self, face: u64) -> Option<usize> {
+        self.cfg.face_values_won.iter().position(|f| *f == face)
+    }
+
+    /// Seconds since the epoch at which a validity period starting now ends, for a card of
+    /// this face value (its product's own period if the catalogue gives one).
+    fn validity_end(&self, face: u64) -> u32 {
+        let days = match self.product(face) {
+            Some(index) if !self.cfg.product_validity_days.is_empty() => self.cfg.product_validity_days[index],
+            _ => self.cfg.validity_days,
+        };
+        u32::try_from(self.clock / 1000 + u64::from(days) * 86_400).unwrap_or(u32::MAX)
+    }
+
+    /// The recharge unit of a card of this face value.
+    fn recharge_unit(&self, face: u64) -> u64 {
+        match self.product(face) {
+            Some(index) if !self.cfg.product_recharge_unit_won.is_empty() => self.cfg.product_recharge_unit_won[index],
+            _ => self.cfg.recharge_unit_won,
+        }
     }
 
     /// Past its validity, with no pending hold, and in a state that can expire.
@@ -685,9 +703,15 @@ impl Reference {
         }
     }
 
-    /// The balance cap of a card: higher for named cards.
+    /// The balance cap of a card: the legal cap for its kind (higher for named cards), lowered
+    /// to its product's own cap if the catalogue gives one.
     fn cap(&self, pin: PinHash) -> u64 {
-        if self.card(pin).is_some_and(|card| card.named) { self.cfg.balance_cap_named_won } else { self.cfg.balance_cap_won }
+        let card = self.card(pin).unwrap();
+        let legal = if card.named { self.cfg.balance_cap_named_won } else { self.cfg.balance_cap_won };
+        match self.product(card.face) {
+            Some(index) if !self.cfg.product_balance_cap_won.is_empty() => self.cfg.product_balance_cap_won[index].min(legal),
+            _ => legal,
+        }
     }
 
     fn register(&mut self, pin: PinHash, holder: u64, verified: bool) -> Outcome {
@@ -733,10 +757,11 @@ impl Reference {
         if price == 0 {
             return self.decline(ResultCode::AmountInvalid, pin);
         }
-        let validity_end = self.validity_end();
-        let Some(card) = self.card_mut(pin) else {
+        let Some(face) = self.card(pin).map(|card| card.face) else {
             return self.decline(ResultCode::CardNotFound, pin);
         };
+        let validity_end = self.validity_end(face);
+        let card = self.card_mut(pin).unwrap();
         match card.state {
             CardState::Issued if card.consignee != 0 && card.consignee != channel => {
                 self.decline(ResultCode::CardConsignedElsewhere, pin)
@@ -820,10 +845,11 @@ impl Reference {
     }
 
     fn activate(&mut self, pin: PinHash, mac: u64) -> Outcome {
-        let validity_end = self.validity_end();
-        let Some(card) = self.card_mut(pin) else {
+        let Some(face) = self.card(pin).map(|card| card.face) else {
             return self.decline(ResultCode::CardNotFound, pin);
         };
+        let validity_end = self.validity_end(face);
+        let card = self.card_mut(pin).unwrap();
         match card.state {
             CardState::Issued | CardState::Sold if card.gift_to != 0 => self.decline(ResultCode::GiftClaimRequired, pin),
             CardState::Issued | CardState::Sold => {
@@ -875,7 +901,7 @@ impl Reference {
         if let Err(code) = self.must_be_active(pin) {
             return self.decline(code, pin);
         }
-        if amount % self.cfg.recharge_unit_won != 0 {
+        if amount % self.recharge_unit(self.card(pin).unwrap().face) != 0 {
             return self.decline(ResultCode::RechargeUnitInvalid, pin);
         }
         let balance = self.card(pin).unwrap().balance;

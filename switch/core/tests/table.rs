@@ -519,6 +519,30 @@ fn cards_expire_at_the_end_of_validity_and_the_rest_is_breakage() {
     assert_eq!((totals.breakage_won, totals.balances_won), (14_000, 0));
 }
 
+/// Products carry their own rules (test_min): the 50,000-won card is valid two days instead of
+/// one, the 100,000-won card recharges in units of 5,000 won, the 5,000-won card holds at most
+/// 300,000 won even when named (its product cap is below the legal one).
+#[test]
+fn products_have_their_own_validity_recharge_unit_and_cap() {
+    let mut s = Script::new();
+    s.active_card(CARD, 50_000);
+    s.active_card(OTHER, 100_000);
+    let one_day_s = 24 * 3600;
+    let valid_until = |s: &Script, pin| u64::from(s.shard.card(s.now_ms, pin).unwrap().valid_until_s);
+    assert_eq!(valid_until(&s, CARD) - valid_until(&s, OTHER), one_day_s, "two days against one");
+    s.expect(load(OTHER, 15_000), ResultCode::Approved);
+    s.expect(load(CARD, 15_000), ResultCode::RechargeUnitInvalid);
+    s.now_ms += (one_day_s + 60) * 1000;
+    s.expect(sale(OTHER, PASSWORD, 1), ResultCode::CardExpired);
+    s.expect(sale(CARD, PASSWORD, 1), ResultCode::Approved);
+
+    const SMALL: PinHash = 0x5A11;
+    s.active_card(SMALL, 5_000);
+    s.expect(Body::Register { pin_hash: SMALL, holder_ref: 3, verified_name: true }, ResultCode::Approved);
+    s.expect(load(SMALL, 300_000), ResultCode::BalanceCapExceeded);
+    s.expect(load(SMALL, 290_000), ResultCode::Approved);
+}
+
 #[test]
 fn a_recharge_of_a_promotional_card_extends_its_validity() {
     let mut s = Script::new();
@@ -637,6 +661,7 @@ fn every_engine_result_code_is_reached() {
         collect(cards_expire_at_the_end_of_validity_and_the_rest_is_breakage),
         collect(reversals_naming_future_originals_never_raise_the_floor_past_the_clock),
         collect(foreign_pins_are_imported_once_and_converted_from_the_balance),
+        collect(products_have_their_own_validity_recharge_unit_and_cap),
     ] {
         seen.extend(script);
     }
