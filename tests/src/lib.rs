@@ -113,11 +113,44 @@ impl Drop for Switch {
 }
 
 /// A fresh, empty directory for one test's data.
-pub fn fresh_dir(name: &str) -> PathBuf {
+pub fn fresh_dir(name: &str) -> TestDir {
     let dir = std::env::temp_dir().join(format!("pinswitch-e2e-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("creating a test directory");
-    dir
+    TestDir(dir)
+}
+
+/// A test's data directory, removed when the test ends (pass or fail) together with the files
+/// beside it that share its name (`dir.with_extension("toml")` and the like): journal segments
+/// are preallocated, so every leftover directory keeps 64 MiB or more of disk per shard.
+pub struct TestDir(PathBuf);
+
+impl std::ops::Deref for TestDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for TestDir {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+        let (Some(parent), Some(name)) = (self.0.parent(), self.0.file_name().and_then(|name| name.to_str())) else { return };
+        let prefix = format!("{name}.");
+        if let Ok(entries) = std::fs::read_dir(parent) {
+            for entry in entries.flatten() {
+                if entry.file_name().to_str().is_some_and(|file| file.starts_with(&prefix)) {
+                    let _ = std::fs::remove_file(entry.path()).or_else(|_| std::fs::remove_dir_all(entry.path()));
+                }
+            }
+        }
+    }
 }
 
 /// Deterministic PRNG for tests (splitmix64).
