@@ -231,7 +231,7 @@ pub fn entries_of(seq: u64, entry: &JournalEntry, effects: &Effects, card_after:
         Body::Sell { channel_id, price_won, payment_means, .. } => {
             out.push(Entry { kind: EntryKind::Sell, amount_won: *price_won, counterparty: u64::from(*channel_id), means: *payment_means, ..base });
         }
-        Body::Activate { .. } => out.push(Entry { kind: EntryKind::Activate, ..base }),
+        Body::Activate { .. } | Body::Claim { .. } => out.push(Entry { kind: EntryKind::Activate, ..base }),
         Body::Load { funding, .. } => out.push(Entry { kind: EntryKind::Recharge, amount_won: entry.reply.amount_won, means: *funding, ..base }),
         Body::BalanceRefund { payout_account_ref, .. } => {
             out.push(Entry { kind: EntryKind::BalanceRefund, amount_won: entry.reply.amount_won, counterparty: *payout_account_ref, ..base });
