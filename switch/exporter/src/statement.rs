@@ -56,7 +56,7 @@ pub enum EntryKind {
     Issue = 1,
     /// CARD_SELL: `amount_won` = price paid, `counterparty` = channel, `means` = payment means.
     Sell = 2,
-    /// CARD_ACTIVATE (validity starts here for a card never sold).
+    /// CARD_ACTIVATE or CARD_CLAIM (validity starts here for a card never sold).
     Activate = 3,
     /// CARD_LOAD: `amount_won`, `means` = funding.
     Recharge = 4,
@@ -72,7 +72,8 @@ pub enum EntryKind {
     Expiry = 9,
     /// A change without money (block, unblock, consign, register).
     Status = 10,
-    /// Another approved command that lowered the balance (e.g. a later message type).
+    /// FOREIGN_CONVERT (the product's won price), or another approved command that lowered the
+    /// balance (a later message type).
     OtherDebit = 11,
     /// Another approved command that raised the balance.
     OtherCredit = 12,
@@ -232,6 +233,8 @@ pub fn entries_of(seq: u64, entry: &JournalEntry, effects: &Effects, card_after:
             out.push(Entry { kind: EntryKind::Sell, amount_won: *price_won, counterparty: u64::from(*channel_id), means: *payment_means, ..base });
         }
         Body::Activate { .. } | Body::Claim { .. } => out.push(Entry { kind: EntryKind::Activate, ..base }),
+        // A conversion into a foreign PIN: the card pays the product's won price.
+        Body::ForeignConvert { .. } => out.push(Entry { kind: EntryKind::OtherDebit, amount_won: entry.reply.amount_won, ..base }),
         Body::Load { funding, .. } => out.push(Entry { kind: EntryKind::Recharge, amount_won: entry.reply.amount_won, means: *funding, ..base }),
         Body::BalanceRefund { payout_account_ref, .. } => {
             out.push(Entry { kind: EntryKind::BalanceRefund, amount_won: entry.reply.amount_won, counterparty: *payout_account_ref, ..base });
@@ -249,6 +252,30 @@ pub fn entries_of(seq: u64, entry: &JournalEntry, effects: &Effects, card_after:
         }
     }
     out
+}
+
+/// Whether `entries_of` knows what the command does (else it compares balances).
+fn known_kind(body: &Body) -> bool {
+    matches!(
+        body,
+        Body::Issue { .. }
+            | Body::Sell { .. }
+            | Body::Activate { .. }
+            | Body::Claim { .. }
+            | Body::ForeignConvert { .. }
+            | Body::Load { .. }
+            | Body::BalanceRefund { .. }
+            | Body::Block { .. }
+            | Body::Unblock { .. }
+            | Body::Consign { .. }
+            | Body::Register { .. }
+            | Body::Authorize { .. }
+            | Body::Void { .. }
+            | Body::Capture { .. }
+            | Body::Reverse { .. }
+            | Body::Sale { .. }
+            | Body::Refund { .. }
+    )
 }
 
 /// A card's head in a heads table.
@@ -467,23 +494,28 @@ impl ShardWriter {
         Ok(ShardWriter { shard, entries_path, reader: file, writer: BufWriter::with_capacity(1 << 20, append), written: keep, heads, delta: HashMap::new() })
     }
 
-    /// The card's head and its balance after its newest entry.
-    fn head(&mut self, pin_hash: PinHash) -> Result<Option<(Head, u64)>> {
-        if let Some(known) = self.delta.get(&pin_hash) {
-            return Ok(Some(*known));
+    /// The card's head (no entries: the default).
+    fn head(&self, pin_hash: PinHash) -> Result<Head> {
+        if let Some((head, _)) = self.delta.get(&pin_hash) {
+            return Ok(*head);
         }
-        let Some(head) = self.heads.get(pin_hash)? else { return Ok(None) };
-        if head.newest_plus_one == 0 {
-            return Ok(None);
+        Ok(self.heads.get(pin_hash)?.unwrap_or_default())
+    }
+
+    /// The card's balance after its newest entry (`None`: no entry yet).
+    fn balance_won(&self, pin_hash: PinHash) -> Result<Option<u64>> {
+        if let Some((_, balance_won)) = self.delta.get(&pin_hash) {
+            return Ok(Some(*balance_won));
         }
-        // Only durable entries are in the table, so this one is on disk (not in the buffer).
-        let newest = read_entry(&self.reader, &self.entries_path, head.newest_plus_one - 1)?;
-        Ok(Some((head, newest.balance_won)))
+        match self.heads.get(pin_hash)? {
+            // Only durable entries are in the table, so this one is on disk (not in the buffer).
+            Some(head) if head.newest_plus_one > 0 => Ok(Some(read_entry(&self.reader, &self.entries_path, head.newest_plus_one - 1)?.balance_won)),
+            _ => Ok(None),
+        }
     }
 
     fn append(&mut self, mut entry: Entry) -> Result<()> {
-        let previous = self.head(entry.pin_hash)?;
-        let head = previous.map_or(Head::default(), |(head, _)| head);
+        let head = self.head(entry.pin_hash)?;
         entry.prev_plus_one = head.newest_plus_one;
         self.writer.write_all(&entry.encode()).map_err(ExportError::io(&self.entries_path, "append statement entry"))?;
         self.written += 1;
@@ -564,7 +596,8 @@ impl StatementWriter {
         if card_after.is_none() {
             return Ok(());
         }
-        let balance_before_won = writer.head(pin_hash)?.map(|(_, balance_won)| balance_won);
+        // Only commands of kinds `entries_of` does not know need the balance before (a read).
+        let balance_before_won = if known_kind(&entry.command.body) { None } else { writer.balance_won(pin_hash)? };
         for made in entries_of(seq, entry, effects, card_after, balance_before_won) {
             writer.append(made)?;
         }
