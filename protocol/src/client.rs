@@ -364,6 +364,18 @@ impl Client {
         self.call(MsgType::ForeignConvert, events).await
     }
 
+    pub async fn session_start(&self, events: &[SessionStart]) -> Result<Vec<SessionResult>, ClientError> {
+        self.call(MsgType::SessionStart, events).await
+    }
+
+    pub async fn session_update(&self, events: &[SessionUpdate]) -> Result<Vec<SessionResult>, ClientError> {
+        self.call(MsgType::SessionUpdate, events).await
+    }
+
+    pub async fn session_end(&self, events: &[SessionEnd]) -> Result<Vec<SessionResult>, ClientError> {
+        self.call(MsgType::SessionEnd, events).await
+    }
+
     pub async fn inquiry(&self, events: &[Inquiry]) -> Result<Vec<InquiryResult>, ClientError> {
         self.call(MsgType::Inquiry, events).await
     }

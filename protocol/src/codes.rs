@@ -19,6 +19,9 @@ pub enum ResultCode {
     AlreadyReversed = 3,
     /// VOID: the hold was already voided (with another op id); nothing changed.
     HoldAlreadyVoided = 4,
+    /// SESSION_UPDATE / SESSION_END: the reported use cost more than the card could pay; the
+    /// debit was capped at what was available (`amount_won`) and the rest is written off.
+    SessionUsageCapped = 5,
 
     CardNotFound = 101,
     /// The card exists but has not been activated with a password yet.
@@ -94,6 +97,18 @@ pub enum ResultCode {
     ForeignPinExists = 161,
     /// FOREIGN_CONVERT: the card's shard has no PIN of this product left in its pool.
     ForeignPinUnavailable = 162,
+    /// SESSION_UPDATE / SESSION_END: no live session with this id on this card.
+    SessionNotFound = 170,
+    /// SESSION_START: a session with this id is already live.
+    SessionExists = 171,
+    /// SESSION_START: no tariff prices this service category and called number.
+    TariffNotFound = 172,
+    /// SESSION_START: the card has `sessions_per_card_max` live sessions.
+    SessionLimitPerCard = 173,
+    /// SESSION_START: the shard holds `sessions_per_shard_max` live sessions.
+    SessionLimitPerShard = 174,
+    /// SESSION_START: the called number is not 1 to 15 digits.
+    DestinationInvalid = 175,
 
     FormatError = 900,
     UnknownMessageType = 901,
@@ -116,6 +131,7 @@ impl ResultCode {
         Self::OriginalDeclinedNoop,
         Self::AlreadyReversed,
         Self::HoldAlreadyVoided,
+        Self::SessionUsageCapped,
         Self::CardNotFound,
         Self::CardNotActive,
         Self::CardBlocked,
@@ -164,6 +180,12 @@ impl ResultCode {
         Self::ForeignProductUnknown,
         Self::ForeignPinExists,
         Self::ForeignPinUnavailable,
+        Self::SessionNotFound,
+        Self::SessionExists,
+        Self::TariffNotFound,
+        Self::SessionLimitPerCard,
+        Self::SessionLimitPerShard,
+        Self::DestinationInvalid,
         Self::FormatError,
         Self::UnknownMessageType,
         Self::BatchTooLarge,
@@ -198,6 +220,7 @@ impl ResultCode {
             Self::OriginalDeclinedNoop => "ORIGINAL_DECLINED_NOOP",
             Self::AlreadyReversed => "ALREADY_REVERSED",
             Self::HoldAlreadyVoided => "HOLD_ALREADY_VOIDED",
+            Self::SessionUsageCapped => "SESSION_USAGE_CAPPED",
             Self::CardNotFound => "CARD_NOT_FOUND",
             Self::CardNotActive => "CARD_NOT_ACTIVE",
             Self::CardBlocked => "CARD_BLOCKED",
@@ -246,6 +269,12 @@ impl ResultCode {
             Self::ForeignProductUnknown => "FOREIGN_PRODUCT_UNKNOWN",
             Self::ForeignPinExists => "FOREIGN_PIN_EXISTS",
             Self::ForeignPinUnavailable => "FOREIGN_PIN_UNAVAILABLE",
+            Self::SessionNotFound => "SESSION_NOT_FOUND",
+            Self::SessionExists => "SESSION_EXISTS",
+            Self::TariffNotFound => "TARIFF_NOT_FOUND",
+            Self::SessionLimitPerCard => "SESSION_LIMIT_PER_CARD",
+            Self::SessionLimitPerShard => "SESSION_LIMIT_PER_SHARD",
+            Self::DestinationInvalid => "DESTINATION_INVALID",
             Self::FormatError => "FORMAT_ERROR",
             Self::UnknownMessageType => "UNKNOWN_MESSAGE_TYPE",
             Self::BatchTooLarge => "BATCH_TOO_LARGE",
@@ -284,6 +313,10 @@ pub enum Field {
     Partner = 18,
     /// A foreign PIN product id.
     Product = 19,
+    /// A session's called number.
+    Destination = 20,
+    /// A session's reported or requested seconds.
+    Seconds = 21,
 }
 
 impl Field {
@@ -309,6 +342,8 @@ impl Field {
             Self::Holder => "holder",
             Self::Partner => "partner",
             Self::Product => "product",
+            Self::Destination => "destination",
+            Self::Seconds => "seconds",
         }
     }
 
@@ -334,6 +369,8 @@ impl Field {
             Self::Holder,
             Self::Partner,
             Self::Product,
+            Self::Destination,
+            Self::Seconds,
         ]
         .into_iter()
         .find(|field| *field as u8 == value)

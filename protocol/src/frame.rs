@@ -447,6 +447,18 @@ fn exercise_message(msg_type: MsgType, body: &[u8]) {
             exercise_body::<Vec<BalanceInquiry>>(body);
             exercise_body::<Vec<BalanceResult>>(body);
         }
+        MsgType::SessionStart => {
+            exercise_body::<Vec<SessionStart>>(body);
+            exercise_body::<Vec<SessionResult>>(body);
+        }
+        MsgType::SessionUpdate => {
+            exercise_body::<Vec<SessionUpdate>>(body);
+            exercise_body::<Vec<SessionResult>>(body);
+        }
+        MsgType::SessionEnd => {
+            exercise_body::<Vec<SessionEnd>>(body);
+            exercise_body::<Vec<SessionResult>>(body);
+        }
     }
 }
 

@@ -31,10 +31,13 @@ pub enum MsgType {
     ForeignConvert = 27,
     Inquiry = 30,
     BalanceInquiry = 31,
+    SessionStart = 40,
+    SessionUpdate = 41,
+    SessionEnd = 42,
 }
 
 impl MsgType {
-    pub const ALL: [MsgType; 22] = [
+    pub const ALL: [MsgType; 25] = [
         Self::Hello,
         Self::Ping,
         Self::CardIssue,
@@ -57,6 +60,9 @@ impl MsgType {
         Self::ForeignConvert,
         Self::Inquiry,
         Self::BalanceInquiry,
+        Self::SessionStart,
+        Self::SessionUpdate,
+        Self::SessionEnd,
     ];
 
     pub fn from_u16(value: u16) -> Option<MsgType> {
@@ -325,6 +331,64 @@ pub struct Refund {
     pub pin: u64,
     pub original_op_id: u128,
     pub amount_won: u64,
+}
+
+/// SESSION_START: a call switch opens a per-second charging session (a call) on the card. The
+/// switch rates it by the tariff of the service category and the called number, reserves the
+/// money of the granted seconds (connect fee included) from the card's available balance (the
+/// one payment holds draw from) and answers a `SessionResult`.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct SessionStart {
+    pub op_id: u128,
+    pub pin: u64,
+    /// The call switch's session id (non-zero), named again by SESSION_UPDATE and SESSION_END.
+    pub session_id: u128,
+    /// A `Category` number (2 telephone call, 3 phone information, 4 prepaid mobile, ...).
+    pub category: u8,
+    /// The called number: 1 to 15 ASCII digits (leading zeros count: "01012345678").
+    pub destination: Vec<u8>,
+    /// Seconds wanted (0: the server's default grant).
+    pub requested_s: u32,
+}
+
+/// SESSION_UPDATE: the use of the session so far, in total (so a lost update heals): the switch
+/// debits what is due beyond what was charged and reserves a new grant.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionUpdate {
+    pub op_id: u128,
+    pub pin: u64,
+    pub session_id: u128,
+    /// Seconds used since the session started (cumulative).
+    pub used_total_s: u32,
+    /// Seconds wanted next (0: the server's default grant).
+    pub requested_s: u32,
+}
+
+/// SESSION_END: the call ended after `used_total_s` seconds in all: the rest is debited and the
+/// reservation released.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionEnd {
+    pub op_id: u128,
+    pub pin: u64,
+    pub session_id: u128,
+    pub used_total_s: u32,
+}
+
+/// The result of SESSION_START, SESSION_UPDATE and SESSION_END. `result.amount_won` is the money
+/// this event debited; `granted_s`, `validity_s`, `final_unit` and `tariff_id` are 0 unless the
+/// code is APPROVED or SESSION_USAGE_CAPPED.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SessionResult {
+    pub result: OpResult,
+    /// Seconds the switch may let the call run past the use reported (0 after SESSION_END).
+    pub granted_s: u32,
+    /// Report (SESSION_UPDATE) at the latest this many seconds from now, even with seconds left.
+    pub validity_s: u32,
+    /// 0 none; 1 terminate: the card cannot pay for more than this grant; end the call when it
+    /// is used up (at once for a zero grant).
+    pub final_unit: u8,
+    /// The tariff applied (its id in the switch's tariff table).
+    pub tariff_id: u16,
 }
 
 /// The result of every mutating event except CARD_ISSUE.

@@ -279,6 +279,43 @@ fn valid_frames(rng: &mut SplitMix64) -> Vec<ValidFrame> {
             })
             .collect();
         push(&mut frames, MsgType::ForeignConvert, true, results);
+        let events: Vec<_> = (0..count)
+            .map(|_| SessionStart {
+                op_id: op_id(rng),
+                pin: pin(rng),
+                session_id: op_id(rng),
+                category: rng.below(8) as u8,
+                destination: (0..rng.below(18)).map(|_| b'0' + rng.below(12) as u8).collect(),
+                requested_s: rng.next() as u32,
+            })
+            .collect();
+        push(&mut frames, MsgType::SessionStart, false, events);
+        let events: Vec<_> = (0..count)
+            .map(|_| SessionUpdate {
+                op_id: op_id(rng),
+                pin: pin(rng),
+                session_id: op_id(rng),
+                used_total_s: rng.next() as u32,
+                requested_s: rng.next() as u32,
+            })
+            .collect();
+        push(&mut frames, MsgType::SessionUpdate, false, events);
+        let events: Vec<_> = (0..count)
+            .map(|_| SessionEnd { op_id: op_id(rng), pin: pin(rng), session_id: op_id(rng), used_total_s: rng.next() as u32 })
+            .collect();
+        push(&mut frames, MsgType::SessionEnd, false, events);
+        for msg_type in [MsgType::SessionStart, MsgType::SessionUpdate, MsgType::SessionEnd] {
+            let results: Vec<_> = (0..count)
+                .map(|_| SessionResult {
+                    result: op_result(rng),
+                    granted_s: rng.next() as u32,
+                    validity_s: rng.next() as u32,
+                    final_unit: rng.below(3) as u8,
+                    tariff_id: rng.next() as u16,
+                })
+                .collect();
+            push(&mut frames, msg_type, true, results);
+        }
         // Every mutating message but CARD_ISSUE answers with OpResult.
         for msg_type in [
             MsgType::CardActivate,

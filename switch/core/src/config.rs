@@ -64,6 +64,60 @@ pub struct EngineConfig {
     pub promotional_extension_days: u32,
     /// Foreign PIN products bought from foreign operators, convertible from a card's balance.
     pub foreign_products: Vec<ForeignProduct>,
+    /// Per-second charging tariffs (SESSION_START/UPDATE/END): a session takes the tariff of its
+    /// service category with the longest destination prefix matching the called number.
+    pub tariffs: Vec<Tariff>,
+    /// Live charging sessions one card may have at once.
+    pub sessions_per_card_max: u16,
+    /// Live charging sessions one shard may hold at once.
+    pub sessions_per_shard_max: u32,
+    /// Seconds granted when a SESSION_START or SESSION_UPDATE asks for 0.
+    pub session_grant_default_s: u32,
+    /// Most seconds one grant may cover (larger requests are granted this much).
+    pub session_grant_max_s: u32,
+    /// The validity time every grant carries: the call switch reports (SESSION_UPDATE) at the
+    /// latest this many seconds after the answer, even if granted seconds remain.
+    pub session_validity_s: u32,
+}
+
+/// One tariff: what a second of a service to a destination costs. Money is integer won: the
+/// used seconds are rounded up to the billing increment (the first increment, if longer, is
+/// billed whole), and each increment costs `rate_won`. Time-of-day bands are not modelled yet.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Tariff {
+    /// Non-zero, unique in the table; answered to the call switch as the tariff applied.
+    pub tariff_id: u16,
+    /// The service category (1..=6) it prices.
+    pub category: u8,
+    /// Digits the called number starts with ("" matches every number of the category).
+    pub destination_prefix: String,
+    /// Charged once per session, with its first used second.
+    pub connect_fee_won: u64,
+    /// Won per billing increment.
+    pub rate_won: u64,
+    /// The billing increment (e.g. 1, 6 or 60 seconds).
+    pub increment_s: u32,
+    /// The first billed span: a session that used anything is billed at least this much (a
+    /// multiple of `increment_s`; 0 = one increment).
+    pub first_increment_s: u32,
+}
+
+/// Longest grant a session may hold (the wire packs granted and validity seconds in 24 bits).
+pub const SESSION_SECONDS_MAX: u32 = (1 << 24) - 1;
+
+impl Tariff {
+    /// The money due for `used_s` seconds of a session in total, connect fee included
+    /// (0 seconds cost nothing). Exact integer arithmetic; saturates only past `u64` won.
+    pub fn cost_won(&self, used_s: u64) -> u64 {
+        if used_s == 0 {
+            return 0;
+        }
+        let increment_s = u128::from(self.increment_s.max(1));
+        let first_s = u128::from(self.first_increment_s).max(increment_s);
+        let billed_s = u128::from(used_s).div_ceil(increment_s).saturating_mul(increment_s).max(first_s);
+        let won = (billed_s / increment_s).saturating_mul(u128::from(self.rate_won)).saturating_add(u128::from(self.connect_fee_won));
+        u64::try_from(won).unwrap_or(u64::MAX)
+    }
 }
 
 /// A foreign PIN product: whose, in what currency, worth what, and what a conversion costs.
@@ -114,6 +168,18 @@ impl EngineConfig {
             promotional_face_values_won: Vec::new(),
             promotional_extension_days: 365,
             foreign_products: Vec::new(),
+            // Telephone calls: domestic at 2 won a second, to mobiles (010) 12 won per 6 s with
+            // a 10-won connect fee, international (001) 300 won a whole minute plus 50 to connect.
+            tariffs: vec![
+                Tariff { tariff_id: 1, category: 2, destination_prefix: String::new(), connect_fee_won: 0, rate_won: 2, increment_s: 1, first_increment_s: 0 },
+                Tariff { tariff_id: 2, category: 2, destination_prefix: "010".into(), connect_fee_won: 10, rate_won: 12, increment_s: 6, first_increment_s: 0 },
+                Tariff { tariff_id: 3, category: 2, destination_prefix: "001".into(), connect_fee_won: 50, rate_won: 300, increment_s: 60, first_increment_s: 60 },
+            ],
+            sessions_per_card_max: 4,
+            sessions_per_shard_max: 200_000,
+            session_grant_default_s: 300,
+            session_grant_max_s: 3_600,
+            session_validity_s: 600,
         }
     }
 
@@ -146,6 +212,18 @@ impl EngineConfig {
                 ForeignProduct { product_id: 1, partner_id: 501, currency: *b"USD", face_value_minor: 1_000, price_won: 14_000 },
                 ForeignProduct { product_id: 2, partner_id: 502, currency: *b"JPY", face_value_minor: 1_000, price_won: 9_500 },
             ],
+            // The production call tariffs, and a premium information line (060) billed a whole
+            // first minute, then in 6-second steps.
+            tariffs: [
+                EngineConfig::production().tariffs,
+                vec![Tariff { tariff_id: 4, category: 3, destination_prefix: "060".into(), connect_fee_won: 0, rate_won: 30, increment_s: 6, first_increment_s: 60 }],
+            ]
+            .concat(),
+            sessions_per_card_max: 2,
+            sessions_per_shard_max: 8,
+            session_grant_default_s: 60,
+            session_grant_max_s: 600,
+            session_validity_s: 120,
             ..EngineConfig::production()
         }
     }
@@ -199,6 +277,14 @@ impl EngineConfig {
         }
     }
 
+    /// The tariff of a session: its category's entry with the longest prefix of `digits`.
+    pub fn tariff_for(&self, category: u8, digits: &[u8]) -> Option<&Tariff> {
+        self.tariffs
+            .iter()
+            .filter(|tariff| tariff.category == category && digits.starts_with(tariff.destination_prefix.as_bytes()))
+            .max_by_key(|tariff| tariff.destination_prefix.len())
+    }
+
     pub fn foreign_product(&self, product_id: u32) -> Option<&ForeignProduct> {
         self.foreign_products.iter().find(|product| product.product_id == product_id)
     }
@@ -250,6 +336,41 @@ impl EngineConfig {
             if product.face_value_minor == 0 || product.price_won == 0 || product.price_won > self.balance_cap_named_won {
                 return Err(format!("foreign product {}: face value and price must be positive, the price within a card's cap", product.product_id));
             }
+        }
+        for (at, tariff) in self.tariffs.iter().enumerate() {
+            let id = tariff.tariff_id;
+            if id == 0 || self.tariffs[..at].iter().any(|other| other.tariff_id == id) {
+                return Err(format!("tariff ids must be non-zero and unique ({id})"));
+            }
+            if !(1..=6).contains(&tariff.category) {
+                return Err(format!("tariff {id}: category must be 1..=6"));
+            }
+            let prefix = tariff.destination_prefix.as_bytes();
+            if prefix.len() > crate::types::DESTINATION_DIGITS_MAX || !prefix.iter().all(u8::is_ascii_digit) {
+                return Err(format!("tariff {id}: destination_prefix must be at most 15 digits"));
+            }
+            if self.tariffs[..at].iter().any(|other| other.category == tariff.category && other.destination_prefix == tariff.destination_prefix) {
+                return Err(format!("tariff {id}: another tariff has the same category and prefix"));
+            }
+            if tariff.increment_s == 0 || tariff.first_increment_s % tariff.increment_s != 0 {
+                return Err(format!("tariff {id}: increment_s must be positive and first_increment_s a multiple of it"));
+            }
+            if tariff.rate_won > self.balance_cap_named_won || tariff.connect_fee_won > self.balance_cap_named_won {
+                return Err(format!("tariff {id}: rate and connect fee must be within a card's cap"));
+            }
+        }
+        if self.sessions_per_card_max == 0 || self.sessions_per_shard_max == 0 {
+            return Err("sessions_per_card_max and sessions_per_shard_max must be positive".into());
+        }
+        if self.session_grant_max_s == 0
+            || self.session_grant_max_s > SESSION_SECONDS_MAX
+            || self.session_grant_default_s == 0
+            || self.session_grant_default_s > self.session_grant_max_s
+        {
+            return Err("session_grant_default_s must be in 1..=session_grant_max_s (at most 16,777,215)".into());
+        }
+        if self.session_validity_s == 0 || self.session_validity_s > SESSION_SECONDS_MAX {
+            return Err("session_validity_s must be in 1..=16,777,215".into());
         }
         if self.balance_cap_named_won < self.balance_cap_won {
             return Err("balance_cap_named_won must be at least balance_cap_won".into());

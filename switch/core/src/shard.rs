@@ -22,10 +22,10 @@ use rkyv::rancor::Error as RkyvError;
 use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::dense_map::DenseMap;
-use crate::config::EngineConfig;
+use crate::config::{EngineConfig, Tariff};
 use crate::types::{
-    Applied, Body, CardView, Command, ForeignCode, HoldView, Ms, OpId, OpView, PasswordMac, PinHash, Reply,
-    Totals,
+    Applied, Body, CardView, Command, FINAL_UNIT_NONE, FINAL_UNIT_TERMINATE, ForeignCode, HoldView, Ms, OpId, OpView,
+    PasswordMac, PinHash, Reply, SessionGrant, Totals, destination_digits,
 };
 
 /// One card. Kept small: a shard holds millions of them.
@@ -53,6 +53,8 @@ struct Card {
     password_failures: u8,
     /// Pending holds.
     holds: u16,
+    /// Live charging sessions (their reservations are part of `held_won`).
+    sessions: u16,
 }
 
 /// The card was sold as a gift; its activation is the recipient's claim.
@@ -77,6 +79,7 @@ impl Card {
         self.expires_at_s != 0
             && now_ms / 1000 >= u64::from(self.expires_at_s)
             && self.holds == 0
+            && self.sessions == 0
             && matches!(self.state(), CardState::Sold | CardState::Active | CardState::Blocked)
     }
 
@@ -103,6 +106,25 @@ impl Hold {
     fn remaining_won(&self) -> u64 {
         self.amount_won - self.captured_won
     }
+}
+
+/// A live per-second charging session (a call), keyed by the call switch's session id. Its
+/// reservation is held on the card like a hold's remainder, so calls and payment holds draw
+/// from one available balance.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+struct Session {
+    pin_hash: PinHash,
+    /// The tariff as it was when the session started (a later table change leaves it alone);
+    /// its prefix is dropped, only the rating fields matter here.
+    tariff: Tariff,
+    /// Seconds rated so far (the largest cumulative use reported).
+    used_s: u64,
+    /// What those seconds cost (`tariff.cost_won(used_s)`), debited or written off.
+    rated_won: u64,
+    /// Money actually debited (less than `rated_won` when a report was capped).
+    debited_won: u64,
+    /// Money reserved for the current grant.
+    reserved_won: u64,
 }
 
 /// What a shard remembers about one op id.
@@ -142,6 +164,7 @@ struct ShardImage {
     foreign_known: Vec<(u128, u32)>,
     foreign_conversions: Vec<(OpId, ForeignCode)>,
     gift_recipients: Vec<(PinHash, u64)>,
+    sessions: Vec<(u128, Session)>,
 }
 
 /// A `DenseMap`'s chunks and index.
@@ -251,6 +274,8 @@ pub struct Shard {
     /// Gift cards sold and not yet claimed: the recipient reference the sale named (kept apart
     /// from the 64-byte card: few cards are gifts, and the entry goes at the claim).
     gift_recipients: KeyMap<u64>,
+    /// Live charging sessions by session id.
+    sessions: KeyMap<Session>,
 }
 
 /// Op-id records in two generations. New records go into `current`; when it holds half of
@@ -335,6 +360,7 @@ impl Shard {
             foreign_known: KeyMap::with_hasher(hasher),
             foreign_conversions: KeyMap::with_hasher(hasher),
             gift_recipients: KeyMap::with_hasher(hasher),
+            sessions: KeyMap::with_hasher(hasher),
         }
     }
 
@@ -356,6 +382,16 @@ impl Shard {
 
     pub fn card_count(&self) -> usize {
         self.cards.len()
+    }
+
+    /// Live charging sessions.
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// The service category of a live session.
+    pub fn session_category(&self, session_id: u128) -> Option<u8> {
+        self.sessions.get(&session_id).map(|session| session.tariff.category)
     }
 
     /// Op-id records currently kept.
@@ -464,6 +500,15 @@ impl Shard {
                     }
                     Body::ForeignConvert { password_mac, product_id, .. } => {
                         self.foreign_convert(op_id, pin_hash, *password_mac, *product_id)
+                    }
+                    Body::SessionStart { session_id, destination, requested_s, category, .. } => {
+                        self.session_start(pin_hash, *session_id, *destination, *requested_s, *category)
+                    }
+                    Body::SessionUpdate { session_id, used_total_s, requested_s, .. } => {
+                        self.session_report(pin_hash, *session_id, *used_total_s, Some(*requested_s))
+                    }
+                    Body::SessionEnd { session_id, used_total_s, .. } => {
+                        self.session_report(pin_hash, *session_id, *used_total_s, None)
                     }
                     Body::ForeignImport { .. } => unreachable!("handled above"),
                     Body::Tick | Body::Configure(_) => unreachable!("handled by apply"),
@@ -609,6 +654,7 @@ impl Shard {
             state: CardState::Issued as u8,
             password_failures: 0,
             holds: 0,
+            sessions: 0,
         };
         self.cards.insert_new(pin_hash, card);
         self.totals.issued_won += u128::from(face_value_won);
@@ -828,7 +874,7 @@ impl Shard {
             Ok(card) => card,
             Err(code) => return self.declined(code, pin_hash),
         };
-        if card.holds > 0 {
+        if card.holds > 0 || card.sessions > 0 {
             return self.declined(ResultCode::HoldsOutstanding, pin_hash);
         }
         let percent = if card.face_value_won <= self.config.small_face_value_max_won {
@@ -967,6 +1013,118 @@ impl Shard {
         self.earn_points(pin_hash, amount_won);
         let reply = self.approved(pin_hash, amount_won);
         Outcome { reply, status: OpStatus::Completed, debited_won: amount_won }
+    }
+
+    /// The seconds a START or UPDATE asks for: 0 means the default grant; never past the maximum.
+    fn requested_grant_s(&self, requested_s: u32) -> u32 {
+        let requested_s = if requested_s == 0 { self.config.session_grant_default_s } else { requested_s };
+        requested_s.min(self.config.session_grant_max_s)
+    }
+
+    /// SESSION_START: rates the call, reserves the money of the largest affordable grant (up to
+    /// the request; the connect fee counts with the first second) from the available balance.
+    fn session_start(&mut self, pin_hash: PinHash, session_id: u128, destination: u64, requested_s: u32, category: u8) -> Outcome {
+        if session_id == 0 {
+            return self.declined(ResultCode::FormatError, pin_hash);
+        }
+        if Category::from_u8(category).is_none() {
+            return self.declined(ResultCode::CategoryInvalid, pin_hash);
+        }
+        let (digits, digits_len) = destination_digits(destination);
+        if digits_len == 0 {
+            return self.declined(ResultCode::DestinationInvalid, pin_hash);
+        }
+        let card = match self.card_in(pin_hash, &[CardState::Active]) {
+            Ok(card) => card,
+            Err(code) => return self.declined(code, pin_hash),
+        };
+        if !self.config.category_allowed(card.face_value_won, category) {
+            return self.declined(ResultCode::CategoryNotAllowed, pin_hash);
+        }
+        if self.sessions.contains_key(&session_id) {
+            return self.declined(ResultCode::SessionExists, pin_hash);
+        }
+        if card.sessions >= self.config.sessions_per_card_max {
+            return self.declined(ResultCode::SessionLimitPerCard, pin_hash);
+        }
+        if self.sessions.len() >= self.config.sessions_per_shard_max as usize {
+            return self.declined(ResultCode::SessionLimitPerShard, pin_hash);
+        }
+        let Some(tariff) = self.config.tariff_for(category, &digits[..digits_len]) else {
+            return self.declined(ResultCode::TariffNotFound, pin_hash);
+        };
+        let tariff = Tariff { destination_prefix: String::new(), ..tariff.clone() };
+        let requested_s = self.requested_grant_s(requested_s);
+        let (granted_s, final_unit, reserve_won) = grant(&tariff, 0, requested_s, card.available_won());
+        if granted_s == 0 {
+            return self.declined(ResultCode::InsufficientFunds, pin_hash);
+        }
+        let card = self.cards.get_mut(&pin_hash).expect("checked above");
+        card.held_won += reserve_won;
+        card.sessions += 1;
+        self.totals.held_won += u128::from(reserve_won);
+        let tariff_id = tariff.tariff_id;
+        let session = Session { pin_hash, tariff, used_s: 0, rated_won: 0, debited_won: 0, reserved_won: reserve_won };
+        self.sessions.insert(session_id, session);
+        let mut reply = self.approved(pin_hash, 0);
+        let validity_s = self.config.session_validity_s;
+        SessionGrant { granted_s, validity_s, tariff_id, final_unit }.pack_into(&mut reply);
+        Outcome::completed(reply)
+    }
+
+    /// SESSION_UPDATE (`requested_s` is `Some`) and SESSION_END (`None`): releases the session's
+    /// reservation, debits the cumulative use reported beyond what was rated (capped at the
+    /// available balance: the card never goes below zero), then reserves the next grant (UPDATE)
+    /// or closes the session (END). A report lower than one already rated debits nothing.
+    fn session_report(&mut self, pin_hash: PinHash, session_id: u128, used_total_s: u32, requested_s: Option<u32>) -> Outcome {
+        let mut session = match self.sessions.get(&session_id) {
+            Some(session) if session.pin_hash == pin_hash => session.clone(),
+            _ => return self.declined(ResultCode::SessionNotFound, pin_hash),
+        };
+        let card = self.cards.get_mut(&pin_hash).expect("a session's card exists");
+        card.held_won -= session.reserved_won;
+        self.totals.held_won -= u128::from(session.reserved_won);
+        session.reserved_won = 0;
+        let used_s = session.used_s.max(u64::from(used_total_s));
+        let rated_won = session.tariff.cost_won(used_s);
+        let due_won = rated_won.saturating_sub(session.rated_won);
+        let debit_won = due_won.min(card.available_won());
+        let capped = debit_won < due_won;
+        card.balance_won -= debit_won;
+        self.totals.debited_won += u128::from(debit_won);
+        self.totals.balances_won -= u128::from(debit_won);
+        session.used_s = used_s;
+        session.rated_won = rated_won;
+        session.debited_won += debit_won;
+        let card = *card;
+        let tariff_id = session.tariff.tariff_id;
+        let mut grant_answer = SessionGrant { granted_s: 0, validity_s: 0, tariff_id, final_unit: FINAL_UNIT_NONE };
+        match requested_s {
+            None => {
+                self.sessions.remove(&session_id);
+                self.cards.get_mut(&pin_hash).expect("checked above").sessions -= 1;
+            }
+            Some(requested_s) => {
+                // A blocked card, or one that could not pay for the use reported, gets no more.
+                let (granted_s, final_unit, reserve_won) = if capped || card.state() != CardState::Active {
+                    (0, FINAL_UNIT_TERMINATE, 0)
+                } else {
+                    grant(&session.tariff, used_s, self.requested_grant_s(requested_s), card.available_won())
+                };
+                let card = self.cards.get_mut(&pin_hash).expect("checked above");
+                card.held_won += reserve_won;
+                self.totals.held_won += u128::from(reserve_won);
+                session.reserved_won = reserve_won;
+                self.sessions.insert(session_id, session);
+                grant_answer = SessionGrant { granted_s, validity_s: self.config.session_validity_s, tariff_id, final_unit };
+            }
+        }
+        let mut reply = self.approved(pin_hash, debit_won);
+        if capped {
+            reply.code = ResultCode::SessionUsageCapped.as_u16();
+        }
+        grant_answer.pack_into(&mut reply);
+        Outcome { reply, status: OpStatus::Completed, debited_won: debit_won }
     }
 
     /// FOREIGN_IMPORT: one more PIN in this shard's pool of the product.
@@ -1270,19 +1428,33 @@ impl Shard {
         let mut balances_won = 0u128;
         let mut held_won = 0u128;
         let mut held_cards = 0usize;
+        let mut session_cards: HashMap<PinHash, (u64, usize)> = HashMap::new();
+        for session in self.sessions.values() {
+            let (reserved_won, count) = session_cards.entry(session.pin_hash).or_default();
+            *reserved_won += session.reserved_won;
+            *count += 1;
+        }
+        let mut sessions = 0usize;
         for (pin_hash, card) in self.cards.iter() {
             if card.held_won > card.balance_won {
                 return Err(format!("card {pin_hash:x}: held {} > balance {}", card.held_won, card.balance_won));
             }
+            sessions += usize::from(card.sessions);
             // Only cards with holds are looked up: this scan runs at every recovery, over
             // millions of cards, and a lookup per card was most of its time.
-            if card.holds > 0 || card.held_won > 0 {
+            if card.holds > 0 || card.held_won > 0 || card.sessions > 0 {
+                let (reserved_won, session_count) = session_cards.get(pin_hash).copied().unwrap_or_default();
+                if session_count != usize::from(card.sessions) {
+                    return Err(format!("card {pin_hash:x}: {} sessions counted, {session_count} live", card.sessions));
+                }
                 let holds_won: u64 = self
                     .card_holds
                     .get(pin_hash)
                     .map(|ids| ids.iter().map(|id| self.holds[id].remaining_won()).sum())
                     .unwrap_or(0);
-                if holds_won != card.held_won || self.card_holds.get(pin_hash).map_or(0, Vec::len) != usize::from(card.holds) {
+                if holds_won + reserved_won != card.held_won
+                    || self.card_holds.get(pin_hash).map_or(0, Vec::len) != usize::from(card.holds)
+                {
                     return Err(format!("card {pin_hash:x}: holds disagree with held {}", card.held_won));
                 }
             }
@@ -1292,6 +1464,9 @@ impl Shard {
         }
         if balances_won != self.totals.balances_won || held_won != self.totals.held_won {
             return Err(format!("totals {:?} disagree with cards: balances {balances_won}, held {held_won}", self.totals));
+        }
+        if sessions != self.sessions.len() {
+            return Err(format!("cards count {sessions} sessions, {} are live", self.sessions.len()));
         }
         // Every card with hold ids is a card with holds (checked one way above).
         if held_cards != self.card_holds.len() || self.expiries.len() != self.holds.len() {
@@ -1319,7 +1494,11 @@ impl Shard {
             })
             .collect();
         holds.sort_by_key(|hold| (hold.expires_at_ms, hold.hold_id));
-        let held_won: u64 = holds.iter().map(|hold| hold.amount_won - hold.captured_won).sum();
+        let holds_all_won: u64 =
+            self.card_holds.get(&pin_hash).into_iter().flatten().map(|id| self.holds[id].remaining_won()).sum();
+        // Charging sessions' reservations are the rest of what the card holds.
+        let sessions_reserved_won = card.held_won - holds_all_won;
+        let held_won: u64 = holds.iter().map(|hold| hold.amount_won - hold.captured_won).sum::<u64>() + sessions_reserved_won;
         // What the next operation would find: a card past its validity reads as expired.
         let (state, balance_won) = if card.expiry_due(now_ms) { (CardState::Expired, 0) } else { (card.state(), card.balance_won) };
         Some(CardView {
@@ -1371,6 +1550,7 @@ impl Shard {
             foreign_known: self.foreign_known.iter().map(|(hash, product)| (*hash, *product)).collect(),
             foreign_conversions: self.foreign_conversions.iter().map(|(op_id, code)| (*op_id, *code)).collect(),
             gift_recipients: self.gift_recipients.iter().map(|(pin_hash, recipient)| (*pin_hash, *recipient)).collect(),
+            sessions: self.sessions.iter().map(|(session_id, session)| (*session_id, session.clone())).collect(),
         };
         // Sized up front: growing a buffer of hundreds of megabytes by doubling copies it again
         // and again (measured: a third of the time).
@@ -1413,9 +1593,29 @@ impl Shard {
         shard.foreign_known.extend(image.foreign_known);
         shard.foreign_conversions.extend(image.foreign_conversions);
         shard.gift_recipients.extend(image.gift_recipients);
+        shard.sessions.extend(image.sessions);
         shard.check_invariants()?;
         Ok(shard)
     }
+}
+
+/// The largest grant (up to `requested_s`) whose money, beyond the `used_s` already rated, fits
+/// in `budget_won`; whether it is the last one (not one second more would fit); and the money
+/// to reserve for it. The cost is monotone in the seconds, so a binary search finds it.
+fn grant(tariff: &Tariff, used_s: u64, requested_s: u32, budget_won: u64) -> (u32, u8, u64) {
+    let rated_won = tariff.cost_won(used_s);
+    let extra_won = |more_s: u64| tariff.cost_won(used_s + more_s).saturating_sub(rated_won);
+    let (mut low_s, mut high_s) = (0u64, u64::from(requested_s));
+    while low_s < high_s {
+        let middle_s = low_s + (high_s - low_s).div_ceil(2);
+        if extra_won(middle_s) <= budget_won {
+            low_s = middle_s;
+        } else {
+            high_s = middle_s - 1;
+        }
+    }
+    let final_unit = if extra_won(low_s + 1) > budget_won { FINAL_UNIT_TERMINATE } else { FINAL_UNIT_NONE };
+    (u32::try_from(low_s).expect("at most the request"), final_unit, extra_won(low_s))
 }
 
 /// What a business rule decided.
@@ -1452,6 +1652,9 @@ pub fn msg_type_of(body: &Body) -> MsgType {
         Body::Refund { .. } => MsgType::Refund,
         Body::ForeignImport { .. } => MsgType::ForeignImport,
         Body::ForeignConvert { .. } => MsgType::ForeignConvert,
+        Body::SessionStart { .. } => MsgType::SessionStart,
+        Body::SessionUpdate { .. } => MsgType::SessionUpdate,
+        Body::SessionEnd { .. } => MsgType::SessionEnd,
         Body::Tick | Body::Configure(_) => MsgType::Ping,
     }
 }
@@ -1544,6 +1747,24 @@ fn first_difference(recorded: &Body, retry: &Body) -> Option<Field> {
             ForeignConvert { pin_hash: p1, password_mac: m1, product_id: r1 },
             ForeignConvert { pin_hash: p2, password_mac: m2, product_id: r2 },
         ) => differs(&[(p1 == p2, Field::Card), (m1 == m2, Field::Password), (r1 == r2, Field::Product)]),
+        (
+            SessionStart { pin_hash: p1, session_id: s1, destination: d1, requested_s: r1, category: c1 },
+            SessionStart { pin_hash: p2, session_id: s2, destination: d2, requested_s: r2, category: c2 },
+        ) => differs(&[
+            (p1 == p2, Field::Card),
+            (s1 == s2, Field::Reference),
+            (c1 == c2, Field::Category),
+            (d1 == d2, Field::Destination),
+            (r1 == r2, Field::Seconds),
+        ]),
+        (
+            SessionUpdate { pin_hash: p1, session_id: s1, used_total_s: u1, requested_s: r1 },
+            SessionUpdate { pin_hash: p2, session_id: s2, used_total_s: u2, requested_s: r2 },
+        ) => differs(&[(p1 == p2, Field::Card), (s1 == s2, Field::Reference), (u1 == u2 && r1 == r2, Field::Seconds)]),
+        (
+            SessionEnd { pin_hash: p1, session_id: s1, used_total_s: u1 },
+            SessionEnd { pin_hash: p2, session_id: s2, used_total_s: u2 },
+        ) => differs(&[(p1 == p2, Field::Card), (s1 == s2, Field::Reference), (u1 == u2, Field::Seconds)]),
         _ => Some(Field::Kind),
     }
 }

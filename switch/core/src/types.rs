@@ -77,6 +77,15 @@ pub enum Body {
     /// The holder converts part of the balance into one foreign PIN of the product: the card
     /// is debited the product's price in won and the first PIN of this shard's pool is theirs.
     ForeignConvert { pin_hash: PinHash, password_mac: PasswordMac, product_id: u32 },
+    /// Open a per-second charging session (a call): rate it by the tariff of `category` and the
+    /// called number (`destination`, packed by `pack_destination`), reserve the money of the
+    /// granted seconds from the card's available balance (`requested_s` 0 = the default grant).
+    SessionStart { pin_hash: PinHash, session_id: u128, destination: u64, requested_s: u32, category: u8 },
+    /// Report the session's use so far (`used_total_s`, cumulative: a lost update heals), debit
+    /// it and reserve a new grant.
+    SessionUpdate { pin_hash: PinHash, session_id: u128, used_total_s: u32, requested_s: u32 },
+    /// The call ended after `used_total_s` seconds in all: debit the rest, release the reservation.
+    SessionEnd { pin_hash: PinHash, session_id: u128, used_total_s: u32 },
     /// Let time pass: expire due holds. Journaled only when it changed something.
     Tick,
     /// Replace the engine's rules from this point of the journal on.
@@ -104,7 +113,10 @@ impl Body {
             | Body::Reverse { pin_hash, .. }
             | Body::Sale { pin_hash, .. }
             | Body::Refund { pin_hash, .. } => Some(*pin_hash),
-            Body::ForeignConvert { pin_hash, .. } => Some(*pin_hash),
+            Body::ForeignConvert { pin_hash, .. }
+            | Body::SessionStart { pin_hash, .. }
+            | Body::SessionUpdate { pin_hash, .. }
+            | Body::SessionEnd { pin_hash, .. } => Some(*pin_hash),
             Body::ForeignImport { .. } | Body::Tick | Body::Configure(_) => None,
         }
     }
@@ -117,6 +129,77 @@ impl Body {
         match self {
             Body::ForeignImport { foreign_hash, .. } => Some(*foreign_hash),
             body => body.pin_hash(),
+        }
+    }
+}
+
+/// Digits a called number may have (E.164: at most 15).
+pub const DESTINATION_DIGITS_MAX: usize = 15;
+
+/// Packs a called number (1 to 15 ASCII digits; leading zeros matter: "010...", "001...") into
+/// a `u64`: the digit count in the top four bits, digit `i` in bits `4i..4i+4`. `None` when the
+/// number is empty, too long or not all digits.
+pub fn pack_destination(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || digits.len() > DESTINATION_DIGITS_MAX || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let packed = digits.iter().enumerate().fold(0u64, |packed, (at, digit)| packed | u64::from(digit - b'0') << (4 * at));
+    Some(packed | (digits.len() as u64) << 60)
+}
+
+/// The ASCII digits of a packed called number (at most 15; a malformed packing yields the
+/// digits it can, never a panic).
+pub fn destination_digits(packed: u64) -> ([u8; DESTINATION_DIGITS_MAX], usize) {
+    let len = ((packed >> 60) as usize).min(DESTINATION_DIGITS_MAX);
+    let mut digits = [0u8; DESTINATION_DIGITS_MAX];
+    for (at, digit) in digits.iter_mut().enumerate().take(len) {
+        *digit = b'0' + ((packed >> (4 * at)) & 0xF).min(9) as u8;
+    }
+    (digits, len)
+}
+
+/// What a session reply grants. The engine packs it into the reply it journals (so a replay
+/// answers it again without a wider `Reply`): `hold_expires_at_ms` holds granted seconds (bits
+/// 0..24), validity seconds (24..48) and the tariff id (48..64), `field` the final-unit action.
+/// `amount_won` is the money the event debited.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SessionGrant {
+    pub granted_s: u32,
+    pub validity_s: u32,
+    pub tariff_id: u16,
+    /// A `FINAL_UNIT_*` value.
+    pub final_unit: u8,
+}
+
+/// More grants may follow.
+pub const FINAL_UNIT_NONE: u8 = 0;
+/// This grant is the last: the card cannot pay for more; end the call when it is used up (a
+/// zero grant: now).
+pub const FINAL_UNIT_TERMINATE: u8 = 1;
+
+impl SessionGrant {
+    const SECONDS_MASK: u64 = (1 << 24) - 1;
+
+    /// Writes the grant into a session reply.
+    pub fn pack_into(self, reply: &mut Reply) {
+        reply.hold_expires_at_ms = (u64::from(self.granted_s) & Self::SECONDS_MASK)
+            | (u64::from(self.validity_s) & Self::SECONDS_MASK) << 24
+            | u64::from(self.tariff_id) << 48;
+        reply.field = self.final_unit;
+    }
+
+    /// Reads the grant of a session reply.
+    pub fn of_reply(reply: &Reply) -> SessionGrant {
+        SessionGrant::unpack(reply.hold_expires_at_ms, reply.field)
+    }
+
+    /// Reads a grant from the two reply fields that carry it (as copied into an `OpResult`).
+    pub fn unpack(hold_expires_at_ms: u64, field: u8) -> SessionGrant {
+        SessionGrant {
+            granted_s: (hold_expires_at_ms & Self::SECONDS_MASK) as u32,
+            validity_s: (hold_expires_at_ms >> 24 & Self::SECONDS_MASK) as u32,
+            tariff_id: (hold_expires_at_ms >> 48) as u16,
+            final_unit: field,
         }
     }
 }

@@ -6,7 +6,10 @@
 
 use std::collections::BTreeSet;
 
-use pinswitch_core::{Body, Command, EngineConfig, ForeignCode, Ms, OpId, PinHash, Reply, Shard};
+use pinswitch_core::{
+    Body, Command, EngineConfig, FINAL_UNIT_NONE, FINAL_UNIT_TERMINATE, ForeignCode, Ms, OpId, PinHash, Reply, SessionGrant,
+    Shard, pack_destination,
+};
 use pinswitch_protocol::{CardState, Field, OpStatus, ResultCode, op_id_at};
 
 const T0: Ms = 1_800_000_000_000;
@@ -630,6 +633,178 @@ fn foreign_pins_are_imported_once_and_converted_from_the_balance() {
     assert_eq!((restored.foreign_stock(1), restored.foreign_code(converted)), (1, s.shard.foreign_code(converted)));
 }
 
+fn session_start(pin_hash: PinHash, session_id: u128, destination: &str, requested_s: u32, category: u8) -> Body {
+    let destination = pack_destination(destination.as_bytes()).expect("a valid number");
+    Body::SessionStart { pin_hash, session_id, destination, requested_s, category }
+}
+
+fn session_update(pin_hash: PinHash, session_id: u128, used_total_s: u32, requested_s: u32) -> Body {
+    Body::SessionUpdate { pin_hash, session_id, used_total_s, requested_s }
+}
+
+fn session_end(pin_hash: PinHash, session_id: u128, used_total_s: u32) -> Body {
+    Body::SessionEnd { pin_hash, session_id, used_total_s }
+}
+
+/// (granted seconds, final-unit action, tariff id) of a session reply.
+fn granted(reply: &Reply) -> (u32, u8, u16) {
+    let grant = SessionGrant::of_reply(reply);
+    (grant.granted_s, grant.final_unit, grant.tariff_id)
+}
+
+/// Rating: used seconds are rounded up to the tariff's increment, a longer first increment is
+/// billed whole, and the connect fee comes with the first second (0 seconds cost nothing).
+#[test]
+fn tariffs_rate_by_increment_first_increment_and_connect_fee() {
+    let config = EngineConfig::test_min();
+    let tariff = |category: u8, number: &str| config.tariff_for(category, number.as_bytes()).expect("a tariff").clone();
+    // Longest prefix: "010..." is the mobile tariff, other numbers the domestic one.
+    let per_second = tariff(2, "0212345678");
+    let six_seconds = tariff(2, "01012345678");
+    let per_minute = tariff(2, "0014155550100");
+    let premium = tariff(3, "0601234567");
+    assert_eq!([per_second.tariff_id, six_seconds.tariff_id, per_minute.tariff_id, premium.tariff_id], [1, 2, 3, 4]);
+    assert!(config.tariff_for(3, b"0212345678").is_none());
+    let costs = |tariff: &pinswitch_core::Tariff, seconds: &[u64]| seconds.iter().map(|s| tariff.cost_won(*s)).collect::<Vec<_>>();
+    // 1 s at 2 won.
+    assert_eq!(costs(&per_second, &[0, 1, 59, 61, 7200]), [0, 2, 118, 122, 14_400]);
+    // 6 s at 12 won, connect fee 10.
+    assert_eq!(costs(&six_seconds, &[0, 1, 6, 7, 60]), [0, 22, 22, 34, 130]);
+    // 60 s at 300 won, connect fee 50.
+    assert_eq!(costs(&per_minute, &[1, 60, 61, 120, 121]), [350, 350, 650, 650, 950]);
+    // A whole first minute (10 increments of 6 s at 30 won), then 6 s steps.
+    assert_eq!(costs(&premium, &[1, 60, 61, 66, 67]), [300, 300, 330, 330, 360]);
+}
+
+/// A session reserves from the available balance that holds use (a call and a payment hold
+/// never overdraw the card), grants what the card can afford with the final-unit indication
+/// when it cannot afford more, heals a lost update from the cumulative use, and debits use
+/// beyond the grant, capped at what is available.
+#[test]
+fn sessions_reserve_from_the_shared_balance_heal_lost_updates_and_cap_over_use() {
+    let mut s = Script::new();
+    s.active_card(CARD, 10_000);
+    // 2 won a second: 100 s reserve 200 won.
+    let (_, reply) = s.expect(session_start(CARD, 1, "0212345678", 100, 2), ResultCode::Approved);
+    assert_eq!(granted(&reply), (100, FINAL_UNIT_NONE, 1));
+    assert_eq!(SessionGrant::of_reply(&reply).validity_s, 120);
+    assert_eq!((reply.amount_won, reply.balance_won, reply.available_won), (0, 10_000, 9_800));
+    let (hold_id, _) = s.expect(authorize(CARD, 9_000, 0), ResultCode::Approved);
+    // 100 s used: 200 won debited; 800 won left affords 400 s of the 600 asked: the last grant.
+    let (_, reply) = s.expect(session_update(CARD, 1, 100, 600), ResultCode::Approved);
+    assert_eq!(granted(&reply), (400, FINAL_UNIT_TERMINATE, 1));
+    assert_eq!((reply.amount_won, reply.balance_won, reply.available_won), (200, 9_800, 0));
+    s.expect(authorize(CARD, 1, 0), ResultCode::InsufficientFunds);
+    s.expect(sale(CARD, PASSWORD, 1), ResultCode::InsufficientFunds);
+    // The update at 300 s is lost; the one at 400 s charges 300 s (600 won) at once.
+    let (_, reply) = s.expect(session_update(CARD, 1, 400, 600), ResultCode::Approved);
+    assert_eq!(granted(&reply), (100, FINAL_UNIT_TERMINATE, 1));
+    assert_eq!((reply.amount_won, reply.balance_won, reply.available_won), (600, 9_200, 0));
+    // A stale lower report (a late retransmission under another op id) debits nothing.
+    let (_, reply) = s.expect(session_update(CARD, 1, 350, 600), ResultCode::Approved);
+    assert_eq!((reply.amount_won, granted(&reply)), (0, (100, FINAL_UNIT_TERMINATE, 1)));
+    // The state survives a snapshot.
+    s.shard = Shard::from_snapshot_bytes(&s.shard.to_snapshot_bytes()).unwrap();
+    assert_eq!(s.shard.session_count(), 1);
+    // The call ran 200 s past the grant: 400 won due, 200 available: capped, never below zero.
+    let (_, reply) = s.expect(session_end(CARD, 1, 600), ResultCode::SessionUsageCapped);
+    assert_eq!((reply.amount_won, reply.balance_won, reply.available_won), (200, 9_000, 0));
+    assert_eq!(granted(&reply), (0, FINAL_UNIT_NONE, 1));
+    s.expect(Body::Void { pin_hash: CARD, hold_id }, ResultCode::Approved);
+    assert_eq!(s.balance(CARD), (9_000, 9_000));
+    assert_eq!(s.shard.session_count(), 0);
+    s.expect(session_end(CARD, 1, 600), ResultCode::SessionNotFound);
+
+    // Over-use within the balance is debited whole; an update capped at zero grants nothing.
+    s.active_card(OTHER, 5_000);
+    s.expect(session_start(OTHER, 2, "0212345678", 60, 2), ResultCode::Approved);
+    let (_, reply) = s.expect(session_update(OTHER, 2, 1_000, 60), ResultCode::Approved);
+    assert_eq!((reply.amount_won, reply.balance_won, reply.available_won), (2_000, 3_000, 2_880));
+    let (_, reply) = s.expect(session_update(OTHER, 2, 3_000, 60), ResultCode::SessionUsageCapped);
+    assert_eq!((reply.amount_won, reply.balance_won, granted(&reply)), (3_000, 0, (0, FINAL_UNIT_TERMINATE, 1)));
+    let (_, reply) = s.expect(session_end(OTHER, 2, 3_000), ResultCode::Approved);
+    assert_eq!((reply.amount_won, reply.balance_won), (0, 0));
+    // With nothing available a call is not started.
+    s.expect(session_start(OTHER, 3, "0212345678", 60, 2), ResultCode::InsufficientFunds);
+}
+
+/// Connect fee and increments in the reservation, the final unit at the start, replays,
+/// limits per card and per shard, and every refusal of a session.
+#[test]
+fn session_grants_limits_replays_and_refusals() {
+    let mut s = Script::new();
+    s.active_card(CARD, 10_000);
+    // Mobile: 60 s reserve 10 + 10 x 12 = 130 won.
+    let start = session_start(CARD, 10, "01012345678", 60, 2);
+    let (start_op, reply) = s.expect(start.clone(), ResultCode::Approved);
+    assert_eq!((granted(&reply), reply.available_won), ((60, FINAL_UNIT_NONE, 2), 9_870));
+    let replay = s.run_at(start_op, 0, start);
+    assert_eq!(replay, Reply { replayed: true, ..reply });
+    let reused = s.run_at(start_op, 0, session_start(CARD, 10, "01012345678", 90, 2));
+    assert_eq!((reused.result_code(), reused.field), (ResultCode::OpIdReused, Field::Seconds as u8));
+    let reused = s.run_at(start_op, 0, session_start(CARD, 10, "01012345679", 60, 2));
+    assert_eq!((reused.result_code(), reused.field), (ResultCode::OpIdReused, Field::Destination as u8));
+    s.expect(session_start(CARD, 10, "0212345678", 60, 2), ResultCode::SessionExists);
+    // International: a whole first minute at 300 plus the connect fee 50.
+    let (_, reply) = s.expect(session_start(CARD, 11, "0014155550100", 30, 2), ResultCode::Approved);
+    assert_eq!((granted(&reply), reply.available_won), ((30, FINAL_UNIT_NONE, 3), 9_520));
+    s.expect(session_start(CARD, 12, "0212345678", 60, 2), ResultCode::SessionLimitPerCard);
+    // 7 s used: 34 won; the next 60 s (to 67 s, 72 billed) reserve 154 - 34 = 120.
+    let (_, reply) = s.expect(session_update(CARD, 10, 7, 60), ResultCode::Approved);
+    assert_eq!((reply.amount_won, granted(&reply), reply.available_won), (34, (60, FINAL_UNIT_NONE, 2), 9_496));
+    // 0 asks for the default grant (60 s here); past the maximum (600 s) is cut to it.
+    let (_, reply) = s.expect(session_update(CARD, 11, 30, 0), ResultCode::Approved);
+    assert_eq!((reply.amount_won, granted(&reply)), (350, (60, FINAL_UNIT_NONE, 3)));
+    let (_, reply) = s.expect(session_update(CARD, 11, 30, 100_000), ResultCode::Approved);
+    assert_eq!((reply.amount_won, granted(&reply)), (0, (600, FINAL_UNIT_NONE, 3)));
+    // A card with live sessions is not paid out.
+    s.expect(Body::BalanceRefund { pin_hash: CARD, payout_account_ref: 5 }, ResultCode::HoldsOutstanding);
+    let (_, reply) = s.expect(session_end(CARD, 10, 7), ResultCode::Approved);
+    assert_eq!(reply.amount_won, 0);
+    let (_, reply) = s.expect(session_end(CARD, 11, 30), ResultCode::Approved);
+    assert_eq!((reply.amount_won, reply.balance_won, reply.available_won), (0, 9_616, 9_616));
+    // Another card's session is not found on this card.
+    s.active_card(OTHER, 10_000);
+    s.expect(session_start(OTHER, 20, "0212345678", 60, 2), ResultCode::Approved);
+    s.expect(session_update(CARD, 20, 10, 60), ResultCode::SessionNotFound);
+    // A blocked card's session is charged and ends: no more seconds.
+    s.expect(Body::Block { pin_hash: OTHER, reason: 1 }, ResultCode::Approved);
+    let (_, reply) = s.expect(session_update(OTHER, 20, 10, 60), ResultCode::Approved);
+    assert_eq!((reply.amount_won, granted(&reply)), (20, (0, FINAL_UNIT_TERMINATE, 1)));
+    s.expect(session_start(OTHER, 21, "0212345678", 60, 2), ResultCode::CardBlocked);
+    s.expect(session_end(OTHER, 20, 10), ResultCode::Approved);
+    // Refusals: no tariff, a malformed number, an unknown category, a category the product
+    // does not pay for, no session id.
+    s.expect(session_start(CARD, 30, "0212345678", 60, 3), ResultCode::TariffNotFound);
+    s.expect(Body::SessionStart { pin_hash: CARD, session_id: 30, destination: 0, requested_s: 60, category: 2 }, ResultCode::DestinationInvalid);
+    s.expect(session_start(CARD, 30, "0212345678", 60, 9), ResultCode::CategoryInvalid);
+    s.expect(session_start(CARD, 0, "0212345678", 60, 2), ResultCode::FormatError);
+    s.active_card(0x5000, 5_000);
+    s.expect(session_start(0x5000, 31, "0601234567", 60, 3), ResultCode::CategoryNotAllowed);
+    // The final unit at the start: 500 won afford one international minute (350), not two.
+    s.expect(sale(0x5000, PASSWORD, 4_500), ResultCode::Approved);
+    let (_, reply) = s.expect(session_start(0x5000, 32, "0014155550100", 600, 2), ResultCode::Approved);
+    assert_eq!((granted(&reply), reply.available_won), ((60, FINAL_UNIT_TERMINATE, 3), 150));
+    // First increment on a premium line: 60 s billed whole, then 6 s steps (30 won each).
+    let (_, reply) = s.expect(session_start(CARD, 33, "0601234567", 66, 3), ResultCode::Approved);
+    assert_eq!((granted(&reply), reply.available_won), ((66, FINAL_UNIT_NONE, 4), 9_616 - 330));
+    let (_, reply) = s.expect(session_end(CARD, 33, 5), ResultCode::Approved);
+    assert_eq!((reply.amount_won, reply.balance_won), (300, 9_316));
+    // Per shard: 8 live sessions at most.
+    let mut live = s.shard.session_count() as u128;
+    for pin_hash in [0x7001, 0x7002, 0x7003, 0x7004] {
+        s.active_card(pin_hash, 10_000);
+        for _ in 0..2 {
+            if live < 8 {
+                live += 1;
+                s.expect(session_start(pin_hash, 100 + live, "0212345678", 60, 2), ResultCode::Approved);
+            }
+        }
+    }
+    assert_eq!(s.shard.session_count(), 8);
+    s.expect(session_start(0x7004, 200, "0212345678", 60, 2), ResultCode::SessionLimitPerShard);
+}
+
 const FRONT_END_ONLY: &[ResultCode] = &[
     ResultCode::PasswordFormatInvalid,
     ResultCode::PinFormatInvalid,
@@ -662,6 +837,8 @@ fn every_engine_result_code_is_reached() {
         collect(reversals_naming_future_originals_never_raise_the_floor_past_the_clock),
         collect(foreign_pins_are_imported_once_and_converted_from_the_balance),
         collect(products_have_their_own_validity_recharge_unit_and_cap),
+        collect(sessions_reserve_from_the_shared_balance_heal_lost_updates_and_cap_over_use),
+        collect(session_grants_limits_replays_and_refusals),
     ] {
         seen.extend(script);
     }

@@ -109,10 +109,10 @@ pub struct RetentionLine {
 }
 
 /// Names of journal record kinds (the command of the record), indexed by `RetentionLine::kind`.
-pub const RECORD_KINDS: [&str; 20] = [
+pub const RECORD_KINDS: [&str; 23] = [
     "issue", "activate", "load", "sell", "block", "unblock", "consign", "register", "balance-refund",
     "authorize", "capture", "void", "reverse", "sale", "refund", "tick", "configure", "foreign-import",
-    "foreign-convert", "claim",
+    "foreign-convert", "claim", "session-start", "session-update", "session-end",
 ];
 
 /// Count and sum.

@@ -211,6 +211,11 @@ impl Follower {
         let effective_now_ms = clock_before_ms.max(entry.now_ms);
         let totals_before = self.shadow.totals();
         let view_before = pin_hash.and_then(|pin| self.shadow.card(clock_before_ms, pin));
+        // A session's category, read before SESSION_END removes it.
+        let session_category = match body {
+            Body::SessionStart { category, .. } => *category,
+            _ => self.shadow.session_category(op_session_id(body)).unwrap_or(0),
+        };
 
         // Holds due at this record expire before its command runs (as in the engine).
         let mut expired = Vec::new();
@@ -383,6 +388,23 @@ impl Follower {
                 // The price is what the foreign operator is owed for the PIN handed out.
                 let partner_id = self.shadow.config().foreign_product(*product_id).map_or(0, |product| product.partner_id);
                 out.post(liability, Account::ForeignPartnerPayable { partner_id }, reply.amount_won);
+            }
+            Body::SessionStart { .. } | Body::SessionUpdate { .. } | Body::SessionEnd { .. }
+                if approved || reply.code == ResultCode::SessionUsageCapped.as_u16() =>
+            {
+                // The reservation moves between card value and holds like a hold does; what was
+                // debited is the issuer's service revenue for the session's category.
+                let expired_won: u128 = expired.iter().map(|hold| u128::from(hold.amount_won - hold.captured_won)).sum();
+                let reserved_change = (totals_after.held_won + expired_won) as i128 - totals_before.held_won as i128;
+                let reserved_won = u64::try_from(reserved_change.unsigned_abs()).map_err(|_| unbalanced("reservation overflow".into()))?;
+                if reserved_change >= 0 {
+                    out.post(liability, Account::Holds, reserved_won);
+                    self.tracked_held_won += u128::from(reserved_won);
+                } else {
+                    out.post(Account::Holds, liability, reserved_won);
+                    self.tracked_held_won -= u128::from(reserved_won);
+                }
+                out.post(liability, Account::ServiceRevenue { category: session_category }, reply.amount_won);
             }
             Body::BalanceRefund { payout_account_ref, .. } if approved => {
                 out.post(liability, Account::RefundsPayable, reply.amount_won);
@@ -570,5 +592,16 @@ fn record_kind(body: &Body) -> (u8, bool) {
         Body::ForeignImport { .. } => (17, false),
         Body::ForeignConvert { .. } => (18, false),
         Body::Claim { .. } => (19, false),
+        Body::SessionStart { .. } => (20, true),
+        Body::SessionUpdate { .. } => (21, false),
+        Body::SessionEnd { .. } => (22, false),
+    }
+}
+
+/// The session a session command names (0 for other commands).
+fn op_session_id(body: &Body) -> u128 {
+    match body {
+        Body::SessionStart { session_id, .. } | Body::SessionUpdate { session_id, .. } | Body::SessionEnd { session_id, .. } => *session_id,
+        _ => 0,
     }
 }

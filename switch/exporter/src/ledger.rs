@@ -47,6 +47,9 @@ pub enum Account {
     BreakageRevenue,
     /// 4300 (income): a channel price above the face value.
     SalesPremium,
+    /// 4400 (income): per-second charging sessions (calls) debited from cards, per service
+    /// category (2 telephone call, 3 phone information, ...).
+    ServiceRevenue { category: u8 },
     /// 5100 (expense): the commission a consignment partner keeps on the cards it sells.
     DistributionCommission { partner_id: u32 },
     /// 5200 (expense): a channel price below the face value.
@@ -76,6 +79,7 @@ impl Account {
             Account::CommissionRevenue => 4100,
             Account::BreakageRevenue => 4200,
             Account::SalesPremium => 4300,
+            Account::ServiceRevenue { .. } => 4400,
             Account::DistributionCommission { .. } => 5100,
             Account::SalesDiscount => 5200,
         }
@@ -102,6 +106,7 @@ impl Account {
             Account::CommissionRevenue => format!("{code} commission-revenue"),
             Account::BreakageRevenue => format!("{code} breakage-revenue"),
             Account::SalesPremium => format!("{code} sales-premium"),
+            Account::ServiceRevenue { category } => format!("{code} service-revenue/{category}"),
             Account::DistributionCommission { partner_id } => format!("{code} distribution-commission/{partner_id}"),
             Account::SalesDiscount => format!("{code} sales-discount"),
         }

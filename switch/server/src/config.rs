@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use pinswitch_core::{EngineConfig, ForeignProduct};
+use pinswitch_core::{EngineConfig, ForeignProduct, Tariff};
 use serde::Deserialize;
 
 #[derive(Clone, Debug, Deserialize)]
@@ -91,6 +91,56 @@ pub struct EngineSection {
     pub promotional_extension_days: u32,
     /// `[[engine.foreign_products]]` tables.
     pub foreign_products: Vec<ForeignProductSection>,
+    /// `[[engine.tariffs]]` tables.
+    pub tariffs: Vec<TariffSection>,
+    pub sessions_per_card_max: u16,
+    pub sessions_per_shard_max: u32,
+    pub session_grant_default_s: u32,
+    pub session_grant_max_s: u32,
+    pub session_validity_s: u32,
+}
+
+/// One `[[engine.tariffs]]` table; see `Tariff`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TariffSection {
+    pub tariff_id: u16,
+    pub category: u8,
+    /// Digits the called number starts with; "" (the default) matches every number.
+    #[serde(default)]
+    pub destination_prefix: String,
+    #[serde(default)]
+    pub connect_fee_won: u64,
+    pub rate_won: u64,
+    pub increment_s: u32,
+    #[serde(default)]
+    pub first_increment_s: u32,
+}
+
+impl TariffSection {
+    fn of(tariff: &Tariff) -> TariffSection {
+        TariffSection {
+            tariff_id: tariff.tariff_id,
+            category: tariff.category,
+            destination_prefix: tariff.destination_prefix.clone(),
+            connect_fee_won: tariff.connect_fee_won,
+            rate_won: tariff.rate_won,
+            increment_s: tariff.increment_s,
+            first_increment_s: tariff.first_increment_s,
+        }
+    }
+
+    fn engine(&self) -> Tariff {
+        Tariff {
+            tariff_id: self.tariff_id,
+            category: self.category,
+            destination_prefix: self.destination_prefix.clone(),
+            connect_fee_won: self.connect_fee_won,
+            rate_won: self.rate_won,
+            increment_s: self.increment_s,
+            first_increment_s: self.first_increment_s,
+        }
+    }
 }
 
 /// One `[[engine.foreign_products]]` table; see `ForeignProduct`.
@@ -187,6 +237,12 @@ impl Default for EngineSection {
             promotional_face_values_won: engine.promotional_face_values_won.clone(),
             promotional_extension_days: engine.promotional_extension_days,
             foreign_products: engine.foreign_products.iter().map(ForeignProductSection::of).collect(),
+            tariffs: engine.tariffs.iter().map(TariffSection::of).collect(),
+            sessions_per_card_max: engine.sessions_per_card_max,
+            sessions_per_shard_max: engine.sessions_per_shard_max,
+            session_grant_default_s: engine.session_grant_default_s,
+            session_grant_max_s: engine.session_grant_max_s,
+            session_validity_s: engine.session_validity_s,
         }
     }
 }
@@ -249,6 +305,12 @@ impl Config {
             promotional_face_values_won: engine.promotional_face_values_won.clone(),
             promotional_extension_days: engine.promotional_extension_days,
             foreign_products: engine.foreign_products.iter().map(ForeignProductSection::engine).collect(),
+            tariffs: engine.tariffs.iter().map(TariffSection::engine).collect(),
+            sessions_per_card_max: engine.sessions_per_card_max,
+            sessions_per_shard_max: engine.sessions_per_shard_max,
+            session_grant_default_s: engine.session_grant_default_s,
+            session_grant_max_s: engine.session_grant_max_s,
+            session_validity_s: engine.session_validity_s,
         }
     }
 

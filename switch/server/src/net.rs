@@ -9,11 +9,11 @@
 
 use std::sync::Arc;
 
-use pinswitch_core::{Body, Command, ForeignCode, PinHash, Reply, shard_of_card, shard_of_op};
+use pinswitch_core::{Body, Command, ForeignCode, PinHash, Reply, SessionGrant, pack_destination, shard_of_card, shard_of_op};
 use pinswitch_protocol::{
     self as protocol, BalanceResult, CardIssueResult, FLAG_REPLAYED, ForeignConvertResult,
     FLAG_RESPONSE, FrameHeader, HelloReply, HoldInfo, InquiryResult, MsgType, OpResult, OpStatus,
-    Pong, ResultCode, VERSION, access_body, decode_body, decode_frame, encode_body, encode_frame,
+    Pong, ResultCode, SessionResult, VERSION, access_body, decode_body, decode_frame, encode_body, encode_frame,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -171,6 +171,8 @@ enum Planned {
     Inquiry(Pending<InquiryResult>),
     Balance(Pending<BalanceResult>),
     Foreign(Pending<ForeignConvertResult>),
+    /// SESSION_START/UPDATE/END: op results whose grant is unpacked into `SessionResult`s.
+    Session(Pending<OpResult>),
 }
 
 /// A CARD_ISSUE event in flight: what is needed to draw again under the same op id.
@@ -207,6 +209,13 @@ impl Planned {
             Planned::Inquiry(pending) => encode_body(&pending.collect(inquiry_result, || inquiry_code(ResultCode::RetryLater)).await),
             Planned::Balance(pending) => encode_body(&pending.collect(balance_result, || balance_code(ResultCode::RetryLater)).await),
             Planned::Foreign(pending) => encode_body(&pending.collect(foreign_result, || foreign_code(ResultCode::RetryLater)).await),
+            Planned::Session(pending) => {
+                let results = pending.collect(|output| match output {
+                    ShardOutput::Applied(applied) => op_result(&applied.reply),
+                    _ => op_code(ResultCode::InternalError),
+                }, || op_code(ResultCode::RetryLater)).await;
+                encode_body(&results.into_iter().map(session_result).collect::<Vec<_>>())
+            }
         }
     }
 }
@@ -458,6 +467,40 @@ fn plan(context: &Context, msg_type: MsgType, body: &[u8], deadline_at_ms: u64) 
             pending.groups = submit(context, routed);
             Ok(Planned::Foreign(pending))
         }
+        MsgType::SessionStart => Ok(session(ops(context, events!(protocol::SessionStart), deadline_at_ms, |event, result| {
+            let pin_hash = card(keys, event.pin.to_native(), result)?;
+            let Some(destination) = pack_destination(event.destination.as_slice()) else {
+                *result = Some(op_code(ResultCode::DestinationInvalid));
+                return None;
+            };
+            let body = Body::SessionStart {
+                pin_hash,
+                session_id: event.session_id.to_native(),
+                destination,
+                requested_s: event.requested_s.to_native(),
+                category: event.category,
+            };
+            Some((event.op_id.to_native(), body))
+        }))),
+        MsgType::SessionUpdate => Ok(session(ops(context, events!(protocol::SessionUpdate), deadline_at_ms, |event, result| {
+            let pin_hash = card(keys, event.pin.to_native(), result)?;
+            let body = Body::SessionUpdate {
+                pin_hash,
+                session_id: event.session_id.to_native(),
+                used_total_s: event.used_total_s.to_native(),
+                requested_s: event.requested_s.to_native(),
+            };
+            Some((event.op_id.to_native(), body))
+        }))),
+        MsgType::SessionEnd => Ok(session(ops(context, events!(protocol::SessionEnd), deadline_at_ms, |event, result| {
+            let pin_hash = card(keys, event.pin.to_native(), result)?;
+            let body = Body::SessionEnd {
+                pin_hash,
+                session_id: event.session_id.to_native(),
+                used_total_s: event.used_total_s.to_native(),
+            };
+            Some((event.op_id.to_native(), body))
+        }))),
         MsgType::Inquiry => {
             let events = events!(protocol::Inquiry);
             let mut pending = Pending::new(events.len());
@@ -516,6 +559,33 @@ fn ops<E>(
     }
     pending.groups = submit(context, routed);
     Planned::Ops(pending)
+}
+
+/// A planned batch of session events: answered with `SessionResult`s.
+fn session(planned: Planned) -> Planned {
+    match planned {
+        Planned::Ops(pending) => Planned::Session(pending),
+        other => other,
+    }
+}
+
+/// A session event's wire result: the engine packs the grant into the reply's hold-expiry and
+/// field slots (see `SessionGrant`); they are unpacked here for an approved or capped event.
+fn session_result(mut result: OpResult) -> SessionResult {
+    let code = ResultCode::from_u16(result.code);
+    if !matches!(code, Some(ResultCode::Approved | ResultCode::SessionUsageCapped)) {
+        return SessionResult { result, ..SessionResult::default() };
+    }
+    let grant = SessionGrant::unpack(result.hold_expires_at_ms, result.field);
+    result.hold_expires_at_ms = 0;
+    result.field = 0;
+    SessionResult {
+        result,
+        granted_s: grant.granted_s,
+        validity_s: grant.validity_s,
+        final_unit: grant.final_unit,
+        tariff_id: grant.tariff_id,
+    }
 }
 
 /// Hashes a well-formed PIN, or records PIN_FORMAT_INVALID for the event.
