@@ -642,7 +642,8 @@ pub struct StatementResult {
     /// Debits and credits of other kinds (payments in no known category, later message types).
     pub other_debits_won: u64,
     pub other_credits_won: u64,
-    /// Payments (SALE and CAPTURE, before refunds) per service category 1..=6.
+    /// Payments (SALE and CAPTURE before refunds, and what sessions debited) per service
+    /// category 1..=6.
     pub paid_by_category_won: [u64; 6],
     pub points: u32,
     pub balance_won: u64,

@@ -271,13 +271,26 @@ impl Exporter {
     fn apply_record(&mut self, index: usize, seq: u64, payload: &[u8]) -> Result<()> {
         let config = &self.options.config;
         let rate_of = |merchant_id: u64| config.commission_per_mille(merchant_id);
-        let effects = self.followers[index].apply(seq, payload, &rate_of)?;
         let shard = self.followers[index].shard_id();
-        if let Some(statements) = &mut self.statements {
-            // Decoded again (the follower keeps its copy to itself); it decoded once already.
-            let entry = pinswitch_core::decode_entry(payload).map_err(|reason| ExportError::Decode { shard, seq, reason })?;
+        // For the statement index: the record decoded (again: the follower keeps its copy to
+        // itself) and the category of the session it names, read before SESSION_END forgets it.
+        let statement_input = match &self.statements {
+            None => None,
+            Some(_) => {
+                let entry = pinswitch_core::decode_entry(payload).map_err(|reason| ExportError::Decode { shard, seq, reason })?;
+                let session_category = match &entry.command.body {
+                    pinswitch_core::Body::SessionUpdate { session_id, .. } | pinswitch_core::Body::SessionEnd { session_id, .. } => {
+                        self.followers[index].shadow().session_category(*session_id)
+                    }
+                    _ => None,
+                };
+                Some((entry, session_category))
+            }
+        };
+        let effects = self.followers[index].apply(seq, payload, &rate_of)?;
+        if let (Some(statements), Some((entry, session_category))) = (&mut self.statements, statement_input) {
             let card_after = entry.command.body.pin_hash().and_then(|pin_hash| self.followers[index].card(pin_hash));
-            statements.record(shard, seq, &entry, &effects, card_after.as_ref())?;
+            statements.record(shard, seq, &entry, &effects, card_after.as_ref(), session_category)?;
         }
         self.absorb(shard, effects)
     }

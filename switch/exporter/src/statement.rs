@@ -60,7 +60,8 @@ pub enum EntryKind {
     Activate = 3,
     /// CARD_LOAD: `amount_won`, `means` = funding.
     Recharge = 4,
-    /// SALE or CAPTURE: `amount_won`, `counterparty` = merchant, `category`.
+    /// SALE or CAPTURE (`counterparty` = merchant), or what a session record debited
+    /// (`counterparty` = the destination at its start, else 0): `amount_won`, `category`.
     Payment = 5,
     /// REFUND by a merchant: `amount_won`, merchant and category of the payment.
     MerchantRefund = 6,
@@ -178,8 +179,10 @@ impl Entry {
 
 /// The entries one journal record makes (before chaining): derived from the command, its reply,
 /// the record's facts (merchant lines know the payment's merchant and category) and the card
-/// after the record. `balance_before_won` is the card's balance after its previous entry.
-pub fn entries_of(seq: u64, entry: &JournalEntry, effects: &Effects, card_after: Option<&CardView>, balance_before_won: Option<u64>) -> Vec<Entry> {
+/// after the record. `balance_before_won` is the card's balance after its previous entry;
+/// `session_category` the category of the session a SESSION_UPDATE or SESSION_END names, read
+/// from the shadow before the record (SESSION_END forgets it).
+pub fn entries_of(seq: u64, entry: &JournalEntry, effects: &Effects, card_after: Option<&CardView>, balance_before_won: Option<u64>, session_category: Option<u8>) -> Vec<Entry> {
     let Some(pin_hash) = entry.command.body.pin_hash() else { return Vec::new() };
     let Some(card) = card_after else { return Vec::new() };
     let approved = entry.reply.code == ResultCode::Approved.as_u16();
@@ -209,6 +212,23 @@ pub fn entries_of(seq: u64, entry: &JournalEntry, effects: &Effects, card_after:
         {
             out.push(Entry { kind: EntryKind::Expiry, amount_won: line.amount_won, ..base });
         }
+    }
+    // A call or other metered session: what the record debited is usage of its category (an
+    // over-use capped at the balance is debited too).
+    if let Body::SessionStart { .. } | Body::SessionUpdate { .. } | Body::SessionEnd { .. } = &entry.command.body {
+        let capped = entry.reply.code == ResultCode::SessionUsageCapped.as_u16();
+        if (approved || capped) && entry.reply.amount_won > 0 {
+            let category = match &entry.command.body {
+                Body::SessionStart { category, .. } => *category,
+                _ => session_category.unwrap_or(0),
+            };
+            let counterparty = match &entry.command.body {
+                Body::SessionStart { destination, .. } => *destination,
+                _ => 0,
+            };
+            out.push(Entry { kind: EntryKind::Payment, amount_won: entry.reply.amount_won, category, counterparty, ..base });
+        }
+        return out;
     }
     let mut merchant_lines = 0;
     for fact in &effects.facts {
@@ -263,6 +283,9 @@ fn known_kind(body: &Body) -> bool {
             | Body::Activate { .. }
             | Body::Claim { .. }
             | Body::ForeignConvert { .. }
+            | Body::SessionStart { .. }
+            | Body::SessionUpdate { .. }
+            | Body::SessionEnd { .. }
             | Body::Load { .. }
             | Body::BalanceRefund { .. }
             | Body::Block { .. }
@@ -590,7 +613,7 @@ impl StatementWriter {
     }
 
     /// Adds the entries of journal record `seq` of shard `shard`.
-    pub fn record(&mut self, shard: u16, seq: u64, entry: &JournalEntry, effects: &Effects, card_after: Option<&CardView>) -> Result<()> {
+    pub fn record(&mut self, shard: u16, seq: u64, entry: &JournalEntry, effects: &Effects, card_after: Option<&CardView>, session_category: Option<u8>) -> Result<()> {
         let writer = self.shards.get_mut(usize::from(shard)).ok_or(ExportError::Config(format!("no statement log for shard {shard}")))?;
         let Some(pin_hash) = entry.command.body.pin_hash() else { return Ok(()) };
         if card_after.is_none() {
@@ -598,7 +621,7 @@ impl StatementWriter {
         }
         // Only commands of kinds `entries_of` does not know need the balance before (a read).
         let balance_before_won = if known_kind(&entry.command.body) { None } else { writer.balance_won(pin_hash)? };
-        for made in entries_of(seq, entry, effects, card_after, balance_before_won) {
+        for made in entries_of(seq, entry, effects, card_after, balance_before_won, session_category) {
             writer.append(made)?;
         }
         Ok(())
@@ -1023,6 +1046,39 @@ mod tests {
         for pin_hash in pins.iter().step_by(997) {
             assert_eq!(index.entries(*pin_hash).unwrap().len(), if *pin_hash == pins[0] { 2 } else { 1 });
         }
+    }
+
+    /// Session records are usage of their category: SESSION_START's own, later records the one
+    /// read from the shadow before the record; a capped over-use counts, a decline does not.
+    #[test]
+    fn session_debits_are_usage_of_their_category() {
+        use pinswitch_core::{Command, Reply};
+        let card = CardView {
+            state: pinswitch_protocol::CardState::Active,
+            face_value_won: 10_000,
+            balance_won: 9_000,
+            available_won: 8_000,
+            held_won: 1_000,
+            password_tries_left: 5,
+            points: 0,
+            valid_until_s: 99,
+            password_hint: false,
+            holds: Vec::new(),
+        };
+        let effects = Effects { time_ms: 5_000, postings: Vec::new(), facts: Vec::new() };
+        let record = |body: Body, code: ResultCode, amount_won: u64| JournalEntry {
+            now_ms: 5_000,
+            command: Command { op_id: 1, deadline_at_ms: 0, body },
+            reply: Reply { code: code.as_u16(), replayed: false, field: 0, approval_code: 0, amount_won, balance_won: 9_000, available_won: 8_000, hold_expires_at_ms: 0 },
+        };
+        let start = record(Body::SessionStart { pin_hash: 4, session_id: 8, destination: 822, requested_s: 60, category: 2 }, ResultCode::Approved, 100);
+        let made = entries_of(1, &start, &effects, Some(&card), None, None);
+        assert_eq!(made.iter().map(|entry| (entry.kind, entry.category, entry.amount_won, entry.counterparty)).collect::<Vec<_>>(), [(EntryKind::Payment, 2, 100, 822)]);
+        let capped = record(Body::SessionEnd { pin_hash: 4, session_id: 8, used_total_s: 900 }, ResultCode::SessionUsageCapped, 700);
+        let made = entries_of(2, &capped, &effects, Some(&card), None, Some(6));
+        assert_eq!(made.iter().map(|entry| (entry.category, entry.amount_won)).collect::<Vec<_>>(), [(6, 700)]);
+        let declined = record(Body::SessionUpdate { pin_hash: 4, session_id: 8, used_total_s: 10, requested_s: 60 }, ResultCode::InsufficientFunds, 0);
+        assert!(entries_of(3, &declined, &effects, Some(&card), None, Some(2)).is_empty());
     }
 
     #[test]
