@@ -391,3 +391,44 @@ fn card_statements_from_the_index_match_the_journals_and_survive_restarts() {
         }
     }
 }
+
+/// Charging sessions post like payments: each reservation moves card value into holds and back,
+/// each debit (a capped one too) is service revenue of the session's category, and a hold that
+/// expires in the same record as an update is told apart from the session's release.
+#[test]
+fn charging_sessions_post_reservations_and_service_revenue() {
+    use pinswitch_core::pack_destination;
+    use pinswitch_exporter::ledger::Account;
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let t0_ms = parse_date("2026-05-01").map(|day| Cutoff { utc_offset_hours: 9, cutoff_hour: 0 }.start_ms(day)).unwrap() as u64 + 10 * HOUR_MS;
+    let mut switch = Switch::new(&data);
+    let card = pin_on(0, 20);
+    approved(switch.run(t0_ms, Body::Issue { pin_hash: card, face_value_won: 10_000 }).1);
+    approved(switch.run(t0_ms, Body::Activate { pin_hash: card, password_mac: MAC }).1);
+    let hold = Body::Authorize { pin_hash: card, password_mac: MAC, amount_won: 5_000, merchant_id: 77, category: 1, hold_ttl_s: 60 };
+    approved(switch.run(t0_ms, hold).1);
+    let destination = pack_destination(b"0212345678").unwrap();
+    let start = Body::SessionStart { pin_hash: card, session_id: 9, destination, requested_s: 100, category: 2 };
+    assert_eq!(approved(switch.run(t0_ms, start).1).available_won, 4_800);
+    // 61 s later the hold has expired: the update debits 200 and reserves 600 s (1,200 won).
+    let update = Body::SessionUpdate { pin_hash: card, session_id: 9, used_total_s: 100, requested_s: 600 };
+    let reply = approved(switch.run(t0_ms + 61_000, update).1);
+    assert_eq!((reply.amount_won, reply.available_won), (200, 8_600));
+    // Far past the grant: 11,800 won due, 9,800 there.
+    let end = Body::SessionEnd { pin_hash: card, session_id: 9, used_total_s: 6_000 };
+    let reply = switch.run(t0_ms + 62_000, end).1;
+    assert_eq!((ResultCode::from_u16(reply.code), reply.amount_won, reply.balance_won), (Some(ResultCode::SessionUsageCapped), 9_800, 0));
+
+    let state = root.path().join("state");
+    let mut exporter = Exporter::open(options(&data, &state)).unwrap();
+    exporter.run(None, 0).unwrap();
+    assert!(exporter.status().unwrap().reconciled());
+    let ledger = exporter.ledger().unwrap();
+    assert_eq!(ledger.trial_balance().check(), Ok(()));
+    let revenue = ledger.accounts[&Account::ServiceRevenue { category: 2 }];
+    assert_eq!((revenue.credits_won, revenue.debits_won), (10_000, 0));
+    let holds = ledger.accounts[&Account::Holds];
+    assert_eq!(holds.credits_won, holds.debits_won);
+}
