@@ -5,7 +5,8 @@
 //! process each time), builds its statement index. The statement is read through the CLI
 //! (`export statement`) and over the protocol from `export serve` (STATEMENT frames, paged),
 //! and every figure is checked against sums computed here from the switch's replies; merchant
-//! names come from the registry file, unknown merchants show by id. More traffic and another
+//! names come from the registry file, unknown merchants show by id; raw frames of an unknown
+//! type and bad bytes get their result codes from the listener. More traffic and another
 //! exporter run later must add to the statement exactly once, and a one-shot exporter on a
 //! second state directory must give the same statement.
 
@@ -218,6 +219,42 @@ async fn statement_pages(client: &Client, card: u64, limit: u32) -> (StatementRe
     (first, lines)
 }
 
+/// Outside bytes at `export serve`: an unknown message type is answered on a connection that
+/// stays open (a PING after it is answered); bad magic gets one FORMAT_ERROR frame, then the
+/// connection closes.
+fn raw_frames_are_answered(address: &str) {
+    use std::io::{Read, Write};
+    use pinswitch_protocol::{FrameHeader, Ping, VERSION, decode_frame, encode_body, encode_frame};
+    let read_frame = |stream: &mut std::net::TcpStream| {
+        let mut bytes = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            if let Some(frame) = decode_frame(&bytes, 1 << 20).expect("a valid frame") {
+                return (frame.header, frame.body.to_vec());
+            }
+            let read = stream.read(&mut chunk).expect("reading");
+            assert!(read > 0, "closed before a whole frame");
+            bytes.extend_from_slice(&chunk[..read]);
+        }
+    };
+    let mut stream = std::net::TcpStream::connect(address).expect("connect");
+    let header = |msg_type: u16, request_id: u64| FrameHeader { version: VERSION, flags: 0, msg_type, status: 0, request_id, deadline_ms: 0, body_len: 0 };
+    let mut frame = Vec::new();
+    encode_frame(&mut frame, &header(99, 5), b"");
+    encode_frame(&mut frame, &header(2, 6), &encode_body(&Ping { nonce: 9 }));
+    stream.write_all(&frame).expect("write");
+    let (unknown, _) = read_frame(&mut stream);
+    assert_eq!((unknown.request_id, unknown.status), (5, ResultCode::UnknownMessageType.as_u16()));
+    let (pong, _) = read_frame(&mut stream);
+    assert_eq!((pong.request_id, pong.status), (6, 0));
+    let mut stream = std::net::TcpStream::connect(address).expect("connect");
+    stream.write_all(&[0xAB; 40]).expect("write");
+    let (error, _) = read_frame(&mut stream);
+    assert_eq!(error.status, ResultCode::FormatError.as_u16());
+    let mut rest = Vec::new();
+    stream.read_to_end(&mut rest).expect("the connection closes");
+}
+
 /// `export serve` on a free port; returns the child and its address.
 fn serve(state: &Path, data: &Path, registry: &Path) -> (Child, String) {
     let mut child = Command::new(BIN)
@@ -291,6 +328,7 @@ async fn statements_through_the_cli_and_the_protocol_match_the_replies() {
     let too_many = vec![StatementQuery { pin: card, ..StatementQuery::default() }; 17];
     assert!(matches!(exporter.statement(&too_many).await, Err(ClientError::Rejected(ResultCode::BatchTooLarge))));
     assert!(matches!(exporter.balance_inquiry(&[BalanceInquiry { pin: card }]).await, Err(ClientError::Rejected(ResultCode::UnknownMessageType))));
+    raw_frames_are_answered(&address);
     // The switch does not answer statements.
     assert!(matches!(client.statement(&[StatementQuery { pin: card, ..StatementQuery::default() }]).await, Err(ClientError::Rejected(ResultCode::UnknownMessageType))));
 
