@@ -740,7 +740,12 @@ impl StatementIndex {
     /// The statement of a card (`None`: the index knows no such card). `name_of` gives a
     /// merchant's registered name.
     pub fn statement(&self, pin_hash: PinHash, query: &StatementPage, limits: &StatementLimits, name_of: &dyn Fn(u64) -> String) -> Result<Option<StatementResult>> {
-        let entries = self.entries(pin_hash)?;
+        // A slot read while the running exporter rewrites it can be torn (another card's entry):
+        // read once more before calling the index damaged.
+        let entries = match self.entries(pin_hash) {
+            Err(ExportError::State { .. }) => self.entries(pin_hash)?,
+            other => other?,
+        };
         if entries.is_empty() {
             return Ok(None);
         }
