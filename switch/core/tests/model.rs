@@ -23,8 +23,8 @@ use std::collections::{BTreeMap, VecDeque};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use pinswitch_core::{
-    Applied, Body, CardView, Command, EngineConfig, ForeignCode, HoldView, Ms, OpId, OpView, PinHash,
-    Reply, Shard, Totals,
+    Applied, Body, CardView, Command, EngineConfig, FINAL_UNIT_NONE, FINAL_UNIT_TERMINATE, ForeignCode, HoldView, Ms, OpId,
+    OpView, PinHash, Reply, SessionGrant, Shard, Tariff, Totals, destination_digits, pack_destination,
 };
 use pinswitch_core::shard::msg_type_of;
 use pinswitch_protocol::{CardState, Field, OpStatus, ResultCode, op_id_at};
@@ -139,6 +139,18 @@ struct RefRecord {
     capture_of: OpId,
 }
 
+/// A live charging session: its tariff's rating fields, the seconds charged so far, what they
+/// cost (debited or written off) and the money reserved for the current grant.
+#[derive(Clone, Debug)]
+struct RefSession {
+    id: u128,
+    pin: PinHash,
+    tariff: Tariff,
+    used: u64,
+    rated: u64,
+    reserved: u64,
+}
+
 /// Money of one approved AUTHORIZE or SALE. Kept forever (the ledger never forgets a payment,
 /// whatever happens to its op-id record).
 #[derive(Clone, Debug)]
@@ -172,6 +184,7 @@ struct Reference {
     foreign_known: Vec<u128>,
     /// The PIN each approved conversion handed out.
     conversions: Vec<(OpId, ForeignCode)>,
+    sessions: Vec<RefSession>,
 }
 
 fn time_of(op_id: OpId) -> Ms {
@@ -292,6 +305,24 @@ fn first_differing_field(first: &Body, retry: &Body) -> Option<Field> {
             Body::ForeignConvert { pin_hash: p1, password_mac: m1, product_id: r1 },
             Body::ForeignConvert { pin_hash: p2, password_mac: m2, product_id: r2 },
         ) => first_of(&[(p1 != p2, Field::Card), (m1 != m2, Field::Password), (r1 != r2, Field::Product)]),
+        (
+            Body::SessionStart { pin_hash: p1, session_id: s1, destination: d1, requested_s: r1, category: c1 },
+            Body::SessionStart { pin_hash: p2, session_id: s2, destination: d2, requested_s: r2, category: c2 },
+        ) => first_of(&[
+            (p1 != p2, Field::Card),
+            (s1 != s2, Field::Reference),
+            (c1 != c2, Field::Category),
+            (d1 != d2, Field::Destination),
+            (r1 != r2, Field::Seconds),
+        ]),
+        (
+            Body::SessionUpdate { pin_hash: p1, session_id: s1, used_total_s: u1, requested_s: r1 },
+            Body::SessionUpdate { pin_hash: p2, session_id: s2, used_total_s: u2, requested_s: r2 },
+        ) => first_of(&[(p1 != p2, Field::Card), (s1 != s2, Field::Reference), (u1 != u2 || r1 != r2, Field::Seconds)]),
+        (
+            Body::SessionEnd { pin_hash: p1, session_id: s1, used_total_s: u1 },
+            Body::SessionEnd { pin_hash: p2, session_id: s2, used_total_s: u2 },
+        ) => first_of(&[(p1 != p2, Field::Card), (s1 != s2, Field::Reference), (u1 != u2, Field::Seconds)]),
         _ => Some(Field::Kind),
     }
 }
@@ -339,6 +370,7 @@ impl Reference {
             foreign_pools: BTreeMap::new(),
             foreign_known: Vec::new(),
             conversions: Vec::new(),
+            sessions: Vec::new(),
         }
     }
 
@@ -351,7 +383,12 @@ impl Reference {
     }
 
     fn held(&self, pin: PinHash) -> u64 {
-        self.holds.iter().filter(|hold| hold.pin == pin).map(|hold| hold.amount - hold.captured).sum()
+        self.holds.iter().filter(|hold| hold.pin == pin).map(|hold| hold.amount - hold.captured).sum::<u64>() + self.reserved(pin)
+    }
+
+    /// What the card's charging sessions hold.
+    fn reserved(&self, pin: PinHash) -> u64 {
+        self.sessions.iter().filter(|session| session.pin == pin).map(|session| session.reserved).sum()
     }
 
     fn available(&self, pin: PinHash) -> u64 {
@@ -589,13 +626,127 @@ impl Reference {
             Body::ForeignConvert { pin_hash, password_mac, product_id } => {
                 self.foreign_convert(op_id, pin_hash, password_mac, product_id)
             }
-            // Charging sessions are covered by the table tests (switch/core/tests/table.rs);
-            // the generator does not draw them yet, so the reference never sees one.
-            Body::SessionStart { .. } | Body::SessionUpdate { .. } | Body::SessionEnd { .. } => {
-                unreachable!("the model's generator draws no charging sessions")
+            Body::SessionStart { pin_hash, session_id, destination, requested_s, category } => {
+                self.session_start(pin_hash, session_id, destination, requested_s, category)
             }
+            Body::SessionUpdate { pin_hash, session_id, used_total_s, requested_s } => {
+                self.session_report(pin_hash, session_id, used_total_s, Some(requested_s))
+            }
+            Body::SessionEnd { pin_hash, session_id, used_total_s } => self.session_report(pin_hash, session_id, used_total_s, None),
             Body::Tick | Body::Configure(_) => unreachable!(),
         }
+    }
+
+    /// What `used` seconds of a session cost in all: nothing for none, else the connect fee and
+    /// the billed increments (at least the first increment's).
+    fn session_cost(tariff: &Tariff, used: u64) -> u64 {
+        if used == 0 {
+            return 0;
+        }
+        let increment = u64::from(tariff.increment_s);
+        let increments = used.div_ceil(increment).max(u64::from(tariff.first_increment_s) / increment).max(1);
+        tariff.connect_fee_won + increments * tariff.rate_won
+    }
+
+    /// The largest grant up to `wanted` seconds whose extra cost fits `budget`, whether not one
+    /// second more would fit, and what it reserves.
+    fn session_grant(tariff: &Tariff, used: u64, wanted: u32, budget: u64) -> (u32, u8, u64) {
+        let extra = |more: u64| Self::session_cost(tariff, used + more) - Self::session_cost(tariff, used);
+        let granted = (0..=u64::from(wanted)).rev().find(|more| extra(*more) <= budget).unwrap_or(0);
+        let last = if extra(granted + 1) > budget { FINAL_UNIT_TERMINATE } else { FINAL_UNIT_NONE };
+        (granted as u32, last, extra(granted))
+    }
+
+    fn session_wanted(&self, requested: u32) -> u32 {
+        if requested == 0 { self.cfg.session_grant_default_s } else { requested.min(self.cfg.session_grant_max_s) }
+    }
+
+    fn session_start(&mut self, pin: PinHash, id: u128, destination: u64, requested: u32, category: u8) -> Outcome {
+        if id == 0 {
+            return self.decline(ResultCode::FormatError, pin);
+        }
+        if !(1..=6).contains(&category) {
+            return self.decline(ResultCode::CategoryInvalid, pin);
+        }
+        let (digits, len) = destination_digits(destination);
+        if len == 0 {
+            return self.decline(ResultCode::DestinationInvalid, pin);
+        }
+        if let Err(code) = self.must_be_active(pin) {
+            return self.decline(code, pin);
+        }
+        let face = self.card(pin).unwrap().face;
+        if !self.cfg.category_allowed(face, category) {
+            return self.decline(ResultCode::CategoryNotAllowed, pin);
+        }
+        if self.sessions.iter().any(|session| session.id == id) {
+            return self.decline(ResultCode::SessionExists, pin);
+        }
+        if self.sessions.iter().filter(|session| session.pin == pin).count() >= usize::from(self.cfg.sessions_per_card_max) {
+            return self.decline(ResultCode::SessionLimitPerCard, pin);
+        }
+        if self.sessions.len() >= self.cfg.sessions_per_shard_max as usize {
+            return self.decline(ResultCode::SessionLimitPerShard, pin);
+        }
+        let number = &digits[..len];
+        let tariff = self
+            .cfg
+            .tariffs
+            .iter()
+            .filter(|tariff| tariff.category == category && number.starts_with(tariff.destination_prefix.as_bytes()))
+            .max_by_key(|tariff| tariff.destination_prefix.len())
+            .cloned();
+        let Some(tariff) = tariff else {
+            return self.decline(ResultCode::TariffNotFound, pin);
+        };
+        let (granted, last, reserve) = Self::session_grant(&tariff, 0, self.session_wanted(requested), self.available(pin));
+        if granted == 0 {
+            return self.decline(ResultCode::InsufficientFunds, pin);
+        }
+        let tariff_id = tariff.tariff_id;
+        self.sessions.push(RefSession { id, pin, tariff, used: 0, rated: 0, reserved: reserve });
+        let mut reply = self.approve(pin, 0);
+        SessionGrant { granted_s: granted, validity_s: self.cfg.session_validity_s, tariff_id, final_unit: last }.pack_into(&mut reply);
+        done(reply)
+    }
+
+    fn session_report(&mut self, pin: PinHash, id: u128, used_total: u32, requested: Option<u32>) -> Outcome {
+        let Some(at) = self.sessions.iter().position(|session| session.id == id && session.pin == pin) else {
+            return self.decline(ResultCode::SessionNotFound, pin);
+        };
+        self.sessions[at].reserved = 0;
+        let session = self.sessions[at].clone();
+        let used = session.used.max(u64::from(used_total));
+        let rated = Self::session_cost(&session.tariff, used);
+        let due = rated - session.rated;
+        let debit = due.min(self.available(pin));
+        self.card_mut(pin).unwrap().balance -= debit;
+        self.debited += u128::from(debit);
+        self.sessions[at].used = used;
+        self.sessions[at].rated = rated;
+        let tariff_id = session.tariff.tariff_id;
+        let grant = match requested {
+            None => {
+                self.sessions.remove(at);
+                SessionGrant { granted_s: 0, validity_s: 0, tariff_id, final_unit: FINAL_UNIT_NONE }
+            }
+            Some(requested) => {
+                let active = self.card(pin).unwrap().state == CardState::Active;
+                let (granted, last, reserve) = if debit < due || !active {
+                    (0, FINAL_UNIT_TERMINATE, 0)
+                } else {
+                    Self::session_grant(&session.tariff, used, self.session_wanted(requested), self.available(pin))
+                };
+                self.sessions[at].reserved = reserve;
+                SessionGrant { granted_s: granted, validity_s: self.cfg.session_validity_s, tariff_id, final_unit: last }
+            }
+        };
+        let mut reply = self.approve(pin, debit);
+        if debit < due {
+            reply.code = ResultCode::SessionUsageCapped.as_u16();
+        }
+        grant.pack_into(&mut reply);
+        done(reply)
     }
 
     /// A known product's pool grows by the PIN unless it was imported before; the reply's
@@ -673,6 +824,7 @@ impl Reference {
         card.expires_s != 0
             && at / 1000 >= u64::from(card.expires_s)
             && !self.holds.iter().any(|hold| hold.pin == card.pin)
+            && !self.sessions.iter().any(|session| session.pin == card.pin)
             && matches!(card.state, CardState::Sold | CardState::Active | CardState::Blocked)
     }
 
@@ -829,7 +981,7 @@ impl Reference {
         if !matches!(card.state, CardState::Active | CardState::Blocked) {
             return self.decline(wrong_state(card.state), pin);
         }
-        if self.holds.iter().any(|hold| hold.pin == pin) {
+        if self.holds.iter().any(|hold| hold.pin == pin) || self.sessions.iter().any(|session| session.pin == pin) {
             return self.decline(ResultCode::HoldsOutstanding, pin);
         }
         let percent = if card.face <= self.cfg.small_face_value_max_won {
@@ -1207,7 +1359,7 @@ impl Reference {
             .map(|hold| HoldView { hold_id: hold.id, amount_won: hold.amount, captured_won: hold.captured, expires_at_ms: hold.expires })
             .collect();
         holds.sort_by_key(|hold| (hold.expires_at_ms, hold.hold_id));
-        let held: u64 = holds.iter().map(|hold| hold.amount_won - hold.captured_won).sum();
+        let held: u64 = holds.iter().map(|hold| hold.amount_won - hold.captured_won).sum::<u64>() + self.reserved(pin);
         let (state, balance) = if self.expiry_due(card, at) { (CardState::Expired, 0) } else { (card.state, card.balance) };
         Some(CardView {
             state,
@@ -1240,7 +1392,8 @@ impl Reference {
             paid_out_won: self.paid_out,
             breakage_won: self.breakage,
             balances_won: self.cards.iter().map(|card| u128::from(card.balance)).sum(),
-            held_won: self.holds.iter().map(|hold| u128::from(hold.amount - hold.captured)).sum(),
+            held_won: self.holds.iter().map(|hold| u128::from(hold.amount - hold.captured)).sum::<u128>()
+                + self.sessions.iter().map(|session| u128::from(session.reserved)).sum::<u128>(),
         }
     }
 
@@ -1535,6 +1688,35 @@ impl Walk {
         }
     }
 
+    /// A charging-session command: mostly about live sessions (small session ids, so starts
+    /// collide and reach the limits), with cumulative use that grows, repeats, goes back or runs
+    /// far past the grant.
+    fn session_body(&mut self) -> Body {
+        const NUMBERS: [&[u8]; 5] = [b"0212345678", b"01012345678", b"0014155550100", b"0601234567", b"0991"];
+        let live = self.reference.sessions.clone();
+        let r = self.rng.below(100);
+        if live.is_empty() || r < 35 {
+            let pin = self.pick_pin();
+            let destination = if self.rng.percent(95) { pack_destination(self.rng.pick(&NUMBERS)).unwrap() } else { 0 };
+            let category = self.rng.pick(&[2, 2, 2, 3, 1, 7]);
+            let session_id = u128::from(self.rng.below(12));
+            let requested_s = self.rng.pick(&[0, 30, 60, 600, 5_000]);
+            return Body::SessionStart { pin_hash: pin, session_id, destination, requested_s, category };
+        }
+        let session = &live[self.rng.below(live.len() as u64) as usize];
+        let pin = if self.rng.percent(5) { self.other_pin(session.pin) } else { session.pin };
+        let used_total_s = match self.rng.below(10) {
+            0 => session.used.saturating_sub(self.rng.range(1, 30)),
+            1 => session.used + self.rng.range(500, 3_000),
+            _ => session.used + self.rng.range(0, 120),
+        } as u32;
+        if r < 85 {
+            Body::SessionUpdate { pin_hash: pin, session_id: session.id, used_total_s, requested_s: self.rng.pick(&[0, 60, 600, 1_000]) }
+        } else {
+            Body::SessionEnd { pin_hash: pin, session_id: session.id, used_total_s }
+        }
+    }
+
     fn fresh_body(&mut self, op_id: OpId) -> Body {
         // Get the cards into play quickly: issue the missing ones and activate issued ones.
         if self.reference.cards.len() < ISSUABLE && self.rng.percent(25) {
@@ -1566,6 +1748,9 @@ impl Walk {
         }
         if self.rng.percent(10) {
             return self.card_life_body();
+        }
+        if self.rng.percent(12) {
+            return self.session_body();
         }
         let r = self.rng.below(100);
         match r {
@@ -1874,7 +2059,33 @@ impl Walk {
                     *product_id = product_id.wrapping_add(1);
                 }
             }
-            Body::SessionStart { .. } | Body::SessionUpdate { .. } | Body::SessionEnd { .. } => {}
+            Body::SessionStart { pin_hash, session_id, destination, requested_s, category } => {
+                if flip[0] {
+                    *pin_hash = self.other_pin(*pin_hash);
+                }
+                *session_id = u128::from(bump(*session_id as u64, flip[1]));
+                *category = if flip[2] { category.wrapping_add(1) } else { *category };
+                if flip[3] {
+                    let international = pack_destination(b"0014155550100").unwrap();
+                    *destination = if *destination == international { pack_destination(b"0212345678").unwrap() } else { international };
+                }
+                *requested_s = if flip[4] || flip[5] { requested_s.wrapping_add(1) } else { *requested_s };
+            }
+            Body::SessionUpdate { pin_hash, session_id, used_total_s, requested_s } => {
+                if flip[0] || flip[3] {
+                    *pin_hash = self.other_pin(*pin_hash);
+                }
+                *session_id = u128::from(bump(*session_id as u64, flip[1]));
+                *used_total_s = if flip[2] || flip[4] { used_total_s.wrapping_add(1) } else { *used_total_s };
+                *requested_s = if flip[5] { requested_s.wrapping_add(1) } else { *requested_s };
+            }
+            Body::SessionEnd { pin_hash, session_id, used_total_s } => {
+                if flip[0] || flip[3] {
+                    *pin_hash = self.other_pin(*pin_hash);
+                }
+                *session_id = u128::from(bump(*session_id as u64, flip[1] || flip[4]));
+                *used_total_s = if flip[2] || flip[5] { used_total_s.wrapping_add(1) } else { *used_total_s };
+            }
             Body::Tick | Body::Configure(_) => {}
         }
         body
@@ -2211,6 +2422,12 @@ fn engine_matches_the_reference_ledger() {
         ResultCode::HoldsOutstanding,
         ResultCode::CategoryNotAllowed,
         ResultCode::CardConsignedElsewhere,
+        ResultCode::SessionUsageCapped,
+        ResultCode::SessionNotFound,
+        ResultCode::SessionExists,
+        ResultCode::TariffNotFound,
+        ResultCode::SessionLimitPerCard,
+        ResultCode::DestinationInvalid,
         ResultCode::ForeignProductUnknown,
         ResultCode::ForeignPinExists,
         ResultCode::ForeignPinUnavailable,
