@@ -67,7 +67,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             state: 3,
         };
         writer.append(shard, entry)?;
-        if (index + 1) % CHECKPOINT_EVERY_ENTRIES == 0 {
+        if (index + 1).is_multiple_of(CHECKPOINT_EVERY_ENTRIES) {
             writer.checkpoint()?;
         }
     }
