@@ -61,7 +61,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             face_value_won: 100_000,
             valid_until_s: 1_950_000_000,
             points: 0,
-            kind: if rng.next_u64() % 10 == 0 { EntryKind::Recharge } else { EntryKind::Payment },
+            kind: if rng.next_u64().is_multiple_of(10) { EntryKind::Recharge } else { EntryKind::Payment },
             category,
             means: 4,
             state: 3,
