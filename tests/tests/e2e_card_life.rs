@@ -599,3 +599,30 @@ async fn foreign_pins_are_imported_and_converted() {
     assert_eq!(view(&client, pin).await.balance_won, 22_000);
     switch.stop();
 }
+
+/// Batch issuance for printing: `card issue --count N --pin-file F` writes the new PINs once to
+/// a new file (mode 0600) instead of the terminal, and never overwrites an existing one.
+#[test]
+fn issued_pins_go_to_a_pin_file_written_once() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = fresh_dir("pin-file");
+    let mut switch = Switch::start(Path::new(BIN), &dir, &[]);
+    let file = dir.with_extension("pins");
+    let file_arg = file.to_str().expect("utf-8");
+    let issued = card(&switch.address, &["issue", "--product", "10000", "--count", "3", "--pin-file", file_arg]);
+    expect(&issued, 0, "3 PINs written to");
+    assert!(!stdout(&issued).contains(','), "no PIN on the terminal: {}", stdout(&issued));
+    let text = std::fs::read_to_string(&file).expect("PIN file");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert_eq!(std::fs::metadata(&file).expect("metadata").permissions().mode() & 0o777, 0o600);
+    for line in &lines {
+        let (pin, face) = line.split_once(',').expect("PIN,face value");
+        assert_eq!(face, "10000");
+        expect(&card(&switch.address, &["show", pin]), 0, "state     issued");
+    }
+    let again = card(&switch.address, &["issue", "--product", "10000", "--count", "1", "--pin-file", file_arg]);
+    assert_ne!(again.status.code(), Some(0), "an existing PIN file is never overwritten");
+    assert_eq!(std::fs::read_to_string(&file).expect("PIN file"), text);
+    switch.stop();
+}

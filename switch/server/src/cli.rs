@@ -1,6 +1,7 @@
 //! Command-line parsing and the operator commands. Card commands speak the protocol through the
 //! client library, so what the CLI can do, any client can do, and the other way round.
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -139,6 +140,10 @@ enum CardCommand {
         product: u64,
         #[arg(long, default_value_t = 1)]
         count: u32,
+        /// Write the new PINs to this file for printing physical cards (one `PIN,face value`
+        /// line each; created new with mode 0600, never overwritten) instead of printing them.
+        #[arg(long)]
+        pin_file: Option<PathBuf>,
     },
     /// Show a card's state, balance and live holds.
     Show {
@@ -495,7 +500,22 @@ async fn connect(address: &str) -> anyhow::Result<Client> {
 
 async fn card(command: CardCommand) -> anyhow::Result<ExitCode> {
     match command {
-        CardCommand::Issue { connect: address, product, count } => {
+        CardCommand::Issue { connect: address, product, count, pin_file } => {
+            // The PIN file is created before anything is issued: a PIN is shown only once, so
+            // it must have somewhere to go (an existing file is never overwritten).
+            let mut pin_out = match &pin_file {
+                Some(path) => {
+                    use std::os::unix::fs::OpenOptionsExt;
+                    let file = std::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .mode(0o600)
+                        .open(path)
+                        .with_context(|| format!("creating the PIN file {}", path.display()))?;
+                    Some(std::io::BufWriter::new(file))
+                }
+                None => None,
+            };
             let client = connect(&address).await?;
             let hello = client.hello("pinswitch-cli").await.context("greeting the switch")?;
             let batch_max = hello.batch_events_max.max(1) as usize;
@@ -509,13 +529,21 @@ async fn card(command: CardCommand) -> anyhow::Result<ExitCode> {
                     .collect();
                 for result in client.card_issue(&events).await.context("issuing cards")? {
                     if result.code == ResultCode::Approved.as_u16() {
-                        println!("{}  {} won", pin::format(result.pin), result.balance_won);
+                        match pin_out.as_mut() {
+                            Some(out) => writeln!(out, "{},{}", pin::format(result.pin), result.balance_won).context("writing the PIN file")?,
+                            None => println!("{}  {} won", pin::format(result.pin), result.balance_won),
+                        }
                     } else {
                         failed += 1;
                         let name = ResultCode::from_u16(result.code).map_or("UNKNOWN", ResultCode::name);
                         eprintln!("not issued: {name} ({})", result.code);
                     }
                 }
+            }
+            if let (Some(mut out), Some(path)) = (pin_out, pin_file) {
+                out.flush().context("writing the PIN file")?;
+                out.into_inner().map_err(|error| error.into_error()).and_then(|file| file.sync_all()).context("syncing the PIN file")?;
+                println!("{} PINs written to {}", count as u64 - u64::from(failed), path.display());
             }
             Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
