@@ -69,7 +69,7 @@ async fn a_two_hour_call_is_charged_to_the_won_across_a_sigkill() {
         category: Category::InternetPayment as u8,
         hold_ttl_s: 0,
     };
-    assert_eq!(one(client.authorize(&[hold.clone()]).await).await.code, ResultCode::Approved.as_u16());
+    assert_eq!(one(client.authorize(std::slice::from_ref(&hold)).await).await.code, ResultCode::Approved.as_u16());
 
     // A malformed called number never reaches a shard.
     let bad = SessionStart {
@@ -89,7 +89,7 @@ async fn a_two_hour_call_is_charged_to_the_won_across_a_sigkill() {
         destination: MOBILE.to_vec(),
         requested_s: 60,
     };
-    let started = one(client.session_start(&[start.clone()]).await).await;
+    let started = one(client.session_start(std::slice::from_ref(&start)).await).await;
     assert_eq!(code(&started), ResultCode::Approved);
     assert_eq!((started.granted_s, started.validity_s, started.final_unit, started.tariff_id), (60, 600, 0, 2));
     assert_eq!((started.result.amount_won, started.result.available_won), (0, FACE_WON - HOLD_WON - cost_won(60)));
