@@ -1742,7 +1742,7 @@ impl Walk {
                 (0, 7..=8) => Body::Claim { pin_hash: pin, password_mac: good_mac(pin), gift_recipient_ref: 0, password_hint: self.rng.percent(50) },
                 (0, _) => Body::Claim { pin_hash: pin, password_mac: good_mac(pin), gift_recipient_ref: 7, password_hint: false },
                 (to, 0..=6) => Body::Claim { pin_hash: pin, password_mac: good_mac(pin), gift_recipient_ref: to, password_hint: self.rng.percent(50) },
-                (to, 7..=8) => Body::Activate { pin_hash: pin, password_mac: good_mac(pin) },
+                (_, 7..=8) => Body::Activate { pin_hash: pin, password_mac: good_mac(pin) },
                 (to, _) => Body::Claim { pin_hash: pin, password_mac: good_mac(pin), gift_recipient_ref: to ^ 1, password_hint: true },
             };
         }
