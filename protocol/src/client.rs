@@ -70,6 +70,10 @@ struct Pending {
 /// State the reader and writer tasks share with callers.
 struct Shared {
     pending: Mutex<Pending>,
+    /// Where SESSION_NOTICE pushes go; `None` until `Client::notices` is called, then bounded
+    /// (`NOTICES_QUEUED_MAX`): a consumer that falls behind loses the newest notices, never
+    /// responses.
+    notices: Mutex<Option<mpsc::Sender<SessionNotice>>>,
     in_flight: Semaphore,
     next_request_id: AtomicU64,
 }
@@ -158,6 +162,7 @@ impl Client {
                 waiters: HashMap::new(),
                 closed: false,
             }),
+            notices: Mutex::new(None),
             in_flight: Semaphore::new(options.in_flight_max.clamp(1, Semaphore::MAX_PERMITS)),
             // 0 is what the server answers frame errors with when it cannot read the id.
             next_request_id: AtomicU64::new(1),
@@ -178,6 +183,15 @@ impl Client {
             }),
             deadline_ms: 0,
         })
+    }
+
+    /// Starts keeping the SESSION_NOTICE pushes this connection receives (re-authorization,
+    /// abort, low balance, expiry) and returns their queue. Call once, before the sessions
+    /// start; a second call replaces the queue.
+    pub fn notices(&self) -> mpsc::Receiver<SessionNotice> {
+        let (sender, receiver) = mpsc::channel(NOTICES_QUEUED_MAX);
+        *self.connection.shared.notices.lock().unwrap_or_else(PoisonError::into_inner) = Some(sender);
+        receiver
     }
 
     /// Sets the header deadline (the caller's remaining budget, ms) of later requests made
@@ -376,6 +390,18 @@ impl Client {
         self.call(MsgType::SessionEnd, events).await
     }
 
+    pub async fn event_charge(&self, events: &[EventCharge]) -> Result<Vec<OpResult>, ClientError> {
+        self.call(MsgType::EventCharge, events).await
+    }
+
+    pub async fn price_quote(&self, events: &[PriceQuote]) -> Result<Vec<PriceQuoteResult>, ClientError> {
+        self.call(MsgType::PriceQuote, events).await
+    }
+
+    pub async fn session_audit(&self, audit: &SessionAudit) -> Result<SessionAuditResult, ClientError> {
+        self.single(MsgType::SessionAudit, audit).await
+    }
+
     pub async fn inquiry(&self, events: &[Inquiry]) -> Result<Vec<InquiryResult>, ClientError> {
         self.call(MsgType::Inquiry, events).await
     }
@@ -486,10 +512,26 @@ async fn read_loop(mut socket: OwnedReadHalf, shared: Arc<Shared>, body_bytes_ma
     }
 }
 
-/// Hands a response to its waiter. Pushes, and responses nobody waits for (a cancelled call, or
-/// a frame error answered with request id 0 just before the server hangs up), are dropped.
+/// Most SESSION_NOTICE pushes kept unread (see `Client::notices`).
+pub const NOTICES_QUEUED_MAX: usize = 4096;
+
+/// Hands a response to its waiter, and a SESSION_NOTICE push to the notice queue if one was
+/// asked for. Other pushes, undecodable pushes, and responses nobody waits for (a cancelled
+/// call, or a frame error answered with request id 0 just before the server hangs up), are
+/// dropped.
 fn deliver(shared: &Shared, header: FrameHeader, body: &[u8]) {
-    if header.flags & FLAG_RESPONSE == 0 || header.flags & FLAG_PUSH != 0 {
+    if header.flags & FLAG_PUSH != 0 {
+        if header.msg_type == MsgType::SessionNotice as u16 {
+            let sender = shared.notices.lock().unwrap_or_else(PoisonError::into_inner).clone();
+            if let (Some(sender), Ok(notices)) = (sender, decode_body::<Vec<SessionNotice>>(body)) {
+                for notice in notices {
+                    let _ = sender.try_send(notice);
+                }
+            }
+        }
+        return;
+    }
+    if header.flags & FLAG_RESPONSE == 0 {
         return;
     }
     let waiter = shared.pending().waiters.remove(&header.request_id);

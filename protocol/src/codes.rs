@@ -22,6 +22,10 @@ pub enum ResultCode {
     /// SESSION_UPDATE / SESSION_END: the reported use cost more than the card could pay; the
     /// debit was capped at what was available (`amount_won`) and the rest is written off.
     SessionUsageCapped = 5,
+    /// SESSION_UPDATE / SESSION_END of a session the switch expired (silent past twice its
+    /// validity): the reported use was charged (capped at what was available); there is no
+    /// grant, the call must end.
+    SessionExpiredCharged = 6,
 
     CardNotFound = 101,
     /// The card exists but has not been activated with a password yet.
@@ -109,6 +113,14 @@ pub enum ResultCode {
     SessionLimitPerShard = 174,
     /// SESSION_START: the called number is not 1 to 15 digits.
     DestinationInvalid = 175,
+    /// SESSION_UPDATE / SESSION_END: the request number is not above the last one applied.
+    SessionSequenceStale = 176,
+    /// EVENT_CHARGE / PRICE_QUOTE: the tariff that matches prices no events.
+    EventNotPriced = 177,
+    /// SESSION_AUDIT: the count or digest differs; send the list.
+    SessionAuditMismatch = 178,
+    /// EVENT_CHARGE: units is 0.
+    UnitsInvalid = 179,
 
     FormatError = 900,
     UnknownMessageType = 901,
@@ -132,6 +144,7 @@ impl ResultCode {
         Self::AlreadyReversed,
         Self::HoldAlreadyVoided,
         Self::SessionUsageCapped,
+        Self::SessionExpiredCharged,
         Self::CardNotFound,
         Self::CardNotActive,
         Self::CardBlocked,
@@ -186,6 +199,10 @@ impl ResultCode {
         Self::SessionLimitPerCard,
         Self::SessionLimitPerShard,
         Self::DestinationInvalid,
+        Self::SessionSequenceStale,
+        Self::EventNotPriced,
+        Self::SessionAuditMismatch,
+        Self::UnitsInvalid,
         Self::FormatError,
         Self::UnknownMessageType,
         Self::BatchTooLarge,
@@ -221,6 +238,7 @@ impl ResultCode {
             Self::AlreadyReversed => "ALREADY_REVERSED",
             Self::HoldAlreadyVoided => "HOLD_ALREADY_VOIDED",
             Self::SessionUsageCapped => "SESSION_USAGE_CAPPED",
+            Self::SessionExpiredCharged => "SESSION_EXPIRED_CHARGED",
             Self::CardNotFound => "CARD_NOT_FOUND",
             Self::CardNotActive => "CARD_NOT_ACTIVE",
             Self::CardBlocked => "CARD_BLOCKED",
@@ -275,6 +293,10 @@ impl ResultCode {
             Self::SessionLimitPerCard => "SESSION_LIMIT_PER_CARD",
             Self::SessionLimitPerShard => "SESSION_LIMIT_PER_SHARD",
             Self::DestinationInvalid => "DESTINATION_INVALID",
+            Self::SessionSequenceStale => "SESSION_SEQUENCE_STALE",
+            Self::EventNotPriced => "EVENT_NOT_PRICED",
+            Self::SessionAuditMismatch => "SESSION_AUDIT_MISMATCH",
+            Self::UnitsInvalid => "UNITS_INVALID",
             Self::FormatError => "FORMAT_ERROR",
             Self::UnknownMessageType => "UNKNOWN_MESSAGE_TYPE",
             Self::BatchTooLarge => "BATCH_TOO_LARGE",
@@ -317,6 +339,12 @@ pub enum Field {
     Destination = 20,
     /// A session's reported or requested seconds.
     Seconds = 21,
+    /// A session's request number.
+    Sequence = 22,
+    /// A session's owner (call switch node id).
+    Owner = 23,
+    /// An event charge's units.
+    Units = 24,
 }
 
 impl Field {
@@ -344,6 +372,9 @@ impl Field {
             Self::Product => "product",
             Self::Destination => "destination",
             Self::Seconds => "seconds",
+            Self::Sequence => "sequence",
+            Self::Owner => "owner",
+            Self::Units => "units",
         }
     }
 
@@ -371,6 +402,9 @@ impl Field {
             Self::Product,
             Self::Destination,
             Self::Seconds,
+            Self::Sequence,
+            Self::Owner,
+            Self::Units,
         ]
         .into_iter()
         .find(|field| *field as u8 == value)

@@ -407,6 +407,19 @@ fn exercise_message(msg_type: MsgType, body: &[u8]) {
             exercise_body::<Vec<CardClaim>>(body);
             exercise_body::<Vec<OpResult>>(body);
         }
+        MsgType::EventCharge => {
+            exercise_body::<Vec<EventCharge>>(body);
+            exercise_body::<Vec<OpResult>>(body);
+        }
+        MsgType::PriceQuote => {
+            exercise_body::<Vec<PriceQuote>>(body);
+            exercise_body::<Vec<PriceQuoteResult>>(body);
+        }
+        MsgType::SessionAudit => {
+            exercise_body::<SessionAudit>(body);
+            exercise_body::<SessionAuditResult>(body);
+        }
+        MsgType::SessionNotice => exercise_body::<Vec<SessionNotice>>(body),
         MsgType::ForeignImport => {
             exercise_body::<Vec<ForeignImport>>(body);
             exercise_body::<Vec<OpResult>>(body);

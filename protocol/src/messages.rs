@@ -34,10 +34,15 @@ pub enum MsgType {
     SessionStart = 40,
     SessionUpdate = 41,
     SessionEnd = 42,
+    EventCharge = 43,
+    PriceQuote = 44,
+    SessionAudit = 45,
+    /// Server to client only (`FLAG_PUSH`): see `SessionNotice`.
+    SessionNotice = 46,
 }
 
 impl MsgType {
-    pub const ALL: [MsgType; 25] = [
+    pub const ALL: [MsgType; 29] = [
         Self::Hello,
         Self::Ping,
         Self::CardIssue,
@@ -63,6 +68,10 @@ impl MsgType {
         Self::SessionStart,
         Self::SessionUpdate,
         Self::SessionEnd,
+        Self::EventCharge,
+        Self::PriceQuote,
+        Self::SessionAudit,
+        Self::SessionNotice,
     ];
 
     pub fn from_u16(value: u16) -> Option<MsgType> {
@@ -71,7 +80,10 @@ impl MsgType {
 
     /// Mutating messages carry op ids, are journaled and are idempotent.
     pub fn is_mutating(self) -> bool {
-        !matches!(self, Self::Hello | Self::Ping | Self::Inquiry | Self::BalanceInquiry)
+        !matches!(
+            self,
+            Self::Hello | Self::Ping | Self::Inquiry | Self::BalanceInquiry | Self::PriceQuote | Self::SessionAudit | Self::SessionNotice
+        )
     }
 }
 
@@ -349,6 +361,12 @@ pub struct SessionStart {
     pub destination: Vec<u8>,
     /// Seconds wanted (0: the server's default grant).
     pub requested_s: u32,
+    /// The call switch's node id: SESSION_AUDIT compares the sessions of one owner.
+    pub owner_id: u32,
+    /// The holder's password when the call switch collects one (empty: none; accepted only
+    /// when the server's `session_password_required` is off). A wrong one counts toward the
+    /// lockout like a payment's.
+    pub password: Vec<u8>,
 }
 
 /// SESSION_UPDATE: the use of the session so far, in total (so a lost update heals): the switch
@@ -358,6 +376,10 @@ pub struct SessionUpdate {
     pub op_id: u128,
     pub pin: u64,
     pub session_id: u128,
+    /// The request number within the session (START is 0; each report counts up, gaps are
+    /// allowed). A report whose number is not above the last one applied is stale: refused
+    /// SESSION_SEQUENCE_STALE with nothing changed.
+    pub seq: u32,
     /// Seconds used since the session started (cumulative).
     pub used_total_s: u32,
     /// Seconds wanted next (0: the server's default grant).
@@ -371,25 +393,163 @@ pub struct SessionEnd {
     pub op_id: u128,
     pub pin: u64,
     pub session_id: u128,
+    /// The request number (see `SessionUpdate::seq`).
+    pub seq: u32,
     pub used_total_s: u32,
 }
 
 /// The result of SESSION_START, SESSION_UPDATE and SESSION_END. `result.amount_won` is the money
-/// this event debited; `granted_s`, `validity_s`, `final_unit` and `tariff_id` are 0 unless the
-/// code is APPROVED or SESSION_USAGE_CAPPED.
-#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// this event debited; the grant fields are 0 unless the code is APPROVED or SESSION_USAGE_CAPPED.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 pub struct SessionResult {
     pub result: OpResult,
     /// Seconds the switch may let the call run past the use reported (0 after SESSION_END).
     pub granted_s: u32,
     /// Report (SESSION_UPDATE) at the latest this many seconds from now, even with seconds left.
+    /// A session silent for twice this long is expired by the switch (its reservation released).
     pub validity_s: u32,
-    /// 0 none; 1 terminate: the card cannot pay for more than this grant; end the call when it
-    /// is used up (at once for a zero grant).
+    /// Report when this many granted seconds are left (RFC 8506 Time-Quota-Threshold).
+    pub quota_threshold_s: u32,
+    /// `FINAL_UNIT_*`: 0 none; 1 terminate: the card cannot pay for more than this grant, end
+    /// the call when it is used up (at once for a zero grant); 2 redirect: as terminate, but
+    /// connect the caller to `redirect_number` (the recharge service) instead of hanging up.
     pub final_unit: u8,
+    /// With `final_unit` 2: the number to redirect to (ASCII digits).
+    pub redirect_number: Vec<u8>,
+    /// `FAILURE_HANDLING_*`: what the call switch does when the switch does not answer in time.
+    pub failure_handling: u8,
     /// The tariff applied (its id in the switch's tariff table).
     pub tariff_id: u16,
 }
+
+/// `SessionResult::final_unit` values.
+pub const FINAL_UNIT_NONE: u8 = 0;
+pub const FINAL_UNIT_TERMINATE: u8 = 1;
+pub const FINAL_UNIT_REDIRECT: u8 = 2;
+
+/// `SessionResult::failure_handling` values (RFC 8506 CC-Failure-Handling).
+pub const FAILURE_HANDLING_TERMINATE: u8 = 0;
+pub const FAILURE_HANDLING_CONTINUE: u8 = 1;
+pub const FAILURE_HANDLING_RETRY_AND_TERMINATE: u8 = 2;
+
+/// EVENT_CHARGE: a one-shot charge priced by the tariff (a phone information call priced per
+/// event): `units` times the tariff's `event_won`, debited at once like a SALE (REFUND and
+/// REVERSE name it like one). Answered with an `OpResult`.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct EventCharge {
+    pub op_id: u128,
+    pub pin: u64,
+    /// As in SESSION_START: empty when the call switch collects none.
+    pub password: Vec<u8>,
+    pub category: u8,
+    /// The service number called: 1 to 15 ASCII digits.
+    pub destination: Vec<u8>,
+    /// Events charged (1 or more).
+    pub units: u32,
+}
+
+/// PRICE_QUOTE: what a call or an event would cost now, read-only. With a PIN (non-zero) the
+/// answer also says how many seconds the card's available balance buys.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct PriceQuote {
+    /// 0: no card.
+    pub pin: u64,
+    pub category: u8,
+    pub destination: Vec<u8>,
+    /// A call of this many seconds starting now (0: none).
+    pub duration_s: u32,
+    /// This many events (0: none).
+    pub units: u32,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PriceQuoteResult {
+    /// APPROVED, TARIFF_NOT_FOUND, DESTINATION_INVALID, CATEGORY_INVALID, or a card's refusal.
+    pub code: u16,
+    pub tariff_id: u16,
+    pub connect_fee_won: u64,
+    /// Won per increment at the current time of day.
+    pub rate_won: u64,
+    pub increment_s: u32,
+    pub first_increment_s: u32,
+    /// Won per event (0: the tariff prices no events).
+    pub event_won: u64,
+    /// What `duration_s` seconds starting now cost, time-of-day bands and connect fee included.
+    pub duration_cost_won: u64,
+    /// What `units` events cost.
+    pub event_cost_won: u64,
+    /// With a PIN: the card's available balance, and the seconds of a call starting now it
+    /// pays for (at most `session_grant_max_s`).
+    pub available_won: u64,
+    pub affordable_s: u32,
+}
+
+/// SESSION_AUDIT: a call switch checks that the switch's live sessions of `owner_id` are the
+/// ones it has. First with `count` and `digest` (`session_digest` of its live ids) and an empty
+/// list: the answer is APPROVED (in sync) or SESSION_AUDIT_MISMATCH. Then, on a mismatch, with
+/// `list` set and every live id in `session_ids`: the switch ends each of the owner's sessions
+/// missing from the list that has been silent for `session_audit_grace_s` (so a call started
+/// while the audit was on its way is spared); they are charged what they reported and their
+/// reservations released. Answered with one `SessionAuditResult`.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct SessionAudit {
+    pub owner_id: u32,
+    pub count: u32,
+    pub digest: u128,
+    pub list: bool,
+    pub session_ids: Vec<u128>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SessionAuditResult {
+    pub code: u16,
+    /// The owner's live sessions on the switch (before any were ended).
+    pub live_count: u32,
+    /// Sessions ended as orphans by this audit.
+    pub ended: u32,
+}
+
+/// The order-independent digest of a set of session ids SESSION_AUDIT compares: the XOR of
+/// `session_id_mix(id)` over the set (0 for none).
+pub fn session_digest(session_ids: impl IntoIterator<Item = u128>) -> u128 {
+    session_ids.into_iter().fold(0, |digest, session_id| digest ^ session_id_mix(session_id))
+}
+
+/// A fixed bijective mix of a session id (SplitMix64's finalizer on each half, the halves
+/// crossed), so sequential ids do not cancel each other in the XOR.
+pub fn session_id_mix(session_id: u128) -> u128 {
+    fn finalize(mut x: u64) -> u64 {
+        x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        x ^ (x >> 31)
+    }
+    let high = (session_id >> 64) as u64;
+    let low = session_id as u64;
+    let low_mixed = finalize(low);
+    let high_mixed = finalize(high ^ low_mixed);
+    (u128::from(high_mixed) << 64) | u128::from(low_mixed)
+}
+
+/// A push (`FLAG_PUSH`, request id 0, type SESSION_NOTICE) to the connection that last reported
+/// a session: one per frame, in a `Vec` of one.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionNotice {
+    /// `NOTICE_*`.
+    pub kind: u8,
+    pub session_id: u128,
+    /// The card's available balance when the notice was raised.
+    pub available_won: u64,
+}
+
+/// The card was recharged: send SESSION_UPDATE now for a new grant (RFC 8506 re-auth request).
+pub const NOTICE_REAUTHORIZE: u8 = 1;
+/// The card was blocked: end the call now and send SESSION_END (RFC 8506 abort-session).
+pub const NOTICE_ABORT: u8 = 2;
+/// The card's available balance fell below the server's `low_balance_warn_won`.
+pub const NOTICE_LOW_BALANCE: u8 = 3;
+/// The session was silent past twice its validity and was expired: its reservation is
+/// released; a late report is still charged (SESSION_EXPIRED_CHARGED).
+pub const NOTICE_EXPIRED: u8 = 4;
 
 /// The result of every mutating event except CARD_ISSUE.
 #[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]

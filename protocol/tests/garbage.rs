@@ -287,6 +287,8 @@ fn valid_frames(rng: &mut SplitMix64) -> Vec<ValidFrame> {
                 category: rng.below(8) as u8,
                 destination: (0..rng.below(18)).map(|_| b'0' + rng.below(12) as u8).collect(),
                 requested_s: rng.next() as u32,
+                owner_id: rng.next() as u32,
+                password: (0..rng.below(20)).map(|_| rng.next() as u8).collect(),
             })
             .collect();
         push(&mut frames, MsgType::SessionStart, false, events);
@@ -295,13 +297,20 @@ fn valid_frames(rng: &mut SplitMix64) -> Vec<ValidFrame> {
                 op_id: op_id(rng),
                 pin: pin(rng),
                 session_id: op_id(rng),
+                seq: rng.next() as u32,
                 used_total_s: rng.next() as u32,
                 requested_s: rng.next() as u32,
             })
             .collect();
         push(&mut frames, MsgType::SessionUpdate, false, events);
         let events: Vec<_> = (0..count)
-            .map(|_| SessionEnd { op_id: op_id(rng), pin: pin(rng), session_id: op_id(rng), used_total_s: rng.next() as u32 })
+            .map(|_| SessionEnd {
+                op_id: op_id(rng),
+                pin: pin(rng),
+                session_id: op_id(rng),
+                seq: rng.next() as u32,
+                used_total_s: rng.next() as u32,
+            })
             .collect();
         push(&mut frames, MsgType::SessionEnd, false, events);
         for msg_type in [MsgType::SessionStart, MsgType::SessionUpdate, MsgType::SessionEnd] {
@@ -310,12 +319,67 @@ fn valid_frames(rng: &mut SplitMix64) -> Vec<ValidFrame> {
                     result: op_result(rng),
                     granted_s: rng.next() as u32,
                     validity_s: rng.next() as u32,
+                    quota_threshold_s: rng.next() as u32,
                     final_unit: rng.below(3) as u8,
+                    redirect_number: (0..rng.below(16)).map(|_| b'0' + rng.below(10) as u8).collect(),
+                    failure_handling: rng.below(3) as u8,
                     tariff_id: rng.next() as u16,
                 })
                 .collect();
             push(&mut frames, msg_type, true, results);
         }
+        let events: Vec<_> = (0..count)
+            .map(|_| EventCharge {
+                op_id: op_id(rng),
+                pin: pin(rng),
+                password: (0..rng.below(20)).map(|_| rng.next() as u8).collect(),
+                category: rng.below(8) as u8,
+                destination: (0..rng.below(18)).map(|_| b'0' + rng.below(12) as u8).collect(),
+                units: rng.below(4) as u32,
+            })
+            .collect();
+        push(&mut frames, MsgType::EventCharge, false, events);
+        let events: Vec<_> = (0..count)
+            .map(|_| PriceQuote {
+                pin: if rng.below(2) == 0 { 0 } else { pin(rng) },
+                category: rng.below(8) as u8,
+                destination: (0..rng.below(18)).map(|_| b'0' + rng.below(12) as u8).collect(),
+                duration_s: rng.next() as u32,
+                units: rng.next() as u32,
+            })
+            .collect();
+        push(&mut frames, MsgType::PriceQuote, false, events);
+        let results: Vec<_> = (0..count)
+            .map(|_| PriceQuoteResult {
+                code: rng.below(200) as u16,
+                tariff_id: rng.next() as u16,
+                connect_fee_won: rng.next(),
+                rate_won: rng.next(),
+                increment_s: rng.next() as u32,
+                first_increment_s: rng.next() as u32,
+                event_won: rng.next(),
+                duration_cost_won: rng.next(),
+                event_cost_won: rng.next(),
+                available_won: rng.next(),
+                affordable_s: rng.next() as u32,
+            })
+            .collect();
+        push(&mut frames, MsgType::PriceQuote, true, results);
+        let session_ids: Vec<u128> = (0..count).map(|_| op_id(rng)).collect();
+        let audit = SessionAudit {
+            owner_id: rng.next() as u32,
+            count: session_ids.len() as u32,
+            digest: session_digest(session_ids.iter().copied()),
+            list: rng.below(2) == 0,
+            session_ids,
+        };
+        push(&mut frames, MsgType::SessionAudit, false, audit);
+        let answer = SessionAuditResult { code: rng.below(200) as u16, live_count: rng.next() as u32, ended: rng.next() as u32 };
+        push(&mut frames, MsgType::SessionAudit, true, answer);
+        let notices: Vec<_> = (0..count)
+            .map(|_| SessionNotice { kind: rng.below(5) as u8, session_id: op_id(rng), available_won: rng.next() })
+            .collect();
+        push(&mut frames, MsgType::SessionNotice, true, notices);
         // Every mutating message but CARD_ISSUE answers with OpResult.
         for msg_type in [
             MsgType::CardActivate,
@@ -334,6 +398,7 @@ fn valid_frames(rng: &mut SplitMix64) -> Vec<ValidFrame> {
             MsgType::Sale,
             MsgType::Refund,
             MsgType::ForeignImport,
+            MsgType::EventCharge,
         ] {
             let results: Vec<_> = (0..count).map(|_| op_result(rng)).collect();
             push(&mut frames, msg_type, true, results);

@@ -34,7 +34,8 @@ async fn card(client: &Client, pin: u64) -> BalanceResult {
 }
 
 fn update(pin: u64, used_total_s: u32) -> SessionUpdate {
-    SessionUpdate { op_id: new_op_id(), pin, session_id: SESSION, used_total_s, requested_s: 60 }
+    // One report a minute: the minute is the request number.
+    SessionUpdate { op_id: new_op_id(), pin, session_id: SESSION, seq: used_total_s / 60, used_total_s, requested_s: 60 }
 }
 
 /// Sends the update for minute `minute` and checks its debit and grant.
@@ -79,6 +80,8 @@ async fn a_two_hour_call_is_charged_to_the_won_across_a_sigkill() {
         category: Category::TelephoneCall as u8,
         destination: b"010-1234".to_vec(),
         requested_s: 60,
+        owner_id: 1,
+        password: Vec::new(),
     };
     assert_eq!(code(&one(client.session_start(&[bad]).await).await), ResultCode::DestinationInvalid);
     let start = SessionStart {
@@ -88,6 +91,8 @@ async fn a_two_hour_call_is_charged_to_the_won_across_a_sigkill() {
         category: Category::TelephoneCall as u8,
         destination: MOBILE.to_vec(),
         requested_s: 60,
+        owner_id: 1,
+        password: Vec::new(),
     };
     let started = one(client.session_start(std::slice::from_ref(&start)).await).await;
     assert_eq!(code(&started), ResultCode::Approved);
@@ -95,7 +100,7 @@ async fn a_two_hour_call_is_charged_to_the_won_across_a_sigkill() {
     assert_eq!((started.result.amount_won, started.result.available_won), (0, FACE_WON - HOLD_WON - cost_won(60)));
     let replayed = one(client.session_start(&[start]).await).await;
     assert_eq!(replayed.result.flags & FLAG_REPLAYED, FLAG_REPLAYED);
-    assert_eq!(SessionResult { result: started.result, ..replayed }, started);
+    assert_eq!(SessionResult { result: started.result, ..replayed.clone() }, started);
 
     // The first hour, minute by minute; the update of minute 30 is lost on the way.
     let mut charged_won = 0;
@@ -120,20 +125,20 @@ async fn a_two_hour_call_is_charged_to_the_won_across_a_sigkill() {
     let (event, result) = last.expect("an hour of reports");
     let replayed = one(client.session_update(&[event]).await).await;
     assert_eq!(replayed.result.flags & FLAG_REPLAYED, FLAG_REPLAYED);
-    assert_eq!(SessionResult { result: result.result, ..replayed }, result);
+    assert_eq!(SessionResult { result: result.result, ..replayed.clone() }, result);
 
     // The second hour, then the hang-up at 1:59:57 (billed to 2:00:00).
     for minute in 61..=119 {
         report_minute(&client, pin, minute, &mut charged_won).await;
     }
-    let end = SessionEnd { op_id: new_op_id(), pin, session_id: SESSION, used_total_s: 7_197 };
+    let end = SessionEnd { op_id: new_op_id(), pin, session_id: SESSION, seq: 120, used_total_s: 7_197 };
     let ended = one(client.session_end(&[end]).await).await;
     assert_eq!(code(&ended), ResultCode::Approved);
     assert_eq!((ended.result.amount_won, ended.granted_s), (cost_won(7_197) - charged_won, 0));
     assert_eq!(cost_won(7_197), 14_410, "two hours at 12 won per 6 s, plus 10 to connect");
     assert_eq!(ended.result.balance_won, FACE_WON - 14_410);
     assert_eq!(ended.result.available_won, FACE_WON - 14_410 - HOLD_WON);
-    let again = SessionUpdate { op_id: new_op_id(), pin, session_id: SESSION, used_total_s: 7_300, requested_s: 60 };
+    let again = SessionUpdate { op_id: new_op_id(), pin, session_id: SESSION, seq: 121, used_total_s: 7_300, requested_s: 60 };
     assert_eq!(code(&one(client.session_update(&[again]).await).await), ResultCode::SessionNotFound);
     let void = Void { op_id: new_op_id(), pin, hold_id: hold.op_id };
     assert_eq!(one(client.void(&[void]).await).await.code, ResultCode::Approved.as_u16());

@@ -501,6 +501,9 @@ fn plan(context: &Context, msg_type: MsgType, body: &[u8], deadline_at_ms: u64) 
             };
             Some((event.op_id.to_native(), body))
         }))),
+        // Pushes go from the server to clients only.
+        MsgType::SessionNotice => Err(ResultCode::UnknownMessageType),
+        MsgType::EventCharge | MsgType::PriceQuote | MsgType::SessionAudit => Err(ResultCode::UnknownMessageType),
         MsgType::Inquiry => {
             let events = events!(protocol::Inquiry);
             let mut pending = Pending::new(events.len());
@@ -585,6 +588,7 @@ fn session_result(mut result: OpResult) -> SessionResult {
         validity_s: grant.validity_s,
         final_unit: grant.final_unit,
         tariff_id: grant.tariff_id,
+        ..SessionResult::default()
     }
 }
 
