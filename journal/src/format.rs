@@ -20,6 +20,15 @@ pub const RECORD_HEADER_BYTES: usize = 16;
 pub const RECORD_ALIGN_BYTES: usize = 8;
 /// Size of the fixed snapshot header; the snapshot bytes start here.
 pub const SNAPSHOT_HEADER_BYTES: usize = 40;
+/// Offset in the segment header of the durable-end watermark: a `u32` (little-endian, 4-byte
+/// aligned, outside the header's CRC) holding the offset up to which the segment's records are
+/// durable, in units of [`RECORD_ALIGN_BYTES`]. The writer stores it atomically after every
+/// successful commit, recovery sets it to the recovered end, and the tailing reader reads no
+/// record of the last segment beyond it. Zero means "not maintained" (a segment written before
+/// the watermark existed); a segment created now starts at the end of its header.
+pub const DURABLE_END_OFFSET: usize = 36;
+/// The largest segment whose durable end the `u32` watermark can express: 32 GiB - 8.
+pub const SEGMENT_BYTES_MAX: u64 = u32::MAX as u64 * RECORD_ALIGN_BYTES as u64;
 
 /// `value` rounded up to a multiple of [`RECORD_ALIGN_BYTES`].
 pub const fn align_up(value: usize) -> usize {
@@ -82,7 +91,8 @@ pub struct SegmentHeader {
 }
 
 impl SegmentHeader {
-    /// The 40 header bytes: magic, version, reserved, first_seq, segment_bytes, CRC, padding.
+    /// The 40 header bytes: magic, version, reserved, first_seq, segment_bytes, CRC, and the
+    /// durable-end watermark of an empty segment (see [`DURABLE_END_OFFSET`]).
     pub fn encode(&self) -> [u8; SEGMENT_HEADER_BYTES] {
         let mut out = [0u8; SEGMENT_HEADER_BYTES];
         out[0..8].copy_from_slice(&SEGMENT_MAGIC);
@@ -92,7 +102,8 @@ impl SegmentHeader {
         out[24..32].copy_from_slice(&self.segment_bytes.to_le_bytes());
         let crc = crc32c::crc32c(&out[0..32]);
         out[32..36].copy_from_slice(&crc.to_le_bytes());
-        // 36..40 padding, zero.
+        // 36..40: the durable-end watermark, outside the CRC: nothing after the header yet.
+        out[DURABLE_END_OFFSET..DURABLE_END_OFFSET + 4].copy_from_slice(&encode_durable_end(SEGMENT_HEADER_BYTES as u64).to_le_bytes());
         out
     }
 
@@ -115,6 +126,19 @@ impl SegmentHeader {
         }
         Ok(SegmentHeader { first_seq: u64_at(bytes, 16), segment_bytes: u64_at(bytes, 24) })
     }
+}
+
+/// The watermark value for a durable end at byte `offset` of a segment (a multiple of
+/// [`RECORD_ALIGN_BYTES`], at most [`SEGMENT_BYTES_MAX`], which options validation ensures).
+pub fn encode_durable_end(offset: u64) -> u32 {
+    debug_assert!(offset.is_multiple_of(RECORD_ALIGN_BYTES as u64) && offset <= SEGMENT_BYTES_MAX);
+    u32::try_from(offset / RECORD_ALIGN_BYTES as u64).unwrap_or(u32::MAX)
+}
+
+/// The durable end in bytes that a watermark value says, or `None` for zero (the segment's
+/// writer did not maintain one: every record found is taken as durable).
+pub fn decode_durable_end(raw: u32) -> Option<u64> {
+    (raw != 0).then(|| u64::from(raw) * RECORD_ALIGN_BYTES as u64)
 }
 
 /// Writes a complete record (header, payload, zero padding) into `out`, which must be exactly
@@ -305,6 +329,19 @@ mod tests {
         }
         assert!(SegmentHeader::decode(&[0u8; SEGMENT_HEADER_BYTES]).is_err());
         assert!(SegmentHeader::decode(&bytes[..20]).is_err());
+        // The watermark is outside the CRC: the writer moves it without rewriting the header.
+        assert_eq!(u32_at(&bytes, DURABLE_END_OFFSET), 5);
+        let mut moved = bytes;
+        moved[DURABLE_END_OFFSET..DURABLE_END_OFFSET + 4].copy_from_slice(&encode_durable_end(65_528).to_le_bytes());
+        assert_eq!(SegmentHeader::decode(&moved), Ok(header));
+    }
+
+    #[test]
+    fn durable_end_round_trips_and_zero_means_unknown() {
+        assert_eq!(decode_durable_end(0), None);
+        for offset in [40u64, 48, 65_536, 64 << 20, SEGMENT_BYTES_MAX] {
+            assert_eq!(decode_durable_end(encode_durable_end(offset)), Some(offset));
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use memmap2::{Advice, Mmap, MmapMut, MmapOptions};
 
@@ -169,6 +170,49 @@ pub(crate) fn map_snapshot(path: &Path, file: &File) -> Result<Mmap, JournalErro
     // Read front to back once (checksum, then decode): ask for aggressive readahead.
     let _ = map.advise(Advice::Sequential);
     Ok(map)
+}
+
+/// Publishes `durable_offset` (the byte offset up to which the segment's records are durable) in
+/// the header of the writable mapping `map` (see [`format::DURABLE_END_OFFSET`]). One atomic
+/// release store; the header page becomes dirty and reaches the disk with the kernel's
+/// write-back or the next `msync` that covers it, which only readers after a power loss see.
+pub(crate) fn store_durable_end(map: &mut MmapMut, durable_offset: usize) {
+    let raw = format::encode_durable_end(durable_offset as u64).to_le();
+    let field = map[format::DURABLE_END_OFFSET..format::DURABLE_END_OFFSET + 4].as_mut_ptr().cast::<u32>();
+    assert!(field.is_aligned(), "mappings are page-aligned and the field is at a multiple of 4");
+    // SAFETY: `field` points at 4 bytes inside the mapping (the slice above is bounds-checked)
+    // and is aligned for `u32` (asserted), so it is valid for an `AtomicU32` for as long as the
+    // mapping lives, which outlives this call (`map` is borrowed). No other access to these 4
+    // bytes can race with the store: in this process only this function and recovery's scan
+    // (before the journal exists, on the same thread) touch them; in other processes the
+    // `Reader` only loads them atomically (`load_durable_end`). The rest of the page is written
+    // non-atomically, but those are other bytes.
+    let atomic = unsafe { AtomicU32::from_ptr(field) };
+    atomic.store(raw, Ordering::Release);
+}
+
+/// The durable end a segment's header publishes, in bytes (`None`: the writer of this segment
+/// kept no watermark), read by the tailing reader of another process with an atomic acquire
+/// load from a read-only shared mapping of the header, so the value is never torn. The caller
+/// has checked the header (so the file is at least a header long and its creation is complete).
+pub(crate) fn load_durable_end(path: &Path, file: &File) -> Result<Option<u64>, JournalError> {
+    let map = MmapOptions::new()
+        .len(format::SEGMENT_HEADER_BYTES)
+        .map_raw_read_only(file)
+        .map_err(JournalError::io(path, "map segment header"))?;
+    // SAFETY: the mapping is `SEGMENT_HEADER_BYTES` long and page-aligned, so the field at
+    // `DURABLE_END_OFFSET` (a multiple of 4, `+ 4 <= SEGMENT_HEADER_BYTES`) is in bounds and
+    // aligned for `u32`; `map` lives until after the load. Nobody truncates a segment (a torn
+    // roll is unlinked, which leaves mappings valid), so the page cannot vanish (SIGBUS). The
+    // writer in another process changes these bytes only with atomic stores
+    // (`store_durable_end`), and `MmapRaw` never hands out references, so the atomic load does
+    // not race with any non-atomic access of the memory model.
+    let raw = unsafe {
+        let field = map.as_ptr().add(format::DURABLE_END_OFFSET).cast::<u32>().cast_mut();
+        debug_assert!(field.is_aligned());
+        AtomicU32::from_ptr(field).load(Ordering::Acquire)
+    };
+    Ok(format::decode_durable_end(u32::from_le(raw)))
 }
 
 fn segment_length(path: &Path, file: &File) -> Result<usize, JournalError> {

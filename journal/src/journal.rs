@@ -58,6 +58,9 @@ impl JournalOptions {
         if self.segment_bytes % RECORD_ALIGN_BYTES as u64 != 0 {
             return invalid(format!("segment_bytes {} is not a multiple of {RECORD_ALIGN_BYTES}", self.segment_bytes));
         }
+        if self.segment_bytes > format::SEGMENT_BYTES_MAX {
+            return invalid(format!("segment_bytes {} is above the maximum of {}", self.segment_bytes, format::SEGMENT_BYTES_MAX));
+        }
         if usize::try_from(self.segment_bytes).is_err() || i64::try_from(self.segment_bytes).is_err() {
             return invalid(format!("segment_bytes {} does not fit this platform's address space", self.segment_bytes));
         }
@@ -163,6 +166,9 @@ impl Journal {
     /// persists the extent conversion of the preallocated blocks, so no separate `fdatasync` is
     /// needed here (new segments get theirs when created).
     ///
+    /// After the `msync` returned, it publishes the new durable end in the segment header (one
+    /// atomic store), which is as far as the tailing [`crate::Reader`] reads.
+    ///
     /// An `Err` is final: the journal is poisoned and every later call fails with
     /// [`JournalError::Poisoned`]; reopen through [`Journal::recover`].
     pub fn commit(&mut self) -> Result<(), JournalError> {
@@ -176,6 +182,8 @@ impl Journal {
                 return Err(error);
             }
             segment.durable_offset = segment.write_offset;
+            // Only now may a tailing reader see these records (see `format::DURABLE_END_OFFSET`).
+            fsys::store_durable_end(&mut segment.map, segment.durable_offset);
         }
         self.durable_seq = self.last_seq;
         Ok(())

@@ -45,7 +45,18 @@
 //! | 16 | 8 | `first_seq` (u64), equal to the number in the file name |
 //! | 24 | 8 | `segment_bytes` (u64), equal to the file length |
 //! | 32 | 4 | CRC-32C of bytes 0..32 (u32) |
-//! | 36 | 4 | zero padding |
+//! | 36 | 4 | `durable_end` (u32): offset / 8 up to which records are durable; outside the CRC |
+//!
+//! `durable_end` is the only field that changes after creation: a new segment starts with 5
+//! (40 bytes, the end of the header), the writer stores the new end with one atomic store after
+//! every successful commit, and recovery stores the recovered end (then makes the header page
+//! durable). The tailing [`Reader`] reads no record of the last segment beyond it, so it never
+//! delivers a record a power loss could still take back. 0 means the segment's writer kept no
+//! watermark (segments written before the field existed had zero padding here); such a segment
+//! is read to its valid end, and the first recovery that opens it as the last segment sets the
+//! field. The value in the page cache is what readers on the machine see; the copy on disk
+//! follows with the kernel's write-back and may lag (never lead) the durable end. Because of the
+//! `u32` in 8-byte units, segments are at most 32 GiB - 8.
 //!
 //! Records follow from offset 40, each starting on a multiple of 8:
 //!
@@ -132,8 +143,10 @@
 //!
 //! # Safety
 //!
-//! `unsafe` is used for the two memmap2 mappings and two libc calls (`flock`,
-//! `posix_fallocate`); each block carries a `SAFETY` comment. The mappings rely on the
+//! `unsafe` is used for the memmap2 mappings, a few libc calls (`flock`, `posix_fallocate`,
+//! `posix_fadvise`, `setpriority`) and the two atomic accesses to the `durable_end` field
+//! through a mapping (the writer's store, the reader's load); each block carries a `SAFETY`
+//! comment. The mappings rely on the
 //! directory's exclusive lock and on the journal never truncating a mapped file.
 
 #![warn(missing_docs)]

@@ -1,6 +1,7 @@
 //! The tailing reader: a read-only view of a journal directory for another process (the
 //! settlement exporter), which iterates records from a sequence number over all segments and
-//! stops cleanly where the valid prefix currently ends. It takes no lock and never writes.
+//! stops cleanly where the durable prefix currently ends (the writer's watermark in the last
+//! segment's header). It takes no lock and never writes.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -19,12 +20,14 @@ const CHUNK_BYTES: usize = 256 << 10;
 /// to since the last call, and resumes from where the previous call stopped when asked for the
 /// next sequence number (no rescan of the segment).
 ///
-/// What it sees is what the writer has *appended*, which on the same machine can include
-/// records not yet committed (they are in the shared page cache). A power loss can still take
-/// those away, and the writer's recovery may then reuse their sequence numbers. A consumer that
-/// must only see durable records should read up to a durable sequence number the writer
-/// publishes (for example [`crate::Journal::durable_seq`] handed across a channel), or lag
-/// behind the end.
+/// It delivers only **durable** records: every segment before the last is wholly durable (the
+/// writer commits a segment before it creates the next), and in the last segment it stops at
+/// the durable end the writer publishes in the header after each successful commit
+/// ([`crate::format::DURABLE_END_OFFSET`]; recovery sets it to the recovered end). Records the
+/// writer appended but has not committed yet are in the shared page cache of the same machine,
+/// yet a power loss could take them back and the writer would then reuse their sequence numbers;
+/// they are not shown. A segment from a writer that kept no watermark (a journal written before
+/// the field existed, and not opened by a writer since) is read to its valid end, as before.
 #[derive(Debug)]
 pub struct Reader {
     dir: PathBuf,
@@ -58,8 +61,8 @@ impl Reader {
     /// returns the sequence number of the last valid record in the journal (0 if it has none),
     /// so the next call can ask for that + 1.
     ///
-    /// It stops without error at the first zero length, torn or half-written record in the last
-    /// segment: that is the writer's current end. The same in an earlier segment, a sequence
+    /// In the last segment it stops without error at the published durable end, or earlier at
+    /// the first zero length, torn or half-written record (a crash image before recovery). The same in an earlier segment, a sequence
     /// gap between segments, or a journal that no longer holds `from_seq` (older segments
     /// removed) is [`JournalError::Corrupt`]. An `Err` from `visit` comes back as
     /// [`JournalError::Apply`]. Checks are the same as recovery's: length, sequence, CRC-32C.
@@ -130,13 +133,23 @@ impl Reader {
                 }
                 offset = SEGMENT_HEADER_BYTES as u64;
             }
+            // The last segment may hold appended records that are not durable yet: read up to
+            // the durable end the writer published (loaded after the header was found valid,
+            // so the segment's creation is complete). Earlier segments are durable throughout.
+            let durable_end = if is_last { fsys::load_durable_end(path, &file)?.unwrap_or(file_bytes) } else { file_bytes };
 
             // Walk records until the end of this segment's data.
             let fault = loop {
+                if offset >= durable_end {
+                    break None;
+                }
                 let room_bytes = usize::try_from(file_bytes.saturating_sub(offset)).unwrap_or(usize::MAX);
                 let header = window.get(offset, room_bytes.min(format::RECORD_HEADER_BYTES))?;
                 let (len, span_bytes) = match format::record_start(header, room_bytes) {
                     Ok(RecordStart::End) => break None,
+                    // Commits end on record boundaries: a record across the durable end is not
+                    // durable (only a cut tail, lowering the watermark, could make one).
+                    Ok(RecordStart::Record { span_bytes, .. }) if offset + span_bytes as u64 > durable_end => break None,
                     Ok(RecordStart::Record { len, span_bytes }) => (len, span_bytes),
                     Err(fault) => break Some(fault),
                 };

@@ -195,6 +195,10 @@ fn scan(
     // page cache; make them (and any zeroing) durable before anything new is acknowledged, or a
     // later power loss could tear them under newer, acknowledged records.
     map.flush_range(0, written_end).map_err(JournalError::io(&last.path, "msync segment"))?;
+    // Now durable, the recovered records may be shown to tailing readers: publish their end
+    // (lower than the old watermark only if a torn tail was cut) and make the header durable.
+    fsys::store_durable_end(&mut map, end_offset);
+    map.flush_range(0, SEGMENT_HEADER_BYTES).map_err(JournalError::io(&last.path, "msync segment header"))?;
 
     let last_seq = end_seq - 1;
     if last_seq < required_seq {

@@ -6,6 +6,7 @@ mod common;
 use std::fs;
 
 use common::{SplitMix64, TestResult, assert_records, copy_dir, flip_bit, in_dir, layout, open, payload, segment_paths, write_groups, zero_from};
+use pinswitch_journal::format::DURABLE_END_OFFSET;
 use pinswitch_journal::{JournalError, JournalOptions, Reader};
 
 const SEED: u64 = 0x5eed_0005;
@@ -50,6 +51,81 @@ fn reader_follows_a_live_writer() -> TestResult {
     let (last, records) = read_all(&mut other, 1_234)?;
     assert_eq!(last, 1_500);
     assert_records(&records, SEED, 1_234, 1_500);
+    Ok(())
+}
+
+#[test]
+fn reader_sees_no_record_before_its_commit() -> TestResult {
+    let temp = tempfile::tempdir()?;
+    let options = JournalOptions::test_min();
+    let mut journal = open(temp.path(), options)?;
+    write_groups(&mut journal, SEED, 40, 7, &mut SplitMix64::new(SEED))?;
+    let mut reader = Reader::open(temp.path())?;
+    assert_eq!(read_all(&mut reader, 1)?.0, 40);
+
+    // Appended, so in the shared page cache with valid checksums, but not msynced: a power
+    // loss could take them back and recovery would reuse their seqs. Not delivered.
+    for seq in 41..=45 {
+        assert_eq!(journal.append(&payload(SEED, seq))?, seq);
+    }
+    assert_eq!((journal.last_seq(), journal.durable_seq()), (45, 40));
+    assert_eq!(read_all(&mut reader, 41)?, (40, Vec::new()), "the resumed reader stops at the durable end");
+    assert_eq!(read_all(&mut Reader::open(temp.path())?, 1)?.0, 40, "a fresh reader too");
+
+    journal.commit()?;
+    let (last, records) = read_all(&mut reader, 41)?;
+    assert_eq!(last, 45);
+    assert_records(&records, SEED, 41, 45);
+
+    // Across a roll: records appended into the new segment wait for their commit as well,
+    // while the rolled segment (committed by the roll) is read whole.
+    let segments_before = segment_paths(temp.path())?.len();
+    let mut seq = 45;
+    while segment_paths(temp.path())?.len() == segments_before {
+        seq += 1;
+        journal.append(&payload(SEED, seq))?;
+    }
+    assert!(journal.durable_seq() < seq, "the record that rolled is not committed yet");
+    let durable = journal.durable_seq();
+    let (last, records) = read_all(&mut reader, 46)?;
+    assert_eq!(last, durable);
+    assert_records(&records, SEED, 46, durable);
+    journal.commit()?;
+    assert_eq!(read_all(&mut reader, durable + 1)?.0, seq);
+
+    // A process crash leaves appended records in the page cache; recovery makes them durable
+    // and publishes the recovered end.
+    journal.append(&payload(SEED, seq + 1))?;
+    assert_eq!(read_all(&mut reader, seq + 1)?.0, seq);
+    drop(journal); // no commit on drop: as if killed, the record stays in the page cache only
+    drop(open(temp.path(), options)?);
+    assert_eq!(read_all(&mut reader, seq + 1)?.0, seq + 1);
+    Ok(())
+}
+
+#[test]
+fn a_segment_without_a_watermark_is_read_to_its_end_until_recovery_sets_one() -> TestResult {
+    let temp = tempfile::tempdir()?;
+    let options = JournalOptions::test_min();
+    let mut journal = open(temp.path(), options)?;
+    write_groups(&mut journal, SEED, 300, 20, &mut SplitMix64::new(SEED))?;
+    drop(journal);
+    // A journal written before the watermark existed: zero padding at bytes 36..40.
+    let last = segment_paths(temp.path())?.pop().ok_or("no segment")?;
+    let mut bytes = fs::read(&last)?;
+    assert_ne!(&bytes[DURABLE_END_OFFSET..DURABLE_END_OFFSET + 4], &[0; 4]);
+    bytes[DURABLE_END_OFFSET..DURABLE_END_OFFSET + 4].fill(0);
+    fs::write(&last, &bytes)?;
+    let (end, records) = read_all(&mut Reader::open(temp.path())?, 1)?;
+    assert_eq!(end, 300);
+    assert_records(&records, SEED, 1, 300);
+    // The first writer to open it publishes the recovered end; its appends then wait for commits.
+    let mut journal = open(temp.path(), options)?;
+    assert_ne!(&fs::read(&last)?[DURABLE_END_OFFSET..DURABLE_END_OFFSET + 4], &[0; 4]);
+    journal.append(&payload(SEED, 301))?;
+    assert_eq!(read_all(&mut Reader::open(temp.path())?, 1)?.0, 300);
+    journal.commit()?;
+    assert_eq!(read_all(&mut Reader::open(temp.path())?, 1)?.0, 301);
     Ok(())
 }
 
