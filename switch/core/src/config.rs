@@ -78,11 +78,25 @@ pub struct EngineConfig {
     /// The validity time every grant carries: the call switch reports (SESSION_UPDATE) at the
     /// latest this many seconds after the answer, even if granted seconds remain.
     pub session_validity_s: u32,
+    /// Time-of-day bands are local time: seconds east of UTC (Korea: 32,400).
+    pub tariff_utc_offset_s: i32,
+    /// A card with live sessions whose available balance falls below this gets a low-balance
+    /// notice on each session (0: never).
+    pub low_balance_warn_won: u64,
+    /// Sessions expired for silence (past twice `session_validity_s`) remembered per shard so a
+    /// late report is still charged; past this many the oldest is forgotten (its late report
+    /// then answers SESSION_NOT_FOUND and is not charged).
+    pub expired_sessions_max: u32,
+    /// SESSION_START and EVENT_CHARGE must carry the holder's password (off: the PIN alone, as
+    /// phone cards are used; a password given is still checked, and a card locked by wrong
+    /// passwords is refused either way).
+    pub session_password_required: bool,
 }
 
 /// One tariff: what a second of a service to a destination costs. Money is integer won: the
 /// used seconds are rounded up to the billing increment (the first increment, if longer, is
-/// billed whole), and each increment costs `rate_won`. Time-of-day bands are not modelled yet.
+/// billed whole), and each increment costs `rate_won`, or the rate of the time-of-day band it
+/// falls in (see `bands`).
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct Tariff {
     /// Non-zero, unique in the table; answered to the call switch as the tariff applied.
@@ -100,14 +114,35 @@ pub struct Tariff {
     /// The first billed span: a session that used anything is billed at least this much (a
     /// multiple of `increment_s`; 0 = one increment).
     pub first_increment_s: u32,
+    /// EVENT_CHARGE: won per event (0: this tariff prices no events).
+    pub event_won: u64,
+    /// Time-of-day bands (local time, `EngineConfig::tariff_utc_offset_s`): each local day
+    /// starts at `rate_won`, and from each band's minute on its rate applies, until the next
+    /// band or midnight. Sorted by minute, at most `TARIFF_BANDS_MAX`. A call crossing a rate
+    /// change is split there: the first billed span is rated whole at the start's rate, and
+    /// every later piece between rate changes is rounded up to the increment and rated at its
+    /// own rate (as CGRateS splits rating intervals).
+    pub bands: Vec<TariffBand>,
 }
+
+/// From `from_minute` of the local day (0..1440) on, increments cost `rate_won`.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TariffBand {
+    pub from_minute: u16,
+    pub rate_won: u64,
+}
+
+/// Most time-of-day bands one tariff may have.
+pub const TARIFF_BANDS_MAX: usize = 8;
+
+const DAY_S: u64 = 86_400;
 
 /// Longest grant a session may hold (the wire packs granted and validity seconds in 24 bits).
 pub const SESSION_SECONDS_MAX: u32 = (1 << 24) - 1;
 
 impl Tariff {
-    /// The money due for `used_s` seconds of a session in total, connect fee included
-    /// (0 seconds cost nothing). Exact integer arithmetic; saturates only past `u64` won.
+    /// The money due for `used_s` seconds of a session at the flat `rate_won`, connect fee
+    /// included (0 seconds cost nothing). Exact integer arithmetic; saturates only past `u64`.
     pub fn cost_won(&self, used_s: u64) -> u64 {
         if used_s == 0 {
             return 0;
@@ -117,6 +152,57 @@ impl Tariff {
         let billed_s = u128::from(used_s).div_ceil(increment_s).saturating_mul(increment_s).max(first_s);
         let won = (billed_s / increment_s).saturating_mul(u128::from(self.rate_won)).saturating_add(u128::from(self.connect_fee_won));
         u64::try_from(won).unwrap_or(u64::MAX)
+    }
+
+    /// The money due for `used_s` seconds of a session that started at `local_start_s` (local
+    /// seconds since the epoch), time-of-day bands applied. Without bands it is `cost_won`.
+    /// Never decreases as `used_s` grows (every piece's cost grows with its length), which the
+    /// grant search and cumulative reports rely on.
+    pub fn cost_from_won(&self, local_start_s: u64, used_s: u64) -> u64 {
+        if self.bands.is_empty() || used_s == 0 {
+            return self.cost_won(used_s);
+        }
+        let increment_s = u64::from(self.increment_s.max(1));
+        let first_s = u64::from(self.first_increment_s).max(increment_s);
+        let mut won = u128::from(self.connect_fee_won) + u128::from(first_s / increment_s) * u128::from(self.rate_at(local_start_s));
+        let mut at_s = first_s;
+        while at_s < used_s {
+            let now_s = local_start_s.saturating_add(at_s);
+            let piece_end_s = self.next_rate_change_s(now_s).saturating_sub(local_start_s).min(used_s);
+            let increments = (piece_end_s - at_s).div_ceil(increment_s);
+            won = won.saturating_add(u128::from(increments) * u128::from(self.rate_at(now_s)));
+            at_s = piece_end_s;
+        }
+        u64::try_from(won).unwrap_or(u64::MAX)
+    }
+
+    /// The rate of an increment starting at local time `local_s`.
+    pub fn rate_at(&self, local_s: u64) -> u64 {
+        let second_of_day = local_s % DAY_S;
+        self.bands
+            .iter()
+            .take_while(|band| u64::from(band.from_minute) * 60 <= second_of_day)
+            .last()
+            .map_or(self.rate_won, |band| band.rate_won)
+    }
+
+    /// The first local time after `local_s` at which the rate differs from the rate at
+    /// `local_s` (`u64::MAX`: never).
+    fn next_rate_change_s(&self, local_s: u64) -> u64 {
+        let rate_won = self.rate_at(local_s);
+        let day_start_s = local_s - local_s % DAY_S;
+        // Two days cover every pattern: a rate that differs anywhere differs within a day.
+        for day in 0..2u64 {
+            let base_s = day_start_s + day * DAY_S;
+            let starts = self.bands.iter().map(|band| u64::from(band.from_minute) * 60).chain([DAY_S]);
+            for start_s in starts {
+                let change_s = base_s + start_s;
+                if change_s > local_s && self.rate_at(change_s) != rate_won {
+                    return change_s;
+                }
+            }
+        }
+        u64::MAX
     }
 }
 
@@ -171,15 +257,33 @@ impl EngineConfig {
             // Telephone calls: domestic at 2 won a second, to mobiles (010) 12 won per 6 s with
             // a 10-won connect fee, international (001) 300 won a whole minute plus 50 to connect.
             tariffs: vec![
-                Tariff { tariff_id: 1, category: 2, destination_prefix: String::new(), connect_fee_won: 0, rate_won: 2, increment_s: 1, first_increment_s: 0 },
-                Tariff { tariff_id: 2, category: 2, destination_prefix: "010".into(), connect_fee_won: 10, rate_won: 12, increment_s: 6, first_increment_s: 0 },
-                Tariff { tariff_id: 3, category: 2, destination_prefix: "001".into(), connect_fee_won: 50, rate_won: 300, increment_s: 60, first_increment_s: 60 },
+                Tariff { tariff_id: 1, category: 2, destination_prefix: String::new(), connect_fee_won: 0, rate_won: 2, increment_s: 1, first_increment_s: 0, event_won: 0, bands: Vec::new() },
+                Tariff { tariff_id: 2, category: 2, destination_prefix: "010".into(), connect_fee_won: 10, rate_won: 12, increment_s: 6, first_increment_s: 0, event_won: 0, bands: Vec::new() },
+                Tariff { tariff_id: 3, category: 2, destination_prefix: "001".into(), connect_fee_won: 50, rate_won: 300, increment_s: 60, first_increment_s: 60, event_won: 0, bands: Vec::new() },
+                // A phone information number priced per event (EVENT_CHARGE).
+                Tariff { tariff_id: 4, category: 3, destination_prefix: "1588".into(), connect_fee_won: 0, rate_won: 0, increment_s: 1, first_increment_s: 0, event_won: 500, bands: Vec::new() },
+                // International calls with a night rate (22:00 to 08:00, local time).
+                Tariff {
+                    tariff_id: 5,
+                    category: 2,
+                    destination_prefix: "002".into(),
+                    connect_fee_won: 0,
+                    rate_won: 100,
+                    increment_s: 60,
+                    first_increment_s: 0,
+                    event_won: 0,
+                    bands: vec![TariffBand { from_minute: 8 * 60, rate_won: 200 }, TariffBand { from_minute: 22 * 60, rate_won: 100 }],
+                },
             ],
             sessions_per_card_max: 4,
             sessions_per_shard_max: 200_000,
             session_grant_default_s: 300,
             session_grant_max_s: 3_600,
             session_validity_s: 600,
+            tariff_utc_offset_s: 9 * 3600,
+            low_balance_warn_won: 1_000,
+            expired_sessions_max: 100_000,
+            session_password_required: false,
         }
     }
 
@@ -216,7 +320,9 @@ impl EngineConfig {
             // first minute, then in 6-second steps.
             tariffs: [
                 EngineConfig::production().tariffs,
-                vec![Tariff { tariff_id: 4, category: 3, destination_prefix: "060".into(), connect_fee_won: 0, rate_won: 30, increment_s: 6, first_increment_s: 60 }],
+                vec![
+                    Tariff { tariff_id: 6, category: 3, destination_prefix: "060".into(), connect_fee_won: 0, rate_won: 30, increment_s: 6, first_increment_s: 60, event_won: 0, bands: Vec::new() },
+                ],
             ]
             .concat(),
             sessions_per_card_max: 2,
@@ -224,6 +330,7 @@ impl EngineConfig {
             session_grant_default_s: 60,
             session_grant_max_s: 600,
             session_validity_s: 120,
+            expired_sessions_max: 4,
             ..EngineConfig::production()
         }
     }
@@ -371,6 +478,23 @@ impl EngineConfig {
         }
         if self.session_validity_s == 0 || self.session_validity_s > SESSION_SECONDS_MAX {
             return Err("session_validity_s must be in 1..=16,777,215".into());
+        }
+        if !(-14 * 3600..=14 * 3600).contains(&self.tariff_utc_offset_s) {
+            return Err("tariff_utc_offset_s must be within 14 hours of UTC".into());
+        }
+        for tariff in &self.tariffs {
+            let id = tariff.tariff_id;
+            if tariff.bands.len() > TARIFF_BANDS_MAX {
+                return Err(format!("tariff {id}: at most {TARIFF_BANDS_MAX} time-of-day bands"));
+            }
+            if tariff.bands.windows(2).any(|pair| pair[0].from_minute >= pair[1].from_minute)
+                || tariff.bands.iter().any(|band| band.from_minute >= 24 * 60)
+            {
+                return Err(format!("tariff {id}: band minutes must rise strictly within 0..1440"));
+            }
+            if tariff.bands.iter().any(|band| band.rate_won > self.balance_cap_named_won) || tariff.event_won > self.balance_cap_named_won {
+                return Err(format!("tariff {id}: band rates and the event price must be within a card's cap"));
+            }
         }
         if self.balance_cap_named_won < self.balance_cap_won {
             return Err("balance_cap_named_won must be at least balance_cap_won".into());

@@ -16,7 +16,8 @@ use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 
 use pinswitch_protocol::{
-    BlockReason, CardState, Category, Field, Funding, MsgType, OpStatus, ResultCode, op_id_time_ms,
+    BlockReason, CardState, Category, Field, Funding, MsgType, NOTICE_ABORT, NOTICE_EXPIRED, NOTICE_LOW_BALANCE,
+    NOTICE_REAUTHORIZE, OpStatus, ResultCode, op_id_time_ms, session_digest,
 };
 use rkyv::rancor::Error as RkyvError;
 use rkyv::{Archive, Deserialize, Serialize};
@@ -25,8 +26,12 @@ use crate::dense_map::DenseMap;
 use crate::config::{EngineConfig, Tariff};
 use crate::types::{
     Applied, Body, CardView, Command, FINAL_UNIT_NONE, FINAL_UNIT_TERMINATE, ForeignCode, HoldView, Ms, OpId, OpView,
-    PasswordMac, PinHash, Reply, SessionGrant, Totals, destination_digits,
+    PasswordMac, PinHash, QuoteView, Reply, SessionGrant, SessionNoticeOut, SessionOpen, Totals, destination_digits,
 };
+
+/// Most session notices waiting for the server to take them (`Shard::take_notices`); past it
+/// new ones are dropped (they are advisory: the call switch learns the same at its next report).
+pub const NOTICES_PENDING_MAX: usize = 65_536;
 
 /// One card. Kept small: a shard holds millions of them.
 #[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
@@ -125,6 +130,24 @@ struct Session {
     debited_won: u64,
     /// Money reserved for the current grant.
     reserved_won: u64,
+    /// The call switch that owns it (SESSION_AUDIT).
+    owner_id: u32,
+    /// The last request number applied (START: 0).
+    seq: u32,
+    /// When it started, in local seconds (UTC plus the tariff offset then): the time-of-day
+    /// bands rate it from there.
+    local_start_s: u64,
+    /// Engine time of the last START or report.
+    last_report_ms: Ms,
+    /// Live: when it expires for silence (last report + twice the validity time). Expired:
+    /// when it was expired.
+    expires_at_ms: Ms,
+}
+
+impl Session {
+    fn cost_won(&self, used_s: u64) -> u64 {
+        self.tariff.cost_from_won(self.local_start_s, used_s)
+    }
 }
 
 /// What a shard remembers about one op id.
@@ -165,6 +188,8 @@ struct ShardImage {
     foreign_conversions: Vec<(OpId, ForeignCode)>,
     gift_recipients: Vec<(PinHash, u64)>,
     sessions: Vec<(u128, Session)>,
+    /// Expired sessions, oldest first.
+    expired_sessions: Vec<(u128, Session)>,
 }
 
 /// A `DenseMap`'s chunks and index.
@@ -276,6 +301,19 @@ pub struct Shard {
     gift_recipients: KeyMap<u64>,
     /// Live charging sessions by session id.
     sessions: KeyMap<Session>,
+    /// Live sessions by silence deadline (derived from `sessions`).
+    session_deadlines: BTreeSet<(Ms, u128)>,
+    /// Live sessions by card (derived from `sessions`): notices go to a card's sessions.
+    card_sessions: BTreeSet<(PinHash, u128)>,
+    /// Sessions expired for silence, kept so a late report is still charged (at most
+    /// `expired_sessions_max`; `expired_order` says which goes first).
+    expired_sessions: KeyMap<Session>,
+    /// (expired at, session id), oldest first; an entry whose session has since been ended (or
+    /// expired again later) is skipped.
+    expired_order: VecDeque<(Ms, u128)>,
+    /// Notices raised by the commands applied since the server last took them (not state:
+    /// never in a snapshot, and replay's are dropped).
+    notices: Vec<SessionNoticeOut>,
 }
 
 /// Op-id records in two generations. New records go into `current`; when it holds half of
@@ -361,6 +399,11 @@ impl Shard {
             foreign_conversions: KeyMap::with_hasher(hasher),
             gift_recipients: KeyMap::with_hasher(hasher),
             sessions: KeyMap::with_hasher(hasher),
+            session_deadlines: BTreeSet::new(),
+            card_sessions: BTreeSet::new(),
+            expired_sessions: KeyMap::with_hasher(hasher),
+            expired_order: VecDeque::new(),
+            notices: Vec::new(),
         }
     }
 
@@ -403,9 +446,97 @@ impl Shard {
         self.now_ms
     }
 
-    /// When the earliest pending hold expires (the server ticks the engine then).
+    /// When the earliest pending hold or silent session expires (the server ticks the engine
+    /// then).
     pub fn next_expiry_ms(&self) -> Option<Ms> {
-        self.expiries.first().map(|(expires_at_ms, _)| *expires_at_ms)
+        let hold_ms = self.expiries.first().map(|(expires_at_ms, _)| *expires_at_ms);
+        let session_ms = self.session_deadlines.first().map(|(expires_at_ms, _)| *expires_at_ms);
+        match (hold_ms, session_ms) {
+            (Some(hold_ms), Some(session_ms)) => Some(hold_ms.min(session_ms)),
+            (hold_ms, session_ms) => hold_ms.or(session_ms),
+        }
+    }
+
+    /// Takes the session notices raised since the last call (the server pushes them once the
+    /// commands that raised them are durable; recovery drops replay's).
+    pub fn take_notices(&mut self) -> Vec<SessionNoticeOut> {
+        std::mem::take(&mut self.notices)
+    }
+
+    /// Sessions expired for silence and still remembered for a late report.
+    pub fn expired_session_count(&self) -> usize {
+        self.expired_sessions.len()
+    }
+
+    /// SESSION_AUDIT: how many live sessions `owner_id` has here, and their `session_digest`.
+    pub fn owner_sessions(&self, owner_id: u32) -> (u32, u128) {
+        let ids: Vec<u128> =
+            self.sessions.iter().filter(|(_, session)| session.owner_id == owner_id).map(|(session_id, _)| *session_id).collect();
+        (u32::try_from(ids.len()).unwrap_or(u32::MAX), session_digest(ids))
+    }
+
+    /// SESSION_AUDIT: the live sessions of `owner_id` not in `live` and silent since
+    /// `silent_since_ms` (the caller journals a `SessionsClose` for them).
+    pub fn session_orphans(&self, owner_id: u32, live: &std::collections::HashSet<u128>, silent_since_ms: Ms) -> Vec<u128> {
+        let mut orphans: Vec<u128> = self
+            .sessions
+            .iter()
+            .filter(|(session_id, session)| {
+                session.owner_id == owner_id && session.last_report_ms <= silent_since_ms && !live.contains(session_id)
+            })
+            .map(|(session_id, _)| *session_id)
+            .collect();
+        orphans.sort_unstable();
+        orphans
+    }
+
+    /// PRICE_QUOTE: what a call of `duration_s` starting at `now_ms` and `units` events would
+    /// cost by the tariff of `category` and `destination`, and with a card, the seconds its
+    /// available balance buys. Read-only.
+    pub fn quote(&self, now_ms: Ms, pin_hash: Option<PinHash>, category: u8, destination: u64, duration_s: u32, units: u32) -> QuoteView {
+        let refused = |code: ResultCode| QuoteView { code, ..QuoteView::default() };
+        if Category::from_u8(category).is_none() {
+            return refused(ResultCode::CategoryInvalid);
+        }
+        let (digits, digits_len) = destination_digits(destination);
+        if digits_len == 0 {
+            return refused(ResultCode::DestinationInvalid);
+        }
+        let Some(tariff) = self.config.tariff_for(category, &digits[..digits_len]) else {
+            return refused(ResultCode::TariffNotFound);
+        };
+        let now_ms = now_ms.max(self.now_ms);
+        let local_start_s = self.local_s(now_ms);
+        let mut view = QuoteView {
+            code: ResultCode::Approved,
+            tariff_id: tariff.tariff_id,
+            connect_fee_won: tariff.connect_fee_won,
+            rate_won: tariff.rate_at(local_start_s),
+            increment_s: tariff.increment_s,
+            first_increment_s: tariff.first_increment_s,
+            event_won: tariff.event_won,
+            duration_cost_won: tariff.cost_from_won(local_start_s, u64::from(duration_s)),
+            event_cost_won: tariff.event_won.saturating_mul(u64::from(units)),
+            available_won: 0,
+            affordable_s: 0,
+        };
+        if let Some(pin_hash) = pin_hash {
+            let Some(card) = self.card(now_ms, pin_hash) else {
+                return refused(ResultCode::CardNotFound);
+            };
+            view.available_won = card.available_won;
+            if card.state == CardState::Active {
+                let (affordable_s, _, _) =
+                    grant(tariff, local_start_s, 0, self.config.session_grant_max_s, card.available_won);
+                view.affordable_s = affordable_s;
+            }
+        }
+        view
+    }
+
+    /// Local time (seconds) for the time-of-day bands.
+    fn local_s(&self, now_ms: Ms) -> u64 {
+        (now_ms / 1000).saturating_add_signed(i64::from(self.config.tariff_utc_offset_s))
     }
 
     /// Applies one command at server time `now_ms`. `changed` is true exactly when the state
@@ -414,7 +545,7 @@ impl Shard {
         let clock_before_ms = self.now_ms;
         self.now_ms = self.now_ms.max(now_ms);
         let now_ms = self.now_ms;
-        let expired = self.expire_holds(now_ms);
+        let expired = self.expire_holds(now_ms) + self.expire_sessions(now_ms);
         let applied = match &command.body {
             Body::Tick => Applied { reply: Reply::code(ResultCode::Approved), changed: expired > 0 },
             Body::Configure(config) => match config.validate() {
@@ -424,6 +555,12 @@ impl Shard {
                 }
                 Err(_) => Applied { reply: Reply::code(ResultCode::FormatError), changed: expired > 0 },
             },
+            Body::SessionsClose { owner_id, silent_since_ms, session_ids } => {
+                let closed = self.close_orphans(*owner_id, *silent_since_ms, session_ids);
+                let mut reply = Reply::code(ResultCode::Approved);
+                reply.amount_won = closed as u64;
+                Applied { reply, changed: closed > 0 || expired > 0 }
+            }
             body => {
                 let applied = self.apply_op(now_ms, command.op_id, command.deadline_at_ms, body);
                 Applied { reply: applied.reply, changed: applied.changed || expired > 0 }
@@ -460,6 +597,21 @@ impl Shard {
                 if !matches!(body, Body::Issue { .. }) {
                     self.settle_expiry(now_ms, pin_hash);
                 }
+                // Low-balance notices: only commands that can lower what a card has available.
+                let watch_won = self.config.low_balance_warn_won;
+                let available_before_won = match body {
+                    Body::Authorize { .. }
+                    | Body::Sale { .. }
+                    | Body::ForeignConvert { .. }
+                    | Body::SessionStart(_)
+                    | Body::SessionUpdate { .. }
+                    | Body::EventCharge { .. }
+                        if watch_won > 0 =>
+                    {
+                        self.cards.get(&pin_hash).map(Card::available_won)
+                    }
+                    _ => None,
+                };
                 let outcome = match body {
                     Body::Issue { face_value_won, .. } => {
                         if self.cards.contains_key(&pin_hash) {
@@ -501,18 +653,32 @@ impl Shard {
                     Body::ForeignConvert { password_mac, product_id, .. } => {
                         self.foreign_convert(op_id, pin_hash, *password_mac, *product_id)
                     }
-                    Body::SessionStart { session_id, destination, requested_s, category, .. } => {
-                        self.session_start(pin_hash, *session_id, *destination, *requested_s, *category)
+                    Body::SessionStart(open) => self.session_start(now_ms, open),
+                    Body::SessionUpdate { session_id, seq, used_total_s, requested_s, .. } => {
+                        self.session_report(now_ms, pin_hash, *session_id, *seq, *used_total_s, Some(*requested_s))
                     }
-                    Body::SessionUpdate { session_id, used_total_s, requested_s, .. } => {
-                        self.session_report(pin_hash, *session_id, *used_total_s, Some(*requested_s))
+                    Body::SessionEnd { session_id, seq, used_total_s, .. } => {
+                        self.session_report(now_ms, pin_hash, *session_id, *seq, *used_total_s, None)
                     }
-                    Body::SessionEnd { session_id, used_total_s, .. } => {
-                        self.session_report(pin_hash, *session_id, *used_total_s, None)
+                    Body::EventCharge { password_mac, destination, units, category, .. } => {
+                        self.event_charge(pin_hash, *password_mac, *destination, *units, *category)
                     }
                     Body::ForeignImport { .. } => unreachable!("handled above"),
-                    Body::Tick | Body::Configure(_) => unreachable!("handled by apply"),
+                    Body::Tick | Body::Configure(_) | Body::SessionsClose { .. } => unreachable!("handled by apply"),
                 };
+                if outcome.reply.result_code().is_success() {
+                    match body {
+                        Body::Load { .. } | Body::Unblock { .. } => self.notify_card(pin_hash, NOTICE_REAUTHORIZE),
+                        Body::Block { .. } => self.notify_card(pin_hash, NOTICE_ABORT),
+                        _ => {}
+                    }
+                }
+                if let Some(before_won) = available_before_won {
+                    let after_won = self.cards.get(&pin_hash).map_or(before_won, Card::available_won);
+                    if before_won >= watch_won && after_won < watch_won {
+                        self.notify_card(pin_hash, NOTICE_LOW_BALANCE);
+                    }
+                }
                 self.record(op_id, body.clone(), outcome.reply, outcome.status, outcome.debited_won);
                 Applied { reply: outcome.reply, changed: true }
             }
@@ -1021,9 +1187,35 @@ impl Shard {
         requested_s.min(self.config.session_grant_max_s)
     }
 
+    /// The password rule of calls and event charges: a card locked by wrong passwords is
+    /// refused; a password given is checked (a wrong one counts toward the lockout); none given
+    /// is accepted unless `session_password_required`.
+    fn session_password(&mut self, pin_hash: PinHash, password_mac: PasswordMac) -> Result<(), ResultCode> {
+        let tries_max = self.config.password_tries_max;
+        let required = self.config.session_password_required;
+        let card = self.cards.get_mut(&pin_hash).expect("checked by the caller");
+        if card.password_failures >= tries_max {
+            return Err(ResultCode::PasswordTriesExceeded);
+        }
+        if password_mac == 0 {
+            return if required { Err(ResultCode::PasswordInvalid) } else { Ok(()) };
+        }
+        if card.password_mac != password_mac {
+            card.password_failures += 1;
+            return Err(if card.password_failures >= tries_max {
+                ResultCode::PasswordTriesExceeded
+            } else {
+                ResultCode::PasswordInvalid
+            });
+        }
+        card.password_failures = 0;
+        Ok(())
+    }
+
     /// SESSION_START: rates the call, reserves the money of the largest affordable grant (up to
     /// the request; the connect fee counts with the first second) from the available balance.
-    fn session_start(&mut self, pin_hash: PinHash, session_id: u128, destination: u64, requested_s: u32, category: u8) -> Outcome {
+    fn session_start(&mut self, now_ms: Ms, open: &SessionOpen) -> Outcome {
+        let SessionOpen { pin_hash, session_id, destination, requested_s, owner_id, password_mac, category } = *open;
         if session_id == 0 {
             return self.declined(ResultCode::FormatError, pin_hash);
         }
@@ -1041,7 +1233,8 @@ impl Shard {
         if !self.config.category_allowed(card.face_value_won, category) {
             return self.declined(ResultCode::CategoryNotAllowed, pin_hash);
         }
-        if self.sessions.contains_key(&session_id) {
+        // An expired session's id stays taken while its late report may still come.
+        if self.sessions.contains_key(&session_id) || self.expired_sessions.contains_key(&session_id) {
             return self.declined(ResultCode::SessionExists, pin_hash);
         }
         if card.sessions >= self.config.sessions_per_card_max {
@@ -1054,8 +1247,13 @@ impl Shard {
             return self.declined(ResultCode::TariffNotFound, pin_hash);
         };
         let tariff = Tariff { destination_prefix: String::new(), ..tariff.clone() };
+        if let Err(code) = self.session_password(pin_hash, password_mac) {
+            return self.declined(code, pin_hash);
+        }
+        let card = self.cards.get(&pin_hash).copied().expect("checked above");
         let requested_s = self.requested_grant_s(requested_s);
-        let (granted_s, final_unit, reserve_won) = grant(&tariff, 0, requested_s, card.available_won());
+        let local_start_s = self.local_s(now_ms);
+        let (granted_s, final_unit, reserve_won) = grant(&tariff, local_start_s, 0, requested_s, card.available_won());
         if granted_s == 0 {
             return self.declined(ResultCode::InsufficientFunds, pin_hash);
         }
@@ -1064,7 +1262,21 @@ impl Shard {
         card.sessions += 1;
         self.totals.held_won += u128::from(reserve_won);
         let tariff_id = tariff.tariff_id;
-        let session = Session { pin_hash, tariff, used_s: 0, rated_won: 0, debited_won: 0, reserved_won: reserve_won };
+        let session = Session {
+            pin_hash,
+            tariff,
+            used_s: 0,
+            rated_won: 0,
+            debited_won: 0,
+            reserved_won: reserve_won,
+            owner_id,
+            seq: 0,
+            local_start_s,
+            last_report_ms: now_ms,
+            expires_at_ms: self.silence_deadline_ms(now_ms),
+        };
+        self.session_deadlines.insert((session.expires_at_ms, session_id));
+        self.card_sessions.insert((pin_hash, session_id));
         self.sessions.insert(session_id, session);
         let mut reply = self.approved(pin_hash, 0);
         let validity_s = self.config.session_validity_s;
@@ -1072,21 +1284,45 @@ impl Shard {
         Outcome::completed(reply)
     }
 
+    /// When a session reported at `now_ms` expires if it stays silent.
+    fn silence_deadline_ms(&self, now_ms: Ms) -> Ms {
+        now_ms.saturating_add(2 * 1000 * u64::from(self.config.session_validity_s))
+    }
+
     /// SESSION_UPDATE (`requested_s` is `Some`) and SESSION_END (`None`): releases the session's
     /// reservation, debits the cumulative use reported beyond what was rated (capped at the
     /// available balance: the card never goes below zero), then reserves the next grant (UPDATE)
-    /// or closes the session (END). A report lower than one already rated debits nothing.
-    fn session_report(&mut self, pin_hash: PinHash, session_id: u128, used_total_s: u32, requested_s: Option<u32>) -> Outcome {
-        let mut session = match self.sessions.get(&session_id) {
-            Some(session) if session.pin_hash == pin_hash => session.clone(),
+    /// or closes the session (END). A report lower than one already rated debits nothing. A
+    /// report on a session expired for silence is charged the same way, gets no grant and
+    /// answers SESSION_EXPIRED_CHARGED.
+    fn session_report(
+        &mut self,
+        now_ms: Ms,
+        pin_hash: PinHash,
+        session_id: u128,
+        seq: u32,
+        used_total_s: u32,
+        requested_s: Option<u32>,
+    ) -> Outcome {
+        let (mut session, expired) = match (self.sessions.get(&session_id), self.expired_sessions.get(&session_id)) {
+            (Some(session), _) if session.pin_hash == pin_hash => (session.clone(), false),
+            (None, Some(session)) if session.pin_hash == pin_hash => (session.clone(), true),
             _ => return self.declined(ResultCode::SessionNotFound, pin_hash),
         };
+        if seq <= session.seq {
+            return self.declined(ResultCode::SessionSequenceStale, pin_hash);
+        }
+        session.seq = seq;
+        session.last_report_ms = now_ms;
+        if !expired {
+            self.session_deadlines.remove(&(session.expires_at_ms, session_id));
+        }
         let card = self.cards.get_mut(&pin_hash).expect("a session's card exists");
         card.held_won -= session.reserved_won;
         self.totals.held_won -= u128::from(session.reserved_won);
         session.reserved_won = 0;
         let used_s = session.used_s.max(u64::from(used_total_s));
-        let rated_won = session.tariff.cost_won(used_s);
+        let rated_won = session.cost_won(used_s);
         let due_won = rated_won.saturating_sub(session.rated_won);
         let debit_won = due_won.min(card.available_won());
         let capped = debit_won < due_won;
@@ -1099,9 +1335,23 @@ impl Shard {
         let card = *card;
         let tariff_id = session.tariff.tariff_id;
         let mut grant_answer = SessionGrant { granted_s: 0, validity_s: 0, tariff_id, final_unit: FINAL_UNIT_NONE };
+        if expired {
+            // Charged; no grant. END forgets it; a later report may still heal more use.
+            if requested_s.is_none() {
+                self.expired_sessions.remove(&session_id);
+            } else {
+                self.expired_sessions.insert(session_id, session);
+                grant_answer.final_unit = FINAL_UNIT_TERMINATE;
+            }
+            let mut reply = self.approved(pin_hash, debit_won);
+            reply.code = ResultCode::SessionExpiredCharged.as_u16();
+            grant_answer.pack_into(&mut reply);
+            return Outcome { reply, status: OpStatus::Completed, debited_won: debit_won };
+        }
         match requested_s {
             None => {
                 self.sessions.remove(&session_id);
+                self.card_sessions.remove(&(pin_hash, session_id));
                 self.cards.get_mut(&pin_hash).expect("checked above").sessions -= 1;
             }
             Some(requested_s) => {
@@ -1109,12 +1359,14 @@ impl Shard {
                 let (granted_s, final_unit, reserve_won) = if capped || card.state() != CardState::Active {
                     (0, FINAL_UNIT_TERMINATE, 0)
                 } else {
-                    grant(&session.tariff, used_s, self.requested_grant_s(requested_s), card.available_won())
+                    grant(&session.tariff, session.local_start_s, used_s, self.requested_grant_s(requested_s), card.available_won())
                 };
                 let card = self.cards.get_mut(&pin_hash).expect("checked above");
                 card.held_won += reserve_won;
                 self.totals.held_won += u128::from(reserve_won);
                 session.reserved_won = reserve_won;
+                session.expires_at_ms = self.silence_deadline_ms(now_ms);
+                self.session_deadlines.insert((session.expires_at_ms, session_id));
                 self.sessions.insert(session_id, session);
                 grant_answer = SessionGrant { granted_s, validity_s: self.config.session_validity_s, tariff_id, final_unit };
             }
@@ -1125,6 +1377,131 @@ impl Shard {
         }
         grant_answer.pack_into(&mut reply);
         Outcome { reply, status: OpStatus::Completed, debited_won: debit_won }
+    }
+
+    /// Ends a live session without a report (silence, an audit): its reservation goes back to
+    /// the card; what it reported was charged already. Returns the session.
+    fn close_session(&mut self, session_id: u128) -> Session {
+        let mut session = self.sessions.remove(&session_id).expect("closing a live session");
+        self.session_deadlines.remove(&(session.expires_at_ms, session_id));
+        self.card_sessions.remove(&(session.pin_hash, session_id));
+        let card = self.cards.get_mut(&session.pin_hash).expect("a session's card exists");
+        card.held_won -= session.reserved_won;
+        card.sessions -= 1;
+        self.totals.held_won -= u128::from(session.reserved_won);
+        session.reserved_won = 0;
+        session
+    }
+
+    /// Expires every session silent past its deadline at `now_ms`; returns how many. Each is
+    /// remembered (bounded by `expired_sessions_max`) so its late report is still charged.
+    fn expire_sessions(&mut self, now_ms: Ms) -> usize {
+        let mut expired = 0;
+        while let Some(&(expires_at_ms, session_id)) = self.session_deadlines.first() {
+            if expires_at_ms > now_ms {
+                break;
+            }
+            let session = self.close_session(session_id);
+            let available_won = self.cards.get(&session.pin_hash).map_or(0, Card::available_won);
+            self.push_notice(SessionNoticeOut { session_id, kind: NOTICE_EXPIRED, available_won });
+            self.expired_order.push_back((expires_at_ms, session_id));
+            self.expired_sessions.insert(session_id, session);
+            while self.expired_sessions.len() > self.config.expired_sessions_max as usize {
+                let (expired_at_ms, oldest_id) = self.expired_order.pop_front().expect("the order lists every expired session");
+                if self.expired_sessions.get(&oldest_id).is_some_and(|oldest| oldest.expires_at_ms == expired_at_ms) {
+                    self.expired_sessions.remove(&oldest_id);
+                }
+            }
+            expired += 1;
+        }
+        // Entries of sessions ended since do not hold the order up forever.
+        while let Some(&(expired_at_ms, oldest_id)) = self.expired_order.front() {
+            if self.expired_sessions.get(&oldest_id).is_some_and(|oldest| oldest.expires_at_ms == expired_at_ms) {
+                break;
+            }
+            self.expired_order.pop_front();
+        }
+        expired
+    }
+
+    /// SESSION_AUDIT's close: the listed sessions still live, of `owner_id`, silent since
+    /// `silent_since_ms`. Returns how many were closed.
+    fn close_orphans(&mut self, owner_id: u32, silent_since_ms: Ms, session_ids: &[u128]) -> usize {
+        let mut closed = 0;
+        for session_id in session_ids {
+            let orphan = self
+                .sessions
+                .get(session_id)
+                .is_some_and(|session| session.owner_id == owner_id && session.last_report_ms <= silent_since_ms);
+            if orphan {
+                self.close_session(*session_id);
+                closed += 1;
+            }
+        }
+        closed
+    }
+
+    /// Raises a notice for each live session of the card.
+    fn notify_card(&mut self, pin_hash: PinHash, kind: u8) {
+        let Some(card) = self.cards.get(&pin_hash) else { return };
+        if card.sessions == 0 {
+            return;
+        }
+        let available_won = card.available_won();
+        let session_ids: Vec<u128> =
+            self.card_sessions.range((pin_hash, 0)..=(pin_hash, u128::MAX)).map(|(_, session_id)| *session_id).collect();
+        for session_id in session_ids {
+            self.push_notice(SessionNoticeOut { session_id, kind, available_won });
+        }
+    }
+
+    fn push_notice(&mut self, notice: SessionNoticeOut) {
+        if self.notices.len() < NOTICES_PENDING_MAX {
+            self.notices.push(notice);
+        }
+    }
+
+    /// EVENT_CHARGE: `units` events at the tariff's event price, debited at once like a SALE
+    /// (points included, so REFUND and REVERSE, which take points back, treat it like one).
+    fn event_charge(&mut self, pin_hash: PinHash, password_mac: PasswordMac, destination: u64, units: u32, category: u8) -> Outcome {
+        if units == 0 {
+            return self.declined(ResultCode::UnitsInvalid, pin_hash);
+        }
+        if Category::from_u8(category).is_none() {
+            return self.declined(ResultCode::CategoryInvalid, pin_hash);
+        }
+        let (digits, digits_len) = destination_digits(destination);
+        if digits_len == 0 {
+            return self.declined(ResultCode::DestinationInvalid, pin_hash);
+        }
+        let card = match self.card_in(pin_hash, &[CardState::Active]) {
+            Ok(card) => card,
+            Err(code) => return self.declined(code, pin_hash),
+        };
+        if !self.config.category_allowed(card.face_value_won, category) {
+            return self.declined(ResultCode::CategoryNotAllowed, pin_hash);
+        }
+        let Some(tariff) = self.config.tariff_for(category, &digits[..digits_len]) else {
+            return self.declined(ResultCode::TariffNotFound, pin_hash);
+        };
+        if tariff.event_won == 0 {
+            return self.declined(ResultCode::EventNotPriced, pin_hash);
+        }
+        let Some(amount_won) = tariff.event_won.checked_mul(u64::from(units)) else {
+            return self.declined(ResultCode::AmountOverflow, pin_hash);
+        };
+        if let Err(code) = self.session_password(pin_hash, password_mac) {
+            return self.declined(code, pin_hash);
+        }
+        if card.available_won() < amount_won {
+            return self.declined(ResultCode::InsufficientFunds, pin_hash);
+        }
+        self.cards.get_mut(&pin_hash).expect("checked above").balance_won -= amount_won;
+        self.totals.debited_won += u128::from(amount_won);
+        self.totals.balances_won -= u128::from(amount_won);
+        self.earn_points(pin_hash, amount_won);
+        let reply = self.approved(pin_hash, amount_won);
+        Outcome { reply, status: OpStatus::Completed, debited_won: amount_won }
     }
 
     /// FOREIGN_IMPORT: one more PIN in this shard's pool of the product.
@@ -1310,7 +1687,7 @@ impl Shard {
         if original.body.route_key() != Some(pin_hash) {
             return self.declined(ResultCode::OriginalCardMismatch, pin_hash);
         }
-        if !matches!(original.body, Body::Authorize { .. } | Body::Sale { .. }) {
+        if !matches!(original.body, Body::Authorize { .. } | Body::Sale { .. } | Body::EventCharge { .. }) {
             return self.declined(ResultCode::ReversalNotSupported, pin_hash);
         }
         if original.reply.code != ResultCode::Approved.as_u16() {
@@ -1384,7 +1761,7 @@ impl Shard {
             return self.declined(ResultCode::OriginalNotFound, pin_hash);
         }
         let payment_op_id = match original.body {
-            Body::Sale { .. } => original_op_id,
+            Body::Sale { .. } | Body::EventCharge { .. } => original_op_id,
             // A capture's money belongs to its AUTHORIZE (the hold id).
             Body::Capture { hold_id, .. } => hold_id,
             _ => return self.declined(ResultCode::ReversalNotSupported, pin_hash),
@@ -1467,6 +1844,21 @@ impl Shard {
         }
         if sessions != self.sessions.len() {
             return Err(format!("cards count {sessions} sessions, {} are live", self.sessions.len()));
+        }
+        if self.session_deadlines.len() != self.sessions.len() || self.card_sessions.len() != self.sessions.len() {
+            return Err("session indexes disagree with the live sessions".into());
+        }
+        for (session_id, session) in &self.sessions {
+            if !self.session_deadlines.contains(&(session.expires_at_ms, *session_id))
+                || !self.card_sessions.contains(&(session.pin_hash, *session_id))
+            {
+                return Err(format!("session {session_id:x} is missing from an index"));
+            }
+        }
+        if self.expired_sessions.values().any(|session| session.reserved_won != 0)
+            || self.expired_sessions.len() > self.config.expired_sessions_max as usize
+        {
+            return Err("expired sessions reserve nothing and stay within expired_sessions_max".into());
         }
         // Every card with hold ids is a card with holds (checked one way above).
         if held_cards != self.card_holds.len() || self.expiries.len() != self.holds.len() {
@@ -1551,6 +1943,14 @@ impl Shard {
             foreign_conversions: self.foreign_conversions.iter().map(|(op_id, code)| (*op_id, *code)).collect(),
             gift_recipients: self.gift_recipients.iter().map(|(pin_hash, recipient)| (*pin_hash, *recipient)).collect(),
             sessions: self.sessions.iter().map(|(session_id, session)| (*session_id, session.clone())).collect(),
+            expired_sessions: self
+                .expired_order
+                .iter()
+                .filter_map(|(expired_at_ms, session_id)| {
+                    let session = self.expired_sessions.get(session_id)?;
+                    (session.expires_at_ms == *expired_at_ms).then(|| (*session_id, session.clone()))
+                })
+                .collect(),
         };
         // Sized up front: growing a buffer of hundreds of megabytes by doubling copies it again
         // and again (measured: a third of the time).
@@ -1593,7 +1993,15 @@ impl Shard {
         shard.foreign_known.extend(image.foreign_known);
         shard.foreign_conversions.extend(image.foreign_conversions);
         shard.gift_recipients.extend(image.gift_recipients);
-        shard.sessions.extend(image.sessions);
+        for (session_id, session) in image.sessions {
+            shard.session_deadlines.insert((session.expires_at_ms, session_id));
+            shard.card_sessions.insert((session.pin_hash, session_id));
+            shard.sessions.insert(session_id, session);
+        }
+        for (session_id, session) in image.expired_sessions {
+            shard.expired_order.push_back((session.expires_at_ms, session_id));
+            shard.expired_sessions.insert(session_id, session);
+        }
         shard.check_invariants()?;
         Ok(shard)
     }
@@ -1602,9 +2010,9 @@ impl Shard {
 /// The largest grant (up to `requested_s`) whose money, beyond the `used_s` already rated, fits
 /// in `budget_won`; whether it is the last one (not one second more would fit); and the money
 /// to reserve for it. The cost is monotone in the seconds, so a binary search finds it.
-fn grant(tariff: &Tariff, used_s: u64, requested_s: u32, budget_won: u64) -> (u32, u8, u64) {
-    let rated_won = tariff.cost_won(used_s);
-    let extra_won = |more_s: u64| tariff.cost_won(used_s + more_s).saturating_sub(rated_won);
+fn grant(tariff: &Tariff, local_start_s: u64, used_s: u64, requested_s: u32, budget_won: u64) -> (u32, u8, u64) {
+    let rated_won = tariff.cost_from_won(local_start_s, used_s);
+    let extra_won = |more_s: u64| tariff.cost_from_won(local_start_s, used_s + more_s).saturating_sub(rated_won);
     let (mut low_s, mut high_s) = (0u64, u64::from(requested_s));
     while low_s < high_s {
         let middle_s = low_s + (high_s - low_s).div_ceil(2);
@@ -1652,10 +2060,11 @@ pub fn msg_type_of(body: &Body) -> MsgType {
         Body::Refund { .. } => MsgType::Refund,
         Body::ForeignImport { .. } => MsgType::ForeignImport,
         Body::ForeignConvert { .. } => MsgType::ForeignConvert,
-        Body::SessionStart { .. } => MsgType::SessionStart,
+        Body::SessionStart(_) => MsgType::SessionStart,
         Body::SessionUpdate { .. } => MsgType::SessionUpdate,
         Body::SessionEnd { .. } => MsgType::SessionEnd,
-        Body::Tick | Body::Configure(_) => MsgType::Ping,
+        Body::EventCharge { .. } => MsgType::EventCharge,
+        Body::Tick | Body::Configure(_) | Body::SessionsClose { .. } => MsgType::Ping,
     }
 }
 
@@ -1747,24 +2156,38 @@ fn first_difference(recorded: &Body, retry: &Body) -> Option<Field> {
             ForeignConvert { pin_hash: p1, password_mac: m1, product_id: r1 },
             ForeignConvert { pin_hash: p2, password_mac: m2, product_id: r2 },
         ) => differs(&[(p1 == p2, Field::Card), (m1 == m2, Field::Password), (r1 == r2, Field::Product)]),
+        (SessionStart(one), SessionStart(two)) => differs(&[
+            (one.pin_hash == two.pin_hash, Field::Card),
+            (one.session_id == two.session_id, Field::Reference),
+            (one.password_mac == two.password_mac, Field::Password),
+            (one.category == two.category, Field::Category),
+            (one.destination == two.destination, Field::Destination),
+            (one.requested_s == two.requested_s, Field::Seconds),
+            (one.owner_id == two.owner_id, Field::Owner),
+        ]),
         (
-            SessionStart { pin_hash: p1, session_id: s1, destination: d1, requested_s: r1, category: c1 },
-            SessionStart { pin_hash: p2, session_id: s2, destination: d2, requested_s: r2, category: c2 },
+            SessionUpdate { pin_hash: p1, session_id: s1, seq: q1, used_total_s: u1, requested_s: r1 },
+            SessionUpdate { pin_hash: p2, session_id: s2, seq: q2, used_total_s: u2, requested_s: r2 },
         ) => differs(&[
             (p1 == p2, Field::Card),
             (s1 == s2, Field::Reference),
-            (c1 == c2, Field::Category),
-            (d1 == d2, Field::Destination),
-            (r1 == r2, Field::Seconds),
+            (q1 == q2, Field::Sequence),
+            (u1 == u2 && r1 == r2, Field::Seconds),
         ]),
         (
-            SessionUpdate { pin_hash: p1, session_id: s1, used_total_s: u1, requested_s: r1 },
-            SessionUpdate { pin_hash: p2, session_id: s2, used_total_s: u2, requested_s: r2 },
-        ) => differs(&[(p1 == p2, Field::Card), (s1 == s2, Field::Reference), (u1 == u2 && r1 == r2, Field::Seconds)]),
+            SessionEnd { pin_hash: p1, session_id: s1, seq: q1, used_total_s: u1 },
+            SessionEnd { pin_hash: p2, session_id: s2, seq: q2, used_total_s: u2 },
+        ) => differs(&[(p1 == p2, Field::Card), (s1 == s2, Field::Reference), (q1 == q2, Field::Sequence), (u1 == u2, Field::Seconds)]),
         (
-            SessionEnd { pin_hash: p1, session_id: s1, used_total_s: u1 },
-            SessionEnd { pin_hash: p2, session_id: s2, used_total_s: u2 },
-        ) => differs(&[(p1 == p2, Field::Card), (s1 == s2, Field::Reference), (u1 == u2, Field::Seconds)]),
+            EventCharge { pin_hash: p1, password_mac: m1, destination: d1, units: n1, category: c1 },
+            EventCharge { pin_hash: p2, password_mac: m2, destination: d2, units: n2, category: c2 },
+        ) => differs(&[
+            (p1 == p2, Field::Card),
+            (m1 == m2, Field::Password),
+            (c1 == c2, Field::Category),
+            (d1 == d2, Field::Destination),
+            (n1 == n2, Field::Units),
+        ]),
         _ => Some(Field::Kind),
     }
 }

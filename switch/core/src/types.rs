@@ -77,16 +77,24 @@ pub enum Body {
     /// The holder converts part of the balance into one foreign PIN of the product: the card
     /// is debited the product's price in won and the first PIN of this shard's pool is theirs.
     ForeignConvert { pin_hash: PinHash, password_mac: PasswordMac, product_id: u32 },
-    /// Open a per-second charging session (a call): rate it by the tariff of `category` and the
-    /// called number (`destination`, packed by `pack_destination`), reserve the money of the
-    /// granted seconds from the card's available balance (`requested_s` 0 = the default grant).
-    SessionStart { pin_hash: PinHash, session_id: u128, destination: u64, requested_s: u32, category: u8 },
+    /// Open a per-second charging session (a call): see `SessionOpen`. Boxed: it is the one
+    /// body past 48 bytes, and every stored op record would otherwise pay for it.
+    SessionStart(Box<SessionOpen>),
     /// Report the session's use so far (`used_total_s`, cumulative: a lost update heals), debit
-    /// it and reserve a new grant.
-    SessionUpdate { pin_hash: PinHash, session_id: u128, used_total_s: u32, requested_s: u32 },
+    /// it and reserve a new grant. `seq` must be above the last request number applied.
+    SessionUpdate { pin_hash: PinHash, session_id: u128, seq: u32, used_total_s: u32, requested_s: u32 },
     /// The call ended after `used_total_s` seconds in all: debit the rest, release the reservation.
-    SessionEnd { pin_hash: PinHash, session_id: u128, used_total_s: u32 },
-    /// Let time pass: expire due holds. Journaled only when it changed something.
+    SessionEnd { pin_hash: PinHash, session_id: u128, seq: u32, used_total_s: u32 },
+    /// A one-shot charge priced by the tariff of `category` and `destination`: `units` times
+    /// its `event_won`, debited at once (REFUND and REVERSE treat it like a SALE).
+    /// `password_mac` 0: none given (see `SessionOpen::password_mac`).
+    EventCharge { pin_hash: PinHash, password_mac: PasswordMac, destination: u64, units: u32, category: u8 },
+    /// SESSION_AUDIT found sessions of `owner_id` the call switch no longer has: end the listed
+    /// ones that are still live, still that owner's and silent since `silent_since_ms` (charged
+    /// what they reported, reservations released). A server command, not an op: no op id.
+    SessionsClose { owner_id: u32, silent_since_ms: Ms, session_ids: Vec<u128> },
+    /// Let time pass: expire due holds and silent sessions. Journaled only when it changed
+    /// something.
     Tick,
     /// Replace the engine's rules from this point of the journal on.
     /// Boxed: rare, and it would otherwise double the size of every stored body.
@@ -114,12 +122,40 @@ impl Body {
             | Body::Sale { pin_hash, .. }
             | Body::Refund { pin_hash, .. } => Some(*pin_hash),
             Body::ForeignConvert { pin_hash, .. }
-            | Body::SessionStart { pin_hash, .. }
             | Body::SessionUpdate { pin_hash, .. }
-            | Body::SessionEnd { pin_hash, .. } => Some(*pin_hash),
-            Body::ForeignImport { .. } | Body::Tick | Body::Configure(_) => None,
+            | Body::SessionEnd { pin_hash, .. }
+            | Body::EventCharge { pin_hash, .. } => Some(*pin_hash),
+            Body::SessionStart(open) => Some(open.pin_hash),
+            Body::ForeignImport { .. } | Body::Tick | Body::Configure(_) | Body::SessionsClose { .. } => None,
         }
     }
+}
+
+/// A notice for the call switch that owns a session (pushed by the server as SESSION_NOTICE
+/// once the command that raised it is durable). `kind` is a protocol `NOTICE_*` value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionNoticeOut {
+    pub session_id: u128,
+    pub kind: u8,
+    pub available_won: u64,
+}
+
+/// SESSION_START's body.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct SessionOpen {
+    pub pin_hash: PinHash,
+    /// The call switch's session id (non-zero).
+    pub session_id: u128,
+    /// The called number, packed by `pack_destination`.
+    pub destination: u64,
+    /// 0: the default grant.
+    pub requested_s: u32,
+    /// The call switch's node id (SESSION_AUDIT compares one owner's sessions).
+    pub owner_id: u32,
+    /// The holder's password MAC, or 0 when the call switch collected none (accepted only when
+    /// `EngineConfig::session_password_required` is off). MACs of real passwords are never 0.
+    pub password_mac: PasswordMac,
+    pub category: u8,
 }
 
 impl Body {
@@ -287,6 +323,40 @@ impl From<&Reply> for pinswitch_protocol::OpResult {
 pub struct Applied {
     pub reply: Reply,
     pub changed: bool,
+}
+
+/// A PRICE_QUOTE answer (see `Shard::quote`); mirrors the wire `PriceQuoteResult`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QuoteView {
+    pub code: ResultCode,
+    pub tariff_id: u16,
+    pub connect_fee_won: u64,
+    pub rate_won: u64,
+    pub increment_s: u32,
+    pub first_increment_s: u32,
+    pub event_won: u64,
+    pub duration_cost_won: u64,
+    pub event_cost_won: u64,
+    pub available_won: u64,
+    pub affordable_s: u32,
+}
+
+impl Default for QuoteView {
+    fn default() -> Self {
+        QuoteView {
+            code: ResultCode::Approved,
+            tariff_id: 0,
+            connect_fee_won: 0,
+            rate_won: 0,
+            increment_s: 0,
+            first_increment_s: 0,
+            event_won: 0,
+            duration_cost_won: 0,
+            event_cost_won: 0,
+            available_won: 0,
+            affordable_s: 0,
+        }
+    }
 }
 
 /// A card as BALANCE_INQUIRY shows it.

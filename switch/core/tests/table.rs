@@ -5,12 +5,15 @@
 //! covered by the end-to-end tests over TCP.)
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use pinswitch_core::{
     Body, Command, EngineConfig, FINAL_UNIT_NONE, FINAL_UNIT_TERMINATE, ForeignCode, Ms, OpId, PinHash, Reply, SessionGrant,
-    Shard, pack_destination,
+    SessionNoticeOut, SessionOpen, Shard, pack_destination,
 };
-use pinswitch_protocol::{CardState, Field, OpStatus, ResultCode, op_id_at};
+use pinswitch_protocol::{
+    CardState, Field, NOTICE_ABORT, NOTICE_EXPIRED, NOTICE_LOW_BALANCE, NOTICE_REAUTHORIZE, OpStatus, ResultCode, op_id_at,
+};
 
 const T0: Ms = 1_800_000_000_000;
 const CARD: PinHash = 0xA11CE;
@@ -633,17 +636,38 @@ fn foreign_pins_are_imported_once_and_converted_from_the_balance() {
     assert_eq!((restored.foreign_stock(1), restored.foreign_code(converted)), (1, s.shard.foreign_code(converted)));
 }
 
+/// The owner (call switch) of the scripts' sessions.
+const OWNER: u32 = 7;
+
+fn session_open(pin_hash: PinHash, session_id: u128, destination: u64, requested_s: u32, category: u8) -> Body {
+    Body::SessionStart(Box::new(SessionOpen {
+        pin_hash,
+        session_id,
+        destination,
+        requested_s,
+        owner_id: OWNER,
+        password_mac: 0,
+        category,
+    }))
+}
+
 fn session_start(pin_hash: PinHash, session_id: u128, destination: &str, requested_s: u32, category: u8) -> Body {
-    let destination = pack_destination(destination.as_bytes()).expect("a valid number");
-    Body::SessionStart { pin_hash, session_id, destination, requested_s, category }
+    session_open(pin_hash, session_id, pack_destination(destination.as_bytes()).expect("a valid number"), requested_s, category)
+}
+
+/// Request numbers for the scripts' reports: one counter for all, so each report's is above
+/// every earlier one (gaps are allowed).
+fn next_seq() -> u32 {
+    static SEQ: AtomicU32 = AtomicU32::new(1);
+    SEQ.fetch_add(1, Ordering::Relaxed)
 }
 
 fn session_update(pin_hash: PinHash, session_id: u128, used_total_s: u32, requested_s: u32) -> Body {
-    Body::SessionUpdate { pin_hash, session_id, used_total_s, requested_s }
+    Body::SessionUpdate { pin_hash, session_id, seq: next_seq(), used_total_s, requested_s }
 }
 
 fn session_end(pin_hash: PinHash, session_id: u128, used_total_s: u32) -> Body {
-    Body::SessionEnd { pin_hash, session_id, used_total_s }
+    Body::SessionEnd { pin_hash, session_id, seq: next_seq(), used_total_s }
 }
 
 /// (granted seconds, final-unit action, tariff id) of a session reply.
@@ -663,7 +687,7 @@ fn tariffs_rate_by_increment_first_increment_and_connect_fee() {
     let six_seconds = tariff(2, "01012345678");
     let per_minute = tariff(2, "0014155550100");
     let premium = tariff(3, "0601234567");
-    assert_eq!([per_second.tariff_id, six_seconds.tariff_id, per_minute.tariff_id, premium.tariff_id], [1, 2, 3, 4]);
+    assert_eq!([per_second.tariff_id, six_seconds.tariff_id, per_minute.tariff_id, premium.tariff_id], [1, 2, 3, 6]);
     assert!(config.tariff_for(3, b"0212345678").is_none());
     let costs = |tariff: &pinswitch_core::Tariff, seconds: &[u64]| seconds.iter().map(|s| tariff.cost_won(*s)).collect::<Vec<_>>();
     // 1 s at 2 won.
@@ -776,7 +800,7 @@ fn session_grants_limits_replays_and_refusals() {
     // Refusals: no tariff, a malformed number, an unknown category, a category the product
     // does not pay for, no session id.
     s.expect(session_start(CARD, 30, "0212345678", 60, 3), ResultCode::TariffNotFound);
-    s.expect(Body::SessionStart { pin_hash: CARD, session_id: 30, destination: 0, requested_s: 60, category: 2 }, ResultCode::DestinationInvalid);
+    s.expect(session_open(CARD, 30, 0, 60, 2), ResultCode::DestinationInvalid);
     s.expect(session_start(CARD, 30, "0212345678", 60, 9), ResultCode::CategoryInvalid);
     s.expect(session_start(CARD, 0, "0212345678", 60, 2), ResultCode::FormatError);
     s.active_card(0x5000, 5_000);
@@ -787,7 +811,7 @@ fn session_grants_limits_replays_and_refusals() {
     assert_eq!((granted(&reply), reply.available_won), ((60, FINAL_UNIT_TERMINATE, 3), 150));
     // First increment on a premium line: 60 s billed whole, then 6 s steps (30 won each).
     let (_, reply) = s.expect(session_start(CARD, 33, "0601234567", 66, 3), ResultCode::Approved);
-    assert_eq!((granted(&reply), reply.available_won), ((66, FINAL_UNIT_NONE, 4), 9_616 - 330));
+    assert_eq!((granted(&reply), reply.available_won), ((66, FINAL_UNIT_NONE, 6), 9_616 - 330));
     let (_, reply) = s.expect(session_end(CARD, 33, 5), ResultCode::Approved);
     assert_eq!((reply.amount_won, reply.balance_won), (300, 9_316));
     // Per shard: 8 live sessions at most.
@@ -805,9 +829,181 @@ fn session_grants_limits_replays_and_refusals() {
     s.expect(session_start(0x7004, 200, "0212345678", 60, 2), ResultCode::SessionLimitPerShard);
 }
 
+/// A server command (Tick, SessionsClose, Configure): no op id, journaled only on a change.
+fn system(s: &mut Script, body: Body) -> pinswitch_core::Applied {
+    let applied = s.shard.apply(s.now_ms, &Command { op_id: 0, deadline_at_ms: 0, body });
+    s.shard.check_invariants().unwrap();
+    applied
+}
+
+/// The (session id, kind) of the notices raised since the last look.
+fn notices(s: &mut Script) -> Vec<(u128, u8)> {
+    s.shard.take_notices().into_iter().map(|SessionNoticeOut { session_id, kind, .. }| (session_id, kind)).collect()
+}
+
+/// Request numbers, silence expiry (twice the validity: 240 s in `test_min`), the late report
+/// that is still charged, and the bound on remembered expired sessions.
+#[test]
+fn silent_sessions_expire_and_late_reports_are_still_charged() {
+    let mut s = Script::new();
+    s.active_card(CARD, 10_000);
+    // Domestic, 2 won a second: 60 s reserve 120 won.
+    let (_, reply) = s.expect(session_start(CARD, 1, "0212345678", 60, 2), ResultCode::Approved);
+    assert_eq!(reply.available_won, 9_880);
+    assert_eq!(s.shard.next_expiry_ms(), Some(T0 + 240_000));
+    let update = |seq, used_total_s| Body::SessionUpdate { pin_hash: CARD, session_id: 1, seq, used_total_s, requested_s: 60 };
+    let (_, reply) = s.expect(update(5, 30), ResultCode::Approved);
+    assert_eq!((reply.amount_won, reply.balance_won, reply.available_won), (60, 9_940, 9_820));
+    // A report numbered at or below the last one applied is stale: nothing changes.
+    s.expect(update(5, 40), ResultCode::SessionSequenceStale);
+    s.expect(update(4, 40), ResultCode::SessionSequenceStale);
+    assert_eq!(s.balance(CARD), (9_940, 9_820));
+    notices(&mut s);
+    // Silent until 1 ms before its deadline: still live.
+    s.now_ms += 240_000 - 1;
+    assert!(!system(&mut s, Body::Tick).changed);
+    assert_eq!(s.shard.session_count(), 1);
+    s.now_ms += 1;
+    assert!(system(&mut s, Body::Tick).changed);
+    assert_eq!((s.shard.session_count(), s.shard.expired_session_count()), (0, 1));
+    assert_eq!(s.balance(CARD), (9_940, 9_940), "the reservation is released");
+    assert_eq!(notices(&mut s), [(1, NOTICE_EXPIRED)]);
+    // The late report is still charged (100 s: 200 won, 60 charged before), with no grant.
+    let (_, reply) = s.expect(update(6, 100), ResultCode::SessionExpiredCharged);
+    assert_eq!((reply.amount_won, reply.balance_won, granted(&reply)), (140, 9_800, (0, FINAL_UNIT_TERMINATE, 1)));
+    s.expect(update(6, 120), ResultCode::SessionSequenceStale);
+    // Its id stays taken until the late END, which charges the rest and forgets it.
+    s.expect(session_start(CARD, 1, "0212345678", 60, 2), ResultCode::SessionExists);
+    let (_, reply) = s.expect(Body::SessionEnd { pin_hash: CARD, session_id: 1, seq: 7, used_total_s: 110 }, ResultCode::SessionExpiredCharged);
+    assert_eq!((reply.amount_won, reply.balance_won), (20, 9_780));
+    s.expect(Body::SessionEnd { pin_hash: CARD, session_id: 1, seq: 8, used_total_s: 110 }, ResultCode::SessionNotFound);
+    assert_eq!(s.shard.expired_session_count(), 0);
+
+    // At most `expired_sessions_max` (4) are remembered: the first to expire is forgotten.
+    s.active_card(OTHER, 10_000);
+    s.active_card(0x7001, 10_000);
+    for (pin_hash, session_id) in [(CARD, 11), (CARD, 12), (OTHER, 13), (OTHER, 14), (0x7001, 15)] {
+        s.expect(session_start(pin_hash, session_id, "0212345678", 60, 2), ResultCode::Approved);
+    }
+    s.now_ms += 240_000;
+    assert!(system(&mut s, Body::Tick).changed);
+    assert_eq!((s.shard.session_count(), s.shard.expired_session_count()), (0, 4));
+    let late = |pin_hash, session_id| Body::SessionEnd { pin_hash, session_id, seq: 1, used_total_s: 10 };
+    s.expect(late(CARD, 11), ResultCode::SessionNotFound);
+    assert_eq!(s.balance(CARD), (9_780, 9_780), "a forgotten session is not charged");
+    // The remembered ones survive a snapshot and are charged.
+    s.shard = Shard::from_snapshot_bytes(&s.shard.to_snapshot_bytes()).unwrap();
+    assert_eq!(s.shard.expired_session_count(), 4);
+    let (_, reply) = s.expect(late(CARD, 12), ResultCode::SessionExpiredCharged);
+    assert_eq!((reply.amount_won, reply.balance_won), (20, 9_760));
+}
+
+/// EVENT_CHARGE, the session password rule, time-of-day bands, PRICE_QUOTE, notices and the
+/// audit's close.
+#[test]
+fn event_charges_bands_quotes_notices_and_audit_closes() {
+    let mut s = Script::new();
+    s.active_card(CARD, 10_000);
+    let number = |digits: &str| pack_destination(digits.as_bytes()).expect("a valid number");
+    let event = |digits: &str, units, password_mac| Body::EventCharge {
+        pin_hash: CARD,
+        password_mac,
+        destination: pack_destination(digits.as_bytes()).expect("a valid number"),
+        units,
+        category: 3,
+    };
+    s.expect(event("15881234", 0, 0), ResultCode::UnitsInvalid);
+    s.expect(event("0601234567", 1, 0), ResultCode::EventNotPriced);
+    s.expect(event("0212345678", 1, 0), ResultCode::TariffNotFound);
+    let (charged, reply) = s.expect(event("15881234", 3, 0), ResultCode::Approved);
+    assert_eq!((reply.amount_won, reply.balance_won), (1_500, 8_500));
+    // REFUND and REVERSE treat it like a SALE.
+    let (_, reply) = s.expect(Body::Refund { pin_hash: CARD, original_op_id: charged, amount_won: 500 }, ResultCode::Approved);
+    assert_eq!(reply.balance_won, 9_000);
+    let (_, reply) = s.expect(Body::Reverse { pin_hash: CARD, original_op_id: charged }, ResultCode::Approved);
+    assert_eq!((reply.amount_won, reply.balance_won), (1_000, 10_000));
+
+    // Passwords: optional, but a wrong one counts, and a locked card neither calls nor pays.
+    s.expect(event("15881234", 1, WRONG), ResultCode::PasswordInvalid);
+    s.expect(event("15881234", 1, PASSWORD), ResultCode::Approved);
+    s.expect(event("15881234", 1, WRONG), ResultCode::PasswordInvalid);
+    s.expect(event("15881234", 1, WRONG), ResultCode::PasswordInvalid);
+    s.expect(event("15881234", 1, WRONG), ResultCode::PasswordTriesExceeded);
+    s.expect(session_start(CARD, 40, "0212345678", 60, 2), ResultCode::PasswordTriesExceeded);
+    s.expect(event("15881234", 1, 0), ResultCode::PasswordTriesExceeded);
+    s.expect(Body::Unblock { pin_hash: CARD }, ResultCode::Approved);
+    let mut strict = EngineConfig::test_min();
+    strict.session_password_required = true;
+    assert!(system(&mut s, Body::Configure(Box::new(strict))).changed);
+    s.expect(event("15881234", 1, 0), ResultCode::PasswordInvalid);
+    s.expect(event("15881234", 1, PASSWORD), ResultCode::Approved);
+    assert!(system(&mut s, Body::Configure(Box::new(EngineConfig::test_min()))).changed);
+    assert_eq!(s.balance(CARD), (9_000, 9_000));
+
+    // Time-of-day bands: "002" costs 100 won a minute from 22:00 to 08:00 local, 200 by day.
+    let config = EngineConfig::test_min();
+    let banded = config.tariff_for(2, b"0021234567").expect("a tariff").clone();
+    let day_s = 20_000 * 86_400;
+    let at = |hours: u64, minutes: u64, seconds: u64| day_s + hours * 3_600 + minutes * 60 + seconds;
+    // The first minute is rated whole at the start's rate; later pieces split at 22:00.
+    assert_eq!(banded.cost_from_won(at(21, 58, 30), 30), 200);
+    assert_eq!(banded.cost_from_won(at(21, 58, 30), 150), 200 + 200 + 100);
+    assert_eq!(banded.cost_from_won(at(7, 59, 0), 180), 100 + 2 * 200);
+    // Midnight is no boundary when the rate goes on: as the flat tariff.
+    assert_eq!(banded.cost_from_won(at(23, 59, 0), 180), 300);
+    for used_s in 0..400 {
+        assert!(banded.cost_from_won(at(21, 58, 30), used_s) <= banded.cost_from_won(at(21, 58, 30), used_s + 1));
+    }
+    // A call at 21:58:30 local (T0 is 17:00 in Korea).
+    s.now_ms = T0 + (4 * 3_600 + 58 * 60 + 30) * 1_000;
+    let quote = s.shard.quote(s.now_ms, Some(CARD), 2, number("0021234567"), 150, 0);
+    assert_eq!((quote.code, quote.tariff_id, quote.rate_won, quote.duration_cost_won), (ResultCode::Approved, 5, 200, 500));
+    assert_eq!((quote.available_won, quote.affordable_s), (9_000, 600), "600 s (the grant maximum) cost 1,300");
+    let (_, reply) = s.expect(session_start(CARD, 50, "0021234567", 60, 2), ResultCode::Approved);
+    assert_eq!((granted(&reply), reply.available_won), ((60, FINAL_UNIT_NONE, 5), 8_800));
+    let (_, reply) = s.expect(session_end(CARD, 50, 150), ResultCode::Approved);
+    assert_eq!((reply.amount_won, reply.balance_won), (500, 8_500));
+    let quote = s.shard.quote(s.now_ms, None, 3, number("15881234"), 0, 4);
+    assert_eq!((quote.code, quote.event_won, quote.event_cost_won), (ResultCode::Approved, 500, 2_000));
+    assert_eq!(s.shard.quote(s.now_ms, None, 3, number("0212345678"), 60, 0).code, ResultCode::TariffNotFound);
+    assert_eq!(s.shard.quote(s.now_ms, Some(0xDEAD), 2, number("0212345678"), 60, 0).code, ResultCode::CardNotFound);
+
+    // Notices to a card's live sessions: re-authorize after a recharge or an unblock, abort
+    // on a block, and a warning when the available balance falls below 1,000 won.
+    notices(&mut s);
+    s.expect(session_start(CARD, 60, "0212345678", 60, 2), ResultCode::Approved);
+    assert_eq!(notices(&mut s), []);
+    s.expect(load(CARD, 10_000), ResultCode::Approved);
+    assert_eq!(notices(&mut s), [(60, NOTICE_REAUTHORIZE)]);
+    let available_won = s.balance(CARD).1;
+    s.expect(sale(CARD, PASSWORD, available_won - 999), ResultCode::Approved);
+    assert_eq!(notices(&mut s), [(60, NOTICE_LOW_BALANCE)]);
+    s.expect(sale(CARD, PASSWORD, 1), ResultCode::Approved);
+    assert_eq!(notices(&mut s), [], "only the crossing warns");
+    s.expect(Body::Block { pin_hash: CARD, reason: 1 }, ResultCode::Approved);
+    assert_eq!(notices(&mut s), [(60, NOTICE_ABORT)]);
+    s.expect(Body::Unblock { pin_hash: CARD }, ResultCode::Approved);
+    assert_eq!(notices(&mut s), [(60, NOTICE_REAUTHORIZE)]);
+
+    // The audit's close: only the named owner's sessions silent since the given time.
+    let held_won = s.balance(CARD).0 - s.balance(CARD).1;
+    assert_eq!(held_won, 120);
+    let close = |owner_id, silent_since_ms| Body::SessionsClose { owner_id, silent_since_ms, session_ids: vec![60, 61] };
+    let now_ms = s.now_ms;
+    assert!(!system(&mut s, close(OWNER + 1, now_ms)).changed);
+    assert!(!system(&mut s, close(OWNER, now_ms - 1)).changed);
+    let closed = system(&mut s, close(OWNER, now_ms));
+    assert_eq!((closed.changed, closed.reply.amount_won), (true, 1));
+    assert_eq!(s.shard.session_count(), 0);
+    assert_eq!(s.balance(CARD).0, s.balance(CARD).1, "the reservation is released");
+    let (count, digest) = s.shard.owner_sessions(OWNER);
+    assert_eq!((count, digest), (0, 0));
+}
+
 const FRONT_END_ONLY: &[ResultCode] = &[
     ResultCode::PasswordFormatInvalid,
     ResultCode::PinFormatInvalid,
+    ResultCode::SessionAuditMismatch,
     ResultCode::UnknownMessageType,
     ResultCode::BatchTooLarge,
     ResultCode::FrameTooLarge,
@@ -839,6 +1035,8 @@ fn every_engine_result_code_is_reached() {
         collect(products_have_their_own_validity_recharge_unit_and_cap),
         collect(sessions_reserve_from_the_shared_balance_heal_lost_updates_and_cap_over_use),
         collect(session_grants_limits_replays_and_refusals),
+        collect(silent_sessions_expire_and_late_reports_are_still_charged),
+        collect(event_charges_bands_quotes_notices_and_audit_closes),
     ] {
         seen.extend(script);
     }
