@@ -1,7 +1,8 @@
 //! The exporter's own configuration (`--export-config FILE`, TOML): the period cut-off, merchant
-//! commission rates and payout accounts, the paying institution named in the pain.001 files, and
-//! how often the durable state is checkpointed. Every field has a default, so an absent file
-//! means: periods close at midnight KST, 25 per mille commission, no configured accounts.
+//! commission rates and payout accounts, the commission kept on foreign-partner settlements, the
+//! paying institution named in the pain.001 files, and how often the durable state is
+//! checkpointed. Every field has a default, so an absent file means: periods close at midnight
+//! KST, 25 per mille merchant commission, no foreign-partner commission, no configured accounts.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -29,8 +30,20 @@ pub struct ExportConfig {
     /// sales whatever the channel).
     pub mobile_operator_channels: Vec<u32>,
     pub merchants: MerchantSection,
+    pub foreign_partners: ForeignPartnerSection,
     pub payer: PayerSection,
     pub statements: StatementSection,
+}
+
+/// What the issuer keeps of the won price of every foreign PIN a card holder converts into (its
+/// margin on the foreign operator's PINs); the operator is owed the rest (net due).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ForeignPartnerSection {
+    /// Commission per mille of each conversion's price, unless `rates` names the partner.
+    pub default_commission_per_mille: u16,
+    /// Per-partner commission, per mille (keys are the catalogue's partner ids).
+    pub rates: BTreeMap<String, u16>,
 }
 
 /// Bounds of a card statement answer (`export statement`, STATEMENT over `export serve`).
@@ -83,6 +96,7 @@ impl Default for ExportConfig {
             checkpoint_every_records: 1_000_000,
             mobile_operator_channels: Vec::new(),
             merchants: MerchantSection::default(),
+            foreign_partners: ForeignPartnerSection::default(),
             payer: PayerSection::default(),
             statements: StatementSection::default(),
         }
@@ -140,6 +154,15 @@ impl ExportConfig {
                 return Err(ExportError::Config(format!("merchants.rates.{key} must be at most 1000")));
             }
         }
+        if self.foreign_partners.default_commission_per_mille > 1000 {
+            return Err(ExportError::Config("foreign_partners.default_commission_per_mille must be at most 1000".into()));
+        }
+        for (key, rate) in &self.foreign_partners.rates {
+            key.parse::<u32>().map_err(|_| ExportError::Config(format!("foreign partner key {key:?} is not a partner id")))?;
+            if *rate > 1000 {
+                return Err(ExportError::Config(format!("foreign_partners.rates.{key} must be at most 1000")));
+            }
+        }
         let statements = &self.statements;
         if statements.lines_max == 0 || statements.recharges_max == 0 || statements.batch_max == 0 || statements.request_bytes_max == 0 || statements.connections_max == 0 {
             return Err(ExportError::Config("every [statements] limit must be positive".into()));
@@ -160,6 +183,11 @@ impl ExportConfig {
     /// The commission rate of a merchant, per mille.
     pub fn commission_per_mille(&self, merchant_id: u64) -> u16 {
         self.merchants.rates.get(&merchant_id.to_string()).copied().unwrap_or(self.merchants.default_commission_per_mille)
+    }
+
+    /// The commission kept on a foreign partner's conversions, per mille.
+    pub fn foreign_commission_per_mille(&self, partner_id: u32) -> u16 {
+        self.foreign_partners.rates.get(&partner_id.to_string()).copied().unwrap_or(self.foreign_partners.default_commission_per_mille)
     }
 
     /// Whether a channel sale is a mobile operator's (a listed channel, or paid by mobile bill).
@@ -185,12 +213,13 @@ mod tests {
     fn files_override_defaults_and_bad_values_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("export.toml");
-        std::fs::write(&path, "cutoff_hour = 22\n[merchants]\ndefault_commission_per_mille = 30\nrates = { \"77\" = 15 }\naccounts = { \"77\" = \"KR-004-1234\" }\n").unwrap();
+        std::fs::write(&path, "cutoff_hour = 22\n[merchants]\ndefault_commission_per_mille = 30\nrates = { \"77\" = 15 }\naccounts = { \"77\" = \"KR-004-1234\" }\n[foreign_partners]\nrates = { \"501\" = 40 }\n").unwrap();
         let config = ExportConfig::load(Some(&path)).unwrap();
         assert_eq!(config.cutoff(), Cutoff { utc_offset_hours: 9, cutoff_hour: 22 });
         assert_eq!((config.commission_per_mille(77), config.commission_per_mille(78)), (15, 30));
         assert_eq!((config.merchant_account(77).as_str(), config.merchant_account(5).as_str()), ("KR-004-1234", "MERCHANT-5"));
-        for bad in ["cutoff_hour = 24\n", "[merchants]\nrates = { \"x\" = 1 }\n", "unknown = 1\n", "utc_offset_hours = 20\n"] {
+        assert_eq!((config.foreign_commission_per_mille(501), config.foreign_commission_per_mille(502)), (40, 0));
+        for bad in ["cutoff_hour = 24\n", "[merchants]\nrates = { \"x\" = 1 }\n", "unknown = 1\n", "utc_offset_hours = 20\n", "[foreign_partners]\nrates = { \"501\" = 1001 }\n", "[foreign_partners]\nrates = { \"-1\" = 1 }\n"] {
             std::fs::write(&path, bad).unwrap();
             assert!(ExportConfig::load(Some(&path)).is_err(), "{bad}");
         }

@@ -15,7 +15,7 @@ use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::calendar::{self, Day};
 use crate::error::{ExportError, Result};
-use crate::facts::{BreakageLine, ChannelSaleLine, MerchantLine, PayoutLine, PeriodFacts, RetentionLine};
+use crate::facts::{BreakageLine, ChannelSaleLine, ForeignLine, MerchantLine, PayoutLine, PeriodFacts, RetentionLine};
 
 /// The detail lines of one journal record.
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
@@ -24,6 +24,7 @@ pub struct RecordFacts {
     pub payouts: Vec<PayoutLine>,
     pub breakage: Vec<BreakageLine>,
     pub channel_sales: Vec<ChannelSaleLine>,
+    pub foreign: Vec<ForeignLine>,
     pub retention: Vec<RetentionLine>,
 }
 
@@ -33,6 +34,7 @@ impl RecordFacts {
         facts.payouts.extend(self.payouts);
         facts.breakage.extend(self.breakage);
         facts.channel_sales.extend(self.channel_sales);
+        facts.foreign.extend(self.foreign);
         facts.retention.extend(self.retention);
     }
 }

@@ -1,6 +1,6 @@
 //! What one settlement period is made of: the detail lines derived from the journal records that
-//! fall into it (merchant payments and credits, card payouts, breakage, channel sales, recharges,
-//! retention tags) and its ledger movements. Lines are kept with their origin (server time,
+//! fall into it (merchant payments and credits, card payouts, breakage, channel sales, foreign-PIN
+//! conversions, recharges, retention tags) and its ledger movements. Lines are kept with their origin (server time,
 //! shard, journal seq, op id); the renderer sorts by origin, so the files never depend on the
 //! order in which shards were read.
 
@@ -97,6 +97,32 @@ pub struct ChannelSaleLine {
     pub gift: bool,
 }
 
+/// A card's balance converted into one foreign PIN (FOREIGN_CONVERT): what the foreign partner
+/// is owed for it. Product, currency and face value are the catalogue's at the record.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ForeignLine {
+    pub origin: Origin,
+    pub card: u128,
+    pub partner_id: u32,
+    pub product_id: u32,
+    /// ISO 4217 alphabetic code of the PIN's currency.
+    pub currency: [u8; 3],
+    /// The PIN's face value in the currency's minor units.
+    pub face_value_minor: u64,
+    /// What the card paid, in won (the product's price).
+    pub price_won: u64,
+    /// The issuer's commission on it: floor(price × rate / 1000).
+    pub rate_per_mille: u16,
+    pub commission_won: u64,
+}
+
+impl ForeignLine {
+    /// The currency code as text (`???` if the catalogue held bytes that are not letters).
+    pub fn currency_code(&self) -> &str {
+        std::str::from_utf8(&self.currency).ok().filter(|code| code.bytes().all(|b| b.is_ascii_uppercase())).unwrap_or("???")
+    }
+}
+
 /// The statutory retention of one journal record.
 #[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RetentionLine {
@@ -109,10 +135,10 @@ pub struct RetentionLine {
 }
 
 /// Names of journal record kinds (the command of the record), indexed by `RetentionLine::kind`.
-pub const RECORD_KINDS: [&str; 23] = [
+pub const RECORD_KINDS: [&str; 25] = [
     "issue", "activate", "load", "sell", "block", "unblock", "consign", "register", "balance-refund",
     "authorize", "capture", "void", "reverse", "sale", "refund", "tick", "configure", "foreign-import",
-    "foreign-convert", "claim", "session-start", "session-update", "session-end",
+    "foreign-convert", "claim", "session-start", "session-update", "session-end", "event-charge", "sessions-close",
 ];
 
 /// Count and sum.
@@ -137,6 +163,7 @@ pub enum Fact {
     Payout(PayoutLine),
     Breakage(BreakageLine),
     ChannelSale(ChannelSaleLine),
+    Foreign(ForeignLine),
     Load { means: u8, amount_won: u64 },
     ActivatedUnsold { amount_won: u64 },
     Retention(RetentionLine),
@@ -150,6 +177,7 @@ pub struct PeriodFacts {
     pub payouts: Vec<PayoutLine>,
     pub breakage: Vec<BreakageLine>,
     pub channel_sales: Vec<ChannelSaleLine>,
+    pub foreign: Vec<ForeignLine>,
     pub retention: Vec<RetentionLine>,
     /// Recharges per funding means.
     pub loads: BTreeMap<u8, Tally>,
@@ -165,6 +193,7 @@ impl PeriodFacts {
             Fact::Payout(line) => self.payouts.push(line),
             Fact::Breakage(line) => self.breakage.push(line),
             Fact::ChannelSale(line) => self.channel_sales.push(line),
+            Fact::Foreign(line) => self.foreign.push(line),
             Fact::Retention(line) => self.retention.push(line),
             Fact::Load { means, amount_won } => self.loads.entry(means).or_default().add(amount_won)?,
             Fact::ActivatedUnsold { amount_won } => self.activated_unsold.add(amount_won)?,
@@ -178,6 +207,7 @@ impl PeriodFacts {
         self.payouts.sort_by_key(|line| line.origin);
         self.breakage.sort_by_key(|line| line.origin);
         self.channel_sales.sort_by_key(|line| line.origin);
+        self.foreign.sort_by_key(|line| line.origin);
         self.retention.sort_by_key(|line| line.origin);
     }
 }

@@ -1,6 +1,8 @@
 //! One shard's follower: a shadow engine fed every journal record, and what the exporter must
 //! remember beyond the engine (which merchant a hold or payment belongs to, pending holds with
-//! their product, consignment commissions, the payout account of paid-out cards). For each record
+//! their product, consignment commissions, the payout account of paid-out cards, and the card
+//! sub-ledger: each card's value as the postings moved it, which the safeguarding reconciliation
+//! compares card by card with the shadow engine's balances). For each record
 //! it re-applies the command at its journaled time, requires the journaled reply (as recovery
 //! does), and derives postings and facts from the command, the reply and the change of the
 //! engine's money totals. Effects the reply does not show (holds expiring, a card expiring
@@ -13,8 +15,9 @@ use pinswitch_core::{Body, CardView, EngineConfig, JournalEntry, Ms, OpId, PinHa
 use pinswitch_protocol::{OpStatus, ResultCode};
 use rkyv::{Archive, Deserialize, Serialize};
 
+use crate::config::ExportConfig;
 use crate::error::{ExportError, Result};
-use crate::facts::{BreakageLine, ChannelSaleLine, Fact, MerchantKind, MerchantLine, Origin, PayoutLine, RetentionLine};
+use crate::facts::{BreakageLine, ChannelSaleLine, Fact, ForeignLine, MerchantKind, MerchantLine, Origin, PayoutLine, RetentionLine};
 use crate::ledger::{Account, Posting};
 
 /// Transactions of at most this many won are kept 1 year, larger ones 5 years.
@@ -65,6 +68,43 @@ pub struct FollowerImage {
     pub consignments: BTreeMap<PinHash, (u32, u16)>,
     /// Paid-out (closed) cards -> the account of their CARD_REFUND.
     pub payout_accounts: BTreeMap<PinHash, u64>,
+    /// The card sub-ledger: every card ever posted -> its value (2000 + 2100 + 2200 postings).
+    pub card_values: BTreeMap<PinHash, u64>,
+}
+
+/// Why a card's value in the sub-ledger and its balance in the shadow engine are not the same.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CardFinding {
+    /// The engine's balance differs.
+    Differs { engine_won: u64 },
+    /// The ledger posted to a card the engine does not hold.
+    UnknownToEngine,
+    /// The card is past its validity and the engine has not expired it yet (no command touched
+    /// it since), so its balance is not visible card by card; the engine's total says the
+    /// difference lies among the cards of this kind.
+    ExpiryPending,
+}
+
+/// A card the safeguarding reconciliation names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CardLine {
+    pub shard: u16,
+    pub card: PinHash,
+    pub ledger_won: u64,
+    pub finding: CardFinding,
+}
+
+/// The per-card comparison of one shard's sub-ledger with its shadow engine.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CardCheck {
+    /// Cards in the sub-ledger.
+    pub ledger_cards: u64,
+    /// Cards the engine holds.
+    pub engine_cards: u64,
+    /// Cards the engine holds and the ledger never posted (counted: the engine lists no cards).
+    pub unposted_engine_cards: u64,
+    /// The cards involved in a difference, by card.
+    pub lines: Vec<CardLine>,
 }
 
 pub struct Follower {
@@ -78,6 +118,7 @@ pub struct Follower {
     captures: BTreeMap<OpId, (OpId, PinHash)>,
     consignments: BTreeMap<PinHash, (u32, u16)>,
     payout_accounts: BTreeMap<PinHash, u64>,
+    card_values: BTreeMap<PinHash, u64>,
 }
 
 /// What one record produced.
@@ -105,6 +146,7 @@ impl Follower {
             captures: BTreeMap::new(),
             consignments: BTreeMap::new(),
             payout_accounts: BTreeMap::new(),
+            card_values: BTreeMap::new(),
         }
     }
 
@@ -121,6 +163,10 @@ impl Follower {
         if tracked_held_won != shadow.totals().held_won {
             return Err("tracked holds disagree with the shadow's".into());
         }
+        let card_value_won: u128 = image.card_values.values().map(|value| u128::from(*value)).sum();
+        if card_value_won != shadow.totals().balances_won {
+            return Err("the card sub-ledger disagrees with the shadow's card balances".into());
+        }
         Ok(Follower {
             shard_id: image.shard_id,
             cursor_seq: image.cursor_seq,
@@ -132,6 +178,7 @@ impl Follower {
             captures: image.captures,
             consignments: image.consignments,
             payout_accounts: image.payout_accounts,
+            card_values: image.card_values,
         })
     }
 
@@ -145,6 +192,7 @@ impl Follower {
             captures: self.captures.clone(),
             consignments: self.consignments.clone(),
             payout_accounts: self.payout_accounts.clone(),
+            card_values: self.card_values.clone(),
         }
     }
 
@@ -186,8 +234,9 @@ impl Follower {
         self.payout_accounts.retain(|pin_hash, _| live_cards.contains(pin_hash));
     }
 
-    /// Applies journal record `seq` and returns its postings and facts.
-    pub fn apply(&mut self, seq: u64, payload: &[u8], rate_of: &dyn Fn(u64) -> u16) -> Result<Effects> {
+    /// Applies journal record `seq` and returns its postings and facts (commission rates from
+    /// `config`).
+    pub fn apply(&mut self, seq: u64, payload: &[u8], config: &ExportConfig) -> Result<Effects> {
         if seq != self.cursor_seq + 1 {
             return Err(ExportError::Unbalanced {
                 shard: self.shard_id,
@@ -196,12 +245,13 @@ impl Follower {
             });
         }
         let entry = decode_entry(payload).map_err(|reason| ExportError::Decode { shard: self.shard_id, seq, reason })?;
-        let effects = self.apply_entry(seq, &entry, rate_of)?;
+        let effects = self.apply_entry(seq, &entry, config)?;
         self.cursor_seq = seq;
         Ok(effects)
     }
 
-    fn apply_entry(&mut self, seq: u64, entry: &JournalEntry, rate_of: &dyn Fn(u64) -> u16) -> Result<Effects> {
+    fn apply_entry(&mut self, seq: u64, entry: &JournalEntry, config: &ExportConfig) -> Result<Effects> {
+        let rate_of = |merchant_id: u64| config.commission_per_mille(merchant_id);
         let shard = self.shard_id;
         let unbalanced = |what: String| ExportError::Unbalanced { shard, seq, what };
         let body = &entry.command.body;
@@ -251,11 +301,11 @@ impl Follower {
         };
         let liability = Account::CardLiability { face_value_won };
         let card = pin_hash.unwrap_or(0);
-        let mut out = Out::default();
+        let mut out = Out { card, ..Out::default() };
 
         for hold in &expired {
             let released_won = hold.amount_won - hold.captured_won;
-            out.post(Account::Holds, Account::CardLiability { face_value_won: hold.face_value_won }, released_won);
+            out.post_for(hold.pin_hash, Account::Holds, Account::CardLiability { face_value_won: hold.face_value_won }, released_won);
             self.tracked_held_won -= u128::from(released_won);
         }
 
@@ -385,9 +435,27 @@ impl Follower {
                 self.merchant_line(&mut out, origin, payment_op_id, MerchantKind::Refund, reply.amount_won).map_err(unbalanced)?;
             }
             Body::ForeignConvert { product_id, .. } if approved => {
-                // The price is what the foreign operator is owed for the PIN handed out.
-                let partner_id = self.shadow.config().foreign_product(*product_id).map_or(0, |product| product.partner_id);
-                out.post(liability, Account::ForeignPartnerPayable { partner_id }, reply.amount_won);
+                // The price is what the foreign operator is owed for the PIN handed out, less the
+                // issuer's commission on it (configured per partner).
+                let Some(product) = self.shadow.config().foreign_product(*product_id).cloned() else {
+                    return Err(unbalanced(format!("conversion into foreign product {product_id}, which the catalogue does not hold")));
+                };
+                let rate_per_mille = config.foreign_commission_per_mille(product.partner_id);
+                let commission_won = (u128::from(reply.amount_won) * u128::from(rate_per_mille) / 1000) as u64;
+                let payable = Account::ForeignPartnerPayable { partner_id: product.partner_id };
+                out.post(liability, payable, reply.amount_won);
+                out.post(payable, Account::CommissionRevenue, commission_won);
+                out.facts.push(Fact::Foreign(ForeignLine {
+                    origin,
+                    card,
+                    partner_id: product.partner_id,
+                    product_id: *product_id,
+                    currency: product.currency,
+                    face_value_minor: product.face_value_minor,
+                    price_won: reply.amount_won,
+                    rate_per_mille,
+                    commission_won,
+                }));
             }
             Body::SessionStart { .. } | Body::SessionUpdate { .. } | Body::SessionEnd { .. }
                 if approved || reply.code == ResultCode::SessionUsageCapped.as_u16() =>
@@ -423,11 +491,73 @@ impl Follower {
         }
 
         out.check(&totals_before, &totals_after, self.tracked_held_won).map_err(unbalanced)?;
+        self.post_card_values(&out.card_moves).map_err(unbalanced)?;
         let amount_won = if approved { money_of(body, reply.amount_won) } else { 0 };
         let (kind, authorization) = record_kind(body);
         let years = if authorization || (1..=SMALL_TRANSACTION_MAX_WON).contains(&amount_won) { 1 } else { 5 };
         out.facts.push(Fact::Retention(RetentionLine { origin, kind, code: reply.code, amount_won, years }));
         Ok(Effects { time_ms, postings: out.postings, facts: out.facts })
+    }
+
+    /// Moves the card sub-ledger by a record's card-value postings (a card never below zero).
+    fn post_card_values(&mut self, moves: &[(PinHash, i128)]) -> std::result::Result<(), String> {
+        for (card, change) in moves {
+            let value = self.card_values.entry(*card).or_insert(0);
+            *value = u64::try_from(i128::from(*value) + change).map_err(|_| format!("card {card:032x}: its value would leave 0..=u64::MAX ({value} won moved by {change})"))?;
+        }
+        Ok(())
+    }
+
+    /// The card sub-ledger, to inject differences in tests.
+    #[cfg(test)]
+    pub(crate) fn card_values_mut(&mut self) -> &mut BTreeMap<PinHash, u64> {
+        &mut self.card_values
+    }
+
+    /// The card sub-ledger's total (what the ledger's 2000 + 2100 + 2200 accounts hold for this
+    /// shard's cards).
+    pub fn card_value_won(&self) -> u128 {
+        self.card_values.values().map(|value| u128::from(*value)).sum()
+    }
+
+    /// Compares every card of the sub-ledger with the shadow engine's balance for it (the
+    /// balance includes what holds and sessions reserve, as card value in the ledger does).
+    pub fn check_cards(&self) -> CardCheck {
+        let now_ms = self.shadow.now_ms();
+        let mut check = CardCheck { ledger_cards: self.card_values.len() as u64, engine_cards: self.shadow.card_count() as u64, ..CardCheck::default() };
+        let mut known_cards = 0u64;
+        let mut visible_engine_won = 0u128;
+        let mut pending = Vec::new();
+        let mut pending_ledger_won = 0u128;
+        for (card, ledger_won) in &self.card_values {
+            let line = |finding| CardLine { shard: self.shard_id, card: *card, ledger_won: *ledger_won, finding };
+            let Some(view) = self.shadow.card(now_ms, *card) else {
+                check.lines.push(line(CardFinding::UnknownToEngine));
+                continue;
+            };
+            known_cards += 1;
+            let expiry_pending = view.state == State::Expired && view.valid_until_s != 0 && now_ms / 1000 >= u64::from(view.valid_until_s);
+            if expiry_pending && view.balance_won == 0 && *ledger_won != 0 {
+                // The view shows the expiry the next touch will make; the engine still holds the
+                // balance (and its totals count it).
+                pending.push(line(CardFinding::ExpiryPending));
+                pending_ledger_won += u128::from(*ledger_won);
+                continue;
+            }
+            visible_engine_won += u128::from(view.balance_won);
+            if view.balance_won != *ledger_won {
+                check.lines.push(line(CardFinding::Differs { engine_won: view.balance_won }));
+            }
+        }
+        check.unposted_engine_cards = check.engine_cards.saturating_sub(known_cards);
+        // What the engine holds on the pending cards: its total less every visible balance
+        // (cards it holds that the ledger never posted would be in there too).
+        let pending_engine_won = self.shadow.totals().balances_won.checked_sub(visible_engine_won);
+        if pending_engine_won != Some(pending_ledger_won) {
+            check.lines.extend(pending);
+            check.lines.sort_by_key(|line| line.card);
+        }
+        check
     }
 
     fn payment(&self, op_id: OpId) -> std::result::Result<Payment, String> {
@@ -440,7 +570,7 @@ impl Follower {
         self.hold_expiries.remove(&(hold.expires_at_ms, hold_id));
         let released_won = hold.amount_won - hold.captured_won;
         self.tracked_held_won -= u128::from(released_won);
-        out.post(Account::Holds, Account::CardLiability { face_value_won: hold.face_value_won }, released_won);
+        out.post_for(hold.pin_hash, Account::Holds, Account::CardLiability { face_value_won: hold.face_value_won }, released_won);
         released_won
     }
 
@@ -486,13 +616,32 @@ impl Follower {
 /// Postings and facts being collected for one record.
 #[derive(Default)]
 struct Out {
+    /// The record's card (0: none), which postings move unless they name another.
+    card: PinHash,
     postings: Vec<Posting>,
+    /// (card, change of its value) for every posting to a card-value account.
+    card_moves: Vec<(PinHash, i128)>,
     facts: Vec<Fact>,
 }
 
+/// The accounts that together hold a card's value: unsold, spendable and held.
+fn is_card_value(account: &Account) -> bool {
+    matches!(account, Account::CardUnsold { .. } | Account::CardLiability { .. } | Account::Holds)
+}
+
 impl Out {
+    /// A posting concerning the record's card.
     fn post(&mut self, debit: Account, credit: Account, amount_won: u64) {
+        self.post_for(self.card, debit, credit, amount_won);
+    }
+
+    /// A posting concerning `card` (a hold expiring in another card's record).
+    fn post_for(&mut self, card: PinHash, debit: Account, credit: Account, amount_won: u64) {
         if amount_won > 0 {
+            let change = i128::from(is_card_value(&credit)) - i128::from(is_card_value(&debit));
+            if change != 0 {
+                self.card_moves.push((card, change * i128::from(amount_won)));
+            }
             self.postings.push(Posting { debit, credit, amount_won });
         }
     }
@@ -536,7 +685,7 @@ impl Out {
     /// The postings must move the control accounts exactly as the engine's totals moved.
     fn check(&self, before: &Totals, after: &Totals, tracked_held_won: u128) -> std::result::Result<(), String> {
         let change = |from: u128, to: u128| to as i128 - from as i128;
-        let card_value = self.net_credit_won(|account| matches!(account, Account::CardUnsold { .. } | Account::CardLiability { .. } | Account::Holds));
+        let card_value = self.net_credit_won(is_card_value);
         let checks = [
             ("card balances", card_value, change(before.balances_won, after.balances_won)),
             ("holds", self.net_credit_won(|account| *account == Account::Holds), change(before.held_won, after.held_won)),

@@ -3,9 +3,9 @@
 //! a shadow engine (the same pure `Shard::apply` the switch and its recovery use, with the
 //! journaled reply required), turns each record into double-entry postings against a chart of
 //! accounts and into settlement facts, and writes per-period files at a daily cut-off: merchant
-//! statements, ISO 20022 pain.001 payout files with CSVs, breakage, channel sales, record
-//! retention tags and the trial balance; `status` shows cursors, lag and the safeguarding
-//! reconciliation; `deposits` turns camt.054 deposit notices into cards sold through the
+//! statements, ISO 20022 pain.001 payout files with CSVs, breakage, channel sales, the
+//! foreign-partner settlement, record retention tags and the trial balance; `status` shows
+//! cursors, lag and the safeguarding reconciliation (card by card); `deposits` turns camt.054 deposit notices into cards sold through the
 //! protocol; a per-card statement index answers usage statements (`statement`, and STATEMENT
 //! frames through `serve`). See EXPORT.md for the outputs, the chart of accounts and the cursor rules.
 

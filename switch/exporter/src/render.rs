@@ -9,7 +9,7 @@ use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::calendar::{self, Cutoff, Day};
 use crate::config::ExportConfig;
-use crate::facts::{ChannelSaleLine, PeriodFacts, RECORD_KINDS};
+use crate::facts::{ChannelSaleLine, ForeignLine, PeriodFacts, RECORD_KINDS};
 use crate::ledger::Ledger;
 use crate::xml::XmlWriter;
 
@@ -205,6 +205,9 @@ pub fn render(period: &ClosedPeriod, provisional: bool, cutoff: Cutoff, config: 
     }
     files.push(("channel-summary.csv".to_string(), channel_csv));
 
+    let partners = foreign_settlements(&facts.foreign);
+    files.extend(foreign_files(period.day, cutoff, &facts.foreign, &partners));
+
     let mut retention_csv = String::from("shard,seq,op_id,time,kind,result_code,amount_won,retain_years,retain_until\n");
     for line in &facts.retention {
         let record_day = cutoff.period_of(line.origin.time_ms);
@@ -240,6 +243,32 @@ pub fn render(period: &ClosedPeriod, provisional: bool, cutoff: Cutoff, config: 
     let _ = writeln!(summary, "balance refund payouts   {} won in {} transfers", refund_transfers.iter().map(|t| t.amount_won).sum::<u128>(), refund_transfers.len());
     let _ = writeln!(summary, "breakage                 {} won on {} lines", facts.breakage.iter().map(|l| u128::from(l.amount_won)).sum::<u128>(), facts.breakage.len());
     let _ = writeln!(summary, "cards sold by channels   {} for {} won (commission {} won)", facts.channel_sales.len(), channels.values().map(|c| c.2).sum::<u128>(), channels.values().map(|c| c.3).sum::<u128>());
+    let partner_total = |pick: fn(&ForeignTally) -> u128| partners.values().map(pick).sum::<u128>();
+    let _ = writeln!(
+        summary,
+        "foreign-PIN conversions  {} PINs, gross {} won, commission {} won, net due to {} partners {} won",
+        partner_total(|t| u128::from(t.pins)),
+        partner_total(|t| t.gross_won),
+        partner_total(|t| t.commission_won),
+        partners.keys().map(|(partner_id, _, _)| partner_id).collect::<std::collections::BTreeSet<_>>().len(),
+        partner_total(|t| t.gross_won - t.commission_won)
+    );
+    let mut by_partner: BTreeMap<u32, (u64, Vec<String>, u128, u128)> = BTreeMap::new();
+    for ((partner_id, _, currency), tally) in &partners {
+        let partner = by_partner.entry(*partner_id).or_default();
+        partner.0 += tally.pins;
+        partner.1.push(format!("{currency} {}", tally.face_value_minor));
+        partner.2 += tally.gross_won;
+        partner.3 += tally.commission_won;
+    }
+    for (partner_id, (pins, faces, gross_won, commission_won)) in &by_partner {
+        let _ = writeln!(
+            summary,
+            "  partner {partner_id:<10}      {pins} PINs ({} minor units), gross {gross_won} won, commission {commission_won} won, net due {} won",
+            faces.join(" + "),
+            gross_won - commission_won
+        );
+    }
     for (means, tally) in &facts.loads {
         let _ = writeln!(summary, "recharges, means {means}      {} won in {}", tally.amount_won, tally.count);
     }
@@ -277,6 +306,81 @@ pub fn operator_remittance(label: &str, periods: &[ClosedPeriod], is_final: bool
 
 /// Cards sold, face value, gross, commission (won) of one channel.
 type ChannelTally = (u64, u128, u128, u128);
+
+/// One foreign partner's conversions of one product in one currency.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ForeignTally {
+    pub pins: u64,
+    /// Face value in the currency's minor units.
+    pub face_value_minor: u128,
+    pub gross_won: u128,
+    pub commission_won: u128,
+    /// The commission rate of the lines, or `None` when they differ.
+    pub rate_per_mille: Option<u16>,
+}
+
+/// The period's conversions per (partner, product, currency).
+pub fn foreign_settlements(lines: &[ForeignLine]) -> BTreeMap<(u32, u32, String), ForeignTally> {
+    let mut tallies: BTreeMap<(u32, u32, String), ForeignTally> = BTreeMap::new();
+    for line in lines {
+        let tally = tallies.entry((line.partner_id, line.product_id, line.currency_code().to_string())).or_insert_with(|| ForeignTally { rate_per_mille: Some(line.rate_per_mille), ..ForeignTally::default() });
+        tally.pins += 1;
+        tally.face_value_minor += u128::from(line.face_value_minor);
+        tally.gross_won += u128::from(line.price_won);
+        tally.commission_won += u128::from(line.commission_won);
+        if tally.rate_per_mille != Some(line.rate_per_mille) {
+            tally.rate_per_mille = None;
+        }
+    }
+    tallies
+}
+
+/// `foreign-partners.csv` (per partner, product and currency: PINs, face value in minor units,
+/// gross, commission, net due; settlement id `FPS-{partner}-{YYYYMMDD}`) and
+/// `foreign-conversions.csv` (every conversion), each with a `TRAILER`.
+fn foreign_files(day: Day, cutoff: Cutoff, lines: &[ForeignLine], partners: &BTreeMap<(u32, u32, String), ForeignTally>) -> Vec<(String, String)> {
+    let compact_date = calendar::date_string(day).replace('-', "");
+    let mut settlement = String::from("settlement_id,partner_id,product_id,currency,pins,face_value_minor,gross_won,commission_rate_per_mille,commission_won,net_due_won\n");
+    for ((partner_id, product_id, currency), tally) in partners {
+        let rate = tally.rate_per_mille.map_or_else(|| "mixed".to_string(), |rate| rate.to_string());
+        let _ = writeln!(
+            settlement,
+            "FPS-{partner_id}-{compact_date},{partner_id},{product_id},{currency},{},{},{},{rate},{},{}",
+            tally.pins,
+            tally.face_value_minor,
+            tally.gross_won,
+            tally.commission_won,
+            tally.gross_won - tally.commission_won
+        );
+    }
+    let total = |pick: fn(&ForeignTally) -> u128| partners.values().map(pick).sum::<u128>();
+    // Face values in different currencies do not add up: the trailer leaves them out.
+    let _ = writeln!(settlement, "TRAILER,{},,,{},,{},,{},{}", partners.len(), total(|t| u128::from(t.pins)), total(|t| t.gross_won), total(|t| t.commission_won), total(|t| t.gross_won - t.commission_won));
+    let mut detail = String::from("time,shard,seq,op_id,card,partner_id,product_id,currency,face_value_minor,price_won,commission_per_mille,commission_won,net_due_won\n");
+    for line in lines {
+        let _ = writeln!(
+            detail,
+            "{},{},{},{:032x},{:032x},{},{},{},{},{},{},{},{}",
+            cutoff.local_date_time(line.origin.time_ms as i64),
+            line.origin.shard,
+            line.origin.seq,
+            line.origin.op_id,
+            line.card,
+            line.partner_id,
+            line.product_id,
+            line.currency_code(),
+            line.face_value_minor,
+            line.price_won,
+            line.rate_per_mille,
+            line.commission_won,
+            line.price_won - line.commission_won
+        );
+    }
+    let gross_won: u128 = lines.iter().map(|line| u128::from(line.price_won)).sum();
+    let commission_won: u128 = lines.iter().map(|line| u128::from(line.commission_won)).sum();
+    let _ = writeln!(detail, "TRAILER,{},,,,,,,,{gross_won},,{commission_won},{}", lines.len(), gross_won - commission_won);
+    vec![("foreign-partners.csv".to_string(), settlement), ("foreign-conversions.csv".to_string(), detail)]
+}
 
 const CHANNEL_SALE_COLUMNS: &str = "time,shard,seq,op_id,card,channel_id,face_value_won,price_won,payment_means,consigned,commission_per_mille,commission_won,net_receivable_won,gift";
 

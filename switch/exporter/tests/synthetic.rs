@@ -2,14 +2,15 @@
 //! runs, at chosen server times: a card's validity (1 day under the test rules) runs out, holds
 //! expire, and three days of periods close, none of which a test over TCP can do without waiting
 //! for the wall clock. Every statement total, payout, breakage line and channel sum is checked
-//! against figures worked out by hand below; the trial balance and the safeguarding
-//! reconciliation must hold; and an exporter stopped after every possible number of records and
-//! restarted from its saved state must write byte-identical files.
+//! against figures worked out by hand below, the foreign partners' settlement against sums taken
+//! from the list of conversions the journal was written from; the trial balance and the
+//! safeguarding reconciliation must hold; and an exporter stopped after every possible number of
+//! records and restarted from its saved state must write byte-identical files.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use pinswitch_core::{Body, Command, EngineConfig, JournalEntry, Reply, Shard, encode_entry, shard_of_card};
+use pinswitch_core::{Body, Command, EngineConfig, ForeignCode, ForeignProduct, JournalEntry, Reply, Shard, encode_entry, shard_of_card};
 use pinswitch_exporter::{Cutoff, ExportConfig, Exporter, Options, parse_date, xml};
 use pinswitch_journal::{Journal, JournalOptions};
 use pinswitch_protocol::ResultCode;
@@ -38,11 +39,16 @@ impl Switch {
         Switch { shards, next_op: 0 }
     }
 
-    /// Runs `body` at `now_ms` under a fresh op id (its time is `now_ms`); returns (op id, reply).
+    /// Runs `body` at `now_ms` under a fresh op id (its time is `now_ms`) on the shard its card
+    /// (or foreign PIN) routes to; returns (op id, reply).
     fn run(&mut self, now_ms: u64, body: Body) -> (u128, Reply) {
+        let shard = shard_of_card(body.route_key().unwrap(), SHARDS);
+        self.run_on(shard, now_ms, body)
+    }
+
+    fn run_on(&mut self, shard: u16, now_ms: u64, body: Body) -> (u128, Reply) {
         self.next_op += 1;
         let op_id = (u128::from(now_ms) << 80) | self.next_op;
-        let shard = shard_of_card(body.pin_hash().unwrap(), SHARDS);
         (op_id, self.apply(shard, now_ms, Command { op_id, deadline_at_ms: 0, body }))
     }
 
@@ -75,8 +81,13 @@ fn pin_on(shard: u16, n: u64) -> u128 {
     (1..).map(|i: u128| (i * 0x9E37_79B9_7F4A_7C15 + u128::from(n) * 0x1_0000) << 64 | u128::from(n)).find(|pin| shard_of_card(*pin, SHARDS) == shard).unwrap()
 }
 
-/// Three days of traffic; the figures in the assertions follow from it.
-fn write_journals(data: &Path, t0_ms: u64) {
+/// A foreign PIN converted in `write_journals`: (partner, product, currency, face value in minor
+/// units, won price).
+type Conversion = (u32, u32, &'static str, u64, u64);
+
+/// Three days of traffic; the figures in the assertions follow from it. Returns the foreign PINs
+/// converted, for the partners' settlement to be summed independently.
+fn write_journals(data: &Path, t0_ms: u64) -> Vec<Conversion> {
     let mut switch = Switch::new(data);
     let (a, b, c, d) = (pin_on(0, 1), pin_on(1, 2), pin_on(0, 3), pin_on(1, 4));
     for (pin, face) in [(a, 10_000), (b, 20_000), (c, 50_000), (d, 5_000)] {
@@ -112,6 +123,36 @@ fn write_journals(data: &Path, t0_ms: u64) {
     let (hold_c, reply) = switch.run(t0_ms + 2 * HOUR_MS, authorize(c, 1_000, 88));
     approved(reply);
     approved(switch.run(t0_ms + 2 * HOUR_MS + 1000, Body::Void { pin_hash: c, hold_id: hold_c }).1);
+
+    // Foreign PINs (the test rules' catalogue: product 1, partner 501, a 10-dollar PIN for
+    // 14,000 won; product 2, partner 502, 1,000 yen for 9,500 won) go into the pool of the shard
+    // their hash routes to; C (shard 0) and a new card E (shard 1) convert.
+    let t_ms = t0_ms + 2 * HOUR_MS + 2000;
+    for (n, product_id) in [(100, 1), (101, 1), (102, 2), (103, 1)] {
+        let shard = if n == 103 { 1 } else { 0 };
+        let code = ForeignCode::new(format!("PIN-{n}").as_bytes()).unwrap();
+        approved(switch.run(t_ms, Body::ForeignImport { foreign_hash: pin_on(shard, n), product_id, code }).1);
+    }
+    let convert = |pin, product_id| Body::ForeignConvert { pin_hash: pin, password_mac: MAC, product_id };
+    let mut conversions = Vec::new();
+    assert_eq!(approved(switch.run(t_ms + 1000, convert(c, 1)).1).amount_won, 14_000);
+    conversions.push((501, 1, "USD", 1_000, 14_000));
+    assert_eq!(approved(switch.run(t_ms + 2000, convert(c, 2)).1).amount_won, 9_500);
+    conversions.push((502, 2, "JPY", 1_000, 9_500));
+    // Shard 0's catalogue reprices product 1 (a SIGHUP reload journals a CONFIGURE per shard).
+    let mut repriced = EngineConfig::test_min();
+    repriced.foreign_products[0] = ForeignProduct { price_won: 15_000, ..repriced.foreign_products[0].clone() };
+    approved(switch.run_on(0, t_ms + 3000, Body::Configure(Box::new(repriced))).1);
+    assert_eq!(approved(switch.run(t_ms + 4000, convert(c, 1)).1).amount_won, 15_000);
+    conversions.push((501, 1, "USD", 1_000, 15_000));
+    // Shard 0 has no yen PIN left: declined, and nobody is owed anything for it.
+    let declined = switch.run(t_ms + 5000, convert(c, 2)).1;
+    assert_eq!(ResultCode::from_u16(declined.code), Some(ResultCode::ForeignPinUnavailable));
+    let e = pin_on(1, 5);
+    approved(switch.run(t_ms, Body::Issue { pin_hash: e, face_value_won: 30_000 }).1);
+    approved(switch.run(t_ms, Body::Activate { pin_hash: e, password_mac: MAC }).1);
+    assert_eq!(approved(switch.run(t_ms + 6000, convert(e, 1)).1).amount_won, 14_000);
+    conversions.push((501, 1, "USD", 1_000, 14_000));
     // The due holds (B's remaining 2,000, D's 2,000) expire with the shards' next records.
     switch.touch_all(t0_ms + 3 * HOUR_MS, &[pin_on(0, 10), pin_on(1, 11)]);
 
@@ -125,10 +166,21 @@ fn write_journals(data: &Path, t0_ms: u64) {
 
     // Day 3: every shard moves on, so day 2 closes too.
     switch.touch_all(t0_ms + 49 * HOUR_MS, &[pin_on(0, 12), pin_on(1, 13)]);
+    conversions
+}
+
+/// Foreign partners: 50 per mille kept on partner 501's PINs, 20 on everybody else's.
+const FOREIGN_RATES: [(u32, u64); 2] = [(501, 50), (0, 20)];
+
+fn foreign_rate(partner_id: u32) -> u64 {
+    FOREIGN_RATES.iter().find(|(partner, _)| *partner == partner_id || *partner == 0).map(|(_, rate)| *rate).unwrap()
 }
 
 fn options(data: &Path, state: &Path) -> Options {
-    Options { data_dir: data.to_path_buf(), state_dir: state.to_path_buf(), engine: EngineConfig::test_min(), config: ExportConfig::default() }
+    let mut config = ExportConfig::default();
+    config.foreign_partners.default_commission_per_mille = foreign_rate(0) as u16;
+    config.foreign_partners.rates.insert("501".into(), foreign_rate(501) as u16);
+    Options { data_dir: data.to_path_buf(), state_dir: state.to_path_buf(), engine: EngineConfig::test_min(), config }
 }
 
 /// Every file under `dir`, by relative name.
@@ -159,20 +211,25 @@ fn read(state: &Path, name: &str) -> String {
 }
 
 /// A temporary root with the three days' journals in `root/data`, from 10:00 KST on 1 May 2026;
-/// returns the root, the data directory and the first day.
-fn journals() -> (tempfile::TempDir, std::path::PathBuf, i64) {
+/// returns the root, the data directory, the first day and the foreign PINs converted.
+fn journals_and_conversions() -> (tempfile::TempDir, std::path::PathBuf, i64, Vec<Conversion>) {
     let root = tempfile::tempdir().unwrap();
     let data = root.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
     let cutoff = Cutoff { utc_offset_hours: 9, cutoff_hour: 0 };
     let day1 = parse_date("2026-05-01").unwrap();
-    write_journals(&data, cutoff.start_ms(day1) as u64 + 10 * HOUR_MS);
+    let conversions = write_journals(&data, cutoff.start_ms(day1) as u64 + 10 * HOUR_MS);
+    (root, data, day1, conversions)
+}
+
+fn journals() -> (tempfile::TempDir, std::path::PathBuf, i64) {
+    let (root, data, day1, _) = journals_and_conversions();
     (root, data, day1)
 }
 
 #[test]
 fn three_days_settle_to_hand_computed_figures_and_resume_byte_identically() {
-    let (root, data, day1) = journals();
+    let (root, data, day1, conversions) = journals_and_conversions();
 
     let state = root.path().join("state");
     let mut exporter = Exporter::open(options(&data, &state)).unwrap();
@@ -233,6 +290,39 @@ fn three_days_settle_to_hand_computed_figures_and_resume_byte_identically() {
     let operator: Vec<&str> = ["operator_channel", "cards_sold", "gross_won", "commission_won", "net_due_won"].iter().map(|key| operators[0][*key].as_str()).collect();
     assert_eq!((operators.len(), operator), (1, vec!["21", "1", "50000", "1750", "48250"]));
 
+    // Foreign partners, day 1: per partner and product, the PINs, their face value in the
+    // currency's minor units, the won gross, the commission (floor per conversion) and the net
+    // due, summed here from the conversions the journal was written from.
+    let mut expected: BTreeMap<(String, String, String), [u64; 5]> = BTreeMap::new();
+    for (partner_id, product_id, currency, face_minor, price_won) in &conversions {
+        let commission_won = price_won * foreign_rate(*partner_id) / 1000;
+        let sums = expected.entry((partner_id.to_string(), product_id.to_string(), currency.to_string())).or_default();
+        for (sum, add) in sums.iter_mut().zip([1, *face_minor, *price_won, commission_won, price_won - commission_won]) {
+            *sum += add;
+        }
+    }
+    let partner_csv = read(&state, "2026-05-01/foreign-partners.csv");
+    let settled: BTreeMap<(String, String, String), [u64; 5]> = csv_rows(&partner_csv)
+        .iter()
+        .map(|row| {
+            let key = (row["partner_id"].clone(), row["product_id"].clone(), row["currency"].clone());
+            assert_eq!(row["settlement_id"], format!("FPS-{}-20260501", row["partner_id"]));
+            (key, ["pins", "face_value_minor", "gross_won", "commission_won", "net_due_won"].map(|column| row[column].parse().unwrap()))
+        })
+        .collect();
+    assert_eq!(settled, expected);
+    // By hand, for the reader: 501 three USD PINs, 14,000 + 15,000 (repriced) + 14,000.
+    assert_eq!(expected[&("501".into(), "1".into(), "USD".into())], [3, 3_000, 43_000, 2_150, 40_850]);
+    let net_due: u64 = expected.values().map(|sums| sums[4]).sum();
+    assert_eq!(partner_csv.lines().last().unwrap(), format!("TRAILER,2,,,4,,52500,,2340,{net_due}"));
+    let conversion_lines = csv_rows(&read(&state, "2026-05-01/foreign-conversions.csv"));
+    let prices: Vec<&str> = conversion_lines.iter().map(|row| row["price_won"].as_str()).collect();
+    assert_eq!(prices, ["14000", "9500", "15000", "14000"], "the declined conversion owes nothing");
+    let summary = read(&state, "2026-05-01/summary.txt");
+    assert!(summary.contains(&format!("foreign-PIN conversions  4 PINs, gross 52500 won, commission 2340 won, net due to 2 partners {net_due} won")), "{summary}");
+    assert!(summary.contains("partner 501             3 PINs (USD 3000 minor units), gross 43000 won, commission 2150 won, net due 40850 won"), "{summary}");
+    assert!(!read(&state, "2026-05-02/foreign-partners.csv").contains("\n5"), "no conversions on day 2");
+
     // Retention: one tag per journal record; ≤10,000 won and authorizations 1 year, else 5.
     let retention = csv_rows(&read(&state, "2026-05-01/retention.csv"));
     let day1_records: u64 = read(&state, "2026-05-01/summary.txt").lines().find(|line| line.starts_with("journal records")).unwrap().split_whitespace().last().unwrap().parse().unwrap();
@@ -255,6 +345,12 @@ fn three_days_settle_to_hand_computed_figures_and_resume_byte_identically() {
     let totals = exporter.engine_totals();
     assert_eq!(totals.breakage_won, 15_000);
     assert_eq!(totals.paid_out_won, 9_000);
+    // What the partners are owed stays in 2500 until paid: the net due, per partner.
+    use pinswitch_exporter::ledger::Account;
+    for (partner_id, net_won) in [(501u32, 40_850i128), (502, 9_310)] {
+        let payable = Account::ForeignPartnerPayable { partner_id };
+        assert_eq!(ledger.sides(&payable).balance_won(payable.normal_side()), net_won, "partner {partner_id}");
+    }
 
     // Re-rendering a closed period rewrites the same bytes.
     let expected_files = files(&state);
@@ -410,14 +506,22 @@ fn charging_sessions_post_reservations_and_service_revenue() {
     let hold = Body::Authorize { pin_hash: card, password_mac: MAC, amount_won: 5_000, merchant_id: 77, category: 1, hold_ttl_s: 60 };
     approved(switch.run(t0_ms, hold).1);
     let destination = pack_destination(b"0212345678").unwrap();
-    let start = Body::SessionStart { pin_hash: card, session_id: 9, destination, requested_s: 100, category: 2 };
+    let start = Body::SessionStart(Box::new(pinswitch_core::SessionOpen {
+        pin_hash: card,
+        session_id: 9,
+        destination,
+        requested_s: 100,
+        owner_id: 1,
+        password_mac: 0,
+        category: 2,
+    }));
     assert_eq!(approved(switch.run(t0_ms, start).1).available_won, 4_800);
     // 61 s later the hold has expired: the update debits 200 and reserves 600 s (1,200 won).
-    let update = Body::SessionUpdate { pin_hash: card, session_id: 9, used_total_s: 100, requested_s: 600 };
+    let update = Body::SessionUpdate { pin_hash: card, session_id: 9, seq: 1, used_total_s: 100, requested_s: 600 };
     let reply = approved(switch.run(t0_ms + 61_000, update).1);
     assert_eq!((reply.amount_won, reply.available_won), (200, 8_600));
     // Far past the grant: 11,800 won due, 9,800 there.
-    let end = Body::SessionEnd { pin_hash: card, session_id: 9, used_total_s: 6_000 };
+    let end = Body::SessionEnd { pin_hash: card, session_id: 9, seq: 2, used_total_s: 6_000 };
     let reply = switch.run(t0_ms + 62_000, end).1;
     assert_eq!((ResultCode::from_u16(reply.code), reply.amount_won, reply.balance_won), (Some(ResultCode::SessionUsageCapped), 9_800, 0));
 
