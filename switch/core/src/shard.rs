@@ -468,6 +468,25 @@ impl Shard {
         self.expired_sessions.len()
     }
 
+    /// The sessions that a command applied at `now_ms` would expire for silence, with their
+    /// cards and reservations (the exporter posts the releases). Read-only.
+    pub fn sessions_expiring(&self, now_ms: Ms) -> Vec<(u128, PinHash, u64)> {
+        let now_ms = now_ms.max(self.now_ms);
+        self.session_deadlines
+            .iter()
+            .take_while(|(expires_at_ms, _)| *expires_at_ms <= now_ms)
+            .map(|(_, session_id)| {
+                let session = &self.sessions[session_id];
+                (*session_id, session.pin_hash, session.reserved_won)
+            })
+            .collect()
+    }
+
+    /// A live session's card and reservation.
+    pub fn session_reservation(&self, session_id: u128) -> Option<(PinHash, u64)> {
+        self.sessions.get(&session_id).map(|session| (session.pin_hash, session.reserved_won))
+    }
+
     /// SESSION_AUDIT: how many live sessions `owner_id` has here, and their `session_digest`.
     pub fn owner_sessions(&self, owner_id: u32) -> (u32, u128) {
         let ids: Vec<u128> =

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use pinswitch_core::{EngineConfig, ForeignProduct, Tariff};
+use pinswitch_core::{EngineConfig, ForeignProduct, Tariff, TariffBand};
 use serde::Deserialize;
 
 #[derive(Clone, Debug, Deserialize)]
@@ -16,6 +16,7 @@ pub struct Config {
     pub limits: Limits,
     pub journal: JournalSection,
     pub engine: EngineSection,
+    pub sessions: SessionsSection,
     /// The file this was read from (SIGHUP re-reads it); not a key of the file.
     #[serde(skip)]
     pub source: Option<std::path::PathBuf>,
@@ -61,6 +62,61 @@ pub struct JournalSection {
     pub snapshot_every_records: u64,
 }
 
+/// `[sessions]`: what the front end tells call switches with every grant, and the audit's
+/// limits. (The money rules of sessions are in `[engine]`: they are journaled.)
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionsSection {
+    /// Report when this many granted seconds are left (RFC 8506 Time-Quota-Threshold).
+    pub quota_threshold_s: u32,
+    /// What a call switch does when the switch does not answer in time: "terminate",
+    /// "continue" or "retry_and_terminate" (RFC 8506 CC-Failure-Handling).
+    pub failure_handling: String,
+    /// The final-unit action when a card runs low: "terminate", or "redirect" to
+    /// `redirect_number` (the recharge service, 1 to 15 digits).
+    pub final_unit_action: String,
+    pub redirect_number: String,
+    /// SESSION_AUDIT spares sessions that reported within this many seconds (a call started
+    /// while the audit was on its way).
+    pub audit_grace_s: u32,
+    /// Most session ids one SESSION_AUDIT list may carry (more: BATCH_TOO_LARGE).
+    pub audit_sessions_max: u32,
+    /// SESSION_NOTICE pushes are sent only to connections that reported a session; a
+    /// connection whose queue is full misses them (they are advisory).
+    pub notices: bool,
+}
+
+impl Default for SessionsSection {
+    fn default() -> Self {
+        SessionsSection {
+            quota_threshold_s: 10,
+            failure_handling: "terminate".into(),
+            final_unit_action: "terminate".into(),
+            redirect_number: String::new(),
+            audit_grace_s: 60,
+            audit_sessions_max: 1_000_000,
+            notices: true,
+        }
+    }
+}
+
+impl SessionsSection {
+    /// The wire value of `failure_handling`.
+    pub fn failure_handling_code(&self) -> Option<u8> {
+        match self.failure_handling.as_str() {
+            "terminate" => Some(pinswitch_protocol::FAILURE_HANDLING_TERMINATE),
+            "continue" => Some(pinswitch_protocol::FAILURE_HANDLING_CONTINUE),
+            "retry_and_terminate" => Some(pinswitch_protocol::FAILURE_HANDLING_RETRY_AND_TERMINATE),
+            _ => None,
+        }
+    }
+
+    /// The redirect number when the final-unit action is "redirect" (`None`: terminate).
+    pub fn redirect(&self) -> Option<Vec<u8>> {
+        (self.final_unit_action == "redirect").then(|| self.redirect_number.as_bytes().to_vec())
+    }
+}
+
 /// `[engine]` mirrors `EngineConfig`; see its field docs.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -98,6 +154,37 @@ pub struct EngineSection {
     pub session_grant_default_s: u32,
     pub session_grant_max_s: u32,
     pub session_validity_s: u32,
+    pub tariff_utc_offset_s: i32,
+    pub low_balance_warn_won: u64,
+    pub expired_sessions_max: u32,
+    pub session_password_required: bool,
+}
+
+/// One `[[engine.tariffs.bands]]` table; see `TariffBand`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BandSection {
+    /// "HH:MM", local time.
+    pub from: String,
+    pub rate_won: u64,
+}
+
+impl BandSection {
+    fn of(band: &TariffBand) -> BandSection {
+        BandSection { from: format!("{:02}:{:02}", band.from_minute / 60, band.from_minute % 60), rate_won: band.rate_won }
+    }
+
+    /// A malformed time becomes minute 1440, which the engine's validation refuses.
+    fn engine(&self) -> TariffBand {
+        let minute = self
+            .from
+            .split_once(':')
+            .filter(|(hours, minutes)| hours.len() == 2 && minutes.len() == 2)
+            .and_then(|(hours, minutes)| Some((hours.parse::<u16>().ok()?, minutes.parse::<u16>().ok()?)))
+            .filter(|(hours, minutes)| *hours < 24 && *minutes < 60)
+            .map_or(24 * 60, |(hours, minutes)| hours * 60 + minutes);
+        TariffBand { from_minute: minute, rate_won: self.rate_won }
+    }
 }
 
 /// One `[[engine.tariffs]]` table; see `Tariff`.
@@ -115,6 +202,10 @@ pub struct TariffSection {
     pub increment_s: u32,
     #[serde(default)]
     pub first_increment_s: u32,
+    #[serde(default)]
+    pub event_won: u64,
+    #[serde(default)]
+    pub bands: Vec<BandSection>,
 }
 
 impl TariffSection {
@@ -127,6 +218,8 @@ impl TariffSection {
             rate_won: tariff.rate_won,
             increment_s: tariff.increment_s,
             first_increment_s: tariff.first_increment_s,
+            event_won: tariff.event_won,
+            bands: tariff.bands.iter().map(BandSection::of).collect(),
         }
     }
 
@@ -139,6 +232,8 @@ impl TariffSection {
             rate_won: self.rate_won,
             increment_s: self.increment_s,
             first_increment_s: self.first_increment_s,
+            event_won: self.event_won,
+            bands: self.bands.iter().map(BandSection::engine).collect(),
         }
     }
 }
@@ -243,6 +338,10 @@ impl Default for EngineSection {
             session_grant_default_s: engine.session_grant_default_s,
             session_grant_max_s: engine.session_grant_max_s,
             session_validity_s: engine.session_validity_s,
+            tariff_utc_offset_s: engine.tariff_utc_offset_s,
+            low_balance_warn_won: engine.low_balance_warn_won,
+            expired_sessions_max: engine.expired_sessions_max,
+            session_password_required: engine.session_password_required,
         }
     }
 }
@@ -254,6 +353,7 @@ impl Default for Config {
             limits: Limits::default(),
             journal: JournalSection::default(),
             engine: EngineSection::default(),
+            sessions: SessionsSection::default(),
             source: None,
         }
     }
@@ -311,6 +411,10 @@ impl Config {
             session_grant_default_s: engine.session_grant_default_s,
             session_grant_max_s: engine.session_grant_max_s,
             session_validity_s: engine.session_validity_s,
+            tariff_utc_offset_s: engine.tariff_utc_offset_s,
+            low_balance_warn_won: engine.low_balance_warn_won,
+            expired_sessions_max: engine.expired_sessions_max,
+            session_password_required: engine.session_password_required,
         }
     }
 
@@ -348,6 +452,19 @@ impl Config {
         }
         if self.journal.snapshot_every_records == 0 {
             bail!("journal.snapshot_every_records must be positive");
+        }
+        let sessions = &self.sessions;
+        if sessions.failure_handling_code().is_none() {
+            bail!("sessions.failure_handling must be terminate, continue or retry_and_terminate");
+        }
+        match sessions.final_unit_action.as_str() {
+            "terminate" => {}
+            "redirect" if pinswitch_core::pack_destination(sessions.redirect_number.as_bytes()).is_some() => {}
+            "redirect" => bail!("sessions.redirect_number must be 1 to 15 digits with final_unit_action = \"redirect\""),
+            _ => bail!("sessions.final_unit_action must be terminate or redirect"),
+        }
+        if sessions.audit_sessions_max == 0 {
+            bail!("sessions.audit_sessions_max must be positive");
         }
         Ok(())
     }

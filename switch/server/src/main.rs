@@ -8,6 +8,7 @@ mod cli;
 mod config;
 mod keys;
 mod net;
+mod push;
 mod runtime;
 mod shard_loop;
 

@@ -9,17 +9,24 @@
 
 use std::sync::Arc;
 
-use pinswitch_core::{Body, Command, ForeignCode, PinHash, Reply, SessionGrant, pack_destination, shard_of_card, shard_of_op};
+use std::collections::HashSet;
+
+use pinswitch_core::{
+    Body, Command, FINAL_UNIT_TERMINATE, ForeignCode, PinHash, Reply, SessionGrant, SessionOpen, pack_destination, shard_of_card,
+    shard_of_op,
+};
 use pinswitch_protocol::{
-    self as protocol, BalanceResult, CardIssueResult, FLAG_REPLAYED, ForeignConvertResult,
-    FLAG_RESPONSE, FrameHeader, HelloReply, HoldInfo, InquiryResult, MsgType, OpResult, OpStatus,
-    Pong, ResultCode, SessionResult, VERSION, access_body, decode_body, decode_frame, encode_body, encode_frame,
+    self as protocol, BalanceResult, CardIssueResult, FINAL_UNIT_REDIRECT, FLAG_REPLAYED, ForeignConvertResult,
+    FLAG_RESPONSE, FrameHeader, HelloReply, HoldInfo, InquiryResult, MsgType, OpResult, OpStatus, PriceQuoteResult,
+    Pong, ResultCode, SessionAuditResult, SessionResult, VERSION, access_body, decode_body, decode_frame, encode_body,
+    encode_frame,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
-use crate::config::Limits;
+use crate::config::{Limits, SessionsSection};
+use crate::push::SessionDirectory;
 use crate::keys::{Keys, random_pin};
 use crate::shard_loop::{ShardBatch, ShardHandle, ShardItem, ShardOutput, wall_clock_ms};
 
@@ -35,6 +42,10 @@ pub struct Context {
     pub shard_count: u16,
     pub keys: Keys,
     pub limits: Limits,
+    /// What every session grant carries, and the audit's limits.
+    pub sessions: SessionsSection,
+    /// Which connection to push each live session's notices to.
+    pub directory: Arc<SessionDirectory>,
     /// The HELLO answer; its rule fields change when SIGHUP reloads the engine rules.
     pub hello: std::sync::RwLock<HelloReply>,
 }
@@ -155,7 +166,7 @@ fn handle_frame(
     let context = context.clone();
     let responses = responses.clone();
     tokio::spawn(async move {
-        let body = planned.finish(&context).await;
+        let body = planned.finish(&context, &responses).await;
         let frame = response_frame(msg_type, request_id, &body);
         let _ = responses.send(frame).await;
         drop(permit);
@@ -171,8 +182,22 @@ enum Planned {
     Inquiry(Pending<InquiryResult>),
     Balance(Pending<BalanceResult>),
     Foreign(Pending<ForeignConvertResult>),
-    /// SESSION_START/UPDATE/END: op results whose grant is unpacked into `SessionResult`s.
-    Session(Pending<OpResult>),
+    /// SESSION_START/UPDATE/END: op results whose grant is unpacked into `SessionResult`s;
+    /// the session ids (per event) tell the push directory who owns what.
+    Session(Pending<OpResult>, MsgType, Vec<u128>),
+    /// EVENT_CHARGE: plain op results.
+    Quote(Pending<PriceQuoteResult>),
+    /// SESSION_AUDIT: one answer per shard, combined.
+    Audit(Pending<AuditPart>, protocol::SessionAudit),
+}
+
+/// One shard's part of a SESSION_AUDIT answer: the owner's live sessions there, their digest,
+/// and (with a list) the ids it closed.
+struct AuditPart {
+    count: u32,
+    digest: u128,
+    closed: Vec<u128>,
+    answered: bool,
 }
 
 /// A CARD_ISSUE event in flight: what is needed to draw again under the same op id.
@@ -196,7 +221,7 @@ struct Group {
 }
 
 impl Planned {
-    async fn finish(self, context: &Context) -> Vec<u8> {
+    async fn finish(self, context: &Context, responses: &mpsc::Sender<Vec<u8>>) -> Vec<u8> {
         match self {
             Planned::Ready(body) => body,
             Planned::Ops(pending) => {
@@ -209,12 +234,30 @@ impl Planned {
             Planned::Inquiry(pending) => encode_body(&pending.collect(inquiry_result, || inquiry_code(ResultCode::RetryLater)).await),
             Planned::Balance(pending) => encode_body(&pending.collect(balance_result, || balance_code(ResultCode::RetryLater)).await),
             Planned::Foreign(pending) => encode_body(&pending.collect(foreign_result, || foreign_code(ResultCode::RetryLater)).await),
-            Planned::Session(pending) => {
+            Planned::Session(pending, msg_type, session_ids) => {
                 let results = pending.collect(|output| match output {
                     ShardOutput::Applied(applied) => op_result(&applied.reply),
                     _ => op_code(ResultCode::InternalError),
                 }, || op_code(ResultCode::RetryLater)).await;
-                encode_body(&results.into_iter().map(session_result).collect::<Vec<_>>())
+                for (result, session_id) in results.iter().zip(&session_ids) {
+                    track_session(&context.directory, responses, msg_type, *session_id, result);
+                }
+                let sessions = &context.sessions;
+                encode_body(&results.into_iter().map(|result| session_result(result, sessions)).collect::<Vec<_>>())
+            }
+            Planned::Quote(pending) => encode_body(&pending.collect(quote_result, || quote_code(ResultCode::RetryLater)).await),
+            Planned::Audit(pending, audit) => {
+                let parts = pending
+                    .collect(
+                        |output| match output {
+                            ShardOutput::AuditCount(count, digest) => AuditPart { count, digest, closed: Vec::new(), answered: true },
+                            ShardOutput::AuditClosed(count, closed) => AuditPart { count, digest: 0, closed, answered: true },
+                            _ => AuditPart { count: 0, digest: 0, closed: Vec::new(), answered: false },
+                        },
+                        || AuditPart { count: 0, digest: 0, closed: Vec::new(), answered: false },
+                    )
+                    .await;
+                encode_body(&audit_answer(&context.directory, &audit, parts))
             }
         }
     }
@@ -467,43 +510,123 @@ fn plan(context: &Context, msg_type: MsgType, body: &[u8], deadline_at_ms: u64) 
             pending.groups = submit(context, routed);
             Ok(Planned::Foreign(pending))
         }
-        MsgType::SessionStart => Ok(session(ops(context, events!(protocol::SessionStart), deadline_at_ms, |event, result| {
+        MsgType::SessionStart => {
+            let events = events!(protocol::SessionStart);
+            let session_ids = events.iter().map(|event| event.session_id.to_native()).collect();
+            Ok(session(ops(context, events, deadline_at_ms, |event, result| {
+                let pin_hash = card(keys, event.pin.to_native(), result)?;
+                let Some(destination) = pack_destination(event.destination.as_slice()) else {
+                    *result = Some(op_code(ResultCode::DestinationInvalid));
+                    return None;
+                };
+                let password_mac = optional_password(keys, pin_hash, event.password.as_slice(), result)?;
+                let open = SessionOpen {
+                    pin_hash,
+                    session_id: event.session_id.to_native(),
+                    destination,
+                    requested_s: event.requested_s.to_native(),
+                    owner_id: event.owner_id.to_native(),
+                    password_mac,
+                    category: event.category,
+                };
+                Some((event.op_id.to_native(), Body::SessionStart(Box::new(open))))
+            }), MsgType::SessionStart, session_ids))
+        }
+        MsgType::SessionUpdate => {
+            let events = events!(protocol::SessionUpdate);
+            let session_ids = events.iter().map(|event| event.session_id.to_native()).collect();
+            Ok(session(ops(context, events, deadline_at_ms, |event, result| {
+                let pin_hash = card(keys, event.pin.to_native(), result)?;
+                let body = Body::SessionUpdate {
+                    pin_hash,
+                    session_id: event.session_id.to_native(),
+                    seq: event.seq.to_native(),
+                    used_total_s: event.used_total_s.to_native(),
+                    requested_s: event.requested_s.to_native(),
+                };
+                Some((event.op_id.to_native(), body))
+            }), MsgType::SessionUpdate, session_ids))
+        }
+        MsgType::SessionEnd => {
+            let events = events!(protocol::SessionEnd);
+            let session_ids = events.iter().map(|event| event.session_id.to_native()).collect();
+            Ok(session(ops(context, events, deadline_at_ms, |event, result| {
+                let pin_hash = card(keys, event.pin.to_native(), result)?;
+                let body = Body::SessionEnd {
+                    pin_hash,
+                    session_id: event.session_id.to_native(),
+                    seq: event.seq.to_native(),
+                    used_total_s: event.used_total_s.to_native(),
+                };
+                Some((event.op_id.to_native(), body))
+            }), MsgType::SessionEnd, session_ids))
+        }
+        MsgType::EventCharge => Ok(ops(context, events!(protocol::EventCharge), deadline_at_ms, |event, result| {
             let pin_hash = card(keys, event.pin.to_native(), result)?;
             let Some(destination) = pack_destination(event.destination.as_slice()) else {
                 *result = Some(op_code(ResultCode::DestinationInvalid));
                 return None;
             };
-            let body = Body::SessionStart {
-                pin_hash,
-                session_id: event.session_id.to_native(),
-                destination,
-                requested_s: event.requested_s.to_native(),
-                category: event.category,
-            };
+            let password_mac = optional_password(keys, pin_hash, event.password.as_slice(), result)?;
+            let body = Body::EventCharge { pin_hash, password_mac, destination, units: event.units.to_native(), category: event.category };
             Some((event.op_id.to_native(), body))
-        }))),
-        MsgType::SessionUpdate => Ok(session(ops(context, events!(protocol::SessionUpdate), deadline_at_ms, |event, result| {
-            let pin_hash = card(keys, event.pin.to_native(), result)?;
-            let body = Body::SessionUpdate {
-                pin_hash,
-                session_id: event.session_id.to_native(),
-                used_total_s: event.used_total_s.to_native(),
-                requested_s: event.requested_s.to_native(),
-            };
-            Some((event.op_id.to_native(), body))
-        }))),
-        MsgType::SessionEnd => Ok(session(ops(context, events!(protocol::SessionEnd), deadline_at_ms, |event, result| {
-            let pin_hash = card(keys, event.pin.to_native(), result)?;
-            let body = Body::SessionEnd {
-                pin_hash,
-                session_id: event.session_id.to_native(),
-                used_total_s: event.used_total_s.to_native(),
-            };
-            Some((event.op_id.to_native(), body))
-        }))),
+        })),
+        MsgType::PriceQuote => {
+            let events = events!(protocol::PriceQuote);
+            let mut pending = Pending::new(events.len());
+            let mut routed = Vec::with_capacity(events.len());
+            for (index, event) in events.iter().enumerate() {
+                let pin = event.pin.to_native();
+                let pin_hash = match pin {
+                    0 => None,
+                    pin if protocol::pin::is_valid(pin) => Some(keys.pin_hash(pin)),
+                    _ => {
+                        pending.results[index] = Some(quote_code(ResultCode::PinFormatInvalid));
+                        continue;
+                    }
+                };
+                let Some(destination) = pack_destination(event.destination.as_slice()) else {
+                    pending.results[index] = Some(quote_code(ResultCode::DestinationInvalid));
+                    continue;
+                };
+                // Every shard has the same tariffs; a card's own shard knows its balance.
+                let shard = pin_hash.map_or(0, |pin_hash| shard_of_card(pin_hash, count));
+                let item = ShardItem::Quote {
+                    pin_hash,
+                    category: event.category,
+                    destination,
+                    duration_s: event.duration_s.to_native(),
+                    units: event.units.to_native(),
+                };
+                routed.push((index, shard, item));
+            }
+            pending.groups = submit(context, routed);
+            Ok(Planned::Quote(pending))
+        }
+        MsgType::SessionAudit => {
+            let audit: protocol::SessionAudit = decode_body(body).map_err(|_| ResultCode::FormatError)?;
+            if audit.session_ids.len() > context.sessions.audit_sessions_max as usize {
+                return Err(ResultCode::BatchTooLarge);
+            }
+            let owner_id = audit.owner_id;
+            let live = Arc::new(audit.session_ids.iter().copied().collect::<HashSet<u128>>());
+            let silent_since_ms = wall_clock_ms().saturating_sub(u64::from(context.sessions.audit_grace_s) * 1000);
+            let routed = (0..count)
+                .map(|shard| {
+                    let item = if audit.list {
+                        ShardItem::AuditClose { owner_id, live: live.clone(), silent_since_ms }
+                    } else {
+                        ShardItem::AuditCount { owner_id }
+                    };
+                    (usize::from(shard), shard, item)
+                })
+                .collect();
+            let mut pending = Pending::new(usize::from(count));
+            pending.groups = submit(context, routed);
+            Ok(Planned::Audit(pending, audit))
+        }
         // Pushes go from the server to clients only.
         MsgType::SessionNotice => Err(ResultCode::UnknownMessageType),
-        MsgType::EventCharge | MsgType::PriceQuote | MsgType::SessionAudit => Err(ResultCode::UnknownMessageType),
         MsgType::Inquiry => {
             let events = events!(protocol::Inquiry);
             let mut pending = Pending::new(events.len());
@@ -565,31 +688,104 @@ fn ops<E>(
 }
 
 /// A planned batch of session events: answered with `SessionResult`s.
-fn session(planned: Planned) -> Planned {
+fn session(planned: Planned, msg_type: MsgType, session_ids: Vec<u128>) -> Planned {
     match planned {
-        Planned::Ops(pending) => Planned::Session(pending),
+        Planned::Ops(pending) => Planned::Session(pending, msg_type, session_ids),
         other => other,
     }
 }
 
+/// Keeps the push directory in step with a session event's outcome: a started or reported
+/// session is owned by this connection; an ended, expired or unknown one by none.
+fn track_session(directory: &SessionDirectory, responses: &mpsc::Sender<Vec<u8>>, msg_type: MsgType, session_id: u128, result: &OpResult) {
+    match (msg_type, ResultCode::from_u16(result.code)) {
+        (MsgType::SessionStart | MsgType::SessionUpdate, Some(ResultCode::Approved | ResultCode::SessionUsageCapped)) => {
+            directory.register(session_id, responses);
+        }
+        (MsgType::SessionStart, _) => {}
+        (_, Some(ResultCode::Approved | ResultCode::SessionUsageCapped | ResultCode::SessionExpiredCharged | ResultCode::SessionNotFound)) => {
+            directory.forget(session_id);
+        }
+        _ => {}
+    }
+}
+
 /// A session event's wire result: the engine packs the grant into the reply's hold-expiry and
-/// field slots (see `SessionGrant`); they are unpacked here for an approved or capped event.
-fn session_result(mut result: OpResult) -> SessionResult {
+/// field slots (see `SessionGrant`); they are unpacked here for an event that was charged. The
+/// front end adds its policy: the quota threshold, the failure handling, and a redirect to the
+/// recharge number instead of a plain terminate when so configured.
+fn session_result(mut result: OpResult, sessions: &SessionsSection) -> SessionResult {
     let code = ResultCode::from_u16(result.code);
-    if !matches!(code, Some(ResultCode::Approved | ResultCode::SessionUsageCapped)) {
+    if !matches!(code, Some(ResultCode::Approved | ResultCode::SessionUsageCapped | ResultCode::SessionExpiredCharged)) {
         return SessionResult { result, ..SessionResult::default() };
     }
     let grant = SessionGrant::unpack(result.hold_expires_at_ms, result.field);
     result.hold_expires_at_ms = 0;
     result.field = 0;
+    let (final_unit, redirect_number) = match sessions.redirect() {
+        Some(number) if grant.final_unit == FINAL_UNIT_TERMINATE => (FINAL_UNIT_REDIRECT, number),
+        _ => (grant.final_unit, Vec::new()),
+    };
     SessionResult {
         result,
         granted_s: grant.granted_s,
         validity_s: grant.validity_s,
-        final_unit: grant.final_unit,
+        quota_threshold_s: if grant.granted_s > 0 { sessions.quota_threshold_s.min(grant.granted_s) } else { 0 },
+        final_unit,
+        redirect_number,
+        failure_handling: sessions.failure_handling_code().unwrap_or_default(),
         tariff_id: grant.tariff_id,
-        ..SessionResult::default()
     }
+}
+
+fn quote_code(code: ResultCode) -> PriceQuoteResult {
+    PriceQuoteResult { code: code.as_u16(), ..PriceQuoteResult::default() }
+}
+
+fn quote_result(output: ShardOutput) -> PriceQuoteResult {
+    match output {
+        ShardOutput::Quote(view) => PriceQuoteResult {
+            code: view.code.as_u16(),
+            tariff_id: view.tariff_id,
+            connect_fee_won: view.connect_fee_won,
+            rate_won: view.rate_won,
+            increment_s: view.increment_s,
+            first_increment_s: view.first_increment_s,
+            event_won: view.event_won,
+            duration_cost_won: view.duration_cost_won,
+            event_cost_won: view.event_cost_won,
+            available_won: view.available_won,
+            affordable_s: view.affordable_s,
+        },
+        _ => quote_code(ResultCode::InternalError),
+    }
+}
+
+/// Combines the shards' parts of a SESSION_AUDIT: in sync when the count and the digest both
+/// match; with a list, the orphans ended. A shard that could not answer (its queue was full)
+/// makes the whole answer RETRY_LATER.
+fn audit_answer(directory: &SessionDirectory, audit: &protocol::SessionAudit, parts: Vec<AuditPart>) -> SessionAuditResult {
+    let mut answer = SessionAuditResult::default();
+    let mut digest = 0u128;
+    let mut all_answered = true;
+    for part in parts {
+        all_answered &= part.answered;
+        answer.live_count = answer.live_count.saturating_add(part.count);
+        digest ^= part.digest;
+        answer.ended = answer.ended.saturating_add(u32::try_from(part.closed.len()).unwrap_or(u32::MAX));
+        for session_id in part.closed {
+            directory.forget(session_id);
+        }
+    }
+    answer.code = if !all_answered {
+        ResultCode::RetryLater
+    } else if audit.list || (answer.live_count == audit.count && digest == audit.digest) {
+        ResultCode::Approved
+    } else {
+        ResultCode::SessionAuditMismatch
+    }
+    .as_u16();
+    answer
 }
 
 /// Hashes a well-formed PIN, or records PIN_FORMAT_INVALID for the event.
@@ -610,6 +806,12 @@ fn password(keys: &Keys, pin_hash: PinHash, password: &[u8], result: &mut Option
         *result = Some(op_code(ResultCode::PasswordFormatInvalid));
         None
     }
+}
+
+/// SESSION_START and EVENT_CHARGE: an empty password is "none given" (MAC 0); any other must
+/// be well-formed.
+fn optional_password(keys: &Keys, pin_hash: PinHash, password: &[u8], result: &mut Option<OpResult>) -> Option<u64> {
+    if password.is_empty() { Some(0) } else { self::password(keys, pin_hash, password, result) }
 }
 
 /// Draws a PIN whose card lands on `shard`, so that the issue and its retries meet one shard.

@@ -14,6 +14,7 @@ use pinswitch_protocol::{HelloReply, VERSION};
 use crate::config::Config;
 use crate::keys::Keys;
 use crate::net::{self, Context};
+use crate::push::SessionDirectory;
 use crate::shard_loop::{self, ShardSettings, shard_dir};
 
 /// Set (to anything) to keep the switch from re-executing itself with huge-page malloc.
@@ -63,6 +64,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let keys = Keys::load_or_create(&data_dir)?;
     let engine = config.engine();
     let mut shards = Vec::with_capacity(usize::from(shard_count));
+    let directory = Arc::new(SessionDirectory::new(config.sessions.notices));
     for shard_id in 0..shard_count {
         let settings = ShardSettings {
             shard_id,
@@ -77,6 +79,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             queue_max: config.limits.shard_queue_max as usize,
             commit_events_max: config.limits.commit_events_max as usize,
             snapshot_every_records: config.journal.snapshot_every_records,
+            directory: directory.clone(),
         };
         let (handle, report, _thread) = shard_loop::start(settings)
             .with_context(|| format!("starting shard {shard_id}"))?;
@@ -102,6 +105,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         shard_count,
         keys,
         limits: config.limits.clone(),
+        sessions: config.sessions.clone(),
+        directory,
         hello: std::sync::RwLock::new(hello),
     });
     let reload_context = context.clone();
@@ -164,6 +169,9 @@ async fn reload(
 
     let Some(path) = source else { bail!("the switch was started without --config: there is no file to re-read") };
     let config = Config::load(Some(path))?;
+    if config.sessions != context.sessions {
+        eprintln!("pinswitch: reload: [sessions] changed in {}; it applies at the next restart", path.display());
+    }
     if config.limits != context.limits {
         eprintln!("pinswitch: reload: [limits] changed in {}; they apply at the next restart", path.display());
     }

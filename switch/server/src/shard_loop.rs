@@ -11,9 +11,12 @@ use std::time::Duration;
 use anyhow::{Context, anyhow, bail};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use pinswitch_core::{
-    Applied, Body, CardView, Command, EngineConfig, ForeignCode, JournalEntry, Ms, OpId, OpView, PinHash,
+    Applied, Body, CardView, Command, EngineConfig, ForeignCode, JournalEntry, Ms, OpId, OpView, PinHash, QuoteView,
     Shard, decode_entry, encode_entry, encode_entry_into,
 };
+use std::collections::HashSet;
+
+use crate::push::SessionDirectory;
 use pinswitch_journal::{Journal, JournalOptions, SnapshotWriter};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,6 +29,13 @@ pub enum ShardItem {
     Command(Command),
     Card(PinHash),
     Op { pin_hash: PinHash, op_id: OpId },
+    /// PRICE_QUOTE (read-only).
+    Quote { pin_hash: Option<PinHash>, category: u8, destination: u64, duration_s: u32, units: u32 },
+    /// SESSION_AUDIT's comparison: the owner's live sessions here (read-only).
+    AuditCount { owner_id: u32 },
+    /// SESSION_AUDIT's list: end the owner's sessions here that are not in `live` and silent
+    /// since `silent_since_ms` (journaled as a `SessionsClose`).
+    AuditClose { owner_id: u32, live: Arc<HashSet<u128>>, silent_since_ms: Ms },
 }
 
 /// The shard's answer to one item, in the same position.
@@ -37,6 +47,11 @@ pub enum ShardOutput {
     Converted(Applied, Option<ForeignCode>),
     Card(Option<CardView>),
     Op(OpView),
+    Quote(QuoteView),
+    /// Live sessions of the owner and their digest.
+    AuditCount(u32, u128),
+    /// The owner's live sessions before the close, and the ids closed.
+    AuditClosed(u32, Vec<u128>),
 }
 
 /// A group of items from one frame for one shard, answered together.
@@ -80,6 +95,8 @@ pub struct ShardSettings {
     pub queue_max: usize,
     pub commit_events_max: usize,
     pub snapshot_every_records: u64,
+    /// Where session notices go once durable.
+    pub directory: Arc<SessionDirectory>,
 }
 
 /// What recovery found, for the start-up log line.
@@ -165,6 +182,8 @@ pub fn recover(settings: &ShardSettings) -> anyhow::Result<(Shard, Journal, Reco
         journal.append(&encode_entry(&entry)).context("journaling the configuration")?;
         journal.commit().context("committing the configuration")?;
     }
+    // Notices raised by replay were pushed (or not) by the process that applied them first.
+    engine.take_notices();
     let report = RecoveryReport { snapshot_seq, replayed_records, cards: engine.card_count() };
     Ok((engine, journal, report))
 }
@@ -222,7 +241,7 @@ impl SnapshotThread {
     }
 }
 
-/// How long an idle shard sleeps before checking for due hold expiries.
+/// How long an idle shard sleeps before checking for due hold and session expiries.
 const IDLE_TICK: Duration = Duration::from_millis(100);
 
 impl Runner {
@@ -272,6 +291,31 @@ impl Runner {
                         }
                         ShardItem::Card(pin_hash) => ShardOutput::Card(self.engine.card(now_ms, *pin_hash)),
                         ShardItem::Op { pin_hash, op_id } => ShardOutput::Op(self.engine.op(*pin_hash, *op_id)),
+                        ShardItem::Quote { pin_hash, category, destination, duration_s, units } => ShardOutput::Quote(
+                            self.engine.quote(now_ms, *pin_hash, *category, *destination, *duration_s, *units),
+                        ),
+                        ShardItem::AuditCount { owner_id } => {
+                            let (count, digest) = self.engine.owner_sessions(*owner_id);
+                            ShardOutput::AuditCount(count, digest)
+                        }
+                        ShardItem::AuditClose { owner_id, live, silent_since_ms } => {
+                            let (count, _) = self.engine.owner_sessions(*owner_id);
+                            let orphans = self.engine.session_orphans(*owner_id, live, *silent_since_ms);
+                            if !orphans.is_empty() {
+                                let body = Body::SessionsClose {
+                                    owner_id: *owner_id,
+                                    silent_since_ms: *silent_since_ms,
+                                    session_ids: orphans.clone(),
+                                };
+                                let command = Command { op_id: 0, deadline_at_ms: 0, body };
+                                let applied = self.engine.apply(now_ms, &command);
+                                if applied.changed {
+                                    self.append(now_ms, command, applied);
+                                    appended += 1;
+                                }
+                            }
+                            ShardOutput::AuditClosed(count, orphans)
+                        }
                     });
                 }
                 outputs.push(answers);
@@ -283,10 +327,14 @@ impl Runner {
                 }
                 self.since_snapshot += appended;
             }
-            // Durable: release every reply of the group.
+            // Durable: release every reply of the group, then the notices it raised.
             for (batch, answers) in batches.drain(..).zip(outputs.drain(..)) {
                 // A connection that went away no longer wants its answer; that is fine.
                 let _ = batch.reply.send(answers);
+            }
+            let notices = self.engine.take_notices();
+            if !notices.is_empty() {
+                self.settings.directory.notify(&notices);
             }
             if self.since_snapshot >= self.settings.snapshot_every_records {
                 self.snapshot();
@@ -294,7 +342,7 @@ impl Runner {
         }
     }
 
-    /// Expires due holds; returns how many records it appended.
+    /// Expires due holds and silent sessions; returns how many records it appended.
     fn tick(&mut self, now_ms: Ms) -> u64 {
         match self.engine.next_expiry_ms() {
             Some(due_ms) if due_ms <= now_ms => {}
