@@ -469,3 +469,36 @@ impl Config {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// ops/config/production.toml documents the defaults: it must say exactly what they are.
+    #[test]
+    fn the_production_preset_is_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../ops/config/production.toml");
+        let preset = Config::load(Some(&path)).expect("the preset loads");
+        let defaults = Config::default();
+        assert_eq!(preset.engine(), defaults.engine());
+        assert_eq!(preset.limits, defaults.limits);
+        assert_eq!(preset.sessions, defaults.sessions);
+    }
+
+    #[test]
+    fn band_times_parse_and_bad_ones_are_refused() {
+        let band = |from: &str| BandSection { from: from.into(), rate_won: 1 }.engine().from_minute;
+        assert_eq!((band("00:00"), band("08:30"), band("23:59")), (0, 510, 1439));
+        for bad in ["24:00", "8:30", "08:60", "0830", "aa:bb"] {
+            assert_eq!(band(bad), 24 * 60, "{bad}");
+        }
+        let mut config = Config::default();
+        config.engine.tariffs[0].bands = vec![BandSection { from: "25:00".into(), rate_won: 1 }];
+        assert!(config.validate().is_err());
+        config.engine.tariffs[0].bands.clear();
+        config.sessions.final_unit_action = "redirect".into();
+        assert!(config.validate().is_err(), "a redirect needs a number");
+        config.sessions.redirect_number = "15880000".into();
+        assert!(config.validate().is_ok());
+    }
+}
