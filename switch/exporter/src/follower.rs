@@ -43,6 +43,8 @@ pub struct Payment {
     pub debited_won: u64,
     pub credited_won: u64,
     pub commission_won: u64,
+    /// An EVENT_CHARGE: the issuer's own service revenue of `category`, no merchant.
+    pub service: bool,
 }
 
 impl Payment {
@@ -263,8 +265,19 @@ impl Follower {
         let view_before = pin_hash.and_then(|pin| self.shadow.card(clock_before_ms, pin));
         // A session's category, read before SESSION_END removes it.
         let session_category = match body {
-            Body::SessionStart { category, .. } => *category,
+            Body::SessionStart(open) => open.category,
             _ => self.shadow.session_category(op_session_id(body)).unwrap_or(0),
+        };
+        // Sessions this record ends without a report (silence, an audit's close): their
+        // reservations go back to card value.
+        let expiring = self.shadow.sessions_expiring(effective_now_ms);
+        let closing: Vec<(u128, PinHash, u64)> = match body {
+            Body::SessionsClose { session_ids, .. } => session_ids
+                .iter()
+                .filter(|session_id| !expiring.iter().any(|(expiring_id, _, _)| expiring_id == *session_id))
+                .filter_map(|session_id| self.shadow.session_reservation(*session_id).map(|(card, reserved_won)| (*session_id, card, reserved_won)))
+                .collect(),
+            _ => Vec::new(),
         };
 
         // Holds due at this record expire before its command runs (as in the engine).
@@ -280,6 +293,17 @@ impl Follower {
         }
 
         let applied = self.shadow.apply(entry.now_ms, &entry.command);
+        // Of the listed sessions, the close ended those it found still live, the owner's, silent.
+        let released_sessions: Vec<(PinHash, u64)> = expiring
+            .iter()
+            .map(|(_, card, reserved_won)| (*card, *reserved_won))
+            .chain(
+                closing
+                    .iter()
+                    .filter(|(session_id, _, _)| self.shadow.session_reservation(*session_id).is_none())
+                    .map(|(_, card, reserved_won)| (*card, *reserved_won)),
+            )
+            .collect();
         if applied.reply != entry.reply || !applied.changed {
             return Err(ExportError::Diverged {
                 shard,
@@ -307,6 +331,13 @@ impl Follower {
             let released_won = hold.amount_won - hold.captured_won;
             out.post_for(hold.pin_hash, Account::Holds, Account::CardLiability { face_value_won: hold.face_value_won }, released_won);
             self.tracked_held_won -= u128::from(released_won);
+        }
+        let mut sessions_released_won = 0u128;
+        for (session_card, released_won) in &released_sessions {
+            let face_value_won = self.shadow.card(time_ms, *session_card).map_or(0, |view| view.face_value_won);
+            out.post_for(*session_card, Account::Holds, Account::CardLiability { face_value_won }, *released_won);
+            self.tracked_held_won -= u128::from(*released_won);
+            sessions_released_won += u128::from(*released_won);
         }
 
         let reversed_won = delta(totals_before.reversed_won, totals_after.reversed_won, "reversed").map_err(unbalanced)?;
@@ -370,12 +401,12 @@ impl Follower {
                 self.hold_expiries.insert((hold.expires_at_ms, op_id));
                 self.tracked_held_won += u128::from(reply.amount_won);
                 let rate_per_mille = rate_of(*merchant_id);
-                let payment = Payment { pin_hash: card, merchant_id: *merchant_id, category: *category, rate_per_mille, debited_won: 0, credited_won: 0, commission_won: 0 };
+                let payment = Payment { pin_hash: card, merchant_id: *merchant_id, category: *category, rate_per_mille, debited_won: 0, credited_won: 0, commission_won: 0, service: false };
                 self.payments.insert(op_id, payment);
             }
             Body::Sale { merchant_id, category, .. } if approved => {
                 let rate_per_mille = rate_of(*merchant_id);
-                let payment = Payment { pin_hash: card, merchant_id: *merchant_id, category: *category, rate_per_mille, debited_won: 0, credited_won: 0, commission_won: 0 };
+                let payment = Payment { pin_hash: card, merchant_id: *merchant_id, category: *category, rate_per_mille, debited_won: 0, credited_won: 0, commission_won: 0, service: false };
                 self.payments.insert(op_id, payment);
                 out.post(liability, Account::MerchantPayable { merchant_id: *merchant_id }, reply.amount_won);
                 self.merchant_line(&mut out, origin, op_id, MerchantKind::Sale, reply.amount_won).map_err(unbalanced)?;
@@ -408,8 +439,12 @@ impl Follower {
                     return Err(unbalanced(format!("reversal of {} won: {reversed_won} credited + {released_won} released", reply.amount_won)));
                 }
                 if reversed_won > 0 {
-                    let merchant_id = self.payment(*original_op_id).map_err(unbalanced)?.merchant_id;
-                    let payable = Account::MerchantPayable { merchant_id };
+                    let payment = self.payment(*original_op_id).map_err(unbalanced)?;
+                    let payable = if payment.service {
+                        Account::ServiceRevenue { category: payment.category }
+                    } else {
+                        Account::MerchantPayable { merchant_id: payment.merchant_id }
+                    };
                     match view_after.as_ref().map(|view| view.state) {
                         Some(State::Closed) => {
                             let Some(account_ref) = self.payout_accounts.get(&card).copied() else {
@@ -425,14 +460,20 @@ impl Follower {
                         }
                         _ => out.post(payable, liability, reversed_won),
                     }
-                    self.merchant_line(&mut out, origin, *original_op_id, MerchantKind::Reversal, reversed_won).map_err(unbalanced)?;
+                    if !payment.service {
+                        self.merchant_line(&mut out, origin, *original_op_id, MerchantKind::Reversal, reversed_won).map_err(unbalanced)?;
+                    }
                 }
             }
             Body::Refund { original_op_id, .. } if approved => {
                 let payment_op_id = self.captures.get(original_op_id).map_or(*original_op_id, |(hold_id, _)| *hold_id);
-                let merchant_id = self.payment(payment_op_id).map_err(unbalanced)?.merchant_id;
-                out.post(Account::MerchantPayable { merchant_id }, liability, reply.amount_won);
-                self.merchant_line(&mut out, origin, payment_op_id, MerchantKind::Refund, reply.amount_won).map_err(unbalanced)?;
+                let payment = self.payment(payment_op_id).map_err(unbalanced)?;
+                if payment.service {
+                    out.post(Account::ServiceRevenue { category: payment.category }, liability, reply.amount_won);
+                } else {
+                    out.post(Account::MerchantPayable { merchant_id: payment.merchant_id }, liability, reply.amount_won);
+                    self.merchant_line(&mut out, origin, payment_op_id, MerchantKind::Refund, reply.amount_won).map_err(unbalanced)?;
+                }
             }
             Body::ForeignConvert { product_id, .. } if approved => {
                 // The price is what the foreign operator is owed for the PIN handed out, less the
@@ -457,12 +498,29 @@ impl Follower {
                     commission_won,
                 }));
             }
-            Body::SessionStart { .. } | Body::SessionUpdate { .. } | Body::SessionEnd { .. }
-                if approved || reply.code == ResultCode::SessionUsageCapped.as_u16() =>
+            Body::EventCharge { category, .. } if approved => {
+                // The issuer's own service (a phone information call): its revenue, no merchant.
+                let payment = Payment {
+                    pin_hash: card,
+                    merchant_id: 0,
+                    category: *category,
+                    rate_per_mille: 0,
+                    debited_won: reply.amount_won,
+                    credited_won: 0,
+                    commission_won: 0,
+                    service: true,
+                };
+                self.payments.insert(op_id, payment);
+                out.post(liability, Account::ServiceRevenue { category: *category }, reply.amount_won);
+            }
+            Body::SessionStart(_) | Body::SessionUpdate { .. } | Body::SessionEnd { .. }
+                if approved
+                    || reply.code == ResultCode::SessionUsageCapped.as_u16()
+                    || reply.code == ResultCode::SessionExpiredCharged.as_u16() =>
             {
                 // The reservation moves between card value and holds like a hold does; what was
                 // debited is the issuer's service revenue for the session's category.
-                let expired_won: u128 = expired.iter().map(|hold| u128::from(hold.amount_won - hold.captured_won)).sum();
+                let expired_won: u128 = expired.iter().map(|hold| u128::from(hold.amount_won - hold.captured_won)).sum::<u128>() + sessions_released_won;
                 let reserved_change = (totals_after.held_won + expired_won) as i128 - totals_before.held_won as i128;
                 let reserved_won = u64::try_from(reserved_change.unsigned_abs()).map_err(|_| unbalanced("reservation overflow".into()))?;
                 if reserved_change >= 0 {
@@ -741,16 +799,19 @@ fn record_kind(body: &Body) -> (u8, bool) {
         Body::ForeignImport { .. } => (17, false),
         Body::ForeignConvert { .. } => (18, false),
         Body::Claim { .. } => (19, false),
-        Body::SessionStart { .. } => (20, true),
+        Body::SessionStart(_) => (20, true),
         Body::SessionUpdate { .. } => (21, false),
         Body::SessionEnd { .. } => (22, false),
+        Body::EventCharge { .. } => (23, false),
+        Body::SessionsClose { .. } => (24, false),
     }
 }
 
 /// The session a session command names (0 for other commands).
 fn op_session_id(body: &Body) -> u128 {
     match body {
-        Body::SessionStart { session_id, .. } | Body::SessionUpdate { session_id, .. } | Body::SessionEnd { session_id, .. } => *session_id,
+        Body::SessionStart(open) => open.session_id,
+        Body::SessionUpdate { session_id, .. } | Body::SessionEnd { session_id, .. } => *session_id,
         _ => 0,
     }
 }

@@ -215,15 +215,19 @@ pub fn entries_of(seq: u64, entry: &JournalEntry, effects: &Effects, card_after:
     }
     // A call or other metered session: what the record debited is usage of its category (an
     // over-use capped at the balance is debited too).
-    if let Body::SessionStart { .. } | Body::SessionUpdate { .. } | Body::SessionEnd { .. } = &entry.command.body {
-        let capped = entry.reply.code == ResultCode::SessionUsageCapped.as_u16();
-        if (approved || capped) && entry.reply.amount_won > 0 {
+    // An event charge (a phone information call priced per event) likewise, with the number.
+    if let Body::SessionStart(_) | Body::SessionUpdate { .. } | Body::SessionEnd { .. } | Body::EventCharge { .. } = &entry.command.body {
+        let charged = entry.reply.code == ResultCode::SessionUsageCapped.as_u16()
+            || entry.reply.code == ResultCode::SessionExpiredCharged.as_u16();
+        if (approved || charged) && entry.reply.amount_won > 0 {
             let category = match &entry.command.body {
-                Body::SessionStart { category, .. } => *category,
+                Body::SessionStart(open) => open.category,
+                Body::EventCharge { category, .. } => *category,
                 _ => session_category.unwrap_or(0),
             };
             let counterparty = match &entry.command.body {
-                Body::SessionStart { destination, .. } => *destination,
+                Body::SessionStart(open) => open.destination,
+                Body::EventCharge { destination, .. } => *destination,
                 _ => 0,
             };
             out.push(Entry { kind: EntryKind::Payment, amount_won: entry.reply.amount_won, category, counterparty, ..base });
@@ -1076,13 +1080,25 @@ mod tests {
             command: Command { op_id: 1, deadline_at_ms: 0, body },
             reply: Reply { code: code.as_u16(), replayed: false, field: 0, approval_code: 0, amount_won, balance_won: 9_000, available_won: 8_000, hold_expires_at_ms: 0 },
         };
-        let start = record(Body::SessionStart { pin_hash: 4, session_id: 8, destination: 822, requested_s: 60, category: 2 }, ResultCode::Approved, 100);
+        let start = record(
+            Body::SessionStart(Box::new(pinswitch_core::SessionOpen {
+                pin_hash: 4,
+                session_id: 8,
+                destination: 822,
+                requested_s: 60,
+                owner_id: 1,
+                password_mac: 0,
+                category: 2,
+            })),
+            ResultCode::Approved,
+            100,
+        );
         let made = entries_of(1, &start, &effects, Some(&card), None, None);
         assert_eq!(made.iter().map(|entry| (entry.kind, entry.category, entry.amount_won, entry.counterparty)).collect::<Vec<_>>(), [(EntryKind::Payment, 2, 100, 822)]);
-        let capped = record(Body::SessionEnd { pin_hash: 4, session_id: 8, used_total_s: 900 }, ResultCode::SessionUsageCapped, 700);
+        let capped = record(Body::SessionEnd { pin_hash: 4, session_id: 8, seq: 2, used_total_s: 900 }, ResultCode::SessionUsageCapped, 700);
         let made = entries_of(2, &capped, &effects, Some(&card), None, Some(6));
         assert_eq!(made.iter().map(|entry| (entry.category, entry.amount_won)).collect::<Vec<_>>(), [(6, 700)]);
-        let declined = record(Body::SessionUpdate { pin_hash: 4, session_id: 8, used_total_s: 10, requested_s: 60 }, ResultCode::InsufficientFunds, 0);
+        let declined = record(Body::SessionUpdate { pin_hash: 4, session_id: 8, seq: 1, used_total_s: 10, requested_s: 60 }, ResultCode::InsufficientFunds, 0);
         assert!(entries_of(3, &declined, &effects, Some(&card), None, Some(2)).is_empty());
     }
 
