@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::calls::{CallLength, TariffSpec};
 use crate::dist::DistSpec;
 use crate::workload::WorkloadSpec;
 
@@ -28,7 +29,7 @@ pub enum Command {
     /// Issue and activate cards (optionally recharge them) and write the cards file.
     Prepare(PrepareArgs),
     /// Drive a workload against the switch and report throughput and latency.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Check the balances a cards file expects against the switch.
     Validate(ValidateArgs),
 }
@@ -81,7 +82,7 @@ pub struct RunArgs {
     /// Recharge of cards prepared implicitly (won, multiple of 10,000).
     #[arg(long = "load-won", default_value_t = 0)]
     pub load_won: u64,
-    /// sale | gateway | recharge | mix:sale=8,gateway=1,recharge=1
+    /// sale | gateway | recharge | calls | mix:sale=8,gateway=1,recharge=1
     #[arg(long, default_value = "sale")]
     pub workload: WorkloadSpec,
     /// Card choice: uniform | zipf:0.99 | hot:0.01,0.9 (1% of cards get 90% of operations).
@@ -139,6 +140,32 @@ pub struct RunArgs {
     /// Do not write the expected balances back to the cards file at the end.
     #[arg(long = "no-write-back")]
     pub no_write_back: bool,
+    /// calls: concurrent calls kept in progress (over all connections).
+    #[arg(long = "calls", default_value_t = 100_000)]
+    pub calls: u64,
+    /// calls: simulated seconds between a call's reports (SESSION_UPDATE), also the grant asked.
+    #[arg(long = "update-interval-s", default_value_t = 60)]
+    pub update_interval_s: u32,
+    /// calls: call length in simulated seconds: exp:MEAN | fixed:S | uniform:MIN,MAX.
+    #[arg(long = "call-length", default_value = "exp:120")]
+    pub call_length: CallLength,
+    /// calls: the service category (2 = telephone call).
+    #[arg(long = "call-category", default_value_t = 2)]
+    pub call_category: u8,
+    /// calls: the called number (1 to 15 digits).
+    #[arg(long = "call-destination", default_value = "01012345678")]
+    pub call_destination: String,
+    /// calls: a new call avoids cards with this many calls in progress (the switch's
+    /// sessions_per_card_max).
+    #[arg(long = "calls-per-card-max", default_value_t = 4)]
+    pub calls_per_card_max: u16,
+    /// calls: send SESSION_START without the card's password.
+    #[arg(long = "calls-without-password")]
+    pub calls_without_password: bool,
+    /// calls: the switch's tariff for the destination, CONNECT_FEE_WON,RATE_WON,INCREMENT_S[,FIRST_S]
+    /// (production "010": 10,12,6,0); every ended call's debits are checked against it.
+    #[arg(long = "tariff")]
+    pub tariff: Option<TariffSpec>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -192,6 +219,32 @@ mod tests {
         assert_eq!(run.rate_ops_per_s, 50_000);
         assert_eq!(run.workload.parts.len(), 3);
         assert!(run.validate);
+        assert_eq!(run.calls, 100_000);
+        assert_eq!(run.call_length, CallLength::Exp { mean_s: 120 });
+        assert!(run.tariff.is_none());
+        let cli = Cli::try_parse_from([
+            "pinswitch-loadgen",
+            "run",
+            "--cards-file",
+            "x",
+            "--workload",
+            "calls",
+            "--calls",
+            "500",
+            "--update-interval-s",
+            "30",
+            "--call-length",
+            "uniform:10,300",
+            "--tariff",
+            "10,12,6,0",
+        ])
+        .expect("parses");
+        let Command::Run(run) = cli.command else {
+            panic!("not a run")
+        };
+        assert!(run.workload.is_calls());
+        assert_eq!((run.calls, run.update_interval_s), (500, 30));
+        assert_eq!(run.tariff.map(|tariff| tariff.rate_won), Some(12));
         assert!(
             Cli::try_parse_from([
                 "pinswitch-loadgen",

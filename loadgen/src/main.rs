@@ -7,6 +7,7 @@
 //! Exit status: 0 success, 1 validation failed, 2 the run could not be carried out.
 
 mod args;
+mod calls;
 mod cards;
 mod dist;
 mod model;
@@ -26,6 +27,7 @@ use anyhow::Context;
 use clap::Parser;
 
 use crate::args::{Cli, Command};
+use crate::calls::CallParams;
 use crate::prepare::PrepareSpec;
 use crate::run::{RunOutputs, RunSpec};
 use crate::validate::ValidateSpec;
@@ -86,6 +88,16 @@ fn execute(cli: Cli) -> anyhow::Result<bool> {
                 load_amount_won: args.load_amount_won,
                 balance_cap_won: args.balance_cap_won,
                 write_back: !args.no_write_back,
+                calls: CallParams {
+                    calls: args.calls,
+                    update_interval_s: args.update_interval_s,
+                    length: args.call_length,
+                    category: args.call_category,
+                    destination: args.call_destination.clone().into_bytes(),
+                    calls_per_card_max: args.calls_per_card_max,
+                    send_password: !args.calls_without_password,
+                    tariff: args.tariff,
+                },
             };
             let outputs = RunOutputs {
                 report_json: args.report,

@@ -4,9 +4,15 @@
 //! server that moves the wrong amount shows up as a balance mismatch), every other code leaves it
 //! alone, and an operation whose reply was lost is kept aside as unknown until INQUIRY resolves
 //! it. Updates are commutative atomic adds, so connections apply replies in any order.
+//!
+//! Charging sessions (the `calls` workload) are the exception: the money a session event debits
+//! follows from the tariff and the seconds reported, so the model moves by the debit the reply
+//! names (`amount_won` of SESSION_UPDATE / SESSION_END answered APPROVED, SESSION_USAGE_CAPPED or
+//! SESSION_EXPIRED_CHARGED); the calls workload checks those debits against the tariff per call.
+//! The model also counts each card's calls in progress and the sessions known live.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU16, AtomicU64, Ordering};
 
 use pinswitch_protocol::{FLAG_REPLAYED, OpResult, ResultCode};
 
@@ -25,10 +31,16 @@ pub enum OpKind {
     /// REVERSE of a pending AUTHORIZE.
     ReverseAuthorize = 7,
     Refund = 8,
+    /// SESSION_START: reserves, debits nothing.
+    SessionStart = 9,
+    /// SESSION_UPDATE: `amount_won` is what the reply said it debited.
+    SessionUpdate = 10,
+    /// SESSION_END: as an update.
+    SessionEnd = 11,
 }
 
 impl OpKind {
-    pub const ALL: [OpKind; 8] = [
+    pub const ALL: [OpKind; 11] = [
         OpKind::Load,
         OpKind::Sale,
         OpKind::Authorize,
@@ -37,6 +49,9 @@ impl OpKind {
         OpKind::ReverseSale,
         OpKind::ReverseAuthorize,
         OpKind::Refund,
+        OpKind::SessionStart,
+        OpKind::SessionUpdate,
+        OpKind::SessionEnd,
     ];
 
     pub fn from_u8(value: u8) -> Option<OpKind> {
@@ -53,11 +68,21 @@ impl OpKind {
             OpKind::ReverseSale => "reverse-sale",
             OpKind::ReverseAuthorize => "reverse-authorize",
             OpKind::Refund => "refund",
+            OpKind::SessionStart => "session-start",
+            OpKind::SessionUpdate => "session-update",
+            OpKind::SessionEnd => "session-end",
         }
     }
 
     pub fn from_name(name: &str) -> Option<OpKind> {
         Self::ALL.into_iter().find(|kind| kind.name() == name)
+    }
+
+    pub fn is_session(self) -> bool {
+        matches!(
+            self,
+            OpKind::SessionStart | OpKind::SessionUpdate | OpKind::SessionEnd
+        )
     }
 
     /// Follow-ups of a hold: when one is known not to have run, the hold is still pending.
@@ -79,10 +104,12 @@ pub struct Op {
     /// Load: loaded. Sale: debited. Authorize, Capture, Void, ReverseAuthorize: the hold's
     /// amount. ReverseSale: the sale's amount. Refund: refunded.
     pub amount_won: u64,
+    /// SessionUpdate, SessionEnd: the debit the reply named (0 until answered).
     /// Capture only: the part of the hold debited (equal to `amount_won` for a full capture).
     pub captured_won: u64,
     /// Capture, Void, ReverseAuthorize: the hold id (the authorize's op id). ReverseSale: the
-    /// sale's op id. Refund: the refunded SALE's or CAPTURE's op id. Otherwise 0.
+    /// sale's op id. Refund: the refunded SALE's or CAPTURE's op id. Session events: the
+    /// session id. Otherwise 0.
     pub reference: u128,
     /// Made by the gateway workload, whose approved sales get follow-ups (not stored in files).
     pub gateway: bool,
@@ -101,8 +128,18 @@ fn signed(amount_won: u64) -> i64 {
 
 /// The model's move for `op` answered with result `code`. Only APPROVED moves money: the other
 /// success codes (1..=4) are no-ops by definition, declines change nothing, and 900+ codes and
-/// DEADLINE_EXCEEDED_NOT_EXECUTED were not executed.
+/// DEADLINE_EXCEEDED_NOT_EXECUTED were not executed. Session reports also debit when capped or
+/// expired (codes 5 and 6).
 pub fn effect_of(op: &Op, code: u16) -> Effect {
+    if op.kind.is_session() {
+        let debits = code == ResultCode::Approved.as_u16()
+            || code == ResultCode::SessionUsageCapped.as_u16()
+            || code == ResultCode::SessionExpiredCharged.as_u16();
+        return Effect {
+            balance_won: if debits { -signed(op.amount_won) } else { 0 },
+            held_won: 0,
+        };
+    }
     if code != ResultCode::Approved.as_u16() {
         return Effect::default();
     }
@@ -128,6 +165,7 @@ pub fn effect_of(op: &Op, code: u16) -> Effect {
             balance_won: 0,
             held_won: -amount,
         },
+        OpKind::SessionStart | OpKind::SessionUpdate | OpKind::SessionEnd => Effect::default(),
     }
 }
 
@@ -154,7 +192,17 @@ pub fn reply_anomaly(op: &Op, result: &OpResult) -> Option<String> {
             op.op_id
         ));
     }
+    if op.kind == OpKind::SessionStart
+        && result.code == ResultCode::Approved.as_u16()
+        && result.amount_won != 0
+    {
+        return Some(format!(
+            "session-start op {:032x}: approved with a debit of {} won (a START only reserves)",
+            op.op_id, result.amount_won
+        ));
+    }
     if result.code == ResultCode::Approved.as_u16()
+        && !op.kind.is_session()
         && result.amount_won != expected_reply_amount(op)
     {
         return Some(format!(
@@ -175,6 +223,10 @@ pub struct Model {
     unknown: Mutex<Vec<Op>>,
     anomalies: AtomicU64,
     anomaly_examples: Mutex<Vec<String>>,
+    /// Calls in progress per card (the calls workload; a new call avoids full cards).
+    calls_on: Vec<AtomicU16>,
+    /// Sessions known live at the switch (START approved, END not yet answered).
+    calls_live: AtomicI64,
 }
 
 /// How many anomaly descriptions are kept for the report.
@@ -185,12 +237,15 @@ impl Model {
     pub fn new(balances_won: impl IntoIterator<Item = i64>) -> Model {
         let balance_won: Vec<AtomicI64> = balances_won.into_iter().map(AtomicI64::new).collect();
         let held_won = (0..balance_won.len()).map(|_| AtomicI64::new(0)).collect();
+        let calls_on = (0..balance_won.len()).map(|_| AtomicU16::new(0)).collect();
         Model {
             balance_won,
             held_won,
             unknown: Mutex::new(Vec::new()),
             anomalies: AtomicU64::new(0),
             anomaly_examples: Mutex::new(Vec::new()),
+            calls_on,
+            calls_live: AtomicI64::new(0),
         }
     }
 
@@ -206,9 +261,18 @@ impl Model {
         }
     }
 
-    /// Applies an answered operation and checks the reply.
+    /// Applies an answered operation and checks the reply. A session event moves the model by
+    /// the debit its reply names.
     pub fn apply_reply(&self, op: &Op, result: &OpResult) {
-        self.apply(op, result.code);
+        if op.kind.is_session() {
+            let answered = Op {
+                amount_won: result.amount_won,
+                ..*op
+            };
+            self.apply(&answered, result.code);
+        } else {
+            self.apply(op, result.code);
+        }
         if let Some(anomaly) = reply_anomaly(op, result) {
             self.record_anomaly(anomaly);
         }
@@ -259,6 +323,32 @@ impl Model {
     /// Balance minus holds, as far as replies so far tell.
     pub fn available_won(&self, card: u32) -> i64 {
         self.balance_won(card) - self.held_won(card)
+    }
+
+    /// Calls in progress on a card.
+    pub fn calls_on(&self, card: u32) -> u16 {
+        self.calls_on[card as usize].load(Ordering::Relaxed)
+    }
+
+    pub fn add_call(&self, card: u32) {
+        self.calls_on[card as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn remove_call(&self, card: u32) {
+        let _ = self.calls_on[card as usize].fetch_update(
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+            |calls| calls.checked_sub(1),
+        );
+    }
+
+    /// Sessions known live at the switch.
+    pub fn calls_live(&self) -> i64 {
+        self.calls_live.load(Ordering::Relaxed)
+    }
+
+    pub fn calls_live_add(&self, delta: i64) {
+        self.calls_live.fetch_add(delta, Ordering::Relaxed);
     }
 
     /// Starts a card's expected holds from what the server reports (before a validated run).
@@ -369,6 +459,49 @@ mod tests {
         assert_eq!(model.anomaly_examples().len(), 2);
         // The model moved by what was asked, not what the reply said.
         assert_eq!(model.balance_won(0), 4_800);
+    }
+
+    #[test]
+    fn session_events_move_the_model_by_the_debit_their_reply_names() {
+        let model = Model::new([10_000]);
+        let reply = |code: ResultCode, amount_won: u64| OpResult {
+            code: code.as_u16(),
+            amount_won,
+            ..OpResult::default()
+        };
+        let start = op(OpKind::SessionStart, 0);
+        model.apply_reply(&start, &reply(ResultCode::Approved, 0));
+        model.apply_reply(
+            &op(OpKind::SessionUpdate, 0),
+            &reply(ResultCode::Approved, 130),
+        );
+        model.apply_reply(
+            &op(OpKind::SessionUpdate, 0),
+            &reply(ResultCode::SessionUsageCapped, 70),
+        );
+        model.apply_reply(
+            &op(OpKind::SessionEnd, 0),
+            &reply(ResultCode::SessionExpiredCharged, 12),
+        );
+        model.apply_reply(
+            &op(OpKind::SessionEnd, 0),
+            &reply(ResultCode::SessionNotFound, 99),
+        );
+        assert_eq!(model.balance_won(0), 10_000 - 130 - 70 - 12);
+        assert_eq!(model.anomalies(), 0);
+        // A START that debits is an anomaly.
+        model.apply_reply(&start, &reply(ResultCode::Approved, 5));
+        assert_eq!(model.anomalies(), 1);
+        // Resolution by INQUIRY applies the stored debit the same way.
+        model.apply(&op(OpKind::SessionEnd, 40), ResultCode::Approved.as_u16());
+        assert_eq!(model.balance_won(0), 10_000 - 212 - 5 - 40);
+        model.add_call(0);
+        model.add_call(0);
+        model.remove_call(0);
+        assert_eq!(model.calls_on(0), 1);
+        model.remove_call(0);
+        model.remove_call(0);
+        assert_eq!(model.calls_on(0), 0);
     }
 
     #[test]

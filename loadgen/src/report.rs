@@ -28,6 +28,69 @@ pub struct TimelinePoint {
     pub p99_us: u64,
     pub max_us: u64,
     pub errors: u64,
+    /// Calls runs: operations answered with a success code per second, by message type.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub ok_per_s_by_message: BTreeMap<String, f64>,
+    /// Calls runs: sessions known live at the end of this second.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub calls_live: Option<i64>,
+}
+
+/// One message type's figures over the measured window.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct MessageFigures {
+    pub ops: u64,
+    pub ops_per_s: f64,
+    /// Answered with a success code (0..=99), and per second.
+    pub ok: u64,
+    pub ok_per_s: f64,
+    pub errors: u64,
+    pub mean_us: f64,
+    pub p50_us: u64,
+    pub p90_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+    pub max_us: u64,
+}
+
+/// What a `calls` run adds to the report.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct CallsFigures {
+    /// Calls kept in progress (N).
+    pub concurrent_calls: u64,
+    pub update_interval_s: u32,
+    pub call_length: String,
+    pub destination: String,
+    /// The ramp: STARTs of the first N calls, before the measured window.
+    pub ramp_s: f64,
+    pub ramp_sessions_started: u64,
+    pub ramp_starts_per_s: f64,
+    pub ramp_errors_by_code: BTreeMap<String, u64>,
+    /// In the measured window: SESSION_START answered APPROVED, SESSION_UPDATE and SESSION_END
+    /// answered with a success code (APPROVED, SESSION_USAGE_CAPPED, SESSION_EXPIRED_CHARGED).
+    pub sessions_started: u64,
+    pub sessions_started_per_s: f64,
+    pub updates: u64,
+    pub updates_per_s: f64,
+    pub ends: u64,
+    pub ends_per_s: f64,
+    /// Sessions known live at the switch, sampled every second of the window.
+    pub live_min: i64,
+    pub live_max: i64,
+    /// Simulated call time the window covered (mean over connections), and its ratio to wall time.
+    pub simulated_s: f64,
+    pub time_scale: f64,
+    /// ENDs sent after the window to end the calls still in progress, and sessions still live
+    /// after that (should be 0).
+    pub drained_ends: u64,
+    pub left_live: i64,
+    /// The tariff ended calls were checked against (`None`: not checked), how many were, and
+    /// how many were debited something else.
+    pub tariff: Option<String>,
+    pub calls_checked: u64,
+    pub tariff_mismatches: u64,
+    /// SESSION_NOTICE pushes received, by kind.
+    pub notices: BTreeMap<String, u64>,
 }
 
 /// How the run was configured (echoed in the report).
@@ -86,6 +149,10 @@ pub struct Report {
     pub mismatched_cards: Option<u64>,
     pub percentiles: Vec<PercentilePoint>,
     pub timeline: Vec<TimelinePoint>,
+    /// Throughput and latency per message type (SALE, AUTHORIZE, SESSION_UPDATE, ...).
+    pub by_message: BTreeMap<String, MessageFigures>,
+    /// `calls` runs only (null otherwise).
+    pub calls: Option<CallsFigures>,
 }
 
 /// The percentiles the curve and the SVG plot.
@@ -139,6 +206,42 @@ pub fn latency_figures(histogram: &Histogram<u64>) -> LatencyFigures {
     }
 }
 
+/// Per-message figures of a window of `seconds`.
+pub fn message_figures(
+    by_message: &BTreeMap<&'static str, crate::stats::MessageInterval>,
+    seconds: f64,
+) -> BTreeMap<String, MessageFigures> {
+    let per_s = |count: u64| {
+        if seconds > 0.0 {
+            count as f64 / seconds
+        } else {
+            0.0
+        }
+    };
+    by_message
+        .iter()
+        .map(|(name, message)| {
+            let figures = latency_figures(&message.latency_us);
+            (
+                (*name).to_owned(),
+                MessageFigures {
+                    ops: message.ops,
+                    ops_per_s: per_s(message.ops),
+                    ok: message.ok,
+                    ok_per_s: per_s(message.ok),
+                    errors: message.errors,
+                    mean_us: figures.mean_us,
+                    p50_us: figures.p50_us,
+                    p90_us: figures.p90_us,
+                    p99_us: figures.p99_us,
+                    p999_us: figures.p999_us,
+                    max_us: figures.max_us,
+                },
+            )
+        })
+        .collect()
+}
+
 impl Report {
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self)
@@ -190,6 +293,22 @@ impl Report {
             thousands(self.max_us),
             self.mean_us
         );
+        if self.by_message.len() > 1 || self.calls.is_some() {
+            for (name, message) in &self.by_message {
+                let _ = writeln!(
+                    out,
+                    "  {name:<15} {} ops/s ({} ok/s, {} errors)  p50 {}  p90 {}  p99 {}  p99.9 {}  max {} us",
+                    thousands(message.ops_per_s.round() as u64),
+                    thousands(message.ok_per_s.round() as u64),
+                    thousands(message.errors),
+                    thousands(message.p50_us),
+                    thousands(message.p90_us),
+                    thousands(message.p99_us),
+                    thousands(message.p999_us),
+                    thousands(message.max_us)
+                );
+            }
+        }
         let _ = writeln!(
             out,
             "send lag us  p99 {}  max {}  (generator delay, included in latency)",
@@ -211,6 +330,9 @@ impl Report {
             }
         );
         let _ = writeln!(out, "errors       {}", thousands(self.errors));
+        if let Some(calls) = &self.calls {
+            calls.write_text(&mut out);
+        }
         if self.backlog_frames_at_end > 0 {
             let _ = writeln!(
                 out,
@@ -254,6 +376,77 @@ impl Report {
         };
         let _ = writeln!(out, "validation   {validation}");
         out
+    }
+}
+
+impl CallsFigures {
+    fn write_text(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "calls        {} concurrent (live {}..{} in the window), a report every {} s, length {}, to {}",
+            thousands(self.concurrent_calls),
+            thousands(self.live_min.max(0) as u64),
+            thousands(self.live_max.max(0) as u64),
+            self.update_interval_s,
+            self.call_length,
+            self.destination
+        );
+        let _ = writeln!(
+            out,
+            "sessions     {} started/s  {} updates/s  {} ends/s  ({} started, {} updates, {} ends; {:.0} s of call time at {:.1}x wall time)",
+            thousands(self.sessions_started_per_s.round() as u64),
+            thousands(self.updates_per_s.round() as u64),
+            thousands(self.ends_per_s.round() as u64),
+            thousands(self.sessions_started),
+            thousands(self.updates),
+            thousands(self.ends),
+            self.simulated_s,
+            self.time_scale
+        );
+        let ramp_errors: Vec<String> = self
+            .ramp_errors_by_code
+            .iter()
+            .map(|(name, count)| format!("{name} {}", thousands(*count)))
+            .collect();
+        let _ = writeln!(
+            out,
+            "ramp         {} sessions started in {:.2} s ({}/s){}",
+            thousands(self.ramp_sessions_started),
+            self.ramp_s,
+            thousands(self.ramp_starts_per_s.round() as u64),
+            if ramp_errors.is_empty() {
+                String::new()
+            } else {
+                format!(", declined: {}", ramp_errors.join("  "))
+            }
+        );
+        let _ = writeln!(
+            out,
+            "end          {} calls ended after the window, {} sessions left live",
+            thousands(self.drained_ends),
+            self.left_live
+        );
+        let tariff = match &self.tariff {
+            None => "not checked (--tariff)".to_owned(),
+            Some(tariff) if self.tariff_mismatches == 0 => format!(
+                "{} ended calls debited exactly as the tariff {tariff} prices their seconds",
+                thousands(self.calls_checked)
+            ),
+            Some(tariff) => format!(
+                "{} of {} ended calls debited otherwise than the tariff {tariff}",
+                thousands(self.tariff_mismatches),
+                thousands(self.calls_checked)
+            ),
+        };
+        let _ = writeln!(out, "tariff       {tariff}");
+        if !self.notices.is_empty() {
+            let notices: Vec<String> = self
+                .notices
+                .iter()
+                .map(|(name, count)| format!("{name} {}", thousands(*count)))
+                .collect();
+            let _ = writeln!(out, "notices      {}", notices.join("  "));
+        }
     }
 }
 
@@ -333,8 +526,12 @@ pub mod tests {
                     p99_us: 9900,
                     max_us: 10_000,
                     errors: 0,
+                    ok_per_s_by_message: BTreeMap::new(),
+                    calls_live: None,
                 })
                 .collect(),
+            by_message: BTreeMap::new(),
+            calls: None,
         }
     }
 
@@ -383,6 +580,62 @@ pub mod tests {
         assert_eq!(thousands(0), "0");
         assert_eq!(thousands(999), "999");
         assert_eq!(thousands(1_234_567), "1,234,567");
+    }
+
+    #[test]
+    fn calls_runs_report_their_rates_per_message() {
+        let mut interval = crate::stats::Interval::default();
+        interval.record_message("SESSION_START", 400, 1_000, 10);
+        interval.record_message("SESSION_UPDATE", 800, 3_000, 0);
+        interval.record_message("SESSION_END", 600, 990, 0);
+        let by_message = message_figures(&interval.by_message, 2.0);
+        assert_eq!(by_message["SESSION_START"].ok_per_s, 495.0);
+        assert_eq!(by_message["SESSION_UPDATE"].ops_per_s, 1_500.0);
+        assert!((795..=805).contains(&by_message["SESSION_UPDATE"].p99_us));
+        let report = Report {
+            by_message,
+            calls: Some(CallsFigures {
+                concurrent_calls: 100_000,
+                update_interval_s: 60,
+                call_length: "exp:120".into(),
+                destination: "01012345678".into(),
+                ramp_s: 2.0,
+                ramp_sessions_started: 100_000,
+                ramp_starts_per_s: 50_000.0,
+                ramp_errors_by_code: BTreeMap::new(),
+                sessions_started: 990,
+                sessions_started_per_s: 495.0,
+                updates: 3_000,
+                updates_per_s: 1_500.0,
+                ends: 990,
+                ends_per_s: 495.0,
+                live_min: 99_990,
+                live_max: 100_000,
+                simulated_s: 120.0,
+                time_scale: 60.0,
+                drained_ends: 100_000,
+                left_live: 0,
+                tariff: Some("10,12,6,0".into()),
+                calls_checked: 990,
+                tariff_mismatches: 0,
+                notices: BTreeMap::new(),
+            }),
+            ..sample_report()
+        };
+        let text = report.to_text();
+        assert!(
+            text.contains("495 started/s  1,500 updates/s  495 ends/s"),
+            "{text}"
+        );
+        assert!(text.contains("SESSION_UPDATE"), "{text}");
+        assert!(
+            text.contains("debited exactly as the tariff 10,12,6,0"),
+            "{text}"
+        );
+        let value: serde_json::Value = serde_json::from_str(&report.to_json()).expect("json");
+        assert_eq!(value["calls"]["sessions_started_per_s"], 495.0);
+        assert_eq!(value["by_message"]["SESSION_END"]["ops"], 990);
+        assert!(value["timeline"][0].get("calls_live").is_none());
     }
 
     #[test]

@@ -14,6 +14,10 @@
 //! After the measured window, in-flight frames finish, queued gateway follow-ups are sent
 //! (unmeasured) so no hold is left pending, lost replies are resolved by INQUIRY, and with
 //! `--validate` every card is read back and compared with the model.
+//!
+//! The `calls` workload adds a ramp before the window (every connection STARTs its share of the
+//! calls, unmeasured) and, after it, ENDs every call still in progress (unmeasured), so no
+//! session keeps money reserved; each connection also listens for SESSION_NOTICE pushes.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -25,16 +29,19 @@ use anyhow::{Context, bail};
 use hdrhistogram::Histogram;
 use hdrhistogram::serialization::interval_log::IntervalLogWriterBuilder;
 use hdrhistogram::serialization::{Deserializer, Serializer, V2DeflateSerializer};
-use pinswitch_protocol::{Client, ClientError, ClientOptions, OpResult};
-use tokio::sync::Notify;
+use pinswitch_protocol::{Client, ClientError, ClientOptions, OpResult, SessionNotice};
+use tokio::sync::{Notify, mpsc};
 use tokio::task::{Id, JoinError, JoinSet};
 
+use crate::calls::{CallCounters, CallGen, CallParams, Grant};
 use crate::cards::{self, CardRecord, CardsFile};
 use crate::dist::{CardPicker, DistSpec};
-use crate::model::{Model, Op, not_executed};
+use crate::model::{Model, Op};
 use crate::pool::Pool;
-use crate::report::{Report, RunConfig, TimelinePoint, latency_figures, thousands};
-use crate::stats::{CODE_BAD_REPLY, CODE_NETWORK_ERROR, Interval, record};
+use crate::report::{
+    CallsFigures, Report, RunConfig, TimelinePoint, latency_figures, message_figures, thousands,
+};
+use crate::stats::{CODE_BAD_REPLY, CODE_NETWORK_ERROR, Interval, is_error, record};
 use crate::validate::{self, MISMATCHES_SHOWN_MAX, Resolution};
 use crate::workload::{Events, Frame, Generator, WorkloadParams, WorkloadSpec};
 
@@ -58,6 +65,8 @@ pub struct RunSpec {
     pub load_amount_won: u64,
     pub balance_cap_won: u64,
     pub write_back: bool,
+    /// The calls (used by the `calls` workload only).
+    pub calls: CallParams,
 }
 
 /// Where the optional outputs go.
@@ -70,6 +79,10 @@ pub struct RunOutputs {
 
 /// How long unmeasured follow-ups may take after the run.
 const DRAIN_TIME_MAX: Duration = Duration::from_secs(5);
+/// How long ending the calls still in progress may take after a calls run.
+const CALLS_DRAIN_TIME_MAX: Duration = Duration::from_secs(120);
+/// How long a calls run's ramp may take.
+const RAMP_TIME_MAX: Duration = Duration::from_secs(600);
 /// How long in-flight frames may take to answer after the run before they are given up.
 const FINAL_WAIT_MAX: Duration = Duration::from_secs(30);
 /// The pacer never sleeps less than this; shorter gaps are covered by sending due frames together.
@@ -157,26 +170,60 @@ fn pace(
 struct FrameOutput {
     sent_at: Instant,
     completed_at: Instant,
-    outcome: Result<Vec<OpResult>, ClientError>,
+    outcome: Result<Replies, ClientError>,
+}
+
+/// The replies to a frame: one result per event, and for session events their grants.
+struct Replies {
+    results: Vec<OpResult>,
+    grants: Vec<Grant>,
+}
+
+impl From<Vec<OpResult>> for Replies {
+    fn from(results: Vec<OpResult>) -> Replies {
+        Replies {
+            results,
+            grants: Vec::new(),
+        }
+    }
+}
+
+/// Which statistics a frame counts in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Measure {
+    /// The measured window.
+    Window,
+    /// A calls run's ramp (its own figures).
+    Ramp,
+    /// Warm-up follow-ups and the drain after the window: not counted.
+    No,
 }
 
 /// What the connection keeps about a frame in flight.
 struct InFlight {
     ops: Vec<Op>,
+    message: &'static str,
     scheduled_at: Instant,
-    measured: bool,
+    measure: Measure,
     generation: u64,
 }
 
-async fn send_events(client: Client, events: Events) -> Result<Vec<OpResult>, ClientError> {
+async fn send_events(client: Client, events: Events) -> Result<Replies, ClientError> {
+    let sessions = |results: Vec<pinswitch_protocol::SessionResult>| Replies {
+        grants: results.iter().map(Grant::of).collect(),
+        results: results.into_iter().map(|result| result.result).collect(),
+    };
     match events {
-        Events::Load(events) => client.card_load(&events).await,
-        Events::Sale(events) => client.sale(&events).await,
-        Events::Authorize(events) => client.authorize(&events).await,
-        Events::Capture(events) => client.capture(&events).await,
-        Events::Void(events) => client.void(&events).await,
-        Events::Reverse(events) => client.reverse(&events).await,
-        Events::Refund(events) => client.refund(&events).await,
+        Events::Load(events) => client.card_load(&events).await.map(Replies::from),
+        Events::Sale(events) => client.sale(&events).await.map(Replies::from),
+        Events::Authorize(events) => client.authorize(&events).await.map(Replies::from),
+        Events::Capture(events) => client.capture(&events).await.map(Replies::from),
+        Events::Void(events) => client.void(&events).await.map(Replies::from),
+        Events::Reverse(events) => client.reverse(&events).await.map(Replies::from),
+        Events::Refund(events) => client.refund(&events).await.map(Replies::from),
+        Events::SessionStart(events) => client.session_start(&events).await.map(sessions),
+        Events::SessionUpdate(events) => client.session_update(&events).await.map(sessions),
+        Events::SessionEnd(events) => client.session_end(&events).await.map(sessions),
     }
 }
 
@@ -188,6 +235,12 @@ struct ConnSummary {
     drained_ops: u64,
     /// Holds whose settling follow-up could not be sent: to be voided.
     leftover_holds: Vec<Op>,
+    /// Calls runs: the ramp's figures, the calls' counters, simulated seconds of the window,
+    /// calls not ended after the drain.
+    ramp: Interval,
+    calls: CallCounters,
+    simulated_s: f64,
+    calls_left_open: u64,
 }
 
 struct Connection {
@@ -203,10 +256,17 @@ struct Connection {
     schedule: Option<Schedule>,
     start: Instant,
     end: Instant,
+    measure_from: Instant,
+    /// The calls' simulated second when the window began.
+    sim_from_s: Option<i64>,
+    /// SESSION_NOTICE pushes (calls runs).
+    notices: Option<mpsc::Receiver<SessionNotice>>,
     wake: Arc<Notify>,
     stop: Arc<AtomicBool>,
     /// Connections currently without a working client (shown on the progress line).
     down: Arc<AtomicUsize>,
+    /// Connections past their window (draining): live calls are no longer sampled.
+    draining: Arc<AtomicUsize>,
     in_flight_max: usize,
     tasks: JoinSet<FrameOutput>,
     in_flight: HashMap<Id, InFlight>,
@@ -224,6 +284,7 @@ impl Connection {
             while let Some(joined) = self.tasks.try_join_next_with_id() {
                 self.on_joined(joined);
             }
+            self.take_notices();
             if self.client.is_none() {
                 if !self.reconnect(self.end).await {
                     break;
@@ -257,9 +318,26 @@ impl Connection {
                 }
                 continue;
             }
-            let frame = self.generator.next_frame(now, &self.cards, &self.model);
-            self.spawn(frame, scheduled_at, true);
+            if self.sim_from_s.is_none() && now >= self.measure_from {
+                self.sim_from_s = self.generator.calls().map(CallGen::clock_s);
+            }
+            let Some(frame) = self.generator.next_frame(now, &self.cards, &self.model) else {
+                // Every call waits for a reply: the frame goes out when one comes.
+                if let Some(joined) = self.tasks.join_next_with_id().await {
+                    self.on_joined(joined);
+                }
+                continue;
+            };
+            let measure = if now >= self.measure_from {
+                Measure::Window
+            } else {
+                Measure::No
+            };
+            self.spawn(frame, scheduled_at, measure);
             next_frame += 1;
+        }
+        if let (Some(calls), Some(from_s)) = (self.generator.calls(), self.sim_from_s) {
+            self.summary.simulated_s = (calls.clock_s() - from_s) as f64;
         }
         if let Some(schedule) = self.schedule {
             let elapsed_ns = (self.start.elapsed().as_nanos() as u64).min(run_ns);
@@ -270,7 +348,54 @@ impl Connection {
         self.finish_in_flight(Instant::now().max(self.end) + FINAL_WAIT_MAX)
             .await;
         self.drain().await;
+        if let Some(calls) = self.generator.calls() {
+            self.summary.calls = calls.counters;
+            self.summary.calls_left_open = calls.open_calls() as u64;
+        }
         self.summary
+    }
+
+    /// A calls run's ramp: sends every call's START (unmeasured, counted in the ramp's figures)
+    /// and waits for all replies. Fails when the switch goes away meanwhile.
+    async fn ramp(&mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + RAMP_TIME_MAX;
+        loop {
+            while let Some(joined) = self.tasks.try_join_next_with_id() {
+                self.on_joined(joined);
+            }
+            self.take_notices();
+            if self.client.is_none() {
+                bail!("the connection to {} failed during the ramp", self.address);
+            }
+            if Instant::now() >= deadline {
+                bail!("the ramp took longer than {} s", RAMP_TIME_MAX.as_secs());
+            }
+            if self.tasks.len() < self.in_flight_max {
+                let now = Instant::now();
+                if let Some(frame) = self.generator.next_frame(now, &self.cards, &self.model) {
+                    self.spawn(frame, now, Measure::Ramp);
+                    continue;
+                }
+            }
+            match self.tasks.join_next_with_id().await {
+                Some(joined) => self.on_joined(joined),
+                None => break,
+            }
+        }
+        if let Some(calls) = self.generator.calls_mut() {
+            calls.begin_run();
+        }
+        Ok(())
+    }
+
+    /// Hands the SESSION_NOTICE pushes received so far to the calls.
+    fn take_notices(&mut self) {
+        let Some(notices) = &mut self.notices else {
+            return;
+        };
+        while let Ok(notice) = notices.try_recv() {
+            self.generator.on_notice(&notice, &self.model);
+        }
     }
 
     /// Waits for the pacer's wake-up (or a reply, or a fallback timer).
@@ -284,7 +409,7 @@ impl Connection {
         }
     }
 
-    fn spawn(&mut self, frame: Frame, scheduled_at: Instant, measured: bool) {
+    fn spawn(&mut self, frame: Frame, scheduled_at: Instant, measure: Measure) {
         let Some(client) = self.client.clone() else {
             // No connection: the frame is not sent; follow-ups stay queued.
             for op in &frame.ops {
@@ -293,6 +418,7 @@ impl Connection {
             return;
         };
         let Frame { events, ops } = frame;
+        let message = events.name();
         let handle = self.tasks.spawn(async move {
             let sent_at = Instant::now();
             let outcome = send_events(client, events).await;
@@ -306,8 +432,9 @@ impl Connection {
             handle.id(),
             InFlight {
                 ops,
+                message,
                 scheduled_at,
-                measured,
+                measure,
                 generation: self.generation,
             },
         );
@@ -330,14 +457,16 @@ impl Connection {
         let count = frame.ops.len() as u64;
         let mut codes: Vec<(u16, u64)> = Vec::new();
         match output.as_ref().map(|output| &output.outcome) {
-            Some(Ok(results)) => {
-                for (op, result) in frame.ops.iter().zip(results) {
+            Some(Ok(replies)) => {
+                for (index, (op, result)) in frame.ops.iter().zip(&replies.results).enumerate() {
                     self.model.apply_reply(op, result);
-                    if not_executed(result.code) {
-                        self.generator.on_not_executed(op, now);
-                    } else {
-                        self.generator.on_result(op, result.code, now);
-                    }
+                    self.generator.on_reply(
+                        op,
+                        result,
+                        replies.grants.get(index),
+                        now,
+                        &self.model,
+                    );
                     codes.push((result.code, 1));
                 }
             }
@@ -352,43 +481,32 @@ impl Connection {
                     "bad reply to a frame of {count} operations: {error}"
                 ));
                 self.model.add_unknown(&frame.ops);
+                self.generator.on_lost(&frame.ops, &self.model);
                 codes.push((CODE_BAD_REPLY, count));
             }
             Some(Err(_)) | None => {
                 // The connection failed (or the task was abandoned) with the frame in flight.
                 self.model.add_unknown(&frame.ops);
+                self.generator.on_lost(&frame.ops, &self.model);
                 codes.push((CODE_NETWORK_ERROR, count));
                 if frame.generation == self.generation && self.client.take().is_some() {
                     self.down.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
-        if !frame.measured {
-            return;
-        }
-        let mut stats = lock(&self.stats);
         let completed_at = output.as_ref().map_or(now, |output| output.completed_at);
         let sent_at = output
             .as_ref()
             .map_or(frame.scheduled_at, |output| output.sent_at);
-        let latency_us = completed_at
-            .saturating_duration_since(frame.scheduled_at)
-            .as_micros() as u64;
-        let lag_us = sent_at
-            .saturating_duration_since(frame.scheduled_at)
-            .as_micros() as u64;
-        record(&mut stats.latency_us, latency_us, count);
-        record(&mut stats.send_lag_us, lag_us, 1);
-        stats.ops += count;
-        stats.frames += 1;
-        for (code, count) in codes {
-            stats.count_code(code, count);
+        match frame.measure {
+            Measure::No => {}
+            Measure::Ramp => {
+                count_frame(&mut self.summary.ramp, &frame, sent_at, completed_at, codes)
+            }
+            Measure::Window => {
+                count_frame(&mut lock(&self.stats), &frame, sent_at, completed_at, codes);
+            }
         }
-        stats.last_completion = Some(
-            stats
-                .last_completion
-                .map_or(completed_at, |last| last.max(completed_at)),
-        );
     }
 
     /// Collects every in-flight frame; past `deadline` the rest are abandoned (outcome unknown).
@@ -407,22 +525,34 @@ impl Connection {
         }
     }
 
-    /// Sends the queued follow-ups (unmeasured) so no hold is left pending.
+    /// Sends the queued follow-ups (unmeasured) so no hold is left pending; in a calls run,
+    /// ends every call still in progress.
     async fn drain(&mut self) {
-        let deadline = Instant::now() + DRAIN_TIME_MAX;
+        let calls = self.generator.calls().is_some();
+        let deadline = Instant::now()
+            + if calls {
+                CALLS_DRAIN_TIME_MAX
+            } else {
+                DRAIN_TIME_MAX
+            };
+        self.draining.fetch_add(1, Ordering::Relaxed);
+        self.generator.begin_drain(&self.model);
         loop {
             if self.client.is_none() && !self.reconnect(deadline).await {
                 break;
             }
+            let mut spawned = false;
             while self.tasks.len() < self.in_flight_max && self.client.is_some() {
                 let Some(frame) = self.generator.drain_frame(Instant::now(), &self.cards) else {
                     break;
                 };
                 self.summary.drained_ops += frame.ops.len() as u64;
-                self.spawn(frame, Instant::now(), false);
+                self.spawn(frame, Instant::now(), Measure::No);
+                spawned = true;
             }
             if self.tasks.is_empty() {
-                if self.generator.follow_ups_pending() == 0 || Instant::now() >= deadline {
+                let stuck = !spawned && self.client.is_some();
+                if self.generator.follow_ups_pending() == 0 || Instant::now() >= deadline || stuck {
                     break;
                 }
                 continue;
@@ -435,6 +565,9 @@ impl Connection {
                     break;
                 }
             }
+        }
+        if calls {
+            return;
         }
         let now = Instant::now();
         while let Some(frame) = self.generator.drain_frame(now, &self.cards) {
@@ -466,6 +599,9 @@ impl Connection {
             }
             match Client::connect_with_options(&self.address, self.options).await {
                 Ok(client) => {
+                    if self.notices.is_some() {
+                        self.notices = Some(client.notices());
+                    }
                     self.client = Some(client);
                     self.down.fetch_sub(1, Ordering::Relaxed);
                     self.generation += 1;
@@ -481,6 +617,42 @@ impl Connection {
     }
 }
 
+/// Counts an answered (or failed) frame in `stats`: latency per operation from its schedule,
+/// send lag, result codes, and its message type's share.
+fn count_frame(
+    stats: &mut Interval,
+    frame: &InFlight,
+    sent_at: Instant,
+    completed_at: Instant,
+    codes: Vec<(u16, u64)>,
+) {
+    let count = frame.ops.len() as u64;
+    let latency_us = completed_at
+        .saturating_duration_since(frame.scheduled_at)
+        .as_micros() as u64;
+    let lag_us = sent_at
+        .saturating_duration_since(frame.scheduled_at)
+        .as_micros() as u64;
+    record(&mut stats.latency_us, latency_us, count);
+    record(&mut stats.send_lag_us, lag_us, 1);
+    stats.ops += count;
+    stats.frames += 1;
+    let errors = codes
+        .iter()
+        .filter(|(code, _)| is_error(*code))
+        .map(|(_, count)| count)
+        .sum();
+    stats.record_message(frame.message, latency_us, count, errors);
+    for (code, count) in codes {
+        stats.count_code(code, count);
+    }
+    stats.last_completion = Some(
+        stats
+            .last_completion
+            .map_or(completed_at, |last| last.max(completed_at)),
+    );
+}
+
 /// Gathers the connections' intervals once a second: progress line, timeline, totals, HDR log.
 struct Collector {
     start: Instant,
@@ -493,7 +665,20 @@ struct Collector {
     hdr_intervals: Option<Vec<(Duration, Duration, Vec<u8>)>>,
     serializer: V2DeflateSerializer,
     down: Arc<AtomicUsize>,
+    draining: Arc<AtomicUsize>,
     connections: usize,
+    /// Calls runs: the model, for the sessions live; their least and most in the window.
+    calls_model: Option<Arc<Model>>,
+    live_range: Option<(i64, i64)>,
+}
+
+/// The session messages' success rates of an interval (empty when it had none).
+fn session_rates(interval: &Interval, length_s: f64) -> std::collections::BTreeMap<String, f64> {
+    ["SESSION_START", "SESSION_UPDATE", "SESSION_END"]
+        .into_iter()
+        .filter(|name| interval.by_message.contains_key(name))
+        .map(|name| (name.to_owned(), interval.ok_of(name) as f64 / length_s))
+        .collect()
 }
 
 impl Collector {
@@ -515,6 +700,8 @@ impl Collector {
             p99_us: figures.p99_us,
             max_us: figures.max_us,
             errors: merged.errors,
+            ok_per_s_by_message: session_rates(&merged, length_s),
+            calls_live: self.calls_model.as_ref().map(|model| model.calls_live()),
         };
         let measured = self.last_at + Duration::from_millis(100) >= self.measure_from;
         // The last, partial interval counts in the totals but is too short for a rate.
@@ -535,9 +722,31 @@ impl Collector {
         } else {
             ""
         };
+        let calls = match point.calls_live {
+            Some(live) => {
+                let rate = |name: &str| {
+                    thousands(
+                        point
+                            .ok_per_s_by_message
+                            .get(name)
+                            .copied()
+                            .unwrap_or(0.0)
+                            .round() as u64,
+                    )
+                };
+                format!(
+                    "  starts {}/s updates {}/s ends {}/s live {}",
+                    rate("SESSION_START"),
+                    rate("SESSION_UPDATE"),
+                    rate("SESSION_END"),
+                    thousands(live.max(0) as u64)
+                )
+            }
+            None => String::new(),
+        };
         if shown {
             eprintln!(
-                "[{:6.1} s] {:>10} ops/s  p50 {:>7} us  p99 {:>7} us  max {:>7} us  errors {}{phase}{down}",
+                "[{:6.1} s] {:>10} ops/s  p50 {:>7} us  p99 {:>7} us  max {:>7} us  errors {}{calls}{phase}{down}",
                 point.second,
                 thousands(point.ops_per_s.round() as u64),
                 thousands(point.p50_us),
@@ -562,6 +771,13 @@ impl Collector {
                 }
             }
             self.totals.merge(&merged);
+            let in_window = now <= self.end && self.draining.load(Ordering::Relaxed) == 0;
+            if let Some(live) = point.calls_live.filter(|_| in_window) {
+                self.live_range = Some(match self.live_range {
+                    Some((low, high)) => (low.min(live), high.max(live)),
+                    None => (live, live),
+                });
+            }
             if shown {
                 self.timeline.push(point);
             }
@@ -598,6 +814,49 @@ fn write_hdr_log(
     std::fs::write(path, out).with_context(|| format!("writing {}", path.display()))
 }
 
+/// A calls run's ramp: every connection STARTs its share of the calls at once; returns the
+/// connections in their order.
+async fn ramp(connections: Vec<Connection>) -> anyhow::Result<Vec<Connection>> {
+    let calls: u64 = connections
+        .iter()
+        .map(|connection| connection.generator.follow_ups_pending() as u64)
+        .sum();
+    eprintln!("run: ramp: starting {} calls", thousands(calls));
+    let mut tasks = JoinSet::new();
+    for (index, mut connection) in connections.into_iter().enumerate() {
+        tasks.spawn(async move {
+            let outcome = connection.ramp().await;
+            (index, connection, outcome)
+        });
+    }
+    let mut ramped: Vec<(usize, Connection)> = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        let (index, connection, outcome) =
+            joined.map_err(|error| anyhow::anyhow!("a ramp task failed: {error}"))?;
+        outcome?;
+        ramped.push((index, connection));
+    }
+    ramped.sort_by_key(|(index, _)| *index);
+    let started: u64 = ramped
+        .iter()
+        .map(|(_, connection)| connection.summary.ramp.ok_of("SESSION_START"))
+        .sum();
+    if started == 0 {
+        let mut ramp = Interval::default();
+        for (_, connection) in &ramped {
+            ramp.merge(&connection.summary.ramp);
+        }
+        bail!(
+            "the switch started none of the calls: {:?} (check its tariffs for the category and destination, and its session limits)",
+            ramp.counts_by_name(true)
+        );
+    }
+    Ok(ramped
+        .into_iter()
+        .map(|(_, connection)| connection)
+        .collect())
+}
+
 /// Runs the workload against the cards in `cards_path`. Returns whether the run passed (always
 /// true without `--validate`).
 pub async fn run(spec: &RunSpec, cards_path: &Path, outputs: &RunOutputs) -> anyhow::Result<bool> {
@@ -606,6 +865,17 @@ pub async fn run(spec: &RunSpec, cards_path: &Path, outputs: &RunOutputs) -> any
     }
     if spec.duration_s == 0 {
         bail!("--duration must be at least 1 second");
+    }
+    if spec.workload.is_calls() {
+        let calls = &spec.calls;
+        if calls.calls == 0 || calls.update_interval_s == 0 || calls.calls_per_card_max == 0 {
+            bail!("--calls, --update-interval-s and --calls-per-card-max must be positive");
+        }
+        if !(1..=15).contains(&calls.destination.len())
+            || !calls.destination.iter().all(u8::is_ascii_digit)
+        {
+            bail!("--call-destination must be 1 to 15 digits");
+        }
     }
     let mut file: CardsFile = cards::read(cards_path)?;
     if file.cards.is_empty() {
@@ -687,45 +957,84 @@ pub async fn run(spec: &RunSpec, cards_path: &Path, outputs: &RunOutputs) -> any
 
     let stop = Arc::new(AtomicBool::new(false));
     let down = Arc::new(AtomicUsize::new(0));
-    let start = Instant::now() + Duration::from_millis(20);
-    let start_time = SystemTime::now() + Duration::from_millis(20);
-    let measure_from = start + Duration::from_secs(spec.warmup_s);
-    let end = measure_from + Duration::from_secs(spec.duration_s);
+    let draining = Arc::new(AtomicUsize::new(0));
     let schedules: Option<Vec<Schedule>> = (spec.rate_ops_per_s > 0)
         .then(|| Schedule::for_rate(spec.rate_ops_per_s, batch, connections));
     let wakes: Vec<Arc<Notify>> = (0..connections).map(|_| Arc::new(Notify::new())).collect();
     let stats: Vec<Arc<Mutex<Interval>>> = (0..connections)
         .map(|_| Arc::new(Mutex::new(Interval::default())))
         .collect();
+    let calls = spec.workload.is_calls();
+    let call_params = Arc::new(spec.calls.clone());
 
-    let mut tasks = JoinSet::new();
+    let mut connection_list = Vec::with_capacity(connections);
     for (index, client) in clients.into_iter().enumerate() {
-        let connection = Connection {
-            address: spec.address.clone(),
-            options,
-            client: Some(client),
-            generation: 0,
-            generator: Generator::new(
+        let generator = if calls {
+            Generator::for_calls(
+                params,
+                CallGen::new(
+                    call_params.clone(),
+                    batch,
+                    picker.clone(),
+                    spec.seed,
+                    index as u64,
+                    connections as u64,
+                    &model,
+                ),
+            )
+        } else {
+            Generator::new(
                 &spec.workload,
                 params,
                 picker.clone(),
                 spec.seed,
                 index as u64,
-            ),
+            )
+        };
+        let notices = calls.then(|| client.notices());
+        connection_list.push(Connection {
+            address: spec.address.clone(),
+            options,
+            client: Some(client),
+            generation: 0,
+            generator,
             cards: cards.clone(),
             model: model.clone(),
             stats: stats[index].clone(),
             schedule: schedules.as_ref().map(|schedules| schedules[index]),
-            start,
-            end,
+            // Set below, after the ramp.
+            start: Instant::now(),
+            end: Instant::now(),
+            measure_from: Instant::now(),
+            sim_from_s: None,
+            notices,
             wake: wakes[index].clone(),
             stop: stop.clone(),
             down: down.clone(),
+            draining: draining.clone(),
             in_flight_max: in_flight,
             tasks: JoinSet::new(),
             in_flight: HashMap::new(),
             summary: ConnSummary::default(),
-        };
+        });
+    }
+    let ramp_s = if calls {
+        let ramped_at = Instant::now();
+        connection_list = ramp(connection_list).await?;
+        ramped_at.elapsed().as_secs_f64()
+    } else {
+        0.0
+    };
+
+    let start = Instant::now() + Duration::from_millis(20);
+    let start_time = SystemTime::now() + Duration::from_millis(20);
+    let measure_from = start + Duration::from_secs(spec.warmup_s);
+    let end = measure_from + Duration::from_secs(spec.duration_s);
+    let mut tasks = JoinSet::new();
+    for mut connection in connection_list {
+        connection.start = start;
+        connection.end = end;
+        connection.measure_from = measure_from;
         tasks.spawn(async move {
             tokio::time::sleep_until(start.into()).await;
             connection.run().await
@@ -754,7 +1063,10 @@ pub async fn run(spec: &RunSpec, cards_path: &Path, outputs: &RunOutputs) -> any
         hdr_intervals: outputs.hdr_log.as_ref().map(|_| Vec::new()),
         serializer: V2DeflateSerializer::new(),
         down: down.clone(),
+        draining: draining.clone(),
         connections,
+        calls_model: calls.then(|| model.clone()),
+        live_range: None,
     };
     let mut ticker = tokio::time::interval_at(
         (start + Duration::from_secs(1)).into(),
@@ -903,6 +1215,60 @@ pub async fn run(spec: &RunSpec, cards_path: &Path, outputs: &RunOutputs) -> any
         .as_secs_f64();
     let figures = latency_figures(&totals.latency_us);
     let lag = latency_figures(&totals.send_lag_us);
+    let calls_figures = calls.then(|| {
+        let per_s = |count: u64| {
+            if seconds > 0.0 {
+                count as f64 / seconds
+            } else {
+                0.0
+            }
+        };
+        let mut ramp = Interval::default();
+        let mut counters = CallCounters::default();
+        for summary in &summaries {
+            ramp.merge(&summary.ramp);
+            counters.merge(&summary.calls);
+        }
+        let ramp_started = ramp.ok_of("SESSION_START");
+        let simulated_s = summaries
+            .iter()
+            .map(|summary| summary.simulated_s)
+            .sum::<f64>()
+            / summaries.len().max(1) as f64;
+        let (live_min, live_max) = collector.live_range.unwrap_or((0, 0));
+        let notice_names = ["OTHER", "REAUTHORIZE", "ABORT", "LOW_BALANCE", "EXPIRED"];
+        CallsFigures {
+            concurrent_calls: spec.calls.calls,
+            update_interval_s: spec.calls.update_interval_s,
+            call_length: spec.calls.length.to_string(),
+            destination: String::from_utf8_lossy(&spec.calls.destination).into_owned(),
+            ramp_s,
+            ramp_sessions_started: ramp_started,
+            ramp_starts_per_s: ramp_started as f64 / ramp_s.max(1e-9),
+            ramp_errors_by_code: ramp.counts_by_name(true),
+            sessions_started: totals.ok_of("SESSION_START"),
+            sessions_started_per_s: per_s(totals.ok_of("SESSION_START")),
+            updates: totals.ok_of("SESSION_UPDATE"),
+            updates_per_s: per_s(totals.ok_of("SESSION_UPDATE")),
+            ends: totals.ok_of("SESSION_END"),
+            ends_per_s: per_s(totals.ok_of("SESSION_END")),
+            live_min,
+            live_max,
+            simulated_s,
+            time_scale: simulated_s / seconds.max(1e-9),
+            drained_ends: summaries.iter().map(|summary| summary.drained_ops).sum(),
+            left_live: model.calls_live(),
+            tariff: spec.calls.tariff.map(|tariff| tariff.to_string()),
+            calls_checked: counters.tariff_checked,
+            tariff_mismatches: counters.tariff_mismatches,
+            notices: notice_names
+                .iter()
+                .zip(counters.notices)
+                .filter(|(_, count)| *count > 0)
+                .map(|(name, count)| ((*name).to_owned(), count))
+                .collect(),
+        }
+    });
     let report = Report {
         config: RunConfig {
             address: spec.address.clone(),
@@ -947,6 +1313,8 @@ pub async fn run(spec: &RunSpec, cards_path: &Path, outputs: &RunOutputs) -> any
         mismatched_cards,
         percentiles: figures.percentiles,
         timeline: collector.timeline.clone(),
+        by_message: message_figures(&totals.by_message, seconds),
+        calls: calls_figures,
     };
     print!("{}", report.to_text());
     if let Some(path) = &outputs.report_json {

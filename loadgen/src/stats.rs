@@ -1,6 +1,7 @@
 //! Measurement: latency histograms (microseconds), per-code result counts, and the per-second
 //! intervals a connection fills and the reporter collects. Codes are the protocol's result codes
-//! plus two client-side pseudo codes for operations whose reply never came.
+//! plus two client-side pseudo codes for operations whose reply never came. Each message type
+//! (SALE, SESSION_UPDATE, ...) also gets its own latency histogram and counts.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
@@ -56,6 +57,39 @@ pub struct Interval {
     pub errors: u64,
     pub by_code: HashMap<u16, u64>,
     pub last_completion: Option<Instant>,
+    /// The same per message type (keyed by its name).
+    pub by_message: BTreeMap<&'static str, MessageInterval>,
+}
+
+/// One message type's share of an interval.
+#[derive(Debug)]
+pub struct MessageInterval {
+    /// Per operation, as `Interval::latency_us`.
+    pub latency_us: Histogram<u64>,
+    pub ops: u64,
+    /// Answered with a success code (0..=99).
+    pub ok: u64,
+    pub errors: u64,
+}
+
+impl Default for MessageInterval {
+    fn default() -> Self {
+        MessageInterval {
+            latency_us: new_histogram(),
+            ops: 0,
+            ok: 0,
+            errors: 0,
+        }
+    }
+}
+
+impl MessageInterval {
+    pub fn merge(&mut self, other: &MessageInterval) {
+        let _ = self.latency_us.add(&other.latency_us);
+        self.ops += other.ops;
+        self.ok += other.ok;
+        self.errors += other.errors;
+    }
 }
 
 impl Default for Interval {
@@ -68,6 +102,7 @@ impl Default for Interval {
             errors: 0,
             by_code: HashMap::new(),
             last_completion: None,
+            by_message: BTreeMap::new(),
         }
     }
 }
@@ -94,6 +129,30 @@ impl Interval {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),
         };
+        for (name, message) in &other.by_message {
+            self.by_message.entry(name).or_default().merge(message);
+        }
+    }
+
+    /// Records a frame of `message` answered after `latency_us`: its operations' count, how many
+    /// succeeded and how many failed.
+    pub fn record_message(
+        &mut self,
+        message: &'static str,
+        latency_us: u64,
+        ops: u64,
+        errors: u64,
+    ) {
+        let entry = self.by_message.entry(message).or_default();
+        record(&mut entry.latency_us, latency_us, ops);
+        entry.ops += ops;
+        entry.errors += errors;
+        entry.ok += ops.saturating_sub(errors);
+    }
+
+    /// Operations of a message type answered with a success code.
+    pub fn ok_of(&self, message: &str) -> u64 {
+        self.by_message.get(message).map_or(0, |entry| entry.ok)
     }
 
     /// Counts by code name, errors only or all.
@@ -132,5 +191,15 @@ mod tests {
         assert_eq!(errors.get("APPROVED"), None);
         assert_eq!(a.counts_by_name(false).get("APPROVED"), Some(&2));
         assert_eq!(code_name(7), "CODE_7");
+        let mut c = Interval::default();
+        c.record_message("SESSION_START", 100, 10, 1);
+        let mut d = Interval::default();
+        d.record_message("SESSION_START", 300, 10, 0);
+        d.record_message("SESSION_END", 50, 4, 0);
+        c.merge(&d);
+        assert_eq!(c.ok_of("SESSION_START"), 19);
+        assert_eq!(c.ok_of("SESSION_END"), 4);
+        assert_eq!(c.ok_of("SALE"), 0);
+        assert_eq!(c.by_message["SESSION_START"].latency_us.len(), 20);
     }
 }

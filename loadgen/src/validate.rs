@@ -111,6 +111,15 @@ pub async fn resolve(
         .await
         .context("asking the switch about operations whose reply was lost")?;
     for (op, answer) in ops.iter().zip(&answers) {
+        // A session event moves the model by the debit its stored result names.
+        let op = &Op {
+            amount_won: if op.kind.is_session() {
+                answer.result.amount_won
+            } else {
+                op.amount_won
+            },
+            ..*op
+        };
         resolve_one(
             model,
             op,

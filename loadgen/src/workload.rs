@@ -4,8 +4,9 @@
 //! follow-up (full capture 60%, partial final capture 15%, void 15%, reverse 10%), a quarter of
 //! the captures a partial refund, and of the gateway's approved sales a tenth are reversed and
 //! another tenth partly refunded;
-//! `mix:sale=8,gateway=1,recharge=1` picks one of those per frame by weight. A frame carries one
-//! message type and `batch` events (follow-up frames may carry fewer).
+//! `mix:sale=8,gateway=1,recharge=1` picks one of those per frame by weight; `calls` is a call
+//! switch's charging sessions (see `calls.rs`) and runs alone. A frame carries one message type
+//! and `batch` events (follow-up frames, and call frames, may carry fewer).
 //!
 //! Card choice: the k-th new operation of a connection draws its card from a random stream fixed
 //! by (seed, connection), so runs are reproducible. A drawn card the model says cannot afford the
@@ -18,9 +19,11 @@ use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use pinswitch_protocol::{
-    Authorize, Capture, CardLoad, Category, Funding, Refund, Reverse, Sale, Void, new_op_id,
+    Authorize, Capture, CardLoad, Category, Funding, OpResult, Refund, Reverse, Sale, SessionEnd,
+    SessionNotice, SessionStart, SessionUpdate, Void, new_op_id,
 };
 
+use crate::calls::{CallGen, Grant};
 use crate::cards::CardRecord;
 use crate::dist::CardPicker;
 use crate::model::{Model, Op, OpKind};
@@ -32,6 +35,8 @@ pub enum Leaf {
     Sale,
     Gateway,
     Recharge,
+    /// Charging sessions of concurrent calls; not part of mixes.
+    Calls,
 }
 
 impl Leaf {
@@ -40,6 +45,7 @@ impl Leaf {
             Leaf::Sale => "sale",
             Leaf::Gateway => "gateway",
             Leaf::Recharge => "recharge",
+            Leaf::Calls => "calls",
         }
     }
 
@@ -48,6 +54,7 @@ impl Leaf {
             "sale" => Some(Leaf::Sale),
             "gateway" => Some(Leaf::Gateway),
             "recharge" => Some(Leaf::Recharge),
+            "calls" => Some(Leaf::Calls),
             _ => None,
         }
     }
@@ -69,7 +76,7 @@ impl FromStr for WorkloadSpec {
                 parts: vec![(leaf, 1)],
             });
         }
-        let usage = "use sale, gateway, recharge or mix:sale=8,gateway=1,recharge=1";
+        let usage = "use sale, gateway, recharge, calls or mix:sale=8,gateway=1,recharge=1";
         let Some(list) = text.strip_prefix("mix:") else {
             return Err(format!("unknown workload {text:?}: {usage}"));
         };
@@ -80,6 +87,9 @@ impl FromStr for WorkloadSpec {
                 .ok_or_else(|| format!("mix part {item:?} needs NAME=WEIGHT; {usage}"))?;
             let leaf =
                 Leaf::parse(name).ok_or_else(|| format!("unknown workload {name:?}; {usage}"))?;
+            if leaf == Leaf::Calls {
+                return Err("calls runs alone, not in a mix".into());
+            }
             let weight: u32 = weight
                 .trim()
                 .parse()
@@ -114,6 +124,13 @@ impl fmt::Display for WorkloadSpec {
     }
 }
 
+impl WorkloadSpec {
+    /// The `calls` workload (charging sessions).
+    pub fn is_calls(&self) -> bool {
+        self.parts.iter().any(|(leaf, _)| *leaf == Leaf::Calls)
+    }
+}
+
 /// Amounts and sizes of generated operations.
 #[derive(Clone, Copy, Debug)]
 pub struct WorkloadParams {
@@ -139,6 +156,27 @@ pub enum Events {
     Void(Vec<Void>),
     Reverse(Vec<Reverse>),
     Refund(Vec<Refund>),
+    SessionStart(Vec<SessionStart>),
+    SessionUpdate(Vec<SessionUpdate>),
+    SessionEnd(Vec<SessionEnd>),
+}
+
+impl Events {
+    /// The message type's name, as reports show it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Events::Load(_) => "CARD_LOAD",
+            Events::Sale(_) => "SALE",
+            Events::Authorize(_) => "AUTHORIZE",
+            Events::Capture(_) => "CAPTURE",
+            Events::Void(_) => "VOID",
+            Events::Reverse(_) => "REVERSE",
+            Events::Refund(_) => "REFUND",
+            Events::SessionStart(_) => "SESSION_START",
+            Events::SessionUpdate(_) => "SESSION_UPDATE",
+            Events::SessionEnd(_) => "SESSION_END",
+        }
+    }
 }
 
 /// A frame to send: its events and, index for index, the operations they are.
@@ -195,6 +233,8 @@ pub struct Generator {
     rng: Rng,
     /// Capture, void, reverse-authorize, refund and reverse-sale queues, in that order.
     follow_ups: [FollowUps; 5],
+    /// The `calls` workload's sessions (then every frame comes from them).
+    calls: Option<CallGen>,
 }
 
 fn follow_up_slot(kind: OpKind) -> Option<usize> {
@@ -229,11 +269,43 @@ impl Generator {
             card_rng: Rng::stream(seed, connection * 2),
             rng: Rng::stream(seed, connection * 2 + 1),
             follow_ups: Default::default(),
+            calls: None,
         }
     }
 
-    /// The next frame of the workload.
-    pub fn next_frame(&mut self, now: Instant, cards: &[CardRecord], model: &Model) -> Frame {
+    /// A generator whose frames are the `calls` workload's session events.
+    pub fn for_calls(params: WorkloadParams, calls: CallGen) -> Generator {
+        Generator {
+            parts: vec![(Leaf::Calls, 1)],
+            weight_total: 1,
+            params,
+            picker: CardPicker::new(crate::dist::DistSpec::Uniform, 1),
+            card_rng: Rng::new(0),
+            rng: Rng::new(0),
+            follow_ups: Default::default(),
+            calls: Some(calls),
+        }
+    }
+
+    pub fn calls(&self) -> Option<&CallGen> {
+        self.calls.as_ref()
+    }
+
+    pub fn calls_mut(&mut self) -> Option<&mut CallGen> {
+        self.calls.as_mut()
+    }
+
+    /// The next frame of the workload; `None` only for calls when every call waits for a reply
+    /// (or, in the ramp, when every START is out).
+    pub fn next_frame(
+        &mut self,
+        now: Instant,
+        cards: &[CardRecord],
+        model: &Model,
+    ) -> Option<Frame> {
+        if let Some(calls) = &mut self.calls {
+            return calls.next_frame(cards);
+        }
         let leaf = self.pick_leaf();
         let ops = match leaf {
             Leaf::Sale => self.new_ops(OpKind::Sale, false, model),
@@ -250,17 +322,33 @@ impl Generator {
                     None => self.new_ops(OpKind::Authorize, true, model),
                 }
             }
+            Leaf::Calls => unreachable!("calls frames come from the call generator"),
         };
-        self.build_frame(ops, cards)
+        Some(self.build_frame(ops, cards))
     }
 
-    /// Follow-ups still queued (sent by `drain_frame` at the end of a run).
+    /// Follow-ups still queued (sent by `drain_frame` at the end of a run); for calls, the calls
+    /// not yet ended.
     pub fn follow_ups_pending(&self) -> usize {
+        if let Some(calls) = &self.calls {
+            return calls.open_calls();
+        }
         self.follow_ups.iter().map(|queue| queue.ops.len()).sum()
     }
 
-    /// A frame of whatever follow-ups remain, regardless of age; `None` when none remain.
+    /// Prepares the end of a run: calls get their ENDs queued (follow-ups need nothing).
+    pub fn begin_drain(&mut self, model: &Model) {
+        if let Some(calls) = &mut self.calls {
+            calls.begin_drain(model);
+        }
+    }
+
+    /// A frame of whatever follow-ups remain, regardless of age (for calls: ENDs); `None` when
+    /// none remain (or, for calls, none can be sent before a reply).
     pub fn drain_frame(&mut self, now: Instant, cards: &[CardRecord]) -> Option<Frame> {
+        if let Some(calls) = &mut self.calls {
+            return calls.next_frame(cards);
+        }
         let batch = self.params.batch;
         let slot = self
             .follow_ups
@@ -268,6 +356,42 @@ impl Generator {
             .position(|queue| !queue.ops.is_empty())?;
         let ops = self.follow_ups[slot].take(batch, now);
         Some(self.build_frame(ops, cards))
+    }
+
+    /// An answered operation: follow-ups are queued (or re-queued when it did not run); calls
+    /// move on to their next event.
+    pub fn on_reply(
+        &mut self,
+        op: &Op,
+        result: &OpResult,
+        grant: Option<&Grant>,
+        now: Instant,
+        model: &Model,
+    ) {
+        if let Some(calls) = &mut self.calls {
+            calls.on_reply(op, result, grant.copied().unwrap_or_default(), model);
+        } else if crate::model::not_executed(result.code) {
+            self.on_not_executed(op, now);
+        } else {
+            self.on_result(op, result.code, now);
+        }
+    }
+
+    /// Operations whose reply was lost with the connection: calls carry on (an END is sent
+    /// again); gateway follow-ups are not retried (the INQUIRY at the end settles their holds).
+    pub fn on_lost(&mut self, ops: &[Op], model: &Model) {
+        if let Some(calls) = &mut self.calls {
+            for op in ops {
+                calls.on_lost(op, model);
+            }
+        }
+    }
+
+    /// A SESSION_NOTICE push.
+    pub fn on_notice(&mut self, notice: &SessionNotice, model: &Model) {
+        if let Some(calls) = &mut self.calls {
+            calls.on_notice(notice, model);
+        }
     }
 
     /// Queues the follow-ups an answered operation calls for.
@@ -359,6 +483,10 @@ impl Generator {
     /// An operation that was not executed: follow-ups go back in the queue (they get a fresh op
     /// id when sent again); new operations are simply dropped.
     pub fn on_not_executed(&mut self, op: &Op, now: Instant) {
+        if let Some(calls) = &mut self.calls {
+            calls.on_not_executed(op);
+            return;
+        }
         if follow_up_slot(op.kind).is_some() {
             self.queue(Op { op_id: 0, ..*op }, now);
         }
@@ -510,6 +638,9 @@ impl Generator {
                     })
                     .collect(),
             ),
+            OpKind::SessionStart | OpKind::SessionUpdate | OpKind::SessionEnd => {
+                unreachable!("session frames come from the call generator")
+            }
         };
         Frame { events, ops }
     }
@@ -520,13 +651,14 @@ fn random_category(rng: &mut Rng) -> u8 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::cards::Password;
     use crate::dist::DistSpec;
     use pinswitch_protocol::pin;
 
-    fn cards(count: u64) -> Vec<CardRecord> {
+    /// `count` cards of 10,000 won with valid PINs and their derived passwords.
+    pub(crate) fn cards(count: u64) -> Vec<CardRecord> {
         (0..count)
             .map(|index| {
                 let pin = pin::with_check_digit(100_000_000_000_000 + index);
@@ -576,6 +708,9 @@ mod tests {
         assert!("mix:sale=0".parse::<WorkloadSpec>().is_err());
         assert!("mix:sale=1,sale=2".parse::<WorkloadSpec>().is_err());
         assert!("mix:bogus=1".parse::<WorkloadSpec>().is_err());
+        assert!("mix:sale=1,calls=1".parse::<WorkloadSpec>().is_err());
+        let calls: WorkloadSpec = "calls".parse().expect("parses");
+        assert!(calls.is_calls() && calls.to_string() == "calls");
         assert!("nothing".parse::<WorkloadSpec>().is_err());
     }
 
@@ -587,8 +722,8 @@ mod tests {
         let mut first = generator("sale", 9);
         let mut second = generator("sale", 9);
         for _ in 0..20 {
-            let a = first.next_frame(now, &cards, &model);
-            let b = second.next_frame(now, &cards, &model);
+            let a = first.next_frame(now, &cards, &model).expect("frame");
+            let b = second.next_frame(now, &cards, &model).expect("frame");
             assert_eq!(a.ops.len(), 8);
             let Events::Sale(events) = &a.events else {
                 panic!("sale workload sent {:?}", a.events)
@@ -615,7 +750,7 @@ mod tests {
         let mut sent: Vec<Op> = Vec::new();
         let (mut authorizes, mut sales) = (0, 0);
         for _ in 0..12 {
-            let frame = generator.next_frame(now, &cards, &model);
+            let frame = generator.next_frame(now, &cards, &model).expect("frame");
             match frame.events {
                 Events::Authorize(_) => authorizes += 1,
                 Events::Sale(_) => sales += 1,
@@ -645,7 +780,7 @@ mod tests {
                 break;
             }
             old += FOLLOW_UP_WAIT_MAX;
-            let frame = generator.next_frame(old, &cards, &model);
+            let frame = generator.next_frame(old, &cards, &model).expect("frame");
             if matches!(frame.events, Events::Authorize(_) | Events::Sale(_)) {
                 continue;
             }
@@ -705,7 +840,11 @@ mod tests {
         let mut generator = generator("mix:sale=1,gateway=1,recharge=1", 4);
         let (mut sales, mut authorizes, mut loads) = (0, 0, 0);
         for _ in 0..300 {
-            match generator.next_frame(now, &cards, &model).events {
+            match generator
+                .next_frame(now, &cards, &model)
+                .expect("frame")
+                .events
+            {
                 Events::Sale(_) => sales += 1,
                 Events::Authorize(_) => authorizes += 1,
                 Events::Load(events) => {
@@ -722,6 +861,13 @@ mod tests {
         // Every card at the cap: loads still go out (the switch declines them), after redraws.
         let full = Model::new(cards.iter().map(|_| 500_000));
         let mut recharge = self::generator("recharge", 4);
-        assert_eq!(recharge.next_frame(now, &cards, &full).ops.len(), 8);
+        assert_eq!(
+            recharge
+                .next_frame(now, &cards, &full)
+                .expect("frame")
+                .ops
+                .len(),
+            8
+        );
     }
 }

@@ -98,3 +98,59 @@ fn prepare_run_validate_and_report() {
     let validated = run(&["validate", "--connect", &switch.address, "--cards-file", cards]);
     assert!(validated.status.success(), "validate: {}", String::from_utf8_lossy(&validated.stdout));
 }
+
+/// The `calls` workload against a real switch: 200 concurrent calls over 100 cards, two
+/// connections, open loop at 2,000 events a second (so about 300 simulated seconds of calls),
+/// every ended call's debits checked against the production mobile tariff, and every card's
+/// balance and held amount read back; then the cards file alone validates too.
+#[test]
+fn calls_keep_their_concurrency_and_every_won_is_accounted_for() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let switch = Switch::start(&dir.path().join("data"));
+    let cards = dir.path().join("cards.bin");
+    let cards = cards.to_str().expect("utf-8");
+    let prepared = run(&[
+        "prepare", "--connect", &switch.address, "--cards", "100", "--face-value", "50000",
+        "--load-won", "400000", "--cards-file", cards,
+    ]);
+    assert!(prepared.status.success(), "prepare: {}", String::from_utf8_lossy(&prepared.stderr));
+
+    let report = dir.path().join("calls.json");
+    let ran = run(&[
+        "run", "--connect", &switch.address, "--cards-file", cards, "--workload", "calls",
+        "--calls", "200", "--update-interval-s", "60", "--call-length", "exp:120",
+        "--tariff", "10,12,6,0", "--connections", "2", "--in-flight", "2", "--batch", "16",
+        "--rate", "2000", "--duration", "2", "--seed", "11", "--validate",
+        "--report", report.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&ran.stdout);
+    assert!(ran.status.success(), "run: {stdout}\n{}", String::from_utf8_lossy(&ran.stderr));
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).expect("report")).expect("json");
+    assert_eq!(json["validated"], serde_json::Value::Bool(true), "{json}");
+    assert_eq!(json["errors"], 0, "{json}");
+    assert_eq!(json["reply_anomalies"], 0, "{json}");
+    let calls = &json["calls"];
+    let count = |field: &str| calls[field].as_u64().unwrap_or_else(|| panic!("{field} in {calls}"));
+    // The ramp started all 200 calls; the window started, updated and ended more.
+    assert_eq!(count("ramp_sessions_started"), 200, "{calls}");
+    assert!(count("sessions_started") > 50 && count("updates") > 50 && count("ends") > 50, "{calls}");
+    // Every call started was ended, in the window or after it, and none is left live.
+    assert_eq!(
+        count("ramp_sessions_started") + count("sessions_started"),
+        count("ends") + count("drained_ends"),
+        "{calls}"
+    );
+    assert_eq!(calls["left_live"], 0, "{calls}");
+    // Every ended call was debited exactly what the tariff prices its seconds at.
+    assert_eq!(count("calls_checked"), count("ends") + count("drained_ends"), "{calls}");
+    assert_eq!(count("tariff_mismatches"), 0, "{calls}");
+    assert!(calls["simulated_s"].as_f64().expect("simulated_s") > 60.0, "{calls}");
+    for message in ["SESSION_START", "SESSION_UPDATE", "SESSION_END"] {
+        assert!(json["by_message"][message]["p99_us"].as_u64().expect("p99") > 0, "{message} in {json}");
+    }
+    assert!(stdout.contains("started/s"), "{stdout}");
+
+    // The cards file now expects the debited balances; a separate validate agrees.
+    let validated = run(&["validate", "--connect", &switch.address, "--cards-file", cards]);
+    assert!(validated.status.success(), "validate: {}", String::from_utf8_lossy(&validated.stdout));
+}
