@@ -432,9 +432,9 @@ impl Shard {
         self.sessions.len()
     }
 
-    /// The service category of a live session.
+    /// The service category of a live session, or of one expired and still remembered.
     pub fn session_category(&self, session_id: u128) -> Option<u8> {
-        self.sessions.get(&session_id).map(|session| session.tariff.category)
+        self.sessions.get(&session_id).or_else(|| self.expired_sessions.get(&session_id)).map(|session| session.tariff.category)
     }
 
     /// Op-id records currently kept.

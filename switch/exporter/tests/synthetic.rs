@@ -536,3 +536,61 @@ fn charging_sessions_post_reservations_and_service_revenue() {
     let holds = ledger.accounts[&Account::Holds];
     assert_eq!(holds.credits_won, holds.debits_won);
 }
+
+/// What a call switch adds: an event charge (service revenue, refunded and reversed back from
+/// it), a call expired for silence by a Tick (its reservation released) whose late report is
+/// still charged, and a call ended by an audit's close. The trial balance balances, the
+/// ledger reconciles card by card, and revenue is exactly what the cards paid.
+#[test]
+fn event_charges_expired_and_audited_calls_post_and_reconcile() {
+    use pinswitch_core::{SessionOpen, pack_destination};
+    use pinswitch_exporter::ledger::Account;
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let t0_ms = parse_date("2026-05-02").map(|day| Cutoff { utc_offset_hours: 9, cutoff_hour: 0 }.start_ms(day)).unwrap() as u64 + 10 * HOUR_MS;
+    let mut switch = Switch::new(&data);
+    let card = pin_on(1, 21);
+    approved(switch.run(t0_ms, Body::Issue { pin_hash: card, face_value_won: 10_000 }).1);
+    approved(switch.run(t0_ms, Body::Activate { pin_hash: card, password_mac: MAC }).1);
+    let info = pack_destination(b"15881234").unwrap();
+    let (charge, reply) = switch.run(t0_ms, Body::EventCharge { pin_hash: card, password_mac: 0, destination: info, units: 3, category: 3 });
+    assert_eq!(approved(reply).amount_won, 1_500);
+    approved(switch.run(t0_ms, Body::Refund { pin_hash: card, original_op_id: charge, amount_won: 500 }).1);
+    let reversed = approved(switch.run(t0_ms, Body::Reverse { pin_hash: card, original_op_id: charge }).1);
+    assert_eq!(reversed.amount_won, 1_000);
+    approved(switch.run(t0_ms, Body::EventCharge { pin_hash: card, password_mac: 0, destination: info, units: 1, category: 3 }).1);
+    // Two domestic calls (2 won a second), 60 s reserved each.
+    let domestic = pack_destination(b"0212345678").unwrap();
+    let open = |session_id| {
+        Body::SessionStart(Box::new(SessionOpen { pin_hash: card, session_id, destination: domestic, requested_s: 60, owner_id: 4, password_mac: 0, category: 2 }))
+    };
+    approved(switch.run(t0_ms, open(1)).1);
+    approved(switch.run(t0_ms, open(2)).1);
+    approved(switch.run(t0_ms + 1_000, Body::SessionUpdate { pin_hash: card, session_id: 1, seq: 1, used_total_s: 10, requested_s: 60 }).1);
+    // The audit closes call 2 (silent since t0) on the card's shard.
+    let shard = shard_of_card(card, SHARDS);
+    let close = Body::SessionsClose { owner_id: 4, silent_since_ms: t0_ms, session_ids: vec![2, 3] };
+    let closed = switch.apply(shard, t0_ms + 2_000, Command { op_id: 0, deadline_at_ms: 0, body: close });
+    assert_eq!(closed.amount_won, 1);
+    // test_min validity is 120 s: call 1 expires 240 s after its report, at a Tick.
+    let tick = switch.apply(shard, t0_ms + 1_000 + 240_000, Command { op_id: 0, deadline_at_ms: 0, body: Body::Tick });
+    assert_eq!(ResultCode::from_u16(tick.code), Some(ResultCode::Approved));
+    let late = Body::SessionEnd { pin_hash: card, session_id: 1, seq: 2, used_total_s: 100 };
+    let reply = switch.run(t0_ms + 300_000, late).1;
+    assert_eq!((ResultCode::from_u16(reply.code), reply.amount_won, reply.balance_won), (Some(ResultCode::SessionExpiredCharged), 180, 10_000 - 500 - 200));
+
+    let state = root.path().join("state");
+    let mut exporter = Exporter::open(options(&data, &state)).unwrap();
+    exporter.run(None, 0).unwrap();
+    let status = exporter.status().unwrap();
+    assert!(status.reconciled(), "{status}");
+    let ledger = exporter.ledger().unwrap();
+    assert_eq!(ledger.trial_balance().check(), Ok(()));
+    let info_revenue = ledger.accounts[&Account::ServiceRevenue { category: 3 }];
+    assert_eq!(info_revenue.credits_won - info_revenue.debits_won, 500, "1,500 charged, 500 refunded, 1,000 reversed, 500 charged");
+    let call_revenue = ledger.accounts[&Account::ServiceRevenue { category: 2 }];
+    assert_eq!(call_revenue.credits_won - call_revenue.debits_won, 200);
+    let holds = ledger.accounts[&Account::Holds];
+    assert_eq!(holds.credits_won, holds.debits_won, "every reservation was released");
+}
