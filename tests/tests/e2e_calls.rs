@@ -240,3 +240,45 @@ async fn a_silent_call_expires_and_its_late_report_is_charged_across_a_sigkill()
     let again = one(client.session_end(&[end(pin, 9, 3, 100)]).await).await;
     assert_eq!(code(&again), ResultCode::SessionNotFound);
 }
+
+/// Runs `pinswitch call ARGS --connect ADDRESS`; returns (exit code, stdout).
+fn cli(address: &str, args: &[&str]) -> (i32, String) {
+    let output = std::process::Command::new(BIN).arg("call").args(args).args(["--connect", address]).output().expect("running the CLI");
+    (output.status.code().unwrap_or(-1), String::from_utf8(output.stdout).expect("utf-8"))
+}
+
+/// The operator's view of the same features: `pinswitch call quote|charge|audit`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_quotes_charges_and_audits() {
+    let dir = fresh_dir("calls-cli");
+    let config = config(&dir, "[sessions]\naudit_grace_s = 0\n");
+    let switch = Switch::start(Path::new(BIN), &dir, &["--config", &config]);
+    let client = Client::connect(&switch.address).await.expect("connect");
+    let pin = active_card(&client, 10_000).await;
+    let pin_text = format!("{pin:016}");
+    let address = switch.address.clone();
+
+    let (exit, text) = cli(&address, &["quote", "--category", "2", "--to", "0014155550100", "--seconds", "61", "--pin", &pin_text]);
+    assert_eq!(exit, 0, "{text}");
+    assert!(text.contains("tariff    3") && text.contains("call      61 s cost 650 won"), "{text}");
+    assert!(text.contains("card      10000 won available, buys 1980 s"), "(10,000 - 50) / 300 = 33 minutes: {text}");
+    let (exit, text) = cli(&address, &["quote", "--category", "3", "--to", "0212345678"]);
+    assert_eq!((exit, text.trim()), (1, "TARIFF_NOT_FOUND (172)"));
+
+    let (exit, text) = cli(&address, &["charge", &pin_text, "--category", "3", "--to", "15881234", "--units", "3"]);
+    assert_eq!((exit, text.trim()), (0, "APPROVED (0), charged 1500 won, balance 8500 won"));
+    // Domestic calls are priced per second only.
+    let (exit, text) = cli(&address, &["charge", &pin_text, "--category", "2", "--to", "0212345678"]);
+    assert_eq!((exit, text.trim()), (1, "EVENT_NOT_PRICED (177), charged 0 won, balance 8500 won"));
+
+    for session_id in [0x51, 0x52] {
+        assert_eq!(code(&one(client.session_start(&[start(pin, session_id, DOMESTIC, 60)]).await).await), ResultCode::Approved);
+    }
+    let (exit, text) = cli(&address, &["audit", "--owner", "7", "--session", "0x51", "--session", "82"]);
+    assert_eq!((exit, text.trim()), (0, "APPROVED (0), 2 live on the switch, 0 ended"));
+    let (exit, text) = cli(&address, &["audit", "--owner", "7", "--session", "0x51"]);
+    assert_eq!((exit, text.trim()), (1, "SESSION_AUDIT_MISMATCH (178), 2 live on the switch, 0 ended"));
+    let (exit, text) = cli(&address, &["audit", "--owner", "7", "--session", "0x51", "--close"]);
+    assert_eq!((exit, text.trim()), (0, "APPROVED (0), 2 live on the switch, 1 ended"));
+    assert_eq!(balance(&client, pin).await.held_won, 120, "call 0x51's minute is still reserved");
+}

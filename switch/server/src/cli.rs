@@ -10,8 +10,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use pinswitch_protocol::client::Client;
 use pinswitch_protocol::{
     self as protocol, BalanceInquiry, BlockReason, CardActivate, CardBlock, CardClaim, CardIssue, CardLoad,
-    CardConsign, CardRefund, CardRegister, CardSell, CardState, CardUnblock, ForeignConvert, ForeignImport, Funding, OpResult,
-    ResultCode, Sale, pin,
+    CardConsign, CardRefund, CardRegister, CardSell, CardState, CardUnblock, EventCharge, ForeignConvert, ForeignImport, Funding,
+    OpResult, PriceQuote, ResultCode, Sale, SessionAudit, pin,
 };
 
 use crate::config::Config;
@@ -44,6 +44,11 @@ enum Command {
     Card {
         #[command(subcommand)]
         command: CardCommand,
+    },
+    /// Call-switch operations against a running switch: price quotes, event charges, audits.
+    Call {
+        #[command(subcommand)]
+        command: CallCommand,
     },
     /// The settlement exporter: reads the journals (never the hot path), see switch/exporter/EXPORT.md.
     Export {
@@ -81,6 +86,13 @@ enum ExportCommand {
         /// Stop after this many journal records (resume with the next run).
         #[arg(long)]
         max_records: Option<u64>,
+        /// Keep following the journals for this many seconds (0: one pass, as without it),
+        /// printing each second the records applied and how old they were when applied.
+        #[arg(long, conflicts_with = "max_records")]
+        follow: Option<u64>,
+        /// With --follow: how long to wait when a pass found nothing new, in milliseconds.
+        #[arg(long, default_value_t = 100, requires = "follow")]
+        poll_ms: u64,
     },
     /// Cursors, journal heads and lag per shard, the trial balance and the safeguarding reconciliation.
     Status,
@@ -126,6 +138,56 @@ enum ExportCommand {
     Serve {
         #[arg(long, default_value = "127.0.0.1:7421")]
         listen: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum CallCommand {
+    /// What a call of --seconds to --to, or --units events, would cost now (PRICE_QUOTE); with
+    /// --pin also how many seconds the card's available balance buys.
+    Quote {
+        #[arg(long, default_value = "127.0.0.1:7420")]
+        connect: String,
+        /// Service category (2 telephone call, 3 phone information, 4 prepaid mobile, ...).
+        #[arg(long)]
+        category: u8,
+        /// The called number (digits).
+        #[arg(long)]
+        to: String,
+        #[arg(long, default_value_t = 0)]
+        seconds: u32,
+        #[arg(long, default_value_t = 0)]
+        units: u32,
+        #[arg(long)]
+        pin: Option<String>,
+    },
+    /// Charge --units events of the service at --to to the card (EVENT_CHARGE).
+    Charge {
+        #[arg(long, default_value = "127.0.0.1:7420")]
+        connect: String,
+        pin: String,
+        #[arg(long)]
+        category: u8,
+        #[arg(long)]
+        to: String,
+        #[arg(long, default_value_t = 1)]
+        units: u32,
+        /// The holder's password (required only when the switch's session_password_required is on).
+        #[arg(long)]
+        password: Option<String>,
+    },
+    /// Compare a call switch's live sessions (--session, repeated; hex or decimal ids) with the
+    /// switch's (SESSION_AUDIT); with --close, end the switch's sessions of --owner missing
+    /// from the list.
+    Audit {
+        #[arg(long, default_value = "127.0.0.1:7420")]
+        connect: String,
+        #[arg(long)]
+        owner: u32,
+        #[arg(long = "session")]
+        sessions: Vec<String>,
+        #[arg(long)]
+        close: bool,
     },
 }
 
@@ -330,6 +392,13 @@ pub fn main() -> anyhow::Result<ExitCode> {
                 .context("building the client runtime")?;
             runtime.block_on(card(command))
         }
+        Command::Call { command } => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("building the client runtime")?;
+            runtime.block_on(call(command))
+        }
     }
 }
 
@@ -350,7 +419,16 @@ fn export(places: ExportPlaces, command: ExportCommand) -> anyhow::Result<ExitCo
         _ => Exporter::open_read_only(options)?,
     };
     match command {
-        ExportCommand::Run { max_records } => {
+        ExportCommand::Run { max_records: None, follow: Some(seconds), poll_ms } => {
+            let report = follow(&mut exporter, seconds, poll_ms)?;
+            for day in &report.closed {
+                println!("closed period {}", date_string(*day));
+            }
+            let status = exporter.status()?;
+            print!("{status}");
+            Ok(if status.reconciled() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        ExportCommand::Run { max_records, .. } => {
             let report = exporter.run(max_records, crate::shard_loop::wall_clock_ms())?;
             let applied: Vec<String> = report.applied.iter().enumerate().map(|(shard, count)| format!("shard {shard}: {count}")).collect();
             println!("applied {} records ({})", report.applied.iter().sum::<u64>(), applied.join(", "));
@@ -412,6 +490,47 @@ fn export(places: ExportPlaces, command: ExportCommand) -> anyhow::Result<ExitCo
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `export run --follow SECONDS`: follows the journals, printing a line a second (records
+/// applied, their rate, the oldest record's age at apply: now minus its journaled time, on the
+/// same machine's clock) and at the end the age percentiles over the whole run.
+fn follow(exporter: &mut pinswitch_exporter::Exporter, seconds: u64, poll_ms: u64) -> anyhow::Result<pinswitch_exporter::RunReport> {
+    use std::cell::{Cell, RefCell};
+    use std::time::{Duration, Instant};
+    let now_ms = crate::shard_loop::wall_clock_ms;
+    let started = Instant::now();
+    let ages_ms = RefCell::new(Vec::new());
+    let window_max_age_ms = Cell::new(0u64);
+    let mut last = (Instant::now(), 0u64);
+    let mut observe = |time_ms: u64| {
+        let age_ms = now_ms().saturating_sub(time_ms);
+        ages_ms.borrow_mut().push(u32::try_from(age_ms).unwrap_or(u32::MAX));
+        window_max_age_ms.set(window_max_age_ms.get().max(age_ms));
+    };
+    let mut keep_going = |applied: u64| {
+        let elapsed = last.0.elapsed();
+        if elapsed >= Duration::from_secs(1) {
+            let rate = (applied - last.1) as f64 / elapsed.as_secs_f64();
+            println!("t={:>4}s  applied {applied:>10}  {rate:>9.0} records/s  oldest record applied was {} ms old", started.elapsed().as_secs(), window_max_age_ms.replace(0));
+            last = (Instant::now(), applied);
+        }
+        started.elapsed() < Duration::from_secs(seconds)
+    };
+    let report = exporter.follow(Duration::from_millis(poll_ms), &now_ms, &mut keep_going, &mut observe)?;
+    let mut ages = ages_ms.into_inner();
+    ages.sort_unstable();
+    let at = |quantile: f64| ages.get(((ages.len() as f64 - 1.0) * quantile).round() as usize).copied().unwrap_or(0);
+    let applied: u64 = report.applied.iter().sum();
+    println!(
+        "followed {:.1} s: applied {applied} records ({:.0}/s); age of a record when applied: p50 {} ms, p99 {} ms, max {} ms",
+        started.elapsed().as_secs_f64(),
+        applied as f64 / started.elapsed().as_secs_f64(),
+        at(0.5),
+        at(0.99),
+        at(1.0)
+    );
+    Ok(report)
 }
 
 /// `export statement` and `export serve`: card statements from the exporter's statement index
@@ -688,6 +807,65 @@ async fn card(command: CardCommand) -> anyhow::Result<ExitCode> {
                 format!(", foreign PIN {foreign_pin}, debited {} won, balance {} won", result.amount_won, result.balance_won)
             };
             Ok(outcome(result.code, detail))
+        }
+    }
+}
+
+/// A session id as a call switch logs it: `0x…` hex or decimal.
+fn parse_session_id(text: &str) -> anyhow::Result<u128> {
+    let parsed = match text.strip_prefix("0x") {
+        Some(hex) => u128::from_str_radix(hex, 16),
+        None => text.parse(),
+    };
+    parsed.with_context(|| format!("{text:?} is not a session id"))
+}
+
+async fn call(command: CallCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        CallCommand::Quote { connect: address, category, to, seconds, units, pin } => {
+            let pin = pin.as_deref().map(parse_pin).transpose()?.unwrap_or(0);
+            let client = connect(&address).await?;
+            let quote = PriceQuote { pin, category, destination: to.into_bytes(), duration_s: seconds, units };
+            let quoted = single(client.price_quote(&[quote]).await.context("asking for a quote")?)?;
+            if quoted.code != ResultCode::Approved.as_u16() {
+                return Ok(outcome(quoted.code, String::new()));
+            }
+            println!("tariff    {}", quoted.tariff_id);
+            println!("rate      {} won per {} s (first {} s), {} won to connect", quoted.rate_won, quoted.increment_s, quoted.first_increment_s, quoted.connect_fee_won);
+            println!("event     {} won", quoted.event_won);
+            println!("call      {seconds} s cost {} won", quoted.duration_cost_won);
+            println!("events    {units} cost {} won", quoted.event_cost_won);
+            if pin != 0 {
+                println!("card      {} won available, buys {} s", quoted.available_won, quoted.affordable_s);
+            }
+            Ok(outcome(quoted.code, String::new()))
+        }
+        CallCommand::Charge { connect: address, pin, category, to, units, password } => {
+            let pin = parse_pin(&pin)?;
+            let client = connect(&address).await?;
+            let event = EventCharge {
+                op_id: protocol::new_op_id(),
+                pin,
+                password: password.unwrap_or_default().into_bytes(),
+                category,
+                destination: to.into_bytes(),
+                units,
+            };
+            let result = single(client.event_charge(&[event]).await.context("charging the event")?)?;
+            Ok(outcome(result.code, format!(", charged {} won, balance {} won", result.amount_won, result.balance_won)))
+        }
+        CallCommand::Audit { connect: address, owner, sessions, close } => {
+            let session_ids = sessions.iter().map(|text| parse_session_id(text)).collect::<anyhow::Result<Vec<u128>>>()?;
+            let client = connect(&address).await?;
+            let audit = SessionAudit {
+                owner_id: owner,
+                count: u32::try_from(session_ids.len()).context("too many sessions")?,
+                digest: protocol::session_digest(session_ids.iter().copied()),
+                list: close,
+                session_ids: if close { session_ids } else { Vec::new() },
+            };
+            let answer = client.session_audit(&audit).await.context("auditing the sessions")?;
+            Ok(outcome(answer.code, format!(", {} live on the switch, {} ended", answer.live_count, answer.ended)))
         }
     }
 }
