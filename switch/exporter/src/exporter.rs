@@ -79,6 +79,9 @@ pub struct Exporter {
     last_closed: Option<Day>,
     closed_ledger: Ledger,
     merchant_carry: BTreeMap<u64, i128>,
+    /// One tailing reader per shard, kept between passes so a pass resumes where the previous
+    /// one stopped instead of scanning its segment again.
+    readers: Vec<Option<Reader>>,
 }
 
 /// What one `run` did.
@@ -200,7 +203,8 @@ impl Exporter {
             let followers = (0..shard_count).map(|shard| Follower::new(shard, shard_count, options.engine.clone())).collect();
             let log = open_log(&[])?;
             let statements = if writable { Some(StatementWriter::open(&options.state_dir, &vec![0; usize::from(shard_count)])?) } else { None };
-            return Ok(Exporter { options, followers, open: BTreeMap::new(), log, statements, _lock: lock, last_closed: None, closed_ledger: Ledger::default(), merchant_carry: BTreeMap::new() });
+            let readers = (0..shard_count).map(|_| None).collect();
+            return Ok(Exporter { options, followers, open: BTreeMap::new(), log, statements, _lock: lock, last_closed: None, closed_ledger: Ledger::default(), merchant_carry: BTreeMap::new(), readers });
         };
         if image.shard_count != shard_count || image.followers.len() != usize::from(shard_count) {
             return Err(ExportError::State { path, reason: format!("made for {} shards, the switch has {shard_count}", image.shard_count) });
@@ -213,25 +217,77 @@ impl Exporter {
         let log = open_log(&image.fact_lengths)?;
         let cursors: Vec<u64> = followers.iter().map(Follower::cursor_seq).collect();
         let statements = if writable { Some(StatementWriter::open(&options.state_dir, &cursors)?) } else { None };
-        Ok(Exporter { options, followers, open: image.open, log, statements, _lock: lock, last_closed: image.last_closed, closed_ledger: image.closed_ledger, merchant_carry: image.merchant_carry })
+        let readers = (0..shard_count).map(|_| None).collect();
+        Ok(Exporter { options, followers, open: image.open, log, statements, _lock: lock, last_closed: image.last_closed, closed_ledger: image.closed_ledger, merchant_carry: image.merchant_carry, readers })
     }
 
     /// Applies journal records from every shard's cursor to its end (at most `max_records` in
     /// all), then closes every period all shards have passed. `wall_clock_ms` decides when a
     /// shard with nothing newer in its journal has passed a period end (see `close_grace_s`).
     pub fn run(&mut self, max_records: Option<u64>, wall_clock_ms: u64) -> Result<RunReport> {
+        let mut since_checkpoint = 0u64;
+        let (mut report, at_head) = self.pass(max_records, &mut since_checkpoint, &mut |_| {})?;
+        self.close_and_checkpoint(&at_head, wall_clock_ms, &mut report)?;
+        Ok(report)
+    }
+
+    /// Follows the journals: passes over every shard's durable records, closing periods as
+    /// they finish, and waits `poll` whenever a pass found nothing, until `keep_going` (asked
+    /// after every pass with the total applied so far) says stop. Checkpoints every
+    /// `checkpoint_every_records` records and at the end, as `run` does, so a kill loses nothing
+    /// but the records after the last checkpoint, which the next run applies again.
+    /// `observe(time_ms)` is called after every record applied with its journaled time (for lag
+    /// figures); `wall_clock_ms` gives the time for closing quiet periods.
+    pub fn follow(
+        &mut self,
+        poll: std::time::Duration,
+        wall_clock_ms: &dyn Fn() -> u64,
+        keep_going: &mut dyn FnMut(u64) -> bool,
+        observe: &mut dyn FnMut(u64),
+    ) -> Result<RunReport> {
+        let mut since_checkpoint = 0u64;
+        let mut total = RunReport { applied: vec![0; self.followers.len()], ..RunReport::default() };
+        loop {
+            let (report, at_head) = self.pass(None, &mut since_checkpoint, observe)?;
+            let applied: u64 = report.applied.iter().sum();
+            for (sum, count) in total.applied.iter_mut().zip(&report.applied) {
+                *sum += count;
+            }
+            if self.closable(&at_head, wall_clock_ms()) {
+                let mut closing = RunReport::default();
+                self.close_and_checkpoint(&at_head, wall_clock_ms(), &mut closing)?;
+                since_checkpoint = 0;
+                total.closed.extend(closing.closed);
+            }
+            if !keep_going(total.applied.iter().sum()) {
+                let mut closing = RunReport::default();
+                self.close_and_checkpoint(&at_head, wall_clock_ms(), &mut closing)?;
+                total.closed.extend(closing.closed);
+                return Ok(total);
+            }
+            if applied == 0 {
+                std::thread::sleep(poll);
+            }
+        }
+    }
+
+    /// One pass: every shard's records from its cursor to its durable end (at most
+    /// `max_records` in all), checkpointing every `checkpoint_every_records`. Returns what was
+    /// applied and, per shard, whether it reached its journal's end.
+    fn pass(&mut self, max_records: Option<u64>, since_checkpoint: &mut u64, observe: &mut dyn FnMut(u64)) -> Result<(RunReport, Vec<bool>)> {
         let mut report = RunReport { applied: vec![0; self.followers.len()], ..RunReport::default() };
         let mut at_head = Vec::with_capacity(self.followers.len());
         let mut budget = max_records.unwrap_or(u64::MAX);
-        let mut since_checkpoint = 0u64;
         for index in 0..self.followers.len() {
             if budget == 0 {
                 report.stopped_early = true;
                 break;
             }
             let shard = self.followers[index].shard_id();
-            let dir = shard_dir(&self.options.data_dir, shard);
-            let mut reader = Reader::open(&dir).map_err(|source| ExportError::Journal { shard, source })?;
+            let mut reader = match self.readers[index].take() {
+                Some(reader) => reader,
+                None => Reader::open(&shard_dir(&self.options.data_dir, shard)).map_err(|source| ExportError::Journal { shard, source })?,
+            };
             let from_seq = self.followers[index].cursor_seq() + 1;
             let mut failure: Option<ExportError> = None;
             let mut applied = 0u64;
@@ -240,9 +296,9 @@ impl Exporter {
                     return Err(BUDGET_STOP.into());
                 }
                 let step = self.apply_record(index, seq, payload).and_then(|()| {
-                    since_checkpoint += 1;
-                    if since_checkpoint >= self.options.config.checkpoint_every_records {
-                        since_checkpoint = 0;
+                    *since_checkpoint += 1;
+                    if *since_checkpoint >= self.options.config.checkpoint_every_records {
+                        *since_checkpoint = 0;
                         self.checkpoint()?;
                     }
                     Ok(())
@@ -251,6 +307,7 @@ impl Exporter {
                     Ok(()) => {
                         budget -= 1;
                         applied += 1;
+                        observe(self.followers[index].clock_ms());
                         Ok(())
                     }
                     Err(error) => {
@@ -261,6 +318,7 @@ impl Exporter {
                 }
             });
             report.applied[index] = applied;
+            self.readers[index] = Some(reader);
             if let Some(error) = failure {
                 // The failing record may have reached the shadow engine without its effects
                 // being kept: this state is not saved; the last checkpoint stays consistent.
@@ -276,8 +334,13 @@ impl Exporter {
             }
         }
         at_head.resize(self.followers.len(), false);
+        Ok((report, at_head))
+    }
+
+    /// Checkpoints, closes every finished period and checkpoints again if one closed.
+    fn close_and_checkpoint(&mut self, at_head: &[bool], wall_clock_ms: u64, report: &mut RunReport) -> Result<()> {
         self.checkpoint()?;
-        report.closed = self.close_periods(&at_head, wall_clock_ms)?;
+        report.closed = self.close_periods(at_head, wall_clock_ms)?;
         if !report.closed.is_empty() {
             for follower in &mut self.followers {
                 follower.prune();
@@ -288,7 +351,15 @@ impl Exporter {
                 self.log.remove(*day)?;
             }
         }
-        Ok(report)
+        Ok(())
+    }
+
+    /// Whether the oldest open period has finished on every shard (see `close_periods`).
+    fn closable(&self, at_head: &[bool], wall_clock_ms: u64) -> bool {
+        let Some(&day) = self.open.keys().next() else { return false };
+        let end_ms = u64::try_from(self.options.config.cutoff().end_ms(day)).unwrap_or(0);
+        let grace_ms = self.options.config.close_grace_s.saturating_mul(1000);
+        self.followers.iter().zip(at_head).all(|(follower, at_head)| follower.clock_ms() >= end_ms || (*at_head && wall_clock_ms >= end_ms.saturating_add(grace_ms)))
     }
 
     fn apply_record(&mut self, index: usize, seq: u64, payload: &[u8]) -> Result<()> {
@@ -345,15 +416,9 @@ impl Exporter {
 
     /// Closes open periods in date order while every shard has passed the period's end.
     fn close_periods(&mut self, at_head: &[bool], wall_clock_ms: u64) -> Result<Vec<Day>> {
-        let cutoff = self.options.config.cutoff();
-        let grace_ms = self.options.config.close_grace_s.saturating_mul(1000);
         let mut closed = Vec::new();
         while let Some(&day) = self.open.keys().next() {
-            let end_ms = u64::try_from(cutoff.end_ms(day)).unwrap_or(0);
-            let passed = self.followers.iter().zip(at_head).all(|(follower, at_head)| {
-                follower.clock_ms() >= end_ms || (*at_head && wall_clock_ms >= end_ms.saturating_add(grace_ms))
-            });
-            if !passed {
+            if !self.closable(at_head, wall_clock_ms) {
                 break;
             }
             let mut facts = self.open.remove(&day).unwrap_or_default();
@@ -697,6 +762,30 @@ mod tests {
 
     fn line(card: u128, ledger_won: u64, finding: CardFinding) -> CardLine {
         CardLine { shard: 0, card, ledger_won, finding }
+    }
+
+    #[test]
+    fn following_applies_what_a_run_applies_and_reports_each_record_time() {
+        let root = tempfile::tempdir().unwrap();
+        let data = root.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        let t0_ms = 1_777_000_000_000;
+        journal(&data, t0_ms);
+        let options = |state: &str| Options { data_dir: data.clone(), state_dir: root.path().join(state), engine: EngineConfig::test_min(), config: ExportConfig::default() };
+        let mut ran = Exporter::open(options("ran")).unwrap();
+        ran.run(None, 0).unwrap();
+        let mut followed = Exporter::open(options("followed")).unwrap();
+        let mut times = Vec::new();
+        let mut passes = 0;
+        // Two passes: the first applies everything, the second finds nothing (no wait: the
+        // poll is zero) and stops.
+        let report = followed.follow(std::time::Duration::ZERO, &|| 0, &mut |_| { passes += 1; passes < 2 }, &mut |time_ms| times.push(time_ms)).unwrap();
+        assert_eq!((passes, report.applied.clone()), (2, vec![10]));
+        assert_eq!((times.first(), times.last()), (Some(&t0_ms), Some(&(t0_ms + 3 * DAY_MS))));
+        drop(followed);
+        let reopened = Exporter::open(options("followed")).unwrap();
+        assert_eq!(reopened.followers[0].cursor_seq(), ran.followers[0].cursor_seq(), "the end of following is checkpointed");
+        assert_eq!(reopened.status().unwrap().reconciliation, ran.status().unwrap().reconciliation);
     }
 
     #[test]
