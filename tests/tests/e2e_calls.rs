@@ -282,3 +282,73 @@ async fn the_cli_quotes_charges_and_audits() {
     assert_eq!((exit, text.trim()), (0, "APPROVED (0), 2 live on the switch, 1 ended"));
     assert_eq!(balance(&client, pin).await.held_won, 120, "call 0x51's minute is still reserved");
 }
+
+/// Four calls on one card, each from its own call-switch connection, reporting use far past
+/// their grants, while a gateway places holds, captures and sells on the same card, all at
+/// once: whatever the interleaving, the card is never overdrawn and every won debited is one
+/// an answer reported (seeded inputs; the interleaving is the scheduler's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_calls_and_payments_on_one_card_never_overdraw_it() {
+    use pinswitch_protocol::{Authorize, Capture};
+    use pinswitch_tests::Rng;
+    const FACE_WON: u64 = 30_000;
+    let dir = fresh_dir("calls-concurrent");
+    let switch = Switch::start(Path::new(BIN), &dir, &[]);
+    let office = Client::connect(&switch.address).await.expect("connect");
+    let pin = active_card(&office, FACE_WON).await;
+    let mut tasks = Vec::new();
+    for call in 0..4u64 {
+        let address = switch.address.clone();
+        tasks.push(tokio::spawn(async move {
+            let client = Client::connect(&address).await.expect("connect");
+            let mut rng = Rng(0xCA11 + call);
+            let session_id = u128::from(100 + call);
+            let started = one(client.session_start(&[start(pin, session_id, MOBILE, 60)]).await).await;
+            if code(&started) != ResultCode::Approved {
+                return 0;
+            }
+            let (mut debited_won, mut used_s) = (0u64, 0u32);
+            for seq in 1..=20u32 {
+                used_s += rng.below(240) as u32;
+                let result = one(client.session_update(&[update(pin, session_id, seq, used_s, 60)]).await).await;
+                assert!(matches!(code(&result), ResultCode::Approved | ResultCode::SessionUsageCapped), "{result:?}");
+                debited_won += result.result.amount_won;
+            }
+            let ended = one(client.session_end(&[end(pin, session_id, 21, used_s)]).await).await;
+            assert!(matches!(code(&ended), ResultCode::Approved | ResultCode::SessionUsageCapped), "{ended:?}");
+            debited_won + ended.result.amount_won
+        }));
+    }
+    let payments = {
+        let address = switch.address.clone();
+        tokio::spawn(async move {
+            let client = Client::connect(&address).await.expect("connect");
+            let mut debited_won = 0u64;
+            for round in 0..10u64 {
+                let hold = Authorize { op_id: new_op_id(), pin, password: PASSWORD.to_vec(), amount_won: 2_000, merchant_id: 9, category: 1, hold_ttl_s: 0 };
+                if one(client.authorize(std::slice::from_ref(&hold)).await).await.code == 0 {
+                    let capture = Capture { op_id: new_op_id(), pin, hold_id: hold.op_id, amount_won: 500 + round * 100, final_capture: true };
+                    let captured = one(client.capture(&[capture]).await).await;
+                    assert_eq!(captured.code, 0);
+                    debited_won += captured.amount_won;
+                }
+                let sale = Sale { op_id: new_op_id(), pin, password: PASSWORD.to_vec(), amount_won: 300, merchant_id: 9, category: 1 };
+                let sold = one(client.sale(&[sale]).await).await;
+                if sold.code == 0 {
+                    debited_won += sold.amount_won;
+                } else {
+                    assert_eq!(sold.code, ResultCode::InsufficientFunds.as_u16());
+                }
+            }
+            debited_won
+        })
+    };
+    let mut debited_won = payments.await.expect("payments");
+    for task in tasks {
+        debited_won += task.await.expect("a call");
+    }
+    let view = balance(&office, pin).await;
+    assert_eq!(view.held_won, 0, "every call ended and every hold was captured finally");
+    assert!(debited_won <= FACE_WON, "debited {debited_won} of {FACE_WON}");
+    assert_eq!(view.balance_won, FACE_WON - debited_won, "every won debited was reported");
+}
