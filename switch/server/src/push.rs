@@ -36,9 +36,14 @@ impl SessionDirectory {
 
     /// The connection behind `responses` now owns the session.
     pub fn register(&self, session_id: u128, responses: &mpsc::Sender<Vec<u8>>) {
-        if self.enabled {
-            self.owners.insert(session_id, responses.clone());
+        if !self.enabled {
+            return;
         }
+        // Most reports come from the connection that started the call: a read, no write.
+        if self.owners.get(&session_id).is_some_and(|owner| owner.same_channel(responses)) {
+            return;
+        }
+        self.owners.insert(session_id, responses.clone());
     }
 
     pub fn forget(&self, session_id: u128) {
