@@ -3,31 +3,43 @@
 //! partial/final/"all remaining" captures, voids, sales, refunds of sales and captures, reversals
 //! sent before and after their originals, wrong passwords, retries with identical bodies, op-id
 //! reuse with different bodies, op id 0, ids too old or from the future, passed deadlines, hold
-//! expiry and jumps past the idempotency window) through `pinswitch_core::Shard` and through a
-//! naive reference ledger written here from the engine's rules alone (plain `Vec`s and linear
-//! scans, no code shared with shard.rs). It proves that, for every step, the engine's reply
-//! (code, replayed flag, reused field, amounts, balances, hold expiry; approval codes are six
-//! digits exactly on approvals and replay unchanged) and its `changed` flag equal the
-//! reference's; that every card (state, face value, balance, available, held, password tries,
-//! pending holds), the money totals, the op-id records as INQUIRY shows them, the clock and the
-//! next expiry equal the reference's; that money is conserved and `check_invariants` holds; that
-//! the engine survives a snapshot round trip every few steps with nothing lost; and that
-//! replaying the journal (the commands whose `changed` was true) into a fresh shard gives the very
-//! same replies and the very same final state (recovery equivalence). A failure names the seed
-//! and step and prints the command, both replies and the steps before it, so it replays from its
-//! seed alone. A second walk hands the engine server times that sometimes step back (the engine
-//! must keep the maximum), and two fixed scripts replay the smallest sequences behind the
-//! disagreements the walks found (see their comments), so each one fails on its own, readably.
+//! expiry and jumps past the idempotency window; call sessions with owners, passwords, request
+//! numbers in and out of order, silence expiry and late reports, time-of-day bands, event
+//! charges, the audit's close and rule changes by CONFIGURE) through `pinswitch_core::Shard` and
+//! through a naive reference ledger written here from the engine's rules alone (plain `Vec`s and
+//! linear scans, calls rated second by second, no code shared with shard.rs or the tariff's own
+//! rating). It proves that, for every step, the engine's reply (code, replayed flag, reused
+//! field, amounts, balances, hold expiry or packed grant; approval codes are six digits exactly
+//! on approvals and replay unchanged) and its `changed` flag equal the reference's; that the
+//! session notices raised (re-authorize, abort, low balance, expired) are the reference's, in
+//! order; that every card (state, face value, balance, available, held, password tries, pending
+//! holds), the money totals, the op-id records as INQUIRY shows them, the live and remembered
+//! sessions, each owner's session digest, a random PRICE_QUOTE, the clock and the next expiry
+//! equal the reference's; that money is conserved and `check_invariants` holds; that the engine
+//! survives a snapshot round trip every few steps with nothing lost; and that replaying the
+//! journal (the commands whose `changed` was true) into a fresh shard gives the very same
+//! replies, the very same notices and the very same final state (recovery equivalence). A
+//! failure names the seed and step and prints the command, both replies and the steps before it,
+//! so it replays from its seed alone. The walk must reach every engine result code it can and
+//! each session outcome (every notice kind, late reports, forgotten sessions, calls rated across
+//! a rate change, both password rules, ...). A second walk hands the engine server times that
+//! sometimes step back (the engine must keep the maximum). Fixed scripts replay the smallest
+//! sequences behind the disagreements the walks found (see their comments), so each one fails on
+//! its own, readably, and one covers a low-balance warning the walks rarely reach.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use pinswitch_core::{
     Applied, Body, CardView, Command, EngineConfig, FINAL_UNIT_NONE, FINAL_UNIT_TERMINATE, ForeignCode, HoldView, Ms, OpId,
-    OpView, PinHash, Reply, SessionGrant, Shard, Tariff, Totals, destination_digits, pack_destination,
+    OpView, PinHash, QuoteView, Reply, SessionGrant, SessionNoticeOut, SessionOpen, Shard, Tariff, Totals, destination_digits,
+    pack_destination,
 };
 use pinswitch_core::shard::msg_type_of;
-use pinswitch_protocol::{CardState, Field, OpStatus, ResultCode, op_id_at};
+use pinswitch_protocol::{
+    CardState, Field, NOTICE_ABORT, NOTICE_EXPIRED, NOTICE_LOW_BALANCE, NOTICE_REAUTHORIZE, OpStatus, ResultCode, op_id_at,
+    session_digest,
+};
 
 const T0: Ms = 1_800_000_000_000;
 const SEEDS: u64 = 300;
@@ -139,20 +151,30 @@ struct RefRecord {
     capture_of: OpId,
 }
 
-/// A live charging session: its tariff's rating fields, the seconds charged so far, what they
-/// cost (debited or written off) and the money reserved for the current grant.
+/// A charging session: its tariff's rating fields, who owns it, the last request number, when
+/// it started (local time, for the bands) and last reported, the seconds charged so far, what
+/// they cost (debited or written off) and the money reserved for the current grant.
 #[derive(Clone, Debug)]
 struct RefSession {
     id: u128,
     pin: PinHash,
     tariff: Tariff,
+    owner: u32,
+    /// The last request number applied (START: 0).
+    seq: u32,
+    /// The local second (UTC plus the configured offset) of the START.
+    local_start: u64,
+    /// Server time of the START or the last report.
+    last_report: Ms,
+    /// Live: when silence expires it (last report plus twice the validity then configured).
+    deadline: Ms,
     used: u64,
     rated: u64,
     reserved: u64,
 }
 
-/// Money of one approved AUTHORIZE or SALE. Kept forever (the ledger never forgets a payment,
-/// whatever happens to its op-id record).
+/// Money of one approved AUTHORIZE, SALE or EVENT_CHARGE. Kept forever (the ledger never
+/// forgets a payment, whatever happens to its op-id record).
 #[derive(Clone, Debug)]
 struct RefPayment {
     id: OpId,
@@ -184,7 +206,17 @@ struct Reference {
     foreign_known: Vec<u128>,
     /// The PIN each approved conversion handed out.
     conversions: Vec<(OpId, ForeignCode)>,
+    /// Live charging sessions.
     sessions: Vec<RefSession>,
+    /// Sessions expired for silence and still remembered for a late report, first expired
+    /// first (at most `expired_sessions_max`).
+    expired_sessions: Vec<RefSession>,
+    /// Session notices raised since the walk last took them.
+    notices: Vec<SessionNoticeOut>,
+    /// Coverage: reports rated across a time-of-day rate change, expired sessions forgotten.
+    band_crossings: u64,
+    banded_reports: u64,
+    forgotten: u64,
 }
 
 fn time_of(op_id: OpId) -> Ms {
@@ -305,24 +337,39 @@ fn first_differing_field(first: &Body, retry: &Body) -> Option<Field> {
             Body::ForeignConvert { pin_hash: p1, password_mac: m1, product_id: r1 },
             Body::ForeignConvert { pin_hash: p2, password_mac: m2, product_id: r2 },
         ) => first_of(&[(p1 != p2, Field::Card), (m1 != m2, Field::Password), (r1 != r2, Field::Product)]),
+        (Body::SessionStart(one), Body::SessionStart(two)) => first_of(&[
+            (one.pin_hash != two.pin_hash, Field::Card),
+            (one.session_id != two.session_id, Field::Reference),
+            (one.password_mac != two.password_mac, Field::Password),
+            (one.category != two.category, Field::Category),
+            (one.destination != two.destination, Field::Destination),
+            (one.requested_s != two.requested_s, Field::Seconds),
+            (one.owner_id != two.owner_id, Field::Owner),
+        ]),
+        // The request number before the seconds (PROTOCOL.md lists this order: 22 before 21).
         (
-            Body::SessionStart { pin_hash: p1, session_id: s1, destination: d1, requested_s: r1, category: c1 },
-            Body::SessionStart { pin_hash: p2, session_id: s2, destination: d2, requested_s: r2, category: c2 },
+            Body::SessionUpdate { pin_hash: p1, session_id: s1, seq: q1, used_total_s: u1, requested_s: r1 },
+            Body::SessionUpdate { pin_hash: p2, session_id: s2, seq: q2, used_total_s: u2, requested_s: r2 },
         ) => first_of(&[
             (p1 != p2, Field::Card),
             (s1 != s2, Field::Reference),
-            (c1 != c2, Field::Category),
-            (d1 != d2, Field::Destination),
-            (r1 != r2, Field::Seconds),
+            (q1 != q2, Field::Sequence),
+            (u1 != u2 || r1 != r2, Field::Seconds),
         ]),
         (
-            Body::SessionUpdate { pin_hash: p1, session_id: s1, used_total_s: u1, requested_s: r1 },
-            Body::SessionUpdate { pin_hash: p2, session_id: s2, used_total_s: u2, requested_s: r2 },
-        ) => first_of(&[(p1 != p2, Field::Card), (s1 != s2, Field::Reference), (u1 != u2 || r1 != r2, Field::Seconds)]),
+            Body::SessionEnd { pin_hash: p1, session_id: s1, seq: q1, used_total_s: u1 },
+            Body::SessionEnd { pin_hash: p2, session_id: s2, seq: q2, used_total_s: u2 },
+        ) => first_of(&[(p1 != p2, Field::Card), (s1 != s2, Field::Reference), (q1 != q2, Field::Sequence), (u1 != u2, Field::Seconds)]),
         (
-            Body::SessionEnd { pin_hash: p1, session_id: s1, used_total_s: u1 },
-            Body::SessionEnd { pin_hash: p2, session_id: s2, used_total_s: u2 },
-        ) => first_of(&[(p1 != p2, Field::Card), (s1 != s2, Field::Reference), (u1 != u2, Field::Seconds)]),
+            Body::EventCharge { pin_hash: p1, password_mac: m1, destination: d1, units: n1, category: c1 },
+            Body::EventCharge { pin_hash: p2, password_mac: m2, destination: d2, units: n2, category: c2 },
+        ) => first_of(&[
+            (p1 != p2, Field::Card),
+            (m1 != m2, Field::Password),
+            (c1 != c2, Field::Category),
+            (d1 != d2, Field::Destination),
+            (n1 != n2, Field::Units),
+        ]),
         _ => Some(Field::Kind),
     }
 }
@@ -349,6 +396,62 @@ fn done(reply: Reply) -> Outcome {
     Outcome { reply, status: OpStatus::Completed, capture_of: 0 }
 }
 
+/// The rate of the second that starts at local second `local`: the tariff's day rate, or that
+/// of the last time-of-day band begun by then that day.
+fn rate_at(tariff: &Tariff, local: u64) -> u64 {
+    if tariff.bands.is_empty() {
+        return tariff.rate_won;
+    }
+    let second_of_day = local % 86_400;
+    let mut rate = tariff.rate_won;
+    for band in &tariff.bands {
+        if u64::from(band.from_minute) * 60 <= second_of_day {
+            rate = band.rate_won;
+        }
+    }
+    rate
+}
+
+/// What 0, 1, ..., `up_to` seconds in all of a call that started at local second `start` cost,
+/// found by walking the call second by second: nothing for none; else the connect fee and the
+/// first billed span (the first increment, or `first_increment_s` if longer) whole at the
+/// start's rate; then every run of seconds at one rate (a run ends where the rate changes) is
+/// rounded up to whole increments at its rate.
+fn session_costs(tariff: &Tariff, start: u64, up_to: u64) -> Vec<u64> {
+    let increment = u64::from(tariff.increment_s.max(1));
+    let first = u64::from(tariff.first_increment_s).max(increment);
+    let mut costs = vec![0];
+    // The connect fee, the first span and the runs already ended.
+    let mut settled = tariff.connect_fee_won + first / increment * rate_at(tariff, start);
+    // The run going on: its rate and its seconds so far.
+    let mut run: Option<(u64, u64)> = None;
+    for second in 0..up_to {
+        if second >= first {
+            let rate = rate_at(tariff, start + second);
+            run = match run {
+                Some((run_rate, seconds)) if run_rate == rate => Some((rate, seconds + 1)),
+                Some((run_rate, seconds)) => {
+                    settled += seconds.div_ceil(increment) * run_rate;
+                    Some((rate, 1))
+                }
+                None => Some((rate, 1)),
+            };
+        }
+        costs.push(settled + run.map_or(0, |(rate, seconds)| seconds.div_ceil(increment) * rate));
+    }
+    costs
+}
+
+/// The largest grant of at most `wanted` seconds past `used` whose extra cost fits `budget`,
+/// whether not one second more would fit, and what it reserves.
+fn session_grant(tariff: &Tariff, start: u64, used: u64, wanted: u32, budget: u64) -> (u32, u8, u64) {
+    let costs = session_costs(tariff, start, used + u64::from(wanted) + 1);
+    let extra = |more: u64| costs[(used + more) as usize] - costs[used as usize];
+    let granted = (0..=u64::from(wanted)).rev().find(|more| extra(*more) <= budget).unwrap();
+    let last = if extra(granted + 1) > budget { FINAL_UNIT_TERMINATE } else { FINAL_UNIT_NONE };
+    (granted as u32, last, extra(granted))
+}
+
 impl Reference {
     fn new(cfg: EngineConfig) -> Reference {
         Reference {
@@ -371,6 +474,11 @@ impl Reference {
             foreign_known: Vec::new(),
             conversions: Vec::new(),
             sessions: Vec::new(),
+            expired_sessions: Vec::new(),
+            notices: Vec::new(),
+            band_crossings: 0,
+            banded_reports: 0,
+            forgotten: 0,
         }
     }
 
@@ -415,7 +523,7 @@ impl Reference {
     fn refundable(&self, original: OpId) -> Option<u64> {
         let record = self.record(original)?;
         let payment_id = match &record.body {
-            Some(Body::Sale { .. }) => original,
+            Some(Body::Sale { .. } | Body::EventCharge { .. }) => original,
             Some(Body::Capture { .. }) => record.capture_of,
             _ => return None,
         };
@@ -526,13 +634,75 @@ impl Reference {
         for id in &due {
             self.close_hold(*id, OpStatus::HoldExpired);
         }
-        let expired = !due.is_empty();
+        let expired = !due.is_empty() | self.expire_sessions();
         let (reply, changed) = match &command.body {
             Body::Tick => (bare(ResultCode::Approved), false),
-            Body::Configure(_) => panic!("the model does not reconfigure"),
+            Body::Configure(config) => self.configure(config),
+            Body::SessionsClose { owner_id, silent_since_ms, session_ids } => {
+                self.sessions_close(*owner_id, *silent_since_ms, session_ids)
+            }
             body => self.operation(command.op_id, command.deadline_at_ms, body),
         };
         (reply, changed || expired)
+    }
+
+    /// Sessions silent until their deadline (at or before the clock) expire, earliest deadline
+    /// first (then lowest id): the reservation goes back to the card, an EXPIRED notice carries
+    /// the card's available balance right after, and the session is remembered for a late
+    /// report; past `expired_sessions_max` the first remembered is forgotten.
+    fn expire_sessions(&mut self) -> bool {
+        let mut due: Vec<(Ms, u128)> =
+            self.sessions.iter().filter(|session| session.deadline <= self.clock).map(|session| (session.deadline, session.id)).collect();
+        due.sort();
+        for (_, id) in &due {
+            let at = self.sessions.iter().position(|session| session.id == *id).unwrap();
+            let mut session = self.sessions.remove(at);
+            session.reserved = 0;
+            let available = self.available(session.pin);
+            self.notices.push(SessionNoticeOut { session_id: *id, kind: NOTICE_EXPIRED, available_won: available });
+            self.expired_sessions.push(session);
+            while self.expired_sessions.len() > self.cfg.expired_sessions_max as usize {
+                self.expired_sessions.remove(0);
+                self.forgotten += 1;
+            }
+        }
+        !due.is_empty()
+    }
+
+    /// The audit's close: each listed session still live, of this owner and silent since
+    /// `silent_since` ends (its reservation released; nothing charged, nothing remembered, no
+    /// notice). The reply counts them; it changed something only if it closed one.
+    fn sessions_close(&mut self, owner: u32, silent_since: Ms, ids: &[u128]) -> (Reply, bool) {
+        let mut closed = 0;
+        for id in ids {
+            let orphan = self.sessions.iter().position(|s| s.id == *id && s.owner == owner && s.last_report <= silent_since);
+            if let Some(at) = orphan {
+                self.sessions.remove(at);
+                closed += 1;
+            }
+        }
+        let mut reply = bare(ResultCode::Approved);
+        reply.amount_won = closed;
+        (reply, closed > 0)
+    }
+
+    /// New rules from here on. The walk changes only the session rules below (everything else
+    /// stays `test_min`'s, which the reference is written for); a local-time offset more than
+    /// 14 hours from UTC is refused (FORMAT_ERROR) and changes nothing.
+    fn configure(&mut self, config: &EngineConfig) -> (Reply, bool) {
+        let expected = EngineConfig {
+            session_password_required: config.session_password_required,
+            low_balance_warn_won: config.low_balance_warn_won,
+            tariff_utc_offset_s: config.tariff_utc_offset_s,
+            session_validity_s: config.session_validity_s,
+            ..EngineConfig::test_min()
+        };
+        assert_eq!(&expected, config, "the walk changes only the session rules the reference models");
+        if config.tariff_utc_offset_s.abs() > 14 * 3600 || config.session_validity_s == 0 {
+            return (bare(ResultCode::FormatError), false);
+        }
+        self.cfg = config.clone();
+        (bare(ResultCode::Approved), true)
     }
 
     fn operation(&mut self, op_id: OpId, deadline: Ms, body: &Body) -> (Reply, bool) {
@@ -578,7 +748,32 @@ impl Reference {
             if !matches!(body, Body::Issue { .. }) {
                 self.settle_expiry(pin);
             }
-            self.execute(now, op_id, body)
+            // Low balance: these may lower what the card has available; crossing below the
+            // warning level (from at or above it) warns every live session of the card.
+            let watched = matches!(
+                body,
+                Body::Authorize { .. }
+                    | Body::Sale { .. }
+                    | Body::ForeignConvert { .. }
+                    | Body::SessionStart(_)
+                    | Body::SessionUpdate { .. }
+                    | Body::EventCharge { .. }
+            );
+            let available_before = self.card(pin).map(|_| self.available(pin));
+            let outcome = self.execute(now, op_id, body);
+            if outcome.reply.code < 100 {
+                match body {
+                    Body::Load { .. } | Body::Unblock { .. } => self.notify_card(pin, NOTICE_REAUTHORIZE),
+                    Body::Block { .. } => self.notify_card(pin, NOTICE_ABORT),
+                    _ => {}
+                }
+            }
+            let warn = self.cfg.low_balance_warn_won;
+            let crossed = available_before.is_some_and(|before| before >= warn && self.available(pin) < warn);
+            if watched && warn > 0 && crossed {
+                self.notify_card(pin, NOTICE_LOW_BALANCE);
+            }
+            outcome
         };
         let reply = outcome.reply;
         self.insert_record(RefRecord {
@@ -626,60 +821,101 @@ impl Reference {
             Body::ForeignConvert { pin_hash, password_mac, product_id } => {
                 self.foreign_convert(op_id, pin_hash, password_mac, product_id)
             }
-            Body::SessionStart { pin_hash, session_id, destination, requested_s, category } => {
-                self.session_start(pin_hash, session_id, destination, requested_s, category)
+            Body::SessionStart(ref open) => self.session_start(now, open),
+            Body::SessionUpdate { pin_hash, session_id, seq, used_total_s, requested_s } => {
+                self.session_report(now, pin_hash, session_id, seq, used_total_s, Some(requested_s))
             }
-            Body::SessionUpdate { pin_hash, session_id, used_total_s, requested_s } => {
-                self.session_report(pin_hash, session_id, used_total_s, Some(requested_s))
+            Body::SessionEnd { pin_hash, session_id, seq, used_total_s } => {
+                self.session_report(now, pin_hash, session_id, seq, used_total_s, None)
             }
-            Body::SessionEnd { pin_hash, session_id, used_total_s } => self.session_report(pin_hash, session_id, used_total_s, None),
-            Body::Tick | Body::Configure(_) => unreachable!(),
+            Body::EventCharge { pin_hash, password_mac, destination, units, category } => {
+                self.event_charge(op_id, pin_hash, password_mac, destination, units, category)
+            }
+            Body::Tick | Body::Configure(_) | Body::SessionsClose { .. } => unreachable!(),
         }
     }
 
-    /// What `used` seconds of a session cost in all: nothing for none, else the connect fee and
-    /// the billed increments (at least the first increment's).
-    fn session_cost(tariff: &Tariff, used: u64) -> u64 {
-        if used == 0 {
-            return 0;
+    /// A notice of `kind` to each live session of the card, lowest session id first, with the
+    /// card's available balance now.
+    fn notify_card(&mut self, pin: PinHash, kind: u8) {
+        let mut ids: Vec<u128> = self.sessions.iter().filter(|session| session.pin == pin).map(|session| session.id).collect();
+        ids.sort();
+        let available = self.available(pin);
+        for id in ids {
+            self.notices.push(SessionNoticeOut { session_id: id, kind, available_won: available });
         }
-        let increment = u64::from(tariff.increment_s);
-        let increments = used.div_ceil(increment).max(u64::from(tariff.first_increment_s) / increment).max(1);
-        tariff.connect_fee_won + increments * tariff.rate_won
     }
 
-    /// The largest grant up to `wanted` seconds whose extra cost fits `budget`, whether not one
-    /// second more would fit, and what it reserves.
-    fn session_grant(tariff: &Tariff, used: u64, wanted: u32, budget: u64) -> (u32, u8, u64) {
-        let extra = |more: u64| Self::session_cost(tariff, used + more) - Self::session_cost(tariff, used);
-        let granted = (0..=u64::from(wanted)).rev().find(|more| extra(*more) <= budget).unwrap_or(0);
-        let last = if extra(granted + 1) > budget { FINAL_UNIT_TERMINATE } else { FINAL_UNIT_NONE };
-        (granted as u32, last, extra(granted))
+    /// The tariff of a category and called number: the category's entry with the longest
+    /// prefix of the number.
+    fn tariff(&self, category: u8, destination: u64) -> Option<Tariff> {
+        let (digits, len) = destination_digits(destination);
+        let number = &digits[..len];
+        self.cfg
+            .tariffs
+            .iter()
+            .filter(|tariff| tariff.category == category && number.starts_with(tariff.destination_prefix.as_bytes()))
+            .max_by_key(|tariff| tariff.destination_prefix.len())
+            .cloned()
+    }
+
+    /// The local second (for the time-of-day bands) at server time `at`.
+    fn local_second(&self, at: Ms) -> u64 {
+        (at as i64 / 1000 + i64::from(self.cfg.tariff_utc_offset_s)) as u64
     }
 
     fn session_wanted(&self, requested: u32) -> u32 {
         if requested == 0 { self.cfg.session_grant_default_s } else { requested.min(self.cfg.session_grant_max_s) }
     }
 
-    fn session_start(&mut self, pin: PinHash, id: u128, destination: u64, requested: u32, category: u8) -> Outcome {
+    /// The password rule of calls and event charges: a card locked by wrong passwords is
+    /// refused; no password (MAC 0) passes unless the rules require one (then PASSWORD_INVALID,
+    /// not counted); a wrong one counts toward the lock; the right one clears the count.
+    fn session_password(&mut self, pin: PinHash, mac: u64) -> Result<(), ResultCode> {
+        let tries = self.cfg.password_tries_max;
+        let required = self.cfg.session_password_required;
+        let card = self.card_mut(pin).unwrap();
+        if card.failures >= tries {
+            return Err(ResultCode::PasswordTriesExceeded);
+        }
+        if mac == 0 {
+            return if required { Err(ResultCode::PasswordInvalid) } else { Ok(()) };
+        }
+        if card.mac != mac {
+            card.failures += 1;
+            return Err(if card.failures >= tries { ResultCode::PasswordTriesExceeded } else { ResultCode::PasswordInvalid });
+        }
+        card.failures = 0;
+        Ok(())
+    }
+
+    /// What SESSION_START and EVENT_CHARGE check first, in order: the category, the called
+    /// number, the card active, the product paying for the category.
+    fn call_checks(&self, pin: PinHash, category: u8, destination: u64) -> Result<(), ResultCode> {
+        if !(1..=6).contains(&category) {
+            return Err(ResultCode::CategoryInvalid);
+        }
+        if destination_digits(destination).1 == 0 {
+            return Err(ResultCode::DestinationInvalid);
+        }
+        self.must_be_active(pin)?;
+        if !self.cfg.category_allowed(self.card(pin).unwrap().face, category) {
+            return Err(ResultCode::CategoryNotAllowed);
+        }
+        Ok(())
+    }
+
+    fn session_start(&mut self, now: Ms, open: &SessionOpen) -> Outcome {
+        let SessionOpen { pin_hash: pin, session_id: id, destination, requested_s: requested, owner_id: owner, password_mac: mac, category } =
+            *open;
         if id == 0 {
             return self.decline(ResultCode::FormatError, pin);
         }
-        if !(1..=6).contains(&category) {
-            return self.decline(ResultCode::CategoryInvalid, pin);
-        }
-        let (digits, len) = destination_digits(destination);
-        if len == 0 {
-            return self.decline(ResultCode::DestinationInvalid, pin);
-        }
-        if let Err(code) = self.must_be_active(pin) {
+        if let Err(code) = self.call_checks(pin, category, destination) {
             return self.decline(code, pin);
         }
-        let face = self.card(pin).unwrap().face;
-        if !self.cfg.category_allowed(face, category) {
-            return self.decline(ResultCode::CategoryNotAllowed, pin);
-        }
-        if self.sessions.iter().any(|session| session.id == id) {
+        // An expired session's id stays taken while it is remembered.
+        if self.sessions.iter().chain(&self.expired_sessions).any(|session| session.id == id) {
             return self.decline(ResultCode::SessionExists, pin);
         }
         if self.sessions.iter().filter(|session| session.pin == pin).count() >= usize::from(self.cfg.sessions_per_card_max) {
@@ -688,56 +924,111 @@ impl Reference {
         if self.sessions.len() >= self.cfg.sessions_per_shard_max as usize {
             return self.decline(ResultCode::SessionLimitPerShard, pin);
         }
-        let number = &digits[..len];
-        let tariff = self
-            .cfg
-            .tariffs
-            .iter()
-            .filter(|tariff| tariff.category == category && number.starts_with(tariff.destination_prefix.as_bytes()))
-            .max_by_key(|tariff| tariff.destination_prefix.len())
-            .cloned();
-        let Some(tariff) = tariff else {
+        let Some(tariff) = self.tariff(category, destination) else {
             return self.decline(ResultCode::TariffNotFound, pin);
         };
-        let (granted, last, reserve) = Self::session_grant(&tariff, 0, self.session_wanted(requested), self.available(pin));
+        if let Err(code) = self.session_password(pin, mac) {
+            return self.decline(code, pin);
+        }
+        let local_start = self.local_second(now);
+        let (granted, last, reserve) = session_grant(&tariff, local_start, 0, self.session_wanted(requested), self.available(pin));
         if granted == 0 {
             return self.decline(ResultCode::InsufficientFunds, pin);
         }
         let tariff_id = tariff.tariff_id;
-        self.sessions.push(RefSession { id, pin, tariff, used: 0, rated: 0, reserved: reserve });
+        let deadline = now + 2 * 1000 * u64::from(self.cfg.session_validity_s);
+        self.sessions.push(RefSession {
+            id,
+            pin,
+            tariff,
+            owner,
+            seq: 0,
+            local_start,
+            last_report: now,
+            deadline,
+            used: 0,
+            rated: 0,
+            reserved: reserve,
+        });
         let mut reply = self.approve(pin, 0);
         SessionGrant { granted_s: granted, validity_s: self.cfg.session_validity_s, tariff_id, final_unit: last }.pack_into(&mut reply);
         done(reply)
     }
 
-    fn session_report(&mut self, pin: PinHash, id: u128, used_total: u32, requested: Option<u32>) -> Outcome {
-        let Some(at) = self.sessions.iter().position(|session| session.id == id && session.pin == pin) else {
-            return self.decline(ResultCode::SessionNotFound, pin);
+    /// UPDATE (`requested` given) or END of a live session of this card, or a late one of a
+    /// session expired for silence and still remembered.
+    fn session_report(&mut self, now: Ms, pin: PinHash, id: u128, seq: u32, used_total: u32, requested: Option<u32>) -> Outcome {
+        let live = self.sessions.iter().position(|session| session.id == id);
+        let (expired, at) = match live {
+            Some(at) if self.sessions[at].pin == pin => (false, at),
+            Some(_) => return self.decline(ResultCode::SessionNotFound, pin),
+            None => match self.expired_sessions.iter().position(|session| session.id == id && session.pin == pin) {
+                Some(at) => (true, at),
+                None => return self.decline(ResultCode::SessionNotFound, pin),
+            },
         };
-        self.sessions[at].reserved = 0;
-        let session = self.sessions[at].clone();
+        let mut session = if expired { self.expired_sessions[at].clone() } else { self.sessions[at].clone() };
+        if seq <= session.seq {
+            return self.decline(ResultCode::SessionSequenceStale, pin);
+        }
+        if !expired {
+            self.sessions[at].reserved = 0;
+        }
+        session.seq = seq;
+        session.last_report = now;
+        session.reserved = 0;
         let used = session.used.max(u64::from(used_total));
-        let rated = Self::session_cost(&session.tariff, used);
+        let costs = session_costs(&session.tariff, session.local_start, used);
+        if !session.tariff.bands.is_empty() {
+            self.banded_reports += 1;
+            let start_rate = rate_at(&session.tariff, session.local_start);
+            if (0..used).any(|second| rate_at(&session.tariff, session.local_start + second) != start_rate) {
+                self.band_crossings += 1;
+            }
+        }
+        let rated = costs[used as usize];
         let due = rated - session.rated;
         let debit = due.min(self.available(pin));
         self.card_mut(pin).unwrap().balance -= debit;
         self.debited += u128::from(debit);
-        self.sessions[at].used = used;
-        self.sessions[at].rated = rated;
+        session.used = used;
+        session.rated = rated;
         let tariff_id = session.tariff.tariff_id;
+        if expired {
+            // Charged, no grant; an UPDATE is told to end the call and the session is still
+            // remembered (in its place: it expired when it did), an END forgets it.
+            let final_unit = match requested {
+                Some(_) => {
+                    self.expired_sessions[at] = session;
+                    FINAL_UNIT_TERMINATE
+                }
+                None => {
+                    self.expired_sessions.remove(at);
+                    FINAL_UNIT_NONE
+                }
+            };
+            let mut reply = self.approve(pin, debit);
+            reply.code = ResultCode::SessionExpiredCharged.as_u16();
+            SessionGrant { granted_s: 0, validity_s: 0, tariff_id, final_unit }.pack_into(&mut reply);
+            return done(reply);
+        }
         let grant = match requested {
             None => {
                 self.sessions.remove(at);
                 SessionGrant { granted_s: 0, validity_s: 0, tariff_id, final_unit: FINAL_UNIT_NONE }
             }
             Some(requested) => {
+                let wanted = self.session_wanted(requested);
                 let active = self.card(pin).unwrap().state == CardState::Active;
+                let budget = self.available(pin);
                 let (granted, last, reserve) = if debit < due || !active {
                     (0, FINAL_UNIT_TERMINATE, 0)
                 } else {
-                    Self::session_grant(&session.tariff, used, self.session_wanted(requested), self.available(pin))
+                    session_grant(&session.tariff, session.local_start, used, wanted, budget)
                 };
-                self.sessions[at].reserved = reserve;
+                session.reserved = reserve;
+                session.deadline = now + 2 * 1000 * u64::from(self.cfg.session_validity_s);
+                self.sessions[at] = session;
                 SessionGrant { granted_s: granted, validity_s: self.cfg.session_validity_s, tariff_id, final_unit: last }
             }
         };
@@ -747,6 +1038,30 @@ impl Reference {
         }
         grant.pack_into(&mut reply);
         done(reply)
+    }
+
+    /// EVENT_CHARGE: units times the tariff's event price, debited at once like a SALE
+    /// (points, and REFUND/REVERSE treat it as one).
+    fn event_charge(&mut self, op_id: OpId, pin: PinHash, mac: u64, destination: u64, units: u32, category: u8) -> Outcome {
+        if units == 0 {
+            return self.decline(ResultCode::UnitsInvalid, pin);
+        }
+        if let Err(code) = self.call_checks(pin, category, destination) {
+            return self.decline(code, pin);
+        }
+        let Some(tariff) = self.tariff(category, destination) else {
+            return self.decline(ResultCode::TariffNotFound, pin);
+        };
+        if tariff.event_won == 0 {
+            return self.decline(ResultCode::EventNotPriced, pin);
+        }
+        let Some(amount) = tariff.event_won.checked_mul(u64::from(units)) else {
+            return self.decline(ResultCode::AmountOverflow, pin);
+        };
+        if let Err(code) = self.session_password(pin, mac) {
+            return self.decline(code, pin);
+        }
+        self.pay(op_id, pin, amount)
     }
 
     /// A known product's pool grows by the PIN unless it was imported before; the reply's
@@ -1143,6 +1458,12 @@ impl Reference {
         if let Err(code) = self.payment_checks(pin, mac, amount, category) {
             return self.decline(code, pin);
         }
+        self.pay(op_id, pin, amount)
+    }
+
+    /// The debit of a SALE or an EVENT_CHARGE: from the available balance, with points, kept
+    /// as a payment that REFUND and REVERSE credit back.
+    fn pay(&mut self, op_id: OpId, pin: PinHash, amount: u64) -> Outcome {
         if self.available(pin) < amount {
             return self.decline(ResultCode::InsufficientFunds, pin);
         }
@@ -1246,7 +1567,7 @@ impl Reference {
         if record.pin != pin {
             return self.decline(ResultCode::OriginalCardMismatch, pin);
         }
-        if !matches!(original_body, Body::Authorize { .. } | Body::Sale { .. }) {
+        if !matches!(original_body, Body::Authorize { .. } | Body::Sale { .. } | Body::EventCharge { .. }) {
             return self.decline(ResultCode::ReversalNotSupported, pin);
         }
         if record.reply.code != ResultCode::Approved as u16 {
@@ -1311,7 +1632,7 @@ impl Reference {
             return self.decline(ResultCode::OriginalNotFound, pin);
         }
         let payment_id = match original_body {
-            Body::Sale { .. } => original,
+            Body::Sale { .. } | Body::EventCharge { .. } => original,
             Body::Capture { .. } => {
                 if self.record(record.capture_of).is_none() {
                     return self.decline(ResultCode::OriginalNotFound, pin);
@@ -1398,7 +1719,48 @@ impl Reference {
     }
 
     fn next_expiry(&self) -> Option<Ms> {
-        self.holds.iter().map(|hold| hold.expires).min()
+        self.holds.iter().map(|hold| hold.expires).chain(self.sessions.iter().map(|session| session.deadline)).min()
+    }
+
+    /// PRICE_QUOTE at `at` (never before the clock): the tariff's terms, the rate at that local
+    /// time, what a call of `duration` seconds starting then and `units` events cost, and with
+    /// a card, its available balance and (active) the seconds it buys, up to the largest grant.
+    fn quote(&self, at: Ms, pin: Option<PinHash>, category: u8, destination: u64, duration: u32, units: u32) -> QuoteView {
+        let refused = |code: ResultCode| QuoteView { code, ..QuoteView::default() };
+        if !(1..=6).contains(&category) {
+            return refused(ResultCode::CategoryInvalid);
+        }
+        if destination_digits(destination).1 == 0 {
+            return refused(ResultCode::DestinationInvalid);
+        }
+        let Some(tariff) = self.tariff(category, destination) else {
+            return refused(ResultCode::TariffNotFound);
+        };
+        let at = at.max(self.clock);
+        let start = self.local_second(at);
+        let mut quote = QuoteView {
+            code: ResultCode::Approved,
+            tariff_id: tariff.tariff_id,
+            connect_fee_won: tariff.connect_fee_won,
+            rate_won: rate_at(&tariff, start),
+            increment_s: tariff.increment_s,
+            first_increment_s: tariff.first_increment_s,
+            event_won: tariff.event_won,
+            duration_cost_won: session_costs(&tariff, start, u64::from(duration))[duration as usize],
+            event_cost_won: tariff.event_won.saturating_mul(u64::from(units)),
+            available_won: 0,
+            affordable_s: 0,
+        };
+        if let Some(pin) = pin {
+            let Some(view) = self.view(pin, at) else {
+                return refused(ResultCode::CardNotFound);
+            };
+            quote.available_won = view.available_won;
+            if view.state == CardState::Active {
+                quote.affordable_s = session_grant(&tariff, start, 0, self.cfg.session_grant_max_s, view.available_won).0;
+            }
+        }
+        quote
     }
 }
 
@@ -1430,11 +1792,18 @@ struct Walk {
     /// AUTHORIZE/SALE commands whose REVERSE was sent first; sent later (or never).
     unsent_originals: Vec<Command>,
     journal: Vec<(Ms, Command, Reply)>,
+    /// Every session notice the engine raised, in order (replay must raise the same).
+    notices: Vec<SessionNoticeOut>,
     trail: VecDeque<TrailEntry>,
     step: usize,
     coverage: Coverage,
     /// Set for a fixed script instead of a random walk.
     script: Option<&'static str>,
+}
+
+/// Commands the server issues itself (no op id): the clock, the audit's close, new rules.
+fn is_server_command(body: &Body) -> bool {
+    matches!(body, Body::Tick | Body::SessionsClose { .. } | Body::Configure(_))
 }
 
 fn good_mac(pin: PinHash) -> u64 {
@@ -1445,18 +1814,22 @@ impl Walk {
     fn new(seed: u64, clock_jitter: bool) -> Walk {
         let mut rng = Rng(seed.wrapping_mul(0xA24B_AED4_963E_E407) ^ 0x5EED);
         let tempo = rng.pick(&[1, 3, 30]);
+        // T0 is 17:00 in Korea: some walks start shortly before the night rate (22:00) or the
+        // day rate (08:00) of the banded tariff, so calls cross a rate change whatever the tempo.
+        let start = T0 + rng.pick(&[0, 4 * 3_600, 4 * 3_600 + 40 * 60, 14 * 3_600]) * 1_000;
         Walk {
             seed,
             rng,
             shard: Shard::new(0, 1, EngineConfig::test_min()),
             reference: Reference::new(EngineConfig::test_min()),
-            now: T0,
+            now: start,
             tempo,
             clock_jitter,
             next_low: 0,
             sent: Vec::new(),
             unsent_originals: Vec::new(),
             journal: Vec::new(),
+            notices: Vec::new(),
             trail: VecDeque::new(),
             step: 0,
             coverage: Coverage::default(),
@@ -1469,6 +1842,11 @@ impl Walk {
     }
 
     fn advance_time(&mut self) {
+        // Some commands share a millisecond (one batch): sessions reported together expire
+        // together, in session id order.
+        if self.rng.percent(8) {
+            return;
+        }
         let r = self.rng.below(1000);
         let dt = if r < 450 {
             self.rng.range(0, 1_000)
@@ -1650,8 +2028,10 @@ impl Walk {
 
     /// Sell, block, unblock, balance refund: mostly well formed, sometimes not.
     fn card_life_body(&mut self) -> Body {
-        let pin = self.pick_pin();
-        match self.rng.below(8) {
+        let kind = self.rng.below(8);
+        // Conversions often draw on a card that is calling (low-balance notices).
+        let pin = if kind == 7 && self.rng.percent(40) { self.calling_pin() } else { self.pick_pin() };
+        match kind {
             6 => {
                 // A dozen codes, so imports repeat (FOREIGN_PIN_EXISTS) and pools stay small
                 // enough to run dry (FOREIGN_PIN_UNAVAILABLE); product 3 is not in the catalogue.
@@ -1688,33 +2068,158 @@ impl Walk {
         }
     }
 
+    /// A card with a live session (any card if none has one).
+    fn calling_pin(&mut self) -> PinHash {
+        let calling: Vec<PinHash> = self.reference.sessions.iter().map(|session| session.pin).collect();
+        if calling.is_empty() { self.pick_pin() } else { self.rng.pick(&calling) }
+    }
+
+    /// A password for a call or an event charge: mostly none (MAC 0), else the card's or a
+    /// wrong one.
+    fn call_password(&mut self, pin: PinHash) -> u64 {
+        match self.rng.below(100) {
+            0..=54 => 0,
+            55..=84 => self.reference.card(pin).map_or(good_mac(pin), |card| card.mac),
+            _ => self.rng.next() | 1,
+        }
+    }
+
+    /// A request number for a report on a session whose last one was `last`: mostly the next,
+    /// sometimes past a gap (lost reports), sometimes stale (a repeat or an older one).
+    fn next_seq(&mut self, last: u32) -> u32 {
+        match self.rng.below(20) {
+            0 => last,
+            1 => last.saturating_sub(self.rng.range(1, 3) as u32),
+            2..=3 => last + self.rng.range(2, 5) as u32,
+            _ => last + 1,
+        }
+    }
+
     /// A charging-session command: mostly about live sessions (small session ids, so starts
-    /// collide and reach the limits), with cumulative use that grows, repeats, goes back or runs
-    /// far past the grant.
+    /// collide, reach the limits and meet expired ids), with cumulative use that grows,
+    /// repeats, goes back or runs far past the grant; late reports on sessions expired for
+    /// silence; event charges; the audit's close.
     fn session_body(&mut self) -> Body {
-        const NUMBERS: [&[u8]; 5] = [b"0212345678", b"01012345678", b"0014155550100", b"0601234567", b"0991"];
-        let live = self.reference.sessions.clone();
+        // Domestic, mobile, international by the minute, premium, a short number, international
+        // with a night rate (time-of-day bands), a phone information line priced per event.
+        const NUMBERS: [&[u8]; 8] =
+            [b"0212345678", b"01012345678", b"0014155550100", b"0601234567", b"0991", b"0021234567", b"0021234567", b"15881234"];
         let r = self.rng.below(100);
-        if live.is_empty() || r < 35 {
-            let pin = self.pick_pin();
+        if r < 10 {
+            return self.event_body();
+        }
+        if r < 15 {
+            return self.sessions_close_body();
+        }
+        let expired = self.reference.expired_sessions.clone();
+        if r < 27 && !expired.is_empty() {
+            // A late report: charged, no grant.
+            let session = &expired[self.rng.below(expired.len() as u64) as usize];
+            let seq = self.next_seq(session.seq);
+            let used_total_s = (session.used + self.rng.range(0, 200)) as u32;
+            return if self.rng.percent(50) {
+                Body::SessionUpdate { pin_hash: session.pin, session_id: session.id, seq, used_total_s, requested_s: 60 }
+            } else {
+                Body::SessionEnd { pin_hash: session.pin, session_id: session.id, seq, used_total_s }
+            };
+        }
+        let live = self.reference.sessions.clone();
+        if live.is_empty() || r < 50 {
+            // Often another call on a card already calling, to reach the per-card limit.
+            let pin = if !live.is_empty() && self.rng.percent(40) {
+                live[self.rng.below(live.len() as u64) as usize].pin
+            } else {
+                self.pick_pin()
+            };
             let destination = if self.rng.percent(95) { pack_destination(self.rng.pick(&NUMBERS)).unwrap() } else { 0 };
             let category = self.rng.pick(&[2, 2, 2, 3, 1, 7]);
-            let session_id = u128::from(self.rng.below(12));
-            let requested_s = self.rng.pick(&[0, 30, 60, 600, 5_000]);
-            return Body::SessionStart { pin_hash: pin, session_id, destination, requested_s, category };
+            return Body::SessionStart(Box::new(SessionOpen {
+                pin_hash: pin,
+                session_id: u128::from(self.rng.below(12)),
+                destination,
+                requested_s: self.rng.pick(&[0, 30, 60, 600, 5_000]),
+                owner_id: self.rng.range(1, 3) as u32,
+                password_mac: self.call_password(pin),
+                category,
+            }));
         }
         let session = &live[self.rng.below(live.len() as u64) as usize];
         let pin = if self.rng.percent(5) { self.other_pin(session.pin) } else { session.pin };
+        // A banded call within an hour or so of a rate change often runs past it.
+        let to_change = if session.tariff.bands.is_empty() {
+            u64::MAX
+        } else {
+            let start_rate = rate_at(&session.tariff, session.local_start);
+            (session.used..session.used + 4_000).find(|second| rate_at(&session.tariff, session.local_start + second) != start_rate).unwrap_or(u64::MAX)
+        };
         let used_total_s = match self.rng.below(10) {
+            _ if to_change != u64::MAX && self.rng.percent(50) => to_change + self.rng.range(0, 180),
             0 => session.used.saturating_sub(self.rng.range(1, 30)),
             1 => session.used + self.rng.range(500, 3_000),
             _ => session.used + self.rng.range(0, 120),
         } as u32;
-        if r < 85 {
-            Body::SessionUpdate { pin_hash: pin, session_id: session.id, used_total_s, requested_s: self.rng.pick(&[0, 60, 600, 1_000]) }
+        let seq = self.next_seq(session.seq);
+        if r < 88 {
+            Body::SessionUpdate { pin_hash: pin, session_id: session.id, seq, used_total_s, requested_s: self.rng.pick(&[0, 60, 600, 1_000]) }
         } else {
-            Body::SessionEnd { pin_hash: pin, session_id: session.id, used_total_s }
+            Body::SessionEnd { pin_hash: pin, session_id: session.id, seq, used_total_s }
         }
+    }
+
+    /// An EVENT_CHARGE: mostly to the information line priced per event, sometimes to a line
+    /// that prices none, one no tariff prices, or malformed.
+    fn event_body(&mut self) -> Body {
+        let pin = if self.rng.percent(50) { self.calling_pin() } else { self.pick_pin() };
+        let (number, category): (&[u8], u8) = match self.rng.below(20) {
+            0 => (b"0601234567", 3),
+            1 => (b"0212345678", 3),
+            2 => (b"15881234", 2),
+            3 => (b"15881234", self.rng.pick(&[0, 9])),
+            4 => (b"15881234", 1),
+            _ => (b"15881234", 3),
+        };
+        let destination = if self.rng.percent(96) { pack_destination(number).unwrap() } else { 0 };
+        let available = self.reference.available(pin);
+        let warn = self.reference.cfg.low_balance_warn_won;
+        let units = match self.rng.below(20) {
+            0 => 0,
+            1 => self.rng.range(20, 2_000) as u32,
+            // Just enough 500-won events to go below the low-balance level.
+            2..=5 if available >= warn => ((available - warn) / 500 + 1) as u32,
+            _ => self.rng.range(1, 4) as u32,
+        };
+        Body::EventCharge { pin_hash: pin, password_mac: self.call_password(pin), destination, units, category }
+    }
+
+    /// The audit's close for one owner: some of the live sessions (any owner's) and unknown
+    /// ids, silent since some time up to now.
+    fn sessions_close_body(&mut self) -> Body {
+        let live: Vec<u128> = self.reference.sessions.iter().map(|session| session.id).collect();
+        let mut session_ids: Vec<u128> = live.into_iter().filter(|_| self.rng.percent(70)).collect();
+        if self.rng.percent(30) {
+            session_ids.push(u128::from(self.rng.below(12)));
+        }
+        let silent_since_ms = match self.rng.below(4) {
+            0 => self.now,
+            1 => self.now + self.rng.below(5_000),
+            2 => self.now - self.rng.below(240_000),
+            _ => self.reference.sessions.first().map_or(self.now, |session| session.last_report),
+        };
+        Body::SessionsClose { owner_id: self.rng.range(1, 3) as u32, silent_since_ms, session_ids }
+    }
+
+    /// New session rules (the rest stays `test_min`'s): whether calls need the password, the
+    /// low-balance level, the local-time offset (sometimes out of range: refused), the
+    /// validity time.
+    fn configure_body(&mut self) -> Body {
+        let config = EngineConfig {
+            session_password_required: self.rng.percent(50),
+            low_balance_warn_won: self.rng.pick(&[1_000, 0, 5_000, 20_000]),
+            tariff_utc_offset_s: self.rng.pick(&[9 * 3_600, 9 * 3_600, 0, -5 * 3_600, 15 * 3_600]),
+            session_validity_s: self.rng.pick(&[120, 120, 45]),
+            ..EngineConfig::test_min()
+        };
+        Body::Configure(Box::new(config))
     }
 
     fn fresh_body(&mut self, op_id: OpId) -> Body {
@@ -1734,6 +2239,22 @@ impl Walk {
             .collect();
         if !issued.is_empty() && self.rng.percent(15) {
             let pin = self.rng.pick(&issued);
+            let (state, consignee) = self.reference.card(pin).map(|card| (card.state, card.consignee)).unwrap();
+            if state == CardState::Issued && self.rng.percent(30) {
+                // Through a channel first: consigned to a partner, then sold by it (or wrongly by
+                // another), sometimes as a gift.
+                return if consignee == 0 && self.rng.percent(50) {
+                    Body::Consign { pin_hash: pin, partner_id: self.rng.range(1, 3) as u32, commission_per_mille: 50 }
+                } else {
+                    Body::Sell {
+                        pin_hash: pin,
+                        channel_id: self.rng.range(1, 3) as u32,
+                        price_won: self.rng.range(1, 100_000),
+                        payment_means: self.rng.range(1, 5) as u8,
+                        gift_recipient_ref: if self.rng.percent(50) { self.rng.next() | 1 } else { 0 },
+                    }
+                };
+            }
             // A gift is claimed by its recipient (mostly the right one), other cards activated
             // (sometimes claimed with or without a hint, sometimes naming a recipient wrongly).
             let gift_to = self.reference.card(pin).map_or(0, |card| card.gift_to);
@@ -1749,8 +2270,11 @@ impl Walk {
         if self.rng.percent(10) {
             return self.card_life_body();
         }
-        if self.rng.percent(12) {
+        if self.rng.percent(15) {
             return self.session_body();
+        }
+        if self.rng.percent(1) {
+            return self.configure_body();
         }
         let r = self.rng.below(100);
         match r {
@@ -1791,7 +2315,7 @@ impl Walk {
                 self.authorize_body(pin)
             }
             40..=49 => {
-                let pin = self.pick_pin();
+                let pin = if self.rng.percent(25) { self.calling_pin() } else { self.pick_pin() };
                 self.sale_body(pin)
             }
             50..=64 => {
@@ -1819,7 +2343,7 @@ impl Walk {
             70..=78 => {
                 let r = self.rng.below(100);
                 let approved_payment = |record: &RefRecord, body: &Body| {
-                    record.reply.code == 0 && matches!(body, Body::Authorize { .. } | Body::Sale { .. })
+                    record.reply.code == 0 && matches!(body, Body::Authorize { .. } | Body::Sale { .. } | Body::EventCharge { .. })
                 };
                 let (pin, original_op_id) = if r < 45 {
                     match self.recorded_where(approved_payment) {
@@ -1827,7 +2351,7 @@ impl Walk {
                         None => (self.pick_pin(), self.fresh_op_id()),
                     }
                 } else if r < 60 {
-                    match self.sent_where(|body| matches!(body, Body::Authorize { .. } | Body::Sale { .. })) {
+                    match self.sent_where(|body| matches!(body, Body::Authorize { .. } | Body::Sale { .. } | Body::EventCharge { .. })) {
                         Some(command) => (command.body.route_key().expect("operations name a card or a foreign PIN"), command.op_id),
                         None => (self.pick_pin(), self.fresh_op_id()),
                     }
@@ -1865,11 +2389,11 @@ impl Walk {
             83..=96 => {
                 let r = self.rng.below(100);
                 let (pin, original_op_id) = if r < 40 {
-                    self.recorded_where(|record, body| record.reply.code == 0 && matches!(body, Body::Sale { .. }))
+                    self.recorded_where(|record, body| record.reply.code == 0 && matches!(body, Body::Sale { .. } | Body::EventCharge { .. }))
                 } else if r < 75 {
                     self.recorded_where(|record, body| record.reply.code == 0 && matches!(body, Body::Capture { .. }))
                 } else if r < 85 {
-                    self.sent_where(|body| matches!(body, Body::Sale { .. } | Body::Capture { .. })).map(|c| (c.body.route_key().expect("operations name a card or a foreign PIN"), c.op_id))
+                    self.sent_where(|body| matches!(body, Body::Sale { .. } | Body::Capture { .. } | Body::EventCharge { .. })).map(|c| (c.body.route_key().expect("operations name a card or a foreign PIN"), c.op_id))
                 } else if r < 92 {
                     self.sent_where(|_| true).map(|c| (c.body.route_key().expect("operations name a card or a foreign PIN"), c.op_id))
                 } else {
@@ -2059,7 +2583,8 @@ impl Walk {
                     *product_id = product_id.wrapping_add(1);
                 }
             }
-            Body::SessionStart { pin_hash, session_id, destination, requested_s, category } => {
+            Body::SessionStart(open) => {
+                let SessionOpen { pin_hash, session_id, destination, requested_s, owner_id, password_mac, category } = &mut **open;
                 if flip[0] {
                     *pin_hash = self.other_pin(*pin_hash);
                 }
@@ -2069,24 +2594,45 @@ impl Walk {
                     let international = pack_destination(b"0014155550100").unwrap();
                     *destination = if *destination == international { pack_destination(b"0212345678").unwrap() } else { international };
                 }
-                *requested_s = if flip[4] || flip[5] { requested_s.wrapping_add(1) } else { *requested_s };
+                *requested_s = if flip[4] { requested_s.wrapping_add(1) } else { *requested_s };
+                if flip[5] {
+                    if self.rng.percent(50) {
+                        *owner_id = owner_id.wrapping_add(1);
+                    } else {
+                        *password_mac = bump(*password_mac, true);
+                    }
+                }
             }
-            Body::SessionUpdate { pin_hash, session_id, used_total_s, requested_s } => {
-                if flip[0] || flip[3] {
+            Body::SessionUpdate { pin_hash, session_id, seq, used_total_s, requested_s } => {
+                if flip[0] {
                     *pin_hash = self.other_pin(*pin_hash);
                 }
                 *session_id = u128::from(bump(*session_id as u64, flip[1]));
+                *seq = if flip[3] { seq.wrapping_add(1) } else { *seq };
                 *used_total_s = if flip[2] || flip[4] { used_total_s.wrapping_add(1) } else { *used_total_s };
                 *requested_s = if flip[5] { requested_s.wrapping_add(1) } else { *requested_s };
             }
-            Body::SessionEnd { pin_hash, session_id, used_total_s } => {
-                if flip[0] || flip[3] {
+            Body::SessionEnd { pin_hash, session_id, seq, used_total_s } => {
+                if flip[0] {
                     *pin_hash = self.other_pin(*pin_hash);
                 }
                 *session_id = u128::from(bump(*session_id as u64, flip[1] || flip[4]));
+                *seq = if flip[3] { seq.wrapping_add(1) } else { *seq };
                 *used_total_s = if flip[2] || flip[5] { used_total_s.wrapping_add(1) } else { *used_total_s };
             }
-            Body::Tick | Body::Configure(_) => {}
+            Body::EventCharge { pin_hash, password_mac, destination, units, category } => {
+                if flip[0] {
+                    *pin_hash = self.other_pin(*pin_hash);
+                }
+                *password_mac = bump(*password_mac, flip[1]);
+                *category = if flip[2] { category.wrapping_add(1) } else { *category };
+                if flip[3] {
+                    let priced = pack_destination(b"15881234").unwrap();
+                    *destination = if *destination == priced { pack_destination(b"15880000").unwrap() } else { priced };
+                }
+                *units = if flip[4] || flip[5] { units.wrapping_add(1) } else { *units };
+            }
+            Body::Tick | Body::Configure(_) | Body::SessionsClose { .. } => {}
         }
         body
     }
@@ -2102,7 +2648,7 @@ impl Walk {
         if r < 20 && !self.sent.is_empty() {
             let command = self.sent_where(|_| true).unwrap();
             let body = self.altered(&command.body, command.op_id);
-            if matches!(body, Body::Tick) {
+            if is_server_command(&body) {
                 return Command { op_id: 0, deadline_at_ms: 0, body };
             }
             return Command { op_id: command.op_id, deadline_at_ms: self.deadline(), body };
@@ -2113,7 +2659,7 @@ impl Walk {
         }
         let op_id = if self.rng.percent(3) { 0 } else { self.fresh_op_id() };
         let body = self.fresh_body(op_id);
-        if matches!(body, Body::Tick) {
+        if is_server_command(&body) {
             return Command { op_id: 0, deadline_at_ms: 0, body };
         }
         Command { op_id, deadline_at_ms: self.deadline(), body }
@@ -2187,6 +2733,36 @@ impl Walk {
         if reference_reply.approval_code == APPROVAL_PENDING {
             self.reference.adopt_approval_code(command.op_id, applied.reply.approval_code);
         }
+        let engine_notices = self.shard.take_notices();
+        let reference_notices = std::mem::take(&mut self.reference.notices);
+        if engine_notices != reference_notices {
+            self.fail(
+                &format!("notices:\n  engine    {engine_notices:?}\n  reference {reference_notices:?}"),
+                &command,
+                Some(&applied),
+                Some((reference_reply, reference_changed)),
+            );
+        }
+        for notice in &engine_notices {
+            self.coverage.see(match notice.kind {
+                NOTICE_REAUTHORIZE => "notice REAUTHORIZE",
+                NOTICE_ABORT => "notice ABORT",
+                NOTICE_LOW_BALANCE => match command.body {
+                    Body::Authorize { .. } => "notice LOW_BALANCE after AUTHORIZE",
+                    Body::Sale { .. } => "notice LOW_BALANCE after SALE",
+                    Body::ForeignConvert { .. } => "notice LOW_BALANCE after FOREIGN_CONVERT",
+                    Body::SessionStart(_) => "notice LOW_BALANCE after SESSION_START",
+                    Body::SessionUpdate { .. } => "notice LOW_BALANCE after SESSION_UPDATE",
+                    Body::EventCharge { .. } => "notice LOW_BALANCE after EVENT_CHARGE",
+                    _ => "notice LOW_BALANCE after another command",
+                },
+                NOTICE_EXPIRED => "notice EXPIRED",
+                _ => "notice of an unknown kind",
+            });
+        }
+        self.notices.extend(engine_notices);
+        self.note_coverage(&command, &applied.reply);
+        self.compare_reads(&command, &applied);
         self.coverage.steps += 1;
         self.coverage.codes[usize::from(applied.reply.code)] += 1;
         self.coverage.replays += u64::from(applied.reply.replayed);
@@ -2202,6 +2778,120 @@ impl Walk {
             self.trail.pop_front();
         }
         self.trail.push_back(TrailEntry { step: self.step, now: given_now, command, reply: applied.reply, changed: applied.changed });
+    }
+
+    /// Counts the session outcomes the walk must reach (beyond the result codes).
+    fn note_coverage(&mut self, command: &Command, reply: &Reply) {
+        if reply.replayed {
+            return;
+        }
+        let code = reply.code;
+        let required = self.reference.cfg.session_password_required;
+        let what = match &command.body {
+            Body::SessionUpdate { .. } if code == ResultCode::SessionExpiredCharged as u16 => "late UPDATE charged",
+            Body::SessionEnd { .. } if code == ResultCode::SessionExpiredCharged as u16 => "late END charged",
+            Body::SessionsClose { .. } if reply.amount_won > 0 => "audit close closed sessions",
+            Body::Configure(_) if code == 0 => "CONFIGURE applied",
+            Body::Configure(_) => "CONFIGURE refused",
+            Body::SessionStart(open) if open.password_mac == 0 && code == ResultCode::PasswordInvalid as u16 => {
+                "START without a password refused (required)"
+            }
+            Body::SessionStart(open) if open.password_mac == 0 && code == 0 => "START without a password approved",
+            Body::SessionStart(open) if open.password_mac != 0 && code == 0 && required => "START with the password approved (required)",
+            Body::EventCharge { password_mac: 0, .. } if code == ResultCode::PasswordInvalid as u16 => {
+                "EVENT_CHARGE without a password refused (required)"
+            }
+            Body::EventCharge { .. } if code == 0 => "EVENT_CHARGE approved",
+            Body::Reverse { original_op_id, .. } | Body::Refund { original_op_id, .. } if code == 0 => {
+                let of_event = self.sent.iter().any(|sent| sent.op_id == *original_op_id && matches!(sent.body, Body::EventCharge { .. }));
+                match (&command.body, of_event) {
+                    (Body::Reverse { .. }, true) => "EVENT_CHARGE reversed",
+                    (_, true) => "EVENT_CHARGE refunded",
+                    _ => return,
+                }
+            }
+            _ => return,
+        };
+        self.coverage.see(what);
+    }
+
+    /// The read-only session views: the live and remembered counts, each session's category
+    /// (live or remembered), each owner's count and digest (SESSION_AUDIT), a random audit's orphans and a
+    /// random PRICE_QUOTE.
+    fn compare_reads(&mut self, command: &Command, applied: &Applied) {
+        let reference = &self.reference;
+        let counts = (self.shard.session_count(), self.shard.expired_session_count());
+        let expected = (reference.sessions.len(), reference.expired_sessions.len());
+        if counts != expected {
+            self.fail(&format!("(live, expired) sessions: engine {counts:?}, reference {expected:?}"), command, Some(applied), None);
+        }
+        // The walk's session ids are below 12: each is live, remembered or unknown.
+        for id in 0..12u128 {
+            let session = reference.sessions.iter().chain(&reference.expired_sessions).find(|session| session.id == id);
+            let expected = session.map(|session| session.tariff.category);
+            let engine = self.shard.session_category(id);
+            if engine != expected {
+                self.fail(&format!("session {id} category: engine {engine:?}, reference {expected:?}"), command, Some(applied), None);
+            }
+        }
+        for owner in 1..=3u32 {
+            let ids: Vec<u128> = reference.sessions.iter().filter(|session| session.owner == owner).map(|session| session.id).collect();
+            let expected = (ids.len() as u32, session_digest(ids));
+            let engine = self.shard.owner_sessions(owner);
+            if engine != expected {
+                self.fail(&format!("owner {owner} sessions: engine {engine:?}, reference {expected:?}"), command, Some(applied), None);
+            }
+        }
+        // An audit: the owner's live sessions not in the call switch's list and silent since.
+        let owner = self.rng.range(1, 3) as u32;
+        let listed: std::collections::HashSet<u128> =
+            self.reference.sessions.iter().map(|session| session.id).filter(|_| self.rng.percent(50)).collect();
+        let silent_since = self.now - self.rng.below(300_000);
+        let mut orphans: Vec<u128> = self
+            .reference
+            .sessions
+            .iter()
+            .filter(|session| session.owner == owner && session.last_report <= silent_since && !listed.contains(&session.id))
+            .map(|session| session.id)
+            .collect();
+        orphans.sort();
+        let engine_orphans = self.shard.session_orphans(owner, &listed, silent_since);
+        if engine_orphans != orphans {
+            self.fail(&format!("audit orphans: engine {engine_orphans:?}, reference {orphans:?}"), command, Some(applied), None);
+        }
+        // Every fourth step a quote, usually for a card; half of them price the banded tariff
+        // shortly before one of its rate changes (local 08:00 or 22:00), the rest now or a
+        // little later.
+        if !self.step.is_multiple_of(4) {
+            return;
+        }
+        const NUMBERS: [&[u8]; 6] = [b"0212345678", b"01012345678", b"0014155550100", b"0601234567", b"0021234567", b"15881234"];
+        let pin = if self.rng.percent(80) { Some(self.pick_pin()) } else { None };
+        let duration = self.rng.pick(&[0, 1, 59, 60, 61, 150, 600, 1_000, 3_599]);
+        let units = self.rng.pick(&[0, 1, 3]);
+        let (category, destination, at) = if self.rng.percent(50) {
+            let local_now = self.reference.local_second(self.now);
+            let change = self.rng.pick(&[8 * 3_600, 22 * 3_600]);
+            let before = self.rng.range(1, u64::from(duration).max(1));
+            let wait = (change + 86_400 - before % 86_400 - local_now % 86_400) % 86_400;
+            (2, pack_destination(b"0021234567").unwrap(), self.now + wait * 1_000)
+        } else {
+            let category = self.rng.pick(&[2, 2, 3, 3, 1, 0]);
+            let destination = if self.rng.percent(97) { pack_destination(self.rng.pick(&NUMBERS)).unwrap() } else { 0 };
+            (category, destination, self.now + self.rng.pick(&[0, 0, 30_000, 3_600_000]))
+        };
+        let engine = self.shard.quote(at, pin, category, destination, duration, units);
+        let expected = self.reference.quote(at, pin, category, destination, duration, units);
+        if engine != expected {
+            self.fail(
+                &format!(
+                    "quote at {at} (card {pin:x?}, category {category}, destination {destination:#x}, {duration} s, {units} units):\n  engine    {engine:?}\n  reference {expected:?}"
+                ),
+                command,
+                Some(applied),
+                None,
+            );
+        }
     }
 
     fn compare_state(&self, command: &Command, applied: &Applied) {
@@ -2316,6 +3006,12 @@ impl Walk {
         for record in &self.reference.records {
             assert_eq!(recovered.op(record.pin, record.id), self.shard.op(record.pin, record.id), "{}", context(&format!("op {:#x}", record.id)));
         }
+        assert_eq!(recovered.session_count(), self.shard.session_count(), "{}", context("live sessions"));
+        assert_eq!(recovered.expired_session_count(), self.shard.expired_session_count(), "{}", context("expired sessions"));
+        for owner in 1..=3 {
+            assert_eq!(recovered.owner_sessions(owner), self.shard.owner_sessions(owner), "{}", context(&format!("owner {owner}")));
+        }
+        assert_eq!(recovered.take_notices(), self.notices, "{}", context("notices"));
         recovered.check_invariants().unwrap_or_else(|why| panic!("{}: {why}", context("invariants")));
     }
 
@@ -2328,6 +3024,9 @@ impl Walk {
             }
         }
         self.check_recovery();
+        self.coverage.see_n("report rated across a rate change", self.reference.band_crossings);
+        self.coverage.see_n("report on a banded session", self.reference.banded_reports);
+        self.coverage.see_n("expired session forgotten", self.reference.forgotten);
         self.coverage
     }
 }
@@ -2338,11 +3037,25 @@ struct Coverage {
     replays: u64,
     journaled: u64,
     steps: u64,
+    /// Outcomes beyond the result codes (notices, late reports, band crossings, ...).
+    seen: BTreeMap<&'static str, u64>,
 }
 
 impl Default for Coverage {
     fn default() -> Coverage {
-        Coverage { codes: vec![0; 1000], replays: 0, journaled: 0, steps: 0 }
+        Coverage { codes: vec![0; 1000], replays: 0, journaled: 0, steps: 0, seen: BTreeMap::new() }
+    }
+}
+
+impl Coverage {
+    fn see(&mut self, what: &'static str) {
+        self.see_n(what, 1);
+    }
+
+    fn see_n(&mut self, what: &'static str, n: u64) {
+        if n > 0 {
+            *self.seen.entry(what).or_default() += n;
+        }
     }
 }
 
@@ -2356,6 +3069,9 @@ fn run_seeds(seeds: std::ops::Range<u64>, steps: usize, clock_jitter: bool) -> C
         total.replays += coverage.replays;
         total.journaled += coverage.journaled;
         total.steps += coverage.steps;
+        for (what, n) in coverage.seen {
+            total.see_n(what, n);
+        }
     }
     total
 }
@@ -2433,9 +3149,40 @@ fn engine_matches_the_reference_ledger() {
         ResultCode::ForeignPinUnavailable,
         ResultCode::GiftRecipientMismatch,
         ResultCode::GiftClaimRequired,
+        ResultCode::SessionExpiredCharged,
+        ResultCode::SessionSequenceStale,
+        ResultCode::EventNotPriced,
+        ResultCode::UnitsInvalid,
     ];
     let missing: Vec<&str> = must_reach.iter().filter(|code| counts[code.as_u16() as usize] == 0).map(|code| code.name()).collect();
     assert!(missing.is_empty(), "outcomes never reached: {missing:?}");
+    println!("session outcomes seen: {:?}", coverage.seen);
+    let must_see = [
+        "notice REAUTHORIZE",
+        "notice ABORT",
+        "notice LOW_BALANCE after AUTHORIZE",
+        "notice LOW_BALANCE after SALE",
+        "notice LOW_BALANCE after SESSION_START",
+        "notice LOW_BALANCE after SESSION_UPDATE",
+        "notice LOW_BALANCE after EVENT_CHARGE",
+        "notice EXPIRED",
+        "late UPDATE charged",
+        "late END charged",
+        "expired session forgotten",
+        "audit close closed sessions",
+        "report rated across a rate change",
+        "CONFIGURE applied",
+        "CONFIGURE refused",
+        "START without a password approved",
+        "START without a password refused (required)",
+        "START with the password approved (required)",
+        "EVENT_CHARGE without a password refused (required)",
+        "EVENT_CHARGE approved",
+        "EVENT_CHARGE reversed",
+        "EVENT_CHARGE refunded",
+    ];
+    let unseen: Vec<&str> = must_see.iter().copied().filter(|what| !coverage.seen.contains_key(what)).collect();
+    assert!(unseen.is_empty(), "session outcomes never reached: {unseen:?}");
     assert!(coverage.replays > coverage.steps / 50, "too few replays: {}", coverage.replays);
 }
 
@@ -2453,15 +3200,18 @@ fn engine_matches_the_reference_ledger_when_the_clock_steps_back() {
 // step-by-step comparison and recovery check (so they fail with the same messages).
 
 /// Runs a fixed list of (server time, command) through the engine and the reference, comparing
-/// after every step, then replays the journal into a fresh shard.
-fn run_script(name: &'static str, steps: &[(Ms, Command)]) {
+/// after every step, then replays the journal into a fresh shard. Returns the walk (its
+/// `notices` are all the engine raised).
+fn run_script(name: &'static str, steps: &[(Ms, Command)]) -> Walk {
     let mut walk = Walk::new(0, false);
     walk.script = Some(name);
+    walk.now = T0;
     for (step, (now, command)) in steps.iter().enumerate() {
         walk.step = step;
         walk.apply_and_compare(*now, command.clone());
     }
     walk.check_recovery();
+    walk
 }
 
 fn command(op_id: OpId, body: Body) -> Command {
@@ -2521,4 +3271,39 @@ fn journal_replay_matches_when_an_unjournaled_command_moved_the_clock() {
         ),
     ];
     run_script("unjournaled clock advance", &steps);
+}
+
+/// FOREIGN_CONVERT is one of the debits that warn a calling card's sessions of a low balance
+/// (the walks rarely reach it: it needs stock, a calling card and a balance just above the
+/// level). Both sessions are warned, lowest id first, with the balance left available.
+#[test]
+fn a_conversion_that_leaves_a_calling_card_low_warns_its_sessions() {
+    let pin = PINS[0];
+    let mac = good_mac(pin);
+    let domestic = pack_destination(b"0212345678").unwrap();
+    let call = |session_id: u128| {
+        Body::SessionStart(Box::new(SessionOpen {
+            pin_hash: pin,
+            session_id,
+            destination: domestic,
+            requested_s: 60,
+            owner_id: 1,
+            password_mac: 0,
+            category: 2,
+        }))
+    };
+    let code = ForeignCode::new(b"FX01").unwrap();
+    let steps = [
+        (T0, command(op_id_at(T0, 1), Body::Issue { pin_hash: pin, face_value_won: 10_000 })),
+        (T0, command(op_id_at(T0, 2), Body::Activate { pin_hash: pin, password_mac: mac })),
+        // Two calls of 60 s at 2 won a second reserve 240 won: 9,760 available.
+        (T0, command(op_id_at(T0, 3), call(9))),
+        (T0, command(op_id_at(T0, 4), call(3))),
+        (T0, command(op_id_at(T0, 5), Body::ForeignImport { foreign_hash: 0xF0E1, product_id: 2, code })),
+        // 9,500 won for the yen PIN: 260 left available, below the 1,000-won level.
+        (T0, command(op_id_at(T0, 6), Body::ForeignConvert { pin_hash: pin, password_mac: mac, product_id: 2 })),
+    ];
+    let walk = run_script("low balance after a conversion", &steps);
+    let warned: Vec<(u128, u8, u64)> = walk.notices.iter().map(|notice| (notice.session_id, notice.kind, notice.available_won)).collect();
+    assert_eq!(warned, [(3, NOTICE_LOW_BALANCE, 260), (9, NOTICE_LOW_BALANCE, 260)]);
 }
