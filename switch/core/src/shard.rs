@@ -570,6 +570,8 @@ impl Shard {
             Body::Configure(config) => match config.validate() {
                 Ok(()) => {
                     self.config = EngineConfig::clone(config);
+                    // A lower bound on remembered expired sessions applies at once.
+                    self.trim_expired_sessions();
                     Applied { reply: Reply::code(ResultCode::Approved), changed: true }
                 }
                 Err(_) => Applied { reply: Reply::code(ResultCode::FormatError), changed: expired > 0 },
@@ -1425,12 +1427,7 @@ impl Shard {
             self.push_notice(SessionNoticeOut { session_id, kind: NOTICE_EXPIRED, available_won });
             self.expired_order.push_back((expires_at_ms, session_id));
             self.expired_sessions.insert(session_id, session);
-            while self.expired_sessions.len() > self.config.expired_sessions_max as usize {
-                let (expired_at_ms, oldest_id) = self.expired_order.pop_front().expect("the order lists every expired session");
-                if self.expired_sessions.get(&oldest_id).is_some_and(|oldest| oldest.expires_at_ms == expired_at_ms) {
-                    self.expired_sessions.remove(&oldest_id);
-                }
-            }
+            self.trim_expired_sessions();
             expired += 1;
         }
         // Entries of sessions ended since do not hold the order up forever.
@@ -1441,6 +1438,16 @@ impl Shard {
             self.expired_order.pop_front();
         }
         expired
+    }
+
+    /// Forgets the oldest expired sessions past `expired_sessions_max`.
+    fn trim_expired_sessions(&mut self) {
+        while self.expired_sessions.len() > self.config.expired_sessions_max as usize {
+            let (expired_at_ms, oldest_id) = self.expired_order.pop_front().expect("the order lists every expired session");
+            if self.expired_sessions.get(&oldest_id).is_some_and(|oldest| oldest.expires_at_ms == expired_at_ms) {
+                self.expired_sessions.remove(&oldest_id);
+            }
+        }
     }
 
     /// SESSION_AUDIT's close: the listed sessions still live, of `owner_id`, silent since
