@@ -479,9 +479,11 @@ impl CallGen {
     }
 
     /// The next frame: one message type, up to `batch` events in due order. In the ramp only
-    /// STARTs due by second 0; in the run the type whose first event is due first, without
-    /// running more than a quarter of an update interval ahead of the other types; in the
-    /// drain only ENDs. `None` when nothing can be sent until a reply comes.
+    /// STARTs due by second 0; in the run first the STARTs the clock has passed (they replace
+    /// calls whose ENDs went out, so the sessions live stay at N), else the type whose first
+    /// event is due first, without running more than a quarter of an update interval ahead of
+    /// the other types; in the drain only ENDs. `None` when nothing can be sent until a reply
+    /// comes.
     pub fn next_frame(&mut self, cards: &[CardRecord]) -> Option<Frame> {
         let heads = [self.head(0), self.head(1), self.head(2)];
         let (queue, limit_s) = match self.phase {
@@ -493,6 +495,8 @@ impl CallGen {
                 heads[0]?;
                 (0, i64::MAX)
             }
+            // STARTs the clock has passed go first: they replace calls whose ENDs were sent.
+            Phase::Run if heads[2].is_some_and(|due_s| due_s <= self.clock_s) => (2, self.clock_s),
             Phase::Run => {
                 let (queue, _) = heads
                     .iter()
@@ -1080,6 +1084,47 @@ mod tests {
         let tariff: TariffSpec = "10,12,6,0".parse().expect("tariff");
         let billed: u64 = charged.iter().map(|(_, used)| tariff.cost_won(*used)).sum();
         assert_eq!(debited as u64, billed);
+    }
+
+    /// With replies coming back several frames late (a pipeline), the sessions live at the
+    /// switch stay at N: a replacement START follows the END it replaces within a frame or two.
+    #[test]
+    fn concurrency_holds_with_pipelined_replies() {
+        let cards = cards(5_000);
+        let model = Model::new(cards.iter().map(|_| 1_000_000));
+        let params = Arc::new(CallParams {
+            tariff: None,
+            ..(*params(5_000, CallLength::Exp { mean_s: 120 })).clone()
+        });
+        let picker = CardPicker::new(DistSpec::Uniform, 5_000);
+        let mut calls = CallGen::new(params, 64, picker, 3, 0, 1, &model);
+        let answer_all = |calls: &mut CallGen, frame: &Frame| {
+            for op in &frame.ops {
+                calls.on_reply(op, &approved(0), grant(60), &model);
+            }
+        };
+        while let Some(frame) = calls.next_frame(&cards) {
+            answer_all(&mut calls, &frame);
+        }
+        calls.begin_run();
+        let mut in_flight: std::collections::VecDeque<Frame> = Default::default();
+        let (mut low, mut high) = (i64::MAX, 0);
+        for step in 0..2_000 {
+            if let Some(frame) = calls.next_frame(&cards) {
+                in_flight.push_back(frame);
+            }
+            if (in_flight.len() >= 8 || step % 50 == 49)
+                && let Some(frame) = in_flight.pop_front()
+            {
+                answer_all(&mut calls, &frame);
+            }
+            if step >= 200 {
+                low = low.min(model.calls_live());
+                high = high.max(model.calls_live());
+            }
+        }
+        assert!(calls.clock_s() > 200, "clock {}", calls.clock_s());
+        assert!(low >= 4_750 && high <= 5_250, "live {low}..{high} of 5,000");
     }
 
     fn calls_ending(calls: &CallGen) -> usize {
