@@ -1,11 +1,12 @@
 //! The exporter proper: its durable state, the tailing loop over every shard, period closing, and
 //! the status and reconciliation reports.
 //!
-//! State (`<state>/state.bin`) holds, per shard, the cursor (last journal seq applied), the shadow
-//! engine and the follower's maps, plus the open periods' totals and the lengths of their fact
-//! files (`factlog.rs`), the ledger through the last closed period and the merchants' carried
-//! balances. It is written whole to a temporary file, fsynced
-//! and renamed, then the directory is fsynced, so a crash leaves either the old or the new state:
+//! State (`<state>/state.bin`) holds a checkpoint generation, per shard the cursor (last journal
+//! seq applied) and the follower's maps, plus the open periods' totals and the lengths of their
+//! fact files (`factlog.rs`), the ledger through the last closed period and the merchants' carried
+//! balances; the shadow engines are in `<state>/shadows/`, one file per shard and generation,
+//! written before the state that names them. The state is written whole to a temporary file,
+//! fsynced and renamed, then the directory is fsynced, so a crash leaves either the old or the new state:
 //! records after the saved cursor are applied again, and their effects were not saved, so nothing
 //! is lost or counted twice. A closed period's files are written (each atomically) before the
 //! state that says it is closed, so a crash in between writes the same bytes again on the next
@@ -31,8 +32,12 @@ use crate::render::{self, ClosedPeriod};
 use crate::statement::StatementWriter;
 
 const STATE_FILE: &str = "state.bin";
-/// The last byte is the layout's version: 2 added foreign-PIN conversions and the card sub-ledger.
-const STATE_MAGIC: &[u8; 8] = b"PSEXPST2";
+/// The last byte is the layout's version: 2 added foreign-PIN conversions and the card
+/// sub-ledger, 3 moved the shadow engines into files of their own (`shadows/`).
+const STATE_MAGIC: &[u8; 8] = b"PSEXPST3";
+/// The shadow engines' snapshots, one file per shard and checkpoint generation.
+const SHADOW_DIR: &str = "shadows";
+const SHADOW_MAGIC: &[u8; 8] = b"PSEXPSH3";
 const FACTS_FILE: &str = "facts.bin";
 const FACTS_MAGIC: &[u8; 8] = b"PSEXPPD2";
 /// Returned by the journal visitor to stop at the record budget (not an error).
@@ -40,6 +45,8 @@ const BUDGET_STOP: &str = "record budget reached";
 
 #[derive(Archive, Serialize, Deserialize)]
 struct StateImage {
+    /// Which checkpoint this is: the shadow files of this generation belong to it.
+    generation: u64,
     shard_count: u16,
     followers: Vec<FollowerImage>,
     /// Open periods' totals and movements (their detail lines are in the fact log).
@@ -82,6 +89,8 @@ pub struct Exporter {
     /// One tailing reader per shard, kept between passes so a pass resumes where the previous
     /// one stopped instead of scanning its segment again.
     readers: Vec<Option<Reader>>,
+    /// The generation of the last checkpoint (0: none yet).
+    generation: u64,
 }
 
 /// What one `run` did.
@@ -194,31 +203,54 @@ impl Exporter {
             if writable { FactLog::open(&options.state_dir, lengths) } else { FactLog::open_read_only(&options.state_dir, lengths) }
         };
         let path = options.state_dir.join(STATE_FILE);
-        let image = match std::fs::read(&path) {
-            Ok(bytes) => Some(decode::<StateImage>(&path, STATE_MAGIC, &bytes)?),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
-            Err(error) => return Err(ExportError::Io { path, action: "read exporter state", source: error }),
+        // A running exporter's checkpoint writes the next generation's shadows, then the state,
+        // then removes the previous shadows: a reader that finds its generation's shadow gone
+        // read a state that has just been replaced, and reads again.
+        let mut attempts = 0;
+        let loaded = loop {
+            let mut image = match std::fs::read(&path) {
+                Ok(bytes) => decode::<StateImage>(&path, STATE_MAGIC, &bytes)?,
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => break None,
+                Err(error) => return Err(ExportError::Io { path, action: "read exporter state", source: error }),
+            };
+            let follower_images = std::mem::take(&mut image.followers);
+            match load_followers(&options.state_dir, &path, image.generation, follower_images) {
+                Ok(followers) => break Some((image, followers)),
+                Err(ExportError::Io { source, .. }) if !writable && source.kind() == std::io::ErrorKind::NotFound && attempts < 3 => attempts += 1,
+                Err(error) => return Err(error),
+            }
         };
-        let Some(image) = image else {
+        let Some((image, followers)) = loaded else {
             let followers = (0..shard_count).map(|shard| Follower::new(shard, shard_count, options.engine.clone())).collect();
             let log = open_log(&[])?;
             let statements = if writable { Some(StatementWriter::open(&options.state_dir, &vec![0; usize::from(shard_count)])?) } else { None };
             let readers = (0..shard_count).map(|_| None).collect();
-            return Ok(Exporter { options, followers, open: BTreeMap::new(), log, statements, _lock: lock, last_closed: None, closed_ledger: Ledger::default(), merchant_carry: BTreeMap::new(), readers });
+            return Ok(Exporter { options, followers, open: BTreeMap::new(), log, statements, _lock: lock, last_closed: None, closed_ledger: Ledger::default(), merchant_carry: BTreeMap::new(), readers, generation: 0 });
         };
-        if image.shard_count != shard_count || image.followers.len() != usize::from(shard_count) {
+        if image.shard_count != shard_count || followers.len() != usize::from(shard_count) {
             return Err(ExportError::State { path, reason: format!("made for {} shards, the switch has {shard_count}", image.shard_count) });
         }
-        let followers = image
-            .followers
-            .into_iter()
-            .map(|follower| Follower::from_image(follower).map_err(|reason| ExportError::State { path: path.clone(), reason }))
-            .collect::<Result<Vec<_>>>()?;
+        if writable {
+            // Shadows of a checkpoint a crash interrupted before its state was written.
+            remove_shadows_except(&options.state_dir, image.generation)?;
+        }
         let log = open_log(&image.fact_lengths)?;
         let cursors: Vec<u64> = followers.iter().map(Follower::cursor_seq).collect();
         let statements = if writable { Some(StatementWriter::open(&options.state_dir, &cursors)?) } else { None };
         let readers = (0..shard_count).map(|_| None).collect();
-        Ok(Exporter { options, followers, open: image.open, log, statements, _lock: lock, last_closed: image.last_closed, closed_ledger: image.closed_ledger, merchant_carry: image.merchant_carry, readers })
+        Ok(Exporter {
+            options,
+            followers,
+            open: image.open,
+            log,
+            statements,
+            _lock: lock,
+            last_closed: image.last_closed,
+            closed_ledger: image.closed_ledger,
+            merchant_carry: image.merchant_carry,
+            readers,
+            generation: image.generation,
+        })
     }
 
     /// Applies journal records from every shard's cursor to its end (at most `max_records` in
@@ -587,7 +619,10 @@ impl Exporter {
         u16::try_from(self.followers.len()).unwrap_or(u16::MAX)
     }
 
-    /// Makes the fact files durable, then replaces the state atomically.
+    /// Makes the fact files durable, writes each shadow engine's snapshot to a file of the next
+    /// generation (one shard's image in memory at a time), then replaces the state, which names
+    /// that generation, atomically; the previous generation's shadows go last. Remembered
+    /// payments the engines can no longer refer to are dropped first (`Follower::prune`).
     pub fn checkpoint(&mut self) -> Result<()> {
         std::fs::create_dir_all(&self.options.state_dir).map_err(ExportError::io(&self.options.state_dir, "create state directory"))?;
         let mut fact_lengths = self.log.sync()?;
@@ -595,16 +630,36 @@ impl Exporter {
             statements.checkpoint()?;
         }
         fact_lengths.retain(|(day, _, _)| self.open.contains_key(day));
+        for follower in &mut self.followers {
+            follower.prune();
+        }
+        let generation = self.generation + 1;
+        let shadow_dir = self.options.state_dir.join(SHADOW_DIR);
+        std::fs::create_dir_all(&shadow_dir).map_err(ExportError::io(&shadow_dir, "create shadow directory"))?;
+        for follower in &self.followers {
+            let snapshot = follower.shadow_snapshot();
+            let path = shadow_path(&self.options.state_dir, follower.shard_id(), generation);
+            write_atomic_parts(&path, &[&header(SHADOW_MAGIC, snapshot.len()), &snapshot])?;
+        }
+        // The followers' maps (remembered payments: millions of entries) are moved into the
+        // image and back rather than copied.
         let image = StateImage {
+            generation,
             shard_count: u16::try_from(self.followers.len()).unwrap_or(u16::MAX),
-            followers: self.followers.iter().map(Follower::image).collect(),
+            followers: self.followers.iter_mut().map(Follower::take_image).collect(),
             open: self.open.clone(),
             fact_lengths,
             last_closed: self.last_closed,
             closed_ledger: self.closed_ledger.clone(),
             merchant_carry: self.merchant_carry.clone(),
         };
-        write_atomic(&self.options.state_dir.join(STATE_FILE), &encode(STATE_MAGIC, &image))
+        let body = rkyv::to_bytes::<RkyvError>(&image).expect("serializing into memory cannot fail");
+        for (follower, image) in self.followers.iter_mut().zip(image.followers) {
+            follower.put_back(image);
+        }
+        write_atomic_parts(&self.options.state_dir.join(STATE_FILE), &[&header(STATE_MAGIC, body.len()), &body])?;
+        self.generation = generation;
+        remove_shadows_except(&self.options.state_dir, generation)
     }
 }
 
@@ -636,14 +691,68 @@ fn write_period(dir: &Path, period: &ClosedPeriod, provisional: bool, config: &E
 
 /// Temporary file, fsync, rename, fsync of the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic_parts(path, &[bytes])
+}
+
+/// `write_atomic` of the concatenation of `parts`, without building it in memory.
+fn write_atomic_parts(path: &Path, parts: &[&[u8]]) -> Result<()> {
     let tmp = path.with_extension("tmp");
     let mut file = std::fs::File::create(&tmp).map_err(ExportError::io(&tmp, "create"))?;
-    file.write_all(bytes).map_err(ExportError::io(&tmp, "write"))?;
+    for part in parts {
+        file.write_all(part).map_err(ExportError::io(&tmp, "write"))?;
+    }
     file.sync_all().map_err(ExportError::io(&tmp, "fsync"))?;
     drop(file);
     std::fs::rename(&tmp, path).map_err(ExportError::io(path, "rename into place"))?;
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::File::open(dir).and_then(|dir| dir.sync_all()).map_err(ExportError::io(dir, "fsync directory"))?;
+    Ok(())
+}
+
+/// The 16 bytes before an archive: `magic` and the archive's length (u64 LE).
+fn header(magic: &[u8; 8], length: usize) -> [u8; 16] {
+    let mut header = [0u8; 16];
+    header[..8].copy_from_slice(magic);
+    header[8..].copy_from_slice(&(length as u64).to_le_bytes());
+    header
+}
+
+/// `shadows/shard-NNN-GGGGGGGGGGGGGGGGGGGG.bin`: a shard's shadow engine at checkpoint `generation`.
+fn shadow_path(state_dir: &Path, shard: u16, generation: u64) -> PathBuf {
+    state_dir.join(SHADOW_DIR).join(format!("shard-{shard:03}-{generation:020}.bin"))
+}
+
+/// The followers of a state, each around its shadow engine read from the state's generation.
+fn load_followers(state_dir: &Path, state_path: &Path, generation: u64, images: Vec<FollowerImage>) -> Result<Vec<Follower>> {
+    let mut followers = Vec::with_capacity(images.len());
+    for follower in images {
+        let path = shadow_path(state_dir, follower.shard_id, generation);
+        let bytes = std::fs::read(&path).map_err(ExportError::io(&path, "read shadow engine"))?;
+        let bad = |reason: String| ExportError::State { path: path.clone(), reason };
+        if bytes.len() < 16 || bytes[..8] != SHADOW_MAGIC[..] || bytes[8..16] != ((bytes.len() - 16) as u64).to_le_bytes() {
+            return Err(bad("wrong magic or length".into()));
+        }
+        let follower = Follower::from_image(follower, &bytes[16..]).map_err(|reason| ExportError::State { path: state_path.to_path_buf(), reason })?;
+        followers.push(follower);
+    }
+    Ok(followers)
+}
+
+/// Removes every shadow file but those of `generation` (and half-written ones).
+fn remove_shadows_except(state_dir: &Path, generation: u64) -> Result<()> {
+    let dir = state_dir.join(SHADOW_DIR);
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(error) => return Err(ExportError::Io { path: dir, action: "list shadow directory", source: error }),
+    };
+    let keep = format!("-{generation:020}.bin");
+    for entry in entries {
+        let path = entry.map_err(ExportError::io(&dir, "list shadow directory"))?.path();
+        if !path.to_string_lossy().ends_with(&keep) {
+            std::fs::remove_file(&path).map_err(ExportError::io(&path, "remove old shadow engine"))?;
+        }
+    }
     Ok(())
 }
 
@@ -786,6 +895,34 @@ mod tests {
         let reopened = Exporter::open(options("followed")).unwrap();
         assert_eq!(reopened.followers[0].cursor_seq(), ran.followers[0].cursor_seq(), "the end of following is checkpointed");
         assert_eq!(reopened.status().unwrap().reconciliation, ran.status().unwrap().reconciliation);
+    }
+
+    #[test]
+    fn shadows_of_an_interrupted_checkpoint_are_ignored_and_removed() {
+        let root = tempfile::tempdir().unwrap();
+        let data = root.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        journal(&data, 1_777_000_000_000);
+        let state = root.path().join("state");
+        let options = Options { data_dir: data, state_dir: state.clone(), engine: EngineConfig::test_min(), config: ExportConfig::default() };
+        let mut exporter = Exporter::open(options.clone()).unwrap();
+        exporter.run(None, 0).unwrap();
+        let generation = exporter.generation;
+        let reconciliation = exporter.status().unwrap().reconciliation;
+        drop(exporter);
+        // A crash after the next generation's shadow was written, before the state naming it.
+        let stray = shadow_path(&state, 0, generation + 1);
+        std::fs::copy(shadow_path(&state, 0, generation), &stray).unwrap();
+        let looking = Exporter::open_read_only(options.clone()).unwrap();
+        assert!(stray.exists(), "a reader changes nothing");
+        assert_eq!(looking.status().unwrap().reconciliation, reconciliation);
+        let reopened = Exporter::open(options.clone()).unwrap();
+        assert!(!stray.exists() && shadow_path(&state, 0, generation).exists());
+        assert_eq!((reopened.generation, reopened.status().unwrap().reconciliation), (generation, reconciliation));
+        drop(reopened);
+        // The state's own shadow missing is an error naming the file.
+        std::fs::remove_file(shadow_path(&state, 0, generation)).unwrap();
+        assert!(matches!(Exporter::open(options), Err(ExportError::Io { action: "read shadow engine", .. })));
     }
 
     #[test]

@@ -55,13 +55,14 @@ impl Payment {
     }
 }
 
-/// The follower's durable image (inside the exporter state).
+/// The follower's durable image (inside the exporter state). The shadow engine's snapshot is
+/// stored beside it, in a file of its own (`Follower::shadow_snapshot`), so a checkpoint never
+/// holds more than one shard's snapshot image in memory.
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct FollowerImage {
     pub shard_id: u16,
     /// The last journal seq applied (0: none).
     pub cursor_seq: u64,
-    pub shadow: Vec<u8>,
     pub holds: BTreeMap<OpId, TrackedHold>,
     pub payments: BTreeMap<OpId, Payment>,
     /// Approved CAPTURE op id -> (hold id, card): a REFUND may name a capture.
@@ -152,8 +153,9 @@ impl Follower {
         }
     }
 
-    pub fn from_image(image: FollowerImage) -> std::result::Result<Follower, String> {
-        let shadow = Shard::from_snapshot_bytes(&image.shadow)?;
+    /// The follower of `image` around the shadow engine restored from its snapshot bytes.
+    pub fn from_image(image: FollowerImage, shadow: &[u8]) -> std::result::Result<Follower, String> {
+        let shadow = Shard::from_snapshot_bytes(shadow)?;
         if shadow.shard_id() != image.shard_id {
             return Err(format!("shadow of shard {} stored for shard {}", shadow.shard_id(), image.shard_id));
         }
@@ -184,18 +186,34 @@ impl Follower {
         })
     }
 
-    pub fn image(&self) -> FollowerImage {
+    /// The image, with the maps moved out (no copy) for a checkpoint to serialize; `put_back`
+    /// returns them. Between the two the follower must not apply records.
+    pub fn take_image(&mut self) -> FollowerImage {
         FollowerImage {
             shard_id: self.shard_id,
             cursor_seq: self.cursor_seq,
-            shadow: self.shadow.to_snapshot_bytes(),
-            holds: self.holds.clone(),
-            payments: self.payments.clone(),
-            captures: self.captures.clone(),
-            consignments: self.consignments.clone(),
-            payout_accounts: self.payout_accounts.clone(),
-            card_values: self.card_values.clone(),
+            holds: std::mem::take(&mut self.holds),
+            payments: std::mem::take(&mut self.payments),
+            captures: std::mem::take(&mut self.captures),
+            consignments: std::mem::take(&mut self.consignments),
+            payout_accounts: std::mem::take(&mut self.payout_accounts),
+            card_values: std::mem::take(&mut self.card_values),
         }
+    }
+
+    /// Returns the maps `take_image` moved out.
+    pub fn put_back(&mut self, image: FollowerImage) {
+        self.holds = image.holds;
+        self.payments = image.payments;
+        self.captures = image.captures;
+        self.consignments = image.consignments;
+        self.payout_accounts = image.payout_accounts;
+        self.card_values = image.card_values;
+    }
+
+    /// The shadow engine's snapshot image (the switch's own snapshot format).
+    pub fn shadow_snapshot(&self) -> Vec<u8> {
+        self.shadow.to_snapshot_bytes()
     }
 
     pub fn shard_id(&self) -> u16 {
