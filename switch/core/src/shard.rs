@@ -427,6 +427,11 @@ impl Shard {
         self.cards.len()
     }
 
+    /// Every card's PIN hash, in table order (reconciliation names cards only the engine has).
+    pub fn card_hashes(&self) -> impl Iterator<Item = PinHash> + '_ {
+        self.cards.iter().map(|(pin_hash, _)| *pin_hash)
+    }
+
     /// Live charging sessions.
     pub fn session_count(&self) -> usize {
         self.sessions.len()

@@ -170,6 +170,7 @@ impl std::fmt::Display for Status {
             let engine = match line.finding {
                 CardFinding::Differs { engine_won } => format!("engine {engine_won:>10} won  DIFFERENCE {} won", i128::from(line.ledger_won) - i128::from(engine_won)),
                 CardFinding::UnknownToEngine => "unknown to the engine".to_string(),
+                CardFinding::NotPosted { engine_won } => format!("engine {engine_won:>10} won  never posted by the ledger"),
                 CardFinding::ExpiryPending => "expiry pending (engine balance not visible; the shard's difference lies among these)".to_string(),
             };
             writeln!(f, "    card {:032x} shard {:>3}  ledger {:>10} won  {engine}", line.card, line.shard, line.ledger_won)?;
@@ -974,6 +975,14 @@ mod tests {
         assert_eq!(status.cards.lines, [line(x, 9_700, CardFinding::ExpiryPending), line(y, 20_000, CardFinding::ExpiryPending)]);
         assert!(status.to_string().contains("expiry pending"));
         post(&mut exporter, Account::CardLiability { face_value_won: 10_000 }, Account::SalesDiscount, 700);
+        *exporter.followers[0].card_values_mut() = clean.clone();
+
+        // A card the ledger never posted to: named with what the engine holds on it.
+        exporter.followers[0].card_values_mut().remove(&w);
+        let status = exporter.status().unwrap();
+        assert!(!status.reconciled());
+        assert_eq!((status.cards.unposted_engine_cards, status.cards.lines.as_slice()), (1, [line(w, 0, CardFinding::NotPosted { engine_won: 5_000 })].as_slice()));
+        assert!(status.to_string().contains("never posted by the ledger"));
         *exporter.followers[0].card_values_mut() = clean;
         assert!(exporter.status().unwrap().reconciled());
     }

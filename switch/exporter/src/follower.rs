@@ -82,6 +82,8 @@ pub enum CardFinding {
     Differs { engine_won: u64 },
     /// The ledger posted to a card the engine does not hold.
     UnknownToEngine,
+    /// The engine holds the card and the ledger never posted to it.
+    NotPosted { engine_won: u64 },
     /// The card is past its validity and the engine has not expired it yet (no command touched
     /// it since), so its balance is not visible card by card; the engine's total says the
     /// difference lies among the cards of this kind.
@@ -626,6 +628,13 @@ impl Follower {
             }
         }
         check.unposted_engine_cards = check.engine_cards.saturating_sub(known_cards);
+        if check.unposted_engine_cards > 0 {
+            for card in self.shadow.card_hashes().filter(|card| !self.card_values.contains_key(card)) {
+                let engine_won = self.shadow.card(now_ms, card).map_or(0, |view| view.balance_won);
+                visible_engine_won += u128::from(engine_won);
+                check.lines.push(CardLine { shard: self.shard_id, card, ledger_won: 0, finding: CardFinding::NotPosted { engine_won } });
+            }
+        }
         // What the engine holds on the pending cards: its total less every visible balance
         // (cards it holds that the ledger never posted would be in there too).
         let pending_engine_won = self.shadow.totals().balances_won.checked_sub(visible_engine_won);
