@@ -102,6 +102,8 @@ RECOVERY_MS=$(( ($(date +%s%N) - STARTED_NS) / 1000000 ))
     echo "recovery after SIGKILL: $RECOVERY_MS ms (process start to listening)"
     grep "recovered" "$DIR/server-recovery.log"
 } >>"$SUMMARY"
+# Call sessions on the recovered switch (issue 5): 100,000 concurrent calls; see benchmarking.md.
+"$LOADGEN" run --connect "$ADDRESS" --cards-file "$DIR/cards.bin" --workload calls --calls 100000 --tariff 10,12,6,0 --connections 8 --in-flight 8 --batch 64 --warmup 20 --duration "$DURATION_S" --seed 35 --validate --report "$DIR/calls.json" >"$DIR/calls.txt" 2>&1 && { echo; grep -E "^(calls|sessions|latency|tariff|validation) " "$DIR/calls.txt"; } >>"$SUMMARY"
 kill "$(cat "$DIR/pid")"
 wait 2>/dev/null || true
 
