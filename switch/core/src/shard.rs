@@ -623,8 +623,9 @@ impl Shard {
                 if !matches!(body, Body::Issue { .. }) {
                     self.settle_expiry(now_ms, pin_hash);
                 }
-                // Low-balance notices: only commands that can lower what a card has available.
-                let watch_won = self.config.low_balance_warn_won;
+                // Low-balance notices: only commands that can lower what a card has available,
+                // and only while the shard has live sessions (none: no lookups on the hot path).
+                let watch_won = if self.sessions.is_empty() { 0 } else { self.config.low_balance_warn_won };
                 let available_before_won = match body {
                     Body::Authorize { .. }
                     | Body::Sale { .. }
@@ -692,12 +693,15 @@ impl Shard {
                     Body::ForeignImport { .. } => unreachable!("handled above"),
                     Body::Tick | Body::Configure(_) | Body::SessionsClose { .. } => unreachable!("handled by apply"),
                 };
-                if outcome.reply.result_code().is_success() {
-                    match body {
-                        Body::Load { .. } | Body::Unblock { .. } => self.notify_card(pin_hash, NOTICE_REAUTHORIZE),
-                        Body::Block { .. } => self.notify_card(pin_hash, NOTICE_ABORT),
-                        _ => {}
-                    }
+                // (Matched on the body first: decoding a reply's code is a table scan, too much
+                // for every SALE.)
+                let notice = match body {
+                    Body::Load { .. } | Body::Unblock { .. } => Some(NOTICE_REAUTHORIZE),
+                    Body::Block { .. } => Some(NOTICE_ABORT),
+                    _ => None,
+                };
+                if let Some(kind) = notice.filter(|_| outcome.reply.result_code().is_success()) {
+                    self.notify_card(pin_hash, kind);
                 }
                 if let Some(before_won) = available_before_won {
                     let after_won = self.cards.get(&pin_hash).map_or(before_won, Card::available_won);
