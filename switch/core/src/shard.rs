@@ -624,8 +624,10 @@ impl Shard {
                     self.settle_expiry(now_ms, pin_hash);
                 }
                 // Low-balance notices: only commands that can lower what a card has available,
-                // and only while the shard has live sessions (none: no lookups on the hot path).
-                let watch_won = if self.sessions.is_empty() { 0 } else { self.config.low_balance_warn_won };
+                // and only while the shard has live sessions or one may start (none: no lookups
+                // on the hot path).
+                let calls_possible = !self.sessions.is_empty() || matches!(body, Body::SessionStart(_));
+                let watch_won = if calls_possible { self.config.low_balance_warn_won } else { 0 };
                 let available_before_won = match body {
                     Body::Authorize { .. }
                     | Body::Sale { .. }
