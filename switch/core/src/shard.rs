@@ -26,7 +26,8 @@ use crate::dense_map::DenseMap;
 use crate::config::{EngineConfig, Tariff};
 use crate::types::{
     Applied, Body, CardView, Command, FINAL_UNIT_NONE, FINAL_UNIT_TERMINATE, ForeignCode, HoldView, Ms, OpId, OpView,
-    PasswordMac, PinHash, QuoteView, Reply, SessionGrant, SessionNoticeOut, SessionOpen, Totals, destination_digits,
+    PasswordMac, PinHash, QuoteView, Reply, SessionGrant, SessionNoticeOut, SessionOpen, Totals, DESTINATION_DIGITS_MAX,
+    destination_digits,
 };
 
 /// Most session notices waiting for the server to take them (`Shard::take_notices`); past it
@@ -1141,11 +1142,18 @@ impl Shard {
         if !self.config.category_allowed(card.face_value_won, category) {
             return Err(ResultCode::CategoryNotAllowed);
         }
-        let tries_max = self.config.password_tries_max;
-        if card.password_failures >= tries_max {
+        if card.password_failures >= self.config.password_tries_max {
             return Err(ResultCode::PasswordTriesExceeded);
         }
-        let card = self.cards.get_mut(&pin_hash).expect("checked above");
+        self.check_password(pin_hash, password_mac)?;
+        Ok(*self.cards.get(&pin_hash).expect("checked above"))
+    }
+
+    /// Compares a password MAC with the card's: a wrong one counts toward the lockout
+    /// (PASSWORD_TRIES_EXCEEDED at the limit), a right one resets the count.
+    fn check_password(&mut self, pin_hash: PinHash, password_mac: PasswordMac) -> Result<(), ResultCode> {
+        let tries_max = self.config.password_tries_max;
+        let card = self.cards.get_mut(&pin_hash).expect("checked by the caller");
         if card.password_mac != password_mac {
             card.password_failures += 1;
             return Err(if card.password_failures >= tries_max {
@@ -1155,7 +1163,24 @@ impl Shard {
             });
         }
         card.password_failures = 0;
-        Ok(*card)
+        Ok(())
+    }
+
+    /// The checks calls and event charges share, in order: the category, the called number,
+    /// the card active, the product mix. Returns the card and the number's digits.
+    fn service_checks(&self, pin_hash: PinHash, category: u8, destination: u64) -> Result<(Card, [u8; DESTINATION_DIGITS_MAX], usize), ResultCode> {
+        if Category::from_u8(category).is_none() {
+            return Err(ResultCode::CategoryInvalid);
+        }
+        let (digits, digits_len) = destination_digits(destination);
+        if digits_len == 0 {
+            return Err(ResultCode::DestinationInvalid);
+        }
+        let card = self.card_in(pin_hash, &[CardState::Active])?;
+        if !self.config.category_allowed(card.face_value_won, category) {
+            return Err(ResultCode::CategoryNotAllowed);
+        }
+        Ok((card, digits, digits_len))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1223,25 +1248,14 @@ impl Shard {
     /// refused; a password given is checked (a wrong one counts toward the lockout); none given
     /// is accepted unless `session_password_required`.
     fn session_password(&mut self, pin_hash: PinHash, password_mac: PasswordMac) -> Result<(), ResultCode> {
-        let tries_max = self.config.password_tries_max;
-        let required = self.config.session_password_required;
-        let card = self.cards.get_mut(&pin_hash).expect("checked by the caller");
-        if card.password_failures >= tries_max {
+        let card = self.cards.get(&pin_hash).expect("checked by the caller");
+        if card.password_failures >= self.config.password_tries_max {
             return Err(ResultCode::PasswordTriesExceeded);
         }
         if password_mac == 0 {
-            return if required { Err(ResultCode::PasswordInvalid) } else { Ok(()) };
+            return if self.config.session_password_required { Err(ResultCode::PasswordInvalid) } else { Ok(()) };
         }
-        if card.password_mac != password_mac {
-            card.password_failures += 1;
-            return Err(if card.password_failures >= tries_max {
-                ResultCode::PasswordTriesExceeded
-            } else {
-                ResultCode::PasswordInvalid
-            });
-        }
-        card.password_failures = 0;
-        Ok(())
+        self.check_password(pin_hash, password_mac)
     }
 
     /// SESSION_START: rates the call, reserves the money of the largest affordable grant (up to
@@ -1251,20 +1265,10 @@ impl Shard {
         if session_id == 0 {
             return self.declined(ResultCode::FormatError, pin_hash);
         }
-        if Category::from_u8(category).is_none() {
-            return self.declined(ResultCode::CategoryInvalid, pin_hash);
-        }
-        let (digits, digits_len) = destination_digits(destination);
-        if digits_len == 0 {
-            return self.declined(ResultCode::DestinationInvalid, pin_hash);
-        }
-        let card = match self.card_in(pin_hash, &[CardState::Active]) {
-            Ok(card) => card,
+        let (card, digits, digits_len) = match self.service_checks(pin_hash, category, destination) {
+            Ok(checked) => checked,
             Err(code) => return self.declined(code, pin_hash),
         };
-        if !self.config.category_allowed(card.face_value_won, category) {
-            return self.declined(ResultCode::CategoryNotAllowed, pin_hash);
-        }
         // An expired session's id stays taken while its late report may still come.
         if self.sessions.contains_key(&session_id) || self.expired_sessions.contains_key(&session_id) {
             return self.declined(ResultCode::SessionExists, pin_hash);
@@ -1504,20 +1508,10 @@ impl Shard {
         if units == 0 {
             return self.declined(ResultCode::UnitsInvalid, pin_hash);
         }
-        if Category::from_u8(category).is_none() {
-            return self.declined(ResultCode::CategoryInvalid, pin_hash);
-        }
-        let (digits, digits_len) = destination_digits(destination);
-        if digits_len == 0 {
-            return self.declined(ResultCode::DestinationInvalid, pin_hash);
-        }
-        let card = match self.card_in(pin_hash, &[CardState::Active]) {
-            Ok(card) => card,
+        let (card, digits, digits_len) = match self.service_checks(pin_hash, category, destination) {
+            Ok(checked) => checked,
             Err(code) => return self.declined(code, pin_hash),
         };
-        if !self.config.category_allowed(card.face_value_won, category) {
-            return self.declined(ResultCode::CategoryNotAllowed, pin_hash);
-        }
         let Some(tariff) = self.config.tariff_for(category, &digits[..digits_len]) else {
             return self.declined(ResultCode::TariffNotFound, pin_hash);
         };
