@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use pinswitch_protocol::{
     BlockReason, CardState, Category, Field, Funding, MsgType, NOTICE_ABORT, NOTICE_EXPIRED, NOTICE_LOW_BALANCE,
-    NOTICE_REAUTHORIZE, OpStatus, ResultCode, op_id_time_ms, session_digest,
+    NOTICE_REAUTHORIZE, OpStatus, PriceQuoteResult, ResultCode, op_id_time_ms, session_digest,
 };
 use rkyv::rancor::Error as RkyvError;
 use rkyv::{Archive, Deserialize, Serialize};
@@ -26,7 +26,7 @@ use crate::dense_map::DenseMap;
 use crate::config::{EngineConfig, Tariff};
 use crate::types::{
     Applied, Body, CardView, Command, FINAL_UNIT_NONE, FINAL_UNIT_TERMINATE, ForeignCode, HoldView, Ms, OpId, OpView,
-    PasswordMac, PinHash, QuoteView, Reply, SessionGrant, SessionNoticeOut, SessionOpen, Totals, DESTINATION_DIGITS_MAX,
+    PasswordMac, PinHash, Reply, SessionGrant, SessionNoticeOut, SessionOpen, Totals, DESTINATION_DIGITS_MAX,
     destination_digits,
 };
 
@@ -518,8 +518,8 @@ impl Shard {
     /// PRICE_QUOTE: what a call of `duration_s` starting at `now_ms` and `units` events would
     /// cost by the tariff of `category` and `destination`, and with a card, the seconds its
     /// available balance buys. Read-only.
-    pub fn quote(&self, now_ms: Ms, pin_hash: Option<PinHash>, category: u8, destination: u64, duration_s: u32, units: u32) -> QuoteView {
-        let refused = |code: ResultCode| QuoteView { code, ..QuoteView::default() };
+    pub fn quote(&self, now_ms: Ms, pin_hash: Option<PinHash>, category: u8, destination: u64, duration_s: u32, units: u32) -> PriceQuoteResult {
+        let refused = |code: ResultCode| PriceQuoteResult { code: code.as_u16(), ..PriceQuoteResult::default() };
         if Category::from_u8(category).is_none() {
             return refused(ResultCode::CategoryInvalid);
         }
@@ -532,8 +532,8 @@ impl Shard {
         };
         let now_ms = now_ms.max(self.now_ms);
         let local_start_s = self.local_s(now_ms);
-        let mut view = QuoteView {
-            code: ResultCode::Approved,
+        let mut view = PriceQuoteResult {
+            code: ResultCode::Approved.as_u16(),
             tariff_id: tariff.tariff_id,
             connect_fee_won: tariff.connect_fee_won,
             rate_won: tariff.rate_at(local_start_s),

@@ -325,40 +325,6 @@ pub struct Applied {
     pub changed: bool,
 }
 
-/// A PRICE_QUOTE answer (see `Shard::quote`); mirrors the wire `PriceQuoteResult`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct QuoteView {
-    pub code: ResultCode,
-    pub tariff_id: u16,
-    pub connect_fee_won: u64,
-    pub rate_won: u64,
-    pub increment_s: u32,
-    pub first_increment_s: u32,
-    pub event_won: u64,
-    pub duration_cost_won: u64,
-    pub event_cost_won: u64,
-    pub available_won: u64,
-    pub affordable_s: u32,
-}
-
-impl Default for QuoteView {
-    fn default() -> Self {
-        QuoteView {
-            code: ResultCode::Approved,
-            tariff_id: 0,
-            connect_fee_won: 0,
-            rate_won: 0,
-            increment_s: 0,
-            first_increment_s: 0,
-            event_won: 0,
-            duration_cost_won: 0,
-            event_cost_won: 0,
-            available_won: 0,
-            affordable_s: 0,
-        }
-    }
-}
-
 /// A card as BALANCE_INQUIRY shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CardView {

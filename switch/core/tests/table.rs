@@ -966,16 +966,16 @@ fn event_charges_bands_quotes_notices_and_audit_closes() {
     // A call at 21:58:30 local (T0 is 17:00 in Korea).
     s.now_ms = T0 + (4 * 3_600 + 58 * 60 + 30) * 1_000;
     let quote = s.shard.quote(s.now_ms, Some(CARD), 2, number("0021234567"), 150, 0);
-    assert_eq!((quote.code, quote.tariff_id, quote.rate_won, quote.duration_cost_won), (ResultCode::Approved, 5, 200, 500));
+    assert_eq!((quote.code, quote.tariff_id, quote.rate_won, quote.duration_cost_won), (ResultCode::Approved.as_u16(), 5, 200, 500));
     assert_eq!((quote.available_won, quote.affordable_s), (9_000, 600), "600 s (the grant maximum) cost 1,300");
     let (_, reply) = s.expect(session_start(CARD, 50, "0021234567", 60, 2), ResultCode::Approved);
     assert_eq!((granted(&reply), reply.available_won), ((60, FINAL_UNIT_NONE, 5), 8_800));
     let (_, reply) = s.expect(session_end(CARD, 50, 150), ResultCode::Approved);
     assert_eq!((reply.amount_won, reply.balance_won), (500, 8_500));
     let quote = s.shard.quote(s.now_ms, None, 3, number("15881234"), 0, 4);
-    assert_eq!((quote.code, quote.event_won, quote.event_cost_won), (ResultCode::Approved, 500, 2_000));
-    assert_eq!(s.shard.quote(s.now_ms, None, 3, number("0212345678"), 60, 0).code, ResultCode::TariffNotFound);
-    assert_eq!(s.shard.quote(s.now_ms, Some(0xDEAD), 2, number("0212345678"), 60, 0).code, ResultCode::CardNotFound);
+    assert_eq!((quote.code, quote.event_won, quote.event_cost_won), (ResultCode::Approved.as_u16(), 500, 2_000));
+    assert_eq!(s.shard.quote(s.now_ms, None, 3, number("0212345678"), 60, 0).code, ResultCode::TariffNotFound.as_u16());
+    assert_eq!(s.shard.quote(s.now_ms, Some(0xDEAD), 2, number("0212345678"), 60, 0).code, ResultCode::CardNotFound.as_u16());
 
     // Notices to a card's live sessions: re-authorize after a recharge or an unblock, abort
     // on a block, and a warning when the available balance falls below 1,000 won.

@@ -744,19 +744,7 @@ fn quote_code(code: ResultCode) -> PriceQuoteResult {
 
 fn quote_result(output: ShardOutput) -> PriceQuoteResult {
     match output {
-        ShardOutput::Quote(view) => PriceQuoteResult {
-            code: view.code.as_u16(),
-            tariff_id: view.tariff_id,
-            connect_fee_won: view.connect_fee_won,
-            rate_won: view.rate_won,
-            increment_s: view.increment_s,
-            first_increment_s: view.first_increment_s,
-            event_won: view.event_won,
-            duration_cost_won: view.duration_cost_won,
-            event_cost_won: view.event_cost_won,
-            available_won: view.available_won,
-            affordable_s: view.affordable_s,
-        },
+        ShardOutput::Quote(quote) => quote,
         _ => quote_code(ResultCode::InternalError),
     }
 }

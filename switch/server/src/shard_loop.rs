@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, anyhow, bail};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use pinswitch_core::{
-    Applied, Body, CardView, Command, EngineConfig, ForeignCode, JournalEntry, Ms, OpId, OpView, PinHash, QuoteView,
+    Applied, Body, CardView, Command, EngineConfig, ForeignCode, JournalEntry, Ms, OpId, OpView, PinHash,
     Shard, decode_entry, encode_entry, encode_entry_into,
 };
 use std::collections::HashSet;
@@ -47,7 +47,7 @@ pub enum ShardOutput {
     Converted(Applied, Option<ForeignCode>),
     Card(Option<CardView>),
     Op(OpView),
-    Quote(QuoteView),
+    Quote(pinswitch_protocol::PriceQuoteResult),
     /// Live sessions of the owner and their digest.
     AuditCount(u32, u128),
     /// The owner's live sessions before the close, and the ids closed.
