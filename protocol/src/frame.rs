@@ -237,6 +237,32 @@ pub fn decode_frame(buf: &[u8], body_bytes_max: u32) -> Result<Option<Frame<'_>>
     }))
 }
 
+/// The frame that has begun at the start of `buf` but is not whole yet: how long it will be and
+/// whom to answer. Call only after `decode_frame` returned `Ok(None)`; `None` while the header
+/// itself is incomplete. A server uses it to decide, before buffering a large body, whether it
+/// can hold the frame at all (and, if not, to answer that request and skip its bytes).
+pub fn pending_frame(buf: &[u8]) -> Option<PendingFrame> {
+    if buf.len() < HEADER_BYTES {
+        return None;
+    }
+    let body_len = usize::try_from(read_u32(buf, BODY_LEN_AT)).ok()?;
+    Some(PendingFrame {
+        total_len: body_len.checked_add(HEADER_BYTES)?,
+        msg_type: read_u16(buf, MSG_TYPE_AT),
+        request_id: read_u64(buf, REQUEST_ID_AT),
+    })
+}
+
+/// See `pending_frame`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PendingFrame {
+    /// Header plus declared body.
+    pub total_len: usize,
+    pub msg_type: u16,
+    /// Unverified (the checksum covers the body, not here yet).
+    pub request_id: u64,
+}
+
 /// Appends one frame (header, then `body`) to `out`. `header.body_len` is ignored: the length
 /// and the checksum are computed here.
 ///

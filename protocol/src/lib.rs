@@ -17,7 +17,8 @@ pub use codes::{Category, Field, ResultCode};
 pub use frame::{
     BatchSlice, BodyAccess, BodyDecode, BodyEncode, DecodeError, FLAG_PUSH, FLAG_RESPONSE,
     FLAG_RETRANSMIT, Frame, FrameError, FrameHeader, HEADER_BYTES, MAGIC, VERSION, access_body,
-    decode_body, decode_frame, encode_body, encode_frame, encode_frame_body, fuzz_decode,
+    PendingFrame, decode_body, decode_frame, encode_body, encode_frame, encode_frame_body, fuzz_decode,
+    pending_frame,
 };
 #[cfg(feature = "client")]
 pub use client::{Client, ClientError, ClientOptions};

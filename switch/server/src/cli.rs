@@ -36,6 +36,9 @@ enum Command {
         /// Shard count (default: one per core; fixed for the life of a data directory).
         #[arg(long)]
         shards: Option<u16>,
+        /// Shard threads' I/O runtime: glommio (io_uring, default) or tokio (epoll fallback).
+        #[arg(long)]
+        runtime: Option<String>,
         /// TOML file naming limits and rules (see ops/config/).
         #[arg(long)]
         config: Option<PathBuf>,
@@ -368,7 +371,7 @@ impl Reason {
 pub fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { data, listen, shards, config } => {
+        Command::Serve { data, listen, shards, runtime, config } => {
             crate::runtime::use_huge_pages();
             let mut config = Config::load(config.as_deref())?;
             if let Some(data) = data {
@@ -379,6 +382,9 @@ pub fn main() -> anyhow::Result<ExitCode> {
             }
             if let Some(shards) = shards {
                 config.server.shards = shards;
+            }
+            if let Some(runtime) = runtime {
+                config.server.runtime = runtime;
             }
             config.validate()?;
             crate::runtime::run(config)?;

@@ -31,6 +31,10 @@ pub struct ServerSection {
     pub listen: String,
     /// Shards (one thread each, one journal each); 0 = one per core.
     pub shards: u16,
+    /// What runs each shard thread's network I/O: "glommio" (io_uring, the default) or "tokio"
+    /// (epoll, one current-thread runtime per shard: for kernels without io_uring or a
+    /// locked-memory limit under 512 KiB). Both serve the same shard-per-core layout.
+    pub runtime: String,
 }
 
 /// Limits of the front end and the shard queues. Hitting one gives a result code, never an
@@ -50,6 +54,25 @@ pub struct Limits {
     pub shard_queue_max: u32,
     /// Most events one shard applies before one durable commit (the group-commit size).
     pub commit_events_max: u32,
+    /// Open connections from one peer address; one more is answered RETRY_LATER and closed (so
+    /// one host cannot take every connection).
+    pub connections_per_address_max: u32,
+    /// A connection with nothing in flight that sends no byte for this long is closed.
+    pub idle_timeout_ms: u64,
+    /// A frame whose first byte has arrived must be whole within this long, or the connection
+    /// closes (slow-drip clients).
+    pub frame_read_timeout_ms: u64,
+    /// A connection whose client takes none of its pending answers for this long is closed.
+    pub write_timeout_ms: u64,
+    /// Events a connection may have in flight over all its frames; a frame that would pass it
+    /// is answered RETRY_LATER (bounds the answers a connection can make the switch hold).
+    pub in_flight_events_per_connection_max: u32,
+    /// Unread answer bytes one connection may hold; past it the switch stops reading that
+    /// connection until its client reads.
+    pub connection_output_bytes_max: u32,
+    /// Bytes all connections' receive buffers may hold together (partial frames included); a
+    /// frame that does not fit is answered RETRY_LATER and its bytes are skipped.
+    pub read_buffer_bytes_total_max: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -276,7 +299,7 @@ impl ForeignProductSection {
 
 impl Default for ServerSection {
     fn default() -> Self {
-        ServerSection { data_dir: PathBuf::from("data"), listen: "127.0.0.1:7420".into(), shards: 0 }
+        ServerSection { data_dir: PathBuf::from("data"), listen: "127.0.0.1:7420".into(), shards: 0, runtime: "glommio".into() }
     }
 }
 
@@ -289,6 +312,13 @@ impl Default for Limits {
             in_flight_per_connection_max: 256,
             shard_queue_max: 4_096,
             commit_events_max: 16_384,
+            connections_per_address_max: 256,
+            idle_timeout_ms: 300_000,
+            frame_read_timeout_ms: 10_000,
+            write_timeout_ms: 10_000,
+            in_flight_events_per_connection_max: 65_536,
+            connection_output_bytes_max: 4 << 20,
+            read_buffer_bytes_total_max: 1 << 30,
         }
     }
 }
@@ -440,10 +470,29 @@ impl Config {
             ("in_flight_per_connection_max", limits.in_flight_per_connection_max),
             ("shard_queue_max", limits.shard_queue_max),
             ("commit_events_max", limits.commit_events_max),
+            ("connections_per_address_max", limits.connections_per_address_max),
+            ("in_flight_events_per_connection_max", limits.in_flight_events_per_connection_max),
+            ("connection_output_bytes_max", limits.connection_output_bytes_max),
         ] {
             if value == 0 {
                 bail!("limits.{name} must be positive");
             }
+        }
+        for (name, value) in [
+            ("idle_timeout_ms", limits.idle_timeout_ms),
+            ("frame_read_timeout_ms", limits.frame_read_timeout_ms),
+            ("write_timeout_ms", limits.write_timeout_ms),
+        ] {
+            if value == 0 {
+                bail!("limits.{name} must be positive");
+            }
+        }
+        // One base receive buffer per connection must fit, or connections are refused.
+        if limits.read_buffer_bytes_total_max < 64 * 1024 {
+            bail!("limits.read_buffer_bytes_total_max must be at least 65536");
+        }
+        if !matches!(self.server.runtime.as_str(), "glommio" | "tokio") {
+            bail!("server.runtime must be \"glommio\" or \"tokio\"");
         }
         if self.journal.commit_bytes_max == 0
             || self.journal.commit_bytes_max > self.journal.segment_bytes

@@ -6,6 +6,7 @@
 
 mod cli;
 mod config;
+mod conn;
 mod keys;
 mod net;
 mod push;

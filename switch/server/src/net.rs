@@ -1,11 +1,12 @@
-//! The TCP front end. A connection task reads frames, checks them (magic, version, size,
-//! checksum, message type, batch size, in-flight limit), converts each event into an engine
-//! item (hashing the PIN, MACing the password, validating formats), routes it to its card's
-//! shard and submits the per-shard groups at once, in arrival order. A spawned task per frame
-//! then awaits the shards' durable answers and writes one response frame holding one result per
-//! event, in event order. Responses of different frames may overtake each other; clients match
-//! them by request id. Framing errors close the connection after answering; every other bad
-//! input is answered on a connection that stays open.
+//! The native protocol's front end: what one checked frame becomes. `handle_frame` checks the
+//! message type and the limits (batch size, in-flight frames and events), converts each event
+//! into an engine item (hashing the PIN, MACing the password, validating formats), routes it to
+//! its card's shard and submits the per-shard groups at once, in arrival order, then returns a
+//! future that awaits the shards' durable answers and builds one response frame holding one
+//! result per event, in event order. The connection (`conn.rs`) drives those futures; responses
+//! of different frames may overtake each other, and clients match them by request id. Framing
+//! errors close the connection after answering; every other bad input is answered on a
+//! connection that stays open.
 
 use std::sync::Arc;
 
@@ -18,12 +19,10 @@ use pinswitch_core::{
 use pinswitch_protocol::{
     self as protocol, BalanceResult, CardIssueResult, FINAL_UNIT_REDIRECT, FLAG_REPLAYED, ForeignConvertResult,
     FLAG_RESPONSE, FrameHeader, HelloReply, HoldInfo, InquiryResult, MsgType, OpResult, OpStatus, PriceQuoteResult,
-    Pong, ResultCode, SessionAuditResult, SessionResult, VERSION, access_body, decode_body, decode_frame, encode_body,
+    Pong, ResultCode, SessionAuditResult, SessionResult, VERSION, access_body, decode_body, encode_body,
     encode_frame,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{Limits, SessionsSection};
 use crate::push::SessionDirectory;
@@ -46,132 +45,55 @@ pub struct Context {
     pub sessions: SessionsSection,
     /// Which connection to push each live session's notices to.
     pub directory: Arc<SessionDirectory>,
+    /// Connection admission: the totals, the count per address, the receive-buffer budget.
+    pub admission: Arc<crate::conn::Admission>,
     /// The HELLO answer; its rule fields change when SIGHUP reloads the engine rules.
     pub hello: std::sync::RwLock<HelloReply>,
 }
 
-/// Accepts connections until the listener fails; each runs on its own task.
-pub async fn serve(listener: TcpListener, context: Arc<Context>) -> std::io::Result<()> {
-    let connections = Arc::new(Semaphore::new(context.limits.connections_max as usize));
-    loop {
-        let (stream, _) = listener.accept().await?;
-        match connections.clone().try_acquire_owned() {
-            Ok(permit) => {
-                tokio::spawn(connection(stream, context.clone(), permit));
-            }
-            Err(_) => {
-                tokio::spawn(refuse(stream));
-            }
-        }
-    }
+/// What became of one frame: answered at once (errors, HELLO, PING, frames refused by a
+/// limit), or in flight to the shards: the future yields the response frame once every shard
+/// involved has answered durably, and the count is the frame's events.
+pub enum Handled {
+    Now(Vec<u8>),
+    Later(std::pin::Pin<Box<dyn std::future::Future<Output = Vec<u8>>>>, u32),
 }
 
-/// Over `connections_max`: say RETRY_LATER and close.
-async fn refuse(mut stream: TcpStream) {
-    let frame = error_frame(MsgType::Ping as u16, 0, ResultCode::RetryLater);
-    let _ = stream.write_all(&frame).await;
-    let _ = stream.shutdown().await;
-}
-
-async fn connection(stream: TcpStream, context: Arc<Context>, _permit: OwnedSemaphorePermit) {
-    let _ = stream.set_nodelay(true);
-    let (mut reader, mut writer) = stream.into_split();
-    let in_flight_max = context.limits.in_flight_per_connection_max as usize;
-    // Bounded by the in-flight limit: every frame holds a permit until its response is queued.
-    let (responses, mut outgoing) = mpsc::channel::<Vec<u8>>(in_flight_max + 2);
-    let writer_task = tokio::spawn(async move {
-        while let Some(mut out) = outgoing.recv().await {
-            // Coalesce what is ready into one write.
-            while out.len() < 256 * 1024 {
-                match outgoing.try_recv() {
-                    Ok(more) => out.extend_from_slice(&more),
-                    Err(_) => break,
-                }
-            }
-            if writer.write_all(&out).await.is_err() {
-                return;
-            }
-        }
-        let _ = writer.shutdown().await;
-    });
-    let in_flight = Arc::new(Semaphore::new(in_flight_max));
-    let mut buffer: Vec<u8> = Vec::with_capacity(64 * 1024);
-    let mut start = 0usize;
-    'read: loop {
-        loop {
-            match decode_frame(&buffer[start..], context.limits.frame_bytes_max) {
-                Ok(Some(frame)) => {
-                    let received_ms = wall_clock_ms();
-                    let permit = in_flight.clone().try_acquire_owned().ok();
-                    let immediate = handle_frame(&context, &frame.header, frame.body, received_ms, permit, &responses);
-                    start += frame.total_len;
-                    // Immediate answers (errors, HELLO, PING) are sent from the reader itself:
-                    // a client that does not read its answers stalls its own reading, instead of
-                    // piling up answers (or tasks holding them) without bound.
-                    if let Some(answer) = immediate {
-                        if responses.send(answer).await.is_err() {
-                            break 'read;
-                        }
-                    }
-                }
-                Ok(None) => break,
-                Err(error) => {
-                    // The byte stream can no longer be trusted to be framed: answer and close.
-                    let frame = error_frame(0, error.request_id(), error.code());
-                    let _ = responses.send(frame).await;
-                    break 'read;
-                }
-            }
-        }
-        if start > 0 {
-            buffer.drain(..start);
-            start = 0;
-        }
-        if buffer.capacity() - buffer.len() < 16 * 1024 {
-            buffer.reserve(64 * 1024);
-        }
-        match reader.read_buf(&mut buffer).await {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
-        }
-    }
-    // In-flight frames keep their own senders; the writer ends when the last one is done.
-    drop(responses);
-    let _ = writer_task.await;
-}
-
-/// Handles one frame. Returns the answer to send at once (errors, HELLO, PING); the answers of
-/// events submitted to shards are sent by a spawned task when the shards reply.
-fn handle_frame(
+/// Handles one frame. `frames_full`: the connection already has its most frames in flight;
+/// `events_budget`: how many more events it may have in flight. `pushes` is the connection's
+/// push queue, which the session directory learns for the sessions this frame reports.
+pub fn handle_frame(
     context: &Arc<Context>,
     header: &FrameHeader,
     body: &[u8],
     received_ms: u64,
-    permit: Option<OwnedSemaphorePermit>,
-    responses: &mpsc::Sender<Vec<u8>>,
-) -> Option<Vec<u8>> {
+    frames_full: bool,
+    events_budget: u32,
+    pushes: &mpsc::Sender<Vec<u8>>,
+) -> Handled {
     let request_id = header.request_id;
     let Some(msg_type) = MsgType::from_u16(header.msg_type) else {
-        return Some(error_frame(header.msg_type, request_id, ResultCode::UnknownMessageType));
+        return Handled::Now(error_frame(header.msg_type, request_id, ResultCode::UnknownMessageType));
     };
-    let Some(permit) = permit else {
-        return Some(error_frame(header.msg_type, request_id, ResultCode::RetryLater));
-    };
+    if frames_full {
+        return Handled::Now(error_frame(header.msg_type, request_id, ResultCode::RetryLater));
+    }
     let deadline_at_ms = if header.deadline_ms == 0 { 0 } else { received_ms + u64::from(header.deadline_ms) };
-    let planned = match plan(context, msg_type, body, deadline_at_ms) {
-        Ok(Planned::Ready(answer)) => return Some(response_frame(msg_type, request_id, &answer)),
+    let planned = match plan(context, msg_type, body, deadline_at_ms, events_budget) {
+        Ok(Planned::Ready(answer)) => return Handled::Now(response_frame(msg_type, request_id, &answer)),
         Ok(planned) => planned,
-        Err(code) => return Some(error_frame(header.msg_type, request_id, code)),
+        Err(code) => return Handled::Now(error_frame(header.msg_type, request_id, code)),
     };
+    let events = u32::try_from(planned.events()).unwrap_or(u32::MAX);
     let context = context.clone();
-    let responses = responses.clone();
-    tokio::spawn(async move {
-        let body = planned.finish(&context, &responses).await;
-        let frame = response_frame(msg_type, request_id, &body);
-        let _ = responses.send(frame).await;
-        drop(permit);
-    });
-    None
+    let pushes = pushes.clone();
+    Handled::Later(
+        Box::pin(async move {
+            let body = planned.finish(&context, &pushes).await;
+            response_frame(msg_type, request_id, &body)
+        }),
+        events,
+    )
 }
 
 /// A frame whose events have been submitted to the shards (or answered without them).
@@ -221,7 +143,21 @@ struct Group {
 }
 
 impl Planned {
-    async fn finish(self, context: &Context, responses: &mpsc::Sender<Vec<u8>>) -> Vec<u8> {
+    /// Events of the frame (what its answer holds a result for).
+    fn events(&self) -> usize {
+        match self {
+            Planned::Ready(_) => 0,
+            Planned::Ops(pending) | Planned::Session(pending, ..) => pending.results.len(),
+            Planned::Issue(pending, _) => pending.results.len(),
+            Planned::Inquiry(pending) => pending.results.len(),
+            Planned::Balance(pending) => pending.results.len(),
+            Planned::Foreign(pending) => pending.results.len(),
+            Planned::Quote(pending) => pending.results.len(),
+            Planned::Audit(pending, _) => pending.results.len(),
+        }
+    }
+
+    async fn finish(self, context: &Context, pushes: &mpsc::Sender<Vec<u8>>) -> Vec<u8> {
         match self {
             Planned::Ready(body) => body,
             Planned::Ops(pending) => {
@@ -240,7 +176,7 @@ impl Planned {
                     _ => op_code(ResultCode::InternalError),
                 }, || op_code(ResultCode::RetryLater)).await;
                 for (result, session_id) in results.iter().zip(&session_ids) {
-                    track_session(&context.directory, responses, msg_type, *session_id, result);
+                    track_session(&context.directory, pushes, msg_type, *session_id, result);
                 }
                 let sessions = &context.sessions;
                 encode_body(&results.into_iter().map(|result| session_result(result, sessions)).collect::<Vec<_>>())
@@ -322,13 +258,17 @@ fn submit(context: &Context, routed: Vec<(usize, u16, ShardItem)>) -> Vec<Group>
 }
 
 /// Validates the body, converts its events and submits them. `Err` is a frame-level status.
-fn plan(context: &Context, msg_type: MsgType, body: &[u8], deadline_at_ms: u64) -> Result<Planned, ResultCode> {
+fn plan(context: &Context, msg_type: MsgType, body: &[u8], deadline_at_ms: u64, events_budget: u32) -> Result<Planned, ResultCode> {
     let batch_max = context.limits.batch_events_max as usize;
     macro_rules! events {
         ($ty:ty) => {{
             let events = access_body::<Vec<$ty>>(body).map_err(|_| ResultCode::FormatError)?;
             if events.len() > batch_max {
                 return Err(ResultCode::BatchTooLarge);
+            }
+            // The connection's answers still to come would outgrow its bound: later.
+            if events.len() > events_budget as usize {
+                return Err(ResultCode::RetryLater);
             }
             events
         }};
@@ -697,10 +637,10 @@ fn session(planned: Planned, msg_type: MsgType, session_ids: Vec<u128>) -> Plann
 
 /// Keeps the push directory in step with a session event's outcome: a started or reported
 /// session is owned by this connection; an ended, expired or unknown one by none.
-fn track_session(directory: &SessionDirectory, responses: &mpsc::Sender<Vec<u8>>, msg_type: MsgType, session_id: u128, result: &OpResult) {
+fn track_session(directory: &SessionDirectory, pushes: &mpsc::Sender<Vec<u8>>, msg_type: MsgType, session_id: u128, result: &OpResult) {
     match (msg_type, ResultCode::from_u16(result.code)) {
         (MsgType::SessionStart | MsgType::SessionUpdate, Some(ResultCode::Approved | ResultCode::SessionUsageCapped)) => {
-            directory.register(session_id, responses);
+            directory.register(session_id, pushes);
         }
         (MsgType::SessionStart, _) => {}
         (_, Some(ResultCode::Approved | ResultCode::SessionUsageCapped | ResultCode::SessionExpiredCharged | ResultCode::SessionNotFound)) => {
@@ -983,7 +923,7 @@ fn response_frame(msg_type: MsgType, request_id: u64, body: &[u8]) -> Vec<u8> {
     out
 }
 
-fn error_frame(msg_type: u16, request_id: u64, code: ResultCode) -> Vec<u8> {
+pub fn error_frame(msg_type: u16, request_id: u64, code: ResultCode) -> Vec<u8> {
     let header = FrameHeader {
         version: VERSION,
         flags: FLAG_RESPONSE,

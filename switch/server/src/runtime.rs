@@ -1,21 +1,36 @@
-//! The runtime seam: the only module that decides how threads and the async runtime are laid
-//! out. Shards are plain OS threads (one per core by default), each running the synchronous
-//! shard loop; the network side is a tokio multi-thread runtime. Swapping in glommio or a
-//! thread-per-core tokio layout means changing this file, never the engine or the shard loop.
+//! The runtime seam: the only module that decides how threads and async runtimes are laid out.
+//! Every shard is one OS thread running one single-threaded executor, glommio (io_uring) by
+//! default or a tokio current-thread runtime (epoll) with `[server] runtime = "tokio"`, and that
+//! thread does all of its shard's work: it accepts connections on its own SO_REUSEPORT listener
+//! (the kernel spreads new connections over the shards), reads and decodes their frames, runs
+//! the shard's group-commit driver, and writes the answers. A frame's events for this shard's
+//! cards are queued to the driver on the same thread (no system call, no cross-thread wake);
+//! events for other shards go to their queues, and their answers come back, through the
+//! runtime-neutral channels of `shard_loop` (a cross-thread wake costs one eventfd write, and only
+//! when the other thread sleeps). The main thread keeps a small tokio runtime for signals
+//! (SIGINT, SIGTERM, SIGHUP reload). The engine, the shard driver and the connection code are
+//! the same on both runtimes; only the listener, the spawn and the timer differ, here.
 
+use std::future::Future;
 use std::io::Write;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
+use std::pin::pin;
+use std::rc::Rc;
 use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use pinswitch_journal::JournalOptions;
 use pinswitch_protocol::{HelloReply, VERSION};
 
 use crate::config::Config;
+use crate::conn::{self, Admission, Reaper, Refusal};
 use crate::keys::Keys;
-use crate::net::{self, Context};
+use crate::net::Context;
 use crate::push::SessionDirectory;
-use crate::shard_loop::{self, ShardSettings, shard_dir};
+use crate::shard_loop::{self, ShardDriver, ShardHandle, ShardSettings, shard_dir, wall_clock_ms};
 
 /// Set (to anything) to keep the switch from re-executing itself with huge-page malloc.
 const NO_HUGE_PAGES_ENV: &str = "PINSWITCH_NO_HUGE_PAGES";
@@ -54,6 +69,29 @@ pub fn use_huge_pages() {
 
 /// Records the shard count a data directory was created with; routing depends on it.
 const LAYOUT_FILE: &str = "shards.count";
+/// How often a shard looks for due hold and session expiries when no batch comes.
+const TICK: Duration = Duration::from_millis(100);
+/// How often (in ticks) a shard's reaper looks for idle and stalled connections.
+const REAPER_TICKS: u32 = 10;
+/// Backoff after a failed `accept()` (EMFILE, ENFILE, ENOMEM): the listener stays, the
+/// process stays, and the condition is logged once per `ACCEPT_ERROR_LOG_MS`.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+const ACCEPT_ERROR_LOG_MS: u64 = 10_000;
+/// Refusals (RETRY_LATER, then drain and close) one shard carries at once, and how long each
+/// may take; past the count a refused socket is closed at once.
+const REFUSALS_IN_PROGRESS_MAX: u32 = 64;
+const REFUSAL_TIMEOUT: Duration = Duration::from_secs(1);
+/// Memory glommio keeps for io_uring registered buffers per shard. The switch reads sockets
+/// into its own buffers and writes its journal through mmap, so it needs little; a small
+/// figure keeps the locked-memory need low (glommio refuses to start under 512 KiB).
+const GLOMMIO_IO_MEMORY_BYTES: usize = 1 << 20;
+
+/// Which executor runs the shard threads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Executor {
+    Glommio,
+    Tokio,
+}
 
 /// Recovers every shard, then serves until SIGINT or SIGTERM.
 pub fn run(config: Config) -> anyhow::Result<()> {
@@ -61,12 +99,15 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
     let shard_count = config.shard_count();
     check_layout(&data_dir, shard_count)?;
+    let executor = match config.server.runtime.as_str() {
+        "tokio" => Executor::Tokio,
+        _ => Executor::Glommio,
+    };
     let keys = Keys::load_or_create(&data_dir)?;
     let engine = config.engine();
-    let mut shards = Vec::with_capacity(usize::from(shard_count));
     let directory = Arc::new(SessionDirectory::new(config.sessions.notices));
-    for shard_id in 0..shard_count {
-        let settings = ShardSettings {
+    let settings: Vec<ShardSettings> = (0..shard_count)
+        .map(|shard_id| ShardSettings {
             shard_id,
             shard_count,
             dir: shard_dir(&data_dir, shard_id),
@@ -80,14 +121,29 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             commit_events_max: config.limits.commit_events_max as usize,
             snapshot_every_records: config.journal.snapshot_every_records,
             directory: directory.clone(),
-        };
-        let (handle, report, _thread) = shard_loop::start(settings)
-            .with_context(|| format!("starting shard {shard_id}"))?;
+        })
+        .collect();
+    // Shards recover in parallel: each replays its own journal.
+    let recovered: Vec<anyhow::Result<_>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = settings
+            .into_iter()
+            .map(|settings| {
+                let shard_id = settings.shard_id;
+                scope.spawn(move || shard_loop::start(settings).with_context(|| format!("starting shard {shard_id}")))
+            })
+            .collect();
+        workers.into_iter().map(|worker| worker.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a recovery thread panicked")))).collect()
+    });
+    let mut shards = Vec::with_capacity(usize::from(shard_count));
+    let mut drivers = Vec::with_capacity(usize::from(shard_count));
+    for (shard_id, result) in recovered.into_iter().enumerate() {
+        let (handle, report, driver) = result?;
         println!(
             "pinswitch: shard {shard_id} recovered: snapshot at record {}, {} records replayed, {} cards",
             report.snapshot_seq, report.replayed_records, report.cards
         );
         shards.push(handle);
+        drivers.push(driver);
     }
     let hello = HelloReply {
         server_name: format!("pinswitch {}", env!("CARGO_PKG_VERSION")),
@@ -107,22 +163,42 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         limits: config.limits.clone(),
         sessions: config.sessions.clone(),
         directory,
+        admission: Arc::new(Admission::new(config.limits.clone())),
         hello: std::sync::RwLock::new(hello),
     });
+    // Shard 0 binds first (port 0 becomes a real port); the others bind the address it got.
+    let mut address = config.server.listen.clone();
+    let mut bound: Option<SocketAddr> = None;
+    for (shard_id, driver) in drivers.into_iter().enumerate() {
+        let (report, reported) = std::sync::mpsc::channel::<Result<SocketAddr, String>>();
+        let shard = Shard { shard_id, driver, handle: context.shards[shard_id].clone(), context: context.clone(), address: address.clone(), bound: report };
+        std::thread::Builder::new()
+            .name(format!("shard-{shard_id}"))
+            .spawn(move || match executor {
+                Executor::Glommio => shard.run_glommio(),
+                Executor::Tokio => shard.run_tokio(),
+            })
+            .context("spawning a shard thread")?;
+        match reported.recv() {
+            Ok(Ok(local)) => {
+                bound.get_or_insert(local);
+                address = local.to_string();
+            }
+            Ok(Err(why)) => bail!("{why}"),
+            Err(_) => bail!("shard {shard_id} stopped while starting"),
+        }
+    }
+    let address = bound.context("no shard")?;
+    let runtime_name = match executor {
+        Executor::Glommio => "glommio",
+        Executor::Tokio => "tokio",
+    };
+    println!("pinswitch: listening on {address} ({shard_count} shards on {runtime_name}, data in {})", data_dir.display());
+    std::io::stdout().flush().context("writing to stdout")?;
     let reload_context = context.clone();
     let source = config.source.clone();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("pinswitch-net")
-        .build()
-        .context("building the network runtime")?;
-    runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(&config.server.listen)
-            .await
-            .with_context(|| format!("listening on {}", config.server.listen))?;
-        let address = listener.local_addr().context("reading the listen address")?;
-        println!("pinswitch: listening on {address} ({shard_count} shards, data in {})", data_dir.display());
-        std::io::stdout().flush().context("writing to stdout")?;
+    let signals = tokio::runtime::Builder::new_current_thread().enable_all().build().context("building the signal runtime")?;
+    signals.block_on(async move {
         let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .context("installing the SIGTERM handler")?;
         let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
@@ -142,14 +218,255 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             }
         };
         tokio::select! {
-            result = net::serve(listener, context) => result.context("accepting connections"),
-            _ = tokio::signal::ctrl_c() => Ok(()),
-            _ = terminate.recv() => Ok(()),
-            _ = reloads => Ok(()),
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+            _ = reloads => {}
         }
+        anyhow::Ok(())
     })?;
+    // Every acknowledged operation is durable already; the shard threads end with the process.
     println!("pinswitch: stopped");
     Ok(())
+}
+
+/// One shard thread's start: its recovered driver, its listen address, and where to report the
+/// address it bound (or why it could not start).
+struct Shard {
+    shard_id: usize,
+    driver: ShardDriver,
+    handle: ShardHandle,
+    context: Arc<Context>,
+    address: String,
+    bound: std::sync::mpsc::Sender<Result<SocketAddr, String>>,
+}
+
+impl Shard {
+    fn run_glommio(self) {
+        let shard_id = self.shard_id;
+        let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .name(&format!("shard-{shard_id}"))
+            .io_memory(GLOMMIO_IO_MEMORY_BYTES)
+            .make();
+        let executor = match executor {
+            Ok(executor) => executor,
+            Err(error) => {
+                let _ = self.bound.send(Err(format!(
+                    "shard {shard_id}: the glommio runtime cannot start here ({error}). It needs io_uring (Linux 5.8 or \
+                     newer, /proc/sys/kernel/io_uring_disabled = 0, not blocked by a seccomp profile) and a locked-memory \
+                     limit of at least 512 KiB (`ulimit -l`; LimitMEMLOCK= in a systemd unit; see ops/README.md). \
+                     Raise the limit, or start with `--runtime tokio` ([server] runtime = \"tokio\")"
+                )));
+                return;
+            }
+        };
+        executor.run(async move {
+            let listener = match glommio::net::TcpListener::bind(self.address.as_str()) {
+                Ok(listener) => listener,
+                Err(error) => {
+                    let _ = self.bound.send(Err(format!("listening on {}: {error}", self.address)));
+                    return;
+                }
+            };
+            match listener.local_addr() {
+                Ok(local) => {
+                    let _ = self.bound.send(Ok(local));
+                }
+                Err(error) => {
+                    let _ = self.bound.send(Err(format!("reading the listen address: {error}")));
+                    return;
+                }
+            }
+            let reaper = Rc::new(Reaper::default());
+            glommio::spawn_local(self.driver.run()).detach();
+            glommio::spawn_local(ticker(self.handle, reaper.clone(), self.context.clone(), |period| glommio::timer::sleep(period))).detach();
+            let refusals = Rc::new(std::cell::Cell::new(0u32));
+            let mut accept_errors = AcceptErrors::default();
+            loop {
+                let stream = match listener.accept().await {
+                    Ok(stream) => stream,
+                    Err(error) => {
+                        accept_errors.note(shard_id, &error.to_string());
+                        glommio::timer::sleep(ACCEPT_BACKOFF).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let peer = match stream.peer_addr() {
+                    Ok(peer) => peer.ip(),
+                    Err(_) => continue,
+                };
+                accepted(shard_id, stream, peer, &self.context, &reaper, &refusals, &mut accept_errors, |task| {
+                    glommio::spawn_local(task).detach();
+                }, glommio::timer::sleep);
+            }
+        });
+    }
+
+    fn run_tokio(self) {
+        let shard_id = self.shard_id;
+        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(runtime) => runtime,
+            Err(error) => {
+                let _ = self.bound.send(Err(format!("shard {shard_id}: building its tokio runtime: {error}")));
+                return;
+            }
+        };
+        let local = tokio::task::LocalSet::new();
+        local.block_on(&runtime, async move {
+            let listener = match tokio_listener(&self.address) {
+                Ok(listener) => listener,
+                Err(error) => {
+                    let _ = self.bound.send(Err(format!("listening on {}: {error:#}", self.address)));
+                    return;
+                }
+            };
+            match listener.local_addr() {
+                Ok(local) => {
+                    let _ = self.bound.send(Ok(local));
+                }
+                Err(error) => {
+                    let _ = self.bound.send(Err(format!("reading the listen address: {error}")));
+                    return;
+                }
+            }
+            let reaper = Rc::new(Reaper::default());
+            tokio::task::spawn_local(self.driver.run());
+            tokio::task::spawn_local(ticker(self.handle, reaper.clone(), self.context.clone(), tokio::time::sleep));
+            let refusals = Rc::new(std::cell::Cell::new(0u32));
+            let mut accept_errors = AcceptErrors::default();
+            loop {
+                let (stream, peer) = match listener.accept().await {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        accept_errors.note(shard_id, &error.to_string());
+                        tokio::time::sleep(ACCEPT_BACKOFF).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                accepted(shard_id, stream, peer.ip(), &self.context, &reaper, &refusals, &mut accept_errors, |task| {
+                    tokio::task::spawn_local(task);
+                }, tokio::time::sleep);
+            }
+        });
+    }
+}
+
+/// An accepted socket: served on this thread when admitted, else answered RETRY_LATER (when a
+/// refusal place is free) and closed.
+#[allow(clippy::too_many_arguments)]
+fn accepted<T: conn::Transport + 'static, S: Future<Output = ()> + 'static>(
+    shard_id: usize,
+    stream: T,
+    peer: std::net::IpAddr,
+    context: &Arc<Context>,
+    reaper: &Reaper,
+    refusals: &Rc<std::cell::Cell<u32>>,
+    accept_errors: &mut AcceptErrors,
+    spawn: impl Fn(std::pin::Pin<Box<dyn Future<Output = ()>>>),
+    sleep: impl Fn(Duration) -> S,
+) {
+    match context.admission.admit(peer) {
+        Ok(ticket) => spawn(Box::pin(conn::serve(stream, context.clone(), ticket, reaper.watch()))),
+        Err(refusal) => {
+            if let Some(guard) = RefusalGuard::take(refusals) {
+                let timeout = sleep(REFUSAL_TIMEOUT);
+                spawn(Box::pin(async move {
+                    refuse_within(conn::refuse(stream), timeout).await;
+                    drop(guard);
+                }));
+            }
+            accept_errors.refused(shard_id, refusal);
+        }
+    }
+}
+
+/// A listener with SO_REUSEPORT, so every shard thread listens on the same address.
+fn tokio_listener(address: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    let address = address.to_socket_addrs()?.next().context("the listen address resolves to nothing")?;
+    let socket = if address.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.bind(address)?;
+    Ok(socket.listen(1024)?)
+}
+
+/// Every `TICK`: nudges the driver to look for due expiries; every `REAPER_TICKS`: closes the
+/// shard's idle and stalled connections.
+async fn ticker<S: Future<Output = ()>>(handle: ShardHandle, reaper: Rc<Reaper>, context: Arc<Context>, sleep: impl Fn(Duration) -> S) {
+    let mut ticks = 0u32;
+    loop {
+        sleep(TICK).await;
+        handle.tick();
+        ticks += 1;
+        if ticks % REAPER_TICKS == 0 {
+            reaper.sweep(&context.limits, wall_clock_ms());
+        }
+    }
+}
+
+/// Runs a refusal, giving up when `timeout` fires first.
+async fn refuse_within(refusal: impl Future<Output = ()>, timeout: impl Future<Output = ()>) {
+    let mut refusal = pin!(refusal);
+    let mut timeout = pin!(timeout);
+    std::future::poll_fn(|cx| {
+        if refusal.as_mut().poll(cx).is_ready() || timeout.as_mut().poll(cx).is_ready() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await;
+}
+
+/// One of the shard's `REFUSALS_IN_PROGRESS_MAX` refusal places.
+struct RefusalGuard(Rc<std::cell::Cell<u32>>);
+
+impl RefusalGuard {
+    fn take(count: &Rc<std::cell::Cell<u32>>) -> Option<RefusalGuard> {
+        if count.get() >= REFUSALS_IN_PROGRESS_MAX {
+            return None;
+        }
+        count.set(count.get() + 1);
+        Some(RefusalGuard(count.clone()))
+    }
+}
+
+impl Drop for RefusalGuard {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
+}
+
+/// Logs accept failures and refusals without flooding the log: once per
+/// `ACCEPT_ERROR_LOG_MS`, with how many happened since.
+#[derive(Default)]
+struct AcceptErrors {
+    logged_ms: u64,
+    errors: u64,
+    refusals: u64,
+}
+
+impl AcceptErrors {
+    fn note(&mut self, shard_id: usize, error: &str) {
+        self.errors += 1;
+        let now_ms = wall_clock_ms();
+        if now_ms.saturating_sub(self.logged_ms) >= ACCEPT_ERROR_LOG_MS {
+            eprintln!("pinswitch: shard {shard_id} accept failed {} times ({error}); retrying every {} ms", self.errors, ACCEPT_BACKOFF.as_millis());
+            self.logged_ms = now_ms;
+            self.errors = 0;
+        }
+    }
+
+    fn refused(&mut self, shard_id: usize, refusal: Refusal) {
+        self.refusals += 1;
+        let now_ms = wall_clock_ms();
+        if now_ms.saturating_sub(self.logged_ms) >= ACCEPT_ERROR_LOG_MS {
+            eprintln!("pinswitch: shard {shard_id} refused {} connections (last: {refusal:?})", self.refusals);
+            self.logged_ms = now_ms;
+            self.refusals = 0;
+        }
+    }
 }
 
 /// SIGHUP: re-reads the configuration file and, when its `[engine]` rules (the catalogue,

@@ -1,15 +1,17 @@
-//! One shard thread: it owns one pure engine (`pinswitch_core::Shard`) and one journal, and
-//! runs group commit. It drains whatever batches connections have queued (up to
-//! `commit_events_max` events), applies them in arrival order, appends a journal record for each
-//! command that changed state, makes the records durable with one commit, and only then releases
-//! the replies, reads included, so no client ever sees state that a crash could take back.
-//! A failed commit is fatal: the process aborts and recovery replays the journal.
+//! One shard: it owns one pure engine (`pinswitch_core::Shard`) and one journal, and runs group
+//! commit. Its driver task runs on the shard's own thread, beside that shard's connections (see
+//! `runtime.rs`): it drains whatever batches are queued (the shard's own connections' and other
+//! shards' connections', up to `commit_events_max` events), applies them in arrival order,
+//! appends a journal record for each command that changed state, makes the records durable with
+//! one commit, and only then releases the replies, reads included, so no client ever sees state
+//! that a crash could take back. A failed commit is fatal: the process aborts and recovery
+//! replays the journal. The driver is plain async code over runtime-neutral channels (tokio's
+//! `mpsc`/`oneshot` need no tokio runtime), so glommio and the tokio fallback run the same one.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use crossbeam_channel::Sender;
 use pinswitch_core::{
     Applied, Body, CardView, Command, EngineConfig, ForeignCode, JournalEntry, Ms, OpId, OpView, PinHash,
     Shard, decode_entry, encode_entry, encode_entry_into,
@@ -21,7 +23,7 @@ use pinswitch_journal::{Journal, JournalOptions, SnapshotWriter};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 /// What a connection asks of a shard, one item per event.
 #[derive(Debug)]
@@ -60,15 +62,20 @@ pub struct ShardBatch {
     pub reply: oneshot::Sender<Vec<ShardOutput>>,
 }
 
-/// The closed set of inputs a shard thread consumes.
+/// The closed set of inputs a shard's driver consumes.
 pub enum ShardInput {
     Batch(ShardBatch),
+    /// The shard's ticker: look for due hold and session expiries even when no batch comes.
+    Tick,
 }
 
-/// How connections reach one shard: a bounded queue (a full queue is RETRY_LATER, never waiting).
+/// How connections reach one shard: a bounded queue (a full queue is RETRY_LATER, never
+/// waiting). Any thread may submit: a batch from the shard's own thread wakes its driver with
+/// no system call; one from another thread wakes it through the runtime's cross-thread waker
+/// (an eventfd write, and only when the shard's thread sleeps).
 #[derive(Clone)]
 pub struct ShardHandle {
-    sender: Sender<ShardInput>,
+    sender: mpsc::Sender<ShardInput>,
 }
 
 impl ShardHandle {
@@ -76,9 +83,15 @@ impl ShardHandle {
     pub fn try_submit(&self, batch: ShardBatch) -> Result<(), ShardBatch> {
         match self.sender.try_send(ShardInput::Batch(batch)) {
             Ok(()) => Ok(()),
-            Err(TrySendError::Full(ShardInput::Batch(batch)))
-            | Err(TrySendError::Disconnected(ShardInput::Batch(batch))) => Err(batch),
+            Err(mpsc::error::TrySendError::Full(ShardInput::Batch(batch)))
+            | Err(mpsc::error::TrySendError::Closed(ShardInput::Batch(batch))) => Err(batch),
+            Err(_) => unreachable!("only batches are submitted"),
         }
+    }
+
+    /// The ticker's nudge; dropped when the queue is full (the driver is busy and ticks anyway).
+    pub fn tick(&self) {
+        let _ = self.sender.try_send(ShardInput::Tick);
     }
 }
 
@@ -115,20 +128,59 @@ pub fn wall_clock_ms() -> Ms {
         .unwrap_or(0)
 }
 
-/// Recovers the shard from its directory and starts its thread.
-pub fn start(settings: ShardSettings) -> anyhow::Result<(ShardHandle, RecoveryReport, std::thread::JoinHandle<()>)> {
+/// A recovered shard, ready to be driven on the thread that will serve it.
+pub struct ShardDriver {
+    runner: Runner,
+    receiver: mpsc::Receiver<ShardInput>,
+}
+
+/// Recovers the shard from its directory and starts its snapshot thread; `ShardDriver::run`
+/// then serves it on the calling thread's runtime.
+pub fn start(settings: ShardSettings) -> anyhow::Result<(ShardHandle, RecoveryReport, ShardDriver)> {
     let (engine, journal, report) = recover(&settings)?;
-    let (sender, receiver) = crossbeam_channel::bounded(settings.queue_max);
-    let name = format!("shard-{}", settings.shard_id);
+    let (sender, receiver) = mpsc::channel(settings.queue_max.max(1));
     let snapshots = SnapshotThread::start(settings.shard_id)?;
-    let thread = std::thread::Builder::new()
-        .name(name)
-        .spawn(move || {
-            let mut runner = Runner { settings, engine, journal, since_snapshot: 0, snapshots, encoded: Vec::new() };
-            runner.run(receiver);
-        })
-        .context("spawning a shard thread")?;
-    Ok((ShardHandle { sender }, report, thread))
+    // Records replayed since the newest snapshot count toward the next one: a switch that
+    // crashes more often than every `snapshot_every_records` records still snapshots, so
+    // recovery time stays bounded under a crash loop (it restarted at zero before, and replay
+    // grew without bound: 15.1 M records per shard after 86 kills).
+    let since_snapshot = report.replayed_records;
+    let runner = Runner { settings, engine, journal, since_snapshot, snapshots, encoded: Vec::new() };
+    Ok((ShardHandle { sender }, report, ShardDriver { runner, receiver }))
+}
+
+impl ShardDriver {
+    /// Serves the shard until every handle is gone. One loop turn is one group: it waits for
+    /// the first input, takes whatever else is queued by then, and commits once.
+    pub async fn run(self) {
+        let ShardDriver { mut runner, mut receiver } = self;
+        let mut batches: Vec<ShardBatch> = Vec::new();
+        let mut outputs: Vec<Vec<ShardOutput>> = Vec::new();
+        // A snapshot due at start (the replay was long) is taken before serving.
+        if runner.since_snapshot >= runner.settings.snapshot_every_records {
+            runner.snapshot();
+        }
+        loop {
+            let Some(first) = receiver.recv().await else { return };
+            let mut events = 0usize;
+            if let ShardInput::Batch(batch) = first {
+                events += batch.items.len();
+                batches.push(batch);
+            }
+            // Group commit: take whatever else is already queued, up to the commit size.
+            while events < runner.settings.commit_events_max {
+                match receiver.try_recv() {
+                    Ok(ShardInput::Batch(batch)) => {
+                        events += batch.items.len();
+                        batches.push(batch);
+                    }
+                    Ok(ShardInput::Tick) => {}
+                    Err(_) => break,
+                }
+            }
+            runner.group(&mut batches, &mut outputs);
+        }
+    }
 }
 
 /// Newest snapshot + journal replay; every replayed reply must equal the recorded one.
@@ -241,104 +293,79 @@ impl SnapshotThread {
     }
 }
 
-/// How long an idle shard sleeps before checking for due hold and session expiries.
-const IDLE_TICK: Duration = Duration::from_millis(100);
-
 impl Runner {
-    fn run(&mut self, receiver: Receiver<ShardInput>) {
-        let mut batches: Vec<ShardBatch> = Vec::new();
-        let mut outputs: Vec<Vec<ShardOutput>> = Vec::new();
-        loop {
-            let first = match receiver.recv_timeout(IDLE_TICK) {
-                Ok(input) => Some(input),
-                Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => return,
-            };
-            let mut events = 0usize;
-            if let Some(ShardInput::Batch(batch)) = first {
-                events += batch.items.len();
-                batches.push(batch);
-                // Group commit: take whatever else is already queued, up to the commit size.
-                while events < self.settings.commit_events_max {
-                    match receiver.try_recv() {
-                        Ok(ShardInput::Batch(batch)) => {
-                            events += batch.items.len();
-                            batches.push(batch);
+    /// One group: expiries due, every item of `batches` in order, one commit, then the replies
+    /// and the notices they raised, then a snapshot when one is due.
+    fn group(&mut self, batches: &mut Vec<ShardBatch>, outputs: &mut Vec<Vec<ShardOutput>>) {
+        let now_ms = wall_clock_ms();
+        let mut appended = 0u64;
+        appended += self.tick(now_ms);
+        for batch in batches.iter() {
+            let mut answers = Vec::with_capacity(batch.items.len());
+            for item in &batch.items {
+                answers.push(match item {
+                    ShardItem::Command(command) => {
+                        let applied = self.engine.apply(now_ms, command);
+                        if applied.changed {
+                            self.append(now_ms, command.clone(), applied);
+                            appended += 1;
                         }
-                        Err(_) => break,
+                        match command.body {
+                            Body::ForeignConvert { .. } => {
+                                ShardOutput::Converted(applied, self.engine.foreign_code(command.op_id))
+                            }
+                            _ => ShardOutput::Applied(applied),
+                        }
                     }
-                }
-            }
-            let now_ms = wall_clock_ms();
-            let mut appended = 0u64;
-            appended += self.tick(now_ms);
-            for batch in &batches {
-                let mut answers = Vec::with_capacity(batch.items.len());
-                for item in &batch.items {
-                    answers.push(match item {
-                        ShardItem::Command(command) => {
-                            let applied = self.engine.apply(now_ms, command);
+                    ShardItem::Card(pin_hash) => ShardOutput::Card(self.engine.card(now_ms, *pin_hash)),
+                    ShardItem::Op { pin_hash, op_id } => ShardOutput::Op(self.engine.op(*pin_hash, *op_id)),
+                    ShardItem::Quote { pin_hash, category, destination, duration_s, units } => ShardOutput::Quote(
+                        self.engine.quote(now_ms, *pin_hash, *category, *destination, *duration_s, *units),
+                    ),
+                    ShardItem::AuditCount { owner_id } => {
+                        let (count, digest) = self.engine.owner_sessions(*owner_id);
+                        ShardOutput::AuditCount(count, digest)
+                    }
+                    ShardItem::AuditClose { owner_id, live, silent_since_ms } => {
+                        let (count, _) = self.engine.owner_sessions(*owner_id);
+                        let orphans = self.engine.session_orphans(*owner_id, live, *silent_since_ms);
+                        if !orphans.is_empty() {
+                            let body = Body::SessionsClose {
+                                owner_id: *owner_id,
+                                silent_since_ms: *silent_since_ms,
+                                session_ids: orphans.clone(),
+                            };
+                            let command = Command { op_id: 0, deadline_at_ms: 0, body };
+                            let applied = self.engine.apply(now_ms, &command);
                             if applied.changed {
-                                self.append(now_ms, command.clone(), applied);
+                                self.append(now_ms, command, applied);
                                 appended += 1;
                             }
-                            match command.body {
-                                Body::ForeignConvert { .. } => {
-                                    ShardOutput::Converted(applied, self.engine.foreign_code(command.op_id))
-                                }
-                                _ => ShardOutput::Applied(applied),
-                            }
                         }
-                        ShardItem::Card(pin_hash) => ShardOutput::Card(self.engine.card(now_ms, *pin_hash)),
-                        ShardItem::Op { pin_hash, op_id } => ShardOutput::Op(self.engine.op(*pin_hash, *op_id)),
-                        ShardItem::Quote { pin_hash, category, destination, duration_s, units } => ShardOutput::Quote(
-                            self.engine.quote(now_ms, *pin_hash, *category, *destination, *duration_s, *units),
-                        ),
-                        ShardItem::AuditCount { owner_id } => {
-                            let (count, digest) = self.engine.owner_sessions(*owner_id);
-                            ShardOutput::AuditCount(count, digest)
-                        }
-                        ShardItem::AuditClose { owner_id, live, silent_since_ms } => {
-                            let (count, _) = self.engine.owner_sessions(*owner_id);
-                            let orphans = self.engine.session_orphans(*owner_id, live, *silent_since_ms);
-                            if !orphans.is_empty() {
-                                let body = Body::SessionsClose {
-                                    owner_id: *owner_id,
-                                    silent_since_ms: *silent_since_ms,
-                                    session_ids: orphans.clone(),
-                                };
-                                let command = Command { op_id: 0, deadline_at_ms: 0, body };
-                                let applied = self.engine.apply(now_ms, &command);
-                                if applied.changed {
-                                    self.append(now_ms, command, applied);
-                                    appended += 1;
-                                }
-                            }
-                            ShardOutput::AuditClosed(count, orphans)
-                        }
-                    });
-                }
-                outputs.push(answers);
+                        ShardOutput::AuditClosed(count, orphans)
+                    }
+                });
             }
-            if appended > 0 {
-                if let Err(error) = self.journal.commit() {
-                    // Never retried: after a failed fsync the page cache can no longer be trusted.
-                    fatal(&format!("shard {} journal commit failed: {error}", self.settings.shard_id));
-                }
-                self.since_snapshot += appended;
+            outputs.push(answers);
+        }
+        if appended > 0 {
+            if let Err(error) = self.journal.commit() {
+                // Never retried: after a failed fsync the page cache can no longer be trusted.
+                fatal(&format!("shard {} journal commit failed: {error}", self.settings.shard_id));
             }
-            // Durable: release every reply of the group, then the notices it raised.
-            for (batch, answers) in batches.drain(..).zip(outputs.drain(..)) {
-                // A connection that went away no longer wants its answer; that is fine.
-                let _ = batch.reply.send(answers);
-            }
-            let notices = self.engine.take_notices();
-            if !notices.is_empty() {
-                self.settings.directory.notify(&notices);
-            }
-            if self.since_snapshot >= self.settings.snapshot_every_records {
-                self.snapshot();
-            }
+            self.since_snapshot += appended;
+        }
+        // Durable: release every reply of the group, then the notices it raised.
+        for (batch, answers) in batches.drain(..).zip(outputs.drain(..)) {
+            // A connection that went away no longer wants its answer; that is fine.
+            let _ = batch.reply.send(answers);
+        }
+        let notices = self.engine.take_notices();
+        if !notices.is_empty() {
+            self.settings.directory.notify(&notices);
+        }
+        if self.since_snapshot >= self.settings.snapshot_every_records {
+            self.snapshot();
         }
     }
 

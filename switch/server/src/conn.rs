@@ -1,0 +1,470 @@
+//! One client connection, served by one task on the thread of the shard that accepted it. The
+//! task is a single poll loop over four things at once: the socket's input (frames are decoded
+//! and planned as they arrive, see `net.rs`), the frames in flight (their shards' durable
+//! answers), session pushes for this connection, and the socket's output. One task and no
+//! spawned per-frame tasks: a frame costs no task, no cross-thread hop for its own shard's
+//! events, and no wake-up beyond the socket's own.
+//!
+//! Every byte a connection can make the switch hold is bounded: a partial frame by
+//! `frame_bytes_max` and by the shared `read_buffer_bytes_total_max` (a frame that does not fit
+//! is answered RETRY_LATER and its bytes skipped), unread answers by
+//! `connection_output_bytes_max` (past it the connection is not read until its client reads)
+//! plus what its in-flight events (`in_flight_events_per_connection_max`) can answer. Slow or
+//! silent peers are closed by the shard's reaper (`Watch`): no byte for `idle_timeout_ms` with
+//! nothing in flight, a frame not complete within `frame_read_timeout_ms`, answers not taken for
+//! `write_timeout_ms`.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::rc::{Rc, Weak};
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::task::{Context as TaskContext, Poll, Waker};
+
+use pinswitch_protocol::{decode_frame, pending_frame};
+use tokio::sync::mpsc;
+
+use crate::config::Limits;
+use crate::net::{self, Context, Handled};
+use crate::shard_loop::wall_clock_ms;
+
+/// The receive buffer every connection starts with (and shrinks back to when idle).
+const READ_BUFFER_BASE_BYTES: usize = 64 * 1024;
+/// Read when at least this much room is left; compact or grow below it.
+const READ_ROOM_MIN_BYTES: usize = 16 * 1024;
+/// Pushes queued for one connection between two polls; more are dropped (they are advisory).
+pub const PUSH_QUEUE_FRAMES: usize = 1024;
+/// An output buffer grown past this is given back once it has been written.
+const OUTPUT_KEEP_BYTES: usize = 1 << 20;
+
+/// A byte stream the poll loop can drive: glommio's and tokio's TCP streams, and whatever the
+/// front ends add later (TLS, QUIC streams).
+pub trait Transport {
+    fn poll_read(&mut self, cx: &mut TaskContext<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>>;
+    fn poll_write(&mut self, cx: &mut TaskContext<'_>, buf: &[u8]) -> Poll<io::Result<usize>>;
+    fn poll_close(&mut self, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>>;
+}
+
+impl Transport for glommio::net::TcpStream {
+    fn poll_read(&mut self, cx: &mut TaskContext<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        futures_io::AsyncRead::poll_read(Pin::new(self), cx, buf)
+    }
+    fn poll_write(&mut self, cx: &mut TaskContext<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        futures_io::AsyncWrite::poll_write(Pin::new(self), cx, buf)
+    }
+    fn poll_close(&mut self, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        futures_io::AsyncWrite::poll_close(Pin::new(self), cx)
+    }
+}
+
+impl Transport for tokio::net::TcpStream {
+    fn poll_read(&mut self, cx: &mut TaskContext<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        let mut read = tokio::io::ReadBuf::new(buf);
+        match tokio::io::AsyncRead::poll_read(Pin::new(self), cx, &mut read) {
+            Poll::Ready(Ok(())) => Poll::Ready(Ok(read.filled().len())),
+            Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+    fn poll_write(&mut self, cx: &mut TaskContext<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        tokio::io::AsyncWrite::poll_write(Pin::new(self), cx, buf)
+    }
+    fn poll_close(&mut self, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        tokio::io::AsyncWrite::poll_shutdown(Pin::new(self), cx)
+    }
+}
+
+/// Admission of connections, shared by every shard: the total, the count per peer address, and
+/// the bytes all receive buffers hold.
+pub struct Admission {
+    limits: Limits,
+    open: AtomicU32,
+    per_address: Mutex<HashMap<IpAddr, u32>>,
+    read_buffer_bytes: AtomicU64,
+}
+
+/// Why a connection was refused (it is answered RETRY_LATER and closed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    ConnectionsMax,
+    ConnectionsPerAddressMax,
+    ReadBuffersFull,
+}
+
+impl Admission {
+    pub fn new(limits: Limits) -> Admission {
+        Admission { limits, open: AtomicU32::new(0), per_address: Mutex::new(HashMap::new()), read_buffer_bytes: AtomicU64::new(0) }
+    }
+
+    /// Admits a connection from `peer`, or says which limit refuses it.
+    pub fn admit(self: &Arc<Self>, peer: IpAddr) -> Result<Ticket, Refusal> {
+        if self.open.fetch_add(1, Ordering::AcqRel) >= self.limits.connections_max {
+            self.open.fetch_sub(1, Ordering::AcqRel);
+            return Err(Refusal::ConnectionsMax);
+        }
+        {
+            let mut per_address = self.per_address.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let count = per_address.entry(peer).or_insert(0);
+            if *count >= self.limits.connections_per_address_max {
+                drop(per_address);
+                self.open.fetch_sub(1, Ordering::AcqRel);
+                return Err(Refusal::ConnectionsPerAddressMax);
+            }
+            *count += 1;
+        }
+        let mut ticket = Ticket { admission: self.clone(), peer, read_buffer_bytes: 0 };
+        if !ticket.hold_read_buffer(READ_BUFFER_BASE_BYTES as u64) {
+            return Err(Refusal::ReadBuffersFull);
+        }
+        Ok(ticket)
+    }
+
+    /// Takes `bytes` of the shared receive-buffer budget.
+    fn reserve(&self, bytes: u64) -> bool {
+        let max = self.limits.read_buffer_bytes_total_max;
+        self.read_buffer_bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| held.checked_add(bytes).filter(|total| *total <= max))
+            .is_ok()
+    }
+
+    fn release(&self, bytes: u64) {
+        self.read_buffer_bytes.fetch_sub(bytes, Ordering::AcqRel);
+    }
+}
+
+/// An admitted connection's place; dropping it frees the place and its buffer budget.
+pub struct Ticket {
+    admission: Arc<Admission>,
+    peer: IpAddr,
+    read_buffer_bytes: u64,
+}
+
+impl Ticket {
+    /// Grows this connection's share of the receive-buffer budget to `bytes` (or shrinks it).
+    fn hold_read_buffer(&mut self, bytes: u64) -> bool {
+        if bytes > self.read_buffer_bytes {
+            if !self.admission.reserve(bytes - self.read_buffer_bytes) {
+                return false;
+            }
+        } else {
+            self.admission.release(self.read_buffer_bytes - bytes);
+        }
+        self.read_buffer_bytes = bytes;
+        true
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.admission.release(self.read_buffer_bytes);
+        let mut per_address = self.admission.per_address.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(count) = per_address.get_mut(&self.peer) {
+            *count -= 1;
+            if *count == 0 {
+                per_address.remove(&self.peer);
+            }
+        }
+        drop(per_address);
+        self.admission.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// What the shard's reaper sees of one connection; times are wall-clock ms, 0 = not running.
+#[derive(Default)]
+pub struct Watch {
+    last_input_ms: Cell<u64>,
+    frame_started_ms: Cell<u64>,
+    output_stalled_ms: Cell<u64>,
+    busy: Cell<bool>,
+    timed_out: Cell<Option<&'static str>>,
+    waker: RefCell<Option<Waker>>,
+}
+
+/// The connections of one shard thread, looked over once a second.
+#[derive(Default)]
+pub struct Reaper {
+    watches: RefCell<Vec<Weak<Watch>>>,
+}
+
+impl Reaper {
+    /// A new connection's watch; the reaper looks at it until the connection ends.
+    pub fn watch(&self) -> Rc<Watch> {
+        let watch = Rc::new(Watch::default());
+        watch.last_input_ms.set(wall_clock_ms());
+        self.watches.borrow_mut().push(Rc::downgrade(&watch));
+        watch
+    }
+
+    /// Times out the connections past a limit (they close at their next poll) and forgets the
+    /// closed ones. Returns how many it timed out.
+    pub fn sweep(&self, limits: &Limits, now_ms: u64) -> usize {
+        let mut timed_out = 0;
+        self.watches.borrow_mut().retain(|weak| {
+            let Some(watch) = weak.upgrade() else { return false };
+            let past = |since_ms: u64, limit_ms: u64| since_ms != 0 && now_ms.saturating_sub(since_ms) >= limit_ms;
+            let why = if past(watch.frame_started_ms.get(), limits.frame_read_timeout_ms) {
+                Some("a frame was not completed in time")
+            } else if past(watch.output_stalled_ms.get(), limits.write_timeout_ms) {
+                Some(WRITE_STALLED)
+            } else if !watch.busy.get()
+                && watch.frame_started_ms.get() == 0
+                && past(watch.last_input_ms.get(), limits.idle_timeout_ms)
+            {
+                Some("idle")
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                if watch.timed_out.get().is_none() {
+                    watch.timed_out.set(Some(why));
+                    timed_out += 1;
+                    if let Some(waker) = watch.waker.borrow_mut().take() {
+                        waker.wake();
+                    }
+                }
+            }
+            true
+        });
+        timed_out
+    }
+}
+
+/// The reaper's reason for a connection whose client stopped reading its answers.
+const WRITE_STALLED: &str = "its answers were not read in time";
+
+/// A frame in flight: its answer, once the shards have answered durably.
+type InFlight = Pin<Box<dyn Future<Output = Vec<u8>>>>;
+
+/// Serves one admitted connection until the peer closes it, a framing error, a timeout, or a
+/// write failure. Frames already submitted are still answered before the socket closes (their
+/// effects are durable whatever happens to the connection).
+pub async fn serve<T: Transport>(mut transport: T, context: Arc<Context>, mut ticket: Ticket, watch: Rc<Watch>) {
+    let limits = &context.limits;
+    let (pushes, mut pushed) = mpsc::channel::<Vec<u8>>(PUSH_QUEUE_FRAMES);
+    let mut input = vec![0u8; READ_BUFFER_BASE_BYTES];
+    let mut start = 0usize;
+    let mut filled = 0usize;
+    // Bytes of a frame that could not be held, still to be read and dropped.
+    let mut skip = 0usize;
+    let mut output: Vec<u8> = Vec::with_capacity(16 * 1024);
+    let mut written = 0usize;
+    let mut in_flight: Vec<(InFlight, u32)> = Vec::new();
+    let mut events_in_flight = 0u32;
+    // No more input: the peer closed, a framing error, a timeout, or a failed write.
+    let mut input_done = false;
+    let mut broken = false;
+    std::future::poll_fn(|cx| {
+        loop {
+            let mut progress = false;
+            if let Some(why) = watch.timed_out.get() {
+                input_done = true;
+                // Answers nobody reads are dropped; the operations behind them are durable.
+                if why == WRITE_STALLED {
+                    broken = true;
+                }
+            }
+            // Answers of frames in flight, in whatever order their shards finish.
+            let mut index = 0;
+            while index < in_flight.len() {
+                if let Poll::Ready(frame) = in_flight[index].0.as_mut().poll(cx) {
+                    events_in_flight -= in_flight[index].1;
+                    drop(in_flight.swap_remove(index));
+                    output.extend_from_slice(&frame);
+                    progress = true;
+                } else {
+                    index += 1;
+                }
+            }
+            // Pushes wait in their bounded queue while the client is not reading.
+            while output.len() - written < limits.connection_output_bytes_max as usize {
+                let Poll::Ready(Some(frame)) = pushed.poll_recv(cx) else { break };
+                output.extend_from_slice(&frame);
+            }
+            // Output: write what is ready; a stall starts the write timeout.
+            while written < output.len() && !broken {
+                match transport.poll_write(cx, &output[written..]) {
+                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                        broken = true;
+                        input_done = true;
+                    }
+                    Poll::Ready(Ok(n)) => {
+                        written += n;
+                        watch.output_stalled_ms.set(0);
+                        progress = true;
+                    }
+                    Poll::Pending => {
+                        if watch.output_stalled_ms.get() == 0 {
+                            watch.output_stalled_ms.set(wall_clock_ms());
+                        }
+                        break;
+                    }
+                }
+            }
+            if written == output.len() || broken {
+                output.clear();
+                written = 0;
+                watch.output_stalled_ms.set(0);
+                if output.capacity() > OUTPUT_KEEP_BYTES {
+                    output.shrink_to(16 * 1024);
+                }
+            }
+            if input_done && (in_flight.is_empty() || broken) && output.is_empty() {
+                return Poll::Ready(());
+            }
+            watch.busy.set(!in_flight.is_empty());
+            // Input, unless the peer is not reading its answers.
+            let unread_bytes = output.len() - written;
+            if !input_done && unread_bytes < limits.connection_output_bytes_max as usize {
+                if input.len() - filled < READ_ROOM_MIN_BYTES {
+                    if start > 0 {
+                        input.copy_within(start..filled, 0);
+                        filled -= start;
+                        start = 0;
+                    }
+                    if input.len() - filled < READ_ROOM_MIN_BYTES {
+                        let grown = (input.len() * 2).max(filled + READ_ROOM_MIN_BYTES);
+                        if ticket.hold_read_buffer(grown as u64) {
+                            input.resize(grown, 0);
+                        }
+                    }
+                }
+                match transport.poll_read(cx, &mut input[filled..]) {
+                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                        input_done = true;
+                        progress = true;
+                    }
+                    Poll::Ready(Ok(n)) => {
+                        progress = true;
+                        let now_ms = wall_clock_ms();
+                        watch.last_input_ms.set(now_ms);
+                        let mut fresh = n;
+                        if skip > 0 {
+                            let dropped = skip.min(fresh);
+                            skip -= dropped;
+                            fresh -= dropped;
+                            input.copy_within(filled + dropped..filled + dropped + fresh, filled);
+                        }
+                        filled += fresh;
+                        // Every whole frame now in the buffer.
+                        loop {
+                            match decode_frame(&input[start..filled], limits.frame_bytes_max) {
+                                Ok(Some(frame)) => {
+                                    let events_budget = limits.in_flight_events_per_connection_max.saturating_sub(events_in_flight);
+                                    let frames_full = in_flight.len() >= limits.in_flight_per_connection_max as usize;
+                                    match net::handle_frame(&context, &frame.header, frame.body, now_ms, frames_full, events_budget, &pushes) {
+                                        Handled::Now(answer) => output.extend_from_slice(&answer),
+                                        Handled::Later(future, events) => {
+                                            events_in_flight += events;
+                                            in_flight.push((future, events));
+                                        }
+                                    }
+                                    start += frame.total_len;
+                                }
+                                Ok(None) => break,
+                                Err(error) => {
+                                    // The byte stream can no longer be trusted to be framed: answer and close.
+                                    output.extend_from_slice(&net::error_frame(0, error.request_id(), error.code()));
+                                    input_done = true;
+                                    break;
+                                }
+                            }
+                        }
+                        if start == filled {
+                            start = 0;
+                            filled = 0;
+                            watch.frame_started_ms.set(0);
+                            if input.len() > READ_BUFFER_BASE_BYTES {
+                                input.truncate(READ_BUFFER_BASE_BYTES);
+                                input.shrink_to_fit();
+                                ticket.hold_read_buffer(READ_BUFFER_BASE_BYTES as u64);
+                            }
+                        } else if !input_done {
+                            if watch.frame_started_ms.get() == 0 {
+                                watch.frame_started_ms.set(now_ms);
+                            }
+                            // A frame has begun: make room for all of it, or refuse it and
+                            // skip its bytes (the stream stays framed: its length is known).
+                            if let Some(frame) = pending_frame(&input[start..filled]) {
+                                let needed = frame.total_len;
+                                if needed > input.len() - start {
+                                    if start > 0 {
+                                        input.copy_within(start..filled, 0);
+                                        filled -= start;
+                                        start = 0;
+                                    }
+                                    if needed > input.len() {
+                                        if ticket.hold_read_buffer(needed as u64) {
+                                            input.resize(needed, 0);
+                                        } else {
+                                            let refusal = net::error_frame(frame.msg_type, frame.request_id, pinswitch_protocol::ResultCode::RetryLater);
+                                            output.extend_from_slice(&refusal);
+                                            skip = needed - (filled - start);
+                                            start = 0;
+                                            filled = 0;
+                                            watch.frame_started_ms.set(0);
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            if !progress {
+                let mut waker = watch.waker.borrow_mut();
+                if !waker.as_ref().is_some_and(|known| known.will_wake(cx.waker())) {
+                    *waker = Some(cx.waker().clone());
+                }
+                return Poll::Pending;
+            }
+        }
+    })
+    .await;
+    if !broken {
+        let _ = std::future::poll_fn(|cx| transport.poll_close(cx)).await;
+    }
+    drop(ticket);
+}
+
+/// Answers a refused connection RETRY_LATER so that the answer reaches the client: the frame is
+/// written, the write side shut, and what the client already sent is read and dropped (closing
+/// with unread input would send a reset, and a reset makes the client's kernel throw away the
+/// unread refusal). Bounded: at most `REFUSAL_DRAIN_BYTES` are read.
+pub async fn refuse<T: Transport>(mut transport: T) {
+    const REFUSAL_DRAIN_BYTES: usize = 64 * 1024;
+    let refusal = net::error_frame(pinswitch_protocol::MsgType::Ping as u16, 0, pinswitch_protocol::ResultCode::RetryLater);
+    let mut written = 0usize;
+    let mut closed = false;
+    let mut drained = 0usize;
+    let mut scratch = [0u8; 4096];
+    std::future::poll_fn(|cx| {
+        while written < refusal.len() {
+            match transport.poll_write(cx, &refusal[written..]) {
+                Poll::Ready(Ok(n)) if n > 0 => written += n,
+                Poll::Pending => return Poll::Pending,
+                _ => return Poll::Ready(()),
+            }
+        }
+        if !closed {
+            match transport.poll_close(cx) {
+                Poll::Ready(_) => closed = true,
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        while drained < REFUSAL_DRAIN_BYTES {
+            match transport.poll_read(cx, &mut scratch) {
+                Poll::Ready(Ok(n)) if n > 0 => drained += n,
+                Poll::Pending => return Poll::Pending,
+                _ => return Poll::Ready(()),
+            }
+        }
+        Poll::Ready(())
+    })
+    .await;
+}
