@@ -3,6 +3,7 @@
 //! snapshots. [`JournalOptions`] sizes segments and bounds a group commit.
 
 use std::fs::File;
+use std::sync::Arc;
 use std::path::{Path, PathBuf};
 
 use memmap2::MmapMut;
@@ -76,9 +77,9 @@ impl JournalOptions {
 #[derive(Debug)]
 pub(crate) struct ActiveSegment {
     pub path: PathBuf,
-    /// Kept open for the mapping's lifetime; the mapping itself does not need it, but closing
-    /// and reopening to fdatasync later would be wasted work.
-    pub _file: File,
+    /// Kept open for the mapping's lifetime, and shared with commits in flight on another
+    /// thread (`CommitRequest::sync` is an `fdatasync` of this file).
+    pub file: Arc<File>,
     pub map: MmapMut,
     /// Where the next record starts.
     pub write_offset: usize,
@@ -95,6 +96,12 @@ pub struct Journal {
     segment: ActiveSegment,
     last_seq: u64,
     durable_seq: u64,
+    /// The end (offset in the active segment) and last record of the commit in flight, if one
+    /// was started by `commit_start` and not finished yet.
+    requested: Option<(usize, u64)>,
+    /// Counts segments this handle has written to, so a commit in flight knows whether the
+    /// segment it covered is still the active one.
+    segment_serial: u64,
     /// Set by the first failed commit or roll: after a failed `msync` the kernel may have
     /// dropped the dirty pages, so nothing this handle does afterwards could be trusted.
     poisoned: Option<String>,
@@ -121,7 +128,7 @@ impl Journal {
 
     pub(crate) fn from_parts(dir: PathBuf, options: JournalOptions, lock: DirLock, segment: ActiveSegment, last_seq: u64) -> Journal {
         // Recovery made every record it found durable, so the two sequence numbers start equal.
-        Journal { dir, options, segment, last_seq, durable_seq: last_seq, poisoned: None, _lock: lock }
+        Journal { dir, options, segment, last_seq, durable_seq: last_seq, requested: None, segment_serial: 0, poisoned: None, _lock: lock }
     }
 
     /// Copies one record into the mapped segment (not durable yet) and returns its sequence
@@ -189,6 +196,50 @@ impl Journal {
         Ok(())
     }
 
+    /// The first half of a commit that runs on another thread, so that the shard goes on
+    /// serving (reading, applying the next group) while the disk works: returns what to make
+    /// durable (every record appended so far), or `None` when that is durable already or a
+    /// commit is in flight (one at a time; start the next after `commit_finish`). Run
+    /// `CommitRequest::sync` anywhere, then hand the request and its result to `commit_finish`.
+    ///
+    /// The guarantees of [`Journal::commit`] hold: nothing counts as durable before the sync
+    /// returned, and the uncommitted bytes never exceed `commit_bytes_max` (`append` counts a
+    /// range in flight as uncommitted and commits in line when it would pass it).
+    pub fn commit_start(&mut self) -> Result<Option<CommitRequest>, JournalError> {
+        self.check_poisoned()?;
+        if self.requested.is_some() || self.last_seq == self.durable_seq {
+            return Ok(None);
+        }
+        self.requested = Some((self.segment.write_offset, self.last_seq));
+        Ok(Some(CommitRequest {
+            file: self.segment.file.clone(),
+            path: self.segment.path.clone(),
+            segment_serial: self.segment_serial,
+            end_offset: self.segment.write_offset,
+            last_seq: self.last_seq,
+        }))
+    }
+
+    /// The second half of a commit started by `commit_start`: on success, the records it
+    /// covered are durable (and published to tailing readers); a failed sync is final, as in
+    /// [`Journal::commit`].
+    pub fn commit_finish(&mut self, request: CommitRequest, synced: std::io::Result<()>) -> Result<(), JournalError> {
+        self.requested = None;
+        self.check_poisoned()?;
+        if let Err(source) = synced {
+            let error = JournalError::Io { path: request.path, action: "fdatasync segment", source };
+            self.poisoned = Some(error.to_string());
+            return Err(error);
+        }
+        // A roll or an in-line commit may have made more durable meanwhile; never go back.
+        if request.segment_serial == self.segment_serial && request.end_offset > self.segment.durable_offset {
+            self.segment.durable_offset = request.end_offset;
+            fsys::store_durable_end(&mut self.segment.map, self.segment.durable_offset);
+        }
+        self.durable_seq = self.durable_seq.max(request.last_seq);
+        Ok(())
+    }
+
     /// The sequence number of the last appended record (0 if there is none).
     pub fn last_seq(&self) -> u64 {
         self.last_seq
@@ -242,9 +293,10 @@ impl Journal {
         self.commit()?;
         match fsys::create_segment(&self.dir, self.last_seq + 1, self.options.segment_bytes) {
             Ok((path, file, map)) => {
+                self.segment_serial += 1;
                 self.segment = ActiveSegment {
                     path,
-                    _file: file,
+                    file: Arc::new(file),
                     map,
                     write_offset: SEGMENT_HEADER_BYTES,
                     durable_offset: SEGMENT_HEADER_BYTES,
@@ -285,5 +337,29 @@ impl SnapshotWriter {
     /// Writes the image durably (see the type's documentation).
     pub fn write(self, bytes: &[u8]) -> Result<(), JournalError> {
         snapshot::write(&self.dir, self.seq, bytes)
+    }
+}
+
+/// A commit in flight (see [`Journal::commit_start`]): an `fdatasync` of the active segment's
+/// file, which makes every page written through the mapping durable, as `msync` of the range
+/// does (on Linux both are `vfs_fsync_range` of the file). Send it to the thread that syncs.
+#[derive(Debug)]
+pub struct CommitRequest {
+    file: Arc<File>,
+    path: PathBuf,
+    segment_serial: u64,
+    end_offset: usize,
+    last_seq: u64,
+}
+
+impl CommitRequest {
+    /// Makes the covered records durable; blocks for the disk's flush.
+    pub fn sync(&self) -> std::io::Result<()> {
+        self.file.sync_data()
+    }
+
+    /// The last record this commit covers.
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
     }
 }

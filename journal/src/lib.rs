@@ -160,7 +160,7 @@ mod recovery;
 mod snapshot;
 
 pub use error::JournalError;
-pub use journal::{Journal, JournalOptions, SnapshotWriter};
+pub use journal::{CommitRequest, Journal, JournalOptions, SnapshotWriter};
 pub use reader::Reader;
 pub use recovery::Recovery;
 pub use snapshot::{Snapshot, SnapshotBytes};

@@ -14,12 +14,14 @@ use anyhow::{Context, anyhow, bail};
 use crossbeam_channel::Sender;
 use pinswitch_core::{
     Applied, Body, CardView, Command, EngineConfig, ForeignCode, JournalEntry, Ms, OpId, OpView, PinHash,
-    Shard, decode_entry, encode_entry, encode_entry_into,
+    SessionNoticeOut, Shard, decode_entry, encode_entry, encode_entry_into,
 };
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
+use std::pin::Pin;
+use std::task::Poll;
 
 use crate::push::SessionDirectory;
-use pinswitch_journal::{Journal, JournalOptions, SnapshotWriter};
+use pinswitch_journal::{CommitRequest, Journal, JournalOptions, SnapshotWriter};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -150,36 +152,161 @@ pub fn start(settings: ShardSettings) -> anyhow::Result<(ShardHandle, RecoveryRe
 }
 
 impl ShardDriver {
-    /// Serves the shard until every handle is gone. One loop turn is one group: it waits for
-    /// the first input, takes whatever else is queued by then, and commits once.
+    /// Serves the shard until every handle is gone. A loop turn either applies one group (the
+    /// first input and whatever else is queued by then) in memory, or takes the result of the
+    /// commit in flight. One commit is kept in flight on the shard's sync thread while records
+    /// wait, so the shard goes on reading, applying and answering while the disk flushes; each
+    /// group's replies (reads included) and notices leave, in order, once the journal is durable
+    /// up to the group's last record.
     pub async fn run(self) {
         let ShardDriver { mut runner, mut receiver } = self;
-        let mut batches: Vec<ShardBatch> = Vec::new();
-        let mut outputs: Vec<Vec<ShardOutput>> = Vec::new();
+        let shard_id = runner.settings.shard_id;
+        let syncer = match SyncThread::start(shard_id) {
+            Ok(syncer) => syncer,
+            Err(error) => fatal(&format!("shard {shard_id}: {error:#}")),
+        };
+        let mut waiting: VecDeque<Waiting> = VecDeque::new();
+        let mut in_flight: Option<oneshot::Receiver<Synced>> = None;
+        let mut closed = false;
         // A snapshot due at start (the replay was long) is taken before serving.
         if runner.since_snapshot >= runner.settings.snapshot_every_records {
             runner.snapshot();
         }
         loop {
-            let Some(first) = receiver.recv().await else { return };
-            let mut events = 0usize;
-            if let ShardInput::Batch(batch) = first {
-                events += batch.items.len();
-                batches.push(batch);
-            }
-            // Group commit: take whatever else is already queued, up to the commit size.
-            while events < runner.settings.commit_events_max {
-                match receiver.try_recv() {
-                    Ok(ShardInput::Batch(batch)) => {
+            let event = std::future::poll_fn(|cx| {
+                if let Some(done) = in_flight.as_mut() {
+                    if let Poll::Ready(synced) = Pin::new(done).poll(cx) {
+                        return Poll::Ready(Event::Synced(synced.ok()));
+                    }
+                }
+                if closed {
+                    return if in_flight.is_none() { Poll::Ready(Event::Closed) } else { Poll::Pending };
+                }
+                match receiver.poll_recv(cx) {
+                    Poll::Ready(Some(input)) => Poll::Ready(Event::Input(input)),
+                    Poll::Ready(None) => Poll::Ready(Event::Closed),
+                    Poll::Pending => Poll::Pending,
+                }
+            })
+            .await;
+            match event {
+                Event::Synced(Some((request, synced))) => {
+                    in_flight = None;
+                    if let Err(error) = runner.journal.commit_finish(request, synced) {
+                        // Never retried: after a failed fsync the page cache can no longer be trusted.
+                        fatal(&format!("shard {shard_id} journal commit failed: {error}"));
+                    }
+                }
+                Event::Synced(None) => fatal(&format!("shard {shard_id} sync thread is gone")),
+                Event::Input(first) => {
+                    let mut batches = Vec::new();
+                    let mut events = 0usize;
+                    if let ShardInput::Batch(batch) = first {
                         events += batch.items.len();
                         batches.push(batch);
                     }
-                    Ok(ShardInput::Tick) => {}
-                    Err(_) => break,
+                    // Group: take whatever else is already queued, up to the commit size.
+                    while events < runner.settings.commit_events_max {
+                        match receiver.try_recv() {
+                            Ok(ShardInput::Batch(batch)) => {
+                                events += batch.items.len();
+                                batches.push(batch);
+                            }
+                            Ok(ShardInput::Tick) => {}
+                            Err(_) => break,
+                        }
+                    }
+                    waiting.push_back(runner.group(batches));
+                }
+                Event::Closed if in_flight.is_none() && waiting.is_empty() => return,
+                Event::Closed => closed = true,
+            }
+            // Durable: release the groups it covers, oldest first, then the notices they raised.
+            let durable_seq = runner.journal.durable_seq();
+            while waiting.front().is_some_and(|group| group.seq <= durable_seq) {
+                if let Some(group) = waiting.pop_front() {
+                    group.release(&runner.settings.directory);
                 }
             }
-            runner.group(&mut batches, &mut outputs);
+            if in_flight.is_none() {
+                match runner.journal.commit_start() {
+                    Ok(Some(request)) => in_flight = Some(syncer.submit(request)),
+                    Ok(None) => {}
+                    Err(error) => fatal(&format!("shard {shard_id} journal commit failed: {error}")),
+                }
+            }
+            if runner.since_snapshot >= runner.settings.snapshot_every_records {
+                runner.snapshot();
+                // The snapshot made everything applied durable (in line): release it all.
+                let durable_seq = runner.journal.durable_seq();
+                while waiting.front().is_some_and(|group| group.seq <= durable_seq) {
+                    if let Some(group) = waiting.pop_front() {
+                        group.release(&runner.settings.directory);
+                    }
+                }
+            }
         }
+    }
+}
+
+/// What wakes the driver.
+enum Event {
+    Input(ShardInput),
+    Synced(Option<Synced>),
+    Closed,
+}
+
+/// A finished commit: the request and what the sync returned.
+type Synced = (CommitRequest, std::io::Result<()>);
+
+/// A group applied in memory: its replies and notices leave once the journal is durable up
+/// to `seq` (its last record, or the last before it for a group that wrote none).
+struct Waiting {
+    seq: u64,
+    batches: Vec<ShardBatch>,
+    outputs: Vec<Vec<ShardOutput>>,
+    notices: Vec<SessionNoticeOut>,
+}
+
+impl Waiting {
+    fn release(self, directory: &SessionDirectory) {
+        for (batch, answers) in self.batches.into_iter().zip(self.outputs) {
+            // A connection that went away no longer wants its answer; that is fine.
+            let _ = batch.reply.send(answers);
+        }
+        if !self.notices.is_empty() {
+            directory.notify(&self.notices);
+        }
+    }
+}
+
+/// The shard's sync thread: it runs each commit's `fdatasync` so the shard thread never
+/// blocks on the disk. One commit at a time (the driver keeps at most one in flight).
+struct SyncThread {
+    sender: Sender<(CommitRequest, oneshot::Sender<Synced>)>,
+}
+
+impl SyncThread {
+    fn start(shard_id: u16) -> anyhow::Result<SyncThread> {
+        let (sender, receiver) = crossbeam_channel::bounded::<(CommitRequest, oneshot::Sender<Synced>)>(1);
+        std::thread::Builder::new()
+            .name(format!("sync-{shard_id}"))
+            .spawn(move || {
+                for (request, done) in receiver {
+                    let synced = request.sync();
+                    let _ = done.send((request, synced));
+                }
+            })
+            .context("spawning a sync thread")?;
+        Ok(SyncThread { sender })
+    }
+
+    fn submit(&self, request: CommitRequest) -> oneshot::Receiver<Synced> {
+        let (done, answer) = oneshot::channel();
+        if self.sender.send((request, done)).is_err() {
+            fatal("a sync thread is gone");
+        }
+        answer
     }
 }
 
@@ -294,9 +421,10 @@ impl SnapshotThread {
 }
 
 impl Runner {
-    /// One group: expiries due, every item of `batches` in order, one commit, then the replies
-    /// and the notices they raised, then a snapshot when one is due.
-    fn group(&mut self, batches: &mut Vec<ShardBatch>, outputs: &mut Vec<Vec<ShardOutput>>) {
+    /// One group, in memory: expiries due, then every item of `batches` in order, appending a
+    /// journal record for each change. The commit is the driver's.
+    fn group(&mut self, batches: Vec<ShardBatch>) -> Waiting {
+        let mut outputs = Vec::with_capacity(batches.len());
         let now_ms = wall_clock_ms();
         let mut appended = 0u64;
         appended += self.tick(now_ms);
@@ -348,25 +476,9 @@ impl Runner {
             }
             outputs.push(answers);
         }
-        if appended > 0 {
-            if let Err(error) = self.journal.commit() {
-                // Never retried: after a failed fsync the page cache can no longer be trusted.
-                fatal(&format!("shard {} journal commit failed: {error}", self.settings.shard_id));
-            }
-            self.since_snapshot += appended;
-        }
-        // Durable: release every reply of the group, then the notices it raised.
-        for (batch, answers) in batches.drain(..).zip(outputs.drain(..)) {
-            // A connection that went away no longer wants its answer; that is fine.
-            let _ = batch.reply.send(answers);
-        }
+        self.since_snapshot += appended;
         let notices = self.engine.take_notices();
-        if !notices.is_empty() {
-            self.settings.directory.notify(&notices);
-        }
-        if self.since_snapshot >= self.settings.snapshot_every_records {
-            self.snapshot();
-        }
+        Waiting { seq: self.journal.last_seq(), batches, outputs, notices }
     }
 
     /// Expires due holds and silent sessions; returns how many records it appended.
@@ -400,7 +512,8 @@ impl Runner {
         // then one chunk copy per first write to it); serializing and writing it happen on the
         // snapshot thread.
         let started = Instant::now();
-        let seq = self.journal.durable_seq();
+        // The engine holds every applied record; the writer commits them first if need be.
+        let seq = self.journal.last_seq();
         let copy = Box::new(self.engine.clone());
         let writer = match self.journal.prepare_snapshot(seq) {
             Ok(writer) => writer,
