@@ -96,7 +96,7 @@ impl Recovery {
             Some(segment) => segment,
             None => {
                 let (path, file, map) = fsys::create_segment(&self.dir, end.last_seq + 1, self.options.segment_bytes)?;
-                ActiveSegment { path, file: std::sync::Arc::new(file), map, write_offset: SEGMENT_HEADER_BYTES, durable_offset: SEGMENT_HEADER_BYTES }
+                ActiveSegment { path, file: std::sync::Arc::new(file), map, write_offset: SEGMENT_HEADER_BYTES, durable_offset: SEGMENT_HEADER_BYTES, pending: Vec::new() }
             }
         };
         Ok(Journal::from_parts(self.dir, self.options, self.lock, segment, end.last_seq))
@@ -208,7 +208,7 @@ fn scan(
             format!("the journal ends at seq {last_seq} but must reach seq {required_seq} (snapshot or replay start)"),
         ));
     }
-    let segment = ActiveSegment { path: last.path.clone(), file: std::sync::Arc::new(file), map, write_offset: end_offset, durable_offset: end_offset };
+    let segment = ActiveSegment { path: last.path.clone(), file: std::sync::Arc::new(file), map, write_offset: end_offset, durable_offset: end_offset, pending: Vec::new() };
     Ok(ScanEnd { segment: Some(segment), last_seq })
 }
 

@@ -93,12 +93,16 @@ fn reader_sees_no_record_before_its_commit() -> TestResult {
     journal.commit()?;
     assert_eq!(read_all(&mut reader, durable + 1)?.0, seq);
 
-    // A process crash leaves appended records in the page cache; recovery makes them durable
-    // and publishes the recovered end.
+    // An appended record waits in the writer's memory until a commit writes it, so a process
+    // crash before the commit takes it away (it was never acknowledged); recovery publishes the
+    // recovered end, and the next record reuses the seq.
     journal.append(&payload(SEED, seq + 1))?;
     assert_eq!(read_all(&mut reader, seq + 1)?.0, seq);
-    drop(journal); // no commit on drop: as if killed, the record stays in the page cache only
-    drop(open(temp.path(), options)?);
+    drop(journal); // no commit on drop: as if killed
+    let mut journal = open(temp.path(), options)?;
+    assert_eq!(read_all(&mut reader, seq + 1)?.0, seq);
+    assert_eq!(journal.append(&payload(SEED, seq + 1))?, seq + 1);
+    journal.commit()?;
     assert_eq!(read_all(&mut reader, seq + 1)?.0, seq + 1);
     Ok(())
 }

@@ -72,9 +72,11 @@ fn empty_directory_starts_at_seq_one_and_empty_payloads_are_records() -> TestRes
 }
 
 #[test]
-fn appended_but_uncommitted_records_survive_a_process_exit() -> TestResult {
-    // A dropped journal (process exit without commit) leaves its records in the page cache;
-    // recovery finds them and makes them durable before new appends.
+fn uncommitted_records_die_with_the_process_and_started_commits_survive_it() -> TestResult {
+    // Appended records wait in the writer's memory (never acknowledged), so a process exit
+    // without a commit drops them. A pipelined commit writes them to the file when it starts:
+    // an exit before its sync returned leaves them in the page cache, where recovery finds
+    // them and makes them durable before new appends.
     let temp = tempfile::tempdir()?;
     let options = JournalOptions::test_min();
     let mut journal = open(temp.path(), options)?;
@@ -83,8 +85,50 @@ fn appended_but_uncommitted_records_survive_a_process_exit() -> TestResult {
     }
     assert_eq!((journal.last_seq(), journal.durable_seq()), (10, 0));
     drop(journal);
+    let mut journal = open(temp.path(), options)?;
+    assert_eq!((journal.last_seq(), journal.durable_seq()), (0, 0));
+    for seq in 1..=10 {
+        journal.append(&payload(SEED, seq))?;
+    }
+    let request = journal.commit_start()?.expect("records wait");
+    assert!(journal.commit_start()?.is_none(), "one commit in flight at a time");
+    assert_eq!(request.last_seq(), 10);
+    assert_eq!(journal.durable_seq(), 0, "nothing is durable before the sync returned");
+    drop(request);
+    drop(journal);
     let journal = open(temp.path(), options)?;
     assert_eq!((journal.last_seq(), journal.durable_seq()), (10, 10));
+    drop(journal);
+    let records = replay_all(temp.path(), options, 0)?;
+    assert_eq!(records.len(), 10);
+    Ok(())
+}
+
+#[test]
+fn a_pipelined_commit_makes_its_records_durable_and_a_roll_meanwhile_keeps_them() -> TestResult {
+    let temp = tempfile::tempdir()?;
+    let options = JournalOptions::test_min();
+    let mut journal = open(temp.path(), options)?;
+    journal.append(&payload(SEED, 1))?;
+    let request = journal.commit_start()?.expect("a record waits");
+    // Appends go on while the commit is in flight, across a segment roll (committed in line).
+    let mut seq = 1;
+    let segments = std::fs::read_dir(temp.path())?.count();
+    while std::fs::read_dir(temp.path())?.count() == segments {
+        seq += 1;
+        journal.append(&payload(SEED, seq))?;
+    }
+    let durable_after_roll = journal.durable_seq();
+    assert!(durable_after_roll >= 1 && durable_after_roll < seq);
+    let synced = request.sync();
+    journal.commit_finish(request, synced)?;
+    assert_eq!(journal.durable_seq(), durable_after_roll, "a finished commit never moves the durable end back");
+    let request = journal.commit_start()?.expect("the record that rolled waits");
+    let synced = request.sync();
+    journal.commit_finish(request, synced)?;
+    assert_eq!(journal.durable_seq(), seq);
+    drop(journal);
+    assert_eq!(replay_all(temp.path(), options, 0)?.len() as u64, seq);
     Ok(())
 }
 
