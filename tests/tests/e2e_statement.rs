@@ -225,12 +225,15 @@ async fn statement_pages(client: &Client, card: u64, limit: u32) -> (StatementRe
 fn raw_frames_are_answered(address: &str) {
     use std::io::{Read, Write};
     use pinswitch_protocol::{FrameHeader, Ping, VERSION, decode_frame, encode_body, encode_frame};
-    let read_frame = |stream: &mut std::net::TcpStream| {
-        let mut bytes = Vec::new();
+    // Answers may arrive together in one read: bytes past a frame stay for the next one.
+    let read_frame = |stream: &mut std::net::TcpStream, bytes: &mut Vec<u8>| {
         let mut chunk = [0u8; 4096];
         loop {
-            if let Some(frame) = decode_frame(&bytes, 1 << 20).expect("a valid frame") {
-                return (frame.header, frame.body.to_vec());
+            if let Some(frame) = decode_frame(bytes, 1 << 20).expect("a valid frame") {
+                let answer = (frame.header, frame.body.to_vec());
+                let used = frame.total_len;
+                bytes.drain(..used);
+                return answer;
             }
             let read = stream.read(&mut chunk).expect("reading");
             assert!(read > 0, "closed before a whole frame");
@@ -243,13 +246,14 @@ fn raw_frames_are_answered(address: &str) {
     encode_frame(&mut frame, &header(99, 5), b"");
     encode_frame(&mut frame, &header(2, 6), &encode_body(&Ping { nonce: 9 }));
     stream.write_all(&frame).expect("write");
-    let (unknown, _) = read_frame(&mut stream);
+    let mut bytes = Vec::new();
+    let (unknown, _) = read_frame(&mut stream, &mut bytes);
     assert_eq!((unknown.request_id, unknown.status), (5, ResultCode::UnknownMessageType.as_u16()));
-    let (pong, _) = read_frame(&mut stream);
+    let (pong, _) = read_frame(&mut stream, &mut bytes);
     assert_eq!((pong.request_id, pong.status), (6, 0));
     let mut stream = std::net::TcpStream::connect(address).expect("connect");
     stream.write_all(&[0xAB; 40]).expect("write");
-    let (error, _) = read_frame(&mut stream);
+    let (error, _) = read_frame(&mut stream, &mut Vec::new());
     assert_eq!(error.status, ResultCode::FormatError.as_u16());
     let mut rest = Vec::new();
     stream.read_to_end(&mut rest).expect("the connection closes");
