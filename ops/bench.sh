@@ -4,7 +4,9 @@
 # load-generator shapes (batched, one event per frame with 1 and 16 in flight, one connection,
 # open loop at half the one-event peak), reads the switch's resident memory, kills it with
 # SIGKILL and times its recovery, then (if redis-server is installed) runs the Redis peer in
-# the same window. Writes every report under DIR and a summary table to DIR/summary.md.
+# the same window, and Redis PING without persistence (what loopback round trips alone allow).
+# Every run reports the CPU the generator and the switch spent per operation (--server-pid).
+# Writes every report under DIR and a summary table to DIR/summary.md.
 #
 #   bash ops/bench.sh                     # 1,000,000 cards
 #   CARDS=10000000 bash ops/bench.sh      # the memory and recovery figures
@@ -47,14 +49,21 @@ field() {
     python3 -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$1" "$2"
 }
 
+# A numeric field with one decimal, or "-" when the report has none (null).
+field_1() {
+    python3 -c "import json,sys; v=json.load(open(sys.argv[1])).get(sys.argv[2]); print('-' if v is None else f'{v:.1f}')" "$1" "$2"
+}
+
 run() {
     local name=$1
     shift
+    # The switch's pid: the report gives its CPU per operation beside the generator's.
     "$LOADGEN" run --connect "$ADDRESS" --cards-file "$DIR/cards.bin" --workload sale \
-        --duration "$DURATION_S" --report "$DIR/$name.json" --svg "$DIR/$name.svg" "$@" \
-        >"$DIR/$name.txt" 2>&1
-    printf '| %s | `%s` | %.0f | %s | %s | %s |\n' "$name" "$*" "$(field "$DIR/$name.json" ops_per_s)" \
+        --duration "$DURATION_S" --report "$DIR/$name.json" --svg "$DIR/$name.svg" \
+        --server-pid "$(cat "$DIR/pid")" "$@" >"$DIR/$name.txt" 2>&1
+    printf '| %s | `%s` | %.0f | %s | %s | %s | %s | %s |\n' "$name" "$*" "$(field "$DIR/$name.json" ops_per_s)" \
         "$(field "$DIR/$name.json" p50_us)" "$(field "$DIR/$name.json" p99_us)" \
+        "$(field_1 "$DIR/$name.json" loadgen_cpu_us_per_op)" "$(field_1 "$DIR/$name.json" server_cpu_us_per_op)" \
         "$(field "$DIR/$name.json" errors_by_code)" >>"$SUMMARY"
 }
 
@@ -69,8 +78,8 @@ start_switch "$DIR/server.log"
 {
     echo '```'
     echo
-    echo "| run | loadgen settings | ops/s | p50 µs | p99 µs | errors |"
-    echo "|---|---|---|---|---|---|"
+    echo "| run | loadgen settings | ops/s | p50 µs | p99 µs | loadgen CPU µs/op | switch CPU µs/op | errors |"
+    echo "|---|---|---|---|---|---|---|---|"
 } >>"$SUMMARY"
 
 # One event per frame first: the batched run writes millions of records, and the snapshots
@@ -103,7 +112,7 @@ RECOVERY_MS=$(( ($(date +%s%N) - STARTED_NS) / 1000000 ))
     grep "recovered" "$DIR/server-recovery.log"
 } >>"$SUMMARY"
 # Call sessions on the recovered switch (issue 5): 100,000 concurrent calls; see benchmarking.md.
-"$LOADGEN" run --connect "$ADDRESS" --cards-file "$DIR/cards.bin" --workload calls --calls 100000 --tariff 10,12,6,0 --connections 8 --in-flight 8 --batch 64 --warmup 20 --duration "$DURATION_S" --seed 35 --validate --report "$DIR/calls.json" >"$DIR/calls.txt" 2>&1 && { echo; grep -E "^(calls|sessions|latency|tariff|validation) " "$DIR/calls.txt"; } >>"$SUMMARY"
+"$LOADGEN" run --connect "$ADDRESS" --cards-file "$DIR/cards.bin" --workload calls --calls 100000 --tariff 10,12,6,0 --connections 8 --in-flight 8 --batch 64 --warmup 20 --duration "$DURATION_S" --seed 35 --validate --server-pid "$(cat "$DIR/pid")" --report "$DIR/calls.json" >"$DIR/calls.txt" 2>&1 && { echo; grep -E "^(calls|sessions|latency|cpu|tariff|validation) " "$DIR/calls.txt"; } >>"$SUMMARY"
 kill "$(cat "$DIR/pid")"
 wait 2>/dev/null || true
 
@@ -113,5 +122,46 @@ if [ "$REDIS" = 1 ] && command -v redis-server >/dev/null && [ -f ../shared/peer
     bash ../shared/peers/redis/run_redis.sh always 1000000 1 16 >"$DIR/redis.txt" 2>&1
     # The run header and the throughput and latency lines of each pipeline depth.
     grep -E "^=== |throughput summary|^ +[0-9.]+ +[0-9.]+ +[0-9.]+ +[0-9.]+ +[0-9.]+ +[0-9.]+$|avg +min" "$DIR/redis.txt" >>"$SUMMARY"
+fi
+
+# Redis PING without persistence: a round trip that does no work, so its rate is what loopback
+# TCP and the system calls allow on this machine, the ceiling of any one-event-per-frame shape.
+REDIS_PING_PORT=7493
+if [ "$REDIS" = 1 ] && command -v redis-server >/dev/null && command -v redis-benchmark >/dev/null; then
+    redis-server --port "$REDIS_PING_PORT" --save "" --appendonly no --daemonize no \
+        >"$DIR/redis-ping-server.log" 2>&1 &
+    REDIS_PING_PID=$!
+    # Stopped on any exit, so a failed benchmark does not leave it running.
+    trap 'kill "$REDIS_PING_PID" 2>/dev/null || true' EXIT
+    # `-q` prints progress lines ending in a carriage return, then "PING_MBULK: N requests per
+    # second[, p50=...]"; the rate is the whole part of the number before "requests per second".
+    redis_ping() {
+        redis-benchmark -p "$REDIS_PING_PORT" -c 50 -n 600000 -P "$1" -t ping_mbulk -q \
+            | tee -a "$DIR/redis-ping.txt" | tr '\r' '\n' \
+            | sed -nE 's/^.*: ([0-9]+)(\.[0-9]*)? requests per second.*$/\1/p' | tail -n 1
+    }
+    PING_P1=
+    PING_P16=
+    until grep -q "Ready to accept connections" "$DIR/redis-ping-server.log"; do
+        if ! kill -0 "$REDIS_PING_PID" 2>/dev/null; then
+            # E.g. the port is taken: the other figures are still worth their summary.
+            echo "bench: redis-server on port $REDIS_PING_PORT did not start (see $DIR/redis-ping-server.log)" >&2
+            REDIS_PING_PID=
+            break
+        fi
+        sleep 0.05
+    done
+    if [ -n "$REDIS_PING_PID" ]; then
+        # A failed benchmark shows as "?" rather than ending the script before the summary.
+        PING_P1=$(redis_ping 1) || true
+        PING_P16=$(redis_ping 16) || true
+        kill "$REDIS_PING_PID"
+        wait "$REDIS_PING_PID" 2>/dev/null || true
+    fi
+    trap - EXIT
+    {
+        echo
+        echo "Redis PING, no persistence, 50 connections, pipeline 1 / 16: ${PING_P1:-?} / ${PING_P16:-?} requests/s (the network's limit)"
+    } >>"$SUMMARY"
 fi
 cat "$SUMMARY"

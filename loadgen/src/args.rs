@@ -125,6 +125,10 @@ pub struct RunArgs {
     /// Tokio worker threads of the generator.
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
+    /// The switch's process id: its CPU time over the measured window is reported beside the
+    /// generator's (read from /proc/PID/stat).
+    #[arg(long = "server-pid", value_name = "PID")]
+    pub server_pid: Option<u32>,
     /// Smallest SALE/AUTHORIZE amount (won).
     #[arg(long = "sale-min-won", default_value_t = 10)]
     pub sale_min_won: u64,
@@ -211,6 +215,8 @@ mod tests {
             "--validate",
             "--report",
             "r.json",
+            "--server-pid",
+            "4242",
         ])
         .expect("parses");
         let Command::Run(run) = cli.command else {
@@ -219,6 +225,7 @@ mod tests {
         assert_eq!(run.rate_ops_per_s, 50_000);
         assert_eq!(run.workload.parts.len(), 3);
         assert!(run.validate);
+        assert_eq!(run.server_pid, Some(4242));
         assert_eq!(run.calls, 100_000);
         assert_eq!(run.call_length, CallLength::Exp { mean_s: 120 });
         assert!(run.tariff.is_none());
@@ -243,6 +250,7 @@ mod tests {
             panic!("not a run")
         };
         assert!(run.workload.is_calls());
+        assert_eq!(run.server_pid, None);
         assert_eq!((run.calls, run.update_interval_s), (500, 30));
         assert_eq!(run.tariff.map(|tariff| tariff.rate_won), Some(12));
         assert!(

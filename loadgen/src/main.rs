@@ -9,7 +9,9 @@
 mod args;
 mod calls;
 mod cards;
+mod cpu;
 mod dist;
+mod future_set;
 mod model;
 mod pool;
 mod prepare;
@@ -83,6 +85,7 @@ fn execute(cli: Cli) -> anyhow::Result<bool> {
                 seed: args.seed,
                 validate: args.validate,
                 threads: args.threads,
+                server_pid: args.server_pid,
                 sale_min_won: args.sale_min_won,
                 sale_max_won: args.sale_max_won,
                 load_amount_won: args.load_amount_won,

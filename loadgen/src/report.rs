@@ -132,6 +132,16 @@ pub struct Report {
     /// The generator's own delay between a frame's scheduled and actual send (part of latency).
     pub send_lag_p99_us: u64,
     pub send_lag_max_us: u64,
+    /// Wall time between the two CPU samples: the end of the warmup and the end of the duration
+    /// (or the interrupt). `None` (null) when the window never began.
+    pub cpu_window_s: Option<f64>,
+    /// The generator's own CPU time (user + system, every thread) over that window, and per
+    /// operation answered in the window; null where /proc cannot be read.
+    pub loadgen_cpu_s: Option<f64>,
+    pub loadgen_cpu_us_per_op: Option<f64>,
+    /// The same for the switch's process (`--server-pid`); null without it.
+    pub server_cpu_s: Option<f64>,
+    pub server_cpu_us_per_op: Option<f64>,
     /// Operations answered with a non-success code or never answered.
     pub errors: u64,
     pub errors_by_code: BTreeMap<String, u64>,
@@ -315,6 +325,9 @@ impl Report {
             thousands(self.send_lag_p99_us),
             thousands(self.send_lag_max_us)
         );
+        if let Some(cpu) = self.cpu_text() {
+            let _ = writeln!(out, "cpu          {cpu}");
+        }
         let results: Vec<String> = self
             .results_by_code
             .iter()
@@ -376,6 +389,34 @@ impl Report {
         };
         let _ = writeln!(out, "validation   {validation}");
         out
+    }
+
+    /// `loadgen 1.23 s (4.1 µs/op, 61 % of one core), switch 1.50 s (...)`; `None` when
+    /// nothing was measured.
+    fn cpu_text(&self) -> Option<String> {
+        let part = |name: &str, cpu_s: Option<f64>, us_per_op: Option<f64>| {
+            let cpu_s = cpu_s?;
+            let mut figures = Vec::new();
+            if let Some(us_per_op) = us_per_op {
+                figures.push(format!("{us_per_op:.1} µs/op"));
+            }
+            if let Some(window_s) = self.cpu_window_s.filter(|window_s| *window_s > 0.0) {
+                figures.push(format!("{:.0} % of one core", cpu_s * 100.0 / window_s));
+            }
+            Some(if figures.is_empty() {
+                format!("{name} {cpu_s:.2} s")
+            } else {
+                format!("{name} {cpu_s:.2} s ({})", figures.join(", "))
+            })
+        };
+        let parts: Vec<String> = [
+            part("loadgen", self.loadgen_cpu_s, self.loadgen_cpu_us_per_op),
+            part("switch", self.server_cpu_s, self.server_cpu_us_per_op),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        (!parts.is_empty()).then(|| parts.join(", "))
     }
 }
 
@@ -502,6 +543,11 @@ pub mod tests {
             max_us: figures.max_us,
             send_lag_p99_us: 3,
             send_lag_max_us: 9,
+            cpu_window_s: None,
+            loadgen_cpu_s: None,
+            loadgen_cpu_us_per_op: None,
+            server_cpu_s: None,
+            server_cpu_us_per_op: None,
             errors: 2,
             errors_by_code: BTreeMap::from([("INSUFFICIENT_FUNDS".into(), 2)]),
             results_by_code: BTreeMap::from([
@@ -636,6 +682,52 @@ pub mod tests {
         assert_eq!(value["calls"]["sessions_started_per_s"], 495.0);
         assert_eq!(value["by_message"]["SESSION_END"]["ops"], 990);
         assert!(value["timeline"][0].get("calls_live").is_none());
+    }
+
+    #[test]
+    fn cpu_figures_are_reported_when_measured() {
+        let report = sample_report();
+        assert!(
+            !report.to_text().contains("cpu "),
+            "nothing measured, nothing shown"
+        );
+        let value: serde_json::Value = serde_json::from_str(&report.to_json()).expect("json");
+        for key in [
+            "cpu_window_s",
+            "loadgen_cpu_s",
+            "loadgen_cpu_us_per_op",
+            "server_cpu_s",
+            "server_cpu_us_per_op",
+        ] {
+            assert!(value[key].is_null(), "{key} should be null");
+        }
+        let measured = Report {
+            cpu_window_s: Some(2.02),
+            loadgen_cpu_s: Some(1.23),
+            loadgen_cpu_us_per_op: Some(4.1),
+            ..sample_report()
+        };
+        let text = measured.to_text();
+        assert!(
+            text.contains("cpu          loadgen 1.23 s (4.1 µs/op, 61 % of one core)\n"),
+            "{text}"
+        );
+        let with_switch = Report {
+            server_cpu_s: Some(1.5),
+            server_cpu_us_per_op: Some(5.0),
+            ..measured
+        };
+        let text = with_switch.to_text();
+        assert!(
+            text.contains(
+                "cpu          loadgen 1.23 s (4.1 µs/op, 61 % of one core), switch 1.50 s (5.0 µs/op, 74 % of one core)\n"
+            ),
+            "{text}"
+        );
+        let value: serde_json::Value = serde_json::from_str(&with_switch.to_json()).expect("json");
+        assert_eq!(value["loadgen_cpu_s"], 1.23);
+        assert_eq!(value["server_cpu_us_per_op"], 5.0);
+        assert_eq!(value["cpu_window_s"], 2.02);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The run: one task per connection, each with its own generator, schedule and pipeline of up to
-//! `in_flight` frames (a tokio `JoinSet`), plus a pacer thread and a once-a-second collector.
+//! `in_flight` frames (a `FutureSet` polled inside the connection's task: no task per frame),
+//! plus a pacer thread and a once-a-second collector.
 //!
 //! Open loop (`--rate` > 0): connection c sends its k-th frame at `start + offset_c + k * interval`
 //! whatever happened to earlier frames, and latency is measured from that scheduled time, so a
@@ -19,7 +20,7 @@
 //! calls, unmeasured) and, after it, ENDs every call still in progress (unmeasured), so no
 //! session keeps money reserved; each connection also listens for SESSION_NOTICE pushes.
 
-use std::collections::HashMap;
+use std::future::Future;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -31,11 +32,13 @@ use hdrhistogram::serialization::interval_log::IntervalLogWriterBuilder;
 use hdrhistogram::serialization::{Deserializer, Serializer, V2DeflateSerializer};
 use pinswitch_protocol::{Client, ClientError, ClientOptions, OpResult, SessionNotice};
 use tokio::sync::{Notify, mpsc};
-use tokio::task::{Id, JoinError, JoinSet};
+use tokio::task::JoinSet;
 
 use crate::calls::{CallCounters, CallGen, CallParams, Grant};
 use crate::cards::{self, CardRecord, CardsFile};
+use crate::cpu::{CpuFigures, CpuWindow};
 use crate::dist::{CardPicker, DistSpec};
+use crate::future_set::FutureSet;
 use crate::model::{Model, Op};
 use crate::pool::Pool;
 use crate::report::{
@@ -60,6 +63,8 @@ pub struct RunSpec {
     pub seed: u64,
     pub validate: bool,
     pub threads: usize,
+    /// The switch's process id, whose CPU time the report gives beside the generator's.
+    pub server_pid: Option<u32>,
     pub sale_min_won: u64,
     pub sale_max_won: u64,
     pub load_amount_won: u64,
@@ -166,11 +171,13 @@ fn pace(
     }
 }
 
-/// What a frame task returns.
+/// What a frame in flight comes back with.
 struct FrameOutput {
     sent_at: Instant,
     completed_at: Instant,
     outcome: Result<Replies, ClientError>,
+    /// The events sent, handed back to the generator to reuse their buffers.
+    events: Events,
 }
 
 /// The replies to a frame: one result per event, and for session events their grants.
@@ -208,22 +215,34 @@ struct InFlight {
     generation: u64,
 }
 
-async fn send_events(client: Client, events: Events) -> Result<Replies, ClientError> {
+/// Sends a frame and waits for its reply: the future a connection keeps per frame in flight.
+async fn send_frame(client: Client, events: Events) -> FrameOutput {
+    let sent_at = Instant::now();
+    let outcome = send_events(&client, &events).await;
+    FrameOutput {
+        sent_at,
+        completed_at: Instant::now(),
+        outcome,
+        events,
+    }
+}
+
+async fn send_events(client: &Client, events: &Events) -> Result<Replies, ClientError> {
     let sessions = |results: Vec<pinswitch_protocol::SessionResult>| Replies {
         grants: results.iter().map(Grant::of).collect(),
         results: results.into_iter().map(|result| result.result).collect(),
     };
     match events {
-        Events::Load(events) => client.card_load(&events).await.map(Replies::from),
-        Events::Sale(events) => client.sale(&events).await.map(Replies::from),
-        Events::Authorize(events) => client.authorize(&events).await.map(Replies::from),
-        Events::Capture(events) => client.capture(&events).await.map(Replies::from),
-        Events::Void(events) => client.void(&events).await.map(Replies::from),
-        Events::Reverse(events) => client.reverse(&events).await.map(Replies::from),
-        Events::Refund(events) => client.refund(&events).await.map(Replies::from),
-        Events::SessionStart(events) => client.session_start(&events).await.map(sessions),
-        Events::SessionUpdate(events) => client.session_update(&events).await.map(sessions),
-        Events::SessionEnd(events) => client.session_end(&events).await.map(sessions),
+        Events::Load(events) => client.card_load(events).await.map(Replies::from),
+        Events::Sale(events) => client.sale(events).await.map(Replies::from),
+        Events::Authorize(events) => client.authorize(events).await.map(Replies::from),
+        Events::Capture(events) => client.capture(events).await.map(Replies::from),
+        Events::Void(events) => client.void(events).await.map(Replies::from),
+        Events::Reverse(events) => client.reverse(events).await.map(Replies::from),
+        Events::Refund(events) => client.refund(events).await.map(Replies::from),
+        Events::SessionStart(events) => client.session_start(events).await.map(sessions),
+        Events::SessionUpdate(events) => client.session_update(events).await.map(sessions),
+        Events::SessionEnd(events) => client.session_end(events).await.map(sessions),
     }
 }
 
@@ -243,7 +262,9 @@ struct ConnSummary {
     calls_left_open: u64,
 }
 
-struct Connection {
+/// One connection's task state. `F` is the future of a frame in flight: what `send_frame`
+/// returns, named by a type parameter because an async fn's future has no name of its own.
+struct Connection<F: Future<Output = FrameOutput>> {
     address: String,
     options: ClientOptions,
     client: Option<Client>,
@@ -268,12 +289,17 @@ struct Connection {
     /// Connections past their window (draining): live calls are no longer sampled.
     draining: Arc<AtomicUsize>,
     in_flight_max: usize,
-    tasks: JoinSet<FrameOutput>,
-    in_flight: HashMap<Id, InFlight>,
+    /// `send_frame`, which makes the frames' futures.
+    send: fn(Client, Events) -> F,
+    tasks: FutureSet<F>,
+    /// What each slot of `tasks` in use is sending.
+    in_flight: Vec<Option<InFlight>>,
+    /// Reused for each answered frame's result codes.
+    codes: Vec<(u16, u64)>,
     summary: ConnSummary,
 }
 
-impl Connection {
+impl<F: Future<Output = FrameOutput> + Send + 'static> Connection<F> {
     async fn run(mut self) -> ConnSummary {
         let run_ns = self.end.duration_since(self.start).as_nanos() as u64;
         let mut next_frame: u64 = 0;
@@ -281,7 +307,7 @@ impl Connection {
             if self.stop.load(Ordering::Relaxed) {
                 break;
             }
-            while let Some(joined) = self.tasks.try_join_next_with_id() {
+            while let Some(joined) = self.tasks.try_join_next() {
                 self.on_joined(joined);
             }
             self.take_notices();
@@ -313,7 +339,7 @@ impl Connection {
                 }
             };
             if self.tasks.len() >= self.in_flight_max {
-                if let Some(joined) = self.tasks.join_next_with_id().await {
+                if let Some(joined) = self.tasks.join_next().await {
                     self.on_joined(joined);
                 }
                 continue;
@@ -323,7 +349,7 @@ impl Connection {
             }
             let Some(frame) = self.generator.next_frame(now, &self.cards, &self.model) else {
                 // Every call waits for a reply: the frame goes out when one comes.
-                if let Some(joined) = self.tasks.join_next_with_id().await {
+                if let Some(joined) = self.tasks.join_next().await {
                     self.on_joined(joined);
                 }
                 continue;
@@ -360,7 +386,7 @@ impl Connection {
     async fn ramp(&mut self) -> anyhow::Result<()> {
         let deadline = Instant::now() + RAMP_TIME_MAX;
         loop {
-            while let Some(joined) = self.tasks.try_join_next_with_id() {
+            while let Some(joined) = self.tasks.try_join_next() {
                 self.on_joined(joined);
             }
             self.take_notices();
@@ -377,7 +403,7 @@ impl Connection {
                     continue;
                 }
             }
-            match self.tasks.join_next_with_id().await {
+            match self.tasks.join_next().await {
                 Some(joined) => self.on_joined(joined),
                 None => break,
             }
@@ -404,58 +430,61 @@ impl Connection {
         let fallback = tokio::time::sleep_until((due + Duration::from_millis(2)).into());
         tokio::select! {
             _ = wake.notified() => {}
-            Some(joined) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => self.on_joined(joined),
+            Some(joined) = self.tasks.join_next(), if !self.tasks.is_empty() => self.on_joined(joined),
             _ = fallback => {}
         }
     }
 
+    /// Starts sending a frame: it goes out when the connection next polls its frames in flight
+    /// (at once: every path that starts frames then waits on them or checks them).
     fn spawn(&mut self, frame: Frame, scheduled_at: Instant, measure: Measure) {
         let Some(client) = self.client.clone() else {
             // No connection: the frame is not sent; follow-ups stay queued.
             for op in &frame.ops {
                 self.generator.on_not_executed(op, Instant::now());
             }
+            self.generator.recycle(Some(frame.events), frame.ops);
             return;
         };
         let Frame { events, ops } = frame;
         let message = events.name();
-        let handle = self.tasks.spawn(async move {
-            let sent_at = Instant::now();
-            let outcome = send_events(client, events).await;
-            FrameOutput {
-                sent_at,
-                completed_at: Instant::now(),
-                outcome,
-            }
+        let slot = self.tasks.push((self.send)(client, events));
+        if self.in_flight.len() <= slot {
+            self.in_flight.resize_with(slot + 1, || None);
+        }
+        self.in_flight[slot] = Some(InFlight {
+            ops,
+            message,
+            scheduled_at,
+            measure,
+            generation: self.generation,
         });
-        self.in_flight.insert(
-            handle.id(),
-            InFlight {
-                ops,
-                message,
-                scheduled_at,
-                measure,
-                generation: self.generation,
-            },
-        );
     }
 
-    fn on_joined(&mut self, joined: Result<(Id, FrameOutput), JoinError>) {
-        let (id, output) = match joined {
-            Ok((id, output)) => (id, Some(output)),
-            Err(error) => (error.id(), None),
-        };
-        let Some(frame) = self.in_flight.remove(&id) else {
-            return;
-        };
-        self.complete(frame, output);
+    fn on_joined(&mut self, (slot, output): (usize, FrameOutput)) {
+        if let Some(frame) = self.in_flight[slot].take() {
+            self.complete(frame, Some(output));
+        }
+    }
+
+    /// Gives up the frames still in flight (outcome unknown).
+    fn abandon_in_flight(&mut self) {
+        for slot in self.tasks.abort_all() {
+            if let Some(frame) = self.in_flight[slot].take() {
+                self.complete(frame, None);
+            }
+        }
     }
 
     /// Applies a frame's outcome to the model, the generator and the statistics.
     fn complete(&mut self, frame: InFlight, output: Option<FrameOutput>) {
-        let now = Instant::now();
+        // An answered frame was completed just now: its time saves reading the clock again.
+        let now = output
+            .as_ref()
+            .map_or_else(Instant::now, |output| output.completed_at);
         let count = frame.ops.len() as u64;
-        let mut codes: Vec<(u16, u64)> = Vec::new();
+        let mut codes = std::mem::take(&mut self.codes);
+        codes.clear();
         match output.as_ref().map(|output| &output.outcome) {
             Some(Ok(replies)) => {
                 for (index, (op, result)) in frame.ops.iter().zip(&replies.results).enumerate() {
@@ -500,26 +529,40 @@ impl Connection {
             .map_or(frame.scheduled_at, |output| output.sent_at);
         match frame.measure {
             Measure::No => {}
-            Measure::Ramp => {
-                count_frame(&mut self.summary.ramp, &frame, sent_at, completed_at, codes)
-            }
+            Measure::Ramp => count_frame(
+                &mut self.summary.ramp,
+                &frame,
+                sent_at,
+                completed_at,
+                &codes,
+            ),
             Measure::Window => {
-                count_frame(&mut lock(&self.stats), &frame, sent_at, completed_at, codes);
+                count_frame(
+                    &mut lock(&self.stats),
+                    &frame,
+                    sent_at,
+                    completed_at,
+                    &codes,
+                );
             }
         }
+        self.codes = codes;
+        self.generator
+            .recycle(output.map(|output| output.events), frame.ops);
     }
 
     /// Collects every in-flight frame; past `deadline` the rest are abandoned (outcome unknown).
     async fn finish_in_flight(&mut self, deadline: Instant) {
         while !self.tasks.is_empty() {
-            match tokio::time::timeout_at(deadline.into(), self.tasks.join_next_with_id()).await {
+            match tokio::time::timeout_at(deadline.into(), self.tasks.join_next()).await {
                 Ok(Some(joined)) => self.on_joined(joined),
                 Ok(None) => break,
                 Err(_) => {
-                    self.tasks.abort_all();
-                    while let Some(joined) = self.tasks.join_next_with_id().await {
+                    // Replies already in still count; the rest are given up.
+                    while let Some(joined) = self.tasks.try_join_next() {
                         self.on_joined(joined);
                     }
+                    self.abandon_in_flight();
                 }
             }
         }
@@ -557,7 +600,7 @@ impl Connection {
                 }
                 continue;
             }
-            match tokio::time::timeout_at(deadline.into(), self.tasks.join_next_with_id()).await {
+            match tokio::time::timeout_at(deadline.into(), self.tasks.join_next()).await {
                 Ok(Some(joined)) => self.on_joined(joined),
                 Ok(None) => {}
                 Err(_) => {
@@ -624,7 +667,7 @@ fn count_frame(
     frame: &InFlight,
     sent_at: Instant,
     completed_at: Instant,
-    codes: Vec<(u16, u64)>,
+    codes: &[(u16, u64)],
 ) {
     let count = frame.ops.len() as u64;
     let latency_us = completed_at
@@ -643,7 +686,7 @@ fn count_frame(
         .map(|(_, count)| count)
         .sum();
     stats.record_message(frame.message, latency_us, count, errors);
-    for (code, count) in codes {
+    for &(code, count) in codes {
         stats.count_code(code, count);
     }
     stats.last_completion = Some(
@@ -816,7 +859,9 @@ fn write_hdr_log(
 
 /// A calls run's ramp: every connection STARTs its share of the calls at once; returns the
 /// connections in their order.
-async fn ramp(connections: Vec<Connection>) -> anyhow::Result<Vec<Connection>> {
+async fn ramp<F: Future<Output = FrameOutput> + Send + 'static>(
+    connections: Vec<Connection<F>>,
+) -> anyhow::Result<Vec<Connection<F>>> {
     let calls: u64 = connections
         .iter()
         .map(|connection| connection.generator.follow_ups_pending() as u64)
@@ -829,7 +874,7 @@ async fn ramp(connections: Vec<Connection>) -> anyhow::Result<Vec<Connection>> {
             (index, connection, outcome)
         });
     }
-    let mut ramped: Vec<(usize, Connection)> = Vec::new();
+    let mut ramped: Vec<(usize, Connection<F>)> = Vec::new();
     while let Some(joined) = tasks.join_next().await {
         let (index, connection, outcome) =
             joined.map_err(|error| anyhow::anyhow!("a ramp task failed: {error}"))?;
@@ -877,6 +922,8 @@ pub async fn run(spec: &RunSpec, cards_path: &Path, outputs: &RunOutputs) -> any
             bail!("--call-destination must be 1 to 15 digits");
         }
     }
+    let mut cpu = CpuWindow::new(spec.server_pid)
+        .map_err(|error| anyhow::anyhow!("--server-pid: {error}"))?;
     let mut file: CardsFile = cards::read(cards_path)?;
     if file.cards.is_empty() {
         bail!("{} holds no cards", cards_path.display());
@@ -1013,8 +1060,10 @@ pub async fn run(spec: &RunSpec, cards_path: &Path, outputs: &RunOutputs) -> any
             down: down.clone(),
             draining: draining.clone(),
             in_flight_max: in_flight,
-            tasks: JoinSet::new(),
-            in_flight: HashMap::new(),
+            send: send_frame,
+            tasks: FutureSet::default(),
+            in_flight: Vec::new(),
+            codes: Vec::new(),
             summary: ConnSummary::default(),
         });
     }
@@ -1073,14 +1122,20 @@ pub async fn run(spec: &RunSpec, cards_path: &Path, outputs: &RunOutputs) -> any
         Duration::from_secs(1),
     );
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // CPU time is sampled at the two ends of the measured window: the end of the warmup and the
+    // end of the duration (or the interrupt), so neither the warmup nor the drain counts.
+    let cpu_from = tokio::time::sleep_until(measure_from.into());
+    let cpu_to = tokio::time::sleep_until(end.into());
     let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
+    tokio::pin!(ctrl_c, cpu_from, cpu_to);
     let mut stopping = false;
     let mut stopped_at: Option<Instant> = None;
     let mut summaries: Vec<ConnSummary> = Vec::new();
     while !tasks.is_empty() {
         tokio::select! {
             _ = ticker.tick() => collector.collect(&stats, Instant::now()),
+            _ = &mut cpu_from, if !cpu.started() && !stopping => cpu.start(),
+            _ = &mut cpu_to, if cpu.started() && !cpu.finished() => cpu.finish(),
             joined = tasks.join_next() => match joined {
                 Some(Ok(summary)) => summaries.push(summary),
                 Some(Err(error)) => bail!("a connection task failed: {error}"),
@@ -1089,6 +1144,7 @@ pub async fn run(spec: &RunSpec, cards_path: &Path, outputs: &RunOutputs) -> any
             _ = &mut ctrl_c, if !stopping => {
                 stopping = true;
                 stopped_at = Some(Instant::now());
+                cpu.finish();
                 stop.store(true, Ordering::Relaxed);
                 for wake in &wakes {
                     wake.notify_one();
@@ -1104,6 +1160,8 @@ pub async fn run(spec: &RunSpec, cards_path: &Path, outputs: &RunOutputs) -> any
         }
     }
     collector.collect(&stats, Instant::now());
+    // Every connection ended before the window did (not normally: they run to its end).
+    cpu.finish();
     stop.store(true, Ordering::Relaxed);
     if let Some(pacer) = pacer {
         let _ = pacer.join();
@@ -1215,6 +1273,7 @@ pub async fn run(spec: &RunSpec, cards_path: &Path, outputs: &RunOutputs) -> any
         .as_secs_f64();
     let figures = latency_figures(&totals.latency_us);
     let lag = latency_figures(&totals.send_lag_us);
+    let cpu = cpu.figures();
     let calls_figures = calls.then(|| {
         let per_s = |count: u64| {
             if seconds > 0.0 {
@@ -1301,6 +1360,11 @@ pub async fn run(spec: &RunSpec, cards_path: &Path, outputs: &RunOutputs) -> any
         max_us: figures.max_us,
         send_lag_p99_us: lag.p99_us,
         send_lag_max_us: lag.max_us,
+        cpu_window_s: cpu.window_s,
+        loadgen_cpu_s: cpu.loadgen_cpu_s,
+        loadgen_cpu_us_per_op: CpuFigures::us_per_op(cpu.loadgen_cpu_s, totals.ops),
+        server_cpu_s: cpu.server_cpu_s,
+        server_cpu_us_per_op: CpuFigures::us_per_op(cpu.server_cpu_s, totals.ops),
         errors: totals.errors,
         errors_by_code: totals.counts_by_name(true),
         results_by_code: totals.counts_by_name(false),

@@ -235,6 +235,13 @@ pub struct Generator {
     follow_ups: [FollowUps; 5],
     /// The `calls` workload's sessions (then every frame comes from them).
     calls: Option<CallGen>,
+    /// Buffers of answered frames (`recycle`), refilled by the next frames instead of
+    /// allocating: with one event per frame an operation list, an event list and a password
+    /// copy per frame would otherwise be allocated and freed a few hundred thousand times a
+    /// second. Kept: the operation and event lists, and the events with their passwords.
+    spare_ops: Vec<Op>,
+    spare_sales: Vec<Sale>,
+    spare_authorizes: Vec<Authorize>,
 }
 
 fn follow_up_slot(kind: OpKind) -> Option<usize> {
@@ -270,6 +277,9 @@ impl Generator {
             rng: Rng::stream(seed, connection * 2 + 1),
             follow_ups: Default::default(),
             calls: None,
+            spare_ops: Vec::new(),
+            spare_sales: Vec::new(),
+            spare_authorizes: Vec::new(),
         }
     }
 
@@ -284,6 +294,29 @@ impl Generator {
             rng: Rng::new(0),
             follow_ups: Default::default(),
             calls: Some(calls),
+            spare_ops: Vec::new(),
+            spare_sales: Vec::new(),
+            spare_authorizes: Vec::new(),
+        }
+    }
+
+    /// Takes back the buffers of a frame that is done with (answered, failed or never sent):
+    /// its operations and, when they came back, its events. The next frames refill them.
+    pub fn recycle(&mut self, events: Option<Events>, ops: Vec<Op>) {
+        // One spare of each is enough: a connection sends about one frame per frame answered.
+        if ops.capacity() > self.spare_ops.capacity() {
+            self.spare_ops = ops;
+        }
+        match events {
+            Some(Events::Sale(sales)) if sales.capacity() > self.spare_sales.capacity() => {
+                self.spare_sales = sales;
+            }
+            Some(Events::Authorize(authorizes))
+                if authorizes.capacity() > self.spare_authorizes.capacity() =>
+            {
+                self.spare_authorizes = authorizes;
+            }
+            _ => {}
         }
     }
 
@@ -515,38 +548,39 @@ impl Generator {
     /// `batch` new operations of `kind` (sale, authorize or load) on drawn cards.
     fn new_ops(&mut self, kind: OpKind, gateway: bool, model: &Model) -> Vec<Op> {
         let params = self.params;
-        (0..params.batch)
-            .map(|_| {
-                let amount_won = match kind {
-                    OpKind::Load => params.load_amount_won,
-                    _ => self
-                        .rng
-                        .range_inclusive(params.sale_min_won, params.sale_max_won),
-                };
-                let amount = i64::try_from(amount_won).unwrap_or(i64::MAX);
-                let cap = i64::try_from(params.balance_cap_won).unwrap_or(i64::MAX);
-                let fits = |card: u32| match kind {
-                    OpKind::Load => model.balance_won(card).saturating_add(amount) <= cap,
-                    _ => model.available_won(card) >= amount,
-                };
-                let mut card = self.picker.pick(&mut self.card_rng);
-                for _ in 0..REDRAWS_MAX {
-                    if fits(card) {
-                        break;
-                    }
-                    card = self.picker.pick(&mut self.card_rng);
+        let mut ops = std::mem::take(&mut self.spare_ops);
+        ops.clear();
+        ops.extend((0..params.batch).map(|_| {
+            let amount_won = match kind {
+                OpKind::Load => params.load_amount_won,
+                _ => self
+                    .rng
+                    .range_inclusive(params.sale_min_won, params.sale_max_won),
+            };
+            let amount = i64::try_from(amount_won).unwrap_or(i64::MAX);
+            let cap = i64::try_from(params.balance_cap_won).unwrap_or(i64::MAX);
+            let fits = |card: u32| match kind {
+                OpKind::Load => model.balance_won(card).saturating_add(amount) <= cap,
+                _ => model.available_won(card) >= amount,
+            };
+            let mut card = self.picker.pick(&mut self.card_rng);
+            for _ in 0..REDRAWS_MAX {
+                if fits(card) {
+                    break;
                 }
-                Op {
-                    kind,
-                    card,
-                    op_id: 0,
-                    amount_won,
-                    captured_won: 0,
-                    reference: 0,
-                    gateway,
-                }
-            })
-            .collect()
+                card = self.picker.pick(&mut self.card_rng);
+            }
+            Op {
+                kind,
+                card,
+                op_id: 0,
+                amount_won,
+                captured_won: 0,
+                reference: 0,
+                gateway,
+            }
+        }));
+        ops
     }
 
     /// Gives every op a fresh op id and builds the events (all ops share one kind).
@@ -569,31 +603,47 @@ impl Generator {
                     })
                     .collect(),
             ),
-            OpKind::Sale => Events::Sale(
-                ops.iter()
-                    .map(|op| Sale {
-                        op_id: op.op_id,
-                        pin: card(op).pin,
-                        password: card(op).password.to_vec(),
-                        amount_won: op.amount_won,
-                        merchant_id: rng.range_inclusive(1, 1000),
-                        category: random_category(rng),
-                    })
-                    .collect(),
-            ),
-            OpKind::Authorize => Events::Authorize(
-                ops.iter()
-                    .map(|op| Authorize {
-                        op_id: op.op_id,
-                        pin: card(op).pin,
-                        password: card(op).password.to_vec(),
-                        amount_won: op.amount_won,
-                        merchant_id: rng.range_inclusive(1, 1000),
-                        category: random_category(rng),
-                        hold_ttl_s,
-                    })
-                    .collect(),
-            ),
+            OpKind::Sale => {
+                let mut sales = std::mem::take(&mut self.spare_sales);
+                refill(
+                    &mut sales,
+                    &ops,
+                    |sale| &mut sale.password,
+                    |op, password| {
+                        let card = card(op);
+                        Sale {
+                            op_id: op.op_id,
+                            pin: card.pin,
+                            password: password_in(password, card),
+                            amount_won: op.amount_won,
+                            merchant_id: rng.range_inclusive(1, 1000),
+                            category: random_category(rng),
+                        }
+                    },
+                );
+                Events::Sale(sales)
+            }
+            OpKind::Authorize => {
+                let mut authorizes = std::mem::take(&mut self.spare_authorizes);
+                refill(
+                    &mut authorizes,
+                    &ops,
+                    |authorize| &mut authorize.password,
+                    |op, password| {
+                        let card = card(op);
+                        Authorize {
+                            op_id: op.op_id,
+                            pin: card.pin,
+                            password: password_in(password, card),
+                            amount_won: op.amount_won,
+                            merchant_id: rng.range_inclusive(1, 1000),
+                            category: random_category(rng),
+                            hold_ttl_s,
+                        }
+                    },
+                );
+                Events::Authorize(authorizes)
+            }
             OpKind::Capture => Events::Capture(
                 ops.iter()
                     .map(|op| Capture {
@@ -644,6 +694,34 @@ impl Generator {
         };
         Frame { events, ops }
     }
+}
+
+/// Makes `events` the events of `ops`, in order, in the list and the password buffers of the
+/// events already there (a recycled frame's): `make` gets each op and the password buffer of
+/// the event it replaces (empty for a new one).
+fn refill<E>(
+    events: &mut Vec<E>,
+    ops: &[Op],
+    password_of: fn(&mut E) -> &mut Vec<u8>,
+    mut make: impl FnMut(&Op, Vec<u8>) -> E,
+) {
+    events.truncate(ops.len());
+    for (index, op) in ops.iter().enumerate() {
+        match events.get_mut(index) {
+            Some(event) => {
+                let password = std::mem::take(password_of(event));
+                *event = make(op, password);
+            }
+            None => events.push(make(op, Vec::new())),
+        }
+    }
+}
+
+/// The card's password, written into `buffer`.
+fn password_in(mut buffer: Vec<u8>, card: &CardRecord) -> Vec<u8> {
+    buffer.clear();
+    buffer.extend_from_slice(card.password.as_bytes());
+    buffer
 }
 
 fn random_category(rng: &mut Rng) -> u8 {
@@ -737,6 +815,63 @@ pub(crate) mod tests {
             let cards_a: Vec<u32> = a.ops.iter().map(|op| op.card).collect();
             let cards_b: Vec<u32> = b.ops.iter().map(|op| op.card).collect();
             assert_eq!(cards_a, cards_b);
+        }
+    }
+
+    /// A frame with its op ids zeroed, printed: what must not depend on buffer reuse.
+    fn shape(frame: &Frame) -> String {
+        let ops: Vec<Op> = frame.ops.iter().map(|op| Op { op_id: 0, ..*op }).collect();
+        let events = match &frame.events {
+            Events::Sale(sales) => format!(
+                "{:?}",
+                sales
+                    .iter()
+                    .map(|sale| Sale {
+                        op_id: 0,
+                        ..sale.clone()
+                    })
+                    .collect::<Vec<_>>()
+            ),
+            Events::Authorize(authorizes) => format!(
+                "{:?}",
+                authorizes
+                    .iter()
+                    .map(|authorize| Authorize {
+                        op_id: 0,
+                        ..authorize.clone()
+                    })
+                    .collect::<Vec<_>>()
+            ),
+            other => format!("{:?}", other.name()),
+        };
+        format!("{ops:?} {events}")
+    }
+
+    #[test]
+    fn recycled_buffers_make_the_same_frames() {
+        let cards = cards(100);
+        let model = Model::new(cards.iter().map(|card| card.expected_balance_won));
+        let now = Instant::now();
+        for spec in ["sale", "mix:sale=1,gateway=1,recharge=1"] {
+            let mut fresh = generator(spec, 5);
+            let mut recycling = generator(spec, 5);
+            for round in 0..40 {
+                let a = fresh.next_frame(now, &cards, &model).expect("frame");
+                let b = recycling.next_frame(now, &cards, &model).expect("frame");
+                assert_eq!(shape(&a), shape(&b), "{spec} frame {round}");
+                if let Events::Sale(sales) = &b.events {
+                    for (sale, op) in sales.iter().zip(&b.ops) {
+                        assert_eq!(sale.op_id, op.op_id);
+                        assert_eq!(sale.password, cards[op.card as usize].password.to_vec());
+                    }
+                }
+                // Smaller and larger frames than the spare both refill correctly.
+                let Frame { events, mut ops } = b;
+                if round % 3 == 0 {
+                    ops.truncate(1);
+                }
+                recycling.recycle(Some(events), ops);
+            }
         }
     }
 
