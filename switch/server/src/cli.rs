@@ -39,6 +39,9 @@ enum Command {
         /// Shard threads' I/O runtime: glommio (io_uring, default) or tokio (epoll fallback).
         #[arg(long)]
         runtime: Option<String>,
+        /// How connections reach the shards: handoff (default) or reuseport.
+        #[arg(long)]
+        accept: Option<String>,
         /// TOML file naming limits and rules (see ops/config/).
         #[arg(long)]
         config: Option<PathBuf>,
@@ -371,7 +374,7 @@ impl Reason {
 pub fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { data, listen, shards, runtime, config } => {
+        Command::Serve { data, listen, shards, runtime, accept, config } => {
             crate::runtime::use_huge_pages();
             let mut config = Config::load(config.as_deref())?;
             if let Some(data) = data {
@@ -385,6 +388,9 @@ pub fn main() -> anyhow::Result<ExitCode> {
             }
             if let Some(runtime) = runtime {
                 config.server.runtime = runtime;
+            }
+            if let Some(accept) = accept {
+                config.server.accept = accept;
             }
             config.validate()?;
             crate::runtime::run(config)?;

@@ -35,6 +35,10 @@ pub struct ServerSection {
     /// (epoll, one current-thread runtime per shard: for kernels without io_uring or a
     /// locked-memory limit under 512 KiB). Both serve the same shard-per-core layout.
     pub runtime: String,
+    /// How connections reach the shard threads: "handoff" (the default: shard 0 accepts and
+    /// gives each connection to the shard with the fewest) or "reuseport" (every shard listens
+    /// with SO_REUSEPORT and the kernel spreads connections by address hash).
+    pub accept: String,
 }
 
 /// Limits of the front end and the shard queues. Hitting one gives a result code, never an
@@ -299,7 +303,7 @@ impl ForeignProductSection {
 
 impl Default for ServerSection {
     fn default() -> Self {
-        ServerSection { data_dir: PathBuf::from("data"), listen: "127.0.0.1:7420".into(), shards: 0, runtime: "glommio".into() }
+        ServerSection { data_dir: PathBuf::from("data"), listen: "127.0.0.1:7420".into(), shards: 0, runtime: "glommio".into(), accept: "handoff".into() }
     }
 }
 
@@ -490,6 +494,9 @@ impl Config {
         // One base receive buffer per connection must fit, or connections are refused.
         if limits.read_buffer_bytes_total_max < 64 * 1024 {
             bail!("limits.read_buffer_bytes_total_max must be at least 65536");
+        }
+        if !matches!(self.server.accept.as_str(), "handoff" | "reuseport") {
+            bail!("server.accept must be \"handoff\" or \"reuseport\"");
         }
         if !matches!(self.server.runtime.as_str(), "glommio" | "tokio") {
             bail!("server.runtime must be \"glommio\" or \"tokio\"");

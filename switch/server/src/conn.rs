@@ -84,6 +84,8 @@ impl Transport for tokio::net::TcpStream {
 pub struct Admission {
     limits: Limits,
     open: AtomicU32,
+    /// Open connections per shard (the hand-off acceptor gives a new one to the fewest).
+    per_shard: Vec<AtomicU32>,
     per_address: Mutex<HashMap<IpAddr, u32>>,
     read_buffer_bytes: AtomicU64,
 }
@@ -97,12 +99,23 @@ pub enum Refusal {
 }
 
 impl Admission {
-    pub fn new(limits: Limits) -> Admission {
-        Admission { limits, open: AtomicU32::new(0), per_address: Mutex::new(HashMap::new()), read_buffer_bytes: AtomicU64::new(0) }
+    pub fn new(limits: Limits, shard_count: u16) -> Admission {
+        Admission {
+            limits,
+            open: AtomicU32::new(0),
+            per_shard: (0..shard_count).map(|_| AtomicU32::new(0)).collect(),
+            per_address: Mutex::new(HashMap::new()),
+            read_buffer_bytes: AtomicU64::new(0),
+        }
     }
 
-    /// Admits a connection from `peer`, or says which limit refuses it.
-    pub fn admit(self: &Arc<Self>, peer: IpAddr) -> Result<Ticket, Refusal> {
+    /// The shard serving the fewest connections (the lowest such id).
+    pub fn least_loaded_shard(&self) -> usize {
+        (0..self.per_shard.len()).min_by_key(|shard| self.per_shard[*shard].load(Ordering::Acquire)).unwrap_or(0)
+    }
+
+    /// Admits a connection from `peer` to be served by `shard`, or says which limit refuses it.
+    pub fn admit(self: &Arc<Self>, peer: IpAddr, shard: usize) -> Result<Ticket, Refusal> {
         if self.open.fetch_add(1, Ordering::AcqRel) >= self.limits.connections_max {
             self.open.fetch_sub(1, Ordering::AcqRel);
             return Err(Refusal::ConnectionsMax);
@@ -117,7 +130,10 @@ impl Admission {
             }
             *count += 1;
         }
-        let mut ticket = Ticket { admission: self.clone(), peer, read_buffer_bytes: 0 };
+        if let Some(count) = self.per_shard.get(shard) {
+            count.fetch_add(1, Ordering::AcqRel);
+        }
+        let mut ticket = Ticket { admission: self.clone(), peer, shard, read_buffer_bytes: 0 };
         if !ticket.hold_read_buffer(READ_BUFFER_BASE_BYTES as u64) {
             return Err(Refusal::ReadBuffersFull);
         }
@@ -141,6 +157,7 @@ impl Admission {
 pub struct Ticket {
     admission: Arc<Admission>,
     peer: IpAddr,
+    shard: usize,
     read_buffer_bytes: u64,
 }
 
@@ -170,6 +187,9 @@ impl Drop for Ticket {
             }
         }
         drop(per_address);
+        if let Some(count) = self.admission.per_shard.get(self.shard) {
+            count.fetch_sub(1, Ordering::AcqRel);
+        }
         self.admission.open.fetch_sub(1, Ordering::AcqRel);
     }
 }

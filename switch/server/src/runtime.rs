@@ -24,6 +24,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use pinswitch_journal::JournalOptions;
 use pinswitch_protocol::{HelloReply, VERSION};
+use tokio::sync::mpsc;
 
 use crate::config::Config;
 use crate::conn::{self, Admission, Reaper, Refusal};
@@ -163,15 +164,31 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         limits: config.limits.clone(),
         sessions: config.sessions.clone(),
         directory,
-        admission: Arc::new(Admission::new(config.limits.clone())),
+        admission: Arc::new(Admission::new(config.limits.clone(), shard_count)),
         hello: std::sync::RwLock::new(hello),
     });
-    // Shard 0 binds first (port 0 becomes a real port); the others bind the address it got.
+    // Shard 0 binds first (port 0 becomes a real port); with SO_REUSEPORT the others bind the
+    // address it got, with hand-off they take the sockets shard 0 hands them.
+    let accept = match config.server.accept.as_str() {
+        "reuseport" => Accept::ReusePort,
+        _ => Accept::Handoff,
+    };
+    let (handoff, incoming): (Vec<_>, Vec<_>) = (0..shard_count).map(|_| mpsc::channel::<Handed>(HANDOFF_QUEUE)).unzip();
     let mut address = config.server.listen.clone();
     let mut bound: Option<SocketAddr> = None;
-    for (shard_id, driver) in drivers.into_iter().enumerate() {
-        let (report, reported) = std::sync::mpsc::channel::<Result<SocketAddr, String>>();
-        let shard = Shard { shard_id, driver, handle: context.shards[shard_id].clone(), context: context.clone(), address: address.clone(), bound: report };
+    for ((shard_id, driver), incoming) in drivers.into_iter().enumerate().zip(incoming) {
+        let (report, reported) = std::sync::mpsc::channel::<Result<Option<SocketAddr>, String>>();
+        let shard = Shard {
+            shard_id,
+            driver,
+            handle: context.shards[shard_id].clone(),
+            context: context.clone(),
+            address: address.clone(),
+            listens: shard_id == 0 || accept == Accept::ReusePort,
+            handoff: (shard_id == 0 && accept == Accept::Handoff).then(|| handoff.clone()),
+            incoming,
+            bound: report,
+        };
         std::thread::Builder::new()
             .name(format!("shard-{shard_id}"))
             .spawn(move || match executor {
@@ -180,14 +197,16 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             })
             .context("spawning a shard thread")?;
         match reported.recv() {
-            Ok(Ok(local)) => {
+            Ok(Ok(Some(local))) => {
                 bound.get_or_insert(local);
                 address = local.to_string();
             }
+            Ok(Ok(None)) => {}
             Ok(Err(why)) => bail!("{why}"),
             Err(_) => bail!("shard {shard_id} stopped while starting"),
         }
     }
+    drop(handoff);
     let address = bound.context("no shard")?;
     let runtime_name = match executor {
         Executor::Glommio => "glommio",
@@ -229,6 +248,31 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How connections reach the shard threads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Accept {
+    /// Shard 0 accepts every connection and hands it to the shard with the fewest (itself
+    /// included), so connections spread evenly however few there are.
+    Handoff,
+    /// Every shard listens with SO_REUSEPORT and the kernel spreads connections by a hash of
+    /// their addresses (two connections land on one shard half the time).
+    ReusePort,
+}
+
+/// Accepted sockets waiting for their shard, per shard; a full queue refuses the connection.
+const HANDOFF_QUEUE: usize = 256;
+
+/// A socket accepted (and admitted) by shard 0 for another shard.
+struct Handed {
+    stream: HandedStream,
+    ticket: conn::Ticket,
+}
+
+enum HandedStream {
+    Glommio(glommio::net::AcceptedTcpStream),
+    Tokio(std::net::TcpStream),
+}
+
 /// One shard thread's start: its recovered driver, its listen address, and where to report the
 /// address it bound (or why it could not start).
 struct Shard {
@@ -237,7 +281,13 @@ struct Shard {
     handle: ShardHandle,
     context: Arc<Context>,
     address: String,
-    bound: std::sync::mpsc::Sender<Result<SocketAddr, String>>,
+    /// This shard has a listener (shard 0 always; every shard with SO_REUSEPORT).
+    listens: bool,
+    /// With hand-off, on shard 0: the other shards' queues of accepted sockets.
+    handoff: Option<Vec<mpsc::Sender<Handed>>>,
+    /// Sockets shard 0 hands this shard.
+    incoming: mpsc::Receiver<Handed>,
+    bound: std::sync::mpsc::Sender<Result<Option<SocketAddr>, String>>,
 }
 
 impl Shard {
@@ -260,44 +310,72 @@ impl Shard {
             }
         };
         executor.run(async move {
-            let listener = match glommio::net::TcpListener::bind(self.address.as_str()) {
+            let Shard { shard_id, driver, handle, context, address, listens, handoff, mut incoming, bound } = self;
+            let reaper = Rc::new(Reaper::default());
+            glommio::spawn_local(driver.run()).detach();
+            glommio::spawn_local(ticker(handle, reaper.clone(), context.clone(), glommio::timer::sleep)).detach();
+            let serve_here = {
+                let (context, reaper) = (context.clone(), reaper.clone());
+                move |stream: glommio::net::TcpStream, ticket: conn::Ticket| {
+                    let _ = stream.set_nodelay(true);
+                    glommio::spawn_local(conn::serve(stream, context.clone(), ticket, reaper.watch())).detach();
+                }
+            };
+            let serve_handed = serve_here.clone();
+            glommio::spawn_local(async move {
+                while let Some(handed) = incoming.recv().await {
+                    if let HandedStream::Glommio(accepted) = handed.stream {
+                        serve_handed(accepted.bind_to_executor(), handed.ticket);
+                    }
+                }
+            })
+            .detach();
+            if !listens {
+                let _ = bound.send(Ok(None));
+                return std::future::pending::<()>().await;
+            }
+            let listener = match glommio::net::TcpListener::bind(address.as_str()) {
                 Ok(listener) => listener,
                 Err(error) => {
-                    let _ = self.bound.send(Err(format!("listening on {}: {error}", self.address)));
+                    let _ = bound.send(Err(format!("listening on {address}: {error}")));
                     return;
                 }
             };
             match listener.local_addr() {
                 Ok(local) => {
-                    let _ = self.bound.send(Ok(local));
+                    let _ = bound.send(Ok(Some(local)));
                 }
                 Err(error) => {
-                    let _ = self.bound.send(Err(format!("reading the listen address: {error}")));
+                    let _ = bound.send(Err(format!("reading the listen address: {error}")));
                     return;
                 }
             }
-            let reaper = Rc::new(Reaper::default());
-            glommio::spawn_local(self.driver.run()).detach();
-            glommio::spawn_local(ticker(self.handle, reaper.clone(), self.context.clone(), |period| glommio::timer::sleep(period))).detach();
             let refusals = Rc::new(std::cell::Cell::new(0u32));
             let mut accept_errors = AcceptErrors::default();
             loop {
-                let stream = match listener.accept().await {
-                    Ok(stream) => stream,
+                let accepted = match listener.shared_accept().await {
+                    Ok(accepted) => accepted,
                     Err(error) => {
                         accept_errors.note(shard_id, &error.to_string());
                         glommio::timer::sleep(ACCEPT_BACKOFF).await;
                         continue;
                     }
                 };
-                let _ = stream.set_nodelay(true);
-                let peer = match stream.peer_addr() {
-                    Ok(peer) => peer.ip(),
-                    Err(_) => continue,
-                };
-                accepted(shard_id, stream, peer, &self.context, &reaper, &refusals, &mut accept_errors, |task| {
-                    glommio::spawn_local(task).detach();
-                }, glommio::timer::sleep);
+                let Ok(peer) = accepted.peer_addr() else { continue };
+                match admit(shard_id, peer.ip(), &context, handoff.as_deref(), &mut accept_errors) {
+                    Admitted::Here(ticket) => serve_here(accepted.bind_to_executor(), ticket),
+                    Admitted::There(target, ticket) => hand_off(handoff.as_deref(), target, HandedStream::Glommio(accepted), ticket),
+                    Admitted::Refused => {
+                        if let Some(guard) = RefusalGuard::take(&refusals) {
+                            let stream = accepted.bind_to_executor();
+                            glommio::spawn_local(async move {
+                                refuse_within(conn::refuse(stream), glommio::timer::sleep(REFUSAL_TIMEOUT)).await;
+                                drop(guard);
+                            })
+                            .detach();
+                        }
+                    }
+                }
             }
         });
     }
@@ -313,25 +391,47 @@ impl Shard {
         };
         let local = tokio::task::LocalSet::new();
         local.block_on(&runtime, async move {
-            let listener = match tokio_listener(&self.address) {
+            let Shard { shard_id, driver, handle, context, address, listens, handoff, mut incoming, bound } = self;
+            let reaper = Rc::new(Reaper::default());
+            tokio::task::spawn_local(driver.run());
+            tokio::task::spawn_local(ticker(handle, reaper.clone(), context.clone(), tokio::time::sleep));
+            let serve_here = {
+                let (context, reaper) = (context.clone(), reaper.clone());
+                move |stream: tokio::net::TcpStream, ticket: conn::Ticket| {
+                    let _ = stream.set_nodelay(true);
+                    tokio::task::spawn_local(conn::serve(stream, context.clone(), ticket, reaper.watch()));
+                }
+            };
+            let serve_handed = serve_here.clone();
+            tokio::task::spawn_local(async move {
+                while let Some(handed) = incoming.recv().await {
+                    if let HandedStream::Tokio(stream) = handed.stream {
+                        if let Ok(stream) = tokio::net::TcpStream::from_std(stream) {
+                            serve_handed(stream, handed.ticket);
+                        }
+                    }
+                }
+            });
+            if !listens {
+                let _ = bound.send(Ok(None));
+                return std::future::pending::<()>().await;
+            }
+            let listener = match tokio_listener(&address) {
                 Ok(listener) => listener,
                 Err(error) => {
-                    let _ = self.bound.send(Err(format!("listening on {}: {error:#}", self.address)));
+                    let _ = bound.send(Err(format!("listening on {address}: {error:#}")));
                     return;
                 }
             };
             match listener.local_addr() {
                 Ok(local) => {
-                    let _ = self.bound.send(Ok(local));
+                    let _ = bound.send(Ok(Some(local)));
                 }
                 Err(error) => {
-                    let _ = self.bound.send(Err(format!("reading the listen address: {error}")));
+                    let _ = bound.send(Err(format!("reading the listen address: {error}")));
                     return;
                 }
             }
-            let reaper = Rc::new(Reaper::default());
-            tokio::task::spawn_local(self.driver.run());
-            tokio::task::spawn_local(ticker(self.handle, reaper.clone(), self.context.clone(), tokio::time::sleep));
             let refusals = Rc::new(std::cell::Cell::new(0u32));
             let mut accept_errors = AcceptErrors::default();
             loop {
@@ -343,41 +443,52 @@ impl Shard {
                         continue;
                     }
                 };
-                let _ = stream.set_nodelay(true);
-                accepted(shard_id, stream, peer.ip(), &self.context, &reaper, &refusals, &mut accept_errors, |task| {
-                    tokio::task::spawn_local(task);
-                }, tokio::time::sleep);
+                match admit(shard_id, peer.ip(), &context, handoff.as_deref(), &mut accept_errors) {
+                    Admitted::Here(ticket) => serve_here(stream, ticket),
+                    Admitted::There(target, ticket) => match stream.into_std() {
+                        Ok(stream) => hand_off(handoff.as_deref(), target, HandedStream::Tokio(stream), ticket),
+                        Err(_) => drop(ticket),
+                    },
+                    Admitted::Refused => {
+                        if let Some(guard) = RefusalGuard::take(&refusals) {
+                            tokio::task::spawn_local(async move {
+                                refuse_within(conn::refuse(stream), tokio::time::sleep(REFUSAL_TIMEOUT)).await;
+                                drop(guard);
+                            });
+                        }
+                    }
+                }
             }
         });
     }
 }
 
-/// An accepted socket: served on this thread when admitted, else answered RETRY_LATER (when a
-/// refusal place is free) and closed.
-#[allow(clippy::too_many_arguments)]
-fn accepted<T: conn::Transport + 'static, S: Future<Output = ()> + 'static>(
-    shard_id: usize,
-    stream: T,
-    peer: std::net::IpAddr,
-    context: &Arc<Context>,
-    reaper: &Reaper,
-    refusals: &Rc<std::cell::Cell<u32>>,
-    accept_errors: &mut AcceptErrors,
-    spawn: impl Fn(std::pin::Pin<Box<dyn Future<Output = ()>>>),
-    sleep: impl Fn(Duration) -> S,
-) {
-    match context.admission.admit(peer) {
-        Ok(ticket) => spawn(Box::pin(conn::serve(stream, context.clone(), ticket, reaper.watch()))),
+/// Where an accepted connection goes.
+enum Admitted {
+    Here(conn::Ticket),
+    There(usize, conn::Ticket),
+    Refused,
+}
+
+/// Admits a connection (or refuses it: the caller answers RETRY_LATER) and, with hand-off,
+/// picks the shard with the fewest connections for it.
+fn admit(shard_id: usize, peer: std::net::IpAddr, context: &Context, handoff: Option<&[mpsc::Sender<Handed>]>, accept_errors: &mut AcceptErrors) -> Admitted {
+    let target = if handoff.is_some() { context.admission.least_loaded_shard() } else { shard_id };
+    match context.admission.admit(peer, target) {
+        Ok(ticket) if target == shard_id => Admitted::Here(ticket),
+        Ok(ticket) => Admitted::There(target, ticket),
         Err(refusal) => {
-            if let Some(guard) = RefusalGuard::take(refusals) {
-                let timeout = sleep(REFUSAL_TIMEOUT);
-                spawn(Box::pin(async move {
-                    refuse_within(conn::refuse(stream), timeout).await;
-                    drop(guard);
-                }));
-            }
             accept_errors.refused(shard_id, refusal);
+            Admitted::Refused
         }
+    }
+}
+
+/// Queues an admitted socket for its shard; a full queue (that shard is not taking sockets)
+/// closes it, and the ticket gives its place back.
+fn hand_off(handoff: Option<&[mpsc::Sender<Handed>]>, target: usize, stream: HandedStream, ticket: conn::Ticket) {
+    if let Some(sender) = handoff.and_then(|senders| senders.get(target)) {
+        let _ = sender.try_send(Handed { stream, ticket });
     }
 }
 
