@@ -371,6 +371,7 @@ pub async fn serve<T: Transport>(mut transport: T, context: Arc<Context>, mut ti
                         }
                         filled += fresh;
                         // Every whole frame now in the buffer.
+                        let mut decoded_any = false;
                         loop {
                             match decode_frame(&input[start..filled], limits.frame_bytes_max) {
                                 Ok(Some(frame)) => {
@@ -384,6 +385,7 @@ pub async fn serve<T: Transport>(mut transport: T, context: Arc<Context>, mut ti
                                         }
                                     }
                                     start += frame.total_len;
+                                    decoded_any = true;
                                 }
                                 Ok(None) => break,
                                 Err(error) => {
@@ -404,7 +406,9 @@ pub async fn serve<T: Transport>(mut transport: T, context: Arc<Context>, mut ti
                                 ticket.hold_read_buffer(READ_BUFFER_BASE_BYTES as u64);
                             }
                         } else if !input_done {
-                            if watch.frame_started_ms.get() == 0 {
+                            // The frame read timeout runs from the first byte of the frame now
+                            // incomplete: a client pipelining frames back to back never trips it.
+                            if decoded_any || watch.frame_started_ms.get() == 0 {
                                 watch.frame_started_ms.set(now_ms);
                             }
                             // A frame has begun: make room for all of it, or refuse it and
