@@ -5,7 +5,9 @@
 //! frame of one result per event is encoded. Frames of 1 event (one group commit per event:
 //! what one connection with one request in flight pays) and of 8,000 events (the batched
 //! shape). The network and the thread hand-offs are measured by the load generator instead
-//! (ops/benchmarking.md). Run with `cargo bench -p pinswitch-benches --bench pipeline`.
+//! (ops/benchmarking.md). A third group runs the shard driver's pipelined commit: groups of ten
+//! one-event frames applied while the previous group's `fdatasync` runs on a sync thread. Run
+//! with `cargo bench -p pinswitch-benches --bench pipeline`.
 
 use std::hash::Hasher;
 use std::hint::black_box;
@@ -114,6 +116,85 @@ fn pipeline(c: &mut Criterion) {
         });
     }
     group.finish();
+    pipelined(c, &mut shard, &mut journal);
+}
+
+/// The server's commit path since the shard-per-core runtime: frames of one event each, a group
+/// of `GROUP_FRAMES` of them applied and appended (pending buffer) while the previous group's
+/// commit runs on a sync thread (`commit_start`, `fdatasync` there, `commit_finish`), as the
+/// shard driver does. An iteration ends when the previous group is durable, so the figure is the
+/// throughput of one shard whose connections always have the next group ready: bounded by the
+/// disk's flush (one per group) or the shard thread's own work, whichever is slower.
+fn pipelined(c: &mut Criterion, shard: &mut Shard, journal: &mut Journal) {
+    const GROUP_FRAMES: usize = 10;
+    let (requests, work) = std::sync::mpsc::channel::<pinswitch_journal::CommitRequest>();
+    let (finished, done) = std::sync::mpsc::channel();
+    let syncer = std::thread::spawn(move || {
+        for request in work {
+            let synced = request.sync();
+            if finished.send((request, synced)).is_err() {
+                return;
+            }
+        }
+    });
+    let mut group = c.benchmark_group("pipeline_sale_pipelined");
+    group.sample_size(10).measurement_time(Duration::from_secs(5)).warm_up_time(Duration::from_secs(1));
+    group.throughput(Throughput::Elements(GROUP_FRAMES as u64));
+    let (mut rng, mut op, mut now_ms) = (13u64, 1u128 << 41, T0_MS + 10_000_000);
+    let (mut request, mut encoded, mut response) = (Vec::new(), Vec::new(), Vec::new());
+    let mut in_flight = false;
+    group.bench_function(BenchmarkId::from_parameter(GROUP_FRAMES), |b| {
+        b.iter(|| {
+            now_ms += 1;
+            for _ in 0..GROUP_FRAMES {
+                op += 1;
+                let sale = Sale {
+                    op_id: op_id_at(now_ms, op),
+                    pin: pin_of(next(&mut rng) % CARDS),
+                    password: PASSWORD.to_vec(),
+                    amount_won: 1,
+                    merchant_id: 9,
+                    category: 1,
+                };
+                request.clear();
+                encode_frame_body(&mut request, &FrameHeader::request(MsgType::Sale, 1, 0), &BatchSlice(std::slice::from_ref(&sale)));
+                let frame = decode_frame(&request, FRAME_BYTES_MAX).expect("valid").expect("whole");
+                let archived = access_body::<Vec<Sale>>(frame.body).expect("valid body");
+                let sale = &archived[0];
+                let hash = pin_hash(sale.pin.to_native());
+                let body = Body::Sale {
+                    pin_hash: hash,
+                    password_mac: password_mac(hash, &sale.password),
+                    amount_won: sale.amount_won.to_native(),
+                    merchant_id: sale.merchant_id.to_native(),
+                    category: sale.category,
+                };
+                let command = Command { op_id: sale.op_id.to_native(), deadline_at_ms: 0, body };
+                let applied = shard.apply(now_ms, &command);
+                assert_eq!(applied.reply.code, ResultCode::Approved.as_u16());
+                encode_entry_into(&JournalEntry { now_ms, command, reply: applied.reply }, &mut encoded);
+                journal.append(&encoded).expect("append");
+                response.clear();
+                let header = FrameHeader::response_to(&frame.header, ResultCode::Approved);
+                encode_frame_body(&mut response, &header, &BatchSlice(&[OpResult::from(&applied.reply)]));
+                black_box(response.len());
+            }
+            if in_flight {
+                let (finished, synced) = done.recv().expect("the sync thread answers");
+                journal.commit_finish(finished, synced).expect("commit");
+            }
+            let started = journal.commit_start().expect("commit start").expect("records wait");
+            requests.send(started).expect("the sync thread runs");
+            in_flight = true;
+        })
+    });
+    group.finish();
+    if in_flight {
+        let (finished, synced) = done.recv().expect("the sync thread answers");
+        journal.commit_finish(finished, synced).expect("commit");
+    }
+    drop(requests);
+    syncer.join().expect("the sync thread ends");
 }
 
 criterion_group!(benches, pipeline);
