@@ -18,6 +18,8 @@ pub struct Switch {
     pub data_dir: PathBuf,
     /// Standard-output lines after the "listening on" one.
     output: mpsc::Receiver<String>,
+    /// Standard-output lines up to and including the "listening on" one.
+    startup: Vec<String>,
 }
 
 impl Switch {
@@ -38,12 +40,14 @@ impl Switch {
         let (later_lines, output) = mpsc::channel();
         std::thread::spawn(move || {
             let mut announced = false;
+            let mut startup = Vec::new();
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
                 if !announced {
-                    if let Some(rest) = line.split("listening on ").nth(1) {
-                        let address = rest.split_whitespace().next().unwrap_or_default().to_string();
-                        let _ = lines.send(address);
+                    let address = line.split("listening on ").nth(1).map(|rest| rest.split_whitespace().next().unwrap_or_default().to_string());
+                    startup.push(line);
+                    if let Some(address) = address {
+                        let _ = lines.send((address, std::mem::take(&mut startup)));
                         announced = true;
                     }
                 } else {
@@ -51,8 +55,14 @@ impl Switch {
                 }
             }
         });
-        let address = address.recv_timeout(START_TIMEOUT).expect("pinswitch did not start listening");
-        Switch { child: Some(child), address, data_dir: data_dir.to_path_buf(), output }
+        let (address, startup) = address.recv_timeout(START_TIMEOUT).expect("pinswitch did not start listening");
+        Switch { child: Some(child), address, data_dir: data_dir.to_path_buf(), output, startup }
+    }
+
+    /// The standard-output lines printed up to and including the "listening on" one (the
+    /// shards' "recovered" lines among them), in order.
+    pub fn startup_lines(&self) -> &[String] {
+        &self.startup
     }
 
     /// Sends a signal by name (e.g. "HUP") to the switch.

@@ -399,7 +399,11 @@ pub async fn serve<T: Transport>(mut transport: T, context: Arc<Context>, mut ti
                         if start == filled {
                             start = 0;
                             filled = 0;
-                            watch.frame_started_ms.set(0);
+                            // A refused frame being skipped is still a frame being read: its
+                            // timeout keeps running (or a client could drip its body forever).
+                            if skip == 0 {
+                                watch.frame_started_ms.set(0);
+                            }
                             if input.len() > READ_BUFFER_BASE_BYTES {
                                 input.truncate(READ_BUFFER_BASE_BYTES);
                                 input.shrink_to_fit();
@@ -430,7 +434,6 @@ pub async fn serve<T: Transport>(mut transport: T, context: Arc<Context>, mut ti
                                             skip = needed - (filled - start);
                                             start = 0;
                                             filled = 0;
-                                            watch.frame_started_ms.set(0);
                                         }
                                     }
                                 }
