@@ -637,7 +637,7 @@ pub struct BalanceInquiry {
     pub pin: u64,
 }
 
-#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 pub struct BalanceResult {
     pub code: u16,
     /// A `CardState` number.

@@ -496,22 +496,7 @@ fn a_client_that_never_reads_is_cut_off_without_hurting_others() {
     const FRAMES: u64 = 4000;
     let request = balance_frame(0, 1000);
     let answer_bytes = {
-        let results = vec![
-            BalanceResult {
-                code: 0,
-                state: 0,
-                face_value_won: 0,
-                balance_won: 0,
-                available_won: 0,
-                held_won: 0,
-                password_tries_left: 0,
-                points: 0,
-                valid_until_s: 0,
-                password_hint: false,
-                holds: vec![]
-            };
-            1000
-        ];
+        let results = vec![BalanceResult::default(); 1000];
         HEADER_BYTES + encode_body(&results).len()
     };
     assert!(answer_bytes > 4 * request.len(), "answers ({answer_bytes} B) are much bigger than requests");

@@ -864,19 +864,7 @@ fn foreign_result(output: ShardOutput) -> ForeignConvertResult {
 }
 
 fn balance_code(code: ResultCode) -> BalanceResult {
-    BalanceResult {
-        code: code.as_u16(),
-        state: 0,
-        face_value_won: 0,
-        balance_won: 0,
-        available_won: 0,
-        held_won: 0,
-        password_tries_left: 0,
-        points: 0,
-        valid_until_s: 0,
-        password_hint: false,
-        holds: Vec::new(),
-    }
+    BalanceResult { code: code.as_u16(), ..BalanceResult::default() }
 }
 
 fn balance_result(output: ShardOutput) -> BalanceResult {
