@@ -410,4 +410,10 @@ impl CommitRequest {
     pub fn last_seq(&self) -> u64 {
         self.last_seq
     }
+
+    /// The segment file to sync (a caller may `fdatasync` it through its own descriptor, an
+    /// io_uring op say, instead of calling `sync`: the flush is of the file, not of the fd).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
 }

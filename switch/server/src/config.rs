@@ -87,6 +87,9 @@ pub struct JournalSection {
     pub commit_bytes_max: u64,
     /// A shard writes a snapshot after this many journal records.
     pub snapshot_every_records: u64,
+    /// How a glommio shard runs a commit's `fdatasync`: "ring" (an io_uring op on the shard's
+    /// own ring, the default) or "thread" (on the shard's sync thread, as tokio shards do).
+    pub sync: String,
 }
 
 /// `[sessions]`: what the front end tells call switches with every grant, and the audit's
@@ -333,6 +336,7 @@ impl Default for JournalSection {
             segment_bytes: 64 << 20,
             commit_bytes_max: 16 << 20,
             snapshot_every_records: 2_000_000,
+            sync: "ring".into(),
         }
     }
 }
@@ -505,6 +509,9 @@ impl Config {
             || self.journal.commit_bytes_max > self.journal.segment_bytes
         {
             bail!("journal.commit_bytes_max must be in 1..=journal.segment_bytes");
+        }
+        if !matches!(self.journal.sync.as_str(), "ring" | "thread") {
+            bail!("journal.sync must be \"ring\" or \"thread\"");
         }
         if self.journal.snapshot_every_records == 0 {
             bail!("journal.snapshot_every_records must be positive");

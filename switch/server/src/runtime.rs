@@ -188,6 +188,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             handoff: (shard_id == 0 && accept == Accept::Handoff).then(|| handoff.clone()),
             incoming,
             bound: report,
+            sync: if config.journal.sync == "thread" { JournalSync::Thread } else { JournalSync::Ring },
         };
         std::thread::Builder::new()
             .name(format!("shard-{shard_id}"))
@@ -288,6 +289,41 @@ struct Shard {
     /// Sockets shard 0 hands this shard.
     incoming: mpsc::Receiver<Handed>,
     bound: std::sync::mpsc::Sender<Result<Option<SocketAddr>, String>>,
+    sync: JournalSync,
+}
+
+/// How a glommio shard makes its commits durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum JournalSync {
+    /// `fdatasync` as an io_uring op on the shard's own ring: no thread hand-off.
+    Ring,
+    /// `fdatasync` on the shard's sync thread (the only way on tokio).
+    Thread,
+}
+
+/// Commits synced through glommio's ring: the segment is opened once (read-only: `fdatasync`
+/// flushes the file's pages whatever descriptor asks) and kept until the journal rolls.
+fn ring_sync() -> shard_loop::RingSync {
+    let open: Rc<std::cell::RefCell<Option<(std::path::PathBuf, Rc<glommio::io::BufferedFile>)>>> = Rc::default();
+    Box::new(move |request| {
+        let open = open.clone();
+        Box::pin(async move {
+            let cached = open.borrow().as_ref().filter(|(path, _)| path == request.path()).map(|(_, file)| file.clone());
+            let file = match cached {
+                Some(file) => file,
+                None => match glommio::io::BufferedFile::open(request.path()).await {
+                    Ok(file) => {
+                        let file = Rc::new(file);
+                        *open.borrow_mut() = Some((request.path().to_path_buf(), file.clone()));
+                        file
+                    }
+                    Err(error) => return (request, Err(std::io::Error::other(error.to_string()))),
+                },
+            };
+            let synced = file.fdatasync().await.map_err(|error| std::io::Error::other(error.to_string()));
+            (request, synced)
+        })
+    })
 }
 
 impl Shard {
@@ -310,9 +346,10 @@ impl Shard {
             }
         };
         executor.run(async move {
-            let Shard { shard_id, driver, handle, context, address, listens, handoff, mut incoming, bound } = self;
+            let Shard { shard_id, driver, handle, context, address, listens, handoff, mut incoming, bound, sync } = self;
             let reaper = Rc::new(Reaper::default());
-            glommio::spawn_local(driver.run()).detach();
+            let ring = (sync == JournalSync::Ring).then(ring_sync);
+            glommio::spawn_local(driver.run(ring)).detach();
             glommio::spawn_local(ticker(handle, reaper.clone(), context.clone(), glommio::timer::sleep)).detach();
             let serve_here = {
                 let (context, reaper) = (context.clone(), reaper.clone());
@@ -391,9 +428,9 @@ impl Shard {
         };
         let local = tokio::task::LocalSet::new();
         local.block_on(&runtime, async move {
-            let Shard { shard_id, driver, handle, context, address, listens, handoff, mut incoming, bound } = self;
+            let Shard { shard_id, driver, handle, context, address, listens, handoff, mut incoming, bound, sync: _ } = self;
             let reaper = Rc::new(Reaper::default());
-            tokio::task::spawn_local(driver.run());
+            tokio::task::spawn_local(driver.run(None));
             tokio::task::spawn_local(ticker(handle, reaper.clone(), context.clone(), tokio::time::sleep));
             let serve_here = {
                 let (context, reaper) = (context.clone(), reaper.clone());

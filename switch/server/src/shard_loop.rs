@@ -17,6 +17,7 @@ use pinswitch_core::{
     SessionNoticeOut, Shard, decode_entry, encode_entry, encode_entry_into,
 };
 use std::collections::{HashSet, VecDeque};
+use std::future::Future;
 use std::pin::Pin;
 use std::task::Poll;
 
@@ -158,15 +159,20 @@ impl ShardDriver {
     /// wait, so the shard goes on reading, applying and answering while the disk flushes; each
     /// group's replies (reads included) and notices leave, in order, once the journal is durable
     /// up to the group's last record.
-    pub async fn run(self) {
+    /// `ring`: how to sync a commit through the runtime's own I/O ring (glommio's `fdatasync`
+    /// op), or `None` for the shard's sync thread.
+    pub async fn run(self, ring: Option<RingSync>) {
         let ShardDriver { mut runner, mut receiver } = self;
         let shard_id = runner.settings.shard_id;
-        let syncer = match SyncThread::start(shard_id) {
-            Ok(syncer) => syncer,
-            Err(error) => fatal(&format!("shard {shard_id}: {error:#}")),
+        let syncer = match ring {
+            Some(ring) => Syncer::Ring(ring),
+            None => match SyncThread::start(shard_id) {
+                Ok(syncer) => Syncer::Thread(syncer),
+                Err(error) => fatal(&format!("shard {shard_id}: {error:#}")),
+            },
         };
         let mut waiting: VecDeque<Waiting> = VecDeque::new();
-        let mut in_flight: Option<oneshot::Receiver<Synced>> = None;
+        let mut in_flight: Option<Pin<Box<dyn Future<Output = Option<Synced>>>>> = None;
         let mut closed = false;
         // A snapshot due at start (the replay was long) is taken before serving.
         if runner.since_snapshot >= runner.settings.snapshot_every_records {
@@ -175,8 +181,8 @@ impl ShardDriver {
         loop {
             let event = std::future::poll_fn(|cx| {
                 if let Some(done) = in_flight.as_mut() {
-                    if let Poll::Ready(synced) = Pin::new(done).poll(cx) {
-                        return Poll::Ready(Event::Synced(synced.ok()));
+                    if let Poll::Ready(synced) = done.as_mut().poll(cx) {
+                        return Poll::Ready(Event::Synced(synced));
                     }
                 }
                 if closed {
@@ -257,7 +263,7 @@ enum Event {
 }
 
 /// A finished commit: the request and what the sync returned.
-type Synced = (CommitRequest, std::io::Result<()>);
+pub type Synced = (CommitRequest, std::io::Result<()>);
 
 /// A group applied in memory: its replies and notices leave once the journal is durable up
 /// to `seq` (its last record, or the last before it for a group that wrote none).
@@ -276,6 +282,31 @@ impl Waiting {
         }
         if !self.notices.is_empty() {
             directory.notify(&self.notices);
+        }
+    }
+}
+
+/// A commit's sync issued through the runtime's ring: given the request, a future that runs
+/// its `fdatasync` there and yields the request and the result.
+pub type RingSync = Box<dyn Fn(CommitRequest) -> Pin<Box<dyn Future<Output = Synced>>>>;
+
+/// Where the driver's commits are made durable.
+enum Syncer {
+    Thread(SyncThread),
+    Ring(RingSync),
+}
+
+impl Syncer {
+    fn submit(&self, request: CommitRequest) -> Pin<Box<dyn Future<Output = Option<Synced>>>> {
+        match self {
+            Syncer::Thread(thread) => {
+                let answer = thread.submit(request);
+                Box::pin(async move { answer.await.ok() })
+            }
+            Syncer::Ring(ring) => {
+                let synced = ring(request);
+                Box::pin(async move { Some(synced.await) })
+            }
         }
     }
 }
