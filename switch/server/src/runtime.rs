@@ -188,7 +188,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             handoff: (shard_id == 0 && accept == Accept::Handoff).then(|| handoff.clone()),
             incoming,
             bound: report,
-            sync: if config.journal.sync == "thread" { JournalSync::Thread } else { JournalSync::Ring },
+            sync: if config.journal.sync == "ring" { JournalSync::Ring } else { JournalSync::Thread },
         };
         std::thread::Builder::new()
             .name(format!("shard-{shard_id}"))
