@@ -18,7 +18,7 @@ use pinswitch_benches::{active_shard, next};
 use pinswitch_core::{Body, Command, EngineConfig, JournalEntry, Shard, encode_entry_into};
 use pinswitch_journal::{Journal, JournalOptions};
 use pinswitch_protocol::{
-    BatchSlice, FrameHeader, MsgType, OpResult, ResultCode, Sale, access_body, decode_frame,
+    ArchivedSale, BatchSlice, FrameHeader, MsgType, OpResult, ResultCode, Sale, access_body, decode_frame,
     encode_frame_body, op_id_at, pin,
 };
 use siphasher::sip::SipHasher24;
@@ -53,6 +53,25 @@ fn prepared_shard() -> Shard {
         let hash = pin_hash(pin_of(index));
         (hash, password_mac(hash, PASSWORD))
     })
+}
+
+/// One SALE event on the server's path: PIN hash and password MAC, engine apply, journal
+/// record encoded and appended; its result.
+fn apply_sale(shard: &mut Shard, journal: &mut Journal, now_ms: u64, sale: &ArchivedSale, encoded: &mut Vec<u8>) -> OpResult {
+    let hash = pin_hash(sale.pin.to_native());
+    let body = Body::Sale {
+        pin_hash: hash,
+        password_mac: password_mac(hash, &sale.password),
+        amount_won: sale.amount_won.to_native(),
+        merchant_id: sale.merchant_id.to_native(),
+        category: sale.category,
+    };
+    let command = Command { op_id: sale.op_id.to_native(), deadline_at_ms: 0, body };
+    let applied = shard.apply(now_ms, &command);
+    assert_eq!(applied.reply.code, ResultCode::Approved.as_u16());
+    encode_entry_into(&JournalEntry { now_ms, command, reply: applied.reply }, encoded);
+    journal.append(encoded).expect("append");
+    OpResult::from(&applied.reply)
 }
 
 fn pipeline(c: &mut Criterion) {
@@ -92,20 +111,7 @@ fn pipeline(c: &mut Criterion) {
                 let archived = access_body::<Vec<Sale>>(frame.body).expect("valid body");
                 results.clear();
                 for sale in archived.iter() {
-                    let hash = pin_hash(sale.pin.to_native());
-                    let body = Body::Sale {
-                        pin_hash: hash,
-                        password_mac: password_mac(hash, &sale.password),
-                        amount_won: sale.amount_won.to_native(),
-                        merchant_id: sale.merchant_id.to_native(),
-                        category: sale.category,
-                    };
-                    let command = Command { op_id: sale.op_id.to_native(), deadline_at_ms: 0, body };
-                    let applied = shard.apply(now_ms, &command);
-                    assert_eq!(applied.reply.code, ResultCode::Approved.as_u16());
-                    encode_entry_into(&JournalEntry { now_ms, command, reply: applied.reply }, &mut encoded);
-                    journal.append(&encoded).expect("append");
-                    results.push(OpResult::from(&applied.reply));
+                    results.push(apply_sale(&mut shard, &mut journal, now_ms, sale, &mut encoded));
                 }
                 journal.commit().expect("commit");
                 response.clear();
@@ -160,23 +166,10 @@ fn pipelined(c: &mut Criterion, shard: &mut Shard, journal: &mut Journal) {
                 encode_frame_body(&mut request, &FrameHeader::request(MsgType::Sale, 1, 0), &BatchSlice(std::slice::from_ref(&sale)));
                 let frame = decode_frame(&request, FRAME_BYTES_MAX).expect("valid").expect("whole");
                 let archived = access_body::<Vec<Sale>>(frame.body).expect("valid body");
-                let sale = &archived[0];
-                let hash = pin_hash(sale.pin.to_native());
-                let body = Body::Sale {
-                    pin_hash: hash,
-                    password_mac: password_mac(hash, &sale.password),
-                    amount_won: sale.amount_won.to_native(),
-                    merchant_id: sale.merchant_id.to_native(),
-                    category: sale.category,
-                };
-                let command = Command { op_id: sale.op_id.to_native(), deadline_at_ms: 0, body };
-                let applied = shard.apply(now_ms, &command);
-                assert_eq!(applied.reply.code, ResultCode::Approved.as_u16());
-                encode_entry_into(&JournalEntry { now_ms, command, reply: applied.reply }, &mut encoded);
-                journal.append(&encoded).expect("append");
+                let result = apply_sale(shard, journal, now_ms, &archived[0], &mut encoded);
                 response.clear();
                 let header = FrameHeader::response_to(&frame.header, ResultCode::Approved);
-                encode_frame_body(&mut response, &header, &BatchSlice(&[OpResult::from(&applied.reply)]));
+                encode_frame_body(&mut response, &header, &BatchSlice(&[result]));
                 black_box(response.len());
             }
             if in_flight {

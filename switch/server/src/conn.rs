@@ -257,6 +257,103 @@ impl Reaper {
 /// The reaper's reason for a connection whose client stopped reading its answers.
 const WRITE_STALLED: &str = "its answers were not read in time";
 
+/// A connection's receive buffer: bytes `start..filled` are read and not yet framed; `skip`
+/// bytes of a refused frame are still to come and be dropped.
+struct Received {
+    bytes: Vec<u8>,
+    start: usize,
+    filled: usize,
+    skip: usize,
+}
+
+impl Received {
+    fn new() -> Received {
+        Received { bytes: vec![0u8; READ_BUFFER_BASE_BYTES], start: 0, filled: 0, skip: 0 }
+    }
+
+    /// Where the next read goes: at least `READ_ROOM_MIN_BYTES` when the budget allows.
+    fn room(&mut self, ticket: &mut Ticket) -> &mut [u8] {
+        if self.bytes.len() - self.filled < READ_ROOM_MIN_BYTES {
+            self.compact();
+            if self.bytes.len() - self.filled < READ_ROOM_MIN_BYTES {
+                let grown = (self.bytes.len() * 2).max(self.filled + READ_ROOM_MIN_BYTES);
+                if ticket.hold_read_buffer(grown as u64) {
+                    self.bytes.resize(grown, 0);
+                }
+            }
+        }
+        &mut self.bytes[self.filled..]
+    }
+
+    /// `n` bytes were read into `room`: drop what belongs to a refused frame, keep the rest.
+    fn took(&mut self, n: usize) {
+        let dropped = self.skip.min(n);
+        self.skip -= dropped;
+        if dropped > 0 {
+            self.bytes.copy_within(self.filled + dropped..self.filled + n, self.filled);
+        }
+        self.filled += n - dropped;
+    }
+
+    fn unread(&self) -> &[u8] {
+        &self.bytes[self.start..self.filled]
+    }
+
+    fn consumed(&mut self, bytes: usize) {
+        self.start += bytes;
+    }
+
+    fn compact(&mut self) {
+        if self.start > 0 {
+            self.bytes.copy_within(self.start..self.filled, 0);
+            self.filled -= self.start;
+            self.start = 0;
+        }
+    }
+
+    /// After the whole frames were taken: give a grown buffer back when nothing is left, or
+    /// run the frame read timeout for the frame begun and make room for all of it, refusing it
+    /// (RETRY_LATER, its bytes skipped: the stream stays framed, its length is known) when the
+    /// shared budget cannot hold it.
+    fn settle(&mut self, ticket: &mut Ticket, watch: &Watch, now_ms: u64, decoded_any: bool, output: &mut Vec<u8>) {
+        if self.start == self.filled {
+            self.start = 0;
+            self.filled = 0;
+            // A refused frame being skipped is still a frame being read: its timeout keeps
+            // running (or a client could drip its body forever).
+            if self.skip == 0 {
+                watch.frame_started_ms.set(0);
+            }
+            if self.bytes.len() > READ_BUFFER_BASE_BYTES {
+                self.bytes.truncate(READ_BUFFER_BASE_BYTES);
+                self.bytes.shrink_to_fit();
+                ticket.hold_read_buffer(READ_BUFFER_BASE_BYTES as u64);
+            }
+            return;
+        }
+        // The frame read timeout runs from the first byte of the frame now incomplete: a client
+        // pipelining frames back to back never trips it.
+        if decoded_any || watch.frame_started_ms.get() == 0 {
+            watch.frame_started_ms.set(now_ms);
+        }
+        let Some(frame) = pending_frame(self.unread()) else { return };
+        if frame.total_len <= self.bytes.len() - self.start {
+            return;
+        }
+        self.compact();
+        if frame.total_len <= self.bytes.len() {
+            return;
+        }
+        if ticket.hold_read_buffer(frame.total_len as u64) {
+            self.bytes.resize(frame.total_len, 0);
+        } else {
+            output.extend_from_slice(&net::error_frame(frame.msg_type, frame.request_id, pinswitch_protocol::ResultCode::RetryLater));
+            self.skip = frame.total_len - self.filled;
+            self.filled = 0;
+        }
+    }
+}
+
 /// A frame in flight: its answer, once the shards have answered durably.
 type InFlight = Pin<Box<dyn Future<Output = Vec<u8>>>>;
 
@@ -266,11 +363,7 @@ type InFlight = Pin<Box<dyn Future<Output = Vec<u8>>>>;
 pub async fn serve<T: Transport>(mut transport: T, context: Arc<Context>, mut ticket: Ticket, watch: Rc<Watch>) {
     let limits = &context.limits;
     let (pushes, mut pushed) = mpsc::channel::<Vec<u8>>(PUSH_QUEUE_FRAMES);
-    let mut input = vec![0u8; READ_BUFFER_BASE_BYTES];
-    let mut start = 0usize;
-    let mut filled = 0usize;
-    // Bytes of a frame that could not be held, still to be read and dropped.
-    let mut skip = 0usize;
+    let mut input = Received::new();
     let mut output: Vec<u8> = Vec::with_capacity(16 * 1024);
     let mut written = 0usize;
     let mut in_flight: Vec<(InFlight, u32)> = Vec::new();
@@ -340,20 +433,7 @@ pub async fn serve<T: Transport>(mut transport: T, context: Arc<Context>, mut ti
             // Input, unless the peer is not reading its answers.
             let unread_bytes = output.len() - written;
             if !input_done && unread_bytes < limits.connection_output_bytes_max as usize {
-                if input.len() - filled < READ_ROOM_MIN_BYTES {
-                    if start > 0 {
-                        input.copy_within(start..filled, 0);
-                        filled -= start;
-                        start = 0;
-                    }
-                    if input.len() - filled < READ_ROOM_MIN_BYTES {
-                        let grown = (input.len() * 2).max(filled + READ_ROOM_MIN_BYTES);
-                        if ticket.hold_read_buffer(grown as u64) {
-                            input.resize(grown, 0);
-                        }
-                    }
-                }
-                match transport.poll_read(cx, &mut input[filled..]) {
+                match transport.poll_read(cx, input.room(&mut ticket)) {
                     Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
                         input_done = true;
                         progress = true;
@@ -362,18 +442,11 @@ pub async fn serve<T: Transport>(mut transport: T, context: Arc<Context>, mut ti
                         progress = true;
                         let now_ms = wall_clock_ms();
                         watch.last_input_ms.set(now_ms);
-                        let mut fresh = n;
-                        if skip > 0 {
-                            let dropped = skip.min(fresh);
-                            skip -= dropped;
-                            fresh -= dropped;
-                            input.copy_within(filled + dropped..filled + dropped + fresh, filled);
-                        }
-                        filled += fresh;
+                        input.took(n);
                         // Every whole frame now in the buffer.
                         let mut decoded_any = false;
                         loop {
-                            match decode_frame(&input[start..filled], limits.frame_bytes_max) {
+                            match decode_frame(input.unread(), limits.frame_bytes_max) {
                                 Ok(Some(frame)) => {
                                     let events_budget = limits.in_flight_events_per_connection_max.saturating_sub(events_in_flight);
                                     let frames_full = in_flight.len() >= limits.in_flight_per_connection_max as usize;
@@ -384,7 +457,8 @@ pub async fn serve<T: Transport>(mut transport: T, context: Arc<Context>, mut ti
                                             in_flight.push((future, events));
                                         }
                                     }
-                                    start += frame.total_len;
+                                    let used = frame.total_len;
+                                    input.consumed(used);
                                     decoded_any = true;
                                 }
                                 Ok(None) => break,
@@ -396,48 +470,8 @@ pub async fn serve<T: Transport>(mut transport: T, context: Arc<Context>, mut ti
                                 }
                             }
                         }
-                        if start == filled {
-                            start = 0;
-                            filled = 0;
-                            // A refused frame being skipped is still a frame being read: its
-                            // timeout keeps running (or a client could drip its body forever).
-                            if skip == 0 {
-                                watch.frame_started_ms.set(0);
-                            }
-                            if input.len() > READ_BUFFER_BASE_BYTES {
-                                input.truncate(READ_BUFFER_BASE_BYTES);
-                                input.shrink_to_fit();
-                                ticket.hold_read_buffer(READ_BUFFER_BASE_BYTES as u64);
-                            }
-                        } else if !input_done {
-                            // The frame read timeout runs from the first byte of the frame now
-                            // incomplete: a client pipelining frames back to back never trips it.
-                            if decoded_any || watch.frame_started_ms.get() == 0 {
-                                watch.frame_started_ms.set(now_ms);
-                            }
-                            // A frame has begun: make room for all of it, or refuse it and
-                            // skip its bytes (the stream stays framed: its length is known).
-                            if let Some(frame) = pending_frame(&input[start..filled]) {
-                                let needed = frame.total_len;
-                                if needed > input.len() - start {
-                                    if start > 0 {
-                                        input.copy_within(start..filled, 0);
-                                        filled -= start;
-                                        start = 0;
-                                    }
-                                    if needed > input.len() {
-                                        if ticket.hold_read_buffer(needed as u64) {
-                                            input.resize(needed, 0);
-                                        } else {
-                                            let refusal = net::error_frame(frame.msg_type, frame.request_id, pinswitch_protocol::ResultCode::RetryLater);
-                                            output.extend_from_slice(&refusal);
-                                            skip = needed - (filled - start);
-                                            start = 0;
-                                            filled = 0;
-                                        }
-                                    }
-                                }
-                            }
+                        if !input_done {
+                            input.settle(&mut ticket, &watch, now_ms, decoded_any, &mut output);
                         }
                     }
                     Poll::Pending => {}

@@ -371,22 +371,10 @@ impl Shard {
                 let _ = bound.send(Ok(None));
                 return std::future::pending::<()>().await;
             }
-            let listener = match glommio::net::TcpListener::bind(address.as_str()) {
-                Ok(listener) => listener,
-                Err(error) => {
-                    let _ = bound.send(Err(format!("listening on {address}: {error}")));
-                    return;
-                }
+            let listener = glommio::net::TcpListener::bind(address.as_str()).map_err(|error| error.to_string());
+            let Some(listener) = announce(&bound, &address, listener, |listener| listener.local_addr().map_err(|error| error.to_string())) else {
+                return;
             };
-            match listener.local_addr() {
-                Ok(local) => {
-                    let _ = bound.send(Ok(Some(local)));
-                }
-                Err(error) => {
-                    let _ = bound.send(Err(format!("reading the listen address: {error}")));
-                    return;
-                }
-            }
             let refusals = Rc::new(std::cell::Cell::new(0u32));
             let mut accept_errors = AcceptErrors::default();
             loop {
@@ -453,22 +441,10 @@ impl Shard {
                 let _ = bound.send(Ok(None));
                 return std::future::pending::<()>().await;
             }
-            let listener = match tokio_listener(&address) {
-                Ok(listener) => listener,
-                Err(error) => {
-                    let _ = bound.send(Err(format!("listening on {address}: {error:#}")));
-                    return;
-                }
+            let listener = tokio_listener(&address).map_err(|error| format!("{error:#}"));
+            let Some(listener) = announce(&bound, &address, listener, |listener| listener.local_addr().map_err(|error| error.to_string())) else {
+                return;
             };
-            match listener.local_addr() {
-                Ok(local) => {
-                    let _ = bound.send(Ok(Some(local)));
-                }
-                Err(error) => {
-                    let _ = bound.send(Err(format!("reading the listen address: {error}")));
-                    return;
-                }
-            }
             let refusals = Rc::new(std::cell::Cell::new(0u32));
             let mut accept_errors = AcceptErrors::default();
             loop {
@@ -497,6 +473,32 @@ impl Shard {
                 }
             }
         });
+    }
+}
+
+/// Tells the starting thread the address this shard listens on, or why it cannot; returns the
+/// listener to serve, or `None` to stop.
+fn announce<L>(
+    bound: &std::sync::mpsc::Sender<Result<Option<SocketAddr>, String>>,
+    address: &str,
+    listener: Result<L, String>,
+    local_addr: impl FnOnce(&L) -> Result<SocketAddr, String>,
+) -> Option<L> {
+    let announced = listener
+        .map_err(|why| format!("listening on {address}: {why}"))
+        .and_then(|listener| match local_addr(&listener) {
+            Ok(local) => Ok((listener, local)),
+            Err(why) => Err(format!("reading the listen address: {why}")),
+        });
+    match announced {
+        Ok((listener, local)) => {
+            let _ = bound.send(Ok(Some(local)));
+            Some(listener)
+        }
+        Err(why) => {
+            let _ = bound.send(Err(why));
+            None
+        }
     }
 }
 

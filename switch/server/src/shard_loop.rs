@@ -159,6 +159,7 @@ impl ShardDriver {
     /// wait, so the shard goes on reading, applying and answering while the disk flushes; each
     /// group's replies (reads included) and notices leave, in order, once the journal is durable
     /// up to the group's last record.
+    ///
     /// `ring`: how to sync a commit through the runtime's own I/O ring (glommio's `fdatasync`
     /// op), or `None` for the shard's sync thread.
     pub async fn run(self, ring: Option<RingSync>) {
@@ -174,10 +175,8 @@ impl ShardDriver {
         let mut waiting: VecDeque<Waiting> = VecDeque::new();
         let mut in_flight: Option<Pin<Box<dyn Future<Output = Option<Synced>>>>> = None;
         let mut closed = false;
-        // A snapshot due at start (the replay was long) is taken before serving.
-        if runner.since_snapshot >= runner.settings.snapshot_every_records {
-            runner.snapshot();
-        }
+        // A snapshot due at start (the replay was long) is taken at the first turn: the ticker
+        // sends an input within `TICK`.
         loop {
             let event = std::future::poll_fn(|cx| {
                 if let Some(done) = in_flight.as_mut() {
@@ -227,6 +226,10 @@ impl ShardDriver {
                 Event::Closed if in_flight.is_none() && waiting.is_empty() => return,
                 Event::Closed => closed = true,
             }
+            // A due snapshot is taken at the last applied record, which it commits in line.
+            if runner.since_snapshot >= runner.settings.snapshot_every_records {
+                runner.snapshot();
+            }
             // Durable: release the groups it covers, oldest first, then the notices they raised.
             let durable_seq = runner.journal.durable_seq();
             while waiting.front().is_some_and(|group| group.seq <= durable_seq) {
@@ -239,16 +242,6 @@ impl ShardDriver {
                     Ok(Some(request)) => in_flight = Some(syncer.submit(request)),
                     Ok(None) => {}
                     Err(error) => fatal(&format!("shard {shard_id} journal commit failed: {error}")),
-                }
-            }
-            if runner.since_snapshot >= runner.settings.snapshot_every_records {
-                runner.snapshot();
-                // The snapshot made everything applied durable (in line): release it all.
-                let durable_seq = runner.journal.durable_seq();
-                while waiting.front().is_some_and(|group| group.seq <= durable_seq) {
-                    if let Some(group) = waiting.pop_front() {
-                        group.release(&runner.settings.directory);
-                    }
                 }
             }
         }
