@@ -15,6 +15,9 @@ use crate::fsys;
 /// How many snapshots are kept: the newest, plus one to fall back to if the newest is damaged.
 pub(crate) const SNAPSHOTS_KEPT: usize = 2;
 
+/// How much of an image is written before it is flushed to the disk (see `write`).
+const SNAPSHOT_WRITE_PIECE_BYTES: usize = 4 << 20;
+
 /// Suffix of a snapshot being written; a crash can leave one behind, recovery removes it.
 const TEMP_SUFFIX: &str = ".tmp";
 
@@ -59,7 +62,15 @@ pub(crate) fn write(dir: &Path, seq: u64, bytes: &[u8]) -> Result<(), JournalErr
         .map_err(JournalError::io(&temp_path, "create snapshot"))?;
     let header = format::encode_snapshot_header(seq, bytes);
     file.write_all(&header).map_err(JournalError::io(&temp_path, "write snapshot"))?;
-    file.write_all(bytes).map_err(JournalError::io(&temp_path, "write snapshot"))?;
+    // Written and flushed a piece at a time: one final fsync of hundreds of megabytes would
+    // queue all of them at the disk at once, and every journal commit of every shard (the
+    // `fdatasync` a reply waits for) would wait behind them.
+    let mut written = header.len();
+    for piece in bytes.chunks(SNAPSHOT_WRITE_PIECE_BYTES) {
+        file.write_all(piece).map_err(JournalError::io(&temp_path, "write snapshot"))?;
+        fsys::flush_range(&file, written, piece.len()).map_err(JournalError::io(&temp_path, "flush snapshot"))?;
+        written += piece.len();
+    }
     file.sync_all().map_err(JournalError::io(&temp_path, "fsync snapshot"))?;
     drop(file);
     std::fs::rename(&temp_path, &final_path).map_err(JournalError::io(&final_path, "rename snapshot into place"))?;
