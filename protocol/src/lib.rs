@@ -5,6 +5,7 @@
 
 #![forbid(unsafe_code)]
 
+mod wire_enum;
 pub mod codes;
 pub mod frame;
 pub mod messages;

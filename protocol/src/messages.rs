@@ -5,79 +5,46 @@
 
 use rkyv::{Archive, Deserialize, Serialize};
 
-/// Message types (the frame header's `msg_type`). A response carries the request's type.
-#[repr(u16)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum MsgType {
-    Hello = 1,
-    Ping = 2,
-    CardIssue = 10,
-    CardActivate = 11,
-    CardLoad = 12,
-    CardSell = 13,
-    CardBlock = 14,
-    CardUnblock = 15,
-    CardRefund = 16,
-    CardRegister = 17,
-    CardConsign = 18,
-    CardClaim = 19,
-    Authorize = 20,
-    Capture = 21,
-    Void = 22,
-    Reverse = 23,
-    Sale = 24,
-    Refund = 25,
-    ForeignImport = 26,
-    ForeignConvert = 27,
-    Inquiry = 30,
-    BalanceInquiry = 31,
-    SessionStart = 40,
-    SessionUpdate = 41,
-    SessionEnd = 42,
-    EventCharge = 43,
-    PriceQuote = 44,
-    SessionAudit = 45,
-    /// Server to client only (`FLAG_PUSH`): see `SessionNotice`.
-    SessionNotice = 46,
+use crate::wire_enum::wire_enum;
+
+wire_enum! {
+    /// Message types (the frame header's `msg_type`). A response carries the request's type.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub enum MsgType: u16, from_u16 {
+        Hello = 1 => "HELLO",
+        Ping = 2 => "PING",
+        CardIssue = 10 => "CARD_ISSUE",
+        CardActivate = 11 => "CARD_ACTIVATE",
+        CardLoad = 12 => "CARD_LOAD",
+        CardSell = 13 => "CARD_SELL",
+        CardBlock = 14 => "CARD_BLOCK",
+        CardUnblock = 15 => "CARD_UNBLOCK",
+        CardRefund = 16 => "CARD_REFUND",
+        CardRegister = 17 => "CARD_REGISTER",
+        CardConsign = 18 => "CARD_CONSIGN",
+        CardClaim = 19 => "CARD_CLAIM",
+        Authorize = 20 => "AUTHORIZE",
+        Capture = 21 => "CAPTURE",
+        Void = 22 => "VOID",
+        Reverse = 23 => "REVERSE",
+        Sale = 24 => "SALE",
+        Refund = 25 => "REFUND",
+        ForeignImport = 26 => "FOREIGN_IMPORT",
+        ForeignConvert = 27 => "FOREIGN_CONVERT",
+        Inquiry = 30 => "INQUIRY",
+        BalanceInquiry = 31 => "BALANCE_INQUIRY",
+        SessionStart = 40 => "SESSION_START",
+        SessionUpdate = 41 => "SESSION_UPDATE",
+        SessionEnd = 42 => "SESSION_END",
+        EventCharge = 43 => "EVENT_CHARGE",
+        PriceQuote = 44 => "PRICE_QUOTE",
+        SessionAudit = 45 => "SESSION_AUDIT",
+        /// Server to client only (`FLAG_PUSH`): see `SessionNotice`.
+        SessionNotice = 46 => "SESSION_NOTICE",
+    }
 }
 
 impl MsgType {
-    pub const ALL: [MsgType; 29] = [
-        Self::Hello,
-        Self::Ping,
-        Self::CardIssue,
-        Self::CardActivate,
-        Self::CardLoad,
-        Self::CardSell,
-        Self::CardBlock,
-        Self::CardUnblock,
-        Self::CardRefund,
-        Self::CardRegister,
-        Self::CardConsign,
-        Self::CardClaim,
-        Self::Authorize,
-        Self::Capture,
-        Self::Void,
-        Self::Reverse,
-        Self::Sale,
-        Self::Refund,
-        Self::ForeignImport,
-        Self::ForeignConvert,
-        Self::Inquiry,
-        Self::BalanceInquiry,
-        Self::SessionStart,
-        Self::SessionUpdate,
-        Self::SessionEnd,
-        Self::EventCharge,
-        Self::PriceQuote,
-        Self::SessionAudit,
-        Self::SessionNotice,
-    ];
-
-    pub fn from_u16(value: u16) -> Option<MsgType> {
-        Self::ALL.into_iter().find(|msg_type| *msg_type as u16 == value)
-    }
-
     /// Mutating messages carry op ids, are journaled and are idempotent.
     pub fn is_mutating(self) -> bool {
         !matches!(
@@ -186,19 +153,14 @@ pub struct CardBlock {
     pub reason: u8,
 }
 
-/// Why a card was blocked.
-#[repr(u8)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BlockReason {
-    Lost = 1,
-    Stolen = 2,
-    Operator = 3,
-    HolderRequest = 4,
-}
-
-impl BlockReason {
-    pub fn from_u8(value: u8) -> Option<BlockReason> {
-        [Self::Lost, Self::Stolen, Self::Operator, Self::HolderRequest].into_iter().find(|reason| *reason as u8 == value)
+wire_enum! {
+    /// Why a card was blocked.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum BlockReason: u8, from_u8 {
+        Lost = 1 => "lost",
+        Stolen = 2 => "stolen",
+        Operator = 3 => "operator",
+        HolderRequest = 4 => "holder_request",
     }
 }
 
@@ -595,39 +557,23 @@ pub struct InquiryResult {
     pub result: OpResult,
 }
 
-/// What INQUIRY knows of an op id.
-#[repr(u8)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum OpStatus {
-    /// Never seen (or older than the idempotency window).
-    Unknown = 0,
-    /// Executed; `result` holds its outcome (approved or declined).
-    Completed = 1,
-    /// A REVERSE arrived for it before it did: it will be declined if it arrives.
-    Tombstone = 2,
-    /// An AUTHORIZE whose hold is still pending.
-    HoldPending = 3,
-    HoldCaptured = 4,
-    HoldVoided = 5,
-    HoldExpired = 6,
-    /// An AUTHORIZE or SALE that was reversed.
-    Reversed = 7,
-}
-
-impl OpStatus {
-    pub fn from_u8(value: u8) -> Option<OpStatus> {
-        [
-            Self::Unknown,
-            Self::Completed,
-            Self::Tombstone,
-            Self::HoldPending,
-            Self::HoldCaptured,
-            Self::HoldVoided,
-            Self::HoldExpired,
-            Self::Reversed,
-        ]
-        .into_iter()
-        .find(|status| *status as u8 == value)
+wire_enum! {
+    /// What INQUIRY knows of an op id.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum OpStatus: u8, from_u8 {
+        /// Never seen (or older than the idempotency window).
+        Unknown = 0 => "unknown",
+        /// Executed; `result` holds its outcome (approved or declined).
+        Completed = 1 => "completed",
+        /// A REVERSE arrived for it before it did: it will be declined if it arrives.
+        Tombstone = 2 => "tombstone",
+        /// An AUTHORIZE whose hold is still pending.
+        HoldPending = 3 => "hold_pending",
+        HoldCaptured = 4 => "hold_captured",
+        HoldVoided = 5 => "hold_voided",
+        HoldExpired = 6 => "hold_expired",
+        /// An AUTHORIZE or SALE that was reversed.
+        Reversed = 7 => "reversed",
     }
 }
 
@@ -664,63 +610,32 @@ pub struct HoldInfo {
     pub expires_at_ms: u64,
 }
 
-/// The life of a card.
-#[repr(u8)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum CardState {
-    /// In stock: value assigned, not spendable.
-    Issued = 1,
-    /// Sold to a channel or buyer, not yet activated.
-    Sold = 2,
-    /// Password registered: spendable.
-    Active = 3,
-    Blocked = 4,
-    Expired = 5,
-    /// Refunded or otherwise terminated; terminal.
-    Closed = 6,
-}
-
-impl CardState {
-    pub fn from_u8(value: u8) -> Option<CardState> {
-        [Self::Issued, Self::Sold, Self::Active, Self::Blocked, Self::Expired, Self::Closed]
-            .into_iter()
-            .find(|state| *state as u8 == value)
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Issued => "issued",
-            Self::Sold => "sold",
-            Self::Active => "active",
-            Self::Blocked => "blocked",
-            Self::Expired => "expired",
-            Self::Closed => "closed",
-        }
+wire_enum! {
+    /// The life of a card.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub enum CardState: u8, from_u8 {
+        /// In stock: value assigned, not spendable.
+        Issued = 1 => "issued",
+        /// Sold to a channel or buyer, not yet activated.
+        Sold = 2 => "sold",
+        /// Password registered: spendable.
+        Active = 3 => "active",
+        Blocked = 4 => "blocked",
+        Expired = 5 => "expired",
+        /// Refunded or otherwise terminated; terminal.
+        Closed = 6 => "closed",
     }
 }
 
-/// How the money of a CARD_LOAD came in. A card's value is never a funding source.
-#[repr(u8)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Funding {
-    CreditCard = 1,
-    BankTransfer = 2,
-    DepositWithoutBankbook = 3,
-    Cash = 4,
-    MobileBill = 5,
-}
-
-impl Funding {
-    pub fn from_u8(value: u8) -> Option<Funding> {
-        [
-            Self::CreditCard,
-            Self::BankTransfer,
-            Self::DepositWithoutBankbook,
-            Self::Cash,
-            Self::MobileBill,
-        ]
-        .into_iter()
-        .find(|funding| *funding as u8 == value)
+wire_enum! {
+    /// How the money of a CARD_LOAD came in. A card's value is never a funding source.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Funding: u8, from_u8 {
+        CreditCard = 1 => "credit_card",
+        BankTransfer = 2 => "bank_transfer",
+        DepositWithoutBankbook = 3 => "deposit_without_bankbook",
+        Cash = 4 => "cash",
+        MobileBill = 5 => "mobile_bill",
     }
 }
 
