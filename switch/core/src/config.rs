@@ -4,7 +4,11 @@
 
 use rkyv::{Archive, Deserialize, Serialize};
 
+/// With feature `serde` it is read straight from the server's `[engine]` TOML section: the
+/// field names are the keys (the one exception, `idempotency_window_s`, is in seconds there),
+/// and a key left out keeps its production value.
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Deserialize), serde(deny_unknown_fields, default))]
 pub struct EngineConfig {
     /// Face values (won) of the products that may be issued.
     pub face_values_won: Vec<u64>,
@@ -28,6 +32,7 @@ pub struct EngineConfig {
     /// The hold TTL used when an AUTHORIZE asks for 0.
     pub hold_ttl_default_s: u32,
     /// How long an op id's result is remembered, measured from the time inside the op id.
+    #[cfg_attr(feature = "serde", serde(rename = "idempotency_window_s", deserialize_with = "toml_form::seconds_as_ms"))]
     pub idempotency_window_ms: u64,
     /// Most op-id records a shard keeps; past it the oldest are evicted and the too-old floor
     /// rises, so an evicted id answers OP_TOO_OLD instead of executing twice.
@@ -98,14 +103,17 @@ pub struct EngineConfig {
 /// billed whole), and each increment costs `rate_won`, or the rate of the time-of-day band it
 /// falls in (see `bands`).
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Deserialize), serde(deny_unknown_fields))]
 pub struct Tariff {
     /// Non-zero, unique in the table; answered to the call switch as the tariff applied.
     pub tariff_id: u16,
     /// The service category (1..=6) it prices.
     pub category: u8,
     /// Digits the called number starts with ("" matches every number of the category).
+    #[cfg_attr(feature = "serde", serde(default))]
     pub destination_prefix: String,
     /// Charged once per session, with its first used second.
+    #[cfg_attr(feature = "serde", serde(default))]
     pub connect_fee_won: u64,
     /// Won per billing increment.
     pub rate_won: u64,
@@ -113,8 +121,10 @@ pub struct Tariff {
     pub increment_s: u32,
     /// The first billed span: a session that used anything is billed at least this much (a
     /// multiple of `increment_s`; 0 = one increment).
+    #[cfg_attr(feature = "serde", serde(default))]
     pub first_increment_s: u32,
     /// EVENT_CHARGE: won per event (0: this tariff prices no events).
+    #[cfg_attr(feature = "serde", serde(default))]
     pub event_won: u64,
     /// Time-of-day bands (local time, `EngineConfig::tariff_utc_offset_s`): each local day
     /// starts at `rate_won`, and from each band's minute on its rate applies, until the next
@@ -122,11 +132,14 @@ pub struct Tariff {
     /// change is split there: the first billed span is rated whole at the start's rate, and
     /// every later piece between rate changes is rounded up to the increment and rated at its
     /// own rate (as CGRateS splits rating intervals).
+    #[cfg_attr(feature = "serde", serde(default))]
     pub bands: Vec<TariffBand>,
 }
 
-/// From `from_minute` of the local day (0..1440) on, increments cost `rate_won`.
+/// From `from_minute` of the local day (0..1440) on, increments cost `rate_won`. In TOML:
+/// `{ from = "HH:MM", rate_won = ... }`.
 #[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Deserialize), serde(try_from = "toml_form::BandText"))]
 pub struct TariffBand {
     pub from_minute: u16,
     pub rate_won: u64,
@@ -210,17 +223,66 @@ impl Tariff {
 /// The price is configured in won (the operator applies its exchange rate and margin when it
 /// sets it), so a conversion is exact integer arithmetic, never a floating-point rate.
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Deserialize), serde(deny_unknown_fields))]
 pub struct ForeignProduct {
     /// Non-zero, unique in the catalogue.
     pub product_id: u32,
     /// The foreign operator the PINs were bought from (settled by the exporter).
     pub partner_id: u32,
     /// ISO 4217 alphabetic code, e.g. `*b"USD"`.
+    #[cfg_attr(feature = "serde", serde(deserialize_with = "toml_form::currency"))]
     pub currency: [u8; 3],
     /// The face value of one PIN, in the currency's minor units (cents for USD).
     pub face_value_minor: u64,
     /// What converting into one PIN debits from the card.
     pub price_won: u64,
+}
+
+impl Default for EngineConfig {
+    fn default() -> EngineConfig {
+        EngineConfig::production()
+    }
+}
+
+/// The TOML forms that differ from the engine's own: seconds for the idempotency window,
+/// "HH:MM" for a band's start, and a currency code as text.
+#[cfg(feature = "serde")]
+mod toml_form {
+    use serde::{Deserialize, Deserializer};
+
+    pub(super) fn seconds_as_ms<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+        Ok(u64::deserialize(deserializer)?.saturating_mul(1000))
+    }
+
+    /// A code that is not three bytes becomes `[0; 3]`, which `EngineConfig::validate` refuses
+    /// with a message naming the product.
+    pub(super) fn currency<'de, D: Deserializer<'de>>(deserializer: D) -> Result<[u8; 3], D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Ok(<[u8; 3]>::try_from(text.as_bytes()).unwrap_or([0; 3]))
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub(super) struct BandText {
+        from: String,
+        rate_won: u64,
+    }
+
+    impl TryFrom<BandText> for super::TariffBand {
+        type Error = String;
+
+        fn try_from(band: BandText) -> Result<super::TariffBand, String> {
+            let minute = band
+                .from
+                .split_once(':')
+                .filter(|(hours, minutes)| hours.len() == 2 && minutes.len() == 2)
+                .and_then(|(hours, minutes)| Some((hours.parse::<u16>().ok()?, minutes.parse::<u16>().ok()?)))
+                .filter(|(hours, minutes)| *hours < 24 && *minutes < 60)
+                .map(|(hours, minutes)| hours * 60 + minutes)
+                .ok_or_else(|| format!("band start {:?} is not a time of day \"HH:MM\"", band.from))?;
+            Ok(super::TariffBand { from_minute: minute, rate_won: band.rate_won })
+        }
+    }
 }
 
 impl EngineConfig {

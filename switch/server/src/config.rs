@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use pinswitch_core::{EngineConfig, ForeignProduct, Tariff, TariffBand};
+use pinswitch_core::EngineConfig;
 use serde::Deserialize;
 
 #[derive(Clone, Debug, Deserialize)]
@@ -15,7 +15,8 @@ pub struct Config {
     pub server: ServerSection,
     pub limits: Limits,
     pub journal: JournalSection,
-    pub engine: EngineSection,
+    /// `[engine]`: the engine's rules, read straight into `EngineConfig` (see its field docs).
+    pub engine: EngineConfig,
     pub sessions: SessionsSection,
     /// The file this was read from (SIGHUP re-reads it); not a key of the file.
     #[serde(skip)]
@@ -149,168 +150,6 @@ impl SessionsSection {
     }
 }
 
-/// `[engine]` mirrors `EngineConfig`; see its field docs.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct EngineSection {
-    pub face_values_won: Vec<u64>,
-    pub product_category_masks: Vec<u8>,
-    pub balance_cap_won: u64,
-    pub balance_cap_named_won: u64,
-    pub recharge_unit_won: u64,
-    pub holds_per_card_max: u16,
-    pub captures_per_hold_max: u16,
-    pub hold_ttl_max_s: u32,
-    pub hold_ttl_default_s: u32,
-    pub idempotency_window_s: u64,
-    pub idempotency_entries_max: u32,
-    pub op_clock_skew_max_ms: u64,
-    pub password_tries_max: u8,
-    pub validity_days: u32,
-    pub refund_used_percent: u8,
-    pub refund_used_percent_small: u8,
-    pub small_face_value_max_won: u64,
-    pub points_per_mille: u16,
-    pub product_points_per_mille: Vec<u16>,
-    pub product_validity_days: Vec<u32>,
-    pub product_recharge_unit_won: Vec<u64>,
-    pub product_balance_cap_won: Vec<u64>,
-    pub promotional_face_values_won: Vec<u64>,
-    pub promotional_extension_days: u32,
-    /// `[[engine.foreign_products]]` tables.
-    pub foreign_products: Vec<ForeignProductSection>,
-    /// `[[engine.tariffs]]` tables.
-    pub tariffs: Vec<TariffSection>,
-    pub sessions_per_card_max: u16,
-    pub sessions_per_shard_max: u32,
-    pub session_grant_default_s: u32,
-    pub session_grant_max_s: u32,
-    pub session_validity_s: u32,
-    pub tariff_utc_offset_s: i32,
-    pub low_balance_warn_won: u64,
-    pub expired_sessions_max: u32,
-    pub session_password_required: bool,
-}
-
-/// One `[[engine.tariffs.bands]]` table; see `TariffBand`.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BandSection {
-    /// "HH:MM", local time.
-    pub from: String,
-    pub rate_won: u64,
-}
-
-impl BandSection {
-    fn of(band: &TariffBand) -> BandSection {
-        BandSection { from: format!("{:02}:{:02}", band.from_minute / 60, band.from_minute % 60), rate_won: band.rate_won }
-    }
-
-    /// A malformed time becomes minute 1440, which the engine's validation refuses.
-    fn engine(&self) -> TariffBand {
-        let minute = self
-            .from
-            .split_once(':')
-            .filter(|(hours, minutes)| hours.len() == 2 && minutes.len() == 2)
-            .and_then(|(hours, minutes)| Some((hours.parse::<u16>().ok()?, minutes.parse::<u16>().ok()?)))
-            .filter(|(hours, minutes)| *hours < 24 && *minutes < 60)
-            .map_or(24 * 60, |(hours, minutes)| hours * 60 + minutes);
-        TariffBand { from_minute: minute, rate_won: self.rate_won }
-    }
-}
-
-/// One `[[engine.tariffs]]` table; see `Tariff`.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TariffSection {
-    pub tariff_id: u16,
-    pub category: u8,
-    /// Digits the called number starts with; "" (the default) matches every number.
-    #[serde(default)]
-    pub destination_prefix: String,
-    #[serde(default)]
-    pub connect_fee_won: u64,
-    pub rate_won: u64,
-    pub increment_s: u32,
-    #[serde(default)]
-    pub first_increment_s: u32,
-    #[serde(default)]
-    pub event_won: u64,
-    #[serde(default)]
-    pub bands: Vec<BandSection>,
-}
-
-impl TariffSection {
-    fn of(tariff: &Tariff) -> TariffSection {
-        TariffSection {
-            tariff_id: tariff.tariff_id,
-            category: tariff.category,
-            destination_prefix: tariff.destination_prefix.clone(),
-            connect_fee_won: tariff.connect_fee_won,
-            rate_won: tariff.rate_won,
-            increment_s: tariff.increment_s,
-            first_increment_s: tariff.first_increment_s,
-            event_won: tariff.event_won,
-            bands: tariff.bands.iter().map(BandSection::of).collect(),
-        }
-    }
-
-    fn engine(&self) -> Tariff {
-        Tariff {
-            tariff_id: self.tariff_id,
-            category: self.category,
-            destination_prefix: self.destination_prefix.clone(),
-            connect_fee_won: self.connect_fee_won,
-            rate_won: self.rate_won,
-            increment_s: self.increment_s,
-            first_increment_s: self.first_increment_s,
-            event_won: self.event_won,
-            bands: self.bands.iter().map(BandSection::engine).collect(),
-        }
-    }
-}
-
-/// One `[[engine.foreign_products]]` table; see `ForeignProduct`.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ForeignProductSection {
-    pub product_id: u32,
-    pub partner_id: u32,
-    /// ISO 4217 alphabetic code, e.g. "USD".
-    pub currency: String,
-    pub face_value_minor: u64,
-    pub price_won: u64,
-}
-
-impl ForeignProductSection {
-    fn of(product: &ForeignProduct) -> ForeignProductSection {
-        ForeignProductSection {
-            product_id: product.product_id,
-            partner_id: product.partner_id,
-            currency: String::from_utf8_lossy(&product.currency).into_owned(),
-            face_value_minor: product.face_value_minor,
-            price_won: product.price_won,
-        }
-    }
-
-    /// A currency that is not three bytes becomes `[0; 3]`, which the engine's validation
-    /// refuses with a message naming the product.
-    fn engine(&self) -> ForeignProduct {
-        ForeignProduct {
-            product_id: self.product_id,
-            partner_id: self.partner_id,
-            currency: <[u8; 3]>::try_from(self.currency.as_bytes()).unwrap_or([0; 3]),
-            face_value_minor: self.face_value_minor,
-            price_won: self.price_won,
-        }
-    }
-}
-
-impl Default for ServerSection {
-    fn default() -> Self {
-        ServerSection { data_dir: PathBuf::from("data"), listen: "127.0.0.1:7420".into(), shards: 0, runtime: "glommio".into(), accept: "handoff".into() }
-    }
-}
 
 impl Default for Limits {
     fn default() -> Self {
@@ -343,46 +182,9 @@ impl Default for JournalSection {
     }
 }
 
-impl Default for EngineSection {
+impl Default for ServerSection {
     fn default() -> Self {
-        let engine = EngineConfig::production();
-        EngineSection {
-            face_values_won: engine.face_values_won,
-            product_category_masks: engine.product_category_masks,
-            balance_cap_won: engine.balance_cap_won,
-            balance_cap_named_won: engine.balance_cap_named_won,
-            recharge_unit_won: engine.recharge_unit_won,
-            holds_per_card_max: engine.holds_per_card_max,
-            captures_per_hold_max: engine.captures_per_hold_max,
-            hold_ttl_max_s: engine.hold_ttl_max_s,
-            hold_ttl_default_s: engine.hold_ttl_default_s,
-            idempotency_window_s: engine.idempotency_window_ms / 1000,
-            idempotency_entries_max: engine.idempotency_entries_max,
-            op_clock_skew_max_ms: engine.op_clock_skew_max_ms,
-            password_tries_max: engine.password_tries_max,
-            validity_days: engine.validity_days,
-            refund_used_percent: engine.refund_used_percent,
-            refund_used_percent_small: engine.refund_used_percent_small,
-            small_face_value_max_won: engine.small_face_value_max_won,
-            points_per_mille: engine.points_per_mille,
-            product_points_per_mille: engine.product_points_per_mille.clone(),
-            product_validity_days: engine.product_validity_days.clone(),
-            product_recharge_unit_won: engine.product_recharge_unit_won.clone(),
-            product_balance_cap_won: engine.product_balance_cap_won.clone(),
-            promotional_face_values_won: engine.promotional_face_values_won.clone(),
-            promotional_extension_days: engine.promotional_extension_days,
-            foreign_products: engine.foreign_products.iter().map(ForeignProductSection::of).collect(),
-            tariffs: engine.tariffs.iter().map(TariffSection::of).collect(),
-            sessions_per_card_max: engine.sessions_per_card_max,
-            sessions_per_shard_max: engine.sessions_per_shard_max,
-            session_grant_default_s: engine.session_grant_default_s,
-            session_grant_max_s: engine.session_grant_max_s,
-            session_validity_s: engine.session_validity_s,
-            tariff_utc_offset_s: engine.tariff_utc_offset_s,
-            low_balance_warn_won: engine.low_balance_warn_won,
-            expired_sessions_max: engine.expired_sessions_max,
-            session_password_required: engine.session_password_required,
-        }
+        ServerSection { data_dir: PathBuf::from("data"), listen: "127.0.0.1:7420".into(), shards: 0, runtime: "glommio".into(), accept: "handoff".into() }
     }
 }
 
@@ -392,7 +194,7 @@ impl Default for Config {
             server: ServerSection::default(),
             limits: Limits::default(),
             journal: JournalSection::default(),
-            engine: EngineSection::default(),
+            engine: EngineConfig::production(),
             sessions: SessionsSection::default(),
             source: None,
         }
@@ -417,45 +219,9 @@ impl Config {
         Ok(config)
     }
 
+    /// The engine's rules (`[engine]`, read straight into `EngineConfig`).
     pub fn engine(&self) -> EngineConfig {
-        let engine = &self.engine;
-        EngineConfig {
-            face_values_won: engine.face_values_won.clone(),
-            product_category_masks: engine.product_category_masks.clone(),
-            balance_cap_won: engine.balance_cap_won,
-            balance_cap_named_won: engine.balance_cap_named_won,
-            recharge_unit_won: engine.recharge_unit_won,
-            holds_per_card_max: engine.holds_per_card_max,
-            captures_per_hold_max: engine.captures_per_hold_max,
-            hold_ttl_max_s: engine.hold_ttl_max_s,
-            hold_ttl_default_s: engine.hold_ttl_default_s,
-            idempotency_window_ms: engine.idempotency_window_s.saturating_mul(1000),
-            idempotency_entries_max: engine.idempotency_entries_max,
-            op_clock_skew_max_ms: engine.op_clock_skew_max_ms,
-            password_tries_max: engine.password_tries_max,
-            validity_days: engine.validity_days,
-            refund_used_percent: engine.refund_used_percent,
-            refund_used_percent_small: engine.refund_used_percent_small,
-            small_face_value_max_won: engine.small_face_value_max_won,
-            points_per_mille: engine.points_per_mille,
-            product_points_per_mille: engine.product_points_per_mille.clone(),
-            product_validity_days: engine.product_validity_days.clone(),
-            product_recharge_unit_won: engine.product_recharge_unit_won.clone(),
-            product_balance_cap_won: engine.product_balance_cap_won.clone(),
-            promotional_face_values_won: engine.promotional_face_values_won.clone(),
-            promotional_extension_days: engine.promotional_extension_days,
-            foreign_products: engine.foreign_products.iter().map(ForeignProductSection::engine).collect(),
-            tariffs: engine.tariffs.iter().map(TariffSection::engine).collect(),
-            sessions_per_card_max: engine.sessions_per_card_max,
-            sessions_per_shard_max: engine.sessions_per_shard_max,
-            session_grant_default_s: engine.session_grant_default_s,
-            session_grant_max_s: engine.session_grant_max_s,
-            session_validity_s: engine.session_validity_s,
-            tariff_utc_offset_s: engine.tariff_utc_offset_s,
-            low_balance_warn_won: engine.low_balance_warn_won,
-            expired_sessions_max: engine.expired_sessions_max,
-            session_password_required: engine.session_password_required,
-        }
+        self.engine.clone()
     }
 
     /// The shard count in force: configured, or one per core.
@@ -550,15 +316,22 @@ mod tests {
         assert_eq!(preset.sessions, defaults.sessions);
     }
 
+    /// `[engine]` is read straight into `EngineConfig`: band times in "HH:MM", the window in
+    /// seconds; a bad time is refused when the file is parsed, naming it.
     #[test]
     fn band_times_parse_and_bad_ones_are_refused() {
-        let band = |from: &str| BandSection { from: from.into(), rate_won: 1 }.engine().from_minute;
-        assert_eq!((band("00:00"), band("08:30"), band("23:59")), (0, 510, 1439));
+        let parse = |from: &str| {
+            let text = format!("[[engine.tariffs]]\ntariff_id = 1\ncategory = 2\nrate_won = 2\nincrement_s = 1\nbands = [{{ from = \"{from}\", rate_won = 1 }}]\n[engine]\nidempotency_window_s = 60\n");
+            toml::from_str::<Config>(&text).map(|config| (config.engine.tariffs[0].bands[0].from_minute, config.engine.idempotency_window_ms))
+        };
+        assert_eq!(parse("00:00").ok(), Some((0, 60_000)));
+        assert_eq!((parse("08:30").ok(), parse("23:59").ok()), (Some((510, 60_000)), Some((1439, 60_000))));
         for bad in ["24:00", "8:30", "08:60", "0830", "aa:bb"] {
-            assert_eq!(band(bad), 24 * 60, "{bad}");
+            let error = parse(bad).expect_err(bad).to_string();
+            assert!(error.contains(bad), "{bad}: {error}");
         }
         let mut config = Config::default();
-        config.engine.tariffs[0].bands = vec![BandSection { from: "25:00".into(), rate_won: 1 }];
+        config.engine.tariffs[0].bands = vec![pinswitch_core::TariffBand { from_minute: 25 * 60, rate_won: 1 }];
         assert!(config.validate().is_err());
         config.engine.tariffs[0].bands.clear();
         config.sessions.final_unit_action = "redirect".into();
