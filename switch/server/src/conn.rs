@@ -1,6 +1,6 @@
 //! One client connection, served by one task on the thread of the shard that accepted it. The
 //! task is a single poll loop over four things at once: the socket's input (frames are decoded
-//! and planned as they arrive, see `net.rs`), the frames in flight (their shards' durable
+//! and planned as they arrive, see `native/`), the frames in flight (their shards' durable
 //! answers), session pushes for this connection, and the socket's output. One task and no
 //! spawned per-frame tasks: a frame costs no task, no cross-thread hop for its own shard's
 //! events, and no wake-up beyond the socket's own.
@@ -30,7 +30,7 @@ use pinswitch_protocol::{decode_frame, pending_frame};
 use tokio::sync::mpsc;
 
 use crate::config::Limits;
-use crate::net::{self, Context, Handled};
+use crate::native::{self, Context, Handled};
 use crate::shard_loop::wall_clock_ms;
 
 /// The receive buffer every connection starts with (and shrinks back to when idle).
@@ -347,7 +347,7 @@ impl Received {
         if ticket.hold_read_buffer(frame.total_len as u64) {
             self.bytes.resize(frame.total_len, 0);
         } else {
-            output.extend_from_slice(&net::error_frame(frame.msg_type, frame.request_id, pinswitch_protocol::ResultCode::RetryLater));
+            output.extend_from_slice(&native::error_frame(frame.msg_type, frame.request_id, pinswitch_protocol::ResultCode::RetryLater));
             self.skip = frame.total_len - self.filled;
             self.filled = 0;
         }
@@ -450,7 +450,7 @@ pub async fn serve<T: Transport>(mut transport: T, context: Arc<Context>, mut ti
                                 Ok(Some(frame)) => {
                                     let events_budget = limits.in_flight_events_per_connection_max.saturating_sub(events_in_flight);
                                     let frames_full = in_flight.len() >= limits.in_flight_per_connection_max as usize;
-                                    match net::handle_frame(&context, &frame.header, frame.body, now_ms, frames_full, events_budget, &pushes) {
+                                    match native::handle_frame(&context, &frame.header, frame.body, now_ms, frames_full, events_budget, &pushes) {
                                         Handled::Now(answer) => output.extend_from_slice(&answer),
                                         Handled::Later(future, events) => {
                                             events_in_flight += events;
@@ -464,7 +464,7 @@ pub async fn serve<T: Transport>(mut transport: T, context: Arc<Context>, mut ti
                                 Ok(None) => break,
                                 Err(error) => {
                                     // The byte stream can no longer be trusted to be framed: answer and close.
-                                    output.extend_from_slice(&net::error_frame(0, error.request_id(), error.code()));
+                                    output.extend_from_slice(&native::error_frame(0, error.request_id(), error.code()));
                                     input_done = true;
                                     break;
                                 }
@@ -499,7 +499,7 @@ pub async fn serve<T: Transport>(mut transport: T, context: Arc<Context>, mut ti
 /// unread refusal). Bounded: at most `REFUSAL_DRAIN_BYTES` are read.
 pub async fn refuse<T: Transport>(mut transport: T) {
     const REFUSAL_DRAIN_BYTES: usize = 64 * 1024;
-    let refusal = net::error_frame(pinswitch_protocol::MsgType::Ping as u16, 0, pinswitch_protocol::ResultCode::RetryLater);
+    let refusal = native::error_frame(pinswitch_protocol::MsgType::Ping as u16, 0, pinswitch_protocol::ResultCode::RetryLater);
     let mut written = 0usize;
     let mut closed = false;
     let mut drained = 0usize;

@@ -8,7 +8,7 @@ mod cli;
 mod config;
 mod conn;
 mod keys;
-mod net;
+mod native;
 mod push;
 mod runtime;
 mod shard_loop;

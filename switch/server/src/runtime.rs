@@ -29,7 +29,7 @@ use tokio::sync::mpsc;
 use crate::config::Config;
 use crate::conn::{self, Admission, Reaper, Refusal};
 use crate::keys::Keys;
-use crate::net::Context;
+use crate::native::Context;
 use crate::push::SessionDirectory;
 use crate::shard_loop::{self, ShardDriver, ShardHandle, ShardSettings, shard_dir, wall_clock_ms};
 

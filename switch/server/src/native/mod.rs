@@ -1,0 +1,592 @@
+//! The native protocol's front end: what one checked frame becomes. `handle_frame` checks the
+//! message type and the limits (batch size, in-flight frames and events), converts each event
+//! into an engine item (hashing the PIN, MACing the password, validating formats), routes it to
+//! its card's shard and submits the per-shard groups at once, in arrival order, then returns a
+//! future that awaits the shards' durable answers and builds one response frame holding one
+//! result per event, in event order. The connection (`conn.rs`) drives those futures; responses
+//! of different frames may overtake each other, and clients match them by request id. Framing
+//! errors close the connection after answering; every other bad input is answered on a
+//! connection that stays open.
+//!
+//! It is an adapter, in two halves beside this file: `commands.rs` (wire → engine, one function
+//! per message) and `answers.rs` (engine → wire). This file is the frame's life between them.
+
+mod answers;
+mod commands;
+
+use std::sync::Arc;
+
+use std::collections::HashSet;
+
+use pinswitch_core::{Body, Command, PinHash, pack_destination, shard_of_card, shard_of_op};
+use pinswitch_protocol::{
+    self as protocol, BalanceResult, CardIssueResult, FLAG_REPLAYED, ForeignConvertResult, FrameHeader, HelloReply,
+    InquiryResult, MsgType, OpResult, PriceQuoteResult, Pong, ResultCode, access_body, decode_body, encode_body,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::{Limits, SessionsSection};
+use crate::push::SessionDirectory;
+use crate::keys::{Keys, random_pin};
+use crate::shard_loop::{ShardBatch, ShardHandle, ShardItem, ShardOutput, wall_clock_ms};
+use answers::{
+    AuditPart, audit_answer, balance_code, balance_result, foreign_code, foreign_result, inquiry_code, inquiry_result, issue_code,
+    op_code, op_result, quote_code, quote_result, response_frame, session_result,
+};
+use commands::{card, password};
+pub use answers::error_frame;
+
+/// Times CARD_ISSUE draws a new PIN when the drawn one already exists.
+const PIN_DRAWS_MAX: usize = 4;
+
+/// Everything a connection needs, shared by all of them.
+pub struct Context {
+    pub shards: Vec<ShardHandle>,
+    pub shard_count: u16,
+    pub keys: Keys,
+    pub limits: Limits,
+    /// What every session grant carries, and the audit's limits.
+    pub sessions: SessionsSection,
+    /// Which connection to push each live session's notices to.
+    pub directory: Arc<SessionDirectory>,
+    /// Connection admission: the totals, the count per address, the receive-buffer budget.
+    pub admission: Arc<crate::conn::Admission>,
+    /// The HELLO answer; its rule fields change when SIGHUP reloads the engine rules.
+    pub hello: std::sync::RwLock<HelloReply>,
+}
+
+/// What became of one frame: answered at once (errors, HELLO, PING, frames refused by a
+/// limit), or in flight to the shards: the future yields the response frame once every shard
+/// involved has answered durably, and the count is the frame's events.
+pub enum Handled {
+    Now(Vec<u8>),
+    Later(std::pin::Pin<Box<dyn std::future::Future<Output = Vec<u8>>>>, u32),
+}
+
+/// Handles one frame. `frames_full`: the connection already has its most frames in flight;
+/// `events_budget`: how many more events it may have in flight. `pushes` is the connection's
+/// push queue, which the session directory learns for the sessions this frame reports.
+pub fn handle_frame(
+    context: &Arc<Context>,
+    header: &FrameHeader,
+    body: &[u8],
+    received_ms: u64,
+    frames_full: bool,
+    events_budget: u32,
+    pushes: &mpsc::Sender<Vec<u8>>,
+) -> Handled {
+    let request_id = header.request_id;
+    let Some(msg_type) = MsgType::from_u16(header.msg_type) else {
+        return Handled::Now(error_frame(header.msg_type, request_id, ResultCode::UnknownMessageType));
+    };
+    if frames_full {
+        return Handled::Now(error_frame(header.msg_type, request_id, ResultCode::RetryLater));
+    }
+    let deadline_at_ms = if header.deadline_ms == 0 { 0 } else { received_ms + u64::from(header.deadline_ms) };
+    let planned = match plan(context, msg_type, body, deadline_at_ms, events_budget) {
+        Ok(Planned::Ready(answer)) => return Handled::Now(response_frame(msg_type, request_id, &answer)),
+        Ok(planned) => planned,
+        Err(code) => return Handled::Now(error_frame(header.msg_type, request_id, code)),
+    };
+    let events = u32::try_from(planned.events()).unwrap_or(u32::MAX);
+    let context = context.clone();
+    let pushes = pushes.clone();
+    Handled::Later(
+        Box::pin(async move {
+            let body = planned.finish(&context, &pushes).await;
+            response_frame(msg_type, request_id, &body)
+        }),
+        events,
+    )
+}
+
+/// A frame whose events have been submitted to the shards (or answered without them).
+enum Planned {
+    Ready(Vec<u8>),
+    Ops(Pending<OpResult>),
+    Issue(Pending<CardIssueResult>, Vec<Option<IssueSlot>>),
+    Inquiry(Pending<InquiryResult>),
+    Balance(Pending<BalanceResult>),
+    Foreign(Pending<ForeignConvertResult>),
+    /// SESSION_START/UPDATE/END: op results whose grant is unpacked into `SessionResult`s;
+    /// the session ids (per event) tell the push directory who owns what.
+    Session(Pending<OpResult>, MsgType, Vec<u128>),
+    /// EVENT_CHARGE: plain op results.
+    Quote(Pending<PriceQuoteResult>),
+    /// SESSION_AUDIT: one answer per shard, combined.
+    Audit(Pending<AuditPart>, protocol::SessionAudit),
+}
+
+/// A CARD_ISSUE event in flight: what is needed to draw again under the same op id.
+#[derive(Clone, Copy)]
+struct IssueSlot {
+    op_id: u128,
+    pin: u64,
+    face_value_won: u64,
+    deadline_at_ms: u64,
+}
+
+/// Results known so far, and the shard groups still to answer.
+struct Pending<R> {
+    results: Vec<Option<R>>,
+    groups: Vec<Group>,
+}
+
+struct Group {
+    indexes: Vec<usize>,
+    answer: Option<oneshot::Receiver<Vec<ShardOutput>>>,
+}
+
+impl Planned {
+    /// Events of the frame (what its answer holds a result for).
+    fn events(&self) -> usize {
+        match self {
+            Planned::Ready(_) => 0,
+            Planned::Ops(pending) | Planned::Session(pending, ..) => pending.results.len(),
+            Planned::Issue(pending, _) => pending.results.len(),
+            Planned::Inquiry(pending) => pending.results.len(),
+            Planned::Balance(pending) => pending.results.len(),
+            Planned::Foreign(pending) => pending.results.len(),
+            Planned::Quote(pending) => pending.results.len(),
+            Planned::Audit(pending, _) => pending.results.len(),
+        }
+    }
+
+    async fn finish(self, context: &Context, pushes: &mpsc::Sender<Vec<u8>>) -> Vec<u8> {
+        match self {
+            Planned::Ready(body) => body,
+            Planned::Ops(pending) => {
+                encode_body(&pending.collect(|output| match output {
+                    ShardOutput::Applied(applied) => op_result(&applied.reply),
+                    _ => op_code(ResultCode::InternalError),
+                }, || op_code(ResultCode::RetryLater)).await)
+            }
+            Planned::Issue(pending, pins) => encode_body(&finish_issue(context, pending, pins).await),
+            Planned::Inquiry(pending) => encode_body(&pending.collect(inquiry_result, || inquiry_code(ResultCode::RetryLater)).await),
+            Planned::Balance(pending) => encode_body(&pending.collect(balance_result, || balance_code(ResultCode::RetryLater)).await),
+            Planned::Foreign(pending) => encode_body(&pending.collect(foreign_result, || foreign_code(ResultCode::RetryLater)).await),
+            Planned::Session(pending, msg_type, session_ids) => {
+                let results = pending.collect(|output| match output {
+                    ShardOutput::Applied(applied) => op_result(&applied.reply),
+                    _ => op_code(ResultCode::InternalError),
+                }, || op_code(ResultCode::RetryLater)).await;
+                for (result, session_id) in results.iter().zip(&session_ids) {
+                    track_session(&context.directory, pushes, msg_type, *session_id, result);
+                }
+                let sessions = &context.sessions;
+                encode_body(&results.into_iter().map(|result| session_result(result, sessions)).collect::<Vec<_>>())
+            }
+            Planned::Quote(pending) => encode_body(&pending.collect(quote_result, || quote_code(ResultCode::RetryLater)).await),
+            Planned::Audit(pending, audit) => {
+                let parts = pending
+                    .collect(
+                        |output| match output {
+                            ShardOutput::AuditCount(count, digest) => AuditPart { count, digest, closed: Vec::new(), answered: true },
+                            ShardOutput::AuditClosed(count, closed) => AuditPart { count, digest: 0, closed, answered: true },
+                            _ => AuditPart { count: 0, digest: 0, closed: Vec::new(), answered: false },
+                        },
+                        || AuditPart { count: 0, digest: 0, closed: Vec::new(), answered: false },
+                    )
+                    .await;
+                encode_body(&audit_answer(&context.directory, &audit, parts))
+            }
+        }
+    }
+}
+
+impl<R> Pending<R> {
+    fn new(events: usize) -> Pending<R> {
+        Pending { results: (0..events).map(|_| None).collect(), groups: Vec::new() }
+    }
+
+    /// Awaits every shard group and fills the remaining results.
+    async fn collect(
+        mut self,
+        convert: impl Fn(ShardOutput) -> R,
+        busy: impl Fn() -> R,
+    ) -> Vec<R> {
+        for group in std::mem::take(&mut self.groups) {
+            let outputs = match group.answer {
+                Some(answer) => answer.await.ok(),
+                None => None,
+            };
+            match outputs {
+                Some(outputs) => {
+                    for (index, output) in group.indexes.into_iter().zip(outputs) {
+                        self.results[index] = Some(convert(output));
+                    }
+                }
+                None => {
+                    for index in group.indexes {
+                        self.results[index] = Some(busy());
+                    }
+                }
+            }
+        }
+        self.results.into_iter().map(|result| result.unwrap_or_else(&busy)).collect()
+    }
+}
+
+/// Groups items by shard and queues each group; a full shard queue leaves its group unanswered
+/// (`answer: None`), which becomes RETRY_LATER for those events.
+fn submit(context: &Context, routed: Vec<(usize, u16, ShardItem)>) -> Vec<Group> {
+    let mut per_shard: Vec<(Vec<usize>, Vec<ShardItem>)> =
+        (0..context.shard_count).map(|_| (Vec::new(), Vec::new())).collect();
+    for (index, shard, item) in routed {
+        let (indexes, items) = &mut per_shard[usize::from(shard)];
+        indexes.push(index);
+        items.push(item);
+    }
+    let mut groups = Vec::new();
+    for (shard, (indexes, items)) in per_shard.into_iter().enumerate() {
+        if items.is_empty() {
+            continue;
+        }
+        let (reply, answer) = oneshot::channel();
+        let answer = match context.shards[shard].try_submit(ShardBatch { items, reply }) {
+            Ok(()) => Some(answer),
+            Err(_) => None,
+        };
+        groups.push(Group { indexes, answer });
+    }
+    groups
+}
+
+/// Validates the body, converts its events and submits them. `Err` is a frame-level status.
+fn plan(context: &Context, msg_type: MsgType, body: &[u8], deadline_at_ms: u64, events_budget: u32) -> Result<Planned, ResultCode> {
+    let batch_max = context.limits.batch_events_max as usize;
+    macro_rules! events {
+        ($ty:ty) => {{
+            let events = access_body::<Vec<$ty>>(body).map_err(|_| ResultCode::FormatError)?;
+            if events.len() > batch_max {
+                return Err(ResultCode::BatchTooLarge);
+            }
+            // The connection's answers still to come would outgrow its bound: later.
+            if events.len() > events_budget as usize {
+                return Err(ResultCode::RetryLater);
+            }
+            events
+        }};
+    }
+    match msg_type {
+        MsgType::Hello => {
+            let _hello: protocol::Hello = decode_body(body).map_err(|_| ResultCode::FormatError)?;
+            let mut reply = context.hello.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+            reply.server_time_ms = wall_clock_ms();
+            Ok(Planned::Ready(encode_body(&reply)))
+        }
+        MsgType::Ping => {
+            let ping: protocol::Ping = decode_body(body).map_err(|_| ResultCode::FormatError)?;
+            Ok(Planned::Ready(encode_body(&Pong { nonce: ping.nonce, server_time_ms: wall_clock_ms() })))
+        }
+        MsgType::CardIssue => Ok(plan_issue(context, events!(protocol::CardIssue), deadline_at_ms)),
+        MsgType::CardActivate => Ok(ops(context, events!(protocol::CardActivate), deadline_at_ms, commands::card_activate)),
+        MsgType::CardClaim => Ok(ops(context, events!(protocol::CardClaim), deadline_at_ms, commands::card_claim)),
+        MsgType::CardLoad => Ok(ops(context, events!(protocol::CardLoad), deadline_at_ms, commands::card_load)),
+        MsgType::CardSell => Ok(ops(context, events!(protocol::CardSell), deadline_at_ms, commands::card_sell)),
+        MsgType::CardBlock => Ok(ops(context, events!(protocol::CardBlock), deadline_at_ms, commands::card_block)),
+        MsgType::CardUnblock => Ok(ops(context, events!(protocol::CardUnblock), deadline_at_ms, commands::card_unblock)),
+        MsgType::CardConsign => Ok(ops(context, events!(protocol::CardConsign), deadline_at_ms, commands::card_consign)),
+        MsgType::CardRegister => Ok(ops(context, events!(protocol::CardRegister), deadline_at_ms, commands::card_register)),
+        MsgType::CardRefund => Ok(ops(context, events!(protocol::CardRefund), deadline_at_ms, commands::card_refund)),
+        MsgType::Authorize => Ok(ops(context, events!(protocol::Authorize), deadline_at_ms, commands::authorize)),
+        MsgType::Capture => Ok(ops(context, events!(protocol::Capture), deadline_at_ms, commands::capture)),
+        MsgType::Void => Ok(ops(context, events!(protocol::Void), deadline_at_ms, commands::void)),
+        MsgType::Reverse => Ok(ops(context, events!(protocol::Reverse), deadline_at_ms, commands::reverse)),
+        MsgType::Sale => Ok(ops(context, events!(protocol::Sale), deadline_at_ms, commands::sale)),
+        MsgType::Refund => Ok(ops(context, events!(protocol::Refund), deadline_at_ms, commands::refund)),
+        MsgType::ForeignImport => Ok(ops(context, events!(protocol::ForeignImport), deadline_at_ms, commands::foreign_import)),
+        MsgType::ForeignConvert => Ok(plan_foreign_convert(context, events!(protocol::ForeignConvert), deadline_at_ms)),
+        MsgType::SessionStart => {
+            let events = events!(protocol::SessionStart);
+            let session_ids = events.iter().map(|event| event.session_id.to_native()).collect();
+            Ok(session(ops(context, events, deadline_at_ms, commands::session_start), MsgType::SessionStart, session_ids))
+        }
+        MsgType::SessionUpdate => {
+            let events = events!(protocol::SessionUpdate);
+            let session_ids = events.iter().map(|event| event.session_id.to_native()).collect();
+            Ok(session(ops(context, events, deadline_at_ms, commands::session_update), MsgType::SessionUpdate, session_ids))
+        }
+        MsgType::SessionEnd => {
+            let events = events!(protocol::SessionEnd);
+            let session_ids = events.iter().map(|event| event.session_id.to_native()).collect();
+            Ok(session(ops(context, events, deadline_at_ms, commands::session_end), MsgType::SessionEnd, session_ids))
+        }
+        MsgType::EventCharge => Ok(ops(context, events!(protocol::EventCharge), deadline_at_ms, commands::event_charge)),
+        MsgType::PriceQuote => Ok(plan_quote(context, events!(protocol::PriceQuote))),
+        MsgType::SessionAudit => plan_audit(context, body),
+        // Pushes go from the server to clients only.
+        MsgType::SessionNotice => Err(ResultCode::UnknownMessageType),
+        MsgType::Inquiry => Ok(plan_inquiry(context, events!(protocol::Inquiry))),
+        MsgType::BalanceInquiry => Ok(plan_balance(context, events!(protocol::BalanceInquiry))),
+    }
+}
+
+/// CARD_ISSUE: each event draws a PIN that lands on the shard of its op id (so retries meet it there).
+fn plan_issue(context: &Context, events: &[protocol::ArchivedCardIssue], deadline_at_ms: u64) -> Planned {
+    let keys = &context.keys;
+    let count = context.shard_count;
+    let command = |op_id: u128, body: Body| ShardItem::Command(Command { op_id, deadline_at_ms, body });
+    let mut pending = Pending::new(events.len());
+    let mut routed = Vec::with_capacity(events.len());
+    let mut pins = vec![None; events.len()];
+    for (index, event) in events.iter().enumerate() {
+        let op_id = event.op_id.to_native();
+        let shard = shard_of_op(op_id, count);
+        let Some((pin, pin_hash)) = draw_pin(keys, shard, count) else {
+            pending.results[index] = Some(issue_code(ResultCode::InternalError));
+            continue;
+        };
+        let face_value_won = event.face_value_won.to_native();
+        routed.push((index, shard, command(op_id, Body::Issue { pin_hash, face_value_won })));
+        pins[index] = Some(IssueSlot { op_id, pin, face_value_won, deadline_at_ms });
+    }
+    pending.groups = submit(context, routed);
+    Planned::Issue(pending, pins)
+}
+
+/// FOREIGN_CONVERT: answered with the foreign PIN handed out.
+fn plan_foreign_convert(context: &Context, events: &[protocol::ArchivedForeignConvert], deadline_at_ms: u64) -> Planned {
+    let keys = &context.keys;
+    let count = context.shard_count;
+    let command = |op_id: u128, body: Body| ShardItem::Command(Command { op_id, deadline_at_ms, body });
+    let mut pending = Pending::new(events.len());
+    let mut routed = Vec::with_capacity(events.len());
+    for (index, event) in events.iter().enumerate() {
+        let mut refused = None;
+        let credentials = card(keys, event.pin.to_native(), &mut refused).and_then(|pin_hash| {
+            password(keys, pin_hash, event.password.as_slice(), &mut refused).map(|password_mac| (pin_hash, password_mac))
+        });
+        let Some((pin_hash, password_mac)) = credentials else {
+            pending.results[index] = refused.map(|result| ForeignConvertResult { result, foreign_pin: Vec::new() });
+            continue;
+        };
+        let body = Body::ForeignConvert { pin_hash, password_mac, product_id: event.product_id.to_native() };
+        routed.push((index, shard_of_card(pin_hash, count), command(event.op_id.to_native(), body)));
+    }
+    pending.groups = submit(context, routed);
+    Planned::Foreign(pending)
+}
+
+/// PRICE_QUOTE: a read; with no PIN any shard prices it (every shard has the same tariffs).
+fn plan_quote(context: &Context, events: &[protocol::ArchivedPriceQuote]) -> Planned {
+    let keys = &context.keys;
+    let count = context.shard_count;
+    let mut pending = Pending::new(events.len());
+    let mut routed = Vec::with_capacity(events.len());
+    for (index, event) in events.iter().enumerate() {
+        let pin = event.pin.to_native();
+        let pin_hash = match pin {
+            0 => None,
+            pin if protocol::pin::is_valid(pin) => Some(keys.pin_hash(pin)),
+            _ => {
+                pending.results[index] = Some(quote_code(ResultCode::PinFormatInvalid));
+                continue;
+            }
+        };
+        let Some(destination) = pack_destination(event.destination.as_slice()) else {
+            pending.results[index] = Some(quote_code(ResultCode::DestinationInvalid));
+            continue;
+        };
+        // Every shard has the same tariffs; a card's own shard knows its balance.
+        let shard = pin_hash.map_or(0, |pin_hash| shard_of_card(pin_hash, count));
+        let item = ShardItem::Quote {
+            pin_hash,
+            category: event.category,
+            destination,
+            duration_s: event.duration_s.to_native(),
+            units: event.units.to_native(),
+        };
+        routed.push((index, shard, item));
+    }
+    pending.groups = submit(context, routed);
+    Planned::Quote(pending)
+}
+
+/// INQUIRY: a read of the op-id record on the card's shard.
+fn plan_inquiry(context: &Context, events: &[protocol::ArchivedInquiry]) -> Planned {
+    Planned::Inquiry(card_reads(context, events, |event| event.pin.to_native(), inquiry_code, |pin_hash, event| {
+        ShardItem::Op { pin_hash, op_id: event.op_id.to_native() }
+    }))
+}
+
+/// BALANCE_INQUIRY: a read of the card on its shard.
+fn plan_balance(context: &Context, events: &[protocol::ArchivedBalanceInquiry]) -> Planned {
+    Planned::Balance(card_reads(context, events, |event| event.pin.to_native(), balance_code, |pin_hash, _| ShardItem::Card(pin_hash)))
+}
+
+/// Reads keyed by a card: each event with a well-formed PIN becomes `item` on the card's shard,
+/// one with a malformed PIN is answered `refused(PIN_FORMAT_INVALID)`.
+fn card_reads<E, R>(
+    context: &Context,
+    events: &[E],
+    pin_of: impl Fn(&E) -> u64,
+    refused: fn(ResultCode) -> R,
+    item: impl Fn(PinHash, &E) -> ShardItem,
+) -> Pending<R> {
+    let mut pending = Pending::new(events.len());
+    let mut routed = Vec::with_capacity(events.len());
+    for (index, event) in events.iter().enumerate() {
+        let pin = pin_of(event);
+        if !protocol::pin::is_valid(pin) {
+            pending.results[index] = Some(refused(ResultCode::PinFormatInvalid));
+            continue;
+        }
+        let pin_hash = context.keys.pin_hash(pin);
+        routed.push((index, shard_of_card(pin_hash, context.shard_count), item(pin_hash, event)));
+    }
+    pending.groups = submit(context, routed);
+    pending
+}
+
+/// SESSION_AUDIT: one item per shard (a count, or with the list a close of the orphans).
+fn plan_audit(context: &Context, body: &[u8]) -> Result<Planned, ResultCode> {
+    let audit: protocol::SessionAudit = decode_body(body).map_err(|_| ResultCode::FormatError)?;
+    if audit.session_ids.len() > context.sessions.audit_sessions_max as usize {
+        return Err(ResultCode::BatchTooLarge);
+    }
+    let owner_id = audit.owner_id;
+    let live = Arc::new(audit.session_ids.iter().copied().collect::<HashSet<u128>>());
+    let silent_since_ms = wall_clock_ms().saturating_sub(u64::from(context.sessions.audit_grace_s) * 1000);
+    let count = context.shard_count;
+    let routed = (0..count)
+        .map(|shard| {
+            let item = if audit.list {
+                ShardItem::AuditClose { owner_id, live: live.clone(), silent_since_ms }
+            } else {
+                ShardItem::AuditCount { owner_id }
+            };
+            (usize::from(shard), shard, item)
+        })
+        .collect();
+    let mut pending = Pending::new(usize::from(count));
+    pending.groups = submit(context, routed);
+    Ok(Planned::Audit(pending, audit))
+}
+
+/// Plans a batch answered with one `OpResult` per event: `convert` turns an event into its op id
+/// and engine body, or sets the event's result itself (a malformed PIN or password) and returns
+/// `None`. Each command goes to the shard that owns its card.
+fn ops<E>(
+    context: &Context,
+    events: &[E],
+    deadline_at_ms: u64,
+    convert: fn(&Keys, &E, &mut Option<OpResult>) -> Option<(u128, Body)>,
+) -> Planned {
+    let mut pending = Pending::new(events.len());
+    let mut routed = Vec::with_capacity(events.len());
+    for (index, event) in events.iter().enumerate() {
+        let Some((op_id, body)) = convert(&context.keys, event, &mut pending.results[index]) else { continue };
+        let Some(route_key) = body.route_key() else {
+            pending.results[index] = Some(op_code(ResultCode::InternalError));
+            continue;
+        };
+        let command = Command { op_id, deadline_at_ms, body };
+        routed.push((index, shard_of_card(route_key, context.shard_count), ShardItem::Command(command)));
+    }
+    pending.groups = submit(context, routed);
+    Planned::Ops(pending)
+}
+
+/// A planned batch of session events: answered with `SessionResult`s.
+fn session(planned: Planned, msg_type: MsgType, session_ids: Vec<u128>) -> Planned {
+    match planned {
+        Planned::Ops(pending) => Planned::Session(pending, msg_type, session_ids),
+        other => other,
+    }
+}
+
+/// Keeps the push directory in step with a session event's outcome: a started or reported
+/// session is owned by this connection; an ended, expired or unknown one by none.
+fn track_session(directory: &SessionDirectory, pushes: &mpsc::Sender<Vec<u8>>, msg_type: MsgType, session_id: u128, result: &OpResult) {
+    match (msg_type, ResultCode::from_u16(result.code)) {
+        (MsgType::SessionStart | MsgType::SessionUpdate, Some(ResultCode::Approved | ResultCode::SessionUsageCapped)) => {
+            directory.register(session_id, pushes);
+        }
+        (MsgType::SessionStart, _) => {}
+        (_, Some(ResultCode::Approved | ResultCode::SessionUsageCapped | ResultCode::SessionExpiredCharged | ResultCode::SessionNotFound)) => {
+            directory.forget(session_id);
+        }
+        _ => {}
+    }
+}
+
+/// Draws a PIN whose card lands on `shard`, so that the issue and its retries meet one shard.
+fn draw_pin(keys: &Keys, shard: u16, shard_count: u16) -> Option<(u64, PinHash)> {
+    // Each draw lands on the wanted shard with probability 1/shard_count.
+    for _ in 0..64 * usize::from(shard_count) {
+        let pin = random_pin().ok()?;
+        let pin_hash = keys.pin_hash(pin);
+        if shard_of_card(pin_hash, shard_count) == shard {
+            return Some((pin, pin_hash));
+        }
+    }
+    None
+}
+
+/// Finishes CARD_ISSUE: a drawn PIN that already exists is answered RETRY_LATER by the engine
+/// without being recorded, so we draw again (a handful of times) under the same op id.
+async fn finish_issue(
+    context: &Context,
+    mut pending: Pending<CardIssueResult>,
+    mut pins: Vec<Option<IssueSlot>>,
+) -> Vec<CardIssueResult> {
+    let events = pending.results.len();
+    for draw in 0..PIN_DRAWS_MAX {
+        let groups = std::mem::take(&mut pending.groups);
+        let mut redraw = Vec::new();
+        for group in groups {
+            let outputs = match group.answer {
+                Some(answer) => answer.await.ok(),
+                None => None,
+            };
+            let Some(outputs) = outputs else {
+                for index in group.indexes {
+                    pending.results[index] = Some(issue_code(ResultCode::RetryLater));
+                }
+                continue;
+            };
+            for (index, output) in group.indexes.into_iter().zip(outputs) {
+                let ShardOutput::Applied(applied) = output else {
+                    pending.results[index] = Some(issue_code(ResultCode::InternalError));
+                    continue;
+                };
+                let reply = applied.reply;
+                let collided = reply.code == ResultCode::RetryLater.as_u16() && !applied.changed;
+                if collided && draw + 1 < PIN_DRAWS_MAX {
+                    redraw.push(index);
+                    continue;
+                }
+                let pin = pins[index].map(|slot| slot.pin);
+                let shown = reply.code == ResultCode::Approved.as_u16() && !reply.replayed;
+                pending.results[index] = Some(CardIssueResult {
+                    code: reply.code,
+                    flags: if reply.replayed { FLAG_REPLAYED } else { 0 },
+                    field: reply.field,
+                    // The PIN is shown once: only to the request that created the card.
+                    pin: if shown { pin.unwrap_or(0) } else { 0 },
+                    balance_won: reply.balance_won,
+                });
+            }
+        }
+        if redraw.is_empty() {
+            break;
+        }
+        let mut routed = Vec::new();
+        for index in redraw {
+            let Some(slot) = pins[index].as_mut() else { continue };
+            let shard = shard_of_op(slot.op_id, context.shard_count);
+            let Some((pin, pin_hash)) = draw_pin(&context.keys, shard, context.shard_count) else {
+                pending.results[index] = Some(issue_code(ResultCode::InternalError));
+                continue;
+            };
+            slot.pin = pin;
+            let body = Body::Issue { pin_hash, face_value_won: slot.face_value_won };
+            let command = Command { op_id: slot.op_id, deadline_at_ms: slot.deadline_at_ms, body };
+            routed.push((index, shard, ShardItem::Command(command)));
+        }
+        pending.groups = submit(context, routed);
+    }
+    (0..events).map(|index| pending.results[index].take().unwrap_or_else(|| issue_code(ResultCode::RetryLater))).collect()
+}
+
