@@ -1,0 +1,144 @@
+//! Command-line parsing and the operator commands, one file per command group: `card.rs`
+//! (the card life, payments, inquiries), `call.rs` (call charging as a call switch would do it),
+//! `export.rs` (the settlement exporter's commands). Card and call commands speak the protocol
+//! through the client library, so what the CLI can do, any client can do, and the other way round.
+
+mod call;
+mod card;
+mod export;
+
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use std::path::PathBuf;
+use clap::{Parser, Subcommand};
+use pinswitch_protocol::client::Client;
+use pinswitch_protocol::{OpResult, ResultCode, pin};
+
+use crate::config::Config;
+use call::CallCommand;
+use card::CardCommand;
+use export::{ExportCommand, ExportPlaces};
+
+#[derive(Parser)]
+#[command(name = "pinswitch", version, about = "In-memory authorization switch for prepaid PIN cards")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Recover the data directory and serve the protocol.
+    Serve {
+        /// Data directory (default ./data; created when absent).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Listen address (default 127.0.0.1:7420; port 0 picks a free one).
+        #[arg(long)]
+        listen: Option<String>,
+        /// Shard count (default: one per core; fixed for the life of a data directory).
+        #[arg(long)]
+        shards: Option<u16>,
+        /// Shard threads' I/O runtime: glommio (io_uring, default) or tokio (epoll fallback).
+        #[arg(long)]
+        runtime: Option<String>,
+        /// How connections reach the shards: handoff (default) or reuseport.
+        #[arg(long)]
+        accept: Option<String>,
+        /// TOML file naming limits and rules (see ops/config/).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Card operations against a running switch.
+    Card {
+        #[command(subcommand)]
+        command: CardCommand,
+    },
+    /// Call-switch operations against a running switch: price quotes, event charges, audits.
+    Call {
+        #[command(subcommand)]
+        command: CallCommand,
+    },
+    /// The settlement exporter: reads the journals (never the hot path), see switch/exporter/EXPORT.md.
+    Export {
+        #[command(flatten)]
+        places: ExportPlaces,
+        #[command(subcommand)]
+        command: ExportCommand,
+    },
+}
+
+pub fn main() -> anyhow::Result<ExitCode> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { data, listen, shards, runtime, accept, config } => {
+            crate::runtime::use_huge_pages();
+            let mut config = Config::load(config.as_deref())?;
+            if let Some(data) = data {
+                config.server.data_dir = data;
+            }
+            if let Some(listen) = listen {
+                config.server.listen = listen;
+            }
+            if let Some(shards) = shards {
+                config.server.shards = shards;
+            }
+            if let Some(runtime) = runtime {
+                config.server.runtime = runtime;
+            }
+            if let Some(accept) = accept {
+                config.server.accept = accept;
+            }
+            config.validate()?;
+            crate::runtime::run(config)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Export { places, command } => export::export(places, command),
+        Command::Card { command } => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("building the client runtime")?;
+            runtime.block_on(card::card(command))
+        }
+        Command::Call { command } => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("building the client runtime")?;
+            runtime.block_on(call::call(command))
+        }
+    }
+}
+
+/// Prints a result line and turns declines into a failing exit code.
+pub(super) fn outcome(code: u16, detail: String) -> ExitCode {
+    let name = ResultCode::from_u16(code).map_or("UNKNOWN", ResultCode::name);
+    println!("{name} ({code}){detail}");
+    if ResultCode::from_u16(code).is_some_and(ResultCode::is_success) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+pub(super) fn parse_pin(text: &str) -> anyhow::Result<u64> {
+    match pin::parse(text) {
+        Some(value) if pin::is_valid(value) => Ok(value),
+        _ => bail!("{text:?} is not a valid 16-digit PIN"),
+    }
+}
+
+pub(super) async fn connect(address: &str) -> anyhow::Result<Client> {
+    Client::connect(address).await.with_context(|| format!("connecting to {address}"))
+}
+
+/// The result line of an operation whose interesting figure is the balance.
+pub(super) fn balance_outcome(result: OpResult) -> ExitCode {
+    outcome(result.code, format!(", balance {} won", result.balance_won))
+}
+
+pub(super) fn single<T>(results: Vec<T>) -> anyhow::Result<T> {
+    results.into_iter().next().context("the switch sent no result")
+}
