@@ -11,15 +11,15 @@
 //! never execute twice and never gets a different answer.
 
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use pinswitch_protocol::{
     BlockReason, CardState, Category, Field, Funding, MsgType, NOTICE_ABORT, NOTICE_EXPIRED, NOTICE_LOW_BALANCE,
     NOTICE_REAUTHORIZE, OpStatus, PriceQuoteResult, ResultCode, op_id_time_ms, session_digest,
 };
-use rkyv::rancor::Error as RkyvError;
 use rkyv::{Archive, Deserialize, Serialize};
+
+mod image;
 
 use crate::dense_map::DenseMap;
 pub use crate::hasher::{KeyHasher, KeyHasherBuilder};
@@ -164,52 +164,6 @@ struct OpRecord {
     debited_won: u64,
     /// For a payment: money given back by REFUNDs naming it or one of its captures.
     refunded_won: u64,
-}
-
-/// The serialized form of a shard (snapshots). The big tables go in as their `DenseMap` parts:
-/// taking them shares the chunks (no copy), and restoring them keeps the index (no rehash of
-/// millions of keys); rkyv's shared-pointer support writes each chunk once.
-#[derive(Archive, Serialize, Deserialize)]
-struct ShardImage {
-    hash_key: [u64; 2],
-    shard_id: u16,
-    shard_count: u16,
-    config: EngineConfig,
-    now_ms: Ms,
-    evicted_floor_ms: Ms,
-    approvals: u32,
-    totals: Totals,
-    cards: TableImage<Card>,
-    holds: Vec<(OpId, Hold)>,
-    ops_current: TableImage<OpRecord>,
-    ops_previous: TableImage<OpRecord>,
-    ops_current_max_time_ms: Ms,
-    ops_previous_max_time_ms: Ms,
-    foreign_pools: Vec<(u32, Vec<ForeignCode>)>,
-    foreign_known: Vec<(u128, u32)>,
-    foreign_conversions: Vec<(OpId, ForeignCode)>,
-    gift_recipients: Vec<(PinHash, u64)>,
-    sessions: Vec<(u128, Session)>,
-    /// Expired sessions, oldest first.
-    expired_sessions: Vec<(u128, Session)>,
-}
-
-/// A `DenseMap`'s chunks and index.
-#[derive(Archive, Serialize, Deserialize)]
-struct TableImage<V: Clone> {
-    chunks: Vec<Arc<Vec<(u128, V)>>>,
-    slots: Arc<Vec<u64>>,
-}
-
-impl<V: Clone> TableImage<V> {
-    fn of(map: &DenseMap<V>) -> TableImage<V> {
-        let (chunks, slots) = map.parts();
-        TableImage { chunks, slots }
-    }
-
-    fn restore(self, hasher: KeyHasherBuilder, what: &str) -> Result<DenseMap<V>, String> {
-        DenseMap::from_parts(hasher, self.chunks, self.slots).map_err(|why| format!("{what}: {why}"))
-    }
 }
 
 /// One shard's state. `Clone` is a consistent copy for a snapshot taken off the shard thread:
@@ -1780,73 +1734,6 @@ impl Shard {
         assert!(totals.held_won <= totals.balances_won, "holds never exceed balances");
     }
 
-    /// Full scan: the totals equal the sum over cards and holds. O(cards); tests and recovery.
-    pub fn check_invariants(&self) -> Result<(), String> {
-        let mut balances_won = 0u128;
-        let mut held_won = 0u128;
-        let mut held_cards = 0usize;
-        let mut session_cards: HashMap<PinHash, (u64, usize)> = HashMap::new();
-        for session in self.sessions.values() {
-            let (reserved_won, count) = session_cards.entry(session.pin_hash).or_default();
-            *reserved_won += session.reserved_won;
-            *count += 1;
-        }
-        let mut sessions = 0usize;
-        for (pin_hash, card) in self.cards.iter() {
-            if card.held_won > card.balance_won {
-                return Err(format!("card {pin_hash:x}: held {} > balance {}", card.held_won, card.balance_won));
-            }
-            sessions += usize::from(card.sessions);
-            // Only cards with holds are looked up: this scan runs at every recovery, over
-            // millions of cards, and a lookup per card was most of its time.
-            if card.holds > 0 || card.held_won > 0 || card.sessions > 0 {
-                let (reserved_won, session_count) = session_cards.get(pin_hash).copied().unwrap_or_default();
-                if session_count != usize::from(card.sessions) {
-                    return Err(format!("card {pin_hash:x}: {} sessions counted, {session_count} live", card.sessions));
-                }
-                let holds_won: u64 = self
-                    .card_holds
-                    .get(pin_hash)
-                    .map(|ids| ids.iter().map(|id| self.holds[id].remaining_won()).sum())
-                    .unwrap_or(0);
-                if holds_won + reserved_won != card.held_won
-                    || self.card_holds.get(pin_hash).map_or(0, Vec::len) != usize::from(card.holds)
-                {
-                    return Err(format!("card {pin_hash:x}: holds disagree with held {}", card.held_won));
-                }
-            }
-            held_cards += usize::from(card.holds > 0);
-            balances_won += u128::from(card.balance_won);
-            held_won += u128::from(card.held_won);
-        }
-        if balances_won != self.totals.balances_won || held_won != self.totals.held_won {
-            return Err(format!("totals {:?} disagree with cards: balances {balances_won}, held {held_won}", self.totals));
-        }
-        if sessions != self.sessions.len() {
-            return Err(format!("cards count {sessions} sessions, {} are live", self.sessions.len()));
-        }
-        if self.session_deadlines.len() != self.sessions.len() || self.card_sessions.len() != self.sessions.len() {
-            return Err("session indexes disagree with the live sessions".into());
-        }
-        for (session_id, session) in &self.sessions {
-            if !self.session_deadlines.contains(&(session.expires_at_ms, *session_id))
-                || !self.card_sessions.contains(&(session.pin_hash, *session_id))
-            {
-                return Err(format!("session {session_id:x} is missing from an index"));
-            }
-        }
-        if self.expired_sessions.values().any(|session| session.reserved_won != 0)
-            || self.expired_sessions.len() > self.config.expired_sessions_max as usize
-        {
-            return Err("expired sessions reserve nothing and stay within expired_sessions_max".into());
-        }
-        // Every card with hold ids is a card with holds (checked one way above).
-        if held_cards != self.card_holds.len() || self.expiries.len() != self.holds.len() {
-            return Err("index sizes disagree".into());
-        }
-        Ok(())
-    }
-
     /// BALANCE_INQUIRY: the card as of `now_ms` (holds due by then show as released).
     pub fn card(&self, now_ms: Ms, pin_hash: PinHash) -> Option<CardView> {
         let card = self.cards.get(&pin_hash)?;
@@ -1901,90 +1788,6 @@ impl Shard {
         OpView { status, msg_type: msg_type_of(&record.body) as u16, reply: Some(record.reply) }
     }
 
-    /// A snapshot image of the whole shard.
-    pub fn to_snapshot_bytes(&self) -> Vec<u8> {
-        let image = ShardImage {
-            hash_key: self.hash_key,
-            shard_id: self.shard_id,
-            shard_count: self.shard_count,
-            config: self.config.clone(),
-            now_ms: self.now_ms,
-            evicted_floor_ms: self.evicted_floor_ms,
-            approvals: self.approvals,
-            totals: self.totals,
-            cards: TableImage::of(&self.cards),
-            holds: self.holds.iter().map(|(key, hold)| (*key, *hold)).collect(),
-            ops_current: TableImage::of(&self.ops.current),
-            ops_previous: TableImage::of(&self.ops.previous),
-            ops_current_max_time_ms: self.ops.current_max_time_ms,
-            ops_previous_max_time_ms: self.ops.previous_max_time_ms,
-            foreign_pools: self.foreign_pools.iter().map(|(product, pool)| (*product, pool.iter().copied().collect())).collect(),
-            foreign_known: self.foreign_known.iter().map(|(hash, product)| (*hash, *product)).collect(),
-            foreign_conversions: self.foreign_conversions.iter().map(|(op_id, code)| (*op_id, *code)).collect(),
-            gift_recipients: self.gift_recipients.iter().map(|(pin_hash, recipient)| (*pin_hash, *recipient)).collect(),
-            sessions: self.sessions.iter().map(|(session_id, session)| (*session_id, session.clone())).collect(),
-            expired_sessions: self
-                .expired_order
-                .iter()
-                .filter_map(|(expired_at_ms, session_id)| {
-                    let session = self.expired_sessions.get(session_id)?;
-                    (session.expires_at_ms == *expired_at_ms).then(|| (*session_id, session.clone()))
-                })
-                .collect(),
-        };
-        // Sized up front: growing a buffer of hundreds of megabytes by doubling copies it again
-        // and again (measured: a third of the time).
-        let estimate_bytes = 4096
-            + self.cards.len() * 88
-            + image.holds.len() * 72
-            + (self.ops.current.len() + self.ops.previous.len()) * 160;
-        let buffer = rkyv::util::AlignedVec::<16>::with_capacity(estimate_bytes);
-        rkyv::api::high::to_bytes_in::<_, RkyvError>(&image, buffer)
-            .expect("serializing a shard into memory cannot fail")
-            .into_vec()
-    }
-
-    /// Rebuilds a shard from `to_snapshot_bytes` output (validated; bad bytes are an error).
-    pub fn from_snapshot_bytes(bytes: &[u8]) -> Result<Shard, String> {
-        let image = rkyv::from_bytes::<ShardImage, RkyvError>(bytes).map_err(|error| error.to_string())?;
-        if image.shard_count == 0 || image.shard_id >= image.shard_count {
-            return Err(format!("shard {} of {}", image.shard_id, image.shard_count));
-        }
-        let mut shard = Shard::with_hash_key(image.shard_id, image.shard_count, image.config, image.hash_key);
-        let hasher = KeyHasherBuilder { key: image.hash_key };
-        shard.now_ms = image.now_ms;
-        shard.evicted_floor_ms = image.evicted_floor_ms;
-        shard.approvals = image.approvals;
-        shard.totals = image.totals;
-        shard.cards = image.cards.restore(hasher, "cards")?;
-        for (hold_id, hold) in image.holds {
-            shard.card_holds.entry(hold.pin_hash).or_default().push(hold_id);
-            shard.expiries.insert((hold.expires_at_ms, hold_id));
-            shard.holds.insert(hold_id, hold);
-        }
-        for ids in shard.card_holds.values_mut() {
-            ids.sort_unstable();
-        }
-        shard.ops.current = image.ops_current.restore(hasher, "current op records")?;
-        shard.ops.previous = image.ops_previous.restore(hasher, "previous op records")?;
-        shard.ops.current_max_time_ms = image.ops_current_max_time_ms;
-        shard.ops.previous_max_time_ms = image.ops_previous_max_time_ms;
-        shard.foreign_pools = image.foreign_pools.into_iter().map(|(product, pool)| (product, pool.into())).collect();
-        shard.foreign_known.extend(image.foreign_known);
-        shard.foreign_conversions.extend(image.foreign_conversions);
-        shard.gift_recipients.extend(image.gift_recipients);
-        for (session_id, session) in image.sessions {
-            shard.session_deadlines.insert((session.expires_at_ms, session_id));
-            shard.card_sessions.insert((session.pin_hash, session_id));
-            shard.sessions.insert(session_id, session);
-        }
-        for (session_id, session) in image.expired_sessions {
-            shard.expired_order.push_back((session.expires_at_ms, session_id));
-            shard.expired_sessions.insert(session_id, session);
-        }
-        shard.check_invariants()?;
-        Ok(shard)
-    }
 }
 
 /// The largest grant (up to `requested_s`) whose money, beyond the `used_s` already rated, fits
