@@ -136,7 +136,7 @@ impl Shard {
             shard_count: self.shard_count,
             config: self.config.clone(),
             now_ms: self.now_ms,
-            evicted_floor_ms: self.evicted_floor_ms,
+            evicted_floor_ms: self.ops.evicted_floor_ms,
             approvals: self.approvals,
             totals: self.totals,
             cards: TableImage::of(&self.cards),
@@ -180,7 +180,7 @@ impl Shard {
         let mut shard = Shard::with_hash_key(image.shard_id, image.shard_count, image.config, image.hash_key);
         let hasher = KeyHasherBuilder { key: image.hash_key };
         shard.now_ms = image.now_ms;
-        shard.evicted_floor_ms = image.evicted_floor_ms;
+        shard.ops.evicted_floor_ms = image.evicted_floor_ms;
         shard.approvals = image.approvals;
         shard.totals = image.totals;
         shard.cards = image.cards.restore(hasher, "cards")?;

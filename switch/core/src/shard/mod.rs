@@ -14,19 +14,22 @@ use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use pinswitch_protocol::{
-    BlockReason, CardState, Category, Field, Funding, MsgType, NOTICE_ABORT, NOTICE_EXPIRED, NOTICE_LOW_BALANCE,
+    BlockReason, CardState, Category, Funding, NOTICE_ABORT, NOTICE_EXPIRED, NOTICE_LOW_BALANCE,
     NOTICE_REAUTHORIZE, OpStatus, PriceQuoteResult, ResultCode, op_id_time_ms, session_digest,
 };
 use rkyv::{Archive, Deserialize, Serialize};
 
 mod image;
+mod op_window;
 
+pub use self::op_window::msg_type_of;
+use self::op_window::{OpRecord, OpTable, first_difference};
 use crate::dense_map::DenseMap;
 pub use crate::hasher::{KeyHasher, KeyHasherBuilder};
 use crate::hasher::KeyMap;
 use crate::config::{EngineConfig, Tariff};
 use crate::types::{
-    Applied, Body, CardView, Command, FINAL_UNIT_NONE, FINAL_UNIT_TERMINATE, ForeignCode, HoldView, Ms, OpId, OpView,
+    Applied, Body, CardView, Command, FINAL_UNIT_NONE, FINAL_UNIT_TERMINATE, ForeignCode, HoldView, Ms, OpId,
     PasswordMac, PinHash, Reply, SessionGrant, SessionNoticeOut, SessionOpen, Totals, DESTINATION_DIGITS_MAX,
     destination_digits,
 };
@@ -152,20 +155,6 @@ impl Session {
     }
 }
 
-/// What a shard remembers about one op id.
-#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-struct OpRecord {
-    /// The body as first received: a retry must match it field for field.
-    body: Body,
-    reply: Reply,
-    /// `OpStatus` as a number.
-    status: u8,
-    /// For a payment (approved AUTHORIZE or SALE): money debited by it so far.
-    debited_won: u64,
-    /// For a payment: money given back by REFUNDs naming it or one of its captures.
-    refunded_won: u64,
-}
-
 /// One shard's state. `Clone` is a consistent copy for a snapshot taken off the shard thread:
 /// the big tables (cards, op-id records) are `DenseMap`s whose chunks are shared copy-on-write,
 /// so the clone costs microseconds and the shard pays later, a chunk at a time, as it writes.
@@ -178,8 +167,6 @@ pub struct Shard {
     config: EngineConfig,
     /// The engine's clock: the largest `now_ms` it was given (it never runs backwards).
     now_ms: Ms,
-    /// Op ids at or before this time answer OP_TOO_OLD: records up to it may have been evicted.
-    evicted_floor_ms: Ms,
     /// Counter behind approval codes (deterministic; codes are six digits, 100000..=999999).
     approvals: u32,
     totals: Totals,
@@ -220,53 +207,6 @@ pub struct Shard {
     notices: Vec<SessionNoticeOut>,
 }
 
-/// Op-id records in two generations. New records go into `current`; when it holds half of
-/// `idempotency_entries_max`, `previous` is dropped whole (raising the too-old floor to the
-/// newest op time it held) and `current` becomes `previous`. Eviction is thus one table clear
-/// per generation instead of a random-access removal per operation, and the tables are reused,
-/// never reallocated. A generation holding op times still ahead of the clock is not dropped
-/// (the floor never passes the clock); `current` may then grow to twice its size, past which
-/// new operations get RETRY_LATER.
-#[derive(Clone)]
-struct OpTable {
-    current: DenseMap<OpRecord>,
-    previous: DenseMap<OpRecord>,
-    current_max_time_ms: Ms,
-    previous_max_time_ms: Ms,
-}
-
-impl OpTable {
-    fn new(hasher: KeyHasherBuilder) -> OpTable {
-        OpTable {
-            current: DenseMap::with_hasher(hasher),
-            previous: DenseMap::with_hasher(hasher),
-            current_max_time_ms: 0,
-            previous_max_time_ms: 0,
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.current.len() + self.previous.len()
-    }
-
-    fn get(&self, op_id: &OpId) -> Option<&OpRecord> {
-        self.current.get(op_id).or_else(|| self.previous.get(op_id))
-    }
-
-    fn get_mut(&mut self, op_id: &OpId) -> Option<&mut OpRecord> {
-        match self.current.get_mut(op_id) {
-            Some(record) => Some(record),
-            None => self.previous.get_mut(op_id),
-        }
-    }
-
-    fn insert(&mut self, op_id: OpId, record: OpRecord) {
-        assert!(self.get(&op_id).is_none(), "an op id is recorded once");
-        self.current.insert_new(op_id, record);
-        self.current_max_time_ms = self.current_max_time_ms.max(op_id_time_ms(op_id));
-    }
-}
-
 /// The result of the common op-id gate.
 enum Gate {
     /// Answer now; `record` says whether the answer is stored under the op id.
@@ -290,7 +230,6 @@ impl Shard {
             shard_count,
             config,
             now_ms: 0,
-            evicted_floor_ms: 0,
             approvals: 0,
             totals: Totals::default(),
             cards: DenseMap::with_hasher(hasher),
@@ -643,7 +582,7 @@ impl Shard {
             };
             return Gate::Answer { reply, record: false };
         }
-        if self.ops.current.len() >= 2 * self.generation_max() {
+        if self.ops.is_full(self.generation_max()) {
             // The previous generation holds op times ahead of the clock and cannot go yet.
             return Gate::Answer { reply: Reply::code(ResultCode::RetryLater), record: false };
         }
@@ -651,49 +590,6 @@ impl Shard {
             return Gate::Answer { reply: Reply::code(ResultCode::DeadlineExceededNotExecuted), record: true };
         }
         Gate::Execute
-    }
-
-    fn too_old(&self, now_ms: Ms, op_time_ms: Ms) -> bool {
-        let window_floor_ms = now_ms.saturating_sub(self.config.idempotency_window_ms);
-        op_time_ms <= window_floor_ms.max(self.evicted_floor_ms) && (window_floor_ms > 0 || self.evicted_floor_ms > 0)
-    }
-
-    /// Stores an op's answer; drops records past the window and, at the capacity limit, the
-    /// oldest records (raising the too-old floor so they can never execute again).
-    fn record(&mut self, op_id: OpId, body: Body, reply: Reply, status: OpStatus, debited_won: u64) {
-        let record = OpRecord { body, reply, status: status as u8, debited_won, refunded_won: 0 };
-        self.ops.insert(op_id, record);
-        self.prune_ops();
-    }
-
-    /// Records one generation may hold.
-    fn generation_max(&self) -> usize {
-        (self.config.idempotency_entries_max / 2) as usize
-    }
-
-    /// Drops generations that are due; returns whether anything changed.
-    fn prune_ops(&mut self) -> bool {
-        let mut changed = false;
-        let ops = &mut self.ops;
-        let window_floor_ms = self.now_ms.saturating_sub(self.config.idempotency_window_ms);
-        // A previous generation wholly past the window goes without raising the floor.
-        if !ops.previous.is_empty() && window_floor_ms > 0 && ops.previous_max_time_ms <= window_floor_ms {
-            ops.previous.clear();
-            ops.previous_max_time_ms = 0;
-            changed = true;
-        }
-        let generation_max = (self.config.idempotency_entries_max / 2) as usize;
-        if ops.current.len() >= generation_max && ops.previous_max_time_ms <= self.now_ms {
-            if !ops.previous.is_empty() {
-                self.evicted_floor_ms = self.evicted_floor_ms.max(ops.previous_max_time_ms);
-            }
-            std::mem::swap(&mut ops.current, &mut ops.previous);
-            ops.current.clear();
-            ops.previous_max_time_ms = ops.current_max_time_ms;
-            ops.current_max_time_ms = 0;
-            changed = true;
-        }
-        changed
     }
 
     fn next_approval_code(&mut self) -> u32 {
@@ -1774,20 +1670,6 @@ impl Shard {
         })
     }
 
-    /// INQUIRY: what is known of an op id on this card. Ops of other cards read as unknown.
-    pub fn op(&self, pin_hash: PinHash, op_id: OpId) -> OpView {
-        let unknown = OpView { status: OpStatus::Unknown, msg_type: 0, reply: None };
-        let Some(record) = self.ops.get(&op_id) else { return unknown };
-        if record.body.route_key() != Some(pin_hash) {
-            return unknown;
-        }
-        let status = OpStatus::from_u8(record.status).expect("statuses are written by the engine only");
-        if status == OpStatus::Tombstone {
-            return OpView { status, msg_type: 0, reply: None };
-        }
-        OpView { status, msg_type: msg_type_of(&record.body) as u16, reply: Some(record.reply) }
-    }
-
 }
 
 /// The largest grant (up to `requested_s`) whose money, beyond the `used_s` already rated, fits
@@ -1822,158 +1704,6 @@ impl Outcome {
     }
 }
 
-/// The wire message type of an operation.
-pub fn msg_type_of(body: &Body) -> MsgType {
-    match body {
-        Body::Issue { .. } => MsgType::CardIssue,
-        Body::Activate { .. } => MsgType::CardActivate,
-        Body::Claim { .. } => MsgType::CardClaim,
-        Body::Load { .. } => MsgType::CardLoad,
-        Body::Sell { .. } => MsgType::CardSell,
-        Body::Block { .. } => MsgType::CardBlock,
-        Body::Unblock { .. } => MsgType::CardUnblock,
-        Body::Register { .. } => MsgType::CardRegister,
-        Body::Consign { .. } => MsgType::CardConsign,
-        Body::BalanceRefund { .. } => MsgType::CardRefund,
-        Body::Authorize { .. } => MsgType::Authorize,
-        Body::Capture { .. } => MsgType::Capture,
-        Body::Void { .. } => MsgType::Void,
-        Body::Reverse { .. } => MsgType::Reverse,
-        Body::Sale { .. } => MsgType::Sale,
-        Body::Refund { .. } => MsgType::Refund,
-        Body::ForeignImport { .. } => MsgType::ForeignImport,
-        Body::ForeignConvert { .. } => MsgType::ForeignConvert,
-        Body::SessionStart(_) => MsgType::SessionStart,
-        Body::SessionUpdate { .. } => MsgType::SessionUpdate,
-        Body::SessionEnd { .. } => MsgType::SessionEnd,
-        Body::EventCharge { .. } => MsgType::EventCharge,
-        Body::Tick | Body::Configure(_) | Body::SessionsClose { .. } => MsgType::Ping,
-    }
-}
-
-/// The first field in which a retry differs from the recorded body (`None`: identical).
-fn first_difference(recorded: &Body, retry: &Body) -> Option<Field> {
-    use Body::*;
-    let differs = |checks: &[(bool, Field)]| checks.iter().find(|(same, _)| !same).map(|(_, field)| *field);
-    match (recorded, retry) {
-        (Issue { pin_hash: _, face_value_won: a }, Issue { pin_hash: _, face_value_won: b }) => {
-            // The server draws the PIN; a retry carries a fresh draw, so only the product counts.
-            differs(&[(a == b, Field::FaceValue)])
-        }
-        (Activate { pin_hash: p1, password_mac: m1 }, Activate { pin_hash: p2, password_mac: m2 }) => {
-            differs(&[(p1 == p2, Field::Card), (m1 == m2, Field::Password)])
-        }
-        (
-            Claim { pin_hash: p1, password_mac: m1, gift_recipient_ref: g1, password_hint: h1 },
-            Claim { pin_hash: p2, password_mac: m2, gift_recipient_ref: g2, password_hint: h2 },
-        ) => differs(&[(p1 == p2, Field::Card), (m1 == m2 && h1 == h2, Field::Password), (g1 == g2, Field::GiftRecipient)]),
-        (Load { pin_hash: p1, amount_won: a1, funding: f1 }, Load { pin_hash: p2, amount_won: a2, funding: f2 }) => {
-            differs(&[(p1 == p2, Field::Card), (a1 == a2, Field::Amount), (f1 == f2, Field::Funding)])
-        }
-        (
-            Authorize { pin_hash: p1, password_mac: m1, amount_won: a1, merchant_id: r1, category: c1, hold_ttl_s: t1 },
-            Authorize { pin_hash: p2, password_mac: m2, amount_won: a2, merchant_id: r2, category: c2, hold_ttl_s: t2 },
-        ) => differs(&[
-            (p1 == p2, Field::Card),
-            (a1 == a2, Field::Amount),
-            (m1 == m2, Field::Password),
-            (r1 == r2, Field::Merchant),
-            (c1 == c2, Field::Category),
-            (t1 == t2, Field::HoldTtl),
-        ]),
-        (
-            Capture { pin_hash: p1, hold_id: h1, amount_won: a1, final_capture: f1 },
-            Capture { pin_hash: p2, hold_id: h2, amount_won: a2, final_capture: f2 },
-        ) => differs(&[(p1 == p2, Field::Card), (h1 == h2, Field::Reference), (a1 == a2, Field::Amount), (f1 == f2, Field::FinalCapture)]),
-        (
-            Sell { pin_hash: p1, channel_id: c1, price_won: a1, payment_means: m1, gift_recipient_ref: g1 },
-            Sell { pin_hash: p2, channel_id: c2, price_won: a2, payment_means: m2, gift_recipient_ref: g2 },
-        ) => differs(&[
-            (p1 == p2, Field::Card),
-            (c1 == c2, Field::Channel),
-            (a1 == a2, Field::Price),
-            (m1 == m2, Field::Funding),
-            (g1 == g2, Field::GiftRecipient),
-        ]),
-        (Block { pin_hash: p1, reason: r1 }, Block { pin_hash: p2, reason: r2 }) => {
-            differs(&[(p1 == p2, Field::Card), (r1 == r2, Field::Reason)])
-        }
-        (Unblock { pin_hash: p1 }, Unblock { pin_hash: p2 }) => differs(&[(p1 == p2, Field::Card)]),
-        (
-            Register { pin_hash: p1, holder_ref: h1, verified_name: v1 },
-            Register { pin_hash: p2, holder_ref: h2, verified_name: v2 },
-        ) => differs(&[(p1 == p2, Field::Card), (h1 == h2 && v1 == v2, Field::Holder)]),
-        (
-            Consign { pin_hash: p1, partner_id: r1, commission_per_mille: c1 },
-            Consign { pin_hash: p2, partner_id: r2, commission_per_mille: c2 },
-        ) => differs(&[(p1 == p2, Field::Card), (r1 == r2 && c1 == c2, Field::Partner)]),
-        (
-            BalanceRefund { pin_hash: p1, payout_account_ref: a1 },
-            BalanceRefund { pin_hash: p2, payout_account_ref: a2 },
-        ) => differs(&[(p1 == p2, Field::Card), (a1 == a2, Field::PayoutAccount)]),
-        (Void { pin_hash: p1, hold_id: h1 }, Void { pin_hash: p2, hold_id: h2 }) => {
-            differs(&[(p1 == p2, Field::Card), (h1 == h2, Field::Reference)])
-        }
-        (Reverse { pin_hash: p1, original_op_id: o1 }, Reverse { pin_hash: p2, original_op_id: o2 }) => {
-            differs(&[(p1 == p2, Field::Card), (o1 == o2, Field::Reference)])
-        }
-        (
-            Sale { pin_hash: p1, password_mac: m1, amount_won: a1, merchant_id: r1, category: c1 },
-            Sale { pin_hash: p2, password_mac: m2, amount_won: a2, merchant_id: r2, category: c2 },
-        ) => differs(&[
-            (p1 == p2, Field::Card),
-            (a1 == a2, Field::Amount),
-            (m1 == m2, Field::Password),
-            (r1 == r2, Field::Merchant),
-            (c1 == c2, Field::Category),
-        ]),
-        (
-            Refund { pin_hash: p1, original_op_id: o1, amount_won: a1 },
-            Refund { pin_hash: p2, original_op_id: o2, amount_won: a2 },
-        ) => differs(&[(p1 == p2, Field::Card), (o1 == o2, Field::Reference), (a1 == a2, Field::Amount)]),
-        (
-            ForeignImport { foreign_hash: h1, product_id: p1, code: c1 },
-            ForeignImport { foreign_hash: h2, product_id: p2, code: c2 },
-        ) => differs(&[(h1 == h2 && c1 == c2, Field::Reference), (p1 == p2, Field::Product)]),
-        (
-            ForeignConvert { pin_hash: p1, password_mac: m1, product_id: r1 },
-            ForeignConvert { pin_hash: p2, password_mac: m2, product_id: r2 },
-        ) => differs(&[(p1 == p2, Field::Card), (m1 == m2, Field::Password), (r1 == r2, Field::Product)]),
-        (SessionStart(one), SessionStart(two)) => differs(&[
-            (one.pin_hash == two.pin_hash, Field::Card),
-            (one.session_id == two.session_id, Field::Reference),
-            (one.password_mac == two.password_mac, Field::Password),
-            (one.category == two.category, Field::Category),
-            (one.destination == two.destination, Field::Destination),
-            (one.requested_s == two.requested_s, Field::Seconds),
-            (one.owner_id == two.owner_id, Field::Owner),
-        ]),
-        (
-            SessionUpdate { pin_hash: p1, session_id: s1, seq: q1, used_total_s: u1, requested_s: r1 },
-            SessionUpdate { pin_hash: p2, session_id: s2, seq: q2, used_total_s: u2, requested_s: r2 },
-        ) => differs(&[
-            (p1 == p2, Field::Card),
-            (s1 == s2, Field::Reference),
-            (q1 == q2, Field::Sequence),
-            (u1 == u2 && r1 == r2, Field::Seconds),
-        ]),
-        (
-            SessionEnd { pin_hash: p1, session_id: s1, seq: q1, used_total_s: u1 },
-            SessionEnd { pin_hash: p2, session_id: s2, seq: q2, used_total_s: u2 },
-        ) => differs(&[(p1 == p2, Field::Card), (s1 == s2, Field::Reference), (q1 == q2, Field::Sequence), (u1 == u2, Field::Seconds)]),
-        (
-            EventCharge { pin_hash: p1, password_mac: m1, destination: d1, units: n1, category: c1 },
-            EventCharge { pin_hash: p2, password_mac: m2, destination: d2, units: n2, category: c2 },
-        ) => differs(&[
-            (p1 == p2, Field::Card),
-            (m1 == m2, Field::Password),
-            (c1 == c2, Field::Category),
-            (d1 == d2, Field::Destination),
-            (n1 == n2, Field::Units),
-        ]),
-        _ => Some(Field::Kind),
-    }
-}
 #[cfg(test)]
 mod tests {
     /// Memory per card and per op-id record is a product figure (millions of each per shard):
