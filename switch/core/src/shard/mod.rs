@@ -19,18 +19,20 @@ use pinswitch_protocol::{
 };
 use rkyv::{Archive, Deserialize, Serialize};
 
+mod checks;
 mod image;
 mod op_window;
 
 pub use self::op_window::msg_type_of;
-use self::op_window::{OpRecord, OpTable, first_difference};
+use self::checks::Gate;
+use self::op_window::{OpRecord, OpTable};
 use crate::dense_map::DenseMap;
 pub use crate::hasher::{KeyHasher, KeyHasherBuilder};
 use crate::hasher::KeyMap;
 use crate::config::{EngineConfig, Tariff};
 use crate::types::{
     Applied, Body, CardView, Command, FINAL_UNIT_NONE, FINAL_UNIT_TERMINATE, ForeignCode, HoldView, Ms, OpId,
-    PasswordMac, PinHash, Reply, SessionGrant, SessionNoticeOut, SessionOpen, Totals, DESTINATION_DIGITS_MAX,
+    PasswordMac, PinHash, Reply, SessionGrant, SessionNoticeOut, SessionOpen, Totals,
     destination_digits,
 };
 
@@ -205,14 +207,6 @@ pub struct Shard {
     /// Notices raised by the commands applied since the server last took them (not state:
     /// never in a snapshot, and replay's are dropped).
     notices: Vec<SessionNoticeOut>,
-}
-
-/// The result of the common op-id gate.
-enum Gate {
-    /// Answer now; `record` says whether the answer is stored under the op id.
-    Answer { reply: Reply, record: bool },
-    /// New op: execute the business rules.
-    Execute,
 }
 
 impl Shard {
@@ -560,38 +554,6 @@ impl Shard {
         }
     }
 
-    /// The op-id gate: validity, window, the stored record, the deadline.
-    fn gate(&self, now_ms: Ms, op_id: OpId, deadline_at_ms: Ms, body: &Body) -> Gate {
-        if op_id == 0 {
-            return Gate::Answer { reply: Reply::code(ResultCode::OpIdInvalid), record: false };
-        }
-        let op_time_ms = op_id_time_ms(op_id);
-        if self.too_old(now_ms, op_time_ms) {
-            return Gate::Answer { reply: Reply::code(ResultCode::OpTooOld), record: false };
-        }
-        if op_time_ms > now_ms.saturating_add(self.config.op_clock_skew_max_ms) {
-            return Gate::Answer { reply: Reply::code(ResultCode::OpIdFromFuture), record: false };
-        }
-        if let Some(record) = self.ops.get(&op_id) {
-            if record.status == OpStatus::Tombstone as u8 {
-                return Gate::Answer { reply: Reply::code(ResultCode::ReversedBeforeArrival), record: false };
-            }
-            let reply = match first_difference(&record.body, body) {
-                None => Reply { replayed: true, ..record.reply },
-                Some(field) => Reply { field: field as u8, ..Reply::code(ResultCode::OpIdReused) },
-            };
-            return Gate::Answer { reply, record: false };
-        }
-        if self.ops.is_full(self.generation_max()) {
-            // The previous generation holds op times ahead of the clock and cannot go yet.
-            return Gate::Answer { reply: Reply::code(ResultCode::RetryLater), record: false };
-        }
-        if deadline_at_ms != 0 && now_ms > deadline_at_ms {
-            return Gate::Answer { reply: Reply::code(ResultCode::DeadlineExceededNotExecuted), record: true };
-        }
-        Gate::Execute
-    }
-
     fn next_approval_code(&mut self) -> u32 {
         // Six digits, like an ISO 8583 authorization id response (field 38).
         self.approvals = (self.approvals + 1) % 900_000;
@@ -617,22 +579,6 @@ impl Shard {
 
     fn declined(&self, code: ResultCode, pin_hash: PinHash) -> Outcome {
         Outcome::completed(self.card_reply(code, pin_hash))
-    }
-
-    /// Checks that a card exists and is in one of `allowed` states.
-    fn card_in(&self, pin_hash: PinHash, allowed: &[CardState]) -> Result<Card, ResultCode> {
-        let card = self.cards.get(&pin_hash).ok_or(ResultCode::CardNotFound)?;
-        let state = card.state();
-        if allowed.contains(&state) {
-            return Ok(*card);
-        }
-        Err(match state {
-            CardState::Issued | CardState::Sold => ResultCode::CardNotActive,
-            CardState::Active => ResultCode::CardAlreadyActive,
-            CardState::Blocked => ResultCode::CardBlocked,
-            CardState::Expired => ResultCode::CardExpired,
-            CardState::Closed => ResultCode::CardClosed,
-        })
     }
 
     fn issue(&mut self, pin_hash: PinHash, face_value_won: u64) -> Outcome {
@@ -928,60 +874,6 @@ impl Shard {
         Outcome::completed(self.approved(pin_hash, amount_won))
     }
 
-    /// The checks a payment (AUTHORIZE, SALE) passes before money moves. A wrong password is
-    /// counted (a state change, so it is journaled with the decline).
-    fn payment_checks(&mut self, pin_hash: PinHash, password_mac: PasswordMac, amount_won: u64, category: u8) -> Result<Card, ResultCode> {
-        if amount_won == 0 {
-            return Err(ResultCode::AmountInvalid);
-        }
-        if Category::from_u8(category).is_none() {
-            return Err(ResultCode::CategoryInvalid);
-        }
-        let card = self.card_in(pin_hash, &[CardState::Active])?;
-        if !self.config.category_allowed(card.face_value_won, category) {
-            return Err(ResultCode::CategoryNotAllowed);
-        }
-        if card.password_failures >= self.config.password_tries_max {
-            return Err(ResultCode::PasswordTriesExceeded);
-        }
-        self.check_password(pin_hash, password_mac)?;
-        Ok(*self.cards.get(&pin_hash).expect("checked above"))
-    }
-
-    /// Compares a password MAC with the card's: a wrong one counts toward the lockout
-    /// (PASSWORD_TRIES_EXCEEDED at the limit), a right one resets the count.
-    fn check_password(&mut self, pin_hash: PinHash, password_mac: PasswordMac) -> Result<(), ResultCode> {
-        let tries_max = self.config.password_tries_max;
-        let card = self.cards.get_mut(&pin_hash).expect("checked by the caller");
-        if card.password_mac != password_mac {
-            card.password_failures += 1;
-            return Err(if card.password_failures >= tries_max {
-                ResultCode::PasswordTriesExceeded
-            } else {
-                ResultCode::PasswordInvalid
-            });
-        }
-        card.password_failures = 0;
-        Ok(())
-    }
-
-    /// The checks calls and event charges share, in order: the category, the called number,
-    /// the card active, the product mix. Returns the card and the number's digits.
-    fn service_checks(&self, pin_hash: PinHash, category: u8, destination: u64) -> Result<(Card, [u8; DESTINATION_DIGITS_MAX], usize), ResultCode> {
-        if Category::from_u8(category).is_none() {
-            return Err(ResultCode::CategoryInvalid);
-        }
-        let (digits, digits_len) = destination_digits(destination);
-        if digits_len == 0 {
-            return Err(ResultCode::DestinationInvalid);
-        }
-        let card = self.card_in(pin_hash, &[CardState::Active])?;
-        if !self.config.category_allowed(card.face_value_won, category) {
-            return Err(ResultCode::CategoryNotAllowed);
-        }
-        Ok((card, digits, digits_len))
-    }
-
     #[allow(clippy::too_many_arguments)]
     fn authorize(
         &mut self,
@@ -996,7 +888,7 @@ impl Shard {
         if hold_ttl_s > self.config.hold_ttl_max_s {
             return self.declined(ResultCode::HoldTtlInvalid, pin_hash);
         }
-        let card = match self.payment_checks(pin_hash, password_mac, amount_won, category) {
+        let card = match self.admit_payment(pin_hash, password_mac, amount_won, category) {
             Ok(card) => card,
             Err(code) => return self.declined(code, pin_hash),
         };
@@ -1022,7 +914,7 @@ impl Shard {
     }
 
     fn sale(&mut self, pin_hash: PinHash, password_mac: PasswordMac, amount_won: u64, category: u8) -> Outcome {
-        let card = match self.payment_checks(pin_hash, password_mac, amount_won, category) {
+        let card = match self.admit_payment(pin_hash, password_mac, amount_won, category) {
             Ok(card) => card,
             Err(code) => return self.declined(code, pin_hash),
         };
@@ -1041,20 +933,6 @@ impl Shard {
     fn requested_grant_s(&self, requested_s: u32) -> u32 {
         let requested_s = if requested_s == 0 { self.config.session_grant_default_s } else { requested_s };
         requested_s.min(self.config.session_grant_max_s)
-    }
-
-    /// The password rule of calls and event charges: a card locked by wrong passwords is
-    /// refused; a password given is checked (a wrong one counts toward the lockout); none given
-    /// is accepted unless `session_password_required`.
-    fn session_password(&mut self, pin_hash: PinHash, password_mac: PasswordMac) -> Result<(), ResultCode> {
-        let card = self.cards.get(&pin_hash).expect("checked by the caller");
-        if card.password_failures >= self.config.password_tries_max {
-            return Err(ResultCode::PasswordTriesExceeded);
-        }
-        if password_mac == 0 {
-            return if self.config.session_password_required { Err(ResultCode::PasswordInvalid) } else { Ok(()) };
-        }
-        self.check_password(pin_hash, password_mac)
     }
 
     /// SESSION_START: rates the call, reserves the money of the largest affordable grant (up to
@@ -1082,7 +960,7 @@ impl Shard {
             return self.declined(ResultCode::TariffNotFound, pin_hash);
         };
         let tariff = Tariff { destination_prefix: String::new(), ..tariff.clone() };
-        if let Err(code) = self.session_password(pin_hash, password_mac) {
+        if let Err(code) = self.try_session_password(pin_hash, password_mac) {
             return self.declined(code, pin_hash);
         }
         let card = self.cards.get(&pin_hash).copied().expect("checked above");
@@ -1320,7 +1198,7 @@ impl Shard {
         let Some(amount_won) = tariff.event_won.checked_mul(u64::from(units)) else {
             return self.declined(ResultCode::AmountOverflow, pin_hash);
         };
-        if let Err(code) = self.session_password(pin_hash, password_mac) {
+        if let Err(code) = self.try_session_password(pin_hash, password_mac) {
             return self.declined(code, pin_hash);
         }
         if card.available_won() < amount_won {
@@ -1359,7 +1237,7 @@ impl Shard {
         let Some(price_won) = self.config.foreign_product(product_id).map(|product| product.price_won) else {
             return self.declined(ResultCode::ForeignProductUnknown, pin_hash);
         };
-        let card = match self.payment_checks(pin_hash, password_mac, price_won, Category::TelephoneCall as u8) {
+        let card = match self.admit_payment(pin_hash, password_mac, price_won, Category::TelephoneCall as u8) {
             Ok(card) => card,
             Err(code) => return self.declined(code, pin_hash),
         };
