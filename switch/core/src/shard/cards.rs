@@ -360,22 +360,18 @@ impl Shard {
         let card = self.cards.get(&pin_hash)?;
         let now_ms = now_ms.max(self.now_ms);
         let mut holds: Vec<HoldView> = self
-            .card_holds
-            .get(&pin_hash)
-            .into_iter()
-            .flatten()
-            .map(|id| (id, &self.holds[id]))
+            .holds
+            .of_card(pin_hash)
             .filter(|(_, hold)| hold.expires_at_ms > now_ms)
-            .map(|(id, hold)| HoldView {
-                hold_id: *id,
+            .map(|(hold_id, hold)| HoldView {
+                hold_id,
                 amount_won: hold.amount_won,
                 captured_won: hold.captured_won,
                 expires_at_ms: hold.expires_at_ms,
             })
             .collect();
         holds.sort_by_key(|hold| (hold.expires_at_ms, hold.hold_id));
-        let holds_all_won: u64 =
-            self.card_holds.get(&pin_hash).into_iter().flatten().map(|id| self.holds[id].remaining_won()).sum();
+        let (holds_all_won, _) = self.holds.card_pending(pin_hash);
         // Charging sessions' reservations are the rest of what the card holds.
         let sessions_reserved_won = card.held_won - holds_all_won;
         let held_won: u64 = holds.iter().map(|hold| hold.amount_won - hold.captured_won).sum::<u64>() + sessions_reserved_won;

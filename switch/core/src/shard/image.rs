@@ -85,14 +85,8 @@ impl Shard {
                 if session_count != usize::from(card.sessions) {
                     return Err(format!("card {pin_hash:x}: {} sessions counted, {session_count} live", card.sessions));
                 }
-                let holds_won: u64 = self
-                    .card_holds
-                    .get(pin_hash)
-                    .map(|ids| ids.iter().map(|id| self.holds[id].remaining_won()).sum())
-                    .unwrap_or(0);
-                if holds_won + reserved_won != card.held_won
-                    || self.card_holds.get(pin_hash).map_or(0, Vec::len) != usize::from(card.holds)
-                {
+                let (holds_won, hold_count) = self.holds.card_pending(*pin_hash);
+                if holds_won + reserved_won != card.held_won || hold_count != usize::from(card.holds) {
                     return Err(format!("card {pin_hash:x}: holds disagree with held {}", card.held_won));
                 }
             }
@@ -122,7 +116,7 @@ impl Shard {
             return Err("expired sessions reserve nothing and stay within expired_sessions_max".into());
         }
         // Every card with hold ids is a card with holds (checked one way above).
-        if held_cards != self.card_holds.len() || self.expiries.len() != self.holds.len() {
+        if !self.holds.indexes_agree(held_cards) {
             return Err("index sizes disagree".into());
         }
         Ok(())
@@ -140,7 +134,7 @@ impl Shard {
             approvals: self.approvals,
             totals: self.totals,
             cards: TableImage::of(&self.cards),
-            holds: self.holds.iter().map(|(key, hold)| (*key, *hold)).collect(),
+            holds: self.holds.to_image(),
             ops_current: TableImage::of(&self.ops.current),
             ops_previous: TableImage::of(&self.ops.previous),
             ops_current_max_time_ms: self.ops.current_max_time_ms,
@@ -184,14 +178,7 @@ impl Shard {
         shard.approvals = image.approvals;
         shard.totals = image.totals;
         shard.cards = image.cards.restore(hasher, "cards")?;
-        for (hold_id, hold) in image.holds {
-            shard.card_holds.entry(hold.pin_hash).or_default().push(hold_id);
-            shard.expiries.insert((hold.expires_at_ms, hold_id));
-            shard.holds.insert(hold_id, hold);
-        }
-        for ids in shard.card_holds.values_mut() {
-            ids.sort_unstable();
-        }
+        shard.holds.restore(image.holds);
         shard.ops.current = image.ops_current.restore(hasher, "current op records")?;
         shard.ops.previous = image.ops_previous.restore(hasher, "previous op records")?;
         shard.ops.current_max_time_ms = image.ops_current_max_time_ms;
