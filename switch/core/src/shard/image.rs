@@ -2,7 +2,6 @@
 //! order are the format, so they change only with a format change), and `check_invariants` is
 //! the full scan recovery runs over a restored shard before it serves anything.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use rkyv::rancor::Error as RkyvError;
@@ -66,12 +65,7 @@ impl Shard {
         let mut balances_won = 0u128;
         let mut held_won = 0u128;
         let mut held_cards = 0usize;
-        let mut session_cards: HashMap<PinHash, (u64, usize)> = HashMap::new();
-        for session in self.sessions.values() {
-            let (reserved_won, count) = session_cards.entry(session.pin_hash).or_default();
-            *reserved_won += session.reserved_won;
-            *count += 1;
-        }
+        let session_cards = self.sessions.reserved_by_card();
         let mut sessions = 0usize;
         for (pin_hash, card) in self.cards.iter() {
             if card.held_won > card.balance_won {
@@ -100,21 +94,7 @@ impl Shard {
         if sessions != self.sessions.len() {
             return Err(format!("cards count {sessions} sessions, {} are live", self.sessions.len()));
         }
-        if self.session_deadlines.len() != self.sessions.len() || self.card_sessions.len() != self.sessions.len() {
-            return Err("session indexes disagree with the live sessions".into());
-        }
-        for (session_id, session) in &self.sessions {
-            if !self.session_deadlines.contains(&(session.expires_at_ms, *session_id))
-                || !self.card_sessions.contains(&(session.pin_hash, *session_id))
-            {
-                return Err(format!("session {session_id:x} is missing from an index"));
-            }
-        }
-        if self.expired_sessions.values().any(|session| session.reserved_won != 0)
-            || self.expired_sessions.len() > self.config.expired_sessions_max as usize
-        {
-            return Err("expired sessions reserve nothing and stay within expired_sessions_max".into());
-        }
+        self.sessions.check(self.config.expired_sessions_max as usize)?;
         // Every card with hold ids is a card with holds (checked one way above).
         if !self.holds.indexes_agree(held_cards) {
             return Err("index sizes disagree".into());
@@ -124,6 +104,7 @@ impl Shard {
 
     /// A snapshot image of the whole shard.
     pub fn to_snapshot_bytes(&self) -> Vec<u8> {
+        let (sessions, expired_sessions) = self.sessions.to_image();
         let image = ShardImage {
             hash_key: self.hash_key,
             shard_id: self.shard_id,
@@ -143,15 +124,8 @@ impl Shard {
             foreign_known: self.foreign_known.iter().map(|(hash, product)| (*hash, *product)).collect(),
             foreign_conversions: self.foreign_conversions.iter().map(|(op_id, code)| (*op_id, *code)).collect(),
             gift_recipients: self.gift_recipients.iter().map(|(pin_hash, recipient)| (*pin_hash, *recipient)).collect(),
-            sessions: self.sessions.iter().map(|(session_id, session)| (*session_id, session.clone())).collect(),
-            expired_sessions: self
-                .expired_order
-                .iter()
-                .filter_map(|(expired_at_ms, session_id)| {
-                    let session = self.expired_sessions.get(session_id)?;
-                    (session.expires_at_ms == *expired_at_ms).then(|| (*session_id, session.clone()))
-                })
-                .collect(),
+            sessions,
+            expired_sessions,
         };
         // Sized up front: growing a buffer of hundreds of megabytes by doubling copies it again
         // and again (measured: a third of the time).
@@ -187,15 +161,7 @@ impl Shard {
         shard.foreign_known.extend(image.foreign_known);
         shard.foreign_conversions.extend(image.foreign_conversions);
         shard.gift_recipients.extend(image.gift_recipients);
-        for (session_id, session) in image.sessions {
-            shard.session_deadlines.insert((session.expires_at_ms, session_id));
-            shard.card_sessions.insert((session.pin_hash, session_id));
-            shard.sessions.insert(session_id, session);
-        }
-        for (session_id, session) in image.expired_sessions {
-            shard.expired_order.push_back((session.expires_at_ms, session_id));
-            shard.expired_sessions.insert(session_id, session);
-        }
+        shard.sessions.restore(image.sessions, image.expired_sessions);
         shard.check_invariants()?;
         Ok(shard)
     }
