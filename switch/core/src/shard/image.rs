@@ -104,6 +104,7 @@ impl Shard {
 
     /// A snapshot image of the whole shard.
     pub fn to_snapshot_bytes(&self) -> Vec<u8> {
+        let (foreign_pools, foreign_known, foreign_conversions) = self.foreign.to_image();
         let (sessions, expired_sessions) = self.sessions.to_image();
         let image = ShardImage {
             hash_key: self.hash_key,
@@ -120,9 +121,9 @@ impl Shard {
             ops_previous: TableImage::of(&self.ops.previous),
             ops_current_max_time_ms: self.ops.current_max_time_ms,
             ops_previous_max_time_ms: self.ops.previous_max_time_ms,
-            foreign_pools: self.foreign_pools.iter().map(|(product, pool)| (*product, pool.iter().copied().collect())).collect(),
-            foreign_known: self.foreign_known.iter().map(|(hash, product)| (*hash, *product)).collect(),
-            foreign_conversions: self.foreign_conversions.iter().map(|(op_id, code)| (*op_id, *code)).collect(),
+            foreign_pools,
+            foreign_known,
+            foreign_conversions,
             gift_recipients: self.gift_recipients.iter().map(|(pin_hash, recipient)| (*pin_hash, *recipient)).collect(),
             sessions,
             expired_sessions,
@@ -157,9 +158,7 @@ impl Shard {
         shard.ops.previous = image.ops_previous.restore(hasher, "previous op records")?;
         shard.ops.current_max_time_ms = image.ops_current_max_time_ms;
         shard.ops.previous_max_time_ms = image.ops_previous_max_time_ms;
-        shard.foreign_pools = image.foreign_pools.into_iter().map(|(product, pool)| (product, pool.into())).collect();
-        shard.foreign_known.extend(image.foreign_known);
-        shard.foreign_conversions.extend(image.foreign_conversions);
+        shard.foreign.restore((image.foreign_pools, image.foreign_known, image.foreign_conversions));
         shard.gift_recipients.extend(image.gift_recipients);
         shard.sessions.restore(image.sessions, image.expired_sessions);
         shard.check_invariants()?;

@@ -10,13 +10,12 @@
 //! answer from the record step on is stored under the op id, declines included, so a retry can
 //! never execute twice and never gets a different answer.
 
-use std::collections::{BTreeMap, VecDeque};
-
-use pinswitch_protocol::{Category, NOTICE_ABORT, NOTICE_LOW_BALANCE, NOTICE_REAUTHORIZE, OpStatus, ResultCode};
+use pinswitch_protocol::{NOTICE_ABORT, NOTICE_LOW_BALANCE, NOTICE_REAUTHORIZE, OpStatus, ResultCode};
 
 mod cards;
 mod charging;
 mod checks;
+mod foreign;
 mod holds;
 mod image;
 mod op_window;
@@ -27,6 +26,7 @@ pub use self::charging::NOTICES_PENDING_MAX;
 pub use self::op_window::msg_type_of;
 use self::cards::Card;
 use self::checks::Gate;
+use self::foreign::ForeignPools;
 use self::holds::{Hold, HoldTable};
 use self::op_window::{OpRecord, OpTable};
 use self::sessions::{Session, SessionTable};
@@ -34,7 +34,7 @@ use crate::dense_map::DenseMap;
 pub use crate::hasher::{KeyHasher, KeyHasherBuilder};
 use crate::hasher::KeyMap;
 use crate::config::EngineConfig;
-use crate::types::{Applied, Body, Command, ForeignCode, Ms, OpId, PasswordMac, PinHash, Reply, SessionNoticeOut, Totals};
+use crate::types::{Applied, Body, Command, Ms, OpId, PinHash, Reply, SessionNoticeOut, Totals};
 
 /// One shard's state. `Clone` is a consistent copy for a snapshot taken off the shard thread:
 /// the big tables (cards, op-id records) are `DenseMap`s whose chunks are shared copy-on-write,
@@ -55,16 +55,8 @@ pub struct Shard {
     /// Pending holds, by hold id, card and expiry.
     holds: HoldTable,
     ops: OpTable,
-    /// Foreign PINs not yet converted, per foreign product, in import order (a conversion takes
-    /// the oldest). Only the PINs routed to this shard: imports spread over shards by the hash
-    /// of the code, and a conversion draws from the card's shard.
-    foreign_pools: BTreeMap<u32, VecDeque<ForeignCode>>,
-    /// Every foreign PIN ever imported here, by the front end's hash of its code, with its
-    /// product: a code imported twice is refused.
-    foreign_known: KeyMap<u32>,
-    /// The PIN each approved conversion handed out, by the conversion's op id: a retry of the
-    /// conversion must hand out the same PIN, long after its op-id record may have gone.
-    foreign_conversions: KeyMap<ForeignCode>,
+    /// Foreign PINs: the pools, the codes ever imported, the code each conversion handed out.
+    foreign: ForeignPools,
     /// Gift cards sold and not yet claimed: the recipient reference the sale named (kept apart
     /// from the 64-byte card: few cards are gifts, and the entry goes at the claim).
     gift_recipients: KeyMap<u64>,
@@ -96,9 +88,7 @@ impl Shard {
             cards: DenseMap::with_hasher(hasher),
             holds: HoldTable::new(hasher),
             ops: OpTable::new(hasher),
-            foreign_pools: BTreeMap::new(),
-            foreign_known: KeyMap::with_hasher(hasher),
-            foreign_conversions: KeyMap::with_hasher(hasher),
+            foreign: ForeignPools::new(hasher),
             gift_recipients: KeyMap::with_hasher(hasher),
             sessions: SessionTable::new(hasher),
             notices: Vec::new(),
@@ -329,59 +319,6 @@ impl Shard {
 
     fn declined(&self, code: ResultCode, pin_hash: PinHash) -> Outcome {
         Outcome::completed(self.card_reply(code, pin_hash))
-    }
-
-    /// FOREIGN_IMPORT: one more PIN in this shard's pool of the product.
-    fn foreign_import(&mut self, foreign_hash: u128, product_id: u32, code: ForeignCode) -> Outcome {
-        if self.config.foreign_product(product_id).is_none() {
-            return Outcome::completed(Reply::code(ResultCode::ForeignProductUnknown));
-        }
-        if self.foreign_known.contains_key(&foreign_hash) {
-            return Outcome::completed(Reply::code(ResultCode::ForeignPinExists));
-        }
-        self.foreign_known.insert(foreign_hash, product_id);
-        let pool = self.foreign_pools.entry(product_id).or_default();
-        pool.push_back(code);
-        let mut reply = Reply::code(ResultCode::Approved);
-        // The pool's size after the import: the operator sees stock per shard grow.
-        reply.amount_won = pool.len() as u64;
-        Outcome::completed(reply)
-    }
-
-    /// FOREIGN_CONVERT: the card pays the product's price and gets the oldest PIN of the pool.
-    /// Checked like a payment for a telephone call (a foreign PIN is for calls abroad), so the
-    /// product mix and the password rules apply; it earns no points (it is a conversion of
-    /// value, not a purchase) and cannot be refunded or reversed (the PIN is handed out).
-    fn foreign_convert(&mut self, op_id: OpId, pin_hash: PinHash, password_mac: PasswordMac, product_id: u32) -> Outcome {
-        let Some(price_won) = self.config.foreign_product(product_id).map(|product| product.price_won) else {
-            return self.declined(ResultCode::ForeignProductUnknown, pin_hash);
-        };
-        let card = match self.admit_payment(pin_hash, password_mac, price_won, Category::TelephoneCall as u8) {
-            Ok(card) => card,
-            Err(code) => return self.declined(code, pin_hash),
-        };
-        if card.available_won() < price_won {
-            return self.declined(ResultCode::InsufficientFunds, pin_hash);
-        }
-        let Some(code) = self.foreign_pools.get_mut(&product_id).and_then(VecDeque::pop_front) else {
-            return self.declined(ResultCode::ForeignPinUnavailable, pin_hash);
-        };
-        self.foreign_conversions.insert(op_id, code);
-        self.cards.get_mut(&pin_hash).expect("checked above").balance_won -= price_won;
-        self.totals.debited_won += u128::from(price_won);
-        self.totals.balances_won -= u128::from(price_won);
-        let reply = self.approved(pin_hash, price_won);
-        Outcome { reply, status: OpStatus::Completed, debited_won: price_won }
-    }
-
-    /// The foreign PIN an approved FOREIGN_CONVERT handed out (also for its replays).
-    pub fn foreign_code(&self, op_id: OpId) -> Option<ForeignCode> {
-        self.foreign_conversions.get(&op_id).copied()
-    }
-
-    /// PINs of a foreign product left in this shard's pool.
-    pub fn foreign_stock(&self, product_id: u32) -> usize {
-        self.foreign_pools.get(&product_id).map_or(0, VecDeque::len)
     }
 
     fn assert_conservation(&self) {
