@@ -3,18 +3,28 @@
 //! debited to the card's one available balance; PRICE_QUOTE; and the notices that tell a call
 //! switch its calls' card changed (re-authorize, abort, low balance, expired).
 
-use pinswitch_protocol::{CardState, Category, NOTICE_EXPIRED, OpStatus, PriceQuoteResult, ResultCode, session_digest};
+use pinswitch_protocol::{
+    CardState, Category, NOTICE_ABORT, NOTICE_EXPIRED, NOTICE_LOW_BALANCE, NOTICE_REAUTHORIZE, OpStatus, PriceQuoteResult, ResultCode,
+    session_digest,
+};
 
 use super::sessions::{Session, grant};
 use super::{Card, Outcome, Shard};
 use crate::config::Tariff;
 use crate::types::{
-    FINAL_UNIT_NONE, FINAL_UNIT_TERMINATE, Ms, PasswordMac, PinHash, SessionGrant, SessionNoticeOut, SessionOpen, destination_digits,
+    Body, FINAL_UNIT_NONE, FINAL_UNIT_TERMINATE, Ms, PasswordMac, PinHash, Reply, SessionGrant, SessionNoticeOut, SessionOpen, destination_digits,
 };
 
 /// Most session notices waiting for the server to take them (`Shard::take_notices`); past it
 /// new ones are dropped (they are advisory: the call switch learns the same at its next report).
 pub const NOTICES_PENDING_MAX: usize = 65_536;
+
+/// A card's available balance before a command that may lower it, and the low-balance mark
+/// (`low_balance_warn_won`) it must not cross without a notice.
+pub(super) struct LowBalanceWatch {
+    mark_won: u64,
+    before_won: u64,
+}
 
 impl Shard {
     /// Takes the session notices raised since the last call (the server pushes them once the
@@ -316,6 +326,48 @@ impl Shard {
             }
         }
         closed
+    }
+
+    /// What a low-balance notice compares: for a command that can lower what the card has
+    /// available, and only while the shard has live sessions or one may start (none: no lookup
+    /// on the hot path).
+    pub(super) fn low_balance_watch(&self, body: &Body, pin_hash: PinHash) -> Option<LowBalanceWatch> {
+        let calls_possible = !self.sessions.is_empty() || matches!(body, Body::SessionStart(_));
+        let mark_won = if calls_possible { self.config.low_balance_warn_won } else { 0 };
+        match body {
+            Body::Authorize { .. }
+            | Body::Sale { .. }
+            | Body::ForeignConvert { .. }
+            | Body::SessionStart(_)
+            | Body::SessionUpdate { .. }
+            | Body::EventCharge { .. }
+                if mark_won > 0 =>
+            {
+                self.cards.get(&pin_hash).map(|card| LowBalanceWatch { mark_won, before_won: card.available_won() })
+            }
+            _ => None,
+        }
+    }
+
+    /// The notices a command raises to the card's calls: re-authorize after a recharge or an
+    /// unblock, abort after a block, low balance when the command took the card below the mark.
+    pub(super) fn raise_card_notices(&mut self, body: &Body, pin_hash: PinHash, reply: &Reply, watch: Option<LowBalanceWatch>) {
+        // (Matched on the body first: decoding a reply's code is a table scan, too much for
+        // every SALE.)
+        let notice = match body {
+            Body::Load { .. } | Body::Unblock { .. } => Some(NOTICE_REAUTHORIZE),
+            Body::Block { .. } => Some(NOTICE_ABORT),
+            _ => None,
+        };
+        if let Some(kind) = notice.filter(|_| reply.result_code().is_success()) {
+            self.notify_card(pin_hash, kind);
+        }
+        if let Some(LowBalanceWatch { mark_won, before_won }) = watch {
+            let after_won = self.cards.get(&pin_hash).map_or(before_won, Card::available_won);
+            if before_won >= mark_won && after_won < mark_won {
+                self.notify_card(pin_hash, NOTICE_LOW_BALANCE);
+            }
+        }
     }
 
     /// Raises a notice for each live session of the card.

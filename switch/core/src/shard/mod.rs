@@ -1,16 +1,37 @@
-//! The pure shard state machine: the cards one shard owns, their pending holds, and the op-id
-//! records that make every mutating operation exactly-once. `apply(now_ms, &Command)` is the
-//! only way state changes; it does no I/O, reads no clock, draws no randomness and never
-//! blocks, so the server, recovery (journal replay), the model tests and the benches all run the
-//! same code and get the same replies.
+//! The pure shard state machine: the cards one shard owns, their pending holds and charging
+//! sessions, and the op-id records that make every mutating operation exactly-once.
+//! `apply(now_ms, &Command)` is the only way state changes; it does no I/O, reads no clock, draws
+//! no randomness and never blocks, so the server, recovery (journal replay), the model tests and
+//! the benches all run the same code and get the same replies.
 //!
-//! Order of checks for every command with an op id: the op id gate (zero, too old, from the
-//! future), then the op-id record (replay of the stored reply, OP_ID_REUSED on a different body,
-//! REVERSED_BEFORE_ARRIVAL on a tombstone), then the deadline, then the business rules. Every
-//! answer from the record step on is stored under the op id, declines included, so a retry can
-//! never execute twice and never gets a different answer.
+//! `apply` takes every command through the same steps, in this order (this is the order of
+//! checks, declared here once; `apply`, `Shard::gate` and the business rules follow it):
+//! 1. expire: the holds and the silent sessions due at `now_ms` end first, and for an op the
+//!    op-id generations due are dropped (time is an argument, so replay does the same);
+//! 2. gate, for every command with an op id: the op id itself (zero: OP_ID_INVALID; at or before
+//!    the window's floor or the evicted records' floor: OP_TOO_OLD; further ahead of the clock
+//!    than the allowed skew: OP_ID_FROM_FUTURE), then its record (a tombstone:
+//!    REVERSED_BEFORE_ARRIVAL; the same body: the stored reply, replayed; another body:
+//!    OP_ID_REUSED naming the first differing field), then room to record it (RETRY_LATER), then
+//!    the deadline (DEADLINE_EXCEEDED_NOT_EXECUTED);
+//! 3. dispatch: the card's lazy expiry, then the business rule of the body (its own checks, in
+//!    the order written there, the shared ones in `checks.rs`), then the notices to the card's
+//!    calls;
+//! 4. record: the answer is stored under the op id;
+//! 5. assert: money is conserved.
+//!
+//! Every answer from the deadline on is stored under the op id, declines included, so a retry can
+//! never execute twice and never gets a different answer. (One exception: a CARD_ISSUE whose drawn
+//! PIN exists answers RETRY_LATER unrecorded, so the server draws again under the same op id.)
+//! The commands without an op id (TICK, CONFIGURE, the audit's SESSIONS_CLOSE) skip steps 2 to 4.
+//!
+//! The files, by job: `checks.rs` (the gate and the card checks the rules share), `op_window.rs`
+//! (op-id records, their window, the retry comparison), `cards.rs` (a card's life),
+//! `holds.rs` and `payments.rs` (the hold table; AUTHORIZE to REFUND), `sessions.rs` and
+//! `charging.rs` (the session table and rating; calls, event charges, quotes, notices),
+//! `foreign.rs` (foreign PIN pools), `image.rs` (snapshots and the invariant scan).
 
-use pinswitch_protocol::{NOTICE_ABORT, NOTICE_LOW_BALANCE, NOTICE_REAUTHORIZE, OpStatus, ResultCode};
+use pinswitch_protocol::{OpStatus, ResultCode};
 
 mod cards;
 mod charging;
@@ -140,35 +161,26 @@ impl Shard {
         }
     }
 
-    /// Applies one command at server time `now_ms`. `changed` is true exactly when the state
-    /// changed (the server journals the command then; replay must see the same reply).
+    /// Applies one command at server time `now_ms`, by the steps of the module doc: expire,
+    /// gate, dispatch, record, assert. `changed` is true exactly when the state changed (the
+    /// server journals the command then; replay must see the same reply).
     pub fn apply(&mut self, now_ms: Ms, command: &Command) -> Applied {
         let clock_before_ms = self.now_ms;
         self.now_ms = self.now_ms.max(now_ms);
         let now_ms = self.now_ms;
         let expired = self.expire_holds(now_ms) + self.expire_sessions(now_ms);
         let applied = match &command.body {
-            Body::Tick => Applied { reply: Reply::code(ResultCode::Approved), changed: expired > 0 },
-            Body::Configure(config) => match config.validate() {
-                Ok(()) => {
-                    self.config = EngineConfig::clone(config);
-                    // A lower bound on remembered expired sessions applies at once.
-                    self.sessions.trim_expired(self.config.expired_sessions_max as usize);
-                    Applied { reply: Reply::code(ResultCode::Approved), changed: true }
-                }
-                Err(_) => Applied { reply: Reply::code(ResultCode::FormatError), changed: expired > 0 },
-            },
+            Body::Tick => Applied { reply: Reply::code(ResultCode::Approved), changed: false },
+            Body::Configure(config) => self.configure(config),
             Body::SessionsClose { owner_id, silent_since_ms, session_ids } => {
                 let closed = self.close_orphans(*owner_id, *silent_since_ms, session_ids);
                 let mut reply = Reply::code(ResultCode::Approved);
                 reply.amount_won = closed as u64;
-                Applied { reply, changed: closed > 0 || expired > 0 }
+                Applied { reply, changed: closed > 0 }
             }
-            body => {
-                let applied = self.apply_op(now_ms, command.op_id, command.deadline_at_ms, body);
-                Applied { reply: applied.reply, changed: applied.changed || expired > 0 }
-            }
+            body => self.apply_op(now_ms, command.op_id, command.deadline_at_ms, body),
         };
+        let applied = Applied { reply: applied.reply, changed: applied.changed || expired > 0 };
         if !applied.changed {
             // Only journaled commands may move the clock: replay sees only those, and a later
             // command journaled with an earlier wall-clock time must compute the same expiry.
@@ -178,6 +190,20 @@ impl Shard {
         applied
     }
 
+    /// CONFIGURE: new rules, if they are valid, from this command on.
+    fn configure(&mut self, config: &EngineConfig) -> Applied {
+        match config.validate() {
+            Ok(()) => {
+                self.config = EngineConfig::clone(config);
+                // A lower bound on remembered expired sessions applies at once.
+                self.sessions.trim_expired(self.config.expired_sessions_max as usize);
+                Applied { reply: Reply::code(ResultCode::Approved), changed: true }
+            }
+            Err(_) => Applied { reply: Reply::code(ResultCode::FormatError), changed: false },
+        }
+    }
+
+    /// A command with an op id: the gate, then the dispatch, then the record.
     fn apply_op(&mut self, now_ms: Ms, op_id: OpId, deadline_at_ms: Ms, body: &Body) -> Applied {
         // Time alone may have made a generation droppable (e.g. while the table was full).
         let pruned = self.prune_ops();
@@ -186,112 +212,88 @@ impl Shard {
                 if record {
                     self.record(op_id, body.clone(), reply, OpStatus::Completed, 0);
                 }
-                Applied { reply, changed: record || pruned }
+                return Applied { reply, changed: record || pruned };
             }
-            Gate::Execute => {
-                if let Body::ForeignImport { foreign_hash, product_id, code } = body {
-                    let outcome = self.foreign_import(*foreign_hash, *product_id, *code);
-                    self.record(op_id, body.clone(), outcome.reply, outcome.status, outcome.debited_won);
-                    return Applied { reply: outcome.reply, changed: true };
-                }
-                let pin_hash = body.pin_hash().expect("operations name a card");
-                // Validity is enforced lazily, by the first operation that touches the card after
-                // its end (time is an argument; this is the same in replay).
-                if !matches!(body, Body::Issue { .. }) {
-                    self.settle_expiry(now_ms, pin_hash);
-                }
-                // Low-balance notices: only commands that can lower what a card has available,
-                // and only while the shard has live sessions or one may start (none: no lookups
-                // on the hot path).
-                let calls_possible = !self.sessions.is_empty() || matches!(body, Body::SessionStart(_));
-                let watch_won = if calls_possible { self.config.low_balance_warn_won } else { 0 };
-                let available_before_won = match body {
-                    Body::Authorize { .. }
-                    | Body::Sale { .. }
-                    | Body::ForeignConvert { .. }
-                    | Body::SessionStart(_)
-                    | Body::SessionUpdate { .. }
-                    | Body::EventCharge { .. }
-                        if watch_won > 0 =>
-                    {
-                        self.cards.get(&pin_hash).map(Card::available_won)
-                    }
-                    _ => None,
-                };
-                let outcome = match body {
-                    Body::Issue { face_value_won, .. } => {
-                        if self.cards.contains_key(&pin_hash) {
-                            // The drawn PIN exists: not recorded, so the server draws another
-                            // PIN under the same op id.
-                            return Applied { reply: Reply::code(ResultCode::RetryLater), changed: pruned };
-                        }
-                        self.issue(pin_hash, *face_value_won)
-                    }
-                    Body::Activate { password_mac, .. } => self.activate(pin_hash, *password_mac),
-                    Body::Claim { password_mac, gift_recipient_ref, password_hint, .. } => {
-                        self.claim(pin_hash, *password_mac, *gift_recipient_ref, *password_hint)
-                    }
-                    Body::Load { amount_won, funding, .. } => self.load(pin_hash, *amount_won, *funding),
-                    Body::Sell { channel_id, price_won, payment_means, gift_recipient_ref, .. } => {
-                        self.sell(pin_hash, *channel_id, *price_won, *payment_means, *gift_recipient_ref)
-                    }
-                    Body::Block { reason, .. } => self.block(pin_hash, *reason),
-                    Body::Unblock { .. } => self.unblock(pin_hash),
-                    Body::Register { holder_ref, verified_name, .. } => self.register(pin_hash, *holder_ref, *verified_name),
-                    Body::Consign { partner_id, commission_per_mille, .. } => {
-                        self.consign(pin_hash, *partner_id, *commission_per_mille)
-                    }
-                    Body::BalanceRefund { payout_account_ref, .. } => self.balance_refund(pin_hash, *payout_account_ref),
-                    Body::Authorize { password_mac, amount_won, category, hold_ttl_s, .. } => {
-                        self.authorize(now_ms, op_id, pin_hash, *password_mac, *amount_won, *category, *hold_ttl_s)
-                    }
-                    Body::Sale { password_mac, amount_won, category, .. } => {
-                        self.sale(pin_hash, *password_mac, *amount_won, *category)
-                    }
-                    Body::Capture { hold_id, amount_won, final_capture, .. } => {
-                        self.capture(pin_hash, *hold_id, *amount_won, *final_capture)
-                    }
-                    Body::Void { hold_id, .. } => self.void(pin_hash, *hold_id),
-                    Body::Reverse { original_op_id, .. } => self.reverse(op_id, pin_hash, *original_op_id),
-                    Body::Refund { original_op_id, amount_won, .. } => {
-                        self.refund(pin_hash, *original_op_id, *amount_won)
-                    }
-                    Body::ForeignConvert { password_mac, product_id, .. } => {
-                        self.foreign_convert(op_id, pin_hash, *password_mac, *product_id)
-                    }
-                    Body::SessionStart(open) => self.session_start(now_ms, open),
-                    Body::SessionUpdate { session_id, seq, used_total_s, requested_s, .. } => {
-                        self.session_report(now_ms, pin_hash, *session_id, *seq, *used_total_s, Some(*requested_s))
-                    }
-                    Body::SessionEnd { session_id, seq, used_total_s, .. } => {
-                        self.session_report(now_ms, pin_hash, *session_id, *seq, *used_total_s, None)
-                    }
-                    Body::EventCharge { password_mac, destination, units, category, .. } => {
-                        self.event_charge(pin_hash, *password_mac, *destination, *units, *category)
-                    }
-                    Body::ForeignImport { .. } => unreachable!("handled above"),
-                    Body::Tick | Body::Configure(_) | Body::SessionsClose { .. } => unreachable!("handled by apply"),
-                };
-                // (Matched on the body first: decoding a reply's code is a table scan, too much
-                // for every SALE.)
-                let notice = match body {
-                    Body::Load { .. } | Body::Unblock { .. } => Some(NOTICE_REAUTHORIZE),
-                    Body::Block { .. } => Some(NOTICE_ABORT),
-                    _ => None,
-                };
-                if let Some(kind) = notice.filter(|_| outcome.reply.result_code().is_success()) {
-                    self.notify_card(pin_hash, kind);
-                }
-                if let Some(before_won) = available_before_won {
-                    let after_won = self.cards.get(&pin_hash).map_or(before_won, Card::available_won);
-                    if before_won >= watch_won && after_won < watch_won {
-                        self.notify_card(pin_hash, NOTICE_LOW_BALANCE);
-                    }
-                }
-                self.record(op_id, body.clone(), outcome.reply, outcome.status, outcome.debited_won);
-                Applied { reply: outcome.reply, changed: true }
-            }
+            Gate::Execute => {}
         }
+        let Some(outcome) = self.dispatch(now_ms, op_id, body) else {
+            // CARD_ISSUE drew a PIN that exists: not recorded, so the server draws another PIN
+            // under the same op id.
+            return Applied { reply: Reply::code(ResultCode::RetryLater), changed: pruned };
+        };
+        self.record(op_id, body.clone(), outcome.reply, outcome.status, outcome.debited_won);
+        Applied { reply: outcome.reply, changed: true }
+    }
+
+    /// A new op past the gate: the card's lazy expiry, the business rule of the body, and the
+    /// notices it raises to the card's calls. `None` when CARD_ISSUE drew a PIN that exists.
+    fn dispatch(&mut self, now_ms: Ms, op_id: OpId, body: &Body) -> Option<Outcome> {
+        if let Body::ForeignImport { foreign_hash, product_id, code } = body {
+            // The one op that names no card.
+            return Some(self.foreign_import(*foreign_hash, *product_id, *code));
+        }
+        let pin_hash = body.pin_hash().expect("operations name a card");
+        // Validity is enforced lazily, by the first operation that touches the card after its
+        // end (time is an argument; this is the same in replay).
+        if !matches!(body, Body::Issue { .. }) {
+            self.settle_expiry(now_ms, pin_hash);
+        }
+        let watch = self.low_balance_watch(body, pin_hash);
+        let outcome = self.business_rule(now_ms, op_id, pin_hash, body)?;
+        self.raise_card_notices(body, pin_hash, &outcome.reply, watch);
+        Some(outcome)
+    }
+
+    /// The business rule of each body that names a card.
+    fn business_rule(&mut self, now_ms: Ms, op_id: OpId, pin_hash: PinHash, body: &Body) -> Option<Outcome> {
+        let outcome = match body {
+            Body::Issue { face_value_won, .. } => {
+                if self.cards.contains_key(&pin_hash) {
+                    return None;
+                }
+                self.issue(pin_hash, *face_value_won)
+            }
+            Body::Activate { password_mac, .. } => self.activate(pin_hash, *password_mac),
+            Body::Claim { password_mac, gift_recipient_ref, password_hint, .. } => {
+                self.claim(pin_hash, *password_mac, *gift_recipient_ref, *password_hint)
+            }
+            Body::Load { amount_won, funding, .. } => self.load(pin_hash, *amount_won, *funding),
+            Body::Sell { channel_id, price_won, payment_means, gift_recipient_ref, .. } => {
+                self.sell(pin_hash, *channel_id, *price_won, *payment_means, *gift_recipient_ref)
+            }
+            Body::Block { reason, .. } => self.block(pin_hash, *reason),
+            Body::Unblock { .. } => self.unblock(pin_hash),
+            Body::Register { holder_ref, verified_name, .. } => self.register(pin_hash, *holder_ref, *verified_name),
+            Body::Consign { partner_id, commission_per_mille, .. } => self.consign(pin_hash, *partner_id, *commission_per_mille),
+            Body::BalanceRefund { payout_account_ref, .. } => self.balance_refund(pin_hash, *payout_account_ref),
+            Body::Authorize { password_mac, amount_won, category, hold_ttl_s, .. } => {
+                self.authorize(now_ms, op_id, pin_hash, *password_mac, *amount_won, *category, *hold_ttl_s)
+            }
+            Body::Sale { password_mac, amount_won, category, .. } => self.sale(pin_hash, *password_mac, *amount_won, *category),
+            Body::Capture { hold_id, amount_won, final_capture, .. } => {
+                self.capture(pin_hash, *hold_id, *amount_won, *final_capture)
+            }
+            Body::Void { hold_id, .. } => self.void(pin_hash, *hold_id),
+            Body::Reverse { original_op_id, .. } => self.reverse(op_id, pin_hash, *original_op_id),
+            Body::Refund { original_op_id, amount_won, .. } => self.refund(pin_hash, *original_op_id, *amount_won),
+            Body::ForeignConvert { password_mac, product_id, .. } => {
+                self.foreign_convert(op_id, pin_hash, *password_mac, *product_id)
+            }
+            Body::SessionStart(open) => self.session_start(now_ms, open),
+            Body::SessionUpdate { session_id, seq, used_total_s, requested_s, .. } => {
+                self.session_report(now_ms, pin_hash, *session_id, *seq, *used_total_s, Some(*requested_s))
+            }
+            Body::SessionEnd { session_id, seq, used_total_s, .. } => {
+                self.session_report(now_ms, pin_hash, *session_id, *seq, *used_total_s, None)
+            }
+            Body::EventCharge { password_mac, destination, units, category, .. } => {
+                self.event_charge(pin_hash, *password_mac, *destination, *units, *category)
+            }
+            Body::ForeignImport { .. } | Body::Tick | Body::Configure(_) | Body::SessionsClose { .. } => {
+                unreachable!("names no card: handled before the dispatch")
+            }
+        };
+        Some(outcome)
     }
 
     fn next_approval_code(&mut self) -> u32 {
