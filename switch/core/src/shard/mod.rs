@@ -51,10 +51,10 @@ use self::foreign::ForeignPools;
 use self::holds::{Hold, HoldTable};
 use self::op_window::{OpRecord, OpTable};
 use self::sessions::{Session, SessionTable};
+use crate::config::EngineConfig;
 use crate::dense_map::DenseMap;
 pub use crate::hasher::{KeyHasher, KeyHasherBuilder};
 use crate::hasher::KeyMap;
-use crate::config::EngineConfig;
 use crate::types::{Applied, Body, Command, Ms, OpId, PinHash, Reply, SessionNoticeOut, Totals};
 
 /// One shard's state. `Clone` is a consistent copy for a snapshot taken off the shard thread:
@@ -323,6 +323,8 @@ impl Shard {
         Outcome::completed(self.card_reply(code, pin_hash))
     }
 
+    /// The totals balance after every command, in release builds too: a bug that creates or
+    /// loses money must stop the shard before its reply is journaled, not be replayed forever.
     fn assert_conservation(&self) {
         let totals = &self.totals;
         assert_eq!(
@@ -333,7 +335,6 @@ impl Shard {
         );
         assert!(totals.held_won <= totals.balances_won, "holds never exceed balances");
     }
-
 }
 
 /// What a business rule decided.

@@ -49,6 +49,9 @@ impl Session {
     }
 }
 
+/// Sessions with their ids, as a snapshot image lists them.
+pub(super) type SessionList = Vec<(u128, Session)>;
+
 /// A shard's charging sessions: the live ones and their indexes, and the remembered expired ones.
 #[derive(Clone)]
 pub(super) struct SessionTable {
@@ -243,7 +246,7 @@ impl SessionTable {
 
     /// The live sessions (table order) and the remembered expired ones (oldest first) for a
     /// snapshot image.
-    pub(super) fn to_image(&self) -> (Vec<(u128, Session)>, Vec<(u128, Session)>) {
+    pub(super) fn to_image(&self) -> (SessionList, SessionList) {
         let live = self.live.iter().map(|(session_id, session)| (*session_id, session.clone())).collect();
         let expired = self
             .expired_order
@@ -257,7 +260,7 @@ impl SessionTable {
     }
 
     /// Fills an empty table from a snapshot image, rebuilding the indexes and the order.
-    pub(super) fn restore(&mut self, live: Vec<(u128, Session)>, expired: Vec<(u128, Session)>) {
+    pub(super) fn restore(&mut self, live: SessionList, expired: SessionList) {
         for (session_id, session) in live {
             self.open(session_id, session);
         }
