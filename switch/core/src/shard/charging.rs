@@ -164,7 +164,7 @@ impl Shard {
         if let Err(code) = self.try_session_password(pin_hash, password_mac) {
             return self.declined(code, pin_hash);
         }
-        let card = self.cards.get(&pin_hash).copied().expect("checked above");
+        // (`card` is the one checked above: a password try moves no money.)
         let requested_s = self.requested_grant_s(requested_s);
         let local_start_s = self.local_s(now_ms);
         let (granted_s, final_unit, reserve_won) = grant(&tariff, local_start_s, 0, requested_s, card.available_won());

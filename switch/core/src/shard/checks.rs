@@ -74,7 +74,13 @@ impl Shard {
     /// Admits a payment (AUTHORIZE, SALE, FOREIGN_CONVERT): the checks it passes before money
     /// moves, the password last. Not read-only: the password try counts (see `try_password`).
     /// Returns the card as the try left it.
-    pub(super) fn admit_payment(&mut self, pin_hash: PinHash, password_mac: PasswordMac, amount_won: u64, category: u8) -> Result<Card, ResultCode> {
+    pub(super) fn admit_payment(
+        &mut self,
+        pin_hash: PinHash,
+        password_mac: PasswordMac,
+        amount_won: u64,
+        category: u8,
+    ) -> Result<Card, ResultCode> {
         if amount_won == 0 {
             return Err(ResultCode::AmountInvalid);
         }
@@ -111,7 +117,12 @@ impl Shard {
 
     /// The checks calls and event charges share, in order: the category, the called number,
     /// the card active, the product mix. Returns the card and the number's digits.
-    pub(super) fn service_checks(&self, pin_hash: PinHash, category: u8, destination: u64) -> Result<(Card, [u8; DESTINATION_DIGITS_MAX], usize), ResultCode> {
+    pub(super) fn service_checks(
+        &self,
+        pin_hash: PinHash,
+        category: u8,
+        destination: u64,
+    ) -> Result<(Card, [u8; DESTINATION_DIGITS_MAX], usize), ResultCode> {
         if Category::from_u8(category).is_none() {
             return Err(ResultCode::CategoryInvalid);
         }
