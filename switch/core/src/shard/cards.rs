@@ -118,7 +118,13 @@ impl Shard {
 
     /// CARD_CLAIM: activation by the gift's recipient (the reference must be the one the sale
     /// named; 0 for a card that is not a gift), recording whether a password hint was left.
-    pub(super) fn claim(&mut self, pin_hash: PinHash, password_mac: PasswordMac, gift_recipient_ref: u64, password_hint: bool) -> Outcome {
+    pub(super) fn claim(
+        &mut self,
+        pin_hash: PinHash,
+        password_mac: PasswordMac,
+        gift_recipient_ref: u64,
+        password_hint: bool,
+    ) -> Outcome {
         if let Err(code) = self.card_in(pin_hash, &[CardState::Issued, CardState::Sold]) {
             return self.declined(code, pin_hash);
         }
@@ -194,7 +200,14 @@ impl Shard {
         true
     }
 
-    pub(super) fn sell(&mut self, pin_hash: PinHash, channel_id: u32, price_won: u64, payment_means: u8, gift_recipient_ref: u64) -> Outcome {
+    pub(super) fn sell(
+        &mut self,
+        pin_hash: PinHash,
+        channel_id: u32,
+        price_won: u64,
+        payment_means: u8,
+        gift_recipient_ref: u64,
+    ) -> Outcome {
         if channel_id == 0 || Funding::from_u8(payment_means).is_none() {
             return self.declined(ResultCode::ChannelInvalid, pin_hash);
         }

@@ -4,15 +4,16 @@
 //! switch its calls' card changed (re-authorize, abort, low balance, expired).
 
 use pinswitch_protocol::{
-    CardState, Category, NOTICE_ABORT, NOTICE_EXPIRED, NOTICE_LOW_BALANCE, NOTICE_REAUTHORIZE, OpStatus, PriceQuoteResult, ResultCode,
-    session_digest,
+    CardState, Category, NOTICE_ABORT, NOTICE_EXPIRED, NOTICE_LOW_BALANCE, NOTICE_REAUTHORIZE, OpStatus,
+    PriceQuoteResult, ResultCode, session_digest,
 };
 
 use super::sessions::{Session, grant};
 use super::{Card, Outcome, Shard};
 use crate::config::Tariff;
 use crate::types::{
-    Body, FINAL_UNIT_NONE, FINAL_UNIT_TERMINATE, Ms, PasswordMac, PinHash, Reply, SessionGrant, SessionNoticeOut, SessionOpen, destination_digits,
+    Body, FINAL_UNIT_NONE, FINAL_UNIT_TERMINATE, Ms, PasswordMac, PinHash, Reply, SessionGrant, SessionNoticeOut,
+    SessionOpen, destination_digits,
 };
 
 /// Most session notices waiting for the server to take them (`Shard::take_notices`); past it
@@ -63,13 +64,18 @@ impl Shard {
     /// SESSION_AUDIT: how many live sessions `owner_id` has here, and their `session_digest`.
     pub fn owner_sessions(&self, owner_id: u32) -> (u32, u128) {
         let ids: Vec<u128> =
-            self.sessions.iter().filter(|(_, session)| session.owner_id == owner_id).map(|(session_id, _)| *session_id).collect();
+            self.sessions.iter().filter(|(_, session)| session.owner_id == owner_id).map(|(id, _)| *id).collect();
         (u32::try_from(ids.len()).unwrap_or(u32::MAX), session_digest(ids))
     }
 
     /// SESSION_AUDIT: the live sessions of `owner_id` not in `live` and silent since
     /// `silent_since_ms` (the caller journals a `SessionsClose` for them).
-    pub fn session_orphans(&self, owner_id: u32, live: &std::collections::HashSet<u128>, silent_since_ms: Ms) -> Vec<u128> {
+    pub fn session_orphans(
+        &self,
+        owner_id: u32,
+        live: &std::collections::HashSet<u128>,
+        silent_since_ms: Ms,
+    ) -> Vec<u128> {
         let mut orphans: Vec<u128> = self
             .sessions
             .iter()
@@ -85,7 +91,15 @@ impl Shard {
     /// PRICE_QUOTE: what a call of `duration_s` starting at `now_ms` and `units` events would
     /// cost by the tariff of `category` and `destination`, and with a card, the seconds its
     /// available balance buys. Read-only.
-    pub fn quote(&self, now_ms: Ms, pin_hash: Option<PinHash>, category: u8, destination: u64, duration_s: u32, units: u32) -> PriceQuoteResult {
+    pub fn quote(
+        &self,
+        now_ms: Ms,
+        pin_hash: Option<PinHash>,
+        category: u8,
+        destination: u64,
+        duration_s: u32,
+        units: u32,
+    ) -> PriceQuoteResult {
         let refused = |code: ResultCode| PriceQuoteResult { code: code.as_u16(), ..PriceQuoteResult::default() };
         if Category::from_u8(category).is_none() {
             return refused(ResultCode::CategoryInvalid);
@@ -304,7 +318,8 @@ impl Shard {
             let session = self.close_session(session_id);
             let available_won = self.cards.get(&session.pin_hash).map_or(0, Card::available_won);
             self.push_notice(SessionNoticeOut { session_id, kind: NOTICE_EXPIRED, available_won });
-            self.sessions.remember_expired(session_id, session, expires_at_ms, self.config.expired_sessions_max as usize);
+            let expired_max = self.config.expired_sessions_max as usize;
+            self.sessions.remember_expired(session_id, session, expires_at_ms, expired_max);
             expired += 1;
         }
         self.sessions.drop_stale_order();
@@ -351,7 +366,13 @@ impl Shard {
 
     /// The notices a command raises to the card's calls: re-authorize after a recharge or an
     /// unblock, abort after a block, low balance when the command took the card below the mark.
-    pub(super) fn raise_card_notices(&mut self, body: &Body, pin_hash: PinHash, reply: &Reply, watch: Option<LowBalanceWatch>) {
+    pub(super) fn raise_card_notices(
+        &mut self,
+        body: &Body,
+        pin_hash: PinHash,
+        reply: &Reply,
+        watch: Option<LowBalanceWatch>,
+    ) {
         // (Matched on the body first: decoding a reply's code is a table scan, too much for
         // every SALE.)
         let notice = match body {
@@ -390,7 +411,14 @@ impl Shard {
 
     /// EVENT_CHARGE: `units` events at the tariff's event price, debited at once like a SALE
     /// (points included, so REFUND and REVERSE, which take points back, treat it like one).
-    pub(super) fn event_charge(&mut self, pin_hash: PinHash, password_mac: PasswordMac, destination: u64, units: u32, category: u8) -> Outcome {
+    pub(super) fn event_charge(
+        &mut self,
+        pin_hash: PinHash,
+        password_mac: PasswordMac,
+        destination: u64,
+        units: u32,
+        category: u8,
+    ) -> Outcome {
         if units == 0 {
             return self.declined(ResultCode::UnitsInvalid, pin_hash);
         }

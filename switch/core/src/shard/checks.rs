@@ -140,7 +140,11 @@ impl Shard {
     /// The password rule of calls and event charges: a card locked by wrong passwords is
     /// refused; a password given is a try (`try_password`: a wrong one counts toward the
     /// lockout); none given is accepted unless `session_password_required`.
-    pub(super) fn try_session_password(&mut self, pin_hash: PinHash, password_mac: PasswordMac) -> Result<(), ResultCode> {
+    pub(super) fn try_session_password(
+        &mut self,
+        pin_hash: PinHash,
+        password_mac: PasswordMac,
+    ) -> Result<(), ResultCode> {
         let card = self.cards.get(&pin_hash).expect("checked by the caller");
         if card.password_failures >= self.config.password_tries_max {
             return Err(ResultCode::PasswordTriesExceeded);

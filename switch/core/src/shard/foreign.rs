@@ -31,7 +31,11 @@ pub(super) type ForeignImage = (Vec<(u32, Vec<ForeignCode>)>, Vec<(u128, u32)>, 
 
 impl ForeignPools {
     pub(super) fn new(hasher: KeyHasherBuilder) -> ForeignPools {
-        ForeignPools { pools: BTreeMap::new(), known: KeyMap::with_hasher(hasher), conversions: KeyMap::with_hasher(hasher) }
+        ForeignPools {
+            pools: BTreeMap::new(),
+            known: KeyMap::with_hasher(hasher),
+            conversions: KeyMap::with_hasher(hasher),
+        }
     }
 
     /// Adds a code to its product's pool; returns the pool's size then, or `None` for a code
@@ -97,7 +101,13 @@ impl Shard {
     /// Checked like a payment for a telephone call (a foreign PIN is for calls abroad), so the
     /// product mix and the password rules apply; it earns no points (it is a conversion of
     /// value, not a purchase) and cannot be refunded or reversed (the PIN is handed out).
-    pub(super) fn foreign_convert(&mut self, op_id: OpId, pin_hash: PinHash, password_mac: PasswordMac, product_id: u32) -> Outcome {
+    pub(super) fn foreign_convert(
+        &mut self,
+        op_id: OpId,
+        pin_hash: PinHash,
+        password_mac: PasswordMac,
+        product_id: u32,
+    ) -> Outcome {
         let Some(price_won) = self.config.foreign_product(product_id).map(|product| product.price_won) else {
             return self.declined(ResultCode::ForeignProductUnknown, pin_hash);
         };

@@ -44,7 +44,11 @@ pub(super) struct HoldTable {
 
 impl HoldTable {
     pub(super) fn new(hasher: KeyHasherBuilder) -> HoldTable {
-        HoldTable { holds: KeyMap::with_hasher(hasher), card_holds: KeyMap::with_hasher(hasher), expiries: BTreeSet::new() }
+        HoldTable {
+            holds: KeyMap::with_hasher(hasher),
+            card_holds: KeyMap::with_hasher(hasher),
+            expiries: BTreeSet::new(),
+        }
     }
 
     pub(super) fn get(&self, hold_id: &OpId) -> Option<&Hold> {

@@ -264,12 +264,16 @@ impl Shard {
             Body::Block { reason, .. } => self.block(pin_hash, *reason),
             Body::Unblock { .. } => self.unblock(pin_hash),
             Body::Register { holder_ref, verified_name, .. } => self.register(pin_hash, *holder_ref, *verified_name),
-            Body::Consign { partner_id, commission_per_mille, .. } => self.consign(pin_hash, *partner_id, *commission_per_mille),
+            Body::Consign { partner_id, commission_per_mille, .. } => {
+                self.consign(pin_hash, *partner_id, *commission_per_mille)
+            }
             Body::BalanceRefund { payout_account_ref, .. } => self.balance_refund(pin_hash, *payout_account_ref),
             Body::Authorize { password_mac, amount_won, category, hold_ttl_s, .. } => {
                 self.authorize(now_ms, op_id, pin_hash, *password_mac, *amount_won, *category, *hold_ttl_s)
             }
-            Body::Sale { password_mac, amount_won, category, .. } => self.sale(pin_hash, *password_mac, *amount_won, *category),
+            Body::Sale { password_mac, amount_won, category, .. } => {
+                self.sale(pin_hash, *password_mac, *amount_won, *category)
+            }
             Body::Capture { hold_id, amount_won, final_capture, .. } => {
                 self.capture(pin_hash, *hold_id, *amount_won, *final_capture)
             }

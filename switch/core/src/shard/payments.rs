@@ -48,7 +48,13 @@ impl Shard {
         Outcome { reply, status: OpStatus::HoldPending, debited_won: 0 }
     }
 
-    pub(super) fn sale(&mut self, pin_hash: PinHash, password_mac: PasswordMac, amount_won: u64, category: u8) -> Outcome {
+    pub(super) fn sale(
+        &mut self,
+        pin_hash: PinHash,
+        password_mac: PasswordMac,
+        amount_won: u64,
+        category: u8,
+    ) -> Outcome {
         let card = match self.admit_payment(pin_hash, password_mac, amount_won, category) {
             Ok(card) => card,
             Err(code) => return self.declined(code, pin_hash),
@@ -86,7 +92,13 @@ impl Shard {
         }
     }
 
-    pub(super) fn capture(&mut self, pin_hash: PinHash, hold_id: OpId, amount_won: u64, final_capture: bool) -> Outcome {
+    pub(super) fn capture(
+        &mut self,
+        pin_hash: PinHash,
+        hold_id: OpId,
+        amount_won: u64,
+        final_capture: bool,
+    ) -> Outcome {
         if amount_won == 0 {
             return self.declined(ResultCode::AmountInvalid, pin_hash);
         }

@@ -175,7 +175,13 @@ impl SessionTable {
 
     /// Remembers a session just expired at `expired_at_ms` (its `expires_at_ms`), forgetting the
     /// oldest past `expired_max`.
-    pub(super) fn remember_expired(&mut self, session_id: u128, session: Session, expired_at_ms: Ms, expired_max: usize) {
+    pub(super) fn remember_expired(
+        &mut self,
+        session_id: u128,
+        session: Session,
+        expired_at_ms: Ms,
+        expired_max: usize,
+    ) {
         self.expired_order.push_back((expired_at_ms, session_id));
         self.expired.insert(session_id, session);
         self.trim_expired(expired_max);
@@ -185,7 +191,8 @@ impl SessionTable {
     pub(super) fn update_expired(&mut self, session_id: u128, session: Session) {
         let expired_at_ms = session.expires_at_ms;
         let before = self.expired.insert(session_id, session);
-        assert!(before.is_some_and(|before| before.expires_at_ms == expired_at_ms), "a late report keeps its place in the order");
+        let kept_place = before.is_some_and(|before| before.expires_at_ms == expired_at_ms);
+        assert!(kept_place, "a late report keeps its place in the order");
     }
 
     /// Forgets an expired session (its late END came).
@@ -274,7 +281,15 @@ impl SessionTable {
 /// The largest grant (up to `requested_s`) whose money, beyond the `used_s` already rated, fits
 /// in `budget_won`; whether it is the last one (not one second more would fit); and the money
 /// to reserve for it. The cost is monotone in the seconds, so a binary search finds it.
-pub(super) fn grant(tariff: &Tariff, local_start_s: u64, used_s: u64, requested_s: u32, budget_won: u64) -> (u32, u8, u64) {
+pub(super) fn grant(
+    tariff: &Tariff,
+    local_start_s: u64,
+    used_s: u64,
+    requested_s: u32,
+    budget_won: u64) -> (u32,
+    u8,
+    u64,
+) {
     let rated_won = tariff.cost_from_won(local_start_s, used_s);
     let extra_won = |more_s: u64| tariff.cost_from_won(local_start_s, used_s + more_s).saturating_sub(rated_won);
     let (mut low_s, mut high_s) = (0u64, u64::from(requested_s));
