@@ -13,7 +13,7 @@
 use std::hash::BuildHasher;
 use std::sync::Arc;
 
-use crate::shard::KeyHasherBuilder;
+use crate::hasher::KeyHasherBuilder;
 
 /// Entries per chunk: the unit of copy-on-write after a snapshot clone.
 const CHUNK_ENTRIES: usize = 4096;

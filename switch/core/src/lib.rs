@@ -9,6 +9,7 @@
 
 pub mod config;
 mod dense_map;
+mod hasher;
 pub mod journal_entry;
 pub mod routing;
 pub mod shard;

@@ -1,0 +1,379 @@
+//! The pure shard state machine: the cards one shard owns, their pending holds and charging
+//! sessions, and the op-id records that make every mutating operation exactly-once.
+//! `apply(now_ms, &Command)` is the only way state changes; it does no I/O, reads no clock, draws
+//! no randomness and never blocks, so the server, recovery (journal replay), the model tests and
+//! the benches all run the same code and get the same replies.
+//!
+//! `apply` takes every command through the same steps, in this order (this is the order of
+//! checks, declared here once; `apply`, `Shard::gate` and the business rules follow it):
+//! 1. expire: the holds and the silent sessions due at `now_ms` end first, and for an op the
+//!    op-id generations due are dropped (time is an argument, so replay does the same);
+//! 2. gate, for every command with an op id: the op id itself (zero: OP_ID_INVALID; at or before
+//!    the window's floor or the evicted records' floor: OP_TOO_OLD; further ahead of the clock
+//!    than the allowed skew: OP_ID_FROM_FUTURE), then its record (a tombstone:
+//!    REVERSED_BEFORE_ARRIVAL; the same body: the stored reply, replayed; another body:
+//!    OP_ID_REUSED naming the first differing field), then room to record it (RETRY_LATER), then
+//!    the deadline (DEADLINE_EXCEEDED_NOT_EXECUTED);
+//! 3. dispatch: the card's lazy expiry, then the business rule of the body (its own checks, in
+//!    the order written there, the shared ones in `checks.rs`), then the notices to the card's
+//!    calls;
+//! 4. record: the answer is stored under the op id;
+//! 5. assert: money is conserved.
+//!
+//! Every answer from the deadline on is stored under the op id, declines included, so a retry can
+//! never execute twice and never gets a different answer. (One exception: a CARD_ISSUE whose drawn
+//! PIN exists answers RETRY_LATER unrecorded, so the server draws again under the same op id.)
+//! The commands without an op id (TICK, CONFIGURE, the audit's SESSIONS_CLOSE) skip steps 2 to 4.
+//!
+//! The files, by job: `checks.rs` (the gate and the card checks the rules share), `op_window.rs`
+//! (op-id records, their window, the retry comparison), `cards.rs` (a card's life),
+//! `holds.rs` and `payments.rs` (the hold table; AUTHORIZE to REFUND), `sessions.rs` and
+//! `charging.rs` (the session table and rating; calls, event charges, quotes, notices),
+//! `foreign.rs` (foreign PIN pools), `image.rs` (snapshots and the invariant scan).
+
+use pinswitch_protocol::{OpStatus, ResultCode};
+
+mod cards;
+mod charging;
+mod checks;
+mod foreign;
+mod holds;
+mod image;
+mod op_window;
+mod payments;
+mod sessions;
+
+pub use self::charging::NOTICES_PENDING_MAX;
+pub use self::op_window::msg_type_of;
+use self::cards::Card;
+use self::checks::Gate;
+use self::foreign::ForeignPools;
+use self::holds::{Hold, HoldTable};
+use self::op_window::{OpRecord, OpTable};
+use self::sessions::{Session, SessionTable};
+use crate::config::EngineConfig;
+use crate::dense_map::DenseMap;
+pub use crate::hasher::{KeyHasher, KeyHasherBuilder};
+use crate::hasher::KeyMap;
+use crate::types::{Applied, Body, Command, Ms, OpId, PinHash, Reply, SessionNoticeOut, Totals};
+
+/// One shard's state. `Clone` is a consistent copy for a snapshot taken off the shard thread:
+/// the big tables (cards, op-id records) are `DenseMap`s whose chunks are shared copy-on-write,
+/// so the clone costs microseconds and the shard pays later, a chunk at a time, as it writes.
+#[derive(Clone)]
+pub struct Shard {
+    /// The secret seed of the tables' hasher (kept in snapshots).
+    hash_key: [u64; 2],
+    shard_id: u16,
+    shard_count: u16,
+    config: EngineConfig,
+    /// The engine's clock: the largest `now_ms` it was given (it never runs backwards).
+    now_ms: Ms,
+    /// Counter behind approval codes (deterministic; codes are six digits, 100000..=999999).
+    approvals: u32,
+    totals: Totals,
+    cards: DenseMap<Card>,
+    /// Pending holds, by hold id, card and expiry.
+    holds: HoldTable,
+    ops: OpTable,
+    /// Foreign PINs: the pools, the codes ever imported, the code each conversion handed out.
+    foreign: ForeignPools,
+    /// Gift cards sold and not yet claimed: the recipient reference the sale named (kept apart
+    /// from the 64-byte card: few cards are gifts, and the entry goes at the claim).
+    gift_recipients: KeyMap<u64>,
+    /// Charging sessions: live ones by id, silence deadline and card, and those expired for
+    /// silence that a late report may still charge.
+    sessions: SessionTable,
+    /// Notices raised by the commands applied since the server last took them (not state:
+    /// never in a snapshot, and replay's are dropped).
+    notices: Vec<SessionNoticeOut>,
+}
+
+impl Shard {
+    pub fn new(shard_id: u16, shard_count: u16, config: EngineConfig) -> Shard {
+        Shard::with_hash_key(shard_id, shard_count, config, [0, 0])
+    }
+
+    /// A shard whose tables are seeded with a secret (see `KeyHasherBuilder`).
+    pub fn with_hash_key(shard_id: u16, shard_count: u16, config: EngineConfig, hash_key: [u64; 2]) -> Shard {
+        assert!(shard_count > 0 && shard_id < shard_count, "shard {shard_id} of {shard_count}");
+        let hasher = KeyHasherBuilder { key: hash_key };
+        Shard {
+            hash_key,
+            shard_id,
+            shard_count,
+            config,
+            now_ms: 0,
+            approvals: 0,
+            totals: Totals::default(),
+            cards: DenseMap::with_hasher(hasher),
+            holds: HoldTable::new(hasher),
+            ops: OpTable::new(hasher),
+            foreign: ForeignPools::new(hasher),
+            gift_recipients: KeyMap::with_hasher(hasher),
+            sessions: SessionTable::new(hasher),
+            notices: Vec::new(),
+        }
+    }
+
+    pub fn shard_id(&self) -> u16 {
+        self.shard_id
+    }
+
+    pub fn shard_count(&self) -> u16 {
+        self.shard_count
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    pub fn totals(&self) -> Totals {
+        self.totals
+    }
+
+    pub fn card_count(&self) -> usize {
+        self.cards.len()
+    }
+
+    /// Every card's PIN hash, in table order (reconciliation names cards only the engine has).
+    pub fn card_hashes(&self) -> impl Iterator<Item = PinHash> + '_ {
+        self.cards.iter().map(|(pin_hash, _)| *pin_hash)
+    }
+
+    /// Op-id records currently kept.
+    pub fn op_count(&self) -> usize {
+        self.ops.len()
+    }
+
+    pub fn now_ms(&self) -> Ms {
+        self.now_ms
+    }
+
+    /// When the earliest pending hold or silent session expires (the server ticks the engine
+    /// then).
+    pub fn next_expiry_ms(&self) -> Option<Ms> {
+        let hold_ms = self.holds.next_expiry_ms();
+        let session_ms = self.sessions.next_deadline_ms();
+        match (hold_ms, session_ms) {
+            (Some(hold_ms), Some(session_ms)) => Some(hold_ms.min(session_ms)),
+            (hold_ms, session_ms) => hold_ms.or(session_ms),
+        }
+    }
+
+    /// Applies one command at server time `now_ms`, by the steps of the module doc: expire,
+    /// gate, dispatch, record, assert. `changed` is true exactly when the state changed (the
+    /// server journals the command then; replay must see the same reply).
+    pub fn apply(&mut self, now_ms: Ms, command: &Command) -> Applied {
+        let clock_before_ms = self.now_ms;
+        self.now_ms = self.now_ms.max(now_ms);
+        let now_ms = self.now_ms;
+        let expired = self.expire_holds(now_ms) + self.expire_sessions(now_ms);
+        let applied = match &command.body {
+            Body::Tick => Applied { reply: Reply::code(ResultCode::Approved), changed: false },
+            Body::Configure(config) => self.configure(config),
+            Body::SessionsClose { owner_id, silent_since_ms, session_ids } => {
+                let closed = self.close_orphans(*owner_id, *silent_since_ms, session_ids);
+                let mut reply = Reply::code(ResultCode::Approved);
+                reply.amount_won = closed as u64;
+                Applied { reply, changed: closed > 0 }
+            }
+            body => self.apply_op(now_ms, command.op_id, command.deadline_at_ms, body),
+        };
+        let applied = Applied { reply: applied.reply, changed: applied.changed || expired > 0 };
+        if !applied.changed {
+            // Only journaled commands may move the clock: replay sees only those, and a later
+            // command journaled with an earlier wall-clock time must compute the same expiry.
+            self.now_ms = clock_before_ms;
+        }
+        self.assert_conservation();
+        applied
+    }
+
+    /// CONFIGURE: new rules, if they are valid, from this command on.
+    fn configure(&mut self, config: &EngineConfig) -> Applied {
+        match config.validate() {
+            Ok(()) => {
+                self.config = EngineConfig::clone(config);
+                // A lower bound on remembered expired sessions applies at once.
+                self.sessions.trim_expired(self.config.expired_sessions_max as usize);
+                Applied { reply: Reply::code(ResultCode::Approved), changed: true }
+            }
+            Err(_) => Applied { reply: Reply::code(ResultCode::FormatError), changed: false },
+        }
+    }
+
+    /// A command with an op id: the gate, then the dispatch, then the record.
+    fn apply_op(&mut self, now_ms: Ms, op_id: OpId, deadline_at_ms: Ms, body: &Body) -> Applied {
+        // Time alone may have made a generation droppable (e.g. while the table was full).
+        let pruned = self.prune_ops();
+        match self.gate(now_ms, op_id, deadline_at_ms, body) {
+            Gate::Answer { reply, record } => {
+                if record {
+                    self.record(op_id, body.clone(), reply, OpStatus::Completed, 0);
+                }
+                return Applied { reply, changed: record || pruned };
+            }
+            Gate::Execute => {}
+        }
+        let Some(outcome) = self.dispatch(now_ms, op_id, body) else {
+            // CARD_ISSUE drew a PIN that exists: not recorded, so the server draws another PIN
+            // under the same op id.
+            return Applied { reply: Reply::code(ResultCode::RetryLater), changed: pruned };
+        };
+        self.record(op_id, body.clone(), outcome.reply, outcome.status, outcome.debited_won);
+        Applied { reply: outcome.reply, changed: true }
+    }
+
+    /// A new op past the gate: the card's lazy expiry, the business rule of the body, and the
+    /// notices it raises to the card's calls. `None` when CARD_ISSUE drew a PIN that exists.
+    fn dispatch(&mut self, now_ms: Ms, op_id: OpId, body: &Body) -> Option<Outcome> {
+        if let Body::ForeignImport { foreign_hash, product_id, code } = body {
+            // The one op that names no card.
+            return Some(self.foreign_import(*foreign_hash, *product_id, *code));
+        }
+        let pin_hash = body.pin_hash().expect("operations name a card");
+        // Validity is enforced lazily, by the first operation that touches the card after its
+        // end (time is an argument; this is the same in replay).
+        if !matches!(body, Body::Issue { .. }) {
+            self.settle_expiry(now_ms, pin_hash);
+        }
+        let watch = self.low_balance_watch(body, pin_hash);
+        let outcome = self.business_rule(now_ms, op_id, pin_hash, body)?;
+        self.raise_card_notices(body, pin_hash, &outcome.reply, watch);
+        Some(outcome)
+    }
+
+    /// The business rule of each body that names a card.
+    fn business_rule(&mut self, now_ms: Ms, op_id: OpId, pin_hash: PinHash, body: &Body) -> Option<Outcome> {
+        let outcome = match body {
+            Body::Issue { face_value_won, .. } => {
+                if self.cards.contains_key(&pin_hash) {
+                    return None;
+                }
+                self.issue(pin_hash, *face_value_won)
+            }
+            Body::Activate { password_mac, .. } => self.activate(pin_hash, *password_mac),
+            Body::Claim { password_mac, gift_recipient_ref, password_hint, .. } => {
+                self.claim(pin_hash, *password_mac, *gift_recipient_ref, *password_hint)
+            }
+            Body::Load { amount_won, funding, .. } => self.load(pin_hash, *amount_won, *funding),
+            Body::Sell { channel_id, price_won, payment_means, gift_recipient_ref, .. } => {
+                self.sell(pin_hash, *channel_id, *price_won, *payment_means, *gift_recipient_ref)
+            }
+            Body::Block { reason, .. } => self.block(pin_hash, *reason),
+            Body::Unblock { .. } => self.unblock(pin_hash),
+            Body::Register { holder_ref, verified_name, .. } => self.register(pin_hash, *holder_ref, *verified_name),
+            Body::Consign { partner_id, commission_per_mille, .. } => {
+                self.consign(pin_hash, *partner_id, *commission_per_mille)
+            }
+            Body::BalanceRefund { payout_account_ref, .. } => self.balance_refund(pin_hash, *payout_account_ref),
+            Body::Authorize { password_mac, amount_won, category, hold_ttl_s, .. } => {
+                self.authorize(now_ms, op_id, pin_hash, *password_mac, *amount_won, *category, *hold_ttl_s)
+            }
+            Body::Sale { password_mac, amount_won, category, .. } => {
+                self.sale(pin_hash, *password_mac, *amount_won, *category)
+            }
+            Body::Capture { hold_id, amount_won, final_capture, .. } => {
+                self.capture(pin_hash, *hold_id, *amount_won, *final_capture)
+            }
+            Body::Void { hold_id, .. } => self.void(pin_hash, *hold_id),
+            Body::Reverse { original_op_id, .. } => self.reverse(op_id, pin_hash, *original_op_id),
+            Body::Refund { original_op_id, amount_won, .. } => self.refund(pin_hash, *original_op_id, *amount_won),
+            Body::ForeignConvert { password_mac, product_id, .. } => {
+                self.foreign_convert(op_id, pin_hash, *password_mac, *product_id)
+            }
+            Body::SessionStart(open) => self.session_start(now_ms, open),
+            Body::SessionUpdate { session_id, seq, used_total_s, requested_s, .. } => {
+                self.session_report(now_ms, pin_hash, *session_id, *seq, *used_total_s, Some(*requested_s))
+            }
+            Body::SessionEnd { session_id, seq, used_total_s, .. } => {
+                self.session_report(now_ms, pin_hash, *session_id, *seq, *used_total_s, None)
+            }
+            Body::EventCharge { password_mac, destination, units, category, .. } => {
+                self.event_charge(pin_hash, *password_mac, *destination, *units, *category)
+            }
+            Body::ForeignImport { .. } | Body::Tick | Body::Configure(_) | Body::SessionsClose { .. } => {
+                unreachable!("names no card: handled before the dispatch")
+            }
+        };
+        Some(outcome)
+    }
+
+    fn next_approval_code(&mut self) -> u32 {
+        // Six digits, like an ISO 8583 authorization id response (field 38).
+        self.approvals = (self.approvals + 1) % 900_000;
+        100_000 + self.approvals
+    }
+
+    /// A reply carrying the card's balances.
+    fn card_reply(&self, code: ResultCode, pin_hash: PinHash) -> Reply {
+        let mut reply = Reply::code(code);
+        if let Some(card) = self.cards.get(&pin_hash) {
+            reply.balance_won = card.balance_won;
+            reply.available_won = card.available_won();
+        }
+        reply
+    }
+
+    fn approved(&mut self, pin_hash: PinHash, amount_won: u64) -> Reply {
+        let mut reply = self.card_reply(ResultCode::Approved, pin_hash);
+        reply.approval_code = self.next_approval_code();
+        reply.amount_won = amount_won;
+        reply
+    }
+
+    fn declined(&self, code: ResultCode, pin_hash: PinHash) -> Outcome {
+        Outcome::completed(self.card_reply(code, pin_hash))
+    }
+
+    /// The totals balance after every command, in release builds too: a bug that creates or
+    /// loses money must stop the shard before its reply is journaled, not be replayed forever.
+    fn assert_conservation(&self) {
+        let totals = &self.totals;
+        assert_eq!(
+            totals.issued_won + totals.loaded_won + totals.refunded_won + totals.reversed_won,
+            totals.balances_won + totals.debited_won + totals.paid_out_won + totals.breakage_won,
+            "money is conserved on shard {}",
+            self.shard_id
+        );
+        assert!(totals.held_won <= totals.balances_won, "holds never exceed balances");
+    }
+}
+
+/// What a business rule decided.
+struct Outcome {
+    reply: Reply,
+    status: OpStatus,
+    debited_won: u64,
+}
+
+impl Outcome {
+    fn completed(reply: Reply) -> Outcome {
+        Outcome { reply, status: OpStatus::Completed, debited_won: 0 }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Memory per card and per op-id record is a product figure (millions of each per shard):
+    /// growing these structs must be a decision, not an accident.
+    #[test]
+    fn stored_structs_stay_small() {
+        assert!(std::mem::size_of::<super::Card>() <= 64);
+        assert!(std::mem::size_of::<super::OpRecord>() <= 112);
+        assert!(std::mem::size_of::<crate::Body>() <= 48);
+    }
+
+    /// The table seed changes where op ids land, and a snapshot keeps the seed.
+    #[test]
+    fn the_table_hasher_is_seeded_and_the_seed_survives_a_snapshot() {
+        use std::hash::BuildHasher;
+        let (one, two) = (super::KeyHasherBuilder { key: [1, 2] }, super::KeyHasherBuilder { key: [3, 4] });
+        let differing = (0..64u128).filter(|op_id| one.hash_one(op_id << 80 | 7) != two.hash_one(op_id << 80 | 7)).count();
+        assert_eq!(differing, 64);
+        let shard = super::Shard::with_hash_key(0, 1, crate::EngineConfig::test_min(), [5, 6]);
+        let restored = super::Shard::from_snapshot_bytes(&shard.to_snapshot_bytes()).unwrap();
+        assert_eq!(restored.hash_key, [5, 6]);
+    }
+}
