@@ -22,14 +22,14 @@ const LONG_FUNCTIONS: &[(&str, &str, usize)] = &[
     ("switch/server/src/conn.rs", "serve", 132),
     ("switch/core/src/config.rs", "validate", 132),
     ("loadgen/src/report.rs", "to_text", 131),
-    ("switch/core/src/shard.rs", "first_difference", 122),
+    ("switch/core/src/shard/op_window.rs", "first_difference", 122),
 ];
 
 /// Widest line, in characters.
 const LINE_COLUMNS_MAX: usize = 120;
 
 /// Lines wider than `LINE_COLUMNS_MAX` when this test was written; the count may only fall.
-const WIDE_LINES_NOW: usize = 799;
+const WIDE_LINES_NOW: usize = 785;
 
 /// Per crate (its folder), the only dependencies it may have. The engine is pure (no I/O, no
 /// async, no clock crates); the journal knows bytes, not the engine; the wire contract knows

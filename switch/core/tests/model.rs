@@ -7,7 +7,7 @@
 //! numbers in and out of order, silence expiry and late reports, time-of-day bands, event
 //! charges, the audit's close and rule changes by CONFIGURE) through `pinswitch_core::Shard` and
 //! through a naive reference ledger written here from the engine's rules alone (plain `Vec`s and
-//! linear scans, calls rated second by second, no code shared with shard.rs or the tariff's own
+//! linear scans, calls rated second by second, no code shared with shard/ or the tariff's own
 //! rating). It proves that, for every step, the engine's reply (code, replayed flag, reused
 //! field, amounts, balances, hold expiry or packed grant; approval codes are six digits exactly
 //! on approvals and replay unchanged) and its `changed` flag equal the reference's; that the
