@@ -2,8 +2,9 @@
 //! `tidy.rs` is the model): every Rust file opens with a `//!` paragraph; no non-test function
 //! grows past `FUNCTION_LINES_MAX` lines (the few that are longer today are listed with their
 //! length and may only shrink); lines over `LINE_COLUMNS_MAX` columns may only become fewer;
-//! and each crate depends only on what its layer allows (the engine never on I/O, the journal
-//! never on the engine, the wire contract on no crate of ours). It reads files; it runs nothing.
+//! each crate depends only on what its layer allows (the engine never on I/O, the journal never
+//! on the engine, the wire contract on no crate of ours); and ARCHITECTURE.md's file index names
+//! every source file. It reads files; it runs nothing.
 
 use std::path::{Path, PathBuf};
 
@@ -209,6 +210,28 @@ fn crates_depend_only_on_what_their_layer_allows() {
             assert!(allowed.contains(&name.as_str()), "{crate_dir} depends on {name}, which its layer does not allow");
         }
     }
+}
+
+/// ARCHITECTURE.md's file index names every source file (tests and the fuzz target aside) and
+/// no file that is gone: the codemap stays one hop from the code.
+#[test]
+fn the_file_index_names_every_source_file() {
+    let architecture = read("ARCHITECTURE.md");
+    let listed: Vec<&str> = architecture
+        .lines()
+        .filter_map(|line| line.strip_prefix("| `"))
+        .filter_map(|rest| rest.split_once("` |").map(|(path, _)| path))
+        .filter(|path| path.ends_with(".rs"))
+        .collect();
+    let files: Vec<String> = rust_files()
+        .into_iter()
+        .filter(|file| file == "tests/tidy.rs" || file.starts_with("tests/src/") || !is_test_file(file))
+        .filter(|file| !file.contains("/fuzz/"))
+        .collect();
+    let missing: Vec<&String> = files.iter().filter(|file| !listed.contains(&file.as_str())).collect();
+    assert!(missing.is_empty(), "source files missing from ARCHITECTURE.md's file index: {missing:?}");
+    let gone: Vec<&&str> = listed.iter().filter(|path| !files.iter().any(|file| file == *path)).collect();
+    assert!(gone.is_empty(), "ARCHITECTURE.md's file index names files that do not exist: {gone:?}");
 }
 
 /// The scanners themselves, on a known text, so a broken scanner cannot pass everything.
