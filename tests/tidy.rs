@@ -234,6 +234,60 @@ fn the_file_index_names_every_source_file() {
     assert!(gone.is_empty(), "ARCHITECTURE.md's file index names files that do not exist: {gone:?}");
 }
 
+/// What the engine may take from the wire contract: its vocabulary (result codes, the numbered
+/// enums, notice kinds, the op id's clock and the audit digest), never a message struct. The
+/// engine's outputs are its own types; each front end converts them (ARCHITECTURE.md, "One
+/// type rule").
+const ENGINE_WIRE_VOCABULARY: &[&str] = &[
+    "BlockReason",
+    "CardState",
+    "Category",
+    "Field",
+    "Funding",
+    "MsgType",
+    "NOTICE_ABORT",
+    "NOTICE_EXPIRED",
+    "NOTICE_LOW_BALANCE",
+    "NOTICE_REAUTHORIZE",
+    "OpStatus",
+    "ResultCode",
+    "op_id_time_ms",
+    "session_digest",
+];
+
+/// The names a text takes from `pinswitch_protocol`: `pinswitch_protocol::Name` paths and the
+/// names inside `use pinswitch_protocol::{...}` (an `as` rename counts as its original name).
+fn protocol_names(text: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("pinswitch_protocol::") {
+        rest = &rest[at + "pinswitch_protocol::".len()..];
+        let list = match rest.strip_prefix('{') {
+            Some(inner) => &inner[..inner.find('}').unwrap_or(inner.len())],
+            None => &rest[..rest.find(|c: char| !(c.is_alphanumeric() || c == '_')).unwrap_or(rest.len())],
+        };
+        for item in list.split(',') {
+            let name = item.split_whitespace().next().unwrap_or("");
+            if !name.is_empty() {
+                names.push(name.to_string());
+            }
+        }
+    }
+    names
+}
+
+#[test]
+fn the_engine_takes_only_the_wire_vocabulary() {
+    for file in rust_files().into_iter().filter(|file| file.starts_with("switch/core/src/")) {
+        for name in protocol_names(&read(&file)) {
+            assert!(
+                ENGINE_WIRE_VOCABULARY.contains(&name.as_str()),
+                "{file} takes {name} from the wire contract; the engine answers in its own types"
+            );
+        }
+    }
+}
+
 /// The scanners themselves, on a known text, so a broken scanner cannot pass everything.
 #[test]
 fn the_scanners_see_what_is_there() {
@@ -249,4 +303,6 @@ fn the_scanners_see_what_is_there() {
         "[dev-dependencies]\ntempfile = \"3\"\n",
     );
     assert_eq!(dependencies(manifest), vec!["rkyv".to_string(), "serde".to_string()]);
+    let uses = "use pinswitch_protocol::{\n    CardState as State, ResultCode,\n};\nlet x = pinswitch_protocol::OpResult::default();";
+    assert_eq!(protocol_names(uses), vec!["CardState".to_string(), "ResultCode".to_string(), "OpResult".to_string()]);
 }

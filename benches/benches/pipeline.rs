@@ -71,7 +71,18 @@ fn apply_sale(shard: &mut Shard, journal: &mut Journal, now_ms: u64, sale: &Arch
     assert_eq!(applied.reply.code, ResultCode::Approved.as_u16());
     encode_entry_into(&JournalEntry { now_ms, command, reply: applied.reply }, encoded);
     journal.append(encoded).expect("append");
-    OpResult::from(&applied.reply)
+    // The front end's conversion to the wire result (`native/answers.rs`, `op_result`).
+    let reply = applied.reply;
+    OpResult {
+        code: reply.code,
+        flags: 0,
+        field: reply.field,
+        approval_code: reply.approval_code,
+        amount_won: reply.amount_won,
+        balance_won: reply.balance_won,
+        available_won: reply.available_won,
+        hold_expires_at_ms: reply.hold_expires_at_ms,
+    }
 }
 
 fn pipeline(c: &mut Criterion) {

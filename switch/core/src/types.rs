@@ -301,20 +301,28 @@ impl Reply {
     }
 }
 
-/// The wire result of an engine reply (the switch's answer to one event).
-impl From<&Reply> for pinswitch_protocol::OpResult {
-    fn from(reply: &Reply) -> pinswitch_protocol::OpResult {
-        pinswitch_protocol::OpResult {
-            code: reply.code,
-            flags: if reply.replayed { pinswitch_protocol::FLAG_REPLAYED } else { 0 },
-            field: reply.field,
-            approval_code: reply.approval_code,
-            amount_won: reply.amount_won,
-            balance_won: reply.balance_won,
-            available_won: reply.available_won,
-            hold_expires_at_ms: reply.hold_expires_at_ms,
-        }
-    }
+/// PRICE_QUOTE's answer as the engine gives it (the front end turns it into its wire result):
+/// the tariff that matches, what `duration_s` seconds starting now and `units` events cost, and
+/// with a card its available balance and the seconds of a call it pays for. Read-only.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Quote {
+    /// APPROVED, TARIFF_NOT_FOUND, DESTINATION_INVALID, CATEGORY_INVALID, or a card's refusal.
+    pub code: u16,
+    pub tariff_id: u16,
+    pub connect_fee_won: u64,
+    /// Won per increment at the current time of day.
+    pub rate_won: u64,
+    pub increment_s: u32,
+    pub first_increment_s: u32,
+    /// Won per event (0: the tariff prices no events).
+    pub event_won: u64,
+    /// What the seconds asked about cost, time-of-day bands and connect fee included.
+    pub duration_cost_won: u64,
+    /// What the events asked about cost.
+    pub event_cost_won: u64,
+    /// With a card: its available balance, and the seconds of a call starting now it pays for.
+    pub available_won: u64,
+    pub affordable_s: u32,
 }
 
 /// What `Shard::apply` returns: the reply, and whether the state changed (the server journals

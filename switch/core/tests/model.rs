@@ -37,7 +37,7 @@ use pinswitch_core::{
 };
 use pinswitch_core::shard::msg_type_of;
 use pinswitch_protocol::{
-    CardState, Field, NOTICE_ABORT, NOTICE_EXPIRED, NOTICE_LOW_BALANCE, NOTICE_REAUTHORIZE, OpStatus, PriceQuoteResult, ResultCode, op_id_at,
+    CardState, Field, NOTICE_ABORT, NOTICE_EXPIRED, NOTICE_LOW_BALANCE, NOTICE_REAUTHORIZE, OpStatus, ResultCode, op_id_at,
     session_digest,
 };
 
@@ -1725,8 +1725,8 @@ impl Reference {
     /// PRICE_QUOTE at `at` (never before the clock): the tariff's terms, the rate at that local
     /// time, what a call of `duration` seconds starting then and `units` events cost, and with
     /// a card, its available balance and (active) the seconds it buys, up to the largest grant.
-    fn quote(&self, at: Ms, pin: Option<PinHash>, category: u8, destination: u64, duration: u32, units: u32) -> PriceQuoteResult {
-        let refused = |code: ResultCode| PriceQuoteResult { code: code.as_u16(), ..PriceQuoteResult::default() };
+    fn quote(&self, at: Ms, pin: Option<PinHash>, category: u8, destination: u64, duration: u32, units: u32) -> pinswitch_core::Quote {
+        let refused = |code: ResultCode| pinswitch_core::Quote { code: code.as_u16(), ..Default::default() };
         if !(1..=6).contains(&category) {
             return refused(ResultCode::CategoryInvalid);
         }
@@ -1738,7 +1738,7 @@ impl Reference {
         };
         let at = at.max(self.clock);
         let start = self.local_second(at);
-        let mut quote = PriceQuoteResult {
+        let mut quote = pinswitch_core::Quote {
             code: ResultCode::Approved.as_u16(),
             tariff_id: tariff.tariff_id,
             connect_fee_won: tariff.connect_fee_won,

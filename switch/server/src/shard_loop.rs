@@ -52,7 +52,7 @@ pub enum ShardOutput {
     Converted(Applied, Option<ForeignCode>),
     Card(Option<CardView>),
     Op(OpView),
-    Quote(pinswitch_protocol::PriceQuoteResult),
+    Quote(pinswitch_core::Quote),
     /// Live sessions of the owner and their digest.
     AuditCount(u32, u128),
     /// The owner's live sessions before the close, and the ids closed.

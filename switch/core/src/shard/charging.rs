@@ -5,15 +5,15 @@
 
 use pinswitch_protocol::{
     CardState, Category, NOTICE_ABORT, NOTICE_EXPIRED, NOTICE_LOW_BALANCE, NOTICE_REAUTHORIZE, OpStatus,
-    PriceQuoteResult, ResultCode, session_digest,
+    ResultCode, session_digest,
 };
 
 use super::sessions::{Session, grant};
 use super::{Card, Outcome, Shard};
 use crate::config::Tariff;
 use crate::types::{
-    Body, FINAL_UNIT_NONE, FINAL_UNIT_TERMINATE, Ms, PasswordMac, PinHash, Reply, SessionGrant, SessionNoticeOut,
-    SessionOpen, destination_digits,
+    Body, FINAL_UNIT_NONE, FINAL_UNIT_TERMINATE, Ms, PasswordMac, PinHash, Quote, Reply, SessionGrant,
+    SessionNoticeOut, SessionOpen, destination_digits,
 };
 
 /// Most session notices waiting for the server to take them (`Shard::take_notices`); past it
@@ -99,8 +99,8 @@ impl Shard {
         destination: u64,
         duration_s: u32,
         units: u32,
-    ) -> PriceQuoteResult {
-        let refused = |code: ResultCode| PriceQuoteResult { code: code.as_u16(), ..PriceQuoteResult::default() };
+    ) -> Quote {
+        let refused = |code: ResultCode| Quote { code: code.as_u16(), ..Quote::default() };
         if Category::from_u8(category).is_none() {
             return refused(ResultCode::CategoryInvalid);
         }
@@ -113,7 +113,7 @@ impl Shard {
         };
         let now_ms = now_ms.max(self.now_ms);
         let local_start_s = self.local_s(now_ms);
-        let mut view = PriceQuoteResult {
+        let mut view = Quote {
             code: ResultCode::Approved.as_u16(),
             tariff_id: tariff.tariff_id,
             connect_fee_won: tariff.connect_fee_won,

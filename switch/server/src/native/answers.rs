@@ -5,9 +5,9 @@
 
 use pinswitch_core::{FINAL_UNIT_TERMINATE, Reply, SessionGrant};
 use pinswitch_protocol::{
-    self as protocol, BalanceResult, CardIssueResult, FINAL_UNIT_REDIRECT, FLAG_RESPONSE, ForeignConvertResult, FrameHeader,
-    HoldInfo, InquiryResult, MsgType, OpResult, OpStatus, PriceQuoteResult, ResultCode, SessionAuditResult, SessionResult,
-    VERSION, encode_frame,
+    self as protocol, BalanceResult, CardIssueResult, FINAL_UNIT_REDIRECT, FLAG_REPLAYED, FLAG_RESPONSE,
+    ForeignConvertResult, FrameHeader, HoldInfo, InquiryResult, MsgType, OpResult, OpStatus, PriceQuoteResult,
+    ResultCode, SessionAuditResult, SessionResult, VERSION, encode_frame,
 };
 
 use crate::config::SessionsSection;
@@ -57,7 +57,19 @@ pub(super) fn quote_code(code: ResultCode) -> PriceQuoteResult {
 
 pub(super) fn quote_result(output: ShardOutput) -> PriceQuoteResult {
     match output {
-        ShardOutput::Quote(quote) => quote,
+        ShardOutput::Quote(quote) => PriceQuoteResult {
+            code: quote.code,
+            tariff_id: quote.tariff_id,
+            connect_fee_won: quote.connect_fee_won,
+            rate_won: quote.rate_won,
+            increment_s: quote.increment_s,
+            first_increment_s: quote.first_increment_s,
+            event_won: quote.event_won,
+            duration_cost_won: quote.duration_cost_won,
+            event_cost_won: quote.event_cost_won,
+            available_won: quote.available_won,
+            affordable_s: quote.affordable_s,
+        },
         _ => quote_code(ResultCode::InternalError),
     }
 }
@@ -89,8 +101,18 @@ pub(super) fn audit_answer(directory: &SessionDirectory, audit: &protocol::Sessi
     answer
 }
 
+/// The wire result of an engine reply (the switch's answer to one event).
 pub(super) fn op_result(reply: &Reply) -> OpResult {
-    OpResult::from(reply)
+    OpResult {
+        code: reply.code,
+        flags: if reply.replayed { FLAG_REPLAYED } else { 0 },
+        field: reply.field,
+        approval_code: reply.approval_code,
+        amount_won: reply.amount_won,
+        balance_won: reply.balance_won,
+        available_won: reply.available_won,
+        hold_expires_at_ms: reply.hold_expires_at_ms,
+    }
 }
 
 pub(super) fn op_code(code: ResultCode) -> OpResult {
