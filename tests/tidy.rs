@@ -22,7 +22,6 @@ const LONG_FUNCTIONS: &[(&str, &str, usize)] = &[
     ("switch/server/src/runtime.rs", "run", 153),
     ("switch/server/src/conn.rs", "serve", 132),
     ("switch/core/src/config.rs", "validate", 132),
-    ("loadgen/src/report.rs", "to_text", 131),
     ("switch/core/src/shard/op_window.rs", "first_difference", 122),
 ];
 
