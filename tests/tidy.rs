@@ -18,7 +18,6 @@ const LONG_FUNCTIONS: &[(&str, &str, usize)] = &[
     ("switch/exporter/src/follower.rs", "apply_entry", 304),
     ("switch/server/src/cli/card.rs", "card", 193),
     ("switch/exporter/src/render.rs", "render", 192),
-    ("loadgen/src/svg.rs", "render", 156),
     ("switch/server/src/runtime.rs", "run", 153),
     ("switch/server/src/conn.rs", "serve", 132),
     ("switch/core/src/config.rs", "validate", 132),
