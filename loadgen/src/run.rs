@@ -1168,6 +1168,7 @@ impl Shared {
     }
 }
 
+/// One client per connection, each allowed the shape's frames in flight.
 async fn connect_clients(spec: &RunSpec, shape: &Shape) -> anyhow::Result<Vec<Client>> {
     let mut clients = Vec::with_capacity(shape.connections);
     for _ in 0..shape.connections {
@@ -1258,6 +1259,7 @@ struct Window {
 }
 
 impl Window {
+    /// The connections start 20 ms from now, the warm-up and the duration follow.
     fn from_now(spec: &RunSpec) -> Window {
         let start = Instant::now() + Duration::from_millis(20);
         let start_time = SystemTime::now() + Duration::from_millis(20);
@@ -1598,6 +1600,7 @@ fn window_seconds(measured: &Measured) -> f64 {
         .as_secs_f64()
 }
 
+/// The run as the report describes it: the spec, with the shape the switch allowed.
 fn run_config(spec: &RunSpec, shape: &Shape) -> RunConfig {
     RunConfig {
         address: spec.address.clone(),
