@@ -260,8 +260,40 @@ impl Report {
 
     /// The human summary printed at the end of a run.
     pub fn to_text(&self) -> String {
-        let config = &self.config;
         let mut out = String::new();
+        self.write_run_line(&mut out);
+        self.write_throughput(&mut out);
+        let _ = writeln!(
+            out,
+            "send lag us  p99 {}  max {}  (generator delay, included in latency)",
+            thousands(self.send_lag_p99_us),
+            thousands(self.send_lag_max_us)
+        );
+        if let Some(cpu) = self.cpu_text() {
+            let _ = writeln!(out, "cpu          {cpu}");
+        }
+        let results = named_counts(&self.results_by_code);
+        let _ = writeln!(
+            out,
+            "results      {}",
+            if results.is_empty() {
+                "none".into()
+            } else {
+                results.join("  ")
+            }
+        );
+        let _ = writeln!(out, "errors       {}", thousands(self.errors));
+        if let Some(calls) = &self.calls {
+            calls.write_text(&mut out);
+        }
+        self.write_shortfalls(&mut out);
+        let _ = writeln!(out, "validation   {}", self.validation_text());
+        out
+    }
+
+    /// The first line: what was run, against what, and how.
+    fn write_run_line(&self, out: &mut String) {
+        let config = &self.config;
         let rate = if config.rate_target_ops_per_s == 0 {
             "unthrottled".to_owned()
         } else {
@@ -284,6 +316,11 @@ impl Report {
             config.warmup_s,
             config.seed
         );
+    }
+
+    /// Operations, their rate and latency, and (with several message types, or calls) the same
+    /// per message type.
+    fn write_throughput(&self, out: &mut String) {
         let _ = writeln!(
             out,
             "ops          {} in {:.2} s = {} ops/s ({} frames)",
@@ -319,33 +356,11 @@ impl Report {
                 );
             }
         }
-        let _ = writeln!(
-            out,
-            "send lag us  p99 {}  max {}  (generator delay, included in latency)",
-            thousands(self.send_lag_p99_us),
-            thousands(self.send_lag_max_us)
-        );
-        if let Some(cpu) = self.cpu_text() {
-            let _ = writeln!(out, "cpu          {cpu}");
-        }
-        let results: Vec<String> = self
-            .results_by_code
-            .iter()
-            .map(|(name, count)| format!("{name} {}", thousands(*count)))
-            .collect();
-        let _ = writeln!(
-            out,
-            "results      {}",
-            if results.is_empty() {
-                "none".into()
-            } else {
-                results.join("  ")
-            }
-        );
-        let _ = writeln!(out, "errors       {}", thousands(self.errors));
-        if let Some(calls) = &self.calls {
-            calls.write_text(&mut out);
-        }
+    }
+
+    /// What went short of the plan, each line only when it happened: a rate not reached, the
+    /// network's losses, replies that contradict their request.
+    fn write_shortfalls(&self, out: &mut String) {
         if self.backlog_frames_at_end > 0 {
             let _ = writeln!(
                 out,
@@ -369,9 +384,13 @@ impl Report {
                 self.reply_anomalies
             );
         }
-        let validation = match (self.validated, self.mismatched_cards) {
+    }
+
+    /// The validation verdict, with the reasons of a failure.
+    fn validation_text(&self) -> String {
+        match (self.validated, self.mismatched_cards) {
             (None, _) => "not requested (--validate)".to_owned(),
-            (Some(true), _) => format!("OK: all {} cards match", thousands(config.cards)),
+            (Some(true), _) => format!("OK: all {} cards match", thousands(self.config.cards)),
             (Some(false), None) => "FAILED: the balances could not be read back".to_owned(),
             (Some(false), Some(mismatched)) => {
                 let mut reasons = vec![format!("{} mismatching cards", thousands(mismatched))];
@@ -386,9 +405,7 @@ impl Report {
                 }
                 format!("FAILED: {}", reasons.join(", "))
             }
-        };
-        let _ = writeln!(out, "validation   {validation}");
-        out
+        }
     }
 
     /// `loadgen 1.23 s (4.1 µs/op, 61 % of one core), switch 1.50 s (...)`; `None` when
@@ -444,11 +461,7 @@ impl CallsFigures {
             self.simulated_s,
             self.time_scale
         );
-        let ramp_errors: Vec<String> = self
-            .ramp_errors_by_code
-            .iter()
-            .map(|(name, count)| format!("{name} {}", thousands(*count)))
-            .collect();
+        let ramp_errors = named_counts(&self.ramp_errors_by_code);
         let _ = writeln!(
             out,
             "ramp         {} sessions started in {:.2} s ({}/s){}",
@@ -481,14 +494,21 @@ impl CallsFigures {
         };
         let _ = writeln!(out, "tariff       {tariff}");
         if !self.notices.is_empty() {
-            let notices: Vec<String> = self
-                .notices
-                .iter()
-                .map(|(name, count)| format!("{name} {}", thousands(*count)))
-                .collect();
-            let _ = writeln!(out, "notices      {}", notices.join("  "));
+            let _ = writeln!(
+                out,
+                "notices      {}",
+                named_counts(&self.notices).join("  ")
+            );
         }
     }
+}
+
+/// `NAME 1,234` for each name and its count, in name order.
+fn named_counts(counts: &BTreeMap<String, u64>) -> Vec<String> {
+    counts
+        .iter()
+        .map(|(name, count)| format!("{name} {}", thousands(*count)))
+        .collect()
 }
 
 /// `1234567` -> `1,234,567`.

@@ -30,7 +30,7 @@ use anyhow::{Context, bail};
 use hdrhistogram::Histogram;
 use hdrhistogram::serialization::interval_log::IntervalLogWriterBuilder;
 use hdrhistogram::serialization::{Deserializer, Serializer, V2DeflateSerializer};
-use pinswitch_protocol::{Client, ClientError, ClientOptions, OpResult, SessionNotice};
+use pinswitch_protocol::{Client, ClientError, ClientOptions, HelloReply, OpResult, SessionNotice};
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinSet;
 
@@ -725,6 +725,32 @@ fn session_rates(interval: &Interval, length_s: f64) -> std::collections::BTreeM
 }
 
 impl Collector {
+    /// A collector for the run's window; it keeps the intervals' histograms for the HdrHistogram
+    /// log when `hdr_log`, and follows the sessions live in a calls run (`calls_model`).
+    fn new(
+        window: &Window,
+        shared: &Shared,
+        connections: usize,
+        hdr_log: bool,
+        calls_model: Option<Arc<Model>>,
+    ) -> Collector {
+        Collector {
+            start: window.start,
+            end: window.end,
+            measure_from: window.measure_from,
+            last_at: window.start,
+            totals: Interval::default(),
+            timeline: Vec::new(),
+            hdr_intervals: hdr_log.then(Vec::new),
+            serializer: V2DeflateSerializer::new(),
+            down: shared.down.clone(),
+            draining: shared.draining.clone(),
+            connections,
+            calls_model,
+            live_range: None,
+        }
+    }
+
     fn collect(&mut self, stats: &[Arc<Mutex<Interval>>], now: Instant) {
         let mut merged = Interval::default();
         for interval in stats {
@@ -905,6 +931,90 @@ async fn ramp<F: Future<Output = FrameOutput> + Send + 'static>(
 /// Runs the workload against the cards in `cards_path`. Returns whether the run passed (always
 /// true without `--validate`).
 pub async fn run(spec: &RunSpec, cards_path: &Path, outputs: &RunOutputs) -> anyhow::Result<bool> {
+    check_spec(spec)?;
+    let mut cpu = CpuWindow::new(spec.server_pid)
+        .map_err(|error| anyhow::anyhow!("--server-pid: {error}"))?;
+    let mut file: CardsFile = cards::read(cards_path)?;
+    if file.cards.is_empty() {
+        bail!("{} holds no cards", cards_path.display());
+    }
+    let cards = Arc::new(std::mem::take(&mut file.cards));
+    let model = Arc::new(Model::new(
+        cards.iter().map(|card| card.expected_balance_won),
+    ));
+    let pending = std::mem::take(&mut file.pending);
+    let (hello, mut uncertain_ops) =
+        settle_before(spec, cards_path, &cards, &model, pending).await?;
+
+    // Connecting, and a calls run's ramp.
+    let shape = Shape::negotiate(spec, &hello, cards.len());
+    let shared = Shared::new(spec, &shape, &cards, &model);
+    let clients = connect_clients(spec, &shape).await?;
+    let mut connection_list = connections(spec, &shape, &shared, clients);
+    let calls = spec.workload.is_calls();
+    let ramp_s = if calls {
+        let ramped_at = Instant::now();
+        connection_list = ramp(connection_list).await?;
+        ramped_at.elapsed().as_secs_f64()
+    } else {
+        0.0
+    };
+
+    // The warm-up and the measured window (in open loop, paced by the pacer thread).
+    let window = Window::from_now(spec);
+    let tasks = start_connections(connection_list, &window);
+    let pacer = start_pacer(&shared, &window)?;
+    let mut collector = Collector::new(
+        &window,
+        &shared,
+        shape.connections,
+        outputs.hdr_log.is_some(),
+        calls.then(|| model.clone()),
+    );
+    let (summaries, stopped_at) =
+        await_connections(tasks, &mut collector, &shared, &window, &mut cpu).await?;
+    // Every connection ended before the window did (not normally: they run to its end).
+    cpu.finish();
+    shared.stop.store(true, Ordering::Relaxed);
+    if let Some(pacer) = pacer {
+        let _ = pacer.join();
+    }
+    let mut measured = Measured {
+        window,
+        ramp_s,
+        collector,
+        summaries,
+        stopped_at,
+    };
+
+    // Settle lost replies and leftover holds, then validate.
+    let settled = settle_after(spec, &cards, &model, &mut measured.summaries).await;
+    uncertain_ops.extend(settled.resolution.unresolved.iter().copied());
+    let (validated, mismatched_cards) = if spec.validate {
+        validate_after(&cards, &model, settled.pool.as_ref(), &uncertain_ops).await
+    } else {
+        (None, None)
+    };
+    if spec.write_back {
+        write_back(cards_path, file, &cards, &model, &uncertain_ops)?;
+    }
+
+    // Collecting the report.
+    let report = build_report(
+        spec,
+        &shape,
+        &measured,
+        &settled,
+        (validated, mismatched_cards),
+        &model,
+        cpu.figures(),
+    );
+    write_outputs(&report, outputs, &measured)?;
+    Ok(validated.unwrap_or(true))
+}
+
+/// Refuses a spec that cannot make a run.
+fn check_spec(spec: &RunSpec) -> anyhow::Result<()> {
     if spec.sale_min_won == 0 || spec.sale_max_won < spec.sale_min_won {
         bail!("--sale-min-won must be positive and at most --sale-max-won");
     }
@@ -922,24 +1032,24 @@ pub async fn run(spec: &RunSpec, cards_path: &Path, outputs: &RunOutputs) -> any
             bail!("--call-destination must be 1 to 15 digits");
         }
     }
-    let mut cpu = CpuWindow::new(spec.server_pid)
-        .map_err(|error| anyhow::anyhow!("--server-pid: {error}"))?;
-    let mut file: CardsFile = cards::read(cards_path)?;
-    if file.cards.is_empty() {
-        bail!("{} holds no cards", cards_path.display());
-    }
-    let cards = Arc::new(std::mem::take(&mut file.cards));
-    let model = Arc::new(Model::new(
-        cards.iter().map(|card| card.expected_balance_won),
-    ));
+    Ok(())
+}
 
-    // Settle what the file left open and, when validating, check the starting point.
+/// Settles what the file left open (operations with unknown outcomes, by INQUIRY) and, when
+/// validating, checks the starting point: every card as the file says, and the model given the
+/// holds the switch has. Returns the switch's HELLO and the operations still uncertain.
+async fn settle_before(
+    spec: &RunSpec,
+    cards_path: &Path,
+    cards: &[CardRecord],
+    model: &Model,
+    pending: Vec<Op>,
+) -> anyhow::Result<(HelloReply, Vec<Op>)> {
     let control = Pool::connect(&spec.address, 2, 4).await?;
     let hello = control.hello.clone();
-    let pending = std::mem::take(&mut file.pending);
     let mut uncertain_ops: Vec<Op> = Vec::new();
     if !pending.is_empty() {
-        let resolution = validate::resolve(&control, &cards, &model, pending).await?;
+        let resolution = validate::resolve(&control, cards, model, pending).await?;
         eprintln!(
             "run: the cards file listed operations with unknown outcomes: {} executed, {} not executed, {} unresolved",
             resolution.executed,
@@ -950,8 +1060,8 @@ pub async fn run(spec: &RunSpec, cards_path: &Path, outputs: &RunOutputs) -> any
     }
     if spec.validate {
         let skip = validate::uncertain_cards(cards.len(), &uncertain_ops);
-        let observed = validate::read_balances(&control, &cards).await?;
-        let mismatches = validate::compare(&cards, &observed, &skip, |card| {
+        let observed = validate::read_balances(&control, cards).await?;
+        let mismatches = validate::compare(cards, &observed, &skip, |card| {
             (model.balance_won(card), None)
         });
         if !mismatches.is_empty() {
@@ -969,71 +1079,138 @@ pub async fn run(spec: &RunSpec, cards_path: &Path, outputs: &RunOutputs) -> any
             );
         }
     }
-    drop(control);
+    Ok((hello, uncertain_ops))
+}
 
-    let batch = spec
-        .batch
-        .clamp(1, (hello.batch_events_max as usize).max(1));
-    let in_flight = spec
-        .in_flight
-        .clamp(1, (hello.in_flight_per_connection_max as usize).max(1));
-    let connections = spec.connections.max(1);
-    let hold_ttl_s = (spec.warmup_s + spec.duration_s + 300)
-        .clamp(60, u64::from(hello.hold_ttl_max_s.max(1))) as u32;
-    let params = WorkloadParams {
-        batch,
-        sale_min_won: spec.sale_min_won,
-        sale_max_won: spec.sale_max_won,
-        load_amount_won: spec.load_amount_won,
-        balance_cap_won: spec.balance_cap_won,
-        hold_ttl_s,
-    };
-    let picker = CardPicker::new(spec.dist, cards.len() as u32);
-    let options = ClientOptions {
-        in_flight_max: in_flight,
-        ..ClientOptions::default()
-    };
-    let mut clients = Vec::with_capacity(connections);
-    for _ in 0..connections {
+/// The run's shape: the spec's batch, frames in flight and connections within what the switch
+/// allows, and what every connection's generator is made from.
+struct Shape {
+    cards: usize,
+    batch: usize,
+    in_flight: usize,
+    connections: usize,
+    params: WorkloadParams,
+    picker: CardPicker,
+    options: ClientOptions,
+}
+
+impl Shape {
+    fn negotiate(spec: &RunSpec, hello: &HelloReply, cards: usize) -> Shape {
+        let batch = spec
+            .batch
+            .clamp(1, (hello.batch_events_max as usize).max(1));
+        let in_flight = spec
+            .in_flight
+            .clamp(1, (hello.in_flight_per_connection_max as usize).max(1));
+        let connections = spec.connections.max(1);
+        let hold_ttl_s = (spec.warmup_s + spec.duration_s + 300)
+            .clamp(60, u64::from(hello.hold_ttl_max_s.max(1))) as u32;
+        let params = WorkloadParams {
+            batch,
+            sale_min_won: spec.sale_min_won,
+            sale_max_won: spec.sale_max_won,
+            load_amount_won: spec.load_amount_won,
+            balance_cap_won: spec.balance_cap_won,
+            hold_ttl_s,
+        };
+        let picker = CardPicker::new(spec.dist, cards as u32);
+        let options = ClientOptions {
+            in_flight_max: in_flight,
+            ..ClientOptions::default()
+        };
+        Shape {
+            cards,
+            batch,
+            in_flight,
+            connections,
+            params,
+            picker,
+            options,
+        }
+    }
+}
+
+/// What the connections share with each other, the pacer and the collector: the cards and the
+/// model, the stop flag, the counts of connections down and draining, and per connection its
+/// schedule (open loop), its wake-up and its interval's statistics.
+struct Shared {
+    cards: Arc<Vec<CardRecord>>,
+    model: Arc<Model>,
+    stop: Arc<AtomicBool>,
+    down: Arc<AtomicUsize>,
+    draining: Arc<AtomicUsize>,
+    schedules: Option<Vec<Schedule>>,
+    wakes: Vec<Arc<Notify>>,
+    stats: Vec<Arc<Mutex<Interval>>>,
+}
+
+impl Shared {
+    fn new(
+        spec: &RunSpec,
+        shape: &Shape,
+        cards: &Arc<Vec<CardRecord>>,
+        model: &Arc<Model>,
+    ) -> Shared {
+        let connections = shape.connections;
+        Shared {
+            cards: cards.clone(),
+            model: model.clone(),
+            stop: Arc::new(AtomicBool::new(false)),
+            down: Arc::new(AtomicUsize::new(0)),
+            draining: Arc::new(AtomicUsize::new(0)),
+            schedules: (spec.rate_ops_per_s > 0)
+                .then(|| Schedule::for_rate(spec.rate_ops_per_s, shape.batch, connections)),
+            wakes: (0..connections).map(|_| Arc::new(Notify::new())).collect(),
+            stats: (0..connections)
+                .map(|_| Arc::new(Mutex::new(Interval::default())))
+                .collect(),
+        }
+    }
+}
+
+/// One client per connection, each allowed the shape's frames in flight.
+async fn connect_clients(spec: &RunSpec, shape: &Shape) -> anyhow::Result<Vec<Client>> {
+    let mut clients = Vec::with_capacity(shape.connections);
+    for _ in 0..shape.connections {
         clients.push(
-            Client::connect_with_options(&spec.address, options)
+            Client::connect_with_options(&spec.address, shape.options)
                 .await
                 .with_context(|| format!("connecting to {}", spec.address))?,
         );
     }
+    Ok(clients)
+}
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let down = Arc::new(AtomicUsize::new(0));
-    let draining = Arc::new(AtomicUsize::new(0));
-    let schedules: Option<Vec<Schedule>> = (spec.rate_ops_per_s > 0)
-        .then(|| Schedule::for_rate(spec.rate_ops_per_s, batch, connections));
-    let wakes: Vec<Arc<Notify>> = (0..connections).map(|_| Arc::new(Notify::new())).collect();
-    let stats: Vec<Arc<Mutex<Interval>>> = (0..connections)
-        .map(|_| Arc::new(Mutex::new(Interval::default())))
-        .collect();
+/// A connection per client, each with its own generator (a calls run's also listens for
+/// SESSION_NOTICE pushes); their times are set when the run starts.
+fn connections(
+    spec: &RunSpec,
+    shape: &Shape,
+    shared: &Shared,
+    clients: Vec<Client>,
+) -> Vec<Connection<impl Future<Output = FrameOutput> + Send + 'static>> {
     let calls = spec.workload.is_calls();
     let call_params = Arc::new(spec.calls.clone());
-
-    let mut connection_list = Vec::with_capacity(connections);
+    let mut connection_list = Vec::with_capacity(shape.connections);
     for (index, client) in clients.into_iter().enumerate() {
         let generator = if calls {
             Generator::for_calls(
-                params,
+                shape.params,
                 CallGen::new(
                     call_params.clone(),
-                    batch,
-                    picker.clone(),
+                    shape.batch,
+                    shape.picker.clone(),
                     spec.seed,
                     index as u64,
-                    connections as u64,
-                    &model,
+                    shape.connections as u64,
+                    &shared.model,
                 ),
             )
         } else {
             Generator::new(
                 &spec.workload,
-                params,
-                picker.clone(),
+                shape.params,
+                shape.picker.clone(),
                 spec.seed,
                 index as u64,
             )
@@ -1041,25 +1218,25 @@ pub async fn run(spec: &RunSpec, cards_path: &Path, outputs: &RunOutputs) -> any
         let notices = calls.then(|| client.notices());
         connection_list.push(Connection {
             address: spec.address.clone(),
-            options,
+            options: shape.options,
             client: Some(client),
             generation: 0,
             generator,
-            cards: cards.clone(),
-            model: model.clone(),
-            stats: stats[index].clone(),
-            schedule: schedules.as_ref().map(|schedules| schedules[index]),
-            // Set below, after the ramp.
+            cards: shared.cards.clone(),
+            model: shared.model.clone(),
+            stats: shared.stats[index].clone(),
+            schedule: shared.schedules.as_ref().map(|schedules| schedules[index]),
+            // Set by `start_connections`, after the ramp.
             start: Instant::now(),
             end: Instant::now(),
             measure_from: Instant::now(),
             sim_from_s: None,
             notices,
-            wake: wakes[index].clone(),
-            stop: stop.clone(),
-            down: down.clone(),
-            draining: draining.clone(),
-            in_flight_max: in_flight,
+            wake: shared.wakes[index].clone(),
+            stop: shared.stop.clone(),
+            down: shared.down.clone(),
+            draining: shared.draining.clone(),
+            in_flight_max: shape.in_flight,
             send: send_frame,
             tasks: FutureSet::default(),
             in_flight: Vec::new(),
@@ -1067,18 +1244,47 @@ pub async fn run(spec: &RunSpec, cards_path: &Path, outputs: &RunOutputs) -> any
             summary: ConnSummary::default(),
         });
     }
-    let ramp_s = if calls {
-        let ramped_at = Instant::now();
-        connection_list = ramp(connection_list).await?;
-        ramped_at.elapsed().as_secs_f64()
-    } else {
-        0.0
-    };
+    connection_list
+}
 
-    let start = Instant::now() + Duration::from_millis(20);
-    let start_time = SystemTime::now() + Duration::from_millis(20);
-    let measure_from = start + Duration::from_secs(spec.warmup_s);
-    let end = measure_from + Duration::from_secs(spec.duration_s);
+/// The run's times: the connections start at `start`, the warm-up ends at `measure_from`, the
+/// measured window at `end`.
+#[derive(Clone, Copy, Debug)]
+struct Window {
+    start: Instant,
+    /// `start` on the wall clock, for the HdrHistogram log.
+    start_time: SystemTime,
+    measure_from: Instant,
+    end: Instant,
+}
+
+impl Window {
+    /// The connections start 20 ms from now, the warm-up and the duration follow.
+    fn from_now(spec: &RunSpec) -> Window {
+        let start = Instant::now() + Duration::from_millis(20);
+        let start_time = SystemTime::now() + Duration::from_millis(20);
+        let measure_from = start + Duration::from_secs(spec.warmup_s);
+        let end = measure_from + Duration::from_secs(spec.duration_s);
+        Window {
+            start,
+            start_time,
+            measure_from,
+            end,
+        }
+    }
+}
+
+/// One task per connection, each starting at the window's start.
+fn start_connections<F: Future<Output = FrameOutput> + Send + 'static>(
+    connection_list: Vec<Connection<F>>,
+    window: &Window,
+) -> JoinSet<ConnSummary> {
+    let Window {
+        start,
+        measure_from,
+        end,
+        ..
+    } = *window;
     let mut tasks = JoinSet::new();
     for mut connection in connection_list {
         connection.start = start;
@@ -1089,43 +1295,48 @@ pub async fn run(spec: &RunSpec, cards_path: &Path, outputs: &RunOutputs) -> any
             connection.run().await
         });
     }
-    let pacer = schedules.clone().map(|schedules| {
-        let wakes = wakes.clone();
-        let stop = stop.clone();
-        let run_ns = end.duration_since(start).as_nanos() as u64;
+    tasks
+}
+
+/// The open-loop pacer's thread (`None` unthrottled): wakes each connection at its due times.
+fn start_pacer(
+    shared: &Shared,
+    window: &Window,
+) -> anyhow::Result<Option<std::thread::JoinHandle<()>>> {
+    let pacer = shared.schedules.clone().map(|schedules| {
+        let wakes = shared.wakes.clone();
+        let stop = shared.stop.clone();
+        let start = window.start;
+        let run_ns = window.end.duration_since(start).as_nanos() as u64;
         std::thread::Builder::new()
             .name("loadgen-pacer".into())
             .spawn(move || pace(start, run_ns, schedules, wakes, stop))
     });
-    let pacer = match pacer {
+    Ok(match pacer {
         Some(spawned) => Some(spawned.context("starting the pacer thread")?),
         None => None,
-    };
+    })
+}
 
-    let mut collector = Collector {
-        start,
-        end,
-        measure_from,
-        last_at: start,
-        totals: Interval::default(),
-        timeline: Vec::new(),
-        hdr_intervals: outputs.hdr_log.as_ref().map(|_| Vec::new()),
-        serializer: V2DeflateSerializer::new(),
-        down: down.clone(),
-        draining: draining.clone(),
-        connections,
-        calls_model: calls.then(|| model.clone()),
-        live_range: None,
-    };
+/// Waits out the warm-up and the measured window until every connection has ended: collects
+/// once a second, samples CPU time at the window's two ends, and on Ctrl-C stops the run.
+/// Returns the connections' summaries and when an interrupt stopped the run.
+async fn await_connections(
+    mut tasks: JoinSet<ConnSummary>,
+    collector: &mut Collector,
+    shared: &Shared,
+    window: &Window,
+    cpu: &mut CpuWindow,
+) -> anyhow::Result<(Vec<ConnSummary>, Option<Instant>)> {
     let mut ticker = tokio::time::interval_at(
-        (start + Duration::from_secs(1)).into(),
+        (window.start + Duration::from_secs(1)).into(),
         Duration::from_secs(1),
     );
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // CPU time is sampled at the two ends of the measured window: the end of the warmup and the
     // end of the duration (or the interrupt), so neither the warmup nor the drain counts.
-    let cpu_from = tokio::time::sleep_until(measure_from.into());
-    let cpu_to = tokio::time::sleep_until(end.into());
+    let cpu_from = tokio::time::sleep_until(window.measure_from.into());
+    let cpu_to = tokio::time::sleep_until(window.end.into());
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c, cpu_from, cpu_to);
     let mut stopping = false;
@@ -1133,7 +1344,7 @@ pub async fn run(spec: &RunSpec, cards_path: &Path, outputs: &RunOutputs) -> any
     let mut summaries: Vec<ConnSummary> = Vec::new();
     while !tasks.is_empty() {
         tokio::select! {
-            _ = ticker.tick() => collector.collect(&stats, Instant::now()),
+            _ = ticker.tick() => collector.collect(&shared.stats, Instant::now()),
             _ = &mut cpu_from, if !cpu.started() && !stopping => cpu.start(),
             _ = &mut cpu_to, if cpu.started() && !cpu.finished() => cpu.finish(),
             joined = tasks.join_next() => match joined {
@@ -1144,62 +1355,67 @@ pub async fn run(spec: &RunSpec, cards_path: &Path, outputs: &RunOutputs) -> any
             _ = &mut ctrl_c, if !stopping => {
                 stopping = true;
                 stopped_at = Some(Instant::now());
-                cpu.finish();
-                stop.store(true, Ordering::Relaxed);
-                for wake in &wakes {
-                    wake.notify_one();
-                }
-                eprintln!("run: interrupted; finishing frames in flight and reporting (Ctrl-C again quits at once)");
-                tokio::spawn(async {
-                    if tokio::signal::ctrl_c().await.is_ok() {
-                        eprintln!("run: interrupted again; quitting without a report or cards file update");
-                        std::process::exit(130);
-                    }
-                });
+                interrupt(shared, cpu);
             }
         }
     }
-    collector.collect(&stats, Instant::now());
-    // Every connection ended before the window did (not normally: they run to its end).
-    cpu.finish();
-    stop.store(true, Ordering::Relaxed);
-    if let Some(pacer) = pacer {
-        let _ = pacer.join();
-    }
+    collector.collect(&shared.stats, Instant::now());
+    Ok((summaries, stopped_at))
+}
 
-    // Settle lost replies and leftover holds, then validate.
+/// The first Ctrl-C: the CPU window ends, the pacer and the connections stop (the frames in
+/// flight finish), and a second Ctrl-C quits at once.
+fn interrupt(shared: &Shared, cpu: &mut CpuWindow) {
+    cpu.finish();
+    shared.stop.store(true, Ordering::Relaxed);
+    for wake in &shared.wakes {
+        wake.notify_one();
+    }
+    eprintln!(
+        "run: interrupted; finishing frames in flight and reporting (Ctrl-C again quits at once)"
+    );
+    tokio::spawn(async {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("run: interrupted again; quitting without a report or cards file update");
+            std::process::exit(130);
+        }
+    });
+}
+
+/// What the run measured: its times, the ramp's length, the collected figures, each
+/// connection's summary, and when an interrupt stopped it.
+struct Measured {
+    window: Window,
+    ramp_s: f64,
+    collector: Collector,
+    summaries: Vec<ConnSummary>,
+    stopped_at: Option<Instant>,
+}
+
+/// What settling after the window found.
+struct Settled {
+    /// Operations whose reply was lost.
+    unknown_count: u64,
+    resolution: Resolution,
+    /// Connected to the switch after the run; `None` when it is unreachable.
+    pool: Option<Pool>,
+}
+
+/// Resolves the operations whose reply was lost (INQUIRY) and voids the holds left pending
+/// (those the connections could not settle, and those the lost replies left).
+async fn settle_after(
+    spec: &RunSpec,
+    cards: &[CardRecord],
+    model: &Model,
+    summaries: &mut [ConnSummary],
+) -> Settled {
     let unknown = model.take_unknown();
     let unknown_count = unknown.len() as u64;
     let mut leftover_holds: Vec<Op> = summaries
         .iter_mut()
         .flat_map(|summary| std::mem::take(&mut summary.leftover_holds))
         .collect();
-    let after = Pool::connect(&spec.address, 2, 4).await;
-    let (resolution, after) = match after {
-        Ok(pool) => match validate::resolve(&pool, &cards, &model, unknown.clone()).await {
-            Ok(resolution) => (resolution, Some(pool)),
-            Err(error) => {
-                eprintln!("run: could not resolve lost replies: {error:#}");
-                (
-                    Resolution {
-                        unresolved: unknown,
-                        ..Resolution::default()
-                    },
-                    None,
-                )
-            }
-        },
-        Err(error) => {
-            eprintln!("run: could not reconnect after the run: {error:#}");
-            (
-                Resolution {
-                    unresolved: unknown,
-                    ..Resolution::default()
-                },
-                None,
-            )
-        }
-    };
+    let (resolution, pool) = resolve_lost(spec, cards, model, unknown).await;
     if unknown_count > 0 {
         eprintln!(
             "run: {unknown_count} operations lost their reply: {} executed, {} not executed, {} unresolved",
@@ -1209,140 +1425,124 @@ pub async fn run(spec: &RunSpec, cards_path: &Path, outputs: &RunOutputs) -> any
         );
     }
     leftover_holds.extend(resolution.holds_pending.iter().copied());
-    if let Some(pool) = &after {
+    if let Some(pool) = &pool {
         if !leftover_holds.is_empty() {
-            match validate::void_holds(pool, &cards, &model, leftover_holds).await {
+            match validate::void_holds(pool, cards, model, leftover_holds).await {
                 Ok(voided) => eprintln!("run: voided {voided} holds left pending"),
                 Err(error) => eprintln!("run: could not void holds left pending: {error:#}"),
             }
         }
     }
-    uncertain_ops.extend(resolution.unresolved.iter().copied());
+    Settled {
+        unknown_count,
+        resolution,
+        pool,
+    }
+}
 
-    let mut validated = None;
-    let mut mismatched_cards = None;
-    if spec.validate {
-        let outcome = match &after {
-            Some(pool) => validate::read_balances(pool, &cards).await,
-            None => Err(anyhow::anyhow!("the switch is unreachable")),
-        };
-        match outcome {
-            Ok(observed) => {
-                let skip = validate::uncertain_cards(cards.len(), &uncertain_ops);
-                let mismatches = validate::compare(&cards, &observed, &skip, |card| {
-                    (model.balance_won(card), Some(model.held_won(card)))
-                });
-                validate::print_mismatches(&mismatches, MISMATCHES_SHOWN_MAX);
-                for anomaly in model.anomaly_examples() {
-                    eprintln!("ANOMALY {anomaly}");
-                }
-                mismatched_cards = Some(mismatches.len() as u64);
-                validated = Some(
-                    mismatches.is_empty() && uncertain_ops.is_empty() && model.anomalies() == 0,
-                );
-            }
-            Err(error) => {
-                eprintln!("run: could not read balances back: {error:#}");
-                validated = Some(false);
-            }
+/// Reconnects and resolves `unknown` by INQUIRY; when either fails, all of it stays unresolved
+/// and no pool is returned.
+async fn resolve_lost(
+    spec: &RunSpec,
+    cards: &[CardRecord],
+    model: &Model,
+    unknown: Vec<Op>,
+) -> (Resolution, Option<Pool>) {
+    let unresolved = |unknown: Vec<Op>| Resolution {
+        unresolved: unknown,
+        ..Resolution::default()
+    };
+    let pool = match Pool::connect(&spec.address, 2, 4).await {
+        Ok(pool) => pool,
+        Err(error) => {
+            eprintln!("run: could not reconnect after the run: {error:#}");
+            return (unresolved(unknown), None);
+        }
+    };
+    match validate::resolve(&pool, cards, model, unknown.clone()).await {
+        Ok(resolution) => (resolution, Some(pool)),
+        Err(error) => {
+            eprintln!("run: could not resolve lost replies: {error:#}");
+            (unresolved(unknown), None)
         }
     }
+}
 
-    if spec.write_back {
-        file.cards = cards
-            .iter()
-            .enumerate()
-            .map(|(index, card)| CardRecord {
-                expected_balance_won: model.balance_won(index as u32),
-                ..*card
-            })
-            .collect();
-        file.pending = uncertain_ops.clone();
-        cards::write(cards_path, &file)?;
+/// `--validate` after the run: every card read back and compared with the model (balance and
+/// held amount), cards with uncertain operations aside. Returns (validated, mismatched cards).
+async fn validate_after(
+    cards: &[CardRecord],
+    model: &Model,
+    pool: Option<&Pool>,
+    uncertain_ops: &[Op],
+) -> (Option<bool>, Option<u64>) {
+    let outcome = match pool {
+        Some(pool) => validate::read_balances(pool, cards).await,
+        None => Err(anyhow::anyhow!("the switch is unreachable")),
+    };
+    match outcome {
+        Ok(observed) => {
+            let skip = validate::uncertain_cards(cards.len(), uncertain_ops);
+            let mismatches = validate::compare(cards, &observed, &skip, |card| {
+                (model.balance_won(card), Some(model.held_won(card)))
+            });
+            validate::print_mismatches(&mismatches, MISMATCHES_SHOWN_MAX);
+            for anomaly in model.anomaly_examples() {
+                eprintln!("ANOMALY {anomaly}");
+            }
+            let validated =
+                mismatches.is_empty() && uncertain_ops.is_empty() && model.anomalies() == 0;
+            (Some(validated), Some(mismatches.len() as u64))
+        }
+        Err(error) => {
+            eprintln!("run: could not read balances back: {error:#}");
+            (Some(false), None)
+        }
     }
+}
 
-    let totals = &collector.totals;
-    // The measured window runs to the end of the schedule (or the interrupt), or to the last
-    // measured reply if that came later; a switch that stopped answering does not shorten it.
-    let window_end = stopped_at.unwrap_or(end).min(end);
-    let window_end = totals
-        .last_completion
-        .map_or(window_end, |last| last.max(window_end));
-    let seconds = window_end
-        .saturating_duration_since(measure_from)
-        .as_secs_f64();
+/// Writes the cards file back with the model's balances and the operations still uncertain.
+fn write_back(
+    cards_path: &Path,
+    mut file: CardsFile,
+    cards: &[CardRecord],
+    model: &Model,
+    uncertain_ops: &[Op],
+) -> anyhow::Result<()> {
+    file.cards = cards
+        .iter()
+        .enumerate()
+        .map(|(index, card)| CardRecord {
+            expected_balance_won: model.balance_won(index as u32),
+            ..*card
+        })
+        .collect();
+    file.pending = uncertain_ops.to_vec();
+    cards::write(cards_path, &file)
+}
+
+/// The report of the run: figures over the measured window, and what settling and validating
+/// found.
+fn build_report(
+    spec: &RunSpec,
+    shape: &Shape,
+    measured: &Measured,
+    settled: &Settled,
+    (validated, mismatched_cards): (Option<bool>, Option<u64>),
+    model: &Model,
+    cpu: CpuFigures,
+) -> Report {
+    let totals = &measured.collector.totals;
+    let summaries = &measured.summaries;
+    let seconds = window_seconds(measured);
     let figures = latency_figures(&totals.latency_us);
     let lag = latency_figures(&totals.send_lag_us);
-    let cpu = cpu.figures();
-    let calls_figures = calls.then(|| {
-        let per_s = |count: u64| {
-            if seconds > 0.0 {
-                count as f64 / seconds
-            } else {
-                0.0
-            }
-        };
-        let mut ramp = Interval::default();
-        let mut counters = CallCounters::default();
-        for summary in &summaries {
-            ramp.merge(&summary.ramp);
-            counters.merge(&summary.calls);
-        }
-        let ramp_started = ramp.ok_of("SESSION_START");
-        let simulated_s = summaries
-            .iter()
-            .map(|summary| summary.simulated_s)
-            .sum::<f64>()
-            / summaries.len().max(1) as f64;
-        let (live_min, live_max) = collector.live_range.unwrap_or((0, 0));
-        let notice_names = ["OTHER", "REAUTHORIZE", "ABORT", "LOW_BALANCE", "EXPIRED"];
-        CallsFigures {
-            concurrent_calls: spec.calls.calls,
-            update_interval_s: spec.calls.update_interval_s,
-            call_length: spec.calls.length.to_string(),
-            destination: String::from_utf8_lossy(&spec.calls.destination).into_owned(),
-            ramp_s,
-            ramp_sessions_started: ramp_started,
-            ramp_starts_per_s: ramp_started as f64 / ramp_s.max(1e-9),
-            ramp_errors_by_code: ramp.counts_by_name(true),
-            sessions_started: totals.ok_of("SESSION_START"),
-            sessions_started_per_s: per_s(totals.ok_of("SESSION_START")),
-            updates: totals.ok_of("SESSION_UPDATE"),
-            updates_per_s: per_s(totals.ok_of("SESSION_UPDATE")),
-            ends: totals.ok_of("SESSION_END"),
-            ends_per_s: per_s(totals.ok_of("SESSION_END")),
-            live_min,
-            live_max,
-            simulated_s,
-            time_scale: simulated_s / seconds.max(1e-9),
-            drained_ends: summaries.iter().map(|summary| summary.drained_ops).sum(),
-            left_live: model.calls_live(),
-            tariff: spec.calls.tariff.map(|tariff| tariff.to_string()),
-            calls_checked: counters.tariff_checked,
-            tariff_mismatches: counters.tariff_mismatches,
-            notices: notice_names
-                .iter()
-                .zip(counters.notices)
-                .filter(|(_, count)| *count > 0)
-                .map(|(name, count)| ((*name).to_owned(), count))
-                .collect(),
-        }
-    });
-    let report = Report {
-        config: RunConfig {
-            address: spec.address.clone(),
-            workload: spec.workload.to_string(),
-            dist: spec.dist.to_string(),
-            cards: cards.len() as u64,
-            connections: connections as u64,
-            in_flight: in_flight as u64,
-            batch: batch as u64,
-            rate_target_ops_per_s: spec.rate_ops_per_s,
-            duration_s: spec.duration_s,
-            warmup_s: spec.warmup_s,
-            seed: spec.seed,
-            threads: spec.threads as u64,
-        },
+    let calls_figures = spec
+        .workload
+        .is_calls()
+        .then(|| calls_figures(spec, measured, seconds, model));
+    Report {
+        config: run_config(spec, shape),
         ops: totals.ops,
         frames: totals.frames,
         seconds,
@@ -1370,29 +1570,129 @@ pub async fn run(spec: &RunSpec, cards_path: &Path, outputs: &RunOutputs) -> any
         results_by_code: totals.counts_by_name(false),
         backlog_frames_at_end: summaries.iter().map(|summary| summary.backlog_frames).sum(),
         reconnects: summaries.iter().map(|summary| summary.reconnects).sum(),
-        unknown_ops: unknown_count,
-        unresolved_ops: resolution.unresolved.len() as u64,
+        unknown_ops: settled.unknown_count,
+        unresolved_ops: settled.resolution.unresolved.len() as u64,
         reply_anomalies: model.anomalies(),
         validated,
         mismatched_cards,
         percentiles: figures.percentiles,
-        timeline: collector.timeline.clone(),
+        timeline: measured.collector.timeline.clone(),
         by_message: message_figures(&totals.by_message, seconds),
         calls: calls_figures,
+    }
+}
+
+/// The length of the measured window, in seconds.
+fn window_seconds(measured: &Measured) -> f64 {
+    let Window {
+        measure_from, end, ..
+    } = measured.window;
+    // The measured window runs to the end of the schedule (or the interrupt), or to the last
+    // measured reply if that came later; a switch that stopped answering does not shorten it.
+    let window_end = measured.stopped_at.unwrap_or(end).min(end);
+    let window_end = measured
+        .collector
+        .totals
+        .last_completion
+        .map_or(window_end, |last| last.max(window_end));
+    window_end
+        .saturating_duration_since(measure_from)
+        .as_secs_f64()
+}
+
+/// The run as the report describes it: the spec, with the shape the switch allowed.
+fn run_config(spec: &RunSpec, shape: &Shape) -> RunConfig {
+    RunConfig {
+        address: spec.address.clone(),
+        workload: spec.workload.to_string(),
+        dist: spec.dist.to_string(),
+        cards: shape.cards as u64,
+        connections: shape.connections as u64,
+        in_flight: shape.in_flight as u64,
+        batch: shape.batch as u64,
+        rate_target_ops_per_s: spec.rate_ops_per_s,
+        duration_s: spec.duration_s,
+        warmup_s: spec.warmup_s,
+        seed: spec.seed,
+        threads: spec.threads as u64,
+    }
+}
+
+/// A calls run's figures: the ramp, the sessions' rates over the window, the calls left after
+/// it, and the tariff check.
+fn calls_figures(spec: &RunSpec, measured: &Measured, seconds: f64, model: &Model) -> CallsFigures {
+    let totals = &measured.collector.totals;
+    let summaries = &measured.summaries;
+    let ramp_s = measured.ramp_s;
+    let per_s = |count: u64| {
+        if seconds > 0.0 {
+            count as f64 / seconds
+        } else {
+            0.0
+        }
     };
+    let mut ramp = Interval::default();
+    let mut counters = CallCounters::default();
+    for summary in summaries {
+        ramp.merge(&summary.ramp);
+        counters.merge(&summary.calls);
+    }
+    let ramp_started = ramp.ok_of("SESSION_START");
+    let simulated_s = summaries
+        .iter()
+        .map(|summary| summary.simulated_s)
+        .sum::<f64>()
+        / summaries.len().max(1) as f64;
+    let (live_min, live_max) = measured.collector.live_range.unwrap_or((0, 0));
+    let notice_names = ["OTHER", "REAUTHORIZE", "ABORT", "LOW_BALANCE", "EXPIRED"];
+    CallsFigures {
+        concurrent_calls: spec.calls.calls,
+        update_interval_s: spec.calls.update_interval_s,
+        call_length: spec.calls.length.to_string(),
+        destination: String::from_utf8_lossy(&spec.calls.destination).into_owned(),
+        ramp_s,
+        ramp_sessions_started: ramp_started,
+        ramp_starts_per_s: ramp_started as f64 / ramp_s.max(1e-9),
+        ramp_errors_by_code: ramp.counts_by_name(true),
+        sessions_started: totals.ok_of("SESSION_START"),
+        sessions_started_per_s: per_s(totals.ok_of("SESSION_START")),
+        updates: totals.ok_of("SESSION_UPDATE"),
+        updates_per_s: per_s(totals.ok_of("SESSION_UPDATE")),
+        ends: totals.ok_of("SESSION_END"),
+        ends_per_s: per_s(totals.ok_of("SESSION_END")),
+        live_min,
+        live_max,
+        simulated_s,
+        time_scale: simulated_s / seconds.max(1e-9),
+        drained_ends: summaries.iter().map(|summary| summary.drained_ops).sum(),
+        left_live: model.calls_live(),
+        tariff: spec.calls.tariff.map(|tariff| tariff.to_string()),
+        calls_checked: counters.tariff_checked,
+        tariff_mismatches: counters.tariff_mismatches,
+        notices: notice_names
+            .iter()
+            .zip(counters.notices)
+            .filter(|(_, count)| *count > 0)
+            .map(|(name, count)| ((*name).to_owned(), count))
+            .collect(),
+    }
+}
+
+/// Prints the report and writes the outputs asked for: JSON, the HdrHistogram log, the SVG.
+fn write_outputs(report: &Report, outputs: &RunOutputs, measured: &Measured) -> anyhow::Result<()> {
     print!("{}", report.to_text());
     if let Some(path) = &outputs.report_json {
         std::fs::write(path, report.to_json())
             .with_context(|| format!("writing {}", path.display()))?;
     }
-    if let (Some(path), Some(intervals)) = (&outputs.hdr_log, &collector.hdr_intervals) {
-        write_hdr_log(path, start_time, intervals)?;
+    if let (Some(path), Some(intervals)) = (&outputs.hdr_log, &measured.collector.hdr_intervals) {
+        write_hdr_log(path, measured.window.start_time, intervals)?;
     }
     if let Some(path) = &outputs.svg {
         std::fs::write(path, crate::svg::render(&report))
             .with_context(|| format!("writing {}", path.display()))?;
     }
-    Ok(validated.unwrap_or(true))
+    Ok(())
 }
 
 #[cfg(test)]

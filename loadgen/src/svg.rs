@@ -162,7 +162,6 @@ fn percentile_position(percentile: f64) -> f64 {
 
 /// Renders the report's charts.
 pub fn render(report: &Report) -> String {
-    let config = &report.config;
     let height = TOP + 3.0 * (PANEL_HEIGHT + PANEL_GAP) + 10.0;
     let mut out = String::new();
     let _ = writeln!(
@@ -173,6 +172,16 @@ pub fn render(report: &Report) -> String {
         out,
         r#"<rect x="0" y="0" width="{WIDTH}" height="{height}" fill="white"/>"#
     );
+    write_heading(&mut out, report);
+    draw_panel(&mut out, &percentile_panel(report));
+    draw_timeline_panels(&mut out, report);
+    out.push_str("</svg>\n");
+    out
+}
+
+/// The title (what was run) and the subtitle (what it achieved).
+fn write_heading(out: &mut String, report: &Report) {
+    let config = &report.config;
     let rate = if config.rate_target_ops_per_s == 0 {
         "unthrottled".to_owned()
     } else {
@@ -203,7 +212,10 @@ pub fn render(report: &Report) -> String {
         r#"<text x="20" y="46" font-size="13">{}</text>"#,
         escape(&subtitle)
     );
+}
 
+/// The first panel: the latency curve by percentile.
+fn percentile_panel(report: &Report) -> Panel<'static> {
     let curve = Series {
         label: "latency".into(),
         color: "#1f77b4",
@@ -236,18 +248,19 @@ pub fn render(report: &Report) -> String {
         )
     })
     .collect();
-    draw_panel(
-        &mut out,
-        &Panel {
-            top: TOP + 20.0,
-            title: "Latency by percentile",
-            y_label: "latency (us)",
-            x_ticks: percentile_ticks,
-            x_label: "percentile",
-            series: vec![curve],
-        },
-    );
+    Panel {
+        top: TOP + 20.0,
+        title: "Latency by percentile",
+        y_label: "latency (us)",
+        x_ticks: percentile_ticks,
+        x_label: "percentile",
+        series: vec![curve],
+    }
+}
 
+/// The second and third panels, over the run's seconds: throughput (and errors), then p50 and
+/// p99.
+fn draw_timeline_panels(out: &mut String, report: &Report) {
     let last_second = report
         .timeline
         .last()
@@ -271,7 +284,7 @@ pub fn render(report: &Report) -> String {
     };
     let top = TOP + 20.0 + PANEL_HEIGHT + PANEL_GAP;
     draw_panel(
-        &mut out,
+        out,
         &Panel {
             top,
             title: "Throughput per second",
@@ -293,7 +306,7 @@ pub fn render(report: &Report) -> String {
         },
     );
     draw_panel(
-        &mut out,
+        out,
         &Panel {
             top: top + PANEL_HEIGHT + PANEL_GAP,
             title: "Latency per second",
@@ -314,8 +327,6 @@ pub fn render(report: &Report) -> String {
             ],
         },
     );
-    out.push_str("</svg>\n");
-    out
 }
 
 #[cfg(test)]

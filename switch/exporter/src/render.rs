@@ -10,7 +10,7 @@ use rkyv::{Archive, Deserialize, Serialize};
 use crate::calendar::{self, Cutoff, Day};
 use crate::config::ExportConfig;
 use crate::facts::{ChannelSaleLine, ForeignLine, PeriodFacts, RECORD_KINDS};
-use crate::ledger::Ledger;
+use crate::ledger::{Ledger, TrialBalance};
 use crate::xml::XmlWriter;
 
 /// A period as it is kept once closed (and as a provisional render sees an open one).
@@ -89,17 +89,61 @@ pub struct Transfer {
 
 /// Every file of a period: (file name, contents).
 pub fn render(period: &ClosedPeriod, provisional: bool, cutoff: Cutoff, config: &ExportConfig) -> Vec<(String, String)> {
-    let date = calendar::date_string(period.day);
-    let compact_date = date.replace('-', "");
+    let compact_date = calendar::date_string(period.day).replace('-', "");
     let statements = period.statements();
     let facts = &period.facts;
     let mut files = Vec::new();
 
-    let mut statement_csv = String::from("statement_id,merchant_id,period_from,period_to,sales_count,gross_won,refunds_count,refunds_won,commission_rate_per_mille,commission_won,net_won,carried_in_won,payout_won,carried_forward_won,payout_account\n");
     let from = cutoff.local_date_time(cutoff.start_ms(period.day));
     let to = cutoff.local_date_time(cutoff.end_ms(period.day));
+    let (statement_csv, merchant_transfers) = merchant_statements(&statements, &from, &to, &compact_date, config);
+    files.push(("statements.csv".to_string(), statement_csv));
+    files.push(("statement-lines.csv".to_string(), statement_lines_csv(facts, cutoff)));
+
+    let execution_day = period.day + i64::from(config.payout_delay_days);
+    let created = cutoff.local_date_time(cutoff.end_ms(period.day));
+    files.extend(payout_files("payouts-merchants", &format!("PSW-M-{compact_date}"), &created, execution_day, config, &merchant_transfers));
+    let refund_transfers = refund_transfers(facts);
+    files.extend(payout_files("payouts-refunds", &format!("PSW-R-{compact_date}"), &created, execution_day, config, &refund_transfers));
+
+    files.push(("breakage.csv".to_string(), breakage_csv(facts, cutoff)));
+    let (sales_csv, channels) = channel_sales_csv(facts, cutoff);
+    files.push(("channel-sales.csv".to_string(), sales_csv));
+    files.push(("channel-summary.csv".to_string(), channel_summary_csv(&channels)));
+
+    let partners = foreign_settlements(&facts.foreign);
+    files.extend(foreign_files(period.day, cutoff, &facts.foreign, &partners));
+
+    files.push(("retention.csv".to_string(), retention_csv(facts, cutoff)));
+    let trial = period.ledger_after.trial_balance();
+    files.push(("trial-balance.csv".to_string(), trial_balance_csv(period, &trial)));
+
+    let figures = PeriodFigures {
+        from: &from,
+        to: &to,
+        statements: &statements,
+        merchant_transfers: &merchant_transfers,
+        refund_transfers: &refund_transfers,
+        channels: &channels,
+        partners: &partners,
+        trial: &trial,
+    };
+    files.push(("summary.txt".to_string(), summary_txt(period, provisional, &figures)));
+    files
+}
+
+/// `statements.csv`, one row per merchant (statement id `SET-{merchant}-{YYYYMMDD}`) and a
+/// `TRAILER`, and the transfers that pay the merchants owed something.
+fn merchant_statements(
+    statements: &BTreeMap<u64, Statement>,
+    from: &str,
+    to: &str,
+    compact_date: &str,
+    config: &ExportConfig,
+) -> (String, Vec<Transfer>) {
+    let mut statement_csv = String::from("statement_id,merchant_id,period_from,period_to,sales_count,gross_won,refunds_count,refunds_won,commission_rate_per_mille,commission_won,net_won,carried_in_won,payout_won,carried_forward_won,payout_account\n");
     let mut merchant_transfers = Vec::new();
-    for (merchant_id, statement) in &statements {
+    for (merchant_id, statement) in statements {
         let rate = statement.rate_per_mille.map_or_else(|| "mixed".to_string(), |rate| rate.to_string());
         let account = config.merchant_account(*merchant_id);
         let statement_id = format!("SET-{merchant_id}-{compact_date}");
@@ -142,8 +186,12 @@ pub fn render(period: &ClosedPeriod, provisional: bool, cutoff: Cutoff, config: 
         total(|s| s.payout_won),
         total(|s| s.carry_out_won)
     );
-    files.push(("statements.csv".to_string(), statement_csv));
+    (statement_csv, merchant_transfers)
+}
 
+/// `statement-lines.csv`: every merchant line with how long its record is kept, and a `TRAILER`
+/// (amounts net of refunds).
+fn statement_lines_csv(facts: &PeriodFacts, cutoff: Cutoff) -> String {
     let mut lines_csv = String::from("time,shard,seq,op_id,payment_op_id,merchant_id,kind,category,card,amount_won,commission_won,retain_years\n");
     let retention: BTreeMap<(u16, u64), u8> = facts.retention.iter().map(|line| ((line.origin.shard, line.origin.seq), line.years)).collect();
     for line in &facts.merchant {
@@ -165,13 +213,12 @@ pub fn render(period: &ClosedPeriod, provisional: bool, cutoff: Cutoff, config: 
         );
     }
     let _ = writeln!(lines_csv, "TRAILER,{},,,,,,,,{},{},", facts.merchant.len(), facts.merchant.iter().map(|l| i128::from(l.amount_won) * if l.kind.is_debit() { 1 } else { -1 }).sum::<i128>(), facts.merchant.iter().map(|l| i128::from(l.commission_won)).sum::<i128>());
-    files.push(("statement-lines.csv".to_string(), lines_csv));
+    lines_csv
+}
 
-    let execution_day = period.day + i64::from(config.payout_delay_days);
-    let created = cutoff.local_date_time(cutoff.end_ms(period.day));
-    files.extend(payout_files("payouts-merchants", &format!("PSW-M-{compact_date}"), &created, execution_day, config, &merchant_transfers));
-
-    let refund_transfers: Vec<Transfer> = facts
+/// The balance refunds to pay card holders (end-to-end id `PSW-R-{shard}-{seq}`).
+fn refund_transfers(facts: &PeriodFacts) -> Vec<Transfer> {
+    facts
         .payouts
         .iter()
         .map(|line| Transfer {
@@ -181,33 +228,42 @@ pub fn render(period: &ClosedPeriod, provisional: bool, cutoff: Cutoff, config: 
             creditor_account: format!("ACCOUNT-REF-{}", line.account_ref),
             remittance: if line.after_close { "Pinswitch reversal after balance refund".into() } else { "Pinswitch balance refund".into() },
         })
-        .collect();
-    files.extend(payout_files("payouts-refunds", &format!("PSW-R-{compact_date}"), &created, execution_day, config, &refund_transfers));
+        .collect()
+}
 
+/// `breakage.csv`: value left on expired cards (and reversals after expiry), with a `TRAILER`.
+fn breakage_csv(facts: &PeriodFacts, cutoff: Cutoff) -> String {
     let mut breakage_csv = String::from("time,shard,seq,op_id,card,face_value_won,amount_won,cause\n");
     for line in &facts.breakage {
         let cause = if line.after_expiry { "reversal-after-expiry" } else { "expiry" };
         let _ = writeln!(breakage_csv, "{},{},{},{:032x},{:032x},{},{},{cause}", cutoff.local_date_time(line.origin.time_ms as i64), line.origin.shard, line.origin.seq, line.origin.op_id, line.card, line.face_value_won, line.amount_won);
     }
     let _ = writeln!(breakage_csv, "TRAILER,{},,,,,{},", facts.breakage.len(), facts.breakage.iter().map(|l| u128::from(l.amount_won)).sum::<u128>());
-    files.push(("breakage.csv".to_string(), breakage_csv));
+    breakage_csv
+}
 
+/// `channel-sales.csv`, every card sold by a channel, and the tallies per channel.
+fn channel_sales_csv(facts: &PeriodFacts, cutoff: Cutoff) -> (String, BTreeMap<u32, ChannelTally>) {
     let mut sales_csv = format!("{CHANNEL_SALE_COLUMNS}\n");
     let mut channels: BTreeMap<u32, ChannelTally> = BTreeMap::new();
     for line in &facts.channel_sales {
         let _ = writeln!(sales_csv, "{}", channel_sale_row(cutoff, line));
         tally_sale(&mut channels, line);
     }
-    files.push(("channel-sales.csv".to_string(), sales_csv));
+    (sales_csv, channels)
+}
+
+/// `channel-summary.csv`: per channel the cards sold, their value and what the channel owes.
+fn channel_summary_csv(channels: &BTreeMap<u32, ChannelTally>) -> String {
     let mut channel_csv = String::from("channel_id,cards_sold,face_value_won,gross_won,commission_won,net_receivable_won\n");
-    for (channel_id, (count, face, gross, commission)) in &channels {
+    for (channel_id, (count, face, gross, commission)) in channels {
         let _ = writeln!(channel_csv, "{channel_id},{count},{face},{gross},{commission},{}", gross - commission);
     }
-    files.push(("channel-summary.csv".to_string(), channel_csv));
+    channel_csv
+}
 
-    let partners = foreign_settlements(&facts.foreign);
-    files.extend(foreign_files(period.day, cutoff, &facts.foreign, &partners));
-
+/// `retention.csv`: every record and the date until which it is kept.
+fn retention_csv(facts: &PeriodFacts, cutoff: Cutoff) -> String {
     let mut retention_csv = String::from("shard,seq,op_id,time,kind,result_code,amount_won,retain_years,retain_until\n");
     for line in &facts.retention {
         let record_day = cutoff.period_of(line.origin.time_ms);
@@ -215,8 +271,13 @@ pub fn render(period: &ClosedPeriod, provisional: bool, cutoff: Cutoff, config: 
         let kind = RECORD_KINDS.get(usize::from(line.kind)).copied().unwrap_or("unknown");
         let _ = writeln!(retention_csv, "{},{},{:032x},{},{kind},{},{},{},{until}", line.origin.shard, line.origin.seq, line.origin.op_id, cutoff.local_date_time(line.origin.time_ms as i64), line.code, line.amount_won, line.years);
     }
-    files.push(("retention.csv".to_string(), retention_csv));
+    retention_csv
+}
 
+/// `trial-balance.csv`: per account the period's movements and the closing balance, and a
+/// `TOTAL` that says whether the ledger balances.
+fn trial_balance_csv(period: &ClosedPeriod, trial: &TrialBalance) -> String {
+    let facts = &period.facts;
     let mut trial_csv = String::from("account,period_debits_won,period_credits_won,closing_debits_won,closing_credits_won,closing_balance_won,normal_side\n");
     for (account, closing) in &period.ledger_after.accounts {
         let moved = facts.movements.sides(account);
@@ -226,11 +287,30 @@ pub fn render(period: &ClosedPeriod, provisional: bool, cutoff: Cutoff, config: 
         };
         let _ = writeln!(trial_csv, "{},{},{},{},{},{},{side}", account.name(), moved.debits_won, moved.credits_won, closing.debits_won, closing.credits_won, closing.balance_won(account.normal_side()));
     }
-    let trial = period.ledger_after.trial_balance();
     let period_trial = facts.movements.trial_balance();
     let _ = writeln!(trial_csv, "TOTAL,{},{},{},{},,{}", period_trial.debits_won, period_trial.credits_won, trial.debits_won, trial.credits_won, if trial.balances() { "balanced" } else { "UNBALANCED" });
-    files.push(("trial-balance.csv".to_string(), trial_csv));
+    trial_csv
+}
 
+/// The period's bounds and what its other files worked out, for its summary.
+struct PeriodFigures<'a> {
+    from: &'a str,
+    to: &'a str,
+    statements: &'a BTreeMap<u64, Statement>,
+    merchant_transfers: &'a [Transfer],
+    refund_transfers: &'a [Transfer],
+    channels: &'a BTreeMap<u32, ChannelTally>,
+    partners: &'a BTreeMap<(u32, u32, String), ForeignTally>,
+    trial: &'a TrialBalance,
+}
+
+/// `summary.txt`: the period's figures in a few lines, for a person.
+fn summary_txt(period: &ClosedPeriod, provisional: bool, figures: &PeriodFigures<'_>) -> String {
+    let date = calendar::date_string(period.day);
+    let facts = &period.facts;
+    let PeriodFigures { from, to, statements, merchant_transfers, refund_transfers, channels, partners, trial } =
+        *figures;
+    let total = |pick: fn(&Statement) -> i128| statements.values().map(pick).sum::<i128>();
     let mut summary = String::new();
     let _ = writeln!(summary, "Pinswitch settlement period {date} ({})", if provisional { "PROVISIONAL: the period is still open" } else { "final" });
     let _ = writeln!(summary, "from {from} to {to}");
@@ -243,6 +323,21 @@ pub fn render(period: &ClosedPeriod, provisional: bool, cutoff: Cutoff, config: 
     let _ = writeln!(summary, "balance refund payouts   {} won in {} transfers", refund_transfers.iter().map(|t| t.amount_won).sum::<u128>(), refund_transfers.len());
     let _ = writeln!(summary, "breakage                 {} won on {} lines", facts.breakage.iter().map(|l| u128::from(l.amount_won)).sum::<u128>(), facts.breakage.len());
     let _ = writeln!(summary, "cards sold by channels   {} for {} won (commission {} won)", facts.channel_sales.len(), channels.values().map(|c| c.2).sum::<u128>(), channels.values().map(|c| c.3).sum::<u128>());
+    write_partners_summary(&mut summary, partners);
+    for (means, tally) in &facts.loads {
+        let _ = writeln!(summary, "recharges, means {means}      {} won in {}", tally.amount_won, tally.count);
+    }
+    let _ = writeln!(summary, "activated without sale   {} cards, {} won (suspense)", facts.activated_unsold.count, facts.activated_unsold.amount_won);
+    let _ = writeln!(summary, "trial balance            debits {} won, credits {} won: {}", trial.debits_won, trial.credits_won, match trial.check() {
+        Ok(()) => "balanced".to_string(),
+        Err(why) => format!("NOT BALANCED: {why}"),
+    });
+    summary
+}
+
+/// The summary's foreign-PIN lines: the conversions in all, then per partner (its face values
+/// per currency, which do not add up across currencies).
+fn write_partners_summary(summary: &mut String, partners: &BTreeMap<(u32, u32, String), ForeignTally>) {
     let partner_total = |pick: fn(&ForeignTally) -> u128| partners.values().map(pick).sum::<u128>();
     let _ = writeln!(
         summary,
@@ -254,7 +349,7 @@ pub fn render(period: &ClosedPeriod, provisional: bool, cutoff: Cutoff, config: 
         partner_total(|t| t.gross_won - t.commission_won)
     );
     let mut by_partner: BTreeMap<u32, (u64, Vec<String>, u128, u128)> = BTreeMap::new();
-    for ((partner_id, _, currency), tally) in &partners {
+    for ((partner_id, _, currency), tally) in partners {
         let partner = by_partner.entry(*partner_id).or_default();
         partner.0 += tally.pins;
         partner.1.push(format!("{currency} {}", tally.face_value_minor));
@@ -269,16 +364,6 @@ pub fn render(period: &ClosedPeriod, provisional: bool, cutoff: Cutoff, config: 
             gross_won - commission_won
         );
     }
-    for (means, tally) in &facts.loads {
-        let _ = writeln!(summary, "recharges, means {means}      {} won in {}", tally.amount_won, tally.count);
-    }
-    let _ = writeln!(summary, "activated without sale   {} cards, {} won (suspense)", facts.activated_unsold.count, facts.activated_unsold.amount_won);
-    let _ = writeln!(summary, "trial balance            debits {} won, credits {} won: {}", trial.debits_won, trial.credits_won, match trial.check() {
-        Ok(()) => "balanced".to_string(),
-        Err(why) => format!("NOT BALANCED: {why}"),
-    });
-    files.push(("summary.txt".to_string(), summary));
-    files
 }
 
 /// The mobile-operator remittance of a month: per operator channel the cards it sold, their face
