@@ -107,11 +107,46 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let keys = Keys::load_or_create(&data_dir)?;
     let engine = config.engine();
     let directory = Arc::new(SessionDirectory::new(config.sessions.notices));
-    let settings: Vec<ShardSettings> = (0..shard_count)
+    let settings = shard_settings(&config, &data_dir, shard_count, &keys, &directory);
+    let (shards, drivers) = recover_shards(settings)?;
+    let context = Arc::new(Context {
+        shards,
+        shard_count,
+        keys,
+        limits: config.limits.clone(),
+        sessions: config.sessions.clone(),
+        directory,
+        admission: Arc::new(Admission::new(config.limits.clone(), shard_count)),
+        hello: std::sync::RwLock::new(hello_reply(&config, &engine, shard_count)),
+    });
+    let address = start_shards(&config, executor, &context, drivers)?;
+    let runtime_name = match executor {
+        Executor::Glommio => "glommio",
+        Executor::Tokio => "tokio",
+    };
+    let data = data_dir.display();
+    println!("pinswitch: listening on {address} ({shard_count} shards on {runtime_name}, data in {data})");
+    std::io::stdout().flush().context("writing to stdout")?;
+    serve_signals(context, config.source.clone(), engine)?;
+    // Every acknowledged operation is durable already; the shard threads end with the process.
+    println!("pinswitch: stopped");
+    Ok(())
+}
+
+/// What each shard thread needs, from the configuration.
+fn shard_settings(
+    config: &Config,
+    data_dir: &std::path::Path,
+    shard_count: u16,
+    keys: &Keys,
+    directory: &Arc<SessionDirectory>,
+) -> Vec<ShardSettings> {
+    let engine = config.engine();
+    (0..shard_count)
         .map(|shard_id| ShardSettings {
             shard_id,
             shard_count,
-            dir: shard_dir(&data_dir, shard_id),
+            dir: shard_dir(data_dir, shard_id),
             engine: engine.clone(),
             hash_key: keys.table_key(),
             journal: JournalOptions {
@@ -123,8 +158,11 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             snapshot_every_records: config.journal.snapshot_every_records,
             directory: directory.clone(),
         })
-        .collect();
-    // Shards recover in parallel: each replays its own journal.
+        .collect()
+}
+
+/// Recovers every shard, in parallel (each replays its own journal), and logs what each found.
+fn recover_shards(settings: Vec<ShardSettings>) -> anyhow::Result<(Vec<ShardHandle>, Vec<shard_loop::ShardDriver>)> {
     let recovered: Vec<anyhow::Result<_>> = std::thread::scope(|scope| {
         let workers: Vec<_> = settings
             .into_iter()
@@ -135,8 +173,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             .collect();
         workers.into_iter().map(|worker| worker.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a recovery thread panicked")))).collect()
     });
-    let mut shards = Vec::with_capacity(usize::from(shard_count));
-    let mut drivers = Vec::with_capacity(usize::from(shard_count));
+    let mut shards = Vec::with_capacity(recovered.len());
+    let mut drivers = Vec::with_capacity(recovered.len());
     for (shard_id, result) in recovered.into_iter().enumerate() {
         let (handle, report, driver) = result?;
         println!(
@@ -146,7 +184,12 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         shards.push(handle);
         drivers.push(driver);
     }
-    let hello = HelloReply {
+    Ok((shards, drivers))
+}
+
+/// The HELLO answer: the limits a client must respect.
+fn hello_reply(config: &Config, engine: &pinswitch_core::EngineConfig, shard_count: u16) -> HelloReply {
+    HelloReply {
         server_name: format!("pinswitch {}", env!("CARGO_PKG_VERSION")),
         protocol_version: VERSION,
         shard_count,
@@ -156,23 +199,24 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         hold_ttl_max_s: engine.hold_ttl_max_s,
         idempotency_window_s: engine.idempotency_window_ms / 1000,
         server_time_ms: 0,
-    };
-    let context = Arc::new(Context {
-        shards,
-        shard_count,
-        keys,
-        limits: config.limits.clone(),
-        sessions: config.sessions.clone(),
-        directory,
-        admission: Arc::new(Admission::new(config.limits.clone(), shard_count)),
-        hello: std::sync::RwLock::new(hello),
-    });
-    // Shard 0 binds first (port 0 becomes a real port); with SO_REUSEPORT the others bind the
-    // address it got, with hand-off they take the sockets shard 0 hands them.
+    }
+}
+
+/// Starts one thread per shard, each on its executor with its driver, and waits until each
+/// listens (or refuses to start). Shard 0 binds first (port 0 becomes a real port); with
+/// SO_REUSEPORT the others bind the address it got, with hand-off they take the sockets shard 0
+/// hands them. Returns the address served.
+fn start_shards(
+    config: &Config,
+    executor: Executor,
+    context: &Arc<Context>,
+    drivers: Vec<shard_loop::ShardDriver>,
+) -> anyhow::Result<SocketAddr> {
     let accept = match config.server.accept.as_str() {
         "reuseport" => Accept::ReusePort,
         _ => Accept::Handoff,
     };
+    let shard_count = context.shard_count;
     let (handoff, incoming): (Vec<_>, Vec<_>) = (0..shard_count).map(|_| mpsc::channel::<Handed>(HANDOFF_QUEUE)).unzip();
     let mut address = config.server.listen.clone();
     let mut bound: Option<SocketAddr> = None;
@@ -208,15 +252,16 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         }
     }
     drop(handoff);
-    let address = bound.context("no shard")?;
-    let runtime_name = match executor {
-        Executor::Glommio => "glommio",
-        Executor::Tokio => "tokio",
-    };
-    println!("pinswitch: listening on {address} ({shard_count} shards on {runtime_name}, data in {})", data_dir.display());
-    std::io::stdout().flush().context("writing to stdout")?;
-    let reload_context = context.clone();
-    let source = config.source.clone();
+    bound.context("no shard")
+}
+
+/// Serves the signals on the main thread until SIGINT or SIGTERM: SIGHUP reloads the engine
+/// rules from `source`.
+fn serve_signals(
+    context: Arc<Context>,
+    source: Option<std::path::PathBuf>,
+    engine: pinswitch_core::EngineConfig,
+) -> anyhow::Result<()> {
     let signals = tokio::runtime::Builder::new_current_thread().enable_all().build().context("building the signal runtime")?;
     signals.block_on(async move {
         let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -226,10 +271,10 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         let reloads = async move {
             let mut engine = engine;
             while hangup.recv().await.is_some() {
-                match reload(&reload_context, source.as_deref(), &engine).await {
+                match reload(&context, source.as_deref(), &engine).await {
                     Ok(Some(reloaded)) => {
                         engine = reloaded;
-                        println!("pinswitch: reloaded the engine rules on {} shards", reload_context.shard_count);
+                        println!("pinswitch: reloaded the engine rules on {} shards", context.shard_count);
                     }
                     Ok(None) => println!("pinswitch: reload: the engine rules are unchanged"),
                     Err(error) => println!("pinswitch: reload refused: {error:#}"),
@@ -243,10 +288,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             _ = reloads => {}
         }
         anyhow::Ok(())
-    })?;
-    // Every acknowledged operation is durable already; the shard threads end with the process.
-    println!("pinswitch: stopped");
-    Ok(())
+    })
 }
 
 /// How connections reach the shard threads.
