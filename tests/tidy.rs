@@ -17,7 +17,6 @@ const LONG_FUNCTIONS: &[(&str, &str, usize)] = &[
     ("switch/exporter/src/follower.rs", "apply_entry", 304),
     ("switch/server/src/cli/card.rs", "card", 193),
     ("switch/server/src/conn.rs", "serve", 132),
-    ("switch/core/src/config.rs", "validate", 132),
     ("switch/core/src/shard/op_window.rs", "first_difference", 122),
 ];
 

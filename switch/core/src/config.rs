@@ -460,6 +460,16 @@ impl EngineConfig {
 
     /// Checks the relations between limits; the server refuses to start on a violation.
     pub fn validate(&self) -> Result<(), String> {
+        self.validate_products()?;
+        self.validate_foreign_products()?;
+        self.validate_tariffs()?;
+        self.validate_sessions()?;
+        self.validate_tariff_bands()?;
+        self.validate_limits()
+    }
+
+    /// The product list and its per-product vectors (one entry per face value, or none).
+    fn validate_products(&self) -> Result<(), String> {
         if self.face_values_won.is_empty() {
             return Err("face_values_won must name at least one product".into());
         }
@@ -495,6 +505,11 @@ impl EngineConfig {
         if self.points_per_mille > 1000 || self.product_points_per_mille.iter().any(|rate| *rate > 1000) {
             return Err("points rates are per mille (0..=1000)".into());
         }
+        Ok(())
+    }
+
+    /// The foreign PIN catalogue.
+    fn validate_foreign_products(&self) -> Result<(), String> {
         for (at, product) in self.foreign_products.iter().enumerate() {
             if product.product_id == 0 || self.foreign_products[..at].iter().any(|other| other.product_id == product.product_id) {
                 return Err(format!("foreign product ids must be non-zero and unique ({})", product.product_id));
@@ -506,6 +521,11 @@ impl EngineConfig {
                 return Err(format!("foreign product {}: face value and price must be positive, the price within a card's cap", product.product_id));
             }
         }
+        Ok(())
+    }
+
+    /// The tariff table: ids, categories, prefixes, increments, prices.
+    fn validate_tariffs(&self) -> Result<(), String> {
         for (at, tariff) in self.tariffs.iter().enumerate() {
             let id = tariff.tariff_id;
             if id == 0 || self.tariffs[..at].iter().any(|other| other.tariff_id == id) {
@@ -528,6 +548,11 @@ impl EngineConfig {
                 return Err(format!("tariff {id}: rate and connect fee must be within a card's cap"));
             }
         }
+        Ok(())
+    }
+
+    /// Call session limits and the tariff clock's offset.
+    fn validate_sessions(&self) -> Result<(), String> {
         if self.sessions_per_card_max == 0 || self.sessions_per_shard_max == 0 {
             return Err("sessions_per_card_max and sessions_per_shard_max must be positive".into());
         }
@@ -544,6 +569,11 @@ impl EngineConfig {
         if !(-14 * 3600..=14 * 3600).contains(&self.tariff_utc_offset_s) {
             return Err("tariff_utc_offset_s must be within 14 hours of UTC".into());
         }
+        Ok(())
+    }
+
+    /// Each tariff's time-of-day bands.
+    fn validate_tariff_bands(&self) -> Result<(), String> {
         for tariff in &self.tariffs {
             let id = tariff.tariff_id;
             if tariff.bands.len() > TARIFF_BANDS_MAX {
@@ -558,6 +588,11 @@ impl EngineConfig {
                 return Err(format!("tariff {id}: band rates and the event price must be within a card's cap"));
             }
         }
+        Ok(())
+    }
+
+    /// Caps, holds, the op-id window, passwords, validity and refunds.
+    fn validate_limits(&self) -> Result<(), String> {
         if self.balance_cap_named_won < self.balance_cap_won {
             return Err("balance_cap_named_won must be at least balance_cap_won".into());
         }
