@@ -16,7 +16,6 @@ const FUNCTION_LINES_MAX: usize = 120;
 const LONG_FUNCTIONS: &[(&str, &str, usize)] = &[
     ("switch/exporter/src/follower.rs", "apply_entry", 304),
     ("switch/server/src/cli/card.rs", "card", 193),
-    ("switch/server/src/conn.rs", "serve", 132),
     ("switch/core/src/shard/op_window.rs", "first_difference", 122),
 ];
 

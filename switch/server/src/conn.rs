@@ -357,6 +357,70 @@ impl Received {
 /// A frame in flight: its answer, once the shards have answered durably.
 type InFlight = Pin<Box<dyn Future<Output = Vec<u8>>>>;
 
+/// A connection's frames in flight (each with its event count) and their events in total.
+#[derive(Default)]
+struct Outstanding {
+    frames: Vec<(InFlight, u32)>,
+    events: u32,
+}
+
+impl Outstanding {
+    /// Appends every answer that is ready to `output`; whether any was.
+    fn poll_answers(&mut self, cx: &mut std::task::Context<'_>, output: &mut Vec<u8>) -> bool {
+        let mut progress = false;
+        let mut index = 0;
+        while index < self.frames.len() {
+            if let Poll::Ready(frame) = self.frames[index].0.as_mut().poll(cx) {
+                self.events -= self.frames[index].1;
+                drop(self.frames.swap_remove(index));
+                output.extend_from_slice(&frame);
+                progress = true;
+            } else {
+                index += 1;
+            }
+        }
+        progress
+    }
+}
+
+/// Handles every whole frame now in `input`: answered at once into `output`, or in flight.
+/// Returns whether any frame was decoded, and whether the byte stream broke its framing (it was
+/// answered; the connection reads no more).
+fn take_frames(
+    context: &Arc<Context>,
+    input: &mut Received,
+    now_ms: u64,
+    in_flight: &mut Outstanding,
+    output: &mut Vec<u8>,
+    pushes: &mpsc::Sender<Vec<u8>>,
+) -> (bool, bool) {
+    let limits = &context.limits;
+    let mut decoded_any = false;
+    loop {
+        match decode_frame(input.unread(), limits.frame_bytes_max) {
+            Ok(Some(frame)) => {
+                let events_budget = limits.in_flight_events_per_connection_max.saturating_sub(in_flight.events);
+                let frames_full = in_flight.frames.len() >= limits.in_flight_per_connection_max as usize;
+                match native::handle_frame(context, &frame.header, frame.body, now_ms, frames_full, events_budget, pushes) {
+                    Handled::Now(answer) => output.extend_from_slice(&answer),
+                    Handled::Later(future, events) => {
+                        in_flight.events += events;
+                        in_flight.frames.push((future, events));
+                    }
+                }
+                input.consumed(frame.total_len);
+                decoded_any = true;
+            }
+            Ok(None) => return (decoded_any, false),
+            Err(error) => {
+                // The byte stream can no longer be trusted to be framed: answer and close.
+                output.extend_from_slice(&native::error_frame(0, error.request_id(), error.code()));
+                return (decoded_any, true);
+            }
+        }
+    }
+}
+
 /// Serves one admitted connection until the peer closes it, a framing error, a timeout, or a
 /// write failure. Frames already submitted are still answered before the socket closes (their
 /// effects are durable whatever happens to the connection).
@@ -366,8 +430,7 @@ pub async fn serve<T: Transport>(mut transport: T, context: Arc<Context>, mut ti
     let mut input = Received::new();
     let mut output: Vec<u8> = Vec::with_capacity(16 * 1024);
     let mut written = 0usize;
-    let mut in_flight: Vec<(InFlight, u32)> = Vec::new();
-    let mut events_in_flight = 0u32;
+    let mut in_flight = Outstanding::default();
     // No more input: the peer closed, a framing error, a timeout, or a failed write.
     let mut input_done = false;
     let mut broken = false;
@@ -382,17 +445,7 @@ pub async fn serve<T: Transport>(mut transport: T, context: Arc<Context>, mut ti
                 }
             }
             // Answers of frames in flight, in whatever order their shards finish.
-            let mut index = 0;
-            while index < in_flight.len() {
-                if let Poll::Ready(frame) = in_flight[index].0.as_mut().poll(cx) {
-                    events_in_flight -= in_flight[index].1;
-                    drop(in_flight.swap_remove(index));
-                    output.extend_from_slice(&frame);
-                    progress = true;
-                } else {
-                    index += 1;
-                }
-            }
+            progress |= in_flight.poll_answers(cx, &mut output);
             // Pushes wait in their bounded queue while the client is not reading.
             while output.len() - written < limits.connection_output_bytes_max as usize {
                 let Poll::Ready(Some(frame)) = pushed.poll_recv(cx) else { break };
@@ -426,10 +479,10 @@ pub async fn serve<T: Transport>(mut transport: T, context: Arc<Context>, mut ti
                     output.shrink_to(16 * 1024);
                 }
             }
-            if input_done && (in_flight.is_empty() || broken) && output.is_empty() {
+            if input_done && (in_flight.frames.is_empty() || broken) && output.is_empty() {
                 return Poll::Ready(());
             }
-            watch.busy.set(!in_flight.is_empty());
+            watch.busy.set(!in_flight.frames.is_empty());
             // Input, unless the peer is not reading its answers.
             let unread_bytes = output.len() - written;
             if !input_done && unread_bytes < limits.connection_output_bytes_max as usize {
@@ -443,33 +496,9 @@ pub async fn serve<T: Transport>(mut transport: T, context: Arc<Context>, mut ti
                         let now_ms = wall_clock_ms();
                         watch.last_input_ms.set(now_ms);
                         input.took(n);
-                        // Every whole frame now in the buffer.
-                        let mut decoded_any = false;
-                        loop {
-                            match decode_frame(input.unread(), limits.frame_bytes_max) {
-                                Ok(Some(frame)) => {
-                                    let events_budget = limits.in_flight_events_per_connection_max.saturating_sub(events_in_flight);
-                                    let frames_full = in_flight.len() >= limits.in_flight_per_connection_max as usize;
-                                    match native::handle_frame(&context, &frame.header, frame.body, now_ms, frames_full, events_budget, &pushes) {
-                                        Handled::Now(answer) => output.extend_from_slice(&answer),
-                                        Handled::Later(future, events) => {
-                                            events_in_flight += events;
-                                            in_flight.push((future, events));
-                                        }
-                                    }
-                                    let used = frame.total_len;
-                                    input.consumed(used);
-                                    decoded_any = true;
-                                }
-                                Ok(None) => break,
-                                Err(error) => {
-                                    // The byte stream can no longer be trusted to be framed: answer and close.
-                                    output.extend_from_slice(&native::error_frame(0, error.request_id(), error.code()));
-                                    input_done = true;
-                                    break;
-                                }
-                            }
-                        }
+                        let (decoded_any, framing_broken) =
+                            take_frames(&context, &mut input, now_ms, &mut in_flight, &mut output, &pushes);
+                        input_done |= framing_broken;
                         if !input_done {
                             input.settle(&mut ticket, &watch, now_ms, decoded_any, &mut output);
                         }
