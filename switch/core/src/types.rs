@@ -325,12 +325,53 @@ pub struct Quote {
     pub affordable_s: u32,
 }
 
-/// What `Shard::apply` returns: the reply, and whether the state changed (the server journals
-/// the command exactly when it did; recovery replays exactly those commands).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What `Shard::apply` returns: the reply, whether the state changed (the server journals the
+/// command exactly when it did; recovery replays exactly those commands), and what happened
+/// beyond the reply.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Applied {
     pub reply: Reply,
     pub changed: bool,
+    /// In the order they happened. Derived at apply time and never journaled: replay makes the
+    /// same ones again from the same records, and recovery drops them. A `Vec` so the common
+    /// command (a SALE with none) allocates nothing: an empty `Vec` owns no heap memory.
+    pub effects: Vec<Effect>,
+}
+
+impl Applied {
+    /// An outcome with no effects (yet: `Shard::apply` adds those it recorded).
+    pub fn new(reply: Reply, changed: bool) -> Applied {
+        Applied { reply, changed, effects: Vec::new() }
+    }
+
+    /// The foreign PIN an approved FOREIGN_CONVERT handed out (its replays included).
+    pub fn foreign_pin(&self) -> Option<ForeignCode> {
+        self.effects.iter().find_map(|effect| match effect {
+            Effect::ForeignPinHandedOut { code } => Some(*code),
+            _ => None,
+        })
+    }
+}
+
+/// Something a command did that its reply does not show: money moved by the engine's clock or
+/// by a card's validity, sessions ended without a report, a foreign PIN handed out. The
+/// settlement exporter posts from these instead of reading the engine's state around a record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Effect {
+    /// A hold reached its expiry (before the command ran): what it had not captured went back
+    /// to the card's available balance.
+    HoldExpired { hold_id: OpId, pin_hash: PinHash, released_won: u64 },
+    /// A live session stayed silent past its deadline (before the command ran): it ended, its
+    /// reservation went back to the card; a late report may still charge it.
+    SessionExpired { session_id: u128, pin_hash: PinHash, released_won: u64 },
+    /// SESSION_AUDIT's close (`Body::SessionsClose`) ended a live session: its reservation
+    /// went back to the card.
+    SessionClosed { session_id: u128, pin_hash: PinHash, released_won: u64 },
+    /// The command's card was past its validity: it expired, and its whole balance became the
+    /// issuer's breakage (possibly 0 won).
+    CardExpired { pin_hash: PinHash, breakage_won: u64 },
+    /// An approved FOREIGN_CONVERT handed out this foreign PIN (its replay hands out the same).
+    ForeignPinHandedOut { code: ForeignCode },
 }
 
 /// A card as BALANCE_INQUIRY shows it.

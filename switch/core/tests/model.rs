@@ -2979,7 +2979,7 @@ impl Walk {
         assert_eq!(restored.to_snapshot_bytes().len(), bytes.len(), "{} step {}: re-snapshot size", self.label(), self.step);
         self.shard = restored;
         let tick = Command { op_id: 0, deadline_at_ms: 0, body: Body::Tick };
-        let applied = Applied { reply: bare(ResultCode::Approved), changed: false };
+        let applied = Applied::new(bare(ResultCode::Approved), false);
         self.compare_state(&tick, &applied);
     }
 

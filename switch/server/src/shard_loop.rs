@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, anyhow, bail};
 use crossbeam_channel::Sender;
 use pinswitch_core::{
-    Applied, Body, CardView, Command, EngineConfig, ForeignCode, JournalEntry, Ms, OpId, OpView, PinHash,
-    SessionNoticeOut, Shard, decode_entry, encode_entry, encode_entry_into,
+    Applied, Body, CardView, Command, EngineConfig, JournalEntry, Ms, OpId, OpView, PinHash, Reply, SessionNoticeOut,
+    Shard, decode_entry, encode_entry, encode_entry_into,
 };
 use std::collections::{HashSet, VecDeque};
 use std::future::Future;
@@ -46,10 +46,9 @@ pub enum ShardItem {
 /// The shard's answer to one item, in the same position.
 #[derive(Debug)]
 pub enum ShardOutput {
+    /// A command's outcome; a FOREIGN_CONVERT's effects carry the foreign PIN it handed out
+    /// (approved ones, replays included).
     Applied(Applied),
-    /// A FOREIGN_CONVERT: its result and the foreign PIN it handed out (approved ones, replays
-    /// included).
-    Converted(Applied, Option<ForeignCode>),
     Card(Option<CardView>),
     Op(OpView),
     Quote(pinswitch_core::Quote),
@@ -379,6 +378,8 @@ pub fn recover(settings: &ShardSettings) -> anyhow::Result<(Shard, Journal, Reco
     recovery
         .replay(snapshot_seq, |seq, payload| {
             let entry = decode_entry(payload).map_err(|why| format!("record {seq} does not decode: {why}"))?;
+            // The effects (expiries, breakage, PINs handed out) were answered and pushed by the
+            // process that applied the record first: dropped with `applied`.
             let applied = engine.apply(entry.now_ms, &entry.command);
             if applied.reply != entry.reply || !applied.changed {
                 return Err(format!(
@@ -477,15 +478,10 @@ impl Runner {
                     ShardItem::Command(command) => {
                         let applied = self.engine.apply(now_ms, command);
                         if applied.changed {
-                            self.append(now_ms, command.clone(), applied);
+                            self.append(now_ms, command.clone(), applied.reply);
                             appended += 1;
                         }
-                        match command.body {
-                            Body::ForeignConvert { .. } => {
-                                ShardOutput::Converted(applied, self.engine.foreign_code(command.op_id))
-                            }
-                            _ => ShardOutput::Applied(applied),
-                        }
+                        ShardOutput::Applied(applied)
                     }
                     ShardItem::Card(pin_hash) => ShardOutput::Card(self.engine.card(now_ms, *pin_hash)),
                     ShardItem::Op { pin_hash, op_id } => ShardOutput::Op(self.engine.op(*pin_hash, *op_id)),
@@ -508,7 +504,7 @@ impl Runner {
                             let command = Command { op_id: 0, deadline_at_ms: 0, body };
                             let applied = self.engine.apply(now_ms, &command);
                             if applied.changed {
-                                self.append(now_ms, command, applied);
+                                self.append(now_ms, command, applied.reply);
                                 appended += 1;
                             }
                         }
@@ -534,12 +530,14 @@ impl Runner {
         if !applied.changed {
             return 0;
         }
-        self.append(now_ms, command, applied);
+        self.append(now_ms, command, applied.reply);
         1
     }
 
-    fn append(&mut self, now_ms: Ms, command: Command, applied: Applied) {
-        let entry = JournalEntry { now_ms, command, reply: applied.reply };
+    /// Journals a command that changed state with its reply (never its effects: replay derives
+    /// them again).
+    fn append(&mut self, now_ms: Ms, command: Command, reply: Reply) {
+        let entry = JournalEntry { now_ms, command, reply };
         encode_entry_into(&entry, &mut self.encoded);
         if let Err(error) = self.journal.append(&self.encoded) {
             fatal(&format!("shard {} journal append failed: {error}", self.settings.shard_id));

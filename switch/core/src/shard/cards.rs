@@ -8,7 +8,7 @@ use rkyv::{Archive, Deserialize, Serialize};
 
 use super::{Outcome, Shard};
 use crate::config::EngineConfig;
-use crate::types::{CardView, HoldView, Ms, PasswordMac, PinHash, Reply};
+use crate::types::{CardView, Effect, HoldView, Ms, PasswordMac, PinHash, Reply};
 
 /// One card. Kept small: a shard holds millions of them.
 #[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
@@ -197,6 +197,7 @@ impl Shard {
         card.state = CardState::Expired as u8;
         self.totals.breakage_won += u128::from(breakage_won);
         self.totals.balances_won -= u128::from(breakage_won);
+        self.effects.push(Effect::CardExpired { pin_hash, breakage_won });
         true
     }
 

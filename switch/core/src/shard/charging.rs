@@ -12,7 +12,7 @@ use super::sessions::{Session, grant};
 use super::{Card, Outcome, Shard};
 use crate::config::Tariff;
 use crate::types::{
-    Body, FINAL_UNIT_NONE, FINAL_UNIT_TERMINATE, Ms, PasswordMac, PinHash, Quote, Reply, SessionGrant,
+    Body, Effect, FINAL_UNIT_NONE, FINAL_UNIT_TERMINATE, Ms, PasswordMac, PinHash, Quote, Reply, SessionGrant,
     SessionNoticeOut, SessionOpen, destination_digits,
 };
 
@@ -299,15 +299,17 @@ impl Shard {
     }
 
     /// Ends a live session without a report (silence, an audit): its reservation goes back to
-    /// the card; what it reported was charged already. Returns the session.
-    pub(super) fn close_session(&mut self, session_id: u128) -> Session {
+    /// the card; what it reported was charged already. Returns the session and the money its
+    /// reservation released.
+    pub(super) fn close_session(&mut self, session_id: u128) -> (Session, u64) {
         let mut session = self.sessions.close(session_id);
+        let released_won = session.reserved_won;
         let card = self.cards.get_mut(&session.pin_hash).expect("a session's card exists");
-        card.held_won -= session.reserved_won;
+        card.held_won -= released_won;
         card.sessions -= 1;
-        self.totals.held_won -= u128::from(session.reserved_won);
+        self.totals.held_won -= u128::from(released_won);
         session.reserved_won = 0;
-        session
+        (session, released_won)
     }
 
     /// Expires every session silent past its deadline at `now_ms`; returns how many. Each is
@@ -315,7 +317,9 @@ impl Shard {
     pub(super) fn expire_sessions(&mut self, now_ms: Ms) -> usize {
         let mut expired = 0;
         while let Some((expires_at_ms, session_id)) = self.sessions.first_due(now_ms) {
-            let session = self.close_session(session_id);
+            let (session, released_won) = self.close_session(session_id);
+            let pin_hash = session.pin_hash;
+            self.effects.push(Effect::SessionExpired { session_id, pin_hash, released_won });
             let available_won = self.cards.get(&session.pin_hash).map_or(0, Card::available_won);
             self.push_notice(SessionNoticeOut { session_id, kind: NOTICE_EXPIRED, available_won });
             let expired_max = self.config.expired_sessions_max as usize;
@@ -336,7 +340,9 @@ impl Shard {
                 .get(session_id)
                 .is_some_and(|session| session.owner_id == owner_id && session.last_report_ms <= silent_since_ms);
             if orphan {
-                self.close_session(*session_id);
+                let (session, released_won) = self.close_session(*session_id);
+                let (session_id, pin_hash) = (*session_id, session.pin_hash);
+                self.effects.push(Effect::SessionClosed { session_id, pin_hash, released_won });
                 closed += 1;
             }
         }

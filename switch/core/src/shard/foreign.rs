@@ -9,7 +9,7 @@ use pinswitch_protocol::{Category, OpStatus, ResultCode};
 
 use super::{Outcome, Shard};
 use crate::hasher::{KeyHasherBuilder, KeyMap};
-use crate::types::{ForeignCode, OpId, PasswordMac, PinHash, Reply};
+use crate::types::{Effect, ForeignCode, OpId, PasswordMac, PinHash, Reply};
 
 /// A shard's foreign PINs.
 #[derive(Clone)]
@@ -118,14 +118,26 @@ impl Shard {
         if card.available_won() < price_won {
             return self.declined(ResultCode::InsufficientFunds, pin_hash);
         }
-        if self.foreign.hand_out(op_id, product_id).is_none() {
+        let Some(code) = self.foreign.hand_out(op_id, product_id) else {
             return self.declined(ResultCode::ForeignPinUnavailable, pin_hash);
-        }
+        };
+        self.effects.push(Effect::ForeignPinHandedOut { code });
         self.cards.get_mut(&pin_hash).expect("checked above").balance_won -= price_won;
         self.totals.debited_won += u128::from(price_won);
         self.totals.balances_won -= u128::from(price_won);
         let reply = self.approved(pin_hash, price_won);
         Outcome { reply, status: OpStatus::Completed, debited_won: price_won }
+    }
+
+    /// The gate answered a FOREIGN_CONVERT with `reply`: when that is the stored approval (a
+    /// replay), the holder is handed the PIN the conversion took, again.
+    pub(super) fn foreign_replayed(&mut self, op_id: OpId, reply: &Reply) {
+        if reply.code != ResultCode::Approved.as_u16() {
+            return;
+        }
+        if let Some(code) = self.foreign.code_of(op_id) {
+            self.effects.push(Effect::ForeignPinHandedOut { code });
+        }
     }
 
     /// The foreign PIN an approved FOREIGN_CONVERT handed out (also for its replays).

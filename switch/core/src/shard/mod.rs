@@ -25,6 +25,11 @@
 //! PIN exists answers RETRY_LATER unrecorded, so the server draws again under the same op id.)
 //! The commands without an op id (TICK, CONFIGURE, the audit's SESSIONS_CLOSE) skip steps 2 to 4.
 //!
+//! What the steps do beyond the reply is recorded as it happens and returned in
+//! `Applied::effects`: the holds and sessions step 1 expired, the card step 3 found expired (its
+//! breakage), the sessions the audit closed, the foreign PIN a conversion (or its replay, from
+//! step 2) handed out. They are derived, never journaled, so replay makes the same ones again.
+//!
 //! The files, by job: `checks.rs` (the gate and the card checks the rules share), `op_window.rs`
 //! (op-id records, their window, the retry comparison), `cards.rs` (a card's life),
 //! `holds.rs` and `payments.rs` (the hold table; AUTHORIZE to REFUND), `sessions.rs` and
@@ -55,7 +60,7 @@ use crate::config::EngineConfig;
 use crate::dense_map::DenseMap;
 pub use crate::hasher::{KeyHasher, KeyHasherBuilder};
 use crate::hasher::KeyMap;
-use crate::types::{Applied, Body, Command, Ms, OpId, PinHash, Reply, SessionNoticeOut, Totals};
+use crate::types::{Applied, Body, Command, Effect, Ms, OpId, PinHash, Reply, SessionNoticeOut, Totals};
 
 /// One shard's state. `Clone` is a consistent copy for a snapshot taken off the shard thread:
 /// the big tables (cards, op-id records) are `DenseMap`s whose chunks are shared copy-on-write,
@@ -87,6 +92,9 @@ pub struct Shard {
     /// Notices raised by the commands applied since the server last took them (not state:
     /// never in a snapshot, and replay's are dropped).
     notices: Vec<SessionNoticeOut>,
+    /// The effects of the command being applied, handed out in its `Applied` (not state:
+    /// always empty between commands).
+    effects: Vec<Effect>,
 }
 
 impl Shard {
@@ -113,6 +121,7 @@ impl Shard {
             gift_recipients: KeyMap::with_hasher(hasher),
             sessions: SessionTable::new(hasher),
             notices: Vec::new(),
+            effects: Vec::new(),
         }
     }
 
@@ -163,24 +172,27 @@ impl Shard {
 
     /// Applies one command at server time `now_ms`, by the steps of the module doc: expire,
     /// gate, dispatch, record, assert. `changed` is true exactly when the state changed (the
-    /// server journals the command then; replay must see the same reply).
+    /// server journals the command then; replay must see the same reply). `effects` lists what
+    /// the steps did beyond the reply, as they did it.
     pub fn apply(&mut self, now_ms: Ms, command: &Command) -> Applied {
         let clock_before_ms = self.now_ms;
         self.now_ms = self.now_ms.max(now_ms);
         let now_ms = self.now_ms;
         let expired = self.expire_holds(now_ms) + self.expire_sessions(now_ms);
         let applied = match &command.body {
-            Body::Tick => Applied { reply: Reply::code(ResultCode::Approved), changed: false },
+            Body::Tick => Applied::new(Reply::code(ResultCode::Approved), false),
             Body::Configure(config) => self.configure(config),
             Body::SessionsClose { owner_id, silent_since_ms, session_ids } => {
                 let closed = self.close_orphans(*owner_id, *silent_since_ms, session_ids);
                 let mut reply = Reply::code(ResultCode::Approved);
                 reply.amount_won = closed as u64;
-                Applied { reply, changed: closed > 0 }
+                Applied::new(reply, closed > 0)
             }
             body => self.apply_op(now_ms, command.op_id, command.deadline_at_ms, body),
         };
-        let applied = Applied { reply: applied.reply, changed: applied.changed || expired > 0 };
+        // (Taking an empty `Vec` moves no heap memory: the common command allocates nothing.)
+        let effects = std::mem::take(&mut self.effects);
+        let applied = Applied { reply: applied.reply, changed: applied.changed || expired > 0, effects };
         if !applied.changed {
             // Only journaled commands may move the clock: replay sees only those, and a later
             // command journaled with an earlier wall-clock time must compute the same expiry.
@@ -197,9 +209,9 @@ impl Shard {
                 self.config = EngineConfig::clone(config);
                 // A lower bound on remembered expired sessions applies at once.
                 self.sessions.trim_expired(self.config.expired_sessions_max as usize);
-                Applied { reply: Reply::code(ResultCode::Approved), changed: true }
+                Applied::new(Reply::code(ResultCode::Approved), true)
             }
-            Err(_) => Applied { reply: Reply::code(ResultCode::FormatError), changed: false },
+            Err(_) => Applied::new(Reply::code(ResultCode::FormatError), false),
         }
     }
 
@@ -212,17 +224,21 @@ impl Shard {
                 if record {
                     self.record(op_id, body.clone(), reply, OpStatus::Completed, 0);
                 }
-                return Applied { reply, changed: record || pruned };
+                if let Body::ForeignConvert { .. } = body {
+                    // A replay of an approved conversion hands out the PIN the first one did.
+                    self.foreign_replayed(op_id, &reply);
+                }
+                return Applied::new(reply, record || pruned);
             }
             Gate::Execute => {}
         }
         let Some(outcome) = self.dispatch(now_ms, op_id, body) else {
             // CARD_ISSUE drew a PIN that exists: not recorded, so the server draws another PIN
             // under the same op id.
-            return Applied { reply: Reply::code(ResultCode::RetryLater), changed: pruned };
+            return Applied::new(Reply::code(ResultCode::RetryLater), pruned);
         };
         self.record(op_id, body.clone(), outcome.reply, outcome.status, outcome.debited_won);
-        Applied { reply: outcome.reply, changed: true }
+        Applied::new(outcome.reply, true)
     }
 
     /// A new op past the gate: the card's lazy expiry, the business rule of the body, and the
@@ -363,6 +379,14 @@ mod tests {
         assert!(std::mem::size_of::<super::Card>() <= 64);
         assert!(std::mem::size_of::<super::OpRecord>() <= 112);
         assert!(std::mem::size_of::<crate::Body>() <= 48);
+    }
+
+    /// `Applied` crosses from the shard loop to every connection: its effects add one empty
+    /// `Vec` (24 bytes, no heap) to the reply, not a list of inline effects.
+    #[test]
+    fn applied_stays_small() {
+        assert!(std::mem::size_of::<crate::Effect>() <= 48);
+        assert!(std::mem::size_of::<crate::Applied>() <= 72);
     }
 
     /// The table seed changes where op ids land, and a snapshot keeps the seed.

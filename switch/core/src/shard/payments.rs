@@ -8,7 +8,7 @@ use pinswitch_protocol::{CardState, OpStatus, ResultCode, op_id_time_ms};
 
 use super::holds::Hold;
 use super::{Outcome, Shard};
-use crate::types::{Body, Ms, OpId, PasswordMac, PinHash, Reply};
+use crate::types::{Body, Effect, Ms, OpId, PasswordMac, PinHash, Reply};
 
 impl Shard {
     #[allow(clippy::too_many_arguments)]
@@ -164,7 +164,9 @@ impl Shard {
     pub(super) fn expire_holds(&mut self, now_ms: Ms) -> usize {
         let mut expired = 0;
         while let Some(hold_id) = self.holds.first_due(now_ms) {
-            self.close_hold(hold_id, OpStatus::HoldExpired);
+            let pin_hash = self.holds.get(&hold_id).expect("a due hold is pending").pin_hash;
+            let released_won = self.close_hold(hold_id, OpStatus::HoldExpired);
+            self.effects.push(Effect::HoldExpired { hold_id, pin_hash, released_won });
             expired += 1;
         }
         expired

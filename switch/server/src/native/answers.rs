@@ -145,9 +145,13 @@ pub(super) fn foreign_code(code: ResultCode) -> ForeignConvertResult {
 
 pub(super) fn foreign_result(output: ShardOutput) -> ForeignConvertResult {
     match output {
-        ShardOutput::Converted(applied, code) => ForeignConvertResult {
+        ShardOutput::Applied(applied) => ForeignConvertResult {
             result: op_result(&applied.reply),
-            foreign_pin: code.filter(|_| applied.reply.code == ResultCode::Approved.as_u16()).map(|code| code.as_bytes().to_vec()).unwrap_or_default(),
+            foreign_pin: applied
+                .foreign_pin()
+                .filter(|_| applied.reply.code == ResultCode::Approved.as_u16())
+                .map(|code| code.as_bytes().to_vec())
+                .unwrap_or_default(),
         },
         _ => foreign_code(ResultCode::InternalError),
     }
