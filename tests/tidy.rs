@@ -14,7 +14,6 @@ const FUNCTION_LINES_MAX: usize = 120;
 /// Functions longer than `FUNCTION_LINES_MAX` when this test was written: (file, function,
 /// lines). Each may shrink, never grow; when one is split below the limit, drop it from here.
 const LONG_FUNCTIONS: &[(&str, &str, usize)] = &[
-    ("switch/exporter/src/follower.rs", "apply_entry", 304),
     ("switch/server/src/cli/card.rs", "card", 193),
     ("switch/core/src/shard/op_window.rs", "first_difference", 122),
 ];

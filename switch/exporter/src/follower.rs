@@ -4,14 +4,16 @@
 //! sub-ledger: each card's value as the postings moved it, which the safeguarding reconciliation
 //! compares card by card with the shadow engine's balances). For each record
 //! it re-applies the command at its journaled time, requires the journaled reply (as recovery
-//! does), and derives postings and facts from the command, the reply and the change of the
-//! engine's money totals. Effects the reply does not show (holds expiring, a card expiring
-//! lazily into breakage) come out of the totals; the postings of every record are checked against
-//! the totals' deltas before anything is kept.
+//! does), and derives postings and facts from the command, the reply, the card before and after,
+//! and the effects the engine reports beside the reply (holds expiring, sessions expired or closed
+//! by the audit, a card expiring lazily into breakage). The postings of every record are checked
+//! against the change of the engine's money totals before anything is kept.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use pinswitch_core::{Body, CardView, EngineConfig, JournalEntry, Ms, OpId, PinHash, Shard, State, Totals, decode_entry};
+use pinswitch_core::{
+    Body, CardView, Effect, EngineConfig, JournalEntry, Ms, OpId, PinHash, Reply, Shard, State, Totals, decode_entry,
+};
 use pinswitch_protocol::{OpStatus, ResultCode};
 use rkyv::{Archive, Deserialize, Serialize};
 
@@ -30,6 +32,8 @@ pub struct TrackedHold {
     pub face_value_won: u64,
     pub amount_won: u64,
     pub captured_won: u64,
+    /// Kept in the exporter's state image; the engine's `Effect::HoldExpired` says when the
+    /// hold expires, so nothing here orders by it.
     pub expires_at_ms: Ms,
 }
 
@@ -117,7 +121,6 @@ pub struct Follower {
     cursor_seq: u64,
     shadow: Shard,
     holds: BTreeMap<OpId, TrackedHold>,
-    hold_expiries: BTreeSet<(Ms, OpId)>,
     tracked_held_won: u128,
     payments: BTreeMap<OpId, Payment>,
     captures: BTreeMap<OpId, (OpId, PinHash)>,
@@ -145,7 +148,6 @@ impl Follower {
             // The table seed only places entries in memory; replies do not depend on it.
             shadow: Shard::new(shard_id, shard_count, config),
             holds: BTreeMap::new(),
-            hold_expiries: BTreeSet::new(),
             tracked_held_won: 0,
             payments: BTreeMap::new(),
             captures: BTreeMap::new(),
@@ -161,7 +163,6 @@ impl Follower {
         if shadow.shard_id() != image.shard_id {
             return Err(format!("shadow of shard {} stored for shard {}", shadow.shard_id(), image.shard_id));
         }
-        let hold_expiries = image.holds.iter().map(|(id, hold)| (hold.expires_at_ms, *id)).collect();
         if image.holds.values().any(|hold| hold.captured_won > hold.amount_won) {
             return Err("a tracked hold captured more than its amount".into());
         }
@@ -178,7 +179,6 @@ impl Follower {
             cursor_seq: image.cursor_seq,
             shadow,
             holds: image.holds,
-            hold_expiries,
             tracked_held_won,
             payments: image.payments,
             captures: image.captures,
@@ -273,14 +273,11 @@ impl Follower {
     }
 
     fn apply_entry(&mut self, seq: u64, entry: &JournalEntry, config: &ExportConfig) -> Result<Effects> {
-        let rate_of = |merchant_id: u64| config.commission_per_mille(merchant_id);
         let shard = self.shard_id;
         let unbalanced = |what: String| ExportError::Unbalanced { shard, seq, what };
         let body = &entry.command.body;
-        let op_id = entry.command.op_id;
         let pin_hash = body.pin_hash();
         let clock_before_ms = self.shadow.now_ms();
-        let effective_now_ms = clock_before_ms.max(entry.now_ms);
         let totals_before = self.shadow.totals();
         let view_before = pin_hash.and_then(|pin| self.shadow.card(clock_before_ms, pin));
         // A session's category, read before SESSION_END removes it.
@@ -288,42 +285,7 @@ impl Follower {
             Body::SessionStart(open) => open.category,
             _ => self.shadow.session_category(op_session_id(body)).unwrap_or(0),
         };
-        // Sessions this record ends without a report (silence, an audit's close): their
-        // reservations go back to card value.
-        let expiring = self.shadow.sessions_expiring(effective_now_ms);
-        let closing: Vec<(u128, PinHash, u64)> = match body {
-            Body::SessionsClose { session_ids, .. } => session_ids
-                .iter()
-                .filter(|session_id| !expiring.iter().any(|(expiring_id, _, _)| expiring_id == *session_id))
-                .filter_map(|session_id| self.shadow.session_reservation(*session_id).map(|(card, reserved_won)| (*session_id, card, reserved_won)))
-                .collect(),
-            _ => Vec::new(),
-        };
-
-        // Holds due at this record expire before its command runs (as in the engine).
-        let mut expired = Vec::new();
-        while let Some(&(expires_at_ms, hold_id)) = self.hold_expiries.first() {
-            if expires_at_ms > effective_now_ms {
-                break;
-            }
-            self.hold_expiries.pop_first();
-            if let Some(hold) = self.holds.remove(&hold_id) {
-                expired.push(hold);
-            }
-        }
-
         let applied = self.shadow.apply(entry.now_ms, &entry.command);
-        // Of the listed sessions, the close ended those it found still live, the owner's, silent.
-        let released_sessions: Vec<(PinHash, u64)> = expiring
-            .iter()
-            .map(|(_, card, reserved_won)| (*card, *reserved_won))
-            .chain(
-                closing
-                    .iter()
-                    .filter(|(session_id, _, _)| self.shadow.session_reservation(*session_id).is_none())
-                    .map(|(_, card, reserved_won)| (*card, *reserved_won)),
-            )
-            .collect();
         if applied.reply != entry.reply || !applied.changed {
             return Err(ExportError::Diverged {
                 shard,
@@ -333,82 +295,109 @@ impl Follower {
             });
         }
         let time_ms = self.shadow.now_ms();
-        let totals_after = self.shadow.totals();
         let view_after = pin_hash.and_then(|pin| self.shadow.card(time_ms, pin));
-        let origin = Origin { time_ms, shard, seq, op_id };
-        let reply = entry.reply;
-        let approved = reply.code == ResultCode::Approved.as_u16();
         let face_value_won = match (body, &view_after) {
             (Body::Issue { face_value_won, .. }, _) => *face_value_won,
             (_, Some(view)) => view.face_value_won,
             _ => 0,
         };
-        let liability = Account::CardLiability { face_value_won };
         let card = pin_hash.unwrap_or(0);
         let mut out = Out { card, ..Out::default() };
+        // Holds and sessions the engine's clock or the audit ended, before the command ran.
+        let released_won = self.post_releases(&applied.effects, time_ms, &mut out).map_err(unbalanced)?;
+        let record = Record {
+            origin: Origin { time_ms, shard, seq, op_id: entry.command.op_id },
+            body,
+            reply: entry.reply,
+            card,
+            face_value_won,
+            view_before,
+            view_after,
+            session_category,
+            totals_before,
+            totals_after: self.shadow.totals(),
+            released_won,
+        };
+        let reversal_breakage_won = self.post_body(&record, config, &mut out).map_err(unbalanced)?;
+        self.post_expiry_breakage(&record, &applied.effects, reversal_breakage_won, &mut out).map_err(unbalanced)?;
 
-        for hold in &expired {
-            let released_won = hold.amount_won - hold.captured_won;
-            out.post_for(hold.pin_hash, Account::Holds, Account::CardLiability { face_value_won: hold.face_value_won }, released_won);
-            self.tracked_held_won -= u128::from(released_won);
-        }
-        let mut sessions_released_won = 0u128;
-        for (session_card, released_won) in &released_sessions {
-            let face_value_won = self.shadow.card(time_ms, *session_card).map_or(0, |view| view.face_value_won);
-            out.post_for(*session_card, Account::Holds, Account::CardLiability { face_value_won }, *released_won);
-            self.tracked_held_won -= u128::from(*released_won);
-            sessions_released_won += u128::from(*released_won);
-        }
+        out.check(&record.totals_before, &record.totals_after, self.tracked_held_won).map_err(unbalanced)?;
+        self.post_card_values(&out.card_moves).map_err(unbalanced)?;
+        let reply = record.reply;
+        let amount_won = if record.approved() { money_of(body, reply.amount_won) } else { 0 };
+        let (kind, authorization) = record_kind(body);
+        let years = if authorization || (1..=SMALL_TRANSACTION_MAX_WON).contains(&amount_won) { 1 } else { 5 };
+        let origin = record.origin;
+        out.facts.push(Fact::Retention(RetentionLine { origin, kind, code: reply.code, amount_won, years }));
+        Ok(Effects { time_ms, postings: out.postings, facts: out.facts })
+    }
 
-        let reversed_won = delta(totals_before.reversed_won, totals_after.reversed_won, "reversed").map_err(unbalanced)?;
-        let mut reversal_breakage_won = 0u64;
-        match body {
-            Body::Issue { .. } if approved => {
+    /// Posts what the record's expiries released back to card value, from the engine's effects:
+    /// holds past their expiry (by the exporter's tracked hold, whose product it names, and
+    /// which must have held exactly that much), sessions silent past their deadline or closed by
+    /// the audit. Returns the money released.
+    fn post_releases(&mut self, effects: &[Effect], time_ms: Ms, out: &mut Out) -> std::result::Result<u128, String> {
+        let mut released_total_won = 0u128;
+        for effect in effects {
+            match *effect {
+                Effect::HoldExpired { hold_id, pin_hash, released_won } => {
+                    let Some(hold) = self.holds.remove(&hold_id) else {
+                        return Err(format!("expiry of hold {hold_id:032x} the exporter does not track"));
+                    };
+                    let tracked_won = hold.amount_won - hold.captured_won;
+                    if hold.pin_hash != pin_hash || tracked_won != released_won {
+                        let what = format!("hold {hold_id:032x} expired releasing {released_won} won");
+                        return Err(format!("{what}, tracked {tracked_won}"));
+                    }
+                    let liability = Account::CardLiability { face_value_won: hold.face_value_won };
+                    out.post_for(pin_hash, Account::Holds, liability, released_won);
+                    self.tracked_held_won -= u128::from(released_won);
+                    released_total_won += u128::from(released_won);
+                }
+                Effect::SessionExpired { pin_hash, released_won, .. }
+                | Effect::SessionClosed { pin_hash, released_won, .. } => {
+                    let face_value_won = self.shadow.card(time_ms, pin_hash).map_or(0, |view| view.face_value_won);
+                    out.post_for(pin_hash, Account::Holds, Account::CardLiability { face_value_won }, released_won);
+                    self.tracked_held_won -= u128::from(released_won);
+                    released_total_won += u128::from(released_won);
+                }
+                Effect::CardExpired { .. } | Effect::ForeignPinHandedOut { .. } => {}
+            }
+        }
+        Ok(released_total_won)
+    }
+
+    /// Posts what the command itself did, by its body; returns the breakage a reversal onto an
+    /// expired card made (the rest of the record's breakage is the card's own expiry).
+    fn post_body(&mut self, record: &Record, config: &ExportConfig, out: &mut Out) -> std::result::Result<u64, String> {
+        let rate_of = |merchant_id: u64| config.commission_per_mille(merchant_id);
+        let (card, face_value_won, liability) = (record.card, record.face_value_won, record.liability());
+        let (origin, op_id, reply) = (record.origin, record.origin.op_id, record.reply);
+        let reversed_won = delta(record.totals_before.reversed_won, record.totals_after.reversed_won, "reversed")?;
+        match record.body {
+            Body::Issue { .. } if record.approved() => {
                 out.post(Account::CardStockControl, Account::CardUnsold { face_value_won }, face_value_won);
             }
-            Body::Activate { .. } | Body::Claim { .. } if approved => {
-                if let Some(view) = view_before.as_ref().filter(|view| view.state == State::Issued) {
+            Body::Activate { .. } | Body::Claim { .. } if record.approved() => {
+                if let Some(view) = record.view_before.as_ref().filter(|view| view.state == State::Issued) {
                     // Activated without a channel sale: spendable value nobody has paid for yet.
                     out.post(Account::CardUnsold { face_value_won }, liability, view.balance_won);
                     out.post(Account::SuspenseActivatedUnsold, Account::CardStockControl, view.balance_won);
                     out.facts.push(Fact::ActivatedUnsold { amount_won: view.balance_won });
                 }
             }
-            Body::Consign { partner_id, commission_per_mille, .. } if approved => {
+            Body::Consign { partner_id, commission_per_mille, .. } if record.approved() => {
                 self.consignments.insert(card, (*partner_id, *commission_per_mille));
             }
-            Body::Sell { channel_id, price_won, payment_means, gift_recipient_ref, .. } if approved => {
-                let consignment = self.consignments.remove(&card).filter(|(partner_id, _)| partner_id == channel_id);
-                let commission_per_mille = consignment.map_or(0, |(_, rate)| rate);
-                let commission_won = (u128::from(*price_won) * u128::from(commission_per_mille) / 1000) as u64;
-                out.post(Account::CardUnsold { face_value_won }, liability, face_value_won);
-                let mut debits = vec![(Account::ChannelReceivable { channel_id: *channel_id }, price_won - commission_won)];
-                let mut credits = vec![(Account::CardStockControl, face_value_won)];
-                debits.push((Account::DistributionCommission { partner_id: *channel_id }, commission_won));
-                if *price_won < face_value_won {
-                    debits.push((Account::SalesDiscount, face_value_won - price_won));
-                } else {
-                    credits.push((Account::SalesPremium, price_won - face_value_won));
-                }
-                out.entry(&debits, &credits).map_err(unbalanced)?;
-                out.facts.push(Fact::ChannelSale(ChannelSaleLine {
-                    origin,
-                    card,
-                    channel_id: *channel_id,
-                    face_value_won,
-                    price_won: *price_won,
-                    payment_means: *payment_means,
-                    consigned: consignment.is_some(),
-                    commission_per_mille,
-                    commission_won,
-                    gift: *gift_recipient_ref != 0,
-                }));
+            Body::Sell { channel_id, price_won, payment_means, gift_recipient_ref, .. } if record.approved() => {
+                let sale = (*channel_id, *price_won, *payment_means, *gift_recipient_ref != 0);
+                self.post_sale_of_card(record, sale, out)?;
             }
-            Body::Load { funding, .. } if approved => {
+            Body::Load { funding, .. } if record.approved() => {
                 out.post(Account::FundingClearing { means: *funding }, liability, reply.amount_won);
                 out.facts.push(Fact::Load { means: *funding, amount_won: reply.amount_won });
             }
-            Body::Authorize { merchant_id, category, .. } if approved => {
+            Body::Authorize { merchant_id, category, .. } if record.approved() => {
                 out.post(liability, Account::Holds, reply.amount_won);
                 let hold = TrackedHold {
                     pin_hash: card,
@@ -418,107 +407,42 @@ impl Follower {
                     expires_at_ms: reply.hold_expires_at_ms,
                 };
                 self.holds.insert(op_id, hold);
-                self.hold_expiries.insert((hold.expires_at_ms, op_id));
                 self.tracked_held_won += u128::from(reply.amount_won);
                 let rate_per_mille = rate_of(*merchant_id);
                 let payment = Payment { pin_hash: card, merchant_id: *merchant_id, category: *category, rate_per_mille, debited_won: 0, credited_won: 0, commission_won: 0, service: false };
                 self.payments.insert(op_id, payment);
             }
-            Body::Sale { merchant_id, category, .. } if approved => {
+            Body::Sale { merchant_id, category, .. } if record.approved() => {
                 let rate_per_mille = rate_of(*merchant_id);
                 let payment = Payment { pin_hash: card, merchant_id: *merchant_id, category: *category, rate_per_mille, debited_won: 0, credited_won: 0, commission_won: 0, service: false };
                 self.payments.insert(op_id, payment);
                 out.post(liability, Account::MerchantPayable { merchant_id: *merchant_id }, reply.amount_won);
-                self.merchant_line(&mut out, origin, op_id, MerchantKind::Sale, reply.amount_won).map_err(unbalanced)?;
+                self.merchant_line(out, origin, op_id, MerchantKind::Sale, reply.amount_won)?;
             }
-            Body::Capture { hold_id, .. } if approved => {
-                let captured_won = reply.amount_won;
-                let Some(hold) = self.holds.get_mut(hold_id) else {
-                    return Err(unbalanced(format!("capture of hold {hold_id:032x} the exporter does not track")));
-                };
-                hold.captured_won += captured_won;
-                self.tracked_held_won -= u128::from(captured_won);
-                let hold = *hold;
-                let merchant_id = self.payment(*hold_id).map_err(unbalanced)?.merchant_id;
-                out.post(Account::Holds, Account::MerchantPayable { merchant_id }, captured_won);
-                if !view_after.as_ref().is_some_and(|view| view.holds.iter().any(|live| live.hold_id == *hold_id)) {
-                    self.close_hold(*hold_id, &mut out);
-                }
-                self.captures.insert(op_id, (*hold_id, hold.pin_hash));
-                self.merchant_line(&mut out, origin, *hold_id, MerchantKind::Capture, captured_won).map_err(unbalanced)?;
-            }
-            Body::Void { hold_id, .. } if approved => {
-                let released_won = self.close_hold(*hold_id, &mut out);
+            Body::Capture { hold_id, .. } if record.approved() => self.post_capture(record, *hold_id, out)?,
+            Body::Void { hold_id, .. } if record.approved() => {
+                let released_won = self.close_hold(*hold_id, out);
                 if released_won != reply.amount_won {
-                    return Err(unbalanced(format!("void released {} won, tracked {released_won}", reply.amount_won)));
+                    return Err(format!("void released {} won, tracked {released_won}", reply.amount_won));
                 }
             }
-            Body::Reverse { original_op_id, .. } if approved => {
-                let released_won = if self.holds.contains_key(original_op_id) { self.close_hold(*original_op_id, &mut out) } else { 0 };
-                if reversed_won + released_won != reply.amount_won {
-                    return Err(unbalanced(format!("reversal of {} won: {reversed_won} credited + {released_won} released", reply.amount_won)));
-                }
-                if reversed_won > 0 {
-                    let payment = self.payment(*original_op_id).map_err(unbalanced)?;
-                    let payable = if payment.service {
-                        Account::ServiceRevenue { category: payment.category }
-                    } else {
-                        Account::MerchantPayable { merchant_id: payment.merchant_id }
-                    };
-                    match view_after.as_ref().map(|view| view.state) {
-                        Some(State::Closed) => {
-                            let Some(account_ref) = self.payout_accounts.get(&card).copied() else {
-                                return Err(unbalanced("reversal onto a closed card without a known payout account".into()));
-                            };
-                            out.post(payable, Account::RefundsPayable, reversed_won);
-                            out.facts.push(Fact::Payout(PayoutLine { origin, account_ref, card, amount_won: reversed_won, after_close: true }));
-                        }
-                        Some(State::Expired) => {
-                            out.post(payable, Account::BreakageRevenue, reversed_won);
-                            reversal_breakage_won = reversed_won;
-                            out.facts.push(Fact::Breakage(BreakageLine { origin, card, face_value_won, amount_won: reversed_won, after_expiry: true }));
-                        }
-                        _ => out.post(payable, liability, reversed_won),
-                    }
-                    if !payment.service {
-                        self.merchant_line(&mut out, origin, *original_op_id, MerchantKind::Reversal, reversed_won).map_err(unbalanced)?;
-                    }
-                }
+            Body::Reverse { original_op_id, .. } if record.approved() => {
+                return self.post_reversal(record, *original_op_id, reversed_won, out);
             }
-            Body::Refund { original_op_id, .. } if approved => {
+            Body::Refund { original_op_id, .. } if record.approved() => {
                 let payment_op_id = self.captures.get(original_op_id).map_or(*original_op_id, |(hold_id, _)| *hold_id);
-                let payment = self.payment(payment_op_id).map_err(unbalanced)?;
+                let payment = self.payment(payment_op_id)?;
                 if payment.service {
                     out.post(Account::ServiceRevenue { category: payment.category }, liability, reply.amount_won);
                 } else {
                     out.post(Account::MerchantPayable { merchant_id: payment.merchant_id }, liability, reply.amount_won);
-                    self.merchant_line(&mut out, origin, payment_op_id, MerchantKind::Refund, reply.amount_won).map_err(unbalanced)?;
+                    self.merchant_line(out, origin, payment_op_id, MerchantKind::Refund, reply.amount_won)?;
                 }
             }
-            Body::ForeignConvert { product_id, .. } if approved => {
-                // The price is what the foreign operator is owed for the PIN handed out, less the
-                // issuer's commission on it (configured per partner).
-                let Some(product) = self.shadow.config().foreign_product(*product_id).cloned() else {
-                    return Err(unbalanced(format!("conversion into foreign product {product_id}, which the catalogue does not hold")));
-                };
-                let rate_per_mille = config.foreign_commission_per_mille(product.partner_id);
-                let commission_won = (u128::from(reply.amount_won) * u128::from(rate_per_mille) / 1000) as u64;
-                let payable = Account::ForeignPartnerPayable { partner_id: product.partner_id };
-                out.post(liability, payable, reply.amount_won);
-                out.post(payable, Account::CommissionRevenue, commission_won);
-                out.facts.push(Fact::Foreign(ForeignLine {
-                    origin,
-                    card,
-                    partner_id: product.partner_id,
-                    product_id: *product_id,
-                    currency: product.currency,
-                    face_value_minor: product.face_value_minor,
-                    price_won: reply.amount_won,
-                    rate_per_mille,
-                    commission_won,
-                }));
+            Body::ForeignConvert { product_id, .. } if record.approved() => {
+                self.post_conversion(record, *product_id, config, out)?;
             }
-            Body::EventCharge { category, .. } if approved => {
+            Body::EventCharge { category, .. } if record.approved() => {
                 // The issuer's own service (a phone information call): its revenue, no merchant.
                 let payment = Payment {
                     pin_hash: card,
@@ -534,47 +458,213 @@ impl Follower {
                 out.post(liability, Account::ServiceRevenue { category: *category }, reply.amount_won);
             }
             Body::SessionStart(_) | Body::SessionUpdate { .. } | Body::SessionEnd { .. }
-                if approved
+                if record.approved()
                     || reply.code == ResultCode::SessionUsageCapped.as_u16()
                     || reply.code == ResultCode::SessionExpiredCharged.as_u16() =>
             {
-                // The reservation moves between card value and holds like a hold does; what was
-                // debited is the issuer's service revenue for the session's category.
-                let expired_won: u128 = expired.iter().map(|hold| u128::from(hold.amount_won - hold.captured_won)).sum::<u128>() + sessions_released_won;
-                let reserved_change = (totals_after.held_won + expired_won) as i128 - totals_before.held_won as i128;
-                let reserved_won = u64::try_from(reserved_change.unsigned_abs()).map_err(|_| unbalanced("reservation overflow".into()))?;
-                if reserved_change >= 0 {
-                    out.post(liability, Account::Holds, reserved_won);
-                    self.tracked_held_won += u128::from(reserved_won);
-                } else {
-                    out.post(Account::Holds, liability, reserved_won);
-                    self.tracked_held_won -= u128::from(reserved_won);
-                }
-                out.post(liability, Account::ServiceRevenue { category: session_category }, reply.amount_won);
+                self.post_session_report(record, out)?;
             }
-            Body::BalanceRefund { payout_account_ref, .. } if approved => {
+            Body::BalanceRefund { payout_account_ref, .. } if record.approved() => {
                 out.post(liability, Account::RefundsPayable, reply.amount_won);
                 self.payout_accounts.insert(card, *payout_account_ref);
                 out.facts.push(Fact::Payout(PayoutLine { origin, account_ref: *payout_account_ref, card, amount_won: reply.amount_won, after_close: false }));
             }
             _ => {}
         }
+        Ok(0)
+    }
 
-        // A card past its validity expired when this command touched it: its balance is breakage.
-        let breakage_won = delta(totals_before.breakage_won, totals_after.breakage_won, "breakage").map_err(unbalanced)?;
-        let expiry_breakage_won = breakage_won.checked_sub(reversal_breakage_won).ok_or_else(|| unbalanced("breakage below the reversal's".into()))?;
-        if expiry_breakage_won > 0 {
-            out.post(liability, Account::BreakageRevenue, expiry_breakage_won);
-            out.facts.push(Fact::Breakage(BreakageLine { origin, card, face_value_won, amount_won: expiry_breakage_won, after_expiry: false }));
+    /// CARD_SELL: the card's value becomes spendable, and the channel owes the price less the
+    /// consignment commission (a discount or premium against the face value balances it).
+    fn post_sale_of_card(
+        &mut self,
+        record: &Record,
+        (channel_id, price_won, payment_means, gift): (u32, u64, u8, bool),
+        out: &mut Out,
+    ) -> std::result::Result<(), String> {
+        let (card, face_value_won) = (record.card, record.face_value_won);
+        let consignment = self.consignments.remove(&card).filter(|(partner_id, _)| *partner_id == channel_id);
+        let commission_per_mille = consignment.map_or(0, |(_, rate)| rate);
+        let commission_won = (u128::from(price_won) * u128::from(commission_per_mille) / 1000) as u64;
+        out.post(Account::CardUnsold { face_value_won }, record.liability(), face_value_won);
+        let mut debits = vec![(Account::ChannelReceivable { channel_id }, price_won - commission_won)];
+        let mut credits = vec![(Account::CardStockControl, face_value_won)];
+        debits.push((Account::DistributionCommission { partner_id: channel_id }, commission_won));
+        if price_won < face_value_won {
+            debits.push((Account::SalesDiscount, face_value_won - price_won));
+        } else {
+            credits.push((Account::SalesPremium, price_won - face_value_won));
         }
+        out.entry(&debits, &credits)?;
+        out.facts.push(Fact::ChannelSale(ChannelSaleLine {
+            origin: record.origin,
+            card,
+            channel_id,
+            face_value_won,
+            price_won,
+            payment_means,
+            consigned: consignment.is_some(),
+            commission_per_mille,
+            commission_won,
+            gift,
+        }));
+        Ok(())
+    }
 
-        out.check(&totals_before, &totals_after, self.tracked_held_won).map_err(unbalanced)?;
-        self.post_card_values(&out.card_moves).map_err(unbalanced)?;
-        let amount_won = if approved { money_of(body, reply.amount_won) } else { 0 };
-        let (kind, authorization) = record_kind(body);
-        let years = if authorization || (1..=SMALL_TRANSACTION_MAX_WON).contains(&amount_won) { 1 } else { 5 };
-        out.facts.push(Fact::Retention(RetentionLine { origin, kind, code: reply.code, amount_won, years }));
-        Ok(Effects { time_ms, postings: out.postings, facts: out.facts })
+    /// CAPTURE: the captured money goes from the hold to the merchant; a hold the engine closed
+    /// (a final capture, or nothing left) is closed here too.
+    fn post_capture(&mut self, record: &Record, hold_id: OpId, out: &mut Out) -> std::result::Result<(), String> {
+        let captured_won = record.reply.amount_won;
+        let Some(hold) = self.holds.get_mut(&hold_id) else {
+            return Err(format!("capture of hold {hold_id:032x} the exporter does not track"));
+        };
+        hold.captured_won += captured_won;
+        self.tracked_held_won -= u128::from(captured_won);
+        let hold = *hold;
+        let merchant_id = self.payment(hold_id)?.merchant_id;
+        out.post(Account::Holds, Account::MerchantPayable { merchant_id }, captured_won);
+        if !record.view_after.as_ref().is_some_and(|view| view.holds.iter().any(|live| live.hold_id == hold_id)) {
+            self.close_hold(hold_id, out);
+        }
+        self.captures.insert(record.origin.op_id, (hold_id, hold.pin_hash));
+        self.merchant_line(out, record.origin, hold_id, MerchantKind::Capture, captured_won)
+    }
+
+    /// REVERSE: a pending hold is released, debited money comes back to the card (or, on a
+    /// closed card, to its payout account; on an expired one, to breakage). Returns that
+    /// breakage.
+    fn post_reversal(
+        &mut self,
+        record: &Record,
+        original_op_id: OpId,
+        reversed_won: u64,
+        out: &mut Out,
+    ) -> std::result::Result<u64, String> {
+        let (card, reply, origin) = (record.card, record.reply, record.origin);
+        let pending = self.holds.contains_key(&original_op_id);
+        let released_won = if pending { self.close_hold(original_op_id, out) } else { 0 };
+        if reversed_won + released_won != reply.amount_won {
+            let amount_won = reply.amount_won;
+            return Err(format!("reversal of {amount_won} won: {reversed_won} credited + {released_won} released"));
+        }
+        if reversed_won == 0 {
+            return Ok(0);
+        }
+        let mut reversal_breakage_won = 0;
+        let payment = self.payment(original_op_id)?;
+        let payable = if payment.service {
+            Account::ServiceRevenue { category: payment.category }
+        } else {
+            Account::MerchantPayable { merchant_id: payment.merchant_id }
+        };
+        match record.view_after.as_ref().map(|view| view.state) {
+            Some(State::Closed) => {
+                let Some(account_ref) = self.payout_accounts.get(&card).copied() else {
+                    return Err("reversal onto a closed card without a known payout account".into());
+                };
+                out.post(payable, Account::RefundsPayable, reversed_won);
+                out.facts.push(Fact::Payout(PayoutLine { origin, account_ref, card, amount_won: reversed_won, after_close: true }));
+            }
+            Some(State::Expired) => {
+                out.post(payable, Account::BreakageRevenue, reversed_won);
+                reversal_breakage_won = reversed_won;
+                let face_value_won = record.face_value_won;
+                out.facts.push(Fact::Breakage(BreakageLine { origin, card, face_value_won, amount_won: reversed_won, after_expiry: true }));
+            }
+            _ => out.post(payable, record.liability(), reversed_won),
+        }
+        if !payment.service {
+            self.merchant_line(out, origin, original_op_id, MerchantKind::Reversal, reversed_won)?;
+        }
+        Ok(reversal_breakage_won)
+    }
+
+    /// FOREIGN_CONVERT: the price is what the foreign operator is owed for the PIN handed out,
+    /// less the issuer's commission on it (configured per partner).
+    fn post_conversion(
+        &mut self,
+        record: &Record,
+        product_id: u32,
+        config: &ExportConfig,
+        out: &mut Out,
+    ) -> std::result::Result<(), String> {
+        let Some(product) = self.shadow.config().foreign_product(product_id).cloned() else {
+            return Err(format!("conversion into foreign product {product_id}, which the catalogue does not hold"));
+        };
+        let price_won = record.reply.amount_won;
+        let rate_per_mille = config.foreign_commission_per_mille(product.partner_id);
+        let commission_won = (u128::from(price_won) * u128::from(rate_per_mille) / 1000) as u64;
+        let payable = Account::ForeignPartnerPayable { partner_id: product.partner_id };
+        out.post(record.liability(), payable, price_won);
+        out.post(payable, Account::CommissionRevenue, commission_won);
+        out.facts.push(Fact::Foreign(ForeignLine {
+            origin: record.origin,
+            card: record.card,
+            partner_id: product.partner_id,
+            product_id,
+            currency: product.currency,
+            face_value_minor: product.face_value_minor,
+            price_won,
+            rate_per_mille,
+            commission_won,
+        }));
+        Ok(())
+    }
+
+    /// SESSION_START, UPDATE and END: the reservation moves between card value and holds like a
+    /// hold does (its change is the holds total's, less what the record's expiries released);
+    /// what was debited is the issuer's service revenue for the session's category.
+    fn post_session_report(&mut self, record: &Record, out: &mut Out) -> std::result::Result<(), String> {
+        let liability = record.liability();
+        let (before, after) = (&record.totals_before, &record.totals_after);
+        let reserved_change = (after.held_won + record.released_won) as i128 - before.held_won as i128;
+        let reserved_won = u64::try_from(reserved_change.unsigned_abs()).map_err(|_| "reservation overflow")?;
+        if reserved_change >= 0 {
+            out.post(liability, Account::Holds, reserved_won);
+            self.tracked_held_won += u128::from(reserved_won);
+        } else {
+            out.post(Account::Holds, liability, reserved_won);
+            self.tracked_held_won -= u128::from(reserved_won);
+        }
+        out.post(liability, Account::ServiceRevenue { category: record.session_category }, record.reply.amount_won);
+        Ok(())
+    }
+
+    /// A card past its validity expired when this command touched it: its balance is breakage.
+    /// Posted from the engine's effect, which must account for the breakage total's whole move
+    /// beyond the reversal's.
+    fn post_expiry_breakage(
+        &mut self,
+        record: &Record,
+        effects: &[Effect],
+        reversal_breakage_won: u64,
+        out: &mut Out,
+    ) -> std::result::Result<(), String> {
+        let breakage_won = delta(record.totals_before.breakage_won, record.totals_after.breakage_won, "breakage")?;
+        let expiry_breakage_won =
+            breakage_won.checked_sub(reversal_breakage_won).ok_or_else(|| "breakage below the reversal's".to_string())?;
+        let mut reported_won = 0u64;
+        for effect in effects {
+            let Effect::CardExpired { pin_hash, breakage_won } = *effect else { continue };
+            reported_won = reported_won.checked_add(breakage_won).ok_or("breakage overflow")?;
+            if breakage_won > 0 {
+                let face_value_won = if pin_hash == record.card {
+                    record.face_value_won
+                } else {
+                    self.shadow.card(record.origin.time_ms, pin_hash).map_or(0, |view| view.face_value_won)
+                };
+                let liability = Account::CardLiability { face_value_won };
+                out.post_for(pin_hash, liability, Account::BreakageRevenue, breakage_won);
+                let (origin, amount_won) = (record.origin, breakage_won);
+                let line = BreakageLine { origin, card: pin_hash, face_value_won, amount_won, after_expiry: false };
+                out.facts.push(Fact::Breakage(line));
+            }
+        }
+        if reported_won != expiry_breakage_won {
+            let moved_won = expiry_breakage_won;
+            return Err(format!("card expiries report {reported_won} won of breakage, the totals moved {moved_won}"));
+        }
+        Ok(())
     }
 
     /// Moves the card sub-ledger by a record's card-value postings (a card never below zero).
@@ -652,7 +742,6 @@ impl Follower {
     /// Removes a tracked hold, posting the release of what was not captured; returns it.
     fn close_hold(&mut self, hold_id: OpId, out: &mut Out) -> u64 {
         let Some(hold) = self.holds.remove(&hold_id) else { return 0 };
-        self.hold_expiries.remove(&(hold.expires_at_ms, hold_id));
         let released_won = hold.amount_won - hold.captured_won;
         self.tracked_held_won -= u128::from(released_won);
         out.post_for(hold.pin_hash, Account::Holds, Account::CardLiability { face_value_won: hold.face_value_won }, released_won);
@@ -695,6 +784,36 @@ impl Follower {
     /// The card view of a card on this shard at the shadow's clock.
     pub fn card(&self, pin_hash: PinHash) -> Option<CardView> {
         self.shadow.card(self.shadow.now_ms(), pin_hash)
+    }
+}
+
+/// One journal record as the posting functions see it: the command, its reply, the record's
+/// card before and after it, and the engine's totals around it.
+struct Record<'a> {
+    origin: Origin,
+    body: &'a Body,
+    reply: Reply,
+    /// The command's card (0: none).
+    card: PinHash,
+    face_value_won: u64,
+    view_before: Option<CardView>,
+    view_after: Option<CardView>,
+    /// The category of the session a session command names (read before the command).
+    session_category: u8,
+    totals_before: Totals,
+    totals_after: Totals,
+    /// What the record's expiries and audit closes released from holds to card value.
+    released_won: u128,
+}
+
+impl Record<'_> {
+    fn approved(&self) -> bool {
+        self.reply.code == ResultCode::Approved.as_u16()
+    }
+
+    /// The spendable-value account of the record's card.
+    fn liability(&self) -> Account {
+        Account::CardLiability { face_value_won: self.face_value_won }
     }
 }
 

@@ -49,18 +49,6 @@ impl Shard {
         self.sessions.expired_len()
     }
 
-    /// The sessions that a command applied at `now_ms` would expire for silence, with their
-    /// cards and reservations (the exporter posts the releases). Read-only.
-    pub fn sessions_expiring(&self, now_ms: Ms) -> Vec<(u128, PinHash, u64)> {
-        let now_ms = now_ms.max(self.now_ms);
-        self.sessions.due(now_ms)
-    }
-
-    /// A live session's card and reservation.
-    pub fn session_reservation(&self, session_id: u128) -> Option<(PinHash, u64)> {
-        self.sessions.get(&session_id).map(|session| (session.pin_hash, session.reserved_won))
-    }
-
     /// SESSION_AUDIT: how many live sessions `owner_id` has here, and their `session_digest`.
     pub fn owner_sessions(&self, owner_id: u32) -> (u32, u128) {
         let ids: Vec<u128> =

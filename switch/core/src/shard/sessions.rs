@@ -127,18 +127,6 @@ impl SessionTable {
         self.deadlines.first().filter(|(expires_at_ms, _)| *expires_at_ms <= now_ms).copied()
     }
 
-    /// The live sessions due at `now_ms`, with their cards and reservations.
-    pub(super) fn due(&self, now_ms: Ms) -> Vec<(u128, PinHash, u64)> {
-        self.deadlines
-            .iter()
-            .take_while(|(expires_at_ms, _)| *expires_at_ms <= now_ms)
-            .map(|(_, session_id)| {
-                let session = &self.live[session_id];
-                (*session_id, session.pin_hash, session.reserved_won)
-            })
-            .collect()
-    }
-
     /// The session a report of this card names, and whether it is an expired one (a copy: the
     /// report changes it, then puts it back with `renew` or `update_expired`).
     pub(super) fn reported(&self, session_id: u128, pin_hash: PinHash) -> Option<(Session, bool)> {
