@@ -344,6 +344,14 @@ impl Applied {
         Applied { reply, changed, effects: Vec::new() }
     }
 
+    /// The session notices the command raised, in order.
+    pub fn notices(&self) -> impl Iterator<Item = SessionNoticeOut> + '_ {
+        self.effects.iter().filter_map(|effect| match effect {
+            Effect::Notice(notice) => Some(*notice),
+            _ => None,
+        })
+    }
+
     /// The foreign PIN an approved FOREIGN_CONVERT handed out (its replays included).
     pub fn foreign_pin(&self) -> Option<ForeignCode> {
         self.effects.iter().find_map(|effect| match effect {
@@ -372,6 +380,9 @@ pub enum Effect {
     CardExpired { pin_hash: PinHash, breakage_won: u64 },
     /// An approved FOREIGN_CONVERT handed out this foreign PIN (its replay hands out the same).
     ForeignPinHandedOut { code: ForeignCode },
+    /// A notice for the call switch that owns a live session (the server pushes it once the
+    /// command is durable; replay's are dropped with the rest).
+    Notice(SessionNoticeOut),
 }
 
 /// A card as BALANCE_INQUIRY shows it.

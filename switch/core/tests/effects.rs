@@ -1,12 +1,12 @@
 //! The effects `Shard::apply` reports beside its reply, one script per kind: a hold expiring, a
 //! session expiring for silence or closed by the audit, a card expiring into breakage, a foreign
-//! PIN handed out (and again on its replay). Every script also replays its journal (the commands
-//! that changed state, at their times) into a fresh shard and requires the same effects, as the
-//! settlement exporter's shadow engine relies on.
+//! PIN handed out (and again on its replay), a notice to a card's calls. Every script also
+//! replays its journal (the commands that changed state, at their times) into a fresh shard and
+//! requires the same effects, as the settlement exporter's shadow engine relies on.
 
 use pinswitch_core::{Applied, Body, Command, Effect, EngineConfig, ForeignCode, Ms, OpId, PinHash, SessionOpen, Shard};
-use pinswitch_core::pack_destination;
-use pinswitch_protocol::{ResultCode, op_id_at};
+use pinswitch_core::{SessionNoticeOut, pack_destination};
+use pinswitch_protocol::{NOTICE_EXPIRED, NOTICE_REAUTHORIZE, ResultCode, op_id_at};
 
 const T0: Ms = 1_800_000_000_000;
 const CARD: PinHash = 0xA11CE;
@@ -143,7 +143,11 @@ fn sessions_expired_or_closed_report_their_release() {
     s.op(session_start(1, 60), ResultCode::Approved);
     s.now_ms += 240_000;
     let tick = s.system(Body::Tick);
-    assert_eq!(tick.effects, [Effect::SessionExpired { session_id: 1, pin_hash: CARD, released_won: 120 }]);
+    let told = SessionNoticeOut { session_id: 1, kind: NOTICE_EXPIRED, available_won: 10_000 };
+    assert_eq!(
+        tick.effects,
+        [Effect::SessionExpired { session_id: 1, pin_hash: CARD, released_won: 120 }, Effect::Notice(told)]
+    );
 
     s.op(session_start(2, 60), ResultCode::Approved);
     s.op(session_start(3, 30), ResultCode::Approved);
@@ -209,5 +213,23 @@ fn a_foreign_conversion_reports_the_pin_handed_out() {
     assert!(reused.effects.is_empty(), "another body under the op id is handed nothing");
     let (_, second) = s.op(convert(1), ResultCode::Approved);
     assert_eq!(second.foreign_pin(), ForeignCode::new(b"US-2"));
+    s.replay_agrees();
+}
+
+/// A recharge tells the card's live calls to re-authorize: one notice per call, in the
+/// recharge's effects; a card without calls raises none.
+#[test]
+fn a_notice_to_the_cards_calls_is_an_effect() {
+    let mut s = Script::new();
+    s.active_card(CARD, 10_000);
+    let load = Body::Load { pin_hash: CARD, amount_won: 10_000, funding: 1 };
+    let (_, quiet) = s.op(load.clone(), ResultCode::Approved);
+    assert!(quiet.effects.is_empty());
+    s.op(session_start(1, 60), ResultCode::Approved);
+    let (_, loaded) = s.op(load, ResultCode::Approved);
+    let available_won = loaded.reply.available_won;
+    let told = SessionNoticeOut { session_id: 1, kind: NOTICE_REAUTHORIZE, available_won };
+    assert_eq!(loaded.effects, [Effect::Notice(told)]);
+    assert_eq!(loaded.notices().collect::<Vec<_>>(), [told]);
     s.replay_agrees();
 }

@@ -2733,7 +2733,7 @@ impl Walk {
         if reference_reply.approval_code == APPROVAL_PENDING {
             self.reference.adopt_approval_code(command.op_id, applied.reply.approval_code);
         }
-        let engine_notices = self.shard.take_notices();
+        let engine_notices: Vec<SessionNoticeOut> = applied.notices().collect();
         let reference_notices = std::mem::take(&mut self.reference.notices);
         if engine_notices != reference_notices {
             self.fail(
@@ -2986,8 +2986,10 @@ impl Walk {
     /// Replays the journal into a fresh shard: same replies, same final state.
     fn check_recovery(&self) {
         let mut recovered = Shard::new(0, 1, EngineConfig::test_min());
+        let mut recovered_notices = Vec::new();
         for (index, (now, command, reply)) in self.journal.iter().enumerate() {
             let applied = recovered.apply(*now, command);
+            recovered_notices.extend(applied.notices());
             if applied.reply != *reply || !applied.changed {
                 panic!(
                     "\nRECOVERY MISMATCH: {}, journal entry {index} of {}\n  now {now}\n  command  {command:?}\n  journaled {reply:?}\n  replayed  {applied:?}",
@@ -3011,7 +3013,7 @@ impl Walk {
         for owner in 1..=3 {
             assert_eq!(recovered.owner_sessions(owner), self.shard.owner_sessions(owner), "{}", context(&format!("owner {owner}")));
         }
-        assert_eq!(recovered.take_notices(), self.notices, "{}", context("notices"));
+        assert_eq!(recovered_notices, self.notices, "{}", context("notices"));
         recovered.check_invariants().unwrap_or_else(|why| panic!("{}: {why}", context("invariants")));
     }
 

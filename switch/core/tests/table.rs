@@ -21,17 +21,20 @@ const OTHER: PinHash = 0xB0B;
 const PASSWORD: u64 = 4321;
 const WRONG: u64 = 9999;
 
-/// A shard plus a clock, an op-id counter and a record of every code it has answered.
+/// A shard plus a clock, an op-id counter, a record of every code it has answered, and the
+/// notices its commands raised since the script last looked.
 struct Script {
     shard: Shard,
     now_ms: Ms,
     next_op: u128,
     seen: BTreeSet<u16>,
+    notices: Vec<SessionNoticeOut>,
 }
 
 impl Script {
     fn new() -> Script {
-        Script { shard: Shard::new(0, 1, EngineConfig::test_min()), now_ms: T0, next_op: 1, seen: BTreeSet::new() }
+        let shard = Shard::new(0, 1, EngineConfig::test_min());
+        Script { shard, now_ms: T0, next_op: 1, seen: BTreeSet::new(), notices: Vec::new() }
     }
 
     fn op_id(&mut self) -> OpId {
@@ -43,6 +46,7 @@ impl Script {
         let applied = self.shard.apply(self.now_ms, &Command { op_id, deadline_at_ms, body });
         self.seen.insert(applied.reply.code);
         self.shard.check_invariants().unwrap();
+        self.notices.extend(applied.notices());
         applied.reply
     }
 
@@ -833,12 +837,14 @@ fn session_grants_limits_replays_and_refusals() {
 fn system(s: &mut Script, body: Body) -> pinswitch_core::Applied {
     let applied = s.shard.apply(s.now_ms, &Command { op_id: 0, deadline_at_ms: 0, body });
     s.shard.check_invariants().unwrap();
+    s.notices.extend(applied.notices());
     applied
 }
 
 /// The (session id, kind) of the notices raised since the last look.
 fn notices(s: &mut Script) -> Vec<(u128, u8)> {
-    s.shard.take_notices().into_iter().map(|SessionNoticeOut { session_id, kind, .. }| (session_id, kind)).collect()
+    let taken = std::mem::take(&mut s.notices);
+    taken.into_iter().map(|SessionNoticeOut { session_id, kind, .. }| (session_id, kind)).collect()
 }
 
 /// Request numbers, silence expiry (twice the validity: 240 s in `test_min`), the late report

@@ -361,7 +361,7 @@ impl Follower {
                     self.tracked_held_won -= u128::from(released_won);
                     released_total_won += u128::from(released_won);
                 }
-                Effect::CardExpired { .. } | Effect::ForeignPinHandedOut { .. } => {}
+                Effect::CardExpired { .. } | Effect::ForeignPinHandedOut { .. } | Effect::Notice(_) => {}
             }
         }
         Ok(released_total_won)

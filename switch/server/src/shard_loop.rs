@@ -378,8 +378,8 @@ pub fn recover(settings: &ShardSettings) -> anyhow::Result<(Shard, Journal, Reco
     recovery
         .replay(snapshot_seq, |seq, payload| {
             let entry = decode_entry(payload).map_err(|why| format!("record {seq} does not decode: {why}"))?;
-            // The effects (expiries, breakage, PINs handed out) were answered and pushed by the
-            // process that applied the record first: dropped with `applied`.
+            // The effects (expiries, breakage, PINs handed out, notices) were answered and pushed
+            // by the process that applied the record first: dropped with `applied`.
             let applied = engine.apply(entry.now_ms, &entry.command);
             if applied.reply != entry.reply || !applied.changed {
                 return Err(format!(
@@ -404,8 +404,6 @@ pub fn recover(settings: &ShardSettings) -> anyhow::Result<(Shard, Journal, Reco
         journal.append(&encode_entry(&entry)).context("journaling the configuration")?;
         journal.commit().context("committing the configuration")?;
     }
-    // Notices raised by replay were pushed (or not) by the process that applied them first.
-    engine.take_notices();
     let report = RecoveryReport { snapshot_seq, replayed_records, cards: engine.card_count() };
     Ok((engine, journal, report))
 }
@@ -470,7 +468,8 @@ impl Runner {
         let mut outputs = Vec::with_capacity(batches.len());
         let now_ms = wall_clock_ms();
         let mut appended = 0u64;
-        appended += self.tick(now_ms);
+        let mut notices = Vec::new();
+        appended += self.tick(now_ms, &mut notices);
         for batch in batches.iter() {
             let mut answers = Vec::with_capacity(batch.items.len());
             for item in &batch.items {
@@ -481,6 +480,7 @@ impl Runner {
                             self.append(now_ms, command.clone(), applied.reply);
                             appended += 1;
                         }
+                        collect_notices(&applied, &mut notices);
                         ShardOutput::Applied(applied)
                     }
                     ShardItem::Card(pin_hash) => ShardOutput::Card(self.engine.card(now_ms, *pin_hash)),
@@ -507,6 +507,7 @@ impl Runner {
                                 self.append(now_ms, command, applied.reply);
                                 appended += 1;
                             }
+                            collect_notices(&applied, &mut notices);
                         }
                         ShardOutput::AuditClosed(count, orphans)
                     }
@@ -515,12 +516,12 @@ impl Runner {
             outputs.push(answers);
         }
         self.since_snapshot += appended;
-        let notices = self.engine.take_notices();
         Waiting { seq: self.journal.last_seq(), batches, outputs, notices }
     }
 
-    /// Expires due holds and silent sessions; returns how many records it appended.
-    fn tick(&mut self, now_ms: Ms) -> u64 {
+    /// Expires due holds and silent sessions (their notices go to `notices`); returns how many
+    /// records it appended.
+    fn tick(&mut self, now_ms: Ms, notices: &mut Vec<SessionNoticeOut>) -> u64 {
         match self.engine.next_expiry_ms() {
             Some(due_ms) if due_ms <= now_ms => {}
             _ => return 0,
@@ -531,6 +532,7 @@ impl Runner {
             return 0;
         }
         self.append(now_ms, command, applied.reply);
+        collect_notices(&applied, notices);
         1
     }
 
@@ -570,6 +572,19 @@ impl Runner {
             fatal(&format!("shard {} snapshot thread is gone", self.settings.shard_id));
         }
         self.since_snapshot = 0;
+    }
+}
+
+/// Most session notices one group keeps for the push directory; past it new ones are dropped
+/// (they are advisory: the call switch learns the same at its next report).
+const NOTICES_PENDING_MAX: usize = 65_536;
+
+/// Adds the notices a command raised to its group's, within `NOTICES_PENDING_MAX`.
+fn collect_notices(applied: &Applied, notices: &mut Vec<SessionNoticeOut>) {
+    for notice in applied.notices() {
+        if notices.len() < NOTICES_PENDING_MAX {
+            notices.push(notice);
+        }
     }
 }
 

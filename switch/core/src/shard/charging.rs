@@ -16,10 +16,6 @@ use crate::types::{
     SessionNoticeOut, SessionOpen, destination_digits,
 };
 
-/// Most session notices waiting for the server to take them (`Shard::take_notices`); past it
-/// new ones are dropped (they are advisory: the call switch learns the same at its next report).
-pub const NOTICES_PENDING_MAX: usize = 65_536;
-
 /// A card's available balance before a command that may lower it, and the low-balance mark
 /// (`low_balance_warn_won`) it must not cross without a notice.
 pub(super) struct LowBalanceWatch {
@@ -28,12 +24,6 @@ pub(super) struct LowBalanceWatch {
 }
 
 impl Shard {
-    /// Takes the session notices raised since the last call (the server pushes them once the
-    /// commands that raised them are durable; recovery drops replay's).
-    pub fn take_notices(&mut self) -> Vec<SessionNoticeOut> {
-        std::mem::take(&mut self.notices)
-    }
-
     /// Live charging sessions.
     pub fn session_count(&self) -> usize {
         self.sessions.len()
@@ -397,10 +387,10 @@ impl Shard {
         }
     }
 
+    /// A notice is an effect of the command that raised it (one command raises a few at most
+    /// per live session of the shard: the list is bounded by `sessions_per_shard_max`).
     pub(super) fn push_notice(&mut self, notice: SessionNoticeOut) {
-        if self.notices.len() < NOTICES_PENDING_MAX {
-            self.notices.push(notice);
-        }
+        self.effects.push(Effect::Notice(notice));
     }
 
     /// EVENT_CHARGE: `units` events at the tariff's event price, debited at once like a SALE

@@ -28,7 +28,8 @@
 //! What the steps do beyond the reply is recorded as it happens and returned in
 //! `Applied::effects`: the holds and sessions step 1 expired, the card step 3 found expired (its
 //! breakage), the sessions the audit closed, the foreign PIN a conversion (or its replay, from
-//! step 2) handed out. They are derived, never journaled, so replay makes the same ones again.
+//! step 2) handed out, the notices to the card's calls. They are derived, never journaled, so
+//! replay makes the same ones again.
 //!
 //! The files, by job: `checks.rs` (the gate and the card checks the rules share), `op_window.rs`
 //! (op-id records, their window, the retry comparison), `cards.rs` (a card's life),
@@ -48,7 +49,6 @@ mod op_window;
 mod payments;
 mod sessions;
 
-pub use self::charging::NOTICES_PENDING_MAX;
 pub use self::op_window::msg_type_of;
 use self::cards::Card;
 use self::checks::Gate;
@@ -60,7 +60,7 @@ use crate::config::EngineConfig;
 use crate::dense_map::DenseMap;
 pub use crate::hasher::{KeyHasher, KeyHasherBuilder};
 use crate::hasher::KeyMap;
-use crate::types::{Applied, Body, Command, Effect, Ms, OpId, PinHash, Reply, SessionNoticeOut, Totals};
+use crate::types::{Applied, Body, Command, Effect, Ms, OpId, PinHash, Reply, Totals};
 
 /// One shard's state. `Clone` is a consistent copy for a snapshot taken off the shard thread:
 /// the big tables (cards, op-id records) are `DenseMap`s whose chunks are shared copy-on-write,
@@ -89,9 +89,6 @@ pub struct Shard {
     /// Charging sessions: live ones by id, silence deadline and card, and those expired for
     /// silence that a late report may still charge.
     sessions: SessionTable,
-    /// Notices raised by the commands applied since the server last took them (not state:
-    /// never in a snapshot, and replay's are dropped).
-    notices: Vec<SessionNoticeOut>,
     /// The effects of the command being applied, handed out in its `Applied` (not state:
     /// always empty between commands).
     effects: Vec<Effect>,
@@ -120,7 +117,6 @@ impl Shard {
             foreign: ForeignPools::new(hasher),
             gift_recipients: KeyMap::with_hasher(hasher),
             sessions: SessionTable::new(hasher),
-            notices: Vec::new(),
             effects: Vec::new(),
         }
     }
