@@ -22,7 +22,7 @@ const LONG_FUNCTIONS: &[(&str, &str, usize)] = &[
 const LINE_COLUMNS_MAX: usize = 120;
 
 /// Lines wider than `LINE_COLUMNS_MAX` when this test was written; the count may only fall.
-const WIDE_LINES_NOW: usize = 785;
+const WIDE_LINES_NOW: usize = 765;
 
 /// Per crate (its folder), the only dependencies it may have. The engine is pure (no I/O, no
 /// async, no clock crates); the journal knows bytes, not the engine; the wire contract knows

@@ -318,11 +318,19 @@ impl Follower {
             totals_after: self.shadow.totals(),
             released_won,
         };
-        let reversal_breakage_won = self.post_body(&record, config, &mut out).map_err(unbalanced)?;
+        // A replayed reply executed nothing: it is journaled only when the same apply dropped an
+        // op-id generation or expired something, and those moves come with their effects. Its
+        // command's own money was posted with the original (posting it again would double it).
+        let replayed = record.reply.replayed;
+        let reversal_breakage_won =
+            if replayed { 0 } else { self.post_body(&record, config, &mut out).map_err(unbalanced)? };
         self.post_expiry_breakage(&record, &applied.effects, reversal_breakage_won, &mut out).map_err(unbalanced)?;
 
         out.check(&record.totals_before, &record.totals_after, self.tracked_held_won).map_err(unbalanced)?;
         self.post_card_values(&out.card_moves).map_err(unbalanced)?;
+        if replayed {
+            return Ok(Effects { time_ms, postings: out.postings, facts: out.facts });
+        }
         let reply = record.reply;
         let amount_won = if record.approved() { money_of(body, reply.amount_won) } else { 0 };
         let (kind, authorization) = record_kind(body);
@@ -959,5 +967,63 @@ fn op_session_id(body: &Body) -> u128 {
         Body::SessionStart(open) => open.session_id,
         Body::SessionUpdate { session_id, .. } | Body::SessionEnd { session_id, .. } => *session_id,
         _ => 0,
+    }
+}
+
+#[cfg(test)]
+mod replay_tests {
+    use super::Follower;
+    use crate::config::ExportConfig;
+    use pinswitch_core::{Body, Command, EngineConfig, JournalEntry, Shard, encode_entry};
+    use pinswitch_protocol::op_id_at;
+
+    /// A retry that arrives in the apply that drops an old op-id generation changes the state
+    /// (the generation goes), so the switch journals it with its replayed reply. The follower
+    /// must post nothing for it: the SALE's money moved once, with the original.
+    #[test]
+    fn a_journaled_replay_posts_nothing_twice() {
+        let config = EngineConfig::test_min();
+        let mut engine = Shard::new(0, 1, config.clone());
+        let mut follower = Follower::new(0, 1, config);
+        let export = ExportConfig::default();
+        let mut seq = 0u64;
+        let mut journaled_replays = 0;
+        let mut feed = |engine: &mut Shard, follower: &mut Follower, now_ms: u64, op_id: u128, body: Body| {
+            let command = Command { op_id, deadline_at_ms: 0, body };
+            let applied = engine.apply(now_ms, &command);
+            if !applied.changed {
+                return None;
+            }
+            seq += 1;
+            let entry = JournalEntry { now_ms, command, reply: applied.reply };
+            let effects = follower.apply(seq, &encode_entry(&entry), &export).expect("the follower posts every record");
+            Some((applied.reply, effects))
+        };
+        let t0 = 1_800_000_000_000u64;
+        let pin_hash = 1_000u128;
+        let mut low = 1u128;
+        for card in 0..40u128 {
+            low += 1;
+            let issue = Body::Issue { pin_hash: pin_hash + card, face_value_won: 10_000 };
+            feed(&mut engine, &mut follower, t0, op_id_at(t0, low), issue);
+        }
+        low += 1;
+        feed(&mut engine, &mut follower, t0, op_id_at(t0, low), Body::Activate { pin_hash, password_mac: 1 });
+        let t1 = t0 + 3_600_000;
+        low += 1;
+        let sale_id = op_id_at(t1, low);
+        let sale = Body::Sale { pin_hash, password_mac: 1, amount_won: 100, merchant_id: 1, category: 1 };
+        let (first, posted) =
+            feed(&mut engine, &mut follower, t1, sale_id, sale.clone()).expect("the sale is journaled");
+        assert!(first.code == 0 && !posted.postings.is_empty(), "the original SALE posts its debit");
+        let value_after_sale = follower.card_value_won();
+        if let Some((again, effects)) = feed(&mut engine, &mut follower, t0 + 2 * 3_600_000 + 1, sale_id, sale) {
+            assert!(again.replayed, "only a replay reaches here");
+            let nothing = effects.postings.is_empty() && effects.facts.is_empty();
+            assert!(nothing, "a replay posts nothing: {:?}", effects.postings);
+            journaled_replays += 1;
+        }
+        assert_eq!(journaled_replays, 1, "the scenario journals the retry (the generation drop changed the state)");
+        assert_eq!(follower.card_value_won(), value_after_sale);
     }
 }
