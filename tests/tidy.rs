@@ -14,15 +14,24 @@ const FUNCTION_LINES_MAX: usize = 120;
 /// Functions longer than `FUNCTION_LINES_MAX` when this test was written: (file, function,
 /// lines). Each may shrink, never grow; when one is split below the limit, drop it from here.
 const LONG_FUNCTIONS: &[(&str, &str, usize)] = &[
-    ("switch/server/src/cli/card.rs", "card", 193),
-    ("switch/core/src/shard/op_window.rs", "first_difference", 122),
+    // Lengths as `cargo fmt` (rustfmt.toml: 100 columns) lays them out.
+    ("journal/src/reader.rs", "read_from", 142),
+    ("journal/src/recovery.rs", "scan", 124),
+    ("switch/core/src/shard/op_window.rs", "first_difference", 202),
+    ("switch/exporter/src/follower.rs", "post_body", 177),
+    ("switch/exporter/src/statement.rs", "entries_of", 158),
+    ("switch/exporter/src/statement.rs", "summarize", 127),
+    ("switch/server/src/cli/card.rs", "card", 257),
+    ("switch/server/src/cli/export.rs", "export", 142),
+    ("switch/server/src/native/mod.rs", "plan", 131),
 ];
 
-/// Widest line, in characters.
-const LINE_COLUMNS_MAX: usize = 120;
+/// Widest line, in characters: rustfmt's `max_width`. What rustfmt cannot wrap (long string
+/// literals, comments) is counted below.
+const LINE_COLUMNS_MAX: usize = 100;
 
 /// Lines wider than `LINE_COLUMNS_MAX` when this test was written; the count may only fall.
-const WIDE_LINES_NOW: usize = 765;
+const WIDE_LINES_NOW: usize = 135;
 
 /// Per crate (its folder), the only dependencies it may have. The engine is pure (no I/O, no
 /// async, no clock crates); the journal knows bytes, not the engine; the wire contract knows
@@ -45,7 +54,19 @@ const ALLOWED_DEPENDENCIES: &[(&str, &[&str])] = &[
             "tokio",
         ],
     ),
-    ("loadgen", &["pinswitch-protocol", "tokio", "hdrhistogram", "clap", "anyhow", "serde", "serde_json", "crc32c"]),
+    (
+        "loadgen",
+        &[
+            "pinswitch-protocol",
+            "tokio",
+            "hdrhistogram",
+            "clap",
+            "anyhow",
+            "serde",
+            "serde_json",
+            "crc32c",
+        ],
+    ),
     ("tests", &["pinswitch-protocol", "tokio", "anyhow"]),
 ];
 
@@ -81,7 +102,8 @@ fn rust_files() -> Vec<String> {
 }
 
 fn read(relative: &str) -> String {
-    std::fs::read_to_string(root().join(relative)).unwrap_or_else(|error| panic!("reading {relative}: {error}"))
+    std::fs::read_to_string(root().join(relative))
+        .unwrap_or_else(|error| panic!("reading {relative}: {error}"))
 }
 
 /// Test code: files in a `tests/` folder (and the harness crate), and what follows a
@@ -105,13 +127,17 @@ fn functions(text: &str) -> Vec<(String, usize)> {
         if let Some(name) = function_name(line) {
             let indent = &line[..line.len() - line.trim_start().len()];
             let mut signature_end = index;
-            let ends = |at: usize| lines[at].trim_end().ends_with('{') || lines[at].trim_end().ends_with(';');
+            let ends = |at: usize| {
+                lines[at].trim_end().ends_with('{') || lines[at].trim_end().ends_with(';')
+            };
             while signature_end < lines.len() && !ends(signature_end) {
                 signature_end += 1;
             }
             if signature_end < lines.len() && lines[signature_end].trim_end().ends_with('{') {
                 let closing = format!("{indent}}}");
-                let end = (signature_end + 1..lines.len()).find(|&at| lines[at] == closing).unwrap_or(lines.len() - 1);
+                let end = (signature_end + 1..lines.len())
+                    .find(|&at| lines[at] == closing)
+                    .unwrap_or(lines.len() - 1);
                 found.push((name, end - index + 1));
             }
         }
@@ -143,7 +169,10 @@ fn dependencies(manifest: &str) -> Vec<String> {
             continue;
         }
         if inside && !line.is_empty() && !line.starts_with('#') {
-            let name = line.split(|c: char| c == '=' || c == '.' || c.is_whitespace()).next().unwrap_or("");
+            let name = line
+                .split(|c: char| c == '=' || c == '.' || c.is_whitespace())
+                .next()
+                .unwrap_or("");
             names.push(name.to_string());
         }
     }
@@ -152,7 +181,8 @@ fn dependencies(manifest: &str) -> Vec<String> {
 
 #[test]
 fn every_rust_file_opens_with_a_module_paragraph() {
-    let missing: Vec<String> = rust_files().into_iter().filter(|file| !read(file).starts_with("//!")).collect();
+    let missing: Vec<String> =
+        rust_files().into_iter().filter(|file| !read(file).starts_with("//!")).collect();
     assert!(missing.is_empty(), "files that do not open with a `//!` paragraph: {missing:?}");
 }
 
@@ -161,14 +191,14 @@ fn functions_stay_short() {
     let mut problems = Vec::new();
     for file in rust_files().into_iter().filter(|file| !is_test_file(file)) {
         for (name, lines) in functions(&read(&file)) {
-            let listed = LONG_FUNCTIONS.iter().find(|(at, listed_name, _)| *at == file && *listed_name == name);
+            let listed = LONG_FUNCTIONS
+                .iter()
+                .find(|(at, listed_name, _)| *at == file && *listed_name == name);
             match listed {
-                Some((_, _, max)) if lines > *max => {
-                    problems.push(format!("{file}: fn {name} grew to {lines} lines (listed at {max})"))
-                }
-                None if lines > FUNCTION_LINES_MAX => {
-                    problems.push(format!("{file}: fn {name} is {lines} lines, over {FUNCTION_LINES_MAX}"))
-                }
+                Some((_, _, max)) if lines > *max => problems
+                    .push(format!("{file}: fn {name} grew to {lines} lines (listed at {max})")),
+                None if lines > FUNCTION_LINES_MAX => problems
+                    .push(format!("{file}: fn {name} is {lines} lines, over {FUNCTION_LINES_MAX}")),
                 _ => {}
             }
         }
@@ -180,18 +210,31 @@ fn functions_stay_short() {
 fn the_long_function_list_names_functions_that_exist() {
     for (file, name, max) in LONG_FUNCTIONS {
         // A file may hold several functions of one name: the longest is the listed one.
-        let lines = functions(&read(file)).into_iter().filter(|(found, _)| found == name).map(|(_, lines)| lines).max();
-        let lines = lines.unwrap_or_else(|| panic!("{file}: fn {name} is listed but not found: unlist it"));
-        assert!(lines > FUNCTION_LINES_MAX, "{file}: fn {name} is {lines} lines now, within the limit: unlist it");
+        let lines = functions(&read(file))
+            .into_iter()
+            .filter(|(found, _)| found == name)
+            .map(|(_, lines)| lines)
+            .max();
+        let lines =
+            lines.unwrap_or_else(|| panic!("{file}: fn {name} is listed but not found: unlist it"));
+        assert!(
+            lines > FUNCTION_LINES_MAX,
+            "{file}: fn {name} is {lines} lines now, within the limit: unlist it"
+        );
         assert!(lines <= *max, "{file}: fn {name} grew to {lines} lines (listed at {max})");
     }
 }
 
 #[test]
 fn wide_lines_only_become_fewer() {
-    let wide_in = |file: &String| read(file).lines().filter(|line| line.chars().count() > LINE_COLUMNS_MAX).count();
+    let wide_in = |file: &String| {
+        read(file).lines().filter(|line| line.chars().count() > LINE_COLUMNS_MAX).count()
+    };
     let wide: usize = rust_files().iter().map(wide_in).sum();
-    assert!(wide <= WIDE_LINES_NOW, "{wide} lines over {LINE_COLUMNS_MAX} columns, above the {WIDE_LINES_NOW} allowed");
+    assert!(
+        wide <= WIDE_LINES_NOW,
+        "{wide} lines over {LINE_COLUMNS_MAX} columns, above the {WIDE_LINES_NOW} allowed"
+    );
 }
 
 #[test]
@@ -199,7 +242,10 @@ fn crates_depend_only_on_what_their_layer_allows() {
     for (crate_dir, allowed) in ALLOWED_DEPENDENCIES {
         let manifest = read(&format!("{crate_dir}/Cargo.toml"));
         for name in dependencies(&manifest) {
-            assert!(allowed.contains(&name.as_str()), "{crate_dir} depends on {name}, which its layer does not allow");
+            assert!(
+                allowed.contains(&name.as_str()),
+                "{crate_dir} depends on {name}, which its layer does not allow"
+            );
         }
     }
 }
@@ -217,13 +263,23 @@ fn the_file_index_names_every_source_file() {
         .collect();
     let files: Vec<String> = rust_files()
         .into_iter()
-        .filter(|file| file == "tests/tidy.rs" || file.starts_with("tests/src/") || !is_test_file(file))
+        .filter(|file| {
+            file == "tests/tidy.rs" || file.starts_with("tests/src/") || !is_test_file(file)
+        })
         .filter(|file| !file.contains("/fuzz/"))
         .collect();
-    let missing: Vec<&String> = files.iter().filter(|file| !listed.contains(&file.as_str())).collect();
-    assert!(missing.is_empty(), "source files missing from ARCHITECTURE.md's file index: {missing:?}");
-    let gone: Vec<&&str> = listed.iter().filter(|path| !files.iter().any(|file| file == *path)).collect();
-    assert!(gone.is_empty(), "ARCHITECTURE.md's file index names files that do not exist: {gone:?}");
+    let missing: Vec<&String> =
+        files.iter().filter(|file| !listed.contains(&file.as_str())).collect();
+    assert!(
+        missing.is_empty(),
+        "source files missing from ARCHITECTURE.md's file index: {missing:?}"
+    );
+    let gone: Vec<&&str> =
+        listed.iter().filter(|path| !files.iter().any(|file| file == *path)).collect();
+    assert!(
+        gone.is_empty(),
+        "ARCHITECTURE.md's file index names files that do not exist: {gone:?}"
+    );
 }
 
 /// What the engine may take from the wire contract: its vocabulary (result codes, the numbered
@@ -256,7 +312,11 @@ fn protocol_names(text: &str) -> Vec<String> {
         rest = &rest[at + "pinswitch_protocol::".len()..];
         let list = match rest.strip_prefix('{') {
             Some(inner) => &inner[..inner.find('}').unwrap_or(inner.len())],
-            None => &rest[..rest.find(|c: char| !(c.is_alphanumeric() || c == '_')).unwrap_or(rest.len())],
+            None => {
+                &rest[..rest
+                    .find(|c: char| !(c.is_alphanumeric() || c == '_'))
+                    .unwrap_or(rest.len())]
+            }
         };
         for item in list.split(',') {
             let name = item.split_whitespace().next().unwrap_or("");
@@ -296,5 +356,8 @@ fn the_scanners_see_what_is_there() {
     );
     assert_eq!(dependencies(manifest), vec!["rkyv".to_string(), "serde".to_string()]);
     let uses = "use pinswitch_protocol::{\n    CardState as State, ResultCode,\n};\nlet x = pinswitch_protocol::OpResult::default();";
-    assert_eq!(protocol_names(uses), vec!["CardState".to_string(), "ResultCode".to_string(), "OpResult".to_string()]);
+    assert_eq!(
+        protocol_names(uses),
+        vec!["CardState".to_string(), "ResultCode".to_string(), "OpResult".to_string()]
+    );
 }

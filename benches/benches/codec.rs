@@ -54,40 +54,21 @@ fn codec(c: &mut Criterion) {
                 black_box(out.len())
             })
         });
-        group.bench_with_input(
-            BenchmarkId::new("decode_access", count),
-            &frame,
-            |b, frame| {
-                b.iter(|| {
-                    let decoded = decode_frame(black_box(frame), BODY_BYTES_MAX)
-                        .expect("valid")
-                        .expect("whole");
-                    let sales = access_body::<Vec<Sale>>(decoded.body).expect("valid body");
-                    black_box(
-                        sales
-                            .iter()
-                            .map(|sale| sale.amount_won.to_native())
-                            .sum::<u64>(),
-                    )
-                })
-            },
-        );
-        group.bench_with_input(
-            BenchmarkId::new("decode_owned", count),
-            &frame,
-            |b, frame| {
-                b.iter(|| {
-                    let decoded = decode_frame(black_box(frame), BODY_BYTES_MAX)
-                        .expect("valid")
-                        .expect("whole");
-                    black_box(
-                        decode_body::<Vec<Sale>>(decoded.body)
-                            .expect("valid body")
-                            .len(),
-                    )
-                })
-            },
-        );
+        group.bench_with_input(BenchmarkId::new("decode_access", count), &frame, |b, frame| {
+            b.iter(|| {
+                let decoded =
+                    decode_frame(black_box(frame), BODY_BYTES_MAX).expect("valid").expect("whole");
+                let sales = access_body::<Vec<Sale>>(decoded.body).expect("valid body");
+                black_box(sales.iter().map(|sale| sale.amount_won.to_native()).sum::<u64>())
+            })
+        });
+        group.bench_with_input(BenchmarkId::new("decode_owned", count), &frame, |b, frame| {
+            b.iter(|| {
+                let decoded =
+                    decode_frame(black_box(frame), BODY_BYTES_MAX).expect("valid").expect("whole");
+                black_box(decode_body::<Vec<Sale>>(decoded.body).expect("valid body").len())
+            })
+        });
         group.bench_with_input(
             BenchmarkId::new("encode_then_decode_access", count),
             &events,
@@ -95,14 +76,9 @@ fn codec(c: &mut Criterion) {
                 let mut out = Vec::new();
                 b.iter(|| {
                     encode(black_box(events), &mut out);
-                    let decoded = decode_frame(&out, BODY_BYTES_MAX)
-                        .expect("valid")
-                        .expect("whole");
-                    black_box(
-                        access_body::<Vec<Sale>>(decoded.body)
-                            .expect("valid body")
-                            .len(),
-                    )
+                    let decoded =
+                        decode_frame(&out, BODY_BYTES_MAX).expect("valid").expect("whole");
+                    black_box(access_body::<Vec<Sale>>(decoded.body).expect("valid body").len())
                 })
             },
         );

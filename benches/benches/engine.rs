@@ -7,8 +7,8 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use pinswitch_core::{Body, Command, EngineConfig, JournalEntry, PinHash, Shard, encode_entry};
 use pinswitch_benches::{active_shard, next};
+use pinswitch_core::{Body, Command, EngineConfig, JournalEntry, PinHash, Shard, encode_entry};
 use pinswitch_protocol::op_id_at;
 
 const CARDS: u64 = 1_000_000;
@@ -29,7 +29,10 @@ fn prepared_shard() -> Shard {
 fn engine(c: &mut Criterion) {
     let mut shard = prepared_shard();
     let mut group = c.benchmark_group("engine_apply");
-    group.sample_size(20).measurement_time(Duration::from_secs(5)).warm_up_time(Duration::from_secs(1));
+    group
+        .sample_size(20)
+        .measurement_time(Duration::from_secs(5))
+        .warm_up_time(Duration::from_secs(1));
     group.throughput(Throughput::Elements(1));
     let mut rng = 7u64;
     let mut op = 1u128 << 40;
@@ -47,7 +50,12 @@ fn engine(c: &mut Criterion) {
                 merchant_id: 9,
                 category: 1,
             };
-            black_box(shard.apply(now_ms, &Command { op_id: op_id_at(now_ms, op), deadline_at_ms: 0, body }))
+            black_box(
+                shard.apply(
+                    now_ms,
+                    &Command { op_id: op_id_at(now_ms, op), deadline_at_ms: 0, body },
+                ),
+            )
         })
     });
     // The shard loop's shape: a group of 8,000 commands at one clock reading, applied in order.
@@ -82,18 +90,31 @@ fn engine(c: &mut Criterion) {
         command: Command {
             op_id: op_id_at(T0_MS, 99),
             deadline_at_ms: 0,
-            body: Body::Sale { pin_hash: pin_hash(5), password_mac: PASSWORD_MAC, amount_won: 1, merchant_id: 9, category: 1 },
+            body: Body::Sale {
+                pin_hash: pin_hash(5),
+                password_mac: PASSWORD_MAC,
+                amount_won: 1,
+                merchant_id: 9,
+                category: 1,
+            },
         },
         reply: shard.apply(T0_MS, &Command { op_id: 0, deadline_at_ms: 0, body: Body::Tick }).reply,
     };
-    group.bench_function("encode_journal_entry", |b| b.iter(|| black_box(encode_entry(black_box(&entry)))));
+    group.bench_function("encode_journal_entry", |b| {
+        b.iter(|| black_box(encode_entry(black_box(&entry))))
+    });
     group.finish();
 
     // A snapshot image of the shard as the SALE run left it (1M cards, millions of op records).
     let mut group = c.benchmark_group("engine_snapshot");
-    group.sample_size(10).measurement_time(Duration::from_secs(10)).warm_up_time(Duration::from_secs(1));
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(10))
+        .warm_up_time(Duration::from_secs(1));
     group.throughput(Throughput::Elements(shard.card_count() as u64 + shard.op_count() as u64));
-    group.bench_function("to_snapshot_bytes", |b| b.iter(|| black_box(shard.to_snapshot_bytes().len())));
+    group.bench_function("to_snapshot_bytes", |b| {
+        b.iter(|| black_box(shard.to_snapshot_bytes().len()))
+    });
     group.bench_function("clone", |b| b.iter(|| black_box(shard.clone().card_count())));
     group.finish();
 }

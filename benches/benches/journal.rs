@@ -13,11 +13,15 @@ const RECORD_BYTES: usize = 64;
 
 fn journal(c: &mut Criterion) {
     let dir = tempfile::tempdir_in(std::env::temp_dir()).expect("temporary directory");
-    let (_, recovery) = Journal::recover(dir.path(), JournalOptions::production()).expect("fresh journal");
+    let (_, recovery) =
+        Journal::recover(dir.path(), JournalOptions::production()).expect("fresh journal");
     let mut journal = recovery.into_journal().expect("journal opens");
     let payload = [0xA5u8; RECORD_BYTES];
     let mut group = c.benchmark_group("journal_append_commit");
-    group.sample_size(10).measurement_time(Duration::from_secs(4)).warm_up_time(Duration::from_secs(1));
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(4))
+        .warm_up_time(Duration::from_secs(1));
     for records in [1u64, 64, 1024, 8192] {
         group.throughput(Throughput::Elements(records));
         group.bench_with_input(BenchmarkId::from_parameter(records), &records, |b, &records| {

@@ -18,8 +18,8 @@ use pinswitch_benches::{active_shard, next};
 use pinswitch_core::{Body, Command, EngineConfig, JournalEntry, Shard, encode_entry_into};
 use pinswitch_journal::{Journal, JournalOptions};
 use pinswitch_protocol::{
-    ArchivedSale, BatchSlice, FrameHeader, MsgType, OpResult, ResultCode, Sale, access_body, decode_frame,
-    encode_frame_body, op_id_at, pin,
+    ArchivedSale, BatchSlice, FrameHeader, MsgType, OpResult, ResultCode, Sale, access_body,
+    decode_frame, encode_frame_body, op_id_at, pin,
 };
 use siphasher::sip::SipHasher24;
 use siphasher::sip128::{Hasher128, SipHasher24 as SipHasher128};
@@ -57,7 +57,13 @@ fn prepared_shard() -> Shard {
 
 /// One SALE event on the server's path: PIN hash and password MAC, engine apply, journal
 /// record encoded and appended; its result.
-fn apply_sale(shard: &mut Shard, journal: &mut Journal, now_ms: u64, sale: &ArchivedSale, encoded: &mut Vec<u8>) -> OpResult {
+fn apply_sale(
+    shard: &mut Shard,
+    journal: &mut Journal,
+    now_ms: u64,
+    sale: &ArchivedSale,
+    encoded: &mut Vec<u8>,
+) -> OpResult {
     let hash = pin_hash(sale.pin.to_native());
     let body = Body::Sale {
         pin_hash: hash,
@@ -88,10 +94,14 @@ fn apply_sale(shard: &mut Shard, journal: &mut Journal, now_ms: u64, sale: &Arch
 fn pipeline(c: &mut Criterion) {
     let mut shard = prepared_shard();
     let dir = tempfile::tempdir_in(std::env::temp_dir()).expect("temporary directory");
-    let (_, recovery) = Journal::recover(dir.path(), JournalOptions::production()).expect("fresh journal");
+    let (_, recovery) =
+        Journal::recover(dir.path(), JournalOptions::production()).expect("fresh journal");
     let mut journal = recovery.into_journal().expect("journal opens");
     let mut group = c.benchmark_group("pipeline_sale");
-    group.sample_size(10).measurement_time(Duration::from_secs(5)).warm_up_time(Duration::from_secs(1));
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(5))
+        .warm_up_time(Duration::from_secs(1));
     let (mut rng, mut op, mut now_ms) = (11u64, 1u128 << 40, T0_MS);
     let (mut request, mut encoded, mut response) = (Vec::new(), Vec::new(), Vec::new());
     let mut results: Vec<OpResult> = Vec::new();
@@ -115,7 +125,11 @@ fn pipeline(c: &mut Criterion) {
                     })
                     .collect();
                 request.clear();
-                encode_frame_body(&mut request, &FrameHeader::request(MsgType::Sale, 1, 0), &BatchSlice(&sales));
+                encode_frame_body(
+                    &mut request,
+                    &FrameHeader::request(MsgType::Sale, 1, 0),
+                    &BatchSlice(&sales),
+                );
 
                 // The server's path.
                 let frame = decode_frame(&request, FRAME_BYTES_MAX).expect("valid").expect("whole");
@@ -155,7 +169,10 @@ fn pipelined(c: &mut Criterion, shard: &mut Shard, journal: &mut Journal) {
         }
     });
     let mut group = c.benchmark_group("pipeline_sale_pipelined");
-    group.sample_size(10).measurement_time(Duration::from_secs(5)).warm_up_time(Duration::from_secs(1));
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(5))
+        .warm_up_time(Duration::from_secs(1));
     group.throughput(Throughput::Elements(GROUP_FRAMES as u64));
     let (mut rng, mut op, mut now_ms) = (13u64, 1u128 << 41, T0_MS + 10_000_000);
     let (mut request, mut encoded, mut response) = (Vec::new(), Vec::new(), Vec::new());
@@ -174,7 +191,11 @@ fn pipelined(c: &mut Criterion, shard: &mut Shard, journal: &mut Journal) {
                     category: 1,
                 };
                 request.clear();
-                encode_frame_body(&mut request, &FrameHeader::request(MsgType::Sale, 1, 0), &BatchSlice(std::slice::from_ref(&sale)));
+                encode_frame_body(
+                    &mut request,
+                    &FrameHeader::request(MsgType::Sale, 1, 0),
+                    &BatchSlice(std::slice::from_ref(&sale)),
+                );
                 let frame = decode_frame(&request, FRAME_BYTES_MAX).expect("valid").expect("whole");
                 let archived = access_body::<Vec<Sale>>(frame.body).expect("valid body");
                 let result = apply_sale(shard, journal, now_ms, &archived[0], &mut encoded);

@@ -15,14 +15,23 @@ pub fn next(state: &mut u64) -> u64 {
 
 /// One shard holding `cards` issued and activated cards of 100,000 won, card `index` named by
 /// `card(index)` (its PIN hash and password MAC), all at time `t0_ms`.
-pub fn active_shard(config: EngineConfig, cards: u64, t0_ms: u64, card: impl Fn(u64) -> (PinHash, PasswordMac)) -> Shard {
+pub fn active_shard(
+    config: EngineConfig,
+    cards: u64,
+    t0_ms: u64,
+    card: impl Fn(u64) -> (PinHash, PasswordMac),
+) -> Shard {
     let mut shard = Shard::new(0, 1, config);
     let mut op = 0u128;
     for index in 0..cards {
         let (pin_hash, password_mac) = card(index);
-        for body in [Body::Issue { pin_hash, face_value_won: 100_000 }, Body::Activate { pin_hash, password_mac }] {
+        for body in [
+            Body::Issue { pin_hash, face_value_won: 100_000 },
+            Body::Activate { pin_hash, password_mac },
+        ] {
             op += 1;
-            let applied = shard.apply(t0_ms, &Command { op_id: op_id_at(t0_ms, op), deadline_at_ms: 0, body });
+            let applied = shard
+                .apply(t0_ms, &Command { op_id: op_id_at(t0_ms, op), deadline_at_ms: 0, body });
             assert!(applied.changed, "preparing card {index}");
         }
     }

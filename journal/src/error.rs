@@ -79,13 +79,20 @@ pub enum JournalError {
 
 impl JournalError {
     /// Builds an [`JournalError::Io`] from a path and an action; used with `map_err`.
-    pub(crate) fn io(path: impl Into<PathBuf>, action: &'static str) -> impl FnOnce(std::io::Error) -> Self {
+    pub(crate) fn io(
+        path: impl Into<PathBuf>,
+        action: &'static str,
+    ) -> impl FnOnce(std::io::Error) -> Self {
         let path = path.into();
         move |source| JournalError::Io { path, action, source }
     }
 
     /// Builds an [`JournalError::Corrupt`].
-    pub(crate) fn corrupt(path: impl Into<PathBuf>, offset: u64, reason: impl Into<String>) -> Self {
+    pub(crate) fn corrupt(
+        path: impl Into<PathBuf>,
+        offset: u64,
+        reason: impl Into<String>,
+    ) -> Self {
         JournalError::Corrupt { path: path.into(), offset, reason: reason.into() }
     }
 }

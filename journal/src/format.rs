@@ -103,14 +103,18 @@ impl SegmentHeader {
         let crc = crc32c::crc32c(&out[0..32]);
         out[32..36].copy_from_slice(&crc.to_le_bytes());
         // 36..40: the durable-end watermark, outside the CRC: nothing after the header yet.
-        out[DURABLE_END_OFFSET..DURABLE_END_OFFSET + 4].copy_from_slice(&encode_durable_end(SEGMENT_HEADER_BYTES as u64).to_le_bytes());
+        out[DURABLE_END_OFFSET..DURABLE_END_OFFSET + 4]
+            .copy_from_slice(&encode_durable_end(SEGMENT_HEADER_BYTES as u64).to_le_bytes());
         out
     }
 
     /// Decodes and checks a segment header; `Err` says what is wrong.
     pub fn decode(bytes: &[u8]) -> Result<SegmentHeader, String> {
         if bytes.len() < SEGMENT_HEADER_BYTES {
-            return Err(format!("segment header needs {SEGMENT_HEADER_BYTES} bytes, file has {}", bytes.len()));
+            return Err(format!(
+                "segment header needs {SEGMENT_HEADER_BYTES} bytes, file has {}",
+                bytes.len()
+            ));
         }
         if bytes[0..8] != SEGMENT_MAGIC {
             return Err("bad segment magic".to_owned());
@@ -118,7 +122,9 @@ impl SegmentHeader {
         let stored_crc = u32_at(bytes, 32);
         let computed_crc = crc32c::crc32c(&bytes[0..32]);
         if stored_crc != computed_crc {
-            return Err(format!("segment header crc mismatch (stored {stored_crc:#010x}, computed {computed_crc:#010x})"));
+            return Err(format!(
+                "segment header crc mismatch (stored {stored_crc:#010x}, computed {computed_crc:#010x})"
+            ));
         }
         let version = u32_at(bytes, 8);
         if version != FORMAT_VERSION {
@@ -204,12 +210,17 @@ pub fn record_start(header: &[u8], room_bytes: usize) -> Result<RecordStart, Rec
     }
     let len_bytes = len as usize;
     if len_bytes < RECORD_HEADER_BYTES {
-        return Err(RecordFault { reason: format!("record length {len} is shorter than a record header"), maybe_torn: true });
+        return Err(RecordFault {
+            reason: format!("record length {len} is shorter than a record header"),
+            maybe_torn: true,
+        });
     }
     let span_bytes = align_up(len_bytes);
     if span_bytes > room_bytes {
         return Err(RecordFault {
-            reason: format!("record length {len} runs past the end of the segment ({room_bytes} bytes left)"),
+            reason: format!(
+                "record length {len} runs past the end of the segment ({room_bytes} bytes left)"
+            ),
             maybe_torn: true,
         });
     }
@@ -229,13 +240,18 @@ pub fn check_record(record: &[u8], expected_seq: u64) -> Result<&[u8], RecordFau
     let computed_crc = record_crc(len_bytes, seq_bytes, payload);
     if stored_crc != computed_crc {
         return Err(RecordFault {
-            reason: format!("record crc mismatch (stored {stored_crc:#010x}, computed {computed_crc:#010x})"),
+            reason: format!(
+                "record crc mismatch (stored {stored_crc:#010x}, computed {computed_crc:#010x})"
+            ),
             maybe_torn: true,
         });
     }
     let seq = u64::from_le_bytes(seq_bytes);
     if seq != expected_seq {
-        return Err(RecordFault { reason: format!("sequence gap: expected seq {expected_seq}, record says {seq}"), maybe_torn: false });
+        return Err(RecordFault {
+            reason: format!("sequence gap: expected seq {expected_seq}, record says {seq}"),
+            maybe_torn: false,
+        });
     }
     Ok(payload)
 }
@@ -266,7 +282,10 @@ pub fn encode_snapshot_header(seq: u64, bytes: &[u8]) -> [u8; SNAPSHOT_HEADER_BY
 /// Checks a whole snapshot file's contents; returns the header and the image bytes.
 pub fn decode_snapshot(file: &[u8]) -> Result<(SnapshotHeader, &[u8]), String> {
     if file.len() < SNAPSHOT_HEADER_BYTES {
-        return Err(format!("snapshot needs a {SNAPSHOT_HEADER_BYTES}-byte header, file has {} bytes", file.len()));
+        return Err(format!(
+            "snapshot needs a {SNAPSHOT_HEADER_BYTES}-byte header, file has {} bytes",
+            file.len()
+        ));
     }
     if file[0..8] != SNAPSHOT_MAGIC {
         return Err("bad snapshot magic".to_owned());
@@ -278,12 +297,18 @@ pub fn decode_snapshot(file: &[u8]) -> Result<(SnapshotHeader, &[u8]), String> {
     let header = SnapshotHeader { seq: u64_at(file, 16), len: u64_at(file, 24) };
     let image = &file[SNAPSHOT_HEADER_BYTES..];
     if image.len() as u64 != header.len {
-        return Err(format!("snapshot header says {} image bytes, file holds {}", header.len, image.len()));
+        return Err(format!(
+            "snapshot header says {} image bytes, file holds {}",
+            header.len,
+            image.len()
+        ));
     }
     let stored_crc = u32_at(file, 32);
     let computed_crc = crc32c::crc32c_append(crc32c::crc32c(&file[0..32]), image);
     if stored_crc != computed_crc {
-        return Err(format!("snapshot crc mismatch (stored {stored_crc:#010x}, computed {computed_crc:#010x})"));
+        return Err(format!(
+            "snapshot crc mismatch (stored {stored_crc:#010x}, computed {computed_crc:#010x})"
+        ));
     }
     Ok((header, image))
 }
@@ -332,7 +357,8 @@ mod tests {
         // The watermark is outside the CRC: the writer moves it without rewriting the header.
         assert_eq!(u32_at(&bytes, DURABLE_END_OFFSET), 5);
         let mut moved = bytes;
-        moved[DURABLE_END_OFFSET..DURABLE_END_OFFSET + 4].copy_from_slice(&encode_durable_end(65_528).to_le_bytes());
+        moved[DURABLE_END_OFFSET..DURABLE_END_OFFSET + 4]
+            .copy_from_slice(&encode_durable_end(65_528).to_le_bytes());
         assert_eq!(SegmentHeader::decode(&moved), Ok(header));
     }
 
@@ -362,7 +388,9 @@ mod tests {
             let mut damaged = out.clone();
             damaged[bit / 8] ^= 1 << (bit % 8);
             let ok = match record_start(&damaged, damaged.len()) {
-                Ok(RecordStart::Record { len, .. }) => check_record(&damaged[..len as usize], 9).is_ok(),
+                Ok(RecordStart::Record { len, .. }) => {
+                    check_record(&damaged[..len as usize], 9).is_ok()
+                }
                 _ => false,
             };
             assert!(!ok, "bit {bit} flip accepted");

@@ -33,7 +33,10 @@ pub(crate) fn list_snapshots(dir: &Path) -> Result<Vec<NumberedFile>, JournalErr
     list_numbered(dir, format::parse_snapshot_file_name)
 }
 
-fn list_numbered(dir: &Path, parse: fn(&str) -> Option<u64>) -> Result<Vec<NumberedFile>, JournalError> {
+fn list_numbered(
+    dir: &Path,
+    parse: fn(&str) -> Option<u64>,
+) -> Result<Vec<NumberedFile>, JournalError> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(JournalError::io(dir, "list journal directory"))? {
         let entry = entry.map_err(JournalError::io(dir, "list journal directory"))?;
@@ -90,7 +93,11 @@ impl DirLock {
 ///
 /// The header is durable before any record is written into the segment, which is what lets
 /// recovery call a last segment with an invalid header and nothing after it a torn roll.
-pub(crate) fn create_segment(dir: &Path, first_seq: u64, segment_bytes: u64) -> Result<(PathBuf, File, MmapMut), JournalError> {
+pub(crate) fn create_segment(
+    dir: &Path,
+    first_seq: u64,
+    segment_bytes: u64,
+) -> Result<(PathBuf, File, MmapMut), JournalError> {
     let path = dir.join(format::segment_file_name(first_seq));
     let file = OpenOptions::new()
         .read(true)
@@ -98,15 +105,20 @@ pub(crate) fn create_segment(dir: &Path, first_seq: u64, segment_bytes: u64) -> 
         .create_new(true)
         .open(&path)
         .map_err(JournalError::io(&path, "create segment"))?;
-    let length = libc::off_t::try_from(segment_bytes).map_err(|_| JournalError::InvalidOptions {
-        reason: format!("segment_bytes {segment_bytes} does not fit off_t"),
-    })?;
+    let length =
+        libc::off_t::try_from(segment_bytes).map_err(|_| JournalError::InvalidOptions {
+            reason: format!("segment_bytes {segment_bytes} does not fit off_t"),
+        })?;
     // SAFETY: `posix_fallocate` only reads its integer arguments; the descriptor is valid
     // because `file` owns it and outlives the call.
     let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, length) };
     if rc != 0 {
         // posix_fallocate returns the error number instead of setting errno.
-        return Err(JournalError::Io { path, action: "preallocate segment", source: std::io::Error::from_raw_os_error(rc) });
+        return Err(JournalError::Io {
+            path,
+            action: "preallocate segment",
+            source: std::io::Error::from_raw_os_error(rc),
+        });
     }
     let header = SegmentHeader { first_seq, segment_bytes }.encode();
     file.write_all_at(&header, 0).map_err(JournalError::io(&path, "write segment header"))?;
@@ -126,7 +138,11 @@ pub(crate) fn map_segment_mut(path: &Path, file: &File) -> Result<MmapMut, Journ
     // `file` owns it and outlives the call. The advice never changes file contents.
     let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
     if rc != 0 {
-        return Err(JournalError::Io { path: path.to_path_buf(), action: "drop cached segment pages", source: std::io::Error::from_raw_os_error(rc) });
+        return Err(JournalError::Io {
+            path: path.to_path_buf(),
+            action: "drop cached segment pages",
+            source: std::io::Error::from_raw_os_error(rc),
+        });
     }
     // SAFETY: the mapping is sound as long as nobody truncates the file or writes it through
     // another path while it is mapped (a shrink would turn accesses into SIGBUS, and foreign
@@ -136,7 +152,8 @@ pub(crate) fn map_segment_mut(path: &Path, file: &File) -> Result<MmapMut, Journ
     // truncates a segment (torn tails are zeroed in place; torn rolls are unlinked, and only
     // before being mapped), and the `Reader` of other processes only reads. The directory is
     // documented as private to the journal: operators copy it, they do not edit it in place.
-    let map = unsafe { MmapOptions::new().len(length).map_mut(file) }.map_err(JournalError::io(path, "map segment"))?;
+    let map = unsafe { MmapOptions::new().len(length).map_mut(file) }
+        .map_err(JournalError::io(path, "map segment"))?;
     // Why: on kernels with large page-cache folios (ext4 since 6.x), sequential faults make the
     // kernel read ahead into folios of up to 2 MiB; a 100-byte append then dirties the whole
     // folio and every commit writes megabytes (measured: 2 MiB per msync, ~3 ms instead of
@@ -154,7 +171,8 @@ pub(crate) fn map_segment(path: &Path, file: &File) -> Result<Mmap, JournalError
     // writer exists in any process, and nothing in this crate truncates a segment. A read-only
     // mapping additionally never writes, so the only requirement is that the file keeps its
     // length while mapped, which the lock and the no-truncation rule guarantee.
-    unsafe { MmapOptions::new().len(length).map(file) }.map_err(JournalError::io(path, "map segment"))
+    unsafe { MmapOptions::new().len(length).map(file) }
+        .map_err(JournalError::io(path, "map segment"))
 }
 
 /// Maps a whole snapshot file read-only. Recovery reads images of hundreds of megabytes: a
@@ -166,7 +184,8 @@ pub(crate) fn map_snapshot(path: &Path, file: &File) -> Result<Mmap, JournalErro
     // after their fsync; nothing ever writes to or truncates a renamed snapshot (pruning
     // deletes whole files, which leaves existing mappings intact), and the caller holds the
     // directory's `DirLock`, so no other process writes there either.
-    let map = unsafe { MmapOptions::new().len(length).map(file) }.map_err(JournalError::io(path, "map snapshot"))?;
+    let map = unsafe { MmapOptions::new().len(length).map(file) }
+        .map_err(JournalError::io(path, "map snapshot"))?;
     // Read front to back once (checksum, then decode): ask for aggressive readahead.
     let _ = map.advise(Advice::Sequential);
     Ok(map)
@@ -178,7 +197,8 @@ pub(crate) fn map_snapshot(path: &Path, file: &File) -> Result<Mmap, JournalErro
 /// write-back or the next `msync` that covers it, which only readers after a power loss see.
 pub(crate) fn store_durable_end(map: &mut MmapMut, durable_offset: usize) {
     let raw = format::encode_durable_end(durable_offset as u64).to_le();
-    let field = map[format::DURABLE_END_OFFSET..format::DURABLE_END_OFFSET + 4].as_mut_ptr().cast::<u32>();
+    let field =
+        map[format::DURABLE_END_OFFSET..format::DURABLE_END_OFFSET + 4].as_mut_ptr().cast::<u32>();
     assert!(field.is_aligned(), "mappings are page-aligned and the field is at a multiple of 4");
     // SAFETY: `field` points at 4 bytes inside the mapping (the slice above is bounds-checked)
     // and is aligned for `u32` (asserted), so it is valid for an `AtomicU32` for as long as the
@@ -217,7 +237,9 @@ pub(crate) fn load_durable_end(path: &Path, file: &File) -> Result<Option<u64>, 
 
 fn segment_length(path: &Path, file: &File) -> Result<usize, JournalError> {
     let length = file.metadata().map_err(JournalError::io(path, "stat segment"))?.len();
-    usize::try_from(length).map_err(|_| JournalError::corrupt(path, 0, format!("segment of {length} bytes does not fit in memory")))
+    usize::try_from(length).map_err(|_| {
+        JournalError::corrupt(path, 0, format!("segment of {length} bytes does not fit in memory"))
+    })
 }
 
 /// Puts the calling thread in the SCHED_IDLE class. Snapshot threads serialize images of
@@ -244,7 +266,14 @@ pub fn lower_thread_priority() -> std::io::Result<()> {
     const IOPRIO_WHO_PROCESS: libc::c_long = 1;
     const IOPRIO_CLASS_IDLE_VALUE: libc::c_long = 3 << 13;
     // SAFETY: `ioprio_set` takes three integers and only changes the calling thread's I/O class.
-    let result = unsafe { libc::syscall(libc::SYS_ioprio_set, IOPRIO_WHO_PROCESS, 0 as libc::c_long, IOPRIO_CLASS_IDLE_VALUE) };
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_ioprio_set,
+            IOPRIO_WHO_PROCESS,
+            0 as libc::c_long,
+            IOPRIO_CLASS_IDLE_VALUE,
+        )
+    };
     if result == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
 }
 
@@ -253,10 +282,18 @@ pub fn lower_thread_priority() -> std::io::Result<()> {
 /// when it returns. Not a durability point (no disk cache flush, no metadata): the caller still
 /// syncs the file.
 pub(crate) fn flush_range(file: &File, offset: usize, length: usize) -> std::io::Result<()> {
-    let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE | libc::SYNC_FILE_RANGE_WRITE | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+    let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
+        | libc::SYNC_FILE_RANGE_WRITE
+        | libc::SYNC_FILE_RANGE_WAIT_AFTER;
     // SAFETY: `sync_file_range` takes a descriptor that `file` keeps open across the call and
     // three integers; it reads and writes no memory of ours.
-    let result = unsafe { libc::sync_file_range(file.as_raw_fd(), offset as libc::off64_t, length as libc::off64_t, flags) };
+    let result = unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            offset as libc::off64_t,
+            length as libc::off64_t,
+            flags,
+        )
+    };
     if result == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
 }
-

@@ -3,8 +3,8 @@
 //! snapshots. [`JournalOptions`] sizes segments and bounds a group commit.
 
 use std::fs::File;
-use std::sync::Arc;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use memmap2::MmapMut;
 
@@ -48,7 +48,9 @@ impl JournalOptions {
     /// than the window recovery allows a torn write to span), rounded down to the 8-byte record
     /// alignment. Assumes valid options.
     pub fn max_payload_bytes(&self) -> usize {
-        let segment_room = usize::try_from(self.segment_bytes).unwrap_or(usize::MAX).saturating_sub(SEGMENT_HEADER_BYTES);
+        let segment_room = usize::try_from(self.segment_bytes)
+            .unwrap_or(usize::MAX)
+            .saturating_sub(SEGMENT_HEADER_BYTES);
         let commit_room = usize::try_from(self.commit_bytes_max).unwrap_or(usize::MAX);
         // The `len` field is a u32 and counts the record header too.
         let len_room = u32::MAX as usize;
@@ -59,20 +61,38 @@ impl JournalOptions {
     pub(crate) fn validate(&self) -> Result<(), JournalError> {
         let invalid = |reason: String| Err(JournalError::InvalidOptions { reason });
         if self.segment_bytes < 4096 {
-            return invalid(format!("segment_bytes {} is below the minimum of 4096", self.segment_bytes));
+            return invalid(format!(
+                "segment_bytes {} is below the minimum of 4096",
+                self.segment_bytes
+            ));
         }
         if self.segment_bytes % RECORD_ALIGN_BYTES as u64 != 0 {
-            return invalid(format!("segment_bytes {} is not a multiple of {RECORD_ALIGN_BYTES}", self.segment_bytes));
+            return invalid(format!(
+                "segment_bytes {} is not a multiple of {RECORD_ALIGN_BYTES}",
+                self.segment_bytes
+            ));
         }
         if self.segment_bytes > format::SEGMENT_BYTES_MAX {
-            return invalid(format!("segment_bytes {} is above the maximum of {}", self.segment_bytes, format::SEGMENT_BYTES_MAX));
+            return invalid(format!(
+                "segment_bytes {} is above the maximum of {}",
+                self.segment_bytes,
+                format::SEGMENT_BYTES_MAX
+            ));
         }
-        if usize::try_from(self.segment_bytes).is_err() || i64::try_from(self.segment_bytes).is_err() {
-            return invalid(format!("segment_bytes {} does not fit this platform's address space", self.segment_bytes));
+        if usize::try_from(self.segment_bytes).is_err()
+            || i64::try_from(self.segment_bytes).is_err()
+        {
+            return invalid(format!(
+                "segment_bytes {} does not fit this platform's address space",
+                self.segment_bytes
+            ));
         }
         let smallest_record = format::record_span_bytes(RECORD_ALIGN_BYTES) as u64;
         if self.commit_bytes_max < smallest_record {
-            return invalid(format!("commit_bytes_max {} is below the minimum of {smallest_record}", self.commit_bytes_max));
+            return invalid(format!(
+                "commit_bytes_max {} is below the minimum of {smallest_record}",
+                self.commit_bytes_max
+            ));
         }
         Ok(())
     }
@@ -129,7 +149,10 @@ impl Journal {
     /// the same directory gets [`JournalError::Locked`]. Snapshot temp files left by a crash are
     /// removed. A snapshot that fails its checks is skipped in favour of the previous one (see
     /// [`Recovery::skipped_snapshots`]).
-    pub fn recover(dir: &Path, options: JournalOptions) -> Result<(Option<Snapshot>, Recovery), JournalError> {
+    pub fn recover(
+        dir: &Path,
+        options: JournalOptions,
+    ) -> Result<(Option<Snapshot>, Recovery), JournalError> {
         options.validate()?;
         std::fs::create_dir_all(dir).map_err(JournalError::io(dir, "create journal directory"))?;
         let lock = DirLock::acquire(dir)?;
@@ -139,9 +162,26 @@ impl Journal {
         Ok((newest, Recovery::new(dir.to_path_buf(), options, lock, snapshot_seq, skipped)))
     }
 
-    pub(crate) fn from_parts(dir: PathBuf, options: JournalOptions, lock: DirLock, segment: ActiveSegment, last_seq: u64) -> Journal {
+    pub(crate) fn from_parts(
+        dir: PathBuf,
+        options: JournalOptions,
+        lock: DirLock,
+        segment: ActiveSegment,
+        last_seq: u64,
+    ) -> Journal {
         // Recovery made every record it found durable, so the two sequence numbers start equal.
-        Journal { dir, options, segment, last_seq, durable_seq: last_seq, requested: None, commits_since_watermark: 0, segment_serial: 0, poisoned: None, _lock: lock }
+        Journal {
+            dir,
+            options,
+            segment,
+            last_seq,
+            durable_seq: last_seq,
+            requested: None,
+            commits_since_watermark: 0,
+            segment_serial: 0,
+            poisoned: None,
+            _lock: lock,
+        }
     }
 
     /// Copies one record into the mapped segment (not durable yet) and returns its sequence
@@ -169,7 +209,8 @@ impl Journal {
             }
             self.roll()?;
         }
-        let uncommitted_bytes = self.segment.write_offset + span_bytes - self.segment.durable_offset;
+        let uncommitted_bytes =
+            self.segment.write_offset + span_bytes - self.segment.durable_offset;
         if uncommitted_bytes as u64 > self.options.commit_bytes_max {
             self.commit()?;
         }
@@ -201,7 +242,11 @@ impl Journal {
         if segment.write_offset > segment.durable_offset {
             let length = segment.write_offset - segment.durable_offset;
             if let Err(source) = segment.map.flush_range(segment.durable_offset, length) {
-                let error = JournalError::Io { path: segment.path.clone(), action: "msync segment", source };
+                let error = JournalError::Io {
+                    path: segment.path.clone(),
+                    action: "msync segment",
+                    source,
+                };
                 self.poisoned = Some(error.to_string());
                 return Err(error);
             }
@@ -223,7 +268,8 @@ impl Journal {
         }
         let at = segment.write_offset - segment.pending.len();
         if let Err(source) = segment.file.write_all_at(&segment.pending, at as u64) {
-            let error = JournalError::Io { path: segment.path.clone(), action: "write segment", source };
+            let error =
+                JournalError::Io { path: segment.path.clone(), action: "write segment", source };
             self.poisoned = Some(error.to_string());
             return Err(error);
         }
@@ -262,23 +308,32 @@ impl Journal {
     /// The second half of a commit started by `commit_start`: on success, the records it
     /// covered are durable (and published to tailing readers); a failed sync is final, as in
     /// [`Journal::commit`].
-    pub fn commit_finish(&mut self, request: CommitRequest, synced: std::io::Result<()>) -> Result<(), JournalError> {
+    pub fn commit_finish(
+        &mut self,
+        request: CommitRequest,
+        synced: std::io::Result<()>,
+    ) -> Result<(), JournalError> {
         self.requested = None;
         self.check_poisoned()?;
         if let Err(source) = synced {
-            let error = JournalError::Io { path: request.path, action: "fdatasync segment", source };
+            let error =
+                JournalError::Io { path: request.path, action: "fdatasync segment", source };
             self.poisoned = Some(error.to_string());
             return Err(error);
         }
         // A roll or an in-line commit may have made more durable meanwhile; never go back.
-        if request.segment_serial == self.segment_serial && request.end_offset > self.segment.durable_offset {
+        if request.segment_serial == self.segment_serial
+            && request.end_offset > self.segment.durable_offset
+        {
             self.segment.durable_offset = request.end_offset;
             // The watermark lives in the header page, written through the mapping: publishing
             // it after every commit would dirty that page for every `fdatasync` (a page write
             // and a TLB shootdown each). Readers only need a lower bound, so a pipelined writer
             // publishes it every `WATERMARK_EVERY_COMMITS` commits and whenever it catches up.
             self.commits_since_watermark += 1;
-            if self.commits_since_watermark >= WATERMARK_EVERY_COMMITS || request.last_seq == self.last_seq {
+            if self.commits_since_watermark >= WATERMARK_EVERY_COMMITS
+                || request.last_seq == self.last_seq
+            {
                 fsys::store_durable_end(&mut self.segment.map, self.segment.durable_offset);
                 self.commits_since_watermark = 0;
             }

@@ -160,8 +160,8 @@ mod recovery;
 mod snapshot;
 
 pub use error::JournalError;
+pub use fsys::lower_thread_priority;
 pub use journal::{CommitRequest, Journal, JournalOptions, SnapshotWriter};
 pub use reader::Reader;
 pub use recovery::Recovery;
 pub use snapshot::{Snapshot, SnapshotBytes};
-pub use fsys::lower_thread_priority;

@@ -46,7 +46,8 @@ struct Cursor {
 impl Reader {
     /// A reader of the journal in `dir`, which must exist (it may still be empty).
     pub fn open(dir: &Path) -> Result<Reader, JournalError> {
-        let metadata = std::fs::metadata(dir).map_err(JournalError::io(dir, "open journal directory"))?;
+        let metadata =
+            std::fs::metadata(dir).map_err(JournalError::io(dir, "open journal directory"))?;
         if !metadata.is_dir() {
             return Err(JournalError::Io {
                 path: dir.to_path_buf(),
@@ -66,24 +67,34 @@ impl Reader {
     /// gap between segments, or a journal that no longer holds `from_seq` (older segments
     /// removed) is [`JournalError::Corrupt`]. An `Err` from `visit` comes back as
     /// [`JournalError::Apply`]. Checks are the same as recovery's: length, sequence, CRC-32C.
-    pub fn read_from(&mut self, from_seq: u64, mut visit: impl FnMut(u64, &[u8]) -> Result<(), String>) -> Result<u64, JournalError> {
+    pub fn read_from(
+        &mut self,
+        from_seq: u64,
+        mut visit: impl FnMut(u64, &[u8]) -> Result<(), String>,
+    ) -> Result<u64, JournalError> {
         let from_seq = from_seq.max(1);
         let segments = fsys::list_segments(&self.dir)?;
         let Some(first) = segments.first() else {
             return Ok(0);
         };
-        let resume = self
-            .cursor
-            .filter(|cursor| cursor.next_seq == from_seq)
-            .and_then(|cursor| segments.iter().position(|segment| segment.seq == cursor.segment_seq).map(|index| (index, cursor)));
+        let resume = self.cursor.filter(|cursor| cursor.next_seq == from_seq).and_then(|cursor| {
+            segments
+                .iter()
+                .position(|segment| segment.seq == cursor.segment_seq)
+                .map(|index| (index, cursor))
+        });
         let (start, mut offset, mut next_seq) = match resume {
             Some((index, cursor)) => (index, cursor.offset, cursor.next_seq),
             None => {
-                let Some(index) = segments.iter().rposition(|segment| segment.seq <= from_seq) else {
+                let Some(index) = segments.iter().rposition(|segment| segment.seq <= from_seq)
+                else {
                     return Err(JournalError::corrupt(
                         &first.path,
                         0,
-                        format!("the journal starts at seq {} but records from seq {from_seq} were asked for", first.seq),
+                        format!(
+                            "the journal starts at seq {} but records from seq {from_seq} were asked for",
+                            first.seq
+                        ),
                     ));
                 };
                 (index, SEGMENT_HEADER_BYTES as u64, segments[index].seq)
@@ -99,10 +110,17 @@ impl Reader {
                 Ok(file) => file,
                 // The writer's recovery may have just removed a torn roll.
                 Err(error) if is_last && error.kind() == std::io::ErrorKind::NotFound => break,
-                Err(error) => return Err(JournalError::Io { path: path.clone(), action: "open segment", source: error }),
+                Err(error) => {
+                    return Err(JournalError::Io {
+                        path: path.clone(),
+                        action: "open segment",
+                        source: error,
+                    });
+                }
             };
             let file_bytes = file.metadata().map_err(JournalError::io(path, "stat segment"))?.len();
-            let mut window = Window { file: &file, path, file_bytes, buffer: &mut self.buffer, start: None };
+            let mut window =
+                Window { file: &file, path, file_bytes, buffer: &mut self.buffer, start: None };
 
             if index != start || resume.is_none() {
                 // A new segment: check its header and that it continues the sequence.
@@ -116,7 +134,10 @@ impl Reader {
                         return Err(JournalError::corrupt(
                             path,
                             16,
-                            format!("header says first seq {}, file name says {}", header.first_seq, segment.seq),
+                            format!(
+                                "header says first seq {}, file name says {}",
+                                header.first_seq, segment.seq
+                            ),
                         ));
                     }
                     Ok(_) => {}
@@ -128,7 +149,10 @@ impl Reader {
                     return Err(JournalError::corrupt(
                         path,
                         0,
-                        format!("sequence gap: the previous segment ends before seq {next_seq}, this segment starts at seq {}", segment.seq),
+                        format!(
+                            "sequence gap: the previous segment ends before seq {next_seq}, this segment starts at seq {}",
+                            segment.seq
+                        ),
                     ));
                 }
                 offset = SEGMENT_HEADER_BYTES as u64;
@@ -136,20 +160,29 @@ impl Reader {
             // The last segment may hold appended records that are not durable yet: read up to
             // the durable end the writer published (loaded after the header was found valid,
             // so the segment's creation is complete). Earlier segments are durable throughout.
-            let durable_end = if is_last { fsys::load_durable_end(path, &file)?.unwrap_or(file_bytes) } else { file_bytes };
+            let durable_end = if is_last {
+                fsys::load_durable_end(path, &file)?.unwrap_or(file_bytes)
+            } else {
+                file_bytes
+            };
 
             // Walk records until the end of this segment's data.
             let fault = loop {
                 if offset >= durable_end {
                     break None;
                 }
-                let room_bytes = usize::try_from(file_bytes.saturating_sub(offset)).unwrap_or(usize::MAX);
+                let room_bytes =
+                    usize::try_from(file_bytes.saturating_sub(offset)).unwrap_or(usize::MAX);
                 let header = window.get(offset, room_bytes.min(format::RECORD_HEADER_BYTES))?;
                 let (len, span_bytes) = match format::record_start(header, room_bytes) {
                     Ok(RecordStart::End) => break None,
                     // Commits end on record boundaries: a record across the durable end is not
                     // durable (only a cut tail, lowering the watermark, could make one).
-                    Ok(RecordStart::Record { span_bytes, .. }) if offset + span_bytes as u64 > durable_end => break None,
+                    Ok(RecordStart::Record { span_bytes, .. })
+                        if offset + span_bytes as u64 > durable_end =>
+                    {
+                        break None;
+                    }
                     Ok(RecordStart::Record { len, span_bytes }) => (len, span_bytes),
                     Err(fault) => break Some(fault),
                 };
@@ -192,12 +225,16 @@ impl Window<'_> {
     /// `length` bytes at `offset`; the caller keeps `offset + length` within the file.
     fn get(&mut self, offset: u64, length: usize) -> Result<&[u8], JournalError> {
         let end = offset + length as u64;
-        let cached = self.start.is_some_and(|start| offset >= start && end <= start + self.buffer.len() as u64);
+        let cached = self
+            .start
+            .is_some_and(|start| offset >= start && end <= start + self.buffer.len() as u64);
         if !cached {
             let want = (length.max(CHUNK_BYTES) as u64).min(self.file_bytes - offset);
             let want = usize::try_from(want).unwrap_or(length);
             self.buffer.resize(want, 0);
-            self.file.read_exact_at(self.buffer, offset).map_err(JournalError::io(self.path, "read segment"))?;
+            self.file
+                .read_exact_at(self.buffer, offset)
+                .map_err(JournalError::io(self.path, "read segment"))?;
             self.start = Some(offset);
         }
         let from = (offset - self.start.unwrap_or(offset)) as usize;

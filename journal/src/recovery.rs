@@ -75,7 +75,11 @@ impl Recovery {
     /// [`JournalError::Corrupt`]. An `Err` from `apply` comes back as [`JournalError::Apply`].
     /// Records are applied as they are verified, so after an `Err` the state built from them
     /// must be discarded.
-    pub fn replay(&mut self, after_seq: u64, mut apply: impl FnMut(u64, &[u8]) -> Result<(), String>) -> Result<u64, JournalError> {
+    pub fn replay(
+        &mut self,
+        after_seq: u64,
+        mut apply: impl FnMut(u64, &[u8]) -> Result<(), String>,
+    ) -> Result<u64, JournalError> {
         // Drop a previous scan's mapping before scanning again.
         self.scanned = None;
         let end = scan(&self.dir, &self.options, after_seq, self.snapshot_seq, &mut apply)?;
@@ -90,13 +94,27 @@ impl Recovery {
     pub fn into_journal(mut self) -> Result<Journal, JournalError> {
         let end = match self.scanned.take() {
             Some(end) => end,
-            None => scan(&self.dir, &self.options, self.snapshot_seq, self.snapshot_seq, &mut |_, _| Ok(()))?,
+            None => scan(
+                &self.dir,
+                &self.options,
+                self.snapshot_seq,
+                self.snapshot_seq,
+                &mut |_, _| Ok(()),
+            )?,
         };
         let segment = match end.segment {
             Some(segment) => segment,
             None => {
-                let (path, file, map) = fsys::create_segment(&self.dir, end.last_seq + 1, self.options.segment_bytes)?;
-                ActiveSegment { path, file: std::sync::Arc::new(file), map, write_offset: SEGMENT_HEADER_BYTES, durable_offset: SEGMENT_HEADER_BYTES, pending: Vec::new() }
+                let (path, file, map) =
+                    fsys::create_segment(&self.dir, end.last_seq + 1, self.options.segment_bytes)?;
+                ActiveSegment {
+                    path,
+                    file: std::sync::Arc::new(file),
+                    map,
+                    write_offset: SEGMENT_HEADER_BYTES,
+                    durable_offset: SEGMENT_HEADER_BYTES,
+                    pending: Vec::new(),
+                }
             }
         };
         Ok(Journal::from_parts(self.dir, self.options, self.lock, segment, end.last_seq))
@@ -116,7 +134,8 @@ fn scan(
     let mut segments = fsys::list_segments(dir)?;
     if let Some(last) = segments.last() {
         if is_torn_roll(last)? {
-            std::fs::remove_file(&last.path).map_err(JournalError::io(&last.path, "remove torn segment"))?;
+            std::fs::remove_file(&last.path)
+                .map_err(JournalError::io(&last.path, "remove torn segment"))?;
             fsys::sync_dir(dir)?;
             segments.pop();
         }
@@ -126,7 +145,9 @@ fn scan(
             return Err(JournalError::corrupt(
                 dir,
                 0,
-                format!("the journal has no segments but must hold records up to seq {required_seq}"),
+                format!(
+                    "the journal has no segments but must hold records up to seq {required_seq}"
+                ),
             ));
         }
         return Ok(ScanEnd { segment: None, last_seq: 0 });
@@ -141,7 +162,10 @@ fn scan(
         return Err(JournalError::corrupt(
             &first.path,
             0,
-            format!("the journal starts at seq {} but records from seq {from_seq} are needed", first.seq),
+            format!(
+                "the journal starts at seq {} but records from seq {from_seq} are needed",
+                first.seq
+            ),
         ));
     };
 
@@ -151,7 +175,8 @@ fn scan(
         if segment.seq != next_seq {
             return Err(gap(segment, next_seq));
         }
-        let file = File::open(&segment.path).map_err(JournalError::io(&segment.path, "open segment"))?;
+        let file =
+            File::open(&segment.path).map_err(JournalError::io(&segment.path, "open segment"))?;
         let map = fsys::map_segment(&segment.path, &file)?;
         let (_, end_seq, damage) = scan_records(&map, segment.seq, after_seq, apply)?;
         if let Some(damage) = damage {
@@ -198,17 +223,27 @@ fn scan(
     // Now durable, the recovered records may be shown to tailing readers: publish their end
     // (lower than the old watermark only if a torn tail was cut) and make the header durable.
     fsys::store_durable_end(&mut map, end_offset);
-    map.flush_range(0, SEGMENT_HEADER_BYTES).map_err(JournalError::io(&last.path, "msync segment header"))?;
+    map.flush_range(0, SEGMENT_HEADER_BYTES)
+        .map_err(JournalError::io(&last.path, "msync segment header"))?;
 
     let last_seq = end_seq - 1;
     if last_seq < required_seq {
         return Err(JournalError::corrupt(
             &last.path,
             end_offset as u64,
-            format!("the journal ends at seq {last_seq} but must reach seq {required_seq} (snapshot or replay start)"),
+            format!(
+                "the journal ends at seq {last_seq} but must reach seq {required_seq} (snapshot or replay start)"
+            ),
         ));
     }
-    let segment = ActiveSegment { path: last.path.clone(), file: std::sync::Arc::new(file), map, write_offset: end_offset, durable_offset: end_offset, pending: Vec::new() };
+    let segment = ActiveSegment {
+        path: last.path.clone(),
+        file: std::sync::Arc::new(file),
+        map,
+        write_offset: end_offset,
+        durable_offset: end_offset,
+        pending: Vec::new(),
+    };
     Ok(ScanEnd { segment: Some(segment), last_seq })
 }
 
@@ -216,19 +251,25 @@ fn gap(segment: &NumberedFile, expected_seq: u64) -> JournalError {
     JournalError::corrupt(
         &segment.path,
         0,
-        format!("sequence gap: the previous segment ends before seq {expected_seq}, this segment starts at seq {}", segment.seq),
+        format!(
+            "sequence gap: the previous segment ends before seq {expected_seq}, this segment starts at seq {}",
+            segment.seq
+        ),
     )
 }
 
 /// Checks a segment's header against its file name and length.
 fn check_header(segment: &NumberedFile) -> Result<(), JournalError> {
-    let file = File::open(&segment.path).map_err(JournalError::io(&segment.path, "open segment"))?;
-    let file_bytes = file.metadata().map_err(JournalError::io(&segment.path, "stat segment"))?.len();
+    let file =
+        File::open(&segment.path).map_err(JournalError::io(&segment.path, "open segment"))?;
+    let file_bytes =
+        file.metadata().map_err(JournalError::io(&segment.path, "stat segment"))?.len();
     let mut raw = [0u8; SEGMENT_HEADER_BYTES];
     let header = if file_bytes < SEGMENT_HEADER_BYTES as u64 {
         Err(format!("file of {file_bytes} bytes is too short for a segment header"))
     } else {
-        file.read_exact_at(&mut raw, 0).map_err(JournalError::io(&segment.path, "read segment header"))?;
+        file.read_exact_at(&mut raw, 0)
+            .map_err(JournalError::io(&segment.path, "read segment header"))?;
         SegmentHeader::decode(&raw)
     };
     let header = header.map_err(|reason| JournalError::corrupt(&segment.path, 0, reason))?;
@@ -253,13 +294,16 @@ fn check_header(segment: &NumberedFile) -> Result<(), JournalError> {
 /// is a roll that a crash interrupted: the header is made durable before any record is written
 /// into a segment, so no acknowledged record can be in it.
 fn is_torn_roll(segment: &NumberedFile) -> Result<bool, JournalError> {
-    let file = File::open(&segment.path).map_err(JournalError::io(&segment.path, "open segment"))?;
-    let file_bytes = file.metadata().map_err(JournalError::io(&segment.path, "stat segment"))?.len();
+    let file =
+        File::open(&segment.path).map_err(JournalError::io(&segment.path, "open segment"))?;
+    let file_bytes =
+        file.metadata().map_err(JournalError::io(&segment.path, "stat segment"))?.len();
     if file_bytes < SEGMENT_HEADER_BYTES as u64 {
         return Ok(true);
     }
     let mut raw = [0u8; SEGMENT_HEADER_BYTES];
-    file.read_exact_at(&mut raw, 0).map_err(JournalError::io(&segment.path, "read segment header"))?;
+    file.read_exact_at(&mut raw, 0)
+        .map_err(JournalError::io(&segment.path, "read segment header"))?;
     match SegmentHeader::decode(&raw) {
         // A checksummed header (even one that disagrees with the file name, which check_header
         // reports) was written on purpose: not a crash artefact.
@@ -271,7 +315,10 @@ fn is_torn_roll(segment: &NumberedFile) -> Result<bool, JournalError> {
                 Some(index) => Err(JournalError::corrupt(
                     &segment.path,
                     0,
-                    format!("{reason}, but the segment holds data (up to offset {})", SEGMENT_HEADER_BYTES + index),
+                    format!(
+                        "{reason}, but the segment holds data (up to offset {})",
+                        SEGMENT_HEADER_BYTES + index
+                    ),
                 )),
             }
         }
@@ -319,7 +366,9 @@ fn scan_records(
         }),
         (None, Some(last_nonzero)) => Some(Damage {
             offset,
-            reason: format!("no record starts here, yet non-zero bytes follow up to offset {last_nonzero}"),
+            reason: format!(
+                "no record starts here, yet non-zero bytes follow up to offset {last_nonzero}"
+            ),
             maybe_torn: true,
             last_nonzero,
         }),

@@ -68,12 +68,14 @@ pub(crate) fn write(dir: &Path, seq: u64, bytes: &[u8]) -> Result<(), JournalErr
     let mut written = header.len();
     for piece in bytes.chunks(SNAPSHOT_WRITE_PIECE_BYTES) {
         file.write_all(piece).map_err(JournalError::io(&temp_path, "write snapshot"))?;
-        fsys::flush_range(&file, written, piece.len()).map_err(JournalError::io(&temp_path, "flush snapshot"))?;
+        fsys::flush_range(&file, written, piece.len())
+            .map_err(JournalError::io(&temp_path, "flush snapshot"))?;
         written += piece.len();
     }
     file.sync_all().map_err(JournalError::io(&temp_path, "fsync snapshot"))?;
     drop(file);
-    std::fs::rename(&temp_path, &final_path).map_err(JournalError::io(&final_path, "rename snapshot into place"))?;
+    std::fs::rename(&temp_path, &final_path)
+        .map_err(JournalError::io(&final_path, "rename snapshot into place"))?;
     // The rename is only durable once the directory is.
     fsys::sync_dir(dir)?;
     prune(dir)
@@ -87,7 +89,8 @@ fn prune(dir: &Path) -> Result<(), JournalError> {
         return Ok(());
     }
     for old in &snapshots[..excess] {
-        std::fs::remove_file(&old.path).map_err(JournalError::io(&old.path, "remove old snapshot"))?;
+        std::fs::remove_file(&old.path)
+            .map_err(JournalError::io(&old.path, "remove old snapshot"))?;
     }
     fsys::sync_dir(dir)
 }
@@ -105,7 +108,8 @@ pub(crate) fn remove_temp_files(dir: &Path) -> Result<(), JournalError> {
             .is_some();
         if is_temp {
             let path = entry.path();
-            std::fs::remove_file(&path).map_err(JournalError::io(&path, "remove snapshot temp file"))?;
+            std::fs::remove_file(&path)
+                .map_err(JournalError::io(&path, "remove snapshot temp file"))?;
             removed = true;
         }
     }
@@ -117,18 +121,27 @@ pub(crate) fn remove_temp_files(dir: &Path) -> Result<(), JournalError> {
 
 /// The newest snapshot that passes its checks, plus the newer ones that did not (path and
 /// reason), so the caller can log why it fell back.
-pub(crate) fn load_newest(dir: &Path) -> Result<(Option<Snapshot>, Vec<(PathBuf, String)>), JournalError> {
+pub(crate) fn load_newest(
+    dir: &Path,
+) -> Result<(Option<Snapshot>, Vec<(PathBuf, String)>), JournalError> {
     let mut skipped = Vec::new();
     for candidate in fsys::list_snapshots(dir)?.into_iter().rev() {
-        let file = File::open(&candidate.path).map_err(JournalError::io(&candidate.path, "open snapshot"))?;
+        let file = File::open(&candidate.path)
+            .map_err(JournalError::io(&candidate.path, "open snapshot"))?;
         let map = fsys::map_snapshot(&candidate.path, &file)?;
         match format::decode_snapshot(&map) {
             Ok((header, _)) if header.seq != candidate.seq => {
-                skipped.push((candidate.path, format!("header says seq {}, file name says {}", header.seq, candidate.seq)));
+                skipped.push((
+                    candidate.path,
+                    format!("header says seq {}, file name says {}", header.seq, candidate.seq),
+                ));
             }
             Ok((header, image)) => {
                 debug_assert_eq!(image.len(), map.len() - format::SNAPSHOT_HEADER_BYTES);
-                return Ok((Some(Snapshot { seq: header.seq, bytes: SnapshotBytes { map } }), skipped));
+                return Ok((
+                    Some(Snapshot { seq: header.seq, bytes: SnapshotBytes { map } }),
+                    skipped,
+                ));
             }
             Err(reason) => skipped.push((candidate.path, reason)),
         }

@@ -7,7 +7,10 @@ mod common;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use common::{Placed, SplitMix64, TestResult, assert_records, copy_dir, flip_bit, in_dir, layout, open, replay_all, segment_paths, write_groups};
+use common::{
+    Placed, SplitMix64, TestResult, assert_records, copy_dir, flip_bit, in_dir, layout, open,
+    replay_all, segment_paths, write_groups,
+};
 use pinswitch_journal::{Journal, JournalError, JournalOptions};
 
 const SEED: u64 = 0x5eed_0003;
@@ -22,9 +25,14 @@ fn build(dir: &Path) -> Result<Vec<Placed>, Box<dyn std::error::Error>> {
         write_groups(&mut journal, SEED, target, 8, &mut rng)?;
         let placed = layout(dir)?;
         let last_file = &placed[placed.len() - 1].file;
-        let first_in_last = placed.iter().find(|record| record.file == *last_file).map_or(0, |record| record.offset);
+        let first_in_last = placed
+            .iter()
+            .find(|record| record.file == *last_file)
+            .map_or(0, |record| record.offset);
         let end = placed[placed.len() - 1].offset + placed[placed.len() - 1].span;
-        if segment_paths(dir)?.len() >= 3 && end - first_in_last > 2 * options.commit_bytes_max as usize {
+        if segment_paths(dir)?.len() >= 3
+            && end - first_in_last > 2 * options.commit_bytes_max as usize
+        {
             return Ok(placed);
         }
         target += 20;
@@ -64,7 +72,8 @@ fn flipped_bit_far_from_the_end_of_the_last_segment_is_corruption() -> TestResul
     let placed = build(&original)?;
     let last_file = placed[placed.len() - 1].file.clone();
     // The second record of the last segment: far more than a commit window before the end.
-    let victim = placed.iter().filter(|record| record.file == last_file).nth(1).ok_or("too few records")?;
+    let victim =
+        placed.iter().filter(|record| record.file == last_file).nth(1).ok_or("too few records")?;
     for (delta, bit) in [(0, 3), (5, 0), (9, 7), (victim.len - 1, 1)] {
         image_of(&original, &image)?;
         flip_bit(&in_dir(&image, &victim.file), victim.offset + delta, bit)?;
@@ -72,7 +81,10 @@ fn flipped_bit_far_from_the_end_of_the_last_segment_is_corruption() -> TestResul
         assert_eq!(path, in_dir(&image, &victim.file));
         assert_eq!(offset, victim.offset as u64, "{reason}");
         let message = JournalError::Corrupt { path, offset, reason }.to_string();
-        assert!(message.contains(".seg") && message.contains(&format!("offset {}", victim.offset)), "{message}");
+        assert!(
+            message.contains(".seg") && message.contains(&format!("offset {}", victim.offset)),
+            "{message}"
+        );
     }
     Ok(())
 }
@@ -84,7 +96,8 @@ fn flipped_bit_in_an_earlier_segment_is_corruption_even_near_its_end() -> TestRe
     let image = temp.path().join("image");
     let placed = build(&original)?;
     let first_file = placed[0].file.clone();
-    let last_of_first = placed.iter().filter(|record| record.file == first_file).last().ok_or("empty segment")?;
+    let last_of_first =
+        placed.iter().filter(|record| record.file == first_file).last().ok_or("empty segment")?;
     for victim in [&placed[3], last_of_first] {
         image_of(&original, &image)?;
         flip_bit(&in_dir(&image, &victim.file), victim.offset + 16, 4)?;
@@ -128,7 +141,10 @@ fn a_checksummed_record_with_the_wrong_seq_is_corruption_not_a_torn_tail() -> Te
     let mut bytes = fs::read(&last.file)?;
     let record = &mut bytes[last.offset..last.offset + last.len];
     record[8..16].copy_from_slice(&(last.seq + 1).to_le_bytes());
-    let crc = crc32c::crc32c_append(crc32c::crc32c_append(crc32c::crc32c(&record[0..4]), &record[8..16]), &record[16..]);
+    let crc = crc32c::crc32c_append(
+        crc32c::crc32c_append(crc32c::crc32c(&record[0..4]), &record[8..16]),
+        &record[16..],
+    );
     record[4..8].copy_from_slice(&crc.to_le_bytes());
     fs::write(&last.file, bytes)?;
     let (path, offset, reason) = expect_corrupt(&original)?;

@@ -8,8 +8,8 @@ use std::fs;
 use std::path::Path;
 
 use common::{
-    Placed, SplitMix64, TestResult, assert_records, copy_dir, in_dir, intact_prefix, layout, open, payload, replay_all,
-    segment_paths, write_groups, zero_from,
+    Placed, SplitMix64, TestResult, assert_records, copy_dir, in_dir, intact_prefix, layout, open,
+    payload, replay_all, segment_paths, write_groups, zero_from,
 };
 use pinswitch_journal::JournalOptions;
 use pinswitch_journal::format::SEGMENT_HEADER_BYTES;
@@ -18,7 +18,11 @@ const SEED: u64 = 0x5eed_0002;
 
 /// Builds a committed journal of `records` records over several segments; returns the commit
 /// groups and the layout.
-fn build(dir: &Path, records: u64, max_group: u64) -> Result<(Vec<(u64, u64)>, Vec<Placed>), Box<dyn std::error::Error>> {
+fn build(
+    dir: &Path,
+    records: u64,
+    max_group: u64,
+) -> Result<(Vec<(u64, u64)>, Vec<Placed>), Box<dyn std::error::Error>> {
     let mut journal = open(dir, JournalOptions::test_min())?;
     let groups = write_groups(&mut journal, SEED, records, max_group, &mut SplitMix64::new(SEED))?;
     drop(journal);
@@ -87,18 +91,26 @@ fn cut_inside_the_records_of_the_last_commit_group() -> TestResult {
     let (first, last) = groups[groups.len() - 1];
     let mut cases = 0;
     for record in placed.iter().filter(|record| record.seq >= first && record.seq <= last) {
-        let inside = [1, 3, 4, 7, 8, 12, 15, 16, 17, record.len / 2, record.len - 1, record.span - 1];
+        let inside =
+            [1, 3, 4, 7, 8, 12, 15, 16, 17, record.len / 2, record.len - 1, record.span - 1];
         for delta in inside.into_iter().filter(|&delta| delta > 0 && delta < record.span) {
             let offset = record.offset + delta;
             cut_image(&original, &image, &record.file, offset)?;
             // Usually the prefix ends before this record; a cut in the padding, or one that only
             // zeroes bytes that were zero anyway, keeps it. Compare bytes to know which.
             let expected = intact_prefix(&placed, &image)?;
-            assert!(expected == record.seq - 1 || expected == record.seq, "cut at {offset}: prefix {expected}");
+            assert!(
+                expected == record.seq - 1 || expected == record.seq,
+                "cut at {offset}: prefix {expected}"
+            );
             if delta >= record.len {
                 assert_eq!(expected, record.seq, "a cut in the padding keeps the record");
             }
-            check_recovers_prefix(&image, expected, &format!("cut inside seq {} at +{delta}", record.seq))?;
+            check_recovers_prefix(
+                &image,
+                expected,
+                &format!("cut inside seq {} at +{delta}", record.seq),
+            )?;
             cases += 1;
         }
     }
@@ -119,7 +131,8 @@ fn torn_pages_of_the_last_commit_group_recover_the_intact_prefix() -> TestResult
     let file = group[group.len() - 1].file.clone();
     let in_last_file: Vec<&&Placed> = group.iter().filter(|record| record.file == file).collect();
     let start = in_last_file[0].offset;
-    let end = in_last_file[in_last_file.len() - 1].offset + in_last_file[in_last_file.len() - 1].span;
+    let end =
+        in_last_file[in_last_file.len() - 1].offset + in_last_file[in_last_file.len() - 1].span;
     let mut rng = SplitMix64::new(SEED ^ 0x7075);
     for trial in 0..60 {
         if image.exists() {
@@ -155,7 +168,10 @@ fn cut_inside_the_header_of_a_freshly_rolled_last_segment() -> TestResult {
     for offset in [0, 1, 7, 8, 16, 24, 31, 32, 35, 39] {
         cut_image(&original, &image, &last_file, offset)?;
         check_recovers_prefix(&image, before_last, &format!("header cut at {offset}"))?;
-        let names: Vec<_> = segment_paths(&image)?.iter().filter_map(|p| p.file_name().map(|n| n.to_owned())).collect();
+        let names: Vec<_> = segment_paths(&image)?
+            .iter()
+            .filter_map(|p| p.file_name().map(|n| n.to_owned()))
+            .collect();
         // The append in check_recovers_prefix recreated a segment with the same first seq.
         assert_eq!(names.len(), segment_paths(&original)?.len(), "{names:?}");
     }
@@ -164,7 +180,11 @@ fn cut_inside_the_header_of_a_freshly_rolled_last_segment() -> TestResult {
     for length in [0u64, 20, 39] {
         cut_image(&original, &image, &last_file, 0)?;
         fs::OpenOptions::new().write(true).open(in_dir(&image, &last_file))?.set_len(length)?;
-        check_recovers_prefix(&image, before_last, &format!("segment truncated to {length} bytes"))?;
+        check_recovers_prefix(
+            &image,
+            before_last,
+            &format!("segment truncated to {length} bytes"),
+        )?;
     }
 
     // Header complete, no records: an empty last segment, kept and appended to.

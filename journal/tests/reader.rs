@@ -5,13 +5,19 @@ mod common;
 
 use std::fs;
 
-use common::{SplitMix64, TestResult, assert_records, copy_dir, flip_bit, in_dir, layout, open, payload, segment_paths, write_groups, zero_from};
+use common::{
+    SplitMix64, TestResult, assert_records, copy_dir, flip_bit, in_dir, layout, open, payload,
+    segment_paths, write_groups, zero_from,
+};
 use pinswitch_journal::format::DURABLE_END_OFFSET;
 use pinswitch_journal::{JournalError, JournalOptions, Reader};
 
 const SEED: u64 = 0x5eed_0005;
 
-fn read_all(reader: &mut Reader, from_seq: u64) -> Result<(u64, Vec<(u64, Vec<u8>)>), JournalError> {
+fn read_all(
+    reader: &mut Reader,
+    from_seq: u64,
+) -> Result<(u64, Vec<(u64, Vec<u8>)>), JournalError> {
     let mut records = Vec::new();
     let last = reader.read_from(from_seq, |seq, bytes| {
         records.push((seq, bytes.to_vec()));
@@ -69,7 +75,11 @@ fn reader_sees_no_record_before_its_commit() -> TestResult {
         assert_eq!(journal.append(&payload(SEED, seq))?, seq);
     }
     assert_eq!((journal.last_seq(), journal.durable_seq()), (45, 40));
-    assert_eq!(read_all(&mut reader, 41)?, (40, Vec::new()), "the resumed reader stops at the durable end");
+    assert_eq!(
+        read_all(&mut reader, 41)?,
+        (40, Vec::new()),
+        "the resumed reader stops at the durable end"
+    );
     assert_eq!(read_all(&mut Reader::open(temp.path())?, 1)?.0, 40, "a fresh reader too");
 
     journal.commit()?;
@@ -187,7 +197,10 @@ fn reader_stops_cleanly_at_a_torn_tail_and_reports_damage_earlier() -> TestResul
     flip_bit(&in_dir(&damaged, &placed[10].file), placed[10].offset + 17, 2)?;
     match read_all(&mut Reader::open(&damaged)?, 1) {
         Err(JournalError::Corrupt { path, offset, .. }) => {
-            assert_eq!((path, offset), (in_dir(&damaged, &placed[10].file), placed[10].offset as u64));
+            assert_eq!(
+                (path, offset),
+                (in_dir(&damaged, &placed[10].file), placed[10].offset as u64)
+            );
         }
         other => panic!("expected Corrupt, got {other:?}"),
     }
@@ -207,7 +220,8 @@ fn reader_visitor_errors_pass_through() -> TestResult {
     }
     journal.commit()?;
     let mut reader = Reader::open(temp.path())?;
-    let result = reader.read_from(1, |seq, _| if seq == 3 { Err("export failed".to_owned()) } else { Ok(()) });
+    let result = reader
+        .read_from(1, |seq, _| if seq == 3 { Err("export failed".to_owned()) } else { Ok(()) });
     assert!(matches!(result, Err(JournalError::Apply(message)) if message == "export failed"));
     assert!(Reader::open(&temp.path().join("missing")).is_err());
     Ok(())

@@ -3,7 +3,9 @@
 
 mod common;
 
-use common::{SplitMix64, TestResult, assert_records, open, payload, replay_all, segment_paths, write_groups};
+use common::{
+    SplitMix64, TestResult, assert_records, open, payload, replay_all, segment_paths, write_groups,
+};
 use pinswitch_journal::format::{RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES};
 use pinswitch_journal::{Journal, JournalError, JournalOptions};
 
@@ -23,7 +25,11 @@ fn round_trip_across_segment_rolls_and_reopens() -> TestResult {
     let segments = segment_paths(&dir)?;
     assert!(segments.len() >= 5, "only {} segments; the test should roll several", segments.len());
     for path in &segments {
-        assert_eq!(std::fs::metadata(path)?.len(), options.segment_bytes, "segments are preallocated");
+        assert_eq!(
+            std::fs::metadata(path)?.len(),
+            options.segment_bytes,
+            "segments are preallocated"
+        );
     }
     assert_records(&replay_all(&dir, options, 0)?, SEED, 1, 1_500);
 
@@ -31,10 +37,13 @@ fn round_trip_across_segment_rolls_and_reopens() -> TestResult {
     let (snapshot, mut recovery) = Journal::recover(&dir, options)?;
     assert!(snapshot.is_none());
     let mut count = 0;
-    assert_eq!(recovery.replay(0, |_, _| {
-        count += 1;
-        Ok(())
-    })?, 1_500);
+    assert_eq!(
+        recovery.replay(0, |_, _| {
+            count += 1;
+            Ok(())
+        })?,
+        1_500
+    );
     assert_eq!(count, 1_500);
     let mut journal = recovery.into_journal()?;
     assert_eq!((journal.last_seq(), journal.durable_seq()), (1_500, 1_500));
@@ -66,7 +75,8 @@ fn empty_directory_starts_at_seq_one_and_empty_payloads_are_records() -> TestRes
     journal.commit()?;
     drop(journal);
     let records = replay_all(temp.path(), options, 0)?;
-    let lengths: Vec<(u64, usize)> = records.iter().map(|(seq, bytes)| (*seq, bytes.len())).collect();
+    let lengths: Vec<(u64, usize)> =
+        records.iter().map(|(seq, bytes)| (*seq, bytes.len())).collect();
     assert_eq!(lengths, vec![(1, 0), (2, 1), (3, 0)]);
     Ok(())
 }
@@ -122,7 +132,11 @@ fn a_pipelined_commit_makes_its_records_durable_and_a_roll_meanwhile_keeps_them(
     assert!(durable_after_roll >= 1 && durable_after_roll < seq);
     let synced = request.sync();
     journal.commit_finish(request, synced)?;
-    assert_eq!(journal.durable_seq(), durable_after_roll, "a finished commit never moves the durable end back");
+    assert_eq!(
+        journal.durable_seq(),
+        durable_after_roll,
+        "a finished commit never moves the durable end back"
+    );
     let request = journal.commit_start()?.expect("the record that rolled waits");
     let synced = request.sync();
     journal.commit_finish(request, synced)?;
@@ -145,7 +159,11 @@ fn append_commits_early_to_keep_a_group_commit_within_the_window() -> TestResult
     }
     assert_eq!(journal.durable_seq(), 0, "{fits} records fit the window");
     journal.append(&record)?;
-    assert_eq!(journal.durable_seq(), fits as u64, "the record that would overflow the window commits the others first");
+    assert_eq!(
+        journal.durable_seq(),
+        fits as u64,
+        "the record that would overflow the window commits the others first"
+    );
     Ok(())
 }
 
@@ -159,7 +177,9 @@ fn oversized_records_are_rejected_and_the_largest_fits() -> TestResult {
     let mut journal = open(temp.path(), options)?;
     journal.append(b"small")?;
     match journal.append(&vec![1u8; max + 1]) {
-        Err(JournalError::RecordTooLarge { bytes, max: reported }) => assert_eq!((bytes, reported), (max + 1, max)),
+        Err(JournalError::RecordTooLarge { bytes, max: reported }) => {
+            assert_eq!((bytes, reported), (max + 1, max))
+        }
         other => panic!("expected RecordTooLarge, got {other:?}"),
     }
     assert_eq!(journal.last_seq(), 1, "a rejected record changes nothing");
@@ -197,7 +217,9 @@ fn a_second_writer_is_locked_out_until_the_first_is_dropped() -> TestResult {
     let options = JournalOptions::test_min();
     let journal = open(temp.path(), options)?;
     match Journal::recover(temp.path(), options) {
-        Err(error @ JournalError::Locked { .. }) => assert!(error.to_string().contains("journal.lock")),
+        Err(error @ JournalError::Locked { .. }) => {
+            assert!(error.to_string().contains("journal.lock"))
+        }
         other => panic!("expected Locked, got {other:?}"),
     }
     drop(journal);
@@ -218,8 +240,15 @@ fn segments_written_with_other_options_are_still_read() -> TestResult {
     let mut journal = open(temp.path(), large)?;
     write_groups(&mut journal, SEED, 2_000, 20, &mut rng)?;
     drop(journal);
-    let lengths: Vec<u64> = segment_paths(temp.path())?.iter().filter_map(|path| std::fs::metadata(path).ok()).map(|m| m.len()).collect();
-    assert!(lengths.contains(&small.segment_bytes) && lengths.contains(&large.segment_bytes), "{lengths:?}");
+    let lengths: Vec<u64> = segment_paths(temp.path())?
+        .iter()
+        .filter_map(|path| std::fs::metadata(path).ok())
+        .map(|m| m.len())
+        .collect();
+    assert!(
+        lengths.contains(&small.segment_bytes) && lengths.contains(&large.segment_bytes),
+        "{lengths:?}"
+    );
     assert_records(&replay_all(temp.path(), large, 0)?, SEED, 1, 2_000);
     Ok(())
 }
@@ -233,9 +262,12 @@ fn apply_errors_pass_through() -> TestResult {
     write_groups(&mut journal, SEED, 20, 5, &mut rng)?;
     drop(journal);
     let (_, mut recovery) = Journal::recover(temp.path(), options)?;
-    let result = recovery.replay(0, |seq, _| if seq == 7 { Err("engine rejects seq 7".to_owned()) } else { Ok(()) });
+    let result = recovery
+        .replay(0, |seq, _| if seq == 7 { Err("engine rejects seq 7".to_owned()) } else { Ok(()) });
     match result {
-        Err(error @ JournalError::Apply(_)) => assert!(error.to_string().contains("engine rejects seq 7")),
+        Err(error @ JournalError::Apply(_)) => {
+            assert!(error.to_string().contains("engine rejects seq 7"))
+        }
         other => panic!("expected Apply, got {other:?}"),
     }
     // The recovery is still usable.

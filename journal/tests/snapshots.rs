@@ -6,7 +6,10 @@ mod common;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use common::{SplitMix64, TestResult, assert_records, flip_bit, layout, open, replay_all, segment_paths, write_groups, zero_from};
+use common::{
+    SplitMix64, TestResult, assert_records, flip_bit, layout, open, replay_all, segment_paths,
+    write_groups, zero_from,
+};
 use pinswitch_journal::format::{SNAPSHOT_HEADER_BYTES, snapshot_file_name};
 use pinswitch_journal::{Journal, JournalError, JournalOptions};
 
@@ -94,11 +97,18 @@ fn only_the_newest_two_snapshots_are_kept_and_segments_stay() -> TestResult {
         write_groups(&mut journal, SEED, seq, 10, &mut rng)?;
         let segments_before = segment_paths(temp.path())?.len();
         journal.write_snapshot(seq, &image(seq))?;
-        assert_eq!(segment_paths(temp.path())?.len(), segments_before, "snapshots never delete segments");
+        assert_eq!(
+            segment_paths(temp.path())?.len(),
+            segments_before,
+            "snapshots never delete segments"
+        );
         assert_eq!(snapshot_files(temp.path())?.len(), (index + 1).min(2));
     }
     let names: Vec<PathBuf> = snapshot_files(temp.path())?;
-    assert_eq!(names, vec![temp.path().join(snapshot_file_name(300)), temp.path().join(snapshot_file_name(400))]);
+    assert_eq!(
+        names,
+        vec![temp.path().join(snapshot_file_name(300)), temp.path().join(snapshot_file_name(400))]
+    );
     // The first segment is still there for the settlement exporter.
     assert_eq!(layout(temp.path())?[0].seq, 1);
     Ok(())

@@ -219,9 +219,7 @@ mod tests {
             "4242",
         ])
         .expect("parses");
-        let Command::Run(run) = cli.command else {
-            panic!("not a run")
-        };
+        let Command::Run(run) = cli.command else { panic!("not a run") };
         assert_eq!(run.rate_ops_per_s, 50_000);
         assert_eq!(run.workload.parts.len(), 3);
         assert!(run.validate);
@@ -246,9 +244,7 @@ mod tests {
             "10,12,6,0",
         ])
         .expect("parses");
-        let Command::Run(run) = cli.command else {
-            panic!("not a run")
-        };
+        let Command::Run(run) = cli.command else { panic!("not a run") };
         assert!(run.workload.is_calls());
         assert_eq!(run.server_pid, None);
         assert_eq!((run.calls, run.update_interval_s), (500, 30));

@@ -99,24 +99,17 @@ impl FromStr for CallLength {
         };
         let text = text.trim();
         if let Some(mean) = text.strip_prefix("exp:") {
-            return Ok(CallLength::Exp {
-                mean_s: seconds(mean)?,
-            });
+            return Ok(CallLength::Exp { mean_s: seconds(mean)? });
         }
         if let Some(length) = text.strip_prefix("fixed:") {
-            return Ok(CallLength::Fixed {
-                length_s: seconds(length)?,
-            });
+            return Ok(CallLength::Fixed { length_s: seconds(length)? });
         }
         if let Some(range) = text.strip_prefix("uniform:") {
-            let (min, max) = range
-                .split_once(',')
-                .ok_or_else(|| format!("call length {text:?}: {usage}"))?;
+            let (min, max) =
+                range.split_once(',').ok_or_else(|| format!("call length {text:?}: {usage}"))?;
             let (min_s, max_s) = (seconds(min)?, seconds(max)?);
             if min_s > max_s {
-                return Err(format!(
-                    "call length {text:?}: the minimum passes the maximum"
-                ));
+                return Err(format!("call length {text:?}: the minimum passes the maximum"));
             }
             return Ok(CallLength::Uniform { min_s, max_s });
         }
@@ -152,13 +145,9 @@ impl TariffSpec {
         }
         let increment_s = u64::from(self.increment_s.max(1));
         let first_s = u64::from(self.first_increment_s).max(increment_s);
-        let billed_s = u64::from(used_s)
-            .div_ceil(increment_s)
-            .saturating_mul(increment_s)
-            .max(first_s);
-        (billed_s / increment_s)
-            .saturating_mul(self.rate_won)
-            .saturating_add(self.connect_fee_won)
+        let billed_s =
+            u64::from(used_s).div_ceil(increment_s).saturating_mul(increment_s).max(first_s);
+        (billed_s / increment_s).saturating_mul(self.rate_won).saturating_add(self.connect_fee_won)
     }
 }
 
@@ -184,12 +173,7 @@ impl FromStr for TariffSpec {
                 "tariff {text:?}: the increment must be positive and the first increment a multiple of it"
             ));
         }
-        Ok(TariffSpec {
-            connect_fee_won,
-            rate_won,
-            increment_s,
-            first_increment_s,
-        })
+        Ok(TariffSpec { connect_fee_won, rate_won, increment_s, first_increment_s })
     }
 }
 
@@ -232,10 +216,7 @@ pub struct Grant {
 
 impl Grant {
     pub fn of(result: &SessionResult) -> Grant {
-        Grant {
-            granted_s: result.granted_s,
-            final_unit: result.final_unit,
-        }
+        Grant { granted_s: result.granted_s, final_unit: result.final_unit }
     }
 }
 
@@ -789,11 +770,7 @@ impl CallGen {
     fn schedule_next(&mut self, index: u32, model: &Model) {
         let interval_s = self.params.update_interval_s.max(1);
         let call = &self.calls[index as usize];
-        let step_s = if call.granted_s > 0 {
-            interval_s.min(call.granted_s)
-        } else {
-            interval_s
-        };
+        let step_s = if call.granted_s > 0 { interval_s.min(call.granted_s) } else { interval_s };
         let next_used_s = call.reported_s.saturating_add(step_s);
         if self.phase == Phase::Drain {
             let used_s = self.used_by_clock(index);
@@ -803,13 +780,7 @@ impl CallGen {
             self.end_call(index, used_s, model);
         } else {
             let due_s = call.start_s + i64::from(next_used_s);
-            self.queue(
-                index,
-                Next::Update {
-                    used_s: next_used_s,
-                },
-                due_s,
-            );
+            self.queue(index, Next::Update { used_s: next_used_s }, due_s);
         }
     }
 
@@ -849,11 +820,7 @@ impl CallGen {
     /// A SESSION_NOTICE push: counted; an abort (the card was blocked) ends the call now.
     pub fn on_notice(&mut self, notice: &SessionNotice, model: &Model) {
         let kind = usize::from(notice.kind);
-        self.counters.notices[if kind < self.counters.notices.len() {
-            kind
-        } else {
-            0
-        }] += 1;
+        self.counters.notices[if kind < self.counters.notices.len() { kind } else { 0 }] += 1;
         if notice.kind != NOTICE_ABORT {
             return;
         }
@@ -921,18 +888,11 @@ mod tests {
     }
 
     fn approved(amount_won: u64) -> OpResult {
-        OpResult {
-            code: 0,
-            amount_won,
-            ..OpResult::default()
-        }
+        OpResult { code: 0, amount_won, ..OpResult::default() }
     }
 
     fn grant(granted_s: u32) -> Grant {
-        Grant {
-            granted_s,
-            final_unit: FINAL_UNIT_NONE,
-        }
+        Grant { granted_s, final_unit: FINAL_UNIT_NONE }
     }
 
     /// Answers a frame like a switch with plenty of money and the tariff 10,12,6,0 would.
@@ -945,10 +905,8 @@ mod tests {
                 Events::SessionEnd(events) => (events[index].used_total_s, 0),
                 other => panic!("not a session frame: {other:?}"),
             };
-            let before = charged
-                .iter()
-                .find(|(id, _)| *id == op.reference)
-                .map_or(0, |(_, used)| *used);
+            let before =
+                charged.iter().find(|(id, _)| *id == op.reference).map_or(0, |(_, used)| *used);
             let debit = tariff.cost_won(used_s) - tariff.cost_won(before);
             charged.retain(|(id, _)| *id != op.reference);
             charged.push((op.reference, used_s));
@@ -964,13 +922,7 @@ mod tests {
             let length: CallLength = text.parse().expect("parses");
             assert_eq!(length.to_string(), text);
         }
-        for bad in [
-            "exp:0",
-            "fixed:x",
-            "uniform:300,30",
-            "normal:5",
-            "fixed:2000000",
-        ] {
+        for bad in ["exp:0", "fixed:x", "uniform:300,30", "normal:5", "fixed:2000000"] {
             assert!(bad.parse::<CallLength>().is_err(), "{bad}");
         }
         let mut rng = Rng::new(3);
@@ -998,15 +950,8 @@ mod tests {
         let cards = cards(50);
         let model = model(&cards);
         let picker = CardPicker::new(DistSpec::Uniform, 50);
-        let mut calls = CallGen::new(
-            params(40, CallLength::Exp { mean_s: 120 }),
-            16,
-            picker,
-            7,
-            0,
-            1,
-            &model,
-        );
+        let mut calls =
+            CallGen::new(params(40, CallLength::Exp { mean_s: 120 }), 16, picker, 7, 0, 1, &model);
         let mut charged = Vec::new();
         // The ramp sends every call's START, nothing else.
         let mut ramp_starts = 0;
@@ -1022,9 +967,7 @@ mod tests {
         let (mut updates, mut ends, mut starts) = (0, 0, 0);
         let mut last_clock = 0;
         for _ in 0..400 {
-            let frame = calls
-                .next_frame(&cards)
-                .expect("a run always has something due");
+            let frame = calls.next_frame(&cards).expect("a run always has something due");
             match &frame.events {
                 Events::SessionStart(events) => {
                     starts += events.len();
@@ -1059,10 +1002,7 @@ mod tests {
             // Every ended call was replaced at once.
             assert_eq!(calls.open_calls(), 40 + calls_ending(&calls));
         }
-        assert!(
-            starts > 50 && updates > 50 && ends > 50,
-            "{starts} {updates} {ends}"
-        );
+        assert!(starts > 50 && updates > 50 && ends > 50, "{starts} {updates} {ends}");
         // Ends and starts balance; the clock ran over many call lengths.
         assert!(starts.abs_diff(ends) <= 40);
         assert!(last_clock > 600, "clock {last_clock}");
@@ -1128,11 +1068,7 @@ mod tests {
     }
 
     fn calls_ending(calls: &CallGen) -> usize {
-        calls
-            .calls
-            .iter()
-            .filter(|call| call.in_use && call.ending)
-            .count()
+        calls.calls.iter().filter(|call| call.in_use && call.ending).count()
     }
 
     #[test]
@@ -1149,16 +1085,11 @@ mod tests {
         assert_eq!(ramp.ops.len(), 3);
         let [declined_op, lost_op, final_op] = [ramp.ops[0], ramp.ops[1], ramp.ops[2]];
         // One START declined, one whose reply is lost, one approved with a final 90 s grant.
-        let declined = OpResult {
-            code: ResultCode::InsufficientFunds.as_u16(),
-            ..OpResult::default()
-        };
+        let declined =
+            OpResult { code: ResultCode::InsufficientFunds.as_u16(), ..OpResult::default() };
         calls.on_reply(&declined_op, &declined, Grant::default(), &model);
         calls.on_lost(&lost_op, &model);
-        let last_grant = Grant {
-            granted_s: 90,
-            final_unit: FINAL_UNIT_TERMINATE,
-        };
+        let last_grant = Grant { granted_s: 90, final_unit: FINAL_UNIT_TERMINATE };
         calls.on_reply(&final_op, &approved(0), last_grant, &model);
         assert_eq!(model.calls_live(), 1);
         // The declined call's replacement, on a new card, may still be due in the ramp.
@@ -1170,10 +1101,8 @@ mod tests {
             }
         }
         calls.begin_run();
-        let stale = OpResult {
-            code: ResultCode::SessionSequenceStale.as_u16(),
-            ..OpResult::default()
-        };
+        let stale =
+            OpResult { code: ResultCode::SessionSequenceStale.as_u16(), ..OpResult::default() };
         let mut stale_sent = false;
         let mut ended: std::collections::HashMap<u128, u32> = Default::default();
         for _ in 0..200 {

@@ -38,10 +38,7 @@ impl Password {
         }
         let mut inline = [0u8; PASSWORD_BYTES_MAX];
         inline[..bytes.len()].copy_from_slice(bytes);
-        Some(Password {
-            len: bytes.len() as u8,
-            bytes: inline,
-        })
+        Some(Password { len: bytes.len() as u8, bytes: inline })
     }
 
     /// The password `prepare` registers for a PIN: eight decimal digits mixed from the PIN, so
@@ -50,10 +47,7 @@ impl Password {
         let mut mix = pin ^ 0x5053_4C47_5057_4431; // "PSLGPWD1"
         let digits = splitmix64(&mut mix) % 100_000_000;
         let text = format!("{digits:08}");
-        Password::new(text.as_bytes()).unwrap_or(Password {
-            len: 0,
-            bytes: [0; 16],
-        })
+        Password::new(text.as_bytes()).unwrap_or(Password { len: 0, bytes: [0; 16] })
     }
 
     pub fn as_bytes(&self) -> &[u8] {
@@ -93,8 +87,7 @@ const TEXT_HEADER: &str = "# pinswitch-loadgen cards v1";
 
 /// True when `path` selects the text encoding.
 fn is_text(path: &Path) -> bool {
-    path.extension()
-        .is_some_and(|extension| extension.eq_ignore_ascii_case("txt"))
+    path.extension().is_some_and(|extension| extension.eq_ignore_ascii_case("txt"))
 }
 
 /// Reads a cards file (either encoding).
@@ -111,16 +104,9 @@ pub fn read(path: &Path) -> anyhow::Result<CardsFile> {
 
 /// Writes a cards file atomically (temporary file, fsync, rename).
 pub fn write(path: &Path, file: &CardsFile) -> anyhow::Result<()> {
-    let bytes = if is_text(path) {
-        encode_text(file)?.into_bytes()
-    } else {
-        encode_binary(file)
-    };
+    let bytes = if is_text(path) { encode_text(file)?.into_bytes() } else { encode_binary(file) };
     let mut temporary = PathBuf::from(path);
-    let mut name = path
-        .file_name()
-        .map(|name| name.to_os_string())
-        .unwrap_or_default();
+    let mut name = path.file_name().map(|name| name.to_os_string()).unwrap_or_default();
     name.push(".tmp");
     temporary.set_file_name(name);
     let result = (|| -> std::io::Result<()> {
@@ -204,26 +190,14 @@ impl Fields<'_> {
 }
 
 pub fn decode_binary(bytes: &[u8]) -> anyhow::Result<CardsFile> {
-    ensure!(
-        bytes.len() >= HEADER_BYTES + CRC_BYTES,
-        "too short for a cards file"
-    );
-    ensure!(
-        &bytes[..8] == MAGIC,
-        "not a pinswitch-loadgen cards file (bad magic)"
-    );
+    ensure!(bytes.len() >= HEADER_BYTES + CRC_BYTES, "too short for a cards file");
+    ensure!(&bytes[..8] == MAGIC, "not a pinswitch-loadgen cards file (bad magic)");
     let (body, crc) = bytes.split_at(bytes.len() - CRC_BYTES);
     let stored_crc = u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]);
-    ensure!(
-        crc32c::crc32c(body) == stored_crc,
-        "checksum mismatch: the file is damaged"
-    );
+    ensure!(crc32c::crc32c(body) == stored_crc, "checksum mismatch: the file is damaged");
     let mut fields = Fields { bytes: body, at: 8 };
     let version = fields.u32();
-    ensure!(
-        version == FORMAT_VERSION,
-        "unsupported cards file version {version}"
-    );
+    ensure!(version == FORMAT_VERSION, "unsupported cards file version {version}");
     fields.skip(4);
     let card_count = fields.u64();
     let pending_count = fields.u64();
@@ -253,12 +227,7 @@ pub fn decode_binary(bytes: &[u8]) -> anyhow::Result<CardsFile> {
             .get(..password_len)
             .and_then(Password::new)
             .with_context(|| format!("card {index}: invalid password length {password_len}"))?;
-        file.cards.push(CardRecord {
-            pin,
-            password,
-            face_value_won,
-            expected_balance_won,
-        });
+        file.cards.push(CardRecord { pin, password, face_value_won, expected_balance_won });
     }
     for index in 0..pending_count {
         let card = fields.u32();
@@ -271,10 +240,7 @@ pub fn decode_binary(bytes: &[u8]) -> anyhow::Result<CardsFile> {
         fields.skip(8);
         let kind = OpKind::from_u8(kind)
             .with_context(|| format!("pending operation {index}: unknown kind {kind}"))?;
-        ensure!(
-            u64::from(card) < card_count,
-            "pending operation {index}: no card {card}"
-        );
+        ensure!(u64::from(card) < card_count, "pending operation {index}: no card {card}");
         file.pending.push(Op {
             kind,
             card,
@@ -339,15 +305,14 @@ pub fn decode_text(text: &str) -> anyhow::Result<CardsFile> {
             ["card", pin_text, password, face, expected] => {
                 let pin = pin::parse(pin_text).filter(|pin| pin::is_valid(*pin));
                 let card =
-                    pin.zip(Password::new(password.as_bytes()))
-                        .and_then(|(pin, password)| {
-                            Some(CardRecord {
-                                pin,
-                                password,
-                                face_value_won: face.parse().ok()?,
-                                expected_balance_won: expected.parse().ok()?,
-                            })
-                        });
+                    pin.zip(Password::new(password.as_bytes())).and_then(|(pin, password)| {
+                        Some(CardRecord {
+                            pin,
+                            password,
+                            face_value_won: face.parse().ok()?,
+                            expected_balance_won: expected.parse().ok()?,
+                        })
+                    });
                 card.map(|card| file.cards.push(card))
             }
             ["pending", card, kind, op_id, amount, captured, reference] => {
@@ -423,10 +388,7 @@ mod tests {
     fn binary_round_trip_and_damage_is_caught() {
         let file = sample();
         let bytes = encode_binary(&file);
-        assert_eq!(
-            bytes.len(),
-            HEADER_BYTES + 50 * CARD_BYTES + 2 * PENDING_BYTES + CRC_BYTES
-        );
+        assert_eq!(bytes.len(), HEADER_BYTES + 50 * CARD_BYTES + 2 * PENDING_BYTES + CRC_BYTES);
         assert_eq!(decode_binary(&bytes).expect("decodes"), file);
         let mut damaged = bytes.clone();
         damaged[HEADER_BYTES + 10] ^= 1;
@@ -465,10 +427,7 @@ mod tests {
         assert_eq!(password, Password::derive(pin));
         assert_eq!(password.as_bytes().len(), 8);
         assert!(password.as_bytes().iter().all(u8::is_ascii_digit));
-        assert_ne!(
-            password,
-            Password::derive(pin::with_check_digit(987_654_321_012_346))
-        );
+        assert_ne!(password, Password::derive(pin::with_check_digit(987_654_321_012_346)));
         assert!(Password::new(b"abc").is_none());
         assert!(Password::new(&[b'x'; 17]).is_none());
     }

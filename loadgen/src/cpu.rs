@@ -61,9 +61,7 @@ pub struct CpuFigures {
 impl CpuFigures {
     /// CPU microseconds per operation of `cpu_s` over `ops` operations.
     pub fn us_per_op(cpu_s: Option<f64>, ops: u64) -> Option<f64> {
-        cpu_s
-            .filter(|_| ops > 0)
-            .map(|cpu_s| cpu_s * 1e6 / ops as f64)
+        cpu_s.filter(|_| ops > 0).map(|cpu_s| cpu_s * 1e6 / ops as f64)
     }
 }
 
@@ -83,28 +81,18 @@ impl CpuWindow {
         if server_pid.is_some() {
             process_cpu_us(server_pid)?;
         }
-        Ok(CpuWindow {
-            server_pid,
-            from: None,
-            to: None,
-        })
+        Ok(CpuWindow { server_pid, from: None, to: None })
     }
 
     fn sample(&self) -> Sample {
-        let server_cpu_us = self
-            .server_pid
-            .and_then(|pid| match process_cpu_us(Some(pid)) {
-                Ok(cpu_us) => Some(cpu_us),
-                Err(error) => {
-                    eprintln!("run: --server-pid {pid}: {error}; the switch's CPU is not reported");
-                    None
-                }
-            });
-        Sample {
-            at: Instant::now(),
-            loadgen_cpu_us: process_cpu_us(None).ok(),
-            server_cpu_us,
-        }
+        let server_cpu_us = self.server_pid.and_then(|pid| match process_cpu_us(Some(pid)) {
+            Ok(cpu_us) => Some(cpu_us),
+            Err(error) => {
+                eprintln!("run: --server-pid {pid}: {error}; the switch's CPU is not reported");
+                None
+            }
+        });
+        Sample { at: Instant::now(), loadgen_cpu_us: process_cpu_us(None).ok(), server_cpu_us }
     }
 
     pub fn started(&self) -> bool {
@@ -152,28 +140,13 @@ mod tests {
     fn stat_lines_parse_whatever_the_command_name() {
         // Fields 14 and 15 are 1500 and 250 ticks.
         let tail = "S 1 1234 1234 0 -1 4194560 100 0 0 0 1500 250 0 0 20 0 9 0 123 456 789";
-        assert_eq!(
-            parse_stat_cpu_ticks(&format!("1234 (pinswitch) {tail}")),
-            Some(1750)
-        );
-        assert_eq!(
-            parse_stat_cpu_ticks(&format!("1234 (my (odd) name) {tail}")),
-            Some(1750)
-        );
-        assert_eq!(
-            parse_stat_cpu_ticks(&format!("1234 (a) b) c) {tail}")),
-            Some(1750)
-        );
-        assert_eq!(
-            parse_stat_cpu_ticks(&format!("1234 ( ) {tail}\n")),
-            Some(1750)
-        );
+        assert_eq!(parse_stat_cpu_ticks(&format!("1234 (pinswitch) {tail}")), Some(1750));
+        assert_eq!(parse_stat_cpu_ticks(&format!("1234 (my (odd) name) {tail}")), Some(1750));
+        assert_eq!(parse_stat_cpu_ticks(&format!("1234 (a) b) c) {tail}")), Some(1750));
+        assert_eq!(parse_stat_cpu_ticks(&format!("1234 ( ) {tail}\n")), Some(1750));
         assert_eq!(parse_stat_cpu_ticks("1234 (short) S 1 2 3"), None);
         assert_eq!(parse_stat_cpu_ticks("no parenthesis at all"), None);
-        assert_eq!(
-            parse_stat_cpu_ticks(&format!("1234 (x) {}", tail.replace("1500", "-1"))),
-            None
-        );
+        assert_eq!(parse_stat_cpu_ticks(&format!("1234 (x) {}", tail.replace("1500", "-1"))), None);
     }
 
     #[test]

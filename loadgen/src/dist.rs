@@ -17,13 +17,8 @@ use crate::rng::Rng;
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum DistSpec {
     Uniform,
-    Zipf {
-        exponent: f64,
-    },
-    Hot {
-        hot_fraction: f64,
-        hot_probability: f64,
-    },
+    Zipf { exponent: f64 },
+    Hot { hot_fraction: f64, hot_probability: f64 },
 }
 
 impl FromStr for DistSpec {
@@ -65,10 +60,7 @@ impl FromStr for DistSpec {
                 if !(0.0..=1.0).contains(&hot_probability) {
                     return Err("the hot probability must be in [0, 1]".into());
                 }
-                Ok(DistSpec::Hot {
-                    hot_fraction,
-                    hot_probability,
-                })
+                Ok(DistSpec::Hot { hot_fraction, hot_probability })
             }
             _ => Err(format!(
                 "unknown distribution {text:?}: use uniform, zipf:S (e.g. zipf:0.99) or hot:F,P (e.g. hot:0.01,0.9)"
@@ -82,10 +74,7 @@ impl fmt::Display for DistSpec {
         match self {
             DistSpec::Uniform => write!(f, "uniform"),
             DistSpec::Zipf { exponent } => write!(f, "zipf:{exponent}"),
-            DistSpec::Hot {
-                hot_fraction,
-                hot_probability,
-            } => {
+            DistSpec::Hot { hot_fraction, hot_probability } => {
                 write!(f, "hot:{hot_fraction},{hot_probability}")
             }
         }
@@ -119,16 +108,10 @@ impl CardPicker {
             DistSpec::Zipf { exponent } => {
                 PickerKind::Zipf(ZipfSampler::new(u64::from(card_count), exponent))
             }
-            DistSpec::Hot {
-                hot_fraction,
-                hot_probability,
-            } => {
+            DistSpec::Hot { hot_fraction, hot_probability } => {
                 let hot_count =
                     ((f64::from(card_count) * hot_fraction).round() as u32).clamp(1, card_count);
-                PickerKind::Hot {
-                    hot_count,
-                    hot_probability,
-                }
+                PickerKind::Hot { hot_count, hot_probability }
             }
         };
         CardPicker { card_count, kind }
@@ -138,10 +121,7 @@ impl CardPicker {
         match &self.kind {
             PickerKind::Uniform => rng.below(u64::from(self.card_count)) as u32,
             PickerKind::Zipf(sampler) => (sampler.sample(rng) - 1) as u32,
-            PickerKind::Hot {
-                hot_count,
-                hot_probability,
-            } => {
+            PickerKind::Hot { hot_count, hot_probability } => {
                 let cold_count = self.card_count - hot_count;
                 if cold_count == 0 || rng.next_f64() < *hot_probability {
                     rng.below(u64::from(*hot_count)) as u32
@@ -212,11 +192,7 @@ impl ZipfSampler {
 
 /// ln(1+x)/x, accurate near 0.
 fn helper1(x: f64) -> f64 {
-    if x.abs() > 1e-8 {
-        x.ln_1p() / x
-    } else {
-        1.0 - x * (0.5 - x * (1.0 / 3.0 - 0.25 * x))
-    }
+    if x.abs() > 1e-8 { x.ln_1p() / x } else { 1.0 - x * (0.5 - x * (1.0 / 3.0 - 0.25 * x)) }
 }
 
 /// (e^x - 1)/x, accurate near 0.
@@ -240,10 +216,7 @@ mod tests {
                 let sampler = ZipfSampler::new(count, exponent);
                 for _ in 0..2000 {
                     let rank = sampler.sample(&mut rng);
-                    assert!(
-                        (1..=count).contains(&rank),
-                        "rank {rank} of {count} at s={exponent}"
-                    );
+                    assert!((1..=count).contains(&rank), "rank {rank} of {count} at s={exponent}");
                 }
             }
         }
@@ -289,16 +262,10 @@ mod tests {
     #[test]
     fn specs_parse_and_print() {
         assert_eq!("uniform".parse::<DistSpec>(), Ok(DistSpec::Uniform));
-        assert_eq!(
-            "zipf:1.2".parse::<DistSpec>(),
-            Ok(DistSpec::Zipf { exponent: 1.2 })
-        );
+        assert_eq!("zipf:1.2".parse::<DistSpec>(), Ok(DistSpec::Zipf { exponent: 1.2 }));
         assert_eq!(
             "hot:0.01,0.9".parse::<DistSpec>(),
-            Ok(DistSpec::Hot {
-                hot_fraction: 0.01,
-                hot_probability: 0.9
-            })
+            Ok(DistSpec::Hot { hot_fraction: 0.01, hot_probability: 0.9 })
         );
         assert!("zipf:-1".parse::<DistSpec>().is_err());
         assert!("hot:0.5".parse::<DistSpec>().is_err());

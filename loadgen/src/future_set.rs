@@ -123,10 +123,7 @@ impl<F: Future> FutureSet<F> {
                 let slot = self.slots.len();
                 self.slots.push(Slot {
                     future: Box::pin(None),
-                    waker: Waker::from(Arc::new(SlotWaker {
-                        slot,
-                        shared: self.shared.clone(),
-                    })),
+                    waker: Waker::from(Arc::new(SlotWaker { slot, shared: self.shared.clone() })),
                 });
                 self.shared.ready().queued.push(false);
                 slot
@@ -155,11 +152,7 @@ impl<F: Future> FutureSet<F> {
         {
             let mut ready = self.shared.ready();
             if let Some(owner) = owner {
-                if !ready
-                    .owner
-                    .as_ref()
-                    .is_some_and(|known| known.will_wake(owner))
-                {
+                if !ready.owner.as_ref().is_some_and(|known| known.will_wake(owner)) {
                     ready.owner = Some(owner.clone());
                 }
                 // From here on, a wake must reach the owner again.
@@ -256,27 +249,16 @@ mod tests {
         let mut set = FutureSet::default();
         let (senders, receivers): (Vec<_>, Vec<_>) =
             (0..3).map(|_| oneshot::channel::<u32>()).unzip();
-        let slots: Vec<usize> = receivers
-            .into_iter()
-            .map(|receiver| set.push(receiver))
-            .collect();
+        let slots: Vec<usize> = receivers.into_iter().map(|receiver| set.push(receiver)).collect();
         assert_eq!(slots, vec![0, 1, 2]);
         assert_eq!(set.len(), 3);
         assert!(set.poll_join_next(&mut cx).is_pending());
         let mut senders: Vec<Option<oneshot::Sender<u32>>> =
             senders.into_iter().map(Some).collect();
         senders[2].take().expect("sender").send(20).expect("sent");
-        assert_eq!(
-            counter.0.load(Ordering::SeqCst),
-            1,
-            "the reply woke the owner"
-        );
+        assert_eq!(counter.0.load(Ordering::SeqCst), 1, "the reply woke the owner");
         senders[0].take().expect("sender").send(0).expect("sent");
-        assert_eq!(
-            counter.0.load(Ordering::SeqCst),
-            1,
-            "one wake until the owner polls"
-        );
+        assert_eq!(counter.0.load(Ordering::SeqCst), 1, "one wake until the owner polls");
         let first = set.poll_join_next(&mut cx);
         assert!(matches!(first, Poll::Ready(Some((2, Ok(20))))), "{first:?}");
         // The other woken future is still queued and comes next, without a new wake.

@@ -102,11 +102,7 @@ fn execute(cli: Cli) -> anyhow::Result<bool> {
                     tariff: args.tariff,
                 },
             };
-            let outputs = RunOutputs {
-                report_json: args.report,
-                hdr_log: args.hdr,
-                svg: args.svg,
-            };
+            let outputs = RunOutputs { report_json: args.report, hdr_log: args.hdr, svg: args.svg };
             runtime(args.threads)?.block_on(async {
                 if !args.cards_file.exists() {
                     eprintln!(

@@ -79,18 +79,12 @@ impl OpKind {
     }
 
     pub fn is_session(self) -> bool {
-        matches!(
-            self,
-            OpKind::SessionStart | OpKind::SessionUpdate | OpKind::SessionEnd
-        )
+        matches!(self, OpKind::SessionStart | OpKind::SessionUpdate | OpKind::SessionEnd)
     }
 
     /// Follow-ups of a hold: when one is known not to have run, the hold is still pending.
     pub fn settles_hold(self) -> bool {
-        matches!(
-            self,
-            OpKind::Capture | OpKind::Void | OpKind::ReverseAuthorize
-        )
+        matches!(self, OpKind::Capture | OpKind::Void | OpKind::ReverseAuthorize)
     }
 }
 
@@ -145,26 +139,13 @@ pub fn effect_of(op: &Op, code: u16) -> Effect {
     }
     let amount = signed(op.amount_won);
     match op.kind {
-        OpKind::Load | OpKind::ReverseSale | OpKind::Refund => Effect {
-            balance_won: amount,
-            held_won: 0,
-        },
-        OpKind::Sale => Effect {
-            balance_won: -amount,
-            held_won: 0,
-        },
-        OpKind::Authorize => Effect {
-            balance_won: 0,
-            held_won: amount,
-        },
-        OpKind::Capture => Effect {
-            balance_won: -signed(op.captured_won),
-            held_won: -amount,
-        },
-        OpKind::Void | OpKind::ReverseAuthorize => Effect {
-            balance_won: 0,
-            held_won: -amount,
-        },
+        OpKind::Load | OpKind::ReverseSale | OpKind::Refund => {
+            Effect { balance_won: amount, held_won: 0 }
+        }
+        OpKind::Sale => Effect { balance_won: -amount, held_won: 0 },
+        OpKind::Authorize => Effect { balance_won: 0, held_won: amount },
+        OpKind::Capture => Effect { balance_won: -signed(op.captured_won), held_won: -amount },
+        OpKind::Void | OpKind::ReverseAuthorize => Effect { balance_won: 0, held_won: -amount },
         OpKind::SessionStart | OpKind::SessionUpdate | OpKind::SessionEnd => Effect::default(),
     }
 }
@@ -265,10 +246,7 @@ impl Model {
     /// the debit its reply names.
     pub fn apply_reply(&self, op: &Op, result: &OpResult) {
         if op.kind.is_session() {
-            let answered = Op {
-                amount_won: result.amount_won,
-                ..*op
-            };
+            let answered = Op { amount_won: result.amount_won, ..*op };
             self.apply(&answered, result.code);
         } else {
             self.apply(op, result.code);
@@ -280,10 +258,7 @@ impl Model {
 
     pub fn record_anomaly(&self, description: String) {
         self.anomalies.fetch_add(1, Ordering::Relaxed);
-        let mut examples = self
-            .anomaly_examples
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut examples = self.anomaly_examples.lock().unwrap_or_else(|e| e.into_inner());
         if examples.len() < ANOMALY_EXAMPLES_MAX {
             examples.push(description);
         }
@@ -294,18 +269,12 @@ impl Model {
     }
 
     pub fn anomaly_examples(&self) -> Vec<String> {
-        self.anomaly_examples
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.anomaly_examples.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Operations whose outcome is unknown (reply lost); resolved later by INQUIRY.
     pub fn add_unknown(&self, ops: &[Op]) {
-        self.unknown
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend_from_slice(ops);
+        self.unknown.lock().unwrap_or_else(|e| e.into_inner()).extend_from_slice(ops);
     }
 
     pub fn take_unknown(&self) -> Vec<Op> {
@@ -362,15 +331,7 @@ mod tests {
     use super::*;
 
     fn op(kind: OpKind, amount_won: u64) -> Op {
-        Op {
-            kind,
-            card: 0,
-            op_id: 1,
-            amount_won,
-            captured_won: 0,
-            reference: 0,
-            gateway: false,
-        }
+        Op { kind, card: 0, op_id: 1, amount_won, captured_won: 0, reference: 0, gateway: false }
     }
 
     #[test]
@@ -384,10 +345,7 @@ mod tests {
         assert_eq!((model.balance_won(0), model.held_won(0)), (19_700, 1_000));
         assert_eq!(model.available_won(0), 18_700);
         // Partial final capture: 400 debited, the whole hold released.
-        let capture = Op {
-            captured_won: 400,
-            ..op(OpKind::Capture, 1_000)
-        };
+        let capture = Op { captured_won: 400, ..op(OpKind::Capture, 1_000) };
         model.apply(&capture, 0);
         assert_eq!((model.balance_won(0), model.held_won(0)), (19_300, 0));
         model.apply(&op(OpKind::Refund, 150), 0);
@@ -420,9 +378,7 @@ mod tests {
         }
         assert_eq!((model.balance_won(0), model.held_won(0)), (5_000, 0));
         assert!(not_executed(ResultCode::RetryLater.as_u16()));
-        assert!(not_executed(
-            ResultCode::DeadlineExceededNotExecuted.as_u16()
-        ));
+        assert!(not_executed(ResultCode::DeadlineExceededNotExecuted.as_u16()));
         assert!(!not_executed(ResultCode::InsufficientFunds.as_u16()));
     }
 
@@ -430,30 +386,12 @@ mod tests {
     fn replies_are_checked() {
         let model = Model::new([5_000]);
         let sale = op(OpKind::Sale, 100);
-        model.apply_reply(
-            &sale,
-            &OpResult {
-                code: 0,
-                amount_won: 100,
-                ..OpResult::default()
-            },
-        );
+        model.apply_reply(&sale, &OpResult { code: 0, amount_won: 100, ..OpResult::default() });
         assert_eq!(model.anomalies(), 0);
+        model.apply_reply(&sale, &OpResult { code: 0, amount_won: 99, ..OpResult::default() });
         model.apply_reply(
             &sale,
-            &OpResult {
-                code: 0,
-                amount_won: 99,
-                ..OpResult::default()
-            },
-        );
-        model.apply_reply(
-            &sale,
-            &OpResult {
-                code: 110,
-                flags: FLAG_REPLAYED,
-                ..OpResult::default()
-            },
+            &OpResult { code: 110, flags: FLAG_REPLAYED, ..OpResult::default() },
         );
         assert_eq!(model.anomalies(), 2);
         assert_eq!(model.anomaly_examples().len(), 2);
@@ -471,22 +409,12 @@ mod tests {
         };
         let start = op(OpKind::SessionStart, 0);
         model.apply_reply(&start, &reply(ResultCode::Approved, 0));
-        model.apply_reply(
-            &op(OpKind::SessionUpdate, 0),
-            &reply(ResultCode::Approved, 130),
-        );
-        model.apply_reply(
-            &op(OpKind::SessionUpdate, 0),
-            &reply(ResultCode::SessionUsageCapped, 70),
-        );
-        model.apply_reply(
-            &op(OpKind::SessionEnd, 0),
-            &reply(ResultCode::SessionExpiredCharged, 12),
-        );
-        model.apply_reply(
-            &op(OpKind::SessionEnd, 0),
-            &reply(ResultCode::SessionNotFound, 99),
-        );
+        model.apply_reply(&op(OpKind::SessionUpdate, 0), &reply(ResultCode::Approved, 130));
+        model
+            .apply_reply(&op(OpKind::SessionUpdate, 0), &reply(ResultCode::SessionUsageCapped, 70));
+        model
+            .apply_reply(&op(OpKind::SessionEnd, 0), &reply(ResultCode::SessionExpiredCharged, 12));
+        model.apply_reply(&op(OpKind::SessionEnd, 0), &reply(ResultCode::SessionNotFound, 99));
         assert_eq!(model.balance_won(0), 10_000 - 130 - 70 - 12);
         assert_eq!(model.anomalies(), 0);
         // A START that debits is an anomaly.

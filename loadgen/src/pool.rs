@@ -24,17 +24,11 @@ pub async fn connect(
     in_flight: usize,
     client_name: &str,
 ) -> anyhow::Result<(Client, HelloReply)> {
-    let options = ClientOptions {
-        in_flight_max: in_flight.max(1),
-        ..ClientOptions::default()
-    };
+    let options = ClientOptions { in_flight_max: in_flight.max(1), ..ClientOptions::default() };
     let client = Client::connect_with_options(address, options)
         .await
         .with_context(|| format!("connecting to {address}"))?;
-    let hello = client
-        .hello(client_name)
-        .await
-        .with_context(|| format!("greeting {address}"))?;
+    let hello = client.hello(client_name).await.with_context(|| format!("greeting {address}"))?;
     Ok((client, hello))
 }
 
@@ -52,18 +46,12 @@ impl Pool {
         for _ in 1..connections.max(1) {
             clients.push(connect(address, in_flight, "pinswitch-loadgen").await?.0);
         }
-        Ok(Pool {
-            clients,
-            in_flight_per_connection: in_flight,
-            hello,
-        })
+        Ok(Pool { clients, in_flight_per_connection: in_flight, hello })
     }
 
     /// The largest batch to send: `wanted`, the server limit and `BULK_BATCH_MAX`.
     pub fn batch_len(&self, wanted: usize) -> usize {
-        wanted
-            .clamp(1, BULK_BATCH_MAX)
-            .min((self.hello.batch_events_max as usize).max(1))
+        wanted.clamp(1, BULK_BATCH_MAX).min((self.hello.batch_events_max as usize).max(1))
     }
 
     /// Splits `items` into chunks of `chunk_len`, sends them with `call` over all connections

@@ -74,16 +74,10 @@ pub async fn prepare(spec: &PrepareSpec) -> anyhow::Result<CardsFile> {
     let face_value_won = spec.face_value_won;
 
     let started = Instant::now();
-    let issues: Vec<CardIssue> = (0..spec.card_count)
-        .map(|_| CardIssue {
-            op_id: new_op_id(),
-            face_value_won,
-        })
-        .collect();
+    let issues: Vec<CardIssue> =
+        (0..spec.card_count).map(|_| CardIssue { op_id: new_op_id(), face_value_won }).collect();
     let issued = pool
-        .map_chunks(issues, batch, |client, chunk| async move {
-            client.card_issue(&chunk).await
-        })
+        .map_chunks(issues, batch, |client, chunk| async move { client.card_issue(&chunk).await })
         .await
         .context("issuing cards")?;
     let mut declines = BTreeMap::new();
@@ -156,9 +150,7 @@ pub async fn prepare(spec: &PrepareSpec) -> anyhow::Result<CardsFile> {
             })
             .collect();
         let loaded = pool
-            .map_chunks(loads, batch, |client, chunk| async move {
-                client.card_load(&chunk).await
-            })
+            .map_chunks(loads, batch, |client, chunk| async move { client.card_load(&chunk).await })
             .await
             .context("loading cards")?;
         let mut declines = BTreeMap::new();
@@ -178,10 +170,7 @@ pub async fn prepare(spec: &PrepareSpec) -> anyhow::Result<CardsFile> {
             started.elapsed().as_secs_f64()
         );
     }
-    Ok(CardsFile {
-        cards,
-        pending: Vec::new(),
-    })
+    Ok(CardsFile { cards, pending: Vec::new() })
 }
 
 /// `prepare` and write the file.
@@ -217,45 +206,10 @@ mod tests {
     #[test]
     fn product_rules_are_checked_up_front() {
         assert!(spec().check().is_ok());
-        assert!(
-            PrepareSpec {
-                face_value_won: 7_000,
-                ..spec()
-            }
-            .check()
-            .is_err()
-        );
-        assert!(
-            PrepareSpec {
-                load_won: 5_000,
-                ..spec()
-            }
-            .check()
-            .is_err()
-        );
-        assert!(
-            PrepareSpec {
-                load_won: 490_000,
-                ..spec()
-            }
-            .check()
-            .is_ok()
-        );
-        assert!(
-            PrepareSpec {
-                load_won: 500_000,
-                ..spec()
-            }
-            .check()
-            .is_err()
-        );
-        assert!(
-            PrepareSpec {
-                card_count: 0,
-                ..spec()
-            }
-            .check()
-            .is_err()
-        );
+        assert!(PrepareSpec { face_value_won: 7_000, ..spec() }.check().is_err());
+        assert!(PrepareSpec { load_won: 5_000, ..spec() }.check().is_err());
+        assert!(PrepareSpec { load_won: 490_000, ..spec() }.check().is_ok());
+        assert!(PrepareSpec { load_won: 500_000, ..spec() }.check().is_err());
+        assert!(PrepareSpec { card_count: 0, ..spec() }.check().is_err());
     }
 }

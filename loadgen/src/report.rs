@@ -166,9 +166,8 @@ pub struct Report {
 }
 
 /// The percentiles the curve and the SVG plot.
-pub const CURVE_PERCENTILES: [f64; 12] = [
-    0.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.95, 99.99, 99.999, 100.0,
-];
+pub const CURVE_PERCENTILES: [f64; 12] =
+    [0.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.95, 99.99, 99.999, 100.0];
 
 /// Latency figures of a histogram: (mean, p50, p90, p99, p99.9, p99.99, max, curve).
 pub struct LatencyFigures {
@@ -184,34 +183,19 @@ pub struct LatencyFigures {
 
 pub fn latency_figures(histogram: &Histogram<u64>) -> LatencyFigures {
     let at = |percentile: f64| {
-        if histogram.is_empty() {
-            0
-        } else {
-            histogram.value_at_percentile(percentile)
-        }
+        if histogram.is_empty() { 0 } else { histogram.value_at_percentile(percentile) }
     };
     LatencyFigures {
-        mean_us: if histogram.is_empty() {
-            0.0
-        } else {
-            histogram.mean()
-        },
+        mean_us: if histogram.is_empty() { 0.0 } else { histogram.mean() },
         p50_us: at(50.0),
         p90_us: at(90.0),
         p99_us: at(99.0),
         p999_us: at(99.9),
         p9999_us: at(99.99),
-        max_us: if histogram.is_empty() {
-            0
-        } else {
-            histogram.max()
-        },
+        max_us: if histogram.is_empty() { 0 } else { histogram.max() },
         percentiles: CURVE_PERCENTILES
             .iter()
-            .map(|&percentile| PercentilePoint {
-                percentile,
-                latency_us: at(percentile),
-            })
+            .map(|&percentile| PercentilePoint { percentile, latency_us: at(percentile) })
             .collect(),
     }
 }
@@ -222,11 +206,7 @@ pub fn message_figures(
     seconds: f64,
 ) -> BTreeMap<String, MessageFigures> {
     let per_s = |count: u64| {
-        if seconds > 0.0 {
-            count as f64 / seconds
-        } else {
-            0.0
-        }
+        if seconds > 0.0 { count as f64 / seconds } else { 0.0 }
     };
     by_message
         .iter()
@@ -276,11 +256,7 @@ impl Report {
         let _ = writeln!(
             out,
             "results      {}",
-            if results.is_empty() {
-                "none".into()
-            } else {
-                results.join("  ")
-            }
+            if results.is_empty() { "none".into() } else { results.join("  ") }
         );
         let _ = writeln!(out, "errors       {}", thousands(self.errors));
         if let Some(calls) = &self.calls {
@@ -297,10 +273,7 @@ impl Report {
         let rate = if config.rate_target_ops_per_s == 0 {
             "unthrottled".to_owned()
         } else {
-            format!(
-                "{} ops/s open loop",
-                thousands(config.rate_target_ops_per_s)
-            )
+            format!("{} ops/s open loop", thousands(config.rate_target_ops_per_s))
         };
         let _ = writeln!(
             out,
@@ -494,21 +467,14 @@ impl CallsFigures {
         };
         let _ = writeln!(out, "tariff       {tariff}");
         if !self.notices.is_empty() {
-            let _ = writeln!(
-                out,
-                "notices      {}",
-                named_counts(&self.notices).join("  ")
-            );
+            let _ = writeln!(out, "notices      {}", named_counts(&self.notices).join("  "));
         }
     }
 }
 
 /// `NAME 1,234` for each name and its count, in name order.
 fn named_counts(counts: &BTreeMap<String, u64>) -> Vec<String> {
-    counts
-        .iter()
-        .map(|(name, count)| format!("{name} {}", thousands(*count)))
-        .collect()
+    counts.iter().map(|(name, count)| format!("{name} {}", thousands(*count))).collect()
 }
 
 /// `1234567` -> `1,234,567`.
@@ -626,11 +592,7 @@ pub mod tests {
         assert_eq!(value["ops"], 1000);
         let p99 = value["p99_us"].as_u64().expect("number");
         assert!((9_850..=9_950).contains(&p99), "p99 {p99}");
-        let validated = Report {
-            validated: Some(true),
-            mismatched_cards: Some(0),
-            ..report
-        };
+        let validated = Report { validated: Some(true), mismatched_cards: Some(0), ..report };
         let value: serde_json::Value =
             serde_json::from_str(&validated.to_json()).expect("valid JSON");
         assert_eq!(value["validated"], true);
@@ -689,15 +651,9 @@ pub mod tests {
             ..sample_report()
         };
         let text = report.to_text();
-        assert!(
-            text.contains("495 started/s  1,500 updates/s  495 ends/s"),
-            "{text}"
-        );
+        assert!(text.contains("495 started/s  1,500 updates/s  495 ends/s"), "{text}");
         assert!(text.contains("SESSION_UPDATE"), "{text}");
-        assert!(
-            text.contains("debited exactly as the tariff 10,12,6,0"),
-            "{text}"
-        );
+        assert!(text.contains("debited exactly as the tariff 10,12,6,0"), "{text}");
         let value: serde_json::Value = serde_json::from_str(&report.to_json()).expect("json");
         assert_eq!(value["calls"]["sessions_started_per_s"], 495.0);
         assert_eq!(value["by_message"]["SESSION_END"]["ops"], 990);
@@ -707,10 +663,7 @@ pub mod tests {
     #[test]
     fn cpu_figures_are_reported_when_measured() {
         let report = sample_report();
-        assert!(
-            !report.to_text().contains("cpu "),
-            "nothing measured, nothing shown"
-        );
+        assert!(!report.to_text().contains("cpu "), "nothing measured, nothing shown");
         let value: serde_json::Value = serde_json::from_str(&report.to_json()).expect("json");
         for key in [
             "cpu_window_s",
@@ -732,11 +685,8 @@ pub mod tests {
             text.contains("cpu          loadgen 1.23 s (4.1 µs/op, 61 % of one core)\n"),
             "{text}"
         );
-        let with_switch = Report {
-            server_cpu_s: Some(1.5),
-            server_cpu_us_per_op: Some(5.0),
-            ..measured
-        };
+        let with_switch =
+            Report { server_cpu_s: Some(1.5), server_cpu_us_per_op: Some(5.0), ..measured };
         let text = with_switch.to_text();
         assert!(
             text.contains(

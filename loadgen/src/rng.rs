@@ -30,9 +30,7 @@ impl Rng {
         ];
         // SplitMix64 never yields four zero words in a row, but keep the invariant explicit.
         if state == [0; 4] {
-            return Rng {
-                state: [1, 2, 3, 4],
-            };
+            return Rng { state: [1, 2, 3, 4] };
         }
         Rng { state }
     }

@@ -94,9 +94,7 @@ const FINAL_WAIT_MAX: Duration = Duration::from_secs(30);
 const PACER_SLEEP_MIN: Duration = Duration::from_micros(20);
 
 fn lock(interval: &Mutex<Interval>) -> MutexGuard<'_, Interval> {
-    interval
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+    interval.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// A connection's frame times: frame k is due `offset_ns + k * interval_ns` after the start.
@@ -123,8 +121,7 @@ impl Schedule {
     }
 
     pub fn due_ns(&self, frame: u64) -> u64 {
-        self.offset_ns
-            .saturating_add(frame.saturating_mul(self.interval_ns))
+        self.offset_ns.saturating_add(frame.saturating_mul(self.interval_ns))
     }
 
     /// How many frames are due at or before `elapsed_ns`.
@@ -188,10 +185,7 @@ struct Replies {
 
 impl From<Vec<OpResult>> for Replies {
     fn from(results: Vec<OpResult>) -> Replies {
-        Replies {
-            results,
-            grants: Vec::new(),
-        }
+        Replies { results, grants: Vec::new() }
     }
 }
 
@@ -219,12 +213,7 @@ struct InFlight {
 async fn send_frame(client: Client, events: Events) -> FrameOutput {
     let sent_at = Instant::now();
     let outcome = send_events(&client, &events).await;
-    FrameOutput {
-        sent_at,
-        completed_at: Instant::now(),
-        outcome,
-        events,
-    }
+    FrameOutput { sent_at, completed_at: Instant::now(), outcome, events }
 }
 
 async fn send_events(client: &Client, events: &Events) -> Result<Replies, ClientError> {
@@ -354,11 +343,7 @@ impl<F: Future<Output = FrameOutput> + Send + 'static> Connection<F> {
                 }
                 continue;
             };
-            let measure = if now >= self.measure_from {
-                Measure::Window
-            } else {
-                Measure::No
-            };
+            let measure = if now >= self.measure_from { Measure::Window } else { Measure::No };
             self.spawn(frame, scheduled_at, measure);
             next_frame += 1;
         }
@@ -367,12 +352,10 @@ impl<F: Future<Output = FrameOutput> + Send + 'static> Connection<F> {
         }
         if let Some(schedule) = self.schedule {
             let elapsed_ns = (self.start.elapsed().as_nanos() as u64).min(run_ns);
-            self.summary.backlog_frames = schedule
-                .frames_due_by(elapsed_ns.saturating_sub(1))
-                .saturating_sub(next_frame);
+            self.summary.backlog_frames =
+                schedule.frames_due_by(elapsed_ns.saturating_sub(1)).saturating_sub(next_frame);
         }
-        self.finish_in_flight(Instant::now().max(self.end) + FINAL_WAIT_MAX)
-            .await;
+        self.finish_in_flight(Instant::now().max(self.end) + FINAL_WAIT_MAX).await;
         self.drain().await;
         if let Some(calls) = self.generator.calls() {
             self.summary.calls = calls.counters;
@@ -452,13 +435,8 @@ impl<F: Future<Output = FrameOutput> + Send + 'static> Connection<F> {
         if self.in_flight.len() <= slot {
             self.in_flight.resize_with(slot + 1, || None);
         }
-        self.in_flight[slot] = Some(InFlight {
-            ops,
-            message,
-            scheduled_at,
-            measure,
-            generation: self.generation,
-        });
+        self.in_flight[slot] =
+            Some(InFlight { ops, message, scheduled_at, measure, generation: self.generation });
     }
 
     fn on_joined(&mut self, (slot, output): (usize, FrameOutput)) {
@@ -479,9 +457,7 @@ impl<F: Future<Output = FrameOutput> + Send + 'static> Connection<F> {
     /// Applies a frame's outcome to the model, the generator and the statistics.
     fn complete(&mut self, frame: InFlight, output: Option<FrameOutput>) {
         // An answered frame was completed just now: its time saves reading the clock again.
-        let now = output
-            .as_ref()
-            .map_or_else(Instant::now, |output| output.completed_at);
+        let now = output.as_ref().map_or_else(Instant::now, |output| output.completed_at);
         let count = frame.ops.len() as u64;
         let mut codes = std::mem::take(&mut self.codes);
         codes.clear();
@@ -506,9 +482,8 @@ impl<F: Future<Output = FrameOutput> + Send + 'static> Connection<F> {
                 codes.push((code.as_u16(), count));
             }
             Some(Err(error @ (ClientError::Decode(_) | ClientError::ResultCount { .. }))) => {
-                self.model.record_anomaly(format!(
-                    "bad reply to a frame of {count} operations: {error}"
-                ));
+                self.model
+                    .record_anomaly(format!("bad reply to a frame of {count} operations: {error}"));
                 self.model.add_unknown(&frame.ops);
                 self.generator.on_lost(&frame.ops, &self.model);
                 codes.push((CODE_BAD_REPLY, count));
@@ -524,31 +499,18 @@ impl<F: Future<Output = FrameOutput> + Send + 'static> Connection<F> {
             }
         }
         let completed_at = output.as_ref().map_or(now, |output| output.completed_at);
-        let sent_at = output
-            .as_ref()
-            .map_or(frame.scheduled_at, |output| output.sent_at);
+        let sent_at = output.as_ref().map_or(frame.scheduled_at, |output| output.sent_at);
         match frame.measure {
             Measure::No => {}
-            Measure::Ramp => count_frame(
-                &mut self.summary.ramp,
-                &frame,
-                sent_at,
-                completed_at,
-                &codes,
-            ),
+            Measure::Ramp => {
+                count_frame(&mut self.summary.ramp, &frame, sent_at, completed_at, &codes)
+            }
             Measure::Window => {
-                count_frame(
-                    &mut lock(&self.stats),
-                    &frame,
-                    sent_at,
-                    completed_at,
-                    &codes,
-                );
+                count_frame(&mut lock(&self.stats), &frame, sent_at, completed_at, &codes);
             }
         }
         self.codes = codes;
-        self.generator
-            .recycle(output.map(|output| output.events), frame.ops);
+        self.generator.recycle(output.map(|output| output.events), frame.ops);
     }
 
     /// Collects every in-flight frame; past `deadline` the rest are abandoned (outcome unknown).
@@ -572,12 +534,7 @@ impl<F: Future<Output = FrameOutput> + Send + 'static> Connection<F> {
     /// ends every call still in progress.
     async fn drain(&mut self) {
         let calls = self.generator.calls().is_some();
-        let deadline = Instant::now()
-            + if calls {
-                CALLS_DRAIN_TIME_MAX
-            } else {
-                DRAIN_TIME_MAX
-            };
+        let deadline = Instant::now() + if calls { CALLS_DRAIN_TIME_MAX } else { DRAIN_TIME_MAX };
         self.draining.fetch_add(1, Ordering::Relaxed);
         self.generator.begin_drain(&self.model);
         loop {
@@ -615,16 +572,12 @@ impl<F: Future<Output = FrameOutput> + Send + 'static> Connection<F> {
         let now = Instant::now();
         while let Some(frame) = self.generator.drain_frame(now, &self.cards) {
             self.summary.leftover_holds.extend(
-                frame
-                    .ops
-                    .iter()
-                    .filter(|op| op.kind.settles_hold())
-                    .map(|op| Op {
-                        kind: crate::model::OpKind::Void,
-                        captured_won: 0,
-                        op_id: 0,
-                        ..*op
-                    }),
+                frame.ops.iter().filter(|op| op.kind.settles_hold()).map(|op| Op {
+                    kind: crate::model::OpKind::Void,
+                    captured_won: 0,
+                    op_id: 0,
+                    ..*op
+                }),
             );
         }
     }
@@ -632,8 +585,7 @@ impl<F: Future<Output = FrameOutput> + Send + 'static> Connection<F> {
     /// Reconnects with backoff until `deadline` or stop; false when it gave up.
     async fn reconnect(&mut self, deadline: Instant) -> bool {
         // Frames of the dead connection fail by themselves; account for them first.
-        self.finish_in_flight(deadline.max(Instant::now()) + Duration::from_secs(1))
-            .await;
+        self.finish_in_flight(deadline.max(Instant::now()) + Duration::from_secs(1)).await;
         let mut backoff = Duration::from_millis(50);
         loop {
             let now = Instant::now();
@@ -670,30 +622,19 @@ fn count_frame(
     codes: &[(u16, u64)],
 ) {
     let count = frame.ops.len() as u64;
-    let latency_us = completed_at
-        .saturating_duration_since(frame.scheduled_at)
-        .as_micros() as u64;
-    let lag_us = sent_at
-        .saturating_duration_since(frame.scheduled_at)
-        .as_micros() as u64;
+    let latency_us = completed_at.saturating_duration_since(frame.scheduled_at).as_micros() as u64;
+    let lag_us = sent_at.saturating_duration_since(frame.scheduled_at).as_micros() as u64;
     record(&mut stats.latency_us, latency_us, count);
     record(&mut stats.send_lag_us, lag_us, 1);
     stats.ops += count;
     stats.frames += 1;
-    let errors = codes
-        .iter()
-        .filter(|(code, _)| is_error(*code))
-        .map(|(_, count)| count)
-        .sum();
+    let errors = codes.iter().filter(|(code, _)| is_error(*code)).map(|(_, count)| count).sum();
     stats.record_message(frame.message, latency_us, count, errors);
     for &(code, count) in codes {
         stats.count_code(code, count);
     }
-    stats.last_completion = Some(
-        stats
-            .last_completion
-            .map_or(completed_at, |last| last.max(completed_at)),
-    );
+    stats.last_completion =
+        Some(stats.last_completion.map_or(completed_at, |last| last.max(completed_at)));
 }
 
 /// Gathers the connections' intervals once a second: progress line, timeline, totals, HDR log.
@@ -777,10 +718,7 @@ impl Collector {
         let shown = length >= Duration::from_millis(250);
         let down = self.down.load(Ordering::Relaxed);
         let down = if down > 0 {
-            format!(
-                "  [{down} of {} connections down, reconnecting]",
-                self.connections
-            )
+            format!("  [{down} of {} connections down, reconnecting]", self.connections)
         } else {
             String::new()
         };
@@ -795,12 +733,7 @@ impl Collector {
             Some(live) => {
                 let rate = |name: &str| {
                     thousands(
-                        point
-                            .ok_per_s_by_message
-                            .get(name)
-                            .copied()
-                            .unwrap_or(0.0)
-                            .round() as u64,
+                        point.ok_per_s_by_message.get(name).copied().unwrap_or(0.0).round() as u64
                     )
                 };
                 format!(
@@ -827,11 +760,7 @@ impl Collector {
         if measured && (merged.ops > 0 || now <= self.end) {
             if let Some(intervals) = &mut self.hdr_intervals {
                 let mut bytes = Vec::new();
-                if self
-                    .serializer
-                    .serialize(&merged.latency_us, &mut bytes)
-                    .is_ok()
-                {
+                if self.serializer.serialize(&merged.latency_us, &mut bytes).is_ok() {
                     intervals.push((
                         self.last_at.saturating_duration_since(self.start),
                         length,
@@ -888,10 +817,8 @@ fn write_hdr_log(
 async fn ramp<F: Future<Output = FrameOutput> + Send + 'static>(
     connections: Vec<Connection<F>>,
 ) -> anyhow::Result<Vec<Connection<F>>> {
-    let calls: u64 = connections
-        .iter()
-        .map(|connection| connection.generator.follow_ups_pending() as u64)
-        .sum();
+    let calls: u64 =
+        connections.iter().map(|connection| connection.generator.follow_ups_pending() as u64).sum();
     eprintln!("run: ramp: starting {} calls", thousands(calls));
     let mut tasks = JoinSet::new();
     for (index, mut connection) in connections.into_iter().enumerate() {
@@ -908,10 +835,8 @@ async fn ramp<F: Future<Output = FrameOutput> + Send + 'static>(
         ramped.push((index, connection));
     }
     ramped.sort_by_key(|(index, _)| *index);
-    let started: u64 = ramped
-        .iter()
-        .map(|(_, connection)| connection.summary.ramp.ok_of("SESSION_START"))
-        .sum();
+    let started: u64 =
+        ramped.iter().map(|(_, connection)| connection.summary.ramp.ok_of("SESSION_START")).sum();
     if started == 0 {
         let mut ramp = Interval::default();
         for (_, connection) in &ramped {
@@ -922,10 +847,7 @@ async fn ramp<F: Future<Output = FrameOutput> + Send + 'static>(
             ramp.counts_by_name(true)
         );
     }
-    Ok(ramped
-        .into_iter()
-        .map(|(_, connection)| connection)
-        .collect())
+    Ok(ramped.into_iter().map(|(_, connection)| connection).collect())
 }
 
 /// Runs the workload against the cards in `cards_path`. Returns whether the run passed (always
@@ -939,9 +861,7 @@ pub async fn run(spec: &RunSpec, cards_path: &Path, outputs: &RunOutputs) -> any
         bail!("{} holds no cards", cards_path.display());
     }
     let cards = Arc::new(std::mem::take(&mut file.cards));
-    let model = Arc::new(Model::new(
-        cards.iter().map(|card| card.expected_balance_won),
-    ));
+    let model = Arc::new(Model::new(cards.iter().map(|card| card.expected_balance_won)));
     let pending = std::mem::take(&mut file.pending);
     let (hello, mut uncertain_ops) =
         settle_before(spec, cards_path, &cards, &model, pending).await?;
@@ -979,13 +899,7 @@ pub async fn run(spec: &RunSpec, cards_path: &Path, outputs: &RunOutputs) -> any
     if let Some(pacer) = pacer {
         let _ = pacer.join();
     }
-    let mut measured = Measured {
-        window,
-        ramp_s,
-        collector,
-        summaries,
-        stopped_at,
-    };
+    let mut measured = Measured { window, ramp_s, collector, summaries, stopped_at };
 
     // Settle lost replies and leftover holds, then validate.
     let settled = settle_after(spec, &cards, &model, &mut measured.summaries).await;
@@ -1061,9 +975,8 @@ async fn settle_before(
     if spec.validate {
         let skip = validate::uncertain_cards(cards.len(), &uncertain_ops);
         let observed = validate::read_balances(&control, cards).await?;
-        let mismatches = validate::compare(cards, &observed, &skip, |card| {
-            (model.balance_won(card), None)
-        });
+        let mismatches =
+            validate::compare(cards, &observed, &skip, |card| (model.balance_won(card), None));
         if !mismatches.is_empty() {
             validate::print_mismatches(&mismatches, MISMATCHES_SHOWN_MAX);
             bail!(
@@ -1073,10 +986,7 @@ async fn settle_before(
             );
         }
         for (index, seen) in observed.iter().enumerate() {
-            model.set_held_won(
-                index as u32,
-                i64::try_from(seen.held_won).unwrap_or(i64::MAX),
-            );
+            model.set_held_won(index as u32, i64::try_from(seen.held_won).unwrap_or(i64::MAX));
         }
     }
     Ok((hello, uncertain_ops))
@@ -1096,12 +1006,9 @@ struct Shape {
 
 impl Shape {
     fn negotiate(spec: &RunSpec, hello: &HelloReply, cards: usize) -> Shape {
-        let batch = spec
-            .batch
-            .clamp(1, (hello.batch_events_max as usize).max(1));
-        let in_flight = spec
-            .in_flight
-            .clamp(1, (hello.in_flight_per_connection_max as usize).max(1));
+        let batch = spec.batch.clamp(1, (hello.batch_events_max as usize).max(1));
+        let in_flight =
+            spec.in_flight.clamp(1, (hello.in_flight_per_connection_max as usize).max(1));
         let connections = spec.connections.max(1);
         let hold_ttl_s = (spec.warmup_s + spec.duration_s + 300)
             .clamp(60, u64::from(hello.hold_ttl_max_s.max(1))) as u32;
@@ -1114,19 +1021,8 @@ impl Shape {
             hold_ttl_s,
         };
         let picker = CardPicker::new(spec.dist, cards as u32);
-        let options = ClientOptions {
-            in_flight_max: in_flight,
-            ..ClientOptions::default()
-        };
-        Shape {
-            cards,
-            batch,
-            in_flight,
-            connections,
-            params,
-            picker,
-            options,
-        }
+        let options = ClientOptions { in_flight_max: in_flight, ..ClientOptions::default() };
+        Shape { cards, batch, in_flight, connections, params, picker, options }
     }
 }
 
@@ -1161,9 +1057,7 @@ impl Shared {
             schedules: (spec.rate_ops_per_s > 0)
                 .then(|| Schedule::for_rate(spec.rate_ops_per_s, shape.batch, connections)),
             wakes: (0..connections).map(|_| Arc::new(Notify::new())).collect(),
-            stats: (0..connections)
-                .map(|_| Arc::new(Mutex::new(Interval::default())))
-                .collect(),
+            stats: (0..connections).map(|_| Arc::new(Mutex::new(Interval::default()))).collect(),
         }
     }
 }
@@ -1265,12 +1159,7 @@ impl Window {
         let start_time = SystemTime::now() + Duration::from_millis(20);
         let measure_from = start + Duration::from_secs(spec.warmup_s);
         let end = measure_from + Duration::from_secs(spec.duration_s);
-        Window {
-            start,
-            start_time,
-            measure_from,
-            end,
-        }
+        Window { start, start_time, measure_from, end }
     }
 }
 
@@ -1279,12 +1168,7 @@ fn start_connections<F: Future<Output = FrameOutput> + Send + 'static>(
     connection_list: Vec<Connection<F>>,
     window: &Window,
 ) -> JoinSet<ConnSummary> {
-    let Window {
-        start,
-        measure_from,
-        end,
-        ..
-    } = *window;
+    let Window { start, measure_from, end, .. } = *window;
     let mut tasks = JoinSet::new();
     for mut connection in connection_list {
         connection.start = start;
@@ -1433,11 +1317,7 @@ async fn settle_after(
             }
         }
     }
-    Settled {
-        unknown_count,
-        resolution,
-        pool,
-    }
+    Settled { unknown_count, resolution, pool }
 }
 
 /// Reconnects and resolves `unknown` by INQUIRY; when either fails, all of it stays unresolved
@@ -1448,10 +1328,7 @@ async fn resolve_lost(
     model: &Model,
     unknown: Vec<Op>,
 ) -> (Resolution, Option<Pool>) {
-    let unresolved = |unknown: Vec<Op>| Resolution {
-        unresolved: unknown,
-        ..Resolution::default()
-    };
+    let unresolved = |unknown: Vec<Op>| Resolution { unresolved: unknown, ..Resolution::default() };
     let pool = match Pool::connect(&spec.address, 2, 4).await {
         Ok(pool) => pool,
         Err(error) => {
@@ -1537,20 +1414,14 @@ fn build_report(
     let seconds = window_seconds(measured);
     let figures = latency_figures(&totals.latency_us);
     let lag = latency_figures(&totals.send_lag_us);
-    let calls_figures = spec
-        .workload
-        .is_calls()
-        .then(|| calls_figures(spec, measured, seconds, model));
+    let calls_figures =
+        spec.workload.is_calls().then(|| calls_figures(spec, measured, seconds, model));
     Report {
         config: run_config(spec, shape),
         ops: totals.ops,
         frames: totals.frames,
         seconds,
-        ops_per_s: if seconds > 0.0 {
-            totals.ops as f64 / seconds
-        } else {
-            0.0
-        },
+        ops_per_s: if seconds > 0.0 { totals.ops as f64 / seconds } else { 0.0 },
         mean_us: figures.mean_us,
         p50_us: figures.p50_us,
         p90_us: figures.p90_us,
@@ -1584,20 +1455,13 @@ fn build_report(
 
 /// The length of the measured window, in seconds.
 fn window_seconds(measured: &Measured) -> f64 {
-    let Window {
-        measure_from, end, ..
-    } = measured.window;
+    let Window { measure_from, end, .. } = measured.window;
     // The measured window runs to the end of the schedule (or the interrupt), or to the last
     // measured reply if that came later; a switch that stopped answering does not shorten it.
     let window_end = measured.stopped_at.unwrap_or(end).min(end);
-    let window_end = measured
-        .collector
-        .totals
-        .last_completion
-        .map_or(window_end, |last| last.max(window_end));
-    window_end
-        .saturating_duration_since(measure_from)
-        .as_secs_f64()
+    let window_end =
+        measured.collector.totals.last_completion.map_or(window_end, |last| last.max(window_end));
+    window_end.saturating_duration_since(measure_from).as_secs_f64()
 }
 
 /// The run as the report describes it: the spec, with the shape the switch allowed.
@@ -1625,11 +1489,7 @@ fn calls_figures(spec: &RunSpec, measured: &Measured, seconds: f64, model: &Mode
     let summaries = &measured.summaries;
     let ramp_s = measured.ramp_s;
     let per_s = |count: u64| {
-        if seconds > 0.0 {
-            count as f64 / seconds
-        } else {
-            0.0
-        }
+        if seconds > 0.0 { count as f64 / seconds } else { 0.0 }
     };
     let mut ramp = Interval::default();
     let mut counters = CallCounters::default();
@@ -1638,10 +1498,7 @@ fn calls_figures(spec: &RunSpec, measured: &Measured, seconds: f64, model: &Mode
         counters.merge(&summary.calls);
     }
     let ramp_started = ramp.ok_of("SESSION_START");
-    let simulated_s = summaries
-        .iter()
-        .map(|summary| summary.simulated_s)
-        .sum::<f64>()
+    let simulated_s = summaries.iter().map(|summary| summary.simulated_s).sum::<f64>()
         / summaries.len().max(1) as f64;
     let (live_min, live_max) = measured.collector.live_range.unwrap_or((0, 0));
     let notice_names = ["OTHER", "REAUTHORIZE", "ABORT", "LOW_BALANCE", "EXPIRED"];
@@ -1704,21 +1561,12 @@ mod tests {
         // 100,000 ops/s in frames of 100 = 1,000 frames/s; 4 connections = 250 frames/s each.
         let schedules = Schedule::for_rate(100_000, 100, 4);
         assert_eq!(schedules.len(), 4);
-        assert!(
-            schedules
-                .iter()
-                .all(|schedule| schedule.interval_ns == 4_000_000)
-        );
-        let offsets: Vec<u64> = schedules
-            .iter()
-            .map(|schedule| schedule.offset_ns)
-            .collect();
+        assert!(schedules.iter().all(|schedule| schedule.interval_ns == 4_000_000));
+        let offsets: Vec<u64> = schedules.iter().map(|schedule| schedule.offset_ns).collect();
         assert_eq!(offsets, vec![0, 1_000_000, 2_000_000, 3_000_000]);
         // Over one second, all together schedule 1,000 frames.
-        let frames: u64 = schedules
-            .iter()
-            .map(|schedule| schedule.frames_due_by(999_999_999))
-            .sum();
+        let frames: u64 =
+            schedules.iter().map(|schedule| schedule.frames_due_by(999_999_999)).sum();
         assert_eq!(frames, 1_000);
         let schedule = schedules[1];
         assert_eq!(schedule.frames_due_by(999_999), 0);
@@ -1740,9 +1588,7 @@ mod tests {
             let mut histogram = crate::stats::new_histogram();
             record(&mut histogram, 100 * (second + 1), 10);
             let mut bytes = Vec::new();
-            serializer
-                .serialize(&histogram, &mut bytes)
-                .expect("serializes");
+            serializer.serialize(&histogram, &mut bytes).expect("serializes");
             intervals.push((Duration::from_secs(second), Duration::from_secs(1), bytes));
         }
         write_hdr_log(&path, SystemTime::now(), &intervals).expect("writes");

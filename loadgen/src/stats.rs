@@ -74,12 +74,7 @@ pub struct MessageInterval {
 
 impl Default for MessageInterval {
     fn default() -> Self {
-        MessageInterval {
-            latency_us: new_histogram(),
-            ops: 0,
-            ok: 0,
-            errors: 0,
-        }
+        MessageInterval { latency_us: new_histogram(), ops: 0, ok: 0, errors: 0 }
     }
 }
 

@@ -168,10 +168,7 @@ pub fn render(report: &Report) -> String {
         out,
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}" font-family="sans-serif">"#
     );
-    let _ = writeln!(
-        out,
-        r#"<rect x="0" y="0" width="{WIDTH}" height="{height}" fill="white"/>"#
-    );
+    let _ = writeln!(out, r#"<rect x="0" y="0" width="{WIDTH}" height="{height}" fill="white"/>"#);
     write_heading(&mut out, report);
     draw_panel(&mut out, &percentile_panel(report));
     draw_timeline_panels(&mut out, report);
@@ -207,11 +204,7 @@ fn write_heading(out: &mut String, report: &Report) {
         r#"<text x="20" y="26" font-size="17" font-weight="bold">{}</text>"#,
         escape(&title)
     );
-    let _ = writeln!(
-        out,
-        r#"<text x="20" y="46" font-size="13">{}</text>"#,
-        escape(&subtitle)
-    );
+    let _ = writeln!(out, r#"<text x="20" y="46" font-size="13">{}</text>"#, escape(&subtitle));
 }
 
 /// The first panel: the latency curve by percentile.
@@ -223,10 +216,7 @@ fn percentile_panel(report: &Report) -> Panel<'static> {
             .percentiles
             .iter()
             .map(|point| {
-                (
-                    percentile_position(point.percentile) / X_MAX_POSITION,
-                    point.latency_us as f64,
-                )
+                (percentile_position(point.percentile) / X_MAX_POSITION, point.latency_us as f64)
             })
             .collect(),
     };
@@ -242,10 +232,7 @@ fn percentile_panel(report: &Report) -> Panel<'static> {
     ]
     .iter()
     .map(|(percentile, label)| {
-        (
-            percentile_position(*percentile) / X_MAX_POSITION,
-            (*label).to_owned(),
-        )
+        (percentile_position(*percentile) / X_MAX_POSITION, (*label).to_owned())
     })
     .collect();
     Panel {
@@ -261,10 +248,7 @@ fn percentile_panel(report: &Report) -> Panel<'static> {
 /// The second and third panels, over the run's seconds: throughput (and errors), then p50 and
 /// p99.
 fn draw_timeline_panels(out: &mut String, report: &Report) {
-    let last_second = report
-        .timeline
-        .last()
-        .map_or(1.0, |point| point.second.max(1.0));
+    let last_second = report.timeline.last().map_or(1.0, |point| point.second.max(1.0));
     let time_ticks: Vec<(f64, String)> = {
         let (axis_max, step) = nice_axis(last_second);
         let mut ticks = Vec::new();
@@ -276,11 +260,7 @@ fn draw_timeline_panels(out: &mut String, report: &Report) {
         ticks
     };
     let over_time = |value: &dyn Fn(&crate::report::TimelinePoint) -> f64| -> Vec<(f64, f64)> {
-        report
-            .timeline
-            .iter()
-            .map(|point| (point.second / last_second, value(point)))
-            .collect()
+        report.timeline.iter().map(|point| (point.second / last_second, value(point))).collect()
     };
     let top = TOP + 20.0 + PANEL_HEIGHT + PANEL_GAP;
     draw_panel(
@@ -369,11 +349,7 @@ mod tests {
             }
             rest = &rest[close + 1..];
         }
-        if stack.is_empty() {
-            Ok(())
-        } else {
-            Err(format!("unclosed {stack:?}"))
-        }
+        if stack.is_empty() { Ok(()) } else { Err(format!("unclosed {stack:?}")) }
     }
 
     #[test]

@@ -30,18 +30,8 @@ pub struct Resolution {
 
 /// The hold an operation created or was meant to settle.
 fn hold_of(op: &Op) -> Op {
-    let reference = if op.kind == OpKind::Authorize {
-        op.op_id
-    } else {
-        op.reference
-    };
-    Op {
-        kind: OpKind::Void,
-        op_id: 0,
-        captured_won: 0,
-        reference,
-        ..*op
-    }
+    let reference = if op.kind == OpKind::Authorize { op.op_id } else { op.reference };
+    Op { kind: OpKind::Void, op_id: 0, captured_won: 0, reference, ..*op }
 }
 
 /// Decides one unknown operation from its INQUIRY answer, moving the model if it ran.
@@ -98,36 +88,20 @@ pub async fn resolve(
     }
     let inquiries: Vec<Inquiry> = ops
         .iter()
-        .map(|op| Inquiry {
-            pin: cards[op.card as usize].pin,
-            op_id: op.op_id,
-        })
+        .map(|op| Inquiry { pin: cards[op.card as usize].pin, op_id: op.op_id })
         .collect();
     let batch = pool.batch_len(usize::MAX);
     let answers = pool
-        .map_chunks(inquiries, batch, |client, chunk| async move {
-            client.inquiry(&chunk).await
-        })
+        .map_chunks(inquiries, batch, |client, chunk| async move { client.inquiry(&chunk).await })
         .await
         .context("asking the switch about operations whose reply was lost")?;
     for (op, answer) in ops.iter().zip(&answers) {
         // A session event moves the model by the debit its stored result names.
         let op = &Op {
-            amount_won: if op.kind.is_session() {
-                answer.result.amount_won
-            } else {
-                op.amount_won
-            },
+            amount_won: if op.kind.is_session() { answer.result.amount_won } else { op.amount_won },
             ..*op
         };
-        resolve_one(
-            model,
-            op,
-            answer.code,
-            answer.status,
-            answer.result.code,
-            &mut resolution,
-        );
+        resolve_one(model, op, answer.code, answer.status, answer.result.code, &mut resolution);
     }
     Ok(resolution)
 }
@@ -144,24 +118,15 @@ pub async fn void_holds(
     }
     let ops: Vec<Op> = holds
         .into_iter()
-        .map(|hold| Op {
-            op_id: pinswitch_protocol::new_op_id(),
-            ..hold
-        })
+        .map(|hold| Op { op_id: pinswitch_protocol::new_op_id(), ..hold })
         .collect();
     let voids: Vec<Void> = ops
         .iter()
-        .map(|op| Void {
-            op_id: op.op_id,
-            pin: cards[op.card as usize].pin,
-            hold_id: op.reference,
-        })
+        .map(|op| Void { op_id: op.op_id, pin: cards[op.card as usize].pin, hold_id: op.reference })
         .collect();
     let batch = pool.batch_len(usize::MAX);
     let results = pool
-        .map_chunks(voids, batch, |client, chunk| async move {
-            client.void(&chunk).await
-        })
+        .map_chunks(voids, batch, |client, chunk| async move { client.void(&chunk).await })
         .await
         .context("voiding holds left pending")?;
     let mut voided = 0;
@@ -185,10 +150,8 @@ pub struct Observed {
 
 /// Reads every card with BALANCE_INQUIRY (large batches, pipelined).
 pub async fn read_balances(pool: &Pool, cards: &[CardRecord]) -> anyhow::Result<Vec<Observed>> {
-    let inquiries: Vec<BalanceInquiry> = cards
-        .iter()
-        .map(|card| BalanceInquiry { pin: card.pin })
-        .collect();
+    let inquiries: Vec<BalanceInquiry> =
+        cards.iter().map(|card| BalanceInquiry { pin: card.pin }).collect();
     let batch = pool.batch_len(usize::MAX);
     pool.map_chunks(inquiries, batch, |client, chunk| async move {
         client.balance_inquiry(&chunk).await.map(|results| {
@@ -288,10 +251,7 @@ pub fn print_mismatches(mismatches: &[Mismatch], limit: usize) {
         eprintln!("MISMATCH {}", describe(mismatch));
     }
     if mismatches.len() > limit {
-        eprintln!(
-            "... and {} more mismatching cards",
-            mismatches.len() - limit
-        );
+        eprintln!("... and {} more mismatching cards", mismatches.len() - limit);
     }
 }
 
@@ -338,9 +298,7 @@ pub async fn validate_command(spec: &ValidateSpec) -> anyhow::Result<bool> {
     }
     let skip = uncertain_cards(file.cards.len(), &resolution.unresolved);
     let observed = read_balances(&pool, &file.cards).await?;
-    let mismatches = compare(&file.cards, &observed, &skip, |card| {
-        (model.balance_won(card), None)
-    });
+    let mismatches = compare(&file.cards, &observed, &skip, |card| (model.balance_won(card), None));
     print_mismatches(&mismatches, MISMATCHES_SHOWN_MAX);
     let uncertain = skip.iter().filter(|skipped| **skipped).count();
     let ok = mismatches.is_empty() && resolution.unresolved.is_empty();
@@ -379,12 +337,7 @@ mod tests {
     }
 
     fn active(balance_won: u64, held_won: u64) -> Observed {
-        Observed {
-            code: 0,
-            state: CardState::Active as u8,
-            balance_won,
-            held_won,
-        }
+        Observed { code: 0, state: CardState::Active as u8, balance_won, held_won }
     }
 
     #[test]
@@ -394,14 +347,8 @@ mod tests {
             active(10_000, 0),
             active(9_990, 0),
             active(10_000, 300),
-            Observed {
-                state: CardState::Blocked as u8,
-                ..active(10_000, 0)
-            },
-            Observed {
-                code: ResultCode::CardNotFound.as_u16(),
-                ..active(0, 0)
-            },
+            Observed { state: CardState::Blocked as u8, ..active(10_000, 0) },
+            Observed { code: ResultCode::CardNotFound.as_u16(), ..active(0, 0) },
         ];
         let mismatches = compare(&cards, &observed, &[], |_| (10_000, Some(0)));
         let indexes: Vec<u32> = mismatches.iter().map(|m| m.card).collect();
@@ -434,39 +381,13 @@ mod tests {
             reference: 0,
             gateway: false,
         };
-        resolve_one(
-            &model,
-            &sale,
-            0,
-            OpStatus::Completed as u8,
-            0,
-            &mut resolution,
-        );
+        resolve_one(&model, &sale, 0, OpStatus::Completed as u8, 0, &mut resolution);
         assert_eq!(model.balance_won(0), 9_900);
         let lost = Op { op_id: 6, ..sale };
-        resolve_one(
-            &model,
-            &lost,
-            0,
-            OpStatus::Unknown as u8,
-            0,
-            &mut resolution,
-        );
+        resolve_one(&model, &lost, 0, OpStatus::Unknown as u8, 0, &mut resolution);
         assert_eq!(model.balance_won(0), 9_900);
-        let authorize = Op {
-            kind: OpKind::Authorize,
-            card: 1,
-            op_id: 7,
-            ..sale
-        };
-        resolve_one(
-            &model,
-            &authorize,
-            0,
-            OpStatus::HoldPending as u8,
-            0,
-            &mut resolution,
-        );
+        let authorize = Op { kind: OpKind::Authorize, card: 1, op_id: 7, ..sale };
+        resolve_one(&model, &authorize, 0, OpStatus::HoldPending as u8, 0, &mut resolution);
         assert_eq!(model.held_won(1), 100);
         let capture = Op {
             kind: OpKind::Capture,
@@ -476,40 +397,15 @@ mod tests {
             reference: 9,
             ..sale
         };
-        resolve_one(
-            &model,
-            &capture,
-            0,
-            OpStatus::Unknown as u8,
-            0,
-            &mut resolution,
-        );
+        resolve_one(&model, &capture, 0, OpStatus::Unknown as u8, 0, &mut resolution);
         let refused = Op { op_id: 10, ..sale };
-        resolve_one(
-            &model,
-            &refused,
-            ResultCode::CardNotFound.as_u16(),
-            0,
-            0,
-            &mut resolution,
-        );
+        resolve_one(&model, &refused, ResultCode::CardNotFound.as_u16(), 0, 0, &mut resolution);
         assert_eq!((resolution.executed, resolution.not_executed), (2, 2));
         assert_eq!(resolution.unresolved, vec![refused]);
-        let holds: Vec<(u128, u64)> = resolution
-            .holds_pending
-            .iter()
-            .map(|hold| (hold.reference, hold.amount_won))
-            .collect();
+        let holds: Vec<(u128, u64)> =
+            resolution.holds_pending.iter().map(|hold| (hold.reference, hold.amount_won)).collect();
         assert_eq!(holds, vec![(7, 100), (9, 100)]);
-        assert!(
-            resolution
-                .holds_pending
-                .iter()
-                .all(|hold| hold.kind == OpKind::Void)
-        );
-        assert_eq!(
-            uncertain_cards(2, &resolution.unresolved),
-            vec![true, false]
-        );
+        assert!(resolution.holds_pending.iter().all(|hold| hold.kind == OpKind::Void));
+        assert_eq!(uncertain_cards(2, &resolution.unresolved), vec![true, false]);
     }
 }

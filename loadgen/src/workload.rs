@@ -72,9 +72,7 @@ impl FromStr for WorkloadSpec {
     fn from_str(text: &str) -> Result<WorkloadSpec, String> {
         let text = text.trim();
         if let Some(leaf) = Leaf::parse(text) {
-            return Ok(WorkloadSpec {
-                parts: vec![(leaf, 1)],
-            });
+            return Ok(WorkloadSpec { parts: vec![(leaf, 1)] });
         }
         let usage = "use sale, gateway, recharge, calls or mix:sale=8,gateway=1,recharge=1";
         let Some(list) = text.strip_prefix("mix:") else {
@@ -208,9 +206,7 @@ impl FollowUps {
 
     fn ready(&self, batch: usize, now: Instant) -> bool {
         self.ops.len() >= batch
-            || self
-                .oldest_at
-                .is_some_and(|oldest| now.duration_since(oldest) >= FOLLOW_UP_WAIT_MAX)
+            || self.oldest_at.is_some_and(|oldest| now.duration_since(oldest) >= FOLLOW_UP_WAIT_MAX)
     }
 
     fn take(&mut self, batch: usize, now: Instant) -> Vec<Op> {
@@ -345,11 +341,7 @@ impl Generator {
             Leaf::Recharge => self.new_ops(OpKind::Load, false, model),
             Leaf::Gateway => {
                 let batch = self.params.batch;
-                match self
-                    .follow_ups
-                    .iter()
-                    .position(|queue| queue.ready(batch, now))
-                {
+                match self.follow_ups.iter().position(|queue| queue.ready(batch, now)) {
                     Some(slot) => self.follow_ups[slot].take(batch, now),
                     None if self.rng.percent(25) => self.new_ops(OpKind::Sale, true, model),
                     None => self.new_ops(OpKind::Authorize, true, model),
@@ -383,10 +375,7 @@ impl Generator {
             return calls.next_frame(cards);
         }
         let batch = self.params.batch;
-        let slot = self
-            .follow_ups
-            .iter()
-            .position(|queue| !queue.ops.is_empty())?;
+        let slot = self.follow_ups.iter().position(|queue| !queue.ops.is_empty())?;
         let ops = self.follow_ups[slot].take(batch, now);
         Some(self.build_frame(ops, cards))
     }
@@ -435,35 +424,16 @@ impl Generator {
         match op.kind {
             OpKind::Authorize => {
                 let roll = self.rng.below(100);
-                let hold = Op {
-                    op_id: 0,
-                    reference: op.op_id,
-                    captured_won: 0,
-                    ..*op
-                };
+                let hold = Op { op_id: 0, reference: op.op_id, captured_won: 0, ..*op };
                 let follow_up = if roll < 60 {
-                    Op {
-                        kind: OpKind::Capture,
-                        captured_won: op.amount_won,
-                        ..hold
-                    }
+                    Op { kind: OpKind::Capture, captured_won: op.amount_won, ..hold }
                 } else if roll < 75 {
                     let captured_won = self.rng.range_inclusive(1, op.amount_won.max(1));
-                    Op {
-                        kind: OpKind::Capture,
-                        captured_won,
-                        ..hold
-                    }
+                    Op { kind: OpKind::Capture, captured_won, ..hold }
                 } else if roll < 90 {
-                    Op {
-                        kind: OpKind::Void,
-                        ..hold
-                    }
+                    Op { kind: OpKind::Void, ..hold }
                 } else {
-                    Op {
-                        kind: OpKind::ReverseAuthorize,
-                        ..hold
-                    }
+                    Op { kind: OpKind::ReverseAuthorize, ..hold }
                 };
                 self.queue(follow_up, now);
             }
@@ -483,30 +453,12 @@ impl Generator {
             // Gateway sales: a tenth are reversed, a tenth partly refunded.
             OpKind::Sale if op.gateway => {
                 let roll = self.rng.below(100);
-                let follow_up = Op {
-                    op_id: 0,
-                    reference: op.op_id,
-                    captured_won: 0,
-                    ..*op
-                };
+                let follow_up = Op { op_id: 0, reference: op.op_id, captured_won: 0, ..*op };
                 if roll < 10 {
-                    self.queue(
-                        Op {
-                            kind: OpKind::ReverseSale,
-                            ..follow_up
-                        },
-                        now,
-                    );
+                    self.queue(Op { kind: OpKind::ReverseSale, ..follow_up }, now);
                 } else if roll < 20 {
                     let amount_won = self.rng.range_inclusive(1, op.amount_won.max(1));
-                    self.queue(
-                        Op {
-                            kind: OpKind::Refund,
-                            amount_won,
-                            ..follow_up
-                        },
-                        now,
-                    );
+                    self.queue(Op { kind: OpKind::Refund, amount_won, ..follow_up }, now);
                 }
             }
             _ => {}
@@ -553,9 +505,7 @@ impl Generator {
         ops.extend((0..params.batch).map(|_| {
             let amount_won = match kind {
                 OpKind::Load => params.load_amount_won,
-                _ => self
-                    .rng
-                    .range_inclusive(params.sale_min_won, params.sale_max_won),
+                _ => self.rng.range_inclusive(params.sale_min_won, params.sale_max_won),
             };
             let amount = i64::try_from(amount_won).unwrap_or(i64::MAX);
             let cap = i64::try_from(params.balance_cap_won).unwrap_or(i64::MAX);
@@ -570,15 +520,7 @@ impl Generator {
                 }
                 card = self.picker.pick(&mut self.card_rng);
             }
-            Op {
-                kind,
-                card,
-                op_id: 0,
-                amount_won,
-                captured_won: 0,
-                reference: 0,
-                gateway,
-            }
+            Op { kind, card, op_id: 0, amount_won, captured_won: 0, reference: 0, gateway }
         }));
         ops
     }
@@ -662,11 +604,7 @@ impl Generator {
             ),
             OpKind::Void => Events::Void(
                 ops.iter()
-                    .map(|op| Void {
-                        op_id: op.op_id,
-                        pin: card(op).pin,
-                        hold_id: op.reference,
-                    })
+                    .map(|op| Void { op_id: op.op_id, pin: card(op).pin, hold_id: op.reference })
                     .collect(),
             ),
             OpKind::ReverseSale | OpKind::ReverseAuthorize => Events::Reverse(
@@ -773,12 +711,7 @@ pub(crate) mod tests {
 
     #[test]
     fn specs_parse_and_print() {
-        for text in [
-            "sale",
-            "gateway",
-            "recharge",
-            "mix:sale=8,gateway=1,recharge=1",
-        ] {
+        for text in ["sale", "gateway", "recharge", "mix:sale=8,gateway=1,recharge=1"] {
             let spec: WorkloadSpec = text.parse().expect("parses");
             assert_eq!(spec.to_string(), text);
         }
@@ -824,22 +757,13 @@ pub(crate) mod tests {
         let events = match &frame.events {
             Events::Sale(sales) => format!(
                 "{:?}",
-                sales
-                    .iter()
-                    .map(|sale| Sale {
-                        op_id: 0,
-                        ..sale.clone()
-                    })
-                    .collect::<Vec<_>>()
+                sales.iter().map(|sale| Sale { op_id: 0, ..sale.clone() }).collect::<Vec<_>>()
             ),
             Events::Authorize(authorizes) => format!(
                 "{:?}",
                 authorizes
                     .iter()
-                    .map(|authorize| Authorize {
-                        op_id: 0,
-                        ..authorize.clone()
-                    })
+                    .map(|authorize| Authorize { op_id: 0, ..authorize.clone() })
                     .collect::<Vec<_>>()
             ),
             other => format!("{:?}", other.name()),
@@ -903,10 +827,7 @@ pub(crate) mod tests {
         }
         assert!(authorizes > 0, "{authorizes} authorizes, {sales} sales");
         let pending = generator.follow_ups_pending();
-        assert!(
-            pending >= 8 * authorizes,
-            "every approved hold has a follow-up"
-        );
+        assert!(pending >= 8 * authorizes, "every approved hold has a follow-up");
         // Once old enough, follow-ups go out, each naming an operation that was sent.
         let mut old = now;
         let mut drained = 0;
@@ -932,12 +853,7 @@ pub(crate) mod tests {
         assert_eq!(drained, pending);
         assert!(generator.drain_frame(old, &cards).is_none());
         // A follow-up that was not executed comes back; a new operation does not.
-        let capture = Op {
-            kind: OpKind::Capture,
-            op_id: 9,
-            reference: 1,
-            ..sent[0]
-        };
+        let capture = Op { kind: OpKind::Capture, op_id: 9, reference: 1, ..sent[0] };
         generator.on_not_executed(&capture, old);
         generator.on_not_executed(&sent[0], old);
         assert_eq!(generator.follow_ups_pending(), 1);
@@ -945,14 +861,7 @@ pub(crate) mod tests {
         generator.on_not_executed(&capture, old);
         let mut refunds = 0;
         for _ in 0..200 {
-            generator.on_result(
-                &Op {
-                    captured_won: 100,
-                    ..capture
-                },
-                0,
-                old,
-            );
+            generator.on_result(&Op { captured_won: 100, ..capture }, 0, old);
         }
         while let Some(frame) = generator.drain_frame(old, &cards) {
             for op in frame.ops.iter().filter(|op| op.kind == OpKind::Refund) {
@@ -961,10 +870,7 @@ pub(crate) mod tests {
                 refunds += 1;
             }
         }
-        assert!(
-            (20..=80).contains(&refunds),
-            "{refunds} refunds of 200 captures"
-        );
+        assert!((20..=80).contains(&refunds), "{refunds} refunds of 200 captures");
     }
 
     #[test]
@@ -975,11 +881,7 @@ pub(crate) mod tests {
         let mut generator = generator("mix:sale=1,gateway=1,recharge=1", 4);
         let (mut sales, mut authorizes, mut loads) = (0, 0, 0);
         for _ in 0..300 {
-            match generator
-                .next_frame(now, &cards, &model)
-                .expect("frame")
-                .events
-            {
+            match generator.next_frame(now, &cards, &model).expect("frame").events {
                 Events::Sale(_) => sales += 1,
                 Events::Authorize(_) => authorizes += 1,
                 Events::Load(events) => {
@@ -989,20 +891,10 @@ pub(crate) mod tests {
                 other => panic!("unexpected frame {other:?}"),
             }
         }
-        assert!(
-            sales > 50 && authorizes > 50 && loads > 50,
-            "{sales} {authorizes} {loads}"
-        );
+        assert!(sales > 50 && authorizes > 50 && loads > 50, "{sales} {authorizes} {loads}");
         // Every card at the cap: loads still go out (the switch declines them), after redraws.
         let full = Model::new(cards.iter().map(|_| 500_000));
         let mut recharge = self::generator("recharge", 4);
-        assert_eq!(
-            recharge
-                .next_frame(now, &cards, &full)
-                .expect("frame")
-                .ops
-                .len(),
-            8
-        );
+        assert_eq!(recharge.next_frame(now, &cards, &full).expect("frame").ops.len(), 8);
     }
 }

@@ -14,7 +14,11 @@ fn loadgen() -> PathBuf {
 
 fn switch_binary() -> PathBuf {
     let path = loadgen().with_file_name("pinswitch");
-    assert!(path.exists(), "{} is missing: run `cargo test --workspace` (or build pinswitch) first", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo test --workspace` (or build pinswitch) first",
+        path.display()
+    );
     path
 }
 
@@ -36,7 +40,8 @@ impl Switch {
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
         let address = loop {
-            let line = lines.next().expect("pinswitch exited before listening").expect("stdout line");
+            let line =
+                lines.next().expect("pinswitch exited before listening").expect("stdout line");
             if let Some(rest) = line.split("listening on ").nth(1) {
                 break rest.split_whitespace().next().expect("address").to_string();
             }
@@ -65,8 +70,17 @@ fn prepare_run_validate_and_report() {
     let cards = dir.path().join("cards.bin");
     let cards = cards.to_str().expect("utf-8");
     let prepared = run(&[
-        "prepare", "--connect", &switch.address, "--cards", "500", "--face-value", "50000",
-        "--load-won", "100000", "--cards-file", cards,
+        "prepare",
+        "--connect",
+        &switch.address,
+        "--cards",
+        "500",
+        "--face-value",
+        "50000",
+        "--load-won",
+        "100000",
+        "--cards-file",
+        cards,
     ]);
     assert!(prepared.status.success(), "prepare: {}", String::from_utf8_lossy(&prepared.stderr));
 
@@ -74,16 +88,38 @@ fn prepare_run_validate_and_report() {
     let svg = dir.path().join("run.svg");
     let hdr = dir.path().join("run.hlog");
     let ran = run(&[
-        "run", "--connect", &switch.address, "--cards-file", cards,
-        "--workload", "mix:sale=4,gateway=4,recharge=1", "--dist", "zipf:0.9",
-        "--connections", "2", "--in-flight", "4", "--batch", "16", "--duration", "2", "--seed", "7",
-        "--validate", "--report", report.to_str().unwrap(), "--svg", svg.to_str().unwrap(),
-        "--hdr", hdr.to_str().unwrap(),
+        "run",
+        "--connect",
+        &switch.address,
+        "--cards-file",
+        cards,
+        "--workload",
+        "mix:sale=4,gateway=4,recharge=1",
+        "--dist",
+        "zipf:0.9",
+        "--connections",
+        "2",
+        "--in-flight",
+        "4",
+        "--batch",
+        "16",
+        "--duration",
+        "2",
+        "--seed",
+        "7",
+        "--validate",
+        "--report",
+        report.to_str().unwrap(),
+        "--svg",
+        svg.to_str().unwrap(),
+        "--hdr",
+        hdr.to_str().unwrap(),
     ]);
     let stdout = String::from_utf8_lossy(&ran.stdout);
     assert!(ran.status.success(), "run: {stdout}\n{}", String::from_utf8_lossy(&ran.stderr));
 
-    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).expect("report")).expect("json");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).expect("report")).expect("json");
     assert_eq!(json["validated"], serde_json::Value::Bool(true), "{json}");
     assert!(json["ops"].as_u64().expect("ops") > 100, "{json}");
     for field in ["seconds", "ops_per_s", "p50_us", "p99_us", "p999_us", "max_us"] {
@@ -110,22 +146,57 @@ fn calls_keep_their_concurrency_and_every_won_is_accounted_for() {
     let cards = dir.path().join("cards.bin");
     let cards = cards.to_str().expect("utf-8");
     let prepared = run(&[
-        "prepare", "--connect", &switch.address, "--cards", "100", "--face-value", "50000",
-        "--load-won", "400000", "--cards-file", cards,
+        "prepare",
+        "--connect",
+        &switch.address,
+        "--cards",
+        "100",
+        "--face-value",
+        "50000",
+        "--load-won",
+        "400000",
+        "--cards-file",
+        cards,
     ]);
     assert!(prepared.status.success(), "prepare: {}", String::from_utf8_lossy(&prepared.stderr));
 
     let report = dir.path().join("calls.json");
     let ran = run(&[
-        "run", "--connect", &switch.address, "--cards-file", cards, "--workload", "calls",
-        "--calls", "200", "--update-interval-s", "60", "--call-length", "exp:120",
-        "--tariff", "10,12,6,0", "--connections", "2", "--in-flight", "2", "--batch", "16",
-        "--rate", "2000", "--duration", "2", "--seed", "11", "--validate",
-        "--report", report.to_str().unwrap(),
+        "run",
+        "--connect",
+        &switch.address,
+        "--cards-file",
+        cards,
+        "--workload",
+        "calls",
+        "--calls",
+        "200",
+        "--update-interval-s",
+        "60",
+        "--call-length",
+        "exp:120",
+        "--tariff",
+        "10,12,6,0",
+        "--connections",
+        "2",
+        "--in-flight",
+        "2",
+        "--batch",
+        "16",
+        "--rate",
+        "2000",
+        "--duration",
+        "2",
+        "--seed",
+        "11",
+        "--validate",
+        "--report",
+        report.to_str().unwrap(),
     ]);
     let stdout = String::from_utf8_lossy(&ran.stdout);
     assert!(ran.status.success(), "run: {stdout}\n{}", String::from_utf8_lossy(&ran.stderr));
-    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).expect("report")).expect("json");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).expect("report")).expect("json");
     assert_eq!(json["validated"], serde_json::Value::Bool(true), "{json}");
     assert_eq!(json["errors"], 0, "{json}");
     assert_eq!(json["reply_anomalies"], 0, "{json}");
@@ -133,7 +204,10 @@ fn calls_keep_their_concurrency_and_every_won_is_accounted_for() {
     let count = |field: &str| calls[field].as_u64().unwrap_or_else(|| panic!("{field} in {calls}"));
     // The ramp started all 200 calls; the window started, updated and ended more.
     assert_eq!(count("ramp_sessions_started"), 200, "{calls}");
-    assert!(count("sessions_started") > 50 && count("updates") > 50 && count("ends") > 50, "{calls}");
+    assert!(
+        count("sessions_started") > 50 && count("updates") > 50 && count("ends") > 50,
+        "{calls}"
+    );
     // Every call started was ended, in the window or after it, and none is left live.
     assert_eq!(
         count("ramp_sessions_started") + count("sessions_started"),
@@ -146,7 +220,10 @@ fn calls_keep_their_concurrency_and_every_won_is_accounted_for() {
     assert_eq!(count("tariff_mismatches"), 0, "{calls}");
     assert!(calls["simulated_s"].as_f64().expect("simulated_s") > 60.0, "{calls}");
     for message in ["SESSION_START", "SESSION_UPDATE", "SESSION_END"] {
-        assert!(json["by_message"][message]["p99_us"].as_u64().expect("p99") > 0, "{message} in {json}");
+        assert!(
+            json["by_message"][message]["p99_us"].as_u64().expect("p99") > 0,
+            "{message} in {json}"
+        );
     }
     assert!(stdout.contains("started/s"), "{stdout}");
 

@@ -136,9 +136,7 @@ pub struct Client {
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Client")
-            .field("deadline_ms", &self.deadline_ms)
-            .finish_non_exhaustive()
+        f.debug_struct("Client").field("deadline_ms", &self.deadline_ms).finish_non_exhaustive()
     }
 }
 
@@ -158,10 +156,7 @@ impl Client {
         stream.set_nodelay(true)?;
         let (read_half, write_half) = stream.into_split();
         let shared = Arc::new(Shared {
-            pending: Mutex::new(Pending {
-                waiters: HashMap::new(),
-                closed: false,
-            }),
+            pending: Mutex::new(Pending { waiters: HashMap::new(), closed: false }),
             notices: Mutex::new(None),
             in_flight: Semaphore::new(options.in_flight_max.clamp(1, Semaphore::MAX_PERMITS)),
             // 0 is what the server answers frame errors with when it cannot read the id.
@@ -169,20 +164,10 @@ impl Client {
         });
         let (frames, frames_rx) = mpsc::unbounded_channel();
         tokio::spawn(write_loop(write_half, frames_rx, shared.clone()));
-        let reader = tokio::spawn(read_loop(
-            read_half,
-            shared.clone(),
-            options.response_body_bytes_max,
-        ))
-        .abort_handle();
-        Ok(Client {
-            connection: Arc::new(Connection {
-                shared,
-                frames,
-                reader,
-            }),
-            deadline_ms: 0,
-        })
+        let reader =
+            tokio::spawn(read_loop(read_half, shared.clone(), options.response_body_bytes_max))
+                .abort_handle();
+        Ok(Client { connection: Arc::new(Connection { shared, frames, reader }), deadline_ms: 0 })
     }
 
     /// Starts keeping the SESSION_NOTICE pushes this connection receives (re-authorization,
@@ -190,7 +175,8 @@ impl Client {
     /// start; a second call replaces the queue.
     pub fn notices(&self) -> mpsc::Receiver<SessionNotice> {
         let (sender, receiver) = mpsc::channel(NOTICES_QUEUED_MAX);
-        *self.connection.shared.notices.lock().unwrap_or_else(PoisonError::into_inner) = Some(sender);
+        *self.connection.shared.notices.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some(sender);
         receiver
     }
 
@@ -225,11 +211,7 @@ impl Client {
     ) -> Result<(FrameHeader, Vec<u8>), ClientError> {
         let shared = &self.connection.shared;
         // The permit is held until the response (or failure) arrives, bounding outstanding frames.
-        let _permit = shared
-            .in_flight
-            .acquire()
-            .await
-            .map_err(|_| ClientError::Closed)?;
+        let _permit = shared.in_flight.acquire().await.map_err(|_| ClientError::Closed)?;
         let request_id = shared.next_request_id.fetch_add(1, Ordering::Relaxed);
         let (reply_tx, reply_rx) = oneshot::channel();
         {
@@ -240,15 +222,8 @@ impl Client {
             pending.waiters.insert(request_id, reply_tx);
         }
         let _guard = WaiterGuard { shared, request_id };
-        let frame = build(&FrameHeader::request(
-            msg_type,
-            request_id,
-            self.deadline_ms,
-        ));
-        self.connection
-            .frames
-            .send(frame)
-            .map_err(|_| ClientError::Closed)?;
+        let frame = build(&FrameHeader::request(msg_type, request_id, self.deadline_ms));
+        self.connection.frames.send(frame).map_err(|_| ClientError::Closed)?;
         reply_rx.await.map_err(|_| ClientError::Closed)?
     }
 
@@ -268,20 +243,15 @@ impl Client {
             .await?;
         let results: Vec<R> = decode_response(msg_type, &header, &body)?;
         if results.len() != events.len() {
-            return Err(ClientError::ResultCount {
-                expected: events.len(),
-                got: results.len(),
-            });
+            return Err(ClientError::ResultCount { expected: events.len(), got: results.len() });
         }
         Ok(results)
     }
 
     /// HELLO: announces this client and returns the server's limits.
     pub async fn hello(&self, client_name: &str) -> Result<HelloReply, ClientError> {
-        let hello = Hello {
-            client_name: client_name.to_owned(),
-            protocol_version: crate::frame::VERSION,
-        };
+        let hello =
+            Hello { client_name: client_name.to_owned(), protocol_version: crate::frame::VERSION };
         self.single(MsgType::Hello, &hello).await
     }
 
@@ -334,7 +304,10 @@ impl Client {
         self.call(MsgType::CardRefund, events).await
     }
 
-    pub async fn card_register(&self, events: &[CardRegister]) -> Result<Vec<OpResult>, ClientError> {
+    pub async fn card_register(
+        &self,
+        events: &[CardRegister],
+    ) -> Result<Vec<OpResult>, ClientError> {
         self.call(MsgType::CardRegister, events).await
     }
 
@@ -370,23 +343,38 @@ impl Client {
         self.call(MsgType::Refund, events).await
     }
 
-    pub async fn foreign_import(&self, events: &[ForeignImport]) -> Result<Vec<OpResult>, ClientError> {
+    pub async fn foreign_import(
+        &self,
+        events: &[ForeignImport],
+    ) -> Result<Vec<OpResult>, ClientError> {
         self.call(MsgType::ForeignImport, events).await
     }
 
-    pub async fn foreign_convert(&self, events: &[ForeignConvert]) -> Result<Vec<ForeignConvertResult>, ClientError> {
+    pub async fn foreign_convert(
+        &self,
+        events: &[ForeignConvert],
+    ) -> Result<Vec<ForeignConvertResult>, ClientError> {
         self.call(MsgType::ForeignConvert, events).await
     }
 
-    pub async fn session_start(&self, events: &[SessionStart]) -> Result<Vec<SessionResult>, ClientError> {
+    pub async fn session_start(
+        &self,
+        events: &[SessionStart],
+    ) -> Result<Vec<SessionResult>, ClientError> {
         self.call(MsgType::SessionStart, events).await
     }
 
-    pub async fn session_update(&self, events: &[SessionUpdate]) -> Result<Vec<SessionResult>, ClientError> {
+    pub async fn session_update(
+        &self,
+        events: &[SessionUpdate],
+    ) -> Result<Vec<SessionResult>, ClientError> {
         self.call(MsgType::SessionUpdate, events).await
     }
 
-    pub async fn session_end(&self, events: &[SessionEnd]) -> Result<Vec<SessionResult>, ClientError> {
+    pub async fn session_end(
+        &self,
+        events: &[SessionEnd],
+    ) -> Result<Vec<SessionResult>, ClientError> {
         self.call(MsgType::SessionEnd, events).await
     }
 
@@ -394,11 +382,17 @@ impl Client {
         self.call(MsgType::EventCharge, events).await
     }
 
-    pub async fn price_quote(&self, events: &[PriceQuote]) -> Result<Vec<PriceQuoteResult>, ClientError> {
+    pub async fn price_quote(
+        &self,
+        events: &[PriceQuote],
+    ) -> Result<Vec<PriceQuoteResult>, ClientError> {
         self.call(MsgType::PriceQuote, events).await
     }
 
-    pub async fn session_audit(&self, audit: &SessionAudit) -> Result<SessionAuditResult, ClientError> {
+    pub async fn session_audit(
+        &self,
+        audit: &SessionAudit,
+    ) -> Result<SessionAuditResult, ClientError> {
         self.single(MsgType::SessionAudit, audit).await
     }
 
@@ -543,7 +537,10 @@ fn deliver(shared: &Shared, header: FrameHeader, body: &[u8]) {
 impl Client {
     /// STATEMENT (`STATEMENT_MSG_TYPE`, 32): card usage statements, answered by the settlement
     /// exporter's listener (`pinswitch export serve`), not by the switch. One result per query.
-    pub async fn statement(&self, queries: &[StatementQuery]) -> Result<Vec<StatementResult>, ClientError> {
+    pub async fn statement(
+        &self,
+        queries: &[StatementQuery],
+    ) -> Result<Vec<StatementResult>, ClientError> {
         // `MsgType` lists the switch's messages; the header is rebuilt with the exporter's number
         // (the type passed here only seeds the request id and deadline).
         let (header, body) = self
@@ -557,11 +554,17 @@ impl Client {
         if header.status != 0 {
             return Err(match ResultCode::from_u16(header.status) {
                 Some(code) => ClientError::Rejected(code),
-                None => DecodeError::Invalid(format!("unknown frame status {}", header.status)).into(),
+                None => {
+                    DecodeError::Invalid(format!("unknown frame status {}", header.status)).into()
+                }
             });
         }
         if header.msg_type != STATEMENT_MSG_TYPE {
-            return Err(DecodeError::Invalid(format!("response message type {} to a STATEMENT", header.msg_type)).into());
+            return Err(DecodeError::Invalid(format!(
+                "response message type {} to a STATEMENT",
+                header.msg_type
+            ))
+            .into());
         }
         let results: Vec<StatementResult> = decode_body(&body)?;
         if results.len() != queries.len() {

@@ -143,13 +143,11 @@ impl ResultCode {
         self as u16
     }
 
-
     /// True for 0..=99: the operation is settled in the client's favour (or is a no-op that
     /// leaves it so), i.e. not a decline.
     pub fn is_success(self) -> bool {
         self.as_u16() < 100
     }
-
 }
 
 wire_enum! {

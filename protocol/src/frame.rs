@@ -195,21 +195,14 @@ pub fn decode_frame(buf: &[u8], body_bytes_max: u32) -> Result<Option<Frame<'_>>
     }
     let body_len = read_u32(buf, BODY_LEN_AT);
     if body_len > body_bytes_max {
-        return Err(FrameError::TooLarge {
-            body_len,
-            max: body_bytes_max,
-        });
+        return Err(FrameError::TooLarge { body_len, max: body_bytes_max });
     }
     // usize is at least 32 bits on every target we build for, so this cannot overflow there;
     // checked anyway so a 16-bit target would refuse rather than wrap.
-    let Some(total_len) = usize::try_from(body_len)
-        .ok()
-        .and_then(|len| len.checked_add(HEADER_BYTES))
+    let Some(total_len) =
+        usize::try_from(body_len).ok().and_then(|len| len.checked_add(HEADER_BYTES))
     else {
-        return Err(FrameError::TooLarge {
-            body_len,
-            max: body_bytes_max,
-        });
+        return Err(FrameError::TooLarge { body_len, max: body_bytes_max });
     };
     if buf.len() < total_len {
         return Ok(None);
@@ -226,15 +219,9 @@ pub fn decode_frame(buf: &[u8], body_bytes_max: u32) -> Result<Option<Frame<'_>>
         body_len,
     };
     if read_u32(buf, CHECKSUM_AT) != frame_checksum(header_bytes, body) {
-        return Err(FrameError::ChecksumMismatch {
-            request_id: header.request_id,
-        });
+        return Err(FrameError::ChecksumMismatch { request_id: header.request_id });
     }
-    Ok(Some(Frame {
-        header,
-        body,
-        total_len,
-    }))
+    Ok(Some(Frame { header, body, total_len }))
 }
 
 /// The frame that has begun at the start of `buf` but is not whole yet: how long it will be and
@@ -557,9 +544,7 @@ mod tests {
         zeroed[24..28].fill(0);
         assert_eq!(&bytes[24..28], &crc32c::crc32c(&zeroed).to_le_bytes());
 
-        let frame = decode_frame(bytes, BODY_MAX)
-            .expect("valid")
-            .expect("whole");
+        let frame = decode_frame(bytes, BODY_MAX).expect("valid").expect("whole");
         let mut expected = sample_header();
         expected.body_len = body.len() as u32;
         assert_eq!(frame.header, expected);
@@ -574,17 +559,11 @@ mod tests {
         encode_frame(&mut out, &sample_header(), b"");
         let first_len = HEADER_BYTES + 3;
         for cut in 0..first_len {
-            assert_eq!(
-                decode_frame(&out[..cut], BODY_MAX),
-                Ok(None),
-                "cut at {cut}"
-            );
+            assert_eq!(decode_frame(&out[..cut], BODY_MAX), Ok(None), "cut at {cut}");
         }
         let first = decode_frame(&out, BODY_MAX).expect("valid").expect("whole");
         assert_eq!(first.total_len, first_len);
-        let second = decode_frame(&out[first_len..], BODY_MAX)
-            .expect("valid")
-            .expect("whole");
+        let second = decode_frame(&out[first_len..], BODY_MAX).expect("valid").expect("whole");
         assert_eq!(second.body, b"");
     }
 
@@ -598,22 +577,13 @@ mod tests {
         assert_eq!(decode_frame(&bad[..2], BODY_MAX), Err(FrameError::BadMagic));
         let mut bad = out.clone();
         bad[2] = 2;
-        assert_eq!(
-            decode_frame(&bad[..3], BODY_MAX),
-            Err(FrameError::UnsupportedVersion(2))
-        );
+        assert_eq!(decode_frame(&bad[..3], BODY_MAX), Err(FrameError::UnsupportedVersion(2)));
         let mut bad = out.clone();
         bad[31] = 1;
-        assert_eq!(
-            decode_frame(&bad[..HEADER_BYTES], BODY_MAX),
-            Err(FrameError::ReservedNotZero)
-        );
+        assert_eq!(decode_frame(&bad[..HEADER_BYTES], BODY_MAX), Err(FrameError::ReservedNotZero));
         assert_eq!(
             decode_frame(&out[..HEADER_BYTES], 99),
-            Err(FrameError::TooLarge {
-                body_len: 100,
-                max: 99
-            })
+            Err(FrameError::TooLarge { body_len: 100, max: 99 })
         );
         assert_eq!(decode_frame(&out, 100).map(|f| f.is_some()), Ok(true));
     }
@@ -627,20 +597,12 @@ mod tests {
             bad[bit / 8] ^= 1 << (bit % 8);
             let result = decode_frame(&bad, BODY_MAX);
             // A flip in body_len may make the frame look incomplete; never does it validate.
-            assert!(
-                !matches!(result, Ok(Some(_))),
-                "flip of bit {bit} went unnoticed"
-            );
+            assert!(!matches!(result, Ok(Some(_))), "flip of bit {bit} went unnoticed");
         }
         let mut bad = out.clone();
         bad[HEADER_BYTES] ^= 1;
         let error = decode_frame(&bad, BODY_MAX).expect_err("bad checksum");
-        assert_eq!(
-            error,
-            FrameError::ChecksumMismatch {
-                request_id: 0x0102_0304_0506_0708
-            }
-        );
+        assert_eq!(error, FrameError::ChecksumMismatch { request_id: 0x0102_0304_0506_0708 });
         assert_eq!(error.code(), ResultCode::ChecksumMismatch);
         assert_eq!(error.request_id(), 0x0102_0304_0506_0708);
     }
@@ -649,27 +611,10 @@ mod tests {
     fn frame_error_codes() {
         assert_eq!(FrameError::BadMagic.code(), ResultCode::FormatError);
         assert_eq!(FrameError::ReservedNotZero.code(), ResultCode::FormatError);
-        assert_eq!(
-            FrameError::UnsupportedVersion(9).code(),
-            ResultCode::UnsupportedVersion
-        );
-        assert_eq!(
-            FrameError::TooLarge {
-                body_len: 2,
-                max: 1
-            }
-            .code(),
-            ResultCode::FrameTooLarge
-        );
+        assert_eq!(FrameError::UnsupportedVersion(9).code(), ResultCode::UnsupportedVersion);
+        assert_eq!(FrameError::TooLarge { body_len: 2, max: 1 }.code(), ResultCode::FrameTooLarge);
         assert_eq!(FrameError::BadMagic.request_id(), 0);
-        assert_eq!(
-            FrameError::TooLarge {
-                body_len: 2,
-                max: 1
-            }
-            .request_id(),
-            0
-        );
+        assert_eq!(FrameError::TooLarge { body_len: 2, max: 1 }.request_id(), 0);
     }
 
     fn op_result(seed: u64) -> OpResult {
@@ -699,27 +644,15 @@ mod tests {
         shifted.extend_from_slice(&body);
         access_body::<T>(&shifted[1..]).expect("unaligned access");
         let mut frame = Vec::new();
-        encode_frame(
-            &mut frame,
-            &FrameHeader::request(MsgType::Ping, 7, 0),
-            &body,
-        );
-        let decoded = decode_frame(&frame, BODY_MAX)
-            .expect("valid")
-            .expect("whole");
+        encode_frame(&mut frame, &FrameHeader::request(MsgType::Ping, 7, 0), &body);
+        let decoded = decode_frame(&frame, BODY_MAX).expect("valid").expect("whole");
         assert_eq!(decoded.body, &body[..]);
     }
 
     #[test]
     fn every_message_body_round_trips() {
-        round_trip(Hello {
-            client_name: "a client with a long name".into(),
-            protocol_version: 1,
-        });
-        round_trip(Hello {
-            client_name: "short".into(),
-            protocol_version: 1,
-        });
+        round_trip(Hello { client_name: "a client with a long name".into(), protocol_version: 1 });
+        round_trip(Hello { client_name: "short".into(), protocol_version: 1 });
         round_trip(HelloReply {
             server_name: "pinswitch".into(),
             protocol_version: 1,
@@ -732,14 +665,8 @@ mod tests {
             server_time_ms: 1_700_000_000_000,
         });
         round_trip(Ping { nonce: 42 });
-        round_trip(Pong {
-            nonce: 42,
-            server_time_ms: 7,
-        });
-        round_trip(vec![CardIssue {
-            op_id: u128::MAX,
-            face_value_won: 10_000,
-        }]);
+        round_trip(Pong { nonce: 42, server_time_ms: 7 });
+        round_trip(vec![CardIssue { op_id: u128::MAX, face_value_won: 10_000 }]);
         round_trip(vec![CardIssueResult {
             code: 0,
             flags: 0,
@@ -748,23 +675,10 @@ mod tests {
             balance_won: 10_000,
         }]);
         round_trip(vec![
-            CardActivate {
-                op_id: 1,
-                pin: 2,
-                password: b"secret".to_vec(),
-            },
-            CardActivate {
-                op_id: 3,
-                pin: 4,
-                password: Vec::new(),
-            },
+            CardActivate { op_id: 1, pin: 2, password: b"secret".to_vec() },
+            CardActivate { op_id: 3, pin: 4, password: Vec::new() },
         ]);
-        round_trip(vec![CardLoad {
-            op_id: 1,
-            pin: 2,
-            amount_won: 3,
-            funding: 4,
-        }]);
+        round_trip(vec![CardLoad { op_id: 1, pin: 2, amount_won: 3, funding: 4 }]);
         round_trip(vec![Authorize {
             op_id: 1 << 100,
             pin: 2,
@@ -781,30 +695,12 @@ mod tests {
             amount_won: u64::MAX,
             final_capture: true,
         }]);
-        round_trip(vec![Void {
-            op_id: 1,
-            pin: 2,
-            hold_id: 3,
-        }]);
-        round_trip(vec![Reverse {
-            op_id: 1,
-            pin: 2,
-            original_op_id: 3,
-        }]);
+        round_trip(vec![Void { op_id: 1, pin: 2, hold_id: 3 }]);
+        round_trip(vec![Reverse { op_id: 1, pin: 2, original_op_id: 3 }]);
         round_trip(sales(3));
-        round_trip(vec![Refund {
-            op_id: 1,
-            pin: 2,
-            original_op_id: 3,
-            amount_won: 4,
-        }]);
+        round_trip(vec![Refund { op_id: 1, pin: 2, original_op_id: 3, amount_won: 4 }]);
         round_trip(vec![Inquiry { pin: 1, op_id: 2 }]);
-        round_trip(vec![InquiryResult {
-            code: 0,
-            status: 3,
-            msg_type: 20,
-            result: op_result(9),
-        }]);
+        round_trip(vec![InquiryResult { code: 0, status: 3, msg_type: 20, result: op_result(9) }]);
         round_trip(vec![BalanceInquiry { pin: 1 }]);
         round_trip(vec![BalanceResult {
             code: 0,
@@ -817,12 +713,7 @@ mod tests {
             points: 12,
             valid_until_s: 1_900_000_000,
             password_hint: true,
-            holds: vec![HoldInfo {
-                hold_id: 6,
-                amount_won: 7,
-                captured_won: 8,
-                expires_at_ms: 9,
-            }],
+            holds: vec![HoldInfo { hold_id: 6, amount_won: 7, captured_won: 8, expires_at_ms: 9 }],
         }]);
         round_trip(vec![op_result(1), op_result(2)]);
         round_trip(Vec::<OpResult>::new());
@@ -852,9 +743,7 @@ mod tests {
         let mut in_place = vec![1, 2, 3];
         encode_frame_body(&mut in_place, &header, &BatchSlice(&events));
         assert_eq!(in_place, two_step);
-        let frame = decode_frame(&in_place[3..], BODY_MAX)
-            .expect("valid")
-            .expect("whole");
+        let frame = decode_frame(&in_place[3..], BODY_MAX).expect("valid").expect("whole");
         let archived = access_body::<Vec<Sale>>(frame.body).expect("access");
         assert_eq!(archived.len(), 5);
         assert_eq!(archived[4].amount_won.to_native(), 1004);
@@ -870,10 +759,7 @@ mod tests {
             let _ = decode_body::<Vec<Sale>>(&body[..cut]);
         }
         // Too short for even the root object.
-        assert!(matches!(
-            decode_body::<Hello>(&[0xFF; 3]),
-            Err(DecodeError::Invalid(_))
-        ));
+        assert!(matches!(decode_body::<Hello>(&[0xFF; 3]), Err(DecodeError::Invalid(_))));
         // Out-of-range pointer: a Vec claiming 1000 elements in a 16-byte body.
         let mut lying = vec![0u8; 8];
         lying.extend_from_slice(&(-8i32).to_le_bytes());

@@ -5,24 +5,24 @@
 
 #![forbid(unsafe_code)]
 
-mod wire_enum;
 pub mod codes;
 pub mod frame;
 pub mod messages;
 pub mod pin;
+mod wire_enum;
 
 #[cfg(feature = "client")]
 pub mod client;
 
+#[cfg(feature = "client")]
+pub use client::{Client, ClientError, ClientOptions};
 pub use codes::{Category, Field, ResultCode};
 pub use frame::{
     BatchSlice, BodyAccess, BodyDecode, BodyEncode, DecodeError, FLAG_PUSH, FLAG_RESPONSE,
-    FLAG_RETRANSMIT, Frame, FrameError, FrameHeader, HEADER_BYTES, MAGIC, VERSION, access_body,
-    PendingFrame, decode_body, decode_frame, encode_body, encode_frame, encode_frame_body, fuzz_decode,
-    pending_frame,
+    FLAG_RETRANSMIT, Frame, FrameError, FrameHeader, HEADER_BYTES, MAGIC, PendingFrame, VERSION,
+    access_body, decode_body, decode_frame, encode_body, encode_frame, encode_frame_body,
+    fuzz_decode, pending_frame,
 };
-#[cfg(feature = "client")]
-pub use client::{Client, ClientError, ClientOptions};
 pub use messages::*;
 
 /// Makes a fresh op id laid out like a UUIDv7: the top 48 bits are milliseconds since the Unix
@@ -47,7 +47,10 @@ pub fn new_op_id() -> u128 {
     let count = COUNTER.fetch_add(1, Ordering::Relaxed);
     // 40 bits of prefix above 40 bits of counter fill the 80 low bits; widened first so the
     // prefix is not shifted out of a u64.
-    op_id_at(now_ms, (u128::from(prefix & 0xFF_FFFF_FFFF) << 40) | u128::from(count & 0xFF_FFFF_FFFF))
+    op_id_at(
+        now_ms,
+        (u128::from(prefix & 0xFF_FFFF_FFFF) << 40) | u128::from(count & 0xFF_FFFF_FFFF),
+    )
 }
 
 /// An op id with an explicit time and 80 low bits (tests and simulators use it for determinism).

@@ -49,7 +49,13 @@ impl MsgType {
     pub fn is_mutating(self) -> bool {
         !matches!(
             self,
-            Self::Hello | Self::Ping | Self::Inquiry | Self::BalanceInquiry | Self::PriceQuote | Self::SessionAudit | Self::SessionNotice
+            Self::Hello
+                | Self::Ping
+                | Self::Inquiry
+                | Self::BalanceInquiry
+                | Self::PriceQuote
+                | Self::SessionAudit
+                | Self::SessionNotice
         )
     }
 }

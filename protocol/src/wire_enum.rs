@@ -51,10 +51,20 @@ mod tests {
 
     /// Every value decodes from its own number, numbers and names are unique, and every other
     /// number of the type's range decodes to `None`.
-    fn check<T: Copy + PartialEq + std::fmt::Debug>(all: &[T], number: impl Fn(T) -> u64, name: impl Fn(T) -> &'static str, decode: impl Fn(u64) -> Option<T>, range_max: u64) {
+    fn check<T: Copy + PartialEq + std::fmt::Debug>(
+        all: &[T],
+        number: impl Fn(T) -> u64,
+        name: impl Fn(T) -> &'static str,
+        decode: impl Fn(u64) -> Option<T>,
+        range_max: u64,
+    ) {
         let numbers: HashSet<u64> = all.iter().map(|value| number(*value)).collect();
         let names: HashSet<&str> = all.iter().map(|value| name(*value)).collect();
-        assert_eq!((numbers.len(), names.len()), (all.len(), all.len()), "numbers and names are unique");
+        assert_eq!(
+            (numbers.len(), names.len()),
+            (all.len(), all.len()),
+            "numbers and names are unique"
+        );
         for value in all {
             assert_eq!(decode(number(*value)), Some(*value));
         }
@@ -65,13 +75,55 @@ mod tests {
 
     #[test]
     fn every_wire_enum_decodes_exactly_its_own_numbers() {
-        check(&ResultCode::ALL, |v| u64::from(v as u16), ResultCode::name, |n| ResultCode::from_u16(n as u16), 1_100);
-        check(&MsgType::ALL, |v| u64::from(v as u16), MsgType::name, |n| MsgType::from_u16(n as u16), 300);
+        check(
+            &ResultCode::ALL,
+            |v| u64::from(v as u16),
+            ResultCode::name,
+            |n| ResultCode::from_u16(n as u16),
+            1_100,
+        );
+        check(
+            &MsgType::ALL,
+            |v| u64::from(v as u16),
+            MsgType::name,
+            |n| MsgType::from_u16(n as u16),
+            300,
+        );
         check(&Field::ALL, |v| u64::from(v as u8), Field::name, |n| Field::from_u8(n as u8), 255);
-        check(&Category::ALL, |v| u64::from(v as u8), Category::name, |n| Category::from_u8(n as u8), 255);
-        check(&BlockReason::ALL, |v| u64::from(v as u8), BlockReason::name, |n| BlockReason::from_u8(n as u8), 255);
-        check(&OpStatus::ALL, |v| u64::from(v as u8), OpStatus::name, |n| OpStatus::from_u8(n as u8), 255);
-        check(&CardState::ALL, |v| u64::from(v as u8), CardState::name, |n| CardState::from_u8(n as u8), 255);
-        check(&Funding::ALL, |v| u64::from(v as u8), Funding::name, |n| Funding::from_u8(n as u8), 255);
+        check(
+            &Category::ALL,
+            |v| u64::from(v as u8),
+            Category::name,
+            |n| Category::from_u8(n as u8),
+            255,
+        );
+        check(
+            &BlockReason::ALL,
+            |v| u64::from(v as u8),
+            BlockReason::name,
+            |n| BlockReason::from_u8(n as u8),
+            255,
+        );
+        check(
+            &OpStatus::ALL,
+            |v| u64::from(v as u8),
+            OpStatus::name,
+            |n| OpStatus::from_u8(n as u8),
+            255,
+        );
+        check(
+            &CardState::ALL,
+            |v| u64::from(v as u8),
+            CardState::name,
+            |n| CardState::from_u8(n as u8),
+            255,
+        );
+        check(
+            &Funding::ALL,
+            |v| u64::from(v as u8),
+            Funding::name,
+            |n| Funding::from_u8(n as u8),
+            255,
+        );
     }
 }

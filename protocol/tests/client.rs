@@ -35,11 +35,7 @@ async fn start_fake_server(delay_spread_ms: u64) -> (String, Arc<ServerStats>) {
     let server_stats = stats.clone();
     tokio::spawn(async move {
         while let Ok((socket, _)) = listener.accept().await {
-            tokio::spawn(serve_connection(
-                socket,
-                server_stats.clone(),
-                delay_spread_ms,
-            ));
+            tokio::spawn(serve_connection(socket, server_stats.clone(), delay_spread_ms));
         }
     });
     (addr, stats)
@@ -71,9 +67,7 @@ async fn serve_connection(
                 }
                 Out::HangUp => return,
                 Out::Garbage => {
-                    let _ = write_half
-                        .write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n")
-                        .await;
+                    let _ = write_half.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").await;
                     // Keep the socket open so the client must notice the garbage itself.
                     tokio::time::sleep(Duration::from_secs(5)).await;
                     return;
@@ -89,9 +83,7 @@ async fn serve_connection(
         {
             consumed += frame.total_len;
             let outstanding = stats.outstanding.fetch_add(1, Ordering::SeqCst) + 1;
-            stats
-                .outstanding_max
-                .fetch_max(outstanding, Ordering::SeqCst);
+            stats.outstanding_max.fetch_max(outstanding, Ordering::SeqCst);
             let reply = answer(&frame.header, frame.body);
             let request_id = frame.header.request_id;
             let delay_ms = if delay_spread_ms == 0 {
@@ -180,11 +172,7 @@ fn answer(header: &FrameHeader, body: &[u8]) -> Option<Result<Vec<u8>, Out>> {
         MsgType::Void => {
             // One result too few.
             let count = access_body::<Vec<Void>>(body).expect("voids").len();
-            encode_frame_body(
-                &mut out,
-                &ok,
-                &vec![OpResult::default(); count.saturating_sub(1)],
-            );
+            encode_frame_body(&mut out, &ok, &vec![OpResult::default(); count.saturating_sub(1)]);
         }
         _ => {
             encode_frame(
@@ -217,10 +205,8 @@ async fn a_thousand_pipelined_calls_get_their_own_answers_out_of_order() {
     for amount_won in 1001..=2000u64 {
         let client = client.clone();
         tasks.push(tokio::spawn(async move {
-            let results = client
-                .sale(&[sale(amount_won), sale(amount_won + 100_000)])
-                .await
-                .expect("sale");
+            let results =
+                client.sale(&[sale(amount_won), sale(amount_won + 100_000)]).await.expect("sale");
             assert_eq!(results.len(), 2);
             assert_eq!(results[0].amount_won, amount_won);
             assert_eq!(results[1].amount_won, amount_won + 100_000);
@@ -235,22 +221,14 @@ async fn a_thousand_pipelined_calls_get_their_own_answers_out_of_order() {
         answered.windows(2).any(|pair| pair[0] > pair[1]),
         "responses should arrive out of order"
     );
-    assert!(
-        stats.outstanding_max.load(Ordering::SeqCst) > 100,
-        "calls should overlap"
-    );
+    assert!(stats.outstanding_max.load(Ordering::SeqCst) > 100, "calls should overlap");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_flight_requests_are_bounded() {
     let (addr, stats) = start_fake_server(5).await;
-    let options = ClientOptions {
-        in_flight_max: 8,
-        ..ClientOptions::default()
-    };
-    let client = Client::connect_with_options(&addr, options)
-        .await
-        .expect("connect");
+    let options = ClientOptions { in_flight_max: 8, ..ClientOptions::default() };
+    let client = Client::connect_with_options(&addr, options).await.expect("connect");
     let calls = (1001..=1200u64).map(|amount| {
         let client = client.clone();
         async move { client.sale(&[sale(amount)]).await.expect("sale")[0].amount_won }
@@ -258,10 +236,7 @@ async fn in_flight_requests_are_bounded() {
     let amounts = futures_join_all(calls).await;
     assert_eq!(amounts, (1001..=1200).collect::<Vec<_>>());
     let outstanding_max = stats.outstanding_max.load(Ordering::SeqCst);
-    assert!(
-        (2..=8).contains(&outstanding_max),
-        "outstanding max {outstanding_max}"
-    );
+    assert!((2..=8).contains(&outstanding_max), "outstanding max {outstanding_max}");
 }
 
 /// Joins futures on the current task (keeps the test free of a futures-crate dependency).
@@ -290,14 +265,9 @@ async fn hello_ping_and_deadline_reach_the_server() {
     client.set_deadline_ms(250);
     // The fake server echoes the header deadline in server_time_ms / hold_expires_at_ms.
     assert_eq!(client.ping(1).await.expect("ping").server_time_ms, 250);
-    assert_eq!(
-        client.sale(&[sale(5)]).await.expect("sale")[0].hold_expires_at_ms,
-        250
-    );
-    let (header, body) = client
-        .request(MsgType::Ping, encode_body(&Ping { nonce: 3 }))
-        .await
-        .expect("raw");
+    assert_eq!(client.sale(&[sale(5)]).await.expect("sale")[0].hold_expires_at_ms, 250);
+    let (header, body) =
+        client.request(MsgType::Ping, encode_body(&Ping { nonce: 3 })).await.expect("raw");
     assert_eq!(header.flags & FLAG_RESPONSE, FLAG_RESPONSE);
     assert_eq!(decode_body::<Pong>(&body).expect("pong").nonce, 3);
     // An empty batch is sent as such and answered with no results.
@@ -308,12 +278,7 @@ async fn hello_ping_and_deadline_reach_the_server() {
 async fn rejections_and_bad_result_counts_leave_the_connection_usable() {
     let (addr, _) = start_fake_server(0).await;
     let client = Client::connect(&addr).await.expect("connect");
-    let refund = Refund {
-        op_id: 1,
-        pin: 2,
-        original_op_id: 3,
-        amount_won: 4,
-    };
+    let refund = Refund { op_id: 1, pin: 2, original_op_id: 3, amount_won: 4 };
     assert!(matches!(
         client.refund(&[refund]).await,
         Err(ClientError::Rejected(ResultCode::BatchTooLarge))
@@ -322,29 +287,12 @@ async fn rejections_and_bad_result_counts_leave_the_connection_usable() {
         client.inquiry(&[Inquiry { pin: 1, op_id: 2 }]).await,
         Err(ClientError::Rejected(ResultCode::UnknownMessageType))
     ));
-    let voids = [
-        Void {
-            op_id: 1,
-            pin: 2,
-            hold_id: 3,
-        },
-        Void {
-            op_id: 4,
-            pin: 5,
-            hold_id: 6,
-        },
-    ];
+    let voids = [Void { op_id: 1, pin: 2, hold_id: 3 }, Void { op_id: 4, pin: 5, hold_id: 6 }];
     assert!(matches!(
         client.void(&voids).await,
-        Err(ClientError::ResultCount {
-            expected: 2,
-            got: 1
-        })
+        Err(ClientError::ResultCount { expected: 2, got: 1 })
     ));
-    assert_eq!(
-        client.sale(&[sale(9)]).await.expect("still usable")[0].amount_won,
-        9
-    );
+    assert_eq!(client.sale(&[sale(9)]).await.expect("still usable")[0].amount_won, 9);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -355,9 +303,7 @@ async fn a_server_hang_up_releases_every_waiter_with_closed() {
     let mut waiting = Vec::new();
     for _ in 0..50 {
         let client = client.clone();
-        waiting.push(tokio::spawn(async move {
-            client.sale(&[sale(AMOUNT_NEVER_ANSWER)]).await
-        }));
+        waiting.push(tokio::spawn(async move { client.sale(&[sale(AMOUNT_NEVER_ANSWER)]).await }));
     }
     tokio::time::sleep(Duration::from_millis(50)).await;
     let hang_up = client.sale(&[sale(AMOUNT_HANG_UP)]).await;
@@ -382,36 +328,23 @@ async fn garbage_from_the_server_is_a_frame_error_for_every_waiter() {
     };
     tokio::time::sleep(Duration::from_millis(20)).await;
     let result = client.sale(&[sale(AMOUNT_GARBAGE)]).await;
-    assert!(
-        matches!(result, Err(ClientError::Frame(FrameError::BadMagic))),
-        "{result:?}"
-    );
+    assert!(matches!(result, Err(ClientError::Frame(FrameError::BadMagic))), "{result:?}");
     let result = tokio::time::timeout(Duration::from_secs(5), silent)
         .await
         .expect("released")
         .expect("task");
-    assert!(
-        matches!(result, Err(ClientError::Frame(FrameError::BadMagic))),
-        "{result:?}"
-    );
+    assert!(matches!(result, Err(ClientError::Frame(FrameError::BadMagic))), "{result:?}");
     assert!(matches!(client.ping(1).await, Err(ClientError::Closed)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_call_frees_its_slot() {
     let (addr, _) = start_fake_server(0).await;
-    let options = ClientOptions {
-        in_flight_max: 1,
-        ..ClientOptions::default()
-    };
-    let client = Client::connect_with_options(&addr, options)
-        .await
-        .expect("connect");
-    let cancelled = tokio::time::timeout(
-        Duration::from_millis(50),
-        client.sale(&[sale(AMOUNT_NEVER_ANSWER)]),
-    )
-    .await;
+    let options = ClientOptions { in_flight_max: 1, ..ClientOptions::default() };
+    let client = Client::connect_with_options(&addr, options).await.expect("connect");
+    let cancelled =
+        tokio::time::timeout(Duration::from_millis(50), client.sale(&[sale(AMOUNT_NEVER_ANSWER)]))
+            .await;
     assert!(cancelled.is_err(), "the silent call should time out");
     // With a single slot, this only completes if the cancelled call gave its slot back.
     let results = tokio::time::timeout(Duration::from_secs(5), client.sale(&[sale(3)]))
@@ -425,8 +358,5 @@ async fn connect_to_nothing_is_an_io_error() {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr").to_string();
     drop(listener);
-    assert!(matches!(
-        Client::connect(&addr).await,
-        Err(ClientError::Io(_))
-    ));
+    assert!(matches!(Client::connect(&addr).await, Err(ClientError::Io(_))));
 }

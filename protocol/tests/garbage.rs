@@ -45,17 +45,11 @@ where
     T: BodyEncode + BodyDecode + PartialEq + std::fmt::Debug + 'static,
 {
     let request = FrameHeader::request(msg_type, frames.len() as u64 + 1, 500);
-    let header = if response {
-        FrameHeader::response_to(&request, ResultCode::Approved)
-    } else {
-        request
-    };
+    let header =
+        if response { FrameHeader::response_to(&request, ResultCode::Approved) } else { request };
     let mut bytes = Vec::new();
     encode_frame_body(&mut bytes, &header, &value);
-    let name = format!(
-        "{msg_type:?} {}",
-        if response { "response" } else { "request" }
-    );
+    let name = format!("{msg_type:?} {}", if response { "response" } else { "request" });
     frames.push(ValidFrame {
         name,
         bytes,
@@ -89,17 +83,13 @@ fn valid_frames(rng: &mut SplitMix64) -> Vec<ValidFrame> {
     for round in 0..5usize {
         let count = round; // batch sizes 0..=4
         let name_len = rng.below(24);
-        let client_name: String = (0..name_len)
-            .map(|_| (b'a' + rng.below(26) as u8) as char)
-            .collect();
+        let client_name: String =
+            (0..name_len).map(|_| (b'a' + rng.below(26) as u8) as char).collect();
         push(
             &mut frames,
             MsgType::Hello,
             false,
-            Hello {
-                client_name: client_name.clone(),
-                protocol_version: 1,
-            },
+            Hello { client_name: client_name.clone(), protocol_version: 1 },
         );
         push(
             &mut frames,
@@ -117,26 +107,15 @@ fn valid_frames(rng: &mut SplitMix64) -> Vec<ValidFrame> {
                 server_time_ms: rng.next(),
             },
         );
-        push(
-            &mut frames,
-            MsgType::Ping,
-            false,
-            Ping { nonce: rng.next() },
-        );
+        push(&mut frames, MsgType::Ping, false, Ping { nonce: rng.next() });
         push(
             &mut frames,
             MsgType::Ping,
             true,
-            Pong {
-                nonce: rng.next(),
-                server_time_ms: rng.next(),
-            },
+            Pong { nonce: rng.next(), server_time_ms: rng.next() },
         );
         let events: Vec<_> = (0..count)
-            .map(|_| CardIssue {
-                op_id: op_id(rng),
-                face_value_won: rng.next(),
-            })
+            .map(|_| CardIssue { op_id: op_id(rng), face_value_won: rng.next() })
             .collect();
         push(&mut frames, MsgType::CardIssue, false, events);
         let results: Vec<_> = (0..count)
@@ -150,11 +129,7 @@ fn valid_frames(rng: &mut SplitMix64) -> Vec<ValidFrame> {
             .collect();
         push(&mut frames, MsgType::CardIssue, true, results);
         let events: Vec<_> = (0..count)
-            .map(|_| CardActivate {
-                op_id: op_id(rng),
-                pin: pin(rng),
-                password: password(rng),
-            })
+            .map(|_| CardActivate { op_id: op_id(rng), pin: pin(rng), password: password(rng) })
             .collect();
         push(&mut frames, MsgType::CardActivate, false, events);
         let events: Vec<_> = (0..count)
@@ -177,19 +152,37 @@ fn valid_frames(rng: &mut SplitMix64) -> Vec<ValidFrame> {
             })
             .collect();
         push(&mut frames, MsgType::CardSell, false, events);
-        let events: Vec<_> = (0..count).map(|_| CardBlock { op_id: op_id(rng), pin: pin(rng), reason: rng.below(6) as u8 }).collect();
+        let events: Vec<_> = (0..count)
+            .map(|_| CardBlock { op_id: op_id(rng), pin: pin(rng), reason: rng.below(6) as u8 })
+            .collect();
         push(&mut frames, MsgType::CardBlock, false, events);
-        let events: Vec<_> = (0..count).map(|_| CardUnblock { op_id: op_id(rng), pin: pin(rng) }).collect();
-        push(&mut frames, MsgType::CardUnblock, false, events);
         let events: Vec<_> =
-            (0..count).map(|_| CardRefund { op_id: op_id(rng), pin: pin(rng), payout_account_ref: rng.next() }).collect();
+            (0..count).map(|_| CardUnblock { op_id: op_id(rng), pin: pin(rng) }).collect();
+        push(&mut frames, MsgType::CardUnblock, false, events);
+        let events: Vec<_> = (0..count)
+            .map(|_| CardRefund {
+                op_id: op_id(rng),
+                pin: pin(rng),
+                payout_account_ref: rng.next(),
+            })
+            .collect();
         push(&mut frames, MsgType::CardRefund, false, events);
         let events: Vec<_> = (0..count)
-            .map(|_| CardRegister { op_id: op_id(rng), pin: pin(rng), holder_ref: rng.next(), verified_name: rng.below(2) == 1 })
+            .map(|_| CardRegister {
+                op_id: op_id(rng),
+                pin: pin(rng),
+                holder_ref: rng.next(),
+                verified_name: rng.below(2) == 1,
+            })
             .collect();
         push(&mut frames, MsgType::CardRegister, false, events);
         let events: Vec<_> = (0..count)
-            .map(|_| CardConsign { op_id: op_id(rng), pin: pin(rng), partner_id: rng.next() as u32, commission_per_mille: rng.next() as u16 })
+            .map(|_| CardConsign {
+                op_id: op_id(rng),
+                pin: pin(rng),
+                partner_id: rng.next() as u32,
+                commission_per_mille: rng.next() as u16,
+            })
             .collect();
         push(&mut frames, MsgType::CardConsign, false, events);
         let events: Vec<_> = (0..count)
@@ -225,19 +218,11 @@ fn valid_frames(rng: &mut SplitMix64) -> Vec<ValidFrame> {
             .collect();
         push(&mut frames, MsgType::Capture, false, events);
         let events: Vec<_> = (0..count)
-            .map(|_| Void {
-                op_id: op_id(rng),
-                pin: pin(rng),
-                hold_id: op_id(rng),
-            })
+            .map(|_| Void { op_id: op_id(rng), pin: pin(rng), hold_id: op_id(rng) })
             .collect();
         push(&mut frames, MsgType::Void, false, events);
         let events: Vec<_> = (0..count)
-            .map(|_| Reverse {
-                op_id: op_id(rng),
-                pin: pin(rng),
-                original_op_id: op_id(rng),
-            })
+            .map(|_| Reverse { op_id: op_id(rng), pin: pin(rng), original_op_id: op_id(rng) })
             .collect();
         push(&mut frames, MsgType::Reverse, false, events);
         let events: Vec<_> = (0..count)
@@ -269,7 +254,12 @@ fn valid_frames(rng: &mut SplitMix64) -> Vec<ValidFrame> {
             .collect();
         push(&mut frames, MsgType::ForeignImport, false, events);
         let events: Vec<_> = (0..count)
-            .map(|_| ForeignConvert { op_id: op_id(rng), pin: pin(rng), password: password(rng), product_id: rng.below(4) as u32 })
+            .map(|_| ForeignConvert {
+                op_id: op_id(rng),
+                pin: pin(rng),
+                password: password(rng),
+                product_id: rng.below(4) as u32,
+            })
             .collect();
         push(&mut frames, MsgType::ForeignConvert, false, events);
         let results: Vec<_> = (0..count)
@@ -321,7 +311,9 @@ fn valid_frames(rng: &mut SplitMix64) -> Vec<ValidFrame> {
                     validity_s: rng.next() as u32,
                     quota_threshold_s: rng.next() as u32,
                     final_unit: rng.below(3) as u8,
-                    redirect_number: (0..rng.below(16)).map(|_| b'0' + rng.below(10) as u8).collect(),
+                    redirect_number: (0..rng.below(16))
+                        .map(|_| b'0' + rng.below(10) as u8)
+                        .collect(),
                     failure_handling: rng.below(3) as u8,
                     tariff_id: rng.next() as u16,
                 })
@@ -374,10 +366,18 @@ fn valid_frames(rng: &mut SplitMix64) -> Vec<ValidFrame> {
             session_ids,
         };
         push(&mut frames, MsgType::SessionAudit, false, audit);
-        let answer = SessionAuditResult { code: rng.below(200) as u16, live_count: rng.next() as u32, ended: rng.next() as u32 };
+        let answer = SessionAuditResult {
+            code: rng.below(200) as u16,
+            live_count: rng.next() as u32,
+            ended: rng.next() as u32,
+        };
         push(&mut frames, MsgType::SessionAudit, true, answer);
         let notices: Vec<_> = (0..count)
-            .map(|_| SessionNotice { kind: rng.below(5) as u8, session_id: op_id(rng), available_won: rng.next() })
+            .map(|_| SessionNotice {
+                kind: rng.below(5) as u8,
+                session_id: op_id(rng),
+                available_won: rng.next(),
+            })
             .collect();
         push(&mut frames, MsgType::SessionNotice, true, notices);
         // Every mutating message but CARD_ISSUE answers with OpResult.
@@ -403,12 +403,8 @@ fn valid_frames(rng: &mut SplitMix64) -> Vec<ValidFrame> {
             let results: Vec<_> = (0..count).map(|_| op_result(rng)).collect();
             push(&mut frames, msg_type, true, results);
         }
-        let events: Vec<_> = (0..count)
-            .map(|_| Inquiry {
-                pin: pin(rng),
-                op_id: op_id(rng),
-            })
-            .collect();
+        let events: Vec<_> =
+            (0..count).map(|_| Inquiry { pin: pin(rng), op_id: op_id(rng) }).collect();
         push(&mut frames, MsgType::Inquiry, false, events);
         let results: Vec<_> = (0..count)
             .map(|_| InquiryResult {
@@ -419,9 +415,7 @@ fn valid_frames(rng: &mut SplitMix64) -> Vec<ValidFrame> {
             })
             .collect();
         push(&mut frames, MsgType::Inquiry, true, results);
-        let events: Vec<_> = (0..count)
-            .map(|_| BalanceInquiry { pin: pin(rng) })
-            .collect();
+        let events: Vec<_> = (0..count).map(|_| BalanceInquiry { pin: pin(rng) }).collect();
         push(&mut frames, MsgType::BalanceInquiry, false, events);
         let results: Vec<_> = (0..count)
             .map(|_| BalanceResult {
@@ -447,7 +441,13 @@ fn valid_frames(rng: &mut SplitMix64) -> Vec<ValidFrame> {
             .collect();
         push(&mut frames, MsgType::BalanceInquiry, true, results);
         let queries: Vec<_> = (0..count)
-            .map(|_| StatementQuery { pin: pin(rng), from_ms: rng.next(), to_ms: rng.next(), cursor: rng.next() as u32, limit: rng.next() as u32 })
+            .map(|_| StatementQuery {
+                pin: pin(rng),
+                from_ms: rng.next(),
+                to_ms: rng.next(),
+                cursor: rng.next() as u32,
+                limit: rng.next() as u32,
+            })
             .collect();
         push_statement(&mut frames, false, queries);
         let results: Vec<_> = (0..count).map(|_| statement_result(rng)).collect();
@@ -485,7 +485,13 @@ fn statement_result(rng: &mut SplitMix64) -> StatementResult {
         valid_until_s: rng.next() as u32,
         recharge_count: rng.next() as u32,
         recharged_won: rng.next(),
-        recharges: (0..rng.below(4)).map(|_| StatementRecharge { time_ms: rng.next(), amount_won: rng.next(), funding: rng.below(6) as u8 }).collect(),
+        recharges: (0..rng.below(4))
+            .map(|_| StatementRecharge {
+                time_ms: rng.next(),
+                amount_won: rng.next(),
+                funding: rng.below(6) as u8,
+            })
+            .collect(),
         merchant_refunds_won: rng.next(),
         reversals_won: rng.next(),
         balance_refund_won: rng.next(),
@@ -493,7 +499,14 @@ fn statement_result(rng: &mut SplitMix64) -> StatementResult {
         breakage_won: rng.next(),
         other_debits_won: rng.next(),
         other_credits_won: rng.next(),
-        paid_by_category_won: [rng.next(), rng.next(), rng.next(), rng.next(), rng.next(), rng.next()],
+        paid_by_category_won: [
+            rng.next(),
+            rng.next(),
+            rng.next(),
+            rng.next(),
+            rng.next(),
+            rng.next(),
+        ],
         points: rng.next() as u32,
         balance_won: rng.next(),
         as_of_ms: rng.next(),
@@ -504,7 +517,9 @@ fn statement_result(rng: &mut SplitMix64) -> StatementResult {
                 time_ms: rng.next(),
                 kind: rng.below(4) as u8,
                 merchant_id: rng.next(),
-                merchant_name: (0..name_len).map(|_| (b'a' + rng.below(26) as u8) as char).collect(),
+                merchant_name: (0..name_len)
+                    .map(|_| (b'a' + rng.below(26) as u8) as char)
+                    .collect(),
                 amount_won: rng.next(),
             })
             .collect(),
@@ -517,7 +532,8 @@ fn statement_result(rng: &mut SplitMix64) -> StatementResult {
 fn statement_bodies_never_panic() {
     let mut rng = SplitMix64(SEED ^ 0x5747);
     let frames = valid_frames(&mut rng);
-    let statements: Vec<&ValidFrame> = frames.iter().filter(|frame| frame.name.starts_with("Statement")).collect();
+    let statements: Vec<&ValidFrame> =
+        frames.iter().filter(|frame| frame.name.starts_with("Statement")).collect();
     assert_eq!(statements.len(), 10);
     let exercise = |bytes: &[u8]| {
         let _ = decode_body::<Vec<StatementQuery>>(bytes);
@@ -551,19 +567,13 @@ fn assert_still_decodes(frame: &ValidFrame) {
         .unwrap_or_else(|error| panic!("{}: {error}", frame.name))
         .unwrap_or_else(|| panic!("{}: incomplete", frame.name));
     assert_eq!(decoded.total_len, frame.bytes.len(), "{}", frame.name);
-    assert!(
-        (frame.body_matches)(decoded.body),
-        "{}: body changed",
-        frame.name
-    );
+    assert!((frame.body_matches)(decoded.body), "{}: body changed", frame.name);
 }
 
 /// Replaces the frame's body and recomputes length and checksum, so the corruption reaches the
 /// body validators instead of stopping at the checksum.
 fn reseal(original: &[u8], body: &[u8]) -> Vec<u8> {
-    let frame = decode_frame(original, BODY_MAX)
-        .expect("valid")
-        .expect("whole");
+    let frame = decode_frame(original, BODY_MAX).expect("valid").expect("whole");
     let mut out = Vec::new();
     encode_frame(&mut out, &frame.header, body);
     out
@@ -688,9 +698,8 @@ fn mutated_valid_frames_never_panic_and_never_pass_the_checksum() {
                 _ => {
                     let extra = 1 + rng.below(64);
                     bytes.extend(rng.bytes(extra));
-                    let decoded = decode_frame(&bytes, BODY_MAX)
-                        .expect("valid prefix")
-                        .expect("whole");
+                    let decoded =
+                        decode_frame(&bytes, BODY_MAX).expect("valid prefix").expect("whole");
                     assert_eq!(decoded.total_len, frame.bytes.len());
                     assert!((frame.body_matches)(decoded.body), "{}", frame.name);
                 }
@@ -713,20 +722,11 @@ fn mutated_valid_frames_never_panic_and_never_pass_the_checksum() {
     }
 
     // All the valid frames back to back, as a stream, decode one after another.
-    let stream: Vec<u8> = frames
-        .iter()
-        .flat_map(|frame| frame.bytes.iter().copied())
-        .collect();
+    let stream: Vec<u8> = frames.iter().flat_map(|frame| frame.bytes.iter().copied()).collect();
     let mut offset = 0;
     for frame in &frames {
-        let decoded = decode_frame(&stream[offset..], BODY_MAX)
-            .expect("valid")
-            .expect("whole");
-        assert!(
-            (frame.body_matches)(decoded.body),
-            "{} in stream",
-            frame.name
-        );
+        let decoded = decode_frame(&stream[offset..], BODY_MAX).expect("valid").expect("whole");
+        assert!((frame.body_matches)(decoded.body), "{} in stream", frame.name);
         offset += decoded.total_len;
     }
     assert_eq!(offset, stream.len());

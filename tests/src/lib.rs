@@ -44,7 +44,10 @@ impl Switch {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
                 if !announced {
-                    let address = line.split("listening on ").nth(1).map(|rest| rest.split_whitespace().next().unwrap_or_default().to_string());
+                    let address = line
+                        .split("listening on ")
+                        .nth(1)
+                        .map(|rest| rest.split_whitespace().next().unwrap_or_default().to_string());
                     startup.push(line);
                     if let Some(address) = address {
                         let _ = lines.send((address, std::mem::take(&mut startup)));
@@ -55,7 +58,8 @@ impl Switch {
                 }
             }
         });
-        let (address, startup) = address.recv_timeout(START_TIMEOUT).expect("pinswitch did not start listening");
+        let (address, startup) =
+            address.recv_timeout(START_TIMEOUT).expect("pinswitch did not start listening");
         Switch { child: Some(child), address, data_dir: data_dir.to_path_buf(), output, startup }
     }
 
@@ -68,7 +72,10 @@ impl Switch {
     /// Sends a signal by name (e.g. "HUP") to the switch.
     pub fn signal(&self, name: &str) {
         let child = self.child.as_ref().expect("the switch is running");
-        let status = Command::new("kill").args([&format!("-{name}"), &child.id().to_string()]).status().expect("sending a signal");
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &child.id().to_string()])
+            .status()
+            .expect("sending a signal");
         assert!(status.success());
     }
 
@@ -76,7 +83,10 @@ impl Switch {
     /// and returns it.
     pub fn wait_for_line(&self, needle: &str) -> String {
         loop {
-            let line = self.output.recv_timeout(START_TIMEOUT).unwrap_or_else(|_| panic!("no line with {needle:?}"));
+            let line = self
+                .output
+                .recv_timeout(START_TIMEOUT)
+                .unwrap_or_else(|_| panic!("no line with {needle:?}"));
             if line.contains(needle) {
                 return line;
             }
@@ -151,12 +161,17 @@ impl AsRef<Path> for TestDir {
 impl Drop for TestDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
-        let (Some(parent), Some(name)) = (self.0.parent(), self.0.file_name().and_then(|name| name.to_str())) else { return };
+        let (Some(parent), Some(name)) =
+            (self.0.parent(), self.0.file_name().and_then(|name| name.to_str()))
+        else {
+            return;
+        };
         let prefix = format!("{name}.");
         if let Ok(entries) = std::fs::read_dir(parent) {
             for entry in entries.flatten() {
                 if entry.file_name().to_str().is_some_and(|file| file.starts_with(&prefix)) {
-                    let _ = std::fs::remove_file(entry.path()).or_else(|_| std::fs::remove_dir_all(entry.path()));
+                    let _ = std::fs::remove_file(entry.path())
+                        .or_else(|_| std::fs::remove_dir_all(entry.path()));
                 }
             }
         }

@@ -9,9 +9,10 @@ use std::process::{Command, Output};
 
 use pinswitch_protocol::client::Client;
 use pinswitch_protocol::{
-    Authorize, BalanceInquiry, BalanceResult, BlockReason, CardActivate, CardBlock, CardClaim, CardIssue,
-    CardConsign, CardLoad, CardRefund, CardRegister, CardSell, CardState, CardUnblock, Category, FLAG_REPLAYED, Field,
-    ForeignConvert, ForeignImport, Funding, Inquiry, MsgType, OpResult, OpStatus, ResultCode, Sale, Void, new_op_id, pin,
+    Authorize, BalanceInquiry, BalanceResult, BlockReason, CardActivate, CardBlock, CardClaim,
+    CardConsign, CardIssue, CardLoad, CardRefund, CardRegister, CardSell, CardState, CardUnblock,
+    Category, FLAG_REPLAYED, Field, ForeignConvert, ForeignImport, Funding, Inquiry, MsgType,
+    OpResult, OpStatus, ResultCode, Sale, Void, new_op_id, pin,
 };
 use pinswitch_tests::{Switch, code, fresh_dir, one};
 
@@ -20,7 +21,6 @@ const PASSWORD: &[u8] = b"4321";
 const CHANNEL: u32 = 7;
 const GIFT_RECIPIENT: u64 = 555;
 const ACCOUNT: u64 = 42;
-
 
 fn sell(op_id: u128, pin: u64, price_won: u64) -> CardSell {
     CardSell {
@@ -57,13 +57,17 @@ fn refund(pin: u64, payout_account_ref: u64) -> CardRefund {
 }
 
 async fn issue(client: &Client, face_value_won: u64) -> u64 {
-    let result = one(client.card_issue(&[CardIssue { op_id: new_op_id(), face_value_won }]).await).await;
+    let result =
+        one(client.card_issue(&[CardIssue { op_id: new_op_id(), face_value_won }]).await).await;
     assert_eq!(result.code, ResultCode::Approved.as_u16());
     result.pin
 }
 
 async fn activate(client: &Client, pin: u64) -> OpResult {
-    one(client.card_activate(&[CardActivate { op_id: new_op_id(), pin, password: PASSWORD.to_vec() }]).await).await
+    one(client
+        .card_activate(&[CardActivate { op_id: new_op_id(), pin, password: PASSWORD.to_vec() }])
+        .await)
+    .await
 }
 
 async fn view(client: &Client, pin: u64) -> BalanceResult {
@@ -106,7 +110,10 @@ async fn card_sold_blocked_unblocked_refunded_and_closed_over_tcp() {
     // A gift sale: the card is sold, its value is not spendable before the claim.
     let sold_op = new_op_id();
     let sold = one(client.card_sell(&[sell(sold_op, life, 19_000)]).await).await;
-    assert_eq!((code(&sold), sold.amount_won, sold.balance_won), (ResultCode::Approved, 20_000, 20_000));
+    assert_eq!(
+        (code(&sold), sold.amount_won, sold.balance_won),
+        (ResultCode::Approved, 20_000, 20_000)
+    );
     assert!(sold.approval_code >= 100_000 && sold.approval_code < 1_000_000);
     assert_eq!(sold.flags & FLAG_REPLAYED, 0);
     assert_eq!(state(&client, life).await, (CardState::Sold, 20_000));
@@ -114,11 +121,17 @@ async fn card_sold_blocked_unblocked_refunded_and_closed_over_tcp() {
     // Exactly once: the same SELL replays; the same op id with another price names the price.
     let retry = one(client.card_sell(&[sell(sold_op, life, 19_000)]).await).await;
     assert_eq!(retry.flags & FLAG_REPLAYED, FLAG_REPLAYED);
-    assert_eq!((retry.code, retry.approval_code, retry.amount_won), (sold.code, sold.approval_code, sold.amount_won));
+    assert_eq!(
+        (retry.code, retry.approval_code, retry.amount_won),
+        (sold.code, sold.approval_code, sold.amount_won)
+    );
     let reused = one(client.card_sell(&[sell(sold_op, life, 18_000)]).await).await;
     assert_eq!((code(&reused), reused.field), (ResultCode::OpIdReused, Field::Price as u8));
     let found = one(client.inquiry(&[Inquiry { pin: life, op_id: sold_op }]).await).await;
-    assert_eq!((found.status, found.msg_type), (OpStatus::Completed as u8, MsgType::CardSell as u16));
+    assert_eq!(
+        (found.status, found.msg_type),
+        (OpStatus::Completed as u8, MsgType::CardSell as u16)
+    );
     assert_eq!(found.result.approval_code, sold.approval_code);
 
     // Sold twice: refused, with a new op id.
@@ -128,9 +141,17 @@ async fn card_sold_blocked_unblocked_refunded_and_closed_over_tcp() {
     // A batch: results in event order; malformed and unknown PINs answered per event.
     let typo = pin::with_check_digit(stock / 10) ^ 1;
     let unknown = pin::with_check_digit(123_456_789_012_345);
-    let batch = [sell(new_op_id(), stock, 10_000), sell(new_op_id(), typo, 10_000), sell(new_op_id(), unknown, 10_000)];
-    let codes: Vec<ResultCode> = client.card_sell(&batch).await.expect("batch").iter().map(code).collect();
-    assert_eq!(codes, [ResultCode::Approved, ResultCode::PinFormatInvalid, ResultCode::CardNotFound]);
+    let batch = [
+        sell(new_op_id(), stock, 10_000),
+        sell(new_op_id(), typo, 10_000),
+        sell(new_op_id(), unknown, 10_000),
+    ];
+    let codes: Vec<ResultCode> =
+        client.card_sell(&batch).await.expect("batch").iter().map(code).collect();
+    assert_eq!(
+        codes,
+        [ResultCode::Approved, ResultCode::PinFormatInvalid, ResultCode::CardNotFound]
+    );
 
     // Sold but not activated: not spendable. Lost in transit, it can be blocked (nobody can
     // claim it then); unblocking returns it to sold.
@@ -138,7 +159,8 @@ async fn card_sold_blocked_unblocked_refunded_and_closed_over_tcp() {
     let result = one(client.card_block(&[block(life, BlockReason::Lost as u8)]).await).await;
     assert_eq!(code(&result), ResultCode::Approved);
     assert_eq!(code(&activate(&client, life).await), ResultCode::CardBlocked);
-    let result = one(client.card_unblock(&[CardUnblock { op_id: new_op_id(), pin: life }]).await).await;
+    let result =
+        one(client.card_unblock(&[CardUnblock { op_id: new_op_id(), pin: life }]).await).await;
     assert_eq!(code(&result), ResultCode::Approved);
     assert_eq!(state(&client, life).await.0, CardState::Sold);
 
@@ -146,9 +168,21 @@ async fn card_sold_blocked_unblocked_refunded_and_closed_over_tcp() {
     // too; the recipient the sale named claims it with their password (and a password hint
     // left with the site). The card is in use; selling it again is refused.
     assert_eq!(code(&activate(&client, life).await), ResultCode::GiftClaimRequired);
-    let claim = |gift_recipient_ref| CardClaim { op_id: new_op_id(), pin: life, password: PASSWORD.to_vec(), gift_recipient_ref, password_hint: true };
-    assert_eq!(code(&one(client.card_claim(&[claim(GIFT_RECIPIENT + 1)]).await).await), ResultCode::GiftRecipientMismatch);
-    assert_eq!(code(&one(client.card_claim(&[claim(GIFT_RECIPIENT)]).await).await), ResultCode::Approved);
+    let claim = |gift_recipient_ref| CardClaim {
+        op_id: new_op_id(),
+        pin: life,
+        password: PASSWORD.to_vec(),
+        gift_recipient_ref,
+        password_hint: true,
+    };
+    assert_eq!(
+        code(&one(client.card_claim(&[claim(GIFT_RECIPIENT + 1)]).await).await),
+        ResultCode::GiftRecipientMismatch
+    );
+    assert_eq!(
+        code(&one(client.card_claim(&[claim(GIFT_RECIPIENT)]).await).await),
+        ResultCode::Approved
+    );
     assert_eq!(state(&client, life).await, (CardState::Active, 20_000));
     assert!(view(&client, life).await.password_hint);
     let again = one(client.card_sell(&[sell(new_op_id(), life, 19_000)]).await).await;
@@ -175,15 +209,27 @@ async fn card_sold_blocked_unblocked_refunded_and_closed_over_tcp() {
         category: Category::TelephoneCall as u8,
         hold_ttl_s: 600,
     };
-    assert_eq!(code(&one(client.authorize(std::slice::from_ref(&authorize)).await).await), ResultCode::Approved);
+    assert_eq!(
+        code(&one(client.authorize(std::slice::from_ref(&authorize)).await).await),
+        ResultCode::Approved
+    );
     let result = one(client.card_block(&[block(life, BlockReason::Lost as u8)]).await).await;
-    assert_eq!((code(&result), result.balance_won, result.available_won), (ResultCode::Approved, 18_000, 17_000));
+    assert_eq!(
+        (code(&result), result.balance_won, result.available_won),
+        (ResultCode::Approved, 18_000, 17_000)
+    );
     assert_eq!(state(&client, life).await, (CardState::Blocked, 18_000));
     let result = one(client.sale(&[sale(life, 100)]).await).await;
     assert_eq!((code(&result), result.balance_won), (ResultCode::CardBlocked, 18_000));
     let result = one(client.card_block(&[block(life, BlockReason::Stolen as u8)]).await).await;
     assert_eq!(code(&result), ResultCode::CardBlocked);
-    let capture = pinswitch_protocol::Capture { op_id: new_op_id(), pin: life, hold_id, amount_won: 1_000, final_capture: true };
+    let capture = pinswitch_protocol::Capture {
+        op_id: new_op_id(),
+        pin: life,
+        hold_id,
+        amount_won: 1_000,
+        final_capture: true,
+    };
     let result = one(client.capture(&[capture]).await).await;
     assert_eq!((code(&result), result.balance_won), (ResultCode::Approved, 17_000));
 
@@ -209,7 +255,10 @@ async fn card_sold_blocked_unblocked_refunded_and_closed_over_tcp() {
     let hold = one(client.authorize(std::slice::from_ref(&pending)).await).await;
     assert_eq!(code(&hold), ResultCode::Approved);
     let result = one(client.card_refund(&[refund(life, ACCOUNT)]).await).await;
-    assert_eq!((code(&result), result.balance_won, result.available_won), (ResultCode::HoldsOutstanding, 8_000, 7_500));
+    assert_eq!(
+        (code(&result), result.balance_won, result.available_won),
+        (ResultCode::HoldsOutstanding, 8_000, 7_500)
+    );
     let void = Void { op_id: new_op_id(), pin: life, hold_id: pending.op_id };
     assert_eq!(code(&one(client.void(&[void]).await).await), ResultCode::Approved);
     let paid = one(client.card_refund(&[refund(life, ACCOUNT)]).await).await;
@@ -217,14 +266,34 @@ async fn card_sold_blocked_unblocked_refunded_and_closed_over_tcp() {
     assert_eq!(state(&client, life).await, (CardState::Closed, 0));
     // Closed is terminal.
     assert_eq!(code(&one(client.sale(&[sale(life, 1)]).await).await), ResultCode::CardClosed);
-    assert_eq!(code(&one(client.card_refund(&[refund(life, ACCOUNT)]).await).await), ResultCode::CardClosed);
-    assert_eq!(code(&one(client.card_unblock(&[unblock(life)]).await).await), ResultCode::CardClosed);
+    assert_eq!(
+        code(&one(client.card_refund(&[refund(life, ACCOUNT)]).await).await),
+        ResultCode::CardClosed
+    );
+    assert_eq!(
+        code(&one(client.card_unblock(&[unblock(life)]).await).await),
+        ResultCode::CardClosed
+    );
 
     // Face value up to 10,000: 80 % of face plus recharges. 15,000 of 20,000 (75 %) is short.
-    assert_eq!(code(&one(client.card_sell(&[sell(new_op_id(), small, 10_000)]).await).await), ResultCode::Approved);
-    let claim = CardClaim { op_id: new_op_id(), pin: small, password: PASSWORD.to_vec(), gift_recipient_ref: GIFT_RECIPIENT, password_hint: false };
+    assert_eq!(
+        code(&one(client.card_sell(&[sell(new_op_id(), small, 10_000)]).await).await),
+        ResultCode::Approved
+    );
+    let claim = CardClaim {
+        op_id: new_op_id(),
+        pin: small,
+        password: PASSWORD.to_vec(),
+        gift_recipient_ref: GIFT_RECIPIENT,
+        password_hint: false,
+    };
     assert_eq!(code(&one(client.card_claim(&[claim]).await).await), ResultCode::Approved);
-    let load = CardLoad { op_id: new_op_id(), pin: small, amount_won: 10_000, funding: Funding::Cash as u8 };
+    let load = CardLoad {
+        op_id: new_op_id(),
+        pin: small,
+        amount_won: 10_000,
+        funding: Funding::Cash as u8,
+    };
     assert_eq!(one(client.card_load(&[load]).await).await.balance_won, 20_000);
     assert_eq!(one(client.sale(&[sale(small, 15_000)]).await).await.balance_won, 5_000);
     let result = one(client.card_refund(&[refund(small, ACCOUNT)]).await).await;
@@ -241,12 +310,19 @@ async fn card_sold_blocked_unblocked_refunded_and_closed_over_tcp() {
         wrong.password = b"0000".to_vec();
         one(client.sale(&[wrong]).await).await;
     }
-    assert_eq!(code(&one(client.sale(&[sale(locked, 100)]).await).await), ResultCode::PasswordTriesExceeded);
+    assert_eq!(
+        code(&one(client.sale(&[sale(locked, 100)]).await).await),
+        ResultCode::PasswordTriesExceeded
+    );
     assert_eq!(view(&client, locked).await.password_tries_left, 0);
-    assert_eq!(code(&one(client.card_unblock(&[unblock(locked)]).await).await), ResultCode::Approved);
+    assert_eq!(
+        code(&one(client.card_unblock(&[unblock(locked)]).await).await),
+        ResultCode::Approved
+    );
     assert_eq!(view(&client, locked).await.password_tries_left, 5);
     assert_eq!(one(client.sale(&[sale(locked, 100)]).await).await.balance_won, 9_900);
-    let result = one(client.card_block(&[block(locked, BlockReason::HolderRequest as u8)]).await).await;
+    let result =
+        one(client.card_block(&[block(locked, BlockReason::HolderRequest as u8)]).await).await;
     assert_eq!(code(&result), ResultCode::Approved);
 
     // Every state survives a graceful restart, and so do the idempotency records.
@@ -310,33 +386,81 @@ fn operator_sells_blocks_unblocks_and_refunds_a_card() {
     let pin = pin.as_str();
 
     // Arguments clap refuses never reach the switch (exit 2).
-    assert_eq!(card(&address, &["sell", pin, "--channel", "3", "--price", "20000", "--means", "6"]).status.code(), Some(2));
+    assert_eq!(
+        card(&address, &["sell", pin, "--channel", "3", "--price", "20000", "--means", "6"])
+            .status
+            .code(),
+        Some(2)
+    );
     assert_eq!(card(&address, &["block", pin, "--reason", "bored"]).status.code(), Some(2));
 
-    expect(&card(&address, &["sell", pin, "--channel", "0", "--price", "20000"]), 1, "CHANNEL_INVALID (118)");
-    let sold = card(&address, &["sell", pin, "--channel", "3", "--price", "18000", "--means", "1", "--gift-to", "99"]);
+    expect(
+        &card(&address, &["sell", pin, "--channel", "0", "--price", "20000"]),
+        1,
+        "CHANNEL_INVALID (118)",
+    );
+    let sold = card(
+        &address,
+        &["sell", pin, "--channel", "3", "--price", "18000", "--means", "1", "--gift-to", "99"],
+    );
     expect(&sold, 0, "APPROVED (0), face value 20000 won");
-    expect(&card(&address, &["sell", pin, "--channel", "3", "--price", "18000"]), 1, "CARD_ALREADY_SOLD (107)");
+    expect(
+        &card(&address, &["sell", pin, "--channel", "3", "--price", "18000"]),
+        1,
+        "CARD_ALREADY_SOLD (107)",
+    );
     expect(&card(&address, &["show", pin]), 0, "state     sold");
     expect(&card(&address, &["block", pin, "--reason", "lost"]), 0, "APPROVED (0)");
     expect(&card(&address, &["show", pin]), 0, "state     blocked");
     expect(&card(&address, &["unblock", pin]), 0, "APPROVED (0)");
     expect(&card(&address, &["show", pin]), 0, "state     sold");
 
-    expect(&card(&address, &["activate", pin, "--password", "4321"]), 1, "GIFT_CLAIM_REQUIRED (128)");
-    expect(&card(&address, &["claim", pin, "--password", "4321", "--gift-ref", "98"]), 1, "GIFT_RECIPIENT_MISMATCH (127)");
-    expect(&card(&address, &["claim", pin, "--password", "4321", "--gift-ref", "99", "--hint"]), 0, "APPROVED (0), balance 20000 won");
-    expect(&card(&address, &["show", pin]), 0, "hint      a password hint is kept by the card site");
+    expect(
+        &card(&address, &["activate", pin, "--password", "4321"]),
+        1,
+        "GIFT_CLAIM_REQUIRED (128)",
+    );
+    expect(
+        &card(&address, &["claim", pin, "--password", "4321", "--gift-ref", "98"]),
+        1,
+        "GIFT_RECIPIENT_MISMATCH (127)",
+    );
+    expect(
+        &card(&address, &["claim", pin, "--password", "4321", "--gift-ref", "99", "--hint"]),
+        0,
+        "APPROVED (0), balance 20000 won",
+    );
+    expect(
+        &card(&address, &["show", pin]),
+        0,
+        "hint      a password hint is kept by the card site",
+    );
     expect(&card(&address, &["unblock", pin]), 1, "CARD_NOT_BLOCKED (108)");
-    expect(&card(&address, &["block", pin, "--reason", "stolen"]), 0, "APPROVED (0), balance 20000 won");
+    expect(
+        &card(&address, &["block", pin, "--reason", "stolen"]),
+        0,
+        "APPROVED (0), balance 20000 won",
+    );
     expect(&card(&address, &["show", pin]), 0, "state     blocked");
-    expect(&card(&address, &["sale", pin, "--password", "4321", "--amount", "100"]), 1, "CARD_BLOCKED (103)");
+    expect(
+        &card(&address, &["sale", pin, "--password", "4321", "--amount", "100"]),
+        1,
+        "CARD_BLOCKED (103)",
+    );
     expect(&card(&address, &["unblock", pin]), 0, "APPROVED (0), balance 20000 won");
 
     expect(&card(&address, &["refund", pin, "--account", "0"]), 1, "FORMAT_ERROR (900)");
     expect(&card(&address, &["refund", pin, "--account", "7"]), 1, "REFUND_RULE_NOT_MET (117)");
-    expect(&card(&address, &["sale", pin, "--password", "4321", "--amount", "12000"]), 0, "balance 8000 won");
-    expect(&card(&address, &["refund", pin, "--account", "7"]), 0, "APPROVED (0), paid out 8000 won, balance 0 won");
+    expect(
+        &card(&address, &["sale", pin, "--password", "4321", "--amount", "12000"]),
+        0,
+        "balance 8000 won",
+    );
+    expect(
+        &card(&address, &["refund", pin, "--account", "7"]),
+        0,
+        "APPROVED (0), paid out 8000 won, balance 0 won",
+    );
     let shown = stdout(&card(&address, &["show", pin]));
     assert!(shown.contains("state     closed") && shown.contains("balance   0 won"), "{shown}");
     expect(&card(&address, &["refund", pin, "--account", "7"]), 1, "CARD_CLOSED (105)");
@@ -358,7 +482,8 @@ async fn the_configured_product_mix_limits_categories() {
          product_recharge_unit_won = [10000, 5000, 10000, 10000, 10000, 10000]\n",
     )
     .expect("config");
-    let mut switch = Switch::start(Path::new(BIN), &dir, &["--config", config.to_str().expect("utf-8")]);
+    let mut switch =
+        Switch::start(Path::new(BIN), &dir, &["--config", config.to_str().expect("utf-8")]);
     let client = Client::connect(&switch.address).await.expect("connect");
     let small = issue(&client, 5_000).await;
     assert_eq!(code(&activate(&client, small).await), ResultCode::Approved);
@@ -370,20 +495,40 @@ async fn the_configured_product_mix_limits_categories() {
     let call = Sale { category: Category::TelephoneCall as u8, ..sale(large, 100) };
     assert_eq!(code(&one(client.sale(&[call]).await).await), ResultCode::Approved);
     for pin in [small, large] {
-        let register = CardRegister { op_id: new_op_id(), pin, holder_ref: 8, verified_name: false };
+        let register =
+            CardRegister { op_id: new_op_id(), pin, holder_ref: 8, verified_name: false };
         assert_eq!(code(&one(client.card_register(&[register]).await).await), ResultCode::Approved);
         assert_eq!(code(&one(client.sale(&[sale(pin, 1_000)]).await).await), ResultCode::Approved);
     }
-    let small_points = one(client.balance_inquiry(&[BalanceInquiry { pin: small }]).await).await.points;
+    let small_points =
+        one(client.balance_inquiry(&[BalanceInquiry { pin: small }]).await).await.points;
     assert_eq!(small_points, 0, "the 5,000-won product earns no points");
-    let large_points = one(client.balance_inquiry(&[BalanceInquiry { pin: large }]).await).await.points;
+    let large_points =
+        one(client.balance_inquiry(&[BalanceInquiry { pin: large }]).await).await.points;
     assert_eq!(large_points, 50, "the 10,000-won product earns 50 per 1,000 won");
     // The 5,000-won product's own cap (100,000 won) and the 10,000-won product's recharge unit.
-    let load = |pin, amount_won| CardLoad { op_id: new_op_id(), pin, amount_won, funding: Funding::Cash as u8 };
-    assert_eq!(code(&one(client.card_load(&[load(small, 100_000)]).await).await), ResultCode::BalanceCapExceeded);
-    assert_eq!(code(&one(client.card_load(&[load(small, 90_000)]).await).await), ResultCode::Approved);
-    assert_eq!(code(&one(client.card_load(&[load(large, 5_000)]).await).await), ResultCode::Approved);
-    assert_eq!(code(&one(client.card_load(&[load(small, 5_000)]).await).await), ResultCode::RechargeUnitInvalid);
+    let load = |pin, amount_won| CardLoad {
+        op_id: new_op_id(),
+        pin,
+        amount_won,
+        funding: Funding::Cash as u8,
+    };
+    assert_eq!(
+        code(&one(client.card_load(&[load(small, 100_000)]).await).await),
+        ResultCode::BalanceCapExceeded
+    );
+    assert_eq!(
+        code(&one(client.card_load(&[load(small, 90_000)]).await).await),
+        ResultCode::Approved
+    );
+    assert_eq!(
+        code(&one(client.card_load(&[load(large, 5_000)]).await).await),
+        ResultCode::Approved
+    );
+    assert_eq!(
+        code(&one(client.card_load(&[load(small, 5_000)]).await).await),
+        ResultCode::RechargeUnitInvalid
+    );
     switch.stop();
 }
 
@@ -396,13 +541,28 @@ async fn registering_a_verified_name_raises_the_cap() {
     let client = Client::connect(&switch.address).await.expect("connect");
     let pin = issue(&client, 100_000).await;
     assert_eq!(code(&activate(&client, pin).await), ResultCode::Approved);
-    let load = |amount_won| CardLoad { op_id: new_op_id(), pin, amount_won, funding: Funding::BankTransfer as u8 };
-    assert_eq!(code(&one(client.card_load(&[load(500_000)]).await).await), ResultCode::BalanceCapExceeded);
+    let load = |amount_won| CardLoad {
+        op_id: new_op_id(),
+        pin,
+        amount_won,
+        funding: Funding::BankTransfer as u8,
+    };
+    assert_eq!(
+        code(&one(client.card_load(&[load(500_000)]).await).await),
+        ResultCode::BalanceCapExceeded
+    );
     let register = CardRegister { op_id: new_op_id(), pin, holder_ref: 0, verified_name: true };
     assert_eq!(code(&one(client.card_register(&[register]).await).await), ResultCode::FormatError);
-    let registered = card(&switch.address, &["register", &pin::format(pin), "--holder", "77", "--verified-name"]);
+    let registered = card(
+        &switch.address,
+        &["register", &pin::format(pin), "--holder", "77", "--verified-name"],
+    );
     assert_eq!(registered.status.code(), Some(0), "{registered:?}");
-    assert!(stdout(&registered).contains("APPROVED (0), balance cap 2000000 won"), "{}", stdout(&registered));
+    assert!(
+        stdout(&registered).contains("APPROVED (0), balance cap 2000000 won"),
+        "{}",
+        stdout(&registered)
+    );
     assert_eq!(code(&one(client.card_load(&[load(500_000)]).await).await), ResultCode::Approved);
     // A registered card earns points (1 % by default), shown by BALANCE_INQUIRY and the CLI.
     assert_eq!(code(&one(client.sale(&[sale(pin, 12_345)]).await).await), ResultCode::Approved);
@@ -417,7 +577,10 @@ async fn registering_a_verified_name_raises_the_cap() {
     let client = Client::connect(&switch.address).await.expect("reconnect");
     assert_eq!(code(&one(client.card_load(&[load(1_400_000)]).await).await), ResultCode::Approved);
     // 1,987,655 won now: another 20,000 would pass the named cap.
-    assert_eq!(code(&one(client.card_load(&[load(20_000)]).await).await), ResultCode::BalanceCapExceeded);
+    assert_eq!(
+        code(&one(client.card_load(&[load(20_000)]).await).await),
+        ResultCode::BalanceCapExceeded
+    );
     let points = one(client.balance_inquiry(&[BalanceInquiry { pin }]).await).await.points;
     assert_eq!(points, 123, "points survive a restart");
     switch.stop();
@@ -430,20 +593,27 @@ async fn recharging_a_promotional_card_extends_its_validity() {
     let dir = fresh_dir("promotional");
     let config = dir.with_extension("toml");
     std::fs::write(&config, "[engine]\npromotional_face_values_won = [20000]\n").expect("config");
-    let mut switch = Switch::start(Path::new(BIN), &dir, &["--config", config.to_str().expect("utf-8")]);
+    let mut switch =
+        Switch::start(Path::new(BIN), &dir, &["--config", config.to_str().expect("utf-8")]);
     let client = Client::connect(&switch.address).await.expect("connect");
     let valid_until = |pin| {
         let client = &client;
         async move { one(client.balance_inquiry(&[BalanceInquiry { pin }]).await).await.valid_until_s }
     };
-    let load = |pin| CardLoad { op_id: new_op_id(), pin, amount_won: 10_000, funding: Funding::Cash as u8 };
+    let load = |pin| CardLoad {
+        op_id: new_op_id(),
+        pin,
+        amount_won: 10_000,
+        funding: Funding::Cash as u8,
+    };
     let promotional = issue(&client, 20_000).await;
     let ordinary = issue(&client, 10_000).await;
     assert_eq!(valid_until(promotional).await, 0, "in stock: validity has not started");
     for pin in [promotional, ordinary] {
         assert_eq!(code(&activate(&client, pin).await), ResultCode::Approved);
     }
-    let (promotional_before, ordinary_before) = (valid_until(promotional).await, valid_until(ordinary).await);
+    let (promotional_before, ordinary_before) =
+        (valid_until(promotional).await, valid_until(ordinary).await);
     assert!(promotional_before > 0 && ordinary_before > 0);
     for pin in [promotional, ordinary] {
         assert_eq!(code(&one(client.card_load(&[load(pin)]).await).await), ResultCode::Approved);
@@ -468,12 +638,20 @@ async fn consigned_cards_are_sold_only_by_their_partner() {
     }
     let consign: Vec<CardConsign> = block
         .iter()
-        .map(|pin| CardConsign { op_id: new_op_id(), pin: *pin, partner_id: PARTNER, commission_per_mille: 35 })
+        .map(|pin| CardConsign {
+            op_id: new_op_id(),
+            pin: *pin,
+            partner_id: PARTNER,
+            commission_per_mille: 35,
+        })
         .collect();
     let results = client.card_consign(&consign).await.expect("consign");
     assert!(results.iter().all(|result| code(result) == ResultCode::Approved));
     let elsewhere = CardSell { channel_id: CHANNEL, ..sell(new_op_id(), block[0], 10_000) };
-    assert_eq!(code(&one(client.card_sell(&[elsewhere]).await).await), ResultCode::CardConsignedElsewhere);
+    assert_eq!(
+        code(&one(client.card_sell(&[elsewhere]).await).await),
+        ResultCode::CardConsignedElsewhere
+    );
     drop(client);
     switch.stop();
 
@@ -481,14 +659,19 @@ async fn consigned_cards_are_sold_only_by_their_partner() {
     let client = Client::connect(&switch.address).await.expect("reconnect");
     let by_partner = CardSell { channel_id: PARTNER, ..sell(new_op_id(), block[0], 10_000) };
     assert_eq!(code(&one(client.card_sell(&[by_partner]).await).await), ResultCode::Approved);
-    let again = card(&switch.address, &["consign", &pin::format(block[1]), "--partner", "22", "--commission", "35"]);
+    let again = card(
+        &switch.address,
+        &["consign", &pin::format(block[1]), "--partner", "22", "--commission", "35"],
+    );
     assert_eq!(again.status.code(), Some(1));
     assert!(stdout(&again).contains("CARD_CONSIGNED_ELSEWHERE (126)"), "{}", stdout(&again));
-    let wrong = card(&switch.address, &["sell", &pin::format(block[2]), "--channel", "3", "--price", "10000"]);
+    let wrong = card(
+        &switch.address,
+        &["sell", &pin::format(block[2]), "--channel", "3", "--price", "10000"],
+    );
     assert!(stdout(&wrong).contains("CARD_CONSIGNED_ELSEWHERE (126)"), "{}", stdout(&wrong));
     switch.stop();
 }
-
 
 /// The catalogue changes without a restart: SIGHUP re-reads the configuration file and every
 /// shard journals the new rules. A product added to the file can be issued, a product mix
@@ -500,7 +683,8 @@ async fn sighup_reloads_the_catalogue_without_a_restart() {
     let config = dir.with_extension("toml");
     let write_config = |text: &str| std::fs::write(&config, text).expect("config");
     write_config("[engine]\nproduct_category_masks = [1, 63, 63, 63, 63, 63]\n");
-    let mut switch = Switch::start(Path::new(BIN), &dir, &["--config", config.to_str().expect("utf-8")]);
+    let mut switch =
+        Switch::start(Path::new(BIN), &dir, &["--config", config.to_str().expect("utf-8")]);
     let client = Client::connect(&switch.address).await.expect("connect");
     let small = issue(&client, 5_000).await;
     assert_eq!(code(&activate(&client, small).await), ResultCode::Approved);
@@ -526,7 +710,11 @@ async fn sighup_reloads_the_catalogue_without_a_restart() {
     switch.signal("HUP");
     let refusal = switch.wait_for_line("reload refused");
     assert!(refusal.contains("product_category_masks"), "{refusal}");
-    assert_eq!(code(&one(client.sale(&[call()]).await).await), ResultCode::Approved, "a refused file changes nothing");
+    assert_eq!(
+        code(&one(client.sale(&[call()]).await).await),
+        ResultCode::Approved,
+        "a refused file changes nothing"
+    );
     drop(client);
     switch.stop();
 
@@ -560,19 +748,29 @@ async fn foreign_pins_are_imported_and_converted() {
     let codes: Vec<String> = (0..40).map(|index| format!("US{index:06}")).collect();
     let file = dir.with_extension("codes");
     std::fs::write(&file, codes.join("\n") + "\n\n").expect("codes file");
-    let imported = card(&switch.address, &["foreign-import", "--product", "1", file.to_str().expect("utf-8")]);
+    let imported =
+        card(&switch.address, &["foreign-import", "--product", "1", file.to_str().expect("utf-8")]);
     assert_eq!(imported.status.code(), Some(0), "{imported:?}");
     assert_eq!(stdout(&imported).matches("APPROVED (0)").count(), 40);
 
     let client = Client::connect(&switch.address).await.expect("connect");
-    let again = ForeignImport { op_id: new_op_id(), product_id: 1, foreign_pin: codes[7].clone().into_bytes() };
-    assert_eq!(code(&one(client.foreign_import(&[again]).await).await), ResultCode::ForeignPinExists);
-    let bad = ForeignImport { op_id: new_op_id(), product_id: 1, foreign_pin: b"no spaces".to_vec() };
+    let again = ForeignImport {
+        op_id: new_op_id(),
+        product_id: 1,
+        foreign_pin: codes[7].clone().into_bytes(),
+    };
+    assert_eq!(
+        code(&one(client.foreign_import(&[again]).await).await),
+        ResultCode::ForeignPinExists
+    );
+    let bad =
+        ForeignImport { op_id: new_op_id(), product_id: 1, foreign_pin: b"no spaces".to_vec() };
     assert_eq!(code(&one(client.foreign_import(&[bad]).await).await), ResultCode::FormatError);
 
     let pin = issue(&client, 50_000).await;
     assert_eq!(code(&activate(&client, pin).await), ResultCode::Approved);
-    let convert = |op_id, product_id| ForeignConvert { op_id, pin, password: PASSWORD.to_vec(), product_id };
+    let convert =
+        |op_id, product_id| ForeignConvert { op_id, pin, password: PASSWORD.to_vec(), product_id };
     let first_op = new_op_id();
     let first = one(client.foreign_convert(&[convert(first_op, 1)]).await).await;
     assert_eq!(code(&first.result), ResultCode::Approved);
@@ -580,15 +778,30 @@ async fn foreign_pins_are_imported_and_converted() {
     let first_pin = String::from_utf8(first.foreign_pin.clone()).expect("ascii");
     assert!(codes.contains(&first_pin), "{first_pin}");
     let retried = one(client.foreign_convert(&[convert(first_op, 1)]).await).await;
-    assert_eq!((retried.foreign_pin.clone(), retried.result.flags & FLAG_REPLAYED), (first.foreign_pin.clone(), FLAG_REPLAYED));
+    assert_eq!(
+        (retried.foreign_pin.clone(), retried.result.flags & FLAG_REPLAYED),
+        (first.foreign_pin.clone(), FLAG_REPLAYED)
+    );
 
-    let shown = card(&switch.address, &["convert", &pin::format(pin), "--product", "1", "--password", "4321"]);
+    let shown = card(
+        &switch.address,
+        &["convert", &pin::format(pin), "--product", "1", "--password", "4321"],
+    );
     assert_eq!(shown.status.code(), Some(0), "{shown:?}");
     let text = stdout(&shown);
-    assert!(text.contains("APPROVED (0), foreign PIN US") && text.contains("balance 22000 won"), "{text}");
+    assert!(
+        text.contains("APPROVED (0), foreign PIN US") && text.contains("balance 22000 won"),
+        "{text}"
+    );
     assert!(!text.contains(&first_pin), "a second conversion gets another PIN: {text}");
-    assert_eq!(code(&one(client.foreign_convert(&[convert(new_op_id(), 2)]).await).await.result), ResultCode::ForeignPinUnavailable);
-    assert_eq!(code(&one(client.foreign_convert(&[convert(new_op_id(), 9)]).await).await.result), ResultCode::ForeignProductUnknown);
+    assert_eq!(
+        code(&one(client.foreign_convert(&[convert(new_op_id(), 2)]).await).await.result),
+        ResultCode::ForeignPinUnavailable
+    );
+    assert_eq!(
+        code(&one(client.foreign_convert(&[convert(new_op_id(), 9)]).await).await.result),
+        ResultCode::ForeignProductUnknown
+    );
     drop(client);
 
     switch.kill();
@@ -609,7 +822,10 @@ fn issued_pins_go_to_a_pin_file_written_once() {
     let mut switch = Switch::start(Path::new(BIN), &dir, &[]);
     let file = dir.with_extension("pins");
     let file_arg = file.to_str().expect("utf-8");
-    let issued = card(&switch.address, &["issue", "--product", "10000", "--count", "3", "--pin-file", file_arg]);
+    let issued = card(
+        &switch.address,
+        &["issue", "--product", "10000", "--count", "3", "--pin-file", file_arg],
+    );
     expect(&issued, 0, "3 PINs written to");
     assert!(!stdout(&issued).contains(','), "no PIN on the terminal: {}", stdout(&issued));
     let text = std::fs::read_to_string(&file).expect("PIN file");
@@ -621,7 +837,10 @@ fn issued_pins_go_to_a_pin_file_written_once() {
         assert_eq!(face, "10000");
         expect(&card(&switch.address, &["show", pin]), 0, "state     issued");
     }
-    let again = card(&switch.address, &["issue", "--product", "10000", "--count", "1", "--pin-file", file_arg]);
+    let again = card(
+        &switch.address,
+        &["issue", "--product", "10000", "--count", "1", "--pin-file", file_arg],
+    );
     assert_ne!(again.status.code(), Some(0), "an existing PIN file is never overwritten");
     assert_eq!(std::fs::read_to_string(&file).expect("PIN file"), text);
     switch.stop();

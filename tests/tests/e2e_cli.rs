@@ -40,7 +40,9 @@ fn operator_issues_activates_loads_sells_and_shows_a_card() {
     assert_eq!(pins.len(), 3, "{}", stdout(&issued));
     for pin in &pins {
         assert_eq!(pin.len(), 19, "xxxx-xxxx-xxxx-xxxx: {pin}");
-        assert!(pinswitch_protocol::pin::is_valid(pinswitch_protocol::pin::parse(pin).expect("parses")));
+        assert!(pinswitch_protocol::pin::is_valid(
+            pinswitch_protocol::pin::parse(pin).expect("parses")
+        ));
     }
     assert!(pins[0] != pins[1] && pins[1] != pins[2], "PINs are distinct");
     let unknown_product = card(&address, &["issue", "--product", "7000"]);

@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 
 use pinswitch_protocol::client::Client;
 use pinswitch_protocol::{
-    BalanceInquiry, CardActivate, CardIssue, Category, FLAG_REPLAYED, Inquiry, OpStatus, ResultCode,
-    Sale, new_op_id,
+    BalanceInquiry, CardActivate, CardIssue, Category, FLAG_REPLAYED, Inquiry, OpStatus,
+    ResultCode, Sale, new_op_id,
 };
 use pinswitch_tests::{Rng, Switch, fresh_dir};
 
@@ -47,23 +47,38 @@ async fn kill_minus_nine_loses_no_acknowledged_debit() {
     let config = config.to_str().expect("utf-8 path").to_string();
     let mut switch = Switch::start(Path::new(BIN), &dir, &["--config", &config]);
     let client = Client::connect(&switch.address).await.expect("connect");
-    let issue: Vec<CardIssue> = (0..CARDS).map(|_| CardIssue { op_id: new_op_id(), face_value_won: FACE_WON }).collect();
-    let pins: Vec<u64> = client.card_issue(&issue).await.expect("issue").iter().map(|result| {
-        assert_eq!(result.code, 0);
-        result.pin
-    }).collect();
+    let issue: Vec<CardIssue> =
+        (0..CARDS).map(|_| CardIssue { op_id: new_op_id(), face_value_won: FACE_WON }).collect();
+    let pins: Vec<u64> = client
+        .card_issue(&issue)
+        .await
+        .expect("issue")
+        .iter()
+        .map(|result| {
+            assert_eq!(result.code, 0);
+            result.pin
+        })
+        .collect();
     let activate: Vec<CardActivate> = pins
         .iter()
         .map(|pin| CardActivate { op_id: new_op_id(), pin: *pin, password: b"pass1234".to_vec() })
         .collect();
-    assert!(client.card_activate(&activate).await.expect("activate").iter().all(|result| result.code == 0));
+    assert!(
+        client
+            .card_activate(&activate)
+            .await
+            .expect("activate")
+            .iter()
+            .all(|result| result.code == 0)
+    );
 
     // (op id, card index) of every debit sent, and the op ids the switch acknowledged.
     let sent: Arc<Mutex<Vec<(u128, usize)>>> = Arc::default();
     let acked: Arc<Mutex<Vec<u128>>> = Arc::default();
     let mut senders = Vec::new();
     for sender in 0..SENDERS {
-        let (client, sent, acked, pins) = (client.clone(), sent.clone(), acked.clone(), pins.clone());
+        let (client, sent, acked, pins) =
+            (client.clone(), sent.clone(), acked.clone(), pins.clone());
         senders.push(tokio::spawn(async move {
             let mut rng = Rng(sender as u64 + 1);
             loop {
@@ -104,13 +119,15 @@ async fn kill_minus_nine_loses_no_acknowledged_debit() {
     let switch = Switch::start(Path::new(BIN), &dir, &["--config", &config]);
     let client = Client::connect(&switch.address).await.expect("reconnect");
     let sent = sent.lock().expect("lock").clone();
-    let acked: std::collections::HashSet<u128> = acked.lock().expect("lock").iter().copied().collect();
+    let acked: std::collections::HashSet<u128> =
+        acked.lock().expect("lock").iter().copied().collect();
     assert!(acked.len() >= ACKED_BEFORE_KILL);
 
     // Every acknowledged debit is present; count what was executed per card.
     let mut executed_per_card: HashMap<usize, u64> = HashMap::new();
     for chunk in sent.chunks(512) {
-        let queries: Vec<Inquiry> = chunk.iter().map(|(op_id, card)| Inquiry { pin: pins[*card], op_id: *op_id }).collect();
+        let queries: Vec<Inquiry> =
+            chunk.iter().map(|(op_id, card)| Inquiry { pin: pins[*card], op_id: *op_id }).collect();
         let results = client.inquiry(&queries).await.expect("inquiry");
         for ((op_id, card), result) in chunk.iter().zip(results) {
             let completed = result.status == OpStatus::Completed as u8;
@@ -126,17 +143,26 @@ async fn kill_minus_nine_loses_no_acknowledged_debit() {
     for (card, pin) in pins.iter().enumerate() {
         let view = client.balance_inquiry(&[BalanceInquiry { pin: *pin }]).await.expect("balance");
         let executed = executed_per_card.get(&card).copied().unwrap_or(0);
-        assert_eq!(view[0].balance_won, FACE_WON - DEBIT_WON * executed, "card {card} after recovery");
+        assert_eq!(
+            view[0].balance_won,
+            FACE_WON - DEBIT_WON * executed,
+            "card {card} after recovery"
+        );
     }
 
     // Retrying every debit sent: acknowledged ones replay, the rest execute exactly once.
     for chunk in sent.chunks(512) {
-        let retries: Vec<Sale> = chunk.iter().map(|(op_id, card)| sale(*op_id, pins[*card])).collect();
+        let retries: Vec<Sale> =
+            chunk.iter().map(|(op_id, card)| sale(*op_id, pins[*card])).collect();
         let results = client.sale(&retries).await.expect("retry");
         for ((op_id, _), result) in chunk.iter().zip(results) {
             assert_eq!(result.code, 0);
             if acked.contains(op_id) {
-                assert_eq!(result.flags & FLAG_REPLAYED, FLAG_REPLAYED, "acknowledged {op_id:x} ran again");
+                assert_eq!(
+                    result.flags & FLAG_REPLAYED,
+                    FLAG_REPLAYED,
+                    "acknowledged {op_id:x} ran again"
+                );
             }
         }
     }

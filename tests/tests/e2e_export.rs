@@ -19,8 +19,8 @@ use std::process::{Command, Output};
 
 use pinswitch_protocol::client::Client;
 use pinswitch_protocol::{
-    Authorize, CardActivate, CardConsign, CardIssue, CardLoad, CardRefund, CardSell, Capture, Category, OpResult, Refund,
-    ResultCode, Reverse, Sale, Void, new_op_id,
+    Authorize, Capture, CardActivate, CardConsign, CardIssue, CardLoad, CardRefund, CardSell,
+    Category, OpResult, Refund, ResultCode, Reverse, Sale, Void, new_op_id,
 };
 use pinswitch_tests::{Rng, Switch, fresh_dir, one};
 
@@ -67,7 +67,11 @@ impl Expected {
 
     /// Commission per merchant: floor(net × rate / 1000) per payment, summed.
     fn commission(&self, merchant_id: u64) -> u64 {
-        self.payments.values().filter(|payment| payment.0 == merchant_id).map(|payment| (payment.1 - payment.2) * RATE_PER_MILLE / 1000).sum()
+        self.payments
+            .values()
+            .filter(|payment| payment.0 == merchant_id)
+            .map(|payment| (payment.1 - payment.2) * RATE_PER_MILLE / 1000)
+            .sum()
     }
 }
 
@@ -76,7 +80,14 @@ fn approved(result: &OpResult) -> bool {
 }
 
 fn sale(pin: u64, amount_won: u64, merchant_id: u64) -> Sale {
-    Sale { op_id: new_op_id(), pin, password: PASSWORD.to_vec(), amount_won, merchant_id, category: Category::InternetPayment as u8 }
+    Sale {
+        op_id: new_op_id(),
+        pin,
+        password: PASSWORD.to_vec(),
+        amount_won,
+        merchant_id,
+        category: Category::InternetPayment as u8,
+    }
 }
 
 /// Issues, consigns, sells and activates cards; returns the activated ones.
@@ -84,7 +95,13 @@ async fn stock(client: &Client, expected: &mut Expected) -> Vec<u64> {
     let faces = [5_000, 10_000, 20_000, 30_000, 50_000];
     let mut pins = Vec::new();
     for index in 0..16 {
-        let issued = one(client.card_issue(&[CardIssue { op_id: new_op_id(), face_value_won: faces[index % faces.len()] }]).await).await;
+        let issued = one(client
+            .card_issue(&[CardIssue {
+                op_id: new_op_id(),
+                face_value_won: faces[index % faces.len()],
+            }])
+            .await)
+        .await;
         assert_eq!(issued.code, ResultCode::Approved.as_u16());
         pins.push((issued.pin, issued.balance_won));
     }
@@ -98,13 +115,35 @@ async fn stock(client: &Client, expected: &mut Expected) -> Vec<u64> {
             _ => (0, 0, 0),
         };
         if channel_id == PARTNER {
-            let consigned = one(client.card_consign(&[CardConsign { op_id: new_op_id(), pin: *pin, partner_id: PARTNER, commission_per_mille: PARTNER_PER_MILLE }]).await).await;
+            let consigned = one(client
+                .card_consign(&[CardConsign {
+                    op_id: new_op_id(),
+                    pin: *pin,
+                    partner_id: PARTNER,
+                    commission_per_mille: PARTNER_PER_MILLE,
+                }])
+                .await)
+            .await;
             assert!(approved(&consigned));
         }
         if channel_id != 0 {
-            let sold = one(client.card_sell(&[CardSell { op_id: new_op_id(), pin: *pin, channel_id, price_won, payment_means: means, gift_recipient_ref: 0 }]).await).await;
+            let sold = one(client
+                .card_sell(&[CardSell {
+                    op_id: new_op_id(),
+                    pin: *pin,
+                    channel_id,
+                    price_won,
+                    payment_means: means,
+                    gift_recipient_ref: 0,
+                }])
+                .await)
+            .await;
             assert!(approved(&sold), "{sold:?}");
-            let commission_won = if channel_id == PARTNER { price_won * u64::from(PARTNER_PER_MILLE) / 1000 } else { 0 };
+            let commission_won = if channel_id == PARTNER {
+                price_won * u64::from(PARTNER_PER_MILLE) / 1000
+            } else {
+                0
+            };
             let channel = expected.channels.entry(channel_id).or_default();
             channel.0 += 1;
             channel.1 += price_won;
@@ -113,7 +152,14 @@ async fn stock(client: &Client, expected: &mut Expected) -> Vec<u64> {
     }
     let mut active = Vec::new();
     for (pin, _) in &pins[..15] {
-        let activated = one(client.card_activate(&[CardActivate { op_id: new_op_id(), pin: *pin, password: PASSWORD.to_vec() }]).await).await;
+        let activated = one(client
+            .card_activate(&[CardActivate {
+                op_id: new_op_id(),
+                pin: *pin,
+                password: PASSWORD.to_vec(),
+            }])
+            .await)
+        .await;
         assert!(approved(&activated));
         active.push(*pin);
     }
@@ -121,7 +167,13 @@ async fn stock(client: &Client, expected: &mut Expected) -> Vec<u64> {
 }
 
 /// Payments of every kind, chosen by a seeded generator; the expectations follow the replies.
-async fn payments(client: &Client, cards: &[u64], rng: &mut Rng, rounds: usize, expected: &mut Expected) {
+async fn payments(
+    client: &Client,
+    cards: &[u64],
+    rng: &mut Rng,
+    rounds: usize,
+    expected: &mut Expected,
+) {
     let mut sales: Vec<(u128, u64)> = Vec::new();
     let mut holds: Vec<(u128, u64)> = Vec::new();
     for _ in 0..rounds {
@@ -140,7 +192,15 @@ async fn payments(client: &Client, cards: &[u64], rng: &mut Rng, rounds: usize, 
                 }
             }
             5 | 6 => {
-                let event = Authorize { op_id: new_op_id(), pin, password: PASSWORD.to_vec(), amount_won, merchant_id, category: Category::InternetPayment as u8, hold_ttl_s: 0 };
+                let event = Authorize {
+                    op_id: new_op_id(),
+                    pin,
+                    password: PASSWORD.to_vec(),
+                    amount_won,
+                    merchant_id,
+                    category: Category::InternetPayment as u8,
+                    hold_ttl_s: 0,
+                };
                 let hold_id = event.op_id;
                 let result = one(client.authorize(&[event]).await).await;
                 if approved(&result) {
@@ -148,11 +208,20 @@ async fn payments(client: &Client, cards: &[u64], rng: &mut Rng, rounds: usize, 
                     holds.push((hold_id, pin));
                     match rng.below(3) {
                         0 => {
-                            let voided = one(client.void(&[Void { op_id: new_op_id(), pin, hold_id }]).await).await;
+                            let voided = one(client
+                                .void(&[Void { op_id: new_op_id(), pin, hold_id }])
+                                .await)
+                            .await;
                             assert!(approved(&voided));
                         }
                         split => {
-                            let capture = Capture { op_id: new_op_id(), pin, hold_id, amount_won: amount_won / 2, final_capture: split == 2 };
+                            let capture = Capture {
+                                op_id: new_op_id(),
+                                pin,
+                                hold_id,
+                                amount_won: amount_won / 2,
+                                final_capture: split == 2,
+                            };
                             let capture_id = capture.op_id;
                             let captured = one(client.capture(&[capture]).await).await;
                             assert!(approved(&captured), "{captured:?}");
@@ -165,9 +234,13 @@ async fn payments(client: &Client, cards: &[u64], rng: &mut Rng, rounds: usize, 
             }
             7..=9 if !sales.is_empty() => {
                 let (original_op_id, pin) = sales[rng.below(sales.len() as u64) as usize];
-                let result = one(client.refund(&[Refund { op_id: new_op_id(), pin, original_op_id, amount_won: 100 }]).await).await;
+                let result = one(client
+                    .refund(&[Refund { op_id: new_op_id(), pin, original_op_id, amount_won: 100 }])
+                    .await)
+                .await;
                 if approved(&result) {
-                    let payment = expected.captures.get(&original_op_id).copied().unwrap_or(original_op_id);
+                    let payment =
+                        expected.captures.get(&original_op_id).copied().unwrap_or(original_op_id);
                     expected.credit(payment, result.amount_won);
                 }
             }
@@ -178,8 +251,12 @@ async fn payments(client: &Client, cards: &[u64], rng: &mut Rng, rounds: usize, 
                 }
                 let (original_op_id, pin) = pool[rng.below(pool.len() as u64) as usize];
                 // A capture is not reversible itself; its authorization is.
-                let original_op_id = expected.captures.get(&original_op_id).copied().unwrap_or(original_op_id);
-                let result = one(client.reverse(&[Reverse { op_id: new_op_id(), pin, original_op_id }]).await).await;
+                let original_op_id =
+                    expected.captures.get(&original_op_id).copied().unwrap_or(original_op_id);
+                let result = one(client
+                    .reverse(&[Reverse { op_id: new_op_id(), pin, original_op_id }])
+                    .await)
+                .await;
                 if approved(&result) {
                     let (_, debited, credited, _) = expected.payments[&original_op_id];
                     let credit_won = debited - credited;
@@ -196,8 +273,21 @@ async fn payments(client: &Client, cards: &[u64], rng: &mut Rng, rounds: usize, 
 }
 
 fn export(state: &Path, data: &Path, args: &[&str]) -> Output {
-    let output = Command::new(BIN).arg("export").args(args).arg("--data").arg(data).arg("--state").arg(state).output().expect("running pinswitch export");
-    assert!(output.status.success(), "export {args:?} failed: {}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    let output = Command::new(BIN)
+        .arg("export")
+        .args(args)
+        .arg("--data")
+        .arg(data)
+        .arg("--state")
+        .arg(state)
+        .output()
+        .expect("running pinswitch export");
+    assert!(
+        output.status.success(),
+        "export {args:?} failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
     output
 }
 
@@ -206,21 +296,35 @@ fn stdout(output: &Output) -> String {
 }
 
 fn rows(path: &Path) -> Vec<BTreeMap<String, String>> {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|error| panic!("{}: {error}", path.display()));
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|error| panic!("{}: {error}", path.display()));
     let mut lines = text.lines();
     let header: Vec<&str> = lines.next().expect("a header").split(',').collect();
     lines
         .filter(|line| !line.starts_with("TRAILER") && !line.starts_with("TOTAL"))
-        .map(|line| header.iter().zip(line.split(',')).map(|(key, value)| (key.to_string(), value.to_string())).collect())
+        .map(|line| {
+            header
+                .iter()
+                .zip(line.split(','))
+                .map(|(key, value)| (key.to_string(), value.to_string()))
+                .collect()
+        })
         .collect()
 }
 
 /// Every period the exporter knows (closed in a run or open in the status), rendered into `out`.
 fn render_all(state: &Path, data: &Path, out: &Path, closed: &[String]) -> Vec<PathBuf> {
     let status = stdout(&export(state, data, &["status"]));
-    let open_line = status.lines().find(|line| line.starts_with("open periods:")).expect("open periods line");
+    let open_line =
+        status.lines().find(|line| line.starts_with("open periods:")).expect("open periods line");
     let mut dates: Vec<String> = closed.to_vec();
-    dates.extend(open_line.trim_start_matches("open periods:").split_whitespace().filter(|date| *date != "none").map(str::to_string));
+    dates.extend(
+        open_line
+            .trim_start_matches("open periods:")
+            .split_whitespace()
+            .filter(|date| *date != "none")
+            .map(str::to_string),
+    );
     dates.sort();
     dates.dedup();
     assert!(!dates.is_empty());
@@ -243,7 +347,11 @@ fn all_files(dirs: &[PathBuf]) -> BTreeMap<String, Vec<u8>> {
     for dir in dirs {
         for entry in std::fs::read_dir(dir).expect("period dir") {
             let path = entry.expect("entry").path();
-            let name = format!("{}/{}", dir.file_name().unwrap().to_string_lossy(), path.file_name().unwrap().to_string_lossy());
+            let name = format!(
+                "{}/{}",
+                dir.file_name().unwrap().to_string_lossy(),
+                path.file_name().unwrap().to_string_lossy()
+            );
             files.insert(name, std::fs::read(&path).expect("file"));
         }
     }
@@ -262,7 +370,15 @@ async fn a_day_of_traffic_settles_exactly_and_resumes_byte_identically() {
         let client = Client::connect(&switch.address).await.expect("connect");
         let cards = stock(&client, &mut expected).await;
         for pin in &cards[..4] {
-            let loaded = one(client.card_load(&[CardLoad { op_id: new_op_id(), pin: *pin, amount_won: 10_000, funding: 2 }]).await).await;
+            let loaded = one(client
+                .card_load(&[CardLoad {
+                    op_id: new_op_id(),
+                    pin: *pin,
+                    amount_won: 10_000,
+                    funding: 2,
+                }])
+                .await)
+            .await;
             assert!(approved(&loaded));
         }
         payments(&client, &cards, &mut rng, 120, &mut expected).await;
@@ -279,7 +395,14 @@ async fn a_day_of_traffic_settles_exactly_and_resumes_byte_identically() {
         // paid-out card joins its payout.
         for (index, pin) in cards.iter().enumerate() {
             let account = 1_000 + index as u64;
-            let result = one(client.card_refund(&[CardRefund { op_id: new_op_id(), pin: *pin, payout_account_ref: account }]).await).await;
+            let result = one(client
+                .card_refund(&[CardRefund {
+                    op_id: new_op_id(),
+                    pin: *pin,
+                    payout_account_ref: account,
+                }])
+                .await)
+            .await;
             if approved(&result) {
                 expected.paid_out.insert(*pin, account);
                 expected.payouts_won.push(result.amount_won);
@@ -288,11 +411,16 @@ async fn a_day_of_traffic_settles_exactly_and_resumes_byte_identically() {
         let closed_card_sale = expected
             .payments
             .iter()
-            .find(|(_, (_, debited, credited, pin))| expected.paid_out.contains_key(pin) && debited > credited)
+            .find(|(_, (_, debited, credited, pin))| {
+                expected.paid_out.contains_key(pin) && debited > credited
+            })
             .map(|(op_id, (_, _, _, pin))| (*op_id, *pin));
         {
-            let (original_op_id, pin) = closed_card_sale.expect("a paid-out card with a payment to reverse");
-            let result = one(client.reverse(&[Reverse { op_id: new_op_id(), pin, original_op_id }]).await).await;
+            let (original_op_id, pin) =
+                closed_card_sale.expect("a paid-out card with a payment to reverse");
+            let result =
+                one(client.reverse(&[Reverse { op_id: new_op_id(), pin, original_op_id }]).await)
+                    .await;
             assert!(approved(&result), "{result:?}");
             let (_, debited, credited, _) = expected.payments[&original_op_id];
             expected.credit(original_op_id, debited - credited);
@@ -310,7 +438,8 @@ async fn a_day_of_traffic_settles_exactly_and_resumes_byte_identically() {
     let status = stdout(&export(&state, &data, &["status"]));
     let mut head_records = 0u64;
     for line in status.lines().skip(1).take(2) {
-        let fields: Vec<u64> = line.split_whitespace().map(|field| field.parse().expect("number")).collect();
+        let fields: Vec<u64> =
+            line.split_whitespace().map(|field| field.parse().expect("number")).collect();
         assert_eq!(fields[1], fields[2], "cursor at head: {line}");
         assert_eq!(fields[3], 0, "no lag: {line}");
         head_records += fields[2];
@@ -325,11 +454,17 @@ async fn a_day_of_traffic_settles_exactly_and_resumes_byte_identically() {
     for period in &first {
         for row in rows(&period.join("statements.csv")) {
             let figures = merchants.entry(row["merchant_id"].parse().unwrap()).or_default();
-            for (slot, column) in ["sales_count", "gross_won", "refunds_count", "refunds_won", "commission_won"].iter().enumerate() {
+            for (slot, column) in
+                ["sales_count", "gross_won", "refunds_count", "refunds_won", "commission_won"]
+                    .iter()
+                    .enumerate()
+            {
                 figures[slot] += row[*column].parse::<u64>().unwrap();
             }
             let net = row["net_won"].parse::<i64>().unwrap();
-            let gross = row["gross_won"].parse::<i64>().unwrap() - row["refunds_won"].parse::<i64>().unwrap() - row["commission_won"].parse::<i64>().unwrap();
+            let gross = row["gross_won"].parse::<i64>().unwrap()
+                - row["refunds_won"].parse::<i64>().unwrap()
+                - row["commission_won"].parse::<i64>().unwrap();
             assert_eq!(net, gross);
         }
         for row in rows(&period.join("channel-summary.csv")) {
@@ -338,26 +473,48 @@ async fn a_day_of_traffic_settles_exactly_and_resumes_byte_identically() {
                 figures[slot] += row[*column].parse::<u64>().unwrap();
             }
         }
-        payouts.extend(rows(&period.join("payouts-refunds.csv")).iter().map(|row| row["amount_won"].parse::<u64>().unwrap()));
+        payouts.extend(
+            rows(&period.join("payouts-refunds.csv"))
+                .iter()
+                .map(|row| row["amount_won"].parse::<u64>().unwrap()),
+        );
         retention_rows += rows(&period.join("retention.csv")).len() as u64;
         let trial = std::fs::read_to_string(period.join("trial-balance.csv")).unwrap();
         assert!(trial.trim_end().ends_with(",balanced"), "{trial}");
         for file in ["payouts-merchants", "payouts-refunds"] {
             let xml_path = period.join(format!("{file}.pain.001.xml"));
             if xml_path.exists() {
-                check_pain001(&std::fs::read_to_string(&xml_path).unwrap(), &rows(&period.join(format!("{file}.csv"))));
+                check_pain001(
+                    &std::fs::read_to_string(&xml_path).unwrap(),
+                    &rows(&period.join(format!("{file}.csv"))),
+                );
             }
         }
     }
     let wanted: BTreeMap<u64, [u64; 5]> = expected
         .merchants
         .iter()
-        .map(|(merchant_id, figures)| (*merchant_id, [figures.0, figures.1, figures.2, figures.3, expected.commission(*merchant_id)]))
+        .map(|(merchant_id, figures)| {
+            (
+                *merchant_id,
+                [figures.0, figures.1, figures.2, figures.3, expected.commission(*merchant_id)],
+            )
+        })
         .collect();
-    assert!(wanted.values().all(|figures| figures[0] > 0 && figures[2] > 0 && figures[4] > 0), "every kind of line occurs: {wanted:?}");
+    assert!(
+        wanted.values().all(|figures| figures[0] > 0 && figures[2] > 0 && figures[4] > 0),
+        "every kind of line occurs: {wanted:?}"
+    );
     assert!(expected.captures.len() > 3 && expected.paid_out.len() > 1);
-    assert_eq!(merchants, wanted, "statements: sales count, gross, refunds count, refunds, commission");
-    let wanted_channels: BTreeMap<u32, [u64; 3]> = expected.channels.iter().map(|(channel, figures)| (*channel, [figures.0, figures.1, figures.2])).collect();
+    assert_eq!(
+        merchants, wanted,
+        "statements: sales count, gross, refunds count, refunds, commission"
+    );
+    let wanted_channels: BTreeMap<u32, [u64; 3]> = expected
+        .channels
+        .iter()
+        .map(|(channel, figures)| (*channel, [figures.0, figures.1, figures.2]))
+        .collect();
     assert_eq!(channels, wanted_channels);
     payouts.sort_unstable();
     expected.payouts_won.sort_unstable();
@@ -369,9 +526,16 @@ async fn a_day_of_traffic_settles_exactly_and_resumes_byte_identically() {
     let month_dir = dir.join("out-month");
     export(&state, &data, &["month", &month, "--out", month_dir.to_str().expect("utf-8")]);
     let remittance = rows(&month_dir.join("operator-remittance.csv"));
-    let operator: Vec<u64> = ["operator_channel", "cards_sold", "gross_won", "commission_won", "net_due_won"].iter().map(|key| remittance[0][*key].parse().unwrap()).collect();
+    let operator: Vec<u64> =
+        ["operator_channel", "cards_sold", "gross_won", "commission_won", "net_due_won"]
+            .iter()
+            .map(|key| remittance[0][*key].parse().unwrap())
+            .collect();
     let partner = expected.channels[&PARTNER];
-    assert_eq!((remittance.len(), operator), (1, vec![u64::from(PARTNER), partner.0, partner.1, partner.2, partner.1 - partner.2]));
+    assert_eq!(
+        (remittance.len(), operator),
+        (1, vec![u64::from(PARTNER), partner.0, partner.1, partner.2, partner.1 - partner.2])
+    );
 
     // A second exporter stopped after every 7 records, each run a new process.
     let resumed = dir.join("state-resumed");
@@ -394,7 +558,16 @@ async fn a_day_of_traffic_settles_exactly_and_resumes_byte_identically() {
     let export_config = dir.join("export.toml");
     std::fs::write(&export_config, "checkpoint_every_records = 5\n").expect("export config");
     let mut child = Command::new(BIN)
-        .args(["export", "run", "--export-config", export_config.to_str().unwrap(), "--data", data.to_str().unwrap(), "--state", killed.to_str().unwrap()])
+        .args([
+            "export",
+            "run",
+            "--export-config",
+            export_config.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--state",
+            killed.to_str().unwrap(),
+        ])
         .stdout(std::process::Stdio::null())
         .spawn()
         .expect("spawning the exporter");
@@ -405,8 +578,13 @@ async fn a_day_of_traffic_settles_exactly_and_resumes_byte_identically() {
     child.wait().expect("reaping");
     let config_arg = ["--export-config", export_config.to_str().unwrap()];
     let output = export(&killed, &data, &[&["run"][..], &config_arg[..]].concat());
-    let resumed_after_kill = render_all(&killed, &data, &dir.join("out-killed"), &closed_periods(&output));
-    assert_eq!(first_files, all_files(&resumed_after_kill), "the exporter resumed after SIGKILL wrote other bytes");
+    let resumed_after_kill =
+        render_all(&killed, &data, &dir.join("out-killed"), &closed_periods(&output));
+    assert_eq!(
+        first_files,
+        all_files(&resumed_after_kill),
+        "the exporter resumed after SIGKILL wrote other bytes"
+    );
     // And a re-run of the period by the first exporter.
     let again = render_all(&state, &data, &dir.join("out-again"), &closed);
     assert_eq!(first_files, all_files(&again), "a re-run wrote other bytes");
@@ -420,7 +598,12 @@ fn check_pain001(text: &str, csv: &[BTreeMap<String, String>]) {
     assert_eq!(document.attribute("xmlns"), Some("urn:iso:std:iso:20022:tech:xsd:pain.001.001.09"));
     let initiation = document.child("CstmrCdtTrfInitn").expect("CstmrCdtTrfInitn");
     let payment = initiation.child("PmtInf").expect("PmtInf");
-    let amounts: Vec<u64> = payment.children_named("CdtTrfTxInf").map(|transfer| transfer.path(&["Amt", "InstdAmt"]).expect("InstdAmt").text.parse().unwrap()).collect();
+    let amounts: Vec<u64> = payment
+        .children_named("CdtTrfTxInf")
+        .map(|transfer| {
+            transfer.path(&["Amt", "InstdAmt"]).expect("InstdAmt").text.parse().unwrap()
+        })
+        .collect();
     let csv_amounts: Vec<u64> = csv.iter().map(|row| row["amount_won"].parse().unwrap()).collect();
     assert_eq!(amounts, csv_amounts);
     for block in [initiation.child("GrpHdr").expect("GrpHdr"), payment] {
@@ -439,12 +622,16 @@ async fn deposit_notices_sell_paid_orders_once() {
     let state = dir.join("state");
     // Rules other than the baseline: the switch journals them, the exporter needs no --config.
     let config = dir.join("switch.toml");
-    std::fs::write(&config, "[engine]\nhold_ttl_default_s = 120\nrefund_used_percent = 50\n").expect("config");
-    let mut switch = Switch::start(Path::new(BIN), &data, &["--config", config.to_str().expect("utf-8")]);
+    std::fs::write(&config, "[engine]\nhold_ttl_default_s = 120\nrefund_used_percent = 50\n")
+        .expect("config");
+    let mut switch =
+        Switch::start(Path::new(BIN), &data, &["--config", config.to_str().expect("utf-8")]);
     let orders = dir.join("orders.csv");
     std::fs::write(&orders, "order_ref,face_value_won,price_won,channel_id,gift_recipient_ref\nORD-1,10000,10000,9,0\nORD-2,20000,20000,9,55\nORD-3,5000,5000,9,0\n").expect("orders");
     let entry = |amount: u64, entry_ref: &str, refs: &str| {
-        format!("<Ntry><Amt Ccy=\"KRW\">{amount}</Amt><CdtDbtInd>CRDT</CdtDbtInd><Sts><Cd>BOOK</Cd></Sts><BookgDt><Dt>2026-05-01</Dt></BookgDt><AcctSvcrRef>{entry_ref}</AcctSvcrRef><NtryDtls><TxDtls>{refs}</TxDtls></NtryDtls></Ntry>")
+        format!(
+            "<Ntry><Amt Ccy=\"KRW\">{amount}</Amt><CdtDbtInd>CRDT</CdtDbtInd><Sts><Cd>BOOK</Cd></Sts><BookgDt><Dt>2026-05-01</Dt></BookgDt><AcctSvcrRef>{entry_ref}</AcctSvcrRef><NtryDtls><TxDtls>{refs}</TxDtls></NtryDtls></Ntry>"
+        )
     };
     let notice = format!(
         "<?xml version=\"1.0\"?><Document xmlns=\"urn:iso:std:iso:20022:tech:xsd:camt.054.001.08\"><BkToCstmrDbtCdtNtfctn><GrpHdr><MsgId>N1</MsgId></GrpHdr><Ntfctn><Id>N1</Id>{}{}{}</Ntfctn></BkToCstmrDbtCdtNtfctn></Document>",
@@ -454,21 +641,42 @@ async fn deposit_notices_sell_paid_orders_once() {
     );
     let camt = dir.join("notice.xml");
     std::fs::write(&camt, notice).expect("notice");
-    let args = ["deposits", "--camt", camt.to_str().unwrap(), "--orders", orders.to_str().unwrap(), "--connect", &switch.address];
+    let args = [
+        "deposits",
+        "--camt",
+        camt.to_str().unwrap(),
+        "--orders",
+        orders.to_str().unwrap(),
+        "--connect",
+        &switch.address,
+    ];
     let first = stdout(&export(&state, &data, &args));
     let sold: Vec<(String, u64)> = first
         .lines()
         .filter_map(|line| line.strip_prefix("sold "))
         .map(|rest| {
             let mut parts = rest.split_whitespace();
-            (parts.next().unwrap().to_string(), pinswitch_protocol::pin::parse(parts.next().unwrap()).expect("a PIN"))
+            (
+                parts.next().unwrap().to_string(),
+                pinswitch_protocol::pin::parse(parts.next().unwrap()).expect("a PIN"),
+            )
         })
         .collect();
-    assert_eq!(sold.iter().map(|(order, _)| order.as_str()).collect::<Vec<_>>(), ["ORD-1", "ORD-2"], "{first}");
-    assert!(first.contains("pending: ORD-3") && first.contains("unmatched credit B-9 of 3000 won"), "{first}");
+    assert_eq!(
+        sold.iter().map(|(order, _)| order.as_str()).collect::<Vec<_>>(),
+        ["ORD-1", "ORD-2"],
+        "{first}"
+    );
+    assert!(
+        first.contains("pending: ORD-3") && first.contains("unmatched credit B-9 of 3000 won"),
+        "{first}"
+    );
     let client = Client::connect(&switch.address).await.expect("connect");
     for (_, card_pin) in &sold {
-        let card = one(client.balance_inquiry(&[pinswitch_protocol::BalanceInquiry { pin: *card_pin }]).await).await;
+        let card = one(client
+            .balance_inquiry(&[pinswitch_protocol::BalanceInquiry { pin: *card_pin }])
+            .await)
+        .await;
         assert_eq!(card.state, pinswitch_protocol::CardState::Sold as u8);
     }
     let again = stdout(&export(&state, &data, &args));
@@ -478,13 +686,21 @@ async fn deposit_notices_sell_paid_orders_once() {
     let run = stdout(&export(&state, &data, &["run"]));
     assert!(run.contains("reconciled") && !run.contains("NOT RECONCILED"), "{run}");
     let periods = render_all(&state, &data, &dir.join("out"), &closed_periods_text(&run));
-    let sales: Vec<BTreeMap<String, String>> = periods.iter().flat_map(|period| rows(&period.join("channel-sales.csv"))).collect();
-    let summary: Vec<(&str, &str, &str)> = sales.iter().map(|row| (row["channel_id"].as_str(), row["price_won"].as_str(), row["payment_means"].as_str())).collect();
+    let sales: Vec<BTreeMap<String, String>> =
+        periods.iter().flat_map(|period| rows(&period.join("channel-sales.csv"))).collect();
+    let summary: Vec<(&str, &str, &str)> = sales
+        .iter()
+        .map(|row| {
+            (row["channel_id"].as_str(), row["price_won"].as_str(), row["payment_means"].as_str())
+        })
+        .collect();
     assert_eq!(summary, [("9", "10000", "3"), ("9", "20000", "3")]);
     assert_eq!(sales[1]["gift"], "true");
     std::fs::remove_dir_all(&dir).expect("cleanup");
 }
 
 fn closed_periods_text(text: &str) -> Vec<String> {
-    text.lines().filter_map(|line| line.strip_prefix("closed period ").map(str::to_string)).collect()
+    text.lines()
+        .filter_map(|line| line.strip_prefix("closed period ").map(str::to_string))
+        .collect()
 }

@@ -17,7 +17,15 @@ use pinswitch_tests::{Rng, Switch, fresh_dir};
 const BIN: &str = env!("CARGO_BIN_EXE_pinswitch");
 
 fn frame(msg_type: u16, request_id: u64, body: &[u8]) -> Vec<u8> {
-    let header = FrameHeader { version: VERSION, flags: 0, msg_type, status: 0, request_id, deadline_ms: 0, body_len: 0 };
+    let header = FrameHeader {
+        version: VERSION,
+        flags: 0,
+        msg_type,
+        status: 0,
+        request_id,
+        deadline_ms: 0,
+        body_len: 0,
+    };
     let mut out = Vec::new();
     encode_frame(&mut out, &header, body);
     out
@@ -47,7 +55,9 @@ fn connect(address: &str) -> TcpStream {
 
 fn ping_works(address: &str) {
     let mut stream = connect(address);
-    stream.write_all(&frame(MsgType::Ping as u16, 9, &encode_body(&Ping { nonce: 5 }))).expect("write");
+    stream
+        .write_all(&frame(MsgType::Ping as u16, 9, &encode_body(&Ping { nonce: 5 })))
+        .expect("write");
     let header = read_response(&mut stream).expect("a pong");
     assert_eq!((header.status, header.request_id), (0, 9));
 }
@@ -68,12 +78,21 @@ fn garbage_never_crashes_the_switch() {
     assert_eq!((header.status, header.request_id), (ResultCode::FormatError.as_u16(), 2));
     // Too many events in one frame (the config allows 4).
     let sales: Vec<Sale> = (0..5)
-        .map(|index| Sale { op_id: index + 1, pin: 0, password: vec![], amount_won: 1, merchant_id: 0, category: 1 })
+        .map(|index| Sale {
+            op_id: index + 1,
+            pin: 0,
+            password: vec![],
+            amount_won: 1,
+            merchant_id: 0,
+            category: 1,
+        })
         .collect();
     stream.write_all(&frame(MsgType::Sale as u16, 3, &encode_body(&sales))).expect("write");
     let header = read_response(&mut stream).expect("answer");
     assert_eq!((header.status, header.request_id), (ResultCode::BatchTooLarge.as_u16(), 3));
-    stream.write_all(&frame(MsgType::Ping as u16, 4, &encode_body(&Ping { nonce: 1 }))).expect("write");
+    stream
+        .write_all(&frame(MsgType::Ping as u16, 4, &encode_body(&Ping { nonce: 1 })))
+        .expect("write");
     assert_eq!(read_response(&mut stream).expect("pong").status, 0);
 
     // A bad checksum: answered, then closed.
@@ -123,7 +142,8 @@ fn garbage_never_crashes_the_switch() {
 
 fn write_config(dir: &Path) -> String {
     let path = dir.join("garbage.toml");
-    std::fs::write(&path, "[limits]\nbatch_events_max = 4\nframe_bytes_max = 1048576\n").expect("config");
+    std::fs::write(&path, "[limits]\nbatch_events_max = 4\nframe_bytes_max = 1048576\n")
+        .expect("config");
     path.to_string_lossy().into_owned()
 }
 
@@ -145,7 +165,11 @@ fn garbage_bodies_of_every_message_type_are_answered_on_a_live_connection() {
             request_id += 1;
             stream.write_all(&frame(msg_type as u16, request_id, &body)).expect("write");
             let header = read_response(&mut stream).expect("an answer, the connection open");
-            assert_eq!((header.request_id, header.msg_type), (request_id, msg_type as u16), "{msg_type:?}");
+            assert_eq!(
+                (header.request_id, header.msg_type),
+                (request_id, msg_type as u16),
+                "{msg_type:?}"
+            );
             if msg_type == MsgType::SessionNotice {
                 assert_eq!(header.status, ResultCode::UnknownMessageType.as_u16());
             }

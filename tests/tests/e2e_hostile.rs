@@ -19,8 +19,8 @@ use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use pinswitch_protocol::{
-    BalanceInquiry, BalanceResult, FLAG_RESPONSE, FrameHeader, HEADER_BYTES, MsgType, Ping, Pong, ResultCode,
-    decode_body, decode_frame, encode_body, encode_frame, pin,
+    BalanceInquiry, BalanceResult, FLAG_RESPONSE, FrameHeader, HEADER_BYTES, MsgType, Ping, Pong,
+    ResultCode, decode_body, decode_frame, encode_body, encode_frame, pin,
 };
 use pinswitch_tests::{Switch, TestDir, fresh_dir};
 
@@ -99,11 +99,22 @@ impl Raw {
             }
             match self.stream.read(&mut chunk) {
                 Ok(0) if self.buffer.is_empty() => return Got::Closed,
-                Ok(0) => return Got::Reset(format!("EOF after {} bytes of a frame", self.buffer.len())),
+                Ok(0) => {
+                    return Got::Reset(format!("EOF after {} bytes of a frame", self.buffer.len()));
+                }
                 Ok(read) => self.buffer.extend_from_slice(&chunk[..read]),
-                Err(error) if matches!(error.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                    let local = self.stream.local_addr().map(|address| address.to_string()).unwrap_or_default();
-                    panic!("nothing from the server for {READ_TIMEOUT:?} on the connection from {local} ({} bytes buffered)", self.buffer.len())
+                Err(error)
+                    if matches!(error.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) =>
+                {
+                    let local = self
+                        .stream
+                        .local_addr()
+                        .map(|address| address.to_string())
+                        .unwrap_or_default();
+                    panic!(
+                        "nothing from the server for {READ_TIMEOUT:?} on the connection from {local} ({} bytes buffered)",
+                        self.buffer.len()
+                    )
                 }
                 Err(error) => return Got::Reset(error.to_string()),
             }
@@ -168,7 +179,13 @@ fn assert_pong(header: &FrameHeader, body: &[u8], request_id: u64) {
 #[track_caller]
 fn assert_refusal(header: &FrameHeader) {
     assert_eq!(
-        (header.msg_type, header.status, header.request_id, header.flags & FLAG_RESPONSE, header.body_len),
+        (
+            header.msg_type,
+            header.status,
+            header.request_id,
+            header.flags & FLAG_RESPONSE,
+            header.body_len
+        ),
         (MsgType::Ping as u16, ResultCode::RetryLater.as_u16(), 0, FLAG_RESPONSE, 0),
         "the connection-level RETRY_LATER"
     );
@@ -209,9 +226,14 @@ fn start(name: &str, limits: &str) -> (TestDir, Switch) {
 fn pid_serving(data_dir: &Path) -> Option<u32> {
     let wanted = data_dir.to_string_lossy().into_owned();
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|name| name.parse::<u32>().ok()) else { continue };
+        let Some(pid) = entry.file_name().to_str().and_then(|name| name.parse::<u32>().ok()) else {
+            continue;
+        };
         let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
-        let args: Vec<String> = cmdline.split(|byte| *byte == 0).map(|arg| String::from_utf8_lossy(arg).into_owned()).collect();
+        let args: Vec<String> = cmdline
+            .split(|byte| *byte == 0)
+            .map(|arg| String::from_utf8_lossy(arg).into_owned())
+            .collect();
         if args.iter().any(|arg| arg == "serve") && args.iter().any(|arg| *arg == wanted) {
             return Some(pid);
         }
@@ -261,7 +283,8 @@ fn connections_per_address_are_limited_and_places_come_back() {
 /// would make the client's kernel throw the unread refusal away).
 #[test]
 fn connections_max_refusal_reaches_a_client_that_already_sent() {
-    let (_dir, switch) = start("connections-max", "connections_max = 4\nconnections_per_address_max = 100\n");
+    let (_dir, switch) =
+        start("connections-max", "connections_max = 4\nconnections_per_address_max = 100\n");
     let address = &switch.address;
     let mut admitted: Vec<Raw> = (0..4)
         .map(|index| {
@@ -299,7 +322,8 @@ fn connections_max_refusal_reaches_a_client_that_already_sent() {
 #[test]
 fn idle_connections_are_closed_and_pinging_ones_are_not() {
     const IDLE_MS: u64 = 1500;
-    let (_dir, switch) = start("idle", &format!("idle_timeout_ms = {IDLE_MS}\nframe_read_timeout_ms = 60000\n"));
+    let (_dir, switch) =
+        start("idle", &format!("idle_timeout_ms = {IDLE_MS}\nframe_read_timeout_ms = 60000\n"));
     let address = switch.address.clone();
     let silent = std::thread::spawn({
         let address = address.clone();
@@ -321,12 +345,23 @@ fn idle_connections_are_closed_and_pinging_ones_are_not() {
     }
     pinger.ping(request_id);
     let silent_lived = silent.join().expect("the silent client");
-    assert!(silent_lived >= Duration::from_millis(IDLE_MS - 50), "closed after {silent_lived:?}, before the idle timeout");
-    assert!(silent_lived < pinging.elapsed(), "the silent connection outlived the pinging one's {:?}", pinging.elapsed());
+    assert!(
+        silent_lived >= Duration::from_millis(IDLE_MS - 50),
+        "closed after {silent_lived:?}, before the idle timeout"
+    );
+    assert!(
+        silent_lived < pinging.elapsed(),
+        "the silent connection outlived the pinging one's {:?}",
+        pinging.elapsed()
+    );
     // Silent now: closed in its turn.
     let fell_silent = Instant::now();
     pinger.expect_closed();
-    assert!(fell_silent.elapsed() >= Duration::from_millis(IDLE_MS - 50), "closed {:?} after its last PING", fell_silent.elapsed());
+    assert!(
+        fell_silent.elapsed() >= Duration::from_millis(IDLE_MS - 50),
+        "closed {:?} after its last PING",
+        fell_silent.elapsed()
+    );
 }
 
 /// Slowloris: a frame begun and never finished is closed `frame_read_timeout_ms` after its
@@ -336,7 +371,10 @@ fn idle_connections_are_closed_and_pinging_ones_are_not() {
 #[test]
 fn slow_drip_frames_are_closed_while_others_are_served() {
     const FRAME_READ_MS: u64 = 1500;
-    let (_dir, switch) = start("slow-drip", &format!("frame_read_timeout_ms = {FRAME_READ_MS}\nidle_timeout_ms = 60000\n"));
+    let (_dir, switch) = start(
+        "slow-drip",
+        &format!("frame_read_timeout_ms = {FRAME_READ_MS}\nidle_timeout_ms = 60000\n"),
+    );
     let address = switch.address.clone();
     let ping = ping_frame(7);
     assert!(ping.len() > HEADER_BYTES);
@@ -381,7 +419,10 @@ fn slow_drip_frames_are_closed_while_others_are_served() {
     // FIN, or a reset if a dripped byte hit the closed socket first; never an answer.
     assert!(matches!(got, Got::Closed | Got::Reset(_)), "the dripping connection got {got:?}");
     for lived in [stalled_lived, dripping_lived] {
-        assert!(lived >= Duration::from_millis(FRAME_READ_MS - 50), "closed after {lived:?}, before the frame read timeout");
+        assert!(
+            lived >= Duration::from_millis(FRAME_READ_MS - 50),
+            "closed after {lived:?}, before the frame read timeout"
+        );
         assert!(lived < Duration::from_millis(8_000), "closed only after {lived:?}");
     }
     healthy.ping(100);
@@ -443,7 +484,9 @@ fn a_refused_frame_dripped_slowly_is_closed_by_the_frame_read_timeout() {
     const FRAME_READ_MS: u64 = 1500;
     let (_dir, switch) = start(
         "refused-drip",
-        &format!("read_buffer_bytes_total_max = 262144\nframe_read_timeout_ms = {FRAME_READ_MS}\nidle_timeout_ms = 3000\n"),
+        &format!(
+            "read_buffer_bytes_total_max = 262144\nframe_read_timeout_ms = {FRAME_READ_MS}\nidle_timeout_ms = 3000\n"
+        ),
     );
     let mut connection = Raw::connect(&switch.address);
     let header = FrameHeader::request(MsgType::BalanceInquiry, 77, 0);
@@ -472,8 +515,14 @@ fn a_refused_frame_dripped_slowly_is_closed_by_the_frame_read_timeout() {
     let lived = since.elapsed();
     dripper.join().expect("the dripper");
     assert!(matches!(got, Got::Closed | Got::Reset(_)), "the dripping connection got {got:?}");
-    assert!(lived >= Duration::from_millis(FRAME_READ_MS - 50), "closed after {lived:?}, before the frame read timeout");
-    assert!(lived < Duration::from_millis(8_000), "closed only after {lived:?}: the skipped body escaped the timeout");
+    assert!(
+        lived >= Duration::from_millis(FRAME_READ_MS - 50),
+        "closed after {lived:?}, before the frame read timeout"
+    );
+    assert!(
+        lived < Duration::from_millis(8_000),
+        "closed only after {lived:?}: the skipped body escaped the timeout"
+    );
     Raw::connect(&switch.address).ping(1);
 }
 
@@ -499,7 +548,10 @@ fn a_client_that_never_reads_is_cut_off_without_hurting_others() {
         let results = vec![BalanceResult::default(); 1000];
         HEADER_BYTES + encode_body(&results).len()
     };
-    assert!(answer_bytes > 4 * request.len(), "answers ({answer_bytes} B) are much bigger than requests");
+    assert!(
+        answer_bytes > 4 * request.len(),
+        "answers ({answer_bytes} B) are much bigger than requests"
+    );
 
     let mut non_reader = Raw::connect(&address);
     let mut writer_stream = non_reader.stream.try_clone().expect("clone");
@@ -568,7 +620,11 @@ fn a_client_that_never_reads_is_cut_off_without_hurting_others() {
     after.ping(1);
     match (pid, peak_before, pid.and_then(|pid| status_bytes(pid, "VmHWM:"))) {
         (Some(pid), Some(before), Some(peak)) => {
-            eprintln!("non-reader: switch {pid} peak RSS {} MiB before, {} MiB after", before >> 20, peak >> 20);
+            eprintln!(
+                "non-reader: switch {pid} peak RSS {} MiB before, {} MiB after",
+                before >> 20,
+                peak >> 20
+            );
             assert!(peak < before + (64 << 20), "peak RSS grew from {before} to {peak} bytes");
         }
         other => eprintln!("non-reader: no RSS check ({other:?})"),
@@ -614,7 +670,8 @@ fn running_out_of_file_descriptors_does_not_end_the_switch() {
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
             if let Some(rest) = line.split("listening on ").nth(1) {
-                let _ = address_tx.send(rest.split_whitespace().next().unwrap_or_default().to_string());
+                let _ =
+                    address_tx.send(rest.split_whitespace().next().unwrap_or_default().to_string());
             }
         }
     });
@@ -626,11 +683,21 @@ fn running_out_of_file_descriptors_does_not_end_the_switch() {
             let _ = errors_tx.send(line);
         }
     });
-    let address = address_rx.recv_timeout(Duration::from_secs(120)).expect("pinswitch did not start listening");
+    let address = address_rx
+        .recv_timeout(Duration::from_secs(120))
+        .expect("pinswitch did not start listening");
     let pid = child.0.id();
-    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("reading the switch's limits");
-    let open_files = limits.lines().find(|line| line.starts_with("Max open files")).expect("an open-files limit");
-    assert_eq!(open_files.split_whitespace().nth(3), Some(FD_LIMIT.to_string().as_str()), "{open_files}");
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits"))
+        .expect("reading the switch's limits");
+    let open_files = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))
+        .expect("an open-files limit");
+    assert_eq!(
+        open_files.split_whitespace().nth(3),
+        Some(FD_LIMIT.to_string().as_str()),
+        "{open_files}"
+    );
 
     let mut first = Raw::connect(&address);
     first.ping(1);
@@ -638,7 +705,10 @@ fn running_out_of_file_descriptors_does_not_end_the_switch() {
     // completes the handshakes the switch cannot accept, so connect itself does not fail.
     let mut crowd = vec![first];
     for index in 0..2 * FD_LIMIT {
-        match TcpStream::connect_timeout(&address.parse().expect("an address"), Duration::from_secs(10)) {
+        match TcpStream::connect_timeout(
+            &address.parse().expect("an address"),
+            Duration::from_secs(10),
+        ) {
             Ok(mut stream) => {
                 stream.set_read_timeout(Some(READ_TIMEOUT)).expect("read timeout");
                 let _ = stream.write_all(&ping_frame(u64::from(index) + 2));
@@ -655,18 +725,26 @@ fn running_out_of_file_descriptors_does_not_end_the_switch() {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let line = errors_rx.recv_timeout(left).expect("no \"accept failed\" line on the switch's standard error");
+        let line = errors_rx
+            .recv_timeout(left)
+            .expect("no \"accept failed\" line on the switch's standard error");
         if line.contains("accept failed") {
             assert!(line.contains("open files") || line.contains("os error 24"), "{line}");
             break;
         }
     }
-    assert!(child.0.try_wait().expect("polling pinswitch").is_none(), "the switch exited on accept errors");
+    assert!(
+        child.0.try_wait().expect("polling pinswitch").is_none(),
+        "the switch exited on accept errors"
+    );
     drop(crowd);
     // Descriptors come free as the switch sees the closes; then new clients are served.
     let mut after = Raw::connect(&address);
     after.ping(1000);
     let mut another = Raw::connect(&address);
     another.ping(1001);
-    assert!(child.0.try_wait().expect("polling pinswitch").is_none(), "the switch is still running");
+    assert!(
+        child.0.try_wait().expect("polling pinswitch").is_none(),
+        "the switch is still running"
+    );
 }

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use pinswitch_core::shard_of_op;
 use pinswitch_protocol::client::Client;
 use pinswitch_protocol::{
-    BalanceInquiry, CardActivate, CardIssue, Category, FLAG_REPLAYED, Inquiry, MsgType, OpResult, OpStatus, ResultCode,
-    Sale, new_op_id,
+    BalanceInquiry, CardActivate, CardIssue, Category, FLAG_REPLAYED, Inquiry, MsgType, OpResult,
+    OpStatus, ResultCode, Sale, new_op_id,
 };
 use pinswitch_tests::{Switch, fresh_dir};
 
@@ -37,22 +37,36 @@ fn recovered(switch: &Switch) -> Vec<Recovered> {
     for line in switch.startup_lines() {
         // "pinswitch: shard N recovered: snapshot at record S, R records replayed, C cards"
         let Some(rest) = line.strip_prefix("pinswitch: shard ") else { continue };
-        let Some((shard, rest)) = rest.split_once(" recovered: snapshot at record ") else { continue };
+        let Some((shard, rest)) = rest.split_once(" recovered: snapshot at record ") else {
+            continue;
+        };
         let numbers: Vec<u64> = rest
             .split(|c: char| !c.is_ascii_digit())
             .filter(|part| !part.is_empty())
             .map(|part| part.parse().expect("a number"))
             .collect();
-        assert!(rest.contains(" records replayed, ") && rest.ends_with(" cards") && numbers.len() == 3, "odd line {line:?}");
+        assert!(
+            rest.contains(" records replayed, ") && rest.ends_with(" cards") && numbers.len() == 3,
+            "odd line {line:?}"
+        );
         let shard: usize = shard.parse().expect("a shard id");
         assert!(shard < found.len(), "shard {shard} of {SHARDS}: {line:?}");
-        assert!(found[shard].is_none(), "shard {shard} recovered twice: {:?}", switch.startup_lines());
-        found[shard] = Some(Recovered { snapshot_seq: numbers[0], replayed: numbers[1], cards: numbers[2] });
+        assert!(
+            found[shard].is_none(),
+            "shard {shard} recovered twice: {:?}",
+            switch.startup_lines()
+        );
+        found[shard] =
+            Some(Recovered { snapshot_seq: numbers[0], replayed: numbers[1], cards: numbers[2] });
     }
     found
         .into_iter()
         .enumerate()
-        .map(|(shard, report)| report.unwrap_or_else(|| panic!("no recovered line for shard {shard}: {:?}", switch.startup_lines())))
+        .map(|(shard, report)| {
+            report.unwrap_or_else(|| {
+                panic!("no recovered line for shard {shard}: {:?}", switch.startup_lines())
+            })
+        })
         .collect()
 }
 
@@ -110,7 +124,8 @@ async fn cards_on_every_shard(client: &Client, per_shard: usize) -> Vec<Vec<u64>
 }
 
 async fn balances(client: &Client, pins: &[u64]) -> Vec<u64> {
-    let queries: Vec<BalanceInquiry> = pins.iter().map(|pin| BalanceInquiry { pin: *pin }).collect();
+    let queries: Vec<BalanceInquiry> =
+        pins.iter().map(|pin| BalanceInquiry { pin: *pin }).collect();
     let results = client.balance_inquiry(&queries).await.expect("balance inquiry");
     assert_eq!(results.len(), pins.len());
     results
@@ -135,7 +150,11 @@ fn approved(result: &OpResult, what: &str) {
 async fn the_tokio_runtime_serves_the_same_protocol() {
     let dir = fresh_dir("runtime-tokio");
     let mut switch = Switch::start(Path::new(BIN), &dir, &["--runtime", "tokio"]);
-    assert!(listening_line(&switch).contains("(2 shards on tokio"), "{:?}", listening_line(&switch));
+    assert!(
+        listening_line(&switch).contains("(2 shards on tokio"),
+        "{:?}",
+        listening_line(&switch)
+    );
     let fresh = Recovered { snapshot_seq: 0, replayed: 0, cards: 0 };
     assert_eq!(recovered(&switch), vec![fresh; 2]);
 
@@ -151,7 +170,8 @@ async fn the_tokio_runtime_serves_the_same_protocol() {
     assert_ne!(sold.approval_code, 0);
     assert_eq!((sold.amount_won, sold.balance_won), (1_000, FACE_WON - 1_000));
 
-    let found = client.inquiry(&[Inquiry { pin: first, op_id: sale_op }]).await.expect("inquiry").remove(0);
+    let found =
+        client.inquiry(&[Inquiry { pin: first, op_id: sale_op }]).await.expect("inquiry").remove(0);
     assert_eq!(found.code, ResultCode::Approved.as_u16(), "inquiry: {found:?}");
     approved(&found.result, "inquiry's stored result");
     assert_eq!(found.status, OpStatus::Completed as u8);
@@ -162,10 +182,16 @@ async fn the_tokio_runtime_serves_the_same_protocol() {
     let retried = client.sale(&[sale(sale_op, first, 1_000)]).await.expect("retry").remove(0);
     approved(&retried, "retry");
     assert_eq!(retried.flags & FLAG_REPLAYED, FLAG_REPLAYED, "the retry ran again: {retried:?}");
-    assert_eq!((retried.approval_code, retried.balance_won), (sold.approval_code, sold.balance_won));
+    assert_eq!(
+        (retried.approval_code, retried.balance_won),
+        (sold.approval_code, sold.balance_won)
+    );
 
     // One frame, both shards, answers in event order.
-    let both = client.sale(&[sale(new_op_id(), second, 3_000), sale(new_op_id(), first, 2_000)]).await.expect("sales");
+    let both = client
+        .sale(&[sale(new_op_id(), second, 3_000), sale(new_op_id(), first, 2_000)])
+        .await
+        .expect("sales");
     approved(&both[0], "sale on shard 1");
     approved(&both[1], "sale on shard 0");
     assert_eq!((both[0].amount_won, both[0].balance_won), (3_000, FACE_WON - 3_000));
@@ -178,15 +204,31 @@ async fn the_tokio_runtime_serves_the_same_protocol() {
     // The default runtime on tokio's directory: issue, activate and two sales on shard 0,
     // issue, activate and one sale on shard 1, all replayed; nothing was lost or doubled.
     let mut switch = Switch::start(Path::new(BIN), &dir, &[]);
-    assert!(listening_line(&switch).contains("(2 shards on glommio"), "{:?}", listening_line(&switch));
+    assert!(
+        listening_line(&switch).contains("(2 shards on glommio"),
+        "{:?}",
+        listening_line(&switch)
+    );
     let reports = recovered(&switch);
     assert_eq!(reports.iter().map(|report| report.cards).collect::<Vec<_>>(), vec![1, 1]);
-    assert_eq!(reports.iter().map(|report| report.replayed).collect::<Vec<_>>(), vec![4, 3], "{reports:?}");
+    assert_eq!(
+        reports.iter().map(|report| report.replayed).collect::<Vec<_>>(),
+        vec![4, 3],
+        "{reports:?}"
+    );
     let client = Client::connect(&switch.address).await.expect("reconnect");
     assert_eq!(balances(&client, &[second, first]).await, vec![FACE_WON - 3_000, FACE_WON - 3_000]);
-    let retried = client.sale(&[sale(sale_op, first, 1_000)]).await.expect("retry after restart").remove(0);
-    assert_eq!(retried.flags & FLAG_REPLAYED, FLAG_REPLAYED, "the retry ran again after a restart: {retried:?}");
-    assert_eq!((retried.approval_code, retried.balance_won), (sold.approval_code, sold.balance_won));
+    let retried =
+        client.sale(&[sale(sale_op, first, 1_000)]).await.expect("retry after restart").remove(0);
+    assert_eq!(
+        retried.flags & FLAG_REPLAYED,
+        FLAG_REPLAYED,
+        "the retry ran again after a restart: {retried:?}"
+    );
+    assert_eq!(
+        (retried.approval_code, retried.balance_won),
+        (sold.approval_code, sold.balance_won)
+    );
     drop(client);
     switch.stop();
 }
@@ -262,9 +304,14 @@ async fn recovery_stays_bounded_under_a_crash_loop() {
     let dir = fresh_dir("runtime-crash-loop");
     let journal = "segment_bytes = 1048576\ncommit_bytes_max = 262144";
     let never = dir.with_extension("never.toml");
-    std::fs::write(&never, format!("[journal]\n{journal}\nsnapshot_every_records = 1000000000\n")).expect("config");
+    std::fs::write(&never, format!("[journal]\n{journal}\nsnapshot_every_records = 1000000000\n"))
+        .expect("config");
     let config = dir.with_extension("toml");
-    std::fs::write(&config, format!("[journal]\n{journal}\nsnapshot_every_records = {SNAPSHOT_EVERY}\n")).expect("config");
+    std::fs::write(
+        &config,
+        format!("[journal]\n{journal}\nsnapshot_every_records = {SNAPSHOT_EVERY}\n"),
+    )
+    .expect("config");
     let (never, config) = (never.to_str().expect("utf-8"), config.to_str().expect("utf-8"));
 
     // Life 0: cards, then more than one interval of debits, never snapshotted.
@@ -286,7 +333,11 @@ async fn recovery_stays_bounded_under_a_crash_loop() {
     let first_life = (2 + FIRST_LIFE_FRAMES) as u64 * CARDS_PER_SHARD as u64;
     assert!(first_life > SNAPSHOT_EVERY);
     for shard in 0..usize::from(SHARDS) {
-        assert_eq!(newest_snapshot(&shard_dir(&dir, shard)), None, "life 0 should not have snapshotted");
+        assert_eq!(
+            newest_snapshot(&shard_dir(&dir, shard)),
+            None,
+            "life 0 should not have snapshotted"
+        );
     }
 
     let life_records = (FRAMES_PER_LIFE * CARDS_PER_SHARD) as u64;
@@ -303,7 +354,14 @@ async fn recovery_stays_bounded_under_a_crash_loop() {
         for (shard, report) in reports.iter().enumerate() {
             assert_eq!(report.cards, CARDS_PER_SHARD as u64, "start {life}, shard {shard}");
             if life == 1 {
-                assert_eq!(*report, Recovered { snapshot_seq: 0, replayed: first_life, cards: CARDS_PER_SHARD as u64 });
+                assert_eq!(
+                    *report,
+                    Recovered {
+                        snapshot_seq: 0,
+                        replayed: first_life,
+                        cards: CARDS_PER_SHARD as u64
+                    }
+                );
             } else {
                 assert!(
                     report.replayed < SNAPSHOT_EVERY + CARDS_PER_SHARD as u64,
@@ -311,17 +369,31 @@ async fn recovery_stays_bounded_under_a_crash_loop() {
                 );
             }
             if life == 1 || since[shard] < SNAPSHOT_EVERY {
-                assert_eq!(report.replayed, since[shard], "start {life}, shard {shard}: the life's records are not all replayed");
+                assert_eq!(
+                    report.replayed, since[shard],
+                    "start {life}, shard {shard}: the life's records are not all replayed"
+                );
             } else {
-                assert!(report.replayed <= since[shard] - SNAPSHOT_EVERY, "start {life}, shard {shard}: {report:?}, {since:?}");
+                assert!(
+                    report.replayed <= since[shard] - SNAPSHOT_EVERY,
+                    "start {life}, shard {shard}: {report:?}, {since:?}"
+                );
             }
             let mut base = report.snapshot_seq;
             if report.replayed >= SNAPSHOT_EVERY {
                 // Past the interval already: a snapshot at the last record, with no traffic.
                 // (The shard takes it before serving; the 100 ms ticker would also take it,
                 // so this cannot tell the two apart.)
-                let seq = wait_for_snapshot_past(&shard_dir(&dir, shard), base, "a replay past the interval");
-                assert_eq!(seq, report.snapshot_seq + report.replayed, "start {life}, shard {shard}");
+                let seq = wait_for_snapshot_past(
+                    &shard_dir(&dir, shard),
+                    base,
+                    "a replay past the interval",
+                );
+                assert_eq!(
+                    seq,
+                    report.snapshot_seq + report.replayed,
+                    "start {life}, shard {shard}"
+                );
                 since[shard] = 0;
                 base = seq;
             } else {
@@ -332,11 +404,16 @@ async fn recovery_stays_bounded_under_a_crash_loop() {
         if life == LIVES + 1 {
             // The last start: verify instead of debiting.
             let client = Client::connect(&switch.address).await.expect("connect");
-            let expected: Vec<u64> = debits.iter().map(|count| FACE_WON - DEBIT_WON * count).collect();
+            let expected: Vec<u64> =
+                debits.iter().map(|count| FACE_WON - DEBIT_WON * count).collect();
             assert_eq!(balances(&client, &pins).await, expected, "balances after the crash loop");
             for result in client.sale(&first_ops).await.expect("retries") {
                 approved(&result, "retry");
-                assert_eq!(result.flags & FLAG_REPLAYED, FLAG_REPLAYED, "a first-life debit ran again: {result:?}");
+                assert_eq!(
+                    result.flags & FLAG_REPLAYED,
+                    FLAG_REPLAYED,
+                    "a first-life debit ran again: {result:?}"
+                );
             }
             assert_eq!(balances(&client, &pins).await, expected, "balances after the retries");
             drop(client);
@@ -359,6 +436,9 @@ async fn recovery_stays_bounded_under_a_crash_loop() {
     // Bounded: the last start replayed a fraction of what was written, and snapshots were
     // taken (the cursor moved) along the way.
     let last = replays.last().expect("replays");
-    assert!(last.iter().all(|replayed| *replayed * 3 < written), "{replays:?} of {written} records per shard");
+    assert!(
+        last.iter().all(|replayed| *replayed * 3 < written),
+        "{replays:?} of {written} records per shard"
+    );
     eprintln!("replayed per start and shard: {replays:?}, {written} records written per shard");
 }

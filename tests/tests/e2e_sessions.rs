@@ -6,8 +6,8 @@
 
 use pinswitch_protocol::client::Client;
 use pinswitch_protocol::{
-    Authorize, BalanceInquiry, BalanceResult, CardActivate, CardIssue, Category, FLAG_REPLAYED, ResultCode, SessionEnd,
-    SessionResult, SessionStart, SessionUpdate, Void, new_op_id,
+    Authorize, BalanceInquiry, BalanceResult, CardActivate, CardIssue, Category, FLAG_REPLAYED,
+    ResultCode, SessionEnd, SessionResult, SessionStart, SessionUpdate, Void, new_op_id,
 };
 use pinswitch_tests::{Switch, fresh_dir, one};
 
@@ -35,11 +35,23 @@ async fn card(client: &Client, pin: u64) -> BalanceResult {
 
 fn update(pin: u64, used_total_s: u32) -> SessionUpdate {
     // One report a minute: the minute is the request number.
-    SessionUpdate { op_id: new_op_id(), pin, session_id: SESSION, seq: used_total_s / 60, used_total_s, requested_s: 60 }
+    SessionUpdate {
+        op_id: new_op_id(),
+        pin,
+        session_id: SESSION,
+        seq: used_total_s / 60,
+        used_total_s,
+        requested_s: 60,
+    }
 }
 
 /// Sends the update for minute `minute` and checks its debit and grant.
-async fn report_minute(client: &Client, pin: u64, minute: u64, charged_won: &mut u64) -> (SessionUpdate, SessionResult) {
+async fn report_minute(
+    client: &Client,
+    pin: u64,
+    minute: u64,
+    charged_won: &mut u64,
+) -> (SessionUpdate, SessionResult) {
     let event = update(pin, (minute * 60) as u32);
     let result = one(client.session_update(&[event]).await).await;
     assert_eq!(code(&result), ResultCode::Approved, "minute {minute}: {result:?}");
@@ -57,9 +69,14 @@ async fn a_two_hour_call_is_charged_to_the_won_across_a_sigkill() {
     let dir = fresh_dir("sessions");
     let mut switch = Switch::start(BIN.as_ref(), &dir, &[]);
     let client = Client::connect(&switch.address).await.expect("connect");
-    let issued = one(client.card_issue(&[CardIssue { op_id: new_op_id(), face_value_won: FACE_WON }]).await).await;
+    let issued =
+        one(client.card_issue(&[CardIssue { op_id: new_op_id(), face_value_won: FACE_WON }]).await)
+            .await;
     let pin = issued.pin;
-    let activated = one(client.card_activate(&[CardActivate { op_id: new_op_id(), pin, password: PASSWORD.to_vec() }]).await).await;
+    let activated = one(client
+        .card_activate(&[CardActivate { op_id: new_op_id(), pin, password: PASSWORD.to_vec() }])
+        .await)
+    .await;
     assert_eq!(activated.code, ResultCode::Approved.as_u16());
     let hold = Authorize {
         op_id: new_op_id(),
@@ -70,7 +87,10 @@ async fn a_two_hour_call_is_charged_to_the_won_across_a_sigkill() {
         category: Category::InternetPayment as u8,
         hold_ttl_s: 0,
     };
-    assert_eq!(one(client.authorize(std::slice::from_ref(&hold)).await).await.code, ResultCode::Approved.as_u16());
+    assert_eq!(
+        one(client.authorize(std::slice::from_ref(&hold)).await).await.code,
+        ResultCode::Approved.as_u16()
+    );
 
     // A malformed called number never reaches a shard.
     let bad = SessionStart {
@@ -83,7 +103,10 @@ async fn a_two_hour_call_is_charged_to_the_won_across_a_sigkill() {
         owner_id: 1,
         password: Vec::new(),
     };
-    assert_eq!(code(&one(client.session_start(&[bad]).await).await), ResultCode::DestinationInvalid);
+    assert_eq!(
+        code(&one(client.session_start(&[bad]).await).await),
+        ResultCode::DestinationInvalid
+    );
     let start = SessionStart {
         op_id: new_op_id(),
         pin,
@@ -96,8 +119,14 @@ async fn a_two_hour_call_is_charged_to_the_won_across_a_sigkill() {
     };
     let started = one(client.session_start(std::slice::from_ref(&start)).await).await;
     assert_eq!(code(&started), ResultCode::Approved);
-    assert_eq!((started.granted_s, started.validity_s, started.final_unit, started.tariff_id), (60, 600, 0, 2));
-    assert_eq!((started.result.amount_won, started.result.available_won), (0, FACE_WON - HOLD_WON - cost_won(60)));
+    assert_eq!(
+        (started.granted_s, started.validity_s, started.final_unit, started.tariff_id),
+        (60, 600, 0, 2)
+    );
+    assert_eq!(
+        (started.result.amount_won, started.result.available_won),
+        (0, FACE_WON - HOLD_WON - cost_won(60))
+    );
     let replayed = one(client.session_start(&[start]).await).await;
     assert_eq!(replayed.result.flags & FLAG_REPLAYED, FLAG_REPLAYED);
     assert_eq!(SessionResult { result: started.result, ..replayed.clone() }, started);
@@ -131,15 +160,26 @@ async fn a_two_hour_call_is_charged_to_the_won_across_a_sigkill() {
     for minute in 61..=119 {
         report_minute(&client, pin, minute, &mut charged_won).await;
     }
-    let end = SessionEnd { op_id: new_op_id(), pin, session_id: SESSION, seq: 120, used_total_s: 7_197 };
+    let end =
+        SessionEnd { op_id: new_op_id(), pin, session_id: SESSION, seq: 120, used_total_s: 7_197 };
     let ended = one(client.session_end(&[end]).await).await;
     assert_eq!(code(&ended), ResultCode::Approved);
     assert_eq!((ended.result.amount_won, ended.granted_s), (cost_won(7_197) - charged_won, 0));
     assert_eq!(cost_won(7_197), 14_410, "two hours at 12 won per 6 s, plus 10 to connect");
     assert_eq!(ended.result.balance_won, FACE_WON - 14_410);
     assert_eq!(ended.result.available_won, FACE_WON - 14_410 - HOLD_WON);
-    let again = SessionUpdate { op_id: new_op_id(), pin, session_id: SESSION, seq: 121, used_total_s: 7_300, requested_s: 60 };
-    assert_eq!(code(&one(client.session_update(&[again]).await).await), ResultCode::SessionNotFound);
+    let again = SessionUpdate {
+        op_id: new_op_id(),
+        pin,
+        session_id: SESSION,
+        seq: 121,
+        used_total_s: 7_300,
+        requested_s: 60,
+    };
+    assert_eq!(
+        code(&one(client.session_update(&[again]).await).await),
+        ResultCode::SessionNotFound
+    );
     let void = Void { op_id: new_op_id(), pin, hold_id: hold.op_id };
     assert_eq!(one(client.void(&[void]).await).await.code, ResultCode::Approved.as_u16());
 
@@ -149,5 +189,8 @@ async fn a_two_hour_call_is_charged_to_the_won_across_a_sigkill() {
     let switch = Switch::start(BIN.as_ref(), &dir, &[]);
     let client = Client::connect(&switch.address).await.expect("reconnect");
     let view = card(&client, pin).await;
-    assert_eq!((view.balance_won, view.available_won, view.held_won), (FACE_WON - 14_410, FACE_WON - 14_410, 0));
+    assert_eq!(
+        (view.balance_won, view.available_won, view.held_won),
+        (FACE_WON - 14_410, FACE_WON - 14_410, 0)
+    );
 }

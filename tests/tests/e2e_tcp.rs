@@ -9,9 +9,9 @@ use std::process::Command;
 
 use pinswitch_protocol::client::Client;
 use pinswitch_protocol::{
-    Authorize, BalanceInquiry, CardActivate, CardLoad, CardState, Capture, Category, FLAG_REPLAYED,
-    Field, Funding, Inquiry, MsgType, OpStatus, Refund, ResultCode, Reverse, Sale, Void,
-    new_op_id, pin,
+    Authorize, BalanceInquiry, Capture, CardActivate, CardLoad, CardState, Category, FLAG_REPLAYED,
+    Field, Funding, Inquiry, MsgType, OpStatus, Refund, ResultCode, Reverse, Sale, Void, new_op_id,
+    pin,
 };
 use pinswitch_tests::{Switch, code, fresh_dir, one};
 
@@ -22,7 +22,6 @@ fn cli(args: &[&str]) -> (bool, String) {
     let output = Command::new(BIN).args(args).output().expect("running the CLI");
     (output.status.success(), String::from_utf8_lossy(&output.stdout).into_owned())
 }
-
 
 fn sale(op_id: u128, pin: u64, amount_won: u64) -> Sale {
     Sale {
@@ -48,7 +47,8 @@ async fn card_life_over_tcp() {
     let address = switch.address.clone();
 
     // The CLI issues through the protocol and prints each PIN once.
-    let (ok, out) = cli(&["card", "issue", "--connect", &address, "--product", "10000", "--count", "3"]);
+    let (ok, out) =
+        cli(&["card", "issue", "--connect", &address, "--product", "10000", "--count", "3"]);
     assert!(ok, "card issue failed: {out}");
     let pins: Vec<u64> = out
         .lines()
@@ -75,7 +75,10 @@ async fn card_life_over_tcp() {
         assert_eq!(code(&result), ResultCode::Approved);
     }
     let short = CardActivate { op_id: new_op_id(), pin: idle, password: b"12".to_vec() };
-    assert_eq!(code(&one(client.card_activate(&[short]).await).await), ResultCode::PasswordFormatInvalid);
+    assert_eq!(
+        code(&one(client.card_activate(&[short]).await).await),
+        ResultCode::PasswordFormatInvalid
+    );
     let typo = pin::with_check_digit(card / 10) ^ 1;
     let result = one(client.sale(&[sale(new_op_id(), typo, 1000)]).await).await;
     assert_eq!(code(&result), ResultCode::PinFormatInvalid);
@@ -99,7 +102,13 @@ async fn card_life_over_tcp() {
     assert_eq!(card_view.state, CardState::Active as u8);
     assert_eq!(card_view.holds.len(), 1);
     assert_eq!(card_view.holds[0].hold_id, hold_id);
-    let capture = |amount_won, final_capture| Capture { op_id: new_op_id(), pin: card, hold_id, amount_won, final_capture };
+    let capture = |amount_won, final_capture| Capture {
+        op_id: new_op_id(),
+        pin: card,
+        hold_id,
+        amount_won,
+        final_capture,
+    };
     let result = one(client.capture(&[capture(1000, false)]).await).await;
     assert_eq!(code(&result), ResultCode::Approved);
     assert_eq!((result.balance_won, result.available_won), (9_000, 7_000));
@@ -122,10 +131,16 @@ async fn card_life_over_tcp() {
 
     // Reverse after the original: the sale's money comes back.
     let sold = new_op_id();
-    assert_eq!(code(&one(client.sale(&[sale(sold, card, 1000)]).await).await), ResultCode::Approved);
+    assert_eq!(
+        code(&one(client.sale(&[sale(sold, card, 1000)]).await).await),
+        ResultCode::Approved
+    );
     let reverse = Reverse { op_id: new_op_id(), pin: card, original_op_id: sold };
     let result = one(client.reverse(&[reverse]).await).await;
-    assert_eq!((code(&result), result.amount_won, result.balance_won), (ResultCode::Approved, 1000, 8_500));
+    assert_eq!(
+        (code(&result), result.amount_won, result.balance_won),
+        (ResultCode::Approved, 1000, 8_500)
+    );
 
     // Reverse before the original: a tombstone declines the late original.
     let late = new_op_id();
@@ -151,7 +166,10 @@ async fn card_life_over_tcp() {
     // Exactly once: a retry replays; the same id with another body is refused, naming the field.
     let retry = one(client.sale(&[sale(paid, card, 2000)]).await).await;
     assert_eq!(retry.flags & FLAG_REPLAYED, FLAG_REPLAYED);
-    assert_eq!((retry.code, retry.balance_won, retry.approval_code), (first.code, first.balance_won, first.approval_code));
+    assert_eq!(
+        (retry.code, retry.balance_won, retry.approval_code),
+        (first.code, first.balance_won, first.approval_code)
+    );
     let reused = one(client.sale(&[sale(paid, card, 2001)]).await).await;
     assert_eq!((code(&reused), reused.field), (ResultCode::OpIdReused, Field::Amount as u8));
     assert_eq!(balance(&client, card).await, (7_000, 7_000));
@@ -164,14 +182,27 @@ async fn card_life_over_tcp() {
     // Money rules.
     let result = one(client.sale(&[sale(new_op_id(), spare, 10_001)]).await).await;
     assert_eq!(code(&result), ResultCode::InsufficientFunds);
-    let load = |amount_won| CardLoad { op_id: new_op_id(), pin: spare, amount_won, funding: Funding::BankTransfer as u8 };
+    let load = |amount_won| CardLoad {
+        op_id: new_op_id(),
+        pin: spare,
+        amount_won,
+        funding: Funding::BankTransfer as u8,
+    };
     let result = one(client.card_load(&[load(20_000)]).await).await;
     assert_eq!((code(&result), result.balance_won), (ResultCode::Approved, 30_000));
-    assert_eq!(code(&one(client.card_load(&[load(5_000)]).await).await), ResultCode::RechargeUnitInvalid);
-    assert_eq!(code(&one(client.card_load(&[load(480_000)]).await).await), ResultCode::BalanceCapExceeded);
+    assert_eq!(
+        code(&one(client.card_load(&[load(5_000)]).await).await),
+        ResultCode::RechargeUnitInvalid
+    );
+    assert_eq!(
+        code(&one(client.card_load(&[load(480_000)]).await).await),
+        ResultCode::BalanceCapExceeded
+    );
 
     // A batch mixes cards and shards; results come back in event order.
-    let batch: Vec<Sale> = (0..10).map(|index| sale(new_op_id(), if index % 2 == 0 { card } else { spare }, 10)).collect();
+    let batch: Vec<Sale> = (0..10)
+        .map(|index| sale(new_op_id(), if index % 2 == 0 { card } else { spare }, 10))
+        .collect();
     let results = client.sale(&batch).await.expect("batch");
     assert_eq!(results.len(), 10);
     assert!(results.iter().all(|result| result.code == 0));
@@ -182,7 +213,9 @@ async fn card_life_over_tcp() {
     let mut wrong = sale(new_op_id(), spare, 100);
     wrong.password = b"0000".to_vec();
     assert_eq!(code(&one(client.sale(&[wrong]).await).await), ResultCode::PasswordInvalid);
-    let tries_before = one(client.balance_inquiry(&[BalanceInquiry { pin: spare }]).await).await.password_tries_left;
+    let tries_before = one(client.balance_inquiry(&[BalanceInquiry { pin: spare }]).await)
+        .await
+        .password_tries_left;
 
     assert_eq!(tries_before, 4, "5 tries by default, one used");
 

@@ -63,7 +63,13 @@ pub fn open(dir: &Path, options: JournalOptions) -> Result<Journal, JournalError
 /// Appends records `journal.last_seq() + 1 ..= up_to_seq` with [`payload`], committing in
 /// groups of 1..=max_group records chosen by `rng`. Returns the commit groups as
 /// (first_seq, last_seq).
-pub fn write_groups(journal: &mut Journal, seed: u64, up_to_seq: u64, max_group: u64, rng: &mut SplitMix64) -> Result<Vec<(u64, u64)>, JournalError> {
+pub fn write_groups(
+    journal: &mut Journal,
+    seed: u64,
+    up_to_seq: u64,
+    max_group: u64,
+    rng: &mut SplitMix64,
+) -> Result<Vec<(u64, u64)>, JournalError> {
     let mut groups = Vec::new();
     while journal.last_seq() < up_to_seq {
         let first = journal.last_seq() + 1;
@@ -81,7 +87,11 @@ pub fn write_groups(journal: &mut Journal, seed: u64, up_to_seq: u64, max_group:
 }
 
 /// Replays the whole journal (after `after_seq`) into a vector of (seq, payload).
-pub fn replay_all(dir: &Path, options: JournalOptions, after_seq: u64) -> Result<Vec<(u64, Vec<u8>)>, JournalError> {
+pub fn replay_all(
+    dir: &Path,
+    options: JournalOptions,
+    after_seq: u64,
+) -> Result<Vec<(u64, Vec<u8>)>, JournalError> {
     let (_, mut recovery) = Journal::recover(dir, options)?;
     let mut records = Vec::new();
     let last = recovery.replay(after_seq, |seq, payload| {
@@ -95,7 +105,12 @@ pub fn replay_all(dir: &Path, options: JournalOptions, after_seq: u64) -> Result
 /// Asserts `records` are exactly seqs `first..=last` of the journal written with `seed`.
 pub fn assert_records(records: &[(u64, Vec<u8>)], seed: u64, first: u64, last: u64) {
     let expected_count = (last + 1).saturating_sub(first) as usize;
-    assert_eq!(records.len(), expected_count, "expected seqs {first}..={last}, got {} records", records.len());
+    assert_eq!(
+        records.len(),
+        expected_count,
+        "expected seqs {first}..={last}, got {} records",
+        records.len()
+    );
     for (index, (seq, bytes)) in records.iter().enumerate() {
         assert_eq!(*seq, first + index as u64);
         assert!(*bytes == payload(seed, *seq), "payload of seq {seq} differs");
@@ -132,14 +147,25 @@ pub fn layout(dir: &Path) -> Result<Vec<Placed>, std::io::Error> {
         let bytes = fs::read(&file)?;
         let mut offset = SEGMENT_HEADER_BYTES;
         while offset + RECORD_HEADER_BYTES <= bytes.len() {
-            let len = u32::from_le_bytes([bytes[offset], bytes[offset + 1], bytes[offset + 2], bytes[offset + 3]]) as usize;
+            let len = u32::from_le_bytes([
+                bytes[offset],
+                bytes[offset + 1],
+                bytes[offset + 2],
+                bytes[offset + 3],
+            ]) as usize;
             if len == 0 {
                 break;
             }
             let mut seq_bytes = [0u8; 8];
             seq_bytes.copy_from_slice(&bytes[offset + 8..offset + 16]);
             let span = len.div_ceil(8) * 8;
-            placed.push(Placed { seq: u64::from_le_bytes(seq_bytes), file: file.clone(), offset, len, span });
+            placed.push(Placed {
+                seq: u64::from_le_bytes(seq_bytes),
+                file: file.clone(),
+                offset,
+                len,
+                span,
+            });
             offset += span;
         }
     }
@@ -190,7 +216,8 @@ pub fn intact_prefix(placed: &[Placed], image: &Path) -> Result<u64, std::io::Er
             let after = fs::read(in_dir(image, &record.file)).unwrap_or_default();
             cache.push((record.file.clone(), before, after));
         }
-        let Some((_, before, after)) = cache.iter().find(|(file, _, _)| *file == record.file) else {
+        let Some((_, before, after)) = cache.iter().find(|(file, _, _)| *file == record.file)
+        else {
             break;
         };
         let range = record.offset..record.offset + record.len;

@@ -32,7 +32,10 @@ pub struct EngineConfig {
     /// The hold TTL used when an AUTHORIZE asks for 0.
     pub hold_ttl_default_s: u32,
     /// How long an op id's result is remembered, measured from the time inside the op id.
-    #[cfg_attr(feature = "serde", serde(rename = "idempotency_window_s", deserialize_with = "toml_form::seconds_as_ms"))]
+    #[cfg_attr(
+        feature = "serde",
+        serde(rename = "idempotency_window_s", deserialize_with = "toml_form::seconds_as_ms")
+    )]
     pub idempotency_window_ms: u64,
     /// Most op-id records a shard keeps; past it the oldest are evicted and the too-old floor
     /// rises, so an evicted id answers OP_TOO_OLD instead of executing twice.
@@ -162,8 +165,11 @@ impl Tariff {
         }
         let increment_s = u128::from(self.increment_s.max(1));
         let first_s = u128::from(self.first_increment_s).max(increment_s);
-        let billed_s = u128::from(used_s).div_ceil(increment_s).saturating_mul(increment_s).max(first_s);
-        let won = (billed_s / increment_s).saturating_mul(u128::from(self.rate_won)).saturating_add(u128::from(self.connect_fee_won));
+        let billed_s =
+            u128::from(used_s).div_ceil(increment_s).saturating_mul(increment_s).max(first_s);
+        let won = (billed_s / increment_s)
+            .saturating_mul(u128::from(self.rate_won))
+            .saturating_add(u128::from(self.connect_fee_won));
         u64::try_from(won).unwrap_or(u64::MAX)
     }
 
@@ -177,11 +183,13 @@ impl Tariff {
         }
         let increment_s = u64::from(self.increment_s.max(1));
         let first_s = u64::from(self.first_increment_s).max(increment_s);
-        let mut won = u128::from(self.connect_fee_won) + u128::from(first_s / increment_s) * u128::from(self.rate_at(local_start_s));
+        let mut won = u128::from(self.connect_fee_won)
+            + u128::from(first_s / increment_s) * u128::from(self.rate_at(local_start_s));
         let mut at_s = first_s;
         while at_s < used_s {
             let now_s = local_start_s.saturating_add(at_s);
-            let piece_end_s = self.next_rate_change_s(now_s).saturating_sub(local_start_s).min(used_s);
+            let piece_end_s =
+                self.next_rate_change_s(now_s).saturating_sub(local_start_s).min(used_s);
             let increments = (piece_end_s - at_s).div_ceil(increment_s);
             won = won.saturating_add(u128::from(increments) * u128::from(self.rate_at(now_s)));
             at_s = piece_end_s;
@@ -207,7 +215,8 @@ impl Tariff {
         // Two days cover every pattern: a rate that differs anywhere differs within a day.
         for day in 0..2u64 {
             let base_s = day_start_s + day * DAY_S;
-            let starts = self.bands.iter().map(|band| u64::from(band.from_minute) * 60).chain([DAY_S]);
+            let starts =
+                self.bands.iter().map(|band| u64::from(band.from_minute) * 60).chain([DAY_S]);
             for start_s in starts {
                 let change_s = base_s + start_s;
                 if change_s > local_s && self.rate_at(change_s) != rate_won {
@@ -250,13 +259,17 @@ impl Default for EngineConfig {
 mod toml_form {
     use serde::{Deserialize, Deserializer};
 
-    pub(super) fn seconds_as_ms<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    pub(super) fn seconds_as_ms<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<u64, D::Error> {
         Ok(u64::deserialize(deserializer)?.saturating_mul(1000))
     }
 
     /// A code that is not three bytes becomes `[0; 3]`, which `EngineConfig::validate` refuses
     /// with a message naming the product.
-    pub(super) fn currency<'de, D: Deserializer<'de>>(deserializer: D) -> Result<[u8; 3], D::Error> {
+    pub(super) fn currency<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<[u8; 3], D::Error> {
         let text = String::deserialize(deserializer)?;
         Ok(<[u8; 3]>::try_from(text.as_bytes()).unwrap_or([0; 3]))
     }
@@ -276,10 +289,14 @@ mod toml_form {
                 .from
                 .split_once(':')
                 .filter(|(hours, minutes)| hours.len() == 2 && minutes.len() == 2)
-                .and_then(|(hours, minutes)| Some((hours.parse::<u16>().ok()?, minutes.parse::<u16>().ok()?)))
+                .and_then(|(hours, minutes)| {
+                    Some((hours.parse::<u16>().ok()?, minutes.parse::<u16>().ok()?))
+                })
                 .filter(|(hours, minutes)| *hours < 24 && *minutes < 60)
                 .map(|(hours, minutes)| hours * 60 + minutes)
-                .ok_or_else(|| format!("band start {:?} is not a time of day \"HH:MM\"", band.from))?;
+                .ok_or_else(|| {
+                    format!("band start {:?} is not a time of day \"HH:MM\"", band.from)
+                })?;
             Ok(super::TariffBand { from_minute: minute, rate_won: band.rate_won })
         }
     }
@@ -319,11 +336,51 @@ impl EngineConfig {
             // Telephone calls: domestic at 2 won a second, to mobiles (010) 12 won per 6 s with
             // a 10-won connect fee, international (001) 300 won a whole minute plus 50 to connect.
             tariffs: vec![
-                Tariff { tariff_id: 1, category: 2, destination_prefix: String::new(), connect_fee_won: 0, rate_won: 2, increment_s: 1, first_increment_s: 0, event_won: 0, bands: Vec::new() },
-                Tariff { tariff_id: 2, category: 2, destination_prefix: "010".into(), connect_fee_won: 10, rate_won: 12, increment_s: 6, first_increment_s: 0, event_won: 0, bands: Vec::new() },
-                Tariff { tariff_id: 3, category: 2, destination_prefix: "001".into(), connect_fee_won: 50, rate_won: 300, increment_s: 60, first_increment_s: 60, event_won: 0, bands: Vec::new() },
+                Tariff {
+                    tariff_id: 1,
+                    category: 2,
+                    destination_prefix: String::new(),
+                    connect_fee_won: 0,
+                    rate_won: 2,
+                    increment_s: 1,
+                    first_increment_s: 0,
+                    event_won: 0,
+                    bands: Vec::new(),
+                },
+                Tariff {
+                    tariff_id: 2,
+                    category: 2,
+                    destination_prefix: "010".into(),
+                    connect_fee_won: 10,
+                    rate_won: 12,
+                    increment_s: 6,
+                    first_increment_s: 0,
+                    event_won: 0,
+                    bands: Vec::new(),
+                },
+                Tariff {
+                    tariff_id: 3,
+                    category: 2,
+                    destination_prefix: "001".into(),
+                    connect_fee_won: 50,
+                    rate_won: 300,
+                    increment_s: 60,
+                    first_increment_s: 60,
+                    event_won: 0,
+                    bands: Vec::new(),
+                },
                 // A phone information number priced per event (EVENT_CHARGE).
-                Tariff { tariff_id: 4, category: 3, destination_prefix: "1588".into(), connect_fee_won: 0, rate_won: 0, increment_s: 1, first_increment_s: 0, event_won: 500, bands: Vec::new() },
+                Tariff {
+                    tariff_id: 4,
+                    category: 3,
+                    destination_prefix: "1588".into(),
+                    connect_fee_won: 0,
+                    rate_won: 0,
+                    increment_s: 1,
+                    first_increment_s: 0,
+                    event_won: 500,
+                    bands: Vec::new(),
+                },
                 // International calls with a night rate (22:00 to 08:00, local time).
                 Tariff {
                     tariff_id: 5,
@@ -334,7 +391,10 @@ impl EngineConfig {
                     increment_s: 60,
                     first_increment_s: 0,
                     event_won: 0,
-                    bands: vec![TariffBand { from_minute: 8 * 60, rate_won: 200 }, TariffBand { from_minute: 22 * 60, rate_won: 100 }],
+                    bands: vec![
+                        TariffBand { from_minute: 8 * 60, rate_won: 200 },
+                        TariffBand { from_minute: 22 * 60, rate_won: 100 },
+                    ],
                 },
             ],
             sessions_per_card_max: 4,
@@ -365,26 +425,50 @@ impl EngineConfig {
             // A product mix with restrictions, so tests reach CATEGORY_NOT_ALLOWED: 5,000-won
             // cards pay for internet payment and telephone calls only, 30,000-won cards for
             // everything but internet payment.
-            product_category_masks: vec![0b00_0011, 0b11_1111, 0b11_1111, 0b11_1110, 0b11_1111, 0b11_1111],
+            product_category_masks: vec![
+                0b00_0011, 0b11_1111, 0b11_1111, 0b11_1110, 0b11_1111, 0b11_1111,
+            ],
             // Per-product points: the 5,000-won card earns none, the 100,000-won card 3 %.
             product_points_per_mille: vec![0, 10, 10, 10, 20, 30],
             // Per-product rules: the 50,000-won card is valid two days, the 100,000-won card
             // recharges in units of 5,000 won, the 5,000-won card holds at most 300,000 won.
             product_validity_days: vec![1, 1, 1, 1, 2, 1],
             product_recharge_unit_won: vec![10_000, 10_000, 10_000, 10_000, 10_000, 5_000],
-            product_balance_cap_won: vec![300_000, 2_000_000, 2_000_000, 2_000_000, 2_000_000, 2_000_000],
+            product_balance_cap_won: vec![
+                300_000, 2_000_000, 2_000_000, 2_000_000, 2_000_000, 2_000_000,
+            ],
             // Two foreign products: a 10-dollar US PIN for 14,000 won, a 1,000-yen PIN for 9,500.
             foreign_products: vec![
-                ForeignProduct { product_id: 1, partner_id: 501, currency: *b"USD", face_value_minor: 1_000, price_won: 14_000 },
-                ForeignProduct { product_id: 2, partner_id: 502, currency: *b"JPY", face_value_minor: 1_000, price_won: 9_500 },
+                ForeignProduct {
+                    product_id: 1,
+                    partner_id: 501,
+                    currency: *b"USD",
+                    face_value_minor: 1_000,
+                    price_won: 14_000,
+                },
+                ForeignProduct {
+                    product_id: 2,
+                    partner_id: 502,
+                    currency: *b"JPY",
+                    face_value_minor: 1_000,
+                    price_won: 9_500,
+                },
             ],
             // The production call tariffs, and a premium information line (060) billed a whole
             // first minute, then in 6-second steps.
             tariffs: [
                 EngineConfig::production().tariffs,
-                vec![
-                    Tariff { tariff_id: 6, category: 3, destination_prefix: "060".into(), connect_fee_won: 0, rate_won: 30, increment_s: 6, first_increment_s: 60, event_won: 0, bands: Vec::new() },
-                ],
+                vec![Tariff {
+                    tariff_id: 6,
+                    category: 3,
+                    destination_prefix: "060".into(),
+                    connect_fee_won: 0,
+                    rate_won: 30,
+                    increment_s: 6,
+                    first_increment_s: 60,
+                    event_won: 0,
+                    bands: Vec::new(),
+                }],
             ]
             .concat(),
             sessions_per_card_max: 2,
@@ -411,7 +495,9 @@ impl EngineConfig {
     /// Points per 1,000 won paid by a card of this face value.
     pub fn points_per_mille_of(&self, face_value_won: u64) -> u16 {
         match self.face_values_won.iter().position(|face| *face == face_value_won) {
-            Some(index) if !self.product_points_per_mille.is_empty() => self.product_points_per_mille[index],
+            Some(index) if !self.product_points_per_mille.is_empty() => {
+                self.product_points_per_mille[index]
+            }
             // No per-product rates, or a product since removed from the catalogue: the default.
             _ => self.points_per_mille,
         }
@@ -424,7 +510,9 @@ impl EngineConfig {
     /// Days a card of this product stays valid from its sale (or activation).
     pub fn validity_days_of(&self, face_value_won: u64) -> u32 {
         match self.product_index(face_value_won) {
-            Some(index) if !self.product_validity_days.is_empty() => self.product_validity_days[index],
+            Some(index) if !self.product_validity_days.is_empty() => {
+                self.product_validity_days[index]
+            }
             _ => self.validity_days,
         }
     }
@@ -432,7 +520,9 @@ impl EngineConfig {
     /// The recharge unit of this product.
     pub fn recharge_unit_of(&self, face_value_won: u64) -> u64 {
         match self.product_index(face_value_won) {
-            Some(index) if !self.product_recharge_unit_won.is_empty() => self.product_recharge_unit_won[index],
+            Some(index) if !self.product_recharge_unit_won.is_empty() => {
+                self.product_recharge_unit_won[index]
+            }
             _ => self.recharge_unit_won,
         }
     }
@@ -441,7 +531,9 @@ impl EngineConfig {
     pub fn balance_cap_of(&self, face_value_won: u64, named: bool) -> u64 {
         let legal_won = if named { self.balance_cap_named_won } else { self.balance_cap_won };
         match self.product_index(face_value_won) {
-            Some(index) if !self.product_balance_cap_won.is_empty() => self.product_balance_cap_won[index].min(legal_won),
+            Some(index) if !self.product_balance_cap_won.is_empty() => {
+                self.product_balance_cap_won[index].min(legal_won)
+            }
             _ => legal_won,
         }
     }
@@ -450,7 +542,10 @@ impl EngineConfig {
     pub fn tariff_for(&self, category: u8, digits: &[u8]) -> Option<&Tariff> {
         self.tariffs
             .iter()
-            .filter(|tariff| tariff.category == category && digits.starts_with(tariff.destination_prefix.as_bytes()))
+            .filter(|tariff| {
+                tariff.category == category
+                    && digits.starts_with(tariff.destination_prefix.as_bytes())
+            })
             .max_by_key(|tariff| tariff.destination_prefix.len())
     }
 
@@ -476,14 +571,25 @@ impl EngineConfig {
         if self.face_values_won.iter().any(|face| *face == 0 || *face > self.balance_cap_won) {
             return Err("every face value must be positive and at most balance_cap_won".into());
         }
-        if !self.product_category_masks.is_empty() && self.product_category_masks.len() != self.face_values_won.len() {
-            return Err("product_category_masks must be empty or have one mask per face value".into());
+        if !self.product_category_masks.is_empty()
+            && self.product_category_masks.len() != self.face_values_won.len()
+        {
+            return Err(
+                "product_category_masks must be empty or have one mask per face value".into()
+            );
         }
         if self.product_category_masks.iter().any(|mask| *mask == 0 || *mask > 0b11_1111) {
-            return Err("each product category mask must allow some of categories 1..=6 and no others".into());
+            return Err(
+                "each product category mask must allow some of categories 1..=6 and no others"
+                    .into(),
+            );
         }
-        if !self.product_points_per_mille.is_empty() && self.product_points_per_mille.len() != self.face_values_won.len() {
-            return Err("product_points_per_mille must be empty or have one rate per face value".into());
+        if !self.product_points_per_mille.is_empty()
+            && self.product_points_per_mille.len() != self.face_values_won.len()
+        {
+            return Err(
+                "product_points_per_mille must be empty or have one rate per face value".into()
+            );
         }
         for (name, len) in [
             ("product_validity_days", self.product_validity_days.len()),
@@ -502,7 +608,9 @@ impl EngineConfig {
         }) {
             return Err("a product's balance cap must be at least its face value".into());
         }
-        if self.points_per_mille > 1000 || self.product_points_per_mille.iter().any(|rate| *rate > 1000) {
+        if self.points_per_mille > 1000
+            || self.product_points_per_mille.iter().any(|rate| *rate > 1000)
+        {
             return Err("points rates are per mille (0..=1000)".into());
         }
         Ok(())
@@ -511,14 +619,30 @@ impl EngineConfig {
     /// The foreign PIN catalogue.
     fn validate_foreign_products(&self) -> Result<(), String> {
         for (at, product) in self.foreign_products.iter().enumerate() {
-            if product.product_id == 0 || self.foreign_products[..at].iter().any(|other| other.product_id == product.product_id) {
-                return Err(format!("foreign product ids must be non-zero and unique ({})", product.product_id));
+            if product.product_id == 0
+                || self.foreign_products[..at]
+                    .iter()
+                    .any(|other| other.product_id == product.product_id)
+            {
+                return Err(format!(
+                    "foreign product ids must be non-zero and unique ({})",
+                    product.product_id
+                ));
             }
             if !product.currency.iter().all(u8::is_ascii_uppercase) {
-                return Err(format!("foreign product {}: currency must be three capital letters", product.product_id));
+                return Err(format!(
+                    "foreign product {}: currency must be three capital letters",
+                    product.product_id
+                ));
             }
-            if product.face_value_minor == 0 || product.price_won == 0 || product.price_won > self.balance_cap_named_won {
-                return Err(format!("foreign product {}: face value and price must be positive, the price within a card's cap", product.product_id));
+            if product.face_value_minor == 0
+                || product.price_won == 0
+                || product.price_won > self.balance_cap_named_won
+            {
+                return Err(format!(
+                    "foreign product {}: face value and price must be positive, the price within a card's cap",
+                    product.product_id
+                ));
             }
         }
         Ok(())
@@ -535,17 +659,30 @@ impl EngineConfig {
                 return Err(format!("tariff {id}: category must be 1..=6"));
             }
             let prefix = tariff.destination_prefix.as_bytes();
-            if prefix.len() > crate::types::DESTINATION_DIGITS_MAX || !prefix.iter().all(u8::is_ascii_digit) {
+            if prefix.len() > crate::types::DESTINATION_DIGITS_MAX
+                || !prefix.iter().all(u8::is_ascii_digit)
+            {
                 return Err(format!("tariff {id}: destination_prefix must be at most 15 digits"));
             }
-            if self.tariffs[..at].iter().any(|other| other.category == tariff.category && other.destination_prefix == tariff.destination_prefix) {
-                return Err(format!("tariff {id}: another tariff has the same category and prefix"));
+            if self.tariffs[..at].iter().any(|other| {
+                other.category == tariff.category
+                    && other.destination_prefix == tariff.destination_prefix
+            }) {
+                return Err(format!(
+                    "tariff {id}: another tariff has the same category and prefix"
+                ));
             }
             if tariff.increment_s == 0 || tariff.first_increment_s % tariff.increment_s != 0 {
-                return Err(format!("tariff {id}: increment_s must be positive and first_increment_s a multiple of it"));
+                return Err(format!(
+                    "tariff {id}: increment_s must be positive and first_increment_s a multiple of it"
+                ));
             }
-            if tariff.rate_won > self.balance_cap_named_won || tariff.connect_fee_won > self.balance_cap_named_won {
-                return Err(format!("tariff {id}: rate and connect fee must be within a card's cap"));
+            if tariff.rate_won > self.balance_cap_named_won
+                || tariff.connect_fee_won > self.balance_cap_named_won
+            {
+                return Err(format!(
+                    "tariff {id}: rate and connect fee must be within a card's cap"
+                ));
             }
         }
         Ok(())
@@ -561,7 +698,10 @@ impl EngineConfig {
             || self.session_grant_default_s == 0
             || self.session_grant_default_s > self.session_grant_max_s
         {
-            return Err("session_grant_default_s must be in 1..=session_grant_max_s (at most 16,777,215)".into());
+            return Err(
+                "session_grant_default_s must be in 1..=session_grant_max_s (at most 16,777,215)"
+                    .into(),
+            );
         }
         if self.session_validity_s == 0 || self.session_validity_s > SESSION_SECONDS_MAX {
             return Err("session_validity_s must be in 1..=16,777,215".into());
@@ -584,8 +724,12 @@ impl EngineConfig {
             {
                 return Err(format!("tariff {id}: band minutes must rise strictly within 0..1440"));
             }
-            if tariff.bands.iter().any(|band| band.rate_won > self.balance_cap_named_won) || tariff.event_won > self.balance_cap_named_won {
-                return Err(format!("tariff {id}: band rates and the event price must be within a card's cap"));
+            if tariff.bands.iter().any(|band| band.rate_won > self.balance_cap_named_won)
+                || tariff.event_won > self.balance_cap_named_won
+            {
+                return Err(format!(
+                    "tariff {id}: band rates and the event price must be within a card's cap"
+                ));
             }
         }
         Ok(())
@@ -610,7 +754,9 @@ impl EngineConfig {
         if u64::from(self.hold_ttl_max_s) * 1000 + self.op_clock_skew_max_ms
             > self.idempotency_window_ms
         {
-            return Err("hold_ttl_max_s plus the clock skew must fit in the idempotency window".into());
+            return Err(
+                "hold_ttl_max_s plus the clock skew must fit in the idempotency window".into()
+            );
         }
         if self.idempotency_entries_max < 16 {
             return Err("idempotency_entries_max must be at least 16".into());

@@ -110,7 +110,8 @@ impl<V: Clone> DenseMap<V> {
             chunk.reserve_exact(CHUNK_ENTRIES - chunk.len());
         }
         chunk.push((key, value));
-        Arc::make_mut(&mut self.slots)[slot] = Self::tag(self.hasher.hash_one(key)) | (index as u64 + 1);
+        Arc::make_mut(&mut self.slots)[slot] =
+            Self::tag(self.hasher.hash_one(key)) | (index as u64 + 1);
         self.len += 1;
     }
 
@@ -123,16 +124,27 @@ impl<V: Clone> DenseMap<V> {
     /// index is kept (the hasher's seed is in the snapshot too). Checks the shape (full chunks
     /// but the last, a power-of-two index within the load bound, every entry indexed exactly
     /// once); the image itself is checksummed, so this guards against code bugs, not the disk.
-    pub(crate) fn from_parts(hasher: KeyHasherBuilder, chunks: Vec<Arc<Vec<(u128, V)>>>, slots: Arc<Vec<Slot>>) -> Result<DenseMap<V>, String> {
+    pub(crate) fn from_parts(
+        hasher: KeyHasherBuilder,
+        chunks: Vec<Arc<Vec<(u128, V)>>>,
+        slots: Arc<Vec<Slot>>,
+    ) -> Result<DenseMap<V>, String> {
         let mut len = 0usize;
         for (number, chunk) in chunks.iter().enumerate() {
             let last = number + 1 == chunks.len();
-            if chunk.len() > CHUNK_ENTRIES || chunk.is_empty() || (!last && chunk.len() != CHUNK_ENTRIES) {
+            if chunk.len() > CHUNK_ENTRIES
+                || chunk.is_empty()
+                || (!last && chunk.len() != CHUNK_ENTRIES)
+            {
                 return Err(format!("dense map chunk {number} holds {} entries", chunk.len()));
             }
             len += chunk.len();
         }
-        if !slots.len().is_power_of_two() || slots.len() < SLOTS_MIN || len * 4 > slots.len() * 3 || len >= u32::MAX as usize - 1 {
+        if !slots.len().is_power_of_two()
+            || slots.len() < SLOTS_MIN
+            || len * 4 > slots.len() * 3
+            || len >= u32::MAX as usize - 1
+        {
             return Err(format!("dense map index of {} slots for {len} entries", slots.len()));
         }
         let mut seen = vec![0u64; len.div_ceil(64)];
@@ -142,7 +154,8 @@ impl<V: Clone> DenseMap<V> {
                 continue;
             }
             let index = (slot & 0xFFFF_FFFF) as usize;
-            if index == 0 || index > len || seen[(index - 1) / 64] & (1 << ((index - 1) % 64)) != 0 {
+            if index == 0 || index > len || seen[(index - 1) / 64] & (1 << ((index - 1) % 64)) != 0
+            {
                 return Err(format!("dense map index slot names entry {index} of {len} wrongly"));
             }
             seen[(index - 1) / 64] |= 1 << ((index - 1) % 64);
@@ -237,14 +250,21 @@ mod tests {
             assert!(reference.iter().all(|(key, value)| restored.get(key) == Some(value)));
             let mut doubled = (*slots).clone();
             let (first, second) = {
-                let mut used = doubled.iter().enumerate().filter(|(_, slot)| **slot != 0).map(|(at, _)| at);
+                let mut used =
+                    doubled.iter().enumerate().filter(|(_, slot)| **slot != 0).map(|(at, _)| at);
                 (used.next().unwrap(), used.next().unwrap())
             };
             doubled[second] = doubled[first];
-            assert!(DenseMap::from_parts(map.hasher, chunks.clone(), Arc::new(doubled)).is_err(), "an entry indexed twice");
+            assert!(
+                DenseMap::from_parts(map.hasher, chunks.clone(), Arc::new(doubled)).is_err(),
+                "an entry indexed twice"
+            );
             let mut dropped = (*slots).clone();
             dropped[first] = 0;
-            assert!(DenseMap::from_parts(map.hasher, chunks, Arc::new(dropped)).is_err(), "an entry not indexed");
+            assert!(
+                DenseMap::from_parts(map.hasher, chunks, Arc::new(dropped)).is_err(),
+                "an entry not indexed"
+            );
             if round == 1 {
                 map.clear();
                 reference.clear();
@@ -282,7 +302,10 @@ mod probe_lengths {
                 longest = longest.max(probes);
             }
             let mean = total as f64 / map.len() as f64;
-            assert!(mean < 2.5 && longest < 100, "key {key:?}: mean probes {mean:.2}, longest {longest}");
+            assert!(
+                mean < 2.5 && longest < 100,
+                "key {key:?}: mean probes {mean:.2}, longest {longest}"
+            );
         }
     }
 }

@@ -49,7 +49,13 @@ mod tests {
             command: Command {
                 op_id: 42,
                 deadline_at_ms: 7,
-                body: Body::Sale { pin_hash: 9, password_mac: 3, amount_won: 1500, merchant_id: 5, category: 1 },
+                body: Body::Sale {
+                    pin_hash: 9,
+                    password_mac: 3,
+                    amount_won: 1500,
+                    merchant_id: 5,
+                    category: 1,
+                },
             },
             reply: crate::types::Reply::code(pinswitch_protocol::ResultCode::Approved),
         };

@@ -15,7 +15,9 @@ pub mod routing;
 pub mod shard;
 pub mod types;
 
-pub use config::{EngineConfig, ForeignProduct, SESSION_SECONDS_MAX, TARIFF_BANDS_MAX, Tariff, TariffBand};
+pub use config::{
+    EngineConfig, ForeignProduct, SESSION_SECONDS_MAX, TARIFF_BANDS_MAX, Tariff, TariffBand,
+};
 pub use journal_entry::{JournalEntry, decode_entry, encode_entry, encode_entry_into};
 pub use routing::{shard_of_card, shard_of_op};
 pub use shard::Shard;

@@ -29,25 +29,62 @@ pub struct Command {
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub enum Body {
     /// Issue one card with this face value into stock (state issued).
-    Issue { pin_hash: PinHash, face_value_won: u64 },
+    Issue {
+        pin_hash: PinHash,
+        face_value_won: u64,
+    },
     /// Register the holder's password; the card becomes active.
-    Activate { pin_hash: PinHash, password_mac: PasswordMac },
+    Activate {
+        pin_hash: PinHash,
+        password_mac: PasswordMac,
+    },
     /// Activation by a gift's recipient (or with a password hint): see `CardClaim` on the wire.
-    Claim { pin_hash: PinHash, password_mac: PasswordMac, gift_recipient_ref: u64, password_hint: bool },
+    Claim {
+        pin_hash: PinHash,
+        password_mac: PasswordMac,
+        gift_recipient_ref: u64,
+        password_hint: bool,
+    },
     /// Recharge.
-    Load { pin_hash: PinHash, amount_won: u64, funding: u8 },
+    Load {
+        pin_hash: PinHash,
+        amount_won: u64,
+        funding: u8,
+    },
     /// A channel sells an issued card (state sold; the validity period starts).
-    Sell { pin_hash: PinHash, channel_id: u32, price_won: u64, payment_means: u8, gift_recipient_ref: u64 },
+    Sell {
+        pin_hash: PinHash,
+        channel_id: u32,
+        price_won: u64,
+        payment_means: u8,
+        gift_recipient_ref: u64,
+    },
     /// Stop an active card from paying; the balance is kept.
-    Block { pin_hash: PinHash, reason: u8 },
+    Block {
+        pin_hash: PinHash,
+        reason: u8,
+    },
     /// Back to active (or clear a wrong-password lockout).
-    Unblock { pin_hash: PinHash },
+    Unblock {
+        pin_hash: PinHash,
+    },
     /// Hand an issued card to a partner channel to sell (only that channel may sell it).
-    Consign { pin_hash: PinHash, partner_id: u32, commission_per_mille: u16 },
+    Consign {
+        pin_hash: PinHash,
+        partner_id: u32,
+        commission_per_mille: u16,
+    },
     /// The holder registered (with a verified real name: the named-card cap applies).
-    Register { pin_hash: PinHash, holder_ref: u64, verified_name: bool },
+    Register {
+        pin_hash: PinHash,
+        holder_ref: u64,
+        verified_name: bool,
+    },
     /// Pay the whole balance out and close the card (the used-share rule permitting).
-    BalanceRefund { pin_hash: PinHash, payout_account_ref: u64 },
+    BalanceRefund {
+        pin_hash: PinHash,
+        payout_account_ref: u64,
+    },
     /// Place a hold (`hold_ttl_s` 0 = the configured default).
     Authorize {
         pin_hash: PinHash,
@@ -58,9 +95,20 @@ pub enum Body {
         hold_ttl_s: u32,
     },
     /// Debit from a hold (`amount_won == u64::MAX`: all that remains).
-    Capture { pin_hash: PinHash, hold_id: OpId, amount_won: u64, final_capture: bool },
-    Void { pin_hash: PinHash, hold_id: OpId },
-    Reverse { pin_hash: PinHash, original_op_id: OpId },
+    Capture {
+        pin_hash: PinHash,
+        hold_id: OpId,
+        amount_won: u64,
+        final_capture: bool,
+    },
+    Void {
+        pin_hash: PinHash,
+        hold_id: OpId,
+    },
+    Reverse {
+        pin_hash: PinHash,
+        original_op_id: OpId,
+    },
     /// Single-phase debit.
     Sale {
         pin_hash: PinHash,
@@ -69,30 +117,63 @@ pub enum Body {
         merchant_id: u64,
         category: u8,
     },
-    Refund { pin_hash: PinHash, original_op_id: OpId, amount_won: u64 },
+    Refund {
+        pin_hash: PinHash,
+        original_op_id: OpId,
+        amount_won: u64,
+    },
     /// Add one foreign PIN bought from a foreign operator to this shard's pool of its product.
     /// `foreign_hash` is the front end's keyed hash of the code: it routes the PIN to a shard
     /// and lets the shard refuse a code imported twice.
-    ForeignImport { foreign_hash: u128, product_id: u32, code: ForeignCode },
+    ForeignImport {
+        foreign_hash: u128,
+        product_id: u32,
+        code: ForeignCode,
+    },
     /// The holder converts part of the balance into one foreign PIN of the product: the card
     /// is debited the product's price in won and the first PIN of this shard's pool is theirs.
-    ForeignConvert { pin_hash: PinHash, password_mac: PasswordMac, product_id: u32 },
+    ForeignConvert {
+        pin_hash: PinHash,
+        password_mac: PasswordMac,
+        product_id: u32,
+    },
     /// Open a per-second charging session (a call): see `SessionOpen`. Boxed: it is the one
     /// body past 48 bytes, and every stored op record would otherwise pay for it.
     SessionStart(Box<SessionOpen>),
     /// Report the session's use so far (`used_total_s`, cumulative: a lost update heals), debit
     /// it and reserve a new grant. `seq` must be above the last request number applied.
-    SessionUpdate { pin_hash: PinHash, session_id: u128, seq: u32, used_total_s: u32, requested_s: u32 },
+    SessionUpdate {
+        pin_hash: PinHash,
+        session_id: u128,
+        seq: u32,
+        used_total_s: u32,
+        requested_s: u32,
+    },
     /// The call ended after `used_total_s` seconds in all: debit the rest, release the reservation.
-    SessionEnd { pin_hash: PinHash, session_id: u128, seq: u32, used_total_s: u32 },
+    SessionEnd {
+        pin_hash: PinHash,
+        session_id: u128,
+        seq: u32,
+        used_total_s: u32,
+    },
     /// A one-shot charge priced by the tariff of `category` and `destination`: `units` times
     /// its `event_won`, debited at once (REFUND and REVERSE treat it like a SALE).
     /// `password_mac` 0: none given (see `SessionOpen::password_mac`).
-    EventCharge { pin_hash: PinHash, password_mac: PasswordMac, destination: u64, units: u32, category: u8 },
+    EventCharge {
+        pin_hash: PinHash,
+        password_mac: PasswordMac,
+        destination: u64,
+        units: u32,
+        category: u8,
+    },
     /// SESSION_AUDIT found sessions of `owner_id` the call switch no longer has: end the listed
     /// ones that are still live, still that owner's and silent since `silent_since_ms` (charged
     /// what they reported, reservations released). A server command, not an op: no op id.
-    SessionsClose { owner_id: u32, silent_since_ms: Ms, session_ids: Vec<u128> },
+    SessionsClose {
+        owner_id: u32,
+        silent_since_ms: Ms,
+        session_ids: Vec<u128>,
+    },
     /// Let time pass: expire due holds and silent sessions. Journaled only when it changed
     /// something.
     Tick,
@@ -126,7 +207,10 @@ impl Body {
             | Body::SessionEnd { pin_hash, .. }
             | Body::EventCharge { pin_hash, .. } => Some(*pin_hash),
             Body::SessionStart(open) => Some(open.pin_hash),
-            Body::ForeignImport { .. } | Body::Tick | Body::Configure(_) | Body::SessionsClose { .. } => None,
+            Body::ForeignImport { .. }
+            | Body::Tick
+            | Body::Configure(_)
+            | Body::SessionsClose { .. } => None,
         }
     }
 }
@@ -176,10 +260,16 @@ pub const DESTINATION_DIGITS_MAX: usize = 15;
 /// a `u64`: the digit count in the top four bits, digit `i` in bits `4i..4i+4`. `None` when the
 /// number is empty, too long or not all digits.
 pub fn pack_destination(digits: &[u8]) -> Option<u64> {
-    if digits.is_empty() || digits.len() > DESTINATION_DIGITS_MAX || !digits.iter().all(u8::is_ascii_digit) {
+    if digits.is_empty()
+        || digits.len() > DESTINATION_DIGITS_MAX
+        || !digits.iter().all(u8::is_ascii_digit)
+    {
         return None;
     }
-    let packed = digits.iter().enumerate().fold(0u64, |packed, (at, digit)| packed | u64::from(digit - b'0') << (4 * at));
+    let packed = digits
+        .iter()
+        .enumerate()
+        .fold(0u64, |packed, (at, digit)| packed | u64::from(digit - b'0') << (4 * at));
     Some(packed | (digits.len() as u64) << 60)
 }
 
@@ -438,4 +528,3 @@ pub struct Totals {
 
 /// Re-exported so users of the core need not name the protocol crate for these.
 pub use pinswitch_protocol::{CardState as State, Category as ServiceCategory};
-

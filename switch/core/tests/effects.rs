@@ -4,7 +4,10 @@
 //! replays its journal (the commands that changed state, at their times) into a fresh shard and
 //! requires the same effects, as the settlement exporter's shadow engine relies on.
 
-use pinswitch_core::{Applied, Body, Command, Effect, EngineConfig, ForeignCode, Ms, OpId, PinHash, SessionOpen, Shard};
+use pinswitch_core::{
+    Applied, Body, Command, Effect, EngineConfig, ForeignCode, Ms, OpId, PinHash, SessionOpen,
+    Shard,
+};
 use pinswitch_core::{SessionNoticeOut, pack_destination};
 use pinswitch_protocol::{NOTICE_EXPIRED, NOTICE_REAUTHORIZE, ResultCode, op_id_at};
 
@@ -23,7 +26,12 @@ struct Script {
 
 impl Script {
     fn new() -> Script {
-        Script { shard: Shard::new(0, 1, EngineConfig::test_min()), now_ms: T0, next_op: 1, journal: Vec::new() }
+        Script {
+            shard: Shard::new(0, 1, EngineConfig::test_min()),
+            now_ms: T0,
+            next_op: 1,
+            journal: Vec::new(),
+        }
     }
 
     fn op_id(&mut self) -> OpId {
@@ -129,7 +137,10 @@ fn an_expired_hold_reports_its_release() {
     let (second_id, _) = s.op(authorize(2_000, 60), ResultCode::Approved);
     s.now_ms += 60_000;
     let (_, paid) = s.op(sale(100), ResultCode::Approved);
-    assert_eq!(paid.effects, [Effect::HoldExpired { hold_id: second_id, pin_hash: CARD, released_won: 2_000 }]);
+    assert_eq!(
+        paid.effects,
+        [Effect::HoldExpired { hold_id: second_id, pin_hash: CARD, released_won: 2_000 }]
+    );
     s.replay_agrees();
 }
 
@@ -146,13 +157,20 @@ fn sessions_expired_or_closed_report_their_release() {
     let told = SessionNoticeOut { session_id: 1, kind: NOTICE_EXPIRED, available_won: 10_000 };
     assert_eq!(
         tick.effects,
-        [Effect::SessionExpired { session_id: 1, pin_hash: CARD, released_won: 120 }, Effect::Notice(told)]
+        [
+            Effect::SessionExpired { session_id: 1, pin_hash: CARD, released_won: 120 },
+            Effect::Notice(told)
+        ]
     );
 
     s.op(session_start(2, 60), ResultCode::Approved);
     s.op(session_start(3, 30), ResultCode::Approved);
     let silent_since_ms = T0 + 240_000;
-    let close = |session_ids: Vec<u128>| Body::SessionsClose { owner_id: OWNER, silent_since_ms, session_ids };
+    let close = |session_ids: Vec<u128>| Body::SessionsClose {
+        owner_id: OWNER,
+        silent_since_ms,
+        session_ids,
+    };
     let closed = s.system(close(vec![3, 99, 2]));
     assert_eq!(closed.reply.amount_won, 2);
     assert_eq!(
@@ -173,7 +191,13 @@ fn sessions_expired_or_closed_report_their_release() {
 fn a_card_expiring_reports_its_breakage() {
     let mut s = Script::new();
     s.op(Body::Issue { pin_hash: CARD, face_value_won: 20_000 }, ResultCode::Approved);
-    let sell = Body::Sell { pin_hash: CARD, channel_id: 3, price_won: 20_000, payment_means: 4, gift_recipient_ref: 0 };
+    let sell = Body::Sell {
+        pin_hash: CARD,
+        channel_id: 3,
+        price_won: 20_000,
+        payment_means: 4,
+        gift_recipient_ref: 0,
+    };
     s.op(sell, ResultCode::Approved);
     s.op(Body::Activate { pin_hash: CARD, password_mac: PASSWORD }, ResultCode::Approved);
     s.op(sale(5_000), ResultCode::Approved);
@@ -198,7 +222,8 @@ fn a_foreign_conversion_reports_the_pin_handed_out() {
         s.op(Body::ForeignImport { foreign_hash, product_id: 1, code }, ResultCode::Approved);
     }
     s.active_card(CARD, 50_000);
-    let convert = |product_id| Body::ForeignConvert { pin_hash: CARD, password_mac: PASSWORD, product_id };
+    let convert =
+        |product_id| Body::ForeignConvert { pin_hash: CARD, password_mac: PASSWORD, product_id };
     let (_, declined) = s.op(convert(2), ResultCode::ForeignPinUnavailable);
     assert!(declined.effects.is_empty() && declined.foreign_pin().is_none());
     let (converted, applied) = s.op(convert(1), ResultCode::Approved);
@@ -208,7 +233,11 @@ fn a_foreign_conversion_reports_the_pin_handed_out() {
 
     let retry = s.op_as(converted, convert(1), ResultCode::Approved);
     assert!(retry.reply.replayed && !retry.changed);
-    assert_eq!(retry.effects, [Effect::ForeignPinHandedOut { code: first }], "a retry gets the same PIN");
+    assert_eq!(
+        retry.effects,
+        [Effect::ForeignPinHandedOut { code: first }],
+        "a retry gets the same PIN"
+    );
     let reused = s.op_as(converted, convert(2), ResultCode::OpIdReused);
     assert!(reused.effects.is_empty(), "another body under the op id is handed nothing");
     let (_, second) = s.op(convert(1), ResultCode::Approved);

@@ -30,15 +30,15 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use pinswitch_core::{
-    Applied, Body, CardView, Command, EngineConfig, FINAL_UNIT_NONE, FINAL_UNIT_TERMINATE, ForeignCode, HoldView, Ms, OpId,
-    OpView, PinHash, Reply, SessionGrant, SessionNoticeOut, SessionOpen, Shard, Tariff, Totals, destination_digits,
-    pack_destination,
-};
 use pinswitch_core::shard::msg_type_of;
+use pinswitch_core::{
+    Applied, Body, CardView, Command, EngineConfig, FINAL_UNIT_NONE, FINAL_UNIT_TERMINATE,
+    ForeignCode, HoldView, Ms, OpId, OpView, PinHash, Reply, SessionGrant, SessionNoticeOut,
+    SessionOpen, Shard, Tariff, Totals, destination_digits, pack_destination,
+};
 use pinswitch_protocol::{
-    CardState, Field, NOTICE_ABORT, NOTICE_EXPIRED, NOTICE_LOW_BALANCE, NOTICE_REAUTHORIZE, OpStatus, ResultCode, op_id_at,
-    session_digest,
+    CardState, Field, NOTICE_ABORT, NOTICE_EXPIRED, NOTICE_LOW_BALANCE, NOTICE_REAUTHORIZE,
+    OpStatus, ResultCode, op_id_at, session_digest,
 };
 
 const T0: Ms = 1_800_000_000_000;
@@ -255,16 +255,46 @@ fn first_differing_field(first: &Body, retry: &Body) -> Option<Field> {
             Body::Activate { pin_hash: p2, password_mac: m2 },
         ) => first_of(&[(p1 != p2, Field::Card), (m1 != m2, Field::Password)]),
         (
-            Body::Claim { pin_hash: p1, password_mac: m1, gift_recipient_ref: g1, password_hint: h1 },
-            Body::Claim { pin_hash: p2, password_mac: m2, gift_recipient_ref: g2, password_hint: h2 },
-        ) => first_of(&[(p1 != p2, Field::Card), (m1 != m2 || h1 != h2, Field::Password), (g1 != g2, Field::GiftRecipient)]),
+            Body::Claim {
+                pin_hash: p1,
+                password_mac: m1,
+                gift_recipient_ref: g1,
+                password_hint: h1,
+            },
+            Body::Claim {
+                pin_hash: p2,
+                password_mac: m2,
+                gift_recipient_ref: g2,
+                password_hint: h2,
+            },
+        ) => first_of(&[
+            (p1 != p2, Field::Card),
+            (m1 != m2 || h1 != h2, Field::Password),
+            (g1 != g2, Field::GiftRecipient),
+        ]),
         (
             Body::Load { pin_hash: p1, amount_won: a1, funding: f1 },
             Body::Load { pin_hash: p2, amount_won: a2, funding: f2 },
-        ) => first_of(&[(p1 != p2, Field::Card), (a1 != a2, Field::Amount), (f1 != f2, Field::Funding)]),
+        ) => first_of(&[
+            (p1 != p2, Field::Card),
+            (a1 != a2, Field::Amount),
+            (f1 != f2, Field::Funding),
+        ]),
         (
-            Body::Sell { pin_hash: p1, channel_id: c1, price_won: a1, payment_means: m1, gift_recipient_ref: g1 },
-            Body::Sell { pin_hash: p2, channel_id: c2, price_won: a2, payment_means: m2, gift_recipient_ref: g2 },
+            Body::Sell {
+                pin_hash: p1,
+                channel_id: c1,
+                price_won: a1,
+                payment_means: m1,
+                gift_recipient_ref: g1,
+            },
+            Body::Sell {
+                pin_hash: p2,
+                channel_id: c2,
+                price_won: a2,
+                payment_means: m2,
+                gift_recipient_ref: g2,
+            },
         ) => first_of(&[
             (p1 != p2, Field::Card),
             (c1 != c2, Field::Channel),
@@ -275,7 +305,9 @@ fn first_differing_field(first: &Body, retry: &Body) -> Option<Field> {
         (Body::Block { pin_hash: p1, reason: r1 }, Body::Block { pin_hash: p2, reason: r2 }) => {
             first_of(&[(p1 != p2, Field::Card), (r1 != r2, Field::Reason)])
         }
-        (Body::Unblock { pin_hash: p1 }, Body::Unblock { pin_hash: p2 }) => first_of(&[(p1 != p2, Field::Card)]),
+        (Body::Unblock { pin_hash: p1 }, Body::Unblock { pin_hash: p2 }) => {
+            first_of(&[(p1 != p2, Field::Card)])
+        }
         (
             Body::Register { pin_hash: p1, holder_ref: h1, verified_name: v1 },
             Body::Register { pin_hash: p2, holder_ref: h2, verified_name: v2 },
@@ -289,8 +321,22 @@ fn first_differing_field(first: &Body, retry: &Body) -> Option<Field> {
             Body::BalanceRefund { pin_hash: p2, payout_account_ref: a2 },
         ) => first_of(&[(p1 != p2, Field::Card), (a1 != a2, Field::PayoutAccount)]),
         (
-            Body::Authorize { pin_hash: p1, password_mac: m1, amount_won: a1, merchant_id: r1, category: c1, hold_ttl_s: t1 },
-            Body::Authorize { pin_hash: p2, password_mac: m2, amount_won: a2, merchant_id: r2, category: c2, hold_ttl_s: t2 },
+            Body::Authorize {
+                pin_hash: p1,
+                password_mac: m1,
+                amount_won: a1,
+                merchant_id: r1,
+                category: c1,
+                hold_ttl_s: t1,
+            },
+            Body::Authorize {
+                pin_hash: p2,
+                password_mac: m2,
+                amount_won: a2,
+                merchant_id: r2,
+                category: c2,
+                hold_ttl_s: t2,
+            },
         ) => first_of(&[
             (p1 != p2, Field::Card),
             (a1 != a2, Field::Amount),
@@ -316,8 +362,20 @@ fn first_differing_field(first: &Body, retry: &Body) -> Option<Field> {
             Body::Reverse { pin_hash: p2, original_op_id: o2 },
         ) => first_of(&[(p1 != p2, Field::Card), (o1 != o2, Field::Reference)]),
         (
-            Body::Sale { pin_hash: p1, password_mac: m1, amount_won: a1, merchant_id: r1, category: c1 },
-            Body::Sale { pin_hash: p2, password_mac: m2, amount_won: a2, merchant_id: r2, category: c2 },
+            Body::Sale {
+                pin_hash: p1,
+                password_mac: m1,
+                amount_won: a1,
+                merchant_id: r1,
+                category: c1,
+            },
+            Body::Sale {
+                pin_hash: p2,
+                password_mac: m2,
+                amount_won: a2,
+                merchant_id: r2,
+                category: c2,
+            },
         ) => first_of(&[
             (p1 != p2, Field::Card),
             (a1 != a2, Field::Amount),
@@ -328,7 +386,11 @@ fn first_differing_field(first: &Body, retry: &Body) -> Option<Field> {
         (
             Body::Refund { pin_hash: p1, original_op_id: o1, amount_won: a1 },
             Body::Refund { pin_hash: p2, original_op_id: o2, amount_won: a2 },
-        ) => first_of(&[(p1 != p2, Field::Card), (o1 != o2, Field::Reference), (a1 != a2, Field::Amount)]),
+        ) => first_of(&[
+            (p1 != p2, Field::Card),
+            (o1 != o2, Field::Reference),
+            (a1 != a2, Field::Amount),
+        ]),
         (
             Body::ForeignImport { foreign_hash: h1, product_id: p1, code: c1 },
             Body::ForeignImport { foreign_hash: h2, product_id: p2, code: c2 },
@@ -336,7 +398,11 @@ fn first_differing_field(first: &Body, retry: &Body) -> Option<Field> {
         (
             Body::ForeignConvert { pin_hash: p1, password_mac: m1, product_id: r1 },
             Body::ForeignConvert { pin_hash: p2, password_mac: m2, product_id: r2 },
-        ) => first_of(&[(p1 != p2, Field::Card), (m1 != m2, Field::Password), (r1 != r2, Field::Product)]),
+        ) => first_of(&[
+            (p1 != p2, Field::Card),
+            (m1 != m2, Field::Password),
+            (r1 != r2, Field::Product),
+        ]),
         (Body::SessionStart(one), Body::SessionStart(two)) => first_of(&[
             (one.pin_hash != two.pin_hash, Field::Card),
             (one.session_id != two.session_id, Field::Reference),
@@ -348,8 +414,20 @@ fn first_differing_field(first: &Body, retry: &Body) -> Option<Field> {
         ]),
         // The request number before the seconds (PROTOCOL.md lists this order: 22 before 21).
         (
-            Body::SessionUpdate { pin_hash: p1, session_id: s1, seq: q1, used_total_s: u1, requested_s: r1 },
-            Body::SessionUpdate { pin_hash: p2, session_id: s2, seq: q2, used_total_s: u2, requested_s: r2 },
+            Body::SessionUpdate {
+                pin_hash: p1,
+                session_id: s1,
+                seq: q1,
+                used_total_s: u1,
+                requested_s: r1,
+            },
+            Body::SessionUpdate {
+                pin_hash: p2,
+                session_id: s2,
+                seq: q2,
+                used_total_s: u2,
+                requested_s: r2,
+            },
         ) => first_of(&[
             (p1 != p2, Field::Card),
             (s1 != s2, Field::Reference),
@@ -359,10 +437,27 @@ fn first_differing_field(first: &Body, retry: &Body) -> Option<Field> {
         (
             Body::SessionEnd { pin_hash: p1, session_id: s1, seq: q1, used_total_s: u1 },
             Body::SessionEnd { pin_hash: p2, session_id: s2, seq: q2, used_total_s: u2 },
-        ) => first_of(&[(p1 != p2, Field::Card), (s1 != s2, Field::Reference), (q1 != q2, Field::Sequence), (u1 != u2, Field::Seconds)]),
+        ) => first_of(&[
+            (p1 != p2, Field::Card),
+            (s1 != s2, Field::Reference),
+            (q1 != q2, Field::Sequence),
+            (u1 != u2, Field::Seconds),
+        ]),
         (
-            Body::EventCharge { pin_hash: p1, password_mac: m1, destination: d1, units: n1, category: c1 },
-            Body::EventCharge { pin_hash: p2, password_mac: m2, destination: d2, units: n2, category: c2 },
+            Body::EventCharge {
+                pin_hash: p1,
+                password_mac: m1,
+                destination: d1,
+                units: n1,
+                category: c1,
+            },
+            Body::EventCharge {
+                pin_hash: p2,
+                password_mac: m2,
+                destination: d2,
+                units: n2,
+                category: c2,
+            },
         ) => first_of(&[
             (p1 != p2, Field::Card),
             (m1 != m2, Field::Password),
@@ -444,7 +539,13 @@ fn session_costs(tariff: &Tariff, start: u64, up_to: u64) -> Vec<u64> {
 
 /// The largest grant of at most `wanted` seconds past `used` whose extra cost fits `budget`,
 /// whether not one second more would fit, and what it reserves.
-fn session_grant(tariff: &Tariff, start: u64, used: u64, wanted: u32, budget: u64) -> (u32, u8, u64) {
+fn session_grant(
+    tariff: &Tariff,
+    start: u64,
+    used: u64,
+    wanted: u32,
+    budget: u64,
+) -> (u32, u8, u64) {
     let costs = session_costs(tariff, start, used + u64::from(wanted) + 1);
     let extra = |more: u64| costs[(used + more) as usize] - costs[used as usize];
     let granted = (0..=u64::from(wanted)).rev().find(|more| extra(*more) <= budget).unwrap();
@@ -491,12 +592,21 @@ impl Reference {
     }
 
     fn held(&self, pin: PinHash) -> u64 {
-        self.holds.iter().filter(|hold| hold.pin == pin).map(|hold| hold.amount - hold.captured).sum::<u64>() + self.reserved(pin)
+        self.holds
+            .iter()
+            .filter(|hold| hold.pin == pin)
+            .map(|hold| hold.amount - hold.captured)
+            .sum::<u64>()
+            + self.reserved(pin)
     }
 
     /// What the card's charging sessions hold.
     fn reserved(&self, pin: PinHash) -> u64 {
-        self.sessions.iter().filter(|session| session.pin == pin).map(|session| session.reserved).sum()
+        self.sessions
+            .iter()
+            .filter(|session| session.pin == pin)
+            .map(|session| session.reserved)
+            .sum()
     }
 
     fn available(&self, pin: PinHash) -> u64 {
@@ -596,7 +706,11 @@ impl Reference {
     fn prune(&mut self) -> bool {
         let older = self.generation - 1;
         let older_max = |records: &[RefRecord]| {
-            records.iter().filter(|record| record.generation == older).map(|record| record.time).max()
+            records
+                .iter()
+                .filter(|record| record.generation == older)
+                .map(|record| record.time)
+                .max()
         };
         let window_floor = self.window_floor();
         let mut changed = false;
@@ -630,7 +744,12 @@ impl Reference {
 
     fn apply_moving_clock(&mut self, now: Ms, command: &Command) -> (Reply, bool) {
         self.clock = self.clock.max(now);
-        let due: Vec<OpId> = self.holds.iter().filter(|hold| hold.expires <= self.clock).map(|hold| hold.id).collect();
+        let due: Vec<OpId> = self
+            .holds
+            .iter()
+            .filter(|hold| hold.expires <= self.clock)
+            .map(|hold| hold.id)
+            .collect();
         for id in &due {
             self.close_hold(*id, OpStatus::HoldExpired);
         }
@@ -651,15 +770,23 @@ impl Reference {
     /// the card's available balance right after, and the session is remembered for a late
     /// report; past `expired_sessions_max` the first remembered is forgotten.
     fn expire_sessions(&mut self) -> bool {
-        let mut due: Vec<(Ms, u128)> =
-            self.sessions.iter().filter(|session| session.deadline <= self.clock).map(|session| (session.deadline, session.id)).collect();
+        let mut due: Vec<(Ms, u128)> = self
+            .sessions
+            .iter()
+            .filter(|session| session.deadline <= self.clock)
+            .map(|session| (session.deadline, session.id))
+            .collect();
         due.sort();
         for (_, id) in &due {
             let at = self.sessions.iter().position(|session| session.id == *id).unwrap();
             let mut session = self.sessions.remove(at);
             session.reserved = 0;
             let available = self.available(session.pin);
-            self.notices.push(SessionNoticeOut { session_id: *id, kind: NOTICE_EXPIRED, available_won: available });
+            self.notices.push(SessionNoticeOut {
+                session_id: *id,
+                kind: NOTICE_EXPIRED,
+                available_won: available,
+            });
             self.expired_sessions.push(session);
             while self.expired_sessions.len() > self.cfg.expired_sessions_max as usize {
                 self.expired_sessions.remove(0);
@@ -675,7 +802,10 @@ impl Reference {
     fn sessions_close(&mut self, owner: u32, silent_since: Ms, ids: &[u128]) -> (Reply, bool) {
         let mut closed = 0;
         for id in ids {
-            let orphan = self.sessions.iter().position(|s| s.id == *id && s.owner == owner && s.last_report <= silent_since);
+            let orphan = self
+                .sessions
+                .iter()
+                .position(|s| s.id == *id && s.owner == owner && s.last_report <= silent_since);
             if let Some(at) = orphan {
                 self.sessions.remove(at);
                 closed += 1;
@@ -697,7 +827,10 @@ impl Reference {
             session_validity_s: config.session_validity_s,
             ..EngineConfig::test_min()
         };
-        assert_eq!(&expected, config, "the walk changes only the session rules the reference models");
+        assert_eq!(
+            &expected, config,
+            "the walk changes only the session rules the reference models"
+        );
         if config.tariff_utc_offset_s.abs() > 14 * 3600 || config.session_validity_s == 0 {
             return (bare(ResultCode::FormatError), false);
         }
@@ -730,7 +863,9 @@ impl Reference {
             };
             return match first_differing_field(first, body) {
                 None => (Reply { replayed: true, ..record.reply }, false),
-                Some(field) => (Reply { field: field as u8, ..bare(ResultCode::OpIdReused) }, false),
+                Some(field) => {
+                    (Reply { field: field as u8, ..bare(ResultCode::OpIdReused) }, false)
+                }
             };
         }
         // A card, or for FOREIGN_IMPORT the foreign PIN's hash (no card has it).
@@ -763,13 +898,16 @@ impl Reference {
             let outcome = self.execute(now, op_id, body);
             if outcome.reply.code < 100 {
                 match body {
-                    Body::Load { .. } | Body::Unblock { .. } => self.notify_card(pin, NOTICE_REAUTHORIZE),
+                    Body::Load { .. } | Body::Unblock { .. } => {
+                        self.notify_card(pin, NOTICE_REAUTHORIZE)
+                    }
                     Body::Block { .. } => self.notify_card(pin, NOTICE_ABORT),
                     _ => {}
                 }
             }
             let warn = self.cfg.low_balance_warn_won;
-            let crossed = available_before.is_some_and(|before| before >= warn && self.available(pin) < warn);
+            let crossed =
+                available_before.is_some_and(|before| before >= warn && self.available(pin) < warn);
             if watched && warn > 0 && crossed {
                 self.notify_card(pin, NOTICE_LOW_BALANCE);
             }
@@ -793,7 +931,9 @@ impl Reference {
         match *body {
             Body::Issue { pin_hash, face_value_won } => self.issue(pin_hash, face_value_won),
             Body::Activate { pin_hash, password_mac } => self.activate(pin_hash, password_mac),
-            Body::Load { pin_hash, amount_won, funding } => self.load(pin_hash, amount_won, funding),
+            Body::Load { pin_hash, amount_won, funding } => {
+                self.load(pin_hash, amount_won, funding)
+            }
             Body::Sell { pin_hash, channel_id, price_won, payment_means, gift_recipient_ref } => {
                 self.sell(pin_hash, channel_id, price_won, payment_means, gift_recipient_ref)
             }
@@ -802,10 +942,18 @@ impl Reference {
             }
             Body::Block { pin_hash, reason } => self.block(pin_hash, reason),
             Body::Unblock { pin_hash } => self.unblock(pin_hash),
-            Body::Register { pin_hash, holder_ref, verified_name } => self.register(pin_hash, holder_ref, verified_name),
-            Body::Consign { pin_hash, partner_id, commission_per_mille } => self.consign(pin_hash, partner_id, commission_per_mille),
-            Body::BalanceRefund { pin_hash, payout_account_ref } => self.balance_refund(pin_hash, payout_account_ref),
-            Body::Authorize { pin_hash, password_mac, amount_won, category, hold_ttl_s, .. } => {
+            Body::Register { pin_hash, holder_ref, verified_name } => {
+                self.register(pin_hash, holder_ref, verified_name)
+            }
+            Body::Consign { pin_hash, partner_id, commission_per_mille } => {
+                self.consign(pin_hash, partner_id, commission_per_mille)
+            }
+            Body::BalanceRefund { pin_hash, payout_account_ref } => {
+                self.balance_refund(pin_hash, payout_account_ref)
+            }
+            Body::Authorize {
+                pin_hash, password_mac, amount_won, category, hold_ttl_s, ..
+            } => {
                 self.authorize(now, op_id, pin_hash, password_mac, amount_won, category, hold_ttl_s)
             }
             Body::Sale { pin_hash, password_mac, amount_won, category, .. } => {
@@ -815,9 +963,15 @@ impl Reference {
                 self.capture(pin_hash, hold_id, amount_won, final_capture)
             }
             Body::Void { pin_hash, hold_id } => self.void(pin_hash, hold_id),
-            Body::Reverse { pin_hash, original_op_id } => self.reverse(op_id, pin_hash, original_op_id),
-            Body::Refund { pin_hash, original_op_id, amount_won } => self.refund(pin_hash, original_op_id, amount_won),
-            Body::ForeignImport { foreign_hash, product_id, code } => self.foreign_import(foreign_hash, product_id, code),
+            Body::Reverse { pin_hash, original_op_id } => {
+                self.reverse(op_id, pin_hash, original_op_id)
+            }
+            Body::Refund { pin_hash, original_op_id, amount_won } => {
+                self.refund(pin_hash, original_op_id, amount_won)
+            }
+            Body::ForeignImport { foreign_hash, product_id, code } => {
+                self.foreign_import(foreign_hash, product_id, code)
+            }
             Body::ForeignConvert { pin_hash, password_mac, product_id } => {
                 self.foreign_convert(op_id, pin_hash, password_mac, product_id)
             }
@@ -838,7 +992,12 @@ impl Reference {
     /// A notice of `kind` to each live session of the card, lowest session id first, with the
     /// card's available balance now.
     fn notify_card(&mut self, pin: PinHash, kind: u8) {
-        let mut ids: Vec<u128> = self.sessions.iter().filter(|session| session.pin == pin).map(|session| session.id).collect();
+        let mut ids: Vec<u128> = self
+            .sessions
+            .iter()
+            .filter(|session| session.pin == pin)
+            .map(|session| session.id)
+            .collect();
         ids.sort();
         let available = self.available(pin);
         for id in ids {
@@ -854,7 +1013,10 @@ impl Reference {
         self.cfg
             .tariffs
             .iter()
-            .filter(|tariff| tariff.category == category && number.starts_with(tariff.destination_prefix.as_bytes()))
+            .filter(|tariff| {
+                tariff.category == category
+                    && number.starts_with(tariff.destination_prefix.as_bytes())
+            })
             .max_by_key(|tariff| tariff.destination_prefix.len())
             .cloned()
     }
@@ -865,7 +1027,11 @@ impl Reference {
     }
 
     fn session_wanted(&self, requested: u32) -> u32 {
-        if requested == 0 { self.cfg.session_grant_default_s } else { requested.min(self.cfg.session_grant_max_s) }
+        if requested == 0 {
+            self.cfg.session_grant_default_s
+        } else {
+            requested.min(self.cfg.session_grant_max_s)
+        }
     }
 
     /// The password rule of calls and event charges: a card locked by wrong passwords is
@@ -883,7 +1049,11 @@ impl Reference {
         }
         if card.mac != mac {
             card.failures += 1;
-            return Err(if card.failures >= tries { ResultCode::PasswordTriesExceeded } else { ResultCode::PasswordInvalid });
+            return Err(if card.failures >= tries {
+                ResultCode::PasswordTriesExceeded
+            } else {
+                ResultCode::PasswordInvalid
+            });
         }
         card.failures = 0;
         Ok(())
@@ -906,8 +1076,15 @@ impl Reference {
     }
 
     fn session_start(&mut self, now: Ms, open: &SessionOpen) -> Outcome {
-        let SessionOpen { pin_hash: pin, session_id: id, destination, requested_s: requested, owner_id: owner, password_mac: mac, category } =
-            *open;
+        let SessionOpen {
+            pin_hash: pin,
+            session_id: id,
+            destination,
+            requested_s: requested,
+            owner_id: owner,
+            password_mac: mac,
+            category,
+        } = *open;
         if id == 0 {
             return self.decline(ResultCode::FormatError, pin);
         }
@@ -918,7 +1095,9 @@ impl Reference {
         if self.sessions.iter().chain(&self.expired_sessions).any(|session| session.id == id) {
             return self.decline(ResultCode::SessionExists, pin);
         }
-        if self.sessions.iter().filter(|session| session.pin == pin).count() >= usize::from(self.cfg.sessions_per_card_max) {
+        if self.sessions.iter().filter(|session| session.pin == pin).count()
+            >= usize::from(self.cfg.sessions_per_card_max)
+        {
             return self.decline(ResultCode::SessionLimitPerCard, pin);
         }
         if self.sessions.len() >= self.cfg.sessions_per_shard_max as usize {
@@ -931,7 +1110,13 @@ impl Reference {
             return self.decline(code, pin);
         }
         let local_start = self.local_second(now);
-        let (granted, last, reserve) = session_grant(&tariff, local_start, 0, self.session_wanted(requested), self.available(pin));
+        let (granted, last, reserve) = session_grant(
+            &tariff,
+            local_start,
+            0,
+            self.session_wanted(requested),
+            self.available(pin),
+        );
         if granted == 0 {
             return self.decline(ResultCode::InsufficientFunds, pin);
         }
@@ -951,23 +1136,42 @@ impl Reference {
             reserved: reserve,
         });
         let mut reply = self.approve(pin, 0);
-        SessionGrant { granted_s: granted, validity_s: self.cfg.session_validity_s, tariff_id, final_unit: last }.pack_into(&mut reply);
+        SessionGrant {
+            granted_s: granted,
+            validity_s: self.cfg.session_validity_s,
+            tariff_id,
+            final_unit: last,
+        }
+        .pack_into(&mut reply);
         done(reply)
     }
 
     /// UPDATE (`requested` given) or END of a live session of this card, or a late one of a
     /// session expired for silence and still remembered.
-    fn session_report(&mut self, now: Ms, pin: PinHash, id: u128, seq: u32, used_total: u32, requested: Option<u32>) -> Outcome {
+    fn session_report(
+        &mut self,
+        now: Ms,
+        pin: PinHash,
+        id: u128,
+        seq: u32,
+        used_total: u32,
+        requested: Option<u32>,
+    ) -> Outcome {
         let live = self.sessions.iter().position(|session| session.id == id);
         let (expired, at) = match live {
             Some(at) if self.sessions[at].pin == pin => (false, at),
             Some(_) => return self.decline(ResultCode::SessionNotFound, pin),
-            None => match self.expired_sessions.iter().position(|session| session.id == id && session.pin == pin) {
+            None => match self
+                .expired_sessions
+                .iter()
+                .position(|session| session.id == id && session.pin == pin)
+            {
                 Some(at) => (true, at),
                 None => return self.decline(ResultCode::SessionNotFound, pin),
             },
         };
-        let mut session = if expired { self.expired_sessions[at].clone() } else { self.sessions[at].clone() };
+        let mut session =
+            if expired { self.expired_sessions[at].clone() } else { self.sessions[at].clone() };
         if seq <= session.seq {
             return self.decline(ResultCode::SessionSequenceStale, pin);
         }
@@ -982,7 +1186,9 @@ impl Reference {
         if !session.tariff.bands.is_empty() {
             self.banded_reports += 1;
             let start_rate = rate_at(&session.tariff, session.local_start);
-            if (0..used).any(|second| rate_at(&session.tariff, session.local_start + second) != start_rate) {
+            if (0..used)
+                .any(|second| rate_at(&session.tariff, session.local_start + second) != start_rate)
+            {
                 self.band_crossings += 1;
             }
         }
@@ -1009,7 +1215,8 @@ impl Reference {
             };
             let mut reply = self.approve(pin, debit);
             reply.code = ResultCode::SessionExpiredCharged.as_u16();
-            SessionGrant { granted_s: 0, validity_s: 0, tariff_id, final_unit }.pack_into(&mut reply);
+            SessionGrant { granted_s: 0, validity_s: 0, tariff_id, final_unit }
+                .pack_into(&mut reply);
             return done(reply);
         }
         let grant = match requested {
@@ -1029,7 +1236,12 @@ impl Reference {
                 session.reserved = reserve;
                 session.deadline = now + 2 * 1000 * u64::from(self.cfg.session_validity_s);
                 self.sessions[at] = session;
-                SessionGrant { granted_s: granted, validity_s: self.cfg.session_validity_s, tariff_id, final_unit: last }
+                SessionGrant {
+                    granted_s: granted,
+                    validity_s: self.cfg.session_validity_s,
+                    tariff_id,
+                    final_unit: last,
+                }
             }
         };
         let mut reply = self.approve(pin, debit);
@@ -1042,7 +1254,15 @@ impl Reference {
 
     /// EVENT_CHARGE: units times the tariff's event price, debited at once like a SALE
     /// (points, and REFUND/REVERSE treat it as one).
-    fn event_charge(&mut self, op_id: OpId, pin: PinHash, mac: u64, destination: u64, units: u32, category: u8) -> Outcome {
+    fn event_charge(
+        &mut self,
+        op_id: OpId,
+        pin: PinHash,
+        mac: u64,
+        destination: u64,
+        units: u32,
+        category: u8,
+    ) -> Outcome {
         if units == 0 {
             return self.decline(ResultCode::UnitsInvalid, pin);
         }
@@ -1084,7 +1304,9 @@ impl Reference {
     /// Checked as a telephone-call payment of the product's price; takes the pool's oldest PIN;
     /// no points.
     fn foreign_convert(&mut self, op_id: OpId, pin: PinHash, mac: u64, product: u32) -> Outcome {
-        let Some(price) = self.cfg.foreign_products.iter().find(|p| p.product_id == product).map(|p| p.price_won) else {
+        let Some(price) =
+            self.cfg.foreign_products.iter().find(|p| p.product_id == product).map(|p| p.price_won)
+        else {
             return self.decline(ResultCode::ForeignProductUnknown, pin);
         };
         if let Err(code) = self.payment_checks(pin, mac, price, 2) {
@@ -1106,7 +1328,23 @@ impl Reference {
         if !self.cfg.face_values_won.contains(&face) {
             return done(bare(ResultCode::ProductNotFound));
         }
-        self.cards.push(RefCard { pin, state: CardState::Issued, face, balance: face, mac: 0, failures: 0, charged: face, expires_s: 0, blocked_unsold: false, named: false, registered: false, points: 0, consignee: 0, gift_to: 0, hint: false });
+        self.cards.push(RefCard {
+            pin,
+            state: CardState::Issued,
+            face,
+            balance: face,
+            mac: 0,
+            failures: 0,
+            charged: face,
+            expires_s: 0,
+            blocked_unsold: false,
+            named: false,
+            registered: false,
+            points: 0,
+            consignee: 0,
+            gift_to: 0,
+            hint: false,
+        });
         self.issued += u128::from(face);
         done(self.approve(pin, face))
     }
@@ -1120,7 +1358,9 @@ impl Reference {
     /// this face value (its product's own period if the catalogue gives one).
     fn validity_end(&self, face: u64) -> u32 {
         let days = match self.product(face) {
-            Some(index) if !self.cfg.product_validity_days.is_empty() => self.cfg.product_validity_days[index],
+            Some(index) if !self.cfg.product_validity_days.is_empty() => {
+                self.cfg.product_validity_days[index]
+            }
             _ => self.cfg.validity_days,
         };
         u32::try_from(self.clock / 1000 + u64::from(days) * 86_400).unwrap_or(u32::MAX)
@@ -1129,7 +1369,9 @@ impl Reference {
     /// The recharge unit of a card of this face value.
     fn recharge_unit(&self, face: u64) -> u64 {
         match self.product(face) {
-            Some(index) if !self.cfg.product_recharge_unit_won.is_empty() => self.cfg.product_recharge_unit_won[index],
+            Some(index) if !self.cfg.product_recharge_unit_won.is_empty() => {
+                self.cfg.product_recharge_unit_won[index]
+            }
             _ => self.cfg.recharge_unit_won,
         }
     }
@@ -1161,10 +1403,13 @@ impl Reference {
     fn points(&mut self, pin: PinHash, amount: u64, earn: bool) {
         let face = self.card(pin).unwrap().face;
         let rate = match self.cfg.face_values_won.iter().position(|f| *f == face) {
-            Some(index) if !self.cfg.product_points_per_mille.is_empty() => self.cfg.product_points_per_mille[index],
+            Some(index) if !self.cfg.product_points_per_mille.is_empty() => {
+                self.cfg.product_points_per_mille[index]
+            }
             _ => self.cfg.points_per_mille,
         };
-        let points = u32::try_from(u128::from(amount) * u128::from(rate) / 1000).unwrap_or(u32::MAX);
+        let points =
+            u32::try_from(u128::from(amount) * u128::from(rate) / 1000).unwrap_or(u32::MAX);
         let card = self.card_mut(pin).unwrap();
         if earn {
             if card.registered {
@@ -1179,9 +1424,12 @@ impl Reference {
     /// to its product's own cap if the catalogue gives one.
     fn cap(&self, pin: PinHash) -> u64 {
         let card = self.card(pin).unwrap();
-        let legal = if card.named { self.cfg.balance_cap_named_won } else { self.cfg.balance_cap_won };
+        let legal =
+            if card.named { self.cfg.balance_cap_named_won } else { self.cfg.balance_cap_won };
         match self.product(card.face) {
-            Some(index) if !self.cfg.product_balance_cap_won.is_empty() => self.cfg.product_balance_cap_won[index].min(legal),
+            Some(index) if !self.cfg.product_balance_cap_won.is_empty() => {
+                self.cfg.product_balance_cap_won[index].min(legal)
+            }
             _ => legal,
         }
     }
@@ -1211,7 +1459,9 @@ impl Reference {
             return self.decline(ResultCode::CardNotFound, pin);
         };
         match card.state {
-            CardState::Issued if card.consignee != 0 => self.decline(ResultCode::CardConsignedElsewhere, pin),
+            CardState::Issued if card.consignee != 0 => {
+                self.decline(ResultCode::CardConsignedElsewhere, pin)
+            }
             CardState::Issued => {
                 card.consignee = partner;
                 let face = card.face;
@@ -1280,7 +1530,11 @@ impl Reference {
         if let Some(code) = code {
             return self.decline(code, pin);
         }
-        card.state = if card.state == CardState::Blocked && card.blocked_unsold { CardState::Sold } else { CardState::Active };
+        card.state = if card.state == CardState::Blocked && card.blocked_unsold {
+            CardState::Sold
+        } else {
+            CardState::Active
+        };
         card.blocked_unsold = false;
         card.failures = 0;
         done(self.approve(pin, 0))
@@ -1296,7 +1550,9 @@ impl Reference {
         if !matches!(card.state, CardState::Active | CardState::Blocked) {
             return self.decline(wrong_state(card.state), pin);
         }
-        if self.holds.iter().any(|hold| hold.pin == pin) || self.sessions.iter().any(|session| session.pin == pin) {
+        if self.holds.iter().any(|hold| hold.pin == pin)
+            || self.sessions.iter().any(|session| session.pin == pin)
+        {
             return self.decline(ResultCode::HoldsOutstanding, pin);
         }
         let percent = if card.face <= self.cfg.small_face_value_max_won {
@@ -1323,7 +1579,9 @@ impl Reference {
         let validity_end = self.validity_end(face);
         let card = self.card_mut(pin).unwrap();
         match card.state {
-            CardState::Issued | CardState::Sold if card.gift_to != 0 => self.decline(ResultCode::GiftClaimRequired, pin),
+            CardState::Issued | CardState::Sold if card.gift_to != 0 => {
+                self.decline(ResultCode::GiftClaimRequired, pin)
+            }
             CardState::Issued | CardState::Sold => {
                 card.state = CardState::Active;
                 card.mac = mac;
@@ -1343,7 +1601,9 @@ impl Reference {
             return self.decline(ResultCode::CardNotFound, pin);
         };
         match card.state {
-            CardState::Issued | CardState::Sold if card.gift_to != gift_to => self.decline(ResultCode::GiftRecipientMismatch, pin),
+            CardState::Issued | CardState::Sold if card.gift_to != gift_to => {
+                self.decline(ResultCode::GiftRecipientMismatch, pin)
+            }
             CardState::Issued | CardState::Sold => {
                 card.gift_to = 0;
                 let outcome = self.activate(pin, mac);
@@ -1383,11 +1643,12 @@ impl Reference {
         if new_balance > self.cap(pin) {
             return self.decline(ResultCode::BalanceCapExceeded, pin);
         }
-        let extension = if self.cfg.promotional_face_values_won.contains(&self.card(pin).unwrap().face) {
-            u64::from(self.cfg.promotional_extension_days) * 86_400
-        } else {
-            0
-        };
+        let extension =
+            if self.cfg.promotional_face_values_won.contains(&self.card(pin).unwrap().face) {
+                u64::from(self.cfg.promotional_extension_days) * 86_400
+            } else {
+                0
+            };
         let card = self.card_mut(pin).unwrap();
         card.balance = new_balance;
         card.charged = card.charged.saturating_add(amount);
@@ -1398,7 +1659,13 @@ impl Reference {
 
     /// Amount, category, card and password checks shared by AUTHORIZE and SALE; counts a wrong
     /// password even though the payment is declined.
-    fn payment_checks(&mut self, pin: PinHash, mac: u64, amount: u64, category: u8) -> Result<(), ResultCode> {
+    fn payment_checks(
+        &mut self,
+        pin: PinHash,
+        mac: u64,
+        amount: u64,
+        category: u8,
+    ) -> Result<(), ResultCode> {
         if amount == 0 {
             return Err(ResultCode::AmountInvalid);
         }
@@ -1409,7 +1676,9 @@ impl Reference {
         // The product mix: test_min's catalogue restricts some face values.
         let face = self.card(pin).unwrap().face;
         if let Some(index) = self.cfg.face_values_won.iter().position(|f| *f == face) {
-            if !self.cfg.product_category_masks.is_empty() && self.cfg.product_category_masks[index] & (1 << (category - 1)) == 0 {
+            if !self.cfg.product_category_masks.is_empty()
+                && self.cfg.product_category_masks[index] & (1 << (category - 1)) == 0
+            {
                 return Err(ResultCode::CategoryNotAllowed);
             }
         }
@@ -1431,7 +1700,16 @@ impl Reference {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn authorize(&mut self, now: Ms, op_id: OpId, pin: PinHash, mac: u64, amount: u64, category: u8, ttl: u32) -> Outcome {
+    fn authorize(
+        &mut self,
+        now: Ms,
+        op_id: OpId,
+        pin: PinHash,
+        mac: u64,
+        amount: u64,
+        category: u8,
+        ttl: u32,
+    ) -> Outcome {
         if ttl > self.cfg.hold_ttl_max_s {
             return self.decline(ResultCode::HoldTtlInvalid, pin);
         }
@@ -1477,7 +1755,9 @@ impl Reference {
     /// Why `hold_id` names no pending hold of this card, judged from its AUTHORIZE record.
     fn closed_hold(&self, pin: PinHash, hold_id: OpId, when_voided: ResultCode) -> ResultCode {
         match self.record(hold_id) {
-            Some(record) if record.pin == pin && matches!(record.body, Some(Body::Authorize { .. })) => {
+            Some(record)
+                if record.pin == pin && matches!(record.body, Some(Body::Authorize { .. })) =>
+            {
                 match record.status {
                     OpStatus::HoldCaptured => ResultCode::HoldAlreadyCaptured,
                     OpStatus::HoldVoided => when_voided,
@@ -1490,13 +1770,21 @@ impl Reference {
         }
     }
 
-    fn capture(&mut self, pin: PinHash, hold_id: OpId, amount: u64, final_capture: bool) -> Outcome {
+    fn capture(
+        &mut self,
+        pin: PinHash,
+        hold_id: OpId,
+        amount: u64,
+        final_capture: bool,
+    ) -> Outcome {
         if amount == 0 {
             return self.decline(ResultCode::AmountInvalid, pin);
         }
         match self.card(pin).map(|card| card.state) {
             None => return self.decline(ResultCode::CardNotFound, pin),
-            Some(CardState::Issued | CardState::Sold) => return self.decline(ResultCode::CardNotActive, pin),
+            Some(CardState::Issued | CardState::Sold) => {
+                return self.decline(ResultCode::CardNotActive, pin);
+            }
             Some(CardState::Closed) => return self.decline(ResultCode::CardClosed, pin),
             Some(CardState::Active | CardState::Blocked | CardState::Expired) => {}
         }
@@ -1567,7 +1855,10 @@ impl Reference {
         if record.pin != pin {
             return self.decline(ResultCode::OriginalCardMismatch, pin);
         }
-        if !matches!(original_body, Body::Authorize { .. } | Body::Sale { .. } | Body::EventCharge { .. }) {
+        if !matches!(
+            original_body,
+            Body::Authorize { .. } | Body::Sale { .. } | Body::EventCharge { .. }
+        ) {
             return self.decline(ResultCode::ReversalNotSupported, pin);
         }
         if record.reply.code != ResultCode::Approved as u16 {
@@ -1582,7 +1873,11 @@ impl Reference {
     /// Releases the payment's pending hold and credits back what it debited and was not
     /// refunded (no cap, any card state).
     fn undo_payment(&mut self, pin: PinHash, original: OpId) -> Outcome {
-        let released = if self.hold(original).is_some() { self.close_hold(original, OpStatus::Reversed) } else { 0 };
+        let released = if self.hold(original).is_some() {
+            self.close_hold(original, OpStatus::Reversed)
+        } else {
+            0
+        };
         let credit = match self.payment_mut(original) {
             Some(payment) => {
                 let credit = payment.debited - payment.refunded;
@@ -1677,11 +1972,21 @@ impl Reference {
             .holds
             .iter()
             .filter(|hold| hold.pin == pin && hold.expires > at)
-            .map(|hold| HoldView { hold_id: hold.id, amount_won: hold.amount, captured_won: hold.captured, expires_at_ms: hold.expires })
+            .map(|hold| HoldView {
+                hold_id: hold.id,
+                amount_won: hold.amount,
+                captured_won: hold.captured,
+                expires_at_ms: hold.expires,
+            })
             .collect();
         holds.sort_by_key(|hold| (hold.expires_at_ms, hold.hold_id));
-        let held: u64 = holds.iter().map(|hold| hold.amount_won - hold.captured_won).sum::<u64>() + self.reserved(pin);
-        let (state, balance) = if self.expiry_due(card, at) { (CardState::Expired, 0) } else { (card.state, card.balance) };
+        let held: u64 = holds.iter().map(|hold| hold.amount_won - hold.captured_won).sum::<u64>()
+            + self.reserved(pin);
+        let (state, balance) = if self.expiry_due(card, at) {
+            (CardState::Expired, 0)
+        } else {
+            (card.state, card.balance)
+        };
         Some(CardView {
             state,
             face_value_won: card.face,
@@ -1699,7 +2004,11 @@ impl Reference {
     fn op_view(&self, record: &RefRecord) -> OpView {
         match &record.body {
             None => OpView { status: OpStatus::Tombstone, msg_type: 0, reply: None },
-            Some(body) => OpView { status: record.status, msg_type: msg_type_of(body) as u16, reply: Some(record.reply) },
+            Some(body) => OpView {
+                status: record.status,
+                msg_type: msg_type_of(body) as u16,
+                reply: Some(record.reply),
+            },
         }
     }
 
@@ -1713,20 +2022,37 @@ impl Reference {
             paid_out_won: self.paid_out,
             breakage_won: self.breakage,
             balances_won: self.cards.iter().map(|card| u128::from(card.balance)).sum(),
-            held_won: self.holds.iter().map(|hold| u128::from(hold.amount - hold.captured)).sum::<u128>()
+            held_won: self
+                .holds
+                .iter()
+                .map(|hold| u128::from(hold.amount - hold.captured))
+                .sum::<u128>()
                 + self.sessions.iter().map(|session| u128::from(session.reserved)).sum::<u128>(),
         }
     }
 
     fn next_expiry(&self) -> Option<Ms> {
-        self.holds.iter().map(|hold| hold.expires).chain(self.sessions.iter().map(|session| session.deadline)).min()
+        self.holds
+            .iter()
+            .map(|hold| hold.expires)
+            .chain(self.sessions.iter().map(|session| session.deadline))
+            .min()
     }
 
     /// PRICE_QUOTE at `at` (never before the clock): the tariff's terms, the rate at that local
     /// time, what a call of `duration` seconds starting then and `units` events cost, and with
     /// a card, its available balance and (active) the seconds it buys, up to the largest grant.
-    fn quote(&self, at: Ms, pin: Option<PinHash>, category: u8, destination: u64, duration: u32, units: u32) -> pinswitch_core::Quote {
-        let refused = |code: ResultCode| pinswitch_core::Quote { code: code.as_u16(), ..Default::default() };
+    fn quote(
+        &self,
+        at: Ms,
+        pin: Option<PinHash>,
+        category: u8,
+        destination: u64,
+        duration: u32,
+        units: u32,
+    ) -> pinswitch_core::Quote {
+        let refused =
+            |code: ResultCode| pinswitch_core::Quote { code: code.as_u16(), ..Default::default() };
         if !(1..=6).contains(&category) {
             return refused(ResultCode::CategoryInvalid);
         }
@@ -1746,7 +2072,8 @@ impl Reference {
             increment_s: tariff.increment_s,
             first_increment_s: tariff.first_increment_s,
             event_won: tariff.event_won,
-            duration_cost_won: session_costs(&tariff, start, u64::from(duration))[duration as usize],
+            duration_cost_won: session_costs(&tariff, start, u64::from(duration))
+                [duration as usize],
             event_cost_won: tariff.event_won.saturating_mul(u64::from(units)),
             available_won: 0,
             affordable_s: 0,
@@ -1757,7 +2084,14 @@ impl Reference {
             };
             quote.available_won = view.available_won;
             if view.state == CardState::Active {
-                quote.affordable_s = session_grant(&tariff, start, 0, self.cfg.session_grant_max_s, view.available_won).0;
+                quote.affordable_s = session_grant(
+                    &tariff,
+                    start,
+                    0,
+                    self.cfg.session_grant_max_s,
+                    view.available_won,
+                )
+                .0;
             }
         }
         quote
@@ -1975,7 +2309,8 @@ impl Walk {
 
     /// A previously sent command matching `wanted`, preferring recent ones.
     fn sent_where(&mut self, wanted: impl Fn(&Body) -> bool) -> Option<Command> {
-        let candidates: Vec<usize> = (0..self.sent.len()).filter(|&i| wanted(&self.sent[i].body)).collect();
+        let candidates: Vec<usize> =
+            (0..self.sent.len()).filter(|&i| wanted(&self.sent[i].body)).collect();
         if candidates.is_empty() {
             return None;
         }
@@ -1990,7 +2325,10 @@ impl Walk {
 
     /// A hold id (and its card) to capture or void.
     /// An op the reference still remembers, executed and matching `wanted` (its card and id).
-    fn recorded_where(&mut self, wanted: impl Fn(&RefRecord, &Body) -> bool) -> Option<(PinHash, OpId)> {
+    fn recorded_where(
+        &mut self,
+        wanted: impl Fn(&RefRecord, &Body) -> bool,
+    ) -> Option<(PinHash, OpId)> {
         let candidates: Vec<(PinHash, OpId)> = self
             .reference
             .records
@@ -2013,14 +2351,23 @@ impl Walk {
             // A hold that was captured, voided, expired or reversed (or never placed).
             self.recorded_where(|_, body| matches!(body, Body::Authorize { .. }))
         } else if r < 95 {
-            self.sent_where(|body| matches!(body, Body::Authorize { .. })).map(|command| (command.body.route_key().expect("operations name a card or a foreign PIN"), command.op_id))
+            self.sent_where(|body| matches!(body, Body::Authorize { .. })).map(|command| {
+                (
+                    command.body.route_key().expect("operations name a card or a foreign PIN"),
+                    command.op_id,
+                )
+            })
         } else {
             None
         };
         match found {
-            Some((pin, id)) => (pin, id, self.reference.hold(id).map_or(1_000, |hold| hold.amount - hold.captured)),
+            Some((pin, id)) => {
+                (pin, id, self.reference.hold(id).map_or(1_000, |hold| hold.amount - hold.captured))
+            }
             None => {
-                let id = self.sent_where(|_| true).map_or_else(|| self.fresh_op_id(), |command| command.op_id);
+                let id = self
+                    .sent_where(|_| true)
+                    .map_or_else(|| self.fresh_op_id(), |command| command.op_id);
                 (self.pick_pin(), id, 1_000)
             }
         }
@@ -2030,7 +2377,8 @@ impl Walk {
     fn card_life_body(&mut self) -> Body {
         let kind = self.rng.below(8);
         // Conversions often draw on a card that is calling (low-balance notices).
-        let pin = if kind == 7 && self.rng.percent(40) { self.calling_pin() } else { self.pick_pin() };
+        let pin =
+            if kind == 7 && self.rng.percent(40) { self.calling_pin() } else { self.pick_pin() };
         match kind {
             6 => {
                 // A dozen codes, so imports repeat (FOREIGN_PIN_EXISTS) and pools stay small
@@ -2038,7 +2386,11 @@ impl Walk {
                 let index = self.rng.below(12);
                 let code = ForeignCode::new(format!("FX{index:02}").as_bytes()).unwrap();
                 let product_id = if self.rng.percent(90) { self.rng.range(1, 2) as u32 } else { 3 };
-                Body::ForeignImport { foreign_hash: 0xF0E1_0000_0000_0000_0000_0000_0000_0000 | u128::from(index), product_id, code }
+                Body::ForeignImport {
+                    foreign_hash: 0xF0E1_0000_0000_0000_0000_0000_0000_0000 | u128::from(index),
+                    product_id,
+                    code,
+                }
             }
             7 => Body::ForeignConvert {
                 pin_hash: pin,
@@ -2048,7 +2400,11 @@ impl Walk {
             5 => Body::Consign {
                 pin_hash: pin,
                 partner_id: if self.rng.percent(90) { self.rng.range(1, 40) as u32 } else { 0 },
-                commission_per_mille: if self.rng.percent(95) { self.rng.range(0, 200) as u16 } else { 1001 },
+                commission_per_mille: if self.rng.percent(95) {
+                    self.rng.range(0, 200) as u16
+                } else {
+                    1001
+                },
             },
             4 => Body::Register {
                 pin_hash: pin,
@@ -2059,18 +2415,37 @@ impl Walk {
                 pin_hash: pin,
                 channel_id: if self.rng.percent(90) { self.rng.range(1, 40) as u32 } else { 0 },
                 price_won: if self.rng.percent(92) { self.rng.range(1, 100_000) } else { 0 },
-                payment_means: if self.rng.percent(90) { self.rng.range(1, 5) as u8 } else { self.rng.pick(&[0, 6]) },
+                payment_means: if self.rng.percent(90) {
+                    self.rng.range(1, 5) as u8
+                } else {
+                    self.rng.pick(&[0, 6])
+                },
                 gift_recipient_ref: if self.rng.percent(30) { self.rng.next() } else { 0 },
             },
-            1 => Body::Block { pin_hash: pin, reason: if self.rng.percent(90) { self.rng.range(1, 4) as u8 } else { self.rng.pick(&[0, 5]) } },
+            1 => Body::Block {
+                pin_hash: pin,
+                reason: if self.rng.percent(90) {
+                    self.rng.range(1, 4) as u8
+                } else {
+                    self.rng.pick(&[0, 5])
+                },
+            },
             2 => Body::Unblock { pin_hash: pin },
-            _ => Body::BalanceRefund { pin_hash: pin, payout_account_ref: if self.rng.percent(92) { self.rng.range(1, 1 << 40) } else { 0 } },
+            _ => Body::BalanceRefund {
+                pin_hash: pin,
+                payout_account_ref: if self.rng.percent(92) {
+                    self.rng.range(1, 1 << 40)
+                } else {
+                    0
+                },
+            },
         }
     }
 
     /// A card with a live session (any card if none has one).
     fn calling_pin(&mut self) -> PinHash {
-        let calling: Vec<PinHash> = self.reference.sessions.iter().map(|session| session.pin).collect();
+        let calling: Vec<PinHash> =
+            self.reference.sessions.iter().map(|session| session.pin).collect();
         if calling.is_empty() { self.pick_pin() } else { self.rng.pick(&calling) }
     }
 
@@ -2102,8 +2477,16 @@ impl Walk {
     fn session_body(&mut self) -> Body {
         // Domestic, mobile, international by the minute, premium, a short number, international
         // with a night rate (time-of-day bands), a phone information line priced per event.
-        const NUMBERS: [&[u8]; 8] =
-            [b"0212345678", b"01012345678", b"0014155550100", b"0601234567", b"0991", b"0021234567", b"0021234567", b"15881234"];
+        const NUMBERS: [&[u8]; 8] = [
+            b"0212345678",
+            b"01012345678",
+            b"0014155550100",
+            b"0601234567",
+            b"0991",
+            b"0021234567",
+            b"0021234567",
+            b"15881234",
+        ];
         let r = self.rng.below(100);
         if r < 10 {
             return self.event_body();
@@ -2118,9 +2501,20 @@ impl Walk {
             let seq = self.next_seq(session.seq);
             let used_total_s = (session.used + self.rng.range(0, 200)) as u32;
             return if self.rng.percent(50) {
-                Body::SessionUpdate { pin_hash: session.pin, session_id: session.id, seq, used_total_s, requested_s: 60 }
+                Body::SessionUpdate {
+                    pin_hash: session.pin,
+                    session_id: session.id,
+                    seq,
+                    used_total_s,
+                    requested_s: 60,
+                }
             } else {
-                Body::SessionEnd { pin_hash: session.pin, session_id: session.id, seq, used_total_s }
+                Body::SessionEnd {
+                    pin_hash: session.pin,
+                    session_id: session.id,
+                    seq,
+                    used_total_s,
+                }
             };
         }
         let live = self.reference.sessions.clone();
@@ -2131,7 +2525,11 @@ impl Walk {
             } else {
                 self.pick_pin()
             };
-            let destination = if self.rng.percent(95) { pack_destination(self.rng.pick(&NUMBERS)).unwrap() } else { 0 };
+            let destination = if self.rng.percent(95) {
+                pack_destination(self.rng.pick(&NUMBERS)).unwrap()
+            } else {
+                0
+            };
             let category = self.rng.pick(&[2, 2, 2, 3, 1, 7]);
             return Body::SessionStart(Box::new(SessionOpen {
                 pin_hash: pin,
@@ -2150,17 +2548,27 @@ impl Walk {
             u64::MAX
         } else {
             let start_rate = rate_at(&session.tariff, session.local_start);
-            (session.used..session.used + 4_000).find(|second| rate_at(&session.tariff, session.local_start + second) != start_rate).unwrap_or(u64::MAX)
+            (session.used..session.used + 4_000)
+                .find(|second| rate_at(&session.tariff, session.local_start + second) != start_rate)
+                .unwrap_or(u64::MAX)
         };
         let used_total_s = match self.rng.below(10) {
-            _ if to_change != u64::MAX && self.rng.percent(50) => to_change + self.rng.range(0, 180),
+            _ if to_change != u64::MAX && self.rng.percent(50) => {
+                to_change + self.rng.range(0, 180)
+            }
             0 => session.used.saturating_sub(self.rng.range(1, 30)),
             1 => session.used + self.rng.range(500, 3_000),
             _ => session.used + self.rng.range(0, 120),
         } as u32;
         let seq = self.next_seq(session.seq);
         if r < 88 {
-            Body::SessionUpdate { pin_hash: pin, session_id: session.id, seq, used_total_s, requested_s: self.rng.pick(&[0, 60, 600, 1_000]) }
+            Body::SessionUpdate {
+                pin_hash: pin,
+                session_id: session.id,
+                seq,
+                used_total_s,
+                requested_s: self.rng.pick(&[0, 60, 600, 1_000]),
+            }
         } else {
             Body::SessionEnd { pin_hash: pin, session_id: session.id, seq, used_total_s }
         }
@@ -2188,14 +2596,21 @@ impl Walk {
             2..=5 if available >= warn => ((available - warn) / 500 + 1) as u32,
             _ => self.rng.range(1, 4) as u32,
         };
-        Body::EventCharge { pin_hash: pin, password_mac: self.call_password(pin), destination, units, category }
+        Body::EventCharge {
+            pin_hash: pin,
+            password_mac: self.call_password(pin),
+            destination,
+            units,
+            category,
+        }
     }
 
     /// The audit's close for one owner: some of the live sessions (any owner's) and unknown
     /// ids, silent since some time up to now.
     fn sessions_close_body(&mut self) -> Body {
         let live: Vec<u128> = self.reference.sessions.iter().map(|session| session.id).collect();
-        let mut session_ids: Vec<u128> = live.into_iter().filter(|_| self.rng.percent(70)).collect();
+        let mut session_ids: Vec<u128> =
+            live.into_iter().filter(|_| self.rng.percent(70)).collect();
         if self.rng.percent(30) {
             session_ids.push(u128::from(self.rng.below(12)));
         }
@@ -2226,7 +2641,11 @@ impl Walk {
         // Get the cards into play quickly: issue the missing ones and activate issued ones.
         if self.reference.cards.len() < ISSUABLE && self.rng.percent(25) {
             let faces = self.cfg().face_values_won.clone();
-            let missing: Vec<PinHash> = PINS[..ISSUABLE].iter().copied().filter(|pin| self.reference.card(*pin).is_none()).collect();
+            let missing: Vec<PinHash> = PINS[..ISSUABLE]
+                .iter()
+                .copied()
+                .filter(|pin| self.reference.card(*pin).is_none())
+                .collect();
             let pin = self.rng.pick(&missing);
             return Body::Issue { pin_hash: pin, face_value_won: self.rng.pick(&faces) };
         }
@@ -2239,19 +2658,28 @@ impl Walk {
             .collect();
         if !issued.is_empty() && self.rng.percent(15) {
             let pin = self.rng.pick(&issued);
-            let (state, consignee) = self.reference.card(pin).map(|card| (card.state, card.consignee)).unwrap();
+            let (state, consignee) =
+                self.reference.card(pin).map(|card| (card.state, card.consignee)).unwrap();
             if state == CardState::Issued && self.rng.percent(30) {
                 // Through a channel first: consigned to a partner, then sold by it (or wrongly by
                 // another), sometimes as a gift.
                 return if consignee == 0 && self.rng.percent(50) {
-                    Body::Consign { pin_hash: pin, partner_id: self.rng.range(1, 3) as u32, commission_per_mille: 50 }
+                    Body::Consign {
+                        pin_hash: pin,
+                        partner_id: self.rng.range(1, 3) as u32,
+                        commission_per_mille: 50,
+                    }
                 } else {
                     Body::Sell {
                         pin_hash: pin,
                         channel_id: self.rng.range(1, 3) as u32,
                         price_won: self.rng.range(1, 100_000),
                         payment_means: self.rng.range(1, 5) as u8,
-                        gift_recipient_ref: if self.rng.percent(50) { self.rng.next() | 1 } else { 0 },
+                        gift_recipient_ref: if self.rng.percent(50) {
+                            self.rng.next() | 1
+                        } else {
+                            0
+                        },
                     }
                 };
             }
@@ -2260,11 +2688,31 @@ impl Walk {
             let gift_to = self.reference.card(pin).map_or(0, |card| card.gift_to);
             return match (gift_to, self.rng.below(10)) {
                 (0, 0..=6) => Body::Activate { pin_hash: pin, password_mac: good_mac(pin) },
-                (0, 7..=8) => Body::Claim { pin_hash: pin, password_mac: good_mac(pin), gift_recipient_ref: 0, password_hint: self.rng.percent(50) },
-                (0, _) => Body::Claim { pin_hash: pin, password_mac: good_mac(pin), gift_recipient_ref: 7, password_hint: false },
-                (to, 0..=6) => Body::Claim { pin_hash: pin, password_mac: good_mac(pin), gift_recipient_ref: to, password_hint: self.rng.percent(50) },
+                (0, 7..=8) => Body::Claim {
+                    pin_hash: pin,
+                    password_mac: good_mac(pin),
+                    gift_recipient_ref: 0,
+                    password_hint: self.rng.percent(50),
+                },
+                (0, _) => Body::Claim {
+                    pin_hash: pin,
+                    password_mac: good_mac(pin),
+                    gift_recipient_ref: 7,
+                    password_hint: false,
+                },
+                (to, 0..=6) => Body::Claim {
+                    pin_hash: pin,
+                    password_mac: good_mac(pin),
+                    gift_recipient_ref: to,
+                    password_hint: self.rng.percent(50),
+                },
                 (_, 7..=8) => Body::Activate { pin_hash: pin, password_mac: good_mac(pin) },
-                (to, _) => Body::Claim { pin_hash: pin, password_mac: good_mac(pin), gift_recipient_ref: to ^ 1, password_hint: true },
+                (to, _) => Body::Claim {
+                    pin_hash: pin,
+                    password_mac: good_mac(pin),
+                    gift_recipient_ref: to ^ 1,
+                    password_hint: true,
+                },
             };
         }
         if self.rng.percent(10) {
@@ -2280,14 +2728,31 @@ impl Walk {
         match r {
             0..=4 => {
                 let faces = self.cfg().face_values_won.clone();
-                let face_value_won = if self.rng.percent(85) { self.rng.pick(&faces) } else { self.rng.pick(&[0, 7_000, 1_000_000]) };
-                Body::Issue { pin_hash: PINS[self.rng.below(ISSUABLE as u64) as usize], face_value_won }
+                let face_value_won = if self.rng.percent(85) {
+                    self.rng.pick(&faces)
+                } else {
+                    self.rng.pick(&[0, 7_000, 1_000_000])
+                };
+                Body::Issue {
+                    pin_hash: PINS[self.rng.below(ISSUABLE as u64) as usize],
+                    face_value_won,
+                }
             }
             5..=9 => {
-                let issued: Vec<PinHash> =
-                    self.reference.cards.iter().filter(|card| card.state == CardState::Issued).map(|card| card.pin).collect();
-                let pin = if !issued.is_empty() && self.rng.percent(70) { self.rng.pick(&issued) } else { self.pick_pin() };
-                let password_mac = if self.rng.percent(85) { good_mac(pin) } else { self.rng.next() };
+                let issued: Vec<PinHash> = self
+                    .reference
+                    .cards
+                    .iter()
+                    .filter(|card| card.state == CardState::Issued)
+                    .map(|card| card.pin)
+                    .collect();
+                let pin = if !issued.is_empty() && self.rng.percent(70) {
+                    self.rng.pick(&issued)
+                } else {
+                    self.pick_pin()
+                };
+                let password_mac =
+                    if self.rng.percent(85) { good_mac(pin) } else { self.rng.next() };
                 Body::Activate { pin_hash: pin, password_mac }
             }
             10..=19 => {
@@ -2301,7 +2766,11 @@ impl Walk {
                     85..=89 => u64::MAX - u64::MAX % 10_000,
                     _ => self.rng.range(1, 600_000),
                 };
-                let funding = if self.rng.percent(90) { self.rng.range(1, 5) as u8 } else { self.rng.pick(&[0, 6, 255]) };
+                let funding = if self.rng.percent(90) {
+                    self.rng.range(1, 5) as u8
+                } else {
+                    self.rng.pick(&[0, 6, 255])
+                };
                 Body::Load { pin_hash: pin, amount_won, funding }
             }
             20..=39 => {
@@ -2331,7 +2800,12 @@ impl Walk {
                     85..=89 => 0,
                     _ => self.rng.range(1, 5_000),
                 };
-                Body::Capture { pin_hash: pin, hold_id, amount_won, final_capture: self.rng.percent(20) }
+                Body::Capture {
+                    pin_hash: pin,
+                    hold_id,
+                    amount_won,
+                    final_capture: self.rng.percent(20),
+                }
             }
             65..=69 => {
                 let (mut pin, hold_id, _) = self.pick_hold();
@@ -2343,7 +2817,11 @@ impl Walk {
             70..=78 => {
                 let r = self.rng.below(100);
                 let approved_payment = |record: &RefRecord, body: &Body| {
-                    record.reply.code == 0 && matches!(body, Body::Authorize { .. } | Body::Sale { .. } | Body::EventCharge { .. })
+                    record.reply.code == 0
+                        && matches!(
+                            body,
+                            Body::Authorize { .. } | Body::Sale { .. } | Body::EventCharge { .. }
+                        )
                 };
                 let (pin, original_op_id) = if r < 45 {
                     match self.recorded_where(approved_payment) {
@@ -2351,13 +2829,30 @@ impl Walk {
                         None => (self.pick_pin(), self.fresh_op_id()),
                     }
                 } else if r < 60 {
-                    match self.sent_where(|body| matches!(body, Body::Authorize { .. } | Body::Sale { .. } | Body::EventCharge { .. })) {
-                        Some(command) => (command.body.route_key().expect("operations name a card or a foreign PIN"), command.op_id),
+                    match self.sent_where(|body| {
+                        matches!(
+                            body,
+                            Body::Authorize { .. } | Body::Sale { .. } | Body::EventCharge { .. }
+                        )
+                    }) {
+                        Some(command) => (
+                            command
+                                .body
+                                .route_key()
+                                .expect("operations name a card or a foreign PIN"),
+                            command.op_id,
+                        ),
                         None => (self.pick_pin(), self.fresh_op_id()),
                     }
                 } else if r < 70 {
                     match self.sent_where(|_| true) {
-                        Some(command) => (command.body.route_key().expect("operations name a card or a foreign PIN"), command.op_id),
+                        Some(command) => (
+                            command
+                                .body
+                                .route_key()
+                                .expect("operations name a card or a foreign PIN"),
+                            command.op_id,
+                        ),
                         None => (self.pick_pin(), 0),
                     }
                 } else if r < 75 {
@@ -2380,22 +2875,51 @@ impl Walk {
             79..=82 => {
                 // A reversal overtakes its original: the original is sent later (maybe).
                 let pin = self.pick_pin();
-                let original_body = if self.rng.percent(60) { self.authorize_body(pin) } else { self.sale_body(pin) };
+                let original_body = if self.rng.percent(60) {
+                    self.authorize_body(pin)
+                } else {
+                    self.sale_body(pin)
+                };
                 let original_op_id = self.fresh_op_id();
-                self.unsent_originals.push(Command { op_id: original_op_id, deadline_at_ms: 0, body: original_body });
+                self.unsent_originals.push(Command {
+                    op_id: original_op_id,
+                    deadline_at_ms: 0,
+                    body: original_body,
+                });
                 let pin = if self.rng.percent(10) { self.other_pin(pin) } else { pin };
                 Body::Reverse { pin_hash: pin, original_op_id }
             }
             83..=96 => {
                 let r = self.rng.below(100);
                 let (pin, original_op_id) = if r < 40 {
-                    self.recorded_where(|record, body| record.reply.code == 0 && matches!(body, Body::Sale { .. } | Body::EventCharge { .. }))
+                    self.recorded_where(|record, body| {
+                        record.reply.code == 0
+                            && matches!(body, Body::Sale { .. } | Body::EventCharge { .. })
+                    })
                 } else if r < 75 {
-                    self.recorded_where(|record, body| record.reply.code == 0 && matches!(body, Body::Capture { .. }))
+                    self.recorded_where(|record, body| {
+                        record.reply.code == 0 && matches!(body, Body::Capture { .. })
+                    })
                 } else if r < 85 {
-                    self.sent_where(|body| matches!(body, Body::Sale { .. } | Body::Capture { .. } | Body::EventCharge { .. })).map(|c| (c.body.route_key().expect("operations name a card or a foreign PIN"), c.op_id))
+                    self.sent_where(|body| {
+                        matches!(
+                            body,
+                            Body::Sale { .. } | Body::Capture { .. } | Body::EventCharge { .. }
+                        )
+                    })
+                    .map(|c| {
+                        (
+                            c.body.route_key().expect("operations name a card or a foreign PIN"),
+                            c.op_id,
+                        )
+                    })
                 } else if r < 92 {
-                    self.sent_where(|_| true).map(|c| (c.body.route_key().expect("operations name a card or a foreign PIN"), c.op_id))
+                    self.sent_where(|_| true).map(|c| {
+                        (
+                            c.body.route_key().expect("operations name a card or a foreign PIN"),
+                            c.op_id,
+                        )
+                    })
                 } else {
                     None
                 }
@@ -2463,7 +2987,14 @@ impl Walk {
                     *funding = funding.wrapping_add(1);
                 }
             }
-            Body::Authorize { pin_hash, password_mac, amount_won, merchant_id, category, hold_ttl_s } => {
+            Body::Authorize {
+                pin_hash,
+                password_mac,
+                amount_won,
+                merchant_id,
+                category,
+                hold_ttl_s,
+            } => {
                 if flip[0] {
                     *pin_hash = self.other_pin(*pin_hash);
                 }
@@ -2489,7 +3020,8 @@ impl Walk {
                     *final_capture = !*final_capture;
                 }
             }
-            Body::Void { pin_hash, hold_id } | Body::Reverse { pin_hash, original_op_id: hold_id } => {
+            Body::Void { pin_hash, hold_id }
+            | Body::Reverse { pin_hash, original_op_id: hold_id } => {
                 if flip[0] || flip[2] || flip[4] {
                     *pin_hash = self.other_pin(*pin_hash);
                 }
@@ -2584,7 +3116,15 @@ impl Walk {
                 }
             }
             Body::SessionStart(open) => {
-                let SessionOpen { pin_hash, session_id, destination, requested_s, owner_id, password_mac, category } = &mut **open;
+                let SessionOpen {
+                    pin_hash,
+                    session_id,
+                    destination,
+                    requested_s,
+                    owner_id,
+                    password_mac,
+                    category,
+                } = &mut **open;
                 if flip[0] {
                     *pin_hash = self.other_pin(*pin_hash);
                 }
@@ -2592,7 +3132,11 @@ impl Walk {
                 *category = if flip[2] { category.wrapping_add(1) } else { *category };
                 if flip[3] {
                     let international = pack_destination(b"0014155550100").unwrap();
-                    *destination = if *destination == international { pack_destination(b"0212345678").unwrap() } else { international };
+                    *destination = if *destination == international {
+                        pack_destination(b"0212345678").unwrap()
+                    } else {
+                        international
+                    };
                 }
                 *requested_s = if flip[4] { requested_s.wrapping_add(1) } else { *requested_s };
                 if flip[5] {
@@ -2609,7 +3153,8 @@ impl Walk {
                 }
                 *session_id = u128::from(bump(*session_id as u64, flip[1]));
                 *seq = if flip[3] { seq.wrapping_add(1) } else { *seq };
-                *used_total_s = if flip[2] || flip[4] { used_total_s.wrapping_add(1) } else { *used_total_s };
+                *used_total_s =
+                    if flip[2] || flip[4] { used_total_s.wrapping_add(1) } else { *used_total_s };
                 *requested_s = if flip[5] { requested_s.wrapping_add(1) } else { *requested_s };
             }
             Body::SessionEnd { pin_hash, session_id, seq, used_total_s } => {
@@ -2618,7 +3163,8 @@ impl Walk {
                 }
                 *session_id = u128::from(bump(*session_id as u64, flip[1] || flip[4]));
                 *seq = if flip[3] { seq.wrapping_add(1) } else { *seq };
-                *used_total_s = if flip[2] || flip[5] { used_total_s.wrapping_add(1) } else { *used_total_s };
+                *used_total_s =
+                    if flip[2] || flip[5] { used_total_s.wrapping_add(1) } else { *used_total_s };
             }
             Body::EventCharge { pin_hash, password_mac, destination, units, category } => {
                 if flip[0] {
@@ -2628,7 +3174,11 @@ impl Walk {
                 *category = if flip[2] { category.wrapping_add(1) } else { *category };
                 if flip[3] {
                     let priced = pack_destination(b"15881234").unwrap();
-                    *destination = if *destination == priced { pack_destination(b"15880000").unwrap() } else { priced };
+                    *destination = if *destination == priced {
+                        pack_destination(b"15880000").unwrap()
+                    } else {
+                        priced
+                    };
                 }
                 *units = if flip[4] || flip[5] { units.wrapping_add(1) } else { *units };
             }
@@ -2642,7 +3192,8 @@ impl Walk {
         if r < 15 && !self.sent.is_empty() {
             // A retry: same op id, same body (the deadline may differ; it is not part of the body).
             let command = self.sent_where(|_| true).unwrap();
-            let deadline_at_ms = if self.rng.percent(80) { command.deadline_at_ms } else { self.deadline() };
+            let deadline_at_ms =
+                if self.rng.percent(80) { command.deadline_at_ms } else { self.deadline() };
             return Command { deadline_at_ms, ..command };
         }
         if r < 20 && !self.sent.is_empty() {
@@ -2667,7 +3218,13 @@ impl Walk {
 
     // --- running and comparing ---
 
-    fn fail(&self, what: &str, command: &Command, engine: Option<&Applied>, reference: Option<(Reply, bool)>) -> ! {
+    fn fail(
+        &self,
+        what: &str,
+        command: &Command,
+        engine: Option<&Applied>,
+        reference: Option<(Reply, bool)>,
+    ) -> ! {
         let mut message = format!(
             "\nMODEL MISMATCH: {what}\n  {}, step {}, now {}\n  command   {:?}\n",
             self.label(),
@@ -2707,7 +3264,10 @@ impl Walk {
     fn label(&self) -> String {
         match &self.script {
             Some(name) => format!("script {name}"),
-            None => format!("seed {} (tempo {}, clock jitter {})", self.seed, self.tempo, self.clock_jitter),
+            None => format!(
+                "seed {} (tempo {}, clock jitter {})",
+                self.seed, self.tempo, self.clock_jitter
+            ),
         }
     }
 
@@ -2715,20 +3275,32 @@ impl Walk {
         self.advance_time();
         let command = self.next_command();
         // Sometimes hand the engine a clock a little behind its own: it must keep the max.
-        let given_now = if self.clock_jitter && self.rng.percent(3) { self.now - self.rng.range(1, 20_000) } else { self.now };
+        let given_now = if self.clock_jitter && self.rng.percent(3) {
+            self.now - self.rng.range(1, 20_000)
+        } else {
+            self.now
+        };
         self.apply_and_compare(given_now, command);
     }
 
     /// Runs one command on the engine and on the reference and compares everything.
     fn apply_and_compare(&mut self, given_now: Ms, command: Command) {
         self.now = self.now.max(given_now);
-        let applied = match catch_unwind(AssertUnwindSafe(|| self.shard.apply(given_now, &command))) {
+        let applied = match catch_unwind(AssertUnwindSafe(|| self.shard.apply(given_now, &command)))
+        {
             Ok(applied) => applied,
             Err(_) => self.fail("the engine panicked (see the panic above)", &command, None, None),
         };
         let (reference_reply, reference_changed) = self.reference.apply(given_now, &command);
-        if !Self::same_reply(&applied.reply, &reference_reply) || applied.changed != reference_changed {
-            self.fail("reply or changed differ", &command, Some(&applied), Some((reference_reply, reference_changed)));
+        if !Self::same_reply(&applied.reply, &reference_reply)
+            || applied.changed != reference_changed
+        {
+            self.fail(
+                "reply or changed differ",
+                &command,
+                Some(&applied),
+                Some((reference_reply, reference_changed)),
+            );
         }
         if reference_reply.approval_code == APPROVAL_PENDING {
             self.reference.adopt_approval_code(command.op_id, applied.reply.approval_code);
@@ -2737,7 +3309,9 @@ impl Walk {
         let reference_notices = std::mem::take(&mut self.reference.notices);
         if engine_notices != reference_notices {
             self.fail(
-                &format!("notices:\n  engine    {engine_notices:?}\n  reference {reference_notices:?}"),
+                &format!(
+                    "notices:\n  engine    {engine_notices:?}\n  reference {reference_notices:?}"
+                ),
                 &command,
                 Some(&applied),
                 Some((reference_reply, reference_changed)),
@@ -2777,7 +3351,13 @@ impl Walk {
         if self.trail.len() == TRAIL {
             self.trail.pop_front();
         }
-        self.trail.push_back(TrailEntry { step: self.step, now: given_now, command, reply: applied.reply, changed: applied.changed });
+        self.trail.push_back(TrailEntry {
+            step: self.step,
+            now: given_now,
+            command,
+            reply: applied.reply,
+            changed: applied.changed,
+        });
     }
 
     /// Counts the session outcomes the walk must reach (beyond the result codes).
@@ -2788,22 +3368,38 @@ impl Walk {
         let code = reply.code;
         let required = self.reference.cfg.session_password_required;
         let what = match &command.body {
-            Body::SessionUpdate { .. } if code == ResultCode::SessionExpiredCharged as u16 => "late UPDATE charged",
-            Body::SessionEnd { .. } if code == ResultCode::SessionExpiredCharged as u16 => "late END charged",
+            Body::SessionUpdate { .. } if code == ResultCode::SessionExpiredCharged as u16 => {
+                "late UPDATE charged"
+            }
+            Body::SessionEnd { .. } if code == ResultCode::SessionExpiredCharged as u16 => {
+                "late END charged"
+            }
             Body::SessionsClose { .. } if reply.amount_won > 0 => "audit close closed sessions",
             Body::Configure(_) if code == 0 => "CONFIGURE applied",
             Body::Configure(_) => "CONFIGURE refused",
-            Body::SessionStart(open) if open.password_mac == 0 && code == ResultCode::PasswordInvalid as u16 => {
+            Body::SessionStart(open)
+                if open.password_mac == 0 && code == ResultCode::PasswordInvalid as u16 =>
+            {
                 "START without a password refused (required)"
             }
-            Body::SessionStart(open) if open.password_mac == 0 && code == 0 => "START without a password approved",
-            Body::SessionStart(open) if open.password_mac != 0 && code == 0 && required => "START with the password approved (required)",
-            Body::EventCharge { password_mac: 0, .. } if code == ResultCode::PasswordInvalid as u16 => {
+            Body::SessionStart(open) if open.password_mac == 0 && code == 0 => {
+                "START without a password approved"
+            }
+            Body::SessionStart(open) if open.password_mac != 0 && code == 0 && required => {
+                "START with the password approved (required)"
+            }
+            Body::EventCharge { password_mac: 0, .. }
+                if code == ResultCode::PasswordInvalid as u16 =>
+            {
                 "EVENT_CHARGE without a password refused (required)"
             }
             Body::EventCharge { .. } if code == 0 => "EVENT_CHARGE approved",
-            Body::Reverse { original_op_id, .. } | Body::Refund { original_op_id, .. } if code == 0 => {
-                let of_event = self.sent.iter().any(|sent| sent.op_id == *original_op_id && matches!(sent.body, Body::EventCharge { .. }));
+            Body::Reverse { original_op_id, .. } | Body::Refund { original_op_id, .. }
+                if code == 0 =>
+            {
+                let of_event = self.sent.iter().any(|sent| {
+                    sent.op_id == *original_op_id && matches!(sent.body, Body::EventCharge { .. })
+                });
                 match (&command.body, of_event) {
                     (Body::Reverse { .. }, true) => "EVENT_CHARGE reversed",
                     (_, true) => "EVENT_CHARGE refunded",
@@ -2823,41 +3419,79 @@ impl Walk {
         let counts = (self.shard.session_count(), self.shard.expired_session_count());
         let expected = (reference.sessions.len(), reference.expired_sessions.len());
         if counts != expected {
-            self.fail(&format!("(live, expired) sessions: engine {counts:?}, reference {expected:?}"), command, Some(applied), None);
+            self.fail(
+                &format!("(live, expired) sessions: engine {counts:?}, reference {expected:?}"),
+                command,
+                Some(applied),
+                None,
+            );
         }
         // The walk's session ids are below 12: each is live, remembered or unknown.
         for id in 0..12u128 {
-            let session = reference.sessions.iter().chain(&reference.expired_sessions).find(|session| session.id == id);
+            let session = reference
+                .sessions
+                .iter()
+                .chain(&reference.expired_sessions)
+                .find(|session| session.id == id);
             let expected = session.map(|session| session.tariff.category);
             let engine = self.shard.session_category(id);
             if engine != expected {
-                self.fail(&format!("session {id} category: engine {engine:?}, reference {expected:?}"), command, Some(applied), None);
+                self.fail(
+                    &format!("session {id} category: engine {engine:?}, reference {expected:?}"),
+                    command,
+                    Some(applied),
+                    None,
+                );
             }
         }
         for owner in 1..=3u32 {
-            let ids: Vec<u128> = reference.sessions.iter().filter(|session| session.owner == owner).map(|session| session.id).collect();
+            let ids: Vec<u128> = reference
+                .sessions
+                .iter()
+                .filter(|session| session.owner == owner)
+                .map(|session| session.id)
+                .collect();
             let expected = (ids.len() as u32, session_digest(ids));
             let engine = self.shard.owner_sessions(owner);
             if engine != expected {
-                self.fail(&format!("owner {owner} sessions: engine {engine:?}, reference {expected:?}"), command, Some(applied), None);
+                self.fail(
+                    &format!("owner {owner} sessions: engine {engine:?}, reference {expected:?}"),
+                    command,
+                    Some(applied),
+                    None,
+                );
             }
         }
         // An audit: the owner's live sessions not in the call switch's list and silent since.
         let owner = self.rng.range(1, 3) as u32;
-        let listed: std::collections::HashSet<u128> =
-            self.reference.sessions.iter().map(|session| session.id).filter(|_| self.rng.percent(50)).collect();
+        let listed: std::collections::HashSet<u128> = self
+            .reference
+            .sessions
+            .iter()
+            .map(|session| session.id)
+            .filter(|_| self.rng.percent(50))
+            .collect();
         let silent_since = self.now - self.rng.below(300_000);
         let mut orphans: Vec<u128> = self
             .reference
             .sessions
             .iter()
-            .filter(|session| session.owner == owner && session.last_report <= silent_since && !listed.contains(&session.id))
+            .filter(|session| {
+                session.owner == owner
+                    && session.last_report <= silent_since
+                    && !listed.contains(&session.id)
+            })
             .map(|session| session.id)
             .collect();
         orphans.sort();
         let engine_orphans = self.shard.session_orphans(owner, &listed, silent_since);
         if engine_orphans != orphans {
-            self.fail(&format!("audit orphans: engine {engine_orphans:?}, reference {orphans:?}"), command, Some(applied), None);
+            self.fail(
+                &format!("audit orphans: engine {engine_orphans:?}, reference {orphans:?}"),
+                command,
+                Some(applied),
+                None,
+            );
         }
         // Every fourth step a quote, usually for a card; half of them price the banded tariff
         // shortly before one of its rate changes (local 08:00 or 22:00), the rest now or a
@@ -2865,7 +3499,14 @@ impl Walk {
         if !self.step.is_multiple_of(4) {
             return;
         }
-        const NUMBERS: [&[u8]; 6] = [b"0212345678", b"01012345678", b"0014155550100", b"0601234567", b"0021234567", b"15881234"];
+        const NUMBERS: [&[u8]; 6] = [
+            b"0212345678",
+            b"01012345678",
+            b"0014155550100",
+            b"0601234567",
+            b"0021234567",
+            b"15881234",
+        ];
         let pin = if self.rng.percent(80) { Some(self.pick_pin()) } else { None };
         let duration = self.rng.pick(&[0, 1, 59, 60, 61, 150, 600, 1_000, 3_599]);
         let units = self.rng.pick(&[0, 1, 3]);
@@ -2877,7 +3518,11 @@ impl Walk {
             (2, pack_destination(b"0021234567").unwrap(), self.now + wait * 1_000)
         } else {
             let category = self.rng.pick(&[2, 2, 3, 3, 1, 0]);
-            let destination = if self.rng.percent(97) { pack_destination(self.rng.pick(&NUMBERS)).unwrap() } else { 0 };
+            let destination = if self.rng.percent(97) {
+                pack_destination(self.rng.pick(&NUMBERS)).unwrap()
+            } else {
+                0
+            };
             (category, destination, self.now + self.rng.pick(&[0, 0, 30_000, 3_600_000]))
         };
         let engine = self.shard.quote(at, pin, category, destination, duration, units);
@@ -2912,18 +3557,39 @@ impl Walk {
         }
         for (op_id, code) in &reference.conversions {
             if shard.foreign_code(*op_id) != Some(*code) {
-                self.fail(&format!("conversion {op_id:#x}: engine {:?}, reference {code:?}", shard.foreign_code(*op_id)), command, Some(applied), None);
+                self.fail(
+                    &format!(
+                        "conversion {op_id:#x}: engine {:?}, reference {code:?}",
+                        shard.foreign_code(*op_id)
+                    ),
+                    command,
+                    Some(applied),
+                    None,
+                );
             }
         }
         for product in 1..=3u32 {
             let left = reference.foreign_pools.get(&product).map_or(0, VecDeque::len);
             if shard.foreign_stock(product) != left {
-                self.fail(&format!("foreign stock of {product}: engine {}, reference {left}", shard.foreign_stock(product)), command, Some(applied), None);
+                self.fail(
+                    &format!(
+                        "foreign stock of {product}: engine {}, reference {left}",
+                        shard.foreign_stock(product)
+                    ),
+                    command,
+                    Some(applied),
+                    None,
+                );
             }
         }
         let totals = shard.totals();
         if totals != reference.totals() {
-            self.fail(&format!("totals: engine {totals:?}, reference {:?}", reference.totals()), command, Some(applied), None);
+            self.fail(
+                &format!("totals: engine {totals:?}, reference {:?}", reference.totals()),
+                command,
+                Some(applied),
+                None,
+            );
         }
         if totals.issued_won + totals.loaded_won + totals.refunded_won + totals.reversed_won
             != totals.balances_won + totals.debited_won + totals.paid_out_won + totals.breakage_won
@@ -2934,11 +3600,20 @@ impl Walk {
             self.fail(&format!("check_invariants: {why}"), command, Some(applied), None);
         }
         if shard.now_ms() != reference.clock {
-            self.fail(&format!("clock: engine {}, reference {}", shard.now_ms(), reference.clock), command, Some(applied), None);
+            self.fail(
+                &format!("clock: engine {}, reference {}", shard.now_ms(), reference.clock),
+                command,
+                Some(applied),
+                None,
+            );
         }
         if shard.next_expiry_ms() != reference.next_expiry() {
             self.fail(
-                &format!("next expiry: engine {:?}, reference {:?}", shard.next_expiry_ms(), reference.next_expiry()),
+                &format!(
+                    "next expiry: engine {:?}, reference {:?}",
+                    shard.next_expiry_ms(),
+                    reference.next_expiry()
+                ),
                 command,
                 Some(applied),
                 None,
@@ -2964,7 +3639,11 @@ impl Walk {
         }
         if shard.op_count() != reference.records.len() {
             self.fail(
-                &format!("op-id records kept: engine {}, reference {}", shard.op_count(), reference.records.len()),
+                &format!(
+                    "op-id records kept: engine {}, reference {}",
+                    shard.op_count(),
+                    reference.records.len()
+                ),
                 command,
                 Some(applied),
                 None,
@@ -2974,9 +3653,16 @@ impl Walk {
 
     fn snapshot_round_trip(&mut self) {
         let bytes = self.shard.to_snapshot_bytes();
-        let restored = Shard::from_snapshot_bytes(&bytes)
-            .unwrap_or_else(|why| panic!("{} step {}: snapshot does not restore: {why}", self.label(), self.step));
-        assert_eq!(restored.to_snapshot_bytes().len(), bytes.len(), "{} step {}: re-snapshot size", self.label(), self.step);
+        let restored = Shard::from_snapshot_bytes(&bytes).unwrap_or_else(|why| {
+            panic!("{} step {}: snapshot does not restore: {why}", self.label(), self.step)
+        });
+        assert_eq!(
+            restored.to_snapshot_bytes().len(),
+            bytes.len(),
+            "{} step {}: re-snapshot size",
+            self.label(),
+            self.step
+        );
         self.shard = restored;
         let tick = Command { op_id: 0, deadline_at_ms: 0, body: Body::Tick };
         let applied = Applied::new(bare(ResultCode::Approved), false);
@@ -2998,23 +3684,61 @@ impl Walk {
                 );
             }
         }
-        let context = |what: &str| format!("{} ({} journal entries): recovered {what} differs", self.label(), self.journal.len());
+        let context = |what: &str| {
+            format!(
+                "{} ({} journal entries): recovered {what} differs",
+                self.label(),
+                self.journal.len()
+            )
+        };
         for pin in PINS {
-            assert_eq!(recovered.card(self.now, pin), self.shard.card(self.now, pin), "{}", context(&format!("card {pin:#x}")));
+            assert_eq!(
+                recovered.card(self.now, pin),
+                self.shard.card(self.now, pin),
+                "{}",
+                context(&format!("card {pin:#x}"))
+            );
         }
         assert_eq!(recovered.totals(), self.shard.totals(), "{}", context("totals"));
         assert_eq!(recovered.op_count(), self.shard.op_count(), "{}", context("op count"));
-        assert_eq!(recovered.next_expiry_ms(), self.shard.next_expiry_ms(), "{}", context("next expiry"));
+        assert_eq!(
+            recovered.next_expiry_ms(),
+            self.shard.next_expiry_ms(),
+            "{}",
+            context("next expiry")
+        );
         for record in &self.reference.records {
-            assert_eq!(recovered.op(record.pin, record.id), self.shard.op(record.pin, record.id), "{}", context(&format!("op {:#x}", record.id)));
+            assert_eq!(
+                recovered.op(record.pin, record.id),
+                self.shard.op(record.pin, record.id),
+                "{}",
+                context(&format!("op {:#x}", record.id))
+            );
         }
-        assert_eq!(recovered.session_count(), self.shard.session_count(), "{}", context("live sessions"));
-        assert_eq!(recovered.expired_session_count(), self.shard.expired_session_count(), "{}", context("expired sessions"));
+        assert_eq!(
+            recovered.session_count(),
+            self.shard.session_count(),
+            "{}",
+            context("live sessions")
+        );
+        assert_eq!(
+            recovered.expired_session_count(),
+            self.shard.expired_session_count(),
+            "{}",
+            context("expired sessions")
+        );
         for owner in 1..=3 {
-            assert_eq!(recovered.owner_sessions(owner), self.shard.owner_sessions(owner), "{}", context(&format!("owner {owner}")));
+            assert_eq!(
+                recovered.owner_sessions(owner),
+                self.shard.owner_sessions(owner),
+                "{}",
+                context(&format!("owner {owner}"))
+            );
         }
         assert_eq!(recovered_notices, self.notices, "{}", context("notices"));
-        recovered.check_invariants().unwrap_or_else(|why| panic!("{}: {why}", context("invariants")));
+        recovered
+            .check_invariants()
+            .unwrap_or_else(|why| panic!("{}: {why}", context("invariants")));
     }
 
     fn run(mut self, steps: usize) -> Coverage {
@@ -3088,7 +3812,12 @@ fn engine_matches_the_reference_ledger() {
         coverage.steps,
         coverage.journaled,
         coverage.replays,
-        counts.iter().enumerate().filter(|(_, n)| **n > 0).map(|(code, n)| (code, *n)).collect::<Vec<_>>()
+        counts
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| **n > 0)
+            .map(|(code, n)| (code, *n))
+            .collect::<Vec<_>>()
     );
     // The walk must actually reach the interesting outcomes, or it proves little.
     let must_reach = [
@@ -3156,7 +3885,11 @@ fn engine_matches_the_reference_ledger() {
         ResultCode::EventNotPriced,
         ResultCode::UnitsInvalid,
     ];
-    let missing: Vec<&str> = must_reach.iter().filter(|code| counts[code.as_u16() as usize] == 0).map(|code| code.name()).collect();
+    let missing: Vec<&str> = must_reach
+        .iter()
+        .filter(|code| counts[code.as_u16() as usize] == 0)
+        .map(|code| code.name())
+        .collect();
     assert!(missing.is_empty(), "outcomes never reached: {missing:?}");
     println!("session outcomes seen: {:?}", coverage.seen);
     let must_see = [
@@ -3183,7 +3916,8 @@ fn engine_matches_the_reference_ledger() {
         "EVENT_CHARGE reversed",
         "EVENT_CHARGE refunded",
     ];
-    let unseen: Vec<&str> = must_see.iter().copied().filter(|what| !coverage.seen.contains_key(what)).collect();
+    let unseen: Vec<&str> =
+        must_see.iter().copied().filter(|what| !coverage.seen.contains_key(what)).collect();
     assert!(unseen.is_empty(), "session outcomes never reached: {unseen:?}");
     assert!(coverage.replays > coverage.steps / 50, "too few replays: {}", coverage.replays);
 }
@@ -3237,17 +3971,44 @@ fn reversal_of_a_partly_captured_hold_whose_record_was_evicted_credits_the_captu
             T0,
             command(
                 hold,
-                Body::Authorize { pin_hash: pin, password_mac: mac, amount_won: 5_000, merchant_id: 1, category: 1, hold_ttl_s: 3_600 },
+                Body::Authorize {
+                    pin_hash: pin,
+                    password_mac: mac,
+                    amount_won: 5_000,
+                    merchant_id: 1,
+                    category: 1,
+                    hold_ttl_s: 3_600,
+                },
             ),
         ),
-        (T0, command(op_id_at(T0, 4), Body::Capture { pin_hash: pin, hold_id: hold, amount_won: 1_000, final_capture: false })),
+        (
+            T0,
+            command(
+                op_id_at(T0, 4),
+                Body::Capture {
+                    pin_hash: pin,
+                    hold_id: hold,
+                    amount_won: 1_000,
+                    final_capture: false,
+                },
+            ),
+        ),
     ];
     // 63 more recorded ops (declined loads): 67 records > 64, so the three oldest (ISSUE,
     // ACTIVATE, AUTHORIZE) are evicted; the hold stays pending (TTL 3,600 s).
     for i in 1..=63u64 {
-        steps.push((T0 + i, command(op_id_at(T0 + i, 100 + u128::from(i)), Body::Load { pin_hash: pin, amount_won: 1, funding: 1 })));
+        steps.push((
+            T0 + i,
+            command(
+                op_id_at(T0 + i, 100 + u128::from(i)),
+                Body::Load { pin_hash: pin, amount_won: 1, funding: 1 },
+            ),
+        ));
     }
-    steps.push((T0 + 100, command(op_id_at(T0 + 100, 999), Body::Reverse { pin_hash: pin, original_op_id: hold })));
+    steps.push((
+        T0 + 100,
+        command(op_id_at(T0 + 100, 999), Body::Reverse { pin_hash: pin, original_op_id: hold }),
+    ));
     run_script("reversal after the AUTHORIZE record was evicted", &steps);
 }
 
@@ -3268,7 +4029,14 @@ fn journal_replay_matches_when_an_unjournaled_command_moved_the_clock() {
             T0 + 500,
             command(
                 op_id_at(T0 + 500, 3),
-                Body::Authorize { pin_hash: pin, password_mac: mac, amount_won: 100, merchant_id: 1, category: 1, hold_ttl_s: 0 },
+                Body::Authorize {
+                    pin_hash: pin,
+                    password_mac: mac,
+                    amount_won: 100,
+                    merchant_id: 1,
+                    category: 1,
+                    hold_ttl_s: 0,
+                },
             ),
         ),
     ];
@@ -3301,11 +4069,27 @@ fn a_conversion_that_leaves_a_calling_card_low_warns_its_sessions() {
         // Two calls of 60 s at 2 won a second reserve 240 won: 9,760 available.
         (T0, command(op_id_at(T0, 3), call(9))),
         (T0, command(op_id_at(T0, 4), call(3))),
-        (T0, command(op_id_at(T0, 5), Body::ForeignImport { foreign_hash: 0xF0E1, product_id: 2, code })),
+        (
+            T0,
+            command(
+                op_id_at(T0, 5),
+                Body::ForeignImport { foreign_hash: 0xF0E1, product_id: 2, code },
+            ),
+        ),
         // 9,500 won for the yen PIN: 260 left available, below the 1,000-won level.
-        (T0, command(op_id_at(T0, 6), Body::ForeignConvert { pin_hash: pin, password_mac: mac, product_id: 2 })),
+        (
+            T0,
+            command(
+                op_id_at(T0, 6),
+                Body::ForeignConvert { pin_hash: pin, password_mac: mac, product_id: 2 },
+            ),
+        ),
     ];
     let walk = run_script("low balance after a conversion", &steps);
-    let warned: Vec<(u128, u8, u64)> = walk.notices.iter().map(|notice| (notice.session_id, notice.kind, notice.available_won)).collect();
+    let warned: Vec<(u128, u8, u64)> = walk
+        .notices
+        .iter()
+        .map(|notice| (notice.session_id, notice.kind, notice.available_won))
+        .collect();
     assert_eq!(warned, [(3, NOTICE_LOW_BALANCE, 260), (9, NOTICE_LOW_BALANCE, 260)]);
 }

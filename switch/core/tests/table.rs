@@ -8,11 +8,12 @@ use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use pinswitch_core::{
-    Body, Command, EngineConfig, FINAL_UNIT_NONE, FINAL_UNIT_TERMINATE, ForeignCode, Ms, OpId, PinHash, Reply, SessionGrant,
-    SessionNoticeOut, SessionOpen, Shard, pack_destination,
+    Body, Command, EngineConfig, FINAL_UNIT_NONE, FINAL_UNIT_TERMINATE, ForeignCode, Ms, OpId,
+    PinHash, Reply, SessionGrant, SessionNoticeOut, SessionOpen, Shard, pack_destination,
 };
 use pinswitch_protocol::{
-    CardState, Field, NOTICE_ABORT, NOTICE_EXPIRED, NOTICE_LOW_BALANCE, NOTICE_REAUTHORIZE, OpStatus, ResultCode, op_id_at,
+    CardState, Field, NOTICE_ABORT, NOTICE_EXPIRED, NOTICE_LOW_BALANCE, NOTICE_REAUTHORIZE,
+    OpStatus, ResultCode, op_id_at,
 };
 
 const T0: Ms = 1_800_000_000_000;
@@ -82,7 +83,14 @@ fn sale(pin_hash: PinHash, password_mac: u64, amount_won: u64) -> Body {
 }
 
 fn authorize(pin_hash: PinHash, amount_won: u64, hold_ttl_s: u32) -> Body {
-    Body::Authorize { pin_hash, password_mac: PASSWORD, amount_won, merchant_id: 77, category: 2, hold_ttl_s }
+    Body::Authorize {
+        pin_hash,
+        password_mac: PASSWORD,
+        amount_won,
+        merchant_id: 77,
+        category: 2,
+        hold_ttl_s,
+    }
 }
 
 fn capture(hold_id: OpId, amount_won: u64, final_capture: bool) -> Body {
@@ -97,7 +105,8 @@ fn load(pin_hash: PinHash, amount_won: u64) -> Body {
 fn card_life_issue_activate_load_sale() {
     let mut s = Script::new();
     s.expect(Body::Issue { pin_hash: CARD, face_value_won: 7_000 }, ResultCode::ProductNotFound);
-    let (_, issued) = s.expect(Body::Issue { pin_hash: CARD, face_value_won: 10_000 }, ResultCode::Approved);
+    let (_, issued) =
+        s.expect(Body::Issue { pin_hash: CARD, face_value_won: 10_000 }, ResultCode::Approved);
     assert_eq!((issued.amount_won, issued.balance_won), (10_000, 10_000));
     // The drawn PIN already exists: not recorded, the server draws again under the same op id.
     let op_id = s.op_id();
@@ -109,19 +118,34 @@ fn card_life_issue_activate_load_sale() {
     s.expect(load(CARD, 10_000), ResultCode::CardNotActive);
     s.expect(Body::Activate { pin_hash: OTHER, password_mac: PASSWORD }, ResultCode::CardNotFound);
     s.expect(Body::Activate { pin_hash: CARD, password_mac: PASSWORD }, ResultCode::Approved);
-    s.expect(Body::Activate { pin_hash: CARD, password_mac: PASSWORD }, ResultCode::CardAlreadyActive);
+    s.expect(
+        Body::Activate { pin_hash: CARD, password_mac: PASSWORD },
+        ResultCode::CardAlreadyActive,
+    );
     assert_eq!(s.shard.card(s.now_ms, CARD).unwrap().state, CardState::Active);
 
     s.expect(load(CARD, 0), ResultCode::AmountInvalid);
     s.expect(load(CARD, 5_000), ResultCode::RechargeUnitInvalid);
-    s.expect(Body::Load { pin_hash: CARD, amount_won: 10_000, funding: 0 }, ResultCode::FormatError);
+    s.expect(
+        Body::Load { pin_hash: CARD, amount_won: 10_000, funding: 0 },
+        ResultCode::FormatError,
+    );
     s.expect(load(CARD, 500_000), ResultCode::BalanceCapExceeded);
     s.expect(load(CARD, u64::MAX - u64::MAX % 10_000), ResultCode::AmountOverflow);
     let (_, loaded) = s.expect(load(CARD, 490_000), ResultCode::Approved);
     assert_eq!(loaded.balance_won, 500_000);
 
     s.expect(sale(CARD, PASSWORD, 0), ResultCode::AmountInvalid);
-    s.expect(Body::Sale { pin_hash: CARD, password_mac: PASSWORD, amount_won: 5, merchant_id: 1, category: 9 }, ResultCode::CategoryInvalid);
+    s.expect(
+        Body::Sale {
+            pin_hash: CARD,
+            password_mac: PASSWORD,
+            amount_won: 5,
+            merchant_id: 1,
+            category: 9,
+        },
+        ResultCode::CategoryInvalid,
+    );
     s.expect(sale(CARD, PASSWORD, 500_001), ResultCode::InsufficientFunds);
     let (_, sold) = s.expect(sale(CARD, PASSWORD, 1_500), ResultCode::Approved);
     assert_eq!((sold.amount_won, sold.balance_won, sold.available_won), (1_500, 498_500, 498_500));
@@ -135,13 +159,30 @@ fn the_product_mix_limits_what_a_card_pays_for() {
     let mut s = Script::new();
     // test_min: 5,000-won cards pay for internet payment (1) and telephone calls (2) only.
     s.active_card(CARD, 5_000);
-    let pay = |category| Body::Sale { pin_hash: CARD, password_mac: PASSWORD, amount_won: 100, merchant_id: 1, category };
+    let pay = |category| Body::Sale {
+        pin_hash: CARD,
+        password_mac: PASSWORD,
+        amount_won: 100,
+        merchant_id: 1,
+        category,
+    };
     s.expect(pay(1), ResultCode::Approved);
     s.expect(pay(2), ResultCode::Approved);
     s.expect(pay(6), ResultCode::CategoryNotAllowed);
-    let hold = Body::Authorize { pin_hash: CARD, password_mac: WRONG, amount_won: 100, merchant_id: 1, category: 4, hold_ttl_s: 0 };
+    let hold = Body::Authorize {
+        pin_hash: CARD,
+        password_mac: WRONG,
+        amount_won: 100,
+        merchant_id: 1,
+        category: 4,
+        hold_ttl_s: 0,
+    };
     s.expect(hold, ResultCode::CategoryNotAllowed);
-    assert_eq!(s.shard.card(s.now_ms, CARD).unwrap().password_tries_left, 3, "no password try is counted");
+    assert_eq!(
+        s.shard.card(s.now_ms, CARD).unwrap().password_tries_left,
+        3,
+        "no password try is counted"
+    );
     assert_eq!(s.balance(CARD), (4_800, 4_800));
 }
 
@@ -151,10 +192,19 @@ fn a_named_card_has_the_higher_cap() {
     s.active_card(CARD, 100_000);
     s.expect(load(CARD, 410_000), ResultCode::BalanceCapExceeded);
     let register = |verified_name| Body::Register { pin_hash: CARD, holder_ref: 31, verified_name };
-    s.expect(Body::Register { pin_hash: CARD, holder_ref: 0, verified_name: true }, ResultCode::FormatError);
-    s.expect(Body::Register { pin_hash: OTHER, holder_ref: 31, verified_name: true }, ResultCode::CardNotFound);
+    s.expect(
+        Body::Register { pin_hash: CARD, holder_ref: 0, verified_name: true },
+        ResultCode::FormatError,
+    );
+    s.expect(
+        Body::Register { pin_hash: OTHER, holder_ref: 31, verified_name: true },
+        ResultCode::CardNotFound,
+    );
     let (_, registered) = s.expect(register(false), ResultCode::Approved);
-    assert_eq!(registered.amount_won, 500_000, "registered without a verified name: still the unnamed cap");
+    assert_eq!(
+        registered.amount_won, 500_000,
+        "registered without a verified name: still the unnamed cap"
+    );
     s.expect(load(CARD, 410_000), ResultCode::BalanceCapExceeded);
     let (_, named) = s.expect(register(true), ResultCode::Approved);
     assert_eq!(named.amount_won, 2_000_000);
@@ -170,7 +220,10 @@ fn registered_cards_earn_points_and_credits_take_them_back() {
     let points = |s: &Script| s.shard.card(s.now_ms, CARD).unwrap().points;
     s.expect(sale(CARD, PASSWORD, 10_000), ResultCode::Approved);
     assert_eq!(points(&s), 0, "an unregistered card earns nothing");
-    s.expect(Body::Register { pin_hash: CARD, holder_ref: 5, verified_name: false }, ResultCode::Approved);
+    s.expect(
+        Body::Register { pin_hash: CARD, holder_ref: 5, verified_name: false },
+        ResultCode::Approved,
+    );
     // test_min gives the 100,000-won product 30 points per 1,000 won (3 %).
     let (paid, _) = s.expect(sale(CARD, PASSWORD, 20_000), ResultCode::Approved);
     assert_eq!(points(&s), 600, "the product's 30 points per 1,000 won");
@@ -178,13 +231,19 @@ fn registered_cards_earn_points_and_credits_take_them_back() {
     assert_eq!(points(&s), 600, "a hold earns nothing until captured");
     s.expect(capture(hold, 3_050, true), ResultCode::Approved);
     assert_eq!(points(&s), 691, "rounded down");
-    s.expect(Body::Refund { pin_hash: CARD, original_op_id: paid, amount_won: 5_000 }, ResultCode::Approved);
+    s.expect(
+        Body::Refund { pin_hash: CARD, original_op_id: paid, amount_won: 5_000 },
+        ResultCode::Approved,
+    );
     assert_eq!(points(&s), 541);
     s.expect(Body::Reverse { pin_hash: CARD, original_op_id: paid }, ResultCode::Approved);
     assert_eq!(points(&s), 91, "the reversal credits the other 15,000 won and takes their points");
     // The 5,000-won product earns no points at all, registered or not.
     s.active_card(OTHER, 5_000);
-    s.expect(Body::Register { pin_hash: OTHER, holder_ref: 6, verified_name: false }, ResultCode::Approved);
+    s.expect(
+        Body::Register { pin_hash: OTHER, holder_ref: 6, verified_name: false },
+        ResultCode::Approved,
+    );
     s.expect(sale(OTHER, PASSWORD, 4_000), ResultCode::Approved);
     assert_eq!(s.shard.card(s.now_ms, OTHER).unwrap().points, 0);
 }
@@ -213,7 +272,14 @@ impl WithPassword for Body {
     fn with_password(self, mac: u64) -> Body {
         match self {
             Body::Authorize { pin_hash, amount_won, merchant_id, category, hold_ttl_s, .. } => {
-                Body::Authorize { pin_hash, password_mac: mac, amount_won, merchant_id, category, hold_ttl_s }
+                Body::Authorize {
+                    pin_hash,
+                    password_mac: mac,
+                    amount_won,
+                    merchant_id,
+                    category,
+                    hold_ttl_s,
+                }
             }
             other => other,
         }
@@ -238,7 +304,10 @@ fn holds_capture_void_expire_and_limits() {
     s.expect(capture(hold, 0, false), ResultCode::AmountInvalid);
     s.expect(capture(hold, 4_001, false), ResultCode::ExceedsHoldAmount);
     s.expect(capture(12345, 1, false), ResultCode::HoldNotFound);
-    s.expect(Body::Capture { pin_hash: OTHER, hold_id: hold, amount_won: 1, final_capture: false }, ResultCode::CardNotFound);
+    s.expect(
+        Body::Capture { pin_hash: OTHER, hold_id: hold, amount_won: 1, final_capture: false },
+        ResultCode::CardNotFound,
+    );
     s.expect(capture(hold, 1_000, false), ResultCode::Approved);
     s.expect(capture(hold, 1_000, false), ResultCode::Approved);
     s.expect(capture(hold, 1_000, false), ResultCode::Approved);
@@ -264,7 +333,11 @@ fn holds_capture_void_expire_and_limits() {
     s.expect(capture(hold3, 1, false), ResultCode::HoldExpired);
     s.expect(Body::Void { pin_hash: CARD, hold_id: hold3 }, ResultCode::HoldExpired);
     assert_eq!(s.balance(CARD), (6_000, 6_000));
-    assert!(!s.shard.apply(s.now_ms, &Command { op_id: 0, deadline_at_ms: 0, body: Body::Tick }).changed);
+    assert!(
+        !s.shard
+            .apply(s.now_ms, &Command { op_id: 0, deadline_at_ms: 0, body: Body::Tick })
+            .changed
+    );
 
     // A final capture releases the rest.
     let (hold4, _) = s.expect(authorize(CARD, 3_000, 0), ResultCode::Approved);
@@ -280,42 +353,86 @@ fn reversals_in_both_orders_and_refunds() {
 
     // After the original: a sale is credited back once.
     let (sale_op, _) = s.expect(sale(CARD, PASSWORD, 2_000), ResultCode::Approved);
-    s.expect(Body::Refund { pin_hash: CARD, original_op_id: sale_op, amount_won: 0 }, ResultCode::AmountInvalid);
-    s.expect(Body::Refund { pin_hash: CARD, original_op_id: sale_op, amount_won: 2_001 }, ResultCode::ExceedsRefundable);
-    s.expect(Body::Refund { pin_hash: OTHER, original_op_id: sale_op, amount_won: 1 }, ResultCode::OriginalCardMismatch);
-    s.expect(Body::Refund { pin_hash: CARD, original_op_id: 424242, amount_won: 1 }, ResultCode::OriginalNotFound);
-    s.expect(Body::Refund { pin_hash: CARD, original_op_id: sale_op, amount_won: 500 }, ResultCode::Approved);
-    let (_, reversed) = s.expect(Body::Reverse { pin_hash: CARD, original_op_id: sale_op }, ResultCode::Approved);
+    s.expect(
+        Body::Refund { pin_hash: CARD, original_op_id: sale_op, amount_won: 0 },
+        ResultCode::AmountInvalid,
+    );
+    s.expect(
+        Body::Refund { pin_hash: CARD, original_op_id: sale_op, amount_won: 2_001 },
+        ResultCode::ExceedsRefundable,
+    );
+    s.expect(
+        Body::Refund { pin_hash: OTHER, original_op_id: sale_op, amount_won: 1 },
+        ResultCode::OriginalCardMismatch,
+    );
+    s.expect(
+        Body::Refund { pin_hash: CARD, original_op_id: 424242, amount_won: 1 },
+        ResultCode::OriginalNotFound,
+    );
+    s.expect(
+        Body::Refund { pin_hash: CARD, original_op_id: sale_op, amount_won: 500 },
+        ResultCode::Approved,
+    );
+    let (_, reversed) =
+        s.expect(Body::Reverse { pin_hash: CARD, original_op_id: sale_op }, ResultCode::Approved);
     assert_eq!(reversed.amount_won, 1_500, "only what was not refunded comes back");
     assert_eq!(s.balance(CARD), (10_000, 10_000));
-    s.expect(Body::Reverse { pin_hash: CARD, original_op_id: sale_op }, ResultCode::AlreadyReversed);
-    s.expect(Body::Refund { pin_hash: CARD, original_op_id: sale_op, amount_won: 1 }, ResultCode::ExceedsRefundable);
-    s.expect(Body::Reverse { pin_hash: OTHER, original_op_id: sale_op }, ResultCode::OriginalCardMismatch);
+    s.expect(
+        Body::Reverse { pin_hash: CARD, original_op_id: sale_op },
+        ResultCode::AlreadyReversed,
+    );
+    s.expect(
+        Body::Refund { pin_hash: CARD, original_op_id: sale_op, amount_won: 1 },
+        ResultCode::ExceedsRefundable,
+    );
+    s.expect(
+        Body::Reverse { pin_hash: OTHER, original_op_id: sale_op },
+        ResultCode::OriginalCardMismatch,
+    );
     assert_eq!(s.shard.op(CARD, sale_op).status, OpStatus::Reversed);
 
     // Reverse of a pending hold with a partial capture: both come back.
     let (hold, _) = s.expect(authorize(CARD, 3_000, 0), ResultCode::Approved);
     let (capture_op, _) = s.expect(capture(hold, 1_000, false), ResultCode::Approved);
-    s.expect(Body::Refund { pin_hash: CARD, original_op_id: capture_op, amount_won: 400 }, ResultCode::Approved);
-    s.expect(Body::Refund { pin_hash: CARD, original_op_id: hold, amount_won: 1 }, ResultCode::ReversalNotSupported);
-    let (_, reversed) = s.expect(Body::Reverse { pin_hash: CARD, original_op_id: hold }, ResultCode::Approved);
+    s.expect(
+        Body::Refund { pin_hash: CARD, original_op_id: capture_op, amount_won: 400 },
+        ResultCode::Approved,
+    );
+    s.expect(
+        Body::Refund { pin_hash: CARD, original_op_id: hold, amount_won: 1 },
+        ResultCode::ReversalNotSupported,
+    );
+    let (_, reversed) =
+        s.expect(Body::Reverse { pin_hash: CARD, original_op_id: hold }, ResultCode::Approved);
     assert_eq!(reversed.amount_won, 600 + 2_000);
     assert_eq!(s.balance(CARD), (10_000, 10_000));
     s.expect(capture(hold, 1, false), ResultCode::HoldReversed);
     s.expect(Body::Void { pin_hash: CARD, hold_id: hold }, ResultCode::HoldReversed);
-    s.expect(Body::Reverse { pin_hash: CARD, original_op_id: capture_op }, ResultCode::ReversalNotSupported);
+    s.expect(
+        Body::Reverse { pin_hash: CARD, original_op_id: capture_op },
+        ResultCode::ReversalNotSupported,
+    );
 
     // Declined originals have nothing to undo.
     let (declined, _) = s.expect(sale(CARD, PASSWORD, 1_000_000), ResultCode::InsufficientFunds);
-    s.expect(Body::Reverse { pin_hash: CARD, original_op_id: declined }, ResultCode::OriginalDeclinedNoop);
+    s.expect(
+        Body::Reverse { pin_hash: CARD, original_op_id: declined },
+        ResultCode::OriginalDeclinedNoop,
+    );
     s.expect(Body::Reverse { pin_hash: CARD, original_op_id: 0 }, ResultCode::OpIdInvalid);
 
     // Before the original: a tombstone declines the late original.
     let late = s.op_id();
-    s.expect(Body::Reverse { pin_hash: CARD, original_op_id: late }, ResultCode::OriginalNotFoundRecorded);
+    s.expect(
+        Body::Reverse { pin_hash: CARD, original_op_id: late },
+        ResultCode::OriginalNotFoundRecorded,
+    );
     assert_eq!(s.shard.op(CARD, late).status, OpStatus::Tombstone);
     s.expect(Body::Reverse { pin_hash: CARD, original_op_id: late }, ResultCode::AlreadyReversed);
-    s.expect(Body::Refund { pin_hash: CARD, original_op_id: late, amount_won: 1 }, ResultCode::OriginalNotFound);
+    s.expect(
+        Body::Refund { pin_hash: CARD, original_op_id: late, amount_won: 1 },
+        ResultCode::OriginalNotFound,
+    );
     let reply = s.run_at(late, 0, sale(CARD, PASSWORD, 700));
     assert_eq!(reply.result_code(), ResultCode::ReversedBeforeArrival);
     assert_eq!(s.balance(CARD), (10_000, 10_000));
@@ -338,14 +455,20 @@ fn exactly_once_replay_reuse_window_deadline() {
     assert_eq!((reused.result_code(), reused.field), (ResultCode::OpIdReused, Field::Kind as u8));
     // Declines are stored too: the retry of a decline is the same decline.
     let declined_op = s.op_id();
-    assert_eq!(s.run_at(declined_op, 0, sale(CARD, PASSWORD, 50_000)).result_code(), ResultCode::InsufficientFunds);
+    assert_eq!(
+        s.run_at(declined_op, 0, sale(CARD, PASSWORD, 50_000)).result_code(),
+        ResultCode::InsufficientFunds
+    );
     s.expect(load(CARD, 50_000), ResultCode::Approved);
     let retry = s.run_at(declined_op, 0, sale(CARD, PASSWORD, 50_000));
     assert_eq!((retry.result_code(), retry.replayed), (ResultCode::InsufficientFunds, true));
 
     assert_eq!(s.run_at(0, 0, sale(CARD, PASSWORD, 1)).result_code(), ResultCode::OpIdInvalid);
     let future = op_id_at(s.now_ms + 61_000, 5);
-    assert_eq!(s.run_at(future, 0, sale(CARD, PASSWORD, 1)).result_code(), ResultCode::OpIdFromFuture);
+    assert_eq!(
+        s.run_at(future, 0, sale(CARD, PASSWORD, 1)).result_code(),
+        ResultCode::OpIdFromFuture
+    );
     let old = op_id_at(s.now_ms - 2 * 3600 * 1000, 5);
     assert_eq!(s.run_at(old, 0, sale(CARD, PASSWORD, 1)).result_code(), ResultCode::OpTooOld);
 
@@ -354,7 +477,10 @@ fn exactly_once_replay_reuse_window_deadline() {
     let reply = s.run_at(late, s.now_ms - 1, sale(CARD, PASSWORD, 1));
     assert_eq!(reply.result_code(), ResultCode::DeadlineExceededNotExecuted);
     let reply = s.run_at(late, 0, sale(CARD, PASSWORD, 1));
-    assert_eq!((reply.result_code(), reply.replayed), (ResultCode::DeadlineExceededNotExecuted, true));
+    assert_eq!(
+        (reply.result_code(), reply.replayed),
+        (ResultCode::DeadlineExceededNotExecuted, true)
+    );
     assert_eq!(s.balance(CARD), (59_000, 59_000));
 
     // Past the window the id is too old, even though its record was kept.
@@ -391,7 +517,10 @@ fn reversals_naming_future_originals_never_raise_the_floor_past_the_clock() {
     // A tombstone within the skew is not dropped while the clock is behind it: its generation
     // stays, the newer one grows to twice its size, and past that new operations must wait.
     let soon = op_id_at(s.now_ms + 30_000, 1);
-    s.expect(Body::Reverse { pin_hash: CARD, original_op_id: soon }, ResultCode::OriginalNotFoundRecorded);
+    s.expect(
+        Body::Reverse { pin_hash: CARD, original_op_id: soon },
+        ResultCode::OriginalNotFoundRecorded,
+    );
     let mut approved = 0;
     loop {
         s.now_ms += 10;
@@ -405,7 +534,10 @@ fn reversals_naming_future_originals_never_raise_the_floor_past_the_clock() {
     }
     assert!(s.shard.op_count() <= 2 * 64);
     assert_eq!(s.shard.op(CARD, soon).status, OpStatus::Tombstone);
-    assert_eq!(s.run_at(soon, 0, sale(CARD, PASSWORD, 5)).result_code(), ResultCode::ReversedBeforeArrival);
+    assert_eq!(
+        s.run_at(soon, 0, sale(CARD, PASSWORD, 5)).result_code(),
+        ResultCode::ReversedBeforeArrival
+    );
     // Once the clock passes the tombstone's time its generation may go; new ids work again,
     // and the late original is too old: declined either way, never executed.
     s.now_ms += 31_000;
@@ -428,9 +560,24 @@ fn channel_sale_gift_claim_block_unblock() {
     s.issue(CARD, 10_000);
     s.expect(sell(CARD, 0, 1), ResultCode::ChannelInvalid);
     s.expect(sell(CARD, 7, 9), ResultCode::ChannelInvalid);
-    s.expect(Body::Sell { pin_hash: CARD, channel_id: 7, price_won: 0, payment_means: 1, gift_recipient_ref: 0 }, ResultCode::AmountInvalid);
+    s.expect(
+        Body::Sell {
+            pin_hash: CARD,
+            channel_id: 7,
+            price_won: 0,
+            payment_means: 1,
+            gift_recipient_ref: 0,
+        },
+        ResultCode::AmountInvalid,
+    );
     s.expect(sell(OTHER, 7, 1), ResultCode::CardNotFound);
-    let gift = Body::Sell { pin_hash: CARD, channel_id: 7, price_won: 9_500, payment_means: 2, gift_recipient_ref: 4242 };
+    let gift = Body::Sell {
+        pin_hash: CARD,
+        channel_id: 7,
+        price_won: 9_500,
+        payment_means: 2,
+        gift_recipient_ref: 4242,
+    };
     let (_, sold) = s.expect(gift, ResultCode::Approved);
     assert_eq!(sold.amount_won, 10_000);
     assert_eq!(s.shard.card(s.now_ms, CARD).unwrap().state, CardState::Sold);
@@ -444,8 +591,16 @@ fn channel_sale_gift_claim_block_unblock() {
     assert_eq!(s.shard.card(s.now_ms, CARD).unwrap().state, CardState::Sold);
     // Only the recipient the sale named claims the gift, with their own password (and the
     // record that they left a password hint); a plain activation is refused.
-    s.expect(Body::Activate { pin_hash: CARD, password_mac: PASSWORD }, ResultCode::GiftClaimRequired);
-    let claim = |gift_recipient_ref| Body::Claim { pin_hash: CARD, password_mac: PASSWORD, gift_recipient_ref, password_hint: true };
+    s.expect(
+        Body::Activate { pin_hash: CARD, password_mac: PASSWORD },
+        ResultCode::GiftClaimRequired,
+    );
+    let claim = |gift_recipient_ref| Body::Claim {
+        pin_hash: CARD,
+        password_mac: PASSWORD,
+        gift_recipient_ref,
+        password_hint: true,
+    };
     s.expect(claim(4241), ResultCode::GiftRecipientMismatch);
     s.expect(claim(0), ResultCode::GiftRecipientMismatch);
     s.expect(claim(4242), ResultCode::Approved);
@@ -493,8 +648,12 @@ fn balance_refund_follows_the_used_share_rule_and_closes_the_card() {
     assert_eq!(s.shard.totals().paid_out_won, 2_000);
     // A merchant reverses a sale after the card closed: the money joins the payout instead of
     // sitting on a card nobody can use; a merchant refund is refused.
-    s.expect(Body::Refund { pin_hash: CARD, original_op_id: first_sale, amount_won: 1 }, ResultCode::CardClosed);
-    let (_, reversed) = s.expect(Body::Reverse { pin_hash: CARD, original_op_id: first_sale }, ResultCode::Approved);
+    s.expect(
+        Body::Refund { pin_hash: CARD, original_op_id: first_sale, amount_won: 1 },
+        ResultCode::CardClosed,
+    );
+    let (_, reversed) = s
+        .expect(Body::Reverse { pin_hash: CARD, original_op_id: first_sale }, ResultCode::Approved);
     assert_eq!((reversed.amount_won, reversed.balance_won), (7_999, 0));
     assert_eq!(s.shard.totals().paid_out_won, 2_000 + 7_999);
 
@@ -502,7 +661,10 @@ fn balance_refund_follows_the_used_share_rule_and_closes_the_card() {
     s.active_card(OTHER, 50_000);
     s.expect(load(OTHER, 50_000), ResultCode::Approved);
     s.expect(sale(OTHER, PASSWORD, 59_999), ResultCode::Approved);
-    s.expect(Body::BalanceRefund { pin_hash: OTHER, payout_account_ref: 1 }, ResultCode::RefundRuleNotMet);
+    s.expect(
+        Body::BalanceRefund { pin_hash: OTHER, payout_account_ref: 1 },
+        ResultCode::RefundRuleNotMet,
+    );
     s.expect(sale(OTHER, PASSWORD, 1), ResultCode::Approved);
     s.expect(Body::BalanceRefund { pin_hash: OTHER, payout_account_ref: 1 }, ResultCode::Approved);
 }
@@ -538,7 +700,8 @@ fn products_have_their_own_validity_recharge_unit_and_cap() {
     s.active_card(CARD, 50_000);
     s.active_card(OTHER, 100_000);
     let one_day_s = 24 * 3600;
-    let valid_until = |s: &Script, pin| u64::from(s.shard.card(s.now_ms, pin).unwrap().valid_until_s);
+    let valid_until =
+        |s: &Script, pin| u64::from(s.shard.card(s.now_ms, pin).unwrap().valid_until_s);
     assert_eq!(valid_until(&s, CARD) - valid_until(&s, OTHER), one_day_s, "two days against one");
     s.expect(load(OTHER, 15_000), ResultCode::Approved);
     s.expect(load(CARD, 15_000), ResultCode::RechargeUnitInvalid);
@@ -548,7 +711,10 @@ fn products_have_their_own_validity_recharge_unit_and_cap() {
 
     const SMALL: PinHash = 0x5A11;
     s.active_card(SMALL, 5_000);
-    s.expect(Body::Register { pin_hash: SMALL, holder_ref: 3, verified_name: true }, ResultCode::Approved);
+    s.expect(
+        Body::Register { pin_hash: SMALL, holder_ref: 3, verified_name: true },
+        ResultCode::Approved,
+    );
     s.expect(load(SMALL, 300_000), ResultCode::BalanceCapExceeded);
     s.expect(load(SMALL, 290_000), ResultCode::Approved);
 }
@@ -572,10 +738,17 @@ fn a_recharge_of_a_promotional_card_extends_its_validity() {
 fn a_consigned_card_is_sold_only_by_its_partner() {
     let mut s = Script::new();
     s.issue(CARD, 10_000);
-    let consign = |partner_id, commission_per_mille| Body::Consign { pin_hash: CARD, partner_id, commission_per_mille };
+    let consign = |partner_id, commission_per_mille| Body::Consign {
+        pin_hash: CARD,
+        partner_id,
+        commission_per_mille,
+    };
     s.expect(consign(0, 30), ResultCode::ChannelInvalid);
     s.expect(consign(12, 1001), ResultCode::ChannelInvalid);
-    s.expect(Body::Consign { pin_hash: OTHER, partner_id: 12, commission_per_mille: 30 }, ResultCode::CardNotFound);
+    s.expect(
+        Body::Consign { pin_hash: OTHER, partner_id: 12, commission_per_mille: 30 },
+        ResultCode::CardNotFound,
+    );
     let (_, consigned) = s.expect(consign(12, 30), ResultCode::Approved);
     assert_eq!(consigned.amount_won, 10_000);
     s.expect(consign(13, 30), ResultCode::CardConsignedElsewhere);
@@ -590,11 +763,18 @@ fn refund_respects_the_cap_and_closed_state_rules() {
     s.active_card(CARD, 100_000);
     let (sale_op, _) = s.expect(sale(CARD, PASSWORD, 50_000), ResultCode::Approved);
     s.expect(load(CARD, 450_000), ResultCode::Approved);
-    s.expect(Body::Refund { pin_hash: CARD, original_op_id: sale_op, amount_won: 10_000 }, ResultCode::BalanceCapExceeded);
+    s.expect(
+        Body::Refund { pin_hash: CARD, original_op_id: sale_op, amount_won: 10_000 },
+        ResultCode::BalanceCapExceeded,
+    );
     // A reversal is never refused for business reasons: it may pass the cap.
-    let (_, reversed) = s.expect(Body::Reverse { pin_hash: CARD, original_op_id: sale_op }, ResultCode::Approved);
+    let (_, reversed) =
+        s.expect(Body::Reverse { pin_hash: CARD, original_op_id: sale_op }, ResultCode::Approved);
     assert_eq!(reversed.balance_won, 550_000);
-    s.expect(Body::Refund { pin_hash: OTHER, original_op_id: sale_op, amount_won: 1 }, ResultCode::CardNotFound);
+    s.expect(
+        Body::Refund { pin_hash: OTHER, original_op_id: sale_op, amount_won: 1 },
+        ResultCode::CardNotFound,
+    );
 }
 
 /// Codes only the front end answers (framing, formats, overload); covered end to end.
@@ -618,32 +798,59 @@ fn foreign_pins_are_imported_once_and_converted_from_the_balance() {
     assert_eq!(s.shard.foreign_stock(1), 2);
 
     s.active_card(CARD, 50_000);
-    let convert = |product_id, password_mac| Body::ForeignConvert { pin_hash: CARD, password_mac, product_id };
+    let convert = |product_id, password_mac| Body::ForeignConvert {
+        pin_hash: CARD,
+        password_mac,
+        product_id,
+    };
     s.expect(convert(9, PASSWORD), ResultCode::ForeignProductUnknown);
     s.expect(convert(1, WRONG), ResultCode::PasswordInvalid);
     s.expect(convert(2, PASSWORD), ResultCode::ForeignPinUnavailable);
     let (converted, reply) = s.expect(convert(1, PASSWORD), ResultCode::Approved);
     assert_eq!((reply.amount_won, reply.balance_won), (14_000, 36_000));
-    assert_eq!(s.shard.foreign_code(converted).unwrap().as_bytes(), b"US-1", "the oldest PIN first");
+    assert_eq!(
+        s.shard.foreign_code(converted).unwrap().as_bytes(),
+        b"US-1",
+        "the oldest PIN first"
+    );
     let retry = s.run_at(converted, 0, convert(1, PASSWORD));
     assert!(retry.replayed && retry.balance_won == 36_000);
-    assert_eq!(s.shard.foreign_code(converted).unwrap().as_bytes(), b"US-1", "a retry gets the same PIN");
+    assert_eq!(
+        s.shard.foreign_code(converted).unwrap().as_bytes(),
+        b"US-1",
+        "a retry gets the same PIN"
+    );
     s.expect(sale(CARD, PASSWORD, 23_000), ResultCode::Approved);
     s.expect(convert(1, PASSWORD), ResultCode::InsufficientFunds);
-    s.expect(Body::Reverse { pin_hash: CARD, original_op_id: converted }, ResultCode::ReversalNotSupported);
-    s.expect(Body::Refund { pin_hash: CARD, original_op_id: converted, amount_won: 1_000 }, ResultCode::ReversalNotSupported);
+    s.expect(
+        Body::Reverse { pin_hash: CARD, original_op_id: converted },
+        ResultCode::ReversalNotSupported,
+    );
+    s.expect(
+        Body::Refund { pin_hash: CARD, original_op_id: converted, amount_won: 1_000 },
+        ResultCode::ReversalNotSupported,
+    );
     assert_eq!(s.shard.foreign_stock(1), 1);
     assert_eq!(s.balance(CARD), (13_000, 13_000));
 
     // The pool and the conversions survive a snapshot.
     let restored = Shard::from_snapshot_bytes(&s.shard.to_snapshot_bytes()).unwrap();
-    assert_eq!((restored.foreign_stock(1), restored.foreign_code(converted)), (1, s.shard.foreign_code(converted)));
+    assert_eq!(
+        (restored.foreign_stock(1), restored.foreign_code(converted)),
+        (1, s.shard.foreign_code(converted))
+    );
 }
 
 /// The owner (call switch) of the scripts' sessions.
 const OWNER: u32 = 7;
 
-fn session_open(pin_hash: PinHash, session_id: u128, destination: u64, requested_s: u32, category: u8) -> Body {
+fn session_open(
+    pin_hash: PinHash,
+    session_id: u128,
+    destination: u64,
+    requested_s: u32,
+    category: u8,
+) -> Body {
     Body::SessionStart(Box::new(SessionOpen {
         pin_hash,
         session_id,
@@ -655,8 +862,20 @@ fn session_open(pin_hash: PinHash, session_id: u128, destination: u64, requested
     }))
 }
 
-fn session_start(pin_hash: PinHash, session_id: u128, destination: &str, requested_s: u32, category: u8) -> Body {
-    session_open(pin_hash, session_id, pack_destination(destination.as_bytes()).expect("a valid number"), requested_s, category)
+fn session_start(
+    pin_hash: PinHash,
+    session_id: u128,
+    destination: &str,
+    requested_s: u32,
+    category: u8,
+) -> Body {
+    session_open(
+        pin_hash,
+        session_id,
+        pack_destination(destination.as_bytes()).expect("a valid number"),
+        requested_s,
+        category,
+    )
 }
 
 /// Request numbers for the scripts' reports: one counter for all, so each report's is above
@@ -666,7 +885,12 @@ fn next_seq() -> u32 {
     SEQ.fetch_add(1, Ordering::Relaxed)
 }
 
-fn session_update(pin_hash: PinHash, session_id: u128, used_total_s: u32, requested_s: u32) -> Body {
+fn session_update(
+    pin_hash: PinHash,
+    session_id: u128,
+    used_total_s: u32,
+    requested_s: u32,
+) -> Body {
     Body::SessionUpdate { pin_hash, session_id, seq: next_seq(), used_total_s, requested_s }
 }
 
@@ -685,15 +909,22 @@ fn granted(reply: &Reply) -> (u32, u8, u16) {
 #[test]
 fn tariffs_rate_by_increment_first_increment_and_connect_fee() {
     let config = EngineConfig::test_min();
-    let tariff = |category: u8, number: &str| config.tariff_for(category, number.as_bytes()).expect("a tariff").clone();
+    let tariff = |category: u8, number: &str| {
+        config.tariff_for(category, number.as_bytes()).expect("a tariff").clone()
+    };
     // Longest prefix: "010..." is the mobile tariff, other numbers the domestic one.
     let per_second = tariff(2, "0212345678");
     let six_seconds = tariff(2, "01012345678");
     let per_minute = tariff(2, "0014155550100");
     let premium = tariff(3, "0601234567");
-    assert_eq!([per_second.tariff_id, six_seconds.tariff_id, per_minute.tariff_id, premium.tariff_id], [1, 2, 3, 6]);
+    assert_eq!(
+        [per_second.tariff_id, six_seconds.tariff_id, per_minute.tariff_id, premium.tariff_id],
+        [1, 2, 3, 6]
+    );
     assert!(config.tariff_for(3, b"0212345678").is_none());
-    let costs = |tariff: &pinswitch_core::Tariff, seconds: &[u64]| seconds.iter().map(|s| tariff.cost_won(*s)).collect::<Vec<_>>();
+    let costs = |tariff: &pinswitch_core::Tariff, seconds: &[u64]| {
+        seconds.iter().map(|s| tariff.cost_won(*s)).collect::<Vec<_>>()
+    };
     // 1 s at 2 won.
     assert_eq!(costs(&per_second, &[0, 1, 59, 61, 7200]), [0, 2, 118, 122, 14_400]);
     // 6 s at 12 won, connect fee 10.
@@ -749,7 +980,10 @@ fn sessions_reserve_from_the_shared_balance_heal_lost_updates_and_cap_over_use()
     let (_, reply) = s.expect(session_update(OTHER, 2, 1_000, 60), ResultCode::Approved);
     assert_eq!((reply.amount_won, reply.balance_won, reply.available_won), (2_000, 3_000, 2_880));
     let (_, reply) = s.expect(session_update(OTHER, 2, 3_000, 60), ResultCode::SessionUsageCapped);
-    assert_eq!((reply.amount_won, reply.balance_won, granted(&reply)), (3_000, 0, (0, FINAL_UNIT_TERMINATE, 1)));
+    assert_eq!(
+        (reply.amount_won, reply.balance_won, granted(&reply)),
+        (3_000, 0, (0, FINAL_UNIT_TERMINATE, 1))
+    );
     let (_, reply) = s.expect(session_end(OTHER, 2, 3_000), ResultCode::Approved);
     assert_eq!((reply.amount_won, reply.balance_won), (0, 0));
     // With nothing available a call is not started.
@@ -769,24 +1003,37 @@ fn session_grants_limits_replays_and_refusals() {
     let replay = s.run_at(start_op, 0, start);
     assert_eq!(replay, Reply { replayed: true, ..reply });
     let reused = s.run_at(start_op, 0, session_start(CARD, 10, "01012345678", 90, 2));
-    assert_eq!((reused.result_code(), reused.field), (ResultCode::OpIdReused, Field::Seconds as u8));
+    assert_eq!(
+        (reused.result_code(), reused.field),
+        (ResultCode::OpIdReused, Field::Seconds as u8)
+    );
     let reused = s.run_at(start_op, 0, session_start(CARD, 10, "01012345679", 60, 2));
-    assert_eq!((reused.result_code(), reused.field), (ResultCode::OpIdReused, Field::Destination as u8));
+    assert_eq!(
+        (reused.result_code(), reused.field),
+        (ResultCode::OpIdReused, Field::Destination as u8)
+    );
     s.expect(session_start(CARD, 10, "0212345678", 60, 2), ResultCode::SessionExists);
     // International: a whole first minute at 300 plus the connect fee 50.
-    let (_, reply) = s.expect(session_start(CARD, 11, "0014155550100", 30, 2), ResultCode::Approved);
+    let (_, reply) =
+        s.expect(session_start(CARD, 11, "0014155550100", 30, 2), ResultCode::Approved);
     assert_eq!((granted(&reply), reply.available_won), ((30, FINAL_UNIT_NONE, 3), 9_520));
     s.expect(session_start(CARD, 12, "0212345678", 60, 2), ResultCode::SessionLimitPerCard);
     // 7 s used: 34 won; the next 60 s (to 67 s, 72 billed) reserve 154 - 34 = 120.
     let (_, reply) = s.expect(session_update(CARD, 10, 7, 60), ResultCode::Approved);
-    assert_eq!((reply.amount_won, granted(&reply), reply.available_won), (34, (60, FINAL_UNIT_NONE, 2), 9_496));
+    assert_eq!(
+        (reply.amount_won, granted(&reply), reply.available_won),
+        (34, (60, FINAL_UNIT_NONE, 2), 9_496)
+    );
     // 0 asks for the default grant (60 s here); past the maximum (600 s) is cut to it.
     let (_, reply) = s.expect(session_update(CARD, 11, 30, 0), ResultCode::Approved);
     assert_eq!((reply.amount_won, granted(&reply)), (350, (60, FINAL_UNIT_NONE, 3)));
     let (_, reply) = s.expect(session_update(CARD, 11, 30, 100_000), ResultCode::Approved);
     assert_eq!((reply.amount_won, granted(&reply)), (0, (600, FINAL_UNIT_NONE, 3)));
     // A card with live sessions is not paid out.
-    s.expect(Body::BalanceRefund { pin_hash: CARD, payout_account_ref: 5 }, ResultCode::HoldsOutstanding);
+    s.expect(
+        Body::BalanceRefund { pin_hash: CARD, payout_account_ref: 5 },
+        ResultCode::HoldsOutstanding,
+    );
     let (_, reply) = s.expect(session_end(CARD, 10, 7), ResultCode::Approved);
     assert_eq!(reply.amount_won, 0);
     let (_, reply) = s.expect(session_end(CARD, 11, 30), ResultCode::Approved);
@@ -811,7 +1058,8 @@ fn session_grants_limits_replays_and_refusals() {
     s.expect(session_start(0x5000, 31, "0601234567", 60, 3), ResultCode::CategoryNotAllowed);
     // The final unit at the start: 500 won afford one international minute (350), not two.
     s.expect(sale(0x5000, PASSWORD, 4_500), ResultCode::Approved);
-    let (_, reply) = s.expect(session_start(0x5000, 32, "0014155550100", 600, 2), ResultCode::Approved);
+    let (_, reply) =
+        s.expect(session_start(0x5000, 32, "0014155550100", 600, 2), ResultCode::Approved);
     assert_eq!((granted(&reply), reply.available_won), ((60, FINAL_UNIT_TERMINATE, 3), 150));
     // First increment on a premium line: 60 s billed whole, then 6 s steps (30 won each).
     let (_, reply) = s.expect(session_start(CARD, 33, "0601234567", 66, 3), ResultCode::Approved);
@@ -825,7 +1073,10 @@ fn session_grants_limits_replays_and_refusals() {
         for _ in 0..2 {
             if live < 8 {
                 live += 1;
-                s.expect(session_start(pin_hash, 100 + live, "0212345678", 60, 2), ResultCode::Approved);
+                s.expect(
+                    session_start(pin_hash, 100 + live, "0212345678", 60, 2),
+                    ResultCode::Approved,
+                );
             }
         }
     }
@@ -857,7 +1108,13 @@ fn silent_sessions_expire_and_late_reports_are_still_charged() {
     let (_, reply) = s.expect(session_start(CARD, 1, "0212345678", 60, 2), ResultCode::Approved);
     assert_eq!(reply.available_won, 9_880);
     assert_eq!(s.shard.next_expiry_ms(), Some(T0 + 240_000));
-    let update = |seq, used_total_s| Body::SessionUpdate { pin_hash: CARD, session_id: 1, seq, used_total_s, requested_s: 60 };
+    let update = |seq, used_total_s| Body::SessionUpdate {
+        pin_hash: CARD,
+        session_id: 1,
+        seq,
+        used_total_s,
+        requested_s: 60,
+    };
     let (_, reply) = s.expect(update(5, 30), ResultCode::Approved);
     assert_eq!((reply.amount_won, reply.balance_won, reply.available_won), (60, 9_940, 9_820));
     // A report numbered at or below the last one applied is stale: nothing changes.
@@ -876,13 +1133,22 @@ fn silent_sessions_expire_and_late_reports_are_still_charged() {
     assert_eq!(notices(&mut s), [(1, NOTICE_EXPIRED)]);
     // The late report is still charged (100 s: 200 won, 60 charged before), with no grant.
     let (_, reply) = s.expect(update(6, 100), ResultCode::SessionExpiredCharged);
-    assert_eq!((reply.amount_won, reply.balance_won, granted(&reply)), (140, 9_800, (0, FINAL_UNIT_TERMINATE, 1)));
+    assert_eq!(
+        (reply.amount_won, reply.balance_won, granted(&reply)),
+        (140, 9_800, (0, FINAL_UNIT_TERMINATE, 1))
+    );
     s.expect(update(6, 120), ResultCode::SessionSequenceStale);
     // Its id stays taken until the late END, which charges the rest and forgets it.
     s.expect(session_start(CARD, 1, "0212345678", 60, 2), ResultCode::SessionExists);
-    let (_, reply) = s.expect(Body::SessionEnd { pin_hash: CARD, session_id: 1, seq: 7, used_total_s: 110 }, ResultCode::SessionExpiredCharged);
+    let (_, reply) = s.expect(
+        Body::SessionEnd { pin_hash: CARD, session_id: 1, seq: 7, used_total_s: 110 },
+        ResultCode::SessionExpiredCharged,
+    );
     assert_eq!((reply.amount_won, reply.balance_won), (20, 9_780));
-    s.expect(Body::SessionEnd { pin_hash: CARD, session_id: 1, seq: 8, used_total_s: 110 }, ResultCode::SessionNotFound);
+    s.expect(
+        Body::SessionEnd { pin_hash: CARD, session_id: 1, seq: 8, used_total_s: 110 },
+        ResultCode::SessionNotFound,
+    );
     assert_eq!(s.shard.expired_session_count(), 0);
 
     // At most `expired_sessions_max` (4) are remembered: the first to expire is forgotten.
@@ -894,7 +1160,8 @@ fn silent_sessions_expire_and_late_reports_are_still_charged() {
     s.now_ms += 240_000;
     assert!(system(&mut s, Body::Tick).changed);
     assert_eq!((s.shard.session_count(), s.shard.expired_session_count()), (0, 4));
-    let late = |pin_hash, session_id| Body::SessionEnd { pin_hash, session_id, seq: 1, used_total_s: 10 };
+    let late =
+        |pin_hash, session_id| Body::SessionEnd { pin_hash, session_id, seq: 1, used_total_s: 10 };
     s.expect(late(CARD, 11), ResultCode::SessionNotFound);
     assert_eq!(s.balance(CARD), (9_780, 9_780), "a forgotten session is not charged");
     // The remembered ones survive a snapshot and are charged.
@@ -933,9 +1200,13 @@ fn event_charges_bands_quotes_notices_and_audit_closes() {
     let (charged, reply) = s.expect(event("15881234", 3, 0), ResultCode::Approved);
     assert_eq!((reply.amount_won, reply.balance_won), (1_500, 8_500));
     // REFUND and REVERSE treat it like a SALE.
-    let (_, reply) = s.expect(Body::Refund { pin_hash: CARD, original_op_id: charged, amount_won: 500 }, ResultCode::Approved);
+    let (_, reply) = s.expect(
+        Body::Refund { pin_hash: CARD, original_op_id: charged, amount_won: 500 },
+        ResultCode::Approved,
+    );
     assert_eq!(reply.balance_won, 9_000);
-    let (_, reply) = s.expect(Body::Reverse { pin_hash: CARD, original_op_id: charged }, ResultCode::Approved);
+    let (_, reply) =
+        s.expect(Body::Reverse { pin_hash: CARD, original_op_id: charged }, ResultCode::Approved);
     assert_eq!((reply.amount_won, reply.balance_won), (1_000, 10_000));
 
     // Passwords: optional, but a wrong one counts, and a locked card neither calls nor pays.
@@ -959,7 +1230,8 @@ fn event_charges_bands_quotes_notices_and_audit_closes() {
     let config = EngineConfig::test_min();
     let banded = config.tariff_for(2, b"0021234567").expect("a tariff").clone();
     let day_s = 20_000 * 86_400;
-    let at = |hours: u64, minutes: u64, seconds: u64| day_s + hours * 3_600 + minutes * 60 + seconds;
+    let at =
+        |hours: u64, minutes: u64, seconds: u64| day_s + hours * 3_600 + minutes * 60 + seconds;
     // The first minute is rated whole at the start's rate; later pieces split at 22:00.
     assert_eq!(banded.cost_from_won(at(21, 58, 30), 30), 200);
     assert_eq!(banded.cost_from_won(at(21, 58, 30), 150), 200 + 200 + 100);
@@ -967,21 +1239,40 @@ fn event_charges_bands_quotes_notices_and_audit_closes() {
     // Midnight is no boundary when the rate goes on: as the flat tariff.
     assert_eq!(banded.cost_from_won(at(23, 59, 0), 180), 300);
     for used_s in 0..400 {
-        assert!(banded.cost_from_won(at(21, 58, 30), used_s) <= banded.cost_from_won(at(21, 58, 30), used_s + 1));
+        assert!(
+            banded.cost_from_won(at(21, 58, 30), used_s)
+                <= banded.cost_from_won(at(21, 58, 30), used_s + 1)
+        );
     }
     // A call at 21:58:30 local (T0 is 17:00 in Korea).
     s.now_ms = T0 + (4 * 3_600 + 58 * 60 + 30) * 1_000;
     let quote = s.shard.quote(s.now_ms, Some(CARD), 2, number("0021234567"), 150, 0);
-    assert_eq!((quote.code, quote.tariff_id, quote.rate_won, quote.duration_cost_won), (ResultCode::Approved.as_u16(), 5, 200, 500));
-    assert_eq!((quote.available_won, quote.affordable_s), (9_000, 600), "600 s (the grant maximum) cost 1,300");
+    assert_eq!(
+        (quote.code, quote.tariff_id, quote.rate_won, quote.duration_cost_won),
+        (ResultCode::Approved.as_u16(), 5, 200, 500)
+    );
+    assert_eq!(
+        (quote.available_won, quote.affordable_s),
+        (9_000, 600),
+        "600 s (the grant maximum) cost 1,300"
+    );
     let (_, reply) = s.expect(session_start(CARD, 50, "0021234567", 60, 2), ResultCode::Approved);
     assert_eq!((granted(&reply), reply.available_won), ((60, FINAL_UNIT_NONE, 5), 8_800));
     let (_, reply) = s.expect(session_end(CARD, 50, 150), ResultCode::Approved);
     assert_eq!((reply.amount_won, reply.balance_won), (500, 8_500));
     let quote = s.shard.quote(s.now_ms, None, 3, number("15881234"), 0, 4);
-    assert_eq!((quote.code, quote.event_won, quote.event_cost_won), (ResultCode::Approved.as_u16(), 500, 2_000));
-    assert_eq!(s.shard.quote(s.now_ms, None, 3, number("0212345678"), 60, 0).code, ResultCode::TariffNotFound.as_u16());
-    assert_eq!(s.shard.quote(s.now_ms, Some(0xDEAD), 2, number("0212345678"), 60, 0).code, ResultCode::CardNotFound.as_u16());
+    assert_eq!(
+        (quote.code, quote.event_won, quote.event_cost_won),
+        (ResultCode::Approved.as_u16(), 500, 2_000)
+    );
+    assert_eq!(
+        s.shard.quote(s.now_ms, None, 3, number("0212345678"), 60, 0).code,
+        ResultCode::TariffNotFound.as_u16()
+    );
+    assert_eq!(
+        s.shard.quote(s.now_ms, Some(0xDEAD), 2, number("0212345678"), 60, 0).code,
+        ResultCode::CardNotFound.as_u16()
+    );
 
     // Notices to a card's live sessions: re-authorize after a recharge or an unblock, abort
     // on a block, and a warning when the available balance falls below 1,000 won.
@@ -1003,7 +1294,11 @@ fn event_charges_bands_quotes_notices_and_audit_closes() {
     // The audit's close: only the named owner's sessions silent since the given time.
     let held_won = s.balance(CARD).0 - s.balance(CARD).1;
     assert_eq!(held_won, 120);
-    let close = |owner_id, silent_since_ms| Body::SessionsClose { owner_id, silent_since_ms, session_ids: vec![60, 61] };
+    let close = |owner_id, silent_since_ms| Body::SessionsClose {
+        owner_id,
+        silent_since_ms,
+        session_ids: vec![60, 61],
+    };
     let now_ms = s.now_ms;
     assert!(!system(&mut s, close(OWNER + 1, now_ms)).changed);
     assert!(!system(&mut s, close(OWNER, now_ms - 1)).changed);

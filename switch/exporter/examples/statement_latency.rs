@@ -12,7 +12,9 @@
 use std::time::Instant;
 
 use pinswitch_core::shard_of_card;
-use pinswitch_exporter::statement::{Entry, EntryKind, StatementIndex, StatementLimits, StatementPage, StatementWriter};
+use pinswitch_exporter::statement::{
+    Entry, EntryKind, StatementIndex, StatementLimits, StatementPage, StatementWriter,
+};
 use pinswitch_tests::Rng;
 
 const SHARDS: u16 = 2;
@@ -35,7 +37,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let [_, dir, entries, cards, card_entries] = args.as_slice() else {
         return Err("usage: statement_latency DIR ENTRIES CARDS CARD_ENTRIES".into());
     };
-    let (dir, entries, cards, card_entries): (&str, u64, u64, u64) = (dir, entries.parse()?, cards.parse()?, card_entries.parse()?);
+    let (dir, entries, cards, card_entries): (&str, u64, u64, u64) =
+        (dir, entries.parse()?, cards.parse()?, card_entries.parse()?);
     std::fs::create_dir_all(dir)?;
     let dir = std::path::Path::new(dir);
     let mut writer = StatementWriter::open(dir, &[0; SHARDS as usize])?;
@@ -45,7 +48,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut seqs = [0u64; SHARDS as usize];
     let started = Instant::now();
     for index in 0..entries {
-        let pin_hash = if index % every == every / 2 { target } else { pin_of(1 + rng.next_u64() % cards.max(1)) };
+        let pin_hash = if index % every == every / 2 {
+            target
+        } else {
+            pin_of(1 + rng.next_u64() % cards.max(1))
+        };
         let shard = shard_of_card(pin_hash, SHARDS);
         seqs[usize::from(shard)] += 1;
         let category = 1 + (rng.next_u64() % 6) as u8;
@@ -61,7 +68,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             face_value_won: 100_000,
             valid_until_s: 1_950_000_000,
             points: 0,
-            kind: if rng.next_u64().is_multiple_of(10) { EntryKind::Recharge } else { EntryKind::Payment },
+            kind: if rng.next_u64().is_multiple_of(10) {
+                EntryKind::Recharge
+            } else {
+                EntryKind::Payment
+            },
             category,
             means: 4,
             state: 3,
@@ -73,18 +84,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     writer.checkpoint()?;
     let built_s = started.elapsed().as_secs_f64();
-    println!("built {entries} entries over {cards} cards in {built_s:.1} s ({:.0} entries/s)", entries as f64 / built_s);
+    println!(
+        "built {entries} entries over {cards} cards in {built_s:.1} s ({:.0} entries/s)",
+        entries as f64 / built_s
+    );
 
     let index = StatementIndex::open(dir, SHARDS)?;
     let limits = StatementLimits { lines_max: 1000, recharges_max: 100 };
     let name = |id: u64| format!("merchant {id}");
-    let time = |pin_hash: u128, page: StatementPage| -> Result<(u128, u32), Box<dyn std::error::Error>> {
+    let time = |pin_hash: u128,
+                page: StatementPage|
+     -> Result<(u128, u32), Box<dyn std::error::Error>> {
         let started = Instant::now();
         let result = index.statement(pin_hash, &page, &limits, &name)?.ok_or("card not found")?;
         Ok((started.elapsed().as_micros(), result.lines_total))
     };
     let (first_us, lines) = time(target, StatementPage::default())?;
-    println!("card with {} entries ({lines} internet-payment lines): first query {first_us} us", index.entries(target)?.len());
+    println!(
+        "card with {} entries ({lines} internet-payment lines): first query {first_us} us",
+        index.entries(target)?.len()
+    );
     let mut micros = Vec::with_capacity(QUERIES);
     for _ in 0..QUERIES {
         micros.push(time(target, StatementPage::default())?.0);
@@ -97,8 +116,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("same card, {QUERIES} queries (page of 20 lines): {}", percentiles(micros));
     let mut micros = Vec::with_capacity(QUERIES);
     for query in 0..QUERIES as u64 {
-        micros.push(time(pin_of(1 + query * 7919 % cards.max(1)), StatementPage::default()).map_or(0, |(us, _)| us));
+        micros.push(
+            time(pin_of(1 + query * 7919 % cards.max(1)), StatementPage::default())
+                .map_or(0, |(us, _)| us),
+        );
     }
-    println!("{QUERIES} ordinary cards (~{} entries each): {}", entries / cards.max(1), percentiles(micros));
+    println!(
+        "{QUERIES} ordinary cards (~{} entries each): {}",
+        entries / cards.max(1),
+        percentiles(micros)
+    );
     Ok(())
 }

@@ -29,7 +29,8 @@ impl Cutoff {
 
     /// The first millisecond (UTC) of period `day`.
     pub fn start_ms(&self, day: Day) -> i64 {
-        day * MS_PER_DAY - i64::from(self.utc_offset_hours) * MS_PER_HOUR + i64::from(self.cutoff_hour) * MS_PER_HOUR
+        day * MS_PER_DAY - i64::from(self.utc_offset_hours) * MS_PER_HOUR
+            + i64::from(self.cutoff_hour) * MS_PER_HOUR
     }
 
     /// The first millisecond (UTC) after period `day`.
@@ -93,7 +94,8 @@ pub fn parse_date(text: &str) -> Option<Day> {
     if parts.next().is_some() || year.len() != 4 || month.len() != 2 || day.len() != 2 {
         return None;
     }
-    let (year, month, day) = (year.parse::<i64>().ok()?, month.parse::<u32>().ok()?, day.parse::<u32>().ok()?);
+    let (year, month, day) =
+        (year.parse::<i64>().ok()?, month.parse::<u32>().ok()?, day.parse::<u32>().ok()?);
     if !(1..=12).contains(&month) || day == 0 {
         return None;
     }
@@ -119,7 +121,15 @@ mod tests {
         for day in [-700_000, -1, 0, 59, 19_000, 20_000, 2_000_000] {
             assert_eq!(parse_date(&date_string(day)), Some(day));
         }
-        for bad in ["2023-02-29", "2024-13-01", "2024-1-01", "2024-01-00", "24-01-01", "x", "2024-01-01-01"] {
+        for bad in [
+            "2023-02-29",
+            "2024-13-01",
+            "2024-1-01",
+            "2024-01-00",
+            "24-01-01",
+            "x",
+            "2024-01-01-01",
+        ] {
             assert_eq!(parse_date(bad), None, "{bad}");
         }
         assert_eq!(date_string(add_years(parse_date("2024-02-29").unwrap(), 1)), "2025-03-01");

@@ -105,19 +105,33 @@ impl Default for ExportConfig {
 
 impl Default for StatementSection {
     fn default() -> Self {
-        StatementSection { lines_max: 1000, recharges_max: 100, batch_max: 16, request_bytes_max: 65_536, connections_max: 256 }
+        StatementSection {
+            lines_max: 1000,
+            recharges_max: 100,
+            batch_max: 16,
+            request_bytes_max: 65_536,
+            connections_max: 256,
+        }
     }
 }
 
 impl Default for MerchantSection {
     fn default() -> Self {
-        MerchantSection { default_commission_per_mille: 25, rates: BTreeMap::new(), accounts: BTreeMap::new() }
+        MerchantSection {
+            default_commission_per_mille: 25,
+            rates: BTreeMap::new(),
+            accounts: BTreeMap::new(),
+        }
     }
 }
 
 impl Default for PayerSection {
     fn default() -> Self {
-        PayerSection { name: "Pinswitch".into(), account: "PINSWITCH-SAFEGUARDED".into(), agent_bic: "NOTPROVIDED".into() }
+        PayerSection {
+            name: "Pinswitch".into(),
+            account: "PINSWITCH-SAFEGUARDED".into(),
+            agent_bic: "NOTPROVIDED".into(),
+        }
     }
 }
 
@@ -127,8 +141,10 @@ impl ExportConfig {
         let config = match path {
             None => ExportConfig::default(),
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(ExportError::io(path, "read export config"))?;
-                toml::from_str(&text).map_err(|error| ExportError::Config(format!("{}: {error}", path.display())))?
+                let text = std::fs::read_to_string(path)
+                    .map_err(ExportError::io(path, "read export config"))?;
+                toml::from_str(&text)
+                    .map_err(|error| ExportError::Config(format!("{}: {error}", path.display())))?
             }
         };
         config.validate()?;
@@ -146,31 +162,48 @@ impl ExportConfig {
             return Err(ExportError::Config("checkpoint_every_records must be positive".into()));
         }
         if self.merchants.default_commission_per_mille > 1000 {
-            return Err(ExportError::Config("default_commission_per_mille must be at most 1000".into()));
+            return Err(ExportError::Config(
+                "default_commission_per_mille must be at most 1000".into(),
+            ));
         }
         for (key, rate) in &self.merchants.rates {
             parse_merchant(key)?;
             if *rate > 1000 {
-                return Err(ExportError::Config(format!("merchants.rates.{key} must be at most 1000")));
+                return Err(ExportError::Config(format!(
+                    "merchants.rates.{key} must be at most 1000"
+                )));
             }
         }
         if self.foreign_partners.default_commission_per_mille > 1000 {
-            return Err(ExportError::Config("foreign_partners.default_commission_per_mille must be at most 1000".into()));
+            return Err(ExportError::Config(
+                "foreign_partners.default_commission_per_mille must be at most 1000".into(),
+            ));
         }
         for (key, rate) in &self.foreign_partners.rates {
-            key.parse::<u32>().map_err(|_| ExportError::Config(format!("foreign partner key {key:?} is not a partner id")))?;
+            key.parse::<u32>().map_err(|_| {
+                ExportError::Config(format!("foreign partner key {key:?} is not a partner id"))
+            })?;
             if *rate > 1000 {
-                return Err(ExportError::Config(format!("foreign_partners.rates.{key} must be at most 1000")));
+                return Err(ExportError::Config(format!(
+                    "foreign_partners.rates.{key} must be at most 1000"
+                )));
             }
         }
         let statements = &self.statements;
-        if statements.lines_max == 0 || statements.recharges_max == 0 || statements.batch_max == 0 || statements.request_bytes_max == 0 || statements.connections_max == 0 {
+        if statements.lines_max == 0
+            || statements.recharges_max == 0
+            || statements.batch_max == 0
+            || statements.request_bytes_max == 0
+            || statements.connections_max == 0
+        {
             return Err(ExportError::Config("every [statements] limit must be positive".into()));
         }
         for (key, account) in &self.merchants.accounts {
             parse_merchant(key)?;
             if account.is_empty() || account.len() > 34 {
-                return Err(ExportError::Config(format!("merchants.accounts.{key} must have 1..=34 characters")));
+                return Err(ExportError::Config(format!(
+                    "merchants.accounts.{key} must have 1..=34 characters"
+                )));
             }
         }
         Ok(())
@@ -182,12 +215,20 @@ impl ExportConfig {
 
     /// The commission rate of a merchant, per mille.
     pub fn commission_per_mille(&self, merchant_id: u64) -> u16 {
-        self.merchants.rates.get(&merchant_id.to_string()).copied().unwrap_or(self.merchants.default_commission_per_mille)
+        self.merchants
+            .rates
+            .get(&merchant_id.to_string())
+            .copied()
+            .unwrap_or(self.merchants.default_commission_per_mille)
     }
 
     /// The commission kept on a foreign partner's conversions, per mille.
     pub fn foreign_commission_per_mille(&self, partner_id: u32) -> u16 {
-        self.foreign_partners.rates.get(&partner_id.to_string()).copied().unwrap_or(self.foreign_partners.default_commission_per_mille)
+        self.foreign_partners
+            .rates
+            .get(&partner_id.to_string())
+            .copied()
+            .unwrap_or(self.foreign_partners.default_commission_per_mille)
     }
 
     /// Whether a channel sale is a mobile operator's (a listed channel, or paid by mobile bill).
@@ -197,12 +238,17 @@ impl ExportConfig {
 
     /// The payout account of a merchant.
     pub fn merchant_account(&self, merchant_id: u64) -> String {
-        self.merchants.accounts.get(&merchant_id.to_string()).cloned().unwrap_or_else(|| format!("MERCHANT-{merchant_id}"))
+        self.merchants
+            .accounts
+            .get(&merchant_id.to_string())
+            .cloned()
+            .unwrap_or_else(|| format!("MERCHANT-{merchant_id}"))
     }
 }
 
 fn parse_merchant(key: &str) -> Result<u64> {
-    key.parse::<u64>().map_err(|_| ExportError::Config(format!("merchant key {key:?} is not a merchant id")))
+    key.parse::<u64>()
+        .map_err(|_| ExportError::Config(format!("merchant key {key:?} is not a merchant id")))
 }
 
 #[cfg(test)]
@@ -217,9 +263,22 @@ mod tests {
         let config = ExportConfig::load(Some(&path)).unwrap();
         assert_eq!(config.cutoff(), Cutoff { utc_offset_hours: 9, cutoff_hour: 22 });
         assert_eq!((config.commission_per_mille(77), config.commission_per_mille(78)), (15, 30));
-        assert_eq!((config.merchant_account(77).as_str(), config.merchant_account(5).as_str()), ("KR-004-1234", "MERCHANT-5"));
-        assert_eq!((config.foreign_commission_per_mille(501), config.foreign_commission_per_mille(502)), (40, 0));
-        for bad in ["cutoff_hour = 24\n", "[merchants]\nrates = { \"x\" = 1 }\n", "unknown = 1\n", "utc_offset_hours = 20\n", "[foreign_partners]\nrates = { \"501\" = 1001 }\n", "[foreign_partners]\nrates = { \"-1\" = 1 }\n"] {
+        assert_eq!(
+            (config.merchant_account(77).as_str(), config.merchant_account(5).as_str()),
+            ("KR-004-1234", "MERCHANT-5")
+        );
+        assert_eq!(
+            (config.foreign_commission_per_mille(501), config.foreign_commission_per_mille(502)),
+            (40, 0)
+        );
+        for bad in [
+            "cutoff_hour = 24\n",
+            "[merchants]\nrates = { \"x\" = 1 }\n",
+            "unknown = 1\n",
+            "utc_offset_hours = 20\n",
+            "[foreign_partners]\nrates = { \"501\" = 1001 }\n",
+            "[foreign_partners]\nrates = { \"-1\" = 1 }\n",
+        ] {
             std::fs::write(&path, bad).unwrap();
             assert!(ExportConfig::load(Some(&path)).is_err(), "{bad}");
         }

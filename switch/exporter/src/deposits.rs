@@ -108,7 +108,8 @@ pub fn parse_orders(text: &str) -> std::result::Result<Vec<Order>, String> {
         if order_ref.is_empty() || order_ref.len() > 35 || !seen.insert(order_ref.clone()) {
             return Err(bad("the order reference must be 1..=35 characters and unique"));
         }
-        let number_field = |index: usize| fields[index].parse::<u64>().map_err(|_| bad("not a number"));
+        let number_field =
+            |index: usize| fields[index].parse::<u64>().map_err(|_| bad("not a number"));
         let order = Order {
             order_ref,
             face_value_won: number_field(1)?,
@@ -129,15 +130,23 @@ pub fn parse_orders(text: &str) -> std::result::Result<Vec<Order>, String> {
 pub fn parse_camt054(text: &str) -> std::result::Result<Vec<Credit>, String> {
     let document = xml::parse(text)?;
     let namespace = document.attribute("xmlns").unwrap_or_default();
-    if document.name != "Document" || !namespace.starts_with("urn:iso:std:iso:20022:tech:xsd:camt.054.") {
+    if document.name != "Document"
+        || !namespace.starts_with("urn:iso:std:iso:20022:tech:xsd:camt.054.")
+    {
         return Err("not a camt.054 document".into());
     }
     let notification = document.child("BkToCstmrDbtCdtNtfctn").ok_or("no BkToCstmrDbtCdtNtfctn")?;
     let mut credits = Vec::new();
     for notice in notification.children_named("Ntfctn") {
         for entry in notice.children_named("Ntry") {
-            let text_at = |path: &[&str]| entry.path(path).map(|element| element.text.clone()).unwrap_or_default();
-            let status = entry.path(&["Sts", "Cd"]).or_else(|| entry.child("Sts")).map(|element| element.text.as_str()).unwrap_or_default();
+            let text_at = |path: &[&str]| {
+                entry.path(path).map(|element| element.text.clone()).unwrap_or_default()
+            };
+            let status = entry
+                .path(&["Sts", "Cd"])
+                .or_else(|| entry.child("Sts"))
+                .map(|element| element.text.as_str())
+                .unwrap_or_default();
             if text_at(&["CdtDbtInd"]) != "CRDT" || status != "BOOK" {
                 continue;
             }
@@ -145,7 +154,10 @@ pub fn parse_camt054(text: &str) -> std::result::Result<Vec<Credit>, String> {
             if amount.attribute("Ccy") != Some("KRW") {
                 continue;
             }
-            let amount_won = amount.text.parse::<u64>().map_err(|_| format!("amount {:?} is not whole won", amount.text))?;
+            let amount_won = amount
+                .text
+                .parse::<u64>()
+                .map_err(|_| format!("amount {:?} is not whole won", amount.text))?;
             let entry_ref = text_at(&["AcctSvcrRef"]);
             if entry_ref.is_empty() {
                 return Err("a booked credit without AcctSvcrRef".into());
@@ -164,7 +176,11 @@ pub fn parse_camt054(text: &str) -> std::result::Result<Vec<Credit>, String> {
 
 /// Pairs orders with credits: same reference (end-to-end id or remittance text) and amount; each
 /// credit pays at most one order. Credits already used (by entry reference) are skipped.
-pub fn match_credits<'a>(orders: &'a [Order], credits: &[Credit], used: &BTreeSet<String>) -> (Vec<(&'a Order, Credit)>, Vec<Credit>) {
+pub fn match_credits<'a>(
+    orders: &'a [Order],
+    credits: &[Credit],
+    used: &BTreeSet<String>,
+) -> (Vec<(&'a Order, Credit)>, Vec<Credit>) {
     let mut matched = Vec::new();
     let mut taken = BTreeSet::new();
     for order in orders {
@@ -172,26 +188,39 @@ pub fn match_credits<'a>(orders: &'a [Order], credits: &[Credit], used: &BTreeSe
             !used.contains(&credit.entry_ref)
                 && !taken.contains(&credit.entry_ref)
                 && credit.amount_won == order.price_won
-                && (credit.end_to_end_id == order.order_ref || credit.remittance.trim() == order.order_ref)
+                && (credit.end_to_end_id == order.order_ref
+                    || credit.remittance.trim() == order.order_ref)
         });
         if let Some(credit) = found {
             taken.insert(credit.entry_ref.clone());
             matched.push((order, credit.clone()));
         }
     }
-    let unmatched = credits.iter().filter(|credit| !used.contains(&credit.entry_ref) && !taken.contains(&credit.entry_ref)).cloned().collect();
+    let unmatched = credits
+        .iter()
+        .filter(|credit| !used.contains(&credit.entry_ref) && !taken.contains(&credit.entry_ref))
+        .cloned()
+        .collect();
     (matched, unmatched)
 }
 
 /// Matches the notice to the orders and sells every newly paid order through `client`.
-pub async fn settle(state_dir: &Path, client: &Client, orders: &[Order], credits: &[Credit]) -> Result<DepositReport> {
+pub async fn settle(
+    state_dir: &Path,
+    client: &Client,
+    orders: &[Order],
+    credits: &[Credit],
+) -> Result<DepositReport> {
     let path = state_dir.join(DEPOSITS_FILE);
     let mut state = match std::fs::read(&path) {
         Ok(bytes) => decode::<DepositState>(&path, DEPOSITS_MAGIC, &bytes)?,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => DepositState::default(),
-        Err(error) => return Err(ExportError::Io { path, action: "read deposit state", source: error }),
+        Err(error) => {
+            return Err(ExportError::Io { path, action: "read deposit state", source: error });
+        }
     };
-    std::fs::create_dir_all(state_dir).map_err(ExportError::io(state_dir, "create state directory"))?;
+    std::fs::create_dir_all(state_dir)
+        .map_err(ExportError::io(state_dir, "create state directory"))?;
     let mut report = DepositReport::default();
     for (order_ref, record) in &state.orders {
         match record.outcome {
@@ -199,14 +228,28 @@ pub async fn settle(state_dir: &Path, client: &Client, orders: &[Order], credits
             _ => report.already_done.push(order_ref.clone()),
         }
     }
-    let used: BTreeSet<String> = state.orders.values().map(|record| record.entry_ref.clone()).collect();
-    let open: Vec<Order> = orders.iter().filter(|order| !state.orders.contains_key(&order.order_ref)).cloned().collect();
+    let used: BTreeSet<String> =
+        state.orders.values().map(|record| record.entry_ref.clone()).collect();
+    let open: Vec<Order> = orders
+        .iter()
+        .filter(|order| !state.orders.contains_key(&order.order_ref))
+        .cloned()
+        .collect();
     let (matched, unmatched) = match_credits(&open, credits, &used);
     report.unmatched = unmatched;
     let paid: BTreeSet<&str> = matched.iter().map(|(order, _)| order.order_ref.as_str()).collect();
-    report.pending = open.iter().filter(|order| !paid.contains(order.order_ref.as_str())).map(|order| order.order_ref.clone()).collect();
+    report.pending = open
+        .iter()
+        .filter(|order| !paid.contains(order.order_ref.as_str()))
+        .map(|order| order.order_ref.clone())
+        .collect();
     for (order, credit) in matched {
-        let record = OrderRecord { entry_ref: credit.entry_ref.clone(), issue_op_id: new_op_id(), sell_op_id: new_op_id(), outcome: Outcome::InFlight };
+        let record = OrderRecord {
+            entry_ref: credit.entry_ref.clone(),
+            issue_op_id: new_op_id(),
+            sell_op_id: new_op_id(),
+            outcome: Outcome::InFlight,
+        };
         state.orders.insert(order.order_ref.clone(), record.clone());
         write_atomic(&path, &encode(DEPOSITS_MAGIC, &state))?;
         let outcome = sell(client, order, &record).await?;
@@ -227,11 +270,28 @@ pub async fn settle(state_dir: &Path, client: &Client, orders: &[Order], credits
 }
 
 /// CARD_ISSUE then CARD_SELL for one order: the clear PIN, or the declining result code.
-async fn sell(client: &Client, order: &Order, record: &OrderRecord) -> Result<std::result::Result<u64, u16>> {
-    let protocol = |error: pinswitch_protocol::client::ClientError| ExportError::Config(format!("talking to the switch: {error}"));
-    let issued = client.card_issue(&[CardIssue { op_id: record.issue_op_id, face_value_won: order.face_value_won }]).await.map_err(protocol)?;
-    let Some(issued) = issued.into_iter().next() else { return Err(ExportError::Config("the switch sent no CARD_ISSUE result".into())) };
-    if issued.code != ResultCode::Approved.as_u16() || issued.flags & FLAG_REPLAYED != 0 || !pin::is_valid(issued.pin) {
+async fn sell(
+    client: &Client,
+    order: &Order,
+    record: &OrderRecord,
+) -> Result<std::result::Result<u64, u16>> {
+    let protocol = |error: pinswitch_protocol::client::ClientError| {
+        ExportError::Config(format!("talking to the switch: {error}"))
+    };
+    let issued = client
+        .card_issue(&[CardIssue {
+            op_id: record.issue_op_id,
+            face_value_won: order.face_value_won,
+        }])
+        .await
+        .map_err(protocol)?;
+    let Some(issued) = issued.into_iter().next() else {
+        return Err(ExportError::Config("the switch sent no CARD_ISSUE result".into()));
+    };
+    if issued.code != ResultCode::Approved.as_u16()
+        || issued.flags & FLAG_REPLAYED != 0
+        || !pin::is_valid(issued.pin)
+    {
         return Ok(Err(issued.code));
     }
     let event = CardSell {
@@ -243,7 +303,9 @@ async fn sell(client: &Client, order: &Order, record: &OrderRecord) -> Result<st
         gift_recipient_ref: order.gift_recipient_ref,
     };
     let sold = client.card_sell(&[event]).await.map_err(protocol)?;
-    let Some(sold) = sold.into_iter().next() else { return Err(ExportError::Config("the switch sent no CARD_SELL result".into())) };
+    let Some(sold) = sold.into_iter().next() else {
+        return Err(ExportError::Config("the switch sent no CARD_SELL result".into()));
+    };
     Ok(if sold.code == ResultCode::Approved.as_u16() { Ok(issued.pin) } else { Err(sold.code) })
 }
 
@@ -283,13 +345,22 @@ mod tests {
     #[test]
     fn booked_credits_match_orders_by_reference_and_amount() {
         let credits = parse_camt054(NOTICE).unwrap();
-        assert_eq!(credits.iter().map(|credit| credit.entry_ref.as_str()).collect::<Vec<_>>(), ["B-1", "B-2", "B-3"]);
+        assert_eq!(
+            credits.iter().map(|credit| credit.entry_ref.as_str()).collect::<Vec<_>>(),
+            ["B-1", "B-2", "B-3"]
+        );
         let orders = parse_orders("order_ref,face_value_won,price_won,channel_id,gift_recipient_ref\nORD-1,10000,10000,9,0\nORD-2,20000,20000,9,55\nORD-3,5000,4500,9,0\nORD-4,5000,5000,9,0\n").unwrap();
         let (matched, unmatched) = match_credits(&orders, &credits, &BTreeSet::new());
-        let pairs: Vec<(&str, &str)> = matched.iter().map(|(order, credit)| (order.order_ref.as_str(), credit.entry_ref.as_str())).collect();
+        let pairs: Vec<(&str, &str)> = matched
+            .iter()
+            .map(|(order, credit)| (order.order_ref.as_str(), credit.entry_ref.as_str()))
+            .collect();
         // ORD-3 paid 5,000 for a 4,500 order: no match, the credit goes to suspense.
         assert_eq!(pairs, [("ORD-1", "B-1"), ("ORD-2", "B-2")]);
-        assert_eq!(unmatched.iter().map(|credit| credit.entry_ref.as_str()).collect::<Vec<_>>(), ["B-3"]);
+        assert_eq!(
+            unmatched.iter().map(|credit| credit.entry_ref.as_str()).collect::<Vec<_>>(),
+            ["B-3"]
+        );
         let used: BTreeSet<String> = ["B-1".to_string()].into();
         let (matched, _) = match_credits(&orders, &credits, &used);
         assert_eq!(matched.len(), 1, "a used bank entry pays nothing again");
@@ -297,11 +368,20 @@ mod tests {
 
     #[test]
     fn malformed_inputs_are_errors() {
-        assert!(parse_camt054("<Document xmlns=\"urn:iso:std:iso:20022:tech:xsd:pain.001.001.09\"/>").is_err());
+        assert!(
+            parse_camt054("<Document xmlns=\"urn:iso:std:iso:20022:tech:xsd:pain.001.001.09\"/>")
+                .is_err()
+        );
         assert!(parse_camt054(&NOTICE.replace("<AcctSvcrRef>B-1</AcctSvcrRef>", "")).is_err());
         assert!(parse_camt054(&NOTICE.replace(">10000<", ">100.50<")).is_err());
         assert!(parse_camt054(&NOTICE[..200]).is_err());
-        for bad in ["", "x\nORD-1,1,1,1,0", "order_ref,face_value_won,price_won,channel_id,gift_recipient_ref\nORD-1,1,1,1", "order_ref,face_value_won,price_won,channel_id,gift_recipient_ref\nA,1,1,1,0\nA,1,1,1,0", "order_ref,face_value_won,price_won,channel_id,gift_recipient_ref\nA,1,0,1,0"] {
+        for bad in [
+            "",
+            "x\nORD-1,1,1,1,0",
+            "order_ref,face_value_won,price_won,channel_id,gift_recipient_ref\nORD-1,1,1,1",
+            "order_ref,face_value_won,price_won,channel_id,gift_recipient_ref\nA,1,1,1,0\nA,1,1,1,0",
+            "order_ref,face_value_won,price_won,channel_id,gift_recipient_ref\nA,1,0,1,0",
+        ] {
             assert!(parse_orders(bad).is_err(), "{bad}");
         }
     }

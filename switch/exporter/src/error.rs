@@ -52,7 +52,10 @@ pub enum ExportError {
 
 impl ExportError {
     /// A closure turning an `io::Error` into `Io` for `path` (for `map_err`).
-    pub fn io(path: &std::path::Path, action: &'static str) -> impl FnOnce(std::io::Error) -> ExportError {
+    pub fn io(
+        path: &std::path::Path,
+        action: &'static str,
+    ) -> impl FnOnce(std::io::Error) -> ExportError {
         let path = path.to_path_buf();
         move |source| ExportError::Io { path, action, source }
     }

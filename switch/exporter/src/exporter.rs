@@ -24,8 +24,8 @@ use rkyv::{Archive, Deserialize, Serialize};
 use crate::calendar::{self, Day};
 use crate::config::ExportConfig;
 use crate::error::{ExportError, Result};
-use crate::facts::{Fact, PeriodFacts};
 use crate::factlog::{FactLog, RecordFacts};
+use crate::facts::{Fact, PeriodFacts};
 use crate::follower::{CardCheck, CardFinding, Effects, Follower, FollowerImage};
 use crate::ledger::{Account, Ledger};
 use crate::render::{self, ClosedPeriod};
@@ -153,19 +153,54 @@ impl std::fmt::Display for Status {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(f, "shard  cursor_seq  head_seq  lag_records  clock")?;
         for shard in &self.shards {
-            writeln!(f, "{:>5}  {:>10}  {:>8}  {:>11}  {}", shard.shard, shard.cursor_seq, shard.head_seq, shard.lag_records, shard.clock_ms)?;
+            writeln!(
+                f,
+                "{:>5}  {:>10}  {:>8}  {:>11}  {}",
+                shard.shard, shard.cursor_seq, shard.head_seq, shard.lag_records, shard.clock_ms
+            )?;
         }
-        let days = |days: &[Day]| days.iter().map(|day| calendar::date_string(*day)).collect::<Vec<_>>().join(" ");
-        writeln!(f, "open periods: {}", if self.open_periods.is_empty() { "none".into() } else { days(&self.open_periods) })?;
-        writeln!(f, "last closed period: {}", self.last_closed.map_or_else(|| "none".into(), calendar::date_string))?;
-        writeln!(f, "trial balance: debits {} won, credits {} won: {}", self.trial_debits_won, self.trial_credits_won, self.trial_problem.as_deref().unwrap_or("balanced"))?;
+        let days = |days: &[Day]| {
+            days.iter().map(|day| calendar::date_string(*day)).collect::<Vec<_>>().join(" ")
+        };
+        writeln!(
+            f,
+            "open periods: {}",
+            if self.open_periods.is_empty() { "none".into() } else { days(&self.open_periods) }
+        )?;
+        writeln!(
+            f,
+            "last closed period: {}",
+            self.last_closed.map_or_else(|| "none".into(), calendar::date_string)
+        )?;
+        writeln!(
+            f,
+            "trial balance: debits {} won, credits {} won: {}",
+            self.trial_debits_won,
+            self.trial_credits_won,
+            self.trial_problem.as_deref().unwrap_or("balanced")
+        )?;
         writeln!(f, "safeguarding reconciliation (ledger vs shadow engines at the cursor):")?;
         for line in &self.reconciliation {
-            let verdict = if line.ledger_won == line.engine_won { "ok".to_string() } else { format!("DIFFERENCE {} won", line.ledger_won - line.engine_won) };
-            writeln!(f, "  {:<44} ledger {:>14} won  engine {:>14} won  {verdict}", line.what, line.ledger_won, line.engine_won)?;
+            let verdict = if line.ledger_won == line.engine_won {
+                "ok".to_string()
+            } else {
+                format!("DIFFERENCE {} won", line.ledger_won - line.engine_won)
+            };
+            writeln!(
+                f,
+                "  {:<44} ledger {:>14} won  engine {:>14} won  {verdict}",
+                line.what, line.ledger_won, line.engine_won
+            )?;
         }
         let cards = &self.cards;
-        writeln!(f, "  cards: {} in the sub-ledger, {} in the engines, {} differ, {} never posted", cards.ledger_cards, cards.engine_cards, cards.lines.len(), cards.unposted_engine_cards)?;
+        writeln!(
+            f,
+            "  cards: {} in the sub-ledger, {} in the engines, {} differ, {} never posted",
+            cards.ledger_cards,
+            cards.engine_cards,
+            cards.lines.len(),
+            cards.unposted_engine_cards
+        )?;
         for line in cards.lines.iter().take(CARD_LINES_SHOWN) {
             let engine = match line.finding {
                 CardFinding::Differs { engine_won } => format!("engine {engine_won:>10} won  DIFFERENCE {} won", i128::from(line.ledger_won) - i128::from(engine_won)),
@@ -173,7 +208,11 @@ impl std::fmt::Display for Status {
                 CardFinding::NotPosted { engine_won } => format!("engine {engine_won:>10} won  never posted by the ledger"),
                 CardFinding::ExpiryPending => "expiry pending (engine balance not visible; the shard's difference lies among these)".to_string(),
             };
-            writeln!(f, "    card {:032x} shard {:>3}  ledger {:>10} won  {engine}", line.card, line.shard, line.ledger_won)?;
+            writeln!(
+                f,
+                "    card {:032x} shard {:>3}  ledger {:>10} won  {engine}",
+                line.card, line.shard, line.ledger_won
+            )?;
         }
         if cards.lines.len() > CARD_LINES_SHOWN {
             writeln!(f, "    ... and {} more cards", cards.lines.len() - CARD_LINES_SHOWN)?;
@@ -197,11 +236,18 @@ impl Exporter {
 
     fn open_mode(options: Options, writable: bool) -> Result<Exporter> {
         options.config.validate()?;
-        options.engine.validate().map_err(|why| ExportError::Config(format!("engine rules: {why}")))?;
+        options
+            .engine
+            .validate()
+            .map_err(|why| ExportError::Config(format!("engine rules: {why}")))?;
         let shard_count = read_shard_count(&options.data_dir)?;
         let lock = if writable { Some(lock_state(&options.state_dir)?) } else { None };
         let open_log = |lengths: &[(Day, u16, u64)]| {
-            if writable { FactLog::open(&options.state_dir, lengths) } else { FactLog::open_read_only(&options.state_dir, lengths) }
+            if writable {
+                FactLog::open(&options.state_dir, lengths)
+            } else {
+                FactLog::open_read_only(&options.state_dir, lengths)
+            }
         };
         let path = options.state_dir.join(STATE_FILE);
         // A running exporter's checkpoint writes the next generation's shadows, then the state,
@@ -212,24 +258,60 @@ impl Exporter {
             let mut image = match std::fs::read(&path) {
                 Ok(bytes) => decode::<StateImage>(&path, STATE_MAGIC, &bytes)?,
                 Err(error) if error.kind() == std::io::ErrorKind::NotFound => break None,
-                Err(error) => return Err(ExportError::Io { path, action: "read exporter state", source: error }),
+                Err(error) => {
+                    return Err(ExportError::Io {
+                        path,
+                        action: "read exporter state",
+                        source: error,
+                    });
+                }
             };
             let follower_images = std::mem::take(&mut image.followers);
             match load_followers(&options.state_dir, &path, image.generation, follower_images) {
                 Ok(followers) => break Some((image, followers)),
-                Err(ExportError::Io { source, .. }) if !writable && source.kind() == std::io::ErrorKind::NotFound && attempts < 3 => attempts += 1,
+                Err(ExportError::Io { source, .. })
+                    if !writable
+                        && source.kind() == std::io::ErrorKind::NotFound
+                        && attempts < 3 =>
+                {
+                    attempts += 1
+                }
                 Err(error) => return Err(error),
             }
         };
         let Some((image, followers)) = loaded else {
-            let followers = (0..shard_count).map(|shard| Follower::new(shard, shard_count, options.engine.clone())).collect();
+            let followers = (0..shard_count)
+                .map(|shard| Follower::new(shard, shard_count, options.engine.clone()))
+                .collect();
             let log = open_log(&[])?;
-            let statements = if writable { Some(StatementWriter::open(&options.state_dir, &vec![0; usize::from(shard_count)])?) } else { None };
+            let statements = if writable {
+                Some(StatementWriter::open(&options.state_dir, &vec![0; usize::from(shard_count)])?)
+            } else {
+                None
+            };
             let readers = (0..shard_count).map(|_| None).collect();
-            return Ok(Exporter { options, followers, open: BTreeMap::new(), log, statements, _lock: lock, last_closed: None, closed_ledger: Ledger::default(), merchant_carry: BTreeMap::new(), readers, generation: 0 });
+            return Ok(Exporter {
+                options,
+                followers,
+                open: BTreeMap::new(),
+                log,
+                statements,
+                _lock: lock,
+                last_closed: None,
+                closed_ledger: Ledger::default(),
+                merchant_carry: BTreeMap::new(),
+                readers,
+                generation: 0,
+            });
         };
         if image.shard_count != shard_count || followers.len() != usize::from(shard_count) {
-            return Err(ExportError::State { path, reason: format!("made for {} shards, the switch has {shard_count}", image.shard_count) });
+            return Err(ExportError::State {
+                path,
+                reason: format!(
+                    "made for {} shards, the switch has {shard_count}",
+                    image.shard_count
+                ),
+            });
         }
         if writable {
             // Shadows of a checkpoint a crash interrupted before its state was written.
@@ -237,7 +319,11 @@ impl Exporter {
         }
         let log = open_log(&image.fact_lengths)?;
         let cursors: Vec<u64> = followers.iter().map(Follower::cursor_seq).collect();
-        let statements = if writable { Some(StatementWriter::open(&options.state_dir, &cursors)?) } else { None };
+        let statements = if writable {
+            Some(StatementWriter::open(&options.state_dir, &cursors)?)
+        } else {
+            None
+        };
         let readers = (0..shard_count).map(|_| None).collect();
         Ok(Exporter {
             options,
@@ -279,7 +365,8 @@ impl Exporter {
         observe: &mut dyn FnMut(u64),
     ) -> Result<RunReport> {
         let mut since_checkpoint = 0u64;
-        let mut total = RunReport { applied: vec![0; self.followers.len()], ..RunReport::default() };
+        let mut total =
+            RunReport { applied: vec![0; self.followers.len()], ..RunReport::default() };
         loop {
             let (report, at_head) = self.pass(None, &mut since_checkpoint, observe)?;
             let applied: u64 = report.applied.iter().sum();
@@ -307,8 +394,14 @@ impl Exporter {
     /// One pass: every shard's records from its cursor to its durable end (at most
     /// `max_records` in all), checkpointing every `checkpoint_every_records`. Returns what was
     /// applied and, per shard, whether it reached its journal's end.
-    fn pass(&mut self, max_records: Option<u64>, since_checkpoint: &mut u64, observe: &mut dyn FnMut(u64)) -> Result<(RunReport, Vec<bool>)> {
-        let mut report = RunReport { applied: vec![0; self.followers.len()], ..RunReport::default() };
+    fn pass(
+        &mut self,
+        max_records: Option<u64>,
+        since_checkpoint: &mut u64,
+        observe: &mut dyn FnMut(u64),
+    ) -> Result<(RunReport, Vec<bool>)> {
+        let mut report =
+            RunReport { applied: vec![0; self.followers.len()], ..RunReport::default() };
         let mut at_head = Vec::with_capacity(self.followers.len());
         let mut budget = max_records.unwrap_or(u64::MAX);
         for index in 0..self.followers.len() {
@@ -319,7 +412,8 @@ impl Exporter {
             let shard = self.followers[index].shard_id();
             let mut reader = match self.readers[index].take() {
                 Some(reader) => reader,
-                None => Reader::open(&shard_dir(&self.options.data_dir, shard)).map_err(|source| ExportError::Journal { shard, source })?,
+                None => Reader::open(&shard_dir(&self.options.data_dir, shard))
+                    .map_err(|source| ExportError::Journal { shard, source })?,
             };
             let from_seq = self.followers[index].cursor_seq() + 1;
             let mut failure: Option<ExportError> = None;
@@ -371,7 +465,12 @@ impl Exporter {
     }
 
     /// Checkpoints, closes every finished period and checkpoints again if one closed.
-    fn close_and_checkpoint(&mut self, at_head: &[bool], wall_clock_ms: u64, report: &mut RunReport) -> Result<()> {
+    fn close_and_checkpoint(
+        &mut self,
+        at_head: &[bool],
+        wall_clock_ms: u64,
+        report: &mut RunReport,
+    ) -> Result<()> {
         self.checkpoint()?;
         report.closed = self.close_periods(at_head, wall_clock_ms)?;
         if !report.closed.is_empty() {
@@ -392,7 +491,10 @@ impl Exporter {
         let Some(&day) = self.open.keys().next() else { return false };
         let end_ms = u64::try_from(self.options.config.cutoff().end_ms(day)).unwrap_or(0);
         let grace_ms = self.options.config.close_grace_s.saturating_mul(1000);
-        self.followers.iter().zip(at_head).all(|(follower, at_head)| follower.clock_ms() >= end_ms || (*at_head && wall_clock_ms >= end_ms.saturating_add(grace_ms)))
+        self.followers.iter().zip(at_head).all(|(follower, at_head)| {
+            follower.clock_ms() >= end_ms
+                || (*at_head && wall_clock_ms >= end_ms.saturating_add(grace_ms))
+        })
     }
 
     fn apply_record(&mut self, index: usize, seq: u64, payload: &[u8]) -> Result<()> {
@@ -402,9 +504,11 @@ impl Exporter {
         let statement_input = match &self.statements {
             None => None,
             Some(_) => {
-                let entry = pinswitch_core::decode_entry(payload).map_err(|reason| ExportError::Decode { shard, seq, reason })?;
+                let entry = pinswitch_core::decode_entry(payload)
+                    .map_err(|reason| ExportError::Decode { shard, seq, reason })?;
                 let session_category = match &entry.command.body {
-                    pinswitch_core::Body::SessionUpdate { session_id, .. } | pinswitch_core::Body::SessionEnd { session_id, .. } => {
+                    pinswitch_core::Body::SessionUpdate { session_id, .. }
+                    | pinswitch_core::Body::SessionEnd { session_id, .. } => {
                         self.followers[index].shadow().session_category(*session_id)
                     }
                     _ => None,
@@ -413,9 +517,22 @@ impl Exporter {
             }
         };
         let effects = self.followers[index].apply(seq, payload, &self.options.config)?;
-        if let (Some(statements), Some((entry, session_category))) = (&mut self.statements, statement_input) {
-            let card_after = entry.command.body.pin_hash().and_then(|pin_hash| self.followers[index].card(pin_hash));
-            statements.record(shard, seq, &entry, &effects, card_after.as_ref(), session_category)?;
+        if let (Some(statements), Some((entry, session_category))) =
+            (&mut self.statements, statement_input)
+        {
+            let card_after = entry
+                .command
+                .body
+                .pin_hash()
+                .and_then(|pin_hash| self.followers[index].card(pin_hash));
+            statements.record(
+                shard,
+                seq,
+                &entry,
+                &effects,
+                card_after.as_ref(),
+                session_category,
+            )?;
         }
         self.absorb(shard, effects)
     }
@@ -459,9 +576,18 @@ impl Exporter {
             facts.sort();
             self.closed_ledger.absorb(&facts.movements)?;
             if let Err(why) = self.closed_ledger.trial_balance().check() {
-                return Err(ExportError::Unbalanced { shard: 0, seq: 0, what: format!("period {}: {why}", calendar::date_string(day)) });
+                return Err(ExportError::Unbalanced {
+                    shard: 0,
+                    seq: 0,
+                    what: format!("period {}: {why}", calendar::date_string(day)),
+                });
             }
-            let period = ClosedPeriod { day, facts, carry_in: self.merchant_carry.clone(), ledger_after: self.closed_ledger.clone() };
+            let period = ClosedPeriod {
+                day,
+                facts,
+                carry_in: self.merchant_carry.clone(),
+                ledger_after: self.closed_ledger.clone(),
+            };
             let dir = self.period_dir(day);
             write_period(&dir, &period, false, &self.options.config)?;
             write_atomic(&dir.join(FACTS_FILE), &encode(FACTS_MAGIC, &period))?;
@@ -483,8 +609,14 @@ impl Exporter {
     /// files are byte-identical to those written at closing.
     pub fn render_period(&self, day: Day, out_dir: Option<&Path>) -> Result<(PathBuf, bool)> {
         let date = calendar::date_string(day);
-        let Some((period, is_final)) = self.period(day)? else { return Err(ExportError::NoPeriod(date)) };
-        let default_dir = if is_final { self.period_dir(day) } else { self.options.state_dir.join("provisional").join(&date) };
+        let Some((period, is_final)) = self.period(day)? else {
+            return Err(ExportError::NoPeriod(date));
+        };
+        let default_dir = if is_final {
+            self.period_dir(day)
+        } else {
+            self.options.state_dir.join("provisional").join(&date)
+        };
         let dir = out_dir.map_or(default_dir, Path::to_path_buf);
         write_period(&dir, &period, !is_final, &self.options.config)?;
         Ok((dir, is_final))
@@ -498,7 +630,13 @@ impl Exporter {
             let bytes = match std::fs::read(&path) {
                 Ok(bytes) => bytes,
                 Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-                Err(error) => return Err(ExportError::Io { path, action: "read period facts", source: error }),
+                Err(error) => {
+                    return Err(ExportError::Io {
+                        path,
+                        action: "read period facts",
+                        source: error,
+                    });
+                }
             };
             return Ok(Some((decode::<ClosedPeriod>(&path, FACTS_MAGIC, &bytes)?, true)));
         }
@@ -510,15 +648,27 @@ impl Exporter {
         for (_, open) in self.open.range(..=day) {
             ledger_after.absorb(&open.movements)?;
         }
-        Ok(Some((ClosedPeriod { day, facts, carry_in: self.merchant_carry.clone(), ledger_after }, false)))
+        Ok(Some((
+            ClosedPeriod { day, facts, carry_in: self.merchant_carry.clone(), ledger_after },
+            false,
+        )))
     }
 
     /// Writes the mobile-operator remittance of a month (`year`, `month` 1..=12) into `out_dir`
     /// (default `<state>/months/YYYY-MM`): what each operator channel sold, gross, its commission
     /// and the net it owes. Final when every period of the month is closed.
-    pub fn render_month(&self, year: i64, month: u32, out_dir: Option<&Path>) -> Result<(PathBuf, bool)> {
+    pub fn render_month(
+        &self,
+        year: i64,
+        month: u32,
+        out_dir: Option<&Path>,
+    ) -> Result<(PathBuf, bool)> {
         let first = calendar::days_from_civil(year, month, 1);
-        let next = if month == 12 { calendar::days_from_civil(year + 1, 1, 1) } else { calendar::days_from_civil(year, month + 1, 1) };
+        let next = if month == 12 {
+            calendar::days_from_civil(year + 1, 1, 1)
+        } else {
+            calendar::days_from_civil(year, month + 1, 1)
+        };
         let mut periods = Vec::new();
         for day in first..next {
             if let Some((period, _)) = self.period(day)? {
@@ -527,9 +677,12 @@ impl Exporter {
         }
         let is_final = self.last_closed.is_some_and(|last| last >= next - 1);
         let label = format!("{year:04}-{month:02}");
-        let dir = out_dir.map_or_else(|| self.options.state_dir.join("months").join(&label), Path::to_path_buf);
+        let dir = out_dir
+            .map_or_else(|| self.options.state_dir.join("months").join(&label), Path::to_path_buf);
         std::fs::create_dir_all(&dir).map_err(ExportError::io(&dir, "create month directory"))?;
-        for (name, contents) in render::operator_remittance(&label, &periods, is_final, &self.options.config) {
+        for (name, contents) in
+            render::operator_remittance(&label, &periods, is_final, &self.options.config)
+        {
             write_atomic(&dir.join(name), contents.as_bytes())?;
         }
         Ok((dir, is_final))
@@ -554,7 +707,8 @@ impl Exporter {
         let mut shards = Vec::new();
         for follower in &self.followers {
             let shard = follower.shard_id();
-            let mut reader = Reader::open(&shard_dir(&self.options.data_dir, shard)).map_err(|source| ExportError::Journal { shard, source })?;
+            let mut reader = Reader::open(&shard_dir(&self.options.data_dir, shard))
+                .map_err(|source| ExportError::Journal { shard, source })?;
             let mut lag_records = 0u64;
             let head_seq = reader
                 .read_from(follower.cursor_seq() + 1, |_, _| {
@@ -563,7 +717,13 @@ impl Exporter {
                 })
                 .map_err(|source| ExportError::Journal { shard, source })?
                 .max(follower.cursor_seq());
-            shards.push(ShardStatus { shard, cursor_seq: follower.cursor_seq(), head_seq, lag_records, clock_ms: follower.clock_ms() });
+            shards.push(ShardStatus {
+                shard,
+                cursor_seq: follower.cursor_seq(),
+                head_seq,
+                lag_records,
+                clock_ms: follower.clock_ms(),
+            });
         }
         let ledger = self.ledger()?;
         let trial = ledger.trial_balance();
@@ -578,7 +738,11 @@ impl Exporter {
             cards.lines.extend(shard.lines);
             sub_ledger_won += follower.card_value_won() as i128;
         }
-        reconciliation.push(ReconLine { what: "card sub-ledger (sum of per-card values)", ledger_won: sub_ledger_won, engine_won: self.engine_totals().balances_won as i128 });
+        reconciliation.push(ReconLine {
+            what: "card sub-ledger (sum of per-card values)",
+            ledger_won: sub_ledger_won,
+            engine_won: self.engine_totals().balances_won as i128,
+        });
         Ok(Status {
             shards,
             open_periods: self.open.keys().copied().collect(),
@@ -625,7 +789,8 @@ impl Exporter {
     /// that generation, atomically; the previous generation's shadows go last. Remembered
     /// payments the engines can no longer refer to are dropped first (`Follower::prune`).
     pub fn checkpoint(&mut self) -> Result<()> {
-        std::fs::create_dir_all(&self.options.state_dir).map_err(ExportError::io(&self.options.state_dir, "create state directory"))?;
+        std::fs::create_dir_all(&self.options.state_dir)
+            .map_err(ExportError::io(&self.options.state_dir, "create state directory"))?;
         let mut fact_lengths = self.log.sync()?;
         if let Some(statements) = &mut self.statements {
             statements.checkpoint()?;
@@ -636,7 +801,8 @@ impl Exporter {
         }
         let generation = self.generation + 1;
         let shadow_dir = self.options.state_dir.join(SHADOW_DIR);
-        std::fs::create_dir_all(&shadow_dir).map_err(ExportError::io(&shadow_dir, "create shadow directory"))?;
+        std::fs::create_dir_all(&shadow_dir)
+            .map_err(ExportError::io(&shadow_dir, "create shadow directory"))?;
         for follower in &self.followers {
             let snapshot = follower.shadow_snapshot();
             let path = shadow_path(&self.options.state_dir, follower.shard_id(), generation);
@@ -654,11 +820,15 @@ impl Exporter {
             closed_ledger: self.closed_ledger.clone(),
             merchant_carry: self.merchant_carry.clone(),
         };
-        let body = rkyv::to_bytes::<RkyvError>(&image).expect("serializing into memory cannot fail");
+        let body =
+            rkyv::to_bytes::<RkyvError>(&image).expect("serializing into memory cannot fail");
         for (follower, image) in self.followers.iter_mut().zip(image.followers) {
             follower.put_back(image);
         }
-        write_atomic_parts(&self.options.state_dir.join(STATE_FILE), &[&header(STATE_MAGIC, body.len()), &body])?;
+        write_atomic_parts(
+            &self.options.state_dir.join(STATE_FILE),
+            &[&header(STATE_MAGIC, body.len()), &body],
+        )?;
         self.generation = generation;
         remove_shadows_except(&self.options.state_dir, generation)
     }
@@ -667,22 +837,48 @@ impl Exporter {
 /// The ledger's control accounts against the engines' totals: the card-liability accounts
 /// (unsold, spendable, held) must equal the sum of all card balances, and so on.
 pub fn reconcile(ledger: &Ledger, totals: &Totals) -> Vec<ReconLine> {
-    let card_value = ledger.balance_where(|account| matches!(account, Account::CardUnsold { .. } | Account::CardLiability { .. } | Account::Holds));
+    let card_value = ledger.balance_where(|account| {
+        matches!(
+            account,
+            Account::CardUnsold { .. } | Account::CardLiability { .. } | Account::Holds
+        )
+    });
     vec![
-        ReconLine { what: "card balances (2000 + 2100 + 2200)", ledger_won: card_value, engine_won: totals.balances_won as i128 },
-        ReconLine { what: "held (2200)", ledger_won: ledger.balance_where(|account| *account == Account::Holds), engine_won: totals.held_won as i128 },
+        ReconLine {
+            what: "card balances (2000 + 2100 + 2200)",
+            ledger_won: card_value,
+            engine_won: totals.balances_won as i128,
+        },
+        ReconLine {
+            what: "held (2200)",
+            ledger_won: ledger.balance_where(|account| *account == Account::Holds),
+            engine_won: totals.held_won as i128,
+        },
         ReconLine {
             what: "issued face value (1100 debits)",
             ledger_won: ledger.sides(&Account::CardStockControl).debits_won as i128,
             engine_won: totals.issued_won as i128,
         },
-        ReconLine { what: "breakage (4200)", ledger_won: ledger.balance_where(|account| *account == Account::BreakageRevenue), engine_won: totals.breakage_won as i128 },
-        ReconLine { what: "paid out to holders (2400 credits)", ledger_won: ledger.sides(&Account::RefundsPayable).credits_won as i128, engine_won: totals.paid_out_won as i128 },
+        ReconLine {
+            what: "breakage (4200)",
+            ledger_won: ledger.balance_where(|account| *account == Account::BreakageRevenue),
+            engine_won: totals.breakage_won as i128,
+        },
+        ReconLine {
+            what: "paid out to holders (2400 credits)",
+            ledger_won: ledger.sides(&Account::RefundsPayable).credits_won as i128,
+            engine_won: totals.paid_out_won as i128,
+        },
     ]
 }
 
 /// Writes every file of a period into `dir`, each atomically.
-fn write_period(dir: &Path, period: &ClosedPeriod, provisional: bool, config: &ExportConfig) -> Result<()> {
+fn write_period(
+    dir: &Path,
+    period: &ClosedPeriod,
+    provisional: bool,
+    config: &ExportConfig,
+) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(ExportError::io(dir, "create period directory"))?;
     for (name, contents) in render::render(period, provisional, config.cutoff(), config) {
         write_atomic(&dir.join(name), contents.as_bytes())?;
@@ -706,7 +902,9 @@ fn write_atomic_parts(path: &Path, parts: &[&[u8]]) -> Result<()> {
     drop(file);
     std::fs::rename(&tmp, path).map_err(ExportError::io(path, "rename into place"))?;
     let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::File::open(dir).and_then(|dir| dir.sync_all()).map_err(ExportError::io(dir, "fsync directory"))?;
+    std::fs::File::open(dir)
+        .and_then(|dir| dir.sync_all())
+        .map_err(ExportError::io(dir, "fsync directory"))?;
     Ok(())
 }
 
@@ -724,16 +922,25 @@ fn shadow_path(state_dir: &Path, shard: u16, generation: u64) -> PathBuf {
 }
 
 /// The followers of a state, each around its shadow engine read from the state's generation.
-fn load_followers(state_dir: &Path, state_path: &Path, generation: u64, images: Vec<FollowerImage>) -> Result<Vec<Follower>> {
+fn load_followers(
+    state_dir: &Path,
+    state_path: &Path,
+    generation: u64,
+    images: Vec<FollowerImage>,
+) -> Result<Vec<Follower>> {
     let mut followers = Vec::with_capacity(images.len());
     for follower in images {
         let path = shadow_path(state_dir, follower.shard_id, generation);
         let bytes = std::fs::read(&path).map_err(ExportError::io(&path, "read shadow engine"))?;
         let bad = |reason: String| ExportError::State { path: path.clone(), reason };
-        if bytes.len() < 16 || bytes[..8] != SHADOW_MAGIC[..] || bytes[8..16] != ((bytes.len() - 16) as u64).to_le_bytes() {
+        if bytes.len() < 16
+            || bytes[..8] != SHADOW_MAGIC[..]
+            || bytes[8..16] != ((bytes.len() - 16) as u64).to_le_bytes()
+        {
             return Err(bad("wrong magic or length".into()));
         }
-        let follower = Follower::from_image(follower, &bytes[16..]).map_err(|reason| ExportError::State { path: state_path.to_path_buf(), reason })?;
+        let follower = Follower::from_image(follower, &bytes[16..])
+            .map_err(|reason| ExportError::State { path: state_path.to_path_buf(), reason })?;
         followers.push(follower);
     }
     Ok(followers)
@@ -745,13 +952,20 @@ fn remove_shadows_except(state_dir: &Path, generation: u64) -> Result<()> {
     let entries = match std::fs::read_dir(&dir) {
         Ok(entries) => entries,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(error) => return Err(ExportError::Io { path: dir, action: "list shadow directory", source: error }),
+        Err(error) => {
+            return Err(ExportError::Io {
+                path: dir,
+                action: "list shadow directory",
+                source: error,
+            });
+        }
     };
     let keep = format!("-{generation:020}.bin");
     for entry in entries {
         let path = entry.map_err(ExportError::io(&dir, "list shadow directory"))?.path();
         if !path.to_string_lossy().ends_with(&keep) {
-            std::fs::remove_file(&path).map_err(ExportError::io(&path, "remove old shadow engine"))?;
+            std::fs::remove_file(&path)
+                .map_err(ExportError::io(&path, "remove old shadow engine"))?;
         }
     }
     Ok(())
@@ -760,7 +974,13 @@ fn remove_shadows_except(state_dir: &Path, generation: u64) -> Result<()> {
 /// `magic`, the length (u64 LE) and the rkyv archive of `value`.
 pub(crate) fn encode<T>(magic: &[u8; 8], value: &T) -> Vec<u8>
 where
-    T: for<'a> rkyv::Serialize<rkyv::api::high::HighSerializer<rkyv::util::AlignedVec, rkyv::ser::allocator::ArenaHandle<'a>, RkyvError>>,
+    T: for<'a> rkyv::Serialize<
+            rkyv::api::high::HighSerializer<
+                rkyv::util::AlignedVec,
+                rkyv::ser::allocator::ArenaHandle<'a>,
+                RkyvError,
+            >,
+        >,
 {
     let body = rkyv::to_bytes::<RkyvError>(value).expect("serializing into memory cannot fail");
     let mut bytes = magic.to_vec();
@@ -773,7 +993,8 @@ where
 pub(crate) fn decode<T>(path: &Path, magic: &[u8; 8], bytes: &[u8]) -> Result<T>
 where
     T: Archive,
-    T::Archived: for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, RkyvError>> + rkyv::Deserialize<T, rkyv::api::high::HighDeserializer<RkyvError>>,
+    T::Archived: for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, RkyvError>>
+        + rkyv::Deserialize<T, rkyv::api::high::HighDeserializer<RkyvError>>,
 {
     let bad = |reason: String| ExportError::State { path: path.to_path_buf(), reason };
     if bytes.len() >= 8 && bytes[..7] == magic[..7] && bytes[7] != magic[7] {
@@ -786,7 +1007,8 @@ where
     if bytes.len() < 16 || &bytes[..8] != magic {
         return Err(bad("wrong magic or too short".into()));
     }
-    let length = u64::from_le_bytes(bytes[8..16].try_into().map_err(|_| bad("short header".into()))?);
+    let length =
+        u64::from_le_bytes(bytes[8..16].try_into().map_err(|_| bad("short header".into()))?);
     if length != (bytes.len() - 16) as u64 {
         return Err(bad(format!("length {length} does not match the file")));
     }
@@ -795,13 +1017,21 @@ where
 
 /// Takes the exclusive lock of the state directory (`exporter.lock`, held while the file is open).
 fn lock_state(state_dir: &Path) -> Result<std::fs::File> {
-    std::fs::create_dir_all(state_dir).map_err(ExportError::io(state_dir, "create state directory"))?;
+    std::fs::create_dir_all(state_dir)
+        .map_err(ExportError::io(state_dir, "create state directory"))?;
     let path = state_dir.join("exporter.lock");
-    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(ExportError::io(&path, "open lock file"))?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(ExportError::io(&path, "open lock file"))?;
     match file.try_lock() {
         Ok(()) => Ok(file),
         Err(std::fs::TryLockError::WouldBlock) => Err(ExportError::Locked(path)),
-        Err(std::fs::TryLockError::Error(error)) => Err(ExportError::Io { path, action: "lock", source: error }),
+        Err(std::fs::TryLockError::Error(error)) => {
+            Err(ExportError::Io { path, action: "lock", source: error })
+        }
     }
 }
 
@@ -813,7 +1043,8 @@ pub fn shard_dir(data_dir: &Path, shard: u16) -> PathBuf {
 /// The shard count of the switch's data directory (`shards.count`).
 pub fn read_shard_count(data_dir: &Path) -> Result<u16> {
     let path = data_dir.join("shards.count");
-    let text = std::fs::read_to_string(&path).map_err(ExportError::io(&path, "read shard count"))?;
+    let text =
+        std::fs::read_to_string(&path).map_err(ExportError::io(&path, "read shard count"))?;
     match text.trim().parse::<u16>() {
         Ok(count) if count > 0 => Ok(count),
         _ => Err(ExportError::Config(format!("{} does not hold a shard count", path.display()))),
@@ -837,28 +1068,62 @@ mod tests {
     /// and W (activated unsold) are issued.
     fn journal(data: &Path, t0_ms: u64) -> [u128; 4] {
         std::fs::write(data.join("shards.count"), "1\n").unwrap();
-        let (_, recovery) = Journal::recover(&shard_dir(data, 0), JournalOptions::test_min()).unwrap();
+        let (_, recovery) =
+            Journal::recover(&shard_dir(data, 0), JournalOptions::test_min()).unwrap();
         let mut journal = recovery.into_journal().unwrap();
         let mut engine = Shard::new(0, 1, EngineConfig::test_min());
         let [x, y, z, w] = [11u128 << 64, 12 << 64, 13 << 64, 14 << 64];
         let steps = [
             (t0_ms, Body::Issue { pin_hash: x, face_value_won: 10_000 }),
-            (t0_ms, Body::Sell { pin_hash: x, channel_id: 3, price_won: 10_000, payment_means: 1, gift_recipient_ref: 0 }),
+            (
+                t0_ms,
+                Body::Sell {
+                    pin_hash: x,
+                    channel_id: 3,
+                    price_won: 10_000,
+                    payment_means: 1,
+                    gift_recipient_ref: 0,
+                },
+            ),
             (t0_ms, Body::Activate { pin_hash: x, password_mac: 7 }),
-            (t0_ms, Body::Sale { pin_hash: x, password_mac: 7, amount_won: 1_000, merchant_id: 77, category: 1 }),
+            (
+                t0_ms,
+                Body::Sale {
+                    pin_hash: x,
+                    password_mac: 7,
+                    amount_won: 1_000,
+                    merchant_id: 77,
+                    category: 1,
+                },
+            ),
             (t0_ms, Body::Issue { pin_hash: y, face_value_won: 20_000 }),
             (t0_ms, Body::Activate { pin_hash: y, password_mac: 7 }),
             (t0_ms + 3 * DAY_MS, Body::Issue { pin_hash: z, face_value_won: 50_000 }),
-            (t0_ms + 3 * DAY_MS, Body::Sell { pin_hash: z, channel_id: 3, price_won: 50_000, payment_means: 1, gift_recipient_ref: 0 }),
+            (
+                t0_ms + 3 * DAY_MS,
+                Body::Sell {
+                    pin_hash: z,
+                    channel_id: 3,
+                    price_won: 50_000,
+                    payment_means: 1,
+                    gift_recipient_ref: 0,
+                },
+            ),
             (t0_ms + 3 * DAY_MS, Body::Issue { pin_hash: w, face_value_won: 5_000 }),
             (t0_ms + 3 * DAY_MS, Body::Activate { pin_hash: w, password_mac: 7 }),
         ];
         for (op, (now_ms, body)) in steps.into_iter().enumerate() {
             // Op ids carry their time in the top bits (the engine refuses ids too old).
-            let command = Command { op_id: (u128::from(now_ms) << 80) | (op as u128 + 1), deadline_at_ms: 0, body };
+            let command = Command {
+                op_id: (u128::from(now_ms) << 80) | (op as u128 + 1),
+                deadline_at_ms: 0,
+                body,
+            };
             let applied = engine.apply(now_ms, &command);
             assert_eq!(applied.reply.code, ResultCode::Approved.as_u16(), "{command:?}");
-            journal.append(&encode_entry(&JournalEntry { now_ms, command, reply: applied.reply })).unwrap();
+            journal
+                .append(&encode_entry(&JournalEntry { now_ms, command, reply: applied.reply }))
+                .unwrap();
             journal.commit().unwrap();
         }
         [x, y, z, w]
@@ -881,7 +1146,12 @@ mod tests {
         std::fs::create_dir_all(&data).unwrap();
         let t0_ms = 1_777_000_000_000;
         journal(&data, t0_ms);
-        let options = |state: &str| Options { data_dir: data.clone(), state_dir: root.path().join(state), engine: EngineConfig::test_min(), config: ExportConfig::default() };
+        let options = |state: &str| Options {
+            data_dir: data.clone(),
+            state_dir: root.path().join(state),
+            engine: EngineConfig::test_min(),
+            config: ExportConfig::default(),
+        };
         let mut ran = Exporter::open(options("ran")).unwrap();
         ran.run(None, 0).unwrap();
         let mut followed = Exporter::open(options("followed")).unwrap();
@@ -889,12 +1159,26 @@ mod tests {
         let mut passes = 0;
         // Two passes: the first applies everything, the second finds nothing (no wait: the
         // poll is zero) and stops.
-        let report = followed.follow(std::time::Duration::ZERO, &|| 0, &mut |_| { passes += 1; passes < 2 }, &mut |time_ms| times.push(time_ms)).unwrap();
+        let report = followed
+            .follow(
+                std::time::Duration::ZERO,
+                &|| 0,
+                &mut |_| {
+                    passes += 1;
+                    passes < 2
+                },
+                &mut |time_ms| times.push(time_ms),
+            )
+            .unwrap();
         assert_eq!((passes, report.applied.clone()), (2, vec![10]));
         assert_eq!((times.first(), times.last()), (Some(&t0_ms), Some(&(t0_ms + 3 * DAY_MS))));
         drop(followed);
         let reopened = Exporter::open(options("followed")).unwrap();
-        assert_eq!(reopened.followers[0].cursor_seq(), ran.followers[0].cursor_seq(), "the end of following is checkpointed");
+        assert_eq!(
+            reopened.followers[0].cursor_seq(),
+            ran.followers[0].cursor_seq(),
+            "the end of following is checkpointed"
+        );
         assert_eq!(reopened.status().unwrap().reconciliation, ran.status().unwrap().reconciliation);
     }
 
@@ -905,7 +1189,12 @@ mod tests {
         std::fs::create_dir_all(&data).unwrap();
         journal(&data, 1_777_000_000_000);
         let state = root.path().join("state");
-        let options = Options { data_dir: data, state_dir: state.clone(), engine: EngineConfig::test_min(), config: ExportConfig::default() };
+        let options = Options {
+            data_dir: data,
+            state_dir: state.clone(),
+            engine: EngineConfig::test_min(),
+            config: ExportConfig::default(),
+        };
         let mut exporter = Exporter::open(options.clone()).unwrap();
         exporter.run(None, 0).unwrap();
         let generation = exporter.generation;
@@ -919,11 +1208,17 @@ mod tests {
         assert_eq!(looking.status().unwrap().reconciliation, reconciliation);
         let reopened = Exporter::open(options.clone()).unwrap();
         assert!(!stray.exists() && shadow_path(&state, 0, generation).exists());
-        assert_eq!((reopened.generation, reopened.status().unwrap().reconciliation), (generation, reconciliation));
+        assert_eq!(
+            (reopened.generation, reopened.status().unwrap().reconciliation),
+            (generation, reconciliation)
+        );
         drop(reopened);
         // The state's own shadow missing is an error naming the file.
         std::fs::remove_file(shadow_path(&state, 0, generation)).unwrap();
-        assert!(matches!(Exporter::open(options), Err(ExportError::Io { action: "read shadow engine", .. })));
+        assert!(matches!(
+            Exporter::open(options),
+            Err(ExportError::Io { action: "read shadow engine", .. })
+        ));
     }
 
     #[test]
@@ -932,12 +1227,20 @@ mod tests {
         let data = root.path().join("data");
         std::fs::create_dir_all(&data).unwrap();
         let [x, y, z, w] = journal(&data, 1_777_000_000_000);
-        let options = Options { data_dir: data, state_dir: root.path().join("state"), engine: EngineConfig::test_min(), config: ExportConfig::default() };
+        let options = Options {
+            data_dir: data,
+            state_dir: root.path().join("state"),
+            engine: EngineConfig::test_min(),
+            config: ExportConfig::default(),
+        };
         let mut exporter = Exporter::open(options).unwrap();
         exporter.run(None, 0).unwrap();
         let status = exporter.status().unwrap();
         assert!(status.reconciled(), "{status}");
-        assert_eq!((status.cards.ledger_cards, status.cards.engine_cards, status.cards.lines.len()), (4, 4, 0));
+        assert_eq!(
+            (status.cards.ledger_cards, status.cards.engine_cards, status.cards.lines.len()),
+            (4, 4, 0)
+        );
         // X and Y are past their validity: the engine's view shows them expired, its totals
         // still hold their 9,000 + 20,000 won, as the sub-ledger does. No difference.
         assert_eq!(exporter.followers[0].check_cards().lines, []);
@@ -946,42 +1249,83 @@ mod tests {
 
         // A lost posting: Z's liability 500 won short in the ledger and its sub-ledger.
         *exporter.followers[0].card_values_mut().get_mut(&z).unwrap() -= 500;
-        post(&mut exporter, Account::CardLiability { face_value_won: 50_000 }, Account::SalesPremium, 500);
+        post(
+            &mut exporter,
+            Account::CardLiability { face_value_won: 50_000 },
+            Account::SalesPremium,
+            500,
+        );
         let status = exporter.status().unwrap();
         assert!(!status.reconciled());
         let card_balances = &status.reconciliation[0];
         assert_eq!(card_balances.ledger_won - card_balances.engine_won, -500, "{status}");
-        assert_eq!(status.cards.lines, [line(z, 49_500, CardFinding::Differs { engine_won: 50_000 })]);
+        assert_eq!(
+            status.cards.lines,
+            [line(z, 49_500, CardFinding::Differs { engine_won: 50_000 })]
+        );
         let text = status.to_string();
         assert!(text.contains(&format!("card {z:032x} shard   0  ledger      49500 won  engine      50000 won  DIFFERENCE -500 won")), "{text}");
-        post(&mut exporter, Account::SalesPremium, Account::CardLiability { face_value_won: 50_000 }, 500);
+        post(
+            &mut exporter,
+            Account::SalesPremium,
+            Account::CardLiability { face_value_won: 50_000 },
+            500,
+        );
         *exporter.followers[0].card_values_mut() = clean.clone();
 
         // Value posted to the wrong card: every total agrees, the cards do not.
         *exporter.followers[0].card_values_mut().get_mut(&z).unwrap() -= 300;
         *exporter.followers[0].card_values_mut().get_mut(&w).unwrap() += 300;
         let status = exporter.status().unwrap();
-        assert!(status.reconciliation.iter().all(|line| line.ledger_won == line.engine_won), "{status}");
+        assert!(
+            status.reconciliation.iter().all(|line| line.ledger_won == line.engine_won),
+            "{status}"
+        );
         assert!(!status.reconciled());
-        assert_eq!(status.cards.lines, [line(z, 49_700, CardFinding::Differs { engine_won: 50_000 }), line(w, 5_300, CardFinding::Differs { engine_won: 5_000 })]);
+        assert_eq!(
+            status.cards.lines,
+            [
+                line(z, 49_700, CardFinding::Differs { engine_won: 50_000 }),
+                line(w, 5_300, CardFinding::Differs { engine_won: 5_000 })
+            ]
+        );
         *exporter.followers[0].card_values_mut() = clean.clone();
 
         // A difference on a card whose expiry is pending: the engine shows no balance for it,
         // so the reconciliation names the cards the difference must lie among (X and Y).
         *exporter.followers[0].card_values_mut().get_mut(&x).unwrap() += 700;
-        post(&mut exporter, Account::SalesDiscount, Account::CardLiability { face_value_won: 10_000 }, 700);
+        post(
+            &mut exporter,
+            Account::SalesDiscount,
+            Account::CardLiability { face_value_won: 10_000 },
+            700,
+        );
         let status = exporter.status().unwrap();
         assert!(!status.reconciled());
-        assert_eq!(status.cards.lines, [line(x, 9_700, CardFinding::ExpiryPending), line(y, 20_000, CardFinding::ExpiryPending)]);
+        assert_eq!(
+            status.cards.lines,
+            [
+                line(x, 9_700, CardFinding::ExpiryPending),
+                line(y, 20_000, CardFinding::ExpiryPending)
+            ]
+        );
         assert!(status.to_string().contains("expiry pending"));
-        post(&mut exporter, Account::CardLiability { face_value_won: 10_000 }, Account::SalesDiscount, 700);
+        post(
+            &mut exporter,
+            Account::CardLiability { face_value_won: 10_000 },
+            Account::SalesDiscount,
+            700,
+        );
         *exporter.followers[0].card_values_mut() = clean.clone();
 
         // A card the ledger never posted to: named with what the engine holds on it.
         exporter.followers[0].card_values_mut().remove(&w);
         let status = exporter.status().unwrap();
         assert!(!status.reconciled());
-        assert_eq!((status.cards.unposted_engine_cards, status.cards.lines.as_slice()), (1, [line(w, 0, CardFinding::NotPosted { engine_won: 5_000 })].as_slice()));
+        assert_eq!(
+            (status.cards.unposted_engine_cards, status.cards.lines.as_slice()),
+            (1, [line(w, 0, CardFinding::NotPosted { engine_won: 5_000 })].as_slice())
+        );
         assert!(status.to_string().contains("never posted by the ledger"));
         *exporter.followers[0].card_values_mut() = clean;
         assert!(exporter.status().unwrap().reconciled());

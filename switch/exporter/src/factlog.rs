@@ -15,7 +15,10 @@ use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::calendar::{self, Day};
 use crate::error::{ExportError, Result};
-use crate::facts::{BreakageLine, ChannelSaleLine, ForeignLine, MerchantLine, PayoutLine, PeriodFacts, RetentionLine};
+use crate::facts::{
+    BreakageLine, ChannelSaleLine, ForeignLine, MerchantLine, PayoutLine, PeriodFacts,
+    RetentionLine,
+};
 
 /// The detail lines of one journal record.
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
@@ -58,7 +61,10 @@ impl FactLog {
         for (day, shard, length_bytes) in lengths {
             let path = log.path(*day, *shard);
             let file = File::open(&path).map_err(ExportError::io(&path, "open fact file"))?;
-            log.files.insert((*day, *shard), LogFile { writer: BufWriter::new(file), length_bytes: *length_bytes });
+            log.files.insert(
+                (*day, *shard),
+                LogFile { writer: BufWriter::new(file), length_bytes: *length_bytes },
+            );
         }
         Ok(log)
     }
@@ -67,36 +73,60 @@ impl FactLog {
     /// removing every file and period directory not listed.
     pub fn open(state_dir: &Path, lengths: &[(Day, u16, u64)]) -> Result<FactLog> {
         let dir = state_dir.join("open");
-        std::fs::create_dir_all(&dir).map_err(ExportError::io(&dir, "create open-period directory"))?;
+        std::fs::create_dir_all(&dir)
+            .map_err(ExportError::io(&dir, "create open-period directory"))?;
         let mut log = FactLog { dir, files: BTreeMap::new() };
-        let known: BTreeMap<PathBuf, u64> = lengths.iter().map(|(day, shard, length)| (log.path(*day, *shard), *length)).collect();
-        for entry in std::fs::read_dir(&log.dir).map_err(ExportError::io(&log.dir, "list open periods"))? {
+        let known: BTreeMap<PathBuf, u64> =
+            lengths.iter().map(|(day, shard, length)| (log.path(*day, *shard), *length)).collect();
+        for entry in
+            std::fs::read_dir(&log.dir).map_err(ExportError::io(&log.dir, "list open periods"))?
+        {
             let day_dir = entry.map_err(ExportError::io(&log.dir, "list open periods"))?.path();
-            let listing = std::fs::read_dir(&day_dir).map_err(ExportError::io(&day_dir, "list open period"))?;
+            let listing = std::fs::read_dir(&day_dir)
+                .map_err(ExportError::io(&day_dir, "list open period"))?;
             let mut kept = 0;
             for file in listing {
                 let path = file.map_err(ExportError::io(&day_dir, "list open period"))?.path();
                 if known.contains_key(&path) {
                     kept += 1;
                 } else {
-                    std::fs::remove_file(&path).map_err(ExportError::io(&path, "remove a fact file the state does not know"))?;
+                    std::fs::remove_file(&path).map_err(ExportError::io(
+                        &path,
+                        "remove a fact file the state does not know",
+                    ))?;
                 }
             }
             if kept == 0 {
-                std::fs::remove_dir(&day_dir).map_err(ExportError::io(&day_dir, "remove an open period the state does not know"))?;
+                std::fs::remove_dir(&day_dir).map_err(ExportError::io(
+                    &day_dir,
+                    "remove an open period the state does not know",
+                ))?;
             }
         }
         for (day, shard, length_bytes) in lengths {
             let path = log.path(*day, *shard);
-            let file = OpenOptions::new().read(true).write(true).open(&path).map_err(ExportError::io(&path, "open fact file"))?;
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .map_err(ExportError::io(&path, "open fact file"))?;
             let actual = file.metadata().map_err(ExportError::io(&path, "stat fact file"))?.len();
             if actual < *length_bytes {
-                return Err(ExportError::State { path, reason: format!("{actual} bytes, the state counts {length_bytes}") });
+                return Err(ExportError::State {
+                    path,
+                    reason: format!("{actual} bytes, the state counts {length_bytes}"),
+                });
             }
             file.set_len(*length_bytes).map_err(ExportError::io(&path, "cut fact file back"))?;
             file.sync_all().map_err(ExportError::io(&path, "fsync fact file"))?;
-            let file = OpenOptions::new().append(true).open(&path).map_err(ExportError::io(&path, "open fact file"))?;
-            log.files.insert((*day, *shard), LogFile { writer: BufWriter::new(file), length_bytes: *length_bytes });
+            let file = OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .map_err(ExportError::io(&path, "open fact file"))?;
+            log.files.insert(
+                (*day, *shard),
+                LogFile { writer: BufWriter::new(file), length_bytes: *length_bytes },
+            );
         }
         Ok(log)
     }
@@ -113,16 +143,27 @@ impl FactLog {
     pub fn append(&mut self, day: Day, shard: u16, record: &RecordFacts) -> Result<()> {
         if !self.files.contains_key(&(day, shard)) {
             let day_dir = self.day_dir(day);
-            std::fs::create_dir_all(&day_dir).map_err(ExportError::io(&day_dir, "create open period"))?;
+            std::fs::create_dir_all(&day_dir)
+                .map_err(ExportError::io(&day_dir, "create open period"))?;
             let path = self.path(day, shard);
-            let file = OpenOptions::new().create(true).truncate(true).write(true).open(&path).map_err(ExportError::io(&path, "create fact file"))?;
-            self.files.insert((day, shard), LogFile { writer: BufWriter::new(file), length_bytes: 0 });
+            let file = OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .write(true)
+                .open(&path)
+                .map_err(ExportError::io(&path, "create fact file"))?;
+            self.files
+                .insert((day, shard), LogFile { writer: BufWriter::new(file), length_bytes: 0 });
         }
         let path = self.path(day, shard);
-        let bytes = rkyv::to_bytes::<RkyvError>(record).expect("serializing into memory cannot fail");
-        let length = u32::try_from(bytes.len()).map_err(|_| ExportError::Overflow("fact record length"))?;
+        let bytes =
+            rkyv::to_bytes::<RkyvError>(record).expect("serializing into memory cannot fail");
+        let length =
+            u32::try_from(bytes.len()).map_err(|_| ExportError::Overflow("fact record length"))?;
         let log = self.files.get_mut(&(day, shard)).expect("inserted above");
-        log.writer.write_all(&length.to_le_bytes()).map_err(ExportError::io(&path, "append to fact file"))?;
+        log.writer
+            .write_all(&length.to_le_bytes())
+            .map_err(ExportError::io(&path, "append to fact file"))?;
         log.writer.write_all(&bytes).map_err(ExportError::io(&path, "append to fact file"))?;
         log.length_bytes += 4 + u64::from(length);
         Ok(())
@@ -133,7 +174,8 @@ impl FactLog {
         let mut lengths = Vec::with_capacity(self.files.len());
         let mut days = Vec::new();
         for ((day, shard), log) in &mut self.files {
-            let path = self.dir.join(calendar::date_string(*day)).join(format!("shard-{shard:03}.facts"));
+            let path =
+                self.dir.join(calendar::date_string(*day)).join(format!("shard-{shard:03}.facts"));
             log.writer.flush().map_err(ExportError::io(&path, "flush fact file"))?;
             log.writer.get_ref().sync_data().map_err(ExportError::io(&path, "fsync fact file"))?;
             lengths.push((*day, *shard, log.length_bytes));
@@ -160,10 +202,15 @@ impl FactLog {
             }
             let mut rest = &bytes[..length];
             while !rest.is_empty() {
-                let (prefix, tail) = rest.split_at_checked(4).ok_or_else(|| bad("cut record length".into()))?;
-                let record_length = u32::from_le_bytes(prefix.try_into().map_err(|_| bad("cut record length".into()))?) as usize;
-                let (record, tail) = tail.split_at_checked(record_length).ok_or_else(|| bad("cut record".into()))?;
-                let record = rkyv::from_bytes::<RecordFacts, RkyvError>(record).map_err(|error| bad(error.to_string()))?;
+                let (prefix, tail) =
+                    rest.split_at_checked(4).ok_or_else(|| bad("cut record length".into()))?;
+                let record_length = u32::from_le_bytes(
+                    prefix.try_into().map_err(|_| bad("cut record length".into()))?,
+                ) as usize;
+                let (record, tail) =
+                    tail.split_at_checked(record_length).ok_or_else(|| bad("cut record".into()))?;
+                let record = rkyv::from_bytes::<RecordFacts, RkyvError>(record)
+                    .map_err(|error| bad(error.to_string()))?;
                 record.move_into(facts);
                 rest = tail;
             }
@@ -178,7 +225,11 @@ impl FactLog {
         match std::fs::remove_dir_all(&day_dir) {
             Ok(()) => Ok(()),
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(error) => Err(ExportError::Io { path: day_dir, action: "remove closed open-period files", source: error }),
+            Err(error) => Err(ExportError::Io {
+                path: day_dir,
+                action: "remove closed open-period files",
+                source: error,
+            }),
         }
     }
 }
@@ -194,7 +245,10 @@ mod tests {
 
     fn record(seq: u64) -> RecordFacts {
         let origin = Origin { time_ms: seq, shard: 0, seq, op_id: u128::from(seq) };
-        RecordFacts { retention: vec![RetentionLine { origin, kind: 13, code: 0, amount_won: seq, years: 1 }], ..RecordFacts::default() }
+        RecordFacts {
+            retention: vec![RetentionLine { origin, kind: 13, code: 0, amount_won: seq, years: 1 }],
+            ..RecordFacts::default()
+        }
     }
 
     #[test]

@@ -119,7 +119,10 @@ pub struct ForeignLine {
 impl ForeignLine {
     /// The currency code as text (`???` if the catalogue held bytes that are not letters).
     pub fn currency_code(&self) -> &str {
-        std::str::from_utf8(&self.currency).ok().filter(|code| code.bytes().all(|b| b.is_ascii_uppercase())).unwrap_or("???")
+        std::str::from_utf8(&self.currency)
+            .ok()
+            .filter(|code| code.bytes().all(|b| b.is_ascii_uppercase()))
+            .unwrap_or("???")
     }
 }
 
@@ -136,9 +139,31 @@ pub struct RetentionLine {
 
 /// Names of journal record kinds (the command of the record), indexed by `RetentionLine::kind`.
 pub const RECORD_KINDS: [&str; 25] = [
-    "issue", "activate", "load", "sell", "block", "unblock", "consign", "register", "balance-refund",
-    "authorize", "capture", "void", "reverse", "sale", "refund", "tick", "configure", "foreign-import",
-    "foreign-convert", "claim", "session-start", "session-update", "session-end", "event-charge", "sessions-close",
+    "issue",
+    "activate",
+    "load",
+    "sell",
+    "block",
+    "unblock",
+    "consign",
+    "register",
+    "balance-refund",
+    "authorize",
+    "capture",
+    "void",
+    "reverse",
+    "sale",
+    "refund",
+    "tick",
+    "configure",
+    "foreign-import",
+    "foreign-convert",
+    "claim",
+    "session-start",
+    "session-update",
+    "session-end",
+    "event-charge",
+    "sessions-close",
 ];
 
 /// Count and sum.
@@ -151,7 +176,10 @@ pub struct Tally {
 impl Tally {
     pub fn add(&mut self, amount_won: u64) -> Result<()> {
         self.count += 1;
-        self.amount_won = self.amount_won.checked_add(u128::from(amount_won)).ok_or(ExportError::Overflow("tally"))?;
+        self.amount_won = self
+            .amount_won
+            .checked_add(u128::from(amount_won))
+            .ok_or(ExportError::Overflow("tally"))?;
         Ok(())
     }
 }
@@ -195,7 +223,9 @@ impl PeriodFacts {
             Fact::ChannelSale(line) => self.channel_sales.push(line),
             Fact::Foreign(line) => self.foreign.push(line),
             Fact::Retention(line) => self.retention.push(line),
-            Fact::Load { means, amount_won } => self.loads.entry(means).or_default().add(amount_won)?,
+            Fact::Load { means, amount_won } => {
+                self.loads.entry(means).or_default().add(amount_won)?
+            }
             Fact::ActivatedUnsold { amount_won } => self.activated_unsold.add(amount_won)?,
         }
         Ok(())

@@ -12,14 +12,18 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use pinswitch_core::{
-    Body, CardView, Effect, EngineConfig, JournalEntry, Ms, OpId, PinHash, Reply, Shard, State, Totals, decode_entry,
+    Body, CardView, Effect, EngineConfig, JournalEntry, Ms, OpId, PinHash, Reply, Shard, State,
+    Totals, decode_entry,
 };
 use pinswitch_protocol::{OpStatus, ResultCode};
 use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::config::ExportConfig;
 use crate::error::{ExportError, Result};
-use crate::facts::{BreakageLine, ChannelSaleLine, Fact, ForeignLine, MerchantKind, MerchantLine, Origin, PayoutLine, RetentionLine};
+use crate::facts::{
+    BreakageLine, ChannelSaleLine, Fact, ForeignLine, MerchantKind, MerchantLine, Origin,
+    PayoutLine, RetentionLine,
+};
 use crate::ledger::{Account, Posting};
 
 /// Transactions of at most this many won are kept 1 year, larger ones 5 years.
@@ -158,15 +162,23 @@ impl Follower {
     }
 
     /// The follower of `image` around the shadow engine restored from its snapshot bytes.
-    pub fn from_image(image: FollowerImage, shadow: &[u8]) -> std::result::Result<Follower, String> {
+    pub fn from_image(
+        image: FollowerImage,
+        shadow: &[u8],
+    ) -> std::result::Result<Follower, String> {
         let shadow = Shard::from_snapshot_bytes(shadow)?;
         if shadow.shard_id() != image.shard_id {
-            return Err(format!("shadow of shard {} stored for shard {}", shadow.shard_id(), image.shard_id));
+            return Err(format!(
+                "shadow of shard {} stored for shard {}",
+                shadow.shard_id(),
+                image.shard_id
+            ));
         }
         if image.holds.values().any(|hold| hold.captured_won > hold.amount_won) {
             return Err("a tracked hold captured more than its amount".into());
         }
-        let tracked_held_won = image.holds.values().map(|hold| u128::from(hold.amount_won - hold.captured_won)).sum();
+        let tracked_held_won =
+            image.holds.values().map(|hold| u128::from(hold.amount_won - hold.captured_won)).sum();
         if tracked_held_won != shadow.totals().held_won {
             return Err("tracked holds disagree with the shadow's".into());
         }
@@ -246,13 +258,16 @@ impl Follower {
         let shadow = &self.shadow;
         let holds = &self.holds;
         self.payments.retain(|op_id, payment| {
-            holds.contains_key(op_id) || shadow.op(payment.pin_hash, *op_id).status != OpStatus::Unknown
+            holds.contains_key(op_id)
+                || shadow.op(payment.pin_hash, *op_id).status != OpStatus::Unknown
         });
         let payments = &self.payments;
         self.captures.retain(|op_id, (hold_id, pin_hash)| {
-            payments.contains_key(hold_id) && shadow.op(*pin_hash, *op_id).status != OpStatus::Unknown
+            payments.contains_key(hold_id)
+                && shadow.op(*pin_hash, *op_id).status != OpStatus::Unknown
         });
-        let live_cards: BTreeSet<PinHash> = self.payments.values().map(|payment| payment.pin_hash).collect();
+        let live_cards: BTreeSet<PinHash> =
+            self.payments.values().map(|payment| payment.pin_hash).collect();
         self.payout_accounts.retain(|pin_hash, _| live_cards.contains(pin_hash));
     }
 
@@ -266,13 +281,22 @@ impl Follower {
                 what: format!("records must come in order: expected seq {}", self.cursor_seq + 1),
             });
         }
-        let entry = decode_entry(payload).map_err(|reason| ExportError::Decode { shard: self.shard_id, seq, reason })?;
+        let entry = decode_entry(payload).map_err(|reason| ExportError::Decode {
+            shard: self.shard_id,
+            seq,
+            reason,
+        })?;
         let effects = self.apply_entry(seq, &entry, config)?;
         self.cursor_seq = seq;
         Ok(effects)
     }
 
-    fn apply_entry(&mut self, seq: u64, entry: &JournalEntry, config: &ExportConfig) -> Result<Effects> {
+    fn apply_entry(
+        &mut self,
+        seq: u64,
+        entry: &JournalEntry,
+        config: &ExportConfig,
+    ) -> Result<Effects> {
         let shard = self.shard_id;
         let unbalanced = |what: String| ExportError::Unbalanced { shard, seq, what };
         let body = &entry.command.body;
@@ -304,7 +328,8 @@ impl Follower {
         let card = pin_hash.unwrap_or(0);
         let mut out = Out { card, ..Out::default() };
         // Holds and sessions the engine's clock or the audit ended, before the command ran.
-        let released_won = self.post_releases(&applied.effects, time_ms, &mut out).map_err(unbalanced)?;
+        let released_won =
+            self.post_releases(&applied.effects, time_ms, &mut out).map_err(unbalanced)?;
         let record = Record {
             origin: Origin { time_ms, shard, seq, op_id: entry.command.op_id },
             body,
@@ -322,11 +347,16 @@ impl Follower {
         // op-id generation or expired something, and those moves come with their effects. Its
         // command's own money was posted with the original (posting it again would double it).
         let replayed = record.reply.replayed;
-        let reversal_breakage_won =
-            if replayed { 0 } else { self.post_body(&record, config, &mut out).map_err(unbalanced)? };
-        self.post_expiry_breakage(&record, &applied.effects, reversal_breakage_won, &mut out).map_err(unbalanced)?;
+        let reversal_breakage_won = if replayed {
+            0
+        } else {
+            self.post_body(&record, config, &mut out).map_err(unbalanced)?
+        };
+        self.post_expiry_breakage(&record, &applied.effects, reversal_breakage_won, &mut out)
+            .map_err(unbalanced)?;
 
-        out.check(&record.totals_before, &record.totals_after, self.tracked_held_won).map_err(unbalanced)?;
+        out.check(&record.totals_before, &record.totals_after, self.tracked_held_won)
+            .map_err(unbalanced)?;
         self.post_card_values(&out.card_moves).map_err(unbalanced)?;
         if replayed {
             return Ok(Effects { time_ms, postings: out.postings, facts: out.facts });
@@ -334,9 +364,19 @@ impl Follower {
         let reply = record.reply;
         let amount_won = if record.approved() { money_of(body, reply.amount_won) } else { 0 };
         let (kind, authorization) = record_kind(body);
-        let years = if authorization || (1..=SMALL_TRANSACTION_MAX_WON).contains(&amount_won) { 1 } else { 5 };
+        let years = if authorization || (1..=SMALL_TRANSACTION_MAX_WON).contains(&amount_won) {
+            1
+        } else {
+            5
+        };
         let origin = record.origin;
-        out.facts.push(Fact::Retention(RetentionLine { origin, kind, code: reply.code, amount_won, years }));
+        out.facts.push(Fact::Retention(RetentionLine {
+            origin,
+            kind,
+            code: reply.code,
+            amount_won,
+            years,
+        }));
         Ok(Effects { time_ms, postings: out.postings, facts: out.facts })
     }
 
@@ -344,17 +384,25 @@ impl Follower {
     /// holds past their expiry (by the exporter's tracked hold, whose product it names, and
     /// which must have held exactly that much), sessions silent past their deadline or closed by
     /// the audit. Returns the money released.
-    fn post_releases(&mut self, effects: &[Effect], time_ms: Ms, out: &mut Out) -> std::result::Result<u128, String> {
+    fn post_releases(
+        &mut self,
+        effects: &[Effect],
+        time_ms: Ms,
+        out: &mut Out,
+    ) -> std::result::Result<u128, String> {
         let mut released_total_won = 0u128;
         for effect in effects {
             match *effect {
                 Effect::HoldExpired { hold_id, pin_hash, released_won } => {
                     let Some(hold) = self.holds.remove(&hold_id) else {
-                        return Err(format!("expiry of hold {hold_id:032x} the exporter does not track"));
+                        return Err(format!(
+                            "expiry of hold {hold_id:032x} the exporter does not track"
+                        ));
                     };
                     let tracked_won = hold.amount_won - hold.captured_won;
                     if hold.pin_hash != pin_hash || tracked_won != released_won {
-                        let what = format!("hold {hold_id:032x} expired releasing {released_won} won");
+                        let what =
+                            format!("hold {hold_id:032x} expired releasing {released_won} won");
                         return Err(format!("{what}, tracked {tracked_won}"));
                     }
                     let liability = Account::CardLiability { face_value_won: hold.face_value_won };
@@ -364,12 +412,20 @@ impl Follower {
                 }
                 Effect::SessionExpired { pin_hash, released_won, .. }
                 | Effect::SessionClosed { pin_hash, released_won, .. } => {
-                    let face_value_won = self.shadow.card(time_ms, pin_hash).map_or(0, |view| view.face_value_won);
-                    out.post_for(pin_hash, Account::Holds, Account::CardLiability { face_value_won }, released_won);
+                    let face_value_won =
+                        self.shadow.card(time_ms, pin_hash).map_or(0, |view| view.face_value_won);
+                    out.post_for(
+                        pin_hash,
+                        Account::Holds,
+                        Account::CardLiability { face_value_won },
+                        released_won,
+                    );
                     self.tracked_held_won -= u128::from(released_won);
                     released_total_won += u128::from(released_won);
                 }
-                Effect::CardExpired { .. } | Effect::ForeignPinHandedOut { .. } | Effect::Notice(_) => {}
+                Effect::CardExpired { .. }
+                | Effect::ForeignPinHandedOut { .. }
+                | Effect::Notice(_) => {}
             }
         }
         Ok(released_total_won)
@@ -377,27 +433,46 @@ impl Follower {
 
     /// Posts what the command itself did, by its body; returns the breakage a reversal onto an
     /// expired card made (the rest of the record's breakage is the card's own expiry).
-    fn post_body(&mut self, record: &Record, config: &ExportConfig, out: &mut Out) -> std::result::Result<u64, String> {
+    fn post_body(
+        &mut self,
+        record: &Record,
+        config: &ExportConfig,
+        out: &mut Out,
+    ) -> std::result::Result<u64, String> {
         let rate_of = |merchant_id: u64| config.commission_per_mille(merchant_id);
-        let (card, face_value_won, liability) = (record.card, record.face_value_won, record.liability());
+        let (card, face_value_won, liability) =
+            (record.card, record.face_value_won, record.liability());
         let (origin, op_id, reply) = (record.origin, record.origin.op_id, record.reply);
-        let reversed_won = delta(record.totals_before.reversed_won, record.totals_after.reversed_won, "reversed")?;
+        let reversed_won =
+            delta(record.totals_before.reversed_won, record.totals_after.reversed_won, "reversed")?;
         match record.body {
             Body::Issue { .. } if record.approved() => {
-                out.post(Account::CardStockControl, Account::CardUnsold { face_value_won }, face_value_won);
+                out.post(
+                    Account::CardStockControl,
+                    Account::CardUnsold { face_value_won },
+                    face_value_won,
+                );
             }
             Body::Activate { .. } | Body::Claim { .. } if record.approved() => {
-                if let Some(view) = record.view_before.as_ref().filter(|view| view.state == State::Issued) {
+                if let Some(view) =
+                    record.view_before.as_ref().filter(|view| view.state == State::Issued)
+                {
                     // Activated without a channel sale: spendable value nobody has paid for yet.
                     out.post(Account::CardUnsold { face_value_won }, liability, view.balance_won);
-                    out.post(Account::SuspenseActivatedUnsold, Account::CardStockControl, view.balance_won);
+                    out.post(
+                        Account::SuspenseActivatedUnsold,
+                        Account::CardStockControl,
+                        view.balance_won,
+                    );
                     out.facts.push(Fact::ActivatedUnsold { amount_won: view.balance_won });
                 }
             }
             Body::Consign { partner_id, commission_per_mille, .. } if record.approved() => {
                 self.consignments.insert(card, (*partner_id, *commission_per_mille));
             }
-            Body::Sell { channel_id, price_won, payment_means, gift_recipient_ref, .. } if record.approved() => {
+            Body::Sell { channel_id, price_won, payment_means, gift_recipient_ref, .. }
+                if record.approved() =>
+            {
                 let sale = (*channel_id, *price_won, *payment_means, *gift_recipient_ref != 0);
                 self.post_sale_of_card(record, sale, out)?;
             }
@@ -417,34 +492,78 @@ impl Follower {
                 self.holds.insert(op_id, hold);
                 self.tracked_held_won += u128::from(reply.amount_won);
                 let rate_per_mille = rate_of(*merchant_id);
-                let payment = Payment { pin_hash: card, merchant_id: *merchant_id, category: *category, rate_per_mille, debited_won: 0, credited_won: 0, commission_won: 0, service: false };
+                let payment = Payment {
+                    pin_hash: card,
+                    merchant_id: *merchant_id,
+                    category: *category,
+                    rate_per_mille,
+                    debited_won: 0,
+                    credited_won: 0,
+                    commission_won: 0,
+                    service: false,
+                };
                 self.payments.insert(op_id, payment);
             }
             Body::Sale { merchant_id, category, .. } if record.approved() => {
                 let rate_per_mille = rate_of(*merchant_id);
-                let payment = Payment { pin_hash: card, merchant_id: *merchant_id, category: *category, rate_per_mille, debited_won: 0, credited_won: 0, commission_won: 0, service: false };
+                let payment = Payment {
+                    pin_hash: card,
+                    merchant_id: *merchant_id,
+                    category: *category,
+                    rate_per_mille,
+                    debited_won: 0,
+                    credited_won: 0,
+                    commission_won: 0,
+                    service: false,
+                };
                 self.payments.insert(op_id, payment);
-                out.post(liability, Account::MerchantPayable { merchant_id: *merchant_id }, reply.amount_won);
+                out.post(
+                    liability,
+                    Account::MerchantPayable { merchant_id: *merchant_id },
+                    reply.amount_won,
+                );
                 self.merchant_line(out, origin, op_id, MerchantKind::Sale, reply.amount_won)?;
             }
-            Body::Capture { hold_id, .. } if record.approved() => self.post_capture(record, *hold_id, out)?,
+            Body::Capture { hold_id, .. } if record.approved() => {
+                self.post_capture(record, *hold_id, out)?
+            }
             Body::Void { hold_id, .. } if record.approved() => {
                 let released_won = self.close_hold(*hold_id, out);
                 if released_won != reply.amount_won {
-                    return Err(format!("void released {} won, tracked {released_won}", reply.amount_won));
+                    return Err(format!(
+                        "void released {} won, tracked {released_won}",
+                        reply.amount_won
+                    ));
                 }
             }
             Body::Reverse { original_op_id, .. } if record.approved() => {
                 return self.post_reversal(record, *original_op_id, reversed_won, out);
             }
             Body::Refund { original_op_id, .. } if record.approved() => {
-                let payment_op_id = self.captures.get(original_op_id).map_or(*original_op_id, |(hold_id, _)| *hold_id);
+                let payment_op_id = self
+                    .captures
+                    .get(original_op_id)
+                    .map_or(*original_op_id, |(hold_id, _)| *hold_id);
                 let payment = self.payment(payment_op_id)?;
                 if payment.service {
-                    out.post(Account::ServiceRevenue { category: payment.category }, liability, reply.amount_won);
+                    out.post(
+                        Account::ServiceRevenue { category: payment.category },
+                        liability,
+                        reply.amount_won,
+                    );
                 } else {
-                    out.post(Account::MerchantPayable { merchant_id: payment.merchant_id }, liability, reply.amount_won);
-                    self.merchant_line(out, origin, payment_op_id, MerchantKind::Refund, reply.amount_won)?;
+                    out.post(
+                        Account::MerchantPayable { merchant_id: payment.merchant_id },
+                        liability,
+                        reply.amount_won,
+                    );
+                    self.merchant_line(
+                        out,
+                        origin,
+                        payment_op_id,
+                        MerchantKind::Refund,
+                        reply.amount_won,
+                    )?;
                 }
             }
             Body::ForeignConvert { product_id, .. } if record.approved() => {
@@ -463,7 +582,11 @@ impl Follower {
                     service: true,
                 };
                 self.payments.insert(op_id, payment);
-                out.post(liability, Account::ServiceRevenue { category: *category }, reply.amount_won);
+                out.post(
+                    liability,
+                    Account::ServiceRevenue { category: *category },
+                    reply.amount_won,
+                );
             }
             Body::SessionStart(_) | Body::SessionUpdate { .. } | Body::SessionEnd { .. }
                 if record.approved()
@@ -475,7 +598,13 @@ impl Follower {
             Body::BalanceRefund { payout_account_ref, .. } if record.approved() => {
                 out.post(liability, Account::RefundsPayable, reply.amount_won);
                 self.payout_accounts.insert(card, *payout_account_ref);
-                out.facts.push(Fact::Payout(PayoutLine { origin, account_ref: *payout_account_ref, card, amount_won: reply.amount_won, after_close: false }));
+                out.facts.push(Fact::Payout(PayoutLine {
+                    origin,
+                    account_ref: *payout_account_ref,
+                    card,
+                    amount_won: reply.amount_won,
+                    after_close: false,
+                }));
             }
             _ => {}
         }
@@ -491,11 +620,14 @@ impl Follower {
         out: &mut Out,
     ) -> std::result::Result<(), String> {
         let (card, face_value_won) = (record.card, record.face_value_won);
-        let consignment = self.consignments.remove(&card).filter(|(partner_id, _)| *partner_id == channel_id);
+        let consignment =
+            self.consignments.remove(&card).filter(|(partner_id, _)| *partner_id == channel_id);
         let commission_per_mille = consignment.map_or(0, |(_, rate)| rate);
-        let commission_won = (u128::from(price_won) * u128::from(commission_per_mille) / 1000) as u64;
+        let commission_won =
+            (u128::from(price_won) * u128::from(commission_per_mille) / 1000) as u64;
         out.post(Account::CardUnsold { face_value_won }, record.liability(), face_value_won);
-        let mut debits = vec![(Account::ChannelReceivable { channel_id }, price_won - commission_won)];
+        let mut debits =
+            vec![(Account::ChannelReceivable { channel_id }, price_won - commission_won)];
         let mut credits = vec![(Account::CardStockControl, face_value_won)];
         debits.push((Account::DistributionCommission { partner_id: channel_id }, commission_won));
         if price_won < face_value_won {
@@ -521,7 +653,12 @@ impl Follower {
 
     /// CAPTURE: the captured money goes from the hold to the merchant; a hold the engine closed
     /// (a final capture, or nothing left) is closed here too.
-    fn post_capture(&mut self, record: &Record, hold_id: OpId, out: &mut Out) -> std::result::Result<(), String> {
+    fn post_capture(
+        &mut self,
+        record: &Record,
+        hold_id: OpId,
+        out: &mut Out,
+    ) -> std::result::Result<(), String> {
         let captured_won = record.reply.amount_won;
         let Some(hold) = self.holds.get_mut(&hold_id) else {
             return Err(format!("capture of hold {hold_id:032x} the exporter does not track"));
@@ -531,7 +668,11 @@ impl Follower {
         let hold = *hold;
         let merchant_id = self.payment(hold_id)?.merchant_id;
         out.post(Account::Holds, Account::MerchantPayable { merchant_id }, captured_won);
-        if !record.view_after.as_ref().is_some_and(|view| view.holds.iter().any(|live| live.hold_id == hold_id)) {
+        if !record
+            .view_after
+            .as_ref()
+            .is_some_and(|view| view.holds.iter().any(|live| live.hold_id == hold_id))
+        {
             self.close_hold(hold_id, out);
         }
         self.captures.insert(record.origin.op_id, (hold_id, hold.pin_hash));
@@ -553,7 +694,9 @@ impl Follower {
         let released_won = if pending { self.close_hold(original_op_id, out) } else { 0 };
         if reversed_won + released_won != reply.amount_won {
             let amount_won = reply.amount_won;
-            return Err(format!("reversal of {amount_won} won: {reversed_won} credited + {released_won} released"));
+            return Err(format!(
+                "reversal of {amount_won} won: {reversed_won} credited + {released_won} released"
+            ));
         }
         if reversed_won == 0 {
             return Ok(0);
@@ -571,13 +714,25 @@ impl Follower {
                     return Err("reversal onto a closed card without a known payout account".into());
                 };
                 out.post(payable, Account::RefundsPayable, reversed_won);
-                out.facts.push(Fact::Payout(PayoutLine { origin, account_ref, card, amount_won: reversed_won, after_close: true }));
+                out.facts.push(Fact::Payout(PayoutLine {
+                    origin,
+                    account_ref,
+                    card,
+                    amount_won: reversed_won,
+                    after_close: true,
+                }));
             }
             Some(State::Expired) => {
                 out.post(payable, Account::BreakageRevenue, reversed_won);
                 reversal_breakage_won = reversed_won;
                 let face_value_won = record.face_value_won;
-                out.facts.push(Fact::Breakage(BreakageLine { origin, card, face_value_won, amount_won: reversed_won, after_expiry: true }));
+                out.facts.push(Fact::Breakage(BreakageLine {
+                    origin,
+                    card,
+                    face_value_won,
+                    amount_won: reversed_won,
+                    after_expiry: true,
+                }));
             }
             _ => out.post(payable, record.liability(), reversed_won),
         }
@@ -597,7 +752,9 @@ impl Follower {
         out: &mut Out,
     ) -> std::result::Result<(), String> {
         let Some(product) = self.shadow.config().foreign_product(product_id).cloned() else {
-            return Err(format!("conversion into foreign product {product_id}, which the catalogue does not hold"));
+            return Err(format!(
+                "conversion into foreign product {product_id}, which the catalogue does not hold"
+            ));
         };
         let price_won = record.reply.amount_won;
         let rate_per_mille = config.foreign_commission_per_mille(product.partner_id);
@@ -622,11 +779,17 @@ impl Follower {
     /// SESSION_START, UPDATE and END: the reservation moves between card value and holds like a
     /// hold does (its change is the holds total's, less what the record's expiries released);
     /// what was debited is the issuer's service revenue for the session's category.
-    fn post_session_report(&mut self, record: &Record, out: &mut Out) -> std::result::Result<(), String> {
+    fn post_session_report(
+        &mut self,
+        record: &Record,
+        out: &mut Out,
+    ) -> std::result::Result<(), String> {
         let liability = record.liability();
         let (before, after) = (&record.totals_before, &record.totals_after);
-        let reserved_change = (after.held_won + record.released_won) as i128 - before.held_won as i128;
-        let reserved_won = u64::try_from(reserved_change.unsigned_abs()).map_err(|_| "reservation overflow")?;
+        let reserved_change =
+            (after.held_won + record.released_won) as i128 - before.held_won as i128;
+        let reserved_won =
+            u64::try_from(reserved_change.unsigned_abs()).map_err(|_| "reservation overflow")?;
         if reserved_change >= 0 {
             out.post(liability, Account::Holds, reserved_won);
             self.tracked_held_won += u128::from(reserved_won);
@@ -634,7 +797,11 @@ impl Follower {
             out.post(Account::Holds, liability, reserved_won);
             self.tracked_held_won -= u128::from(reserved_won);
         }
-        out.post(liability, Account::ServiceRevenue { category: record.session_category }, record.reply.amount_won);
+        out.post(
+            liability,
+            Account::ServiceRevenue { category: record.session_category },
+            record.reply.amount_won,
+        );
         Ok(())
     }
 
@@ -648,9 +815,11 @@ impl Follower {
         reversal_breakage_won: u64,
         out: &mut Out,
     ) -> std::result::Result<(), String> {
-        let breakage_won = delta(record.totals_before.breakage_won, record.totals_after.breakage_won, "breakage")?;
-        let expiry_breakage_won =
-            breakage_won.checked_sub(reversal_breakage_won).ok_or_else(|| "breakage below the reversal's".to_string())?;
+        let breakage_won =
+            delta(record.totals_before.breakage_won, record.totals_after.breakage_won, "breakage")?;
+        let expiry_breakage_won = breakage_won
+            .checked_sub(reversal_breakage_won)
+            .ok_or_else(|| "breakage below the reversal's".to_string())?;
         let mut reported_won = 0u64;
         for effect in effects {
             let Effect::CardExpired { pin_hash, breakage_won } = *effect else { continue };
@@ -659,18 +828,28 @@ impl Follower {
                 let face_value_won = if pin_hash == record.card {
                     record.face_value_won
                 } else {
-                    self.shadow.card(record.origin.time_ms, pin_hash).map_or(0, |view| view.face_value_won)
+                    self.shadow
+                        .card(record.origin.time_ms, pin_hash)
+                        .map_or(0, |view| view.face_value_won)
                 };
                 let liability = Account::CardLiability { face_value_won };
                 out.post_for(pin_hash, liability, Account::BreakageRevenue, breakage_won);
                 let (origin, amount_won) = (record.origin, breakage_won);
-                let line = BreakageLine { origin, card: pin_hash, face_value_won, amount_won, after_expiry: false };
+                let line = BreakageLine {
+                    origin,
+                    card: pin_hash,
+                    face_value_won,
+                    amount_won,
+                    after_expiry: false,
+                };
                 out.facts.push(Fact::Breakage(line));
             }
         }
         if reported_won != expiry_breakage_won {
             let moved_won = expiry_breakage_won;
-            return Err(format!("card expiries report {reported_won} won of breakage, the totals moved {moved_won}"));
+            return Err(format!(
+                "card expiries report {reported_won} won of breakage, the totals moved {moved_won}"
+            ));
         }
         Ok(())
     }
@@ -700,19 +879,30 @@ impl Follower {
     /// balance includes what holds and sessions reserve, as card value in the ledger does).
     pub fn check_cards(&self) -> CardCheck {
         let now_ms = self.shadow.now_ms();
-        let mut check = CardCheck { ledger_cards: self.card_values.len() as u64, engine_cards: self.shadow.card_count() as u64, ..CardCheck::default() };
+        let mut check = CardCheck {
+            ledger_cards: self.card_values.len() as u64,
+            engine_cards: self.shadow.card_count() as u64,
+            ..CardCheck::default()
+        };
         let mut known_cards = 0u64;
         let mut visible_engine_won = 0u128;
         let mut pending = Vec::new();
         let mut pending_ledger_won = 0u128;
         for (card, ledger_won) in &self.card_values {
-            let line = |finding| CardLine { shard: self.shard_id, card: *card, ledger_won: *ledger_won, finding };
+            let line = |finding| CardLine {
+                shard: self.shard_id,
+                card: *card,
+                ledger_won: *ledger_won,
+                finding,
+            };
             let Some(view) = self.shadow.card(now_ms, *card) else {
                 check.lines.push(line(CardFinding::UnknownToEngine));
                 continue;
             };
             known_cards += 1;
-            let expiry_pending = view.state == State::Expired && view.valid_until_s != 0 && now_ms / 1000 >= u64::from(view.valid_until_s);
+            let expiry_pending = view.state == State::Expired
+                && view.valid_until_s != 0
+                && now_ms / 1000 >= u64::from(view.valid_until_s);
             if expiry_pending && view.balance_won == 0 && *ledger_won != 0 {
                 // The view shows the expiry the next touch will make; the engine still holds the
                 // balance (and its totals count it).
@@ -727,10 +917,17 @@ impl Follower {
         }
         check.unposted_engine_cards = check.engine_cards.saturating_sub(known_cards);
         if check.unposted_engine_cards > 0 {
-            for card in self.shadow.card_hashes().filter(|card| !self.card_values.contains_key(card)) {
+            for card in
+                self.shadow.card_hashes().filter(|card| !self.card_values.contains_key(card))
+            {
                 let engine_won = self.shadow.card(now_ms, card).map_or(0, |view| view.balance_won);
                 visible_engine_won += u128::from(engine_won);
-                check.lines.push(CardLine { shard: self.shard_id, card, ledger_won: 0, finding: CardFinding::NotPosted { engine_won } });
+                check.lines.push(CardLine {
+                    shard: self.shard_id,
+                    card,
+                    ledger_won: 0,
+                    finding: CardFinding::NotPosted { engine_won },
+                });
             }
         }
         // What the engine holds on the pending cards: its total less every visible balance
@@ -744,7 +941,10 @@ impl Follower {
     }
 
     fn payment(&self, op_id: OpId) -> std::result::Result<Payment, String> {
-        self.payments.get(&op_id).copied().ok_or_else(|| format!("payment {op_id:032x} the exporter does not track"))
+        self.payments
+            .get(&op_id)
+            .copied()
+            .ok_or_else(|| format!("payment {op_id:032x} the exporter does not track"))
     }
 
     /// Removes a tracked hold, posting the release of what was not captured; returns it.
@@ -752,18 +952,35 @@ impl Follower {
         let Some(hold) = self.holds.remove(&hold_id) else { return 0 };
         let released_won = hold.amount_won - hold.captured_won;
         self.tracked_held_won -= u128::from(released_won);
-        out.post_for(hold.pin_hash, Account::Holds, Account::CardLiability { face_value_won: hold.face_value_won }, released_won);
+        out.post_for(
+            hold.pin_hash,
+            Account::Holds,
+            Account::CardLiability { face_value_won: hold.face_value_won },
+            released_won,
+        );
         released_won
     }
 
     /// Books a debit (sale, capture) or credit back (refund, reversal) against a payment, with
     /// the change of its commission, and writes the statement line.
-    fn merchant_line(&mut self, out: &mut Out, origin: Origin, payment_op_id: OpId, kind: MerchantKind, amount_won: u64) -> std::result::Result<(), String> {
-        let payment = self.payments.get_mut(&payment_op_id).ok_or_else(|| format!("payment {payment_op_id:032x} the exporter does not track"))?;
+    fn merchant_line(
+        &mut self,
+        out: &mut Out,
+        origin: Origin,
+        payment_op_id: OpId,
+        kind: MerchantKind,
+        amount_won: u64,
+    ) -> std::result::Result<(), String> {
+        let payment = self
+            .payments
+            .get_mut(&payment_op_id)
+            .ok_or_else(|| format!("payment {payment_op_id:032x} the exporter does not track"))?;
         if kind.is_debit() {
-            payment.debited_won = payment.debited_won.checked_add(amount_won).ok_or("debited overflow")?;
+            payment.debited_won =
+                payment.debited_won.checked_add(amount_won).ok_or("debited overflow")?;
         } else {
-            payment.credited_won = payment.credited_won.checked_add(amount_won).ok_or("credited overflow")?;
+            payment.credited_won =
+                payment.credited_won.checked_add(amount_won).ok_or("credited overflow")?;
         }
         let due_won = payment.commission_due_won();
         let payable = Account::MerchantPayable { merchant_id: payment.merchant_id };
@@ -859,13 +1076,18 @@ impl Out {
     }
 
     /// A compound entry: debits and credits with equal sums, split into pairs.
-    fn entry(&mut self, debits: &[(Account, u64)], credits: &[(Account, u64)]) -> std::result::Result<(), String> {
+    fn entry(
+        &mut self,
+        debits: &[(Account, u64)],
+        credits: &[(Account, u64)],
+    ) -> std::result::Result<(), String> {
         let debit_sum: u128 = debits.iter().map(|(_, amount)| u128::from(*amount)).sum();
         let credit_sum: u128 = credits.iter().map(|(_, amount)| u128::from(*amount)).sum();
         if debit_sum != credit_sum {
             return Err(format!("compound entry with debits {debit_sum} and credits {credit_sum}"));
         }
-        let mut credits: Vec<(Account, u64)> = credits.iter().copied().filter(|(_, amount)| *amount > 0).collect();
+        let mut credits: Vec<(Account, u64)> =
+            credits.iter().copied().filter(|(_, amount)| *amount > 0).collect();
         let mut next = 0;
         for (debit, amount) in debits {
             let mut left_won = *amount;
@@ -889,20 +1111,38 @@ impl Out {
             .iter()
             .map(|posting| {
                 let amount = i128::from(posting.amount_won);
-                i128::from(filter(&posting.credit)) * amount - i128::from(filter(&posting.debit)) * amount
+                i128::from(filter(&posting.credit)) * amount
+                    - i128::from(filter(&posting.debit)) * amount
             })
             .sum()
     }
 
     /// The postings must move the control accounts exactly as the engine's totals moved.
-    fn check(&self, before: &Totals, after: &Totals, tracked_held_won: u128) -> std::result::Result<(), String> {
+    fn check(
+        &self,
+        before: &Totals,
+        after: &Totals,
+        tracked_held_won: u128,
+    ) -> std::result::Result<(), String> {
         let change = |from: u128, to: u128| to as i128 - from as i128;
         let card_value = self.net_credit_won(is_card_value);
         let checks = [
             ("card balances", card_value, change(before.balances_won, after.balances_won)),
-            ("holds", self.net_credit_won(|account| *account == Account::Holds), change(before.held_won, after.held_won)),
-            ("breakage", self.net_credit_won(|account| *account == Account::BreakageRevenue), change(before.breakage_won, after.breakage_won)),
-            ("paid out", self.net_credit_won(|account| *account == Account::RefundsPayable), change(before.paid_out_won, after.paid_out_won)),
+            (
+                "holds",
+                self.net_credit_won(|account| *account == Account::Holds),
+                change(before.held_won, after.held_won),
+            ),
+            (
+                "breakage",
+                self.net_credit_won(|account| *account == Account::BreakageRevenue),
+                change(before.breakage_won, after.breakage_won),
+            ),
+            (
+                "paid out",
+                self.net_credit_won(|account| *account == Account::RefundsPayable),
+                change(before.paid_out_won, after.paid_out_won),
+            ),
         ];
         for (what, posted, engine) in checks {
             if posted != engine {
@@ -910,14 +1150,20 @@ impl Out {
             }
         }
         if tracked_held_won != after.held_won {
-            return Err(format!("tracked holds {tracked_held_won} won, engine {} won", after.held_won));
+            return Err(format!(
+                "tracked holds {tracked_held_won} won, engine {} won",
+                after.held_won
+            ));
         }
         Ok(())
     }
 }
 
 fn delta(before: u128, after: u128, what: &str) -> std::result::Result<u64, String> {
-    after.checked_sub(before).and_then(|change| u64::try_from(change).ok()).ok_or_else(|| format!("{what} total moved from {before} to {after}"))
+    after
+        .checked_sub(before)
+        .and_then(|change| u64::try_from(change).ok())
+        .ok_or_else(|| format!("{what} total moved from {before} to {after}"))
 }
 
 /// The money an approved record moved (for its retention class).
@@ -988,17 +1234,20 @@ mod replay_tests {
         let export = ExportConfig::default();
         let mut seq = 0u64;
         let mut journaled_replays = 0;
-        let mut feed = |engine: &mut Shard, follower: &mut Follower, now_ms: u64, op_id: u128, body: Body| {
-            let command = Command { op_id, deadline_at_ms: 0, body };
-            let applied = engine.apply(now_ms, &command);
-            if !applied.changed {
-                return None;
-            }
-            seq += 1;
-            let entry = JournalEntry { now_ms, command, reply: applied.reply };
-            let effects = follower.apply(seq, &encode_entry(&entry), &export).expect("the follower posts every record");
-            Some((applied.reply, effects))
-        };
+        let mut feed =
+            |engine: &mut Shard, follower: &mut Follower, now_ms: u64, op_id: u128, body: Body| {
+                let command = Command { op_id, deadline_at_ms: 0, body };
+                let applied = engine.apply(now_ms, &command);
+                if !applied.changed {
+                    return None;
+                }
+                seq += 1;
+                let entry = JournalEntry { now_ms, command, reply: applied.reply };
+                let effects = follower
+                    .apply(seq, &encode_entry(&entry), &export)
+                    .expect("the follower posts every record");
+                Some((applied.reply, effects))
+            };
         let t0 = 1_800_000_000_000u64;
         let pin_hash = 1_000u128;
         let mut low = 1u128;
@@ -1008,22 +1257,37 @@ mod replay_tests {
             feed(&mut engine, &mut follower, t0, op_id_at(t0, low), issue);
         }
         low += 1;
-        feed(&mut engine, &mut follower, t0, op_id_at(t0, low), Body::Activate { pin_hash, password_mac: 1 });
+        feed(
+            &mut engine,
+            &mut follower,
+            t0,
+            op_id_at(t0, low),
+            Body::Activate { pin_hash, password_mac: 1 },
+        );
         let t1 = t0 + 3_600_000;
         low += 1;
         let sale_id = op_id_at(t1, low);
-        let sale = Body::Sale { pin_hash, password_mac: 1, amount_won: 100, merchant_id: 1, category: 1 };
-        let (first, posted) =
-            feed(&mut engine, &mut follower, t1, sale_id, sale.clone()).expect("the sale is journaled");
-        assert!(first.code == 0 && !posted.postings.is_empty(), "the original SALE posts its debit");
+        let sale =
+            Body::Sale { pin_hash, password_mac: 1, amount_won: 100, merchant_id: 1, category: 1 };
+        let (first, posted) = feed(&mut engine, &mut follower, t1, sale_id, sale.clone())
+            .expect("the sale is journaled");
+        assert!(
+            first.code == 0 && !posted.postings.is_empty(),
+            "the original SALE posts its debit"
+        );
         let value_after_sale = follower.card_value_won();
-        if let Some((again, effects)) = feed(&mut engine, &mut follower, t0 + 2 * 3_600_000 + 1, sale_id, sale) {
+        if let Some((again, effects)) =
+            feed(&mut engine, &mut follower, t0 + 2 * 3_600_000 + 1, sale_id, sale)
+        {
             assert!(again.replayed, "only a replay reaches here");
             let nothing = effects.postings.is_empty() && effects.facts.is_empty();
             assert!(nothing, "a replay posts nothing: {:?}", effects.postings);
             journaled_replays += 1;
         }
-        assert_eq!(journaled_replays, 1, "the scenario journals the retry (the generation drop changed the state)");
+        assert_eq!(
+            journaled_replays, 1,
+            "the scenario journals the retry (the generation drop changed the state)"
+        );
         assert_eq!(follower.card_value_won(), value_after_sale);
     }
 }

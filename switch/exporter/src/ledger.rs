@@ -12,7 +12,9 @@ use crate::error::{ExportError, Result};
 
 /// One account. Accounts with a parameter are sub-ledgers (per product face value, per merchant,
 /// per channel, per funding means). The number is the account's code in the chart.
-#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash,
+)]
 #[rkyv(derive(PartialEq, Eq, PartialOrd, Ord))]
 pub enum Account {
     /// 1100 (asset, memorandum): face value of issued cards not yet sold. Debited at CARD_ISSUE,
@@ -86,7 +88,11 @@ impl Account {
     }
 
     pub fn normal_side(&self) -> NormalSide {
-        if matches!(self.code(), 1000..2000 | 5000..6000) { NormalSide::Debit } else { NormalSide::Credit }
+        if matches!(self.code(), 1000..2000 | 5000..6000) {
+            NormalSide::Debit
+        } else {
+            NormalSide::Credit
+        }
     }
 
     /// `code name[/sub-ledger]`, e.g. `2100 card-liability/10000`.
@@ -94,20 +100,32 @@ impl Account {
         let code = self.code();
         match self {
             Account::CardStockControl => format!("{code} card-stock-control"),
-            Account::ChannelReceivable { channel_id } => format!("{code} channel-receivable/{channel_id}"),
+            Account::ChannelReceivable { channel_id } => {
+                format!("{code} channel-receivable/{channel_id}")
+            }
             Account::FundingClearing { means } => format!("{code} funding-clearing/{means}"),
             Account::SuspenseActivatedUnsold => format!("{code} suspense-activated-unsold"),
-            Account::CardUnsold { face_value_won } => format!("{code} card-unsold/{face_value_won}"),
-            Account::CardLiability { face_value_won } => format!("{code} card-liability/{face_value_won}"),
+            Account::CardUnsold { face_value_won } => {
+                format!("{code} card-unsold/{face_value_won}")
+            }
+            Account::CardLiability { face_value_won } => {
+                format!("{code} card-liability/{face_value_won}")
+            }
             Account::Holds => format!("{code} holds"),
-            Account::MerchantPayable { merchant_id } => format!("{code} merchant-payable/{merchant_id}"),
+            Account::MerchantPayable { merchant_id } => {
+                format!("{code} merchant-payable/{merchant_id}")
+            }
             Account::RefundsPayable => format!("{code} refunds-payable"),
-            Account::ForeignPartnerPayable { partner_id } => format!("{code} foreign-partner-payable/{partner_id}"),
+            Account::ForeignPartnerPayable { partner_id } => {
+                format!("{code} foreign-partner-payable/{partner_id}")
+            }
             Account::CommissionRevenue => format!("{code} commission-revenue"),
             Account::BreakageRevenue => format!("{code} breakage-revenue"),
             Account::SalesPremium => format!("{code} sales-premium"),
             Account::ServiceRevenue { category } => format!("{code} service-revenue/{category}"),
-            Account::DistributionCommission { partner_id } => format!("{code} distribution-commission/{partner_id}"),
+            Account::DistributionCommission { partner_id } => {
+                format!("{code} distribution-commission/{partner_id}")
+            }
             Account::SalesDiscount => format!("{code} sales-discount"),
         }
     }
@@ -148,9 +166,15 @@ pub struct Ledger {
 impl Ledger {
     pub fn post(&mut self, posting: &Posting) -> Result<()> {
         let debit = self.accounts.entry(posting.debit).or_default();
-        debit.debits_won = debit.debits_won.checked_add(u128::from(posting.amount_won)).ok_or(ExportError::Overflow("ledger debits"))?;
+        debit.debits_won = debit
+            .debits_won
+            .checked_add(u128::from(posting.amount_won))
+            .ok_or(ExportError::Overflow("ledger debits"))?;
         let credit = self.accounts.entry(posting.credit).or_default();
-        credit.credits_won = credit.credits_won.checked_add(u128::from(posting.amount_won)).ok_or(ExportError::Overflow("ledger credits"))?;
+        credit.credits_won = credit
+            .credits_won
+            .checked_add(u128::from(posting.amount_won))
+            .ok_or(ExportError::Overflow("ledger credits"))?;
         Ok(())
     }
 
@@ -158,15 +182,25 @@ impl Ledger {
     pub fn absorb(&mut self, other: &Ledger) -> Result<()> {
         for (account, sides) in &other.accounts {
             let mine = self.accounts.entry(*account).or_default();
-            mine.debits_won = mine.debits_won.checked_add(sides.debits_won).ok_or(ExportError::Overflow("ledger debits"))?;
-            mine.credits_won = mine.credits_won.checked_add(sides.credits_won).ok_or(ExportError::Overflow("ledger credits"))?;
+            mine.debits_won = mine
+                .debits_won
+                .checked_add(sides.debits_won)
+                .ok_or(ExportError::Overflow("ledger debits"))?;
+            mine.credits_won = mine
+                .credits_won
+                .checked_add(sides.credits_won)
+                .ok_or(ExportError::Overflow("ledger credits"))?;
         }
         Ok(())
     }
 
     /// The balance on the normal side of every account matching `filter`, summed.
     pub fn balance_where(&self, filter: impl Fn(&Account) -> bool) -> i128 {
-        self.accounts.iter().filter(|(account, _)| filter(account)).map(|(account, sides)| sides.balance_won(account.normal_side())).sum()
+        self.accounts
+            .iter()
+            .filter(|(account, _)| filter(account))
+            .map(|(account, sides)| sides.balance_won(account.normal_side()))
+            .sum()
     }
 
     pub fn sides(&self, account: &Account) -> Sides {
@@ -202,7 +236,10 @@ impl TrialBalance {
     /// Ok when debits equal credits and every account is on its normal side.
     pub fn check(&self) -> std::result::Result<(), String> {
         if !self.balances() {
-            return Err(format!("debits {} won != credits {} won", self.debits_won, self.credits_won));
+            return Err(format!(
+                "debits {} won != credits {} won",
+                self.debits_won, self.credits_won
+            ));
         }
         if !self.wrong_side.is_empty() {
             let names: Vec<String> = self.wrong_side.iter().map(Account::name).collect();
@@ -220,16 +257,37 @@ mod tests {
     fn postings_balance_and_wrong_sides_are_named() {
         let mut ledger = Ledger::default();
         let liability = Account::CardLiability { face_value_won: 10_000 };
-        ledger.post(&Posting { debit: Account::FundingClearing { means: 4 }, credit: liability, amount_won: 10_000 }).unwrap();
-        ledger.post(&Posting { debit: liability, credit: Account::MerchantPayable { merchant_id: 7 }, amount_won: 1_500 }).unwrap();
+        ledger
+            .post(&Posting {
+                debit: Account::FundingClearing { means: 4 },
+                credit: liability,
+                amount_won: 10_000,
+            })
+            .unwrap();
+        ledger
+            .post(&Posting {
+                debit: liability,
+                credit: Account::MerchantPayable { merchant_id: 7 },
+                amount_won: 1_500,
+            })
+            .unwrap();
         let trial = ledger.trial_balance();
         assert_eq!((trial.debits_won, trial.credits_won), (11_500, 11_500));
         assert_eq!(trial.check(), Ok(()));
         assert_eq!(ledger.sides(&liability).balance_won(liability.normal_side()), 8_500);
-        ledger.post(&Posting { debit: Account::MerchantPayable { merchant_id: 7 }, credit: Account::CommissionRevenue, amount_won: 2_000 }).unwrap();
+        ledger
+            .post(&Posting {
+                debit: Account::MerchantPayable { merchant_id: 7 },
+                credit: Account::CommissionRevenue,
+                amount_won: 2_000,
+            })
+            .unwrap();
         let trial = ledger.trial_balance();
         assert!(trial.balances());
-        assert_eq!(trial.check(), Err("accounts on their wrong side: 2300 merchant-payable/7".into()));
+        assert_eq!(
+            trial.check(),
+            Err("accounts on their wrong side: 2300 merchant-payable/7".into())
+        );
         assert_eq!(Account::SalesDiscount.normal_side(), NormalSide::Debit);
         assert_eq!(Account::BreakageRevenue.normal_side(), NormalSide::Credit);
     }

@@ -38,15 +38,19 @@ impl MerchantRegistry {
     /// The registry in `path`, or an empty one.
     pub fn load(path: Option<&Path>) -> Result<MerchantRegistry> {
         let Some(path) = path else { return Ok(MerchantRegistry::default()) };
-        let text = std::fs::read_to_string(path).map_err(ExportError::io(path, "read merchant registry"))?;
-        MerchantRegistry::parse(&text).map_err(|why| ExportError::Config(format!("{}: {why}", path.display())))
+        let text = std::fs::read_to_string(path)
+            .map_err(ExportError::io(path, "read merchant registry"))?;
+        MerchantRegistry::parse(&text)
+            .map_err(|why| ExportError::Config(format!("{}: {why}", path.display())))
     }
 
     /// Parses the CSV text (header `merchant_id,name,category`).
     pub fn parse(text: &str) -> std::result::Result<MerchantRegistry, String> {
         let mut lines = text.lines().enumerate().filter(|(_, line)| !line.trim().is_empty());
         match lines.next() {
-            Some((_, header)) if split_csv(header).as_deref() == Ok(&["merchant_id".to_string(), "name".into(), "category".into()][..]) => {}
+            Some((_, header))
+                if split_csv(header).as_deref()
+                    == Ok(&["merchant_id".to_string(), "name".into(), "category".into()][..]) => {}
             _ => return Err("the first line must be the header merchant_id,name,category".into()),
         }
         let mut merchants = BTreeMap::new();
@@ -56,11 +60,21 @@ impl MerchantRegistry {
             let [id, name, category] = fields.as_slice() else {
                 return Err(format!("line {number}: expected 3 fields, found {}", fields.len()));
             };
-            let id: u64 = id.trim().parse().map_err(|_| format!("line {number}: {id:?} is not a merchant id"))?;
+            let id: u64 = id
+                .trim()
+                .parse()
+                .map_err(|_| format!("line {number}: {id:?} is not a merchant id"))?;
             if name.is_empty() || name.len() > MERCHANT_NAME_BYTES_MAX {
-                return Err(format!("line {number}: a name has 1 to {MERCHANT_NAME_BYTES_MAX} bytes"));
+                return Err(format!(
+                    "line {number}: a name has 1 to {MERCHANT_NAME_BYTES_MAX} bytes"
+                ));
             }
-            let category = category.trim().parse::<u8>().ok().filter(|category| (1..=6).contains(category)).ok_or_else(|| format!("line {number}: category {category:?} is not 1..=6"))?;
+            let category = category
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|category| (1..=6).contains(category))
+                .ok_or_else(|| format!("line {number}: category {category:?} is not 1..=6"))?;
             if merchants.insert(id, Merchant { name: name.clone(), category }).is_some() {
                 return Err(format!("line {number}: merchant {id} is registered twice"));
             }
@@ -74,7 +88,8 @@ impl MerchantRegistry {
 
     /// The registered name, or `merchant {id}`.
     pub fn name(&self, merchant_id: u64) -> String {
-        self.get(merchant_id).map_or_else(|| format!("merchant {merchant_id}"), |merchant| merchant.name.clone())
+        self.get(merchant_id)
+            .map_or_else(|| format!("merchant {merchant_id}"), |merchant| merchant.name.clone())
     }
 
     pub fn len(&self) -> usize {
@@ -144,7 +159,8 @@ mod tests {
         ] {
             assert!(MerchantRegistry::parse(bad).is_err(), "{bad:?}");
         }
-        let long = format!("merchant_id,name,category\n1,{},1\n", "x".repeat(MERCHANT_NAME_BYTES_MAX + 1));
+        let long =
+            format!("merchant_id,name,category\n1,{},1\n", "x".repeat(MERCHANT_NAME_BYTES_MAX + 1));
         assert!(MerchantRegistry::parse(&long).is_err());
     }
 }

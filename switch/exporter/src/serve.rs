@@ -10,8 +10,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use pinswitch_protocol::{
-    FrameHeader, HelloReply, MsgType, Pong, ResultCode, STATEMENT_MSG_TYPE, StatementQuery, StatementResult, access_body, decode_body,
-    decode_frame, encode_body, encode_frame, pin,
+    FrameHeader, HelloReply, MsgType, Pong, ResultCode, STATEMENT_MSG_TYPE, StatementQuery,
+    StatementResult, access_body, decode_body, decode_frame, encode_body, encode_frame, pin,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -36,8 +36,20 @@ pub struct StatementService {
 
 impl StatementService {
     /// The service over the index in `state_dir` for a switch of `shard_count` shards.
-    pub fn open(state_dir: &Path, shard_count: u16, registry: MerchantRegistry, limits: StatementSection, pin_hash: PinHasher) -> Result<StatementService> {
-        Ok(StatementService { index: StatementIndex::open(state_dir, shard_count)?, registry, limits, shard_count, pin_hash })
+    pub fn open(
+        state_dir: &Path,
+        shard_count: u16,
+        registry: MerchantRegistry,
+        limits: StatementSection,
+        pin_hash: PinHasher,
+    ) -> Result<StatementService> {
+        Ok(StatementService {
+            index: StatementIndex::open(state_dir, shard_count)?,
+            registry,
+            limits,
+            shard_count,
+            pin_hash,
+        })
     }
 
     pub fn limits(&self) -> &StatementSection {
@@ -50,15 +62,26 @@ impl StatementService {
 
     /// One query's result; every failure is a code in the result.
     pub fn answer(&self, query: &StatementQuery) -> StatementResult {
-        let coded = |code: ResultCode| StatementResult { code: code.as_u16(), ..StatementResult::default() };
+        let coded = |code: ResultCode| StatementResult {
+            code: code.as_u16(),
+            ..StatementResult::default()
+        };
         if !pin::is_valid(query.pin) {
             return coded(ResultCode::PinFormatInvalid);
         }
         if query.to_ms != 0 && query.to_ms < query.from_ms {
             return coded(ResultCode::FormatError);
         }
-        let page = StatementPage { from_ms: query.from_ms, to_ms: query.to_ms, cursor: query.cursor, limit: query.limit };
-        let limits = StatementLimits { lines_max: self.limits.lines_max, recharges_max: self.limits.recharges_max };
+        let page = StatementPage {
+            from_ms: query.from_ms,
+            to_ms: query.to_ms,
+            cursor: query.cursor,
+            limit: query.limit,
+        };
+        let limits = StatementLimits {
+            lines_max: self.limits.lines_max,
+            recharges_max: self.limits.recharges_max,
+        };
         let name_of = |merchant_id: u64| self.registry.name(merchant_id);
         match self.index.statement((self.pin_hash)(query.pin), &page, &limits, &name_of) {
             Ok(Some(result)) => result,
@@ -75,7 +98,9 @@ impl StatementService {
             frame
         };
         if header.msg_type == STATEMENT_MSG_TYPE {
-            let Ok(queries) = access_body::<Vec<StatementQuery>>(body) else { return answer(ResultCode::FormatError, &[]) };
+            let Ok(queries) = access_body::<Vec<StatementQuery>>(body) else {
+                return answer(ResultCode::FormatError, &[]);
+            };
             if queries.len() > self.limits.batch_max as usize {
                 return answer(ResultCode::BatchTooLarge, &[]);
             }
@@ -95,7 +120,10 @@ impl StatementService {
         }
         match MsgType::from_u16(header.msg_type) {
             Some(MsgType::Ping) => match decode_body::<pinswitch_protocol::Ping>(body) {
-                Ok(ping) => answer(ResultCode::Approved, &encode_body(&Pong { nonce: ping.nonce, server_time_ms: now_ms })),
+                Ok(ping) => answer(
+                    ResultCode::Approved,
+                    &encode_body(&Pong { nonce: ping.nonce, server_time_ms: now_ms }),
+                ),
                 Err(_) => answer(ResultCode::FormatError, &[]),
             },
             Some(MsgType::Hello) => match decode_body::<pinswitch_protocol::Hello>(body) {
@@ -121,12 +149,22 @@ impl StatementService {
 }
 
 fn wall_clock_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_millis() as u64)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as u64)
 }
 
 /// A frame answering a framing error or an overload outside any request.
 fn error_frame(msg_type: u16, request_id: u64, code: ResultCode) -> Vec<u8> {
-    let request = FrameHeader { version: pinswitch_protocol::VERSION, flags: 0, msg_type, status: 0, request_id, deadline_ms: 0, body_len: 0 };
+    let request = FrameHeader {
+        version: pinswitch_protocol::VERSION,
+        flags: 0,
+        msg_type,
+        status: 0,
+        request_id,
+        deadline_ms: 0,
+        body_len: 0,
+    };
     let mut frame = Vec::new();
     encode_frame(&mut frame, &FrameHeader::response_to(&request, code), &[]);
     frame
@@ -135,12 +173,15 @@ fn error_frame(msg_type: u16, request_id: u64, code: ResultCode) -> Vec<u8> {
 /// Accepts connections until the listener fails; each connection is answered in order, one
 /// frame at a time (queries run on the blocking pool: they read files).
 pub async fn serve(listener: TcpListener, service: Arc<StatementService>) -> std::io::Result<()> {
-    let connections = Arc::new(tokio::sync::Semaphore::new(service.limits.connections_max as usize));
+    let connections =
+        Arc::new(tokio::sync::Semaphore::new(service.limits.connections_max as usize));
     loop {
         let (mut stream, _) = listener.accept().await?;
         let _ = stream.set_nodelay(true);
         let Ok(permit) = connections.clone().try_acquire_owned() else {
-            let _ = stream.write_all(&error_frame(MsgType::Ping as u16, 0, ResultCode::RetryLater)).await;
+            let _ = stream
+                .write_all(&error_frame(MsgType::Ping as u16, 0, ResultCode::RetryLater))
+                .await;
             continue;
         };
         let service = service.clone();
@@ -161,9 +202,13 @@ async fn connection(mut stream: TcpStream, service: Arc<StatementService>) -> st
                 let (header, body, used) = (frame.header, frame.body.to_vec(), frame.total_len);
                 buffer.drain(..used);
                 let worker = service.clone();
-                let response = tokio::task::spawn_blocking(move || worker.respond(&header, &body, wall_clock_ms()))
-                    .await
-                    .unwrap_or_else(|_| error_frame(header.msg_type, header.request_id, ResultCode::InternalError));
+                let response = tokio::task::spawn_blocking(move || {
+                    worker.respond(&header, &body, wall_clock_ms())
+                })
+                .await
+                .unwrap_or_else(|_| {
+                    error_frame(header.msg_type, header.request_id, ResultCode::InternalError)
+                });
                 stream.write_all(&response).await?;
                 continue;
             }

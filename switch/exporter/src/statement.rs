@@ -83,9 +83,22 @@ pub enum EntryKind {
 impl EntryKind {
     fn from_u8(value: u8) -> Option<EntryKind> {
         use EntryKind::*;
-        [Issue, Sell, Activate, Recharge, Payment, MerchantRefund, Reversal, BalanceRefund, Expiry, Status, OtherDebit, OtherCredit]
-            .into_iter()
-            .find(|kind| *kind as u8 == value)
+        [
+            Issue,
+            Sell,
+            Activate,
+            Recharge,
+            Payment,
+            MerchantRefund,
+            Reversal,
+            BalanceRefund,
+            Expiry,
+            Status,
+            OtherDebit,
+            OtherCredit,
+        ]
+        .into_iter()
+        .find(|kind| *kind as u8 == value)
     }
 }
 
@@ -155,8 +168,11 @@ impl Entry {
             word.copy_from_slice(&bytes[at..at + 16]);
             u128::from_le_bytes(word)
         };
-        let u32_at = |at: usize| u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
-        let kind = EntryKind::from_u8(bytes[96]).ok_or_else(|| format!("unknown entry kind {}", bytes[96]))?;
+        let u32_at = |at: usize| {
+            u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+        };
+        let kind = EntryKind::from_u8(bytes[96])
+            .ok_or_else(|| format!("unknown entry kind {}", bytes[96]))?;
         Ok(Entry {
             pin_hash: u128_at(0),
             op_id: u128_at(16),
@@ -182,7 +198,14 @@ impl Entry {
 /// after the record. `balance_before_won` is the card's balance after its previous entry;
 /// `session_category` the category of the session a SESSION_UPDATE or SESSION_END names, read
 /// from the shadow before the record (SESSION_END forgets it).
-pub fn entries_of(seq: u64, entry: &JournalEntry, effects: &Effects, card_after: Option<&CardView>, balance_before_won: Option<u64>, session_category: Option<u8>) -> Vec<Entry> {
+pub fn entries_of(
+    seq: u64,
+    entry: &JournalEntry,
+    effects: &Effects,
+    card_after: Option<&CardView>,
+    balance_before_won: Option<u64>,
+    session_category: Option<u8>,
+) -> Vec<Entry> {
     let Some(pin_hash) = entry.command.body.pin_hash() else { return Vec::new() };
     let Some(card) = card_after else { return Vec::new() };
     let approved = entry.reply.code == ResultCode::Approved.as_u16();
@@ -216,7 +239,11 @@ pub fn entries_of(seq: u64, entry: &JournalEntry, effects: &Effects, card_after:
     // A call or other metered session: what the record debited is usage of its category (an
     // over-use capped at the balance is debited too).
     // An event charge (a phone information call priced per event) likewise, with the number.
-    if let Body::SessionStart(_) | Body::SessionUpdate { .. } | Body::SessionEnd { .. } | Body::EventCharge { .. } = &entry.command.body {
+    if let Body::SessionStart(_)
+    | Body::SessionUpdate { .. }
+    | Body::SessionEnd { .. }
+    | Body::EventCharge { .. } = &entry.command.body
+    {
         let charged = entry.reply.code == ResultCode::SessionUsageCapped.as_u16()
             || entry.reply.code == ResultCode::SessionExpiredCharged.as_u16();
         if (approved || charged) && entry.reply.amount_won > 0 {
@@ -230,7 +257,13 @@ pub fn entries_of(seq: u64, entry: &JournalEntry, effects: &Effects, card_after:
                 Body::EventCharge { destination, .. } => *destination,
                 _ => 0,
             };
-            out.push(Entry { kind: EntryKind::Payment, amount_won: entry.reply.amount_won, category, counterparty, ..base });
+            out.push(Entry {
+                kind: EntryKind::Payment,
+                amount_won: entry.reply.amount_won,
+                category,
+                counterparty,
+                ..base
+            });
         }
         return out;
     }
@@ -245,33 +278,79 @@ pub fn entries_of(seq: u64, entry: &JournalEntry, effects: &Effects, card_after:
                 MerchantKind::Refund => EntryKind::MerchantRefund,
                 MerchantKind::Reversal => EntryKind::Reversal,
             };
-            out.push(Entry { kind, amount_won: line.amount_won, counterparty: line.merchant_id, category: line.category, ..base });
+            out.push(Entry {
+                kind,
+                amount_won: line.amount_won,
+                counterparty: line.merchant_id,
+                category: line.category,
+                ..base
+            });
         }
     }
     if !approved || merchant_lines > 0 {
         return out;
     }
     match &entry.command.body {
-        Body::Issue { face_value_won, .. } => out.push(Entry { kind: EntryKind::Issue, amount_won: *face_value_won, ..base }),
+        Body::Issue { face_value_won, .. } => {
+            out.push(Entry { kind: EntryKind::Issue, amount_won: *face_value_won, ..base })
+        }
         Body::Sell { channel_id, price_won, payment_means, .. } => {
-            out.push(Entry { kind: EntryKind::Sell, amount_won: *price_won, counterparty: u64::from(*channel_id), means: *payment_means, ..base });
+            out.push(Entry {
+                kind: EntryKind::Sell,
+                amount_won: *price_won,
+                counterparty: u64::from(*channel_id),
+                means: *payment_means,
+                ..base
+            });
         }
-        Body::Activate { .. } | Body::Claim { .. } => out.push(Entry { kind: EntryKind::Activate, ..base }),
+        Body::Activate { .. } | Body::Claim { .. } => {
+            out.push(Entry { kind: EntryKind::Activate, ..base })
+        }
         // A conversion into a foreign PIN: the card pays the product's won price.
-        Body::ForeignConvert { .. } => out.push(Entry { kind: EntryKind::OtherDebit, amount_won: entry.reply.amount_won, ..base }),
-        Body::Load { funding, .. } => out.push(Entry { kind: EntryKind::Recharge, amount_won: entry.reply.amount_won, means: *funding, ..base }),
+        Body::ForeignConvert { .. } => out.push(Entry {
+            kind: EntryKind::OtherDebit,
+            amount_won: entry.reply.amount_won,
+            ..base
+        }),
+        Body::Load { funding, .. } => out.push(Entry {
+            kind: EntryKind::Recharge,
+            amount_won: entry.reply.amount_won,
+            means: *funding,
+            ..base
+        }),
         Body::BalanceRefund { payout_account_ref, .. } => {
-            out.push(Entry { kind: EntryKind::BalanceRefund, amount_won: entry.reply.amount_won, counterparty: *payout_account_ref, ..base });
+            out.push(Entry {
+                kind: EntryKind::BalanceRefund,
+                amount_won: entry.reply.amount_won,
+                counterparty: *payout_account_ref,
+                ..base
+            });
         }
-        Body::Block { .. } | Body::Unblock { .. } | Body::Consign { .. } | Body::Register { .. } => out.push(base),
+        Body::Block { .. }
+        | Body::Unblock { .. }
+        | Body::Consign { .. }
+        | Body::Register { .. } => out.push(base),
         // Holds move no posted money (the balance includes held funds); their captures do.
-        Body::Authorize { .. } | Body::Void { .. } | Body::Capture { .. } | Body::Reverse { .. } | Body::Sale { .. } | Body::Refund { .. } => {}
+        Body::Authorize { .. }
+        | Body::Void { .. }
+        | Body::Capture { .. }
+        | Body::Reverse { .. }
+        | Body::Sale { .. }
+        | Body::Refund { .. } => {}
         _ => {
             let before_won = balance_before_won.unwrap_or(card.balance_won);
             if card.balance_won < before_won {
-                out.push(Entry { kind: EntryKind::OtherDebit, amount_won: before_won - card.balance_won, ..base });
+                out.push(Entry {
+                    kind: EntryKind::OtherDebit,
+                    amount_won: before_won - card.balance_won,
+                    ..base
+                });
             } else if card.balance_won > before_won {
-                out.push(Entry { kind: EntryKind::OtherCredit, amount_won: card.balance_won - before_won, ..base });
+                out.push(Entry {
+                    kind: EntryKind::OtherCredit,
+                    amount_won: card.balance_won - before_won,
+                    ..base
+                });
             }
         }
     }
@@ -328,8 +407,17 @@ fn slot_start(pin_hash: PinHash, slot_count: u64) -> u64 {
 
 impl HeadsTable {
     fn create(path: &Path, slot_count: u64) -> Result<HeadsTable> {
-        let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path).map_err(ExportError::io(path, "create heads table"))?;
-        let bytes = slot_count.checked_mul(SLOT_BYTES as u64).and_then(|slots| slots.checked_add(HEADS_HEADER_BYTES)).ok_or(ExportError::Overflow("heads table size"))?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+            .map_err(ExportError::io(path, "create heads table"))?;
+        let bytes = slot_count
+            .checked_mul(SLOT_BYTES as u64)
+            .and_then(|slots| slots.checked_add(HEADS_HEADER_BYTES))
+            .ok_or(ExportError::Overflow("heads table size"))?;
         file.set_len(bytes).map_err(ExportError::io(path, "size heads table"))?;
         let mut table = HeadsTable { path: path.to_path_buf(), file, slot_count, used: 0 };
         table.write_header()?;
@@ -337,17 +425,30 @@ impl HeadsTable {
     }
 
     fn open(path: &Path, writable: bool) -> Result<HeadsTable> {
-        let file = OpenOptions::new().read(true).write(writable).open(path).map_err(ExportError::io(path, "open heads table"))?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(writable)
+            .open(path)
+            .map_err(ExportError::io(path, "open heads table"))?;
         let mut header = [0u8; 24];
-        file.read_exact_at(&mut header, 0).map_err(ExportError::io(path, "read heads table header"))?;
-        let bad = |reason: &str| ExportError::State { path: path.to_path_buf(), reason: reason.into() };
+        file.read_exact_at(&mut header, 0)
+            .map_err(ExportError::io(path, "read heads table header"))?;
+        let bad =
+            |reason: &str| ExportError::State { path: path.to_path_buf(), reason: reason.into() };
         if &header[..8] != HEADS_MAGIC {
             return Err(bad("not a heads table"));
         }
-        let slot_count = u64::from_le_bytes(header[8..16].try_into().map_err(|_| bad("short header"))?);
+        let slot_count =
+            u64::from_le_bytes(header[8..16].try_into().map_err(|_| bad("short header"))?);
         let used = u64::from_le_bytes(header[16..24].try_into().map_err(|_| bad("short header"))?);
         let length = file.metadata().map_err(ExportError::io(path, "stat heads table"))?.len();
-        if !slot_count.is_power_of_two() || used > slot_count || slot_count.checked_mul(SLOT_BYTES as u64).and_then(|bytes| bytes.checked_add(HEADS_HEADER_BYTES)) != Some(length) {
+        if !slot_count.is_power_of_two()
+            || used > slot_count
+            || slot_count
+                .checked_mul(SLOT_BYTES as u64)
+                .and_then(|bytes| bytes.checked_add(HEADS_HEADER_BYTES))
+                != Some(length)
+        {
             return Err(bad("header does not match the file"));
         }
         Ok(HeadsTable { path: path.to_path_buf(), file, slot_count, used })
@@ -358,7 +459,9 @@ impl HeadsTable {
         header[..8].copy_from_slice(HEADS_MAGIC);
         header[8..16].copy_from_slice(&self.slot_count.to_le_bytes());
         header[16..24].copy_from_slice(&self.used.to_le_bytes());
-        self.file.write_all_at(&header, 0).map_err(ExportError::io(&self.path, "write heads table header"))
+        self.file
+            .write_all_at(&header, 0)
+            .map_err(ExportError::io(&self.path, "write heads table header"))
     }
 
     /// (slot index, stored head) of `pin_hash`, or (the free slot where it would go, None).
@@ -366,17 +469,26 @@ impl HeadsTable {
         let mut slot = slot_start(pin_hash, self.slot_count);
         for _ in 0..self.slot_count {
             let mut bytes = [0u8; SLOT_BYTES];
-            self.file.read_exact_at(&mut bytes, HEADS_HEADER_BYTES + slot * SLOT_BYTES as u64).map_err(ExportError::io(&self.path, "read heads slot"))?;
+            self.file
+                .read_exact_at(&mut bytes, HEADS_HEADER_BYTES + slot * SLOT_BYTES as u64)
+                .map_err(ExportError::io(&self.path, "read heads slot"))?;
             let occupied = bytes[31] & 1 == 1;
             if !occupied {
                 return Ok((slot, None));
             }
-            let key = u128::from_le_bytes(bytes[..16].try_into().map_err(|_| ExportError::Overflow("slot"))?);
+            let key = u128::from_le_bytes(
+                bytes[..16].try_into().map_err(|_| ExportError::Overflow("slot"))?,
+            );
             if key == pin_hash {
-                let newest_plus_one = u64::from_le_bytes(bytes[16..24].try_into().map_err(|_| ExportError::Overflow("slot"))?);
+                let newest_plus_one = u64::from_le_bytes(
+                    bytes[16..24].try_into().map_err(|_| ExportError::Overflow("slot"))?,
+                );
                 let mut count = [0u8; 8];
                 count[..7].copy_from_slice(&bytes[24..31]);
-                return Ok((slot, Some(Head { newest_plus_one, count: u64::from_le_bytes(count) })));
+                return Ok((
+                    slot,
+                    Some(Head { newest_plus_one, count: u64::from_le_bytes(count) }),
+                ));
             }
             slot = (slot + 1) & (self.slot_count - 1);
         }
@@ -399,7 +511,9 @@ impl HeadsTable {
         // The count takes 7 bytes (56 bits); the last byte's bit 0 marks the slot taken.
         bytes[24..31].copy_from_slice(&head.count.to_le_bytes()[..7]);
         bytes[31] = 1;
-        self.file.write_all_at(&bytes, HEADS_HEADER_BYTES + slot * SLOT_BYTES as u64).map_err(ExportError::io(&self.path, "write heads slot"))
+        self.file
+            .write_all_at(&bytes, HEADS_HEADER_BYTES + slot * SLOT_BYTES as u64)
+            .map_err(ExportError::io(&self.path, "write heads slot"))
     }
 
     /// Every taken slot (for growing).
@@ -410,11 +524,17 @@ impl HeadsTable {
         while first < self.slot_count {
             let slots = CHUNK_SLOTS.min(self.slot_count - first);
             let chunk = &mut buffer[..slots as usize * SLOT_BYTES];
-            self.file.read_exact_at(chunk, HEADS_HEADER_BYTES + first * SLOT_BYTES as u64).map_err(ExportError::io(&self.path, "read heads table"))?;
+            self.file
+                .read_exact_at(chunk, HEADS_HEADER_BYTES + first * SLOT_BYTES as u64)
+                .map_err(ExportError::io(&self.path, "read heads table"))?;
             for bytes in chunk.chunks_exact(SLOT_BYTES) {
                 if bytes[31] & 1 == 1 {
-                    let key = u128::from_le_bytes(bytes[..16].try_into().map_err(|_| ExportError::Overflow("slot"))?);
-                    let newest_plus_one = u64::from_le_bytes(bytes[16..24].try_into().map_err(|_| ExportError::Overflow("slot"))?);
+                    let key = u128::from_le_bytes(
+                        bytes[..16].try_into().map_err(|_| ExportError::Overflow("slot"))?,
+                    );
+                    let newest_plus_one = u64::from_le_bytes(
+                        bytes[16..24].try_into().map_err(|_| ExportError::Overflow("slot"))?,
+                    );
                     let mut count = [0u8; 8];
                     count[..7].copy_from_slice(&bytes[24..31]);
                     visit(key, Head { newest_plus_one, count: u64::from_le_bytes(count) })?;
@@ -454,9 +574,14 @@ fn heads_path(dir: &Path, shard: u16) -> PathBuf {
 
 fn read_entry(file: &File, path: &Path, index: u64) -> Result<Entry> {
     let mut bytes = [0u8; ENTRY_BYTES];
-    let offset = index.checked_mul(ENTRY_BYTES as u64).ok_or(ExportError::Overflow("entry offset"))?;
-    file.read_exact_at(&mut bytes, offset).map_err(ExportError::io(path, "read statement entry"))?;
-    Entry::decode(&bytes).map_err(|reason| ExportError::State { path: path.to_path_buf(), reason: format!("entry {index}: {reason}") })
+    let offset =
+        index.checked_mul(ENTRY_BYTES as u64).ok_or(ExportError::Overflow("entry offset"))?;
+    file.read_exact_at(&mut bytes, offset)
+        .map_err(ExportError::io(path, "read statement entry"))?;
+    Entry::decode(&bytes).map_err(|reason| ExportError::State {
+        path: path.to_path_buf(),
+        reason: format!("entry {index}: {reason}"),
+    })
 }
 
 impl ShardWriter {
@@ -465,16 +590,32 @@ impl ShardWriter {
     fn open(dir: &Path, shard: u16, cursor_seq: u64, committed: u64) -> Result<ShardWriter> {
         let entries_path = entries_path(dir, shard);
         let heads_path = heads_path(dir, shard);
-        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&entries_path).map_err(ExportError::io(&entries_path, "open statement entries"))?;
-        let mut heads = if heads_path.exists() { HeadsTable::open(&heads_path, true)? } else { HeadsTable::create(&heads_path, HEADS_INITIAL_SLOTS)? };
-        let length = file.metadata().map_err(ExportError::io(&entries_path, "stat statement entries"))?.len();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&entries_path)
+            .map_err(ExportError::io(&entries_path, "open statement entries"))?;
+        let mut heads = if heads_path.exists() {
+            HeadsTable::open(&heads_path, true)?
+        } else {
+            HeadsTable::create(&heads_path, HEADS_INITIAL_SLOTS)?
+        };
+        let length = file
+            .metadata()
+            .map_err(ExportError::io(&entries_path, "stat statement entries"))?
+            .len();
         // A torn last entry (power loss) is past the cursor by construction: cut it too.
         let stored = length / ENTRY_BYTES as u64;
         // Entries are in seq order: the first one past the cursor, by binary search.
         // An entry past the last checkpoint may be torn (power loss): it counts as past the
         // cursor. One the checkpoint made durable must be intact.
         if committed > stored {
-            return Err(ExportError::State { path: entries_path, reason: format!("{stored} entries, the last checkpoint made {committed} durable") });
+            return Err(ExportError::State {
+                path: entries_path,
+                reason: format!("{stored} entries, the last checkpoint made {committed} durable"),
+            });
         }
         let (mut low, mut high) = (0u64, stored);
         while low < high {
@@ -514,11 +655,23 @@ impl ShardWriter {
             heads.sync()?;
         }
         if keep * ENTRY_BYTES as u64 != length {
-            file.set_len(keep * ENTRY_BYTES as u64).map_err(ExportError::io(&entries_path, "cut statement entries back"))?;
+            file.set_len(keep * ENTRY_BYTES as u64)
+                .map_err(ExportError::io(&entries_path, "cut statement entries back"))?;
             file.sync_all().map_err(ExportError::io(&entries_path, "fsync statement entries"))?;
         }
-        let append = OpenOptions::new().append(true).open(&entries_path).map_err(ExportError::io(&entries_path, "open statement entries"))?;
-        Ok(ShardWriter { shard, entries_path, reader: file, writer: BufWriter::with_capacity(1 << 20, append), written: keep, heads, delta: HashMap::new() })
+        let append = OpenOptions::new()
+            .append(true)
+            .open(&entries_path)
+            .map_err(ExportError::io(&entries_path, "open statement entries"))?;
+        Ok(ShardWriter {
+            shard,
+            entries_path,
+            reader: file,
+            writer: BufWriter::with_capacity(1 << 20, append),
+            written: keep,
+            heads,
+            delta: HashMap::new(),
+        })
     }
 
     /// The card's head (no entries: the default).
@@ -536,7 +689,9 @@ impl ShardWriter {
         }
         match self.heads.get(pin_hash)? {
             // Only durable entries are in the table, so this one is on disk (not in the buffer).
-            Some(head) if head.newest_plus_one > 0 => Ok(Some(read_entry(&self.reader, &self.entries_path, head.newest_plus_one - 1)?.balance_won)),
+            Some(head) if head.newest_plus_one > 0 => Ok(Some(
+                read_entry(&self.reader, &self.entries_path, head.newest_plus_one - 1)?.balance_won,
+            )),
             _ => Ok(None),
         }
     }
@@ -544,16 +699,27 @@ impl ShardWriter {
     fn append(&mut self, mut entry: Entry) -> Result<()> {
         let head = self.head(entry.pin_hash)?;
         entry.prev_plus_one = head.newest_plus_one;
-        self.writer.write_all(&entry.encode()).map_err(ExportError::io(&self.entries_path, "append statement entry"))?;
+        self.writer
+            .write_all(&entry.encode())
+            .map_err(ExportError::io(&self.entries_path, "append statement entry"))?;
         self.written += 1;
-        let count = head.count.checked_add(1).ok_or(ExportError::Overflow("statement entry count"))?;
-        self.delta.insert(entry.pin_hash, (Head { newest_plus_one: self.written, count }, entry.balance_won));
+        let count =
+            head.count.checked_add(1).ok_or(ExportError::Overflow("statement entry count"))?;
+        self.delta.insert(
+            entry.pin_hash,
+            (Head { newest_plus_one: self.written, count }, entry.balance_won),
+        );
         Ok(())
     }
 
     fn flush(&mut self) -> Result<()> {
-        self.writer.flush().map_err(ExportError::io(&self.entries_path, "flush statement entries"))?;
-        self.writer.get_ref().sync_data().map_err(ExportError::io(&self.entries_path, "fsync statement entries"))
+        self.writer
+            .flush()
+            .map_err(ExportError::io(&self.entries_path, "flush statement entries"))?;
+        self.writer
+            .get_ref()
+            .sync_data()
+            .map_err(ExportError::io(&self.entries_path, "fsync statement entries"))
     }
 
     /// Writes the heads changed since the last checkpoint (the entries must be durable first).
@@ -569,11 +735,13 @@ impl ShardWriter {
             let mut grown = HeadsTable::create(&tmp, slot_count)?;
             self.heads.for_each(|pin_hash, head| grown.put(pin_hash, head))?;
             grown.sync()?;
-            std::fs::rename(&tmp, &final_path).map_err(ExportError::io(&final_path, "rename grown heads table"))?;
+            std::fs::rename(&tmp, &final_path)
+                .map_err(ExportError::io(&final_path, "rename grown heads table"))?;
             grown.path = final_path;
             self.heads = grown;
         }
-        let mut changed: Vec<(PinHash, Head)> = self.delta.drain().map(|(pin_hash, (head, _))| (pin_hash, head)).collect();
+        let mut changed: Vec<(PinHash, Head)> =
+            self.delta.drain().map(|(pin_hash, (head, _))| (pin_hash, head)).collect();
         // Slot order: neighbouring writes share pages.
         let slot_count = self.heads.slot_count;
         changed.sort_unstable_by_key(|(pin_hash, _)| slot_start(*pin_hash, slot_count));
@@ -603,13 +771,20 @@ impl StatementWriter {
                 committed.display()
             )));
         }
-        std::fs::create_dir_all(&dir).map_err(ExportError::io(&dir, "create statement directory"))?;
-        let committed = if committed.exists() { read_committed(&dir, cursors.len())? } else { vec![0; cursors.len()] };
+        std::fs::create_dir_all(&dir)
+            .map_err(ExportError::io(&dir, "create statement directory"))?;
+        let committed = if committed.exists() {
+            read_committed(&dir, cursors.len())?
+        } else {
+            vec![0; cursors.len()]
+        };
         let shards = cursors
             .iter()
             .zip(committed)
             .enumerate()
-            .map(|(shard, (cursor, committed))| ShardWriter::open(&dir, shard as u16, *cursor, committed))
+            .map(|(shard, (cursor, committed))| {
+                ShardWriter::open(&dir, shard as u16, *cursor, committed)
+            })
             .collect::<Result<Vec<_>>>()?;
         let writer = StatementWriter { dir, shards };
         writer.write_committed()?;
@@ -617,15 +792,29 @@ impl StatementWriter {
     }
 
     /// Adds the entries of journal record `seq` of shard `shard`.
-    pub fn record(&mut self, shard: u16, seq: u64, entry: &JournalEntry, effects: &Effects, card_after: Option<&CardView>, session_category: Option<u8>) -> Result<()> {
-        let writer = self.shards.get_mut(usize::from(shard)).ok_or(ExportError::Config(format!("no statement log for shard {shard}")))?;
+    pub fn record(
+        &mut self,
+        shard: u16,
+        seq: u64,
+        entry: &JournalEntry,
+        effects: &Effects,
+        card_after: Option<&CardView>,
+        session_category: Option<u8>,
+    ) -> Result<()> {
+        let writer = self
+            .shards
+            .get_mut(usize::from(shard))
+            .ok_or(ExportError::Config(format!("no statement log for shard {shard}")))?;
         let Some(pin_hash) = entry.command.body.pin_hash() else { return Ok(()) };
         if card_after.is_none() {
             return Ok(());
         }
         // Only commands of kinds `entries_of` does not know need the balance before (a read).
-        let balance_before_won = if known_kind(&entry.command.body) { None } else { writer.balance_won(pin_hash)? };
-        for made in entries_of(seq, entry, effects, card_after, balance_before_won, session_category) {
+        let balance_before_won =
+            if known_kind(&entry.command.body) { None } else { writer.balance_won(pin_hash)? };
+        for made in
+            entries_of(seq, entry, effects, card_after, balance_before_won, session_category)
+        {
             writer.append(made)?;
         }
         Ok(())
@@ -634,7 +823,10 @@ impl StatementWriter {
     /// Appends one entry to shard `shard`'s log, chained to the card's previous entry (what
     /// `record` does for each entry of a record; benchmarks build indexes with it).
     pub fn append(&mut self, shard: u16, entry: Entry) -> Result<()> {
-        self.shards.get_mut(usize::from(shard)).ok_or(ExportError::Config(format!("no statement log for shard {shard}")))?.append(entry)
+        self.shards
+            .get_mut(usize::from(shard))
+            .ok_or(ExportError::Config(format!("no statement log for shard {shard}")))?
+            .append(entry)
     }
 
     /// Makes every entry durable, then the heads, then `committed.bin` (before the exporter's
@@ -662,12 +854,16 @@ impl StatementWriter {
 /// `committed.bin`: the entries per shard the last checkpoint made durable.
 fn read_committed(dir: &Path, shard_count: usize) -> Result<Vec<u64>> {
     let path = dir.join(COMMITTED_FILE);
-    let bytes = std::fs::read(&path).map_err(ExportError::io(&path, "read committed statement entries"))?;
+    let bytes =
+        std::fs::read(&path).map_err(ExportError::io(&path, "read committed statement entries"))?;
     let bad = |reason: &str| ExportError::State { path: path.clone(), reason: reason.into() };
     if bytes.len() < 16 || &bytes[..8] != COMMITTED_MAGIC || bytes.len() % 8 != 0 {
         return Err(bad("wrong magic or length"));
     }
-    let words: Vec<u64> = bytes[8..].chunks_exact(8).map(|word| u64::from_le_bytes(word.try_into().unwrap_or([0; 8]))).collect();
+    let words: Vec<u64> = bytes[8..]
+        .chunks_exact(8)
+        .map(|word| u64::from_le_bytes(word.try_into().unwrap_or([0; 8])))
+        .collect();
     if words.first().copied() != Some(shard_count as u64) || words.len() != shard_count + 1 {
         return Err(bad("made for another shard count"));
     }
@@ -703,7 +899,10 @@ impl StatementIndex {
         let dir = state_dir.join("statements");
         let committed = dir.join(COMMITTED_FILE);
         if !committed.exists() {
-            return Err(ExportError::Config(format!("no statement index at {} (run `pinswitch export run` first)", dir.display())));
+            return Err(ExportError::Config(format!(
+                "no statement index at {} (run `pinswitch export run` first)",
+                dir.display()
+            )));
         }
         Ok(StatementIndex { dir, shard_count })
     }
@@ -726,10 +925,16 @@ impl StatementIndex {
         while next_plus_one > 0 {
             let entry = read_entry(&file, &path, next_plus_one - 1)?;
             if entry.pin_hash != pin_hash {
-                return Err(ExportError::State { path, reason: format!("entry {} is another card's", next_plus_one - 1) });
+                return Err(ExportError::State {
+                    path,
+                    reason: format!("entry {} is another card's", next_plus_one - 1),
+                });
             }
             if entry.prev_plus_one >= next_plus_one {
-                return Err(ExportError::State { path, reason: format!("entry {} points forward", next_plus_one - 1) });
+                return Err(ExportError::State {
+                    path,
+                    reason: format!("entry {} points forward", next_plus_one - 1),
+                });
             }
             // Heads can be ahead of `committed.bin` while a checkpoint is being written.
             if next_plus_one <= committed {
@@ -743,7 +948,13 @@ impl StatementIndex {
 
     /// The statement of a card (`None`: the index knows no such card). `name_of` gives a
     /// merchant's registered name.
-    pub fn statement(&self, pin_hash: PinHash, query: &StatementPage, limits: &StatementLimits, name_of: &dyn Fn(u64) -> String) -> Result<Option<StatementResult>> {
+    pub fn statement(
+        &self,
+        pin_hash: PinHash,
+        query: &StatementPage,
+        limits: &StatementLimits,
+        name_of: &dyn Fn(u64) -> String,
+    ) -> Result<Option<StatementResult>> {
         // A slot read while the running exporter rewrites it can be torn (another card's entry):
         // read once more before calling the index damaged.
         let entries = match self.entries(pin_hash) {
@@ -763,15 +974,26 @@ pub const LINE_REFUND: u8 = 2;
 pub const LINE_REVERSAL: u8 = 3;
 
 /// Builds the statement from a card's entries (oldest first).
-pub fn summarize(entries: &[Entry], query: &StatementPage, limits: &StatementLimits, name_of: &dyn Fn(u64) -> String) -> Result<StatementResult> {
-    let in_range = |time_ms: u64| time_ms >= query.from_ms && (query.to_ms == 0 || time_ms < query.to_ms);
+pub fn summarize(
+    entries: &[Entry],
+    query: &StatementPage,
+    limits: &StatementLimits,
+    name_of: &dyn Fn(u64) -> String,
+) -> Result<StatementResult> {
+    let in_range =
+        |time_ms: u64| time_ms >= query.from_ms && (query.to_ms == 0 || time_ms < query.to_ms);
     let add = |sum: &mut u64, amount_won: u64| -> Result<()> {
         *sum = sum.checked_add(amount_won).ok_or(ExportError::Overflow("statement sum"))?;
         Ok(())
     };
-    let mut result = StatementResult { code: ResultCode::Approved.as_u16(), ..StatementResult::default() };
+    let mut result =
+        StatementResult { code: ResultCode::Approved.as_u16(), ..StatementResult::default() };
     let mut lines_seen = 0u64;
-    let limit = if query.limit == 0 || query.limit > limits.lines_max { limits.lines_max } else { query.limit };
+    let limit = if query.limit == 0 || query.limit > limits.lines_max {
+        limits.lines_max
+    } else {
+        query.limit
+    };
     for entry in entries {
         match entry.kind {
             EntryKind::Issue => {
@@ -803,7 +1025,11 @@ pub fn summarize(entries: &[Entry], query: &StatementPage, limits: &StatementLim
                 result.recharge_count += 1;
                 add(&mut result.recharged_won, entry.amount_won)?;
                 if result.recharges.len() < limits.recharges_max as usize {
-                    result.recharges.push(StatementRecharge { time_ms: entry.time_ms, amount_won: entry.amount_won, funding: entry.means });
+                    result.recharges.push(StatementRecharge {
+                        time_ms: entry.time_ms,
+                        amount_won: entry.amount_won,
+                        funding: entry.means,
+                    });
                 }
                 None
             }
@@ -846,9 +1072,17 @@ pub fn summarize(entries: &[Entry], query: &StatementPage, limits: &StatementLim
         if let Some(kind) = line_kind
             && entry.category == 1
         {
-            if lines_seen >= u64::from(query.cursor) && (result.lines.len() as u64) < u64::from(limit) {
+            if lines_seen >= u64::from(query.cursor)
+                && (result.lines.len() as u64) < u64::from(limit)
+            {
                 let name = name_of(entry.counterparty);
-                result.lines.push(StatementLine { time_ms: entry.time_ms, kind, merchant_id: entry.counterparty, merchant_name: name, amount_won: entry.amount_won });
+                result.lines.push(StatementLine {
+                    time_ms: entry.time_ms,
+                    kind,
+                    merchant_id: entry.counterparty,
+                    merchant_name: name,
+                    amount_won: entry.amount_won,
+                });
             }
             lines_seen += 1;
         }
@@ -860,21 +1094,39 @@ pub fn summarize(entries: &[Entry], query: &StatementPage, limits: &StatementLim
     result.refunded_won = refunded_won;
     result.lines_total = u32::try_from(lines_seen).unwrap_or(u32::MAX);
     let shown = u64::from(query.cursor) + result.lines.len() as u64;
-    result.next_cursor = if shown < lines_seen && !result.lines.is_empty() { u32::try_from(shown).unwrap_or(u32::MAX) } else { 0 };
+    result.next_cursor = if shown < lines_seen && !result.lines.is_empty() {
+        u32::try_from(shown).unwrap_or(u32::MAX)
+    } else {
+        0
+    };
     Ok(result)
 }
 
 /// The names of the service categories (`Category` 1..=6), as the statement shows them.
-pub const CATEGORY_NAMES: [&str; CATEGORY_COUNT] = ["internet payment", "telephone call", "phone information", "prepaid mobile", "PC communication", "voicemail"];
+pub const CATEGORY_NAMES: [&str; CATEGORY_COUNT] = [
+    "internet payment",
+    "telephone call",
+    "phone information",
+    "prepaid mobile",
+    "PC communication",
+    "voicemail",
+];
 
-const FUNDING_NAMES: [&str; 5] = ["credit card", "bank transfer", "deposit without bankbook", "cash", "mobile bill"];
+const FUNDING_NAMES: [&str; 5] =
+    ["credit card", "bank transfer", "deposit without bankbook", "cash", "mobile bill"];
 
 /// The statement as text: the summary (FIG. 10H), then the detail list of internet payments
 /// (FIG. 10I) with every line of `lines` (all pages). Times in the zone of `cutoff`.
-pub fn render(card: &str, result: &StatementResult, lines: &[StatementLine], cutoff: crate::calendar::Cutoff) -> String {
+pub fn render(
+    card: &str,
+    result: &StatementResult,
+    lines: &[StatementLine],
+    cutoff: crate::calendar::Cutoff,
+) -> String {
     use std::fmt::Write as _;
     let time = |time_ms: u64| cutoff.local_date_time(i64::try_from(time_ms).unwrap_or(i64::MAX));
-    let state = pinswitch_protocol::CardState::from_u8(result.state).map_or("unknown", pinswitch_protocol::CardState::name);
+    let state = pinswitch_protocol::CardState::from_u8(result.state)
+        .map_or("unknown", pinswitch_protocol::CardState::name);
     let mut out = String::new();
     let row = |out: &mut String, label: &str, value: String| {
         let _ = writeln!(out, "{label:<34}{value}");
@@ -882,21 +1134,53 @@ pub fn render(card: &str, result: &StatementResult, lines: &[StatementLine], cut
     let _ = writeln!(out, "USAGE STATEMENT OF CARD {card}");
     row(&mut out, "as of", time(result.as_of_ms));
     row(&mut out, "state", state.to_string());
-    let issued = if result.issued_at_ms == 0 { "before the journal".into() } else { time(result.issued_at_ms) };
+    let issued = if result.issued_at_ms == 0 {
+        "before the journal".into()
+    } else {
+        time(result.issued_at_ms)
+    };
     row(&mut out, "initial value", format!("{} won (issued {issued})", result.face_value_won));
     if result.sold_at_ms != 0 {
-        row(&mut out, "sold", format!("{} by channel {} for {} won", time(result.sold_at_ms), result.channel_id, result.price_won));
+        row(
+            &mut out,
+            "sold",
+            format!(
+                "{} by channel {} for {} won",
+                time(result.sold_at_ms),
+                result.channel_id,
+                result.price_won
+            ),
+        );
     }
-    let validity = if result.valid_until_s == 0 { "not started".to_string() } else { time(u64::from(result.valid_until_s) * 1000) };
+    let validity = if result.valid_until_s == 0 {
+        "not started".to_string()
+    } else {
+        time(u64::from(result.valid_until_s) * 1000)
+    };
     row(&mut out, "valid until", validity);
     for recharge in &result.recharges {
-        let means = FUNDING_NAMES.get(usize::from(recharge.funding).wrapping_sub(1)).copied().unwrap_or("unknown");
-        row(&mut out, "recharge", format!("{} +{} won ({means})", time(recharge.time_ms), recharge.amount_won));
+        let means = FUNDING_NAMES
+            .get(usize::from(recharge.funding).wrapping_sub(1))
+            .copied()
+            .unwrap_or("unknown");
+        row(
+            &mut out,
+            "recharge",
+            format!("{} +{} won ({means})", time(recharge.time_ms), recharge.amount_won),
+        );
     }
     if result.recharges.len() < result.recharge_count as usize {
-        row(&mut out, "recharges not listed", (result.recharge_count as usize - result.recharges.len()).to_string());
+        row(
+            &mut out,
+            "recharges not listed",
+            (result.recharge_count as usize - result.recharges.len()).to_string(),
+        );
     }
-    row(&mut out, "recharged", format!("{} won in {} recharges", result.recharged_won, result.recharge_count));
+    row(
+        &mut out,
+        "recharged",
+        format!("{} won in {} recharges", result.recharged_won, result.recharge_count),
+    );
     row(&mut out, "total refunded", format!("{} won", result.refunded_won));
     row(&mut out, "  merchant refunds", format!("{} won", result.merchant_refunds_won));
     row(&mut out, "  reversals", format!("{} won", result.reversals_won));
@@ -927,7 +1211,14 @@ pub fn render(card: &str, result: &StatementResult, lines: &[StatementLine], cut
         } else {
             credited_won += u128::from(line.amount_won);
         }
-        let _ = writeln!(out, "{}  {kind:<8}  {:>12} won  {} ({})", time(line.time_ms), line.amount_won, line.merchant_name, line.merchant_id);
+        let _ = writeln!(
+            out,
+            "{}  {kind:<8}  {:>12} won  {} ({})",
+            time(line.time_ms),
+            line.amount_won,
+            line.merchant_name,
+            line.merchant_id
+        );
     }
     row(&mut out, "total internet payment", format!("{paid_won} won"));
     row(&mut out, "total refunded on them", format!("{credited_won} won"));
@@ -964,7 +1255,11 @@ mod tests {
 
     #[test]
     fn entries_round_trip_and_damage_is_detected() {
-        let original = Entry { prev_plus_one: 17, means: 4, ..entry(0xABCD << 64 | 5, 9, EntryKind::Recharge, 10_000, 0) };
+        let original = Entry {
+            prev_plus_one: 17,
+            means: 4,
+            ..entry(0xABCD << 64 | 5, 9, EntryKind::Recharge, 10_000, 0)
+        };
         let mut bytes = original.encode();
         assert_eq!(Entry::decode(&bytes), Ok(original));
         bytes[70] ^= 1;
@@ -972,9 +1267,15 @@ mod tests {
     }
 
     /// Appends `(pin, kind, amount, category)` as records `first_seq..` of shard 0.
-    fn append(writer: &mut StatementWriter, first_seq: u64, items: &[(PinHash, EntryKind, u64, u8)]) {
+    fn append(
+        writer: &mut StatementWriter,
+        first_seq: u64,
+        items: &[(PinHash, EntryKind, u64, u8)],
+    ) {
         for (offset, (pin_hash, kind, amount_won, category)) in items.iter().enumerate() {
-            writer.shards[0].append(entry(*pin_hash, first_seq + offset as u64, *kind, *amount_won, *category)).unwrap();
+            writer.shards[0]
+                .append(entry(*pin_hash, first_seq + offset as u64, *kind, *amount_won, *category))
+                .unwrap();
         }
     }
 
@@ -983,27 +1284,78 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (a, b) = (1u128 << 64 | 1, 1u128 << 64 | 2);
         let mut writer = StatementWriter::open(dir.path(), &[0]).unwrap();
-        append(&mut writer, 1, &[(a, EntryKind::Issue, 50_000, 0), (b, EntryKind::Issue, 50_000, 0), (a, EntryKind::Payment, 700, 1), (a, EntryKind::Recharge, 10_000, 0)]);
+        append(
+            &mut writer,
+            1,
+            &[
+                (a, EntryKind::Issue, 50_000, 0),
+                (b, EntryKind::Issue, 50_000, 0),
+                (a, EntryKind::Payment, 700, 1),
+                (a, EntryKind::Recharge, 10_000, 0),
+            ],
+        );
         writer.checkpoint().unwrap();
         // Records 5..=7 applied and even checkpointed, but the exporter's state (cursor 4) never
         // saved: a crash between `committed.bin` and `state.bin`.
-        append(&mut writer, 5, &[(a, EntryKind::Payment, 300, 2), (b, EntryKind::Payment, 900, 1), (a, EntryKind::MerchantRefund, 100, 1)]);
+        append(
+            &mut writer,
+            5,
+            &[
+                (a, EntryKind::Payment, 300, 2),
+                (b, EntryKind::Payment, 900, 1),
+                (a, EntryKind::MerchantRefund, 100, 1),
+            ],
+        );
         writer.checkpoint().unwrap();
         let index = StatementIndex::open(dir.path(), 1).unwrap();
         assert_eq!(index.entries(a).unwrap().len(), 5);
         drop(writer);
         let bytes_before = std::fs::read(dir.path().join("statements/shard-000.entries")).unwrap();
         let mut writer = StatementWriter::open(dir.path(), &[4]).unwrap();
-        assert_eq!(index.entries(a).unwrap().iter().map(|entry| entry.seq).collect::<Vec<_>>(), [1, 3, 4]);
+        assert_eq!(
+            index.entries(a).unwrap().iter().map(|entry| entry.seq).collect::<Vec<_>>(),
+            [1, 3, 4]
+        );
         assert_eq!(index.entries(b).unwrap().len(), 1);
         // Applied again, the same records give the same bytes.
-        append(&mut writer, 5, &[(a, EntryKind::Payment, 300, 2), (b, EntryKind::Payment, 900, 1), (a, EntryKind::MerchantRefund, 100, 1)]);
+        append(
+            &mut writer,
+            5,
+            &[
+                (a, EntryKind::Payment, 300, 2),
+                (b, EntryKind::Payment, 900, 1),
+                (a, EntryKind::MerchantRefund, 100, 1),
+            ],
+        );
         writer.checkpoint().unwrap();
-        assert_eq!(std::fs::read(dir.path().join("statements/shard-000.entries")).unwrap(), bytes_before);
-        let statement = index.statement(a, &StatementPage::default(), &limits(), &|id| format!("m{id}")).unwrap().unwrap();
-        assert_eq!((statement.paid_by_category_won, statement.merchant_refunds_won, statement.recharged_won), ([700, 300, 0, 0, 0, 0], 100, 10_000));
-        assert_eq!(statement.lines.iter().map(|line| (line.kind, line.amount_won, line.merchant_name.as_str())).collect::<Vec<_>>(), [(LINE_PAYMENT, 700, "m71"), (LINE_REFUND, 100, "m71")]);
-        assert_eq!((statement.balance_won, statement.points, statement.as_of_ms), (50_000 - 7, 7, 7_000));
+        assert_eq!(
+            std::fs::read(dir.path().join("statements/shard-000.entries")).unwrap(),
+            bytes_before
+        );
+        let statement = index
+            .statement(a, &StatementPage::default(), &limits(), &|id| format!("m{id}"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (
+                statement.paid_by_category_won,
+                statement.merchant_refunds_won,
+                statement.recharged_won
+            ),
+            ([700, 300, 0, 0, 0, 0], 100, 10_000)
+        );
+        assert_eq!(
+            statement
+                .lines
+                .iter()
+                .map(|line| (line.kind, line.amount_won, line.merchant_name.as_str()))
+                .collect::<Vec<_>>(),
+            [(LINE_PAYMENT, 700, "m71"), (LINE_REFUND, 100, "m71")]
+        );
+        assert_eq!(
+            (statement.balance_won, statement.points, statement.as_of_ms),
+            (50_000 - 7, 7, 7_000)
+        );
         // Unflushed entries past the cursor vanish on reopening; an unknown card has no entries.
         append(&mut writer, 8, &[(b, EntryKind::Payment, 1, 1)]);
         drop(writer);
@@ -1042,9 +1394,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut writer = StatementWriter::open(dir.path(), &[0]).unwrap();
         let cards = HEADS_INITIAL_SLOTS; // beyond 70 % of the first table
-        let pins: Vec<PinHash> = (1..=cards).map(|n| u128::from(n).wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835)).collect();
+        let pins: Vec<PinHash> = (1..=cards)
+            .map(|n| u128::from(n).wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835))
+            .collect();
         for (seq, pin_hash) in pins.iter().enumerate() {
-            writer.shards[0].append(entry(*pin_hash, seq as u64 + 1, EntryKind::Issue, 5_000, 0)).unwrap();
+            writer.shards[0]
+                .append(entry(*pin_hash, seq as u64 + 1, EntryKind::Issue, 5_000, 0))
+                .unwrap();
         }
         writer.checkpoint().unwrap();
         append(&mut writer, cards + 1, &[(pins[0], EntryKind::Payment, 1_000, 1)]);
@@ -1053,7 +1409,10 @@ mod tests {
         let index = StatementIndex::open(dir.path(), 1).unwrap();
         assert_eq!(index.entries(pins[0]).unwrap().len(), 2);
         for pin_hash in pins.iter().step_by(997) {
-            assert_eq!(index.entries(*pin_hash).unwrap().len(), if *pin_hash == pins[0] { 2 } else { 1 });
+            assert_eq!(
+                index.entries(*pin_hash).unwrap().len(),
+                if *pin_hash == pins[0] { 2 } else { 1 }
+            );
         }
     }
 
@@ -1078,7 +1437,16 @@ mod tests {
         let record = |body: Body, code: ResultCode, amount_won: u64| JournalEntry {
             now_ms: 5_000,
             command: Command { op_id: 1, deadline_at_ms: 0, body },
-            reply: Reply { code: code.as_u16(), replayed: false, field: 0, approval_code: 0, amount_won, balance_won: 9_000, available_won: 8_000, hold_expires_at_ms: 0 },
+            reply: Reply {
+                code: code.as_u16(),
+                replayed: false,
+                field: 0,
+                approval_code: 0,
+                amount_won,
+                balance_won: 9_000,
+                available_won: 8_000,
+                hold_expires_at_ms: 0,
+            },
         };
         let start = record(
             Body::SessionStart(Box::new(pinswitch_core::SessionOpen {
@@ -1094,20 +1462,51 @@ mod tests {
             100,
         );
         let made = entries_of(1, &start, &effects, Some(&card), None, None);
-        assert_eq!(made.iter().map(|entry| (entry.kind, entry.category, entry.amount_won, entry.counterparty)).collect::<Vec<_>>(), [(EntryKind::Payment, 2, 100, 822)]);
-        let capped = record(Body::SessionEnd { pin_hash: 4, session_id: 8, seq: 2, used_total_s: 900 }, ResultCode::SessionUsageCapped, 700);
+        assert_eq!(
+            made.iter()
+                .map(|entry| (entry.kind, entry.category, entry.amount_won, entry.counterparty))
+                .collect::<Vec<_>>(),
+            [(EntryKind::Payment, 2, 100, 822)]
+        );
+        let capped = record(
+            Body::SessionEnd { pin_hash: 4, session_id: 8, seq: 2, used_total_s: 900 },
+            ResultCode::SessionUsageCapped,
+            700,
+        );
         let made = entries_of(2, &capped, &effects, Some(&card), None, Some(6));
-        assert_eq!(made.iter().map(|entry| (entry.category, entry.amount_won)).collect::<Vec<_>>(), [(6, 700)]);
-        let declined = record(Body::SessionUpdate { pin_hash: 4, session_id: 8, seq: 1, used_total_s: 10, requested_s: 60 }, ResultCode::InsufficientFunds, 0);
+        assert_eq!(
+            made.iter().map(|entry| (entry.category, entry.amount_won)).collect::<Vec<_>>(),
+            [(6, 700)]
+        );
+        let declined = record(
+            Body::SessionUpdate {
+                pin_hash: 4,
+                session_id: 8,
+                seq: 1,
+                used_total_s: 10,
+                requested_s: 60,
+            },
+            ResultCode::InsufficientFunds,
+            0,
+        );
         assert!(entries_of(3, &declined, &effects, Some(&card), None, Some(2)).is_empty());
     }
 
     #[test]
     fn ranges_and_pages_cut_the_detail_list_and_the_flows_not_the_initial_value() {
         let pin_hash = 5;
-        let mut entries = vec![entry(pin_hash, 1, EntryKind::Issue, 30_000, 0), Entry { counterparty: 9, ..entry(pin_hash, 2, EntryKind::Sell, 29_000, 0) }];
+        let mut entries = vec![
+            entry(pin_hash, 1, EntryKind::Issue, 30_000, 0),
+            Entry { counterparty: 9, ..entry(pin_hash, 2, EntryKind::Sell, 29_000, 0) },
+        ];
         for seq in 3..=9 {
-            entries.push(entry(pin_hash, seq, EntryKind::Payment, 100 * seq, if seq % 2 == 1 { 1 } else { 4 }));
+            entries.push(entry(
+                pin_hash,
+                seq,
+                EntryKind::Payment,
+                100 * seq,
+                if seq % 2 == 1 { 1 } else { 4 },
+            ));
         }
         entries.push(entry(pin_hash, 10, EntryKind::Recharge, 10_000, 0));
         entries.push(entry(pin_hash, 11, EntryKind::Recharge, 10_000, 0));
@@ -1115,15 +1514,53 @@ mod tests {
         entries.push(entry(pin_hash, 13, EntryKind::Reversal, 300, 1));
         let name = |id: u64| id.to_string();
         let all = summarize(&entries, &StatementPage::default(), &limits(), &name).unwrap();
-        assert_eq!((all.face_value_won, all.price_won, all.channel_id, all.sold_at_ms), (50_000, 29_000, 9, 2_000));
+        assert_eq!(
+            (all.face_value_won, all.price_won, all.channel_id, all.sold_at_ms),
+            (50_000, 29_000, 9, 2_000)
+        );
         assert_eq!(all.paid_by_category_won, [300 + 500 + 700 + 900, 0, 0, 400 + 600 + 800, 0, 0]);
         assert_eq!((all.recharge_count, all.recharged_won, all.recharges.len()), (3, 40_000, 2));
-        assert_eq!((all.reversals_won, all.refunded_won, all.lines_total, all.lines.len(), all.next_cursor), (300, 300, 5, 3, 3));
-        let second = summarize(&entries, &StatementPage { cursor: 3, limit: 100, ..StatementPage::default() }, &limits(), &name).unwrap();
-        assert_eq!((second.lines.iter().map(|line| line.amount_won).collect::<Vec<_>>(), second.next_cursor), (vec![900, 300], 0));
+        assert_eq!(
+            (
+                all.reversals_won,
+                all.refunded_won,
+                all.lines_total,
+                all.lines.len(),
+                all.next_cursor
+            ),
+            (300, 300, 5, 3, 3)
+        );
+        let second = summarize(
+            &entries,
+            &StatementPage { cursor: 3, limit: 100, ..StatementPage::default() },
+            &limits(),
+            &name,
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                second.lines.iter().map(|line| line.amount_won).collect::<Vec<_>>(),
+                second.next_cursor
+            ),
+            (vec![900, 300], 0)
+        );
         // Records 5..=9: flows in range; the card as of the end of the range; the sale stays.
-        let range = summarize(&entries, &StatementPage { from_ms: 5_000, to_ms: 10_000, ..StatementPage::default() }, &limits(), &name).unwrap();
-        assert_eq!((range.paid_by_category_won[0], range.recharge_count, range.lines_total, range.price_won), (500 + 700 + 900, 0, 3, 29_000));
+        let range = summarize(
+            &entries,
+            &StatementPage { from_ms: 5_000, to_ms: 10_000, ..StatementPage::default() },
+            &limits(),
+            &name,
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                range.paid_by_category_won[0],
+                range.recharge_count,
+                range.lines_total,
+                range.price_won
+            ),
+            (500 + 700 + 900, 0, 3, 29_000)
+        );
         assert_eq!((range.balance_won, range.as_of_ms), (50_000 - 9, 9_000));
     }
 }

@@ -28,7 +28,10 @@ pub struct XmlWriter {
 
 impl XmlWriter {
     pub fn new() -> XmlWriter {
-        XmlWriter { out: String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"), open: Vec::new() }
+        XmlWriter {
+            out: String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"),
+            open: Vec::new(),
+        }
     }
 
     fn indent(&mut self) {
@@ -161,7 +164,10 @@ impl Parser<'_> {
 
     fn name(&mut self) -> Result<String, String> {
         let start = self.position;
-        while self.position < self.bytes.len() && (self.bytes[self.position].is_ascii_alphanumeric() || b":_-.".contains(&self.bytes[self.position])) {
+        while self.position < self.bytes.len()
+            && (self.bytes[self.position].is_ascii_alphanumeric()
+                || b":_-.".contains(&self.bytes[self.position]))
+        {
             self.position += 1;
         }
         if start == self.position {
@@ -204,7 +210,8 @@ impl Parser<'_> {
         let mut children = Vec::new();
         let mut text = String::new();
         loop {
-            let end = self.rest().find('<').ok_or_else(|| format!("element {name} is not closed"))?;
+            let end =
+                self.rest().find('<').ok_or_else(|| format!("element {name} is not closed"))?;
             text.push_str(&unescape(&self.rest()[..end])?);
             self.position += end;
             if self.rest().starts_with("</") {
@@ -218,7 +225,10 @@ impl Parser<'_> {
                 return Ok(Element { name, attributes, children, text: text.trim().to_string() });
             }
             if self.rest().starts_with("<!") || self.rest().starts_with("<?") {
-                return Err(format!("comments, CDATA and processing instructions are not accepted (byte {})", self.position));
+                return Err(format!(
+                    "comments, CDATA and processing instructions are not accepted (byte {})",
+                    self.position
+                ));
             }
             children.push(self.element(depth + 1)?);
         }
@@ -265,7 +275,16 @@ mod tests {
 
     #[test]
     fn malformed_documents_are_errors() {
-        for bad in ["<a>", "<a></b>", "<a>x</a><b/>", "<a b='1' b='2'/>", "<a>&bogus;</a>", "<a><!-- c --></a>", "", "<>"] {
+        for bad in [
+            "<a>",
+            "<a></b>",
+            "<a>x</a><b/>",
+            "<a b='1' b='2'/>",
+            "<a>&bogus;</a>",
+            "<a><!-- c --></a>",
+            "",
+            "<>",
+        ] {
             assert!(parse(bad).is_err(), "{bad}");
         }
         let deep = "<a>".repeat(100) + &"</a>".repeat(100);

@@ -21,7 +21,8 @@ const PAIN001_XSD: &str = include_str!("../schemas/pain.001.001.09.xsd");
 const CAMT054_XSD: &str = include_str!("../schemas/camt.054.001.08.xsd");
 
 fn schema(xsd: &str) -> Schema {
-    Schema::load(xsd).unwrap_or_else(|why| panic!("the schema uses what the validator does not support: {why}"))
+    Schema::load(xsd)
+        .unwrap_or_else(|why| panic!("the schema uses what the validator does not support: {why}"))
 }
 
 /// A closed period with two merchants to pay and one balance refund, rendered as the exporter
@@ -29,7 +30,12 @@ fn schema(xsd: &str) -> Schema {
 fn rendered_pain001(config: &ExportConfig) -> BTreeMap<String, String> {
     let day = parse_date("2026-05-01").unwrap();
     let cutoff = Cutoff { utc_offset_hours: 9, cutoff_hour: 0 };
-    let at = |seq: u64| Origin { time_ms: cutoff.start_ms(day) as u64 + 36_000_000 + seq * 1000, shard: 0, seq, op_id: u128::from(seq) << 64 };
+    let at = |seq: u64| Origin {
+        time_ms: cutoff.start_ms(day) as u64 + 36_000_000 + seq * 1000,
+        shard: 0,
+        seq,
+        op_id: u128::from(seq) << 64,
+    };
     let sale = |seq, merchant_id, amount_won| MerchantLine {
         origin: at(seq),
         kind: MerchantKind::Sale,
@@ -44,12 +50,25 @@ fn rendered_pain001(config: &ExportConfig) -> BTreeMap<String, String> {
     let facts = PeriodFacts {
         records: 3,
         merchant: vec![sale(1, 77, 12_000), sale(2, 78, 3_000_000)],
-        payouts: vec![PayoutLine { origin: at(3), account_ref: 42, card: 0xdef, amount_won: 8_500, after_close: false }],
+        payouts: vec![PayoutLine {
+            origin: at(3),
+            account_ref: 42,
+            card: 0xdef,
+            amount_won: 8_500,
+            after_close: false,
+        }],
         ..PeriodFacts::default()
     };
-    let period = ClosedPeriod { day, facts, carry_in: BTreeMap::new(), ledger_after: Ledger::default() };
-    let files: BTreeMap<String, String> = render::render(&period, false, cutoff, config).into_iter().filter(|(name, _)| name.ends_with(".pain.001.xml")).collect();
-    assert_eq!(files.keys().map(String::as_str).collect::<Vec<_>>(), ["payouts-merchants.pain.001.xml", "payouts-refunds.pain.001.xml"]);
+    let period =
+        ClosedPeriod { day, facts, carry_in: BTreeMap::new(), ledger_after: Ledger::default() };
+    let files: BTreeMap<String, String> = render::render(&period, false, cutoff, config)
+        .into_iter()
+        .filter(|(name, _)| name.ends_with(".pain.001.xml"))
+        .collect();
+    assert_eq!(
+        files.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["payouts-merchants.pain.001.xml", "payouts-refunds.pain.001.xml"]
+    );
     files
 }
 
@@ -73,7 +92,13 @@ fn rendered_payout_files_are_valid_pain001() {
         creditor_account: "A".repeat(34),
         remittance: "R".repeat(140),
     };
-    let document = render::pain001(&"M".repeat(35), "2026-05-02T00:00:00+09:00", "2026-05-02", &ExportConfig::default(), &[transfer]);
+    let document = render::pain001(
+        &"M".repeat(35),
+        "2026-05-02T00:00:00+09:00",
+        "2026-05-02",
+        &ExportConfig::default(),
+        &[transfer],
+    );
     assert_eq!(pain001.validate(&document), Ok(()), "{document}");
 }
 
@@ -84,7 +109,10 @@ fn assert_invalid(schema: &Schema, document: &str, from: &str, to: &str, why: &s
     let mutated = document.replacen(from, to, 1);
     match schema.validate(&mutated) {
         Ok(()) => panic!("accepted with {from:?} -> {to:?}"),
-        Err(errors) => assert!(errors.iter().any(|error| error.contains(why)), "{from:?} -> {to:?}: {errors:?} does not say {why:?}"),
+        Err(errors) => assert!(
+            errors.iter().any(|error| error.contains(why)),
+            "{from:?} -> {to:?}: {errors:?} does not say {why:?}"
+        ),
     }
 }
 
@@ -94,29 +122,54 @@ fn mutated_pain001_is_invalid() {
     let files = rendered_pain001(&ExportConfig::default());
     let document = &files["payouts-merchants.pain.001.xml"];
     assert_eq!(pain001.validate(document), Ok(()));
-    let header = "<MsgId>PSW-M-20260501</MsgId>\n      <CreDtTm>2026-05-02T00:00:00+09:00</CreDtTm>";
+    let header =
+        "<MsgId>PSW-M-20260501</MsgId>\n      <CreDtTm>2026-05-02T00:00:00+09:00</CreDtTm>";
     let cases: &[(&str, &str, &str)] = &[
         // Element order: CreDtTm before MsgId.
-        (header, "<CreDtTm>2026-05-02T00:00:00+09:00</CreDtTm>\n      <MsgId>PSW-M-20260501</MsgId>", "/Document/CstmrCdtTrfInitn/GrpHdr: expected MsgId"),
+        (
+            header,
+            "<CreDtTm>2026-05-02T00:00:00+09:00</CreDtTm>\n      <MsgId>PSW-M-20260501</MsgId>",
+            "/Document/CstmrCdtTrfInitn/GrpHdr: expected MsgId",
+        ),
         // A mandatory element left out.
         ("<PmtMtd>TRF</PmtMtd>", "", "expected PmtMtd"),
         // A code outside its enumeration, a bad currency code and a bad amount.
-        ("<ChrgBr>SLEV</ChrgBr>", "<ChrgBr>XXXX</ChrgBr>", "/PmtInf/ChrgBr: \"XXXX\" is not one of the values"),
+        (
+            "<ChrgBr>SLEV</ChrgBr>",
+            "<ChrgBr>XXXX</ChrgBr>",
+            "/PmtInf/ChrgBr: \"XXXX\" is not one of the values",
+        ),
         ("Ccy=\"KRW\"", "Ccy=\"krw\"", "/InstdAmt/@Ccy: \"krw\" does not match the pattern"),
         ("Ccy=\"KRW\"", "", "attribute Ccy is required"),
         ("<InstdAmt Ccy=\"KRW\">", "<InstdAmt Ccy=\"KRW\">-", "below the minimum"),
-        ("<NbOfTxs>2</NbOfTxs>", "<NbOfTxs>two</NbOfTxs>", "does not match the pattern of Max15NumericText"),
+        (
+            "<NbOfTxs>2</NbOfTxs>",
+            "<NbOfTxs>two</NbOfTxs>",
+            "does not match the pattern of Max15NumericText",
+        ),
         ("<Dt>2026-05-02</Dt>", "<Dt>2026-05-32</Dt>", "is not a valid xs:date"),
         ("<BtchBookg>true</BtchBookg>", "<BtchBookg>yes</BtchBookg>", "is not a valid xs:boolean"),
         // A value longer than its type allows, an element the type does not have, text in
         // element-only content, a second branch of a choice, an element repeated.
-        ("<EndToEndId>SET-77-20260501</EndToEndId>", &format!("<EndToEndId>{}</EndToEndId>", "X".repeat(36)), "has 36 characters"),
+        (
+            "<EndToEndId>SET-77-20260501</EndToEndId>",
+            &format!("<EndToEndId>{}</EndToEndId>", "X".repeat(36)),
+            "has 36 characters",
+        ),
         ("<PmtMtd>TRF</PmtMtd>", "<PmtMtd>TRF</PmtMtd><Foo>1</Foo>", "unexpected Foo"),
         ("<PmtId>", "<PmtId>stray", "in element-only content"),
-        ("<Dt>2026-05-02</Dt>", "<Dt>2026-05-02</Dt><DtTm>2026-05-02T09:00:00</DtTm>", "/ReqdExctnDt: unexpected DtTm"),
+        (
+            "<Dt>2026-05-02</Dt>",
+            "<Dt>2026-05-02</Dt><DtTm>2026-05-02T09:00:00</DtTm>",
+            "/ReqdExctnDt: unexpected DtTm",
+        ),
         ("<PmtMtd>TRF</PmtMtd>", "<PmtMtd>TRF</PmtMtd><PmtMtd>TRF</PmtMtd>", "unexpected PmtMtd"),
         // Another version's namespace.
-        ("pain.001.001.09\"", "pain.001.001.03\"", "namespace must be urn:iso:std:iso:20022:tech:xsd:pain.001.001.09"),
+        (
+            "pain.001.001.09\"",
+            "pain.001.001.03\"",
+            "namespace must be urn:iso:std:iso:20022:tech:xsd:pain.001.001.09",
+        ),
     ];
     for (from, to, why) in cases {
         assert_invalid(&pain001, document, from, to, why);
@@ -183,21 +236,53 @@ fn a_valid_camt054_notice_is_read_and_mutations_are_invalid() {
     let credits = parse_camt054(NOTICE).unwrap();
     let read: Vec<(&str, u64, &str, &str, &str)> = credits
         .iter()
-        .map(|credit| (credit.entry_ref.as_str(), credit.amount_won, credit.end_to_end_id.as_str(), credit.remittance.as_str(), credit.booking_date.as_str()))
+        .map(|credit| {
+            (
+                credit.entry_ref.as_str(),
+                credit.amount_won,
+                credit.end_to_end_id.as_str(),
+                credit.remittance.as_str(),
+                credit.booking_date.as_str(),
+            )
+        })
         .collect();
-    assert_eq!(read, [("B-1", 10_000, "ORD-1", "", "2026-05-01"), ("B-2", 20_000, "", "ORD-2", "2026-05-01")], "booked KRW credits only");
+    assert_eq!(
+        read,
+        [("B-1", 10_000, "ORD-1", "", "2026-05-01"), ("B-2", 20_000, "", "ORD-2", "2026-05-01")],
+        "booked KRW credits only"
+    );
 
     let cases: &[(&str, &str, &str)] = &[
         // The status as a bare code is camt.054.001.02; from .04 on it is a choice.
         ("<Sts><Cd>BOOK</Cd></Sts>", "<Sts>BOOK</Sts>", "expected one of Cd | Prtry"),
         // The bank transaction code is mandatory, the account too.
-        ("<BkTxCd><Prtry><Cd>DEPOSIT</Cd></Prtry></BkTxCd>\n        <NtryDtls>", "<NtryDtls>", "expected BkTxCd"),
-        ("      <Acct>\n        <Id><Othr><Id>004-999999-01</Id></Othr></Id>\n        <Ccy>KRW</Ccy>\n      </Acct>\n", "", "expected Acct"),
+        (
+            "<BkTxCd><Prtry><Cd>DEPOSIT</Cd></Prtry></BkTxCd>\n        <NtryDtls>",
+            "<NtryDtls>",
+            "expected BkTxCd",
+        ),
+        (
+            "      <Acct>\n        <Id><Othr><Id>004-999999-01</Id></Othr></Id>\n        <Ccy>KRW</Ccy>\n      </Acct>\n",
+            "",
+            "expected Acct",
+        ),
         // Order inside an entry: the amount comes before the indicator.
-        ("<Amt Ccy=\"KRW\">10000</Amt>\n        <CdtDbtInd>CRDT</CdtDbtInd>", "<CdtDbtInd>CRDT</CdtDbtInd>\n        <Amt Ccy=\"KRW\">10000</Amt>", "expected Amt"),
-        ("<CdtDbtInd>CRDT</CdtDbtInd>", "<CdtDbtInd>CREDIT</CdtDbtInd>", "is not one of the values of CreditDebitCode"),
+        (
+            "<Amt Ccy=\"KRW\">10000</Amt>\n        <CdtDbtInd>CRDT</CdtDbtInd>",
+            "<CdtDbtInd>CRDT</CdtDbtInd>\n        <Amt Ccy=\"KRW\">10000</Amt>",
+            "expected Amt",
+        ),
+        (
+            "<CdtDbtInd>CRDT</CdtDbtInd>",
+            "<CdtDbtInd>CREDIT</CdtDbtInd>",
+            "is not one of the values of CreditDebitCode",
+        ),
         ("10000</Amt>", "10000.123456</Amt>", "more fraction digits"),
-        ("<CreDtTm>2026-05-01T10:00:00+09:00</CreDtTm>\n    </GrpHdr>", "</GrpHdr>", "expected CreDtTm"),
+        (
+            "<CreDtTm>2026-05-01T10:00:00+09:00</CreDtTm>\n    </GrpHdr>",
+            "</GrpHdr>",
+            "expected CreDtTm",
+        ),
     ];
     for (from, to, why) in cases {
         assert_invalid(&camt054, NOTICE, from, to, why);
@@ -206,7 +291,11 @@ fn a_valid_camt054_notice_is_read_and_mutations_are_invalid() {
 
 #[test]
 fn the_validator_refuses_schemas_beyond_its_subset() {
-    let wrap = |body: &str| format!(r#"<xs:schema xmlns:xs="http://www.w3.org/2001/XMLSchema" elementFormDefault="qualified" targetNamespace="urn:x"><xs:element name="Document" type="D"/>{body}</xs:schema>"#);
+    let wrap = |body: &str| {
+        format!(
+            r#"<xs:schema xmlns:xs="http://www.w3.org/2001/XMLSchema" elementFormDefault="qualified" targetNamespace="urn:x"><xs:element name="Document" type="D"/>{body}</xs:schema>"#
+        )
+    };
     assert!(Schema::load(&wrap(r#"<xs:complexType name="D"><xs:sequence><xs:element name="A" type="xs:string"/></xs:sequence></xs:complexType>"#)).is_ok());
     for unsupported in [
         r#"<xs:complexType name="D"><xs:all><xs:element name="A" type="xs:string"/></xs:all></xs:complexType>"#,

@@ -150,7 +150,6 @@ impl SessionsSection {
     }
 }
 
-
 impl Default for Limits {
     fn default() -> Self {
         Limits {
@@ -184,7 +183,13 @@ impl Default for JournalSection {
 
 impl Default for ServerSection {
     fn default() -> Self {
-        ServerSection { data_dir: PathBuf::from("data"), listen: "127.0.0.1:7420".into(), shards: 0, runtime: "glommio".into(), accept: "handoff".into() }
+        ServerSection {
+            data_dir: PathBuf::from("data"),
+            listen: "127.0.0.1:7420".into(),
+            shards: 0,
+            runtime: "glommio".into(),
+            accept: "handoff".into(),
+        }
     }
 }
 
@@ -209,8 +214,8 @@ impl Config {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("reading config {}", path.display()))?;
-                let mut config: Config =
-                    toml::from_str(&text).with_context(|| format!("parsing config {}", path.display()))?;
+                let mut config: Config = toml::from_str(&text)
+                    .with_context(|| format!("parsing config {}", path.display()))?;
                 config.source = Some(path.to_path_buf());
                 config
             }
@@ -290,8 +295,12 @@ impl Config {
         }
         match sessions.final_unit_action.as_str() {
             "terminate" => {}
-            "redirect" if pinswitch_core::pack_destination(sessions.redirect_number.as_bytes()).is_some() => {}
-            "redirect" => bail!("sessions.redirect_number must be 1 to 15 digits with final_unit_action = \"redirect\""),
+            "redirect"
+                if pinswitch_core::pack_destination(sessions.redirect_number.as_bytes())
+                    .is_some() => {}
+            "redirect" => bail!(
+                "sessions.redirect_number must be 1 to 15 digits with final_unit_action = \"redirect\""
+            ),
             _ => bail!("sessions.final_unit_action must be terminate or redirect"),
         }
         if sessions.audit_sessions_max == 0 {
@@ -321,17 +330,25 @@ mod tests {
     #[test]
     fn band_times_parse_and_bad_ones_are_refused() {
         let parse = |from: &str| {
-            let text = format!("[[engine.tariffs]]\ntariff_id = 1\ncategory = 2\nrate_won = 2\nincrement_s = 1\nbands = [{{ from = \"{from}\", rate_won = 1 }}]\n[engine]\nidempotency_window_s = 60\n");
-            toml::from_str::<Config>(&text).map(|config| (config.engine.tariffs[0].bands[0].from_minute, config.engine.idempotency_window_ms))
+            let text = format!(
+                "[[engine.tariffs]]\ntariff_id = 1\ncategory = 2\nrate_won = 2\nincrement_s = 1\nbands = [{{ from = \"{from}\", rate_won = 1 }}]\n[engine]\nidempotency_window_s = 60\n"
+            );
+            toml::from_str::<Config>(&text).map(|config| {
+                (config.engine.tariffs[0].bands[0].from_minute, config.engine.idempotency_window_ms)
+            })
         };
         assert_eq!(parse("00:00").ok(), Some((0, 60_000)));
-        assert_eq!((parse("08:30").ok(), parse("23:59").ok()), (Some((510, 60_000)), Some((1439, 60_000))));
+        assert_eq!(
+            (parse("08:30").ok(), parse("23:59").ok()),
+            (Some((510, 60_000)), Some((1439, 60_000)))
+        );
         for bad in ["24:00", "8:30", "08:60", "0830", "aa:bb"] {
             let error = parse(bad).expect_err(bad).to_string();
             assert!(error.contains(bad), "{bad}: {error}");
         }
         let mut config = Config::default();
-        config.engine.tariffs[0].bands = vec![pinswitch_core::TariffBand { from_minute: 25 * 60, rate_won: 1 }];
+        config.engine.tariffs[0].bands =
+            vec![pinswitch_core::TariffBand { from_minute: 25 * 60, rate_won: 1 }];
         assert!(config.validate().is_err());
         config.engine.tariffs[0].bands.clear();
         config.sessions.final_unit_action = "redirect".into();

@@ -111,7 +111,9 @@ impl Admission {
 
     /// The shard serving the fewest connections (the lowest such id).
     pub fn least_loaded_shard(&self) -> usize {
-        (0..self.per_shard.len()).min_by_key(|shard| self.per_shard[*shard].load(Ordering::Acquire)).unwrap_or(0)
+        (0..self.per_shard.len())
+            .min_by_key(|shard| self.per_shard[*shard].load(Ordering::Acquire))
+            .unwrap_or(0)
     }
 
     /// Admits a connection from `peer` to be served by `shard`, or says which limit refuses it.
@@ -121,7 +123,8 @@ impl Admission {
             return Err(Refusal::ConnectionsMax);
         }
         {
-            let mut per_address = self.per_address.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut per_address =
+                self.per_address.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let count = per_address.entry(peer).or_insert(0);
             if *count >= self.limits.connections_per_address_max {
                 drop(per_address);
@@ -144,7 +147,9 @@ impl Admission {
     fn reserve(&self, bytes: u64) -> bool {
         let max = self.limits.read_buffer_bytes_total_max;
         self.read_buffer_bytes
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| held.checked_add(bytes).filter(|total| *total <= max))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                held.checked_add(bytes).filter(|total| *total <= max)
+            })
             .is_ok()
     }
 
@@ -179,7 +184,8 @@ impl Ticket {
 impl Drop for Ticket {
     fn drop(&mut self) {
         self.admission.release(self.read_buffer_bytes);
-        let mut per_address = self.admission.per_address.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut per_address =
+            self.admission.per_address.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(count) = per_address.get_mut(&self.peer) {
             *count -= 1;
             if *count == 0 {
@@ -226,7 +232,9 @@ impl Reaper {
         let mut timed_out = 0;
         self.watches.borrow_mut().retain(|weak| {
             let Some(watch) = weak.upgrade() else { return false };
-            let past = |since_ms: u64, limit_ms: u64| since_ms != 0 && now_ms.saturating_sub(since_ms) >= limit_ms;
+            let past = |since_ms: u64, limit_ms: u64| {
+                since_ms != 0 && now_ms.saturating_sub(since_ms) >= limit_ms
+            };
             let why = if past(watch.frame_started_ms.get(), limits.frame_read_timeout_ms) {
                 Some("a frame was not completed in time")
             } else if past(watch.output_stalled_ms.get(), limits.write_timeout_ms) {
@@ -315,7 +323,14 @@ impl Received {
     /// run the frame read timeout for the frame begun and make room for all of it, refusing it
     /// (RETRY_LATER, its bytes skipped: the stream stays framed, its length is known) when the
     /// shared budget cannot hold it.
-    fn settle(&mut self, ticket: &mut Ticket, watch: &Watch, now_ms: u64, decoded_any: bool, output: &mut Vec<u8>) {
+    fn settle(
+        &mut self,
+        ticket: &mut Ticket,
+        watch: &Watch,
+        now_ms: u64,
+        decoded_any: bool,
+        output: &mut Vec<u8>,
+    ) {
         if self.start == self.filled {
             self.start = 0;
             self.filled = 0;
@@ -347,7 +362,11 @@ impl Received {
         if ticket.hold_read_buffer(frame.total_len as u64) {
             self.bytes.resize(frame.total_len, 0);
         } else {
-            output.extend_from_slice(&native::error_frame(frame.msg_type, frame.request_id, pinswitch_protocol::ResultCode::RetryLater));
+            output.extend_from_slice(&native::error_frame(
+                frame.msg_type,
+                frame.request_id,
+                pinswitch_protocol::ResultCode::RetryLater,
+            ));
             self.skip = frame.total_len - self.filled;
             self.filled = 0;
         }
@@ -399,9 +418,19 @@ fn take_frames(
     loop {
         match decode_frame(input.unread(), limits.frame_bytes_max) {
             Ok(Some(frame)) => {
-                let events_budget = limits.in_flight_events_per_connection_max.saturating_sub(in_flight.events);
-                let frames_full = in_flight.frames.len() >= limits.in_flight_per_connection_max as usize;
-                match native::handle_frame(context, &frame.header, frame.body, now_ms, frames_full, events_budget, pushes) {
+                let events_budget =
+                    limits.in_flight_events_per_connection_max.saturating_sub(in_flight.events);
+                let frames_full =
+                    in_flight.frames.len() >= limits.in_flight_per_connection_max as usize;
+                match native::handle_frame(
+                    context,
+                    &frame.header,
+                    frame.body,
+                    now_ms,
+                    frames_full,
+                    events_budget,
+                    pushes,
+                ) {
                     Handled::Now(answer) => output.extend_from_slice(&answer),
                     Handled::Later(future, events) => {
                         in_flight.events += events;
@@ -424,7 +453,12 @@ fn take_frames(
 /// Serves one admitted connection until the peer closes it, a framing error, a timeout, or a
 /// write failure. Frames already submitted are still answered before the socket closes (their
 /// effects are durable whatever happens to the connection).
-pub async fn serve<T: Transport>(mut transport: T, context: Arc<Context>, mut ticket: Ticket, watch: Rc<Watch>) {
+pub async fn serve<T: Transport>(
+    mut transport: T,
+    context: Arc<Context>,
+    mut ticket: Ticket,
+    watch: Rc<Watch>,
+) {
     let limits = &context.limits;
     let (pushes, mut pushed) = mpsc::channel::<Vec<u8>>(PUSH_QUEUE_FRAMES);
     let mut input = Received::new();
@@ -496,8 +530,14 @@ pub async fn serve<T: Transport>(mut transport: T, context: Arc<Context>, mut ti
                         let now_ms = wall_clock_ms();
                         watch.last_input_ms.set(now_ms);
                         input.took(n);
-                        let (decoded_any, framing_broken) =
-                            take_frames(&context, &mut input, now_ms, &mut in_flight, &mut output, &pushes);
+                        let (decoded_any, framing_broken) = take_frames(
+                            &context,
+                            &mut input,
+                            now_ms,
+                            &mut in_flight,
+                            &mut output,
+                            &pushes,
+                        );
                         input_done |= framing_broken;
                         if !input_done {
                             input.settle(&mut ticket, &watch, now_ms, decoded_any, &mut output);
@@ -528,7 +568,11 @@ pub async fn serve<T: Transport>(mut transport: T, context: Arc<Context>, mut ti
 /// unread refusal). Bounded: at most `REFUSAL_DRAIN_BYTES` are read.
 pub async fn refuse<T: Transport>(mut transport: T) {
     const REFUSAL_DRAIN_BYTES: usize = 64 * 1024;
-    let refusal = native::error_frame(pinswitch_protocol::MsgType::Ping as u16, 0, pinswitch_protocol::ResultCode::RetryLater);
+    let refusal = native::error_frame(
+        pinswitch_protocol::MsgType::Ping as u16,
+        0,
+        pinswitch_protocol::ResultCode::RetryLater,
+    );
     let mut written = 0usize;
     let mut closed = false;
     let mut drained = 0usize;

@@ -37,7 +37,9 @@ impl Keys {
             }
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
                 let mut secret = [0u8; 32];
-                getrandom::fill(&mut secret).map_err(|error| anyhow::anyhow!("{error}")).context("drawing keys from the OS random source")?;
+                getrandom::fill(&mut secret)
+                    .map_err(|error| anyhow::anyhow!("{error}"))
+                    .context("drawing keys from the OS random source")?;
                 let mut keys = Keys { pin_key: [0; 16], password_key: [0; 16] };
                 keys.pin_key.copy_from_slice(&secret[..16]);
                 keys.password_key.copy_from_slice(&secret[16..]);
@@ -94,7 +96,9 @@ pub fn random_pin() -> anyhow::Result<u64> {
     let limit = u64::MAX - u64::MAX % BODY_SPACE;
     loop {
         let mut bytes = [0u8; 8];
-        getrandom::fill(&mut bytes).map_err(|error| anyhow::anyhow!("{error}")).context("drawing a PIN from the OS random source")?;
+        getrandom::fill(&mut bytes)
+            .map_err(|error| anyhow::anyhow!("{error}"))
+            .context("drawing a PIN from the OS random source")?;
         let value = u64::from_le_bytes(bytes);
         if value < limit {
             return Ok(pinswitch_protocol::pin::with_check_digit(value % BODY_SPACE));

@@ -9,7 +9,8 @@
 use dashmap::DashMap;
 use pinswitch_core::SessionNoticeOut;
 use pinswitch_protocol::{
-    FLAG_PUSH, FrameHeader, MsgType, NOTICE_EXPIRED, SessionNotice, VERSION, encode_body, encode_frame,
+    FLAG_PUSH, FrameHeader, MsgType, NOTICE_EXPIRED, SessionNotice, VERSION, encode_body,
+    encode_frame,
 };
 use tokio::sync::mpsc;
 
@@ -25,7 +26,10 @@ pub struct SessionDirectory {
 
 impl std::fmt::Debug for SessionDirectory {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SessionDirectory").field("sessions", &self.owners.len()).field("enabled", &self.enabled).finish()
+        f.debug_struct("SessionDirectory")
+            .field("sessions", &self.owners.len())
+            .field("enabled", &self.enabled)
+            .finish()
     }
 }
 

@@ -53,7 +53,11 @@ pub fn use_huge_pages() {
     if current.contains("glibc.malloc.hugetlb") {
         return;
     }
-    let tunables = if current.is_empty() { HUGE_PAGES_TUNABLE.to_string() } else { format!("{current}:{HUGE_PAGES_TUNABLE}") };
+    let tunables = if current.is_empty() {
+        HUGE_PAGES_TUNABLE.to_string()
+    } else {
+        format!("{current}:{HUGE_PAGES_TUNABLE}")
+    };
     let Ok(binary) = std::env::current_exe() else { return };
     let error = std::process::Command::new(binary)
         .args(std::env::args_os().skip(1))
@@ -97,7 +101,8 @@ enum Executor {
 /// Recovers every shard, then serves until SIGINT or SIGTERM.
 pub fn run(config: Config) -> anyhow::Result<()> {
     let data_dir = config.server.data_dir.clone();
-    std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
     let shard_count = config.shard_count();
     check_layout(&data_dir, shard_count)?;
     let executor = match config.server.runtime.as_str() {
@@ -125,7 +130,9 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         Executor::Tokio => "tokio",
     };
     let data = data_dir.display();
-    println!("pinswitch: listening on {address} ({shard_count} shards on {runtime_name}, data in {data})");
+    println!(
+        "pinswitch: listening on {address} ({shard_count} shards on {runtime_name}, data in {data})"
+    );
     std::io::stdout().flush().context("writing to stdout")?;
     serve_signals(context, config.source.clone(), engine)?;
     // Every acknowledged operation is durable already; the shard threads end with the process.
@@ -162,16 +169,26 @@ fn shard_settings(
 }
 
 /// Recovers every shard, in parallel (each replays its own journal), and logs what each found.
-fn recover_shards(settings: Vec<ShardSettings>) -> anyhow::Result<(Vec<ShardHandle>, Vec<shard_loop::ShardDriver>)> {
+fn recover_shards(
+    settings: Vec<ShardSettings>,
+) -> anyhow::Result<(Vec<ShardHandle>, Vec<shard_loop::ShardDriver>)> {
     let recovered: Vec<anyhow::Result<_>> = std::thread::scope(|scope| {
         let workers: Vec<_> = settings
             .into_iter()
             .map(|settings| {
                 let shard_id = settings.shard_id;
-                scope.spawn(move || shard_loop::start(settings).with_context(|| format!("starting shard {shard_id}")))
+                scope.spawn(move || {
+                    shard_loop::start(settings)
+                        .with_context(|| format!("starting shard {shard_id}"))
+                })
             })
             .collect();
-        workers.into_iter().map(|worker| worker.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a recovery thread panicked")))).collect()
+        workers
+            .into_iter()
+            .map(|worker| {
+                worker.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a recovery thread panicked")))
+            })
+            .collect()
     });
     let mut shards = Vec::with_capacity(recovered.len());
     let mut drivers = Vec::with_capacity(recovered.len());
@@ -188,7 +205,11 @@ fn recover_shards(settings: Vec<ShardSettings>) -> anyhow::Result<(Vec<ShardHand
 }
 
 /// The HELLO answer: the limits a client must respect.
-fn hello_reply(config: &Config, engine: &pinswitch_core::EngineConfig, shard_count: u16) -> HelloReply {
+fn hello_reply(
+    config: &Config,
+    engine: &pinswitch_core::EngineConfig,
+    shard_count: u16,
+) -> HelloReply {
     HelloReply {
         server_name: format!("pinswitch {}", env!("CARGO_PKG_VERSION")),
         protocol_version: VERSION,
@@ -217,7 +238,8 @@ fn start_shards(
         _ => Accept::Handoff,
     };
     let shard_count = context.shard_count;
-    let (handoff, incoming): (Vec<_>, Vec<_>) = (0..shard_count).map(|_| mpsc::channel::<Handed>(HANDOFF_QUEUE)).unzip();
+    let (handoff, incoming): (Vec<_>, Vec<_>) =
+        (0..shard_count).map(|_| mpsc::channel::<Handed>(HANDOFF_QUEUE)).unzip();
     let mut address = config.server.listen.clone();
     let mut bound: Option<SocketAddr> = None;
     for ((shard_id, driver), incoming) in drivers.into_iter().enumerate().zip(incoming) {
@@ -232,7 +254,11 @@ fn start_shards(
             handoff: (shard_id == 0 && accept == Accept::Handoff).then(|| handoff.clone()),
             incoming,
             bound: report,
-            sync: if config.journal.sync == "ring" { JournalSync::Ring } else { JournalSync::Thread },
+            sync: if config.journal.sync == "ring" {
+                JournalSync::Ring
+            } else {
+                JournalSync::Thread
+            },
         };
         std::thread::Builder::new()
             .name(format!("shard-{shard_id}"))
@@ -262,10 +288,14 @@ fn serve_signals(
     source: Option<std::path::PathBuf>,
     engine: pinswitch_core::EngineConfig,
 ) -> anyhow::Result<()> {
-    let signals = tokio::runtime::Builder::new_current_thread().enable_all().build().context("building the signal runtime")?;
+    let signals = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("building the signal runtime")?;
     signals.block_on(async move {
-        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .context("installing the SIGTERM handler")?;
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .context("installing the SIGTERM handler")?;
         let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
             .context("installing the SIGHUP handler")?;
         let reloads = async move {
@@ -274,7 +304,10 @@ fn serve_signals(
                 match reload(&context, source.as_deref(), &engine).await {
                     Ok(Some(reloaded)) => {
                         engine = reloaded;
-                        println!("pinswitch: reloaded the engine rules on {} shards", context.shard_count);
+                        println!(
+                            "pinswitch: reloaded the engine rules on {} shards",
+                            context.shard_count
+                        );
                     }
                     Ok(None) => println!("pinswitch: reload: the engine rules are unchanged"),
                     Err(error) => println!("pinswitch: reload refused: {error:#}"),
@@ -346,11 +379,16 @@ enum JournalSync {
 /// Commits synced through glommio's ring: the segment is opened once (read-only: `fdatasync`
 /// flushes the file's pages whatever descriptor asks) and kept until the journal rolls.
 fn ring_sync() -> shard_loop::RingSync {
-    let open: Rc<std::cell::RefCell<Option<(std::path::PathBuf, Rc<glommio::io::BufferedFile>)>>> = Rc::default();
+    let open: Rc<std::cell::RefCell<Option<(std::path::PathBuf, Rc<glommio::io::BufferedFile>)>>> =
+        Rc::default();
     Box::new(move |request| {
         let open = open.clone();
         Box::pin(async move {
-            let cached = open.borrow().as_ref().filter(|(path, _)| path == request.path()).map(|(_, file)| file.clone());
+            let cached = open
+                .borrow()
+                .as_ref()
+                .filter(|(path, _)| path == request.path())
+                .map(|(_, file)| file.clone());
             let file = match cached {
                 Some(file) => file,
                 None => match glommio::io::BufferedFile::open(request.path()).await {
@@ -362,7 +400,8 @@ fn ring_sync() -> shard_loop::RingSync {
                     Err(error) => return (request, Err(std::io::Error::other(error.to_string()))),
                 },
             };
-            let synced = file.fdatasync().await.map_err(|error| std::io::Error::other(error.to_string()));
+            let synced =
+                file.fdatasync().await.map_err(|error| std::io::Error::other(error.to_string()));
             (request, synced)
         })
     })
@@ -388,16 +427,39 @@ impl Shard {
             }
         };
         executor.run(async move {
-            let Shard { shard_id, driver, handle, context, address, listens, handoff, mut incoming, bound, sync } = self;
+            let Shard {
+                shard_id,
+                driver,
+                handle,
+                context,
+                address,
+                listens,
+                handoff,
+                mut incoming,
+                bound,
+                sync,
+            } = self;
             let reaper = Rc::new(Reaper::default());
             let ring = (sync == JournalSync::Ring).then(ring_sync);
             glommio::spawn_local(driver.run(ring)).detach();
-            glommio::spawn_local(ticker(handle, reaper.clone(), context.clone(), glommio::timer::sleep)).detach();
+            glommio::spawn_local(ticker(
+                handle,
+                reaper.clone(),
+                context.clone(),
+                glommio::timer::sleep,
+            ))
+            .detach();
             let serve_here = {
                 let (context, reaper) = (context.clone(), reaper.clone());
                 move |stream: glommio::net::TcpStream, ticket: conn::Ticket| {
                     let _ = stream.set_nodelay(true);
-                    glommio::spawn_local(conn::serve(stream, context.clone(), ticket, reaper.watch())).detach();
+                    glommio::spawn_local(conn::serve(
+                        stream,
+                        context.clone(),
+                        ticket,
+                        reaper.watch(),
+                    ))
+                    .detach();
                 }
             };
             let serve_handed = serve_here.clone();
@@ -413,8 +475,11 @@ impl Shard {
                 let _ = bound.send(Ok(None));
                 return std::future::pending::<()>().await;
             }
-            let listener = glommio::net::TcpListener::bind(address.as_str()).map_err(|error| error.to_string());
-            let Some(listener) = announce(&bound, &address, listener, |listener| listener.local_addr().map_err(|error| error.to_string())) else {
+            let listener = glommio::net::TcpListener::bind(address.as_str())
+                .map_err(|error| error.to_string());
+            let Some(listener) = announce(&bound, &address, listener, |listener| {
+                listener.local_addr().map_err(|error| error.to_string())
+            }) else {
                 return;
             };
             let refusals = Rc::new(std::cell::Cell::new(0u32));
@@ -431,12 +496,21 @@ impl Shard {
                 let Ok(peer) = accepted.peer_addr() else { continue };
                 match admit(shard_id, peer.ip(), &context, handoff.as_deref(), &mut accept_errors) {
                     Admitted::Here(ticket) => serve_here(accepted.bind_to_executor(), ticket),
-                    Admitted::There(target, ticket) => hand_off(handoff.as_deref(), target, HandedStream::Glommio(accepted), ticket),
+                    Admitted::There(target, ticket) => hand_off(
+                        handoff.as_deref(),
+                        target,
+                        HandedStream::Glommio(accepted),
+                        ticket,
+                    ),
                     Admitted::Refused => {
                         if let Some(guard) = RefusalGuard::take(&refusals) {
                             let stream = accepted.bind_to_executor();
                             glommio::spawn_local(async move {
-                                refuse_within(conn::refuse(stream), glommio::timer::sleep(REFUSAL_TIMEOUT)).await;
+                                refuse_within(
+                                    conn::refuse(stream),
+                                    glommio::timer::sleep(REFUSAL_TIMEOUT),
+                                )
+                                .await;
                                 drop(guard);
                             })
                             .detach();
@@ -452,21 +526,44 @@ impl Shard {
         let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
             Ok(runtime) => runtime,
             Err(error) => {
-                let _ = self.bound.send(Err(format!("shard {shard_id}: building its tokio runtime: {error}")));
+                let _ = self
+                    .bound
+                    .send(Err(format!("shard {shard_id}: building its tokio runtime: {error}")));
                 return;
             }
         };
         let local = tokio::task::LocalSet::new();
         local.block_on(&runtime, async move {
-            let Shard { shard_id, driver, handle, context, address, listens, handoff, mut incoming, bound, sync: _ } = self;
+            let Shard {
+                shard_id,
+                driver,
+                handle,
+                context,
+                address,
+                listens,
+                handoff,
+                mut incoming,
+                bound,
+                sync: _,
+            } = self;
             let reaper = Rc::new(Reaper::default());
             tokio::task::spawn_local(driver.run(None));
-            tokio::task::spawn_local(ticker(handle, reaper.clone(), context.clone(), tokio::time::sleep));
+            tokio::task::spawn_local(ticker(
+                handle,
+                reaper.clone(),
+                context.clone(),
+                tokio::time::sleep,
+            ));
             let serve_here = {
                 let (context, reaper) = (context.clone(), reaper.clone());
                 move |stream: tokio::net::TcpStream, ticket: conn::Ticket| {
                     let _ = stream.set_nodelay(true);
-                    tokio::task::spawn_local(conn::serve(stream, context.clone(), ticket, reaper.watch()));
+                    tokio::task::spawn_local(conn::serve(
+                        stream,
+                        context.clone(),
+                        ticket,
+                        reaper.watch(),
+                    ));
                 }
             };
             let serve_handed = serve_here.clone();
@@ -484,7 +581,9 @@ impl Shard {
                 return std::future::pending::<()>().await;
             }
             let listener = tokio_listener(&address).map_err(|error| format!("{error:#}"));
-            let Some(listener) = announce(&bound, &address, listener, |listener| listener.local_addr().map_err(|error| error.to_string())) else {
+            let Some(listener) = announce(&bound, &address, listener, |listener| {
+                listener.local_addr().map_err(|error| error.to_string())
+            }) else {
                 return;
             };
             let refusals = Rc::new(std::cell::Cell::new(0u32));
@@ -501,13 +600,22 @@ impl Shard {
                 match admit(shard_id, peer.ip(), &context, handoff.as_deref(), &mut accept_errors) {
                     Admitted::Here(ticket) => serve_here(stream, ticket),
                     Admitted::There(target, ticket) => match stream.into_std() {
-                        Ok(stream) => hand_off(handoff.as_deref(), target, HandedStream::Tokio(stream), ticket),
+                        Ok(stream) => hand_off(
+                            handoff.as_deref(),
+                            target,
+                            HandedStream::Tokio(stream),
+                            ticket,
+                        ),
                         Err(_) => drop(ticket),
                     },
                     Admitted::Refused => {
                         if let Some(guard) = RefusalGuard::take(&refusals) {
                             tokio::task::spawn_local(async move {
-                                refuse_within(conn::refuse(stream), tokio::time::sleep(REFUSAL_TIMEOUT)).await;
+                                refuse_within(
+                                    conn::refuse(stream),
+                                    tokio::time::sleep(REFUSAL_TIMEOUT),
+                                )
+                                .await;
                                 drop(guard);
                             });
                         }
@@ -526,11 +634,12 @@ fn announce<L>(
     listener: Result<L, String>,
     local_addr: impl FnOnce(&L) -> Result<SocketAddr, String>,
 ) -> Option<L> {
-    let announced = listener
-        .map_err(|why| format!("listening on {address}: {why}"))
-        .and_then(|listener| match local_addr(&listener) {
-            Ok(local) => Ok((listener, local)),
-            Err(why) => Err(format!("reading the listen address: {why}")),
+    let announced =
+        listener.map_err(|why| format!("listening on {address}: {why}")).and_then(|listener| {
+            match local_addr(&listener) {
+                Ok(local) => Ok((listener, local)),
+                Err(why) => Err(format!("reading the listen address: {why}")),
+            }
         });
     match announced {
         Ok((listener, local)) => {
@@ -553,7 +662,13 @@ enum Admitted {
 
 /// Admits a connection (or refuses it: the caller answers RETRY_LATER) and, with hand-off,
 /// picks the shard with the fewest connections for it.
-fn admit(shard_id: usize, peer: std::net::IpAddr, context: &Context, handoff: Option<&[mpsc::Sender<Handed>]>, accept_errors: &mut AcceptErrors) -> Admitted {
+fn admit(
+    shard_id: usize,
+    peer: std::net::IpAddr,
+    context: &Context,
+    handoff: Option<&[mpsc::Sender<Handed>]>,
+    accept_errors: &mut AcceptErrors,
+) -> Admitted {
     let target = if handoff.is_some() { context.admission.least_loaded_shard() } else { shard_id };
     match context.admission.admit(peer, target) {
         Ok(ticket) if target == shard_id => Admitted::Here(ticket),
@@ -567,7 +682,12 @@ fn admit(shard_id: usize, peer: std::net::IpAddr, context: &Context, handoff: Op
 
 /// Queues an admitted socket for its shard; a full queue (that shard is not taking sockets)
 /// closes it, and the ticket gives its place back.
-fn hand_off(handoff: Option<&[mpsc::Sender<Handed>]>, target: usize, stream: HandedStream, ticket: conn::Ticket) {
+fn hand_off(
+    handoff: Option<&[mpsc::Sender<Handed>]>,
+    target: usize,
+    stream: HandedStream,
+    ticket: conn::Ticket,
+) {
     if let Some(sender) = handoff.and_then(|senders| senders.get(target)) {
         let _ = sender.try_send(Handed { stream, ticket });
     }
@@ -575,8 +695,13 @@ fn hand_off(handoff: Option<&[mpsc::Sender<Handed>]>, target: usize, stream: Han
 
 /// A listener with SO_REUSEPORT, so every shard thread listens on the same address.
 fn tokio_listener(address: &str) -> anyhow::Result<tokio::net::TcpListener> {
-    let address = address.to_socket_addrs()?.next().context("the listen address resolves to nothing")?;
-    let socket = if address.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    let address =
+        address.to_socket_addrs()?.next().context("the listen address resolves to nothing")?;
+    let socket = if address.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
     socket.set_reuseaddr(true)?;
     socket.set_reuseport(true)?;
     socket.bind(address)?;
@@ -585,7 +710,12 @@ fn tokio_listener(address: &str) -> anyhow::Result<tokio::net::TcpListener> {
 
 /// Every `TICK`: nudges the driver to look for due expiries; every `REAPER_TICKS`: closes the
 /// shard's idle and stalled connections.
-async fn ticker<S: Future<Output = ()>>(handle: ShardHandle, reaper: Rc<Reaper>, context: Arc<Context>, sleep: impl Fn(Duration) -> S) {
+async fn ticker<S: Future<Output = ()>>(
+    handle: ShardHandle,
+    reaper: Rc<Reaper>,
+    context: Arc<Context>,
+    sleep: impl Fn(Duration) -> S,
+) {
     let mut ticks = 0u32;
     loop {
         sleep(TICK).await;
@@ -644,7 +774,11 @@ impl AcceptErrors {
         self.errors += 1;
         let now_ms = wall_clock_ms();
         if now_ms.saturating_sub(self.logged_ms) >= ACCEPT_ERROR_LOG_MS {
-            eprintln!("pinswitch: shard {shard_id} accept failed {} times ({error}); retrying every {} ms", self.errors, ACCEPT_BACKOFF.as_millis());
+            eprintln!(
+                "pinswitch: shard {shard_id} accept failed {} times ({error}); retrying every {} ms",
+                self.errors,
+                ACCEPT_BACKOFF.as_millis()
+            );
             self.logged_ms = now_ms;
             self.errors = 0;
         }
@@ -654,7 +788,10 @@ impl AcceptErrors {
         self.refusals += 1;
         let now_ms = wall_clock_ms();
         if now_ms.saturating_sub(self.logged_ms) >= ACCEPT_ERROR_LOG_MS {
-            eprintln!("pinswitch: shard {shard_id} refused {} connections (last: {refusal:?})", self.refusals);
+            eprintln!(
+                "pinswitch: shard {shard_id} refused {} connections (last: {refusal:?})",
+                self.refusals
+            );
             self.logged_ms = now_ms;
             self.refusals = 0;
         }
@@ -672,24 +809,36 @@ async fn reload(
     source: Option<&Path>,
     current: &pinswitch_core::EngineConfig,
 ) -> anyhow::Result<Option<pinswitch_core::EngineConfig>> {
+    use crate::shard_loop::{ShardBatch, ShardItem, ShardOutput};
     use pinswitch_core::{Body, Command};
     use pinswitch_protocol::ResultCode;
-    use crate::shard_loop::{ShardBatch, ShardItem, ShardOutput};
 
-    let Some(path) = source else { bail!("the switch was started without --config: there is no file to re-read") };
+    let Some(path) = source else {
+        bail!("the switch was started without --config: there is no file to re-read")
+    };
     let config = Config::load(Some(path))?;
     if config.sessions != context.sessions {
-        eprintln!("pinswitch: reload: [sessions] changed in {}; it applies at the next restart", path.display());
+        eprintln!(
+            "pinswitch: reload: [sessions] changed in {}; it applies at the next restart",
+            path.display()
+        );
     }
     if config.limits != context.limits {
-        eprintln!("pinswitch: reload: [limits] changed in {}; they apply at the next restart", path.display());
+        eprintln!(
+            "pinswitch: reload: [limits] changed in {}; they apply at the next restart",
+            path.display()
+        );
     }
     let engine = config.engine();
     if &engine == current {
         return Ok(None);
     }
     for (shard_id, shard) in context.shards.iter().enumerate() {
-        let command = Command { op_id: 0, deadline_at_ms: 0, body: Body::Configure(Box::new(engine.clone())) };
+        let command = Command {
+            op_id: 0,
+            deadline_at_ms: 0,
+            body: Body::Configure(Box::new(engine.clone())),
+        };
         let (reply, answer) = tokio::sync::oneshot::channel();
         let mut batch = ShardBatch { items: vec![ShardItem::Command(command)], reply };
         // A full queue is momentary: wait for room rather than drop an operator's change.
@@ -703,8 +852,11 @@ async fn reload(
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
         match answer.await.context("the shard stopped")?.pop() {
-            Some(ShardOutput::Applied(applied)) if applied.reply.code == ResultCode::Approved.as_u16() => {}
-            other => bail!("shard {shard_id} refused the rules ({other:?}); the rules changed on shards before it only"),
+            Some(ShardOutput::Applied(applied))
+                if applied.reply.code == ResultCode::Approved.as_u16() => {}
+            other => bail!(
+                "shard {shard_id} refused the rules ({other:?}); the rules changed on shards before it only"
+            ),
         }
     }
     let mut hello = context.hello.write().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -717,7 +869,8 @@ fn check_layout(data_dir: &Path, shard_count: u16) -> anyhow::Result<()> {
     let path = data_dir.join(LAYOUT_FILE);
     match std::fs::read_to_string(&path) {
         Ok(text) => {
-            let recorded: u16 = text.trim().parse().with_context(|| format!("reading {}", path.display()))?;
+            let recorded: u16 =
+                text.trim().parse().with_context(|| format!("reading {}", path.display()))?;
             if recorded != shard_count {
                 bail!(
                     "{} was created with {recorded} shards; start with --shards {recorded} (resharding is not supported)",
@@ -727,7 +880,8 @@ fn check_layout(data_dir: &Path, shard_count: u16) -> anyhow::Result<()> {
             Ok(())
         }
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::write(&path, format!("{shard_count}\n")).with_context(|| format!("writing {}", path.display()))
+            std::fs::write(&path, format!("{shard_count}\n"))
+                .with_context(|| format!("writing {}", path.display()))
         }
         Err(error) => Err(error).with_context(|| format!("reading {}", path.display())),
     }

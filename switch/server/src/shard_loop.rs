@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, anyhow, bail};
 use crossbeam_channel::Sender;
 use pinswitch_core::{
-    Applied, Body, CardView, Command, EngineConfig, JournalEntry, Ms, OpId, OpView, PinHash, Reply, SessionNoticeOut,
-    Shard, decode_entry, encode_entry, encode_entry_into,
+    Applied, Body, CardView, Command, EngineConfig, JournalEntry, Ms, OpId, OpView, PinHash, Reply,
+    SessionNoticeOut, Shard, decode_entry, encode_entry, encode_entry_into,
 };
 use std::collections::{HashSet, VecDeque};
 use std::future::Future;
@@ -33,14 +33,29 @@ use tokio::sync::{mpsc, oneshot};
 pub enum ShardItem {
     Command(Command),
     Card(PinHash),
-    Op { pin_hash: PinHash, op_id: OpId },
+    Op {
+        pin_hash: PinHash,
+        op_id: OpId,
+    },
     /// PRICE_QUOTE (read-only).
-    Quote { pin_hash: Option<PinHash>, category: u8, destination: u64, duration_s: u32, units: u32 },
+    Quote {
+        pin_hash: Option<PinHash>,
+        category: u8,
+        destination: u64,
+        duration_s: u32,
+        units: u32,
+    },
     /// SESSION_AUDIT's comparison: the owner's live sessions here (read-only).
-    AuditCount { owner_id: u32 },
+    AuditCount {
+        owner_id: u32,
+    },
     /// SESSION_AUDIT's list: end the owner's sessions here that are not in `live` and silent
     /// since `silent_since_ms` (journaled as a `SessionsClose`).
-    AuditClose { owner_id: u32, live: Arc<HashSet<u128>>, silent_since_ms: Ms },
+    AuditClose {
+        owner_id: u32,
+        live: Arc<HashSet<u128>>,
+        silent_since_ms: Ms,
+    },
 }
 
 /// The shard's answer to one item, in the same position.
@@ -138,7 +153,9 @@ pub struct ShardDriver {
 
 /// Recovers the shard from its directory and starts its snapshot thread; `ShardDriver::run`
 /// then serves it on the calling thread's runtime.
-pub fn start(settings: ShardSettings) -> anyhow::Result<(ShardHandle, RecoveryReport, ShardDriver)> {
+pub fn start(
+    settings: ShardSettings,
+) -> anyhow::Result<(ShardHandle, RecoveryReport, ShardDriver)> {
     let (engine, journal, report) = recover(&settings)?;
     let (sender, receiver) = mpsc::channel(settings.queue_max.max(1));
     let snapshots = SnapshotThread::start(settings.shard_id)?;
@@ -147,7 +164,8 @@ pub fn start(settings: ShardSettings) -> anyhow::Result<(ShardHandle, RecoveryRe
     // recovery time stays bounded under a crash loop (it restarted at zero before, and replay
     // grew without bound: 15.1 M records per shard after 86 kills).
     let since_snapshot = report.replayed_records;
-    let runner = Runner { settings, engine, journal, since_snapshot, snapshots, encoded: Vec::new() };
+    let runner =
+        Runner { settings, engine, journal, since_snapshot, snapshots, encoded: Vec::new() };
     Ok((ShardHandle { sender }, report, ShardDriver { runner, receiver }))
 }
 
@@ -184,7 +202,11 @@ impl ShardDriver {
                     }
                 }
                 if closed {
-                    return if in_flight.is_none() { Poll::Ready(Event::Closed) } else { Poll::Pending };
+                    return if in_flight.is_none() {
+                        Poll::Ready(Event::Closed)
+                    } else {
+                        Poll::Pending
+                    };
                 }
                 match receiver.poll_recv(cx) {
                     Poll::Ready(Some(input)) => Poll::Ready(Event::Input(input)),
@@ -240,7 +262,9 @@ impl ShardDriver {
                 match runner.journal.commit_start() {
                     Ok(Some(request)) => in_flight = Some(syncer.submit(request)),
                     Ok(None) => {}
-                    Err(error) => fatal(&format!("shard {shard_id} journal commit failed: {error}")),
+                    Err(error) => {
+                        fatal(&format!("shard {shard_id} journal commit failed: {error}"))
+                    }
                 }
             }
         }
@@ -312,7 +336,8 @@ struct SyncThread {
 }
 
 /// The sync thread's one place: the commit to run and where to say it ran.
-type Mailbox = Arc<(std::sync::Mutex<Option<(CommitRequest, oneshot::Sender<Synced>)>>, std::sync::Condvar)>;
+type Mailbox =
+    Arc<(std::sync::Mutex<Option<(CommitRequest, oneshot::Sender<Synced>)>>, std::sync::Condvar)>;
 
 impl SyncThread {
     fn start(shard_id: u16) -> anyhow::Result<SyncThread> {
@@ -324,12 +349,14 @@ impl SyncThread {
                 let (slot, ready) = &*inbox;
                 loop {
                     let (request, done) = {
-                        let mut slot = slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                        let mut slot =
+                            slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                         loop {
                             if let Some(work) = slot.take() {
                                 break work;
                             }
-                            slot = ready.wait(slot).unwrap_or_else(std::sync::PoisonError::into_inner);
+                            slot =
+                                ready.wait(slot).unwrap_or_else(std::sync::PoisonError::into_inner);
                         }
                     };
                     let synced = request.sync();
@@ -360,7 +387,11 @@ pub fn recover(settings: &ShardSettings) -> anyhow::Result<(Shard, Journal, Reco
     let (mut engine, snapshot_seq) = match snapshot {
         Some(snapshot) => {
             let engine = Shard::from_snapshot_bytes(&snapshot.bytes).map_err(|why| {
-                anyhow!("snapshot {} in {} does not decode: {why}", snapshot.seq, settings.dir.display())
+                anyhow!(
+                    "snapshot {} in {} does not decode: {why}",
+                    snapshot.seq,
+                    settings.dir.display()
+                )
             })?;
             (engine, snapshot.seq)
         }
@@ -370,14 +401,20 @@ pub fn recover(settings: &ShardSettings) -> anyhow::Result<(Shard, Journal, Reco
         // under the rules it first ran with (found by the SIGHUP reload test: starting from the
         // file's rules made the replay of a fresh directory diverge).
         None => (
-            Shard::with_hash_key(settings.shard_id, settings.shard_count, EngineConfig::production(), settings.hash_key),
+            Shard::with_hash_key(
+                settings.shard_id,
+                settings.shard_count,
+                EngineConfig::production(),
+                settings.hash_key,
+            ),
             0,
         ),
     };
     let mut replayed_records = 0u64;
     recovery
         .replay(snapshot_seq, |seq, payload| {
-            let entry = decode_entry(payload).map_err(|why| format!("record {seq} does not decode: {why}"))?;
+            let entry = decode_entry(payload)
+                .map_err(|why| format!("record {seq} does not decode: {why}"))?;
             // The effects (expiries, breakage, PINs handed out, notices) were answered and pushed
             // by the process that applied the record first: dropped with `applied`.
             let applied = engine.apply(entry.now_ms, &entry.command);
@@ -394,7 +431,11 @@ pub fn recover(settings: &ShardSettings) -> anyhow::Result<(Shard, Journal, Reco
     let mut journal = recovery.into_journal().context("reopening the journal for appends")?;
     // Rules changed since the last run: journal the change so replay applies it at this point.
     if engine.config() != &settings.engine {
-        let command = Command { op_id: 0, deadline_at_ms: 0, body: Body::Configure(Box::new(settings.engine.clone())) };
+        let command = Command {
+            op_id: 0,
+            deadline_at_ms: 0,
+            body: Body::Configure(Box::new(settings.engine.clone())),
+        };
         let now_ms = wall_clock_ms().max(engine.now_ms());
         let applied = engine.apply(now_ms, &command);
         if !applied.changed {
@@ -483,18 +524,30 @@ impl Runner {
                         collect_notices(&applied, &mut notices);
                         ShardOutput::Applied(applied)
                     }
-                    ShardItem::Card(pin_hash) => ShardOutput::Card(self.engine.card(now_ms, *pin_hash)),
-                    ShardItem::Op { pin_hash, op_id } => ShardOutput::Op(self.engine.op(*pin_hash, *op_id)),
-                    ShardItem::Quote { pin_hash, category, destination, duration_s, units } => ShardOutput::Quote(
-                        self.engine.quote(now_ms, *pin_hash, *category, *destination, *duration_s, *units),
-                    ),
+                    ShardItem::Card(pin_hash) => {
+                        ShardOutput::Card(self.engine.card(now_ms, *pin_hash))
+                    }
+                    ShardItem::Op { pin_hash, op_id } => {
+                        ShardOutput::Op(self.engine.op(*pin_hash, *op_id))
+                    }
+                    ShardItem::Quote { pin_hash, category, destination, duration_s, units } => {
+                        ShardOutput::Quote(self.engine.quote(
+                            now_ms,
+                            *pin_hash,
+                            *category,
+                            *destination,
+                            *duration_s,
+                            *units,
+                        ))
+                    }
                     ShardItem::AuditCount { owner_id } => {
                         let (count, digest) = self.engine.owner_sessions(*owner_id);
                         ShardOutput::AuditCount(count, digest)
                     }
                     ShardItem::AuditClose { owner_id, live, silent_since_ms } => {
                         let (count, _) = self.engine.owner_sessions(*owner_id);
-                        let orphans = self.engine.session_orphans(*owner_id, live, *silent_since_ms);
+                        let orphans =
+                            self.engine.session_orphans(*owner_id, live, *silent_since_ms);
                         if !orphans.is_empty() {
                             let body = Body::SessionsClose {
                                 owner_id: *owner_id,
@@ -559,7 +612,9 @@ impl Runner {
         let copy = Box::new(self.engine.clone());
         let writer = match self.journal.prepare_snapshot(seq) {
             Ok(writer) => writer,
-            Err(error) => fatal(&format!("shard {} snapshot failed: {error}", self.settings.shard_id)),
+            Err(error) => {
+                fatal(&format!("shard {} snapshot failed: {error}", self.settings.shard_id))
+            }
         };
         eprintln!(
             "pinswitch: shard {} snapshot at record {seq}: {} cards, copy taken in {} us",

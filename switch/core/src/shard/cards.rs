@@ -134,7 +134,8 @@ impl Shard {
         self.gift_recipients.remove(&pin_hash);
         let outcome = self.activate(pin_hash, password_mac);
         if password_hint {
-            self.cards.get_mut(&pin_hash).expect("activated above").flags |= CARD_FLAG_PASSWORD_HINT;
+            self.cards.get_mut(&pin_hash).expect("activated above").flags |=
+                CARD_FLAG_PASSWORD_HINT;
         }
         outcome
     }
@@ -162,7 +163,12 @@ impl Shard {
 
     /// CARD_REGISTER: marks the card registered (and named, with a verified name); the reply's
     /// amount is the balance cap now in force.
-    pub(super) fn register(&mut self, pin_hash: PinHash, holder_ref: u64, verified_name: bool) -> Outcome {
+    pub(super) fn register(
+        &mut self,
+        pin_hash: PinHash,
+        holder_ref: u64,
+        verified_name: bool,
+    ) -> Outcome {
         if holder_ref == 0 {
             // No holder to register: malformed, like an unknown funding means.
             return Outcome::completed(Reply::code(ResultCode::FormatError));
@@ -182,7 +188,8 @@ impl Shard {
 
     /// The end of a validity period that starts now, in seconds since the epoch.
     fn validity_end_s(&self, face_value_won: u64) -> u32 {
-        let end_s = self.now_ms / 1000 + u64::from(self.config.validity_days_of(face_value_won)) * 86_400;
+        let end_s =
+            self.now_ms / 1000 + u64::from(self.config.validity_days_of(face_value_won)) * 86_400;
         u32::try_from(end_s).unwrap_or(u32::MAX)
     }
 
@@ -223,7 +230,9 @@ impl Shard {
                 return self.declined(ResultCode::CardConsignedElsewhere, pin_hash);
             }
             CardState::Issued => {}
-            CardState::Sold | CardState::Active => return self.declined(ResultCode::CardAlreadySold, pin_hash),
+            CardState::Sold | CardState::Active => {
+                return self.declined(ResultCode::CardAlreadySold, pin_hash);
+            }
             CardState::Blocked => return self.declined(ResultCode::CardBlocked, pin_hash),
             CardState::Expired => return self.declined(ResultCode::CardExpired, pin_hash),
             CardState::Closed => return self.declined(ResultCode::CardClosed, pin_hash),
@@ -245,7 +254,12 @@ impl Shard {
 
     /// Hands an issued, not yet consigned card to a partner channel; the commission is in the
     /// journaled command for settlement.
-    pub(super) fn consign(&mut self, pin_hash: PinHash, partner_id: u32, commission_per_mille: u16) -> Outcome {
+    pub(super) fn consign(
+        &mut self,
+        pin_hash: PinHash,
+        partner_id: u32,
+        commission_per_mille: u16,
+    ) -> Outcome {
         if partner_id == 0 || commission_per_mille > 1000 {
             return self.declined(ResultCode::ChannelInvalid, pin_hash);
         }
@@ -295,7 +309,9 @@ impl Shard {
             CardState::Blocked => card.state = CardState::Active as u8,
             CardState::Active if card.password_failures >= tries_max => {}
             CardState::Active => return self.declined(ResultCode::CardNotBlocked, pin_hash),
-            CardState::Issued | CardState::Sold => return self.declined(ResultCode::CardNotActive, pin_hash),
+            CardState::Issued | CardState::Sold => {
+                return self.declined(ResultCode::CardNotActive, pin_hash);
+            }
             CardState::Expired => return self.declined(ResultCode::CardExpired, pin_hash),
             CardState::Closed => return self.declined(ResultCode::CardClosed, pin_hash),
         }
@@ -354,7 +370,8 @@ impl Shard {
         if balance_won > self.cap_won(&card) {
             return self.declined(ResultCode::BalanceCapExceeded, pin_hash);
         }
-        let extension_s = if self.config.promotional_face_values_won.contains(&card.face_value_won) {
+        let extension_s = if self.config.promotional_face_values_won.contains(&card.face_value_won)
+        {
             u64::from(self.config.promotional_extension_days) * 86_400
         } else {
             0
@@ -363,7 +380,8 @@ impl Shard {
         card.balance_won = balance_won;
         card.charged_won = card.charged_won.saturating_add(amount_won);
         // A promotional product's validity grows by a year (by default) with each recharge.
-        card.expires_at_s = u32::try_from(u64::from(card.expires_at_s) + extension_s).unwrap_or(u32::MAX);
+        card.expires_at_s =
+            u32::try_from(u64::from(card.expires_at_s) + extension_s).unwrap_or(u32::MAX);
         self.totals.loaded_won += u128::from(amount_won);
         self.totals.balances_won += u128::from(amount_won);
         Outcome::completed(self.approved(pin_hash, amount_won))
@@ -388,16 +406,25 @@ impl Shard {
         let (holds_all_won, _) = self.holds.card_pending(pin_hash);
         // Charging sessions' reservations are the rest of what the card holds.
         let sessions_reserved_won = card.held_won - holds_all_won;
-        let held_won: u64 = holds.iter().map(|hold| hold.amount_won - hold.captured_won).sum::<u64>() + sessions_reserved_won;
+        let held_won: u64 =
+            holds.iter().map(|hold| hold.amount_won - hold.captured_won).sum::<u64>()
+                + sessions_reserved_won;
         // What the next operation would find: a card past its validity reads as expired.
-        let (state, balance_won) = if card.expiry_due(now_ms) { (CardState::Expired, 0) } else { (card.state(), card.balance_won) };
+        let (state, balance_won) = if card.expiry_due(now_ms) {
+            (CardState::Expired, 0)
+        } else {
+            (card.state(), card.balance_won)
+        };
         Some(CardView {
             state,
             face_value_won: card.face_value_won,
             balance_won,
             available_won: balance_won - held_won,
             held_won,
-            password_tries_left: self.config.password_tries_max.saturating_sub(card.password_failures),
+            password_tries_left: self
+                .config
+                .password_tries_max
+                .saturating_sub(card.password_failures),
             points: card.points,
             valid_until_s: card.expires_at_s,
             password_hint: card.flags & CARD_FLAG_PASSWORD_HINT != 0,

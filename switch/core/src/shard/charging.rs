@@ -4,16 +4,16 @@
 //! switch its calls' card changed (re-authorize, abort, low balance, expired).
 
 use pinswitch_protocol::{
-    CardState, Category, NOTICE_ABORT, NOTICE_EXPIRED, NOTICE_LOW_BALANCE, NOTICE_REAUTHORIZE, OpStatus,
-    ResultCode, session_digest,
+    CardState, Category, NOTICE_ABORT, NOTICE_EXPIRED, NOTICE_LOW_BALANCE, NOTICE_REAUTHORIZE,
+    OpStatus, ResultCode, session_digest,
 };
 
 use super::sessions::{Session, grant};
 use super::{Card, Outcome, Shard};
 use crate::config::Tariff;
 use crate::types::{
-    Body, Effect, FINAL_UNIT_NONE, FINAL_UNIT_TERMINATE, Ms, PasswordMac, PinHash, Quote, Reply, SessionGrant,
-    SessionNoticeOut, SessionOpen, destination_digits,
+    Body, Effect, FINAL_UNIT_NONE, FINAL_UNIT_TERMINATE, Ms, PasswordMac, PinHash, Quote, Reply,
+    SessionGrant, SessionNoticeOut, SessionOpen, destination_digits,
 };
 
 /// A card's available balance before a command that may lower it, and the low-balance mark
@@ -41,8 +41,12 @@ impl Shard {
 
     /// SESSION_AUDIT: how many live sessions `owner_id` has here, and their `session_digest`.
     pub fn owner_sessions(&self, owner_id: u32) -> (u32, u128) {
-        let ids: Vec<u128> =
-            self.sessions.iter().filter(|(_, session)| session.owner_id == owner_id).map(|(id, _)| *id).collect();
+        let ids: Vec<u128> = self
+            .sessions
+            .iter()
+            .filter(|(_, session)| session.owner_id == owner_id)
+            .map(|(id, _)| *id)
+            .collect();
         (u32::try_from(ids.len()).unwrap_or(u32::MAX), session_digest(ids))
     }
 
@@ -58,7 +62,9 @@ impl Shard {
             .sessions
             .iter()
             .filter(|(session_id, session)| {
-                session.owner_id == owner_id && session.last_report_ms <= silent_since_ms && !live.contains(session_id)
+                session.owner_id == owner_id
+                    && session.last_report_ms <= silent_since_ms
+                    && !live.contains(session_id)
             })
             .map(|(session_id, _)| *session_id)
             .collect();
@@ -110,8 +116,13 @@ impl Shard {
             };
             view.available_won = card.available_won;
             if card.state == CardState::Active {
-                let (affordable_s, _, _) =
-                    grant(tariff, local_start_s, 0, self.config.session_grant_max_s, card.available_won);
+                let (affordable_s, _, _) = grant(
+                    tariff,
+                    local_start_s,
+                    0,
+                    self.config.session_grant_max_s,
+                    card.available_won,
+                );
                 view.affordable_s = affordable_s;
             }
         }
@@ -125,18 +136,28 @@ impl Shard {
 
     /// The seconds a START or UPDATE asks for: 0 means the default grant; never past the maximum.
     pub(super) fn requested_grant_s(&self, requested_s: u32) -> u32 {
-        let requested_s = if requested_s == 0 { self.config.session_grant_default_s } else { requested_s };
+        let requested_s =
+            if requested_s == 0 { self.config.session_grant_default_s } else { requested_s };
         requested_s.min(self.config.session_grant_max_s)
     }
 
     /// SESSION_START: rates the call, reserves the money of the largest affordable grant (up to
     /// the request; the connect fee counts with the first second) from the available balance.
     pub(super) fn session_start(&mut self, now_ms: Ms, open: &SessionOpen) -> Outcome {
-        let SessionOpen { pin_hash, session_id, destination, requested_s, owner_id, password_mac, category } = *open;
+        let SessionOpen {
+            pin_hash,
+            session_id,
+            destination,
+            requested_s,
+            owner_id,
+            password_mac,
+            category,
+        } = *open;
         if session_id == 0 {
             return self.declined(ResultCode::FormatError, pin_hash);
         }
-        let (card, digits, digits_len) = match self.service_checks(pin_hash, category, destination) {
+        let (card, digits, digits_len) = match self.service_checks(pin_hash, category, destination)
+        {
             Ok(checked) => checked,
             Err(code) => return self.declined(code, pin_hash),
         };
@@ -159,7 +180,8 @@ impl Shard {
         // (`card` is the one checked above: a password try moves no money.)
         let requested_s = self.requested_grant_s(requested_s);
         let local_start_s = self.local_s(now_ms);
-        let (granted_s, final_unit, reserve_won) = grant(&tariff, local_start_s, 0, requested_s, card.available_won());
+        let (granted_s, final_unit, reserve_won) =
+            grant(&tariff, local_start_s, 0, requested_s, card.available_won());
         if granted_s == 0 {
             return self.declined(ResultCode::InsufficientFunds, pin_hash);
         }
@@ -233,7 +255,8 @@ impl Shard {
         session.debited_won += debit_won;
         let card = *card;
         let tariff_id = session.tariff.tariff_id;
-        let mut grant_answer = SessionGrant { granted_s: 0, validity_s: 0, tariff_id, final_unit: FINAL_UNIT_NONE };
+        let mut grant_answer =
+            SessionGrant { granted_s: 0, validity_s: 0, tariff_id, final_unit: FINAL_UNIT_NONE };
         if expired {
             // Charged; no grant. END forgets it; a later report may still heal more use.
             if requested_s.is_none() {
@@ -254,18 +277,30 @@ impl Shard {
             }
             Some(requested_s) => {
                 // A blocked card, or one that could not pay for the use reported, gets no more.
-                let (granted_s, final_unit, reserve_won) = if capped || card.state() != CardState::Active {
-                    (0, FINAL_UNIT_TERMINATE, 0)
-                } else {
-                    grant(&session.tariff, session.local_start_s, used_s, self.requested_grant_s(requested_s), card.available_won())
-                };
+                let (granted_s, final_unit, reserve_won) =
+                    if capped || card.state() != CardState::Active {
+                        (0, FINAL_UNIT_TERMINATE, 0)
+                    } else {
+                        grant(
+                            &session.tariff,
+                            session.local_start_s,
+                            used_s,
+                            self.requested_grant_s(requested_s),
+                            card.available_won(),
+                        )
+                    };
                 let card = self.cards.get_mut(&pin_hash).expect("checked above");
                 card.held_won += reserve_won;
                 self.totals.held_won += u128::from(reserve_won);
                 session.reserved_won = reserve_won;
                 session.expires_at_ms = self.silence_deadline_ms(now_ms);
                 self.sessions.renew(session_id, session);
-                grant_answer = SessionGrant { granted_s, validity_s: self.config.session_validity_s, tariff_id, final_unit };
+                grant_answer = SessionGrant {
+                    granted_s,
+                    validity_s: self.config.session_validity_s,
+                    tariff_id,
+                    final_unit,
+                };
             }
         }
         let mut reply = self.approved(pin_hash, debit_won);
@@ -310,13 +345,17 @@ impl Shard {
 
     /// SESSION_AUDIT's close: the listed sessions still live, of `owner_id`, silent since
     /// `silent_since_ms`. Returns how many were closed.
-    pub(super) fn close_orphans(&mut self, owner_id: u32, silent_since_ms: Ms, session_ids: &[u128]) -> usize {
+    pub(super) fn close_orphans(
+        &mut self,
+        owner_id: u32,
+        silent_since_ms: Ms,
+        session_ids: &[u128],
+    ) -> usize {
         let mut closed = 0;
         for session_id in session_ids {
-            let orphan = self
-                .sessions
-                .get(session_id)
-                .is_some_and(|session| session.owner_id == owner_id && session.last_report_ms <= silent_since_ms);
+            let orphan = self.sessions.get(session_id).is_some_and(|session| {
+                session.owner_id == owner_id && session.last_report_ms <= silent_since_ms
+            });
             if orphan {
                 let (session, released_won) = self.close_session(*session_id);
                 let (session_id, pin_hash) = (*session_id, session.pin_hash);
@@ -330,7 +369,11 @@ impl Shard {
     /// What a low-balance notice compares: for a command that can lower what the card has
     /// available, and only while the shard has live sessions or one may start (none: no lookup
     /// on the hot path).
-    pub(super) fn low_balance_watch(&self, body: &Body, pin_hash: PinHash) -> Option<LowBalanceWatch> {
+    pub(super) fn low_balance_watch(
+        &self,
+        body: &Body,
+        pin_hash: PinHash,
+    ) -> Option<LowBalanceWatch> {
         let calls_possible = !self.sessions.is_empty() || matches!(body, Body::SessionStart(_));
         let mark_won = if calls_possible { self.config.low_balance_warn_won } else { 0 };
         match body {
@@ -342,7 +385,9 @@ impl Shard {
             | Body::EventCharge { .. }
                 if mark_won > 0 =>
             {
-                self.cards.get(&pin_hash).map(|card| LowBalanceWatch { mark_won, before_won: card.available_won() })
+                self.cards
+                    .get(&pin_hash)
+                    .map(|card| LowBalanceWatch { mark_won, before_won: card.available_won() })
             }
             _ => None,
         }
@@ -406,7 +451,8 @@ impl Shard {
         if units == 0 {
             return self.declined(ResultCode::UnitsInvalid, pin_hash);
         }
-        let (card, digits, digits_len) = match self.service_checks(pin_hash, category, destination) {
+        let (card, digits, digits_len) = match self.service_checks(pin_hash, category, destination)
+        {
             Ok(checked) => checked,
             Err(code) => return self.declined(code, pin_hash),
         };

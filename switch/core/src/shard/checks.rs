@@ -6,9 +6,11 @@
 
 use pinswitch_protocol::{CardState, Category, OpStatus, ResultCode, op_id_time_ms};
 
-use super::{Card, Shard};
 use super::op_window::first_difference;
-use crate::types::{Body, DESTINATION_DIGITS_MAX, Ms, OpId, PasswordMac, PinHash, Reply, destination_digits};
+use super::{Card, Shard};
+use crate::types::{
+    Body, DESTINATION_DIGITS_MAX, Ms, OpId, PasswordMac, PinHash, Reply, destination_digits,
+};
 
 /// The result of the common op-id gate.
 pub(super) enum Gate {
@@ -37,7 +39,10 @@ impl Shard {
         }
         if let Some(record) = self.ops.get(&op_id) {
             if record.status == OpStatus::Tombstone as u8 {
-                return Gate::Answer { reply: Reply::code(ResultCode::ReversedBeforeArrival), record: false };
+                return Gate::Answer {
+                    reply: Reply::code(ResultCode::ReversedBeforeArrival),
+                    record: false,
+                };
             }
             let reply = match first_difference(&record.body, body) {
                 None => Reply { replayed: true, ..record.reply },
@@ -50,13 +55,20 @@ impl Shard {
             return Gate::Answer { reply: Reply::code(ResultCode::RetryLater), record: false };
         }
         if deadline_at_ms != 0 && now_ms > deadline_at_ms {
-            return Gate::Answer { reply: Reply::code(ResultCode::DeadlineExceededNotExecuted), record: true };
+            return Gate::Answer {
+                reply: Reply::code(ResultCode::DeadlineExceededNotExecuted),
+                record: true,
+            };
         }
         Gate::Execute
     }
 
     /// Checks that a card exists and is in one of `allowed` states.
-    pub(super) fn card_in(&self, pin_hash: PinHash, allowed: &[CardState]) -> Result<Card, ResultCode> {
+    pub(super) fn card_in(
+        &self,
+        pin_hash: PinHash,
+        allowed: &[CardState],
+    ) -> Result<Card, ResultCode> {
         let card = self.cards.get(&pin_hash).ok_or(ResultCode::CardNotFound)?;
         let state = card.state();
         if allowed.contains(&state) {
@@ -100,7 +112,11 @@ impl Shard {
 
     /// One password try: compares a password MAC with the card's; a wrong one counts toward the
     /// lockout (PASSWORD_TRIES_EXCEEDED at the limit), a right one resets the count.
-    pub(super) fn try_password(&mut self, pin_hash: PinHash, password_mac: PasswordMac) -> Result<(), ResultCode> {
+    pub(super) fn try_password(
+        &mut self,
+        pin_hash: PinHash,
+        password_mac: PasswordMac,
+    ) -> Result<(), ResultCode> {
         let tries_max = self.config.password_tries_max;
         let card = self.cards.get_mut(&pin_hash).expect("checked by the caller");
         if card.password_mac != password_mac {
@@ -150,7 +166,11 @@ impl Shard {
             return Err(ResultCode::PasswordTriesExceeded);
         }
         if password_mac == 0 {
-            return if self.config.session_password_required { Err(ResultCode::PasswordInvalid) } else { Ok(()) };
+            return if self.config.session_password_required {
+                Err(ResultCode::PasswordInvalid)
+            } else {
+                Ok(())
+            };
         }
         self.try_password(pin_hash, password_mac)
     }

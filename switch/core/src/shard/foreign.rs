@@ -27,7 +27,8 @@ pub(super) struct ForeignPools {
 }
 
 /// The foreign PINs in a snapshot image: pools, known codes, conversions.
-pub(super) type ForeignImage = (Vec<(u32, Vec<ForeignCode>)>, Vec<(u128, u32)>, Vec<(OpId, ForeignCode)>);
+pub(super) type ForeignImage =
+    (Vec<(u32, Vec<ForeignCode>)>, Vec<(u128, u32)>, Vec<(OpId, ForeignCode)>);
 
 impl ForeignPools {
     pub(super) fn new(hasher: KeyHasherBuilder) -> ForeignPools {
@@ -40,7 +41,12 @@ impl ForeignPools {
 
     /// Adds a code to its product's pool; returns the pool's size then, or `None` for a code
     /// imported before.
-    pub(super) fn import(&mut self, foreign_hash: u128, product_id: u32, code: ForeignCode) -> Option<usize> {
+    pub(super) fn import(
+        &mut self,
+        foreign_hash: u128,
+        product_id: u32,
+        code: ForeignCode,
+    ) -> Option<usize> {
         if self.known.contains_key(&foreign_hash) {
             return None;
         }
@@ -68,7 +74,10 @@ impl ForeignPools {
 
     pub(super) fn to_image(&self) -> ForeignImage {
         (
-            self.pools.iter().map(|(product, pool)| (*product, pool.iter().copied().collect())).collect(),
+            self.pools
+                .iter()
+                .map(|(product, pool)| (*product, pool.iter().copied().collect()))
+                .collect(),
             self.known.iter().map(|(hash, product)| (*hash, *product)).collect(),
             self.conversions.iter().map(|(op_id, code)| (*op_id, *code)).collect(),
         )
@@ -84,7 +93,12 @@ impl ForeignPools {
 
 impl Shard {
     /// FOREIGN_IMPORT: one more PIN in this shard's pool of the product.
-    pub(super) fn foreign_import(&mut self, foreign_hash: u128, product_id: u32, code: ForeignCode) -> Outcome {
+    pub(super) fn foreign_import(
+        &mut self,
+        foreign_hash: u128,
+        product_id: u32,
+        code: ForeignCode,
+    ) -> Outcome {
         if self.config.foreign_product(product_id).is_none() {
             return Outcome::completed(Reply::code(ResultCode::ForeignProductUnknown));
         }
@@ -108,10 +122,17 @@ impl Shard {
         password_mac: PasswordMac,
         product_id: u32,
     ) -> Outcome {
-        let Some(price_won) = self.config.foreign_product(product_id).map(|product| product.price_won) else {
+        let Some(price_won) =
+            self.config.foreign_product(product_id).map(|product| product.price_won)
+        else {
             return self.declined(ResultCode::ForeignProductUnknown, pin_hash);
         };
-        let card = match self.admit_payment(pin_hash, password_mac, price_won, Category::TelephoneCall as u8) {
+        let card = match self.admit_payment(
+            pin_hash,
+            password_mac,
+            price_won,
+            Category::TelephoneCall as u8,
+        ) {
             Ok(card) => card,
             Err(code) => return self.declined(code, pin_hash),
         };

@@ -95,7 +95,10 @@ impl HoldTable {
 
     /// The earliest hold due at `now_ms`, if any.
     pub(super) fn first_due(&self, now_ms: Ms) -> Option<OpId> {
-        self.expiries.first().filter(|(expires_at_ms, _)| *expires_at_ms <= now_ms).map(|(_, hold_id)| *hold_id)
+        self.expiries
+            .first()
+            .filter(|(expires_at_ms, _)| *expires_at_ms <= now_ms)
+            .map(|(_, hold_id)| *hold_id)
     }
 
     /// When the earliest pending hold expires.

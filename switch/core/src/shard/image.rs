@@ -55,7 +55,8 @@ impl<V: Clone> TableImage<V> {
     }
 
     fn restore(self, hasher: KeyHasherBuilder, what: &str) -> Result<DenseMap<V>, String> {
-        DenseMap::from_parts(hasher, self.chunks, self.slots).map_err(|why| format!("{what}: {why}"))
+        DenseMap::from_parts(hasher, self.chunks, self.slots)
+            .map_err(|why| format!("{what}: {why}"))
     }
 }
 
@@ -69,19 +70,31 @@ impl Shard {
         let mut sessions = 0usize;
         for (pin_hash, card) in self.cards.iter() {
             if card.held_won > card.balance_won {
-                return Err(format!("card {pin_hash:x}: held {} > balance {}", card.held_won, card.balance_won));
+                return Err(format!(
+                    "card {pin_hash:x}: held {} > balance {}",
+                    card.held_won, card.balance_won
+                ));
             }
             sessions += usize::from(card.sessions);
             // Only cards with holds are looked up: this scan runs at every recovery, over
             // millions of cards, and a lookup per card was most of its time.
             if card.holds > 0 || card.held_won > 0 || card.sessions > 0 {
-                let (reserved_won, session_count) = session_cards.get(pin_hash).copied().unwrap_or_default();
+                let (reserved_won, session_count) =
+                    session_cards.get(pin_hash).copied().unwrap_or_default();
                 if session_count != usize::from(card.sessions) {
-                    return Err(format!("card {pin_hash:x}: {} sessions counted, {session_count} live", card.sessions));
+                    return Err(format!(
+                        "card {pin_hash:x}: {} sessions counted, {session_count} live",
+                        card.sessions
+                    ));
                 }
                 let (holds_won, hold_count) = self.holds.card_pending(*pin_hash);
-                if holds_won + reserved_won != card.held_won || hold_count != usize::from(card.holds) {
-                    return Err(format!("card {pin_hash:x}: holds disagree with held {}", card.held_won));
+                if holds_won + reserved_won != card.held_won
+                    || hold_count != usize::from(card.holds)
+                {
+                    return Err(format!(
+                        "card {pin_hash:x}: holds disagree with held {}",
+                        card.held_won
+                    ));
                 }
             }
             held_cards += usize::from(card.holds > 0);
@@ -89,10 +102,16 @@ impl Shard {
             held_won += u128::from(card.held_won);
         }
         if balances_won != self.totals.balances_won || held_won != self.totals.held_won {
-            return Err(format!("totals {:?} disagree with cards: balances {balances_won}, held {held_won}", self.totals));
+            return Err(format!(
+                "totals {:?} disagree with cards: balances {balances_won}, held {held_won}",
+                self.totals
+            ));
         }
         if sessions != self.sessions.len() {
-            return Err(format!("cards count {sessions} sessions, {} are live", self.sessions.len()));
+            return Err(format!(
+                "cards count {sessions} sessions, {} are live",
+                self.sessions.len()
+            ));
         }
         self.sessions.check(self.config.expired_sessions_max as usize)?;
         // Every card with hold ids is a card with holds (checked one way above).
@@ -124,7 +143,11 @@ impl Shard {
             foreign_pools,
             foreign_known,
             foreign_conversions,
-            gift_recipients: self.gift_recipients.iter().map(|(pin_hash, recipient)| (*pin_hash, *recipient)).collect(),
+            gift_recipients: self
+                .gift_recipients
+                .iter()
+                .map(|(pin_hash, recipient)| (*pin_hash, *recipient))
+                .collect(),
             sessions,
             expired_sessions,
         };
@@ -142,11 +165,13 @@ impl Shard {
 
     /// Rebuilds a shard from `to_snapshot_bytes` output (validated; bad bytes are an error).
     pub fn from_snapshot_bytes(bytes: &[u8]) -> Result<Shard, String> {
-        let image = rkyv::from_bytes::<ShardImage, RkyvError>(bytes).map_err(|error| error.to_string())?;
+        let image =
+            rkyv::from_bytes::<ShardImage, RkyvError>(bytes).map_err(|error| error.to_string())?;
         if image.shard_count == 0 || image.shard_id >= image.shard_count {
             return Err(format!("shard {} of {}", image.shard_id, image.shard_count));
         }
-        let mut shard = Shard::with_hash_key(image.shard_id, image.shard_count, image.config, image.hash_key);
+        let mut shard =
+            Shard::with_hash_key(image.shard_id, image.shard_count, image.config, image.hash_key);
         let hasher = KeyHasherBuilder { key: image.hash_key };
         shard.now_ms = image.now_ms;
         shard.ops.evicted_floor_ms = image.evicted_floor_ms;
@@ -158,7 +183,11 @@ impl Shard {
         shard.ops.previous = image.ops_previous.restore(hasher, "previous op records")?;
         shard.ops.current_max_time_ms = image.ops_current_max_time_ms;
         shard.ops.previous_max_time_ms = image.ops_previous_max_time_ms;
-        shard.foreign.restore((image.foreign_pools, image.foreign_known, image.foreign_conversions));
+        shard.foreign.restore((
+            image.foreign_pools,
+            image.foreign_known,
+            image.foreign_conversions,
+        ));
         shard.gift_recipients.extend(image.gift_recipients);
         shard.sessions.restore(image.sessions, image.expired_sessions);
         shard.check_invariants()?;

@@ -49,17 +49,17 @@ mod op_window;
 mod payments;
 mod sessions;
 
-pub use self::op_window::msg_type_of;
 use self::cards::Card;
 use self::checks::Gate;
 use self::foreign::ForeignPools;
 use self::holds::{Hold, HoldTable};
+pub use self::op_window::msg_type_of;
 use self::op_window::{OpRecord, OpTable};
 use self::sessions::{Session, SessionTable};
 use crate::config::EngineConfig;
 use crate::dense_map::DenseMap;
-pub use crate::hasher::{KeyHasher, KeyHasherBuilder};
 use crate::hasher::KeyMap;
+pub use crate::hasher::{KeyHasher, KeyHasherBuilder};
 use crate::types::{Applied, Body, Command, Effect, Ms, OpId, PinHash, Reply, Totals};
 
 /// One shard's state. `Clone` is a consistent copy for a snapshot taken off the shard thread:
@@ -100,7 +100,12 @@ impl Shard {
     }
 
     /// A shard whose tables are seeded with a secret (see `KeyHasherBuilder`).
-    pub fn with_hash_key(shard_id: u16, shard_count: u16, config: EngineConfig, hash_key: [u64; 2]) -> Shard {
+    pub fn with_hash_key(
+        shard_id: u16,
+        shard_count: u16,
+        config: EngineConfig,
+        hash_key: [u64; 2],
+    ) -> Shard {
         assert!(shard_count > 0 && shard_id < shard_count, "shard {shard_id} of {shard_count}");
         let hasher = KeyHasherBuilder { key: hash_key };
         Shard {
@@ -188,7 +193,8 @@ impl Shard {
         };
         // (Taking an empty `Vec` moves no heap memory: the common command allocates nothing.)
         let effects = std::mem::take(&mut self.effects);
-        let applied = Applied { reply: applied.reply, changed: applied.changed || expired > 0, effects };
+        let applied =
+            Applied { reply: applied.reply, changed: applied.changed || expired > 0, effects };
         if !applied.changed {
             // Only journaled commands may move the clock: replay sees only those, and a later
             // command journaled with an earlier wall-clock time must compute the same expiry.
@@ -257,7 +263,13 @@ impl Shard {
     }
 
     /// The business rule of each body that names a card.
-    fn business_rule(&mut self, now_ms: Ms, op_id: OpId, pin_hash: PinHash, body: &Body) -> Option<Outcome> {
+    fn business_rule(
+        &mut self,
+        now_ms: Ms,
+        op_id: OpId,
+        pin_hash: PinHash,
+        body: &Body,
+    ) -> Option<Outcome> {
         let outcome = match body {
             Body::Issue { face_value_won, .. } => {
                 if self.cards.contains_key(&pin_hash) {
@@ -275,14 +287,25 @@ impl Shard {
             }
             Body::Block { reason, .. } => self.block(pin_hash, *reason),
             Body::Unblock { .. } => self.unblock(pin_hash),
-            Body::Register { holder_ref, verified_name, .. } => self.register(pin_hash, *holder_ref, *verified_name),
+            Body::Register { holder_ref, verified_name, .. } => {
+                self.register(pin_hash, *holder_ref, *verified_name)
+            }
             Body::Consign { partner_id, commission_per_mille, .. } => {
                 self.consign(pin_hash, *partner_id, *commission_per_mille)
             }
-            Body::BalanceRefund { payout_account_ref, .. } => self.balance_refund(pin_hash, *payout_account_ref),
-            Body::Authorize { password_mac, amount_won, category, hold_ttl_s, .. } => {
-                self.authorize(now_ms, op_id, pin_hash, *password_mac, *amount_won, *category, *hold_ttl_s)
+            Body::BalanceRefund { payout_account_ref, .. } => {
+                self.balance_refund(pin_hash, *payout_account_ref)
             }
+            Body::Authorize { password_mac, amount_won, category, hold_ttl_s, .. } => self
+                .authorize(
+                    now_ms,
+                    op_id,
+                    pin_hash,
+                    *password_mac,
+                    *amount_won,
+                    *category,
+                    *hold_ttl_s,
+                ),
             Body::Sale { password_mac, amount_won, category, .. } => {
                 self.sale(pin_hash, *password_mac, *amount_won, *category)
             }
@@ -291,21 +314,32 @@ impl Shard {
             }
             Body::Void { hold_id, .. } => self.void(pin_hash, *hold_id),
             Body::Reverse { original_op_id, .. } => self.reverse(op_id, pin_hash, *original_op_id),
-            Body::Refund { original_op_id, amount_won, .. } => self.refund(pin_hash, *original_op_id, *amount_won),
+            Body::Refund { original_op_id, amount_won, .. } => {
+                self.refund(pin_hash, *original_op_id, *amount_won)
+            }
             Body::ForeignConvert { password_mac, product_id, .. } => {
                 self.foreign_convert(op_id, pin_hash, *password_mac, *product_id)
             }
             Body::SessionStart(open) => self.session_start(now_ms, open),
-            Body::SessionUpdate { session_id, seq, used_total_s, requested_s, .. } => {
-                self.session_report(now_ms, pin_hash, *session_id, *seq, *used_total_s, Some(*requested_s))
-            }
+            Body::SessionUpdate { session_id, seq, used_total_s, requested_s, .. } => self
+                .session_report(
+                    now_ms,
+                    pin_hash,
+                    *session_id,
+                    *seq,
+                    *used_total_s,
+                    Some(*requested_s),
+                ),
             Body::SessionEnd { session_id, seq, used_total_s, .. } => {
                 self.session_report(now_ms, pin_hash, *session_id, *seq, *used_total_s, None)
             }
             Body::EventCharge { password_mac, destination, units, category, .. } => {
                 self.event_charge(pin_hash, *password_mac, *destination, *units, *category)
             }
-            Body::ForeignImport { .. } | Body::Tick | Body::Configure(_) | Body::SessionsClose { .. } => {
+            Body::ForeignImport { .. }
+            | Body::Tick
+            | Body::Configure(_)
+            | Body::SessionsClose { .. } => {
                 unreachable!("names no card: handled before the dispatch")
             }
         };
@@ -389,8 +423,11 @@ mod tests {
     #[test]
     fn the_table_hasher_is_seeded_and_the_seed_survives_a_snapshot() {
         use std::hash::BuildHasher;
-        let (one, two) = (super::KeyHasherBuilder { key: [1, 2] }, super::KeyHasherBuilder { key: [3, 4] });
-        let differing = (0..64u128).filter(|op_id| one.hash_one(op_id << 80 | 7) != two.hash_one(op_id << 80 | 7)).count();
+        let (one, two) =
+            (super::KeyHasherBuilder { key: [1, 2] }, super::KeyHasherBuilder { key: [3, 4] });
+        let differing = (0..64u128)
+            .filter(|op_id| one.hash_one(op_id << 80 | 7) != two.hash_one(op_id << 80 | 7))
+            .count();
         assert_eq!(differing, 64);
         let shard = super::Shard::with_hash_key(0, 1, crate::EngineConfig::test_min(), [5, 6]);
         let restored = super::Shard::from_snapshot_bytes(&shard.to_snapshot_bytes()).unwrap();

@@ -81,7 +81,8 @@ impl OpTable {
     /// or before the floor of evicted records: its record may be gone, so it must not execute.
     pub(super) fn too_old(&self, now_ms: Ms, op_time_ms: Ms, window_ms: Ms) -> bool {
         let window_floor_ms = now_ms.saturating_sub(window_ms);
-        op_time_ms <= window_floor_ms.max(self.evicted_floor_ms) && (window_floor_ms > 0 || self.evicted_floor_ms > 0)
+        op_time_ms <= window_floor_ms.max(self.evicted_floor_ms)
+            && (window_floor_ms > 0 || self.evicted_floor_ms > 0)
     }
 
     /// `current` is at twice a generation: the previous generation holds op times ahead of the
@@ -95,7 +96,10 @@ impl OpTable {
         let mut changed = false;
         let window_floor_ms = now_ms.saturating_sub(window_ms);
         // A previous generation wholly past the window goes without raising the floor.
-        if !self.previous.is_empty() && window_floor_ms > 0 && self.previous_max_time_ms <= window_floor_ms {
+        if !self.previous.is_empty()
+            && window_floor_ms > 0
+            && self.previous_max_time_ms <= window_floor_ms
+        {
             self.previous.clear();
             self.previous_max_time_ms = 0;
             changed = true;
@@ -122,7 +126,14 @@ impl Shard {
 
     /// Stores an op's answer; drops records past the window and, at the capacity limit, the
     /// oldest records (raising the too-old floor so they can never execute again).
-    pub(super) fn record(&mut self, op_id: OpId, body: Body, reply: Reply, status: OpStatus, debited_won: u64) {
+    pub(super) fn record(
+        &mut self,
+        op_id: OpId,
+        body: Body,
+        reply: Reply,
+        status: OpStatus,
+        debited_won: u64,
+    ) {
         let record = OpRecord { body, reply, status: status as u8, debited_won, refunded_won: 0 };
         self.ops.insert(op_id, record);
         self.prune_ops();
@@ -146,7 +157,8 @@ impl Shard {
         if record.body.route_key() != Some(pin_hash) {
             return unknown;
         }
-        let status = OpStatus::from_u8(record.status).expect("statuses are written by the engine only");
+        let status =
+            OpStatus::from_u8(record.status).expect("statuses are written by the engine only");
         if status == OpStatus::Tombstone {
             return OpView { status, msg_type: 0, reply: None };
         }
@@ -186,25 +198,50 @@ pub fn msg_type_of(body: &Body) -> MsgType {
 /// The first field in which a retry differs from the recorded body (`None`: identical).
 pub(super) fn first_difference(recorded: &Body, retry: &Body) -> Option<Field> {
     use Body::*;
-    let differs = |checks: &[(bool, Field)]| checks.iter().find(|(same, _)| !same).map(|(_, field)| *field);
+    let differs =
+        |checks: &[(bool, Field)]| checks.iter().find(|(same, _)| !same).map(|(_, field)| *field);
     match (recorded, retry) {
         (Issue { pin_hash: _, face_value_won: a }, Issue { pin_hash: _, face_value_won: b }) => {
             // The server draws the PIN; a retry carries a fresh draw, so only the product counts.
             differs(&[(a == b, Field::FaceValue)])
         }
-        (Activate { pin_hash: p1, password_mac: m1 }, Activate { pin_hash: p2, password_mac: m2 }) => {
-            differs(&[(p1 == p2, Field::Card), (m1 == m2, Field::Password)])
-        }
+        (
+            Activate { pin_hash: p1, password_mac: m1 },
+            Activate { pin_hash: p2, password_mac: m2 },
+        ) => differs(&[(p1 == p2, Field::Card), (m1 == m2, Field::Password)]),
         (
             Claim { pin_hash: p1, password_mac: m1, gift_recipient_ref: g1, password_hint: h1 },
             Claim { pin_hash: p2, password_mac: m2, gift_recipient_ref: g2, password_hint: h2 },
-        ) => differs(&[(p1 == p2, Field::Card), (m1 == m2 && h1 == h2, Field::Password), (g1 == g2, Field::GiftRecipient)]),
-        (Load { pin_hash: p1, amount_won: a1, funding: f1 }, Load { pin_hash: p2, amount_won: a2, funding: f2 }) => {
-            differs(&[(p1 == p2, Field::Card), (a1 == a2, Field::Amount), (f1 == f2, Field::Funding)])
-        }
+        ) => differs(&[
+            (p1 == p2, Field::Card),
+            (m1 == m2 && h1 == h2, Field::Password),
+            (g1 == g2, Field::GiftRecipient),
+        ]),
         (
-            Authorize { pin_hash: p1, password_mac: m1, amount_won: a1, merchant_id: r1, category: c1, hold_ttl_s: t1 },
-            Authorize { pin_hash: p2, password_mac: m2, amount_won: a2, merchant_id: r2, category: c2, hold_ttl_s: t2 },
+            Load { pin_hash: p1, amount_won: a1, funding: f1 },
+            Load { pin_hash: p2, amount_won: a2, funding: f2 },
+        ) => differs(&[
+            (p1 == p2, Field::Card),
+            (a1 == a2, Field::Amount),
+            (f1 == f2, Field::Funding),
+        ]),
+        (
+            Authorize {
+                pin_hash: p1,
+                password_mac: m1,
+                amount_won: a1,
+                merchant_id: r1,
+                category: c1,
+                hold_ttl_s: t1,
+            },
+            Authorize {
+                pin_hash: p2,
+                password_mac: m2,
+                amount_won: a2,
+                merchant_id: r2,
+                category: c2,
+                hold_ttl_s: t2,
+            },
         ) => differs(&[
             (p1 == p2, Field::Card),
             (a1 == a2, Field::Amount),
@@ -216,10 +253,27 @@ pub(super) fn first_difference(recorded: &Body, retry: &Body) -> Option<Field> {
         (
             Capture { pin_hash: p1, hold_id: h1, amount_won: a1, final_capture: f1 },
             Capture { pin_hash: p2, hold_id: h2, amount_won: a2, final_capture: f2 },
-        ) => differs(&[(p1 == p2, Field::Card), (h1 == h2, Field::Reference), (a1 == a2, Field::Amount), (f1 == f2, Field::FinalCapture)]),
+        ) => differs(&[
+            (p1 == p2, Field::Card),
+            (h1 == h2, Field::Reference),
+            (a1 == a2, Field::Amount),
+            (f1 == f2, Field::FinalCapture),
+        ]),
         (
-            Sell { pin_hash: p1, channel_id: c1, price_won: a1, payment_means: m1, gift_recipient_ref: g1 },
-            Sell { pin_hash: p2, channel_id: c2, price_won: a2, payment_means: m2, gift_recipient_ref: g2 },
+            Sell {
+                pin_hash: p1,
+                channel_id: c1,
+                price_won: a1,
+                payment_means: m1,
+                gift_recipient_ref: g1,
+            },
+            Sell {
+                pin_hash: p2,
+                channel_id: c2,
+                price_won: a2,
+                payment_means: m2,
+                gift_recipient_ref: g2,
+            },
         ) => differs(&[
             (p1 == p2, Field::Card),
             (c1 == c2, Field::Channel),
@@ -246,9 +300,10 @@ pub(super) fn first_difference(recorded: &Body, retry: &Body) -> Option<Field> {
         (Void { pin_hash: p1, hold_id: h1 }, Void { pin_hash: p2, hold_id: h2 }) => {
             differs(&[(p1 == p2, Field::Card), (h1 == h2, Field::Reference)])
         }
-        (Reverse { pin_hash: p1, original_op_id: o1 }, Reverse { pin_hash: p2, original_op_id: o2 }) => {
-            differs(&[(p1 == p2, Field::Card), (o1 == o2, Field::Reference)])
-        }
+        (
+            Reverse { pin_hash: p1, original_op_id: o1 },
+            Reverse { pin_hash: p2, original_op_id: o2 },
+        ) => differs(&[(p1 == p2, Field::Card), (o1 == o2, Field::Reference)]),
         (
             Sale { pin_hash: p1, password_mac: m1, amount_won: a1, merchant_id: r1, category: c1 },
             Sale { pin_hash: p2, password_mac: m2, amount_won: a2, merchant_id: r2, category: c2 },
@@ -262,7 +317,11 @@ pub(super) fn first_difference(recorded: &Body, retry: &Body) -> Option<Field> {
         (
             Refund { pin_hash: p1, original_op_id: o1, amount_won: a1 },
             Refund { pin_hash: p2, original_op_id: o2, amount_won: a2 },
-        ) => differs(&[(p1 == p2, Field::Card), (o1 == o2, Field::Reference), (a1 == a2, Field::Amount)]),
+        ) => differs(&[
+            (p1 == p2, Field::Card),
+            (o1 == o2, Field::Reference),
+            (a1 == a2, Field::Amount),
+        ]),
         (
             ForeignImport { foreign_hash: h1, product_id: p1, code: c1 },
             ForeignImport { foreign_hash: h2, product_id: p2, code: c2 },
@@ -270,7 +329,11 @@ pub(super) fn first_difference(recorded: &Body, retry: &Body) -> Option<Field> {
         (
             ForeignConvert { pin_hash: p1, password_mac: m1, product_id: r1 },
             ForeignConvert { pin_hash: p2, password_mac: m2, product_id: r2 },
-        ) => differs(&[(p1 == p2, Field::Card), (m1 == m2, Field::Password), (r1 == r2, Field::Product)]),
+        ) => differs(&[
+            (p1 == p2, Field::Card),
+            (m1 == m2, Field::Password),
+            (r1 == r2, Field::Product),
+        ]),
         (SessionStart(one), SessionStart(two)) => differs(&[
             (one.pin_hash == two.pin_hash, Field::Card),
             (one.session_id == two.session_id, Field::Reference),
@@ -281,8 +344,20 @@ pub(super) fn first_difference(recorded: &Body, retry: &Body) -> Option<Field> {
             (one.owner_id == two.owner_id, Field::Owner),
         ]),
         (
-            SessionUpdate { pin_hash: p1, session_id: s1, seq: q1, used_total_s: u1, requested_s: r1 },
-            SessionUpdate { pin_hash: p2, session_id: s2, seq: q2, used_total_s: u2, requested_s: r2 },
+            SessionUpdate {
+                pin_hash: p1,
+                session_id: s1,
+                seq: q1,
+                used_total_s: u1,
+                requested_s: r1,
+            },
+            SessionUpdate {
+                pin_hash: p2,
+                session_id: s2,
+                seq: q2,
+                used_total_s: u2,
+                requested_s: r2,
+            },
         ) => differs(&[
             (p1 == p2, Field::Card),
             (s1 == s2, Field::Reference),
@@ -292,10 +367,27 @@ pub(super) fn first_difference(recorded: &Body, retry: &Body) -> Option<Field> {
         (
             SessionEnd { pin_hash: p1, session_id: s1, seq: q1, used_total_s: u1 },
             SessionEnd { pin_hash: p2, session_id: s2, seq: q2, used_total_s: u2 },
-        ) => differs(&[(p1 == p2, Field::Card), (s1 == s2, Field::Reference), (q1 == q2, Field::Sequence), (u1 == u2, Field::Seconds)]),
+        ) => differs(&[
+            (p1 == p2, Field::Card),
+            (s1 == s2, Field::Reference),
+            (q1 == q2, Field::Sequence),
+            (u1 == u2, Field::Seconds),
+        ]),
         (
-            EventCharge { pin_hash: p1, password_mac: m1, destination: d1, units: n1, category: c1 },
-            EventCharge { pin_hash: p2, password_mac: m2, destination: d2, units: n2, category: c2 },
+            EventCharge {
+                pin_hash: p1,
+                password_mac: m1,
+                destination: d1,
+                units: n1,
+                category: c1,
+            },
+            EventCharge {
+                pin_hash: p2,
+                password_mac: m2,
+                destination: d2,
+                units: n2,
+                category: c2,
+            },
         ) => differs(&[
             (p1 == p2, Field::Card),
             (m1 == m2, Field::Password),

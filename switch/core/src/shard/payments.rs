@@ -40,7 +40,14 @@ impl Shard {
         let card = self.cards.get_mut(&pin_hash).expect("checked above");
         card.held_won += amount_won;
         card.holds += 1;
-        let hold = Hold { pin_hash, amount_won, captured_won: 0, refunded_won: 0, captures: 0, expires_at_ms };
+        let hold = Hold {
+            pin_hash,
+            amount_won,
+            captured_won: 0,
+            refunded_won: 0,
+            captures: 0,
+            expires_at_ms,
+        };
         self.holds.open(op_id, hold);
         self.totals.held_won += u128::from(amount_won);
         let mut reply = self.approved(pin_hash, amount_won);
@@ -77,9 +84,17 @@ impl Shard {
     }
 
     /// Why a hold id names no pending hold of this card, from what its AUTHORIZE record says.
-    pub(super) fn closed_hold_code(&self, pin_hash: PinHash, hold_id: OpId, voided: ResultCode) -> ResultCode {
+    pub(super) fn closed_hold_code(
+        &self,
+        pin_hash: PinHash,
+        hold_id: OpId,
+        voided: ResultCode,
+    ) -> ResultCode {
         match self.ops.get(&hold_id) {
-            Some(record) if record.body.pin_hash() == Some(pin_hash) && matches!(record.body, Body::Authorize { .. }) => {
+            Some(record)
+                if record.body.pin_hash() == Some(pin_hash)
+                    && matches!(record.body, Body::Authorize { .. }) =>
+            {
                 match OpStatus::from_u8(record.status) {
                     Some(OpStatus::HoldCaptured) => ResultCode::HoldAlreadyCaptured,
                     Some(OpStatus::HoldVoided) => voided,
@@ -102,12 +117,19 @@ impl Shard {
         if amount_won == 0 {
             return self.declined(ResultCode::AmountInvalid, pin_hash);
         }
-        if let Err(code) = self.card_in(pin_hash, &[CardState::Active, CardState::Blocked, CardState::Expired]) {
+        if let Err(code) =
+            self.card_in(pin_hash, &[CardState::Active, CardState::Blocked, CardState::Expired])
+        {
             return self.declined(code, pin_hash);
         }
         let hold = match self.holds.get(&hold_id) {
             Some(hold) if hold.pin_hash == pin_hash => *hold,
-            _ => return self.declined(self.closed_hold_code(pin_hash, hold_id, ResultCode::HoldNotFound), pin_hash),
+            _ => {
+                return self.declined(
+                    self.closed_hold_code(pin_hash, hold_id, ResultCode::HoldNotFound),
+                    pin_hash,
+                );
+            }
         };
         let remaining_won = hold.remaining_won();
         let capture_won = if amount_won == u64::MAX { remaining_won } else { amount_won };
@@ -137,7 +159,9 @@ impl Shard {
 
     pub(super) fn void(&mut self, pin_hash: PinHash, hold_id: OpId) -> Outcome {
         let released_won = match self.holds.get(&hold_id) {
-            Some(hold) if hold.pin_hash == pin_hash => self.close_hold(hold_id, OpStatus::HoldVoided),
+            Some(hold) if hold.pin_hash == pin_hash => {
+                self.close_hold(hold_id, OpStatus::HoldVoided)
+            }
             _ => {
                 let code = self.closed_hold_code(pin_hash, hold_id, ResultCode::HoldAlreadyVoided);
                 return self.declined(code, pin_hash);
@@ -174,7 +198,12 @@ impl Shard {
 
     /// Undoes an AUTHORIZE or SALE whatever state it is in. Never refused for business reasons:
     /// it credits even a blocked or closed card, and past the balance cap.
-    pub(super) fn reverse(&mut self, op_id: OpId, pin_hash: PinHash, original_op_id: OpId) -> Outcome {
+    pub(super) fn reverse(
+        &mut self,
+        op_id: OpId,
+        pin_hash: PinHash,
+        original_op_id: OpId,
+    ) -> Outcome {
         if original_op_id == 0 || original_op_id == op_id {
             return self.declined(ResultCode::OpIdInvalid, pin_hash);
         }
@@ -192,9 +221,17 @@ impl Shard {
             }
             if !self.too_old(self.now_ms, original_time_ms) {
                 let body = Body::Reverse { pin_hash, original_op_id: op_id };
-                self.record(original_op_id, body, Reply::code(ResultCode::ReversedBeforeArrival), OpStatus::Tombstone, 0);
+                self.record(
+                    original_op_id,
+                    body,
+                    Reply::code(ResultCode::ReversedBeforeArrival),
+                    OpStatus::Tombstone,
+                    0,
+                );
             }
-            return Outcome::completed(self.card_reply(ResultCode::OriginalNotFoundRecorded, pin_hash));
+            return Outcome::completed(
+                self.card_reply(ResultCode::OriginalNotFoundRecorded, pin_hash),
+            );
         };
         if original.status == OpStatus::Tombstone as u8 {
             return self.declined(ResultCode::AlreadyReversed, pin_hash);
@@ -202,7 +239,10 @@ impl Shard {
         if original.body.route_key() != Some(pin_hash) {
             return self.declined(ResultCode::OriginalCardMismatch, pin_hash);
         }
-        if !matches!(original.body, Body::Authorize { .. } | Body::Sale { .. } | Body::EventCharge { .. }) {
+        if !matches!(
+            original.body,
+            Body::Authorize { .. } | Body::Sale { .. } | Body::EventCharge { .. }
+        ) {
             return self.declined(ResultCode::ReversalNotSupported, pin_hash);
         }
         if original.reply.code != ResultCode::Approved.as_u16() {
@@ -217,14 +257,19 @@ impl Shard {
     /// Releases a payment's pending hold and credits back what it debited and was not refunded.
     pub(super) fn reverse_payment(&mut self, pin_hash: PinHash, original_op_id: OpId) -> Outcome {
         // A pending hold carries the payment's accounting itself (its record may be evicted).
-        let pending = self.holds.get(&original_op_id).map(|hold| hold.captured_won - hold.refunded_won);
-        let released_won = if pending.is_some() { self.close_hold(original_op_id, OpStatus::Reversed) } else { 0 };
+        let pending =
+            self.holds.get(&original_op_id).map(|hold| hold.captured_won - hold.refunded_won);
+        let released_won =
+            if pending.is_some() { self.close_hold(original_op_id, OpStatus::Reversed) } else { 0 };
         let credit_won = match self.ops.get_mut(&original_op_id) {
             Some(record) => {
                 record.status = OpStatus::Reversed as u8;
                 let credit_won = record.debited_won - record.refunded_won;
                 record.refunded_won = record.debited_won;
-                assert!(pending.is_none_or(|pending_won| pending_won == credit_won), "hold and record agree");
+                assert!(
+                    pending.is_none_or(|pending_won| pending_won == credit_won),
+                    "hold and record agree"
+                );
                 credit_won
             }
             None => pending.unwrap_or(0),
@@ -238,7 +283,10 @@ impl Shard {
             // Past validity: the credit is breakage like the rest of the card's value.
             CardState::Expired => self.totals.breakage_won += u128::from(credit_won),
             _ => {
-                card.balance_won = card.balance_won.checked_add(credit_won).expect("a credit back fits: it was on the card");
+                card.balance_won = card
+                    .balance_won
+                    .checked_add(credit_won)
+                    .expect("a credit back fits: it was on the card");
                 self.totals.balances_won += u128::from(credit_won);
             }
         }
@@ -249,7 +297,12 @@ impl Shard {
 
     /// Gives back part of a debit. The original is a SALE, or a CAPTURE (then the refundable
     /// money is that of its AUTHORIZE, captures together).
-    pub(super) fn refund(&mut self, pin_hash: PinHash, original_op_id: OpId, amount_won: u64) -> Outcome {
+    pub(super) fn refund(
+        &mut self,
+        pin_hash: PinHash,
+        original_op_id: OpId,
+        amount_won: u64,
+    ) -> Outcome {
         if amount_won == 0 {
             return self.declined(ResultCode::AmountInvalid, pin_hash);
         }

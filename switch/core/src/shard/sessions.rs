@@ -114,7 +114,10 @@ impl SessionTable {
 
     /// The live session ids of one card.
     pub(super) fn of_card(&self, pin_hash: PinHash) -> Vec<u128> {
-        self.card_sessions.range((pin_hash, 0)..=(pin_hash, u128::MAX)).map(|(_, session_id)| *session_id).collect()
+        self.card_sessions
+            .range((pin_hash, 0)..=(pin_hash, u128::MAX))
+            .map(|(_, session_id)| *session_id)
+            .collect()
     }
 
     /// When the earliest live session expires for silence.
@@ -192,7 +195,11 @@ impl SessionTable {
     /// up forever.
     pub(super) fn drop_stale_order(&mut self) {
         while let Some(&(expired_at_ms, oldest_id)) = self.expired_order.front() {
-            if self.expired.get(&oldest_id).is_some_and(|oldest| oldest.expires_at_ms == expired_at_ms) {
+            if self
+                .expired
+                .get(&oldest_id)
+                .is_some_and(|oldest| oldest.expires_at_ms == expired_at_ms)
+            {
                 break;
             }
             self.expired_order.pop_front();
@@ -202,8 +209,13 @@ impl SessionTable {
     /// Forgets the oldest expired sessions past `expired_max`.
     pub(super) fn trim_expired(&mut self, expired_max: usize) {
         while self.expired.len() > expired_max {
-            let (expired_at_ms, oldest_id) = self.expired_order.pop_front().expect("the order lists every expired session");
-            if self.expired.get(&oldest_id).is_some_and(|oldest| oldest.expires_at_ms == expired_at_ms) {
+            let (expired_at_ms, oldest_id) =
+                self.expired_order.pop_front().expect("the order lists every expired session");
+            if self
+                .expired
+                .get(&oldest_id)
+                .is_some_and(|oldest| oldest.expires_at_ms == expired_at_ms)
+            {
                 self.expired.remove(&oldest_id);
             }
         }
@@ -233,8 +245,12 @@ impl SessionTable {
                 return Err(format!("session {session_id:x} is missing from an index"));
             }
         }
-        if self.expired.values().any(|session| session.reserved_won != 0) || self.expired.len() > expired_max {
-            return Err("expired sessions reserve nothing and stay within expired_sessions_max".into());
+        if self.expired.values().any(|session| session.reserved_won != 0)
+            || self.expired.len() > expired_max
+        {
+            return Err(
+                "expired sessions reserve nothing and stay within expired_sessions_max".into()
+            );
         }
         Ok(())
     }
@@ -242,7 +258,8 @@ impl SessionTable {
     /// The live sessions (table order) and the remembered expired ones (oldest first) for a
     /// snapshot image.
     pub(super) fn to_image(&self) -> (SessionList, SessionList) {
-        let live = self.live.iter().map(|(session_id, session)| (*session_id, session.clone())).collect();
+        let live =
+            self.live.iter().map(|(session_id, session)| (*session_id, session.clone())).collect();
         let expired = self
             .expired_order
             .iter()
@@ -274,12 +291,12 @@ pub(super) fn grant(
     local_start_s: u64,
     used_s: u64,
     requested_s: u32,
-    budget_won: u64) -> (u32,
-    u8,
-    u64,
-) {
+    budget_won: u64,
+) -> (u32, u8, u64) {
     let rated_won = tariff.cost_from_won(local_start_s, used_s);
-    let extra_won = |more_s: u64| tariff.cost_from_won(local_start_s, used_s + more_s).saturating_sub(rated_won);
+    let extra_won = |more_s: u64| {
+        tariff.cost_from_won(local_start_s, used_s + more_s).saturating_sub(rated_won)
+    };
     let (mut low_s, mut high_s) = (0u64, u64::from(requested_s));
     while low_s < high_s {
         let middle_s = low_s + (high_s - low_s).div_ceil(2);
@@ -289,6 +306,7 @@ pub(super) fn grant(
             high_s = middle_s - 1;
         }
     }
-    let final_unit = if extra_won(low_s + 1) > budget_won { FINAL_UNIT_TERMINATE } else { FINAL_UNIT_NONE };
+    let final_unit =
+        if extra_won(low_s + 1) > budget_won { FINAL_UNIT_TERMINATE } else { FINAL_UNIT_NONE };
     (u32::try_from(low_s).expect("at most the request"), final_unit, extra_won(low_s))
 }

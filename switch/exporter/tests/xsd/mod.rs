@@ -28,7 +28,10 @@ enum Content {
     Choice(Vec<Particle>),
     /// `xs:any processContents="lax"`: anything.
     Any,
-    Simple { base: String, attributes: Vec<Attribute> },
+    Simple {
+        base: String,
+        attributes: Vec<Attribute>,
+    },
 }
 
 struct Particle {
@@ -58,7 +61,8 @@ struct SimpleType {
     min_inclusive: Option<String>,
 }
 
-const BUILT_IN: [&str; 6] = ["xs:string", "xs:decimal", "xs:date", "xs:dateTime", "xs:boolean", "xs:gYearMonth"];
+const BUILT_IN: [&str; 6] =
+    ["xs:string", "xs:decimal", "xs:date", "xs:dateTime", "xs:boolean", "xs:gYearMonth"];
 
 fn attribute<'a>(element: &'a Element, key: &str) -> Result<&'a str, String> {
     element.attribute(key).ok_or_else(|| format!("{} without {key}", element.name))
@@ -93,14 +97,21 @@ impl Schema {
         }
         text.push_str(rest);
         let document = xml::parse(&text)?;
-        if document.name != "xs:schema" || document.attribute("xmlns:xs") != Some("http://www.w3.org/2001/XMLSchema") {
+        if document.name != "xs:schema"
+            || document.attribute("xmlns:xs") != Some("http://www.w3.org/2001/XMLSchema")
+        {
             return Err("not an XML Schema".into());
         }
         if document.attribute("elementFormDefault") != Some("qualified") {
             return Err("only elementFormDefault=\"qualified\" is supported".into());
         }
         let namespace = attribute(&document, "targetNamespace")?.to_string();
-        let mut schema = Schema { namespace, root: (String::new(), String::new()), complex: BTreeMap::new(), simple: BTreeMap::new() };
+        let mut schema = Schema {
+            namespace,
+            root: (String::new(), String::new()),
+            complex: BTreeMap::new(),
+            simple: BTreeMap::new(),
+        };
         for component in &document.children {
             let name = attribute(component, "name")?.to_string();
             match component.name.as_str() {
@@ -110,12 +121,14 @@ impl Schema {
                 }
                 "xs:complexType" => {
                     only(component, &["name"])?;
-                    let content = complex_content(component).map_err(|why| format!("complex type {name}: {why}"))?;
+                    let content = complex_content(component)
+                        .map_err(|why| format!("complex type {name}: {why}"))?;
                     schema.complex.insert(name, content);
                 }
                 "xs:simpleType" => {
                     only(component, &["name"])?;
-                    let simple = simple_type(component).map_err(|why| format!("simple type {name}: {why}"))?;
+                    let simple = simple_type(component)
+                        .map_err(|why| format!("simple type {name}: {why}"))?;
                     schema.simple.insert(name, simple);
                 }
                 other => return Err(format!("top-level {other} is not supported")),
@@ -131,7 +144,9 @@ impl Schema {
         let mut named = vec![self.root.1.as_str()];
         for content in self.complex.values() {
             match content {
-                Content::Sequence(particles) | Content::Choice(particles) => named.extend(particles.iter().map(|p| p.type_name.as_str())),
+                Content::Sequence(particles) | Content::Choice(particles) => {
+                    named.extend(particles.iter().map(|p| p.type_name.as_str()))
+                }
                 Content::Any => {}
                 Content::Simple { base, attributes } => {
                     if !is_simple(base) {
@@ -143,7 +158,9 @@ impl Schema {
                 }
             }
         }
-        if let Some(missing) = named.iter().find(|name| !self.complex.contains_key(**name) && !is_simple(name)) {
+        if let Some(missing) =
+            named.iter().find(|name| !self.complex.contains_key(**name) && !is_simple(name))
+        {
             return Err(format!("unknown type {missing}"));
         }
         for (name, simple) in &self.simple {
@@ -178,13 +195,22 @@ impl Schema {
         if errors.is_empty() { Ok(()) } else { Err(errors) }
     }
 
-    fn element(&self, element: &Element, type_name: &str, path: &str, is_root: bool, errors: &mut Vec<String>) {
+    fn element(
+        &self,
+        element: &Element,
+        type_name: &str,
+        path: &str,
+        is_root: bool,
+        errors: &mut Vec<String>,
+    ) {
         if element.name.contains(':') {
             errors.push(format!("{path}: prefixed names are not in the schema's namespace"));
             return;
         }
         let allowed_attributes: Vec<&str> = match self.complex.get(type_name) {
-            Some(Content::Simple { attributes, .. }) => attributes.iter().map(|a| a.name.as_str()).collect(),
+            Some(Content::Simple { attributes, .. }) => {
+                attributes.iter().map(|a| a.name.as_str()).collect()
+            }
             _ => Vec::new(),
         };
         for (key, _) in &element.attributes {
@@ -218,7 +244,9 @@ impl Schema {
                                 errors.push(format!("{path}/@{}: {why}", declared.name));
                             }
                         }
-                        None if declared.required => errors.push(format!("{path}: attribute {} is required", declared.name)),
+                        None if declared.required => {
+                            errors.push(format!("{path}: attribute {} is required", declared.name))
+                        }
                         None => {}
                     }
                 }
@@ -232,27 +260,45 @@ impl Schema {
                 if let Content::Sequence(particles) = content {
                     for particle in particles {
                         if self.take(children, &mut next, particle, path, errors) < particle.min {
-                            let found = children.get(next).map_or_else(|| "the end".to_string(), |child| child.name.clone());
-                            errors.push(format!("{path}: expected {} (at least {}), found {found}", particle.name, particle.min));
+                            let found = children
+                                .get(next)
+                                .map_or_else(|| "the end".to_string(), |child| child.name.clone());
+                            errors.push(format!(
+                                "{path}: expected {} (at least {}), found {found}",
+                                particle.name, particle.min
+                            ));
                         }
                     }
                 } else {
                     let first = children.first().map(|child| child.name.as_str());
                     match particles.iter().find(|particle| Some(particle.name.as_str()) == first) {
                         Some(particle) => {
-                            if self.take(children, &mut next, particle, path, errors) < particle.min {
-                                errors.push(format!("{path}: {} needs at least {}", particle.name, particle.min));
+                            if self.take(children, &mut next, particle, path, errors) < particle.min
+                            {
+                                errors.push(format!(
+                                    "{path}: {} needs at least {}",
+                                    particle.name, particle.min
+                                ));
                             }
                         }
-                        None if first.is_none() && particles.iter().any(|particle| particle.min == 0) => {}
+                        None if first.is_none()
+                            && particles.iter().any(|particle| particle.min == 0) => {}
                         None => {
-                            let names: Vec<&str> = particles.iter().map(|p| p.name.as_str()).collect();
-                            errors.push(format!("{path}: expected one of {}, found {}", names.join(" | "), first.unwrap_or("the end")));
+                            let names: Vec<&str> =
+                                particles.iter().map(|p| p.name.as_str()).collect();
+                            errors.push(format!(
+                                "{path}: expected one of {}, found {}",
+                                names.join(" | "),
+                                first.unwrap_or("the end")
+                            ));
                         }
                     }
                 }
                 if let Some(extra) = children.get(next) {
-                    errors.push(format!("{path}: unexpected {} (out of order, repeated or not in the type)", extra.name));
+                    errors.push(format!(
+                        "{path}: unexpected {} (out of order, repeated or not in the type)",
+                        extra.name
+                    ));
                 }
             }
         }
@@ -260,10 +306,26 @@ impl Schema {
 
     /// Validates the run of `particle`'s elements starting at `children[*next]` (at most its
     /// `maxOccurs`), moves `next` past them and returns how many there were.
-    fn take(&self, children: &[Element], next: &mut usize, particle: &Particle, path: &str, errors: &mut Vec<String>) -> usize {
+    fn take(
+        &self,
+        children: &[Element],
+        next: &mut usize,
+        particle: &Particle,
+        path: &str,
+        errors: &mut Vec<String>,
+    ) -> usize {
         let mut count = 0;
-        while *next < children.len() && children[*next].name == particle.name && count < particle.max {
-            self.element(&children[*next], &particle.type_name, &format!("{path}/{}", particle.name), false, errors);
+        while *next < children.len()
+            && children[*next].name == particle.name
+            && count < particle.max
+        {
+            self.element(
+                &children[*next],
+                &particle.type_name,
+                &format!("{path}/{}", particle.name),
+                false,
+                errors,
+            );
             *next += 1;
             count += 1;
         }
@@ -275,16 +337,27 @@ impl Schema {
         let Some(simple) = self.simple.get(type_name) else { return built_in(value, type_name) };
         self.simple_value(value, &simple.base)?;
         let characters = value.chars().count();
-        if !simple.enumeration.is_empty() && !simple.enumeration.iter().any(|allowed| allowed == value) {
+        if !simple.enumeration.is_empty()
+            && !simple.enumeration.iter().any(|allowed| allowed == value)
+        {
             return Err(format!("{value:?} is not one of the values of {type_name}"));
         }
-        if simple.min_length.is_some_and(|min| characters < min) || simple.max_length.is_some_and(|max| characters > max) {
-            return Err(format!("{value:?} has {characters} characters, outside the length of {type_name}"));
+        if simple.min_length.is_some_and(|min| characters < min)
+            || simple.max_length.is_some_and(|max| characters > max)
+        {
+            return Err(format!(
+                "{value:?} has {characters} characters, outside the length of {type_name}"
+            ));
         }
-        if !simple.patterns.is_empty() && !simple.patterns.iter().any(|pattern| pattern.is_match(value)) {
+        if !simple.patterns.is_empty()
+            && !simple.patterns.iter().any(|pattern| pattern.is_match(value))
+        {
             return Err(format!("{value:?} does not match the pattern of {type_name}"));
         }
-        if simple.total_digits.is_some() || simple.fraction_digits.is_some() || simple.min_inclusive.is_some() {
+        if simple.total_digits.is_some()
+            || simple.fraction_digits.is_some()
+            || simple.min_inclusive.is_some()
+        {
             let (_, integer, fraction) = decimal_parts(value);
             if simple.total_digits.is_some_and(|total| integer.len() + fraction.len() > total) {
                 return Err(format!("{value} has more than the digits of {type_name}"));
@@ -292,7 +365,11 @@ impl Schema {
             if simple.fraction_digits.is_some_and(|digits| fraction.len() > digits) {
                 return Err(format!("{value} has more fraction digits than {type_name} allows"));
             }
-            if simple.min_inclusive.as_deref().is_some_and(|min| decimal_cmp(value, min) == Ordering::Less) {
+            if simple
+                .min_inclusive
+                .as_deref()
+                .is_some_and(|min| decimal_cmp(value, min) == Ordering::Less)
+            {
                 return Err(format!("{value} is below the minimum of {type_name}"));
             }
         }
@@ -301,13 +378,21 @@ impl Schema {
 }
 
 fn complex_content(component: &Element) -> Result<Content, String> {
-    let [group] = component.children.as_slice() else { return Err("one content model expected".into()) };
+    let [group] = component.children.as_slice() else {
+        return Err("one content model expected".into());
+    };
     match group.name.as_str() {
         "xs:sequence" | "xs:choice" => {
             only(group, &[])?;
-            if let Some(any) = group.children.first().filter(|any| any.name == "xs:any" && group.children.len() == 1) {
+            if let Some(any) = group
+                .children
+                .first()
+                .filter(|any| any.name == "xs:any" && group.children.len() == 1)
+            {
                 only(any, &["namespace", "processContents"])?;
-                if any.attribute("namespace") != Some("##any") || any.attribute("processContents") != Some("lax") {
+                if any.attribute("namespace") != Some("##any")
+                    || any.attribute("processContents") != Some("lax")
+                {
                     return Err("only a lax xs:any of any namespace is supported".into());
                 }
                 return Ok(Content::Any);
@@ -316,7 +401,10 @@ fn complex_content(component: &Element) -> Result<Content, String> {
             let mut names = BTreeSet::new();
             for particle in &group.children {
                 if particle.name != "xs:element" || !particle.children.is_empty() {
-                    return Err(format!("{} inside {} is not supported", particle.name, group.name));
+                    return Err(format!(
+                        "{} inside {} is not supported",
+                        particle.name, group.name
+                    ));
                 }
                 only(particle, &["name", "type", "minOccurs", "maxOccurs"])?;
                 let name = attribute(particle, "name")?.to_string();
@@ -328,12 +416,23 @@ fn complex_content(component: &Element) -> Result<Content, String> {
                 if max == 0 || min > max {
                     return Err(format!("element {name}: occurs {min}..{max}"));
                 }
-                particles.push(Particle { name, type_name: attribute(particle, "type")?.to_string(), min, max });
+                particles.push(Particle {
+                    name,
+                    type_name: attribute(particle, "type")?.to_string(),
+                    min,
+                    max,
+                });
             }
-            Ok(if group.name == "xs:sequence" { Content::Sequence(particles) } else { Content::Choice(particles) })
+            Ok(if group.name == "xs:sequence" {
+                Content::Sequence(particles)
+            } else {
+                Content::Choice(particles)
+            })
         }
         "xs:simpleContent" => {
-            let [extension] = group.children.as_slice() else { return Err("simpleContent needs one extension".into()) };
+            let [extension] = group.children.as_slice() else {
+                return Err("simpleContent needs one extension".into());
+            };
             if extension.name != "xs:extension" {
                 return Err(format!("{} in simpleContent is not supported", extension.name));
             }
@@ -349,7 +448,11 @@ fn complex_content(component: &Element) -> Result<Content, String> {
                     Some("required") => true,
                     Some(other) => return Err(format!("use={other:?}")),
                 };
-                attributes.push(Attribute { name: attribute(declared, "name")?.into(), type_name: attribute(declared, "type")?.into(), required });
+                attributes.push(Attribute {
+                    name: attribute(declared, "name")?.into(),
+                    type_name: attribute(declared, "type")?.into(),
+                    required,
+                });
             }
             Ok(Content::Simple { base: attribute(extension, "base")?.into(), attributes })
         }
@@ -358,16 +461,20 @@ fn complex_content(component: &Element) -> Result<Content, String> {
 }
 
 fn simple_type(component: &Element) -> Result<SimpleType, String> {
-    let [restriction] = component.children.as_slice() else { return Err("one restriction expected".into()) };
+    let [restriction] = component.children.as_slice() else {
+        return Err("one restriction expected".into());
+    };
     if restriction.name != "xs:restriction" {
         return Err(format!("{} is not supported", restriction.name));
     }
     only(restriction, &["base"])?;
-    let mut simple = SimpleType { base: attribute(restriction, "base")?.to_string(), ..SimpleType::default() };
+    let mut simple =
+        SimpleType { base: attribute(restriction, "base")?.to_string(), ..SimpleType::default() };
     for facet in &restriction.children {
         only(facet, &["value"])?;
         let value = attribute(facet, "value")?;
-        let number = || value.parse::<usize>().map_err(|_| format!("{} value {value:?}", facet.name));
+        let number =
+            || value.parse::<usize>().map_err(|_| format!("{} value {value:?}", facet.name));
         match facet.name.as_str() {
             "xs:enumeration" => simple.enumeration.push(value.to_string()),
             "xs:minLength" => simple.min_length = Some(number()?),
@@ -377,7 +484,10 @@ fn simple_type(component: &Element) -> Result<SimpleType, String> {
             "xs:minInclusive" => simple.min_inclusive = Some(value.to_string()),
             // XSD patterns match the whole value; the ones these schemas use (classes with
             // ranges and escapes, groups, counted repetition) mean the same to `regex`.
-            "xs:pattern" => simple.patterns.push(Regex::new(&format!("^(?:{value})$")).map_err(|error| format!("pattern {value:?}: {error}"))?),
+            "xs:pattern" => simple.patterns.push(
+                Regex::new(&format!("^(?:{value})$"))
+                    .map_err(|error| format!("pattern {value:?}: {error}"))?,
+            ),
             other => return Err(format!("facet {other} is not supported")),
         }
     }
@@ -393,7 +503,9 @@ fn built_in(value: &str, type_name: &str) -> Result<(), String> {
         "xs:decimal" => r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)".to_string(),
         "xs:boolean" => "true|false|1|0".to_string(),
         "xs:date" => format!("{date}{zone}"),
-        "xs:dateTime" => format!(r"{date}T(([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]+)?|24:00:00(\.0+)?){zone}"),
+        "xs:dateTime" => format!(
+            r"{date}T(([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]+)?|24:00:00(\.0+)?){zone}"
+        ),
         "xs:gYearMonth" => format!(r"-?([1-9][0-9]{{3,}}|0[0-9]{{3}})-(0[1-9]|1[0-2]){zone}"),
         other => return Err(format!("built-in type {other} is not supported")),
     };
@@ -403,10 +515,16 @@ fn built_in(value: &str, type_name: &str) -> Result<(), String> {
     }
     if matches!(type_name, "xs:date" | "xs:dateTime") {
         // The day must exist in its month.
-        let digits: Vec<u32> = value.trim_start_matches('-').split(['-', 'T']).take(3).map(|part| part.parse().unwrap_or(0)).collect();
+        let digits: Vec<u32> = value
+            .trim_start_matches('-')
+            .split(['-', 'T'])
+            .take(3)
+            .map(|part| part.parse().unwrap_or(0))
+            .collect();
         let (year, month, day) = (digits[0], digits[1], digits[2]);
         let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
-        let days = [31, if leap { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31][month as usize - 1];
+        let days = [31, if leap { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31]
+            [month as usize - 1];
         if day > days {
             return Err(format!("{value:?} names a day its month does not have"));
         }
@@ -434,7 +552,11 @@ fn decimal_cmp(left: &str, right: &str) -> Ordering {
     if left_negative != right_negative {
         return if left_negative { Ordering::Less } else { Ordering::Greater };
     }
-    let magnitude = left_integer.len().cmp(&right_integer.len()).then_with(|| left_integer.cmp(&right_integer)).then_with(|| left_fraction.cmp(&right_fraction));
+    let magnitude = left_integer
+        .len()
+        .cmp(&right_integer.len())
+        .then_with(|| left_integer.cmp(&right_integer))
+        .then_with(|| left_fraction.cmp(&right_fraction));
     if left_negative { magnitude.reverse() } else { magnitude }
 }
 

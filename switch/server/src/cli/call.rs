@@ -5,9 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Subcommand;
-use pinswitch_protocol::{
-    self as protocol, EventCharge, PriceQuote, ResultCode, SessionAudit,
-};
+use pinswitch_protocol::{self as protocol, EventCharge, PriceQuote, ResultCode, SessionAudit};
 
 use super::{connect, outcome, parse_pin, single};
 
@@ -75,18 +73,33 @@ pub(super) async fn call(command: CallCommand) -> anyhow::Result<ExitCode> {
         CallCommand::Quote { connect: address, category, to, seconds, units, pin } => {
             let pin = pin.as_deref().map(parse_pin).transpose()?.unwrap_or(0);
             let client = connect(&address).await?;
-            let quote = PriceQuote { pin, category, destination: to.into_bytes(), duration_s: seconds, units };
+            let quote = PriceQuote {
+                pin,
+                category,
+                destination: to.into_bytes(),
+                duration_s: seconds,
+                units,
+            };
             let quoted = single(client.price_quote(&[quote]).await.context("asking for a quote")?)?;
             if quoted.code != ResultCode::Approved.as_u16() {
                 return Ok(outcome(quoted.code, String::new()));
             }
             println!("tariff    {}", quoted.tariff_id);
-            println!("rate      {} won per {} s (first {} s), {} won to connect", quoted.rate_won, quoted.increment_s, quoted.first_increment_s, quoted.connect_fee_won);
+            println!(
+                "rate      {} won per {} s (first {} s), {} won to connect",
+                quoted.rate_won,
+                quoted.increment_s,
+                quoted.first_increment_s,
+                quoted.connect_fee_won
+            );
             println!("event     {} won", quoted.event_won);
             println!("call      {seconds} s cost {} won", quoted.duration_cost_won);
             println!("events    {units} cost {} won", quoted.event_cost_won);
             if pin != 0 {
-                println!("card      {} won available, buys {} s", quoted.available_won, quoted.affordable_s);
+                println!(
+                    "card      {} won available, buys {} s",
+                    quoted.available_won, quoted.affordable_s
+                );
             }
             Ok(outcome(quoted.code, String::new()))
         }
@@ -101,11 +114,18 @@ pub(super) async fn call(command: CallCommand) -> anyhow::Result<ExitCode> {
                 destination: to.into_bytes(),
                 units,
             };
-            let result = single(client.event_charge(&[event]).await.context("charging the event")?)?;
-            Ok(outcome(result.code, format!(", charged {} won, balance {} won", result.amount_won, result.balance_won)))
+            let result =
+                single(client.event_charge(&[event]).await.context("charging the event")?)?;
+            Ok(outcome(
+                result.code,
+                format!(", charged {} won, balance {} won", result.amount_won, result.balance_won),
+            ))
         }
         CallCommand::Audit { connect: address, owner, sessions, close } => {
-            let session_ids = sessions.iter().map(|text| parse_session_id(text)).collect::<anyhow::Result<Vec<u128>>>()?;
+            let session_ids = sessions
+                .iter()
+                .map(|text| parse_session_id(text))
+                .collect::<anyhow::Result<Vec<u128>>>()?;
             let client = connect(&address).await?;
             let audit = SessionAudit {
                 owner_id: owner,
@@ -115,7 +135,10 @@ pub(super) async fn call(command: CallCommand) -> anyhow::Result<ExitCode> {
                 session_ids: if close { session_ids } else { Vec::new() },
             };
             let answer = client.session_audit(&audit).await.context("auditing the sessions")?;
-            Ok(outcome(answer.code, format!(", {} live on the switch, {} ended", answer.live_count, answer.ended)))
+            Ok(outcome(
+                answer.code,
+                format!(", {} live on the switch, {} ended", answer.live_count, answer.ended),
+            ))
         }
     }
 }

@@ -8,8 +8,9 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::{Subcommand, ValueEnum};
 use pinswitch_protocol::{
-    self as protocol, BalanceInquiry, BlockReason, CardActivate, CardBlock, CardClaim, CardIssue, CardLoad,
-    CardConsign, CardRefund, CardRegister, CardSell, CardState, CardUnblock, ForeignConvert, ForeignImport, Funding, ResultCode, Sale, pin,
+    self as protocol, BalanceInquiry, BlockReason, CardActivate, CardBlock, CardClaim, CardConsign,
+    CardIssue, CardLoad, CardRefund, CardRegister, CardSell, CardState, CardUnblock,
+    ForeignConvert, ForeignImport, Funding, ResultCode, Sale, pin,
 };
 
 use super::{balance_outcome, connect, outcome, parse_pin, single};
@@ -220,19 +221,28 @@ pub(super) async fn card(command: CardCommand) -> anyhow::Result<ExitCode> {
                 for result in client.card_issue(&events).await.context("issuing cards")? {
                     if result.code == ResultCode::Approved.as_u16() {
                         match pin_out.as_mut() {
-                            Some(out) => writeln!(out, "{},{}", pin::format(result.pin), result.balance_won).context("writing the PIN file")?,
-                            None => println!("{}  {} won", pin::format(result.pin), result.balance_won),
+                            Some(out) => {
+                                writeln!(out, "{},{}", pin::format(result.pin), result.balance_won)
+                                    .context("writing the PIN file")?
+                            }
+                            None => {
+                                println!("{}  {} won", pin::format(result.pin), result.balance_won)
+                            }
                         }
                     } else {
                         failed += 1;
-                        let name = ResultCode::from_u16(result.code).map_or("UNKNOWN", ResultCode::name);
+                        let name =
+                            ResultCode::from_u16(result.code).map_or("UNKNOWN", ResultCode::name);
                         eprintln!("not issued: {name} ({})", result.code);
                     }
                 }
             }
             if let (Some(mut out), Some(path)) = (pin_out, pin_file) {
                 out.flush().context("writing the PIN file")?;
-                out.into_inner().map_err(|error| error.into_error()).and_then(|file| file.sync_all()).context("syncing the PIN file")?;
+                out.into_inner()
+                    .map_err(|error| error.into_error())
+                    .and_then(|file| file.sync_all())
+                    .context("syncing the PIN file")?;
                 println!("{} PINs written to {}", count as u64 - u64::from(failed), path.display());
             }
             Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
@@ -240,7 +250,10 @@ pub(super) async fn card(command: CardCommand) -> anyhow::Result<ExitCode> {
         CardCommand::Show { connect: address, pin } => {
             let pin = parse_pin(&pin)?;
             let client = connect(&address).await?;
-            let results = client.balance_inquiry(&[BalanceInquiry { pin }]).await.context("reading the card")?;
+            let results = client
+                .balance_inquiry(&[BalanceInquiry { pin }])
+                .await
+                .context("reading the card")?;
             let Some(card) = results.into_iter().next() else { bail!("the switch sent no result") };
             if card.code != ResultCode::Approved.as_u16() {
                 return Ok(outcome(card.code, String::new()));
@@ -269,13 +282,21 @@ pub(super) async fn card(command: CardCommand) -> anyhow::Result<ExitCode> {
         CardCommand::Activate { connect: address, pin, password } => {
             let pin = parse_pin(&pin)?;
             let client = connect(&address).await?;
-            let event = CardActivate { op_id: protocol::new_op_id(), pin, password: password.into_bytes() };
-            Ok(balance_outcome(single(client.card_activate(&[event]).await.context("activating")?)?))
+            let event =
+                CardActivate { op_id: protocol::new_op_id(), pin, password: password.into_bytes() };
+            Ok(balance_outcome(single(
+                client.card_activate(&[event]).await.context("activating")?,
+            )?))
         }
         CardCommand::Load { connect: address, pin, amount } => {
             let pin = parse_pin(&pin)?;
             let client = connect(&address).await?;
-            let event = CardLoad { op_id: protocol::new_op_id(), pin, amount_won: amount, funding: Funding::Cash as u8 };
+            let event = CardLoad {
+                op_id: protocol::new_op_id(),
+                pin,
+                amount_won: amount,
+                funding: Funding::Cash as u8,
+            };
             Ok(balance_outcome(single(client.card_load(&[event]).await.context("recharging")?)?))
         }
         CardCommand::Sale { connect: address, pin, password, amount, merchant } => {
@@ -290,7 +311,13 @@ pub(super) async fn card(command: CardCommand) -> anyhow::Result<ExitCode> {
                 category: protocol::Category::InternetPayment as u8,
             };
             let result = single(client.sale(&[event]).await.context("debiting")?)?;
-            Ok(outcome(result.code, format!(", approval {:06}, balance {} won", result.approval_code, result.balance_won)))
+            Ok(outcome(
+                result.code,
+                format!(
+                    ", approval {:06}, balance {} won",
+                    result.approval_code, result.balance_won
+                ),
+            ))
         }
         CardCommand::Sell { connect: address, pin, channel, price, means, gift_to } => {
             let pin = parse_pin(&pin)?;
@@ -321,44 +348,74 @@ pub(super) async fn card(command: CardCommand) -> anyhow::Result<ExitCode> {
         CardCommand::Consign { connect: address, pin, partner, commission } => {
             let pin = parse_pin(&pin)?;
             let client = connect(&address).await?;
-            let event = CardConsign { op_id: protocol::new_op_id(), pin, partner_id: partner, commission_per_mille: commission };
+            let event = CardConsign {
+                op_id: protocol::new_op_id(),
+                pin,
+                partner_id: partner,
+                commission_per_mille: commission,
+            };
             let result = single(client.card_consign(&[event]).await.context("consigning")?)?;
             Ok(outcome(result.code, format!(", face value {} won", result.amount_won)))
         }
         CardCommand::Register { connect: address, pin, holder, verified_name } => {
             let pin = parse_pin(&pin)?;
             let client = connect(&address).await?;
-            let event = CardRegister { op_id: protocol::new_op_id(), pin, holder_ref: holder, verified_name };
-            let result = single(client.card_register(&[event]).await.context("registering the holder")?)?;
+            let event = CardRegister {
+                op_id: protocol::new_op_id(),
+                pin,
+                holder_ref: holder,
+                verified_name,
+            };
+            let result =
+                single(client.card_register(&[event]).await.context("registering the holder")?)?;
             Ok(outcome(result.code, format!(", balance cap {} won", result.amount_won)))
         }
         CardCommand::Refund { connect: address, pin, account } => {
             let pin = parse_pin(&pin)?;
             let client = connect(&address).await?;
-            let event = CardRefund { op_id: protocol::new_op_id(), pin, payout_account_ref: account };
-            let result = single(client.card_refund(&[event]).await.context("refunding the balance")?)?;
-            Ok(outcome(result.code, format!(", paid out {} won, balance {} won", result.amount_won, result.balance_won)))
+            let event =
+                CardRefund { op_id: protocol::new_op_id(), pin, payout_account_ref: account };
+            let result =
+                single(client.card_refund(&[event]).await.context("refunding the balance")?)?;
+            Ok(outcome(
+                result.code,
+                format!(", paid out {} won, balance {} won", result.amount_won, result.balance_won),
+            ))
         }
         CardCommand::Claim { connect: address, pin, password, gift_ref, hint } => {
             let pin = parse_pin(&pin)?;
             let client = connect(&address).await?;
-            let event = CardClaim { op_id: protocol::new_op_id(), pin, password: password.into_bytes(), gift_recipient_ref: gift_ref, password_hint: hint };
+            let event = CardClaim {
+                op_id: protocol::new_op_id(),
+                pin,
+                password: password.into_bytes(),
+                gift_recipient_ref: gift_ref,
+                password_hint: hint,
+            };
             Ok(balance_outcome(single(client.card_claim(&[event]).await.context("claiming")?)?))
         }
         CardCommand::ForeignImport { connect: address, product, file } => {
-            let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
-            let codes: Vec<&str> = text.lines().map(str::trim).filter(|line| !line.is_empty()).collect();
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let codes: Vec<&str> =
+                text.lines().map(str::trim).filter(|line| !line.is_empty()).collect();
             let client = connect(&address).await?;
             let hello = client.hello("pinswitch-cli").await.context("greeting the switch")?;
             let mut failed = false;
             for chunk in codes.chunks(hello.batch_events_max.max(1) as usize) {
                 let events: Vec<ForeignImport> = chunk
                     .iter()
-                    .map(|code| ForeignImport { op_id: protocol::new_op_id(), product_id: product, foreign_pin: code.as_bytes().to_vec() })
+                    .map(|code| ForeignImport {
+                        op_id: protocol::new_op_id(),
+                        product_id: product,
+                        foreign_pin: code.as_bytes().to_vec(),
+                    })
                     .collect();
-                let results = client.foreign_import(&events).await.context("importing foreign PINs")?;
+                let results =
+                    client.foreign_import(&events).await.context("importing foreign PINs")?;
                 for (code, result) in chunk.iter().zip(results) {
-                    let name = ResultCode::from_u16(result.code).map_or("UNKNOWN", ResultCode::name);
+                    let name =
+                        ResultCode::from_u16(result.code).map_or("UNKNOWN", ResultCode::name);
                     println!("{code} {name} ({})", result.code);
                     failed |= result.code != ResultCode::Approved.as_u16();
                 }
@@ -368,14 +425,22 @@ pub(super) async fn card(command: CardCommand) -> anyhow::Result<ExitCode> {
         CardCommand::Convert { connect: address, pin, product, password } => {
             let pin = parse_pin(&pin)?;
             let client = connect(&address).await?;
-            let event = ForeignConvert { op_id: protocol::new_op_id(), pin, password: password.into_bytes(), product_id: product };
+            let event = ForeignConvert {
+                op_id: protocol::new_op_id(),
+                pin,
+                password: password.into_bytes(),
+                product_id: product,
+            };
             let converted = single(client.foreign_convert(&[event]).await.context("converting")?)?;
             let result = converted.result;
             let foreign_pin = String::from_utf8_lossy(&converted.foreign_pin).into_owned();
             let detail = if foreign_pin.is_empty() {
                 format!(", balance {} won", result.balance_won)
             } else {
-                format!(", foreign PIN {foreign_pin}, debited {} won, balance {} won", result.amount_won, result.balance_won)
+                format!(
+                    ", foreign PIN {foreign_pin}, debited {} won, balance {} won",
+                    result.amount_won, result.balance_won
+                )
             };
             Ok(outcome(result.code, detail))
         }

@@ -6,12 +6,10 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
-use pinswitch_protocol::{
-    self as protocol, ResultCode, pin,
-};
+use pinswitch_protocol::{self as protocol, ResultCode, pin};
 
-use crate::config::Config;
 use super::{connect, outcome, parse_pin};
+use crate::config::Config;
 
 #[derive(clap::Args)]
 pub(super) struct ExportPlaces {
@@ -102,7 +100,12 @@ pub(super) fn export(places: ExportPlaces, command: ExportCommand) -> anyhow::Re
     let data_dir = places.data.unwrap_or(config.server.data_dir.clone());
     let state_dir = places.state.unwrap_or_else(|| data_dir.join("export"));
     let export_config = ExportConfig::load(places.export_config.as_deref())?;
-    let options = Options { data_dir, state_dir, engine: pinswitch_core::EngineConfig::production(), config: export_config };
+    let options = Options {
+        data_dir,
+        state_dir,
+        engine: pinswitch_core::EngineConfig::production(),
+        config: export_config,
+    };
     if matches!(command, ExportCommand::Statement { .. } | ExportCommand::Serve { .. }) {
         return statements(&options, places.merchants.as_deref(), command);
     }
@@ -123,8 +126,17 @@ pub(super) fn export(places: ExportPlaces, command: ExportCommand) -> anyhow::Re
         }
         ExportCommand::Run { max_records, .. } => {
             let report = exporter.run(max_records, crate::shard_loop::wall_clock_ms())?;
-            let applied: Vec<String> = report.applied.iter().enumerate().map(|(shard, count)| format!("shard {shard}: {count}")).collect();
-            println!("applied {} records ({})", report.applied.iter().sum::<u64>(), applied.join(", "));
+            let applied: Vec<String> = report
+                .applied
+                .iter()
+                .enumerate()
+                .map(|(shard, count)| format!("shard {shard}: {count}"))
+                .collect();
+            println!(
+                "applied {} records ({})",
+                report.applied.iter().sum::<u64>(),
+                applied.join(", ")
+            );
             for day in &report.closed {
                 println!("closed period {}", date_string(*day));
             }
@@ -143,43 +155,83 @@ pub(super) fn export(places: ExportPlaces, command: ExportCommand) -> anyhow::Re
         ExportCommand::Period { date, out } => {
             let Some(day) = parse_date(&date) else { bail!("{date:?} is not a date (YYYY-MM-DD)") };
             let (dir, is_final) = exporter.render_period(day, out.as_deref())?;
-            let summary = std::fs::read_to_string(dir.join("summary.txt")).context("reading the period summary")?;
+            let summary = std::fs::read_to_string(dir.join("summary.txt"))
+                .context("reading the period summary")?;
             print!("{summary}");
-            println!("{} files in {}", if is_final { "final" } else { "provisional" }, dir.display());
+            println!(
+                "{} files in {}",
+                if is_final { "final" } else { "provisional" },
+                dir.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
         ExportCommand::Deposits { camt, orders, connect: address } => {
             use pinswitch_exporter::deposits;
-            let read = |path: &PathBuf| std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()));
-            let credits = deposits::parse_camt054(&read(&camt)?).map_err(|why| anyhow::anyhow!("{}: {why}", camt.display()))?;
-            let orders = deposits::parse_orders(&read(&orders)?).map_err(|why| anyhow::anyhow!("{}: {why}", orders.display()))?;
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("building the client runtime")?;
+            let read = |path: &PathBuf| {
+                std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+            };
+            let credits = deposits::parse_camt054(&read(&camt)?)
+                .map_err(|why| anyhow::anyhow!("{}: {why}", camt.display()))?;
+            let orders = deposits::parse_orders(&read(&orders)?)
+                .map_err(|why| anyhow::anyhow!("{}: {why}", orders.display()))?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("building the client runtime")?;
             let report = runtime.block_on(async {
                 let client = connect(&address).await?;
-                anyhow::Ok(deposits::settle(exporter.state_dir(), &client, &orders, &credits).await?)
+                anyhow::Ok(
+                    deposits::settle(exporter.state_dir(), &client, &orders, &credits).await?,
+                )
             })?;
             for (order, card_pin) in &report.sold {
                 println!("sold {order}  {}", pin::format(*card_pin));
             }
             for (order, code) in &report.declined {
-                println!("declined {order}: {} ({code})", ResultCode::from_u16(*code).map_or("UNKNOWN", ResultCode::name));
+                println!(
+                    "declined {order}: {} ({code})",
+                    ResultCode::from_u16(*code).map_or("UNKNOWN", ResultCode::name)
+                );
             }
             for order in &report.in_flight {
                 println!("in flight since an interrupted run, resolve by hand: {order}");
             }
-            println!("already done: {}, pending: {}", report.already_done.len(), report.pending.join(" "));
+            println!(
+                "already done: {}, pending: {}",
+                report.already_done.len(),
+                report.pending.join(" ")
+            );
             for credit in &report.unmatched {
-                println!("unmatched credit {} of {} won ({} {})", credit.entry_ref, credit.amount_won, credit.end_to_end_id, credit.remittance);
+                println!(
+                    "unmatched credit {} of {} won ({} {})",
+                    credit.entry_ref, credit.amount_won, credit.end_to_end_id, credit.remittance
+                );
             }
-            Ok(if report.declined.is_empty() && report.in_flight.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if report.declined.is_empty() && report.in_flight.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
-        ExportCommand::Statement { .. } | ExportCommand::Serve { .. } => unreachable!("answered by statements()"),
+        ExportCommand::Statement { .. } | ExportCommand::Serve { .. } => {
+            unreachable!("answered by statements()")
+        }
         ExportCommand::Month { month, out } => {
-            let Some(day) = parse_date(&format!("{month}-01")) else { bail!("{month:?} is not a month (YYYY-MM)") };
+            let Some(day) = parse_date(&format!("{month}-01")) else {
+                bail!("{month:?} is not a month (YYYY-MM)")
+            };
             let (year, month_number, _) = pinswitch_exporter::calendar::civil_from_days(day);
             let (dir, is_final) = exporter.render_month(year, month_number, out.as_deref())?;
-            print!("{}", std::fs::read_to_string(dir.join("operator-remittance.csv")).context("reading the remittance")?);
-            println!("{} remittance in {}", if is_final { "final" } else { "provisional" }, dir.display());
+            print!(
+                "{}",
+                std::fs::read_to_string(dir.join("operator-remittance.csv"))
+                    .context("reading the remittance")?
+            );
+            println!(
+                "{} remittance in {}",
+                if is_final { "final" } else { "provisional" },
+                dir.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -188,7 +240,11 @@ pub(super) fn export(places: ExportPlaces, command: ExportCommand) -> anyhow::Re
 /// `export run --follow SECONDS`: follows the journals, printing a line a second (records
 /// applied, their rate, the oldest record's age at apply: now minus its journaled time, on the
 /// same machine's clock) and at the end the age percentiles over the whole run.
-fn follow(exporter: &mut pinswitch_exporter::Exporter, seconds: u64, poll_ms: u64) -> anyhow::Result<pinswitch_exporter::RunReport> {
+fn follow(
+    exporter: &mut pinswitch_exporter::Exporter,
+    seconds: u64,
+    poll_ms: u64,
+) -> anyhow::Result<pinswitch_exporter::RunReport> {
     use std::cell::{Cell, RefCell};
     use std::time::{Duration, Instant};
     let now_ms = crate::shard_loop::wall_clock_ms;
@@ -205,15 +261,22 @@ fn follow(exporter: &mut pinswitch_exporter::Exporter, seconds: u64, poll_ms: u6
         let elapsed = last.0.elapsed();
         if elapsed >= Duration::from_secs(1) {
             let rate = (applied - last.1) as f64 / elapsed.as_secs_f64();
-            println!("t={:>4}s  applied {applied:>10}  {rate:>9.0} records/s  oldest record applied was {} ms old", started.elapsed().as_secs(), window_max_age_ms.replace(0));
+            println!(
+                "t={:>4}s  applied {applied:>10}  {rate:>9.0} records/s  oldest record applied was {} ms old",
+                started.elapsed().as_secs(),
+                window_max_age_ms.replace(0)
+            );
             last = (Instant::now(), applied);
         }
         started.elapsed() < Duration::from_secs(seconds)
     };
-    let report = exporter.follow(Duration::from_millis(poll_ms), &now_ms, &mut keep_going, &mut observe)?;
+    let report =
+        exporter.follow(Duration::from_millis(poll_ms), &now_ms, &mut keep_going, &mut observe)?;
     let mut ages = ages_ms.into_inner();
     ages.sort_unstable();
-    let at = |quantile: f64| ages.get(((ages.len() as f64 - 1.0) * quantile).round() as usize).copied().unwrap_or(0);
+    let at = |quantile: f64| {
+        ages.get(((ages.len() as f64 - 1.0) * quantile).round() as usize).copied().unwrap_or(0)
+    };
     let applied: u64 = report.applied.iter().sum();
     println!(
         "followed {:.1} s: applied {applied} records ({:.0}/s); age of a record when applied: p50 {} ms, p99 {} ms, max {} ms",
@@ -228,7 +291,11 @@ fn follow(exporter: &mut pinswitch_exporter::Exporter, seconds: u64, poll_ms: u6
 
 /// `export statement` and `export serve`: card statements from the exporter's statement index
 /// (no exporter state is loaded); PINs are hashed with the data directory's keys, as the switch does.
-fn statements(options: &pinswitch_exporter::Options, merchants: Option<&std::path::Path>, command: ExportCommand) -> anyhow::Result<ExitCode> {
+fn statements(
+    options: &pinswitch_exporter::Options,
+    merchants: Option<&std::path::Path>,
+    command: ExportCommand,
+) -> anyhow::Result<ExitCode> {
     use pinswitch_exporter::merchants::MerchantRegistry;
     use pinswitch_exporter::parse_date;
     use pinswitch_exporter::serve::StatementService;
@@ -239,11 +306,22 @@ fn statements(options: &pinswitch_exporter::Options, merchants: Option<&std::pat
     let keys = crate::keys::Keys::load_or_create(&options.data_dir)?;
     let shard_count = pinswitch_exporter::exporter::read_shard_count(&options.data_dir)?;
     let registry = MerchantRegistry::load(merchants)?;
-    let service = StatementService::open(&options.state_dir, shard_count, registry, options.config.statements.clone(), Box::new(move |pin| keys.pin_hash(pin)))?;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("building the runtime")?;
+    let service = StatementService::open(
+        &options.state_dir,
+        shard_count,
+        registry,
+        options.config.statements.clone(),
+        Box::new(move |pin| keys.pin_hash(pin)),
+    )?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("building the runtime")?;
     match command {
         ExportCommand::Serve { listen } => runtime.block_on(async {
-            let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("listening on {listen}"))?;
+            let listener = tokio::net::TcpListener::bind(&listen)
+                .await
+                .with_context(|| format!("listening on {listen}"))?;
             println!("statements on {}", listener.local_addr()?);
             use std::io::Write as _;
             std::io::stdout().flush()?;
@@ -252,11 +330,25 @@ fn statements(options: &pinswitch_exporter::Options, merchants: Option<&std::pat
         }),
         ExportCommand::Statement { pin: text, from, to, repeat } => {
             let card = parse_pin(&text)?;
-            let zone = pinswitch_exporter::Cutoff { utc_offset_hours: options.config.utc_offset_hours, cutoff_hour: 0 };
-            let day = |text: &str| parse_date(text).with_context(|| format!("{text:?} is not a date (YYYY-MM-DD)"));
-            let from_ms = from.as_deref().map(day).transpose()?.map_or(0, |day| u64::try_from(zone.start_ms(day)).unwrap_or(0));
-            let to_ms = to.as_deref().map(day).transpose()?.map_or(0, |day| u64::try_from(zone.end_ms(day)).unwrap_or(0));
-            let mut query = protocol::StatementQuery { pin: card, from_ms, to_ms, cursor: 0, limit: 0 };
+            let zone = pinswitch_exporter::Cutoff {
+                utc_offset_hours: options.config.utc_offset_hours,
+                cutoff_hour: 0,
+            };
+            let day = |text: &str| {
+                parse_date(text).with_context(|| format!("{text:?} is not a date (YYYY-MM-DD)"))
+            };
+            let from_ms = from
+                .as_deref()
+                .map(day)
+                .transpose()?
+                .map_or(0, |day| u64::try_from(zone.start_ms(day)).unwrap_or(0));
+            let to_ms = to
+                .as_deref()
+                .map(day)
+                .transpose()?
+                .map_or(0, |day| u64::try_from(zone.end_ms(day)).unwrap_or(0));
+            let mut query =
+                protocol::StatementQuery { pin: card, from_ms, to_ms, cursor: 0, limit: 0 };
             if repeat > 0 {
                 let mut micros: Vec<u128> = (0..repeat)
                     .map(|_| {
@@ -267,7 +359,12 @@ fn statements(options: &pinswitch_exporter::Options, merchants: Option<&std::pat
                     .collect();
                 micros.sort_unstable();
                 let at = |share: usize| micros[(micros.len() * share / 100).min(micros.len() - 1)];
-                eprintln!("{repeat} queries: p50 {} us, p99 {} us, max {} us", at(50), at(99), micros[micros.len() - 1]);
+                eprintln!(
+                    "{repeat} queries: p50 {} us, p99 {} us, max {} us",
+                    at(50),
+                    at(99),
+                    micros[micros.len() - 1]
+                );
             }
             let first = service.answer(&query);
             if first.code != ResultCode::Approved.as_u16() {
@@ -279,9 +376,13 @@ fn statements(options: &pinswitch_exporter::Options, merchants: Option<&std::pat
                 query.cursor = next;
                 let page = service.answer(&query);
                 lines.extend(page.lines.iter().cloned());
-                next = if page.code == ResultCode::Approved.as_u16() { page.next_cursor } else { 0 };
+                next =
+                    if page.code == ResultCode::Approved.as_u16() { page.next_cursor } else { 0 };
             }
-            print!("{}", pinswitch_exporter::statement::render(&pin::format(card), &first, &lines, zone));
+            print!(
+                "{}",
+                pinswitch_exporter::statement::render(&pin::format(card), &first, &lines, zone)
+            );
             Ok(ExitCode::SUCCESS)
         }
         _ => unreachable!("only statement and serve come here"),

@@ -10,10 +10,10 @@ mod export;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use pinswitch_protocol::client::Client;
 use pinswitch_protocol::{OpResult, ResultCode, pin};
+use std::path::PathBuf;
 
 use crate::config::Config;
 use call::CallCommand;
@@ -21,7 +21,11 @@ use card::CardCommand;
 use export::{ExportCommand, ExportPlaces};
 
 #[derive(Parser)]
-#[command(name = "pinswitch", version, about = "In-memory authorization switch for prepaid PIN cards")]
+#[command(
+    name = "pinswitch",
+    version,
+    about = "In-memory authorization switch for prepaid PIN cards"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -5,9 +5,10 @@
 
 use pinswitch_core::{FINAL_UNIT_TERMINATE, Reply, SessionGrant};
 use pinswitch_protocol::{
-    self as protocol, BalanceResult, CardIssueResult, FINAL_UNIT_REDIRECT, FLAG_REPLAYED, FLAG_RESPONSE,
-    ForeignConvertResult, FrameHeader, HoldInfo, InquiryResult, MsgType, OpResult, OpStatus, PriceQuoteResult,
-    ResultCode, SessionAuditResult, SessionResult, VERSION, encode_frame,
+    self as protocol, BalanceResult, CardIssueResult, FINAL_UNIT_REDIRECT, FLAG_REPLAYED,
+    FLAG_RESPONSE, ForeignConvertResult, FrameHeader, HoldInfo, InquiryResult, MsgType, OpResult,
+    OpStatus, PriceQuoteResult, ResultCode, SessionAuditResult, SessionResult, VERSION,
+    encode_frame,
 };
 
 use crate::config::SessionsSection;
@@ -29,7 +30,14 @@ pub(super) struct AuditPart {
 /// recharge number instead of a plain terminate when so configured.
 pub(super) fn session_result(mut result: OpResult, sessions: &SessionsSection) -> SessionResult {
     let code = ResultCode::from_u16(result.code);
-    if !matches!(code, Some(ResultCode::Approved | ResultCode::SessionUsageCapped | ResultCode::SessionExpiredCharged)) {
+    if !matches!(
+        code,
+        Some(
+            ResultCode::Approved
+                | ResultCode::SessionUsageCapped
+                | ResultCode::SessionExpiredCharged
+        )
+    ) {
         return SessionResult { result, ..SessionResult::default() };
     }
     let grant = SessionGrant::unpack(result.hold_expires_at_ms, result.field);
@@ -43,7 +51,11 @@ pub(super) fn session_result(mut result: OpResult, sessions: &SessionsSection) -
         result,
         granted_s: grant.granted_s,
         validity_s: grant.validity_s,
-        quota_threshold_s: if grant.granted_s > 0 { sessions.quota_threshold_s.min(grant.granted_s) } else { 0 },
+        quota_threshold_s: if grant.granted_s > 0 {
+            sessions.quota_threshold_s.min(grant.granted_s)
+        } else {
+            0
+        },
         final_unit,
         redirect_number,
         failure_handling: sessions.failure_handling_code().unwrap_or_default(),
@@ -77,7 +89,11 @@ pub(super) fn quote_result(output: ShardOutput) -> PriceQuoteResult {
 /// Combines the shards' parts of a SESSION_AUDIT: in sync when the count and the digest both
 /// match; with a list, the orphans ended. A shard that could not answer (its queue was full)
 /// makes the whole answer RETRY_LATER.
-pub(super) fn audit_answer(directory: &SessionDirectory, audit: &protocol::SessionAudit, parts: Vec<AuditPart>) -> SessionAuditResult {
+pub(super) fn audit_answer(
+    directory: &SessionDirectory,
+    audit: &protocol::SessionAudit,
+    parts: Vec<AuditPart>,
+) -> SessionAuditResult {
     let mut answer = SessionAuditResult::default();
     let mut digest = 0u128;
     let mut all_answered = true;
@@ -85,7 +101,8 @@ pub(super) fn audit_answer(directory: &SessionDirectory, audit: &protocol::Sessi
         all_answered &= part.answered;
         answer.live_count = answer.live_count.saturating_add(part.count);
         digest ^= part.digest;
-        answer.ended = answer.ended.saturating_add(u32::try_from(part.closed.len()).unwrap_or(u32::MAX));
+        answer.ended =
+            answer.ended.saturating_add(u32::try_from(part.closed.len()).unwrap_or(u32::MAX));
         for session_id in part.closed {
             directory.forget(session_id);
         }
@@ -124,7 +141,12 @@ pub(super) fn issue_code(code: ResultCode) -> CardIssueResult {
 }
 
 pub(super) fn inquiry_code(code: ResultCode) -> InquiryResult {
-    InquiryResult { code: code.as_u16(), status: OpStatus::Unknown as u8, msg_type: 0, result: OpResult::default() }
+    InquiryResult {
+        code: code.as_u16(),
+        status: OpStatus::Unknown as u8,
+        msg_type: 0,
+        result: OpResult::default(),
+    }
 }
 
 pub(super) fn inquiry_result(output: ShardOutput) -> InquiryResult {

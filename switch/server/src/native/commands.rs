@@ -15,14 +15,22 @@ pub const PASSWORD_BYTES_MIN: usize = 4;
 pub const PASSWORD_BYTES_MAX: usize = 16;
 
 /// CARD_ACTIVATE → its engine body.
-pub(super) fn card_activate(keys: &Keys, event: &protocol::ArchivedCardActivate, result: &mut Option<OpResult>) -> Option<(u128, Body)> {
+pub(super) fn card_activate(
+    keys: &Keys,
+    event: &protocol::ArchivedCardActivate,
+    result: &mut Option<OpResult>,
+) -> Option<(u128, Body)> {
     let pin_hash = card(keys, event.pin.to_native(), result)?;
     let password_mac = password(keys, pin_hash, event.password.as_slice(), result)?;
     Some((event.op_id.to_native(), Body::Activate { pin_hash, password_mac }))
 }
 
 /// CARD_CLAIM → its engine body.
-pub(super) fn card_claim(keys: &Keys, event: &protocol::ArchivedCardClaim, result: &mut Option<OpResult>) -> Option<(u128, Body)> {
+pub(super) fn card_claim(
+    keys: &Keys,
+    event: &protocol::ArchivedCardClaim,
+    result: &mut Option<OpResult>,
+) -> Option<(u128, Body)> {
     let pin_hash = card(keys, event.pin.to_native(), result)?;
     let password_mac = password(keys, pin_hash, event.password.as_slice(), result)?;
     let body = Body::Claim {
@@ -35,14 +43,23 @@ pub(super) fn card_claim(keys: &Keys, event: &protocol::ArchivedCardClaim, resul
 }
 
 /// CARD_LOAD → its engine body.
-pub(super) fn card_load(keys: &Keys, event: &protocol::ArchivedCardLoad, result: &mut Option<OpResult>) -> Option<(u128, Body)> {
+pub(super) fn card_load(
+    keys: &Keys,
+    event: &protocol::ArchivedCardLoad,
+    result: &mut Option<OpResult>,
+) -> Option<(u128, Body)> {
     let pin_hash = card(keys, event.pin.to_native(), result)?;
-    let body = Body::Load { pin_hash, amount_won: event.amount_won.to_native(), funding: event.funding };
+    let body =
+        Body::Load { pin_hash, amount_won: event.amount_won.to_native(), funding: event.funding };
     Some((event.op_id.to_native(), body))
 }
 
 /// CARD_SELL → its engine body.
-pub(super) fn card_sell(keys: &Keys, event: &protocol::ArchivedCardSell, result: &mut Option<OpResult>) -> Option<(u128, Body)> {
+pub(super) fn card_sell(
+    keys: &Keys,
+    event: &protocol::ArchivedCardSell,
+    result: &mut Option<OpResult>,
+) -> Option<(u128, Body)> {
     let pin_hash = card(keys, event.pin.to_native(), result)?;
     let body = Body::Sell {
         pin_hash,
@@ -55,19 +72,31 @@ pub(super) fn card_sell(keys: &Keys, event: &protocol::ArchivedCardSell, result:
 }
 
 /// CARD_BLOCK → its engine body.
-pub(super) fn card_block(keys: &Keys, event: &protocol::ArchivedCardBlock, result: &mut Option<OpResult>) -> Option<(u128, Body)> {
+pub(super) fn card_block(
+    keys: &Keys,
+    event: &protocol::ArchivedCardBlock,
+    result: &mut Option<OpResult>,
+) -> Option<(u128, Body)> {
     let pin_hash = card(keys, event.pin.to_native(), result)?;
     Some((event.op_id.to_native(), Body::Block { pin_hash, reason: event.reason }))
 }
 
 /// CARD_UNBLOCK → its engine body.
-pub(super) fn card_unblock(keys: &Keys, event: &protocol::ArchivedCardUnblock, result: &mut Option<OpResult>) -> Option<(u128, Body)> {
+pub(super) fn card_unblock(
+    keys: &Keys,
+    event: &protocol::ArchivedCardUnblock,
+    result: &mut Option<OpResult>,
+) -> Option<(u128, Body)> {
     let pin_hash = card(keys, event.pin.to_native(), result)?;
     Some((event.op_id.to_native(), Body::Unblock { pin_hash }))
 }
 
 /// CARD_CONSIGN → its engine body.
-pub(super) fn card_consign(keys: &Keys, event: &protocol::ArchivedCardConsign, result: &mut Option<OpResult>) -> Option<(u128, Body)> {
+pub(super) fn card_consign(
+    keys: &Keys,
+    event: &protocol::ArchivedCardConsign,
+    result: &mut Option<OpResult>,
+) -> Option<(u128, Body)> {
     let pin_hash = card(keys, event.pin.to_native(), result)?;
     let body = Body::Consign {
         pin_hash,
@@ -78,21 +107,38 @@ pub(super) fn card_consign(keys: &Keys, event: &protocol::ArchivedCardConsign, r
 }
 
 /// CARD_REGISTER → its engine body.
-pub(super) fn card_register(keys: &Keys, event: &protocol::ArchivedCardRegister, result: &mut Option<OpResult>) -> Option<(u128, Body)> {
+pub(super) fn card_register(
+    keys: &Keys,
+    event: &protocol::ArchivedCardRegister,
+    result: &mut Option<OpResult>,
+) -> Option<(u128, Body)> {
     let pin_hash = card(keys, event.pin.to_native(), result)?;
-    let body = Body::Register { pin_hash, holder_ref: event.holder_ref.to_native(), verified_name: event.verified_name };
+    let body = Body::Register {
+        pin_hash,
+        holder_ref: event.holder_ref.to_native(),
+        verified_name: event.verified_name,
+    };
     Some((event.op_id.to_native(), body))
 }
 
 /// CARD_REFUND → its engine body.
-pub(super) fn card_refund(keys: &Keys, event: &protocol::ArchivedCardRefund, result: &mut Option<OpResult>) -> Option<(u128, Body)> {
+pub(super) fn card_refund(
+    keys: &Keys,
+    event: &protocol::ArchivedCardRefund,
+    result: &mut Option<OpResult>,
+) -> Option<(u128, Body)> {
     let pin_hash = card(keys, event.pin.to_native(), result)?;
-    let body = Body::BalanceRefund { pin_hash, payout_account_ref: event.payout_account_ref.to_native() };
+    let body =
+        Body::BalanceRefund { pin_hash, payout_account_ref: event.payout_account_ref.to_native() };
     Some((event.op_id.to_native(), body))
 }
 
 /// AUTHORIZE → its engine body.
-pub(super) fn authorize(keys: &Keys, event: &protocol::ArchivedAuthorize, result: &mut Option<OpResult>) -> Option<(u128, Body)> {
+pub(super) fn authorize(
+    keys: &Keys,
+    event: &protocol::ArchivedAuthorize,
+    result: &mut Option<OpResult>,
+) -> Option<(u128, Body)> {
     let pin_hash = card(keys, event.pin.to_native(), result)?;
     let password_mac = password(keys, pin_hash, event.password.as_slice(), result)?;
     let body = Body::Authorize {
@@ -107,7 +153,11 @@ pub(super) fn authorize(keys: &Keys, event: &protocol::ArchivedAuthorize, result
 }
 
 /// CAPTURE → its engine body.
-pub(super) fn capture(keys: &Keys, event: &protocol::ArchivedCapture, result: &mut Option<OpResult>) -> Option<(u128, Body)> {
+pub(super) fn capture(
+    keys: &Keys,
+    event: &protocol::ArchivedCapture,
+    result: &mut Option<OpResult>,
+) -> Option<(u128, Body)> {
     let pin_hash = card(keys, event.pin.to_native(), result)?;
     let body = Body::Capture {
         pin_hash,
@@ -119,20 +169,32 @@ pub(super) fn capture(keys: &Keys, event: &protocol::ArchivedCapture, result: &m
 }
 
 /// VOID → its engine body.
-pub(super) fn void(keys: &Keys, event: &protocol::ArchivedVoid, result: &mut Option<OpResult>) -> Option<(u128, Body)> {
+pub(super) fn void(
+    keys: &Keys,
+    event: &protocol::ArchivedVoid,
+    result: &mut Option<OpResult>,
+) -> Option<(u128, Body)> {
     let pin_hash = card(keys, event.pin.to_native(), result)?;
     Some((event.op_id.to_native(), Body::Void { pin_hash, hold_id: event.hold_id.to_native() }))
 }
 
 /// REVERSE → its engine body.
-pub(super) fn reverse(keys: &Keys, event: &protocol::ArchivedReverse, result: &mut Option<OpResult>) -> Option<(u128, Body)> {
+pub(super) fn reverse(
+    keys: &Keys,
+    event: &protocol::ArchivedReverse,
+    result: &mut Option<OpResult>,
+) -> Option<(u128, Body)> {
     let pin_hash = card(keys, event.pin.to_native(), result)?;
     let body = Body::Reverse { pin_hash, original_op_id: event.original_op_id.to_native() };
     Some((event.op_id.to_native(), body))
 }
 
 /// SALE → its engine body.
-pub(super) fn sale(keys: &Keys, event: &protocol::ArchivedSale, result: &mut Option<OpResult>) -> Option<(u128, Body)> {
+pub(super) fn sale(
+    keys: &Keys,
+    event: &protocol::ArchivedSale,
+    result: &mut Option<OpResult>,
+) -> Option<(u128, Body)> {
     let pin_hash = card(keys, event.pin.to_native(), result)?;
     let password_mac = password(keys, pin_hash, event.password.as_slice(), result)?;
     let body = Body::Sale {
@@ -146,7 +208,11 @@ pub(super) fn sale(keys: &Keys, event: &protocol::ArchivedSale, result: &mut Opt
 }
 
 /// REFUND → its engine body.
-pub(super) fn refund(keys: &Keys, event: &protocol::ArchivedRefund, result: &mut Option<OpResult>) -> Option<(u128, Body)> {
+pub(super) fn refund(
+    keys: &Keys,
+    event: &protocol::ArchivedRefund,
+    result: &mut Option<OpResult>,
+) -> Option<(u128, Body)> {
     let pin_hash = card(keys, event.pin.to_native(), result)?;
     let body = Body::Refund {
         pin_hash,
@@ -157,9 +223,15 @@ pub(super) fn refund(keys: &Keys, event: &protocol::ArchivedRefund, result: &mut
 }
 
 /// FOREIGN_IMPORT → its engine body.
-pub(super) fn foreign_import(keys: &Keys, event: &protocol::ArchivedForeignImport, result: &mut Option<OpResult>) -> Option<(u128, Body)> {
+pub(super) fn foreign_import(
+    keys: &Keys,
+    event: &protocol::ArchivedForeignImport,
+    result: &mut Option<OpResult>,
+) -> Option<(u128, Body)> {
     let code = event.foreign_pin.as_slice();
-    let Some(foreign_code) = ForeignCode::new(code).filter(|_| code.iter().all(u8::is_ascii_alphanumeric)) else {
+    let Some(foreign_code) =
+        ForeignCode::new(code).filter(|_| code.iter().all(u8::is_ascii_alphanumeric))
+    else {
         *result = Some(op_code(ResultCode::FormatError));
         return None;
     };
@@ -172,19 +244,33 @@ pub(super) fn foreign_import(keys: &Keys, event: &protocol::ArchivedForeignImpor
 }
 
 /// EVENT_CHARGE → its engine body.
-pub(super) fn event_charge(keys: &Keys, event: &protocol::ArchivedEventCharge, result: &mut Option<OpResult>) -> Option<(u128, Body)> {
+pub(super) fn event_charge(
+    keys: &Keys,
+    event: &protocol::ArchivedEventCharge,
+    result: &mut Option<OpResult>,
+) -> Option<(u128, Body)> {
     let pin_hash = card(keys, event.pin.to_native(), result)?;
     let Some(destination) = pack_destination(event.destination.as_slice()) else {
         *result = Some(op_code(ResultCode::DestinationInvalid));
         return None;
     };
     let password_mac = optional_password(keys, pin_hash, event.password.as_slice(), result)?;
-    let body = Body::EventCharge { pin_hash, password_mac, destination, units: event.units.to_native(), category: event.category };
+    let body = Body::EventCharge {
+        pin_hash,
+        password_mac,
+        destination,
+        units: event.units.to_native(),
+        category: event.category,
+    };
     Some((event.op_id.to_native(), body))
 }
 
 /// SESSION_START → its engine body.
-pub(super) fn session_start(keys: &Keys, event: &protocol::ArchivedSessionStart, result: &mut Option<OpResult>) -> Option<(u128, Body)> {
+pub(super) fn session_start(
+    keys: &Keys,
+    event: &protocol::ArchivedSessionStart,
+    result: &mut Option<OpResult>,
+) -> Option<(u128, Body)> {
     let pin_hash = card(keys, event.pin.to_native(), result)?;
     let Some(destination) = pack_destination(event.destination.as_slice()) else {
         *result = Some(op_code(ResultCode::DestinationInvalid));
@@ -204,7 +290,11 @@ pub(super) fn session_start(keys: &Keys, event: &protocol::ArchivedSessionStart,
 }
 
 /// SESSION_UPDATE → its engine body.
-pub(super) fn session_update(keys: &Keys, event: &protocol::ArchivedSessionUpdate, result: &mut Option<OpResult>) -> Option<(u128, Body)> {
+pub(super) fn session_update(
+    keys: &Keys,
+    event: &protocol::ArchivedSessionUpdate,
+    result: &mut Option<OpResult>,
+) -> Option<(u128, Body)> {
     let pin_hash = card(keys, event.pin.to_native(), result)?;
     let body = Body::SessionUpdate {
         pin_hash,
@@ -217,7 +307,11 @@ pub(super) fn session_update(keys: &Keys, event: &protocol::ArchivedSessionUpdat
 }
 
 /// SESSION_END → its engine body.
-pub(super) fn session_end(keys: &Keys, event: &protocol::ArchivedSessionEnd, result: &mut Option<OpResult>) -> Option<(u128, Body)> {
+pub(super) fn session_end(
+    keys: &Keys,
+    event: &protocol::ArchivedSessionEnd,
+    result: &mut Option<OpResult>,
+) -> Option<(u128, Body)> {
     let pin_hash = card(keys, event.pin.to_native(), result)?;
     let body = Body::SessionEnd {
         pin_hash,
@@ -239,7 +333,12 @@ pub(super) fn card(keys: &Keys, pin: u64, result: &mut Option<OpResult>) -> Opti
 }
 
 /// MACs a well-formed password, or records PASSWORD_FORMAT_INVALID for the event.
-pub(super) fn password(keys: &Keys, pin_hash: PinHash, password: &[u8], result: &mut Option<OpResult>) -> Option<u64> {
+pub(super) fn password(
+    keys: &Keys,
+    pin_hash: PinHash,
+    password: &[u8],
+    result: &mut Option<OpResult>,
+) -> Option<u64> {
     if (PASSWORD_BYTES_MIN..=PASSWORD_BYTES_MAX).contains(&password.len()) {
         Some(keys.password_mac(pin_hash, password))
     } else {
@@ -250,6 +349,11 @@ pub(super) fn password(keys: &Keys, pin_hash: PinHash, password: &[u8], result: 
 
 /// SESSION_START and EVENT_CHARGE: an empty password is "none given" (MAC 0); any other must
 /// be well-formed.
-pub(super) fn optional_password(keys: &Keys, pin_hash: PinHash, password: &[u8], result: &mut Option<OpResult>) -> Option<u64> {
+pub(super) fn optional_password(
+    keys: &Keys,
+    pin_hash: PinHash,
+    password: &[u8],
+    result: &mut Option<OpResult>,
+) -> Option<u64> {
     if password.is_empty() { Some(0) } else { self::password(keys, pin_hash, password, result) }
 }

@@ -20,21 +20,23 @@ use std::collections::HashSet;
 
 use pinswitch_core::{Body, Command, PinHash, pack_destination, shard_of_card, shard_of_op};
 use pinswitch_protocol::{
-    self as protocol, BalanceResult, CardIssueResult, FLAG_REPLAYED, ForeignConvertResult, FrameHeader, HelloReply,
-    InquiryResult, MsgType, OpResult, PriceQuoteResult, Pong, ResultCode, access_body, decode_body, encode_body,
+    self as protocol, BalanceResult, CardIssueResult, FLAG_REPLAYED, ForeignConvertResult,
+    FrameHeader, HelloReply, InquiryResult, MsgType, OpResult, Pong, PriceQuoteResult, ResultCode,
+    access_body, decode_body, encode_body,
 };
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{Limits, SessionsSection};
-use crate::push::SessionDirectory;
 use crate::keys::{Keys, random_pin};
+use crate::push::SessionDirectory;
 use crate::shard_loop::{ShardBatch, ShardHandle, ShardItem, ShardOutput, wall_clock_ms};
+pub use answers::error_frame;
 use answers::{
-    AuditPart, audit_answer, balance_code, balance_result, foreign_code, foreign_result, inquiry_code, inquiry_result, issue_code,
-    op_code, op_result, quote_code, quote_result, response_frame, session_result,
+    AuditPart, audit_answer, balance_code, balance_result, foreign_code, foreign_result,
+    inquiry_code, inquiry_result, issue_code, op_code, op_result, quote_code, quote_result,
+    response_frame, session_result,
 };
 use commands::{card, password};
-pub use answers::error_frame;
 
 /// Times CARD_ISSUE draws a new PIN when the drawn one already exists.
 const PIN_DRAWS_MAX: usize = 4;
@@ -77,14 +79,21 @@ pub fn handle_frame(
 ) -> Handled {
     let request_id = header.request_id;
     let Some(msg_type) = MsgType::from_u16(header.msg_type) else {
-        return Handled::Now(error_frame(header.msg_type, request_id, ResultCode::UnknownMessageType));
+        return Handled::Now(error_frame(
+            header.msg_type,
+            request_id,
+            ResultCode::UnknownMessageType,
+        ));
     };
     if frames_full {
         return Handled::Now(error_frame(header.msg_type, request_id, ResultCode::RetryLater));
     }
-    let deadline_at_ms = if header.deadline_ms == 0 { 0 } else { received_ms + u64::from(header.deadline_ms) };
+    let deadline_at_ms =
+        if header.deadline_ms == 0 { 0 } else { received_ms + u64::from(header.deadline_ms) };
     let planned = match plan(context, msg_type, body, deadline_at_ms, events_budget) {
-        Ok(Planned::Ready(answer)) => return Handled::Now(response_frame(msg_type, request_id, &answer)),
+        Ok(Planned::Ready(answer)) => {
+            return Handled::Now(response_frame(msg_type, request_id, &answer));
+        }
         Ok(planned) => planned,
         Err(code) => return Handled::Now(error_frame(header.msg_type, request_id, code)),
     };
@@ -155,35 +164,69 @@ impl Planned {
     async fn finish(self, context: &Context, pushes: &mpsc::Sender<Vec<u8>>) -> Vec<u8> {
         match self {
             Planned::Ready(body) => body,
-            Planned::Ops(pending) => {
-                encode_body(&pending.collect(|output| match output {
-                    ShardOutput::Applied(applied) => op_result(&applied.reply),
-                    _ => op_code(ResultCode::InternalError),
-                }, || op_code(ResultCode::RetryLater)).await)
+            Planned::Ops(pending) => encode_body(
+                &pending
+                    .collect(
+                        |output| match output {
+                            ShardOutput::Applied(applied) => op_result(&applied.reply),
+                            _ => op_code(ResultCode::InternalError),
+                        },
+                        || op_code(ResultCode::RetryLater),
+                    )
+                    .await,
+            ),
+            Planned::Issue(pending, pins) => {
+                encode_body(&finish_issue(context, pending, pins).await)
             }
-            Planned::Issue(pending, pins) => encode_body(&finish_issue(context, pending, pins).await),
-            Planned::Inquiry(pending) => encode_body(&pending.collect(inquiry_result, || inquiry_code(ResultCode::RetryLater)).await),
-            Planned::Balance(pending) => encode_body(&pending.collect(balance_result, || balance_code(ResultCode::RetryLater)).await),
-            Planned::Foreign(pending) => encode_body(&pending.collect(foreign_result, || foreign_code(ResultCode::RetryLater)).await),
+            Planned::Inquiry(pending) => encode_body(
+                &pending.collect(inquiry_result, || inquiry_code(ResultCode::RetryLater)).await,
+            ),
+            Planned::Balance(pending) => encode_body(
+                &pending.collect(balance_result, || balance_code(ResultCode::RetryLater)).await,
+            ),
+            Planned::Foreign(pending) => encode_body(
+                &pending.collect(foreign_result, || foreign_code(ResultCode::RetryLater)).await,
+            ),
             Planned::Session(pending, msg_type, session_ids) => {
-                let results = pending.collect(|output| match output {
-                    ShardOutput::Applied(applied) => op_result(&applied.reply),
-                    _ => op_code(ResultCode::InternalError),
-                }, || op_code(ResultCode::RetryLater)).await;
+                let results = pending
+                    .collect(
+                        |output| match output {
+                            ShardOutput::Applied(applied) => op_result(&applied.reply),
+                            _ => op_code(ResultCode::InternalError),
+                        },
+                        || op_code(ResultCode::RetryLater),
+                    )
+                    .await;
                 for (result, session_id) in results.iter().zip(&session_ids) {
                     track_session(&context.directory, pushes, msg_type, *session_id, result);
                 }
                 let sessions = &context.sessions;
-                encode_body(&results.into_iter().map(|result| session_result(result, sessions)).collect::<Vec<_>>())
+                encode_body(
+                    &results
+                        .into_iter()
+                        .map(|result| session_result(result, sessions))
+                        .collect::<Vec<_>>(),
+                )
             }
-            Planned::Quote(pending) => encode_body(&pending.collect(quote_result, || quote_code(ResultCode::RetryLater)).await),
+            Planned::Quote(pending) => encode_body(
+                &pending.collect(quote_result, || quote_code(ResultCode::RetryLater)).await,
+            ),
             Planned::Audit(pending, audit) => {
                 let parts = pending
                     .collect(
                         |output| match output {
-                            ShardOutput::AuditCount(count, digest) => AuditPart { count, digest, closed: Vec::new(), answered: true },
-                            ShardOutput::AuditClosed(count, closed) => AuditPart { count, digest: 0, closed, answered: true },
-                            _ => AuditPart { count: 0, digest: 0, closed: Vec::new(), answered: false },
+                            ShardOutput::AuditCount(count, digest) => {
+                                AuditPart { count, digest, closed: Vec::new(), answered: true }
+                            }
+                            ShardOutput::AuditClosed(count, closed) => {
+                                AuditPart { count, digest: 0, closed, answered: true }
+                            }
+                            _ => AuditPart {
+                                count: 0,
+                                digest: 0,
+                                closed: Vec::new(),
+                                answered: false,
+                            },
                         },
                         || AuditPart { count: 0, digest: 0, closed: Vec::new(), answered: false },
                     )
@@ -200,11 +243,7 @@ impl<R> Pending<R> {
     }
 
     /// Awaits every shard group and fills the remaining results.
-    async fn collect(
-        mut self,
-        convert: impl Fn(ShardOutput) -> R,
-        busy: impl Fn() -> R,
-    ) -> Vec<R> {
+    async fn collect(mut self, convert: impl Fn(ShardOutput) -> R, busy: impl Fn() -> R) -> Vec<R> {
         for group in std::mem::take(&mut self.groups) {
             let outputs = match group.answer {
                 Some(answer) => answer.await.ok(),
@@ -253,7 +292,13 @@ fn submit(context: &Context, routed: Vec<(usize, u16, ShardItem)>) -> Vec<Group>
 }
 
 /// Validates the body, converts its events and submits them. `Err` is a frame-level status.
-fn plan(context: &Context, msg_type: MsgType, body: &[u8], deadline_at_ms: u64, events_budget: u32) -> Result<Planned, ResultCode> {
+fn plan(
+    context: &Context,
+    msg_type: MsgType,
+    body: &[u8],
+    deadline_at_ms: u64,
+    events_budget: u32,
+) -> Result<Planned, ResultCode> {
     let batch_max = context.limits.batch_events_max as usize;
     macro_rules! events {
         ($ty:ty) => {{
@@ -271,48 +316,105 @@ fn plan(context: &Context, msg_type: MsgType, body: &[u8], deadline_at_ms: u64, 
     match msg_type {
         MsgType::Hello => {
             let _hello: protocol::Hello = decode_body(body).map_err(|_| ResultCode::FormatError)?;
-            let mut reply = context.hello.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+            let mut reply =
+                context.hello.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
             reply.server_time_ms = wall_clock_ms();
             Ok(Planned::Ready(encode_body(&reply)))
         }
         MsgType::Ping => {
             let ping: protocol::Ping = decode_body(body).map_err(|_| ResultCode::FormatError)?;
-            Ok(Planned::Ready(encode_body(&Pong { nonce: ping.nonce, server_time_ms: wall_clock_ms() })))
+            Ok(Planned::Ready(encode_body(&Pong {
+                nonce: ping.nonce,
+                server_time_ms: wall_clock_ms(),
+            })))
         }
         MsgType::CardIssue => Ok(plan_issue(context, events!(protocol::CardIssue), deadline_at_ms)),
-        MsgType::CardActivate => Ok(ops(context, events!(protocol::CardActivate), deadline_at_ms, commands::card_activate)),
-        MsgType::CardClaim => Ok(ops(context, events!(protocol::CardClaim), deadline_at_ms, commands::card_claim)),
-        MsgType::CardLoad => Ok(ops(context, events!(protocol::CardLoad), deadline_at_ms, commands::card_load)),
-        MsgType::CardSell => Ok(ops(context, events!(protocol::CardSell), deadline_at_ms, commands::card_sell)),
-        MsgType::CardBlock => Ok(ops(context, events!(protocol::CardBlock), deadline_at_ms, commands::card_block)),
-        MsgType::CardUnblock => Ok(ops(context, events!(protocol::CardUnblock), deadline_at_ms, commands::card_unblock)),
-        MsgType::CardConsign => Ok(ops(context, events!(protocol::CardConsign), deadline_at_ms, commands::card_consign)),
-        MsgType::CardRegister => Ok(ops(context, events!(protocol::CardRegister), deadline_at_ms, commands::card_register)),
-        MsgType::CardRefund => Ok(ops(context, events!(protocol::CardRefund), deadline_at_ms, commands::card_refund)),
-        MsgType::Authorize => Ok(ops(context, events!(protocol::Authorize), deadline_at_ms, commands::authorize)),
-        MsgType::Capture => Ok(ops(context, events!(protocol::Capture), deadline_at_ms, commands::capture)),
+        MsgType::CardActivate => Ok(ops(
+            context,
+            events!(protocol::CardActivate),
+            deadline_at_ms,
+            commands::card_activate,
+        )),
+        MsgType::CardClaim => {
+            Ok(ops(context, events!(protocol::CardClaim), deadline_at_ms, commands::card_claim))
+        }
+        MsgType::CardLoad => {
+            Ok(ops(context, events!(protocol::CardLoad), deadline_at_ms, commands::card_load))
+        }
+        MsgType::CardSell => {
+            Ok(ops(context, events!(protocol::CardSell), deadline_at_ms, commands::card_sell))
+        }
+        MsgType::CardBlock => {
+            Ok(ops(context, events!(protocol::CardBlock), deadline_at_ms, commands::card_block))
+        }
+        MsgType::CardUnblock => {
+            Ok(ops(context, events!(protocol::CardUnblock), deadline_at_ms, commands::card_unblock))
+        }
+        MsgType::CardConsign => {
+            Ok(ops(context, events!(protocol::CardConsign), deadline_at_ms, commands::card_consign))
+        }
+        MsgType::CardRegister => Ok(ops(
+            context,
+            events!(protocol::CardRegister),
+            deadline_at_ms,
+            commands::card_register,
+        )),
+        MsgType::CardRefund => {
+            Ok(ops(context, events!(protocol::CardRefund), deadline_at_ms, commands::card_refund))
+        }
+        MsgType::Authorize => {
+            Ok(ops(context, events!(protocol::Authorize), deadline_at_ms, commands::authorize))
+        }
+        MsgType::Capture => {
+            Ok(ops(context, events!(protocol::Capture), deadline_at_ms, commands::capture))
+        }
         MsgType::Void => Ok(ops(context, events!(protocol::Void), deadline_at_ms, commands::void)),
-        MsgType::Reverse => Ok(ops(context, events!(protocol::Reverse), deadline_at_ms, commands::reverse)),
+        MsgType::Reverse => {
+            Ok(ops(context, events!(protocol::Reverse), deadline_at_ms, commands::reverse))
+        }
         MsgType::Sale => Ok(ops(context, events!(protocol::Sale), deadline_at_ms, commands::sale)),
-        MsgType::Refund => Ok(ops(context, events!(protocol::Refund), deadline_at_ms, commands::refund)),
-        MsgType::ForeignImport => Ok(ops(context, events!(protocol::ForeignImport), deadline_at_ms, commands::foreign_import)),
-        MsgType::ForeignConvert => Ok(plan_foreign_convert(context, events!(protocol::ForeignConvert), deadline_at_ms)),
+        MsgType::Refund => {
+            Ok(ops(context, events!(protocol::Refund), deadline_at_ms, commands::refund))
+        }
+        MsgType::ForeignImport => Ok(ops(
+            context,
+            events!(protocol::ForeignImport),
+            deadline_at_ms,
+            commands::foreign_import,
+        )),
+        MsgType::ForeignConvert => {
+            Ok(plan_foreign_convert(context, events!(protocol::ForeignConvert), deadline_at_ms))
+        }
         MsgType::SessionStart => {
             let events = events!(protocol::SessionStart);
             let session_ids = events.iter().map(|event| event.session_id.to_native()).collect();
-            Ok(session(ops(context, events, deadline_at_ms, commands::session_start), MsgType::SessionStart, session_ids))
+            Ok(session(
+                ops(context, events, deadline_at_ms, commands::session_start),
+                MsgType::SessionStart,
+                session_ids,
+            ))
         }
         MsgType::SessionUpdate => {
             let events = events!(protocol::SessionUpdate);
             let session_ids = events.iter().map(|event| event.session_id.to_native()).collect();
-            Ok(session(ops(context, events, deadline_at_ms, commands::session_update), MsgType::SessionUpdate, session_ids))
+            Ok(session(
+                ops(context, events, deadline_at_ms, commands::session_update),
+                MsgType::SessionUpdate,
+                session_ids,
+            ))
         }
         MsgType::SessionEnd => {
             let events = events!(protocol::SessionEnd);
             let session_ids = events.iter().map(|event| event.session_id.to_native()).collect();
-            Ok(session(ops(context, events, deadline_at_ms, commands::session_end), MsgType::SessionEnd, session_ids))
+            Ok(session(
+                ops(context, events, deadline_at_ms, commands::session_end),
+                MsgType::SessionEnd,
+                session_ids,
+            ))
         }
-        MsgType::EventCharge => Ok(ops(context, events!(protocol::EventCharge), deadline_at_ms, commands::event_charge)),
+        MsgType::EventCharge => {
+            Ok(ops(context, events!(protocol::EventCharge), deadline_at_ms, commands::event_charge))
+        }
         MsgType::PriceQuote => Ok(plan_quote(context, events!(protocol::PriceQuote))),
         MsgType::SessionAudit => plan_audit(context, body),
         // Pushes go from the server to clients only.
@@ -323,10 +425,15 @@ fn plan(context: &Context, msg_type: MsgType, body: &[u8], deadline_at_ms: u64, 
 }
 
 /// CARD_ISSUE: each event draws a PIN that lands on the shard of its op id (so retries meet it there).
-fn plan_issue(context: &Context, events: &[protocol::ArchivedCardIssue], deadline_at_ms: u64) -> Planned {
+fn plan_issue(
+    context: &Context,
+    events: &[protocol::ArchivedCardIssue],
+    deadline_at_ms: u64,
+) -> Planned {
     let keys = &context.keys;
     let count = context.shard_count;
-    let command = |op_id: u128, body: Body| ShardItem::Command(Command { op_id, deadline_at_ms, body });
+    let command =
+        |op_id: u128, body: Body| ShardItem::Command(Command { op_id, deadline_at_ms, body });
     let mut pending = Pending::new(events.len());
     let mut routed = Vec::with_capacity(events.len());
     let mut pins = vec![None; events.len()];
@@ -346,23 +453,38 @@ fn plan_issue(context: &Context, events: &[protocol::ArchivedCardIssue], deadlin
 }
 
 /// FOREIGN_CONVERT: answered with the foreign PIN handed out.
-fn plan_foreign_convert(context: &Context, events: &[protocol::ArchivedForeignConvert], deadline_at_ms: u64) -> Planned {
+fn plan_foreign_convert(
+    context: &Context,
+    events: &[protocol::ArchivedForeignConvert],
+    deadline_at_ms: u64,
+) -> Planned {
     let keys = &context.keys;
     let count = context.shard_count;
-    let command = |op_id: u128, body: Body| ShardItem::Command(Command { op_id, deadline_at_ms, body });
+    let command =
+        |op_id: u128, body: Body| ShardItem::Command(Command { op_id, deadline_at_ms, body });
     let mut pending = Pending::new(events.len());
     let mut routed = Vec::with_capacity(events.len());
     for (index, event) in events.iter().enumerate() {
         let mut refused = None;
         let credentials = card(keys, event.pin.to_native(), &mut refused).and_then(|pin_hash| {
-            password(keys, pin_hash, event.password.as_slice(), &mut refused).map(|password_mac| (pin_hash, password_mac))
+            password(keys, pin_hash, event.password.as_slice(), &mut refused)
+                .map(|password_mac| (pin_hash, password_mac))
         });
         let Some((pin_hash, password_mac)) = credentials else {
-            pending.results[index] = refused.map(|result| ForeignConvertResult { result, foreign_pin: Vec::new() });
+            pending.results[index] =
+                refused.map(|result| ForeignConvertResult { result, foreign_pin: Vec::new() });
             continue;
         };
-        let body = Body::ForeignConvert { pin_hash, password_mac, product_id: event.product_id.to_native() };
-        routed.push((index, shard_of_card(pin_hash, count), command(event.op_id.to_native(), body)));
+        let body = Body::ForeignConvert {
+            pin_hash,
+            password_mac,
+            product_id: event.product_id.to_native(),
+        };
+        routed.push((
+            index,
+            shard_of_card(pin_hash, count),
+            command(event.op_id.to_native(), body),
+        ));
     }
     pending.groups = submit(context, routed);
     Planned::Foreign(pending)
@@ -405,14 +527,24 @@ fn plan_quote(context: &Context, events: &[protocol::ArchivedPriceQuote]) -> Pla
 
 /// INQUIRY: a read of the op-id record on the card's shard.
 fn plan_inquiry(context: &Context, events: &[protocol::ArchivedInquiry]) -> Planned {
-    Planned::Inquiry(card_reads(context, events, |event| event.pin.to_native(), inquiry_code, |pin_hash, event| {
-        ShardItem::Op { pin_hash, op_id: event.op_id.to_native() }
-    }))
+    Planned::Inquiry(card_reads(
+        context,
+        events,
+        |event| event.pin.to_native(),
+        inquiry_code,
+        |pin_hash, event| ShardItem::Op { pin_hash, op_id: event.op_id.to_native() },
+    ))
 }
 
 /// BALANCE_INQUIRY: a read of the card on its shard.
 fn plan_balance(context: &Context, events: &[protocol::ArchivedBalanceInquiry]) -> Planned {
-    Planned::Balance(card_reads(context, events, |event| event.pin.to_native(), balance_code, |pin_hash, _| ShardItem::Card(pin_hash)))
+    Planned::Balance(card_reads(
+        context,
+        events,
+        |event| event.pin.to_native(),
+        balance_code,
+        |pin_hash, _| ShardItem::Card(pin_hash),
+    ))
 }
 
 /// Reads keyed by a card: each event with a well-formed PIN becomes `item` on the card's shard,
@@ -447,7 +579,8 @@ fn plan_audit(context: &Context, body: &[u8]) -> Result<Planned, ResultCode> {
     }
     let owner_id = audit.owner_id;
     let live = Arc::new(audit.session_ids.iter().copied().collect::<HashSet<u128>>());
-    let silent_since_ms = wall_clock_ms().saturating_sub(u64::from(context.sessions.audit_grace_s) * 1000);
+    let silent_since_ms =
+        wall_clock_ms().saturating_sub(u64::from(context.sessions.audit_grace_s) * 1000);
     let count = context.shard_count;
     let routed = (0..count)
         .map(|shard| {
@@ -476,13 +609,19 @@ fn ops<E>(
     let mut pending = Pending::new(events.len());
     let mut routed = Vec::with_capacity(events.len());
     for (index, event) in events.iter().enumerate() {
-        let Some((op_id, body)) = convert(&context.keys, event, &mut pending.results[index]) else { continue };
+        let Some((op_id, body)) = convert(&context.keys, event, &mut pending.results[index]) else {
+            continue;
+        };
         let Some(route_key) = body.route_key() else {
             pending.results[index] = Some(op_code(ResultCode::InternalError));
             continue;
         };
         let command = Command { op_id, deadline_at_ms, body };
-        routed.push((index, shard_of_card(route_key, context.shard_count), ShardItem::Command(command)));
+        routed.push((
+            index,
+            shard_of_card(route_key, context.shard_count),
+            ShardItem::Command(command),
+        ));
     }
     pending.groups = submit(context, routed);
     Planned::Ops(pending)
@@ -498,13 +637,30 @@ fn session(planned: Planned, msg_type: MsgType, session_ids: Vec<u128>) -> Plann
 
 /// Keeps the push directory in step with a session event's outcome: a started or reported
 /// session is owned by this connection; an ended, expired or unknown one by none.
-fn track_session(directory: &SessionDirectory, pushes: &mpsc::Sender<Vec<u8>>, msg_type: MsgType, session_id: u128, result: &OpResult) {
+fn track_session(
+    directory: &SessionDirectory,
+    pushes: &mpsc::Sender<Vec<u8>>,
+    msg_type: MsgType,
+    session_id: u128,
+    result: &OpResult,
+) {
     match (msg_type, ResultCode::from_u16(result.code)) {
-        (MsgType::SessionStart | MsgType::SessionUpdate, Some(ResultCode::Approved | ResultCode::SessionUsageCapped)) => {
+        (
+            MsgType::SessionStart | MsgType::SessionUpdate,
+            Some(ResultCode::Approved | ResultCode::SessionUsageCapped),
+        ) => {
             directory.register(session_id, pushes);
         }
         (MsgType::SessionStart, _) => {}
-        (_, Some(ResultCode::Approved | ResultCode::SessionUsageCapped | ResultCode::SessionExpiredCharged | ResultCode::SessionNotFound)) => {
+        (
+            _,
+            Some(
+                ResultCode::Approved
+                | ResultCode::SessionUsageCapped
+                | ResultCode::SessionExpiredCharged
+                | ResultCode::SessionNotFound,
+            ),
+        ) => {
             directory.forget(session_id);
         }
         _ => {}
@@ -587,6 +743,9 @@ async fn finish_issue(
         }
         pending.groups = submit(context, routed);
     }
-    (0..events).map(|index| pending.results[index].take().unwrap_or_else(|| issue_code(ResultCode::RetryLater))).collect()
+    (0..events)
+        .map(|index| {
+            pending.results[index].take().unwrap_or_else(|| issue_code(ResultCode::RetryLater))
+        })
+        .collect()
 }
-
