@@ -17,7 +17,7 @@ use crate::snapshot::{self, Snapshot};
 /// The pending-record buffer is given back down to this after a large group.
 const PENDING_KEEP_BYTES: usize = 1 << 20;
 /// A pipelined writer publishes the durable-end watermark at least every this many commits.
-pub const WATERMARK_EVERY_COMMITS: u32 = 32;
+pub(crate) const WATERMARK_EVERY_COMMITS: u32 = 32;
 
 /// Sizes of a journal's files and commits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,7 +66,7 @@ impl JournalOptions {
                 self.segment_bytes
             ));
         }
-        if self.segment_bytes % RECORD_ALIGN_BYTES as u64 != 0 {
+        if !self.segment_bytes.is_multiple_of(RECORD_ALIGN_BYTES as u64) {
             return invalid(format!(
                 "segment_bytes {} is not a multiple of {RECORD_ALIGN_BYTES}",
                 self.segment_bytes

@@ -132,13 +132,13 @@ fn scan(
     // The journal must reach the snapshot even if the caller replays from earlier.
     let required_seq = after_seq.max(snapshot_seq);
     let mut segments = fsys::list_segments(dir)?;
-    if let Some(last) = segments.last() {
-        if is_torn_roll(last)? {
-            std::fs::remove_file(&last.path)
-                .map_err(JournalError::io(&last.path, "remove torn segment"))?;
-            fsys::sync_dir(dir)?;
-            segments.pop();
-        }
+    if let Some(last) = segments.last()
+        && is_torn_roll(last)?
+    {
+        std::fs::remove_file(&last.path)
+            .map_err(JournalError::io(&last.path, "remove torn segment"))?;
+        fsys::sync_dir(dir)?;
+        segments.pop();
     }
     if segments.is_empty() {
         if required_seq > 0 {

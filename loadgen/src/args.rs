@@ -19,13 +19,13 @@ use crate::workload::WorkloadSpec;
                   protocol with latency measured from each frame's scheduled send time, and \
                   validates every card balance against the replies afterwards."
 )]
-pub struct Cli {
+pub(crate) struct Cli {
     #[command(subcommand)]
     pub command: Command,
 }
 
 #[derive(Subcommand, Debug)]
-pub enum Command {
+pub(crate) enum Command {
     /// Issue and activate cards (optionally recharge them) and write the cards file.
     Prepare(PrepareArgs),
     /// Drive a workload against the switch and report throughput and latency.
@@ -35,7 +35,7 @@ pub enum Command {
 }
 
 #[derive(Args, Debug, Clone)]
-pub struct PrepareArgs {
+pub(crate) struct PrepareArgs {
     /// Switch address.
     #[arg(long, default_value = "127.0.0.1:7420")]
     pub connect: String,
@@ -66,7 +66,7 @@ pub struct PrepareArgs {
 }
 
 #[derive(Args, Debug, Clone)]
-pub struct RunArgs {
+pub(crate) struct RunArgs {
     /// Switch address.
     #[arg(long, default_value = "127.0.0.1:7420")]
     pub connect: String,
@@ -173,7 +173,7 @@ pub struct RunArgs {
 }
 
 #[derive(Args, Debug, Clone)]
-pub struct ValidateArgs {
+pub(crate) struct ValidateArgs {
     /// Switch address.
     #[arg(long, default_value = "127.0.0.1:7420")]
     pub connect: String,

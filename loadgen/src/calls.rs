@@ -39,7 +39,7 @@ use crate::rng::Rng;
 use crate::workload::{Events, Frame};
 
 /// Longest call (seconds) a length distribution may give: 11.5 days.
-pub const CALL_S_MAX: u32 = 1_000_000;
+pub(crate) const CALL_S_MAX: u32 = 1_000_000;
 /// A START the switch declined is followed by a new call this many simulated seconds later.
 const DECLINE_RETRY_S: i64 = 5;
 /// An event the switch did not execute (RETRY_LATER, deadline) is sent again this much later.
@@ -49,7 +49,7 @@ const REDRAWS_MAX: usize = 8;
 
 /// How long calls last (simulated seconds, at least 1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CallLength {
+pub(crate) enum CallLength {
     /// Exponential with this mean: memoryless, so the run is in steady state from its start.
     Exp {
         mean_s: u32,
@@ -64,7 +64,7 @@ pub enum CallLength {
 }
 
 impl CallLength {
-    pub fn sample(&self, rng: &mut Rng) -> u32 {
+    pub(crate) fn sample(&self, rng: &mut Rng) -> u32 {
         match *self {
             CallLength::Exp { mean_s } => {
                 let length = -(1.0 - rng.next_f64()).ln() * f64::from(mean_s);
@@ -131,7 +131,7 @@ impl fmt::Display for CallLength {
 /// debits: `connect_fee_won + rate_won × max(first_increment_s, ⌈u / increment_s⌉ × increment_s)
 /// / increment_s` for `u` seconds used (0 for none), as PROTOCOL.md defines it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TariffSpec {
+pub(crate) struct TariffSpec {
     pub connect_fee_won: u64,
     pub rate_won: u64,
     pub increment_s: u32,
@@ -139,7 +139,7 @@ pub struct TariffSpec {
 }
 
 impl TariffSpec {
-    pub fn cost_won(&self, used_s: u32) -> u64 {
+    pub(crate) fn cost_won(&self, used_s: u32) -> u64 {
         if used_s == 0 {
             return 0;
         }
@@ -189,7 +189,7 @@ impl fmt::Display for TariffSpec {
 
 /// What the calls of a run look like (shared by every connection).
 #[derive(Clone, Debug)]
-pub struct CallParams {
+pub(crate) struct CallParams {
     /// Concurrent calls over all connections.
     pub calls: u64,
     /// Simulated seconds of a call between two reports; also the grant each report asks for.
@@ -209,20 +209,20 @@ pub struct CallParams {
 
 /// The grant part of a `SessionResult`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Grant {
+pub(crate) struct Grant {
     pub granted_s: u32,
     pub final_unit: u8,
 }
 
 impl Grant {
-    pub fn of(result: &SessionResult) -> Grant {
+    pub(crate) fn of(result: &SessionResult) -> Grant {
         Grant { granted_s: result.granted_s, final_unit: result.final_unit }
     }
 }
 
 /// Where a connection's calls are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Phase {
+pub(crate) enum Phase {
     /// Sending the first calls' STARTs (those due at or before second 0).
     Ramp,
     Run,
@@ -232,7 +232,7 @@ pub enum Phase {
 
 /// What a connection's calls counted (besides the per-message statistics of the run).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct CallCounters {
+pub(crate) struct CallCounters {
     /// Ended calls whose debits were checked against the tariff, and those that differed.
     pub tariff_checked: u64,
     pub tariff_mismatches: u64,
@@ -241,7 +241,7 @@ pub struct CallCounters {
 }
 
 impl CallCounters {
-    pub fn merge(&mut self, other: &CallCounters) {
+    pub(crate) fn merge(&mut self, other: &CallCounters) {
         self.tariff_checked += other.tariff_checked;
         self.tariff_mismatches += other.tariff_mismatches;
         for (mine, theirs) in self.notices.iter_mut().zip(other.notices) {
@@ -307,7 +307,7 @@ struct Call {
 type Entry = Reverse<(i64, u32, u32)>;
 
 /// The calls of one connection.
-pub struct CallGen {
+pub(crate) struct CallGen {
     params: Arc<CallParams>,
     batch: usize,
     owner_id: u32,
@@ -334,7 +334,7 @@ pub struct CallGen {
 
 impl CallGen {
     /// This connection's share of the calls, all queued to START in the ramp.
-    pub fn new(
+    pub(crate) fn new(
         params: Arc<CallParams>,
         batch: usize,
         picker: CardPicker,
@@ -372,17 +372,17 @@ impl CallGen {
     }
 
     /// Ends the ramp: events of every kind and due time go out from now on.
-    pub fn begin_run(&mut self) {
+    pub(crate) fn begin_run(&mut self) {
         self.phase = Phase::Run;
     }
 
     /// The simulated second the calls have reached (the latest due time sent).
-    pub fn clock_s(&self) -> i64 {
+    pub(crate) fn clock_s(&self) -> i64 {
         self.clock_s
     }
 
     /// Calls in progress or ending (0 after a complete drain).
-    pub fn open_calls(&self) -> usize {
+    pub(crate) fn open_calls(&self) -> usize {
         self.open
     }
 
@@ -465,7 +465,7 @@ impl CallGen {
     /// event is due first, without running more than a quarter of an update interval ahead of
     /// the other types; in the drain only ENDs. `None` when nothing can be sent until a reply
     /// comes.
-    pub fn next_frame(&mut self, cards: &[CardRecord]) -> Option<Frame> {
+    pub(crate) fn next_frame(&mut self, cards: &[CardRecord]) -> Option<Frame> {
         let heads = [self.head(0), self.head(1), self.head(2)];
         let (queue, limit_s) = match self.phase {
             Phase::Ramp => match heads[2] {
@@ -602,7 +602,7 @@ impl CallGen {
     }
 
     /// A reply (any code) to one of this connection's session events.
-    pub fn on_reply(&mut self, op: &Op, result: &OpResult, grant: Grant, model: &Model) {
+    pub(crate) fn on_reply(&mut self, op: &Op, result: &OpResult, grant: Grant, model: &Model) {
         let Some(index) = self.in_flight_call(op) else {
             return;
         };
@@ -731,7 +731,7 @@ impl CallGen {
 
     /// A reply that never came (the connection failed): carry on as if the event ran; an END is
     /// sent again (the switch answers SESSION_NOT_FOUND if the first one ended the session).
-    pub fn on_lost(&mut self, op: &Op, model: &Model) {
+    pub(crate) fn on_lost(&mut self, op: &Op, model: &Model) {
         let Some(index) = self.in_flight_call(op) else {
             return;
         };
@@ -749,7 +749,7 @@ impl CallGen {
     }
 
     /// An event that was not executed (or not sent): the same event again, a little later.
-    pub fn on_not_executed(&mut self, op: &Op) {
+    pub(crate) fn on_not_executed(&mut self, op: &Op) {
         if let Some(index) = self.in_flight_call(op) {
             self.calls[index as usize].in_flight = false;
             self.resend(index);
@@ -818,7 +818,7 @@ impl CallGen {
     }
 
     /// A SESSION_NOTICE push: counted; an abort (the card was blocked) ends the call now.
-    pub fn on_notice(&mut self, notice: &SessionNotice, model: &Model) {
+    pub(crate) fn on_notice(&mut self, notice: &SessionNotice, model: &Model) {
         let kind = usize::from(notice.kind);
         self.counters.notices[if kind < self.counters.notices.len() { kind } else { 0 }] += 1;
         if notice.kind != NOTICE_ABORT {
@@ -838,7 +838,7 @@ impl CallGen {
 
     /// Ends the run: STARTs not yet sent are dropped, every other call gets its END now (with
     /// the seconds it has used by the clock), and no new calls start.
-    pub fn begin_drain(&mut self, model: &Model) {
+    pub(crate) fn begin_drain(&mut self, model: &Model) {
         self.phase = Phase::Drain;
         for queue in &mut self.queues {
             queue.clear();

@@ -20,19 +20,19 @@ use crate::model::{Op, OpKind};
 use crate::rng::splitmix64;
 
 /// Longest password the switch accepts.
-pub const PASSWORD_BYTES_MAX: usize = 16;
+pub(crate) const PASSWORD_BYTES_MAX: usize = 16;
 /// Shortest password the switch accepts.
-pub const PASSWORD_BYTES_MIN: usize = 4;
+pub(crate) const PASSWORD_BYTES_MIN: usize = 4;
 
 /// A card password (4..=16 bytes), stored inline.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub struct Password {
+pub(crate) struct Password {
     len: u8,
     bytes: [u8; PASSWORD_BYTES_MAX],
 }
 
 impl Password {
-    pub fn new(bytes: &[u8]) -> Option<Password> {
+    pub(crate) fn new(bytes: &[u8]) -> Option<Password> {
         if !(PASSWORD_BYTES_MIN..=PASSWORD_BYTES_MAX).contains(&bytes.len()) {
             return None;
         }
@@ -43,25 +43,25 @@ impl Password {
 
     /// The password `prepare` registers for a PIN: eight decimal digits mixed from the PIN, so
     /// a lost cards file line can be recomputed and no two neighbours share one.
-    pub fn derive(pin: u64) -> Password {
+    pub(crate) fn derive(pin: u64) -> Password {
         let mut mix = pin ^ 0x5053_4C47_5057_4431; // "PSLGPWD1"
         let digits = splitmix64(&mut mix) % 100_000_000;
         let text = format!("{digits:08}");
         Password::new(text.as_bytes()).unwrap_or(Password { len: 0, bytes: [0; 16] })
     }
 
-    pub fn as_bytes(&self) -> &[u8] {
+    pub(crate) fn as_bytes(&self) -> &[u8] {
         &self.bytes[..usize::from(self.len)]
     }
 
-    pub fn to_vec(&self) -> Vec<u8> {
+    pub(crate) fn to_vec(&self) -> Vec<u8> {
         self.as_bytes().to_vec()
     }
 }
 
 /// One prepared card.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub struct CardRecord {
+pub(crate) struct CardRecord {
     pub pin: u64,
     pub password: Password,
     pub face_value_won: u64,
@@ -71,7 +71,7 @@ pub struct CardRecord {
 
 /// The whole file.
 #[derive(Clone, PartialEq, Eq, Debug, Default)]
-pub struct CardsFile {
+pub(crate) struct CardsFile {
     pub cards: Vec<CardRecord>,
     /// Operations whose outcome is unknown; `Op::card` indexes `cards`.
     pub pending: Vec<Op>,
@@ -91,7 +91,7 @@ fn is_text(path: &Path) -> bool {
 }
 
 /// Reads a cards file (either encoding).
-pub fn read(path: &Path) -> anyhow::Result<CardsFile> {
+pub(crate) fn read(path: &Path) -> anyhow::Result<CardsFile> {
     let bytes = fs::read(path).with_context(|| format!("reading cards file {}", path.display()))?;
     let file = if is_text(path) {
         let text = std::str::from_utf8(&bytes).context("the text cards file is not UTF-8")?;
@@ -103,7 +103,7 @@ pub fn read(path: &Path) -> anyhow::Result<CardsFile> {
 }
 
 /// Writes a cards file atomically (temporary file, fsync, rename).
-pub fn write(path: &Path, file: &CardsFile) -> anyhow::Result<()> {
+pub(crate) fn write(path: &Path, file: &CardsFile) -> anyhow::Result<()> {
     let bytes = if is_text(path) { encode_text(file)?.into_bytes() } else { encode_binary(file) };
     let mut temporary = PathBuf::from(path);
     let mut name = path.file_name().map(|name| name.to_os_string()).unwrap_or_default();
@@ -121,7 +121,7 @@ pub fn write(path: &Path, file: &CardsFile) -> anyhow::Result<()> {
     result.with_context(|| format!("writing cards file {}", path.display()))
 }
 
-pub fn encode_binary(file: &CardsFile) -> Vec<u8> {
+pub(crate) fn encode_binary(file: &CardsFile) -> Vec<u8> {
     let mut out = Vec::with_capacity(
         HEADER_BYTES
             + file.cards.len() * CARD_BYTES
@@ -189,7 +189,7 @@ impl Fields<'_> {
     }
 }
 
-pub fn decode_binary(bytes: &[u8]) -> anyhow::Result<CardsFile> {
+pub(crate) fn decode_binary(bytes: &[u8]) -> anyhow::Result<CardsFile> {
     ensure!(bytes.len() >= HEADER_BYTES + CRC_BYTES, "too short for a cards file");
     ensure!(&bytes[..8] == MAGIC, "not a pinswitch-loadgen cards file (bad magic)");
     let (body, crc) = bytes.split_at(bytes.len() - CRC_BYTES);
@@ -254,7 +254,7 @@ pub fn decode_binary(bytes: &[u8]) -> anyhow::Result<CardsFile> {
     Ok(file)
 }
 
-pub fn encode_text(file: &CardsFile) -> anyhow::Result<String> {
+pub(crate) fn encode_text(file: &CardsFile) -> anyhow::Result<String> {
     use std::fmt::Write as _;
     let mut out = String::with_capacity(64 + file.cards.len() * 56 + file.pending.len() * 120);
     out.push_str(TEXT_HEADER);
@@ -287,7 +287,7 @@ pub fn encode_text(file: &CardsFile) -> anyhow::Result<String> {
     Ok(out)
 }
 
-pub fn decode_text(text: &str) -> anyhow::Result<CardsFile> {
+pub(crate) fn decode_text(text: &str) -> anyhow::Result<CardsFile> {
     let mut lines = text.lines().enumerate();
     match lines.next() {
         Some((_, first)) if first.trim() == TEXT_HEADER => {}

@@ -18,7 +18,7 @@ const US_PER_TICK: u64 = 1_000_000 / CLOCK_TICKS_PER_S;
 /// User plus system CPU time, in clock ticks, of a `/proc/PID/stat` line: fields 14 (utime) and
 /// 15 (stime). The second field, the command name in parentheses, may itself hold spaces and
 /// parentheses, so fields are counted after the *last* `)`.
-pub fn parse_stat_cpu_ticks(stat: &str) -> Option<u64> {
+pub(crate) fn parse_stat_cpu_ticks(stat: &str) -> Option<u64> {
     let (_, after_comm) = stat.rsplit_once(')')?;
     // After the comm: field 3 (state) is index 0, so utime (14) is index 11 and stime (15) 12.
     let mut fields = after_comm.split_ascii_whitespace().skip(11);
@@ -29,7 +29,7 @@ pub fn parse_stat_cpu_ticks(stat: &str) -> Option<u64> {
 
 /// CPU time (user + system, every thread, µs) of a process so far: `None` for this process, else
 /// the pid. Errors name the file read.
-pub fn process_cpu_us(pid: Option<u32>) -> Result<u64, String> {
+pub(crate) fn process_cpu_us(pid: Option<u32>) -> Result<u64, String> {
     let path = match pid {
         None => "/proc/self/stat".to_owned(),
         Some(pid) => format!("/proc/{pid}/stat"),
@@ -51,7 +51,7 @@ struct Sample {
 
 /// The CPU the generator and the switch used over the measured window.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct CpuFigures {
+pub(crate) struct CpuFigures {
     /// Wall time between the two samples.
     pub window_s: Option<f64>,
     pub loadgen_cpu_s: Option<f64>,
@@ -60,7 +60,7 @@ pub struct CpuFigures {
 
 impl CpuFigures {
     /// CPU microseconds per operation of `cpu_s` over `ops` operations.
-    pub fn us_per_op(cpu_s: Option<f64>, ops: u64) -> Option<f64> {
+    pub(crate) fn us_per_op(cpu_s: Option<f64>, ops: u64) -> Option<f64> {
         cpu_s.filter(|_| ops > 0).map(|cpu_s| cpu_s * 1e6 / ops as f64)
     }
 }
@@ -68,7 +68,7 @@ impl CpuFigures {
 /// Samples at the start of the window and at its end. A process whose `/proc` file cannot be
 /// read at either instant (not Linux, or the switch is gone) is reported as unknown.
 #[derive(Debug)]
-pub struct CpuWindow {
+pub(crate) struct CpuWindow {
     server_pid: Option<u32>,
     from: Option<Sample>,
     to: Option<Sample>,
@@ -77,7 +77,7 @@ pub struct CpuWindow {
 impl CpuWindow {
     /// Fails when `server_pid` cannot be read now, so a mistyped pid stops the run before it
     /// starts instead of leaving the report without the switch's figures.
-    pub fn new(server_pid: Option<u32>) -> Result<CpuWindow, String> {
+    pub(crate) fn new(server_pid: Option<u32>) -> Result<CpuWindow, String> {
         if server_pid.is_some() {
             process_cpu_us(server_pid)?;
         }
@@ -95,29 +95,29 @@ impl CpuWindow {
         Sample { at: Instant::now(), loadgen_cpu_us: process_cpu_us(None).ok(), server_cpu_us }
     }
 
-    pub fn started(&self) -> bool {
+    pub(crate) fn started(&self) -> bool {
         self.from.is_some()
     }
 
-    pub fn finished(&self) -> bool {
+    pub(crate) fn finished(&self) -> bool {
         self.to.is_some()
     }
 
     /// Takes the window's first sample (once).
-    pub fn start(&mut self) {
+    pub(crate) fn start(&mut self) {
         if self.from.is_none() {
             self.from = Some(self.sample());
         }
     }
 
     /// Takes the window's last sample (once, and only after the first).
-    pub fn finish(&mut self) {
+    pub(crate) fn finish(&mut self) {
         if self.from.is_some() && self.to.is_none() {
             self.to = Some(self.sample());
         }
     }
 
-    pub fn figures(&self) -> CpuFigures {
+    pub(crate) fn figures(&self) -> CpuFigures {
         let (Some(from), Some(to)) = (self.from, self.to) else {
             return CpuFigures::default();
         };

@@ -15,7 +15,7 @@ use crate::rng::Rng;
 
 /// A card-choice distribution as given on the command line.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub enum DistSpec {
+pub(crate) enum DistSpec {
     Uniform,
     Zipf { exponent: f64 },
     Hot { hot_fraction: f64, hot_probability: f64 },
@@ -83,7 +83,7 @@ impl fmt::Display for DistSpec {
 
 /// Draws card indexes in `0..card_count` by a distribution.
 #[derive(Clone, Debug)]
-pub struct CardPicker {
+pub(crate) struct CardPicker {
     card_count: u32,
     kind: PickerKind,
 }
@@ -101,7 +101,7 @@ enum PickerKind {
 
 impl CardPicker {
     /// A picker over `card_count` (at least 1) cards.
-    pub fn new(spec: DistSpec, card_count: u32) -> CardPicker {
+    pub(crate) fn new(spec: DistSpec, card_count: u32) -> CardPicker {
         let card_count = card_count.max(1);
         let kind = match spec {
             DistSpec::Uniform => PickerKind::Uniform,
@@ -117,7 +117,7 @@ impl CardPicker {
         CardPicker { card_count, kind }
     }
 
-    pub fn pick(&self, rng: &mut Rng) -> u32 {
+    pub(crate) fn pick(&self, rng: &mut Rng) -> u32 {
         match &self.kind {
             PickerKind::Uniform => rng.below(u64::from(self.card_count)) as u32,
             PickerKind::Zipf(sampler) => (sampler.sample(rng) - 1) as u32,
@@ -135,7 +135,7 @@ impl CardPicker {
 
 /// Zipf over ranks `1..=element_count` with the given exponent (> 0), by rejection-inversion.
 #[derive(Clone, Debug)]
-pub struct ZipfSampler {
+pub(crate) struct ZipfSampler {
     element_count: u64,
     exponent: f64,
     h_integral_x1: f64,
@@ -144,7 +144,7 @@ pub struct ZipfSampler {
 }
 
 impl ZipfSampler {
-    pub fn new(element_count: u64, exponent: f64) -> ZipfSampler {
+    pub(crate) fn new(element_count: u64, exponent: f64) -> ZipfSampler {
         let element_count = element_count.max(1);
         let mut sampler = ZipfSampler {
             element_count,
@@ -161,7 +161,7 @@ impl ZipfSampler {
     }
 
     /// A rank in `1..=element_count`.
-    pub fn sample(&self, rng: &mut Rng) -> u64 {
+    pub(crate) fn sample(&self, rng: &mut Rng) -> u64 {
         loop {
             let u = self.h_integral_element_count
                 + rng.next_f64() * (self.h_integral_x1 - self.h_integral_element_count);

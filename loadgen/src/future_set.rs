@@ -84,7 +84,7 @@ struct Slot<F> {
 }
 
 /// Futures of one type polled by their owner; yields each output with the slot it ran in.
-pub struct FutureSet<F: Future> {
+pub(crate) struct FutureSet<F: Future> {
     slots: Vec<Slot<F>>,
     free: Vec<usize>,
     len: usize,
@@ -106,17 +106,17 @@ impl<F: Future> Default for FutureSet<F> {
 }
 
 impl<F: Future> FutureSet<F> {
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.len
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.len == 0
     }
 
     /// Adds a future; it is first polled by the next `join_next` or `try_join_next`. Returns its
     /// slot, which the output comes back with (and which is free again from then on).
-    pub fn push(&mut self, future: F) -> usize {
+    pub(crate) fn push(&mut self, future: F) -> usize {
         let slot = match self.free.pop() {
             Some(slot) => slot,
             None => {
@@ -138,7 +138,10 @@ impl<F: Future> FutureSet<F> {
     }
 
     /// Polls the woken futures until one completes; wakes `cx` when another is woken.
-    pub fn poll_join_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<(usize, F::Output)>> {
+    pub(crate) fn poll_join_next(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<(usize, F::Output)>> {
         self.poll_ready(Some(cx.waker()))
     }
 
@@ -199,12 +202,12 @@ impl<F: Future> FutureSet<F> {
 
     /// The next output; `None` when the set is empty. Cancel-safe: an output is only taken out
     /// of the set when it is returned.
-    pub async fn join_next(&mut self) -> Option<(usize, F::Output)> {
+    pub(crate) async fn join_next(&mut self) -> Option<(usize, F::Output)> {
         std::future::poll_fn(|cx| self.poll_join_next(cx)).await
     }
 
     /// An output that is ready now, without waiting.
-    pub fn try_join_next(&mut self) -> Option<(usize, F::Output)> {
+    pub(crate) fn try_join_next(&mut self) -> Option<(usize, F::Output)> {
         match self.poll_ready(None) {
             Poll::Ready(done) => done,
             Poll::Pending => None,
@@ -212,7 +215,7 @@ impl<F: Future> FutureSet<F> {
     }
 
     /// Drops every future still running; returns their slots.
-    pub fn abort_all(&mut self) -> Vec<usize> {
+    pub(crate) fn abort_all(&mut self) -> Vec<usize> {
         let mut aborted = Vec::new();
         for (slot, entry) in self.slots.iter_mut().enumerate() {
             if entry.future.is_some() {

@@ -19,7 +19,7 @@ use pinswitch_protocol::{FLAG_REPLAYED, OpResult, ResultCode};
 /// What the generator asked for. The discriminants are stored in cards files.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum OpKind {
+pub(crate) enum OpKind {
     Load = 1,
     Sale = 2,
     Authorize = 3,
@@ -40,7 +40,7 @@ pub enum OpKind {
 }
 
 impl OpKind {
-    pub const ALL: [OpKind; 11] = [
+    pub(crate) const ALL: [OpKind; 11] = [
         OpKind::Load,
         OpKind::Sale,
         OpKind::Authorize,
@@ -54,11 +54,11 @@ impl OpKind {
         OpKind::SessionEnd,
     ];
 
-    pub fn from_u8(value: u8) -> Option<OpKind> {
+    pub(crate) fn from_u8(value: u8) -> Option<OpKind> {
         Self::ALL.into_iter().find(|kind| *kind as u8 == value)
     }
 
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             OpKind::Load => "load",
             OpKind::Sale => "sale",
@@ -74,23 +74,23 @@ impl OpKind {
         }
     }
 
-    pub fn from_name(name: &str) -> Option<OpKind> {
+    pub(crate) fn from_name(name: &str) -> Option<OpKind> {
         Self::ALL.into_iter().find(|kind| kind.name() == name)
     }
 
-    pub fn is_session(self) -> bool {
+    pub(crate) fn is_session(self) -> bool {
         matches!(self, OpKind::SessionStart | OpKind::SessionUpdate | OpKind::SessionEnd)
     }
 
     /// Follow-ups of a hold: when one is known not to have run, the hold is still pending.
-    pub fn settles_hold(self) -> bool {
+    pub(crate) fn settles_hold(self) -> bool {
         matches!(self, OpKind::Capture | OpKind::Void | OpKind::ReverseAuthorize)
     }
 }
 
 /// One operation as sent (or about to be sent).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Op {
+pub(crate) struct Op {
     pub kind: OpKind,
     /// Index into the cards file.
     pub card: u32,
@@ -111,7 +111,7 @@ pub struct Op {
 
 /// How an approved operation moves a card: signed won.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct Effect {
+pub(crate) struct Effect {
     pub balance_won: i64,
     pub held_won: i64,
 }
@@ -124,7 +124,7 @@ fn signed(amount_won: u64) -> i64 {
 /// success codes (1..=4) are no-ops by definition, declines change nothing, and 900+ codes and
 /// DEADLINE_EXCEEDED_NOT_EXECUTED were not executed. Session reports also debit when capped or
 /// expired (codes 5 and 6).
-pub fn effect_of(op: &Op, code: u16) -> Effect {
+pub(crate) fn effect_of(op: &Op, code: u16) -> Effect {
     if op.kind.is_session() {
         let debits = code == ResultCode::Approved.as_u16()
             || code == ResultCode::SessionUsageCapped.as_u16()
@@ -151,7 +151,7 @@ pub fn effect_of(op: &Op, code: u16) -> Effect {
 }
 
 /// The amount an approved reply must name in `amount_won` for `op`.
-pub fn expected_reply_amount(op: &Op) -> u64 {
+pub(crate) fn expected_reply_amount(op: &Op) -> u64 {
     match op.kind {
         OpKind::Capture => op.captured_won,
         _ => op.amount_won,
@@ -160,12 +160,12 @@ pub fn expected_reply_amount(op: &Op) -> u64 {
 
 /// True when a code means the event was not executed (nothing recorded under its op id except,
 /// for a missed deadline, that answer), so a follow-up may be sent again with a fresh op id.
-pub fn not_executed(code: u16) -> bool {
+pub(crate) fn not_executed(code: u16) -> bool {
     code >= 900 || code == ResultCode::DeadlineExceededNotExecuted.as_u16()
 }
 
 /// Why a reply looks wrong even before balances are compared.
-pub fn reply_anomaly(op: &Op, result: &OpResult) -> Option<String> {
+pub(crate) fn reply_anomaly(op: &Op, result: &OpResult) -> Option<String> {
     if result.flags & FLAG_REPLAYED != 0 {
         return Some(format!(
             "{} op {:032x}: reply flagged REPLAYED although the op id was sent once",
@@ -198,7 +198,7 @@ pub fn reply_anomaly(op: &Op, result: &OpResult) -> Option<String> {
 }
 
 /// Expected balances and holds of every card, shared by all connections.
-pub struct Model {
+pub(crate) struct Model {
     balance_won: Vec<AtomicI64>,
     held_won: Vec<AtomicI64>,
     unknown: Mutex<Vec<Op>>,
@@ -215,7 +215,7 @@ const ANOMALY_EXAMPLES_MAX: usize = 20;
 
 impl Model {
     /// A model starting from these balances, with no holds.
-    pub fn new(balances_won: impl IntoIterator<Item = i64>) -> Model {
+    pub(crate) fn new(balances_won: impl IntoIterator<Item = i64>) -> Model {
         let balance_won: Vec<AtomicI64> = balances_won.into_iter().map(AtomicI64::new).collect();
         let held_won = (0..balance_won.len()).map(|_| AtomicI64::new(0)).collect();
         let calls_on = (0..balance_won.len()).map(|_| AtomicU16::new(0)).collect();
@@ -231,7 +231,7 @@ impl Model {
     }
 
     /// Applies an answered operation (any code).
-    pub fn apply(&self, op: &Op, code: u16) {
+    pub(crate) fn apply(&self, op: &Op, code: u16) {
         let effect = effect_of(op, code);
         let card = op.card as usize;
         if effect.balance_won != 0 {
@@ -244,7 +244,7 @@ impl Model {
 
     /// Applies an answered operation and checks the reply. A session event moves the model by
     /// the debit its reply names.
-    pub fn apply_reply(&self, op: &Op, result: &OpResult) {
+    pub(crate) fn apply_reply(&self, op: &Op, result: &OpResult) {
         if op.kind.is_session() {
             let answered = Op { amount_won: result.amount_won, ..*op };
             self.apply(&answered, result.code);
@@ -256,7 +256,7 @@ impl Model {
         }
     }
 
-    pub fn record_anomaly(&self, description: String) {
+    pub(crate) fn record_anomaly(&self, description: String) {
         self.anomalies.fetch_add(1, Ordering::Relaxed);
         let mut examples = self.anomaly_examples.lock().unwrap_or_else(|e| e.into_inner());
         if examples.len() < ANOMALY_EXAMPLES_MAX {
@@ -264,46 +264,46 @@ impl Model {
         }
     }
 
-    pub fn anomalies(&self) -> u64 {
+    pub(crate) fn anomalies(&self) -> u64 {
         self.anomalies.load(Ordering::Relaxed)
     }
 
-    pub fn anomaly_examples(&self) -> Vec<String> {
+    pub(crate) fn anomaly_examples(&self) -> Vec<String> {
         self.anomaly_examples.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Operations whose outcome is unknown (reply lost); resolved later by INQUIRY.
-    pub fn add_unknown(&self, ops: &[Op]) {
+    pub(crate) fn add_unknown(&self, ops: &[Op]) {
         self.unknown.lock().unwrap_or_else(|e| e.into_inner()).extend_from_slice(ops);
     }
 
-    pub fn take_unknown(&self) -> Vec<Op> {
+    pub(crate) fn take_unknown(&self) -> Vec<Op> {
         std::mem::take(&mut *self.unknown.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
-    pub fn balance_won(&self, card: u32) -> i64 {
+    pub(crate) fn balance_won(&self, card: u32) -> i64 {
         self.balance_won[card as usize].load(Ordering::Relaxed)
     }
 
-    pub fn held_won(&self, card: u32) -> i64 {
+    pub(crate) fn held_won(&self, card: u32) -> i64 {
         self.held_won[card as usize].load(Ordering::Relaxed)
     }
 
     /// Balance minus holds, as far as replies so far tell.
-    pub fn available_won(&self, card: u32) -> i64 {
+    pub(crate) fn available_won(&self, card: u32) -> i64 {
         self.balance_won(card) - self.held_won(card)
     }
 
     /// Calls in progress on a card.
-    pub fn calls_on(&self, card: u32) -> u16 {
+    pub(crate) fn calls_on(&self, card: u32) -> u16 {
         self.calls_on[card as usize].load(Ordering::Relaxed)
     }
 
-    pub fn add_call(&self, card: u32) {
+    pub(crate) fn add_call(&self, card: u32) {
         self.calls_on[card as usize].fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn remove_call(&self, card: u32) {
+    pub(crate) fn remove_call(&self, card: u32) {
         let _ = self.calls_on[card as usize].fetch_update(
             Ordering::Relaxed,
             Ordering::Relaxed,
@@ -312,16 +312,16 @@ impl Model {
     }
 
     /// Sessions known live at the switch.
-    pub fn calls_live(&self) -> i64 {
+    pub(crate) fn calls_live(&self) -> i64 {
         self.calls_live.load(Ordering::Relaxed)
     }
 
-    pub fn calls_live_add(&self, delta: i64) {
+    pub(crate) fn calls_live_add(&self, delta: i64) {
         self.calls_live.fetch_add(delta, Ordering::Relaxed);
     }
 
     /// Starts a card's expected holds from what the server reports (before a validated run).
-    pub fn set_held_won(&self, card: u32, held_won: i64) {
+    pub(crate) fn set_held_won(&self, card: u32, held_won: i64) {
         self.held_won[card as usize].store(held_won, Ordering::Relaxed);
     }
 }

@@ -9,17 +9,17 @@ use pinswitch_protocol::{Client, ClientError, ClientOptions, HelloReply};
 use tokio::task::JoinSet;
 
 /// Largest batch the bulk commands send, whatever the server allows.
-pub const BULK_BATCH_MAX: usize = 8_000;
+pub(crate) const BULK_BATCH_MAX: usize = 8_000;
 
 /// Connections to one server plus its limits.
-pub struct Pool {
+pub(crate) struct Pool {
     clients: Vec<Client>,
     in_flight_per_connection: usize,
     pub hello: HelloReply,
 }
 
 /// Opens one connection and greets the server.
-pub async fn connect(
+pub(crate) async fn connect(
     address: &str,
     in_flight: usize,
     client_name: &str,
@@ -35,7 +35,7 @@ pub async fn connect(
 impl Pool {
     /// Opens `connections` connections with `in_flight` frames each (both at least 1, and no
     /// more in flight than the server allows).
-    pub async fn connect(
+    pub(crate) async fn connect(
         address: &str,
         connections: usize,
         in_flight: usize,
@@ -50,13 +50,13 @@ impl Pool {
     }
 
     /// The largest batch to send: `wanted`, the server limit and `BULK_BATCH_MAX`.
-    pub fn batch_len(&self, wanted: usize) -> usize {
+    pub(crate) fn batch_len(&self, wanted: usize) -> usize {
         wanted.clamp(1, BULK_BATCH_MAX).min((self.hello.batch_events_max as usize).max(1))
     }
 
     /// Splits `items` into chunks of `chunk_len`, sends them with `call` over all connections
     /// (pipelined), and returns the results in item order. `call` must return one result per item.
-    pub async fn map_chunks<T, R, F, Fut>(
+    pub(crate) async fn map_chunks<T, R, F, Fut>(
         &self,
         items: Vec<T>,
         chunk_len: usize,

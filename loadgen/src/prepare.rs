@@ -16,15 +16,15 @@ use crate::pool::Pool;
 use crate::stats::code_name;
 
 /// The products a production switch issues.
-pub const FACE_VALUES_WON: [u64; 6] = [5_000, 10_000, 20_000, 30_000, 50_000, 100_000];
+pub(crate) const FACE_VALUES_WON: [u64; 6] = [5_000, 10_000, 20_000, 30_000, 50_000, 100_000];
 /// Recharges are whole multiples of this.
-pub const RECHARGE_UNIT_WON: u64 = 10_000;
+pub(crate) const RECHARGE_UNIT_WON: u64 = 10_000;
 /// A card's balance never exceeds this.
-pub const BALANCE_CAP_WON: u64 = 500_000;
+pub(crate) const BALANCE_CAP_WON: u64 = 500_000;
 
 /// What to prepare.
 #[derive(Clone, Debug)]
-pub struct PrepareSpec {
+pub(crate) struct PrepareSpec {
     pub address: String,
     pub card_count: u32,
     pub face_value_won: u64,
@@ -37,14 +37,14 @@ pub struct PrepareSpec {
 
 impl PrepareSpec {
     /// Checks the numbers against the product rules before touching the server.
-    pub fn check(&self) -> anyhow::Result<()> {
+    pub(crate) fn check(&self) -> anyhow::Result<()> {
         ensure!(self.card_count > 0, "--cards must be at least 1");
         ensure!(
             FACE_VALUES_WON.contains(&self.face_value_won),
             "--face-value must be one of {FACE_VALUES_WON:?} won"
         );
         ensure!(
-            self.load_won % RECHARGE_UNIT_WON == 0,
+            self.load_won.is_multiple_of(RECHARGE_UNIT_WON),
             "--load-won must be a multiple of {RECHARGE_UNIT_WON} won"
         );
         ensure!(
@@ -67,7 +67,7 @@ fn per_second(count: usize, started: Instant) -> f64 {
 }
 
 /// Issues, activates and loads the cards; returns them (not yet written).
-pub async fn prepare(spec: &PrepareSpec) -> anyhow::Result<CardsFile> {
+pub(crate) async fn prepare(spec: &PrepareSpec) -> anyhow::Result<CardsFile> {
     spec.check()?;
     let pool = Pool::connect(&spec.address, spec.connections, spec.in_flight).await?;
     let batch = pool.batch_len(spec.batch);
@@ -174,7 +174,7 @@ pub async fn prepare(spec: &PrepareSpec) -> anyhow::Result<CardsFile> {
 }
 
 /// `prepare` and write the file.
-pub async fn prepare_to_file(spec: &PrepareSpec, path: &Path) -> anyhow::Result<CardsFile> {
+pub(crate) async fn prepare_to_file(spec: &PrepareSpec, path: &Path) -> anyhow::Result<CardsFile> {
     let file = prepare(spec).await?;
     let started = Instant::now();
     cards::write(path, &file)?;

@@ -10,14 +10,14 @@ use serde::Serialize;
 
 /// One point of the latency-by-percentile curve.
 #[derive(Clone, Debug, Serialize, PartialEq)]
-pub struct PercentilePoint {
+pub(crate) struct PercentilePoint {
     pub percentile: f64,
     pub latency_us: u64,
 }
 
 /// One second of the run.
 #[derive(Clone, Debug, Serialize, PartialEq)]
-pub struct TimelinePoint {
+pub(crate) struct TimelinePoint {
     /// Seconds since the start of the run at the end of this interval.
     pub second: f64,
     /// Length of this interval (about one second).
@@ -38,7 +38,7 @@ pub struct TimelinePoint {
 
 /// One message type's figures over the measured window.
 #[derive(Clone, Debug, Serialize, PartialEq)]
-pub struct MessageFigures {
+pub(crate) struct MessageFigures {
     pub ops: u64,
     pub ops_per_s: f64,
     /// Answered with a success code (0..=99), and per second.
@@ -55,7 +55,7 @@ pub struct MessageFigures {
 
 /// What a `calls` run adds to the report.
 #[derive(Clone, Debug, Serialize, PartialEq)]
-pub struct CallsFigures {
+pub(crate) struct CallsFigures {
     /// Calls kept in progress (N).
     pub concurrent_calls: u64,
     pub update_interval_s: u32,
@@ -95,7 +95,7 @@ pub struct CallsFigures {
 
 /// How the run was configured (echoed in the report).
 #[derive(Clone, Debug, Serialize, PartialEq)]
-pub struct RunConfig {
+pub(crate) struct RunConfig {
     pub address: String,
     pub workload: String,
     pub dist: String,
@@ -113,7 +113,7 @@ pub struct RunConfig {
 
 /// Everything a run reports.
 #[derive(Clone, Debug, Serialize, PartialEq)]
-pub struct Report {
+pub(crate) struct Report {
     pub config: RunConfig,
     /// Operations (events) answered in the measured window.
     pub ops: u64,
@@ -166,11 +166,11 @@ pub struct Report {
 }
 
 /// The percentiles the curve and the SVG plot.
-pub const CURVE_PERCENTILES: [f64; 12] =
+pub(crate) const CURVE_PERCENTILES: [f64; 12] =
     [0.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.95, 99.99, 99.999, 100.0];
 
 /// Latency figures of a histogram: (mean, p50, p90, p99, p99.9, p99.99, max, curve).
-pub struct LatencyFigures {
+pub(crate) struct LatencyFigures {
     pub mean_us: f64,
     pub p50_us: u64,
     pub p90_us: u64,
@@ -181,7 +181,7 @@ pub struct LatencyFigures {
     pub percentiles: Vec<PercentilePoint>,
 }
 
-pub fn latency_figures(histogram: &Histogram<u64>) -> LatencyFigures {
+pub(crate) fn latency_figures(histogram: &Histogram<u64>) -> LatencyFigures {
     let at = |percentile: f64| {
         if histogram.is_empty() { 0 } else { histogram.value_at_percentile(percentile) }
     };
@@ -201,7 +201,7 @@ pub fn latency_figures(histogram: &Histogram<u64>) -> LatencyFigures {
 }
 
 /// Per-message figures of a window of `seconds`.
-pub fn message_figures(
+pub(crate) fn message_figures(
     by_message: &BTreeMap<&'static str, crate::stats::MessageInterval>,
     seconds: f64,
 ) -> BTreeMap<String, MessageFigures> {
@@ -233,13 +233,13 @@ pub fn message_figures(
 }
 
 impl Report {
-    pub fn to_json(&self) -> String {
+    pub(crate) fn to_json(&self) -> String {
         serde_json::to_string_pretty(self)
             .unwrap_or_else(|error| format!("{{\"error\": \"{error}\"}}"))
     }
 
     /// The human summary printed at the end of a run.
-    pub fn to_text(&self) -> String {
+    pub(crate) fn to_text(&self) -> String {
         let mut out = String::new();
         self.write_run_line(&mut out);
         self.write_throughput(&mut out);
@@ -478,11 +478,11 @@ fn named_counts(counts: &BTreeMap<String, u64>) -> Vec<String> {
 }
 
 /// `1234567` -> `1,234,567`.
-pub fn thousands(value: u64) -> String {
+pub(crate) fn thousands(value: u64) -> String {
     let digits = value.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (index, digit) in digits.chars().enumerate() {
-        if index > 0 && (digits.len() - index) % 3 == 0 {
+        if index > 0 && (digits.len() - index).is_multiple_of(3) {
             out.push(',');
         }
         out.push(digit);
@@ -491,11 +491,11 @@ pub fn thousands(value: u64) -> String {
 }
 
 #[cfg(test)]
-pub mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::stats::{new_histogram, record};
 
-    pub fn sample_report() -> Report {
+    pub(crate) fn sample_report() -> Report {
         let mut histogram = new_histogram();
         for value in 1..=1000u64 {
             record(&mut histogram, value * 10, 1);

@@ -4,7 +4,7 @@
 //! dependency, and a loader needs nothing more than this.)
 
 /// One SplitMix64 step: advances `state` and returns a well-mixed 64-bit value.
-pub fn splitmix64(state: &mut u64) -> u64 {
+pub(crate) fn splitmix64(state: &mut u64) -> u64 {
     *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
     let mut z = *state;
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -14,13 +14,13 @@ pub fn splitmix64(state: &mut u64) -> u64 {
 
 /// xoshiro256** generator.
 #[derive(Clone, Debug)]
-pub struct Rng {
+pub(crate) struct Rng {
     state: [u64; 4],
 }
 
 impl Rng {
     /// A generator whose whole sequence is fixed by `seed`.
-    pub fn new(seed: u64) -> Rng {
+    pub(crate) fn new(seed: u64) -> Rng {
         let mut mix = seed;
         let state = [
             splitmix64(&mut mix),
@@ -36,12 +36,12 @@ impl Rng {
     }
 
     /// An independent stream for (`seed`, `stream`), e.g. one per connection and purpose.
-    pub fn stream(seed: u64, stream: u64) -> Rng {
+    pub(crate) fn stream(seed: u64, stream: u64) -> Rng {
         let mut mix = stream ^ 0x5053_4C47_5354_524D; // "PSLGSTRM"
         Rng::new(seed ^ splitmix64(&mut mix))
     }
 
-    pub fn next_u64(&mut self) -> u64 {
+    pub(crate) fn next_u64(&mut self) -> u64 {
         let s = &mut self.state;
         let result = s[1].wrapping_mul(5).rotate_left(7).wrapping_mul(9);
         let t = s[1] << 17;
@@ -55,7 +55,7 @@ impl Rng {
     }
 
     /// Uniform in `0..bound` without modulo bias (Lemire's method); `bound` 0 gives 0.
-    pub fn below(&mut self, bound: u64) -> u64 {
+    pub(crate) fn below(&mut self, bound: u64) -> u64 {
         if bound == 0 {
             return 0;
         }
@@ -69,7 +69,7 @@ impl Rng {
     }
 
     /// Uniform in `low..=high` (`high < low` gives `low`).
-    pub fn range_inclusive(&mut self, low: u64, high: u64) -> u64 {
+    pub(crate) fn range_inclusive(&mut self, low: u64, high: u64) -> u64 {
         if high <= low {
             return low;
         }
@@ -80,12 +80,12 @@ impl Rng {
     }
 
     /// Uniform in `[0, 1)` with 53 bits of precision.
-    pub fn next_f64(&mut self) -> f64 {
+    pub(crate) fn next_f64(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
     }
 
     /// True with probability `percent`/100.
-    pub fn percent(&mut self, percent: u64) -> bool {
+    pub(crate) fn percent(&mut self, percent: u64) -> bool {
         self.below(100) < percent
     }
 }

@@ -50,7 +50,7 @@ use crate::workload::{Events, Frame, Generator, WorkloadParams, WorkloadSpec};
 
 /// Everything a run needs besides the cards.
 #[derive(Clone, Debug)]
-pub struct RunSpec {
+pub(crate) struct RunSpec {
     pub address: String,
     pub workload: WorkloadSpec,
     pub dist: DistSpec,
@@ -76,7 +76,7 @@ pub struct RunSpec {
 
 /// Where the optional outputs go.
 #[derive(Clone, Debug, Default)]
-pub struct RunOutputs {
+pub(crate) struct RunOutputs {
     pub report_json: Option<std::path::PathBuf>,
     pub hdr_log: Option<std::path::PathBuf>,
     pub svg: Option<std::path::PathBuf>,
@@ -99,7 +99,7 @@ fn lock(interval: &Mutex<Interval>) -> MutexGuard<'_, Interval> {
 
 /// A connection's frame times: frame k is due `offset_ns + k * interval_ns` after the start.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Schedule {
+pub(crate) struct Schedule {
     pub offset_ns: u64,
     pub interval_ns: u64,
 }
@@ -107,7 +107,7 @@ pub struct Schedule {
 impl Schedule {
     /// Schedules for `connections` connections sharing `rate_ops_per_s` in frames of `batch`,
     /// staggered so the connections' frames interleave evenly.
-    pub fn for_rate(rate_ops_per_s: u64, batch: usize, connections: usize) -> Vec<Schedule> {
+    pub(crate) fn for_rate(rate_ops_per_s: u64, batch: usize, connections: usize) -> Vec<Schedule> {
         let connections = connections.max(1) as u64;
         let frames_per_s = rate_ops_per_s as f64 / batch.max(1) as f64;
         let global_interval_ns = (1e9 / frames_per_s.max(1e-9)).max(1.0);
@@ -120,12 +120,12 @@ impl Schedule {
             .collect()
     }
 
-    pub fn due_ns(&self, frame: u64) -> u64 {
+    pub(crate) fn due_ns(&self, frame: u64) -> u64 {
         self.offset_ns.saturating_add(frame.saturating_mul(self.interval_ns))
     }
 
     /// How many frames are due at or before `elapsed_ns`.
-    pub fn frames_due_by(&self, elapsed_ns: u64) -> u64 {
+    pub(crate) fn frames_due_by(&self, elapsed_ns: u64) -> u64 {
         if elapsed_ns < self.offset_ns {
             0
         } else {
@@ -852,7 +852,11 @@ async fn ramp<F: Future<Output = FrameOutput> + Send + 'static>(
 
 /// Runs the workload against the cards in `cards_path`. Returns whether the run passed (always
 /// true without `--validate`).
-pub async fn run(spec: &RunSpec, cards_path: &Path, outputs: &RunOutputs) -> anyhow::Result<bool> {
+pub(crate) async fn run(
+    spec: &RunSpec,
+    cards_path: &Path,
+    outputs: &RunOutputs,
+) -> anyhow::Result<bool> {
     check_spec(spec)?;
     let mut cpu = CpuWindow::new(spec.server_pid)
         .map_err(|error| anyhow::anyhow!("--server-pid: {error}"))?;
@@ -1309,12 +1313,12 @@ async fn settle_after(
         );
     }
     leftover_holds.extend(resolution.holds_pending.iter().copied());
-    if let Some(pool) = &pool {
-        if !leftover_holds.is_empty() {
-            match validate::void_holds(pool, cards, model, leftover_holds).await {
-                Ok(voided) => eprintln!("run: voided {voided} holds left pending"),
-                Err(error) => eprintln!("run: could not void holds left pending: {error:#}"),
-            }
+    if let Some(pool) = &pool
+        && !leftover_holds.is_empty()
+    {
+        match validate::void_holds(pool, cards, model, leftover_holds).await {
+            Ok(voided) => eprintln!("run: voided {voided} holds left pending"),
+            Err(error) => eprintln!("run: could not void holds left pending: {error:#}"),
         }
     }
     Settled { unknown_count, resolution, pool }
@@ -1546,7 +1550,7 @@ fn write_outputs(report: &Report, outputs: &RunOutputs, measured: &Measured) -> 
         write_hdr_log(path, measured.window.start_time, intervals)?;
     }
     if let Some(path) = &outputs.svg {
-        std::fs::write(path, crate::svg::render(&report))
+        std::fs::write(path, crate::svg::render(report))
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())

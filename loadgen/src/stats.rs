@@ -10,26 +10,26 @@ use hdrhistogram::Histogram;
 use pinswitch_protocol::ResultCode;
 
 /// Pseudo code: the connection failed with the frame in flight (outcome unknown).
-pub const CODE_NETWORK_ERROR: u16 = 60_000;
+pub(crate) const CODE_NETWORK_ERROR: u16 = 60_000;
 /// Pseudo code: the reply could not be decoded or had the wrong number of results.
-pub const CODE_BAD_REPLY: u16 = 60_001;
+pub(crate) const CODE_BAD_REPLY: u16 = 60_001;
 
 /// Largest latency a histogram records (one hour); larger samples saturate.
 const LATENCY_US_MAX: u64 = 3_600_000_000;
 
 /// A latency histogram in microseconds with 3 significant digits.
-pub fn new_histogram() -> Histogram<u64> {
+pub(crate) fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, LATENCY_US_MAX, 3).expect("constant histogram bounds are valid")
 }
 
 /// Records `count` samples of `value_us`, clamped into the histogram's range.
-pub fn record(histogram: &mut Histogram<u64>, value_us: u64, count: u64) {
+pub(crate) fn record(histogram: &mut Histogram<u64>, value_us: u64, count: u64) {
     let value_us = value_us.clamp(1, LATENCY_US_MAX);
     let _ = histogram.record_n(value_us, count);
 }
 
 /// The name reports use for a code.
-pub fn code_name(code: u16) -> String {
+pub(crate) fn code_name(code: u16) -> String {
     match code {
         CODE_NETWORK_ERROR => "NETWORK_ERROR".to_owned(),
         CODE_BAD_REPLY => "BAD_REPLY".to_owned(),
@@ -41,13 +41,13 @@ pub fn code_name(code: u16) -> String {
 }
 
 /// True for codes counted as errors: everything but the success codes 0..=99.
-pub fn is_error(code: u16) -> bool {
+pub(crate) fn is_error(code: u16) -> bool {
     code >= 100
 }
 
 /// What one connection measured since the reporter last collected.
 #[derive(Debug)]
-pub struct Interval {
+pub(crate) struct Interval {
     /// Per operation: from the frame's scheduled send to its reply.
     pub latency_us: Histogram<u64>,
     /// Per frame: from its scheduled send to the moment it was handed to the client.
@@ -63,7 +63,7 @@ pub struct Interval {
 
 /// One message type's share of an interval.
 #[derive(Debug)]
-pub struct MessageInterval {
+pub(crate) struct MessageInterval {
     /// Per operation, as `Interval::latency_us`.
     pub latency_us: Histogram<u64>,
     pub ops: u64,
@@ -79,7 +79,7 @@ impl Default for MessageInterval {
 }
 
 impl MessageInterval {
-    pub fn merge(&mut self, other: &MessageInterval) {
+    pub(crate) fn merge(&mut self, other: &MessageInterval) {
         let _ = self.latency_us.add(&other.latency_us);
         self.ops += other.ops;
         self.ok += other.ok;
@@ -103,7 +103,7 @@ impl Default for Interval {
 }
 
 impl Interval {
-    pub fn count_code(&mut self, code: u16, count: u64) {
+    pub(crate) fn count_code(&mut self, code: u16, count: u64) {
         *self.by_code.entry(code).or_insert(0) += count;
         if is_error(code) {
             self.errors += count;
@@ -111,7 +111,7 @@ impl Interval {
     }
 
     /// Adds another interval's measurements to this one.
-    pub fn merge(&mut self, other: &Interval) {
+    pub(crate) fn merge(&mut self, other: &Interval) {
         let _ = self.latency_us.add(&other.latency_us);
         let _ = self.send_lag_us.add(&other.send_lag_us);
         self.ops += other.ops;
@@ -131,7 +131,7 @@ impl Interval {
 
     /// Records a frame of `message` answered after `latency_us`: its operations' count, how many
     /// succeeded and how many failed.
-    pub fn record_message(
+    pub(crate) fn record_message(
         &mut self,
         message: &'static str,
         latency_us: u64,
@@ -146,12 +146,12 @@ impl Interval {
     }
 
     /// Operations of a message type answered with a success code.
-    pub fn ok_of(&self, message: &str) -> u64 {
+    pub(crate) fn ok_of(&self, message: &str) -> u64 {
         self.by_message.get(message).map_or(0, |entry| entry.ok)
     }
 
     /// Counts by code name, errors only or all.
-    pub fn counts_by_name(&self, errors_only: bool) -> BTreeMap<String, u64> {
+    pub(crate) fn counts_by_name(&self, errors_only: bool) -> BTreeMap<String, u64> {
         self.by_code
             .iter()
             .filter(|(code, _)| !errors_only || is_error(**code))

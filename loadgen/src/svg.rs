@@ -16,7 +16,7 @@ const RIGHT: f64 = 30.0;
 const X_MAX_POSITION: f64 = 5.5;
 
 /// Escapes text for SVG content and attributes.
-pub fn escape(text: &str) -> String {
+pub(crate) fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for ch in text.chars() {
         match ch {
@@ -32,7 +32,7 @@ pub fn escape(text: &str) -> String {
 }
 
 /// A round axis maximum at or above `max` and its tick step (1, 2 or 5 times a power of ten).
-pub fn nice_axis(max: f64) -> (f64, f64) {
+pub(crate) fn nice_axis(max: f64) -> (f64, f64) {
     if !(max.is_finite() && max > 0.0) {
         return (1.0, 0.2);
     }
@@ -161,7 +161,7 @@ fn percentile_position(percentile: f64) -> f64 {
 }
 
 /// Renders the report's charts.
-pub fn render(report: &Report) -> String {
+pub(crate) fn render(report: &Report) -> String {
     let height = TOP + 3.0 * (PANEL_HEIGHT + PANEL_GAP) + 10.0;
     let mut out = String::new();
     let _ = writeln!(

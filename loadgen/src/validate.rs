@@ -16,7 +16,7 @@ use crate::stats::code_name;
 
 /// What INQUIRY said about the unknown operations.
 #[derive(Debug, Default)]
-pub struct Resolution {
+pub(crate) struct Resolution {
     /// Found executed (approved or declined); applied to the model.
     pub executed: u64,
     /// Never executed (unknown to the switch, or fenced by a tombstone).
@@ -35,7 +35,7 @@ fn hold_of(op: &Op) -> Op {
 }
 
 /// Decides one unknown operation from its INQUIRY answer, moving the model if it ran.
-pub fn resolve_one(
+pub(crate) fn resolve_one(
     model: &Model,
     op: &Op,
     inquiry_code: u16,
@@ -76,7 +76,7 @@ pub fn resolve_one(
 }
 
 /// Resolves unknown operations by INQUIRY. Fails only when the switch cannot be asked at all.
-pub async fn resolve(
+pub(crate) async fn resolve(
     pool: &Pool,
     cards: &[CardRecord],
     model: &Model,
@@ -107,7 +107,7 @@ pub async fn resolve(
 }
 
 /// Voids holds (ops from `Resolution::holds_pending`) and moves the model by the replies.
-pub async fn void_holds(
+pub(crate) async fn void_holds(
     pool: &Pool,
     cards: &[CardRecord],
     model: &Model,
@@ -141,7 +141,7 @@ pub async fn void_holds(
 
 /// One card as the switch reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Observed {
+pub(crate) struct Observed {
     pub code: u16,
     pub state: u8,
     pub balance_won: u64,
@@ -149,7 +149,10 @@ pub struct Observed {
 }
 
 /// Reads every card with BALANCE_INQUIRY (large batches, pipelined).
-pub async fn read_balances(pool: &Pool, cards: &[CardRecord]) -> anyhow::Result<Vec<Observed>> {
+pub(crate) async fn read_balances(
+    pool: &Pool,
+    cards: &[CardRecord],
+) -> anyhow::Result<Vec<Observed>> {
     let inquiries: Vec<BalanceInquiry> =
         cards.iter().map(|card| BalanceInquiry { pin: card.pin }).collect();
     let batch = pool.batch_len(usize::MAX);
@@ -172,7 +175,7 @@ pub async fn read_balances(pool: &Pool, cards: &[CardRecord]) -> anyhow::Result<
 
 /// A card whose switch state differs from the model.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Mismatch {
+pub(crate) struct Mismatch {
     pub card: u32,
     pub pin: u64,
     pub expected_balance_won: i64,
@@ -183,7 +186,7 @@ pub struct Mismatch {
 
 /// Compares every card; `expected(card)` gives (balance, held or `None` to skip holds).
 /// Cards listed in `skip` (uncertain) are not compared.
-pub fn compare(
+pub(crate) fn compare(
     cards: &[CardRecord],
     observed: &[Observed],
     skip: &[bool],
@@ -213,12 +216,12 @@ pub fn compare(
 }
 
 /// `****-****-****-3456`.
-pub fn mask_pin(pin: u64) -> String {
+pub(crate) fn mask_pin(pin: u64) -> String {
     format!("****-****-****-{:04}", pin % 10_000)
 }
 
 /// One line describing a mismatch.
-pub fn describe(mismatch: &Mismatch) -> String {
+pub(crate) fn describe(mismatch: &Mismatch) -> String {
     let seen = &mismatch.observed;
     if seen.code != ResultCode::Approved.as_u16() {
         return format!(
@@ -246,7 +249,7 @@ pub fn describe(mismatch: &Mismatch) -> String {
 }
 
 /// Prints up to `limit` mismatches to stderr.
-pub fn print_mismatches(mismatches: &[Mismatch], limit: usize) {
+pub(crate) fn print_mismatches(mismatches: &[Mismatch], limit: usize) {
     for mismatch in mismatches.iter().take(limit) {
         eprintln!("MISMATCH {}", describe(mismatch));
     }
@@ -256,7 +259,7 @@ pub fn print_mismatches(mismatches: &[Mismatch], limit: usize) {
 }
 
 /// Marks the cards touched by operations that are still unresolved.
-pub fn uncertain_cards(card_count: usize, unresolved: &[Op]) -> Vec<bool> {
+pub(crate) fn uncertain_cards(card_count: usize, unresolved: &[Op]) -> Vec<bool> {
     let mut skip = vec![false; card_count];
     for op in unresolved {
         if let Some(slot) = skip.get_mut(op.card as usize) {
@@ -268,7 +271,7 @@ pub fn uncertain_cards(card_count: usize, unresolved: &[Op]) -> Vec<bool> {
 
 /// What to validate.
 #[derive(Clone, Debug)]
-pub struct ValidateSpec {
+pub(crate) struct ValidateSpec {
     pub address: String,
     pub cards_file: PathBuf,
     pub connections: usize,
@@ -276,11 +279,11 @@ pub struct ValidateSpec {
 }
 
 /// How many mismatches are printed.
-pub const MISMATCHES_SHOWN_MAX: usize = 50;
+pub(crate) const MISMATCHES_SHOWN_MAX: usize = 50;
 
 /// `validate`: resolve the file's pending operations, compare every balance, and on success
 /// write the file back with the resolved expectations. Returns whether everything matched.
-pub async fn validate_command(spec: &ValidateSpec) -> anyhow::Result<bool> {
+pub(crate) async fn validate_command(spec: &ValidateSpec) -> anyhow::Result<bool> {
     let started = Instant::now();
     let mut file = cards::read(&spec.cards_file)?;
     let pool = Pool::connect(&spec.address, spec.connections, spec.in_flight).await?;

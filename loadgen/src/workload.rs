@@ -31,7 +31,7 @@ use crate::rng::Rng;
 
 /// One workload family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Leaf {
+pub(crate) enum Leaf {
     Sale,
     Gateway,
     Recharge,
@@ -62,7 +62,7 @@ impl Leaf {
 
 /// A workload as given on the command line: families with weights (one family = weight 1).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct WorkloadSpec {
+pub(crate) struct WorkloadSpec {
     pub parts: Vec<(Leaf, u32)>,
 }
 
@@ -124,14 +124,14 @@ impl fmt::Display for WorkloadSpec {
 
 impl WorkloadSpec {
     /// The `calls` workload (charging sessions).
-    pub fn is_calls(&self) -> bool {
+    pub(crate) fn is_calls(&self) -> bool {
         self.parts.iter().any(|(leaf, _)| *leaf == Leaf::Calls)
     }
 }
 
 /// Amounts and sizes of generated operations.
 #[derive(Clone, Copy, Debug)]
-pub struct WorkloadParams {
+pub(crate) struct WorkloadParams {
     pub batch: usize,
     /// SALE and AUTHORIZE amounts are uniform in `sale_min_won..=sale_max_won`.
     pub sale_min_won: u64,
@@ -146,7 +146,7 @@ pub struct WorkloadParams {
 
 /// The events of one frame.
 #[derive(Clone, Debug)]
-pub enum Events {
+pub(crate) enum Events {
     Load(Vec<CardLoad>),
     Sale(Vec<Sale>),
     Authorize(Vec<Authorize>),
@@ -161,7 +161,7 @@ pub enum Events {
 
 impl Events {
     /// The message type's name, as reports show it.
-    pub fn name(&self) -> &'static str {
+    pub(crate) fn name(&self) -> &'static str {
         match self {
             Events::Load(_) => "CARD_LOAD",
             Events::Sale(_) => "SALE",
@@ -179,7 +179,7 @@ impl Events {
 
 /// A frame to send: its events and, index for index, the operations they are.
 #[derive(Clone, Debug)]
-pub struct Frame {
+pub(crate) struct Frame {
     pub events: Events,
     pub ops: Vec<Op>,
 }
@@ -218,7 +218,7 @@ impl FollowUps {
 }
 
 /// Makes the frames of one connection.
-pub struct Generator {
+pub(crate) struct Generator {
     parts: Vec<(Leaf, u32)>,
     weight_total: u64,
     params: WorkloadParams,
@@ -252,7 +252,7 @@ fn follow_up_slot(kind: OpKind) -> Option<usize> {
 }
 
 impl Generator {
-    pub fn new(
+    pub(crate) fn new(
         spec: &WorkloadSpec,
         params: WorkloadParams,
         picker: CardPicker,
@@ -280,7 +280,7 @@ impl Generator {
     }
 
     /// A generator whose frames are the `calls` workload's session events.
-    pub fn for_calls(params: WorkloadParams, calls: CallGen) -> Generator {
+    pub(crate) fn for_calls(params: WorkloadParams, calls: CallGen) -> Generator {
         Generator {
             parts: vec![(Leaf::Calls, 1)],
             weight_total: 1,
@@ -298,7 +298,7 @@ impl Generator {
 
     /// Takes back the buffers of a frame that is done with (answered, failed or never sent):
     /// its operations and, when they came back, its events. The next frames refill them.
-    pub fn recycle(&mut self, events: Option<Events>, ops: Vec<Op>) {
+    pub(crate) fn recycle(&mut self, events: Option<Events>, ops: Vec<Op>) {
         // One spare of each is enough: a connection sends about one frame per frame answered.
         if ops.capacity() > self.spare_ops.capacity() {
             self.spare_ops = ops;
@@ -316,17 +316,17 @@ impl Generator {
         }
     }
 
-    pub fn calls(&self) -> Option<&CallGen> {
+    pub(crate) fn calls(&self) -> Option<&CallGen> {
         self.calls.as_ref()
     }
 
-    pub fn calls_mut(&mut self) -> Option<&mut CallGen> {
+    pub(crate) fn calls_mut(&mut self) -> Option<&mut CallGen> {
         self.calls.as_mut()
     }
 
     /// The next frame of the workload; `None` only for calls when every call waits for a reply
     /// (or, in the ramp, when every START is out).
-    pub fn next_frame(
+    pub(crate) fn next_frame(
         &mut self,
         now: Instant,
         cards: &[CardRecord],
@@ -354,7 +354,7 @@ impl Generator {
 
     /// Follow-ups still queued (sent by `drain_frame` at the end of a run); for calls, the calls
     /// not yet ended.
-    pub fn follow_ups_pending(&self) -> usize {
+    pub(crate) fn follow_ups_pending(&self) -> usize {
         if let Some(calls) = &self.calls {
             return calls.open_calls();
         }
@@ -362,7 +362,7 @@ impl Generator {
     }
 
     /// Prepares the end of a run: calls get their ENDs queued (follow-ups need nothing).
-    pub fn begin_drain(&mut self, model: &Model) {
+    pub(crate) fn begin_drain(&mut self, model: &Model) {
         if let Some(calls) = &mut self.calls {
             calls.begin_drain(model);
         }
@@ -370,7 +370,7 @@ impl Generator {
 
     /// A frame of whatever follow-ups remain, regardless of age (for calls: ENDs); `None` when
     /// none remain (or, for calls, none can be sent before a reply).
-    pub fn drain_frame(&mut self, now: Instant, cards: &[CardRecord]) -> Option<Frame> {
+    pub(crate) fn drain_frame(&mut self, now: Instant, cards: &[CardRecord]) -> Option<Frame> {
         if let Some(calls) = &mut self.calls {
             return calls.next_frame(cards);
         }
@@ -382,7 +382,7 @@ impl Generator {
 
     /// An answered operation: follow-ups are queued (or re-queued when it did not run); calls
     /// move on to their next event.
-    pub fn on_reply(
+    pub(crate) fn on_reply(
         &mut self,
         op: &Op,
         result: &OpResult,
@@ -401,7 +401,7 @@ impl Generator {
 
     /// Operations whose reply was lost with the connection: calls carry on (an END is sent
     /// again); gateway follow-ups are not retried (the INQUIRY at the end settles their holds).
-    pub fn on_lost(&mut self, ops: &[Op], model: &Model) {
+    pub(crate) fn on_lost(&mut self, ops: &[Op], model: &Model) {
         if let Some(calls) = &mut self.calls {
             for op in ops {
                 calls.on_lost(op, model);
@@ -410,14 +410,14 @@ impl Generator {
     }
 
     /// A SESSION_NOTICE push.
-    pub fn on_notice(&mut self, notice: &SessionNotice, model: &Model) {
+    pub(crate) fn on_notice(&mut self, notice: &SessionNotice, model: &Model) {
         if let Some(calls) = &mut self.calls {
             calls.on_notice(notice, model);
         }
     }
 
     /// Queues the follow-ups an answered operation calls for.
-    pub fn on_result(&mut self, op: &Op, code: u16, now: Instant) {
+    pub(crate) fn on_result(&mut self, op: &Op, code: u16, now: Instant) {
         if code != 0 {
             return;
         }
@@ -467,7 +467,7 @@ impl Generator {
 
     /// An operation that was not executed: follow-ups go back in the queue (they get a fresh op
     /// id when sent again); new operations are simply dropped.
-    pub fn on_not_executed(&mut self, op: &Op, now: Instant) {
+    pub(crate) fn on_not_executed(&mut self, op: &Op, now: Instant) {
         if let Some(calls) = &mut self.calls {
             calls.on_not_executed(op);
             return;

@@ -12,18 +12,18 @@ use pinswitch_journal::format::{RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES};
 use pinswitch_journal::{Journal, JournalError, JournalOptions};
 
 /// A test error: anything printable.
-pub type TestResult = Result<(), Box<dyn std::error::Error>>;
+pub(crate) type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 /// splitmix64: tiny, seedable, good enough to pick sizes and bytes.
 #[derive(Clone, Debug)]
-pub struct SplitMix64(u64);
+pub(crate) struct SplitMix64(u64);
 
 impl SplitMix64 {
-    pub fn new(seed: u64) -> Self {
+    pub(crate) fn new(seed: u64) -> Self {
         SplitMix64(seed)
     }
 
-    pub fn next_u64(&mut self) -> u64 {
+    pub(crate) fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -32,14 +32,14 @@ impl SplitMix64 {
     }
 
     /// Uniform-ish in `0..bound` (bound > 0).
-    pub fn below(&mut self, bound: u64) -> u64 {
+    pub(crate) fn below(&mut self, bound: u64) -> u64 {
         self.next_u64() % bound
     }
 }
 
 /// The payload of record `seq` in a journal written with `seed`: mostly 0..300 bytes, one in
 /// eight up to 2000 bytes, a few empty.
-pub fn payload(seed: u64, seq: u64) -> Vec<u8> {
+pub(crate) fn payload(seed: u64, seq: u64) -> Vec<u8> {
     let mut rng = SplitMix64::new(seed ^ seq.wrapping_mul(0xA076_1D64_78BD_642F));
     let len = match rng.below(16) {
         0 => 0,
@@ -55,7 +55,7 @@ pub fn payload(seed: u64, seq: u64) -> Vec<u8> {
 }
 
 /// Opens (recovering) the journal in `dir`, replaying nothing.
-pub fn open(dir: &Path, options: JournalOptions) -> Result<Journal, JournalError> {
+pub(crate) fn open(dir: &Path, options: JournalOptions) -> Result<Journal, JournalError> {
     let (_, recovery) = Journal::recover(dir, options)?;
     recovery.into_journal()
 }
@@ -63,7 +63,7 @@ pub fn open(dir: &Path, options: JournalOptions) -> Result<Journal, JournalError
 /// Appends records `journal.last_seq() + 1 ..= up_to_seq` with [`payload`], committing in
 /// groups of 1..=max_group records chosen by `rng`. Returns the commit groups as
 /// (first_seq, last_seq).
-pub fn write_groups(
+pub(crate) fn write_groups(
     journal: &mut Journal,
     seed: u64,
     up_to_seq: u64,
@@ -87,7 +87,7 @@ pub fn write_groups(
 }
 
 /// Replays the whole journal (after `after_seq`) into a vector of (seq, payload).
-pub fn replay_all(
+pub(crate) fn replay_all(
     dir: &Path,
     options: JournalOptions,
     after_seq: u64,
@@ -103,7 +103,7 @@ pub fn replay_all(
 }
 
 /// Asserts `records` are exactly seqs `first..=last` of the journal written with `seed`.
-pub fn assert_records(records: &[(u64, Vec<u8>)], seed: u64, first: u64, last: u64) {
+pub(crate) fn assert_records(records: &[(u64, Vec<u8>)], seed: u64, first: u64, last: u64) {
     let expected_count = (last + 1).saturating_sub(first) as usize;
     assert_eq!(
         records.len(),
@@ -118,7 +118,7 @@ pub fn assert_records(records: &[(u64, Vec<u8>)], seed: u64, first: u64, last: u
 }
 
 /// Segment files of `dir`, sorted.
-pub fn segment_paths(dir: &Path) -> Result<Vec<PathBuf>, std::io::Error> {
+pub(crate) fn segment_paths(dir: &Path) -> Result<Vec<PathBuf>, std::io::Error> {
     let mut paths: Vec<PathBuf> = fs::read_dir(dir)?
         .filter_map(|entry| entry.ok().map(|entry| entry.path()))
         .filter(|path| path.extension().is_some_and(|ext| ext == "seg"))
@@ -129,7 +129,7 @@ pub fn segment_paths(dir: &Path) -> Result<Vec<PathBuf>, std::io::Error> {
 
 /// Where one record sits, found by parsing the documented layout independently of the crate.
 #[derive(Clone, Debug)]
-pub struct Placed {
+pub(crate) struct Placed {
     pub seq: u64,
     pub file: PathBuf,
     pub offset: usize,
@@ -141,7 +141,7 @@ pub struct Placed {
 
 /// Every record of every segment in `dir`, following the format docs: 40-byte header, then
 /// `len u32 | crc u32 | seq u64 | payload | pad to 8` until a zero `len`.
-pub fn layout(dir: &Path) -> Result<Vec<Placed>, std::io::Error> {
+pub(crate) fn layout(dir: &Path) -> Result<Vec<Placed>, std::io::Error> {
     let mut placed = Vec::new();
     for file in segment_paths(dir)? {
         let bytes = fs::read(&file)?;
@@ -173,7 +173,7 @@ pub fn layout(dir: &Path) -> Result<Vec<Placed>, std::io::Error> {
 }
 
 /// Copies the journal files of `from` into a fresh directory `to` (a crash image to edit).
-pub fn copy_dir(from: &Path, to: &Path) -> Result<(), std::io::Error> {
+pub(crate) fn copy_dir(from: &Path, to: &Path) -> Result<(), std::io::Error> {
     fs::create_dir_all(to)?;
     for entry in fs::read_dir(from)? {
         let entry = entry?;
@@ -185,13 +185,13 @@ pub fn copy_dir(from: &Path, to: &Path) -> Result<(), std::io::Error> {
 }
 
 /// The same file in another directory.
-pub fn in_dir(dir: &Path, file: &Path) -> PathBuf {
+pub(crate) fn in_dir(dir: &Path, file: &Path) -> PathBuf {
     dir.join(file.file_name().unwrap_or_default())
 }
 
 /// Zeroes `path` from `offset` to its end (the file keeps its length, as a preallocated segment
 /// would after a crash).
-pub fn zero_from(path: &Path, offset: usize) -> Result<(), std::io::Error> {
+pub(crate) fn zero_from(path: &Path, offset: usize) -> Result<(), std::io::Error> {
     let mut bytes = fs::read(path)?;
     let offset = offset.min(bytes.len());
     bytes[offset..].fill(0);
@@ -199,7 +199,7 @@ pub fn zero_from(path: &Path, offset: usize) -> Result<(), std::io::Error> {
 }
 
 /// Flips one bit of `path` at `offset`.
-pub fn flip_bit(path: &Path, offset: usize, bit: u8) -> Result<(), std::io::Error> {
+pub(crate) fn flip_bit(path: &Path, offset: usize, bit: u8) -> Result<(), std::io::Error> {
     let mut bytes = fs::read(path)?;
     bytes[offset] ^= 1 << bit;
     fs::write(path, bytes)
@@ -207,7 +207,7 @@ pub fn flip_bit(path: &Path, offset: usize, bit: u8) -> Result<(), std::io::Erro
 
 /// How many records of `placed` (in seq order) are still intact in `image` compared with the
 /// files they were placed from: the expected recovered prefix after damage to the image.
-pub fn intact_prefix(placed: &[Placed], image: &Path) -> Result<u64, std::io::Error> {
+pub(crate) fn intact_prefix(placed: &[Placed], image: &Path) -> Result<u64, std::io::Error> {
     let mut cache: Vec<(PathBuf, Vec<u8>, Vec<u8>)> = Vec::new();
     let mut count = 0;
     for record in placed {

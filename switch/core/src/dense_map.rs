@@ -101,7 +101,7 @@ impl<V: Clone> DenseMap<V> {
         };
         let index = self.len;
         assert!(index < u32::MAX as usize - 1, "a dense map holds fewer than 2^32 - 1 entries");
-        if index % CHUNK_ENTRIES == 0 {
+        if index.is_multiple_of(CHUNK_ENTRIES) {
             self.chunks.push(Arc::new(Vec::with_capacity(CHUNK_ENTRIES)));
         }
         let chunk = Arc::make_mut(self.chunks.last_mut().expect("pushed above"));

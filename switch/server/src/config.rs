@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct Config {
+pub(crate) struct Config {
     pub server: ServerSection,
     pub limits: Limits,
     pub journal: JournalSection,
@@ -25,7 +25,7 @@ pub struct Config {
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct ServerSection {
+pub(crate) struct ServerSection {
     /// Where journals, snapshots and the key file live. Created when absent, recovered when not.
     pub data_dir: PathBuf,
     /// TCP listen address (loopback by default: the switch sits behind gateways, not on the web).
@@ -46,7 +46,7 @@ pub struct ServerSection {
 /// unbounded queue.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// Largest frame body accepted; larger frames get FRAME_TOO_LARGE and the connection closes.
     pub frame_bytes_max: u32,
     /// Most events in one frame; more get BATCH_TOO_LARGE.
@@ -82,7 +82,7 @@ pub struct Limits {
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct JournalSection {
+pub(crate) struct JournalSection {
     pub segment_bytes: u64,
     /// Most bytes one group commit writes; bounds what recovery may treat as a torn tail.
     pub commit_bytes_max: u64,
@@ -99,7 +99,7 @@ pub struct JournalSection {
 /// limits. (The money rules of sessions are in `[engine]`: they are journaled.)
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct SessionsSection {
+pub(crate) struct SessionsSection {
     /// Report when this many granted seconds are left (RFC 8506 Time-Quota-Threshold).
     pub quota_threshold_s: u32,
     /// What a call switch does when the switch does not answer in time: "terminate",
@@ -135,7 +135,7 @@ impl Default for SessionsSection {
 
 impl SessionsSection {
     /// The wire value of `failure_handling`.
-    pub fn failure_handling_code(&self) -> Option<u8> {
+    pub(crate) fn failure_handling_code(&self) -> Option<u8> {
         match self.failure_handling.as_str() {
             "terminate" => Some(pinswitch_protocol::FAILURE_HANDLING_TERMINATE),
             "continue" => Some(pinswitch_protocol::FAILURE_HANDLING_CONTINUE),
@@ -145,7 +145,7 @@ impl SessionsSection {
     }
 
     /// The redirect number when the final-unit action is "redirect" (`None`: terminate).
-    pub fn redirect(&self) -> Option<Vec<u8>> {
+    pub(crate) fn redirect(&self) -> Option<Vec<u8>> {
         (self.final_unit_action == "redirect").then(|| self.redirect_number.as_bytes().to_vec())
     }
 }
@@ -208,7 +208,7 @@ impl Default for Config {
 
 impl Config {
     /// Defaults, overridden by the TOML file when one is given.
-    pub fn load(path: Option<&Path>) -> anyhow::Result<Config> {
+    pub(crate) fn load(path: Option<&Path>) -> anyhow::Result<Config> {
         let config = match path {
             None => Config::default(),
             Some(path) => {
@@ -225,12 +225,12 @@ impl Config {
     }
 
     /// The engine's rules (`[engine]`, read straight into `EngineConfig`).
-    pub fn engine(&self) -> EngineConfig {
+    pub(crate) fn engine(&self) -> EngineConfig {
         self.engine.clone()
     }
 
     /// The shard count in force: configured, or one per core.
-    pub fn shard_count(&self) -> u16 {
+    pub(crate) fn shard_count(&self) -> u16 {
         if self.server.shards > 0 {
             return self.server.shards;
         }
@@ -239,7 +239,7 @@ impl Config {
             .unwrap_or(1)
     }
 
-    pub fn validate(&self) -> anyhow::Result<()> {
+    pub(crate) fn validate(&self) -> anyhow::Result<()> {
         if let Err(why) = self.engine().validate() {
             bail!("invalid [engine] section: {why}");
         }

@@ -38,13 +38,13 @@ const READ_BUFFER_BASE_BYTES: usize = 64 * 1024;
 /// Read when at least this much room is left; compact or grow below it.
 const READ_ROOM_MIN_BYTES: usize = 16 * 1024;
 /// Pushes queued for one connection between two polls; more are dropped (they are advisory).
-pub const PUSH_QUEUE_FRAMES: usize = 1024;
+pub(crate) const PUSH_QUEUE_FRAMES: usize = 1024;
 /// An output buffer grown past this is given back once it has been written.
 const OUTPUT_KEEP_BYTES: usize = 1 << 20;
 
 /// A byte stream the poll loop can drive: glommio's and tokio's TCP streams, and whatever the
 /// front ends add later (TLS, QUIC streams).
-pub trait Transport {
+pub(crate) trait Transport {
     fn poll_read(&mut self, cx: &mut TaskContext<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>>;
     fn poll_write(&mut self, cx: &mut TaskContext<'_>, buf: &[u8]) -> Poll<io::Result<usize>>;
     fn poll_close(&mut self, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>>;
@@ -81,7 +81,7 @@ impl Transport for tokio::net::TcpStream {
 
 /// Admission of connections, shared by every shard: the total, the count per peer address, and
 /// the bytes all receive buffers hold.
-pub struct Admission {
+pub(crate) struct Admission {
     limits: Limits,
     open: AtomicU32,
     /// Open connections per shard (the hand-off acceptor gives a new one to the fewest).
@@ -92,14 +92,14 @@ pub struct Admission {
 
 /// Why a connection was refused (it is answered RETRY_LATER and closed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     ConnectionsMax,
     ConnectionsPerAddressMax,
     ReadBuffersFull,
 }
 
 impl Admission {
-    pub fn new(limits: Limits, shard_count: u16) -> Admission {
+    pub(crate) fn new(limits: Limits, shard_count: u16) -> Admission {
         Admission {
             limits,
             open: AtomicU32::new(0),
@@ -110,14 +110,14 @@ impl Admission {
     }
 
     /// The shard serving the fewest connections (the lowest such id).
-    pub fn least_loaded_shard(&self) -> usize {
+    pub(crate) fn least_loaded_shard(&self) -> usize {
         (0..self.per_shard.len())
             .min_by_key(|shard| self.per_shard[*shard].load(Ordering::Acquire))
             .unwrap_or(0)
     }
 
     /// Admits a connection from `peer` to be served by `shard`, or says which limit refuses it.
-    pub fn admit(self: &Arc<Self>, peer: IpAddr, shard: usize) -> Result<Ticket, Refusal> {
+    pub(crate) fn admit(self: &Arc<Self>, peer: IpAddr, shard: usize) -> Result<Ticket, Refusal> {
         if self.open.fetch_add(1, Ordering::AcqRel) >= self.limits.connections_max {
             self.open.fetch_sub(1, Ordering::AcqRel);
             return Err(Refusal::ConnectionsMax);
@@ -159,7 +159,7 @@ impl Admission {
 }
 
 /// An admitted connection's place; dropping it frees the place and its buffer budget.
-pub struct Ticket {
+pub(crate) struct Ticket {
     admission: Arc<Admission>,
     peer: IpAddr,
     shard: usize,
@@ -202,7 +202,7 @@ impl Drop for Ticket {
 
 /// What the shard's reaper sees of one connection; times are wall-clock ms, 0 = not running.
 #[derive(Default)]
-pub struct Watch {
+pub(crate) struct Watch {
     last_input_ms: Cell<u64>,
     frame_started_ms: Cell<u64>,
     output_stalled_ms: Cell<u64>,
@@ -213,13 +213,13 @@ pub struct Watch {
 
 /// The connections of one shard thread, looked over once a second.
 #[derive(Default)]
-pub struct Reaper {
+pub(crate) struct Reaper {
     watches: RefCell<Vec<Weak<Watch>>>,
 }
 
 impl Reaper {
     /// A new connection's watch; the reaper looks at it until the connection ends.
-    pub fn watch(&self) -> Rc<Watch> {
+    pub(crate) fn watch(&self) -> Rc<Watch> {
         let watch = Rc::new(Watch::default());
         watch.last_input_ms.set(wall_clock_ms());
         self.watches.borrow_mut().push(Rc::downgrade(&watch));
@@ -228,7 +228,7 @@ impl Reaper {
 
     /// Times out the connections past a limit (they close at their next poll) and forgets the
     /// closed ones. Returns how many it timed out.
-    pub fn sweep(&self, limits: &Limits, now_ms: u64) -> usize {
+    pub(crate) fn sweep(&self, limits: &Limits, now_ms: u64) -> usize {
         let mut timed_out = 0;
         self.watches.borrow_mut().retain(|weak| {
             let Some(watch) = weak.upgrade() else { return false };
@@ -247,13 +247,13 @@ impl Reaper {
             } else {
                 None
             };
-            if let Some(why) = why {
-                if watch.timed_out.get().is_none() {
-                    watch.timed_out.set(Some(why));
-                    timed_out += 1;
-                    if let Some(waker) = watch.waker.borrow_mut().take() {
-                        waker.wake();
-                    }
+            if let Some(why) = why
+                && watch.timed_out.get().is_none()
+            {
+                watch.timed_out.set(Some(why));
+                timed_out += 1;
+                if let Some(waker) = watch.waker.borrow_mut().take() {
+                    waker.wake();
                 }
             }
             true
@@ -453,7 +453,7 @@ fn take_frames(
 /// Serves one admitted connection until the peer closes it, a framing error, a timeout, or a
 /// write failure. Frames already submitted are still answered before the socket closes (their
 /// effects are durable whatever happens to the connection).
-pub async fn serve<T: Transport>(
+pub(crate) async fn serve<T: Transport>(
     mut transport: T,
     context: Arc<Context>,
     mut ticket: Ticket,
@@ -566,7 +566,7 @@ pub async fn serve<T: Transport>(
 /// written, the write side shut, and what the client already sent is read and dropped (closing
 /// with unread input would send a reset, and a reset makes the client's kernel throw away the
 /// unread refusal). Bounded: at most `REFUSAL_DRAIN_BYTES` are read.
-pub async fn refuse<T: Transport>(mut transport: T) {
+pub(crate) async fn refuse<T: Transport>(mut transport: T) {
     const REFUSAL_DRAIN_BYTES: usize = 64 * 1024;
     let refusal = native::error_frame(
         pinswitch_protocol::MsgType::Ping as u16,

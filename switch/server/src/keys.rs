@@ -12,18 +12,18 @@ use siphasher::sip::SipHasher24;
 use siphasher::sip128::{Hasher128, SipHasher24 as SipHasher128};
 
 /// File under the data directory holding the keys; created with mode 0600 on first start.
-pub const KEY_FILE: &str = "keys.bin";
+pub(crate) const KEY_FILE: &str = "keys.bin";
 const KEY_FILE_MAGIC: &[u8; 8] = b"PSKEYS01";
 
 #[derive(Clone)]
-pub struct Keys {
+pub(crate) struct Keys {
     pin_key: [u8; 16],
     password_key: [u8; 16],
 }
 
 impl Keys {
     /// Loads the keys from the data directory, creating them from the CSPRNG on first start.
-    pub fn load_or_create(data_dir: &Path) -> anyhow::Result<Keys> {
+    pub(crate) fn load_or_create(data_dir: &Path) -> anyhow::Result<Keys> {
         let path = data_dir.join(KEY_FILE);
         match std::fs::read(&path) {
             Ok(bytes) => {
@@ -53,7 +53,7 @@ impl Keys {
     }
 
     /// The name of the card with this PIN inside the switch.
-    pub fn pin_hash(&self, pin: u64) -> u128 {
+    pub(crate) fn pin_hash(&self, pin: u64) -> u128 {
         let mut hasher = SipHasher128::new_with_key(&self.pin_key);
         hasher.write_u64(pin);
         hasher.finish128().as_u128()
@@ -62,7 +62,7 @@ impl Keys {
     /// A foreign PIN's keyed hash: it routes the PIN to a shard and names it there (a code
     /// imported twice is refused). Keyed like PINs, with its own domain, so codes cannot be
     /// chosen to pile onto one shard and a foreign code never collides with a card's name.
-    pub fn foreign_hash(&self, code: &[u8]) -> u128 {
+    pub(crate) fn foreign_hash(&self, code: &[u8]) -> u128 {
         let mut hasher = SipHasher128::new_with_key(&self.pin_key);
         hasher.write(b"pinswitch foreign pin\0");
         hasher.write(code);
@@ -71,7 +71,7 @@ impl Keys {
 
     /// The secret seed of the shards' hash tables (op ids are client-chosen: without a secret
     /// seed a client could flood one probe sequence). Derived, so `keys.bin` stays two keys.
-    pub fn table_key(&self) -> [u64; 2] {
+    pub(crate) fn table_key(&self) -> [u64; 2] {
         let mut hasher = SipHasher128::new_with_key(&self.pin_key);
         hasher.write(b"pinswitch shard table seed");
         let seed = hasher.finish128().as_u128();
@@ -79,7 +79,7 @@ impl Keys {
     }
 
     /// The verification value of a password for one card.
-    pub fn password_mac(&self, pin_hash: u128, password: &[u8]) -> u64 {
+    pub(crate) fn password_mac(&self, pin_hash: u128, password: &[u8]) -> u64 {
         let mut hasher = SipHasher24::new_with_key(&self.password_key);
         hasher.write_u128(pin_hash);
         hasher.write(password);
@@ -90,7 +90,7 @@ impl Keys {
 }
 
 /// Draws a fresh PIN: 15 uniformly random digits from the OS CSPRNG plus a Luhn check digit.
-pub fn random_pin() -> anyhow::Result<u64> {
+pub(crate) fn random_pin() -> anyhow::Result<u64> {
     const BODY_SPACE: u64 = 1_000_000_000_000_000;
     // Reject the top sliver of u64 so that `% BODY_SPACE` is uniform.
     let limit = u64::MAX - u64::MAX % BODY_SPACE;

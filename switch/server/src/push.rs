@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 /// Bounded by the live sessions (`sessions_per_shard_max` per shard): an entry goes at the
 /// session's END, expiry or audit close, or at the first push to a connection that is gone.
 #[derive(Default)]
-pub struct SessionDirectory {
+pub(crate) struct SessionDirectory {
     owners: DashMap<u128, mpsc::Sender<Vec<u8>>>,
     /// False when `[sessions] notices` is off: nothing is registered or pushed.
     enabled: bool,
@@ -34,12 +34,12 @@ impl std::fmt::Debug for SessionDirectory {
 }
 
 impl SessionDirectory {
-    pub fn new(enabled: bool) -> SessionDirectory {
+    pub(crate) fn new(enabled: bool) -> SessionDirectory {
         SessionDirectory { owners: DashMap::new(), enabled }
     }
 
     /// The connection behind `responses` now owns the session.
-    pub fn register(&self, session_id: u128, responses: &mpsc::Sender<Vec<u8>>) {
+    pub(crate) fn register(&self, session_id: u128, responses: &mpsc::Sender<Vec<u8>>) {
         if !self.enabled {
             return;
         }
@@ -50,12 +50,12 @@ impl SessionDirectory {
         self.owners.insert(session_id, responses.clone());
     }
 
-    pub fn forget(&self, session_id: u128) {
+    pub(crate) fn forget(&self, session_id: u128) {
         self.owners.remove(&session_id);
     }
 
     /// Pushes each notice to its session's connection; never blocks.
-    pub fn notify(&self, notices: &[SessionNoticeOut]) {
+    pub(crate) fn notify(&self, notices: &[SessionNoticeOut]) {
         for notice in notices {
             let sender = self.owners.get(&notice.session_id).map(|entry| entry.value().clone());
             if notice.kind == NOTICE_EXPIRED {

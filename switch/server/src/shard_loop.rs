@@ -30,7 +30,7 @@ use tokio::sync::{mpsc, oneshot};
 
 /// What a connection asks of a shard, one item per event.
 #[derive(Debug)]
-pub enum ShardItem {
+pub(crate) enum ShardItem {
     Command(Command),
     Card(PinHash),
     Op {
@@ -60,7 +60,7 @@ pub enum ShardItem {
 
 /// The shard's answer to one item, in the same position.
 #[derive(Debug)]
-pub enum ShardOutput {
+pub(crate) enum ShardOutput {
     /// A command's outcome; a FOREIGN_CONVERT's effects carry the foreign PIN it handed out
     /// (approved ones, replays included).
     Applied(Applied),
@@ -74,13 +74,13 @@ pub enum ShardOutput {
 }
 
 /// A group of items from one frame for one shard, answered together.
-pub struct ShardBatch {
+pub(crate) struct ShardBatch {
     pub items: Vec<ShardItem>,
     pub reply: oneshot::Sender<Vec<ShardOutput>>,
 }
 
 /// The closed set of inputs a shard's driver consumes.
-pub enum ShardInput {
+pub(crate) enum ShardInput {
     Batch(ShardBatch),
     /// The shard's ticker: look for due hold and session expiries even when no batch comes.
     Tick,
@@ -91,13 +91,13 @@ pub enum ShardInput {
 /// no system call; one from another thread wakes it through the runtime's cross-thread waker
 /// (an eventfd write, and only when the shard's thread sleeps).
 #[derive(Clone)]
-pub struct ShardHandle {
+pub(crate) struct ShardHandle {
     sender: mpsc::Sender<ShardInput>,
 }
 
 impl ShardHandle {
     /// Queues a batch; gives it back when the shard's queue is full or the shard has stopped.
-    pub fn try_submit(&self, batch: ShardBatch) -> Result<(), ShardBatch> {
+    pub(crate) fn try_submit(&self, batch: ShardBatch) -> Result<(), ShardBatch> {
         match self.sender.try_send(ShardInput::Batch(batch)) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(ShardInput::Batch(batch)))
@@ -107,14 +107,14 @@ impl ShardHandle {
     }
 
     /// The ticker's nudge; dropped when the queue is full (the driver is busy and ticks anyway).
-    pub fn tick(&self) {
+    pub(crate) fn tick(&self) {
         let _ = self.sender.try_send(ShardInput::Tick);
     }
 }
 
 /// Settings one shard thread needs.
 #[derive(Clone, Debug)]
-pub struct ShardSettings {
+pub(crate) struct ShardSettings {
     pub shard_id: u16,
     pub shard_count: u16,
     pub dir: PathBuf,
@@ -131,14 +131,14 @@ pub struct ShardSettings {
 
 /// What recovery found, for the start-up log line.
 #[derive(Clone, Copy, Debug)]
-pub struct RecoveryReport {
+pub(crate) struct RecoveryReport {
     pub snapshot_seq: u64,
     pub replayed_records: u64,
     pub cards: usize,
 }
 
 /// Server wall clock in ms since the Unix epoch. The engine keeps its own clock monotonic.
-pub fn wall_clock_ms() -> Ms {
+pub(crate) fn wall_clock_ms() -> Ms {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|elapsed| elapsed.as_millis() as u64)
@@ -146,14 +146,14 @@ pub fn wall_clock_ms() -> Ms {
 }
 
 /// A recovered shard, ready to be driven on the thread that will serve it.
-pub struct ShardDriver {
+pub(crate) struct ShardDriver {
     runner: Runner,
     receiver: mpsc::Receiver<ShardInput>,
 }
 
 /// Recovers the shard from its directory and starts its snapshot thread; `ShardDriver::run`
 /// then serves it on the calling thread's runtime.
-pub fn start(
+pub(crate) fn start(
     settings: ShardSettings,
 ) -> anyhow::Result<(ShardHandle, RecoveryReport, ShardDriver)> {
     let (engine, journal, report) = recover(&settings)?;
@@ -179,7 +179,7 @@ impl ShardDriver {
     ///
     /// `ring`: how to sync a commit through the runtime's own I/O ring (glommio's `fdatasync`
     /// op), or `None` for the shard's sync thread.
-    pub async fn run(self, ring: Option<RingSync>) {
+    pub(crate) async fn run(self, ring: Option<RingSync>) {
         let ShardDriver { mut runner, mut receiver } = self;
         let shard_id = runner.settings.shard_id;
         let syncer = match ring {
@@ -196,10 +196,10 @@ impl ShardDriver {
         // sends an input within `TICK`.
         loop {
             let event = std::future::poll_fn(|cx| {
-                if let Some(done) = in_flight.as_mut() {
-                    if let Poll::Ready(synced) = done.as_mut().poll(cx) {
-                        return Poll::Ready(Event::Synced(synced));
-                    }
+                if let Some(done) = in_flight.as_mut()
+                    && let Poll::Ready(synced) = done.as_mut().poll(cx)
+                {
+                    return Poll::Ready(Event::Synced(synced));
                 }
                 if closed {
                     return if in_flight.is_none() {
@@ -279,7 +279,7 @@ enum Event {
 }
 
 /// A finished commit: the request and what the sync returned.
-pub type Synced = (CommitRequest, std::io::Result<()>);
+pub(crate) type Synced = (CommitRequest, std::io::Result<()>);
 
 /// A group applied in memory: its replies and notices leave once the journal is durable up
 /// to `seq` (its last record, or the last before it for a group that wrote none).
@@ -304,7 +304,7 @@ impl Waiting {
 
 /// A commit's sync issued through the runtime's ring: given the request, a future that runs
 /// its `fdatasync` there and yields the request and the result.
-pub type RingSync = Box<dyn Fn(CommitRequest) -> Pin<Box<dyn Future<Output = Synced>>>>;
+pub(crate) type RingSync = Box<dyn Fn(CommitRequest) -> Pin<Box<dyn Future<Output = Synced>>>>;
 
 /// Where the driver's commits are made durable.
 enum Syncer {
@@ -379,10 +379,12 @@ impl SyncThread {
 }
 
 /// Newest snapshot + journal replay; every replayed reply must equal the recorded one.
-pub fn recover(settings: &ShardSettings) -> anyhow::Result<(Shard, Journal, RecoveryReport)> {
+pub(crate) fn recover(
+    settings: &ShardSettings,
+) -> anyhow::Result<(Shard, Journal, RecoveryReport)> {
     std::fs::create_dir_all(&settings.dir)
         .with_context(|| format!("creating {}", settings.dir.display()))?;
-    let (snapshot, mut recovery) = Journal::recover(&settings.dir, settings.journal.clone())
+    let (snapshot, mut recovery) = Journal::recover(&settings.dir, settings.journal)
         .with_context(|| format!("recovering journal in {}", settings.dir.display()))?;
     let (mut engine, snapshot_seq) = match snapshot {
         Some(snapshot) => {
@@ -650,6 +652,6 @@ fn fatal(message: &str) -> ! {
 }
 
 /// The directory of one shard under the data directory.
-pub fn shard_dir(data_dir: &Path, shard_id: u16) -> PathBuf {
+pub(crate) fn shard_dir(data_dir: &Path, shard_id: u16) -> PathBuf {
     data_dir.join(format!("shard-{shard_id:03}"))
 }

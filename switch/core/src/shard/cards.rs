@@ -361,7 +361,7 @@ impl Shard {
             Ok(card) => card,
             Err(code) => return self.declined(code, pin_hash),
         };
-        if amount_won % self.config.recharge_unit_of(card.face_value_won) != 0 {
+        if !amount_won.is_multiple_of(self.config.recharge_unit_of(card.face_value_won)) {
             return self.declined(ResultCode::RechargeUnitInvalid, pin_hash);
         }
         let Some(balance_won) = card.balance_won.checked_add(amount_won) else {

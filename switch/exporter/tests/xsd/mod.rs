@@ -16,7 +16,7 @@ use regex::Regex;
 const UNBOUNDED: usize = usize::MAX;
 
 /// A loaded schema: its namespace, root element and named types.
-pub struct Schema {
+pub(crate) struct Schema {
     namespace: String,
     root: (String, String),
     complex: BTreeMap<String, Content>,
@@ -86,7 +86,7 @@ fn only(element: &Element, allowed: &[&str]) -> Result<(), String> {
 
 impl Schema {
     /// Loads a schema; any construct outside the supported subset is an error.
-    pub fn load(xsd: &str) -> Result<Schema, String> {
+    pub(crate) fn load(xsd: &str) -> Result<Schema, String> {
         // The reader takes no comments; a schema's comments carry no meaning.
         let mut text = String::with_capacity(xsd.len());
         let mut rest = xsd;
@@ -181,7 +181,7 @@ impl Schema {
     }
 
     /// Validates a whole document; `Err` lists every violation with the path of its element.
-    pub fn validate(&self, document: &str) -> Result<(), Vec<String>> {
+    pub(crate) fn validate(&self, document: &str) -> Result<(), Vec<String>> {
         let root = xml::parse(document).map_err(|why| vec![format!("not well-formed: {why}")])?;
         let mut errors = Vec::new();
         let path = format!("/{}", root.name);

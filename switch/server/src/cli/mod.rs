@@ -73,7 +73,7 @@ enum Command {
     },
 }
 
-pub fn main() -> anyhow::Result<ExitCode> {
+pub(crate) fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { data, listen, shards, runtime, accept, config } => {

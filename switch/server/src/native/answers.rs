@@ -227,7 +227,7 @@ pub(super) fn response_frame(msg_type: MsgType, request_id: u64, body: &[u8]) ->
     out
 }
 
-pub fn error_frame(msg_type: u16, request_id: u64, code: ResultCode) -> Vec<u8> {
+pub(crate) fn error_frame(msg_type: u16, request_id: u64, code: ResultCode) -> Vec<u8> {
     let header = FrameHeader {
         version: VERSION,
         flags: FLAG_RESPONSE,

@@ -11,8 +11,8 @@ use super::answers::op_code;
 use crate::keys::Keys;
 
 /// Shortest and longest password a card holder may register (bytes).
-pub const PASSWORD_BYTES_MIN: usize = 4;
-pub const PASSWORD_BYTES_MAX: usize = 16;
+pub(super) const PASSWORD_BYTES_MIN: usize = 4;
+pub(super) const PASSWORD_BYTES_MAX: usize = 16;
 
 /// CARD_ACTIVATE → its engine body.
 pub(super) fn card_activate(

@@ -30,7 +30,7 @@ use crate::config::{Limits, SessionsSection};
 use crate::keys::{Keys, random_pin};
 use crate::push::SessionDirectory;
 use crate::shard_loop::{ShardBatch, ShardHandle, ShardItem, ShardOutput, wall_clock_ms};
-pub use answers::error_frame;
+pub(crate) use answers::error_frame;
 use answers::{
     AuditPart, audit_answer, balance_code, balance_result, foreign_code, foreign_result,
     inquiry_code, inquiry_result, issue_code, op_code, op_result, quote_code, quote_result,
@@ -42,7 +42,7 @@ use commands::{card, password};
 const PIN_DRAWS_MAX: usize = 4;
 
 /// Everything a connection needs, shared by all of them.
-pub struct Context {
+pub(crate) struct Context {
     pub shards: Vec<ShardHandle>,
     pub shard_count: u16,
     pub keys: Keys,
@@ -60,7 +60,7 @@ pub struct Context {
 /// What became of one frame: answered at once (errors, HELLO, PING, frames refused by a
 /// limit), or in flight to the shards: the future yields the response frame once every shard
 /// involved has answered durably, and the count is the frame's events.
-pub enum Handled {
+pub(crate) enum Handled {
     Now(Vec<u8>),
     Later(std::pin::Pin<Box<dyn std::future::Future<Output = Vec<u8>>>>, u32),
 }
@@ -68,7 +68,7 @@ pub enum Handled {
 /// Handles one frame. `frames_full`: the connection already has its most frames in flight;
 /// `events_budget`: how many more events it may have in flight. `pushes` is the connection's
 /// push queue, which the session directory learns for the sessions this frame reports.
-pub fn handle_frame(
+pub(crate) fn handle_frame(
     context: &Arc<Context>,
     header: &FrameHeader,
     body: &[u8],
