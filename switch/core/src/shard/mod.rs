@@ -257,9 +257,43 @@ impl Shard {
             self.settle_expiry(now_ms, pin_hash);
         }
         let watch = self.low_balance_watch(body, pin_hash);
+        let before = MoneyPair::of(self, pin_hash);
         let outcome = self.business_rule(now_ms, op_id, pin_hash, body)?;
+        self.assert_card_pair(body, pin_hash, before);
         self.raise_card_notices(body, pin_hash, &outcome.reply, watch);
         Some(outcome)
+    }
+
+    /// The paired assertion of every op on a card, in release builds too: what the card's
+    /// balance and holds moved by is exactly what the shard's totals moved by (the op touched
+    /// no other card's money), and the card's holds stay within its balance. FOREIGN_CONVERT
+    /// is the one op that moves money onto a second card (the PIN it hands out).
+    fn assert_card_pair(&self, body: &Body, pin_hash: PinHash, before: MoneyPair) {
+        let after = MoneyPair::of(self, pin_hash);
+        assert!(after.card_held_won <= after.card_balance_won, "a card's holds within its balance");
+        if let Some(card) = self.cards.get(&pin_hash) {
+            // Held money is the holds' remainders plus the calls' reservations, nothing else.
+            assert!(
+                card.held_won == 0 || card.holds > 0 || card.sessions > 0,
+                "a card holds money only for its holds and calls"
+            );
+        }
+        if matches!(body, Body::ForeignConvert { .. }) {
+            return;
+        }
+        // Wrapping differences: equal moves are equal modulo 2^128 whichever way money went.
+        assert_eq!(
+            after.card_balance_won.wrapping_sub(before.card_balance_won),
+            after.balances_won.wrapping_sub(before.balances_won),
+            "an op moves its own card's balance only (shard {})",
+            self.shard_id
+        );
+        assert_eq!(
+            after.card_held_won.wrapping_sub(before.card_held_won),
+            after.held_won.wrapping_sub(before.held_won),
+            "an op moves its own card's holds only (shard {})",
+            self.shard_id
+        );
     }
 
     /// The business rule of each body that names a card.
@@ -384,6 +418,31 @@ impl Shard {
             self.shard_id
         );
         assert!(totals.held_won <= totals.balances_won, "holds never exceed balances");
+    }
+}
+
+/// One card's balance and holds beside the shard's totals of both, taken around an op.
+#[derive(Clone, Copy)]
+struct MoneyPair {
+    card_balance_won: u128,
+    card_held_won: u128,
+    balances_won: u128,
+    held_won: u128,
+}
+
+impl MoneyPair {
+    /// An absent card (before CARD_ISSUE) counts as zero.
+    fn of(shard: &Shard, pin_hash: PinHash) -> MoneyPair {
+        let (card_balance_won, card_held_won) = shard
+            .cards
+            .get(&pin_hash)
+            .map_or((0, 0), |card| (u128::from(card.balance_won), u128::from(card.held_won)));
+        MoneyPair {
+            card_balance_won,
+            card_held_won,
+            balances_won: shard.totals.balances_won,
+            held_won: shard.totals.held_won,
+        }
     }
 }
 
