@@ -242,7 +242,13 @@ impl ShardDriver {
                             Err(_) => break,
                         }
                     }
-                    waiting.push_back(runner.group(batches));
+                    let group = runner.group(batches);
+                    // Groups wait in journal order, so releasing a prefix releases in order.
+                    assert!(
+                        waiting.back().is_none_or(|last: &Waiting| last.seq <= group.seq),
+                        "groups are released in journal order"
+                    );
+                    waiting.push_back(group);
                 }
                 Event::Closed if in_flight.is_none() && waiting.is_empty() => return,
                 Event::Closed => closed = true,
@@ -255,7 +261,7 @@ impl ShardDriver {
             let durable_seq = runner.journal.durable_seq();
             while waiting.front().is_some_and(|group| group.seq <= durable_seq) {
                 if let Some(group) = waiting.pop_front() {
-                    group.release(&runner.settings.directory);
+                    group.release(durable_seq, &runner.settings.directory);
                 }
             }
             if in_flight.is_none() {
@@ -291,8 +297,12 @@ struct Waiting {
 }
 
 impl Waiting {
-    fn release(self, directory: &SessionDirectory) {
+    /// Sends the group's answers and notices: only once the journal is durable through `seq`.
+    fn release(self, durable_seq: u64, directory: &SessionDirectory) {
+        assert!(self.seq <= durable_seq, "no answer leaves before its records are durable");
+        assert_eq!(self.batches.len(), self.outputs.len(), "one answer list per batch");
         for (batch, answers) in self.batches.into_iter().zip(self.outputs) {
+            assert_eq!(batch.items.len(), answers.len(), "one answer per event");
             // A connection that went away no longer wants its answer; that is fine.
             let _ = batch.reply.send(answers);
         }
