@@ -410,8 +410,8 @@ pub(crate) fn recover(
         // No snapshot: replay starts from the fixed baseline rules, never from today's file.
         // The rules a shard first ran under are journaled as a CONFIGURE (below) whenever they
         // differ from the baseline, so a restart under an edited file replays every command
-        // under the rules it first ran with (found by the SIGHUP reload test: starting from the
-        // file's rules made the replay of a fresh directory diverge).
+        // under the rules it first ran with (starting from the file's rules would make the
+        // replay of a directory written under other rules diverge).
         None => (
             Shard::with_hash_key(
                 settings.shard_id,
