@@ -37,7 +37,8 @@ const WIDE_LINES_NOW: usize = 135;
 /// async, no clock crates); the journal knows bytes, not the engine; the wire contract knows
 /// none of our crates; settlement, the load generator and the harness sit beside the switch.
 const ALLOWED_DEPENDENCIES: &[(&str, &[&str])] = &[
-    ("protocol", &["rkyv", "crc32c", "thiserror", "tokio"]),
+    // The client library's transports: tokio, and TLS (rustls) over it.
+    ("protocol", &["rkyv", "crc32c", "thiserror", "tokio", "rustls", "tokio-rustls"]),
     ("journal", &["memmap2", "crc32c", "thiserror", "libc"]),
     ("switch/core", &["pinswitch-protocol", "rkyv", "serde"]),
     (

@@ -7,9 +7,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::codes::ResultCode;
@@ -155,6 +154,28 @@ impl Client {
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
         let (read_half, write_half) = stream.into_split();
+        Ok(Self::start(read_half, write_half, options))
+    }
+
+    /// Connects over TLS 1.3 (`crate::tls`: the switch's CA, and a client certificate for
+    /// mutual TLS), then as `connect_with_options`. A refused handshake is `Io`.
+    pub async fn connect_tls(
+        addr: &str,
+        tls: &crate::tls::TlsClient,
+        options: ClientOptions,
+    ) -> Result<Client, ClientError> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let stream = tls.connector().connect(tls.server_name(), stream).await?;
+        let (read_half, write_half) = tokio::io::split(stream);
+        Ok(Self::start(read_half, write_half, options))
+    }
+
+    fn start<R, W>(read_half: R, write_half: W, options: ClientOptions) -> Client
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
         let shared = Arc::new(Shared {
             pending: Mutex::new(Pending { waiters: HashMap::new(), closed: false }),
             notices: Mutex::new(None),
@@ -167,7 +188,7 @@ impl Client {
         let reader =
             tokio::spawn(read_loop(read_half, shared.clone(), options.response_body_bytes_max))
                 .abort_handle();
-        Ok(Client { connection: Arc::new(Connection { shared, frames, reader }), deadline_ms: 0 })
+        Client { connection: Arc::new(Connection { shared, frames, reader }), deadline_ms: 0 }
     }
 
     /// Starts keeping the SESSION_NOTICE pushes this connection receives (re-authorization,
@@ -433,8 +454,8 @@ fn decode_response<T: BodyDecode>(
 /// Writes queued frames, coalescing whatever is queued into one write so pipelined callers
 /// share system calls. Ends when every `Client` clone is gone (then half-closes the socket so
 /// the server sees the end) or when a write fails (then fails every waiter).
-async fn write_loop(
-    mut socket: OwnedWriteHalf,
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut socket: W,
     mut frames: mpsc::UnboundedReceiver<Vec<u8>>,
     shared: Arc<Shared>,
 ) {
@@ -458,7 +479,11 @@ async fn write_loop(
                 std::mem::take(&mut batch)
             }
         };
-        let written = socket.write_all(&bytes).await;
+        // (A TLS stream keeps what it encrypted until flushed; for TCP the flush is free.)
+        let written = match socket.write_all(&bytes).await {
+            Ok(()) => socket.flush().await,
+            Err(error) => Err(error),
+        };
         if batch.capacity() < bytes.capacity() {
             // Keep the larger buffer for the next coalesced write.
             batch = bytes;
@@ -473,7 +498,7 @@ async fn write_loop(
 
 /// Reads frames and hands each response to its waiter. Any end of the stream fails all
 /// waiters: `Closed` for end-of-file or a socket error, `Frame` for bytes that are not a frame.
-async fn read_loop(mut socket: OwnedReadHalf, shared: Arc<Shared>, body_bytes_max: u32) {
+async fn read_loop<R: AsyncRead + Unpin>(mut socket: R, shared: Arc<Shared>, body_bytes_max: u32) {
     const READ_CHUNK_BYTES: usize = 64 << 10;
     let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK_BYTES);
     loop {

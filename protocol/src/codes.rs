@@ -135,6 +135,10 @@ wire_enum! {
         ShuttingDown = 907 => "SHUTTING_DOWN",
         /// A server-side fault (e.g. an internal limit); the event was not executed.
         InternalError = 908 => "INTERNAL_ERROR",
+        /// The connection's identity may not send this message type, or the frame names a
+        /// business id (merchant, call-switch owner, sales channel) the identity is not bound
+        /// to. Nothing in the frame was executed.
+        NotPermitted = 909 => "NOT_PERMITTED",
     }
 }
 

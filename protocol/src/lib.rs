@@ -13,6 +13,8 @@ mod wire_enum;
 
 #[cfg(feature = "client")]
 pub mod client;
+#[cfg(feature = "client")]
+pub mod tls;
 
 #[cfg(feature = "client")]
 pub use client::{Client, ClientError, ClientOptions};

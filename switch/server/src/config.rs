@@ -18,6 +18,10 @@ pub(crate) struct Config {
     /// `[engine]`: the engine's rules, read straight into `EngineConfig` (see its field docs).
     pub engine: EngineConfig,
     pub sessions: SessionsSection,
+    /// `[tls]`: the switch's certificate, and the authority of client certificates.
+    pub tls: TlsSection,
+    /// `[access]`: who may do what (roles, identities, plain TCP).
+    pub access: AccessSection,
     /// The file this was read from (SIGHUP re-reads it); not a key of the file.
     #[serde(skip)]
     pub source: Option<std::path::PathBuf>,
@@ -93,6 +97,48 @@ pub(crate) struct JournalSection {
     /// ring). Measured interleaved at 50 connections x 1 in flight over 1,000,000 cards: thread
     /// 30.6-36.2 k/s, ring 25.6-27.2 k/s (ops/benchmarking.md).
     pub sync: String,
+}
+
+/// `[tls]`: TLS 1.3 on the listen address (empty paths: no TLS). Connections are TLS or plain by
+/// their first byte; plain TCP is then what `[access] plain` allows.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct TlsSection {
+    /// The switch's certificate chain, PEM.
+    pub cert_pem: String,
+    /// Its private key, PEM.
+    pub key_pem: String,
+    /// The authority whose client certificates are accepted, PEM. Set: mutual TLS, every TLS
+    /// client must present a certificate it signed; the certificate's first DNS name is the
+    /// identity looked up in `[[access.identities]]`.
+    pub client_ca_pem: String,
+}
+
+/// `[access]`: the roles of each identity and of plain TCP (PROTOCOL.md §2, "Roles").
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct AccessSection {
+    /// Plain TCP: "loopback" (the default: only from this host, so the embedded default's
+    /// tools work), "any" (from anywhere: an explicit choice for a closed network) or "off".
+    pub plain: String,
+    /// The roles of a plain TCP connection, bound to no business id.
+    pub plain_roles: Vec<crate::access::Role>,
+    /// The roles of a TLS client without a certificate (TLS without `client_ca_pem`).
+    pub anonymous_roles: Vec<crate::access::Role>,
+    /// The identities of client certificates. A verified certificate whose name is not here
+    /// gets no role: everything but HELLO and PING is NOT_PERMITTED.
+    pub identities: Vec<crate::access::IdentityConfig>,
+}
+
+impl Default for AccessSection {
+    fn default() -> Self {
+        AccessSection {
+            plain: "loopback".into(),
+            plain_roles: vec![crate::access::Role::Admin],
+            anonymous_roles: Vec::new(),
+            identities: Vec::new(),
+        }
+    }
 }
 
 /// `[sessions]`: what the front end tells call switches with every grant, and the audit's
@@ -201,6 +247,8 @@ impl Default for Config {
             journal: JournalSection::default(),
             engine: EngineConfig::production(),
             sessions: SessionsSection::default(),
+            tls: TlsSection::default(),
+            access: AccessSection::default(),
             source: None,
         }
     }
@@ -306,6 +354,43 @@ impl Config {
         if sessions.audit_sessions_max == 0 {
             bail!("sessions.audit_sessions_max must be positive");
         }
+        self.validate_trust()
+    }
+
+    /// TLS and plain TCP: listening beyond this host without TLS refuses to start unless plain
+    /// TCP from anywhere is asked for by name.
+    fn validate_trust(&self) -> anyhow::Result<()> {
+        let (tls, access) = (&self.tls, &self.access);
+        if !["loopback", "any", "off"].contains(&access.plain.as_str()) {
+            bail!("access.plain must be \"loopback\", \"any\" or \"off\"");
+        }
+        if tls.cert_pem.is_empty() != tls.key_pem.is_empty() {
+            bail!("tls.cert_pem and tls.key_pem go together");
+        }
+        if tls.cert_pem.is_empty() && !tls.client_ca_pem.is_empty() {
+            bail!("tls.client_ca_pem needs tls.cert_pem and tls.key_pem");
+        }
+        let loopback = self
+            .server
+            .listen
+            .parse::<std::net::SocketAddr>()
+            .is_ok_and(|address| address.ip().is_loopback());
+        if !loopback && tls.cert_pem.is_empty() && access.plain != "any" {
+            bail!(
+                "listening on {} without TLS: set [tls] cert_pem and key_pem, or allow plain TCP \
+                 from anywhere with [access] plain = \"any\"",
+                self.server.listen
+            );
+        }
+        if tls.cert_pem.is_empty() && access.plain == "off" {
+            bail!("access.plain = \"off\" without [tls]: nothing could connect");
+        }
+        let mut names = std::collections::HashSet::new();
+        for identity in &access.identities {
+            if !names.insert(identity.name.as_str()) {
+                bail!("access.identities: {} is listed twice", identity.name);
+            }
+        }
         Ok(())
     }
 }
@@ -323,6 +408,8 @@ mod tests {
         assert_eq!(preset.engine(), defaults.engine());
         assert_eq!(preset.limits, defaults.limits);
         assert_eq!(preset.sessions, defaults.sessions);
+        assert_eq!(preset.tls, defaults.tls);
+        assert_eq!(preset.access, defaults.access);
     }
 
     /// `[engine]` is read straight into `EngineConfig`: band times in "HH:MM", the window in

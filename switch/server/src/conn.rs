@@ -29,6 +29,7 @@ use std::task::{Context as TaskContext, Poll, Waker};
 use pinswitch_protocol::{decode_frame, pending_frame};
 use tokio::sync::mpsc;
 
+use crate::access::Grants;
 use crate::config::Limits;
 use crate::native::{self, Context, Handled};
 use crate::shard_loop::wall_clock_ms;
@@ -77,6 +78,99 @@ impl Transport for tokio::net::TcpStream {
     fn poll_close(&mut self, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
         tokio::io::AsyncWrite::poll_shutdown(Pin::new(self), cx)
     }
+}
+
+/// A transport whose first bytes were read already (to tell TLS from plain TCP) and are
+/// given back before anything else.
+pub(crate) struct Prefixed<T> {
+    inner: T,
+    prefix: Vec<u8>,
+    at: usize,
+}
+
+impl<T: Transport> Transport for Prefixed<T> {
+    fn poll_read(&mut self, cx: &mut TaskContext<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        if self.at < self.prefix.len() {
+            let n = buf.len().min(self.prefix.len() - self.at);
+            buf[..n].copy_from_slice(&self.prefix[self.at..self.at + n]);
+            self.at += n;
+            if self.at == self.prefix.len() {
+                self.prefix = Vec::new();
+                self.at = 0;
+            }
+            return Poll::Ready(Ok(n));
+        }
+        self.inner.poll_read(cx, buf)
+    }
+    fn poll_write(&mut self, cx: &mut TaskContext<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        self.inner.poll_write(cx, buf)
+    }
+    fn poll_close(&mut self, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        self.inner.poll_close(cx)
+    }
+}
+
+/// Serves an admitted connection. Its first bytes say what it is: a TLS handshake
+/// (completed within `frame_read_timeout_ms`, then the client certificate's identity gives the
+/// grants) or native frames over plain TCP (served where `[access] plain` allows, else answered
+/// NOT_PERMITTED and closed). Waiting for the first byte is an idle connection's wait.
+pub(crate) async fn accepted<T: Transport>(
+    mut transport: T,
+    context: Arc<Context>,
+    ticket: Ticket,
+    watch: Rc<Watch>,
+) {
+    let mut first = vec![0u8; 4096];
+    let read = std::future::poll_fn(|cx| {
+        if watch.timed_out.get().is_some() {
+            return Poll::Ready(0);
+        }
+        match transport.poll_read(cx, &mut first) {
+            Poll::Ready(Ok(n)) => Poll::Ready(n),
+            Poll::Ready(Err(_)) => Poll::Ready(0),
+            Poll::Pending => {
+                watch.park(cx);
+                Poll::Pending
+            }
+        }
+    })
+    .await;
+    if read == 0 {
+        return;
+    }
+    first.truncate(read);
+    if first[0] != crate::tls::TLS_HANDSHAKE_BYTE {
+        let transport = Prefixed { inner: transport, prefix: first, at: 0 };
+        match context.trust.plain(ticket.peer) {
+            Some(grants) => serve(transport, context, ticket, watch, grants).await,
+            None => refuse(transport, pinswitch_protocol::ResultCode::NotPermitted).await,
+        }
+        return;
+    }
+    let Some(config) = context.trust.tls.clone() else { return };
+    let Ok(mut tls) = crate::tls::TlsTransport::new(transport, config, first) else { return };
+    watch.frame_started_ms.set(wall_clock_ms());
+    let handshake = std::future::poll_fn(|cx| {
+        if watch.timed_out.get().is_some() {
+            return Poll::Ready(false);
+        }
+        match tls.poll_handshake(cx) {
+            Poll::Ready(done) => Poll::Ready(done.is_ok()),
+            Poll::Pending => {
+                watch.park(cx);
+                Poll::Pending
+            }
+        }
+    })
+    .await;
+    if !handshake {
+        // The alert (if any) was queued: give it to the socket, bounded like a refusal.
+        let _ = std::future::poll_fn(|cx| tls.poll_close(cx)).await;
+        return;
+    }
+    watch.frame_started_ms.set(0);
+    let grants = context.trust.tls_client(tls.peer_name().as_deref());
+    serve(tls, context, ticket, watch, grants).await;
 }
 
 /// Admission of connections, shared by every shard: the total, the count per peer address, and
@@ -209,6 +303,16 @@ pub(crate) struct Watch {
     busy: Cell<bool>,
     timed_out: Cell<Option<&'static str>>,
     waker: RefCell<Option<Waker>>,
+}
+
+impl Watch {
+    /// Keeps the task's waker, so the reaper can wake a connection it times out.
+    fn park(&self, cx: &TaskContext<'_>) {
+        let mut waker = self.waker.borrow_mut();
+        if !waker.as_ref().is_some_and(|known| known.will_wake(cx.waker())) {
+            *waker = Some(cx.waker().clone());
+        }
+    }
 }
 
 /// The connections of one shard thread, looked over once a second.
@@ -407,6 +511,7 @@ impl Outstanding {
 /// answered; the connection reads no more).
 fn take_frames(
     context: &Arc<Context>,
+    grants: &Grants,
     input: &mut Received,
     now_ms: u64,
     in_flight: &mut Outstanding,
@@ -424,6 +529,7 @@ fn take_frames(
                     in_flight.frames.len() >= limits.in_flight_per_connection_max as usize;
                 match native::handle_frame(
                     context,
+                    grants,
                     &frame.header,
                     frame.body,
                     now_ms,
@@ -453,11 +559,12 @@ fn take_frames(
 /// Serves one admitted connection until the peer closes it, a framing error, a timeout, or a
 /// write failure. Frames already submitted are still answered before the socket closes (their
 /// effects are durable whatever happens to the connection).
-pub(crate) async fn serve<T: Transport>(
+async fn serve<T: Transport>(
     mut transport: T,
     context: Arc<Context>,
     mut ticket: Ticket,
     watch: Rc<Watch>,
+    grants: Arc<Grants>,
 ) {
     let limits = &context.limits;
     let (pushes, mut pushed) = mpsc::channel::<Vec<u8>>(PUSH_QUEUE_FRAMES);
@@ -532,6 +639,7 @@ pub(crate) async fn serve<T: Transport>(
                         input.took(n);
                         let (decoded_any, framing_broken) = take_frames(
                             &context,
+                            &grants,
                             &mut input,
                             now_ms,
                             &mut in_flight,
@@ -547,10 +655,7 @@ pub(crate) async fn serve<T: Transport>(
                 }
             }
             if !progress {
-                let mut waker = watch.waker.borrow_mut();
-                if !waker.as_ref().is_some_and(|known| known.will_wake(cx.waker())) {
-                    *waker = Some(cx.waker().clone());
-                }
+                watch.park(cx);
                 return Poll::Pending;
             }
         }
@@ -562,17 +667,14 @@ pub(crate) async fn serve<T: Transport>(
     drop(ticket);
 }
 
-/// Answers a refused connection RETRY_LATER so that the answer reaches the client: the frame is
+/// Answers a refused connection (RETRY_LATER past a limit, NOT_PERMITTED for plain TCP where it
+/// is not served) so that the answer reaches the client: the frame is
 /// written, the write side shut, and what the client already sent is read and dropped (closing
 /// with unread input would send a reset, and a reset makes the client's kernel throw away the
 /// unread refusal). Bounded: at most `REFUSAL_DRAIN_BYTES` are read.
-pub(crate) async fn refuse<T: Transport>(mut transport: T) {
+pub(crate) async fn refuse<T: Transport>(mut transport: T, code: pinswitch_protocol::ResultCode) {
     const REFUSAL_DRAIN_BYTES: usize = 64 * 1024;
-    let refusal = native::error_frame(
-        pinswitch_protocol::MsgType::Ping as u16,
-        0,
-        pinswitch_protocol::ResultCode::RetryLater,
-    );
+    let refusal = native::error_frame(pinswitch_protocol::MsgType::Ping as u16, 0, code);
     let mut written = 0usize;
     let mut closed = false;
     let mut drained = 0usize;

@@ -4,6 +4,7 @@
 
 #![forbid(unsafe_code)]
 
+mod access;
 mod cli;
 mod config;
 mod conn;
@@ -12,6 +13,7 @@ mod native;
 mod push;
 mod runtime;
 mod shard_loop;
+mod tls;
 
 fn main() -> std::process::ExitCode {
     match cli::main() {

@@ -123,6 +123,7 @@ pub(crate) fn run(config: Config) -> anyhow::Result<()> {
         directory,
         admission: Arc::new(Admission::new(config.limits.clone(), shard_count)),
         hello: std::sync::RwLock::new(hello_reply(&config, &engine, shard_count)),
+        trust: crate::access::Trust::new(&config.tls, &config.access)?,
     });
     let address = start_shards(&config, executor, &context, drivers)?;
     let runtime_name = match executor {
@@ -453,7 +454,7 @@ impl Shard {
                 let (context, reaper) = (context.clone(), reaper.clone());
                 move |stream: glommio::net::TcpStream, ticket: conn::Ticket| {
                     let _ = stream.set_nodelay(true);
-                    glommio::spawn_local(conn::serve(
+                    glommio::spawn_local(conn::accepted(
                         stream,
                         context.clone(),
                         ticket,
@@ -507,7 +508,10 @@ impl Shard {
                             let stream = accepted.bind_to_executor();
                             glommio::spawn_local(async move {
                                 refuse_within(
-                                    conn::refuse(stream),
+                                    conn::refuse(
+                                        stream,
+                                        pinswitch_protocol::ResultCode::RetryLater,
+                                    ),
                                     glommio::timer::sleep(REFUSAL_TIMEOUT),
                                 )
                                 .await;
@@ -558,7 +562,7 @@ impl Shard {
                 let (context, reaper) = (context.clone(), reaper.clone());
                 move |stream: tokio::net::TcpStream, ticket: conn::Ticket| {
                     let _ = stream.set_nodelay(true);
-                    tokio::task::spawn_local(conn::serve(
+                    tokio::task::spawn_local(conn::accepted(
                         stream,
                         context.clone(),
                         ticket,
@@ -612,7 +616,10 @@ impl Shard {
                         if let Some(guard) = RefusalGuard::take(&refusals) {
                             tokio::task::spawn_local(async move {
                                 refuse_within(
-                                    conn::refuse(stream),
+                                    conn::refuse(
+                                        stream,
+                                        pinswitch_protocol::ResultCode::RetryLater,
+                                    ),
                                     tokio::time::sleep(REFUSAL_TIMEOUT),
                                 )
                                 .await;

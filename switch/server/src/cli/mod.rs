@@ -6,6 +6,7 @@
 mod call;
 mod card;
 mod export;
+mod tls;
 
 use std::process::ExitCode;
 
@@ -27,9 +28,31 @@ use export::{ExportCommand, ExportPlaces};
     about = "In-memory authorization switch for prepaid PIN cards"
 )]
 struct Cli {
+    #[command(flatten)]
+    tls: TlsFlags,
     #[command(subcommand)]
     command: Command,
 }
+
+/// How the card and call commands reach a switch that listens with TLS (ops/trust.md).
+#[derive(clap::Args, Clone, Default)]
+struct TlsFlags {
+    /// Connect with TLS, trusting the authority in this PEM file.
+    #[arg(long, global = true)]
+    tls_ca: Option<PathBuf>,
+    /// Mutual TLS: this client certificate (PEM; its first DNS name is the identity) ...
+    #[arg(long, global = true, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// ... and its private key (PEM).
+    #[arg(long, global = true, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// The name the switch's certificate carries.
+    #[arg(long, global = true, default_value = "localhost")]
+    tls_name: String,
+}
+
+/// The TLS flags of this invocation (the client commands read them when they connect).
+static TLS_FLAGS: std::sync::OnceLock<TlsFlags> = std::sync::OnceLock::new();
 
 #[derive(Subcommand)]
 enum Command {
@@ -64,6 +87,12 @@ enum Command {
         #[command(subcommand)]
         command: CallCommand,
     },
+    /// Certificates for trying TLS: `pinswitch tls init` makes a test CA, a switch certificate
+    /// and client certificates.
+    Tls {
+        #[command(subcommand)]
+        command: TlsCommand,
+    },
     /// The settlement exporter: reads the journals (never the hot path), see switch/exporter/EXPORT.md.
     Export {
         #[command(flatten)]
@@ -73,9 +102,17 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum TlsCommand {
+    /// Write a test CA, a switch certificate and client certificates (PEM) to a directory.
+    Init(tls::TlsInit),
+}
+
 pub(crate) fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
+    let _ = TLS_FLAGS.set(cli.tls.clone());
     match cli.command {
+        Command::Tls { command: TlsCommand::Init(args) } => tls::init(args),
         Command::Serve { data, listen, shards, runtime, accept, config } => {
             crate::runtime::use_huge_pages();
             let mut config = Config::load(config.as_deref())?;
@@ -134,8 +171,18 @@ pub(super) fn parse_pin(text: &str) -> anyhow::Result<u64> {
     }
 }
 
+/// Connects to the switch at `address`, over TLS when `--tls-ca` was given.
 pub(super) async fn connect(address: &str) -> anyhow::Result<Client> {
-    Client::connect(address).await.with_context(|| format!("connecting to {address}"))
+    let flags = TLS_FLAGS.get().cloned().unwrap_or_default();
+    let Some(ca) = &flags.tls_ca else {
+        return Client::connect(address).await.with_context(|| format!("connecting to {address}"));
+    };
+    let identity = flags.tls_cert.as_deref().zip(flags.tls_key.as_deref());
+    let tls = pinswitch_protocol::tls::TlsClient::from_pem_files(ca, identity, &flags.tls_name)
+        .context("the TLS flags")?;
+    Client::connect_tls(address, &tls, pinswitch_protocol::ClientOptions::default())
+        .await
+        .with_context(|| format!("connecting to {address} over TLS"))
 }
 
 /// The result line of an operation whose interesting figure is the balance.

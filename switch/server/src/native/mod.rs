@@ -55,6 +55,8 @@ pub(crate) struct Context {
     pub admission: Arc<crate::conn::Admission>,
     /// The HELLO answer; its rule fields change when SIGHUP reloads the engine rules.
     pub hello: std::sync::RwLock<HelloReply>,
+    /// TLS and who may do what.
+    pub trust: crate::access::Trust,
 }
 
 /// What became of one frame: answered at once (errors, HELLO, PING, frames refused by a
@@ -65,11 +67,13 @@ pub(crate) enum Handled {
     Later(std::pin::Pin<Box<dyn std::future::Future<Output = Vec<u8>>>>, u32),
 }
 
-/// Handles one frame. `frames_full`: the connection already has its most frames in flight;
+/// Handles one frame of a connection with `grants`. `frames_full`: the connection already has
+/// its most frames in flight;
 /// `events_budget`: how many more events it may have in flight. `pushes` is the connection's
 /// push queue, which the session directory learns for the sessions this frame reports.
 pub(crate) fn handle_frame(
     context: &Arc<Context>,
+    grants: &crate::access::Grants,
     header: &FrameHeader,
     body: &[u8],
     received_ms: u64,
@@ -85,6 +89,10 @@ pub(crate) fn handle_frame(
             ResultCode::UnknownMessageType,
         ));
     };
+    // Before anything in the frame runs: the connection's roles and business ids.
+    if let Err(code) = grants.check(msg_type, body) {
+        return Handled::Now(error_frame(header.msg_type, request_id, code));
+    }
     if frames_full {
         return Handled::Now(error_frame(header.msg_type, request_id, ResultCode::RetryLater));
     }

@@ -1,0 +1,203 @@
+//! Who may do what, end to end over TLS (issue 14): `pinswitch tls init` makes a test CA and
+//! certificates; a switch with mutual TLS and plain TCP off serves each identity its roles and
+//! business ids and refuses the rest with NOT_PERMITTED before anything in the frame runs; a
+//! client without a certificate, or from an unconfigured name, gets nothing that moves money;
+//! plain TCP is answered NOT_PERMITTED; and a switch listening beyond loopback without TLS
+//! refuses to start.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use pinswitch_protocol::client::{Client, ClientError};
+use pinswitch_protocol::tls::TlsClient;
+use pinswitch_protocol::*;
+use pinswitch_tests::{Switch, code, fresh_dir, one};
+
+const BIN: &str = env!("CARGO_BIN_EXE_pinswitch");
+const PASSWORD: &[u8] = b"4321";
+/// The gateway's own merchant, and one it is not bound to.
+const OWN_MERCHANT: u64 = 1001;
+const OTHER_MERCHANT: u64 = 2002;
+const OWNER: u32 = 7;
+
+fn run(args: &[&str]) -> (bool, String) {
+    let output = Command::new(BIN).args(args).output().expect("running pinswitch");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+/// A switch with mutual TLS, plain TCP off, and four identities (the stranger's certificate is
+/// signed by the same CA but names no configured identity).
+fn start(dir: &Path) -> (Switch, PathBuf) {
+    let certs = dir.join("certs");
+    let certs_arg = certs.to_string_lossy().to_string();
+    let (ok, out) = run(&[
+        "tls", "init", "--dir", &certs_arg, "--client", "admin-1", "--client", "gw-acme",
+        "--client", "sw-tel", "--client", "stranger",
+    ]);
+    assert!(ok, "tls init: {out}");
+    let pem = |name: &str| certs.join(name).to_string_lossy().to_string();
+    let config = [
+        "[tls]".to_string(),
+        format!("cert_pem = {:?}", pem("switch.pem")),
+        format!("key_pem = {:?}", pem("switch.key")),
+        format!("client_ca_pem = {:?}", pem("ca.pem")),
+        "[access]".to_string(),
+        "plain = \"off\"".to_string(),
+        "[[access.identities]]".to_string(),
+        "name = \"admin-1\"".to_string(),
+        "roles = [\"admin\"]".to_string(),
+        "[[access.identities]]".to_string(),
+        "name = \"gw-acme\"".to_string(),
+        "roles = [\"gateway\"]".to_string(),
+        format!("merchant_ids = [{OWN_MERCHANT}]"),
+        "[[access.identities]]".to_string(),
+        "name = \"sw-tel\"".to_string(),
+        "roles = [\"call_switch\"]".to_string(),
+        format!("owner_id = {OWNER}"),
+    ]
+    .join("\n");
+    let config_path = dir.join("trust.toml");
+    std::fs::write(&config_path, config).expect("writing the config");
+    let switch = Switch::start(
+        Path::new(BIN),
+        &dir.join("data"),
+        &["--config", &config_path.to_string_lossy()],
+    );
+    (switch, certs)
+}
+
+async fn connect_as(address: &str, certs: &Path, identity: Option<&str>) -> Client {
+    let cert =
+        identity.map(|name| (certs.join(format!("{name}.pem")), certs.join(format!("{name}.key"))));
+    let tls = TlsClient::from_pem_files(
+        &certs.join("ca.pem"),
+        cert.as_ref().map(|(cert, key)| (cert.as_path(), key.as_path())),
+        "localhost",
+    )
+    .expect("the client's TLS files");
+    Client::connect_tls(address, &tls, ClientOptions::default()).await.expect("TLS connect")
+}
+
+fn sale(pin: u64, merchant_id: u64) -> Sale {
+    Sale {
+        op_id: new_op_id(),
+        pin,
+        password: PASSWORD.to_vec(),
+        amount_won: 1_000,
+        merchant_id,
+        category: Category::InternetPayment as u8,
+    }
+}
+
+#[track_caller]
+fn not_permitted<T: std::fmt::Debug>(result: Result<T, ClientError>) {
+    match result {
+        Err(ClientError::Rejected(code)) => assert_eq!(code, ResultCode::NotPermitted),
+        other => panic!("expected NOT_PERMITTED, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_identity_does_its_own_job_and_nothing_else() {
+    let dir = fresh_dir("e2e-trust");
+    let (mut switch, certs) = start(&dir);
+    let address = switch.address.clone();
+
+    // The admin makes a spendable card.
+    let admin = connect_as(&address, &certs, Some("admin-1")).await;
+    let issued =
+        one(admin.card_issue(&[CardIssue { op_id: new_op_id(), face_value_won: 10_000 }]).await)
+            .await;
+    assert_eq!(issued.code, 0);
+    let pin = issued.pin;
+    let activate = CardActivate { op_id: new_op_id(), pin, password: PASSWORD.to_vec() };
+    assert_eq!(code(&one(admin.card_activate(&[activate]).await).await), ResultCode::Approved);
+
+    // The gateway pays for its own merchant, reads the balance, and nothing more.
+    let gateway = connect_as(&address, &certs, Some("gw-acme")).await;
+    let paid = one(gateway.sale(&[sale(pin, OWN_MERCHANT)]).await).await;
+    assert_eq!((code(&paid), paid.balance_won), (ResultCode::Approved, 9_000));
+    not_permitted(gateway.sale(&[sale(pin, OWN_MERCHANT), sale(pin, OTHER_MERCHANT)]).await);
+    not_permitted(
+        gateway
+            .card_load(&[CardLoad { op_id: new_op_id(), pin, amount_won: 10_000, funding: 1 }])
+            .await,
+    );
+    not_permitted(gateway.card_unblock(&[CardUnblock { op_id: new_op_id(), pin }]).await);
+    let balance = one(gateway.balance_inquiry(&[BalanceInquiry { pin }]).await).await;
+    assert_eq!(balance.balance_won, 9_000, "the refused frames moved nothing");
+    gateway.ping(1).await.expect("PING is everyone's");
+
+    // The call switch audits its own calls only, and cannot pay at a merchant.
+    let call_switch = connect_as(&address, &certs, Some("sw-tel")).await;
+    let audit = |owner_id| SessionAudit {
+        owner_id,
+        count: 0,
+        digest: 0,
+        list: true,
+        session_ids: Vec::new(),
+    };
+    let own = call_switch.session_audit(&audit(OWNER)).await.expect("its own audit");
+    assert_eq!(own.code, 0);
+    not_permitted(call_switch.session_audit(&audit(OWNER + 1)).await);
+    not_permitted(call_switch.sale(&[sale(pin, OWN_MERCHANT)]).await);
+
+    // A certificate from the CA whose name is no configured identity: no role.
+    let stranger = connect_as(&address, &certs, Some("stranger")).await;
+    stranger.ping(2).await.expect("PING");
+    not_permitted(stranger.balance_inquiry(&[BalanceInquiry { pin }]).await);
+
+    // No client certificate: the handshake is refused, so no call is answered.
+    let anonymous = connect_as(&address, &certs, None).await;
+    assert!(anonymous.ping(3).await.is_err(), "a client without a certificate is not served");
+
+    // The CLI speaks TLS with the same files.
+    let pem = |name: &str| certs.join(name).to_string_lossy().to_string();
+    let (ok, shown) = run(&[
+        "card",
+        "show",
+        "--connect",
+        &address,
+        &pin::format(pin),
+        "--tls-ca",
+        &pem("ca.pem"),
+        "--tls-cert",
+        &pem("admin-1.pem"),
+        "--tls-key",
+        &pem("admin-1.key"),
+    ]);
+    assert!(ok && shown.contains("balance   9000 won"), "{shown}");
+
+    // Plain TCP is off: one NOT_PERMITTED frame (PING type, request id 0), then EOF.
+    let mut plain = std::net::TcpStream::connect(&address).expect("plain connect");
+    let mut ping = Vec::new();
+    encode_frame(
+        &mut ping,
+        &FrameHeader::request(MsgType::Ping, 9, 0),
+        &encode_body(&Ping { nonce: 9 }),
+    );
+    plain.write_all(&ping).expect("writing a plain PING");
+    let mut answer = Vec::new();
+    plain.read_to_end(&mut answer).expect("reading the refusal");
+    let frame = decode_frame(&answer, 1 << 20).expect("a frame").expect("a whole frame");
+    assert_eq!(
+        (frame.header.status, frame.header.request_id, frame.total_len),
+        (ResultCode::NotPermitted.as_u16(), 0, answer.len())
+    );
+    switch.stop();
+}
+
+#[test]
+fn listening_beyond_loopback_without_tls_refuses_to_start() {
+    let dir = fresh_dir("e2e-trust-open");
+    let data = dir.join("data").to_string_lossy().to_string();
+    let (ok, out) = run(&["serve", "--data", &data, "--listen", "0.0.0.0:0"]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("without TLS"), "{out}");
+}
