@@ -106,7 +106,8 @@ pub(crate) fn random_pin() -> anyhow::Result<u64> {
     }
 }
 
-fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+/// Creates `path` (never overwriting an existing file) readable by its owner only, durably.
+pub(crate) fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let mut file = std::fs::OpenOptions::new()
         .write(true)

@@ -94,16 +94,6 @@ fn leaf(
     write_new(&dir.join(format!("{file}.key")), &key.serialize_pem())
 }
 
-/// Creates `path` (never overwriting) readable by its owner only.
 fn write_new(path: &Path, text: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    file.write_all(text.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
-    file.sync_all().with_context(|| format!("syncing {}", path.display()))
+    crate::keys::write_private(path, text.as_bytes())
 }
