@@ -12,7 +12,7 @@ use std::process::Command;
 use pinswitch_protocol::client::{Client, ClientError};
 use pinswitch_protocol::tls::TlsClient;
 use pinswitch_protocol::*;
-use pinswitch_tests::{Switch, code, fresh_dir, one};
+use pinswitch_tests::{Rng, Switch, code, fresh_dir, one};
 
 const BIN: &str = env!("CARGO_BIN_EXE_pinswitch");
 const PASSWORD: &[u8] = b"4321";
@@ -20,6 +20,8 @@ const PASSWORD: &[u8] = b"4321";
 const OWN_MERCHANT: u64 = 1001;
 const OTHER_MERCHANT: u64 = 2002;
 const OWNER: u32 = 7;
+/// The scanner identity's unknown-card answers a minute.
+const SCANNER_GUESSES_MAX: usize = 5;
 
 fn run(args: &[&str]) -> (bool, String) {
     let output = Command::new(BIN).args(args).output().expect("running pinswitch");
@@ -38,7 +40,7 @@ fn start(dir: &Path) -> (Switch, PathBuf) {
     let certs_arg = certs.to_string_lossy().to_string();
     let (ok, out) = run(&[
         "tls", "init", "--dir", &certs_arg, "--client", "admin-1", "--client", "gw-acme",
-        "--client", "sw-tel", "--client", "stranger",
+        "--client", "sw-tel", "--client", "stranger", "--client", "scanner",
     ]);
     assert!(ok, "tls init: {out}");
     let pem = |name: &str| certs.join(name).to_string_lossy().to_string();
@@ -56,6 +58,11 @@ fn start(dir: &Path) -> (Switch, PathBuf) {
         "name = \"gw-acme\"".to_string(),
         "roles = [\"gateway\"]".to_string(),
         format!("merchant_ids = [{OWN_MERCHANT}]"),
+        "[[access.identities]]".to_string(),
+        "name = \"scanner\"".to_string(),
+        "roles = [\"gateway\"]".to_string(),
+        format!("merchant_ids = [{OWN_MERCHANT}]"),
+        format!("guesses_per_minute_max = {SCANNER_GUESSES_MAX}"),
         "[[access.identities]]".to_string(),
         "name = \"sw-tel\"".to_string(),
         "roles = [\"call_switch\"]".to_string(),
@@ -190,6 +197,42 @@ async fn each_identity_does_its_own_job_and_nothing_else() {
         (frame.header.status, frame.header.request_id, frame.total_len),
         (ResultCode::NotPermitted.as_u16(), 0, answer.len())
     );
+    // A gateway's occasional unknown card is answered as such, never throttled ...
+    let mut rng = Rng(0x7E57);
+    let mut unknown_pin =
+        || pin::with_check_digit(100_000_000_000_000 + rng.below(900_000_000_000_000));
+    for _ in 0..3 {
+        let declined = one(gateway.sale(&[sale(unknown_pin(), OWN_MERCHANT)]).await).await;
+        assert_eq!(code(&declined), ResultCode::CardNotFound);
+    }
+    // ... while a scanner trying PINs at full speed learns about a handful (its limit, twice at
+    // most if a minute turns during the run) and is then answered RETRY_LATER, on a new
+    // connection too; other identities are untouched.
+    let scanner = connect_as(&address, &certs, Some("scanner")).await;
+    let mut answered = 0;
+    let mut refused = 0;
+    for _ in 0..40 {
+        match scanner.sale(&[sale(unknown_pin(), OWN_MERCHANT)]).await {
+            Ok(results) => {
+                assert_eq!(code(&results[0]), ResultCode::CardNotFound);
+                answered += 1;
+                assert_eq!(refused, 0, "once blocked, nothing is answered");
+            }
+            Err(ClientError::Rejected(ResultCode::RetryLater)) => refused += 1,
+            Err(other) => panic!("{other:?}"),
+        }
+    }
+    assert!(
+        (SCANNER_GUESSES_MAX..=2 * SCANNER_GUESSES_MAX + 1).contains(&answered) && refused > 0,
+        "{answered} answered, {refused} refused"
+    );
+    let again = connect_as(&address, &certs, Some("scanner")).await;
+    match again.balance_inquiry(&[BalanceInquiry { pin }]).await {
+        Err(ClientError::Rejected(ResultCode::RetryLater)) => {}
+        other => panic!("a blocked identity is blocked on every connection: {other:?}"),
+    }
+    let paid = one(gateway.sale(&[sale(pin, OWN_MERCHANT)]).await).await;
+    assert_eq!(code(&paid), ResultCode::Approved);
     switch.stop();
 }
 

@@ -12,6 +12,7 @@
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use pinswitch_protocol::{self as protocol, MsgType, ResultCode, access_body};
 use serde::Deserialize;
@@ -101,36 +102,147 @@ pub(crate) struct IdentityConfig {
     /// The channels a seller sells through (CARD_SELL); empty: none.
     #[serde(default)]
     pub channel_ids: Vec<u32>,
+    /// Unknown-card and wrong-password answers this identity may get in a minute, over all its
+    /// connections; past it, its frames are answered RETRY_LATER for a growing time. 0: not
+    /// metered.
+    #[serde(default = "default_guesses_per_minute_max")]
+    pub guesses_per_minute_max: u32,
+}
+
+/// A gateway's typos stay far below this; a PIN scanner reaches it in a second.
+pub(crate) const GUESSES_PER_MINUTE_DEFAULT: u32 = 60;
+
+fn default_guesses_per_minute_max() -> u32 {
+    GUESSES_PER_MINUTE_DEFAULT
+}
+
+/// The first block of a guesser; each block that follows within `GUESS_PENALTY_RESET_MS` of the
+/// last one ending doubles, up to `GUESS_PENALTY_MAX_MS`.
+const GUESS_PENALTY_FIRST_MS: u64 = 60_000;
+const GUESS_PENALTY_MAX_MS: u64 = 3_600_000;
+const GUESS_PENALTY_RESET_MS: u64 = 3_600_000;
+const GUESS_WINDOW_MS: u64 = 60_000;
+
+/// Counts the answers that tell a guesser something (CARD_NOT_FOUND, PASSWORD_INVALID,
+/// PASSWORD_TRIES_EXCEEDED) per minute, and blocks past `per_minute_max`. Lock-free: every
+/// frame asks `throttled`, so the common case is one relaxed load.
+#[derive(Debug, Default)]
+pub(crate) struct GuessMeter {
+    name: String,
+    per_minute_max: u32,
+    window_start_ms: AtomicU64,
+    count: AtomicU32,
+    blocked_until_ms: AtomicU64,
+    penalty_ms: AtomicU64,
+}
+
+impl GuessMeter {
+    fn new(name: &str, per_minute_max: u32) -> GuessMeter {
+        GuessMeter {
+            name: name.to_owned(),
+            per_minute_max,
+            penalty_ms: AtomicU64::new(GUESS_PENALTY_FIRST_MS),
+            ..GuessMeter::default()
+        }
+    }
+
+    /// Whether frames are refused at `now_ms`.
+    pub(crate) fn throttled(&self, now_ms: u64) -> bool {
+        self.per_minute_max > 0 && now_ms < self.blocked_until_ms.load(Ordering::Relaxed)
+    }
+
+    /// Counts a frame's result codes.
+    pub(crate) fn note(&self, codes: impl Iterator<Item = u16>) {
+        if self.per_minute_max == 0 {
+            return;
+        }
+        let guesses = codes.filter(|code| is_guess_answer(*code)).count();
+        if guesses == 0 {
+            return;
+        }
+        self.count_at(
+            crate::shard_loop::wall_clock_ms(),
+            u32::try_from(guesses).unwrap_or(u32::MAX),
+        );
+    }
+
+    fn count_at(&self, now_ms: u64, guesses: u32) {
+        let window_start_ms = self.window_start_ms.load(Ordering::Acquire);
+        if now_ms.saturating_sub(window_start_ms) >= GUESS_WINDOW_MS
+            && self
+                .window_start_ms
+                .compare_exchange(window_start_ms, now_ms, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            self.count.store(0, Ordering::Release);
+        }
+        let total = self.count.fetch_add(guesses, Ordering::AcqRel).saturating_add(guesses);
+        if total <= self.per_minute_max {
+            return;
+        }
+        let blocked_until_ms = self.blocked_until_ms.load(Ordering::Acquire);
+        if now_ms < blocked_until_ms {
+            return;
+        }
+        let mut penalty_ms = self.penalty_ms.load(Ordering::Acquire);
+        if now_ms.saturating_sub(blocked_until_ms) >= GUESS_PENALTY_RESET_MS {
+            penalty_ms = GUESS_PENALTY_FIRST_MS;
+        }
+        self.blocked_until_ms.store(now_ms + penalty_ms, Ordering::Release);
+        self.penalty_ms.store((penalty_ms * 2).min(GUESS_PENALTY_MAX_MS), Ordering::Release);
+        self.count.store(0, Ordering::Release);
+        // One line per block, not per refused frame.
+        eprintln!(
+            "pinswitch: {} guessed: {total} unknown-card or wrong-password answers within a minute \
+             (limit {}); its frames are answered RETRY_LATER for {} s",
+            if self.name.is_empty() { "a plain TCP connection" } else { self.name.as_str() },
+            self.per_minute_max,
+            penalty_ms / 1000
+        );
+    }
+}
+
+/// The answers a PIN or password guesser learns from.
+fn is_guess_answer(code: u16) -> bool {
+    [ResultCode::CardNotFound, ResultCode::PasswordInvalid, ResultCode::PasswordTriesExceeded]
+        .iter()
+        .any(|answer| answer.as_u16() == code)
 }
 
 /// What one connection may do.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default)]
 pub(crate) struct Grants {
-    /// The identity's name, for logs ("" for plain TCP).
-    pub name: String,
     roles: Vec<Role>,
     admin: bool,
     merchant_ids: HashSet<u64>,
     owner_id: Option<u32>,
     channel_ids: HashSet<u32>,
+    /// Unknown-card and wrong-password answers, shared by the identity's connections.
+    pub guesses: GuessMeter,
 }
 
 impl Grants {
     /// The grants of a configured identity.
     pub(crate) fn of(identity: &IdentityConfig) -> Grants {
         Grants {
-            name: identity.name.clone(),
             admin: identity.roles.contains(&Role::Admin),
             roles: identity.roles.clone(),
             merchant_ids: identity.merchant_ids.iter().copied().collect(),
             owner_id: identity.owner_id,
             channel_ids: identity.channel_ids.iter().copied().collect(),
+            guesses: GuessMeter::new(&identity.name, identity.guesses_per_minute_max),
         }
     }
 
-    /// Roles with no business-id binding (plain TCP on loopback: the embedded default).
-    pub(crate) fn unbound(roles: &[Role]) -> Grants {
-        Grants { admin: roles.contains(&Role::Admin), roles: roles.to_vec(), ..Grants::default() }
+    /// Roles with no business-id binding (plain TCP, TLS without a certificate), metered at
+    /// `guesses_per_minute_max` (0: not metered).
+    pub(crate) fn unbound(name: &str, roles: &[Role], guesses_per_minute_max: u32) -> Grants {
+        Grants {
+            admin: roles.contains(&Role::Admin),
+            roles: roles.to_vec(),
+            guesses: GuessMeter::new(name, guesses_per_minute_max),
+            ..Grants::default()
+        }
     }
 
     /// Whether a frame of `msg_type` with `body` may run: `Err(NotPermitted)` refuses it whole.
@@ -188,7 +300,8 @@ impl Grants {
 pub(crate) struct Trust {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     plain: Plain,
-    plain_grants: Arc<Grants>,
+    plain_roles: Vec<Role>,
+    plain_guesses_per_minute_max: u32,
     anonymous: Arc<Grants>,
     identities: HashMap<String, Arc<Grants>>,
     nobody: Arc<Grants>,
@@ -214,8 +327,13 @@ impl Trust {
                 "any" => Plain::Any,
                 _ => Plain::Loopback,
             },
-            plain_grants: Arc::new(Grants::unbound(&access.plain_roles)),
-            anonymous: Arc::new(Grants::unbound(&access.anonymous_roles)),
+            plain_roles: access.plain_roles.clone(),
+            plain_guesses_per_minute_max: access.plain_guesses_per_minute_max,
+            anonymous: Arc::new(Grants::unbound(
+                "anonymous TLS clients",
+                &access.anonymous_roles,
+                GUESSES_PER_MINUTE_DEFAULT,
+            )),
             identities: access
                 .identities
                 .iter()
@@ -225,14 +343,17 @@ impl Trust {
         })
     }
 
-    /// The grants of a plain TCP connection from `peer`, or `None`: plain TCP is refused.
+    /// The grants of a plain TCP connection from `peer` (metered per connection), or `None`:
+    /// plain TCP is refused.
     pub(crate) fn plain(&self, peer: IpAddr) -> Option<Arc<Grants>> {
         let served = match self.plain {
             Plain::Off => false,
             Plain::Loopback => peer.is_loopback(),
             Plain::Any => true,
         };
-        served.then(|| self.plain_grants.clone())
+        served.then(|| {
+            Arc::new(Grants::unbound("", &self.plain_roles, self.plain_guesses_per_minute_max))
+        })
     }
 
     /// The grants of a TLS connection whose verified client certificate names `name` (`None`:
@@ -257,6 +378,7 @@ mod tests {
             merchant_ids: vec![7],
             owner_id: None,
             channel_ids: vec![],
+            guesses_per_minute_max: 3,
         })
     }
 
@@ -271,6 +393,22 @@ mod tests {
         }])
     }
 
+    /// Past the limit within a minute the identity is blocked for a minute, then for twice as
+    /// long when it guesses again soon after; declines that tell nothing are not counted.
+    #[test]
+    fn guessing_past_the_limit_blocks_for_a_growing_time() {
+        let meter = gateway().guesses;
+        let not_found = ResultCode::CardNotFound.as_u16();
+        meter.count_at(1_000, 3);
+        assert!(!meter.throttled(1_000), "3 of 3 is within the limit");
+        meter.note([ResultCode::InsufficientFunds.as_u16()].into_iter());
+        meter.count_at(2_000, 1);
+        assert!(meter.throttled(2_000) && meter.throttled(61_999) && !meter.throttled(62_000));
+        meter.count_at(70_000, 4);
+        assert!(meter.throttled(70_000 + 119_999) && !meter.throttled(70_000 + 120_000));
+        assert!(is_guess_answer(not_found) && !is_guess_answer(0));
+    }
+
     #[test]
     fn a_gateway_pays_for_its_own_merchants_only() {
         let grants = gateway();
@@ -278,7 +416,7 @@ mod tests {
         assert_eq!(grants.check(MsgType::Sale, &sale(8)), Err(ResultCode::NotPermitted));
         assert_eq!(grants.check(MsgType::CardLoad, &[]), Err(ResultCode::NotPermitted));
         assert_eq!(grants.check(MsgType::Ping, &[]), Ok(()));
-        assert_eq!(Grants::unbound(&[Role::Admin]).check(MsgType::Sale, &sale(8)), Ok(()));
+        assert_eq!(Grants::unbound("", &[Role::Admin], 0).check(MsgType::Sale, &sale(8)), Ok(()));
         assert_eq!(Grants::default().check(MsgType::Sale, &sale(7)), Err(ResultCode::NotPermitted));
     }
 }

@@ -123,6 +123,9 @@ pub(crate) struct AccessSection {
     pub plain: String,
     /// The roles of a plain TCP connection, bound to no business id.
     pub plain_roles: Vec<crate::access::Role>,
+    /// Unknown-card and wrong-password answers one plain TCP connection may get in a minute
+    /// (0: not metered: plain TCP serves this host's own tools by default).
+    pub plain_guesses_per_minute_max: u32,
     /// The roles of a TLS client without a certificate (TLS without `client_ca_pem`).
     pub anonymous_roles: Vec<crate::access::Role>,
     /// The identities of client certificates. A verified certificate whose name is not here
@@ -135,6 +138,7 @@ impl Default for AccessSection {
         AccessSection {
             plain: "loopback".into(),
             plain_roles: vec![crate::access::Role::Admin],
+            plain_guesses_per_minute_max: 0,
             anonymous_roles: Vec::new(),
             identities: Vec::new(),
         }

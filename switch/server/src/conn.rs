@@ -511,7 +511,7 @@ impl Outstanding {
 /// answered; the connection reads no more).
 fn take_frames(
     context: &Arc<Context>,
-    grants: &Grants,
+    grants: &Arc<Grants>,
     input: &mut Received,
     now_ms: u64,
     in_flight: &mut Outstanding,

@@ -73,7 +73,7 @@ pub(crate) enum Handled {
 /// push queue, which the session directory learns for the sessions this frame reports.
 pub(crate) fn handle_frame(
     context: &Arc<Context>,
-    grants: &crate::access::Grants,
+    grants: &Arc<crate::access::Grants>,
     header: &FrameHeader,
     body: &[u8],
     received_ms: u64,
@@ -93,6 +93,11 @@ pub(crate) fn handle_frame(
     if let Err(code) = grants.check(msg_type, body) {
         return Handled::Now(error_frame(header.msg_type, request_id, code));
     }
+    // A connection whose identity guessed too much is told nothing about cards for a while.
+    if !matches!(msg_type, MsgType::Hello | MsgType::Ping) && grants.guesses.throttled(received_ms)
+    {
+        return Handled::Now(error_frame(header.msg_type, request_id, ResultCode::RetryLater));
+    }
     if frames_full {
         return Handled::Now(error_frame(header.msg_type, request_id, ResultCode::RetryLater));
     }
@@ -108,9 +113,10 @@ pub(crate) fn handle_frame(
     let events = u32::try_from(planned.events()).unwrap_or(u32::MAX);
     let context = context.clone();
     let pushes = pushes.clone();
+    let grants = grants.clone();
     Handled::Later(
         Box::pin(async move {
-            let body = planned.finish(&context, &pushes).await;
+            let body = planned.finish(&context, &pushes, &grants.guesses).await;
             response_frame(msg_type, request_id, &body)
         }),
         events,
@@ -169,11 +175,18 @@ impl Planned {
         }
     }
 
-    async fn finish(self, context: &Context, pushes: &mpsc::Sender<Vec<u8>>) -> Vec<u8> {
+    /// Awaits the shards and builds the answer body; the answers that tell a guesser something
+    /// (an unknown card, a wrong password) are counted against the connection's `guesses`.
+    async fn finish(
+        self,
+        context: &Context,
+        pushes: &mpsc::Sender<Vec<u8>>,
+        guesses: &crate::access::GuessMeter,
+    ) -> Vec<u8> {
         match self {
             Planned::Ready(body) => body,
-            Planned::Ops(pending) => encode_body(
-                &pending
+            Planned::Ops(pending) => {
+                let results = pending
                     .collect(
                         |output| match output {
                             ShardOutput::Applied(applied) => op_result(&applied.reply),
@@ -181,20 +194,28 @@ impl Planned {
                         },
                         || op_code(ResultCode::RetryLater),
                     )
-                    .await,
-            ),
+                    .await;
+                guesses.note(results.iter().map(|result| result.code));
+                encode_body(&results)
+            }
             Planned::Issue(pending, pins) => {
                 encode_body(&finish_issue(context, pending, pins).await)
             }
             Planned::Inquiry(pending) => encode_body(
                 &pending.collect(inquiry_result, || inquiry_code(ResultCode::RetryLater)).await,
             ),
-            Planned::Balance(pending) => encode_body(
-                &pending.collect(balance_result, || balance_code(ResultCode::RetryLater)).await,
-            ),
-            Planned::Foreign(pending) => encode_body(
-                &pending.collect(foreign_result, || foreign_code(ResultCode::RetryLater)).await,
-            ),
+            Planned::Balance(pending) => {
+                let results =
+                    pending.collect(balance_result, || balance_code(ResultCode::RetryLater)).await;
+                guesses.note(results.iter().map(|result| result.code));
+                encode_body(&results)
+            }
+            Planned::Foreign(pending) => {
+                let results =
+                    pending.collect(foreign_result, || foreign_code(ResultCode::RetryLater)).await;
+                guesses.note(results.iter().map(|result| result.result.code));
+                encode_body(&results)
+            }
             Planned::Session(pending, msg_type, session_ids) => {
                 let results = pending
                     .collect(
@@ -205,6 +226,7 @@ impl Planned {
                         || op_code(ResultCode::RetryLater),
                     )
                     .await;
+                guesses.note(results.iter().map(|result| result.code));
                 for (result, session_id) in results.iter().zip(&session_ids) {
                     track_session(&context.directory, pushes, msg_type, *session_id, result);
                 }
