@@ -20,8 +20,27 @@ use crate::workload::WorkloadSpec;
                   validates every card balance against the replies afterwards."
 )]
 pub(crate) struct Cli {
+    #[command(flatten)]
+    pub tls: TlsArgs,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// TLS to the switch (ops/trust.md): every connection of every command uses it when given.
+#[derive(Args, Debug, Clone, Default)]
+pub(crate) struct TlsArgs {
+    /// Connect with TLS, trusting the authority in this PEM file.
+    #[arg(long, global = true)]
+    pub tls_ca: Option<PathBuf>,
+    /// Mutual TLS: this client certificate (PEM) ...
+    #[arg(long, global = true, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// ... and its private key (PEM).
+    #[arg(long, global = true, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// The name the switch's certificate carries.
+    #[arg(long, global = true, default_value = "localhost")]
+    pub tls_name: String,
 }
 
 #[derive(Subcommand, Debug)]

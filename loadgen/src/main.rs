@@ -57,6 +57,7 @@ fn runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
 
 /// Runs a command; `Ok(false)` means "completed, but validation failed".
 fn execute(cli: Cli) -> anyhow::Result<bool> {
+    crate::pool::configure_tls(&cli.tls)?;
     match cli.command {
         Command::Prepare(args) => {
             let spec = PrepareSpec {

@@ -18,6 +18,30 @@ pub(crate) struct Pool {
     pub hello: HelloReply,
 }
 
+/// The TLS client every connection uses, when `--tls-ca` was given.
+static TLS: std::sync::OnceLock<pinswitch_protocol::tls::TlsClient> = std::sync::OnceLock::new();
+
+/// Reads the TLS flags once, before any connection.
+pub(crate) fn configure_tls(args: &crate::args::TlsArgs) -> anyhow::Result<()> {
+    let Some(ca) = &args.tls_ca else { return Ok(()) };
+    let identity = args.tls_cert.as_deref().zip(args.tls_key.as_deref());
+    let tls = pinswitch_protocol::tls::TlsClient::from_pem_files(ca, identity, &args.tls_name)
+        .context("the TLS flags")?;
+    let _ = TLS.set(tls);
+    Ok(())
+}
+
+/// One connection, over TLS when configured.
+pub(crate) async fn open(
+    address: &str,
+    options: ClientOptions,
+) -> Result<Client, pinswitch_protocol::ClientError> {
+    match TLS.get() {
+        Some(tls) => Client::connect_tls(address, tls, options).await,
+        None => Client::connect_with_options(address, options).await,
+    }
+}
+
 /// Opens one connection and greets the server.
 pub(crate) async fn connect(
     address: &str,
@@ -25,9 +49,8 @@ pub(crate) async fn connect(
     client_name: &str,
 ) -> anyhow::Result<(Client, HelloReply)> {
     let options = ClientOptions { in_flight_max: in_flight.max(1), ..ClientOptions::default() };
-    let client = Client::connect_with_options(address, options)
-        .await
-        .with_context(|| format!("connecting to {address}"))?;
+    let client =
+        open(address, options).await.with_context(|| format!("connecting to {address}"))?;
     let hello = client.hello(client_name).await.with_context(|| format!("greeting {address}"))?;
     Ok((client, hello))
 }

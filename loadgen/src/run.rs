@@ -592,7 +592,7 @@ impl<F: Future<Output = FrameOutput> + Send + 'static> Connection<F> {
             if self.stop.load(Ordering::Relaxed) || now >= deadline {
                 return false;
             }
-            match Client::connect_with_options(&self.address, self.options).await {
+            match crate::pool::open(&self.address, self.options).await {
                 Ok(client) => {
                     if self.notices.is_some() {
                         self.notices = Some(client.notices());
@@ -1071,7 +1071,7 @@ async fn connect_clients(spec: &RunSpec, shape: &Shape) -> anyhow::Result<Vec<Cl
     let mut clients = Vec::with_capacity(shape.connections);
     for _ in 0..shape.connections {
         clients.push(
-            Client::connect_with_options(&spec.address, shape.options)
+            crate::pool::open(&spec.address, shape.options)
                 .await
                 .with_context(|| format!("connecting to {}", spec.address))?,
         );
