@@ -5,6 +5,7 @@
 # open loop at half the one-event peak), reads the switch's resident memory, kills it with
 # SIGKILL and times its recovery, then (if redis-server is installed) runs the Redis peer in
 # the same window, and Redis PING without persistence (what loopback round trips alone allow).
+# The one-event and batched shapes run over mutual TLS too (tls_*), on the same port.
 # Every run reports the CPU the generator and the switch spent per operation (--server-pid).
 # Writes every report under DIR and a summary table to DIR/summary.md.
 #
@@ -30,9 +31,23 @@ rm -rf "$DIR"
 mkdir -p "$DIR"
 SUMMARY=$DIR/summary.md
 
+# TLS beside plain TCP on the same port (ops/trust.md): a test CA, the switch's certificate,
+# and a client certificate for an admin identity (mutual TLS).
+"$SWITCH" tls init --dir "$DIR/certs" --client bench >/dev/null
+cat >"$DIR/trust.toml" <<EOF
+[tls]
+cert_pem = "$DIR/certs/switch.pem"
+key_pem = "$DIR/certs/switch.key"
+client_ca_pem = "$DIR/certs/ca.pem"
+[[access.identities]]
+name = "bench"
+roles = ["admin"]
+EOF
+TLS_FLAGS=(--tls-ca "$DIR/certs/ca.pem" --tls-cert "$DIR/certs/bench.pem" --tls-key "$DIR/certs/bench.key")
+
 start_switch() {
     local log=$1
-    "$SWITCH" serve --data "$DIR/data" --listen "$ADDRESS" >"$log" 2>&1 &
+    "$SWITCH" serve --data "$DIR/data" --listen "$ADDRESS" --config "$DIR/trust.toml" >"$log" 2>&1 &
     echo $! >"$DIR/pid"
     until grep -q "listening" "$log"; do
         if ! kill -0 "$(cat "$DIR/pid")" 2>/dev/null; then
@@ -89,7 +104,11 @@ run single_50x1 --connections 50 --in-flight 1 --batch 1 --seed 20
 HALF_RATE=$(python3 -c "import json; print(int(json.load(open('$DIR/single_50x1.json'))['ops_per_s'] / 2))")
 run half_peak_open_loop --connections 50 --in-flight 4 --batch 1 --rate "$HALF_RATE" --seed 23
 run single_50x16 --connections 50 --in-flight 16 --batch 1 --seed 21
+# The same shapes over mutual TLS (before the batched run, for the same reason).
+run tls_50x1 --connections 50 --in-flight 1 --batch 1 --seed 24 "${TLS_FLAGS[@]}"
+run tls_50x16 --connections 50 --in-flight 16 --batch 1 --seed 25 "${TLS_FLAGS[@]}"
 run batched --connections 2 --in-flight 4 --batch 8000 --seed 19
+run tls_batched --connections 2 --in-flight 4 --batch 8000 --seed 26 "${TLS_FLAGS[@]}"
 
 PID=$(cat "$DIR/pid")
 RSS_KB=$(awk '/VmRSS/ {print $2}' "/proc/$PID/status")
