@@ -8,8 +8,8 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::JournalError;
-use crate::format::{self, RecordStart, SEGMENT_HEADER_BYTES, SegmentHeader};
-use crate::fsys;
+use crate::format::{self, RecordFault, RecordStart, SEGMENT_HEADER_BYTES, SegmentHeader};
+use crate::fsys::{self, NumberedFile};
 
 /// Bytes read per `pread`; records are small, so one read covers hundreds of them.
 const CHUNK_BYTES: usize = 256 << 10;
@@ -74,88 +74,31 @@ impl Reader {
     ) -> Result<u64, JournalError> {
         let from_seq = from_seq.max(1);
         let segments = fsys::list_segments(&self.dir)?;
-        let Some(first) = segments.first() else {
+        if segments.is_empty() {
             return Ok(0);
-        };
-        let resume = self.cursor.filter(|cursor| cursor.next_seq == from_seq).and_then(|cursor| {
-            segments
-                .iter()
-                .position(|segment| segment.seq == cursor.segment_seq)
-                .map(|index| (index, cursor))
-        });
-        let (start, mut offset, mut next_seq) = match resume {
-            Some((index, cursor)) => (index, cursor.offset, cursor.next_seq),
-            None => {
-                let Some(index) = segments.iter().rposition(|segment| segment.seq <= from_seq)
-                else {
-                    return Err(JournalError::corrupt(
-                        &first.path,
-                        0,
-                        format!(
-                            "the journal starts at seq {} but records from seq {from_seq} were asked for",
-                            first.seq
-                        ),
-                    ));
-                };
-                (index, SEGMENT_HEADER_BYTES as u64, segments[index].seq)
-            }
-        };
+        }
+        let start = self.start_point(&segments, from_seq)?;
         self.cursor = None;
 
+        let mut position = start.position;
         let last_index = segments.len() - 1;
-        for (index, segment) in segments.iter().enumerate().skip(start) {
+        for (index, segment) in segments.iter().enumerate().skip(start.index) {
             let is_last = index == last_index;
             let path = &segment.path;
-            let file = match File::open(path) {
-                Ok(file) => file,
-                // The writer's recovery may have just removed a torn roll.
-                Err(error) if is_last && error.kind() == std::io::ErrorKind::NotFound => break,
-                Err(error) => {
-                    return Err(JournalError::Io {
-                        path: path.clone(),
-                        action: "open segment",
-                        source: error,
-                    });
-                }
+            let Some(file) = open_segment(path, is_last)? else {
+                break;
             };
             let file_bytes = file.metadata().map_err(JournalError::io(path, "stat segment"))?.len();
             let mut window =
                 Window { file: &file, path, file_bytes, buffer: &mut self.buffer, start: None };
 
-            if index != start || resume.is_none() {
+            if index != start.index || !start.resumed {
                 // A new segment: check its header and that it continues the sequence.
-                let header = if file_bytes < SEGMENT_HEADER_BYTES as u64 {
-                    Err(format!("file of {file_bytes} bytes is too short for a segment header"))
-                } else {
-                    SegmentHeader::decode(window.get(0, SEGMENT_HEADER_BYTES)?)
-                };
-                match header {
-                    Ok(header) if header.first_seq != segment.seq => {
-                        return Err(JournalError::corrupt(
-                            path,
-                            16,
-                            format!(
-                                "header says first seq {}, file name says {}",
-                                header.first_seq, segment.seq
-                            ),
-                        ));
-                    }
-                    Ok(_) => {}
+                if !window.check_segment_start(segment, position.next_seq, is_last)? {
                     // The writer is creating this segment right now.
-                    Err(_) if is_last => break,
-                    Err(reason) => return Err(JournalError::corrupt(path, 0, reason)),
+                    break;
                 }
-                if segment.seq != next_seq {
-                    return Err(JournalError::corrupt(
-                        path,
-                        0,
-                        format!(
-                            "sequence gap: the previous segment ends before seq {next_seq}, this segment starts at seq {}",
-                            segment.seq
-                        ),
-                    ));
-                }
-                offset = SEGMENT_HEADER_BYTES as u64;
+                position.offset = SEGMENT_HEADER_BYTES as u64;
             }
             // The last segment may hold appended records that are not durable yet: read up to
             // the durable end the writer published (loaded after the header was found valid,
@@ -166,48 +109,81 @@ impl Reader {
                 file_bytes
             };
 
-            // Walk records until the end of this segment's data.
-            let fault = loop {
-                if offset >= durable_end {
-                    break None;
-                }
-                let room_bytes =
-                    usize::try_from(file_bytes.saturating_sub(offset)).unwrap_or(usize::MAX);
-                let header = window.get(offset, room_bytes.min(format::RECORD_HEADER_BYTES))?;
-                let (len, span_bytes) = match format::record_start(header, room_bytes) {
-                    Ok(RecordStart::End) => break None,
-                    // Commits end on record boundaries: a record across the durable end is not
-                    // durable (only a cut tail, lowering the watermark, could make one).
-                    Ok(RecordStart::Record { span_bytes, .. })
-                        if offset + span_bytes as u64 > durable_end =>
-                    {
-                        break None;
-                    }
-                    Ok(RecordStart::Record { len, span_bytes }) => (len, span_bytes),
-                    Err(fault) => break Some(fault),
-                };
-                let record = window.get(offset, len as usize)?;
-                match format::check_record(record, next_seq) {
-                    Ok(payload) => {
-                        if next_seq >= from_seq {
-                            visit(next_seq, payload).map_err(JournalError::Apply)?;
-                        }
-                        offset += span_bytes as u64;
-                        next_seq += 1;
-                    }
-                    Err(fault) => break Some(fault),
-                }
-            };
-            self.cursor = Some(Cursor { segment_seq: segment.seq, offset, next_seq });
+            let fault = window.walk_records(&mut position, durable_end, from_seq, &mut visit)?;
+            self.cursor = Some(Cursor {
+                segment_seq: segment.seq,
+                offset: position.offset,
+                next_seq: position.next_seq,
+            });
             if let Some(fault) = fault {
                 if is_last {
                     // A record the writer is still copying, or a torn tail recovery will remove.
                     break;
                 }
-                return Err(JournalError::corrupt(path, offset, fault.reason));
+                return Err(JournalError::corrupt(path, position.offset, fault.reason));
             }
         }
-        Ok(next_seq - 1)
+        Ok(position.next_seq - 1)
+    }
+
+    /// Where a read of `from_seq` begins in `segments` (not empty): where the previous call
+    /// stopped when it asks for the next record there, else at the start of the segment that
+    /// holds `from_seq`; an error when the journal no longer reaches back that far.
+    fn start_point(&self, segments: &[NumberedFile], from_seq: u64) -> Result<Start, JournalError> {
+        let resume = self.cursor.filter(|cursor| cursor.next_seq == from_seq).and_then(|cursor| {
+            segments
+                .iter()
+                .position(|segment| segment.seq == cursor.segment_seq)
+                .map(|index| (index, cursor))
+        });
+        if let Some((index, cursor)) = resume {
+            let position = Position { offset: cursor.offset, next_seq: cursor.next_seq };
+            return Ok(Start { index, position, resumed: true });
+        }
+        let Some(index) = segments.iter().rposition(|segment| segment.seq <= from_seq) else {
+            let first = &segments[0];
+            return Err(JournalError::corrupt(
+                &first.path,
+                0,
+                format!(
+                    "the journal starts at seq {} but records from seq {from_seq} were asked for",
+                    first.seq
+                ),
+            ));
+        };
+        let position =
+            Position { offset: SEGMENT_HEADER_BYTES as u64, next_seq: segments[index].seq };
+        Ok(Start { index, position, resumed: false })
+    }
+}
+
+/// Where a read begins: the segment's index in the listing, the position in it, and whether
+/// that position is a previous call's cursor (its segment header was checked then).
+struct Start {
+    index: usize,
+    position: Position,
+    resumed: bool,
+}
+
+/// A place in a segment: the file offset of the next record and the sequence number it must
+/// carry.
+#[derive(Clone, Copy)]
+struct Position {
+    offset: u64,
+    next_seq: u64,
+}
+
+/// The segment file at `path`, or `None` for a last segment that is gone (the writer's recovery
+/// may have just removed a torn roll).
+fn open_segment(path: &Path, is_last: bool) -> Result<Option<File>, JournalError> {
+    match File::open(path) {
+        Ok(file) => Ok(Some(file)),
+        Err(error) if is_last && error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(JournalError::Io {
+            path: path.to_path_buf(),
+            action: "open segment",
+            source: error,
+        }),
     }
 }
 
@@ -222,6 +198,93 @@ struct Window<'a> {
 }
 
 impl Window<'_> {
+    /// Checks a new segment's header and that the segment continues the sequence at
+    /// `next_seq`; `Ok(false)` for a last segment whose header is not whole yet (the writer is
+    /// creating it right now), where reading stops without error.
+    fn check_segment_start(
+        &mut self,
+        segment: &NumberedFile,
+        next_seq: u64,
+        is_last: bool,
+    ) -> Result<bool, JournalError> {
+        let path = self.path;
+        let header = if self.file_bytes < SEGMENT_HEADER_BYTES as u64 {
+            Err(format!("file of {} bytes is too short for a segment header", self.file_bytes))
+        } else {
+            SegmentHeader::decode(self.get(0, SEGMENT_HEADER_BYTES)?)
+        };
+        match header {
+            Ok(header) if header.first_seq != segment.seq => {
+                return Err(JournalError::corrupt(
+                    path,
+                    16,
+                    format!(
+                        "header says first seq {}, file name says {}",
+                        header.first_seq, segment.seq
+                    ),
+                ));
+            }
+            Ok(_) => {}
+            Err(_) if is_last => return Ok(false),
+            Err(reason) => return Err(JournalError::corrupt(path, 0, reason)),
+        }
+        if segment.seq != next_seq {
+            return Err(JournalError::corrupt(
+                path,
+                0,
+                format!(
+                    "sequence gap: the previous segment ends before seq {next_seq}, this segment starts at seq {}",
+                    segment.seq
+                ),
+            ));
+        }
+        Ok(true)
+    }
+
+    /// Walks the records from `position` until `durable_end` or the end of the segment's data,
+    /// calling `visit` for those at `from_seq` or later and moving `position` past each valid
+    /// one; returns the fault of the record it stopped at, if any.
+    fn walk_records(
+        &mut self,
+        position: &mut Position,
+        durable_end: u64,
+        from_seq: u64,
+        visit: &mut impl FnMut(u64, &[u8]) -> Result<(), String>,
+    ) -> Result<Option<RecordFault>, JournalError> {
+        loop {
+            let offset = position.offset;
+            if offset >= durable_end {
+                return Ok(None);
+            }
+            let room_bytes =
+                usize::try_from(self.file_bytes.saturating_sub(offset)).unwrap_or(usize::MAX);
+            let header = self.get(offset, room_bytes.min(format::RECORD_HEADER_BYTES))?;
+            let (len, span_bytes) = match format::record_start(header, room_bytes) {
+                Ok(RecordStart::End) => return Ok(None),
+                // Commits end on record boundaries: a record across the durable end is not
+                // durable (only a cut tail, lowering the watermark, could make one).
+                Ok(RecordStart::Record { span_bytes, .. })
+                    if offset + span_bytes as u64 > durable_end =>
+                {
+                    return Ok(None);
+                }
+                Ok(RecordStart::Record { len, span_bytes }) => (len, span_bytes),
+                Err(fault) => return Ok(Some(fault)),
+            };
+            let record = self.get(offset, len as usize)?;
+            match format::check_record(record, position.next_seq) {
+                Ok(payload) => {
+                    if position.next_seq >= from_seq {
+                        visit(position.next_seq, payload).map_err(JournalError::Apply)?;
+                    }
+                    position.offset += span_bytes as u64;
+                    position.next_seq += 1;
+                }
+                Err(fault) => return Ok(Some(fault)),
+            }
+        }
+    }
+
     /// `length` bytes at `offset`; the caller keeps `offset + length` within the file.
     fn get(&mut self, offset: u64, length: usize) -> Result<&[u8], JournalError> {
         let end = offset + length as u64;
@@ -237,7 +300,9 @@ impl Window<'_> {
                 .map_err(JournalError::io(self.path, "read segment"))?;
             self.start = Some(offset);
         }
-        let from = (offset - self.start.unwrap_or(offset)) as usize;
+        // The window now holds `offset`, so the distance from its start is within the buffer.
+        let from = usize::try_from(offset - self.start.unwrap_or(offset))
+            .expect("the window holds offset, within a buffer of usize bytes");
         Ok(&self.buffer[from..from + length])
     }
 }

@@ -121,25 +121,21 @@ impl Recovery {
     }
 }
 
+/// What a scan does with each verified record after the replay start: `apply(seq, payload)`,
+/// an `Err` stopping the scan.
+type ApplyRecord<'a> = dyn FnMut(u64, &[u8]) -> Result<(), String> + 'a;
+
 /// The whole recovery scan: torn roll, headers, continuity, records, torn tail.
 fn scan(
     dir: &Path,
     options: &JournalOptions,
     after_seq: u64,
     snapshot_seq: u64,
-    apply: &mut dyn FnMut(u64, &[u8]) -> Result<(), String>,
+    apply: &mut ApplyRecord<'_>,
 ) -> Result<ScanEnd, JournalError> {
     // The journal must reach the snapshot even if the caller replays from earlier.
     let required_seq = after_seq.max(snapshot_seq);
-    let mut segments = fsys::list_segments(dir)?;
-    if let Some(last) = segments.last()
-        && is_torn_roll(last)?
-    {
-        std::fs::remove_file(&last.path)
-            .map_err(JournalError::io(&last.path, "remove torn segment"))?;
-        fsys::sync_dir(dir)?;
-        segments.pop();
-    }
+    let segments = segments_without_torn_roll(dir)?;
     if segments.is_empty() {
         if required_seq > 0 {
             return Err(JournalError::corrupt(
@@ -156,22 +152,70 @@ fn scan(
         check_header(segment)?;
     }
 
-    let from_seq = after_seq + 1;
-    let Some(start) = segments.iter().rposition(|segment| segment.seq <= from_seq) else {
-        let first = &segments[0];
+    let start = replay_start(&segments, after_seq + 1)?;
+    let last_index = segments.len() - 1;
+    let next_seq =
+        replay_sealed(&segments[start..last_index], segments[start].seq, after_seq, apply)?;
+
+    let last = &segments[last_index];
+    if last.seq != next_seq {
+        return Err(gap(last, next_seq));
+    }
+    let (segment, end_seq) = recover_last(last, options, after_seq, apply)?;
+    let last_seq = end_seq - 1;
+    if last_seq < required_seq {
         return Err(JournalError::corrupt(
+            &last.path,
+            segment.write_offset as u64,
+            format!(
+                "the journal ends at seq {last_seq} but must reach seq {required_seq} (snapshot or replay start)"
+            ),
+        ));
+    }
+    Ok(ScanEnd { segment: Some(segment), last_seq })
+}
+
+/// The segments of `dir` in order, after removing a last one that is a torn roll
+/// ([`is_torn_roll`]) and making the removal durable.
+fn segments_without_torn_roll(dir: &Path) -> Result<Vec<NumberedFile>, JournalError> {
+    let mut segments = fsys::list_segments(dir)?;
+    if let Some(last) = segments.last()
+        && is_torn_roll(last)?
+    {
+        std::fs::remove_file(&last.path)
+            .map_err(JournalError::io(&last.path, "remove torn segment"))?;
+        fsys::sync_dir(dir)?;
+        segments.pop();
+    }
+    Ok(segments)
+}
+
+/// The index in `segments` (not empty) of the segment that holds `from_seq`, the first record
+/// to replay; an error when the journal no longer reaches back that far.
+fn replay_start(segments: &[NumberedFile], from_seq: u64) -> Result<usize, JournalError> {
+    segments.iter().rposition(|segment| segment.seq <= from_seq).ok_or_else(|| {
+        let first = &segments[0];
+        JournalError::corrupt(
             &first.path,
             0,
             format!(
                 "the journal starts at seq {} but records from seq {from_seq} are needed",
                 first.seq
             ),
-        ));
-    };
+        )
+    })
+}
 
-    let mut next_seq = segments[start].seq;
-    let last_index = segments.len() - 1;
-    for segment in &segments[start..last_index] {
+/// Verifies (and applies after `after_seq`) the records of `sealed`, the segments before the
+/// last, which must continue the sequence from `next_seq` and be whole; returns the seq the
+/// next segment must start at.
+fn replay_sealed(
+    sealed: &[NumberedFile],
+    mut next_seq: u64,
+    after_seq: u64,
+    apply: &mut ApplyRecord<'_>,
+) -> Result<u64, JournalError> {
+    for segment in sealed {
         if segment.seq != next_seq {
             return Err(gap(segment, next_seq));
         }
@@ -185,11 +229,18 @@ fn scan(
         }
         next_seq = end_seq;
     }
+    Ok(next_seq)
+}
 
-    let last = &segments[last_index];
-    if last.seq != next_seq {
-        return Err(gap(last, next_seq));
-    }
+/// Verifies (and applies after `after_seq`) the records of the last segment, cuts off a torn
+/// tail, makes the recovered records durable and publishes their end to tailing readers;
+/// returns the segment positioned after its last valid record, and the next seq.
+fn recover_last(
+    last: &NumberedFile,
+    options: &JournalOptions,
+    after_seq: u64,
+    apply: &mut ApplyRecord<'_>,
+) -> Result<(ActiveSegment, u64), JournalError> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -197,25 +248,10 @@ fn scan(
         .map_err(JournalError::io(&last.path, "open segment"))?;
     let mut map = fsys::map_segment_mut(&last.path, &file)?;
     let (end_offset, end_seq, damage) = scan_records(&map, last.seq, after_seq, apply)?;
-    let mut written_end = end_offset;
-    if let Some(damage) = damage {
-        let window_bytes = damage.last_nonzero - damage.offset;
-        if !damage.maybe_torn || window_bytes as u64 >= options.commit_bytes_max {
-            let reason = if damage.maybe_torn {
-                format!(
-                    "{}; non-zero bytes reach offset {}, beyond the {}-byte commit window, so this is not a torn write",
-                    damage.reason, damage.last_nonzero, options.commit_bytes_max
-                )
-            } else {
-                damage.reason
-            };
-            return Err(JournalError::corrupt(&last.path, damage.offset as u64, reason));
-        }
-        // A torn tail: the interrupted group commit was never acknowledged. Zero it so later
-        // appends start from clean bytes and a later crash cannot mix old and new records.
-        map[damage.offset..=damage.last_nonzero].fill(0);
-        written_end = damage.last_nonzero + 1;
-    }
+    let written_end = match damage {
+        Some(damage) => cut_torn_tail(&mut map, damage, &last.path, options.commit_bytes_max)?,
+        None => end_offset,
+    };
     // After a process crash (not a power loss) the recovered records may still be only in the
     // page cache; make them (and any zeroing) durable before anything new is acknowledged, or a
     // later power loss could tear them under newer, acknowledged records.
@@ -225,17 +261,6 @@ fn scan(
     fsys::store_durable_end(&mut map, end_offset);
     map.flush_range(0, SEGMENT_HEADER_BYTES)
         .map_err(JournalError::io(&last.path, "msync segment header"))?;
-
-    let last_seq = end_seq - 1;
-    if last_seq < required_seq {
-        return Err(JournalError::corrupt(
-            &last.path,
-            end_offset as u64,
-            format!(
-                "the journal ends at seq {last_seq} but must reach seq {required_seq} (snapshot or replay start)"
-            ),
-        ));
-    }
     let segment = ActiveSegment {
         path: last.path.clone(),
         file: std::sync::Arc::new(file),
@@ -244,7 +269,35 @@ fn scan(
         durable_offset: end_offset,
         pending: Vec::new(),
     };
-    Ok(ScanEnd { segment: Some(segment), last_seq })
+    Ok((segment, end_seq))
+}
+
+/// Zeroes the damage at the end of the last segment's records in `bytes` if it is a torn
+/// tail (damage an interrupted write can leave, within one commit window of
+/// `commit_bytes_max` bytes) and returns the end of the bytes written; any other damage is
+/// [`JournalError::Corrupt`].
+fn cut_torn_tail(
+    bytes: &mut [u8],
+    damage: Damage,
+    path: &Path,
+    commit_bytes_max: u64,
+) -> Result<usize, JournalError> {
+    let window_bytes = damage.last_nonzero - damage.offset;
+    if !damage.maybe_torn || window_bytes as u64 >= commit_bytes_max {
+        let reason = if damage.maybe_torn {
+            format!(
+                "{}; non-zero bytes reach offset {}, beyond the {}-byte commit window, so this is not a torn write",
+                damage.reason, damage.last_nonzero, commit_bytes_max
+            )
+        } else {
+            damage.reason
+        };
+        return Err(JournalError::corrupt(path, damage.offset as u64, reason));
+    }
+    // A torn tail: the interrupted group commit was never acknowledged. Zero it so later
+    // appends start from clean bytes and a later crash cannot mix old and new records.
+    bytes[damage.offset..=damage.last_nonzero].fill(0);
+    Ok(damage.last_nonzero + 1)
 }
 
 fn gap(segment: &NumberedFile, expected_seq: u64) -> JournalError {
@@ -332,7 +385,7 @@ fn scan_records(
     bytes: &[u8],
     first_seq: u64,
     after_seq: u64,
-    apply: &mut dyn FnMut(u64, &[u8]) -> Result<(), String>,
+    apply: &mut ApplyRecord<'_>,
 ) -> Result<(usize, u64, Option<Damage>), JournalError> {
     let mut offset = SEGMENT_HEADER_BYTES;
     let mut seq = first_seq;

@@ -198,21 +198,57 @@ pub fn msg_type_of(body: &Body) -> MsgType {
 /// The first field in which a retry differs from the recorded body (`None`: identical).
 pub(super) fn first_difference(recorded: &Body, retry: &Body) -> Option<Field> {
     use Body::*;
-    let differs =
-        |checks: &[(bool, Field)]| checks.iter().find(|(same, _)| !same).map(|(_, field)| *field);
+    // By the recorded command's family; each family's comparison answers `Kind` for a retry of
+    // another command.
+    match recorded {
+        Issue { .. }
+        | Activate { .. }
+        | Claim { .. }
+        | Load { .. }
+        | Sell { .. }
+        | Block { .. }
+        | Unblock { .. }
+        | Register { .. }
+        | Consign { .. }
+        | BalanceRefund { .. } => card_difference(recorded, retry),
+        Authorize { .. }
+        | Capture { .. }
+        | Void { .. }
+        | Reverse { .. }
+        | Sale { .. }
+        | Refund { .. } => payment_difference(recorded, retry),
+        ForeignImport { .. } | ForeignConvert { .. } => foreign_difference(recorded, retry),
+        SessionStart(_) | SessionUpdate { .. } | SessionEnd { .. } | EventCharge { .. } => {
+            charging_difference(recorded, retry)
+        }
+        // Server commands (op id 0) are never recorded; should one be, nothing matches it.
+        Tick | Configure(_) | SessionsClose { .. } => Some(Field::Kind),
+    }
+}
+
+/// The field of the first check that fails, in the order given: each check is (the retry's
+/// field equals the recorded one, the field it names).
+#[inline]
+fn first_failed(checks: &[(bool, Field)]) -> Option<Field> {
+    checks.iter().find(|(same, _)| !same).map(|(_, field)| *field)
+}
+
+/// `first_difference` for a card's life: issue to balance refund.
+fn card_difference(recorded: &Body, retry: &Body) -> Option<Field> {
+    use Body::*;
     match (recorded, retry) {
         (Issue { pin_hash: _, face_value_won: a }, Issue { pin_hash: _, face_value_won: b }) => {
             // The server draws the PIN; a retry carries a fresh draw, so only the product counts.
-            differs(&[(a == b, Field::FaceValue)])
+            first_failed(&[(a == b, Field::FaceValue)])
         }
         (
             Activate { pin_hash: p1, password_mac: m1 },
             Activate { pin_hash: p2, password_mac: m2 },
-        ) => differs(&[(p1 == p2, Field::Card), (m1 == m2, Field::Password)]),
+        ) => first_failed(&[(p1 == p2, Field::Card), (m1 == m2, Field::Password)]),
         (
             Claim { pin_hash: p1, password_mac: m1, gift_recipient_ref: g1, password_hint: h1 },
             Claim { pin_hash: p2, password_mac: m2, gift_recipient_ref: g2, password_hint: h2 },
-        ) => differs(&[
+        ) => first_failed(&[
             (p1 == p2, Field::Card),
             (m1 == m2 && h1 == h2, Field::Password),
             (g1 == g2, Field::GiftRecipient),
@@ -220,11 +256,59 @@ pub(super) fn first_difference(recorded: &Body, retry: &Body) -> Option<Field> {
         (
             Load { pin_hash: p1, amount_won: a1, funding: f1 },
             Load { pin_hash: p2, amount_won: a2, funding: f2 },
-        ) => differs(&[
+        ) => first_failed(&[
             (p1 == p2, Field::Card),
             (a1 == a2, Field::Amount),
             (f1 == f2, Field::Funding),
         ]),
+        (
+            Sell {
+                pin_hash: p1,
+                channel_id: c1,
+                price_won: a1,
+                payment_means: m1,
+                gift_recipient_ref: g1,
+            },
+            Sell {
+                pin_hash: p2,
+                channel_id: c2,
+                price_won: a2,
+                payment_means: m2,
+                gift_recipient_ref: g2,
+            },
+        ) => first_failed(&[
+            (p1 == p2, Field::Card),
+            (c1 == c2, Field::Channel),
+            (a1 == a2, Field::Price),
+            (m1 == m2, Field::Funding),
+            (g1 == g2, Field::GiftRecipient),
+        ]),
+        (Block { pin_hash: p1, reason: r1 }, Block { pin_hash: p2, reason: r2 }) => {
+            first_failed(&[(p1 == p2, Field::Card), (r1 == r2, Field::Reason)])
+        }
+        (Unblock { pin_hash: p1 }, Unblock { pin_hash: p2 }) => {
+            first_failed(&[(p1 == p2, Field::Card)])
+        }
+        (
+            Register { pin_hash: p1, holder_ref: h1, verified_name: v1 },
+            Register { pin_hash: p2, holder_ref: h2, verified_name: v2 },
+        ) => first_failed(&[(p1 == p2, Field::Card), (h1 == h2 && v1 == v2, Field::Holder)]),
+        (
+            Consign { pin_hash: p1, partner_id: r1, commission_per_mille: c1 },
+            Consign { pin_hash: p2, partner_id: r2, commission_per_mille: c2 },
+        ) => first_failed(&[(p1 == p2, Field::Card), (r1 == r2 && c1 == c2, Field::Partner)]),
+        (
+            BalanceRefund { pin_hash: p1, payout_account_ref: a1 },
+            BalanceRefund { pin_hash: p2, payout_account_ref: a2 },
+        ) => first_failed(&[(p1 == p2, Field::Card), (a1 == a2, Field::PayoutAccount)]),
+        _ => Some(Field::Kind),
+    }
+}
+
+/// `first_difference` for a payment: AUTHORIZE to REFUND.
+fn payment_difference(recorded: &Body, retry: &Body) -> Option<Field> {
+    use Body::*;
+    match (recorded, retry) {
         (
             Authorize {
                 pin_hash: p1,
@@ -242,7 +326,7 @@ pub(super) fn first_difference(recorded: &Body, retry: &Body) -> Option<Field> {
                 category: c2,
                 hold_ttl_s: t2,
             },
-        ) => differs(&[
+        ) => first_failed(&[
             (p1 == p2, Field::Card),
             (a1 == a2, Field::Amount),
             (m1 == m2, Field::Password),
@@ -253,61 +337,23 @@ pub(super) fn first_difference(recorded: &Body, retry: &Body) -> Option<Field> {
         (
             Capture { pin_hash: p1, hold_id: h1, amount_won: a1, final_capture: f1 },
             Capture { pin_hash: p2, hold_id: h2, amount_won: a2, final_capture: f2 },
-        ) => differs(&[
+        ) => first_failed(&[
             (p1 == p2, Field::Card),
             (h1 == h2, Field::Reference),
             (a1 == a2, Field::Amount),
             (f1 == f2, Field::FinalCapture),
         ]),
-        (
-            Sell {
-                pin_hash: p1,
-                channel_id: c1,
-                price_won: a1,
-                payment_means: m1,
-                gift_recipient_ref: g1,
-            },
-            Sell {
-                pin_hash: p2,
-                channel_id: c2,
-                price_won: a2,
-                payment_means: m2,
-                gift_recipient_ref: g2,
-            },
-        ) => differs(&[
-            (p1 == p2, Field::Card),
-            (c1 == c2, Field::Channel),
-            (a1 == a2, Field::Price),
-            (m1 == m2, Field::Funding),
-            (g1 == g2, Field::GiftRecipient),
-        ]),
-        (Block { pin_hash: p1, reason: r1 }, Block { pin_hash: p2, reason: r2 }) => {
-            differs(&[(p1 == p2, Field::Card), (r1 == r2, Field::Reason)])
-        }
-        (Unblock { pin_hash: p1 }, Unblock { pin_hash: p2 }) => differs(&[(p1 == p2, Field::Card)]),
-        (
-            Register { pin_hash: p1, holder_ref: h1, verified_name: v1 },
-            Register { pin_hash: p2, holder_ref: h2, verified_name: v2 },
-        ) => differs(&[(p1 == p2, Field::Card), (h1 == h2 && v1 == v2, Field::Holder)]),
-        (
-            Consign { pin_hash: p1, partner_id: r1, commission_per_mille: c1 },
-            Consign { pin_hash: p2, partner_id: r2, commission_per_mille: c2 },
-        ) => differs(&[(p1 == p2, Field::Card), (r1 == r2 && c1 == c2, Field::Partner)]),
-        (
-            BalanceRefund { pin_hash: p1, payout_account_ref: a1 },
-            BalanceRefund { pin_hash: p2, payout_account_ref: a2 },
-        ) => differs(&[(p1 == p2, Field::Card), (a1 == a2, Field::PayoutAccount)]),
         (Void { pin_hash: p1, hold_id: h1 }, Void { pin_hash: p2, hold_id: h2 }) => {
-            differs(&[(p1 == p2, Field::Card), (h1 == h2, Field::Reference)])
+            first_failed(&[(p1 == p2, Field::Card), (h1 == h2, Field::Reference)])
         }
         (
             Reverse { pin_hash: p1, original_op_id: o1 },
             Reverse { pin_hash: p2, original_op_id: o2 },
-        ) => differs(&[(p1 == p2, Field::Card), (o1 == o2, Field::Reference)]),
+        ) => first_failed(&[(p1 == p2, Field::Card), (o1 == o2, Field::Reference)]),
         (
             Sale { pin_hash: p1, password_mac: m1, amount_won: a1, merchant_id: r1, category: c1 },
             Sale { pin_hash: p2, password_mac: m2, amount_won: a2, merchant_id: r2, category: c2 },
-        ) => differs(&[
+        ) => first_failed(&[
             (p1 == p2, Field::Card),
             (a1 == a2, Field::Amount),
             (m1 == m2, Field::Password),
@@ -317,24 +363,40 @@ pub(super) fn first_difference(recorded: &Body, retry: &Body) -> Option<Field> {
         (
             Refund { pin_hash: p1, original_op_id: o1, amount_won: a1 },
             Refund { pin_hash: p2, original_op_id: o2, amount_won: a2 },
-        ) => differs(&[
+        ) => first_failed(&[
             (p1 == p2, Field::Card),
             (o1 == o2, Field::Reference),
             (a1 == a2, Field::Amount),
         ]),
+        _ => Some(Field::Kind),
+    }
+}
+
+/// `first_difference` for the foreign PIN commands.
+fn foreign_difference(recorded: &Body, retry: &Body) -> Option<Field> {
+    use Body::*;
+    match (recorded, retry) {
         (
             ForeignImport { foreign_hash: h1, product_id: p1, code: c1 },
             ForeignImport { foreign_hash: h2, product_id: p2, code: c2 },
-        ) => differs(&[(h1 == h2 && c1 == c2, Field::Reference), (p1 == p2, Field::Product)]),
+        ) => first_failed(&[(h1 == h2 && c1 == c2, Field::Reference), (p1 == p2, Field::Product)]),
         (
             ForeignConvert { pin_hash: p1, password_mac: m1, product_id: r1 },
             ForeignConvert { pin_hash: p2, password_mac: m2, product_id: r2 },
-        ) => differs(&[
+        ) => first_failed(&[
             (p1 == p2, Field::Card),
             (m1 == m2, Field::Password),
             (r1 == r2, Field::Product),
         ]),
-        (SessionStart(one), SessionStart(two)) => differs(&[
+        _ => Some(Field::Kind),
+    }
+}
+
+/// `first_difference` for charging: call sessions and event charges.
+fn charging_difference(recorded: &Body, retry: &Body) -> Option<Field> {
+    use Body::*;
+    match (recorded, retry) {
+        (SessionStart(one), SessionStart(two)) => first_failed(&[
             (one.pin_hash == two.pin_hash, Field::Card),
             (one.session_id == two.session_id, Field::Reference),
             (one.password_mac == two.password_mac, Field::Password),
@@ -358,7 +420,7 @@ pub(super) fn first_difference(recorded: &Body, retry: &Body) -> Option<Field> {
                 used_total_s: u2,
                 requested_s: r2,
             },
-        ) => differs(&[
+        ) => first_failed(&[
             (p1 == p2, Field::Card),
             (s1 == s2, Field::Reference),
             (q1 == q2, Field::Sequence),
@@ -367,7 +429,7 @@ pub(super) fn first_difference(recorded: &Body, retry: &Body) -> Option<Field> {
         (
             SessionEnd { pin_hash: p1, session_id: s1, seq: q1, used_total_s: u1 },
             SessionEnd { pin_hash: p2, session_id: s2, seq: q2, used_total_s: u2 },
-        ) => differs(&[
+        ) => first_failed(&[
             (p1 == p2, Field::Card),
             (s1 == s2, Field::Reference),
             (q1 == q2, Field::Sequence),
@@ -388,7 +450,7 @@ pub(super) fn first_difference(recorded: &Body, retry: &Body) -> Option<Field> {
                 units: n2,
                 category: c2,
             },
-        ) => differs(&[
+        ) => first_failed(&[
             (p1 == p2, Field::Card),
             (m1 == m2, Field::Password),
             (c1 == c2, Field::Category),
