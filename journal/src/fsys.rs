@@ -4,13 +4,26 @@
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use memmap2::{Advice, Mmap, MmapMut, MmapOptions};
 
 use crate::error::JournalError;
+
+/// Journal, snapshot and lock files are the owner's alone: they hold every card's balance and
+/// every PIN's hash.
+pub(crate) const FILE_MODE: u32 = 0o600;
+/// ... and so is a journal directory.
+pub(crate) const DIR_MODE: u32 = 0o700;
+
+/// Creates `dir` (and its parents) readable by its owner only; an existing one is tightened.
+pub(crate) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::DirBuilder::new().recursive(true).mode(DIR_MODE).create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(DIR_MODE))
+}
 use crate::format::{self, SegmentHeader};
 
 /// Name of the lock file every writer holds (with `flock`) for as long as it has the directory.
@@ -71,6 +84,7 @@ impl DirLock {
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(FILE_MODE)
             .open(&path)
             .map_err(JournalError::io(&path, "open lock file"))?;
         // SAFETY: `flock` only reads its two integer arguments; the descriptor is valid because
@@ -103,6 +117,7 @@ pub(crate) fn create_segment(
         .read(true)
         .write(true)
         .create_new(true)
+        .mode(FILE_MODE)
         .open(&path)
         .map_err(JournalError::io(&path, "create segment"))?;
     let length =

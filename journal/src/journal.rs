@@ -154,7 +154,7 @@ impl Journal {
         options: JournalOptions,
     ) -> Result<(Option<Snapshot>, Recovery), JournalError> {
         options.validate()?;
-        std::fs::create_dir_all(dir).map_err(JournalError::io(dir, "create journal directory"))?;
+        fsys::create_private_dir(dir).map_err(JournalError::io(dir, "create journal directory"))?;
         let lock = DirLock::acquire(dir)?;
         snapshot::remove_temp_files(dir)?;
         let (newest, skipped) = snapshot::load_newest(dir)?;

@@ -4,6 +4,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 
 use memmap2::Mmap;
 use std::path::{Path, PathBuf};
@@ -58,6 +59,7 @@ pub(crate) fn write(dir: &Path, seq: u64, bytes: &[u8]) -> Result<(), JournalErr
         .write(true)
         .create(true)
         .truncate(true)
+        .mode(fsys::FILE_MODE)
         .open(&temp_path)
         .map_err(JournalError::io(&temp_path, "create snapshot"))?;
     let header = format::encode_snapshot_header(seq, bytes);

@@ -234,6 +234,22 @@ async fn each_identity_does_its_own_job_and_nothing_else() {
     let paid = one(gateway.sale(&[sale(pin, OWN_MERCHANT)]).await).await;
     assert_eq!(code(&paid), ResultCode::Approved);
     switch.stop();
+
+    // At rest: the data directory and every file in it are the switch's alone.
+    assert_private(&dir.join("data"));
+}
+
+/// `path` and everything under it: no permission for group or others.
+#[track_caller]
+fn assert_private(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let metadata = std::fs::metadata(path).expect("metadata");
+    assert_eq!(metadata.permissions().mode() & 0o077, 0, "{} is private", path.display());
+    if metadata.is_dir() {
+        for entry in std::fs::read_dir(path).expect("read_dir").flatten() {
+            assert_private(&entry.path());
+        }
+    }
 }
 
 #[test]

@@ -101,8 +101,18 @@ enum Executor {
 /// Recovers every shard, then serves until SIGINT or SIGTERM.
 pub(crate) fn run(config: Config) -> anyhow::Result<()> {
     let data_dir = config.server.data_dir.clone();
-    std::fs::create_dir_all(&data_dir)
-        .with_context(|| format!("creating {}", data_dir.display()))?;
+    // Journals, snapshots and the key file are the switch's alone.
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&data_dir)
+            .and_then(|()| {
+                std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o700))
+            })
+            .with_context(|| format!("creating {}", data_dir.display()))?;
+    }
     let shard_count = config.shard_count();
     check_layout(&data_dir, shard_count)?;
     let executor = match config.server.runtime.as_str() {
@@ -887,8 +897,7 @@ fn check_layout(data_dir: &Path, shard_count: u16) -> anyhow::Result<()> {
             Ok(())
         }
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::write(&path, format!("{shard_count}\n"))
-                .with_context(|| format!("writing {}", path.display()))
+            crate::keys::write_private(&path, format!("{shard_count}\n").as_bytes())
         }
         Err(error) => Err(error).with_context(|| format!("reading {}", path.display())),
     }
