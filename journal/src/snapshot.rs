@@ -121,11 +121,14 @@ pub(crate) fn remove_temp_files(dir: &Path) -> Result<(), JournalError> {
     Ok(())
 }
 
-/// The newest snapshot that passes its checks, plus the newer ones that did not (path and
-/// reason), so the caller can log why it fell back.
+/// Snapshots passed over because they failed a check: each one's path and the reason.
+pub(crate) type SkippedSnapshots = Vec<(PathBuf, String)>;
+
+/// The newest snapshot that passes its checks, plus the newer ones that did not, so the caller
+/// can log why it fell back.
 pub(crate) fn load_newest(
     dir: &Path,
-) -> Result<(Option<Snapshot>, Vec<(PathBuf, String)>), JournalError> {
+) -> Result<(Option<Snapshot>, SkippedSnapshots), JournalError> {
     let mut skipped = Vec::new();
     for candidate in fsys::list_snapshots(dir)?.into_iter().rev() {
         let file = File::open(&candidate.path)

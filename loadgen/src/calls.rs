@@ -68,11 +68,17 @@ impl CallLength {
         match *self {
             CallLength::Exp { mean_s } => {
                 let length = -(1.0 - rng.next_f64()).ln() * f64::from(mean_s);
-                (length.ceil() as u64).clamp(1, u64::from(CALL_S_MAX)) as u32
+                #[expect(
+                    clippy::cast_possible_truncation,
+                    reason = "a drawn length, not money: `as` saturates (NaN to 0), clamped next"
+                )]
+                let length_s = length.ceil() as u64;
+                u32::try_from(length_s).unwrap_or(u32::MAX).clamp(1, CALL_S_MAX)
             }
             CallLength::Fixed { length_s } => length_s,
             CallLength::Uniform { min_s, max_s } => {
-                rng.range_inclusive(u64::from(min_s), u64::from(max_s)) as u32
+                u32::try_from(rng.range_inclusive(u64::from(min_s), u64::from(max_s)))
+                    .expect("a draw within u32 bounds fits a u32")
             }
         }
     }
@@ -345,15 +351,18 @@ impl CallGen {
     ) -> CallGen {
         let connections = connections.max(1);
         let share = params.calls / connections + u64::from(connection < params.calls % connections);
+        #[expect(clippy::cast_possible_truncation, reason = "the cast keeps the low half")]
+        let nonce = new_op_id() as u64;
         let mut calls = CallGen {
             batch: batch.max(1),
             owner_id: u32::try_from(connection + 1).unwrap_or(u32::MAX),
             picker,
             card_rng: Rng::stream(seed, connection * 2),
             rng: Rng::stream(seed, connection * 2 + 1),
-            nonce: new_op_id() as u64,
+            nonce,
             counter: 0,
-            calls: Vec::with_capacity(share as usize),
+            // A capacity hint only: a share past the address space gets none.
+            calls: Vec::with_capacity(usize::try_from(share).unwrap_or(0)),
             free: Vec::new(),
             queues: Default::default(),
             clock_s: 0,
@@ -362,9 +371,9 @@ impl CallGen {
             counters: CallCounters::default(),
             params,
         };
-        let interval_s = u64::from(calls.params.update_interval_s.max(1));
+        let interval_s = calls.params.update_interval_s.max(1);
         for _ in 0..share {
-            let age_s = calls.rng.below(interval_s) as u32;
+            let age_s = calls.rng.below_u32(interval_s);
             let length_s = calls.params.length.sample_aged(age_s, &mut calls.rng);
             calls.new_call(-i64::from(age_s), Some(length_s), model);
         }
@@ -391,7 +400,7 @@ impl CallGen {
         let card = self.pick_card(model);
         model.add_call(card);
         let length_s = length_s.unwrap_or_else(|| self.params.length.sample(&mut self.rng));
-        let index = self.free.pop().unwrap_or(self.calls.len() as u32);
+        let index = self.free.pop().unwrap_or(self.call_slots());
         self.counter = self.counter.wrapping_add(1);
         let session_id =
             (u128::from(self.nonce) << 64) | (u128::from(self.counter) << 32) | u128::from(index);
@@ -588,8 +597,15 @@ impl CallGen {
         Frame { events, ops }
     }
 
+    /// The number of call slots (in use or free), as a call index counts.
+    fn call_slots(&self) -> u32 {
+        // A session id carries its call's index in its low 32 bits.
+        u32::try_from(self.calls.len()).expect("a connection's calls are numbered in 32 bits")
+    }
+
     /// The call a session id names, if it is still in use.
     fn call_of(&self, session_id: u128) -> Option<u32> {
+        #[expect(clippy::cast_possible_truncation, reason = "the index is the low 32 bits")]
         let index = session_id as u32;
         let call = self.calls.get(index as usize)?;
         (call.in_use && call.session_id == session_id).then_some(index)
@@ -843,7 +859,7 @@ impl CallGen {
         for queue in &mut self.queues {
             queue.clear();
         }
-        for index in 0..self.calls.len() as u32 {
+        for index in 0..self.call_slots() {
             let call = &self.calls[index as usize];
             if !call.in_use || call.in_flight {
                 continue;

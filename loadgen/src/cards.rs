@@ -38,7 +38,8 @@ impl Password {
         }
         let mut inline = [0u8; PASSWORD_BYTES_MAX];
         inline[..bytes.len()].copy_from_slice(bytes);
-        Some(Password { len: bytes.len() as u8, bytes: inline })
+        let len = u8::try_from(bytes.len()).expect("at most PASSWORD_BYTES_MAX (16) bytes");
+        Some(Password { len, bytes: inline })
     }
 
     /// The password `prepare` registers for a PIN: eight decimal digits mixed from the PIN, so
@@ -54,7 +55,7 @@ impl Password {
         &self.bytes[..usize::from(self.len)]
     }
 
-    pub(crate) fn to_vec(&self) -> Vec<u8> {
+    pub(crate) fn to_vec(self) -> Vec<u8> {
         self.as_bytes().to_vec()
     }
 }
@@ -189,6 +190,12 @@ impl Fields<'_> {
     }
 }
 
+/// A card's index in the cards file (or a count of its cards) as the model and the workload
+/// number cards: `decode_binary` refuses a file of more than `u32::MAX` cards, so it fits.
+pub(crate) fn card_index(index: usize) -> u32 {
+    u32::try_from(index).expect("a cards file holds at most u32::MAX cards")
+}
+
 pub(crate) fn decode_binary(bytes: &[u8]) -> anyhow::Result<CardsFile> {
     ensure!(bytes.len() >= HEADER_BYTES + CRC_BYTES, "too short for a cards file");
     ensure!(&bytes[..8] == MAGIC, "not a pinswitch-loadgen cards file (bad magic)");
@@ -211,9 +218,10 @@ pub(crate) fn decode_binary(bytes: &[u8]) -> anyhow::Result<CardsFile> {
         bytes.len()
     );
     ensure!(card_count <= u64::from(u32::MAX), "too many cards");
+    // The length check bounds both counts by the file's size, so they fit a usize.
     let mut file = CardsFile {
-        cards: Vec::with_capacity(card_count as usize),
-        pending: Vec::with_capacity(pending_count as usize),
+        cards: Vec::with_capacity(usize::try_from(card_count)?),
+        pending: Vec::with_capacity(usize::try_from(pending_count)?),
     };
     for index in 0..card_count {
         let pin = fields.u64();

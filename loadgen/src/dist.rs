@@ -109,6 +109,10 @@ impl CardPicker {
                 PickerKind::Zipf(ZipfSampler::new(u64::from(card_count), exponent))
             }
             DistSpec::Hot { hot_fraction, hot_probability } => {
+                #[expect(
+                    clippy::cast_possible_truncation,
+                    reason = "a count of cards, not money: `as` saturates, the clamp bounds it"
+                )]
                 let hot_count =
                     ((f64::from(card_count) * hot_fraction).round() as u32).clamp(1, card_count);
                 PickerKind::Hot { hot_count, hot_probability }
@@ -119,14 +123,17 @@ impl CardPicker {
 
     pub(crate) fn pick(&self, rng: &mut Rng) -> u32 {
         match &self.kind {
-            PickerKind::Uniform => rng.below(u64::from(self.card_count)) as u32,
-            PickerKind::Zipf(sampler) => (sampler.sample(rng) - 1) as u32,
+            PickerKind::Uniform => rng.below_u32(self.card_count),
+            // A rank in 1..=card_count, so the card index fits.
+            PickerKind::Zipf(sampler) => {
+                u32::try_from(sampler.sample(rng) - 1).expect("a Zipf rank is at most card_count")
+            }
             PickerKind::Hot { hot_count, hot_probability } => {
                 let cold_count = self.card_count - hot_count;
                 if cold_count == 0 || rng.next_f64() < *hot_probability {
-                    rng.below(u64::from(*hot_count)) as u32
+                    rng.below_u32(*hot_count)
                 } else {
-                    hot_count + rng.below(u64::from(cold_count)) as u32
+                    hot_count + rng.below_u32(cold_count)
                 }
             }
         }
@@ -168,6 +175,10 @@ impl ZipfSampler {
             let x = self.h_integral_inverse(u);
             let rank = (x + 0.5).floor().clamp(1.0, self.element_count as f64);
             if rank - x <= self.squeeze || u >= self.h_integral(rank + 0.5) - self.h(rank) {
+                #[expect(
+                    clippy::cast_possible_truncation,
+                    reason = "a whole number in 1..=element_count (floored and clamped above)"
+                )]
                 return rank as u64;
             }
         }

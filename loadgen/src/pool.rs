@@ -55,6 +55,10 @@ pub(crate) async fn connect(
     Ok((client, hello))
 }
 
+/// The batches in flight: each task yields its chunk's index, the results it expects and the
+/// switch's answer.
+type BatchTasks<R> = JoinSet<(usize, usize, Result<Vec<R>, ClientError>)>;
+
 impl Pool {
     /// Opens `connections` connections with `in_flight` frames each (both at least 1, and no
     /// more in flight than the server allows).
@@ -120,7 +124,7 @@ impl Pool {
     }
 
     async fn collect_one<R: Send + 'static>(
-        tasks: &mut JoinSet<(usize, usize, Result<Vec<R>, ClientError>)>,
+        tasks: &mut BatchTasks<R>,
         results: &mut [Option<Vec<R>>],
     ) -> anyhow::Result<()> {
         let Some(joined) = tasks.join_next().await else {

@@ -299,7 +299,7 @@ impl Report {
             "ops          {} in {:.2} s = {} ops/s ({} frames)",
             thousands(self.ops),
             self.seconds,
-            thousands(self.ops_per_s.round() as u64),
+            thousands_rounded(self.ops_per_s),
             thousands(self.frames)
         );
         let _ = writeln!(
@@ -318,8 +318,8 @@ impl Report {
                 let _ = writeln!(
                     out,
                     "  {name:<15} {} ops/s ({} ok/s, {} errors)  p50 {}  p90 {}  p99 {}  p99.9 {}  max {} us",
-                    thousands(message.ops_per_s.round() as u64),
-                    thousands(message.ok_per_s.round() as u64),
+                    thousands_rounded(message.ops_per_s),
+                    thousands_rounded(message.ok_per_s),
                     thousands(message.errors),
                     thousands(message.p50_us),
                     thousands(message.p90_us),
@@ -425,9 +425,9 @@ impl CallsFigures {
         let _ = writeln!(
             out,
             "sessions     {} started/s  {} updates/s  {} ends/s  ({} started, {} updates, {} ends; {:.0} s of call time at {:.1}x wall time)",
-            thousands(self.sessions_started_per_s.round() as u64),
-            thousands(self.updates_per_s.round() as u64),
-            thousands(self.ends_per_s.round() as u64),
+            thousands_rounded(self.sessions_started_per_s),
+            thousands_rounded(self.updates_per_s),
+            thousands_rounded(self.ends_per_s),
             thousands(self.sessions_started),
             thousands(self.updates),
             thousands(self.ends),
@@ -440,7 +440,7 @@ impl CallsFigures {
             "ramp         {} sessions started in {:.2} s ({}/s){}",
             thousands(self.ramp_sessions_started),
             self.ramp_s,
-            thousands(self.ramp_starts_per_s.round() as u64),
+            thousands_rounded(self.ramp_starts_per_s),
             if ramp_errors.is_empty() {
                 String::new()
             } else {
@@ -475,6 +475,15 @@ impl CallsFigures {
 /// `NAME 1,234` for each name and its count, in name order.
 fn named_counts(counts: &BTreeMap<String, u64>) -> Vec<String> {
     counts.iter().map(|(name, count)| format!("{name} {}", thousands(*count))).collect()
+}
+
+/// A figure of a report (a rate, a tick) rounded to a whole number, grouped like `thousands`.
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "statistics, not money: `as` saturates (negatives and NaN show as 0)"
+)]
+pub(crate) fn thousands_rounded(value: f64) -> String {
+    thousands(value.round() as u64)
 }
 
 /// `1234567` -> `1,234,567`.

@@ -62,10 +62,22 @@ impl Rng {
         let threshold = bound.wrapping_neg() % bound;
         loop {
             let product = u128::from(self.next_u64()) * u128::from(bound);
-            if (product as u64) >= threshold {
+            #[expect(clippy::cast_possible_truncation, reason = "the cast keeps the low half")]
+            let low = product as u64;
+            if low >= threshold {
                 return (product >> 64) as u64;
             }
         }
+    }
+
+    /// `below` for a `u32` bound (the same draw, so it fits a `u32`).
+    pub(crate) fn below_u32(&mut self, bound: u32) -> u32 {
+        u32::try_from(self.below(u64::from(bound))).expect("a draw below a u32 fits a u32")
+    }
+
+    /// `below` for an index into `0..len` (the same draw, so it fits a `usize`).
+    pub(crate) fn index_below(&mut self, len: usize) -> usize {
+        usize::try_from(self.below(len as u64)).expect("a draw below a usize fits a usize")
     }
 
     /// Uniform in `low..=high` (`high < low` gives `low`).

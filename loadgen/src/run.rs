@@ -43,8 +43,11 @@ use crate::model::{Model, Op};
 use crate::pool::Pool;
 use crate::report::{
     CallsFigures, Report, RunConfig, TimelinePoint, latency_figures, message_figures, thousands,
+    thousands_rounded,
 };
-use crate::stats::{CODE_BAD_REPLY, CODE_NETWORK_ERROR, Interval, is_error, record};
+use crate::stats::{
+    CODE_BAD_REPLY, CODE_NETWORK_ERROR, Interval, duration_ns, duration_us, is_error, record,
+};
 use crate::validate::{self, MISMATCHES_SHOWN_MAX, Resolution};
 use crate::workload::{Events, Frame, Generator, WorkloadParams, WorkloadSpec};
 
@@ -107,6 +110,10 @@ pub(crate) struct Schedule {
 impl Schedule {
     /// Schedules for `connections` connections sharing `rate_ops_per_s` in frames of `batch`,
     /// staggered so the connections' frames interleave evenly.
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "pacing, not money: whole nanoseconds, `as` rounding and saturating"
+    )]
     pub(crate) fn for_rate(rate_ops_per_s: u64, batch: usize, connections: usize) -> Vec<Schedule> {
         let connections = connections.max(1) as u64;
         let frames_per_s = rate_ops_per_s as f64 / batch.max(1) as f64;
@@ -147,7 +154,7 @@ fn pace(
         if stop.load(Ordering::Relaxed) {
             break;
         }
-        let elapsed_ns = start.elapsed().as_nanos() as u64;
+        let elapsed_ns = duration_ns(start.elapsed());
         if elapsed_ns >= run_ns {
             break;
         }
@@ -290,7 +297,7 @@ struct Connection<F: Future<Output = FrameOutput>> {
 
 impl<F: Future<Output = FrameOutput> + Send + 'static> Connection<F> {
     async fn run(mut self) -> ConnSummary {
-        let run_ns = self.end.duration_since(self.start).as_nanos() as u64;
+        let run_ns = duration_ns(self.end.duration_since(self.start));
         let mut next_frame: u64 = 0;
         loop {
             if self.stop.load(Ordering::Relaxed) {
@@ -351,7 +358,7 @@ impl<F: Future<Output = FrameOutput> + Send + 'static> Connection<F> {
             self.summary.simulated_s = (calls.clock_s() - from_s) as f64;
         }
         if let Some(schedule) = self.schedule {
-            let elapsed_ns = (self.start.elapsed().as_nanos() as u64).min(run_ns);
+            let elapsed_ns = duration_ns(self.start.elapsed()).min(run_ns);
             self.summary.backlog_frames =
                 schedule.frames_due_by(elapsed_ns.saturating_sub(1)).saturating_sub(next_frame);
         }
@@ -622,8 +629,8 @@ fn count_frame(
     codes: &[(u16, u64)],
 ) {
     let count = frame.ops.len() as u64;
-    let latency_us = completed_at.saturating_duration_since(frame.scheduled_at).as_micros() as u64;
-    let lag_us = sent_at.saturating_duration_since(frame.scheduled_at).as_micros() as u64;
+    let latency_us = duration_us(completed_at.saturating_duration_since(frame.scheduled_at));
+    let lag_us = duration_us(sent_at.saturating_duration_since(frame.scheduled_at));
     record(&mut stats.latency_us, latency_us, count);
     record(&mut stats.send_lag_us, lag_us, 1);
     stats.ops += count;
@@ -732,9 +739,7 @@ impl Collector {
         let calls = match point.calls_live {
             Some(live) => {
                 let rate = |name: &str| {
-                    thousands(
-                        point.ok_per_s_by_message.get(name).copied().unwrap_or(0.0).round() as u64
-                    )
+                    thousands_rounded(point.ok_per_s_by_message.get(name).copied().unwrap_or(0.0))
                 };
                 format!(
                     "  starts {}/s updates {}/s ends {}/s live {}",
@@ -750,7 +755,7 @@ impl Collector {
             eprintln!(
                 "[{:6.1} s] {:>10} ops/s  p50 {:>7} us  p99 {:>7} us  max {:>7} us  errors {}{calls}{phase}{down}",
                 point.second,
-                thousands(point.ops_per_s.round() as u64),
+                thousands_rounded(point.ops_per_s),
                 thousands(point.p50_us),
                 thousands(point.p99_us),
                 thousands(point.max_us),
@@ -990,7 +995,8 @@ async fn settle_before(
             );
         }
         for (index, seen) in observed.iter().enumerate() {
-            model.set_held_won(index as u32, i64::try_from(seen.held_won).unwrap_or(i64::MAX));
+            let held_won = i64::try_from(seen.held_won).unwrap_or(i64::MAX);
+            model.set_held_won(cards::card_index(index), held_won);
         }
     }
     Ok((hello, uncertain_ops))
@@ -1015,7 +1021,8 @@ impl Shape {
             spec.in_flight.clamp(1, (hello.in_flight_per_connection_max as usize).max(1));
         let connections = spec.connections.max(1);
         let hold_ttl_s = (spec.warmup_s + spec.duration_s + 300)
-            .clamp(60, u64::from(hello.hold_ttl_max_s.max(1))) as u32;
+            .clamp(60, u64::from(hello.hold_ttl_max_s.max(1)));
+        let hold_ttl_s = u32::try_from(hold_ttl_s).expect("clamped to the switch's u32 maximum");
         let params = WorkloadParams {
             batch,
             sale_min_won: spec.sale_min_won,
@@ -1024,7 +1031,7 @@ impl Shape {
             balance_cap_won: spec.balance_cap_won,
             hold_ttl_s,
         };
-        let picker = CardPicker::new(spec.dist, cards as u32);
+        let picker = CardPicker::new(spec.dist, cards::card_index(cards));
         let options = ClientOptions { in_flight_max: in_flight, ..ClientOptions::default() };
         Shape { cards, batch, in_flight, connections, params, picker, options }
     }
@@ -1195,7 +1202,7 @@ fn start_pacer(
         let wakes = shared.wakes.clone();
         let stop = shared.stop.clone();
         let start = window.start;
-        let run_ns = window.end.duration_since(start).as_nanos() as u64;
+        let run_ns = duration_ns(window.end.duration_since(start));
         std::thread::Builder::new()
             .name("loadgen-pacer".into())
             .spawn(move || pace(start, run_ns, schedules, wakes, stop))
@@ -1394,7 +1401,7 @@ fn write_back(
         .iter()
         .enumerate()
         .map(|(index, card)| CardRecord {
-            expected_balance_won: model.balance_won(index as u32),
+            expected_balance_won: model.balance_won(cards::card_index(index)),
             ..*card
         })
         .collect();

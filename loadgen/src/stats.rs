@@ -4,7 +4,7 @@
 //! (SALE, SESSION_UPDATE, ...) also gets its own latency histogram and counts.
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use pinswitch_protocol::ResultCode;
@@ -20,6 +20,16 @@ const LATENCY_US_MAX: u64 = 3_600_000_000;
 /// A latency histogram in microseconds with 3 significant digits.
 pub(crate) fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, LATENCY_US_MAX, 3).expect("constant histogram bounds are valid")
+}
+
+/// A duration in whole nanoseconds, saturating (a u64 holds 584 years of them).
+pub(crate) fn duration_ns(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// A duration in whole microseconds, saturating.
+pub(crate) fn duration_us(duration: Duration) -> u64 {
+    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
 }
 
 /// Records `count` samples of `value_us`, clamped into the histogram's range.

@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use crate::report::{Report, thousands};
+use crate::report::{Report, thousands, thousands_rounded};
 
 const WIDTH: f64 = 900.0;
 const PANEL_HEIGHT: f64 = 260.0;
@@ -95,7 +95,7 @@ fn draw_panel(out: &mut String, panel: &Panel<'_>) {
             LEFT + plot_width,
             LEFT - 6.0,
             y + 4.0,
-            thousands(tick.round() as u64)
+            thousands_rounded(tick)
         );
         tick += y_step;
     }
@@ -192,7 +192,7 @@ fn write_heading(out: &mut String, report: &Report) {
         "{} ops in {:.1} s = {} ops/s; p50 {} us, p99 {} us, p99.9 {} us, max {} us; errors {}",
         thousands(report.ops),
         report.seconds,
-        thousands(report.ops_per_s.round() as u64),
+        thousands_rounded(report.ops_per_s),
         thousands(report.p50_us),
         thousands(report.p99_us),
         thousands(report.p999_us),

@@ -197,14 +197,14 @@ pub(crate) fn compare(
         if skip.get(index).copied().unwrap_or(false) {
             continue;
         }
-        let (expected_balance_won, expected_held_won) = expected(index as u32);
+        let (expected_balance_won, expected_held_won) = expected(cards::card_index(index));
         let ok = seen.code == ResultCode::Approved.as_u16()
             && seen.state == CardState::Active as u8
             && i64::try_from(seen.balance_won) == Ok(expected_balance_won)
             && expected_held_won.is_none_or(|held| i64::try_from(seen.held_won) == Ok(held));
         if !ok {
             mismatches.push(Mismatch {
-                card: index as u32,
+                card: cards::card_index(index),
                 pin: card.pin,
                 expected_balance_won,
                 expected_held_won,
@@ -316,7 +316,7 @@ pub(crate) async fn validate_command(spec: &ValidateSpec) -> anyhow::Result<bool
     );
     if ok && pending_count > 0 {
         for (index, card) in file.cards.iter_mut().enumerate() {
-            card.expected_balance_won = model.balance_won(index as u32);
+            card.expected_balance_won = model.balance_won(cards::card_index(index));
         }
         cards::write(&spec.cards_file, &file)?;
     }

@@ -663,7 +663,7 @@ fn password_in(mut buffer: Vec<u8>, card: &CardRecord) -> Vec<u8> {
 }
 
 fn random_category(rng: &mut Rng) -> u8 {
-    Category::ALL[rng.below(Category::ALL.len() as u64) as usize] as u8
+    Category::ALL[rng.index_below(Category::ALL.len())] as u8
 }
 
 #[cfg(test)]

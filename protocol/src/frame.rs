@@ -91,7 +91,7 @@ impl FrameHeader {
     }
 
     /// The header as it travels, with the checksum field zero.
-    fn to_bytes_without_checksum(&self, body_len: u32) -> [u8; HEADER_BYTES] {
+    fn to_bytes_without_checksum(self, body_len: u32) -> [u8; HEADER_BYTES] {
         let mut bytes = [0u8; HEADER_BYTES];
         bytes[MAGIC_AT..MAGIC_AT + 2].copy_from_slice(&MAGIC.to_le_bytes());
         bytes[VERSION_AT] = self.version;

@@ -44,7 +44,8 @@ pub fn new_op_id() -> u128 {
     });
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_millis() as u64)
+        // Saturates: u64 milliseconds last 584 million years, and `op_id_at` keeps 48 bits.
+        .map(|elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0);
     let count = COUNTER.fetch_add(1, Ordering::Relaxed);
     // 40 bits of prefix above 40 bits of counter fill the 80 low bits; widened first so the

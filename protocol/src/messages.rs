@@ -492,6 +492,7 @@ pub fn session_id_mix(session_id: u128) -> u128 {
         x ^ (x >> 31)
     }
     let high = (session_id >> 64) as u64;
+    #[expect(clippy::cast_possible_truncation, reason = "the low half: the cast keeps 64 bits")]
     let low = session_id as u64;
     let low_mixed = finalize(low);
     let high_mixed = finalize(high ^ low_mixed);

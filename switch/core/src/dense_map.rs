@@ -7,6 +7,7 @@
 //!   a snapshot copies pointers, not gigabytes; the shard thread then copies a chunk only when it
 //!   first writes to it while the snapshot still reads it (copy on write, 4,096 entries at a
 //!   time). The clone that took seconds for millions of records takes microseconds.
+//!
 //! Entries are never removed one by one (cards are never deleted; op-id records go a whole
 //! generation at a time with `clear`), which keeps the index a plain linear-probing table.
 
@@ -25,10 +26,14 @@ const SLOTS_MIN: usize = 16;
 /// (a lookup of an unknown op id would otherwise touch several random entries).
 type Slot = u64;
 
+/// Up to `CHUNK_ENTRIES` entries (key, value), shared between a map and its snapshot clones
+/// until one of them writes to it.
+type Chunk<V> = Arc<Vec<(u128, V)>>;
+
 #[derive(Clone)]
 pub(crate) struct DenseMap<V: Clone> {
     hasher: KeyHasherBuilder,
-    chunks: Vec<Arc<Vec<(u128, V)>>>,
+    chunks: Vec<Chunk<V>>,
     len: usize,
     slots: Arc<Vec<Slot>>,
 }
@@ -50,6 +55,15 @@ impl<V: Clone> DenseMap<V> {
         &self.chunks[index / CHUNK_ENTRIES][index % CHUNK_ENTRIES]
     }
 
+    /// The slot a probe for `hash` starts at, `mask` being the slot count - 1.
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "the hash's low bits pick the slot; the mask keeps fewer bits than a usize holds"
+    )]
+    fn home_slot(hash: u64, mask: usize) -> usize {
+        hash as usize & mask
+    }
+
     fn tag(hash: u64) -> u64 {
         hash & 0xFFFF_FFFF_0000_0000
     }
@@ -59,7 +73,7 @@ impl<V: Clone> DenseMap<V> {
         let hash = self.hasher.hash_one(key);
         let slots = &self.slots[..];
         let mask = slots.len() - 1;
-        let mut slot = hash as usize & mask;
+        let mut slot = Self::home_slot(hash, mask);
         loop {
             let stored = slots[slot];
             if stored == 0 {
@@ -116,7 +130,7 @@ impl<V: Clone> DenseMap<V> {
     }
 
     /// What a snapshot stores: the chunks and the index, shared (no copy is made).
-    pub(crate) fn parts(&self) -> (Vec<Arc<Vec<(u128, V)>>>, Arc<Vec<Slot>>) {
+    pub(crate) fn parts(&self) -> (Vec<Chunk<V>>, Arc<Vec<Slot>>) {
         (self.chunks.clone(), self.slots.clone())
     }
 
@@ -126,7 +140,7 @@ impl<V: Clone> DenseMap<V> {
     /// once); the image itself is checksummed, so this guards against code bugs, not the disk.
     pub(crate) fn from_parts(
         hasher: KeyHasherBuilder,
-        chunks: Vec<Arc<Vec<(u128, V)>>>,
+        chunks: Vec<Chunk<V>>,
         slots: Arc<Vec<Slot>>,
     ) -> Result<DenseMap<V>, String> {
         let mut len = 0usize;
@@ -173,7 +187,7 @@ impl<V: Clone> DenseMap<V> {
         let mask = slot_count - 1;
         for (index, (key, _)) in self.chunks.iter().flat_map(|chunk| chunk.iter()).enumerate() {
             let hash = self.hasher.hash_one(key);
-            let mut slot = hash as usize & mask;
+            let mut slot = Self::home_slot(hash, mask);
             while slots[slot] != 0 {
                 slot = (slot + 1) & mask;
             }
@@ -292,7 +306,7 @@ mod probe_lengths {
             let mask = map.slots.len() - 1;
             let (mut total, mut longest) = (0usize, 0usize);
             for (index, (key, _)) in map.iter().enumerate() {
-                let mut slot = map.hasher.hash_one(key) as usize & mask;
+                let mut slot = DenseMap::<u64>::home_slot(map.hasher.hash_one(key), mask);
                 let mut probes = 1;
                 while map.slots[slot] & 0xFFFF_FFFF != index as u64 + 1 {
                     slot = (slot + 1) & mask;

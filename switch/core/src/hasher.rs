@@ -27,6 +27,7 @@ impl BuildHasher for KeyHasherBuilder {
 }
 
 /// The high and low halves of a 128-bit product, folded together.
+#[expect(clippy::cast_possible_truncation, reason = "the cast keeps the product's low half")]
 fn folded_multiply(a: u64, b: u64) -> u64 {
     let product = u128::from(a) * u128::from(b);
     (product as u64) ^ ((product >> 64) as u64)
@@ -50,6 +51,7 @@ impl Hasher for KeyHasher {
     }
 
     fn write_u128(&mut self, value: u128) {
+        #[expect(clippy::cast_possible_truncation, reason = "the cast keeps the low half")]
         let low = folded_multiply(self.state ^ value as u64, self.key ^ 0xA076_1D64_78BD_642F);
         self.state = folded_multiply(low ^ (value >> 64) as u64, self.key ^ 0xE703_7ED1_A0B4_28DB);
     }

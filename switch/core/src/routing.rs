@@ -15,8 +15,9 @@ pub fn shard_of_card(pin_hash: PinHash, shard_count: u16) -> u16 {
 pub fn shard_of_op(op_id: OpId, shard_count: u16) -> u16 {
     assert!(shard_count > 0, "at least one shard");
     // Op ids carry a timestamp in their high bits; mix the low bits so consecutive ids spread.
+    #[expect(clippy::cast_possible_truncation, reason = "`op_id as u64` keeps the low half")]
     let mixed = (op_id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ ((op_id >> 64) as u64);
-    ((mixed >> 32) % u64::from(shard_count)) as u16
+    u16::try_from((mixed >> 32) % u64::from(shard_count)).expect("a remainder below a u16 fits")
 }
 
 #[cfg(test)]

@@ -348,7 +348,8 @@ impl ForeignCode {
         }
         let mut bytes = [0u8; Self::BYTES_MAX];
         bytes[..code.len()].copy_from_slice(code);
-        Some(ForeignCode { len: code.len() as u8, bytes })
+        let len = u8::try_from(code.len()).expect("at most BYTES_MAX (23) bytes");
+        Some(ForeignCode { len, bytes })
     }
 
     pub fn as_bytes(&self) -> &[u8] {

@@ -64,8 +64,9 @@ pub fn civil_from_days(days: Day) -> (i64, u32, u32) {
     let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
     let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
     let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    // 1..=31 and 1..=12 by construction (Hinnant's `civil_from_days`), so they always fit.
+    let day = u32::try_from(doy - (153 * mp + 2) / 5 + 1).expect("a day of the month fits u32");
+    let month = u32::try_from(if mp < 10 { mp + 3 } else { mp - 9 }).expect("a month fits u32");
     let year = yoe + era * 400 + i64::from(month <= 2);
     (year, month, day)
 }

@@ -151,7 +151,8 @@ impl StatementService {
 fn wall_clock_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_millis() as u64)
+        // Saturates (u64 milliseconds last 584 million years).
+        .map_or(0, |elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// A frame answering a framing error or an overload outside any request.

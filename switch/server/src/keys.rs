@@ -75,7 +75,9 @@ impl Keys {
         let mut hasher = SipHasher128::new_with_key(&self.pin_key);
         hasher.write(b"pinswitch shard table seed");
         let seed = hasher.finish128().as_u128();
-        [seed as u64, (seed >> 64) as u64]
+        #[expect(clippy::cast_possible_truncation, reason = "the cast keeps the low half")]
+        let low = seed as u64;
+        [low, (seed >> 64) as u64]
     }
 
     /// The verification value of a password for one card.

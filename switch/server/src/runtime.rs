@@ -387,11 +387,13 @@ enum JournalSync {
     Thread,
 }
 
+/// The segment `ring_sync` keeps open (its path and file), `None` before the first commit.
+type OpenSegment = Option<(std::path::PathBuf, Rc<glommio::io::BufferedFile>)>;
+
 /// Commits synced through glommio's ring: the segment is opened once (read-only: `fdatasync`
 /// flushes the file's pages whatever descriptor asks) and kept until the journal rolls.
 fn ring_sync() -> shard_loop::RingSync {
-    let open: Rc<std::cell::RefCell<Option<(std::path::PathBuf, Rc<glommio::io::BufferedFile>)>>> =
-        Rc::default();
+    let open: Rc<std::cell::RefCell<OpenSegment>> = Rc::default();
     Box::new(move |request| {
         let open = open.clone();
         Box::pin(async move {

@@ -141,7 +141,8 @@ pub(crate) struct RecoveryReport {
 pub(crate) fn wall_clock_ms() -> Ms {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_millis() as u64)
+        // Saturates (u64 milliseconds last 584 million years).
+        .map(|elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
 }
 
