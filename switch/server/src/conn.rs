@@ -529,13 +529,12 @@ fn take_frames(
                     in_flight.frames.len() >= limits.in_flight_per_connection_max as usize;
                 match native::handle_frame(
                     context,
-                    grants,
+                    &native::Connection { grants, pushes },
                     &frame.header,
                     frame.body,
                     now_ms,
                     frames_full,
                     events_budget,
-                    pushes,
                 ) {
                     Handled::Now(answer) => output.extend_from_slice(&answer),
                     Handled::Later(future, events) => {

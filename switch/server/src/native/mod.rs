@@ -67,20 +67,25 @@ pub(crate) enum Handled {
     Later(std::pin::Pin<Box<dyn std::future::Future<Output = Vec<u8>>>>, u32),
 }
 
-/// Handles one frame of a connection with `grants`. `frames_full`: the connection already has
-/// its most frames in flight;
-/// `events_budget`: how many more events it may have in flight. `pushes` is the connection's
-/// push queue, which the session directory learns for the sessions this frame reports.
+/// What a frame's connection brings to it: its grants, and its push queue (which the session
+/// directory learns for the sessions the frame reports).
+pub(crate) struct Connection<'a> {
+    pub grants: &'a Arc<crate::access::Grants>,
+    pub pushes: &'a mpsc::Sender<Vec<u8>>,
+}
+
+/// Handles one frame of `connection`. `frames_full`: the connection already has its most
+/// frames in flight; `events_budget`: how many more events it may have in flight.
 pub(crate) fn handle_frame(
     context: &Arc<Context>,
-    grants: &Arc<crate::access::Grants>,
+    connection: &Connection<'_>,
     header: &FrameHeader,
     body: &[u8],
     received_ms: u64,
     frames_full: bool,
     events_budget: u32,
-    pushes: &mpsc::Sender<Vec<u8>>,
 ) -> Handled {
+    let Connection { grants, pushes } = *connection;
     let request_id = header.request_id;
     let Some(msg_type) = MsgType::from_u16(header.msg_type) else {
         return Handled::Now(error_frame(
