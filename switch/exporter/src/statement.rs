@@ -236,27 +236,12 @@ pub fn entries_of(
             out.push(Entry { kind: EntryKind::Expiry, amount_won: line.amount_won, ..base });
         }
     }
-    // A call or other metered session: what the record debited is usage of its category (an
-    // over-use capped at the balance is debited too).
-    // An event charge (a phone information call priced per event) likewise, with the number.
-    if let Body::SessionStart(_)
-    | Body::SessionUpdate { .. }
-    | Body::SessionEnd { .. }
-    | Body::EventCharge { .. } = &entry.command.body
-    {
+    if let Some((category, counterparty)) = charge_of(&entry.command.body, session_category) {
+        // What the record debited is usage of its category (an over-use capped at the balance
+        // is debited too).
         let charged = entry.reply.code == ResultCode::SessionUsageCapped.as_u16()
             || entry.reply.code == ResultCode::SessionExpiredCharged.as_u16();
         if (approved || charged) && entry.reply.amount_won > 0 {
-            let category = match &entry.command.body {
-                Body::SessionStart(open) => open.category,
-                Body::EventCharge { category, .. } => *category,
-                _ => session_category.unwrap_or(0),
-            };
-            let counterparty = match &entry.command.body {
-                Body::SessionStart(open) => open.destination,
-                Body::EventCharge { destination, .. } => *destination,
-                _ => 0,
-            };
             out.push(Entry {
                 kind: EntryKind::Payment,
                 amount_won: entry.reply.amount_won,
@@ -267,10 +252,41 @@ pub fn entries_of(
         }
         return out;
     }
+    let merchant_lines = push_merchant_lines(&mut out, effects, base);
+    if !approved || merchant_lines > 0 {
+        return out;
+    }
+    out.extend(command_entry(
+        &entry.command.body,
+        entry.reply.amount_won,
+        balance_before_won,
+        base,
+    ));
+    out
+}
+
+/// For a charging command, the (category, counterparty) of the usage it debits: a call or other
+/// metered session (the destination at its start; a later report names the session, whose
+/// category is `session_category`), or an event charge (a phone information call priced per
+/// event) with its number. `None` for every other command.
+fn charge_of(body: &Body, session_category: Option<u8>) -> Option<(u8, u64)> {
+    match body {
+        Body::SessionStart(open) => Some((open.category, open.destination)),
+        Body::EventCharge { category, destination, .. } => Some((*category, *destination)),
+        Body::SessionUpdate { .. } | Body::SessionEnd { .. } => {
+            Some((session_category.unwrap_or(0), 0))
+        }
+        _ => None,
+    }
+}
+
+/// Pushes an entry for each merchant line of the record's card (a sale, capture, refund or
+/// reversal, with the payment's merchant and category); returns how many.
+fn push_merchant_lines(out: &mut Vec<Entry>, effects: &Effects, base: Entry) -> usize {
     let mut merchant_lines = 0;
     for fact in &effects.facts {
         if let Fact::Merchant(line) = fact
-            && line.card == pin_hash
+            && line.card == base.pin_hash
         {
             merchant_lines += 1;
             let kind = match line.kind {
@@ -287,74 +303,70 @@ pub fn entries_of(
             });
         }
     }
-    if !approved || merchant_lines > 0 {
-        return out;
-    }
-    match &entry.command.body {
+    merchant_lines
+}
+
+/// The entry an approved command without merchant lines makes, by its body (`amount_won` from
+/// its reply), if any; a command `entries_of` does not know is told by the change of the
+/// card's balance since `balance_before_won`.
+fn command_entry(
+    body: &Body,
+    amount_won: u64,
+    balance_before_won: Option<u64>,
+    base: Entry,
+) -> Option<Entry> {
+    let entry = match body {
         Body::Issue { face_value_won, .. } => {
-            out.push(Entry { kind: EntryKind::Issue, amount_won: *face_value_won, ..base })
+            Entry { kind: EntryKind::Issue, amount_won: *face_value_won, ..base }
         }
-        Body::Sell { channel_id, price_won, payment_means, .. } => {
-            out.push(Entry {
-                kind: EntryKind::Sell,
-                amount_won: *price_won,
-                counterparty: u64::from(*channel_id),
-                means: *payment_means,
-                ..base
-            });
-        }
-        Body::Activate { .. } | Body::Claim { .. } => {
-            out.push(Entry { kind: EntryKind::Activate, ..base })
-        }
+        Body::Sell { channel_id, price_won, payment_means, .. } => Entry {
+            kind: EntryKind::Sell,
+            amount_won: *price_won,
+            counterparty: u64::from(*channel_id),
+            means: *payment_means,
+            ..base
+        },
+        Body::Activate { .. } | Body::Claim { .. } => Entry { kind: EntryKind::Activate, ..base },
         // A conversion into a foreign PIN: the card pays the product's won price.
-        Body::ForeignConvert { .. } => out.push(Entry {
-            kind: EntryKind::OtherDebit,
-            amount_won: entry.reply.amount_won,
-            ..base
-        }),
-        Body::Load { funding, .. } => out.push(Entry {
-            kind: EntryKind::Recharge,
-            amount_won: entry.reply.amount_won,
-            means: *funding,
-            ..base
-        }),
-        Body::BalanceRefund { payout_account_ref, .. } => {
-            out.push(Entry {
-                kind: EntryKind::BalanceRefund,
-                amount_won: entry.reply.amount_won,
-                counterparty: *payout_account_ref,
-                ..base
-            });
+        Body::ForeignConvert { .. } => Entry { kind: EntryKind::OtherDebit, amount_won, ..base },
+        Body::Load { funding, .. } => {
+            Entry { kind: EntryKind::Recharge, amount_won, means: *funding, ..base }
         }
+        Body::BalanceRefund { payout_account_ref, .. } => Entry {
+            kind: EntryKind::BalanceRefund,
+            amount_won,
+            counterparty: *payout_account_ref,
+            ..base
+        },
         Body::Block { .. }
         | Body::Unblock { .. }
         | Body::Consign { .. }
-        | Body::Register { .. } => out.push(base),
+        | Body::Register { .. } => base,
         // Holds move no posted money (the balance includes held funds); their captures do.
         Body::Authorize { .. }
         | Body::Void { .. }
         | Body::Capture { .. }
         | Body::Reverse { .. }
         | Body::Sale { .. }
-        | Body::Refund { .. } => {}
-        _ => {
-            let before_won = balance_before_won.unwrap_or(card.balance_won);
-            if card.balance_won < before_won {
-                out.push(Entry {
-                    kind: EntryKind::OtherDebit,
-                    amount_won: before_won - card.balance_won,
-                    ..base
-                });
-            } else if card.balance_won > before_won {
-                out.push(Entry {
-                    kind: EntryKind::OtherCredit,
-                    amount_won: card.balance_won - before_won,
-                    ..base
-                });
-            }
-        }
+        | Body::Refund { .. } => return None,
+        _ => return balance_change_entry(balance_before_won, base),
+    };
+    Some(entry)
+}
+
+/// An entry for a command `entries_of` does not know: the change of the card's balance
+/// (`base.balance_won`, after the record) since `balance_before_won`, as another debit or
+/// credit; `None` when the balance did not move.
+fn balance_change_entry(balance_before_won: Option<u64>, base: Entry) -> Option<Entry> {
+    let after_won = base.balance_won;
+    let before_won = balance_before_won.unwrap_or(after_won);
+    if after_won < before_won {
+        Some(Entry { kind: EntryKind::OtherDebit, amount_won: before_won - after_won, ..base })
+    } else if after_won > before_won {
+        Some(Entry { kind: EntryKind::OtherCredit, amount_won: after_won - before_won, ..base })
+    } else {
+        None
     }
-    out
 }
 
 /// Whether `entries_of` knows what the command does (else it compares balances).
@@ -402,7 +414,9 @@ struct HeadsTable {
 
 fn slot_start(pin_hash: PinHash, slot_count: u64) -> u64 {
     // The low half: routing to shards uses the high half.
-    (pin_hash as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32 & (slot_count - 1)
+    #[expect(clippy::cast_possible_truncation, reason = "the low 64 bits, on purpose")]
+    let low_half = pin_hash as u64;
+    low_half.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32 & (slot_count - 1)
 }
 
 impl HeadsTable {
@@ -518,12 +532,13 @@ impl HeadsTable {
 
     /// Every taken slot (for growing).
     fn for_each(&self, mut visit: impl FnMut(PinHash, Head) -> Result<()>) -> Result<()> {
-        const CHUNK_SLOTS: u64 = 32_768;
-        let mut buffer = vec![0u8; CHUNK_SLOTS as usize * SLOT_BYTES];
+        const CHUNK_SLOTS: usize = 32_768;
+        let mut buffer = vec![0u8; CHUNK_SLOTS * SLOT_BYTES];
         let mut first = 0;
         while first < self.slot_count {
-            let slots = CHUNK_SLOTS.min(self.slot_count - first);
-            let chunk = &mut buffer[..slots as usize * SLOT_BYTES];
+            let slots = usize::try_from(self.slot_count - first)
+                .map_or(CHUNK_SLOTS, |left_slots| left_slots.min(CHUNK_SLOTS));
+            let chunk = &mut buffer[..slots * SLOT_BYTES];
             self.file
                 .read_exact_at(chunk, HEADS_HEADER_BYTES + first * SLOT_BYTES as u64)
                 .map_err(ExportError::io(&self.path, "read heads table"))?;
@@ -540,7 +555,7 @@ impl HeadsTable {
                     visit(key, Head { newest_plus_one, count: u64::from_le_bytes(count) })?;
                 }
             }
-            first += slots;
+            first += slots as u64;
         }
         Ok(())
     }
@@ -783,7 +798,10 @@ impl StatementWriter {
             .zip(committed)
             .enumerate()
             .map(|(shard, (cursor, committed))| {
-                ShardWriter::open(&dir, shard as u16, *cursor, committed)
+                // One cursor per shard, and shard numbers are u16.
+                let shard =
+                    u16::try_from(shard).map_err(|_| ExportError::Overflow("shard count"))?;
+                ShardWriter::open(&dir, shard, *cursor, committed)
             })
             .collect::<Result<Vec<_>>>()?;
         let writer = StatementWriter { dir, shards };
