@@ -1000,10 +1000,6 @@ pub fn summarize(
 ) -> Result<StatementResult> {
     let in_range =
         |time_ms: u64| time_ms >= query.from_ms && (query.to_ms == 0 || time_ms < query.to_ms);
-    let add = |sum: &mut u64, amount_won: u64| -> Result<()> {
-        *sum = sum.checked_add(amount_won).ok_or(ExportError::Overflow("statement sum"))?;
-        Ok(())
-    };
     let mut result =
         StatementResult { code: ResultCode::Approved.as_u16(), ..StatementResult::default() };
     let mut lines_seen = 0u64;
@@ -1013,18 +1009,7 @@ pub fn summarize(
         query.limit
     };
     for entry in entries {
-        match entry.kind {
-            EntryKind::Issue => {
-                result.issued_at_ms = entry.time_ms;
-                result.face_value_won = entry.amount_won;
-            }
-            EntryKind::Sell => {
-                result.sold_at_ms = entry.time_ms;
-                result.price_won = entry.amount_won;
-                result.channel_id = u32::try_from(entry.counterparty).unwrap_or(u32::MAX);
-            }
-            _ => {}
-        }
+        note_issue_and_sale(&mut result, entry);
         if query.to_ms != 0 && entry.time_ms >= query.to_ms {
             continue;
         }
@@ -1038,54 +1023,7 @@ pub fn summarize(
         if !in_range(entry.time_ms) {
             continue;
         }
-        let line_kind = match entry.kind {
-            EntryKind::Recharge => {
-                result.recharge_count += 1;
-                add(&mut result.recharged_won, entry.amount_won)?;
-                if result.recharges.len() < limits.recharges_max as usize {
-                    result.recharges.push(StatementRecharge {
-                        time_ms: entry.time_ms,
-                        amount_won: entry.amount_won,
-                        funding: entry.means,
-                    });
-                }
-                None
-            }
-            EntryKind::Payment => {
-                let category = usize::from(entry.category);
-                if (1..=CATEGORY_COUNT).contains(&category) {
-                    add(&mut result.paid_by_category_won[category - 1], entry.amount_won)?;
-                } else {
-                    add(&mut result.other_debits_won, entry.amount_won)?;
-                }
-                Some(LINE_PAYMENT)
-            }
-            EntryKind::MerchantRefund => {
-                add(&mut result.merchant_refunds_won, entry.amount_won)?;
-                Some(LINE_REFUND)
-            }
-            EntryKind::Reversal => {
-                add(&mut result.reversals_won, entry.amount_won)?;
-                Some(LINE_REVERSAL)
-            }
-            EntryKind::BalanceRefund => {
-                add(&mut result.balance_refund_won, entry.amount_won)?;
-                None
-            }
-            EntryKind::Expiry => {
-                add(&mut result.breakage_won, entry.amount_won)?;
-                None
-            }
-            EntryKind::OtherDebit => {
-                add(&mut result.other_debits_won, entry.amount_won)?;
-                None
-            }
-            EntryKind::OtherCredit => {
-                add(&mut result.other_credits_won, entry.amount_won)?;
-                None
-            }
-            EntryKind::Issue | EntryKind::Sell | EntryKind::Activate | EntryKind::Status => None,
-        };
+        let line_kind = add_to_sums(&mut result, entry, limits.recharges_max)?;
         // The detail list: internet payments (category 1) and the money credited back on them.
         if let Some(kind) = line_kind
             && entry.category == 1
@@ -1105,19 +1043,93 @@ pub fn summarize(
             lines_seen += 1;
         }
     }
+    finish_totals(&mut result, lines_seen, query.cursor)?;
+    Ok(result)
+}
+
+/// Adds `amount_won` to a statement sum, refusing an overflow.
+fn add_won(sum_won: &mut u64, amount_won: u64) -> Result<()> {
+    *sum_won = sum_won.checked_add(amount_won).ok_or(ExportError::Overflow("statement sum"))?;
+    Ok(())
+}
+
+/// The card's issue and channel sale, whenever they were (the statement names them even when
+/// they fall outside the range).
+fn note_issue_and_sale(result: &mut StatementResult, entry: &Entry) {
+    match entry.kind {
+        EntryKind::Issue => {
+            result.issued_at_ms = entry.time_ms;
+            result.face_value_won = entry.amount_won;
+        }
+        EntryKind::Sell => {
+            result.sold_at_ms = entry.time_ms;
+            result.price_won = entry.amount_won;
+            result.channel_id = u32::try_from(entry.counterparty).unwrap_or(u32::MAX);
+        }
+        _ => {}
+    }
+}
+
+/// Adds an entry in the range to the statement's sums by its kind (and lists a recharge while
+/// fewer than `recharges_max` are listed); returns the detail line kind it makes, if any.
+fn add_to_sums(
+    result: &mut StatementResult,
+    entry: &Entry,
+    recharges_max: u32,
+) -> Result<Option<u8>> {
+    let (sum_won, line_kind) = match entry.kind {
+        EntryKind::Recharge => {
+            result.recharge_count += 1;
+            add_won(&mut result.recharged_won, entry.amount_won)?;
+            if result.recharges.len() < recharges_max as usize {
+                result.recharges.push(StatementRecharge {
+                    time_ms: entry.time_ms,
+                    amount_won: entry.amount_won,
+                    funding: entry.means,
+                });
+            }
+            return Ok(None);
+        }
+        EntryKind::Payment => {
+            let category = usize::from(entry.category);
+            let sum_won = if (1..=CATEGORY_COUNT).contains(&category) {
+                &mut result.paid_by_category_won[category - 1]
+            } else {
+                &mut result.other_debits_won
+            };
+            (sum_won, Some(LINE_PAYMENT))
+        }
+        EntryKind::MerchantRefund => (&mut result.merchant_refunds_won, Some(LINE_REFUND)),
+        EntryKind::Reversal => (&mut result.reversals_won, Some(LINE_REVERSAL)),
+        EntryKind::BalanceRefund => (&mut result.balance_refund_won, None),
+        EntryKind::Expiry => (&mut result.breakage_won, None),
+        EntryKind::OtherDebit => (&mut result.other_debits_won, None),
+        EntryKind::OtherCredit => (&mut result.other_credits_won, None),
+        EntryKind::Issue | EntryKind::Sell | EntryKind::Activate | EntryKind::Status => {
+            return Ok(None);
+        }
+    };
+    add_won(sum_won, entry.amount_won)?;
+    Ok(line_kind)
+}
+
+/// The statement's totals once every entry is in: the money refunded in all its forms, how
+/// many detail lines there are (`lines_seen`), and the cursor of the next page after the one
+/// that starts at `cursor` (0: none).
+fn finish_totals(result: &mut StatementResult, lines_seen: u64, cursor: u32) -> Result<()> {
     let mut refunded_won = 0u64;
     for part in [result.merchant_refunds_won, result.reversals_won, result.balance_refund_won] {
-        add(&mut refunded_won, part)?;
+        add_won(&mut refunded_won, part)?;
     }
     result.refunded_won = refunded_won;
     result.lines_total = u32::try_from(lines_seen).unwrap_or(u32::MAX);
-    let shown = u64::from(query.cursor) + result.lines.len() as u64;
+    let shown = u64::from(cursor) + result.lines.len() as u64;
     result.next_cursor = if shown < lines_seen && !result.lines.is_empty() {
         u32::try_from(shown).unwrap_or(u32::MAX)
     } else {
         0
     };
-    Ok(result)
+    Ok(())
 }
 
 /// The names of the service categories (`Category` 1..=6), as the statement shows them.
