@@ -56,11 +56,33 @@ pub struct Payment {
 }
 
 impl Payment {
+    /// A merchant's payment (AUTHORIZE or SALE) as it opens: nothing debited or credited yet.
+    fn merchant(pin_hash: PinHash, merchant_id: u64, category: u8, rate_per_mille: u16) -> Payment {
+        Payment {
+            pin_hash,
+            merchant_id,
+            category,
+            rate_per_mille,
+            debited_won: 0,
+            credited_won: 0,
+            commission_won: 0,
+            service: false,
+        }
+    }
+
     /// Commission on what the merchant keeps: floor(net × rate / 1000), never negative.
     fn commission_due_won(&self) -> u64 {
         let net_won = self.debited_won.saturating_sub(self.credited_won);
-        (u128::from(net_won) * u128::from(self.rate_per_mille) / 1000) as u64
+        per_mille_of_won(net_won, self.rate_per_mille)
     }
+}
+
+/// `rate_per_mille` of `amount_won`, rounded down: a commission. Every rate is at most 1000
+/// (the export configuration and the engine's CARD_CONSIGN refuse more), so the share is at
+/// most the amount and fits its `u64`.
+fn per_mille_of_won(amount_won: u64, rate_per_mille: u16) -> u64 {
+    let share_won = u128::from(amount_won) * u128::from(rate_per_mille) / 1000;
+    u64::try_from(share_won).expect("a rate of at most 1000 per mille takes at most the amount")
 }
 
 /// The follower's durable image (inside the exporter state). The shadow engine's snapshot is
@@ -439,167 +461,73 @@ impl Follower {
         config: &ExportConfig,
         out: &mut Out,
     ) -> std::result::Result<u64, String> {
-        let rate_of = |merchant_id: u64| config.commission_per_mille(merchant_id);
-        let (card, face_value_won, liability) =
-            (record.card, record.face_value_won, record.liability());
-        let (origin, op_id, reply) = (record.origin, record.origin.op_id, record.reply);
+        let (card, face_value_won, reply) = (record.card, record.face_value_won, record.reply);
         let reversed_won =
             delta(record.totals_before.reversed_won, record.totals_after.reversed_won, "reversed")?;
+        let approved = record.approved();
         match record.body {
-            Body::Issue { .. } if record.approved() => {
+            Body::Issue { .. } if approved => {
                 out.post(
                     Account::CardStockControl,
                     Account::CardUnsold { face_value_won },
                     face_value_won,
                 );
             }
-            Body::Activate { .. } | Body::Claim { .. } if record.approved() => {
-                if let Some(view) =
-                    record.view_before.as_ref().filter(|view| view.state == State::Issued)
-                {
-                    // Activated without a channel sale: spendable value nobody has paid for yet.
-                    out.post(Account::CardUnsold { face_value_won }, liability, view.balance_won);
-                    out.post(
-                        Account::SuspenseActivatedUnsold,
-                        Account::CardStockControl,
-                        view.balance_won,
-                    );
-                    out.facts.push(Fact::ActivatedUnsold { amount_won: view.balance_won });
-                }
+            Body::Activate { .. } | Body::Claim { .. } if approved => {
+                post_activation_unsold(record, out);
             }
-            Body::Consign { partner_id, commission_per_mille, .. } if record.approved() => {
+            Body::Consign { partner_id, commission_per_mille, .. } if approved => {
                 self.consignments.insert(card, (*partner_id, *commission_per_mille));
             }
             Body::Sell { channel_id, price_won, payment_means, gift_recipient_ref, .. }
-                if record.approved() =>
+                if approved =>
             {
                 let sale = (*channel_id, *price_won, *payment_means, *gift_recipient_ref != 0);
                 self.post_sale_of_card(record, sale, out)?;
             }
-            Body::Load { funding, .. } if record.approved() => {
+            Body::Load { funding, .. } if approved => {
+                let liability = record.liability();
                 out.post(Account::FundingClearing { means: *funding }, liability, reply.amount_won);
                 out.facts.push(Fact::Load { means: *funding, amount_won: reply.amount_won });
             }
-            Body::Authorize { merchant_id, category, .. } if record.approved() => {
-                out.post(liability, Account::Holds, reply.amount_won);
-                let hold = TrackedHold {
-                    pin_hash: card,
-                    face_value_won,
-                    amount_won: reply.amount_won,
-                    captured_won: 0,
-                    expires_at_ms: reply.hold_expires_at_ms,
-                };
-                self.holds.insert(op_id, hold);
-                self.tracked_held_won += u128::from(reply.amount_won);
-                let rate_per_mille = rate_of(*merchant_id);
-                let payment = Payment {
-                    pin_hash: card,
-                    merchant_id: *merchant_id,
-                    category: *category,
-                    rate_per_mille,
-                    debited_won: 0,
-                    credited_won: 0,
-                    commission_won: 0,
-                    service: false,
-                };
-                self.payments.insert(op_id, payment);
+            Body::Authorize { merchant_id, category, .. } if approved => {
+                let rate_per_mille = config.commission_per_mille(*merchant_id);
+                let payment = Payment::merchant(card, *merchant_id, *category, rate_per_mille);
+                self.post_authorization(record, payment, out);
             }
-            Body::Sale { merchant_id, category, .. } if record.approved() => {
-                let rate_per_mille = rate_of(*merchant_id);
-                let payment = Payment {
-                    pin_hash: card,
-                    merchant_id: *merchant_id,
-                    category: *category,
-                    rate_per_mille,
-                    debited_won: 0,
-                    credited_won: 0,
-                    commission_won: 0,
-                    service: false,
-                };
-                self.payments.insert(op_id, payment);
-                out.post(
-                    liability,
-                    Account::MerchantPayable { merchant_id: *merchant_id },
-                    reply.amount_won,
-                );
-                self.merchant_line(out, origin, op_id, MerchantKind::Sale, reply.amount_won)?;
+            Body::Sale { merchant_id, category, .. } if approved => {
+                let rate_per_mille = config.commission_per_mille(*merchant_id);
+                let payment = Payment::merchant(card, *merchant_id, *category, rate_per_mille);
+                self.post_sale(record, payment, out)?;
             }
-            Body::Capture { hold_id, .. } if record.approved() => {
+            Body::Capture { hold_id, .. } if approved => {
                 self.post_capture(record, *hold_id, out)?
             }
-            Body::Void { hold_id, .. } if record.approved() => {
-                let released_won = self.close_hold(*hold_id, out);
-                if released_won != reply.amount_won {
-                    return Err(format!(
-                        "void released {} won, tracked {released_won}",
-                        reply.amount_won
-                    ));
-                }
-            }
-            Body::Reverse { original_op_id, .. } if record.approved() => {
+            Body::Void { hold_id, .. } if approved => self.post_void(record, *hold_id, out)?,
+            Body::Reverse { original_op_id, .. } if approved => {
                 return self.post_reversal(record, *original_op_id, reversed_won, out);
             }
-            Body::Refund { original_op_id, .. } if record.approved() => {
-                let payment_op_id = self
-                    .captures
-                    .get(original_op_id)
-                    .map_or(*original_op_id, |(hold_id, _)| *hold_id);
-                let payment = self.payment(payment_op_id)?;
-                if payment.service {
-                    out.post(
-                        Account::ServiceRevenue { category: payment.category },
-                        liability,
-                        reply.amount_won,
-                    );
-                } else {
-                    out.post(
-                        Account::MerchantPayable { merchant_id: payment.merchant_id },
-                        liability,
-                        reply.amount_won,
-                    );
-                    self.merchant_line(
-                        out,
-                        origin,
-                        payment_op_id,
-                        MerchantKind::Refund,
-                        reply.amount_won,
-                    )?;
-                }
+            Body::Refund { original_op_id, .. } if approved => {
+                self.post_refund(record, *original_op_id, out)?;
             }
-            Body::ForeignConvert { product_id, .. } if record.approved() => {
+            Body::ForeignConvert { product_id, .. } if approved => {
                 self.post_conversion(record, *product_id, config, out)?;
             }
-            Body::EventCharge { category, .. } if record.approved() => {
-                // The issuer's own service (a phone information call): its revenue, no merchant.
-                let payment = Payment {
-                    pin_hash: card,
-                    merchant_id: 0,
-                    category: *category,
-                    rate_per_mille: 0,
-                    debited_won: reply.amount_won,
-                    credited_won: 0,
-                    commission_won: 0,
-                    service: true,
-                };
-                self.payments.insert(op_id, payment);
-                out.post(
-                    liability,
-                    Account::ServiceRevenue { category: *category },
-                    reply.amount_won,
-                );
+            Body::EventCharge { category, .. } if approved => {
+                self.post_event_charge(record, *category, out);
             }
             Body::SessionStart(_) | Body::SessionUpdate { .. } | Body::SessionEnd { .. }
-                if record.approved()
+                if approved
                     || reply.code == ResultCode::SessionUsageCapped.as_u16()
                     || reply.code == ResultCode::SessionExpiredCharged.as_u16() =>
             {
                 self.post_session_report(record, out)?;
             }
-            Body::BalanceRefund { payout_account_ref, .. } if record.approved() => {
-                out.post(liability, Account::RefundsPayable, reply.amount_won);
+            Body::BalanceRefund { payout_account_ref, .. } if approved => {
+                out.post(record.liability(), Account::RefundsPayable, reply.amount_won);
                 self.payout_accounts.insert(card, *payout_account_ref);
                 out.facts.push(Fact::Payout(PayoutLine {
-                    origin,
+                    origin: record.origin,
                     account_ref: *payout_account_ref,
                     card,
                     amount_won: reply.amount_won,
@@ -609,6 +537,98 @@ impl Follower {
             _ => {}
         }
         Ok(0)
+    }
+
+    /// AUTHORIZE: the authorized money goes from card value to holds, tracked as a hold of the
+    /// card's product, and `payment` (as it opens) is remembered for its captures, reversal and
+    /// refunds.
+    fn post_authorization(&mut self, record: &Record, payment: Payment, out: &mut Out) {
+        let (card, op_id, reply) = (record.card, record.origin.op_id, record.reply);
+        out.post(record.liability(), Account::Holds, reply.amount_won);
+        let hold = TrackedHold {
+            pin_hash: card,
+            face_value_won: record.face_value_won,
+            amount_won: reply.amount_won,
+            captured_won: 0,
+            expires_at_ms: reply.hold_expires_at_ms,
+        };
+        self.holds.insert(op_id, hold);
+        self.tracked_held_won += u128::from(reply.amount_won);
+        self.payments.insert(op_id, payment);
+    }
+
+    /// SALE: the money goes from card value to the merchant at once, booked against
+    /// `payment`, which it opens.
+    fn post_sale(
+        &mut self,
+        record: &Record,
+        payment: Payment,
+        out: &mut Out,
+    ) -> std::result::Result<(), String> {
+        let (op_id, amount_won) = (record.origin.op_id, record.reply.amount_won);
+        let merchant_id = payment.merchant_id;
+        self.payments.insert(op_id, payment);
+        out.post(record.liability(), Account::MerchantPayable { merchant_id }, amount_won);
+        self.merchant_line(out, record.origin, op_id, MerchantKind::Sale, amount_won)
+    }
+
+    /// VOID: the hold is released whole, which must be the amount the engine released.
+    fn post_void(
+        &mut self,
+        record: &Record,
+        hold_id: OpId,
+        out: &mut Out,
+    ) -> std::result::Result<(), String> {
+        let released_won = self.close_hold(hold_id, out);
+        if released_won != record.reply.amount_won {
+            return Err(format!(
+                "void released {} won, tracked {released_won}",
+                record.reply.amount_won
+            ));
+        }
+        Ok(())
+    }
+
+    /// REFUND: money comes back to the card from the payment it names (directly or through one
+    /// of its captures): from the merchant, or from service revenue for the issuer's own.
+    fn post_refund(
+        &mut self,
+        record: &Record,
+        original_op_id: OpId,
+        out: &mut Out,
+    ) -> std::result::Result<(), String> {
+        let (liability, amount_won) = (record.liability(), record.reply.amount_won);
+        let payment_op_id =
+            self.captures.get(&original_op_id).map_or(original_op_id, |(hold_id, _)| *hold_id);
+        let payment = self.payment(payment_op_id)?;
+        if payment.service {
+            out.post(Account::ServiceRevenue { category: payment.category }, liability, amount_won);
+            return Ok(());
+        }
+        out.post(
+            Account::MerchantPayable { merchant_id: payment.merchant_id },
+            liability,
+            amount_won,
+        );
+        self.merchant_line(out, record.origin, payment_op_id, MerchantKind::Refund, amount_won)
+    }
+
+    /// EVENT_CHARGE: the issuer's own service (a phone information call): its revenue, no
+    /// merchant; remembered as a service payment so refunds and reversals find it.
+    fn post_event_charge(&mut self, record: &Record, category: u8, out: &mut Out) {
+        let amount_won = record.reply.amount_won;
+        let payment = Payment {
+            pin_hash: record.card,
+            merchant_id: 0,
+            category,
+            rate_per_mille: 0,
+            debited_won: amount_won,
+            credited_won: 0,
+            commission_won: 0,
+            service: true,
+        };
+        self.payments.insert(record.origin.op_id, payment);
+        out.post(record.liability(), Account::ServiceRevenue { category }, amount_won);
     }
 
     /// CARD_SELL: the card's value becomes spendable, and the channel owes the price less the
@@ -623,8 +643,7 @@ impl Follower {
         let consignment =
             self.consignments.remove(&card).filter(|(partner_id, _)| *partner_id == channel_id);
         let commission_per_mille = consignment.map_or(0, |(_, rate)| rate);
-        let commission_won =
-            (u128::from(price_won) * u128::from(commission_per_mille) / 1000) as u64;
+        let commission_won = per_mille_of_won(price_won, commission_per_mille);
         out.post(Account::CardUnsold { face_value_won }, record.liability(), face_value_won);
         let mut debits =
             vec![(Account::ChannelReceivable { channel_id }, price_won - commission_won)];
@@ -758,7 +777,7 @@ impl Follower {
         };
         let price_won = record.reply.amount_won;
         let rate_per_mille = config.foreign_commission_per_mille(product.partner_id);
-        let commission_won = (u128::from(price_won) * u128::from(rate_per_mille) / 1000) as u64;
+        let commission_won = per_mille_of_won(price_won, rate_per_mille);
         let payable = Account::ForeignPartnerPayable { partner_id: product.partner_id };
         out.post(record.liability(), payable, price_won);
         out.post(payable, Account::CommissionRevenue, commission_won);
@@ -1157,6 +1176,18 @@ impl Out {
         }
         Ok(())
     }
+}
+
+/// CARD_ACTIVATE or CARD_CLAIM of a card still in stock (activated without a channel sale):
+/// its value becomes spendable though nobody has paid for it yet, held in suspense.
+fn post_activation_unsold(record: &Record, out: &mut Out) {
+    let Some(view) = record.view_before.as_ref().filter(|view| view.state == State::Issued) else {
+        return;
+    };
+    let face_value_won = record.face_value_won;
+    out.post(Account::CardUnsold { face_value_won }, record.liability(), view.balance_won);
+    out.post(Account::SuspenseActivatedUnsold, Account::CardStockControl, view.balance_won);
+    out.facts.push(Fact::ActivatedUnsold { amount_won: view.balance_won });
 }
 
 fn delta(before: u128, after: u128, what: &str) -> std::result::Result<u64, String> {

@@ -236,27 +236,12 @@ pub fn entries_of(
             out.push(Entry { kind: EntryKind::Expiry, amount_won: line.amount_won, ..base });
         }
     }
-    // A call or other metered session: what the record debited is usage of its category (an
-    // over-use capped at the balance is debited too).
-    // An event charge (a phone information call priced per event) likewise, with the number.
-    if let Body::SessionStart(_)
-    | Body::SessionUpdate { .. }
-    | Body::SessionEnd { .. }
-    | Body::EventCharge { .. } = &entry.command.body
-    {
+    if let Some((category, counterparty)) = charge_of(&entry.command.body, session_category) {
+        // What the record debited is usage of its category (an over-use capped at the balance
+        // is debited too).
         let charged = entry.reply.code == ResultCode::SessionUsageCapped.as_u16()
             || entry.reply.code == ResultCode::SessionExpiredCharged.as_u16();
         if (approved || charged) && entry.reply.amount_won > 0 {
-            let category = match &entry.command.body {
-                Body::SessionStart(open) => open.category,
-                Body::EventCharge { category, .. } => *category,
-                _ => session_category.unwrap_or(0),
-            };
-            let counterparty = match &entry.command.body {
-                Body::SessionStart(open) => open.destination,
-                Body::EventCharge { destination, .. } => *destination,
-                _ => 0,
-            };
             out.push(Entry {
                 kind: EntryKind::Payment,
                 amount_won: entry.reply.amount_won,
@@ -267,10 +252,41 @@ pub fn entries_of(
         }
         return out;
     }
+    let merchant_lines = push_merchant_lines(&mut out, effects, base);
+    if !approved || merchant_lines > 0 {
+        return out;
+    }
+    out.extend(command_entry(
+        &entry.command.body,
+        entry.reply.amount_won,
+        balance_before_won,
+        base,
+    ));
+    out
+}
+
+/// For a charging command, the (category, counterparty) of the usage it debits: a call or other
+/// metered session (the destination at its start; a later report names the session, whose
+/// category is `session_category`), or an event charge (a phone information call priced per
+/// event) with its number. `None` for every other command.
+fn charge_of(body: &Body, session_category: Option<u8>) -> Option<(u8, u64)> {
+    match body {
+        Body::SessionStart(open) => Some((open.category, open.destination)),
+        Body::EventCharge { category, destination, .. } => Some((*category, *destination)),
+        Body::SessionUpdate { .. } | Body::SessionEnd { .. } => {
+            Some((session_category.unwrap_or(0), 0))
+        }
+        _ => None,
+    }
+}
+
+/// Pushes an entry for each merchant line of the record's card (a sale, capture, refund or
+/// reversal, with the payment's merchant and category); returns how many.
+fn push_merchant_lines(out: &mut Vec<Entry>, effects: &Effects, base: Entry) -> usize {
     let mut merchant_lines = 0;
     for fact in &effects.facts {
         if let Fact::Merchant(line) = fact
-            && line.card == pin_hash
+            && line.card == base.pin_hash
         {
             merchant_lines += 1;
             let kind = match line.kind {
@@ -287,74 +303,70 @@ pub fn entries_of(
             });
         }
     }
-    if !approved || merchant_lines > 0 {
-        return out;
-    }
-    match &entry.command.body {
+    merchant_lines
+}
+
+/// The entry an approved command without merchant lines makes, by its body (`amount_won` from
+/// its reply), if any; a command `entries_of` does not know is told by the change of the
+/// card's balance since `balance_before_won`.
+fn command_entry(
+    body: &Body,
+    amount_won: u64,
+    balance_before_won: Option<u64>,
+    base: Entry,
+) -> Option<Entry> {
+    let entry = match body {
         Body::Issue { face_value_won, .. } => {
-            out.push(Entry { kind: EntryKind::Issue, amount_won: *face_value_won, ..base })
+            Entry { kind: EntryKind::Issue, amount_won: *face_value_won, ..base }
         }
-        Body::Sell { channel_id, price_won, payment_means, .. } => {
-            out.push(Entry {
-                kind: EntryKind::Sell,
-                amount_won: *price_won,
-                counterparty: u64::from(*channel_id),
-                means: *payment_means,
-                ..base
-            });
-        }
-        Body::Activate { .. } | Body::Claim { .. } => {
-            out.push(Entry { kind: EntryKind::Activate, ..base })
-        }
+        Body::Sell { channel_id, price_won, payment_means, .. } => Entry {
+            kind: EntryKind::Sell,
+            amount_won: *price_won,
+            counterparty: u64::from(*channel_id),
+            means: *payment_means,
+            ..base
+        },
+        Body::Activate { .. } | Body::Claim { .. } => Entry { kind: EntryKind::Activate, ..base },
         // A conversion into a foreign PIN: the card pays the product's won price.
-        Body::ForeignConvert { .. } => out.push(Entry {
-            kind: EntryKind::OtherDebit,
-            amount_won: entry.reply.amount_won,
-            ..base
-        }),
-        Body::Load { funding, .. } => out.push(Entry {
-            kind: EntryKind::Recharge,
-            amount_won: entry.reply.amount_won,
-            means: *funding,
-            ..base
-        }),
-        Body::BalanceRefund { payout_account_ref, .. } => {
-            out.push(Entry {
-                kind: EntryKind::BalanceRefund,
-                amount_won: entry.reply.amount_won,
-                counterparty: *payout_account_ref,
-                ..base
-            });
+        Body::ForeignConvert { .. } => Entry { kind: EntryKind::OtherDebit, amount_won, ..base },
+        Body::Load { funding, .. } => {
+            Entry { kind: EntryKind::Recharge, amount_won, means: *funding, ..base }
         }
+        Body::BalanceRefund { payout_account_ref, .. } => Entry {
+            kind: EntryKind::BalanceRefund,
+            amount_won,
+            counterparty: *payout_account_ref,
+            ..base
+        },
         Body::Block { .. }
         | Body::Unblock { .. }
         | Body::Consign { .. }
-        | Body::Register { .. } => out.push(base),
+        | Body::Register { .. } => base,
         // Holds move no posted money (the balance includes held funds); their captures do.
         Body::Authorize { .. }
         | Body::Void { .. }
         | Body::Capture { .. }
         | Body::Reverse { .. }
         | Body::Sale { .. }
-        | Body::Refund { .. } => {}
-        _ => {
-            let before_won = balance_before_won.unwrap_or(card.balance_won);
-            if card.balance_won < before_won {
-                out.push(Entry {
-                    kind: EntryKind::OtherDebit,
-                    amount_won: before_won - card.balance_won,
-                    ..base
-                });
-            } else if card.balance_won > before_won {
-                out.push(Entry {
-                    kind: EntryKind::OtherCredit,
-                    amount_won: card.balance_won - before_won,
-                    ..base
-                });
-            }
-        }
+        | Body::Refund { .. } => return None,
+        _ => return balance_change_entry(balance_before_won, base),
+    };
+    Some(entry)
+}
+
+/// An entry for a command `entries_of` does not know: the change of the card's balance
+/// (`base.balance_won`, after the record) since `balance_before_won`, as another debit or
+/// credit; `None` when the balance did not move.
+fn balance_change_entry(balance_before_won: Option<u64>, base: Entry) -> Option<Entry> {
+    let after_won = base.balance_won;
+    let before_won = balance_before_won.unwrap_or(after_won);
+    if after_won < before_won {
+        Some(Entry { kind: EntryKind::OtherDebit, amount_won: before_won - after_won, ..base })
+    } else if after_won > before_won {
+        Some(Entry { kind: EntryKind::OtherCredit, amount_won: after_won - before_won, ..base })
+    } else {
+        None
     }
-    out
 }
 
 /// Whether `entries_of` knows what the command does (else it compares balances).
@@ -402,7 +414,9 @@ struct HeadsTable {
 
 fn slot_start(pin_hash: PinHash, slot_count: u64) -> u64 {
     // The low half: routing to shards uses the high half.
-    (pin_hash as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32 & (slot_count - 1)
+    #[expect(clippy::cast_possible_truncation, reason = "the low 64 bits, on purpose")]
+    let low_half = pin_hash as u64;
+    low_half.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32 & (slot_count - 1)
 }
 
 impl HeadsTable {
@@ -518,12 +532,13 @@ impl HeadsTable {
 
     /// Every taken slot (for growing).
     fn for_each(&self, mut visit: impl FnMut(PinHash, Head) -> Result<()>) -> Result<()> {
-        const CHUNK_SLOTS: u64 = 32_768;
-        let mut buffer = vec![0u8; CHUNK_SLOTS as usize * SLOT_BYTES];
+        const CHUNK_SLOTS: usize = 32_768;
+        let mut buffer = vec![0u8; CHUNK_SLOTS * SLOT_BYTES];
         let mut first = 0;
         while first < self.slot_count {
-            let slots = CHUNK_SLOTS.min(self.slot_count - first);
-            let chunk = &mut buffer[..slots as usize * SLOT_BYTES];
+            let slots = usize::try_from(self.slot_count - first)
+                .map_or(CHUNK_SLOTS, |left_slots| left_slots.min(CHUNK_SLOTS));
+            let chunk = &mut buffer[..slots * SLOT_BYTES];
             self.file
                 .read_exact_at(chunk, HEADS_HEADER_BYTES + first * SLOT_BYTES as u64)
                 .map_err(ExportError::io(&self.path, "read heads table"))?;
@@ -540,7 +555,7 @@ impl HeadsTable {
                     visit(key, Head { newest_plus_one, count: u64::from_le_bytes(count) })?;
                 }
             }
-            first += slots;
+            first += slots as u64;
         }
         Ok(())
     }
@@ -783,7 +798,10 @@ impl StatementWriter {
             .zip(committed)
             .enumerate()
             .map(|(shard, (cursor, committed))| {
-                ShardWriter::open(&dir, shard as u16, *cursor, committed)
+                // One cursor per shard, and shard numbers are u16.
+                let shard =
+                    u16::try_from(shard).map_err(|_| ExportError::Overflow("shard count"))?;
+                ShardWriter::open(&dir, shard, *cursor, committed)
             })
             .collect::<Result<Vec<_>>>()?;
         let writer = StatementWriter { dir, shards };
@@ -982,10 +1000,6 @@ pub fn summarize(
 ) -> Result<StatementResult> {
     let in_range =
         |time_ms: u64| time_ms >= query.from_ms && (query.to_ms == 0 || time_ms < query.to_ms);
-    let add = |sum: &mut u64, amount_won: u64| -> Result<()> {
-        *sum = sum.checked_add(amount_won).ok_or(ExportError::Overflow("statement sum"))?;
-        Ok(())
-    };
     let mut result =
         StatementResult { code: ResultCode::Approved.as_u16(), ..StatementResult::default() };
     let mut lines_seen = 0u64;
@@ -995,18 +1009,7 @@ pub fn summarize(
         query.limit
     };
     for entry in entries {
-        match entry.kind {
-            EntryKind::Issue => {
-                result.issued_at_ms = entry.time_ms;
-                result.face_value_won = entry.amount_won;
-            }
-            EntryKind::Sell => {
-                result.sold_at_ms = entry.time_ms;
-                result.price_won = entry.amount_won;
-                result.channel_id = u32::try_from(entry.counterparty).unwrap_or(u32::MAX);
-            }
-            _ => {}
-        }
+        note_issue_and_sale(&mut result, entry);
         if query.to_ms != 0 && entry.time_ms >= query.to_ms {
             continue;
         }
@@ -1020,54 +1023,7 @@ pub fn summarize(
         if !in_range(entry.time_ms) {
             continue;
         }
-        let line_kind = match entry.kind {
-            EntryKind::Recharge => {
-                result.recharge_count += 1;
-                add(&mut result.recharged_won, entry.amount_won)?;
-                if result.recharges.len() < limits.recharges_max as usize {
-                    result.recharges.push(StatementRecharge {
-                        time_ms: entry.time_ms,
-                        amount_won: entry.amount_won,
-                        funding: entry.means,
-                    });
-                }
-                None
-            }
-            EntryKind::Payment => {
-                let category = usize::from(entry.category);
-                if (1..=CATEGORY_COUNT).contains(&category) {
-                    add(&mut result.paid_by_category_won[category - 1], entry.amount_won)?;
-                } else {
-                    add(&mut result.other_debits_won, entry.amount_won)?;
-                }
-                Some(LINE_PAYMENT)
-            }
-            EntryKind::MerchantRefund => {
-                add(&mut result.merchant_refunds_won, entry.amount_won)?;
-                Some(LINE_REFUND)
-            }
-            EntryKind::Reversal => {
-                add(&mut result.reversals_won, entry.amount_won)?;
-                Some(LINE_REVERSAL)
-            }
-            EntryKind::BalanceRefund => {
-                add(&mut result.balance_refund_won, entry.amount_won)?;
-                None
-            }
-            EntryKind::Expiry => {
-                add(&mut result.breakage_won, entry.amount_won)?;
-                None
-            }
-            EntryKind::OtherDebit => {
-                add(&mut result.other_debits_won, entry.amount_won)?;
-                None
-            }
-            EntryKind::OtherCredit => {
-                add(&mut result.other_credits_won, entry.amount_won)?;
-                None
-            }
-            EntryKind::Issue | EntryKind::Sell | EntryKind::Activate | EntryKind::Status => None,
-        };
+        let line_kind = add_to_sums(&mut result, entry, limits.recharges_max)?;
         // The detail list: internet payments (category 1) and the money credited back on them.
         if let Some(kind) = line_kind
             && entry.category == 1
@@ -1087,19 +1043,93 @@ pub fn summarize(
             lines_seen += 1;
         }
     }
+    finish_totals(&mut result, lines_seen, query.cursor)?;
+    Ok(result)
+}
+
+/// Adds `amount_won` to a statement sum, refusing an overflow.
+fn add_won(sum_won: &mut u64, amount_won: u64) -> Result<()> {
+    *sum_won = sum_won.checked_add(amount_won).ok_or(ExportError::Overflow("statement sum"))?;
+    Ok(())
+}
+
+/// The card's issue and channel sale, whenever they were (the statement names them even when
+/// they fall outside the range).
+fn note_issue_and_sale(result: &mut StatementResult, entry: &Entry) {
+    match entry.kind {
+        EntryKind::Issue => {
+            result.issued_at_ms = entry.time_ms;
+            result.face_value_won = entry.amount_won;
+        }
+        EntryKind::Sell => {
+            result.sold_at_ms = entry.time_ms;
+            result.price_won = entry.amount_won;
+            result.channel_id = u32::try_from(entry.counterparty).unwrap_or(u32::MAX);
+        }
+        _ => {}
+    }
+}
+
+/// Adds an entry in the range to the statement's sums by its kind (and lists a recharge while
+/// fewer than `recharges_max` are listed); returns the detail line kind it makes, if any.
+fn add_to_sums(
+    result: &mut StatementResult,
+    entry: &Entry,
+    recharges_max: u32,
+) -> Result<Option<u8>> {
+    let (sum_won, line_kind) = match entry.kind {
+        EntryKind::Recharge => {
+            result.recharge_count += 1;
+            add_won(&mut result.recharged_won, entry.amount_won)?;
+            if result.recharges.len() < recharges_max as usize {
+                result.recharges.push(StatementRecharge {
+                    time_ms: entry.time_ms,
+                    amount_won: entry.amount_won,
+                    funding: entry.means,
+                });
+            }
+            return Ok(None);
+        }
+        EntryKind::Payment => {
+            let category = usize::from(entry.category);
+            let sum_won = if (1..=CATEGORY_COUNT).contains(&category) {
+                &mut result.paid_by_category_won[category - 1]
+            } else {
+                &mut result.other_debits_won
+            };
+            (sum_won, Some(LINE_PAYMENT))
+        }
+        EntryKind::MerchantRefund => (&mut result.merchant_refunds_won, Some(LINE_REFUND)),
+        EntryKind::Reversal => (&mut result.reversals_won, Some(LINE_REVERSAL)),
+        EntryKind::BalanceRefund => (&mut result.balance_refund_won, None),
+        EntryKind::Expiry => (&mut result.breakage_won, None),
+        EntryKind::OtherDebit => (&mut result.other_debits_won, None),
+        EntryKind::OtherCredit => (&mut result.other_credits_won, None),
+        EntryKind::Issue | EntryKind::Sell | EntryKind::Activate | EntryKind::Status => {
+            return Ok(None);
+        }
+    };
+    add_won(sum_won, entry.amount_won)?;
+    Ok(line_kind)
+}
+
+/// The statement's totals once every entry is in: the money refunded in all its forms, how
+/// many detail lines there are (`lines_seen`), and the cursor of the next page after the one
+/// that starts at `cursor` (0: none).
+fn finish_totals(result: &mut StatementResult, lines_seen: u64, cursor: u32) -> Result<()> {
     let mut refunded_won = 0u64;
     for part in [result.merchant_refunds_won, result.reversals_won, result.balance_refund_won] {
-        add(&mut refunded_won, part)?;
+        add_won(&mut refunded_won, part)?;
     }
     result.refunded_won = refunded_won;
     result.lines_total = u32::try_from(lines_seen).unwrap_or(u32::MAX);
-    let shown = u64::from(query.cursor) + result.lines.len() as u64;
+    let shown = u64::from(cursor) + result.lines.len() as u64;
     result.next_cursor = if shown < lines_seen && !result.lines.is_empty() {
         u32::try_from(shown).unwrap_or(u32::MAX)
     } else {
         0
     };
-    Ok(result)
+    Ok(())
 }
 
 /// The names of the service categories (`Category` 1..=6), as the statement shows them.

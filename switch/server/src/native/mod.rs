@@ -20,10 +20,12 @@ use std::collections::HashSet;
 
 use pinswitch_core::{Body, Command, PinHash, pack_destination, shard_of_card, shard_of_op};
 use pinswitch_protocol::{
-    self as protocol, BalanceResult, CardIssueResult, FLAG_REPLAYED, ForeignConvertResult,
-    FrameHeader, HelloReply, InquiryResult, MsgType, OpResult, Pong, PriceQuoteResult, ResultCode,
-    access_body, decode_body, encode_body,
+    self as protocol, BalanceResult, BodyAccess, CardIssueResult, FLAG_REPLAYED,
+    ForeignConvertResult, FrameHeader, HelloReply, InquiryResult, MsgType, OpResult, Pong,
+    PriceQuoteResult, ResultCode, access_body, decode_body, encode_body,
 };
+use rkyv::Archive;
+use rkyv::vec::ArchivedVec;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{Limits, SessionsSection};
@@ -334,129 +336,130 @@ fn plan(
     deadline_at_ms: u64,
     events_budget: u32,
 ) -> Result<Planned, ResultCode> {
-    let batch_max = context.limits.batch_events_max as usize;
-    macro_rules! events {
-        ($ty:ty) => {{
-            let events = access_body::<Vec<$ty>>(body).map_err(|_| ResultCode::FormatError)?;
-            if events.len() > batch_max {
-                return Err(ResultCode::BatchTooLarge);
-            }
-            // The connection's answers still to come would outgrow its bound: later.
-            if events.len() > events_budget as usize {
-                return Err(ResultCode::RetryLater);
-            }
-            events
-        }};
-    }
+    let frame = Frame { context, body, deadline_at_ms, events_budget };
     match msg_type {
-        MsgType::Hello => {
-            let _hello: protocol::Hello = decode_body(body).map_err(|_| ResultCode::FormatError)?;
-            let mut reply =
-                context.hello.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
-            reply.server_time_ms = wall_clock_ms();
-            Ok(Planned::Ready(encode_body(&reply)))
+        MsgType::Hello => plan_hello(context, body),
+        MsgType::Ping => plan_ping(body),
+        MsgType::CardIssue => {
+            Ok(plan_issue(context, frame.events::<protocol::CardIssue>()?, deadline_at_ms))
         }
-        MsgType::Ping => {
-            let ping: protocol::Ping = decode_body(body).map_err(|_| ResultCode::FormatError)?;
-            Ok(Planned::Ready(encode_body(&Pong {
-                nonce: ping.nonce,
-                server_time_ms: wall_clock_ms(),
-            })))
+        MsgType::CardActivate => frame.plan_ops::<protocol::CardActivate>(commands::card_activate),
+        MsgType::CardClaim => frame.plan_ops::<protocol::CardClaim>(commands::card_claim),
+        MsgType::CardLoad => frame.plan_ops::<protocol::CardLoad>(commands::card_load),
+        MsgType::CardSell => frame.plan_ops::<protocol::CardSell>(commands::card_sell),
+        MsgType::CardBlock => frame.plan_ops::<protocol::CardBlock>(commands::card_block),
+        MsgType::CardUnblock => frame.plan_ops::<protocol::CardUnblock>(commands::card_unblock),
+        MsgType::CardConsign => frame.plan_ops::<protocol::CardConsign>(commands::card_consign),
+        MsgType::CardRegister => frame.plan_ops::<protocol::CardRegister>(commands::card_register),
+        MsgType::CardRefund => frame.plan_ops::<protocol::CardRefund>(commands::card_refund),
+        MsgType::Authorize => frame.plan_ops::<protocol::Authorize>(commands::authorize),
+        MsgType::Capture => frame.plan_ops::<protocol::Capture>(commands::capture),
+        MsgType::Void => frame.plan_ops::<protocol::Void>(commands::void),
+        MsgType::Reverse => frame.plan_ops::<protocol::Reverse>(commands::reverse),
+        MsgType::Sale => frame.plan_ops::<protocol::Sale>(commands::sale),
+        MsgType::Refund => frame.plan_ops::<protocol::Refund>(commands::refund),
+        MsgType::ForeignImport => {
+            frame.plan_ops::<protocol::ForeignImport>(commands::foreign_import)
         }
-        MsgType::CardIssue => Ok(plan_issue(context, events!(protocol::CardIssue), deadline_at_ms)),
-        MsgType::CardActivate => Ok(ops(
+        MsgType::ForeignConvert => Ok(plan_foreign_convert(
             context,
-            events!(protocol::CardActivate),
+            frame.events::<protocol::ForeignConvert>()?,
             deadline_at_ms,
-            commands::card_activate,
         )),
-        MsgType::CardClaim => {
-            Ok(ops(context, events!(protocol::CardClaim), deadline_at_ms, commands::card_claim))
-        }
-        MsgType::CardLoad => {
-            Ok(ops(context, events!(protocol::CardLoad), deadline_at_ms, commands::card_load))
-        }
-        MsgType::CardSell => {
-            Ok(ops(context, events!(protocol::CardSell), deadline_at_ms, commands::card_sell))
-        }
-        MsgType::CardBlock => {
-            Ok(ops(context, events!(protocol::CardBlock), deadline_at_ms, commands::card_block))
-        }
-        MsgType::CardUnblock => {
-            Ok(ops(context, events!(protocol::CardUnblock), deadline_at_ms, commands::card_unblock))
-        }
-        MsgType::CardConsign => {
-            Ok(ops(context, events!(protocol::CardConsign), deadline_at_ms, commands::card_consign))
-        }
-        MsgType::CardRegister => Ok(ops(
-            context,
-            events!(protocol::CardRegister),
-            deadline_at_ms,
-            commands::card_register,
-        )),
-        MsgType::CardRefund => {
-            Ok(ops(context, events!(protocol::CardRefund), deadline_at_ms, commands::card_refund))
-        }
-        MsgType::Authorize => {
-            Ok(ops(context, events!(protocol::Authorize), deadline_at_ms, commands::authorize))
-        }
-        MsgType::Capture => {
-            Ok(ops(context, events!(protocol::Capture), deadline_at_ms, commands::capture))
-        }
-        MsgType::Void => Ok(ops(context, events!(protocol::Void), deadline_at_ms, commands::void)),
-        MsgType::Reverse => {
-            Ok(ops(context, events!(protocol::Reverse), deadline_at_ms, commands::reverse))
-        }
-        MsgType::Sale => Ok(ops(context, events!(protocol::Sale), deadline_at_ms, commands::sale)),
-        MsgType::Refund => {
-            Ok(ops(context, events!(protocol::Refund), deadline_at_ms, commands::refund))
-        }
-        MsgType::ForeignImport => Ok(ops(
-            context,
-            events!(protocol::ForeignImport),
-            deadline_at_ms,
-            commands::foreign_import,
-        )),
-        MsgType::ForeignConvert => {
-            Ok(plan_foreign_convert(context, events!(protocol::ForeignConvert), deadline_at_ms))
-        }
-        MsgType::SessionStart => {
-            let events = events!(protocol::SessionStart);
-            let session_ids = events.iter().map(|event| event.session_id.to_native()).collect();
-            Ok(session(
-                ops(context, events, deadline_at_ms, commands::session_start),
-                MsgType::SessionStart,
-                session_ids,
-            ))
-        }
-        MsgType::SessionUpdate => {
-            let events = events!(protocol::SessionUpdate);
-            let session_ids = events.iter().map(|event| event.session_id.to_native()).collect();
-            Ok(session(
-                ops(context, events, deadline_at_ms, commands::session_update),
-                MsgType::SessionUpdate,
-                session_ids,
-            ))
-        }
-        MsgType::SessionEnd => {
-            let events = events!(protocol::SessionEnd);
-            let session_ids = events.iter().map(|event| event.session_id.to_native()).collect();
-            Ok(session(
-                ops(context, events, deadline_at_ms, commands::session_end),
-                MsgType::SessionEnd,
-                session_ids,
-            ))
-        }
-        MsgType::EventCharge => {
-            Ok(ops(context, events!(protocol::EventCharge), deadline_at_ms, commands::event_charge))
-        }
-        MsgType::PriceQuote => Ok(plan_quote(context, events!(protocol::PriceQuote))),
+        MsgType::SessionStart => frame.plan_sessions::<protocol::SessionStart>(
+            MsgType::SessionStart,
+            commands::session_start,
+            |event| event.session_id.to_native(),
+        ),
+        MsgType::SessionUpdate => frame.plan_sessions::<protocol::SessionUpdate>(
+            MsgType::SessionUpdate,
+            commands::session_update,
+            |event| event.session_id.to_native(),
+        ),
+        MsgType::SessionEnd => frame.plan_sessions::<protocol::SessionEnd>(
+            MsgType::SessionEnd,
+            commands::session_end,
+            |event| event.session_id.to_native(),
+        ),
+        MsgType::EventCharge => frame.plan_ops::<protocol::EventCharge>(commands::event_charge),
+        MsgType::PriceQuote => Ok(plan_quote(context, frame.events::<protocol::PriceQuote>()?)),
         MsgType::SessionAudit => plan_audit(context, body),
         // Pushes go from the server to clients only.
         MsgType::SessionNotice => Err(ResultCode::UnknownMessageType),
-        MsgType::Inquiry => Ok(plan_inquiry(context, events!(protocol::Inquiry))),
-        MsgType::BalanceInquiry => Ok(plan_balance(context, events!(protocol::BalanceInquiry))),
+        MsgType::Inquiry => Ok(plan_inquiry(context, frame.events::<protocol::Inquiry>()?)),
+        MsgType::BalanceInquiry => {
+            Ok(plan_balance(context, frame.events::<protocol::BalanceInquiry>()?))
+        }
     }
+}
+
+/// One frame's body being planned, with what the plan of every batch message needs.
+struct Frame<'a> {
+    context: &'a Context,
+    body: &'a [u8],
+    deadline_at_ms: u64,
+    /// How many more events the connection may have in flight.
+    events_budget: u32,
+}
+
+impl<'a> Frame<'a> {
+    /// The frame's batch of `E` events, validated in place (no copy); refused over the batch
+    /// limit, and for later when its answers would outgrow the connection's bound.
+    #[inline]
+    fn events<E: Archive>(&self) -> Result<&'a [E::Archived], ResultCode>
+    where
+        Vec<E>: BodyAccess + Archive<Archived = ArchivedVec<E::Archived>>,
+    {
+        let events = access_body::<Vec<E>>(self.body).map_err(|_| ResultCode::FormatError)?;
+        if events.len() > self.context.limits.batch_events_max as usize {
+            return Err(ResultCode::BatchTooLarge);
+        }
+        // The connection's answers still to come would outgrow its bound: later.
+        if events.len() > self.events_budget as usize {
+            return Err(ResultCode::RetryLater);
+        }
+        Ok(events.as_slice())
+    }
+
+    /// A batch of `E` answered with one `OpResult` per event (`ops`).
+    #[inline]
+    fn plan_ops<E: Archive>(&self, convert: ConvertOp<E::Archived>) -> Result<Planned, ResultCode>
+    where
+        Vec<E>: BodyAccess + Archive<Archived = ArchivedVec<E::Archived>>,
+    {
+        Ok(ops(self.context, self.events::<E>()?, self.deadline_at_ms, convert))
+    }
+
+    /// A batch of `E` session events (`msg_type`): op results answered as `SessionResult`s,
+    /// with each event's session id (`session_id_of`) for the push directory.
+    #[inline]
+    fn plan_sessions<E: Archive>(
+        &self,
+        msg_type: MsgType,
+        convert: ConvertOp<E::Archived>,
+        session_id_of: impl Fn(&E::Archived) -> u128,
+    ) -> Result<Planned, ResultCode>
+    where
+        Vec<E>: BodyAccess + Archive<Archived = ArchivedVec<E::Archived>>,
+    {
+        let events = self.events::<E>()?;
+        let session_ids = events.iter().map(session_id_of).collect();
+        Ok(session(ops(self.context, events, self.deadline_at_ms, convert), msg_type, session_ids))
+    }
+}
+
+/// HELLO: answered at once with the server's rules and clock.
+fn plan_hello(context: &Context, body: &[u8]) -> Result<Planned, ResultCode> {
+    let _hello: protocol::Hello = decode_body(body).map_err(|_| ResultCode::FormatError)?;
+    let mut reply = context.hello.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+    reply.server_time_ms = wall_clock_ms();
+    Ok(Planned::Ready(encode_body(&reply)))
+}
+
+/// PING: answered at once with its nonce and the server's clock.
+fn plan_ping(body: &[u8]) -> Result<Planned, ResultCode> {
+    let ping: protocol::Ping = decode_body(body).map_err(|_| ResultCode::FormatError)?;
+    Ok(Planned::Ready(encode_body(&Pong { nonce: ping.nonce, server_time_ms: wall_clock_ms() })))
 }
 
 /// CARD_ISSUE: each event draws a PIN that lands on the shard of its op id (so retries meet it there).
@@ -632,15 +635,14 @@ fn plan_audit(context: &Context, body: &[u8]) -> Result<Planned, ResultCode> {
     Ok(Planned::Audit(pending, audit))
 }
 
+/// How `ops` turns one event into its op id and engine body (a function of `commands.rs`), or
+/// sets the event's result itself and returns `None`.
+type ConvertOp<E> = fn(&Keys, &E, &mut Option<OpResult>) -> Option<(u128, Body)>;
+
 /// Plans a batch answered with one `OpResult` per event: `convert` turns an event into its op id
 /// and engine body, or sets the event's result itself (a malformed PIN or password) and returns
 /// `None`. Each command goes to the shard that owns its card.
-fn ops<E>(
-    context: &Context,
-    events: &[E],
-    deadline_at_ms: u64,
-    convert: fn(&Keys, &E, &mut Option<OpResult>) -> Option<(u128, Body)>,
-) -> Planned {
+fn ops<E>(context: &Context, events: &[E], deadline_at_ms: u64, convert: ConvertOp<E>) -> Planned {
     let mut pending = Pending::new(events.len());
     let mut routed = Vec::with_capacity(events.len());
     for (index, event) in events.iter().enumerate() {
