@@ -34,12 +34,13 @@ const LINE_COLUMNS_MAX: usize = 100;
 const WIDE_LINES_NOW: usize = 135;
 
 /// Per crate (its folder), the only dependencies it may have. The engine is pure (no I/O, no
-/// async, no clock crates); the journal knows bytes, not the engine; the wire contract knows
+/// async, no clock crates; siphasher for the keyed PIN hash the switch and the exporter share);
+/// the journal knows bytes, not the engine; the wire contract knows
 /// none of our crates; settlement, the load generator and the harness sit beside the switch.
 const ALLOWED_DEPENDENCIES: &[(&str, &[&str])] = &[
     ("protocol", &["rkyv", "crc32c", "thiserror", "tokio"]),
     ("journal", &["memmap2", "crc32c", "thiserror", "libc"]),
-    ("switch/core", &["pinswitch-protocol", "rkyv", "serde"]),
+    ("switch/core", &["pinswitch-protocol", "rkyv", "serde", "siphasher"]),
     (
         "switch/exporter",
         &[

@@ -299,11 +299,11 @@ fn statements(
     use pinswitch_exporter::merchants::MerchantRegistry;
     use pinswitch_exporter::parse_date;
     use pinswitch_exporter::serve::StatementService;
-    let key_path = options.data_dir.join(crate::keys::KEY_FILE);
+    let key_path = options.data_dir.join(pinswitch_core::keys::KEY_FILE);
     if !key_path.exists() {
         bail!("{} not found: statements need the switch's PIN key", key_path.display());
     }
-    let keys = crate::keys::Keys::load_or_create(&options.data_dir)?;
+    let keys = crate::keys::load_or_create(&options.data_dir)?;
     let shard_count = pinswitch_exporter::exporter::read_shard_count(&options.data_dir)?;
     let registry = MerchantRegistry::load(merchants)?;
     let service = StatementService::open(
