@@ -561,7 +561,7 @@ fn deliver(shared: &Shared, header: FrameHeader, body: &[u8]) {
 
 impl Client {
     /// STATEMENT (`STATEMENT_MSG_TYPE`, 32): card usage statements, answered by the settlement
-    /// exporter's listener (`pinswitch export serve`), not by the switch. One result per query.
+    /// exporter's listener (`pinswitch-exporter serve`), not by the switch. One result per query.
     pub async fn statement(
         &self,
         queries: &[StatementQuery],

@@ -648,7 +648,7 @@ wire_enum! {
 
 /// STATEMENT (message type `STATEMENT_MSG_TYPE`, 32): a card's usage statement, the seed's
 /// FIG. 10H summary and FIG. 10I detail list. Answered by the settlement exporter's listener
-/// (`pinswitch export serve`) from its statement index, never by the switch (which answers
+/// (`pinswitch-exporter serve`) from its statement index, never by the switch (which answers
 /// `UNKNOWN_MESSAGE_TYPE`), so statements never touch the shards. Read-only. A batch of
 /// `StatementQuery` gets one `StatementResult` each.
 pub const STATEMENT_MSG_TYPE: u16 = 32;

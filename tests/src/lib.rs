@@ -1,6 +1,7 @@
 //! Shared helpers for the end-to-end tests: start the real `pinswitch` binary on a fresh data
 //! directory, learn its address from its "listening on" line, and stop it gracefully or with
-//! SIGKILL. Tests wait on the process's own output, never on sleeps.
+//! SIGKILL; find the switch binary for the exporter's tests, which belong to another package.
+//! Tests wait on the process's own output, never on sleeps.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -130,6 +131,53 @@ impl Drop for Switch {
             let _ = child.wait();
         }
     }
+}
+
+/// The `pinswitch` binary for the tests of another package (the exporter's end-to-end tests, given
+/// `env!("CARGO_BIN_EXE_pinswitch-exporter")`). Cargo hands a test the binaries of its own package
+/// only, and the exporter may not depend on the server, so the switch is looked for beside
+/// `own_binary`, in the same target directory. `cargo test --workspace` builds the binaries of
+/// every package it tests, the switch's too, before it runs a test; `cargo test -p
+/// pinswitch-exporter` builds only the exporter's, so a switch binary that is missing, or older
+/// than a source file it is built from, is a panic naming the command that builds it, never a test
+/// run against an old switch.
+pub fn switch_binary(own_binary: &str) -> PathBuf {
+    let binary = Path::new(own_binary).with_file_name("pinswitch");
+    let build = "build it with `cargo build -p pinswitch-server --bin pinswitch`, or run \
+                 `cargo test --workspace`, which builds it before any test runs";
+    let Ok(built) = std::fs::metadata(&binary).and_then(|meta| meta.modified()) else {
+        panic!("the switch binary {} is not built: {build}", binary.display())
+    };
+    if let Some(source) = source_newer_than(&binary.with_extension("d"), built) {
+        panic!(
+            "the switch binary {} is older than {}: {build}",
+            binary.display(),
+            source.display()
+        );
+    }
+    binary
+}
+
+/// A source file newer than `built` among those a dep-info file (cargo writes `NAME.d` beside
+/// each binary: `NAME: source source …`) lists: cargo's own list, so a file cargo does not build
+/// from never counts. A source dated in the future (a clock step, an unpacked archive) says
+/// nothing about the binary and does not count either.
+fn source_newer_than(dep_info: &Path, built: std::time::SystemTime) -> Option<PathBuf> {
+    let text = std::fs::read_to_string(dep_info).ok()?;
+    let (_, sources) = text.lines().next()?.split_once(": ")?;
+    let now = std::time::SystemTime::now();
+    // Make escapes a space in a path as "\ ".
+    let sources = sources.replace("\\ ", "\0");
+    sources
+        .split(' ')
+        .filter(|source| !source.is_empty())
+        .map(|source| source.replace('\0', " "))
+        .map(PathBuf::from)
+        .find(|source| {
+            std::fs::metadata(source)
+                .and_then(|meta| meta.modified())
+                .is_ok_and(|modified| modified > built && modified <= now)
+        })
 }
 
 /// A fresh, empty directory for one test's data.

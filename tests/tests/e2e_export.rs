@@ -1,17 +1,17 @@
 //! The settlement exporter end to end: a day of mixed traffic through the real binary over TCP
 //! (cards sold through three channels, one of them a consignment partner with its commission, a
 //! card activated without a sale, recharges, sales, holds captured in part, voided or reversed,
-//! merchant refunds, reversals, balance refunds and a reversal joining a balance refund), with
-//! the switch killed with SIGKILL and restarted in the middle and the exporter run against the
-//! live journals before and after. Every statement, channel and payout total is checked against
-//! sums worked out here from the replies, the pain.001 files against their structure, the trial
-//! balance and the safeguarding reconciliation through `export status`; a second exporter that
+//! merchant refunds, reversals, balance refunds and a reversal joining a balance refund), with the
+//! switch killed with SIGKILL and restarted in the middle and the exporter run against the live
+//! journals before and after. Every statement, channel and payout total is checked against sums
+//! worked out here from the replies, the pain.001 files against their structure, the trial balance
+//! and the safeguarding reconciliation through `pinswitch-exporter status`; a second exporter that
 //! stops after every 7 records and is started again (a new process each time), and a third one
 //! killed with SIGKILL once it has checkpointed and then resumed, must write byte-identical files,
-//! and so must a re-run of the period. Expiry cannot be reached over the
-//! protocol (validity is days of the server's wall clock); the exporter's own tests cover it with
-//! journals written at chosen times. A second test sells paid orders from a camt.054 deposit
-//! notice through the protocol, once.
+//! and so must a re-run of the period. Expiry cannot be reached over the protocol (validity is days
+//! of the server's wall clock); the exporter's own tests cover it with journals written at chosen
+//! times. A second test sells paid orders from a camt.054 deposit notice through the protocol,
+//! once.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -22,9 +22,10 @@ use pinswitch_protocol::{
     Authorize, Capture, CardActivate, CardConsign, CardIssue, CardLoad, CardRefund, CardSell,
     Category, OpResult, Refund, ResultCode, Reverse, Sale, Void, new_op_id,
 };
-use pinswitch_tests::{Rng, Switch, fresh_dir, one};
+use pinswitch_tests::{Rng, Switch, fresh_dir, one, switch_binary};
 
-const BIN: &str = env!("CARGO_BIN_EXE_pinswitch");
+/// The binary under test; the switch it reads is `pinswitch_tests::switch_binary(EXPORTER)`.
+const EXPORTER: &str = env!("CARGO_BIN_EXE_pinswitch-exporter");
 const PASSWORD: &[u8] = b"4321";
 const MERCHANTS: [u64; 3] = [77, 78, 88];
 /// The exporter's default merchant commission.
@@ -273,18 +274,17 @@ async fn payments(
 }
 
 fn export(state: &Path, data: &Path, args: &[&str]) -> Output {
-    let output = Command::new(BIN)
-        .arg("export")
+    let output = Command::new(EXPORTER)
         .args(args)
         .arg("--data")
         .arg(data)
         .arg("--state")
         .arg(state)
         .output()
-        .expect("running pinswitch export");
+        .expect("running pinswitch-exporter");
     assert!(
         output.status.success(),
-        "export {args:?} failed: {}{}",
+        "pinswitch-exporter {args:?} failed: {}{}",
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
@@ -363,7 +363,7 @@ async fn a_day_of_traffic_settles_exactly_and_resumes_byte_identically() {
     let dir = fresh_dir("export");
     let data = dir.join("data");
     let state = dir.join("state");
-    let mut switch = Switch::start(Path::new(BIN), &data, &[]);
+    let mut switch = Switch::start(&switch_binary(EXPORTER), &data, &[]);
     let mut expected = Expected::default();
     let mut rng = Rng(0x005E_771E);
     let cards = {
@@ -387,7 +387,7 @@ async fn a_day_of_traffic_settles_exactly_and_resumes_byte_identically() {
     // The exporter follows the live journals, then the switch dies and comes back.
     let mut closed = closed_periods(&export(&state, &data, &["run"]));
     switch.kill();
-    let mut switch = Switch::start(Path::new(BIN), &data, &[]);
+    let mut switch = Switch::start(&switch_binary(EXPORTER), &data, &[]);
     {
         let client = Client::connect(&switch.address).await.expect("connect");
         payments(&client, &cards, &mut rng, 120, &mut expected).await;
@@ -557,9 +557,8 @@ async fn a_day_of_traffic_settles_exactly_and_resumes_byte_identically() {
     let killed = dir.join("state-killed");
     let export_config = dir.join("export.toml");
     std::fs::write(&export_config, "checkpoint_every_records = 5\n").expect("export config");
-    let mut child = Command::new(BIN)
+    let mut child = Command::new(EXPORTER)
         .args([
-            "export",
             "run",
             "--export-config",
             export_config.to_str().unwrap(),
@@ -624,8 +623,11 @@ async fn deposit_notices_sell_paid_orders_once() {
     let config = dir.join("switch.toml");
     std::fs::write(&config, "[engine]\nhold_ttl_default_s = 120\nrefund_used_percent = 50\n")
         .expect("config");
-    let mut switch =
-        Switch::start(Path::new(BIN), &data, &["--config", config.to_str().expect("utf-8")]);
+    let mut switch = Switch::start(
+        &switch_binary(EXPORTER),
+        &data,
+        &["--config", config.to_str().expect("utf-8")],
+    );
     let orders = dir.join("orders.csv");
     std::fs::write(&orders, "order_ref,face_value_won,price_won,channel_id,gift_recipient_ref\nORD-1,10000,10000,9,0\nORD-2,20000,20000,9,55\nORD-3,5000,5000,9,0\n").expect("orders");
     let entry = |amount: u64, entry_ref: &str, refs: &str| {

@@ -1,14 +1,14 @@
 //! Card usage statements end to end (issue 4, the seed's FIG. 10H and 10I): seeded traffic on a
-//! registered card through the real switch binary over TCP (sales in all six service categories
-//! at three merchants, captures of holds, recharges by several funding means, merchant refunds
-//! and a reversal), then the exporter, stopped after every 9 records and started again (a new
-//! process each time), builds its statement index. The statement is read through the CLI
-//! (`export statement`) and over the protocol from `export serve` (STATEMENT frames, paged),
-//! and every figure is checked against sums computed here from the switch's replies; merchant
-//! names come from the registry file, unknown merchants show by id; raw frames of an unknown
-//! type and bad bytes get their result codes from the listener. More traffic and another
-//! exporter run later must add to the statement exactly once, and a one-shot exporter on a
-//! second state directory must give the same statement.
+//! registered card through the real switch binary over TCP (sales in all six service categories at
+//! three merchants, captures of holds, recharges by several funding means, merchant refunds and a
+//! reversal), then the exporter, stopped after every 9 records and started again (a new process
+//! each time), builds its statement index. The statement is read through the CLI
+//! (`pinswitch-exporter statement`) and over the protocol from its `serve` (STATEMENT frames,
+//! paged), and every figure is checked against sums computed here from the switch's replies;
+//! merchant names come from the registry file, unknown merchants show by id; raw frames of an
+//! unknown type and bad bytes get their result codes from the listener. More traffic and another
+//! exporter run later must add to the statement exactly once, and a one-shot exporter on a second
+//! state directory must give the same statement.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -20,9 +20,10 @@ use pinswitch_protocol::{
     Authorize, BalanceInquiry, Capture, CardActivate, CardIssue, CardLoad, CardRegister, CardSell,
     OpResult, Refund, ResultCode, Reverse, Sale, StatementQuery, StatementResult, new_op_id, pin,
 };
-use pinswitch_tests::{Rng, Switch, fresh_dir, one};
+use pinswitch_tests::{Rng, Switch, fresh_dir, one, switch_binary};
 
-const BIN: &str = env!("CARGO_BIN_EXE_pinswitch");
+/// The binary under test; the switch it reads is `pinswitch_tests::switch_binary(EXPORTER)`.
+const EXPORTER: &str = env!("CARGO_BIN_EXE_pinswitch-exporter");
 const PASSWORD: &[u8] = b"4321";
 const MERCHANTS: [u64; 3] = [77, 78, 88];
 const REGISTRY: &str = "merchant_id,name,category\n77,e-lotto,1\n78,\"Flower delivery service \"\"Flower Land\"\"\",1\n";
@@ -154,8 +155,7 @@ async fn traffic(client: &Client, card: u64, rng: &mut Rng, steps: u32, expected
 }
 
 fn export(state: &Path, data: &Path, registry: &Path, args: &[&str]) -> Output {
-    let output = Command::new(BIN)
-        .arg("export")
+    let output = Command::new(EXPORTER)
         .args(args)
         .arg("--data")
         .arg(data)
@@ -164,17 +164,18 @@ fn export(state: &Path, data: &Path, registry: &Path, args: &[&str]) -> Output {
         .arg("--merchants")
         .arg(registry)
         .output()
-        .expect("running pinswitch export");
+        .expect("running pinswitch-exporter");
     assert!(
         output.status.success(),
-        "export {args:?} failed: {}{}",
+        "pinswitch-exporter {args:?} failed: {}{}",
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
     output
 }
 
-/// `export run --max-records 9` until the journals are done: a new process every 9 records.
+/// `pinswitch-exporter run --max-records 9` until the journals are done: a new process every 9
+/// records.
 fn export_in_steps(state: &Path, data: &Path, registry: &Path) {
     loop {
         let output = export(state, data, registry, &["run", "--max-records", "9"]);
@@ -321,8 +322,8 @@ async fn statement_pages(
     (first, lines)
 }
 
-/// Outside bytes at `export serve`: an unknown message type is answered on a connection that
-/// stays open (a PING after it is answered); bad magic gets one FORMAT_ERROR frame, then the
+/// Outside bytes at `pinswitch-exporter serve`: an unknown message type is answered on a connection
+/// that stays open (a PING after it is answered); bad magic gets one FORMAT_ERROR frame, then the
 /// connection closes.
 fn raw_frames_are_answered(address: &str) {
     use pinswitch_protocol::{FrameHeader, Ping, VERSION, decode_frame, encode_body, encode_frame};
@@ -369,10 +370,10 @@ fn raw_frames_are_answered(address: &str) {
     stream.read_to_end(&mut rest).expect("the connection closes");
 }
 
-/// `export serve` on a free port; returns the child and its address.
+/// `pinswitch-exporter serve` on a free port; returns the child and its address.
 fn serve(state: &Path, data: &Path, registry: &Path) -> (Child, String) {
-    let mut child = Command::new(BIN)
-        .args(["export", "serve", "--listen", "127.0.0.1:0", "--data"])
+    let mut child = Command::new(EXPORTER)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
         .arg(data)
         .arg("--state")
         .arg(state)
@@ -381,7 +382,7 @@ fn serve(state: &Path, data: &Path, registry: &Path) -> (Child, String) {
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
-        .expect("spawning export serve");
+        .expect("spawning pinswitch-exporter serve");
     let stdout = child.stdout.take().expect("piped stdout");
     let mut line = String::new();
     BufReader::new(stdout).read_line(&mut line).expect("reading the serve line");
@@ -399,7 +400,7 @@ async fn statements_through_the_cli_and_the_protocol_match_the_replies() {
     let (state, state_once) = (root.join("export"), root.join("export-once"));
     let registry: PathBuf = root.join("merchants.csv");
     std::fs::write(&registry, REGISTRY).expect("writing the registry");
-    let mut switch = Switch::start(Path::new(BIN), &data, &[]);
+    let mut switch = Switch::start(&switch_binary(EXPORTER), &data, &[]);
     let client = Client::connect(&switch.address).await.expect("connect");
 
     let issued = client
@@ -500,7 +501,7 @@ async fn statements_through_the_cli_and_the_protocol_match_the_replies() {
 
     // Over the protocol, 4 lines a page; unknown and malformed PINs; a switch message type.
     let (mut server, address) = serve(&state, &data, &registry);
-    let exporter = Client::connect(&address).await.expect("connect to export serve");
+    let exporter = Client::connect(&address).await.expect("connect to pinswitch-exporter serve");
     let (first, lines) = statement_pages(&exporter, card, 4).await;
     assert!(expected.lines.len() > 4, "several pages");
     check_result(&first, &lines, &expected, card_now.points, card_now.balance_won);
@@ -567,7 +568,7 @@ async fn statements_through_the_cli_and_the_protocol_match_the_replies() {
     .into_owned();
     assert_eq!(once, text);
 
-    server.kill().expect("stopping export serve");
-    server.wait().expect("reaping export serve");
+    server.kill().expect("stopping pinswitch-exporter serve");
+    server.wait().expect("reaping pinswitch-exporter serve");
     switch.stop();
 }

@@ -3,7 +3,9 @@
 //! async. Time and ids come in as arguments, so the server, recovery (journal replay), the
 //! simulator, the model tests and the benches all drive the very same code and get the very same
 //! replies. Commands and shard images derive rkyv so the server can journal and snapshot them
-//! without this crate knowing about files.
+//! without this crate knowing about files. `keys` holds the keyed functions that turn a PIN into
+//! the card's name (and a password into its MAC), pure as well, so the switch and the settlement
+//! exporter name a card the same way.
 
 #![forbid(unsafe_code)]
 
@@ -11,6 +13,7 @@ pub mod config;
 mod dense_map;
 mod hasher;
 pub mod journal_entry;
+pub mod keys;
 pub mod routing;
 pub mod shard;
 pub mod types;
@@ -19,6 +22,7 @@ pub use config::{
     EngineConfig, ForeignProduct, SESSION_SECONDS_MAX, TARIFF_BANDS_MAX, Tariff, TariffBand,
 };
 pub use journal_entry::{JournalEntry, decode_entry, encode_entry, encode_entry_into};
+pub use keys::Keys;
 pub use routing::{shard_of_card, shard_of_op};
 pub use shard::Shard;
 pub use types::*;

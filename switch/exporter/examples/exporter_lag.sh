@@ -1,10 +1,11 @@
 #!/bin/bash
-# Exporter lag under a sustained load (EXPORT.md, "Lag under a sustained load"). Phase
-# "baseline": a switch on a fresh directory, 200,000 cards prepared, 60 s of SALEs at 20,000/s
-# open loop, no exporter. Phase "follow": the same, with a plain `export run` catching up on the
-# prepared cards and `export run --follow 70` beside the load. Reports (loadgen, the follower's
-# per-second lines, /usr/bin/time -v) stay in D; the data directories are deleted at the end.
-# Needs the release binaries in B; about 3 minutes, ~1 GB in D. Only on an otherwise idle machine.
+# Exporter lag under a sustained load (EXPORT.md, "Lag under a sustained load"). Phase "baseline": a
+# switch on a fresh directory, 200,000 cards prepared, 60 s of SALEs at 20,000/s open loop, no
+# exporter. Phase "follow": the same, with a plain `pinswitch-exporter run` catching up on the
+# prepared cards and `pinswitch-exporter run --follow 70` beside the load. Reports (loadgen, the
+# follower's per-second lines, /usr/bin/time -v) stay in D; the data directories are deleted at the
+# end. Needs the release binaries (pinswitch, pinswitch-loadgen, pinswitch-exporter) in B; about 3
+# minutes, ~1 GB in D. Only on an otherwise idle machine.
 set -euo pipefail
 B=${B:-target/release}
 D=${D:-/tmp/pinswitch-exporter-lag}
@@ -18,8 +19,8 @@ phase() {
     until grep -q listening "$D/$name-switch.log"; do sleep 0.1; done
     "$B/pinswitch-loadgen" prepare --connect $ADDR --cards 200000 --face-value 100000 --load-won 400000 --cards-file "$D/cards.bin" > "$D/$name-prepare.txt" 2>&1
     if [ "$exporter" = yes ]; then
-        /usr/bin/time -v "$B/pinswitch" export --data "$D/data" --state "$D/export" run > "$D/$name-catchup.txt" 2> "$D/$name-catchup.time"
-        /usr/bin/time -v "$B/pinswitch" export --data "$D/data" --state "$D/export" run --follow 70 > "$D/$name-follow.txt" 2> "$D/$name-follow.time" &
+        /usr/bin/time -v "$B/pinswitch-exporter" --data "$D/data" --state "$D/export" run > "$D/$name-catchup.txt" 2> "$D/$name-catchup.time"
+        /usr/bin/time -v "$B/pinswitch-exporter" --data "$D/data" --state "$D/export" run --follow 70 > "$D/$name-follow.txt" 2> "$D/$name-follow.time" &
         follower=$!
         sleep 2
     fi

@@ -1,4 +1,4 @@
-//! Statement query latency on a big index: builds a statement index the way `export run` does
+//! Statement query latency on a big index: builds a statement index the way `run` does
 //! (`StatementWriter::append`, a checkpoint every 1,000,000 entries) with `entries` entries
 //! spread over `cards` cards on 2 shards, one card getting `card_entries` of them spread evenly
 //! through the logs, then times `StatementIndex::statement` for that card and for ordinary ones.

@@ -1,9 +1,9 @@
 #!/bin/bash
-# Statement query latency on a big load-generator journal (EXPORT.md, "Statement query
-# latency"): a switch on a fresh directory D, 1,000,000 cards prepared, one registered card given
-# 1,000 internet payments around two batched SALE runs, then `export run` and
-# `export statement --repeat 1000`. Needs the release binaries in B; about 4 minutes, ~8 GB in D.
-# Run it only on an otherwise idle machine.
+# Statement query latency on a big load-generator journal (EXPORT.md, "Statement query latency"): a
+# switch on a fresh directory D, 1,000,000 cards prepared, one registered card given 1,000 internet
+# payments around two batched SALE runs, then `pinswitch-exporter run` and `pinswitch-exporter
+# statement --repeat 1000`. Needs the release binaries (pinswitch, pinswitch-loadgen,
+# pinswitch-exporter) in B; about 4 minutes, ~8 GB in D. Run it only on an otherwise idle machine.
 set -euo pipefail
 B=${B:-target/release}
 D=${D:-/tmp/pinswitch-statement-bench}
@@ -25,8 +25,8 @@ sales
 sales
 "$L" run --connect $ADDR --cards-file "$D/cards.bin" --workload sale --connections 2 --in-flight 4 --batch 8000 --duration ${SECONDS_PER_RUN:-8} --seed 20 > "$D/run2.log"
 kill -TERM "$(cat "$D/server.pid")"; while kill -0 "$(cat "$D/server.pid")" 2>/dev/null; do sleep 0.2; done
-/usr/bin/time -f "export run %e s, max RSS %M KB" "$B/pinswitch" export --data "$D/data" --state "$D/export" run | tail -12
+/usr/bin/time -f "pinswitch-exporter run %e s, max RSS %M KB" "$B/pinswitch-exporter" --data "$D/data" --state "$D/export" run | tail -12
 du -sh "$D/data" "$D/export" "$D/export/statements"
-"$B/pinswitch" export --data "$D/data" --state "$D/export" statement "$X" --repeat 1000 > "$D/statement.txt"
-/usr/bin/time -f "one statement command (process start, keys, query, all pages, print): %e s" "$B/pinswitch" export --data "$D/data" --state "$D/export" statement "$X" > /dev/null
+"$B/pinswitch-exporter" --data "$D/data" --state "$D/export" statement "$X" --repeat 1000 > "$D/statement.txt"
+/usr/bin/time -f "one statement command (process start, keys, query, all pages, print): %e s" "$B/pinswitch-exporter" --data "$D/data" --state "$D/export" statement "$X" > /dev/null
 head -30 "$D/statement.txt"; grep -c " payment " "$D/statement.txt"

@@ -46,7 +46,7 @@ pub struct ForeignPartnerSection {
     pub rates: BTreeMap<String, u16>,
 }
 
-/// Bounds of a card statement answer (`export statement`, STATEMENT over `export serve`).
+/// Bounds of a card statement answer (`statement`, STATEMENT over `serve`).
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct StatementSection {
@@ -56,10 +56,10 @@ pub struct StatementSection {
     pub recharges_max: u32,
     /// Most queries in one STATEMENT frame (more: `BATCH_TOO_LARGE`).
     pub batch_max: u32,
-    /// Largest STATEMENT request body accepted by `export serve`, in bytes (more:
+    /// Largest STATEMENT request body accepted by `serve`, in bytes (more:
     /// `FRAME_TOO_LARGE`, and the connection closes).
     pub request_bytes_max: u32,
-    /// Most connections `export serve` holds at once (more are refused with `RETRY_LATER`).
+    /// Most connections `serve` holds at once (more are refused with `RETRY_LATER`).
     pub connections_max: u32,
 }
 

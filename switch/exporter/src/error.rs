@@ -45,7 +45,7 @@ pub enum ExportError {
     #[error("another exporter is running on this state directory ({})", .0.display())]
     Locked(PathBuf),
 
-    /// `export period` was asked for a date it knows nothing about.
+    /// `pinswitch-exporter period` was asked for a date it knows nothing about.
     #[error("no period {0}: nothing was exported for it yet")]
     NoPeriod(String),
 }

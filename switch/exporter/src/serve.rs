@@ -1,9 +1,9 @@
-//! The exporter's statement service: answers card usage statements from the statement index,
-//! for the CLI (`export statement`) and over TCP (`export serve --listen ADDR`) with the switch's
-//! own frame format (protocol/src/frame.rs): STATEMENT (type 32), plus HELLO and PING. Statement
-//! queries thus never reach the switch's shards. Every frame is checked as the switch checks it;
-//! outside bytes get a result code, never a panic: framing errors are answered once and close
-//! the connection, an unknown type gets `UNKNOWN_MESSAGE_TYPE`, a body that does not validate
+//! The exporter's statement service: answers card usage statements from the statement index, for
+//! the CLI (`pinswitch-exporter statement`) and over TCP (`pinswitch-exporter serve`) with the
+//! switch's own frame format (protocol/src/frame.rs): STATEMENT (type 32), plus HELLO and PING.
+//! Statement queries thus never reach the switch's shards. Every frame is checked as the switch
+//! checks it; outside bytes get a result code, never a panic: framing errors are answered once and
+//! close the connection, an unknown type gets `UNKNOWN_MESSAGE_TYPE`, a body that does not validate
 //! `FORMAT_ERROR`, too many queries `BATCH_TOO_LARGE`, too many connections `RETRY_LATER`.
 
 use std::path::Path;

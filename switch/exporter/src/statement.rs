@@ -918,7 +918,7 @@ impl StatementIndex {
         let committed = dir.join(COMMITTED_FILE);
         if !committed.exists() {
             return Err(ExportError::Config(format!(
-                "no statement index at {} (run `pinswitch export run` first)",
+                "no statement index at {} (run `pinswitch-exporter run` first)",
                 dir.display()
             )));
         }

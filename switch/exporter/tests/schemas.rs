@@ -1,10 +1,10 @@
 //! The ISO 20022 files against their official schemas (vendored in `schemas/`, validated by the
-//! compact validator in `xsd/mod.rs`): the pain.001.001.09 payout files exactly as a period
-//! renders them, with and without a payer BIC and with text that needs escaping, must be valid;
-//! so must a bank's camt.054.001.08 deposit notice of the kind `export deposits` reads, which the
-//! reader must then parse. Each file mutated the way a writer bug would (elements out of order,
-//! a mandatory one left out, an unknown code, a bad amount or date, a name too long, text where
-//! only elements go) must be invalid, with the reason and the element's path.
+//! compact validator in `xsd/mod.rs`): the pain.001.001.09 payout files exactly as a period renders
+//! them, with and without a payer BIC and with text that needs escaping, must be valid; so must a
+//! bank's camt.054.001.08 deposit notice of the kind `pinswitch-exporter deposits` reads, which the
+//! reader must then parse. Each file mutated the way a writer bug would (elements out of order, a
+//! mandatory one left out, an unknown code, a bad amount or date, a name too long, text where only
+//! elements go) must be invalid, with the reason and the element's path.
 
 mod xsd;
 

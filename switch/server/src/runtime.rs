@@ -119,7 +119,7 @@ pub(crate) fn run(config: Config) -> anyhow::Result<()> {
         "tokio" => Executor::Tokio,
         _ => Executor::Glommio,
     };
-    let keys = Keys::load_or_create(&data_dir)?;
+    let keys = crate::keys::load_or_create(&data_dir)?;
     let engine = config.engine();
     let directory = Arc::new(SessionDirectory::new(config.sessions.notices));
     let settings = shard_settings(&config, &data_dir, shard_count, &keys, &directory);

@@ -1,11 +1,11 @@
 //! Command-line parsing and the operator commands, one file per command group: `card.rs`
-//! (the card life, payments, inquiries), `call.rs` (call charging as a call switch would do it),
-//! `export.rs` (the settlement exporter's commands). Card and call commands speak the protocol
-//! through the client library, so what the CLI can do, any client can do, and the other way round.
+//! (the card life, payments, inquiries), `call.rs` (call charging as a call switch would do it).
+//! Card and call commands speak the protocol through the client library, so what the CLI can
+//! do, any client can do, and the other way round. Settlement is not here: it is its own binary,
+//! `pinswitch-exporter` (switch/exporter), so the switch does not link it.
 
 mod call;
 mod card;
-mod export;
 mod tls;
 
 use std::process::ExitCode;
@@ -19,7 +19,6 @@ use std::path::PathBuf;
 use crate::config::Config;
 use call::CallCommand;
 use card::CardCommand;
-use export::{ExportCommand, ExportPlaces};
 
 #[derive(Parser)]
 #[command(
@@ -93,13 +92,6 @@ enum Command {
         #[command(subcommand)]
         command: TlsCommand,
     },
-    /// The settlement exporter: reads the journals (never the hot path), see switch/exporter/EXPORT.md.
-    Export {
-        #[command(flatten)]
-        places: ExportPlaces,
-        #[command(subcommand)]
-        command: ExportCommand,
-    },
 }
 
 #[derive(Subcommand)]
@@ -135,7 +127,6 @@ pub(crate) fn main() -> anyhow::Result<ExitCode> {
             crate::runtime::run(config)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Export { places, command } => export::export(places, command),
         Command::Card { command } => {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
