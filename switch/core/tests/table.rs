@@ -1321,6 +1321,8 @@ const FRONT_END_ONLY: &[ResultCode] = &[
     ResultCode::UnsupportedVersion,
     ResultCode::ShuttingDown,
     ResultCode::InternalError,
+    // The front door's roles (switch/server/src/access.rs; driven by tests/tests/e2e_trust.rs).
+    ResultCode::NotPermitted,
 ];
 
 #[test]
