@@ -1,12 +1,15 @@
 //! The journal and snapshot bytes that hold the engine's rules, pinned. There is no format
 //! version yet, so a data directory written by an older build must decode byte for byte: these
 //! tests compare today's encodings with hex dumps under `tests/pinned/`, made by the code before
-//! the rules became one `Product` table per face value (issue 13), and decode the dumps back.
+//! a product became one struct (issue 13; `EngineConfig` was archived itself then, its
+//! `ConfigRecord` is now), and decode the dumps back.
 //! A dump is never regenerated to make a test pass; a change that needs new bytes is a format
 //! change, with a version and a migration.
 
 use pinswitch_core::encode_entry;
-use pinswitch_core::{Body, Command, EngineConfig, JournalEntry, Reply, Shard, decode_entry};
+use pinswitch_core::{
+    Body, Command, ConfigRecord, EngineConfig, JournalEntry, Reply, Shard, decode_entry,
+};
 use pinswitch_protocol::ResultCode;
 
 /// The time every pinned command ran at.
@@ -33,8 +36,9 @@ fn assert_same_bytes(what: &str, today: &[u8], pinned: &[u8]) {
     );
 }
 
+/// The rules as the journal and snapshots archive them.
 fn archived_config(config: &EngineConfig) -> Vec<u8> {
-    rkyv::to_bytes::<rkyv::rancor::Error>(config).unwrap().to_vec()
+    rkyv::to_bytes::<rkyv::rancor::Error>(&ConfigRecord::from(config)).unwrap().to_vec()
 }
 
 /// The CONFIGURE record a switch journals when it starts under `test_min` rules.
@@ -44,7 +48,7 @@ fn configure_entry() -> JournalEntry {
         command: Command {
             op_id: 0,
             deadline_at_ms: 0,
-            body: Body::Configure(Box::new(EngineConfig::test_min())),
+            body: Body::configure(&EngineConfig::test_min()),
         },
         reply: Reply::code(ResultCode::Approved),
     }
@@ -64,6 +68,18 @@ fn the_rules_archive_as_pinned() {
         &archived_config(&EngineConfig::test_min()),
         &pinned(include_str!("pinned/config_test_min.hex")),
     );
+}
+
+/// The pinned archives decode into records that convert to the same rules.
+#[test]
+fn the_pinned_rules_decode_to_the_same_rules() {
+    for (config, hex) in [
+        (EngineConfig::production(), include_str!("pinned/config_production.hex")),
+        (EngineConfig::test_min(), include_str!("pinned/config_test_min.hex")),
+    ] {
+        let record = rkyv::from_bytes::<ConfigRecord, rkyv::rancor::Error>(&pinned(hex)).unwrap();
+        assert_eq!(EngineConfig::try_from(&record).unwrap(), config);
+    }
 }
 
 #[test]
