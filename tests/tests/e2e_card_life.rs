@@ -22,6 +22,22 @@ const CHANNEL: u32 = 7;
 const GIFT_RECIPIENT: u64 = 555;
 const ACCOUNT: u64 = 42;
 
+/// An `[engine]` catalogue of these face values, one `[[engine.products]]` table each, with
+/// the extra keys (TOML lines) given for some of them.
+fn catalogue(face_values_won: &[u64], rules: &[(u64, &str)]) -> String {
+    let mut text = String::new();
+    for face_value_won in face_values_won {
+        text += &format!("[[engine.products]]\nface_value_won = {face_value_won}\n");
+        for (_, lines) in rules.iter().filter(|(face, _)| face == face_value_won) {
+            text += lines;
+        }
+    }
+    text
+}
+
+/// The default face values.
+const FACE_VALUES_WON: [u64; 6] = [5_000, 10_000, 20_000, 30_000, 50_000, 100_000];
+
 fn sell(op_id: u128, pin: u64, price_won: u64) -> CardSell {
     CardSell {
         op_id,
@@ -475,13 +491,18 @@ fn operator_sells_blocks_unblocks_and_refunds_a_card() {
 async fn the_configured_product_mix_limits_categories() {
     let dir = fresh_dir("product-mix");
     let config = dir.with_extension("toml");
-    std::fs::write(
-        &config,
-        "[engine]\nproduct_category_masks = [1, 63, 63, 63, 63, 63]\nproduct_points_per_mille = [0, 50, 10, 10, 10, 10]\n\
-         product_balance_cap_won = [100000, 2000000, 2000000, 2000000, 2000000, 2000000]\n\
-         product_recharge_unit_won = [10000, 5000, 10000, 10000, 10000, 10000]\n",
-    )
-    .expect("config");
+    let products = catalogue(
+        &FACE_VALUES_WON,
+        &[
+            (
+                5_000,
+                "categories = [\"internet_payment\"]\npoints_per_mille = 0\n\
+                 balance_cap_won = 100000\n",
+            ),
+            (10_000, "points_per_mille = 50\nrecharge_unit_won = 5000\n"),
+        ],
+    );
+    std::fs::write(&config, products).expect("config");
     let mut switch =
         Switch::start(Path::new(BIN), &dir, &["--config", config.to_str().expect("utf-8")]);
     let client = Client::connect(&switch.address).await.expect("connect");
@@ -592,7 +613,8 @@ async fn registering_a_verified_name_raises_the_cap() {
 async fn recharging_a_promotional_card_extends_its_validity() {
     let dir = fresh_dir("promotional");
     let config = dir.with_extension("toml");
-    std::fs::write(&config, "[engine]\npromotional_face_values_won = [20000]\n").expect("config");
+    let products = catalogue(&FACE_VALUES_WON, &[(20_000, "promotional = true\n")]);
+    std::fs::write(&config, products).expect("config");
     let mut switch =
         Switch::start(Path::new(BIN), &dir, &["--config", config.to_str().expect("utf-8")]);
     let client = Client::connect(&switch.address).await.expect("connect");
@@ -675,14 +697,16 @@ async fn consigned_cards_are_sold_only_by_their_partner() {
 
 /// The catalogue changes without a restart: SIGHUP re-reads the configuration file and every
 /// shard journals the new rules. A product added to the file can be issued, a product mix
-/// widened lets a refused category pay; an invalid file is refused and changes nothing; the
-/// rules survive a restart (recovery replays the journaled change at its place).
+/// widened lets a refused category pay; a file in the old parallel-array form is refused, naming
+/// the new one, and changes nothing; the rules survive a restart (recovery replays the
+/// journaled change at its place).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_the_catalogue_without_a_restart() {
     let dir = fresh_dir("reload");
     let config = dir.with_extension("toml");
     let write_config = |text: &str| std::fs::write(&config, text).expect("config");
-    write_config("[engine]\nproduct_category_masks = [1, 63, 63, 63, 63, 63]\n");
+    let small_internet_only = (5_000, "categories = [\"internet_payment\"]\n");
+    write_config(&catalogue(&FACE_VALUES_WON, &[small_internet_only]));
     let mut switch =
         Switch::start(Path::new(BIN), &dir, &["--config", config.to_str().expect("utf-8")]);
     let client = Client::connect(&switch.address).await.expect("connect");
@@ -694,10 +718,7 @@ async fn sighup_reloads_the_catalogue_without_a_restart() {
     let refused = one(client.card_issue(&[new_product()]).await).await;
     assert_eq!(refused.code, ResultCode::ProductNotFound.as_u16());
 
-    write_config(
-        "[engine]\nface_values_won = [5000, 10000, 20000, 30000, 50000, 70000, 100000]\n\
-         product_category_masks = [63, 63, 63, 63, 63, 63, 63]\n",
-    );
+    write_config(&catalogue(&[5_000, 10_000, 20_000, 30_000, 50_000, 70_000, 100_000], &[]));
     switch.signal("HUP");
     switch.wait_for_line("reloaded the engine rules on 2 shards");
     assert_eq!(code(&one(client.sale(&[call()]).await).await), ResultCode::Approved);
@@ -706,10 +727,14 @@ async fn sighup_reloads_the_catalogue_without_a_restart() {
 
     switch.signal("HUP");
     switch.wait_for_line("the engine rules are unchanged");
+    // The parallel arrays of the form before product tables are refused, naming the new form.
     write_config("[engine]\nproduct_category_masks = [1]\n");
     switch.signal("HUP");
     let refusal = switch.wait_for_line("reload refused");
-    assert!(refusal.contains("product_category_masks"), "{refusal}");
+    assert!(
+        refusal.contains("product_category_masks") && refusal.contains("[[engine.products]]"),
+        "{refusal}"
+    );
     assert_eq!(
         code(&one(client.sale(&[call()]).await).await),
         ResultCode::Approved,

@@ -6,22 +6,22 @@ use rkyv::{Archive, Deserialize, Serialize};
 
 /// With feature `serde` it is read straight from the server's `[engine]` TOML section: the
 /// field names are the keys (the one exception, `idempotency_window_s`, is in seconds there),
-/// and a key left out keeps its production value.
-#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+/// and a key left out keeps its production value; `products` is one `[[engine.products]]`
+/// table per product (the parallel arrays of the older form are refused by the server, see
+/// `RETIRED_TOML_KEYS`). It is not archived itself: the journal and snapshots hold its
+/// `ConfigRecord` (see `config_record.rs`), the format it had before a product became a struct.
+#[derive(Clone, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Deserialize), serde(deny_unknown_fields, default))]
 pub struct EngineConfig {
-    /// Face values (won) of the products that may be issued.
-    pub face_values_won: Vec<u64>,
-    /// The product mix: for each entry of `face_values_won`, the service categories the product
-    /// may pay for, as bits (bit 0 = category 1, internet payment, ... bit 5 = category 6,
-    /// voicemail). Empty: every product pays for every category.
-    pub product_category_masks: Vec<u8>,
+    /// The products that may be issued (CARD_ISSUE names one by its face value), each with the
+    /// rules of its cards. In TOML: one `[[engine.products]]` table each.
+    pub products: Vec<Product>,
     /// A card's balance may never exceed this (500,000 won: the legal cap for a card not
     /// issued under a verified real name).
     pub balance_cap_won: u64,
     /// The cap of a named card (registered with a verified real name): 2,000,000 won by law.
     pub balance_cap_named_won: u64,
-    /// Recharges must be whole multiples of this.
+    /// Recharges must be whole multiples of this (of a product's own unit, if it has one).
     pub recharge_unit_won: u64,
     /// Live (pending) holds one card may have at once.
     pub holds_per_card_max: u16,
@@ -44,7 +44,8 @@ pub struct EngineConfig {
     pub op_clock_skew_max_ms: u64,
     /// Wrong passwords in a row that lock a card.
     pub password_tries_max: u8,
-    /// How long a card is valid from its sale (or activation, if never sold through a channel).
+    /// How long a card is valid from its sale (or activation, if never sold through a channel),
+    /// unless its product has a period of its own.
     pub validity_days: u32,
     /// CARD_REFUND pays the balance out once at least this share (percent) of the value charged
     /// onto the card was used...
@@ -52,24 +53,18 @@ pub struct EngineConfig {
     /// ...or this share, for cards whose face value is at most `small_face_value_max_won`.
     pub refund_used_percent_small: u8,
     pub small_face_value_max_won: u64,
-    /// Loyalty points per 1,000 won paid by a registered card (10: 1 %). A REFUND or REVERSE
-    /// takes back the points of the money it credits (rounded down, never below zero).
+    /// Loyalty points per 1,000 won paid by a registered card (10: 1 %), for products without
+    /// a rate of their own. A REFUND or REVERSE takes back the points of the money it credits
+    /// (rounded down, never below zero).
     pub points_per_mille: u16,
-    /// The product's own points rate: for each entry of `face_values_won`, points per 1,000 won
-    /// (0 = the product earns none). Empty: every product earns `points_per_mille`.
-    pub product_points_per_mille: Vec<u16>,
-    /// Per product (one entry per `face_values_won`; empty: the global rule for every product):
-    /// the validity period in days (else `validity_days`), ...
-    pub product_validity_days: Vec<u32>,
-    /// ... the recharge unit (else `recharge_unit_won`), ...
-    pub product_recharge_unit_won: Vec<u64>,
-    /// ... and the product's own balance cap: a card's cap is the lower of it and the legal cap
-    /// for its kind (`balance_cap_won` unnamed, `balance_cap_named_won` named).
-    pub product_balance_cap_won: Vec<u64>,
-    /// Promotional products: each recharge of a card of one of these face values extends its
-    /// validity by `promotional_extension_days`.
-    pub promotional_face_values_won: Vec<u64>,
+    /// Each recharge of a card of a promotional product extends its validity by this much.
     pub promotional_extension_days: u32,
+    /// Face values that rules journaled before products were structs call promotional without
+    /// a product of that face value (cards of a product since withdrawn from issue, which keep
+    /// their extension). Kept only so such a record converts back unchanged; no TOML key sets
+    /// it, so rules read from a file have none.
+    #[cfg_attr(feature = "serde", serde(skip))]
+    pub promotional_unlisted_face_values_won: Vec<u64>,
     /// Foreign PIN products bought from foreign operators, convertible from a card's balance.
     pub foreign_products: Vec<ForeignProduct>,
     /// Per-second charging tariffs (SESSION_START/UPDATE/END): a session takes the tariff of its
@@ -99,6 +94,55 @@ pub struct EngineConfig {
     /// phone cards are used; a password given is still checked, and a card locked by wrong
     /// passwords is refused either way).
     pub session_password_required: bool,
+}
+
+/// A product: a face value that may be issued and the rules of its cards. A rule left `None`
+/// is the engine-wide one (`EngineConfig`'s field of the same name), so a catalogue states only
+/// what makes a product different.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Deserialize), serde(deny_unknown_fields))]
+pub struct Product {
+    /// The product's name in CARD_ISSUE and a card's face value: what it is sold for.
+    pub face_value_won: u64,
+    /// The service categories the product may pay for, as bits (bit 0 = category 1, internet
+    /// payment, ... bit 5 = category 6, voicemail); `None`: every category. In TOML:
+    /// `categories = ["internet_payment", "telephone_call"]`, the protocol's category names.
+    #[cfg_attr(
+        feature = "serde",
+        serde(rename = "categories", default, deserialize_with = "toml_form::categories")
+    )]
+    pub category_mask: Option<u8>,
+    /// Points per 1,000 won paid (0: the product earns none); `None`: `points_per_mille`.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub points_per_mille: Option<u16>,
+    /// Days a card stays valid from its sale (or activation); `None`: `validity_days`.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub validity_days: Option<u32>,
+    /// Recharges must be whole multiples of this; `None`: `recharge_unit_won`.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub recharge_unit_won: Option<u64>,
+    /// The product's own balance cap: a card's cap is the lower of it and the legal cap for its
+    /// kind (`balance_cap_won` unnamed, `balance_cap_named_won` named); `None`: the legal cap.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub balance_cap_won: Option<u64>,
+    /// Each recharge extends the card's validity by `promotional_extension_days`.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub promotional: bool,
+}
+
+impl Product {
+    /// A product of this face value with every rule the engine-wide one.
+    pub fn plain(face_value_won: u64) -> Product {
+        Product {
+            face_value_won,
+            category_mask: None,
+            points_per_mille: None,
+            validity_days: None,
+            recharge_unit_won: None,
+            balance_cap_won: None,
+            promotional: false,
+        }
+    }
 }
 
 /// One tariff: what a second of a service to a destination costs. Money is integer won: the
@@ -254,15 +298,39 @@ impl Default for EngineConfig {
 }
 
 /// The TOML forms that differ from the engine's own: seconds for the idempotency window,
-/// "HH:MM" for a band's start, and a currency code as text.
+/// category names for a product's mix, "HH:MM" for a band's start, and a currency code as text.
 #[cfg(feature = "serde")]
 mod toml_form {
+    use pinswitch_protocol::Category;
+    use serde::de::Error as _;
     use serde::{Deserialize, Deserializer};
 
     pub(super) fn seconds_as_ms<'de, D: Deserializer<'de>>(
         deserializer: D,
     ) -> Result<u64, D::Error> {
         Ok(u64::deserialize(deserializer)?.saturating_mul(1000))
+    }
+
+    /// `["internet_payment", ...]` (the protocol's category names) as a category mask. An
+    /// empty list is mask 0, which `EngineConfig::validate` refuses naming the product.
+    pub(super) fn categories<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<u8>, D::Error> {
+        let mut mask = 0u8;
+        for name in Vec::<String>::deserialize(deserializer)? {
+            let category = Category::ALL
+                .into_iter()
+                .find(|category| category.name() == name)
+                .ok_or_else(|| {
+                    let names: Vec<&str> = Category::ALL.map(Category::name).to_vec();
+                    D::Error::custom(format!(
+                        "unknown category {name:?}; the categories are {}",
+                        names.join(", ")
+                    ))
+                })?;
+            mask |= 1 << (category as u8 - 1);
+        }
+        Ok(Some(mask))
     }
 
     /// A code that is not three bytes becomes `[0; 3]`, which `EngineConfig::validate` refuses
@@ -303,11 +371,28 @@ mod toml_form {
 }
 
 impl EngineConfig {
+    /// The `[engine]` keys of the TOML form from before a product became one table, each with
+    /// the key that replaced it in a product's `[[engine.products]]` table: the server refuses
+    /// a file that still has one with this replacement in the message, rather than serde's
+    /// bare "unknown field".
+    pub const RETIRED_TOML_KEYS: [(&'static str, &'static str); 7] = [
+        ("face_values_won", "face_value_won"),
+        ("product_category_masks", "categories (names, e.g. [\"internet_payment\"], not bits)"),
+        ("product_points_per_mille", "points_per_mille"),
+        ("product_validity_days", "validity_days"),
+        ("product_recharge_unit_won", "recharge_unit_won"),
+        ("product_balance_cap_won", "balance_cap_won"),
+        ("promotional_face_values_won", "promotional = true"),
+    ];
+
     /// The rules a production switch starts with.
     pub fn production() -> EngineConfig {
         EngineConfig {
-            face_values_won: vec![5_000, 10_000, 20_000, 30_000, 50_000, 100_000],
-            product_category_masks: Vec::new(),
+            // The seed's face values; every rule of every product is the engine-wide one.
+            products: [5_000, 10_000, 20_000, 30_000, 50_000, 100_000]
+                .into_iter()
+                .map(Product::plain)
+                .collect(),
             balance_cap_won: 500_000,
             balance_cap_named_won: 2_000_000,
             recharge_unit_won: 10_000,
@@ -326,12 +411,8 @@ impl EngineConfig {
             refund_used_percent_small: 80,
             small_face_value_max_won: 10_000,
             points_per_mille: 10,
-            product_points_per_mille: Vec::new(),
-            product_validity_days: Vec::new(),
-            product_recharge_unit_won: Vec::new(),
-            product_balance_cap_won: Vec::new(),
-            promotional_face_values_won: Vec::new(),
             promotional_extension_days: 365,
+            promotional_unlisted_face_values_won: Vec::new(),
             foreign_products: Vec::new(),
             // Telephone calls: domestic at 2 won a second, to mobiles (010) 12 won per 6 s with
             // a 10-won connect fee, international (001) 300 won a whole minute plus 50 to connect.
@@ -421,21 +502,24 @@ impl EngineConfig {
             op_clock_skew_max_ms: 60 * 1000,
             password_tries_max: 3,
             validity_days: 1,
-            promotional_face_values_won: vec![20_000],
-            // A product mix with restrictions, so tests reach CATEGORY_NOT_ALLOWED: 5,000-won
-            // cards pay for internet payment and telephone calls only, 30,000-won cards for
-            // everything but internet payment.
-            product_category_masks: vec![
-                0b00_0011, 0b11_1111, 0b11_1111, 0b11_1110, 0b11_1111, 0b11_1111,
-            ],
-            // Per-product points: the 5,000-won card earns none, the 100,000-won card 3 %.
-            product_points_per_mille: vec![0, 10, 10, 10, 20, 30],
-            // Per-product rules: the 50,000-won card is valid two days, the 100,000-won card
-            // recharges in units of 5,000 won, the 5,000-won card holds at most 300,000 won.
-            product_validity_days: vec![1, 1, 1, 1, 2, 1],
-            product_recharge_unit_won: vec![10_000, 10_000, 10_000, 10_000, 10_000, 5_000],
-            product_balance_cap_won: vec![
-                300_000, 2_000_000, 2_000_000, 2_000_000, 2_000_000, 2_000_000,
+            // Every product sets every rule of its own, so tests reach each per-product rule:
+            // - the product mix (CATEGORY_NOT_ALLOWED): 5,000-won cards pay for internet
+            //   payment and telephone calls only, 30,000-won cards for everything but internet
+            //   payment;
+            // - points: the 5,000-won card earns none, the 100,000-won card 3 %;
+            // - the 50,000-won card is valid two days, the 100,000-won card recharges in units
+            //   of 5,000 won, the 5,000-won card holds at most 300,000 won;
+            // - the 20,000-won card is promotional.
+            products: vec![
+                test_product(5_000, 0b00_0011, 0, 1, 10_000, 300_000),
+                test_product(10_000, 0b11_1111, 10, 1, 10_000, 2_000_000),
+                Product {
+                    promotional: true,
+                    ..test_product(20_000, 0b11_1111, 10, 1, 10_000, 2_000_000)
+                },
+                test_product(30_000, 0b11_1110, 10, 1, 10_000, 2_000_000),
+                test_product(50_000, 0b11_1111, 20, 2, 10_000, 2_000_000),
+                test_product(100_000, 0b11_1111, 30, 1, 5_000, 2_000_000),
             ],
             // Two foreign products: a 10-dollar US PIN for 14,000 won, a 1,000-yen PIN for 9,500.
             foreign_products: vec![
@@ -481,61 +565,54 @@ impl EngineConfig {
         }
     }
 
+    /// The product of this face value: the first in the catalogue, if any. A card whose
+    /// product has since left the catalogue follows the engine-wide rules.
+    pub fn product(&self, face_value_won: u64) -> Option<&Product> {
+        self.products.iter().find(|product| product.face_value_won == face_value_won)
+    }
+
     /// Whether a card of this face value may pay for this (valid) category.
     pub fn category_allowed(&self, face_value_won: u64, category: u8) -> bool {
-        match self.face_values_won.iter().position(|face| *face == face_value_won) {
-            Some(index) if !self.product_category_masks.is_empty() => {
-                self.product_category_masks[index] & (1 << (category - 1)) != 0
-            }
-            // No mix configured, or a product since removed from the catalogue: unrestricted.
-            _ => true,
-        }
+        self.product(face_value_won)
+            .and_then(|product| product.category_mask)
+            .is_none_or(|mask| mask & (1 << (category - 1)) != 0)
     }
 
     /// Points per 1,000 won paid by a card of this face value.
     pub fn points_per_mille_of(&self, face_value_won: u64) -> u16 {
-        match self.face_values_won.iter().position(|face| *face == face_value_won) {
-            Some(index) if !self.product_points_per_mille.is_empty() => {
-                self.product_points_per_mille[index]
-            }
-            // No per-product rates, or a product since removed from the catalogue: the default.
-            _ => self.points_per_mille,
-        }
-    }
-
-    fn product_index(&self, face_value_won: u64) -> Option<usize> {
-        self.face_values_won.iter().position(|face| *face == face_value_won)
+        self.product(face_value_won)
+            .and_then(|product| product.points_per_mille)
+            .unwrap_or(self.points_per_mille)
     }
 
     /// Days a card of this product stays valid from its sale (or activation).
     pub fn validity_days_of(&self, face_value_won: u64) -> u32 {
-        match self.product_index(face_value_won) {
-            Some(index) if !self.product_validity_days.is_empty() => {
-                self.product_validity_days[index]
-            }
-            _ => self.validity_days,
-        }
+        self.product(face_value_won)
+            .and_then(|product| product.validity_days)
+            .unwrap_or(self.validity_days)
     }
 
     /// The recharge unit of this product.
     pub fn recharge_unit_of(&self, face_value_won: u64) -> u64 {
-        match self.product_index(face_value_won) {
-            Some(index) if !self.product_recharge_unit_won.is_empty() => {
-                self.product_recharge_unit_won[index]
-            }
-            _ => self.recharge_unit_won,
-        }
+        self.product(face_value_won)
+            .and_then(|product| product.recharge_unit_won)
+            .unwrap_or(self.recharge_unit_won)
     }
 
     /// The balance cap of a card of this product, named (verified real name) or not.
     pub fn balance_cap_of(&self, face_value_won: u64, named: bool) -> u64 {
         let legal_won = if named { self.balance_cap_named_won } else { self.balance_cap_won };
-        match self.product_index(face_value_won) {
-            Some(index) if !self.product_balance_cap_won.is_empty() => {
-                self.product_balance_cap_won[index].min(legal_won)
-            }
-            _ => legal_won,
-        }
+        self.product(face_value_won)
+            .and_then(|product| product.balance_cap_won)
+            .map_or(legal_won, |cap_won| cap_won.min(legal_won))
+    }
+
+    /// Whether each recharge of a card of this face value extends its validity.
+    pub fn promotional(&self, face_value_won: u64) -> bool {
+        self.product(face_value_won).map_or_else(
+            || self.promotional_unlisted_face_values_won.contains(&face_value_won),
+            |product| product.promotional,
+        )
     }
 
     /// The tariff of a session: its category's entry with the longest prefix of `digits`.
@@ -563,54 +640,39 @@ impl EngineConfig {
         self.validate_limits()
     }
 
-    /// The product list and its per-product vectors (one entry per face value, or none).
+    /// The catalogue and each product's own rules (per-product vector lengths are the
+    /// record's to check: `ConfigRecord` to `EngineConfig` refuses a record whose disagree).
     fn validate_products(&self) -> Result<(), String> {
-        if self.face_values_won.is_empty() {
-            return Err("face_values_won must name at least one product".into());
+        if self.products.is_empty() {
+            return Err("products must name at least one product".into());
         }
-        if self.face_values_won.iter().any(|face| *face == 0 || *face > self.balance_cap_won) {
-            return Err("every face value must be positive and at most balance_cap_won".into());
-        }
-        if !self.product_category_masks.is_empty()
-            && self.product_category_masks.len() != self.face_values_won.len()
-        {
-            return Err(
-                "product_category_masks must be empty or have one mask per face value".into()
-            );
-        }
-        if self.product_category_masks.iter().any(|mask| *mask == 0 || *mask > 0b11_1111) {
-            return Err(
-                "each product category mask must allow some of categories 1..=6 and no others"
-                    .into(),
-            );
-        }
-        if !self.product_points_per_mille.is_empty()
-            && self.product_points_per_mille.len() != self.face_values_won.len()
-        {
-            return Err(
-                "product_points_per_mille must be empty or have one rate per face value".into()
-            );
-        }
-        for (name, len) in [
-            ("product_validity_days", self.product_validity_days.len()),
-            ("product_recharge_unit_won", self.product_recharge_unit_won.len()),
-            ("product_balance_cap_won", self.product_balance_cap_won.len()),
-        ] {
-            if len != 0 && len != self.face_values_won.len() {
-                return Err(format!("{name} must be empty or have one entry per face value"));
+        for product in &self.products {
+            let face_won = product.face_value_won;
+            if face_won == 0 || face_won > self.balance_cap_won {
+                return Err(format!(
+                    "product {face_won}: the face value must be in 1..=balance_cap_won"
+                ));
+            }
+            if product.category_mask.is_some_and(|mask| mask == 0 || mask > 0b11_1111) {
+                return Err(format!(
+                    "product {face_won}: categories must allow some of 1..=6 and no others"
+                ));
+            }
+            if product.validity_days == Some(0) || product.recharge_unit_won == Some(0) {
+                return Err(format!(
+                    "product {face_won}: its validity days and recharge unit must be positive"
+                ));
+            }
+            if product.balance_cap_won.is_some_and(|cap_won| cap_won < face_won) {
+                return Err(format!(
+                    "product {face_won}: its balance cap must be at least its face value"
+                ));
+            }
+            if product.points_per_mille.is_some_and(|rate| rate > 1000) {
+                return Err(format!("product {face_won}: points rates are per mille (0..=1000)"));
             }
         }
-        if self.product_validity_days.contains(&0) || self.product_recharge_unit_won.contains(&0) {
-            return Err("per-product validity days and recharge units must be positive".into());
-        }
-        if self.face_values_won.iter().enumerate().any(|(index, face)| {
-            self.product_balance_cap_won.get(index).is_some_and(|cap| cap < face)
-        }) {
-            return Err("a product's balance cap must be at least its face value".into());
-        }
-        if self.points_per_mille > 1000
-            || self.product_points_per_mille.iter().any(|rate| *rate > 1000)
-        {
+        if self.points_per_mille > 1000 {
             return Err("points rates are per mille (0..=1000)".into());
         }
         Ok(())
@@ -771,5 +833,25 @@ impl EngineConfig {
             return Err("refund shares are percentages (0..=100)".into());
         }
         Ok(())
+    }
+}
+
+/// A `test_min` product with every rule of its own.
+fn test_product(
+    face_value_won: u64,
+    category_mask: u8,
+    points_per_mille: u16,
+    validity_days: u32,
+    recharge_unit_won: u64,
+    balance_cap_won: u64,
+) -> Product {
+    Product {
+        face_value_won,
+        category_mask: Some(category_mask),
+        points_per_mille: Some(points_per_mille),
+        validity_days: Some(validity_days),
+        recharge_unit_won: Some(recharge_unit_won),
+        balance_cap_won: Some(balance_cap_won),
+        promotional: false,
     }
 }

@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod config_record;
 mod dense_map;
 mod hasher;
 pub mod journal_entry;
@@ -19,8 +20,10 @@ pub mod shard;
 pub mod types;
 
 pub use config::{
-    EngineConfig, ForeignProduct, SESSION_SECONDS_MAX, TARIFF_BANDS_MAX, Tariff, TariffBand,
+    EngineConfig, ForeignProduct, Product, SESSION_SECONDS_MAX, TARIFF_BANDS_MAX, Tariff,
+    TariffBand,
 };
+pub use config_record::ConfigRecord;
 pub use journal_entry::{JournalEntry, decode_entry, encode_entry, encode_entry_into};
 pub use keys::Keys;
 pub use routing::{shard_of_card, shard_of_op};

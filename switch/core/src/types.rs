@@ -6,6 +6,7 @@ use pinswitch_protocol::{CardState, Field, OpStatus, ResultCode};
 use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::config::EngineConfig;
+use crate::config_record::ConfigRecord;
 
 /// Milliseconds since the Unix epoch, as the server's clock reported them.
 pub type Ms = u64;
@@ -177,12 +178,18 @@ pub enum Body {
     /// Let time pass: expire due holds and silent sessions. Journaled only when it changed
     /// something.
     Tick,
-    /// Replace the engine's rules from this point of the journal on.
+    /// Replace the engine's rules from this point of the journal on. The rules travel as their
+    /// record, the journal's form of them (`Body::configure` makes one from `EngineConfig`).
     /// Boxed: rare, and it would otherwise double the size of every stored body.
-    Configure(Box<EngineConfig>),
+    Configure(Box<ConfigRecord>),
 }
 
 impl Body {
+    /// CONFIGURE with these rules.
+    pub fn configure(config: &EngineConfig) -> Body {
+        Body::Configure(Box::new(ConfigRecord::from(config)))
+    }
+
     /// The card a command is about (`None` for `Tick` and `Configure`).
     pub fn pin_hash(&self) -> Option<PinHash> {
         match self {

@@ -32,9 +32,10 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use pinswitch_core::shard::msg_type_of;
 use pinswitch_core::{
-    Applied, Body, CardView, Command, EngineConfig, FINAL_UNIT_NONE, FINAL_UNIT_TERMINATE,
-    ForeignCode, HoldView, Ms, OpId, OpView, PinHash, Reply, SessionGrant, SessionNoticeOut,
-    SessionOpen, Shard, Tariff, Totals, destination_digits, pack_destination,
+    Applied, Body, CardView, Command, ConfigRecord, EngineConfig, FINAL_UNIT_NONE,
+    FINAL_UNIT_TERMINATE, ForeignCode, HoldView, Ms, OpId, OpView, PinHash, Product, Reply,
+    SessionGrant, SessionNoticeOut, SessionOpen, Shard, Tariff, Totals, destination_digits,
+    pack_destination,
 };
 use pinswitch_protocol::{
     CardState, Field, NOTICE_ABORT, NOTICE_EXPIRED, NOTICE_LOW_BALANCE, NOTICE_REAUTHORIZE,
@@ -819,7 +820,8 @@ impl Reference {
     /// New rules from here on. The walk changes only the session rules below (everything else
     /// stays `test_min`'s, which the reference is written for); a local-time offset more than
     /// 14 hours from UTC is refused (FORMAT_ERROR) and changes nothing.
-    fn configure(&mut self, config: &EngineConfig) -> (Reply, bool) {
+    fn configure(&mut self, record: &ConfigRecord) -> (Reply, bool) {
+        let config = &EngineConfig::try_from(record).expect("the walk sends whole records");
         let expected = EngineConfig {
             session_password_required: config.session_password_required,
             low_balance_warn_won: config.low_balance_warn_won,
@@ -1325,7 +1327,7 @@ impl Reference {
     }
 
     fn issue(&mut self, pin: PinHash, face: u64) -> Outcome {
-        if !self.cfg.face_values_won.contains(&face) {
+        if self.product(face).is_none() {
             return done(bare(ResultCode::ProductNotFound));
         }
         self.cards.push(RefCard {
@@ -1349,18 +1351,16 @@ impl Reference {
         done(self.approve(pin, face))
     }
 
-    /// The product's position in the catalogue, if it is one.
-    fn product(&self, face: u64) -> Option<usize> {
-        self.cfg.face_values_won.iter().position(|f| *f == face)
+    /// The catalogue's product of this face value, if it is one.
+    fn product(&self, face: u64) -> Option<&Product> {
+        self.cfg.products.iter().find(|product| product.face_value_won == face)
     }
 
     /// Seconds since the epoch at which a validity period starting now ends, for a card of
     /// this face value (its product's own period if the catalogue gives one).
     fn validity_end(&self, face: u64) -> u32 {
         let days = match self.product(face) {
-            Some(index) if !self.cfg.product_validity_days.is_empty() => {
-                self.cfg.product_validity_days[index]
-            }
+            Some(Product { validity_days: Some(days), .. }) => *days,
             _ => self.cfg.validity_days,
         };
         u32::try_from(self.clock / 1000 + u64::from(days) * 86_400).unwrap_or(u32::MAX)
@@ -1369,9 +1369,7 @@ impl Reference {
     /// The recharge unit of a card of this face value.
     fn recharge_unit(&self, face: u64) -> u64 {
         match self.product(face) {
-            Some(index) if !self.cfg.product_recharge_unit_won.is_empty() => {
-                self.cfg.product_recharge_unit_won[index]
-            }
+            Some(Product { recharge_unit_won: Some(unit), .. }) => *unit,
             _ => self.cfg.recharge_unit_won,
         }
     }
@@ -1402,10 +1400,8 @@ impl Reference {
     /// (never below zero).
     fn points(&mut self, pin: PinHash, amount: u64, earn: bool) {
         let face = self.card(pin).unwrap().face;
-        let rate = match self.cfg.face_values_won.iter().position(|f| *f == face) {
-            Some(index) if !self.cfg.product_points_per_mille.is_empty() => {
-                self.cfg.product_points_per_mille[index]
-            }
+        let rate = match self.product(face) {
+            Some(Product { points_per_mille: Some(rate), .. }) => *rate,
             _ => self.cfg.points_per_mille,
         };
         let points =
@@ -1427,9 +1423,7 @@ impl Reference {
         let legal =
             if card.named { self.cfg.balance_cap_named_won } else { self.cfg.balance_cap_won };
         match self.product(card.face) {
-            Some(index) if !self.cfg.product_balance_cap_won.is_empty() => {
-                self.cfg.product_balance_cap_won[index].min(legal)
-            }
+            Some(Product { balance_cap_won: Some(cap), .. }) => (*cap).min(legal),
             _ => legal,
         }
     }
@@ -1643,12 +1637,12 @@ impl Reference {
         if new_balance > self.cap(pin) {
             return self.decline(ResultCode::BalanceCapExceeded, pin);
         }
-        let extension =
-            if self.cfg.promotional_face_values_won.contains(&self.card(pin).unwrap().face) {
-                u64::from(self.cfg.promotional_extension_days) * 86_400
-            } else {
-                0
-            };
+        let face = self.card(pin).unwrap().face;
+        let extension = if self.product(face).is_some_and(|product| product.promotional) {
+            u64::from(self.cfg.promotional_extension_days) * 86_400
+        } else {
+            0
+        };
         let card = self.card_mut(pin).unwrap();
         card.balance = new_balance;
         card.charged = card.charged.saturating_add(amount);
@@ -1675,10 +1669,8 @@ impl Reference {
         self.must_be_active(pin)?;
         // The product mix: test_min's catalogue restricts some face values.
         let face = self.card(pin).unwrap().face;
-        if let Some(index) = self.cfg.face_values_won.iter().position(|f| *f == face) {
-            if !self.cfg.product_category_masks.is_empty()
-                && self.cfg.product_category_masks[index] & (1 << (category - 1)) == 0
-            {
+        if let Some(Product { category_mask: Some(mask), .. }) = self.product(face) {
+            if mask & (1 << (category - 1)) == 0 {
                 return Err(ResultCode::CategoryNotAllowed);
             }
         }
@@ -2634,13 +2626,14 @@ impl Walk {
             session_validity_s: self.rng.pick(&[120, 120, 45]),
             ..EngineConfig::test_min()
         };
-        Body::Configure(Box::new(config))
+        Body::configure(&config)
     }
 
     fn fresh_body(&mut self, op_id: OpId) -> Body {
         // Get the cards into play quickly: issue the missing ones and activate issued ones.
         if self.reference.cards.len() < ISSUABLE && self.rng.percent(25) {
-            let faces = self.cfg().face_values_won.clone();
+            let faces: Vec<u64> =
+                self.cfg().products.iter().map(|product| product.face_value_won).collect();
             let missing: Vec<PinHash> = PINS[..ISSUABLE]
                 .iter()
                 .copied()
@@ -2727,7 +2720,8 @@ impl Walk {
         let r = self.rng.below(100);
         match r {
             0..=4 => {
-                let faces = self.cfg().face_values_won.clone();
+                let faces: Vec<u64> =
+                    self.cfg().products.iter().map(|product| product.face_value_won).collect();
                 let face_value_won = if self.rng.percent(85) {
                     self.rng.pick(&faces)
                 } else {

@@ -1173,7 +1173,7 @@ fn silent_sessions_expire_and_late_reports_are_still_charged() {
     // and the next snapshot's restore failed until the next expiry).
     let mut fewer = EngineConfig::test_min();
     fewer.expired_sessions_max = 1;
-    assert!(system(&mut s, Body::Configure(Box::new(fewer))).changed);
+    assert!(system(&mut s, Body::configure(&fewer)).changed);
     assert_eq!(s.shard.expired_session_count(), 1);
     s.shard = Shard::from_snapshot_bytes(&s.shard.to_snapshot_bytes()).unwrap();
     s.expect(late(OTHER, 13), ResultCode::SessionNotFound);
@@ -1220,10 +1220,10 @@ fn event_charges_bands_quotes_notices_and_audit_closes() {
     s.expect(Body::Unblock { pin_hash: CARD }, ResultCode::Approved);
     let mut strict = EngineConfig::test_min();
     strict.session_password_required = true;
-    assert!(system(&mut s, Body::Configure(Box::new(strict))).changed);
+    assert!(system(&mut s, Body::configure(&strict)).changed);
     s.expect(event("15881234", 1, 0), ResultCode::PasswordInvalid);
     s.expect(event("15881234", 1, PASSWORD), ResultCode::Approved);
-    assert!(system(&mut s, Body::Configure(Box::new(EngineConfig::test_min()))).changed);
+    assert!(system(&mut s, Body::configure(&EngineConfig::test_min())).changed);
     assert_eq!(s.balance(CARD), (9_000, 9_000));
 
     // Time-of-day bands: "002" costs 100 won a minute from 22:00 to 08:00 local, 200 by day.

@@ -205,7 +205,7 @@ fn write_journals(data: &Path, t0_ms: u64) -> Vec<Conversion> {
     let mut repriced = EngineConfig::test_min();
     repriced.foreign_products[0] =
         ForeignProduct { price_won: 15_000, ..repriced.foreign_products[0].clone() };
-    approved(switch.run_on(0, t_ms + 3000, Body::Configure(Box::new(repriced))).1);
+    approved(switch.run_on(0, t_ms + 3000, Body::configure(&repriced)).1);
     assert_eq!(approved(switch.run(t_ms + 4000, convert(c, 1)).1).amount_won, 15_000);
     conversions.push((501, 1, "USD", 1_000, 15_000));
     // Shard 0 has no yen PIN left: declined, and nobody is owed anything for it.

@@ -266,6 +266,8 @@ impl Config {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("reading config {}", path.display()))?;
+                refuse_retired_engine_keys(&text)
+                    .with_context(|| format!("parsing config {}", path.display()))?;
                 let mut config: Config = toml::from_str(&text)
                     .with_context(|| format!("parsing config {}", path.display()))?;
                 config.source = Some(path.to_path_buf());
@@ -294,6 +296,18 @@ impl Config {
     pub(crate) fn validate(&self) -> anyhow::Result<()> {
         if let Err(why) = self.engine().validate() {
             bail!("invalid [engine] section: {why}");
+        }
+        // Two products of one face value: CARD_ISSUE and every rule would find the first alone.
+        // Only a file is refused: journaled rules from before products were tables may hold
+        // such a pair, and the engine must replay them as it first did.
+        let products = &self.engine.products;
+        for (at, product) in products.iter().enumerate() {
+            if products[..at].iter().any(|other| other.face_value_won == product.face_value_won) {
+                bail!(
+                    "invalid [engine] section: two products of face value {}",
+                    product.face_value_won
+                );
+            }
         }
         let limits = &self.limits;
         for (name, value) in [
@@ -399,6 +413,26 @@ impl Config {
     }
 }
 
+/// Refuses an `[engine]` section that still spells products as parallel arrays (the form before
+/// `[[engine.products]]`), naming the key and its replacement; serde alone would say "unknown
+/// field" and list every key. Text that is not TOML is left to the real parse to report.
+fn refuse_retired_engine_keys(text: &str) -> anyhow::Result<()> {
+    let Ok(table) = text.parse::<toml::Table>() else { return Ok(()) };
+    let Some(engine) = table.get("engine").and_then(toml::Value::as_table) else { return Ok(()) };
+    for (retired, replacement) in EngineConfig::RETIRED_TOML_KEYS {
+        if engine.contains_key(retired) {
+            bail!(
+                "[engine] {retired} is no longer read: each product is one [[engine.products]] \
+                 table (face_value_won, and any of categories, points_per_mille, validity_days, \
+                 recharge_unit_won, balance_cap_won, promotional; a key left out is the \
+                 engine-wide rule); instead of {retired}, give each product {replacement} \
+                 (see ops/config/production.toml)"
+            );
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -446,5 +480,70 @@ mod tests {
         assert!(config.validate().is_err(), "a redirect needs a number");
         config.sessions.redirect_number = "15880000".into();
         assert!(config.validate().is_ok());
+    }
+
+    /// One `[[engine.products]]` table per product: a key left out is the engine-wide rule,
+    /// categories go by their protocol names, and an unknown name is refused, naming it.
+    #[test]
+    fn products_are_tables_with_the_global_rules_for_keys_left_out() {
+        let text = "[[engine.products]]\nface_value_won = 5000\n\
+                    categories = [\"internet_payment\", \"voicemail\"]\npoints_per_mille = 0\n\
+                    [[engine.products]]\nface_value_won = 70000\nvalidity_days = 30\n\
+                    recharge_unit_won = 5000\nbalance_cap_won = 300000\npromotional = true\n";
+        let engine = toml::from_str::<Config>(text).unwrap().engine;
+        let faces: Vec<u64> =
+            engine.products.iter().map(|product| product.face_value_won).collect();
+        assert_eq!(faces, [5_000, 70_000]);
+        assert_eq!(engine.products[0].category_mask, Some(0b10_0001));
+        assert_eq!(
+            engine.products[1],
+            pinswitch_core::Product {
+                validity_days: Some(30),
+                recharge_unit_won: Some(5_000),
+                balance_cap_won: Some(300_000),
+                promotional: true,
+                ..pinswitch_core::Product::plain(70_000)
+            }
+        );
+        assert!(!engine.category_allowed(5_000, 2) && engine.category_allowed(70_000, 2));
+        assert_eq!(
+            (engine.points_per_mille_of(5_000), engine.points_per_mille_of(70_000)),
+            (0, 10)
+        );
+        assert_eq!(engine.validity_days_of(5_000), 5 * 365);
+        let error = toml::from_str::<Config>(
+            "[[engine.products]]\nface_value_won = 5000\ncategories = [\"telephone\"]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("\"telephone\"") && error.contains("telephone_call"), "{error}");
+        let none = toml::from_str::<Config>(
+            "[[engine.products]]\nface_value_won = 5000\ncategories = []\n",
+        )
+        .unwrap();
+        assert!(none.validate().unwrap_err().to_string().contains("product 5000: categories"));
+        let twice =
+            toml::from_str::<Config>(&"[[engine.products]]\nface_value_won = 5000\n".repeat(2))
+                .unwrap();
+        assert!(
+            twice.validate().unwrap_err().to_string().contains("two products of face value 5000")
+        );
+    }
+
+    /// The parallel arrays of the old form are refused, each naming its replacement.
+    #[test]
+    fn the_old_product_arrays_are_refused_naming_the_new_keys() {
+        for (retired, replacement) in EngineConfig::RETIRED_TOML_KEYS {
+            let text = format!("[engine]\nbalance_cap_won = 500000\n{retired} = []\n");
+            let error = refuse_retired_engine_keys(&text).unwrap_err().to_string();
+            assert!(
+                error.contains(retired)
+                    && error.contains("[[engine.products]]")
+                    && error.contains(replacement),
+                "{error}"
+            );
+        }
+        assert!(refuse_retired_engine_keys("[engine]\nvalidity_days = 1\n").is_ok());
+        assert!(refuse_retired_engine_keys("[[engine.products]]\nface_value_won = 5000\n").is_ok());
     }
 }

@@ -849,15 +849,11 @@ async fn reload(
         );
     }
     let engine = config.engine();
-    if &engine == current {
+    if engine.same_record(current) {
         return Ok(None);
     }
     for (shard_id, shard) in context.shards.iter().enumerate() {
-        let command = Command {
-            op_id: 0,
-            deadline_at_ms: 0,
-            body: Body::Configure(Box::new(engine.clone())),
-        };
+        let command = Command { op_id: 0, deadline_at_ms: 0, body: Body::configure(&engine) };
         let (reply, answer) = tokio::sync::oneshot::channel();
         let mut batch = ShardBatch { items: vec![ShardItem::Command(command)], reply };
         // A full queue is momentary: wait for room rather than drop an operator's change.

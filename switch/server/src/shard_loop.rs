@@ -443,12 +443,11 @@ pub(crate) fn recover(
         .with_context(|| format!("replaying journal in {}", settings.dir.display()))?;
     let mut journal = recovery.into_journal().context("reopening the journal for appends")?;
     // Rules changed since the last run: journal the change so replay applies it at this point.
-    if engine.config() != &settings.engine {
-        let command = Command {
-            op_id: 0,
-            deadline_at_ms: 0,
-            body: Body::Configure(Box::new(settings.engine.clone())),
-        };
+    // Compared as records: the journal's rules come back from their record, so rules that
+    // would be journaled the same are the same rules (`EngineConfig::same_record`).
+    if !engine.config().same_record(&settings.engine) {
+        let command =
+            Command { op_id: 0, deadline_at_ms: 0, body: Body::configure(&settings.engine) };
         let now_ms = wall_clock_ms().max(engine.now_ms());
         let applied = engine.apply(now_ms, &command);
         if !applied.changed {

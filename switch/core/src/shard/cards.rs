@@ -72,7 +72,7 @@ impl Card {
 
 impl Shard {
     pub(super) fn issue(&mut self, pin_hash: PinHash, face_value_won: u64) -> Outcome {
-        if !self.config.face_values_won.contains(&face_value_won) {
+        if self.config.product(face_value_won).is_none() {
             return Outcome::completed(Reply::code(ResultCode::ProductNotFound));
         }
         let card = Card {
@@ -370,8 +370,7 @@ impl Shard {
         if balance_won > self.cap_won(&card) {
             return self.declined(ResultCode::BalanceCapExceeded, pin_hash);
         }
-        let extension_s = if self.config.promotional_face_values_won.contains(&card.face_value_won)
-        {
+        let extension_s = if self.config.promotional(card.face_value_won) {
             u64::from(self.config.promotional_extension_days) * 86_400
         } else {
             0

@@ -9,6 +9,7 @@ use rkyv::{Archive, Deserialize, Serialize};
 
 use super::{Card, Hold, OpRecord, Session, Shard};
 use crate::config::EngineConfig;
+use crate::config_record::ConfigRecord;
 use crate::dense_map::DenseMap;
 use crate::hasher::KeyHasherBuilder;
 use crate::types::{ForeignCode, Ms, OpId, PinHash, Totals};
@@ -21,7 +22,8 @@ struct ShardImage {
     hash_key: [u64; 2],
     shard_id: u16,
     shard_count: u16,
-    config: EngineConfig,
+    /// The rules as the journal holds them (`EngineConfig` itself is not archived).
+    config: ConfigRecord,
     now_ms: Ms,
     evicted_floor_ms: Ms,
     approvals: u32,
@@ -129,7 +131,7 @@ impl Shard {
             hash_key: self.hash_key,
             shard_id: self.shard_id,
             shard_count: self.shard_count,
-            config: self.config.clone(),
+            config: ConfigRecord::from(&self.config),
             now_ms: self.now_ms,
             evicted_floor_ms: self.ops.evicted_floor_ms,
             approvals: self.approvals,
@@ -170,8 +172,10 @@ impl Shard {
         if image.shard_count == 0 || image.shard_id >= image.shard_count {
             return Err(format!("shard {} of {}", image.shard_id, image.shard_count));
         }
+        let config =
+            EngineConfig::try_from(&image.config).map_err(|why| format!("rules: {why}"))?;
         let mut shard =
-            Shard::with_hash_key(image.shard_id, image.shard_count, image.config, image.hash_key);
+            Shard::with_hash_key(image.shard_id, image.shard_count, config, image.hash_key);
         let hasher = KeyHasherBuilder { key: image.hash_key };
         shard.now_ms = image.now_ms;
         shard.ops.evicted_floor_ms = image.evicted_floor_ms;

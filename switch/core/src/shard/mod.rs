@@ -57,6 +57,7 @@ pub use self::op_window::msg_type_of;
 use self::op_window::{OpRecord, OpTable};
 use self::sessions::{Session, SessionTable};
 use crate::config::EngineConfig;
+use crate::config_record::ConfigRecord;
 use crate::dense_map::DenseMap;
 use crate::hasher::KeyMap;
 pub use crate::hasher::{KeyHasher, KeyHasherBuilder};
@@ -204,11 +205,13 @@ impl Shard {
         applied
     }
 
-    /// CONFIGURE: new rules, if they are valid, from this command on.
-    fn configure(&mut self, config: &EngineConfig) -> Applied {
-        match config.validate() {
-            Ok(()) => {
-                self.config = EngineConfig::clone(config);
+    /// CONFIGURE: new rules, if they are valid, from this command on. A record whose
+    /// per-product vectors disagree in length is refused like any invalid rules.
+    fn configure(&mut self, record: &ConfigRecord) -> Applied {
+        let config = EngineConfig::try_from(record);
+        match config.and_then(|config| config.validate().map(|()| config)) {
+            Ok(config) => {
+                self.config = config;
                 // A lower bound on remembered expired sessions applies at once.
                 self.sessions.trim_expired(self.config.expired_sessions_max as usize);
                 Applied::new(Reply::code(ResultCode::Approved), true)
