@@ -192,93 +192,9 @@ impl Reason {
 pub(super) async fn card(command: CardCommand) -> anyhow::Result<ExitCode> {
     match command {
         CardCommand::Issue { connect: address, product, count, pin_file } => {
-            // The PIN file is created before anything is issued: a PIN is shown only once, so
-            // it must have somewhere to go (an existing file is never overwritten).
-            let mut pin_out = match &pin_file {
-                Some(path) => {
-                    use std::os::unix::fs::OpenOptionsExt;
-                    let file = std::fs::OpenOptions::new()
-                        .write(true)
-                        .create_new(true)
-                        .mode(0o600)
-                        .open(path)
-                        .with_context(|| format!("creating the PIN file {}", path.display()))?;
-                    Some(std::io::BufWriter::new(file))
-                }
-                None => None,
-            };
-            let client = connect(&address).await?;
-            let hello = client.hello("pinswitch-cli").await.context("greeting the switch")?;
-            let batch_max = hello.batch_events_max.max(1) as usize;
-            let mut failed = 0u32;
-            let mut remaining = count as usize;
-            while remaining > 0 {
-                let take = remaining.min(batch_max);
-                remaining -= take;
-                let events: Vec<CardIssue> = (0..take)
-                    .map(|_| CardIssue { op_id: protocol::new_op_id(), face_value_won: product })
-                    .collect();
-                for result in client.card_issue(&events).await.context("issuing cards")? {
-                    if result.code == ResultCode::Approved.as_u16() {
-                        match pin_out.as_mut() {
-                            Some(out) => {
-                                writeln!(out, "{},{}", pin::format(result.pin), result.balance_won)
-                                    .context("writing the PIN file")?
-                            }
-                            None => {
-                                println!("{}  {} won", pin::format(result.pin), result.balance_won)
-                            }
-                        }
-                    } else {
-                        failed += 1;
-                        let name =
-                            ResultCode::from_u16(result.code).map_or("UNKNOWN", ResultCode::name);
-                        eprintln!("not issued: {name} ({})", result.code);
-                    }
-                }
-            }
-            if let (Some(mut out), Some(path)) = (pin_out, pin_file) {
-                out.flush().context("writing the PIN file")?;
-                out.into_inner()
-                    .map_err(|error| error.into_error())
-                    .and_then(|file| file.sync_all())
-                    .context("syncing the PIN file")?;
-                println!("{} PINs written to {}", count as u64 - u64::from(failed), path.display());
-            }
-            Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            issue(address, product, count, pin_file).await
         }
-        CardCommand::Show { connect: address, pin } => {
-            let pin = parse_pin(&pin)?;
-            let client = connect(&address).await?;
-            let results = client
-                .balance_inquiry(&[BalanceInquiry { pin }])
-                .await
-                .context("reading the card")?;
-            let Some(card) = results.into_iter().next() else { bail!("the switch sent no result") };
-            if card.code != ResultCode::Approved.as_u16() {
-                return Ok(outcome(card.code, String::new()));
-            }
-            let state = CardState::from_u8(card.state).map_or("unknown", CardState::name);
-            println!("card      {}", pin::format(pin));
-            println!("state     {state}");
-            println!("face      {} won", card.face_value_won);
-            println!("balance   {} won", card.balance_won);
-            println!("available {} won", card.available_won);
-            println!("held      {} won", card.held_won);
-            println!("password  {} tries left", card.password_tries_left);
-            println!("points    {}", card.points);
-            println!("valid to  {} s since the epoch", card.valid_until_s);
-            if card.password_hint {
-                println!("hint      a password hint is kept by the card site");
-            }
-            for hold in &card.holds {
-                println!(
-                    "hold      {:032x}  {} won, {} captured, expires at {} ms",
-                    hold.hold_id, hold.amount_won, hold.captured_won, hold.expires_at_ms
-                );
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        CardCommand::Show { connect: address, pin } => show(address, pin).await,
         CardCommand::Activate { connect: address, pin, password } => {
             let pin = parse_pin(&pin)?;
             let client = connect(&address).await?;
@@ -300,24 +216,7 @@ pub(super) async fn card(command: CardCommand) -> anyhow::Result<ExitCode> {
             Ok(balance_outcome(single(client.card_load(&[event]).await.context("recharging")?)?))
         }
         CardCommand::Sale { connect: address, pin, password, amount, merchant } => {
-            let pin = parse_pin(&pin)?;
-            let client = connect(&address).await?;
-            let event = Sale {
-                op_id: protocol::new_op_id(),
-                pin,
-                password: password.into_bytes(),
-                amount_won: amount,
-                merchant_id: merchant,
-                category: protocol::Category::InternetPayment as u8,
-            };
-            let result = single(client.sale(&[event]).await.context("debiting")?)?;
-            Ok(outcome(
-                result.code,
-                format!(
-                    ", approval {:06}, balance {} won",
-                    result.approval_code, result.balance_won
-                ),
-            ))
+            sale(address, pin, password, amount, merchant).await
         }
         CardCommand::Sell { connect: address, pin, channel, price, means, gift_to } => {
             let pin = parse_pin(&pin)?;
@@ -395,54 +294,186 @@ pub(super) async fn card(command: CardCommand) -> anyhow::Result<ExitCode> {
             Ok(balance_outcome(single(client.card_claim(&[event]).await.context("claiming")?)?))
         }
         CardCommand::ForeignImport { connect: address, product, file } => {
-            let text = std::fs::read_to_string(&file)
-                .with_context(|| format!("reading {}", file.display()))?;
-            let codes: Vec<&str> =
-                text.lines().map(str::trim).filter(|line| !line.is_empty()).collect();
-            let client = connect(&address).await?;
-            let hello = client.hello("pinswitch-cli").await.context("greeting the switch")?;
-            let mut failed = false;
-            for chunk in codes.chunks(hello.batch_events_max.max(1) as usize) {
-                let events: Vec<ForeignImport> = chunk
-                    .iter()
-                    .map(|code| ForeignImport {
-                        op_id: protocol::new_op_id(),
-                        product_id: product,
-                        foreign_pin: code.as_bytes().to_vec(),
-                    })
-                    .collect();
-                let results =
-                    client.foreign_import(&events).await.context("importing foreign PINs")?;
-                for (code, result) in chunk.iter().zip(results) {
-                    let name =
-                        ResultCode::from_u16(result.code).map_or("UNKNOWN", ResultCode::name);
-                    println!("{code} {name} ({})", result.code);
-                    failed |= result.code != ResultCode::Approved.as_u16();
-                }
-            }
-            Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+            foreign_import(address, product, file).await
         }
         CardCommand::Convert { connect: address, pin, product, password } => {
-            let pin = parse_pin(&pin)?;
-            let client = connect(&address).await?;
-            let event = ForeignConvert {
-                op_id: protocol::new_op_id(),
-                pin,
-                password: password.into_bytes(),
-                product_id: product,
-            };
-            let converted = single(client.foreign_convert(&[event]).await.context("converting")?)?;
-            let result = converted.result;
-            let foreign_pin = String::from_utf8_lossy(&converted.foreign_pin).into_owned();
-            let detail = if foreign_pin.is_empty() {
-                format!(", balance {} won", result.balance_won)
-            } else {
-                format!(
-                    ", foreign PIN {foreign_pin}, debited {} won, balance {} won",
-                    result.amount_won, result.balance_won
-                )
-            };
-            Ok(outcome(result.code, detail))
+            convert(address, pin, product, password).await
         }
     }
+}
+
+/// `card issue`: issues `count` cards of face value `product`, printing each PIN once or writing
+/// them to a new PIN file.
+async fn issue(
+    address: String,
+    product: u64,
+    count: u32,
+    pin_file: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    // The PIN file is created before anything is issued: a PIN is shown only once, so
+    // it must have somewhere to go (an existing file is never overwritten).
+    let mut pin_out = match &pin_file {
+        Some(path) => {
+            use std::os::unix::fs::OpenOptionsExt;
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .with_context(|| format!("creating the PIN file {}", path.display()))?;
+            Some(std::io::BufWriter::new(file))
+        }
+        None => None,
+    };
+    let client = connect(&address).await?;
+    let hello = client.hello("pinswitch-cli").await.context("greeting the switch")?;
+    let batch_max = hello.batch_events_max.max(1) as usize;
+    let mut failed = 0u32;
+    let mut remaining = count as usize;
+    while remaining > 0 {
+        let take = remaining.min(batch_max);
+        remaining -= take;
+        let events: Vec<CardIssue> = (0..take)
+            .map(|_| CardIssue { op_id: protocol::new_op_id(), face_value_won: product })
+            .collect();
+        for result in client.card_issue(&events).await.context("issuing cards")? {
+            if result.code == ResultCode::Approved.as_u16() {
+                match pin_out.as_mut() {
+                    Some(out) => {
+                        writeln!(out, "{},{}", pin::format(result.pin), result.balance_won)
+                            .context("writing the PIN file")?
+                    }
+                    None => {
+                        println!("{}  {} won", pin::format(result.pin), result.balance_won)
+                    }
+                }
+            } else {
+                failed += 1;
+                let name = ResultCode::from_u16(result.code).map_or("UNKNOWN", ResultCode::name);
+                eprintln!("not issued: {name} ({})", result.code);
+            }
+        }
+    }
+    if let (Some(mut out), Some(path)) = (pin_out, pin_file) {
+        out.flush().context("writing the PIN file")?;
+        out.into_inner()
+            .map_err(|error| error.into_error())
+            .and_then(|file| file.sync_all())
+            .context("syncing the PIN file")?;
+        println!("{} PINs written to {}", count as u64 - u64::from(failed), path.display());
+    }
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// `card show`: the card's state, balances, validity and holds.
+async fn show(address: String, pin: String) -> anyhow::Result<ExitCode> {
+    let pin = parse_pin(&pin)?;
+    let client = connect(&address).await?;
+    let results =
+        client.balance_inquiry(&[BalanceInquiry { pin }]).await.context("reading the card")?;
+    let Some(card) = results.into_iter().next() else { bail!("the switch sent no result") };
+    if card.code != ResultCode::Approved.as_u16() {
+        return Ok(outcome(card.code, String::new()));
+    }
+    let state = CardState::from_u8(card.state).map_or("unknown", CardState::name);
+    println!("card      {}", pin::format(pin));
+    println!("state     {state}");
+    println!("face      {} won", card.face_value_won);
+    println!("balance   {} won", card.balance_won);
+    println!("available {} won", card.available_won);
+    println!("held      {} won", card.held_won);
+    println!("password  {} tries left", card.password_tries_left);
+    println!("points    {}", card.points);
+    println!("valid to  {} s since the epoch", card.valid_until_s);
+    if card.password_hint {
+        println!("hint      a password hint is kept by the card site");
+    }
+    for hold in &card.holds {
+        println!(
+            "hold      {:032x}  {} won, {} captured, expires at {} ms",
+            hold.hold_id, hold.amount_won, hold.captured_won, hold.expires_at_ms
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `card foreign-import`: one foreign PIN per line of `file` into the pool of `product`.
+async fn foreign_import(address: String, product: u32, file: PathBuf) -> anyhow::Result<ExitCode> {
+    let text =
+        std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+    let codes: Vec<&str> = text.lines().map(str::trim).filter(|line| !line.is_empty()).collect();
+    let client = connect(&address).await?;
+    let hello = client.hello("pinswitch-cli").await.context("greeting the switch")?;
+    let mut failed = false;
+    for chunk in codes.chunks(hello.batch_events_max.max(1) as usize) {
+        let events: Vec<ForeignImport> = chunk
+            .iter()
+            .map(|code| ForeignImport {
+                op_id: protocol::new_op_id(),
+                product_id: product,
+                foreign_pin: code.as_bytes().to_vec(),
+            })
+            .collect();
+        let results = client.foreign_import(&events).await.context("importing foreign PINs")?;
+        for (code, result) in chunk.iter().zip(results) {
+            let name = ResultCode::from_u16(result.code).map_or("UNKNOWN", ResultCode::name);
+            println!("{code} {name} ({})", result.code);
+            failed |= result.code != ResultCode::Approved.as_u16();
+        }
+    }
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+/// `card convert`: part of the balance into one foreign PIN, printed.
+async fn convert(
+    address: String,
+    pin: String,
+    product: u32,
+    password: String,
+) -> anyhow::Result<ExitCode> {
+    let pin = parse_pin(&pin)?;
+    let client = connect(&address).await?;
+    let event = ForeignConvert {
+        op_id: protocol::new_op_id(),
+        pin,
+        password: password.into_bytes(),
+        product_id: product,
+    };
+    let converted = single(client.foreign_convert(&[event]).await.context("converting")?)?;
+    let result = converted.result;
+    let foreign_pin = String::from_utf8_lossy(&converted.foreign_pin).into_owned();
+    let detail = if foreign_pin.is_empty() {
+        format!(", balance {} won", result.balance_won)
+    } else {
+        format!(
+            ", foreign PIN {foreign_pin}, debited {} won, balance {} won",
+            result.amount_won, result.balance_won
+        )
+    };
+    Ok(outcome(result.code, detail))
+}
+
+/// `card sale`: one SALE (internet payment) of `amount` won at `merchant`.
+async fn sale(
+    address: String,
+    pin: String,
+    password: String,
+    amount: u64,
+    merchant: u64,
+) -> anyhow::Result<ExitCode> {
+    let pin = parse_pin(&pin)?;
+    let client = connect(&address).await?;
+    let event = Sale {
+        op_id: protocol::new_op_id(),
+        pin,
+        password: password.into_bytes(),
+        amount_won: amount,
+        merchant_id: merchant,
+        category: protocol::Category::InternetPayment as u8,
+    };
+    let result = single(client.sale(&[event]).await.context("debiting")?)?;
+    Ok(outcome(
+        result.code,
+        format!(", approval {:06}, balance {} won", result.approval_code, result.balance_won),
+    ))
 }
