@@ -22,6 +22,9 @@ use crate::conn::Transport;
 /// The first byte of a TLS record carrying a handshake message (RFC 8446 §5.1).
 pub(crate) const TLS_HANDSHAKE_BYTE: u8 = 0x16;
 
+/// One read of encrypted input: a full TLS record and then some.
+const TLS_IN_BYTES: usize = 18 * 1024;
+
 /// Encrypted bytes waiting for the socket; past this the transport takes no more plaintext.
 const TLS_OUT_BYTES_MAX: usize = 256 * 1024;
 
@@ -59,6 +62,8 @@ pub(crate) struct TlsTransport<T> {
     out_start: usize,
     /// Bytes already read from `inner` before the session existed (the sniffed first bytes).
     prefix: Vec<u8>,
+    /// Where encrypted input lands before rustls takes it (allocated once, not per read).
+    input: Box<[u8]>,
     inner_done: bool,
 }
 
@@ -75,6 +80,7 @@ impl<T: Transport> TlsTransport<T> {
             out: Vec::new(),
             out_start: 0,
             prefix,
+            input: vec![0u8; TLS_IN_BYTES].into_boxed_slice(),
             inner_done: false,
         })
     }
@@ -117,13 +123,21 @@ impl<T: Transport> TlsTransport<T> {
         if self.inner_done {
             return Poll::Ready(Ok(false));
         }
-        let mut buffer = [0u8; 16 * 1024];
-        match self.inner.poll_read(cx, &mut buffer) {
-            Poll::Ready(Ok(0)) => {
+        let mut input = std::mem::take(&mut self.input);
+        let read = self.inner.poll_read(cx, &mut input);
+        let taken = match read {
+            Poll::Ready(Ok(n)) if n > 0 => Some(self.take_tls(&input[..n])),
+            _ => None,
+        };
+        self.input = input;
+        if let Some(taken) = taken {
+            return Poll::Ready(taken.map(|()| true));
+        }
+        match read {
+            Poll::Ready(Ok(_)) => {
                 self.inner_done = true;
                 Poll::Ready(Ok(false))
             }
-            Poll::Ready(Ok(n)) => Poll::Ready(self.take_tls(&buffer[..n]).map(|()| true)),
             Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
             Poll::Pending => Poll::Pending,
         }
