@@ -603,7 +603,14 @@ fn a_client_that_never_reads_is_cut_off_without_hurting_others() {
     loop {
         match non_reader.read() {
             Got::Frame(header, _) => {
-                assert_eq!(header.status, 0, "answer {answers}");
+                // A frame read while the connection already had `in_flight_events_per_connection_max`
+                // events in flight is answered RETRY_LATER at once, ahead of earlier answers (answers
+                // leave in the order their shards finish): a slower machine sees some.
+                assert!(
+                    header.status == 0 || header.status == ResultCode::RetryLater.as_u16(),
+                    "answer {answers}: status {}",
+                    header.status
+                );
                 answers += 1;
             }
             Got::Closed => break,
