@@ -5,7 +5,8 @@
 # open loop at half the one-event peak), reads the switch's resident memory, kills it with
 # SIGKILL and times its recovery, then (if redis-server is installed) runs the Redis peer in
 # the same window, and Redis PING without persistence (what loopback round trips alone allow).
-# The one-event and batched shapes run over mutual TLS too (tls_*), on the same port.
+# The one-event and batched shapes run over mutual TLS too (tls_*), on the same port, and over
+# QUIC (quic_*: mutual TLS, one stream per connection) on the UDP port beside it.
 # Every run reports the CPU the generator and the switch spent per operation (--server-pid).
 # Writes every report under DIR and a summary table to DIR/summary.md.
 #
@@ -26,6 +27,7 @@ cargo build --release --bin pinswitch --bin pinswitch-loadgen
 SWITCH=target/release/pinswitch
 LOADGEN=target/release/pinswitch-loadgen
 ADDRESS=127.0.0.1:$PORT
+QUIC_ADDRESS=127.0.0.1:$((PORT + 1))
 
 rm -rf "$DIR"
 mkdir -p "$DIR"
@@ -47,7 +49,8 @@ TLS_FLAGS=(--tls-ca "$DIR/certs/ca.pem" --tls-cert "$DIR/certs/bench.pem" --tls-
 
 start_switch() {
     local log=$1
-    "$SWITCH" serve --data "$DIR/data" --listen "$ADDRESS" --config "$DIR/trust.toml" >"$log" 2>&1 &
+    "$SWITCH" serve --data "$DIR/data" --listen "$ADDRESS" --quic-listen "$QUIC_ADDRESS" \
+        --config "$DIR/trust.toml" >"$log" 2>&1 &
     echo $! >"$DIR/pid"
     until grep -q "listening" "$log"; do
         if ! kill -0 "$(cat "$DIR/pid")" 2>/dev/null; then
@@ -69,11 +72,12 @@ field_1() {
     python3 -c "import json,sys; v=json.load(open(sys.argv[1])).get(sys.argv[2]); print('-' if v is None else f'{v:.1f}')" "$1" "$2"
 }
 
+# CONNECT=address picks another front door than plain TCP (the QUIC port).
 run() {
     local name=$1
     shift
     # The switch's pid: the report gives its CPU per operation beside the generator's.
-    "$LOADGEN" run --connect "$ADDRESS" --cards-file "$DIR/cards.bin" --workload sale \
+    "$LOADGEN" run --connect "${CONNECT:-$ADDRESS}" --cards-file "$DIR/cards.bin" --workload sale \
         --duration "$DURATION_S" --report "$DIR/$name.json" --svg "$DIR/$name.svg" \
         --server-pid "$(cat "$DIR/pid")" "$@" >"$DIR/$name.txt" 2>&1
     printf '| %s | `%s` | %.0f | %s | %s | %s | %s | %s |\n' "$name" "$*" "$(field "$DIR/$name.json" ops_per_s)" \
@@ -107,8 +111,11 @@ run single_50x16 --connections 50 --in-flight 16 --batch 1 --seed 21
 # The same shapes over mutual TLS (before the batched run, for the same reason).
 run tls_50x1 --connections 50 --in-flight 1 --batch 1 --seed 24 "${TLS_FLAGS[@]}"
 run tls_50x16 --connections 50 --in-flight 16 --batch 1 --seed 25 "${TLS_FLAGS[@]}"
+CONNECT=$QUIC_ADDRESS run quic_50x1 --connections 50 --in-flight 1 --batch 1 --seed 27 --quic "${TLS_FLAGS[@]}"
+CONNECT=$QUIC_ADDRESS run quic_50x16 --connections 50 --in-flight 16 --batch 1 --seed 28 --quic "${TLS_FLAGS[@]}"
 run batched --connections 2 --in-flight 4 --batch 8000 --seed 19
 run tls_batched --connections 2 --in-flight 4 --batch 8000 --seed 26 "${TLS_FLAGS[@]}"
+CONNECT=$QUIC_ADDRESS run quic_batched --connections 2 --in-flight 4 --batch 8000 --seed 29 --quic "${TLS_FLAGS[@]}"
 
 PID=$(cat "$DIR/pid")
 RSS_KB=$(awk '/VmRSS/ {print $2}' "/proc/$PID/status")

@@ -30,8 +30,8 @@ const WIDE_LINES_NOW: usize = 127;
 /// switch never links settlement (the exporter is its own binary); settlement, the load
 /// generator and the harness sit beside the switch, none of them on it.
 const ALLOWED_DEPENDENCIES: &[(&str, &[&str])] = &[
-    // The client library's transports: tokio, and TLS (rustls) over it.
-    ("protocol", &["rkyv", "crc32c", "thiserror", "tokio", "rustls", "tokio-rustls"]),
+    // The client library's transports: tokio, TLS (rustls) over it, and QUIC (quinn).
+    ("protocol", &["rkyv", "crc32c", "thiserror", "tokio", "rustls", "tokio-rustls", "quinn"]),
     ("journal", &["memmap2", "crc32c", "thiserror", "libc"]),
     ("switch/core", &["pinswitch-protocol", "rkyv", "serde", "siphasher"]),
     (
@@ -56,6 +56,8 @@ const ALLOWED_DEPENDENCIES: &[(&str, &[&str])] = &[
             "rustls",
             "rustls-webpki",
             "rcgen",
+            // QUIC on the front door.
+            "quinn",
         ],
     ),
     (

@@ -41,6 +41,10 @@ pub(crate) struct TlsArgs {
     /// The name the switch's certificate carries.
     #[arg(long, global = true, default_value = "localhost")]
     pub tls_name: String,
+    /// The address is the switch's QUIC (UDP) address: every connection is a QUIC connection
+    /// (one stream each) with the TLS flags above.
+    #[arg(long, global = true, requires = "tls_ca")]
+    pub quic: bool,
 }
 
 #[derive(Subcommand, Debug)]

@@ -20,6 +20,8 @@ pub(crate) struct Pool {
 
 /// The TLS client every connection uses, when `--tls-ca` was given.
 static TLS: std::sync::OnceLock<pinswitch_protocol::tls::TlsClient> = std::sync::OnceLock::new();
+/// Whether connections are QUIC (`--quic`).
+static QUIC: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
 
 /// Reads the TLS flags once, before any connection.
 pub(crate) fn configure_tls(args: &crate::args::TlsArgs) -> anyhow::Result<()> {
@@ -28,15 +30,17 @@ pub(crate) fn configure_tls(args: &crate::args::TlsArgs) -> anyhow::Result<()> {
     let tls = pinswitch_protocol::tls::TlsClient::from_pem_files(ca, identity, &args.tls_name)
         .context("the TLS flags")?;
     let _ = TLS.set(tls);
+    let _ = QUIC.set(args.quic);
     Ok(())
 }
 
-/// One connection, over TLS when configured.
+/// One connection, over TLS or QUIC when configured.
 pub(crate) async fn open(
     address: &str,
     options: ClientOptions,
 ) -> Result<Client, pinswitch_protocol::ClientError> {
     match TLS.get() {
+        Some(tls) if QUIC.get() == Some(&true) => Client::connect_quic(address, tls, options).await,
         Some(tls) => Client::connect_tls(address, tls, options).await,
         None => Client::connect_with_options(address, options).await,
     }

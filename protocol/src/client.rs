@@ -1,7 +1,8 @@
-//! The async client library (feature `client`): one pipelined TCP connection shared by any number
-//! of tasks. A writer task coalesces queued frames into few writes, a reader task matches
-//! responses to waiting callers by request id, so responses may arrive in any order. The CLI,
-//! the load generator and the integration tests all talk to the server through this.
+//! The async client library (feature `client`): one pipelined connection (TCP, TLS on TCP, or
+//! one QUIC stream) shared by any number of tasks. A writer task coalesces queued frames into
+//! few writes, a reader task matches responses to waiting callers by request id, so responses
+//! may arrive in any order. The CLI, the load generator and the integration tests all talk to
+//! the server through this.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -103,6 +104,9 @@ struct Connection {
     shared: Arc<Shared>,
     frames: mpsc::UnboundedSender<Vec<u8>>,
     reader: tokio::task::AbortHandle,
+    /// What must live as long as the connection besides its streams (QUIC: the endpoint and
+    /// the connection the stream belongs to).
+    _keep: Option<Box<dyn std::any::Any + Send + Sync>>,
 }
 
 impl Drop for Connection {
@@ -171,7 +175,49 @@ impl Client {
         Ok(Self::start(read_half, write_half, options))
     }
 
+    /// Connects over QUIC to the switch's UDP address (`[server] quic_listen`), TLS 1.3 with
+    /// `tls` as for `connect_tls`, and carries the frames on one bidirectional stream, as on
+    /// TCP. A refused handshake or connection is `Io`.
+    pub async fn connect_quic(
+        addr: &str,
+        tls: &crate::tls::TlsClient,
+        options: ClientOptions,
+    ) -> Result<Client, ClientError> {
+        let remote = tokio::net::lookup_host(addr).await?.next().ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "the address resolves to nothing")
+        })?;
+        let local: std::net::SocketAddr = if remote.is_ipv4() {
+            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls.quic_config())
+            .map_err(std::io::Error::other)?;
+        let mut endpoint = quinn::Endpoint::client(local)?;
+        endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+        let connection = endpoint
+            .connect(remote, &tls.server_name_str())
+            .map_err(std::io::Error::other)?
+            .await
+            .map_err(std::io::Error::other)?;
+        let (send, recv) = connection.open_bi().await.map_err(std::io::Error::other)?;
+        Ok(Self::start_keeping(recv, send, options, Some(Box::new((endpoint, connection)))))
+    }
+
     fn start<R, W>(read_half: R, write_half: W, options: ClientOptions) -> Client
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
+        Self::start_keeping(read_half, write_half, options, None)
+    }
+
+    fn start_keeping<R, W>(
+        read_half: R,
+        write_half: W,
+        options: ClientOptions,
+        keep: Option<Box<dyn std::any::Any + Send + Sync>>,
+    ) -> Client
     where
         R: AsyncRead + Unpin + Send + 'static,
         W: AsyncWrite + Unpin + Send + 'static,
@@ -188,7 +234,10 @@ impl Client {
         let reader =
             tokio::spawn(read_loop(read_half, shared.clone(), options.response_body_bytes_max))
                 .abort_handle();
-        Client { connection: Arc::new(Connection { shared, frames, reader }), deadline_ms: 0 }
+        Client {
+            connection: Arc::new(Connection { shared, frames, reader, _keep: keep }),
+            deadline_ms: 0,
+        }
     }
 
     /// Starts keeping the SESSION_NOTICE pushes this connection receives (re-authorization,

@@ -3,7 +3,8 @@
 //! switch's certificate, the name the switch's certificate carries, and for mutual TLS the
 //! client's own certificate and key (the certificate's first DNS name is the identity the
 //! switch maps to roles). rustls with the `ring` provider; no system trust store is read, so a
-//! client trusts exactly the authority it is given.
+//! client trusts exactly the authority it is given. The same configuration reaches a switch's
+//! QUIC port (`Client::connect_quic`), where it is offered with the ALPN `QUIC_ALPN`.
 
 use std::io;
 use std::path::Path;
@@ -13,9 +14,14 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio_rustls::TlsConnector;
 
+/// The application protocol a QUIC connection to the switch names (RFC 9001 requires one): the
+/// native frames of PROTOCOL.md, version 1, on every bidirectional stream.
+pub const QUIC_ALPN: &[u8] = b"pinswitch/1";
+
 /// A TLS client configuration, cheap to clone (connections share it).
 #[derive(Clone)]
 pub struct TlsClient {
+    config: Arc<rustls::ClientConfig>,
     connector: TlsConnector,
     server_name: ServerName<'static>,
 }
@@ -47,7 +53,20 @@ impl TlsClient {
         };
         let server_name = ServerName::try_from(server_name.to_owned())
             .map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, error.to_string()))?;
-        Ok(TlsClient { connector: TlsConnector::from(Arc::new(config)), server_name })
+        let config = Arc::new(config);
+        Ok(TlsClient { connector: TlsConnector::from(config.clone()), config, server_name })
+    }
+
+    /// The configuration for QUIC: the same trust and identity, offering `QUIC_ALPN`.
+    pub fn quic_config(&self) -> rustls::ClientConfig {
+        let mut config = (*self.config).clone();
+        config.alpn_protocols = vec![QUIC_ALPN.to_vec()];
+        config
+    }
+
+    /// The name the switch's certificate must carry.
+    pub fn server_name_str(&self) -> String {
+        self.server_name.to_str().into_owned()
     }
 
     pub(crate) fn connector(&self) -> &TlsConnector {

@@ -254,3 +254,78 @@ pub async fn one<T>(results: Result<Vec<T>, pinswitch_protocol::client::ClientEr
     assert_eq!(results.len(), 1);
     results.remove(0)
 }
+
+/// Runs `binary` with `args` to its end: whether it succeeded, and its stdout then stderr.
+pub fn run_binary(binary: &str, args: &[&str]) -> (bool, String) {
+    let output = Command::new(binary).args(args).output().expect("running the binary");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+/// `pinswitch tls init` into `certs` with one client certificate per name, then the `[tls]`
+/// section for mutual TLS with them and `[access] plain = "off"`, as configuration lines (the
+/// caller adds `[[access.identities]]`).
+pub fn mutual_tls_config(binary: &str, certs: &Path, clients: &[&str]) -> Vec<String> {
+    let certs_arg = certs.to_string_lossy().to_string();
+    let mut args = vec!["tls", "init", "--dir", certs_arg.as_str()];
+    for client in clients {
+        args.extend(["--client", client]);
+    }
+    let (ok, out) = run_binary(binary, &args);
+    assert!(ok, "tls init: {out}");
+    let pem = |name: &str| certs.join(name).to_string_lossy().to_string();
+    vec![
+        "[tls]".to_string(),
+        format!("cert_pem = {:?}", pem("switch.pem")),
+        format!("key_pem = {:?}", pem("switch.key")),
+        format!("client_ca_pem = {:?}", pem("ca.pem")),
+        "[access]".to_string(),
+        "plain = \"off\"".to_string(),
+    ]
+}
+
+/// The client's TLS for identity `name` of a `mutual_tls_config` directory (`None`: no client
+/// certificate).
+pub fn tls_client(certs: &Path, name: Option<&str>) -> pinswitch_protocol::tls::TlsClient {
+    let cert =
+        name.map(|name| (certs.join(format!("{name}.pem")), certs.join(format!("{name}.key"))));
+    pinswitch_protocol::tls::TlsClient::from_pem_files(
+        &certs.join("ca.pem"),
+        cert.as_ref().map(|(cert, key)| (cert.as_path(), key.as_path())),
+        "localhost",
+    )
+    .expect("the client's TLS files")
+}
+
+/// The `[[access.identities]]` table of `name` with `roles`, plus `extra` lines of it.
+pub fn identity_lines(name: &str, roles: &[&str], extra: &[String]) -> Vec<String> {
+    let mut lines = vec![
+        "[[access.identities]]".to_string(),
+        format!("name = {name:?}"),
+        format!("roles = {roles:?}"),
+    ];
+    lines.extend_from_slice(extra);
+    lines
+}
+
+impl Switch {
+    /// Writes `config` (lines) to `dir/switch.toml` and starts a switch on `dir/data` with it
+    /// and `extra` arguments.
+    pub fn start_with_config(
+        binary: &Path,
+        dir: &Path,
+        config: &[String],
+        extra: &[&str],
+    ) -> Switch {
+        let path = dir.join("switch.toml");
+        std::fs::write(&path, config.join("\n")).expect("writing the config");
+        let path = path.to_string_lossy().to_string();
+        let mut args = vec!["--config", path.as_str()];
+        args.extend_from_slice(extra);
+        Switch::start(binary, &dir.join("data"), &args)
+    }
+}

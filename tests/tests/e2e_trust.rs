@@ -7,12 +7,12 @@
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use pinswitch_protocol::client::{Client, ClientError};
-use pinswitch_protocol::tls::TlsClient;
 use pinswitch_protocol::*;
-use pinswitch_tests::{Rng, Switch, code, fresh_dir, one};
+use pinswitch_tests::{
+    Rng, Switch, code, fresh_dir, identity_lines, mutual_tls_config, one, run_binary, tls_client,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_pinswitch");
 const PASSWORD: &[u8] = b"4321";
@@ -24,70 +24,30 @@ const OWNER: u32 = 7;
 const SCANNER_GUESSES_MAX: usize = 5;
 
 fn run(args: &[&str]) -> (bool, String) {
-    let output = Command::new(BIN).args(args).output().expect("running pinswitch");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.success(), text)
+    run_binary(BIN, args)
 }
 
 /// A switch with mutual TLS, plain TCP off, and four identities (the stranger's certificate is
 /// signed by the same CA but names no configured identity).
 fn start(dir: &Path) -> (Switch, PathBuf) {
     let certs = dir.join("certs");
-    let certs_arg = certs.to_string_lossy().to_string();
-    let (ok, out) = run(&[
-        "tls", "init", "--dir", &certs_arg, "--client", "admin-1", "--client", "gw-acme",
-        "--client", "sw-tel", "--client", "stranger", "--client", "scanner",
-    ]);
-    assert!(ok, "tls init: {out}");
-    let pem = |name: &str| certs.join(name).to_string_lossy().to_string();
-    let config = [
-        "[tls]".to_string(),
-        format!("cert_pem = {:?}", pem("switch.pem")),
-        format!("key_pem = {:?}", pem("switch.key")),
-        format!("client_ca_pem = {:?}", pem("ca.pem")),
-        "[access]".to_string(),
-        "plain = \"off\"".to_string(),
-        "[[access.identities]]".to_string(),
-        "name = \"admin-1\"".to_string(),
-        "roles = [\"admin\"]".to_string(),
-        "[[access.identities]]".to_string(),
-        "name = \"gw-acme\"".to_string(),
-        "roles = [\"gateway\"]".to_string(),
-        format!("merchant_ids = [{OWN_MERCHANT}]"),
-        "[[access.identities]]".to_string(),
-        "name = \"scanner\"".to_string(),
-        "roles = [\"gateway\"]".to_string(),
-        format!("merchant_ids = [{OWN_MERCHANT}]"),
-        format!("guesses_per_minute_max = {SCANNER_GUESSES_MAX}"),
-        "[[access.identities]]".to_string(),
-        "name = \"sw-tel\"".to_string(),
-        "roles = [\"call_switch\"]".to_string(),
-        format!("owner_id = {OWNER}"),
-    ]
-    .join("\n");
-    let config_path = dir.join("trust.toml");
-    std::fs::write(&config_path, config).expect("writing the config");
-    let switch = Switch::start(
-        Path::new(BIN),
-        &dir.join("data"),
-        &["--config", &config_path.to_string_lossy()],
-    );
+    let clients = ["admin-1", "gw-acme", "sw-tel", "stranger", "scanner"];
+    let mut config = mutual_tls_config(BIN, &certs, &clients);
+    let merchant = format!("merchant_ids = [{OWN_MERCHANT}]");
+    config.extend(identity_lines("admin-1", &["admin"], &[]));
+    config.extend(identity_lines("gw-acme", &["gateway"], std::slice::from_ref(&merchant)));
+    config.extend(identity_lines(
+        "scanner",
+        &["gateway"],
+        &[merchant, format!("guesses_per_minute_max = {SCANNER_GUESSES_MAX}")],
+    ));
+    config.extend(identity_lines("sw-tel", &["call_switch"], &[format!("owner_id = {OWNER}")]));
+    let switch = Switch::start_with_config(Path::new(BIN), dir, &config, &[]);
     (switch, certs)
 }
 
 async fn connect_as(address: &str, certs: &Path, identity: Option<&str>) -> Client {
-    let cert =
-        identity.map(|name| (certs.join(format!("{name}.pem")), certs.join(format!("{name}.key"))));
-    let tls = TlsClient::from_pem_files(
-        &certs.join("ca.pem"),
-        cert.as_ref().map(|(cert, key)| (cert.as_path(), key.as_path())),
-        "localhost",
-    )
-    .expect("the client's TLS files");
+    let tls = tls_client(certs, identity);
     Client::connect_tls(address, &tls, ClientOptions::default()).await.expect("TLS connect")
 }
 

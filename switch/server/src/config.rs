@@ -44,6 +44,9 @@ pub(crate) struct ServerSection {
     /// gives each connection to the shard with the fewest) or "reuseport" (every shard listens
     /// with SO_REUSEPORT and the kernel spreads connections by address hash).
     pub accept: String,
+    /// QUIC listen address (UDP; empty, the default: no QUIC). QUIC is always TLS 1.3, so it
+    /// needs `[tls]`; every bidirectional stream carries native frames as a TCP connection does.
+    pub quic_listen: String,
 }
 
 /// Limits of the front end and the shard queues. Hitting one gives a result code, never an
@@ -82,6 +85,10 @@ pub(crate) struct Limits {
     /// Bytes all connections' receive buffers may hold together (partial frames included); a
     /// frame that does not fit is answered RETRY_LATER and its bytes are skipped.
     pub read_buffer_bytes_total_max: u64,
+    /// Bidirectional streams one QUIC connection may have open at once (each is served as a
+    /// connection and holds a place of `connections_max`); the client's next open waits on
+    /// QUIC's own stream credit until one closes.
+    pub quic_streams_per_connection_max: u32,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -216,6 +223,7 @@ impl Default for Limits {
             in_flight_events_per_connection_max: 65_536,
             connection_output_bytes_max: 4 << 20,
             read_buffer_bytes_total_max: 1 << 30,
+            quic_streams_per_connection_max: 16,
         }
     }
 }
@@ -239,6 +247,7 @@ impl Default for ServerSection {
             shards: 0,
             runtime: "glommio".into(),
             accept: "handoff".into(),
+            quic_listen: String::new(),
         }
     }
 }
@@ -320,6 +329,7 @@ impl Config {
             ("connections_per_address_max", limits.connections_per_address_max),
             ("in_flight_events_per_connection_max", limits.in_flight_events_per_connection_max),
             ("connection_output_bytes_max", limits.connection_output_bytes_max),
+            ("quic_streams_per_connection_max", limits.quic_streams_per_connection_max),
         ] {
             if value == 0 {
                 bail!("limits.{name} must be positive");
@@ -399,6 +409,9 @@ impl Config {
                  from anywhere with [access] plain = \"any\"",
                 self.server.listen
             );
+        }
+        if !self.server.quic_listen.is_empty() && tls.cert_pem.is_empty() {
+            bail!("server.quic_listen needs [tls] cert_pem and key_pem: QUIC is always TLS 1.3");
         }
         if tls.cert_pem.is_empty() && access.plain == "off" {
             bail!("access.plain = \"off\" without [tls]: nothing could connect");

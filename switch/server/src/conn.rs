@@ -558,7 +558,7 @@ fn take_frames(
 /// Serves one admitted connection until the peer closes it, a framing error, a timeout, or a
 /// write failure. Frames already submitted are still answered before the socket closes (their
 /// effects are durable whatever happens to the connection).
-async fn serve<T: Transport>(
+pub(crate) async fn serve<T: Transport>(
     mut transport: T,
     context: Arc<Context>,
     mut ticket: Ticket,

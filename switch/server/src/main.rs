@@ -11,6 +11,7 @@ mod conn;
 mod keys;
 mod native;
 mod push;
+mod quic;
 mod runtime;
 mod shard_loop;
 mod tls;

@@ -136,6 +136,10 @@ pub(crate) fn run(config: Config) -> anyhow::Result<()> {
         trust: crate::access::Trust::new(&config.tls, &config.access)?,
     });
     let address = start_shards(&config, executor, &context, drivers)?;
+    if !config.server.quic_listen.is_empty() {
+        let quic = crate::quic::start(&config.server.quic_listen, &context)?;
+        println!("pinswitch: QUIC on {quic} (UDP)");
+    }
     let runtime_name = match executor {
         Executor::Glommio => "glommio",
         Executor::Tokio => "tokio",

@@ -53,6 +53,13 @@ pub(crate) fn server_config(tls: &TlsSection) -> anyhow::Result<Arc<rustls::Serv
     Ok(Arc::new(config))
 }
 
+/// The first DNS name of a verified client certificate: the identity `[access]` maps to roles
+/// (TLS on TCP and QUIC alike).
+pub(crate) fn certificate_name(cert: &rustls::pki_types::CertificateDer<'_>) -> Option<String> {
+    let cert = webpki::EndEntityCert::try_from(cert).ok()?;
+    cert.valid_dns_names().next().map(str::to_owned)
+}
+
 /// A TLS session over a byte stream.
 pub(crate) struct TlsTransport<T> {
     inner: T,
@@ -88,9 +95,7 @@ impl<T: Transport> TlsTransport<T> {
     /// The first DNS name of the verified client certificate (mutual TLS), once the handshake
     /// is done.
     pub(crate) fn peer_name(&self) -> Option<String> {
-        let cert = self.session.peer_certificates()?.first()?;
-        let cert = webpki::EndEntityCert::try_from(cert).ok()?;
-        cert.valid_dns_names().next().map(str::to_owned)
+        certificate_name(self.session.peer_certificates()?.first()?)
     }
 
     /// Moves encrypted output to `inner`: Ready once all of it is written.

@@ -48,6 +48,10 @@ struct TlsFlags {
     /// The name the switch's certificate carries.
     #[arg(long, global = true, default_value = "localhost")]
     tls_name: String,
+    /// The address is the switch's QUIC (UDP) address (`--quic-listen`): connect over QUIC
+    /// with the TLS flags above.
+    #[arg(long, global = true, requires = "tls_ca")]
+    quic: bool,
 }
 
 /// The TLS flags of this invocation (the client commands read them when they connect).
@@ -63,6 +67,9 @@ enum Command {
         /// Listen address (default 127.0.0.1:7420; port 0 picks a free one).
         #[arg(long)]
         listen: Option<String>,
+        /// QUIC listen address (UDP; needs [tls]; default: no QUIC; port 0 picks a free one).
+        #[arg(long)]
+        quic_listen: Option<String>,
         /// Shard count (default: one per core; fixed for the life of a data directory).
         #[arg(long)]
         shards: Option<u16>,
@@ -105,7 +112,7 @@ pub(crate) fn main() -> anyhow::Result<ExitCode> {
     let _ = TLS_FLAGS.set(cli.tls.clone());
     match cli.command {
         Command::Tls { command: TlsCommand::Init(args) } => tls::init(args),
-        Command::Serve { data, listen, shards, runtime, accept, config } => {
+        Command::Serve { data, listen, quic_listen, shards, runtime, accept, config } => {
             crate::runtime::use_huge_pages();
             let mut config = Config::load(config.as_deref())?;
             if let Some(data) = data {
@@ -113,6 +120,9 @@ pub(crate) fn main() -> anyhow::Result<ExitCode> {
             }
             if let Some(listen) = listen {
                 config.server.listen = listen;
+            }
+            if let Some(quic_listen) = quic_listen {
+                config.server.quic_listen = quic_listen;
             }
             if let Some(shards) = shards {
                 config.server.shards = shards;
@@ -162,7 +172,7 @@ pub(super) fn parse_pin(text: &str) -> anyhow::Result<u64> {
     }
 }
 
-/// Connects to the switch at `address`, over TLS when `--tls-ca` was given.
+/// Connects to the switch at `address`: over TLS with `--tls-ca`, over QUIC with `--quic`.
 pub(super) async fn connect(address: &str) -> anyhow::Result<Client> {
     let flags = TLS_FLAGS.get().cloned().unwrap_or_default();
     let Some(ca) = &flags.tls_ca else {
@@ -171,7 +181,13 @@ pub(super) async fn connect(address: &str) -> anyhow::Result<Client> {
     let identity = flags.tls_cert.as_deref().zip(flags.tls_key.as_deref());
     let tls = pinswitch_protocol::tls::TlsClient::from_pem_files(ca, identity, &flags.tls_name)
         .context("the TLS flags")?;
-    Client::connect_tls(address, &tls, pinswitch_protocol::ClientOptions::default())
+    let options = pinswitch_protocol::ClientOptions::default();
+    if flags.quic {
+        return Client::connect_quic(address, &tls, options)
+            .await
+            .with_context(|| format!("connecting to {address} over QUIC"));
+    }
+    Client::connect_tls(address, &tls, options)
         .await
         .with_context(|| format!("connecting to {address} over TLS"))
 }
