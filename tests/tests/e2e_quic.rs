@@ -38,14 +38,19 @@ fn start(dir: &Path) -> (Switch, PathBuf, String) {
     ));
     let switch =
         Switch::start_with_config(Path::new(BIN), dir, &config, &["--quic-listen", "127.0.0.1:0"]);
-    let quic = switch
+    let quic = quic_address(&switch);
+    (switch, certs, quic)
+}
+
+/// The address of the switch's "QUIC on" line (printed before "listening on").
+fn quic_address(switch: &Switch) -> String {
+    switch
         .startup_lines()
         .iter()
         .find_map(|line| line.split("QUIC on ").nth(1))
         .and_then(|rest| rest.split_whitespace().next())
         .expect("a \"QUIC on\" line before \"listening on\"")
-        .to_string();
-    (switch, certs, quic)
+        .to_string()
 }
 
 fn tls_as(certs: &Path, name: &str) -> TlsClient {
@@ -156,15 +161,8 @@ async fn quic_serves_the_same_engine_and_identities_as_tls() {
 /// One raw QUIC connection: each of its streams answers PING on its own; the stream past the
 /// limit cannot open until one closes, and then can.
 async fn streams_are_connections_up_to_the_limit(quic: &str, certs: &Path) {
-    let crypto =
-        quinn::crypto::rustls::QuicClientConfig::try_from(tls_as(certs, "gw-acme").quic_config())
-            .expect("QUIC client crypto");
-    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("address"))
-        .expect("a client endpoint");
-    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
-    let address = quic.parse().expect("the QUIC address");
-    let connection =
-        endpoint.connect(address, "localhost").expect("connect").await.expect("the QUIC handshake");
+    let endpoint = raw_endpoint(certs);
+    let connection = raw_connection(&endpoint, quic).await.expect("the QUIC handshake");
     let mut streams = Vec::new();
     for nonce in 1..=u64::from(STREAMS_MAX) {
         let (mut send, mut recv) = connection.open_bi().await.expect("a stream within the limit");
@@ -222,4 +220,71 @@ fn quic_without_tls_refuses_to_start() {
     let (ok, out) = run_binary(BIN, &["serve", "--data", &data, "--quic-listen", "127.0.0.1:0"]);
     assert!(!ok, "{out}");
     assert!(out.contains("QUIC is always TLS 1.3"), "{out}");
+}
+
+/// A raw QUIC connection to `quic` from `endpoint` (an error: refused).
+async fn raw_connection(
+    endpoint: &quinn::Endpoint,
+    quic: &str,
+) -> Result<quinn::Connection, quinn::ConnectionError> {
+    let address = quic.parse().expect("the QUIC address");
+    endpoint.connect(address, "localhost").expect("connect").await
+}
+
+/// A client endpoint presenting the gateway's certificate.
+fn raw_endpoint(certs: &Path) -> quinn::Endpoint {
+    let crypto =
+        quinn::crypto::rustls::QuicClientConfig::try_from(tls_as(certs, "gw-acme").quic_config())
+            .expect("QUIC client crypto");
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("address"))
+        .expect("a client endpoint");
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+    endpoint
+}
+
+/// With `connections_per_address_max = 2`, a QUIC connection and one stream take both places:
+/// the next stream is answered one RETRY_LATER frame and its end, a second connection is
+/// refused in the handshake, and a place comes back when a stream ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quic_connections_and_streams_hold_places_like_connections() {
+    let dir = fresh_dir("e2e-quic-places");
+    let certs = dir.join("certs");
+    let mut config = vec!["[limits]".to_string(), "connections_per_address_max = 2".to_string()];
+    config.extend(mutual_tls_config(BIN, &certs, &["gw-acme"]));
+    config.extend(identity_lines("gw-acme", &["gateway"], &[]));
+    let mut switch =
+        Switch::start_with_config(Path::new(BIN), &dir, &config, &["--quic-listen", "127.0.0.1:0"]);
+    let quic = quic_address(&switch);
+    let endpoint = raw_endpoint(&certs);
+    let connection = raw_connection(&endpoint, &quic).await.expect("the first connection");
+    let (mut send, mut recv) = connection.open_bi().await.expect("a stream");
+    assert_eq!(ping(&mut send, &mut recv, 1).await, 1);
+
+    // The connection and its stream hold both places: the next stream is refused ...
+    let (mut refused_send, mut refused_recv) = connection.open_bi().await.expect("a stream");
+    let mut frame = Vec::new();
+    encode_frame(
+        &mut frame,
+        &FrameHeader::request(MsgType::Ping, 2, 0),
+        &encode_body(&Ping { nonce: 2 }),
+    );
+    refused_send.write_all(&frame).await.expect("writing a PING");
+    let refusal = refused_recv.read_to_end(1 << 20).await.expect("the refusal and its end");
+    let refused = decode_frame(&refusal, 1 << 20).expect("a frame").expect("a whole frame");
+    assert_eq!(
+        (refused.header.status, refused.header.request_id, refused.total_len),
+        (ResultCode::RetryLater.as_u16(), 0, refusal.len())
+    );
+    // ... and so is a second connection, in its handshake.
+    let second = raw_connection(&endpoint, &quic).await;
+    assert!(second.is_err(), "a connection past connections_per_address_max: {second:?}");
+
+    // The stream ends and its place comes back.
+    send.finish().expect("finishing the stream");
+    recv.read_to_end(1 << 20).await.expect("the stream's end");
+    let (mut send, mut recv) = connection.open_bi().await.expect("a stream");
+    assert_eq!(ping(&mut send, &mut recv, 3).await, 3);
+    connection.close(0u32.into(), b"done");
+    endpoint.wait_idle().await;
+    switch.stop();
 }

@@ -7,8 +7,9 @@
 //! current-thread runtime; its streams submit to the shards through the same thread-safe
 //! queues that cross-shard events use.
 //!
-//! Limits: a QUIC connection holds one place of `connections_max` and of
-//! `connections_per_address_max` from its first packet (a refused one is refused in the
+//! Limits: an address must answer a Retry before anything is held for it; then a QUIC
+//! connection holds one place of `connections_max` and of
+//! `connections_per_address_max` from its handshake on (a refused one is refused in the
 //! handshake, CONNECTION_REFUSED), and every open stream holds one more (a refused stream is
 //! answered RETRY_LATER and finished); `quic_streams_per_connection_max` is the stream credit
 //! QUIC itself gives each connection, so a client past it waits instead of being queued; the
@@ -141,6 +142,17 @@ fn serve_endpoint(
         let reaper = Rc::new(Reaper::default());
         tokio::task::spawn_local(sweep(reaper.clone(), context.clone()));
         while let Some(incoming) = endpoint.accept().await {
+            // A first Initial from an address not yet proven gets a Retry (one round trip), so
+            // a place is only ever taken for an address that answers: spoofed UDP sources
+            // cannot fill `connections_max` or another host's `connections_per_address_max`.
+            if !incoming.remote_address_validated() {
+                if incoming.may_retry() {
+                    let _ = incoming.retry();
+                } else {
+                    incoming.refuse();
+                }
+                continue;
+            }
             let peer = incoming.remote_address().ip();
             let shard = context.admission.least_loaded_shard();
             match context.admission.admit(peer, shard) {
