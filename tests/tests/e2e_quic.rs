@@ -2,8 +2,10 @@
 //! and mutual TLS serves the same identities, roles and engine over QUIC as over TLS on TCP;
 //! money moved over one transport is the money seen, and an op id retried, over the other;
 //! every bidirectional stream of a connection is a connection of its own, up to
-//! `quic_streams_per_connection_max` at once; the CLI speaks QUIC with `--quic`; and QUIC
-//! without `[tls]` refuses to start.
+//! `quic_streams_per_connection_max` at once, survives the client's change of address, and ends
+//! alone on a framing error; pushes reach the stream that started the call; 0-RTT and foreign
+//! certificates get nothing; the CLI speaks QUIC with `--quic`; and QUIC without `[tls]`
+//! refuses to start.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -19,6 +21,7 @@ use pinswitch_tests::{
 const BIN: &str = env!("CARGO_BIN_EXE_pinswitch");
 const PASSWORD: &[u8] = b"4321";
 const MERCHANT: u64 = 1001;
+const OWNER: u32 = 7;
 const STREAMS_MAX: u32 = 2;
 const CARDS: usize = 10;
 const SALES: usize = 200;
@@ -29,13 +32,14 @@ fn start(dir: &Path) -> (Switch, PathBuf, String) {
     let certs = dir.join("certs");
     let mut config =
         vec!["[limits]".to_string(), format!("quic_streams_per_connection_max = {STREAMS_MAX}")];
-    config.extend(mutual_tls_config(BIN, &certs, &["admin-1", "gw-acme"]));
+    config.extend(mutual_tls_config(BIN, &certs, &["admin-1", "gw-acme", "sw-tel"]));
     config.extend(identity_lines("admin-1", &["admin"], &[]));
     config.extend(identity_lines(
         "gw-acme",
         &["gateway"],
         &[format!("merchant_ids = [{MERCHANT}]")],
     ));
+    config.extend(identity_lines("sw-tel", &["call_switch"], &[format!("owner_id = {OWNER}")]));
     let switch =
         Switch::start_with_config(Path::new(BIN), dir, &config, &["--quic-listen", "127.0.0.1:0"]);
     let quic = quic_address(&switch);
@@ -133,6 +137,30 @@ async fn quic_serves_the_same_engine_and_identities_as_tls() {
     let after: Vec<u64> = again.iter().map(|balance| balance.balance_won).collect();
     assert_eq!(after, expected_won, "the retry moved nothing");
 
+    // Pushes: the call switch's QUIC stream gets the SESSION_NOTICE that a recharge made on
+    // another connection triggers, as on TCP.
+    let calls = quic_as(&quic, &certs, "sw-tel").await;
+    let mut notices = calls.notices();
+    let call = SessionStart {
+        op_id: new_op_id(),
+        pin: pins[1],
+        session_id: 1,
+        category: Category::TelephoneCall as u8,
+        destination: b"01012345678".to_vec(),
+        requested_s: 60,
+        owner_id: OWNER,
+        password: Vec::new(),
+    };
+    let started = one(calls.session_start(&[call]).await).await;
+    assert_eq!(code(&started.result), ResultCode::Approved);
+    let recharge = CardLoad { op_id: new_op_id(), pin: pins[1], amount_won: 10_000, funding: 1 };
+    assert_eq!(code(&one(admin.card_load(&[recharge]).await).await), ResultCode::Approved);
+    let notice = tokio::time::timeout(Duration::from_secs(20), notices.recv())
+        .await
+        .expect("a push in time")
+        .expect("the stream is open");
+    assert_eq!((notice.kind, notice.session_id), (NOTICE_REAUTHORIZE, 1));
+
     streams_are_connections_up_to_the_limit(&quic, &certs).await;
 
     // The CLI speaks QUIC with the same files.
@@ -184,8 +212,33 @@ async fn streams_are_connections_up_to_the_limit(quic: &str, certs: &Path) {
         .expect("the credit comes back when a stream closes")
         .expect("a new stream");
     assert_eq!(ping(&mut send, &mut recv, 9).await, 9);
-    let (send, recv) = &mut streams[0];
-    assert_eq!(ping(send, recv, 10).await, 10);
+    let (old_send, old_recv) = &mut streams[0];
+    assert_eq!(ping(old_send, old_recv, 10).await, 10);
+
+    // The client moves to another UDP port (a NAT rebinding, a phone changing networks): the
+    // connection and its streams go on.
+    let moved = std::net::UdpSocket::bind("127.0.0.1:0").expect("a new socket");
+    let moved_to = moved.local_addr().expect("its address");
+    endpoint.rebind(moved).expect("rebinding the client");
+    assert_eq!(endpoint.local_addr().expect("the endpoint's address"), moved_to);
+    assert_eq!(ping(old_send, old_recv, 11).await, 11);
+    assert_eq!(ping(&mut send, &mut recv, 12).await, 12);
+
+    // A frame past frame_bytes_max, refused from its header: FRAME_TOO_LARGE and that stream's
+    // end; the connection's other stream is served on.
+    let mut huge = Vec::new();
+    encode_frame(&mut huge, &FrameHeader::request(MsgType::Ping, 13, 0), &[]);
+    huge[20..24].copy_from_slice(&(64u32 << 20).to_le_bytes());
+    send.write_all(&huge[..HEADER_BYTES]).await.expect("writing the header");
+    let answer = recv.read_to_end(1 << 20).await.expect("the refusal and the stream's end");
+    let refused = decode_frame(&answer, 1 << 20).expect("a frame").expect("a whole frame");
+    assert_eq!(
+        (refused.header.status, refused.header.request_id, refused.total_len),
+        // Request id 0: a header is not trusted before its checksum, which a refused frame's
+        // body would complete.
+        (ResultCode::FrameTooLarge.as_u16(), 0, answer.len())
+    );
+    assert_eq!(ping(old_send, old_recv, 14).await, 14);
     connection.close(0u32.into(), b"done");
     endpoint.wait_idle().await;
 }
@@ -286,5 +339,51 @@ async fn quic_connections_and_streams_hold_places_like_connections() {
     assert_eq!(ping(&mut send, &mut recv, 3).await, 3);
     connection.close(0u32.into(), b"done");
     endpoint.wait_idle().await;
+    switch.stop();
+}
+
+/// Handshakes that must not carry anything: 0-RTT (replayable, so refused whole: the switch
+/// issues no ticket that allows early data, and a resuming client has no 0-RTT to send), and a
+/// client certificate from another authority (the handshake fails, nothing is answered).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quic_refuses_early_data_and_foreign_certificates() {
+    let dir = fresh_dir("e2e-quic-handshakes");
+    let (mut switch, certs, quic) = start(&dir);
+
+    // A client that would send 0-RTT if it could: a first connection leaves it a ticket ...
+    let mut crypto = tls_as(&certs, "gw-acme").quic_config();
+    crypto.enable_early_data = true;
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(crypto).expect("crypto");
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("address"))
+        .expect("a client endpoint");
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+    let first = raw_connection(&endpoint, &quic).await.expect("the first connection");
+    let (mut send, mut recv) = first.open_bi().await.expect("a stream");
+    assert_eq!(ping(&mut send, &mut recv, 1).await, 1);
+    // ... and the next connection resumes with no 0-RTT offered.
+    let address = quic.parse().expect("the QUIC address");
+    let connecting = endpoint.connect(address, "localhost").expect("connect");
+    let connection = match connecting.into_0rtt() {
+        Ok(_) => panic!("the switch accepted 0-RTT"),
+        Err(connecting) => connecting.await.expect("a full handshake"),
+    };
+    let (mut send, mut recv) = connection.open_bi().await.expect("a stream");
+    assert_eq!(ping(&mut send, &mut recv, 2).await, 2);
+    first.close(0u32.into(), b"done");
+    connection.close(0u32.into(), b"done");
+
+    // A certificate named like a configured identity, signed by another authority.
+    let other = dir.join("other-ca");
+    let other_arg = other.to_string_lossy().to_string();
+    let (ok, out) = run_binary(BIN, &["tls", "init", "--dir", &other_arg, "--client", "gw-acme"]);
+    assert!(ok, "tls init: {out}");
+    let (cert, key) = (other.join("gw-acme.pem"), other.join("gw-acme.key"));
+    let impostor =
+        TlsClient::from_pem_files(&certs.join("ca.pem"), Some((&cert, &key)), "localhost")
+            .expect("the impostor's files");
+    match Client::connect_quic(&quic, &impostor, ClientOptions::default()).await {
+        Err(_) => {}
+        Ok(client) => assert!(client.ping(3).await.is_err(), "a foreign certificate was served"),
+    }
     switch.stop();
 }

@@ -3,7 +3,8 @@
 //! the ALPN `pinswitch/1`. Every bidirectional stream a client opens is served exactly as a TCP
 //! connection is (`conn::serve`: framing, limits, timeouts, pushes, grants), so QUIC holds no
 //! rule of its own; what it adds is streams that do not block one another and a connection
-//! that survives a change of client address. One thread runs quinn's endpoint on a tokio
+//! that survives a change of client address (quinn's migration: the connection id, not the
+//! address, names the connection, and the identity stays the certificate's). 0-RTT is refused. One thread runs quinn's endpoint on a tokio
 //! current-thread runtime; its streams submit to the shards through the same thread-safe
 //! queues that cross-shard events use.
 //!
@@ -92,6 +93,10 @@ fn server_config(context: &Context) -> anyhow::Result<quinn::ServerConfig> {
     };
     let mut crypto = (**tls).clone();
     crypto.alpn_protocols = vec![QUIC_ALPN.to_vec()];
+    // No 0-RTT: early data can be replayed by anyone who captured it, and quinn does not say
+    // which bytes of a stream came early, so no frame could be told safe to run. Tickets thus
+    // allow no early data and every connection waits its one round trip.
+    crypto.max_early_data_size = 0;
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(crypto)
         .context("the [tls] configuration for QUIC")?;
     let limits = &context.limits;
