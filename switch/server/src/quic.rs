@@ -4,18 +4,18 @@
 //! connection is (`conn::serve`: framing, limits, timeouts, pushes, grants), so QUIC holds no
 //! rule of its own; what it adds is streams that do not block one another and a connection
 //! that survives a change of client address (quinn's migration: the connection id, not the
-//! address, names the connection, and the identity stays the certificate's). 0-RTT is refused. One thread runs quinn's endpoint on a tokio
-//! current-thread runtime; its streams submit to the shards through the same thread-safe
-//! queues that cross-shard events use.
+//! address, names the connection, and the identity stays the certificate's). 0-RTT is
+//! refused. One thread runs quinn's endpoint on a tokio current-thread runtime; its streams
+//! submit to the shards through the same thread-safe queues that cross-shard events use.
 //!
 //! Limits: an address must answer a Retry before anything is held for it; then a QUIC
-//! connection holds one place of `connections_max` and of
-//! `connections_per_address_max` from its handshake on (a refused one is refused in the
-//! handshake, CONNECTION_REFUSED), and every open stream holds one more (a refused stream is
-//! answered RETRY_LATER and finished); `quic_streams_per_connection_max` is the stream credit
-//! QUIC itself gives each connection, so a client past it waits instead of being queued; the
-//! handshake must finish within `frame_read_timeout_ms`, and a connection silent for
-//! `idle_timeout_ms` is closed by QUIC's idle timeout.
+//! connection holds one place of `connections_max` and of `connections_per_address_max` from
+//! its handshake on (a refused one is refused in the handshake, CONNECTION_REFUSED), and every
+//! open stream holds one more (a refused stream is answered RETRY_LATER and finished);
+//! `quic_streams_per_connection_max` is the stream credit QUIC itself gives each connection, so
+//! a client past it waits instead of being queued; the handshake must finish within
+//! `frame_read_timeout_ms`, and a connection silent for `idle_timeout_ms` is closed by QUIC's
+//! idle timeout.
 
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
