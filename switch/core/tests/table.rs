@@ -438,6 +438,49 @@ fn reversals_in_both_orders_and_refunds() {
     assert_eq!(s.balance(CARD), (10_000, 10_000));
 }
 
+/// PROTOCOL.md's "Payments already settled": a REVERSE of an AUTHORIZE whose hold is closed
+/// gives back the captures not refunded and nothing else, and a REFUND of a capture leaves
+/// what a still-pending hold reserves as it was.
+#[test]
+fn reversing_a_settled_authorize_credits_its_captures_only() {
+    let mut s = Script::new();
+    s.active_card(CARD, 10_000);
+    // Fully captured (final capture of part: the rest released).
+    let (captured, _) = s.expect(authorize(CARD, 3_000, 0), ResultCode::Approved);
+    let (capture_op, _) = s.expect(capture(captured, 1_000, true), ResultCode::Approved);
+    s.expect(
+        Body::Refund { pin_hash: CARD, original_op_id: capture_op, amount_won: 300 },
+        ResultCode::Approved,
+    );
+    let (_, reversed) =
+        s.expect(Body::Reverse { pin_hash: CARD, original_op_id: captured }, ResultCode::Approved);
+    assert_eq!(reversed.amount_won, 700, "the capture less its refund");
+    assert_eq!(s.balance(CARD), (10_000, 10_000));
+    // Voided, and expired, without a capture: nothing to credit, still approved.
+    let (voided, _) = s.expect(authorize(CARD, 2_000, 0), ResultCode::Approved);
+    s.expect(Body::Void { pin_hash: CARD, hold_id: voided }, ResultCode::Approved);
+    let (_, reversed) =
+        s.expect(Body::Reverse { pin_hash: CARD, original_op_id: voided }, ResultCode::Approved);
+    assert_eq!(reversed.amount_won, 0);
+    let (expired, _) = s.expect(authorize(CARD, 2_000, 60), ResultCode::Approved);
+    s.now_ms += 60_000;
+    s.shard.apply(s.now_ms, &Command { op_id: 0, deadline_at_ms: 0, body: Body::Tick });
+    assert_eq!(s.shard.op(CARD, expired).status, OpStatus::HoldExpired);
+    let (_, reversed) =
+        s.expect(Body::Reverse { pin_hash: CARD, original_op_id: expired }, ResultCode::Approved);
+    assert_eq!(reversed.amount_won, 0);
+    assert_eq!(s.balance(CARD), (10_000, 10_000));
+    // A refund of a capture of a pending hold: the hold's reservation is untouched.
+    let (pending, _) = s.expect(authorize(CARD, 4_000, 0), ResultCode::Approved);
+    let (capture_op, _) = s.expect(capture(pending, 1_500, false), ResultCode::Approved);
+    assert_eq!(s.balance(CARD), (8_500, 6_000));
+    s.expect(
+        Body::Refund { pin_hash: CARD, original_op_id: capture_op, amount_won: 1_500 },
+        ResultCode::Approved,
+    );
+    assert_eq!(s.balance(CARD), (10_000, 7_500), "2,500 won still held");
+}
+
 #[test]
 fn exactly_once_replay_reuse_window_deadline() {
     let mut s = Script::new();
