@@ -154,6 +154,18 @@ async fn traffic(client: &Client, card: u64, rng: &mut Rng, steps: u32, expected
     }
 }
 
+/// `pinswitch keys export-pin`: the switch's PIN key alone, where the exporter looks for it.
+fn export_pin_key(data: &Path, state: &Path) {
+    let output = Command::new(switch_binary(EXPORTER))
+        .args(["keys", "export-pin", "--data"])
+        .arg(data)
+        .arg("--out")
+        .arg(state.join("pin.key"))
+        .output()
+        .expect("running pinswitch keys export-pin");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+}
+
 fn export(state: &Path, data: &Path, registry: &Path, args: &[&str]) -> Output {
     let output = Command::new(EXPORTER)
         .args(args)
@@ -491,8 +503,25 @@ async fn statements_through_the_cli_and_the_protocol_match_the_replies() {
     );
     assert!(expected.merchant_refunds_won > 0 && expected.recharges.len() >= 2);
 
-    // The exporter, restarted every 9 records; the CLI statement.
+    // The exporter, restarted every 9 records; the CLI statement, with the PIN key alone.
     export_in_steps(&state, &data, &registry);
+    let refused = |pin_key: &Path| {
+        Command::new(EXPORTER)
+            .args(["statement", &pin::format(card), "--data"])
+            .arg(&data)
+            .arg("--state")
+            .arg(&state)
+            .arg("--pin-key")
+            .arg(pin_key)
+            .output()
+            .expect("running pinswitch-exporter")
+    };
+    let missing = refused(&state.join("pin.key"));
+    assert!(!missing.status.success(), "a statement without the PIN key");
+    let full = refused(&data.join("keys.bin"));
+    let why = String::from_utf8_lossy(&full.stderr).into_owned();
+    assert!(!full.status.success() && why.contains("full key file"), "{why}");
+    export_pin_key(&data, &state);
     let text = String::from_utf8_lossy(
         &export(&state, &data, &registry, &["statement", &pin::format(card)]).stdout,
     )
@@ -562,6 +591,7 @@ async fn statements_through_the_cli_and_the_protocol_match_the_replies() {
 
     // One exporter run over everything at once gives the same statement.
     export(&state_once, &data, &registry, &["run"]);
+    export_pin_key(&data, &state_once);
     let once = String::from_utf8_lossy(
         &export(&state_once, &data, &registry, &["statement", &pin::format(card)]).stdout,
     )

@@ -220,3 +220,43 @@ fn listening_beyond_loopback_without_tls_refuses_to_start() {
     assert!(!ok, "{out}");
     assert!(out.contains("without TLS"), "{out}");
 }
+
+/// `[server] keys_file` puts the key file outside the data directory (so the data directory's
+/// backups do not carry it), and a data directory with journals but no key file refuses to
+/// start rather than make new keys that would name none of its cards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_key_file_may_live_apart_and_is_never_remade_beside_journals() {
+    let dir = fresh_dir("e2e-trust-keys");
+    let secrets = dir.join("secrets");
+    std::fs::create_dir_all(&secrets).expect("the secrets directory");
+    let key_file = secrets.join("keys.bin");
+    let config = vec!["[server]".to_string(), format!("keys_file = {:?}", key_file)];
+    let mut switch = Switch::start_with_config(Path::new(BIN), &dir, &config, &[]);
+    assert!(
+        switch
+            .startup_lines()
+            .iter()
+            .any(|line| line.contains(&format!("keys {} (key id 1)", key_file.display()))),
+        "{:?}",
+        switch.startup_lines()
+    );
+    let client = Client::connect(&switch.address).await.expect("connect");
+    let issued =
+        one(client.card_issue(&[CardIssue { op_id: new_op_id(), face_value_won: 10_000 }]).await)
+            .await;
+    assert_eq!(issued.code, 0);
+    switch.stop();
+    assert!(key_file.exists() && !dir.join("data/keys.bin").exists(), "the keys live apart");
+
+    // Without the setting the switch looks in the data directory, finds journals and no keys.
+    let data = dir.join("data").to_string_lossy().to_string();
+    let (ok, out) = run(&["serve", "--data", &data, "--listen", "127.0.0.1:0"]);
+    assert!(!ok && out.contains("holds journals"), "{out}");
+    assert!(!dir.join("data/keys.bin").exists(), "no new keys were made");
+
+    // With it, the card is found again.
+    let switch = Switch::start_with_config(Path::new(BIN), &dir, &config, &[]);
+    let client = Client::connect(&switch.address).await.expect("connect");
+    let card = one(client.balance_inquiry(&[BalanceInquiry { pin: issued.pin }]).await).await;
+    assert_eq!((card.code, card.balance_won), (0, 10_000));
+}

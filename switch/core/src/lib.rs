@@ -25,7 +25,7 @@ pub use config::{
 };
 pub use config_record::ConfigRecord;
 pub use journal_entry::{JournalEntry, decode_entry, encode_entry, encode_entry_into};
-pub use keys::Keys;
+pub use keys::{KeyFile, Keys, PinKey};
 pub use routing::{shard_of_card, shard_of_op};
 pub use shard::Shard;
 pub use types::*;

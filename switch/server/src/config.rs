@@ -32,6 +32,10 @@ pub(crate) struct Config {
 pub(crate) struct ServerSection {
     /// Where journals, snapshots and the key file live. Created when absent, recovered when not.
     pub data_dir: PathBuf,
+    /// The key file (the PIN key and the password key; empty, the default: `keys.bin` in
+    /// `data_dir`). Keep it off the data directory's backups: with both, every PIN falls to a
+    /// sweep of the PIN space tested against all cards at once (ops/README.md, Keys).
+    pub keys_file: PathBuf,
     /// TCP listen address (loopback by default: the switch sits behind gateways, not on the web).
     pub listen: String,
     /// Shards (one thread each, one journal each); 0 = one per core.
@@ -243,6 +247,7 @@ impl Default for ServerSection {
     fn default() -> Self {
         ServerSection {
             data_dir: PathBuf::from("data"),
+            keys_file: PathBuf::new(),
             listen: "127.0.0.1:7420".into(),
             shards: 0,
             runtime: "glommio".into(),

@@ -1,7 +1,9 @@
-//! The switch's keys on disk, and fresh PINs. `keys.bin` is read at start, or drawn from the
-//! operating system's CSPRNG and written (mode 0600) on the first start; new PINs come from the
-//! same source. What is derived from the keys (card names, password MACs, the table seed) is
-//! `pinswitch_core::keys`, pure, and shared with the exporter.
+//! The switch's keys on disk, and fresh PINs. The key file (`keys.bin` in the data directory,
+//! or `[server] keys_file`) is read at start, or drawn from the operating system's CSPRNG and
+//! written (mode 0600) on the first start; `pinswitch keys export-pin` writes the PIN key alone
+//! for the exporter. New PINs come from the same source. What is derived from the keys (card
+//! names, password MACs, the table seed) is `pinswitch_core::keys`, pure, and shared with the
+//! exporter.
 
 use std::io::Write;
 use std::path::Path;
@@ -10,25 +12,50 @@ use anyhow::{Context, bail};
 use pinswitch_core::keys::KEY_FILE;
 pub(crate) use pinswitch_core::keys::Keys;
 
-/// Loads the keys from the data directory, creating them from the CSPRNG on first start.
-pub(crate) fn load_or_create(data_dir: &Path) -> anyhow::Result<Keys> {
-    let path = data_dir.join(KEY_FILE);
-    match std::fs::read(&path) {
+/// Where the key file is: `[server] keys_file`, or `keys.bin` in the data directory.
+pub(crate) fn key_file_path(data_dir: &Path, keys_file: &Path) -> std::path::PathBuf {
+    if keys_file.as_os_str().is_empty() { data_dir.join(KEY_FILE) } else { keys_file.to_owned() }
+}
+
+/// Loads the keys from `path`, creating them from the CSPRNG on first start (only where no
+/// journal exists yet: new keys would name none of the cards already journaled).
+pub(crate) fn load_or_create(path: &Path, fresh: bool) -> anyhow::Result<Keys> {
+    match std::fs::read(path) {
         Ok(bytes) => match Keys::from_file_bytes(&bytes) {
             Some(keys) => Ok(keys),
             None => bail!("key file {} is damaged; refusing to start", path.display()),
         },
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound && !fresh => Err(error)
+            .with_context(|| {
+                format!(
+                    "the key file {} is missing but the data directory holds journals: new keys \
+                     would name none of their cards; restore the key file (or set [server] \
+                     keys_file to where it is)",
+                    path.display()
+                )
+            }),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
             let mut secret = [0u8; 32];
             getrandom::fill(&mut secret)
                 .map_err(|error| anyhow::anyhow!("{error}"))
                 .context("drawing keys from the OS random source")?;
-            let keys = Keys::from_secret(&secret);
-            write_private(&path, &keys.file_bytes())?;
+            let keys = Keys::from_secret(Keys::first_key_id(), &secret);
+            write_private(path, &keys.file_bytes())?;
             Ok(keys)
         }
         Err(error) => Err(error).with_context(|| format!("reading {}", path.display())),
     }
+}
+
+/// `pinswitch keys export-pin`: writes the PIN key of the key file at `keys` alone to `out`
+/// (created new, mode 0600): what the exporter needs to find a card by its PIN, without the
+/// password key.
+pub(crate) fn export_pin_key(keys: &Path, out: &Path) -> anyhow::Result<u32> {
+    let bytes = std::fs::read(keys).with_context(|| format!("reading {}", keys.display()))?;
+    let keys_read = Keys::from_file_bytes(&bytes)
+        .with_context(|| format!("{} is not the switch's key file", keys.display()))?;
+    write_private(out, &keys_read.pin_key().file_bytes())?;
+    Ok(keys_read.key_id())
 }
 
 /// Draws a fresh PIN: 15 uniformly random digits from the OS CSPRNG plus a Luhn check digit.
@@ -71,14 +98,21 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("pinswitch-keys-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("temp dir");
-        let first = load_or_create(&dir).expect("create");
-        let again = load_or_create(&dir).expect("load");
+        let path = key_file_path(&dir, Path::new(""));
+        assert!(load_or_create(&path, false).is_err(), "no keys are made beside journals");
+        let first = load_or_create(&path, true).expect("create");
+        let again = load_or_create(&path, false).expect("load");
+        assert_eq!(first.key_id(), 1);
         assert_eq!(first.pin_hash(42), again.pin_hash(42));
         assert_ne!(first.pin_hash(42), first.pin_hash(43));
         assert_ne!(first.password_mac(1, b"1234"), first.password_mac(1, b"1235"));
         assert_ne!(first.password_mac(1, b"1234"), first.password_mac(2, b"1234"));
-        std::fs::write(dir.join(KEY_FILE), b"PSKEYS01 too short").expect("damage");
-        assert!(load_or_create(&dir).is_err(), "a damaged key file is refused");
+        let pin_only = dir.join("pin.key");
+        assert_eq!(export_pin_key(&path, &pin_only).expect("export"), 1);
+        assert!(export_pin_key(&path, &pin_only).is_err(), "never overwritten");
+        assert!(load_or_create(&pin_only, false).is_err(), "the PIN key alone cannot run a switch");
+        std::fs::write(&path, b"PSKEYS02 too short").expect("damage");
+        assert!(load_or_create(&path, true).is_err(), "a damaged key file is refused");
         let pin = random_pin().expect("pin");
         assert!(pinswitch_protocol::pin::is_valid(pin));
         assert_ne!(pin, random_pin().expect("pin"));

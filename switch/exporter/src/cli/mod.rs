@@ -46,6 +46,10 @@ struct Places {
     /// The merchant (associate) registry, CSV `merchant_id,name,category`: names in statements.
     #[arg(long, global = true)]
     merchants: Option<PathBuf>,
+    /// The switch's PIN key alone, for statements (`pinswitch keys export-pin --out FILE`;
+    /// default: STATE/pin.key). The exporter never takes the switch's full key file.
+    #[arg(long = "pin-key", global = true)]
+    pin_key: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -116,7 +120,9 @@ enum Command {
 pub(crate) fn main() -> anyhow::Result<ExitCode> {
     let Cli { places, command } = Cli::parse();
     let merchants = places.merchants.clone();
+    let pin_key = places.pin_key.clone();
     let options = places.options()?;
+    let pin_key = pin_key.unwrap_or_else(|| options.state_dir.join("pin.key"));
     match command {
         Command::Run { max_records: None, follow: Some(seconds), poll_ms } => {
             run::follow(options, seconds, poll_ms)
@@ -131,12 +137,15 @@ pub(crate) fn main() -> anyhow::Result<ExitCode> {
         Command::Statement { pin, from, to, repeat } => statements::statement(
             &options,
             merchants.as_deref(),
+            &pin_key,
             &pin,
             from.as_deref(),
             to.as_deref(),
             repeat,
         ),
-        Command::Serve { listen } => statements::serve(&options, merchants.as_deref(), &listen),
+        Command::Serve { listen } => {
+            statements::serve(&options, merchants.as_deref(), &pin_key, &listen)
+        }
     }
 }
 

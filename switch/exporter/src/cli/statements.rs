@@ -1,14 +1,15 @@
 //! `pinswitch-exporter statement` and `serve`. Card usage statements from the exporter's
 //! statement index (no exporter state is loaded, so a running `run` does not stand in the way).
 //! A statement is asked for by PIN and the index knows cards by their keyed hash, so the PIN is
-//! hashed with the data directory's `keys.bin` by the same function the switch uses
-//! (`pinswitch_core::keys`).
+//! hashed with the switch's PIN key by the same function the switch uses
+//! (`pinswitch_core::keys`). The exporter gets that key alone (`pinswitch keys export-pin`),
+//! never the password key: a settlement host that is broken into gives away no password MAC.
 
 use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use pinswitch_core::keys::{KEY_FILE, Keys};
+use pinswitch_core::keys::{KeyFile, PinKey};
 use pinswitch_exporter::merchants::MerchantRegistry;
 use pinswitch_exporter::serve::StatementService;
 use pinswitch_exporter::{Cutoff, Options, parse_date};
@@ -20,9 +21,10 @@ use super::exit_code;
 pub(super) fn serve(
     options: &Options,
     merchants: Option<&Path>,
+    pin_key: &Path,
     listen: &str,
 ) -> anyhow::Result<ExitCode> {
-    let service = service(options, merchants)?;
+    let service = service(options, merchants, pin_key)?;
     runtime()?.block_on(async {
         let listener = tokio::net::TcpListener::bind(listen)
             .await
@@ -41,12 +43,13 @@ pub(super) fn serve(
 pub(super) fn statement(
     options: &Options,
     merchants: Option<&Path>,
+    pin_key: &Path,
     text: &str,
     from: Option<&str>,
     to: Option<&str>,
     repeat: u32,
 ) -> anyhow::Result<ExitCode> {
-    let service = service(options, merchants)?;
+    let service = service(options, merchants, pin_key)?;
     let card = parse_pin(text)?;
     let zone = Cutoff { utc_offset_hours: options.config.utc_offset_hours, cutoff_hour: 0 };
     let day = |text: &str| {
@@ -98,8 +101,12 @@ fn time_queries(service: &StatementService, query: &StatementQuery, repeat: u32)
 }
 
 /// The statement index opened for reading, with the switch's PIN hash and the merchant names.
-fn service(options: &Options, merchants: Option<&Path>) -> anyhow::Result<StatementService> {
-    let keys = switch_keys(&options.data_dir)?;
+fn service(
+    options: &Options,
+    merchants: Option<&Path>,
+    pin_key: &Path,
+) -> anyhow::Result<StatementService> {
+    let key = read_pin_key(pin_key)?;
     let shard_count = pinswitch_exporter::exporter::read_shard_count(&options.data_dir)?;
     let registry = MerchantRegistry::load(merchants)?;
     Ok(StatementService::open(
@@ -107,22 +114,31 @@ fn service(options: &Options, merchants: Option<&Path>) -> anyhow::Result<Statem
         shard_count,
         registry,
         options.config.statements.clone(),
-        Box::new(move |pin| keys.pin_hash(pin)),
+        Box::new(move |pin| key.pin_hash(pin)),
     )?)
 }
 
-/// The switch's keys, read and never created: new keys would name no card the switch knows.
-fn switch_keys(data_dir: &Path) -> anyhow::Result<Keys> {
-    let path = data_dir.join(KEY_FILE);
-    let bytes = match std::fs::read(&path) {
+/// The switch's PIN key, read and never created (new keys would name no card the switch
+/// knows). The switch's full key file is refused: the exporter has no use for the password key
+/// and must not hold it.
+fn read_pin_key(path: &Path) -> anyhow::Result<PinKey> {
+    let export = "make it with `pinswitch keys export-pin --out FILE` and pass --pin-key FILE";
+    let bytes = match std::fs::read(path) {
         Ok(bytes) => bytes,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-            bail!("{} not found: statements need the switch's PIN key", path.display())
+            bail!("{} not found: statements need the switch's PIN key; {export}", path.display())
         }
         Err(error) => return Err(error).with_context(|| format!("reading {}", path.display())),
     };
-    Keys::from_file_bytes(&bytes)
-        .with_context(|| format!("key file {} is damaged; refusing to start", path.display()))
+    match KeyFile::parse(&bytes) {
+        Some(KeyFile::PinOnly(key)) => Ok(key),
+        Some(KeyFile::Both(_)) => bail!(
+            "{} is the switch's full key file (with the password key), which the exporter never \
+             takes; {export}",
+            path.display()
+        ),
+        None => bail!("key file {} is damaged; refusing to start", path.display()),
+    }
 }
 
 fn parse_pin(text: &str) -> anyhow::Result<u64> {

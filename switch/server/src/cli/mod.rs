@@ -99,6 +99,32 @@ enum Command {
         #[command(subcommand)]
         command: TlsCommand,
     },
+    /// The switch's keys: `pinswitch keys export-pin` gives the exporter the PIN key alone.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Write the PIN key alone (no password key) to a new file, mode 0600: what the exporter's
+    /// statements need (`pinswitch-exporter statement --pin-key FILE`).
+    ExportPin {
+        /// The switch's key file (default: keys.bin in --data, or [server] keys_file of
+        /// --config).
+        #[arg(long)]
+        keys: Option<PathBuf>,
+        /// Data directory whose keys.bin to read (default ./data).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// The switch's configuration file, for `[server] data_dir` and `keys_file`.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The file to write (never overwritten).
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -112,6 +138,19 @@ pub(crate) fn main() -> anyhow::Result<ExitCode> {
     let _ = TLS_FLAGS.set(cli.tls.clone());
     match cli.command {
         Command::Tls { command: TlsCommand::Init(args) } => tls::init(args),
+        Command::Keys { command: KeysCommand::ExportPin { keys, data, config, out } } => {
+            let config = Config::load(config.as_deref())?;
+            let data_dir = data.unwrap_or(config.server.data_dir);
+            let keys = keys
+                .unwrap_or_else(|| crate::keys::key_file_path(&data_dir, &config.server.keys_file));
+            let key_id = crate::keys::export_pin_key(&keys, &out)?;
+            println!(
+                "pinswitch: wrote the PIN key (key id {key_id}) of {} to {}",
+                keys.display(),
+                out.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Serve { data, listen, quic_listen, shards, runtime, accept, config } => {
             crate::runtime::use_huge_pages();
             let mut config = Config::load(config.as_deref())?;
