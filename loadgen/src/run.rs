@@ -1014,15 +1014,21 @@ struct Shape {
     options: ClientOptions,
 }
 
+/// The TTL of the run's holds: the run and five minutes, at least a minute, never past what the
+/// switch allows (a switch that allows less than a minute gets its maximum, not a panic).
+fn hold_ttl_for(run_s: u64, hold_ttl_max_s: u32) -> u32 {
+    let max_s = hold_ttl_max_s.max(1);
+    let wanted_s = run_s.saturating_add(300).clamp(60, u64::from(u32::MAX));
+    u32::try_from(wanted_s).map_or(max_s, |wanted_s| wanted_s.min(max_s))
+}
+
 impl Shape {
     fn negotiate(spec: &RunSpec, hello: &HelloReply, cards: usize) -> Shape {
         let batch = spec.batch.clamp(1, (hello.batch_events_max as usize).max(1));
         let in_flight =
             spec.in_flight.clamp(1, (hello.in_flight_per_connection_max as usize).max(1));
         let connections = spec.connections.max(1);
-        let hold_ttl_s = (spec.warmup_s + spec.duration_s + 300)
-            .clamp(60, u64::from(hello.hold_ttl_max_s.max(1)));
-        let hold_ttl_s = u32::try_from(hold_ttl_s).expect("clamped to the switch's u32 maximum");
+        let hold_ttl_s = hold_ttl_for(spec.warmup_s + spec.duration_s, hello.hold_ttl_max_s);
         let params = WorkloadParams {
             batch,
             sale_min_won: spec.sale_min_won,
@@ -1565,6 +1571,15 @@ fn write_outputs(report: &Report, outputs: &RunOutputs, measured: &Measured) -> 
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn hold_ttls_fit_what_the_switch_allows() {
+        use super::hold_ttl_for;
+        assert_eq!(hold_ttl_for(10, 604_800), 310);
+        assert_eq!(hold_ttl_for(10, 30), 30, "a switch allowing less than a minute");
+        assert_eq!(hold_ttl_for(10, 0), 1);
+        assert_eq!(hold_ttl_for(u64::MAX, 604_800), 604_800);
+    }
+
     use super::*;
 
     #[test]
