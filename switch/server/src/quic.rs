@@ -36,6 +36,10 @@ use crate::shard_loop::wall_clock_ms;
 
 /// How often the QUIC thread's reaper looks for idle, slow and stalled streams (as a shard's).
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// The shard a QUIC place is counted on: none. The QUIC thread serves its streams itself, so
+/// they must not make a shard look busier to the TCP hand-off (`Admission::per_shard` skips an
+/// id past the shards).
+const NO_SHARD: usize = usize::MAX;
 /// How long a refused stream may take to receive its RETRY_LATER.
 const REFUSAL_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -159,8 +163,7 @@ fn serve_endpoint(
                 continue;
             }
             let peer = incoming.remote_address().ip();
-            let shard = context.admission.least_loaded_shard();
-            match context.admission.admit(peer, shard) {
+            match context.admission.admit(peer, NO_SHARD) {
                 Ok(ticket) => {
                     tokio::task::spawn_local(serve_connection(
                         incoming,
@@ -200,8 +203,7 @@ async fn serve_connection(
     let peer = connection.remote_address().ip();
     while let Ok((send, recv)) = connection.accept_bi().await {
         let stream = QuicStream { send, recv };
-        let shard = context.admission.least_loaded_shard();
-        match context.admission.admit(peer, shard) {
+        match context.admission.admit(peer, NO_SHARD) {
             Ok(stream_ticket) => {
                 tokio::task::spawn_local(conn::serve(
                     stream,
