@@ -115,16 +115,17 @@ pub(crate) fn run(config: Config) -> anyhow::Result<()> {
     }
     let shard_count = config.shard_count();
     // A data directory without its layout file has never been started: only then may the keys
-    // be made (new keys beside existing journals would name none of their cards).
+    // be made (new keys beside existing journals would name none of their cards). The keys come
+    // first, so a start that fails to make them leaves the directory still fresh.
     let fresh = !data_dir.join(LAYOUT_FILE).exists();
+    let key_file = crate::keys::key_file_path(&data_dir, &config.server.keys_file);
+    let keys = crate::keys::load_or_create(&key_file, fresh)?;
     check_layout(&data_dir, shard_count)?;
+    println!("pinswitch: keys {} (key id {})", key_file.display(), keys.key_id());
     let executor = match config.server.runtime.as_str() {
         "tokio" => Executor::Tokio,
         _ => Executor::Glommio,
     };
-    let key_file = crate::keys::key_file_path(&data_dir, &config.server.keys_file);
-    let keys = crate::keys::load_or_create(&key_file, fresh)?;
-    println!("pinswitch: keys {} (key id {})", key_file.display(), keys.key_id());
     let engine = config.engine();
     let directory = Arc::new(SessionDirectory::new(config.sessions.notices));
     let settings = shard_settings(&config, &data_dir, shard_count, &keys, &directory);
