@@ -263,14 +263,21 @@ pub struct SnapshotHeader {
     pub seq: u64,
     /// Length of the image in bytes (what follows the header).
     pub len: u64,
+    /// The image's own format, the writer's to number (bytes 12..16; zero in files written
+    /// before the field had a meaning, when it was reserved and zero).
+    pub image_format: u32,
 }
 
-/// The 40 header bytes of a snapshot of `bytes` taken at `seq`.
-pub fn encode_snapshot_header(seq: u64, bytes: &[u8]) -> [u8; SNAPSHOT_HEADER_BYTES] {
+/// The 40 header bytes of a snapshot of `bytes` taken at `seq`, an image in `image_format`.
+pub fn encode_snapshot_header(
+    seq: u64,
+    image_format: u32,
+    bytes: &[u8],
+) -> [u8; SNAPSHOT_HEADER_BYTES] {
     let mut out = [0u8; SNAPSHOT_HEADER_BYTES];
     out[0..8].copy_from_slice(&SNAPSHOT_MAGIC);
     out[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
-    // 12..16 reserved, zero.
+    out[12..16].copy_from_slice(&image_format.to_le_bytes());
     out[16..24].copy_from_slice(&seq.to_le_bytes());
     out[24..32].copy_from_slice(&(bytes.len() as u64).to_le_bytes());
     let crc = crc32c::crc32c_append(crc32c::crc32c(&out[0..32]), bytes);
@@ -294,7 +301,11 @@ pub fn decode_snapshot(file: &[u8]) -> Result<(SnapshotHeader, &[u8]), String> {
     if version != FORMAT_VERSION {
         return Err(format!("unsupported snapshot format version {version}"));
     }
-    let header = SnapshotHeader { seq: u64_at(file, 16), len: u64_at(file, 24) };
+    let header = SnapshotHeader {
+        seq: u64_at(file, 16),
+        len: u64_at(file, 24),
+        image_format: u32_at(file, 12),
+    };
     let image = &file[SNAPSHOT_HEADER_BYTES..];
     if image.len() as u64 != header.len {
         return Err(format!(
@@ -416,10 +427,11 @@ mod tests {
     #[test]
     fn snapshot_round_trips_and_rejects_damage() {
         let image = b"state of the shard";
-        let mut file = encode_snapshot_header(77, image).to_vec();
+        let mut file = encode_snapshot_header(77, 3, image).to_vec();
         file.extend_from_slice(image);
         let (header, decoded) = decode_snapshot(&file).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(header, SnapshotHeader { seq: 77, len: image.len() as u64 });
+        let len = image.len() as u64;
+        assert_eq!(header, SnapshotHeader { seq: 77, len, image_format: 3 });
         assert_eq!(decoded, image);
         let mut damaged = file.clone();
         damaged[SNAPSHOT_HEADER_BYTES + 3] ^= 0x10;

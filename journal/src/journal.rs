@@ -370,8 +370,13 @@ impl Journal {
     /// If `seq` is not durable yet the journal commits first, so a snapshot never describes
     /// records a crash could take out of the journal. `seq` beyond [`Journal::last_seq`] is
     /// [`JournalError::SnapshotAhead`]. A failed snapshot does not poison the journal.
-    pub fn write_snapshot(&mut self, seq: u64, bytes: &[u8]) -> Result<(), JournalError> {
-        self.prepare_snapshot(seq)?.write(bytes)
+    pub fn write_snapshot(
+        &mut self,
+        seq: u64,
+        image_format: u32,
+        bytes: &[u8],
+    ) -> Result<(), JournalError> {
+        self.prepare_snapshot(seq)?.write(image_format, bytes)
     }
 
     /// The first half of [`Journal::write_snapshot`]: checks `seq` and makes it durable, then
@@ -438,8 +443,8 @@ impl SnapshotWriter {
     }
 
     /// Writes the image durably (see the type's documentation).
-    pub fn write(self, bytes: &[u8]) -> Result<(), JournalError> {
-        snapshot::write(&self.dir, self.seq, bytes)
+    pub fn write(self, image_format: u32, bytes: &[u8]) -> Result<(), JournalError> {
+        snapshot::write(&self.dir, self.seq, image_format, bytes)
     }
 }
 

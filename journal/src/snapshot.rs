@@ -27,6 +27,9 @@ const TEMP_SUFFIX: &str = ".tmp";
 pub struct Snapshot {
     /// Every record with a sequence number up to and including `seq` is reflected in `bytes`.
     pub seq: u64,
+    /// The image's format, as given to [`crate::Journal::write_snapshot`] (0 for files written
+    /// before snapshots carried one).
+    pub image_format: u32,
     /// The image, exactly as given to [`crate::Journal::write_snapshot`] (a read-only mapping
     /// of the file; it derefs to `[u8]`).
     pub bytes: SnapshotBytes,
@@ -52,7 +55,12 @@ impl std::fmt::Debug for SnapshotBytes {
 
 /// Writes `snapshot-{seq}.snap` so that after a crash either the old set of snapshots or the
 /// complete new file exists, then deletes all but the newest [`SNAPSHOTS_KEPT`].
-pub(crate) fn write(dir: &Path, seq: u64, bytes: &[u8]) -> Result<(), JournalError> {
+pub(crate) fn write(
+    dir: &Path,
+    seq: u64,
+    image_format: u32,
+    bytes: &[u8],
+) -> Result<(), JournalError> {
     let final_path = dir.join(format::snapshot_file_name(seq));
     let temp_path = dir.join(format!("{}{TEMP_SUFFIX}", format::snapshot_file_name(seq)));
     let mut file = OpenOptions::new()
@@ -62,7 +70,7 @@ pub(crate) fn write(dir: &Path, seq: u64, bytes: &[u8]) -> Result<(), JournalErr
         .mode(fsys::FILE_MODE)
         .open(&temp_path)
         .map_err(JournalError::io(&temp_path, "create snapshot"))?;
-    let header = format::encode_snapshot_header(seq, bytes);
+    let header = format::encode_snapshot_header(seq, image_format, bytes);
     file.write_all(&header).map_err(JournalError::io(&temp_path, "write snapshot"))?;
     // Written and flushed a piece at a time: one final fsync of hundreds of megabytes would
     // queue all of them at the disk at once, and every journal commit of every shard (the
@@ -144,7 +152,11 @@ pub(crate) fn load_newest(
             Ok((header, image)) => {
                 debug_assert_eq!(image.len(), map.len() - format::SNAPSHOT_HEADER_BYTES);
                 return Ok((
-                    Some(Snapshot { seq: header.seq, bytes: SnapshotBytes { map } }),
+                    Some(Snapshot {
+                        seq: header.seq,
+                        image_format: header.image_format,
+                        bytes: SnapshotBytes { map },
+                    }),
                     skipped,
                 ));
             }

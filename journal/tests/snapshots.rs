@@ -35,13 +35,14 @@ fn recovery_returns_the_snapshot_and_replays_only_what_follows() -> TestResult {
     let mut rng = SplitMix64::new(SEED);
     let mut journal = open(temp.path(), options)?;
     write_groups(&mut journal, SEED, 700, 10, &mut rng)?;
-    journal.write_snapshot(650, &image(650))?;
+    journal.write_snapshot(650, 7, &image(650))?;
     write_groups(&mut journal, SEED, 1_100, 10, &mut rng)?;
     drop(journal);
 
     let (snapshot, mut recovery) = Journal::recover(temp.path(), options)?;
     let snapshot = snapshot.ok_or("no snapshot recovered")?;
     assert_eq!((snapshot.seq, &snapshot.bytes[..]), (650, &image(650)[..]));
+    assert_eq!(snapshot.image_format, 7, "the image's format comes back as written");
     assert_eq!(recovery.snapshot_seq(), 650);
     let mut records = Vec::new();
     let last = recovery.replay(650, |seq, payload| {
@@ -65,7 +66,7 @@ fn an_image_of_several_write_pieces_comes_back_whole() -> TestResult {
     write_groups(&mut journal, SEED, 50, 10, &mut SplitMix64::new(SEED))?;
     let mut rng = SplitMix64::new(SEED ^ 1);
     let big: Vec<u8> = (0..(9 << 20) + 12_345).map(|_| rng.next_u64() as u8).collect();
-    journal.write_snapshot(50, &big)?;
+    journal.write_snapshot(50, 0, &big)?;
     drop(journal);
     let (snapshot, _) = Journal::recover(temp.path(), options)?;
     let snapshot = snapshot.ok_or("no snapshot recovered")?;
@@ -80,7 +81,7 @@ fn into_journal_without_replay_starts_after_the_snapshot() -> TestResult {
     let options = JournalOptions::test_min();
     let mut journal = open(temp.path(), options)?;
     write_groups(&mut journal, SEED, 300, 10, &mut SplitMix64::new(SEED))?;
-    journal.write_snapshot(300, &image(300))?;
+    journal.write_snapshot(300, 0, &image(300))?;
     drop(journal);
     let journal = open(temp.path(), options)?;
     assert_eq!(journal.last_seq(), 300);
@@ -96,7 +97,7 @@ fn only_the_newest_two_snapshots_are_kept_and_segments_stay() -> TestResult {
     for (index, seq) in [100u64, 200, 300, 400].into_iter().enumerate() {
         write_groups(&mut journal, SEED, seq, 10, &mut rng)?;
         let segments_before = segment_paths(temp.path())?.len();
-        journal.write_snapshot(seq, &image(seq))?;
+        journal.write_snapshot(seq, 0, &image(seq))?;
         assert_eq!(
             segment_paths(temp.path())?.len(),
             segments_before,
@@ -121,9 +122,9 @@ fn a_damaged_newest_snapshot_falls_back_to_the_previous_one() -> TestResult {
     let mut rng = SplitMix64::new(SEED);
     let mut journal = open(temp.path(), options)?;
     write_groups(&mut journal, SEED, 200, 10, &mut rng)?;
-    journal.write_snapshot(200, &image(200))?;
+    journal.write_snapshot(200, 0, &image(200))?;
     write_groups(&mut journal, SEED, 400, 10, &mut rng)?;
-    journal.write_snapshot(400, &image(400))?;
+    journal.write_snapshot(400, 0, &image(400))?;
     write_groups(&mut journal, SEED, 450, 10, &mut rng)?;
     drop(journal);
 
@@ -163,12 +164,12 @@ fn a_snapshot_ahead_of_the_journal_is_refused_and_an_uncommitted_one_commits_fir
     let mut journal = open(temp.path(), JournalOptions::test_min())?;
     journal.append(b"one")?;
     journal.append(b"two")?;
-    match journal.write_snapshot(3, b"x") {
+    match journal.write_snapshot(3, 0, b"x") {
         Err(JournalError::SnapshotAhead { seq: 3, last_seq: 2 }) => {}
         other => panic!("expected SnapshotAhead, got {other:?}"),
     }
     assert_eq!(journal.durable_seq(), 0);
-    journal.write_snapshot(2, b"x")?;
+    journal.write_snapshot(2, 0, b"x")?;
     assert_eq!(journal.durable_seq(), 2, "the snapshot's records are made durable first");
     Ok(())
 }
@@ -179,7 +180,7 @@ fn a_journal_that_lost_records_the_snapshot_covers_is_corruption() -> TestResult
     let options = JournalOptions::test_min();
     let mut journal = open(temp.path(), options)?;
     write_groups(&mut journal, SEED, 400, 10, &mut SplitMix64::new(SEED))?;
-    journal.write_snapshot(390, &image(390))?;
+    journal.write_snapshot(390, 0, &image(390))?;
     drop(journal);
     // Cut the journal back to seq 380 (below the snapshot).
     let placed = layout(temp.path())?;
@@ -210,7 +211,7 @@ fn a_snapshot_without_any_segment_is_corruption() -> TestResult {
     let options = JournalOptions::test_min();
     let mut journal = open(temp.path(), options)?;
     journal.append(b"one")?;
-    journal.write_snapshot(1, b"x")?;
+    journal.write_snapshot(1, 0, b"x")?;
     drop(journal);
     for segment in segment_paths(temp.path())? {
         fs::remove_file(segment)?;
@@ -228,7 +229,7 @@ fn segments_wholly_before_the_snapshot_are_not_read() -> TestResult {
     let options = JournalOptions::test_min();
     let mut journal = open(temp.path(), options)?;
     write_groups(&mut journal, SEED, 800, 10, &mut SplitMix64::new(SEED))?;
-    journal.write_snapshot(700, &image(700))?;
+    journal.write_snapshot(700, 0, &image(700))?;
     drop(journal);
     let placed = layout(temp.path())?;
     flip_bit(&placed[5].file, placed[5].offset + 18, 1)?;

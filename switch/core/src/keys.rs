@@ -161,6 +161,16 @@ impl Keys {
         [seed as u64, (seed >> 64) as u64]
     }
 
+    /// The secret key of approval codes (engine format 2), journaled in each shard's UPGRADE
+    /// record. Derived like the table seed, in its own domain.
+    #[expect(clippy::cast_possible_truncation, reason = "the key's low and high 64-bit halves")]
+    pub fn approval_key(&self) -> [u64; 2] {
+        let mut hasher = SipHasher128::new_with_key(&self.password_key);
+        hasher.write(b"pinswitch approval codes");
+        let key = hasher.finish128().as_u128();
+        [key as u64, (key >> 64) as u64]
+    }
+
     /// The verification value of a password for one card.
     pub fn password_mac(&self, pin_hash: u128, password: &[u8]) -> u64 {
         let mut hasher = SipHasher24::new_with_key(&self.password_key);

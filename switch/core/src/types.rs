@@ -20,7 +20,7 @@ pub type PasswordMac = u64;
 /// One mutating request, as journaled.
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct Command {
-    /// Client-chosen, unique per operation; 0 only for `Tick` and `Configure`.
+    /// Client-chosen, unique per operation; 0 only for the server's commands.
     pub op_id: OpId,
     /// Server time after which the command must not execute (0 = no deadline).
     pub deadline_at_ms: Ms,
@@ -182,6 +182,16 @@ pub enum Body {
     /// record, the journal's form of them (`Body::configure` makes one from `EngineConfig`).
     /// Boxed: rare, and it would otherwise double the size of every stored body.
     Configure(Box<ConfigRecord>),
+    /// Raise the engine format (what the journaled commands mean) to `engine_format` from this
+    /// point of the journal on: the server journals one after recovery when the shard runs an
+    /// older format than the binary's, so a data directory written by an older release replays
+    /// its records as they ran and continues under the new rules. Format 2 keys approval codes
+    /// with `approval_key`, which only the journal and snapshots hold. Added last: an archived
+    /// enum keeps its earlier variants' tags and layouts, so older records decode unchanged.
+    Upgrade {
+        engine_format: u16,
+        approval_key: [u64; 2],
+    },
 }
 
 impl Body {
@@ -190,7 +200,8 @@ impl Body {
         Body::Configure(Box::new(ConfigRecord::from(config)))
     }
 
-    /// The card a command is about (`None` for `Tick` and `Configure`).
+    /// The card a command is about (`None` for the server's commands: `Tick`, `Configure`,
+    /// `SessionsClose`, `Upgrade`).
     pub fn pin_hash(&self) -> Option<PinHash> {
         match self {
             Body::Issue { pin_hash, .. }
@@ -217,7 +228,8 @@ impl Body {
             Body::ForeignImport { .. }
             | Body::Tick
             | Body::Configure(_)
-            | Body::SessionsClose { .. } => None,
+            | Body::SessionsClose { .. }
+            | Body::Upgrade { .. } => None,
         }
     }
 }

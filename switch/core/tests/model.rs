@@ -987,7 +987,9 @@ impl Reference {
             Body::EventCharge { pin_hash, password_mac, destination, units, category } => {
                 self.event_charge(op_id, pin_hash, password_mac, destination, units, category)
             }
-            Body::Tick | Body::Configure(_) | Body::SessionsClose { .. } => unreachable!(),
+            Body::Tick | Body::Configure(_) | Body::SessionsClose { .. } | Body::Upgrade { .. } => {
+                unreachable!()
+            }
         }
     }
 
@@ -2129,7 +2131,10 @@ struct Walk {
 
 /// Commands the server issues itself (no op id): the clock, the audit's close, new rules.
 fn is_server_command(body: &Body) -> bool {
-    matches!(body, Body::Tick | Body::SessionsClose { .. } | Body::Configure(_))
+    matches!(
+        body,
+        Body::Tick | Body::SessionsClose { .. } | Body::Configure(_) | Body::Upgrade { .. }
+    )
 }
 
 fn good_mac(pin: PinHash) -> u64 {
@@ -3176,7 +3181,8 @@ impl Walk {
                 }
                 *units = if flip[4] || flip[5] { units.wrapping_add(1) } else { *units };
             }
-            Body::Tick | Body::Configure(_) | Body::SessionsClose { .. } => {}
+            Body::Tick | Body::Configure(_) | Body::SessionsClose { .. } | Body::Upgrade { .. } => {
+            }
         }
         body
     }

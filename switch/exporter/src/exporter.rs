@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use pinswitch_core::{EngineConfig, Totals};
+use pinswitch_core::{EngineConfig, SNAPSHOT_IMAGE_FORMAT, Totals};
 use pinswitch_journal::{JournalError, Reader};
 use rkyv::rancor::Error as RkyvError;
 use rkyv::{Archive, Deserialize, Serialize};
@@ -37,7 +37,10 @@ const STATE_FILE: &str = "state.bin";
 const STATE_MAGIC: &[u8; 8] = b"PSEXPST3";
 /// The shadow engines' snapshots, one file per shard and checkpoint generation.
 const SHADOW_DIR: &str = "shadows";
-const SHADOW_MAGIC: &[u8; 8] = b"PSEXPSH3";
+/// The last byte is the file's version: 4 holds a shadow in snapshot image format 1; a version
+/// 3 file (image format 0, before images were numbered) is still read.
+const SHADOW_MAGIC: &[u8; 8] = b"PSEXPSH4";
+const SHADOW_MAGIC_IMAGE_FORMAT_0: &[u8; 8] = b"PSEXPSH3";
 const FACTS_FILE: &str = "facts.bin";
 const FACTS_MAGIC: &[u8; 8] = b"PSEXPPD2";
 /// Returned by the journal visitor to stop at the record budget (not an error).
@@ -933,13 +936,21 @@ fn load_followers(
         let path = shadow_path(state_dir, follower.shard_id, generation);
         let bytes = std::fs::read(&path).map_err(ExportError::io(&path, "read shadow engine"))?;
         let bad = |reason: String| ExportError::State { path: path.clone(), reason };
-        if bytes.len() < 16
-            || bytes[..8] != SHADOW_MAGIC[..]
-            || bytes[8..16] != ((bytes.len() - 16) as u64).to_le_bytes()
-        {
-            return Err(bad("wrong magic or length".into()));
+        if bytes.len() < 16 || bytes[8..16] != ((bytes.len() - 16) as u64).to_le_bytes() {
+            return Err(bad("wrong length".into()));
         }
-        let follower = Follower::from_image(follower, &bytes[16..])
+        let image_format = match &bytes[..8] {
+            magic if magic == SHADOW_MAGIC => SNAPSHOT_IMAGE_FORMAT,
+            magic if magic == SHADOW_MAGIC_IMAGE_FORMAT_0 => 0,
+            magic if magic.starts_with(b"PSEXPSH") => {
+                return Err(bad(format!(
+                    "shadow file version {} is newer than this release reads (3 and 4)",
+                    char::from(magic[7])
+                )));
+            }
+            _ => return Err(bad("wrong magic".into())),
+        };
+        let follower = Follower::from_image(follower, image_format, &bytes[16..])
             .map_err(|reason| ExportError::State { path: state_path.to_path_buf(), reason })?;
         followers.push(follower);
     }
@@ -1071,7 +1082,7 @@ mod tests {
         let (_, recovery) =
             Journal::recover(&shard_dir(data, 0), JournalOptions::test_min()).unwrap();
         let mut journal = recovery.into_journal().unwrap();
-        let mut engine = Shard::new(0, 1, EngineConfig::test_min());
+        let mut engine = Shard::first_format(0, 1, EngineConfig::test_min(), [0, 0]);
         let [x, y, z, w] = [11u128 << 64, 12 << 64, 13 << 64, 14 << 64];
         let steps = [
             (t0_ms, Body::Issue { pin_hash: x, face_value_won: 10_000 }),

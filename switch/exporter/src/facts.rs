@@ -138,7 +138,7 @@ pub struct RetentionLine {
 }
 
 /// Names of journal record kinds (the command of the record), indexed by `RetentionLine::kind`.
-pub const RECORD_KINDS: [&str; 25] = [
+pub const RECORD_KINDS: [&str; 26] = [
     "issue",
     "activate",
     "load",
@@ -164,6 +164,7 @@ pub const RECORD_KINDS: [&str; 25] = [
     "session-end",
     "event-charge",
     "sessions-close",
+    "upgrade",
 ];
 
 /// Count and sum.

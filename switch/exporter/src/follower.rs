@@ -171,8 +171,9 @@ impl Follower {
         Follower {
             shard_id,
             cursor_seq: 0,
-            // The table seed only places entries in memory; replies do not depend on it.
-            shadow: Shard::new(shard_id, shard_count, config),
+            // The table seed only places entries in memory; replies do not depend on it. The
+            // engine format starts where the switch's replay does: the journal upgrades it.
+            shadow: Shard::first_format(shard_id, shard_count, config, [0, 0]),
             holds: BTreeMap::new(),
             tracked_held_won: 0,
             payments: BTreeMap::new(),
@@ -184,11 +185,14 @@ impl Follower {
     }
 
     /// The follower of `image` around the shadow engine restored from its snapshot bytes.
+    /// `shadow_format` is the image format the shadow was written in (`shadow_snapshot`
+    /// writes `SNAPSHOT_IMAGE_FORMAT`).
     pub fn from_image(
         image: FollowerImage,
+        shadow_format: u32,
         shadow: &[u8],
     ) -> std::result::Result<Follower, String> {
-        let shadow = Shard::from_snapshot_bytes(shadow)?;
+        let shadow = Shard::from_snapshot_image(shadow_format, shadow)?;
         if shadow.shard_id() != image.shard_id {
             return Err(format!(
                 "shadow of shard {} stored for shard {}",
@@ -247,7 +251,8 @@ impl Follower {
         self.card_values = image.card_values;
     }
 
-    /// The shadow engine's snapshot image (the switch's own snapshot format).
+    /// The shadow engine's snapshot image (the switch's own snapshot format, image format
+    /// `SNAPSHOT_IMAGE_FORMAT`).
     pub fn shadow_snapshot(&self) -> Vec<u8> {
         self.shadow.to_snapshot_bytes()
     }
@@ -1235,6 +1240,7 @@ fn record_kind(body: &Body) -> (u8, bool) {
         Body::SessionEnd { .. } => (22, false),
         Body::EventCharge { .. } => (23, false),
         Body::SessionsClose { .. } => (24, false),
+        Body::Upgrade { .. } => (25, false),
     }
 }
 
@@ -1260,7 +1266,7 @@ mod replay_tests {
     #[test]
     fn a_journaled_replay_posts_nothing_twice() {
         let config = EngineConfig::test_min();
-        let mut engine = Shard::new(0, 1, config.clone());
+        let mut engine = Shard::first_format(0, 1, config.clone(), [0, 0]);
         let mut follower = Follower::new(0, 1, config);
         let export = ExportConfig::default();
         let mut seq = 0u64;

@@ -37,7 +37,7 @@ impl Switch {
                 std::fs::create_dir_all(&dir).unwrap();
                 let (_, recovery) = Journal::recover(&dir, JournalOptions::test_min()).unwrap();
                 (
-                    Shard::new(shard, SHARDS, EngineConfig::test_min()),
+                    Shard::first_format(shard, SHARDS, EngineConfig::test_min(), [0, 0]),
                     recovery.into_journal().unwrap(),
                 )
             })

@@ -177,6 +177,7 @@ fn shard_settings(
             dir: shard_dir(data_dir, shard_id),
             engine: engine.clone(),
             hash_key: keys.table_key(),
+            approval_key: keys.approval_key(),
             journal: JournalOptions {
                 segment_bytes: config.journal.segment_bytes,
                 commit_bytes_max: config.journal.commit_bytes_max,

@@ -13,8 +13,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, anyhow, bail};
 use crossbeam_channel::Sender;
 use pinswitch_core::{
-    Applied, Body, CardView, Command, EngineConfig, JournalEntry, Ms, OpId, OpView, PinHash, Reply,
-    SessionNoticeOut, Shard, decode_entry, encode_entry, encode_entry_into,
+    Applied, Body, CardView, Command, ENGINE_FORMAT_CURRENT, EngineConfig, JournalEntry, Ms, OpId,
+    OpView, PinHash, Reply, SNAPSHOT_IMAGE_FORMAT, SessionNoticeOut, Shard, decode_entry,
+    encode_entry, encode_entry_into,
 };
 use std::collections::{HashSet, VecDeque};
 use std::future::Future;
@@ -121,6 +122,8 @@ pub(crate) struct ShardSettings {
     pub engine: EngineConfig,
     /// Secret seed of the engine's hash tables (`Keys::table_key`).
     pub hash_key: [u64; 2],
+    /// The key of approval codes, journaled in the shard's UPGRADE to format 2.
+    pub approval_key: [u64; 2],
     pub journal: JournalOptions,
     pub queue_max: usize,
     pub commit_events_max: usize,
@@ -399,13 +402,14 @@ pub(crate) fn recover(
         .with_context(|| format!("recovering journal in {}", settings.dir.display()))?;
     let (mut engine, snapshot_seq) = match snapshot {
         Some(snapshot) => {
-            let engine = Shard::from_snapshot_bytes(&snapshot.bytes).map_err(|why| {
-                anyhow!(
-                    "snapshot {} in {} does not decode: {why}",
-                    snapshot.seq,
-                    settings.dir.display()
-                )
-            })?;
+            let engine = Shard::from_snapshot_image(snapshot.image_format, &snapshot.bytes)
+                .map_err(|why| {
+                    anyhow!(
+                        "snapshot {} in {} does not decode: {why}",
+                        snapshot.seq,
+                        settings.dir.display()
+                    )
+                })?;
             (engine, snapshot.seq)
         }
         // No snapshot: replay starts from the fixed baseline rules, never from today's file.
@@ -413,8 +417,10 @@ pub(crate) fn recover(
         // differ from the baseline, so a restart under an edited file replays every command
         // under the rules it first ran with (starting from the file's rules would make the
         // replay of a directory written under other rules diverge).
+        // The same holds for the engine format: replay starts in the first, and the journal's
+        // UPGRADE records move it on where they were written.
         None => (
-            Shard::with_hash_key(
+            Shard::first_format(
                 settings.shard_id,
                 settings.shard_count,
                 EngineConfig::production(),
@@ -426,8 +432,17 @@ pub(crate) fn recover(
     let mut replayed_records = 0u64;
     recovery
         .replay(snapshot_seq, |seq, payload| {
-            let entry = decode_entry(payload)
-                .map_err(|why| format!("record {seq} does not decode: {why}"))?;
+            let entry = decode_entry(payload).map_err(|why| {
+                format!("record {seq} does not decode (written by a newer release?): {why}")
+            })?;
+            if let Body::Upgrade { engine_format, .. } = entry.command.body
+                && engine_format > ENGINE_FORMAT_CURRENT
+            {
+                return Err(format!(
+                    "record {seq} raises the engine format to {engine_format}; this release runs \
+                     formats up to {ENGINE_FORMAT_CURRENT}: start the release that wrote it"
+                ));
+            }
             // The effects (expiries, breakage, PINs handed out, notices) were answered and pushed
             // by the process that applied the record first: dropped with `applied`.
             let applied = engine.apply(entry.now_ms, &entry.command);
@@ -442,23 +457,44 @@ pub(crate) fn recover(
         })
         .with_context(|| format!("replaying journal in {}", settings.dir.display()))?;
     let mut journal = recovery.into_journal().context("reopening the journal for appends")?;
+    // A shard written by an older release (or a new one) runs this release's engine format
+    // from here on: journaled, so replay switches formats at this very record.
+    if engine.engine_format() < ENGINE_FORMAT_CURRENT {
+        let body = Body::Upgrade {
+            engine_format: ENGINE_FORMAT_CURRENT,
+            approval_key: settings.approval_key,
+        };
+        journal_at_start(&mut engine, &mut journal, body, "the format upgrade")?;
+    }
     // Rules changed since the last run: journal the change so replay applies it at this point.
     // Compared as records: the journal's rules come back from their record, so rules that
     // would be journaled the same are the same rules (`EngineConfig::same_record`).
     if !engine.config().same_record(&settings.engine) {
-        let command =
-            Command { op_id: 0, deadline_at_ms: 0, body: Body::configure(&settings.engine) };
-        let now_ms = wall_clock_ms().max(engine.now_ms());
-        let applied = engine.apply(now_ms, &command);
-        if !applied.changed {
-            bail!("the engine did not accept the configured rules");
-        }
-        let entry = JournalEntry { now_ms, command, reply: applied.reply };
-        journal.append(&encode_entry(&entry)).context("journaling the configuration")?;
-        journal.commit().context("committing the configuration")?;
+        let body = Body::configure(&settings.engine);
+        journal_at_start(&mut engine, &mut journal, body, "the configured rules")?;
     }
     let report = RecoveryReport { snapshot_seq, replayed_records, cards: engine.card_count() };
     Ok((engine, journal, report))
+}
+
+/// Applies a server command (no op id) at start-up, before any traffic, and makes its record
+/// durable; an engine that refuses it stops the start.
+fn journal_at_start(
+    engine: &mut Shard,
+    journal: &mut Journal,
+    body: Body,
+    what: &str,
+) -> anyhow::Result<()> {
+    let command = Command { op_id: 0, deadline_at_ms: 0, body };
+    let now_ms = wall_clock_ms().max(engine.now_ms());
+    let applied = engine.apply(now_ms, &command);
+    if !applied.changed {
+        bail!("the engine did not take {what}");
+    }
+    let entry = JournalEntry { now_ms, command, reply: applied.reply };
+    journal.append(&encode_entry(&entry)).with_context(|| format!("journaling {what}"))?;
+    journal.commit().with_context(|| format!("committing {what}"))?;
+    Ok(())
 }
 
 struct Runner {
@@ -498,7 +534,7 @@ impl SnapshotThread {
                     let bytes = copy.to_snapshot_bytes();
                     drop(copy);
                     let serialized_ms = started.elapsed().as_millis();
-                    if let Err(error) = writer.write(&bytes) {
+                    if let Err(error) = writer.write(SNAPSHOT_IMAGE_FORMAT, &bytes) {
                         fatal(&format!("shard {shard_id} snapshot {seq} failed: {error}"));
                     }
                     eprintln!(

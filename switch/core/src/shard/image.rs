@@ -1,6 +1,7 @@
-//! The shard as bytes and back: `ShardImage` is the snapshot format (rkyv; its fields and their
-//! order are the format, so they change only with a format change), and `check_invariants` is
-//! the full scan recovery runs over a restored shard before it serves anything.
+//! The shard as bytes and back: `ShardImage` and `ShardImageFormat1` are the snapshot formats
+//! (rkyv; their fields and order are the format, so they change only with a new image format,
+//! and every earlier one stays readable), and `check_invariants` is the full scan recovery runs
+//! over a restored shard before it serves anything.
 
 use std::sync::Arc;
 
@@ -14,7 +15,9 @@ use crate::dense_map::DenseMap;
 use crate::hasher::KeyHasherBuilder;
 use crate::types::{ForeignCode, Ms, OpId, PinHash, Totals};
 
-/// The serialized form of a shard (snapshots). The big tables go in as their `DenseMap` parts:
+/// The serialized form of a shard (snapshots), image format 0 (the layout before image formats
+/// were numbered; image format 1 wraps it). Never change it: images in this format are read
+/// as written. The big tables go in as their `DenseMap` parts:
 /// taking them shares the chunks (no copy), and restoring them keeps the index (no rehash of
 /// millions of keys); rkyv's shared-pointer support writes each chunk once.
 #[derive(Archive, Serialize, Deserialize)]
@@ -41,6 +44,14 @@ struct ShardImage {
     sessions: Vec<(u128, Session)>,
     /// Expired sessions, oldest first.
     expired_sessions: Vec<(u128, Session)>,
+}
+
+/// Image format 1: format 0's image, then what the engine format added.
+#[derive(Archive, Serialize, Deserialize)]
+struct ShardImageFormat1 {
+    shard: ShardImage,
+    engine_format: u16,
+    approval_key: [u64; 2],
 }
 
 /// A `DenseMap`'s chunks and index.
@@ -123,7 +134,7 @@ impl Shard {
         Ok(())
     }
 
-    /// A snapshot image of the whole shard.
+    /// A snapshot image of the whole shard, in image format `SNAPSHOT_IMAGE_FORMAT`.
     pub fn to_snapshot_bytes(&self) -> Vec<u8> {
         let (foreign_pools, foreign_known, foreign_conversions) = self.foreign.to_image();
         let (sessions, expired_sessions) = self.sessions.to_image();
@@ -153,11 +164,16 @@ impl Shard {
             sessions,
             expired_sessions,
         };
+        let image = ShardImageFormat1 {
+            shard: image,
+            engine_format: self.engine_format,
+            approval_key: self.approval_key,
+        };
         // Sized up front: growing a buffer of hundreds of megabytes by doubling copies it again
         // and again (measured: a third of the time).
         let estimate_bytes = 4096
             + self.cards.len() * 88
-            + image.holds.len() * 72
+            + image.shard.holds.len() * 72
             + (self.ops.current.len() + self.ops.previous.len()) * 160;
         let buffer = rkyv::util::AlignedVec::<16>::with_capacity(estimate_bytes);
         rkyv::api::high::to_bytes_in::<_, RkyvError>(&image, buffer)
@@ -167,16 +183,47 @@ impl Shard {
 
     /// Rebuilds a shard from `to_snapshot_bytes` output (validated; bad bytes are an error).
     pub fn from_snapshot_bytes(bytes: &[u8]) -> Result<Shard, String> {
-        let image =
-            rkyv::from_bytes::<ShardImage, RkyvError>(bytes).map_err(|error| error.to_string())?;
+        Shard::from_snapshot_image(super::SNAPSHOT_IMAGE_FORMAT, bytes)
+    }
+
+    /// Rebuilds a shard from an image in `image_format` (0 or 1): the images of every release
+    /// since snapshots existed. A newer format is refused, by number, never guessed at.
+    pub fn from_snapshot_image(image_format: u32, bytes: &[u8]) -> Result<Shard, String> {
+        let (image, engine_format, approval_key) = match image_format {
+            0 => {
+                let image = rkyv::from_bytes::<ShardImage, RkyvError>(bytes)
+                    .map_err(|error| error.to_string())?;
+                (image, super::ENGINE_FORMAT_FIRST, [0, 0])
+            }
+            1 => {
+                let image = rkyv::from_bytes::<ShardImageFormat1, RkyvError>(bytes)
+                    .map_err(|error| error.to_string())?;
+                (image.shard, image.engine_format, image.approval_key)
+            }
+            newer => {
+                return Err(format!(
+                    "image format {newer} is newer than this release reads (0 to {})",
+                    super::SNAPSHOT_IMAGE_FORMAT
+                ));
+            }
+        };
+        if !(super::ENGINE_FORMAT_FIRST..=super::ENGINE_FORMAT_CURRENT).contains(&engine_format) {
+            return Err(format!(
+                "engine format {engine_format} is not one this release runs ({} to {})",
+                super::ENGINE_FORMAT_FIRST,
+                super::ENGINE_FORMAT_CURRENT
+            ));
+        }
         if image.shard_count == 0 || image.shard_id >= image.shard_count {
             return Err(format!("shard {} of {}", image.shard_id, image.shard_count));
         }
         let config =
             EngineConfig::try_from(&image.config).map_err(|why| format!("rules: {why}"))?;
         let mut shard =
-            Shard::with_hash_key(image.shard_id, image.shard_count, config, image.hash_key);
+            Shard::first_format(image.shard_id, image.shard_count, config, image.hash_key);
         let hasher = KeyHasherBuilder { key: image.hash_key };
+        shard.engine_format = engine_format;
+        shard.approval_key = approval_key;
         shard.now_ms = image.now_ms;
         shard.ops.evicted_floor_ms = image.evicted_floor_ms;
         shard.approvals = image.approvals;

@@ -37,7 +37,10 @@
 //! `charging.rs` (the session table and rating; calls, event charges, quotes, notices),
 //! `foreign.rs` (foreign PIN pools), `image.rs` (snapshots and the invariant scan).
 
+use std::hash::Hasher;
+
 use pinswitch_protocol::{OpStatus, ResultCode};
+use siphasher::sip::SipHasher24;
 
 mod cards;
 mod charging;
@@ -63,6 +66,16 @@ use crate::hasher::KeyMap;
 pub use crate::hasher::{KeyHasher, KeyHasherBuilder};
 use crate::types::{Applied, Body, Command, Effect, Ms, OpId, PinHash, Reply, Totals};
 
+/// The engine format a shard with no history starts in: what the commands of a journal written
+/// before formats were numbered mean (sequential approval codes). Recovery without a snapshot
+/// starts here, and the journal's `Upgrade` records move it on.
+pub const ENGINE_FORMAT_FIRST: u16 = 1;
+/// The newest engine format this code runs: 2 draws approval codes from a keyed PRF.
+pub const ENGINE_FORMAT_CURRENT: u16 = 2;
+/// The snapshot image layout `to_snapshot_bytes` writes: 1 adds the engine format and the
+/// approval key to layout 0 (the images written before layouts were numbered).
+pub const SNAPSHOT_IMAGE_FORMAT: u32 = 1;
+
 /// One shard's state. `Clone` is a consistent copy for a snapshot taken off the shard thread:
 /// the big tables (cards, op-id records) are `DenseMap`s whose chunks are shared copy-on-write,
 /// so the clone costs microseconds and the shard pays later, a chunk at a time, as it writes.
@@ -75,8 +88,13 @@ pub struct Shard {
     config: EngineConfig,
     /// The engine's clock: the largest `now_ms` it was given (it never runs backwards).
     now_ms: Ms,
-    /// Counter behind approval codes (deterministic; codes are six digits, 100000..=999999).
+    /// What journaled commands mean (`ENGINE_FORMAT_FIRST..=ENGINE_FORMAT_CURRENT`).
+    engine_format: u16,
+    /// Counter behind approval codes (codes are six digits, 100000..=999999): the code itself
+    /// in format 1, the input of the keyed PRF from format 2 on.
     approvals: u32,
+    /// The secret key of approval codes from format 2 on (journaled in the `Upgrade` record).
+    approval_key: [u64; 2],
     totals: Totals,
     cards: DenseMap<Card>,
     /// Pending holds, by hold id, card and expiry.
@@ -100,8 +118,27 @@ impl Shard {
         Shard::with_hash_key(shard_id, shard_count, config, [0, 0])
     }
 
-    /// A shard whose tables are seeded with a secret (see `KeyHasherBuilder`).
+    /// A shard whose tables are seeded with a secret (see `KeyHasherBuilder`), in the current
+    /// engine format (its approval key derived from the table seed: tests and benches; the
+    /// server starts from `first_format` and journals its upgrade).
     pub fn with_hash_key(
+        shard_id: u16,
+        shard_count: u16,
+        config: EngineConfig,
+        hash_key: [u64; 2],
+    ) -> Shard {
+        let mut shard = Shard::first_format(shard_id, shard_count, config, hash_key);
+        shard.engine_format = ENGINE_FORMAT_CURRENT;
+        let mut hasher = SipHasher24::new_with_keys(hash_key[0], hash_key[1]);
+        hasher.write(b"pinswitch approval key for tests");
+        let derived = hasher.finish();
+        shard.approval_key = [derived, derived.rotate_left(32) ^ 0x5bd1_e995];
+        shard
+    }
+
+    /// A shard with no history: format `ENGINE_FORMAT_FIRST`, where replay of a journal from its
+    /// first record starts (recovery without a snapshot, the exporter's shadow engines).
+    pub fn first_format(
         shard_id: u16,
         shard_count: u16,
         config: EngineConfig,
@@ -115,7 +152,9 @@ impl Shard {
             shard_count,
             config,
             now_ms: 0,
+            engine_format: ENGINE_FORMAT_FIRST,
             approvals: 0,
+            approval_key: [0, 0],
             totals: Totals::default(),
             cards: DenseMap::with_hasher(hasher),
             holds: HoldTable::new(hasher),
@@ -125,6 +164,11 @@ impl Shard {
             sessions: SessionTable::new(hasher),
             effects: Vec::new(),
         }
+    }
+
+    /// What journaled commands mean to this shard (see `ENGINE_FORMAT_CURRENT`).
+    pub fn engine_format(&self) -> u16 {
+        self.engine_format
     }
 
     pub fn shard_id(&self) -> u16 {
@@ -184,6 +228,9 @@ impl Shard {
         let applied = match &command.body {
             Body::Tick => Applied::new(Reply::code(ResultCode::Approved), false),
             Body::Configure(config) => self.configure(config),
+            Body::Upgrade { engine_format, approval_key } => {
+                self.upgrade(*engine_format, *approval_key)
+            }
             Body::SessionsClose { owner_id, silent_since_ms, session_ids } => {
                 let closed = self.close_orphans(*owner_id, *silent_since_ms, session_ids);
                 let mut reply = Reply::code(ResultCode::Approved);
@@ -218,6 +265,17 @@ impl Shard {
             }
             Err(_) => Applied::new(Reply::code(ResultCode::FormatError), false),
         }
+    }
+
+    /// UPGRADE: the engine format rises to `engine_format` (never falls; a format this code
+    /// does not know is refused, so a journal from a newer release cannot run on old rules).
+    fn upgrade(&mut self, engine_format: u16, approval_key: [u64; 2]) -> Applied {
+        if engine_format <= self.engine_format || engine_format > ENGINE_FORMAT_CURRENT {
+            return Applied::new(Reply::code(ResultCode::FormatError), false);
+        }
+        self.engine_format = engine_format;
+        self.approval_key = approval_key;
+        Applied::new(Reply::code(ResultCode::Approved), true)
     }
 
     /// A command with an op id: the gate, then the dispatch, then the record.
@@ -376,7 +434,8 @@ impl Shard {
             Body::ForeignImport { .. }
             | Body::Tick
             | Body::Configure(_)
-            | Body::SessionsClose { .. } => {
+            | Body::SessionsClose { .. }
+            | Body::Upgrade { .. } => {
                 unreachable!("names no card: handled before the dispatch")
             }
         };
@@ -385,8 +444,21 @@ impl Shard {
 
     fn next_approval_code(&mut self) -> u32 {
         // Six digits, like an ISO 8583 authorization id response (field 38).
-        self.approvals = (self.approvals + 1) % 900_000;
-        100_000 + self.approvals
+        if self.engine_format < 2 {
+            // Format 1: sequential, which told anyone holding one code the next ones and the
+            // shard's approval count. Kept so journals written then replay as they ran.
+            self.approvals = (self.approvals + 1) % 900_000;
+            return 100_000 + self.approvals;
+        }
+        // Format 2: a keyed PRF (SipHash-2-4) of the shard and a counter: unpredictable
+        // without the key, the same at every replay. Codes may repeat, as in ISO 8583; the op
+        // id, not the code, names the operation.
+        self.approvals = self.approvals.wrapping_add(1);
+        let mut hasher = SipHasher24::new_with_keys(self.approval_key[0], self.approval_key[1]);
+        hasher.write_u16(self.shard_id);
+        hasher.write_u32(self.approvals);
+        let code = hasher.finish() % 900_000;
+        100_000 + u32::try_from(code).expect("a remainder below 900000 fits a u32")
     }
 
     /// A reply carrying the card's balances.
