@@ -13,6 +13,14 @@ use std::time::Duration;
 const START_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// A running switch process.
+/// What one shard's "recovered" line at start says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Recovered {
+    pub snapshot_seq: u64,
+    pub replayed: u64,
+    pub cards: u64,
+}
+
 pub struct Switch {
     child: Option<Child>,
     pub address: String,
@@ -62,6 +70,51 @@ impl Switch {
         let (address, startup) =
             address.recv_timeout(START_TIMEOUT).expect("pinswitch did not start listening");
         Switch { child: Some(child), address, data_dir: data_dir.to_path_buf(), output, startup }
+    }
+
+    /// The shards' "recovered" lines of this start, by shard id: each of the `shards` shards
+    /// must have exactly one.
+    pub fn recovered(&self, shards: usize) -> Vec<Recovered> {
+        let mut found: Vec<Option<Recovered>> = vec![None; shards];
+        for line in self.startup_lines() {
+            // "pinswitch: shard N recovered: snapshot at record S, R records replayed, C cards"
+            let Some(rest) = line.strip_prefix("pinswitch: shard ") else { continue };
+            let Some((shard, rest)) = rest.split_once(" recovered: snapshot at record ") else {
+                continue;
+            };
+            let numbers: Vec<u64> = rest
+                .split(|c: char| !c.is_ascii_digit())
+                .filter(|part| !part.is_empty())
+                .map(|part| part.parse().expect("a number"))
+                .collect();
+            assert!(
+                rest.contains(" records replayed, ")
+                    && rest.ends_with(" cards")
+                    && numbers.len() == 3,
+                "odd line {line:?}"
+            );
+            let shard: usize = shard.parse().expect("a shard id");
+            assert!(shard < found.len(), "shard {shard} of {shards}: {line:?}");
+            assert!(
+                found[shard].is_none(),
+                "shard {shard} recovered twice: {:?}",
+                self.startup_lines()
+            );
+            found[shard] = Some(Recovered {
+                snapshot_seq: numbers[0],
+                replayed: numbers[1],
+                cards: numbers[2],
+            });
+        }
+        found
+            .into_iter()
+            .enumerate()
+            .map(|(shard, report)| {
+                report.unwrap_or_else(|| {
+                    panic!("no recovered line for shard {shard}: {:?}", self.startup_lines())
+                })
+            })
+            .collect()
     }
 
     /// The standard-output lines printed up to and including the "listening on" one (the

@@ -15,7 +15,7 @@ use pinswitch_protocol::{
     BalanceInquiry, CardActivate, CardIssue, Category, FLAG_REPLAYED, Inquiry, MsgType, OpResult,
     OpStatus, ResultCode, Sale, new_op_id,
 };
-use pinswitch_tests::{Switch, fresh_dir};
+use pinswitch_tests::{Recovered, Switch, fresh_dir};
 
 const BIN: &str = env!("CARGO_BIN_EXE_pinswitch");
 /// The harness starts every switch with `--shards 2`.
@@ -23,51 +23,9 @@ const SHARDS: u16 = 2;
 const FACE_WON: u64 = 100_000;
 const PASSWORD: &[u8] = b"pass1234";
 
-/// What one shard's "recovered" line at start says.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Recovered {
-    snapshot_seq: u64,
-    replayed: u64,
-    cards: u64,
-}
-
-/// The shards' "recovered" lines of a start, by shard id (each must be there exactly once).
+/// The shards' "recovered" lines of a start, by shard id.
 fn recovered(switch: &Switch) -> Vec<Recovered> {
-    let mut found: Vec<Option<Recovered>> = vec![None; usize::from(SHARDS)];
-    for line in switch.startup_lines() {
-        // "pinswitch: shard N recovered: snapshot at record S, R records replayed, C cards"
-        let Some(rest) = line.strip_prefix("pinswitch: shard ") else { continue };
-        let Some((shard, rest)) = rest.split_once(" recovered: snapshot at record ") else {
-            continue;
-        };
-        let numbers: Vec<u64> = rest
-            .split(|c: char| !c.is_ascii_digit())
-            .filter(|part| !part.is_empty())
-            .map(|part| part.parse().expect("a number"))
-            .collect();
-        assert!(
-            rest.contains(" records replayed, ") && rest.ends_with(" cards") && numbers.len() == 3,
-            "odd line {line:?}"
-        );
-        let shard: usize = shard.parse().expect("a shard id");
-        assert!(shard < found.len(), "shard {shard} of {SHARDS}: {line:?}");
-        assert!(
-            found[shard].is_none(),
-            "shard {shard} recovered twice: {:?}",
-            switch.startup_lines()
-        );
-        found[shard] =
-            Some(Recovered { snapshot_seq: numbers[0], replayed: numbers[1], cards: numbers[2] });
-    }
-    found
-        .into_iter()
-        .enumerate()
-        .map(|(shard, report)| {
-            report.unwrap_or_else(|| {
-                panic!("no recovered line for shard {shard}: {:?}", switch.startup_lines())
-            })
-        })
-        .collect()
+    switch.recovered(usize::from(SHARDS))
 }
 
 /// The "listening on" line of a start.

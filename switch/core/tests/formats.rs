@@ -187,6 +187,16 @@ fn format_2_approval_codes_are_keyed_not_counted() {
     assert_eq!(codes(1), 100_004, "format 1 counts");
     let keyed = codes(2);
     assert!((100_000..1_000_000).contains(&keyed) && keyed != 100_004, "{keyed}");
+    // The key decides the codes: another key, other codes for the same approvals.
+    let first_code = |approval_key| {
+        let mut shard = Shard::first_format(0, 1, EngineConfig::production(), [0, 0]);
+        let body = Body::Upgrade { engine_format: 2, approval_key };
+        assert!(shard.apply(NOW_MS, &Command { op_id: 0, deadline_at_ms: 0, body }).changed);
+        let op_id = (u128::from(NOW_MS) << 80) | 1;
+        let body = Body::Issue { pin_hash: 7, face_value_won: 20_000 };
+        shard.apply(NOW_MS, &Command { op_id, deadline_at_ms: 0, body }).reply.approval_code
+    };
+    assert_ne!(first_code([7, 7]), first_code([7, 8]));
 }
 
 /// Writes a dump in the layout `pinned` reads (for a new format's first dump only).
