@@ -332,8 +332,8 @@ pub struct SessionStart {
     /// The call switch's node id: SESSION_AUDIT compares the sessions of one owner.
     pub owner_id: u32,
     /// The holder's password when the call switch collects one (empty: none; accepted only
-    /// when the server's `session_password_required` is off). A wrong one counts toward the
-    /// lockout like a payment's.
+    /// when the card's product, or the engine-wide rule, has `session_password_required`
+    /// off). A wrong one counts toward the lockout like a payment's.
     pub password: Vec<u8>,
 }
 

@@ -6,8 +6,9 @@
 
 use pinswitch_protocol::client::Client;
 use pinswitch_protocol::{
-    Authorize, BalanceInquiry, BalanceResult, CardActivate, CardIssue, Category, FLAG_REPLAYED,
-    ResultCode, SessionEnd, SessionResult, SessionStart, SessionUpdate, Void, new_op_id,
+    Authorize, BalanceInquiry, BalanceResult, CardActivate, CardIssue, Category, EventCharge,
+    FLAG_REPLAYED, ResultCode, SessionEnd, SessionResult, SessionStart, SessionUpdate, Void,
+    new_op_id,
 };
 use pinswitch_tests::{Switch, fresh_dir, one};
 
@@ -193,4 +194,77 @@ async fn a_two_hour_call_is_charged_to_the_won_across_a_sigkill() {
         (view.balance_won, view.available_won, view.held_won),
         (FACE_WON - 14_410, FACE_WON - 14_410, 0)
     );
+}
+
+/// A product may require the password for its calls and event charges while the engine-wide
+/// rule does not (`session_password_required` on the product in `[[engine.products]]`): the
+/// 10,000-won card, sold for payments, refuses a call or an event charge without its password
+/// (a found PIN alone buys nothing), while the 50,000-won calling card takes the PIN alone.
+/// The rule is journaled (a CONFIGURE beyond the frozen record) and holds after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_product_can_require_the_password_for_its_calls() {
+    let dir = fresh_dir("sessions-product-password");
+    let config = dir.with_extension("toml");
+    std::fs::write(
+        &config,
+        "[engine]\nsession_password_required = false\n\
+         [[engine.products]]\nface_value_won = 10000\nsession_password_required = true\n\
+         [[engine.products]]\nface_value_won = 50000\n",
+    )
+    .expect("config");
+    let config = config.to_str().expect("utf-8");
+    let mut switch = Switch::start(BIN.as_ref(), &dir, &["--config", config]);
+    let mut client = Client::connect(&switch.address).await.expect("connect");
+    let mut pins = Vec::new();
+    for face_value_won in [10_000, 50_000] {
+        let issued =
+            one(client.card_issue(&[CardIssue { op_id: new_op_id(), face_value_won }]).await).await;
+        let activate =
+            CardActivate { op_id: new_op_id(), pin: issued.pin, password: PASSWORD.to_vec() };
+        assert_eq!(one(client.card_activate(&[activate]).await).await.code, 0);
+        pins.push(issued.pin);
+    }
+    let (payment_card, calling_card) = (pins[0], pins[1]);
+    let start = |pin: u64, session_id: u128, password: &[u8]| SessionStart {
+        op_id: new_op_id(),
+        pin,
+        session_id,
+        category: Category::TelephoneCall as u8,
+        destination: MOBILE.to_vec(),
+        requested_s: 60,
+        owner_id: 1,
+        password: password.to_vec(),
+    };
+    let charge = |pin: u64, password: &[u8]| EventCharge {
+        op_id: new_op_id(),
+        pin,
+        password: password.to_vec(),
+        category: Category::PhoneInformation as u8,
+        destination: b"15881234".to_vec(),
+        units: 1,
+    };
+    for life in 0..2 {
+        let session = |n: u128| SESSION + n + 10 * life;
+        let refused =
+            one(client.session_start(&[start(payment_card, session(1), b"")]).await).await;
+        assert_eq!(code(&refused), ResultCode::PasswordInvalid, "life {life}");
+        let charged = one(client.event_charge(&[charge(payment_card, b"")]).await).await;
+        assert_eq!(charged.code, ResultCode::PasswordInvalid.as_u16(), "life {life}");
+        let with =
+            one(client.session_start(&[start(payment_card, session(2), PASSWORD)]).await).await;
+        assert_eq!(code(&with), ResultCode::Approved, "life {life}");
+        let calling =
+            one(client.session_start(&[start(calling_card, session(3), b"")]).await).await;
+        assert_eq!(code(&calling), ResultCode::Approved, "life {life}");
+        let charged = one(client.event_charge(&[charge(calling_card, b"")]).await).await;
+        assert_eq!(charged.code, ResultCode::Approved.as_u16(), "life {life}");
+        // No try was counted for the missing password (5 tries, the production rule).
+        assert_eq!(card(&client, payment_card).await.password_tries_left, 5, "life {life}");
+        if life == 0 {
+            drop(client);
+            switch.stop();
+            switch = Switch::start(BIN.as_ref(), &dir, &["--config", config]);
+            client = Client::connect(&switch.address).await.expect("reconnect");
+        }
+    }
 }

@@ -180,8 +180,9 @@ async fn todays_binaries_take_over_a_data_directory_of_the_previous_release() {
                 let seq: u64 = seq.parse().expect("a seq");
                 let header = std::fs::read(&path).expect("read a snapshot");
                 let image_format = u32::from_le_bytes(header[12..16].try_into().expect("4 bytes"));
-                // The release's snapshots at record 6 say 0 there; today's say 1.
-                assert_eq!(image_format, u32::from(seq > 6), "{name}");
+                // The release's snapshots at record 6 say 0 there; today's say today's.
+                let today = pinswitch_core::SNAPSHOT_IMAGE_FORMAT;
+                assert_eq!(image_format, if seq > 6 { today } else { 0 }, "{name}");
             }
         }
         for card in &expected {
@@ -196,11 +197,13 @@ async fn todays_binaries_take_over_a_data_directory_of_the_previous_release() {
         let status = exporter(&["status"], &dir);
         assert!(status.contains("reconciled"), "{status}");
         assert!(status.contains("0 differ"), "{status}");
-        // And it reads back the state it wrote (shadow files version 4).
+        // And it reads back the state it wrote (shadow files version 5).
         let shadows = std::fs::read_dir(dir.join("export/shadows")).expect("shadows");
         for shadow in shadows {
             let bytes = std::fs::read(shadow.expect("a shadow").path()).expect("read a shadow");
-            assert_eq!(&bytes[..8], b"PSEXPSH4");
+            assert_eq!(&bytes[..8], b"PSEXPSH5");
+            let image_format = u32::from_le_bytes(bytes[16..20].try_into().expect("4 bytes"));
+            assert_eq!(image_format, pinswitch_core::SNAPSHOT_IMAGE_FORMAT);
         }
         let again = exporter(&["run"], &dir);
         assert!(again.contains("applied 0 records"), "{again}");

@@ -92,7 +92,7 @@ pub struct EngineConfig {
     pub expired_sessions_max: u32,
     /// SESSION_START and EVENT_CHARGE must carry the holder's password (off: the PIN alone, as
     /// phone cards are used; a password given is still checked, and a card locked by wrong
-    /// passwords is refused either way).
+    /// passwords is refused either way). A product may say otherwise for its cards.
     pub session_password_required: bool,
 }
 
@@ -128,6 +128,11 @@ pub struct Product {
     /// Each recharge extends the card's validity by `promotional_extension_days`.
     #[cfg_attr(feature = "serde", serde(default))]
     pub promotional: bool,
+    /// SESSION_START and EVENT_CHARGE of the product's cards must carry the password (a card
+    /// sold for internet payments, whose found PIN must not buy calls); `None`:
+    /// `session_password_required`. Journaled in `ConfigRecordAdded`, not in the frozen record.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub session_password_required: Option<bool>,
 }
 
 impl Product {
@@ -141,6 +146,7 @@ impl Product {
             recharge_unit_won: None,
             balance_cap_won: None,
             promotional: false,
+            session_password_required: None,
         }
     }
 }
@@ -578,6 +584,14 @@ impl EngineConfig {
             .is_none_or(|mask| mask & (1 << (category - 1)) != 0)
     }
 
+    /// Whether SESSION_START and EVENT_CHARGE of a card of this face value must carry the
+    /// password.
+    pub fn session_password_required_of(&self, face_value_won: u64) -> bool {
+        self.product(face_value_won)
+            .and_then(|product| product.session_password_required)
+            .unwrap_or(self.session_password_required)
+    }
+
     /// Points per 1,000 won paid by a card of this face value.
     pub fn points_per_mille_of(&self, face_value_won: u64) -> u16 {
         self.product(face_value_won)
@@ -853,5 +867,8 @@ fn test_product(
         recharge_unit_won: Some(recharge_unit_won),
         balance_cap_won: Some(balance_cap_won),
         promotional: false,
+        // Not set here: test_min's rules journal as the frozen record alone, whose bytes
+        // `tests/formats.rs` pins.
+        session_password_required: None,
     }
 }

@@ -64,6 +64,52 @@ pub struct ConfigRecord {
     pub session_password_required: bool,
 }
 
+/// The rules added since `ConfigRecord` was frozen, journaled beside it in a
+/// `ConfigureExtended` command (and held by snapshot images from image format 2 on). A
+/// record with every vector here empty is `Default`, and rules whose added part is default
+/// journal as a plain `Configure`, byte for byte what they were before this part existed.
+/// The same discipline as the frozen record: never reorder, retype or drop a field; a new
+/// rule is a new `ConfigRecordAdded` field only together with a new image format.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConfigRecordAdded {
+    /// Per product, all or nothing like the frozen vectors (`Product::session_password_required`;
+    /// the engine-wide rule stands in for products without one).
+    pub product_session_password_required: Vec<bool>,
+}
+
+/// The frozen record and the rules added since, as one `ConfigureExtended` command carries
+/// them.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ConfigRecordExtended {
+    pub record: ConfigRecord,
+    pub added: ConfigRecordAdded,
+}
+
+impl From<&EngineConfig> for ConfigRecordAdded {
+    fn from(config: &EngineConfig) -> ConfigRecordAdded {
+        ConfigRecordAdded {
+            product_session_password_required: per_product(
+                &config.products,
+                |product| product.session_password_required,
+                config.session_password_required,
+            ),
+        }
+    }
+}
+
+impl ConfigRecordAdded {
+    fn check_lengths(&self, products: usize) -> Result<(), String> {
+        let len = self.product_session_password_required.len();
+        if len != 0 && len != products {
+            return Err(
+                "product_session_password_required must be empty or have one entry per face value"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+}
+
 /// One per-product vector of the record: empty when no product has the rule of its own, else
 /// one entry per product, the global value standing in for the products without one (the
 /// vectors are all or nothing, and the global value is what "without one" means).
@@ -201,7 +247,20 @@ impl TryFrom<&ConfigRecord> for EngineConfig {
     type Error = String;
 
     fn try_from(record: &ConfigRecord) -> Result<EngineConfig, String> {
+        EngineConfig::from_records(record, &ConfigRecordAdded::default())
+    }
+}
+
+impl EngineConfig {
+    /// The engine's rules of a frozen record and the rules added since (default for a record
+    /// journaled alone). Refused only when a per-product vector disagrees in length with
+    /// `face_values_won`.
+    pub fn from_records(
+        record: &ConfigRecord,
+        added: &ConfigRecordAdded,
+    ) -> Result<EngineConfig, String> {
         record.check_lengths()?;
+        added.check_lengths(record.face_values_won.len())?;
         let products = record
             .face_values_won
             .iter()
@@ -214,6 +273,7 @@ impl TryFrom<&ConfigRecord> for EngineConfig {
                 recharge_unit_won: entry(&record.product_recharge_unit_won, index),
                 balance_cap_won: entry(&record.product_balance_cap_won, index),
                 promotional: record.promotional_face_values_won.contains(face_value_won),
+                session_password_required: entry(&added.product_session_password_required, index),
             })
             .collect();
         // Older rules may call a face value promotional that names no product (cards of a
@@ -268,6 +328,7 @@ impl EngineConfig {
     /// same rules in a different spelling, which must not journal a change at every start.
     pub fn same_record(&self, other: &EngineConfig) -> bool {
         ConfigRecord::from(self) == ConfigRecord::from(other)
+            && ConfigRecordAdded::from(self) == ConfigRecordAdded::from(other)
     }
 }
 
@@ -276,7 +337,8 @@ mod tests {
     use super::*;
 
     fn round_trip(config: &EngineConfig) -> EngineConfig {
-        EngineConfig::try_from(&ConfigRecord::from(config)).unwrap()
+        EngineConfig::from_records(&ConfigRecord::from(config), &ConfigRecordAdded::from(config))
+            .unwrap()
     }
 
     /// Every rule of every product set, to values unlike the global ones and test_min's.
@@ -290,6 +352,7 @@ mod tests {
             product.recharge_unit_won = Some(1_000 * (u64::from(at) + 1));
             product.balance_cap_won = Some(400_000 + u64::from(at));
             product.promotional = at % 2 == 1;
+            product.session_password_required = Some(at % 3 == 0);
         }
         config
     }
@@ -299,9 +362,27 @@ mod tests {
         for config in [EngineConfig::production(), EngineConfig::test_min(), every_rule_set()] {
             config.validate().unwrap();
             assert_eq!(round_trip(&config), config);
-            let record = ConfigRecord::from(&config);
-            assert_eq!(ConfigRecord::from(&EngineConfig::try_from(&record).unwrap()), record);
+            let (record, added) = (ConfigRecord::from(&config), ConfigRecordAdded::from(&config));
+            let back = EngineConfig::from_records(&record, &added).unwrap();
+            assert_eq!(
+                (ConfigRecord::from(&back), ConfigRecordAdded::from(&back)),
+                (record, added)
+            );
         }
+        // Only rules that set the added rule need the added record.
+        assert_eq!(
+            ConfigRecordAdded::from(&EngineConfig::test_min()),
+            ConfigRecordAdded::default()
+        );
+        assert_eq!(
+            ConfigRecordAdded::from(&every_rule_set()).product_session_password_required,
+            vec![true, false, false, true, false, false]
+        );
+        let wrong = ConfigRecordAdded { product_session_password_required: vec![true] };
+        assert_eq!(
+            EngineConfig::from_records(&ConfigRecord::from(&every_rule_set()), &wrong).unwrap_err(),
+            "product_session_password_required must be empty or have one entry per face value"
+        );
         let record = ConfigRecord::from(&EngineConfig::production());
         assert!(
             record.product_category_masks.is_empty() && record.product_points_per_mille.is_empty()

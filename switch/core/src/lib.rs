@@ -23,7 +23,7 @@ pub use config::{
     EngineConfig, ForeignProduct, Product, SESSION_SECONDS_MAX, TARIFF_BANDS_MAX, Tariff,
     TariffBand,
 };
-pub use config_record::ConfigRecord;
+pub use config_record::{ConfigRecord, ConfigRecordAdded, ConfigRecordExtended};
 pub use journal_entry::{JournalEntry, decode_entry, encode_entry, encode_entry_into};
 pub use keys::{KeyFile, Keys, PinKey};
 pub use routing::{shard_of_card, shard_of_op};

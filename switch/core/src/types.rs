@@ -6,7 +6,7 @@ use pinswitch_protocol::{CardState, Field, OpStatus, ResultCode};
 use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::config::EngineConfig;
-use crate::config_record::ConfigRecord;
+use crate::config_record::{ConfigRecord, ConfigRecordAdded, ConfigRecordExtended};
 
 /// Milliseconds since the Unix epoch, as the server's clock reported them.
 pub type Ms = u64;
@@ -192,12 +192,22 @@ pub enum Body {
         engine_format: u16,
         approval_key: [u64; 2],
     },
+    /// CONFIGURE of rules that set one the frozen record cannot hold (`ConfigRecordAdded`):
+    /// the record and the added rules. Rules without any journal as a plain `Configure`.
+    ConfigureExtended(Box<ConfigRecordExtended>),
 }
 
 impl Body {
-    /// CONFIGURE with these rules.
+    /// CONFIGURE with these rules: the frozen record alone when that holds them all (the
+    /// bytes every release has journaled), else the record and the rules added since.
     pub fn configure(config: &EngineConfig) -> Body {
-        Body::Configure(Box::new(ConfigRecord::from(config)))
+        let record = ConfigRecord::from(config);
+        let added = ConfigRecordAdded::from(config);
+        if added == ConfigRecordAdded::default() {
+            Body::Configure(Box::new(record))
+        } else {
+            Body::ConfigureExtended(Box::new(ConfigRecordExtended { record, added }))
+        }
     }
 
     /// The card a command is about (`None` for the server's commands: `Tick`, `Configure`,
@@ -229,7 +239,8 @@ impl Body {
             | Body::Tick
             | Body::Configure(_)
             | Body::SessionsClose { .. }
-            | Body::Upgrade { .. } => None,
+            | Body::Upgrade { .. }
+            | Body::ConfigureExtended(_) => None,
         }
     }
 }

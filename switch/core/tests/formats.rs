@@ -151,16 +151,18 @@ fn a_format_0_snapshot_restores_as_pinned() {
     assert!(Shard::from_snapshot_image(1, &bytes).is_err(), "format 0 is not format 1");
 }
 
-/// Image format 1 in engine format 2, pinned the same way, and a newer image format refused.
+/// Image format 1 (engine format 2), pinned when it was written: read, and written again in
+/// today's image format as the shard that the same commands make.
 #[test]
-fn a_format_1_snapshot_archives_and_restores_as_pinned() {
+fn a_format_1_snapshot_restores_as_pinned() {
     let bytes = pinned(include_str!("pinned/snapshot_format_1_engine_2.hex"));
-    assert_same_bytes("format 1 snapshot", &pinned_shard(2).to_snapshot_bytes(), &bytes);
     let restored = Shard::from_snapshot_image(1, &bytes).unwrap();
     assert_eq!((restored.engine_format(), restored.config()), (2, &EngineConfig::test_min()));
-    assert_same_bytes("format 1 restored", &restored.to_snapshot_bytes(), &bytes);
-    let newer = Shard::from_snapshot_image(2, &bytes).err().unwrap();
-    assert!(newer.contains("image format 2 is newer"), "{newer}");
+    assert_same_bytes(
+        "format 1 restored",
+        &restored.to_snapshot_bytes(),
+        &pinned_shard(2).to_snapshot_bytes(),
+    );
     // The engine format never falls, and a format this code does not know is refused.
     let mut shard = restored;
     for engine_format in [1, 2, 3] {
@@ -172,6 +174,53 @@ fn a_format_1_snapshot_archives_and_restores_as_pinned() {
         );
         assert_eq!(shard.engine_format(), 2);
     }
+}
+
+/// test_min's rules with a password rule of their own on two products: rules the frozen
+/// record cannot hold.
+fn rules_with_product_passwords() -> EngineConfig {
+    let mut config = EngineConfig::test_min();
+    config.products[0].session_password_required = Some(true);
+    config.products[3].session_password_required = Some(false);
+    config
+}
+
+/// The CONFIGURE_EXTENDED record a switch journals for those rules.
+fn configure_extended_entry() -> JournalEntry {
+    JournalEntry {
+        now_ms: NOW_MS,
+        command: Command {
+            op_id: 0,
+            deadline_at_ms: 0,
+            body: Body::configure(&rules_with_product_passwords()),
+        },
+        reply: Reply::code(ResultCode::Approved),
+    }
+}
+
+#[test]
+fn a_configure_extended_record_archives_and_decodes_as_pinned() {
+    let entry = configure_extended_entry();
+    assert!(matches!(entry.command.body, Body::ConfigureExtended(_)));
+    let bytes = pinned(include_str!("pinned/entry_configure_extended.hex"));
+    assert_same_bytes("CONFIGURE_EXTENDED entry", &encode_entry(&entry), &bytes);
+    assert_eq!(decode_entry(&bytes).unwrap(), entry);
+}
+
+/// Image format 2 holds the added rules: a shard under them, pinned, restored, and a newer
+/// image format refused.
+#[test]
+fn a_format_2_snapshot_archives_and_restores_as_pinned() {
+    let mut shard = pinned_shard(2);
+    assert!(shard.apply(NOW_MS, &configure_extended_entry().command).changed);
+    let bytes = pinned(include_str!("pinned/snapshot_format_2_engine_2.hex"));
+    assert_same_bytes("format 2 snapshot", &shard.to_snapshot_bytes(), &bytes);
+    let restored = Shard::from_snapshot_image(2, &bytes).unwrap();
+    // The same rules (a product without a rule of its own comes back with the global one).
+    assert!(restored.config().same_record(&rules_with_product_passwords()));
+    assert_same_bytes("format 2 restored", &restored.to_snapshot_bytes(), &bytes);
+    let newer = Shard::from_snapshot_image(3, &bytes).err().unwrap();
+    assert!(newer.contains("image format 3 is newer"), "{newer}");
 }
 
 /// Format 2's approval codes are not format 1's counter: the first three differ from 100001,

@@ -32,10 +32,10 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use pinswitch_core::shard::msg_type_of;
 use pinswitch_core::{
-    Applied, Body, CardView, Command, ConfigRecord, EngineConfig, FINAL_UNIT_NONE,
-    FINAL_UNIT_TERMINATE, ForeignCode, HoldView, Ms, OpId, OpView, PinHash, Product, Reply,
-    SessionGrant, SessionNoticeOut, SessionOpen, Shard, Tariff, Totals, destination_digits,
-    pack_destination,
+    Applied, Body, CardView, Command, ConfigRecord, ConfigRecordAdded, EngineConfig,
+    FINAL_UNIT_NONE, FINAL_UNIT_TERMINATE, ForeignCode, HoldView, Ms, OpId, OpView, PinHash,
+    Product, Reply, SessionGrant, SessionNoticeOut, SessionOpen, Shard, Tariff, Totals,
+    destination_digits, pack_destination,
 };
 use pinswitch_protocol::{
     CardState, Field, NOTICE_ABORT, NOTICE_EXPIRED, NOTICE_LOW_BALANCE, NOTICE_REAUTHORIZE,
@@ -757,7 +757,8 @@ impl Reference {
         let expired = !due.is_empty() | self.expire_sessions();
         let (reply, changed) = match &command.body {
             Body::Tick => (bare(ResultCode::Approved), false),
-            Body::Configure(config) => self.configure(config),
+            Body::Configure(record) => self.configure(record, &ConfigRecordAdded::default()),
+            Body::ConfigureExtended(rules) => self.configure(&rules.record, &rules.added),
             Body::SessionsClose { owner_id, silent_since_ms, session_ids } => {
                 self.sessions_close(*owner_id, *silent_since_ms, session_ids)
             }
@@ -820,9 +821,15 @@ impl Reference {
     /// New rules from here on. The walk changes only the session rules below (everything else
     /// stays `test_min`'s, which the reference is written for); a local-time offset more than
     /// 14 hours from UTC is refused (FORMAT_ERROR) and changes nothing.
-    fn configure(&mut self, record: &ConfigRecord) -> (Reply, bool) {
-        let config = &EngineConfig::try_from(record).expect("the walk sends whole records");
+    fn configure(&mut self, record: &ConfigRecord, added: &ConfigRecordAdded) -> (Reply, bool) {
+        let config =
+            &EngineConfig::from_records(record, added).expect("the walk sends whole records");
+        let mut products = EngineConfig::test_min().products;
+        for (product, set) in products.iter_mut().zip(&config.products) {
+            product.session_password_required = set.session_password_required;
+        }
         let expected = EngineConfig {
+            products,
             session_password_required: config.session_password_required,
             low_balance_warn_won: config.low_balance_warn_won,
             tariff_utc_offset_s: config.tariff_utc_offset_s,
@@ -987,9 +994,11 @@ impl Reference {
             Body::EventCharge { pin_hash, password_mac, destination, units, category } => {
                 self.event_charge(op_id, pin_hash, password_mac, destination, units, category)
             }
-            Body::Tick | Body::Configure(_) | Body::SessionsClose { .. } | Body::Upgrade { .. } => {
-                unreachable!()
-            }
+            Body::Tick
+            | Body::Configure(_)
+            | Body::ConfigureExtended(_)
+            | Body::SessionsClose { .. }
+            | Body::Upgrade { .. } => unreachable!(),
         }
     }
 
@@ -1043,7 +1052,7 @@ impl Reference {
     /// not counted); a wrong one counts toward the lock; the right one clears the count.
     fn session_password(&mut self, pin: PinHash, mac: u64) -> Result<(), ResultCode> {
         let tries = self.cfg.password_tries_max;
-        let required = self.cfg.session_password_required;
+        let required = self.password_required(pin);
         let card = self.card_mut(pin).unwrap();
         if card.failures >= tries {
             return Err(ResultCode::PasswordTriesExceeded);
@@ -1061,6 +1070,18 @@ impl Reference {
         }
         card.failures = 0;
         Ok(())
+    }
+
+    /// Whether the card's calls and event charges need the password: its product's rule,
+    /// else the engine-wide one.
+    fn password_required(&self, pin: PinHash) -> bool {
+        let face = self.cards.iter().find(|card| card.pin == pin).map(|card| card.face);
+        self.cfg
+            .products
+            .iter()
+            .find(|product| Some(product.face_value_won) == face)
+            .and_then(|product| product.session_password_required)
+            .unwrap_or(self.cfg.session_password_required)
     }
 
     /// What SESSION_START and EVENT_CHARGE check first, in order: the category, the called
@@ -2133,7 +2154,11 @@ struct Walk {
 fn is_server_command(body: &Body) -> bool {
     matches!(
         body,
-        Body::Tick | Body::SessionsClose { .. } | Body::Configure(_) | Body::Upgrade { .. }
+        Body::Tick
+            | Body::SessionsClose { .. }
+            | Body::Configure(_)
+            | Body::ConfigureExtended(_)
+            | Body::Upgrade { .. }
     )
 }
 
@@ -2624,7 +2649,19 @@ impl Walk {
     /// low-balance level, the local-time offset (sometimes out of range: refused), the
     /// validity time.
     fn configure_body(&mut self) -> Body {
+        let mut products = EngineConfig::test_min().products;
+        if self.rng.percent(50) {
+            // Some products decide for their own cards (a CONFIGURE_EXTENDED record).
+            for product in &mut products {
+                product.session_password_required = match self.rng.below(3) {
+                    0 => None,
+                    1 => Some(false),
+                    _ => Some(true),
+                };
+            }
+        }
         let config = EngineConfig {
+            products,
             session_password_required: self.rng.percent(50),
             low_balance_warn_won: self.rng.pick(&[1_000, 0, 5_000, 20_000]),
             tariff_utc_offset_s: self.rng.pick(&[9 * 3_600, 9 * 3_600, 0, -5 * 3_600, 15 * 3_600]),
@@ -3181,8 +3218,11 @@ impl Walk {
                 }
                 *units = if flip[4] || flip[5] { units.wrapping_add(1) } else { *units };
             }
-            Body::Tick | Body::Configure(_) | Body::SessionsClose { .. } | Body::Upgrade { .. } => {
-            }
+            Body::Tick
+            | Body::Configure(_)
+            | Body::ConfigureExtended(_)
+            | Body::SessionsClose { .. }
+            | Body::Upgrade { .. } => {}
         }
         body
     }
@@ -3366,7 +3406,10 @@ impl Walk {
             return;
         }
         let code = reply.code;
-        let required = self.reference.cfg.session_password_required;
+        let required = command.body.pin_hash().is_some_and(|pin| {
+            self.reference.cards.iter().any(|card| card.pin == pin)
+                && self.reference.password_required(pin)
+        });
         let what = match &command.body {
             Body::SessionUpdate { .. } if code == ResultCode::SessionExpiredCharged as u16 => {
                 "late UPDATE charged"
@@ -3377,6 +3420,16 @@ impl Walk {
             Body::SessionsClose { .. } if reply.amount_won > 0 => "audit close closed sessions",
             Body::Configure(_) if code == 0 => "CONFIGURE applied",
             Body::Configure(_) => "CONFIGURE refused",
+            Body::ConfigureExtended(_) if code == 0 => {
+                "CONFIGURE with product password rules applied"
+            }
+            Body::SessionStart(open)
+                if open.password_mac == 0
+                    && code == ResultCode::PasswordInvalid as u16
+                    && !self.reference.cfg.session_password_required =>
+            {
+                "START without a password refused by its product alone"
+            }
             Body::SessionStart(open)
                 if open.password_mac == 0 && code == ResultCode::PasswordInvalid as u16 =>
             {
@@ -3908,6 +3961,8 @@ fn engine_matches_the_reference_ledger() {
         "report rated across a rate change",
         "CONFIGURE applied",
         "CONFIGURE refused",
+        "CONFIGURE with product password rules applied",
+        "START without a password refused by its product alone",
         "START without a password approved",
         "START without a password refused (required)",
         "START with the password approved (required)",

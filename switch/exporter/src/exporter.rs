@@ -37,9 +37,11 @@ const STATE_FILE: &str = "state.bin";
 const STATE_MAGIC: &[u8; 8] = b"PSEXPST3";
 /// The shadow engines' snapshots, one file per shard and checkpoint generation.
 const SHADOW_DIR: &str = "shadows";
-/// The last byte is the file's version: 4 holds a shadow in snapshot image format 1; a version
-/// 3 file (image format 0, before images were numbered) is still read.
-const SHADOW_MAGIC: &[u8; 8] = b"PSEXPSH4";
+/// The last byte is the file's version: 5 gives the shadow's snapshot image format (u32, then
+/// four zero bytes) before the image; version 4 files hold image format 1 and version 3 files
+/// image format 0 (before images were numbered), and both are still read.
+const SHADOW_MAGIC: &[u8; 8] = b"PSEXPSH5";
+const SHADOW_MAGIC_IMAGE_FORMAT_1: &[u8; 8] = b"PSEXPSH4";
 const SHADOW_MAGIC_IMAGE_FORMAT_0: &[u8; 8] = b"PSEXPSH3";
 const FACTS_FILE: &str = "facts.bin";
 const FACTS_MAGIC: &[u8; 8] = b"PSEXPPD2";
@@ -809,7 +811,10 @@ impl Exporter {
         for follower in &self.followers {
             let snapshot = follower.shadow_snapshot();
             let path = shadow_path(&self.options.state_dir, follower.shard_id(), generation);
-            write_atomic_parts(&path, &[&header(SHADOW_MAGIC, snapshot.len()), &snapshot])?;
+            let mut image_format = [0u8; 8];
+            image_format[..4].copy_from_slice(&SNAPSHOT_IMAGE_FORMAT.to_le_bytes());
+            let header = header(SHADOW_MAGIC, image_format.len() + snapshot.len());
+            write_atomic_parts(&path, &[&header, &image_format, &snapshot])?;
         }
         // The followers' maps (remembered payments: millions of entries) are moved into the
         // image and back rather than copied.
@@ -939,18 +944,22 @@ fn load_followers(
         if bytes.len() < 16 || bytes[8..16] != ((bytes.len() - 16) as u64).to_le_bytes() {
             return Err(bad("wrong length".into()));
         }
-        let image_format = match &bytes[..8] {
-            magic if magic == SHADOW_MAGIC => SNAPSHOT_IMAGE_FORMAT,
-            magic if magic == SHADOW_MAGIC_IMAGE_FORMAT_0 => 0,
-            magic if magic.starts_with(b"PSEXPSH") => {
+        let (image_format, image) = match &bytes[..8] {
+            magic if magic == SHADOW_MAGIC && bytes.len() >= 24 => {
+                let format = u32::from_le_bytes(bytes[16..20].try_into().expect("4 bytes"));
+                (format, &bytes[24..])
+            }
+            magic if magic == SHADOW_MAGIC_IMAGE_FORMAT_1 => (1, &bytes[16..]),
+            magic if magic == SHADOW_MAGIC_IMAGE_FORMAT_0 => (0, &bytes[16..]),
+            magic if magic.starts_with(b"PSEXPSH") && magic != SHADOW_MAGIC => {
                 return Err(bad(format!(
-                    "shadow file version {} is newer than this release reads (3 and 4)",
+                    "shadow file version {} is newer than this release reads (3 to 5)",
                     char::from(magic[7])
                 )));
             }
-            _ => return Err(bad("wrong magic".into())),
+            _ => return Err(bad("wrong magic or length".into())),
         };
-        let follower = Follower::from_image(follower, image_format, &bytes[16..])
+        let follower = Follower::from_image(follower, image_format, image)
             .map_err(|reason| ExportError::State { path: state_path.to_path_buf(), reason })?;
         followers.push(follower);
     }

@@ -1231,7 +1231,7 @@ fn record_kind(body: &Body) -> (u8, bool) {
         Body::Sale { .. } => (13, false),
         Body::Refund { .. } => (14, false),
         Body::Tick => (15, false),
-        Body::Configure(_) => (16, false),
+        Body::Configure(_) | Body::ConfigureExtended(_) => (16, false),
         Body::ForeignImport { .. } => (17, false),
         Body::ForeignConvert { .. } => (18, false),
         Body::Claim { .. } => (19, false),

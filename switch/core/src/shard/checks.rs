@@ -155,7 +155,8 @@ impl Shard {
 
     /// The password rule of calls and event charges: a card locked by wrong passwords is
     /// refused; a password given is a try (`try_password`: a wrong one counts toward the
-    /// lockout); none given is accepted unless `session_password_required`.
+    /// lockout); none given is accepted unless the card's product (or the engine-wide rule)
+    /// requires one (`session_password_required_of`).
     pub(super) fn try_session_password(
         &mut self,
         pin_hash: PinHash,
@@ -166,7 +167,7 @@ impl Shard {
             return Err(ResultCode::PasswordTriesExceeded);
         }
         if password_mac == 0 {
-            return if self.config.session_password_required {
+            return if self.config.session_password_required_of(card.face_value_won) {
                 Err(ResultCode::PasswordInvalid)
             } else {
                 Ok(())

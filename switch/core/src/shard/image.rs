@@ -1,4 +1,4 @@
-//! The shard as bytes and back: `ShardImage` and `ShardImageFormat1` are the snapshot formats
+//! The shard as bytes and back: `ShardImage` and `ShardImageFormat1`/`2` are the snapshot formats
 //! (rkyv; their fields and order are the format, so they change only with a new image format,
 //! and every earlier one stays readable), and `check_invariants` is the full scan recovery runs
 //! over a restored shard before it serves anything.
@@ -10,7 +10,7 @@ use rkyv::{Archive, Deserialize, Serialize};
 
 use super::{Card, Hold, OpRecord, Session, Shard};
 use crate::config::EngineConfig;
-use crate::config_record::ConfigRecord;
+use crate::config_record::{ConfigRecord, ConfigRecordAdded};
 use crate::dense_map::DenseMap;
 use crate::hasher::KeyHasherBuilder;
 use crate::types::{ForeignCode, Ms, OpId, PinHash, Totals};
@@ -46,12 +46,22 @@ struct ShardImage {
     expired_sessions: Vec<(u128, Session)>,
 }
 
-/// Image format 1: format 0's image, then what the engine format added.
+/// Image format 1: format 0's image, then what the engine format added. Read, no longer
+/// written.
 #[derive(Archive, Serialize, Deserialize)]
 struct ShardImageFormat1 {
     shard: ShardImage,
     engine_format: u16,
     approval_key: [u64; 2],
+}
+
+/// Image format 2: format 1's fields, then the rules added to the frozen record.
+#[derive(Archive, Serialize, Deserialize)]
+struct ShardImageFormat2 {
+    shard: ShardImage,
+    engine_format: u16,
+    approval_key: [u64; 2],
+    config_added: ConfigRecordAdded,
 }
 
 /// A `DenseMap`'s chunks and index.
@@ -164,10 +174,11 @@ impl Shard {
             sessions,
             expired_sessions,
         };
-        let image = ShardImageFormat1 {
+        let image = ShardImageFormat2 {
             shard: image,
             engine_format: self.engine_format,
             approval_key: self.approval_key,
+            config_added: ConfigRecordAdded::from(&self.config),
         };
         // Sized up front: growing a buffer of hundreds of megabytes by doubling copies it again
         // and again (measured: a third of the time).
@@ -186,19 +197,25 @@ impl Shard {
         Shard::from_snapshot_image(super::SNAPSHOT_IMAGE_FORMAT, bytes)
     }
 
-    /// Rebuilds a shard from an image in `image_format` (0 or 1): the images of every release
+    /// Rebuilds a shard from an image in `image_format` (0 to 2): the images of every release
     /// since snapshots existed. A newer format is refused, by number, never guessed at.
     pub fn from_snapshot_image(image_format: u32, bytes: &[u8]) -> Result<Shard, String> {
-        let (image, engine_format, approval_key) = match image_format {
+        let (image, engine_format, approval_key, config_added) = match image_format {
             0 => {
                 let image = rkyv::from_bytes::<ShardImage, RkyvError>(bytes)
                     .map_err(|error| error.to_string())?;
-                (image, super::ENGINE_FORMAT_FIRST, [0, 0])
+                (image, super::ENGINE_FORMAT_FIRST, [0, 0], ConfigRecordAdded::default())
             }
             1 => {
                 let image = rkyv::from_bytes::<ShardImageFormat1, RkyvError>(bytes)
                     .map_err(|error| error.to_string())?;
-                (image.shard, image.engine_format, image.approval_key)
+                let added = ConfigRecordAdded::default();
+                (image.shard, image.engine_format, image.approval_key, added)
+            }
+            2 => {
+                let image = rkyv::from_bytes::<ShardImageFormat2, RkyvError>(bytes)
+                    .map_err(|error| error.to_string())?;
+                (image.shard, image.engine_format, image.approval_key, image.config_added)
             }
             newer => {
                 return Err(format!(
@@ -217,8 +234,8 @@ impl Shard {
         if image.shard_count == 0 || image.shard_id >= image.shard_count {
             return Err(format!("shard {} of {}", image.shard_id, image.shard_count));
         }
-        let config =
-            EngineConfig::try_from(&image.config).map_err(|why| format!("rules: {why}"))?;
+        let config = EngineConfig::from_records(&image.config, &config_added)
+            .map_err(|why| format!("rules: {why}"))?;
         let mut shard =
             Shard::first_format(image.shard_id, image.shard_count, config, image.hash_key);
         let hasher = KeyHasherBuilder { key: image.hash_key };

@@ -60,7 +60,7 @@ pub use self::op_window::msg_type_of;
 use self::op_window::{OpRecord, OpTable};
 use self::sessions::{Session, SessionTable};
 use crate::config::EngineConfig;
-use crate::config_record::ConfigRecord;
+use crate::config_record::{ConfigRecord, ConfigRecordAdded};
 use crate::dense_map::DenseMap;
 use crate::hasher::KeyMap;
 pub use crate::hasher::{KeyHasher, KeyHasherBuilder};
@@ -72,9 +72,10 @@ use crate::types::{Applied, Body, Command, Effect, Ms, OpId, PinHash, Reply, Tot
 pub const ENGINE_FORMAT_FIRST: u16 = 1;
 /// The newest engine format this code runs: 2 draws approval codes from a keyed PRF.
 pub const ENGINE_FORMAT_CURRENT: u16 = 2;
-/// The snapshot image layout `to_snapshot_bytes` writes: 1 adds the engine format and the
-/// approval key to layout 0 (the images written before layouts were numbered).
-pub const SNAPSHOT_IMAGE_FORMAT: u32 = 1;
+/// The snapshot image layout `to_snapshot_bytes` writes: 1 added the engine format and the
+/// approval key to layout 0 (the images written before layouts were numbered), 2 the rules
+/// added to the frozen record (`ConfigRecordAdded`).
+pub const SNAPSHOT_IMAGE_FORMAT: u32 = 2;
 
 /// One shard's state. `Clone` is a consistent copy for a snapshot taken off the shard thread:
 /// the big tables (cards, op-id records) are `DenseMap`s whose chunks are shared copy-on-write,
@@ -227,7 +228,8 @@ impl Shard {
         let expired = self.expire_holds(now_ms) + self.expire_sessions(now_ms);
         let applied = match &command.body {
             Body::Tick => Applied::new(Reply::code(ResultCode::Approved), false),
-            Body::Configure(config) => self.configure(config),
+            Body::Configure(record) => self.configure(record, &ConfigRecordAdded::default()),
+            Body::ConfigureExtended(rules) => self.configure(&rules.record, &rules.added),
             Body::Upgrade { engine_format, approval_key } => {
                 self.upgrade(*engine_format, *approval_key)
             }
@@ -254,8 +256,8 @@ impl Shard {
 
     /// CONFIGURE: new rules, if they are valid, from this command on. A record whose
     /// per-product vectors disagree in length is refused like any invalid rules.
-    fn configure(&mut self, record: &ConfigRecord) -> Applied {
-        let config = EngineConfig::try_from(record);
+    fn configure(&mut self, record: &ConfigRecord, added: &ConfigRecordAdded) -> Applied {
+        let config = EngineConfig::from_records(record, added);
         match config.and_then(|config| config.validate().map(|()| config)) {
             Ok(config) => {
                 self.config = config;
@@ -434,6 +436,7 @@ impl Shard {
             Body::ForeignImport { .. }
             | Body::Tick
             | Body::Configure(_)
+            | Body::ConfigureExtended(_)
             | Body::SessionsClose { .. }
             | Body::Upgrade { .. } => {
                 unreachable!("names no card: handled before the dispatch")

@@ -191,9 +191,11 @@ pub fn msg_type_of(body: &Body) -> MsgType {
         Body::SessionUpdate { .. } => MsgType::SessionUpdate,
         Body::SessionEnd { .. } => MsgType::SessionEnd,
         Body::EventCharge { .. } => MsgType::EventCharge,
-        Body::Tick | Body::Configure(_) | Body::SessionsClose { .. } | Body::Upgrade { .. } => {
-            MsgType::Ping
-        }
+        Body::Tick
+        | Body::Configure(_)
+        | Body::ConfigureExtended(_)
+        | Body::SessionsClose { .. }
+        | Body::Upgrade { .. } => MsgType::Ping,
     }
 }
 
@@ -224,7 +226,9 @@ pub(super) fn first_difference(recorded: &Body, retry: &Body) -> Option<Field> {
             charging_difference(recorded, retry)
         }
         // Server commands (op id 0) are never recorded; should one be, nothing matches it.
-        Tick | Configure(_) | SessionsClose { .. } | Upgrade { .. } => Some(Field::Kind),
+        Tick | Configure(_) | ConfigureExtended(_) | SessionsClose { .. } | Upgrade { .. } => {
+            Some(Field::Kind)
+        }
     }
 }
 

@@ -40,7 +40,7 @@ pub(super) enum CallCommand {
         to: String,
         #[arg(long, default_value_t = 1)]
         units: u32,
-        /// The holder's password (required only when the switch's session_password_required is on).
+        /// The holder's password (needed where the card's product or the switch requires one).
         #[arg(long)]
         password: Option<String>,
     },
