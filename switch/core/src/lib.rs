@@ -25,7 +25,7 @@ pub use config::{
 };
 pub use config_record::{ConfigRecord, ConfigRecordAdded, ConfigRecordExtended};
 pub use journal_entry::{JournalEntry, decode_entry, encode_entry, encode_entry_into};
-pub use keys::{KeyFile, Keys, PinKey};
+pub use keys::{CardNames, KeyFile, Keys, PIN_KEYS_MAX, PinKeys};
 pub use routing::{shard_of_card, shard_of_op};
 pub use shard::{ENGINE_FORMAT_CURRENT, ENGINE_FORMAT_FIRST, SNAPSHOT_IMAGE_FORMAT, Shard};
 pub use types::*;

@@ -243,6 +243,40 @@ impl Body {
             | Body::ConfigureExtended(_) => None,
         }
     }
+
+    /// The card name a command carries, to change (the server names a card by the key that
+    /// named it, across rotations); `None` where `pin_hash` is.
+    pub fn pin_hash_mut(&mut self) -> Option<&mut PinHash> {
+        match self {
+            Body::Issue { pin_hash, .. }
+            | Body::Activate { pin_hash, .. }
+            | Body::Claim { pin_hash, .. }
+            | Body::Load { pin_hash, .. }
+            | Body::Sell { pin_hash, .. }
+            | Body::Block { pin_hash, .. }
+            | Body::Unblock { pin_hash }
+            | Body::Register { pin_hash, .. }
+            | Body::Consign { pin_hash, .. }
+            | Body::BalanceRefund { pin_hash, .. }
+            | Body::Authorize { pin_hash, .. }
+            | Body::Capture { pin_hash, .. }
+            | Body::Void { pin_hash, .. }
+            | Body::Reverse { pin_hash, .. }
+            | Body::Sale { pin_hash, .. }
+            | Body::Refund { pin_hash, .. } => Some(pin_hash),
+            Body::ForeignConvert { pin_hash, .. }
+            | Body::SessionUpdate { pin_hash, .. }
+            | Body::SessionEnd { pin_hash, .. }
+            | Body::EventCharge { pin_hash, .. } => Some(pin_hash),
+            Body::SessionStart(open) => Some(&mut open.pin_hash),
+            Body::ForeignImport { .. }
+            | Body::Tick
+            | Body::Configure(_)
+            | Body::SessionsClose { .. }
+            | Body::Upgrade { .. }
+            | Body::ConfigureExtended(_) => None,
+        }
+    }
 }
 
 /// A notice for the call switch that owns a session (pushed by the server as SESSION_NOTICE

@@ -21,9 +21,9 @@ use crate::error::Result;
 use crate::merchants::MerchantRegistry;
 use crate::statement::{StatementIndex, StatementLimits, StatementPage};
 
-/// Turns a clear PIN into the switch's keyed hash (the switch's `keys.bin`, supplied by the
-/// binary that owns the keys).
-pub type PinHasher = Box<dyn Fn(u64) -> u128 + Send + Sync>;
+/// Turns a clear PIN into the card's names, newest key first (the switch's PIN keys, supplied
+/// by the binary that reads them): a card is found under the first name the index knows.
+pub type PinHasher = Box<dyn Fn(u64) -> Vec<u128> + Send + Sync>;
 
 /// Answers statement queries from the index.
 pub struct StatementService {
@@ -83,11 +83,14 @@ impl StatementService {
             recharges_max: self.limits.recharges_max,
         };
         let name_of = |merchant_id: u64| self.registry.name(merchant_id);
-        match self.index.statement((self.pin_hash)(query.pin), &page, &limits, &name_of) {
-            Ok(Some(result)) => result,
-            Ok(None) => coded(ResultCode::CardNotFound),
-            Err(_) => coded(ResultCode::InternalError),
+        for pin_hash in (self.pin_hash)(query.pin) {
+            match self.index.statement(pin_hash, &page, &limits, &name_of) {
+                Ok(Some(result)) => return result,
+                Ok(None) => {}
+                Err(_) => return coded(ResultCode::InternalError),
+            }
         }
+        coded(ResultCode::CardNotFound)
     }
 
     /// The response frame to one request frame.

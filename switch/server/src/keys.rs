@@ -10,7 +10,44 @@ use std::path::Path;
 
 use anyhow::{Context, bail};
 use pinswitch_core::keys::KEY_FILE;
-pub(crate) use pinswitch_core::keys::Keys;
+use pinswitch_core::{CardNames, PinHash};
+
+/// The switch's keys as its front ends use them: a PIN's names in this data directory (its
+/// shard count is fixed, and a rotated key's names depend on it), password MACs, foreign
+/// hashes. No `Debug`.
+#[derive(Clone)]
+pub(crate) struct Keys {
+    keys: pinswitch_core::Keys,
+    shard_count: u16,
+}
+
+impl Keys {
+    pub(crate) fn new(keys: pinswitch_core::Keys, shard_count: u16) -> Keys {
+        Keys { keys, shard_count }
+    }
+
+    /// The names of the card with this PIN (newest key first; see `pinswitch_core::keys`).
+    pub(crate) fn names(&self, pin: u64) -> CardNames {
+        self.keys.names(pin, self.shard_count)
+    }
+
+    /// The names under the keys before the newest, newest first: empty until a rotation, so
+    /// the front end asks the shard to try them only then.
+    pub(crate) fn older_names(&self, pin: u64) -> Vec<PinHash> {
+        if self.keys.pin_keys().key_ids().len() == 1 {
+            return Vec::new();
+        }
+        self.names(pin).older
+    }
+
+    pub(crate) fn password_mac(&self, first_name: PinHash, password: &[u8]) -> u64 {
+        self.keys.password_mac(first_name, password)
+    }
+
+    pub(crate) fn foreign_hash(&self, code: &[u8]) -> u128 {
+        self.keys.foreign_hash(code)
+    }
+}
 
 /// Where the key file is: `[server] keys_file`, or `keys.bin` in the data directory.
 pub(crate) fn key_file_path(data_dir: &Path, keys_file: &Path) -> std::path::PathBuf {
@@ -19,9 +56,9 @@ pub(crate) fn key_file_path(data_dir: &Path, keys_file: &Path) -> std::path::Pat
 
 /// Loads the keys from `path`, creating them from the CSPRNG on first start (only where no
 /// journal exists yet: new keys would name none of the cards already journaled).
-pub(crate) fn load_or_create(path: &Path, fresh: bool) -> anyhow::Result<Keys> {
+pub(crate) fn load_or_create(path: &Path, fresh: bool) -> anyhow::Result<pinswitch_core::Keys> {
     match std::fs::read(path) {
-        Ok(bytes) => match Keys::from_file_bytes(&bytes) {
+        Ok(bytes) => match pinswitch_core::Keys::from_file_bytes(&bytes) {
             Some(keys) => Ok(keys),
             None => bail!("key file {} is damaged; refusing to start", path.display()),
         },
@@ -39,7 +76,8 @@ pub(crate) fn load_or_create(path: &Path, fresh: bool) -> anyhow::Result<Keys> {
             getrandom::fill(&mut secret)
                 .map_err(|error| anyhow::anyhow!("{error}"))
                 .context("drawing keys from the OS random source")?;
-            let keys = Keys::from_secret(Keys::first_key_id(), &secret);
+            let keys =
+                pinswitch_core::Keys::from_secret(pinswitch_core::Keys::first_key_id(), &secret);
             write_private(path, &keys.file_bytes())?;
             Ok(keys)
         }
@@ -47,15 +85,47 @@ pub(crate) fn load_or_create(path: &Path, fresh: bool) -> anyhow::Result<Keys> {
     }
 }
 
-/// `pinswitch keys export-pin`: writes the PIN key of the key file at `keys` alone to `out`
+/// `pinswitch keys export-pin`: writes the PIN keys of the key file at `keys` alone to `out`
 /// (created new, mode 0600): what the exporter needs to find a card by its PIN, without the
-/// password key.
+/// password key. Returns the newest key id.
 pub(crate) fn export_pin_key(keys: &Path, out: &Path) -> anyhow::Result<u32> {
-    let bytes = std::fs::read(keys).with_context(|| format!("reading {}", keys.display()))?;
-    let keys_read = Keys::from_file_bytes(&bytes)
-        .with_context(|| format!("{} is not the switch's key file", keys.display()))?;
-    write_private(out, &keys_read.pin_key().file_bytes())?;
+    let keys_read = read_keys(keys)?;
+    write_private(out, &keys_read.pin_keys().file_bytes())?;
     Ok(keys_read.key_id())
+}
+
+/// `pinswitch keys rotate`: adds a new PIN key, drawn from the OS CSPRNG, under the next key
+/// id, and replaces the key file with one that holds it (written beside it, synced, renamed
+/// over it, the directory synced: a crash leaves the old file or the new one). A running
+/// switch goes on with the keys it read; from its next start the new key names the cards it
+/// issues, and the older keys still find theirs. Returns the new key id.
+pub(crate) fn rotate(keys: &Path) -> anyhow::Result<u32> {
+    let rotated = read_keys(keys)?.rotated(random_key()?).map_err(anyhow::Error::msg)?;
+    let temporary = keys.with_extension("rotating");
+    let _ = std::fs::remove_file(&temporary);
+    write_private(&temporary, &rotated.file_bytes())?;
+    std::fs::rename(&temporary, keys)
+        .with_context(|| format!("renaming {} over {}", temporary.display(), keys.display()))?;
+    let directory = keys.parent().filter(|parent| !parent.as_os_str().is_empty());
+    let directory = directory.unwrap_or(Path::new("."));
+    std::fs::File::open(directory)
+        .and_then(|directory| directory.sync_all())
+        .with_context(|| format!("syncing {}", directory.display()))?;
+    Ok(rotated.key_id())
+}
+
+fn read_keys(path: &Path) -> anyhow::Result<pinswitch_core::Keys> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    pinswitch_core::Keys::from_file_bytes(&bytes)
+        .with_context(|| format!("{} is not the switch's key file", path.display()))
+}
+
+fn random_key() -> anyhow::Result<[u8; 16]> {
+    let mut key = [0u8; 16];
+    getrandom::fill(&mut key)
+        .map_err(|error| anyhow::anyhow!("{error}"))
+        .context("drawing a key from the OS random source")?;
+    Ok(key)
 }
 
 /// Draws a fresh PIN: 15 uniformly random digits from the OS CSPRNG plus a Luhn check digit.
@@ -103,13 +173,22 @@ mod tests {
         let first = load_or_create(&path, true).expect("create");
         let again = load_or_create(&path, false).expect("load");
         assert_eq!(first.key_id(), 1);
-        assert_eq!(first.pin_hash(42), again.pin_hash(42));
-        assert_ne!(first.pin_hash(42), first.pin_hash(43));
+        let (first, again) = (Keys::new(first, 2), Keys::new(again, 2));
+        assert_eq!(first.names(42), again.names(42));
+        assert_ne!(first.names(42), first.names(43));
+        assert!(first.older_names(42).is_empty());
         assert_ne!(first.password_mac(1, b"1234"), first.password_mac(1, b"1235"));
         assert_ne!(first.password_mac(1, b"1234"), first.password_mac(2, b"1234"));
         let pin_only = dir.join("pin.key");
         assert_eq!(export_pin_key(&path, &pin_only).expect("export"), 1);
         assert!(export_pin_key(&path, &pin_only).is_err(), "never overwritten");
+        // A rotation: key id 2 names new cards, key 1's name is the oldest tried.
+        assert_eq!(rotate(&path).expect("rotate"), 2);
+        let rotated = Keys::new(load_or_create(&path, false).expect("load rotated"), 2);
+        assert_eq!(rotated.older_names(42), vec![first.names(42).newest]);
+        assert_eq!(rotated.names(42).first, first.names(42).first);
+        assert_ne!(rotated.names(42).newest, first.names(42).newest);
+        assert!(!dir.join("keys.rotating").exists());
         assert!(load_or_create(&pin_only, false).is_err(), "the PIN key alone cannot run a switch");
         std::fs::write(&path, b"PSKEYS02 too short").expect("damage");
         assert!(load_or_create(&path, true).is_err(), "a damaged key file is refused");

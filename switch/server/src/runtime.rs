@@ -121,7 +121,12 @@ pub(crate) fn run(config: Config) -> anyhow::Result<()> {
     let key_file = crate::keys::key_file_path(&data_dir, &config.server.keys_file);
     let keys = crate::keys::load_or_create(&key_file, fresh)?;
     check_layout(&data_dir, shard_count)?;
-    println!("pinswitch: keys {} (key id {})", key_file.display(), keys.key_id());
+    let key_ids = keys.pin_keys().key_ids();
+    let older = match key_ids.len() {
+        1 => String::new(),
+        count => format!("; {} older PIN keys still find their cards", count - 1),
+    };
+    println!("pinswitch: keys {} (key id {}{older})", key_file.display(), keys.key_id());
     let executor = match config.server.runtime.as_str() {
         "tokio" => Executor::Tokio,
         _ => Executor::Glommio,
@@ -133,7 +138,7 @@ pub(crate) fn run(config: Config) -> anyhow::Result<()> {
     let context = Arc::new(Context {
         shards,
         shard_count,
-        keys,
+        keys: Keys::new(keys, shard_count),
         limits: config.limits.clone(),
         sessions: config.sessions.clone(),
         directory,
@@ -166,7 +171,7 @@ fn shard_settings(
     config: &Config,
     data_dir: &std::path::Path,
     shard_count: u16,
-    keys: &Keys,
+    keys: &pinswitch_core::Keys,
     directory: &Arc<SessionDirectory>,
 ) -> Vec<ShardSettings> {
     let engine = config.engine();

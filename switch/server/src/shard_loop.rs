@@ -30,7 +30,7 @@ use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 
 /// What a connection asks of a shard, one item per event.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) enum ShardItem {
     Command(Command),
     Card(PinHash),
@@ -57,6 +57,49 @@ pub(crate) enum ShardItem {
         live: Arc<HashSet<u128>>,
         silent_since_ms: Ms,
     },
+    /// `item` names its card under the newest PIN key; the card may be named under one of the
+    /// `older` keys (newest first) instead. The shard serves `item` under the first of the
+    /// names that names a card it holds, the newest when none does, before anything is
+    /// journaled: the record carries the one name, so replay needs no keys. Sent only once a
+    /// rotation has left older keys.
+    Resolve {
+        older: Box<[PinHash]>,
+        item: Box<ShardItem>,
+    },
+}
+
+/// `item` with its card named by the first of its names (the newest, then `older`) that names
+/// a card `engine` holds; unchanged when the newest does or none does.
+fn resolve(engine: &Shard, older: &[PinHash], item: &ShardItem) -> ShardItem {
+    let newest = match item {
+        ShardItem::Command(command) => command.body.pin_hash(),
+        ShardItem::Card(pin_hash) | ShardItem::Op { pin_hash, .. } => Some(*pin_hash),
+        ShardItem::Quote { pin_hash, .. } => *pin_hash,
+        _ => None,
+    };
+    let found = newest
+        .filter(|newest| !engine.has_card(*newest))
+        .and_then(|_| older.iter().copied().find(|name| engine.has_card(*name)));
+    let Some(name) = found else { return item.clone() };
+    match item {
+        ShardItem::Command(command) => {
+            let mut command = command.clone();
+            if let Some(pin_hash) = command.body.pin_hash_mut() {
+                *pin_hash = name;
+            }
+            ShardItem::Command(command)
+        }
+        ShardItem::Card(_) => ShardItem::Card(name),
+        ShardItem::Op { op_id, .. } => ShardItem::Op { pin_hash: name, op_id: *op_id },
+        ShardItem::Quote { category, destination, duration_s, units, .. } => ShardItem::Quote {
+            pin_hash: Some(name),
+            category: *category,
+            destination: *destination,
+            duration_s: *duration_s,
+            units: *units,
+        },
+        other => other.clone(),
+    }
 }
 
 /// The shard's answer to one item, in the same position.
@@ -562,62 +605,77 @@ impl Runner {
         for batch in batches.iter() {
             let mut answers = Vec::with_capacity(batch.items.len());
             for item in &batch.items {
-                answers.push(match item {
-                    ShardItem::Command(command) => {
-                        let applied = self.engine.apply(now_ms, command);
-                        if applied.changed {
-                            self.append(now_ms, command.clone(), applied.reply);
-                            appended += 1;
-                        }
-                        collect_notices(&applied, &mut notices);
-                        ShardOutput::Applied(applied)
-                    }
-                    ShardItem::Card(pin_hash) => {
-                        ShardOutput::Card(self.engine.card(now_ms, *pin_hash))
-                    }
-                    ShardItem::Op { pin_hash, op_id } => {
-                        ShardOutput::Op(self.engine.op(*pin_hash, *op_id))
-                    }
-                    ShardItem::Quote { pin_hash, category, destination, duration_s, units } => {
-                        ShardOutput::Quote(self.engine.quote(
-                            now_ms,
-                            *pin_hash,
-                            *category,
-                            *destination,
-                            *duration_s,
-                            *units,
-                        ))
-                    }
-                    ShardItem::AuditCount { owner_id } => {
-                        let (count, digest) = self.engine.owner_sessions(*owner_id);
-                        ShardOutput::AuditCount(count, digest)
-                    }
-                    ShardItem::AuditClose { owner_id, live, silent_since_ms } => {
-                        let (count, _) = self.engine.owner_sessions(*owner_id);
-                        let orphans =
-                            self.engine.session_orphans(*owner_id, live, *silent_since_ms);
-                        if !orphans.is_empty() {
-                            let body = Body::SessionsClose {
-                                owner_id: *owner_id,
-                                silent_since_ms: *silent_since_ms,
-                                session_ids: orphans.clone(),
-                            };
-                            let command = Command { op_id: 0, deadline_at_ms: 0, body };
-                            let applied = self.engine.apply(now_ms, &command);
-                            if applied.changed {
-                                self.append(now_ms, command, applied.reply);
-                                appended += 1;
-                            }
-                            collect_notices(&applied, &mut notices);
-                        }
-                        ShardOutput::AuditClosed(count, orphans)
-                    }
-                });
+                answers.push(self.serve(now_ms, item, &mut appended, &mut notices));
             }
             outputs.push(answers);
         }
         self.since_snapshot += appended;
         Waiting { seq: self.journal.last_seq(), batches, outputs, notices }
+    }
+
+    /// One item of a group: applied (and journaled when it changed state) or read.
+    fn serve(
+        &mut self,
+        now_ms: Ms,
+        item: &ShardItem,
+        appended: &mut u64,
+        notices: &mut Vec<SessionNoticeOut>,
+    ) -> ShardOutput {
+        match item {
+            ShardItem::Command(command) => {
+                let applied = self.engine.apply(now_ms, command);
+                if applied.changed {
+                    self.append(now_ms, command.clone(), applied.reply);
+                    *appended += 1;
+                }
+                collect_notices(&applied, notices);
+                ShardOutput::Applied(applied)
+            }
+            ShardItem::Card(pin_hash) => {
+                ShardOutput::Card(self.engine.card(now_ms, *pin_hash))
+            }
+            ShardItem::Op { pin_hash, op_id } => {
+                ShardOutput::Op(self.engine.op(*pin_hash, *op_id))
+            }
+            ShardItem::Quote { pin_hash, category, destination, duration_s, units } => {
+                ShardOutput::Quote(self.engine.quote(
+                    now_ms,
+                    *pin_hash,
+                    *category,
+                    *destination,
+                    *duration_s,
+                    *units,
+                ))
+            }
+            ShardItem::AuditCount { owner_id } => {
+                let (count, digest) = self.engine.owner_sessions(*owner_id);
+                ShardOutput::AuditCount(count, digest)
+            }
+            ShardItem::AuditClose { owner_id, live, silent_since_ms } => {
+                let (count, _) = self.engine.owner_sessions(*owner_id);
+                let orphans =
+                    self.engine.session_orphans(*owner_id, live, *silent_since_ms);
+                if !orphans.is_empty() {
+                    let body = Body::SessionsClose {
+                        owner_id: *owner_id,
+                        silent_since_ms: *silent_since_ms,
+                        session_ids: orphans.clone(),
+                    };
+                    let command = Command { op_id: 0, deadline_at_ms: 0, body };
+                    let applied = self.engine.apply(now_ms, &command);
+                    if applied.changed {
+                        self.append(now_ms, command, applied.reply);
+                        *appended += 1;
+                    }
+                    collect_notices(&applied, notices);
+                }
+                ShardOutput::AuditClosed(count, orphans)
+            }
+            ShardItem::Resolve { older, item } => {
+                let resolved = resolve(&self.engine, older, item);
+                self.serve(now_ms, &resolved, appended, notices)
+            }
+        }
     }
 
     /// Expires due holds and silent sessions (their notices go to `notices`); returns how many

@@ -387,6 +387,11 @@ impl Shard {
     }
 
     /// BALANCE_INQUIRY: the card as of `now_ms` (holds due by then show as released).
+    /// Whether the shard holds a card of this name (the server's lookup across rotated keys).
+    pub fn has_card(&self, pin_hash: PinHash) -> bool {
+        self.cards.get(&pin_hash).is_some()
+    }
+
     pub fn card(&self, now_ms: Ms, pin_hash: PinHash) -> Option<CardView> {
         let card = self.cards.get(&pin_hash)?;
         let now_ms = now_ms.max(self.now_ms);

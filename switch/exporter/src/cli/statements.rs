@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use pinswitch_core::keys::{KeyFile, PinKey};
+use pinswitch_core::keys::{KeyFile, PinKeys};
 use pinswitch_exporter::merchants::MerchantRegistry;
 use pinswitch_exporter::serve::StatementService;
 use pinswitch_exporter::{Cutoff, Options, parse_date};
@@ -114,14 +114,17 @@ fn service(
         shard_count,
         registry,
         options.config.statements.clone(),
-        Box::new(move |pin| key.pin_hash(pin)),
+        Box::new(move |pin| {
+            let names = key.names(pin, shard_count);
+            std::iter::once(names.newest).chain(names.older).collect()
+        }),
     )?)
 }
 
 /// The switch's PIN key, read and never created (new keys would name no card the switch
 /// knows). The switch's full key file is refused: the exporter has no use for the password key
 /// and must not hold it.
-fn read_pin_key(path: &Path) -> anyhow::Result<PinKey> {
+fn read_pin_key(path: &Path) -> anyhow::Result<PinKeys> {
     let export = "make it with `pinswitch keys export-pin --out FILE` and pass --pin-key FILE";
     let bytes = match std::fs::read(path) {
         Ok(bytes) => bytes,

@@ -99,7 +99,8 @@ enum Command {
         #[command(subcommand)]
         command: TlsCommand,
     },
-    /// The switch's keys: `pinswitch keys export-pin` gives the exporter the PIN key alone.
+    /// The switch's keys: `pinswitch keys export-pin` gives the exporter the PIN keys alone;
+    /// `pinswitch keys rotate` adds a new PIN key for the cards issued from the next start on.
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
@@ -125,6 +126,33 @@ enum KeysCommand {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Add a new PIN key under the next key id: from the switch's next start it names the cards
+    /// issued, and the older keys still find the cards they named. Export the PIN keys to the
+    /// exporter again afterwards.
+    Rotate {
+        /// The switch's key file (default: keys.bin in --data, or [server] keys_file of
+        /// --config).
+        #[arg(long)]
+        keys: Option<PathBuf>,
+        /// Data directory whose keys.bin to rotate (default ./data).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// The switch's configuration file, for `[server] data_dir` and `keys_file`.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+/// The key file a `keys` command names: `--keys`, else the data directory's (or the
+/// configuration's `keys_file`).
+fn key_file(
+    keys: Option<PathBuf>,
+    data: Option<PathBuf>,
+    config: Option<&std::path::Path>,
+) -> anyhow::Result<PathBuf> {
+    let config = Config::load(config)?;
+    let data_dir = data.unwrap_or(config.server.data_dir);
+    Ok(keys.unwrap_or_else(|| crate::keys::key_file_path(&data_dir, &config.server.keys_file)))
 }
 
 #[derive(Subcommand)]
@@ -139,15 +167,22 @@ pub(crate) fn main() -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Tls { command: TlsCommand::Init(args) } => tls::init(args),
         Command::Keys { command: KeysCommand::ExportPin { keys, data, config, out } } => {
-            let config = Config::load(config.as_deref())?;
-            let data_dir = data.unwrap_or(config.server.data_dir);
-            let keys = keys
-                .unwrap_or_else(|| crate::keys::key_file_path(&data_dir, &config.server.keys_file));
+            let keys = key_file(keys, data, config.as_deref())?;
             let key_id = crate::keys::export_pin_key(&keys, &out)?;
             println!(
-                "pinswitch: wrote the PIN key (key id {key_id}) of {} to {}",
+                "pinswitch: wrote the PIN keys (newest key id {key_id}) of {} to {}",
                 keys.display(),
                 out.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Keys { command: KeysCommand::Rotate { keys, data, config } } => {
+            let keys = key_file(keys, data, config.as_deref())?;
+            let key_id = crate::keys::rotate(&keys)?;
+            println!(
+                "pinswitch: {} has a new PIN key, key id {key_id}: cards issued from the switch's \
+                 next start are named by it; export the PIN keys to the exporter again",
+                keys.display()
             );
             Ok(ExitCode::SUCCESS)
         }

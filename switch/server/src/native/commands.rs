@@ -10,6 +10,50 @@ use pinswitch_protocol::{self as protocol, OpResult, ResultCode};
 use super::answers::op_code;
 use crate::keys::Keys;
 
+/// The PIN an event names (0 for the events that name no card): what the front end asks the
+/// shard to look the card up under once a rotation has left older keys.
+pub(super) trait EventPin {
+    fn pin(&self) -> u64;
+}
+
+macro_rules! event_pin {
+    ($($event:ty),* $(,)?) => {
+        $(impl EventPin for $event {
+            fn pin(&self) -> u64 {
+                self.pin.to_native()
+            }
+        })*
+    };
+}
+
+event_pin!(
+    protocol::ArchivedCardActivate,
+    protocol::ArchivedCardClaim,
+    protocol::ArchivedCardLoad,
+    protocol::ArchivedCardSell,
+    protocol::ArchivedCardBlock,
+    protocol::ArchivedCardUnblock,
+    protocol::ArchivedCardConsign,
+    protocol::ArchivedCardRegister,
+    protocol::ArchivedCardRefund,
+    protocol::ArchivedAuthorize,
+    protocol::ArchivedCapture,
+    protocol::ArchivedVoid,
+    protocol::ArchivedReverse,
+    protocol::ArchivedSale,
+    protocol::ArchivedRefund,
+    protocol::ArchivedSessionStart,
+    protocol::ArchivedSessionUpdate,
+    protocol::ArchivedSessionEnd,
+    protocol::ArchivedEventCharge,
+);
+
+impl EventPin for protocol::ArchivedForeignImport {
+    fn pin(&self) -> u64 {
+        0
+    }
+}
+
 /// Shortest and longest password a card holder may register (bytes).
 pub(super) const PASSWORD_BYTES_MIN: usize = 4;
 pub(super) const PASSWORD_BYTES_MAX: usize = 16;
@@ -20,8 +64,8 @@ pub(super) fn card_activate(
     event: &protocol::ArchivedCardActivate,
     result: &mut Option<OpResult>,
 ) -> Option<(u128, Body)> {
-    let pin_hash = card(keys, event.pin.to_native(), result)?;
-    let password_mac = password(keys, pin_hash, event.password.as_slice(), result)?;
+    let (pin_hash, first_name) = card(keys, event.pin.to_native(), result)?;
+    let password_mac = password(keys, first_name, event.password.as_slice(), result)?;
     Some((event.op_id.to_native(), Body::Activate { pin_hash, password_mac }))
 }
 
@@ -31,8 +75,8 @@ pub(super) fn card_claim(
     event: &protocol::ArchivedCardClaim,
     result: &mut Option<OpResult>,
 ) -> Option<(u128, Body)> {
-    let pin_hash = card(keys, event.pin.to_native(), result)?;
-    let password_mac = password(keys, pin_hash, event.password.as_slice(), result)?;
+    let (pin_hash, first_name) = card(keys, event.pin.to_native(), result)?;
+    let password_mac = password(keys, first_name, event.password.as_slice(), result)?;
     let body = Body::Claim {
         pin_hash,
         password_mac,
@@ -48,7 +92,7 @@ pub(super) fn card_load(
     event: &protocol::ArchivedCardLoad,
     result: &mut Option<OpResult>,
 ) -> Option<(u128, Body)> {
-    let pin_hash = card(keys, event.pin.to_native(), result)?;
+    let (pin_hash, _) = card(keys, event.pin.to_native(), result)?;
     let body =
         Body::Load { pin_hash, amount_won: event.amount_won.to_native(), funding: event.funding };
     Some((event.op_id.to_native(), body))
@@ -60,7 +104,7 @@ pub(super) fn card_sell(
     event: &protocol::ArchivedCardSell,
     result: &mut Option<OpResult>,
 ) -> Option<(u128, Body)> {
-    let pin_hash = card(keys, event.pin.to_native(), result)?;
+    let (pin_hash, _) = card(keys, event.pin.to_native(), result)?;
     let body = Body::Sell {
         pin_hash,
         channel_id: event.channel_id.to_native(),
@@ -77,7 +121,7 @@ pub(super) fn card_block(
     event: &protocol::ArchivedCardBlock,
     result: &mut Option<OpResult>,
 ) -> Option<(u128, Body)> {
-    let pin_hash = card(keys, event.pin.to_native(), result)?;
+    let (pin_hash, _) = card(keys, event.pin.to_native(), result)?;
     Some((event.op_id.to_native(), Body::Block { pin_hash, reason: event.reason }))
 }
 
@@ -87,7 +131,7 @@ pub(super) fn card_unblock(
     event: &protocol::ArchivedCardUnblock,
     result: &mut Option<OpResult>,
 ) -> Option<(u128, Body)> {
-    let pin_hash = card(keys, event.pin.to_native(), result)?;
+    let (pin_hash, _) = card(keys, event.pin.to_native(), result)?;
     Some((event.op_id.to_native(), Body::Unblock { pin_hash }))
 }
 
@@ -97,7 +141,7 @@ pub(super) fn card_consign(
     event: &protocol::ArchivedCardConsign,
     result: &mut Option<OpResult>,
 ) -> Option<(u128, Body)> {
-    let pin_hash = card(keys, event.pin.to_native(), result)?;
+    let (pin_hash, _) = card(keys, event.pin.to_native(), result)?;
     let body = Body::Consign {
         pin_hash,
         partner_id: event.partner_id.to_native(),
@@ -112,7 +156,7 @@ pub(super) fn card_register(
     event: &protocol::ArchivedCardRegister,
     result: &mut Option<OpResult>,
 ) -> Option<(u128, Body)> {
-    let pin_hash = card(keys, event.pin.to_native(), result)?;
+    let (pin_hash, _) = card(keys, event.pin.to_native(), result)?;
     let body = Body::Register {
         pin_hash,
         holder_ref: event.holder_ref.to_native(),
@@ -127,7 +171,7 @@ pub(super) fn card_refund(
     event: &protocol::ArchivedCardRefund,
     result: &mut Option<OpResult>,
 ) -> Option<(u128, Body)> {
-    let pin_hash = card(keys, event.pin.to_native(), result)?;
+    let (pin_hash, _) = card(keys, event.pin.to_native(), result)?;
     let body =
         Body::BalanceRefund { pin_hash, payout_account_ref: event.payout_account_ref.to_native() };
     Some((event.op_id.to_native(), body))
@@ -139,8 +183,8 @@ pub(super) fn authorize(
     event: &protocol::ArchivedAuthorize,
     result: &mut Option<OpResult>,
 ) -> Option<(u128, Body)> {
-    let pin_hash = card(keys, event.pin.to_native(), result)?;
-    let password_mac = password(keys, pin_hash, event.password.as_slice(), result)?;
+    let (pin_hash, first_name) = card(keys, event.pin.to_native(), result)?;
+    let password_mac = password(keys, first_name, event.password.as_slice(), result)?;
     let body = Body::Authorize {
         pin_hash,
         password_mac,
@@ -158,7 +202,7 @@ pub(super) fn capture(
     event: &protocol::ArchivedCapture,
     result: &mut Option<OpResult>,
 ) -> Option<(u128, Body)> {
-    let pin_hash = card(keys, event.pin.to_native(), result)?;
+    let (pin_hash, _) = card(keys, event.pin.to_native(), result)?;
     let body = Body::Capture {
         pin_hash,
         hold_id: event.hold_id.to_native(),
@@ -174,7 +218,7 @@ pub(super) fn void(
     event: &protocol::ArchivedVoid,
     result: &mut Option<OpResult>,
 ) -> Option<(u128, Body)> {
-    let pin_hash = card(keys, event.pin.to_native(), result)?;
+    let (pin_hash, _) = card(keys, event.pin.to_native(), result)?;
     Some((event.op_id.to_native(), Body::Void { pin_hash, hold_id: event.hold_id.to_native() }))
 }
 
@@ -184,7 +228,7 @@ pub(super) fn reverse(
     event: &protocol::ArchivedReverse,
     result: &mut Option<OpResult>,
 ) -> Option<(u128, Body)> {
-    let pin_hash = card(keys, event.pin.to_native(), result)?;
+    let (pin_hash, _) = card(keys, event.pin.to_native(), result)?;
     let body = Body::Reverse { pin_hash, original_op_id: event.original_op_id.to_native() };
     Some((event.op_id.to_native(), body))
 }
@@ -195,8 +239,8 @@ pub(super) fn sale(
     event: &protocol::ArchivedSale,
     result: &mut Option<OpResult>,
 ) -> Option<(u128, Body)> {
-    let pin_hash = card(keys, event.pin.to_native(), result)?;
-    let password_mac = password(keys, pin_hash, event.password.as_slice(), result)?;
+    let (pin_hash, first_name) = card(keys, event.pin.to_native(), result)?;
+    let password_mac = password(keys, first_name, event.password.as_slice(), result)?;
     let body = Body::Sale {
         pin_hash,
         password_mac,
@@ -213,7 +257,7 @@ pub(super) fn refund(
     event: &protocol::ArchivedRefund,
     result: &mut Option<OpResult>,
 ) -> Option<(u128, Body)> {
-    let pin_hash = card(keys, event.pin.to_native(), result)?;
+    let (pin_hash, _) = card(keys, event.pin.to_native(), result)?;
     let body = Body::Refund {
         pin_hash,
         original_op_id: event.original_op_id.to_native(),
@@ -249,12 +293,12 @@ pub(super) fn event_charge(
     event: &protocol::ArchivedEventCharge,
     result: &mut Option<OpResult>,
 ) -> Option<(u128, Body)> {
-    let pin_hash = card(keys, event.pin.to_native(), result)?;
+    let (pin_hash, first_name) = card(keys, event.pin.to_native(), result)?;
     let Some(destination) = pack_destination(event.destination.as_slice()) else {
         *result = Some(op_code(ResultCode::DestinationInvalid));
         return None;
     };
-    let password_mac = optional_password(keys, pin_hash, event.password.as_slice(), result)?;
+    let password_mac = optional_password(keys, first_name, event.password.as_slice(), result)?;
     let body = Body::EventCharge {
         pin_hash,
         password_mac,
@@ -271,12 +315,12 @@ pub(super) fn session_start(
     event: &protocol::ArchivedSessionStart,
     result: &mut Option<OpResult>,
 ) -> Option<(u128, Body)> {
-    let pin_hash = card(keys, event.pin.to_native(), result)?;
+    let (pin_hash, first_name) = card(keys, event.pin.to_native(), result)?;
     let Some(destination) = pack_destination(event.destination.as_slice()) else {
         *result = Some(op_code(ResultCode::DestinationInvalid));
         return None;
     };
-    let password_mac = optional_password(keys, pin_hash, event.password.as_slice(), result)?;
+    let password_mac = optional_password(keys, first_name, event.password.as_slice(), result)?;
     let open = SessionOpen {
         pin_hash,
         session_id: event.session_id.to_native(),
@@ -295,7 +339,7 @@ pub(super) fn session_update(
     event: &protocol::ArchivedSessionUpdate,
     result: &mut Option<OpResult>,
 ) -> Option<(u128, Body)> {
-    let pin_hash = card(keys, event.pin.to_native(), result)?;
+    let (pin_hash, _) = card(keys, event.pin.to_native(), result)?;
     let body = Body::SessionUpdate {
         pin_hash,
         session_id: event.session_id.to_native(),
@@ -312,7 +356,7 @@ pub(super) fn session_end(
     event: &protocol::ArchivedSessionEnd,
     result: &mut Option<OpResult>,
 ) -> Option<(u128, Body)> {
-    let pin_hash = card(keys, event.pin.to_native(), result)?;
+    let (pin_hash, _) = card(keys, event.pin.to_native(), result)?;
     let body = Body::SessionEnd {
         pin_hash,
         session_id: event.session_id.to_native(),
@@ -322,25 +366,33 @@ pub(super) fn session_end(
     Some((event.op_id.to_native(), body))
 }
 
-/// Hashes a well-formed PIN, or records PIN_FORMAT_INVALID for the event.
-pub(super) fn card(keys: &Keys, pin: u64, result: &mut Option<OpResult>) -> Option<PinHash> {
+/// Names a well-formed PIN's card: its name under the newest key (the body's; the shard tries
+/// the older names when a rotation has made any) and under the first (what its password MAC
+/// is taken over). A malformed PIN records PIN_FORMAT_INVALID for the event.
+pub(super) fn card(
+    keys: &Keys,
+    pin: u64,
+    result: &mut Option<OpResult>,
+) -> Option<(PinHash, PinHash)> {
     if protocol::pin::is_valid(pin) {
-        Some(keys.pin_hash(pin))
+        let names = keys.names(pin);
+        Some((names.newest, names.first))
     } else {
         *result = Some(op_code(ResultCode::PinFormatInvalid));
         None
     }
 }
 
-/// MACs a well-formed password, or records PASSWORD_FORMAT_INVALID for the event.
+/// MACs a well-formed password over the card's first-key name, or records
+/// PASSWORD_FORMAT_INVALID for the event.
 pub(super) fn password(
     keys: &Keys,
-    pin_hash: PinHash,
+    first_name: PinHash,
     password: &[u8],
     result: &mut Option<OpResult>,
 ) -> Option<u64> {
     if (PASSWORD_BYTES_MIN..=PASSWORD_BYTES_MAX).contains(&password.len()) {
-        Some(keys.password_mac(pin_hash, password))
+        Some(keys.password_mac(first_name, password))
     } else {
         *result = Some(op_code(ResultCode::PasswordFormatInvalid));
         None
@@ -351,9 +403,9 @@ pub(super) fn password(
 /// be well-formed.
 pub(super) fn optional_password(
     keys: &Keys,
-    pin_hash: PinHash,
+    first_name: PinHash,
     password: &[u8],
     result: &mut Option<OpResult>,
 ) -> Option<u64> {
-    if password.is_empty() { Some(0) } else { self::password(keys, pin_hash, password, result) }
+    if password.is_empty() { Some(0) } else { self::password(keys, first_name, password, result) }
 }

@@ -38,7 +38,7 @@ use answers::{
     inquiry_code, inquiry_result, issue_code, op_code, op_result, quote_code, quote_result,
     response_frame, session_result,
 };
-use commands::{card, password};
+use commands::{EventPin, card, password};
 
 /// Times CARD_ISSUE draws a new PIN when the drawn one already exists.
 const PIN_DRAWS_MAX: usize = 4;
@@ -426,6 +426,7 @@ impl<'a> Frame<'a> {
     fn plan_ops<E: Archive>(&self, convert: ConvertOp<E::Archived>) -> Result<Planned, ResultCode>
     where
         Vec<E>: BodyAccess + Archive<Archived = ArchivedVec<E::Archived>>,
+        E::Archived: EventPin,
     {
         Ok(ops(self.context, self.events::<E>()?, self.deadline_at_ms, convert))
     }
@@ -441,6 +442,7 @@ impl<'a> Frame<'a> {
     ) -> Result<Planned, ResultCode>
     where
         Vec<E>: BodyAccess + Archive<Archived = ArchivedVec<E::Archived>>,
+        E::Archived: EventPin,
     {
         let events = self.events::<E>()?;
         let session_ids = events.iter().map(session_id_of).collect();
@@ -483,7 +485,10 @@ fn plan_issue(
             continue;
         };
         let face_value_won = event.face_value_won.to_native();
-        routed.push((index, shard, command(op_id, Body::Issue { pin_hash, face_value_won })));
+        // Issued under the newest key, but a card an older key named with this PIN must be
+        // seen (the engine answers RETRY_LATER, and the PIN is drawn again).
+        let item = for_card(keys, pin, command(op_id, Body::Issue { pin_hash, face_value_won }));
+        routed.push((index, shard, item));
         pins[index] = Some(IssueSlot { op_id, pin, face_value_won, deadline_at_ms });
     }
     pending.groups = submit(context, routed);
@@ -504,10 +509,11 @@ fn plan_foreign_convert(
     let mut routed = Vec::with_capacity(events.len());
     for (index, event) in events.iter().enumerate() {
         let mut refused = None;
-        let credentials = card(keys, event.pin.to_native(), &mut refused).and_then(|pin_hash| {
-            password(keys, pin_hash, event.password.as_slice(), &mut refused)
-                .map(|password_mac| (pin_hash, password_mac))
-        });
+        let credentials =
+            card(keys, event.pin.to_native(), &mut refused).and_then(|(pin_hash, first_name)| {
+                password(keys, first_name, event.password.as_slice(), &mut refused)
+                    .map(|password_mac| (pin_hash, password_mac))
+            });
         let Some((pin_hash, password_mac)) = credentials else {
             pending.results[index] =
                 refused.map(|result| ForeignConvertResult { result, foreign_pin: Vec::new() });
@@ -518,11 +524,8 @@ fn plan_foreign_convert(
             password_mac,
             product_id: event.product_id.to_native(),
         };
-        routed.push((
-            index,
-            shard_of_card(pin_hash, count),
-            command(event.op_id.to_native(), body),
-        ));
+        let item = for_card(keys, event.pin.to_native(), command(event.op_id.to_native(), body));
+        routed.push((index, shard_of_card(pin_hash, count), item));
     }
     pending.groups = submit(context, routed);
     Planned::Foreign(pending)
@@ -538,7 +541,7 @@ fn plan_quote(context: &Context, events: &[protocol::ArchivedPriceQuote]) -> Pla
         let pin = event.pin.to_native();
         let pin_hash = match pin {
             0 => None,
-            pin if protocol::pin::is_valid(pin) => Some(keys.pin_hash(pin)),
+            pin if protocol::pin::is_valid(pin) => Some(keys.names(pin).newest),
             _ => {
                 pending.results[index] = Some(quote_code(ResultCode::PinFormatInvalid));
                 continue;
@@ -557,6 +560,7 @@ fn plan_quote(context: &Context, events: &[protocol::ArchivedPriceQuote]) -> Pla
             duration_s: event.duration_s.to_native(),
             units: event.units.to_native(),
         };
+        let item = if pin == 0 { item } else { for_card(keys, pin, item) };
         routed.push((index, shard, item));
     }
     pending.groups = submit(context, routed);
@@ -602,8 +606,9 @@ fn card_reads<E, R>(
             pending.results[index] = Some(refused(ResultCode::PinFormatInvalid));
             continue;
         }
-        let pin_hash = context.keys.pin_hash(pin);
-        routed.push((index, shard_of_card(pin_hash, context.shard_count), item(pin_hash, event)));
+        let pin_hash = context.keys.names(pin).newest;
+        let item = for_card(&context.keys, pin, item(pin_hash, event));
+        routed.push((index, shard_of_card(pin_hash, context.shard_count), item));
     }
     pending.groups = submit(context, routed);
     pending
@@ -642,7 +647,12 @@ type ConvertOp<E> = fn(&Keys, &E, &mut Option<OpResult>) -> Option<(u128, Body)>
 /// Plans a batch answered with one `OpResult` per event: `convert` turns an event into its op id
 /// and engine body, or sets the event's result itself (a malformed PIN or password) and returns
 /// `None`. Each command goes to the shard that owns its card.
-fn ops<E>(context: &Context, events: &[E], deadline_at_ms: u64, convert: ConvertOp<E>) -> Planned {
+fn ops<E: EventPin>(
+    context: &Context,
+    events: &[E],
+    deadline_at_ms: u64,
+    convert: ConvertOp<E>,
+) -> Planned {
     let mut pending = Pending::new(events.len());
     let mut routed = Vec::with_capacity(events.len());
     for (index, event) in events.iter().enumerate() {
@@ -654,11 +664,11 @@ fn ops<E>(context: &Context, events: &[E], deadline_at_ms: u64, convert: Convert
             continue;
         };
         let command = Command { op_id, deadline_at_ms, body };
-        routed.push((
-            index,
-            shard_of_card(route_key, context.shard_count),
-            ShardItem::Command(command),
-        ));
+        let item = match event.pin() {
+            0 => ShardItem::Command(command),
+            pin => for_card(&context.keys, pin, ShardItem::Command(command)),
+        };
+        routed.push((index, shard_of_card(route_key, context.shard_count), item));
     }
     pending.groups = submit(context, routed);
     Planned::Ops(pending)
@@ -704,12 +714,24 @@ fn track_session(
     }
 }
 
-/// Draws a PIN whose card lands on `shard`, so that the issue and its retries meet one shard.
+/// `item` about the card with this PIN as the shard gets it: as is, or, once a rotation has
+/// left older keys, with the card's older names, for the shard to name the card by the key
+/// that named it (`ShardItem::Resolve`).
+fn for_card(keys: &Keys, pin: u64, item: ShardItem) -> ShardItem {
+    let older = keys.older_names(pin);
+    if older.is_empty() {
+        return item;
+    }
+    ShardItem::Resolve { older: older.into_boxed_slice(), item: Box::new(item) }
+}
+
+/// Draws a PIN whose card lands on `shard`, so that the issue and its retries meet one shard;
+/// the card is named under the newest key.
 fn draw_pin(keys: &Keys, shard: u16, shard_count: u16) -> Option<(u64, PinHash)> {
     // Each draw lands on the wanted shard with probability 1/shard_count.
     for _ in 0..64 * usize::from(shard_count) {
         let pin = random_pin().ok()?;
-        let pin_hash = keys.pin_hash(pin);
+        let pin_hash = keys.names(pin).newest;
         if shard_of_card(pin_hash, shard_count) == shard {
             return Some((pin, pin_hash));
         }
@@ -776,7 +798,7 @@ async fn finish_issue(
             slot.pin = pin;
             let body = Body::Issue { pin_hash, face_value_won: slot.face_value_won };
             let command = Command { op_id: slot.op_id, deadline_at_ms: slot.deadline_at_ms, body };
-            routed.push((index, shard, ShardItem::Command(command)));
+            routed.push((index, shard, for_card(&context.keys, pin, ShardItem::Command(command))));
         }
         pending.groups = submit(context, routed);
     }
