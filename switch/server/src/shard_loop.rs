@@ -631,12 +631,8 @@ impl Runner {
                 collect_notices(&applied, notices);
                 ShardOutput::Applied(applied)
             }
-            ShardItem::Card(pin_hash) => {
-                ShardOutput::Card(self.engine.card(now_ms, *pin_hash))
-            }
-            ShardItem::Op { pin_hash, op_id } => {
-                ShardOutput::Op(self.engine.op(*pin_hash, *op_id))
-            }
+            ShardItem::Card(pin_hash) => ShardOutput::Card(self.engine.card(now_ms, *pin_hash)),
+            ShardItem::Op { pin_hash, op_id } => ShardOutput::Op(self.engine.op(*pin_hash, *op_id)),
             ShardItem::Quote { pin_hash, category, destination, duration_s, units } => {
                 ShardOutput::Quote(self.engine.quote(
                     now_ms,
@@ -653,8 +649,7 @@ impl Runner {
             }
             ShardItem::AuditClose { owner_id, live, silent_since_ms } => {
                 let (count, _) = self.engine.owner_sessions(*owner_id);
-                let orphans =
-                    self.engine.session_orphans(*owner_id, live, *silent_since_ms);
+                let orphans = self.engine.session_orphans(*owner_id, live, *silent_since_ms);
                 if !orphans.is_empty() {
                     let body = Body::SessionsClose {
                         owner_id: *owner_id,
