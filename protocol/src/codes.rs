@@ -139,6 +139,10 @@ wire_enum! {
         /// business id (merchant, call-switch owner, sales channel) the identity is not bound
         /// to. Nothing in the frame was executed.
         NotPermitted = 909 => "NOT_PERMITTED",
+        /// The event ran, but its answer (an unknown card or a wrong password) is withheld: the
+        /// identity has had its guess answers for the minute. Its stored answer comes with a
+        /// retry of the same op id (or INQUIRY) once the identity is let through again.
+        AnswerWithheld = 910 => "ANSWER_WITHHELD",
     }
 }
 

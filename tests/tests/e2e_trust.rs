@@ -27,11 +27,11 @@ fn run(args: &[&str]) -> (bool, String) {
     run_binary(BIN, args)
 }
 
-/// A switch with mutual TLS, plain TCP off, and four identities (the stranger's certificate is
+/// A switch with mutual TLS, plain TCP off, and six certificates (the stranger's certificate is
 /// signed by the same CA but names no configured identity).
 fn start(dir: &Path) -> (Switch, PathBuf) {
     let certs = dir.join("certs");
-    let clients = ["admin-1", "gw-acme", "sw-tel", "stranger", "scanner"];
+    let clients = ["admin-1", "gw-acme", "sw-tel", "stranger", "scanner", "prober"];
     let mut config = mutual_tls_config(BIN, &certs, &clients);
     let merchant = format!("merchant_ids = [{OWN_MERCHANT}]");
     config.extend(identity_lines("admin-1", &["admin"], &[]));
@@ -42,6 +42,11 @@ fn start(dir: &Path) -> (Switch, PathBuf) {
         &[merchant, format!("guesses_per_minute_max = {SCANNER_GUESSES_MAX}")],
     ));
     config.extend(identity_lines("sw-tel", &["call_switch"], &[format!("owner_id = {OWNER}")]));
+    config.extend(identity_lines(
+        "prober",
+        &["call_switch"],
+        &[format!("owner_id = {OWNER}"), format!("guesses_per_minute_max = {SCANNER_GUESSES_MAX}")],
+    ));
     let switch = Switch::start_with_config(Path::new(BIN), dir, &config, &[]);
     (switch, certs)
 }
@@ -166,26 +171,56 @@ async fn each_identity_does_its_own_job_and_nothing_else() {
         assert_eq!(code(&declined), ResultCode::CardNotFound);
     }
     // ... while a scanner trying PINs at full speed learns about a handful (its limit, twice at
-    // most if a minute turns during the run) and is then answered RETRY_LATER, on a new
-    // connection too; other identities are untouched.
+    // most if a minute turns during the run): the frame that goes past it has its answer
+    // withheld, and every frame after is answered RETRY_LATER, on a new connection too; other
+    // identities are untouched.
     let scanner = connect_as(&address, &certs, Some("scanner")).await;
     let mut answered = 0;
+    let mut withheld = 0;
     let mut refused = 0;
     for _ in 0..40 {
         match scanner.sale(&[sale(unknown_pin(), OWN_MERCHANT)]).await {
+            Ok(results) if code(&results[0]) == ResultCode::AnswerWithheld => withheld += 1,
             Ok(results) => {
                 assert_eq!(code(&results[0]), ResultCode::CardNotFound);
                 answered += 1;
-                assert_eq!(refused, 0, "once blocked, nothing is answered");
+                assert_eq!(withheld + refused, 0, "past the budget, nothing is told");
             }
             Err(ClientError::Rejected(ResultCode::RetryLater)) => refused += 1,
             Err(other) => panic!("{other:?}"),
         }
     }
     assert!(
-        (SCANNER_GUESSES_MAX..=2 * SCANNER_GUESSES_MAX + 1).contains(&answered) && refused > 0,
-        "{answered} answered, {refused} refused"
+        (SCANNER_GUESSES_MAX..=2 * SCANNER_GUESSES_MAX).contains(&answered)
+            && withheld == 1
+            && refused > 0,
+        "{answered} answered, {withheld} withheld, {refused} refused"
     );
+    // Batching the guesses tells no more: a call switch probing PINs with price quotes (each
+    // answers for a card) learns about its budget's worth, however many events a frame holds,
+    // and the budget spans its frames.
+    let prober = connect_as(&address, &certs, Some("prober")).await;
+    let mut quote = || PriceQuote {
+        pin: unknown_pin(),
+        category: Category::TelephoneCall as u8,
+        destination: b"01012345678".to_vec(),
+        duration_s: 60,
+        units: 0,
+    };
+    let told = |results: &[PriceQuoteResult]| {
+        let not_found = results.iter().filter(|r| r.code == ResultCode::CardNotFound.as_u16());
+        let withheld = results.iter().filter(|r| r.code == ResultCode::AnswerWithheld.as_u16());
+        (not_found.count(), withheld.count())
+    };
+    let first = prober.price_quote(&[quote(), quote(), quote()]).await.expect("three quotes");
+    assert_eq!(told(&first), (3, 0));
+    let burst: Vec<PriceQuote> = (0..50).map(|_| quote()).collect();
+    let second = prober.price_quote(&burst).await.expect("fifty quotes");
+    assert_eq!(told(&second), (SCANNER_GUESSES_MAX - 3, 50 - (SCANNER_GUESSES_MAX - 3)));
+    match prober.price_quote(&[quote()]).await {
+        Err(ClientError::Rejected(ResultCode::RetryLater)) => {}
+        other => panic!("past the budget the prober is blocked: {other:?}"),
+    }
     let again = connect_as(&address, &certs, Some("scanner")).await;
     match again.balance_inquiry(&[BalanceInquiry { pin }]).await {
         Err(ClientError::Rejected(ResultCode::RetryLater)) => {}

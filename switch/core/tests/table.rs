@@ -1364,8 +1364,10 @@ const FRONT_END_ONLY: &[ResultCode] = &[
     ResultCode::UnsupportedVersion,
     ResultCode::ShuttingDown,
     ResultCode::InternalError,
-    // The front door's roles (switch/server/src/access.rs; driven by tests/tests/e2e_trust.rs).
+    // The front door's roles and guess budget (switch/server/src/access.rs; driven by
+    // tests/tests/e2e_trust.rs).
     ResultCode::NotPermitted,
+    ResultCode::AnswerWithheld,
 ];
 
 #[test]

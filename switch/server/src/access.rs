@@ -151,22 +151,37 @@ impl GuessMeter {
         self.per_minute_max > 0 && now_ms < self.blocked_until_ms.load(Ordering::Relaxed)
     }
 
-    /// Counts a frame's result codes.
-    pub(crate) fn note(&self, codes: impl Iterator<Item = u16>) {
+    /// Counts a frame's answers (their result codes, through `code_of`) and withholds, with
+    /// `withhold`, each guess answer past the identity's budget for the minute: so a frame of
+    /// thousands of random PINs tells its sender no more than `per_minute_max` of them (the
+    /// block that follows refuses the next frames whole). An identity without a meter is left
+    /// alone, and so is every answer that is not a guess's.
+    pub(crate) fn meter<R>(
+        &self,
+        results: &mut [R],
+        code_of: impl Fn(&R) -> u16,
+        withhold: impl Fn(&mut R),
+    ) {
         if self.per_minute_max == 0 {
             return;
         }
-        let guesses = codes.filter(|code| is_guess_answer(*code)).count();
+        let guesses = results.iter().filter(|result| is_guess_answer(code_of(result))).count();
         if guesses == 0 {
             return;
         }
-        self.count_at(
-            crate::shard_loop::wall_clock_ms(),
-            u32::try_from(guesses).unwrap_or(u32::MAX),
-        );
+        let guesses = u32::try_from(guesses).unwrap_or(u32::MAX);
+        let mut shown = self.count_at(crate::shard_loop::wall_clock_ms(), guesses);
+        for result in results.iter_mut().filter(|result| is_guess_answer(code_of(result))) {
+            if shown == 0 {
+                withhold(result);
+            } else {
+                shown -= 1;
+            }
+        }
     }
 
-    fn count_at(&self, now_ms: u64, guesses: u32) {
+    /// Counts `guesses` answers at `now_ms`; how many of them fit the minute's budget.
+    fn count_at(&self, now_ms: u64, guesses: u32) -> u32 {
         let window_start_ms = self.window_start_ms.load(Ordering::Acquire);
         if now_ms.saturating_sub(window_start_ms) >= GUESS_WINDOW_MS
             && self
@@ -176,13 +191,15 @@ impl GuessMeter {
         {
             self.count.store(0, Ordering::Release);
         }
-        let total = self.count.fetch_add(guesses, Ordering::AcqRel).saturating_add(guesses);
+        let before = self.count.fetch_add(guesses, Ordering::AcqRel);
+        let shown = self.per_minute_max.saturating_sub(before).min(guesses);
+        let total = before.saturating_add(guesses);
         if total <= self.per_minute_max {
-            return;
+            return shown;
         }
         let blocked_until_ms = self.blocked_until_ms.load(Ordering::Acquire);
         if now_ms < blocked_until_ms {
-            return;
+            return shown;
         }
         let mut penalty_ms = self.penalty_ms.load(Ordering::Acquire);
         if now_ms.saturating_sub(blocked_until_ms) >= GUESS_PENALTY_RESET_MS {
@@ -199,6 +216,7 @@ impl GuessMeter {
             self.per_minute_max,
             penalty_ms / 1000
         );
+        shown
     }
 }
 
@@ -399,14 +417,28 @@ mod tests {
     fn guessing_past_the_limit_blocks_for_a_growing_time() {
         let meter = gateway().guesses;
         let not_found = ResultCode::CardNotFound.as_u16();
-        meter.count_at(1_000, 3);
+        assert_eq!(meter.count_at(1_000, 3), 3);
         assert!(!meter.throttled(1_000), "3 of 3 is within the limit");
-        meter.note([ResultCode::InsufficientFunds.as_u16()].into_iter());
-        meter.count_at(2_000, 1);
+        let mut declines = [ResultCode::InsufficientFunds.as_u16()];
+        meter.meter(&mut declines, |code| *code, |code| *code = 0);
+        assert_eq!(declines, [ResultCode::InsufficientFunds.as_u16()], "not a guess's answer");
+        assert_eq!(meter.count_at(2_000, 1), 0, "past the limit: withheld");
         assert!(meter.throttled(2_000) && meter.throttled(61_999) && !meter.throttled(62_000));
-        meter.count_at(70_000, 4);
+        assert_eq!(meter.count_at(70_000, 4), 3);
         assert!(meter.throttled(70_000 + 119_999) && !meter.throttled(70_000 + 120_000));
         assert!(is_guess_answer(not_found) && !is_guess_answer(0));
+    }
+
+    /// One frame of many guesses shows no more of their answers than the minute allows, and
+    /// leaves the other answers alone.
+    #[test]
+    fn a_frame_of_guesses_shows_the_budget_and_withholds_the_rest() {
+        let meter = gateway().guesses;
+        let not_found = ResultCode::CardNotFound.as_u16();
+        let withheld = ResultCode::AnswerWithheld.as_u16();
+        let mut answers = [not_found, 0, not_found, not_found, not_found, 51, not_found];
+        meter.meter(&mut answers, |code| *code, |code| *code = withheld);
+        assert_eq!(answers, [not_found, 0, not_found, not_found, withheld, 51, withheld]);
     }
 
     #[test]

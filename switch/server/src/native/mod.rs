@@ -183,7 +183,8 @@ impl Planned {
     }
 
     /// Awaits the shards and builds the answer body; the answers that tell a guesser something
-    /// (an unknown card, a wrong password) are counted against the connection's `guesses`.
+    /// (an unknown card, a wrong password) are counted against the connection's `guesses`, and
+    /// those past its budget are withheld (`GuessMeter::meter`).
     async fn finish(
         self,
         context: &Context,
@@ -192,48 +193,29 @@ impl Planned {
     ) -> Vec<u8> {
         match self {
             Planned::Ready(body) => body,
-            Planned::Ops(pending) => {
-                let results = pending
-                    .collect(
-                        |output| match output {
-                            ShardOutput::Applied(applied) => op_result(&applied.reply),
-                            _ => op_code(ResultCode::InternalError),
-                        },
-                        || op_code(ResultCode::RetryLater),
-                    )
-                    .await;
-                guesses.note(results.iter().map(|result| result.code));
-                encode_body(&results)
-            }
+            Planned::Ops(pending) => encode_body(
+                &pending.collect_metered(applied_op, op_code, |result| result.code, guesses).await,
+            ),
             Planned::Issue(pending, pins) => {
                 encode_body(&finish_issue(context, pending, pins).await)
             }
+            // A stored decline read back is as telling as the decline itself.
             Planned::Inquiry(pending) => encode_body(
-                &pending.collect(inquiry_result, || inquiry_code(ResultCode::RetryLater)).await,
+                &pending
+                    .collect_metered(inquiry_result, inquiry_code, |r| r.result.code, guesses)
+                    .await,
             ),
-            Planned::Balance(pending) => {
-                let results =
-                    pending.collect(balance_result, || balance_code(ResultCode::RetryLater)).await;
-                guesses.note(results.iter().map(|result| result.code));
-                encode_body(&results)
-            }
-            Planned::Foreign(pending) => {
-                let results =
-                    pending.collect(foreign_result, || foreign_code(ResultCode::RetryLater)).await;
-                guesses.note(results.iter().map(|result| result.result.code));
-                encode_body(&results)
-            }
+            Planned::Balance(pending) => encode_body(
+                &pending.collect_metered(balance_result, balance_code, |r| r.code, guesses).await,
+            ),
+            Planned::Foreign(pending) => encode_body(
+                &pending
+                    .collect_metered(foreign_result, foreign_code, |r| r.result.code, guesses)
+                    .await,
+            ),
             Planned::Session(pending, msg_type, session_ids) => {
-                let results = pending
-                    .collect(
-                        |output| match output {
-                            ShardOutput::Applied(applied) => op_result(&applied.reply),
-                            _ => op_code(ResultCode::InternalError),
-                        },
-                        || op_code(ResultCode::RetryLater),
-                    )
-                    .await;
-                guesses.note(results.iter().map(|result| result.code));
+                let results =
+                    pending.collect_metered(applied_op, op_code, |r| r.code, guesses).await;
                 for (result, session_id) in results.iter().zip(&session_ids) {
                     track_session(&context.directory, pushes, msg_type, *session_id, result);
                 }
@@ -245,8 +227,9 @@ impl Planned {
                         .collect::<Vec<_>>(),
                 )
             }
+            // A quote with a PIN answers for the card: as telling as a balance inquiry.
             Planned::Quote(pending) => encode_body(
-                &pending.collect(quote_result, || quote_code(ResultCode::RetryLater)).await,
+                &pending.collect_metered(quote_result, quote_code, |r| r.code, guesses).await,
             ),
             Planned::Audit(pending, audit) => {
                 let parts = pending
@@ -274,12 +257,34 @@ impl Planned {
     }
 }
 
+/// An operation's answer as its shard applied it.
+fn applied_op(output: ShardOutput) -> OpResult {
+    match output {
+        ShardOutput::Applied(applied) => op_result(&applied.reply),
+        _ => op_code(ResultCode::InternalError),
+    }
+}
+
 impl<R> Pending<R> {
     fn new(events: usize) -> Pending<R> {
         Pending { results: (0..events).map(|_| None).collect(), groups: Vec::new() }
     }
 
     /// Awaits every shard group and fills the remaining results.
+    /// `collect`, then the answers that tell a guesser something are metered against
+    /// `guesses` and those past its budget withheld (`coded(ANSWER_WITHHELD)`).
+    async fn collect_metered(
+        self,
+        convert: impl Fn(ShardOutput) -> R,
+        coded: impl Fn(ResultCode) -> R,
+        code_of: impl Fn(&R) -> u16,
+        guesses: &crate::access::GuessMeter,
+    ) -> Vec<R> {
+        let mut results = self.collect(convert, || coded(ResultCode::RetryLater)).await;
+        guesses.meter(&mut results, code_of, |result| *result = coded(ResultCode::AnswerWithheld));
+        results
+    }
+
     async fn collect(mut self, convert: impl Fn(ShardOutput) -> R, busy: impl Fn() -> R) -> Vec<R> {
         for group in std::mem::take(&mut self.groups) {
             let outputs = match group.answer {
