@@ -7,6 +7,7 @@
 
 pub mod codes;
 pub mod frame;
+pub mod iso8583;
 pub mod messages;
 pub mod pin;
 mod wire_enum;

@@ -338,6 +338,22 @@ impl Keys {
         [key as u64, (key >> 64) as u64]
     }
 
+    /// The low 80 bits of an op id a front end derives from a foreign protocol's own names of a
+    /// transaction (ISO 8583: the kind, the card acceptor, the terminal, the trace number and
+    /// the transmission time), so a retransmission maps to the same op id. Keyed, so nobody
+    /// can compute another sender's op id from what crosses the wire; derived from the
+    /// password key, which a rotation keeps, so the same message maps the same way across one.
+    pub fn front_end_op_bits(&self, parts: &[&[u8]]) -> u128 {
+        let mut hasher = SipHasher128::new_with_key(&self.password_key);
+        hasher.write(b"pinswitch front-end op ids");
+        for part in parts {
+            // Lengths first: ("ab", "c") and ("a", "bc") are different names.
+            hasher.write_usize(part.len());
+            hasher.write(part);
+        }
+        hasher.finish128().as_u128() & ((1u128 << 80) - 1)
+    }
+
     /// The verification value of a password for one card, taken over the card's name under
     /// the first key (`CardNames::first`), whichever key names the card.
     pub fn password_mac(&self, first_name: PinHash, password: &[u8]) -> u64 {

@@ -9,6 +9,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod calendar;
 pub mod config;
 pub mod config_record;
 mod dense_map;

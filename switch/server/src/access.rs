@@ -263,6 +263,14 @@ impl Grants {
         }
     }
 
+    /// Whether this identity may act for `merchant_id`: an admin, or an identity bound to it.
+    /// Front ends whose messages name their card acceptor even where the native event names
+    /// none (ISO 8583's completions and reversals carry DE 42, and the op id of the original
+    /// they derive depends on it) check it for every message.
+    pub(crate) fn may_act_for_merchant(&self, merchant_id: u64) -> bool {
+        self.admin || self.merchant_ids.contains(&merchant_id)
+    }
+
     /// Whether a frame of `msg_type` with `body` may run: `Err(NotPermitted)` refuses it whole.
     /// HELLO and PING are everyone's. An admin is bound to no business id. A body that does
     /// not decode passes here: the front end answers it FORMAT_ERROR as for anyone.

@@ -22,6 +22,8 @@ pub(crate) struct Config {
     pub tls: TlsSection,
     /// `[access]`: who may do what (roles, identities, plain TCP).
     pub access: AccessSection,
+    /// `[iso8583]`: the ISO 8583 front end (protocol/ISO8583.md).
+    pub iso8583: Iso8583Section,
     /// The file this was read from (SIGHUP re-reads it); not a key of the file.
     #[serde(skip)]
     pub source: Option<std::path::PathBuf>,
@@ -51,6 +53,55 @@ pub(crate) struct ServerSection {
     /// QUIC listen address (UDP; empty, the default: no QUIC). QUIC is always TLS 1.3, so it
     /// needs `[tls]`; every bidirectional stream carries native frames as a TCP connection does.
     pub quic_listen: String,
+}
+
+/// `[iso8583]`: the ISO 8583 listener for acquirers and gateways (protocol/ISO8583.md).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct Iso8583Section {
+    /// TCP listen address (empty, the default: no ISO 8583 listener). TLS as `[tls]` says,
+    /// identities and roles as `[access]` says, exactly as the native listener.
+    pub listen: String,
+    /// "ascii" (the default: hex bitmaps, pyiso8583's `default_ascii`) or "binary" (8-byte
+    /// bitmaps and binary PIN blocks, pyiso8583's `default`).
+    pub encoding: String,
+    /// How DE 52 is protected: "zpk" (the default: triple DES under the zone PIN key in
+    /// `zone_pin_key_file`) or "clear" (an unencrypted format-0 block: test links only).
+    pub pin_block: String,
+    /// The zone PIN key shared with the acquirer: 32 or 48 hex digits, mode 0600, kept apart
+    /// from the data directory's backups like the key file.
+    pub zone_pin_key_file: PathBuf,
+    /// The service category of every payment made through this listener.
+    pub category: String,
+    /// The hold time of an 0100 authorization (0: the engine's `hold_ttl_default_s`).
+    pub hold_ttl_s: u32,
+    /// The longest message (bytes inside the length prefix); at most 5,631.
+    pub message_bytes_max: u32,
+    /// Card acceptor ids (DE 42) that are not our merchant id in digits.
+    pub merchants: Vec<Iso8583Merchant>,
+}
+
+/// One `[[iso8583.merchants]]` entry.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Iso8583Merchant {
+    pub card_acceptor_id: String,
+    pub merchant_id: u64,
+}
+
+impl Default for Iso8583Section {
+    fn default() -> Self {
+        Iso8583Section {
+            listen: String::new(),
+            encoding: "ascii".into(),
+            pin_block: "zpk".into(),
+            zone_pin_key_file: PathBuf::new(),
+            category: "internet_payment".into(),
+            hold_ttl_s: 0,
+            message_bytes_max: 4096,
+            merchants: Vec::new(),
+        }
+    }
 }
 
 /// Limits of the front end and the shard queues. Hitting one gives a result code, never an
@@ -267,6 +318,7 @@ impl Default for Config {
             sessions: SessionsSection::default(),
             tls: TlsSection::default(),
             access: AccessSection::default(),
+            iso8583: Iso8583Section::default(),
             source: None,
         }
     }
@@ -347,6 +399,21 @@ impl Config {
         ] {
             if value == 0 {
                 bail!("limits.{name} must be positive");
+            }
+        }
+        let iso = &self.iso8583;
+        if !(64..=crate::iso8583::MESSAGE_BYTES_LIMIT).contains(&iso.message_bytes_max) {
+            bail!(
+                "iso8583.message_bytes_max must be in 64..={} (a longer length prefix would \
+                 read as a TLS handshake)",
+                crate::iso8583::MESSAGE_BYTES_LIMIT
+            );
+        }
+        if !iso.listen.is_empty() {
+            // The key file and the rest are read now, so a bad section stops the start here.
+            crate::iso8583::Settings::from_config(iso)?;
+            if iso.hold_ttl_s > self.engine.hold_ttl_max_s {
+                bail!("iso8583.hold_ttl_s is above engine.hold_ttl_max_s");
             }
         }
         // One base receive buffer per connection must fit, or connections are refused.

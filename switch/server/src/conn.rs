@@ -110,15 +110,95 @@ impl<T: Transport> Transport for Prefixed<T> {
     }
 }
 
+/// What a connection's bytes are: the native protocol's frames (`NativeFraming`), or another
+/// front end's messages (`iso8583::IsoFraming`). The poll loop below is the same for all of
+/// them; a framing only splits messages off the input and hands each to its front end.
+pub(crate) trait Framing {
+    /// Takes the whole message at the front of `input`, if it is all there.
+    fn take(&mut self, context: &Arc<Context>, arrival: &Arrival<'_>, input: &[u8]) -> Taken;
+    /// The length of the message begun at the front of `input`, once its header says it.
+    fn pending_len(&self, input: &[u8]) -> Option<usize>;
+    /// The answer to that begun message when the receive budget cannot hold it (its bytes are
+    /// then skipped, so the stream stays framed).
+    fn refused(&self, input: &[u8]) -> Vec<u8>;
+    /// What a plain connection that may not be served is told before it is closed.
+    fn not_permitted(&self) -> Option<Vec<u8>>;
+}
+
+/// What a framing's message arrived with: the connection's grants and push queue, when, and
+/// how much more the connection may have in flight.
+pub(crate) struct Arrival<'a> {
+    pub connection: native::Connection<'a>,
+    pub now_ms: u64,
+    pub frames_full: bool,
+    pub events_budget: u32,
+}
+
+/// What `Framing::take` found.
+pub(crate) enum Taken {
+    /// A whole message of this many bytes, and what became of it.
+    Message(usize, Handled),
+    /// More bytes are needed.
+    Incomplete,
+    /// The byte stream broke its framing: this answer (perhaps none) is the last.
+    Broken(Vec<u8>),
+}
+
+/// The native protocol's frames (protocol/PROTOCOL.md).
+pub(crate) struct NativeFraming;
+
+impl Framing for NativeFraming {
+    fn take(&mut self, context: &Arc<Context>, arrival: &Arrival<'_>, input: &[u8]) -> Taken {
+        match decode_frame(input, context.limits.frame_bytes_max) {
+            Ok(Some(frame)) => Taken::Message(
+                frame.total_len,
+                native::handle_frame(
+                    context,
+                    &arrival.connection,
+                    &frame.header,
+                    frame.body,
+                    arrival.now_ms,
+                    arrival.frames_full,
+                    arrival.events_budget,
+                ),
+            ),
+            Ok(None) => Taken::Incomplete,
+            // The byte stream can no longer be trusted to be framed: answer and close.
+            Err(error) => Taken::Broken(native::error_frame(0, error.request_id(), error.code())),
+        }
+    }
+
+    fn pending_len(&self, input: &[u8]) -> Option<usize> {
+        pending_frame(input).map(|frame| frame.total_len)
+    }
+
+    fn refused(&self, input: &[u8]) -> Vec<u8> {
+        pending_frame(input)
+            .map(|frame| {
+                native::error_frame(
+                    frame.msg_type,
+                    frame.request_id,
+                    pinswitch_protocol::ResultCode::RetryLater,
+                )
+            })
+            .unwrap_or_default()
+    }
+
+    fn not_permitted(&self) -> Option<Vec<u8>> {
+        Some(refusal_frame(pinswitch_protocol::ResultCode::NotPermitted))
+    }
+}
+
 /// Serves an admitted connection. Its first bytes say what it is: a TLS handshake
 /// (completed within `frame_read_timeout_ms`, then the client certificate's identity gives the
 /// grants) or native frames over plain TCP (served where `[access] plain` allows, else answered
 /// NOT_PERMITTED and closed). Waiting for the first byte is an idle connection's wait.
-pub(crate) async fn accepted<T: Transport>(
+pub(crate) async fn accepted<T: Transport, F: Framing>(
     mut transport: T,
     context: Arc<Context>,
     ticket: Ticket,
     watch: Rc<Watch>,
+    framing: F,
 ) {
     let mut first = vec![0u8; 4096];
     let read = std::future::poll_fn(|cx| {
@@ -141,9 +221,10 @@ pub(crate) async fn accepted<T: Transport>(
     first.truncate(read);
     if first[0] != crate::tls::TLS_HANDSHAKE_BYTE {
         let transport = Prefixed { inner: transport, prefix: first, at: 0 };
-        match context.trust.plain(ticket.peer) {
-            Some(grants) => serve(transport, context, ticket, watch, grants).await,
-            None => refuse(transport, pinswitch_protocol::ResultCode::NotPermitted).await,
+        match (context.trust.plain(ticket.peer), framing.not_permitted()) {
+            (Some(grants), _) => serve(transport, context, ticket, watch, grants, framing).await,
+            (None, Some(refusal)) => refuse_with(transport, refusal).await,
+            (None, None) => {}
         }
         return;
     }
@@ -170,7 +251,7 @@ pub(crate) async fn accepted<T: Transport>(
     }
     watch.frame_started_ms.set(0);
     let grants = context.trust.tls_client(tls.peer_name().as_deref());
-    serve(tls, context, ticket, watch, grants).await;
+    serve(tls, context, ticket, watch, grants, framing).await;
 }
 
 /// Admission of connections, shared by every shard: the total, the count per peer address, and
@@ -429,6 +510,7 @@ impl Received {
     /// shared budget cannot hold it.
     fn settle(
         &mut self,
+        framing: &impl Framing,
         ticket: &mut Ticket,
         watch: &Watch,
         now_ms: u64,
@@ -455,23 +537,19 @@ impl Received {
         if decoded_any || watch.frame_started_ms.get() == 0 {
             watch.frame_started_ms.set(now_ms);
         }
-        let Some(frame) = pending_frame(self.unread()) else { return };
-        if frame.total_len <= self.bytes.len() - self.start {
+        let Some(total_len) = framing.pending_len(self.unread()) else { return };
+        if total_len <= self.bytes.len() - self.start {
             return;
         }
         self.compact();
-        if frame.total_len <= self.bytes.len() {
+        if total_len <= self.bytes.len() {
             return;
         }
-        if ticket.hold_read_buffer(frame.total_len as u64) {
-            self.bytes.resize(frame.total_len, 0);
+        if ticket.hold_read_buffer(total_len as u64) {
+            self.bytes.resize(total_len, 0);
         } else {
-            output.extend_from_slice(&native::error_frame(
-                frame.msg_type,
-                frame.request_id,
-                pinswitch_protocol::ResultCode::RetryLater,
-            ));
-            self.skip = frame.total_len - self.filled;
+            output.extend_from_slice(&framing.refused(self.unread()));
+            self.skip = total_len - self.filled;
             self.filled = 0;
         }
     }
@@ -506,10 +584,12 @@ impl Outstanding {
     }
 }
 
-/// Handles every whole frame now in `input`: answered at once into `output`, or in flight.
-/// Returns whether any frame was decoded, and whether the byte stream broke its framing (it was
-/// answered; the connection reads no more).
+/// Handles every whole message now in `input`: answered at once into `output`, or in flight.
+/// Returns whether any message was taken, and whether the byte stream broke its framing (it
+/// was answered; the connection reads no more).
+#[expect(clippy::too_many_arguments, reason = "the poll loop's state, borrowed apart")]
 fn take_frames(
+    framing: &mut impl Framing,
     context: &Arc<Context>,
     grants: &Arc<Grants>,
     input: &mut Received,
@@ -521,34 +601,29 @@ fn take_frames(
     let limits = &context.limits;
     let mut decoded_any = false;
     loop {
-        match decode_frame(input.unread(), limits.frame_bytes_max) {
-            Ok(Some(frame)) => {
-                let events_budget =
-                    limits.in_flight_events_per_connection_max.saturating_sub(in_flight.events);
-                let frames_full =
-                    in_flight.frames.len() >= limits.in_flight_per_connection_max as usize;
-                match native::handle_frame(
-                    context,
-                    &native::Connection { grants, pushes },
-                    &frame.header,
-                    frame.body,
-                    now_ms,
-                    frames_full,
-                    events_budget,
-                ) {
+        let arrival = Arrival {
+            connection: native::Connection { grants, pushes },
+            now_ms,
+            frames_full: in_flight.frames.len() >= limits.in_flight_per_connection_max as usize,
+            events_budget: limits
+                .in_flight_events_per_connection_max
+                .saturating_sub(in_flight.events),
+        };
+        match framing.take(context, &arrival, input.unread()) {
+            Taken::Message(len, handled) => {
+                match handled {
                     Handled::Now(answer) => output.extend_from_slice(&answer),
                     Handled::Later(future, events) => {
                         in_flight.events += events;
                         in_flight.frames.push((future, events));
                     }
                 }
-                input.consumed(frame.total_len);
+                input.consumed(len);
                 decoded_any = true;
             }
-            Ok(None) => return (decoded_any, false),
-            Err(error) => {
-                // The byte stream can no longer be trusted to be framed: answer and close.
-                output.extend_from_slice(&native::error_frame(0, error.request_id(), error.code()));
+            Taken::Incomplete => return (decoded_any, false),
+            Taken::Broken(answer) => {
+                output.extend_from_slice(&answer);
                 return (decoded_any, true);
             }
         }
@@ -558,12 +633,13 @@ fn take_frames(
 /// Serves one admitted connection until the peer closes it, a framing error, a timeout, or a
 /// write failure. Frames already submitted are still answered before the socket closes (their
 /// effects are durable whatever happens to the connection).
-pub(crate) async fn serve<T: Transport>(
+pub(crate) async fn serve<T: Transport, F: Framing>(
     mut transport: T,
     context: Arc<Context>,
     mut ticket: Ticket,
     watch: Rc<Watch>,
     grants: Arc<Grants>,
+    mut framing: F,
 ) {
     let limits = &context.limits;
     let (pushes, mut pushed) = mpsc::channel::<Vec<u8>>(PUSH_QUEUE_FRAMES);
@@ -637,6 +713,7 @@ pub(crate) async fn serve<T: Transport>(
                         watch.last_input_ms.set(now_ms);
                         input.took(n);
                         let (decoded_any, framing_broken) = take_frames(
+                            &mut framing,
                             &context,
                             &grants,
                             &mut input,
@@ -647,7 +724,14 @@ pub(crate) async fn serve<T: Transport>(
                         );
                         input_done |= framing_broken;
                         if !input_done {
-                            input.settle(&mut ticket, &watch, now_ms, decoded_any, &mut output);
+                            input.settle(
+                                &framing,
+                                &mut ticket,
+                                &watch,
+                                now_ms,
+                                decoded_any,
+                                &mut output,
+                            );
                         }
                     }
                     Poll::Pending => {}
@@ -671,9 +755,18 @@ pub(crate) async fn serve<T: Transport>(
 /// written, the write side shut, and what the client already sent is read and dropped (closing
 /// with unread input would send a reset, and a reset makes the client's kernel throw away the
 /// unread refusal). Bounded: at most `REFUSAL_DRAIN_BYTES` are read.
-pub(crate) async fn refuse<T: Transport>(mut transport: T, code: pinswitch_protocol::ResultCode) {
+pub(crate) async fn refuse<T: Transport>(transport: T, code: pinswitch_protocol::ResultCode) {
+    refuse_with(transport, refusal_frame(code)).await;
+}
+
+/// The native frame that refuses a whole connection.
+fn refusal_frame(code: pinswitch_protocol::ResultCode) -> Vec<u8> {
+    native::error_frame(pinswitch_protocol::MsgType::Ping as u16, 0, code)
+}
+
+/// `refuse` with the refusal's bytes (a front end's own, or none: then it only closes).
+pub(crate) async fn refuse_with<T: Transport>(mut transport: T, refusal: Vec<u8>) {
     const REFUSAL_DRAIN_BYTES: usize = 64 * 1024;
-    let refusal = native::error_frame(pinswitch_protocol::MsgType::Ping as u16, 0, code);
     let mut written = 0usize;
     let mut closed = false;
     let mut drained = 0usize;

@@ -47,6 +47,11 @@ impl Keys {
     pub(crate) fn foreign_hash(&self, code: &[u8]) -> u128 {
         self.keys.foreign_hash(code)
     }
+
+    /// The low bits of a front end's derived op id (`pinswitch_core::Keys::front_end_op_bits`).
+    pub(crate) fn front_end_op_bits(&self, parts: &[&[u8]]) -> u128 {
+        self.keys.front_end_op_bits(parts)
+    }
 }
 
 /// Where the key file is: `[server] keys_file`, or `keys.bin` in the data directory.

@@ -8,6 +8,7 @@ mod access;
 mod cli;
 mod config;
 mod conn;
+mod iso8583;
 mod keys;
 mod native;
 mod push;

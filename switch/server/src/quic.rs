@@ -211,6 +211,7 @@ async fn serve_connection(
                     stream_ticket,
                     reaper.watch(),
                     grants.clone(),
+                    conn::NativeFraming,
                 ));
             }
             Err(_) => {

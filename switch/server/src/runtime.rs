@@ -151,6 +151,10 @@ pub(crate) fn run(config: Config) -> anyhow::Result<()> {
         let quic = crate::quic::start(&config.server.quic_listen, &context)?;
         println!("pinswitch: QUIC on {quic} (UDP)");
     }
+    if !config.iso8583.listen.is_empty() {
+        let iso = crate::iso8583::start(&config.iso8583, &context)?;
+        println!("pinswitch: ISO 8583 on {iso}");
+    }
     let runtime_name = match executor {
         Executor::Glommio => "glommio",
         Executor::Tokio => "tokio",
@@ -487,6 +491,7 @@ impl Shard {
                         context.clone(),
                         ticket,
                         reaper.watch(),
+                        conn::NativeFraming,
                     ))
                     .detach();
                 }
@@ -595,6 +600,7 @@ impl Shard {
                         context.clone(),
                         ticket,
                         reaper.watch(),
+                        conn::NativeFraming,
                     ));
                 }
             };
