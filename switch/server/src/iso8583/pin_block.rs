@@ -5,9 +5,9 @@
 //! here until the front end MACs it, as on the native protocol. `Clear` reads the block
 //! unencrypted: for test links only, and only where `[iso8583] pin_block = "clear"` says so.
 
-use des::cipher::generic_array::GenericArray;
 #[cfg(test)]
 use des::cipher::BlockEncrypt;
+use des::cipher::generic_array::GenericArray;
 use des::cipher::{BlockDecrypt, KeyInit};
 
 /// The shortest and longest PIN a format-0 block holds.
