@@ -8,6 +8,7 @@ check. It checks nothing itself beyond the framing."""
 import datetime
 import json
 import socket
+import ssl
 import struct
 import sys
 
@@ -19,6 +20,13 @@ config = json.loads(sys.argv[1])
 spec = default_ascii if config["encoding"] == "ascii" else default
 zpk = bytes.fromhex(config["zpk"]) if config["zpk"] != "clear" else None
 sock = socket.create_connection(("127.0.0.1", config["port"]))
+if "tls" in config:
+    # Mutual TLS: the switch's CA, and this acquirer's own certificate (its identity).
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    context.load_verify_locations(config["tls"]["ca"])
+    context.load_cert_chain(config["tls"]["cert"], config["tls"]["key"])
+    sock = context.wrap_socket(sock, server_hostname="localhost")
 stan = 0
 
 
@@ -146,4 +154,14 @@ if "pay" in flows:
     report("sign_on", exchange(network("001")))
     reopened, _ = financial("0200", b["pan"], "000000", 100, b["password"])
     report("signed_on_sale", exchange(reopened))
+if "merchants" in flows:
+    # Its own merchant pays; another merchant's card acceptor id is refused, for a reversal too.
+    own, own_ids = financial("0200", a["pan"], "000000", 300, a["password"])
+    report("own_sale", exchange(own))
+    own_merchant, config["merchant"] = config["merchant"], config["other_merchant"]
+    foreign_reversal, _ = financial("0400", a["pan"], "000000", 300, original=("0200",) + own_ids)
+    report("foreign_reversal", exchange(foreign_reversal))
+    foreign_sale, _ = financial("0200", a["pan"], "000000", 300, a["password"])
+    report("foreign_sale", exchange(foreign_sale))
+    config["merchant"] = own_merchant
 sock.close()

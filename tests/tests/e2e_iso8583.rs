@@ -20,18 +20,21 @@ use pinswitch_tests::{Switch, code, fresh_dir, one};
 const BIN: &str = env!("CARGO_BIN_EXE_pinswitch");
 const ZONE_PIN_KEY: &str = "0123456789ABCDEFFEDCBA9876543210";
 const MERCHANT: u64 = 1001;
+const OTHER_MERCHANT: u64 = 2002;
 const FACE_VALUE_WON: u64 = 10_000;
 
-/// A switch with an ISO 8583 listener in `encoding`; returns it and the listener's address.
-fn start(dir: &Path, encoding: &str) -> (Switch, String) {
+/// A switch with an ISO 8583 listener in `encoding` and `extra` configuration lines; returns it
+/// and the listener's address.
+fn start(dir: &Path, encoding: &str, extra: &[String]) -> (Switch, String) {
     let key_file = dir.join("zpk.hex");
     std::fs::write(&key_file, ZONE_PIN_KEY).expect("writing the zone PIN key");
-    let config = vec![
+    let mut config = extra.to_vec();
+    config.extend([
         "[iso8583]".to_string(),
         "listen = \"127.0.0.1:0\"".to_string(),
         format!("encoding = {encoding:?}"),
         format!("zone_pin_key_file = {:?}", key_file.to_string_lossy()),
-    ];
+    ]);
     let switch = Switch::start_with_config(Path::new(BIN), dir, &config, &[]);
     let address = switch
         .startup_lines()
@@ -62,11 +65,13 @@ async fn cards(client: &Client) -> Vec<(u64, &'static str)> {
 }
 
 /// Runs the acquirer script; its answers by step name (each a map of element → value).
+/// `tls`: the certificates' directory and the identity to connect as, for mutual TLS.
 fn acquirer(
     port: &str,
     encoding: &str,
     cards: &[(u64, &str)],
     flows: &[&str],
+    tls: Option<(&Path, &str)>,
 ) -> HashMap<String, HashMap<String, String>> {
     let unknown_pan = pin::with_check_digit(123_456_789_012_345);
     let cards_json: Vec<String> = cards
@@ -74,10 +79,21 @@ fn acquirer(
         .map(|(pin, password)| format!("{{\"pan\": \"{pin}\", \"password\": \"{password}\"}}"))
         .collect();
     let flows_json: Vec<String> = flows.iter().map(|flow| format!("\"{flow}\"")).collect();
+    let tls_json = tls
+        .map(|(certs, name)| {
+            let file = |file: String| certs.join(file).to_string_lossy().to_string();
+            format!(
+                ", \"tls\": {{\"ca\": {:?}, \"cert\": {:?}, \"key\": {:?}}}",
+                file("ca.pem".into()),
+                file(format!("{name}.pem")),
+                file(format!("{name}.key"))
+            )
+        })
+        .unwrap_or_default();
     let config = format!(
         "{{\"port\": {port}, \"encoding\": \"{encoding}\", \"zpk\": \"{ZONE_PIN_KEY}\", \
-         \"merchant\": \"{MERCHANT}\", \"cards\": [{}], \"unknown_pan\": \"{unknown_pan}\", \
-         \"flows\": [{}]}}",
+         \"merchant\": \"{MERCHANT}\", \"other_merchant\": \"{OTHER_MERCHANT}\", \
+         \"cards\": [{}], \"unknown_pan\": \"{unknown_pan}\", \"flows\": [{}]{tls_json}}}",
         cards_json.join(", "),
         flows_json.join(", ")
     );
@@ -133,11 +149,11 @@ struct Paid {
 }
 
 async fn pay(dir: &Path, encoding: &str) -> Paid {
-    let (switch, address) = start(dir, encoding);
+    let (switch, address) = start(dir, encoding, &[]);
     let admin = Client::connect(&switch.address).await.expect("connect");
     let cards = cards(&admin).await;
     let port = address.rsplit(':').next().expect("a port");
-    let answers = acquirer(port, encoding, &cards, &["echo", "pay"]);
+    let answers = acquirer(port, encoding, &cards, &["echo", "pay"], None);
     Paid { switch, address, admin, cards, answers }
 }
 
@@ -231,5 +247,36 @@ async fn the_binary_bitmap_encoding_serves_the_same_flows() {
     assert_eq!(answered(&answers, "wrong_pin"), ("0210".into(), "55".into()));
     assert_eq!(available_won(&answers["balance"]), 7_500);
     assert_eq!(balance_won(&admin, cards[0].0).await, 7_500);
+    switch.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acquirer_is_an_identity_bound_to_its_merchants() {
+    let dir = fresh_dir("e2e-iso8583-tls");
+    let certs = dir.join("certs");
+    let mut config = pinswitch_tests::mutual_tls_config(BIN, &certs, &["admin-1", "gw-acme"]);
+    config.extend(pinswitch_tests::identity_lines("admin-1", &["admin"], &[]));
+    config.extend(pinswitch_tests::identity_lines(
+        "gw-acme",
+        &["gateway"],
+        &[format!("merchant_ids = [{MERCHANT}]")],
+    ));
+    let (mut switch, address) = start(&dir, "ascii", &config);
+    let admin_tls = pinswitch_tests::tls_client(&certs, Some("admin-1"));
+    let admin = Client::connect_tls(&switch.address, &admin_tls, ClientOptions::default())
+        .await
+        .expect("TLS connect");
+    let cards = cards(&admin).await;
+    let port = address.rsplit(':').next().expect("a port");
+    let answers = acquirer(port, "ascii", &cards, &["merchants"], Some((&certs, "gw-acme")));
+    assert_eq!(answered(&answers, "own_sale"), ("0210".into(), "00".into()));
+    assert_eq!(answered(&answers, "foreign_reversal"), ("0410".into(), "58".into()));
+    assert_eq!(answered(&answers, "foreign_sale"), ("0210".into(), "58".into()));
+    assert_eq!(balance_won(&admin, cards[0].0).await, FACE_VALUE_WON - 300, "nothing reversed");
+    // Plain TCP is off here: a plain ISO connection is closed unanswered.
+    let mut plain = TcpStream::connect(&address).expect("connect");
+    plain.write_all(b"\x00\x1408000000000000000000").expect("write");
+    let mut rest = Vec::new();
+    assert_eq!(plain.read_to_end(&mut rest).map(|_| rest.len()).unwrap_or(0), 0);
     switch.stop();
 }
