@@ -95,9 +95,20 @@ async fn kill_minus_nine_loses_no_acknowledged_debit() {
             }
         }));
     }
-    // Kill as soon as enough debits were acknowledged, while the senders keep sending.
+    // Kill as soon as enough debits were acknowledged and a snapshot is on disk (the snapshot
+    // threads run at idle priority, so on a busy machine the first one may take longer than
+    // the debits do), while the senders keep sending.
+    let snapshots = || {
+        std::fs::read_dir(&dir)
+            .expect("data dir")
+            .flatten()
+            .filter(|entry| entry.file_name().to_string_lossy().starts_with("shard-"))
+            .flat_map(|shard| std::fs::read_dir(shard.path()).expect("shard dir").flatten())
+            .filter(|file| file.file_name().to_string_lossy().ends_with(".snap"))
+            .count()
+    };
     loop {
-        if acked.lock().expect("lock").len() >= ACKED_BEFORE_KILL {
+        if acked.lock().expect("lock").len() >= ACKED_BEFORE_KILL && snapshots() > 0 {
             break;
         }
         tokio::task::yield_now().await;
@@ -107,15 +118,7 @@ async fn kill_minus_nine_loses_no_acknowledged_debit() {
         sender.await.expect("sender task");
     }
     drop(client);
-
-    let snapshots = std::fs::read_dir(&dir)
-        .expect("data dir")
-        .flatten()
-        .filter(|entry| entry.file_name().to_string_lossy().starts_with("shard-"))
-        .flat_map(|shard| std::fs::read_dir(shard.path()).expect("shard dir").flatten())
-        .filter(|file| file.file_name().to_string_lossy().ends_with(".snap"))
-        .count();
-    assert!(snapshots > 0, "the run should have written snapshots");
+    assert!(snapshots() > 0, "the run should have written snapshots");
     let switch = Switch::start(Path::new(BIN), &dir, &["--config", &config]);
     let client = Client::connect(&switch.address).await.expect("reconnect");
     let sent = sent.lock().expect("lock").clone();

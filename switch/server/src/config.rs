@@ -56,7 +56,7 @@ pub(crate) struct ServerSection {
 }
 
 /// `[iso8583]`: the ISO 8583 listener for acquirers and gateways (protocol/ISO8583.md).
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct Iso8583Section {
     /// TCP listen address (empty, the default: no ISO 8583 listener). TLS as `[tls]` says,
@@ -82,7 +82,7 @@ pub(crate) struct Iso8583Section {
 }
 
 /// One `[[iso8583.merchants]]` entry.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Iso8583Merchant {
     pub card_acceptor_id: String,
@@ -533,6 +533,7 @@ mod tests {
         assert_eq!(preset.sessions, defaults.sessions);
         assert_eq!(preset.tls, defaults.tls);
         assert_eq!(preset.access, defaults.access);
+        assert_eq!(preset.iso8583, defaults.iso8583);
     }
 
     /// `[engine]` is read straight into `EngineConfig`: band times in "HH:MM", the window in
