@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod codes;
+pub mod diameter;
 pub mod frame;
 pub mod iso8583;
 pub mod messages;

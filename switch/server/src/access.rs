@@ -263,6 +263,11 @@ impl Grants {
         }
     }
 
+    /// The call-switch owner this identity is bound to, if any.
+    pub(crate) fn owner_id(&self) -> Option<u32> {
+        self.owner_id
+    }
+
     /// Whether this identity may act for `merchant_id`: an admin, or an identity bound to it.
     /// Front ends whose messages name their card acceptor even where the native event names
     /// none (ISO 8583's completions and reversals carry DE 42, and the op id of the original

@@ -24,6 +24,8 @@ pub(crate) struct Config {
     pub access: AccessSection,
     /// `[iso8583]`: the ISO 8583 front end (protocol/ISO8583.md).
     pub iso8583: Iso8583Section,
+    /// `[diameter]`: the Diameter credit-control front end (protocol/DIAMETER.md).
+    pub diameter: DiameterSection,
     /// The file this was read from (SIGHUP re-reads it); not a key of the file.
     #[serde(skip)]
     pub source: Option<std::path::PathBuf>,
@@ -100,6 +102,57 @@ impl Default for Iso8583Section {
             hold_ttl_s: 0,
             message_bytes_max: 4096,
             merchants: Vec::new(),
+        }
+    }
+}
+
+/// `[diameter]`: the Diameter credit-control listener for call platforms (protocol/DIAMETER.md).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct DiameterSection {
+    /// TCP listen address (empty, the default: no Diameter listener). TLS and identities as on
+    /// the native listener; a call-switch identity's `owner_id` owns its sessions.
+    pub listen: String,
+    /// This switch's Origin-Host and Origin-Realm.
+    pub origin_host: String,
+    pub origin_realm: String,
+    /// The Subscription-Id-Type whose Subscription-Id-Data is the card's PIN (4:
+    /// END_USER_PRIVATE; platforms differ).
+    pub subscription_id_type: u32,
+    /// The AVP (vendor 0, a UTF8String of digits) holding the called number (30:
+    /// Called-Station-Id).
+    pub destination_avp: u32,
+    /// The AVP (vendor 0, a UTF8String) holding the card's password where the platform collects
+    /// one (0, the default: none).
+    pub password_avp: u32,
+    /// The service category of every session (call) through this listener.
+    pub category: String,
+    /// The service category of every EVENT request (the per-event services, e.g. a phone
+    /// information number).
+    pub event_category: String,
+    /// The owner id of sessions from identities bound to none (plain TCP, admin).
+    pub owner_id: u32,
+    /// The longest message.
+    pub message_bytes_max: u32,
+    /// Live credit-control sessions the listener tracks at once; past it INITIAL is answered
+    /// 3004 DIAMETER_TOO_BUSY.
+    pub sessions_max: u32,
+}
+
+impl Default for DiameterSection {
+    fn default() -> Self {
+        DiameterSection {
+            listen: String::new(),
+            origin_host: "pinswitch.local".into(),
+            origin_realm: "local".into(),
+            subscription_id_type: 4,
+            destination_avp: 30,
+            password_avp: 0,
+            category: "telephone_call".into(),
+            event_category: "phone_information".into(),
+            owner_id: 0,
+            message_bytes_max: 65_536,
+            sessions_max: 1_000_000,
         }
     }
 }
@@ -319,6 +372,7 @@ impl Default for Config {
             tls: TlsSection::default(),
             access: AccessSection::default(),
             iso8583: Iso8583Section::default(),
+            diameter: DiameterSection::default(),
             source: None,
         }
     }
@@ -415,6 +469,14 @@ impl Config {
             if iso.hold_ttl_s > self.engine.hold_ttl_max_s {
                 bail!("iso8583.hold_ttl_s is above engine.hold_ttl_max_s");
             }
+        }
+        let diameter = &self.diameter;
+        if !(64..=(1 << 24) - 1).contains(&diameter.message_bytes_max) || diameter.sessions_max == 0
+        {
+            bail!("diameter.message_bytes_max must be in 64..=16777215 and sessions_max positive");
+        }
+        if !diameter.listen.is_empty() {
+            crate::diameter::Settings::from_config(diameter)?;
         }
         // One base receive buffer per connection must fit, or connections are refused.
         if limits.read_buffer_bytes_total_max < 64 * 1024 {
@@ -534,6 +596,7 @@ mod tests {
         assert_eq!(preset.tls, defaults.tls);
         assert_eq!(preset.access, defaults.access);
         assert_eq!(preset.iso8583, defaults.iso8583);
+        assert_eq!(preset.diameter, defaults.diameter);
     }
 
     /// `[engine]` is read straight into `EngineConfig`: band times in "HH:MM", the window in

@@ -123,6 +123,11 @@ pub(crate) trait Framing {
     fn refused(&self, input: &[u8]) -> Vec<u8>;
     /// What a plain connection that may not be served is told before it is closed.
     fn not_permitted(&self) -> Option<Vec<u8>>;
+    /// A native push frame (SESSION_NOTICE) as this connection's peer reads it (perhaps
+    /// nothing: a front end without pushes drops them).
+    fn push(&mut self, frame: Vec<u8>) -> Vec<u8> {
+        frame
+    }
 }
 
 /// What a framing's message arrived with: the connection's grants and push queue, when, and
@@ -665,7 +670,7 @@ pub(crate) async fn serve<T: Transport, F: Framing>(
             // Pushes wait in their bounded queue while the client is not reading.
             while output.len() - written < limits.connection_output_bytes_max as usize {
                 let Poll::Ready(Some(frame)) = pushed.poll_recv(cx) else { break };
-                output.extend_from_slice(&frame);
+                output.extend_from_slice(&framing.push(frame));
             }
             // Output: write what is ready; a stall starts the write timeout.
             while written < output.len() && !broken {

@@ -5,9 +5,11 @@
 #![forbid(unsafe_code)]
 
 mod access;
+mod adapter_listener;
 mod cli;
 mod config;
 mod conn;
+mod diameter;
 mod iso8583;
 mod keys;
 mod native;

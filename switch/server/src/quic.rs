@@ -125,15 +125,8 @@ fn serve_endpoint(
     context: Arc<Context>,
     report: std::sync::mpsc::Sender<Result<SocketAddr, String>>,
 ) {
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            let _ = report.send(Err(format!("building its runtime: {error}")));
-            return;
-        }
-    };
-    let local = tokio::task::LocalSet::new();
-    local.block_on(&runtime, async move {
+    let Some(runtime) = crate::adapter_listener::thread_runtime(&report) else { return };
+    tokio::task::LocalSet::new().block_on(&runtime, async move {
         let bound = quinn::Endpoint::server(server, address).and_then(|endpoint| {
             let local = endpoint.local_addr()?;
             Ok((endpoint, local))

@@ -155,6 +155,10 @@ pub(crate) fn run(config: Config) -> anyhow::Result<()> {
         let iso = crate::iso8583::start(&config.iso8583, &context)?;
         println!("pinswitch: ISO 8583 on {iso}");
     }
+    if !config.diameter.listen.is_empty() {
+        let diameter = crate::diameter::start(&config.diameter, &context)?;
+        println!("pinswitch: Diameter on {diameter}");
+    }
     let runtime_name = match executor {
         Executor::Glommio => "glommio",
         Executor::Tokio => "tokio",

@@ -19,28 +19,20 @@ mod requests;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use pinswitch_protocol::FrameHeader;
 use pinswitch_protocol::iso8583::{self, Encoding, Message};
 
 use crate::config::Iso8583Section;
-use crate::conn::{self, Arrival, Framing, Reaper, Taken};
-use crate::native::{self, Context, Handled};
-use crate::shard_loop::wall_clock_ms;
+use crate::conn::{Arrival, Framing, Taken};
+use crate::native::{Context, Handled};
 pub(crate) use pin_block::PinKey;
 use requests::{Network, Plan};
 
 /// The longest message any configuration may allow: a longer one's length prefix would begin
 /// with 0x16, the first byte of a TLS handshake.
 pub(crate) const MESSAGE_BYTES_LIMIT: u32 = 0x15FF;
-/// How often the ISO thread's reaper looks for idle, slow and stalled connections.
-const SWEEP_EVERY: Duration = Duration::from_secs(1);
-/// The shard an ISO connection's place is counted on: none (as QUIC's).
-const NO_SHARD: usize = usize::MAX;
 
 /// The listener's settings, read once at start. No `Debug`: it holds the zone PIN key.
 pub(crate) struct Settings {
@@ -169,31 +161,14 @@ impl IsoFraming {
                 Handled::Now(self.framed(&answers::response(&request, b"91")))
             }
             Plan::Native { msg_type, body, kind } => {
-                let header = FrameHeader::request(msg_type, 0, 0);
-                let handled = native::handle_frame(
+                let encoding = self.settings.encoding;
+                crate::adapter_listener::handle_event(
                     context,
-                    &arrival.connection,
-                    &header,
+                    arrival,
+                    msg_type,
                     &body,
-                    arrival.now_ms,
-                    arrival.frames_full,
-                    arrival.events_budget,
-                );
-                match handled {
-                    Handled::Now(frame) => {
-                        Handled::Now(self.framed(&answers::from_native(&request, kind, &frame)))
-                    }
-                    Handled::Later(answer, events) => {
-                        let encoding = self.settings.encoding;
-                        Handled::Later(
-                            Box::pin(async move {
-                                let frame = answer.await;
-                                framed(encoding, &answers::from_native(&request, kind, &frame))
-                            }),
-                            events,
-                        )
-                    }
-                }
+                    move |frame| framed(encoding, &answers::from_native(&request, kind, frame)),
+                )
             }
         }
     }
@@ -240,6 +215,11 @@ impl Framing for IsoFraming {
     fn not_permitted(&self) -> Option<Vec<u8>> {
         None
     }
+
+    fn push(&mut self, _frame: Vec<u8>) -> Vec<u8> {
+        // ISO 8583 has no session pushes (and no sessions start through it).
+        Vec::new()
+    }
 }
 
 /// Starts the ISO 8583 thread listening on `section.listen`; returns the address it bound.
@@ -248,83 +228,7 @@ pub(crate) fn start(
     context: &Arc<Context>,
 ) -> anyhow::Result<SocketAddr> {
     let settings = Arc::new(Settings::from_config(section)?);
-    let listen = section.listen.clone();
-    let (report, reported) = std::sync::mpsc::channel::<Result<SocketAddr, String>>();
-    let context = context.clone();
-    let address = listen.clone();
-    std::thread::Builder::new()
-        .name("iso8583".into())
-        .spawn(move || serve_listener(&address, settings, context, report))
-        .context("spawning the ISO 8583 thread")?;
-    match reported.recv() {
-        Ok(Ok(bound)) => Ok(bound),
-        Ok(Err(why)) => bail!("ISO 8583 on {listen}: {why}"),
-        Err(_) => bail!("the ISO 8583 thread stopped while starting"),
-    }
-}
-
-/// The ISO 8583 thread: binds, reports, then accepts until the process ends. A refused
-/// connection (a limit) is closed at once: ISO 8583 has no message for it.
-fn serve_listener(
-    address: &str,
-    settings: Arc<Settings>,
-    context: Arc<Context>,
-    report: std::sync::mpsc::Sender<Result<SocketAddr, String>>,
-) {
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            let _ = report.send(Err(format!("building its runtime: {error}")));
-            return;
-        }
-    };
-    let local = tokio::task::LocalSet::new();
-    local.block_on(&runtime, async move {
-        let listener = match tokio::net::TcpListener::bind(address).await {
-            Ok(listener) => listener,
-            Err(error) => {
-                let _ = report.send(Err(error.to_string()));
-                return;
-            }
-        };
-        match listener.local_addr() {
-            Ok(bound) => {
-                let _ = report.send(Ok(bound));
-            }
-            Err(error) => {
-                let _ = report.send(Err(error.to_string()));
-                return;
-            }
-        }
-        let reaper = Rc::new(Reaper::default());
-        tokio::task::spawn_local(sweep(reaper.clone(), context.clone()));
-        loop {
-            let (stream, peer) = match listener.accept().await {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    // EMFILE and the like: the listener stays; try again a little later.
-                    eprintln!("pinswitch: iso8583: accept failed ({error}); retrying");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            let Ok(ticket) = context.admission.admit(peer.ip(), NO_SHARD) else { continue };
-            let _ = stream.set_nodelay(true);
-            tokio::task::spawn_local(conn::accepted(
-                stream,
-                context.clone(),
-                ticket,
-                reaper.watch(),
-                IsoFraming::new(settings.clone()),
-            ));
-        }
-    });
-}
-
-/// Every `SWEEP_EVERY`: times out the connections past a limit, as a shard's ticker does.
-async fn sweep(reaper: Rc<Reaper>, context: Arc<Context>) {
-    loop {
-        tokio::time::sleep(SWEEP_EVERY).await;
-        reaper.sweep(&context.limits, wall_clock_ms());
-    }
+    crate::adapter_listener::start("ISO 8583", &section.listen, context, move || {
+        Box::new(move || IsoFraming::new(settings.clone()))
+    })
 }
