@@ -135,6 +135,7 @@ fn plan(
         op_id_at(time_ms, low)
     };
     let mut state = framing.state.borrow_mut();
+    state.review(now_ms);
     let first_ms =
         stamped_ms.unwrap_or_else(|| state.first_seen_ms(origin, request.end_to_end, now_ms));
     let category = settings.category;
@@ -150,9 +151,13 @@ fn plan(
                 started_ms: first_ms,
                 used_total_s: 0,
                 last_number: number,
+                last_seen_ms: now_ms,
+                ended: false,
             });
             let started_ms = tracked.started_ms;
-            state.names.insert(native_session, session.clone());
+            if state.names.insert(native_session, session.clone()).is_none() {
+                state.reviews.push_back((session.clone(), now_ms + super::SESSION_SILENCE_MAX_MS));
+            }
             let start = protocol::SessionStart {
                 op_id: op_id(started_ms),
                 pin,
@@ -171,6 +176,7 @@ fn plan(
             tracked.report(number, used_s)?;
             let (time_ms, used_total_s, native_id) =
                 (tracked.started_ms, tracked.used_total_s, tracked.native_id);
+            state.touched(&session, now_ms, request_type == TERMINATION);
             let body = if request_type == UPDATE {
                 encode_body(&vec![protocol::SessionUpdate {
                     op_id: op_id(time_ms),

@@ -81,6 +81,9 @@ pub(crate) mod result {
 /// How long a request's (Origin-Host, End-to-End) is remembered for duplicate detection
 /// (RFC 6733 §6.5 asks for at least the peers' retransmission time, 4 minutes).
 const DUPLICATE_WINDOW_MS: u64 = 5 * 60 * 1000;
+/// A tracked session silent this long is forgotten (the engine expired it long before: a
+/// silent session lives two validity times); a later report is answered UNKNOWN_SESSION_ID.
+const SESSION_SILENCE_MAX_MS: u64 = 24 * 3600 * 1000;
 
 /// The listener's settings, read once at start.
 pub(crate) struct Settings {
@@ -136,6 +139,12 @@ pub(crate) struct State {
     /// (Origin-Host, End-to-End id) → when first seen, oldest first.
     seen: HashMap<(String, u32), u64>,
     seen_order: VecDeque<((String, u32), u64)>,
+    /// Sessions to look at again when due, each queue in due order: every started one (is it
+    /// silent past `SESSION_SILENCE_MAX_MS`?) and every ended one (forgotten once its
+    /// retransmissions can no longer come). One entry a session in each, so both are bounded
+    /// by `sessions_max`.
+    reviews: VecDeque<(String, u64)>,
+    ended_reviews: VecDeque<(String, u64)>,
 }
 
 /// One credit-control session: its native id, when it started (its op ids' time), the
@@ -147,9 +156,53 @@ struct Tracked {
     started_ms: u64,
     used_total_s: u32,
     last_number: u32,
+    /// The last request's arrival, and whether it was a TERMINATION.
+    last_seen_ms: u64,
+    ended: bool,
 }
 
 impl State {
+    /// Forgets the sessions whose review is due: ended ones past the retransmission window,
+    /// silent ones past `SESSION_SILENCE_MAX_MS` (a live one is looked at again later).
+    fn review(&mut self, now_ms: u64) {
+        while let Some((session, _)) = pop_due(&mut self.ended_reviews, now_ms) {
+            if self.sessions.get(&session).is_some_and(|tracked| {
+                now_ms.saturating_sub(tracked.last_seen_ms) >= DUPLICATE_WINDOW_MS
+            }) {
+                self.forget(&session);
+            } else if self.sessions.contains_key(&session) {
+                // Retransmitted since: look again a window later.
+                self.ended_reviews.push_back((session, now_ms + DUPLICATE_WINDOW_MS));
+            }
+        }
+        while let Some((session, _)) = pop_due(&mut self.reviews, now_ms) {
+            let Some(tracked) = self.sessions.get(&session) else { continue };
+            if now_ms.saturating_sub(tracked.last_seen_ms) >= SESSION_SILENCE_MAX_MS {
+                self.forget(&session);
+            } else if !tracked.ended {
+                let due_ms = tracked.last_seen_ms + SESSION_SILENCE_MAX_MS;
+                self.reviews.push_back((session, due_ms));
+            }
+        }
+    }
+
+    fn forget(&mut self, session: &str) {
+        if let Some(tracked) = self.sessions.remove(session) {
+            self.names.remove(&tracked.native_id);
+        }
+    }
+
+    /// A session's request arrived at `now_ms` (`ended`: a TERMINATION): due for review.
+    fn touched(&mut self, session: &str, now_ms: u64, ended: bool) {
+        if let Some(tracked) = self.sessions.get_mut(session) {
+            tracked.last_seen_ms = now_ms;
+            if ended && !tracked.ended {
+                tracked.ended = true;
+                self.ended_reviews.push_back((session.to_string(), now_ms + DUPLICATE_WINDOW_MS));
+            }
+        }
+    }
+
     /// When the request (`origin_host`, `end_to_end`) was first seen: now, unless it is a
     /// duplicate within the window.
     fn first_seen_ms(&mut self, origin_host: &str, end_to_end: u32, now_ms: u64) -> u64 {
@@ -168,6 +221,15 @@ impl State {
         self.seen.insert(key.clone(), now_ms);
         self.seen_order.push_back((key, now_ms));
         now_ms
+    }
+}
+
+/// The front entry of `queue` when it is due at `now_ms`.
+fn pop_due(queue: &mut VecDeque<(String, u64)>, now_ms: u64) -> Option<(String, u64)> {
+    if queue.front().is_some_and(|(_, due_ms)| *due_ms <= now_ms) {
+        queue.pop_front()
+    } else {
+        None
     }
 }
 
@@ -378,4 +440,50 @@ pub(crate) fn start(
         let state = Rc::new(RefCell::new(State::default()));
         Box::new(move || DiameterFraming::new(settings.clone(), state.clone()))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn start(state: &mut State, session: &str, native_id: u128, now_ms: u64) {
+        let tracked = Tracked {
+            native_id,
+            started_ms: now_ms,
+            used_total_s: 0,
+            last_number: 0,
+            last_seen_ms: now_ms,
+            ended: false,
+        };
+        state.sessions.insert(session.into(), tracked);
+        state.names.insert(native_id, session.into());
+        state.reviews.push_back((session.into(), now_ms + SESSION_SILENCE_MAX_MS));
+    }
+
+    /// Ended sessions go once their retransmissions cannot come, silent ones after a day, and
+    /// a session that keeps reporting stays however long it lasts.
+    #[test]
+    fn tracked_sessions_are_forgotten_when_ended_or_silent() {
+        let mut state = State::default();
+        start(&mut state, "ended", 1, 0);
+        start(&mut state, "silent", 2, 0);
+        start(&mut state, "talking", 3, 0);
+        state.touched("ended", 1_000, true);
+        state.review(1_000 + DUPLICATE_WINDOW_MS - 1);
+        assert!(state.sessions.contains_key("ended"), "a retransmission may still come");
+        state.review(1_000 + DUPLICATE_WINDOW_MS);
+        assert!(!state.sessions.contains_key("ended") && !state.names.contains_key(&1));
+        for hour in 1..=30 {
+            state.touched("talking", hour * 3_600_000, false);
+            state.review(hour * 3_600_000);
+        }
+        assert!(!state.sessions.contains_key("silent"), "silent for a day");
+        assert!(state.sessions.contains_key("talking") && state.reviews.len() == 1);
+        assert_eq!(state.first_seen_ms("sw", 7, 10), 10);
+        assert_eq!(state.first_seen_ms("sw", 7, 20), 10, "a duplicate within the window");
+        assert_eq!(
+            state.first_seen_ms("sw", 7, 10 + DUPLICATE_WINDOW_MS),
+            10 + DUPLICATE_WINDOW_MS
+        );
+    }
 }
