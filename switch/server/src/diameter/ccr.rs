@@ -141,23 +141,14 @@ fn plan(
     let category = settings.category;
     match request_type {
         INITIAL => {
-            if !state.sessions.contains_key(&session)
-                && state.sessions.len() >= settings.sessions_max
-            {
-                return Err((result::TOO_BUSY, None));
-            }
-            let tracked = state.sessions.entry(session.clone()).or_insert(Tracked {
-                native_id: native_session,
-                started_ms: first_ms,
-                used_total_s: 0,
-                last_number: number,
-                last_seen_ms: now_ms,
-                ended: false,
-            });
-            let started_ms = tracked.started_ms;
-            if state.names.insert(native_session, session.clone()).is_none() {
-                state.reviews.push_back((session.clone(), now_ms + super::SESSION_SILENCE_MAX_MS));
-            }
+            let started_ms = state.start(
+                &session,
+                native_session,
+                number,
+                first_ms,
+                now_ms,
+                settings.sessions_max,
+            )?;
             let start = protocol::SessionStart {
                 op_id: op_id(started_ms),
                 pin,

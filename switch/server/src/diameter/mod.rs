@@ -192,6 +192,35 @@ impl State {
         }
     }
 
+    /// Tracks a session from its INITIAL (`number`, first seen at `first_ms`; a retransmitted
+    /// INITIAL finds it tracked already) and returns when it started; `None` past `max`.
+    fn start(
+        &mut self,
+        session: &str,
+        native_id: u128,
+        number: u32,
+        first_ms: u64,
+        now_ms: u64,
+        max: usize,
+    ) -> Result<u64, (u32, Option<Avp>)> {
+        if !self.sessions.contains_key(session) && self.sessions.len() >= max {
+            return Err((result::TOO_BUSY, None));
+        }
+        let tracked = self.sessions.entry(session.to_string()).or_insert(Tracked {
+            native_id,
+            started_ms: first_ms,
+            used_total_s: 0,
+            last_number: number,
+            last_seen_ms: now_ms,
+            ended: false,
+        });
+        let started_ms = tracked.started_ms;
+        if self.names.insert(native_id, session.to_string()).is_none() {
+            self.reviews.push_back((session.to_string(), now_ms + SESSION_SILENCE_MAX_MS));
+        }
+        Ok(started_ms)
+    }
+
     /// A session's request arrived at `now_ms` (`ended`: a TERMINATION): due for review.
     fn touched(&mut self, session: &str, now_ms: u64, ended: bool) {
         if let Some(tracked) = self.sessions.get_mut(session) {
