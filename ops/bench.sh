@@ -28,6 +28,8 @@ SWITCH=target/release/pinswitch
 LOADGEN=target/release/pinswitch-loadgen
 ADDRESS=127.0.0.1:$PORT
 QUIC_ADDRESS=127.0.0.1:$((PORT + 1))
+# The ISO 8583 listener (clear PIN blocks: the generator holds the cards' passwords anyway).
+ISO_ADDRESS=127.0.0.1:$((PORT + 2))
 
 rm -rf "$DIR"
 mkdir -p "$DIR"
@@ -44,6 +46,9 @@ client_ca_pem = "$DIR/certs/ca.pem"
 [[access.identities]]
 name = "bench"
 roles = ["admin"]
+[iso8583]
+listen = "$ISO_ADDRESS"
+pin_block = "clear"
 EOF
 TLS_FLAGS=(--tls-ca "$DIR/certs/ca.pem" --tls-cert "$DIR/certs/bench.pem" --tls-key "$DIR/certs/bench.key")
 
@@ -113,6 +118,20 @@ run tls_50x1 --connections 50 --in-flight 1 --batch 1 --seed 24 "${TLS_FLAGS[@]}
 run tls_50x16 --connections 50 --in-flight 16 --batch 1 --seed 25 "${TLS_FLAGS[@]}"
 CONNECT=$QUIC_ADDRESS run quic_50x1 --connections 50 --in-flight 1 --batch 1 --seed 27 --quic "${TLS_FLAGS[@]}"
 CONNECT=$QUIC_ADDRESS run quic_50x16 --connections 50 --in-flight 16 --batch 1 --seed 28 --quic "${TLS_FLAGS[@]}"
+# One-event frames through the ISO 8583 front end (an adapter onto the same path), beside the
+# native 50 x 1 and 50 x 16 above: the same row format, from `pinswitch-loadgen iso8583`.
+iso() {
+    local name=$1
+    shift
+    "$LOADGEN" iso8583 --connect "$ISO_ADDRESS" --cards-file "$DIR/cards.bin" --duration "$DURATION_S" \
+        --report "$DIR/$name.json" --server-pid "$(cat "$DIR/pid")" "$@" >"$DIR/$name.txt" 2>&1
+    printf '| %s | `iso8583 %s` | %.0f | %s | %s | %s | %s | %s |\n' "$name" "$*" "$(field "$DIR/$name.json" ops_per_s)" \
+        "$(field "$DIR/$name.json" p50_us)" "$(field "$DIR/$name.json" p99_us)" \
+        "$(field_1 "$DIR/$name.json" loadgen_cpu_us_per_op)" "$(field_1 "$DIR/$name.json" server_cpu_us_per_op)" \
+        "$(field "$DIR/$name.json" errors_by_code)" >>"$SUMMARY"
+}
+iso iso8583_50x1 --connections 50 --in-flight 1 --seed 30
+iso iso8583_50x16 --connections 50 --in-flight 16 --seed 31
 run batched --connections 2 --in-flight 4 --batch 8000 --seed 19
 run tls_batched --connections 2 --in-flight 4 --batch 8000 --seed 26 "${TLS_FLAGS[@]}"
 CONNECT=$QUIC_ADDRESS run quic_batched --connections 2 --in-flight 4 --batch 8000 --seed 29 --quic "${TLS_FLAGS[@]}"

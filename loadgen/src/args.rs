@@ -55,6 +55,44 @@ pub(crate) enum Command {
     Run(Box<RunArgs>),
     /// Check the balances a cards file expects against the switch.
     Validate(ValidateArgs),
+    /// One-event ISO 8583 0200 sales against an `[iso8583]` listener (clear PIN blocks).
+    Iso8583(Iso8583Args),
+}
+
+#[derive(Args, Debug, Clone)]
+pub(crate) struct Iso8583Args {
+    /// The switch's ISO 8583 listener.
+    #[arg(long)]
+    pub connect: String,
+    /// The cards file (`prepare`'s); the approved sales are written back to it.
+    #[arg(long = "cards-file")]
+    pub cards_file: PathBuf,
+    /// Connections, each one terminal.
+    #[arg(long, default_value_t = 50)]
+    pub connections: usize,
+    /// Sales outstanding per connection.
+    #[arg(long = "in-flight", default_value_t = 1)]
+    pub in_flight: usize,
+    /// Seconds of traffic.
+    #[arg(long = "duration", default_value_t = 10)]
+    pub duration_s: u64,
+    /// Each sale's amount (won).
+    #[arg(long = "amount", default_value_t = 100)]
+    pub amount_won: u64,
+    /// The merchant id sent as DE 42.
+    #[arg(long = "merchant", default_value_t = 1001)]
+    pub merchant_id: u64,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// The switch's process id: the report gives its CPU per operation.
+    #[arg(long = "server-pid")]
+    pub server_pid: Option<u32>,
+    /// Where to write the JSON report.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// Tokio worker threads of the generator.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
 }
 
 #[derive(Args, Debug, Clone)]

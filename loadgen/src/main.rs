@@ -12,6 +12,7 @@ mod cards;
 mod cpu;
 mod dist;
 mod future_set;
+mod iso8583;
 mod model;
 mod pool;
 mod prepare;
@@ -71,6 +72,21 @@ fn execute(cli: Cli) -> anyhow::Result<bool> {
             };
             runtime(args.threads)?.block_on(prepare::prepare_to_file(&spec, &args.cards_file))?;
             Ok(true)
+        }
+        Command::Iso8583(args) => {
+            let spec = iso8583::IsoSpec {
+                address: args.connect,
+                cards_file: args.cards_file,
+                connections: args.connections,
+                in_flight: args.in_flight,
+                duration_s: args.duration_s,
+                amount_won: args.amount_won,
+                merchant_id: args.merchant_id,
+                seed: args.seed,
+                server_pid: args.server_pid,
+                report: args.report,
+            };
+            runtime(args.threads)?.block_on(iso8583::run(spec))
         }
         Command::Run(args) => {
             let spec = RunSpec {
