@@ -195,7 +195,8 @@ fn sale(
     amount_won: u64,
     merchant_id: u64,
 ) -> anyhow::Result<Vec<u8>> {
-    let pan = card.pin.to_string();
+    // The PAN is the card's PIN, all sixteen digits (leading zeros count).
+    let pan = format!("{:016}", card.pin);
     let now_s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
     let mut message = Message::new(*b"0200");
     message.set(2, pan.clone().into_bytes());

@@ -81,7 +81,7 @@ def ccr(session, request_type, number, pin, requested_s=None, used_s=None, units
     message.cc_request_type = request_type
     message.cc_request_number = number
     message.subscription_id = [SubscriptionId(subscription_id_type=END_USER_PRIVATE,
-                                              subscription_id_data=str(pin))]
+                                              subscription_id_data=f"{pin:016d}")]
     mscc = MultipleServicesCreditControl(rating_group=1)
     if requested_s is not None or units is not None:
         mscc.requested_service_unit = RequestedServiceUnit(cc_time=requested_s,

@@ -76,7 +76,7 @@ fn acquirer(
     let unknown_pan = pin::with_check_digit(123_456_789_012_345);
     let cards_json: Vec<String> = cards
         .iter()
-        .map(|(pin, password)| format!("{{\"pan\": \"{pin}\", \"password\": \"{password}\"}}"))
+        .map(|(pin, password)| format!("{{\"pan\": \"{pin:016}\", \"password\": \"{password}\"}}"))
         .collect();
     let flows_json: Vec<String> = flows.iter().map(|flow| format!("\"{flow}\"")).collect();
     let tls_json = tls

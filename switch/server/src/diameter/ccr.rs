@@ -95,7 +95,8 @@ fn plan(
     request: &Message,
     origin: &str,
 ) -> Result<(MsgType, Vec<u8>), Refusal> {
-    supported(request)?;
+    let settings = framing.settings.clone();
+    supported(request, &[settings.destination_avp, settings.password_avp])?;
     let missing = |code: u32| (result::MISSING_AVP, Some(Avp::new(code, Vec::new())));
     let session = request
         .avp(avp::SESSION_ID)
@@ -109,17 +110,13 @@ fn plan(
         .avp(CC_REQUEST_NUMBER)
         .and_then(Avp::as_u32)
         .ok_or_else(|| missing(CC_REQUEST_NUMBER))?;
-    let settings = framing.settings.clone();
     let pin = subscription_pin(request, settings.subscription_id_type)?;
     let (requested_s, requested_units, used_s) = units(request)?;
     let text = |code: u32| request.avp(code).map(|found| found.data.clone());
     let destination =
         || text(settings.destination_avp).ok_or_else(|| missing(settings.destination_avp));
-    let password = if settings.password_avp == 0 {
-        Vec::new()
-    } else {
-        text(settings.password_avp).unwrap_or_default()
-    };
+    let password = (settings.password_avp != 0).then(|| text(settings.password_avp));
+    let password = password.flatten().unwrap_or_default();
     let owner_id = arrival.connection.grants.owner_id().unwrap_or(settings.owner_id);
     let now_ms = arrival.now_ms;
     let stamped_ms = event_timestamp_ms(request);
@@ -136,8 +133,12 @@ fn plan(
     };
     let mut state = framing.state.borrow_mut();
     state.review(now_ms);
-    let first_ms =
-        stamped_ms.unwrap_or_else(|| state.first_seen_ms(origin, request.end_to_end, now_ms));
+    // Only an INITIAL or an EVENT names its op ids' time; reports use the session's.
+    let first_ms = match (stamped_ms, request_type) {
+        (Some(stamped_ms), _) => stamped_ms,
+        (None, INITIAL | EVENT) => state.first_seen_ms(origin, request.end_to_end, now_ms),
+        (None, _) => now_ms,
+    };
     let category = settings.category;
     match request_type {
         INITIAL => {
@@ -207,11 +208,12 @@ fn plan(
 }
 
 /// Refuses a request with an M-flagged AVP this switch does not know (RFC 6733 §7.1.2: 5001,
-/// naming it).
-fn supported(request: &Message) -> Result<(), Refusal> {
+/// naming it); the `configured` AVPs (the called number's, the password's) are known.
+fn supported(request: &Message, configured: &[u32]) -> Result<(), Refusal> {
     match request.avps.iter().find(|avp| {
         avp.flags & AVP_MANDATORY != 0
-            && (avp.flags & AVP_VENDOR != 0 || !KNOWN_AVPS.contains(&avp.code))
+            && (avp.flags & AVP_VENDOR != 0
+                || !(KNOWN_AVPS.contains(&avp.code) || configured.contains(&avp.code)))
     }) {
         Some(unknown) => Err((result::AVP_UNSUPPORTED, Some(unknown.clone()))),
         None => Ok(()),

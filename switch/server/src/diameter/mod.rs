@@ -81,6 +81,8 @@ pub(crate) mod result {
 /// How long a request's (Origin-Host, End-to-End) is remembered for duplicate detection
 /// (RFC 6733 §6.5 asks for at least the peers' retransmission time, 4 minutes).
 const DUPLICATE_WINDOW_MS: u64 = 5 * 60 * 1000;
+/// Request ids remembered for duplicate detection at most (INITIALs and EVENTs only).
+const SEEN_MAX: usize = 1 << 20;
 /// A tracked session silent this long is forgotten (the engine expired it long before: a
 /// silent session lives two validity times); a later report is answered UNKNOWN_SESSION_ID.
 const SESSION_SILENCE_MAX_MS: u64 = 24 * 3600 * 1000;
@@ -246,6 +248,14 @@ impl State {
         let key = (origin_host.to_string(), end_to_end);
         if let Some(at_ms) = self.seen.get(&key) {
             return *at_ms;
+        }
+        // Bounded: past `SEEN_MAX` the oldest id goes first. (A retransmitted INITIAL keeps
+        // its time through its tracked session anyway; an EVENT without Event-Timestamp
+        // retransmitted after its id went would get a new op id.)
+        if self.seen_order.len() >= SEEN_MAX
+            && let Some((oldest, _)) = self.seen_order.pop_front()
+        {
+            self.seen.remove(&oldest);
         }
         self.seen.insert(key.clone(), now_ms);
         self.seen_order.push_back((key, now_ms));
