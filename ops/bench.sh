@@ -30,6 +30,8 @@ ADDRESS=127.0.0.1:$PORT
 QUIC_ADDRESS=127.0.0.1:$((PORT + 1))
 # The ISO 8583 listener (clear PIN blocks: the generator holds the cards' passwords anyway).
 ISO_ADDRESS=127.0.0.1:$((PORT + 2))
+# The Diameter credit-control listener.
+DIAMETER_ADDRESS=127.0.0.1:$((PORT + 3))
 
 rm -rf "$DIR"
 mkdir -p "$DIR"
@@ -49,6 +51,8 @@ roles = ["admin"]
 [iso8583]
 listen = "$ISO_ADDRESS"
 pin_block = "clear"
+[diameter]
+listen = "$DIAMETER_ADDRESS"
 EOF
 TLS_FLAGS=(--tls-ca "$DIR/certs/ca.pem" --tls-cert "$DIR/certs/bench.pem" --tls-key "$DIR/certs/bench.key")
 
@@ -118,20 +122,23 @@ run tls_50x1 --connections 50 --in-flight 1 --batch 1 --seed 24 "${TLS_FLAGS[@]}
 run tls_50x16 --connections 50 --in-flight 16 --batch 1 --seed 25 "${TLS_FLAGS[@]}"
 CONNECT=$QUIC_ADDRESS run quic_50x1 --connections 50 --in-flight 1 --batch 1 --seed 27 --quic "${TLS_FLAGS[@]}"
 CONNECT=$QUIC_ADDRESS run quic_50x16 --connections 50 --in-flight 16 --batch 1 --seed 28 --quic "${TLS_FLAGS[@]}"
-# One-event frames through the ISO 8583 front end (an adapter onto the same path), beside the
-# native 50 x 1 and 50 x 16 above: the same row format, from `pinswitch-loadgen iso8583`.
-iso() {
-    local name=$1
-    shift
-    "$LOADGEN" iso8583 --connect "$ISO_ADDRESS" --cards-file "$DIR/cards.bin" --duration "$DURATION_S" \
+# One-event requests through the adapter front ends (ISO 8583 0200 sales, Diameter CCR EVENTs
+# of 500 won) onto the same path, beside the native 50 x 1 and 50 x 16 above: the same row
+# format, from `pinswitch-loadgen iso8583` and `pinswitch-loadgen diameter`.
+adapter() {
+    local name=$1 command=$2 address=$3
+    shift 3
+    "$LOADGEN" "$command" --connect "$address" --cards-file "$DIR/cards.bin" --duration "$DURATION_S" \
         --report "$DIR/$name.json" --server-pid "$(cat "$DIR/pid")" "$@" >"$DIR/$name.txt" 2>&1
-    printf '| %s | `iso8583 %s` | %.0f | %s | %s | %s | %s | %s |\n' "$name" "$*" "$(field "$DIR/$name.json" ops_per_s)" \
+    printf '| %s | `%s %s` | %.0f | %s | %s | %s | %s | %s |\n' "$name" "$command" "$*" "$(field "$DIR/$name.json" ops_per_s)" \
         "$(field "$DIR/$name.json" p50_us)" "$(field "$DIR/$name.json" p99_us)" \
         "$(field_1 "$DIR/$name.json" loadgen_cpu_us_per_op)" "$(field_1 "$DIR/$name.json" server_cpu_us_per_op)" \
         "$(field "$DIR/$name.json" errors_by_code)" >>"$SUMMARY"
 }
-iso iso8583_50x1 --connections 50 --in-flight 1 --seed 30
-iso iso8583_50x16 --connections 50 --in-flight 16 --seed 31
+adapter iso8583_50x1 iso8583 "$ISO_ADDRESS" --connections 50 --in-flight 1 --seed 30
+adapter iso8583_50x16 iso8583 "$ISO_ADDRESS" --connections 50 --in-flight 16 --seed 31
+adapter diameter_50x1 diameter "$DIAMETER_ADDRESS" --connections 50 --in-flight 1 --seed 32
+adapter diameter_50x16 diameter "$DIAMETER_ADDRESS" --connections 50 --in-flight 16 --seed 33
 run batched --connections 2 --in-flight 4 --batch 8000 --seed 19
 run tls_batched --connections 2 --in-flight 4 --batch 8000 --seed 26 "${TLS_FLAGS[@]}"
 CONNECT=$QUIC_ADDRESS run quic_batched --connections 2 --in-flight 4 --batch 8000 --seed 29 --quic "${TLS_FLAGS[@]}"

@@ -57,31 +57,28 @@ pub(crate) enum Command {
     Validate(ValidateArgs),
     /// One-event ISO 8583 0200 sales against an `[iso8583]` listener (clear PIN blocks).
     Iso8583(Iso8583Args),
+    /// One-event Diameter CCR EVENTs against a `[diameter]` listener.
+    Diameter(DiameterArgs),
 }
 
+/// What `iso8583` and `diameter` share: where, which cards, how many connections, how long.
 #[derive(Args, Debug, Clone)]
-pub(crate) struct Iso8583Args {
-    /// The switch's ISO 8583 listener.
+pub(crate) struct AdapterLoadArgs {
+    /// The switch's listener for the protocol.
     #[arg(long)]
     pub connect: String,
-    /// The cards file (`prepare`'s); the approved sales are written back to it.
+    /// The cards file (`prepare`'s); the approved requests are written back to it.
     #[arg(long = "cards-file")]
     pub cards_file: PathBuf,
-    /// Connections, each one terminal.
+    /// Connections, each one terminal or peer.
     #[arg(long, default_value_t = 50)]
     pub connections: usize,
-    /// Sales outstanding per connection.
+    /// Requests outstanding per connection.
     #[arg(long = "in-flight", default_value_t = 1)]
     pub in_flight: usize,
     /// Seconds of traffic.
     #[arg(long = "duration", default_value_t = 10)]
     pub duration_s: u64,
-    /// Each sale's amount (won).
-    #[arg(long = "amount", default_value_t = 100)]
-    pub amount_won: u64,
-    /// The merchant id sent as DE 42.
-    #[arg(long = "merchant", default_value_t = 1001)]
-    pub merchant_id: u64,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// The switch's process id: the report gives its CPU per operation.
@@ -93,6 +90,30 @@ pub(crate) struct Iso8583Args {
     /// Tokio worker threads of the generator.
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
+}
+
+#[derive(Args, Debug, Clone)]
+pub(crate) struct Iso8583Args {
+    #[command(flatten)]
+    pub load: AdapterLoadArgs,
+    /// Each sale's amount (won).
+    #[arg(long = "amount", default_value_t = 100)]
+    pub amount_won: u64,
+    /// The merchant id sent as DE 42.
+    #[arg(long = "merchant", default_value_t = 1001)]
+    pub merchant_id: u64,
+}
+
+#[derive(Args, Debug, Clone)]
+pub(crate) struct DiameterArgs {
+    #[command(flatten)]
+    pub load: AdapterLoadArgs,
+    /// The service number each event is of (production tariff 4: "15881234", 500 won).
+    #[arg(long, default_value = "15881234")]
+    pub destination: String,
+    /// What one event costs by the switch's tariff (won), for the write-back.
+    #[arg(long = "event-won", default_value_t = 500)]
+    pub event_won: u64,
 }
 
 #[derive(Args, Debug, Clone)]

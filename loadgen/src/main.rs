@@ -6,13 +6,13 @@
 //!
 //! Exit status: 0 success, 1 validation failed, 2 the run could not be carried out.
 
+mod adapters;
 mod args;
 mod calls;
 mod cards;
 mod cpu;
 mod dist;
 mod future_set;
-mod iso8583;
 mod model;
 mod pool;
 mod prepare;
@@ -57,6 +57,27 @@ fn runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 /// Runs a command; `Ok(false)` means "completed, but validation failed".
+/// `iso8583` and `diameter`: `protocol` requests, each approval debiting `amount_won`.
+fn adapter_load(
+    args: crate::args::AdapterLoadArgs,
+    protocol: adapters::Protocol,
+    amount_won: u64,
+) -> anyhow::Result<bool> {
+    let spec = adapters::AdapterSpec {
+        protocol,
+        address: args.connect,
+        cards_file: args.cards_file,
+        connections: args.connections,
+        in_flight: args.in_flight,
+        duration_s: args.duration_s,
+        amount_won,
+        seed: args.seed,
+        server_pid: args.server_pid,
+        report: args.report,
+    };
+    runtime(args.threads)?.block_on(adapters::run(spec))
+}
+
 fn execute(cli: Cli) -> anyhow::Result<bool> {
     crate::pool::configure_tls(&cli.tls)?;
     match cli.command {
@@ -74,19 +95,12 @@ fn execute(cli: Cli) -> anyhow::Result<bool> {
             Ok(true)
         }
         Command::Iso8583(args) => {
-            let spec = iso8583::IsoSpec {
-                address: args.connect,
-                cards_file: args.cards_file,
-                connections: args.connections,
-                in_flight: args.in_flight,
-                duration_s: args.duration_s,
-                amount_won: args.amount_won,
-                merchant_id: args.merchant_id,
-                seed: args.seed,
-                server_pid: args.server_pid,
-                report: args.report,
-            };
-            runtime(args.threads)?.block_on(iso8583::run(spec))
+            let protocol = adapters::Protocol::Iso8583 { merchant_id: args.merchant_id };
+            adapter_load(args.load, protocol, args.amount_won)
+        }
+        Command::Diameter(args) => {
+            let protocol = adapters::Protocol::Diameter { destination: args.destination };
+            adapter_load(args.load, protocol, args.event_won)
         }
         Command::Run(args) => {
             let spec = RunSpec {
