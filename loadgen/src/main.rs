@@ -79,6 +79,13 @@ fn adapter_load(
 }
 
 fn execute(cli: Cli) -> anyhow::Result<bool> {
+    // The adapter generators speak their protocols over plain TCP alone: a TLS or QUIC flag
+    // would otherwise be silently ignored and the figure taken for what it is not.
+    if matches!(cli.command, Command::Iso8583(_) | Command::Diameter(_))
+        && (cli.tls.tls_ca.is_some() || cli.tls.quic)
+    {
+        anyhow::bail!("iso8583 and diameter connect over plain TCP only (no --tls-ca, no --quic)");
+    }
     crate::pool::configure_tls(&cli.tls)?;
     match cli.command {
         Command::Prepare(args) => {
@@ -163,6 +170,30 @@ fn execute(cli: Cli) -> anyhow::Result<bool> {
                 in_flight: args.in_flight,
             };
             runtime(args.threads)?.block_on(validate::validate_command(&spec))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The adapter generators refuse TLS and QUIC flags rather than ignore them.
+    #[test]
+    fn the_adapter_generators_refuse_what_they_do_not_speak() {
+        for command in ["iso8583", "diameter"] {
+            let cli = Cli::parse_from([
+                "pinswitch-loadgen",
+                command,
+                "--connect",
+                "127.0.0.1:1",
+                "--cards-file",
+                "/nonexistent",
+                "--tls-ca",
+                "/nonexistent.pem",
+            ]);
+            let error = execute(cli).expect_err("refused").to_string();
+            assert!(error.contains("plain TCP only"), "{command}: {error}");
         }
     }
 }
