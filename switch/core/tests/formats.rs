@@ -3,7 +3,8 @@
 //! hex dumps under `tests/pinned/` and decode the dumps back. The rules' dumps were made by the
 //! code before a product became one struct (issue 13; `EngineConfig` was archived itself then,
 //! its `ConfigRecord` is now); the snapshot dump of image format 0 by the code before images
-//! were numbered, and image format 1's and the UPGRADE record's by the code that added them.
+//! were numbered, and image format 1's, 2's, 3's and the UPGRADE record's by the code that
+//! added them.
 //! A dump is never regenerated to make a test pass; a change that needs new bytes is a format
 //! change: a new number, a new dump, and the old dumps still read.
 
@@ -207,20 +208,43 @@ fn a_configure_extended_record_archives_and_decodes_as_pinned() {
     assert_eq!(decode_entry(&bytes).unwrap(), entry);
 }
 
-/// Image format 2 holds the added rules: a shard under them, pinned, restored, and a newer
-/// image format refused.
+/// Image format 2 holds the added rules: a shard under them, pinned when format 2 was written,
+/// restores to the shard the same commands make, which writes it in today's image format.
 #[test]
-fn a_format_2_snapshot_archives_and_restores_as_pinned() {
+fn a_format_2_snapshot_restores_as_pinned() {
     let mut shard = pinned_shard(2);
     assert!(shard.apply(NOW_MS, &configure_extended_entry().command).changed);
     let bytes = pinned(include_str!("pinned/snapshot_format_2_engine_2.hex"));
-    assert_same_bytes("format 2 snapshot", &shard.to_snapshot_bytes(), &bytes);
     let restored = Shard::from_snapshot_image(2, &bytes).unwrap();
     // The same rules (a product without a rule of its own comes back with the global one).
     assert!(restored.config().same_record(&rules_with_product_passwords()));
-    assert_same_bytes("format 2 restored", &restored.to_snapshot_bytes(), &bytes);
-    let newer = Shard::from_snapshot_image(3, &bytes).err().unwrap();
-    assert!(newer.contains("image format 3 is newer"), "{newer}");
+    assert_same_bytes(
+        "format 2 restored",
+        &restored.to_snapshot_bytes(),
+        &shard.to_snapshot_bytes(),
+    );
+}
+
+/// Image format 3 holds the op-id records in their compact form (fingerprints of the bodies,
+/// the replies' numbers): the same shard, pinned, restored, and a newer image format refused.
+#[test]
+fn a_format_3_snapshot_archives_and_restores_as_pinned() {
+    let mut shard = pinned_shard(2);
+    assert!(shard.apply(NOW_MS, &configure_extended_entry().command).changed);
+    let bytes = pinned(include_str!("pinned/snapshot_format_3_engine_2.hex"));
+    assert_same_bytes("format 3 snapshot", &shard.to_snapshot_bytes(), &bytes);
+    let restored = Shard::from_snapshot_image(3, &bytes).unwrap();
+    assert!(restored.config().same_record(&rules_with_product_passwords()));
+    assert_same_bytes("format 3 restored", &restored.to_snapshot_bytes(), &bytes);
+    // The restored records answer retries as the first ones did.
+    let op_id = (u128::from(NOW_MS) << 80) | 3;
+    let mut restored = restored;
+    let retry = Body::Load { pin_hash: 7, amount_won: 10_000, funding: 4 };
+    let replayed = restored.apply(NOW_MS, &Command { op_id, deadline_at_ms: 0, body: retry });
+    assert!(replayed.reply.replayed && replayed.reply.result_code() == ResultCode::Approved);
+    assert_eq!(replayed.reply.balance_won, 30_000);
+    let newer = Shard::from_snapshot_image(4, &bytes).err().unwrap();
+    assert!(newer.contains("image format 4 is newer"), "{newer}");
 }
 
 /// Format 2's approval codes are not format 1's counter: the first three differ from 100001,

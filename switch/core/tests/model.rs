@@ -218,6 +218,9 @@ struct Reference {
     band_crossings: u64,
     banded_reports: u64,
     forgotten: u64,
+    /// After an OP_ID_REUSED answer: every field the retry differs in (the engine names the
+    /// first by keyed tags and may pass over one whose tag collides; see `same_reply`).
+    reused_fields: Vec<Field>,
 }
 
 fn time_of(op_id: OpId) -> Ms {
@@ -237,15 +240,11 @@ fn bare(code: ResultCode) -> Reply {
     }
 }
 
-/// The first field (in the documented order) in which `retry` differs from `first`.
-fn first_differing_field(first: &Body, retry: &Body) -> Option<Field> {
-    fn first_of(fields: &[(bool, Field)]) -> Option<Field> {
-        for (differs, field) in fields {
-            if *differs {
-                return Some(*field);
-            }
-        }
-        None
+/// The fields (in the documented order) in which `retry` differs from `first`: empty when it
+/// is the same body, `[Kind]` for another message type.
+fn differing_fields(first: &Body, retry: &Body) -> Vec<Field> {
+    fn first_of(fields: &[(bool, Field)]) -> Vec<Field> {
+        fields.iter().filter(|(differs, _)| *differs).map(|(_, field)| *field).collect()
     }
     match (first, retry) {
         (Body::Issue { face_value_won: f1, .. }, Body::Issue { face_value_won: f2, .. }) => {
@@ -466,7 +465,7 @@ fn first_differing_field(first: &Body, retry: &Body) -> Option<Field> {
             (d1 != d2, Field::Destination),
             (n1 != n2, Field::Units),
         ]),
-        _ => Some(Field::Kind),
+        _ => vec![Field::Kind],
     }
 }
 
@@ -581,6 +580,7 @@ impl Reference {
             band_crossings: 0,
             banded_reports: 0,
             forgotten: 0,
+            reused_fields: Vec::new(),
         }
     }
 
@@ -734,6 +734,7 @@ impl Reference {
     }
 
     fn apply(&mut self, now: Ms, command: &Command) -> (Reply, bool) {
+        self.reused_fields.clear();
         // The clock moves only with a command that changed something (only those are journaled).
         let clock_before = self.clock;
         let (reply, changed) = self.apply_moving_clock(now, command);
@@ -870,12 +871,13 @@ impl Reference {
             let Some(first) = &record.body else {
                 return (bare(ResultCode::ReversedBeforeArrival), false);
             };
-            return match first_differing_field(first, body) {
-                None => (Reply { replayed: true, ..record.reply }, false),
-                Some(field) => {
-                    (Reply { field: field as u8, ..bare(ResultCode::OpIdReused) }, false)
-                }
+            let differing = differing_fields(first, body);
+            let reply = match differing.first() {
+                None => Reply { replayed: true, ..record.reply },
+                Some(field) => Reply { field: *field as u8, ..bare(ResultCode::OpIdReused) },
             };
+            self.reused_fields = differing;
+            return (reply, false);
         }
         // A card, or for FOREIGN_IMPORT the foreign PIN's hash (no card has it).
         let pin = body.route_key().expect("operations name a card or a foreign PIN");
@@ -3291,7 +3293,24 @@ impl Walk {
         panic!("{message}");
     }
 
-    fn same_reply(engine: &Reply, reference: &Reply) -> bool {
+    /// `reused_fields`: with OP_ID_REUSED, every field the retry differs in. The engine keeps
+    /// 8-bit keyed tags of the first body's fields, not the body: it names the card and another
+    /// message type exactly, and otherwise the first differing field whose tag differs, so it
+    /// may pass over a field whose tag collides (1 in 256) for a later differing one, or name
+    /// none when all collide. It must never name a field that is the same.
+    fn same_reply(engine: &Reply, reference: &Reply, reused_fields: &[Field]) -> bool {
+        if reference.code == ResultCode::OpIdReused.as_u16()
+            && engine.code == reference.code
+            && engine.field != reference.field
+        {
+            let exact = matches!(reused_fields.first(), Some(Field::Card | Field::Kind));
+            let named = Field::from_u8(engine.field);
+            let allowed = named == Some(Field::None)
+                || named.is_some_and(|field| reused_fields.contains(&field));
+            return !exact
+                && allowed
+                && Reply { field: 0, ..*engine } == Reply { field: 0, ..*reference };
+        }
         if reference.approval_code == APPROVAL_PENDING {
             (100_000..=999_999).contains(&engine.approval_code)
                 && Reply { approval_code: 0, ..*engine } == Reply { approval_code: 0, ..*reference }
@@ -3332,7 +3351,7 @@ impl Walk {
             Err(_) => self.fail("the engine panicked (see the panic above)", &command, None, None),
         };
         let (reference_reply, reference_changed) = self.reference.apply(given_now, &command);
-        if !Self::same_reply(&applied.reply, &reference_reply)
+        if !Self::same_reply(&applied.reply, &reference_reply, &self.reference.reused_fields)
             || applied.changed != reference_changed
         {
             self.fail(

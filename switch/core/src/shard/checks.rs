@@ -6,7 +6,6 @@
 
 use pinswitch_protocol::{CardState, Category, OpStatus, ResultCode, op_id_time_ms};
 
-use super::op_window::first_difference;
 use super::{Card, Shard};
 use crate::types::{
     Body, DESTINATION_DIGITS_MAX, Ms, OpId, PasswordMac, PinHash, Reply, destination_digits,
@@ -38,14 +37,14 @@ impl Shard {
             return Gate::Answer { reply: Reply::code(ResultCode::OpIdFromFuture), record: false };
         }
         if let Some(record) = self.ops.get(&op_id) {
-            if record.status == OpStatus::Tombstone as u8 {
+            if record.status() == OpStatus::Tombstone {
                 return Gate::Answer {
                     reply: Reply::code(ResultCode::ReversedBeforeArrival),
                     record: false,
                 };
             }
-            let reply = match first_difference(&record.body, body) {
-                None => Reply { replayed: true, ..record.reply },
+            let reply = match self.ops.first_difference(record, body) {
+                None => Reply { replayed: true, ..self.ops.reply(op_id, record) },
                 Some(field) => Reply { field: field as u8, ..Reply::code(ResultCode::OpIdReused) },
             };
             return Gate::Answer { reply, record: false };

@@ -1,19 +1,20 @@
-//! The shard as bytes and back: `ShardImage` and `ShardImageFormat1`/`2` are the snapshot formats
-//! (rkyv; their fields and order are the format, so they change only with a new image format,
-//! and every earlier one stays readable), and `check_invariants` is the full scan recovery runs
-//! over a restored shard before it serves anything.
+//! The shard as bytes and back: `ShardImage` and `ShardImageFormat1` to `3` are the snapshot
+//! formats (rkyv; their fields and order are the format, so they change only with a new image
+//! format, and every earlier one stays readable), and `check_invariants` is the full scan
+//! recovery runs over a restored shard before it serves anything.
 
 use std::sync::Arc;
 
+use pinswitch_protocol::OpStatus;
 use rkyv::rancor::Error as RkyvError;
 use rkyv::{Archive, Deserialize, Serialize};
 
-use super::{Card, Hold, OpRecord, Session, Shard};
+use super::{Card, Hold, OpRecord, OpTable, Session, Shard};
 use crate::config::EngineConfig;
 use crate::config_record::{ConfigRecord, ConfigRecordAdded};
 use crate::dense_map::DenseMap;
-use crate::hasher::KeyHasherBuilder;
-use crate::types::{ForeignCode, Ms, OpId, PinHash, Totals};
+use crate::hasher::{KeyHasherBuilder, KeyMap};
+use crate::types::{Body, ForeignCode, Ms, OpId, PinHash, Reply, Totals};
 
 /// The serialized form of a shard (snapshots), image format 0 (the layout before image formats
 /// were numbered; image format 1 wraps it). Never change it: images in this format are read
@@ -33,8 +34,9 @@ struct ShardImage {
     totals: Totals,
     cards: TableImage<Card>,
     holds: Vec<(OpId, Hold)>,
-    ops_current: TableImage<OpRecord>,
-    ops_previous: TableImage<OpRecord>,
+    /// Empty from image format 3 on (the compact records are in `ShardImageFormat3`).
+    ops_current: TableImage<OpRecordFormat0>,
+    ops_previous: TableImage<OpRecordFormat0>,
     ops_current_max_time_ms: Ms,
     ops_previous_max_time_ms: Ms,
     foreign_pools: Vec<(u32, Vec<ForeignCode>)>,
@@ -62,6 +64,50 @@ struct ShardImageFormat2 {
     engine_format: u16,
     approval_key: [u64; 2],
     config_added: ConfigRecordAdded,
+}
+
+/// Image format 3: format 2's fields with the op-id records in their compact form (the
+/// format-0 tables of `shard` are written empty), each generation with its wide replies.
+#[derive(Archive, Serialize, Deserialize)]
+struct ShardImageFormat3 {
+    shard: ShardImage,
+    engine_format: u16,
+    approval_key: [u64; 2],
+    config_added: ConfigRecordAdded,
+    ops_current: TableImage<OpRecord>,
+    ops_previous: TableImage<OpRecord>,
+    ops_current_wide: Vec<(OpId, Reply)>,
+    ops_previous_wide: Vec<(OpId, Reply)>,
+}
+
+/// An op-id record as image formats 0 to 2 hold it: the whole first body and reply. Read at
+/// an upgrade and turned into the compact `OpRecord`, never written.
+#[derive(Archive, Serialize, Deserialize, Clone)]
+struct OpRecordFormat0 {
+    body: Body,
+    reply: Reply,
+    status: u8,
+    debited_won: u64,
+    refunded_won: u64,
+}
+
+/// The compact records of a format-0 table, in the same order, under the same op ids.
+fn compact_table(
+    hasher: KeyHasherBuilder,
+    table: TableImage<OpRecordFormat0>,
+    what: &str,
+) -> Result<(DenseMap<OpRecord>, KeyMap<Reply>), String> {
+    let full = table.restore(hasher, what)?;
+    let mut compact = OpTable::new(hasher);
+    for (op_id, record) in full.iter() {
+        let status = OpStatus::from_u8(record.status)
+            .ok_or_else(|| format!("{what}: op status {}", record.status))?;
+        compact.insert(*op_id, &record.body, record.reply, status, record.debited_won);
+        if record.refunded_won > 0 {
+            compact.get_mut(op_id).expect("inserted above").add_refunded(record.refunded_won);
+        }
+    }
+    Ok((compact.current, compact.current_wide))
 }
 
 /// A `DenseMap`'s chunks and index.
@@ -159,8 +205,8 @@ impl Shard {
             totals: self.totals,
             cards: TableImage::of(&self.cards),
             holds: self.holds.to_image(),
-            ops_current: TableImage::of(&self.ops.current),
-            ops_previous: TableImage::of(&self.ops.previous),
+            ops_current: TableImage::of(&DenseMap::with_hasher(self.ops.hasher)),
+            ops_previous: TableImage::of(&DenseMap::with_hasher(self.ops.hasher)),
             ops_current_max_time_ms: self.ops.current_max_time_ms,
             ops_previous_max_time_ms: self.ops.previous_max_time_ms,
             foreign_pools,
@@ -174,18 +220,29 @@ impl Shard {
             sessions,
             expired_sessions,
         };
-        let image = ShardImageFormat2 {
+        let wide = |map: &KeyMap<Reply>| {
+            let mut replies: Vec<(OpId, Reply)> =
+                map.iter().map(|(op_id, reply)| (*op_id, *reply)).collect();
+            // Sorted, so snapshots of equal shards are equal.
+            replies.sort_unstable_by_key(|(op_id, _)| *op_id);
+            replies
+        };
+        let image = ShardImageFormat3 {
             shard: image,
             engine_format: self.engine_format,
             approval_key: self.approval_key,
             config_added: ConfigRecordAdded::from(&self.config),
+            ops_current: TableImage::of(&self.ops.current),
+            ops_previous: TableImage::of(&self.ops.previous),
+            ops_current_wide: wide(&self.ops.current_wide),
+            ops_previous_wide: wide(&self.ops.previous_wide),
         };
         // Sized up front: growing a buffer of hundreds of megabytes by doubling copies it again
         // and again (measured: a third of the time).
         let estimate_bytes = 4096
             + self.cards.len() * 88
             + image.shard.holds.len() * 72
-            + (self.ops.current.len() + self.ops.previous.len()) * 160;
+            + (self.ops.current.len() + self.ops.previous.len()) * 96;
         let buffer = rkyv::util::AlignedVec::<16>::with_capacity(estimate_bytes);
         rkyv::api::high::to_bytes_in::<_, RkyvError>(&image, buffer)
             .expect("serializing a shard into memory cannot fail")
@@ -197,25 +254,37 @@ impl Shard {
         Shard::from_snapshot_image(super::SNAPSHOT_IMAGE_FORMAT, bytes)
     }
 
-    /// Rebuilds a shard from an image in `image_format` (0 to 2): the images of every release
+    /// Rebuilds a shard from an image in `image_format` (0 to 3): the images of every release
     /// since snapshots existed. A newer format is refused, by number, never guessed at.
     pub fn from_snapshot_image(image_format: u32, bytes: &[u8]) -> Result<Shard, String> {
-        let (image, engine_format, approval_key, config_added) = match image_format {
+        let (image, engine_format, approval_key, config_added, compact) = match image_format {
             0 => {
                 let image = rkyv::from_bytes::<ShardImage, RkyvError>(bytes)
                     .map_err(|error| error.to_string())?;
-                (image, super::ENGINE_FORMAT_FIRST, [0, 0], ConfigRecordAdded::default())
+                (image, super::ENGINE_FORMAT_FIRST, [0, 0], ConfigRecordAdded::default(), None)
             }
             1 => {
                 let image = rkyv::from_bytes::<ShardImageFormat1, RkyvError>(bytes)
                     .map_err(|error| error.to_string())?;
                 let added = ConfigRecordAdded::default();
-                (image.shard, image.engine_format, image.approval_key, added)
+                (image.shard, image.engine_format, image.approval_key, added, None)
             }
             2 => {
                 let image = rkyv::from_bytes::<ShardImageFormat2, RkyvError>(bytes)
                     .map_err(|error| error.to_string())?;
-                (image.shard, image.engine_format, image.approval_key, image.config_added)
+                (image.shard, image.engine_format, image.approval_key, image.config_added, None)
+            }
+            3 => {
+                let image = rkyv::from_bytes::<ShardImageFormat3, RkyvError>(bytes)
+                    .map_err(|error| error.to_string())?;
+                let compact = (
+                    image.ops_current,
+                    image.ops_previous,
+                    image.ops_current_wide,
+                    image.ops_previous_wide,
+                );
+                let (shard, added) = (image.shard, image.config_added);
+                (shard, image.engine_format, image.approval_key, added, Some(compact))
             }
             newer => {
                 return Err(format!(
@@ -247,8 +316,24 @@ impl Shard {
         shard.totals = image.totals;
         shard.cards = image.cards.restore(hasher, "cards")?;
         shard.holds.restore(image.holds);
-        shard.ops.current = image.ops_current.restore(hasher, "current op records")?;
-        shard.ops.previous = image.ops_previous.restore(hasher, "previous op records")?;
+        match compact {
+            Some((current, previous, current_wide, previous_wide)) => {
+                if !image.ops_current.chunks.is_empty() || !image.ops_previous.chunks.is_empty() {
+                    return Err("image format 3 with format-0 op records".into());
+                }
+                shard.ops.current = current.restore(hasher, "current op records")?;
+                shard.ops.previous = previous.restore(hasher, "previous op records")?;
+                shard.ops.current_wide.extend(current_wide);
+                shard.ops.previous_wide.extend(previous_wide);
+            }
+            None => {
+                // An image from before compact records: the same records, fingerprinted now.
+                let current = compact_table(hasher, image.ops_current, "current op records")?;
+                let previous = compact_table(hasher, image.ops_previous, "previous op records")?;
+                (shard.ops.current, shard.ops.current_wide) = current;
+                (shard.ops.previous, shard.ops.previous_wide) = previous;
+            }
+        }
         shard.ops.current_max_time_ms = image.ops_current_max_time_ms;
         shard.ops.previous_max_time_ms = image.ops_previous_max_time_ms;
         shard.foreign.restore((

@@ -74,8 +74,8 @@ pub const ENGINE_FORMAT_FIRST: u16 = 1;
 pub const ENGINE_FORMAT_CURRENT: u16 = 2;
 /// The snapshot image layout `to_snapshot_bytes` writes: 1 added the engine format and the
 /// approval key to layout 0 (the images written before layouts were numbered), 2 the rules
-/// added to the frozen record (`ConfigRecordAdded`).
-pub const SNAPSHOT_IMAGE_FORMAT: u32 = 2;
+/// added to the frozen record (`ConfigRecordAdded`), 3 the compact op-id records.
+pub const SNAPSHOT_IMAGE_FORMAT: u32 = 3;
 
 /// One shard's state. `Clone` is a consistent copy for a snapshot taken off the shard thread:
 /// the big tables (cards, op-id records) are `DenseMap`s whose chunks are shared copy-on-write,
@@ -287,7 +287,7 @@ impl Shard {
         match self.gate(now_ms, op_id, deadline_at_ms, body) {
             Gate::Answer { reply, record } => {
                 if record {
-                    self.record(op_id, body.clone(), reply, OpStatus::Completed, 0);
+                    self.record(op_id, body, reply, OpStatus::Completed, 0);
                 }
                 if let Body::ForeignConvert { .. } = body {
                     // A replay of an approved conversion hands out the PIN the first one did.
@@ -302,7 +302,7 @@ impl Shard {
             // under the same op id.
             return Applied::new(Reply::code(ResultCode::RetryLater), pruned);
         };
-        self.record(op_id, body.clone(), outcome.reply, outcome.status, outcome.debited_won);
+        self.record(op_id, body, outcome.reply, outcome.status, outcome.debited_won);
         Applied::new(outcome.reply, true)
     }
 
@@ -544,7 +544,7 @@ mod tests {
     #[test]
     fn stored_structs_stay_small() {
         assert!(std::mem::size_of::<super::Card>() <= 64);
-        assert!(std::mem::size_of::<super::OpRecord>() <= 112);
+        assert!(std::mem::size_of::<super::OpRecord>() <= 64);
         assert!(std::mem::size_of::<crate::Body>() <= 48);
     }
 

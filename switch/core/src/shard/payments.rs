@@ -4,7 +4,7 @@
 //! debit back. Holds expire by the engine's clock. A payment's accounting lives in its op-id record
 //! (debited, refunded) and, while its hold is pending, in the hold too.
 
-use pinswitch_protocol::{CardState, OpStatus, ResultCode, op_id_time_ms};
+use pinswitch_protocol::{CardState, MsgType, OpStatus, ResultCode, op_id_time_ms};
 
 use super::holds::Hold;
 use super::{Outcome, Shard};
@@ -92,14 +92,14 @@ impl Shard {
     ) -> ResultCode {
         match self.ops.get(&hold_id) {
             Some(record)
-                if record.body.pin_hash() == Some(pin_hash)
-                    && matches!(record.body, Body::Authorize { .. }) =>
+                if self.ops.names(record, pin_hash)
+                    && record.msg_type() == MsgType::Authorize as u8 =>
             {
-                match OpStatus::from_u8(record.status) {
-                    Some(OpStatus::HoldCaptured) => ResultCode::HoldAlreadyCaptured,
-                    Some(OpStatus::HoldVoided) => voided,
-                    Some(OpStatus::HoldExpired) => ResultCode::HoldExpired,
-                    Some(OpStatus::Reversed) => ResultCode::HoldReversed,
+                match record.status() {
+                    OpStatus::HoldCaptured => ResultCode::HoldAlreadyCaptured,
+                    OpStatus::HoldVoided => voided,
+                    OpStatus::HoldExpired => ResultCode::HoldExpired,
+                    OpStatus::Reversed => ResultCode::HoldReversed,
                     _ => ResultCode::HoldNotFound,
                 }
             }
@@ -147,7 +147,7 @@ impl Shard {
         self.totals.held_won -= u128::from(capture_won);
         let left_won = self.holds.capture(hold_id, capture_won);
         if let Some(record) = self.ops.get_mut(&hold_id) {
-            record.debited_won += capture_won;
+            record.add_debited(capture_won);
         }
         if final_capture || left_won == 0 {
             self.close_hold(hold_id, OpStatus::HoldCaptured);
@@ -179,7 +179,7 @@ impl Shard {
         card.holds -= 1;
         self.totals.held_won -= u128::from(released_won);
         if let Some(record) = self.ops.get_mut(&hold_id) {
-            record.status = status as u8;
+            record.set_status(status);
         }
         released_won
     }
@@ -223,7 +223,7 @@ impl Shard {
                 let body = Body::Reverse { pin_hash, original_op_id: op_id };
                 self.record(
                     original_op_id,
-                    body,
+                    &body,
                     Reply::code(ResultCode::ReversedBeforeArrival),
                     OpStatus::Tombstone,
                     0,
@@ -233,22 +233,22 @@ impl Shard {
                 self.card_reply(ResultCode::OriginalNotFoundRecorded, pin_hash),
             );
         };
-        if original.status == OpStatus::Tombstone as u8 {
+        if original.status() == OpStatus::Tombstone {
             return self.declined(ResultCode::AlreadyReversed, pin_hash);
         }
-        if original.body.route_key() != Some(pin_hash) {
+        if !self.ops.names(original, pin_hash) {
             return self.declined(ResultCode::OriginalCardMismatch, pin_hash);
         }
-        if !matches!(
-            original.body,
-            Body::Authorize { .. } | Body::Sale { .. } | Body::EventCharge { .. }
-        ) {
+        if ![MsgType::Authorize, MsgType::Sale, MsgType::EventCharge]
+            .iter()
+            .any(|kind| original.msg_type() == *kind as u8)
+        {
             return self.declined(ResultCode::ReversalNotSupported, pin_hash);
         }
-        if original.reply.code != ResultCode::Approved.as_u16() {
+        if original.code() != ResultCode::Approved.as_u16() {
             return self.declined(ResultCode::OriginalDeclinedNoop, pin_hash);
         }
-        if original.status == OpStatus::Reversed as u8 {
+        if original.status() == OpStatus::Reversed {
             return self.declined(ResultCode::AlreadyReversed, pin_hash);
         }
         self.reverse_payment(pin_hash, original_op_id)
@@ -263,9 +263,9 @@ impl Shard {
             if pending.is_some() { self.close_hold(original_op_id, OpStatus::Reversed) } else { 0 };
         let credit_won = match self.ops.get_mut(&original_op_id) {
             Some(record) => {
-                record.status = OpStatus::Reversed as u8;
-                let credit_won = record.debited_won - record.refunded_won;
-                record.refunded_won = record.debited_won;
+                record.set_status(OpStatus::Reversed);
+                let credit_won = record.debited_won() - record.refunded_won();
+                record.add_refunded(credit_won);
                 assert!(
                     pending.is_none_or(|pending_won| pending_won == credit_won),
                     "hold and record agree"
@@ -319,25 +319,29 @@ impl Shard {
         let Some(original) = self.ops.get(&original_op_id) else {
             return self.declined(ResultCode::OriginalNotFound, pin_hash);
         };
-        if original.status == OpStatus::Tombstone as u8 {
+        if original.status() == OpStatus::Tombstone {
             return self.declined(ResultCode::OriginalNotFound, pin_hash);
         }
-        if original.body.route_key() != Some(pin_hash) {
+        if !self.ops.names(original, pin_hash) {
             return self.declined(ResultCode::OriginalCardMismatch, pin_hash);
         }
-        if original.reply.code != ResultCode::Approved.as_u16() {
+        if original.code() != ResultCode::Approved.as_u16() {
             return self.declined(ResultCode::OriginalNotFound, pin_hash);
         }
-        let payment_op_id = match original.body {
-            Body::Sale { .. } | Body::EventCharge { .. } => original_op_id,
+        let payment_op_id = match original.capture_hold_id() {
             // A capture's money belongs to its AUTHORIZE (the hold id).
-            Body::Capture { hold_id, .. } => hold_id,
-            _ => return self.declined(ResultCode::ReversalNotSupported, pin_hash),
+            Some(hold_id) => hold_id,
+            None if original.msg_type() == MsgType::Sale as u8
+                || original.msg_type() == MsgType::EventCharge as u8 =>
+            {
+                original_op_id
+            }
+            None => return self.declined(ResultCode::ReversalNotSupported, pin_hash),
         };
         let Some(payment) = self.ops.get(&payment_op_id) else {
             return self.declined(ResultCode::OriginalNotFound, pin_hash);
         };
-        if amount_won > payment.debited_won - payment.refunded_won {
+        if amount_won > payment.debited_won() - payment.refunded_won() {
             return self.declined(ResultCode::ExceedsRefundable, pin_hash);
         }
         let Some(balance_won) = card.balance_won.checked_add(amount_won) else {
@@ -346,7 +350,7 @@ impl Shard {
         if balance_won > self.cap_won(&card) {
             return self.declined(ResultCode::BalanceCapExceeded, pin_hash);
         }
-        self.ops.get_mut(&payment_op_id).expect("checked above").refunded_won += amount_won;
+        self.ops.get_mut(&payment_op_id).expect("checked above").add_refunded(amount_won);
         self.holds.refund(payment_op_id, amount_won);
         self.cards.get_mut(&pin_hash).expect("checked above").balance_won = balance_won;
         self.totals.refunded_won += u128::from(amount_won);
