@@ -179,15 +179,19 @@ pub(crate) fn map_segment_mut(path: &Path, file: &File) -> Result<MmapMut, Journ
     Ok(map)
 }
 
-/// Maps a whole segment file read-only (recovery's scan of segments before the last one).
+/// Maps a whole segment file read-only (recovery's scan of every segment, the last one's
+/// before it is mapped for appends).
 pub(crate) fn map_segment(path: &Path, file: &File) -> Result<Mmap, JournalError> {
     let length = segment_length(path, file)?;
     // SAFETY: as for `map_segment_mut`: the caller holds the directory's `DirLock`, so no
     // writer exists in any process, and nothing in this crate truncates a segment. A read-only
     // mapping additionally never writes, so the only requirement is that the file keeps its
     // length while mapped, which the lock and the no-truncation rule guarantee.
-    unsafe { MmapOptions::new().len(length).map(file) }
-        .map_err(JournalError::io(path, "map segment"))
+    let map = unsafe { MmapOptions::new().len(length).map(file) }
+        .map_err(JournalError::io(path, "map segment"))?;
+    // Scanned front to back once: ask for aggressive readahead.
+    let _ = map.advise(Advice::Sequential);
+    Ok(map)
 }
 
 /// Maps a whole snapshot file read-only. Recovery reads images of hundreds of megabytes: a

@@ -246,8 +246,16 @@ fn recover_last(
         .write(true)
         .open(&last.path)
         .map_err(JournalError::io(&last.path, "open segment"))?;
+    // Scanned through a read-only mapping with readahead: the writable one drops the file's
+    // cached pages and reads a page per fault (the append path's needs), which made replaying
+    // the last segment read it from the disk 4 KiB at a time, even with the file in the cache
+    // (measured at 10,000,000 cards: 1.5-2.2 s for 0.6 M records a shard). The read-only
+    // mapping is gone before the writable one drops the cache.
+    let (end_offset, end_seq, damage) = {
+        let map = fsys::map_segment(&last.path, &file)?;
+        scan_records(&map, last.seq, after_seq, apply)?
+    };
     let mut map = fsys::map_segment_mut(&last.path, &file)?;
-    let (end_offset, end_seq, damage) = scan_records(&map, last.seq, after_seq, apply)?;
     let written_end = match damage {
         Some(damage) => cut_torn_tail(&mut map, damage, &last.path, options.commit_bytes_max)?,
         None => end_offset,

@@ -77,20 +77,27 @@ impl Switch {
     pub fn recovered(&self, shards: usize) -> Vec<Recovered> {
         let mut found: Vec<Option<Recovered>> = vec![None; shards];
         for line in self.startup_lines() {
-            // "pinswitch: shard N recovered: snapshot at record S, R records replayed, C cards"
+            // "pinswitch: shard N recovered: snapshot at record S, R records replayed, C cards
+            // (journal scan A ms, snapshot decode B ms, replay D ms)"
             let Some(rest) = line.strip_prefix("pinswitch: shard ") else { continue };
             let Some((shard, rest)) = rest.split_once(" recovered: snapshot at record ") else {
                 continue;
             };
-            let numbers: Vec<u64> = rest
-                .split(|c: char| !c.is_ascii_digit())
-                .filter(|part| !part.is_empty())
-                .map(|part| part.parse().expect("a number"))
-                .collect();
+            let (counts, timings) = rest.split_once(" cards (").unwrap_or((rest, ""));
+            let numbers = |text: &str| -> Vec<u64> {
+                text.split(|c: char| !c.is_ascii_digit())
+                    .filter(|part| !part.is_empty())
+                    .map(|part| part.parse().expect("a number"))
+                    .collect()
+            };
+            let numbers_of_timings = numbers(timings);
+            let numbers = numbers(counts);
             assert!(
-                rest.contains(" records replayed, ")
-                    && rest.ends_with(" cards")
-                    && numbers.len() == 3,
+                counts.contains(" records replayed, ")
+                    && numbers.len() == 3
+                    && timings.starts_with("journal scan ")
+                    && timings.ends_with(" ms)")
+                    && numbers_of_timings.len() == 3,
                 "odd line {line:?}"
             );
             let shard: usize = shard.parse().expect("a shard id");

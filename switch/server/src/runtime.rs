@@ -230,8 +230,13 @@ fn recover_shards(
     for (shard_id, result) in recovered.into_iter().enumerate() {
         let (handle, report, driver) = result?;
         println!(
-            "pinswitch: shard {shard_id} recovered: snapshot at record {}, {} records replayed, {} cards",
-            report.snapshot_seq, report.replayed_records, report.cards
+            "pinswitch: shard {shard_id} recovered: snapshot at record {}, {} records replayed, {} cards (journal scan {} ms, snapshot decode {} ms, replay {} ms)",
+            report.snapshot_seq,
+            report.replayed_records,
+            report.cards,
+            report.scan_ms,
+            report.decode_ms,
+            report.replay_ms
         );
         shards.push(handle);
         drivers.push(driver);

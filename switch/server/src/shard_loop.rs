@@ -181,6 +181,11 @@ pub(crate) struct RecoveryReport {
     pub snapshot_seq: u64,
     pub replayed_records: u64,
     pub cards: usize,
+    /// Where recovery's time went: finding the journal's end and the newest snapshot, decoding
+    /// the snapshot into tables, replaying the records after it.
+    pub scan_ms: u128,
+    pub decode_ms: u128,
+    pub replay_ms: u128,
 }
 
 /// Server wall clock in ms since the Unix epoch. The engine keeps its own clock monotonic.
@@ -441,8 +446,10 @@ pub(crate) fn recover(
 ) -> anyhow::Result<(Shard, Journal, RecoveryReport)> {
     std::fs::create_dir_all(&settings.dir)
         .with_context(|| format!("creating {}", settings.dir.display()))?;
+    let started = Instant::now();
     let (snapshot, mut recovery) = Journal::recover(&settings.dir, settings.journal)
         .with_context(|| format!("recovering journal in {}", settings.dir.display()))?;
+    let scan_ms = started.elapsed().as_millis();
     let (mut engine, snapshot_seq) = match snapshot {
         Some(snapshot) => {
             let engine = Shard::from_snapshot_image(snapshot.image_format, &snapshot.bytes)
@@ -472,6 +479,7 @@ pub(crate) fn recover(
             0,
         ),
     };
+    let decode_ms = started.elapsed().as_millis() - scan_ms;
     let mut replayed_records = 0u64;
     recovery
         .replay(snapshot_seq, |seq, payload| {
@@ -499,6 +507,7 @@ pub(crate) fn recover(
             Ok(())
         })
         .with_context(|| format!("replaying journal in {}", settings.dir.display()))?;
+    let replay_ms = started.elapsed().as_millis() - scan_ms - decode_ms;
     let mut journal = recovery.into_journal().context("reopening the journal for appends")?;
     // A shard written by an older release (or a new one) runs this release's engine format
     // from here on: journaled, so replay switches formats at this very record.
@@ -516,7 +525,14 @@ pub(crate) fn recover(
         let body = Body::configure(&settings.engine);
         journal_at_start(&mut engine, &mut journal, body, "the configured rules")?;
     }
-    let report = RecoveryReport { snapshot_seq, replayed_records, cards: engine.card_count() };
+    let report = RecoveryReport {
+        snapshot_seq,
+        replayed_records,
+        cards: engine.card_count(),
+        scan_ms,
+        decode_ms,
+        replay_ms,
+    };
     Ok((engine, journal, report))
 }
 
