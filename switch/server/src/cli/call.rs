@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::Subcommand;
 use pinswitch_protocol::{self as protocol, EventCharge, PriceQuote, ResultCode, SessionAudit};
 
-use super::{connect, outcome, parse_pin, single};
+use super::{connect, op_id, op_outcome, outcome, parse_pin, single};
 
 #[derive(Subcommand)]
 pub(super) enum CallCommand {
@@ -107,7 +107,7 @@ pub(super) async fn call(command: CallCommand) -> anyhow::Result<ExitCode> {
             let pin = parse_pin(&pin)?;
             let client = connect(&address).await?;
             let event = EventCharge {
-                op_id: protocol::new_op_id(),
+                op_id: op_id()?,
                 pin,
                 password: password.unwrap_or_default().into_bytes(),
                 category,
@@ -116,8 +116,8 @@ pub(super) async fn call(command: CallCommand) -> anyhow::Result<ExitCode> {
             };
             let result =
                 single(client.event_charge(&[event]).await.context("charging the event")?)?;
-            Ok(outcome(
-                result.code,
+            Ok(op_outcome(
+                &result,
                 format!(", charged {} won, balance {} won", result.amount_won, result.balance_won),
             ))
         }

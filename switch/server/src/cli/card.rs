@@ -13,7 +13,9 @@ use pinswitch_protocol::{
     ForeignConvert, ForeignImport, Funding, ResultCode, Sale, pin,
 };
 
-use super::{balance_outcome, connect, outcome, parse_pin, single};
+use super::{
+    balance_outcome, connect, op_id, op_outcome, outcome, parse_pin, refuse_op_id, single,
+};
 
 #[derive(Subcommand)]
 pub(super) enum CardCommand {
@@ -198,8 +200,7 @@ pub(super) async fn card(command: CardCommand) -> anyhow::Result<ExitCode> {
         CardCommand::Activate { connect: address, pin, password } => {
             let pin = parse_pin(&pin)?;
             let client = connect(&address).await?;
-            let event =
-                CardActivate { op_id: protocol::new_op_id(), pin, password: password.into_bytes() };
+            let event = CardActivate { op_id: op_id()?, pin, password: password.into_bytes() };
             Ok(balance_outcome(single(
                 client.card_activate(&[event]).await.context("activating")?,
             )?))
@@ -207,12 +208,8 @@ pub(super) async fn card(command: CardCommand) -> anyhow::Result<ExitCode> {
         CardCommand::Load { connect: address, pin, amount } => {
             let pin = parse_pin(&pin)?;
             let client = connect(&address).await?;
-            let event = CardLoad {
-                op_id: protocol::new_op_id(),
-                pin,
-                amount_won: amount,
-                funding: Funding::Cash as u8,
-            };
+            let event =
+                CardLoad { op_id: op_id()?, pin, amount_won: amount, funding: Funding::Cash as u8 };
             Ok(balance_outcome(single(client.card_load(&[event]).await.context("recharging")?)?))
         }
         CardCommand::Sale { connect: address, pin, password, amount, merchant } => {
@@ -222,7 +219,7 @@ pub(super) async fn card(command: CardCommand) -> anyhow::Result<ExitCode> {
             let pin = parse_pin(&pin)?;
             let client = connect(&address).await?;
             let event = CardSell {
-                op_id: protocol::new_op_id(),
+                op_id: op_id()?,
                 pin,
                 channel_id: channel,
                 price_won: price,
@@ -230,54 +227,48 @@ pub(super) async fn card(command: CardCommand) -> anyhow::Result<ExitCode> {
                 gift_recipient_ref: gift_to,
             };
             let result = single(client.card_sell(&[event]).await.context("selling")?)?;
-            Ok(outcome(result.code, format!(", face value {} won", result.amount_won)))
+            Ok(op_outcome(&result, format!(", face value {} won", result.amount_won)))
         }
         CardCommand::Block { connect: address, pin, reason } => {
             let pin = parse_pin(&pin)?;
             let client = connect(&address).await?;
-            let event = CardBlock { op_id: protocol::new_op_id(), pin, reason: reason.code() };
+            let event = CardBlock { op_id: op_id()?, pin, reason: reason.code() };
             Ok(balance_outcome(single(client.card_block(&[event]).await.context("blocking")?)?))
         }
         CardCommand::Unblock { connect: address, pin } => {
             let pin = parse_pin(&pin)?;
             let client = connect(&address).await?;
-            let event = CardUnblock { op_id: protocol::new_op_id(), pin };
+            let event = CardUnblock { op_id: op_id()?, pin };
             Ok(balance_outcome(single(client.card_unblock(&[event]).await.context("unblocking")?)?))
         }
         CardCommand::Consign { connect: address, pin, partner, commission } => {
             let pin = parse_pin(&pin)?;
             let client = connect(&address).await?;
             let event = CardConsign {
-                op_id: protocol::new_op_id(),
+                op_id: op_id()?,
                 pin,
                 partner_id: partner,
                 commission_per_mille: commission,
             };
             let result = single(client.card_consign(&[event]).await.context("consigning")?)?;
-            Ok(outcome(result.code, format!(", face value {} won", result.amount_won)))
+            Ok(op_outcome(&result, format!(", face value {} won", result.amount_won)))
         }
         CardCommand::Register { connect: address, pin, holder, verified_name } => {
             let pin = parse_pin(&pin)?;
             let client = connect(&address).await?;
-            let event = CardRegister {
-                op_id: protocol::new_op_id(),
-                pin,
-                holder_ref: holder,
-                verified_name,
-            };
+            let event = CardRegister { op_id: op_id()?, pin, holder_ref: holder, verified_name };
             let result =
                 single(client.card_register(&[event]).await.context("registering the holder")?)?;
-            Ok(outcome(result.code, format!(", balance cap {} won", result.amount_won)))
+            Ok(op_outcome(&result, format!(", balance cap {} won", result.amount_won)))
         }
         CardCommand::Refund { connect: address, pin, account } => {
             let pin = parse_pin(&pin)?;
             let client = connect(&address).await?;
-            let event =
-                CardRefund { op_id: protocol::new_op_id(), pin, payout_account_ref: account };
+            let event = CardRefund { op_id: op_id()?, pin, payout_account_ref: account };
             let result =
                 single(client.card_refund(&[event]).await.context("refunding the balance")?)?;
-            Ok(outcome(
-                result.code,
+            Ok(op_outcome(
+                &result,
                 format!(", paid out {} won, balance {} won", result.amount_won, result.balance_won),
             ))
         }
@@ -285,7 +276,7 @@ pub(super) async fn card(command: CardCommand) -> anyhow::Result<ExitCode> {
             let pin = parse_pin(&pin)?;
             let client = connect(&address).await?;
             let event = CardClaim {
-                op_id: protocol::new_op_id(),
+                op_id: op_id()?,
                 pin,
                 password: password.into_bytes(),
                 gift_recipient_ref: gift_ref,
@@ -310,6 +301,7 @@ async fn issue(
     count: u32,
     pin_file: Option<PathBuf>,
 ) -> anyhow::Result<ExitCode> {
+    refuse_op_id("card issue")?;
     // The PIN file is created before anything is issued: a PIN is shown only once, so
     // it must have somewhere to go (an existing file is never overwritten).
     let mut pin_out = match &pin_file {
@@ -399,6 +391,7 @@ async fn show(address: String, pin: String) -> anyhow::Result<ExitCode> {
 
 /// `card foreign-import`: one foreign PIN per line of `file` into the pool of `product`.
 async fn foreign_import(address: String, product: u32, file: PathBuf) -> anyhow::Result<ExitCode> {
+    refuse_op_id("card foreign-import")?;
     let text =
         std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
     let codes: Vec<&str> = text.lines().map(str::trim).filter(|line| !line.is_empty()).collect();
@@ -434,7 +427,7 @@ async fn convert(
     let pin = parse_pin(&pin)?;
     let client = connect(&address).await?;
     let event = ForeignConvert {
-        op_id: protocol::new_op_id(),
+        op_id: op_id()?,
         pin,
         password: password.into_bytes(),
         product_id: product,
@@ -450,7 +443,7 @@ async fn convert(
             result.amount_won, result.balance_won
         )
     };
-    Ok(outcome(result.code, detail))
+    Ok(op_outcome(&result, detail))
 }
 
 /// `card sale`: one SALE (internet payment) of `amount` won at `merchant`.
@@ -464,7 +457,7 @@ async fn sale(
     let pin = parse_pin(&pin)?;
     let client = connect(&address).await?;
     let event = Sale {
-        op_id: protocol::new_op_id(),
+        op_id: op_id()?,
         pin,
         password: password.into_bytes(),
         amount_won: amount,
@@ -472,8 +465,8 @@ async fn sale(
         category: protocol::Category::InternetPayment as u8,
     };
     let result = single(client.sale(&[event]).await.context("debiting")?)?;
-    Ok(outcome(
-        result.code,
+    Ok(op_outcome(
+        &result,
         format!(", approval {:06}, balance {} won", result.approval_code, result.balance_won),
     ))
 }

@@ -57,6 +57,55 @@ struct TlsFlags {
 /// The TLS flags of this invocation (the client commands read them when they connect).
 static TLS_FLAGS: std::sync::OnceLock<TlsFlags> = std::sync::OnceLock::new();
 
+/// How an operator retries a command whose answer never came (a timeout, a dropped
+/// connection): every command that sends one operation prints its op id on stderr, and the
+/// same command sent again with `--op-id` is the same operation. The switch answers it with
+/// the stored reply (marked "replayed") if the first one ran, or runs it now if it did not;
+/// it never runs twice.
+#[derive(clap::Args, Clone, Default)]
+struct RetryFlags {
+    /// The op id of an earlier run of this command (32 hex digits, dashes allowed, as printed):
+    /// send the same operation again instead of a new one.
+    #[arg(long, global = true, value_parser = parse_op_id)]
+    op_id: Option<u128>,
+}
+
+/// `--op-id` of this invocation, and whether a command has used it.
+static RETRY_OP_ID: std::sync::OnceLock<Option<u128>> = std::sync::OnceLock::new();
+static RETRY_OP_ID_USED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn parse_op_id(text: &str) -> Result<u128, String> {
+    let digits: String = text.chars().filter(|c| *c != '-').collect();
+    match u128::from_str_radix(&digits, 16) {
+        Ok(op_id) if digits.len() == 32 && op_id != 0 => Ok(op_id),
+        _ => Err(format!("{text:?} is not an op id (32 hex digits, not all zero)")),
+    }
+}
+
+/// The op id of the one operation this command sends: `--op-id` when given, else a new one,
+/// printed on stderr either way so that the command can be retried under it.
+pub(super) fn op_id() -> anyhow::Result<u128> {
+    use std::sync::atomic::Ordering;
+    let op_id = match RETRY_OP_ID.get().copied().flatten() {
+        Some(_) if RETRY_OP_ID_USED.swap(true, Ordering::Relaxed) => {
+            bail!("--op-id names one operation and it was sent already")
+        }
+        Some(op_id) => op_id,
+        None => pinswitch_protocol::new_op_id(),
+    };
+    eprintln!("pinswitch: op id {op_id:032x} (to retry after a timeout, add --op-id {op_id:032x})");
+    Ok(op_id)
+}
+
+/// Commands that send many operations (issuing cards, importing foreign PINs) take no
+/// `--op-id`: retrying one of them means retrying each of its operations.
+pub(super) fn refuse_op_id(command: &str) -> anyhow::Result<()> {
+    if RETRY_OP_ID.get().copied().flatten().is_some() {
+        bail!("{command} sends many operations; --op-id is for commands that send one");
+    }
+    Ok(())
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Recover the data directory and serve the protocol.
@@ -85,11 +134,15 @@ enum Command {
     },
     /// Card operations against a running switch.
     Card {
+        #[command(flatten)]
+        retry: RetryFlags,
         #[command(subcommand)]
         command: CardCommand,
     },
     /// Call-switch operations against a running switch: price quotes, event charges, audits.
     Call {
+        #[command(flatten)]
+        retry: RetryFlags,
         #[command(subcommand)]
         command: CallCommand,
     },
@@ -211,14 +264,16 @@ pub(crate) fn main() -> anyhow::Result<ExitCode> {
             crate::runtime::run(config)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Card { command } => {
+        Command::Card { retry, command } => {
+            let _ = RETRY_OP_ID.set(retry.op_id);
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .context("building the client runtime")?;
             runtime.block_on(card::card(command))
         }
-        Command::Call { command } => {
+        Command::Call { retry, command } => {
+            let _ = RETRY_OP_ID.set(retry.op_id);
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -268,7 +323,17 @@ pub(super) async fn connect(address: &str) -> anyhow::Result<Client> {
 
 /// The result line of an operation whose interesting figure is the balance.
 pub(super) fn balance_outcome(result: OpResult) -> ExitCode {
-    outcome(result.code, format!(", balance {} won", result.balance_won))
+    op_outcome(&result, format!(", balance {} won", result.balance_won))
+}
+
+/// `outcome` for an operation's result: says when it is the stored answer of an earlier run.
+pub(super) fn op_outcome(result: &OpResult, detail: String) -> ExitCode {
+    let replayed = if result.flags & pinswitch_protocol::FLAG_REPLAYED != 0 {
+        " (replayed: this op id ran before; it did not run again)"
+    } else {
+        ""
+    };
+    outcome(result.code, format!("{detail}{replayed}"))
 }
 
 pub(super) fn single<T>(results: Vec<T>) -> anyhow::Result<T> {
