@@ -195,7 +195,7 @@ mod tests {
         assert_eq!(errors.get("NETWORK_ERROR"), Some(&2));
         assert_eq!(errors.get("APPROVED"), None);
         assert_eq!(a.counts_by_name(false).get("APPROVED"), Some(&2));
-        assert_eq!(code_name(7), "CODE_7");
+        assert_eq!(code_name(99), "CODE_99");
         let mut c = Interval::default();
         c.record_message("SESSION_START", 100, 10, 1);
         let mut d = Interval::default();

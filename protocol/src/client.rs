@@ -370,6 +370,11 @@ impl Client {
         self.call(MsgType::CardUnblock, events).await
     }
 
+    /// OP_FENCE: make an op id's outcome final (see `OpFence`).
+    pub async fn op_fence(&self, events: &[OpFence]) -> Result<Vec<OpResult>, ClientError> {
+        self.call(MsgType::OpFence, events).await
+    }
+
     pub async fn card_refund(&self, events: &[CardRefund]) -> Result<Vec<OpResult>, ClientError> {
         self.call(MsgType::CardRefund, events).await
     }

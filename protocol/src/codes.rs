@@ -28,6 +28,12 @@ wire_enum! {
         /// validity): the reported use was charged (capped at what was available); there is no
         /// grant, the call must end.
         SessionExpiredCharged = 6 => "SESSION_EXPIRED_CHARGED",
+        /// OP_FENCE: the op id had no record on the card's shard; now it never executes (a late
+        /// arrival gets FENCED_BEFORE_ARRIVAL). The operation did not run and never will.
+        Fenced = 7 => "FENCED",
+        /// OP_FENCE: the op id has a record on this card (it arrived): INQUIRY tells its
+        /// outcome, and nothing was fenced.
+        OpRecorded = 8 => "OP_RECORDED",
 
         CardNotFound = 101 => "CARD_NOT_FOUND",
         /// The card exists but has not been activated with a password yet.
@@ -87,6 +93,8 @@ wire_enum! {
         ReversalNotSupported = 144 => "REVERSAL_NOT_SUPPORTED",
         /// REVERSE or REFUND names an original that belongs to another card.
         OriginalCardMismatch = 145 => "ORIGINAL_CARD_MISMATCH",
+        /// The op id was fenced (OP_FENCE) before the operation arrived: it does not execute.
+        FencedBeforeArrival = 146 => "FENCED_BEFORE_ARRIVAL",
         /// The op id was used before with a different body; `field` names the first difference.
         OpIdReused = 150 => "OP_ID_REUSED",
         /// The op id is older than the idempotency window; it is never silently re-executed.
@@ -223,6 +231,6 @@ mod tests {
             }
             previous = Some(code.as_u16());
         }
-        assert_eq!(ResultCode::from_u16(7), None);
+        assert_eq!(ResultCode::from_u16(99), None);
     }
 }

@@ -32,6 +32,7 @@ wire_enum! {
         ForeignImport = 26 => "FOREIGN_IMPORT",
         ForeignConvert = 27 => "FOREIGN_CONVERT",
         Inquiry = 30 => "INQUIRY",
+        OpFence = 33 => "OP_FENCE",
         BalanceInquiry = 31 => "BALANCE_INQUIRY",
         SessionStart = 40 => "SESSION_START",
         SessionUpdate = 41 => "SESSION_UPDATE",
@@ -543,6 +544,18 @@ pub struct OpResult {
 
 /// Set in `flags` when a result is the stored result of an earlier request with the same op id.
 pub const FLAG_REPLAYED: u8 = 1;
+
+/// OP_FENCE: close the question INQUIRY leaves open. An op id without a record reads UNKNOWN,
+/// which means "not yet", not "never": a request still in flight may arrive later. A fence
+/// records the op id as never executed if it has not arrived (FENCED; a late arrival is then
+/// declined), or answers OP_RECORDED if it has (INQUIRY then tells its outcome). Either answer
+/// is final. Journaled, like any operation; fencing again answers the same.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OpFence {
+    pub pin: u64,
+    /// The op id of the operation to fence.
+    pub op_id: u128,
+}
 
 /// INQUIRY: what happened to the operation with this op id on this card? Read-only.
 #[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]

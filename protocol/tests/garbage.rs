@@ -159,6 +159,9 @@ fn valid_frames(rng: &mut SplitMix64) -> Vec<ValidFrame> {
         let events: Vec<_> =
             (0..count).map(|_| CardUnblock { op_id: op_id(rng), pin: pin(rng) }).collect();
         push(&mut frames, MsgType::CardUnblock, false, events);
+        let events: Vec<_> =
+            (0..count).map(|_| OpFence { pin: pin(rng), op_id: op_id(rng) }).collect();
+        push(&mut frames, MsgType::OpFence, false, events);
         let events: Vec<_> = (0..count)
             .map(|_| CardRefund {
                 op_id: op_id(rng),
@@ -387,6 +390,7 @@ fn valid_frames(rng: &mut SplitMix64) -> Vec<ValidFrame> {
             MsgType::CardSell,
             MsgType::CardBlock,
             MsgType::CardUnblock,
+            MsgType::OpFence,
             MsgType::CardRefund,
             MsgType::CardRegister,
             MsgType::CardConsign,

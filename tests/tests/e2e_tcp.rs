@@ -1,8 +1,8 @@
 //! End to end over TCP against the real binary: the CLI issues cards and shows them, then a
 //! gateway-like client drives activation, authorization, partial and final capture, void,
-//! reversal after and before its original, sale, refund, retries, op-id reuse, inquiry, wrong
-//! passwords and recharge through the wire, checking every code and balance. A graceful restart
-//! must keep all of it, including the idempotency records.
+//! reversal after and before its original, sale, refund, retries, op-id reuse, inquiry, fences,
+//! wrong passwords and recharge through the wire, checking every code and balance. A graceful
+//! restart must keep all of it, including the idempotency records.
 
 use std::path::Path;
 use std::process::Command;
@@ -10,8 +10,8 @@ use std::process::Command;
 use pinswitch_protocol::client::Client;
 use pinswitch_protocol::{
     Authorize, BalanceInquiry, Capture, CardActivate, CardLoad, CardState, Category, FLAG_REPLAYED,
-    Field, Funding, Inquiry, MsgType, OpStatus, Refund, ResultCode, Reverse, Sale, Void, new_op_id,
-    pin,
+    Field, Funding, Inquiry, MsgType, OpFence, OpStatus, Refund, ResultCode, Reverse, Sale, Void,
+    new_op_id, pin,
 };
 use pinswitch_tests::{Switch, code, fresh_dir, one};
 
@@ -178,6 +178,20 @@ async fn card_life_over_tcp() {
     assert_eq!(found.result.balance_won, 6_500);
     let unknown = one(client.inquiry(&[Inquiry { pin: card, op_id: new_op_id() }]).await).await;
     assert_eq!(unknown.status, OpStatus::Unknown as u8);
+
+    // A gateway whose SALE timed out fences its op id: UNKNOWN was "not yet"; FENCED is
+    // "never" (the SALE, arriving late, is refused and moves nothing), and a fence of an op id
+    // that arrived says OP_RECORDED, after which INQUIRY's answer is final.
+    let lost = new_op_id();
+    let fenced = one(client.op_fence(&[OpFence { pin: card, op_id: lost }]).await).await;
+    assert_eq!(code(&fenced), ResultCode::Fenced);
+    let late = one(client.sale(&[sale(lost, card, 100)]).await).await;
+    assert_eq!(code(&late), ResultCode::FencedBeforeArrival);
+    let tomb = one(client.inquiry(&[Inquiry { pin: card, op_id: lost }]).await).await;
+    assert_eq!(tomb.status, OpStatus::Tombstone as u8);
+    let arrived = one(client.op_fence(&[OpFence { pin: card, op_id: paid }]).await).await;
+    assert_eq!(code(&arrived), ResultCode::OpRecorded);
+    assert_eq!(balance(&client, card).await, (7_000, 7_000));
 
     // Money rules.
     let result = one(client.sale(&[sale(new_op_id(), spare, 10_001)]).await).await;

@@ -195,6 +195,11 @@ pub enum Body {
     /// CONFIGURE of rules that set one the frozen record cannot hold (`ConfigRecordAdded`):
     /// the record and the added rules. Rules without any journal as a plain `Configure`.
     ConfigureExtended(Box<ConfigRecordExtended>),
+    /// OP_FENCE of the command's op id on this card: recorded as never executed if it has no
+    /// record (appended last: the journal's older variants keep their numbers).
+    Fence {
+        pin_hash: PinHash,
+    },
 }
 
 impl Body {
@@ -229,7 +234,8 @@ impl Body {
             | Body::Void { pin_hash, .. }
             | Body::Reverse { pin_hash, .. }
             | Body::Sale { pin_hash, .. }
-            | Body::Refund { pin_hash, .. } => Some(*pin_hash),
+            | Body::Refund { pin_hash, .. }
+            | Body::Fence { pin_hash } => Some(*pin_hash),
             Body::ForeignConvert { pin_hash, .. }
             | Body::SessionUpdate { pin_hash, .. }
             | Body::SessionEnd { pin_hash, .. }
@@ -263,7 +269,8 @@ impl Body {
             | Body::Void { pin_hash, .. }
             | Body::Reverse { pin_hash, .. }
             | Body::Sale { pin_hash, .. }
-            | Body::Refund { pin_hash, .. } => Some(pin_hash),
+            | Body::Refund { pin_hash, .. }
+            | Body::Fence { pin_hash } => Some(pin_hash),
             Body::ForeignConvert { pin_hash, .. }
             | Body::SessionUpdate { pin_hash, .. }
             | Body::SessionEnd { pin_hash, .. }

@@ -144,7 +144,8 @@ struct RefRecord {
     time: Ms,
     /// The card of the body (for a tombstone: the card the REVERSE named).
     pin: PinHash,
-    /// `None`: a tombstone left by a REVERSE that came first.
+    /// `None`: a tombstone left by a REVERSE or an OP_FENCE that came first (its `reply` says
+    /// which: what a late arrival gets).
     body: Option<Body>,
     reply: Reply,
     status: OpStatus,
@@ -851,8 +852,50 @@ impl Reference {
     fn operation(&mut self, op_id: OpId, deadline: Ms, body: &Body) -> (Reply, bool) {
         // Time alone may have made the older generation droppable.
         let pruned = self.prune();
-        let (reply, changed) = self.operation_after_prune(op_id, deadline, body);
+        let (reply, changed) = match body {
+            Body::Fence { pin_hash } => self.fence(op_id, *pin_hash),
+            body => self.operation_after_prune(op_id, deadline, body),
+        };
         (reply, changed || pruned)
+    }
+
+    /// OP_FENCE: a record answers for itself (OP_RECORDED, FENCED for a tombstone, another
+    /// card's ORIGINAL_CARD_MISMATCH); else the op id's own checks; else a fence tombstone.
+    fn fence(&mut self, op_id: OpId, pin: PinHash) -> (Reply, bool) {
+        if op_id == 0 {
+            return (bare(ResultCode::OpIdInvalid), false);
+        }
+        if let Some(record) = self.record(op_id) {
+            let code = if record.pin != pin {
+                ResultCode::OriginalCardMismatch
+            } else if record.body.is_none() {
+                ResultCode::Fenced
+            } else {
+                ResultCode::OpRecorded
+            };
+            return (bare(code), false);
+        }
+        let time = time_of(op_id);
+        if self.too_old(time) {
+            return (bare(ResultCode::OpTooOld), false);
+        }
+        if time > self.clock + self.cfg.op_clock_skew_max_ms {
+            return (bare(ResultCode::OpIdFromFuture), false);
+        }
+        if self.count_in(self.generation) >= 2 * self.generation_max() {
+            return (bare(ResultCode::RetryLater), false);
+        }
+        self.insert_record(RefRecord {
+            generation: 0,
+            id: op_id,
+            time,
+            pin,
+            body: None,
+            reply: bare(ResultCode::FencedBeforeArrival),
+            status: OpStatus::Tombstone,
+            capture_of: 0,
+        });
+        (bare(ResultCode::Fenced), true)
     }
 
     fn operation_after_prune(&mut self, op_id: OpId, deadline: Ms, body: &Body) -> (Reply, bool) {
@@ -869,7 +912,8 @@ impl Reference {
         }
         if let Some(record) = self.record(op_id) {
             let Some(first) = &record.body else {
-                return (bare(ResultCode::ReversedBeforeArrival), false);
+                // A tombstone: REVERSED_BEFORE_ARRIVAL, or FENCED_BEFORE_ARRIVAL for a fence.
+                return (bare(record.reply.result_code()), false);
             };
             let differing = differing_fields(first, body);
             let reply = match differing.first() {
@@ -996,7 +1040,8 @@ impl Reference {
             Body::EventCharge { pin_hash, password_mac, destination, units, category } => {
                 self.event_charge(op_id, pin_hash, password_mac, destination, units, category)
             }
-            Body::Tick
+            Body::Fence { .. }
+            | Body::Tick
             | Body::Configure(_)
             | Body::ConfigureExtended(_)
             | Body::SessionsClose { .. }
@@ -1867,6 +1912,10 @@ impl Reference {
             return self.decline(ResultCode::OriginalNotFoundRecorded, pin);
         };
         let Some(original_body) = &record.body else {
+            // A fenced op never ran: nothing to undo.
+            if record.reply.result_code() == ResultCode::FencedBeforeArrival {
+                return self.decline(ResultCode::OriginalDeclinedNoop, pin);
+            }
             return self.decline(ResultCode::AlreadyReversed, pin);
         };
         if record.pin != pin {
@@ -3220,6 +3269,7 @@ impl Walk {
                 }
                 *units = if flip[4] || flip[5] { units.wrapping_add(1) } else { *units };
             }
+            Body::Fence { pin_hash } => *pin_hash = self.other_pin(*pin_hash),
             Body::Tick
             | Body::Configure(_)
             | Body::ConfigureExtended(_)
@@ -3227,6 +3277,24 @@ impl Walk {
             | Body::Upgrade { .. } => {}
         }
         body
+    }
+
+    /// An OP_FENCE: of an op id sent already (its card, sometimes another), of an original still
+    /// in flight (it arrives later, maybe), or of one never sent.
+    fn fence_command(&mut self) -> Command {
+        let r = self.rng.below(100);
+        let (op_id, pin) = if r < 45 && !self.sent.is_empty() {
+            let command = self.sent_where(|_| true).unwrap();
+            (command.op_id, command.body.route_key().unwrap_or_else(|| self.pick_pin()))
+        } else if r < 75 && !self.unsent_originals.is_empty() {
+            let index = self.rng.below(self.unsent_originals.len() as u64) as usize;
+            let command = &self.unsent_originals[index];
+            (command.op_id, command.body.pin_hash().expect("originals name a card"))
+        } else {
+            (if self.rng.percent(5) { 0 } else { self.fresh_op_id() }, self.pick_pin())
+        };
+        let pin_hash = if self.rng.percent(8) { self.other_pin(pin) } else { pin };
+        Command { op_id, deadline_at_ms: 0, body: Body::Fence { pin_hash } }
     }
 
     fn next_command(&mut self) -> Command {
@@ -3249,6 +3317,9 @@ impl Walk {
         if r < 25 && !self.unsent_originals.is_empty() {
             let index = self.rng.below(self.unsent_originals.len() as u64) as usize;
             return self.unsent_originals.swap_remove(index);
+        }
+        if r < 28 {
+            return self.fence_command();
         }
         let op_id = if self.rng.percent(3) { 0 } else { self.fresh_op_id() };
         let body = self.fresh_body(op_id);

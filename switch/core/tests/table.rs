@@ -438,6 +438,49 @@ fn reversals_in_both_orders_and_refunds() {
     assert_eq!(s.balance(CARD), (10_000, 10_000));
 }
 
+/// OP_FENCE makes an op id's outcome final: an op that arrived answers OP_RECORDED (INQUIRY
+/// then tells what it did), one that did not is fenced (FENCED, a tombstone; the late arrival
+/// gets FENCED_BEFORE_ARRIVAL and moves no money), fencing again answers the same, another
+/// card's op is refused, and so are the op ids the gate refuses.
+#[test]
+fn a_fence_makes_an_op_ids_outcome_final() {
+    let mut s = Script::new();
+    s.active_card(CARD, 10_000);
+    s.active_card(OTHER, 10_000);
+    let fence = |pin_hash| Body::Fence { pin_hash };
+    let (sale_op, _) = s.expect(sale(CARD, PASSWORD, 2_000), ResultCode::Approved);
+    let recorded = s.run_at(sale_op, 0, fence(CARD));
+    assert_eq!(recorded.result_code(), ResultCode::OpRecorded);
+    assert_eq!((recorded.balance_won, recorded.available_won), (0, 0), "no balances");
+    assert_eq!(s.shard.op(CARD, sale_op).status, OpStatus::Completed);
+    let mismatch = s.run_at(sale_op, 0, fence(OTHER));
+    assert_eq!(mismatch.result_code(), ResultCode::OriginalCardMismatch);
+
+    // The gateway's SALE timed out and never arrived: fenced, and its late arrival is refused.
+    let lost = s.op_id();
+    assert_eq!(s.shard.op(CARD, lost).status, OpStatus::Unknown);
+    assert_eq!(s.run_at(lost, 0, fence(CARD)).result_code(), ResultCode::Fenced);
+    assert_eq!(s.shard.op(CARD, lost).status, OpStatus::Tombstone);
+    assert_eq!(s.run_at(lost, 0, fence(CARD)).result_code(), ResultCode::Fenced, "again");
+    let late = s.run_at(lost, 0, sale(CARD, PASSWORD, 700));
+    assert_eq!(late.result_code(), ResultCode::FencedBeforeArrival);
+    assert_eq!(s.balance(CARD), (8_000, 8_000));
+    s.expect(
+        Body::Reverse { pin_hash: CARD, original_op_id: lost },
+        ResultCode::OriginalDeclinedNoop,
+    );
+    s.expect(
+        Body::Refund { pin_hash: CARD, original_op_id: lost, amount_won: 1 },
+        ResultCode::OriginalNotFound,
+    );
+
+    // What the gate refuses, a fence refuses too (nothing recorded).
+    assert_eq!(s.run_at(0, 0, fence(CARD)).result_code(), ResultCode::OpIdInvalid);
+    let ahead = op_id_at(s.now_ms + 3_600_000, 1);
+    assert_eq!(s.run_at(ahead, 0, fence(CARD)).result_code(), ResultCode::OpIdFromFuture);
+    assert_eq!(s.shard.op(CARD, ahead).status, OpStatus::Unknown);
+}
+
 /// PROTOCOL.md's "Payments already settled": a REVERSE of an AUTHORIZE whose hold is closed
 /// gives back the captures not refunded and nothing else, and a REFUND of a capture leaves
 /// what a still-pending hold reserves as it was.
@@ -1380,6 +1423,7 @@ fn every_engine_result_code_is_reached() {
         collect(wrong_passwords_lock_the_card_and_a_right_one_resets_the_count),
         collect(holds_capture_void_expire_and_limits),
         collect(reversals_in_both_orders_and_refunds),
+        collect(a_fence_makes_an_op_ids_outcome_final),
         collect(exactly_once_replay_reuse_window_deadline),
         collect(evicted_records_answer_too_old_never_a_second_execution),
         collect(refund_respects_the_cap_and_closed_state_rules),

@@ -138,7 +138,7 @@ pub struct RetentionLine {
 }
 
 /// Names of journal record kinds (the command of the record), indexed by `RetentionLine::kind`.
-pub const RECORD_KINDS: [&str; 26] = [
+pub const RECORD_KINDS: [&str; 27] = [
     "issue",
     "activate",
     "load",
@@ -165,6 +165,7 @@ pub const RECORD_KINDS: [&str; 26] = [
     "event-charge",
     "sessions-close",
     "upgrade",
+    "fence",
 ];
 
 /// Count and sum.

@@ -1241,6 +1241,7 @@ fn record_kind(body: &Body) -> (u8, bool) {
         Body::EventCharge { .. } => (23, false),
         Body::SessionsClose { .. } => (24, false),
         Body::Upgrade { .. } => (25, false),
+        Body::Fence { .. } => (26, false),
     }
 }
 

@@ -45,7 +45,15 @@ impl Role {
             Role::Admin => true,
             Role::Gateway => matches!(
                 msg_type,
-                Authorize | Capture | Void | Reverse | Sale | Refund | Inquiry | BalanceInquiry
+                Authorize
+                    | Capture
+                    | Void
+                    | Reverse
+                    | Sale
+                    | Refund
+                    | Inquiry
+                    | OpFence
+                    | BalanceInquiry
             ),
             Role::CallSwitch => matches!(
                 msg_type,
@@ -56,6 +64,7 @@ impl Role {
                     | PriceQuote
                     | SessionAudit
                     | Inquiry
+                    | OpFence
             ),
             Role::Channel => matches!(
                 msg_type,
@@ -66,6 +75,7 @@ impl Role {
                     | ForeignConvert
                     | BalanceInquiry
                     | Inquiry
+                    | OpFence
             ),
             Role::Operator => matches!(
                 msg_type,
@@ -78,6 +88,7 @@ impl Role {
                     | ForeignImport
                     | BalanceInquiry
                     | Inquiry
+                    | OpFence
             ),
             Role::Settlement => {
                 matches!(msg_type, CardIssue | CardSell | Inquiry | BalanceInquiry | PriceQuote)

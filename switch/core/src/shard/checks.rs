@@ -4,11 +4,12 @@
 //! the first failing `ResultCode`; the password checks also count a wrong password toward the
 //! lockout, the one state change a declined command makes (it is journaled with the decline).
 
-use pinswitch_protocol::{CardState, Category, OpStatus, ResultCode, op_id_time_ms};
+use pinswitch_protocol::{CardState, Category, MsgType, OpStatus, ResultCode, op_id_time_ms};
 
 use super::{Card, Shard};
 use crate::types::{
-    Body, DESTINATION_DIGITS_MAX, Ms, OpId, PasswordMac, PinHash, Reply, destination_digits,
+    Applied, Body, DESTINATION_DIGITS_MAX, Ms, OpId, PasswordMac, PinHash, Reply,
+    destination_digits,
 };
 
 /// The result of the common op-id gate.
@@ -38,10 +39,12 @@ impl Shard {
         }
         if let Some(record) = self.ops.get(&op_id) {
             if record.status() == OpStatus::Tombstone {
-                return Gate::Answer {
-                    reply: Reply::code(ResultCode::ReversedBeforeArrival),
-                    record: false,
+                let code = if record.msg_type() == MsgType::OpFence as u8 {
+                    ResultCode::FencedBeforeArrival
+                } else {
+                    ResultCode::ReversedBeforeArrival
                 };
+                return Gate::Answer { reply: Reply::code(code), record: false };
             }
             let reply = match self.ops.first_difference(record, body) {
                 None => Reply { replayed: true, ..self.ops.reply(op_id, record) },
@@ -60,6 +63,47 @@ impl Shard {
             };
         }
         Gate::Execute
+    }
+
+    /// OP_FENCE of `op_id` on the card `pin_hash`: the op id's outcome made final. A record
+    /// that names the card answers OP_RECORDED (INQUIRY tells the outcome), or FENCED when it
+    /// is a tombstone (reversed or fenced before arrival: it never runs); another card's,
+    /// ORIGINAL_CARD_MISMATCH. Without a record, the op id's own checks of the gate (zero, too
+    /// old, from the future, room in the window), then a tombstone under it that declines a late
+    /// arrival with FENCED_BEFORE_ARRIVAL: FENCED, and the only answer that changes state.
+    /// The answers carry no balances: a fence names a card by its PIN alone, without password.
+    pub(super) fn fence(&mut self, now_ms: Ms, op_id: OpId, pin_hash: PinHash) -> Applied {
+        let answer = |code| Applied::new(Reply::code(code), false);
+        if op_id == 0 {
+            return answer(ResultCode::OpIdInvalid);
+        }
+        if let Some(record) = self.ops.get(&op_id) {
+            let code = if !self.ops.names(record, pin_hash) {
+                ResultCode::OriginalCardMismatch
+            } else if record.status() == OpStatus::Tombstone {
+                ResultCode::Fenced
+            } else {
+                ResultCode::OpRecorded
+            };
+            return answer(code);
+        }
+        let op_time_ms = op_id_time_ms(op_id);
+        if self.too_old(now_ms, op_time_ms) {
+            // It can never execute, but its record may have been evicted: what it did is no
+            // longer known.
+            return answer(ResultCode::OpTooOld);
+        }
+        if op_time_ms > now_ms.saturating_add(self.config.op_clock_skew_max_ms) {
+            // Nothing this far ahead can have been accepted; a tombstone this far ahead would
+            // pin the window as long (fence it once its time is near).
+            return answer(ResultCode::OpIdFromFuture);
+        }
+        if self.ops.is_full(self.generation_max()) {
+            return answer(ResultCode::RetryLater);
+        }
+        let tombstone = Reply::code(ResultCode::FencedBeforeArrival);
+        self.record(op_id, &Body::Fence { pin_hash }, tombstone, OpStatus::Tombstone, 0);
+        Applied::new(Reply::code(ResultCode::Fenced), true)
     }
 
     /// Checks that a card exists and is in one of `allowed` states.

@@ -24,6 +24,9 @@
 //! never execute twice and never gets a different answer. (One exception: a CARD_ISSUE whose drawn
 //! PIN exists answers RETRY_LATER unrecorded, so the server draws again under the same op id.)
 //! The commands without an op id (TICK, CONFIGURE, the audit's SESSIONS_CLOSE) skip steps 2 to 4.
+//! OP_FENCE (`Body::Fence`, `Shard::fence` in checks.rs) names the op id it fences as its own:
+//! it is answered from that op id's record, or records a tombstone under it, instead of steps
+//! 2 to 4.
 //!
 //! What the steps do beyond the reply is recorded as it happens and returned in
 //! `Applied::effects`: the holds and sessions step 1 expired, the card step 3 found expired (its
@@ -284,6 +287,10 @@ impl Shard {
     fn apply_op(&mut self, now_ms: Ms, op_id: OpId, deadline_at_ms: Ms, body: &Body) -> Applied {
         // Time alone may have made a generation droppable (e.g. while the table was full).
         let pruned = self.prune_ops();
+        if let Body::Fence { pin_hash } = body {
+            let applied = self.fence(now_ms, op_id, *pin_hash);
+            return Applied::new(applied.reply, applied.changed || pruned);
+        }
         match self.gate(now_ms, op_id, deadline_at_ms, body) {
             Gate::Answer { reply, record } => {
                 if record {
@@ -434,6 +441,7 @@ impl Shard {
                 self.event_charge(pin_hash, *password_mac, *destination, *units, *category)
             }
             Body::ForeignImport { .. }
+            | Body::Fence { .. }
             | Body::Tick
             | Body::Configure(_)
             | Body::ConfigureExtended(_)

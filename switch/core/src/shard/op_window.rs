@@ -402,6 +402,7 @@ pub fn msg_type_of(body: &Body) -> MsgType {
         Body::SessionUpdate { .. } => MsgType::SessionUpdate,
         Body::SessionEnd { .. } => MsgType::SessionEnd,
         Body::EventCharge { .. } => MsgType::EventCharge,
+        Body::Fence { .. } => MsgType::OpFence,
         Body::Tick
         | Body::Configure(_)
         | Body::ConfigureExtended(_)
@@ -464,6 +465,7 @@ impl Compared {
             | SessionUpdate { .. }
             | SessionEnd { .. }
             | EventCharge { .. } => compared.foreign_and_charging(hasher, body),
+            Fence { pin_hash } => compared.push(hasher, Field::Card, &[*pin_hash]),
             Tick | Configure(_) | ConfigureExtended(_) | SessionsClose { .. } | Upgrade { .. } => {
                 compared.server_command = true;
             }

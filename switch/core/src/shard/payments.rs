@@ -234,7 +234,13 @@ impl Shard {
             );
         };
         if original.status() == OpStatus::Tombstone {
-            return self.declined(ResultCode::AlreadyReversed, pin_hash);
+            // Fenced before it arrived: it never ran, so there is nothing to undo.
+            let code = if original.msg_type() == MsgType::OpFence as u8 {
+                ResultCode::OriginalDeclinedNoop
+            } else {
+                ResultCode::AlreadyReversed
+            };
+            return self.declined(code, pin_hash);
         }
         if !self.ops.names(original, pin_hash) {
             return self.declined(ResultCode::OriginalCardMismatch, pin_hash);

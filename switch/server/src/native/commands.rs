@@ -33,6 +33,7 @@ event_pin!(
     protocol::ArchivedCardSell,
     protocol::ArchivedCardBlock,
     protocol::ArchivedCardUnblock,
+    protocol::ArchivedOpFence,
     protocol::ArchivedCardConsign,
     protocol::ArchivedCardRegister,
     protocol::ArchivedCardRefund,
@@ -133,6 +134,16 @@ pub(super) fn card_unblock(
 ) -> Option<(u128, Body)> {
     let (pin_hash, _) = card(keys, event.pin.to_native(), result)?;
     Some((event.op_id.to_native(), Body::Unblock { pin_hash }))
+}
+
+/// OP_FENCE → its engine body, under the op id it fences.
+pub(super) fn op_fence(
+    keys: &Keys,
+    event: &protocol::ArchivedOpFence,
+    result: &mut Option<OpResult>,
+) -> Option<(u128, Body)> {
+    let (pin_hash, _) = card(keys, event.pin.to_native(), result)?;
+    Some((event.op_id.to_native(), Body::Fence { pin_hash }))
 }
 
 /// CARD_CONSIGN → its engine body.

@@ -354,6 +354,7 @@ fn plan(
         MsgType::CardSell => frame.plan_ops::<protocol::CardSell>(commands::card_sell),
         MsgType::CardBlock => frame.plan_ops::<protocol::CardBlock>(commands::card_block),
         MsgType::CardUnblock => frame.plan_ops::<protocol::CardUnblock>(commands::card_unblock),
+        MsgType::OpFence => frame.plan_ops::<protocol::OpFence>(commands::op_fence),
         MsgType::CardConsign => frame.plan_ops::<protocol::CardConsign>(commands::card_consign),
         MsgType::CardRegister => frame.plan_ops::<protocol::CardRegister>(commands::card_register),
         MsgType::CardRefund => frame.plan_ops::<protocol::CardRefund>(commands::card_refund),
