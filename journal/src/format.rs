@@ -45,6 +45,10 @@ pub fn segment_file_name(first_seq: u64) -> String {
     format!("journal-{first_seq:020}.seg")
 }
 
+/// The spare segment: preallocated, all zeros, no header; the next roll gives it a header and
+/// a segment's name. Its name is no segment's, so recovery and readers pass it by.
+pub const SPARE_SEGMENT_FILE_NAME: &str = "segment.spare";
+
 /// File name of the snapshot taken at sequence number `seq`.
 pub fn snapshot_file_name(seq: u64) -> String {
     format!("snapshot-{seq:020}.snap")

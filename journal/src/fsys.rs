@@ -68,6 +68,18 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), JournalError> {
     handle.sync_all().map_err(JournalError::io(dir, "fsync journal directory"))
 }
 
+/// Opens `path` for reading and writing, creating it (owner-only) if absent, never truncating.
+fn open_or_create(path: &Path, action: &'static str) -> Result<File, JournalError> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(FILE_MODE)
+        .open(path)
+        .map_err(JournalError::io(path, action))
+}
+
 /// An exclusive `flock` on `journal.lock`, released when dropped (the kernel drops the lock
 /// with the last descriptor). It is what makes "this process is the only writer" true, which
 /// the mappings below rely on.
@@ -79,14 +91,7 @@ pub(crate) struct DirLock {
 impl DirLock {
     pub(crate) fn acquire(dir: &Path) -> Result<DirLock, JournalError> {
         let path = dir.join(LOCK_FILE_NAME);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(FILE_MODE)
-            .open(&path)
-            .map_err(JournalError::io(&path, "open lock file"))?;
+        let file = open_or_create(&path, "open lock file")?;
         // SAFETY: `flock` only reads its two integer arguments; the descriptor is valid because
         // `file` owns it and outlives the call.
         let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
@@ -120,21 +125,7 @@ pub(crate) fn create_segment(
         .mode(FILE_MODE)
         .open(&path)
         .map_err(JournalError::io(&path, "create segment"))?;
-    let length =
-        libc::off_t::try_from(segment_bytes).map_err(|_| JournalError::InvalidOptions {
-            reason: format!("segment_bytes {segment_bytes} does not fit off_t"),
-        })?;
-    // SAFETY: `posix_fallocate` only reads its integer arguments; the descriptor is valid
-    // because `file` owns it and outlives the call.
-    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, length) };
-    if rc != 0 {
-        // posix_fallocate returns the error number instead of setting errno.
-        return Err(JournalError::Io {
-            path,
-            action: "preallocate segment",
-            source: std::io::Error::from_raw_os_error(rc),
-        });
-    }
+    preallocate(&path, &file, segment_bytes, "preallocate segment")?;
     let header = SegmentHeader { first_seq, segment_bytes }.encode();
     file.write_all_at(&header, 0).map_err(JournalError::io(&path, "write segment header"))?;
     // fdatasync covers the new size and the allocation as well as the header bytes.
@@ -142,6 +133,92 @@ pub(crate) fn create_segment(
     sync_dir(dir)?;
     let map = map_segment_mut(&path, &file)?;
     Ok((path, file, map))
+}
+
+/// Makes the spare segment ready (`format::SPARE_SEGMENT_FILE_NAME`): a file of
+/// `segment_bytes` preallocated and all zeros, with no header, that the next roll turns into a
+/// segment ([`install_spare`]). A full disk then never fails a roll: the space of the next
+/// segment is taken while nothing waits for it, and a shard that cannot take it keeps writing
+/// into the segment it has and refuses writes only once that one is full.
+///
+/// An existing spare is kept (only its header bytes can have been written, by a roll that did
+/// not finish, and the next roll writes them again); one of another length is started over.
+/// On an error the partial file is removed, so a failed attempt holds no space.
+pub(crate) fn create_spare(dir: &Path, segment_bytes: u64) -> Result<File, JournalError> {
+    let path = dir.join(format::SPARE_SEGMENT_FILE_NAME);
+    let file = open_or_create(&path, "create spare segment")?;
+    let prepared = (|| {
+        let length = file.metadata().map_err(JournalError::io(&path, "stat spare segment"))?.len();
+        if length != segment_bytes {
+            file.set_len(0).map_err(JournalError::io(&path, "truncate spare segment"))?;
+        }
+        preallocate(&path, &file, segment_bytes, "preallocate spare segment")?;
+        file.sync_data().map_err(JournalError::io(&path, "fdatasync spare segment"))?;
+        sync_dir(dir)
+    })();
+    match prepared {
+        Ok(()) => Ok(file),
+        Err(error) => {
+            // Give the partial allocation back; a later attempt starts over.
+            let _ = std::fs::remove_file(&path);
+            Err(error)
+        }
+    }
+}
+
+/// Turns the spare segment into the segment starting at `first_seq`: header written and made
+/// durable, then the rename and the directory's fsync, then the mapping. The header is durable
+/// before the file has a segment's name, so recovery never meets a segment without one.
+pub(crate) fn install_spare(
+    dir: &Path,
+    spare: File,
+    first_seq: u64,
+    segment_bytes: u64,
+) -> Result<(PathBuf, File, MmapMut), JournalError> {
+    let spare_path = dir.join(format::SPARE_SEGMENT_FILE_NAME);
+    let path = dir.join(format::segment_file_name(first_seq));
+    if path.exists() {
+        return Err(JournalError::corrupt(
+            &path,
+            0,
+            "a segment with this name exists already; the spare is not renamed over it",
+        ));
+    }
+    let header = SegmentHeader { first_seq, segment_bytes }.encode();
+    spare
+        .write_all_at(&header, 0)
+        .map_err(JournalError::io(&spare_path, "write segment header"))?;
+    spare.sync_data().map_err(JournalError::io(&spare_path, "fdatasync new segment"))?;
+    std::fs::rename(&spare_path, &path)
+        .map_err(JournalError::io(&path, "rename spare segment into place"))?;
+    sync_dir(dir)?;
+    let map = map_segment_mut(&path, &spare)?;
+    Ok((path, spare, map))
+}
+
+/// `posix_fallocate` of `0..length`: every block of the file is allocated, so writes into it
+/// never need space (and write-back never has to allocate).
+fn preallocate(
+    path: &Path,
+    file: &File,
+    length: u64,
+    action: &'static str,
+) -> Result<(), JournalError> {
+    let length = libc::off_t::try_from(length).map_err(|_| JournalError::InvalidOptions {
+        reason: format!("segment_bytes {length} does not fit off_t"),
+    })?;
+    // SAFETY: `posix_fallocate` only reads its integer arguments; the descriptor is valid
+    // because `file` owns it and outlives the call.
+    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, length) };
+    if rc != 0 {
+        // posix_fallocate returns the error number instead of setting errno.
+        return Err(JournalError::Io {
+            path: path.to_path_buf(),
+            action,
+            source: std::io::Error::from_raw_os_error(rc),
+        });
+    }
+    Ok(())
 }
 
 /// Maps a whole segment file for reading and writing.

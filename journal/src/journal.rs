@@ -138,6 +138,11 @@ pub struct Journal {
     /// Set by the first failed commit or roll: after a failed `msync` the kernel may have
     /// dropped the dirty pages, so nothing this handle does afterwards could be trusted.
     poisoned: Option<String>,
+    /// The next segment's space, taken ahead (`fsys::create_spare`); `None` when it could not
+    /// be taken (a full disk): appends then go on only while they fit in the active segment.
+    spare: Option<File>,
+    /// Why the spare could not be made, as last tried.
+    spare_error: Option<String>,
     _lock: DirLock,
 }
 
@@ -180,8 +185,60 @@ impl Journal {
             commits_since_watermark: 0,
             segment_serial: 0,
             poisoned: None,
+            spare: None,
+            spare_error: None,
             _lock: lock,
         }
+    }
+
+    /// True when the next segment's space is taken: any record up to
+    /// [`JournalOptions::max_payload_bytes`] can be appended without asking the disk for space.
+    pub fn spare_ready(&self) -> bool {
+        self.spare.is_some()
+    }
+
+    /// Whether a record of `payload_bytes` can be appended without new space on the disk: it
+    /// fits in the active segment, or the spare is ready for the roll. A writer that must not
+    /// fail for a full disk asks this before it changes anything (the shard refuses the
+    /// command instead), because an `append` that has to roll without a spare creates a
+    /// segment, and a failure there is final.
+    pub fn fits(&self, payload_bytes: usize) -> bool {
+        let span_bytes = format::record_span_bytes(payload_bytes);
+        payload_bytes <= self.options.max_payload_bytes()
+            && (self.spare.is_some()
+                || self.segment.write_offset + span_bytes <= self.segment.map.len())
+    }
+
+    /// Bytes left for records in the active segment.
+    pub fn segment_room_bytes(&self) -> usize {
+        self.segment.map.len() - self.segment.write_offset
+    }
+
+    /// Makes the spare segment ready if it is not (`fsys::create_spare`). An error (a full
+    /// disk, say) is returned and kept for [`Journal::spare_error`], and poisons nothing: no
+    /// record depends on the spare, and the next attempt starts over.
+    pub fn replenish_spare(&mut self) -> Result<(), JournalError> {
+        self.check_poisoned()?;
+        if self.spare.is_some() {
+            return Ok(());
+        }
+        match fsys::create_spare(&self.dir, self.options.segment_bytes) {
+            Ok(file) => {
+                self.spare = Some(file);
+                self.spare_error = None;
+                Ok(())
+            }
+            Err(error) => {
+                self.spare_error = Some(error.to_string());
+                Err(error)
+            }
+        }
+    }
+
+    /// Why the spare segment could not be made at the last attempt (`None` when it is ready or
+    /// was never tried).
+    pub fn spare_error(&self) -> Option<&str> {
+        self.spare_error.as_deref()
     }
 
     /// Copies one record into the mapped segment (not durable yet) and returns its sequence
@@ -398,7 +455,13 @@ impl Journal {
         // The old segment must be entirely durable before the new one exists: recovery only
         // allows a torn tail in the last segment.
         self.commit()?;
-        match fsys::create_segment(&self.dir, self.last_seq + 1, self.options.segment_bytes) {
+        let first_seq = self.last_seq + 1;
+        let segment_bytes = self.options.segment_bytes;
+        let created = match self.spare.take() {
+            Some(spare) => fsys::install_spare(&self.dir, spare, first_seq, segment_bytes),
+            None => fsys::create_segment(&self.dir, first_seq, segment_bytes),
+        };
+        match created {
             Ok((path, file, map)) => {
                 self.segment_serial += 1;
                 self.segment = ActiveSegment {
@@ -409,6 +472,9 @@ impl Journal {
                     durable_offset: SEGMENT_HEADER_BYTES,
                     pending: Vec::new(),
                 };
+                // The next roll's space, taken now; if the disk has none the shard keeps
+                // writing into this segment and tries again (see `fits`).
+                let _ = self.replenish_spare();
                 Ok(())
             }
             Err(error) => {

@@ -117,7 +117,12 @@ impl Recovery {
                 }
             }
         };
-        Ok(Journal::from_parts(self.dir, self.options, self.lock, segment, end.last_seq))
+        let mut journal =
+            Journal::from_parts(self.dir, self.options, self.lock, segment, end.last_seq);
+        // The next segment's space; a full disk leaves the journal without one (it says why
+        // in `spare_error`) and the writer goes on in the active segment.
+        let _ = journal.replenish_spare();
+        Ok(journal)
     }
 }
 

@@ -63,32 +63,48 @@ pub(crate) fn write(
 ) -> Result<(), JournalError> {
     let final_path = dir.join(format::snapshot_file_name(seq));
     let temp_path = dir.join(format!("{}{TEMP_SUFFIX}", format::snapshot_file_name(seq)));
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(fsys::FILE_MODE)
-        .open(&temp_path)
-        .map_err(JournalError::io(&temp_path, "create snapshot"))?;
-    let header = format::encode_snapshot_header(seq, image_format, bytes);
-    file.write_all(&header).map_err(JournalError::io(&temp_path, "write snapshot"))?;
-    // Written and flushed a piece at a time: one final fsync of hundreds of megabytes would
-    // queue all of them at the disk at once, and every journal commit of every shard (the
-    // `fdatasync` a reply waits for) would wait behind them.
-    let mut written = header.len();
-    for piece in bytes.chunks(SNAPSHOT_WRITE_PIECE_BYTES) {
-        file.write_all(piece).map_err(JournalError::io(&temp_path, "write snapshot"))?;
-        fsys::flush_range(&file, written, piece.len())
-            .map_err(JournalError::io(&temp_path, "flush snapshot"))?;
-        written += piece.len();
+    let written = write_temp(&temp_path, seq, image_format, bytes);
+    if let Err(error) = written {
+        // A snapshot that failed (a full disk, say) gives its space back; the journal holds
+        // everything it would have held, and the caller may try again later.
+        let _ = std::fs::remove_file(&temp_path);
+        return Err(error);
     }
-    file.sync_all().map_err(JournalError::io(&temp_path, "fsync snapshot"))?;
-    drop(file);
     std::fs::rename(&temp_path, &final_path)
         .map_err(JournalError::io(&final_path, "rename snapshot into place"))?;
     // The rename is only durable once the directory is.
     fsys::sync_dir(dir)?;
     prune(dir)
+}
+
+/// The temp file of [`write`]: header, image, flushed a piece at a time, then fsynced.
+fn write_temp(
+    temp_path: &Path,
+    seq: u64,
+    image_format: u32,
+    bytes: &[u8],
+) -> Result<(), JournalError> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(fsys::FILE_MODE)
+        .open(temp_path)
+        .map_err(JournalError::io(temp_path, "create snapshot"))?;
+    let header = format::encode_snapshot_header(seq, image_format, bytes);
+    file.write_all(&header).map_err(JournalError::io(temp_path, "write snapshot"))?;
+    // Written and flushed a piece at a time: one final fsync of hundreds of megabytes would
+    // queue all of them at the disk at once, and every journal commit of every shard (the
+    // `fdatasync` a reply waits for) would wait behind them.
+    let mut written = header.len();
+    for piece in bytes.chunks(SNAPSHOT_WRITE_PIECE_BYTES) {
+        file.write_all(piece).map_err(JournalError::io(temp_path, "write snapshot"))?;
+        fsys::flush_range(&file, written, piece.len())
+            .map_err(JournalError::io(temp_path, "flush snapshot"))?;
+        written += piece.len();
+    }
+    file.sync_all().map_err(JournalError::io(temp_path, "fsync snapshot"))?;
+    Ok(())
 }
 
 /// Deletes every snapshot except the [`SNAPSHOTS_KEPT`] with the highest sequence numbers.

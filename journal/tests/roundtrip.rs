@@ -275,3 +275,53 @@ fn apply_errors_pass_through() -> TestResult {
     assert_eq!(journal.last_seq(), 20);
     Ok(())
 }
+
+/// The spare segment: taken at recovery, renamed into place by a roll (so the roll needs no
+/// new space) and taken again; a spare with a header left by a roll that did not finish, or
+/// of another length, is made ready again; readers and recovery pass it by.
+#[test]
+fn the_spare_segment_is_taken_ahead_and_becomes_the_next_segment() -> TestResult {
+    let temp = tempfile::tempdir()?;
+    let dir = temp.path().join("shard-0");
+    let options = JournalOptions::test_min();
+    let spare = dir.join(pinswitch_journal::format::SPARE_SEGMENT_FILE_NAME);
+    let mut rng = SplitMix64::new(SEED ^ 0x5a);
+
+    let mut journal = open(&dir, options)?;
+    assert!(journal.spare_ready(), "recovery takes the next segment's space");
+    assert_eq!(std::fs::metadata(&spare)?.len(), options.segment_bytes);
+    assert!(
+        journal.fits(options.max_payload_bytes()) && !journal.fits(options.max_payload_bytes() + 1)
+    );
+    assert_eq!(journal.segment_room_bytes() as u64, options.segment_bytes - 40);
+    write_groups(&mut journal, SEED, 600, 40, &mut rng)?;
+    assert!(segment_paths(&dir)?.len() >= 2, "the test should roll");
+    assert!(journal.spare_ready(), "a roll takes the next spare");
+    assert_eq!(std::fs::metadata(&spare)?.len(), options.segment_bytes);
+    drop(journal);
+    assert_records(&replay_all(&dir, options, 0)?, SEED, 1, 600);
+
+    // A roll that wrote the spare's header and died before the rename: the spare is kept and
+    // its header written again by the next roll.
+    std::fs::write(&spare, vec![0xA5u8; 40])?;
+    let mut journal = open(&dir, options)?;
+    assert!(journal.spare_ready());
+    assert_eq!(std::fs::metadata(&spare)?.len(), options.segment_bytes, "made whole again");
+    write_groups(&mut journal, SEED, 1_200, 40, &mut rng)?;
+    drop(journal);
+    assert_records(&replay_all(&dir, options, 0)?, SEED, 1, 1_200);
+    let mut reader = pinswitch_journal::Reader::open(&dir)?;
+    let mut read = 0u64;
+    let last = reader.read_from(1, |seq, _| {
+        read += 1;
+        if seq == read { Ok(()) } else { Err(format!("record {seq} where {read} was due")) }
+    })?;
+    assert_eq!((last, read), (1_200, 1_200), "the reader passes the spare by");
+
+    // A spare of another length (the segment size was changed) is started over.
+    std::fs::write(&spare, vec![0u8; 4096])?;
+    let journal = open(&dir, options)?;
+    assert!(journal.spare_ready());
+    assert_eq!(std::fs::metadata(&spare)?.len(), options.segment_bytes);
+    Ok(())
+}

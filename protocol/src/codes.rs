@@ -151,6 +151,10 @@ wire_enum! {
         /// identity has had its guess answers for the minute. Its stored answer comes with a
         /// retry of the same op id (or INQUIRY) once the identity is let through again.
         AnswerWithheld = 910 => "ANSWER_WITHHELD",
+        /// The card's shard has no journal space left for the record this event would write
+        /// (the disk is full): it was not executed. Reads and INQUIRY are still answered;
+        /// retry with the same op id once space returns (the shard resumes by itself).
+        StorageFull = 911 => "STORAGE_FULL",
     }
 }
 

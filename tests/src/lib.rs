@@ -389,3 +389,45 @@ impl Switch {
         Switch::start(binary, &dir.join("data"), &args)
     }
 }
+
+/// The password every test card is activated with.
+pub const TEST_PASSWORD: &[u8] = b"pass1234";
+
+/// Issues `count` cards of `face_value_won` and activates them with [`TEST_PASSWORD`]; returns
+/// their PINs. Panics unless every card was issued and activated.
+pub async fn issue_active_cards(
+    client: &pinswitch_protocol::client::Client,
+    count: usize,
+    face_value_won: u64,
+) -> Vec<u64> {
+    use pinswitch_protocol::{CardActivate, CardIssue, new_op_id};
+    let issue: Vec<CardIssue> =
+        (0..count).map(|_| CardIssue { op_id: new_op_id(), face_value_won }).collect();
+    let issued = client.card_issue(&issue).await.expect("issue");
+    assert!(issued.iter().all(|result| result.code == 0), "{issued:?}");
+    let pins: Vec<u64> = issued.iter().map(|result| result.pin).collect();
+    let activate: Vec<CardActivate> = pins
+        .iter()
+        .map(|pin| CardActivate { op_id: new_op_id(), pin: *pin, password: TEST_PASSWORD.to_vec() })
+        .collect();
+    let activated = client.card_activate(&activate).await.expect("activate");
+    assert!(activated.iter().all(|result| result.code == 0), "{activated:?}");
+    pins
+}
+
+/// A SALE of `amount_won` at merchant 1, with [`TEST_PASSWORD`].
+pub fn test_sale(
+    op_id: u128,
+    pin: u64,
+    amount_won: u64,
+    category: pinswitch_protocol::Category,
+) -> pinswitch_protocol::Sale {
+    pinswitch_protocol::Sale {
+        op_id,
+        pin,
+        password: TEST_PASSWORD.to_vec(),
+        amount_won,
+        merchant_id: 1,
+        category: category as u8,
+    }
+}

@@ -10,10 +10,9 @@ use std::sync::{Arc, Mutex};
 
 use pinswitch_protocol::client::Client;
 use pinswitch_protocol::{
-    BalanceInquiry, CardActivate, CardIssue, Category, FLAG_REPLAYED, Inquiry, OpStatus,
-    ResultCode, Sale, new_op_id,
+    BalanceInquiry, Category, FLAG_REPLAYED, Inquiry, OpStatus, ResultCode, Sale, new_op_id,
 };
-use pinswitch_tests::{Rng, Switch, fresh_dir};
+use pinswitch_tests::{Rng, Switch, fresh_dir, issue_active_cards, test_sale};
 
 const BIN: &str = env!("CARGO_BIN_EXE_pinswitch");
 const CARDS: usize = 64;
@@ -23,14 +22,7 @@ const SENDERS: usize = 8;
 const ACKED_BEFORE_KILL: usize = 3_000;
 
 fn sale(op_id: u128, pin: u64) -> Sale {
-    Sale {
-        op_id,
-        pin,
-        password: b"pass1234".to_vec(),
-        amount_won: DEBIT_WON,
-        merchant_id: 1,
-        category: Category::TelephoneCall as u8,
-    }
+    test_sale(op_id, pin, DEBIT_WON, Category::TelephoneCall)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -47,30 +39,7 @@ async fn kill_minus_nine_loses_no_acknowledged_debit() {
     let config = config.to_str().expect("utf-8 path").to_string();
     let mut switch = Switch::start(Path::new(BIN), &dir, &["--config", &config]);
     let client = Client::connect(&switch.address).await.expect("connect");
-    let issue: Vec<CardIssue> =
-        (0..CARDS).map(|_| CardIssue { op_id: new_op_id(), face_value_won: FACE_WON }).collect();
-    let pins: Vec<u64> = client
-        .card_issue(&issue)
-        .await
-        .expect("issue")
-        .iter()
-        .map(|result| {
-            assert_eq!(result.code, 0);
-            result.pin
-        })
-        .collect();
-    let activate: Vec<CardActivate> = pins
-        .iter()
-        .map(|pin| CardActivate { op_id: new_op_id(), pin: *pin, password: b"pass1234".to_vec() })
-        .collect();
-    assert!(
-        client
-            .card_activate(&activate)
-            .await
-            .expect("activate")
-            .iter()
-            .all(|result| result.code == 0)
-    );
+    let pins = issue_active_cards(&client, CARDS, FACE_WON).await;
 
     // (op id, card index) of every debit sent, and the op ids the switch acknowledged.
     let sent: Arc<Mutex<Vec<(u128, usize)>>> = Arc::default();

@@ -1411,6 +1411,9 @@ const FRONT_END_ONLY: &[ResultCode] = &[
     // tests/tests/e2e_trust.rs).
     ResultCode::NotPermitted,
     ResultCode::AnswerWithheld,
+    // The shard's refusal for want of journal space, before the engine runs (driven by
+    // tests/tests/e2e_disk_full.rs).
+    ResultCode::StorageFull,
 ];
 
 #[test]

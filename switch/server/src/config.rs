@@ -207,6 +207,13 @@ pub(crate) struct JournalSection {
     pub commit_bytes_max: u64,
     /// A shard writes a snapshot after this many journal records.
     pub snapshot_every_records: u64,
+    /// After a snapshot failed (a full disk, say: never fatal, the journal holds everything),
+    /// the shard tries the next one no sooner than this.
+    pub snapshot_retry_ms: u64,
+    /// A shard whose next segment's space could not be taken (a full disk) tries again at most
+    /// this often; meanwhile it writes into the segment it has and, once that is full, answers
+    /// STORAGE_FULL to every event that would write a record.
+    pub storage_retry_ms: u64,
     /// How a glommio shard runs a commit's `fdatasync`: "thread" (on the shard's sync thread,
     /// the default, as tokio shards always do) or "ring" (an io_uring op on the shard's own
     /// ring). Measured interleaved at 50 connections x 1 in flight over 1,000,000 cards: thread
@@ -342,6 +349,8 @@ impl Default for JournalSection {
             segment_bytes: 64 << 20,
             commit_bytes_max: 16 << 20,
             snapshot_every_records: 2_000_000,
+            snapshot_retry_ms: 10_000,
+            storage_retry_ms: 1_000,
             sync: "thread".into(),
         }
     }

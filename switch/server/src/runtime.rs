@@ -198,6 +198,8 @@ fn shard_settings(
             queue_max: config.limits.shard_queue_max as usize,
             commit_events_max: config.limits.commit_events_max as usize,
             snapshot_every_records: config.journal.snapshot_every_records,
+            snapshot_retry_ms: config.journal.snapshot_retry_ms,
+            storage_retry_ms: config.journal.storage_retry_ms,
             directory: directory.clone(),
         })
         .collect()

@@ -171,6 +171,10 @@ pub(crate) struct ShardSettings {
     pub queue_max: usize,
     pub commit_events_max: usize,
     pub snapshot_every_records: u64,
+    /// A failed snapshot is tried again no sooner than this.
+    pub snapshot_retry_ms: u64,
+    /// With no spare segment (a full disk), making one is tried again at most this often.
+    pub storage_retry_ms: u64,
     /// Where session notices go once durable.
     pub directory: Arc<SessionDirectory>,
 }
@@ -216,8 +220,17 @@ pub(crate) fn start(
     // recovery time stays bounded under a crash loop (it restarted at zero before, and replay
     // grew without bound: 15.1 M records per shard after 86 kills).
     let since_snapshot = report.replayed_records;
-    let runner =
-        Runner { settings, engine, journal, since_snapshot, snapshots, encoded: Vec::new() };
+    let storage = Storage::new(&settings, &journal);
+    let runner = Runner {
+        settings,
+        engine,
+        journal,
+        since_snapshot,
+        snapshots,
+        encoded: Vec::new(),
+        storage,
+        snapshot_not_before: None,
+    };
     Ok((ShardHandle { sender }, report, ShardDriver { runner, receiver }))
 }
 
@@ -306,7 +319,9 @@ impl ShardDriver {
                 Event::Closed => closed = true,
             }
             // A due snapshot is taken at the last applied record, which it commits in line.
-            if runner.since_snapshot >= runner.settings.snapshot_every_records {
+            if runner.since_snapshot >= runner.settings.snapshot_every_records
+                || runner.snapshots.failed.load(Ordering::Acquire)
+            {
                 runner.snapshot();
             }
             // Durable: release the groups it covers, oldest first, then the notices they raised.
@@ -564,6 +579,94 @@ struct Runner {
     snapshots: SnapshotThread,
     /// Scratch buffer for journal records (reused, not allocated per record).
     encoded: Vec<u8>,
+    /// Whether the journal has the next segment's space, and what the shard said about it.
+    storage: Storage,
+    /// After a failed snapshot, the next is not tried before this.
+    snapshot_not_before: Option<Instant>,
+}
+
+/// A full disk, as one shard sees it. The journal takes the next segment's space ahead (the
+/// spare); while it cannot, the shard goes on writing into the segment it has and, once a
+/// record would not fit there, answers STORAGE_FULL to every event that would write one,
+/// without executing it (reads and INQUIRY are still answered). It tries to take the space
+/// again at most every `storage_retry_ms` and resumes by itself when that succeeds. Nothing
+/// here is fatal: no acknowledged record depends on space not yet taken.
+struct Storage {
+    /// The spare could not be made at the last attempt.
+    short: bool,
+    /// STORAGE_FULL was answered since the shard last said so (said once per episode).
+    refusing: bool,
+    next_try: Instant,
+    retry: std::time::Duration,
+}
+
+impl Storage {
+    fn new(settings: &ShardSettings, journal: &Journal) -> Storage {
+        let storage = Storage {
+            short: !journal.spare_ready(),
+            refusing: false,
+            next_try: Instant::now(),
+            retry: std::time::Duration::from_millis(settings.storage_retry_ms),
+        };
+        if storage.short {
+            storage.say_short(settings.shard_id, journal);
+        }
+        storage
+    }
+
+    fn say_short(&self, shard_id: u16, journal: &Journal) {
+        eprintln!(
+            "pinswitch: shard {shard_id} storage short: no space for the next journal segment \
+             ({}); writes go on in the current segment ({} KiB left), then get STORAGE_FULL; \
+             trying again every {} ms",
+            journal.spare_error().unwrap_or("unknown error"),
+            journal.segment_room_bytes() >> 10,
+            self.retry.as_millis()
+        );
+    }
+
+    /// Before a group: if the spare is missing and a try is due, try to make it.
+    fn check(&mut self, shard_id: u16, journal: &mut Journal) {
+        let short = !journal.spare_ready();
+        if !short {
+            if self.short {
+                self.short = false;
+                self.refusing = false;
+                eprintln!(
+                    "pinswitch: shard {shard_id} storage ready again: the next segment's space \
+                     is taken; writes resume"
+                );
+            }
+            return;
+        }
+        if !self.short {
+            // A roll used the spare and could not make the next one.
+            self.short = true;
+            self.next_try = Instant::now() + self.retry;
+            self.say_short(shard_id, journal);
+            return;
+        }
+        let now = Instant::now();
+        if now < self.next_try {
+            return;
+        }
+        self.next_try = now + self.retry;
+        if journal.replenish_spare().is_ok() {
+            self.check(shard_id, journal);
+        }
+    }
+
+    /// An event was refused for want of space (said once per episode).
+    fn refused(&mut self, shard_id: u16) {
+        if !self.refusing {
+            self.refusing = true;
+            eprintln!(
+                "pinswitch: shard {shard_id} storage full: the current segment is full and no \
+                 space for the next; events that would write a record get STORAGE_FULL \
+                 (reads and INQUIRY are answered)"
+            );
+        }
+    }
 }
 
 /// Writes a shard's snapshot images on their own thread: writing and fsyncing hundreds of
@@ -573,6 +676,8 @@ struct Runner {
 struct SnapshotThread {
     sender: Sender<(SnapshotWriter, Box<Shard>)>,
     busy: Arc<AtomicBool>,
+    /// The last image could not be written; the shard waits `snapshot_retry_ms` for the next.
+    failed: Arc<AtomicBool>,
 }
 
 impl SnapshotThread {
@@ -580,6 +685,8 @@ impl SnapshotThread {
         let (sender, receiver) = crossbeam_channel::bounded::<(SnapshotWriter, Box<Shard>)>(1);
         let busy = Arc::new(AtomicBool::new(false));
         let done = busy.clone();
+        let failed = Arc::new(AtomicBool::new(false));
+        let failure = failed.clone();
         std::thread::Builder::new()
             .name(format!("snapshot-{shard_id}"))
             .spawn(move || {
@@ -594,7 +701,16 @@ impl SnapshotThread {
                     drop(copy);
                     let serialized_ms = started.elapsed().as_millis();
                     if let Err(error) = writer.write(SNAPSHOT_IMAGE_FORMAT, &bytes) {
-                        fatal(&format!("shard {shard_id} snapshot {seq} failed: {error}"));
+                        // Never fatal: the journal holds every record the image would have, a
+                        // snapshot only bounds recovery time (a full disk must not become a
+                        // crash loop). The temp file is gone; the shard tries again later.
+                        eprintln!(
+                            "pinswitch: shard {shard_id} snapshot at record {seq} failed, kept \
+                             the previous one and will try again: {error}"
+                        );
+                        failure.store(true, Ordering::Release);
+                        done.store(false, Ordering::Release);
+                        continue;
                     }
                     eprintln!(
                         "pinswitch: shard {shard_id} snapshot at record {seq}: {} MiB, serialized in {serialized_ms} ms, written in {} ms",
@@ -605,7 +721,7 @@ impl SnapshotThread {
                 }
             })
             .context("spawning a snapshot thread")?;
-        Ok(SnapshotThread { sender, busy })
+        Ok(SnapshotThread { sender, busy, failed })
     }
 }
 
@@ -617,6 +733,7 @@ impl Runner {
         let now_ms = wall_clock_ms();
         let mut appended = 0u64;
         let mut notices = Vec::new();
+        self.storage.check(self.settings.shard_id, &mut self.journal);
         appended += self.tick(now_ms, &mut notices);
         for batch in batches.iter() {
             let mut answers = Vec::with_capacity(batch.items.len());
@@ -639,6 +756,10 @@ impl Runner {
     ) -> ShardOutput {
         match item {
             ShardItem::Command(command) => {
+                if !self.room_for(now_ms, command) {
+                    let refused = Reply::code(pinswitch_protocol::ResultCode::StorageFull);
+                    return ShardOutput::Applied(Applied::new(refused, false));
+                }
                 let applied = self.engine.apply(now_ms, command);
                 if applied.changed {
                     self.append(now_ms, command.clone(), applied.reply);
@@ -665,7 +786,7 @@ impl Runner {
             }
             ShardItem::AuditClose { owner_id, live, silent_since_ms } => {
                 let (count, _) = self.engine.owner_sessions(*owner_id);
-                let orphans = self.engine.session_orphans(*owner_id, live, *silent_since_ms);
+                let mut orphans = self.engine.session_orphans(*owner_id, live, *silent_since_ms);
                 if !orphans.is_empty() {
                     let body = Body::SessionsClose {
                         owner_id: *owner_id,
@@ -673,12 +794,19 @@ impl Runner {
                         session_ids: orphans.clone(),
                     };
                     let command = Command { op_id: 0, deadline_at_ms: 0, body };
+                    if !self.room_for(now_ms, &command) {
+                        // Nothing is closed; the next audit lists them again.
+                        return ShardOutput::AuditClosed(count, Vec::new());
+                    }
                     let applied = self.engine.apply(now_ms, &command);
                     if applied.changed {
                         self.append(now_ms, command, applied.reply);
                         *appended += 1;
                     }
                     collect_notices(&applied, notices);
+                    if !applied.changed {
+                        orphans.clear();
+                    }
                 }
                 ShardOutput::AuditClosed(count, orphans)
             }
@@ -697,6 +825,11 @@ impl Runner {
             _ => return 0,
         }
         let command = Command { op_id: 0, deadline_at_ms: 0, body: Body::Tick };
+        if !self.room_for(now_ms, &command) {
+            // The expiries wait for space (every command expires what is due before it runs,
+            // so none is served on a hold that should have gone).
+            return 0;
+        }
         let applied = self.engine.apply(now_ms, &command);
         if !applied.changed {
             return 0;
@@ -706,11 +839,35 @@ impl Runner {
         1
     }
 
+    /// Whether the record `command` would write fits without new disk space (always, while the
+    /// spare segment is ready). Asked before the command runs: once applied, a change must be
+    /// journaled, and an append that would need space the disk does not have is fatal. The
+    /// record's size does not depend on the reply (rkyv lays a `Reply` out at a fixed size), so
+    /// the command encoded with a stand-in reply is the record's exact size.
+    fn room_for(&mut self, now_ms: Ms, command: &Command) -> bool {
+        if self.journal.spare_ready() {
+            return true;
+        }
+        let entry = JournalEntry {
+            now_ms,
+            command: command.clone(),
+            reply: Reply::code(pinswitch_protocol::ResultCode::Approved),
+        };
+        encode_entry_into(&entry, &mut self.encoded);
+        if self.journal.fits(self.encoded.len()) {
+            return true;
+        }
+        self.storage.refused(self.settings.shard_id);
+        false
+    }
+
     /// Journals a command that changed state with its reply (never its effects: replay derives
     /// them again).
     fn append(&mut self, now_ms: Ms, command: Command, reply: Reply) {
         let entry = JournalEntry { now_ms, command, reply };
         encode_entry_into(&entry, &mut self.encoded);
+        // `room_for` said yes for this very record; the size cannot have changed since.
+        assert!(self.journal.fits(self.encoded.len()), "a journaled change has its space");
         if let Err(error) = self.journal.append(&self.encoded) {
             fatal(&format!("shard {} journal append failed: {error}", self.settings.shard_id));
         }
@@ -720,6 +877,16 @@ impl Runner {
         if self.snapshots.busy.load(Ordering::Acquire) {
             return;
         }
+        if self.snapshots.failed.swap(false, Ordering::AcqRel) {
+            let retry = std::time::Duration::from_millis(self.settings.snapshot_retry_ms);
+            self.snapshot_not_before = Some(Instant::now() + retry);
+            // The records the failed image would have covered still count toward the next.
+            self.since_snapshot = self.since_snapshot.max(self.settings.snapshot_every_records);
+        }
+        if self.snapshot_not_before.is_some_and(|not_before| Instant::now() < not_before) {
+            return;
+        }
+        self.snapshot_not_before = None;
         // A consistent copy is all the shard thread pays for (copy-on-write chunks: microseconds,
         // then one chunk copy per first write to it); serializing and writing it happen on the
         // snapshot thread.

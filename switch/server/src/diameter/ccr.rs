@@ -419,7 +419,7 @@ fn result_code(code: u16) -> u32 {
         | C::GiftClaimRequired
         | C::GiftRecipientMismatch => result::END_USER_SERVICE_DENIED,
         C::NotPermitted => result::AUTHORIZATION_REJECTED,
-        C::RetryLater | C::ShuttingDown | C::AnswerWithheld => result::TOO_BUSY,
+        C::RetryLater | C::ShuttingDown | C::AnswerWithheld | C::StorageFull => result::TOO_BUSY,
         C::DeadlineExceededNotExecuted => result::UNABLE_TO_DELIVER,
         C::FormatError | C::UnitsInvalid | C::AmountInvalid | C::OpIdReused => {
             result::INVALID_AVP_VALUE

@@ -104,7 +104,7 @@ pub(super) fn de39(code: u16) -> &'static [u8; 2] {
         C::HoldAlreadyCaptured | C::OpIdReused => b"94",
         C::OpIdFromFuture | C::OpIdInvalid | C::FormatError => b"30",
         C::DeadlineExceededNotExecuted => b"68",
-        C::RetryLater | C::ShuttingDown | C::AnswerWithheld => b"91",
+        C::RetryLater | C::ShuttingDown | C::AnswerWithheld | C::StorageFull => b"91",
         C::NotPermitted => b"58",
         C::InternalError => b"96",
         _ => b"12",
