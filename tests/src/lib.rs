@@ -431,3 +431,50 @@ pub fn test_sale(
         category: category as u8,
     }
 }
+
+impl Switch {
+    /// The operators' HTTP address from the start-up lines ("pinswitch: HTTP on ADDR ...").
+    pub fn http_address(&self) -> String {
+        self.startup_lines()
+            .iter()
+            .find_map(|line| line.strip_prefix("pinswitch: HTTP on "))
+            .and_then(|rest| rest.split_whitespace().next())
+            .map(str::to_string)
+            .unwrap_or_else(|| panic!("no HTTP line: {:?}", self.startup_lines()))
+    }
+}
+
+/// Sends `request` (a whole HTTP/1.1 request) to `address` and returns the status code and
+/// the body of the answer (the switch closes after one).
+pub fn http_request(address: &str, request: &[u8]) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).expect("connecting to the HTTP port");
+    stream.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+    stream.write_all(request).expect("sending the request");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("reading the answer");
+    let (head, body) = answer.split_once("\r\n\r\n").expect("an answer with a head");
+    let code = head.split(' ').nth(1).and_then(|code| code.parse().ok()).expect("a status");
+    (code, body.to_string())
+}
+
+/// GET `path` from the switch's HTTP port.
+pub fn http_get(address: &str, path: &str) -> (u16, String) {
+    http_request(address, format!("GET {path} HTTP/1.1\r\nhost: test\r\n\r\n").as_bytes())
+}
+
+/// The sum of every sample of metric `name` whose labels contain each of `labels` (such as
+/// `type="SALE"`), over all shards.
+pub fn metric_sum(metrics: &str, name: &str, labels: &[&str]) -> u64 {
+    metrics
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let rest = series.strip_prefix(name)?;
+            let matches = (rest.is_empty() || rest.starts_with('{'))
+                && labels.iter().all(|label| rest.contains(label));
+            matches.then(|| value.parse::<u64>().ok()).flatten()
+        })
+        .sum()
+}

@@ -15,7 +15,9 @@ use pinswitch_protocol::client::Client;
 use pinswitch_protocol::{
     BalanceInquiry, Category, FLAG_REPLAYED, Inquiry, OpStatus, ResultCode, Sale, new_op_id,
 };
-use pinswitch_tests::{Switch, fresh_dir, issue_active_cards, test_sale};
+use pinswitch_tests::{
+    Switch, fresh_dir, http_get, issue_active_cards, metric_sum, run_binary, test_sale,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_pinswitch");
 const CARDS: usize = 16;
@@ -133,7 +135,8 @@ async fn a_full_disk_refuses_writes_serves_reads_and_resumes_by_itself() {
     std::fs::write(
         &config,
         format!(
-            "[journal]\nsegment_bytes = {SEGMENT_BYTES}\ncommit_bytes_max = 32768\n\
+            "[server]\nhttp_listen = \"127.0.0.1:0\"\n\
+             [journal]\nsegment_bytes = {SEGMENT_BYTES}\ncommit_bytes_max = 32768\n\
              snapshot_every_records = 500\nsnapshot_retry_ms = 0\nstorage_retry_ms = 0\n"
         ),
     )
@@ -165,6 +168,19 @@ async fn a_full_disk_refuses_writes_serves_reads_and_resumes_by_itself() {
     ledger.check_balances(&client, &pins, "on the full disk").await;
     ledger.check_refused_unknown(&client, &pins).await;
     assert!(switch.is_running());
+    // The operators see it: not ready, both shards full, every refusal counted.
+    let http = switch.http_address();
+    let (status, body) = http_get(&http, "/health/ready");
+    assert_eq!(status, 503, "{body}");
+    let (_, metrics) = http_get(&http, "/metrics");
+    assert_eq!(metric_sum(&metrics, "pinswitch_storage_state", &[]), 4, "both shards full");
+    let refused = ledger.refused.len() as u64;
+    let counted = ["type=\"SALE\"", "code=\"STORAGE_FULL\""];
+    assert_eq!(metric_sum(&metrics, "pinswitch_events_total", &counted), refused);
+    assert_eq!(metric_sum(&metrics, "pinswitch_storage_refused_total", &[]), refused);
+    assert!(metric_sum(&metrics, "pinswitch_snapshots_failed", &[]) > 0, "{metrics}");
+    let (ready, said) = run_binary(BIN, &["status", "--http", &http]);
+    assert!(!ready && said.contains("FULL (writes refused)"), "{said}");
 
     // A crash and a restart on the full disk: recovery needs no space, the reads are answered
     // and writes are still refused.
@@ -200,6 +216,10 @@ async fn a_full_disk_refuses_writes_serves_reads_and_resumes_by_itself() {
     }
     ledger.check_balances(&client, &pins, "after space returned").await;
     assert!(switch.is_running());
+    let http = switch.http_address();
+    assert_eq!(http_get(&http, "/health/ready").0, 200, "ready once space returned");
+    let (ready, said) = run_binary(BIN, &["status", "--http", &http]);
+    assert!(ready && said.starts_with("ready"), "{said}");
 
     // Nothing acknowledged is lost across a last SIGKILL.
     switch.kill();

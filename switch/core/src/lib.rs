@@ -28,5 +28,7 @@ pub use config_record::{ConfigRecord, ConfigRecordAdded, ConfigRecordExtended};
 pub use journal_entry::{JournalEntry, decode_entry, encode_entry, encode_entry_into};
 pub use keys::{CardNames, KeyFile, Keys, PIN_KEYS_MAX, PinKeys};
 pub use routing::{shard_of_card, shard_of_op};
-pub use shard::{ENGINE_FORMAT_CURRENT, ENGINE_FORMAT_FIRST, SNAPSHOT_IMAGE_FORMAT, Shard};
+pub use shard::{
+    ENGINE_FORMAT_CURRENT, ENGINE_FORMAT_FIRST, SNAPSHOT_IMAGE_FORMAT, Shard, msg_type_of,
+};
 pub use types::*;

@@ -55,6 +55,9 @@ pub(crate) struct ServerSection {
     /// QUIC listen address (UDP; empty, the default: no QUIC). QUIC is always TLS 1.3, so it
     /// needs `[tls]`; every bidirectional stream carries native frames as a TCP connection does.
     pub quic_listen: String,
+    /// The operators' HTTP address: `/metrics`, `/health/live`, `/health/ready` (empty, the
+    /// default: none; keep it on a management network, it tells card counts and liability).
+    pub http_listen: String,
 }
 
 /// `[iso8583]`: the ISO 8583 listener for acquirers and gateways (protocol/ISO8583.md).
@@ -366,6 +369,7 @@ impl Default for ServerSection {
             runtime: "glommio".into(),
             accept: "handoff".into(),
             quic_listen: String::new(),
+            http_listen: String::new(),
         }
     }
 }

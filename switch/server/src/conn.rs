@@ -289,6 +289,11 @@ impl Admission {
         }
     }
 
+    /// Open connections per shard, for `/metrics`.
+    pub(crate) fn open_per_shard(&self) -> Vec<u32> {
+        self.per_shard.iter().map(|open| open.load(Ordering::Acquire)).collect()
+    }
+
     /// The shard serving the fewest connections (the lowest such id).
     pub(crate) fn least_loaded_shard(&self) -> usize {
         (0..self.per_shard.len())

@@ -133,7 +133,8 @@ pub(crate) fn run(config: Config) -> anyhow::Result<()> {
     };
     let engine = config.engine();
     let directory = Arc::new(SessionDirectory::new(config.sessions.notices));
-    let settings = shard_settings(&config, &data_dir, shard_count, &keys, &directory);
+    let metrics = Arc::new(crate::metrics::Metrics::new(shard_count, shard_loop::wall_clock_ms()));
+    let settings = shard_settings(&config, &data_dir, shard_count, &keys, &directory, &metrics);
     let (shards, drivers) = recover_shards(settings)?;
     let context = Arc::new(Context {
         shards,
@@ -147,6 +148,10 @@ pub(crate) fn run(config: Config) -> anyhow::Result<()> {
         trust: crate::access::Trust::new(&config.tls, &config.access)?,
     });
     let address = start_shards(&config, executor, &context, drivers)?;
+    if !config.server.http_listen.is_empty() {
+        let http = crate::http::start(&config.server.http_listen, context.clone(), metrics)?;
+        println!("pinswitch: HTTP on {http} (/metrics, /health/live, /health/ready)");
+    }
     if !config.server.quic_listen.is_empty() {
         let quic = crate::quic::start(&config.server.quic_listen, &context)?;
         println!("pinswitch: QUIC on {quic} (UDP)");
@@ -181,6 +186,7 @@ fn shard_settings(
     shard_count: u16,
     keys: &pinswitch_core::Keys,
     directory: &Arc<SessionDirectory>,
+    metrics: &crate::metrics::Metrics,
 ) -> Vec<ShardSettings> {
     let engine = config.engine();
     (0..shard_count)
@@ -201,6 +207,7 @@ fn shard_settings(
             snapshot_retry_ms: config.journal.snapshot_retry_ms,
             storage_retry_ms: config.journal.storage_retry_ms,
             directory: directory.clone(),
+            metrics: metrics.shards[usize::from(shard_id)].clone(),
         })
         .collect()
 }
@@ -888,7 +895,11 @@ async fn reload(
     for (shard_id, shard) in context.shards.iter().enumerate() {
         let command = Command { op_id: 0, deadline_at_ms: 0, body: Body::configure(&engine) };
         let (reply, answer) = tokio::sync::oneshot::channel();
-        let mut batch = ShardBatch { items: vec![ShardItem::Command(command)], reply };
+        let mut batch = ShardBatch {
+            items: vec![ShardItem::Command(command)],
+            reply,
+            queued_at: std::time::Instant::now(),
+        };
         // A full queue is momentary: wait for room rather than drop an operator's change.
         let mut attempts = 0u32;
         while let Err(returned) = shard.try_submit(batch) {

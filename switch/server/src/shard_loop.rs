@@ -22,8 +22,10 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::Poll;
 
+use crate::metrics::{ShardMetrics, StorageState};
 use crate::push::SessionDirectory;
 use pinswitch_journal::{CommitRequest, Journal, JournalOptions, SnapshotWriter};
+use pinswitch_protocol::MsgType;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -121,6 +123,8 @@ pub(crate) enum ShardOutput {
 pub(crate) struct ShardBatch {
     pub items: Vec<ShardItem>,
     pub reply: oneshot::Sender<Vec<ShardOutput>>,
+    /// When the batch was made (for `pinswitch_answer_seconds`).
+    pub queued_at: Instant,
 }
 
 /// The closed set of inputs a shard's driver consumes.
@@ -177,6 +181,8 @@ pub(crate) struct ShardSettings {
     pub storage_retry_ms: u64,
     /// Where session notices go once durable.
     pub directory: Arc<SessionDirectory>,
+    /// The shard's figures for `/metrics`.
+    pub metrics: Arc<ShardMetrics>,
 }
 
 /// What recovery found, for the start-up log line.
@@ -214,7 +220,7 @@ pub(crate) fn start(
 ) -> anyhow::Result<(ShardHandle, RecoveryReport, ShardDriver)> {
     let (engine, journal, report) = recover(&settings)?;
     let (sender, receiver) = mpsc::channel(settings.queue_max.max(1));
-    let snapshots = SnapshotThread::start(settings.shard_id)?;
+    let snapshots = SnapshotThread::start(settings.shard_id, settings.metrics.clone())?;
     // Records replayed since the newest snapshot count toward the next one: a switch that
     // crashes more often than every `snapshot_every_records` records still snapshots, so
     // recovery time stays bounded under a crash loop (it restarted at zero before, and replay
@@ -256,6 +262,8 @@ impl ShardDriver {
         };
         let mut waiting: VecDeque<Waiting> = VecDeque::new();
         let mut in_flight: Option<Pin<Box<dyn Future<Output = Option<Synced>>>>> = None;
+        // When the commit in flight started, and the first record it covers.
+        let mut commit_started = (Instant::now(), 0u64);
         let mut closed = false;
         // A snapshot due at start (the replay was long) is taken at the first turn: the ticker
         // sends an input within `TICK`.
@@ -283,6 +291,12 @@ impl ShardDriver {
             match event {
                 Event::Synced(Some((request, synced))) => {
                     in_flight = None;
+                    let metrics = &runner.settings.metrics;
+                    let elapsed_us = commit_started.0.elapsed().as_micros();
+                    metrics.commit_us.record(u64::try_from(elapsed_us).unwrap_or(u64::MAX));
+                    metrics
+                        .commit_records
+                        .record(request.last_seq().saturating_sub(commit_started.1));
                     if let Err(error) = runner.journal.commit_finish(request, synced) {
                         // Never retried: after a failed fsync the page cache can no longer be trusted.
                         fatal(&format!("shard {shard_id} journal commit failed: {error}"));
@@ -328,12 +342,20 @@ impl ShardDriver {
             let durable_seq = runner.journal.durable_seq();
             while waiting.front().is_some_and(|group| group.seq <= durable_seq) {
                 if let Some(group) = waiting.pop_front() {
-                    group.release(durable_seq, &runner.settings.directory);
+                    group.release(
+                        durable_seq,
+                        &runner.settings.directory,
+                        &runner.settings.metrics,
+                    );
                 }
             }
             if in_flight.is_none() {
+                let durable_before = runner.journal.durable_seq();
                 match runner.journal.commit_start() {
-                    Ok(Some(request)) => in_flight = Some(syncer.submit(request)),
+                    Ok(Some(request)) => {
+                        commit_started = (Instant::now(), durable_before);
+                        in_flight = Some(syncer.submit(request));
+                    }
                     Ok(None) => {}
                     Err(error) => {
                         fatal(&format!("shard {shard_id} journal commit failed: {error}"))
@@ -365,11 +387,13 @@ struct Waiting {
 
 impl Waiting {
     /// Sends the group's answers and notices: only once the journal is durable through `seq`.
-    fn release(self, durable_seq: u64, directory: &SessionDirectory) {
+    fn release(self, durable_seq: u64, directory: &SessionDirectory, metrics: &ShardMetrics) {
         assert!(self.seq <= durable_seq, "no answer leaves before its records are durable");
         assert_eq!(self.batches.len(), self.outputs.len(), "one answer list per batch");
         for (batch, answers) in self.batches.into_iter().zip(self.outputs) {
             assert_eq!(batch.items.len(), answers.len(), "one answer per event");
+            let waited_us = batch.queued_at.elapsed().as_micros();
+            metrics.answer_us.record(u64::try_from(waited_us).unwrap_or(u64::MAX));
             // A connection that went away no longer wants its answer; that is fine.
             let _ = batch.reply.send(answers);
         }
@@ -681,7 +705,7 @@ struct SnapshotThread {
 }
 
 impl SnapshotThread {
-    fn start(shard_id: u16) -> anyhow::Result<SnapshotThread> {
+    fn start(shard_id: u16, metrics: Arc<ShardMetrics>) -> anyhow::Result<SnapshotThread> {
         let (sender, receiver) = crossbeam_channel::bounded::<(SnapshotWriter, Box<Shard>)>(1);
         let busy = Arc::new(AtomicBool::new(false));
         let done = busy.clone();
@@ -708,10 +732,15 @@ impl SnapshotThread {
                             "pinswitch: shard {shard_id} snapshot at record {seq} failed, kept \
                              the previous one and will try again: {error}"
                         );
+                        metrics.snapshots_failed.add(1);
                         failure.store(true, Ordering::Release);
                         done.store(false, Ordering::Release);
                         continue;
                     }
+                    metrics.snapshots_written.add(1);
+                    let total_ms = started.elapsed().as_millis();
+                    metrics.snapshot_last_ms.set(u64::try_from(total_ms).unwrap_or(u64::MAX));
+                    metrics.snapshot_last_unix_ms.set(wall_clock_ms());
                     eprintln!(
                         "pinswitch: shard {shard_id} snapshot at record {seq}: {} MiB, serialized in {serialized_ms} ms, written in {} ms",
                         bytes.len() >> 20,
@@ -735,15 +764,42 @@ impl Runner {
         let mut notices = Vec::new();
         self.storage.check(self.settings.shard_id, &mut self.journal);
         appended += self.tick(now_ms, &mut notices);
+        let mut events = 0u64;
         for batch in batches.iter() {
             let mut answers = Vec::with_capacity(batch.items.len());
             for item in &batch.items {
-                answers.push(self.serve(now_ms, item, &mut appended, &mut notices));
+                let answer = self.serve(now_ms, item, &mut appended, &mut notices);
+                let (msg_type, code) = counted(item, &answer);
+                self.settings.metrics.event(msg_type, code);
+                answers.push(answer);
             }
+            events += batch.items.len() as u64;
             outputs.push(answers);
         }
         self.since_snapshot += appended;
+        self.publish(events);
         Waiting { seq: self.journal.last_seq(), batches, outputs, notices }
+    }
+
+    /// The shard's gauges after a group (a few relaxed stores).
+    fn publish(&self, events: u64) {
+        let metrics = &self.settings.metrics;
+        metrics.group_events.record(events);
+        metrics.cards.set(self.engine.card_count() as u64);
+        metrics.op_records.set(self.engine.op_count() as u64);
+        metrics.sessions_live.set(self.engine.session_count() as u64);
+        let totals = self.engine.totals();
+        metrics.balances_won.set(u64::try_from(totals.balances_won).unwrap_or(u64::MAX));
+        metrics.held_won.set(u64::try_from(totals.held_won).unwrap_or(u64::MAX));
+        metrics.journal_last_seq.set(self.journal.last_seq());
+        metrics.journal_durable_seq.set(self.journal.durable_seq());
+        metrics.segment_room_bytes.set(self.journal.segment_room_bytes() as u64);
+        let state = match (self.storage.short, self.storage.refusing) {
+            (false, _) => StorageState::Ready,
+            (true, false) => StorageState::Short,
+            (true, true) => StorageState::Full,
+        };
+        metrics.storage_state.set(state as u64);
     }
 
     /// One item of a group: applied (and journaled when it changed state) or read.
@@ -858,6 +914,7 @@ impl Runner {
             return true;
         }
         self.storage.refused(self.settings.shard_id);
+        self.settings.metrics.storage_refused.add(1);
         false
     }
 
@@ -912,6 +969,29 @@ impl Runner {
         }
         self.since_snapshot = 0;
     }
+}
+
+/// The message type and result code an answered item counts under in `/metrics`.
+fn counted(item: &ShardItem, output: &ShardOutput) -> (MsgType, u16) {
+    use pinswitch_protocol::ResultCode;
+    let msg_type = match item {
+        ShardItem::Command(command) => pinswitch_core::msg_type_of(&command.body),
+        ShardItem::Card(_) => MsgType::BalanceInquiry,
+        ShardItem::Op { .. } => MsgType::Inquiry,
+        ShardItem::Quote { .. } => MsgType::PriceQuote,
+        ShardItem::AuditCount { .. } | ShardItem::AuditClose { .. } => MsgType::SessionAudit,
+        ShardItem::Resolve { item, .. } => return counted(item, output),
+    };
+    let code = match output {
+        ShardOutput::Applied(applied) => applied.reply.code,
+        ShardOutput::Card(None) => ResultCode::CardNotFound.as_u16(),
+        ShardOutput::Quote(quote) => quote.code,
+        ShardOutput::Card(Some(_))
+        | ShardOutput::Op(_)
+        | ShardOutput::AuditCount(..)
+        | ShardOutput::AuditClosed(..) => ResultCode::Approved.as_u16(),
+    };
+    (msg_type, code)
 }
 
 /// Most session notices one group keeps for the push directory; past it new ones are dropped

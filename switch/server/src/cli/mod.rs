@@ -6,6 +6,7 @@
 
 mod call;
 mod card;
+mod status;
 mod tls;
 
 use std::process::ExitCode;
@@ -119,6 +120,9 @@ enum Command {
         /// QUIC listen address (UDP; needs [tls]; default: no QUIC; port 0 picks a free one).
         #[arg(long)]
         quic_listen: Option<String>,
+        /// Operators' HTTP address for /metrics and /health (default: none).
+        #[arg(long)]
+        http_listen: Option<String>,
         /// Shard count (default: one per core; fixed for the life of a data directory).
         #[arg(long)]
         shards: Option<u16>,
@@ -145,6 +149,13 @@ enum Command {
         retry: RetryFlags,
         #[command(subcommand)]
         command: CallCommand,
+    },
+    /// Is a running switch ready, and what does it hold: asks its HTTP port (`http_listen`)
+    /// and prints a line per shard; exits 0 only when it is ready.
+    Status {
+        /// The switch's HTTP address (`[server] http_listen`).
+        #[arg(long, default_value = "127.0.0.1:9464")]
+        http: String,
     },
     /// Certificates for trying TLS: `pinswitch tls init` makes a test CA, a switch certificate
     /// and client certificates.
@@ -239,7 +250,16 @@ pub(crate) fn main() -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Serve { data, listen, quic_listen, shards, runtime, accept, config } => {
+        Command::Serve {
+            data,
+            listen,
+            quic_listen,
+            http_listen,
+            shards,
+            runtime,
+            accept,
+            config,
+        } => {
             crate::runtime::use_huge_pages();
             let mut config = Config::load(config.as_deref())?;
             if let Some(data) = data {
@@ -250,6 +270,9 @@ pub(crate) fn main() -> anyhow::Result<ExitCode> {
             }
             if let Some(quic_listen) = quic_listen {
                 config.server.quic_listen = quic_listen;
+            }
+            if let Some(http_listen) = http_listen {
+                config.server.http_listen = http_listen;
             }
             if let Some(shards) = shards {
                 config.server.shards = shards;
@@ -264,6 +287,7 @@ pub(crate) fn main() -> anyhow::Result<ExitCode> {
             crate::runtime::run(config)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Status { http } => status::status(&http),
         Command::Card { retry, command } => {
             let _ = RETRY_OP_ID.set(retry.op_id);
             let runtime = tokio::runtime::Builder::new_current_thread()

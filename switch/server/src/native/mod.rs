@@ -324,7 +324,11 @@ fn submit(context: &Context, routed: Vec<(usize, u16, ShardItem)>) -> Vec<Group>
             continue;
         }
         let (reply, answer) = oneshot::channel();
-        let answer = match context.shards[shard].try_submit(ShardBatch { items, reply }) {
+        let answer = match context.shards[shard].try_submit(ShardBatch {
+            items,
+            reply,
+            queued_at: std::time::Instant::now(),
+        }) {
             Ok(()) => Some(answer),
             Err(_) => None,
         };
