@@ -421,8 +421,9 @@ impl Journal {
 
     /// Writes a snapshot image taken at `seq` (every record up to and including `seq` is in
     /// `bytes`): header and CRC-32C, written to a temp file, fsynced, renamed, directory
-    /// fsynced. Keeps the newest two snapshots (by seq) and deletes older ones. Segments are
-    /// never deleted: the settlement exporter reads them later.
+    /// fsynced. Keeps the newest two snapshots (by seq) and deletes older ones. Segments are not
+    /// touched: the settlement exporter reads them later (retention is the server's, through
+    /// [`retired_segments`] and [`remove_segments`]).
     ///
     /// If `seq` is not durable yet the journal commits first, so a snapshot never describes
     /// records a crash could take out of the journal. `seq` beyond [`Journal::last_seq`] is
@@ -542,4 +543,36 @@ impl CommitRequest {
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// The segments of the journal in `dir` whose every record is at or below `through_seq` (a
+/// segment's last record is the one before the next segment's first), oldest first, as
+/// `(first_seq, path)`. The last segment is never among them: it is the one being written.
+/// What retention may archive or delete once every reader has passed `through_seq` and a
+/// snapshot covers it (see journal/FORMAT.md, Retention).
+pub fn retired_segments(dir: &Path, through_seq: u64) -> Result<Vec<(u64, PathBuf)>, JournalError> {
+    let segments = fsys::list_segments(dir)?;
+    Ok(segments
+        .windows(2)
+        .take_while(|pair| pair[1].seq.saturating_sub(1) <= through_seq)
+        .map(|pair| (pair[0].seq, pair[0].path.clone()))
+        .collect())
+}
+
+/// The sequence numbers of the snapshots in `dir`, oldest first.
+pub fn snapshot_seqs(dir: &Path) -> Result<Vec<u64>, JournalError> {
+    Ok(fsys::list_snapshots(dir)?.into_iter().map(|snapshot| snapshot.seq).collect())
+}
+
+/// Removes retired segments (from [`retired_segments`]) and makes the removal durable. Recovery
+/// then starts at the first segment left, which must hold the record after the snapshot it
+/// loads; a reader asking for an earlier record gets `Corrupt` ("no longer holds").
+pub fn remove_segments(dir: &Path, paths: &[PathBuf]) -> Result<(), JournalError> {
+    for path in paths {
+        std::fs::remove_file(path).map_err(JournalError::io(path, "remove retired segment"))?;
+    }
+    if !paths.is_empty() {
+        fsys::sync_dir(dir)?;
+    }
+    Ok(())
 }

@@ -161,7 +161,10 @@ mod snapshot;
 
 pub use error::JournalError;
 pub use fsys::lower_thread_priority;
-pub use journal::{CommitRequest, Journal, JournalOptions, SnapshotWriter};
+pub use journal::{
+    CommitRequest, Journal, JournalOptions, SnapshotWriter, remove_segments, retired_segments,
+    snapshot_seqs,
+};
 pub use reader::Reader;
 pub use recovery::Recovery;
 pub use snapshot::{Snapshot, SnapshotBytes};

@@ -38,7 +38,7 @@ pub fn is_valid(pin: u64) -> bool {
     pin <= PIN_MAX && check_digit(pin / 10) == (pin % 10) as u8
 }
 
-/// Shows a PIN as people read it: `1234-5678-9012-3456`.
+/// Shows a PIN as people read it: `1234-5678-9012-3452`.
 pub fn format(pin: u64) -> String {
     let digits = format!("{pin:016}");
     format!("{}-{}-{}-{}", &digits[0..4], &digits[4..8], &digits[8..12], &digits[12..16])

@@ -32,6 +32,9 @@ use crate::render::{self, ClosedPeriod};
 use crate::statement::StatementWriter;
 
 const STATE_FILE: &str = "state.bin";
+/// The cursors of the state, one line per shard (`shard-NNN SEQ`), written after it: what the
+/// switch's journal retention trusts (a segment wholly at or below a cursor has been exported).
+pub const CURSORS_FILE: &str = "cursors.txt";
 /// The last byte is the layout's version: 2 added foreign-PIN conversions and the card
 /// sub-ledger, 3 moved the shadow engines into files of their own (`shadows/`).
 const STATE_MAGIC: &[u8; 8] = b"PSEXPST3";
@@ -837,6 +840,19 @@ impl Exporter {
             &self.options.state_dir.join(STATE_FILE),
             &[&header(STATE_MAGIC, body.len()), &body],
         )?;
+        // Only once the state naming these cursors is durable may the switch see them.
+        let mut cursors = format!(
+            "# pinswitch-exporter: per shard the last journal seq applied, durable in state.bin \
+             (generation {generation})\n"
+        );
+        for follower in &self.followers {
+            cursors.push_str(&format!(
+                "shard-{:03} {}\n",
+                follower.shard_id(),
+                follower.cursor_seq()
+            ));
+        }
+        write_atomic_parts(&self.options.state_dir.join(CURSORS_FILE), &[cursors.as_bytes()])?;
         self.generation = generation;
         remove_shadows_except(&self.options.state_dir, generation)
     }

@@ -58,6 +58,11 @@ pub(crate) struct ServerSection {
     /// The operators' HTTP address: `/metrics`, `/health/live`, `/health/ready` (empty, the
     /// default: none; keep it on a management network, it tells card counts and liability).
     pub http_listen: String,
+    /// The most a wall-clock reading may be ahead of the monotonic clock's projection of the
+    /// last one for a shard to take it; further ahead, it is quarantined (`clock.rs`).
+    pub clock_step_max_ms: u64,
+    /// A quarantined forward step that holds this long is taken.
+    pub clock_step_confirm_ms: u64,
 }
 
 /// `[iso8583]`: the ISO 8583 listener for acquirers and gateways (protocol/ISO8583.md).
@@ -217,6 +222,14 @@ pub(crate) struct JournalSection {
     /// this often; meanwhile it writes into the segment it has and, once that is full, answers
     /// STORAGE_FULL to every event that would write a record.
     pub storage_retry_ms: u64,
+    /// What becomes of segments the exporter has passed and the older kept snapshot covers:
+    /// "keep" (the default), "delete", or "archive" (copied into `archive_dir`, then deleted).
+    pub retention: String,
+    /// Where "archive" copies retired segments (`shard-NNN/` below it).
+    pub archive_dir: PathBuf,
+    /// The exporter's cursors file (empty: `<data_dir>/export/cursors.txt`, the exporter's
+    /// default state directory).
+    pub exporter_cursors: PathBuf,
     /// How a glommio shard runs a commit's `fdatasync`: "thread" (on the shard's sync thread,
     /// the default, as tokio shards always do) or "ring" (an io_uring op on the shard's own
     /// ring). Measured interleaved at 50 connections x 1 in flight over 1,000,000 cards: thread
@@ -354,6 +367,9 @@ impl Default for JournalSection {
             snapshot_every_records: 2_000_000,
             snapshot_retry_ms: 10_000,
             storage_retry_ms: 1_000,
+            retention: "keep".into(),
+            archive_dir: PathBuf::new(),
+            exporter_cursors: PathBuf::new(),
             sync: "thread".into(),
         }
     }
@@ -370,6 +386,8 @@ impl Default for ServerSection {
             accept: "handoff".into(),
             quic_listen: String::new(),
             http_listen: String::new(),
+            clock_step_max_ms: 60_000,
+            clock_step_confirm_ms: 300_000,
         }
     }
 }
@@ -387,6 +405,25 @@ impl Default for Config {
             iso8583: Iso8583Section::default(),
             diameter: DiameterSection::default(),
             source: None,
+        }
+    }
+}
+
+impl Config {
+    /// The journal retention policy, with the exporter's cursors file resolved.
+    pub(crate) fn retention(&self) -> crate::retention::Retention {
+        use crate::retention::Retention;
+        let cursors = if self.journal.exporter_cursors.as_os_str().is_empty() {
+            self.server.data_dir.join("export").join("cursors.txt")
+        } else {
+            self.journal.exporter_cursors.clone()
+        };
+        match self.journal.retention.as_str() {
+            "delete" => Retention::Delete { cursors },
+            "archive" => {
+                Retention::Archive { cursors, archive_dir: self.journal.archive_dir.clone() }
+            }
+            _ => Retention::Keep,
         }
     }
 }
@@ -500,6 +537,15 @@ impl Config {
         }
         if !matches!(self.server.runtime.as_str(), "glommio" | "tokio") {
             bail!("server.runtime must be \"glommio\" or \"tokio\"");
+        }
+        match self.journal.retention.as_str() {
+            "keep" | "delete" => {}
+            "archive" if !self.journal.archive_dir.as_os_str().is_empty() => {}
+            "archive" => bail!("journal.retention = \"archive\" needs journal.archive_dir"),
+            _ => bail!("journal.retention must be \"keep\", \"delete\" or \"archive\""),
+        }
+        if self.server.clock_step_max_ms == 0 {
+            bail!("server.clock_step_max_ms must be positive");
         }
         if self.journal.commit_bytes_max == 0
             || self.journal.commit_bytes_max > self.journal.segment_bytes

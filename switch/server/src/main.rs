@@ -7,6 +7,7 @@
 mod access;
 mod adapter_listener;
 mod cli;
+mod clock;
 mod config;
 mod conn;
 mod diameter;
@@ -17,6 +18,7 @@ mod metrics;
 mod native;
 mod push;
 mod quic;
+mod retention;
 mod runtime;
 mod shard_loop;
 mod tls;

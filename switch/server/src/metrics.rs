@@ -133,6 +133,9 @@ pub(crate) struct ShardMetrics {
     pub snapshot_last_ms: Cell,
     /// When the newest snapshot was written (Unix ms; 0 before the first of this run).
     pub snapshot_last_unix_ms: Cell,
+    /// Wall-clock readings held in quarantine (too far ahead), and by how much the last was.
+    pub clock_quarantined: Cell,
+    pub clock_ahead_ms: Cell,
 }
 
 impl Default for ShardMetrics {
@@ -157,6 +160,8 @@ impl Default for ShardMetrics {
             snapshots_failed: Cell::default(),
             snapshot_last_ms: Cell::default(),
             snapshot_last_unix_ms: Cell::default(),
+            clock_quarantined: Cell::default(),
+            clock_ahead_ms: Cell::default(),
         }
     }
 }
@@ -211,7 +216,7 @@ impl Metrics {
             let _ = writeln!(out, "pinswitch_connections_open{{shard=\"{shard}\"}} {open}");
         }
         self.render_events(&mut out);
-        let gauges: [Figure<Cell>; 13] = [
+        let gauges: [Figure<Cell>; 15] = [
             ("pinswitch_cards", "Cards the shard holds.", |m| &m.cards),
             ("pinswitch_op_records", "Op-id records kept (the idempotency window).", |m| {
                 &m.op_records
@@ -249,13 +254,22 @@ impl Metrics {
             ("pinswitch_snapshots_failed", "Snapshots that failed (retried later).", |m| {
                 &m.snapshots_failed
             }),
+            (
+                "pinswitch_clock_quarantined",
+                "Wall-clock readings too far ahead, not given to the engine.",
+                |m| &m.clock_quarantined,
+            ),
+            ("pinswitch_clock_ahead_ms", "How far ahead the last quarantined reading was.", |m| {
+                &m.clock_ahead_ms
+            }),
         ];
         for (name, text, cell) in gauges {
-            let kind = if name.ends_with("_written") || name.ends_with("_failed") {
-                "counter"
-            } else {
-                "gauge"
-            };
+            let kind =
+                if ["_written", "_failed", "_quarantined"].iter().any(|end| name.ends_with(end)) {
+                    "counter"
+                } else {
+                    "gauge"
+                };
             help(&mut out, name, kind, text);
             for (shard, metrics) in self.shards.iter().enumerate() {
                 let _ = writeln!(out, "{name}{{shard=\"{shard}\"}} {}", cell(metrics).get());

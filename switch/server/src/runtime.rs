@@ -208,6 +208,9 @@ fn shard_settings(
             storage_retry_ms: config.journal.storage_retry_ms,
             directory: directory.clone(),
             metrics: metrics.shards[usize::from(shard_id)].clone(),
+            clock_step_max_ms: config.server.clock_step_max_ms,
+            clock_step_confirm_ms: config.server.clock_step_confirm_ms,
+            retention: config.retention(),
         })
         .collect()
 }

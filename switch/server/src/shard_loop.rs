@@ -22,6 +22,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::Poll;
 
+use crate::clock::{EngineClock, Reading};
 use crate::metrics::{ShardMetrics, StorageState};
 use crate::push::SessionDirectory;
 use pinswitch_journal::{CommitRequest, Journal, JournalOptions, SnapshotWriter};
@@ -183,6 +184,11 @@ pub(crate) struct ShardSettings {
     pub directory: Arc<SessionDirectory>,
     /// The shard's figures for `/metrics`.
     pub metrics: Arc<ShardMetrics>,
+    /// The engine clock's forward-step bound and its confirmation time (`clock.rs`).
+    pub clock_step_max_ms: u64,
+    pub clock_step_confirm_ms: u64,
+    /// What becomes of retired journal segments after each snapshot.
+    pub retention: crate::retention::Retention,
 }
 
 /// What recovery found, for the start-up log line.
@@ -220,13 +226,14 @@ pub(crate) fn start(
 ) -> anyhow::Result<(ShardHandle, RecoveryReport, ShardDriver)> {
     let (engine, journal, report) = recover(&settings)?;
     let (sender, receiver) = mpsc::channel(settings.queue_max.max(1));
-    let snapshots = SnapshotThread::start(settings.shard_id, settings.metrics.clone())?;
+    let snapshots = SnapshotThread::start(&settings)?;
     // Records replayed since the newest snapshot count toward the next one: a switch that
     // crashes more often than every `snapshot_every_records` records still snapshots, so
     // recovery time stays bounded under a crash loop (it restarted at zero before, and replay
     // grew without bound: 15.1 M records per shard after 86 kills).
     let since_snapshot = report.replayed_records;
     let storage = Storage::new(&settings, &journal);
+    let clock = EngineClock::new(settings.clock_step_max_ms, settings.clock_step_confirm_ms);
     let runner = Runner {
         settings,
         engine,
@@ -236,6 +243,9 @@ pub(crate) fn start(
         encoded: Vec::new(),
         storage,
         snapshot_not_before: None,
+        clock,
+        clock_origin: Instant::now(),
+        clock_quarantined: false,
     };
     Ok((ShardHandle { sender }, report, ShardDriver { runner, receiver }))
 }
@@ -607,6 +617,12 @@ struct Runner {
     storage: Storage,
     /// After a failed snapshot, the next is not tried before this.
     snapshot_not_before: Option<Instant>,
+    /// The time given to the engine: the wall clock with its forward steps bounded.
+    clock: EngineClock,
+    /// The monotonic clock's origin for `clock`.
+    clock_origin: Instant,
+    /// A forward step is in quarantine (said once per episode).
+    clock_quarantined: bool,
 }
 
 /// A full disk, as one shard sees it. The journal takes the next segment's space ahead (the
@@ -705,7 +721,9 @@ struct SnapshotThread {
 }
 
 impl SnapshotThread {
-    fn start(shard_id: u16, metrics: Arc<ShardMetrics>) -> anyhow::Result<SnapshotThread> {
+    fn start(settings: &ShardSettings) -> anyhow::Result<SnapshotThread> {
+        let (shard_id, metrics) = (settings.shard_id, settings.metrics.clone());
+        let (dir, retention) = (settings.dir.clone(), settings.retention.clone());
         let (sender, receiver) = crossbeam_channel::bounded::<(SnapshotWriter, Box<Shard>)>(1);
         let busy = Arc::new(AtomicBool::new(false));
         let done = busy.clone();
@@ -746,6 +764,17 @@ impl SnapshotThread {
                         bytes.len() >> 20,
                         started.elapsed().as_millis() - serialized_ms
                     );
+                    match crate::retention::retire(&dir, shard_id, &retention) {
+                        Ok(Some(retired)) => eprintln!(
+                            "pinswitch: shard {shard_id} retention: {} segments through record {} \
+                             retired ({retention:?})",
+                            retired.segments, retired.through_seq
+                        ),
+                        Ok(None) => {}
+                        Err(error) => {
+                            eprintln!("pinswitch: shard {shard_id} retention failed, kept: {error}")
+                        }
+                    }
                     done.store(false, Ordering::Release);
                 }
             })
@@ -759,7 +788,7 @@ impl Runner {
     /// journal record for each change. The commit is the driver's.
     fn group(&mut self, batches: Vec<ShardBatch>) -> Waiting {
         let mut outputs = Vec::with_capacity(batches.len());
-        let now_ms = wall_clock_ms();
+        let now_ms = self.engine_time_ms();
         let mut appended = 0u64;
         let mut notices = Vec::new();
         self.storage.check(self.settings.shard_id, &mut self.journal);
@@ -779,6 +808,48 @@ impl Runner {
         self.since_snapshot += appended;
         self.publish(events);
         Waiting { seq: self.journal.last_seq(), batches, outputs, notices }
+    }
+
+    /// The time for this group: the wall clock, unless it stepped too far ahead (`clock.rs`).
+    fn engine_time_ms(&mut self) -> Ms {
+        let mono_ms = u64::try_from(self.clock_origin.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let (now_ms, reading) = self.clock.now(wall_clock_ms(), mono_ms);
+        let shard_id = self.settings.shard_id;
+        let metrics = &self.settings.metrics;
+        match reading {
+            Reading::Taken => {
+                if self.clock_quarantined {
+                    self.clock_quarantined = false;
+                    eprintln!(
+                        "pinswitch: shard {shard_id} clock: the wall clock is back in bounds"
+                    );
+                }
+                metrics.clock_ahead_ms.set(0);
+            }
+            Reading::Quarantined { ahead_ms } => {
+                metrics.clock_quarantined.add(1);
+                metrics.clock_ahead_ms.set(ahead_ms);
+                if !self.clock_quarantined {
+                    self.clock_quarantined = true;
+                    eprintln!(
+                        "pinswitch: shard {shard_id} clock: the wall clock stepped {ahead_ms} ms \
+                         ahead (bound {} ms); running on the monotonic clock until the step \
+                         holds for {} ms or goes away",
+                        self.settings.clock_step_max_ms, self.settings.clock_step_confirm_ms
+                    );
+                }
+            }
+            Reading::Confirmed { step_ms } => {
+                self.clock_quarantined = false;
+                metrics.clock_ahead_ms.set(0);
+                eprintln!(
+                    "pinswitch: shard {shard_id} clock: a forward step of {step_ms} ms held for \
+                     {} ms and is taken",
+                    self.settings.clock_step_confirm_ms
+                );
+            }
+        }
+        now_ms
     }
 
     /// The shard's gauges after a group (a few relaxed stores).
