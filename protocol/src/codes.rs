@@ -148,8 +148,9 @@ wire_enum! {
         /// to. Nothing in the frame was executed.
         NotPermitted = 909 => "NOT_PERMITTED",
         /// The event ran, but its answer (an unknown card or a wrong password) is withheld: the
-        /// identity has had its guess answers for the minute. Its stored answer comes with a
-        /// retry of the same op id (or INQUIRY) once the identity is let through again.
+        /// identity has had its guess answers for the minute. A retry of the same op id gets
+        /// the answer once the identity is let through again (an unknown card's op is not
+        /// recorded: it is evaluated again, and INQUIRY says UNKNOWN).
         AnswerWithheld = 910 => "ANSWER_WITHHELD",
         /// The card's shard has no journal space left for the record this event would write
         /// (the disk is full): it was not executed. Reads and INQUIRY are still answered;

@@ -478,3 +478,11 @@ pub fn metric_sum(metrics: &str, name: &str, labels: &[&str]) -> u64 {
         })
         .sum()
 }
+
+/// Writes `text` as the switch configuration beside `dir` (`dir.toml`, removed with it) and
+/// returns its path for `--config`.
+pub fn config_beside(dir: &TestDir, text: &str) -> String {
+    let path = dir.with_extension("toml");
+    std::fs::write(&path, text).expect("writing the config");
+    path.to_str().expect("a UTF-8 path").to_string()
+}

@@ -16,7 +16,8 @@ use pinswitch_protocol::{
     BalanceInquiry, Category, FLAG_REPLAYED, Inquiry, OpStatus, ResultCode, Sale, new_op_id,
 };
 use pinswitch_tests::{
-    Switch, fresh_dir, http_get, issue_active_cards, metric_sum, run_binary, test_sale,
+    Switch, config_beside, fresh_dir, http_get, issue_active_cards, metric_sum, run_binary,
+    test_sale,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_pinswitch");
@@ -131,17 +132,14 @@ impl Ledger {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_refuses_writes_serves_reads_and_resumes_by_itself() {
     let dir = fresh_dir("disk-full");
-    let config = dir.with_extension("toml");
-    std::fs::write(
-        &config,
-        format!(
+    let config = config_beside(
+        &dir,
+        &format!(
             "[server]\nhttp_listen = \"127.0.0.1:0\"\n\
              [journal]\nsegment_bytes = {SEGMENT_BYTES}\ncommit_bytes_max = 32768\n\
              snapshot_every_records = 500\nsnapshot_retry_ms = 0\nstorage_retry_ms = 0\n"
         ),
-    )
-    .expect("config");
-    let config = config.to_str().expect("utf-8 path").to_string();
+    );
     let args = ["--config", config.as_str()];
     let mount = dir.join("mnt");
     let tmpfs = Tmpfs::mount(&mount, TMPFS_BYTES);

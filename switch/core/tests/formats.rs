@@ -10,7 +10,8 @@
 
 use pinswitch_core::encode_entry;
 use pinswitch_core::{
-    Body, Command, ConfigRecord, EngineConfig, JournalEntry, Reply, Shard, decode_entry,
+    Body, Command, ConfigRecord, ENGINE_FORMAT_CURRENT, EngineConfig, JournalEntry, Reply, Shard,
+    decode_entry,
 };
 use pinswitch_protocol::ResultCode;
 
@@ -166,15 +167,18 @@ fn a_format_1_snapshot_restores_as_pinned() {
     );
     // The engine format never falls, and a format this code does not know is refused.
     let mut shard = restored;
-    for engine_format in [1, 2, 3] {
+    let upgrade = |shard: &mut Shard, engine_format| {
         let body = Body::Upgrade { engine_format, approval_key: [1, 2] };
         let applied = shard.apply(NOW_MS, &Command { op_id: 0, deadline_at_ms: 0, body });
-        assert_eq!(
-            (applied.reply.result_code(), applied.changed),
-            (ResultCode::FormatError, false)
-        );
+        (applied.reply.result_code(), applied.changed)
+    };
+    let unknown = ENGINE_FORMAT_CURRENT + 1;
+    for engine_format in [1, 2, unknown] {
+        assert_eq!(upgrade(&mut shard, engine_format), (ResultCode::FormatError, false));
         assert_eq!(shard.engine_format(), 2);
     }
+    assert_eq!(upgrade(&mut shard, ENGINE_FORMAT_CURRENT), (ResultCode::Approved, true));
+    assert_eq!(upgrade(&mut shard, 2), (ResultCode::FormatError, false), "never falls");
 }
 
 /// test_min's rules with a password rule of their own on two products: rules the frozen

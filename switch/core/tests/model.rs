@@ -969,6 +969,15 @@ impl Reference {
             outcome
         };
         let reply = outcome.reply;
+        // An op naming a card the shard does not hold is not kept (CARD_NOT_FOUND, or its
+        // deadline passed): it changed nothing, and a retry is answered the same way again.
+        let names_no_card = !matches!(body, Body::Issue { .. } | Body::ForeignImport { .. })
+            && self.card(pin).is_none();
+        let unkept = reply.code == ResultCode::CardNotFound.as_u16()
+            || reply.code == ResultCode::DeadlineExceededNotExecuted.as_u16();
+        if names_no_card && unkept {
+            return (reply, false);
+        }
         self.insert_record(RefRecord {
             generation: 0,
             id: op_id,

@@ -481,6 +481,74 @@ fn a_fence_makes_an_op_ids_outcome_final() {
     assert_eq!(s.shard.op(CARD, ahead).status, OpStatus::Unknown);
 }
 
+/// The reliability review's junk flood (issue 16): SALEs on random unknown PINs, a thousand
+/// times the window's size, half of them with op ids dated ahead of the clock (inside the
+/// skew). None is recorded or changes state, so the gateway's approved SALE is still known
+/// (INQUIRY completed, its retry replayed) and new operations are served, not RETRY_LATER.
+#[test]
+fn junk_on_unknown_cards_takes_no_place_in_the_op_id_window() {
+    let mut s = Script::new();
+    s.active_card(CARD, 10_000);
+    let (paid, _) = s.expect(sale(CARD, PASSWORD, 1_000), ResultCode::Approved);
+    let entries_max = s.shard.config().idempotency_entries_max;
+    let skew_ms = s.shard.config().op_clock_skew_max_ms;
+    for junk in 0..1_000 * u128::from(entries_max) {
+        let pin_hash = 0x7000_0000 + junk;
+        let dated_ms = if junk % 2 == 0 { s.now_ms } else { s.now_ms + skew_ms / 2 };
+        let op_id = op_id_at(dated_ms, 1_000_000 + junk);
+        let applied = s.shard.apply(
+            s.now_ms,
+            &Command {
+                op_id,
+                deadline_at_ms: if junk % 3 == 0 { s.now_ms - 1 } else { 0 },
+                body: sale(pin_hash, PASSWORD, 1),
+            },
+        );
+        assert!(!applied.changed, "junk changes nothing (not journaled)");
+        assert!(matches!(
+            applied.reply.result_code(),
+            ResultCode::CardNotFound | ResultCode::DeadlineExceededNotExecuted
+        ));
+        assert_eq!(s.shard.op(pin_hash, op_id).status, OpStatus::Unknown);
+    }
+    assert_eq!(s.shard.op(CARD, paid).status, OpStatus::Completed, "the real record is kept");
+    let retry = s.run_at(paid, 0, sale(CARD, PASSWORD, 1_000));
+    assert!(retry.replayed && retry.result_code() == ResultCode::Approved);
+    s.expect(sale(CARD, PASSWORD, 500), ResultCode::Approved);
+    assert_eq!(s.balance(CARD), (8_500, 8_500));
+}
+
+/// Journals written in engine formats 1 and 2 recorded (and journaled) an unknown card's
+/// decline: replayed in those formats they still do, so recovery sees the journaled change; the
+/// UPGRADE to format 3 stops it from that record on.
+#[test]
+fn unknown_card_declines_are_recorded_until_the_upgrade_to_format_3() {
+    let mut shard = Shard::first_format(0, 1, EngineConfig::test_min(), [7, 9]);
+    let junk = |op: u128| Command {
+        op_id: op_id_at(T0, op),
+        deadline_at_ms: 0,
+        body: sale(OTHER, PASSWORD, 1),
+    };
+    let upgrade = |engine_format| Command {
+        op_id: 0,
+        deadline_at_ms: 0,
+        body: Body::Upgrade { engine_format, approval_key: [1, 2] },
+    };
+    for format in [1u16, 2] {
+        if format == 2 {
+            assert!(shard.apply(T0, &upgrade(2)).changed);
+        }
+        let applied = shard.apply(T0, &junk(u128::from(format)));
+        assert!(applied.changed, "format {format}: recorded and journaled, as it ran");
+        assert_eq!(shard.op(OTHER, op_id_at(T0, u128::from(format))).status, OpStatus::Completed);
+    }
+    assert!(shard.apply(T0, &upgrade(3)).changed);
+    let applied = shard.apply(T0, &junk(3));
+    assert!(!applied.changed);
+    assert_eq!(applied.reply.result_code(), ResultCode::CardNotFound);
+    assert_eq!(shard.op(OTHER, op_id_at(T0, 3)).status, OpStatus::Unknown);
+}
+
 /// PROTOCOL.md's "Payments already settled": a REVERSE of an AUTHORIZE whose hold is closed
 /// gives back the captures not refunded and nothing else, and a REFUND of a capture leaves
 /// what a still-pending hold reserves as it was.

@@ -73,8 +73,9 @@ use crate::types::{Applied, Body, Command, Effect, Ms, OpId, PinHash, Reply, Tot
 /// before formats were numbered mean (sequential approval codes). Recovery without a snapshot
 /// starts here, and the journal's `Upgrade` records move it on.
 pub const ENGINE_FORMAT_FIRST: u16 = 1;
-/// The newest engine format this code runs: 2 draws approval codes from a keyed PRF.
-pub const ENGINE_FORMAT_CURRENT: u16 = 2;
+/// The newest engine format this code runs: 2 draws approval codes from a keyed PRF; 3 keeps
+/// no op-id record of an operation naming a card the shard does not hold (`may_record`).
+pub const ENGINE_FORMAT_CURRENT: u16 = 3;
 /// The snapshot image layout `to_snapshot_bytes` writes: 1 added the engine format and the
 /// approval key to layout 0 (the images written before layouts were numbered), 2 the rules
 /// added to the frozen record (`ConfigRecordAdded`), 3 the compact op-id records.
@@ -293,14 +294,14 @@ impl Shard {
         }
         match self.gate(now_ms, op_id, deadline_at_ms, body) {
             Gate::Answer { reply, record } => {
-                if record {
+                if record && self.may_record(body) {
                     self.record(op_id, body, reply, OpStatus::Completed, 0);
                 }
                 if let Body::ForeignConvert { .. } = body {
                     // A replay of an approved conversion hands out the PIN the first one did.
                     self.foreign_replayed(op_id, &reply);
                 }
-                return Applied::new(reply, record || pruned);
+                return Applied::new(reply, (record && self.may_record(body)) || pruned);
             }
             Gate::Execute => {}
         }
@@ -309,8 +310,29 @@ impl Shard {
             // under the same op id.
             return Applied::new(Reply::code(ResultCode::RetryLater), pruned);
         };
+        if outcome.reply.code == ResultCode::CardNotFound.as_u16() && !self.may_record(body) {
+            // Nothing ran and nothing is kept (see `may_record`): a retry is answered the same.
+            return Applied::new(outcome.reply, pruned);
+        }
         self.record(op_id, body, outcome.reply, outcome.status, outcome.debited_won);
         Applied::new(outcome.reply, true)
+    }
+
+    /// Whether an op of `body` may take a place in the op-id window: not one that names a card
+    /// this shard does not hold (CARD_NOT_FOUND, or a deadline passed before it ran). Such an
+    /// op changes nothing, so answering a retry again gives the same answer, and junk on random
+    /// PINs (a scanner, a flood, op ids dated ahead) can neither evict a real op's record nor
+    /// hold a generation and refuse everyone RETRY_LATER. CARD_ISSUE (its card is new) and
+    /// FOREIGN_IMPORT (it names no card) are always recorded.
+    fn may_record(&self, body: &Body) -> bool {
+        if self.engine_format < 3 {
+            // Formats 1 and 2 recorded them (and journaled them): replayed as they ran.
+            return true;
+        }
+        match body {
+            Body::Issue { .. } | Body::ForeignImport { .. } => true,
+            body => body.pin_hash().is_some_and(|pin_hash| self.has_card(pin_hash)),
+        }
     }
 
     /// A new op past the gate: the card's lazy expiry, the business rule of the body, and the
