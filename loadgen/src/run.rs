@@ -872,7 +872,7 @@ pub(crate) async fn run(
     let cards = Arc::new(std::mem::take(&mut file.cards));
     let model = Arc::new(Model::new(cards.iter().map(|card| card.expected_balance_won)));
     let pending = std::mem::take(&mut file.pending);
-    let (hello, mut uncertain_ops) =
+    let (hello, mut uncertain_ops, inherited_holds) =
         settle_before(spec, cards_path, &cards, &model, pending).await?;
 
     // Connecting, and a calls run's ramp.
@@ -914,7 +914,8 @@ pub(crate) async fn run(
     let settled = settle_after(spec, &cards, &model, &mut measured.summaries).await;
     uncertain_ops.extend(settled.resolution.unresolved.iter().copied());
     let (validated, mismatched_cards) = if spec.validate {
-        validate_after(&cards, &model, settled.pool.as_ref(), &uncertain_ops).await
+        validate_after(&cards, &model, settled.pool.as_ref(), &uncertain_ops, &inherited_holds)
+            .await
     } else {
         (None, None)
     };
@@ -960,17 +961,22 @@ fn check_spec(spec: &RunSpec) -> anyhow::Result<()> {
 
 /// Settles what the file left open (operations with unknown outcomes, by INQUIRY) and, when
 /// validating, checks the starting point: every card as the file says, and the model given the
-/// holds the switch has. Returns the switch's HELLO and the operations still uncertain.
+/// holds the switch has. Returns the switch's HELLO, the operations still uncertain, and which
+/// cards had holds when the run began (from an earlier run: the run knows neither their ids nor
+/// their expiry, so those cards' held amounts are not compared at the end, only their balances,
+/// which an expiry does not change; a kill loop's run within a hold TTL of an interrupted one
+/// reported false "held" mismatches before).
 async fn settle_before(
     spec: &RunSpec,
     cards_path: &Path,
     cards: &[CardRecord],
     model: &Model,
     pending: Vec<Op>,
-) -> anyhow::Result<(HelloReply, Vec<Op>)> {
+) -> anyhow::Result<(HelloReply, Vec<Op>, Vec<bool>)> {
     let control = Pool::connect(&spec.address, 2, 4).await?;
     let hello = control.hello.clone();
     let mut uncertain_ops: Vec<Op> = Vec::new();
+    let mut inherited_holds = Vec::new();
     if !pending.is_empty() {
         let resolution = validate::resolve(&control, cards, model, pending).await?;
         eprintln!(
@@ -998,8 +1004,9 @@ async fn settle_before(
             let held_won = i64::try_from(seen.held_won).unwrap_or(i64::MAX);
             model.set_held_won(cards::card_index(index), held_won);
         }
+        inherited_holds = observed.iter().map(|seen| seen.held_won > 0).collect();
     }
-    Ok((hello, uncertain_ops))
+    Ok((hello, uncertain_ops, inherited_holds))
 }
 
 /// The run's shape: the spec's batch, frames in flight and connections within what the switch
@@ -1369,6 +1376,7 @@ async fn validate_after(
     model: &Model,
     pool: Option<&Pool>,
     uncertain_ops: &[Op],
+    inherited_holds: &[bool],
 ) -> (Option<bool>, Option<u64>) {
     let outcome = match pool {
         Some(pool) => validate::read_balances(pool, cards).await,
@@ -1378,7 +1386,8 @@ async fn validate_after(
         Ok(observed) => {
             let skip = validate::uncertain_cards(cards.len(), uncertain_ops);
             let mismatches = validate::compare(cards, &observed, &skip, |card| {
-                (model.balance_won(card), Some(model.held_won(card)))
+                let inherited = inherited_holds.get(card as usize).copied().unwrap_or(false);
+                (model.balance_won(card), (!inherited).then(|| model.held_won(card)))
             });
             validate::print_mismatches(&mismatches, MISMATCHES_SHOWN_MAX);
             for anomaly in model.anomaly_examples() {

@@ -299,6 +299,13 @@ pub(crate) async fn validate_command(spec: &ValidateSpec) -> anyhow::Result<bool
             resolution.unresolved.len()
         );
     }
+    // A lost AUTHORIZE that ran left a hold no one will settle: voided, as `run` does after its
+    // window, so the next run starts without it (a void changes no balance).
+    if !resolution.holds_pending.is_empty() {
+        let holds = resolution.holds_pending.clone();
+        let voided = void_holds(&pool, &file.cards, &model, holds).await?;
+        eprintln!("validate: voided {voided} holds the lost operations left pending");
+    }
     let skip = uncertain_cards(file.cards.len(), &resolution.unresolved);
     let observed = read_balances(&pool, &file.cards).await?;
     let mismatches = compare(&file.cards, &observed, &skip, |card| (model.balance_won(card), None));
