@@ -10,7 +10,10 @@
 # figures the note asks for.
 #
 #   bash ops/chaos.sh              # 30 cycles (what CI runs, with PROFILE=debug)
-#   CYCLES=1000 bash ops/chaos.sh  # the long run
+#   CYCLES=1000 DURATION_S=2 RATE=25000 bash ops/chaos.sh   # the long run
+#
+# The journal keeps every segment (no exporter runs here): unthrottled, a cycle writes about
+# 90 MB, so a long run needs RATE (operations a second) to fit the disk.
 #
 # Never run it beside a build or a benchmark: the machine has two cores.
 set -euo pipefail
@@ -20,6 +23,7 @@ CYCLES=${CYCLES:-30}
 CARDS=${CARDS:-20000}
 DURATION_S=${DURATION_S:-4}
 SEED=${SEED:-1}
+RATE=${RATE:-0}
 PROFILE=${PROFILE:-release}
 DIR=${DIR:-/tmp/pinswitch-chaos}
 PORT=${PORT:-7455}
@@ -52,7 +56,7 @@ start_switch() {
 }
 wait_listening() {
     local log=$1
-    until grep -q "listening" "$log"; do
+    until grep -qs "listening" "$log"; do
         if ! kill -0 "$PID" 2>/dev/null; then
             echo "chaos: the switch did not start:" >&2
             cat "$log" >&2
@@ -83,7 +87,7 @@ not_executed=0
 for cycle in $(seq 1 "$CYCLES"); do
     "$LOADGEN" run --connect "$ADDRESS" --cards-file "$DIR/cards.bin" \
         --workload mix:sale=8,gateway=1,recharge=1 --connections 4 --in-flight 8 --batch 64 \
-        --duration "$DURATION_S" --warmup 0 --seed "$((SEED * 100000 + cycle))" --validate \
+        --duration "$DURATION_S" --rate "$RATE" --warmup 0 --seed "$((SEED * 100000 + cycle))" --validate \
         --report "$DIR/run-$cycle.json" >"$DIR/run-$cycle.log" 2>&1 &
     RUN=$!
     sleep "$(moment "$((SEED * 100000 + cycle))" 0.5 "$(python3 -c "print($DURATION_S - 0.5)")")"
