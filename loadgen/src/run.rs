@@ -1344,8 +1344,11 @@ async fn settle_after(
     Settled { unknown_count, resolution, pool }
 }
 
-/// Reconnects and resolves `unknown` by INQUIRY; when either fails, all of it stays unresolved
-/// and no pool is returned.
+/// How long a run keeps trying to reach the switch after its window, to settle.
+const SETTLE_RECONNECT_S: u64 = 30;
+
+/// Reconnects (retrying for `SETTLE_RECONNECT_S`) and resolves `unknown` by INQUIRY; when
+/// either fails, all of it stays unresolved and no pool is returned.
 async fn resolve_lost(
     spec: &RunSpec,
     cards: &[CardRecord],
@@ -1353,11 +1356,24 @@ async fn resolve_lost(
     unknown: Vec<Op>,
 ) -> (Resolution, Option<Pool>) {
     let unresolved = |unknown: Vec<Op>| Resolution { unresolved: unknown, ..Resolution::default() };
-    let pool = match Pool::connect(&spec.address, 2, 4).await {
-        Ok(pool) => pool,
-        Err(error) => {
-            eprintln!("run: could not reconnect after the run: {error:#}");
-            return (unresolved(unknown), None);
+    // The switch may be restarting (a kill loop's second kill lands in its recovery): the
+    // connection is tried again with backoff for a while. Only the connection: a resolution
+    // moves the model as it goes, so a failed one is not repeated (its ops stay unresolved,
+    // written back for the next run or `validate`).
+    let deadline = Instant::now() + Duration::from_secs(SETTLE_RECONNECT_S);
+    let mut backoff = Duration::from_millis(50);
+    let pool = loop {
+        match Pool::connect(&spec.address, 2, 4).await {
+            Ok(pool) => break pool,
+            Err(error) if Instant::now() + backoff < deadline => {
+                eprintln!("run: reconnecting after the run: {error:#}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+            Err(error) => {
+                eprintln!("run: could not reconnect after the run: {error:#}");
+                return (unresolved(unknown), None);
+            }
         }
     };
     match validate::resolve(&pool, cards, model, unknown.clone()).await {
