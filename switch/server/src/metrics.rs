@@ -216,7 +216,7 @@ impl Metrics {
             let _ = writeln!(out, "pinswitch_connections_open{{shard=\"{shard}\"}} {open}");
         }
         self.render_events(&mut out);
-        let gauges: [Figure<Cell>; 15] = [
+        let gauges: [Figure<Cell>; 12] = [
             ("pinswitch_cards", "Cards the shard holds.", |m| &m.cards),
             ("pinswitch_op_records", "Op-id records kept (the idempotency window).", |m| {
                 &m.op_records
@@ -248,6 +248,11 @@ impl Metrics {
                 "When the newest snapshot of this run was written (Unix ms; 0: none yet).",
                 |m| &m.snapshot_last_unix_ms,
             ),
+            ("pinswitch_clock_ahead_ms", "How far ahead the last quarantined reading was.", |m| {
+                &m.clock_ahead_ms
+            }),
+        ];
+        let counters: [Figure<Cell>; 4] = [
             ("pinswitch_snapshots_written", "Snapshots written since the start.", |m| {
                 &m.snapshots_written
             }),
@@ -259,31 +264,16 @@ impl Metrics {
                 "Wall-clock readings too far ahead, not given to the engine.",
                 |m| &m.clock_quarantined,
             ),
-            ("pinswitch_clock_ahead_ms", "How far ahead the last quarantined reading was.", |m| {
-                &m.clock_ahead_ms
+            ("pinswitch_storage_refused_total", "Events answered STORAGE_FULL.", |m| {
+                &m.storage_refused
             }),
         ];
-        for (name, text, cell) in gauges {
-            let kind =
-                if ["_written", "_failed", "_quarantined"].iter().any(|end| name.ends_with(end)) {
-                    "counter"
-                } else {
-                    "gauge"
-                };
+        let figures = gauges.iter().map(|figure| ("gauge", figure));
+        for (kind, (name, text, cell)) in figures.chain(counters.iter().map(|f| ("counter", f))) {
             help(&mut out, name, kind, text);
             for (shard, metrics) in self.shards.iter().enumerate() {
                 let _ = writeln!(out, "{name}{{shard=\"{shard}\"}} {}", cell(metrics).get());
             }
-        }
-        help(
-            &mut out,
-            "pinswitch_storage_refused_total",
-            "counter",
-            "Events answered STORAGE_FULL.",
-        );
-        for (shard, metrics) in self.shards.iter().enumerate() {
-            let refused = metrics.storage_refused.get();
-            let _ = writeln!(out, "pinswitch_storage_refused_total{{shard=\"{shard}\"}} {refused}");
         }
         let histograms: [(&str, &str, f64, Pick<Histogram>); 4] = [
             ("pinswitch_group_events", "Events applied in one loop turn.", 1.0, |m| {

@@ -400,9 +400,11 @@ impl Waiting {
     fn release(self, durable_seq: u64, directory: &SessionDirectory, metrics: &ShardMetrics) {
         assert!(self.seq <= durable_seq, "no answer leaves before its records are durable");
         assert_eq!(self.batches.len(), self.outputs.len(), "one answer list per batch");
+        // One clock reading for the group's batches, not one each.
+        let released_at = Instant::now();
         for (batch, answers) in self.batches.into_iter().zip(self.outputs) {
             assert_eq!(batch.items.len(), answers.len(), "one answer per event");
-            let waited_us = batch.queued_at.elapsed().as_micros();
+            let waited_us = released_at.saturating_duration_since(batch.queued_at).as_micros();
             metrics.answer_us.record(u64::try_from(waited_us).unwrap_or(u64::MAX));
             // A connection that went away no longer wants its answer; that is fine.
             let _ = batch.reply.send(answers);
